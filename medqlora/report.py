@@ -1,0 +1,53 @@
+"""Training curve, metrics and the end-of-run summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e and "step" in e]
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> bool:
+    points = loss_curve(log_history)
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    lines = ["", "=" * 72, f"medqlora run: {summary['run_dir']}"]
+    for key, label in [
+        ("backend", "backend"),
+        ("model", "base model"),
+        ("train_examples", "training examples"),
+        ("steps", "optimizer steps"),
+        ("loss", "training loss first -> last"),
+        ("train_wall_s", "training time (s)"),
+        ("total_wall_s", "total time (s)"),
+        ("memory", "memory"),
+        ("adapter_mb", "adapter size (MB)"),
+        ("samples", "sample responses"),
+    ]:
+        if summary.get(key) is not None:
+            lines.append(f"  {label:<28} {summary[key]}")
+    lines.append("=" * 72)
+    return lines

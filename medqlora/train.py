@@ -1,0 +1,151 @@
+"""Training with TRL's SFTTrainer on pre-tokenized examples (prompt tokens already masked to -100)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Runtime
+from .config import KitConfig
+from .data import PreparedData
+from .errors import MedQLoRAError, TrainingInterrupted
+from .memory import snapshot
+from .runs import RunDir, log
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    memory_after_train: dict[str, Any] = field(default_factory=dict)
+
+
+def planned_steps(cfg: KitConfig, n_train: int) -> int:
+    if cfg.training.max_steps > 0:
+        return cfg.training.max_steps
+    per_epoch = math.ceil(n_train / (cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * cfg.training.num_epochs))
+
+
+def optimizer_name(cfg: KitConfig, runtime: Runtime) -> str:
+    if runtime.device == "cpu" and "8bit" in cfg.training.optimizer:
+        return "adamw_torch"  # bitsandbytes' 8-bit optimizers need CUDA
+    return cfg.training.optimizer
+
+
+def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, has_validation: bool) -> Any:
+    from trl import SFTConfig
+
+    t = cfg.training
+    return SFTConfig(
+        output_dir=str(run.path / "checkpoints"),
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        optim=optimizer_name(cfg, runtime),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        eval_strategy="no",
+        bf16=runtime.dtype == "bf16",
+        fp16=runtime.dtype == "fp16",
+        use_cpu=runtime.device == "cpu",
+        max_length=cfg.model.max_seq_length,
+        packing=False,
+        gradient_checkpointing=False,  # already set up on the model by the backend
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def _dataset(records: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {"input_ids": [r["input_ids"] for r in records], "labels": [r["labels"] for r in records]}
+    )
+
+
+def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir) -> TrainResult:
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(cfg, runtime, run, bool(data.validation)),
+        train_dataset=_dataset(data.train),
+        eval_dataset=_dataset(data.validation) if data.validation else None,
+        processing_class=tokenizer,
+    )
+    started = time.perf_counter()
+    try:
+        output = trainer.train()
+    except KeyboardInterrupt:
+        step = trainer.state.global_step
+        save_adapter(model, tokenizer, run)
+        raise TrainingInterrupted(
+            f"Interrupted at step {step}: the adapter trained so far is saved in {run.adapter}."
+        ) from None
+    except Exception as err:
+        if _is_cuda_oom(err):
+            raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
+        raise
+    metrics = dict(output.metrics)
+    metrics["train_wall_s"] = round(time.perf_counter() - started, 2)
+    metrics["steps"] = trainer.state.global_step
+    metrics["train_examples"] = len(data.train)
+    metrics["trained_tokens"] = sum(sum(1 for x in r["labels"] if x != -100) for r in data.train)
+    if data.validation:
+        metrics.update(trainer.evaluate())
+    memory = snapshot()
+    save_adapter(model, tokenizer, run)
+    return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)
+
+
+def save_adapter(model: Any, tokenizer: Any, run: RunDir) -> None:
+    """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename."""
+    partial = run.path / ".adapter.partial"
+    model.save_pretrained(str(partial), safe_serialization=True)
+    tokenizer.save_pretrained(str(partial))
+    partial.rename(run.adapter)
+    log.info("adapter saved to %s", run.adapter)
+
+
+def _is_cuda_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "CUDA out of memory" in str(err)
+
+
+def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: int) -> MedQLoRAError:
+    import torch
+
+    peak = torch.cuda.max_memory_reserved() / 1024**3
+    total = torch.cuda.get_device_properties(0).total_memory / 1024**3
+    torch.cuda.empty_cache()
+    saved = ""
+    if step > 0:
+        try:
+            save_adapter(model, tokenizer, run)
+            saved = f" The adapter after {step} steps is saved in {run.adapter}."
+        except Exception:  # saving is best effort after an OOM
+            saved = ""
+    t = cfg.training
+    return MedQLoRAError(
+        f"CUDA out of memory at step {step}: peak {peak:.1f} of {total:.1f} GiB.{saved}\nTry one of: "
+        f"--set training.micro_batch_size={max(1, t.micro_batch_size // 2)} "
+        f"--set training.gradient_accumulation_steps={t.gradient_accumulation_steps * 2} (same effective batch); "
+        f"--set model.max_seq_length={max(128, cfg.model.max_seq_length // 2)}; "
+        "--set training.gradient_checkpointing=unsloth; --set model.load_in_4bit=true."
+    )

@@ -328,6 +328,7 @@ def prepare(
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if tokenized is not None:
                 tokenized["source"] = index
+                tokenized["uid"] = example.uid
                 records.append(tokenized)
         stats[name] = {**info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
         fingerprints[name] = fingerprint(spec)

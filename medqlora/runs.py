@@ -70,6 +70,11 @@ class RunDir:
         return run
 
     def start_log(self) -> None:
+        """Log to this run's run.log (and only this run's: a previous run's handler is closed)."""
+        for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+            log.removeHandler(old)
+            old.close()
+        log.propagate = False  # Unsloth installs a root handler; keep each message once on screen
         handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)

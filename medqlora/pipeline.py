@@ -10,7 +10,7 @@ import yaml
 
 from . import backends, data, generate, memory, report
 from .config import KitConfig, validate
-from .errors import ModelError
+from .errors import ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
 
 
@@ -47,14 +47,29 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
 
 
 def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[RunDir, dict[str, Any], Any]:
-    from .train import planned_steps, train
-
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
     run = RunDir.create(cfg, output_dir)
     say(f"run folder: {run.path}")
     run.write_text("config.yaml", cfg.to_yaml())
-    run.write_json("manifest.json", manifest(cfg, runtime.to_dict(), {"status": "loading"}))
+    facts: dict[str, Any] = {}
+
+    def record(status: str, **extra: Any) -> None:
+        facts.update(extra, status=status)
+        run.write_json("manifest.json", manifest(cfg, runtime.to_dict(), facts))
+
+    record("loading")
+    try:
+        return _train_in(cfg, runtime, run, record, started)
+    except BaseException as err:  # record why the run stopped, then let the CLI report it
+        status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
+        log.error("run %s: %s", status, err)
+        record(status, error=str(err)[:2000])
+        raise
+
+
+def _train_in(cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float) -> tuple:
+    from .train import planned_steps, train
 
     model, tokenizer, source = backends.load_for_training(cfg, runtime)
     after_load = memory.snapshot()
@@ -64,12 +79,8 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
     run.write_json("data_stats.json", prepared.stats)
     for name, stats in prepared.stats.items():
         say(f"data {name}: {stats}")
-    steps = planned_steps(cfg, len(prepared.train))
-    say(f"training {len(prepared.train)} examples for {steps} optimizer steps")
-    run.write_json(
-        "manifest.json",
-        manifest(cfg, runtime.to_dict(), {"status": "training", "model_source": source, "data": prepared.fingerprints}),
-    )
+    say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
+    record("training", model_source=source, data=prepared.fingerprints)
 
     result = train(cfg, runtime, model, tokenizer, prepared, run)
     memory_report = memory.training_report(after_load, result.memory_after_train)
@@ -78,6 +89,7 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
     report.plot_loss(result.log_history, run.path / "loss.png")
     _remove_if_empty(run.path / "checkpoints")
     curve = report.loss_curve(result.log_history)
+    adapter_mb = size_mb(run.adapter / "adapter_model.safetensors")
     summary = {
         "run_dir": str(run.path),
         "backend": runtime.describe(),
@@ -87,20 +99,10 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
         "loss": f"{curve[0][1]:.4f} -> {curve[-1][1]:.4f}" if curve else None,
         "train_wall_s": result.metrics.get("train_wall_s"),
         "memory": memory.format_summary(memory_report),
-        "adapter_mb": size_mb(run.adapter / "adapter_model.safetensors")
-        if (run.adapter / "adapter_model.safetensors").exists()
-        else None,
+        "adapter_mb": adapter_mb,
     }
-    run.write_json(
-        "manifest.json",
-        manifest(
-            cfg,
-            runtime.to_dict(),
-            {"status": "trained", "model_source": source, "data": prepared.fingerprints,
-             "adapter_mb": summary["adapter_mb"], "train_wall_s": result.metrics.get("train_wall_s"),
-             "load_to_trained_s": round(time.perf_counter() - started, 2)},
-        ),
-    )
+    record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
+           start_to_trained_s=round(time.perf_counter() - started, 2))
     backends.prepare_for_generation(model, runtime)
     return run, summary, (model, tokenizer, runtime)
 

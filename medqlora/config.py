@@ -73,7 +73,11 @@ class DatasetSpec(Section):
     subset: str | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
     split: str = "train"
     max_samples: int | None = Field(None, gt=0)
+    weight: float = Field(1.0, gt=0, le=100, description="sampling weight: 2.0 draws each example twice on average")
     # pubmedqa
+    cv_fold: int | None = Field(
+        None, ge=0, le=9, description="pubmedqa: validate on this official CV fold, train on the other nine"
+    )
     long_answer: bool = Field(True, description="pubmedqa: follow the yes/no/maybe label with the long answer")
     # medical_o1
     cot_style: Literal["huatuo", "tags"] = Field(
@@ -91,6 +95,11 @@ class DataSection(Section):
     )
     val_ratio: float = Field(0.0, ge=0.0, lt=0.5)
     too_long: Literal["truncate", "drop"] = "truncate"
+    eval_sets: list[DatasetSpec] = Field(
+        default_factory=list,
+        description="evaluation sets never to train on (PubMedQA's official test questions always are)",
+    )
+    allow_eval_overlap: bool = Field(False, description="train even when training and evaluation items overlap")
 
 
 class TrainingSection(Section):
@@ -108,6 +117,8 @@ class TrainingSection(Section):
     seed: int = 3407
     logging_steps: int = Field(1, gt=0)
     save_steps: int = Field(0, ge=0, description="0: save only the final adapter")
+    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
+    packing: bool = Field(False, description="pack several examples into each max_seq_length row (Unsloth backend)")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSection:
@@ -187,11 +198,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, lora:, data:, ...).")
     for item in overrides or []:
-        _apply_override(raw, item)
+        key = _apply_override(raw, item)
+        lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
+        lines[key] = f"--set {'.'.join(str(k) for k in key)}"
     return validate(raw, source=str(path), lines=lines)
 
 
 def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None) -> KitConfig:
+    """Validate a raw config; ``lines`` maps key paths to a line number (or to the --set that gave them)."""
     try:
         return KitConfig.model_validate(raw)
     except ValidationError as err:
@@ -199,7 +213,8 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str) -> tuple:
+    """Set one section.key=value in the raw config; returns the key path."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set '{item}': expected section.key=value, e.g. --set training.max_steps=60.")
@@ -222,13 +237,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
                 raise ConfigError(f"--set {key}: unknown key '{part}'.{hint}")
         if depth == len(parts) - 1:
             node[part_key] = parsed
-            return
+            return tuple(int(p) if p.isdigit() else p for p in parts)
         if not isinstance(node, list):
             node = node.setdefault(part_key, {})
             model = _submodel(model, part) if model is not None else None
         else:
             node = node[part_key]
-            model = DatasetSpec if parts[depth - 1] == "datasets" else None
+            model = DatasetSpec if parts[depth - 1] in ("datasets", "eval_sets") else None
 
 
 def _submodel(model: type[BaseModel], field: str) -> type[BaseModel] | None:
@@ -242,7 +257,7 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     loc = tuple(error["loc"])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     line = _closest_line(loc, lines)
-    where = f"{source}:{line}" if line else source
+    where = line if isinstance(line, str) else f"{source}:{line}" if line else source
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         hint = _did_you_mean(str(loc[-1]), list(parent.model_fields)) if parent else ""
@@ -261,7 +276,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             return None
         if isinstance(part, int):
             continue
-        if part == "datasets":
+        if part in ("datasets", "eval_sets"):
             model = DatasetSpec
             continue
         if part not in model.model_fields:
@@ -295,7 +310,7 @@ def _line_numbers(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int
     return found
 
 
-def _closest_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
+def _closest_line(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None:
     for end in range(len(loc), 0, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]

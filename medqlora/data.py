@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import KIT_ROOT, DataSection, DatasetSpec
+from . import leakage
 from .errors import DataError
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
@@ -31,6 +32,12 @@ class Example:
     context: str | None = None  # a part of the prompt that may be shortened to fit max_seq_length
     prompt_template: str = "{context}"  # how prompt and context combine when context is set
     uid: str | None = None
+    question: str = ""  # what the leakage guard compares with evaluation questions (default: prompt)
+    role: str = "train"  # "validation" for items that a split (e.g. a PubMedQA CV fold) reserves
+
+    def __post_init__(self) -> None:
+        if not self.question:
+            self.question = self.prompt
 
 
 @dataclass
@@ -63,6 +70,10 @@ def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
 
 
 def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"Dataset file {path} is empty.")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
     if path.suffix == ".json":
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
@@ -80,6 +91,24 @@ def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     if builder is None:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl, .csv or .parquet.")
     return _datasets_load(builder, None, "train", where=str(path), data_files=str(path))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err}). Each line must be one JSON object.") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}.")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"Dataset file {path} has no records.")
+    return rows
 
 
 def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
@@ -156,6 +185,7 @@ def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
         context="\n".join(contexts),
         prompt_template=PUBMEDQA_PROMPT.replace("{question}", str(question).replace("{", "{{").replace("}", "}}")),
         uid=str(row.get("pubid")),
+        question=str(question),
     )
 
 
@@ -182,7 +212,9 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
         raise DataError(f"Dataset '{spec.source}': answer_idx {answer!r} is not one of the options {sorted(options)}.")
     lines = "\n".join(f"{letter}. {text}" for letter, text in options.items())
     prompt = f"{question}\n\n{lines}\n\nAnswer with the letter of the correct option."
-    return Example(prompt=prompt, response=f"{answer}. {options[answer]}")
+    uid = row.get("realidx", row.get("id"))
+    return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=str(question),
+                   uid=None if uid is None else str(uid))
 
 
 @register("instruction")
@@ -190,7 +222,8 @@ def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
     instruction = _column(row, spec, "instruction", "question")
     extra = row.get(spec.columns.get("input", "input"))
     prompt = f"{instruction}\n\n{extra}" if extra else str(instruction)
-    return Example(prompt=prompt, response=str(_column(row, spec, "output", "answer", "response")))
+    return Example(prompt=prompt, response=str(_column(row, spec, "output", "answer", "response")),
+                   question=str(instruction))
 
 
 @register("chat")
@@ -199,10 +232,13 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     if not messages or messages[-1].get("role") != "assistant":
         raise DataError(f"Dataset '{spec.source}': each 'messages' list must end with an assistant turn.")
     history = "\n\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
-    return Example(prompt=history, response=messages[-1]["content"])
+    last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), history)
+    return Example(prompt=history, response=messages[-1]["content"], question=last_user)
 
 
-# ---------------------------------------------------------------- leakage guard
+# ---------------------------------------------------------------- selection, held-out items, mixing
+
+PUBMEDQA_DIR = KIT_ROOT / "data" / "pubmedqa"
 
 
 def pubmedqa_test_ids() -> set[str]:
@@ -210,20 +246,113 @@ def pubmedqa_test_ids() -> set[str]:
     return set(json.loads(PUBMEDQA_TEST_FILE.read_text()))
 
 
-def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> tuple[list[Example], dict]:
+def pubmedqa_folds() -> list[list[str]]:
+    return json.loads((PUBMEDQA_DIR / "pqal_split_pmids.json").read_text())["folds"]
+
+
+def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
     formatter = FORMATS[spec.format]
-    examples = [formatter(row, spec) for row in rows]
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            examples.append(formatter(row, spec))
+        except DataError as err:
+            raise DataError(f"Record {number} of '{spec.source}': {err}") from None
+    return examples
+
+
+def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> tuple[list[Example], dict]:
+    """Format rows, hold out evaluation items, shuffle (seeded), cap and weight one dataset."""
+    examples = format_rows(spec, rows)
     info: dict[str, Any] = {"rows": len(rows)}
     if spec.format == "pubmedqa":
         held_out = pubmedqa_test_ids()
         kept = [ex for ex in examples if ex.uid not in held_out]
         info["held_out_pubmedqa_test"] = len(examples) - len(kept)
         examples = kept
-    random.Random(seed).shuffle(examples)
+        if spec.cv_fold is not None:
+            fold = set(pubmedqa_folds()[spec.cv_fold])
+            for ex in examples:
+                ex.role = "validation" if ex.uid in fold else "train"
+            info["cv_fold_validation"] = sum(ex.role == "validation" for ex in examples)
+    rng = random.Random(seed)
+    rng.shuffle(examples)
     if spec.max_samples is not None:
         examples = examples[: spec.max_samples]
+    if spec.weight != 1.0:
+        examples = _weighted(examples, spec.weight, rng)
     info["used"] = len(examples)
+    if not examples:
+        raise DataError(f"Dataset '{spec.source}' has no examples left after holding out evaluation items.")
     return examples, info
+
+
+def _weighted(examples: list[Example], weight: float, rng: random.Random) -> list[Example]:
+    """weight 2.5 -> every example twice plus a random half of them once more."""
+    whole, fraction = int(weight), weight - int(weight)
+    extra = rng.sample(examples, int(round(fraction * len(examples))))
+    return examples * whole + extra
+
+
+@dataclass
+class Collected:
+    name: str
+    spec: DatasetSpec
+    examples: list[Example]
+    info: dict[str, Any]
+
+
+def collect(data: DataSection, seed: int) -> list[Collected]:
+    """Every training dataset formatted and selected, and the leakage guard passed (no model needed)."""
+    collected = []
+    for index, spec in enumerate(data.datasets):
+        examples, info = build_examples(spec, load_rows(spec), seed + index)
+        collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
+    guard = leakage.check(
+        [leakage.Item(c.name, ex.uid, ex.question) for c in collected for ex in c.examples],
+        evaluation_items(data),
+        data.allow_eval_overlap,
+    )
+    for c in collected:
+        c.info["leakage_guard"] = guard
+    return collected
+
+
+def evaluation_items(data: DataSection) -> list[leakage.Item]:
+    """PubMedQA's official test questions, plus every set listed in data.eval_sets."""
+    rows = json.loads((PUBMEDQA_DIR / "ori_pqal.json").read_text())
+    items = [leakage.Item("pubmedqa-test", pmid, rows[pmid]["QUESTION"]) for pmid in sorted(pubmedqa_test_ids())]
+    for spec in data.eval_sets:
+        items += [leakage.Item(spec.source, ex.uid, ex.question) for ex in format_rows(spec, load_rows(spec))]
+    return items
+
+
+def padding_report(lengths: list[int], micro_batch: int, max_len: int, seed: int) -> dict[str, float]:
+    """Share of each batch that is padding: random batches, length-grouped batches, packed rows."""
+    if not lengths:
+        return {}
+    shuffled = list(lengths)
+    random.Random(seed).shuffle(shuffled)
+
+    def padded(order: list[int]) -> float:
+        batches = [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
+        slots = sum(max(b) * len(b) for b in batches)
+        return round(1 - sum(order) / slots, 4)
+
+    bins: list[int] = []  # first-fit decreasing, as TRL's "bfd" packing does
+    for length in sorted(lengths, reverse=True):
+        for i, used in enumerate(bins):
+            if used + length <= max_len:
+                bins[i] += length
+                break
+        else:
+            bins.append(length)
+    return {
+        "random_batches": padded(shuffled),
+        "length_grouped_batches": padded(sorted(shuffled, reverse=True)),
+        "packed_rows": round(1 - sum(lengths) / (len(bins) * max_len), 4),
+        "packed_rows_count": len(bins),
+    }
 
 
 # ---------------------------------------------------------------- chat rendering + tokenization
@@ -307,48 +436,56 @@ def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
     }
 
 
-def prepare(
-    data: DataSection, tokenizer: Any, max_len: int, seed: int, rows_by_spec: list[list[dict]] | None = None
+def tokenize_collected(
+    collected: list[Collected], data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1
 ) -> PreparedData:
-    """Load, format, hold out evaluation items, tokenize and split every dataset of the config."""
+    """Render, tokenize and fit every example; split off validation items."""
     end = turn_end(tokenizer)
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
-    fingerprints: dict[str, str] = {}
-    for index, spec in enumerate(data.datasets):
-        rows = rows_by_spec[index] if rows_by_spec is not None else load_rows(spec)
-        examples, info = build_examples(spec, rows, seed)
-        name = f"{index}:{spec.source}"
+    for c in collected:
         raw_lengths: list[int] = []
         outcomes: dict[str, int] = {}
-        for example in examples:
+        for example in c.examples:
             full, _ = tokenize_example(example, tokenizer, data.system_prompt, 10**9, "truncate", end)
             raw_lengths.append(len(full["input_ids"]))
             tokenized, outcome = tokenize_example(example, tokenizer, data.system_prompt, max_len, data.too_long, end)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if tokenized is not None:
-                tokenized["source"] = index
-                tokenized["uid"] = example.uid
-                records.append(tokenized)
-        stats[name] = {**info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
-        fingerprints[name] = fingerprint(spec)
+                records.append({**tokenized, "source": c.name, "uid": example.uid, "role": example.role,
+                                "question_hash": leakage.question_hash(example.question)})
+        stats[c.name] = {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
     if not records:
-        raise DataError("No training examples are left after formatting and fitting to max_seq_length.")
+        raise DataError(
+            f"No training examples fit model.max_seq_length={max_len}. Raise it, or set data.too_long: truncate."
+        )
     random.Random(seed).shuffle(records)
-    n_val = int(round(len(records) * data.val_ratio))
-    validation, train = records[:n_val], records[n_val:]
-    stats["total"] = {"train": len(train), "validation": len(validation)}
+    reserved = [r for r in records if r["role"] == "validation"]
+    pool = [r for r in records if r["role"] != "validation"]
+    n_val = int(round(len(pool) * data.val_ratio))
+    validation, train = reserved + pool[:n_val], pool[n_val:]
+    if not train:
+        raise DataError("No training examples are left after the validation split; lower data.val_ratio.")
+    stats["total"] = {
+        "train": len(train),
+        "validation": len(validation),
+        "train_tokens": sum(len(r["input_ids"]) for r in train),
+        "padding_fraction": padding_report([len(r["input_ids"]) for r in train], micro_batch, max_len, seed),
+    }
+    fingerprints = {c.name: fingerprint(c.spec) for c in collected}
     return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
 
 
+def prepare(data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1) -> PreparedData:
+    return tokenize_collected(collect(data, seed), data, tokenizer, max_len, seed, micro_batch)
+
+
 def count_rows(data: DataSection, seed: int) -> dict[str, Any]:
-    """Dataset sizes for --dry-run: local sources are read (cheap), hub sources are not downloaded."""
+    """Dataset sizes for --dry-run: local sources are read and checked, hub sources are not downloaded."""
     sizes: dict[str, Any] = {}
+    local = [spec for spec in data.datasets if resolve_local(spec.source) is not None]
+    if len(local) == len(data.datasets):
+        return {c.name: c.info for c in collect(data, seed)}
     for index, spec in enumerate(data.datasets):
-        name = f"{index}:{spec.source}"
-        if resolve_local(spec.source) is None:
-            sizes[name] = {"rows": "unknown until downloaded", "used": spec.max_samples}
-            continue
-        _, info = build_examples(spec, load_rows(spec), seed)
-        sizes[name] = info
+        sizes[f"{index}:{spec.source}"] = {"rows": "unknown until downloaded", "used": spec.max_samples}
     return sizes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
 
     runtime = backends.detect(cfg)
     sizes = data.count_rows(cfg.data, cfg.training.seed)
-    known = [s.get("used") for s in sizes.values() if isinstance(s.get("used"), int)]
+    known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
     n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
     t = cfg.training
     return {
@@ -60,7 +61,8 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
 
     record("loading")
     try:
-        return _train_in(cfg, runtime, run, record, started)
+        collected = data.collect(cfg.data, cfg.training.seed)  # bad data stops here, before the model loads
+        return _train_in(cfg, runtime, run, record, started, collected)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
         log.error("run %s: %s", status, err)
@@ -68,15 +70,21 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
         raise
 
 
-def _train_in(cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float) -> tuple:
+def _train_in(
+    cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float, collected: list
+) -> tuple:
     from .train import planned_steps, train
 
     model, tokenizer, source = backends.load_for_training(cfg, runtime)
     after_load = memory.snapshot()
     say(f"loaded {cfg.model.name} ({source}); trainable parameters: {_trainable(model)}")
 
-    prepared = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.training.seed)
+    prepared = data.tokenize_collected(collected, cfg.data, tokenizer, cfg.model.max_seq_length, cfg.training.seed,
+                                       cfg.training.micro_batch_size)
     run.write_json("data_stats.json", prepared.stats)
+    run.write_text("training_items.jsonl", "".join(
+        json.dumps({"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]}) + "\n"
+        for r in prepared.train))
     for name, stats in prepared.stats.items():
         say(f"data {name}: {stats}")
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")

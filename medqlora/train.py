@@ -62,7 +62,9 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, has_validation: bo
         fp16=runtime.dtype == "fp16",
         use_cpu=runtime.device == "cpu",
         max_length=cfg.model.max_seq_length,
-        packing=False,
+        packing=t.packing,
+        packing_strategy="bfd",  # whole examples per row, never split across rows
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         gradient_checkpointing=False,  # already set up on the model by the backend
         report_to="none",
         dataloader_num_workers=0,

@@ -92,8 +92,9 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tiny_model_dir, tmp_path, cap
     assert cli(tiny_model_dir, out, "--dry-run") == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["backend"].startswith("backend=hf")
-    assert plan["datasets"]["0:data/pubmedqa/ori_pqal.json"] == {"rows": 1000, "held_out_pubmedqa_test": 500,
-                                                                "used": 16}
+    dataset = plan["datasets"]["0:data/pubmedqa/ori_pqal.json"]
+    assert (dataset["rows"], dataset["held_out_pubmedqa_test"], dataset["used"]) == (1000, 500, 16)
+    assert dataset["leakage_guard"] == {"evaluation_items_checked": 500, "overlapping_training_items": 0}
     assert plan["optimizer_steps"] == 4
     assert not out.exists()
 
@@ -128,3 +129,31 @@ def test_ctrl_c_during_training_saves_the_adapter(tiny_model_dir, tmp_path, monk
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert "Interrupted at step 2" in capsys.readouterr().err
     assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def test_bad_data_stops_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from medqlora import backends
+
+    def must_not_load(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(backends, "load_for_training", must_not_load)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "b"}\nnot json\n')
+    out = tmp_path / "outputs"
+    argv = ["--mode", "train", "--output-dir", str(out), "--set", f"data.datasets=[{{source: {bad}, format: instruction}}]"]
+    assert main(argv) == 2
+    assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert json.loads((only_run(out) / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_training_items_are_recorded_for_later_overlap_checks(tiny_model_dir, tmp_path):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "train") == 0
+    items = [json.loads(line) for line in (only_run(out) / "training_items.jsonl").read_text().splitlines()]
+    assert len(items) == 16 and all(len(i["question_sha1_16"]) == 16 and i["uid"] for i in items)
+    from medqlora.data import pubmedqa_test_ids
+
+    assert not {i["uid"] for i in items} & pubmedqa_test_ids()
+    stats = json.loads((only_run(out) / "data_stats.json").read_text())
+    assert 0 <= stats["total"]["padding_fraction"]["length_grouped_batches"] < 1

@@ -144,3 +144,102 @@ def test_length_statistics_are_recorded(smol_tokenizer):
     assert lengths["over_max_seq_length"] == stats["fitting"].get("context_truncated", 0)
     assert all(len(r["input_ids"]) <= 256 for r in prepared.train)
     assert prepared.fingerprints["0:data/pubmedqa/ori_pqal.json"].startswith("sha256:")
+
+
+# ---------------------------------------------------------------- leakage guard, mixing, folds, bad input
+
+from medqlora.data import collect, padding_report  # noqa: E402
+
+
+def pubmedqa_test_question() -> tuple[str, str]:
+    rows = json.loads(open("data/pubmedqa/ori_pqal.json").read())
+    pmid = sorted(pubmedqa_test_ids())[0]
+    return pmid, rows[pmid]["QUESTION"]
+
+
+def test_guard_refuses_a_copied_evaluation_question_and_lists_it(tmp_path):
+    pmid, question = pubmedqa_test_question()
+    own = tmp_path / "own.jsonl"
+    own.write_text(json.dumps({"question": "Is aspirin useful?", "answer": "Sometimes."}) + "\n"
+                   + json.dumps({"question": "  " + question.upper() + "!! ", "answer": "yes"}) + "\n")
+    data = DataSection(datasets=[spec(source=str(own))])
+    with pytest.raises(DataError) as err:
+        collect(data, seed=0)
+    message = str(err.value)
+    assert "1 training examples are evaluation questions" in message
+    assert f"evaluation 'pubmedqa-test' item {pmid}" in message
+    assert "allow_eval_overlap" in message
+    allowed = collect(data.model_copy(update={"allow_eval_overlap": True}), seed=0)
+    assert allowed[0].info["leakage_guard"] == {"evaluation_items_checked": 500, "overlapping_training_items": 1}
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared medical data checkout")
+def test_guard_checks_the_configured_evaluation_sets_on_real_medmcqa_rows(tmp_path):
+    dev = SHARED_DATA / "medmcqa" / "dev_subset.jsonl"
+    lines = dev.read_text().splitlines()
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines[:3]) + "\n")
+    mc = spec(source=str(train), format="multiple_choice")
+    data = DataSection(datasets=[mc], eval_sets=[spec(source=str(dev), format="multiple_choice")])
+    with pytest.raises(DataError, match="3 training examples are evaluation questions"):
+        collect(data, seed=0)
+    clean = DataSection(datasets=[mc], eval_sets=[])
+    [collected] = collect(clean, seed=0)
+    assert collected.info["leakage_guard"]["overlapping_training_items"] == 0
+    first = collected.examples[0]
+    assert first.response[0] in "ABCD" and "\nA. " in first.prompt
+
+
+def test_weights_set_the_mixing_proportions(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"question": f"a{i}", "answer": "x"}) + "\n" for i in range(40)))
+    b.write_text("".join(json.dumps({"question": f"b{i}", "answer": "y"}) + "\n" for i in range(40)))
+    data = DataSection(datasets=[spec(source=str(a), max_samples=20), spec(source=str(b), weight=2.5)])
+    first, second = collect(data, seed=5)
+    assert (first.info["used"], second.info["used"]) == (20, 100)
+    assert len({e.prompt for e in second.examples}) == 40  # every example at least twice, half a third time
+    assert [e.prompt for e in collect(data, seed=5)[1].examples] == [e.prompt for e in second.examples]
+
+
+def test_cv_fold_validates_on_the_official_fold(smol_tokenizer):
+    folds = json.loads(open("data/pubmedqa/pqal_split_pmids.json").read())["folds"]
+    data = DataSection(datasets=[spec(source="data/pubmedqa/ori_pqal.json", format="pubmedqa", cv_fold=3,
+                                      long_answer=False)])
+    prepared = prepare(data, smol_tokenizer, max_len=512, seed=0)
+    assert {r["uid"] for r in prepared.validation} == set(folds[3])
+    assert len(prepared.train) == 450 and not {r["uid"] for r in prepared.train} & set(folds[3])
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n', "bad.jsonl:2: not valid JSON"),
+    ("", "is empty"),
+    ("\n\n", "has no records"),
+    ('["a", "b"]\n', "bad.jsonl:1: expected a JSON object"),
+])
+def test_malformed_files_name_file_and_line(tmp_path, content, fragment):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    with pytest.raises(DataError, match=fragment):
+        load_rows(spec(source=str(bad)))
+
+
+def test_unknown_answer_label_names_the_record():
+    rows = [{"pubid": "1", "question": "Q", "context": ["c"], "final_decision": "probably", "long_answer": "L"}]
+    with pytest.raises(DataError, match=r"Record 1 of 'x.jsonl'.*'probably' is not yes/no/maybe"):
+        build_examples(spec(format="pubmedqa"), rows, seed=0)
+
+
+def test_dataset_emptied_by_holding_out_test_questions_is_reported():
+    pmid, _ = pubmedqa_test_question()
+    rows = [{"pubid": pmid, "question": "Q", "context": ["c"], "final_decision": "yes", "long_answer": "L"}]
+    with pytest.raises(DataError, match="no examples left"):
+        build_examples(spec(format="pubmedqa"), rows, seed=0)
+
+
+def test_padding_report_hand_computed():
+    report = padding_report([10, 2, 8, 4], micro_batch=2, max_len=12, seed=0)
+    # length-grouped batches [10, 8] and [4, 2]: 24 real tokens in 20 + 8 slots
+    assert report["length_grouped_batches"] == round(1 - 24 / 28, 4)
+    # first-fit decreasing into rows of 12: [10, 2], [8, 4]: no padding
+    assert (report["packed_rows"], report["packed_rows_count"]) == (0.0, 2)
+    assert report["random_batches"] >= report["length_grouped_batches"]

@@ -96,7 +96,6 @@ def _train_in(
     run.write_json("metrics.json", {"metrics": result.metrics, "log_history": result.log_history})
     report.plot_loss(result.log_history, run.path / "loss.png")
     _remove_if_empty(run.path / "checkpoints")
-    curve = report.loss_curve(result.log_history)
     adapter_mb = size_mb(run.adapter / "adapter_model.safetensors")
     summary = {
         "run_dir": str(run.path),
@@ -104,8 +103,9 @@ def _train_in(
         "model": cfg.model.name,
         "train_examples": len(prepared.train),
         "steps": result.metrics.get("steps"),
-        "loss": f"{curve[0][1]:.4f} -> {curve[-1][1]:.4f}" if curve else None,
+        "loss": report.loss_trend(result.log_history),
         "train_wall_s": result.metrics.get("train_wall_s"),
+        "tokens_per_second": result.metrics.get("tokens_per_second"),
         "memory": memory.format_summary(memory_report),
         "adapter_mb": adapter_mb,
     }

@@ -10,6 +10,15 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e and "step" in e]
 
 
+def loss_trend(log_history: list[dict[str, Any]]) -> str | None:
+    """Mean loss over the first and the last tenth of the logged steps (single steps are noisy)."""
+    losses = [loss for _, loss in loss_curve(log_history)]
+    if not losses:
+        return None
+    k = max(1, len(losses) // 10)
+    return f"{sum(losses[:k]) / k:.4f} -> {sum(losses[-k:]) / k:.4f} (mean of first/last {k} logged steps)"
+
+
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> bool:
     points = loss_curve(log_history)
     if not points:
@@ -40,7 +49,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("model", "base model"),
         ("train_examples", "training examples"),
         ("steps", "optimizer steps"),
-        ("loss", "training loss first -> last"),
+        ("loss", "training loss"),
+        ("tokens_per_second", "tokens/s (no padding)"),
         ("train_wall_s", "training time (s)"),
         ("total_wall_s", "total time (s)"),
         ("memory", "memory"),

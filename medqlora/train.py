@@ -67,6 +67,7 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, has_validation: bo
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         gradient_checkpointing=False,  # already set up on the model by the backend
         report_to="none",
+        include_num_input_tokens_seen="non_padding",  # real tokens per second, padding excluded
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
@@ -106,6 +107,8 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
     metrics = dict(output.metrics)
     metrics["train_wall_s"] = round(time.perf_counter() - started, 2)
     metrics["steps"] = trainer.state.global_step
+    metrics["tokens_seen"] = trainer.state.num_input_tokens_seen
+    metrics["tokens_per_second"] = round(trainer.state.num_input_tokens_seen / max(metrics["train_wall_s"], 1e-9), 1)
     metrics["train_examples"] = len(data.train)
     metrics["trained_tokens"] = sum(sum(1 for x in r["labels"] if x != -100) for r in data.train)
     if data.validation:

@@ -98,7 +98,8 @@ def test_unsloth_backend_in_a_subprocess():
         assert "unsloth" in sys.modules, "unsloth must be imported before transformers"
         print(runtime.backend)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ | {
-        "PYTHONPATH": os.getcwd()}, timeout=600)
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ | {"PYTHONPATH": path}, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "unsloth"

@@ -53,7 +53,12 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     assert [a["id"] for a in answers] == [q["id"] for q in queries] and len(answers) >= 5
     assert all(a["response"].rstrip("*").endswith(DISCLAIMER) for a in answers)
     assert load_config(run / "config.yaml").model.name == str(tiny_model_dir)
-    assert "training loss first -> last" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "training loss" in printed and "mean of first/last 1 logged steps" in printed
+    stats = json.loads((run / "data_stats.json").read_text())
+    # 4 steps of 4 see each of the 16 examples once: every real token counted, no padding
+    assert metrics["metrics"]["tokens_seen"] == stats["total"]["train_tokens"]
+    assert metrics["metrics"]["tokens_per_second"] > 0
     assert "adapter saved" in (run / "run.log").read_text()
 
 

@@ -276,6 +276,14 @@ def load_for_inference(cfg: KitConfig, runtime: Runtime, adapter_dir: Path | Non
     return model, prepare_tokenizer(tokenizer, cfg)
 
 
+def prepare_for_training(model: Any, runtime: Runtime) -> None:
+    if runtime.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_training(model)
+    model.train()
+
+
 def prepare_for_generation(model: Any, runtime: Runtime) -> None:
     if runtime.backend == "unsloth":
         from unsloth import FastLanguageModel

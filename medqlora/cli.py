@@ -10,7 +10,7 @@ import time
 from .config import DEFAULT_CONFIG, load_config
 from .errors import MedQLoRAError, TrainingInterrupted
 
-MODES = ["train", "test", "full"]
+MODES = ["train", "test", "eval", "full"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,13 +19,15 @@ def parser() -> argparse.ArgumentParser:
         description="QLoRA fine-tuning of LLMs on medical data (Unsloth on NVIDIA GPUs, Hugging Face elsewhere).",
     )
     p.add_argument("--mode", choices=MODES, default="full",
-                   help="train: train an adapter; test: answer the sample queries with an adapter; full: both")
+                   help="train: train an adapter; test: answer the sample queries with an adapter; eval: score the "
+                   "base model and an adapter on the eval benchmarks; full: evaluate, train, evaluate, answer")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file or preset name (config/presets/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set training.max_steps=60 (repeatable)")
     p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
     p.add_argument("--adapter", default=None,
-                   help="test mode: adapter or run folder, 'latest' (default) or 'none' for the base model")
+                   help="test/eval modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
+    p.add_argument("--no-baseline", action="store_true", help="eval mode: score the adapter only, not the base model")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; load nothing")
     return p
 
@@ -42,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.mode == "test":
             summary = pipeline.run_test(cfg, args.adapter, args.output_dir)
+        elif args.mode == "eval":
+            summary = pipeline.run_eval(cfg, args.adapter, args.output_dir, baseline=not args.no_baseline)
         else:
-            run, summary, (model, tokenizer, _) = pipeline.run_train(cfg, args.output_dir, started)
+            with_eval = args.mode == "full" and cfg.eval.in_full_mode and bool(cfg.eval.benchmarks)
+            run, summary, (model, tokenizer, _) = pipeline.run_train(cfg, args.output_dir, started, with_eval)
             if args.mode == "full":
                 summary["samples"] = pipeline.run_samples(
                     cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"

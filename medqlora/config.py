@@ -140,6 +140,28 @@ class GenerationSection(Section):
     )
 
 
+class BenchmarkSpec(Section):
+    name: str = Field(..., description="label in the report; pubmedqa, medqa and medmcqa get published reference points")
+    kind: Literal["pubmedqa", "multiple_choice"]
+    source: str | None = Field(None, description="default for pubmedqa: the official 500-question test split")
+    subset: str | None = None
+    split: str = "test"
+    max_items: int | None = Field(None, gt=0, description="score a seeded sample of this many items")
+    columns: dict[str, str] = Field(default_factory=dict)
+
+
+class EvalSection(Section):
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="pubmedqa", kind="pubmedqa")]
+    )
+    method: Literal["likelihood", "generate"] = Field(
+        "likelihood", description="likelihood: compare the log-probability of each answer; generate: parse a reply"
+    )
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(256, gt=0, description="generate method only")
+    in_full_mode: bool = Field(True, description="--mode full evaluates before and after training")
+
+
 class OutputSection(Section):
     dir: str = "outputs"
     run_name: str | None = Field(None, description="Default: <model>-<dataset>-<timestamp>")
@@ -152,6 +174,7 @@ class KitConfig(Section):
     data: DataSection
     training: TrainingSection = Field(default_factory=TrainingSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     def to_yaml(self) -> str:
@@ -239,11 +262,28 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple:
             node[part_key] = parsed
             return tuple(int(p) if p.isdigit() else p for p in parts)
         if not isinstance(node, list):
-            node = node.setdefault(part_key, {})
+            if part_key not in node:
+                node[part_key] = _default_value(model, part)
+            node = node[part_key]
             model = _submodel(model, part) if model is not None else None
         else:
             node = node[part_key]
-            model = DatasetSpec if parts[depth - 1] in ("datasets", "eval_sets") else None
+            model = _LIST_ITEMS.get(parts[depth - 1])
+
+
+_LIST_ITEMS: dict[str, type[BaseModel]] = {}
+
+
+def _default_value(model: type[BaseModel] | None, field: str) -> Any:
+    """The schema default of a field as plain data, so an override can reach into it (e.g. a list item)."""
+    if model is None or field not in model.model_fields:
+        return {}
+    default = model.model_fields[field].get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        return {}  # an empty section validates to the same defaults
+    if isinstance(default, list):
+        return [d.model_dump() if isinstance(d, BaseModel) else d for d in default]
+    return {} if default is None else default
 
 
 def _submodel(model: type[BaseModel], field: str) -> type[BaseModel] | None:
@@ -276,8 +316,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             return None
         if isinstance(part, int):
             continue
-        if part in ("datasets", "eval_sets"):
-            model = DatasetSpec
+        if part in ("datasets", "eval_sets", "benchmarks"):
+            model = BenchmarkSpec if part == "benchmarks" else DatasetSpec
             continue
         if part not in model.model_fields:
             return None
@@ -315,3 +355,6 @@ def _closest_line(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None
         if loc[:end] in lines:
             return lines[loc[:end]]
     return None
+
+
+_LIST_ITEMS.update(datasets=DatasetSpec, eval_sets=DatasetSpec, benchmarks=BenchmarkSpec)

@@ -302,15 +302,18 @@ class Collected:
     info: dict[str, Any]
 
 
-def collect(data: DataSection, seed: int) -> list[Collected]:
-    """Every training dataset formatted and selected, and the leakage guard passed (no model needed)."""
+def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None) -> list[Collected]:
+    """Every training dataset formatted and selected, and the leakage guard passed (no model needed).
+
+    ``extra_eval``: items of the benchmarks this run evaluates on, guarded like data.eval_sets.
+    """
     collected = []
     for index, spec in enumerate(data.datasets):
         examples, info = build_examples(spec, load_rows(spec), seed + index)
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
     guard = leakage.check(
         [leakage.Item(c.name, ex.uid, ex.question) for c in collected for ex in c.examples],
-        evaluation_items(data),
+        evaluation_items(data) + (extra_eval or []),
         data.allow_eval_overlap,
     )
     for c in collected:

@@ -36,48 +36,47 @@ def with_disclaimer(text: str, disclaimer: str) -> str:
     return text
 
 
-def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str, str]]) -> list[dict[str, Any]]:
+def generate_texts(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                   batch_size: int) -> list[str]:
+    """Replies to already chat-templated prompts, in order (left-padded batches)."""
+    return [text for text, _ in _generate(cfg, model, tokenizer, prompts, max_new_tokens, batch_size)]
+
+
+def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+              batch_size: int) -> list[tuple[str, int]]:
     import torch
 
     g = cfg.generation
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
+    sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
+        "do_sample": False}
     tokenizer.padding_side = "left"
-    results = []
+    out: list[tuple[str, int]] = []
     try:
-        for start in range(0, len(questions), g.batch_size):
-            batch = questions[start : start + g.batch_size]
-            prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in batch]
-            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
-                "do_sample": False
-            }
-            began = time.perf_counter()
+        for start in range(0, len(prompts), batch_size):
+            encoded = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
             with torch.inference_mode():
-                output = model.generate(
-                    **encoded,
-                    max_new_tokens=g.max_new_tokens,
-                    repetition_penalty=g.repetition_penalty,
-                    eos_token_id=stops,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **sampling,
-                )
-            seconds = time.perf_counter() - began
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for query, tokens in zip(batch, new_tokens, strict=True):
-                n = int(sum(1 for t in tokens.tolist() if t != tokenizer.pad_token_id))
-                text = tokenizer.decode(tokens, skip_special_tokens=True)
-                results.append(
-                    {
-                        **query,
-                        "response": with_disclaimer(text, g.disclaimer),
-                        "new_tokens": n,
-                        "batch_seconds": round(seconds, 2),
-                    }
-                )
+                output = model.generate(**encoded, max_new_tokens=max_new_tokens,
+                                        repetition_penalty=g.repetition_penalty, eos_token_id=stops,
+                                        pad_token_id=tokenizer.pad_token_id, **sampling)
+            for tokens in output[:, encoded["input_ids"].shape[1] :]:
+                n = int(sum(1 for t in tokens.tolist() if t not in stops and t != tokenizer.pad_token_id))
+                out.append((tokenizer.decode(tokens, skip_special_tokens=True), n))
     finally:
         tokenizer.padding_side = "right"
-    return results
+    return out
+
+
+def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str, str]]) -> list[dict[str, Any]]:
+    g = cfg.generation
+    prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in questions]
+    began = time.perf_counter()
+    replies = _generate(cfg, model, tokenizer, prompts, g.max_new_tokens, g.batch_size)
+    seconds = round(time.perf_counter() - began, 2)
+    return [{**q, "response": with_disclaimer(text, g.disclaimer), "new_tokens": n, "seconds_all_queries": seconds}
+            for q, (text, n) in zip(questions, replies, strict=True)]
 
 
 def to_markdown(results: list[dict[str, Any]], title: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from . import backends, data, generate, memory, report
+from . import backends, data, evaluate, generate, leakage, memory, report
 from .config import KitConfig, validate
 from .errors import ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
@@ -47,7 +47,10 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     }
 
 
-def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[RunDir, dict[str, Any], Any]:
+def run_train(
+    cfg: KitConfig, output_dir: str | None, started: float, with_eval: bool = False
+) -> tuple[RunDir, dict[str, Any], Any]:
+    """Train an adapter into a new run folder; with_eval: benchmark the model before and after."""
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
     run = RunDir.create(cfg, output_dir)
@@ -61,8 +64,11 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
 
     record("loading")
     try:
-        collected = data.collect(cfg.data, cfg.training.seed)  # bad data stops here, before the model loads
-        return _train_in(cfg, runtime, run, record, started, collected)
+        # bad data stops here, before the model loads
+        benchmarks = evaluate.load_benchmarks(cfg) if with_eval else {}
+        guard = [leakage.Item(name, i.uid, i.example.question) for name, items in benchmarks.items() for i in items]
+        collected = data.collect(cfg.data, cfg.training.seed, guard)
+        return _train_in(cfg, runtime, run, record, started, collected, benchmarks)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
         log.error("run %s: %s", status, err)
@@ -71,7 +77,8 @@ def run_train(cfg: KitConfig, output_dir: str | None, started: float) -> tuple[R
 
 
 def _train_in(
-    cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float, collected: list
+    cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float, collected: list,
+    benchmarks: dict[str, list],
 ) -> tuple:
     from .train import planned_steps, train
 
@@ -90,6 +97,11 @@ def _train_in(
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
     record("training", model_source=source, data=prepared.fingerprints)
 
+    baseline = None
+    if benchmarks:  # the LoRA weights start at zero: this is the base model's score
+        backends.prepare_for_generation(model, runtime)
+        baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")
+        backends.prepare_for_training(model, runtime)
     result = train(cfg, runtime, model, tokenizer, prepared, run)
     memory_report = memory.training_report(after_load, result.memory_after_train)
     run.write_json("memory.json", memory_report)
@@ -112,7 +124,57 @@ def _train_in(
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
            start_to_trained_s=round(time.perf_counter() - started, 2))
     backends.prepare_for_generation(model, runtime)
+    if benchmarks:
+        tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+        summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned), f"{cfg.model.name} + {run.path.name}")
     return run, summary, (model, tokenizer, runtime)
+
+
+def _evaluate(cfg: KitConfig, model: Any, tokenizer: Any, benchmarks: dict[str, list], stage: str) -> dict:
+    results = evaluate.evaluate(cfg, model, tokenizer, benchmarks)
+    for name, m in results.items():
+        say(f"eval {stage} {name}: accuracy {m['accuracy']}% macro-F1 {m['macro_f1']}% on {m['items']} items "
+            f"({m['method']}, {m['items_per_second']} items/s); predicted {m['predicted']}")
+    return results
+
+
+def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str) -> str:
+    """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist)."""
+    md, js, png = run.unique("eval_report.md"), run.unique("eval.json"), run.unique("eval_chart.png")
+    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}"))
+    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results})
+    evaluate.plot(results, run.path / png)
+    rows = []
+    for name, row in results.items():
+        base, tuned = (row.get(k) for k in ("baseline", "fine_tuned"))
+        rows.append(f"{name} {base['accuracy'] if base else '-'} -> {tuned['accuracy'] if tuned else '-'}")
+    say(f"evaluation report: {run.path / md}")
+    return "; ".join(rows) + " (accuracy %, baseline -> fine-tuned)"
+
+
+def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, baseline: bool) -> dict[str, Any]:
+    """--mode eval: the base model and/or an adapter on the configured benchmarks."""
+    adapter = _find_adapter(cfg, adapter_arg, output_dir)
+    if adapter is not None:
+        cfg = adapter_run_config(adapter, cfg)
+    benchmarks = evaluate.load_benchmarks(cfg)
+    if adapter is not None:
+        evaluate.check_not_trained_on(benchmarks, adapter.parent / "training_items.jsonl")
+    run = _run_for(cfg, adapter, output_dir, "base-eval")
+    runtime = backends.activate(backends.detect(cfg), cfg)
+    say(runtime.describe())
+    model, tokenizer = backends.load_for_inference(cfg, runtime, None)
+    base = _evaluate(cfg, model, tokenizer, benchmarks, "baseline") if baseline or adapter is None else None
+    tuned = None
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        backends.prepare_for_generation(model, runtime)
+        tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+    title = cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
+    line = write_eval_report(cfg, run, evaluate.merge(base, tuned), title)
+    return {"run_dir": str(run.path), "backend": runtime.describe(), "model": cfg.model.name, "eval": line}
 
 
 def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: str) -> str:
@@ -138,25 +200,34 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"model": trained.model})
 
 
-def run_test(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
-    root = Path(output_dir or cfg.output.dir)
+def _find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> Path | None:
+    if adapter_arg == "none":
+        return None
     if adapter_arg in (None, "latest"):
-        adapter = latest_run_with_adapter(root)
-    elif adapter_arg == "none":
-        adapter = None
-    else:
-        adapter = Path(adapter_arg)
-        if adapter.is_dir() and (adapter / "adapter" / "adapter_config.json").is_file():
-            adapter = adapter / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
-            raise ModelError(f"--adapter {adapter_arg}: no adapter_config.json there (a LoRA adapter folder or run folder).")
+        return latest_run_with_adapter(Path(output_dir or cfg.output.dir))
+    adapter = Path(adapter_arg)
+    if adapter.is_dir() and (adapter / "adapter" / "adapter_config.json").is_file():
+        adapter = adapter / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"--adapter {adapter_arg}: no adapter_config.json there (a LoRA adapter folder or run folder).")
+    return adapter
+
+
+def _run_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefix: str) -> RunDir:
+    """The adapter's own run folder, or a new one for the base model."""
     if adapter is not None:
-        cfg = adapter_run_config(adapter, cfg)
         run = RunDir(adapter.parent)
         run.start_log()
-    else:
-        run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(
-            update={"run_name": cfg.output.run_name or f"base-{time.strftime('%Y%m%d-%H%M%S')}"})}), output_dir)
+        return run
+    name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir)
+
+
+def run_test(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
+    adapter = _find_adapter(cfg, adapter_arg, output_dir)
+    if adapter is not None:
+        cfg = adapter_run_config(adapter, cfg)
+    run = _run_for(cfg, adapter, output_dir, "base")
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
     say(f"loading {cfg.model.name}" + (f" with adapter {adapter}" if adapter else " without adapter"))

@@ -55,6 +55,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("total_wall_s", "total time (s)"),
         ("memory", "memory"),
         ("adapter_mb", "adapter size (MB)"),
+        ("eval", "evaluation"),
         ("samples", "sample responses"),
     ]:
         if summary.get(key) is not None:

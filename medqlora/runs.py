@@ -95,7 +95,12 @@ class RunDir:
         if not (self.path / name).exists():
             return name
         stem, dot, suffix = name.partition(".")
-        return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{dot}{suffix}"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        candidate, n = f"{stem}-{stamp}{dot}{suffix}", 1
+        while (self.path / candidate).exists():
+            n += 1
+            candidate = f"{stem}-{stamp}-{n}{dot}{suffix}"
+        return candidate
 
 
 def latest_run_with_adapter(root: Path) -> Path:

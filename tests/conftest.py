@@ -49,6 +49,7 @@ def tiny_overrides(model_dir: Path, out: Path, **extra: str) -> list[str]:
         "training.max_steps": "4",
         "training.micro_batch_size": "4",
         "generation.max_new_tokens": "8",
+        "eval.benchmarks.0.max_items": "12",
         "output.dir": str(out),
         **extra,
     }

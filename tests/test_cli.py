@@ -32,7 +32,11 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     run = only_run(out)
     files = {p.name for p in run.iterdir()}
     assert {"adapter", "config.yaml", "manifest.json", "metrics.json", "loss.png", "memory.json",
-            "data_stats.json", "sample_responses.md", "sample_responses.jsonl", "run.log"} <= files
+            "data_stats.json", "sample_responses.md", "sample_responses.jsonl", "run.log", "eval_report.md",
+            "eval.json", "eval_chart.png"} <= files
+    pubmedqa = json.loads((run / "eval.json").read_text())["benchmarks"]["pubmedqa"]
+    assert pubmedqa["baseline"]["items"] == pubmedqa["fine_tuned"]["items"] == 12
+    assert "| pubmedqa | 12 | likelihood |" in (run / "eval_report.md").read_text()
 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "trained"
@@ -162,3 +166,28 @@ def test_training_items_are_recorded_for_later_overlap_checks(tiny_model_dir, tm
     assert not {i["uid"] for i in items} & pubmedqa_test_ids()
     stats = json.loads((only_run(out) / "data_stats.json").read_text())
     assert 0 <= stats["total"]["padding_fraction"]["length_grouped_batches"] < 1
+
+
+def test_eval_mode_scores_base_and_adapter_without_overwriting(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "train") == 0
+    run = only_run(out)
+    assert cli(tiny_model_dir, out, "--mode", "eval") == 0
+    report = json.loads((run / "eval.json").read_text())["benchmarks"]["pubmedqa"]
+    assert report["baseline"]["items"] == 12 and report["fine_tuned"]["items"] == 12
+    assert cli(tiny_model_dir, out, "--mode", "eval", "--no-baseline") == 0
+    second = [p for p in run.glob("eval-*.json")]
+    assert len(second) == 1 and json.loads(second[0].read_text())["benchmarks"]["pubmedqa"]["baseline"] is None
+    assert "pubmedqa" in capsys.readouterr().out
+
+
+def test_eval_mode_on_the_base_model_alone(tiny_model_dir, tmp_path):
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "eval", "--adapter", "none",
+               **{"eval.benchmarks": "[{name: medmcqa, kind: multiple_choice, source: data/medmcqa/dev_subset.jsonl, "
+                                     "max_items: 6}]"}) == 0
+    run = only_run(out)
+    assert run.name.startswith("base-eval-")
+    report = json.loads((run / "eval.json").read_text())["benchmarks"]["medmcqa"]
+    assert report["fine_tuned"] is None and report["baseline"]["items"] == 6
+    assert sum(report["baseline"]["predicted"].values()) == 6

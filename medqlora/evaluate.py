@@ -1,0 +1,338 @@
+"""Benchmarks: PubMedQA (official test split) and multiple choice, scored by answer likelihood or by
+parsing a generated reply, with the same prompts the kit trains on.
+
+likelihood: one forward pass per item; the score of an answer is the log-probability of its first
+token right after the prompt (its capitalised form counted too: 'yes' or 'Yes'). The highest score
+wins; a tie goes to the answer listed first.
+generate: greedy decoding, then the answer is extracted from the reply (see ``extract_answer``);
+replies with no answer, or with several different ones, are counted as unparsed (and wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import BenchmarkSpec, DatasetSpec, KitConfig
+from .data import FORMATS, Example, load_rows, pubmedqa_test_ids, tokenize_example
+from .errors import DataError
+
+PUBMEDQA_LABELS = ["yes", "no", "maybe"]
+REFERENCES: dict[str, list[tuple[str, float]]] = {
+    "pubmedqa": [
+        ("majority class (always 'yes')", 55.2),
+        ("BioBERT (Jin et al. 2019)", 68.1),
+        ("single human annotator (Jin et al. 2019)", 78.0),
+        ("Llama-3.1-8B-Instruct (HuatuoGPT-o1 paper, Table 1)", 75.2),
+        ("HuatuoGPT-o1-8B (HuatuoGPT-o1 paper, Table 1)", 79.2),
+    ],
+    "medqa": [("Llama-3.1-8B-Instruct (HuatuoGPT-o1 paper)", 58.7), ("HuatuoGPT-o1-8B", 72.6)],
+    "medmcqa": [("Llama-3.1-8B-Instruct (HuatuoGPT-o1 paper)", 56.0), ("HuatuoGPT-o1-8B", 60.4)],
+}
+
+
+@dataclass
+class EvalItem:
+    uid: str
+    example: Example  # the prompt, exactly as in training
+    gold: str
+    choices: list[str]
+    option_texts: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- items
+
+
+def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
+    if bench.kind == "pubmedqa":
+        items = _pubmedqa_items(bench)
+    else:
+        items = _multiple_choice_items(bench)
+    if bench.max_items is not None and bench.max_items < len(items):
+        items = random.Random(seed).sample(items, bench.max_items)
+    return items
+
+
+def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
+    source = bench.source or "data/pubmedqa/ori_pqal.json"
+    spec = DatasetSpec(source=source, format="pubmedqa", subset=bench.subset,
+                       split=bench.split if bench.source else "train", long_answer=False, columns=bench.columns)
+    test_ids = pubmedqa_test_ids()
+    items = []
+    for row in load_rows(spec):
+        example = FORMATS["pubmedqa"](row, spec)
+        if example.uid in test_ids:
+            items.append(EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS))
+    if not items:
+        raise DataError(f"Benchmark '{bench.name}': no PubMedQA official test questions found in {source}.")
+    return sorted(items, key=lambda item: item.uid)
+
+
+def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
+    if bench.source is None:
+        raise DataError(f"Benchmark '{bench.name}': multiple_choice needs a source (hub id or .jsonl file).")
+    spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=bench.split,
+                       columns=bench.columns)
+    items = []
+    for number, row in enumerate(load_rows(spec), start=1):
+        example = FORMATS["multiple_choice"](row, spec)
+        options = row[spec.columns.get("options", "options")]
+        if isinstance(options, list):
+            options = {chr(ord("A") + i): text for i, text in enumerate(options)}
+        letter = example.response.split(".", 1)[0]
+        items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options)))
+    return items
+
+
+# ---------------------------------------------------------------- likelihood scoring
+
+
+def answer_token_ids(tokenizer: Any, choices: list[str]) -> list[list[int]]:
+    """For each answer, the first token of each surface form ('yes', 'Yes')."""
+    ids = []
+    for choice in choices:
+        forms = dict.fromkeys([choice, choice.capitalize(), choice.upper()])
+        ids.append(sorted({tokenizer(form, add_special_tokens=False)["input_ids"][0] for form in forms}))
+    flat = [i for group in ids for i in group]
+    if len(flat) != len(set(flat)):
+        raise DataError(f"Answers {choices} share a first token with this tokenizer; use method: generate.")
+    return ids
+
+
+def score_likelihood(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
+    import torch
+
+    prompts = [_prompt_ids(cfg, tokenizer, item) for item in items]
+    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batch by length: little padding
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results: dict[int, dict[str, Any]] = {}
+    groups_cache: dict[tuple, list[list[int]]] = {}
+    for start in range(0, len(order), cfg.eval.batch_size):
+        batch = order[start : start + cfg.eval.batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        # left padding, with position ids that ignore it, so the last position is every prompt's end
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = _last_logits(model, ids.to(device), mask.to(device), positions.to(device))
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, i in enumerate(batch):
+            key = tuple(items[i].choices)
+            groups = groups_cache.setdefault(key, answer_token_ids(tokenizer, items[i].choices))
+            scores = [torch.logsumexp(logprobs[row, group], dim=0).item() for group in groups]
+            results[i] = {"pred": items[i].choices[_argmax(scores)], "scores": [round(s, 4) for s in scores]}
+    return [results[i] for i in range(len(items))]
+
+
+def _argmax(scores: list[float]) -> int:
+    best = max(scores)
+    return scores.index(best)  # ties: the answer listed first
+
+
+def _last_logits(model: Any, ids: Any, mask: Any, positions: Any) -> Any:
+    try:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+    except TypeError:  # models whose forward has no logits_to_keep
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    return out.logits[:, -1, :]
+
+
+def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem) -> list[int]:
+    prompt_only = Example(prompt=item.example.prompt, response="", context=item.example.context,
+                          prompt_template=item.example.prompt_template)
+    fitted, outcome = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt,
+                                       cfg.model.max_seq_length - 1, "truncate", "")
+    if fitted is None:
+        raise DataError(f"Evaluation item {item.uid}: its prompt does not fit model.max_seq_length.")
+    return fitted["input_ids"]
+
+
+# ---------------------------------------------------------------- generation scoring
+
+_FINAL = [re.compile(r"##\s*Final Response\s*(.*)", re.S | re.I), re.compile(r"<response>(.*?)(</response>|$)", re.S)]
+_LETTER = re.compile(r"(?:\(([A-E])\)|\*\*([A-E])\*\*|(?:option|choice)\s+([A-E])\b|(?:^|\s)([A-E])[.):](?=\s|$))")
+_STATED = re.compile(r"(?:the\s+)?(?:correct\s+|final\s+)?answer\s+is\s*:?\s*\(?\**([A-Za-z]+)\b", re.I)
+
+
+def extract_answer(text: str, choices: list[str], option_texts: dict[str, str] | None = None) -> str | None:
+    """The answer a reply gives, or None when it gives none or several different ones.
+
+    Looks in the final-response section when there is one (HuatuoGPT-o1 '## Final Response' or
+    <response> tags), then for 'the answer is X', then for the reply opening with an answer, then for
+    exactly one answer (or exactly one option's text) mentioned as a word.
+    """
+    section = text
+    for pattern in _FINAL:
+        match = pattern.search(text)
+        if match:
+            section = match.group(1)
+            break
+    lookup = {c.lower(): c for c in choices}
+    stated = {lookup[m.lower()] for m in _STATED.findall(section) if m.lower() in lookup}
+    if len(stated) == 1:
+        return stated.pop()
+    if stated:
+        return None
+    words = len(choices[0]) > 1
+    opening = (re.match(r"\W*([A-Za-z]+)\b", section) if words
+               else re.match(r"[\s*(]*([A-E])(?:[.):*]|\s*$)", section))
+    if opening and opening.group(1).lower() in lookup:
+        return lookup[opening.group(1).lower()]
+    if words:
+        return None  # yes/no/maybe also occur in prose ("there is no evidence"): no guessing
+    letters = {g for groups in _LETTER.findall(section) for g in groups if g} & set(choices)
+    if len(letters) == 1:
+        return letters.pop()
+    if option_texts and not letters:
+        hits = [letter for letter, option in option_texts.items() if option and option.lower() in section.lower()]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def score_generate(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
+    from .generate import generate_texts
+
+    prompts = [tokenizer.decode(_prompt_ids(cfg, tokenizer, item)) for item in items]
+    replies = generate_texts(cfg, model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    return [{"pred": extract_answer(reply, item.choices, item.option_texts), "reply": reply}
+            for item, reply in zip(items, replies, strict=True)]
+
+
+# ---------------------------------------------------------------- metrics and report
+
+
+def classification_metrics(gold: list[str], pred: list[str | None], labels: list[str]) -> dict[str, Any]:
+    """Accuracy and macro-F1 (as PubMedQA's evaluation.py: per-label F1, 0 where undefined, averaged)."""
+    n = len(gold)
+    f1s = []
+    for label in labels:
+        tp = sum(g == label and p == label for g, p in zip(gold, pred, strict=True))
+        fp = sum(g != label and p == label for g, p in zip(gold, pred, strict=True))
+        fn = sum(g == label and p != label for g, p in zip(gold, pred, strict=True))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    unparsed = sum(p is None for p in pred)
+    correct = sum(g == p for g, p in zip(gold, pred, strict=True))
+    return {
+        "items": n,
+        "accuracy": round(100 * correct / n, 2) if n else math.nan,
+        "macro_f1": round(100 * sum(f1s) / len(f1s), 2),
+        "unparsed": unparsed,
+        "accuracy_of_parsed": round(100 * correct / (n - unparsed), 2) if n - unparsed else math.nan,
+        "predicted": {label: sum(p == label for p in pred) for label in labels},
+        "gold": {label: sum(g == label for g in gold) for label in labels},
+    }
+
+
+def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> dict:
+    """Score every benchmark with the configured method; returns {benchmark: metrics}."""
+    import time
+
+    results = {}
+    score = score_likelihood if cfg.eval.method == "likelihood" else score_generate
+    for name, items in items_by_bench.items():
+        began = time.perf_counter()
+        scored = score(cfg, model, tokenizer, items)
+        seconds = time.perf_counter() - began
+        metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], items[0].choices)
+        metrics.update(method=cfg.eval.method, seconds=round(seconds, 2),
+                       items_per_second=round(len(items) / max(seconds, 1e-9), 2),
+                       per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])
+        results[name] = metrics
+    return results
+
+
+def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
+    return {bench.name: load_items(bench, cfg.training.seed) for bench in cfg.eval.benchmarks}
+
+
+def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path) -> None:
+    """Refuse to evaluate an adapter on items its run trained on (from its training_items.jsonl)."""
+    from .leakage import question_hash
+
+    if not training_items.is_file():
+        return
+    trained = {json.loads(line)["question_sha1_16"] for line in training_items.read_text().splitlines() if line}
+    for name, items in items_by_bench.items():
+        seen = [i.uid for i in items if question_hash(i.example.question) in trained]
+        if seen:
+            raise DataError(
+                f"Benchmark '{name}': {len(seen)} items were trained on by this adapter (e.g. {seen[:3]}); "
+                "its scores would be inflated. Evaluate on other items or another adapter."
+            )
+
+
+def report_markdown(results: dict[str, dict[str, Any]], title: str) -> str:
+    lines = [f"# {title}", "", "| benchmark | items | method | baseline | fine-tuned | delta | macro-F1 (base / tuned) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        base, tuned = row.get("baseline"), row.get("fine_tuned")
+        any_run = tuned or base
+        cells = [
+            name, str(any_run["items"]), any_run["method"],
+            _pct(base), _pct(tuned),
+            f"{tuned['accuracy'] - base['accuracy']:+.1f}" if base and tuned else "",
+            f"{_f1(base)} / {_f1(tuned)}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Accuracy in %. Unparsed replies (generate method) count as wrong and are listed below.", ""]
+    for name, row in results.items():
+        lines.append(f"## {name}")
+        for stage in ("baseline", "fine_tuned"):
+            if row.get(stage):
+                m = row[stage]
+                lines.append(f"- {stage}: predicted {m['predicted']} vs gold {m['gold']}; unparsed {m['unparsed']}; "
+                             f"{m['items_per_second']} items/s")
+        for label, value in REFERENCES.get(name.lower(), []):
+            lines.append(f"- reference: {label}: {value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pct(metrics: dict | None) -> str:
+    return f"{metrics['accuracy']:.1f}" if metrics else "-"
+
+
+def _f1(metrics: dict | None) -> str:
+    return f"{metrics['macro_f1']:.1f}" if metrics else "-"
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(names)), 3.6))
+    for offset, stage, colour in ((-0.2, "baseline", "#9aa5b1"), (0.2, "fine_tuned", "#2f6db3")):
+        values = [results[n][stage]["accuracy"] if results[n].get(stage) else 0 for n in names]
+        ax.bar([i + offset for i in range(len(names))], values, width=0.4, label=stage.replace("_", "-"), color=colour)
+    for i, name in enumerate(names):
+        for label, value in REFERENCES.get(name.lower(), []):
+            ax.hlines(value, i - 0.45, i + 0.45, colors="#c0392b", linestyles="dotted", linewidth=1)
+            ax.text(i + 0.46, value, label.split(" (")[0], fontsize=6, va="center")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
+    names = list((fine_tuned or baseline or {}).keys())
+    return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}

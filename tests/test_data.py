@@ -247,3 +247,29 @@ def test_padding_report_hand_computed():
     # first-fit decreasing into rows of 12: [10, 2], [8, 4]: no padding
     assert (report["packed_rows"], report["packed_rows_count"]) == (0.0, 2)
     assert report["random_batches"] >= report["length_grouped_batches"]
+
+
+def test_a_validation_set_can_be_given_explicitly(tmp_path, smol_tokenizer):
+    train, held = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    train.write_text("".join(json.dumps({"question": f"t{i}", "answer": "x"}) + "\n" for i in range(6)))
+    held.write_text("".join(json.dumps({"question": f"v{i}", "answer": "y"}) + "\n" for i in range(3)))
+    data = DataSection(datasets=[spec(source=str(train)), spec(source=str(held), use_for="validation")])
+    prepared = prepare(data, smol_tokenizer, max_len=128, seed=0)
+    assert len(prepared.train) == 6 and len(prepared.validation) == 3
+    assert {r["source"] for r in prepared.validation} == {f"1:{held}"}
+
+
+def test_hub_layout_parquet_folder_goes_through_datasets(tmp_path):
+    """The hub's qiaojin/PubMedQA pqa_labeled columns, as a local parquet folder read by `datasets`."""
+    import datasets
+
+    test_pmid = sorted(pubmedqa_test_ids())[0]
+    rows = [{"pubid": int(p), "question": f"Q{p}?", "context": {"contexts": ["c1", "c2"], "labels": ["A", "B"],
+             "meshes": ["m"]}, "long_answer": "L.", "final_decision": d} for p, d in ((test_pmid, "no"), ("42", "maybe"))]
+    folder = tmp_path / "pqa_labeled"
+    folder.mkdir()
+    datasets.Dataset.from_list(rows).to_parquet(str(folder / "train-00000.parquet"))
+    examples, info = build_examples(spec(source=str(folder), format="pubmedqa", split="train"),
+                                    load_rows(spec(source=str(folder), format="pubmedqa", split="train")), seed=0)
+    assert info == {"rows": 2, "held_out_pubmedqa_test": 1, "used": 1}
+    assert examples[0].uid == "42" and examples[0].response == "maybe. L."

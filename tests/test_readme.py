@@ -13,7 +13,9 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 def test_the_data_example_validates_against_the_schema():
     block = re.search(r"One example of each:\n\n```yaml\n(.*?)```", README, re.S).group(1)
     cfg = validate(yaml.safe_load(block), source="README.md")
-    assert [d.format for d in cfg.data.datasets] == ["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat"]
+    assert [d.format for d in cfg.data.datasets] == ["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat",
+                                                     "instruction"]
+    assert cfg.data.datasets[-1].use_for == "validation"
     assert cfg.data.datasets[0].cv_fold == 0 and cfg.data.datasets[1].weight == 0.5
     assert cfg.data.eval_sets[0].format == "multiple_choice"
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "eval":
             summary = pipeline.run_eval(cfg, args.adapter, args.output_dir, baseline=not args.no_baseline)
         else:
-            with_eval = args.mode == "full" and cfg.eval.in_full_mode and bool(cfg.eval.benchmarks)
+            with_eval = args.mode == "full" and cfg.eval.in_full_mode
             run, summary, (model, tokenizer, _) = pipeline.run_train(cfg, args.output_dir, started, with_eval)
             if args.mode == "full":
                 summary["samples"] = pipeline.run_samples(

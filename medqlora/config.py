@@ -143,7 +143,10 @@ class GenerationSection(Section):
 
 class BenchmarkSpec(Section):
     name: str = Field(..., description="label in the report; pubmedqa, medqa and medmcqa get published reference points")
-    kind: Literal["pubmedqa", "multiple_choice"]
+    kind: Literal["pubmedqa", "multiple_choice", "cot"] = Field(
+        ..., description="cot: medical-o1 rows, generated and checked for format, reasoning length and ROUGE-L"
+    )
+    cot_style: Literal["huatuo", "tags"] = "huatuo"
     source: str | None = Field(None, description="default for pubmedqa: the official 500-question test split")
     subset: str | None = None
     split: str = "test"
@@ -161,6 +164,9 @@ class EvalSection(Section):
     batch_size: int = Field(8, gt=0)
     max_new_tokens: int = Field(256, gt=0, description="generate method only")
     in_full_mode: bool = Field(True, description="--mode full evaluates before and after training")
+    cot_items: int = Field(
+        50, ge=0, description="--mode full: held-out medical-o1 items to generate for when training on that format"
+    )
 
 
 class OutputSection(Section):

@@ -482,7 +482,8 @@ def tokenize_collected(
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if tokenized is not None:
                 records.append({**tokenized, "source": c.name, "uid": example.uid, "role": example.role,
-                                "question_hash": leakage.question_hash(example.question)})
+                                "question_hash": leakage.question_hash(example.question), "example": example,
+                                "format": c.spec.format, "cot_style": c.spec.cot_style})
         stats[c.name] = {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
     if not records:
         raise DataError(

@@ -51,6 +51,8 @@ class EvalItem:
 def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
     if bench.kind == "pubmedqa":
         items = _pubmedqa_items(bench)
+    elif bench.kind == "cot":
+        items = _cot_items(bench)
     else:
         items = _multiple_choice_items(bench)
     if bench.max_items is not None and bench.max_items < len(items):
@@ -241,6 +243,10 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
     results = {}
     score = score_likelihood if cfg.eval.method == "likelihood" else score_generate
     for name, items in items_by_bench.items():
+        style = cot_style_of(cfg, name)
+        if style is not None:
+            results[name] = score_cot(cfg, model, tokenizer, items, style)
+            continue
         began = time.perf_counter()
         scored = score(cfg, model, tokenizer, items)
         seconds = time.perf_counter() - began
@@ -250,6 +256,19 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
                        per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])
         results[name] = metrics
     return results
+
+
+def cot_style_of(cfg: KitConfig, name: str) -> str | None:
+    """The CoT style when benchmark ``name`` is a chain-of-thought one (configured, or the run's own)."""
+    for bench in cfg.eval.benchmarks:
+        if bench.name == name:
+            return bench.cot_style if bench.kind == "cot" else None
+    if name.startswith(COT_VALIDATION):
+        return name.rsplit(":", 1)[1]
+    return None
+
+
+COT_VALIDATION = "medical-o1 validation"
 
 
 def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
@@ -272,7 +291,9 @@ def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_ite
             )
 
 
-def report_markdown(results: dict[str, dict[str, Any]], title: str) -> str:
+def report_markdown(results: dict[str, dict[str, Any]], title: str, perplexity: dict | None = None) -> str:
+    cot = {n: r for n, r in results.items() if "format_compliance" in (r.get("fine_tuned") or r.get("baseline") or {})}
+    results = {n: r for n, r in results.items() if n not in cot}
     lines = [f"# {title}", "", "| benchmark | items | method | baseline | fine-tuned | delta | macro-F1 (base / tuned) |",
              "|---|---|---|---|---|---|---|"]
     for name, row in results.items():
@@ -296,6 +317,20 @@ def report_markdown(results: dict[str, dict[str, Any]], title: str) -> str:
         for label, value in REFERENCES.get(name.lower(), []):
             lines.append(f"- reference: {label}: {value}")
         lines.append("")
+    if cot:
+        lines += ["## Chain-of-thought format", "",
+                  "| set | items | format compliance % (base / tuned) | reasoning words (base / tuned) | "
+                  "ROUGE-L of the final response (base / tuned) |", "|---|---|---|---|---|"]
+        for name, row in cot.items():
+            b, t = row.get("baseline") or {}, row.get("fine_tuned") or {}
+            lines.append(f"| {name} | {(t or b)['items']} | {b.get('format_compliance', '-')} / "
+                         f"{t.get('format_compliance', '-')} | {b.get('mean_reasoning_words', '-')} / "
+                         f"{t.get('mean_reasoning_words', '-')} | {b.get('rouge_l', '-')} / {t.get('rouge_l', '-')} |")
+        lines.append("")
+    if perplexity:
+        lines += ["## Held-out perplexity (reference responses, validation set)", "",
+                  f"- before training: {perplexity.get('before', '-')}", f"- after training: {perplexity.get('after', '-')}",
+                  ""]
     return "\n".join(lines)
 
 
@@ -313,7 +348,9 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
+    names = [n for n in results if "accuracy" in (results[n].get("fine_tuned") or results[n].get("baseline") or {})]
+    if not names:
+        return
     fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(names)), 3.6))
     for offset, stage, colour in ((-0.2, "baseline", "#9aa5b1"), (0.2, "fine_tuned", "#2f6db3")):
         values = [results[n][stage]["accuracy"] if results[n].get(stage) else 0 for n in names]
@@ -336,3 +373,81 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
     names = list((fine_tuned or baseline or {}).keys())
     return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
+
+
+# ---------------------------------------------------------------- chain-of-thought formats
+
+COT_MARKERS = {"huatuo": ("## Thinking", "## Final Response"), "tags": ("<think>", "</think>", "<response>", "</response>")}
+
+
+def split_cot(text: str, style: str) -> tuple[str | None, str | None]:
+    """(reasoning, final response) of a reply in the given style; None for a missing part."""
+    if style == "tags":
+        thinking = re.search(r"<think>(.*?)</think>", text, re.S)
+        final = re.search(r"<response>(.*?)</response>", text, re.S)
+    else:
+        thinking = re.search(r"## Thinking\s*(.*?)\s*## Final Response", text, re.S)
+        final = re.search(r"## Final Response\s*(.*)", text, re.S)
+    return (thinking.group(1).strip() if thinking else None, final.group(1).strip() if final else None)
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
+    a, b = re.findall(r"\w+", candidate.lower()), re.findall(r"\w+", reference.lower())
+    if not a or not b:
+        return 0.0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def cot_metrics(replies: list[str], references: list[str], style: str) -> dict[str, Any]:
+    """Format compliance (both parts present), mean reasoning length in words, ROUGE-L of the final response."""
+    parts = [split_cot(r, style) for r in replies]
+    compliant = [t is not None and f is not None for t, f in parts]
+    reasoning = [len(t.split()) for t, _ in parts if t is not None]
+    rouge = [rouge_l(f if f is not None else r, split_cot(ref, style)[1] or ref)
+             for (_, f), r, ref in zip(parts, replies, references, strict=True)]
+    n = len(replies)
+    return {
+        "items": n,
+        "format_compliance": round(100 * sum(compliant) / n, 2) if n else math.nan,
+        "mean_reasoning_words": round(sum(reasoning) / len(reasoning), 1) if reasoning else 0.0,
+        "rouge_l": round(100 * sum(rouge) / n, 2) if n else math.nan,
+    }
+
+
+def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:
+    return [EvalItem(ex.uid or str(i), ex, ex.response, []) for i, ex in enumerate(examples[:limit])]
+
+
+def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
+    if bench.source is None:
+        raise DataError(f"Benchmark '{bench.name}': cot needs a source of medical-o1 rows (Question, Complex_CoT, Response).")
+    spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=bench.split,
+                       cot_style=bench.cot_style, columns=bench.columns)
+    return cot_items_from(format_rows(spec, load_rows(spec)), 10**9)
+
+
+def score_cot(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem], style: str) -> dict[str, Any]:
+    import time
+
+    from .generate import generate_texts
+
+    began = time.perf_counter()
+    prompts = [tokenizer.decode(_prompt_ids(cfg, tokenizer, item)) for item in items]
+    replies = generate_texts(cfg, model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    seconds = time.perf_counter() - began
+    metrics = cot_metrics(replies, [i.gold for i in items], style)
+    metrics.update(method="generate", style=style, seconds=round(seconds, 2),
+                   items_per_second=round(len(items) / max(seconds, 1e-9), 2),
+                   per_item=[{"uid": i.uid, "reply": r} for i, r in zip(items, replies, strict=True)])
+    return metrics

@@ -67,8 +67,9 @@ def run_train(
     record("loading")
     try:
         # bad data stops here, before the model loads
-        benchmarks = evaluate.load_benchmarks(cfg) if with_eval else {}
-        guard = [leakage.Item(name, i.uid, i.example.question) for name, items in benchmarks.items() for i in items]
+        benchmarks = evaluate.load_benchmarks(cfg) if with_eval else None
+        guard = [leakage.Item(name, i.uid, i.example.question) for name, items in (benchmarks or {}).items()
+                 for i in items]
         collected = data.collect(cfg.data, cfg.training.seed, guard)
         return _train_in(cfg, runtime, run, record, started, collected, benchmarks)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
@@ -80,7 +81,7 @@ def run_train(
 
 def _train_in(
     cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float, collected: list,
-    benchmarks: dict[str, list],
+    benchmarks: dict[str, list] | None,
 ) -> tuple:
     from .train import planned_steps, train
 
@@ -99,6 +100,8 @@ def _train_in(
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
     record("training", model_source=source, data=prepared.fingerprints)
 
+    if benchmarks is not None:
+        benchmarks.update(_cot_validation(cfg, prepared))
     baseline = None
     if benchmarks:  # the LoRA weights start at zero: this is the base model's score
         backends.prepare_for_generation(model, runtime)
@@ -128,30 +131,51 @@ def _train_in(
     backends.prepare_for_generation(model, runtime)
     if benchmarks:
         tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
-        summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned), f"{cfg.model.name} + {run.path.name}")
+        m = result.metrics
+        perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
+        summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
+                                            f"{cfg.model.name} + {run.path.name}", perplexity)
     return run, summary, (model, tokenizer, runtime)
+
+
+def _cot_validation(cfg: KitConfig, prepared: data.PreparedData) -> dict[str, list]:
+    """The run's held-out medical-o1 examples, generated for before and after training."""
+    held_out = [r for r in prepared.validation if r["format"] == "medical_o1"]
+    if not held_out or cfg.eval.cot_items == 0:
+        return {}
+    style = held_out[0]["cot_style"]
+    items = evaluate.cot_items_from([r["example"] for r in held_out], cfg.eval.cot_items)
+    return {f"{evaluate.COT_VALIDATION}:{style}": items}
 
 
 def _evaluate(cfg: KitConfig, model: Any, tokenizer: Any, benchmarks: dict[str, list], stage: str) -> dict:
     results = evaluate.evaluate(cfg, model, tokenizer, benchmarks)
     for name, m in results.items():
+        if "format_compliance" in m:
+            say(f"eval {stage} {name}: format compliance {m['format_compliance']}%, reasoning "
+                f"{m['mean_reasoning_words']} words, ROUGE-L {m['rouge_l']} on {m['items']} items")
+            continue
         say(f"eval {stage} {name}: accuracy {m['accuracy']}% macro-F1 {m['macro_f1']}% on {m['items']} items "
             f"({m['method']}, {m['items_per_second']} items/s); predicted {m['predicted']}")
     return results
 
 
-def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str) -> str:
+def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
+                      perplexity: dict | None = None) -> str:
     """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist)."""
     md, js, png = run.unique("eval_report.md"), run.unique("eval.json"), run.unique("eval_chart.png")
-    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}"))
-    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results})
+    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity))
+    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity})
     evaluate.plot(results, run.path / png)
     rows = []
     for name, row in results.items():
-        base, tuned = (row.get(k) for k in ("baseline", "fine_tuned"))
-        rows.append(f"{name} {base['accuracy'] if base else '-'} -> {tuned['accuracy'] if tuned else '-'}")
+        base, tuned = (row.get(k) or {} for k in ("baseline", "fine_tuned"))
+        key = "accuracy" if "accuracy" in (tuned or base) else "format_compliance"
+        rows.append(f"{name} {key} {base.get(key, '-')} -> {tuned.get(key, '-')}")
+    if perplexity:
+        rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
     say(f"evaluation report: {run.path / md}")
-    return "; ".join(rows) + " (accuracy %, baseline -> fine-tuned)"
+    return "; ".join(rows) + " (baseline -> fine-tuned)"
 
 
 def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, baseline: bool) -> dict[str, Any]:

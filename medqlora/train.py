@@ -91,6 +91,7 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
         eval_dataset=_dataset(data.validation) if data.validation else None,
         processing_class=tokenizer,
     )
+    before = trainer.evaluate()["eval_loss"] if data.validation else None  # held-out NLL of the base model
     started = time.perf_counter()
     try:
         output = trainer.train()
@@ -113,6 +114,9 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
     metrics["trained_tokens"] = sum(sum(1 for x in r["labels"] if x != -100) for r in data.train)
     if data.validation:
         metrics.update(trainer.evaluate())
+        metrics["eval_loss_before"] = before
+        metrics["perplexity_before"] = round(math.exp(before), 3)
+        metrics["perplexity_after"] = round(math.exp(metrics["eval_loss"]), 3)
     memory = snapshot()
     save_adapter(model, tokenizer, run)
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)

@@ -132,3 +132,51 @@ def test_evaluation_refuses_items_the_adapter_trained_on(tmp_path, pubmedqa_item
     trained.write_text(json.dumps({"question_sha1_16": question_hash(pubmedqa_items[0].example.question)}) + "\n")
     with pytest.raises(DataError, match="1 items were trained on by this adapter"):
         check_not_trained_on({"pubmedqa": pubmedqa_items}, trained)
+
+
+# ---------------------------------------------------------------- chain of thought and perplexity
+
+from medqlora.evaluate import cot_metrics, rouge_l, split_cot  # noqa: E402
+
+
+def test_rouge_l_by_hand():
+    # LCS of "the cat sat on the mat" and "the cat lay on a mat" = the cat on mat (4): P = 4/6, R = 4/6
+    assert rouge_l("the cat sat on the mat", "The cat lay on a mat.") == pytest.approx(4 / 6)
+    assert rouge_l("", "anything") == 0.0 and rouge_l("same words", "same words") == 1.0
+
+
+def test_cot_format_compliance_and_reasoning_length():
+    replies = [
+        "## Thinking\n\nfirst second third\n\n## Final Response\n\nIron deficiency.",
+        "## Final Response\n\nIron deficiency.",  # no reasoning: not compliant
+        "Iron deficiency.",
+    ]
+    reference = "## Thinking\n\nwhy\n\n## Final Response\n\nIron deficiency."
+    m = cot_metrics(replies, [reference] * 3, "huatuo")
+    assert m["format_compliance"] == pytest.approx(33.33)
+    assert m["mean_reasoning_words"] == 3.0
+    assert m["rouge_l"] == 100.0  # the final response (or the whole reply) matches each time
+    assert split_cot("<think>a b</think>\n<response>c</response>", "tags") == ("a b", "c")
+    assert cot_metrics(["<think>a</think> no response"], ["<response>x</response>"], "tags")["format_compliance"] == 0
+
+
+def test_full_mode_on_medical_o1_reports_cot_and_perplexity(tiny_model_dir, tmp_path):
+    from medqlora.cli import main
+
+    rows = tmp_path / "o1.jsonl"
+    rows.write_text("".join(json.dumps({"Question": f"Patient {i} has anaemia. Cause?", "Complex_CoT": "Think.",
+                                        "Response": "Iron deficiency."}) + "\n" for i in range(12)))
+    argv = ["--mode", "full"]
+    for item in tiny_overrides(tiny_model_dir, tmp_path / "out") + [
+        f"data.datasets=[{{source: {rows}, format: medical_o1}}]", "data.val_ratio=0.25", "eval.benchmarks=[]",
+        "eval.max_new_tokens=12", "output.run_name=o1"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    run = tmp_path / "out" / "o1"
+    report = json.loads((run / "eval.json").read_text())
+    cot = report["benchmarks"]["medical-o1 validation:huatuo"]
+    assert cot["baseline"]["items"] == cot["fine_tuned"]["items"] == 3
+    assert 0 <= cot["fine_tuned"]["format_compliance"] <= 100
+    assert report["perplexity"]["before"] > 1 and report["perplexity"]["after"] > 1
+    text = (run / "eval_report.md").read_text()
+    assert "## Chain-of-thought format" in text and "## Held-out perplexity" in text

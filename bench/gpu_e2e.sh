@@ -69,9 +69,10 @@ PYEOF
     done
     ;;
   medical_o1)
-    for packing in false true; do
+    for packing in ${PACKING:-false true}; do
       run medical_o1_unsloth_packing_$packing --mode full --set backend=unsloth --set model.max_seq_length=2048 \
           --set "data.datasets=[{source: $MEDICAL_O1, format: medical_o1}]" --set training.max_steps=20 \
+          --set data.val_ratio=0.1 --set eval.max_new_tokens=384 --set eval.batch_size=20 \
           --set training.micro_batch_size=4 --set training.packing=$packing --set generation.max_new_tokens=200 \
           --set output.run_name=medical-o1-packing-$packing --output-dir "$RUNS"
     done

@@ -82,6 +82,6 @@ for f in "$RUNS"/*/eval*.json; do [ -f "$f" ] && { echo "$f"; $PY -c "
 import json, sys
 for name, row in json.load(open(sys.argv[1]))['benchmarks'].items():
     for stage, m in row.items():
-        if m: print(name, stage, {k: m[k] for k in ('items', 'accuracy', 'macro_f1', 'unparsed', 'predicted', 'seconds', 'items_per_second')})
+        if m: print(name, stage, {k: v for k, v in m.items() if k != 'per_item'})
 " "$f"; } >> "$RESULTS/summary.txt"; done
 for f in "$RUNS"/*/data_stats.json; do [ -f "$f" ] && { echo "$f"; $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['total']))" "$f"; } >> "$RESULTS/summary.txt"; done

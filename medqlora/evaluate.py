@@ -383,10 +383,10 @@ COT_MARKERS = {"huatuo": ("## Thinking", "## Final Response"), "tags": ("<think>
 def split_cot(text: str, style: str) -> tuple[str | None, str | None]:
     """(reasoning, final response) of a reply in the given style; None for a missing part."""
     if style == "tags":
-        thinking = re.search(r"<think>(.*?)</think>", text, re.S)
+        thinking = re.search(r"<think>(.*?)(?:</think>|$)", text, re.S)
         final = re.search(r"<response>(.*?)</response>", text, re.S)
     else:
-        thinking = re.search(r"## Thinking\s*(.*?)\s*## Final Response", text, re.S)
+        thinking = re.search(r"## Thinking\s*(.*?)\s*(?:## Final Response|$)", text, re.S)
         final = re.search(r"## Final Response\s*(.*)", text, re.S)
     return (thinking.group(1).strip() if thinking else None, final.group(1).strip() if final else None)
 
@@ -410,15 +410,18 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 
 def cot_metrics(replies: list[str], references: list[str], style: str) -> dict[str, Any]:
-    """Format compliance (both parts present), mean reasoning length in words, ROUGE-L of the final response."""
+    """Format compliance (both parts present), replies that at least open the reasoning part, mean reasoning
+    length in words (of those), ROUGE-L of the final response (of the whole reply where it has none)."""
     parts = [split_cot(r, style) for r in replies]
-    compliant = [t is not None and f is not None for t, f in parts]
+    closed = [style != "tags" or "</think>" in r for r in replies]
+    compliant = [t is not None and f is not None and c for (t, f), c in zip(parts, closed, strict=True)]
     reasoning = [len(t.split()) for t, _ in parts if t is not None]
     rouge = [rouge_l(f if f is not None else r, split_cot(ref, style)[1] or ref)
              for (_, f), r, ref in zip(parts, replies, references, strict=True)]
     n = len(replies)
     return {
         "items": n,
+        "started_reasoning": round(100 * len(reasoning) / n, 2) if n else math.nan,
         "format_compliance": round(100 * sum(compliant) / n, 2) if n else math.nan,
         "mean_reasoning_words": round(sum(reasoning) / len(reasoning), 1) if reasoning else 0.0,
         "rouge_l": round(100 * sum(rouge) / n, 2) if n else math.nan,

@@ -150,12 +150,13 @@ def test_cot_format_compliance_and_reasoning_length():
         "## Thinking\n\nfirst second third\n\n## Final Response\n\nIron deficiency.",
         "## Final Response\n\nIron deficiency.",  # no reasoning: not compliant
         "Iron deficiency.",
+        "## Thinking\n\none two three four five",  # cut off before the final response: not compliant
     ]
     reference = "## Thinking\n\nwhy\n\n## Final Response\n\nIron deficiency."
-    m = cot_metrics(replies, [reference] * 3, "huatuo")
-    assert m["format_compliance"] == pytest.approx(33.33)
-    assert m["mean_reasoning_words"] == 3.0
-    assert m["rouge_l"] == 100.0  # the final response (or the whole reply) matches each time
+    m = cot_metrics(replies, [reference] * 4, "huatuo")
+    assert m["format_compliance"] == 25.0 and m["started_reasoning"] == 50.0
+    assert m["mean_reasoning_words"] == 4.0  # (3 + 5) / 2
+    assert m["rouge_l"] == 75.0  # the final response (or the whole reply) matches in three of four
     assert split_cot("<think>a b</think>\n<response>c</response>", "tags") == ("a b", "c")
     assert cot_metrics(["<think>a</think> no response"], ["<response>x</response>"], "tags")["format_compliance"] == 0
 

@@ -20,6 +20,12 @@ def test_the_data_example_validates_against_the_schema():
     assert cfg.data.eval_sets[0].format == "multiple_choice"
 
 
+def test_the_eval_example_validates_against_the_schema():
+    block = re.search(r"Example reports are in `examples/`.\n\n```yaml\n(.*?)```", README, re.S).group(1)
+    cfg = validate({**yaml.safe_load(block), "data": {"datasets": [{"source": "x.jsonl", "format": "chat"}]}})
+    assert [b.kind for b in cfg.eval.benchmarks] == ["pubmedqa", "multiple_choice", "multiple_choice", "cot"]
+
+
 def test_every_preset_in_the_readme_exists_and_every_preset_is_listed():
     listed = set(re.findall(r"^\| `([a-z0-9.-]+)` \| `unsloth/", README, re.M))
     assert listed == {p.stem for p in PRESETS_DIR.glob("*.yaml")}

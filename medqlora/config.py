@@ -188,6 +188,9 @@ class KitConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+# The item type of each list in the schema, for --set overrides that reach into a list.
+_LIST_ITEMS: dict[str, type[BaseModel]] = {"datasets": DatasetSpec, "eval_sets": DatasetSpec, "benchmarks": BenchmarkSpec}
+
 # ---------------------------------------------------------------- loading
 
 
@@ -283,9 +286,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple:
             model = _LIST_ITEMS.get(parts[depth - 1])
 
 
-_LIST_ITEMS: dict[str, type[BaseModel]] = {}
-
-
 def _default_value(model: type[BaseModel] | None, field: str) -> Any:
     """The schema default of a field as plain data, so an override can reach into it (e.g. a list item)."""
     if model is None or field not in model.model_fields:
@@ -328,8 +328,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             return None
         if isinstance(part, int):
             continue
-        if part in ("datasets", "eval_sets", "benchmarks"):
-            model = BenchmarkSpec if part == "benchmarks" else DatasetSpec
+        if part in _LIST_ITEMS:
+            model = _LIST_ITEMS[part]
             continue
         if part not in model.model_fields:
             return None
@@ -368,5 +368,3 @@ def _closest_line(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None
             return lines[loc[:end]]
     return None
 
-
-_LIST_ITEMS.update(datasets=DatasetSpec, eval_sets=DatasetSpec, benchmarks=BenchmarkSpec)

@@ -375,6 +375,9 @@ def _hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
             f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
             f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
         )
+    from transformers import set_seed
+
+    set_seed(cfg.training.seed)  # the LoRA initialisation must not depend on what ran before in the process
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,

@@ -9,7 +9,7 @@ import sys
 import time
 
 from .config import DEFAULT_CONFIG, load_config
-from .errors import MedQLoRAError, TrainingInterrupted
+from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import redact
 
 MODES = ["train", "test", "eval", "full"]
@@ -29,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
     p.add_argument("--adapter", default=None,
                    help="test/eval modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
+    p.add_argument("--resume", default=None, metavar="RUN|latest",
+                   help="train/full: continue a crashed or interrupted run from its last checkpoint, with its own "
+                   "config.yaml")
     p.add_argument("--no-baseline", action="store_true", help="eval mode: score the adapter only, not the base model")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; load nothing")
     return p
@@ -50,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = pipeline.run_eval(cfg, args.adapter, args.output_dir, baseline=not args.no_baseline)
         else:
             with_eval = args.mode == "full" and cfg.eval.in_full_mode
-            run, summary, (model, tokenizer, _) = pipeline.run_train(cfg, args.output_dir, started, with_eval)
+            if args.resume and args.overrides:
+                raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
+            run, summary, (model, tokenizer, cfg) = pipeline.run_train(cfg, args.output_dir, started, with_eval,
+                                                                       args.resume)
             if args.mode == "full":
                 summary["samples"] = pipeline.run_samples(
                     cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"

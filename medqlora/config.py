@@ -117,7 +117,10 @@ class TrainingSection(Section):
     gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"
     seed: int = 3407
     logging_steps: int = Field(1, gt=0)
-    save_steps: int = Field(0, ge=0, description="0: save only the final adapter")
+    save_steps: int = Field(
+        50, ge=0, description="checkpoint (adapter, optimizer, scheduler, step) every N steps for --resume; 0: never"
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep while training")
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     packing: bool = Field(False, description="pack several examples into each max_seq_length row (Unsloth backend)")
 

@@ -49,16 +49,47 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     }
 
 
+def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[RunDir, KitConfig, Path]:
+    """The run folder to continue (a path, or 'latest'), its own config, and its newest checkpoint."""
+    from .train import latest_checkpoint
+
+    if resume == "latest":
+        root = Path(output_dir or cfg.output.dir)
+        candidates = [RunDir(p.parent) for p in root.glob("*/checkpoints")] if root.is_dir() else []
+        candidates = [r for r in candidates if latest_checkpoint(r) is not None]
+        if not candidates:
+            raise ModelError(f"--resume latest: no run under {root} has a checkpoint to continue from.")
+        run = max(candidates, key=lambda r: latest_checkpoint(r).stat().st_mtime)
+    else:
+        run = RunDir(Path(resume))
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:
+        done = (run.adapter / "adapter_config.json").is_file()
+        raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from"
+                         + (" (it finished training: its adapter is saved)." if done else
+                            "; it crashed before its first checkpoint (training.save_steps): train it again."))
+    saved = run.path / "config.yaml"
+    if not saved.is_file():
+        raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
+    return run, validate(yaml.safe_load(saved.read_text()), source=str(saved)), checkpoint
+
+
 def run_train(
-    cfg: KitConfig, output_dir: str | None, started: float, with_eval: bool = False
+    cfg: KitConfig, output_dir: str | None, started: float, with_eval: bool = False, resume: str | None = None
 ) -> tuple[RunDir, dict[str, Any], Any]:
-    """Train an adapter into a new run folder; with_eval: benchmark the model before and after."""
+    """Train an adapter into a new run folder (or continue one: resume); with_eval: benchmark before and after."""
+    checkpoint = None
+    if resume:
+        run, cfg, checkpoint = resumable_run(resume, output_dir, cfg)
+        run.start_log()
+        say(f"resuming {run.path} from {checkpoint.name}, with the run's own config.yaml")
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
-    run = RunDir.create(cfg, output_dir)
-    say(f"run folder: {run.path}")
-    run.write_text("config.yaml", cfg.to_yaml())
-    facts: dict[str, Any] = {}
+    if not resume:
+        run = RunDir.create(cfg, output_dir)
+        say(f"run folder: {run.path}")
+        run.write_text("config.yaml", cfg.to_yaml())
+    facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
 
     def record(status: str, **extra: Any) -> None:
         facts.update(extra, status=status)
@@ -71,7 +102,7 @@ def run_train(
         guard = [leakage.Item(name, i.uid, i.example.question) for name, items in (benchmarks or {}).items()
                  for i in items]
         collected = data.collect(cfg.data, cfg.training.seed, guard)
-        return _train_in(cfg, runtime, run, record, started, collected, benchmarks)
+        return _train_in(cfg, runtime, run, record, started, collected, benchmarks, checkpoint)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
         log.error("run %s: %s", status, err)
@@ -81,7 +112,7 @@ def run_train(
 
 def _train_in(
     cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float, collected: list,
-    benchmarks: dict[str, list] | None,
+    benchmarks: dict[str, list] | None, checkpoint: Path | None,
 ) -> tuple:
     from .train import planned_steps, train
 
@@ -103,16 +134,19 @@ def _train_in(
     if benchmarks is not None:
         benchmarks.update(_cot_validation(cfg, prepared))
     baseline = None
-    if benchmarks:  # the LoRA weights start at zero: this is the base model's score
+    saved_baseline = run.path / "eval_baseline.json"
+    if benchmarks and saved_baseline.is_file():  # a resumed run scored its base model before the crash
+        baseline = json.loads(saved_baseline.read_text())
+    elif benchmarks:  # the LoRA weights start at zero: this is the base model's score
         backends.prepare_for_generation(model, runtime)
         baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")
+        run.write_json("eval_baseline.json", baseline)
         backends.prepare_for_training(model, runtime)
-    result = train(cfg, runtime, model, tokenizer, prepared, run)
+    result = train(cfg, runtime, model, tokenizer, prepared, run, checkpoint)
     memory_report = memory.training_report(after_load, result.memory_after_train)
     run.write_json("memory.json", memory_report)
     run.write_json("metrics.json", {"metrics": result.metrics, "log_history": result.log_history})
     report.plot_loss(result.log_history, run.path / "loss.png")
-    _remove_if_empty(run.path / "checkpoints")
     adapter_mb = size_mb(run.adapter / "adapter_model.safetensors")
     summary = {
         "run_dir": str(run.path),
@@ -135,7 +169,7 @@ def _train_in(
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
                                             f"{cfg.model.name} + {run.path.name}", perplexity)
-    return run, summary, (model, tokenizer, runtime)
+    return run, summary, (model, tokenizer, cfg)
 
 
 def _cot_validation(cfg: KitConfig, prepared: data.PreparedData) -> dict[str, list]:
@@ -267,8 +301,3 @@ def _trainable(model: Any) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
-
-
-def _remove_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .backends import Runtime
@@ -57,6 +59,7 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, has_validation: bo
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
+        save_total_limit=t.keep_checkpoints,
         eval_strategy="no",
         bf16=runtime.dtype == "bf16",
         fp16=runtime.dtype == "fp16",
@@ -81,7 +84,15 @@ def _dataset(records: list[dict[str, Any]]) -> Any:
     )
 
 
-def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir) -> TrainResult:
+def latest_checkpoint(run: RunDir) -> Path | None:
+    """The newest complete checkpoint of a run (HF Trainer writes trainer_state.json last)."""
+    found = [p for p in (run.path / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[1])) if found else None
+
+
+def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir,
+          resume_from: Path | None = None) -> TrainResult:
+    """Train (or continue from ``resume_from``, a checkpoint of this run) and save the adapter."""
     from trl import SFTTrainer
 
     trainer = SFTTrainer(
@@ -91,10 +102,12 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
         eval_dataset=_dataset(data.validation) if data.validation else None,
         processing_class=tokenizer,
     )
-    before = trainer.evaluate()["eval_loss"] if data.validation else None  # held-out NLL of the base model
+    before = None
+    if data.validation and resume_from is None:
+        before = trainer.evaluate()["eval_loss"]  # held-out NLL of the base model
     started = time.perf_counter()
     try:
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         step = trainer.state.global_step
         save_adapter(model, tokenizer, run)
@@ -115,16 +128,21 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
     if data.validation:
         metrics.update(trainer.evaluate())
         metrics["eval_loss_before"] = before
-        metrics["perplexity_before"] = round(math.exp(before), 3)
+        metrics["perplexity_before"] = round(math.exp(before), 3) if before is not None else None
         metrics["perplexity_after"] = round(math.exp(metrics["eval_loss"]), 3)
+    metrics["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
     memory = snapshot()
     save_adapter(model, tokenizer, run)
+    shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # the run is complete: the adapter is what counts
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)
 
 
 def save_adapter(model: Any, tokenizer: Any, run: RunDir) -> None:
     """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename."""
     partial = run.path / ".adapter.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left over by a crash while saving
+    if run.adapter.exists():  # an adapter saved at Ctrl-C, before this resumed run: keep it aside
+        run.adapter.rename(run.path / run.unique("adapter-interrupted"))
     try:
         model.save_pretrained(str(partial), safe_serialization=True)
         tokenizer.save_pretrained(str(partial))

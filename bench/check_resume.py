@@ -16,29 +16,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW = """
-import sys, time
-from pathlib import Path
-from trl import SFTTrainer
-original = SFTTrainer.training_step
-def slow_step(self, *args, **kwargs):
-    time.sleep(0.5)
-    out = original(self, *args, **kwargs)
-    Path(sys.argv[1]).write_text(str(self.state.global_step + 1))
-    return out
-SFTTrainer.training_step = slow_step
-from medqlora.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--backend", default="auto")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--save-steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=200, help="enough that the run is still going when it is killed")
+    p.add_argument("--save-steps", type=int, default=20)
     args = p.parse_args()
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
@@ -50,16 +34,16 @@ def main() -> None:
 
     cli = [sys.executable, str(ROOT / "medical_qlora_finetuning.py")]
     subprocess.run(cli + argv("whole"), env=env, check=True, capture_output=True)
-    counter = args.out / "steps"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(counter)] + argv("cut"), env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mark = args.out / "cut" / "checkpoints" / f"checkpoint-{2 * args.save_steps}" / "trainer_state.json"
+    proc = subprocess.Popen(cli + argv("cut"), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = args.out / "cut" / "checkpoints"
+    mark = checkpoints / f"checkpoint-{2 * args.save_steps}" / "trainer_state.json"
     while not mark.exists() and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.7)
+    if proc.poll() is not None:
+        raise SystemExit(f"the run ended (exit {proc.returncode}) before it could be killed: raise --steps")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = int(counter.read_text())
+    killed_at = max(int(p.name.rsplit("-", 1)[1]) for p in checkpoints.glob("checkpoint-*"))
     began = time.perf_counter()
     subprocess.run(cli + ["--mode", "train", "--resume", str(args.out / "cut")], env=env, check=True,
                    capture_output=True)
@@ -72,7 +56,7 @@ def main() -> None:
     metrics = {run: json.loads((args.out / run / "metrics.json").read_text()) for run in ("whole", "cut")}
     loss = {run: [e["loss"] for e in m["log_history"] if "loss" in e][-1] for run, m in metrics.items()}
     print(json.dumps({
-        "backend": args.backend, "killed_after_step": killed_at,
+        "backend": args.backend, "newest_checkpoint_at_kill": killed_at,
         "resumed_from_step": metrics["cut"]["metrics"]["resumed_from_step"],
         "final_step": metrics["cut"]["metrics"]["steps"], "resume_wall_s": round(resume_s, 1),
         "max_abs_adapter_difference": max((whole[k].float() - cut[k].float()).abs().max().item() for k in whole),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
-from .data import FORMATS, Example, load_rows, pubmedqa_test_ids, tokenize_example
+from .data import FORMATS, Example, format_rows, load_rows, pubmedqa_test_ids, tokenize_example
 from .errors import DataError
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
@@ -376,9 +376,6 @@ def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str,
 
 
 # ---------------------------------------------------------------- chain-of-thought formats
-
-COT_MARKERS = {"huatuo": ("## Thinking", "## Final Response"), "tags": ("<think>", "</think>", "<response>", "</response>")}
-
 
 def split_cot(text: str, style: str) -> tuple[str | None, str | None]:
     """(reasoning, final response) of a reply in the given style; None for a missing part."""

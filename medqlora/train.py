@@ -37,7 +37,7 @@ def optimizer_name(cfg: KitConfig, runtime: Runtime) -> str:
     return cfg.training.optimizer
 
 
-def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, has_validation: bool) -> Any:
+def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
     from trl import SFTConfig
 
     t = cfg.training
@@ -97,7 +97,7 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
 
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(cfg, runtime, run, bool(data.validation)),
+        args=sft_config(cfg, runtime, run),
         train_dataset=_dataset(data.train),
         eval_dataset=_dataset(data.validation) if data.validation else None,
         processing_class=tokenizer,

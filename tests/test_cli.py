@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import yaml
 
 from medqlora.cli import main
@@ -191,3 +190,16 @@ def test_eval_mode_on_the_base_model_alone(tiny_model_dir, tmp_path):
     report = json.loads((run / "eval.json").read_text())["benchmarks"]["medmcqa"]
     assert report["fine_tuned"] is None and report["baseline"]["items"] == 6
     assert sum(report["baseline"]["predicted"].values()) == 6
+
+
+def test_eval_mode_on_a_chain_of_thought_set(tiny_model_dir, tmp_path):
+    rows = tmp_path / "heldout.jsonl"
+    rows.write_text("".join(json.dumps({"Question": f"Case {i}: cause of anaemia?", "Complex_CoT": "Think.",
+                                        "Response": "Iron deficiency."}) + "\n" for i in range(3)))
+    out = tmp_path / "outputs"
+    assert cli(tiny_model_dir, out, "--mode", "eval", "--adapter", "none", **{
+        "eval.benchmarks": f"[{{name: o1-heldout, kind: cot, source: {rows}, cot_style: tags}}]",
+        "eval.max_new_tokens": "6"}) == 0
+    result = json.loads((only_run(out) / "eval.json").read_text())["benchmarks"]["o1-heldout"]["baseline"]
+    assert result["items"] == 3 and result["style"] == "tags" and result["format_compliance"] == 0.0
+    assert "## Chain-of-thought format" in (only_run(out) / "eval_report.md").read_text()

@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import backends, data, evaluate, generate, leakage, memory, report
-from .config import KitConfig, validate
+from .config import KitConfig, load_config
 from .errors import ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
 
@@ -71,7 +69,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     saved = run.path / "config.yaml"
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
-    return run, validate(yaml.safe_load(saved.read_text()), source=str(saved)), checkpoint
+    return run, load_config(saved), checkpoint
 
 
 def run_train(
@@ -254,7 +252,7 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     saved = adapter.parent / "config.yaml"
     if not saved.is_file():
         return cfg
-    trained = validate(yaml.safe_load(saved.read_text()), source=str(saved))
+    trained = load_config(saved)
     if trained.model.name != cfg.model.name:
         say(f"using base model {trained.model.name}, the one this adapter was trained on")
     return cfg.model_copy(update={"model": trained.model})

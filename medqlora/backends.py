@@ -260,21 +260,28 @@ def load_for_inference(cfg: KitConfig, runtime: Runtime, adapter_dir: Path | Non
     else:
         model, tokenizer = _hf_base(cfg, runtime, source)
     if adapter_dir is not None:
-        from peft import PeftModel
-
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
-        except Exception as err:
-            raise ModelError(
-                f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
-                "Was it trained on a different base model? Check model.name in the run's config.yaml."
-            ) from None
+        model = attach_adapter(model, adapter_dir, cfg, runtime)
         if (adapter_dir / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     prepare_for_generation(model, runtime)
     return model, prepare_tokenizer(tokenizer, cfg)
+
+
+def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runtime) -> Any:
+    """A saved LoRA adapter on top of a loaded base model, ready to generate."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as err:
+        raise ModelError(
+            f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
+            "Was it trained on a different base model? Check model.name in the run's config.yaml."
+        ) from None
+    prepare_for_generation(model, runtime)
+    return model
 
 
 def prepare_for_training(model: Any, runtime: Runtime) -> None:

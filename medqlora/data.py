@@ -208,12 +208,18 @@ def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     return Example(prompt=str(question), response=response)
 
 
-@register("multiple_choice")
-def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    question = _column(row, spec, "question")
+def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
+    """The options of a multiple-choice record as {letter: text} (a plain list is lettered A, B, ...)."""
     options = _column(row, spec, "options")
     if isinstance(options, list):
         options = {chr(ord("A") + i): text for i, text in enumerate(options)}
+    return options
+
+
+@register("multiple_choice")
+def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
+    question = _column(row, spec, "question")
+    options = mc_options(row, spec)
     answer = str(_column(row, spec, "answer_idx")).strip()
     if answer not in options:
         raise DataError(f"Dataset '{spec.source}': answer_idx {answer!r} is not one of the options {sorted(options)}.")

@@ -14,12 +14,13 @@ import json
 import math
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
-from .data import FORMATS, Example, format_rows, load_rows, pubmedqa_test_ids, tokenize_example
+from .data import FORMATS, Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
 from .errors import DataError
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
@@ -83,9 +84,7 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     items = []
     for number, row in enumerate(load_rows(spec), start=1):
         example = FORMATS["multiple_choice"](row, spec)
-        options = row[spec.columns.get("options", "options")]
-        if isinstance(options, list):
-            options = {chr(ord("A") + i): text for i, text in enumerate(options)}
+        options = mc_options(row, spec)
         letter = example.response.split(".", 1)[0]
         items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options)))
     return items
@@ -202,11 +201,20 @@ def extract_answer(text: str, choices: list[str], option_texts: dict[str, str] |
     return None
 
 
-def score_generate(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
+def _replies(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[str]:
+    """Greedy (or configured) replies to the items' prompts, fitted to max_seq_length as for training."""
     from .generate import generate_texts
 
     prompts = [tokenizer.decode(_prompt_ids(cfg, tokenizer, item)) for item in items]
-    replies = generate_texts(cfg, model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    return generate_texts(cfg, model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+
+
+def _speed(n: int, seconds: float) -> dict[str, float]:
+    return {"seconds": round(seconds, 2), "items_per_second": round(n / max(seconds, 1e-9), 2)}
+
+
+def score_generate(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
+    replies = _replies(cfg, model, tokenizer, items)
     return [{"pred": extract_answer(reply, item.choices, item.option_texts), "reply": reply}
             for item, reply in zip(items, replies, strict=True)]
 
@@ -238,8 +246,6 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
 
 def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> dict:
     """Score every benchmark with the configured method; returns {benchmark: metrics}."""
-    import time
-
     results = {}
     score = score_likelihood if cfg.eval.method == "likelihood" else score_generate
     for name, items in items_by_bench.items():
@@ -251,8 +257,7 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
         scored = score(cfg, model, tokenizer, items)
         seconds = time.perf_counter() - began
         metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], items[0].choices)
-        metrics.update(method=cfg.eval.method, seconds=round(seconds, 2),
-                       items_per_second=round(len(items) / max(seconds, 1e-9), 2),
+        metrics.update(method=cfg.eval.method, **_speed(len(items), seconds),
                        per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])
         results[name] = metrics
     return results
@@ -438,16 +443,9 @@ def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
 
 
 def score_cot(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem], style: str) -> dict[str, Any]:
-    import time
-
-    from .generate import generate_texts
-
     began = time.perf_counter()
-    prompts = [tokenizer.decode(_prompt_ids(cfg, tokenizer, item)) for item in items]
-    replies = generate_texts(cfg, model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    seconds = time.perf_counter() - began
+    replies = _replies(cfg, model, tokenizer, items)
     metrics = cot_metrics(replies, [i.gold for i in items], style)
-    metrics.update(method="generate", style=style, seconds=round(seconds, 2),
-                   items_per_second=round(len(items) / max(seconds, 1e-9), 2),
+    metrics.update(method="generate", style=style, **_speed(len(items), time.perf_counter() - began),
                    per_item=[{"uid": i.uid, "reply": r} for i, r in zip(items, replies, strict=True)])
     return metrics

@@ -225,10 +225,7 @@ def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, ba
     base = _evaluate(cfg, model, tokenizer, benchmarks, "baseline") if baseline or adapter is None else None
     tuned = None
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-        backends.prepare_for_generation(model, runtime)
+        model = backends.attach_adapter(model, adapter, cfg, runtime)
         tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
     title = cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
     line = write_eval_report(cfg, run, evaluate.merge(base, tuned), title)

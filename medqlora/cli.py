@@ -12,7 +12,7 @@ from .config import DEFAULT_CONFIG, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import redact
 
-MODES = ["train", "test", "eval", "full"]
+MODES = ["train", "test", "eval", "full", "export"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,13 +22,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=MODES, default="full",
                    help="train: train an adapter; test: answer the sample queries with an adapter; eval: score the "
-                   "base model and an adapter on the eval benchmarks; full: evaluate, train, evaluate, answer")
+                   "base model and an adapter on the eval benchmarks; full: evaluate, train, evaluate, answer; export: write an "
+                   "adapter's export.formats (adapter, merged 16-bit, gguf)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file or preset name (config/presets/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set training.max_steps=60 (repeatable)")
     p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
     p.add_argument("--adapter", default=None,
-                   help="test/eval modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
+                   help="test/eval/export modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
     p.add_argument("--resume", default=None, metavar="RUN|latest",
                    help="train/full: continue a crashed or interrupted run from its last checkpoint, with its own "
                    "config.yaml")
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.mode == "test":
             summary = pipeline.run_test(cfg, args.adapter, args.output_dir)
+        elif args.mode == "export":
+            summary = pipeline.run_export(cfg, args.adapter, args.output_dir)
         elif args.mode == "eval":
             summary = pipeline.run_eval(cfg, args.adapter, args.output_dir, baseline=not args.no_baseline)
         else:

@@ -123,6 +123,10 @@ class TrainingSection(Section):
     keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep while training")
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     packing: bool = Field(False, description="pack several examples into each max_seq_length row (Unsloth backend)")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers: tensorboard (run folder), wandb, mlflow; credentials from the environment",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSection:
@@ -172,6 +176,28 @@ class EvalSection(Section):
     )
 
 
+class ExportSection(Section):
+    formats: list[Literal["adapter", "merged", "gguf"]] = Field(
+        default_factory=lambda: ["adapter"],
+        description="--mode export: adapter (with tokenizer and model card), merged (16-bit model merged into the "
+        "dequantized base the adapter was trained against), gguf (llama.cpp; implies merged)",
+        min_length=1,
+    )
+    merged_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: the training compute dtype (bf16/fp16 on a GPU, fp32 on the CPU)"
+    )
+    gguf_type: Literal["q8_0", "f16", "bf16", "f32", "q4_k_m", "q5_k_m"] = Field(
+        "q8_0", description="q4_k_m / q5_k_m also need llama.cpp's llama-quantize program"
+    )
+    compare_prompts: int = Field(
+        6, ge=1, description="sample queries on which the export is checked against the 4-bit base + adapter"
+    )
+    compare_tokens: int = Field(32, ge=1, description="greedy tokens generated per prompt for that check")
+    compare_original: bool = Field(
+        True, description="also report the difference of merging into the original 16-bit weights instead"
+    )
+
+
 class OutputSection(Section):
     dir: str = "outputs"
     run_name: str | None = Field(None, description="Default: <model>-<dataset>-<timestamp>")
@@ -185,6 +211,7 @@ class KitConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    export: ExportSection = Field(default_factory=ExportSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     def to_yaml(self) -> str:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, evaluate, generate, leakage, memory, report
+from . import backends, data, evaluate, generate, leakage, memory, report, tracking
 from .config import KitConfig, load_config
 from .errors import ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
@@ -43,7 +43,8 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + "/ {adapter/, config.yaml, manifest.json, metrics.json, loss.png, memory.json, data_stats.json, "
-        "training_items.jsonl, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, run.log}",
+        "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
+        "run.log}",
     }
 
 
@@ -81,6 +82,7 @@ def run_train(
         run, cfg, checkpoint = resumable_run(resume, output_dir, cfg)
         run.start_log()
         say(f"resuming {run.path} from {checkpoint.name}, with the run's own config.yaml")
+    tracking.check_trackers(cfg)
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
     if not resume:
@@ -230,6 +232,19 @@ def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, ba
     title = cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
     line = write_eval_report(cfg, run, evaluate.merge(base, tuned), title)
     return {"run_dir": str(run.path), "backend": runtime.describe(), "model": cfg.model.name, "eval": line}
+
+
+def run_export(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
+    """--mode export: the adapter, a merged 16-bit model and/or GGUF, into the adapter's run folder."""
+    from . import export
+
+    adapter = _find_adapter(cfg, adapter_arg, output_dir)
+    if adapter is None:
+        raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
+    cfg = adapter_run_config(adapter, cfg)
+    RunDir(adapter.parent).start_log()
+    say(f"exporting {adapter} ({', '.join(cfg.export.formats)})")
+    return export.run_export(cfg, adapter, say)
 
 
 def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: str) -> str:

@@ -57,6 +57,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("adapter_mb", "adapter size (MB)"),
         ("eval", "evaluation"),
         ("samples", "sample responses"),
+        ("export_dir", "export folder"),
+        ("export", "export"),
     ]:
         if summary.get(key) is not None:
             lines.append(f"  {label:<28} {summary[key]}")

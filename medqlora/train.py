@@ -15,6 +15,7 @@ from .data import PreparedData
 from .errors import MedQLoRAError, TrainingInterrupted
 from .memory import snapshot
 from .runs import RunDir, log
+from .tracking import add_tracking, tracking_env
 
 
 @dataclass
@@ -69,7 +70,8 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
         packing_strategy="bfd",  # whole examples per row, never split across rows
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         gradient_checkpointing=False,  # already set up on the model by the backend
-        report_to="none",
+        report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
+        run_name=run.path.name,
         include_num_input_tokens_seen="non_padding",  # real tokens per second, padding excluded
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -93,6 +95,12 @@ def latest_checkpoint(run: RunDir) -> Path | None:
 def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir,
           resume_from: Path | None = None) -> TrainResult:
     """Train (or continue from ``resume_from``, a checkpoint of this run) and save the adapter."""
+    with tracking_env(cfg, run):
+        return _train(cfg, runtime, model, tokenizer, data, run, resume_from)
+
+
+def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir,
+           resume_from: Path | None) -> TrainResult:
     from trl import SFTTrainer
 
     trainer = SFTTrainer(
@@ -102,6 +110,7 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
         eval_dataset=_dataset(data.validation) if data.validation else None,
         processing_class=tokenizer,
     )
+    add_tracking(trainer, cfg, run)
     before = None
     if data.validation and resume_from is None:
         before = trainer.evaluate()["eval_loss"]  # held-out NLL of the base model

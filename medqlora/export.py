@@ -1,0 +1,445 @@
+"""--mode export: the adapter alone, a merged 16-bit model, and GGUF, each checked against training.
+
+The merged model is built from the *dequantized 4-bit base* the adapter was trained on, not from a
+separate 16-bit download: QLoRA learned a correction to the quantized weights, so merging it into
+the original weights gives a slightly different model. Both differences are measured and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import backends
+from .config import KitConfig
+from .data import render_prompt
+from .errors import MedQLoRAError, ModelError
+from .generate import load_queries
+from .runs import RunDir, log, write_json
+
+LLAMA_CPP_HINT = (
+    "GGUF export uses llama.cpp's converter. Get it with: git clone https://github.com/ggml-org/llama.cpp "
+    "and set LLAMA_CPP_DIR to that folder (or run: python -m medqlora.export --fetch-llama-cpp, which takes "
+    "the converter from the llama-cpp-python source package on PyPI). The merged model is exported meanwhile."
+)
+
+
+@dataclass
+class Reference:
+    """What the trained model (base + adapter, as in training) answers: the yardstick of every export."""
+
+    prompts: list[str]
+    logits: list[Any]  # float32 CPU tensors, one [tokens, vocab] per prompt
+    greedy: list[list[int]]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def run_export(cfg: KitConfig, adapter: Path, say: Any) -> dict[str, Any]:
+    """Write run/export/ (a new export-N folder if one exists) from the adapter of a run."""
+    run = RunDir(adapter.parent)
+    formats = set(cfg.export.formats)
+    partial = run.path / ".export.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left over by an export that crashed
+    partial.mkdir()
+    report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
+    if "adapter" in formats:
+        _export_adapter(cfg, adapter, partial / "adapter")
+        say(f"export: adapter with tokenizer and model card -> {partial.name}/adapter")
+    if formats & {"merged", "gguf"}:
+        report.update(_export_merged(cfg, adapter, partial / "merged", say))
+    if "gguf" in formats:
+        report["gguf"] = _export_gguf(cfg, partial, say)
+    final = run.path / run.unique("export")
+    write_json(partial / "export_report.json", report)
+    (partial / "export_report.md").write_text(report_markdown(report), encoding="utf-8")
+    partial.rename(final)
+    say(f"export written: {final}")
+    return {"run_dir": str(run.path), "export_dir": str(final), "export": _summary_line(report)}
+
+
+# ---------------------------------------------------------------- adapter
+
+
+def _export_adapter(cfg: KitConfig, adapter: Path, dest: Path) -> None:
+    shutil.copytree(adapter, dest)
+    (dest / "README.md").write_text(
+        f"# LoRA adapter for {cfg.model.name}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}"
+        f", on {', '.join(cfg.lora.target_modules)}). Load it on the base model it was trained on:\n\n"
+        "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
+        "model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n"
+        "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n```\n\n"
+        "Research use only; not medical advice.\n",
+        encoding="utf-8",
+    )
+
+
+# ---------------------------------------------------------------- merged
+
+
+def _export_merged(cfg: KitConfig, adapter: Path, dest: Path, say: Any) -> dict[str, Any]:
+    runtime = backends.activate(backends.detect(cfg), cfg)
+    dtype = _merged_dtype(cfg, runtime)
+    say(f"export: scoring {cfg.export.compare_prompts} sample prompts with the base model + adapter "
+        f"({'4-bit' if _quantized(cfg, runtime) else dtype} base, as in training)")
+    reference = trained_reference(cfg, runtime, adapter)
+    began = time.perf_counter()
+    tokenizer = _adapter_tokenizer(cfg, adapter)
+    merged = merge_into_dequantized_base(cfg, runtime, adapter, dtype)
+    _set_stop_tokens(merged, tokenizer)
+    _check_disk(dest.parent, merged)
+    merged.save_pretrained(dest, safe_serialization=True, max_shard_size="5GB")
+    tokenizer.save_pretrained(dest)
+    merge_s = round(time.perf_counter() - began, 2)
+    del merged
+    _free()
+    say(f"export: merged {dtype} model saved in {merge_s}s; checking it against the base model + adapter")
+    figures = {"merged_dtype": dtype, "merge_and_save_s": merge_s, "merged_gb": _folder_gb(dest),
+               "reference": reference.figures}
+    figures["merged_vs_trained"] = compare(reference, _load_plain(dest, runtime, dtype), tokenizer)
+    say(f"export: merged vs base+adapter: {figures['merged_vs_trained']}")
+    if cfg.export.compare_original and _quantized(cfg, runtime) and not _prequantized(cfg):
+        original = _original_plus_adapter(cfg, runtime, adapter, dtype)
+        figures["original_16bit_plus_adapter_vs_trained"] = compare(reference, original, tokenizer)
+        say(f"export: original 16-bit weights + adapter vs base+adapter (why the kit merges into the dequantized "
+            f"base): {figures['original_16bit_plus_adapter_vs_trained']}")
+    return figures
+
+
+def _merged_dtype(cfg: KitConfig, runtime: backends.Runtime) -> str:
+    return runtime.dtype if cfg.export.merged_dtype == "auto" else cfg.export.merged_dtype
+
+
+def _quantized(cfg: KitConfig, runtime: backends.Runtime) -> bool:
+    return runtime.device == "cuda" and cfg.model.load_in_4bit
+
+
+def trained_reference(cfg: KitConfig, runtime: backends.Runtime, adapter: Path) -> Reference:
+    """Logits and greedy tokens of the model exactly as trained (4-bit base + adapter on a GPU)."""
+    began = time.perf_counter()
+    model, tokenizer = backends.load_for_inference(cfg, runtime, adapter)
+    questions = load_queries(cfg.generation.queries_file)[: cfg.export.compare_prompts]
+    prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in questions]
+    logits, greedy = _score(model, tokenizer, prompts, cfg.export.compare_tokens)
+    figures = {"load_and_score_s": round(time.perf_counter() - began, 2), "prompts": len(prompts)}
+    del model
+    _free()
+    return Reference(prompts, logits, greedy, figures)
+
+
+def _score(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int) -> tuple[list[Any], list[list[int]]]:
+    """Per prompt: the logits over the prompt and the greedy continuation (one at a time: no padding effects)."""
+    import torch
+
+    stops = backends.stop_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    logits, greedy = [], []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+        with torch.inference_mode():
+            logits.append(model(input_ids=ids).logits[0].float().cpu())
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+        greedy.append(out[0, ids.shape[1]:].tolist())
+    return logits, greedy
+
+
+def compare(reference: Reference, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """How far a model is from the trained one: logit differences, top-1 agreement, identical greedy replies."""
+    import torch
+
+    logits, greedy = _score(model, tokenizer, reference.prompts, max(len(g) for g in reference.greedy))
+    del model
+    _free()
+    diffs = [(a - b).abs() for a, b in zip(logits, reference.logits, strict=True)]
+    top1 = [(a.argmax(-1) == b.argmax(-1)).float().mean().item() for a, b in zip(logits, reference.logits, strict=True)]
+    same = sum(g[: len(r)] == r for g, r in zip(greedy, reference.greedy, strict=True))
+    scale = max(r.abs().max().item() for r in reference.logits)
+    return {
+        "max_abs_logit_diff": round(max(d.max().item() for d in diffs), 5),
+        "mean_abs_logit_diff": round(torch.cat([d.flatten() for d in diffs]).mean().item(), 6),
+        "largest_logit": round(scale, 3),
+        "top1_agreement_percent": round(100 * sum(top1) / len(top1), 2),
+        "identical_greedy_replies": f"{same}/{len(greedy)}",
+        "first_divergence": _first_divergence(greedy, reference.greedy),
+    }
+
+
+def _first_divergence(greedy: list[list[int]], expected: list[list[int]]) -> list[int | None]:
+    found: list[int | None] = []
+    for g, r in zip(greedy, expected, strict=True):
+        found.append(next((i for i, (a, b) in enumerate(zip(g, r)) if a != b), None if g[: len(r)] == r else len(g)))
+    return found
+
+
+def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str) -> Any:
+    """Base weights as training saw them (4-bit, dequantized to ``dtype`` on the CPU) with the adapter merged in."""
+    from peft import PeftModel
+
+    # the 4-bit storage is bitsandbytes NF4 with either backend; Unsloth adds nothing to merging
+    plain = dataclasses.replace(runtime, backend="hf")
+    base, _ = backends._hf_base(cfg, plain, backends.resolve_model_source(cfg.model.name))
+    if getattr(base, "is_loaded_in_4bit", False):
+        dequantize_to_cpu(base, backends.torch_dtype(dtype))
+    else:
+        base.to(device="cpu", dtype=backends.torch_dtype(dtype))
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def dequantize_to_cpu(model: Any, dtype: Any) -> None:
+    """Replace every bitsandbytes 4-bit linear layer by a plain one holding its dequantized weights, on the CPU.
+
+    Layer by layer, so the GPU never holds more than the 4-bit model plus one 16-bit matrix (a T4 can merge an 8B).
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                dtype=dtype, device="cpu")
+        plain.weight.data = weight.to(device="cpu", dtype=dtype)
+        if module.bias is not None:
+            plain.bias.data = module.bias.data.to(device="cpu", dtype=dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
+        del module, weight
+    model.to(device="cpu", dtype=dtype)
+    # the model is no longer quantized: without this transformers refuses to save or reload it
+    model.hf_quantizer = None
+    model.is_loaded_in_4bit = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _free()
+
+
+def _adapter_tokenizer(cfg: KitConfig, adapter: Path) -> Any:
+    """The tokenizer saved with the adapter: the chat template and eos used in training."""
+    from transformers import AutoTokenizer
+
+    source = adapter if (adapter / "tokenizer_config.json").is_file() else backends.resolve_model_source(cfg.model.name)
+    return backends.prepare_tokenizer(AutoTokenizer.from_pretrained(str(source)), cfg)
+
+
+def _set_stop_tokens(model: Any, tokenizer: Any) -> None:
+    """transformers, vLLM and llama.cpp stop where training taught the model to stop."""
+    stops = backends.stop_token_ids(tokenizer)
+    model.config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = stops
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _load_plain(folder: Path, runtime: backends.Runtime, dtype: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    device = {"": 0} if runtime.device == "cuda" and _fits_on_gpu(folder) else None
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=backends.torch_dtype(dtype), device_map=device)
+    return model.eval()
+
+
+def _original_plus_adapter(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_load_plain(Path(backends.resolve_model_source(cfg.model.name)), runtime, dtype),
+                                     str(adapter)).eval()
+
+
+def _prequantized(cfg: KitConfig) -> bool:
+    """Checkpoints such as unsloth/...-bnb-4bit hold no 16-bit weights to compare with."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(backends.resolve_model_source(cfg.model.name))
+    return getattr(config, "quantization_config", None) is not None
+
+
+def _fits_on_gpu(folder: Path) -> bool:
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    return _folder_gb(folder) * 1e9 * 1.2 < free if folder.is_dir() else True
+
+
+def _check_disk(folder: Path, model: Any) -> None:
+    needed = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(folder).free
+    if needed * 1.05 > free:
+        raise MedQLoRAError(
+            f"Exporting the merged model needs about {needed / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB "
+            "free. Free some space, or export the adapter alone: --set export.formats=[adapter]."
+        )
+
+
+def _folder_gb(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e9, 3)
+
+
+def _free() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+def llama_cpp_dir() -> Path | None:
+    """A llama.cpp checkout (or its converter alone): LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy."""
+    candidates = [os.environ.get("LLAMA_CPP_DIR"), "llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp",
+                  str(backends.CACHE_DIR / "llama.cpp")]
+    for candidate in filter(None, candidates):
+        folder = Path(candidate).expanduser()
+        if (folder / "convert_hf_to_gguf.py").is_file():
+            return folder
+    return None
+
+
+def _export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
+    folder = llama_cpp_dir()
+    if folder is None:
+        say(f"export: no GGUF file. {LLAMA_CPP_HINT}")
+        return {"skipped": LLAMA_CPP_HINT}
+    kind = cfg.export.gguf_type
+    direct = kind in ("q8_0", "f16", "bf16", "f32")
+    out = partial / "gguf" / f"model-{kind}.gguf"
+    out.parent.mkdir()
+    began = time.perf_counter()
+    first = out if direct else out.with_name("model-f16.gguf")
+    _run([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(partial / "merged"), "--outfile", str(first),
+          "--outtype", kind if direct else "f16"], "convert_hf_to_gguf.py")
+    if not direct:
+        quantize = _llama_quantize(folder)
+        if quantize is None:
+            say(f"export: {kind} needs llama.cpp's llama-quantize (build llama.cpp); kept the f16 GGUF.")
+            out = first
+        else:
+            _run([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
+            first.unlink()
+    figures = {"file": str(out.relative_to(partial)), "type": kind if out.name.endswith(f"{kind}.gguf") else "f16",
+               "convert_s": round(time.perf_counter() - began, 2), "gb": round(out.stat().st_size / 1e9, 3)}
+    figures.update(check_gguf_metadata(out, partial / "merged"))
+    say(f"export: GGUF {figures}")
+    return figures
+
+
+def _llama_quantize(folder: Path) -> Path | None:
+    for candidate in (folder / "build" / "bin" / "llama-quantize", folder / "llama-quantize"):
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("llama-quantize")
+    return Path(found) if found else None
+
+
+def _run(command: list[str], name: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        log.error("%s failed: %s", name, done.stderr[-4000:])
+        raise ModelError(f"{name} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}\n{LLAMA_CPP_HINT}")
+
+
+def check_gguf_metadata(gguf_file: Path, merged: Path) -> dict[str, Any]:
+    """The GGUF must carry the training chat template and end-of-turn token, or llama.cpp output is garbled."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    reader = GGUFReader(str(gguf_file))
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    template = _gguf_field(reader, "tokenizer.chat_template")
+    eos = _gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    checks = {"chat_template_matches": template == tokenizer.chat_template,
+              "eos_matches": eos in backends.stop_token_ids(tokenizer)}
+    if not all(checks.values()):
+        raise ModelError(f"The GGUF file {gguf_file} does not carry the training chat template or eos token "
+                         f"({checks}); llama.cpp would produce garbled replies. Report this with the run's files.")
+    return checks
+
+
+def _gguf_field(reader: Any, key: str) -> Any:
+    item = reader.fields.get(key)
+    return None if item is None else item.contents()
+
+
+def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -> Path:
+    """llama.cpp's converter (and the gguf-py it was written for) from the llama-cpp-python source package."""
+    import tarfile
+    import tempfile
+
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
+                        "--no-binary", ":all:", "-d", tmp], check=True)
+        archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+            wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
+                m.name.endswith("convert_hf_to_gguf.py") or "/conversion/" in m.name or "/gguf-py/" in m.name
+                or m.name.endswith("LICENSE"))]
+            for member in wanted:
+                member.name = member.name.removeprefix(prefix)
+            tar.extractall(partial, members=wanted, filter="data")
+        partial.rename(target)
+    return target
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    formats = ", ".join(report["formats"])
+    lines = [f"# Export of {report['adapter']}", "", f"Base model: {report['base_model']}; formats: {formats}.", ""]
+    if "merged_dtype" in report:
+        header = ("| compared with the trained model (base + adapter) | max abs logit diff | mean abs logit diff | "
+                  "top-1 agreement | identical greedy replies |")
+        lines += [f"Merged {report['merged_dtype']} model ({report['merged_gb']} GB) written in "
+                  f"{report['merge_and_save_s']} s.", "", header, "|---|---|---|---|---|"]
+        for key, label in (("merged_vs_trained", "merged (dequantized base + adapter)"),
+                           ("original_16bit_plus_adapter_vs_trained", "original 16-bit weights + adapter")):
+            if key in report:
+                c = report[key]
+                lines.append(f"| {label} | {c['max_abs_logit_diff']} | {c['mean_abs_logit_diff']} | "
+                             f"{c['top1_agreement_percent']}% | {c['identical_greedy_replies']} |")
+        lines.append("")
+    if "gguf" in report:
+        lines += [f"GGUF: {json.dumps(report['gguf'])}", ""]
+    return "\n".join(lines)
+
+
+def _summary_line(report: dict[str, Any]) -> str:
+    parts = [", ".join(report["formats"])]
+    if "merged_vs_trained" in report:
+        c = report["merged_vs_trained"]
+        parts.append(f"merged vs trained: max |logit diff| {c['max_abs_logit_diff']}, greedy replies identical "
+                     f"{c['identical_greedy_replies']}")
+    if "gguf" in report:
+        parts.append(f"gguf: {report['gguf'].get('file', 'skipped (llama.cpp not found)')}")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--fetch-llama-cpp"]:
+        print(fetch_llama_cpp_converter())
+    else:
+        print("usage: python -m medqlora.export --fetch-llama-cpp")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Experiment tracking: TensorBoard in the run folder by default, W&B and MLflow when asked for.
+
+Credentials come from the environment only (WANDB_API_KEY, MLFLOW_TRACKING_*); the kit never
+writes them anywhere, and masks them in everything it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .config import KitConfig
+from .errors import ConfigError
+from .runs import RunDir
+
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_trackers(cfg: KitConfig) -> None:
+    """Before the model loads: each tracker is installed and has its credentials in the environment."""
+    for name in cfg.training.report_to:
+        if importlib.util.find_spec(PACKAGES[name]) is None:
+            raise ConfigError(f"training.report_to: {name} is not installed: pip install {PACKAGES[name]} "
+                              f"(or remove it from training.report_to).")
+    if "wandb" in cfg.training.report_to:
+        mode = os.environ.get("WANDB_MODE", "").lower()
+        if not os.environ.get("WANDB_API_KEY") and mode not in ("offline", "disabled"):
+            raise ConfigError(
+                "training.report_to: wandb needs WANDB_API_KEY in the environment (export WANDB_API_KEY=...; in "
+                "Colab, a secret), or WANDB_MODE=offline to log locally. The kit never reads keys from the config."
+            )
+
+
+@contextlib.contextmanager
+def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
+    """While training: W&B and MLflow keep their local files in the run folder (unless the user chose a place),
+    and their runs are closed at the end, so a notebook's next run starts a new one."""
+    defaults: dict[str, str] = {}
+    if "wandb" in cfg.training.report_to:
+        defaults |= {"WANDB_DIR": str(run.path), "WANDB_PROJECT": "medqlora"}
+    if "mlflow" in cfg.training.report_to:
+        defaults |= {"MLFLOW_TRACKING_URI": (run.path / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "medqlora"}
+    added = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        if "wandb" in cfg.training.report_to:
+            import wandb
+
+            wandb.finish()
+        if "mlflow" in cfg.training.report_to:
+            import mlflow
+
+            mlflow.end_run()
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> None:
+    """TensorBoard events in run/tensorboard; tokens/s and GPU memory added to every logged step."""
+    from transformers.integrations import TensorBoardCallback
+
+    handler = trainer.callback_handler
+    if "tensorboard" in cfg.training.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+
+        handler.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))
+    # first, so that every tracker (and the progress bar) sees the figures it adds
+    handler.callbacks.insert(0, speed_and_memory_callback())
+
+
+def speed_and_memory_callback() -> Any:
+    """A callback adding tokens/s (padding excluded) and GPU memory to every training log."""
+    import torch
+    from transformers import TrainerCallback  # only once training starts: after Unsloth is imported
+
+    class SpeedAndMemory(TrainerCallback):
+        started, tokens_at_start = time.perf_counter(), 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started, self.tokens_at_start = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if not logs or "loss" not in logs:
+                return
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            logs["tokens_per_second"] = round((state.num_input_tokens_seen - self.tokens_at_start) / elapsed, 1)
+            if torch.cuda.is_available():
+                logs["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / 1024**3, 3)
+                logs["gpu_peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 3)
+
+    return SpeedAndMemory()

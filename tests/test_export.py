@@ -1,0 +1,137 @@
+"""--mode export: the merged model and the GGUF answer like the trained base + adapter, with its template."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from medqlora import export
+from medqlora.cli import main
+
+from .conftest import tiny_overrides
+
+
+def cli(model_dir, out, mode, *extra, **values):
+    argv = ["--mode", mode]
+    for item in tiny_overrides(model_dir, out, **values):
+        argv += ["--set", item]
+    return main(argv + list(extra))
+
+
+@pytest.fixture(scope="module")
+def converter():
+    return export.fetch_llama_cpp_converter()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    """A tiny run whose adapter is made large, so that merging it visibly changes the model."""
+    out = tmp_path_factory.mktemp("export")
+    assert cli(tiny_model_dir, out, "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
+    run = out / "run"
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    boosted = {k: (torch.randn(v.shape, generator=generator) * 0.3 if "lora_B" in k else v) for k, v in weights.items()}
+    save_file(boosted, run / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
+    return out, run
+
+
+def greedy(model, tokenizer, prompt, n=12):
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_merged_and_gguf_exports_answer_like_the_trained_adapter(trained_run, tiny_model_dir, converter, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, run = trained_run
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(converter))
+    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{
+        "export.formats": "[adapter,merged,gguf]", "export.gguf_type": "f32", "export.compare_prompts": "3"}) == 0
+    folder = run / "export"
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["merged_vs_trained"]["identical_greedy_replies"] == "3/3"
+    assert report["merged_vs_trained"]["max_abs_logit_diff"] < 1e-3
+    assert report["gguf"]["chat_template_matches"] and report["gguf"]["eos_matches"]
+    assert not list(run.glob(".export.partial"))
+
+    # checked here again, independently of the kit's own comparison
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "merged"))
+    trained_tokenizer = AutoTokenizer.from_pretrained(str(run / "adapter"))
+    assert tokenizer.chat_template == trained_tokenizer.chat_template
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    merged = AutoModelForCausalLM.from_pretrained(str(folder / "merged"), dtype=torch.float32)
+    assert end_of_turn in list(merged.generation_config.eos_token_id)
+    assert not hasattr(merged.config, "quantization_config")
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    base_tokens = None
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes anaemia?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    base_tokens = greedy(base, tokenizer, prompt)
+    with_adapter = PeftModel.from_pretrained(base, str(run / "adapter"))
+    trained_tokens = greedy(with_adapter, tokenizer, prompt)
+    assert trained_tokens != base_tokens  # the adapter matters, so equality below means something
+    assert greedy(merged, tokenizer, prompt) == trained_tokens
+
+    gguf_file = folder / report["gguf"]["file"]
+    from_gguf = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
+                                                     dtype=torch.float32)
+    assert greedy(from_gguf, tokenizer, prompt) == trained_tokens
+
+    adapter_copy = folder / "adapter"
+    assert (adapter_copy / "adapter_model.safetensors").read_bytes() == (
+        run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert "AutoPeftModelForCausalLM" in (adapter_copy / "README.md").read_text()
+
+
+def test_a_second_export_never_overwrites_the_first(trained_run, tiny_model_dir):
+    out, run = trained_run
+    assert cli(tiny_model_dir, out, "export", "--adapter", str(run)) == 0
+    assert cli(tiny_model_dir, out, "export", "--adapter", str(run)) == 0
+    exports = sorted(p.name for p in run.iterdir() if p.name.startswith("export"))
+    assert len(exports) >= 2 and len(set(exports)) == len(exports)
+    for name in exports:
+        assert (run / name / "export_report.json").is_file()
+
+
+def test_gguf_without_llama_cpp_says_what_to_install_and_still_exports_merged(trained_run, tiny_model_dir,
+                                                                              monkeypatch, capsys):
+    out, run = trained_run
+    monkeypatch.setattr(export, "llama_cpp_dir", lambda: None)
+    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{"export.formats": "[gguf]",
+                                                                        "export.compare_prompts": "1"}) == 0
+    printed = capsys.readouterr().out
+    assert "git clone https://github.com/ggml-org/llama.cpp" in printed and "LLAMA_CPP_DIR" in printed
+    newest = max((p for p in run.iterdir() if p.name.startswith("export")), key=lambda p: p.stat().st_mtime)
+    assert (newest / "merged" / "config.json").is_file()
+    assert "skipped" in json.loads((newest / "export_report.json").read_text())["gguf"]
+
+
+def test_export_of_the_base_model_is_refused(tiny_model_dir, tmp_path, capsys):
+    assert cli(tiny_model_dir, tmp_path, "export", "--adapter", "none") == 2
+    assert "needs an adapter" in capsys.readouterr().err
+
+
+def test_export_with_no_trained_run_says_so(tiny_model_dir, tmp_path, capsys):
+    assert cli(tiny_model_dir, tmp_path / "empty", "export") == 2
+    assert "adapter" in capsys.readouterr().err.lower()
+
+
+def test_a_crashed_export_leaves_no_export_folder(trained_run, tiny_model_dir, monkeypatch):
+    out, run = trained_run
+    before = {p.name for p in run.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "merge_into_dequantized_base", fail)
+    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{"export.formats": "[merged]"}) == 2
+    after = {p.name for p in run.iterdir()}
+    assert not [n for n in after - before if n.startswith("export")]
+    shutil.rmtree(run / ".export.partial", ignore_errors=True)

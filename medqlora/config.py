@@ -123,6 +123,14 @@ class TrainingSection(Section):
     keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep while training")
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     packing: bool = Field(False, description="pack several examples into each max_seq_length row (Unsloth backend)")
+    auto_fit: bool = Field(
+        True, description="GPU: choose micro_batch_size and gradient_checkpointing that run fastest within the GPU's "
+        "memory, keeping the effective batch (micro_batch_size x gradient_accumulation_steps)",
+    )
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="use at most this much GPU memory (plan and cap), e.g. 15 to rehearse a T4"
+    )
+    tiled_mlp: bool = Field(False, description="Unsloth's tiled MLP: much longer sequences in the same memory")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="experiment trackers: tensorboard (run folder), wandb, mlflow; credentials from the environment",

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, evaluate, generate, leakage, memory, report, tracking
+from . import backends, data, evaluate, fit, generate, leakage, memory, report, tracking
 from .config import KitConfig, load_config
-from .errors import ModelError, TrainingInterrupted
+from .errors import ConfigError, ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
 
 
@@ -39,6 +39,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         f"{t.micro_batch_size * t.gradient_accumulation_steps}",
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
         "max_seq_length": cfg.model.max_seq_length,
+        "gpu_memory": memory_plan(cfg, runtime),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})" for b in cfg.eval.benchmarks]
         if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
@@ -46,6 +47,32 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
         "run.log}",
     }
+
+
+def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:
+    """The preflight for --dry-run: estimated peak GPU memory (every micro-batch max_seq_length long), and
+    what auto-fit would choose. Refuses, with the options to change, when training cannot fit."""
+    source = backends.config_source(cfg.model.name)
+    shape = fit.model_shape(source, cfg.model.trust_remote_code) if source else None
+    if shape is None:
+        return "unknown: the model's config.json cannot be read without downloading the model"
+    backend = runtime.backend if runtime.device == "cuda" else ("hf" if cfg.backend == "hf" else "unsloth")
+    t = cfg.training
+    configured = fit.estimate(shape, cfg, backend, t.micro_batch_size, t.gradient_checkpointing)
+    card = fit.card_gib(cfg)
+    planned: dict[str, Any] = {"backend": backend, "configured": configured.describe()}
+    if card is None:
+        planned["card"] = "no GPU here: --set training.gpu_memory_gib=15 plans for a 15 GiB card (a Colab T4)"
+        return planned
+    planned["card_gib"] = round(card, 1)
+    if t.auto_fit:
+        choice = fit.auto_fit(shape, cfg, backend, card)
+        planned["auto_fit"] = (f"micro-batch {choice.micro_batch_size} x {choice.gradient_accumulation_steps} "
+                               f"accumulation, checkpointing {fit.checkpointing_name(choice.gradient_checkpointing)}: "
+                               f"{choice.estimate.describe()}")
+    elif configured.total_gib > card * 1.15:
+        raise ConfigError(fit.does_not_fit(configured, card, cfg, backend))
+    return planned
 
 
 def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[RunDir, KitConfig, Path]:
@@ -116,12 +143,17 @@ def _train_in(
 ) -> tuple:
     from .train import planned_steps, train
 
-    model, tokenizer, source = backends.load_for_training(cfg, runtime)
+    source = backends.resolve_model_source(cfg.model.name)
+    tokenizer = backends.load_tokenizer(cfg, source)
+    prepared = _tokenize(cfg, collected, tokenizer)
+    cfg = fit_memory(cfg, runtime, source, prepared, run, record)
+    model, model_tokenizer, source = backends.load_for_training(cfg, runtime)
     after_load = memory.snapshot()
     say(f"loaded {cfg.model.name} ({source}); trainable parameters: {_trainable(model)}")
-
-    prepared = data.tokenize_collected(collected, cfg.data, tokenizer, cfg.model.max_seq_length, cfg.training.seed,
-                                       cfg.training.micro_batch_size)
+    if not _same_tokens(tokenizer, model_tokenizer, cfg):
+        say("the backend's tokenizer differs from the checkpoint's: tokenizing the data again with it")
+        prepared = _tokenize(cfg, collected, model_tokenizer)
+    tokenizer = model_tokenizer
     run.write_json("data_stats.json", prepared.stats)
     run.write_text("training_items.jsonl", "".join(
         json.dumps({"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]}) + "\n"
@@ -170,6 +202,49 @@ def _train_in(
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
                                             f"{cfg.model.name} + {run.path.name}", perplexity)
     return run, summary, (model, tokenizer, cfg)
+
+
+def _tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
+    return data.tokenize_collected(collected, cfg.data, tokenizer, cfg.model.max_seq_length, cfg.training.seed,
+                                   cfg.training.micro_batch_size)
+
+
+def _same_tokens(first: Any, second: Any, cfg: KitConfig) -> bool:
+    probe = data.render_prompt(first, cfg.data.system_prompt, "Is aspirin useful after a myocardial infarction?")
+    other = data.render_prompt(second, cfg.data.system_prompt, "Is aspirin useful after a myocardial infarction?")
+    return probe == other and first(probe)["input_ids"] == second(other)["input_ids"]
+
+
+def fit_memory(cfg: KitConfig, runtime: backends.Runtime, source: str, prepared: data.PreparedData, run: RunDir,
+               record: Any) -> KitConfig:
+    """GPU only: the memory preflight, and auto-fit of micro-batch and checkpointing (written to config.yaml)."""
+    shape = fit.model_shape(source, cfg.model.trust_remote_code)
+    card = fit.card_gib(cfg)
+    if runtime.device != "cuda" or shape is None or card is None:
+        return cfg
+    fit.cap_gpu_memory(cfg)
+    t = cfg.training
+    seq = fit.longest_batch_len([len(r["input_ids"]) for r in prepared.train], cfg.model.max_seq_length, t.packing)
+    configured = fit.estimate(shape, cfg, runtime.backend, t.micro_batch_size, t.gradient_checkpointing, seq)
+    facts: dict[str, Any] = {"card_gib": round(card, 2), "longest_row_tokens": seq, "configured": configured.describe()}
+    if t.auto_fit:
+        choice = fit.auto_fit(shape, cfg, runtime.backend, card, seq)
+        training = t.model_copy(update={"micro_batch_size": choice.micro_batch_size,
+                                        "gradient_accumulation_steps": choice.gradient_accumulation_steps,
+                                        "gradient_checkpointing": choice.gradient_checkpointing, "auto_fit": False})
+        cfg = cfg.model_copy(update={"training": training})
+        run.write_text("config.yaml", cfg.to_yaml())  # what was chosen, so --resume and reruns repeat it
+        facts.update(auto_fit=choice.to_dict(), estimate_gib=choice.estimate.total_gib)
+        say(f"auto-fit on {card:.1f} GiB: micro-batch {choice.micro_batch_size} x {choice.gradient_accumulation_steps}"
+            f" accumulation, gradient checkpointing {fit.checkpointing_name(choice.gradient_checkpointing)}; "
+            f"estimated peak {choice.estimate.describe()}")
+    else:
+        if configured.total_gib > card * 1.15:  # beyond the estimate's error: it will not fit
+            raise ConfigError(fit.does_not_fit(configured, card, cfg, runtime.backend))
+        facts.update(estimate_gib=configured.total_gib)
+        say(f"memory preflight: estimated peak {configured.describe()} of {card:.1f} GiB")
+    record("loading", preflight=facts)
+    return cfg
 
 
 def _cot_validation(cfg: KitConfig, prepared: data.PreparedData) -> dict[str, list]:

@@ -1,0 +1,213 @@
+"""Memory preflight and auto-fit: estimate peak GPU memory before loading, and pick the fastest setting that fits.
+
+The estimate is a sum of parts computed from the model's config:
+  weights   4-bit linear layers (NF4 + double-quantized scales, 0.52 bytes a parameter) or 16-bit,
+            embeddings and lm_head in 16-bit;
+  LoRA      fp32 weights and gradients, plus the optimizer's state (8-bit Adam: 2 bytes, AdamW: 8);
+  activations  bytes per token of the micro-batch, by backend and checkpointing mode, proportional to
+            one layer's working set (6 x hidden + 4 x intermediate values):
+              unsloth, offloaded checkpointing ("unsloth"):  3.56 x that  (one layer at a time on the GPU)
+              plain checkpointing (True):                   + 2 x hidden x layers (every layer's input kept)
+              off:                                          1.54 x that x layers (every layer's activations)
+              hf (bnb + PEFT):                              27.8 x that + 10.9 x vocab (fp32 logits and their
+                                                            gradient) + 2 x hidden x layers (checkpoints)
+            with Unsloth's tiled MLP the intermediate term is split into tiles;
+  overhead  0.15 GiB (CUDA workspaces, allocator rounding) plus one decoder layer's weights in 16-bit
+            (the 4-bit weights are dequantized layer by layer for each matrix product).
+The per-token constants were fitted to Unsloth 2026.10.9 / transformers 5.17 measurements of
+Llama-3.2-1B and Llama-3.1-8B shapes on an H200 (docs/benchmarks.md validates them on the bench's runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import KitConfig
+from .errors import ConfigError
+
+GIB = 1024**3
+OVERHEAD_GIB = 0.15
+SAFETY = 1.10  # auto-fit keeps 10% of the card free beyond the estimate
+PER_TOKEN = {"unsloth": 3.56, "off": 1.54, "hf": 27.8}
+HF_LOGIT_BYTES = 10.9
+TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many pieces
+OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, heads,
+                   getattr(config, "num_key_value_heads", None) or heads, head_dim, config.vocab_size,
+                   bool(getattr(config, "tie_word_embeddings", False)))
+
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each projection of one decoder layer."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i),
+                "up_proj": (h, i), "down_proj": (i, h)}
+
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.projections().values())
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    def total_params(self) -> int:
+        return self.linear_params() + self.embedding_params() + self.layers * 2 * self.hidden
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        return self.layers * sum(r * (a + b) for name, (a, b) in self.projections().items() if name in targets)
+
+
+@dataclass
+class Estimate:
+    weights_gib: float
+    lora_gib: float
+    activations_gib: float
+    overhead_gib: float
+    total_gib: float
+    tokens_per_micro_batch: int
+    checkpointing: str
+
+    def describe(self) -> str:
+        return (f"{self.total_gib:.1f} GiB (weights {self.weights_gib:.1f}, LoRA + optimizer {self.lora_gib:.2f}, "
+                f"activations {self.activations_gib:.1f} for {self.tokens_per_micro_batch} tokens a micro-batch "
+                f"with checkpointing {self.checkpointing}, overhead {self.overhead_gib:.2f})")
+
+
+def checkpointing_name(value: bool | str) -> str:
+    return {True: "plain", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
+def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, checkpointing: bool | str,
+             seq_len: int | None = None) -> Estimate:
+    """Peak GPU memory of training ``micro_batch`` rows of ``seq_len`` tokens (default: max_seq_length)."""
+    seq = seq_len or cfg.model.max_seq_length
+    tokens = micro_batch * seq
+    linear_bytes = 0.52 if cfg.model.load_in_4bit else 2.0
+    weights = shape.linear_params() * linear_bytes + shape.embedding_params() * 2
+    lora = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * (8 + OPTIMIZER_BYTES[cfg.training.optimizer])
+    activations = tokens * per_token_bytes(shape, backend, checkpointing, cfg.training.tiled_mlp)
+    overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
+    total = weights / GIB + lora / GIB + activations / GIB + overhead
+    return Estimate(round(weights / GIB, 3), round(lora / GIB, 3), round(activations / GIB, 3), round(overhead, 3),
+                    round(total, 3), tokens, checkpointing_name(checkpointing))
+
+
+def per_token_bytes(shape: ModelShape, backend: str, checkpointing: bool | str, tiled_mlp: bool = False) -> float:
+    intermediate = shape.intermediate / TILES if tiled_mlp else shape.intermediate
+    working_set = 6 * shape.hidden + 4 * intermediate
+    kept_inputs = 2 * shape.hidden * shape.layers
+    if backend == "hf":
+        return PER_TOKEN["hf"] * working_set + HF_LOGIT_BYTES * shape.vocab + (kept_inputs if checkpointing else 0)
+    if not checkpointing:
+        return PER_TOKEN["off"] * working_set * shape.layers
+    return PER_TOKEN["unsloth"] * working_set + (kept_inputs if checkpointing is True else 0)
+
+
+# ---------------------------------------------------------------- auto-fit
+
+
+@dataclass
+class FitChoice:
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool | str
+    estimate: Estimate
+    card_gib: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "estimate": asdict(self.estimate)}
+
+
+def modes_fastest_first(backend: str) -> list[bool | str]:
+    # Measured on the 8B shape: no checkpointing trains ~1.4x faster than either kind; offloaded and
+    # plain checkpointing run at the same speed, offloaded in less memory.
+    return [False, "unsloth"] if backend == "unsloth" else [False, True]
+
+
+def auto_fit(shape: ModelShape, cfg: KitConfig, backend: str, card_gib: float, seq_len: int | None = None) -> FitChoice:
+    """The largest micro-batch (a divisor of the effective batch) in the fastest checkpointing mode that fits."""
+    t = cfg.training
+    effective = t.micro_batch_size * t.gradient_accumulation_steps
+    micro_batches = [m for m in range(effective, 0, -1) if effective % m == 0]
+    for mode in modes_fastest_first(backend):
+        for micro in micro_batches:
+            guess = estimate(shape, cfg, backend, micro, mode, seq_len)
+            if guess.total_gib * SAFETY <= card_gib:
+                return FitChoice(micro, effective // micro, mode, guess, card_gib,
+                                 f"fastest setting within {card_gib:.1f} GiB with a 10% margin")
+    smallest = estimate(shape, cfg, backend, 1, modes_fastest_first(backend)[-1], seq_len)
+    raise ConfigError(does_not_fit(smallest, card_gib, cfg, backend))
+
+
+def does_not_fit(guess: Estimate, card_gib: float, cfg: KitConfig, backend: str) -> str:
+    options = [f"--set model.max_seq_length={max(256, cfg.model.max_seq_length // 2)}"]
+    if not cfg.model.load_in_4bit:
+        options.append("--set model.load_in_4bit=true")
+    if backend == "unsloth" and not cfg.training.tiled_mlp:
+        options.append("--set training.tiled_mlp=true (Unsloth: much longer sequences in the same memory)")
+    if backend == "hf":
+        options.append("install Unsloth (its training needs about a third of the memory)")
+    if cfg.lora.r > 8:
+        options.append(f"--set lora.r={cfg.lora.r // 2}")
+    options.append("a smaller model or a larger GPU")
+    return (f"Training will not fit: the estimated peak is {guess.describe()}, and the GPU has {card_gib:.1f} GiB. "
+            f"Try one of: {'; '.join(options)}.")
+
+
+def longest_batch_len(lengths: list[int], max_len: int, packing: bool) -> int:
+    """The longest row a micro-batch will hold: the longest example, or a whole packed row."""
+    return max_len if packing else min(max_len, max(lengths, default=max_len))
+
+
+def card_gib(cfg: KitConfig) -> float | None:
+    """Memory the kit may use: training.gpu_memory_gib when set, else the visible GPU's total."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return cfg.training.gpu_memory_gib
+    total = torch.cuda.get_device_properties(0).total_memory / GIB
+    return min(total, cfg.training.gpu_memory_gib) if cfg.training.gpu_memory_gib else total
+
+
+def cap_gpu_memory(cfg: KitConfig) -> None:
+    """Make training.gpu_memory_gib a hard limit for this process (e.g. to rehearse a 15 GiB T4 on a big GPU)."""
+    import torch
+
+    if cfg.training.gpu_memory_gib and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory / GIB
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.training.gpu_memory_gib / total))
+
+
+def model_shape(source: str, trust_remote_code: bool = False) -> ModelShape | None:
+    """The shape from the model's config.json (None when it cannot be read, e.g. a hub model offline)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = getattr(config, "text_config", None) or config
+        return ModelShape.from_config(config)
+    except Exception:  # an unreadable config only costs the estimate
+        return None
+
+
+def tokens_per_second_ceiling(shape: ModelShape, peak_tflops: float) -> float:
+    """Useful tokens/s at 100% MFU: 4 x params FLOPs a token (frozen base: forward plus input gradients)."""
+    return peak_tflops * 1e12 / (4 * shape.total_params())
+

@@ -1,0 +1,117 @@
+"""Memory preflight and auto-fit: the estimate follows measured peaks; auto-fit fills the card, keeps the batch."""
+
+import json
+
+import pytest
+from transformers import LlamaConfig
+
+from medqlora.cli import main
+from medqlora.config import load_config
+from medqlora.errors import ConfigError
+from medqlora.fit import ModelShape, auto_fit, estimate
+from medqlora.random_model import SHAPES
+
+# Peak reserved GiB measured on an H200 (Unsloth 2026.10.9, transformers 5.17, QLoRA r=16 on all 7
+# projections, dense 2048-token rows; ../shared/gpu/README.md): the data the estimate was fitted to.
+MEASURED = [
+    ("llama-3.2-1b", "unsloth", 4, 2048, "unsloth", 2.45),
+    ("llama-3.1-8b", "unsloth", 2, 2048, "unsloth", 7.33),
+    ("llama-3.1-8b", "unsloth", 8, 2048, "unsloth", 10.73),
+    ("llama-3.1-8b", "unsloth", 16, 2048, "unsloth", 15.12),
+    ("llama-3.1-8b", "unsloth", 2, 8192, "unsloth", 10.77),
+    ("llama-3.1-8b", "unsloth", 8, 2048, True, 14.27),
+    ("llama-3.1-8b", "unsloth", 4, 2048, False, 37.20),
+    ("llama-3.1-8b", "unsloth", 8, 2048, False, 67.28),
+    ("llama-3.2-1b", "hf", 4, 2048, True, 22.29),
+    ("llama-3.1-8b", "hf", 2, 2048, True, 21.25),
+]
+
+
+def shape(name):
+    return ModelShape.from_config(LlamaConfig(**SHAPES[name]))
+
+
+def config(*overrides):
+    return load_config(None, list(overrides))
+
+
+def test_parameter_counts_match_the_real_llama_31_8b():
+    s = shape("llama-3.1-8b")
+    assert abs(s.total_params() - 8.03e9) / 8.03e9 < 0.005
+    assert s.lora_params(16, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) == 41_943_040
+
+
+@pytest.mark.parametrize("name,backend,micro,seq,checkpointing,measured", MEASURED)
+def test_estimate_is_within_15_percent_of_measured_peaks(name, backend, micro, seq, checkpointing, measured):
+    guess = estimate(shape(name), config(f"model.max_seq_length={seq}"), backend, micro, checkpointing, seq)
+    assert abs(guess.total_gib - measured) / measured < 0.15, guess.describe()
+
+
+def test_auto_fit_turns_checkpointing_off_on_a_large_card_and_keeps_the_effective_batch():
+    cfg = config("model.max_seq_length=2048", "training.micro_batch_size=2", "training.gradient_accumulation_steps=4")
+    choice = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=139.8)
+    assert choice.gradient_checkpointing is False
+    assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
+    assert choice.micro_batch_size == 8  # 8 x 2048 without checkpointing: about 68 GiB
+    on_a_48gib_card = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=47.5)
+    assert (on_a_48gib_card.micro_batch_size, on_a_48gib_card.gradient_checkpointing) == (4, False)
+
+
+def test_auto_fit_on_a_t4_chooses_offloaded_checkpointing_within_the_card():
+    cfg = config("model.max_seq_length=2048", "training.micro_batch_size=2", "training.gradient_accumulation_steps=4")
+    choice = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=14.7)
+    assert choice.gradient_checkpointing == "unsloth"
+    assert choice.estimate.total_gib * 1.1 <= 14.7
+    assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
+    bigger = estimate(shape("llama-3.1-8b"), cfg, "unsloth", choice.micro_batch_size * 2, "unsloth")
+    assert bigger.total_gib * 1.1 > 14.7  # the next larger divisor would not have fitted
+
+
+def test_auto_fit_uses_the_real_longest_row_not_the_worst_case():
+    cfg = config("model.max_seq_length=4096", "training.micro_batch_size=1", "training.gradient_accumulation_steps=8")
+    worst = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=39.0)
+    short = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=39.0, seq_len=512)
+    assert short.micro_batch_size > worst.micro_batch_size or (
+        short.gradient_checkpointing is False and worst.gradient_checkpointing != False)  # noqa: E712
+
+
+def test_nothing_fits_names_what_to_change():
+    cfg = config("model.max_seq_length=8192", "training.micro_batch_size=1", "training.gradient_accumulation_steps=8")
+    with pytest.raises(ConfigError) as err:
+        auto_fit(shape("llama-3.1-8b"), cfg, "hf", card_gib=15.0)
+    text = str(err.value)
+    assert "will not fit" in text and "--set model.max_seq_length=4096" in text and "Unsloth" in text
+
+
+def test_tiled_mlp_lowers_the_long_context_estimate():
+    cfg = config("model.max_seq_length=40960")
+    plain = estimate(shape("llama-3.1-8b"), cfg, "unsloth", 1, "unsloth")
+    tiled = estimate(shape("llama-3.1-8b"), config("model.max_seq_length=40960", "training.tiled_mlp=true"),
+                     "unsloth", 1, "unsloth")
+    assert tiled.activations_gib < 0.6 * plain.activations_gib
+
+
+@pytest.fixture
+def model_8b_config_only(tmp_path):
+    """An 8B-shaped config.json without weights: the preflight reads nothing else."""
+    folder = tmp_path / "llama8b"
+    LlamaConfig(**SHAPES["llama-3.1-8b"]).save_pretrained(folder)
+    return folder
+
+
+def test_dry_run_prints_the_estimate_and_the_auto_fit_for_a_t4(model_8b_config_only, capsys):
+    argv = ["--dry-run", "--set", f"model.name={model_8b_config_only}", "--set", "model.max_seq_length=2048",
+            "--set", "training.gpu_memory_gib=15"]
+    assert main(argv) == 0
+    planned = json.loads(capsys.readouterr().out)["gpu_memory"]
+    assert planned["card_gib"] == 15.0
+    assert "checkpointing unsloth" in planned["auto_fit"]
+
+
+def test_dry_run_refuses_a_setting_that_cannot_fit(model_8b_config_only, capsys):
+    argv = ["--dry-run", "--set", f"model.name={model_8b_config_only}", "--set", "model.max_seq_length=4096",
+            "--set", "training.gpu_memory_gib=15", "--set", "training.auto_fit=false", "--set",
+            "training.gradient_checkpointing=false", "--set", "training.micro_batch_size=8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Training will not fit" in err and "15.0 GiB" in err and "Try one of" in err

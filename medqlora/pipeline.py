@@ -234,6 +234,9 @@ def fit_memory(cfg: KitConfig, runtime: backends.Runtime, source: str, prepared:
                                         "gradient_checkpointing": choice.gradient_checkpointing, "auto_fit": False})
         cfg = cfg.model_copy(update={"training": training})
         run.write_text("config.yaml", cfg.to_yaml())  # what was chosen, so --resume and reruns repeat it
+        lengths = [len(r["input_ids"]) for r in prepared.train]
+        prepared.stats["total"]["padding_fraction"] = data.padding_report(
+            lengths, choice.micro_batch_size, cfg.model.max_seq_length, t.seed)
         facts.update(auto_fit=choice.to_dict(), estimate_gib=choice.estimate.total_gib)
         say(f"auto-fit on {card:.1f} GiB: micro-batch {choice.micro_batch_size} x {choice.gradient_accumulation_steps}"
             f" accumulation, gradient checkpointing {fit.checkpointing_name(choice.gradient_checkpointing)}; "

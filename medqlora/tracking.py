@@ -61,8 +61,9 @@ def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
-def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> None:
-    """TensorBoard events in run/tensorboard; tokens/s and GPU memory added to every logged step."""
+def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> Any:
+    """TensorBoard events in run/tensorboard; tokens/s and GPU memory added to every logged step.
+    Returns the speed callback (its first-step time and steady tokens/s go into metrics.json)."""
     from transformers.integrations import TensorBoardCallback
 
     handler = trainer.callback_handler
@@ -71,19 +72,41 @@ def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> None:
 
         handler.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))
     # first, so that every tracker (and the progress bar) sees the figures it adds
-    handler.callbacks.insert(0, speed_and_memory_callback())
+    speed = speed_and_memory_callback()
+    handler.callbacks.insert(0, speed)
+    return speed
+
+
+WARMUP_STEPS = 2  # compilation and allocator warm-up happen in the first steps
 
 
 def speed_and_memory_callback() -> Any:
-    """A callback adding tokens/s (padding excluded) and GPU memory to every training log."""
+    """A callback adding tokens/s (padding excluded) and GPU memory to every training log, and keeping the
+    time of the first step and the steady tokens/s after the warm-up steps (for metrics.json and the bench)."""
     import torch
     from transformers import TrainerCallback  # only once training starts: after Unsloth is imported
 
     class SpeedAndMemory(TrainerCallback):
         started, tokens_at_start = time.perf_counter(), 0
+        first_step_unix: float | None = None
+        warm: tuple[float, int] | None = None
+        steady_tokens_per_second: float | None = None
+        steps_here = 0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.started, self.tokens_at_start = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps_here += 1  # in this process: a resumed run starts at a later global step
+            if self.first_step_unix is None:
+                self.first_step_unix = time.time()
+            if self.steps_here == WARMUP_STEPS:
+                self.warm = (time.perf_counter(), state.num_input_tokens_seen)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.warm is not None and self.steps_here > WARMUP_STEPS:
+                elapsed = max(time.perf_counter() - self.warm[0], 1e-9)
+                self.steady_tokens_per_second = round((state.num_input_tokens_seen - self.warm[1]) / elapsed, 1)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if not logs or "loss" not in logs:

@@ -110,7 +110,7 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         eval_dataset=_dataset(data.validation) if data.validation else None,
         processing_class=tokenizer,
     )
-    add_tracking(trainer, cfg, run)
+    speed = add_tracking(trainer, cfg, run)
     before = None
     if data.validation and resume_from is None:
         before = trainer.evaluate()["eval_loss"]  # held-out NLL of the base model
@@ -132,6 +132,8 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
     metrics["steps"] = trainer.state.global_step
     metrics["tokens_seen"] = trainer.state.num_input_tokens_seen
     metrics["tokens_per_second"] = round(trainer.state.num_input_tokens_seen / max(metrics["train_wall_s"], 1e-9), 1)
+    metrics["tokens_per_second_after_warmup"] = speed.steady_tokens_per_second
+    metrics["first_step_unix"] = speed.first_step_unix
     metrics["train_examples"] = len(data.train)
     metrics["trained_tokens"] = sum(sum(1 for x in r["labels"] if x != -100) for r in data.train)
     if data.validation:

@@ -53,8 +53,8 @@ def test_auto_fit_turns_checkpointing_off_on_a_large_card_and_keeps_the_effectiv
     assert choice.gradient_checkpointing is False
     assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
     assert choice.micro_batch_size == 8  # 8 x 2048 without checkpointing: about 68 GiB
-    on_a_48gib_card = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=47.5)
-    assert (on_a_48gib_card.micro_batch_size, on_a_48gib_card.gradient_checkpointing) == (4, False)
+    on_a_50gib_card = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=50.0)
+    assert (on_a_50gib_card.micro_batch_size, on_a_50gib_card.gradient_checkpointing) == (4, False)
 
 
 def test_auto_fit_on_a_t4_chooses_offloaded_checkpointing_within_the_card():

@@ -1,21 +1,19 @@
 """Memory preflight and auto-fit: estimate peak GPU memory before loading, and pick the fastest setting that fits.
 
 The estimate is a sum of parts computed from the model's config:
-  weights   4-bit linear layers (NF4 + double-quantized scales, 0.52 bytes a parameter) or 16-bit,
-            embeddings and lm_head in 16-bit;
+  weights   4-bit linear layers (NF4 + double-quantized scales, 0.52 bytes a parameter) or 16-bit;
+            embeddings and lm_head in 16-bit (fp32 on the hf backend: PEFT's k-bit preparation upcasts them);
   LoRA      fp32 weights and gradients, plus the optimizer's state (8-bit Adam: 2 bytes, AdamW: 8);
-  activations  bytes per token of the micro-batch, by backend and checkpointing mode, proportional to
-            one layer's working set (6 x hidden + 4 x intermediate values):
-              unsloth, offloaded checkpointing ("unsloth"):  3.56 x that  (one layer at a time on the GPU)
-              plain checkpointing (True):                   + 2 x hidden x layers (every layer's input kept)
-              off:                                          1.6 x that x layers (every layer's activations)
-              hf (bnb + PEFT):                              27.8 x that + 10.9 x vocab (fp32 logits and their
-                                                            gradient) + 2 x hidden x layers (checkpoints)
+  activations  bytes per token of the micro-batch (rows x longest row), as multiples of one layer's
+            working set w = 6 x hidden + 4 x intermediate (2-byte values):
+              checkpointing, unsloth: 3.56 w (offloaded: one layer at a time on the GPU)
+              checkpointing, hf:      7.9 w
+              plain checkpointing also keeps every layer's input: + 2 x hidden x layers
+              no checkpointing:       1.6 w x layers (unsloth), 3.2 w x layers (hf, not measured: a guess)
             with Unsloth's tiled MLP the intermediate term is split into tiles;
-  overhead  0.15 GiB (CUDA workspaces, allocator rounding) plus one decoder layer's weights in 16-bit
-            (the 4-bit weights are dequantized layer by layer for each matrix product).
-The per-token constants were fitted to Unsloth 2026.10.9 / transformers 5.17 measurements of
-Llama-3.2-1B and Llama-3.1-8B shapes on an H200 (docs/benchmarks.md validates them on the bench's runs).
+  overhead  0.15 GiB (CUDA workspaces) plus one decoder layer's weights in 16-bit (dequantized per product).
+Fitted to Unsloth 2026.10.9 / TRL 1.14 / transformers 5.17 runs of the Llama-3.1-8B and 3.2-1B shapes on
+H100/H200 GPUs; docs/benchmarks.md compares the estimate with the peaks of the bench's runs.
 """
 
 from __future__ import annotations
@@ -32,8 +30,8 @@ SAFETY = 1.10  # auto-fit keeps 10% of the card free beyond the estimate
 # Without checkpointing, the peak through SFTTrainer varied from -25% to +15% of the estimate on an H100
 # (allocator fragmentation grows with the activations kept): a wider margin there.
 SAFETY_OFF = 1.25
-PER_TOKEN = {"unsloth": 3.56, "off": 1.6, "hf": 27.8}
-HF_LOGIT_BYTES = 10.9
+PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 7.9}
+PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 3.2}
 TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many pieces
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}
 
@@ -102,7 +100,8 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
     seq = seq_len or cfg.model.max_seq_length
     tokens = micro_batch * seq
     linear_bytes = 0.52 if cfg.model.load_in_4bit else 2.0
-    weights = shape.linear_params() * linear_bytes + shape.embedding_params() * 2
+    upcast = backend == "hf" and cfg.model.load_in_4bit  # prepare_model_for_kbit_training: fp32 embeddings
+    weights = shape.linear_params() * linear_bytes + shape.embedding_params() * (4 if upcast else 2)
     lora = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * (8 + OPTIMIZER_BYTES[cfg.training.optimizer])
     activations = tokens * per_token_bytes(shape, backend, checkpointing, cfg.training.tiled_mlp)
     overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
@@ -114,12 +113,10 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
 def per_token_bytes(shape: ModelShape, backend: str, checkpointing: bool | str, tiled_mlp: bool = False) -> float:
     intermediate = shape.intermediate / TILES if tiled_mlp else shape.intermediate
     working_set = 6 * shape.hidden + 4 * intermediate
-    kept_inputs = 2 * shape.hidden * shape.layers
-    if backend == "hf":
-        return PER_TOKEN["hf"] * working_set + HF_LOGIT_BYTES * shape.vocab + (kept_inputs if checkpointing else 0)
     if not checkpointing:
-        return PER_TOKEN["off"] * working_set * shape.layers
-    return PER_TOKEN["unsloth"] * working_set + (kept_inputs if checkpointing is True else 0)
+        return PER_TOKEN_PER_LAYER_OFF[backend] * working_set * shape.layers
+    kept_inputs = 2 * shape.hidden * shape.layers if checkpointing is True or backend == "hf" else 0
+    return PER_TOKEN_CHECKPOINTED[backend] * working_set + kept_inputs
 
 
 # ---------------------------------------------------------------- auto-fit

@@ -11,8 +11,9 @@ from medqlora.errors import ConfigError
 from medqlora.fit import ModelShape, auto_fit, estimate
 from medqlora.random_model import SHAPES
 
-# Peak reserved GiB measured on an H200 (Unsloth 2026.10.9, transformers 5.17, QLoRA r=16 on all 7
-# projections, dense 2048-token rows; ../shared/gpu/README.md): the data the estimate was fitted to.
+# Peak reserved GiB of QLoRA r=16 on all 7 projections with every row full (2048 tokens or more), so
+# the longest batch was certainly trained: Unsloth 2026.10.9 in a plain loop on an H200
+# (../shared/gpu/README.md), and through the kit (bench/speed.py, docs/benchmarks.md) on an H100.
 MEASURED = [
     ("llama-3.2-1b", "unsloth", 4, 2048, "unsloth", 2.45),
     ("llama-3.1-8b", "unsloth", 2, 2048, "unsloth", 7.33),
@@ -22,8 +23,9 @@ MEASURED = [
     ("llama-3.1-8b", "unsloth", 8, 2048, True, 14.27),
     ("llama-3.1-8b", "unsloth", 4, 2048, False, 37.20),
     ("llama-3.1-8b", "unsloth", 8, 2048, False, 67.28),
-    ("llama-3.2-1b", "hf", 4, 2048, True, 22.29),
-    ("llama-3.1-8b", "hf", 2, 2048, True, 21.25),
+    ("llama-3.1-8b", "unsloth", 2, 2048, "unsloth", 7.344),  # kit, random rows
+    ("llama-3.1-8b", "unsloth", 4, 2048, False, 36.85),  # kit, random rows, auto-fit
+    ("llama-3.1-8b", "hf", 2, 2048, True, 11.89),  # kit (TRL's chunked loss: no full fp32 logits)
 ]
 
 

@@ -54,9 +54,10 @@ def test_auto_fit_turns_checkpointing_off_on_a_large_card_and_keeps_the_effectiv
     choice = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=139.8)
     assert choice.gradient_checkpointing is False
     assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
-    assert choice.micro_batch_size == 8  # 8 x 2048 without checkpointing: about 68 GiB
-    on_a_50gib_card = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=50.0)
-    assert (on_a_50gib_card.micro_batch_size, on_a_50gib_card.gradient_checkpointing) == (4, False)
+    # 4 x 2048 tokens already fill the GPU (measured: 4 and 8 rows train at the same speed): less memory
+    assert choice.micro_batch_size == 4
+    on_a_40gib_card = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=40.0)
+    assert (on_a_40gib_card.micro_batch_size, on_a_40gib_card.gradient_checkpointing) == (4, "unsloth")
 
 
 def test_auto_fit_on_a_t4_chooses_offloaded_checkpointing_within_the_card():
@@ -64,9 +65,17 @@ def test_auto_fit_on_a_t4_chooses_offloaded_checkpointing_within_the_card():
     choice = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=14.7)
     assert choice.gradient_checkpointing == "unsloth"
     assert choice.estimate.total_gib * 1.1 <= 14.7
-    assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
-    bigger = estimate(shape("llama-3.1-8b"), cfg, "unsloth", choice.micro_batch_size * 2, "unsloth")
-    assert bigger.total_gib * 1.1 > 14.7  # the next larger divisor would not have fitted
+    assert (choice.micro_batch_size, choice.gradient_accumulation_steps) == (4, 2)
+    no_checkpointing = estimate(shape("llama-3.1-8b"), cfg, "unsloth", 1, False)
+    assert no_checkpointing.total_gib * 1.25 > 14.7  # even one row would not fit without checkpointing
+
+
+def test_short_rows_on_a_small_card_take_more_rows_with_checkpointing_not_one_row_without():
+    # PubMedQA on a 15 GiB card: 1 row of 982 tokens without checkpointing fits, but ran at 1,958 tokens/s
+    # on an H100; 8 rows with offloaded checkpointing keep the GPU busy.
+    cfg = config("model.max_seq_length=2048", "training.micro_batch_size=2", "training.gradient_accumulation_steps=4")
+    choice = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=15.0, seq_len=982)
+    assert (choice.micro_batch_size, choice.gradient_checkpointing) == (8, "unsloth")
 
 
 def test_auto_fit_uses_the_real_longest_row_not_the_worst_case():

@@ -135,3 +135,29 @@ def test_a_crashed_export_leaves_no_export_folder(trained_run, tiny_model_dir, m
     after = {p.name for p in run.iterdir()}
     assert not [n for n in after - before if n.startswith("export")]
     shutil.rmtree(run / ".export.partial", ignore_errors=True)
+
+
+def test_dequantizing_a_4bit_model_gives_plain_layers_computing_the_same_function(tiny_model_dir, tmp_path):
+    """The merge path of GPU runs: bitsandbytes NF4 layers (bitsandbytes runs them on the CPU too)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    def load_4bit():
+        return AutoModelForCausalLM.from_pretrained(
+            str(tiny_model_dir), dtype=torch.float32, quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32))
+
+    ids = torch.tensor([[1, 50, 300, 7, 999, 42]])
+    with torch.no_grad():  # a separate copy: bitsandbytes' CPU kernels repack the weights on first use
+        expected = load_4bit()(input_ids=ids).logits
+    quantized = load_4bit()
+    export.dequantize_to_cpu(quantized, torch.float32)
+    assert type(quantized.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    with torch.no_grad():
+        actual = quantized(input_ids=ids).logits
+    torch.testing.assert_close(actual, expected, rtol=0.02, atol=0.02)  # bitsandbytes computes in bf16 on CPU
+    quantized.save_pretrained(tmp_path / "plain")
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "plain"), dtype=torch.float32)
+    assert not hasattr(reloaded.config, "quantization_config")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, actual, rtol=1e-6, atol=1e-6)

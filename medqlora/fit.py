@@ -9,7 +9,7 @@ The estimate is a sum of parts computed from the model's config:
               checkpointing, unsloth: 3.56 w (offloaded: one layer at a time on the GPU)
               checkpointing, hf:      7.9 w
               plain checkpointing also keeps every layer's input: + 2 x hidden x layers
-              no checkpointing:       1.6 w x layers (unsloth), 3.2 w x layers (hf, not measured: a guess)
+              no checkpointing:       1.6 w x layers (unsloth), 3.7 w x layers (hf)
             with Unsloth's tiled MLP the intermediate term is split into tiles;
   overhead  0.15 GiB (CUDA workspaces) plus one decoder layer's weights in 16-bit (dequantized per product).
 Fitted to Unsloth 2026.10.9 / TRL 1.14 / transformers 5.17 runs of the Llama-3.1-8B and 3.2-1B shapes on
@@ -31,7 +31,7 @@ SAFETY = 1.10  # auto-fit keeps 10% of the card free beyond the estimate
 # (allocator fragmentation grows with the activations kept): a wider margin there.
 SAFETY_OFF = 1.25
 PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 7.9}
-PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 3.2}
+PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 3.7}
 TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many pieces
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}
 

@@ -26,6 +26,8 @@ MEASURED = [
     ("llama-3.1-8b", "unsloth", 2, 2048, "unsloth", 7.344),  # kit, random rows
     ("llama-3.1-8b", "unsloth", 4, 2048, False, 36.85),  # kit, random rows, auto-fit
     ("llama-3.1-8b", "hf", 2, 2048, True, 11.89),  # kit (TRL's chunked loss: no full fp32 logits)
+    ("llama-3.1-8b", "hf", 2, 2048, False, 45.51),  # kit, random rows, auto-fit
+    ("llama-3.1-8b", "unsloth", 1, 40960, "unsloth", 10.96),  # kit, 15 GiB cap, tiled MLP (below)
 ]
 
 
@@ -45,7 +47,8 @@ def test_parameter_counts_match_the_real_llama_31_8b():
 
 @pytest.mark.parametrize("name,backend,micro,seq,checkpointing,measured", MEASURED)
 def test_estimate_is_within_15_percent_of_measured_peaks(name, backend, micro, seq, checkpointing, measured):
-    guess = estimate(shape(name), config(f"model.max_seq_length={seq}"), backend, micro, checkpointing, seq)
+    tiled = f"training.tiled_mlp={str(seq > 16384).lower()}"
+    guess = estimate(shape(name), config(f"model.max_seq_length={seq}", tiled), backend, micro, checkpointing, seq)
     assert abs(guess.total_gib - measured) / measured < 0.15, guess.describe()
 
 

@@ -14,8 +14,9 @@ def test_notebook_runs_top_to_bottom_on_the_offline_default(tmp_path):
     parameters.source = (
         "PRESET = None\n"
         f"SETTINGS = {{'training.max_steps': 2, 'data.datasets.0.max_samples': 8, 'eval.benchmarks.0.max_items': 6,"
-        f" 'generation.max_new_tokens': 12, 'output.dir': '{tmp_path}'}}\n"
-        "KIT_REPO = ''\nPUSH_TO_HUB = ''\n"
+        f" 'generation.max_new_tokens': 12, 'export.compare_prompts': 2, 'export.compare_tokens': 8,"
+        f" 'output.dir': '{tmp_path}'}}\n"
+        "KIT_REPO = ''\nPUSH_TO_HUB = ''\nEXPORT_FORMATS = ['adapter', 'merged']\n"
     )
     NotebookClient(notebook, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT)}}).execute()
@@ -30,3 +31,5 @@ def test_notebook_runs_top_to_bottom_on_the_offline_default(tmp_path):
     assert "| pubmedqa | 6 | likelihood |" in shown
     assert "consult a healthcare professional" in shown
     assert "adapter saved in" in shown
+    assert "| merged (dequantized base + adapter) |" in shown and "| 2/2 |" in shown  # CPU fp32: identical
+    assert (run / "export" / "merged" / "config.json").is_file()

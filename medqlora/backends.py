@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import KitConfig
+from .distributed import local_rank, world_size
 from .errors import ConfigError, ModelError
 
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
@@ -356,6 +357,7 @@ def _unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, A
             load_in_4bit=cfg.model.load_in_4bit,
             trust_remote_code=cfg.model.trust_remote_code,
             unsloth_tiled_mlp=cfg.training.tiled_mlp,
+            **({"device_map": {"": local_rank()}} if world_size() > 1 else {}),
         )
     except Exception as err:
         raise _load_errors(source, err) from None
@@ -368,7 +370,7 @@ def _hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
 
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "dtype": torch_dtype(runtime.dtype)}
     if runtime.device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": local_rank()}  # data parallel: each process its own GPU
         if cfg.model.load_in_4bit:
             from transformers import BitsAndBytesConfig
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 from .config import DEFAULT_CONFIG, load_config
+from .distributed import is_main
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import redact
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
             run, summary, (model, tokenizer, cfg) = pipeline.run_train(cfg, args.output_dir, started, with_eval,
                                                                        args.resume)
-            if args.mode == "full":
+            if args.mode == "full" and is_main():
                 summary["samples"] = pipeline.run_samples(
                     cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
                 )

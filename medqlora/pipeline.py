@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, evaluate, fit, generate, leakage, memory, report, tracking
+from . import backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
 from .config import KitConfig, load_config
-from .errors import ConfigError, ModelError, TrainingInterrupted
+from .errors import ConfigError, MedQLoRAError, ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
 
 
 def say(message: str) -> None:
+    if not distributed.is_main():  # data parallel: the main process speaks for all
+        return
     print(f"[medqlora] {message}", flush=True)
     log.info(message)
 
@@ -40,6 +42,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
         "max_seq_length": cfg.model.max_seq_length,
         "gpu_memory": memory_plan(cfg, runtime),
+        "processes": distributed.plan(),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})" for b in cfg.eval.benchmarks]
         if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
@@ -111,11 +114,13 @@ def run_train(
         say(f"resuming {run.path} from {checkpoint.name}, with the run's own config.yaml")
     tracking.check_trackers(cfg)
     runtime = backends.activate(backends.detect(cfg), cfg)
+    distributed.start()
     say(runtime.describe())
     if not resume:
-        run = RunDir.create(cfg, output_dir)
-        say(f"run folder: {run.path}")
-        run.write_text("config.yaml", cfg.to_yaml())
+        run = _new_run(cfg, output_dir)
+    if distributed.world_size() > 1:
+        say(f"data parallel: {distributed.world_size()} processes share each batch")
+    cfg = distributed.split_batch(cfg)
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
 
     def record(status: str, **extra: Any) -> None:
@@ -135,6 +140,26 @@ def run_train(
         log.error("run %s: %s", status, err)
         record(status, error=str(err)[:2000])
         raise
+
+
+def _new_run(cfg: KitConfig, output_dir: str | None) -> RunDir:
+    """A new run folder, created by the main process only; every process learns its name."""
+    from .runs import default_run_name
+
+    name = distributed.share(cfg.output.run_name or default_run_name(cfg))
+    named = cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})})
+    error = None
+    if distributed.is_main():
+        try:
+            run = RunDir.create(named, output_dir)
+            say(f"run folder: {run.path}")
+            run.write_text("config.yaml", cfg.to_yaml())
+        except MedQLoRAError as err:
+            error = str(err)
+    error = distributed.share(error)
+    if error:
+        raise MedQLoRAError(error)
+    return RunDir(Path(output_dir or cfg.output.dir).expanduser() / name)
 
 
 def _train_in(
@@ -171,14 +196,17 @@ def _train_in(
         baseline = json.loads(saved_baseline.read_text())
     elif benchmarks:  # the LoRA weights start at zero: this is the base model's score
         backends.prepare_for_generation(model, runtime)
-        baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")
-        run.write_json("eval_baseline.json", baseline)
+        if distributed.is_main():
+            baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")
+            run.write_json("eval_baseline.json", baseline)
+        distributed.barrier()
         backends.prepare_for_training(model, runtime)
     result = train(cfg, runtime, model, tokenizer, prepared, run, checkpoint)
     memory_report = memory.training_report(after_load, result.memory_after_train)
     run.write_json("memory.json", memory_report)
     run.write_json("metrics.json", {"metrics": result.metrics, "log_history": result.log_history})
-    report.plot_loss(result.log_history, run.path / "loss.png")
+    if distributed.is_main():
+        report.plot_loss(result.log_history, run.path / "loss.png")
     adapter_mb = size_mb(run.adapter / "adapter_model.safetensors")
     summary = {
         "run_dir": str(run.path),
@@ -195,7 +223,7 @@ def _train_in(
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
            start_to_trained_s=round(time.perf_counter() - started, 2))
     backends.prepare_for_generation(model, runtime)
-    if benchmarks:
+    if benchmarks and distributed.is_main():
         tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
         m = result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
@@ -233,7 +261,9 @@ def fit_memory(cfg: KitConfig, runtime: backends.Runtime, source: str, prepared:
                                         "gradient_accumulation_steps": choice.gradient_accumulation_steps,
                                         "gradient_checkpointing": choice.gradient_checkpointing, "auto_fit": False})
         cfg = cfg.model_copy(update={"training": training})
-        run.write_text("config.yaml", cfg.to_yaml())  # what was chosen, so --resume and reruns repeat it
+        effective = training.model_copy(update={  # in the config's terms: all processes together
+            "gradient_accumulation_steps": training.gradient_accumulation_steps * distributed.world_size()})
+        run.write_text("config.yaml", cfg.model_copy(update={"training": effective}).to_yaml())  # for --resume
         lengths = [len(r["input_ids"]) for r in prepared.train]
         prepared.stats["total"]["padding_fraction"] = data.padding_report(
             lengths, choice.micro_batch_size, cfg.model.max_seq_length, t.seed)

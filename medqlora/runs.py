@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import KIT_ROOT, KitConfig
+from .distributed import is_main
 from .errors import MedQLoRAError
 from .secrets import RedactingFilter, redact
 
@@ -72,6 +73,8 @@ class RunDir:
 
     def start_log(self) -> None:
         """Log to this run's run.log (and only this run's: a previous run's handler is closed)."""
+        if not is_main():
+            return
         for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
             log.removeHandler(old)
             old.close()
@@ -87,10 +90,12 @@ class RunDir:
         return self.path / "adapter"
 
     def write_json(self, name: str, payload: Any) -> None:
-        write_json(self.path / name, payload)
+        if is_main():  # data parallel: only the main process writes the run folder
+            write_json(self.path / name, payload)
 
     def write_text(self, name: str, text: str) -> None:
-        atomic_write(self.path / name, text)
+        if is_main():
+            atomic_write(self.path / name, text)
 
     def unique(self, name: str) -> str:
         """``name`` if free in the run folder, else name-<timestamp>: earlier results are never overwritten."""

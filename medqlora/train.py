@@ -12,6 +12,7 @@ from typing import Any
 from .backends import Runtime
 from .config import KitConfig
 from .data import PreparedData
+from .distributed import barrier, is_main, world_size
 from .errors import MedQLoRAError, TrainingInterrupted
 from .memory import snapshot
 from .runs import RunDir, log
@@ -70,6 +71,7 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
         packing_strategy="bfd",  # whole examples per row, never split across rows
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         gradient_checkpointing=False,  # already set up on the model by the backend
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
         report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
         run_name=run.path.name,
         include_num_input_tokens_seen="non_padding",  # real tokens per second, padding excluded
@@ -119,7 +121,8 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         step = trainer.state.global_step
-        save_adapter(model, tokenizer, run)
+        if is_main():
+            save_adapter(model, tokenizer, run)
         raise TrainingInterrupted(
             f"Interrupted at step {step}: the adapter trained so far is saved in {run.adapter}."
         ) from None
@@ -143,8 +146,10 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         metrics["perplexity_after"] = round(math.exp(metrics["eval_loss"]), 3)
     metrics["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
     memory = snapshot()
-    save_adapter(model, tokenizer, run)
-    shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # the run is complete: the adapter is what counts
+    if is_main():
+        save_adapter(model, tokenizer, run)
+        shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # the run is complete: the adapter is what counts
+    barrier()
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)
 
 
@@ -182,7 +187,7 @@ def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: in
         figures = f": peak {peak:.1f} of {total:.1f} GiB"
         torch.cuda.empty_cache()
     saved = ""
-    if step > 0:
+    if step > 0 and is_main():
         try:
             save_adapter(model, tokenizer, run)
             saved = f" The adapter after {step} steps is saved in {run.adapter}."

@@ -214,8 +214,9 @@ def main() -> None:
     scratch = Path(os.environ.get("BENCH_SCRATCH", args.out / "scratch"))
     scratch.mkdir(parents=True, exist_ok=True)
 
-    from medqlora.fit import ModelShape
     from transformers import AutoConfig
+
+    from medqlora.fit import ModelShape
 
     model = model_dir(args, scratch)
     params = ModelShape.from_config(AutoConfig.from_pretrained(str(model))).total_params()

@@ -409,8 +409,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     if "merged_dtype" in report:
         header = ("| compared with the trained model (base + adapter) | max abs logit diff | mean abs logit diff | "
                   "top-1 agreement | identical greedy replies |")
-        lines += [f"Merged {report['merged_dtype']} model ({report['merged_gb']} GB) written in "
-                  f"{report['merge_and_save_s']} s.", "", header, "|---|---|---|---|---|"]
+        written = f"Merged {report['merged_dtype']} model ({report['merged_gb']} GB) written in {report['merge_and_save_s']} s."
+        lines += [written, "", header, "|---|---|---|---|---|"]
         for key, label in (("merged_vs_trained", "merged (dequantized base + adapter)"),
                            ("original_16bit_plus_adapter_vs_trained", "original 16-bit weights + adapter")):
             if key in report:

@@ -169,7 +169,7 @@ def auto_fit(shape: ModelShape, cfg: KitConfig, backend: str, card_gib: float, s
         smallest = estimate(shape, cfg, backend, 1, modes(backend)[-1], seq)
         raise ConfigError(does_not_fit(smallest, card_gib, cfg, backend))
     # fastest first; among equals, no checkpointing, then the smaller micro-batch (less memory)
-    speed, micro, mode, guess, margin = max(fitting, key=lambda f: (f[0], f[2] is False, -f[1]))
+    _, micro, mode, guess, margin = max(fitting, key=lambda f: (f[0], f[2] is False, -f[1]))
     return FitChoice(micro, effective // micro, mode, guess, card_gib,
                      f"fastest setting within {card_gib:.1f} GiB with a {round(100 * (margin - 1))}% margin")
 

@@ -86,7 +86,7 @@ def test_auto_fit_uses_the_real_longest_row_not_the_worst_case():
     worst = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=39.0)
     short = auto_fit(shape("llama-3.1-8b"), cfg, "unsloth", card_gib=39.0, seq_len=512)
     assert short.micro_batch_size > worst.micro_batch_size or (
-        short.gradient_checkpointing is False and worst.gradient_checkpointing != False)  # noqa: E712
+        short.gradient_checkpointing is False and worst.gradient_checkpointing is not False)
 
 
 def test_nothing_fits_names_what_to_change():

@@ -116,11 +116,12 @@ def run_train(
     runtime = backends.activate(backends.detect(cfg), cfg)
     distributed.start()
     say(runtime.describe())
+    per_process = distributed.split_batch(cfg)  # before the run folder: a batch that does not divide stops here
     if not resume:
         run = _new_run(cfg, output_dir)
     if distributed.world_size() > 1:
         say(f"data parallel: {distributed.world_size()} processes share each batch")
-    cfg = distributed.split_batch(cfg)
+    cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
 
     def record(status: str, **extra: Any) -> None:

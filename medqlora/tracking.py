@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .config import KitConfig
+from .distributed import is_main
 from .errors import ConfigError
 from .runs import RunDir
 
@@ -67,7 +68,7 @@ def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> Any:
     from transformers.integrations import TensorBoardCallback
 
     handler = trainer.callback_handler
-    if "tensorboard" in cfg.training.report_to:
+    if "tensorboard" in cfg.training.report_to and is_main():  # the writer creates its file at once
         from torch.utils.tensorboard import SummaryWriter
 
         handler.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))

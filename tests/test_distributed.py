@@ -41,6 +41,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_effective_bat
     log = (tmp_path / "two" / "run.log").read_text()
     assert log.count("run folder:") == 1 and "data parallel: 2 processes share each batch" in log
     assert two.stdout.count("medqlora run:") == 1  # the summary is printed once
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # one event file, from the main process
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["status"] == "trained"
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())["metrics"]

@@ -184,12 +184,8 @@ def convert_gguf(gguf: Path) -> Path:
     print(f"[medqlora] converting {gguf.name} into a trainable checkpoint (once) -> {target}")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
-    # transformers marks GGUF-loaded models as quantized: not trainable, not serializable. The
-    # weights are already dequantized, so drop the marker.
-    model.hf_quantizer = None
-    model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    # transformers marks GGUF-loaded models as quantized, but the weights are already dequantized
+    mark_unquantized(model)
     set_end_of_turn_as_eos(model, tokenizer)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -197,6 +193,15 @@ def convert_gguf(gguf: Path) -> Path:
     tokenizer.save_pretrained(partial)
     partial.rename(target)
     return target
+
+
+def mark_unquantized(model: Any) -> None:
+    """transformers refuses to move, cast, save or train a model it believes quantized: after dequantizing, say so."""
+    model.hf_quantizer = None
+    model.quantization_method = None
+    model.is_loaded_in_4bit = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def set_end_of_turn_as_eos(model: Any, tokenizer: Any) -> None:

@@ -216,12 +216,7 @@ def dequantize_to_cpu(model: Any, dtype: Any) -> None:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
         del module, weight
-    # the model is no longer quantized: without this transformers refuses to move, cast, save or reload it
-    model.hf_quantizer = None
-    model.is_loaded_in_4bit = False
-    model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    backends.mark_unquantized(model)  # before moving it: transformers refuses to cast a bitsandbytes model
     model.to(device="cpu", dtype=dtype)
     _free()
 

@@ -223,9 +223,3 @@ def model_shape(source: str, trust_remote_code: bool = False) -> ModelShape | No
         return ModelShape.from_config(config)
     except Exception:  # an unreadable config only costs the estimate
         return None
-
-
-def tokens_per_second_ceiling(shape: ModelShape, peak_tflops: float) -> float:
-    """Useful tokens/s at 100% MFU: 4 x params FLOPs a token (frozen base: forward plus input gradients)."""
-    return peak_tflops * 1e12 / (4 * shape.total_params())
-

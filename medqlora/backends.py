@@ -284,7 +284,7 @@ def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
             use_rslora=cfg.lora.use_rslora,
         )
     else:
-        model, tokenizer = _hf_base(cfg, runtime, source)
+        model, tokenizer = hf_base(cfg, runtime, source)
         model = _hf_add_lora(model, cfg, runtime)
     return model, prepare_tokenizer(tokenizer, cfg), source
 
@@ -294,7 +294,7 @@ def load_for_inference(cfg: KitConfig, runtime: Runtime, adapter_dir: Path | Non
     if runtime.backend == "unsloth":
         model, tokenizer = _unsloth_base(cfg, runtime, source)
     else:
-        model, tokenizer = _hf_base(cfg, runtime, source)
+        model, tokenizer = hf_base(cfg, runtime, source)
     if adapter_dir is not None:
         model = attach_adapter(model, adapter_dir, cfg, runtime)
         if (adapter_dir / "tokenizer_config.json").is_file():
@@ -370,7 +370,7 @@ def _unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, A
     return model, tokenizer
 
 
-def _hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
+def hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "dtype": torch_dtype(runtime.dtype)}

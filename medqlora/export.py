@@ -186,7 +186,7 @@ def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapt
 
     # the 4-bit storage is bitsandbytes NF4 with either backend; Unsloth adds nothing to merging
     plain = dataclasses.replace(runtime, backend="hf")
-    base, _ = backends._hf_base(cfg, plain, backends.resolve_model_source(cfg.model.name))
+    base, _ = backends.hf_base(cfg, plain, backends.resolve_model_source(cfg.model.name))
     if getattr(base, "is_loaded_in_4bit", False):
         dequantize_to_cpu(base, backends.torch_dtype(dtype))
     else:
@@ -223,10 +223,8 @@ def dequantize_to_cpu(model: Any, dtype: Any) -> None:
 
 def _adapter_tokenizer(cfg: KitConfig, adapter: Path) -> Any:
     """The tokenizer saved with the adapter: the chat template and eos used in training."""
-    from transformers import AutoTokenizer
-
     source = adapter if (adapter / "tokenizer_config.json").is_file() else backends.resolve_model_source(cfg.model.name)
-    return backends.prepare_tokenizer(AutoTokenizer.from_pretrained(str(source)), cfg)
+    return backends.load_tokenizer(cfg, str(source))
 
 
 def _set_stop_tokens(model: Any, tokenizer: Any) -> None:

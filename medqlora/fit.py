@@ -189,6 +189,12 @@ def does_not_fit(guess: Estimate, card_gib: float, cfg: KitConfig, backend: str)
             f"Try one of: {'; '.join(options)}.")
 
 
+def refuse_if_it_cannot_fit(guess: Estimate, card_gib: float, cfg: KitConfig, backend: str) -> None:
+    """Refuse configured settings whose estimate exceeds the card by more than the estimate's error (15%)."""
+    if guess.total_gib > card_gib * 1.15:
+        raise ConfigError(does_not_fit(guess, card_gib, cfg, backend))
+
+
 def longest_batch_len(lengths: list[int], max_len: int, packing: bool) -> int:
     """The longest row a micro-batch will hold: the longest example, or a whole packed row."""
     return max_len if packing else min(max_len, max(lengths, default=max_len))

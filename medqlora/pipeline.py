@@ -9,7 +9,7 @@ from typing import Any
 
 from . import backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
 from .config import KitConfig, load_config
-from .errors import ConfigError, MedQLoRAError, ModelError, TrainingInterrupted
+from .errors import MedQLoRAError, ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
 
 
@@ -73,8 +73,8 @@ def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | s
         planned["auto_fit"] = (f"micro-batch {choice.micro_batch_size} x {choice.gradient_accumulation_steps} "
                                f"accumulation, checkpointing {fit.checkpointing_name(choice.gradient_checkpointing)}: "
                                f"{choice.estimate.describe()}")
-    elif configured.total_gib > card * 1.15:
-        raise ConfigError(fit.does_not_fit(configured, card, cfg, backend))
+    else:
+        fit.refuse_if_it_cannot_fit(configured, card, cfg, backend)
     return planned
 
 
@@ -253,7 +253,8 @@ def fit_memory(cfg: KitConfig, runtime: backends.Runtime, source: str, prepared:
         return cfg
     fit.cap_gpu_memory(cfg)
     t = cfg.training
-    seq = fit.longest_batch_len([len(r["input_ids"]) for r in prepared.train], cfg.model.max_seq_length, t.packing)
+    lengths = [len(r["input_ids"]) for r in prepared.train]
+    seq = fit.longest_batch_len(lengths, cfg.model.max_seq_length, t.packing)
     configured = fit.estimate(shape, cfg, runtime.backend, t.micro_batch_size, t.gradient_checkpointing, seq)
     facts: dict[str, Any] = {"card_gib": round(card, 2), "longest_row_tokens": seq, "configured": configured.describe()}
     if t.auto_fit:
@@ -265,7 +266,6 @@ def fit_memory(cfg: KitConfig, runtime: backends.Runtime, source: str, prepared:
         effective = training.model_copy(update={  # in the config's terms: all processes together
             "gradient_accumulation_steps": training.gradient_accumulation_steps * distributed.world_size()})
         run.write_text("config.yaml", cfg.model_copy(update={"training": effective}).to_yaml())  # for --resume
-        lengths = [len(r["input_ids"]) for r in prepared.train]
         prepared.stats["total"]["padding_fraction"] = data.padding_report(
             lengths, choice.micro_batch_size, cfg.model.max_seq_length, t.seed)
         facts.update(auto_fit=choice.to_dict(), estimate_gib=choice.estimate.total_gib)
@@ -273,8 +273,7 @@ def fit_memory(cfg: KitConfig, runtime: backends.Runtime, source: str, prepared:
             f" accumulation, gradient checkpointing {fit.checkpointing_name(choice.gradient_checkpointing)}; "
             f"estimated peak {choice.estimate.describe()}")
     else:
-        if configured.total_gib > card * 1.15:  # beyond the estimate's error: it will not fit
-            raise ConfigError(fit.does_not_fit(configured, card, cfg, runtime.backend))
+        fit.refuse_if_it_cannot_fit(configured, card, cfg, runtime.backend)
         facts.update(estimate_gib=configured.total_gib)
         say(f"memory preflight: estimated peak {configured.describe()} of {card:.1f} GiB")
     record("loading", preflight=facts)

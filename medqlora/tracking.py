@@ -18,14 +18,11 @@ from .distributed import is_main
 from .errors import ConfigError
 from .runs import RunDir
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
-
 def check_trackers(cfg: KitConfig) -> None:
     """Before the model loads: each tracker is installed and has its credentials in the environment."""
     for name in cfg.training.report_to:
-        if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise ConfigError(f"training.report_to: {name} is not installed: pip install {PACKAGES[name]} "
+        if importlib.util.find_spec(name) is None:  # each tracker's package has its name
+            raise ConfigError(f"training.report_to: {name} is not installed: pip install {name} "
                               f"(or remove it from training.report_to).")
     if "wandb" in cfg.training.report_to:
         mode = os.environ.get("WANDB_MODE", "").lower()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import KitConfig
-from .distributed import local_rank, world_size
+from .distributed import local_rank, sharding, world_size
 from .errors import ConfigError, ModelError
 
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
@@ -71,6 +71,15 @@ def _detect(cfg: KitConfig) -> Runtime:
     bf16_ok = cuda and torch.cuda.is_bf16_supported()
     dtype = _dtype(cfg.model.dtype, cuda, bf16_ok, gpu)
     unsloth_installed = importlib.util.find_spec("unsloth") is not None
+    sharded = sharding()
+    if sharded and cfg.backend == "unsloth":
+        raise ConfigError(
+            f"backend: unsloth, but this run was launched with a sharded accelerate config ({sharded}): Unsloth trains "
+            "a whole replica on each GPU. Set backend: hf (or auto) to shard the model, or launch without "
+            "--config_file for data parallel with Unsloth."
+        )
+    if sharded:
+        return Runtime("hf", "cuda" if cuda else "cpu", dtype, f"sharded training ({sharded}) runs on Hugging Face", gpu)
     if cfg.backend == "unsloth":
         if not cuda:
             raise ConfigError(
@@ -375,16 +384,10 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
 
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "dtype": torch_dtype(runtime.dtype)}
     if runtime.device == "cuda":
-        kwargs["device_map"] = {"": local_rank()}  # data parallel: each process its own GPU
+        if sharding() != "deepspeed":  # ZeRO-3 refuses a device_map; 4-bit loading then uses this process's GPU
+            kwargs["device_map"] = {"": local_rank()}  # data parallel: each process its own GPU
         if cfg.model.load_in_4bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch_dtype(runtime.dtype),
-            )
+            kwargs["quantization_config"] = nf4_config(runtime)
     elif cfg.model.load_in_4bit:
         print("[medqlora] CPU: LoRA on full-precision weights (4-bit quantization is for CUDA GPUs).")
     try:
@@ -396,6 +399,20 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def nf4_config(runtime: Runtime) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(runtime.dtype),
+        # FSDP and ZeRO-3 shard only floating-point tensors of one dtype: store the packed 4-bit weights
+        # in the compute dtype (the same bits, the same results; bitsandbytes' FSDP-QLoRA recipe)
+        **({"bnb_4bit_quant_storage": torch_dtype(runtime.dtype)} if sharding() else {}),
+    )
+
+
 def _hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -404,7 +421,9 @@ def _hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
     checkpointing = bool(cfg.training.gradient_checkpointing) and (
         runtime.device == "cuda" or cfg.training.gradient_checkpointing is True
     )
-    if getattr(model, "is_loaded_in_4bit", False):
+    # Sharded: prepare_model_for_kbit_training would upcast norms to fp32 beside the 4-bit weights stored in
+    # bf16, and FSDP cannot flatten one layer of two dtypes (TRL skips it for sharded QLoRA too).
+    if getattr(model, "is_loaded_in_4bit", False) and not sharding():
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=checkpointing,

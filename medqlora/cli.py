@@ -9,8 +9,8 @@ import os
 import sys
 import time
 
+from . import distributed
 from .config import DEFAULT_CONFIG, load_config
-from .distributed import is_main
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import redact
 
@@ -42,6 +42,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    finally:
+        distributed.stop()
+
+
+def _main(args: argparse.Namespace) -> int:
     # Variable-length batches fragment PyTorch's default CUDA allocator (reserved memory up to 1.4x the
     # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -51,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import pipeline
 
         if args.dry_run:
-            print(json.dumps(pipeline.plan(cfg, args.mode, args.output_dir), indent=2))
+            planned = pipeline.plan(cfg, args.mode, args.output_dir)
+            if distributed.is_main():  # under a launcher, one plan for all the processes
+                print(json.dumps(planned, indent=2))
             return 0
         if args.mode == "test":
             summary = pipeline.run_test(cfg, args.adapter, args.output_dir)
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
             run, summary, (model, tokenizer, cfg) = pipeline.run_train(cfg, args.output_dir, started, with_eval,
                                                                        args.resume)
-            if args.mode == "full" and is_main():
+            if args.mode == "full":  # every process answers its share of the queries
                 summary["samples"] = pipeline.run_samples(
                     cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
                 )
@@ -78,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"\nmedqlora: {err}", file=sys.stderr)
         return 130
+    except ConfigError as err:
+        if distributed.is_main():  # every process reads the same config: one message is enough
+            print(f"\nmedqlora: error: {redact(str(err))}", file=sys.stderr)
+        return 2
     except MedQLoRAError as err:
-        print(f"\nmedqlora: error: {redact(str(err))}", file=sys.stderr)
+        where = f"[process {distributed.rank()}] " if distributed.world_size() > 1 else ""
+        print(f"\nmedqlora: error: {where}{redact(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):

@@ -1,11 +1,15 @@
-"""Data-parallel training: one process per GPU (or per CPU process), started by torchrun or accelerate.
+"""Several processes (one per GPU, on one or several machines), started by torchrun or accelerate.
 
     accelerate launch --num_processes 2 medical_qlora_finetuning.py --mode full
     torchrun --nproc_per_node 2 medical_qlora_finetuning.py --mode full
+    accelerate launch --config_file config/accelerate/fsdp_qlora.yaml medical_qlora_finetuning.py --mode full
 
-Every process trains a replica on its share of each batch; the effective batch stays the configured
-micro_batch_size x gradient_accumulation_steps (the accumulation is divided by the number of
-processes). Only the main process writes the run folder, logs, evaluations and samples.
+Data parallel (the first two): every process trains a replica on its share of each batch. Sharded
+(an accelerate config with FSDP or DeepSpeed ZeRO-3): the model's weights are divided among the
+processes instead of copied. Either way the effective batch stays the configured micro_batch_size x
+gradient_accumulation_steps (the accumulation is divided by the number of processes), evaluation
+and sample answers are shared among the processes and gathered, and only the main process writes
+the run folder and logs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
+
+
+def sharding() -> str | None:
+    """"fsdp" or "deepspeed" when accelerate launched this process with such a config; None: replicas."""
+    for name, env in (("fsdp", "ACCELERATE_USE_FSDP"), ("deepspeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(env, "false").lower() in ("1", "true", "yes"):
+            return name
+    return None
+
+
 def start() -> None:
     """Join the process group (NCCL on GPUs, gloo on CPUs) when launched with several processes."""
     if world_size() == 1:
@@ -40,9 +56,26 @@ def start() -> None:
     import torch
     from accelerate import PartialState
 
+    if sharding() and not torch.cuda.is_available():
+        raise ConfigError(
+            f"This run was launched with a sharded accelerate config ({sharding()}), which needs NVIDIA GPUs, and "
+            "none is visible. On the CPU, launch without --config_file (data parallel), or with one process."
+        )
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     PartialState()
+
+
+def stop() -> None:
+    """Leave the process group (a process that exits inside one aborts instead of returning its exit code)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -63,6 +96,31 @@ def share(value: Any) -> Any:
     return box[0]
 
 
+def gather(part: list[Any]) -> list[list[Any]]:
+    """Every process's list, in rank order, in every process."""
+    if world_size() == 1:
+        return [part]
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def shared_map(work: Any, items: list[Any]) -> list[Any]:
+    """work(items) -> one result per item, with the items dealt out among the processes (rank r takes
+    items r, r+n, ...) and the results gathered back into the items' order, in every process."""
+    n = world_size()
+    if n == 1:
+        return work(items)
+    mine = items[rank()::n]
+    parts = gather(work(mine) if mine else [])
+    results: list[Any] = [None] * len(items)
+    for r, part in enumerate(parts):
+        results[r::n] = part
+    return results
+
+
 def split_batch(cfg: KitConfig) -> KitConfig:
     """Divide gradient accumulation among the processes, so the effective batch is the configured one."""
     n = world_size()
@@ -81,7 +139,24 @@ def split_batch(cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"training": t.model_copy(update={"gradient_accumulation_steps": accumulation})})
 
 
-def plan() -> dict[str, Any]:
-    """The per-process plan --dry-run prints."""
-    return {"processes": world_size(), "this_process": rank(), "local_rank": local_rank(),
-            "writes_run_folder": is_main()}
+def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int | None]) -> dict[str, Any]:
+    """What each process will do, for --dry-run (run it under the same launcher and config as the real run)."""
+    n, per_machine = world_size(), local_world_size()
+    split = split_batch(cfg).training
+    kind = {"fsdp": "sharded (FSDP): each process holds 1/{n} of the weights",
+            "deepspeed": "sharded (DeepSpeed ZeRO-3): each process holds 1/{n} of the weights"}.get(
+        sharding() or "", "data parallel: each process holds a whole replica" if n > 1 else "one process")
+    ranks = []
+    for r in range(n):
+        ranks.append({
+            "rank": r,
+            "machine": r // per_machine,
+            "gpu": r % per_machine,
+            "micro_batch x accumulation": f"{split.micro_batch_size} x {split.gradient_accumulation_steps}",
+            "micro_batches_per_epoch": -(-train_examples // split.micro_batch_size // n) if train_examples else
+            "unknown until the data is known",
+            "evaluation_items": {name: len(range(r, count, n)) if count else f"1/{n} of all"
+                                 for name, count in eval_items.items()},
+            "writes": "run folder, run.log, metrics, evaluation report, sample answers" if r == 0 else "nothing",
+        })
+    return {"processes": n, "machines": -(-n // per_machine), "layout": kind.format(n=n), "ranks": ranks}

@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
 from .data import FORMATS, Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
+from .distributed import shared_map
 from .errors import DataError
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
@@ -254,7 +255,7 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
             results[name] = score_cot(cfg, model, tokenizer, items, style)
             continue
         began = time.perf_counter()
-        scored = score(cfg, model, tokenizer, items)
+        scored = shared_map(lambda part: score(cfg, model, tokenizer, part), items)
         seconds = time.perf_counter() - began
         metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], items[0].choices)
         metrics.update(method=cfg.eval.method, **_speed(len(items), seconds),
@@ -444,7 +445,7 @@ def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
 
 def score_cot(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem], style: str) -> dict[str, Any]:
     began = time.perf_counter()
-    replies = _replies(cfg, model, tokenizer, items)
+    replies = shared_map(lambda part: _replies(cfg, model, tokenizer, part), items)
     metrics = cot_metrics(replies, [i.gold for i in items], style)
     metrics.update(method="generate", style=style, **_speed(len(items), time.perf_counter() - began),
                    per_item=[{"uid": i.uid, "reply": r} for i, r in zip(items, replies, strict=True)])

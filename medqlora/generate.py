@@ -12,6 +12,7 @@ import yaml
 from .backends import stop_token_ids
 from .config import KIT_ROOT, KitConfig
 from .data import render_prompt
+from .distributed import shared_map
 from .errors import ConfigError
 
 
@@ -73,7 +74,7 @@ def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str,
     g = cfg.generation
     prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in questions]
     began = time.perf_counter()
-    replies = _generate(cfg, model, tokenizer, prompts, g.max_new_tokens, g.batch_size)
+    replies = shared_map(lambda part: _generate(cfg, model, tokenizer, part, g.max_new_tokens, g.batch_size), prompts)
     seconds = round(time.perf_counter() - began, 2)
     return [{**q, "response": with_disclaimer(text, g.disclaimer), "new_tokens": n, "seconds_all_queries": seconds}
             for q, (text, n) in zip(questions, replies, strict=True)]

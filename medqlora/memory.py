@@ -21,10 +21,11 @@ def snapshot() -> dict[str, Any]:
     figures: dict[str, Any] = {"host_peak_rss_gib": peak_rss_gib()}
     if not torch.cuda.is_available():
         return figures
-    total = torch.cuda.get_device_properties(0).total_memory
+    device = torch.cuda.current_device()  # each process's own GPU when several share the machine
+    total = torch.cuda.get_device_properties(device).total_memory
     peak = torch.cuda.max_memory_reserved()
     figures.update(
-        gpu_name=torch.cuda.get_device_name(0),
+        gpu_name=torch.cuda.get_device_name(device),
         gpu_total_gib=round(total / GIB, 3),
         gpu_reserved_gib=round(torch.cuda.memory_reserved() / GIB, 3),
         gpu_allocated_gib=round(torch.cuda.memory_allocated() / GIB, 3),

@@ -42,7 +42,8 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
         "max_seq_length": cfg.model.max_seq_length,
         "gpu_memory": memory_plan(cfg, runtime),
-        "processes": distributed.plan(),
+        "processes": distributed.plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
+                                      if mode in ("full", "eval") else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})" for b in cfg.eval.benchmarks]
         if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
@@ -59,11 +60,18 @@ def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | s
     shape = fit.model_shape(source, cfg.model.trust_remote_code) if source else None
     if shape is None:
         return "unknown: the model's config.json cannot be read without downloading the model"
-    backend = runtime.backend if runtime.device == "cuda" else ("hf" if cfg.backend == "hf" else "unsloth")
+    backend = runtime.backend if runtime.device == "cuda" or distributed.sharding() else (
+        "hf" if cfg.backend == "hf" else "unsloth")
     t = cfg.training
     configured = fit.estimate(shape, cfg, backend, t.micro_batch_size, t.gradient_checkpointing)
     card = fit.card_gib(cfg)
     planned: dict[str, Any] = {"backend": backend, "configured": configured.describe()}
+    if distributed.sharding():
+        n = distributed.world_size()
+        spread = (configured.weights_gib + configured.lora_gib) * (1 - 1 / n)
+        planned["sharded"] = (f"loading holds the whole model on each GPU ({configured.weights_gib:.1f} GiB of "
+                              f"weights); training then keeps 1/{n} of the weights, LoRA and optimizer state: about "
+                              f"{configured.total_gib - spread:.1f} GiB a GPU (the figures above are for one GPU)")
     if card is None:
         planned["card"] = "no GPU here: --set training.gpu_memory_gib=15 plans for a 15 GiB card (a Colab T4)"
         return planned
@@ -116,6 +124,7 @@ def run_train(
     runtime = backends.activate(backends.detect(cfg), cfg)
     distributed.start()
     say(runtime.describe())
+    _say_if_gpus_idle(runtime)
     per_process = distributed.split_batch(cfg)  # before the run folder: a batch that does not divide stops here
     if not resume:
         run = _new_run(cfg, output_dir)
@@ -141,6 +150,15 @@ def run_train(
         log.error("run %s: %s", status, err)
         record(status, error=str(err)[:2000])
         raise
+
+
+def _say_if_gpus_idle(runtime: backends.Runtime) -> None:
+    import torch
+
+    count = torch.cuda.device_count() if runtime.device == "cuda" else 0
+    if count > 1 and distributed.world_size() == 1:
+        say(f"{count} GPUs visible: this process trains on GPU 0 alone. To use them all, launch it with "
+            f"torchrun --nproc_per_node {count} (or accelerate launch; README: Several GPUs).")
 
 
 def _new_run(cfg: KitConfig, output_dir: str | None) -> RunDir:
@@ -197,13 +215,17 @@ def _train_in(
         baseline = json.loads(saved_baseline.read_text())
     elif benchmarks:  # the LoRA weights start at zero: this is the base model's score
         backends.prepare_for_generation(model, runtime)
-        if distributed.is_main():
-            baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")
-            run.write_json("eval_baseline.json", baseline)
-        distributed.barrier()
+        baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")  # items shared among processes
+        run.write_json("eval_baseline.json", baseline)
         backends.prepare_for_training(model, runtime)
     result = train(cfg, runtime, model, tokenizer, prepared, run, checkpoint)
+    if distributed.sharding():
+        del model  # the sharded model goes before the whole one comes
+        model = _replica_for_inference(cfg, runtime, run)
     memory_report = memory.training_report(after_load, result.memory_after_train)
+    if distributed.world_size() > 1:  # each GPU's own peak (sharded runs are not symmetric)
+        peaks = distributed.gather([result.memory_after_train.get("gpu_peak_reserved_gib")])
+        memory_report["summary"]["peak_reserved_gib_per_process"] = [p[0] for p in peaks]
     run.write_json("memory.json", memory_report)
     run.write_json("metrics.json", {"metrics": result.metrics, "log_history": result.log_history})
     if distributed.is_main():
@@ -224,13 +246,29 @@ def _train_in(
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
            start_to_trained_s=round(time.perf_counter() - started, 2))
     backends.prepare_for_generation(model, runtime)
-    if benchmarks and distributed.is_main():
+    if benchmarks:
         tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
         m = result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
                                             f"{cfg.model.name} + {run.path.name}", perplexity)
     return run, summary, (model, tokenizer, cfg)
+
+
+def _replica_for_inference(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) -> Any:
+    """After sharded training every forward pass needs all processes in step, which generation cannot
+    promise: free the sharded model and load the saved adapter onto a whole 4-bit base in each process
+    (each GPU held one while loading, so it fits) to evaluate and answer in parallel."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    say("sharded training done: loading the base model with the saved adapter in every process for evaluation")
+    model, _ = backends.load_for_inference(cfg, runtime, run.adapter)
+    return model
 
 
 def _tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
@@ -305,10 +343,6 @@ def _evaluate(cfg: KitConfig, model: Any, tokenizer: Any, benchmarks: dict[str, 
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
                       perplexity: dict | None = None) -> str:
     """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist)."""
-    md, js, png = run.unique("eval_report.md"), run.unique("eval.json"), run.unique("eval_chart.png")
-    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity))
-    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity})
-    evaluate.plot(results, run.path / png)
     rows = []
     for name, row in results.items():
         base, tuned = (row.get(k) or {} for k in ("baseline", "fine_tuned"))
@@ -316,8 +350,15 @@ def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], tit
         rows.append(f"{name} {key} {base.get(key, '-')} -> {tuned.get(key, '-')}")
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
+    line = "; ".join(rows) + " (baseline -> fine-tuned)"
+    if not distributed.is_main():
+        return line
+    md, js, png = run.unique("eval_report.md"), run.unique("eval.json"), run.unique("eval_chart.png")
+    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity))
+    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity})
+    evaluate.plot(results, run.path / png)
     say(f"evaluation report: {run.path / md}")
-    return "; ".join(rows) + " (baseline -> fine-tuned)"
+    return line
 
 
 def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, baseline: bool) -> dict[str, Any]:

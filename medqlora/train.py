@@ -12,7 +12,7 @@ from typing import Any
 from .backends import Runtime
 from .config import KitConfig
 from .data import PreparedData
-from .distributed import barrier, is_main, world_size
+from .distributed import barrier, is_main, sharding, world_size
 from .errors import MedQLoRAError, TrainingInterrupted
 from .memory import snapshot
 from .runs import RunDir, log
@@ -43,7 +43,7 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
     from trl import SFTConfig
 
     t = cfg.training
-    return SFTConfig(
+    config = SFTConfig(
         output_dir=str(run.path / "checkpoints"),
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
@@ -78,6 +78,12 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    if runtime.device == "cuda" and world_size() == 1:
+        _ = config.device  # sets n_gpu to every visible GPU...
+        # ...and the Trainer would then multiply the micro-batch by it (4-bit models get no DataParallel):
+        # one process trains on one GPU with the configured batch; several GPUs: torchrun / accelerate launch.
+        config._n_gpu = 1
+    return config
 
 
 def _dataset(records: list[dict[str, Any]]) -> Any:
@@ -86,6 +92,23 @@ def _dataset(records: list[dict[str, Any]]) -> Any:
     return Dataset.from_dict(
         {"input_ids": [r["input_ids"] for r in records], "labels": [r["labels"] for r in records]}
     )
+
+
+def _trainer_class() -> type:
+    """TRL's SFTTrainer (Unsloth's, once Unsloth is imported) with one change: the length-grouped sampler
+    groups each *effective* batch, the same for any number of processes (the Trainer groups each process's
+    share, so 1 and 2 processes drew different batches from the same data and seed)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    class KitTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                sampler.batch_size *= world_size()
+            return sampler
+
+    return KitTrainer
 
 
 def latest_checkpoint(run: RunDir) -> Path | None:
@@ -103,9 +126,7 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
 
 def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir,
            resume_from: Path | None) -> TrainResult:
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
+    trainer = _trainer_class()(
         model=model,
         args=sft_config(cfg, runtime, run),
         train_dataset=_dataset(data.train),
@@ -114,13 +135,20 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
     )
     speed = add_tracking(trainer, cfg, run)
     before = None
-    if data.validation and resume_from is None:
+    # Sharded: evaluating first would wrap the model before the trainer sets FSDP up for LoRA (its own
+    # units, the storage dtype); the held-out loss is then reported after training only.
+    if data.validation and resume_from is None and not sharding():
         before = trainer.evaluate()["eval_loss"]  # held-out NLL of the base model
     started = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         step = trainer.state.global_step
+        if sharding():  # gathering the shards needs every process, and they are all being interrupted
+            raise TrainingInterrupted(
+                f"Interrupted at step {step}. A sharded run cannot gather its adapter after Ctrl-C: continue it from "
+                f"its last checkpoint (training.save_steps) with --resume {run.path}."
+            ) from None
         if is_main():
             save_adapter(model, tokenizer, run)
         raise TrainingInterrupted(
@@ -146,21 +174,58 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         metrics["perplexity_after"] = round(math.exp(metrics["eval_loss"]), 3)
     metrics["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
     memory = snapshot()
+    weights = gathered_weights(trainer)  # sharded: every process takes part
     if is_main():
-        save_adapter(model, tokenizer, run)
+        save_adapter(model, tokenizer, run, weights)
         shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # the run is complete: the adapter is what counts
     barrier()
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)
 
 
-def save_adapter(model: Any, tokenizer: Any, run: RunDir) -> None:
-    """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename."""
+def gathered_weights(trainer: Any) -> dict[str, Any] | None:
+    """The trainable (LoRA) weights of a sharded model, whole, on the main process; None elsewhere and where
+    the model is not sharded. Every process must call this."""
+    kind = sharding()
+    if kind == "fsdp":
+        return gather_fsdp_trainable(trainer.model)
+    if kind == "deepspeed":  # needs stage3_gather_16bit_weights_on_model_save in the DeepSpeed config
+        return trainer.model_wrapped._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
+    return None
+
+
+def gather_fsdp_trainable(model: Any) -> dict[str, Any] | None:
+    """Gather, one FSDP unit at a time, the units that hold trainable weights (the LoRA layers have their
+    own units), onto the main process's CPU: the frozen base is never gathered. Keys are the parameter
+    names the model had before FSDP wrapped it."""
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    to_cpu = torch.cuda.is_available()  # (on the CPU the weights are there already; FSDP refuses to offload)
+    weights: dict[str, Any] = {}
+    for name, unit in model.named_modules():
+        if not isinstance(unit, FSDP) or not any(p.requires_grad for p in unit.module.parameters(recurse=False)):
+            continue
+        prefix = name.replace("._fsdp_wrapped_module", "").replace("_fsdp_wrapped_module.", "")
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False, rank0_only=True, offload_to_cpu=to_cpu):
+            if is_main():
+                for key, value in unit.module.named_parameters():
+                    if "_fsdp_wrapped_module" not in key and "_flat_param" not in key:
+                        weights[f"{prefix}.{key}" if prefix else key] = value.detach().to("cpu", copy=True)
+    return weights if is_main() else None
+
+
+def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any] | None = None) -> None:
+    """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename.
+    weights: the gathered state of a sharded model (the adapter's own parameters hold only a shard)."""
     partial = run.path / ".adapter.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left over by a crash while saving
     if run.adapter.exists():  # an adapter saved at Ctrl-C, before this resumed run: keep it aside
         run.adapter.rename(run.path / run.unique("adapter-interrupted"))
     try:
-        model.save_pretrained(str(partial), safe_serialization=True)
+        if weights is None:
+            model.save_pretrained(str(partial), safe_serialization=True)
+        else:
+            write_gathered_adapter(model, weights, partial)
         tokenizer.save_pretrained(str(partial))
         partial.rename(run.adapter)
     except OSError as err:
@@ -169,6 +234,24 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir) -> None:
             f"--output-dir) and train again; the incomplete files are in {partial}."
         ) from None
     log.info("adapter saved to %s", run.adapter)
+
+
+def write_gathered_adapter(model: Any, weights: dict[str, Any], folder: Path) -> None:
+    """The adapter files PEFT's save_pretrained writes, from gathered weights (PEFT's own selection of the
+    adapter's keys walks the model's modules, whose names FSDP has changed, and finds none)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    name = model.active_adapter
+    tensors = {key.replace(f".{name}.", "."): value.contiguous() for key, value in weights.items()}
+    if not tensors:
+        raise MedQLoRAError("The sharded model returned no trainable weights to save: the adapter would be empty.")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = copy.copy(model.peft_config[name])
+    config.inference_mode = True
+    config.save_pretrained(str(folder))
 
 
 def _is_cuda_oom(err: BaseException) -> bool:
@@ -187,7 +270,7 @@ def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: in
         figures = f": peak {peak:.1f} of {total:.1f} GiB"
         torch.cuda.empty_cache()
     saved = ""
-    if step > 0 and is_main():
+    if step > 0 and is_main() and not sharding():
         try:
             save_adapter(model, tokenizer, run)
             saved = f" The adapter after {step} steps is saved in {run.adapter}."

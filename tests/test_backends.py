@@ -103,3 +103,31 @@ def test_unsloth_backend_in_a_subprocess():
                          env=os.environ | {"PYTHONPATH": path}, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "unsloth"
+
+
+def _gpu_with_unsloth(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda *_: "H100")
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *_, **__: True)
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object() if name == "unsloth" else None)
+
+
+def test_a_sharded_launch_trains_on_hf_and_refuses_unsloth(monkeypatch):
+    _gpu_with_unsloth(monkeypatch)
+    assert backends.detect(cfg_with()).backend == "unsloth"  # the same machine, launched without sharding
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    runtime = backends.detect(cfg_with())
+    assert runtime.backend == "hf" and "sharded training (fsdp)" in runtime.reason
+    with pytest.raises(ConfigError, match="Set backend: hf .or auto. to shard"):
+        backends.detect(cfg_with("backend=unsloth"))
+
+
+@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_4bit_weights_are_stored_in_the_compute_dtype(monkeypatch, env):
+    import torch
+
+    runtime = backends.Runtime("hf", "cuda", "bf16", "test")
+    assert backends.nf4_config(runtime).bnb_4bit_quant_storage == torch.uint8  # replicas: bitsandbytes' default
+    monkeypatch.setenv(env, "true")
+    sharded = backends.nf4_config(runtime)
+    assert sharded.bnb_4bit_quant_storage == torch.bfloat16 == sharded.bnb_4bit_compute_dtype

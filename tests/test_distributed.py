@@ -18,15 +18,23 @@ from .conftest import tiny_overrides
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launch(model_dir, out, name, processes):
-    argv = ["--mode", "train"]
+def launch(model_dir, out, name, processes, mode="train", extra=(), config=None):
+    """The kit's CLI on the tiny model: one process, torchrun with several, or accelerate with a config file."""
+    argv = ["--mode", mode] + [a for a in extra if a.startswith("--")]
+    settings = dict(a.split("=", 1) for a in extra if not a.startswith("--"))
     for item in tiny_overrides(model_dir, out, **{
             "data.datasets.0.max_samples": "32", "training.micro_batch_size": "4",
             "training.gradient_accumulation_steps": "2", "training.learning_rate": "0.01",
-            "training.save_steps": "0", "output.run_name": name}):
+            "training.save_steps": "0", "output.run_name": name, **settings}):
         argv += ["--set", item]
-    runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-              "--master_port", str(29500 + processes)] if processes > 1 else [sys.executable]
+    if config is not None:
+        runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                  "--num_processes", str(processes), "--main_process_port", str(29600 + processes)]
+    elif processes > 1:
+        runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                  "--master_port", str(29500 + processes)]
+    else:
+        runner = [sys.executable]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return subprocess.run(runner + [str(ROOT / "medical_qlora_finetuning.py")] + argv, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -62,3 +70,145 @@ def test_the_effective_batch_is_divided_among_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="cannot be shared by 3 processes"):
         distributed.split_batch(cfg)
+
+
+def _shared_map_worker(rank, world, store_path, count, out):
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    seen = []
+
+    def work(part):
+        seen.extend(part)
+        return [x * 10 for x in part]
+
+    result = distributed.shared_map(work, list(range(count)))
+    Path(out, f"{rank}.json").write_text(json.dumps({"result": result, "seen": seen}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("count", [5, 1])
+def test_shared_map_deals_items_out_and_gathers_them_in_order(tmp_path, count):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_shared_map_worker, args=(2, tmp_path / "store", count, tmp_path), nprocs=2)
+    parts = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert all(p["result"] == [x * 10 for x in range(count)] for p in parts)  # every process gets all, in order
+    assert sorted(parts[0]["seen"] + parts[1]["seen"]) == list(range(count))  # each item scored once
+    assert parts[0]["seen"] == list(range(0, count, 2))
+
+
+def test_evaluation_and_samples_are_shared_among_processes_and_match_one_process(tiny_model_dir, tmp_path):
+    extra = ["eval.benchmarks.0.max_items=12", "generation.max_new_tokens=6"]
+    one = launch(tiny_model_dir, tmp_path, "one", 1, mode="full", extra=extra)
+    two = launch(tiny_model_dir, tmp_path, "two", 2, mode="full", extra=extra)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("eval fine-tuned pubmedqa") == 1
+    a, b = (json.loads((tmp_path / name / "eval.json").read_text())["benchmarks"]["pubmedqa"] for name in ("one", "two"))
+    for stage in ("baseline", "fine_tuned"):
+        rows_a, rows_b = a[stage]["per_item"], b[stage]["per_item"]
+        assert len(rows_b) == 12 and [r["uid"] for r in rows_a] == [r["uid"] for r in rows_b]
+        assert max(abs(x - y) for ra, rb in zip(rows_a, rows_b) for x, y in zip(ra["scores"], rb["scores"])) < 1e-4
+        assert a[stage]["accuracy"] == b[stage]["accuracy"]
+    answers = [[json.loads(line)["response"] for line in (tmp_path / name / "sample_responses.jsonl").open()]
+               for name in ("one", "two")]
+    assert len(answers[1]) == 6 and answers[0] == answers[1]  # all six queries answered, in order
+
+
+def test_the_fsdp_launcher_config_gives_a_per_process_plan_and_refuses_the_cpu(tiny_model_dir, tmp_path):
+    config = ROOT / "config" / "accelerate" / "fsdp_qlora.yaml"
+    plan = launch(tiny_model_dir, tmp_path, "plan", 2, mode="full", extra=["--dry-run"], config=config)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    planned = json.loads(plan.stdout[plan.stdout.index("{"):])  # printed once, by the main process
+    processes = planned["processes"]
+    assert processes["layout"].startswith("sharded (FSDP)") and processes["processes"] == 2
+    assert [r["micro_batch x accumulation"] for r in processes["ranks"]] == ["4 x 1", "4 x 1"]  # 4 x 2 shared
+    assert processes["ranks"][1]["writes"] == "nothing"
+    assert "sharded training (fsdp)" in planned["backend"]
+    train = launch(tiny_model_dir, tmp_path, "cpu", 2, config=config)
+    assert train.returncode != 0
+    assert train.stderr.count("needs NVIDIA GPUs") == 1
+    assert not (tmp_path / "cpu").exists()
+
+
+def test_the_plan_names_each_process_machine_and_gpu(monkeypatch):
+    cfg = load_config(None, ["training.micro_batch_size=2", "training.gradient_accumulation_steps=16"])
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    planned = distributed.plan(cfg, 1000, {"pubmedqa": 500})
+    assert planned["machines"] == 2 and len(planned["ranks"]) == 16
+    nine = planned["ranks"][9]
+    assert (nine["machine"], nine["gpu"], nine["micro_batch x accumulation"]) == (1, 1, "2 x 1")
+    assert sum(r["evaluation_items"]["pubmedqa"] for r in planned["ranks"]) == 500
+    assert nine["micro_batches_per_epoch"] == 32  # 1000 examples = 500 micro-batches of 2, over 16 processes
+
+
+def _fsdp_gather_worker(rank, world, store_path, out):
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medqlora.train import gather_fsdp_trainable, write_gathered_adapter
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=4, vocab_size=100)),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    wrapped = FSDP(model, auto_wrap_policy=fsdp_auto_wrap_policy(model), device_id=torch.device("cpu"))
+    optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.5)
+    batch = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(rank))
+    wrapped(input_ids=batch, labels=batch).loss.backward()  # a different batch in each process
+    optimizer.step()
+    gathered = gather_fsdp_trainable(model)
+    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig()):
+        reference = {k: v for k, v in wrapped.state_dict().items() if "lora_" in k}
+    if rank == 0:
+        write_gathered_adapter(model, gathered, out / "adapter")
+        torch.save({"gathered": gathered, "reference": reference}, out / "weights.pt")
+    else:
+        assert gathered is None
+    dist.destroy_process_group()
+
+
+def test_the_adapter_of_an_fsdp_model_is_gathered_whole_on_the_main_process(tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_gather_worker, args=(2, tmp_path / "store", tmp_path), nprocs=2)
+    saved = torch.load(tmp_path / "weights.pt")
+    gathered, reference = saved["gathered"], saved["reference"]
+    assert set(gathered) == set(reference) and len(gathered) == 8  # q and v, A and B, 2 layers: no more, no less
+    assert all(torch.equal(gathered[k], reference[k]) for k in reference)
+    assert any(reference[k].abs().max() > 0 for k in reference if "lora_B" in k)  # trained (B starts at zero)
+    from peft import PeftModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fresh = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, vocab_size=100))
+    loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))  # what eval and export do with it
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+def test_length_grouped_batches_do_not_depend_on_the_number_of_processes(tiny_model_dir, tmp_path):
+    # Rows of varied lengths (not truncated to one length), grouped by length, over more than one epoch:
+    # the Trainer alone groups each process's share, and 2 processes then train on other batches than 1.
+    extra = ["model.max_seq_length=2048", "data.datasets.0.max_samples=48", "training.max_steps=9",
+             "training.group_by_length=true"]
+    one = launch(tiny_model_dir, tmp_path, "one", 1, extra=extra)
+    two = launch(tiny_model_dir, tmp_path, "two", 2, extra=extra)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    seen = [json.loads((tmp_path / n / "metrics.json").read_text())["metrics"]["tokens_seen"] for n in ("one", "two")]
+    assert seen[0] == seen[1]
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

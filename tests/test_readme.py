@@ -35,3 +35,23 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"Run the tests.*?```bash\n(.*?)\n```", README, re.S).group(1)
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert command.startswith("python3 -m pip install") and command in ci.splitlines()
+
+
+def test_the_accelerate_configs_in_the_readme_exist_and_load():
+    import json
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"config/accelerate/[\w.]+\.yaml", README))
+    assert named == {str(p.relative_to(root)) for p in (root / "config" / "accelerate").glob("*.yaml")}
+    kinds = {}
+    for name in sorted(named):
+        config = load_config_from_file(str(root / name))  # what accelerate launch reads
+        kinds[name] = str(config.distributed_type)
+        assert config.mixed_precision == "no"  # the kit sets the precision from model.dtype
+        if config.deepspeed_config:
+            ds = json.loads((root / config.deepspeed_config["deepspeed_config_file"]).read_text())
+            assert ds["zero_optimization"]["stage"] == 3
+            assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # the adapter is saved
+    assert sorted(kinds.values()) == ["DistributedType.DEEPSPEED", "DistributedType.FSDP"]

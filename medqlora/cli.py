@@ -72,9 +72,11 @@ def _main(args: argparse.Namespace) -> int:
             with_eval = args.mode == "full" and cfg.eval.in_full_mode
             if args.resume and args.overrides:
                 raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
-            run, summary, (model, tokenizer, cfg) = pipeline.run_train(cfg, args.output_dir, started, with_eval,
-                                                                       args.resume)
+            run, summary, (model, tokenizer, cfg, runtime) = pipeline.run_train(cfg, args.output_dir, started,
+                                                                                with_eval, args.resume)
             if args.mode == "full":  # every process answers its share of the queries
+                if model is None:  # sharded training, nothing evaluated: no whole model loaded yet
+                    model = pipeline.inference_replica(cfg, runtime, run)
                 summary["samples"] = pipeline.run_samples(
                     cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
                 )

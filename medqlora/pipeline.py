@@ -220,8 +220,8 @@ def _train_in(
         backends.prepare_for_training(model, runtime)
     result = train(cfg, runtime, model, tokenizer, prepared, run, checkpoint)
     if distributed.sharding():
-        del model  # the sharded model goes before the whole one comes
-        model = _replica_for_inference(cfg, runtime, run)
+        del model  # the sharded model goes before a whole one comes, if anything is evaluated
+        model = inference_replica(cfg, runtime, run) if benchmarks else None
     memory_report = memory.training_report(after_load, result.memory_after_train)
     if distributed.world_size() > 1:  # each GPU's own peak (sharded runs are not symmetric)
         peaks = distributed.gather([result.memory_after_train.get("gpu_peak_reserved_gib")])
@@ -245,19 +245,20 @@ def _train_in(
     }
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
            start_to_trained_s=round(time.perf_counter() - started, 2))
-    backends.prepare_for_generation(model, runtime)
+    if model is not None:
+        backends.prepare_for_generation(model, runtime)
     if benchmarks:
         tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
         m = result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
                                             f"{cfg.model.name} + {run.path.name}", perplexity)
-    return run, summary, (model, tokenizer, cfg)
+    return run, summary, (model, tokenizer, cfg, runtime)
 
 
-def _replica_for_inference(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) -> Any:
+def inference_replica(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) -> Any:
     """After sharded training every forward pass needs all processes in step, which generation cannot
-    promise: free the sharded model and load the saved adapter onto a whole 4-bit base in each process
+    promise: with the sharded model freed, load the saved adapter onto a whole 4-bit base in each process
     (each GPU held one while loading, so it fits) to evaluate and answer in parallel."""
     import gc
 

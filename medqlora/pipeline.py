@@ -267,7 +267,7 @@ def inference_replica(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) ->
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    say("sharded training done: loading the base model with the saved adapter in every process for evaluation")
+    say("sharded training done: loading the base model with the saved adapter in every process to evaluate and answer")
     model, _ = backends.load_for_inference(cfg, runtime, run.adapter)
     return model
 

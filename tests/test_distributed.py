@@ -145,6 +145,14 @@ def test_the_plan_names_each_process_machine_and_gpu(monkeypatch):
     assert nine["micro_batches_per_epoch"] == 32  # 1000 examples = 500 micro-batches of 2, over 16 processes
 
 
+def _small_llama():
+    """The same small architecture wherever the FSDP test trains or reloads its adapter."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, vocab_size=100))
+
+
 def _fsdp_gather_worker(rank, world, store_path, out):
     import torch
     import torch.distributed as dist
@@ -152,16 +160,13 @@ def _fsdp_gather_worker(rank, world, store_path, out):
     from peft.utils.other import fsdp_auto_wrap_policy
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from medqlora.train import gather_fsdp_trainable, write_gathered_adapter
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = get_peft_model(LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                        num_attention_heads=4, vocab_size=100)),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(_small_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     wrapped = FSDP(model, auto_wrap_policy=fsdp_auto_wrap_policy(model), device_id=torch.device("cpu"))
     optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.5)
     batch = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(rank))
@@ -189,11 +194,8 @@ def test_the_adapter_of_an_fsdp_model_is_gathered_whole_on_the_main_process(tmp_
     assert all(torch.equal(gathered[k], reference[k]) for k in reference)
     assert any(reference[k].abs().max() > 0 for k in reference if "lora_B" in k)  # trained (B starts at zero)
     from peft import PeftModel
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    fresh = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, vocab_size=100))
-    loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))  # what eval and export do with it
+    loaded = PeftModel.from_pretrained(_small_llama(), str(tmp_path / "adapter"))  # what eval and export do with it
     state = loaded.state_dict()
     assert all(torch.equal(state[k], reference[k]) for k in reference)
 

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medqlora.config import PRESETS_DIR, validate
@@ -37,21 +38,46 @@ def test_ci_runs_the_readme_test_command():
     assert command.startswith("python3 -m pip install") and command in ci.splitlines()
 
 
-def test_the_accelerate_configs_in_the_readme_exist_and_load():
-    import json
+def _launch_environment(config_file: Path, monkeypatch) -> dict:
+    """The environment `accelerate launch --config_file CONFIG` gives each process, from accelerate's own
+    launch code, with the step that starts the processes replaced by one that keeps it."""
+    from accelerate.commands import launch
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    from accelerate.commands.config.config_args import load_config_from_file
+    kept = {}
+    monkeypatch.setattr(launch, "deepspeed_launcher", lambda args: kept.update(prepare_deepspeed_cmd_env(args)[1]))
+    monkeypatch.setattr(launch, "multi_gpu_launcher", lambda args: kept.update(prepare_multi_gpu_env(args)))
+    monkeypatch.setattr(launch, "simple_launcher", lambda args: pytest.fail("launched as one process"))
+    args = launch.launch_command_parser().parse_args(["--config_file", str(config_file), "train.py"])
+    launch.launch_command(args)
+    return kept
+
+
+def test_the_accelerate_configs_in_the_readme_pass_accelerates_own_checks(monkeypatch):
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 
     root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the DeepSpeed file names its JSON relative to the kit's folder
     named = set(re.findall(r"config/accelerate/[\w.]+\.yaml", README))
     assert named == {str(p.relative_to(root)) for p in (root / "config" / "accelerate").glob("*.yaml")}
     kinds = {}
     for name in sorted(named):
-        config = load_config_from_file(str(root / name))  # what accelerate launch reads
-        kinds[name] = str(config.distributed_type)
-        assert config.mixed_precision == "no"  # the kit sets the precision from model.dtype
-        if config.deepspeed_config:
-            ds = json.loads((root / config.deepspeed_config["deepspeed_config_file"]).read_text())
-            assert ds["zero_optimization"]["stage"] == 3
-            assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # the adapter is saved
-    assert sorted(kinds.values()) == ["DistributedType.DEEPSPEED", "DistributedType.FSDP"]
+        with monkeypatch.context() as scoped:
+            env = _launch_environment(root / name, scoped)
+            for key, value in env.items():
+                scoped.setenv(key, value)
+            assert env.get("ACCELERATE_MIXED_PRECISION", "no") == "no"  # the kit sets the precision (model.dtype)
+            if env.get("ACCELERATE_USE_DEEPSPEED") == "true":  # each process builds this plugin from env
+                plugin = DeepSpeedPlugin()
+                zero = plugin.hf_ds_config.config["zero_optimization"]
+                assert zero["stage"] == 3 and plugin.zero3_init_flag is False
+                assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # the adapter is saved
+                kinds[name] = "deepspeed"
+            elif env.get("ACCELERATE_USE_FSDP") == "true":
+                # the plugin asks which GPU its processes will use; this test runs where there is none
+                scoped.setattr("accelerate.utils.dataclasses.is_cuda_available", lambda: True)
+                scoped.setattr("torch.cuda.current_device", lambda: 0)
+                plugin = FullyShardedDataParallelPlugin()
+                assert str(plugin.sharding_strategy).endswith("FULL_SHARD") and not plugin.use_orig_params
+                kinds[name] = "fsdp"
+    assert sorted(kinds.values()) == ["deepspeed", "fsdp"]

@@ -69,6 +69,10 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
         max_length=cfg.model.max_seq_length,
         packing=t.packing,
         packing_strategy="bfd",  # whole examples per row, never split across rows
+        # TRL packs each dataset worker's shard on its own, so the rows would follow the worker count Unsloth
+        # sizes from the CPUs and free memory (1 and 2 processes packed differently). The data arrives
+        # tokenized: one worker (Unsloth's 1, TRL's None) is enough, and the rows follow the data alone.
+        dataset_num_proc=1 if runtime.backend == "unsloth" else None,
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         gradient_checkpointing=False,  # already set up on the model by the backend
         ddp_find_unused_parameters=False if world_size() > 1 else None,

@@ -8,7 +8,7 @@ import torch
 from medqlora import backends, data
 from medqlora.config import load_config
 from medqlora.runs import RunDir
-from medqlora.train import planned_steps, train
+from medqlora.train import planned_steps, sft_config, train
 
 from .conftest import tiny_overrides
 
@@ -78,3 +78,29 @@ def test_planned_steps_follow_epochs_or_max_steps():
     assert planned_steps(cfg, 100) == 26  # ceil(100 / 8) = 13 per epoch
     assert planned_steps(cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 5})}),
                          100) == 5
+
+
+def test_packed_rows_follow_the_data_not_the_machine(tmp_path):
+    """TRL packs each dataset worker's shard separately; the kit asks every backend for one worker."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    rng = torch.Generator().manual_seed(0)
+    ids = [[1] * int(n) for n in torch.randint(200, 700, (96,), generator=rng)]
+    examples = Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+    def rows(workers):
+        packed = pack_dataset(examples, 2048, "bfd", {"num_proc": workers})
+        return [len(row) for row in packed["input_ids"]]
+
+    in_process = rows(None)
+    assert rows(4) != in_process  # the cause: four workers pack four shards, into more, emptier rows
+    cfg = load_config(None, ["training.packing=true", "model.max_seq_length=2048"])
+    for backend in ("hf", "unsloth"):
+        config = sft_config(cfg, backends.Runtime(backend, "cpu", "fp32", "test"), SimpleNamespace(path=tmp_path))
+        workers = config.dataset_num_proc
+        if backend == "unsloth":  # Unsloth reads 1 as in-process, None as "size from the machine" (4 here)
+            workers = None if workers == 1 else workers or 4
+        assert rows(workers) == in_process, backend

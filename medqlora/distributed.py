@@ -139,6 +139,28 @@ def split_batch(cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"training": t.model_copy(update={"gradient_accumulation_steps": accumulation})})
 
 
+def repeated_per_epoch(rows: int, micro_batch: int, processes: int | None = None) -> int:
+    """Rows each epoch trains twice only because several processes share it. Every process must take as
+    many full micro-batches as the others (accelerate's even batches), so the epoch's last micro-batches are
+    filled with rows from its start; one process trains its short last micro-batch as it is."""
+    n = processes or world_size()
+    if n == 1 or rows <= 0:
+        return 0
+    batches = -(-rows // micro_batch)
+    return n * micro_batch * -(-batches // n) - rows
+
+
+def epoch_tail(rows: int, unit: str, micro_batch: int, processes: int | None = None) -> str | None:
+    """One line when the processes train more than one process would (see repeated_per_epoch), else None."""
+    n = processes or world_size()
+    repeated = repeated_per_epoch(rows, micro_batch, n)
+    if not repeated:
+        return None
+    return (f"{rows} {unit} do not fill whole micro-batches of {micro_batch} on {n} processes: each epoch "
+            f"{repeated} {unit} from its start are trained twice to fill them (one process would not). For "
+            f"exactly the batches of one GPU, use a multiple of {micro_batch * n} {unit}.")
+
+
 def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int | None]) -> dict[str, Any]:
     """What each process will do, for --dry-run (run it under the same launcher and config as the real run)."""
     n, per_machine = world_size(), local_world_size()
@@ -159,4 +181,7 @@ def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int |
                                  for name, count in eval_items.items()},
             "writes": "run folder, run.log, metrics, evaluation report, sample answers" if r == 0 else "nothing",
         })
-    return {"processes": n, "machines": -(-n // per_machine), "layout": kind.format(n=n), "ranks": ranks}
+    planned = {"processes": n, "machines": -(-n // per_machine), "layout": kind.format(n=n), "ranks": ranks}
+    if n > 1 and train_examples and not cfg.training.packing:  # packed rows are counted when training starts
+        planned["epoch_tail"] = epoch_tail(train_examples, "examples", split.micro_batch_size, n) or "none"
+    return planned

@@ -129,7 +129,8 @@ def run_train(
     if not resume:
         run = _new_run(cfg, output_dir)
     if distributed.world_size() > 1:
-        say(f"data parallel: {distributed.world_size()} processes share each batch")
+        how = f"sharded ({distributed.sharding()}): weights, LoRA and optimizer state split," if distributed.sharding() else "data parallel:"
+        say(f"{how} {distributed.world_size()} processes share each batch")
     cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
 
@@ -205,6 +206,7 @@ def _train_in(
     for name, stats in prepared.stats.items():
         say(f"data {name}: {stats}")
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
+    _say_if_the_epoch_tail_repeats(cfg, prepared)
     record("training", model_source=source, data=prepared.fingerprints)
 
     if benchmarks is not None:
@@ -457,7 +459,20 @@ def run_test(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) ->
     return {"run_dir": str(run.path), "backend": runtime.describe(), "model": cfg.model.name, "samples": samples}
 
 
+def _say_if_the_epoch_tail_repeats(cfg: KitConfig, prepared: Any) -> None:
+    if distributed.world_size() == 1:
+        return
+    packed = prepared.stats.get("total", {}).get("padding_fraction", {}).get("packed_rows_count")
+    rows, unit = (packed, "packed rows") if cfg.training.packing and packed else (len(prepared.train), "examples")
+    line = distributed.epoch_tail(rows, unit, cfg.training.micro_batch_size)
+    if line:
+        say(line)
+
+
 def _trainable(model: Any) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit weights by value, not by storage
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
     return f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"

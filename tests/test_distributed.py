@@ -143,6 +143,22 @@ def test_the_plan_names_each_process_machine_and_gpu(monkeypatch):
     assert (nine["machine"], nine["gpu"], nine["micro_batch x accumulation"]) == (1, 1, "2 x 1")
     assert sum(r["evaluation_items"]["pubmedqa"] for r in planned["ranks"]) == 500
     assert nine["micro_batches_per_epoch"] == 32  # 1000 examples = 500 micro-batches of 2, over 16 processes
+    assert "24 examples from its start are trained twice" in planned["epoch_tail"]  # 16 x 32 x 2 = 1024 slots
+    assert distributed.plan(cfg, 1024, {})["epoch_tail"] == "none"
+
+
+@pytest.mark.parametrize("rows,micro_batch,processes", [(22, 4, 2), (24, 4, 2), (5, 4, 2), (9, 4, 2), (1000, 2, 16),
+                                                        (7, 3, 4), (22, 4, 1)])
+def test_the_rows_repeated_each_epoch_are_those_accelerate_adds(rows, micro_batch, processes):
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    batches = BatchSampler(SequentialSampler(range(rows)), micro_batch, drop_last=False)
+    if processes == 1:  # accelerate leaves one process's loader as it is: the short last batch stays short
+        trained = sum(len(b) for b in batches)
+    else:
+        trained = sum(len(b) for r in range(processes) for b in BatchSamplerShard(batches, processes, r))
+    assert trained - rows == distributed.repeated_per_epoch(rows, micro_batch, processes)
 
 
 def _small_llama():

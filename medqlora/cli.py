@@ -87,7 +87,8 @@ def _main(args: argparse.Namespace) -> int:
             pipeline.say(line)
         return 0
     except TrainingInterrupted as err:
-        print(f"\nmedqlora: {err}", file=sys.stderr)
+        if distributed.is_main():  # Ctrl-C reaches every process: one message is enough
+            print(f"\nmedqlora: {err}", file=sys.stderr)
         return 130
     except ConfigError as err:
         if distributed.is_main():  # every process reads the same config: one message is enough

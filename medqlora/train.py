@@ -112,7 +112,40 @@ def _trainer_class() -> type:
                 sampler.batch_size *= world_size()
             return sampler
 
+        # FSDP: accelerate's sharded checkpoint of a PEFT model saves the LoRA weights but does not load
+        # them back (a resumed run restarted from the initial adapter), so checkpoints also carry the
+        # gathered LoRA weights, and a resumed run puts them back into its shards.
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            if sharding() == "fsdp":
+                weights = gather_fsdp_trainable(self.model)
+                if weights is not None:
+                    from safetensors.torch import save_file
+
+                    folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / FSDP_LORA_FILE))
+            super()._save_checkpoint(model, trial)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            if sharding() == "fsdp":
+                scatter_fsdp_trainable(self.model, load_fsdp_lora(Path(resume_from_checkpoint)))
+
     return KitTrainer
+
+
+FSDP_LORA_FILE = "lora_weights_gathered.safetensors"
+
+
+def load_fsdp_lora(checkpoint: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    path = checkpoint / FSDP_LORA_FILE
+    if not path.is_file():
+        raise MedQLoRAError(
+            f"{checkpoint} has no {FSDP_LORA_FILE}: it was written by an earlier version of the kit, whose "
+            "sharded checkpoints cannot restore the adapter. Start the run again (without --resume).")
+    return load_file(str(path))
 
 
 def latest_checkpoint(run: RunDir) -> Path | None:
@@ -216,6 +249,29 @@ def gather_fsdp_trainable(model: Any) -> dict[str, Any] | None:
                     if "_fsdp_wrapped_module" not in key and "_flat_param" not in key:
                         weights[f"{prefix}.{key}" if prefix else key] = value.detach().to("cpu", copy=True)
     return weights if is_main() else None
+
+
+def scatter_fsdp_trainable(model: Any, weights: dict[str, Any]) -> None:
+    """The inverse of gather_fsdp_trainable: every process copies the whole weights into its FSDP units,
+    one unit at a time, and keeps its own shard. Every process must call this."""
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    restored = 0
+    for name, unit in model.named_modules():
+        if not isinstance(unit, FSDP) or not any(p.requires_grad for p in unit.module.parameters(recurse=False)):
+            continue
+        prefix = name.replace("._fsdp_wrapped_module", "").replace("_fsdp_wrapped_module.", "")
+        with FSDP.summon_full_params(unit, recurse=False, writeback=True), torch.no_grad():
+            for key, value in unit.module.named_parameters():
+                full = f"{prefix}.{key}" if prefix else key
+                if full in weights and weights[full].shape == value.shape:
+                    value.copy_(weights[full].to(value.device, value.dtype))
+                    restored += 1
+    expected = len(weights)
+    if restored != expected:
+        raise MedQLoRAError(f"The checkpoint's LoRA weights do not fit this model: {restored} of {expected} "
+                            "restored. Resume with the model and LoRA settings the run was started with.")
 
 
 def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any] | None = None) -> None:

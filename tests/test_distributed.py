@@ -216,6 +216,61 @@ def test_the_adapter_of_an_fsdp_model_is_gathered_whole_on_the_main_process(tmp_
     assert all(torch.equal(state[k], reference[k]) for k in reference)
 
 
+def _fsdp_restore_worker(rank, world, store_path, out):
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from safetensors.torch import save_file
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from medqlora.errors import MedQLoRAError
+    from medqlora.train import FSDP_LORA_FILE, gather_fsdp_trainable, load_fsdp_lora, scatter_fsdp_trainable
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+
+    def wrapped(seed, r=4):
+        torch.manual_seed(seed)  # another seed: other LoRA A weights (B starts at zero)
+        model = get_peft_model(_small_llama(), LoraConfig(r=r, target_modules=["q_proj", "v_proj"]))
+        return FSDP(model, auto_wrap_policy=fsdp_auto_wrap_policy(model), device_id=torch.device("cpu"))
+
+    trained = wrapped(0)
+    optimizer = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.5)
+    batch = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(rank))
+    trained(input_ids=batch, labels=batch).loss.backward()
+    optimizer.step()
+    checkpoint = gather_fsdp_trainable(trained)  # what a checkpoint of a sharded run carries
+    if rank == 0:
+        save_file(checkpoint, str(out / FSDP_LORA_FILE))
+    dist.barrier()
+    resumed = wrapped(1)
+    scatter_fsdp_trainable(resumed, load_fsdp_lora(out))
+    restored = gather_fsdp_trainable(resumed)
+    try:
+        scatter_fsdp_trainable(wrapped(2, r=8), load_fsdp_lora(out))
+        refused = ""
+    except MedQLoRAError as err:
+        refused = str(err)
+    if rank == 0:
+        torch.save({"checkpoint": checkpoint, "restored": restored, "refused": refused}, out / "restore.pt")
+    dist.destroy_process_group()
+
+
+def test_a_resumed_fsdp_run_gets_the_checkpoints_lora_weights_back(tmp_path):
+    # accelerate's sharded checkpoint of a PEFT model does not load the LoRA weights back (on 2 GPUs a
+    # resumed run started again from the initial adapter): the kit's checkpoints carry them gathered.
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_restore_worker, args=(2, tmp_path / "store", tmp_path), nprocs=2)
+    saved = torch.load(tmp_path / "restore.pt")
+    checkpoint, restored = saved["checkpoint"], saved["restored"]
+    assert set(restored) == set(checkpoint) and len(checkpoint) == 8
+    assert all(torch.equal(restored[k], checkpoint[k]) for k in checkpoint)
+    assert "0 of 8 restored" in saved["refused"]  # a model with another LoRA rank stops with a message
+
+
 def test_length_grouped_batches_do_not_depend_on_the_number_of_processes(tiny_model_dir, tmp_path):
     # Rows of varied lengths (not truncated to one length), grouped by length, over more than one epoch:
     # the Trainer alone groups each process's share, and 2 processes then train on other batches than 1.

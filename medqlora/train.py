@@ -98,10 +98,33 @@ def _dataset(records: list[dict[str, Any]]) -> Any:
     )
 
 
+def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int) -> Any:
+    """The Trainer's length-grouped sampler, with each epoch's order drawn from seed + epoch instead of the
+    global random state: a run resumed in the middle of an epoch then trains the batches the uninterrupted
+    run trained (the Trainer restores the random state of the checkpoint's step, not of the epoch's start,
+    so the resumed epoch used to be shuffled anew)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeeded(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self) -> Any:
+            self.generator = torch.Generator().manual_seed(seed + self.epoch)
+            yield from super().__iter__()
+            self.epoch += 1  # the next epoch, where nothing sets it
+
+    return EpochSeeded(batch_size, lengths=lengths)
+
+
 def _trainer_class() -> type:
-    """TRL's SFTTrainer (Unsloth's, once Unsloth is imported) with one change: the length-grouped sampler
+    """TRL's SFTTrainer (Unsloth's, once Unsloth is imported) with these changes: the length-grouped sampler
     groups each *effective* batch, the same for any number of processes (the Trainer groups each process's
-    share, so 1 and 2 processes drew different batches from the same data and seed)."""
+    share, so 1 and 2 processes drew different batches from the same data and seed), and draws each epoch's
+    order from the seed and the epoch (see _length_grouped_sampler); FSDP checkpoints restore the adapter."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
@@ -109,8 +132,18 @@ def _trainer_class() -> type:
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
-                sampler.batch_size *= world_size()
+                sampler = _length_grouped_sampler(sampler.batch_size * world_size(), sampler.lengths,
+                                                  self.args.data_seed if self.args.data_seed is not None
+                                                  else self.args.seed)
+                self._epoch_sampler = sampler
             return sampler
+
+        def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+            # set here, not only through set_epoch: the dataloader that skips a resumed epoch's trained
+            # batches on several processes does not pass set_epoch on to the sampler
+            if getattr(self, "_epoch_sampler", None) is not None and "epoch" in kwargs:
+                self._epoch_sampler.set_epoch(kwargs["epoch"])
+            return super()._run_epoch(*args, **kwargs)
 
         # FSDP: accelerate's sharded checkpoint of a PEFT model saves the LoRA weights but does not load
         # them back (a resumed run restarted from the initial adapter), so checkpoints also carry the

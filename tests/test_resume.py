@@ -1,4 +1,5 @@
-"""Resume the hard way: kill -9 mid-run, --resume, and get the adapter an uninterrupted run gets."""
+"""Resume the hard way: kill -9 mid-run (in the middle of an epoch), --resume, and get the adapter an
+uninterrupted run gets."""
 
 import json
 import os
@@ -34,7 +35,8 @@ sys.exit(main(sys.argv[2:]))
 
 def argv_for(model_dir, out, name):
     argv = ["--mode", "train"]
-    for item in tiny_overrides(model_dir, out, **{"training.max_steps": "8", "training.save_steps": "2",
+    # 16 examples in batches of 4: 4 steps an epoch; killed after step 6, in the middle of the second
+    for item in tiny_overrides(model_dir, out, **{"training.max_steps": "12", "training.save_steps": "2",
                                                   "training.learning_rate": "0.01", "output.run_name": name}):
         argv += ["--set", item]
     return argv
@@ -48,7 +50,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pat
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAINING, str(counter)] + argv_for(tiny_model_dir, out, "cut"),
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = out / "cut" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    checkpoint = out / "cut" / "checkpoints" / "checkpoint-6" / "trainer_state.json"
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -57,14 +59,15 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pat
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     steps_done = int(counter.read_text())
-    assert 4 <= steps_done < 8
+    assert 6 <= steps_done < 12
     assert not (out / "cut" / "adapter").exists()
     assert json.loads((out / "cut" / "manifest.json").read_text())["status"] == "training"
 
     assert main(["--mode", "train", "--resume", str(out / "cut")]) == 0
     metrics = json.loads((out / "cut" / "metrics.json").read_text())["metrics"]
-    assert metrics["steps"] == 8
+    assert metrics["steps"] == 12
     assert steps_done - metrics["resumed_from_step"] <= 2  # at most one save interval of work lost
+    assert metrics["resumed_from_step"] % 4  # in the middle of an epoch: its order must be the same again
     whole = load_file(out / "whole" / "adapter" / "adapter_model.safetensors")
     resumed = load_file(out / "cut" / "adapter" / "adapter_model.safetensors")
     assert whole.keys() == resumed.keys()

@@ -129,7 +129,8 @@ def run_train(
     if not resume:
         run = _new_run(cfg, output_dir)
     if distributed.world_size() > 1:
-        how = f"sharded ({distributed.sharding()}): weights, LoRA and optimizer state split," if distributed.sharding() else "data parallel:"
+        kind = distributed.sharding()
+        how = f"sharded ({kind}): weights, LoRA and optimizer state split," if kind else "data parallel:"
         say(f"{how} {distributed.world_size()} processes share each batch")
     cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}

@@ -272,16 +272,28 @@ def gather_fsdp_trainable(model: Any) -> dict[str, Any] | None:
 
     to_cpu = torch.cuda.is_available()  # (on the CPU the weights are there already; FSDP refuses to offload)
     weights: dict[str, Any] = {}
+    for unit, named in _trainable_fsdp_units(model):
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False, rank0_only=True, offload_to_cpu=to_cpu):
+            if is_main():
+                weights.update({name: value.detach().to("cpu", copy=True) for name, value in named()})
+    return weights if is_main() else None
+
+
+def _trainable_fsdp_units(model: Any) -> Any:
+    """(unit, named) for each FSDP unit that holds trainable weights; named() lists the unit's own
+    parameters, while summoned, under the names they had before FSDP wrapped the model."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
     for name, unit in model.named_modules():
         if not isinstance(unit, FSDP) or not any(p.requires_grad for p in unit.module.parameters(recurse=False)):
             continue
         prefix = name.replace("._fsdp_wrapped_module", "").replace("_fsdp_wrapped_module.", "")
-        with FSDP.summon_full_params(unit, recurse=False, writeback=False, rank0_only=True, offload_to_cpu=to_cpu):
-            if is_main():
-                for key, value in unit.module.named_parameters():
-                    if "_fsdp_wrapped_module" not in key and "_flat_param" not in key:
-                        weights[f"{prefix}.{key}" if prefix else key] = value.detach().to("cpu", copy=True)
-    return weights if is_main() else None
+
+        def named(unit: Any = unit, prefix: str = prefix) -> list[tuple[str, Any]]:
+            return [(f"{prefix}.{key}" if prefix else key, value) for key, value in unit.module.named_parameters()
+                    if "_fsdp_wrapped_module" not in key and "_flat_param" not in key]
+
+        yield unit, named
 
 
 def scatter_fsdp_trainable(model: Any, weights: dict[str, Any]) -> None:
@@ -291,15 +303,11 @@ def scatter_fsdp_trainable(model: Any, weights: dict[str, Any]) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     restored = 0
-    for name, unit in model.named_modules():
-        if not isinstance(unit, FSDP) or not any(p.requires_grad for p in unit.module.parameters(recurse=False)):
-            continue
-        prefix = name.replace("._fsdp_wrapped_module", "").replace("_fsdp_wrapped_module.", "")
+    for unit, named in _trainable_fsdp_units(model):
         with FSDP.summon_full_params(unit, recurse=False, writeback=True), torch.no_grad():
-            for key, value in unit.module.named_parameters():
-                full = f"{prefix}.{key}" if prefix else key
-                if full in weights and weights[full].shape == value.shape:
-                    value.copy_(weights[full].to(value.device, value.dtype))
+            for name, value in named():
+                if name in weights and weights[name].shape == value.shape:
+                    value.copy_(weights[name].to(value.device, value.dtype))
                     restored += 1
     expected = len(weights)
     if restored != expected:

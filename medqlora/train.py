@@ -145,6 +145,19 @@ def _trainer_class() -> type:
                 self._epoch_sampler.set_epoch(kwargs["epoch"])
             return super()._run_epoch(*args, **kwargs)
 
+        def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
+            if world_size() == 1 or self.args.device.type != "cpu":
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            # several CPU processes: transformers maps the optimizer state to args.device, "cpu:0", which
+            # torch.load cannot restore ("don't know how to restore data location"); "cpu" is where it goes
+            from unittest import mock
+
+            import torch
+
+            with mock.patch.object(type(self.args), "device", new_callable=mock.PropertyMock,
+                                   return_value=torch.device("cpu")):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+
         # FSDP: accelerate's sharded checkpoint of a PEFT model saves the LoRA weights but does not load
         # them back (a resumed run restarted from the initial adapter), so checkpoints also carry the
         # gathered LoRA weights, and a resumed run puts them back into its shards.

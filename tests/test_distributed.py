@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def launch(model_dir, out, name, processes, mode="train", extra=(), config=None):
     """The kit's CLI on the tiny model: one process, torchrun with several, or accelerate with a config file."""
+    command, env = launch_command(model_dir, out, name, processes, mode, extra, config)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def launch_command(model_dir, out, name, processes, mode="train", extra=(), config=None):
     argv = ["--mode", mode] + [a for a in extra if a.startswith("--")]
     settings = dict(a.split("=", 1) for a in extra if not a.startswith("--"))
     for item in tiny_overrides(model_dir, out, **{
@@ -36,8 +43,7 @@ def launch(model_dir, out, name, processes, mode="train", extra=(), config=None)
     else:
         runner = [sys.executable]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return subprocess.run(runner + [str(ROOT / "medical_qlora_finetuning.py")] + argv, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return runner + [str(ROOT / "medical_qlora_finetuning.py")] + argv, env
 
 
 def test_two_processes_train_the_same_adapter_as_one_with_the_same_effective_batch(tiny_model_dir, tmp_path):
@@ -60,6 +66,33 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_effective_bat
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 1e-3  # it did train
+
+
+def test_two_processes_killed_mid_epoch_resume_to_the_adapter_of_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    # 40 examples, effective batch 8: 5 steps an epoch. The resumed epoch must be drawn in the same order
+    # (seed + epoch) on every process, and its trained batches skipped.
+    extra = ["data.datasets.0.max_samples=40", "training.max_steps=20", "training.save_steps=3"]
+    whole = launch(tiny_model_dir, tmp_path, "whole", 2, extra=extra)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    command, env = launch_command(tiny_model_dir, tmp_path, "cut", 2, extra=extra)
+    cut = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "cut" / "checkpoints" / "checkpoint-6" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and cut.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert cut.poll() is None, "training finished before it could be stopped"
+    cut.send_signal(signal.SIGTERM)  # torchrun ends its workers
+    cut.wait(timeout=120)
+    assert not (tmp_path / "cut" / "adapter").exists()
+
+    resumed = subprocess.run(command[:command.index("--mode")] + ["--mode", "train", "--resume", str(tmp_path / "cut")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())["metrics"]
+    assert metrics["steps"] == 20 and metrics["resumed_from_step"] % 5  # in the middle of an epoch
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
 def test_the_effective_batch_is_divided_among_processes(monkeypatch):

@@ -14,6 +14,7 @@ the run folder and logs.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -139,6 +140,11 @@ def split_batch(cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"training": t.model_copy(update={"gradient_accumulation_steps": accumulation})})
 
 
+def micro_batches_per_process(rows: int, micro_batch: int, processes: int) -> int:
+    """Micro-batches each process trains per epoch: the epoch's micro-batches dealt out in turn, rounded up."""
+    return math.ceil(math.ceil(rows / micro_batch) / processes)
+
+
 def repeated_per_epoch(rows: int, micro_batch: int, processes: int | None = None) -> int:
     """Rows each epoch trains twice only because several processes share it. Every process must take as
     many full micro-batches as the others (accelerate's even batches), so the epoch's last micro-batches are
@@ -146,8 +152,7 @@ def repeated_per_epoch(rows: int, micro_batch: int, processes: int | None = None
     n = processes or world_size()
     if n == 1 or rows <= 0:
         return 0
-    batches = -(-rows // micro_batch)
-    return n * micro_batch * -(-batches // n) - rows
+    return n * micro_batch * micro_batches_per_process(rows, micro_batch, n) - rows
 
 
 def epoch_tail(rows: int, unit: str, micro_batch: int, processes: int | None = None) -> str | None:
@@ -175,8 +180,8 @@ def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int |
             "machine": r // per_machine,
             "gpu": r % per_machine,
             "micro_batch x accumulation": f"{split.micro_batch_size} x {split.gradient_accumulation_steps}",
-            "micro_batches_per_epoch": -(-train_examples // split.micro_batch_size // n) if train_examples else
-            "unknown until the data is known",
+            "micro_batches_per_epoch": micro_batches_per_process(train_examples, split.micro_batch_size, n)
+            if train_examples else "unknown until the data is known",
             "evaluation_items": {name: len(range(r, count, n)) if count else f"1/{n} of all"
                                  for name, count in eval_items.items()},
             "writes": "run folder, run.log, metrics, evaluation report, sample answers" if r == 0 else "nothing",

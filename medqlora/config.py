@@ -101,6 +101,14 @@ class DataSection(Section):
         description="evaluation sets never to train on (PubMedQA's official test questions always are)",
     )
     allow_eval_overlap: bool = Field(False, description="train even when training and evaluation items overlap")
+    near_duplicate_ngram: int = Field(
+        13, ge=0, le=64, description="leakage guard: word n-gram length for near-duplicate detection (0: exact only)"
+    )
+    near_duplicate_threshold: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="leakage guard: share of an evaluation question's n-grams found in one training text that "
+        "makes it a near duplicate",
+    )
 
 
 class TrainingSection(Section):

@@ -59,3 +59,34 @@ def tiny_overrides(model_dir: Path, out: Path, **extra: str) -> list[str]:
 @pytest.fixture
 def tiny_config(tiny_model_dir, tmp_path) -> KitConfig:
     return load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "outputs"))
+
+
+# ---------------------------------------------------------------- running the kit as a user does
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "medical_qlora_finetuning.py"
+
+
+def kit_argv(model_dir: Path, out: Path, *args: str, **overrides: str) -> list[str]:
+    """Command-line arguments: ``args`` as given, then the tiny-run overrides (plus ``overrides``) as --set."""
+    argv = list(args)
+    for item in tiny_overrides(model_dir, out, **overrides):
+        argv += ["--set", item]
+    return argv
+
+
+def run_kit(argv: list[str], env: dict[str, str] | None = None, timeout: int = 600, cwd: Path | None = None):
+    """The kit's command line in a fresh process (signals, exit codes and stderr as a user sees them)."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_message(stderr: str, fragment: str = "") -> None:
+    """A handled failure: one 'medqlora: error' message containing ``fragment``, and no traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.count("medqlora: error") == 1, stderr[-3000:]
+    assert fragment in stderr, stderr[-3000:]

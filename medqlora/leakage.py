@@ -1,53 +1,324 @@
-"""The leakage guard: no evaluation question may be trained on.
+"""The leakage guard: no evaluation question may be trained on, wherever in a training example it sits.
 
-Questions are compared after normalisation (case, punctuation and whitespace ignored), so a
-PubMedQA test question copied into a user's JSONL is caught as well as the same PMID.
+Every text that reaches a training prompt is compared (instruction, input, context, options, every
+turn of a chat, system and assistant turns included), not only the example's "question", after the
+same normalisation on both sides (``normalize``): Unicode NFKC, format (Cf) and zero-width characters
+and combining marks removed, case folded, runs of punctuation and whitespace made one space.
+
+Two kinds of overlap are refused (unless ``data.allow_eval_overlap: true``):
+
+- exact: the normalised evaluation question appears, whole, in one normalised training text (a
+  question pasted into a longer ``input`` or an earlier chat turn is caught);
+- near duplicate: the 13-gram decontamination of GPT-3 and the evaluation harnesses, per question.
+  A question of L words has the word n-grams n = min(data.near_duplicate_ngram, L); when at least
+  ``data.near_duplicate_threshold`` of them occur among one training example's texts, the example is a
+  near duplicate. (A question of at most n words has one n-gram, the whole question: it can only be
+  matched exactly. ``near_duplicate_ngram: 0`` checks exact matches only.)
+
+Questions of fewer than ``MIN_WORDS`` words ("Is it safe?") are common phrases inside longer
+texts: they are matched only when a whole training text (one field, one turn) equals them.
+
+Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
+ids (words no evaluation question has break every n-gram), whose n-gram hashes are computed with
+numpy and looked up in the index. 1,000 questions x 100,000 training rows take seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import DataError
 
-_NON_WORD = re.compile(r"[^0-9a-z]+")
+MIN_WORDS = 5  # shorter evaluation questions are matched only by a whole training text equal to them
+SHOWN = 5  # overlaps listed in the refusal
+RECORDED = 10_000
+BITMAP = 1 << 22
+CHUNK_WORDS = 2_000_000  # training words hashed at a time (memory: about 50 bytes a word)  # overlaps recorded in data_stats.json when they are allowed
+
+# zero-width and invisible characters outside the Cf category (Hangul fillers, Khmer vowels, CGJ, ...)
+_INVISIBLE = set("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
 
 
-def normalize(text: str) -> str:
-    return _NON_WORD.sub(" ", str(text).lower()).strip()
+class _Table(dict):
+    """str.translate table, filled as characters are met: word characters stay, format (Cf) and
+    zero-width characters and combining marks (Mn, Me) go, anything else becomes a space."""
+
+    def __missing__(self, code: int) -> str | None:
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category in ("Cf", "Mn", "Me") or char in _INVISIBLE:
+            value = None
+        elif char.isalnum() or category == "Mc":
+            value = char
+        else:
+            value = " "
+        self[code] = value
+        return value
+
+
+_TABLE = _Table()
+_ASCII = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
+
+
+def words(text: Any) -> list[str]:
+    """The words of ``text`` as the guard compares them (see ``normalize``)."""
+    text = str(text)
+    if text.isascii():  # the common case, and the same result as the full path below
+        return text.encode("ascii").translate(_ASCII).decode("ascii").split()
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    return unicodedata.normalize("NFKC", text.translate(_TABLE)).casefold().split()
+
+
+def normalize(text: Any) -> str:
+    """``text`` as the guard compares it: NFKC, no format/zero-width characters or accents, case folded,
+    punctuation and whitespace collapsed to single spaces."""
+    return " ".join(words(text))
 
 
 def question_hash(text: str) -> str:
     return hashlib.sha1(normalize(text).encode()).hexdigest()[:16]
 
 
+def legacy_question_hash(text: str) -> str:
+    """The hash that runs of earlier versions recorded (ASCII letters and digits only)."""
+    return hashlib.sha1(re.sub(r"[^0-9a-z]+", " ", str(text).lower()).strip().encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Item:
     dataset: str  # which dataset (training or evaluation) it comes from
     uid: str | None
-    question: str
+    question: str  # evaluation items: what is looked for
+    texts: tuple[tuple[str, str], ...] = ()  # training items: (field, text) of everything in its prompt
+    row: int | None = None  # training items: the row of its file
+
+    def fields(self) -> tuple[tuple[str, str], ...]:
+        return self.texts or (("question", self.question),)
+
+    def where(self) -> str:
+        parts = [f"training '{_shown(self.dataset, 200)}'"]
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        if self.uid is not None:
+            parts.append(f"(id {_shown(self.uid, 40)})")
+        return " ".join(parts)
 
 
-def find_overlap(train: list[Item], evaluation: list[Item]) -> list[tuple[Item, Item]]:
-    """Pairs (training item, evaluation item) with the same normalised question."""
-    by_hash = {question_hash(e.question): e for e in evaluation if normalize(e.question)}
-    return [(t, by_hash[h]) for t in train if (h := question_hash(t.question)) in by_hash]
+@dataclass(frozen=True)
+class Overlap:
+    train: Item
+    evaluation: Item
+    kind: str  # "exact" or "near duplicate"
+    share: float  # share of the evaluation question's n-grams found in the training example
+    matched: int
+    ngrams: int
+    n: int
+    field: str  # the training field where most of it was found
+
+    def describe(self) -> str:
+        if self.kind == "exact":
+            how = f"field '{_shown(self.field, 80)}' contains"
+        else:
+            how = (f"field '{_shown(self.field, 80)}' shares {self.matched} of the {self.ngrams} {self.n}-word sequences "
+                   f"({round(100 * self.share)}%) of")
+        return (f"{self.train.where()} {how} evaluation '{_shown(self.evaluation.dataset, 200)}' item "
+                f"{_shown(self.evaluation.uid or '?', 40)}: '{_shown(self.evaluation.question, 90)}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"training": self.train.dataset, "row": self.train.row, "uid": self.train.uid, "field": self.field,
+                "evaluation": self.evaluation.dataset, "evaluation_uid": self.evaluation.uid, "kind": self.kind,
+                "share": round(self.share, 3), "evaluation_question_sha1_16": question_hash(self.evaluation.question)}
 
 
-def check(train: list[Item], evaluation: list[Item], allow: bool) -> dict[str, int]:
+def _shown(text: Any, limit: int) -> str:
+    from .secrets import printable
+
+    return printable(text, limit)
+
+
+# ---------------------------------------------------------------- matching
+
+
+@dataclass
+class _Question:
+    item: Item
+    words: list[str]
+    n: int
+    grams: set[int]
+
+
+def _ngram_length(words: int, ngram: int) -> int:
+    return words if ngram <= 0 else min(ngram, words)
+
+
+def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
+                 threshold: float = 0.5) -> list[Overlap]:
+    """Every training item that contains an evaluation question (exactly or as a near duplicate), with
+    the evaluation item it matches best (one entry per training item)."""
+    import numpy as np
+
+    questions: list[_Question] = []
+    short: dict[str, Item] = {}
+    seen: set[str] = set()
+    vocab: dict[str, int] = {}
+    for item in evaluation:
+        split = words(item.question)
+        text = " ".join(split)
+        if not text or text in seen:  # the same question in two evaluation sets: the first one names it
+            continue
+        seen.add(text)
+        if len(split) < MIN_WORDS:
+            short[text] = item
+            continue
+        for word in split:
+            vocab.setdefault(word, len(vocab) + 1)
+        questions.append(_Question(item, split, _ngram_length(len(split), ngram), set()))
+    if not questions and not short:
+        return []
+
+    # random 64-bit values per word id; the n-gram hash is a polynomial over them (mod 2^64)
+    rng = np.random.default_rng(20240614)
+    values = rng.integers(1, 2**63 - 1, size=len(vocab) + 1, dtype=np.uint64)
+    values[0] = 0
+    by_n: dict[int, dict[int, list[int]]] = {}  # n -> gram hash -> question indices
+    word_values = values.tolist()
+    for index, q in enumerate(questions):
+        ids = [word_values[vocab[w]] for w in q.words]
+        for start in range(len(ids) - q.n + 1):
+            h = 0
+            for value in ids[start : start + q.n]:
+                h = (h * 1_000_003 + value) % 2**64
+            q.grams.add(h)
+        for h in q.grams:
+            by_n.setdefault(q.n, {}).setdefault(h, []).append(index)
+
+    # the training texts as arrays of word ids, 0 between texts and for words no question has, in chunks
+    found: dict[tuple[int, int], dict[int, int]] = {}  # (train index, question index) -> gram -> text index
+    exact_short: dict[int, tuple[Item, str]] = {}
+    text_owner: list[int] = []
+    text_field: list[str] = []
+    chunk: list[int] = []
+    chunk_starts: list[int] = []
+    lookup = vocab.get
+    zeros = itertools.repeat(0)
+    for t_index, item in enumerate(train):
+        for field, text in item.fields():
+            split = words(text)
+            if short and len(split) < MIN_WORDS and t_index not in exact_short:
+                norm = " ".join(split)
+                if norm in short:
+                    exact_short[t_index] = (short[norm], field)
+            if not questions:
+                continue
+            chunk_starts.append(len(chunk))
+            text_owner.append(t_index)
+            text_field.append(field)
+            chunk.extend(map(lookup, split, zeros))
+            chunk.append(0)
+        if len(chunk) >= CHUNK_WORDS:
+            _match_chunk(chunk, chunk_starts, len(text_owner) - len(chunk_starts), values, by_n, text_owner, found)
+            chunk, chunk_starts = [], []
+    if chunk:
+        _match_chunk(chunk, chunk_starts, len(text_owner) - len(chunk_starts), values, by_n, text_owner, found)
+
+    best: dict[int, Overlap] = {}
+    for t_index, (item, field) in exact_short.items():
+        best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(normalize(item.question).split()),
+                                field)
+    for (t_index, q_index), grams in found.items():
+        q = questions[q_index]
+        share = len(grams) / len(q.grams)
+        if share < threshold:
+            continue
+        counts: dict[int, int] = {}
+        for text_index in grams.values():
+            counts[text_index] = counts.get(text_index, 0) + 1
+        field = text_field[max(counts, key=counts.get)]
+        phrase = " " + " ".join(q.words) + " "
+        exact = any(phrase in " " + normalize(text) + " " for _, text in train[t_index].fields())
+        if ngram <= 0 and not exact:
+            continue
+        overlap = Overlap(train[t_index], q.item, "exact" if exact else "near duplicate", share, len(grams),
+                          len(q.grams), q.n, field)
+        current = best.get(t_index)
+        if current is None or (overlap.kind == "exact", overlap.share) > (current.kind == "exact", current.share):
+            best[t_index] = overlap
+    return [best[i] for i in sorted(best)]
+
+
+def _match_chunk(ids_list: list[int], starts_list: list[int], first_text: int, values: Any,
+                 by_n: dict[int, dict[int, list[int]]], text_owner: list[int],
+                 found: dict[tuple[int, int], dict[int, int]]) -> None:
+    """Look every n-gram of one chunk of training words up in the evaluation index."""
+    import numpy as np
+
+    mask = np.uint64(BITMAP - 1)
+    ids = np.asarray(ids_list, dtype=np.int64)
+    vals = values[ids]
+    zeros = np.concatenate(([0], np.cumsum(ids == 0)))
+    starts = np.asarray(starts_list, dtype=np.int64)
+    base = np.uint64(1_000_003)
+    hashes = vals.copy()
+    with np.errstate(over="ignore"):
+        for n in range(1, max(by_n) + 1):
+            if n > 1:
+                hashes = hashes[:-1] * base + vals[n - 1 :]
+            if len(hashes) == 0:
+                return
+            if n not in by_n:
+                continue
+            index = by_n[n]
+            wanted = np.fromiter(index, dtype=np.uint64, count=len(index))
+            wanted.sort()
+            seen = np.zeros(BITMAP, dtype=bool)  # a first, cheap filter on the low bits of the hash
+            seen[(wanted & mask).astype(np.int64)] = True
+            maybe = np.nonzero(seen[(hashes & mask).astype(np.int64)])[0]
+            maybe = maybe[(zeros[maybe + n] - zeros[maybe]) == 0]
+            spot = np.searchsorted(wanted, hashes[maybe]).clip(max=len(wanted) - 1)
+            hits = maybe[wanted[spot] == hashes[maybe]]
+            texts = np.searchsorted(starts, hits, side="right") - 1
+            for position, text_index in zip(hits.tolist(), texts.tolist()):
+                gram = int(hashes[position])
+                owner = text_owner[first_text + text_index]
+                for q_index in index[gram]:
+                    found.setdefault((owner, q_index), {}).setdefault(gram, first_text + text_index)
+
+
+def check(train: list[Item], evaluation: list[Item], allow: bool, ngram: int = 13,
+          threshold: float = 0.5) -> dict[str, Any]:
     """Refuse to train on evaluation questions, listing a few, unless the user allows it."""
-    overlap = find_overlap(train, evaluation)
+    overlap = find_overlap(train, evaluation, ngram, threshold)
+    exact = sum(o.kind == "exact" for o in overlap)
     if overlap and not allow:
-        shown = "\n".join(
-            f"  - training '{t.dataset}' item {t.uid or '?'} = evaluation '{e.dataset}' item {e.uid or '?'}: "
-            f"{t.question[:90]!r}"
-            for t, e in overlap[:5]
-        )
+        shown = "\n".join(f"  - {o.describe()}" for o in overlap[:SHOWN])
+        more = f"\n  ... and {len(overlap) - SHOWN} more" if len(overlap) > SHOWN else ""
         raise DataError(
-            f"{len(overlap)} training examples are evaluation questions; training on them would inflate the "
-            f"evaluation:\n{shown}\nRemove them from the training data, or set data.allow_eval_overlap: true "
-            "if you really mean to."
+            f"{len(overlap)} training examples contain evaluation questions ({exact} exact, "
+            f"{len(overlap) - exact} near duplicates); training on them would inflate the evaluation:\n"
+            f"{shown}{more}\nRemove them from the training data, or set data.allow_eval_overlap: true if you "
+            "really mean to."
         )
-    return {"evaluation_items_checked": len(evaluation), "overlapping_training_items": len(overlap)}
+    distinct = {normalize(e.question) for e in evaluation} - {""}  # a benchmark's items are often test items too
+    result: dict[str, Any] = {"evaluation_items_checked": len(distinct), "overlapping_training_items": len(overlap)}
+    if overlap:  # allowed: say what was let through, so that evaluation can refuse these items later
+        result.update(exact=exact, near_duplicates=len(overlap) - exact,
+                      overlaps=[o.to_dict() for o in overlap[:RECORDED]])
+    return result
+
+
+def flagged_hashes(stats: dict[str, Any]) -> set[str]:
+    """Question hashes of the evaluation items a run was allowed to train on (from its data_stats.json)."""
+    hashes: set[str] = set()
+    for entry in stats.values() if isinstance(stats, dict) else []:
+        guard = entry.get("leakage_guard") if isinstance(entry, dict) else None
+        for overlap in (guard or {}).get("overlaps", []) if isinstance(guard, dict) else []:
+            if isinstance(overlap, dict) and isinstance(overlap.get("evaluation_question_sha1_16"), str):
+                hashes.add(overlap["evaluation_question_sha1_16"])
+    return hashes
+
+

@@ -25,7 +25,11 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     from .train import planned_steps
 
     runtime = backends.detect(cfg)
-    sizes = data.count_rows(cfg.data, cfg.training.seed)
+    # the rows and the leakage guard a run would check, benchmarks (local ones) included
+    with_eval = mode == "full" and cfg.eval.in_full_mode
+    benchmarks = {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if with_eval and (
+        b.source is None or data.resolve_local(b.source) is not None or data.looks_local(b.source))}
+    sizes = data.count_rows(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
     known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
     n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
     t = cfg.training
@@ -51,6 +55,11 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
         "run.log}",
     }
+
+
+def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.Item]:
+    """The questions of the benchmarks a run evaluates on, for the leakage guard."""
+    return [leakage.Item(name, i.uid, i.example.question) for name, items in (benchmarks or {}).items() for i in items]
 
 
 def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:
@@ -143,9 +152,7 @@ def run_train(
     try:
         # bad data stops here, before the model loads
         benchmarks = evaluate.load_benchmarks(cfg) if with_eval else None
-        guard = [leakage.Item(name, i.uid, i.example.question) for name, items in (benchmarks or {}).items()
-                 for i in items]
-        collected = data.collect(cfg.data, cfg.training.seed, guard)
+        collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
         return _train_in(cfg, runtime, run, record, started, collected, benchmarks, checkpoint)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"

@@ -170,11 +170,14 @@ def test_guard_refuses_a_copied_evaluation_question_and_lists_it(tmp_path):
     with pytest.raises(DataError) as err:
         collect(data, seed=0)
     message = str(err.value)
-    assert "1 training examples are evaluation questions" in message
-    assert f"evaluation 'pubmedqa-test' item {pmid}" in message
+    assert "1 training examples contain evaluation questions (1 exact, 0 near duplicates)" in message
+    assert f"row 2 field 'question' contains evaluation 'pubmedqa-test' item {pmid}" in message
     assert "allow_eval_overlap" in message
     allowed = collect(data.model_copy(update={"allow_eval_overlap": True}), seed=0)
-    assert allowed[0].info["leakage_guard"] == {"evaluation_items_checked": 500, "overlapping_training_items": 1}
+    guard = allowed[0].info["leakage_guard"]
+    assert (guard["evaluation_items_checked"], guard["overlapping_training_items"]) == (500, 1)
+    assert (guard["exact"], guard["near_duplicates"]) == (1, 0)
+    assert guard["overlaps"][0]["evaluation_uid"] == pmid and guard["overlaps"][0]["row"] == 2
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared medical data checkout")
@@ -185,7 +188,7 @@ def test_guard_checks_the_configured_evaluation_sets_on_real_medmcqa_rows(tmp_pa
     train.write_text("\n".join(lines[:3]) + "\n")
     mc = spec(source=str(train), format="multiple_choice")
     data = DataSection(datasets=[mc], eval_sets=[spec(source=str(dev), format="multiple_choice")])
-    with pytest.raises(DataError, match="3 training examples are evaluation questions"):
+    with pytest.raises(DataError, match="3 training examples contain evaluation questions"):
         collect(data, seed=0)
     clean = DataSection(datasets=[mc], eval_sets=[])
     [collected] = collect(clean, seed=0)
@@ -229,7 +232,7 @@ def test_malformed_files_name_file_and_line(tmp_path, content, fragment):
 
 def test_unknown_answer_label_names_the_record():
     rows = [{"pubid": "1", "question": "Q", "context": ["c"], "final_decision": "probably", "long_answer": "L"}]
-    with pytest.raises(DataError, match=r"Record 1 of 'x.jsonl'.*'probably' is not yes/no/maybe"):
+    with pytest.raises(DataError, match=r"x.jsonl row 1: field 'final_decision': 'probably' is not yes/no/maybe"):
         build_examples(spec(format="pubmedqa"), rows, seed=0)
 
 

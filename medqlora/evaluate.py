@@ -391,10 +391,9 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    from .report import save_png
+
+    save_png(fig, path)
 
 
 def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:

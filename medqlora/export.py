@@ -24,7 +24,8 @@ from .config import KitConfig
 from .data import render_prompt
 from .errors import MedQLoRAError, ModelError
 from .generate import load_queries
-from .runs import RunDir, log, write_json
+from .runs import RunDir, log
+from .secrets import printable
 
 LLAMA_CPP_HINT = (
     "GGUF export uses llama.cpp's converter. Get it with: git clone https://github.com/ggml-org/llama.cpp "
@@ -43,42 +44,63 @@ class Reference:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def run_export(cfg: KitConfig, adapter: Path, say: Any) -> dict[str, Any]:
-    """Write run/export/ (a new export-N folder if one exists) from the adapter of a run."""
-    run = RunDir(adapter.parent)
+def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = None) -> dict[str, Any]:
+    """Write <run>/export/ (a new export-N folder if one exists) from an adapter. run: where to write (the
+    adapter's own run folder, or a new one for a foreign adapter); by default the adapter's parent."""
+    run = run or RunDir(adapter.parent)
     formats = set(cfg.export.formats)
-    partial = run.path / ".export.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left over by an export that crashed
-    partial.mkdir()
+    sources = adapter_files(adapter) if "adapter" in formats else []  # refused before anything is written
+    partial = run.fresh_dir(".export.partial")  # a leftover of an export that crashed is removed first
     report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
     if "adapter" in formats:
-        _export_adapter(cfg, adapter, partial / "adapter")
+        _export_adapter(cfg, sources, run, ".export.partial/adapter")
         say(f"export: adapter with tokenizer and model card -> {partial.name}/adapter")
     if formats & {"merged", "gguf"}:
-        report.update(_export_merged(cfg, adapter, partial / "merged", say))
+        report.update(_export_merged(cfg, adapter, run.inside(".export.partial/merged"), say))
     if "gguf" in formats:
         report["gguf"] = _export_gguf(cfg, partial, say)
-    final = run.path / run.unique("export")
-    write_json(partial / "export_report.json", report)
-    (partial / "export_report.md").write_text(report_markdown(report), encoding="utf-8")
+    run.write_json(".export.partial/export_report.json", report)
+    run.write_text(".export.partial/export_report.md", report_markdown(report))
+    final = run.inside(run.unique("export"))
     partial.rename(final)
-    say(f"export written: {final}")
+    say(f"export written: {printable(final)}")
     return {"run_dir": str(run.path), "export_dir": str(final), "export": _summary_line(report)}
 
 
 # ---------------------------------------------------------------- adapter
 
 
-def _export_adapter(cfg: KitConfig, adapter: Path, dest: Path) -> None:
-    shutil.copytree(adapter, dest)
-    (dest / "README.md").write_text(
-        f"# LoRA adapter for {cfg.model.name}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}"
-        f", on {', '.join(cfg.lora.target_modules)}). Load it on the base model it was trained on:\n\n"
+def adapter_files(adapter: Path) -> list[Path]:
+    """The files an adapter export copies: regular files directly in the adapter folder. A link, or anything whose
+    real path is elsewhere, stops the export (it could copy a file from outside into a shared folder)."""
+    folder = adapter.resolve()
+    files, refused = [], []
+    for entry in sorted(adapter.iterdir()):
+        if entry.is_symlink() or not entry.resolve().is_relative_to(folder):
+            refused.append(entry.name)
+        elif entry.is_file():
+            files.append(entry)
+    if refused:
+        raise MedQLoRAError(
+            f"The adapter folder {printable(adapter)} holds {printable(', '.join(refused), 120)}, a symbolic link "
+            "(or a file that lives elsewhere); an export copies only the adapter's own files. Remove the link, or "
+            "copy the adapter with its files into a new folder (cp -rL), and export that."
+        )
+    return files
+
+
+def _export_adapter(cfg: KitConfig, sources: list[Path], run: RunDir, dest: str) -> None:
+    for source in sources:
+        run.copy_in(source, f"{dest}/{source.name}")
+    run.write_text(
+        f"{dest}/README.md",
+        f"# LoRA adapter for {printable(cfg.model.name)}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, "
+        f"alpha={cfg.lora.alpha}, on {printable(', '.join(cfg.lora.target_modules))}). Load it on the base model it "
+        "was trained on:\n\n"
         "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
         "model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n"
         "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n```\n\n"
         "Research use only; not medical advice.\n",
-        encoding="utf-8",
     )
 
 
@@ -398,7 +420,8 @@ def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -
 
 def report_markdown(report: dict[str, Any]) -> str:
     formats = ", ".join(report["formats"])
-    lines = [f"# Export of {report['adapter']}", "", f"Base model: {report['base_model']}; formats: {formats}.", ""]
+    lines = [f"# Export of {printable(report['adapter'])}", "",
+             f"Base model: {printable(report['base_model'])}; formats: {formats}.", ""]
     if "merged_dtype" in report:
         header = ("| compared with the trained model (base + adapter) | max abs logit diff | mean abs logit diff | "
                   "top-1 agreement | identical greedy replies |")

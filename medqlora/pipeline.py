@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
+from . import adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
 from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
+from .secrets import printable, redact, slug
 
 
 def say(message: str) -> None:
@@ -395,17 +396,19 @@ def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, ba
 
 
 def run_export(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
-    """--mode export: the adapter, a merged 16-bit model and/or GGUF, into the adapter's run folder."""
+    """--mode export: the adapter, a merged 16-bit model and/or GGUF, into the adapter's run folder (a new run
+    folder under output.dir for an adapter that is not in one of the kit's run folders)."""
     from . import export
 
     adapter = _find_adapter(cfg, adapter_arg, output_dir)
     if adapter is None:
         raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
     cfg = adapter_run_config(adapter, cfg)
-    RunDir(adapter.parent).start_log()
-    say(f"exporting {adapter} ({', '.join(cfg.export.formats)})")
-    return export.run_export(cfg, adapter, say)
-
+    if "adapter" in cfg.export.formats:
+        export.adapter_files(adapter)  # a link in the adapter folder stops the export before anything is written
+    run = _run_for(cfg, adapter, output_dir, "export")
+    say(f"exporting {printable(adapter)} ({', '.join(cfg.export.formats)})")
+    return export.run_export(cfg, adapter, say, run)
 
 def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: str) -> str:
     questions = generate.load_queries(cfg.generation.queries_file)
@@ -420,38 +423,54 @@ def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: 
 
 
 def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
-    """The model section an adapter was trained with (from its run's config.yaml), keeping the rest of cfg."""
-    saved = adapter.parent / "config.yaml"
-    if not saved.is_file():
-        return cfg
-    trained = load_config(saved)
-    if trained.model.name != cfg.model.name:
-        say(f"using base model {trained.model.name}, the one this adapter was trained on")
-    return cfg.model_copy(update={"model": trained.model})
+    """The model section an adapter was trained with (from its run's config.yaml), keeping the rest of cfg. An
+    adapter outside the kit's run folders keeps cfg's model (model.name), whatever files lie beside it."""
+    trained = _trained_model(adapter, cfg)
+    if trained.name != cfg.model.name:
+        say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
+    return cfg.model_copy(update={"model": trained})
 
+
+def _trained_model(adapter: Path, cfg: KitConfig) -> Any:
+    run_folder = adapters.kit_run_folder(adapter)
+    return load_config(run_folder / "config.yaml").model if run_folder is not None else cfg.model
 
 def _find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> Path | None:
+    """The adapter folder of --adapter (None: the base model alone), checked at the adapter boundary: safetensors,
+    a LoRA config, and shapes that fit the base model it will be loaded onto, before any weight loads."""
     if adapter_arg == "none":
         return None
     if adapter_arg in (None, "latest"):
-        return latest_run_with_adapter(Path(output_dir or cfg.output.dir))
-    adapter = Path(adapter_arg)
-    if adapter.is_dir() and (adapter / "adapter" / "adapter_config.json").is_file():
-        adapter = adapter / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelError(f"--adapter {adapter_arg}: no adapter_config.json there (a LoRA adapter folder or run folder).")
-    return adapter
-
+        folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir))
+    else:
+        folder = adapters.locate(adapter_arg)
+    adapter = adapters.find(folder)
+    if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
+        RunDir(adapter.run).check_links()
+    model = _trained_model(adapter.folder, cfg)
+    adapters.check_base(adapter, model.name, backends.config_source(model.name), model.trust_remote_code)
+    return adapter.folder
 
 def _run_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefix: str) -> RunDir:
-    """The adapter's own run folder, or a new one for the base model."""
+    """The adapter's own run folder; a new one under output.dir for the base model, or for an adapter that is not
+    in a run folder of the kit (nothing is ever written beside a foreign adapter)."""
     if adapter is not None:
-        run = RunDir(adapter.parent)
-        run.start_log()
-        return run
+        run_folder = adapters.kit_run_folder(adapter)
+        if run_folder is not None:
+            run = RunDir(run_folder)
+            run.start_log()
+            return run
+        named = slug(redact(adapter.parent.name if adapter.name == "adapter" else adapter.name))[:60] or "adapter"
+        prefix = f"foreign-{named}"
     name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir)
-
+    root, n = Path(output_dir or cfg.output.dir).expanduser(), 1
+    while not cfg.output.run_name and ((root / name).exists() or (root / name).is_symlink()):  # same second
+        n += 1
+        name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir)
+    if adapter is not None:
+        say(f"{printable(adapter)} is not in a run folder of this kit: its results go to {printable(run.path)}")
+    return run
 
 def run_test(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
     adapter = _find_adapter(cfg, adapter_arg, output_dir)

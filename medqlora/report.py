@@ -35,15 +35,28 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> bool:
     ax.set_title("Training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
     return True
 
 
+def save_png(fig: Any, path: Path) -> None:
+    """The figure as PNG bytes, written through the run folder's writer (no link at ``path`` is followed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from .runs import write_file_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_file_bytes(path, buffer.getvalue())
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
-    lines = ["", "=" * 72, f"medqlora run: {summary['run_dir']}"]
+    from .secrets import printable
+
+    lines = ["", "=" * 72, f"medqlora run: {printable(summary['run_dir'], 500)}"]
     for key, label in [
         ("backend", "backend"),
         ("model", "base model"),
@@ -61,6 +74,6 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("export", "export"),
     ]:
         if summary.get(key) is not None:
-            lines.append(f"  {label:<28} {summary[key]}")
+            lines.append(f"  {label:<28} {printable(summary[key], 1000)}")
     lines.append("=" * 72)
     return lines

@@ -1,12 +1,21 @@
-"""Run folders: one per run, never overwritten, every file written atomically, a manifest to reproduce it."""
+"""Run folders: one per run, never overwritten, every file written atomically, a manifest to reproduce it.
+
+Everything the kit writes, appends or copies in a run folder goes through ``RunDir``: a name is taken
+relative to the run folder, may not leave it, and neither it nor any folder between it and the run
+folder may be a symbolic link; files are created with O_NOFOLLOW | O_CREAT | O_EXCL under a temporary
+name and renamed over the target, and run.log is opened with O_NOFOLLOW | O_APPEND. A link planted in
+a run folder therefore stops the kit with a message instead of redirecting a write elsewhere.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import platform
-import re
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -18,22 +27,113 @@ from typing import Any
 from .config import KIT_ROOT, KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
-from .secrets import RedactingFilter, redact
+from .secrets import RedactingFilter, contains_secret, printable, redact, slug
 
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "unsloth", "unsloth_zoo"]
 log = logging.getLogger("medqlora")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class UnsafePathError(MedQLoRAError):
+    """A write into a run folder would follow a symbolic link or leave the folder."""
+
+
+def _link_error(run: Path, rel: str, where: Path) -> UnsafePathError:
+    try:
+        target = f" (to {printable(os.readlink(where))})"
+    except OSError:
+        target = ""
+    return UnsafePathError(
+        f"{printable(where)} is a symbolic link{target}: the kit never writes through links in a run folder "
+        f"({printable(run)}). Remove the link (or copy the run to a new folder with real files) and run again."
+    )
+
+
+def _parts(name: str | Path) -> list[str]:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or any(p in ("..", ".", "") for p in parts):
+        raise UnsafePathError(f"'{printable(name)}' is not a plain name inside the run folder.")
+    return list(parts)
+
+
+def _open_parent(root: Path, name: str | Path, create: bool = False) -> tuple[int, str, Path]:
+    """A file descriptor of the folder that will hold ``name`` (inside ``root``), walked component by component
+    without following links; the last component; and the checked path."""
+    parts = _parts(name)
+    try:
+        fd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    except OSError as err:
+        raise MedQLoRAError(f"Cannot open the run folder {printable(root)}: {err.strerror}.") from None
+    here = root
+    try:
+        for part in parts[:-1]:
+            here = here / part
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(here):
+                    raise _link_error(root, str(name), here) from None
+                raise MedQLoRAError(f"Cannot open {printable(here)}: {err.strerror}.") from None
+            os.close(fd)
+            fd = child
+        last = parts[-1]
+        try:
+            if stat.S_ISLNK(os.lstat(last, dir_fd=fd).st_mode):
+                raise _link_error(root, str(name), here / last)
+        except FileNotFoundError:
+            pass
+        return fd, last, here / last
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_inside(root: Path, name: str | Path, data: bytes) -> Path:
+    """Write ``data`` to root/name through a temporary file created without following links, then rename it."""
+    fd, last, target = _open_parent(root, name, create=True)
+    tmp = f".{last}.{os.getpid()}.tmp"
+    try:
+        try:
+            os.unlink(tmp, dir_fd=fd)  # left over by a crash (a link is removed, never followed)
+        except FileNotFoundError:
+            pass
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as handle:
+                handle.write(data)
+            os.replace(target.with_name(tmp), target)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            raise
+    except UnsafePathError:
+        raise
+    except OSError as err:
+        raise MedQLoRAError(f"Cannot write {printable(target)}: {err.strerror}. Is the disk full or read-only?") from None
+    finally:
+        os.close(fd)
+    return target
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write then rename, so a crash never leaves a half-written file behind. Credentials are masked."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(redact(text), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise MedQLoRAError(f"Cannot write {path}: {err.strerror}. Is the disk full or read-only?") from None
+    """Write then rename, so a crash never leaves a half-written file behind. Credentials are masked. The
+    file's folder is the boundary: a link at ``path`` is refused, never followed."""
+    _write_inside(Path(path).parent, Path(path).name, redact(text).encode("utf-8"))
+
+
+def write_file_bytes(path: Path, data: bytes) -> None:
+    """Binary counterpart of ``atomic_write`` (figures): ``path``'s folder is the boundary."""
+    _write_inside(Path(path).parent, Path(path).name, data)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -41,9 +141,40 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def default_run_name(cfg: KitConfig) -> str:
-    model = re.sub(r"[^A-Za-z0-9.]+", "-", cfg.model.name.rsplit("/", 1)[-1].removesuffix(".gguf")).strip("-")
-    data = re.sub(r"[^A-Za-z0-9.]+", "-", Path(cfg.data.datasets[0].source).stem.rsplit("/", 1)[-1]).strip("-")
-    return f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """<model>-<data>-<timestamp>. Credentials are masked before the names are mapped to folder-name
+    characters, so neither a token nor its mapped form can reach a folder name."""
+    model = slug(redact(cfg.model.name).rsplit("/", 1)[-1].removesuffix(".gguf"))
+    data = slug(Path(redact(cfg.data.datasets[0].source)).stem.rsplit("/", 1)[-1])
+    name = f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return name if contains_secret(name) is None else f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _open_log(run: Path) -> Any:
+    """run.log for appending, opened with O_NOFOLLOW | O_APPEND: a link there is refused, never followed."""
+    fd, _, target = _open_parent(run, "run.log")
+    try:
+        out = os.open("run.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _link_error(run, "run.log", target) from None
+        raise MedQLoRAError(f"Cannot write {printable(target)}: {err.strerror}.") from None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(out).st_mode):
+        os.close(out)
+        raise UnsafePathError(f"{printable(target)} is not a regular file; the kit appends its log to a file only.")
+    return os.fdopen(out, "a", encoding="utf-8")
+
+
+class _RunLogHandler(logging.FileHandler):
+    """A FileHandler on run.log whose every (re)opening goes through ``_open_log``."""
+
+    def __init__(self, run: Path) -> None:
+        self._run = run
+        super().__init__(run / "run.log", mode="a", encoding="utf-8")
+
+    def _open(self) -> Any:
+        return _open_log(self._run)
 
 
 @dataclass
@@ -55,31 +186,50 @@ class RunDir:
         root = Path(output_dir or cfg.output.dir).expanduser()
         name = cfg.output.run_name or default_run_name(cfg)
         if "/" in name or "\\" in name or name in {".", ".."}:
-            raise MedQLoRAError(f"output.run_name '{name}' must be a plain folder name, not a path.")
+            raise MedQLoRAError(f"output.run_name '{printable(name)}' must be a plain folder name, not a path.")
+        secret = contains_secret(name)
+        if secret:
+            raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
+                                "Choose another output.run_name (or leave it empty for a timestamped name).")
         path = root / name
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            path.mkdir()
+            root.mkdir(parents=True, exist_ok=True)  # a linked output folder is the user's choice
+            path.mkdir()  # never follows a link at the run folder's name: that exists already
         except FileExistsError:
             raise MedQLoRAError(
-                f"The run folder {path} already exists; the kit never overwrites a run. "
+                f"The run folder {printable(path)} already exists"
+                + (" (as a symbolic link)" if path.is_symlink() else "") + "; the kit never overwrites a run. "
                 "Choose another output.run_name (or leave it empty for a timestamped name)."
             ) from None
         except OSError as err:
-            raise MedQLoRAError(f"Cannot create the run folder {path}: {err.strerror}.") from None
+            raise MedQLoRAError(f"Cannot create the run folder {printable(path)}: {err.strerror}.") from None
         run = cls(path)
         run.start_log()
         return run
 
+    def check_links(self) -> None:
+        """An existing run folder about to be written: no entry the kit writes may be a link (only the
+        adapter folders, which the kit reads or renames, may be)."""
+        if self.path.is_symlink() and not self.path.is_dir():
+            raise _link_error(self.path, ".", self.path)
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError as err:
+            raise MedQLoRAError(f"Cannot read the run folder {printable(self.path)}: {err.strerror}.") from None
+        for entry in entries:
+            if entry.is_symlink() and not (entry.name.startswith("adapter") and entry.is_dir()):
+                raise _link_error(self.path, entry.name, Path(entry.path))
+
     def start_log(self) -> None:
         """Log to this run's run.log (and only this run's: a previous run's handler is closed)."""
+        self.check_links()
         if not is_main():
             return
         for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
             log.removeHandler(old)
             old.close()
         log.propagate = False  # Unsloth installs a root handler; keep each message once on screen
-        handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
+        handler = _RunLogHandler(self.path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(RedactingFilter())
         log.addHandler(handler)
@@ -89,22 +239,75 @@ class RunDir:
     def adapter(self) -> Path:
         return self.path / "adapter"
 
+    def inside(self, name: str | Path) -> Path:
+        """``self.path / name``, checked: a plain relative name, no link at it or on the way to it. For writers
+        that need a path (save_pretrained, a converter): they write where the kit checked."""
+        fd, _, target = _open_parent(self.path, name)
+        os.close(fd)
+        return target
+
+    def fresh_dir(self, name: str) -> Path:
+        """An empty folder ``name`` in the run folder, created here (a leftover of a crash is removed first; a
+        link there is refused, never followed or emptied)."""
+        fd, last, target = _open_parent(self.path, name, create=True)
+        try:
+            try:
+                mode = os.lstat(last, dir_fd=fd).st_mode
+                if stat.S_ISDIR(mode):
+                    shutil.rmtree(target)
+                else:
+                    os.unlink(last, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            os.mkdir(last, 0o755, dir_fd=fd)
+        except OSError as err:
+            raise MedQLoRAError(f"Cannot create {printable(target)}: {err.strerror}. Is the disk full or read-only?") \
+                from None
+        finally:
+            os.close(fd)
+        return target
+
     def write_json(self, name: str, payload: Any) -> None:
         if is_main():  # data parallel: only the main process writes the run folder
-            write_json(self.path / name, payload)
+            self.write_text(name, json.dumps(payload, indent=2, default=str) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
         if is_main():
-            atomic_write(self.path / name, text)
+            _write_inside(self.path, name, redact(text).encode("utf-8"))
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if is_main():
+            _write_inside(self.path, name, data)
+
+    def copy_in(self, source: Path, name: str | Path) -> None:
+        """Copy the regular file ``source`` (opened without following a link) to ``name`` in the run folder."""
+        try:
+            fd = os.open(source, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _link_error(source.parent, source.name, source) from None
+            raise MedQLoRAError(f"Cannot read {printable(source)}: {err.strerror}.") from None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise UnsafePathError(f"{printable(source)} is not a regular file.")
+            data = handle.read()
+        _write_inside(self.path, name, data)
 
     def unique(self, name: str) -> str:
-        """``name`` if free in the run folder, else name-<timestamp>: earlier results are never overwritten."""
-        if not (self.path / name).exists():
+        """``name`` if free in the run folder, else name-<timestamp>: earlier results are never overwritten.
+        A link at the name is refused (it is taken by something the kit did not write)."""
+        def taken(candidate: str) -> bool:
+            where = self.path / candidate
+            if where.is_symlink():
+                raise _link_error(self.path, candidate, where)
+            return where.exists()
+
+        if not taken(name):
             return name
         stem, dot, suffix = name.partition(".")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         candidate, n = f"{stem}-{stamp}{dot}{suffix}", 1
-        while (self.path / candidate).exists():
+        while taken(candidate):
             n += 1
             candidate = f"{stem}-{stamp}-{n}{dot}{suffix}"
         return candidate
@@ -114,7 +317,7 @@ def latest_run_with_adapter(root: Path) -> Path:
     runs = [p for p in root.glob("*/adapter/adapter_config.json")] if root.is_dir() else []
     if not runs:
         raise MedQLoRAError(
-            f"No trained adapter found under {root}. Train one first (--mode train or full), or pass --adapter PATH."
+            f"No trained adapter found under {printable(root)}. Train one first (--mode train or full), or pass --adapter PATH."
         )
     return max(runs, key=lambda p: p.stat().st_mtime).parent
 

@@ -332,10 +332,10 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
     """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename.
     weights: the gathered state of a sharded model (the adapter's own parameters hold only a shard)."""
     partial = run.path / ".adapter.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left over by a crash while saving
-    if run.adapter.exists():  # an adapter saved at Ctrl-C, before this resumed run: keep it aside
-        run.adapter.rename(run.path / run.unique("adapter-interrupted"))
     try:
+        partial = run.fresh_dir(".adapter.partial")  # a leftover of a crash (or a link there) is removed first
+        if run.adapter.exists() or run.adapter.is_symlink():  # saved at Ctrl-C, before this resumed run: keep it aside
+            run.adapter.rename(run.inside(run.unique("adapter-interrupted")))
         if weights is None:
             model.save_pretrained(str(partial), safe_serialization=True)
         else:

@@ -1,0 +1,291 @@
+"""The adapter boundary: a folder named by --adapter is checked here before any weight is loaded.
+
+``find`` returns a ``ValidAdapter`` (the folder, its adapter_config.json, and the kit run folder it
+belongs to, or None for a foreign adapter) or stops with one short message:
+
+- weights must be safetensors: a folder holding only a pickle (``adapter_model.bin``, ``.pt``,
+  ``.pth``) is refused with the three lines that convert it, because unpickling runs code;
+- adapter_config.json must be a JSON LoRA config (peft_type LORA, a positive integer r,
+  target_modules, base_model_name_or_path);
+- the safetensors header (read without loading a tensor) must hold LoRA weights of rank r.
+
+``check_base`` then compares the adapter with the base model's config.json, before PEFT loads
+anything: the model type where the adapter names a base that can be read locally, the target
+modules, and the in/out features of every LoRA matrix (lora_A is [r, in], lora_B is [out, r]).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+from .secrets import printable
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_PATTERNS = ("adapter_model.bin", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+MAX_CONFIG_BYTES = 1 << 20
+DIFFERENT_BASE = "Was it trained on a different base model?"
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class ValidAdapter:
+    folder: Path
+    config: dict[str, Any]
+    run: Path | None  # the kit run folder holding it; None: a foreign adapter
+    shapes: dict[str, tuple[int, ...]]  # tensor name -> shape, from the safetensors header
+
+    @property
+    def name(self) -> str:
+        """A readable name: the run folder's for a kit run, else the adapter folder's (or its parent's)."""
+        if self.run is not None:
+            return self.run.name
+        return self.folder.parent.name if self.folder.name == "adapter" else self.folder.name
+
+
+def kit_run_folder(adapter: Path) -> Path | None:
+    """The run folder of the kit that holds ``adapter`` (as <run>/adapter), or None: the parent must hold the
+    kit's manifest.json (with kit_version) and config.yaml, as regular files."""
+    parent = adapter.parent
+    manifest, config = parent / "manifest.json", parent / "config.yaml"
+    if manifest.is_symlink() or config.is_symlink():  # a run folder with planted links: refused, not read
+        from .runs import RunDir
+
+        RunDir(parent).check_links()
+    if not (manifest.is_file() and config.is_file()):
+        return None
+    try:
+        with manifest.open("rb") as handle:
+            payload = json.loads(handle.read(4 * MAX_CONFIG_BYTES))
+    except (OSError, ValueError):
+        return None
+    return parent if isinstance(payload, dict) and "kit_version" in payload else None
+
+
+def locate(arg: str) -> Path:
+    """The adapter folder of --adapter ARG: ARG itself, or ARG/adapter for a run folder."""
+    path = Path(arg).expanduser()
+    if path.is_dir() and (path / "adapter" / CONFIG_NAME).is_file():
+        path = path / "adapter"
+    if not (path / CONFIG_NAME).is_file():
+        raise ModelError(f"--adapter {printable(arg)}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder).")
+    return path
+
+
+def find(folder: Path) -> ValidAdapter:
+    """Check an adapter folder (config, safetensors weights, their shapes) without loading a weight."""
+    where = printable(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        pickles = sorted({p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+        if pickles:
+            first = pickles[0]
+            raise ModelError(
+                f"The adapter in {where} has only pickle weights ({printable(', '.join(pickles))}); the kit loads "
+                "safetensors only, since loading a pickle can run code. If you trust the file, convert it once "
+                "with:\n"
+                "  import torch; from safetensors.torch import save_file\n"
+                f"  state = torch.load('{printable(folder / first)}', weights_only=True)\n"
+                f"  save_file({{k: v.contiguous() for k, v in state.items()}}, '{printable(weights)}')"
+            )
+        raise ModelError(f"The adapter in {where} has no {WEIGHTS_NAME}: not a complete LoRA adapter folder.")
+    config = read_config(folder)
+    shapes = header_shapes(weights)
+    check_ranks(folder, config, shapes)
+    return ValidAdapter(folder, config, kit_run_folder(folder), shapes)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    where = printable(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ModelError(f"Cannot read {where}: {err.strerror}.") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelError(f"{where} is larger than 1 MB: not a LoRA adapter config.")
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelError(f"{where} is not UTF-8 text: not a LoRA adapter config.") from None
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{where}:{err.lineno}: not valid JSON ({err.msg}): not a LoRA adapter config.") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{where} must be a JSON object (a PEFT LoRA config), not {type(config).__name__}.")
+    problems = []
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        problems.append(f"peft_type is {printable(repr(config.get('peft_type')), 40)}, not LORA")
+    r = config.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        problems.append(f"r is {printable(repr(r), 40)}, not a positive integer")
+    targets = config.get("target_modules")
+    if not (isinstance(targets, str) and targets) and not (
+            isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
+        problems.append("target_modules is not a list of module names (or a pattern)")
+    if not isinstance(config.get("base_model_name_or_path"), str):
+        problems.append("base_model_name_or_path is not a string")
+    if problems:
+        raise ModelError(f"{where} is not a usable LoRA config: {'; '.join(problems)}.")
+    return config
+
+
+def header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor, from the safetensors header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for a bad header or a short file
+        reason = printable(str(err).splitlines()[0] if str(err) else type(err).__name__, 160)
+        raise ModelError(f"Cannot load the adapter in {printable(weights.parent)}: {WEIGHTS_NAME} is not a "
+                         f"readable safetensors file ({reason}). Copy or train the adapter again.") from None
+
+
+def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """module path (as in the base model) -> {'A': shape, 'B': shape}."""
+    modules: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        match = _LORA_KEY.match(key)
+        if match:
+            modules.setdefault(match["module"], {})[match["which"]] = shape
+    return modules
+
+
+def check_ranks(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    modules = lora_modules(shapes)
+    where = printable(folder)
+    if not modules:
+        raise ModelError(f"The adapter in {where}: {WEIGHTS_NAME} holds no LoRA weights (lora_A / lora_B).")
+    ranks = {config["r"], *(v for v in (config.get("rank_pattern") or {}).values() if isinstance(v, int))}
+    for module, pair in modules.items():
+        a, b = pair.get("A"), pair.get("B")
+        if a is None or b is None or len(a) != 2 or len(b) != 2:
+            raise ModelError(f"The adapter in {where} is incomplete: {printable(module, 120)} lacks a 2-D lora_A or "
+                             "lora_B matrix.")
+        if a[0] != b[1] or a[0] not in ranks:
+            raise ModelError(
+                f"The adapter in {where} does not match its {CONFIG_NAME}: r is {config['r']} but "
+                f"{printable(module, 120)} has rank {a[0]} (lora_A {list(a)}, lora_B {list(b)}). The config and "
+                "the weights come from different adapters."
+            )
+
+
+# ---------------------------------------------------------------- against the base model
+
+
+def base_config(source: str | None, trust_remote_code: bool = False) -> dict[str, Any] | None:
+    """The base model's config.json as a dict, read locally only (None when it cannot be read)."""
+    if not source:
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        file = path / "config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "config.json")
+        except Exception:  # not a repo id, or no cache
+            return None
+        if not isinstance(cached, str):
+            return None
+        file = Path(cached)
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+
+def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> dict[str, tuple[int, int]] | None:
+    """module path -> (in_features, out_features) of every linear layer of the base model, from an empty (meta)
+    model built from config.json; None when it cannot be built."""
+    if trust_remote_code:  # building it would run the model's own code: not for a check
+        return None
+    try:
+        from accelerate import init_empty_weights
+        from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+        kwargs = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config", "auto_map")}
+        built = CONFIG_MAPPING[config["model_type"]].from_dict(kwargs)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(built)
+    except Exception:  # an architecture transformers does not know: fall back to config.json's figures
+        return None
+    return {name: (m.in_features, m.out_features) for name, m in model.named_modules()
+            if isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)}
+
+
+def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) features of the usual projection names, from hidden_size / intermediate_size / heads x head_dim."""
+    c = _text_config(config)
+    hidden, inter = c.get("hidden_size"), c.get("intermediate_size")
+    heads = c.get("num_attention_heads")
+    kv = c.get("num_key_value_heads") or heads
+    if not isinstance(hidden, int) or not isinstance(heads, int) or not heads:
+        return {}
+    head_dim = c.get("head_dim") or hidden // heads
+    found = {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim),
+             "v_proj": (hidden, kv * head_dim), "o_proj": (heads * head_dim, hidden)}
+    if isinstance(inter, int):
+        found |= {"gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    return found
+
+
+def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust_remote_code: bool = False) -> None:
+    """Refuse, in one paragraph, an adapter that cannot fit the base model ``model_name`` (config.json at
+    ``source``). Does nothing when the base model's config cannot be read locally."""
+    base = base_config(source, trust_remote_code)
+    if base is None:
+        return
+    named = adapter.config.get("base_model_name_or_path") or ""
+    hint = (f" Its {CONFIG_NAME} names {printable(named, 120)} as its base: --set model.name={printable(named, 120)}"
+            if named and named != model_name else "")
+
+    def refuse(detail: str) -> ModelError:
+        return ModelError(f"Cannot load the adapter in {printable(adapter.folder)} onto {printable(model_name, 120)}: "
+                          f"{detail}. {DIFFERENT_BASE}{hint} (or pass the run folder it was trained in).")
+
+    trained_on = base_config(named, trust_remote_code) if named and named != source else None
+    types = [_text_config(c).get("model_type") for c in (trained_on, base) if c]
+    if trained_on and all(types) and types[0] != types[1]:
+        raise refuse(f"it was trained on a {printable(types[0], 40)} model and the base is a {printable(types[1], 40)}")
+
+    features = linear_features(base, trust_remote_code)
+    leaves = {name.rsplit(".", 1)[-1] for name in features} if features else set(estimated_features(base))
+    targets = adapter.config["target_modules"]
+    if isinstance(targets, list) and leaves:
+        missing = [t for t in targets if t not in leaves and not any(n == t or n.endswith(f".{t}")
+                                                                    for n in (features or {}))]
+        if missing:
+            raise refuse(f"it targets modules the base model lacks ({printable(', '.join(missing), 120)}; the base "
+                         f"has {printable(', '.join(sorted(leaves)[:12]), 200)})")
+    estimate = estimated_features(base)
+    for module, pair in sorted(lora_modules(adapter.shapes).items()):
+        expected = _lookup(module, features) if features else estimate.get(module.rsplit(".", 1)[-1])
+        if expected is None:
+            if features:
+                raise refuse(f"the base model has no module {printable(module, 120)}")
+            continue
+        got = (pair["A"][1], pair["B"][0])
+        if got != expected:
+            raise refuse(f"{printable(module, 120)} is {got[0]} -> {got[1]} features in the adapter and "
+                         f"{expected[0]} -> {expected[1]} in the base model")
+
+
+def _lookup(module: str, features: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    if module in features:
+        return features[module]
+    tails = [name for name in features if name.endswith(f".{module}") or module.endswith(f".{name}")]
+    return features[tails[0]] if len(tails) == 1 else None

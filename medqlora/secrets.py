@@ -8,7 +8,8 @@ Masking rules (``redact``):
   ``none``) are not credentials anyone can use, and masking them would rewrite ordinary words and
   numbers in every file;
 - anything shaped like a Hugging Face token (``hf_`` + 20 or more letters/digits) is masked as
-  ``<token>`` even when it is not in the environment.
+  ``<token>`` even when it is not in the environment, and so is the password of a URL
+  (``https://user:<password>@host``, as in an MLFLOW_TRACKING_URI).
 
 Untrusted text (values read from a run's config.yaml, file and folder names) is printed through
 ``printable``: control characters, newlines and Unicode bidi/format characters are escaped, and it
@@ -32,6 +33,7 @@ MIN_SECRET_LEN = 4
 _PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
 _TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
 _SLUG = re.compile(r"[^A-Za-z0-9.]+")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s@:]+):([^/\s@]+)@")
 
 
 def slug(text: str) -> str:
@@ -58,7 +60,7 @@ def redact(text: str) -> str:
         mapped = slug(value)
         if len(mapped) >= MIN_SECRET_LEN and mapped != value:
             text = text.replace(mapped, f"<{name}>")
-    return _TOKEN_SHAPES.sub("<token>", text)
+    return _URL_PASSWORD.sub(r"\1:<password>@", _TOKEN_SHAPES.sub("<token>", text))
 
 
 def contains_secret(text: str) -> str | None:

@@ -333,6 +333,8 @@ def test_short_and_slugged_credentials_are_masked(monkeypatch):
     assert contains_secret("run-tok-en-value-1") == "MLFLOW_TRACKING_TOKEN"
     monkeypatch.setenv("HF_TOKEN", "true")  # a placeholder, not a secret: JSON's true stays true
     assert redact('{"done": true}') == '{"done": true}'
+    assert redact("tracking at https://ann:s3cr3t@mlflow.example.org/x") == \
+        "tracking at https://ann:<password>@mlflow.example.org/x"
 
 
 def test_default_run_name_never_holds_a_credential(monkeypatch):

@@ -174,24 +174,28 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     rows, lines = Rows(), []
     csv.field_size_limit(MAX_FIELD_CHARS)
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+        reader = csv.reader(handle, strict=True)
         try:
             header = next(reader, None)
             while header is not None and not any(cell.strip() for cell in header):
                 header = next(reader, None)
             if header is None:
                 return rows
+            if any("\x00" in cell for cell in header):
+                raise DataError(f"{path}:{reader.line_num}: contains a NUL byte: is it a binary file rather than CSV?")
             named = [name for name in header if name != ""]
             twice = sorted({name for name in named if named.count(name) > 1})
             if twice:
                 raise DataError(f"{path}:{reader.line_num}: the header names column {printable(twice[0])!r} twice.")
             start = reader.line_num + 1
             for cells in reader:
+                if any("\x00" in cell for cell in cells):
+                    raise DataError(f"{path}:{start}: contains a NUL byte: is it a binary file rather than CSV?")
                 if cells and any(cell != "" for cell in cells):
-                    if len(cells) > len(header):
-                        raise DataError(f"{path}:{start}: {len(cells)} cells, but the header names {len(header)} "
-                                        "columns. Quote cells that contain commas.")
-                    cells = cells + [None] * (len(header) - len(cells))  # short rows: the missing cells are null
+                    if len(cells) != len(header):
+                        raise DataError(f"{path}:{start}: {len(cells)} cell{'s' if len(cells) > 1 else ''}, but the "
+                                        f"header names {len(header)} column{'s' if len(header) > 1 else ''}. Quote cells that contain commas or line "
+                                        "breaks.")
                     rows.append({name: cell for name, cell in zip(header, cells) if name != ""})
                     lines.append(start)
                 start = reader.line_num + 1
@@ -305,7 +309,7 @@ def _uid(value: Any, name: str) -> str | None:
     return str(value).strip()
 
 
-def _column(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, Any]:
+def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value") -> tuple[str, Any]:
     """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping)."""
     null = None
     for name in names:
@@ -315,7 +319,7 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, A
                 return mapped, row[mapped]
             null = null or mapped
     if null is not None:
-        raise DataError(f"field '{printable(null, 60)}' is null, expected a value.")
+        raise DataError(f"field '{printable(null, 60)}' is null, expected {expected}.")
     wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
     columns = printable(sorted(str(k) for k in row), 300)
     raise DataError(
@@ -326,7 +330,7 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, A
 
 def _field(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, str]:
     """(column, text) of a text field."""
-    name, value = _column(row, spec, *names)
+    name, value = _column(row, spec, *names, expected="text")
     return name, _text(value, name)
 
 

@@ -1,0 +1,493 @@
+"""Hostile data at the boundary: every bad value, bad file and hidden evaluation question ends in ONE
+message naming the file, the row and the field (DataError; exit code 2 from the command line, no
+traceback, nothing in the run folder but its config and a manifest saying 'failed')."""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medqlora.cli import main
+from medqlora.config import DataSection, DatasetSpec
+from medqlora.data import FORMATS, MAX_FIELD_CHARS, Example, collect, format_rows, load_rows, pubmedqa_test_ids
+from medqlora.errors import DataError
+
+from .conftest import assert_one_message, kit_argv, run_kit
+
+# ---------------------------------------------------------------- one good row of each format
+
+GOOD = {
+    "instruction": {"instruction": "Q?", "input": "More.", "output": "A."},
+    "medical_o1": {"Question": "Q?", "Complex_CoT": "Think.", "Response": "R."},
+    "multiple_choice": {"question": "Q?", "options": {"A": "one", "B": "two"}, "answer_idx": "B"},
+    "pubmedqa": {"pubid": "1", "question": "Q?", "context": {"contexts": ["c1", "c2"]}, "final_decision": "yes",
+                 "long_answer": "L."},
+    "chat": {"messages": [{"role": "system", "content": "S."}, {"role": "user", "content": "U?"},
+                          {"role": "assistant", "content": "A."}]},
+}
+
+
+def _set(path):
+    """A setter for a field of a GOOD row: 'output', 'options.A', 'context.contexts[0]', 'messages[2].content'."""
+    def setter(row, value):
+        target, key = row, path
+        if path.startswith("options."):
+            target, key = row["options"], path.split(".", 1)[1]
+        elif path.startswith("context.contexts["):
+            target, key = row["context"]["contexts"], int(path[-2])
+        elif path.startswith("messages["):
+            target, key = row["messages"][int(path[9]) - 1], "content"  # turns are counted from 1
+        target[key] = value
+        return row
+    return setter
+
+
+TEXT_FIELDS = {
+    "instruction": ["instruction", "input", "output"],
+    "medical_o1": ["Question", "Complex_CoT", "Response"],
+    "multiple_choice": ["question", "options.A"],
+    "pubmedqa": ["question", "context.contexts[0]", "final_decision", "long_answer"],
+    "chat": ["messages[1].content", "messages[2].content", "messages[3].content"],
+}
+NON_TEXT = [(42, "a number (42)"), (4.5, "a number (4.5)"), (True, "a boolean (true)"), (False, "a boolean (false)"),
+            ([1, 2], "a list ([1, 2])"), ({"a": 1}, 'an object ({"a": 1})'), ([], "a list ([])"),
+            ({"nested": [{"x": [None]}]}, 'an object ({"nested": [{"x": [null]}]})')]
+
+VALUE_CASES = [pytest.param(fmt, name, value, kind, id=f"{fmt}-{name}-{kind.split(' (')[0].replace(' ', '_')}-{i}")
+               for fmt, names in TEXT_FIELDS.items() for name in names for i, (value, kind) in enumerate(NON_TEXT)]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def refused(spec: DatasetSpec) -> str:
+    """The one message of a refused dataset (loading and formatting, as a run does)."""
+    started = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        format_rows(spec, load_rows(spec))
+    assert time.perf_counter() - started < 30
+    message = str(err.value)
+    assert "Offline?" not in message  # that hint is for hub sources only
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("fmt, name, value, kind", VALUE_CASES)
+def test_a_value_that_is_not_text_is_refused_with_file_row_and_field(tmp_path, fmt, name, value, kind):
+    bad = _set(name)(copy.deepcopy(GOOD[fmt]), value)
+    path = write_jsonl(tmp_path / "my.jsonl", [GOOD[fmt], bad])
+    message = refused(DatasetSpec(source=str(path), format=fmt))
+    assert message == f"{path} row 2: field '{name}' is {kind}, expected text."
+
+
+@pytest.mark.parametrize("fmt, name", [(f, n) for f, names in TEXT_FIELDS.items() for n in names if n != "input"])
+def test_null_where_text_is_needed_is_refused(tmp_path, fmt, name):
+    path = write_jsonl(tmp_path / "my.jsonl", [_set(name)(copy.deepcopy(GOOD[fmt]), None)])
+    assert refused(DatasetSpec(source=str(path), format=fmt)) == f"{path} row 1: field '{name}' is null, expected text."
+
+
+def test_a_null_or_absent_input_is_just_no_input(tmp_path):
+    path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "input": None, "output": "A."},
+                                                {"instruction": "Q?", "output": "A."}])
+    spec = DatasetSpec(source=str(path), format="instruction")
+    assert [e.prompt for e in format_rows(spec, load_rows(spec))] == ["Q?", "Q?"]
+
+
+@pytest.mark.parametrize("fmt, row, fragment", [
+    ("chat", {"messages": "hi"}, "field 'messages' is text ('hi'), expected a list of"),
+    ("chat", {"messages": {"role": "user"}}, "field 'messages' is an object"),
+    ("chat", {"messages": 7}, "field 'messages' is a number (7), expected a list of"),
+    ("chat", {"messages": None}, "field 'messages' is null, expected a value."),
+    ("chat", {"messages": []}, "each 'messages' list must end with an assistant turn"),
+    ("chat", {"messages": ["hi", {"role": "assistant", "content": "A."}]}, "field 'messages' turn 1 is text ('hi')"),
+    ("chat", {"messages": [[1], {"role": "assistant", "content": "A."}]}, "field 'messages' turn 1 is a list ([1])"),
+    ("chat", {"messages": [{"content": "U?"}, {"role": "assistant", "content": "A."}]}, "turn 1 has no 'role'"),
+    ("chat", {"messages": [{"role": "user"}, {"role": "assistant", "content": "A."}]}, "turn 1 has no 'content'"),
+    ("chat", {"messages": [{"role": "bot", "content": "U?"}, {"role": "assistant", "content": "A."}]},
+     "turn 1 has role 'bot'; expected system, user or assistant"),
+    ("chat", {"messages": [{"role": 3, "content": "U?"}, {"role": "assistant", "content": "A."}]}, "has role 3;"),
+    ("chat", {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "A."}]},
+     "field 'messages[1].content' is a number (5), expected text"),
+    ("chat", {"messages": [{"role": "user", "content": "U?"}, {"role": "assistant", "content": None}]},
+     "field 'messages[2].content' is null, expected text"),
+    ("chat", {"messages": [{"role": "user", "content": "U?"}]}, "must end with an assistant turn"),
+    ("chat", {"messages": [{"role": "assistant", "content": "A."}]}, "has no user turn before its last assistant"),
+    ("multiple_choice", {"question": "Q?", "options": "A or B", "answer_idx": "A"}, "field 'options' is text"),
+    ("multiple_choice", {"question": "Q?", "options": {}, "answer_idx": "A"}, "field 'options' is empty"),
+    ("multiple_choice", {"question": "Q?", "options": ["x", "y"], "answer_idx": True},
+     "field 'answer_idx' is a boolean (true), expected an option's letter"),
+    ("multiple_choice", {"question": "Q?", "options": ["x", "y"], "answer_idx": ["A"]}, "field 'answer_idx' is a list"),
+    ("multiple_choice", {"question": "Q?", "options": ["x", "y"], "answer_idx": "E"},
+     "answer_idx 'E' is not one of the options ['A', 'B']"),
+    ("pubmedqa", {**GOOD["pubmedqa"], "context": 12}, "field 'context' is a number (12), expected the abstract's"),
+    ("pubmedqa", {**GOOD["pubmedqa"], "context": {"labels": []}}, "field 'context' is an object without 'contexts'"),
+    ("pubmedqa", {**GOOD["pubmedqa"], "pubid": [1]}, "field 'pubid' is a list ([1]), expected an id"),
+    ("pubmedqa", {**GOOD["pubmedqa"], "pubid": {"id": 1}}, "field 'pubid' is an object"),
+    ("pubmedqa", {**GOOD["pubmedqa"], "final_decision": "probably"}, "field 'final_decision': 'probably' is not yes"),
+    ("instruction", {"output": "A."}, "has no column 'instruction' or 'question'; its columns are ['output']"),
+    ("medical_o1", {"Question": "Q?", "Complex_CoT": "x", "Response": "r" * (MAX_FIELD_CHARS + 1)},
+     f"field 'Response' is {MAX_FIELD_CHARS + 1:,} characters long; one field may hold at most"),
+])
+def test_rows_of_the_wrong_shape_are_refused_with_file_row_and_field(tmp_path, fmt, row, fragment):
+    path = write_jsonl(tmp_path / "my.jsonl", [GOOD[fmt], row])
+    message = refused(DatasetSpec(source=str(path), format=fmt))
+    assert message.startswith(f"{path} row 2: ") and fragment in message, message
+
+
+def test_rows_that_are_not_records_are_refused(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([GOOD["instruction"], "just text", 3]))
+    assert refused(DatasetSpec(source=str(path), format="instruction")) == (
+        f"{path} row 2: expected a record (JSON object), got text ('just text').")
+
+
+def test_a_pubmedqa_id_from_a_typed_column_still_holds_out_the_test_question(tmp_path):
+    """12345678.0 (a float column) is PMID 12345678: a test question is not let through by its type."""
+    pmid = sorted(pubmedqa_test_ids())[0]
+    rows = [{**GOOD["pubmedqa"], "pubid": float(pmid)}, {**GOOD["pubmedqa"], "pubid": 5}]
+    examples = format_rows(DatasetSpec(source="x.jsonl", format="pubmedqa"), rows)
+    assert [e.uid for e in examples] == [pmid, "5"]
+
+
+# ---------------------------------------------------------------- files
+
+
+def parquet_bytes(tmp_path: Path) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "good.parquet"
+    pq.write_table(pa.Table.from_pylist([GOOD["instruction"]] * 50), str(path))
+    return path.read_bytes()
+
+
+GARBAGE = bytes(range(256)) * 4  # binary: not UTF-8
+ASCII_GARBAGE = bytes(range(128)) * 4  # control characters and NUL, but decodable
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("empty.jsonl", b"", "is empty"),
+    ("empty.csv", b"", "is empty"),
+    ("empty.json", b"", "is empty"),
+    ("empty.parquet", b"", "is empty"),
+    ("blank.jsonl", b"\n\n   \n\t\n", "has no records"),
+    ("blank.csv", b"\n\n\n", "has no records"),
+    ("header-only.csv", b"instruction,output\n", "has no records"),
+    ("empty-list.json", b"[]", "has no records"),
+    ("empty-object.json", b"{}", "has no records"),
+    ("scalar.json", b"42", "expected a JSON list of records or a dict keyed by id, got a number (42)"),
+    ("garbage.csv", GARBAGE, "not UTF-8 text (byte 128). Is it really a .csv file?"),
+    ("garbage.json", GARBAGE, "not UTF-8 text (byte 128). Is it really a .json file?"),
+    ("garbage.jsonl", GARBAGE, "not UTF-8 text (byte 128). Is it really a .jsonl file?"),
+    ("garbage.parquet", GARBAGE, "not a readable Parquet file"),
+    ("ascii-garbage.csv", ASCII_GARBAGE, "ascii-garbage.csv:1: contains a NUL byte: is it a binary file"),
+    ("ascii-garbage.json", ASCII_GARBAGE, "not valid JSON"),
+    ("ascii-garbage.jsonl", ASCII_GARBAGE, "ascii-garbage.jsonl:1: not valid JSON"),
+    ("latin1.csv", "instruction,output\ncafé,thé\n".encode("latin-1"), "not UTF-8 text"),
+    ("utf16.jsonl", json.dumps(GOOD["instruction"]).encode("utf-16"), "not UTF-8 text"),
+    ("nul.csv", b"instruction,output\nq\x00,a\n", "nul.csv:2: contains a NUL byte"),
+    ("unclosed-quote.csv", b'instruction,output\n"q,a\n', "not valid CSV (unexpected end of data)"),
+    ("short-row.csv", b"instruction,output\nq\n", "1 cell, but the header names 2 columns"),
+    ("long-row.csv", b"instruction,output\nq,a,b\n", "3 cells, but the header names 2 columns"),
+    ("twice.csv", b"output,output\na,b\n", "the header names column 'output' twice"),
+    ("jsonl-named.json", (json.dumps(GOOD["instruction"]) + "\n") * 2, "name it .jsonl"),
+    ("csv-named.jsonl", b"instruction,output\nq,a\n", "not valid JSON"),
+    ("truncated.jsonl", json.dumps(GOOD["instruction"])[:-5].encode(), "truncated.jsonl:1: not valid JSON"),
+    ("deep.json", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ("deep.jsonl", b"[" * 200_000 + b"]" * 200_000 + b"\n", "nested too deeply"),
+    ("huge-cell.csv", b"instruction,output\nq," + b"x" * (MAX_FIELD_CHARS + 10) + b"\n",
+     f"a cell longer than {MAX_FIELD_CHARS:,} characters"),
+], ids=lambda value: value if isinstance(value, str) and "." in value and len(value) < 40 else "")
+def test_bad_files_are_refused_with_the_file_and_what_is_wrong(tmp_path, name, content, fragment):
+    """(Parameter ids are the file names.)"""
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    message = refused(DatasetSpec(source=str(path), format="instruction"))
+    assert str(path) in message and fragment in message, message
+
+
+@pytest.mark.parametrize("name, cut", [("truncated.parquet", 0.5), ("no-footer.parquet", 0.98),
+                                       ("parquet-named.json", None), ("parquet-named.csv", None)])
+def test_parquet_truncated_or_misnamed_is_refused(tmp_path, name, cut):
+    blob = parquet_bytes(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(blob[: int(len(blob) * cut)] if cut else blob)
+    message = refused(DatasetSpec(source=str(path), format="instruction"))
+    assert str(path) in message
+    assert ("not a readable Parquet file" if name.endswith(".parquet") else "not UTF-8 text") in message
+
+
+def test_a_parquet_file_with_typed_columns_is_checked_row_by_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "typed.parquet"
+    pq.write_table(pa.Table.from_pylist([{"instruction": "Q?", "output": 42}]), str(path))
+    assert refused(DatasetSpec(source=str(path), format="instruction")) == (
+        f"{path} row 1: field 'output' is a number (42), expected text.")
+
+
+def test_a_csv_file_is_text_whatever_its_cells_look_like(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_text("\ufeffq,a\n42,true\n\n3.5,null\n")
+    spec = DatasetSpec(source=str(path), format="instruction", columns={"instruction": "q", "output": "a"})
+    rows = load_rows(spec)
+    assert rows == [{"q": "42", "a": "true"}, {"q": "3.5", "a": "null"}] and rows.lines == [2, 4]
+    assert [(e.prompt, e.response) for e in format_rows(spec, rows)] == [("42", "true"), ("3.5", "null")]
+
+
+def test_a_bad_row_of_a_jsonl_file_names_its_line_too(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text("\n" + json.dumps(GOOD["instruction"]) + "\n\n\n" + json.dumps({"instruction": "Q", "output": 1}))
+    assert refused(DatasetSpec(source=str(path), format="instruction")) == (
+        f"{path} row 2 (line 5): field 'output' is a number (1), expected text.")
+
+
+def test_a_100_mb_field_is_refused_quickly(tmp_path):
+    path = tmp_path / "huge.jsonl"
+    with path.open("w") as handle:
+        handle.write('{"instruction": "Q?", "output": "')
+        for _ in range(100):
+            handle.write("x" * 1_000_000)
+        handle.write('"}\n')
+    started = time.perf_counter()
+    message = refused(DatasetSpec(source=str(path), format="instruction"))
+    assert time.perf_counter() - started < 20
+    assert message == (f"{path} row 1: field 'output' is 100,000,000 characters long; one field may hold at most "
+                       f"{MAX_FIELD_CHARS:,} (far more than any max_seq_length). Shorten it or leave the row out.")
+
+
+def test_a_local_folder_that_cannot_be_read_gets_no_offline_hint(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(GARBAGE)
+    message = refused(DatasetSpec(source=str(folder), format="instruction"))
+    assert message.startswith(f"Cannot read the data files in folder {folder}")
+
+
+def test_data_text_in_messages_is_printable(tmp_path):
+    path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
+                                                {"instruction": "Q?", "answer_idx": 1}])
+    spec = DatasetSpec(source=str(path), format="multiple_choice")
+    message = refused(spec)  # no column 'question'... its columns are [...] with the key escaped
+    assert "\x1b" not in message and "\\x1b[2Jevil\\nkey" in message
+    bad_role = write_jsonl(tmp_path / "role.jsonl", [{"messages": [{"role": "us\u202eer\r", "content": "x"},
+                                                                   {"role": "assistant", "content": "y"}]}])
+    message = refused(DatasetSpec(source=str(bad_role), format="chat"))
+    assert "\u202e" not in message and "\r" not in message and "\\u202e" in message
+
+
+# ---------------------------------------------------------------- evaluation questions hidden in training data
+
+PQAL = json.loads(Path("data/pubmedqa/ori_pqal.json").read_text())
+PMID = sorted(pubmedqa_test_ids())[3]
+QUESTION = PQAL[PMID]["QUESTION"]
+LONG_PMID = max(sorted(pubmedqa_test_ids()), key=lambda p: len(PQAL[p]["QUESTION"].split()))
+LONG = PQAL[LONG_PMID]["QUESTION"]
+
+
+def chat(*turns):
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+HIDDEN = [
+    ("in-input", "instruction", {"instruction": "Summarise.", "input": QUESTION, "output": "ok"}, "input", "exact"),
+    ("in-earlier-chat-turn", "chat", chat(("user", QUESTION), ("assistant", "Let me see."), ("user", "Well?"),
+                                          ("assistant", "yes")), "messages[1] (user)", "exact"),
+    ("in-system-turn", "chat", chat(("system", "Context: " + QUESTION), ("user", "Answer."), ("assistant", "yes")),
+     "messages[1] (system)", "exact"),
+    ("zero-width", "instruction", {"instruction": "\u200b".join(QUESTION), "output": "ok"}, "instruction", "exact"),
+    ("bidi-and-soft-hyphen", "instruction", {"instruction": "\u202a" + QUESTION.replace("e", "e\u00ad") + "\u202c",
+                                             "output": "ok"}, "instruction", "exact"),
+    ("nfkc-fullwidth", "instruction", {"instruction": "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c
+                                                              for c in QUESTION), "output": "ok"}, "instruction",
+     "exact"),
+    ("case-and-punctuation", "instruction", {"instruction": "-- " + QUESTION.upper().replace(" ", " ... ") + " ?!",
+                                             "output": "ok"}, "instruction", "exact"),
+    ("embedded-in-longer-text", "instruction", {"instruction": "Read this.", "input": f"Some notes. {QUESTION} "
+                                                "Please think about it carefully.", "output": "ok"}, "input", "exact"),
+    ("in-options", "multiple_choice", {"question": "Which?", "options": {"A": QUESTION, "B": "no"}, "answer_idx": "A"},
+     "options.A", "exact"),
+    ("in-pubmedqa-context", "pubmedqa", {"pubid": "7", "question": "Q?", "context": ["intro", f"We asked: {QUESTION}"],
+                                         "final_decision": "yes", "long_answer": "L."}, "context[1]", "exact"),
+    ("light-paraphrase", "instruction",
+     {"instruction": " ".join(LONG.rstrip("?").split()[:-1]) + " in adults?", "output": "ok"}, "instruction",
+     "near duplicate"),
+]
+
+
+@pytest.mark.parametrize("fmt, row, field, kind", [pytest.param(*h[1:], id=h[0]) for h in HIDDEN])
+def test_an_evaluation_question_hidden_in_training_data_is_refused(tmp_path, fmt, row, field, kind):
+    path = write_jsonl(tmp_path / "mine.jsonl", [GOOD[fmt], row])
+    data = DataSection(datasets=[DatasetSpec(source=str(path), format=fmt)])
+    with pytest.raises(DataError) as err:
+        collect(data, seed=0)
+    message = str(err.value)
+    pmid = LONG_PMID if kind == "near duplicate" else PMID
+    assert f"1 training examples contain evaluation questions ({int(kind == 'exact')} exact" in message
+    how = "contains" if kind == "exact" else "shares 13 of the 14 13-word sequences (93%) of"
+    assert f"training '0:{path}' row 2 " in message and f" field '{field}' {how} evaluation" in message, message
+    assert f"evaluation 'pubmedqa-test' item {pmid}" in message and "data.allow_eval_overlap: true" in message
+    assert "Traceback" not in message
+    [allowed] = collect(data.model_copy(update={"allow_eval_overlap": True}), seed=0)
+    guard = allowed.info["leakage_guard"]
+    assert guard["overlapping_training_items"] == 1
+    assert guard["near_duplicates" if kind == "near duplicate" else "exact"] == 1
+
+
+# ---------------------------------------------------------------- end to end: the command line
+
+
+def only_run(out: Path) -> Path:
+    [run] = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+E2E = [
+    ("number-in-output", "my.jsonl", [{"instruction": "Q?", "output": "A."}, {"instruction": "Q?", "output": 42}],
+     "my.jsonl row 2: field 'output' is a number (42), expected text."),
+    ("null-chat-content", "my.jsonl", [chat(("user", None), ("assistant", "A."))],
+     "my.jsonl row 1: field 'messages[1].content' is null, expected text."),
+    ("question-in-input", "my.jsonl", [{"instruction": "Summarise.", "input": QUESTION, "output": "ok"}],
+     f"row 1 field 'input' contains evaluation 'pubmedqa-test' item {PMID}"),
+    ("empty-file", "empty.jsonl", None, "empty.jsonl is empty."),
+    ("garbage-csv", "garbage.csv", GARBAGE, "garbage.csv: not UTF-8 text"),
+    ("truncated-parquet", "half.parquet", b"PAR1" + GARBAGE[:100], "half.parquet: not a readable Parquet file"),
+]
+
+
+def write_case(tmp_path: Path, name: str, content) -> Path:
+    path = tmp_path / name
+    if content is None:
+        path.write_bytes(b"")
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        write_jsonl(path, content)
+    return path
+
+
+@pytest.mark.parametrize("name, content, fragment", [pytest.param(*e[1:], id=e[0]) for e in E2E])
+def test_bad_data_from_the_command_line_is_one_message_and_a_failed_manifest(tmp_path, capsys, name, content,
+                                                                              fragment):
+    path = write_case(tmp_path, name, content)
+    out = tmp_path / "outputs"
+    fmt = "chat" if "messages" in json.dumps(content if isinstance(content, list) else []) else "instruction"
+    datasets = ["--set", f"data.datasets=[{{source: '{path}', format: {fmt}}}]"]
+    assert main(["--dry-run", "--output-dir", str(out)] + datasets) == 2  # the dry run checks the same rows
+    assert_one_message(capsys.readouterr().err, fragment)
+    assert not out.exists()
+    assert main(["--mode", "train", "--output-dir", str(out)] + datasets) == 2
+    assert_one_message(capsys.readouterr().err, fragment)
+    run = only_run(out)
+    assert {p.name for p in run.iterdir()} <= {"manifest.json", "config.yaml", "run.log"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and fragment in manifest["error"]
+
+
+def test_dry_run_checks_local_rows_beside_a_hub_source_and_refuses_a_missing_path(tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "Q?", "output": ["A."]}])
+    mixed = f"data.datasets=[{{source: someone/some-hub-set, format: instruction}}, {{source: '{bad}', format: instruction}}]"
+    assert main(["--dry-run", "--set", mixed]) == 2
+    assert_one_message(capsys.readouterr().err, "bad.jsonl row 1: field 'output' is a list ([\"A.\"]), expected text.")
+    for missing in ("./nope.jsonl", "nope.parquet", "~/nope/train.csv"):
+        assert main(["--dry-run", "--set", f"data.datasets=[{{source: '{missing}', format: instruction}}]"]) == 2
+        err = capsys.readouterr().err
+        assert_one_message(err, "not found (looked in")
+        assert "Offline?" not in err
+    hub_only = "data.datasets=[{source: someone/some-hub-set, format: instruction}]"
+    assert main(["--dry-run", "--set", hub_only]) == 0  # hub sources are not downloaded by a dry run
+    assert "unknown until downloaded" in capsys.readouterr().out
+
+
+def test_dry_run_guards_the_benchmarks_a_full_run_evaluates_on(tmp_path, capsys):
+    medmcqa = [json.loads(line) for line in Path("data/medmcqa/dev_subset.jsonl").read_text().splitlines()[:3]]
+    train = write_jsonl(tmp_path / "train.jsonl", [{"instruction": "Explain.", "input": medmcqa[1]["question"],
+                                                    "output": "ok"}])
+    argv = ["--dry-run", "--set", f"data.datasets=[{{source: '{train}', format: instruction}}]", "--set",
+            "eval.benchmarks=[{name: medmcqa, kind: multiple_choice, source: data/medmcqa/dev_subset.jsonl}]"]
+    assert main(argv + ["--mode", "full"]) == 2
+    assert_one_message(capsys.readouterr().err, "contains evaluation 'medmcqa' item")
+    assert main(argv + ["--mode", "train"]) == 0  # a train run evaluates nothing
+    capsys.readouterr()
+
+
+def test_a_fresh_process_prints_one_message_and_exit_code_2(tmp_path, tiny_model_dir):
+    bad = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": 42}])
+    out = tmp_path / "outputs"
+    argv = kit_argv(tiny_model_dir, out, "--mode", "train",
+                    **{"data.datasets": f"[{{source: '{bad}', format: instruction}}]"})
+    result = run_kit(argv, timeout=300)
+    assert result.returncode == 2
+    assert_one_message(result.stderr, "my.jsonl row 1: field 'output' is a number (42), expected text.")
+
+
+# ---------------------------------------------------------------- property: any JSON value as a row
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12)
+KEYS = sorted({k for row in GOOD.values() for k in row} | {"QUESTION", "CONTEXTS", "answer", "conversations", "id",
+                                                           "realidx", "response", "LONG_ANSWER"})
+# a row: GOOD keys with arbitrary values (so the checks past the first column are reached too), or anything
+rows = st.one_of(
+    st.sampled_from(sorted(GOOD)).flatmap(lambda fmt: st.fixed_dictionaries(
+        {}, optional={k: st.one_of(st.just(copy.deepcopy(v)), json_values) for k, v in GOOD[fmt].items()})),
+    st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6),
+    st.fixed_dictionaries({"messages": st.lists(st.one_of(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "bot"]),
+                               "content": json_values}), json_values), max_size=4)}),
+    json_values,
+)
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(rows, st.sampled_from(sorted(FORMATS)))
+def test_any_json_value_as_a_row_is_an_example_or_a_data_error(row, fmt):
+    spec = DatasetSpec(source="my.jsonl", format=fmt)
+    try:
+        if not isinstance(row, dict):
+            with pytest.raises(DataError, match="my.jsonl row 1: expected a record"):
+                format_rows(spec, [row])
+            return
+        example = FORMATS[fmt](row, spec)  # the formatter itself: no KeyError/TypeError left for a catch-all
+    except DataError as err:
+        assert str(err).strip()
+        return
+    assert isinstance(example, Example)
+    assert isinstance(example.prompt, str) and isinstance(example.response, str) and example.response
+    assert all(isinstance(f, str) and isinstance(t, str) for f, t in example.guard_texts())
+
+
+@PROPERTY
+@given(st.lists(rows, min_size=1, max_size=4), st.sampled_from(sorted(FORMATS)),
+       st.sampled_from(["jsonl", "json", "parquet"]))
+def test_any_json_rows_in_any_file_format_load_or_are_refused_with_a_data_error(tmp_path_factory, records, fmt, kind):
+    path = tmp_path_factory.mktemp("rows") / f"my.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif kind == "json":
+        path.write_text(json.dumps(records))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pq.write_table(pa.Table.from_pylist([r for r in records if isinstance(r, dict)]), str(path))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            return  # values Parquet cannot hold in one column
+    spec = DatasetSpec(source=str(path), format=fmt)
+    try:
+        examples = format_rows(spec, load_rows(spec))
+    except DataError as err:
+        assert str(err).strip() and "Offline?" not in str(err)
+        return
+    assert all(isinstance(e.prompt, str) and isinstance(e.response, str) for e in examples)

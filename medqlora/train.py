@@ -217,6 +217,7 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         processing_class=tokenizer,
     )
     speed = add_tracking(trainer, cfg, run)
+    trainer.add_callback(_stop_on_non_finite(cfg))
     before = None
     # Sharded: evaluating first would wrap the model before the trainer sets FSDP up for LoRA (its own
     # units, the storage dtype); the held-out loss is then reported after training only.
@@ -226,18 +227,9 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
-        step = trainer.state.global_step
-        if sharding():  # gathering the shards needs every process, and they are all being interrupted
-            raise TrainingInterrupted(
-                f"Interrupted at step {step}. A sharded run cannot gather its adapter after Ctrl-C: continue it from "
-                f"its last checkpoint (training.save_steps) with --resume {run.path}."
-            ) from None
-        if is_main():
-            save_adapter(model, tokenizer, run)
-        raise TrainingInterrupted(
-            f"Interrupted at step {step}: the adapter trained so far is saved in {run.adapter}."
-        ) from None
+        raise _interrupted(model, tokenizer, run, trainer.state.global_step) from None
     except Exception as err:
+        _remove_incomplete_checkpoints(run)
         if _is_cuda_oom(err):
             raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
         raise
@@ -263,6 +255,71 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # the run is complete: the adapter is what counts
     barrier()
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)
+
+
+def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> TrainingInterrupted:
+    """Ctrl-C, SIGTERM or SIGHUP during training: save the adapter trained so far (when it is finite)."""
+    from .signals import name, received
+
+    how = f"Interrupted ({name(received())}) at step {step}"
+    if sharding():  # gathering the shards needs every process, and they are all being interrupted
+        return TrainingInterrupted(
+            f"{how}. A sharded run cannot gather its adapter when interrupted: continue it from its last "
+            f"checkpoint (training.save_steps) with --resume {run.path}.")
+    if step == 0:
+        return TrainingInterrupted(f"{how}: nothing was trained yet, so no adapter was saved.")
+    if not adapter_is_finite(model):
+        return TrainingInterrupted(f"{how}: the adapter's weights are no longer finite (NaN or infinite), so it was "
+                                   "not saved. Lower training.learning_rate and train again.")
+    if is_main():
+        save_adapter(model, tokenizer, run)
+    return TrainingInterrupted(f"{how}: the adapter trained so far is saved in {run.adapter}. Continue from the last "
+                               f"checkpoint with --resume {run.path}, if one was saved (training.save_steps).")
+
+
+class NonFiniteTraining(MedQLoRAError):
+    """The loss or the gradient norm became NaN or infinite: the weights are lost from that step on."""
+
+
+def _stop_on_non_finite(cfg: KitConfig) -> Any:
+    """A callback that stops training at the first logged non-finite loss or gradient norm (the Trainer logs
+    both every training.logging_steps; no extra host sync), with the step and what to change."""
+    from transformers import TrainerCallback
+
+    t = cfg.training
+
+    class StopOnNonFinite(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise NonFiniteTraining(
+                        f"Training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value}. The "
+                        f"weights are no longer finite, so no adapter was saved. Train again with a lower learning "
+                        f"rate (--set training.learning_rate={t.learning_rate / 10:g}; now {t.learning_rate:g}), "
+                        f"gradient clipping at 1.0 or less (training.max_grad_norm, now {t.max_grad_norm:g}), and on "
+                        "a GPU with bfloat16, model.dtype: bf16 (fp16 overflows more easily). If it happens at the "
+                        "first steps, look for empty or garbled training rows.")
+
+    return StopOnNonFinite()
+
+
+def adapter_is_finite(model: Any, weights: dict[str, Any] | None = None) -> bool:
+    """True when every trainable weight (or every gathered weight) is a finite number."""
+    import torch
+
+    tensors = weights.values() if weights is not None else (p for p in model.parameters() if p.requires_grad)
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _remove_incomplete_checkpoints(run: RunDir) -> None:
+    """A checkpoint the Trainer was writing when it failed (disk full...) holds no trainer_state.json, which
+    it writes last: remove it, so that neither --resume nor a user takes it for a checkpoint."""
+    if not is_main():
+        return
+    for folder in (run.path / "checkpoints").glob("checkpoint-*"):
+        if folder.is_dir() and not folder.is_symlink() and not (folder / "trainer_state.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def gathered_weights(trainer: Any) -> dict[str, Any] | None:
@@ -331,6 +388,9 @@ def scatter_fsdp_trainable(model: Any, weights: dict[str, Any]) -> None:
 def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any] | None = None) -> None:
     """Write the adapter (safetensors) and tokenizer next to it, then move it in place in one rename.
     weights: the gathered state of a sharded model (the adapter's own parameters hold only a shard)."""
+    if not adapter_is_finite(model, weights):
+        raise NonFiniteTraining("The trained adapter holds NaN or infinite weights, so it was not saved. Train again "
+                                "with a lower training.learning_rate (and training.max_grad_norm at 1.0 or less).")
     partial = run.path / ".adapter.partial"
     try:
         partial = run.fresh_dir(".adapter.partial")  # a leftover of a crash (or a link there) is removed first
@@ -343,9 +403,11 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
         tokenizer.save_pretrained(str(partial))
         partial.rename(run.adapter)
     except OSError as err:
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)  # an incomplete adapter is worth nothing
         raise MedQLoRAError(
             f"Cannot save the adapter in {run.path}: {err.strerror}. Free some space (or choose another "
-            f"--output-dir) and train again; the incomplete files are in {partial}."
+            f"--output-dir) and train again; the incomplete files were removed."
         ) from None
     log.info("adapter saved to %s", run.adapter)
 

@@ -46,6 +46,25 @@ def launch_command(model_dir, out, name, processes, mode="train", extra=(), conf
     return runner + [str(ROOT / "medical_qlora_finetuning.py")] + argv, env
 
 
+def reduction_order_bound(learning_rate: float, steps: int) -> float:
+    """How far two runs on the same batches may drift apart when only the order of float32 sums differs
+    (one process accumulating micro-batches, or several all-reducing them; another BLAS or thread count).
+    Adam moves each weight by about ``learning_rate`` a step whatever the gradient's size, so a rounding
+    difference is amplified only where a gradient is at rounding level, and stays a small share of
+    ``learning_rate * steps``: measured 2.3e-5 of 9e-2 (0.03%) for micro-batches of 2 x 4 against 4 x 2 on
+    one process, 2.5e-5 on another machine's BLAS for 1 against 2 processes. Batches that differ move the
+    weights by a large share of it: 0.06 of 0.09 when the same rows are batched without length grouping.
+    1% lies a factor of 30 above the rounding and 60 below a change of batches."""
+    return 0.01 * learning_rate * steps
+
+
+def adapter_difference(a_dir: Path, b_dir: Path) -> float:
+    a = load_file(a_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(b_dir / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
 def test_two_processes_train_the_same_adapter_as_one_with_the_same_effective_batch(tiny_model_dir, tmp_path):
     one = launch(tiny_model_dir, tmp_path, "one", 1)
     two = launch(tiny_model_dir, tmp_path, "two", 2)
@@ -61,10 +80,8 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_effective_bat
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())["metrics"]
     assert metrics["steps"] == 4 and metrics["tokens_seen"] == json.loads(
         (tmp_path / "one" / "metrics.json").read_text())["metrics"]["tokens_seen"]  # the same examples, shared
+    assert adapter_difference(tmp_path / "one", tmp_path / "two") < reduction_order_bound(0.01, 4)
     a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 1e-3  # it did train
 
 
@@ -81,18 +98,16 @@ def test_two_processes_killed_mid_epoch_resume_to_the_adapter_of_an_uninterrupte
     while not checkpoint.exists() and cut.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert cut.poll() is None, "training finished before it could be stopped"
-    cut.send_signal(signal.SIGTERM)  # torchrun ends its workers
+    cut.send_signal(signal.SIGTERM)  # torchrun passes it to its workers, which stop as on Ctrl-C
     cut.wait(timeout=120)
-    assert not (tmp_path / "cut" / "adapter").exists()
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["status"] == "interrupted"
 
     resumed = subprocess.run(command[:command.index("--mode")] + ["--mode", "train", "--resume", str(tmp_path / "cut")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())["metrics"]
     assert metrics["steps"] == 20 and metrics["resumed_from_step"] % 5  # in the middle of an epoch
-    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "cut" / "adapter" / "adapter_model.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert adapter_difference(tmp_path / "whole", tmp_path / "cut") < reduction_order_bound(0.01, 20)
 
 
 def test_the_effective_batch_is_divided_among_processes(monkeypatch):
@@ -315,6 +330,8 @@ def test_length_grouped_batches_do_not_depend_on_the_number_of_processes(tiny_mo
     assert two.returncode == 0, two.stderr[-2000:]
     seen = [json.loads((tmp_path / n / "metrics.json").read_text())["metrics"]["tokens_seen"] for n in ("one", "two")]
     assert seen[0] == seen[1]
-    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert adapter_difference(tmp_path / "one", tmp_path / "two") < reduction_order_bound(0.01, 9)
+    # the bound tells batches apart: the same rows batched without length grouping land far outside it
+    other = launch(tiny_model_dir, tmp_path, "other", 1, extra=extra[:-1] + ["training.group_by_length=false"])
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert adapter_difference(tmp_path / "one", tmp_path / "other") > 10 * reduction_order_bound(0.01, 9)

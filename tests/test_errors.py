@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,7 @@ def test_adapter_from_a_different_base_model(trained_run, tmp_path, capsys, smol
     copy = tmp_path / "run"
     copy.mkdir()
     (copy / "adapter").symlink_to(trained_run / "adapter")
+    shutil.copy(trained_run / "manifest.json", copy)  # a run folder of the kit: its config.yaml names the base
     trained_config = load_config(trained_run / "config.yaml")
     (copy / "config.yaml").write_text(
         trained_config.model_copy(update={"model": trained_config.model.model_copy(update={"name": str(other)})})

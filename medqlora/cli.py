@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from . import distributed, signals
@@ -81,7 +82,11 @@ def _internal_error(err: Exception, earlier_logs: set[logging.Handler], argv: li
     handlers, propagate = log.handlers[:], log.propagate
     log.handlers, log.propagate = [handler], False
     try:
-        log.exception("internal error (arguments: %s)", " ".join(printable(a, PATH_SHOWN) for a in argv))
+        # formatted here, not by log.exception: the filter masks credentials in the message only, and a
+        # traceback quotes the failing line and the exception's text (escape sequences included)
+        trace = "".join(traceback.format_exception(err)).splitlines()
+        log.error("internal error (arguments: %s)\n%s", " ".join(printable(a, PATH_SHOWN) for a in argv),
+                  "\n".join(printable(line, 100_000) for line in trace))
     finally:
         log.handlers, log.propagate = handlers, propagate
         if temporary is not None:

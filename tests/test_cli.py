@@ -135,7 +135,7 @@ def test_ctrl_c_during_training_saves_the_adapter(tiny_model_dir, tmp_path, monk
     assert cli(tiny_model_dir, out, "--mode", "full") == 130
     run = only_run(out)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
-    assert "Interrupted at step 2" in capsys.readouterr().err
+    assert "Interrupted (Ctrl-C) at step 2" in capsys.readouterr().err
     assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
 
 
@@ -203,3 +203,24 @@ def test_eval_mode_on_a_chain_of_thought_set(tiny_model_dir, tmp_path):
     result = json.loads((only_run(out) / "eval.json").read_text())["benchmarks"]["o1-heldout"]["baseline"]
     assert result["items"] == 3 and result["style"] == "tags" and result["format_compliance"] == 0.0
     assert "## Chain-of-thought format" in (only_run(out) / "eval_report.md").read_text()
+
+
+def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """--resume continues with the run's config.yaml: its generation.queries_file is the one checked, at once."""
+    from medqlora import pipeline
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("training resumed before the queries file was checked")
+
+    monkeypatch.setattr(pipeline, "run_train", must_not_run)
+    run = tmp_path / "outputs" / "cut"
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    saved = load_config(None, [f"generation.queries_file={tmp_path / 'gone.yaml'}"])
+    (run / "config.yaml").write_text(saved.to_yaml())
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["--mode", "full", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"generation.queries_file: {tmp_path / 'gone.yaml'} not found" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.rglob("*")) == before
+    assert main(["--mode", "train", "--resume", str(run), "--dry-run"]) == 0  # train never answers them

@@ -114,3 +114,47 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg
+
+
+def test_anchors_aliases_and_merge_keys_still_load(tmp_path):
+    """The YAML boundary refuses alias bombs and recursion, not ordinary reuse: an anchored dataset used
+    twice, and a '<<' merge whose keys are overridden next to it (not a duplicate key)."""
+    text = ("data:\n  datasets:\n    - &pqa {source: data/pubmedqa/ori_pqal.json, format: pubmedqa, max_samples: 8}\n"
+            "  eval_sets:\n    - *pqa\n"
+            "lora: &lora\n  r: 8\n  alpha: 16\n"
+            "export:\n  compare_prompts: 2\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.data.eval_sets[0] == cfg.data.datasets[0] and cfg.lora.r == 8
+    merged = load_config(write(tmp_path, MINIMAL + "training: &t\n  seed: 1\n  max_steps: 4\n"
+                                              "generation:\n  batch_size: 2\n"))
+    assert merged.training.max_steps == 4
+    from medqlora.config import load_yaml
+
+    data, _ = load_yaml("base: &b {r: 4, alpha: 8}\nlora:\n  <<: *b\n  r: 16\n", "m.yaml")
+    assert data["lora"] == {"r": 16, "alpha": 8}
+
+
+def test_numbers_at_their_caps_are_accepted():
+    cfg = load_config(None, ["training.micro_batch_size=65536", "training.gradient_accumulation_steps=65536",
+                             "training.num_epochs=1000", "training.max_steps=10000000", "training.weight_decay=10",
+                             "training.seed=4294967295", "generation.temperature=0", "lora.alpha=16384"])
+    assert (cfg.training.micro_batch_size, cfg.training.max_steps, cfg.training.seed) == (65536, 10_000_000, 2**32 - 1)
+    with pytest.raises(ConfigError, match=r"'training.micro_batch_size'.*allowed: 0 < value <= 65536"):
+        load_config(None, ["training.micro_batch_size=65537"])
+
+
+def test_set_values_go_through_the_same_loader():
+    """Text that is not valid YAML stays text (as before), and so does a value no constructor can read; a
+    duplicate key or a recursive alias inside a --set value is refused like in a file."""
+    cfg = load_config(None, ["output.run_name=2020-13-45", "model.name=[unclosed"])
+    assert (cfg.output.run_name, cfg.model.name) == ("2020-13-45", "[unclosed")
+    with pytest.raises(ConfigError, match=r"--set lora.target_modules: duplicate key 'q'"):
+        load_config(None, ["lora.target_modules={q: 1, q: 2}"])
+    with pytest.raises(ConfigError, match="recursive alias"):
+        load_config(None, ["lora.target_modules=&a [*a]"])
+
+
+def test_a_hostile_file_reports_at_most_twenty_problems(tmp_path):
+    text = MINIMAL + "training:\n" + "".join(f"  unknown_{i}: 1\n" for i in range(60))
+    message = str(pytest.raises(ConfigError, load_config, write(tmp_path, text)).value)
+    assert message.count("unknown key") == 20 and "... and 40 more" in message

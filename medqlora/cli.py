@@ -175,7 +175,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.dry_run:
             planned = pipeline.plan(cfg, args.mode, args.output_dir)
             if distributed.is_main():  # under a launcher, one plan for all the processes
-                print(json.dumps(planned, indent=2))
+                print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
             return 0
         if args.mode == "test":
             summary = pipeline.run_test(cfg, args.adapter, args.output_dir)

@@ -259,3 +259,11 @@ def test_every_catalogue_row_names_an_existing_test():
     for row_id, path, name in rows:
         assert re.search(rf"def {name}\(", (ROOT / path).read_text()), f"{row_id}: {path}::{name} missing"
     assert len({r[0] for r in rows}) == len(rows)
+
+
+def test_the_dry_run_plan_masks_a_credential_in_a_name(tmp_path, capsys, monkeypatch):
+    token = "hf_" + "Zq9" * 10
+    monkeypatch.setenv("HF_TOKEN", token)
+    assert main(["--dry-run", "--set", f"model.name=acme/{token}", "--set", f"output.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert '"model": "acme/<HF_TOKEN>"' in out and token not in out

@@ -96,6 +96,12 @@ def _internal_error(err: Exception, earlier_logs: set[logging.Handler], argv: li
     return 1
 
 
+def _shown(err: Exception) -> str:
+    """A message for the terminal: credentials masked, and control characters that a value quoted in it may
+    carry (an escape sequence in a file name) escaped, line by line, so the message keeps its own lines."""
+    return "\n".join(printable(line, 100_000) for line in str(err).split("\n"))
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """The command line's own checks, before the config is read: arguments that the chosen mode would ignore
     are refused (saying which modes they are for), and so are paths with control characters, a --config that
@@ -205,16 +211,17 @@ def _main(args: argparse.Namespace) -> int:
         return signals.exit_code()
     except ConfigError as err:
         if distributed.is_main():  # every process reads the same config: one message is enough
-            print(f"\nmedqlora: error: {redact(str(err))}", file=sys.stderr)
+            print(f"\nmedqlora: error: {_shown(err)}", file=sys.stderr)
         return 2
     except MedQLoRAError as err:
         where = f"[process {distributed.rank()}] " if distributed.world_size() > 1 else ""
-        print(f"\nmedqlora: error: {where}{redact(str(err))}", file=sys.stderr)
+        print(f"\nmedqlora: error: {where}{_shown(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise
-        print(f"\nmedqlora: error: cannot write {err.filename or 'the run folder'}: {err.strerror}. Free some "
+        print(f"\nmedqlora: error: cannot write {printable(err.filename or 'the run folder', PATH_SHOWN)}: "
+              f"{err.strerror}. Free some "
               "space or choose another --output-dir; earlier runs are untouched.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

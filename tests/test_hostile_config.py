@@ -446,3 +446,18 @@ def test_alias_fan_out_is_bounded(levels, width):
     else:
         assert width ** levels <= 20_000
     assert time.perf_counter() - began < 1.0
+
+
+def test_every_message_reaches_the_terminal_with_control_characters_escaped(tmp_path, capsys, monkeypatch):
+    """H18: whatever a message quotes (a file name with an escape sequence, from any module), the terminal
+    gets it escaped; the message keeps its own lines."""
+    from medqlora.errors import DataError
+
+    def quoting(*_args, **_kwargs):
+        raise DataError("Dataset file 'x\x1b]0;owned\x07.jsonl' not found:\n  - look in data/\u202e")
+
+    monkeypatch.setattr(cli, "load_config", quoting)
+    code, _, err = _run(capsys, ["--mode", "train", "--output-dir", str(tmp_path / "outputs")])
+    assert code == 2
+    assert_one_message(err, "Dataset file 'x\\x1b]0;owned\\x07.jsonl' not found:\n  - look in data/\\u202e")
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err

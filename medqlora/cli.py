@@ -207,7 +207,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     except TrainingInterrupted as err:
         if distributed.is_main():  # Ctrl-C reaches every process: one message is enough
-            print(f"\nmedqlora: {err}", file=sys.stderr)
+            print(f"\nmedqlora: {_shown(err)}", file=sys.stderr)
         return signals.exit_code()
     except ConfigError as err:
         if distributed.is_main():  # every process reads the same config: one message is enough

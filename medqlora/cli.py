@@ -194,11 +194,12 @@ def _main(args: argparse.Namespace) -> int:
             run, summary, (model, tokenizer, cfg, runtime) = pipeline.run_train(cfg, args.output_dir, started,
                                                                                 with_eval, args.resume)
             if args.mode == "full":  # every process answers its share of the queries
-                if model is None:  # sharded training, nothing evaluated: no whole model loaded yet
-                    model = pipeline.inference_replica(cfg, runtime, run)
-                summary["samples"] = pipeline.run_samples(
-                    cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
-                )
+                with pipeline.recorded_in_manifest(run):
+                    if model is None:  # sharded training, nothing evaluated: no whole model loaded yet
+                        model = pipeline.inference_replica(cfg, runtime, run)
+                    summary["samples"] = pipeline.run_samples(
+                        cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
+                    )
         summary["total_wall_s"] = round(time.perf_counter() - started, 1)
         from .report import summary_lines
 

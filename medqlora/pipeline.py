@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +412,26 @@ def run_export(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) 
     run = _run_for(cfg, adapter, output_dir, "export")
     say(f"exporting {printable(adapter)} ({', '.join(cfg.export.formats)})")
     return export.run_export(cfg, adapter, say, run)
+
+@contextmanager
+def recorded_in_manifest(run: RunDir) -> Iterator[None]:
+    """Work after training (answering the sample queries): if it stops, the manifest says how, with the
+    cause, instead of "trained" (the adapter stays saved)."""
+    try:
+        yield
+    except BaseException as err:
+        interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
+        saved = run.path / "manifest.json"
+        try:
+            facts = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            facts = {}
+        facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
+                     failed_after="training: the adapter is saved")
+        log.error("run %s after training: %s", facts["status"], err)
+        run.write_json("manifest.json", facts)
+        raise
+
 
 def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: str) -> str:
     questions = generate.load_queries(cfg.generation.queries_file)

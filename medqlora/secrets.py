@@ -101,7 +101,17 @@ def printable(text: object, limit: int = 200) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    """Masks credentials in a log record's message and in its traceback (log.exception's text quotes the
+    failing line and the exception's message, either of which may hold a token)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = ()
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True

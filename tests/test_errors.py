@@ -267,3 +267,25 @@ def test_the_dry_run_plan_masks_a_credential_in_a_name(tmp_path, capsys, monkeyp
     assert main(["--dry-run", "--set", f"model.name=acme/{token}", "--set", f"output.dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert '"model": "acme/<HF_TOKEN>"' in out and token not in out
+
+
+def test_a_traceback_in_run_log_has_credentials_masked(tmp_path, monkeypatch):
+    import logging
+
+    from medqlora.secrets import RedactingFilter
+
+    token = "hf_" + "Tk7" * 10
+    monkeypatch.setenv("HF_TOKEN", token)
+    log = logging.getLogger("medqlora.test-redaction")
+    handler = logging.FileHandler(tmp_path / "run.log")
+    handler.addFilter(RedactingFilter())
+    log.addHandler(handler)
+    try:
+        raise RuntimeError(f"cannot reach https://x/{token}")
+    except RuntimeError:
+        log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    text = (tmp_path / "run.log").read_text()
+    assert "RuntimeError: cannot reach https://x/<HF_TOKEN>" in text and token not in text

@@ -153,3 +153,19 @@ def test_a_full_disk_while_saving_the_adapter_leaves_no_partial_files(tiny_model
     run = tmp_path / "full"
     assert manifest(run)["status"] == "failed"
     assert not (run / "adapter").exists() and not (run / ".adapter.partial").exists()
+
+
+def test_a_crash_while_answering_after_training_marks_the_run_failed(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from medqlora import generate
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("generation broke")
+
+    monkeypatch.setattr(generate, "answer", crash)
+    code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "full", **{
+        "output.run_name": "late", "eval.in_full_mode": "false"}))
+    err = capsys.readouterr().err
+    assert code == 1 and "internal error: RuntimeError: generation broke" in err and "Traceback" not in err, err
+    facts = manifest(tmp_path / "late")
+    assert facts["status"] == "failed" and "generation broke" in facts["error"]
+    assert (tmp_path / "late" / "adapter" / "adapter_model.safetensors").is_file()  # the trained work is kept

@@ -50,7 +50,16 @@ def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = Non
     run = run or RunDir(adapter.parent)
     formats = set(cfg.export.formats)
     sources = adapter_files(adapter) if "adapter" in formats else []  # refused before anything is written
-    partial = run.fresh_dir(".export.partial")  # a leftover of an export that crashed is removed first
+    partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
+    try:
+        return _export_into(cfg, adapter, say, run, formats, sources, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a half-written export is worth nothing
+        raise
+
+
+def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, formats: set[str], sources: list[Path],
+                 partial: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
     if "adapter" in formats:
         _export_adapter(cfg, sources, run, ".export.partial/adapter")

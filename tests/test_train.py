@@ -27,6 +27,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     return cfg, runtime, model, tokenizer, prepared, run, result
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the backend is CUDA's")
 def test_cpu_runs_the_hf_backend_in_fp32(trained):
     _, runtime, *_ = trained
     assert (runtime.backend, runtime.device, runtime.dtype) == ("hf", "cpu", "fp32")

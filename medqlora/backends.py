@@ -155,14 +155,29 @@ def resolve_model_source(name: str) -> str:
         return str(convert_gguf(_gguf_in_package(name.removeprefix("pypi:"))))
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+        _check_gguf_path(path)
         return str(convert_gguf(path))
     local = Path(name).expanduser()
     if local.exists():
         check_checkpoint_folder(local)
         return str(local)
+    _refuse_missing_local_path(name)
     return name
+
+
+def _check_gguf_path(path: Path) -> None:
+    if path.is_dir():
+        raise ModelError(f"model.name: {printable(str(path))} is a folder, not a GGUF file. For a checkpoint folder, "
+                         "name it without .gguf.")
+    if not path.is_file():
+        raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+
+
+def _refuse_missing_local_path(name: str) -> None:
+    """A name written as a path (./, ../, /, ~) that does not exist is a missing folder, not a hub id."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        raise ModelError(f"model.name: the folder {printable(name)} does not exist. Check the path (a run's "
+                         "config.yaml names the model folder it was trained from), or use a hub id.")
 
 
 def check_model_source(name: str) -> None:
@@ -172,11 +187,12 @@ def check_model_source(name: str) -> None:
         return
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
-        if not path.is_file():
-            raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+        _check_gguf_path(path)
         check_gguf_file(path)
     elif path.exists():
         check_checkpoint_folder(path)
+    else:
+        _refuse_missing_local_path(name)
 
 
 def check_checkpoint_folder(folder: Path) -> None:
@@ -197,6 +213,10 @@ def check_checkpoint_folder(folder: Path) -> None:
     if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
         raise ModelError(f"model.name: {shown} holds a config.json but no weights (model.safetensors or "
                          "model-0000X-of-0000Y.safetensors): copy the whole checkpoint folder.")
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if not any((folder / f).is_file() for f in tokenizer_files):
+        raise ModelError(f"model.name: {shown} holds no tokenizer (tokenizer.json or tokenizer.model): copy the whole "
+                         "checkpoint folder, tokenizer files included.")
     for index in folder.glob("*.index.json"):
         missing = sorted(set(_index_files(index)) - {p.name for p in folder.iterdir()})
         if missing:

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
             return _main(args)
+    except BrokenPipeError:  # the reader of stdout went away (`--dry-run | head -1`): nothing left to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush is quiet
+        return 1
     except Exception as err:  # the last line of defence: a bug of the kit, not a problem the user can fix
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import difflib
 import stat
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 from .secrets import printable
@@ -74,6 +77,22 @@ PathText = Annotated[str, AfterValidator(_no_control_characters)]
 class Section(BaseModel):
     # allow_inf_nan=False: nan, inf, .nan and .inf are refused wherever a float is accepted
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/yes/on are booleans, which pydantic would take as 1 for a number (max_steps: true)."""
+        if isinstance(value, bool) and info.field_name and _numeric_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, got a boolean (true/false, yes/no, on/off)")
+        return value
+
+
+def _numeric_only(annotation: Any) -> bool:
+    """int, float or an optional one, without bool among the choices."""
+    choices = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else {annotation}
+    choices.discard(type(None))
+    return bool(choices) and choices <= {int, float}
 
 
 class ModelSection(Section):
@@ -483,8 +502,11 @@ def resolve_config_path(name: str | Path | None) -> Path:
     for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
             return candidate
+    if path.exists():  # a device, a pipe, a link to one
+        raise ConfigError(f"--config {shown}: is not a regular file, expected a YAML file or preset name.")
     presets = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-    hint = _did_you_mean(path.stem, presets)
+    close = difflib.get_close_matches(path.stem, presets, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
         f"Config file or preset '{shown}' not found.{hint} Available presets: {', '.join(presets)}."
     )

@@ -12,7 +12,7 @@ from typing import Any
 from . import adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
-from .runs import RunDir, size_mb, latest_run_with_adapter, log, manifest
+from .runs import RunDir, check_output_dir, size_mb, latest_run_with_adapter, log, manifest
 from .secrets import printable, redact, slug
 
 
@@ -29,6 +29,10 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
 
     runtime = backends.detect(cfg)
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
+    source = backends.config_source(cfg.model.name)
+    if source and Path(source).is_dir():  # a local tokenizer and chat template load in a second: check them too
+        backends.load_tokenizer(cfg, source)
+    check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if with_eval and (
@@ -182,13 +186,14 @@ def _new_run(cfg: KitConfig, output_dir: str | None) -> RunDir:
     named = cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})})
     error = None
     if distributed.is_main():
-        try:
-            run = RunDir.create(named, output_dir)
+        try:  # a generated name taken by a run of the same second gets a suffix
+            run = RunDir.create(named, output_dir, generated_name=not cfg.output.run_name)
+            name = run.path.name
             say(f"run folder: {run.path}")
             run.write_text("config.yaml", cfg.to_yaml())
         except MedQLoRAError as err:
             error = str(err)
-    error = distributed.share(error)
+    error, name = distributed.share((error, name))
     if error:
         raise MedQLoRAError(error)
     return RunDir(Path(output_dir or cfg.output.dir).expanduser() / name)

@@ -177,12 +177,36 @@ class _RunLogHandler(logging.FileHandler):
         return _open_log(self._run)
 
 
+def check_output_dir(root: Path) -> None:
+    """The folder that holds run folders: it, or its nearest existing parent, must be a folder."""
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: {printable(folder)} is a "
+                                    "file. Choose another --output-dir (or output.dir).")
+            return
+
+
+def _make_run_folder(root: Path, name: str, generated: bool) -> Path:
+    """Create root/name (never following a link there). A generated name taken by a run started in the same
+    second (a sweep launched in parallel) gets a -2, -3... suffix; a name the user chose is never changed."""
+    for n in range(1, 100 if generated else 2):
+        path = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if not generated or path.is_symlink():
+                raise
+    raise FileExistsError(name)
+
+
 @dataclass
 class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, cfg: KitConfig, output_dir: str | None = None) -> RunDir:
+    def create(cls, cfg: KitConfig, output_dir: str | None = None, generated_name: bool | None = None) -> RunDir:
         root = Path(output_dir or cfg.output.dir).expanduser()
         name = cfg.output.run_name or default_run_name(cfg)
         if "/" in name or "\\" in name or name in {".", ".."}:
@@ -191,10 +215,12 @@ class RunDir:
         if secret:
             raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
                                 "Choose another output.run_name (or leave it empty for a timestamped name).")
+        check_output_dir(root)
         path = root / name
+        generated = not cfg.output.run_name if generated_name is None else generated_name
         try:
             root.mkdir(parents=True, exist_ok=True)  # a linked output folder is the user's choice
-            path.mkdir()  # never follows a link at the run folder's name: that exists already
+            path = _make_run_folder(root, name, generated)
         except FileExistsError:
             raise MedQLoRAError(
                 f"The run folder {printable(path)} already exists"

@@ -4,9 +4,10 @@ Masking rules (``redact``):
 
 - the values of the credential variables in ``SECRET_ENV`` are replaced by ``<NAME>`` wherever they
   appear, and so is the form the run-folder slug maps them to (``hf_ab/cd`` -> ``hf-ab-cd``);
-- values of 4 characters or more are masked. Shorter values (and placeholders such as ``true`` or
-  ``none``) are not credentials anyone can use, and masking them would rewrite ordinary words and
-  numbers in every file;
+- values of 8 characters or more are masked. Shorter values (and placeholders such as ``true`` or
+  ``none``) are not credentials anyone can use (real tokens are 30-40 characters), and masking them
+  rewrote ordinary words and paths: ``HF_TOKEN=review`` turned a run's config.yaml into
+  ``model.name: /tmp/<HF_TOKEN>/tiny``, which no longer loads;
 - anything shaped like a Hugging Face token (``hf_`` + 20 or more letters/digits) is masked as
   ``<token>`` even when it is not in the environment, and so is the password of a URL
   (``https://user:<password>@host``, as in an MLFLOW_TRACKING_URI).
@@ -29,7 +30,7 @@ SECRET_ENV = (
     "WANDB_API_KEY",  # wandb
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",  # mlflow's basic-auth password and bearer token
 )
-MIN_SECRET_LEN = 4
+MIN_SECRET_LEN = 8
 _PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
 _TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
 _SLUG = re.compile(r"[^A-Za-z0-9.]+")

@@ -16,6 +16,7 @@ from .distributed import barrier, is_main, sharding, world_size
 from .errors import MedQLoRAError, TrainingInterrupted
 from .memory import snapshot
 from .runs import RunDir, log
+from .secrets import printable
 from .tracking import add_tracking, tracking_env
 
 
@@ -232,6 +233,11 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         _remove_incomplete_checkpoints(run)
         if _is_cuda_oom(err):
             raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
+        if resume_from is not None and speed.steps_here == 0 and _is_damaged_file(err):
+            raise MedQLoRAError(
+                f"{resume_from} is damaged ({type(err).__name__}: {printable(str(err), 160)}): its state cannot be "
+                f"loaded. Move it out of {run.path / 'checkpoints'} to resume from the checkpoint before it, or "
+                "train again without --resume.") from None
         raise
     metrics = dict(output.metrics)
     metrics["train_wall_s"] = round(time.perf_counter() - started, 2)
@@ -428,6 +434,17 @@ def write_gathered_adapter(model: Any, weights: dict[str, Any], folder: Path) ->
     config = copy.copy(model.peft_config[name])
     config.inference_mode = True
     config.save_pretrained(str(folder))
+
+
+def _is_damaged_file(err: BaseException) -> bool:
+    """What loading a damaged checkpoint raises: bad JSON (trainer_state.json), a pickle torch's safe loader
+    refuses or cannot read (optimizer.pt, scheduler.pt, rng_state.pth), a truncated file or safetensors header."""
+    import pickle
+
+    text = str(err)
+    return isinstance(err, (ValueError, pickle.UnpicklingError, EOFError, KeyError)) or any(
+        marker in text for marker in ("Weights only load failed", "PytorchStreamReader", "Error while deserializing",
+                                      "invalid load key", "HeaderTooLarge", "MetadataIncompleteBuffer"))
 
 
 def _is_cuda_oom(err: BaseException) -> bool:

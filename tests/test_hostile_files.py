@@ -325,11 +325,11 @@ def test_printable_escapes_controls_newlines_and_bidi_and_truncates():
 def test_short_and_slugged_credentials_are_masked(monkeypatch):
     from medqlora.secrets import contains_secret, redact
 
-    monkeypatch.setenv("WANDB_API_KEY", "k3y!")
+    monkeypatch.setenv("WANDB_API_KEY", "k3y!k3y!")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok/en_value")
-    monkeypatch.setenv("HF_TOKEN", "abc")  # too short to be anyone's credential: left alone
-    text = redact("key k3y! token tok/en_value slug tok-en-value abc")
-    assert text == "key <WANDB_API_KEY> token <MLFLOW_TRACKING_TOKEN> slug <MLFLOW_TRACKING_TOKEN> abc"
+    monkeypatch.setenv("HF_TOKEN", "review")  # too short to be anyone's credential: left alone in paths
+    text = redact("key k3y!k3y! token tok/en_value slug tok-en-value /tmp/review/tiny")
+    assert text == "key <WANDB_API_KEY> token <MLFLOW_TRACKING_TOKEN> slug <MLFLOW_TRACKING_TOKEN> /tmp/review/tiny"
     assert contains_secret("run-tok-en-value-1") == "MLFLOW_TRACKING_TOKEN"
     monkeypatch.setenv("HF_TOKEN", "true")  # a placeholder, not a secret: JSON's true stays true
     assert redact('{"done": true}') == '{"done": true}'

@@ -1,0 +1,113 @@
+"""Inputs found by an independent hostile review after the trust boundaries landed: each ends in one message
+(or, for a parallel sweep, in its own run folder) instead of a traceback, a wrong message or lost work."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from medqlora import backends
+from medqlora.cli import main
+from medqlora.config import load_config
+from medqlora.errors import ConfigError, ModelError
+from medqlora.runs import RunDir
+
+from .conftest import kit_argv, tiny_overrides
+
+
+@pytest.mark.parametrize("setting", ["training.max_steps=true", "training.learning_rate=yes",
+                                     "data.datasets.0.max_samples=on", "training.gpu_memory_gib=false"])
+def test_a_boolean_is_not_taken_for_a_number(setting):
+    with pytest.raises(ConfigError, match="expected a number, got a boolean"):
+        load_config(None, [setting])
+
+
+def test_booleans_still_work_where_the_schema_takes_them():
+    cfg = load_config(None, ["training.gradient_checkpointing=true", "lora.use_rslora=yes"])
+    assert cfg.training.gradient_checkpointing is True and cfg.lora.use_rslora is True
+
+
+def test_a_config_that_is_not_a_regular_file_is_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config("/dev/null")
+    with pytest.raises(ConfigError) as missing:
+        load_config(str(tmp_path / "nothing.yaml"))
+    assert "Valid keys" not in str(missing.value) and str(missing.value).count("Available presets") == 1
+
+
+def _copy(model: Path, target: Path) -> Path:
+    shutil.copytree(model, target)
+    return target
+
+
+def test_model_paths_that_exist_as_something_else_or_not_at_all(tiny_model_dir, tmp_path):
+    with pytest.raises(ModelError, match="is a folder, not a GGUF file"):
+        backends.check_model_source(str(_copy(tiny_model_dir, tmp_path / "model.gguf")))
+    no_tokenizer = _copy(tiny_model_dir, tmp_path / "bare")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (no_tokenizer / name).unlink()
+    with pytest.raises(ModelError, match="holds no tokenizer"):
+        backends.check_model_source(str(no_tokenizer))
+    with pytest.raises(ModelError, match="does not exist"):  # not sent to the hub as a repo id
+        backends.resolve_model_source(str(tmp_path / "gone"))
+
+
+def test_dry_run_checks_a_local_models_chat_template_and_the_output_folder(tiny_model_dir, tmp_path, capsys):
+    broken = _copy(tiny_model_dir, tmp_path / "broken")
+    config = json.loads((broken / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ raise_exception('no way') }}"
+    (broken / "tokenizer_config.json").write_text(json.dumps(config))
+    (broken / "chat_template.jinja").unlink(missing_ok=True)
+    assert main(kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{"model.name": str(broken)})) == 2
+    assert "cannot render a conversation (TemplateError: no way)" in capsys.readouterr().err
+
+    (tmp_path / "afile").write_text("")
+    assert main(kit_argv(tiny_model_dir, tmp_path / "afile" / "sub", "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert "is a file. Choose another --output-dir" in err and "Traceback" not in err
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tiny_config, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda *args: "20261130-120000")  # one second for all of them
+    first, second = RunDir.create(tiny_config), RunDir.create(tiny_config)
+    assert first.path != second.path and second.path.name == first.path.name + "-2"
+    named = tiny_config.model_copy(update={"output": tiny_config.output.model_copy(update={"run_name": "mine"})})
+    RunDir.create(named)
+    with pytest.raises(Exception, match="already exists"):  # a name the user chose is never changed
+        RunDir.create(named)
+
+
+@pytest.mark.parametrize("damage", ["trainer_state", "optimizer_pickle", "truncated_optimizer"])
+def test_resuming_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch, damage):
+    import pickle
+
+    from medqlora import train
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
+                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "r"})) == 0
+    run = tmp_path / "r"
+    real_rmtree(run / "adapter")
+    checkpoint = run / "checkpoints" / "checkpoint-4"
+    if damage == "trainer_state":
+        (checkpoint / "trainer_state.json").write_text("{nope")
+    elif damage == "optimizer_pickle":
+        class Evil:
+            def __reduce__(self):
+                return (print, ("pickle code ran",))
+
+        (checkpoint / "optimizer.pt").write_bytes(pickle.dumps(Evil()))
+    else:
+        optimizer = checkpoint / "optimizer.pt"
+        optimizer.write_bytes(optimizer.read_bytes()[:200])
+    capsys.readouterr()
+    code = main(["--mode", "train", "--resume", str(run)])
+    captured = capsys.readouterr()
+    assert "pickle code ran" not in captured.out + captured.err
+    assert code == 2 and "checkpoint-4 is damaged" in captured.err, captured.err[-2000:]
+    assert "Traceback" not in captured.err and "internal error" not in captured.err
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"

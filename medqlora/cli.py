@@ -182,7 +182,8 @@ def _main(args: argparse.Namespace) -> int:
         from . import pipeline
 
         if args.dry_run:
-            planned = pipeline.plan(cfg, args.mode, args.output_dir)
+            planned = (pipeline.plan_with_adapter(cfg, args.mode, args.adapter, args.output_dir)
+                       if args.mode in ("test", "eval", "export") else pipeline.plan(cfg, args.mode, args.output_dir))
             if distributed.is_main():  # under a launcher, one plan for all the processes
                 print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
             return 0

@@ -65,6 +65,32 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     }
 
 
+def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
+    """--dry-run of test, eval and export: the adapter checked as the mode would check it, the base model its run
+    was trained on, and what the mode would write (nothing is trained)."""
+    adapter = _find_adapter(cfg, adapter_arg, output_dir)
+    if adapter is None and mode == "export":
+        raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
+    if adapter is not None:
+        cfg = adapter_run_config(adapter, cfg)
+    backends.check_model_source(cfg.model.name)
+    run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
+    does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
+                    f"{cfg.generation.queries_file}",
+            "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
+                                          for b in cfg.eval.benchmarks),
+            "export": f"writes {', '.join(cfg.export.formats)} into an export folder"}[mode]
+    return {
+        "mode": mode,
+        "backend": backends.detect(cfg).describe(),
+        "model": cfg.model.name,
+        "adapter": str(adapter) if adapter is not None else "none: the base model alone",
+        "does": does + "; trains nothing",
+        "outputs": str(run_folder) if run_folder is not None else
+        str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
+    }
+
+
 def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.Item]:
     """The questions of the benchmarks a run evaluates on, for the leakage guard."""
     return [leakage.Item(name, i.uid, i.example.question) for name, items in (benchmarks or {}).items() for i in items]

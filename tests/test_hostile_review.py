@@ -111,3 +111,19 @@ def test_resuming_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_p
     assert code == 2 and "checkpoint-4 is damaged" in captured.err, captured.err[-2000:]
     assert "Traceback" not in captured.err and "internal error" not in captured.err
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_dry_run_of_an_adapter_mode_plans_that_mode_with_the_adapters_base(tiny_model_dir, tmp_path, capsys):
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": "r"})) == 0
+    capsys.readouterr()
+    # the config given names the offline default; the adapter's run names the tiny model it was trained on
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    planned = json.loads(out[out.index("{\n"):])
+    assert planned["model"] == str(tiny_model_dir) and planned["outputs"] == str(tmp_path / "r")
+    assert planned["does"].endswith("trains nothing") and "optimizer_steps" not in planned
+    assert main(["--mode", "export", "--dry-run", "--adapter", "none"]) == 2
+    assert "needs an adapter" in capsys.readouterr().err
+    (tmp_path / "r" / "adapter" / "adapter_config.json").write_text("{}")
+    assert main(["--mode", "eval", "--dry-run", "--adapter", str(tmp_path / "r")]) == 2  # checked as a run would
+    assert "not a usable LoRA config" in capsys.readouterr().err

@@ -17,6 +17,8 @@ from medqlora.errors import ConfigError
 
 from .conftest import tiny_overrides
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -79,6 +79,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tiny_config, monk
         RunDir.create(named)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["trainer_state", "optimizer_pickle", "truncated_optimizer"])
 def test_resuming_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch, damage):
     import pickle

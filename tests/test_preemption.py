@@ -24,6 +24,7 @@ def manifest(run) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_termination_signal_saves_the_adapter_and_the_run_resumes(tiny_model_dir, tmp_path, sig):
     argv = kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{

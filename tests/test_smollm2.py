@@ -3,7 +3,11 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from medqlora.cli import main
+
+pytestmark = pytest.mark.slow
 
 
 def test_default_config_trains_and_answers_on_real_smollm2(tmp_path, capsys):

@@ -16,7 +16,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import random
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,19 +47,32 @@ class Example:
     uid: str | None = None
     question: str = ""  # the question recorded in training_items.jsonl (default: prompt)
     role: str = "train"  # "validation" for items that a split (e.g. a PubMedQA CV fold) reserves
-    # (field, text) of everything that reaches the prompt, for the leakage guard (default: the prompt)
+    # (field, text) of everything that reaches the prompt, in order, for the leakage guard (default: the prompt)
     texts: tuple[tuple[str, str], ...] = ()
     row: int | None = None  # the row of its file (1-based), set by format_rows
+    # (field, text) of what the response is made of, for the leakage guard (default: the response)
+    answer_texts: tuple[tuple[str, str], ...] = ()
+    # (name, text) of further views of the prompt the guard compares (a chat's user turns joined)
+    joins: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.question:
             self.question = self.prompt
 
     def guard_texts(self) -> tuple[tuple[str, str], ...]:
+        """Every text the guard compares: each prompt field, all of them joined (a question split over two
+        fields or turns is whole there), and the response's fields."""
         if self.texts:
-            return self.texts
-        user = self.prompt_template.format(context=self.context) if self.context is not None else self.prompt
-        return (("prompt", user),)
+            prompt = self.texts
+        else:
+            user = self.prompt_template.format(context=self.context) if self.context is not None else self.prompt
+            prompt = (("prompt", user),)
+        joined: tuple[tuple[str, str], ...] = ()
+        if len(prompt) > 1:
+            names = [name for name, _ in prompt]
+            named = " + ".join(names) if len(names) <= 3 else f"{names[0]} + ... + {names[-1]}"
+            joined = ((f"{named} (joined)", "\n\n".join(text for _, text in prompt)),)
+        return prompt + joined + self.joins + (self.answer_texts or (("response", self.response),))
 
 
 @dataclass
@@ -105,11 +120,15 @@ def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
 
 def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     if path.is_dir():
+        _one_kind_of_file(path)
         return _datasets_load(str(path), None, spec.split, where=f"the data files in folder {path}", local=True)
     suffix = path.suffix.lower()
     if suffix not in LOCAL_SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{printable(path.suffix)}'; use .json, .jsonl, .csv or "
                         ".parquet.")
+    if not path.is_file():  # a device (/dev/zero, /dev/urandom), a pipe or a socket, perhaps behind a link
+        raise DataError(f"Dataset file {path} is not a regular file"
+                        + (f" (it links to {path.resolve()})" if path.is_symlink() else "") + ".")
     if path.stat().st_size == 0:
         raise DataError(f"Dataset file {path} is empty.")
     try:
@@ -131,6 +150,25 @@ def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"Dataset file {path} has no records.")
     return rows
+
+
+def _one_kind_of_file(folder: Path) -> None:
+    """A folder is read as one kind of file (the most common one): refuse a mix rather than skip some."""
+    kinds: dict[str, list[str]] = {}
+    try:
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in LOCAL_SUFFIXES:
+                continue
+            kinds.setdefault(LOCAL_SUFFIXES[path.suffix.lower()], []).append(str(relative))
+    except OSError:
+        return  # an unreadable folder: the loader says so
+    if len(kinds) > 1:
+        listed = "; ".join(f"{kind}: {printable(', '.join(names[:3]), 200)}" + (f" and {len(names) - 3} more"
+                                                                              if len(names) > 3 else "")
+                           for kind, names in sorted(kinds.items()))
+        raise DataError(f"The data folder {folder} holds files of different types ({listed}); only one type "
+                        "would be read. Keep one type in the folder, or list each file as its own dataset.")
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
@@ -298,6 +336,24 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
+def _response(value: str, name: str) -> str:
+    """A response text (what the model learns to produce): blank is refused, not trained on."""
+    if not value.strip():
+        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})"
+        raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
+                        "leave the row out.")
+    return value
+
+
+def pmid_of(uid: str | None) -> str | None:
+    """The PMID in an id as written ('PMID:19100463', ' 19100463 ', '019100463' -> '19100463'): its longest
+    run of digits, without leading zeros; an id without digits as it is."""
+    runs = re.findall(r"\d+", uid or "")
+    if not runs:
+        return uid
+    return str(int(max(runs, key=len)))
+
+
 def _uid(value: Any, name: str) -> str | None:
     """An id: text or a whole number (12345678.0 from a typed column is 12345678)."""
     if value is None:
@@ -363,8 +419,11 @@ def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
     if label not in {"yes", "no", "maybe"}:
         raise DataError(f"field '{printable(l_name, 60)}': {printable(repr(label), 60)} is not yes/no/maybe.")
     response = label
+    answer_texts = ((l_name, label),)
     if spec.long_answer:
-        response = f"{label}. {_field(row, spec, 'long_answer', 'LONG_ANSWER')[1]}"
+        la_name, long_answer = _field(row, spec, "long_answer", "LONG_ANSWER")
+        response = f"{label}. {_response(long_answer, la_name)}"
+        answer_texts += ((la_name, long_answer),)
     return Example(
         prompt="",
         response=response,
@@ -373,19 +432,22 @@ def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
         uid=_uid(row.get("pubid"), "pubid"),
         question=question,
         texts=((q_name, question),) + tuple((f"{c_name}[{i}]", p) for i, p in enumerate(paragraphs)),
+        answer_texts=answer_texts,
     )
 
 
 @register("medical_o1")
 def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     q_name, question = _field(row, spec, "Question")
-    thinking = _field(row, spec, "Complex_CoT")[1]
-    answer = _field(row, spec, "Response")[1]
+    t_name, thinking = _field(row, spec, "Complex_CoT")
+    a_name, answer = _field(row, spec, "Response")
+    _response(answer, a_name)
     if spec.cot_style == "tags":
         response = f"<think>\n{thinking}\n</think>\n<response>\n{answer}\n</response>"
     else:
         response = f"## Thinking\n\n{thinking}\n\n## Final Response\n\n{answer}"
-    return Example(prompt=question, response=response, texts=((q_name, question),))
+    return Example(prompt=question, response=response, texts=((q_name, question),),
+                   answer_texts=((t_name, thinking), (a_name, answer)))
 
 
 def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
@@ -433,8 +495,9 @@ def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
         extra = _text(extra, x_name)
         texts += ((x_name, extra),)
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    return Example(prompt=prompt, response=_field(row, spec, "output", "answer", "response")[1],
-                   question=instruction, texts=texts)
+    o_name, output = _field(row, spec, "output", "answer", "response")
+    return Example(prompt=prompt, response=_response(output, o_name), question=instruction, texts=texts,
+                   answer_texts=((o_name, output),))
 
 
 CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
@@ -468,7 +531,12 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     history = "\n\n".join(content for role, content in turns[:-1] if role != "system")
     last_user = next(content for role, content in reversed(turns) if role == "user")
     texts = tuple((f"{name}[{i + 1}] ({role})", content) for i, (role, content) in enumerate(turns))
-    return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts)
+    _response(turns[-1][1], f"{name}[{len(turns)}].content")
+    users = [(field, content) for (field, content), (role, _) in zip(texts[:-1], turns) if role == "user"]
+    joins = (("user turns (joined)", "\n\n".join(content for _, content in users)),) \
+        if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between
+    return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts[:-1],
+                   answer_texts=texts[-1:], joins=joins)
 
 
 # ---------------------------------------------------------------- selection, held-out items, mixing
@@ -528,13 +596,13 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
     info: dict[str, Any] = {"rows": len(rows)}
     if spec.format == "pubmedqa":
         held_out = pubmedqa_test_ids()
-        kept = [ex for ex in examples if ex.uid not in held_out]
+        kept = [ex for ex in examples if pmid_of(ex.uid) not in held_out]
         info["held_out_pubmedqa_test"] = len(examples) - len(kept)
         examples = kept
         if spec.cv_fold is not None:
             fold = set(pubmedqa_folds()[spec.cv_fold])
             for ex in examples:
-                ex.role = "validation" if ex.uid in fold else "train"
+                ex.role = "validation" if pmid_of(ex.uid) in fold else "train"
             info["cv_fold_validation"] = sum(ex.role == "validation" for ex in examples)
     if spec.use_for == "validation":
         for ex in examples:
@@ -580,8 +648,10 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
             continue
         examples, info = build_examples(spec, load_rows(spec), seed + index)
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
+    system = [leakage.Item(leakage.CONFIG, None, data.system_prompt, (("data.system_prompt", data.system_prompt),))
+              ] if data.system_prompt and data.system_prompt.strip() else []  # in every prompt: checked once
     guard = leakage.check(
-        guard_items(collected),
+        system + guard_items(collected),
         evaluation_items(data, local_only) + (extra_eval or []),
         data.allow_eval_overlap, data.near_duplicate_ngram, data.near_duplicate_threshold,
     )
@@ -606,7 +676,14 @@ def evaluation_items(data: DataSection, local_only: bool = False) -> list[leakag
     """PubMedQA's official test questions, plus every set listed in data.eval_sets (local ones only with
     ``local_only``)."""
     rows = json.loads((PUBMEDQA_DIR / "ori_pqal.json").read_text())
-    items = [leakage.Item("pubmedqa-test", pmid, rows[pmid]["QUESTION"]) for pmid in sorted(pubmedqa_test_ids())]
+    items = []
+    for pmid in sorted(pubmedqa_test_ids()):  # the question, and its abstract and long answer (their text)
+        question, contexts = rows[pmid]["QUESTION"], rows[pmid]["CONTEXTS"]
+        items.append(leakage.Item("pubmedqa-test", pmid, question))
+        items += [leakage.Item("pubmedqa-test", pmid, text, part=f"abstract paragraph {i + 1}", of=question)
+                  for i, text in enumerate(contexts)]
+        items.append(leakage.Item("pubmedqa-test", pmid, "\n".join(contexts), part="abstract", of=question))
+        items.append(leakage.Item("pubmedqa-test", pmid, rows[pmid]["LONG_ANSWER"], part="long answer", of=question))
     for spec in data.eval_sets:
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
             continue
@@ -754,7 +831,17 @@ def tokenize_collected(
     validation, train = reserved + pool[:n_val], pool[n_val:]
     if not train:
         raise DataError("No training examples are left after the validation split; lower data.val_ratio.")
+    cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
+    warnings = []
+    if cut:
+        warnings.append(f"{cut} of {sum(len(c.examples) for c in collected)} answers were cut to fit "
+                        f"model.max_seq_length={max_len} (data.too_long: truncate): the model learns them "
+                        "unfinished. Raise model.max_seq_length, or set data.too_long: drop to leave those examples "
+                        "out.")
+        logging.getLogger("medqlora").warning(warnings[-1])
     stats["total"] = {
+        "answers_truncated": cut,
+        "warnings": warnings,
         "train": len(train),
         "validation": len(validation),
         "train_tokens": sum(len(r["input_ids"]) for r in train),

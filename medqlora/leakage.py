@@ -26,6 +26,7 @@ numpy and looked up in the index. 1,000 questions x 100,000 training rows take s
 from __future__ import annotations
 
 import hashlib
+import html
 import itertools
 import re
 import unicodedata
@@ -39,6 +40,10 @@ SHOWN = 5  # overlaps listed in the refusal
 RECORDED = 10_000
 BITMAP = 1 << 22
 CHUNK_WORDS = 2_000_000  # training words hashed at a time (memory: about 50 bytes a word)  # overlaps recorded in data_stats.json when they are allowed
+
+CONFIG = "config"  # the dataset name of a guard item that is a config setting (data.system_prompt)
+PART_MIN_WORDS = 8  # parts of an evaluation item (abstract paragraphs, long answers) shorter than this are
+# not looked for on their own (they are common phrases; the whole abstract is looked for)
 
 # zero-width and invisible characters outside the Cf category (Hangul fillers, Khmer vowels, CGJ, ...)
 _INVISIBLE = set("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
@@ -62,21 +67,45 @@ class _Table(dict):
 
 
 _TABLE = _Table()
+
+# Cyrillic, Greek and other letters that look like Latin ones (Unicode's confusables, the common part),
+# both cases: a question typed with Cyrillic а е о і с р is the same question.
+_CONFUSABLE = str.maketrans({
+    # Cyrillic
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "Ӏ": "I", "Ү": "Y", "Ԁ": "D", "Ԛ": "Q", "Ԝ": "W", "Ь": "b",
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "х": "x", "у": "y", "і": "i", "ј": "j", "ѕ": "s", "ӏ": "l", "ү": "y", "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h",
+    "ь": "b", "п": "n", "г": "r", "ѵ": "v", "ɡ": "g", "ɑ": "a", "ı": "i", "ȷ": "j",
+    # Greek
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J",
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+    "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j", "ς": "c",
+    # Armenian
+    "օ": "o", "ս": "u", "ո": "n", "հ": "h", "ց": "g", "զ": "q",
+})
 _ASCII = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
 
 
 def words(text: Any) -> list[str]:
     """The words of ``text`` as the guard compares them (see ``normalize``)."""
     text = str(text)
+    for _ in range(3):  # HTML entities (&nbsp; &amp; &#39;), escaped twice at most (&amp;nbsp;)
+        if "&" not in text:
+            break
+        text = html.unescape(text)
     if text.isascii():  # the common case, and the same result as the full path below
         return text.encode("ascii").translate(_ASCII).decode("ascii").split()
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
-    return unicodedata.normalize("NFKC", text.translate(_TABLE)).casefold().split()
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text)).translate(_CONFUSABLE).casefold()
+    text = unicodedata.normalize("NFKC", text.translate(_TABLE)).casefold()
+    return text.translate(_CONFUSABLE).split()
 
 
 def normalize(text: Any) -> str:
-    """``text`` as the guard compares it: NFKC, no format/zero-width characters or accents, case folded,
-    punctuation and whitespace collapsed to single spaces."""
+    """``text`` as the guard compares it: HTML entities decoded, NFKC, no format/zero-width characters or
+    accents, Cyrillic and Greek look-alikes of Latin letters made Latin, case folded, punctuation and
+    whitespace collapsed to single spaces."""
     return " ".join(words(text))
 
 
@@ -96,11 +125,17 @@ class Item:
     question: str  # evaluation items: what is looked for
     texts: tuple[tuple[str, str], ...] = ()  # training items: (field, text) of everything in its prompt
     row: int | None = None  # training items: the row of its file
+    # evaluation items: which part of the item ``question`` is ("abstract", "long answer"; None: the question
+    # itself), and then the item's question (what evaluation refuses when this part was trained on)
+    part: str | None = None
+    of: str | None = None
 
     def fields(self) -> tuple[tuple[str, str], ...]:
         return self.texts or (("question", self.question),)
 
     def where(self) -> str:
+        if self.dataset == CONFIG:
+            return "the config's"
         parts = [f"training '{_shown(self.dataset, 200)}'"]
         if self.row is not None:
             parts.append(f"row {self.row}")
@@ -126,13 +161,16 @@ class Overlap:
         else:
             how = (f"field '{_shown(self.field, 80)}' shares {self.matched} of the {self.ngrams} {self.n}-word sequences "
                    f"({round(100 * self.share)}%) of")
-        return (f"{self.train.where()} {how} evaluation '{_shown(self.evaluation.dataset, 200)}' item "
-                f"{_shown(self.evaluation.uid or '?', 40)}: '{_shown(self.evaluation.question, 90)}'")
+        evaluation = self.evaluation
+        part = f" ({_shown(evaluation.part, 40)})" if evaluation.part else ""
+        return (f"{self.train.where()} {how} evaluation '{_shown(evaluation.dataset, 200)}' item "
+                f"{_shown(evaluation.uid or '?', 40)}{part}: '{_shown(evaluation.question, 90)}'")
 
     def to_dict(self) -> dict[str, Any]:
         return {"training": self.train.dataset, "row": self.train.row, "uid": self.train.uid, "field": self.field,
                 "evaluation": self.evaluation.dataset, "evaluation_uid": self.evaluation.uid, "kind": self.kind,
-                "share": round(self.share, 3), "evaluation_question_sha1_16": question_hash(self.evaluation.question)}
+                "share": round(self.share, 3), "evaluation_part": self.evaluation.part or "question",
+                "evaluation_question_sha1_16": question_hash(self.evaluation.of or self.evaluation.question)}
 
 
 def _shown(text: Any, limit: int) -> str:
@@ -172,6 +210,8 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
         if not text or text in seen:  # the same question in two evaluation sets: the first one names it
             continue
         seen.add(text)
+        if item.part is not None and len(split) < PART_MIN_WORDS:
+            continue
         if len(split) < MIN_WORDS:
             short[text] = item
             continue
@@ -186,16 +226,17 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
     values = rng.integers(1, 2**63 - 1, size=len(vocab) + 1, dtype=np.uint64)
     values[0] = 0
     by_n: dict[int, dict[int, list[int]]] = {}  # n -> gram hash -> question indices
-    word_values = values.tolist()
-    for index, q in enumerate(questions):
-        ids = [word_values[vocab[w]] for w in q.words]
-        for start in range(len(ids) - q.n + 1):
-            h = 0
-            for value in ids[start : start + q.n]:
-                h = (h * 1_000_003 + value) % 2**64
-            q.grams.add(h)
-        for h in q.grams:
-            by_n.setdefault(q.n, {}).setdefault(h, []).append(index)
+    base = np.uint64(1_000_003)
+    with np.errstate(over="ignore"):
+        for index, q in enumerate(questions):
+            vals = values[np.fromiter(map(vocab.__getitem__, q.words), dtype=np.int64, count=len(q.words))]
+            hashes = vals.copy()
+            for k in range(1, q.n):  # the same polynomial hash as _match_chunk
+                hashes = hashes[:-1] * base + vals[k:]
+            q.grams = set(hashes.tolist())
+            index_n = by_n.setdefault(q.n, {})
+            for h in q.grams:
+                index_n.setdefault(h, []).append(index)
 
     # the training texts as arrays of word ids, 0 between texts and for words no question has, in chunks
     found: dict[tuple[int, int], dict[int, int]] = {}  # (train index, question index) -> gram -> text index
@@ -238,15 +279,19 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
         counts: dict[int, int] = {}
         for text_index in grams.values():
             counts[text_index] = counts.get(text_index, 0) + 1
-        field = text_field[max(counts, key=counts.get)]
+        field = text_field[max(sorted(counts), key=counts.get)]  # the first of the texts holding the most
         phrase = " " + " ".join(q.words) + " "
-        exact = any(phrase in " " + normalize(text) + " " for _, text in train[t_index].fields())
+        holding = [name for name, text in train[t_index].fields() if phrase in " " + normalize(text) + " "]
+        exact = bool(holding)
+        if exact:
+            field = holding[0]
         if ngram <= 0 and not exact:
             continue
         overlap = Overlap(train[t_index], q.item, "exact" if exact else "near duplicate", share, len(grams),
                           len(q.grams), q.n, field)
         current = best.get(t_index)
-        if current is None or (overlap.kind == "exact", overlap.share) > (current.kind == "exact", current.share):
+        if current is None or (overlap.kind == "exact", overlap.share, overlap.matched) > \
+                (current.kind == "exact", current.share, current.matched):  # the whole abstract over a paragraph
             best[t_index] = overlap
     return [best[i] for i in sorted(best)]
 
@@ -303,7 +348,7 @@ def check(train: list[Item], evaluation: list[Item], allow: bool, ngram: int = 1
             f"{shown}{more}\nRemove them from the training data, or set data.allow_eval_overlap: true if you "
             "really mean to."
         )
-    distinct = {normalize(e.question) for e in evaluation} - {""}  # a benchmark's items are often test items too
+    distinct = {normalize(e.question) for e in evaluation if e.part is None} - {""}  # a benchmark's items are often test items too
     result: dict[str, Any] = {"evaluation_items_checked": len(distinct), "overlapping_training_items": len(overlap)}
     if overlap:  # allowed: say what was let through, so that evaluation can refuse these items later
         result.update(exact=exact, near_duplicates=len(overlap) - exact,

@@ -143,6 +143,39 @@ def test_too_long_shortens_the_abstract_never_the_answer(smol_tokenizer):
     assert (dropped, outcome) == (None, "dropped")
 
 
+def test_answers_cut_to_fit_are_counted_and_warned_about(tmp_path, smol_tokenizer):
+    import logging
+
+    from medqlora.data import tokenize_collected
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    own = tmp_path / "long.jsonl"
+    own.write_text(json.dumps({"instruction": "Explain.", "output": "word " * 300}) + "\n"
+                   + json.dumps({"instruction": "Short?", "output": "Yes."}) * 1 + "\n")
+    data = DataSection(datasets=[spec(source=str(own))], too_long="truncate", val_ratio=0)
+    keep, log = Keep(), logging.getLogger("medqlora")
+    log.addHandler(keep)
+    try:
+        prepared = tokenize_collected(collect(data, seed=0), data, smol_tokenizer, 128, seed=0)
+    finally:
+        log.removeHandler(keep)
+    total = prepared.stats["total"]
+    assert total["answers_truncated"] == 1
+    [warning] = total["warnings"]
+    assert warning.startswith("1 of 2 answers were cut to fit model.max_seq_length=128")
+    assert "Raise model.max_seq_length, or set data.too_long: drop" in warning
+    assert keep.messages == [warning]  # run.log gets it too
+    roomy = tokenize_collected(collect(data, seed=0), data, smol_tokenizer, 1024, seed=0)
+    assert roomy.stats["total"]["answers_truncated"] == 0 and roomy.stats["total"]["warnings"] == []
+
+
 def test_length_statistics_are_recorded(smol_tokenizer):
     cfg = load_config(None, ["data.datasets.0.max_samples=40"])
     prepared = prepare(cfg.data, smol_tokenizer, max_len=256, seed=0)

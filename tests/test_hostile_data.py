@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from medqlora.cli import main
 from medqlora.config import DataSection, DatasetSpec
-from medqlora.data import FORMATS, MAX_FIELD_CHARS, Example, collect, format_rows, load_rows, pubmedqa_test_ids
+from medqlora.data import (FORMATS, MAX_FIELD_CHARS, Example, build_examples, collect, format_rows, load_rows,
+                           pubmedqa_test_ids)
 from medqlora.errors import DataError
 
 from .conftest import assert_one_message, kit_argv, run_kit
@@ -90,6 +91,21 @@ def test_a_value_that_is_not_text_is_refused_with_file_row_and_field(tmp_path, f
 def test_null_where_text_is_needed_is_refused(tmp_path, fmt, name):
     path = write_jsonl(tmp_path / "my.jsonl", [_set(name)(copy.deepcopy(GOOD[fmt]), None)])
     assert refused(DatasetSpec(source=str(path), format=fmt)) == f"{path} row 1: field '{name}' is null, expected text."
+
+
+BLANK_RESPONSES = [
+    ("instruction", "output", ""), ("instruction", "output", "   \n"), ("medical_o1", "Response", ""),
+    ("medical_o1", "Response", "\t "), ("pubmedqa", "long_answer", ""), ("chat", "messages[3].content", ""),
+    ("chat", "messages[3].content", " \n "),
+]
+
+
+@pytest.mark.parametrize("fmt, name, value", BLANK_RESPONSES)
+def test_a_blank_response_is_refused_with_file_row_and_field(tmp_path, fmt, name, value):
+    path = write_jsonl(tmp_path / "my.jsonl", [GOOD[fmt], _set(name)(copy.deepcopy(GOOD[fmt]), value)])
+    what = "empty" if not value else f"only whitespace ({value!r})".replace("\n", "\\n").replace("\t", "\\t")
+    assert refused(DatasetSpec(source=str(path), format=fmt)) == (
+        f"{path} row 2: field '{name}' is {what}, expected the response to learn. Fill it in or leave the row out.")
 
 
 def test_a_null_or_absent_input_is_just_no_input(tmp_path):
@@ -263,6 +279,35 @@ def test_a_100_mb_field_is_refused_quickly(tmp_path):
                        f"{MAX_FIELD_CHARS:,} (far more than any max_seq_length). Shorten it or leave the row out.")
 
 
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
+def test_a_link_to_a_device_is_not_a_regular_file(tmp_path, device):
+    path = tmp_path / "train.jsonl"
+    path.symlink_to(device)
+    assert refused(DatasetSpec(source=str(path), format="instruction")) == (
+        f"Dataset file {path} is not a regular file (it links to {device}).")
+
+
+def test_a_pipe_is_not_a_regular_file(tmp_path):
+    import os
+
+    path = tmp_path / "train.jsonl"
+    os.mkfifo(path)
+    assert refused(DatasetSpec(source=str(path), format="instruction")) == f"Dataset file {path} is not a regular file."
+
+
+def test_a_folder_of_mixed_file_types_is_refused(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [GOOD["instruction"]])
+    (folder / "b.csv").write_text("instruction,output\nQ?,A.\n")
+    message = refused(DatasetSpec(source=str(folder), format="instruction"))
+    assert message == (f"The data folder {folder} holds files of different types (csv: b.csv; json: a.jsonl); only one "
+                       "type would be read. Keep one type in the folder, or list each file as its own dataset.")
+    (folder / "b.csv").unlink()
+    write_jsonl(folder / "c.json", [GOOD["instruction"]])  # .json and .jsonl are one type: both are read
+    assert len(load_rows(DatasetSpec(source=str(folder), format="instruction"))) == 2
+
+
 def test_a_local_folder_that_cannot_be_read_gets_no_offline_hint(tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -290,6 +335,13 @@ PMID = sorted(pubmedqa_test_ids())[3]
 QUESTION = PQAL[PMID]["QUESTION"]
 LONG_PMID = max(sorted(pubmedqa_test_ids()), key=lambda p: len(PQAL[p]["QUESTION"].split()))
 LONG = PQAL[LONG_PMID]["QUESTION"]
+Q1_PMID = "19100463"  # 22 words
+Q1 = PQAL[Q1_PMID]["QUESTION"]
+Q1_WORDS = Q1.split()
+Q1_HEAD, Q1_TAIL = " ".join(Q1_WORDS[:11]), " ".join(Q1_WORDS[11:])
+Q1_ABSTRACT = PQAL[Q1_PMID]["CONTEXTS"]
+CYRILLIC = str.maketrans("aeoicpxyABEKMHOPCTX", "аеоісрхуАВЕКМНОРСТХ")
+GREEK = str.maketrans("oviktABEHIKMNOPTXZ", "ονικτΑΒΕΗΙΚΜΝΟΡΤΧΖ")
 
 
 def chat(*turns):
@@ -319,17 +371,51 @@ HIDDEN = [
     ("light-paraphrase", "instruction",
      {"instruction": " ".join(LONG.rstrip("?").split()[:-1]) + " in adults?", "output": "ok"}, "instruction",
      "near duplicate"),
+    # (id, format, row, field, kind, PMID, part of the test item)
+    ("split-over-two-user-turns", "chat", chat(("user", Q1_HEAD), ("user", Q1_TAIL), ("assistant", "yes")),
+     "messages[1] (user) + messages[2] (user) (joined)", "exact", Q1_PMID, None),
+    ("split-over-user-turns-with-an-answer-between", "chat",
+     chat(("user", Q1_HEAD), ("assistant", "Go on."), ("user", Q1_TAIL), ("assistant", "yes")), "user turns (joined)",
+     "exact", Q1_PMID, None),
+    ("split-over-instruction-and-input", "instruction", {"instruction": Q1_HEAD, "input": Q1_TAIL, "output": "yes"},
+     "instruction + input (joined)", "exact", Q1_PMID, None),
+    ("cyrillic-homoglyphs", "instruction", {"instruction": Q1.translate(CYRILLIC), "output": "yes"}, "instruction",
+     "exact", Q1_PMID, None),
+    ("greek-homoglyphs", "instruction", {"instruction": Q1.translate(GREEK), "output": "yes"}, "instruction", "exact",
+     Q1_PMID, None),
+    ("html-entities", "instruction", {"instruction": "&amp; " + Q1.replace(" ", "&nbsp;").replace("?", "&#39;"),
+                                      "output": "yes"}, "instruction", "exact", Q1_PMID, None),
+    ("html-entities-escaped-twice", "instruction", {"instruction": Q1.replace(" ", "&amp;nbsp;"), "output": "yes"},
+     "instruction", "exact", Q1_PMID, None),
+    ("whole-abstract-reworded-question", "instruction",
+     {"instruction": "Does this method work?", "input": "\n".join(Q1_ABSTRACT), "output": "yes"}, "input", "exact",
+     Q1_PMID, "abstract"),
+    ("abstract-as-pubmedqa-context-without-pubid", "pubmedqa",
+     {"question": "Does this method work?", "context": Q1_ABSTRACT, "final_decision": "yes", "long_answer": "It does."},
+     "question + ... + context[%d] (joined)" % (len(Q1_ABSTRACT) - 1), "exact", Q1_PMID, "abstract"),
+    ("one-abstract-paragraph", "instruction", {"instruction": "Summarise.", "input": Q1_ABSTRACT[1], "output": "ok"},
+     "input", "exact", Q1_PMID, "abstract paragraph 2"),
+    ("long-answer-as-output", "instruction", {"instruction": "What did they find?",
+                                              "output": PQAL[Q1_PMID]["LONG_ANSWER"]}, "output", "exact", Q1_PMID,
+     "long answer"),
+    ("long-answer-in-medical-o1-response", "medical_o1", {"Question": "What did they find?", "Complex_CoT": "Think.",
+                                                          "Response": PQAL[Q1_PMID]["LONG_ANSWER"]}, "Response",
+     "exact", Q1_PMID, "long answer"),
+    ("question-in-chat-answer", "chat", chat(("user", "Ask me something."), ("assistant", Q1)),
+     "messages[2] (assistant)", "exact", Q1_PMID, None),
 ]
 
 
-@pytest.mark.parametrize("fmt, row, field, kind", [pytest.param(*h[1:], id=h[0]) for h in HIDDEN])
-def test_an_evaluation_question_hidden_in_training_data_is_refused(tmp_path, fmt, row, field, kind):
+@pytest.mark.parametrize("fmt, row, field, kind, pmid, part",
+                         [pytest.param(*(h[1:] + (None, None))[:6], id=h[0]) for h in HIDDEN])
+def test_an_evaluation_question_hidden_in_training_data_is_refused(tmp_path, fmt, row, field, kind, pmid, part):
     path = write_jsonl(tmp_path / "mine.jsonl", [GOOD[fmt], row])
     data = DataSection(datasets=[DatasetSpec(source=str(path), format=fmt)])
     with pytest.raises(DataError) as err:
         collect(data, seed=0)
     message = str(err.value)
-    pmid = LONG_PMID if kind == "near duplicate" else PMID
+    pmid = pmid or (LONG_PMID if kind == "near duplicate" else PMID)
+    pmid += f" ({part})" if part else ""
     assert f"1 training examples contain evaluation questions ({int(kind == 'exact')} exact" in message
     how = "contains" if kind == "exact" else "shares 13 of the 14 13-word sequences (93%) of"
     assert f"training '0:{path}' row 2 " in message and f" field '{field}' {how} evaluation" in message, message
@@ -339,6 +425,30 @@ def test_an_evaluation_question_hidden_in_training_data_is_refused(tmp_path, fmt
     guard = allowed.info["leakage_guard"]
     assert guard["overlapping_training_items"] == 1
     assert guard["near_duplicates" if kind == "near duplicate" else "exact"] == 1
+    assert guard["overlaps"][0]["evaluation_part"] == (part or "question")
+
+
+def test_a_system_prompt_holding_an_evaluation_question_is_refused_once(tmp_path):
+    path = write_jsonl(tmp_path / "mine.jsonl", [GOOD["instruction"]] * 3)
+    data = DataSection(datasets=[DatasetSpec(source=str(path), format="instruction")],
+                       system_prompt=f"You are a careful assistant. For example: {Q1}")
+    with pytest.raises(DataError) as err:
+        collect(data, seed=0)
+    message = str(err.value)
+    assert message.startswith("1 training examples contain evaluation questions (1 exact"), message
+    assert f"the config's field 'data.system_prompt' contains evaluation 'pubmedqa-test' item {Q1_PMID}:" in message
+    plain = data.model_copy(update={"system_prompt": "You are a careful medical assistant."})
+    assert collect(plain, seed=0)[0].info["leakage_guard"]["overlapping_training_items"] == 0
+
+
+@pytest.mark.parametrize("pubid", ["PMID:19100463", " 19100463 ", "pmid 19100463", "019100463", 19100463,
+                                   "https://pubmed.ncbi.nlm.nih.gov/19100463/"])
+def test_a_pubmedqa_test_item_is_held_out_whatever_its_pubid_looks_like(pubid):
+    row = {"pubid": pubid, "question": "Reworded?", "context": ["Some other text entirely."],
+           "final_decision": "yes", "long_answer": "Yes."}
+    examples, info = build_examples(DatasetSpec(source="x.jsonl", format="pubmedqa"),
+                                    [row, {**GOOD["pubmedqa"], "pubid": "12345"}], seed=0)
+    assert info["held_out_pubmedqa_test"] == 1 and [e.uid for e in examples] == ["12345"]
 
 
 # ---------------------------------------------------------------- end to end: the command line

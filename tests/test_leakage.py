@@ -43,6 +43,12 @@ def train(*texts: str, row: int = 1) -> Item:
     "is a\u0301spirin useful after a myocardial infarction",  # a combining accent on its own
     "is\taspirin\nuseful   after a\u00a0myocardial\u2028infarction",  # any whitespace
     "is aspirin useful after a myocardial inf\u0000arction".replace("\u0000", ""),
+    "іѕ аѕріrіn uѕеful аftеr а mуосаrdіаl іnfаrсtіоn",  # Cyrillic look-alikes
+    "ІЅ АЅРІRІN USЕFUL AFTЕR А MYОСАRDІАL ІNFАRСTІОN",  # Cyrillic capitals
+    "is aspirin useful after a myοcardial infarcτiοn",  # Greek omicron and tau
+    "ΙS ΑSΡΙRΙΝ USΕFUL ΑFΤΕR Α ΜΥΟCΑRDΙΑL ΙΝFΑRCΤΙΟΝ",  # Greek capitals
+    "is&nbsp;aspirin useful&#32;after a myocardial infarction&#63;",  # HTML entities
+    "is&amp;nbsp;aspirin useful &amp; after a myocardial infarction&quot;",  # escaped twice
 ])
 def test_normalisation_ignores_case_punctuation_and_invisible_characters(variant):
     assert normalize(variant) == "is aspirin useful after a myocardial infarction"
@@ -142,6 +148,22 @@ def pubmedqa_training_items(pmids) -> list[Item]:
             for p in pmids]
 
 
+def guarded_evaluation_items() -> list[Item]:
+    """What the kit guards: PubMedQA's test questions, abstracts (each paragraph and whole) and long answers."""
+    from medqlora.config import DataSection
+    from medqlora.data import evaluation_items
+
+    return evaluation_items(DataSection(datasets=[DatasetSpec(source="x.jsonl", format="instruction")]))
+
+
+def kit_training_items(rows: list[dict], fmt: str, **spec) -> list[Item]:
+    """Rows formatted as the kit trains on them, with the texts the guard compares (responses included)."""
+    from medqlora.data import Collected, format_rows, guard_items
+
+    spec = DatasetSpec(source="x.jsonl", format=fmt, **spec)
+    return guard_items([Collected("0:x.jsonl", spec, format_rows(spec, rows), {})])
+
+
 def test_pubmedqa_training_questions_are_not_flagged_against_its_test_questions():
     others = sorted(set(PQAL) - set(TEST_IDS))
     assert len(others) == 500
@@ -150,6 +172,17 @@ def test_pubmedqa_training_questions_are_not_flagged_against_its_test_questions(
     assert find_overlap(pubmedqa_training_items(others), PUBMEDQA_TEST, ngram=5) == []
     # and the guard does find the test rows themselves
     assert len(find_overlap(pubmedqa_training_items(TEST_IDS), PUBMEDQA_TEST)) == 500
+
+
+def test_pubmedqa_training_rows_are_not_flagged_against_its_test_abstracts_and_long_answers():
+    guarded = guarded_evaluation_items()
+    assert {item.part for item in guarded} >= {None, "abstract", "abstract paragraph 1", "long answer"}
+    others = [{"pubid": p, **PQAL[p]} for p in sorted(set(PQAL) - set(TEST_IDS))]
+    assert find_overlap(kit_training_items(others, "pubmedqa"), guarded) == []
+    # the test rows under other ids (no PMID hold-out) are all found, by their question, abstract or long answer
+    test_rows = [{**PQAL[p], "pubid": f"copy-{p}", "QUESTION": "Reworded?"} for p in TEST_IDS]
+    overlaps = find_overlap(kit_training_items(test_rows, "pubmedqa"), guarded)
+    assert len(overlaps) == 500 and all(o.kind == "exact" and o.evaluation.part for o in overlaps)
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared medical data checkout")
@@ -161,6 +194,8 @@ def test_medical_o1_rows_are_not_flagged_against_pubmedqa_or_medmcqa():
     medmcqa_items = [Item("medmcqa", r["realidx"], r["question"]) for r in medmcqa]
     assert find_overlap(items, PUBMEDQA_TEST) == []
     assert find_overlap(items, medmcqa_items) == []
+    for style in ("huatuo", "tags"):  # as the kit formats them, abstracts and long answers guarded too
+        assert find_overlap(kit_training_items(rows, "medical_o1", cot_style=style), guarded_evaluation_items()) == []
     assert find_overlap(pubmedqa_training_items(sorted(PQAL)), medmcqa_items) == []
 
 
@@ -178,6 +213,28 @@ def test_a_thousand_questions_against_a_hundred_thousand_rows_take_seconds():
     elapsed = time.perf_counter() - began
     assert elapsed < 30, elapsed  # about 3 s on 2 CPU cores
     assert any(o.train.row == 54_321 and o.evaluation.uid == planted.uid and o.kind == "exact" for o in overlaps)
+
+
+def test_the_guarded_abstracts_and_long_answers_keep_it_fast():
+    """The kit's evaluation texts (500 questions, their abstracts and long answers: about 3,200 texts) plus 500
+    questions against 100,000 instruction rows, each with its joined prompt and its output (160 words a row)."""
+    from medqlora.data import Example
+
+    vocabulary = " ".join(PQAL[p]["LONG_ANSWER"] for p in sorted(PQAL)).split()
+    rng = random.Random(0)
+    evaluation = guarded_evaluation_items() + [Item("mine", str(i), " ".join(rng.choices(vocabulary, k=30)))
+                                               for i in range(500)]
+    rows = [Item("0:mine.jsonl", None, "", Example(
+        prompt="", response=" ".join(rng.choices(vocabulary, k=40)),
+        texts=(("instruction", " ".join(rng.choices(vocabulary, k=30))),
+               ("input", " ".join(rng.choices(vocabulary, k=30))))).guard_texts(), i) for i in range(100_000)]
+    abstract = next(e for e in evaluation if e.part == "abstract" and e.uid == TEST_IDS[9])
+    rows[4_321] = Item("0:mine.jsonl", None, "", (("input", "Notes. " + abstract.question),), 4_321)
+    began = time.perf_counter()
+    overlaps = find_overlap(rows, evaluation)
+    elapsed = time.perf_counter() - began
+    assert elapsed < 40, elapsed  # about 7 s on 2 shared CPU cores
+    assert [(o.train.row, o.evaluation.uid, o.evaluation.part) for o in overlaps] == [(4_321, TEST_IDS[9], "abstract")]
 
 
 # ---------------------------------------------------------------- evaluating an adapter later

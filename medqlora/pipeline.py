@@ -248,6 +248,8 @@ def _train_in(
         for r in prepared.train))
     for name, stats in prepared.stats.items():
         say(f"data {name}: {stats}")
+    for warning in prepared.stats.get("total", {}).get("warnings", []):
+        say(f"warning: {warning}")
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
     _say_if_the_epoch_tail_repeats(cfg, prepared)
     record("training", model_source=source, data=prepared.fingerprints)

@@ -106,10 +106,19 @@ def test_tiled_mlp_lowers_the_long_context_estimate():
 
 
 @pytest.fixture
-def model_8b_config_only(tmp_path):
-    """An 8B-shaped config.json without weights: the preflight reads nothing else."""
+def model_8b_config_only(tmp_path, smol_dir):
+    """An 8B-shaped config.json with a tokenizer and an empty weights file: the preflight reads nothing else
+    (the dry-run's model checks see a whole folder: a header-only safetensors file and tokenizer files)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
     folder = tmp_path / "llama8b"
     LlamaConfig(**SHAPES["llama-3.1-8b"]).save_pretrained(folder)
+    save_file({}, str(folder / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (smol_dir / name).is_file():
+            shutil.copy(smol_dir / name, folder / name)
     return folder
 
 

@@ -464,8 +464,21 @@ def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runti
             f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
             "Was it trained on a different base model? Check model.name in the run's config.yaml."
         ) from None
+    _refuse_non_finite_adapter(model, adapter_dir)
     prepare_for_generation(model, runtime)
     return model
+
+
+def _refuse_non_finite_adapter(model: Any, adapter_dir: Path) -> None:
+    """An adapter with NaN or infinite weights scores every answer NaN (and the tie rule then picks the first
+    choice): it is refused rather than evaluated, answered with or exported."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if "lora_" in name and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ModelError(f"The adapter in {printable(str(adapter_dir))} holds NaN or infinite weights ({len(bad)} "
+                         f"tensors, e.g. {printable(bad[0], 120)}): its answers and scores would be meaningless. "
+                         "Train it again (a lower training.learning_rate), or use an earlier adapter.")
 
 
 def prepare_for_training(model: Any, runtime: Runtime) -> None:

@@ -482,7 +482,8 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
     uid = row.get("realidx", row.get("id"))
     return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=question,
                    uid=_uid(uid, "realidx" if "realidx" in row else "id"),
-                   texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items()))
+                   texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items())
+                   + tuple((f"options key {k!r}", k) for k in options))  # a key is printed in the prompt too
 
 
 @register("instruction")

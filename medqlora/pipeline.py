@@ -28,6 +28,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     from .train import planned_steps
 
     runtime = backends.detect(cfg)
+    tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     source = backends.config_source(cfg.model.name)
     if source and Path(source).is_dir():  # a local tokenizer and chat template load in a second: check them too
@@ -35,8 +36,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
-    benchmarks = {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if with_eval and (
-        b.source is None or data.resolve_local(b.source) is not None or data.looks_local(b.source))}
+    benchmarks = _local_benchmarks(cfg) if with_eval else {}
     sizes = data.count_rows(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
     known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
     n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
@@ -74,6 +74,8 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     if adapter is not None:
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
+    if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
+        _local_benchmarks(cfg)
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
@@ -89,6 +91,12 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": str(run_folder) if run_folder is not None else
         str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _local_benchmarks(cfg: KitConfig) -> dict[str, list]:
+    """The benchmarks that can be read without a download (PubMedQA's shipped test split, local files)."""
+    return {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks
+            if b.source is None or data.resolve_local(b.source) is not None or data.looks_local(b.source)}
 
 
 def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.Item]:

@@ -340,7 +340,11 @@ class RunDir:
 
 
 def latest_run_with_adapter(root: Path) -> Path:
-    runs = [p for p in root.glob("*/adapter/adapter_config.json")] if root.is_dir() else []
+    """The newest run folder under root with an adapter. A run folder that is a link, or that resolves outside
+    root, is passed over: results are written into the run folder, and never through a link out of root."""
+    inside = root.resolve()
+    runs = [p for p in root.glob("*/adapter/adapter_config.json")
+            if not p.parent.parent.is_symlink() and p.resolve().is_relative_to(inside)] if root.is_dir() else []
     if not runs:
         raise MedQLoRAError(
             f"No trained adapter found under {printable(root)}. Train one first (--mode train or full), or pass --adapter PATH."

@@ -128,3 +128,63 @@ def test_dry_run_of_an_adapter_mode_plans_that_mode_with_the_adapters_base(tiny_
     (tmp_path / "r" / "adapter" / "adapter_config.json").write_text("{}")
     assert main(["--mode", "eval", "--dry-run", "--adapter", str(tmp_path / "r")]) == 2  # checked as a run would
     assert "not a usable LoRA config" in capsys.readouterr().err
+
+
+def test_an_evaluation_question_as_an_option_key_is_caught(tiny_model_dir, tmp_path, capsys):
+    question = json.loads(Path("data/pubmedqa/ori_pqal.json").read_text())["10135926"]["QUESTION"]
+    rows = [{"question": f"Which drug treats condition {i}?", "options": {question: "yes", "B": "no"}, "answer_idx": "B"}
+            for i in range(4)]
+    source = tmp_path / "mc.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run", **{
+        "data.datasets": f"[{{source: {source}, format: multiple_choice}}]"}))
+    err = capsys.readouterr().err
+    assert code == 2 and "contains evaluation" in err and "10135926" in err, err[-2000:]
+
+
+def test_latest_passes_over_a_run_folder_linked_from_elsewhere(tmp_path):
+    from medqlora.errors import MedQLoRAError
+    from medqlora.runs import latest_run_with_adapter
+
+    elsewhere = tmp_path / "elsewhere" / "run" / "adapter"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "adapter_config.json").write_text("{}")
+    root = tmp_path / "outputs"
+    root.mkdir()
+    (root / "zz-link").symlink_to(elsewhere.parent)
+    with pytest.raises(MedQLoRAError, match="No trained adapter found"):
+        latest_run_with_adapter(root)
+    own = root / "mine" / "adapter"
+    own.mkdir(parents=True)
+    (own / "adapter_config.json").write_text("{}")
+    assert latest_run_with_adapter(root) == own
+
+
+def test_an_adapter_with_nan_weights_is_not_evaluated_or_answered_with(tiny_model_dir, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": "r"})) == 0
+    weights_file = tmp_path / "r" / "adapter" / "adapter_model.safetensors"
+    weights = load_file(weights_file)
+    name = next(k for k in weights if "lora_B" in k)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(weights_file))
+    capsys.readouterr()
+    assert main(["--mode", "test", "--adapter", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "holds NaN or infinite weights" in err and "Traceback" not in err, err[-2000:]
+    assert not list((tmp_path / "r").glob("sample_responses*"))
+
+
+def test_dry_run_checks_trackers_and_local_benchmark_rows(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--dry-run", **{"training.report_to": "[wandb]"})) == 2
+    assert "WANDB_API_KEY" in capsys.readouterr().err
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": "q?", "opa": "x", "opb": "y", "cop": 1}) + "\n")
+    code = main(["--mode", "eval", "--dry-run", "--adapter", "none", "--set", f"model.name={tiny_model_dir}", "--set",
+                 f"eval.benchmarks=[{{name: b, kind: multiple_choice, source: {bench}}}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "options" in err and "Traceback" not in err, err[-2000:]

@@ -527,11 +527,8 @@ def _run_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefi
         named = slug(redact(adapter.parent.name if adapter.name == "adapter" else adapter.name))[:60] or "adapter"
         prefix = f"foreign-{named}"
     name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    root, n = Path(output_dir or cfg.output.dir).expanduser(), 1
-    while not cfg.output.run_name and ((root / name).exists() or (root / name).is_symlink()):  # same second
-        n += 1
-        name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-    run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir)
+    run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,
+                        generated_name=not cfg.output.run_name)  # a run of the same second: a -2 suffix
     if adapter is not None:
         say(f"{printable(adapter)} is not in a run folder of this kit: its results go to {printable(run.path)}")
     return run

@@ -157,6 +157,11 @@ def resolve_model_source(name: str) -> str:
         path = Path(name).expanduser()
         _check_gguf_path(path)
         return str(convert_gguf(path))
+    return _checked_local(name)
+
+
+def _checked_local(name: str) -> str:
+    """A local checkpoint folder, checked, or a hub id; a name written as a path that does not exist is refused."""
     local = Path(name).expanduser()
     if local.exists():
         check_checkpoint_folder(local)
@@ -189,10 +194,8 @@ def check_model_source(name: str) -> None:
     if name.endswith(".gguf"):
         _check_gguf_path(path)
         check_gguf_file(path)
-    elif path.exists():
-        check_checkpoint_folder(path)
     else:
-        _refuse_missing_local_path(name)
+        _checked_local(name)
 
 
 def check_checkpoint_folder(folder: Path) -> None:
@@ -299,10 +302,10 @@ def _converted_path(gguf: Path) -> Path:
 
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
-    check_gguf_file(gguf)
     target = _converted_path(gguf)
     if (target / "config.json").is_file():
         return target
+    check_gguf_file(gguf)  # read in full only when it is converted, not on every resolve of a cached model
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

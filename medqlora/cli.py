@@ -25,7 +25,7 @@ ADAPTER_MODES = ("test", "eval", "export")  # --adapter
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="medical_qlora_finetuning.py",
+        prog="medqlora" if Path(sys.argv[0]).name == "medqlora" else "medical_qlora_finetuning.py",
         description="QLoRA fine-tuning of LLMs on medical data (Unsloth on NVIDIA GPUs, Hugging Face elsewhere).",
     )
     p.add_argument("--mode", choices=MODES, default="full",

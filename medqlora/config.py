@@ -20,7 +20,17 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 from .errors import ConfigError
 from .secrets import printable
 
-KIT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _kit_root() -> Path:
+    """Where the default config, presets and shipped data live: beside the package in a source checkout (or an
+    editable install), inside it (``medqlora/_kit``) in an installed wheel."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    return checkout if (checkout / "config" / "training_config.yaml").is_file() else package / "_kit"
+
+
+KIT_ROOT = _kit_root()
 DEFAULT_CONFIG = KIT_ROOT / "config" / "training_config.yaml"
 PRESETS_DIR = KIT_ROOT / "config" / "presets"
 

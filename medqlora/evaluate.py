@@ -233,6 +233,8 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     unparsed = sum(p is None for p in pred)
     correct = sum(g == p for g, p in zip(gold, pred, strict=True))
+    gold_counts = {label: sum(g == label for g in gold) for label in labels}
+    majority = max(labels, key=lambda label: gold_counts[label])
     return {
         "items": n,
         "accuracy": round(100 * correct / n, 2) if n else math.nan,
@@ -240,8 +242,30 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
         "unparsed": unparsed,
         "accuracy_of_parsed": round(100 * correct / (n - unparsed), 2) if n - unparsed else math.nan,
         "predicted": {label: sum(p == label for p in pred) for label in labels},
-        "gold": {label: sum(g == label for g in gold) for label in labels},
+        "gold": gold_counts,
+        "majority_label": majority,
+        "majority_rate": round(100 * gold_counts[majority] / n, 2) if n else math.nan,
     }
+
+
+ONE_ANSWER_SHARE = 0.9  # a model that gives one answer to more items than this is flagged in the summary
+
+
+def one_answer_warning(name: str, stage: str, metrics: dict[str, Any]) -> str | None:
+    """A sentence when the model gives one answer to more than 90% of the items, with how its accuracy compares to
+    always giving the most common gold answer; None otherwise."""
+    predicted = metrics.get("predicted") or {}
+    if not predicted or not metrics.get("items") or "majority_rate" not in metrics:
+        return None
+    label, count = max(predicted.items(), key=lambda kv: kv[1])
+    share = count / metrics["items"]
+    if share <= ONE_ANSWER_SHARE:
+        return None
+    accuracy, majority = metrics["accuracy"], metrics["majority_rate"]
+    compared = "below" if accuracy < majority else "the same as" if accuracy == majority else "above"
+    return (f"the {stage.replace('_', '-')} model answers '{label}' to {100 * share:.0f}% of {name}'s items; its "
+            f"accuracy {metrics['accuracy']:.1f}% is {compared} always answering '{metrics['majority_label']}' "
+            f"({metrics['majority_rate']:.1f}%): read macro-F1 ({metrics['macro_f1']:.1f}) beside accuracy")
 
 
 def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> dict:
@@ -341,6 +365,13 @@ def report_markdown(results: dict[str, dict[str, Any]], title: str, perplexity: 
                 m = row[stage]
                 lines.append(f"- {stage}: predicted {m['predicted']} vs gold {m['gold']}; unparsed {m['unparsed']}; "
                              f"{m['items_per_second']} items/s")
+                warning = one_answer_warning(name, stage, m)
+                if warning:
+                    lines.append(f"- **warning**: {warning}")
+        any_run = row.get("fine_tuned") or row.get("baseline")
+        if "majority_rate" in any_run:
+            lines.append(f"- always answering the most common gold label ('{any_run['majority_label']}'): "
+                         f"{any_run['majority_rate']}% on these items")
         for label, value in REFERENCES.get(name.lower(), []):
             lines.append(f"- reference: {label}: {value}")
         lines.append("")

@@ -396,14 +396,26 @@ def _evaluate(cfg: KitConfig, model: Any, tokenizer: Any, benchmarks: dict[str, 
     return results
 
 
+def _summary_row(name: str, row: dict[str, dict]) -> str:
+    """One benchmark in the end-of-run summary: accuracy with macro-F1 and the majority-class rate beside it, and a
+    warning when a model gives one answer to nearly every item."""
+    base, tuned = (row.get(k) or {} for k in ("baseline", "fine_tuned"))
+    if "accuracy" not in (tuned or base):
+        return f"{name} format_compliance {base.get('format_compliance', '-')} -> {tuned.get('format_compliance', '-')}"
+    either = tuned or base
+    text = (f"{name} accuracy {base.get('accuracy', '-')} -> {tuned.get('accuracy', '-')}, macro-F1 "
+            f"{base.get('macro_f1', '-')} -> {tuned.get('macro_f1', '-')}")
+    if "majority_rate" in either:
+        text += f" (always '{either['majority_label']}': {either['majority_rate']})"
+    warnings = [w for stage, m in (("baseline", base), ("fine_tuned", tuned)) if m
+                for w in [evaluate.one_answer_warning(name, stage, m)] if w]
+    return text + "".join(f"; WARNING: {w}" for w in warnings)
+
+
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
                       perplexity: dict | None = None) -> str:
     """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist)."""
-    rows = []
-    for name, row in results.items():
-        base, tuned = (row.get(k) or {} for k in ("baseline", "fine_tuned"))
-        key = "accuracy" if "accuracy" in (tuned or base) else "format_compliance"
-        rows.append(f"{name} {key} {base.get(key, '-')} -> {tuned.get(key, '-')}")
+    rows = [_summary_row(name, row) for name, row in results.items()]
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
     line = "; ".join(rows) + " (baseline -> fine-tuned)"

@@ -65,6 +65,7 @@ YAML_MAX_DEPTH = 64  # nesting levels, aliases expanded
 MAX_STEPS = 10_000_000
 MAX_BATCH = 65_536
 MAX_NEW_TOKENS = 131_072
+MAX_CONTEXT = 1_048_576  # tokens; the longest context windows of current models
 
 
 PATH_SHOWN = 500  # characters of a path shown in a message
@@ -247,6 +248,10 @@ class EvalSection(Section):
     )
     batch_size: int = Field(8, gt=0, le=MAX_BATCH)
     max_new_tokens: int = Field(256, gt=0, le=MAX_NEW_TOKENS, description="generate method only")
+    max_length: int | None = Field(
+        None, gt=8, le=MAX_CONTEXT, description="tokens an evaluation prompt may use (null: the model's context "
+        "length; model.max_seq_length, a training setting, does not apply); longer contexts are shortened and counted"
+    )
     in_full_mode: bool = Field(True, description="--mode full evaluates before and after training")
     cot_items: int = Field(
         50, ge=0, le=1_000_000, description="--mode full: held-out medical-o1 items to generate for when training on that format"

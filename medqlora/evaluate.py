@@ -23,6 +23,7 @@ from .config import BenchmarkSpec, DatasetSpec, KitConfig
 from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
 from .distributed import shared_map
 from .errors import DataError
+from .secrets import printable
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
 REFERENCES: dict[str, list[tuple[str, float]]] = {
@@ -108,7 +109,8 @@ def answer_token_ids(tokenizer: Any, choices: list[str]) -> list[list[int]]:
 def score_likelihood(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
     import torch
 
-    prompts = [_prompt_ids(cfg, tokenizer, item) for item in items]
+    fitted = [_prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1) for item in items]
+    prompts = [ids for ids, _ in fitted]
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batch by length: little padding
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -131,7 +133,8 @@ def score_likelihood(cfg: KitConfig, model: Any, tokenizer: Any, items: list[Eva
             key = tuple(items[i].choices)
             groups = groups_cache.setdefault(key, answer_token_ids(tokenizer, items[i].choices))
             scores = [torch.logsumexp(logprobs[row, group], dim=0).item() for group in groups]
-            results[i] = {"pred": items[i].choices[_argmax(scores)], "scores": [round(s, 4) for s in scores]}
+            results[i] = {"pred": items[i].choices[_argmax(scores)], "scores": [round(s, 4) for s in scores],
+                          "shortened": fitted[i][1]}
     return [results[i] for i in range(len(items))]
 
 
@@ -148,14 +151,27 @@ def _last_logits(model: Any, ids: Any, mask: Any, positions: Any) -> Any:
     return out.logits[:, -1, :]
 
 
-def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem) -> list[int]:
+def evaluation_length(cfg: KitConfig, model: Any) -> int:
+    """Tokens an evaluation prompt may use: eval.max_length, else the model's context length (training's
+    max_seq_length does not limit evaluation)."""
+    if cfg.eval.max_length is not None:
+        return cfg.eval.max_length
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return context if isinstance(context, int) and context > 0 else cfg.model.max_seq_length
+
+
+def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem, limit: int) -> tuple[list[int], bool]:
+    """The item's prompt ids, its context shortened when the prompt is longer than ``limit``; and whether it was."""
     prompt_only = Example(prompt=item.example.prompt, response="", context=item.example.context,
                           prompt_template=item.example.prompt_template)
-    fitted, outcome = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt,
-                                       cfg.model.max_seq_length - 1, "truncate", "")
+    fitted, outcome = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt, limit, "truncate", "")
     if fitted is None:
-        raise DataError(f"Evaluation item {item.uid}: its prompt does not fit model.max_seq_length.")
-    return fitted["input_ids"]
+        whole, _ = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt, 10**9, "truncate", "")
+        raise DataError(f"Evaluation item {printable(item.uid)}: its prompt is {len(whole['input_ids'])} tokens even "
+                        f"with its context shortened, more than the {limit} evaluation allows (eval.max_length, by "
+                        "default the model's context length, less eval.max_new_tokens for the generate method). "
+                        "Raise eval.max_length if the model takes longer inputs, or leave the item out.")
+    return fitted["input_ids"], outcome == "context_truncated"
 
 
 # ---------------------------------------------------------------- generation scoring
@@ -201,12 +217,16 @@ def extract_answer(text: str, choices: list[str], option_texts: dict[str, str] |
     return None
 
 
-def _replies(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[str]:
-    """Greedy (or configured) replies to the items' prompts, fitted to max_seq_length as for training."""
+def _replies(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[tuple[str, bool]]:
+    """Greedy (or configured) replies to the items' prompts, and whether each prompt's context was shortened to
+    leave room for eval.max_new_tokens within the evaluation length."""
     from .generate import generate_texts
 
-    prompts = [tokenizer.decode(_prompt_ids(cfg, tokenizer, item)) for item in items]
-    return generate_texts(cfg, model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    limit = evaluation_length(cfg, model) - cfg.eval.max_new_tokens
+    fitted = [_prompt_ids(cfg, tokenizer, item, limit) for item in items]
+    replies = generate_texts(cfg, model, tokenizer, [tokenizer.decode(ids) for ids, _ in fitted],
+                             cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    return [(reply, shortened) for reply, (_, shortened) in zip(replies, fitted, strict=True)]
 
 
 def _speed(n: int, seconds: float) -> dict[str, float]:
@@ -215,8 +235,8 @@ def _speed(n: int, seconds: float) -> dict[str, float]:
 
 def score_generate(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
     replies = _replies(cfg, model, tokenizer, items)
-    return [{"pred": extract_answer(reply, item.choices, item.option_texts), "reply": reply}
-            for item, reply in zip(items, replies, strict=True)]
+    return [{"pred": extract_answer(reply, item.choices, item.option_texts), "reply": reply, "shortened": shortened}
+            for item, (reply, shortened) in zip(items, replies, strict=True)]
 
 
 # ---------------------------------------------------------------- metrics and report
@@ -282,6 +302,7 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
         seconds = time.perf_counter() - began
         metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], items[0].choices)
         metrics.update(method=cfg.eval.method, **_speed(len(items), seconds),
+                       shortened=sum(bool(s.get("shortened")) for s in scored),
                        per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])
         results[name] = metrics
     return results
@@ -364,7 +385,7 @@ def report_markdown(results: dict[str, dict[str, Any]], title: str, perplexity: 
             if row.get(stage):
                 m = row[stage]
                 lines.append(f"- {stage}: predicted {m['predicted']} vs gold {m['gold']}; unparsed {m['unparsed']}; "
-                             f"{m['items_per_second']} items/s")
+                             f"{m['items_per_second']} items/s; {m.get('shortened', 0)} prompts shortened")
                 warning = one_answer_warning(name, stage, m)
                 if warning:
                     lines.append(f"- **warning**: {warning}")
@@ -496,8 +517,10 @@ def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
 
 def score_cot(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem], style: str) -> dict[str, Any]:
     began = time.perf_counter()
-    replies = shared_map(lambda part: _replies(cfg, model, tokenizer, part), items)
+    answered = shared_map(lambda part: _replies(cfg, model, tokenizer, part), items)
+    replies = [reply for reply, _ in answered]
     metrics = cot_metrics(replies, [i.gold for i in items], style)
     metrics.update(method="generate", style=style, **_speed(len(items), time.perf_counter() - began),
+                   shortened=sum(shortened for _, shortened in answered),
                    per_item=[{"uid": i.uid, "reply": r} for i, r in zip(items, replies, strict=True)])
     return metrics

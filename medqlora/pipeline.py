@@ -392,7 +392,9 @@ def _evaluate(cfg: KitConfig, model: Any, tokenizer: Any, benchmarks: dict[str, 
                 f"{m['mean_reasoning_words']} words, ROUGE-L {m['rouge_l']} on {m['items']} items")
             continue
         say(f"eval {stage} {name}: accuracy {m['accuracy']}% macro-F1 {m['macro_f1']}% on {m['items']} items "
-            f"({m['method']}, {m['items_per_second']} items/s); predicted {m['predicted']}")
+            f"({m['method']}, {m['items_per_second']} items/s); predicted {m['predicted']}"
+            + (f"; {m['shortened']} prompts had their context shortened to fit eval.max_length" if m.get("shortened")
+               else ""))
     return results
 
 

@@ -11,6 +11,7 @@ from medqlora import evaluate as evaluation
 from medqlora.config import BenchmarkSpec, load_config
 from medqlora.evaluate import (
     _prompt_ids,
+    evaluation_length,
     answer_token_ids,
     check_not_trained_on,
     classification_metrics,
@@ -50,7 +51,7 @@ def fake_for(cfg, tokenizer, items, wanted: list[dict[str, float]]):
         logits = torch.full((vocab,), -20.0)
         for form, value in scores.items():
             logits[tokenizer(form, add_special_tokens=False)["input_ids"][0]] = value
-        table[tuple(_prompt_ids(cfg, tokenizer, item))] = logits
+        table[tuple(_prompt_ids(cfg, tokenizer, item, cfg.model.max_seq_length - 1)[0])] = logits
     return FakeModel(vocab, table)
 
 
@@ -95,7 +96,7 @@ def test_batched_scores_match_an_independent_unbatched_scorer(tiny_model_dir, tm
     ours = evaluate(cfg, model, tokenizer, {"p": items})["p"]["per_item"]
     groups = answer_token_ids(tokenizer, items[0].choices)
     for item, scored in zip(items, ours, strict=True):
-        ids = torch.tensor([_prompt_ids(cfg, tokenizer, item)])
+        ids = torch.tensor([_prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1)[0]])
         with torch.no_grad():
             logprobs = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
         independent = [torch.logsumexp(logprobs[g], dim=0).item() for g in groups]
@@ -215,3 +216,39 @@ def test_summary_has_no_warning_for_spread_answers():
     assert evaluation.one_answer_warning("m", "fine_tuned", tuned) is None  # exactly 90% is not flagged
     line = _summary_row("m", {"baseline": None, "fine_tuned": tuned})
     assert "WARNING" not in line and line.startswith("m accuracy - -> 25.0, macro-F1 - -> ")
+
+
+def _long_abstract_items(count: int):
+    """PubMedQA test items, the longest abstracts first."""
+    items = load_items(BenchmarkSpec(name="pubmedqa", kind="pubmedqa"), seed=0)
+    return sorted(items, key=lambda item: -len(item.example.context or ""))[:count]
+
+
+def test_evaluation_is_not_limited_by_the_training_length(tiny_model_dir, tmp_path, smol_tokenizer):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["model.max_seq_length=64"])
+    runtime = backends.detect(cfg)
+    model, tokenizer = backends.load_for_inference(cfg, runtime, None)
+    items = _long_abstract_items(3)
+    assert evaluation_length(cfg, model) == 4096  # the tiny model's context, not max_seq_length 64
+    result = evaluate(cfg, model, tokenizer, {"p": items})["p"]
+    assert result["items"] == 3 and result["shortened"] == 0
+    whole = [_prompt_ids(cfg, tokenizer, item, 10**6)[0] for item in items]
+    assert min(len(ids) for ids in whole) > 64
+
+    shortened = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["eval.max_length=200"])
+    result = evaluate(shortened, model, tokenizer, {"p": items})["p"]
+    assert result["shortened"] == 3 and all(r["shortened"] for r in result["per_item"])
+    for item, full in zip(items, whole, strict=True):
+        ids, was_shortened = _prompt_ids(shortened, tokenizer, item, 199)
+        assert was_shortened and len(ids) <= 199
+        assert ids[-20:] == full[-20:]  # only the context shrinks: the question and the answer cue stay
+
+
+def test_an_item_too_long_even_without_its_context_is_refused_with_the_setting_to_change(tiny_model_dir, tmp_path,
+                                                                                      smol_tokenizer):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["eval.max_length=40"])
+    item = _long_abstract_items(1)[0]
+    item.example.prompt = "Is " + "very " * 200 + "long question?"
+    with pytest.raises(DataError, match=r"its prompt is \d+ tokens even with its context shortened, more than the 39 "
+                       r"evaluation allows \(eval.max_length"):
+        _prompt_ids(cfg, smol_tokenizer, item, 39)

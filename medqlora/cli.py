@@ -18,9 +18,9 @@ from .config import DEFAULT_CONFIG, PATH_SHOWN, KitConfig, has_control_character
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
 
-MODES = ["train", "test", "eval", "full", "export"]
+MODES = ["train", "test", "eval", "full", "export", "chat"]
 TRAINING_MODES = ("train", "full")  # --resume
-ADAPTER_MODES = ("test", "eval", "export")  # --adapter
+ADAPTER_MODES = ("test", "eval", "export", "chat")  # --adapter
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,17 +31,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="full",
                    help="train: train an adapter; test: answer the sample queries with an adapter; eval: score the "
                    "base model and an adapter on the eval benchmarks; full: evaluate, train, evaluate, answer; export: write an "
-                   "adapter's export.formats (adapter, merged 16-bit, gguf)")
+                   "adapter's export.formats (adapter, merged 16-bit, gguf); chat: talk with the model and an adapter")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file or preset name (config/presets/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set training.max_steps=60 (repeatable)")
     p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
     p.add_argument("--adapter", default=None,
-                   help="test/eval/export modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
+                   help="test/eval/export/chat modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
     p.add_argument("--resume", default=None, metavar="RUN|latest",
                    help="train/full: continue a crashed or interrupted run from its last checkpoint, with its own "
                    "config.yaml")
     p.add_argument("--no-baseline", action="store_true", help="eval mode: score the adapter only, not the base model")
+    p.add_argument("--prompt", default=None, help="chat mode: answer this one question to stdout and exit")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; load nothing")
     return p
 
@@ -119,13 +120,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--resume continues an interrupted training run: it is for --mode train and --mode full, "
                           f"and --mode {mode} would ignore it. Leave out --resume.")
     if args.adapter is not None and mode not in ADAPTER_MODES:
-        raise ConfigError(f"--adapter chooses the adapter of --mode test, eval and export; --mode {mode} trains a new "
+        raise ConfigError(f"--adapter chooses the adapter of --mode test, eval, export and chat; --mode {mode} trains a new "
                           "one and would ignore it. Leave out --adapter (to continue an interrupted run: --resume "
                           "RUN).")
     if args.no_baseline and mode != "eval":
         tip = " (--set eval.in_full_mode=false skips both evaluations of --mode full)" if mode == "full" else ""
         raise ConfigError(f"--no-baseline is for --mode eval; --mode {mode} would ignore it. Leave out "
                           f"--no-baseline{tip}.")
+    if args.prompt is not None and mode != "chat":
+        raise ConfigError(f"--prompt is the one-shot question of --mode chat; --mode {mode} would ignore it. Use "
+                          "--mode chat --prompt \"...\", or generation.queries_file for --mode test.")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ConfigError("--prompt is empty: give the question to answer.")
     if args.resume is not None and args.overrides:
         raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
     if args.config is not None and args.config.strip() and Path(args.config).is_dir():
@@ -183,9 +189,12 @@ def _main(args: argparse.Namespace) -> int:
 
         if args.dry_run:
             planned = (pipeline.plan_with_adapter(cfg, args.mode, args.adapter, args.output_dir)
-                       if args.mode in ("test", "eval", "export") else pipeline.plan(cfg, args.mode, args.output_dir))
+                       if args.mode in ADAPTER_MODES else pipeline.plan(cfg, args.mode, args.output_dir))
             if distributed.is_main():  # under a launcher, one plan for all the processes
                 print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
+            return 0
+        if args.mode == "chat":
+            pipeline.run_chat(cfg, args.adapter, args.output_dir, args.prompt)
             return 0
         if args.mode == "test":
             summary = pipeline.run_test(cfg, args.adapter, args.output_dir)

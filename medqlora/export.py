@@ -102,7 +102,12 @@ def adapter_files(adapter: Path) -> list[Path]:
 
 def _export_adapter(cfg: KitConfig, sources: list[Path], run: RunDir, dest: str) -> None:
     for source in sources:
-        run.copy_in(source, f"{dest}/{source.name}")
+        if source.name == "adapter_config.json":  # names the base as another machine finds it
+            config = json.loads(source.read_text())
+            config["base_model_name_or_path"] = backends.portable_base_name(cfg.model.name)
+            run.write_json(f"{dest}/{source.name}", config)
+        else:
+            run.copy_in(source, f"{dest}/{source.name}")
     run.write_text(
         f"{dest}/README.md",
         f"# LoRA adapter for {printable(cfg.model.name)}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -407,6 +408,7 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
         else:
             write_gathered_adapter(model, weights, partial)
         tokenizer.save_pretrained(str(partial))
+        _usual_permissions(partial)
         partial.rename(run.adapter)
     except OSError as err:
         if partial.is_dir() and not partial.is_symlink():
@@ -416,6 +418,15 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
             f"--output-dir) and train again; the incomplete files were removed."
         ) from None
     log.info("adapter saved to %s", run.adapter)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Files as the user's umask makes them (safetensors writes its file owner-only, unlike every other file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for file in folder.iterdir():
+        if file.is_file() and not file.is_symlink():
+            file.chmod(0o666 & ~mask)
 
 
 def write_gathered_adapter(model: Any, weights: dict[str, Any], folder: Path) -> None:

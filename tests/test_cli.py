@@ -1,6 +1,7 @@
 """Every CLI mode end to end on the tiny random model (hf backend, CPU)."""
 
 import json
+import stat
 from importlib import metadata
 
 import yaml
@@ -44,6 +45,8 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     assert manifest["packages"]["torch"] and manifest["packages"]["trl"] == metadata.version("trl")
     assert list(manifest["data"].values())[0].startswith("sha256:")
     assert manifest["adapter_mb"] > 0
+    modes = {stat.S_IMODE(f.stat().st_mode) for f in [*(run / "adapter").iterdir(), run / "config.yaml"]}
+    assert len(modes) == 1  # the adapter's weights are as readable as every other file of the run
 
     memory = json.loads((run / "memory.json").read_text())
     assert memory["summary"]["host_peak_rss_gib"] > 0.1

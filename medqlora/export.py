@@ -21,6 +21,7 @@ from typing import Any
 
 from . import backends
 from .config import KitConfig
+from .progress import bar
 from .data import render_prompt
 from .errors import MedQLoRAError, ModelError
 from .generate import load_queries
@@ -180,13 +181,15 @@ def _score(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int) -> t
     stops = backends.stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     logits, greedy = [], []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
-        with torch.inference_mode():
-            logits.append(model(input_ids=ids).logits[0].float().cpu())
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        greedy.append(out[0, ids.shape[1]:].tolist())
+    with bar(len(prompts), "checking the export") as progress:
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+            with torch.inference_mode():
+                logits.append(model(input_ids=ids).logits[0].float().cpu())
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                     do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+            greedy.append(out[0, ids.shape[1]:].tolist())
+            progress.update(1)
     return logits, greedy
 
 

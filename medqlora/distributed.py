@@ -166,6 +166,12 @@ def epoch_tail(rows: int, unit: str, micro_batch: int, processes: int | None = N
             f"exactly the batches of one GPU, use a multiple of {micro_batch * n} {unit}.")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int | None]) -> dict[str, Any]:
     """What each process will do, for --dry-run (run it under the same launcher and config as the real run)."""
     n, per_machine = world_size(), local_world_size()
@@ -178,7 +184,7 @@ def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int |
         ranks.append({
             "rank": r,
             "machine": r // per_machine,
-            "gpu": r % per_machine,
+            "gpu": r % per_machine if _cuda() else "none (CPU)",
             "micro_batch x accumulation": f"{split.micro_batch_size} x {split.gradient_accumulation_steps}",
             "micro_batches_per_epoch": micro_batches_per_process(train_examples, split.micro_batch_size, n)
             if train_examples else "unknown until the data is known",

@@ -19,6 +19,7 @@ H100/H200 GPUs; docs/benchmarks.md compares the estimate with the peaks of the b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import KitConfig
@@ -217,6 +218,40 @@ def cap_gpu_memory(cfg: KitConfig) -> None:
     if cfg.training.gpu_memory_gib and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory / GIB
         torch.cuda.set_per_process_memory_fraction(min(1.0, cfg.training.gpu_memory_gib / total))
+
+
+def model_shape_offline_first(source: str, trust_remote_code: bool = False) -> tuple[ModelShape | None, str]:
+    """The shape, read from a local folder or the hub cache, or from the hub only when it answers at once (a
+    machine without network waits on no retries); else None and why."""
+    if not Path(source).expanduser().is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(source, "config.json")
+        except Exception:  # not a repo id
+            cached = None
+        if not isinstance(cached, str) and not hub_reachable():
+            return None, (f"{source}'s config.json is not in the local cache and the model hub cannot be reached "
+                          "from this machine (the run downloads it)")
+    shape = model_shape(source, trust_remote_code)
+    return shape, "" if shape else f"{source}'s config.json cannot be read"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a connection within ``timeout`` seconds (HF_HUB_OFFLINE: never)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def model_shape(source: str, trust_remote_code: bool = False) -> ModelShape | None:

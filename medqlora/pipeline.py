@@ -43,8 +43,12 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
     n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
     t = cfg.training
-    return {
+    gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
+    if gpu_only:
+        print(f"medqlora: warning: a run on this machine would stop: {gpu_only}", file=sys.stderr)
+    planned = {
         "mode": mode,
+        **({"runs_here": f"no: {gpu_only}"} if gpu_only else {}),
         "backend": runtime.describe(),
         "model": cfg.model.name,
         "quantization": "4-bit NF4" if cfg.model.load_in_4bit and runtime.device == "cuda" else "none",
@@ -65,6 +69,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
         "run.log}",
     }
+    return planned
 
 
 def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
@@ -110,25 +115,27 @@ def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.It
 def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:
     """The preflight for --dry-run: estimated peak GPU memory (every micro-batch max_seq_length long), and
     what auto-fit would choose. Refuses, with the options to change, when training cannot fit."""
+    card = fit.card_gib(cfg)
+    if runtime.device != "cuda" and card is None:
+        return ("not used: this machine has no CUDA GPU, so the run trains on the CPU (hf backend). "
+                "--set training.gpu_memory_gib=15 plans the GPU memory of a 15 GiB card (a Colab T4) instead")
     source = backends.config_source(cfg.model.name)
-    shape = fit.model_shape(source, cfg.model.trust_remote_code) if source else None
+    shape, unknown = fit.model_shape_offline_first(source, cfg.model.trust_remote_code) if source else (
+        None, "the model is converted from its GGUF file when the run starts")
     if shape is None:
-        return "unknown: the model's config.json cannot be read without downloading the model"
+        return f"unknown: {unknown}"
     backend = runtime.backend if runtime.device == "cuda" or distributed.sharding() else (
         "hf" if cfg.backend == "hf" else "unsloth")
     t = cfg.training
     configured = fit.estimate(shape, cfg, backend, t.micro_batch_size, t.gradient_checkpointing)
-    card = fit.card_gib(cfg)
-    planned: dict[str, Any] = {"backend": backend, "configured": configured.describe()}
+    planned: dict[str, Any] = {"backend": backend if runtime.device == "cuda" else f"{backend} (on the planned GPU)",
+                               "configured": configured.describe()}
     if distributed.sharding():
         n = distributed.world_size()
         spread = (configured.weights_gib + configured.lora_gib) * (1 - 1 / n)
         planned["sharded"] = (f"loading holds the whole model on each GPU ({configured.weights_gib:.1f} GiB of "
                               f"weights); training then keeps 1/{n} of the weights, LoRA and optimizer state: about "
                               f"{configured.total_gib - spread:.1f} GiB a GPU (the figures above are for one GPU)")
-    if card is None:
-        planned["card"] = "no GPU here: --set training.gpu_memory_gib=15 plans for a 15 GiB card (a Colab T4)"
-        return planned
     planned["card_gib"] = round(card, 1)
     if t.auto_fit:
         choice = fit.auto_fit(shape, cfg, backend, card)

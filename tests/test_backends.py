@@ -5,6 +5,7 @@ import textwrap
 from importlib.util import find_spec
 
 import pytest
+import torch
 
 from medqlora import backends
 from medqlora.config import load_config
@@ -131,3 +132,54 @@ def test_sharded_4bit_weights_are_stored_in_the_compute_dtype(monkeypatch, env):
     monkeypatch.setenv(env, "true")
     sharded = backends.nf4_config(runtime)
     assert sharded.bnb_4bit_quant_storage == torch.bfloat16 == sharded.bnb_4bit_compute_dtype
+
+
+# ---------------------------------------------------------------- checkpoints that load on a GPU only
+
+
+def test_quantized_checkpoints_are_known_by_name_or_by_their_config(tmp_path):
+    from medqlora.backends import gpu_only_checkpoint
+
+    assert "bnb-4bit quantized checkpoint" in gpu_only_checkpoint("unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit")
+    assert gpu_only_checkpoint("TheBloke/Llama-2-7B-GPTQ") is not None
+    assert gpu_only_checkpoint("meta-llama/Llama-3.1-8B-Instruct") is None
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"quantization_config": {"quant_method": "bitsandbytes"}}')
+    assert "bitsandbytes quantized checkpoint" in gpu_only_checkpoint(str(folder))
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    assert gpu_only_checkpoint(str(folder)) is None
+
+
+def test_a_gpu_preset_on_a_cpu_plans_with_a_warning_and_a_run_stops_before_its_folder(tmp_path):
+    import json
+
+    from .conftest import assert_one_message, run_kit
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    planned = run_kit(["--dry-run", "--config", "llama31-8b-instruct-medical-o1", "--output-dir", str(tmp_path)],
+                      env={"HF_HUB_OFFLINE": "1"})
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    plan = json.loads(planned.stdout)  # stdout is the plan alone; the warning went to stderr
+    assert plan["runs_here"].startswith("no: unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit is a bnb-4bit")
+    assert plan["gpu_memory"].startswith("not used: this machine has no CUDA GPU")
+    assert plan["processes"]["ranks"][0]["gpu"] == "none (CPU)"
+    assert "warning: a run on this machine would stop" in planned.stderr
+    run = run_kit(["--mode", "train", "--config", "llama31-8b-instruct-medical-o1", "--output-dir",
+                   str(tmp_path / "out")], env={"HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2
+    assert_one_message(run.stderr, "loads on an NVIDIA GPU only, and this machine has no CUDA GPU")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_memory_plan_of_an_uncached_hub_model_says_why_without_waiting_on_the_network(monkeypatch):
+    from medqlora import fit, pipeline
+    from medqlora.config import load_config
+
+    monkeypatch.setattr(fit, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(fit, "model_shape", lambda *a, **k: pytest.fail("the hub must not be asked"))
+    cfg = load_config(None, ["model.name=some-org/never-cached-model", "training.gpu_memory_gib=15"])
+    planned = pipeline.memory_plan(cfg, backends.detect(cfg))
+    assert planned == ("unknown: some-org/never-cached-model's config.json is not in the local cache and the model "
+                       "hub cannot be reached from this machine (the run downloads it)")

@@ -187,6 +187,9 @@ def test_the_plan_names_each_process_machine_and_gpu(monkeypatch):
     cfg = load_config(None, ["training.micro_batch_size=2", "training.gradient_accumulation_steps=16"])
     monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setattr(distributed, "_cuda", lambda: False)
+    assert distributed.plan(cfg, 1000, {})["ranks"][9]["gpu"] == "none (CPU)"
+    monkeypatch.setattr(distributed, "_cuda", lambda: True)  # the layout planned for two 8-GPU machines
     planned = distributed.plan(cfg, 1000, {"pubmedqa": 500})
     assert planned["machines"] == 2 and len(planned["ranks"]) == 16
     nine = planned["ranks"][9]

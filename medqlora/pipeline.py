@@ -268,8 +268,6 @@ def _train_in(
         say(f"data {name}: {stats}")
     for warning in prepared.stats.get("total", {}).get("warnings", []):
         say(f"warning: {warning}")
-    say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
-    _say_if_the_epoch_tail_repeats(cfg, prepared)
     record("training", model_source=source, data=prepared.fingerprints)
 
     if benchmarks is not None:
@@ -279,10 +277,14 @@ def _train_in(
     if benchmarks and saved_baseline.is_file():  # a resumed run scored its base model before the crash
         baseline = json.loads(saved_baseline.read_text())
     elif benchmarks:  # the LoRA weights start at zero: this is the base model's score
+        say("evaluating the base model before training: " + ", ".join(
+            f"{name} ({len(items)} items)" for name, items in benchmarks.items()))
         backends.prepare_for_generation(model, runtime)
         baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")  # items shared among processes
         run.write_json("eval_baseline.json", baseline)
         backends.prepare_for_training(model, runtime)
+    say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
+    _say_if_the_epoch_tail_repeats(cfg, prepared)
     result = train(cfg, runtime, model, tokenizer, prepared, run, checkpoint)
     if distributed.sharding():
         del model  # the sharded model goes before a whole one comes, if anything is evaluated

@@ -62,6 +62,11 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     assert load_config(run / "config.yaml").model.name == str(tiny_model_dir)
     printed = capsys.readouterr().out
     assert "training loss" in printed and "mean of first/last 1 logged steps" in printed
+    # messages come in the order things happen: the base model is scored before training starts
+    order = [printed.index(m) for m in ("evaluating the base model before training: pubmedqa (12 items)",
+                                        "eval baseline pubmedqa", "training 16 examples for 4 optimizer steps",
+                                        "eval fine-tuned pubmedqa")]
+    assert order == sorted(order)
     stats = json.loads((run / "data_stats.json").read_text())
     # 4 steps of 4 see each of the 16 examples once: every real token counted, no padding
     assert metrics["metrics"]["tokens_seen"] == stats["total"]["train_tokens"]

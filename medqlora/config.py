@@ -121,7 +121,7 @@ class DatasetSpec(Section):
     source: PathText = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
     format: Literal["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat"]
     subset: PathText | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
-    split: PathText = "train"
+    split: PathText | None = Field(None, description="hub datasets only: the split to read (default train)")
     max_samples: int | None = Field(None, gt=0, le=1_000_000_000)
     weight: float = Field(1.0, gt=0, le=100, description="sampling weight: 2.0 draws each example twice on average")
     use_for: Literal["train", "validation"] = Field("train", description="validation: a held-out set given explicitly")
@@ -223,7 +223,7 @@ class BenchmarkSpec(Section):
     cot_style: Literal["huatuo", "tags"] = "huatuo"
     source: PathText | None = Field(None, description="default for pubmedqa: the official 500-question test split")
     subset: PathText | None = None
-    split: PathText = "test"
+    split: PathText | None = Field(None, description="hub datasets only: the split to read (default test)")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
     columns: dict[str, str] = Field(default_factory=dict)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
-from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
+from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local, tokenize_example
 from .distributed import shared_map
 from .errors import DataError
 
@@ -62,10 +62,17 @@ def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
     return items
 
 
+def _split(bench: BenchmarkSpec) -> str | None:
+    """The split a hub benchmark is read from (test unless given); a local one is read whole."""
+    if bench.split or bench.source is None or resolve_local(bench.source) is not None:
+        return bench.split
+    return "test"
+
+
 def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
     source = bench.source or "data/pubmedqa/ori_pqal.json"
     spec = DatasetSpec(source=source, format="pubmedqa", subset=bench.subset,
-                       split=bench.split if bench.source else "train", long_answer=False, columns=bench.columns)
+                       split=_split(bench), long_answer=False, columns=bench.columns)
     test_ids = pubmedqa_test_ids()
     items = []
     for example in format_rows(spec, load_rows(spec)):  # every row checked, bad ones named by file and row
@@ -79,7 +86,7 @@ def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
 def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     if bench.source is None:
         raise DataError(f"Benchmark '{bench.name}': multiple_choice needs a source (hub id or .jsonl file).")
-    spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=bench.split,
+    spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
                        columns=bench.columns)
     rows = load_rows(spec)
     items = []
@@ -458,7 +465,7 @@ def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:
 def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
     if bench.source is None:
         raise DataError(f"Benchmark '{bench.name}': cot needs a source of medical-o1 rows (Question, Complex_CoT, Response).")
-    spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=bench.split,
+    spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=_split(bench),
                        cot_style=bench.cot_style, columns=bench.columns)
     return cot_items_from(format_rows(spec, load_rows(spec)), 10**9)
 

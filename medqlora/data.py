@@ -892,16 +892,14 @@ def tokenize_collected(
                                 "format": c.spec.format, "cot_style": c.spec.cot_style})
         stats[c.name] = {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
     if not records:
-        raise DataError(
-            f"No training examples fit model.max_seq_length={max_len}. Raise it, or set data.too_long: truncate."
-        )
+        _refuse_nothing_fits(data, max_len, stats)
     random.Random(seed).shuffle(records)
     reserved = [r for r in records if r["role"] == "validation"]
     pool = [r for r in records if r["role"] != "validation"]
     n_val = int(round(len(pool) * data.val_ratio))
     validation, train = reserved + pool[:n_val], pool[n_val:]
     if not train:
-        raise DataError("No training examples are left after the validation split; lower data.val_ratio.")
+        refuse_no_training_examples(data, max_len, collected)
     cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
     warnings = []
     if cut:
@@ -922,14 +920,41 @@ def tokenize_collected(
     return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
 
 
+def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any]) -> None:
+    """No example fits max_len: with drop, truncating would keep some; with truncate, every prompt alone is
+    too long (the answer cannot be cut to make room), so only a longer max_seq_length helps."""
+    shortest = min((s["tokens_before_fitting"].get("min", 0) for s in stats.values()
+                    if s["tokens_before_fitting"].get("count")), default=0)
+    if data.too_long == "drop":
+        raise DataError(f"No training examples fit model.max_seq_length={max_len} (the shortest is {shortest} "
+                        "tokens). Raise it, or set data.too_long: truncate.")
+    raise DataError(f"No training example fits model.max_seq_length={max_len}, even cut (data.too_long: truncate): "
+                    f"each prompt alone, with the chat template and system prompt, leaves no room for an answer (the "
+                    f"shortest example is {shortest} tokens). Raise model.max_seq_length.")
+
+
+def refuse_no_training_examples(data: DataSection, max_len: int, collected: list[Collected]) -> None:
+    """Nothing left to train on once validation items are set apart (val_ratio < 0.5 always leaves some, so the
+    datasets for validation are the cause)."""
+    if all(c.spec.use_for == "validation" for c in collected):
+        raise DataError("No training examples: every dataset has use_for: validation. Give at least one dataset "
+                        "use_for: train (the default).")
+    raise DataError(f"No training examples: the datasets with use_for: train have none that fit model.max_seq_length="
+                    f"{max_len} and are not held out for validation (cv_fold). Check those datasets, or raise "
+                    "model.max_seq_length.")
+
+
 def prepare(data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1) -> PreparedData:
     return tokenize_collected(collect(data, seed), data, tokenizer, max_len, seed, micro_batch)
 
 
-def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None) -> dict[str, Any]:
+def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None,
+               collected: list[Collected] | None = None) -> dict[str, Any]:
     """Dataset sizes for --dry-run: local sources are read and every row checked as a run would (the leakage
     guard included); a path that does not exist is refused; hub sources are not downloaded."""
-    checked = {c.name: c.info for c in collect(data, seed, extra_eval, local_only=True)}
+    if collected is None:
+        collected = collect(data, seed, extra_eval, local_only=True)
+    checked = {c.name: c.info for c in collected}
     sizes: dict[str, Any] = {}
     for index, spec in enumerate(data.datasets):
         name = f"{index}:{spec.source}"

@@ -31,15 +31,13 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     source = backends.config_source(cfg.model.name)
-    if source and Path(source).is_dir():  # a local tokenizer and chat template load in a second: check them too
-        backends.load_tokenizer(cfg, source)
+    # a local tokenizer and chat template load in a second: checked, and the data tokenized with them as a run does
+    tokenizer = backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = _local_benchmarks(cfg) if with_eval else {}
-    sizes = data.count_rows(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
-    known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
-    n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
+    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
     t = cfg.training
     return {
         "mode": mode,
@@ -63,6 +61,23 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
         "run.log}",
     }
+
+
+def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]) -> tuple[dict[str, Any], int | None]:
+    """The dataset sizes and the number of training examples a run would train on (None: hub data not downloaded).
+    With the model's tokenizer at hand the examples are tokenized and fitted to max_seq_length and the validation
+    split taken off exactly as in a run, so what a run refuses is refused here, with the same message."""
+    collected = data.collect(cfg.data, cfg.training.seed, guarded, local_only=True)
+    sizes = data.count_rows(cfg.data, cfg.training.seed, collected=collected)
+    if len(collected) < len(cfg.data.datasets):
+        return sizes, None
+    if tokenizer is not None:
+        return sizes, len(_tokenize(cfg, collected, tokenizer).train)
+    pool = sum(ex.role != "validation" for c in collected for ex in c.examples)
+    n_train = pool - int(round(pool * cfg.data.val_ratio))
+    if n_train == 0:
+        data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
+    return sizes, n_train
 
 
 def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:

@@ -660,3 +660,29 @@ def test_a_benchmark_of_one_option_items_is_refused_not_scored(tmp_path, capsys)
         assert main(argv + dry) == 2
         assert_one_message(capsys.readouterr().err, f"{bench} row 1: field 'options' has one option")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing scored or written
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"model.max_seq_length": "8"}, "No training example fits model.max_seq_length=8, even cut (data.too_long: "
+                                    "truncate)"),
+    ({"model.max_seq_length": "8", "data.too_long": "drop"}, "No training examples fit model.max_seq_length=8 (the "
+                                                            "shortest is"),
+    ({"dataset": "validation"}, "No training examples: every dataset has use_for: validation. Give at least one"),
+])
+def test_dry_run_tokenizes_like_a_run_and_both_give_the_advice_that_applies(tiny_model_dir, tmp_path, capsys,
+                                                                             overrides, fragment):
+    overrides = dict(overrides)
+    use_for = overrides.pop("dataset", None)
+    if use_for:
+        path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"Q{i}?", "output": "A."} for i in range(16)])
+        overrides["data.datasets"] = f"[{{source: '{path}', format: instruction, use_for: {use_for}}}]"
+    out = tmp_path / "outputs"
+    argv = kit_argv(tiny_model_dir, out, **overrides)
+    assert main(["--dry-run"] + argv) == 2
+    err = capsys.readouterr().err
+    assert_one_message(err, fragment)
+    assert "val_ratio" not in err and ("set data.too_long: truncate" not in err or "drop" in str(overrides))
+    assert main(["--mode", "train"] + argv) == 2
+    assert_one_message(capsys.readouterr().err, fragment)
+    manifest = json.loads((only_run(out) / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and fragment in manifest["error"]

@@ -91,6 +91,10 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     backends.check_model_source(cfg.model.name)
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
         _local_benchmarks(cfg)
+    if mode == "export" and "gguf" in cfg.export.formats:
+        from .export import llama_cpp_dir
+
+        llama_cpp_dir()  # a LLAMA_CPP_DIR that names no converter is refused, as in the export
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",

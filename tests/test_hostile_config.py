@@ -461,3 +461,19 @@ def test_every_message_reaches_the_terminal_with_control_characters_escaped(tmp_
     assert code == 2
     assert_one_message(err, "Dataset file 'x\\x1b]0;owned\\x07.jsonl' not found:\n  - look in data/\\u202e")
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RANK": "1", "WORLD_SIZE": "2"}, "[process 1] The environment says RANK=1 WORLD_SIZE=2, but no launcher started "
+                                       "this process (MASTER_ADDR and MASTER_PORT are not set). Unset RANK, WORLD_SIZE"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "but no launcher started this process"),
+    ({"RANK": "3", "WORLD_SIZE": "2"}, "a rank must be below the number of processes"),
+    ({"WORLD_SIZE": "two"}, "The environment variable WORLD_SIZE=two is not a whole number of 0 or more"),
+])
+def test_stray_launcher_variables_get_one_message_in_every_process(tmp_path, env, fragment):
+    out = tmp_path / "outputs"
+    done = run_kit(["--dry-run", "--output-dir", str(out)], env={"MASTER_ADDR": "", "MASTER_PORT": "", **env},
+                   timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert_one_message(done.stderr, fragment)
+    assert not out.exists()

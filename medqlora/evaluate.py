@@ -287,15 +287,21 @@ def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
     return {bench.name: load_items(bench, cfg.training.seed) for bench in cfg.eval.benchmarks}
 
 
-def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path) -> None:
+def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path, required: bool = False
+                         ) -> None:
     """Refuse to evaluate an adapter on items its run trained on: the questions in its training_items.jsonl
     (normalised as the leakage guard does: case, punctuation, accents and invisible characters ignored),
     and the evaluation questions its data_stats.json says the run was allowed to train on
-    (data.allow_eval_overlap: exact copies and near duplicates inside longer texts)."""
+    (data.allow_eval_overlap: exact copies and near duplicates inside longer texts). ``required``: the adapter is in
+    a run folder of the kit, which writes the file before training; without it the check cannot be made."""
     from .leakage import flagged_hashes, legacy_question_hash, question_hash
     from .secrets import printable
 
     if not training_items.is_file():
+        if required:
+            raise DataError(f"{printable(training_items)} is missing: the run writes it before training, and without "
+                            "it what this adapter was trained on cannot be checked, so its scores could be inflated by "
+                            "items it learned. Restore the file from the run folder's backup, or evaluate another run.")
         return
     trained: set[str] = set()
     for number, line in enumerate(training_items.read_text(encoding="utf-8", errors="replace").splitlines(), 1):

@@ -90,7 +90,9 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
-        _local_benchmarks(cfg)
+        benchmarks = _local_benchmarks(cfg)
+        if adapter is not None:
+            _check_not_trained_on(benchmarks, adapter)
     if mode == "export" and "gguf" in cfg.export.formats:
         from .export import llama_cpp_dir
 
@@ -110,6 +112,13 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": str(run_folder) if run_folder is not None else
         str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _check_not_trained_on(benchmarks: dict[str, list], adapter: Path) -> None:
+    """The trained-on guard: an adapter in a run folder of the kit must have its run's training_items.jsonl."""
+    run_folder = adapters.kit_run_folder(adapter)
+    folder = run_folder if run_folder is not None else adapter.parent
+    evaluate.check_not_trained_on(benchmarks, folder / "training_items.jsonl", required=run_folder is not None)
 
 
 def _local_benchmarks(cfg: KitConfig) -> dict[str, list]:
@@ -443,7 +452,7 @@ def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, ba
         cfg = adapter_run_config(adapter, cfg)
     benchmarks = evaluate.load_benchmarks(cfg)
     if adapter is not None:
-        evaluate.check_not_trained_on(benchmarks, adapter.parent / "training_items.jsonl")
+        _check_not_trained_on(benchmarks, adapter)
     run = _run_for(cfg, adapter, output_dir, "base-eval")
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())

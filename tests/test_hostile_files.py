@@ -225,6 +225,21 @@ def test_a_llama_cpp_dir_without_the_converter_is_refused_before_the_export(make
         {k: v for k, v in before.items() if not k.endswith("run.log")}  # nothing exported, nothing merged
 
 
+def test_evaluating_a_run_whose_training_items_were_deleted_is_refused(trained, tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "outputs" / "run"
+    shutil.copytree(trained, run)
+    (run / "training_items.jsonl").unlink()
+    before = snapshot(run)
+    for dry in (["--dry-run"], []):
+        assert main(argv(tiny_model_dir, tmp_path / "outputs", "eval", "--adapter", str(run), *dry)) == 2
+        assert_one_message(capsys.readouterr().err, f"{run / 'training_items.jsonl'} is missing: the run writes it "
+                                                    "before training, and without it what this adapter was trained on "
+                                                    "cannot be checked")
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if not k.endswith("run.log")} == \
+        {k: v for k, v in before.items() if not k.endswith("run.log")}  # nothing scored or written
+
+
 # ---------------------------------------------------------------- credentials
 
 

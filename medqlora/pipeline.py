@@ -507,6 +507,9 @@ def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: 
     say(f"answering {len(questions)} sample queries from {cfg.generation.queries_file}")
     began = time.perf_counter()
     results = generate.answer(cfg, model, tokenizer, questions)
+    for result in results:
+        if result.get("cut"):
+            say(f"warning: query {printable(result['id'], 80)}: {result['cut']}")
     md_name = run.unique("sample_responses.md")
     run.write_text(md_name, generate.to_markdown(results, title))
     run.write_text(md_name.replace(".md", ".jsonl"), generate.to_jsonl(results))

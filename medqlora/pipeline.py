@@ -187,7 +187,61 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     saved = run.path / "config.yaml"
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
-    return run, load_config(saved), checkpoint
+    cfg = load_config(saved)
+    _check_resumable_config(run, cfg, checkpoint)
+    return run, cfg, checkpoint
+
+
+# The config sections that shape the training a checkpoint continues (not output, generation, eval, export).
+TRAINING_SECTIONS = ("backend", "model", "lora", "data", "training")
+
+
+def trained_settings(cfg: KitConfig) -> dict[str, Any]:
+    """The settings a run trains with, flattened (training.max_steps: 4), as the manifest records them."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        else:
+            flat[key] = value
+
+    dumped = cfg.model_dump(mode="json")
+    walk({k: dumped[k] for k in TRAINING_SECTIONS if k in dumped}, "")
+    return flat
+
+
+def recorded_settings(run: RunDir) -> dict[str, Any] | None:
+    """The settings the run's manifest says its training started with (None: not recorded)."""
+    try:
+        recorded = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get("trained_settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
+    """The run's config.yaml must still say what its training started with (the manifest records it), and its
+    max_steps must lie beyond the checkpoint: an edited config.yaml would continue another training."""
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    shown = printable(run.path / "config.yaml")
+    if 0 < cfg.training.max_steps < step:
+        raise ModelError(f"--resume: {shown} says training.max_steps: {cfg.training.max_steps}, but its checkpoint "
+                         f"{checkpoint.name} is already at step {step}. Restore the max_steps the run started with, or "
+                         "train a new run (without --resume).")
+    recorded = recorded_settings(run)
+    if recorded is None:
+        return  # a run of an earlier version: nothing recorded to compare with
+    now = trained_settings(cfg)
+    changed = [k for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)]
+    if changed:
+        listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run started with "
+                           f"{printable(json.dumps(recorded.get(k)), 60)})" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ModelError(f"--resume: {shown} was changed since the run started training: {listed}{more}. A checkpoint "
+                         "continues the training it was saved from: restore those values, or train a new run with "
+                         "the new ones (without --resume).")
 
 
 def run_train(
@@ -213,6 +267,8 @@ def run_train(
         say(f"{how} {distributed.world_size()} processes share each batch")
     cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
+    if checkpoint and recorded_settings(run) is not None:  # kept, should the resumed run stop before training
+        facts["trained_settings"] = recorded_settings(run)
 
     def record(status: str, **extra: Any) -> None:
         facts.update(extra, status=status)
@@ -288,7 +344,8 @@ def _train_in(
         say(f"warning: {warning}")
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
     _say_if_the_epoch_tail_repeats(cfg, prepared)
-    record("training", model_source=source, data=prepared.fingerprints)
+    record("training", model_source=source, data=prepared.fingerprints,
+           trained_settings=trained_settings(load_config(run.path / "config.yaml")))
 
     if benchmarks is not None:
         benchmarks.update(_cot_validation(cfg, prepared))

@@ -686,3 +686,39 @@ def test_dry_run_tokenizes_like_a_run_and_both_give_the_advice_that_applies(tiny
     assert_one_message(capsys.readouterr().err, fragment)
     manifest = json.loads((only_run(out) / "manifest.json").read_text())
     assert manifest["status"] == "failed" and fragment in manifest["error"]
+
+
+SHORT_PMID = "26163474"  # 'Is there a connection between sublingual varices and hypertension?': 9 words
+
+
+@pytest.mark.parametrize("text, caught", [
+    ("Is there a connection between sublingual varices and hypertenison?", ("hypertenison", "hypertension")),
+    ("Please answer: is there a conection between sublingual varices and hypertension? Thanks.",
+     ("conection", "connection")),
+    ("Is there a connection between sublingual varices and diabetes?", None),  # another question, not a typo
+    ("Is there a connection between lingual varices and hypertension?", None),  # a word dropped: two differ
+])
+def test_a_short_evaluation_question_with_one_typo_is_caught(tmp_path, text, caught):
+    path = write_jsonl(tmp_path / "mine.jsonl", [GOOD["instruction"], {"instruction": text, "output": "ok"}])
+    data = DataSection(datasets=[DatasetSpec(source=str(path), format="instruction")])
+    if caught is None:
+        assert collect(data, seed=0)[0].info["leakage_guard"]["overlapping_training_items"] == 0
+        return
+    with pytest.raises(DataError) as err:
+        collect(data, seed=0)
+    message = str(err.value)
+    assert "1 training examples contain evaluation questions (0 exact, 1 near duplicates)" in message
+    assert (f"training '0:{path}' row 2 field 'instruction' contains, with one word misspelt ('{caught[0]}' for "
+            f"'{caught[1]}'), evaluation 'pubmedqa-test' item {SHORT_PMID}") in message, message
+
+
+def test_the_typo_check_keeps_the_guard_fast():
+    from medqlora.leakage import Item, find_overlap
+
+    evaluation = [Item("e", str(i), f"what is the most common treatment of condition{i} in older patients")
+                  for i in range(1000)]
+    train = [Item("t", str(i), "x", texts=(("input", "what is the most common treatment of condition in older "
+                                                     f"patients and adults number{i} " * 5),)) for i in range(20_000)]
+    started = time.perf_counter()
+    assert find_overlap(train, evaluation) == []
+    assert time.perf_counter() - started < 60

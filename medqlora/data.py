@@ -129,7 +129,8 @@ def _no_hub_options(spec: DatasetSpec, local: Path) -> None:
              if value is not None and (key == "subset" or value != "train")]
     if given:
         raise DataError(f"Dataset '{printable(spec.source, 200)}' is a local {'folder' if local.is_dir() else 'file'}, "
-                        f"read whole: {' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to hub datasets only. Remove "
+                        f"read whole: {' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to hub datasets "
+                        "only. Remove "
                         f"{'them' if len(given) > 1 else 'it'}, or point 'source' at the file that holds the part "
                         "you want.")
 
@@ -324,7 +325,8 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
 
 
 def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
-    return _datasets_load(spec.source, spec.subset, spec.split or "train", where=f"hub dataset '{printable(spec.source)}'")
+    return _datasets_load(spec.source, spec.subset, spec.split or "train",
+                          where=f"hub dataset '{printable(spec.source)}'")
 
 
 def _datasets_load(name: str, subset: str | None, split: str, where: str, **kwargs: Any) -> list:

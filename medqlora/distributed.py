@@ -37,11 +37,13 @@ def check_launch() -> None:
         if text is None:
             continue
         if not text.strip().isdigit():
-            raise MedQLoRAError(f"The environment variable {name}={printable(text, 40)} is not a whole number of 0 or more. "
+            raise MedQLoRAError(f"The environment variable {name}={printable(text, 40)} is not a whole number of 0 "
+                                "or more. "
                                 f"Unset it (it is set by torchrun or accelerate launch), or launch with one of them.")
         values[name] = int(text)
     world = values.get("WORLD_SIZE", 1)
-    if world < 1 or values.get("RANK", 0) >= world or values.get("LOCAL_RANK", 0) >= values.get("LOCAL_WORLD_SIZE", world):
+    local_world = values.get("LOCAL_WORLD_SIZE", world)
+    if world < 1 or values.get("RANK", 0) >= world or values.get("LOCAL_RANK", 0) >= local_world:
         shown = " ".join(f"{k}={v}" for k, v in values.items())
         raise MedQLoRAError(f"The environment says {shown}: a rank must be below the number of processes. Unset "
                             f"{', '.join(values)}, or launch with torchrun or accelerate launch, which set them.")

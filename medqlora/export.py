@@ -108,7 +108,8 @@ def _export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: Run
     said = "its tokenizer and chat template"
     if not has_tokenizer(adapter):
         _adapter_tokenizer(cfg, adapter).save_pretrained(str(run.inside(dest)))
-        said = f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder has none)"
+        said = (f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder "
+                "has none)")
     run.write_text(
         f"{dest}/README.md",
         f"# LoRA adapter for {printable(cfg.model.name)}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, "
@@ -390,7 +391,8 @@ def _export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
             _run([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
             first.unlink()
     figures = {"file": str(out.relative_to(partial)), "type": kind if out.name.endswith(f"{kind}.gguf") else "f16",
-               "converter": str(folder), "convert_s": round(time.perf_counter() - began, 2), "gb": round(out.stat().st_size / 1e9, 3)}
+               "converter": str(folder), "convert_s": round(time.perf_counter() - began, 2),
+               "gb": round(out.stat().st_size / 1e9, 3)}
     figures.update(check_gguf_metadata(out, partial / "merged"))
     say(f"export: GGUF {figures}")
     return figures

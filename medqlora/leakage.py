@@ -168,8 +168,8 @@ class Overlap:
         if self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
         elif self.misspelt:
-            how = (f"field '{_shown(self.field, 80)}' contains, with one word misspelt ('{_shown(self.misspelt[0], 40)}' "
-                   f"for '{_shown(self.misspelt[1], 40)}'),")
+            found, expected = (_shown(word, 40) for word in self.misspelt)
+            how = f"field '{_shown(self.field, 80)}' contains, with one word misspelt ('{found}' for '{expected}'),"
         else:
             how = (f"field '{_shown(self.field, 80)}' shares {self.matched} of the {self.ngrams} {self.n}-word sequences "
                    f"({round(100 * self.share)}%) of")

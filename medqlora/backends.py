@@ -205,8 +205,12 @@ def _check_gguf_path(path: Path) -> None:
     if path.is_dir():
         raise ModelError(f"model.name: {printable(str(path))} is a folder, not a GGUF file. For a checkpoint folder, "
                          "name it without .gguf.")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+    if not path.is_file():  # a pipe, a device, a socket or a dangling link: never opened (a pipe would wait)
+        linked = f" (it links to {printable(str(path.resolve()))})" if path.is_symlink() else ""
+        raise ModelError(f"model.name: {printable(str(path))} is not a regular file{linked}: a GGUF model is a file. "
+                         "Point model.name at the .gguf file itself.")
 
 
 def _refuse_missing_local_path(name: str) -> None:
@@ -243,6 +247,7 @@ def check_checkpoint_folder(folder: Path) -> None:
         raise ModelError(f"model.name: {shown}/config.json is not readable JSON ({printable(str(err))}).") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ModelError(f"model.name: {shown}/config.json names no model_type: not a transformers checkpoint.")
+    _check_config_fields(folder, config)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
         raise ModelError(f"model.name: {shown} holds a config.json but no weights (model.safetensors or "
@@ -260,6 +265,64 @@ def check_checkpoint_folder(folder: Path) -> None:
         problem = safetensors_problem(file)
         if problem:
             raise ModelError(f"model.name: {printable(str(file))} {problem}. Download or copy it again.")
+    if weights and "auto_map" not in config:  # remote code builds its own modules: not checked here
+        _check_config_matches_weights(folder, weights)
+
+
+# config.json fields that must be positive whole numbers where present (a model of 0 or -1 layers is no model)
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "intermediate_size", "max_position_embeddings", "head_dim")
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "auto")
+
+
+def _check_config_fields(folder: Path, config: dict[str, Any]) -> None:
+    """The fields of config.json the kit and transformers build the model from: sizes and the weights' dtype."""
+    where = f"model.name: {printable(str(folder / 'config.json'))}"
+    for section in [config] + [v for k, v in config.items() if k.endswith("_config") and isinstance(v, dict)]:
+        for name in SIZE_FIELDS:
+            value = section.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ModelError(f"{where}: field '{name}' is {printable(json.dumps(value), 60)}; it must be a whole "
+                                 "number above 0. Restore the checkpoint's own config.json.")
+        for name in ("torch_dtype", "dtype"):
+            value = section.get(name)
+            if value is not None and str(value).removeprefix("torch.") not in DTYPE_NAMES:
+                raise ModelError(f"{where}: field '{name}' is {printable(json.dumps(value), 60)}; expected one of "
+                                 f"{', '.join(DTYPE_NAMES)}. Restore the checkpoint's own config.json.")
+
+
+def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
+    """config.json describes the model the weights were saved from: the model it builds (on the meta device: no
+    memory) has its parameters among the tensors of the safetensors files, or config.json is wrong."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    where = f"model.name: {printable(str(folder / 'config.json'))}"
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # transformers raises ValueError, KeyError, TypeError... for a config it cannot build
+        raise ModelError(f"{where} does not describe a model transformers can build ({type(err).__name__}: "
+                         f"{printable(str(err), 160)}). Restore the checkpoint's own config.json.") from None
+    prefix = f"{model.base_model_prefix}."
+    expected = {k.removeprefix(prefix) for k in model.state_dict()}
+    if getattr(config, "tie_word_embeddings", False):
+        expected = {k for k in expected if not k.endswith("lm_head.weight")}
+    saved = {k.removeprefix(prefix) for file in weights for k in _tensor_names(file)}
+    missing = sorted(expected - saved)
+    if missing:
+        model_type = printable(str(getattr(config, "model_type", "?")))
+        raise ModelError(f"{where} (model_type '{model_type}', {getattr(config, 'num_hidden_layers', '?')} layers) "
+                         f"does not match the weights: {len(missing)} of the {len(expected)} tensors it describes are "
+                         f"not in the safetensors files (such as {printable(missing[0], 80)}). Restore the "
+                         "checkpoint's own config.json.")
+
+
+def _tensor_names(file: Path) -> list[str]:
+    with file.open("rb") as handle:  # the header alone, checked whole by safetensors_problem
+        length = int.from_bytes(handle.read(8), "little")
+        return [k for k in json.loads(handle.read(length)) if k != "__metadata__"]
 
 
 def _index_files(index: Path) -> list[str]:

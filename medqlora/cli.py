@@ -182,6 +182,7 @@ def _main(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     started = time.perf_counter()
     try:
+        distributed.check_launch()  # every process, rank 0 or not, says why a stray launch is refused
         check_arguments(args)
         cfg = load_config(args.config, args.overrides)
         check_inputs(cfg, args)

@@ -59,6 +59,7 @@ KEY_ALIASES = {
 # Limits of the YAML boundary (config files, --set values, the sample-queries file).
 YAML_MAX_BYTES = 1 << 20  # 1 MiB: a config is a few KiB
 YAML_MAX_VALUES = 20_000  # values of a document, aliases expanded (a config has hundreds; an alias bomb billions)
+CONFIG_TOO_MANY = "more than {limit:,} values; a config file holds a few hundred (is it the right file)"
 YAML_MAX_DEPTH = 64  # nesting levels, aliases expanded
 
 # Caps of the numeric settings: generous for any real run, far below what would overflow or hang.
@@ -132,7 +133,7 @@ class DatasetSpec(Section):
     source: PathText = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
     format: Literal["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat"]
     subset: PathText | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
-    split: PathText = "train"
+    split: PathText | None = Field(None, description="hub datasets only: the split to read (default train)")
     max_samples: int | None = Field(None, gt=0, le=1_000_000_000)
     weight: float = Field(1.0, gt=0, le=100, description="sampling weight: 2.0 draws each example twice on average")
     use_for: Literal["train", "validation"] = Field("train", description="validation: a held-out set given explicitly")
@@ -234,7 +235,7 @@ class BenchmarkSpec(Section):
     cot_style: Literal["huatuo", "tags"] = "huatuo"
     source: PathText | None = Field(None, description="default for pubmedqa: the official 500-question test split")
     subset: PathText | None = None
-    split: PathText = "test"
+    split: PathText | None = Field(None, description="hub datasets only: the split to read (default test)")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
     columns: dict[str, str] = Field(default_factory=dict)
 
@@ -334,10 +335,11 @@ class KitLoader(yaml.SafeLoader):
     error with its line instead of a bare ValueError. Used through ``load_yaml`` only, which also
     refuses duplicate keys, recursive aliases and alias bombs before anything is constructed."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, max_values: int = YAML_MAX_VALUES, too_many: str = CONFIG_TOO_MANY) -> None:
         super().__init__(stream)
         self._depth = 0
         self._nodes = 0
+        self.max_values, self.too_many = max_values, too_many
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1
@@ -345,9 +347,8 @@ class KitLoader(yaml.SafeLoader):
         try:
             if self._depth > YAML_MAX_DEPTH:
                 raise YAMLRefused(f"nested more than {YAML_MAX_DEPTH} levels deep", self.peek_event().start_mark)
-            if self._nodes > YAML_MAX_VALUES:  # stop reading early: PyYAML reads ~15,000 values a second
-                raise YAMLRefused(f"more than {YAML_MAX_VALUES:,} values; a config holds a few hundred. Is it the "
-                                  "right file?", self.peek_event().start_mark)
+            if self._nodes > self.max_values:  # stop reading early: PyYAML reads ~15,000 values a second
+                raise YAMLRefused(self.too_many.format(limit=self.max_values), self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -362,23 +363,25 @@ class KitLoader(yaml.SafeLoader):
                               "correct it", node.start_mark) from None
 
 
-def load_yaml(text: str, source: str, lines: bool = True, lenient: bool = False) -> tuple[Any, dict[tuple, int]]:
+def load_yaml(text: str, source: str, lines: bool = True, lenient: bool = False, max_values: int = YAML_MAX_VALUES,
+              too_many: str = CONFIG_TOO_MANY) -> tuple[Any, dict[tuple, int]]:
     """The one way the kit reads YAML (config files, --set values, the sample-queries file): safe tags
     only, and refused with ConfigError, naming ``source`` (and the line when ``lines``): invalid YAML,
     duplicate keys at any depth, recursive aliases, and documents that expand to more than
     YAML_MAX_VALUES values or YAML_MAX_DEPTH levels (alias bombs). Returns the data and the line of
-    each key path. ``lenient`` (--set values): text that is not valid YAML is returned as a string."""
+    each key path. ``lenient`` (--set values): text that is not valid YAML is returned as a string.
+    ``max_values`` and ``too_many`` (a message with {limit}): the bound on values for this kind of file."""
 
     def where(mark: yaml.Mark | None) -> str:
         return f"{source}:{mark.line + 1}" if lines and mark is not None else source
 
     loader = None
     try:
-        loader = KitLoader(text)  # the reader refuses non-printable characters here already
+        loader = KitLoader(text, max_values, too_many)  # the reader refuses non-printable characters here already
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        _check_tree(node, source, lines)
+        _check_tree(node, source, lines, max_values)
         data = loader.construct_document(node)
     except YAMLRefused as err:
         if lenient and isinstance(err, _Unreadable):
@@ -411,12 +414,12 @@ def load_yaml(text: str, source: str, lines: bool = True, lenient: bool = False)
     return data, found
 
 
-def _check_tree(root: yaml.Node, source: str, lines: bool) -> None:
+def _check_tree(root: yaml.Node, source: str, lines: bool, max_values: int = YAML_MAX_VALUES) -> None:
     """Walk the composed document as construction would, aliases expanded, within a budget: refuse a
     node inside itself (a recursive alias such as ``a: &a [*a]``), more than YAML_MAX_VALUES values
     or YAML_MAX_DEPTH levels (an alias bomb), and a key given twice in one mapping (the second would
     silently replace the first: a second ``training:`` drops the settings of the first)."""
-    budget = YAML_MAX_VALUES
+    budget = max_values
     on_path: set[int] = set()
     checked: set[int] = set()
     stack: list[tuple[yaml.Node, tuple, bool]] = [(root, (), False)]
@@ -429,7 +432,7 @@ def _check_tree(root: yaml.Node, source: str, lines: bool) -> None:
             raise YAMLRefused("an alias refers to a value that contains it (a recursive alias)", node.start_mark)
         budget -= 1
         if budget < 0:
-            raise YAMLRefused(f"the document expands to more than {YAML_MAX_VALUES:,} values (aliases * repeat "
+            raise YAMLRefused(f"the document expands to more than {max_values:,} values (aliases * repeat "
                               "what their anchor & holds); write the values out instead", node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             continue
@@ -466,10 +469,10 @@ def _refuse_duplicate_keys(node: yaml.MappingNode, path: tuple, source: str, lin
                           where=f"{source}:{line1} and {source}:{line2}" if lines else source)
 
 
-def read_yaml_file(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
+def read_yaml_file(path: Path, what: str, **limits: Any) -> tuple[Any, dict[tuple, int]]:
     """A YAML file through ``load_yaml``: a regular file of at most YAML_MAX_BYTES (checked before reading,
     and at most that much + 1 byte read, in case it grows), UTF-8 text. ``what`` names it in messages
-    ('Config file', 'generation.queries_file')."""
+    ('Config file', 'generation.queries_file'); ``limits``: max_values and too_many for load_yaml."""
     shown = printable(path, PATH_SHOWN)
     too_big = (f"{what} {shown}: over {YAML_MAX_BYTES // 2**20} MiB; the kit reads YAML files of at most "
                f"{YAML_MAX_BYTES // 2**20} MiB. Is it the right file?")
@@ -493,7 +496,7 @@ def read_yaml_file(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
         text = blob.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {shown} is not UTF-8 text: is it a YAML file?") from None
-    return load_yaml(text, shown)
+    return load_yaml(text, shown, **limits)
 
 
 # ---------------------------------------------------------------- loading

@@ -87,6 +87,8 @@ class Rows(list):
     """Records of a local file, with the line each starts on where the file has lines (JSONL, CSV)."""
 
     lines: list[int] | None = None
+    names: list[str] | None = None  # per row, "file row N (line L)": rows of a folder of files
+    files: list[str] | None = None  # the files of a folder that were read
 
 
 # ---------------------------------------------------------------- sources
@@ -112,16 +114,28 @@ def resolve_local(source: str) -> Path | None:
 def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
     local = resolve_local(spec.source)
     if local is not None:
-        return _load_local(local, spec)
+        _no_hub_options(spec, local)
+        return _load_folder(local) if local.is_dir() else _load_local(local)
     if looks_local(spec.source):
         raise DataError(f"Dataset file '{printable(spec.source)}' not found (looked in {Path.cwd()} and {KIT_ROOT}).")
     return _load_hub(spec)
 
 
-def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
-    if path.is_dir():
-        _one_kind_of_file(path)
-        return _datasets_load(str(path), None, spec.split, where=f"the data files in folder {path}", local=True)
+def _no_hub_options(spec: DatasetSpec, local: Path) -> None:
+    """subset and split choose a part of a hub dataset; a local file or folder is read whole, so they would be
+    ignored: refuse them rather than read something else than asked (split: train, all a training file holds,
+    is no contradiction)."""
+    given = [f"{key}: {printable(value, 80)}" for key, value in (("subset", spec.subset), ("split", spec.split))
+             if value is not None and (key == "subset" or value != "train")]
+    if given:
+        raise DataError(f"Dataset '{printable(spec.source, 200)}' is a local {'folder' if local.is_dir() else 'file'}, "
+                        f"read whole: {' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to hub datasets "
+                        "only. Remove "
+                        f"{'them' if len(given) > 1 else 'it'}, or point 'source' at the file that holds the part "
+                        "you want.")
+
+
+def _load_local(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in LOCAL_SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{printable(path.suffix)}'; use .json, .jsonl, .csv or "
@@ -152,32 +166,84 @@ def _load_local(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _one_kind_of_file(folder: Path) -> None:
-    """A folder is read as one kind of file (the most common one): refuse a mix rather than skip some."""
-    kinds: dict[str, list[str]] = {}
+def _load_folder(folder: Path) -> list[dict[str, Any]]:
+    """Every data file of a folder (sub-folders included, hidden ones skipped), each read as a file is: nothing
+    is chosen or dropped by its name. Each row is named by its file."""
+    files = _data_files(folder)
+    if not files:
+        raise DataError(f"The data folder {folder} holds no .json, .jsonl, .csv or .parquet file.")
+    rows, names = Rows(), []
+    for path in files:
+        part = _load_local(path)
+        lines = getattr(part, "lines", None)
+        rows.extend(part)
+        names += [f"{printable(path, 200)} row {n}" + (f" (line {lines[n - 1]})" if lines and lines[n - 1] != n else "")
+                  for n in range(1, len(part) + 1)]
+    rows.names = names
+    rows.files = [str(p.relative_to(folder)) for p in files]
+    return rows
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """The data files of a folder; a folder of several types is refused rather than some of them skipped."""
+    kinds: dict[str, list[Path]] = {}
     try:
         for path in sorted(folder.rglob("*")):
             relative = path.relative_to(folder)
-            if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in LOCAL_SUFFIXES:
+            if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in LOCAL_SUFFIXES \
+                    or path.is_dir():
                 continue
-            kinds.setdefault(LOCAL_SUFFIXES[path.suffix.lower()], []).append(str(relative))
-    except OSError:
-        return  # an unreadable folder: the loader says so
+            kinds.setdefault(LOCAL_SUFFIXES[path.suffix.lower()], []).append(path)
+    except OSError as err:
+        raise DataError(f"Cannot read the data folder {folder}: {printable(err, 200)}.") from None
     if len(kinds) > 1:
-        listed = "; ".join(f"{kind}: {printable(', '.join(names[:3]), 200)}" + (f" and {len(names) - 3} more"
-                                                                              if len(names) > 3 else "")
-                           for kind, names in sorted(kinds.items()))
+        listed = "; ".join(f"{kind}: {printable(', '.join(str(p.relative_to(folder)) for p in paths[:3]), 200)}"
+                           + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+                           for kind, paths in sorted(kinds.items()))
         raise DataError(f"The data folder {folder} holds files of different types ({listed}); only one type "
                         "would be read. Keep one type in the folder, or list each file as its own dataset.")
+    return [path for paths in kinds.values() for path in paths]
+
+
+class _LongInt(str):
+    """An integer of more digits than Python reads (4300): kept as its text to be named, then refused."""
+
+
+def _parse_int(text: str) -> int | str:
+    return _LongInt(text) if len(text) > 4000 else int(text)
+
+
+def _long_int_field(value: Any, name: str = "") -> str | None:
+    """The field (a.b[2]) of the first over-long integer in a parsed JSON value, if any."""
+    if isinstance(value, _LongInt):
+        return name or "the value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _long_int_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
+        if found:
+            return found
+    return None
+
+
+def _refuse_long_ints(value: Any, where: str) -> None:
+    found = _long_int_field(value)
+    if found:
+        raise DataError(f"{where}: field '{printable(found, 120)}' holds an integer too long to read (over 4000 "
+                        "digits). Write it as a quoted string, or remove it.")
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"))
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int)
     except json.JSONDecodeError as err:
         hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
             err.msg == "Extra data" else ""
         raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}).{hint}") from None
+    if isinstance(payload, list):
+        for number, row in enumerate(payload, start=1):
+            _refuse_long_ints(row, f"{path} row {number}")
+    else:
+        _refuse_long_ints(payload, str(path))
     if isinstance(payload, dict) and payload and all(isinstance(v, dict) for v in payload.values()):
         # PubMedQA's original layout: {PMID: {QUESTION, CONTEXTS, ...}}
         return Rows({"pubid": key, **value} for key, value in payload.items())
@@ -195,12 +261,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_int=_parse_int)
             except ValueError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
                                 "JSON object.") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {_kind(row)}.")
+            _refuse_long_ints(row, f"{path}:{number}")
             rows.append(row)
             lines.append(number)
     rows.lines = lines
@@ -258,18 +325,16 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
 
 
 def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
-    return _datasets_load(spec.source, spec.subset, spec.split, where=f"hub dataset '{printable(spec.source)}'")
+    return _datasets_load(spec.source, spec.subset, spec.split or "train",
+                          where=f"hub dataset '{printable(spec.source)}'")
 
 
-def _datasets_load(name: str, subset: str | None, split: str, where: str, local: bool = False, **kwargs: Any) -> list:
+def _datasets_load(name: str, subset: str | None, split: str, where: str, **kwargs: Any) -> list:
     import datasets
 
     try:
         loaded = datasets.load_dataset(name, subset, split=split, **kwargs)
     except Exception as err:  # datasets raises many types; all mean "cannot load this source"
-        if local:
-            raise DataError(f"Cannot read {where} (split={split!r}): {type(err).__name__}: {printable(err, 300)}. "
-                            "It should hold .json/.jsonl/.csv/.parquet files of records.") from None
         raise DataError(
             f"Cannot load {where} (subset={subset!r}, split={split!r}): {type(err).__name__}: {printable(err, 300)}. "
             "Offline? Download it once, or point 'source' at a local .json/.jsonl/.csv/.parquet file."
@@ -280,7 +345,7 @@ def _datasets_load(name: str, subset: str | None, split: str, where: str, local:
 def fingerprint(spec: DatasetSpec) -> str:
     local = resolve_local(spec.source)
     if local is None or local.is_dir():
-        return f"hub:{spec.source}:{spec.subset}:{spec.split}"
+        return f"hub:{spec.source}:{spec.subset}:{spec.split or 'train'}"
     digest = hashlib.sha256()
     with local.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -463,6 +528,9 @@ def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
                         "{\"A\": text, ...} or a list of texts.")
     if not options:
         raise DataError(f"field '{printable(name, 60)}' is empty: a multiple-choice question needs options.")
+    if len(options) < 2:
+        raise DataError(f"field '{printable(name, 60)}' has one option: a multiple-choice question needs at least "
+                        "two (with one, every answer is right).")
     return {str(letter).strip(): _text(value, f"{name}.{letter}") for letter, value in options.items()}
 
 
@@ -566,7 +634,7 @@ FORMAT_SHAPES = {
 def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
     """Every row checked and formatted; the first bad one is refused with the file, its row and the field."""
     formatter = FORMATS[spec.format]
-    lines = getattr(rows, "lines", None)
+    lines, names = getattr(rows, "lines", None), getattr(rows, "names", None)
     examples = []
     for number, row in enumerate(rows, start=1):
         try:
@@ -574,10 +642,10 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
                 raise DataError(f"expected a record (JSON object), got {_kind(row)}.")
             example = formatter(row, spec)
         except DataError as err:
-            raise DataError(f"{_row_name(spec, number, lines)}: {err}") from None
+            raise DataError(f"{_row_name(spec, number, lines, names)}: {err}") from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
             raise DataError(
-                f"{_row_name(spec, number, lines)} does not have the shape the {spec.format} format needs "
+                f"{_row_name(spec, number, lines, names)} does not have the shape the {spec.format} format needs "
                 f"({type(err).__name__}: {printable(err, 120)}). Expected: "
                 f"{FORMAT_SHAPES.get(spec.format, 'see the README')}."
             ) from None
@@ -586,7 +654,9 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
     return examples
 
 
-def _row_name(spec: DatasetSpec, number: int, lines: list[int] | None) -> str:
+def _row_name(spec: DatasetSpec, number: int, lines: list[int] | None, names: list[str] | None = None) -> str:
+    if names and number <= len(names):
+        return names[number - 1]
     line = lines[number - 1] if lines and number <= len(lines) else None
     return f"{printable(spec.source, 200)} row {number}" + (f" (line {line})" if line and line != number else "")
 
@@ -595,6 +665,8 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
     """Format rows, hold out evaluation items, shuffle (seeded), cap and weight one dataset."""
     examples = format_rows(spec, rows)
     info: dict[str, Any] = {"rows": len(rows)}
+    if getattr(rows, "files", None):
+        info["files"] = rows.files
     if spec.format == "pubmedqa":
         held_out = pubmedqa_test_ids()
         kept = [ex for ex in examples if pmid_of(ex.uid) not in held_out]
@@ -822,16 +894,14 @@ def tokenize_collected(
                                 "format": c.spec.format, "cot_style": c.spec.cot_style})
         stats[c.name] = {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
     if not records:
-        raise DataError(
-            f"No training examples fit model.max_seq_length={max_len}. Raise it, or set data.too_long: truncate."
-        )
+        _refuse_nothing_fits(data, max_len, stats)
     random.Random(seed).shuffle(records)
     reserved = [r for r in records if r["role"] == "validation"]
     pool = [r for r in records if r["role"] != "validation"]
     n_val = int(round(len(pool) * data.val_ratio))
     validation, train = reserved + pool[:n_val], pool[n_val:]
     if not train:
-        raise DataError("No training examples are left after the validation split; lower data.val_ratio.")
+        refuse_no_training_examples(data, max_len, collected)
     cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
     warnings = []
     if cut:
@@ -852,14 +922,41 @@ def tokenize_collected(
     return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
 
 
+def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any]) -> None:
+    """No example fits max_len: with drop, truncating would keep some; with truncate, every prompt alone is
+    too long (the answer cannot be cut to make room), so only a longer max_seq_length helps."""
+    shortest = min((s["tokens_before_fitting"].get("min", 0) for s in stats.values()
+                    if s["tokens_before_fitting"].get("count")), default=0)
+    if data.too_long == "drop":
+        raise DataError(f"No training examples fit model.max_seq_length={max_len} (the shortest is {shortest} "
+                        "tokens). Raise it, or set data.too_long: truncate.")
+    raise DataError(f"No training example fits model.max_seq_length={max_len}, even cut (data.too_long: truncate): "
+                    f"each prompt alone, with the chat template and system prompt, leaves no room for an answer (the "
+                    f"shortest example is {shortest} tokens). Raise model.max_seq_length.")
+
+
+def refuse_no_training_examples(data: DataSection, max_len: int, collected: list[Collected]) -> None:
+    """Nothing left to train on once validation items are set apart (val_ratio < 0.5 always leaves some, so the
+    datasets for validation are the cause)."""
+    if all(c.spec.use_for == "validation" for c in collected):
+        raise DataError("No training examples: every dataset has use_for: validation. Give at least one dataset "
+                        "use_for: train (the default).")
+    raise DataError(f"No training examples: the datasets with use_for: train have none that fit model.max_seq_length="
+                    f"{max_len} and are not held out for validation (cv_fold). Check those datasets, or raise "
+                    "model.max_seq_length.")
+
+
 def prepare(data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1) -> PreparedData:
     return tokenize_collected(collect(data, seed), data, tokenizer, max_len, seed, micro_batch)
 
 
-def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None) -> dict[str, Any]:
+def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None,
+               collected: list[Collected] | None = None) -> dict[str, Any]:
     """Dataset sizes for --dry-run: local sources are read and every row checked as a run would (the leakage
     guard included); a path that does not exist is refused; hub sources are not downloaded."""
-    checked = {c.name: c.info for c in collect(data, seed, extra_eval, local_only=True)}
+    if collected is None:
+        collected = collect(data, seed, extra_eval, local_only=True)
+    checked = {c.name: c.info for c in collected}
     sizes: dict[str, Any] = {}
     for index, spec in enumerate(data.datasets):
         name = f"{index}:{spec.source}"

@@ -19,19 +19,57 @@ import os
 from typing import Any
 
 from .config import KitConfig
-from .errors import ConfigError
+from .errors import ConfigError, MedQLoRAError
+from .secrets import printable
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def check_launch() -> None:
+    """The environment boundary of a launch: RANK, WORLD_SIZE and the like must be whole numbers that agree, and
+    several processes need the rendezvous a launcher (torchrun, accelerate launch) sets up (MASTER_ADDR and
+    MASTER_PORT). Stray values, from a shell or a job script, are refused in every process, each saying so: a
+    process that is not rank 0 would otherwise stop without a word."""
+    values = {}
+    for name in LAUNCH_VARIABLES:
+        text = os.environ.get(name)
+        if text is None:
+            continue
+        if not text.strip().isdigit():
+            raise MedQLoRAError(f"The environment variable {name}={printable(text, 40)} is not a whole number of 0 "
+                                "or more. "
+                                f"Unset it (it is set by torchrun or accelerate launch), or launch with one of them.")
+        values[name] = int(text)
+    world = values.get("WORLD_SIZE", 1)
+    local_world = values.get("LOCAL_WORLD_SIZE", world)
+    if world < 1 or values.get("RANK", 0) >= world or values.get("LOCAL_RANK", 0) >= local_world:
+        shown = " ".join(f"{k}={v}" for k, v in values.items())
+        raise MedQLoRAError(f"The environment says {shown}: a rank must be below the number of processes. Unset "
+                            f"{', '.join(values)}, or launch with torchrun or accelerate launch, which set them.")
+    if world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        shown = " ".join(f"{k}={v}" for k, v in values.items())
+        raise MedQLoRAError(f"The environment says {shown}, but no launcher started this process (MASTER_ADDR and "
+                            f"MASTER_PORT are not set). Unset {', '.join(values)} to run one process, or launch with "
+                            "torchrun --nproc_per_node N (or accelerate launch).")
+
+
+def _env_int(name: str, default: int) -> int:
+    """A launch variable as a number (one that is not a number is refused by check_launch, at the start)."""
+    text = os.environ.get(name, "").strip()
+    return int(text) if text.isdigit() else default
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _env_int("WORLD_SIZE", 1)
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return _env_int("RANK", 0)
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return _env_int("LOCAL_RANK", 0)
 
 
 def is_main() -> bool:
@@ -39,7 +77,7 @@ def is_main() -> bool:
 
 
 def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
+    return _env_int("LOCAL_WORLD_SIZE", world_size())
 
 
 def sharding() -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
-from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, tokenize_example
+from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local, tokenize_example
 from .distributed import shared_map
 from .errors import DataError
 from .progress import bar
@@ -64,10 +64,17 @@ def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
     return items
 
 
+def _split(bench: BenchmarkSpec) -> str | None:
+    """The split a hub benchmark is read from (test unless given); a local one is read whole."""
+    if bench.split or bench.source is None or resolve_local(bench.source) is not None:
+        return bench.split
+    return "test"
+
+
 def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
     source = bench.source or "data/pubmedqa/ori_pqal.json"
     spec = DatasetSpec(source=source, format="pubmedqa", subset=bench.subset,
-                       split=bench.split if bench.source else "train", long_answer=False, columns=bench.columns)
+                       split=_split(bench), long_answer=False, columns=bench.columns)
     test_ids = pubmedqa_test_ids()
     items = []
     for example in format_rows(spec, load_rows(spec)):  # every row checked, bad ones named by file and row
@@ -81,7 +88,7 @@ def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
 def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     if bench.source is None:
         raise DataError(f"Benchmark '{bench.name}': multiple_choice needs a source (hub id or .jsonl file).")
-    spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=bench.split,
+    spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
                        columns=bench.columns)
     rows = load_rows(spec)
     items = []
@@ -333,15 +340,21 @@ def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
     return {bench.name: load_items(bench, cfg.training.seed) for bench in cfg.eval.benchmarks}
 
 
-def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path) -> None:
+def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path, required: bool = False
+                         ) -> None:
     """Refuse to evaluate an adapter on items its run trained on: the questions in its training_items.jsonl
     (normalised as the leakage guard does: case, punctuation, accents and invisible characters ignored),
     and the evaluation questions its data_stats.json says the run was allowed to train on
-    (data.allow_eval_overlap: exact copies and near duplicates inside longer texts)."""
+    (data.allow_eval_overlap: exact copies and near duplicates inside longer texts). ``required``: the adapter is in
+    a run folder of the kit, which writes the file before training; without it the check cannot be made."""
     from .leakage import flagged_hashes, legacy_question_hash, question_hash
     from .secrets import printable
 
     if not training_items.is_file():
+        if required:
+            raise DataError(f"{printable(training_items)} is missing: the run writes it before training, and without "
+                            "it what this adapter was trained on cannot be checked, so its scores could be inflated by "
+                            "items it learned. Restore the file from the run folder's backup, or evaluate another run.")
         return
     trained: set[str] = set()
     for number, line in enumerate(training_items.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
@@ -518,7 +531,7 @@ def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:
 def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
     if bench.source is None:
         raise DataError(f"Benchmark '{bench.name}': cot needs a source of medical-o1 rows (Question, Complex_CoT, Response).")
-    spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=bench.split,
+    spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=_split(bench),
                        cot_style=bench.cot_style, columns=bench.columns)
     return cot_items_from(format_rows(spec, load_rows(spec)), 10**9)
 

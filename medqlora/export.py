@@ -23,7 +23,7 @@ from . import backends
 from .config import KitConfig
 from .progress import bar
 from .data import render_prompt
-from .errors import MedQLoRAError, ModelError
+from .errors import ConfigError, MedQLoRAError, ModelError
 from .generate import load_queries
 from .runs import RunDir, log
 from .secrets import printable
@@ -51,6 +51,8 @@ def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = Non
     run = run or RunDir(adapter.parent)
     formats = set(cfg.export.formats)
     sources = adapter_files(adapter) if "adapter" in formats else []  # refused before anything is written
+    if "gguf" in formats:
+        llama_cpp_dir()  # a LLAMA_CPP_DIR that names no converter stops here, before the merge
     partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
     try:
         return _export_into(cfg, adapter, say, run, formats, sources, partial)
@@ -63,8 +65,8 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, formats: 
                  partial: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
     if "adapter" in formats:
-        _export_adapter(cfg, sources, run, ".export.partial/adapter")
-        say(f"export: adapter with tokenizer and model card -> {partial.name}/adapter")
+        said = _export_adapter(cfg, adapter, sources, run, ".export.partial/adapter")
+        say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
     if formats & {"merged", "gguf"}:
         report.update(_export_merged(cfg, adapter, run.inside(".export.partial/merged"), say))
     if "gguf" in formats:
@@ -101,7 +103,9 @@ def adapter_files(adapter: Path) -> list[Path]:
     return files
 
 
-def _export_adapter(cfg: KitConfig, sources: list[Path], run: RunDir, dest: str) -> None:
+def _export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunDir, dest: str) -> str:
+    """The adapter's files and a model card; where the adapter folder lacks a tokenizer with its chat template, the
+    base model's (the one training used) is saved with it, and the returned description says so."""
     for source in sources:
         if source.name == "adapter_config.json":  # names the base as another machine finds it
             config = json.loads(source.read_text())
@@ -109,6 +113,11 @@ def _export_adapter(cfg: KitConfig, sources: list[Path], run: RunDir, dest: str)
             run.write_json(f"{dest}/{source.name}", config)
         else:
             run.copy_in(source, f"{dest}/{source.name}")
+    said = "its tokenizer and chat template"
+    if not has_tokenizer(adapter):
+        _adapter_tokenizer(cfg, adapter).save_pretrained(str(run.inside(dest)))
+        said = (f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder "
+                "has none)")
     run.write_text(
         f"{dest}/README.md",
         f"# LoRA adapter for {printable(cfg.model.name)}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, "
@@ -119,6 +128,7 @@ def _export_adapter(cfg: KitConfig, sources: list[Path], run: RunDir, dest: str)
         "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n```\n\n"
         "Research use only; not medical advice.\n",
     )
+    return said
 
 
 # ---------------------------------------------------------------- merged
@@ -262,9 +272,23 @@ def dequantize_to_cpu(model: Any, dtype: Any) -> None:
     _free()
 
 
+def has_tokenizer(adapter: Path) -> bool:
+    """Whether the adapter folder holds a tokenizer with its chat template (as training saves it)."""
+    config = adapter / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    if (adapter / "chat_template.jinja").is_file() or (adapter / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _adapter_tokenizer(cfg: KitConfig, adapter: Path) -> Any:
-    """The tokenizer saved with the adapter: the chat template and eos used in training."""
-    source = adapter if (adapter / "tokenizer_config.json").is_file() else backends.resolve_model_source(cfg.model.name)
+    """The tokenizer saved with the adapter (the chat template and eos used in training); the base model's, which
+    training used, when the adapter folder has none or lacks its chat template."""
+    source = adapter if has_tokenizer(adapter) else backends.resolve_model_source(cfg.model.name)
     return backends.load_tokenizer(cfg, str(source))
 
 
@@ -334,9 +358,19 @@ def _free() -> None:
 
 
 def llama_cpp_dir() -> Path | None:
-    """A llama.cpp checkout (or its converter alone): LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy."""
-    candidates = [os.environ.get("LLAMA_CPP_DIR"), "llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp",
-                  str(backends.CACHE_DIR / "llama.cpp")]
+    """A llama.cpp checkout (or its converter alone): LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy. A
+    LLAMA_CPP_DIR that is set is the one used: one that is no folder with the converter is refused, not passed over."""
+    named = os.environ.get("LLAMA_CPP_DIR")
+    if named:
+        folder = Path(named).expanduser()
+        if not (folder / "convert_hf_to_gguf.py").is_file():
+            what = ("is a file, not a folder" if folder.is_file() else "does not exist" if not folder.exists()
+                    else "holds no convert_hf_to_gguf.py")
+            raise ConfigError(f"LLAMA_CPP_DIR={printable(named, 200)} {what}: it must name a llama.cpp checkout "
+                              "(the folder with convert_hf_to_gguf.py). Fix it, or unset LLAMA_CPP_DIR to use the "
+                              "converter the kit finds itself.")
+        return folder
+    candidates = ["llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp", str(backends.CACHE_DIR / "llama.cpp")]
     for candidate in filter(None, candidates):
         folder = Path(candidate).expanduser()
         if (folder / "convert_hf_to_gguf.py").is_file():
@@ -349,6 +383,7 @@ def _export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
     if folder is None:
         say(f"export: no GGUF file. {LLAMA_CPP_HINT}")
         return {"skipped": LLAMA_CPP_HINT}
+    say(f"export: GGUF with llama.cpp's converter in {printable(folder)}")
     kind = cfg.export.gguf_type
     direct = kind in ("q8_0", "f16", "bf16", "f32")
     out = partial / "gguf" / f"model-{kind}.gguf"
@@ -366,7 +401,8 @@ def _export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
             _run([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
             first.unlink()
     figures = {"file": str(out.relative_to(partial)), "type": kind if out.name.endswith(f"{kind}.gguf") else "f16",
-               "convert_s": round(time.perf_counter() - began, 2), "gb": round(out.stat().st_size / 1e9, 3)}
+               "converter": str(folder), "convert_s": round(time.perf_counter() - began, 2),
+               "gb": round(out.stat().st_size / 1e9, 3)}
     figures.update(check_gguf_metadata(out, partial / "merged"))
     say(f"export: GGUF {figures}")
     return figures

@@ -17,6 +17,9 @@ from .secrets import printable
 
 
 QUERY_KEYS = ("id", "question")
+MAX_QUERIES = 10_000  # each is generated for: more belongs in an evaluation set, or in several files
+TOO_MANY_QUERIES = (f"more than {MAX_QUERIES:,} queries, the most one queries file may hold. Keep at most "
+                    f"{MAX_QUERIES:,} in it and answer the others from another file (generation.queries_file)")
 
 
 def load_queries(path_text: str) -> list[dict[str, str]]:
@@ -31,7 +34,8 @@ def load_queries(path_text: str) -> list[dict[str, str]]:
         path = KIT_ROOT / path_text
     if not path.exists():
         raise ConfigError(f"generation.queries_file: {printable(path_text, PATH_SHOWN)} not found.")
-    items, lines = read_yaml_file(path, "generation.queries_file")
+    items, lines = read_yaml_file(path, "generation.queries_file", max_values=MAX_QUERIES * 5 + 3,  # 5 per entry
+                                  too_many=TOO_MANY_QUERIES)
     shown = printable(path, PATH_SHOWN)
     expected = "expected a list of {id, question} entries under 'queries:'"
     prefix: tuple = ()
@@ -45,6 +49,8 @@ def load_queries(path_text: str) -> list[dict[str, str]]:
         raise ConfigError(f"{shown}: {expected}.")
     if not items:
         raise ConfigError(f"{shown}: no queries; {expected}.")
+    if len(items) > MAX_QUERIES:
+        raise ConfigError(f"generation.queries_file {shown}: {TOO_MANY_QUERIES}.")
     queries: list[dict[str, str]] = []
     first_line: dict[str, int] = {}
     for index, item in enumerate(items):
@@ -125,7 +131,11 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
 
 
 def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Each query answered; a question too long for the model's context (with room for max_new_tokens) is cut to
+    fit, and its result says so (``cut``)."""
     g = cfg.generation
+    context = getattr(model.config, "max_position_embeddings", None)
+    questions = [fit_query(cfg, tokenizer, q, context) for q in questions]
     prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in questions]
     began = time.perf_counter()
     replies = shared_map(lambda part: _generate(cfg, model, tokenizer, part, g.max_new_tokens, g.batch_size), prompts)
@@ -134,10 +144,34 @@ def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str,
             for q, (text, n) in zip(questions, replies, strict=True)]
 
 
+def fit_query(cfg: KitConfig, tokenizer: Any, query: dict[str, str], context: int | None) -> dict[str, Any]:
+    """The query as it will be asked: its question cut (the end replaced by ' ...') when the prompt and
+    generation.max_new_tokens do not fit the model's context; refused when not even the chat template fits."""
+    if not context:
+        return query
+    budget = context - cfg.generation.max_new_tokens
+    prompt = render_prompt(tokenizer, cfg.data.system_prompt, query["question"])
+    overflow = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) - budget
+    if overflow <= 0:
+        return query
+    ids = tokenizer(query["question"], add_special_tokens=False)["input_ids"]
+    keep = len(ids) - overflow - 8
+    if keep <= 0:
+        raise ConfigError(f"generation.queries_file: query {printable(query['id'], 80)}: the model's context of "
+                          f"{context:,} tokens leaves no room for it with generation.max_new_tokens="
+                          f"{cfg.generation.max_new_tokens}. Lower generation.max_new_tokens, or shorten the system "
+                          "prompt.")
+    note = (f"question cut from {len(ids):,} to {keep:,} tokens: the model's context holds {context:,} tokens, "
+            f"generation.max_new_tokens={cfg.generation.max_new_tokens} of them for the answer. Shorten the question "
+            "in the queries file to ask it whole.")
+    return {**query, "question": tokenizer.decode(ids[:keep]) + " ...", "cut": note}
+
+
 def to_markdown(results: list[dict[str, Any]], title: str) -> str:
     parts = [f"# {title}\n"]
     for r in results:
-        parts.append(f"## {r['id']}\n\n**Question:** {r['question']}\n\n**Answer:**\n\n{r['response']}\n")
+        cut = f"*Note: {r['cut']}*\n\n" if r.get("cut") else ""
+        parts.append(f"## {r['id']}\n\n**Question:** {r['question']}\n\n{cut}**Answer:**\n\n{r['response']}\n")
     return "\n".join(parts)
 
 

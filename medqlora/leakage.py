@@ -18,6 +18,11 @@ Two kinds of overlap are refused (unless ``data.allow_eval_overlap: true``):
 Questions of fewer than ``MIN_WORDS`` words ("Is it safe?") are common phrases inside longer
 texts: they are matched only when a whole training text (one field, one turn) equals them.
 
+A question of TYPO_MIN_WORDS to TYPO_MAX_WORDS words has one n-gram, itself, which one typo breaks: it is
+also looked for with one word misspelt. Each half is indexed like an n-gram (a typo leaves one half whole);
+a training text holding a half is a candidate, confirmed when a window of it equals the question but for
+one word at most 2 edits from the question's (letters only, 5 or more of them).
+
 Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
 ids (words no evaluation question has break every n-gram), whose n-gram hashes are computed with
 numpy and looked up in the index. 1,000 questions x 100,000 training rows take seconds.
@@ -36,6 +41,9 @@ from typing import Any
 from .errors import DataError
 
 MIN_WORDS = 5  # shorter evaluation questions are matched only by a whole training text equal to them
+# Evaluation questions of this many words are also looked for with one word misspelt (a longer question keeps
+# most of its 13-word sequences through a typo; a shorter one is one sequence, the whole question).
+TYPO_MIN_WORDS, TYPO_MAX_WORDS = 8, 12
 SHOWN = 5  # overlaps listed in the refusal
 RECORDED = 10_000
 BITMAP = 1 << 22
@@ -154,10 +162,14 @@ class Overlap:
     ngrams: int
     n: int
     field: str  # the training field where most of it was found
+    misspelt: tuple[str, str] | None = None  # (training word, evaluation word) of a question found with a typo
 
     def describe(self) -> str:
         if self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
+        elif self.misspelt:
+            found, expected = (_shown(word, 40) for word in self.misspelt)
+            how = f"field '{_shown(self.field, 80)}' contains, with one word misspelt ('{found}' for '{expected}'),"
         else:
             how = (f"field '{_shown(self.field, 80)}' shares {self.matched} of the {self.ngrams} {self.n}-word sequences "
                    f"({round(100 * self.share)}%) of")
@@ -188,6 +200,59 @@ class _Question:
     words: list[str]
     n: int
     grams: set[int]
+    whole: int | None = None  # a half of a short question (index of the whole one), looked for to catch a typo
+
+
+def _halves(index: int, q: _Question) -> list[_Question]:
+    """The two halves of a short question (TYPO_MIN_WORDS to TYPO_MAX_WORDS words), each at least 3 words: a
+    question with one misspelt word still holds one of them whole, which makes the training text a candidate."""
+    if not TYPO_MIN_WORDS <= len(q.words) <= TYPO_MAX_WORDS:
+        return []
+    middle = len(q.words) // 2
+    return [_Question(q.item, part, len(part), set(), whole=index) for part in (q.words[:middle], q.words[middle:])]
+
+
+def _distinct_halves(questions: list[_Question]) -> list[_Question]:
+    """The halves looked for: a half that several evaluation questions share ("what is the most common
+    treatment") would make every training text that asks alike a candidate for all of them, so only halves of
+    one question are indexed (a typo in the other half of such a question is still caught)."""
+    halves = [half for index, q in enumerate(questions) for half in _halves(index, q)]
+    count: dict[tuple[str, ...], int] = {}
+    for half in halves:
+        count[tuple(half.words)] = count.get(tuple(half.words), 0) + 1
+    return [half for half in halves if count[tuple(half.words)] == 1]
+
+
+def _typo_level(a: str, b: str) -> bool:
+    """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more): a
+    misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
+    if min(len(a), len(b)) < 5 or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1] <= 2
+
+
+def _misspelt_in(fields: list[tuple[str, list[str], set[str]]], q: _Question) -> tuple[str, tuple[str, str]] | None:
+    """The field (name, words, word set) holding question ``q`` with exactly one word misspelt, and (found,
+    expected)."""
+    size = len(q.words)
+    wanted = set(q.words)
+    for field, split, present in fields:
+        if len(wanted & present) < len(wanted) - 1:  # cheap: all its words but one must be there
+            continue
+        first, second = q.words[0], q.words[1]
+        for start in range(len(split) - size + 1):
+            if split[start] != first and split[start + 1] != second:  # one of the two would be the typo
+                continue
+            differ = [(w, e) for w, e in zip(split[start:start + size], q.words) if w != e]
+            if len(differ) == 1 and _typo_level(*differ[0]):
+                return field, differ[0]
+    return None
 
 
 def _ngram_length(words: int, ngram: int) -> int:
@@ -218,6 +283,8 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
         for word in split:
             vocab.setdefault(word, len(vocab) + 1)
         questions.append(_Question(item, split, _ngram_length(len(split), ngram), set()))
+    if ngram > 0:
+        questions += _distinct_halves(questions)
     if not questions and not short:
         return []
 
@@ -271,8 +338,12 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
     for t_index, (item, field) in exact_short.items():
         best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(normalize(item.question).split()),
                                 field)
+    typos: set[tuple[int, int]] = set()
     for (t_index, q_index), grams in found.items():
         q = questions[q_index]
+        if q.whole is not None:  # half of a short question: a candidate for it with a typo
+            typos.add((t_index, q.whole))
+            continue
         share = len(grams) / len(q.grams)
         if share < threshold:
             continue
@@ -293,6 +364,19 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
         if current is None or (overlap.kind == "exact", overlap.share, overlap.matched) > \
                 (current.kind == "exact", current.share, current.matched):  # the whole abstract over a paragraph
             best[t_index] = overlap
+    fields: tuple[int, list] = (-1, [])
+    for t_index, q_index in sorted(typos):
+        if t_index in best:
+            continue
+        if fields[0] != t_index:  # each candidate's texts split into words once
+            fields = (t_index, [(name, split, set(split)) for name, split in
+                                ((name, words(text)) for name, text in train[t_index].fields())])
+        q = questions[q_index]
+        found_with_typo = _misspelt_in(fields[1], q)
+        if found_with_typo:
+            field, misspelt = found_with_typo
+            best[t_index] = Overlap(train[t_index], q.item, "near duplicate", 1 - 1 / len(q.words),
+                                    len(q.words) - 1, len(q.words), 1, field, misspelt)
     return [best[i] for i in sorted(best)]
 
 

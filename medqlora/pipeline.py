@@ -33,15 +33,13 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     source = backends.config_source(cfg.model.name)
-    if source and Path(source).is_dir():  # a local tokenizer and chat template load in a second: check them too
-        backends.load_tokenizer(cfg, source)
+    # a local tokenizer and chat template load in a second: checked, and the data tokenized with them as a run does
+    tokenizer = backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = _local_benchmarks(cfg) if with_eval else {}
-    sizes = data.count_rows(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
-    known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
-    n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
+    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:
@@ -72,6 +70,23 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     return planned
 
 
+def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]) -> tuple[dict[str, Any], int | None]:
+    """The dataset sizes and the number of training examples a run would train on (None: hub data not downloaded).
+    With the model's tokenizer at hand the examples are tokenized and fitted to max_seq_length and the validation
+    split taken off exactly as in a run, so what a run refuses is refused here, with the same message."""
+    collected = data.collect(cfg.data, cfg.training.seed, guarded, local_only=True)
+    sizes = data.count_rows(cfg.data, cfg.training.seed, collected=collected)
+    if len(collected) < len(cfg.data.datasets):
+        return sizes, None
+    if tokenizer is not None:
+        return sizes, len(_tokenize(cfg, collected, tokenizer).train)
+    pool = sum(ex.role != "validation" for c in collected for ex in c.examples)
+    n_train = pool - int(round(pool * cfg.data.val_ratio))
+    if n_train == 0:
+        data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
+    return sizes, n_train
+
+
 def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
     """--dry-run of test, eval and export: the adapter checked as the mode would check it, the base model its run
     was trained on, and what the mode would write (nothing is trained)."""
@@ -82,7 +97,13 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
-        _local_benchmarks(cfg)
+        benchmarks = _local_benchmarks(cfg)
+        if adapter is not None:
+            _check_not_trained_on(benchmarks, adapter)
+    if mode == "export" and "gguf" in cfg.export.formats:
+        from .export import llama_cpp_dir
+
+        llama_cpp_dir()  # a LLAMA_CPP_DIR that names no converter is refused, as in the export
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
@@ -99,6 +120,13 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _check_not_trained_on(benchmarks: dict[str, list], adapter: Path) -> None:
+    """The trained-on guard: an adapter in a run folder of the kit must have its run's training_items.jsonl."""
+    run_folder = adapters.kit_run_folder(adapter)
+    folder = run_folder if run_folder is not None else adapter.parent
+    evaluate.check_not_trained_on(benchmarks, folder / "training_items.jsonl", required=run_folder is not None)
 
 
 def _local_benchmarks(cfg: KitConfig) -> dict[str, list]:
@@ -169,7 +197,61 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     saved = run.path / "config.yaml"
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
-    return run, load_config(saved), checkpoint
+    cfg = load_config(saved)
+    _check_resumable_config(run, cfg, checkpoint)
+    return run, cfg, checkpoint
+
+
+# The config sections that shape the training a checkpoint continues (not output, generation, eval, export).
+TRAINING_SECTIONS = ("backend", "model", "lora", "data", "training")
+
+
+def trained_settings(cfg: KitConfig) -> dict[str, Any]:
+    """The settings a run trains with, flattened (training.max_steps: 4), as the manifest records them."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        else:
+            flat[key] = value
+
+    dumped = cfg.model_dump(mode="json")
+    walk({k: dumped[k] for k in TRAINING_SECTIONS if k in dumped}, "")
+    return flat
+
+
+def recorded_settings(run: RunDir) -> dict[str, Any] | None:
+    """The settings the run's manifest says its training started with (None: not recorded)."""
+    try:
+        recorded = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get("trained_settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
+    """The run's config.yaml must still say what its training started with (the manifest records it), and its
+    max_steps must lie beyond the checkpoint: an edited config.yaml would continue another training."""
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    shown = printable(run.path / "config.yaml")
+    if 0 < cfg.training.max_steps < step:
+        raise ModelError(f"--resume: {shown} says training.max_steps: {cfg.training.max_steps}, but its checkpoint "
+                         f"{checkpoint.name} is already at step {step}. Restore the max_steps the run started with, or "
+                         "train a new run (without --resume).")
+    recorded = recorded_settings(run)
+    if recorded is None:
+        return  # a run of an earlier version: nothing recorded to compare with
+    now = trained_settings(cfg)
+    changed = [k for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)]
+    if changed:
+        listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run started with "
+                           f"{printable(json.dumps(recorded.get(k)), 60)})" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ModelError(f"--resume: {shown} was changed since the run started training: {listed}{more}. A checkpoint "
+                         "continues the training it was saved from: restore those values, or train a new run with "
+                         "the new ones (without --resume).")
 
 
 def run_train(
@@ -195,6 +277,8 @@ def run_train(
         say(f"{how} {distributed.world_size()} processes share each batch")
     cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
+    if checkpoint and recorded_settings(run) is not None:  # kept, should the resumed run stop before training
+        facts["trained_settings"] = recorded_settings(run)
 
     def record(status: str, **extra: Any) -> None:
         facts.update(extra, status=status)
@@ -268,7 +352,8 @@ def _train_in(
         say(f"data {name}: {stats}")
     for warning in prepared.stats.get("total", {}).get("warnings", []):
         say(f"warning: {warning}")
-    record("training", model_source=source, data=prepared.fingerprints)
+    record("training", model_source=source, data=prepared.fingerprints,
+           trained_settings=trained_settings(load_config(run.path / "config.yaml")))
 
     if benchmarks is not None:
         benchmarks.update(_cot_validation(cfg, prepared))
@@ -450,7 +535,7 @@ def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, ba
         cfg = adapter_run_config(adapter, cfg)
     benchmarks = evaluate.load_benchmarks(cfg)
     if adapter is not None:
-        evaluate.check_not_trained_on(benchmarks, adapter.parent / "training_items.jsonl")
+        _check_not_trained_on(benchmarks, adapter)
     run = _run_for(cfg, adapter, output_dir, "base-eval")
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
@@ -505,6 +590,9 @@ def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: 
     say(f"answering {len(questions)} sample queries from {cfg.generation.queries_file}")
     began = time.perf_counter()
     results = generate.answer(cfg, model, tokenizer, questions)
+    for result in results:
+        if result.get("cut"):
+            say(f"warning: query {printable(result['id'], 80)}: {result['cut']}")
     md_name = run.unique("sample_responses.md")
     run.write_text(md_name, generate.to_markdown(results, title))
     run.write_text(md_name.replace(".md", ".jsonl"), generate.to_jsonl(results))

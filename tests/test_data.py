@@ -299,8 +299,8 @@ def test_a_validation_set_can_be_given_explicitly(tmp_path, smol_tokenizer):
     assert {r["source"] for r in prepared.validation} == {f"1:{held}"}
 
 
-def test_hub_layout_parquet_folder_goes_through_datasets(tmp_path):
-    """The hub's qiaojin/PubMedQA pqa_labeled columns, as a local parquet folder read by `datasets`."""
+def test_hub_layout_parquet_folder_is_read_file_by_file(tmp_path):
+    """The hub's qiaojin/PubMedQA pqa_labeled columns, as a local parquet folder: every file in it is read."""
     import datasets
 
     test_pmid = sorted(pubmedqa_test_ids())[0]
@@ -311,5 +311,5 @@ def test_hub_layout_parquet_folder_goes_through_datasets(tmp_path):
     datasets.Dataset.from_list(rows).to_parquet(str(folder / "train-00000.parquet"))
     examples, info = build_examples(spec(source=str(folder), format="pubmedqa", split="train"),
                                     load_rows(spec(source=str(folder), format="pubmedqa", split="train")), seed=0)
-    assert info == {"rows": 2, "held_out_pubmedqa_test": 1, "used": 1}
+    assert info == {"rows": 2, "files": ["train-00000.parquet"], "held_out_pubmedqa_test": 1, "used": 1}
     assert examples[0].uid == "42" and examples[0].response == "maybe. L."

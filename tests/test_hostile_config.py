@@ -130,8 +130,10 @@ QUERY_ROWS = [  # (queries file text, bytes or None for no file, fragment)
     (_queries('  - id: "a\\x1b[31m"\n    question: x\n'), "'id' 'a\\x1b[31m' must be one line"),
     (_queries("  - id: a\n    question: x\n    question: y\n"), "duplicate key 'queries.0.question'"),
     ("queries: []\nextra: 1\n", "queries.yaml:2: unknown key 'extra'"),
-    (_bomb(), "expands to more than 20,000 values"),
+    (_bomb(), "expands to more than 50,003 values"),
     ("queries: &q [*q]\n", "a recursive alias"),
+    (_queries("".join(f"  - question: q{i}\n" for i in range(10_001))), "queries.yaml: more than 10,000 queries, the "
+     "most one queries file may hold. Keep at most 10,000 in it and answer the others from another file"),
     ("queries: [\n", "invalid YAML"),
     (b"\xff\xfe\x00\x00binary", "is not UTF-8 text"),
     ("# big\n" * 200_000, "over 1 MiB"),
@@ -461,3 +463,50 @@ def test_every_message_reaches_the_terminal_with_control_characters_escaped(tmp_
     assert code == 2
     assert_one_message(err, "Dataset file 'x\\x1b]0;owned\\x07.jsonl' not found:\n  - look in data/\\u202e")
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RANK": "1", "WORLD_SIZE": "2"}, "[process 1] The environment says RANK=1 WORLD_SIZE=2, but no launcher started "
+                                       "this process (MASTER_ADDR and MASTER_PORT are not set). Unset RANK, WORLD_SIZE"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "but no launcher started this process"),
+    ({"RANK": "3", "WORLD_SIZE": "2"}, "a rank must be below the number of processes"),
+    ({"WORLD_SIZE": "two"}, "The environment variable WORLD_SIZE=two is not a whole number of 0 or more"),
+])
+def test_stray_launcher_variables_get_one_message_in_every_process(tmp_path, env, fragment):
+    out = tmp_path / "outputs"
+    done = run_kit(["--dry-run", "--output-dir", str(out)], env={"MASTER_ADDR": "", "MASTER_PORT": "", **env},
+                   timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert_one_message(done.stderr, fragment)
+    assert not out.exists()
+
+
+def test_a_queries_file_of_thousands_of_queries_is_read(tmp_path):
+    queries = tmp_path / "queries.yaml"
+    queries.write_text(_queries("".join(f"  - id: q{i}\n    question: What is the dose of drug {i}?\n"
+                                        for i in range(5000))))
+    assert len(load_queries(str(queries))) == 5000
+
+
+def test_the_config_value_limit_reads_as_one_sentence(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(MINIMAL + "extra:\n" + "".join(f"  - {i}\n" for i in range(20_001)))
+    _refused(capsys, ["--config", str(config), "--dry-run"], "more than 20,000 values; a config file holds a few "
+             "hundred (is it the right file).", tmp_path / "outputs")
+
+
+def test_a_query_longer_than_the_model_context_is_cut_with_a_word_inside_a_run(tiny_model_dir, tmp_path, capsys):
+    from .conftest import kit_argv
+
+    queries = tmp_path / "queries.yaml"
+    queries.write_text(_queries("  - id: long\n    question: '" + "word " * 40_000 + "'\n  - id: short\n"
+                                "    question: What is aspirin?\n"))
+    out = tmp_path / "outputs"
+    code, printed, err = _run(capsys, ["--mode", "test", "--adapter", "none"] + kit_argv(
+        tiny_model_dir, out, **{"generation.queries_file": str(queries), "output.run_name": "q"}))
+    assert code == 0, err[-2000:]
+    note = "question cut from 40,001 to"
+    assert f"warning: query long: {note}" in printed and "the model's context holds 4,096 tokens" in printed
+    answers = [json.loads(line) for line in (out / "q" / "sample_responses.jsonl").read_text().splitlines()]
+    assert note in answers[0]["cut"] and "cut" not in answers[1]
+    assert note in (out / "q" / "sample_responses.md").read_text()

@@ -19,6 +19,8 @@ from medqlora.errors import DataError
 
 from .conftest import assert_one_message, kit_argv, run_kit
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # ---------------------------------------------------------------- one good row of each format
 
 GOOD = {
@@ -136,6 +138,9 @@ def test_a_null_or_absent_input_is_just_no_input(tmp_path):
     ("chat", {"messages": [{"role": "assistant", "content": "A."}]}, "has no user turn before its last assistant"),
     ("multiple_choice", {"question": "Q?", "options": "A or B", "answer_idx": "A"}, "field 'options' is text"),
     ("multiple_choice", {"question": "Q?", "options": {}, "answer_idx": "A"}, "field 'options' is empty"),
+    ("multiple_choice", {"question": "Q?", "options": ["x"], "answer_idx": "A"},
+     "field 'options' has one option: a multiple-choice question needs at least two"),
+    ("multiple_choice", {"question": "Q?", "options": {"A": "x"}, "answer_idx": "A"}, "field 'options' has one option"),
     ("multiple_choice", {"question": "Q?", "options": ["x", "y"], "answer_idx": True},
      "field 'answer_idx' is a boolean (true), expected an option's letter"),
     ("multiple_choice", {"question": "Q?", "options": ["x", "y"], "answer_idx": ["A"]}, "field 'answer_idx' is a list"),
@@ -304,7 +309,7 @@ def test_a_folder_of_mixed_file_types_is_refused(tmp_path):
     assert message == (f"The data folder {folder} holds files of different types (csv: b.csv; json: a.jsonl); only one "
                        "type would be read. Keep one type in the folder, or list each file as its own dataset.")
     (folder / "b.csv").unlink()
-    write_jsonl(folder / "c.json", [GOOD["instruction"]])  # .json and .jsonl are one type: both are read
+    (folder / "c.json").write_text(json.dumps([GOOD["instruction"]]))  # .json and .jsonl are one type: both are read
     assert len(load_rows(DatasetSpec(source=str(folder), format="instruction"))) == 2
 
 
@@ -313,7 +318,50 @@ def test_a_local_folder_that_cannot_be_read_gets_no_offline_hint(tmp_path):
     folder.mkdir()
     (folder / "train.parquet").write_bytes(GARBAGE)
     message = refused(DatasetSpec(source=str(folder), format="instruction"))
-    assert message.startswith(f"Cannot read the data files in folder {folder}")
+    assert message.startswith(f"{folder / 'train.parquet'}: not a readable Parquet file")
+
+
+def test_every_file_of_a_data_folder_is_read_whatever_its_name(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [GOOD["instruction"]] * 12)
+    write_jsonl(folder / "dev.jsonl", [GOOD["instruction"]] * 20)  # no file name picks a split
+    rows = load_rows(DatasetSpec(source=str(folder), format="instruction"))
+    assert len(rows) == 32 and rows.files == ["dev.jsonl", "train.jsonl"]
+    write_jsonl(folder / "test.jsonl", [GOOD["instruction"], {"instruction": "Q?", "output": 5}])
+    assert refused(DatasetSpec(source=str(folder), format="instruction")) == (
+        f"{folder / 'test.jsonl'} row 2: field 'output' is a number (5), expected text.")
+
+
+def test_the_shipped_pubmedqa_folder_names_the_file_that_is_not_records():
+    folder = ROOT / "data" / "pubmedqa"
+    message = refused(DatasetSpec(source=str(folder), format="pubmedqa"))
+    assert message.startswith(f"{folder / 'pqal_split_pmids.json'}: expected a JSON list of records")
+    assert "Unknown split" not in message
+
+
+@pytest.mark.parametrize("options, named", [({"subset": "pqa_artificial"}, "subset: pqa_artificial applies"),
+                                            ({"split": "test"}, "split: test applies"),
+                                            ({"subset": "a", "split": "b"}, "subset: a and split: b apply")])
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_hub_options_on_a_local_source_are_refused_not_ignored(tmp_path, options, named, kind):
+    path = write_jsonl(tmp_path / "my.jsonl", [GOOD["instruction"]])
+    source = tmp_path if kind == "folder" else path
+    message = refused(DatasetSpec(source=str(source), format="instruction", **options))
+    assert message.startswith(f"Dataset '{source}' is a local {kind}, read whole: {named} to hub datasets only.")
+
+
+@pytest.mark.parametrize("name, content, row", [
+    ("my.jsonl", '{"instruction": "Q?", "output": "A.", "n": {"deep": [1, 9' + "9" * 5000 + "]}}\n", "my.jsonl:1"),
+    ("my.json", '[{"instruction": "Q?", "output": "A.", "n": -' + "9" * 5000 + "}]", "my.json row 1"),
+])
+def test_an_integer_too_long_to_read_names_file_row_and_field(tmp_path, name, content, row):
+    (tmp_path / name).write_text(content)
+    message = refused(DatasetSpec(source=str(tmp_path / name), format="instruction"))
+    field = "n.deep[1]" if name.endswith("l") else "n"
+    assert message == (f"{tmp_path}/{row}: field '{field}' holds an integer too long to read (over 4000 digits). "
+                       "Write it as a quoted string, or remove it.")
+    assert "sys." not in message
 
 
 def test_data_text_in_messages_is_printable(tmp_path):
@@ -601,3 +649,76 @@ def test_any_json_rows_in_any_file_format_load_or_are_refused_with_a_data_error(
         assert str(err).strip() and "Offline?" not in str(err)
         return
     assert all(isinstance(e.prompt, str) and isinstance(e.response, str) for e in examples)
+
+
+def test_a_benchmark_of_one_option_items_is_refused_not_scored(tmp_path, capsys):
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"question": f"Q{i}?", "options": {"A": "x"}, "answer_idx": "A"}
+                                               for i in range(3)])
+    argv = ["--mode", "eval", "--adapter", "none", "--output-dir", str(tmp_path / "out"), "--set",
+            f"eval.benchmarks=[{{name: b, kind: multiple_choice, source: '{bench}'}}]"]
+    for dry in (["--dry-run"], []):
+        assert main(argv + dry) == 2
+        assert_one_message(capsys.readouterr().err, f"{bench} row 1: field 'options' has one option")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing scored or written
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"model.max_seq_length": "8"}, "No training example fits model.max_seq_length=8, even cut (data.too_long: "
+                                    "truncate)"),
+    ({"model.max_seq_length": "8", "data.too_long": "drop"}, "No training examples fit model.max_seq_length=8 (the "
+                                                            "shortest is"),
+    ({"dataset": "validation"}, "No training examples: every dataset has use_for: validation. Give at least one"),
+])
+def test_dry_run_tokenizes_like_a_run_and_both_give_the_advice_that_applies(tiny_model_dir, tmp_path, capsys,
+                                                                             overrides, fragment):
+    overrides = dict(overrides)
+    use_for = overrides.pop("dataset", None)
+    if use_for:
+        path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"Q{i}?", "output": "A."} for i in range(16)])
+        overrides["data.datasets"] = f"[{{source: '{path}', format: instruction, use_for: {use_for}}}]"
+    out = tmp_path / "outputs"
+    argv = kit_argv(tiny_model_dir, out, **overrides)
+    assert main(["--dry-run"] + argv) == 2
+    err = capsys.readouterr().err
+    assert_one_message(err, fragment)
+    assert "val_ratio" not in err and ("set data.too_long: truncate" not in err or "drop" in str(overrides))
+    assert main(["--mode", "train"] + argv) == 2
+    assert_one_message(capsys.readouterr().err, fragment)
+    manifest = json.loads((only_run(out) / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and fragment in manifest["error"]
+
+
+SHORT_PMID = "26163474"  # 'Is there a connection between sublingual varices and hypertension?': 9 words
+
+
+@pytest.mark.parametrize("text, caught", [
+    ("Is there a connection between sublingual varices and hypertenison?", ("hypertenison", "hypertension")),
+    ("Please answer: is there a conection between sublingual varices and hypertension? Thanks.",
+     ("conection", "connection")),
+    ("Is there a connection between sublingual varices and diabetes?", None),  # another question, not a typo
+    ("Is there a connection between lingual varices and hypertension?", None),  # a word dropped: two differ
+])
+def test_a_short_evaluation_question_with_one_typo_is_caught(tmp_path, text, caught):
+    path = write_jsonl(tmp_path / "mine.jsonl", [GOOD["instruction"], {"instruction": text, "output": "ok"}])
+    data = DataSection(datasets=[DatasetSpec(source=str(path), format="instruction")])
+    if caught is None:
+        assert collect(data, seed=0)[0].info["leakage_guard"]["overlapping_training_items"] == 0
+        return
+    with pytest.raises(DataError) as err:
+        collect(data, seed=0)
+    message = str(err.value)
+    assert "1 training examples contain evaluation questions (0 exact, 1 near duplicates)" in message
+    assert (f"training '0:{path}' row 2 field 'instruction' contains, with one word misspelt ('{caught[0]}' for "
+            f"'{caught[1]}'), evaluation 'pubmedqa-test' item {SHORT_PMID}") in message, message
+
+
+def test_the_typo_check_keeps_the_guard_fast():
+    from medqlora.leakage import Item, find_overlap
+
+    evaluation = [Item("e", str(i), f"what is the most common treatment of condition{i} in older patients")
+                  for i in range(1000)]
+    train = [Item("t", str(i), "x", texts=(("input", "what is the most common treatment of condition in older "
+                                                     f"patients and adults number{i} " * 5),)) for i in range(20_000)]
+    started = time.perf_counter()
+    assert find_overlap(train, evaluation) == []
+    assert time.perf_counter() - started < 60

@@ -188,6 +188,58 @@ def test_a_foreign_adapter_gets_a_new_run_folder_and_nothing_beside_it(mode, tra
         assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= copied
 
 
+@pytest.mark.parametrize("removed", [("tokenizer_config.json", "tokenizer.json", "chat_template.jinja"),
+                                     ("chat_template.jinja",)])
+def test_an_adapter_without_its_tokenizer_is_exported_with_the_base_models_and_says_so(removed, trained,
+                                                                                      tiny_model_dir, tmp_path, capsys):
+    downloads = tmp_path / "downloads" / "adapter"
+    shutil.copytree(trained / "adapter", downloads)
+    for name in removed:
+        (downloads / name).unlink(missing_ok=True)
+    out = tmp_path / "outputs"
+    assert main(argv(tiny_model_dir, out, "export", "--adapter", str(downloads),
+                     **{"export.formats": "[adapter]"})) == 0
+    printed = capsys.readouterr().out
+    assert "adapter with its tokenizer" not in printed
+    assert f"the tokenizer and chat template of the base model {tiny_model_dir} (the adapter folder has none)" in printed
+    exported = next(out.iterdir()) / "export" / "adapter"
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(exported)).chat_template  # the template training used travels along
+
+
+@pytest.mark.parametrize("make, what", [(lambda p: p.write_text("x"), "is a file, not a folder"),
+                                        (lambda p: p.mkdir(), "holds no convert_hf_to_gguf.py"),
+                                        (lambda p: None, "does not exist")])
+def test_a_llama_cpp_dir_without_the_converter_is_refused_before_the_export(make, what, trained, tiny_model_dir,
+                                                                           tmp_path, capsys, monkeypatch):
+    named = tmp_path / "llama.cpp"
+    make(named)
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(named))
+    before = snapshot(trained)
+    for dry in (["--dry-run"], []):
+        assert main(argv(tiny_model_dir, tmp_path / "o", "export", "--adapter", str(trained), *dry,
+                         **{"export.formats": "[gguf]"})) == 2
+        assert_one_message(capsys.readouterr().err, f"LLAMA_CPP_DIR={named} {what}: it must name a llama.cpp checkout")
+    assert {k: v for k, v in snapshot(trained).items() if not k.endswith("run.log")} == \
+        {k: v for k, v in before.items() if not k.endswith("run.log")}  # nothing exported, nothing merged
+
+
+def test_evaluating_a_run_whose_training_items_were_deleted_is_refused(trained, tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "outputs" / "run"
+    shutil.copytree(trained, run)
+    (run / "training_items.jsonl").unlink()
+    before = snapshot(run)
+    for dry in (["--dry-run"], []):
+        assert main(argv(tiny_model_dir, tmp_path / "outputs", "eval", "--adapter", str(run), *dry)) == 2
+        assert_one_message(capsys.readouterr().err, f"{run / 'training_items.jsonl'} is missing: the run writes it "
+                                                    "before training, and without it what this adapter was trained on "
+                                                    "cannot be checked")
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if not k.endswith("run.log")} == \
+        {k: v for k, v in before.items() if not k.endswith("run.log")}  # nothing scored or written
+
+
 # ---------------------------------------------------------------- credentials
 
 

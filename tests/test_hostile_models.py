@@ -97,6 +97,26 @@ def template_that_drops_messages(tmp: Path, model: Path) -> str:
     return _template(tmp, model, "{{ 'hello' }}")
 
 
+def _config_edit(**fields):
+    def make(tmp: Path, model: Path) -> str:
+        folder = copy_of(model, tmp)
+        config = json.loads((folder / "config.json").read_text())
+        config.update(fields)
+        (folder / "config.json").write_text(json.dumps(config))
+        return str(folder)
+
+    make.__name__ = "config_" + "_".join(f"{k}_{v}" for k, v in fields.items()).replace("-", "minus")
+    return make
+
+
+def fifo_gguf(tmp: Path, _model: Path) -> str:
+    import os
+
+    target = tmp / "x.gguf"
+    os.mkfifo(target)
+    return str(target)
+
+
 TRAIN_ROWS = [
     (truncated_gguf, "is truncated or damaged"),
     (header_only_gguf, "is truncated or damaged"),
@@ -109,6 +129,13 @@ TRAIN_ROWS = [
     (a_file_not_a_folder, "is a file, not a checkpoint folder"),
     (broken_template, "cannot render a conversation"),
     (template_that_drops_messages, "leaves out the messages"),
+    (_config_edit(torch_dtype="float8"), "config.json: field 'torch_dtype' is \"float8\"; expected one of float16"),
+    (_config_edit(max_position_embeddings="lots"), "config.json: field 'max_position_embeddings' is \"lots\"; it must be"),
+    (_config_edit(vocab_size=0), "config.json: field 'vocab_size' is 0; it must be a whole number above 0"),
+    (_config_edit(num_hidden_layers=-1), "config.json: field 'num_hidden_layers' is -1"),
+    (_config_edit(model_type="bert"), "config.json (model_type 'bert', 2 layers) does not match the weights"),
+    (_config_edit(num_hidden_layers=3), "(model_type 'llama', 3 layers) does not match the weights: 9 of the"),
+    (fifo_gguf, "x.gguf is not a regular file"),
 ]
 
 

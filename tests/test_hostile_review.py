@@ -14,7 +14,7 @@ from medqlora.config import load_config
 from medqlora.errors import ConfigError, ModelError
 from medqlora.runs import RunDir
 
-from .conftest import kit_argv, tiny_overrides
+from .conftest import assert_one_message, kit_argv, tiny_overrides
 
 
 @pytest.mark.parametrize("setting", ["training.max_steps=true", "training.learning_rate=yes",
@@ -188,3 +188,31 @@ def test_dry_run_checks_trackers_and_local_benchmark_rows(tiny_model_dir, tmp_pa
                  f"eval.benchmarks=[{{name: b, kind: multiple_choice, source: {bench}}}]"])
     err = capsys.readouterr().err
     assert code == 2 and "options" in err and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    ({"max_steps": 2}, "says training.max_steps: 2, but its checkpoint checkpoint-6 is already at step 6"),
+    ({"learning_rate": 0.5}, "was changed since the run started training: training.learning_rate: 0.5 (the run "
+                             "started with 0.0002)"),
+])
+def test_resuming_a_run_whose_config_was_edited_names_the_key(tiny_model_dir, tmp_path, capsys, monkeypatch, edit,
+                                                               fragment):
+    import yaml
+
+    from medqlora import train
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
+                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "training.max_steps": "6", "training.save_steps": "4", "output.run_name": "r"})) == 0
+    run = tmp_path / "r"
+    real_rmtree(run / "adapter")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["training"].update(edit)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    before = (run / "manifest.json").read_text()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    assert_one_message(capsys.readouterr().err, fragment)
+    assert (run / "manifest.json").read_text() == before and not (run / "adapter").exists()  # nothing trained

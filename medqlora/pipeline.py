@@ -25,10 +25,11 @@ def say(message: str) -> None:
 
 def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import planned_steps
+    from .train import check_optimizer, planned_steps
 
     runtime = backends.detect(cfg)
-    tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
+    tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
+    optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     source = backends.config_source(cfg.model.name)
     if source and Path(source).is_dir():  # a local tokenizer and chat template load in a second: check them too
@@ -38,7 +39,8 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = _local_benchmarks(cfg) if with_eval else {}
     sizes = data.count_rows(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
-    known = [s["used"] - s.get("cv_fold_validation", 0) for s in sizes.values() if isinstance(s.get("used"), int)]
+    known = [s["used"] - s.get("cv_fold_validation", 0) - s.get("validation_first_n", 0) for s in sizes.values()
+             if isinstance(s.get("used"), int)]
     n_train = int(sum(known) * (1 - cfg.data.val_ratio)) if len(known) == len(sizes) else None
     t = cfg.training
     return {
@@ -53,6 +55,19 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         f"{t.micro_batch_size * t.gradient_accumulation_steps}",
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
         "max_seq_length": cfg.model.max_seq_length,
+        "training": {
+            "length": f"max_steps {t.max_steps}" if t.max_steps > 0 else f"{t.num_epochs:g} epochs",
+            "learning_rate": t.learning_rate,
+            "lr_scheduler": t.lr_scheduler,
+            "warmup": t.warmup_text(),
+            "optimizer": optimizer,
+            "weight_decay": t.weight_decay,
+            "precision": runtime.dtype,
+            "gradient_checkpointing": t.gradient_checkpointing,
+        },
+        "validation": validation_plan(cfg),
+        "prompts": prompt_plan(cfg),
+        "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
         "gpu_memory": memory_plan(cfg, runtime),
         "processes": distributed.plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
@@ -63,6 +78,38 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
         "run.log}",
     }
+
+
+def validation_plan(cfg: KitConfig) -> dict[str, Any]:
+    """Where the validation items come from, and when their loss is computed."""
+    sources = [f"data.val_ratio {cfg.data.val_ratio} of the training rows, drawn at random (seeded)"] \
+        if cfg.data.val_ratio else []
+    for i, spec in enumerate(cfg.data.datasets):
+        name = f"{i}:{spec.source}"
+        if spec.val_first_n:
+            sources.append(f"the first {spec.val_first_n} rows of {name} (file order)")
+        if spec.cv_fold is not None:
+            sources.append(f"PubMedQA CV fold {spec.cv_fold} of {name}")
+        if spec.use_for == "validation":
+            sources.append(f"all of {name}")
+    every = cfg.training.eval_steps
+    return {"items": sources or ["none"],
+            "loss": (f"every {every} steps during training, and before and after" if every else "before and after "
+                     "training") if sources else "none"}
+
+
+def prompt_plan(cfg: KitConfig) -> list[dict[str, Any]]:
+    """How each dataset's prompt is written: chat template, system prompt, prompt template."""
+    chat = {False: "none (plain text, model.chat_template: false)", "auto": "the tokenizer's own (ChatML if none)"}
+    shown = []
+    for i, spec in enumerate(cfg.data.datasets):
+        system = data.system_prompt_of(cfg.data, spec)
+        shown.append({"dataset": f"{i}:{spec.source}",
+                      "chat_template": chat.get(cfg.model.chat_template, cfg.model.chat_template),
+                      "system_prompt": system if system else "none",
+                      "prompt_template": spec.prompt_template if spec.prompt_template is not None
+                      else f"the {spec.format} format's own"})
+    return shown
 
 
 def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
@@ -166,15 +213,20 @@ def run_train(
     cfg: KitConfig, output_dir: str | None, started: float, with_eval: bool = False, resume: str | None = None
 ) -> tuple[RunDir, dict[str, Any], Any]:
     """Train an adapter into a new run folder (or continue one: resume); with_eval: benchmark before and after."""
+    from .train import check_optimizer
+
     checkpoint = None
     if resume:
         run, cfg, checkpoint = resumable_run(resume, output_dir, cfg)
         run.start_log()
         say(f"resuming {run.path} from {checkpoint.name}, with the run's own config.yaml")
-    tracking.check_trackers(cfg)
+    tracker_notes = tracking.check_trackers(cfg)
     runtime = backends.activate(backends.detect(cfg), cfg)
     distributed.start()
     say(runtime.describe())
+    say(f"optimizer: {check_optimizer(cfg, runtime)}")
+    for note in tracker_notes:
+        say(note)
     _say_if_gpus_idle(runtime)
     per_process = distributed.split_batch(cfg)  # before the run folder: a batch that does not divide stops here
     if not resume:
@@ -293,6 +345,8 @@ def _train_in(
         "train_examples": len(prepared.train),
         "steps": result.metrics.get("steps"),
         "loss": report.loss_trend(result.log_history),
+        **({"validation_loss": report.eval_loss_text(result.log_history)}
+           if report.eval_loss_curve(result.log_history) else {}),
         "train_wall_s": result.metrics.get("train_wall_s"),
         "tokens_per_second": result.metrics.get("tokens_per_second"),
         "memory": memory.format_summary(memory_report),
@@ -308,7 +362,31 @@ def _train_in(
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
                                             f"{cfg.model.name} + {run.path.name}", perplexity)
+        advice = format_not_learned(cfg, tuned, result.metrics.get("steps"))
+        if advice:
+            summary["format_not_learned"] = advice
+            say(f"warning: {advice}")
     return run, summary, (model, tokenizer, cfg, runtime)
+
+
+COMPLIANCE_LEARNED = 20.0  # % of replies in the reasoning format below which the run did not learn it
+
+
+def format_not_learned(cfg: KitConfig, tuned: dict[str, dict], steps: int | None) -> str | None:
+    """What to change when the fine-tuned model's chain-of-thought format compliance stayed near zero.
+    Measured with SmolLM2-135M on the 198 medical-o1 demo rows: 60 steps at lr 2e-4 left it at 0%; 150 steps at
+    lr 1e-3 reached 75%."""
+    low = {name: m["format_compliance"] for name, m in tuned.items()
+           if isinstance(m.get("format_compliance"), (int, float)) and m["format_compliance"] < COMPLIANCE_LEARNED}
+    if not low:
+        return None
+    t = cfg.training
+    shown = ", ".join(f"{name} {value}%" for name, value in low.items())
+    return (f"the chain-of-thought format was not learned ({shown} of replies follow it after {steps} steps at "
+            f"learning rate {t.learning_rate:g}): train longer and with a higher learning rate, e.g. --set "
+            f"training.max_steps={max(150, 2 * (steps or 0))} --set training.learning_rate={max(t.learning_rate * 5, 1e-3):g} "
+            "for a small model (SmolLM2-135M on the 198 demo rows: 60 steps at 2e-4 gave 0%, 150 steps at 1e-3 gave "
+            "75%), or more epochs for a 3-8B model.")
 
 
 def inference_replica(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) -> Any:

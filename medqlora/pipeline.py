@@ -62,7 +62,8 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
             "warmup": t.warmup_text(),
             "optimizer": optimizer,
             "weight_decay": t.weight_decay,
-            "precision": runtime.dtype,
+            "precision": runtime.dtype if cfg.model.dtype in ("auto", runtime.dtype) or runtime.device == "cuda"
+            else f"{runtime.dtype} here; model.dtype {cfg.model.dtype} on a GPU",
             "gradient_checkpointing": t.gradient_checkpointing,
         },
         "validation": validation_plan(cfg),

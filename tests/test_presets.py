@@ -141,3 +141,27 @@ def test_the_multi_dataset_preset_records_what_the_dataset_cards_say():
     for fact in ("columns instruction", "input (the question) and output", "columns Prompt (the case) and Completion",
                  "medtext_2.csv", "239k rows", "weight 3"):
         assert fact in text, fact
+
+
+def test_the_gpu_script_plans_each_preset_at_its_card_and_data(tmp_path):
+    """bench/presets_gpu.sh with DRY_RUN=1: the very commands of the GPU runs, with --dry-run, on this machine."""
+    import os
+    import subprocess
+
+    from .conftest import ROOT
+
+    presets = ["llama32-3b-instruct-medical-o1-tags", "llama32-3b-instruct-multidataset-rtx3090"]
+    done = subprocess.run(["bash", "bench/presets_gpu.sh", str(tmp_path), *presets], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "DRY_RUN": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "llama32-3b-instruct-medical-o1-tags shape=llama-3.2-3b card=15GiB steps=20 rc=0" in summary
+    assert "llama32-3b-instruct-multidataset-rtx3090 shape=llama-3.2-3b card=24GiB steps=20 rc=0" in summary
+    tags = (tmp_path / "llama32-3b-instruct-medical-o1-tags.log").read_text()
+    planned = json.loads(tags[tags.index("{"):])
+    assert planned["validation"]["loss"] == "every 10 steps during training, and before and after"
+    assert planned["training"]["warmup"] == "25 steps" and planned["optimizer_steps"] == 20
+    mixed = (tmp_path / "llama32-3b-instruct-multidataset-rtx3090.log").read_text()
+    planned = json.loads(mixed[mixed.index("{"):])
+    assert [d["rows"] for d in planned["datasets"].values()] == [500, 198]  # rows in both hub datasets' layouts
+    assert "--set training.gpu_memory_gib=24" in (tmp_path / "llama32-3b-instruct-multidataset-rtx3090.command").read_text()

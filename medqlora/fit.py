@@ -125,6 +125,26 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
                     round(total, 3), tokens, checkpointing_name(checkpointing))
 
 
+FULL_FT_NOTE = ("an estimate of the kit's memory model, not measured: 16-bit weights and gradients of every parameter, "
+                "fp32 master weights, the optimizer's state, activations as the hf backend keeps them")
+
+
+def full_finetune_estimate(shape: ModelShape, cfg: KitConfig, micro_batch: int, checkpointing: bool | str,
+                           seq_len: int | None = None) -> dict[str, float]:
+    """Peak GPU memory of fine-tuning every weight (no quantization, no LoRA) with the same batch: what QLoRA
+    saves. 16-bit weights and gradients, fp32 master weights and the optimizer's state for every parameter."""
+    params = shape.total_params()
+    tokens = micro_batch * (seq_len or cfg.model.max_seq_length)
+    weights = params * 2
+    gradients = params * 2
+    optimizer = params * (4 + optimizer_state_bytes(cfg.training.optimizer))
+    activations = tokens * per_token_bytes(shape, "hf", checkpointing)
+    overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
+    parts = {"weights_gib": weights / GIB, "gradients_gib": gradients / GIB, "optimizer_and_master_gib": optimizer / GIB,
+             "activations_gib": activations / GIB}
+    return {**{k: round(v, 2) for k, v in parts.items()}, "total_gib": round(sum(parts.values()) + overhead, 2)}
+
+
 def per_token_bytes(shape: ModelShape, backend: str, checkpointing: bool | str, tiled_mlp: bool = False) -> float:
     intermediate = shape.intermediate / TILES if tiled_mlp else shape.intermediate
     working_set = 6 * shape.hidden + 4 * intermediate

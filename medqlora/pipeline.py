@@ -73,12 +73,23 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "processes": distributed.plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})" for b in cfg.eval.benchmarks]
-        if mode in ("full", "eval") else [],
+        + _cot_plan(cfg) if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + "/ {adapter/, config.yaml, manifest.json, metrics.json, loss.png, memory.json, data_stats.json, "
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
         "run.log}",
     }
+
+
+def _cot_plan(cfg: KitConfig) -> list[str]:
+    """--mode full on medical-o1 rows with a validation set: their generation before and after training."""
+    from .config import has_validation
+
+    if not (cfg.eval.in_full_mode and cfg.eval.cot_items and has_validation(cfg.data)
+            and any(d.format == "medical_o1" for d in cfg.data.datasets)):
+        return []
+    return [f"{evaluate.COT_VALIDATION} (up to {cfg.eval.cot_items} held-out medical-o1 rows, generated before and "
+            "after training: format compliance, reasoning length, ROUGE-L of the final response)"]
 
 
 def validation_plan(cfg: KitConfig) -> dict[str, Any]:
@@ -293,6 +304,7 @@ def _train_in(
     from .train import planned_steps, train
 
     source = backends.resolve_model_source(cfg.model.name)
+    shape = fit.model_shape(source, cfg.model.trust_remote_code)
     tokenizer = backends.load_tokenizer(cfg, source)
     prepared = _tokenize(cfg, collected, tokenizer)
     cfg = fit_memory(cfg, runtime, source, prepared, run, record)
@@ -334,6 +346,11 @@ def _train_in(
     if distributed.world_size() > 1:  # each GPU's own peak (sharded runs are not symmetric)
         peaks = distributed.gather([result.memory_after_train.get("gpu_peak_reserved_gib")])
         memory_report["summary"]["peak_reserved_gib_per_process"] = [p[0] for p in peaks]
+    table = memory_table(cfg, runtime, shape, model, memory_report) if model is not None else None
+    if table is not None:
+        memory_report["qlora_vs_full_finetuning"] = table
+        if distributed.is_main():
+            run.write_text("memory_table.md", memory_table_markdown(table))
     run.write_json("memory.json", memory_report)
     run.write_json("metrics.json", {"metrics": result.metrics, "log_history": result.log_history})
     if distributed.is_main():
@@ -351,6 +368,7 @@ def _train_in(
         "train_wall_s": result.metrics.get("train_wall_s"),
         "tokens_per_second": result.metrics.get("tokens_per_second"),
         "memory": memory.format_summary(memory_report),
+        **({"memory_table": memory_table_line(table)} if table else {}),
         "adapter_mb": adapter_mb,
     }
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
@@ -388,6 +406,54 @@ def format_not_learned(cfg: KitConfig, tuned: dict[str, dict], steps: int | None
             f"training.max_steps={max(150, 2 * (steps or 0))} --set training.learning_rate={max(t.learning_rate * 5, 1e-3):g} "
             "for a small model (SmolLM2-135M on the 198 demo rows: 60 steps at 2e-4 gave 0%, 150 steps at 1e-3 gave "
             "75%), or more epochs for a 3-8B model.")
+
+
+def memory_table(cfg: KitConfig, runtime: backends.Runtime, shape: fit.ModelShape | None, model: Any,
+                 memory_report: dict[str, Any]) -> dict[str, Any] | None:
+    """The table the setups report: trainable parameters, and QLoRA's peak memory (measured on a GPU, estimated
+    by the kit's memory model too) against full fine-tuning with the same batch (estimated: never measured)."""
+    if shape is None:
+        return None
+    trainable, total = _counts(model)
+    t = cfg.training
+    qlora = fit.estimate(shape, cfg, runtime.backend, t.micro_batch_size, t.gradient_checkpointing)
+    full = fit.full_finetune_estimate(shape, cfg, t.micro_batch_size, t.gradient_checkpointing)
+    return {
+        "trainable_parameters": trainable,
+        "total_parameters": shape.total_params(),
+        "trainable_percent": round(100 * trainable / max(shape.total_params(), 1), 3),
+        "lora_parameters_by_shape": shape.lora_params(cfg.lora.r, cfg.lora.target_modules),
+        "qlora_peak_reserved_gib_measured": memory_report.get("summary", {}).get("peak_reserved_gib"),
+        "qlora_estimated_gib": qlora.total_gib,
+        "full_finetuning_estimated_gib": full["total_gib"],
+        "full_finetuning_estimate": full,
+        "full_finetuning_note": fit.FULL_FT_NOTE,
+        "batch": f"{t.micro_batch_size} x {cfg.model.max_seq_length} tokens, checkpointing "
+                 f"{fit.checkpointing_name(t.gradient_checkpointing)}, optimizer {t.optimizer}",
+    }
+
+
+def memory_table_markdown(table: dict[str, Any]) -> str:
+    measured = table["qlora_peak_reserved_gib_measured"]
+    full = table["full_finetuning_estimate"]
+    return "\n".join([
+        "# Memory: QLoRA against full fine-tuning", "",
+        f"Batch: {table['batch']}.", "",
+        "| method | peak GPU memory (GiB) | trainable parameters |", "|---|---|---|",
+        f"| QLoRA (4-bit base + LoRA), measured | {measured if measured is not None else 'not measured (no GPU)'} | "
+        f"{table['trainable_parameters']:,} ({table['trainable_percent']}%) |",
+        f"| QLoRA, the kit's estimate | {table['qlora_estimated_gib']} | |",
+        f"| full fine-tuning, ESTIMATED | {table['full_finetuning_estimated_gib']} (weights {full['weights_gib']}, gradients "
+        f"{full['gradients_gib']}, optimizer + fp32 master {full['optimizer_and_master_gib']}, activations "
+        f"{full['activations_gib']}) | {table['total_parameters']:,} (100%) |", "",
+        f"Full fine-tuning: {table['full_finetuning_note']}.", ""])
+
+
+def memory_table_line(table: dict[str, Any]) -> str:
+    measured = table["qlora_peak_reserved_gib_measured"]
+    qlora = f"{measured} GiB measured" if measured is not None else f"{table['qlora_estimated_gib']} GiB estimated"
+    return (f"QLoRA {qlora} vs full fine-tuning {table['full_finetuning_estimated_gib']} GiB (an estimate, not measured); "
+            f"trainable parameters {table['trainable_parameters']:,} ({table['trainable_percent']}%) (memory_table.md)")
 
 
 def inference_replica(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) -> Any:
@@ -636,10 +702,13 @@ def _say_if_the_epoch_tail_repeats(cfg: KitConfig, prepared: Any) -> None:
         say(line)
 
 
-def _trainable(model: Any) -> str:
+def _counts(model: Any) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit weights by value, not by storage
-        trainable, total = model.get_nb_trainable_parameters()
-    else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
+def _trainable(model: Any) -> str:
+    trainable, total = _counts(model)
     return f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"

@@ -83,6 +83,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("train_wall_s", "training time (s)"),
         ("total_wall_s", "total time (s)"),
         ("memory", "memory"),
+        ("memory_table", "QLoRA vs full fine-tuning"),
         ("adapter_mb", "adapter size (MB)"),
         ("eval", "evaluation"),
         ("format_not_learned", "WARNING: format not learned"),

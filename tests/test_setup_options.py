@@ -221,6 +221,12 @@ def test_validation_loss_is_logged_during_training_beside_the_training_loss(tiny
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert len(events.Scalars("eval/loss")) >= 2
+    # the setups' memory table: trainable parameters, QLoRA against full fine-tuning (an estimate, so labelled)
+    table = json.loads((tmp_path / "run" / "memory.json").read_text())["qlora_vs_full_finetuning"]
+    assert table["trainable_parameters"] == table["lora_parameters_by_shape"] > 0
+    assert table["full_finetuning_estimated_gib"] > table["qlora_estimated_gib"]
+    text = (tmp_path / "run" / "memory_table.md").read_text()
+    assert "| full fine-tuning, ESTIMATED |" in text and "not measured (no GPU)" in text
 
 
 # ---------------------------------------------------------------- W&B without a key

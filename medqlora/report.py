@@ -12,13 +12,17 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
 
 def eval_loss_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """The validation loss computed during training (training.eval_steps), by step."""
-    return [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e and "step" in e]
+    by_step: dict[int, float] = {}
+    for e in log_history:  # the evaluation after training repeats the last step's when eval_steps divides it
+        if "eval_loss" in e and "step" in e:
+            by_step.setdefault(int(e["step"]), float(e["eval_loss"]))
+    return sorted(by_step.items())
 
 
 def eval_loss_text(log_history: list[dict[str, Any]]) -> str:
     points = eval_loss_curve(log_history)
     return " -> ".join(f"{v:.4f} (step {s})" for s, v in points[:1] + points[-1:]) + \
-        f" ({len(points)} evaluations during training)"
+        f" ({len(points)} evaluations, every training.eval_steps and at the end)"
 
 
 def loss_trend(log_history: list[dict[str, Any]]) -> str | None:

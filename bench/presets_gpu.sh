@@ -142,46 +142,5 @@ for preset in "${PRESETS[@]}"; do
 done
 [ "$DRY_RUN" = 1 ] && exit 0
 
-# One row per preset: peak memory against the card, tokens/s, time per step.
-$PY - "$RESULTS" "${PRESETS[@]}" <<'PYEOF'
-import json, sys
-from pathlib import Path
-results, presets = Path(sys.argv[1]), sys.argv[2:]
-rows = []
-for preset in presets:
-    run = results / "runs" / preset
-    row = {"preset": preset}
-    try:
-        metrics = json.loads((run / "metrics.json").read_text())["metrics"]
-        memory = json.loads((run / "memory.json").read_text())["summary"]
-        manifest = json.loads((run / "manifest.json").read_text())
-        preflight = manifest.get("preflight") or {}
-        steps = metrics["steps"]
-        row.update(
-            status="trained", steps=steps, train_examples=metrics.get("train_examples"),
-            card_gib=preflight.get("card_gib"),
-            peak_reserved_gib=memory.get("peak_reserved_gib"), gpu=memory.get("gpu"),
-            preflight_estimate_gib=preflight.get("estimate_gib"),
-            tokens_per_second=metrics.get("tokens_per_second"),
-            tokens_per_second_after_warmup=metrics.get("tokens_per_second_after_warmup"),
-            seconds_per_step=round(metrics["train_wall_s"] / steps, 3) if steps else None,
-            train_wall_s=metrics.get("train_wall_s"), tokens_seen=metrics.get("tokens_seen"),
-            eval_loss_during_training=[e["eval_loss"] for e in json.loads((run / "metrics.json").read_text())
-                                       ["log_history"] if "eval_loss" in e][:-1])
-        row["peak_percent_of_card"] = (round(100 * row["peak_reserved_gib"] / row["card_gib"], 1)
-                                       if row["card_gib"] and row["peak_reserved_gib"] else None)
-    except (OSError, KeyError, ValueError) as err:
-        row.update(status=f"no summary ({type(err).__name__}: {err}); see {preset}.log")
-    rows.append(row)
-(results / "summary.json").write_text(json.dumps(rows, indent=2))
-lines = ["| preset | GPU | card (GiB) | peak reserved (GiB) | % of card | tok/s | tok/s after warm-up | s/step | steps |",
-         "|---|---|---|---|---|---|---|---|---|"]
-for r in rows:
-    if r.get("status") != "trained":
-        lines.append(f"| {r['preset']} | {r['status']} | | | | | | | |")
-        continue
-    lines.append(f"| {r['preset']} | {r['gpu']} | {r['card_gib']} | {r['peak_reserved_gib']} | {r['peak_percent_of_card']} | "
-                 f"{r['tokens_per_second']} | {r['tokens_per_second_after_warmup']} | {r['seconds_per_step']} | {r['steps']} |")
-(results / "summary.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-PYEOF
+# One row per preset: peak memory against the card, tokens/s, time per step, the full recipe's projected time.
+$PY bench/presets_summary.py "$RESULTS" "${PRESETS[@]}"

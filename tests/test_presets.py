@@ -180,3 +180,30 @@ def test_the_pubmedqa_preset_trains_the_13_6m_parameters_its_setup_reports():
     assert shape.lora_params(cfg.lora.r, cfg.lora.target_modules) == 13_631_488
     full = fit.full_finetune_estimate(shape, cfg, cfg.training.micro_batch_size, cfg.training.gradient_checkpointing)
     assert full["total_gib"] > 10 * fit.estimate(shape, cfg, "unsloth", 2, "unsloth").total_gib
+
+
+def test_the_gpu_summary_puts_peak_memory_against_the_card_and_projects_the_full_recipe(tmp_path):
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("presets_summary", ROOT / "bench" / "presets_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    run = tmp_path / "runs" / "llama32-3b-instruct-medical-o1-tags"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "metrics": {"steps": 20, "train_wall_s": 50.0, "tokens_per_second": 3000.0,
+                    "tokens_per_second_after_warmup": 3300.0, "train_examples": 98},
+        "log_history": [{"loss": 2.0, "step": 10}, {"eval_loss": 1.9, "step": 10}]}))
+    (run / "memory.json").write_text(json.dumps({"summary": {"gpu": "NVIDIA H200", "peak_reserved_gib": 6.0}}))
+    (run / "manifest.json").write_text(json.dumps({"preflight": {"card_gib": 15.0, "estimate_gib": 6.5}}))
+    summary.main([str(tmp_path), "llama32-3b-instruct-medical-o1-tags", "llama3-8b-pubmedqa"])
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    tags = rows[0]
+    assert (tags["peak_percent_of_card"], tags["seconds_per_step"], tags["eval_loss"]) == (40.0, 2.5, [1.9])
+    # 1 epoch of (25,000 - 100 validation rows) at 2 x 8 a step; 2.5 s a step
+    assert tags["full_recipe_steps"] == 1557 and tags["full_recipe_hours_here"] == round(1557 * 2.5 / 3600, 2)
+    assert rows[1]["status"].startswith("no summary")
+    table = (tmp_path / "summary.md").read_text()
+    assert "| llama32-3b-instruct-medical-o1-tags | NVIDIA H200 | 15.0 | 6.0 | 40.0 | 3000.0 | 3300.0 | 2.5 | 20 | 1557 |" in table

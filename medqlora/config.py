@@ -109,6 +109,14 @@ class ModelSection(Section):
     )
     trust_remote_code: bool = False
 
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _false_not_zero(cls, value: Any) -> Any:
+        """false (YAML's false/no/off) means no chat template; 0 is not taken for it."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError("expected auto, chatml, llama-3, mistral or false (no chat template), got a number")
+        return value
+
 
 class LoraSection(Section):
     r: int = Field(16, gt=0, le=1024)

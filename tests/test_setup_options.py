@@ -107,6 +107,11 @@ def test_a_prompt_template_is_checked_against_its_formats_fields(tmp_path, templ
     assert fragment in message and "data.datasets.0.prompt_template" in message
 
 
+def test_chat_template_false_is_a_boolean_not_a_number(tmp_path):
+    assert config(tmp_path, MINIMAL + "model:\n  chat_template: false\n").model.chat_template is False
+    assert "got a number" in refused(tmp_path, MINIMAL + "model:\n  chat_template: 0\n")
+
+
 def test_chat_rows_take_no_prompt_template(tmp_path):
     message = refused(tmp_path, "data:\n  datasets:\n    - {source: x.jsonl, format: chat, prompt_template: '{question}'}\n")
     assert "the chat format takes its prompt from the conversation" in message

@@ -24,6 +24,14 @@ from .secrets import printable
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
 
 CHAT_TEMPLATES = {
+    # model.chat_template: false (base models): plain text. The system prompt and a blank line, the user text as
+    # written (a prompt_template such as "MEDICAL QUESTION: {question}\nANSWER: " ends where the answer starts),
+    # the answer, then the end-of-text token; nothing marks the turns.
+    "none": (
+        "{{ bos_token if bos_token else '' }}{% for message in messages %}{% if message['role'] == 'system' %}"
+        "{{ message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+        "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+    ),
     "chatml": (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
         "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
@@ -467,7 +475,9 @@ def set_end_of_turn_as_eos(model: Any, tokenizer: Any) -> None:
 
 def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     choice = cfg.model.chat_template
-    if choice != "auto":
+    if choice is False:
+        tokenizer.chat_template = CHAT_TEMPLATES["none"]
+    elif choice != "auto":
         tokenizer.chat_template = CHAT_TEMPLATES[choice]
     elif tokenizer.chat_template is None:
         print("[medqlora] the tokenizer has no chat template: using ChatML (set model.chat_template to choose).")

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from .backends import stop_token_ids
 from .config import KitConfig
+from .data import query_prompt
 
 def chat_messages(tokenizer: Any, system_prompt: str | None, turns: list[tuple[str, str]],
                   user: str) -> list[dict[str, str]]:
@@ -135,7 +136,7 @@ def reply_budget(cfg: KitConfig, model: Any) -> int:
 
 def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: TextIO, err: TextIO) -> Reply:
     """--prompt: one answer to stdout, the disclaimer to stderr."""
-    conversation = Conversation(tokenizer, cfg.data.system_prompt, reply_budget(cfg, model))
+    conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model))
     reply = stream_reply(cfg, model, tokenizer, conversation.prompt(question), out)
     out.write("\n")
     out.flush()
@@ -147,7 +148,7 @@ def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: Tex
 def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: TextIO, err: TextIO,
                 title: str) -> int:
     """The conversation loop; returns how many replies were given."""
-    conversation = Conversation(tokenizer, cfg.data.system_prompt, reply_budget(cfg, model))
+    conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model))
     tty = inp.isatty()
     out.write(f"{title}\n{HELP}\n")
     if cfg.generation.disclaimer:

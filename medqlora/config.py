@@ -115,10 +115,19 @@ class ModelSection(Section):
     max_seq_length: int = Field(512, gt=0, le=131072)
     load_in_4bit: bool = True
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    chat_template: Literal["auto", "chatml", "llama-3", "mistral"] = Field(
-        "auto", description="auto: the tokenizer's own template, ChatML when it has none"
+    chat_template: Literal["auto", "chatml", "llama-3", "mistral", False] = Field(
+        "auto", description="auto: the tokenizer's own template, ChatML when it has none; false: none (base "
+        "models): the system prompt, the prompt and the response as plain text, then the end-of-text token",
     )
     trust_remote_code: bool = False
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _false_not_zero(cls, value: Any) -> Any:
+        """false (YAML's false/no/off) means no chat template; 0 is not taken for it."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError("expected auto, chatml, llama-3, mistral or false (no chat template), got a number")
+        return value
 
 
 class LoraSection(Section):
@@ -148,6 +157,79 @@ class DatasetSpec(Section):
     )
     # instruction / multiple_choice: map the kit's field names to the file's column names
     columns: dict[str, str] = Field(default_factory=dict)
+    prompt_template: str | None = Field(
+        None, max_length=20_000,
+        description="the prompt as plain text with the format's placeholders ({question}; {context} for pubmedqa "
+        "and instruction; {options} for multiple_choice); {{ and }} for literal braces. Default: the format's own",
+    )
+    system_prompt: str | None = Field(
+        None, max_length=20_000, description="this dataset's system prompt (null: data.system_prompt; '': none)"
+    )
+    val_first_n: int | None = Field(
+        None, gt=0, le=1_000_000_000,
+        description="hold out this dataset's first N rows (file order) as the validation set; the rest are trained on",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_placeholders(cls, template: str | None, info: ValidationInfo) -> str | None:
+        if template is None:
+            return None
+        fmt = info.data.get("format")
+        if fmt is None:  # the format itself is refused
+            return template
+        allowed = TEMPLATE_FIELDS[fmt]
+        if not allowed:
+            raise ValueError(f"the {fmt} format takes its prompt from the conversation: it has no prompt_template")
+        used = template_fields(template)
+        unknown = [name for name in used if name not in allowed]
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}: the {fmt} format fills "
+                             f"{', '.join('{' + n + '}' for n in sorted(allowed))} (write {{{{ and }}}} for a literal "
+                             "brace)")
+        if "question" not in used:
+            raise ValueError("has no {question} placeholder: the question would never reach the model")
+        return template
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DatasetSpec:
+        if self.val_first_n is not None and self.use_for == "validation":
+            raise ValueError("val_first_n and use_for: validation both set: the whole dataset is already the "
+                             "validation set; keep one of them")
+        if self.val_first_n is not None and self.cv_fold is not None:
+            raise ValueError("val_first_n and cv_fold both choose the validation items; keep one of them")
+        return self
+
+
+# The placeholders a prompt_template may use, per format (chat: none, its prompt is the conversation).
+TEMPLATE_FIELDS: dict[str, set[str]] = {
+    "pubmedqa": {"question", "context"},
+    "medical_o1": {"question"},
+    "multiple_choice": {"question", "options"},
+    "instruction": {"question", "context"},
+    "chat": set(),
+}
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of a prompt template, in order; a malformed one (a lone brace, {0}, {q!r},
+    {q:>10}, {a.b}) is a ValueError naming what to write instead."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"is not a valid template ({err}); write {{{{ and }}}} for a literal brace") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"placeholder {shown} is not a plain name such as {{question}}; write {{{{ and }}}} "
+                             "for a literal brace")
+        names.append(name)
+    return names
 
 
 class DataSection(Section):
@@ -180,8 +262,15 @@ class TrainingSection(Section):
     gradient_accumulation_steps: int = Field(4, gt=0, le=MAX_BATCH)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    optimizer: Literal["adamw_8bit", "adamw_torch", "paged_adamw_8bit", "sgd"] = "adamw_8bit"
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description="warm-up as a share of the steps (0.03 when neither this nor warmup_steps is set)"
+    )
+    warmup_steps: int | None = Field(None, ge=0, le=MAX_STEPS, description="warm-up as a number of steps")
+    optimizer: str = Field(
+        "adamw_8bit", max_length=100,
+        description="any optimizer name transformers' Trainer accepts (adamw_8bit, paged_adamw_32bit, adamw_torch, "
+        "adamw_torch_fused, adafactor, sgd, ...); bitsandbytes' ones fall back to adamw_torch on the CPU",
+    )
     weight_decay: float = Field(0.01, ge=0, le=10)
     max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"
@@ -205,13 +294,74 @@ class TrainingSection(Section):
         default_factory=lambda: ["tensorboard"],
         description="experiment trackers: tensorboard (run folder), wandb, mlflow; credentials from the environment",
     )
+    wandb_offline_without_key: bool = Field(
+        False, description="wandb without WANDB_API_KEY in the environment: log in W&B's offline mode (wandb sync "
+        "later) instead of refusing, and say so",
+    )
+    eval_steps: int = Field(
+        0, ge=0, le=MAX_STEPS,
+        description="validation loss every N optimizer steps, logged beside the training loss (0: before and after "
+        "training only); needs a validation set",
+    )
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        if name in TRAINER_OPTIMIZERS:
+            return name
+        known = trainer_optimizers()  # a name newer than the list above: ask the installed transformers
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"{name!r} is not an optimizer transformers' Trainer accepts.{hint} Common ones: "
+                             "adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, adamw_torch, adamw_torch_fused, "
+                             "adafactor, sgd")
+        return name
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSection:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive number of steps (1..{MAX_STEPS}), or -1 to train for "
                              "num_epochs")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}) are both set; "
+                             "keep one: warmup_steps counts optimizer steps, warmup_ratio is a share of them (to "
+                             "override a preset's, also --set training.warmup_ratio=null or training.warmup_steps=null)")
+        if self.warmup_steps is None and self.warmup_ratio is None:
+            self.__dict__["warmup_ratio"] = DEFAULT_WARMUP_RATIO  # not through assignment: no second validation
         return self
+
+    def warmup_text(self) -> str:
+        return f"{self.warmup_steps} steps" if self.warmup_steps is not None else f"ratio {self.warmup_ratio}"
+
+
+DEFAULT_WARMUP_RATIO = 0.03
+
+# The optimizer names of transformers' OptimizerNames (5.x), so that a config is checked without importing
+# transformers (seconds); a name missing here is looked up in the installed transformers before it is refused.
+TRAINER_OPTIMIZERS = frozenset({
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw",
+})
+# Those the Trainer builds from bitsandbytes (its 8-bit, paged, Lion, AdEMAMix and RMSprop optimizers).
+BITSANDBYTES_OPTIMIZERS = frozenset({
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
+})
+
+
+def trainer_optimizers() -> set[str]:
+    """The optimizer names of the installed transformers."""
+    from transformers.training_args import OptimizerNames
+
+    return {o.value for o in OptimizerNames}
 
 
 class GenerationSection(Section):
@@ -304,8 +454,21 @@ class KitConfig(Section):
     export: ExportSection = Field(default_factory=ExportSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
+    @model_validator(mode="after")
+    def _validation_for_eval_steps(self) -> KitConfig:
+        if self.training.eval_steps and not has_validation(self.data):
+            raise ValueError("training.eval_steps needs a validation set: set data.val_ratio, val_first_n or "
+                             "cv_fold on a dataset, or add a dataset with use_for: validation (or set "
+                             "training.eval_steps: 0)")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def has_validation(data: DataSection) -> bool:
+    return data.val_ratio > 0 or any(d.val_first_n or d.cv_fold is not None or d.use_for == "validation"
+                                     for d in data.datasets)
 
 
 # The item type of each list in the schema, for --set overrides that reach into a list.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KIT_ROOT, DataSection, DatasetSpec
+from .config import KIT_ROOT, DataSection, DatasetSpec, template_fields
 from . import leakage
 from .errors import DataError
 from .secrets import printable
@@ -54,6 +54,8 @@ class Example:
     answer_texts: tuple[tuple[str, str], ...] = ()
     # (name, text) of further views of the prompt the guard compares (a chat's user turns joined)
     joins: tuple[tuple[str, str], ...] = ()
+    # the values a prompt_template fills ({question}, {context}, {options}), set by the format
+    fields: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.question:
@@ -498,6 +500,7 @@ def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
         question=question,
         texts=((q_name, question),) + tuple((f"{c_name}[{i}]", p) for i, p in enumerate(paragraphs)),
         answer_texts=answer_texts,
+        fields={"question": question, "context": "\n".join(paragraphs)},
     )
 
 
@@ -512,7 +515,7 @@ def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     else:
         response = f"## Thinking\n\n{thinking}\n\n## Final Response\n\n{answer}"
     return Example(prompt=question, response=response, texts=((q_name, question),),
-                   answer_texts=((t_name, thinking), (a_name, answer)))
+                   answer_texts=((t_name, thinking), (a_name, answer)), fields={"question": question})
 
 
 def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
@@ -551,7 +554,8 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
     return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=question,
                    uid=_uid(uid, "realidx" if "realidx" in row else "id"),
                    texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items())
-                   + tuple((f"options key {k!r}", k) for k in options))  # a key is printed in the prompt too
+                   + tuple((f"options key {k!r}", k) for k in options),  # a key is printed in the prompt too
+                   fields={"question": question, "options": lines})
 
 
 @register("instruction")
@@ -566,7 +570,7 @@ def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
     o_name, output = _field(row, spec, "output", "answer", "response")
     return Example(prompt=prompt, response=_response(output, o_name), question=instruction, texts=texts,
-                   answer_texts=((o_name, output),))
+                   answer_texts=((o_name, output),), fields={"question": instruction, "context": extra or ""})
 
 
 CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
@@ -641,6 +645,8 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
             if not isinstance(row, dict):
                 raise DataError(f"expected a record (JSON object), got {_kind(row)}.")
             example = formatter(row, spec)
+            if spec.prompt_template is not None:
+                example = apply_template(example, spec.prompt_template)
         except DataError as err:
             raise DataError(f"{_row_name(spec, number, lines, names)}: {err}") from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
@@ -652,6 +658,60 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
         example.row = number
         examples.append(example)
     return examples
+
+
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def apply_template(example: Example, template: str) -> Example:
+    """The example with its prompt written by a dataset's prompt_template (placeholders checked by the config).
+    {context} stays a placeholder of the example's own template, so that a long context is still the part
+    shortened to fit max_seq_length; the fully rendered prompt is also given to the leakage guard."""
+    import string
+
+    values = example.fields
+    keep_context = "context" in template_fields(template) and "context" in values
+    parts, rendered = [], []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(_braces(literal))
+        rendered.append(literal)
+        if name is None:
+            continue
+        value = values.get(name, "")
+        parts.append("{context}" if name == "context" and keep_context else _braces(value))
+        rendered.append(value)
+    full = "".join(rendered)
+    example.joins = example.joins + (("prompt (data.datasets prompt_template)", full),)
+    if keep_context:
+        example.prompt, example.context, example.prompt_template = "", values["context"], "".join(parts)
+    else:
+        example.prompt, example.context, example.prompt_template = full, None, "{context}"
+    return example
+
+
+def system_prompt_of(data: DataSection, spec: DatasetSpec | None) -> str | None:
+    """A dataset's own system prompt ('' for none), else data.system_prompt."""
+    if spec is not None and spec.system_prompt is not None:
+        return spec.system_prompt or None
+    return data.system_prompt
+
+
+def dataset_of_format(data: DataSection, fmt: str) -> DatasetSpec | None:
+    """The first training dataset of a format: its prompt settings apply to evaluation items of that format."""
+    return next((d for d in data.datasets if d.format == fmt and d.use_for == "train"), None)
+
+
+def query_prompt(data: DataSection, question: str) -> tuple[str | None, str]:
+    """(system prompt, user text) of a free question (the sample queries): the first training dataset's
+    system prompt and prompt_template, its other placeholders empty."""
+    spec = data.datasets[0]
+    if spec.prompt_template is None:
+        return system_prompt_of(data, spec), question
+    example = apply_template(Example(prompt=question, response="", fields={"question": question}),
+                             spec.prompt_template)
+    user = example.prompt_template.format(context="") if example.context is not None else example.prompt
+    return system_prompt_of(data, spec), user
 
 
 def _row_name(spec: DatasetSpec, number: int, lines: list[int] | None, names: list[str] | None = None) -> str:
@@ -680,12 +740,23 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
     if spec.use_for == "validation":
         for ex in examples:
             ex.role = "validation"
+    first: list[Example] = []
+    if spec.val_first_n is not None:  # by position, before any shuffle; never capped or weighted
+        if spec.val_first_n >= len(examples):
+            raise DataError(f"Dataset '{printable(spec.source, 200)}': val_first_n={spec.val_first_n} holds out every "
+                            f"one of its {len(examples)} rows{' left' if spec.format == 'pubmedqa' else ''}; "
+                            "nothing would be trained on. Lower val_first_n.")
+        first, examples = examples[: spec.val_first_n], examples[spec.val_first_n :]
+        for ex in first:
+            ex.role = "validation"
+        info["validation_first_n"] = len(first)
     rng = random.Random(seed)
     rng.shuffle(examples)
     if spec.max_samples is not None:
         examples = examples[: spec.max_samples]
     if spec.weight != 1.0:
         examples = _weighted(examples, spec.weight, rng)
+    examples = first + examples
     info["used"] = len(examples)
     if not examples:
         raise DataError(f"Dataset '{printable(spec.source, 200)}' has no examples left after holding out evaluation "
@@ -723,6 +794,9 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
     system = [leakage.Item(leakage.CONFIG, None, data.system_prompt, (("data.system_prompt", data.system_prompt),))
               ] if data.system_prompt and data.system_prompt.strip() else []  # in every prompt: checked once
+    system += [leakage.Item(leakage.CONFIG, None, spec.system_prompt,
+                            ((f"data.datasets.{i}.system_prompt", spec.system_prompt),))
+               for i, spec in enumerate(data.datasets) if spec.system_prompt and spec.system_prompt.strip()]
     guard = leakage.check(
         system + guard_items(collected),
         evaluation_items(data, local_only) + (extra_eval or []),
@@ -883,10 +957,11 @@ def tokenize_collected(
     for c in collected:
         raw_lengths: list[int] = []
         outcomes: dict[str, int] = {}
+        system_prompt = system_prompt_of(data, c.spec)
         for example in c.examples:
-            full, _ = tokenize_example(example, tokenizer, data.system_prompt, 10**9, "truncate", end)
+            full, _ = tokenize_example(example, tokenizer, system_prompt, 10**9, "truncate", end)
             raw_lengths.append(len(full["input_ids"]))
-            tokenized, outcome = tokenize_example(example, tokenizer, data.system_prompt, max_len, data.too_long, end)
+            tokenized, outcome = tokenize_example(example, tokenizer, system_prompt, max_len, data.too_long, end)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if tokenized is not None:
                 records.append({**tokenized, "source": c.name, "uid": example.uid, "role": example.role,

@@ -10,6 +10,7 @@ replies with no answer, or with several different ones, are counted as unparsed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkSpec, DatasetSpec, KitConfig
-from .data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local, tokenize_example
+from .data import (Example, apply_template, dataset_of_format, format_rows, load_rows, mc_options, pubmedqa_test_ids,
+                   resolve_local, system_prompt_of, tokenize_example)
 from .distributed import shared_map
 from .errors import DataError
 from .progress import bar
@@ -47,6 +49,7 @@ class EvalItem:
     gold: str
     choices: list[str]
     option_texts: dict[str, str] = field(default_factory=dict)
+    format: str = ""  # the data format of its prompt: a training dataset of that format lends its prompt settings
 
 
 # ---------------------------------------------------------------- items
@@ -79,7 +82,7 @@ def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
     items = []
     for example in format_rows(spec, load_rows(spec)):  # every row checked, bad ones named by file and row
         if example.uid in test_ids:
-            items.append(EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS))
+            items.append(EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS, format="pubmedqa"))
     if not items:
         raise DataError(f"Benchmark '{bench.name}': no PubMedQA official test questions found in {source}.")
     return sorted(items, key=lambda item: item.uid)
@@ -95,7 +98,8 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
         options = mc_options(row, spec)  # checked by format_rows already
         letter = example.response.split(".", 1)[0]
-        items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options)))
+        items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options),
+                              format="multiple_choice"))
     return items
 
 
@@ -175,13 +179,24 @@ def evaluation_length(cfg: KitConfig, model: Any) -> int:
     return context if isinstance(context, int) and context > 0 else cfg.model.max_seq_length
 
 
+def item_prompt(cfg: KitConfig, item: EvalItem) -> tuple[str | None, Example]:
+    """(system prompt, prompt-only example) of an item, as the training dataset of its format was rendered
+    (its prompt_template and system prompt), else as the format renders it with data.system_prompt."""
+    spec = dataset_of_format(cfg.data, item.format)
+    example = item.example
+    if spec is not None and spec.prompt_template is not None and example.fields:
+        example = apply_template(dataclasses.replace(example), spec.prompt_template)
+    prompt_only = Example(prompt=example.prompt, response="", context=example.context,
+                          prompt_template=example.prompt_template)
+    return system_prompt_of(cfg.data, spec), prompt_only
+
+
 def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem, limit: int) -> tuple[list[int], bool]:
     """The item's prompt ids, its context shortened when the prompt is longer than ``limit``; and whether it was."""
-    prompt_only = Example(prompt=item.example.prompt, response="", context=item.example.context,
-                          prompt_template=item.example.prompt_template)
-    fitted, outcome = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt, limit, "truncate", "")
+    system_prompt, prompt_only = item_prompt(cfg, item)
+    fitted, outcome = tokenize_example(prompt_only, tokenizer, system_prompt, limit, "truncate", "")
     if fitted is None:
-        whole, _ = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt, 10**9, "truncate", "")
+        whole, _ = tokenize_example(prompt_only, tokenizer, system_prompt, 10**9, "truncate", "")
         raise DataError(f"Evaluation item {printable(item.uid)}: its prompt is {len(whole['input_ids'])} tokens even "
                         f"with its context shortened, more than the {limit} evaluation allows (eval.max_length, by "
                         "default the model's context length, less eval.max_new_tokens for the generate method). "
@@ -525,7 +540,7 @@ def cot_metrics(replies: list[str], references: list[str], style: str) -> dict[s
 
 
 def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:
-    return [EvalItem(ex.uid or str(i), ex, ex.response, []) for i, ex in enumerate(examples[:limit])]
+    return [EvalItem(ex.uid or str(i), ex, ex.response, [], format="medical_o1") for i, ex in enumerate(examples[:limit])]
 
 
 def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:

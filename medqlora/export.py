@@ -22,7 +22,7 @@ from typing import Any
 from . import backends
 from .config import KitConfig
 from .progress import bar
-from .data import render_prompt
+from .data import query_prompt, render_prompt
 from .errors import ConfigError, MedQLoRAError, ModelError
 from .generate import load_queries
 from .runs import RunDir, log
@@ -176,7 +176,7 @@ def trained_reference(cfg: KitConfig, runtime: backends.Runtime, adapter: Path) 
     began = time.perf_counter()
     model, tokenizer = backends.load_for_inference(cfg, runtime, adapter)
     questions = load_queries(cfg.generation.queries_file)[: cfg.export.compare_prompts]
-    prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in questions]
+    prompts = [render_prompt(tokenizer, *query_prompt(cfg.data, q["question"])) for q in questions]
     logits, greedy = _score(model, tokenizer, prompts, cfg.export.compare_tokens)
     figures = {"load_and_score_s": round(time.perf_counter() - began, 2), "prompts": len(prompts)}
     del model
@@ -417,7 +417,7 @@ def _write_modelfile(cfg: KitConfig, run: RunDir, partial: Path, gguf_file: str,
     tokenizer = AutoTokenizer.from_pretrained(str(partial / "merged"))
     gguf = Path(gguf_file)
     try:
-        text = ollama.modelfile(gguf.name, tokenizer, cfg.data.system_prompt)
+        text = ollama.modelfile(gguf.name, tokenizer, query_prompt(cfg.data, "")[0])
     except ollama.TemplateNotPortable as err:
         reason = (f"not written: {err}; Ollama reads the chat template stored in the GGUF file instead "
                   "(check it with a test conversation)")

@@ -37,6 +37,21 @@ TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many piece
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}
 
 
+def optimizer_state_bytes(name: str) -> int:
+    """Bytes of optimizer state per trainable parameter: Adam-like ones keep two moments (8 bytes in 32-bit,
+    2 in 8-bit), Lion and RMSprop one, SGD (no momentum, the Trainer's default) and Adafactor (factored) about none."""
+    if name in OPTIMIZER_BYTES:
+        return OPTIMIZER_BYTES[name]
+    one_moment = "lion" in name or "rmsprop" in name
+    if "8bit" in name:
+        return 1 if one_moment else 2
+    if "4bit" in name:
+        return 1
+    if name.startswith(("sgd", "schedule_free_sgd", "adafactor", "galore_adafactor", "lomo", "adalomo")):
+        return 0
+    return 4 if one_moment else 8
+
+
 @dataclass(frozen=True)
 class ModelShape:
     hidden: int
@@ -103,12 +118,32 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
     linear_bytes = 0.52 if cfg.model.load_in_4bit else 2.0
     upcast = backend == "hf" and cfg.model.load_in_4bit  # prepare_model_for_kbit_training: fp32 embeddings
     weights = shape.linear_params() * linear_bytes + shape.embedding_params() * (4 if upcast else 2)
-    lora = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * (8 + OPTIMIZER_BYTES[cfg.training.optimizer])
+    lora = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * (8 + optimizer_state_bytes(cfg.training.optimizer))
     activations = tokens * per_token_bytes(shape, backend, checkpointing, cfg.training.tiled_mlp)
     overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
     total = weights / GIB + lora / GIB + activations / GIB + overhead
     return Estimate(round(weights / GIB, 3), round(lora / GIB, 3), round(activations / GIB, 3), round(overhead, 3),
                     round(total, 3), tokens, checkpointing_name(checkpointing))
+
+
+FULL_FT_NOTE = ("an estimate of the kit's memory model, not measured: 16-bit weights and gradients of every parameter, "
+                "fp32 master weights, the optimizer's state, activations as the hf backend keeps them")
+
+
+def full_finetune_estimate(shape: ModelShape, cfg: KitConfig, micro_batch: int, checkpointing: bool | str,
+                           seq_len: int | None = None) -> dict[str, float]:
+    """Peak GPU memory of fine-tuning every weight (no quantization, no LoRA) with the same batch: what QLoRA
+    saves. 16-bit weights and gradients, fp32 master weights and the optimizer's state for every parameter."""
+    params = shape.total_params()
+    tokens = micro_batch * (seq_len or cfg.model.max_seq_length)
+    weights = params * 2
+    gradients = params * 2
+    optimizer = params * (4 + optimizer_state_bytes(cfg.training.optimizer))
+    activations = tokens * per_token_bytes(shape, "hf", checkpointing)
+    overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
+    parts = {"weights_gib": weights / GIB, "gradients_gib": gradients / GIB, "optimizer_and_master_gib": optimizer / GIB,
+             "activations_gib": activations / GIB}
+    return {**{k: round(v, 2) for k, v in parts.items()}, "total_gib": round(sum(parts.values()) + overhead, 2)}
 
 
 def per_token_bytes(shape: ModelShape, backend: str, checkpointing: bool | str, tiled_mlp: bool = False) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .backends import stop_token_ids
 from .config import KIT_ROOT, PATH_SHOWN, KitConfig, has_control_characters, read_yaml_file
-from .data import render_prompt
+from .data import query_prompt, render_prompt
 from .distributed import shared_map
 from .errors import ConfigError
 from .progress import bar
@@ -136,7 +136,7 @@ def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str,
     g = cfg.generation
     context = getattr(model.config, "max_position_embeddings", None)
     questions = [fit_query(cfg, tokenizer, q, context) for q in questions]
-    prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q["question"]) for q in questions]
+    prompts = [render_prompt(tokenizer, *query_prompt(cfg.data, q["question"])) for q in questions]
     began = time.perf_counter()
     replies = shared_map(lambda part: _generate(cfg, model, tokenizer, part, g.max_new_tokens, g.batch_size), prompts)
     seconds = round(time.perf_counter() - began, 2)

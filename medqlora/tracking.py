@@ -18,19 +18,35 @@ from .distributed import is_main
 from .errors import ConfigError
 from .runs import RunDir
 
-def check_trackers(cfg: KitConfig) -> None:
-    """Before the model loads: each tracker is installed and has its credentials in the environment."""
+def wandb_falls_back_offline(cfg: KitConfig) -> bool:
+    """wandb without a key and without a chosen WANDB_MODE, where the config allows W&B's offline mode."""
+    return ("wandb" in cfg.training.report_to and cfg.training.wandb_offline_without_key
+            and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"))
+
+
+WANDB_OFFLINE_NOTE = ("W&B: no WANDB_API_KEY in the environment, so the run logs in W&B's offline mode "
+                      "(WANDB_MODE=offline, training.wandb_offline_without_key) into the run folder's wandb/; "
+                      "upload it later with: wandb sync <run folder>/wandb/offline-run-*")
+
+
+def check_trackers(cfg: KitConfig) -> list[str]:
+    """Before the model loads: each tracker is installed and has its credentials in the environment.
+    Returns what the run will do differently, to be said (W&B's offline mode without a key)."""
     for name in cfg.training.report_to:
         if importlib.util.find_spec(name) is None:  # each tracker's package has its name
             raise ConfigError(f"training.report_to: {name} is not installed: pip install {name} "
                               f"(or remove it from training.report_to).")
+    if wandb_falls_back_offline(cfg):
+        return [WANDB_OFFLINE_NOTE]
     if "wandb" in cfg.training.report_to:
         mode = os.environ.get("WANDB_MODE", "").lower()
         if not os.environ.get("WANDB_API_KEY") and mode not in ("offline", "disabled"):
             raise ConfigError(
                 "training.report_to: wandb needs WANDB_API_KEY in the environment (export WANDB_API_KEY=...; in "
-                "Colab, a secret), or WANDB_MODE=offline to log locally. The kit never reads keys from the config."
+                "Colab, a secret), or WANDB_MODE=offline to log locally (or set training.wandb_offline_without_key: "
+                "true). The kit never reads keys from the config."
             )
+    return []
 
 
 @contextlib.contextmanager
@@ -40,6 +56,8 @@ def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
     defaults: dict[str, str] = {}
     if "wandb" in cfg.training.report_to:
         defaults |= {"WANDB_DIR": str(run.path), "WANDB_PROJECT": "medqlora"}
+        if wandb_falls_back_offline(cfg):
+            defaults["WANDB_MODE"] = "offline"
     if "mlflow" in cfg.training.report_to:
         defaults |= {"MLFLOW_TRACKING_URI": (run.path / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "medqlora"}
     added = {k: v for k, v in defaults.items() if k not in os.environ}

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Runtime
-from .config import KitConfig
+from .config import BITSANDBYTES_OPTIMIZERS, KitConfig
 from .data import PreparedData
 from .distributed import barrier, is_main, sharding, world_size
-from .errors import MedQLoRAError, TrainingInterrupted
+from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .memory import snapshot
 from .runs import RunDir, log
 from .secrets import printable
@@ -36,12 +36,37 @@ def planned_steps(cfg: KitConfig, n_train: int) -> int:
 
 
 def optimizer_name(cfg: KitConfig, runtime: Runtime) -> str:
-    if runtime.device == "cpu" and "8bit" in cfg.training.optimizer:
-        return "adamw_torch"  # bitsandbytes' 8-bit optimizers need CUDA
+    if runtime.device == "cpu" and cfg.training.optimizer in BITSANDBYTES_OPTIMIZERS:
+        return "adamw_torch"  # bitsandbytes' 8-bit and paged optimizers need CUDA
     return cfg.training.optimizer
 
 
-def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
+def bitsandbytes_importable() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # ImportError, or a build for another CUDA raising at import
+        return False
+    return True
+
+
+def check_optimizer(cfg: KitConfig, runtime: Runtime) -> str:
+    """What the run will train with, in words; a bitsandbytes optimizer on a GPU without an importable
+    bitsandbytes is refused before anything loads (the Trainer would fail after the model loaded)."""
+    name = cfg.training.optimizer
+    if name not in BITSANDBYTES_OPTIMIZERS:
+        return name
+    if runtime.device == "cpu":
+        installed = "" if bitsandbytes_importable() else "; bitsandbytes is not installed here either"
+        return (f"{name} needs bitsandbytes and a CUDA GPU: this CPU run trains with adamw_torch{installed} "
+                "(on the GPU machine: pip install bitsandbytes)")
+    if not bitsandbytes_importable():
+        raise ConfigError(f"training.optimizer: {name} is a bitsandbytes optimizer, and bitsandbytes cannot be "
+                          "imported here: pip install bitsandbytes (a build for this CUDA), or choose an optimizer "
+                          "of torch's own, e.g. --set training.optimizer=adamw_torch_fused.")
+    return name
+
+
+def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, with_validation: bool = False) -> Any:
     from trl import SFTConfig
 
     t = cfg.training
@@ -54,7 +79,8 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        # transformers 5 takes both forms in warmup_steps: a float below 1 is a ratio of the total steps
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
         optim=optimizer_name(cfg, runtime),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
@@ -64,7 +90,8 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.keep_checkpoints,
-        eval_strategy="no",
+        eval_strategy="steps" if t.eval_steps and with_validation else "no",
+        eval_steps=t.eval_steps or None,
         bf16=runtime.dtype == "bf16",
         fp16=runtime.dtype == "fp16",
         use_cpu=runtime.device == "cpu",
@@ -213,7 +240,7 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
            resume_from: Path | None) -> TrainResult:
     trainer = _trainer_class()(
         model=model,
-        args=sft_config(cfg, runtime, run),
+        args=sft_config(cfg, runtime, run, with_validation=bool(data.validation)),
         train_dataset=_dataset(data.train),
         eval_dataset=_dataset(data.validation) if data.validation else None,
         processing_class=tokenizer,

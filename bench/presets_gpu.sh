@@ -4,6 +4,7 @@
 # card (15 GiB for the T4 setups, 24 for the RTX 3090 and the bf16 setup), through the unsloth backend, on real
 # rows of its data where the repository or shared/data has them and on rows of the same shape otherwise.
 #
+# (A local file is read whole: the hub subset of a preset's dataset is cleared where the rows at hand replace it.)
 # Usage: bash bench/presets_gpu.sh RESULTS_DIR [PRESET ...]     (default: every preset in config/presets/)
 #   DRY_RUN=1      : each run's command with --dry-run (the presets' own hub model names, nothing trained): on a CPU
 #   STEPS=20       : optimizer steps of each run (at least 20; a preset with more steps of its own keeps them)
@@ -111,11 +112,13 @@ run_preset() {
   fi
   case $preset in
     *medical-o1*)  # the preset's own validation split and format, on the medical-o1 rows at hand
-      args+=(--set data.datasets.0.source=$MEDICAL_O1 --set eval.benchmarks.0.max_items=100) ;;
+      args+=(--set data.datasets.0.source=$MEDICAL_O1 --set data.datasets.0.subset=null
+             --set eval.benchmarks.0.max_items=100) ;;
     *pubmedqa*)
-      args+=(--set data.datasets.0.source=data/pubmedqa/ori_pqal.json --set eval.benchmarks.0.max_items=100) ;;
+      args+=(--set data.datasets.0.source=data/pubmedqa/ori_pqal.json --set data.datasets.0.subset=null
+             --set eval.benchmarks.0.max_items=100) ;;
     *rtx3090*)  # MedQA's test split is on the hub only: MedMCQA (shipped) and PubMedQA here
-      args+=(--set data.datasets.0.source=$RESULTS/data/lavita_all_processed_shape.jsonl
+      args+=(--set data.datasets.0.source=$RESULTS/data/lavita_all_processed_shape.jsonl --set data.datasets.0.subset=null
              --set data.datasets.1.source=$RESULTS/data/medtext_shape.csv
              --set "eval.benchmarks=[{name: medmcqa, kind: multiple_choice, source: data/medmcqa/dev_subset.jsonl, max_items: 200}, {name: pubmedqa, kind: pubmedqa, max_items: 100}]") ;;
   esac

@@ -297,10 +297,11 @@ class GRPOSection(Section):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     num_iterations: int = Field(1, ge=1, le=64, description="optimisation passes over each generated batch")
     mask_truncated_completions: bool = False
-    format_style: Literal["auto", "huatuo", "tags", "none"] = Field(
+    format_style: Literal["auto", "huatuo", "tags", "answer", "none"] = Field(
         "auto", description="the format rewarded: huatuo ('## Thinking' / '## Final Response'), tags "
-        "(<think>/<response>); auto: the cot_style of the medical_o1 data the run (or its init_adapter) trained on, "
-        "none without one")
+        "(<think>/<response>), answer (the reply opens with its answer, as the multiple-choice and PubMedQA rows "
+        "train: 'C. ...'); auto: the cot_style of the medical_o1 data the run (or its init_adapter) trained on, "
+        "else answer")
     overlong_buffer: int = Field(64, ge=0, le=MAX_NEW_TOKENS, description="the penalty grows over the last N tokens "
                                  "before max_completion_length (DAPO's soft overlong punishment); 0: only at the limit")
     rewards: RewardWeights = Field(default_factory=RewardWeights)

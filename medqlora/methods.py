@@ -6,6 +6,7 @@ from typing import Any
 
 RL_FORMATS = ("multiple_choice", "pubmedqa", "prompt_answer")  # rows with an answer a reward can check
 PREFERENCE_FORMATS = ("preference",)
+REWARD_OF_FORMAT = {"multiple_choice": "multiple_choice", "pubmedqa": "pubmedqa_label", "prompt_answer": "answer"}
 PROMPT_ROOM = 32  # tokens a GRPO prompt keeps at least, beside the completion, within max_seq_length
 
 
@@ -33,9 +34,10 @@ def check_method(cfg: Any) -> None:
                 f"grpo.max_completion_length ({g.max_completion_length}) leaves no room for the prompt within "
                 f"model.max_seq_length ({cfg.model.max_seq_length}): raise model.max_seq_length to at least "
                 f"{g.max_completion_length + 256}, or lower grpo.max_completion_length")
-        if not any(getattr(g.rewards, name) > 0 for name in ("multiple_choice", "pubmedqa_label", "answer", "format")):
-            raise ValueError("grpo.rewards: every reward that can rise is weighted 0 (multiple_choice, pubmedqa_label, "
-                             "answer, format): GRPO would have nothing to learn from")
+        rising = {REWARD_OF_FORMAT[fmt] for _, fmt in formats} | ({"format"} if g.format_style != "none" else set())
+        if not any(getattr(g.rewards, name) > 0 for name in rising):
+            raise ValueError(f"grpo.rewards: every reward that can rise on this data is weighted 0 "
+                             f"({', '.join(sorted(rising))}): GRPO would have nothing to learn from")
         if t.packing:
             raise ValueError("training.packing is for sft: GRPO generates its completions, there is nothing to pack")
     elif method in ("dpo", "orpo"):

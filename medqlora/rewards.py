@@ -75,12 +75,19 @@ def _opens_with(text: str, gold: str) -> bool:
 
 
 def format_reward(style: str) -> Reward:
-    """The reasoning format of the run: huatuo ('## Thinking' then '## Final Response') or tags
-    (<think>...</think> then <response>...</response>). Graded, so that a small model finds the slope:
-    0.25 each for a reasoning part, a final part, the two in that order, and both non-empty."""
+    """The format of the run: huatuo ('## Thinking' then '## Final Response') or tags (<think>...</think> then
+    <response>...</response>), graded so that a small model finds the slope: 0.25 each for a reasoning part,
+    a final part, the two in that order, and both non-empty. answer: the plain answer format of the kit's
+    multiple-choice and PubMedQA rows ('C. <option>', 'yes. ...'): 0.5 for a reply that gives one answer (read
+    by the evaluation's extraction), 0.5 more when it opens with it."""
 
-    def reward(completions: list[str], **_: Any) -> list[float]:
-        return [format_score(c, style) for c in _texts(completions)]
+    def reward(completions: list[str], choices: list[list[str]] | None = None, option_texts: list[str] | None = None,
+               **_: Any) -> list[float | None]:
+        texts = _texts(completions)
+        if style != "answer":
+            return [format_score(c, style) for c in texts]
+        rows = zip(texts, choices or [[]] * len(texts), option_texts or ["{}"] * len(texts), strict=True)
+        return [answer_format_score(c, list(ch), _options(o)) if ch else None for c, ch, o in rows]
 
     reward.__name__ = f"format_{style}"
     return reward
@@ -100,6 +107,15 @@ def format_score(text: str, style: str) -> float:
         if reasoning and response:
             score += 0.25
     return score
+
+
+def answer_format_score(text: str, choices: list[str], option_texts: dict[str, str] | None = None) -> float:
+    given = extract_answer(text, choices, option_texts)
+    if given is None:
+        return 0.0
+    words = len(choices[0]) > 1
+    opening = re.match(r"\W*([A-Za-z]+)\b", text) if words else re.match(r"[\s*(]*([A-Z])[.):]", text)
+    return 1.0 if opening and opening.group(1).lower() == given.lower() else 0.5
 
 
 def overlong_penalty(max_length: int, buffer: int) -> Reward:

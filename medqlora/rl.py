@@ -111,7 +111,7 @@ def prepare(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> Prepa
 
 def format_style(cfg: KitConfig) -> str | None:
     """The reasoning format GRPO rewards: grpo.format_style, or (auto) the cot_style of the medical_o1 data this
-    run, or the run of its init_adapter, trained on; None when there is none."""
+    run, or the run of its init_adapter, trained on; else the plain answer format ('C. ...'); none: None."""
     chosen = cfg.grpo.format_style
     if chosen != "auto":
         return None if chosen == "none" else chosen
@@ -128,7 +128,7 @@ def format_style(cfg: KitConfig) -> str | None:
             for spec in earlier.data.datasets:
                 if spec.format == "medical_o1":
                     return spec.cot_style
-    return None
+    return "answer"
 
 
 # ---------------------------------------------------------------- training

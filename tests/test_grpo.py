@@ -213,3 +213,27 @@ def test_format_style_follows_the_data_or_the_init_adapter(tmp_path):
 def test_config_error_is_raised_for_a_misspelled_grpo_key():
     with pytest.raises(ConfigError, match="Did you mean 'num_generations'"):
         load_config(None, ["grpo.num_generation=4"])
+
+
+def test_smollm2_grpo_preset_plans_without_loading(tmp_path, capsys):
+    """The offline GRPO preset validates, reads its rows and passes the leakage guard against its held-out part."""
+    assert main(["--mode", "full", "--dry-run", "--config", "smollm2_grpo_medmcqa", "--set",
+                 f"output.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "'overlapping_training_items': 0" in out or '"overlapping_training_items": 0' in out, out[-2000:]
+    assert "medmcqa-heldout" in out
+
+
+@pytest.mark.slow
+def test_smollm2_grpo_preset_runs_a_few_steps(smol_dir, tmp_path):
+    """CI: a few GRPO steps of the offline preset with the real SmolLM2 weights, the rewards logged."""
+    argv = ["--mode", "train", "--config", "smollm2_grpo_medmcqa"]
+    for item in (f"output.dir={tmp_path}", "output.run_name=preset", "training.max_steps=2",
+                 "data.datasets.0.max_samples=8", "grpo.max_completion_length=8", "grpo.samples_every=1",
+                 "generation.max_new_tokens=8"):
+        argv += ["--set", item]
+    assert main(argv) == 0
+    history = json.loads((tmp_path / "preset" / "metrics.json").read_text())["log_history"]
+    steps = [e for e in history if "rewards/format_answer/mean" in e]
+    assert len(steps) == 2 and all("kl" in e and "rewards/multiple_choice/mean" in e for e in steps)
+    assert (tmp_path / "preset" / rl.SAMPLES_FILE).is_file()

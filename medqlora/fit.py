@@ -100,6 +100,8 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
              seq_len: int | None = None) -> Estimate:
     """Peak GPU memory of training ``micro_batch`` rows of ``seq_len`` tokens (default: max_seq_length)."""
     seq = seq_len or cfg.model.max_seq_length
+    if seq_len and cfg.training.method == "grpo":  # the longest prompt, and the completion generated after it
+        seq = min(seq_len + cfg.grpo.max_completion_length, cfg.model.max_seq_length)
     tokens = micro_batch * seq
     linear_bytes = 0.52 if cfg.model.load_in_4bit else 2.0
     upcast = backend == "hf" and cfg.model.load_in_4bit  # prepare_model_for_kbit_training: fp32 embeddings

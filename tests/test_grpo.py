@@ -237,3 +237,13 @@ def test_smollm2_grpo_preset_runs_a_few_steps(smol_dir, tmp_path):
     steps = [e for e in history if "rewards/format_answer/mean" in e]
     assert len(steps) == 2 and all("kl" in e and "rewards/multiple_choice/mean" in e for e in steps)
     assert (tmp_path / "preset" / rl.SAMPLES_FILE).is_file()
+
+
+def test_memory_preflight_of_grpo_counts_the_completion_after_the_longest_prompt():
+    from medqlora.random_model import SHAPES
+
+    shape = fit.ModelShape.from_config(type("C", (), SHAPES["llama-3.1-8b"])())
+    cfg = load_config(None, ["model.max_seq_length=4096", "training.method=grpo", "grpo.max_completion_length=2048",
+                             "training.micro_batch_size=4"])
+    assert fit.estimate(shape, cfg, "hf", 4, True, 300).tokens_per_micro_batch == 4 * (300 + 2048)
+    assert fit.estimate(shape, cfg, "hf", 4, True, 3000).tokens_per_micro_batch == 4 * 4096

@@ -178,7 +178,9 @@ def run_train(
     _say_if_gpus_idle(runtime)
     per_process = distributed.split_batch(cfg)  # before the run folder: a batch that does not divide stops here
     if cfg.training.init_adapter and not resume:  # the earlier run's adapter, checked before anything is created
-        cfg, per_process = (with_init_adapter(c, output_dir) for c in (cfg, per_process))
+        cfg = with_init_adapter(cfg, output_dir)
+        per_process = per_process.model_copy(update={"training": per_process.training.model_copy(
+            update={"init_adapter": cfg.training.init_adapter})})
     if not resume:
         run = _new_run(cfg, output_dir)
     if distributed.world_size() > 1:
@@ -316,8 +318,8 @@ def _train_in(
         "adapter_mb": adapter_mb,
     }
     if result.metrics.get("rewards"):  # GRPO: each reward's mean over the first and last fifth of the steps
-        summary["rewards"] = {k.removeprefix("rewards/").removesuffix("/mean"): f"{v['first']} -> {v['last']}"
-                              for k, v in result.metrics["rewards"].items()}
+        summary["rewards"] = "; ".join(f"{k.removeprefix('rewards/').removesuffix('/mean')} {v['first']} -> {v['last']}"
+                                       for k, v in result.metrics["rewards"].items())
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
            start_to_trained_s=round(time.perf_counter() - started, 2))
     if model is not None:

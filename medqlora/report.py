@@ -63,6 +63,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("train_examples", "training examples"),
         ("steps", "optimizer steps"),
         ("loss", "training loss"),
+        ("rewards", "GRPO rewards (first -> last)"),
         ("tokens_per_second", "tokens/s (no padding)"),
         ("train_wall_s", "training time (s)"),
         ("total_wall_s", "total time (s)"),

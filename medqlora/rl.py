@@ -273,6 +273,11 @@ def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
 
 
 def _grpo_class() -> type:
+    # On the unsloth backend, backends.activate imported Unsloth before TRL, so this import returns Unsloth's
+    # patched GRPOTrainer (its generation, chunked log-probabilities and, with grpo.use_vllm, vLLM through
+    # fast_inference). The overridden methods below (_generate, _calculate_rewards, log) keep TRL's names and
+    # signatures, which Unsloth's patched source keeps too. GPU RUN PENDING: not yet run on NVIDIA + Unsloth
+    # (bench/grpo_gpu.sh, stages smollm2-grpo and 8b-unsloth-*).
     import torch
     from trl import GRPOTrainer
 

@@ -536,7 +536,13 @@ def _converted(name: str) -> bool:
 def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
     """Base model with fresh LoRA adapters, its tokenizer, and the resolved model source."""
     source = resolve_model_source(cfg.model.name)
-    if runtime.backend == "unsloth":
+    if runtime.backend == "unsloth" and cfg.training.init_adapter:  # GPU run: to be checked on NVIDIA + Unsloth
+        model, tokenizer = _unsloth_base(cfg, runtime, source)
+        model = _trainable_adapter(model, cfg)
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_training(model)
+    elif runtime.backend == "unsloth":
         model, tokenizer = _unsloth_base(cfg, runtime, source)
         from unsloth import FastLanguageModel
 
@@ -555,6 +561,21 @@ def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
         model, tokenizer = hf_base(cfg, runtime, source)
         model = _hf_add_lora(model, cfg, runtime)
     return model, prepare_tokenizer(tokenizer, cfg), source
+
+
+def _trainable_adapter(model: Any, cfg: KitConfig) -> Any:
+    """training.init_adapter: the earlier run's adapter loaded trainable (its own LoRA settings, not lora:), in
+    place of a fresh one. The folder was checked at the adapter boundary (pipeline.with_init_adapter)."""
+    from peft import PeftModel
+
+    folder = str(cfg.training.init_adapter)
+    try:
+        model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    except Exception as err:
+        raise ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
+                         f"{type(err).__name__}: {printable(str(err), 300)}") from None
+    _refuse_non_finite_adapter(model, Path(folder))
+    return model
 
 
 def load_for_inference(cfg: KitConfig, runtime: Runtime, adapter_dir: Path | None) -> tuple[Any, Any]:
@@ -643,6 +664,9 @@ def _unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, A
             load_in_4bit=cfg.model.load_in_4bit,
             trust_remote_code=cfg.model.trust_remote_code,
             unsloth_tiled_mlp=cfg.training.tiled_mlp,
+            # GRPO with grpo.use_vllm: Unsloth's fast inference generates the completions (GPU run)
+            **({"fast_inference": True, "max_lora_rank": cfg.lora.r}
+               if cfg.training.method == "grpo" and cfg.grpo.use_vllm else {}),
             **({"device_map": {"": local_rank()}} if world_size() > 1 else {}),
         )
     except Exception as err:
@@ -711,6 +735,8 @@ def _hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
             f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
             f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
         )
+    if cfg.training.init_adapter:
+        return _trainable_adapter(model, cfg)
     from transformers import set_seed
 
     set_seed(cfg.training.seed)  # the LoRA initialisation must not depend on what ran before in the process

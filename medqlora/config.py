@@ -140,7 +140,7 @@ class LoraSection(Section):
 
 class DatasetSpec(Section):
     source: PathText = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
-    format: Literal["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat"]
+    format: Literal["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat", "prompt_answer", "preference"]
     subset: PathText | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default train)")
     max_samples: int | None = Field(None, gt=0, le=1_000_000_000)
@@ -290,6 +290,14 @@ class TrainingSection(Section):
         None, gt=0, le=4096, description="use at most this much GPU memory (plan and cap), e.g. 15 to rehearse a T4"
     )
     tiled_mlp: bool = Field(False, description="Unsloth's tiled MLP: much longer sequences in the same memory")
+    method: Literal["sft", "grpo", "dpo", "orpo"] = Field(
+        "sft", description="sft: learn the responses; grpo: reinforcement learning with verifiable rewards (grpo: "
+        "section); dpo / orpo: preference training on prompt/chosen/rejected rows (preference: section)",
+    )
+    init_adapter: PathText | None = Field(
+        None, description="start from an earlier run's adapter (a run folder, an adapter folder, or latest) instead "
+        "of a fresh one: SFT then GRPO",
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="experiment trackers: tensorboard (run folder), wandb, mlflow; credentials from the environment",
@@ -431,6 +439,53 @@ class ExportSection(Section):
     )
 
 
+class RewardWeights(Section):
+    """GRPO: the weight of each verifiable reward (0 switches one off). See medqlora/rewards.py."""
+    multiple_choice: float = Field(1.0, ge=0, le=100, description="the option letter the reply gives is the right one")
+    pubmedqa_label: float = Field(1.0, ge=0, le=100, description="the yes/no/maybe the reply gives is the right one")
+    answer: float = Field(1.0, ge=0, le=100, description="prompt_answer rows: the final response gives the answer")
+    format: float = Field(0.5, ge=0, le=100, description="the reasoning format (grpo.format_style) is followed")
+    overlong: float = Field(1.0, ge=0, le=100, description="penalty for replies running into max_completion_length")
+
+
+class GRPOSection(Section):
+    """training.method: grpo. Batches count completions: micro_batch_size x gradient_accumulation_steps
+    completions per optimizer step, num_generations of them for each prompt."""
+    num_generations: int = Field(4, ge=2, le=256, description="completions sampled per prompt (the group)")
+    max_completion_length: int = Field(256, gt=0, le=MAX_NEW_TOKENS, description="tokens generated per completion")
+    beta: float = Field(0.0, ge=0, le=10, description="KL coefficient against the starting model; 0: no reference "
+                        "pass (faster), and no KL is logged")
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_p: float = Field(1.0, gt=0, le=1)
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    epsilon: float = Field(0.2, gt=0, lt=1, description="clipping of the policy ratio (lower side)")
+    epsilon_high: float | None = Field(None, gt=0, lt=10, description="upper clipping (DAPO uses 0.28); default: epsilon")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = Field(1, ge=1, le=64, description="optimisation passes over each generated batch")
+    mask_truncated_completions: bool = False
+    format_style: Literal["auto", "huatuo", "tags", "answer", "none"] = Field(
+        "auto", description="the format rewarded: huatuo ('## Thinking' / '## Final Response'), tags "
+        "(<think>/<response>), answer (the reply opens with its answer, as the multiple-choice and PubMedQA rows "
+        "train: 'C. ...'); auto: the cot_style of the medical_o1 data the run (or its init_adapter) trained on, "
+        "else answer")
+    overlong_buffer: int = Field(64, ge=0, le=MAX_NEW_TOKENS, description="the penalty grows over the last N tokens "
+                                 "before max_completion_length (DAPO's soft overlong punishment); 0: only at the limit")
+    rewards: RewardWeights = Field(default_factory=RewardWeights)
+    samples_every: int = Field(10, gt=0, le=MAX_STEPS, description="write completions with their rewards to "
+                               "grpo_samples.jsonl every N steps")
+    samples_count: int = Field(4, gt=0, le=1024, description="completions written each time")
+    use_vllm: bool = Field(False, description="NVIDIA + Unsloth: generate with vLLM (Unsloth's fast_inference); "
+                           "needs vllm installed")
+
+
+class PreferenceSection(Section):
+    """training.method: dpo or orpo, on preference rows (format: preference)."""
+    beta: float = Field(0.1, gt=0, le=100, description="DPO: strength of the preference against the reference; "
+                        "ORPO: weight of the odds-ratio term (lambda)")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO only")
+    max_prompt_length: int = Field(256, gt=0, le=131072, description="prompt tokens kept (the start is cut)")
+
+
 class OutputSection(Section):
     dir: PathText = "outputs"
     run_name: PathText | None = Field(None, max_length=200, description="Default: <model>-<dataset>-<timestamp>")
@@ -453,6 +508,15 @@ class KitConfig(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    grpo: GRPOSection = Field(default_factory=GRPOSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
+
+    @model_validator(mode="after")
+    def _method_fits_the_data(self) -> KitConfig:
+        from .methods import check_method  # the rules of each training.method, beside the method code
+
+        check_method(self)
+        return self
 
     @model_validator(mode="after")
     def _validation_for_eval_steps(self) -> KitConfig:
@@ -794,6 +858,8 @@ def _describe(error: dict, source: str, lines: dict) -> str:
         return f"{where}: unknown key '{dotted}'.{hint}"
     if error["type"] == "missing":
         return f"{where}: '{dotted}' is required."
+    if not loc and error["type"] == "value_error":  # a rule across sections (training.method and its data)
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}."
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
     allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""

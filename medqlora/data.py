@@ -1037,3 +1037,6 @@ def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | No
         name = f"{index}:{spec.source}"
         sizes[name] = checked.get(name, {"rows": "unknown until downloaded", "used": spec.max_samples})
     return sizes
+
+
+from . import rl_formats  # noqa: E402,F401  (registers the prompt_answer and preference formats)

@@ -99,11 +99,13 @@ class Estimate:
     total_gib: float
     tokens_per_micro_batch: int
     checkpointing: str
+    generation_gib: float = 0.0  # GRPO: KV cache of the generated group, and the scored completions' logits
 
     def describe(self) -> str:
+        generation = f", generation {self.generation_gib:.1f}" if self.generation_gib else ""
         return (f"{self.total_gib:.1f} GiB (weights {self.weights_gib:.1f}, LoRA + optimizer {self.lora_gib:.2f}, "
                 f"activations {self.activations_gib:.1f} for {self.tokens_per_micro_batch} tokens a micro-batch "
-                f"with checkpointing {self.checkpointing}, overhead {self.overhead_gib:.2f})")
+                f"with checkpointing {self.checkpointing}{generation}, overhead {self.overhead_gib:.2f})")
 
 
 def checkpointing_name(value: bool | str) -> str:
@@ -114,6 +116,8 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
              seq_len: int | None = None) -> Estimate:
     """Peak GPU memory of training ``micro_batch`` rows of ``seq_len`` tokens (default: max_seq_length)."""
     seq = seq_len or cfg.model.max_seq_length
+    if seq_len and cfg.training.method == "grpo":  # the longest prompt, and the completion generated after it
+        seq = min(seq_len + cfg.grpo.max_completion_length, cfg.model.max_seq_length)
     tokens = micro_batch * seq
     linear_bytes = 0.52 if cfg.model.load_in_4bit else 2.0
     upcast = backend == "hf" and cfg.model.load_in_4bit  # prepare_model_for_kbit_training: fp32 embeddings
@@ -121,9 +125,22 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
     lora = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * (8 + optimizer_state_bytes(cfg.training.optimizer))
     activations = tokens * per_token_bytes(shape, backend, checkpointing, cfg.training.tiled_mlp)
     overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
-    total = weights / GIB + lora / GIB + activations / GIB + overhead
+    generation = generation_bytes(shape, cfg, micro_batch, seq) / GIB
+    total = weights / GIB + lora / GIB + activations / GIB + overhead + generation
     return Estimate(round(weights / GIB, 3), round(lora / GIB, 3), round(activations / GIB, 3), round(overhead, 3),
-                    round(total, 3), tokens, checkpointing_name(checkpointing))
+                    round(total, 3), tokens, checkpointing_name(checkpointing), round(generation, 3))
+
+
+def generation_bytes(shape: ModelShape, cfg: KitConfig, micro_batch: int, seq: int) -> float:
+    """GRPO only: the KV cache (16-bit) of a generation batch (micro_batch x gradient_accumulation_steps
+    completions, TRL generates them together) of seq tokens each, plus the fp32 logits of one micro-batch's
+    completions when they are scored (and their log-softmax). 0 for the other methods."""
+    if cfg.training.method != "grpo":
+        return 0.0
+    completions = micro_batch * cfg.training.gradient_accumulation_steps
+    kv = completions * seq * 2 * shape.layers * shape.kv_heads * shape.head_dim * 2
+    logits = micro_batch * cfg.grpo.max_completion_length * shape.vocab * 4 * 2
+    return float(kv + logits)
 
 
 FULL_FT_NOTE = ("an estimate of the kit's memory model, not measured: 16-bit weights and gradients of every parameter, "

@@ -332,6 +332,10 @@ def run_train(
         say(note)
     _say_if_gpus_idle(runtime)
     per_process = distributed.split_batch(cfg)  # before the run folder: a batch that does not divide stops here
+    if cfg.training.init_adapter and not resume:  # the earlier run's adapter, checked before anything is created
+        cfg = with_init_adapter(cfg, output_dir)
+        per_process = per_process.model_copy(update={"training": per_process.training.model_copy(
+            update={"init_adapter": cfg.training.init_adapter})})
     if not resume:
         run = _new_run(cfg, output_dir)
     if distributed.world_size() > 1:
@@ -358,6 +362,21 @@ def run_train(
         log.error("run %s: %s", status, err)
         record(status, error=str(err)[:2000])
         raise
+
+
+def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
+    """training.init_adapter resolved (latest: the newest run with an adapter) and checked at the adapter boundary
+    (safetensors, LoRA config, shapes that fit this base model), its path written into the config the run saves,
+    so that --resume starts from the same adapter."""
+    adapter = _find_adapter(cfg, cfg.training.init_adapter, output_dir)
+    if adapter is None:
+        return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": None})})
+    trained = _trained_model(adapter, cfg)
+    if trained.name != cfg.model.name:
+        raise ModelError(f"training.init_adapter {printable(adapter)} was trained on {printable(trained.name)}, not on "
+                         f"model.name {printable(cfg.model.name)}: set model.name to the model it was trained on.")
+    say(f"starting from the adapter of {printable(adapter)} (training.init_adapter)")
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": str(adapter.resolve())})})
 
 
 def _say_if_gpus_idle(runtime: backends.Runtime) -> None:
@@ -467,6 +486,9 @@ def _train_in(
         **({"memory_table": memory_table_line(table)} if table else {}),
         "adapter_mb": adapter_mb,
     }
+    if result.metrics.get("rewards"):  # GRPO: each reward's mean over the first and last fifth of the steps
+        summary["rewards"] = "; ".join(f"{k.removeprefix('rewards/').removesuffix('/mean')} {v['first']} -> {v['last']}"
+                                       for k, v in result.metrics["rewards"].items())
     record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
            start_to_trained_s=round(time.perf_counter() - started, 2))
     if model is not None:
@@ -569,6 +591,10 @@ def inference_replica(cfg: KitConfig, runtime: backends.Runtime, run: RunDir) ->
 
 
 def _tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
+    if cfg.training.method != "sft":  # prompts (GRPO) or prompt / chosen / rejected rows (DPO, ORPO)
+        from . import rl
+
+        return rl.prepare(cfg, collected, tokenizer)
     return data.tokenize_collected(collected, cfg.data, tokenizer, cfg.model.max_seq_length, cfg.training.seed,
                                    cfg.training.micro_batch_size)
 

@@ -83,6 +83,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         ("steps", "optimizer steps"),
         ("loss", "training loss"),
         ("validation_loss", "validation loss"),
+        ("rewards", "GRPO rewards (first -> last)"),
         ("tokens_per_second", "tokens/s (no padding)"),
         ("train_wall_s", "training time (s)"),
         ("total_wall_s", "total time (s)"),

@@ -233,6 +233,10 @@ def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: Pr
           resume_from: Path | None = None) -> TrainResult:
     """Train (or continue from ``resume_from``, a checkpoint of this run) and save the adapter."""
     with tracking_env(cfg, run):
+        if cfg.training.method != "sft":  # GRPO, DPO, ORPO: medqlora/rl.py
+            from .rl import train_method
+
+            return train_method(cfg, runtime, model, tokenizer, data, run, resume_from)
         return _train(cfg, runtime, model, tokenizer, data, run, resume_from)
 
 

@@ -27,7 +27,7 @@ def test_default_config_loads_with_the_documented_defaults():
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
 def test_every_preset_validates_by_name(preset):
     cfg = load_config(preset)
-    assert cfg.model.name.startswith("unsloth/")
+    assert cfg.model.name.startswith(("unsloth/", "pypi:"))  # pypi: the offline SmolLM2 presets
 
 
 def test_misspelled_key_names_file_line_and_suggestion(tmp_path):

@@ -28,7 +28,7 @@ def test_the_eval_example_validates_against_the_schema():
 
 
 def test_every_preset_in_the_readme_exists_and_every_preset_is_listed():
-    listed = set(re.findall(r"^\| `([a-z0-9.-]+)` \| `unsloth/", README, re.M))
+    listed = set(re.findall(r"^\| `([a-z0-9._-]+)` \| `(?:unsloth/|pypi:)", README, re.M))
     assert listed == {p.stem for p in PRESETS_DIR.glob("*.yaml")}
 
 

@@ -1,0 +1,54 @@
+"""The rules of each training.method (sft, grpo, dpo, orpo), checked with the rest of the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RL_FORMATS = ("multiple_choice", "pubmedqa", "prompt_answer")  # rows with an answer a reward can check
+PREFERENCE_FORMATS = ("preference",)
+REWARD_OF_FORMAT = {"multiple_choice": "multiple_choice", "pubmedqa": "pubmedqa_label", "prompt_answer": "answer"}
+PROMPT_ROOM = 32  # tokens a GRPO prompt keeps at least, beside the completion, within max_seq_length
+
+
+def check_method(cfg: Any) -> None:
+    """Raise ValueError (reported with the config's other problems) when the data or the batch does not fit
+    training.method."""
+    method = cfg.training.method
+    formats = [(i, spec.format) for i, spec in enumerate(cfg.data.datasets) if spec.use_for == "train"]
+    if method == "grpo":
+        wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in RL_FORMATS]
+        if wrong:
+            raise ValueError(f"training.method: grpo learns from prompts with an answer a reward can check: "
+                             f"{', '.join(wrong)} has none. Use the formats {', '.join(RL_FORMATS)} (or "
+                             "training.method: sft for these rows)")
+        g, t = cfg.grpo, cfg.training
+        completions = t.micro_batch_size * t.gradient_accumulation_steps
+        if completions % g.num_generations:
+            raise ValueError(
+                f"training.method: grpo: training.micro_batch_size x gradient_accumulation_steps ({t.micro_batch_size}"
+                f" x {t.gradient_accumulation_steps} = {completions} completions a step) must be a multiple of "
+                f"grpo.num_generations ({g.num_generations}), so that each prompt's group is whole. E.g. --set "
+                f"training.micro_batch_size={g.num_generations}")
+        if g.max_completion_length > cfg.model.max_seq_length - PROMPT_ROOM:
+            raise ValueError(
+                f"grpo.max_completion_length ({g.max_completion_length}) leaves no room for the prompt within "
+                f"model.max_seq_length ({cfg.model.max_seq_length}): raise model.max_seq_length to at least "
+                f"{g.max_completion_length + 256}, or lower grpo.max_completion_length")
+        rising = {REWARD_OF_FORMAT[fmt] for _, fmt in formats} | ({"format"} if g.format_style != "none" else set())
+        if not any(getattr(g.rewards, name) > 0 for name in rising):
+            raise ValueError(f"grpo.rewards: every reward that can rise on this data is weighted 0 "
+                             f"({', '.join(sorted(rising))}): GRPO would have nothing to learn from")
+        if t.packing:
+            raise ValueError("training.packing is for sft: GRPO generates its completions, there is nothing to pack")
+    elif method in ("dpo", "orpo"):
+        wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in PREFERENCE_FORMATS]
+        if wrong:
+            raise ValueError(f"training.method: {method} learns from prompt / chosen / rejected rows: {', '.join(wrong)}"
+                             " is not in the preference format")
+        if cfg.training.packing:
+            raise ValueError(f"training.packing is for sft, not training.method: {method}")
+    else:
+        wrong = [f"data.datasets.{i}" for i, fmt in formats if fmt in PREFERENCE_FORMATS]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: preference rows (prompt / chosen / rejected) train with "
+                             "training.method: dpo or orpo, not sft")

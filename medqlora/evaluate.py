@@ -174,9 +174,13 @@ def evaluation_length(cfg: KitConfig, model: Any) -> int:
     """Tokens an evaluation prompt may use: eval.max_length, else the model's context length (training's
     max_seq_length does not limit evaluation)."""
     if cfg.eval.max_length is not None:
-        return cfg.eval.max_length
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return context if isinstance(context, int) and context > 0 else cfg.model.max_seq_length
+        length = cfg.eval.max_length
+    else:
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        length = context if isinstance(context, int) and context > 0 else cfg.model.max_seq_length
+    # Unsloth's models take no input longer than the max_seq_length they were loaded with (a mismatch error)
+    loaded = getattr(model, "max_seq_length", None)
+    return min(length, loaded) if isinstance(loaded, int) and loaded > 0 else length
 
 
 def item_prompt(cfg: KitConfig, item: EvalItem) -> tuple[str | None, Example]:

@@ -252,3 +252,12 @@ def test_an_item_too_long_even_without_its_context_is_refused_with_the_setting_t
     with pytest.raises(DataError, match=r"its prompt is \d+ tokens even with its context shortened, more than the 39 "
                        r"evaluation allows \(eval.max_length"):
         _prompt_ids(cfg, smol_tokenizer, item, 39)
+
+
+def test_a_model_loaded_for_a_sequence_length_caps_the_evaluation_length(tmp_path):
+    cfg = load_config(None, [])
+    model = type("Loaded", (), {"config": type("C", (), {"max_position_embeddings": 8192})(), "max_seq_length": 512})()
+    assert evaluation_length(cfg, model) == 512  # Unsloth refuses longer inputs than it was loaded for
+    assert evaluation_length(load_config(None, ["eval.max_length=300"]), model) == 300
+    model.max_seq_length = None
+    assert evaluation_length(cfg, model) == 8192

@@ -56,6 +56,8 @@ class Example:
     joins: tuple[tuple[str, str], ...] = ()
     # the values a prompt_template fills ({question}, {context}, {options}), set by the format
     fields: dict[str, str] = field(default_factory=dict)
+    # a chat row's whole conversation, (role, content) per turn: trained on every assistant turn
+    turns: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.question:
@@ -609,7 +611,7 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     joins = (("user turns (joined)", "\n\n".join(content for _, content in users)),) \
         if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between
     return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts[:-1],
-                   answer_texts=texts[-1:], joins=joins)
+                   answer_texts=texts[-1:], joins=joins, turns=tuple(turns))
 
 
 # ---------------------------------------------------------------- selection, held-out items, mixing
@@ -899,10 +901,70 @@ def turn_end(tokenizer: Any) -> str:
     return suffix if suffix.strip() else (tokenizer.eos_token or "")
 
 
+def chat_turn_messages(tokenizer: Any, system_prompt: str | None,
+                       turns: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    """A chat row as messages: its own system turn, else ``system_prompt``; folded into the first user turn for
+    templates without a system role (as single-turn prompts are)."""
+    messages = [{"role": role, "content": content} for role, content in turns]
+    if messages[0]["role"] != "system" and system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    if messages[0]["role"] != "system":
+        return messages
+    try:
+        tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+        return messages
+    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
+        system, first, rest = messages[0], messages[1], messages[2:]
+        return [{"role": first["role"], "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+
+
+def _chat_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:
+    """The conversation's text in pieces, (text, learned): each assistant reply with its turn end is learned,
+    everything between is not. None when the template does not render a conversation as the concatenation of
+    its prefixes (one that rewrites earlier replies, say): then only the last reply is learned."""
+    pieces: list[tuple[str, bool]] = []
+    rendered = ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+        reply = whole[len(prefix):]  # the reply as the template writes it, with its turn end
+        if not prefix.startswith(rendered) or not whole.startswith(prefix) or message["content"] not in reply:
+            return None
+        pieces += [(prefix[len(rendered):], False), (reply, True)]
+        rendered = prefix + reply
+    return pieces
+
+
+def _tokenize_chat(example: Example, tokenizer: Any, system_prompt: str | None, max_len: int, too_long: str,
+                   end: str) -> tuple[dict[str, list[int]] | None, str]:
+    """Every assistant turn learned, every other token masked; cut at max_len (or dropped) when longer."""
+    messages = chat_turn_messages(tokenizer, system_prompt, example.turns)
+    pieces = _chat_pieces(tokenizer, messages)
+    outcome = "fits"
+    if pieces is None:
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        pieces, outcome = [(prompt, False), (messages[-1]["content"] + end, True)], "last_turn_only"
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, learned in pieces:
+        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += part
+        labels += part if learned else [IGNORE_INDEX] * len(part)
+    if len(ids) > max_len:
+        if too_long == "drop" or all(label == IGNORE_INDEX for label in labels[:max_len]):
+            return None, "dropped"
+        ids, labels, outcome = ids[:max_len], labels[:max_len], "response_truncated"
+    return {"input_ids": ids, "labels": labels}, outcome
+
+
 def tokenize_example(
     example: Example, tokenizer: Any, system_prompt: str | None, max_len: int, too_long: str, end: str
 ) -> tuple[dict[str, list[int]] | None, str]:
     """Token ids and labels (prompt masked) for one example, and what was done to fit max_len."""
+    if example.turns:
+        return _tokenize_chat(example, tokenizer, system_prompt, max_len, too_long, end)
     response_ids = tokenizer(example.response + end, add_special_tokens=False)["input_ids"]
     context = example.context
     outcome = "fits"

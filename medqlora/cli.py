@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -189,8 +190,9 @@ def _main(args: argparse.Namespace) -> int:
         from . import pipeline
 
         if args.dry_run:
-            planned = (pipeline.plan_with_adapter(cfg, args.mode, args.adapter, args.output_dir)
-                       if args.mode in ADAPTER_MODES else pipeline.plan(cfg, args.mode, args.output_dir))
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the plan alone (JSON), notes go to stderr
+                planned = (pipeline.plan_with_adapter(cfg, args.mode, args.adapter, args.output_dir)
+                           if args.mode in ADAPTER_MODES else pipeline.plan(cfg, args.mode, args.output_dir))
             if distributed.is_main():  # under a launcher, one plan for all the processes
                 print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
             return 0

@@ -107,15 +107,21 @@ def test_tiled_mlp_lowers_the_long_context_estimate():
 
 @pytest.fixture
 def model_8b_config_only(tmp_path, smol_dir):
-    """An 8B-shaped config.json with a tokenizer and an empty weights file: the preflight reads nothing else
-    (the dry-run's model checks see a whole folder: a header-only safetensors file and tokenizer files)."""
+    """An 8B-shaped config.json with a tokenizer and a weights file of one-value tensors under the names the config
+    implies: the preflight reads nothing else (the dry-run's model checks see a whole folder)."""
     import shutil
 
     from safetensors.torch import save_file
 
+    import torch
+    from transformers import AutoModelForCausalLM
+
     folder = tmp_path / "llama8b"
-    LlamaConfig(**SHAPES["llama-3.1-8b"]).save_pretrained(folder)
-    save_file({}, str(folder / "model.safetensors"))
+    config = LlamaConfig(**SHAPES["llama-3.1-8b"])
+    config.save_pretrained(folder)
+    with torch.device("meta"):  # every tensor name the config implies, each a single value (the model boundary
+        names = list(AutoModelForCausalLM.from_config(config).state_dict())  # checks names, not sizes)
+    save_file({name: torch.zeros(1) for name in names}, str(folder / "model.safetensors"))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (smol_dir / name).is_file():
             shutil.copy(smol_dir / name, folder / name)

@@ -142,17 +142,16 @@ class ModelSection(Section):
         return value
 
 
-# A hub repo id as huggingface_hub accepts it: [owner/]name of letters, digits, '-', '_' and '.' (at most 96).
-_HUB_ID = re.compile(r"^(?:[\w\-.]+/)?[\w\-.]{1,96}$")
+# The characters of a hub repo id ([owner/]name: letters, digits, '-', '_', '.') and of a relative folder path.
+_HUB_ID_CHARACTERS = re.compile(r"^[\w\-./]+$")
 
 
 def hub_id_problem(name: str) -> str | None:
-    """Why ``name`` can be neither a local file or folder nor a hub id, else None. Names that look like paths
-    (./, /, ~, a backslash), .gguf files, pypi: models and existing local paths are checked when the model loads."""
-    if name.startswith(("pypi:", ".", "/", "~")) or "\\" in name or name.endswith(".gguf") or Path(name).expanduser().exists():
-        return None
-    if _HUB_ID.match(name) and "--" not in name and ".." not in name and not name.endswith(".git") \
-            and not name.startswith(("-", ".")) and "/-" not in name and "/." not in name:
+    """Why ``name`` can be neither a local file or folder nor a hub id (a character neither may hold: '@', ':',
+    a space...), else None. Names that look like paths (./, /, ~, a backslash), .gguf files, pypi: models and
+    existing local paths are checked when the model loads (and at --dry-run)."""
+    if name.startswith(("pypi:", ".", "/", "~")) or "\\" in name or name.endswith(".gguf") \
+            or _HUB_ID_CHARACTERS.match(name) or Path(name).expanduser().exists():
         return None
     if "@" in name:
         return (f"{printable(name, 200)!r} is not a hub id: a revision (@main, @<commit>) cannot be pinned in "

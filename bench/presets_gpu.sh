@@ -104,6 +104,9 @@ run_preset() {
         --set generation.max_new_tokens=32 --set eval.max_new_tokens=64 --set eval.cot_items=8
         --set eval.batch_size=16)
   [ "$card" = 15 ] && args+=(--set model.dtype=fp16)  # what a T4 computes in (it has no bf16)
+  # a preset's warm-up longer than these steps is refused: warm up over half of them instead (speed is the same)
+  warm=$($PY -c "from medqlora.config import load_config; print(load_config('$preset').training.warmup_steps or 0)")
+  [ "$warm" -ge "$steps" ] && args+=(--set training.warmup_steps=$(( steps / 2 )))
   if [ "$DRY_RUN" = 1 ]; then
     args+=(--dry-run)
   else

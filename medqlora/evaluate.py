@@ -119,7 +119,7 @@ def answer_token_ids(tokenizer: Any, choices: list[str]) -> list[list[int]]:
 
 
 def score_likelihood(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) -> list[dict[str, Any]]:
-    fitted = [_prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1) for item in items]
+    fitted = [_prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1, reserved=1) for item in items]
     prompts = [ids for ids, _ in fitted]
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batch by length: little padding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -195,15 +195,18 @@ def item_prompt(cfg: KitConfig, item: EvalItem) -> tuple[str | None, Example]:
     return system_prompt_of(cfg.data, spec), prompt_only
 
 
-def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem, limit: int) -> tuple[list[int], bool]:
-    """The item's prompt ids, its context shortened when the prompt is longer than ``limit``; and whether it was."""
+def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem, limit: int,
+                reserved: int = 0) -> tuple[list[int], bool]:
+    """The item's prompt ids, its context shortened when the prompt is longer than ``limit``; and whether it was.
+    ``reserved``: the tokens of the evaluation length kept for the answer (named in the message)."""
     system_prompt, prompt_only = item_prompt(cfg, item)
     fitted, outcome = tokenize_example(prompt_only, tokenizer, system_prompt, limit, "truncate", "")
     if fitted is None:
         whole, _ = tokenize_example(prompt_only, tokenizer, system_prompt, 10**9, "truncate", "")
         raise DataError(f"Evaluation item {printable(item.uid)}: its prompt is {len(whole['input_ids'])} tokens even "
-                        f"with its context shortened, more than the {limit} evaluation allows (eval.max_length, by "
-                        "default the model's context length, less eval.max_new_tokens for the generate method). "
+                        f"with its context shortened, more than the {limit} evaluation allows (eval.max_length "
+                        f"{limit + reserved}, by default the model's context length, less {reserved} kept for the "
+                        f"answer{': eval.max_new_tokens' if cfg.eval.method == 'generate' else ''}). "
                         "Raise eval.max_length if the model takes longer inputs, or leave the item out.")
     return fitted["input_ids"], outcome == "context_truncated"
 
@@ -257,7 +260,7 @@ def _replies(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem]) 
     from .generate import generate_texts
 
     limit = evaluation_length(cfg, model) - cfg.eval.max_new_tokens
-    fitted = [_prompt_ids(cfg, tokenizer, item, limit) for item in items]
+    fitted = [_prompt_ids(cfg, tokenizer, item, limit, reserved=cfg.eval.max_new_tokens) for item in items]
     replies = generate_texts(cfg, model, tokenizer, [tokenizer.decode(ids) for ids, _ in fitted],
                              cfg.eval.max_new_tokens, cfg.eval.batch_size)
     return [(reply, shortened) for reply, (_, shortened) in zip(replies, fitted, strict=True)]

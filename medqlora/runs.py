@@ -18,6 +18,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -178,12 +179,22 @@ class _RunLogHandler(logging.FileHandler):
 
 
 def check_output_dir(root: Path) -> None:
-    """The folder that holds run folders: it, or its nearest existing parent, must be a folder."""
+    """The folder that holds run folders: it, or its nearest existing parent, must be a folder in which a folder
+    can be made (tried, and removed at once: /proc/self, a read-only mount or a folder without write permission
+    are found here, at --dry-run, not when the run starts)."""
+    if not str(root).strip():
+        raise MedQLoRAError("The output folder is empty: --output-dir (or output.dir) must name a folder.")
     for folder in (root, *root.parents):
         if folder.exists():
             if not folder.is_dir():
                 raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: {printable(folder)} is a "
                                     "file. Choose another --output-dir (or output.dir).")
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".medqlora-check-", dir=folder))
+            except OSError as err:
+                raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: no folder can be created in "
+                                    f"{printable(folder)} ({err.strerror}). Choose another --output-dir (or "
+                                    "output.dir).") from None
             return
 
 
@@ -207,6 +218,9 @@ class RunDir:
 
     @classmethod
     def create(cls, cfg: KitConfig, output_dir: str | None = None, generated_name: bool | None = None) -> RunDir:
+        if output_dir is not None and not output_dir.strip():
+            raise MedQLoRAError("--output-dir is empty (an unset shell variable?): name a folder, or leave the option "
+                                "out for output.dir.")
         root = Path(output_dir or cfg.output.dir).expanduser()
         name = cfg.output.run_name or default_run_name(cfg)
         if "/" in name or "\\" in name or name in {".", ".."}:

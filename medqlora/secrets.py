@@ -4,10 +4,12 @@ Masking rules (``redact``):
 
 - the values of the credential variables in ``SECRET_ENV`` are replaced by ``<NAME>`` wherever they
   appear, and so is the form the run-folder slug maps them to (``hf_ab/cd`` -> ``hf-ab-cd``);
-- values of 8 characters or more are masked. Shorter values (and placeholders such as ``true`` or
-  ``none``) are not credentials anyone can use (real tokens are 30-40 characters), and masking them
-  rewrote ordinary words and paths: ``HF_TOKEN=review`` turned a run's config.yaml into
-  ``model.name: /tmp/<HF_TOKEN>/tiny``, which no longer loads;
+- values of 8 characters or more are masked, except words: letters only, under 16 characters
+  (``pubmedqa``, ``Instruction``). Shorter values, words and placeholders such as ``true`` or
+  ``none`` are not credentials anyone can use (real tokens are 30-40 characters of letters and
+  digits), and masking them rewrote ordinary words and paths: ``HF_TOKEN=review`` turned a run's
+  config.yaml into ``model.name: /tmp/<HF_TOKEN>/tiny``, and ``HF_TOKEN=pubmedqa`` into
+  ``format: <HF_TOKEN>``, which no longer loads;
 - anything shaped like a Hugging Face token (``hf_`` + 20 or more letters/digits) is masked as
   ``<token>`` even when it is not in the environment, and so is the password of a URL
   (``https://user:<password>@host``, as in an MLFLOW_TRACKING_URI).
@@ -31,6 +33,7 @@ SECRET_ENV = (
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",  # mlflow's basic-auth password and bearer token
 )
 MIN_SECRET_LEN = 8
+MIN_WORD_SECRET_LEN = 16  # a value of letters only is a word below this (pubmedqa), not a credential
 _PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
 _TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
 _SLUG = re.compile(r"[^A-Za-z0-9.]+")
@@ -42,12 +45,20 @@ def slug(text: str) -> str:
     return _SLUG.sub("-", text).strip("-")
 
 
+def maskable(value: str) -> bool:
+    """Whether a credential value is masked: 8 characters or more, not a placeholder (true, none...), and not
+    a word (letters only, under 16 characters), which would mask the same word in the run's own config."""
+    if len(value) < MIN_SECRET_LEN or value.lower() in _PLACEHOLDERS:
+        return False
+    return not (value.isalpha() and len(value) < MIN_WORD_SECRET_LEN)
+
+
 def secret_values() -> list[tuple[str, str]]:
     """(variable name, value) of every credential set in the environment that is long enough to mask."""
     found = []
     for name in SECRET_ENV:
         value = os.environ.get(name, "").strip()
-        if len(value) >= MIN_SECRET_LEN and value.lower() not in _PLACEHOLDERS:
+        if maskable(value):
             found.append((name, value))
     # longest first, so that a secret containing another one is masked whole
     return sorted(found, key=lambda item: -len(item[1]))
@@ -59,7 +70,7 @@ def redact(text: str) -> str:
     for name, value in secret_values():
         text = text.replace(value, f"<{name}>")
         mapped = slug(value)
-        if len(mapped) >= MIN_SECRET_LEN and mapped != value:
+        if maskable(mapped) and mapped != value:
             text = text.replace(mapped, f"<{name}>")
     return _URL_PASSWORD.sub(r"\1:<password>@", _TOKEN_SHAPES.sub("<token>", text))
 
@@ -68,7 +79,7 @@ def contains_secret(text: str) -> str | None:
     """The name of the credential variable whose value (or slug form) ``text`` contains, else None."""
     for name, value in secret_values():
         mapped = slug(value)
-        if value in text or (len(mapped) >= MIN_SECRET_LEN and mapped in text):
+        if value in text or (maskable(mapped) and mapped in text):
             return name
     if _TOKEN_SHAPES.search(text):
         return "a Hugging Face token"

@@ -146,8 +146,8 @@ def test_numbers_at_their_caps_are_accepted():
 def test_set_values_go_through_the_same_loader():
     """Text that is not valid YAML stays text (as before), and so does a value no constructor can read; a
     duplicate key or a recursive alias inside a --set value is refused like in a file."""
-    cfg = load_config(None, ["output.run_name=2020-13-45", "model.name=[unclosed"])
-    assert (cfg.output.run_name, cfg.model.name) == ("2020-13-45", "[unclosed")
+    cfg = load_config(None, ["output.run_name=2020-13-45", "generation.disclaimer=[unclosed"])
+    assert (cfg.output.run_name, cfg.generation.disclaimer) == ("2020-13-45", "[unclosed")
     with pytest.raises(ConfigError, match=r"--set lora.target_modules: duplicate key 'q'"):
         load_config(None, ["lora.target_modules={q: 1, q: 2}"])
     with pytest.raises(ConfigError, match="recursive alias"):

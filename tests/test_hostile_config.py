@@ -510,3 +510,78 @@ def test_a_query_longer_than_the_model_context_is_cut_with_a_word_inside_a_run(t
     answers = [json.loads(line) for line in (out / "q" / "sample_responses.jsonl").read_text().splitlines()]
     assert note in answers[0]["cut"] and "cut" not in answers[1]
     assert note in (out / "q" / "sample_responses.md").read_text()
+
+
+CHAT = "data:\n  datasets:\n    - source: data/chat.jsonl\n      format: chat\n"
+BOUNDARY_ROWS = [  # (id, config text, --set overrides, fragment): values a run could only fail on, or get wrong
+    ("H140-duplicate-benchmark-names", MINIMAL + "eval:\n  benchmarks:\n    - {name: pubmedqa, kind: pubmedqa}\n"
+     "    - {name: pubmedqa, kind: multiple_choice, source: data/medmcqa/dev_subset.jsonl}\n", [],
+     "'eval.benchmarks': Value error, entries 0 (kind: pubmedqa) and 1 (kind: multiple_choice) are both named "
+     "'pubmedqa'"),
+    ("H141-chat-rows-without-a-chat-template", CHAT, ["model.chat_template=false"],
+     "data.datasets.0 (data/chat.jsonl) has format: chat, and model.chat_template: false renders a conversation as "
+     "its turns glued together"),
+    ("H142-warmup-longer-than-the-run", MINIMAL, ["training.warmup_steps=1000", "training.max_steps=2"],
+     "warmup_steps (1000) is not below max_steps (2)"),
+    ("H144-run-name-over-255-bytes", MINIMAL, ["output.run_name=" + "é" * 200],
+     "'output.run_name': Value error, is 400 bytes in UTF-8; a folder name may have at most 255 bytes"),
+    ("H144-empty-output-dir", MINIMAL, ["output.dir=' '"], "'output.dir': Value error, is empty"),
+    ("H146-revision-in-model-name", MINIMAL, ["model.name=HuggingFaceTB/SmolLM2-135M@main"],
+     "'model.name': Value error, 'HuggingFaceTB/SmolLM2-135M@main' is not a hub id: a revision (@main, @<commit>) "
+     "cannot be pinned in model.name"),
+    ("H147-empty-model-name", MINIMAL, ['model.name=""'], "'model.name': Value error, is empty"),
+    ("H148-eval-length-without-room-for-the-prompt", MINIMAL, ["eval.method=generate", "eval.max_length=200"],
+     "max_length (200) leaves no room for the prompt: the generate method keeps max_new_tokens (256)"),
+]
+
+
+@pytest.mark.parametrize("row, text, overrides, fragment", BOUNDARY_ROWS, ids=[r[0] for r in BOUNDARY_ROWS])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_values_a_run_would_fail_on_or_get_wrong_are_refused_at_the_config(tmp_path, capsys, row, text, overrides,
+                                                                           fragment, dry_run):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(text)
+    argv = ["--mode", "train", "--config", str(config)] + (["--dry-run"] if dry_run else [])
+    for item in overrides:
+        argv += ["--set", item]
+    _refused(capsys, argv, fragment, tmp_path / "outputs")
+
+
+def test_warmup_below_max_steps_and_warmup_with_epochs_are_accepted(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(MINIMAL + "training:\n  warmup_steps: 25\n  warmup_ratio: null\n")
+    assert load_config(config).training.warmup_steps == 25  # epochs: the steps are planned later
+    assert load_config(config, ["training.max_steps=26"]).training.max_steps == 26
+    assert load_config(config, ["output.run_name=" + "é" * 127]).output.run_name
+
+
+def test_an_output_folder_that_cannot_be_created_is_found_before_the_run(tmp_path):
+    """H145: /proc/self/medq (and a read-only place) is found by the check --dry-run makes; an empty
+    --output-dir is refused when the run folder is made."""
+    from medqlora.errors import MedQLoRAError
+    from medqlora.runs import RunDir, check_output_dir
+
+    with pytest.raises(MedQLoRAError, match=r"The output folder /proc/self/medq cannot be made: no folder can be "
+                                             r"created in /proc/self"):
+        check_output_dir(Path("/proc/self/medq"))
+    check_output_dir(tmp_path / "a" / "b")  # a folder that can be made: accepted, and nothing is left behind
+    assert list(tmp_path.iterdir()) == []
+    config = tmp_path / "cfg.yaml"
+    config.write_text(MINIMAL)
+    with pytest.raises(MedQLoRAError, match="--output-dir is empty"):
+        RunDir.create(load_config(config), output_dir="")
+
+
+def test_a_credential_that_is_an_ordinary_word_does_not_mask_the_runs_own_config(tmp_path, monkeypatch):
+    """H143: HF_TOKEN=pubmedqa would have turned the run's config.yaml into 'format: <HF_TOKEN>'."""
+    from medqlora.secrets import contains_secret, redact
+
+    monkeypatch.setenv("HF_TOKEN", "pubmedqa")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(MINIMAL)
+    text = load_config(config).to_yaml()
+    assert redact(text) == text and contains_secret(text) is None
+    for real in ("hf_" + "Ab1" * 12, "0123456789abcdef" * 2 + "01234567", "sk-proj-" + "x9" * 20,
+                 "correcthorsebatterystaple"):
+        monkeypatch.setenv("HF_TOKEN", real)
+        assert redact(f"token {real} here") in ("token <HF_TOKEN> here", "token <token> here")

@@ -284,7 +284,7 @@ ARGUMENT_ROWS = [  # (id, argv built from tmp_path, fragment)
     ("H13-resume-with-set", lambda t: ["--mode", "train", "--resume", "latest", "--set", "training.seed=1"],
      "leave out --set"),
     ("H14-adapter-with-train", lambda t: ["--mode", "train", "--adapter", "latest"],
-     "--adapter chooses the adapter of --mode test, eval and export; --mode train trains a new one"),
+     "--adapter chooses the adapter of --mode test, eval, export and chat; --mode train trains a new one"),
     ("H14-adapter-with-full", lambda t: ["--mode", "full", "--adapter", "none"], "--mode full trains a new one"),
     ("H14-no-baseline-with-full", lambda t: ["--mode", "full", "--no-baseline"],
      "--no-baseline is for --mode eval; --mode full would ignore it. Leave out --no-baseline (--set "

@@ -1047,8 +1047,16 @@ def tokenize_collected(
                         "unfinished. Raise model.max_seq_length, or set data.too_long: drop to leave those examples "
                         "out.")
         logging.getLogger("medqlora").warning(warnings[-1])
+    dropped = sum(stats[c.name]["fitting"].get("dropped", 0) for c in collected)
+    if dropped and data.too_long == "truncate":
+        warnings.append(f"{dropped} of {sum(len(c.examples) for c in collected)} examples were left out: the prompt "
+                        f"alone (with the chat template and system prompt) does not fit model.max_seq_length="
+                        f"{max_len}, so no answer could be kept even cut (data.too_long: truncate shortens only "
+                        "answers and pubmedqa contexts). Raise model.max_seq_length, or shorten those prompts.")
+        logging.getLogger("medqlora").warning(warnings[-1])
     stats["total"] = {
         "answers_truncated": cut,
+        "prompts_too_long": dropped if data.too_long == "truncate" else 0,
         "warnings": warnings,
         "train": len(train),
         "validation": len(validation),

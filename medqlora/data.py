@@ -229,16 +229,49 @@ def _long_int_field(value: Any, name: str = "") -> str | None:
     return None
 
 
+class _Twice(dict):
+    """A JSON object that named a key more than once (json keeps the last value): `twice` is that key."""
+    twice = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a dict as json builds it, marked when a key comes twice (refused once the row is known)."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    marked = _Twice(value)
+    marked.twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+    return marked
+
+
+def _twice_field(value: Any, name: str = "") -> str | None:
+    """The key (a.b[2].key) a JSON object of this parsed value names twice, if any."""
+    if isinstance(value, _Twice):
+        return f"{name}.{value.twice}" if name else value.twice
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _twice_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
+        if found:
+            return found
+    return None
+
+
 def _refuse_long_ints(value: Any, where: str) -> None:
     found = _long_int_field(value)
     if found:
         raise DataError(f"{where}: field '{printable(found, 120)}' holds an integer too long to read (over 4000 "
                         "digits). Write it as a quoted string, or remove it.")
+    twice = _twice_field(value)
+    if twice:
+        raise DataError(f"{where}: key '{printable(twice, 120)}' appears twice in one object (JSON would keep only "
+                        "the last value). Keep one of them.")
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int)
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int,
+                             object_pairs_hook=_pairs)
     except json.JSONDecodeError as err:
         hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
             err.msg == "Extra data" else ""
@@ -265,7 +298,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line, parse_int=_parse_int)
+                row = json.loads(line, parse_int=_parse_int, object_pairs_hook=_pairs)
             except ValueError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
                                 "JSON object.") from None

@@ -364,6 +364,19 @@ def test_an_integer_too_long_to_read_names_file_row_and_field(tmp_path, name, co
     assert "sys." not in message
 
 
+@pytest.mark.parametrize("name, content, row, key", [
+    ("my.jsonl", '{"instruction": "Q?", "output": "A."}\n{"instruction": "Q?", "output": "first answer", '
+     '"output": "second answer"}\n', "my.jsonl:2", "output"),
+    ("my.json", '[{"instruction": "Q?", "output": "A."}, {"instruction": "Q?", "output": "A.", '
+     '"meta": {"id": 1, "id": 2}}]', "my.json row 2", "meta.id"),
+])
+def test_a_key_given_twice_in_a_json_row_is_refused_with_file_row_and_key(tmp_path, name, content, row, key):
+    (tmp_path / name).write_text(content)
+    message = refused(DatasetSpec(source=str(tmp_path / name), format="instruction"))
+    assert message == (f"{tmp_path}/{row}: key '{key}' appears twice in one object (JSON would keep only the last "
+                       "value). Keep one of them.")
+
+
 def test_data_text_in_messages_is_printable(tmp_path):
     path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
                                                 {"instruction": "Q?", "answer_idx": 1}])

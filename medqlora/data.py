@@ -790,7 +790,12 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
     if spec.max_samples is not None:
         examples = examples[: spec.max_samples]
     if spec.weight != 1.0:
+        pool = len(examples)
         examples = _weighted(examples, spec.weight, rng)
+        if pool and not examples:
+            raise DataError(f"Dataset '{printable(spec.source, 200)}': weight {spec.weight:g} of its {pool} "
+                            f"example{'s' if pool > 1 else ''} rounds to 0 draws, so nothing of it would be trained "
+                            f"on. Give it a weight of at least {1 / pool:.4g} (one draw), or leave it out.")
     examples = first + examples
     info["used"] = len(examples)
     if not examples:

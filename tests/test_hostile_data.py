@@ -377,6 +377,18 @@ def test_a_key_given_twice_in_a_json_row_is_refused_with_file_row_and_key(tmp_pa
                        "value). Keep one of them.")
 
 
+def test_a_weight_that_rounds_to_no_draws_is_refused_with_the_smallest_weight_that_draws_one(tmp_path):
+    rows = [{"instruction": f"Question {i}?", "output": "A."} for i in range(16)]
+    path = write_jsonl(tmp_path / "my.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        build_examples(DatasetSpec(source=str(path), format="instruction", weight=0.001), rows, seed=0)
+    assert str(err.value) == (f"Dataset '{path}': weight 0.001 of its 16 examples rounds to 0 draws, so nothing of "
+                              "it would be trained on. Give it a weight of at least 0.0625 (one draw), or leave it out.")
+    assert "holding out" not in str(err.value)
+    examples, info = build_examples(DatasetSpec(source=str(path), format="instruction", weight=0.0625), rows, seed=0)
+    assert len(examples) == info["used"] == 1
+
+
 def test_data_text_in_messages_is_printable(tmp_path):
     path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
                                                 {"instruction": "Q?", "answer_idx": 1}])

@@ -325,6 +325,13 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 return rows
             if any("\x00" in cell for cell in header):
                 raise DataError(f"{path}:{reader.line_num}: contains a NUL byte: is it a binary file rather than CSV?")
+            if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+                mark = ";" if header[0].count(";") >= header[0].count("\t") else "\t"
+                what = "semicolons" if mark == ";" else "tabs"
+                raise DataError(f"{path}:{reader.line_num}: the header is one column, '{printable(header[0], 120)}', "
+                                f"with {what} in it: the file looks delimited by {what}, not by commas. A .csv data "
+                                "file must be comma-separated: save it with commas (quoting cells that contain commas), "
+                                "or as .jsonl.")
             named = [name for name in header if name != ""]
             twice = sorted({name for name in named if named.count(name) > 1})
             if twice:

@@ -389,6 +389,21 @@ def test_a_weight_that_rounds_to_no_draws_is_refused_with_the_smallest_weight_th
     assert len(examples) == info["used"] == 1
 
 
+@pytest.mark.parametrize("mark, what", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_delimited_by_semicolons_or_tabs_is_refused_naming_the_delimiter(tmp_path, mark, what):
+    path = tmp_path / "semi.csv"
+    path.write_text(f"instruction{mark}output\nWhat is aspirin?{mark}A drug.\n")
+    message = refused(DatasetSpec(source=str(path), format="instruction"))
+    header = "'instruction" + ("\\t" if mark == "\t" else mark) + "output'"  # the tab written as \t
+    assert message == (f"{path}:1: the header is one column, {header}, with {what} in it: the file looks delimited "
+                       f"by {what}, not by commas. A .csv data file must be comma-separated: save it with commas "
+                       "(quoting cells that contain commas), or as .jsonl.")
+    assert "columns:" not in message
+    one = tmp_path / "one.csv"
+    one.write_text("instruction\nWhat is aspirin?; a drug\n")  # one real column: the usual missing-column advice
+    assert "Map yours with 'columns:'" in refused(DatasetSpec(source=str(one), format="instruction"))
+
+
 def test_data_text_in_messages_is_printable(tmp_path):
     path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
                                                 {"instruction": "Q?", "answer_idx": 1}])

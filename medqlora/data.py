@@ -14,9 +14,11 @@ Values from the data are shown through ``secrets.printable`` (control characters
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import statistics
@@ -121,8 +123,39 @@ def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
         _no_hub_options(spec, local)
         return _load_folder(local) if local.is_dir() else _load_local(local)
     if looks_local(spec.source):
-        raise DataError(f"Dataset file '{printable(spec.source)}' not found (looked in {Path.cwd()} and {KIT_ROOT}).")
+        raise DataError(_not_found(spec.source))
     return _load_hub(spec)
+
+
+def _not_found(source: str) -> str:
+    """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
+    (an absolute path in none; each folder named once)."""
+    name = f"Dataset file '{printable(source)}'"
+    try:
+        named = Path(source).expanduser()
+        places = [named] if named.is_absolute() else list(dict.fromkeys([Path.cwd() / named, KIT_ROOT / named]))
+        for path in places:
+            if path.is_symlink():
+                try:
+                    path.resolve(strict=True)
+                except RuntimeError:  # Python 3.11 reports a loop so
+                    loop = True
+                except OSError as err:
+                    loop = err.errno == errno.ELOOP
+                else:
+                    continue
+                where = "" if named.is_absolute() else f" ({printable(str(path), 200)})"
+                if loop:
+                    return (f"{name}{where} is a symbolic link that loops back to itself: point it, or a link it "
+                            "leads through, at a real file.")
+                return (f"{name}{where} is a symbolic link to {printable(os.readlink(path), 200)}, which does not "
+                        "exist: point it at a real file.")
+    except (OSError, ValueError):
+        return f"{name} not found."
+    if named.is_absolute():
+        return f"{name} not found."
+    folders = list(dict.fromkeys([str(Path.cwd()), str(KIT_ROOT)]))
+    return f"{name} not found (looked in {' and '.join(folders)})."
 
 
 def _no_hub_options(spec: DatasetSpec, local: Path) -> None:

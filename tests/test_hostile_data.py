@@ -404,6 +404,30 @@ def test_a_csv_delimited_by_semicolons_or_tabs_is_refused_naming_the_delimiter(t
     assert "Map yours with 'columns:'" in refused(DatasetSpec(source=str(one), format="instruction"))
 
 
+def test_a_missing_source_names_each_folder_once_and_a_link_loop_as_such(tmp_path, monkeypatch):
+    from medqlora import data as data_module
+
+    (tmp_path / "loop1.jsonl").symlink_to("loop2.jsonl")
+    (tmp_path / "loop2.jsonl").symlink_to("loop1.jsonl")
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    loop = tmp_path / "loop1.jsonl"
+    assert refused(DatasetSpec(source=str(loop), format="instruction")) == (
+        f"Dataset file '{loop}' is a symbolic link that loops back to itself: point it, or a link it leads through, "
+        "at a real file.")
+    dangling = tmp_path / "dangling.jsonl"
+    assert refused(DatasetSpec(source=str(dangling), format="instruction")) == (
+        f"Dataset file '{dangling}' is a symbolic link to {tmp_path / 'gone.jsonl'}, which does not exist: point it "
+        "at a real file.")
+    absent = tmp_path / "absent.jsonl"
+    assert refused(DatasetSpec(source=str(absent), format="instruction")) == f"Dataset file '{absent}' not found."
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data_module, "KIT_ROOT", tmp_path)
+    assert refused(DatasetSpec(source="absent.jsonl", format="instruction")) == (
+        f"Dataset file 'absent.jsonl' not found (looked in {tmp_path}).")  # the one folder, once
+    assert refused(DatasetSpec(source="loop2.jsonl", format="instruction")).startswith(
+        f"Dataset file 'loop2.jsonl' ({tmp_path / 'loop2.jsonl'}) is a symbolic link that loops back to itself")
+
+
 def test_data_text_in_messages_is_printable(tmp_path):
     path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
                                                 {"instruction": "Q?", "answer_idx": 1}])
@@ -597,7 +621,7 @@ def test_dry_run_checks_local_rows_beside_a_hub_source_and_refuses_a_missing_pat
     for missing in ("./nope.jsonl", "nope.parquet", "~/nope/train.csv"):
         assert main(["--dry-run", "--set", f"data.datasets=[{{source: '{missing}', format: instruction}}]"]) == 2
         err = capsys.readouterr().err
-        assert_one_message(err, "not found (looked in")
+        assert_one_message(err, "train.csv' not found." if missing.startswith("~") else "not found (looked in")
         assert "Offline?" not in err
     hub_only = "data.datasets=[{source: someone/some-hub-set, format: instruction}]"
     assert main(["--dry-run", "--set", hub_only]) == 0  # hub sources are not downloaded by a dry run

@@ -428,6 +428,26 @@ def test_a_missing_source_names_each_folder_once_and_a_link_loop_as_such(tmp_pat
         f"Dataset file 'loop2.jsonl' ({tmp_path / 'loop2.jsonl'}) is a symbolic link that loops back to itself")
 
 
+def test_a_jsonl_queries_file_is_refused_saying_the_queries_file_is_yaml(tmp_path):
+    from medqlora.errors import ConfigError
+    from medqlora.generate import load_queries
+
+    lines = [{"id": "q1", "question": "What is anaemia?"}, {"id": "q2", "question": "Why?"}]
+    jsonl = write_jsonl(tmp_path / "q.jsonl", lines)
+    with pytest.raises(ConfigError) as err:
+        load_queries(str(jsonl))
+    assert str(err.value).startswith(f"generation.queries_file {jsonl}: the queries file is YAML, a list of "
+                                     "{id, question} entries under 'queries:'")
+    assert "JSONL, one JSON object a line, is not read" in str(err.value) and "unknown key" not in str(err.value)
+    one = write_jsonl(tmp_path / "q.yaml", lines[:1])  # one JSON line under a YAML name
+    with pytest.raises(ConfigError) as err:
+        load_queries(str(one))
+    assert str(err.value).startswith(f"{one}:1: one {{id, question}} object, not a list: the queries file is YAML")
+    assert str(err.value).endswith("Put '- ' before each entry, under 'queries:'.")
+    (tmp_path / "ok.yaml").write_text("".join(f"- {json.dumps(line)}\n" for line in lines))
+    assert [q["id"] for q in load_queries(str(tmp_path / "ok.yaml"))] == ["q1", "q2"]
+
+
 def test_data_text_in_messages_is_printable(tmp_path):
     path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
                                                 {"instruction": "Q?", "answer_idx": 1}])

@@ -363,8 +363,8 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 what = "semicolons" if mark == ";" else "tabs"
                 raise DataError(f"{path}:{reader.line_num}: the header is one column, '{printable(header[0], 120)}', "
                                 f"with {what} in it: the file looks delimited by {what}, not by commas. A .csv data "
-                                "file must be comma-separated: save it with commas (quoting cells that contain commas), "
-                                "or as .jsonl.")
+                                "file must be comma-separated: save it with commas (quoting cells that contain "
+                                "commas), or as .jsonl.")
             named = [name for name in header if name != ""]
             twice = sorted({name for name in named if named.count(name) > 1})
             if twice:

@@ -383,7 +383,8 @@ def test_a_weight_that_rounds_to_no_draws_is_refused_with_the_smallest_weight_th
     with pytest.raises(DataError) as err:
         build_examples(DatasetSpec(source=str(path), format="instruction", weight=0.001), rows, seed=0)
     assert str(err.value) == (f"Dataset '{path}': weight 0.001 of its 16 examples rounds to 0 draws, so nothing of "
-                              "it would be trained on. Give it a weight of at least 0.0625 (one draw), or leave it out.")
+                              "it would be trained on. Give it a weight of at least 0.0625 (one draw), or leave it "
+                              "out.")
     assert "holding out" not in str(err.value)
     examples, info = build_examples(DatasetSpec(source=str(path), format="instruction", weight=0.0625), rows, seed=0)
     assert len(examples) == info["used"] == 1

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 from .backends import stop_token_ids
 from .config import KitConfig
 from .data import query_prompt
+from .errors import ConfigError
+
 
 def chat_messages(tokenizer: Any, system_prompt: str | None, turns: list[tuple[str, str]],
                   user: str) -> list[dict[str, str]]:
@@ -50,17 +52,42 @@ class Conversation:
     limit: int  # tokens the prompt may use: the model's context less the reply's budget
     turns: list[tuple[str, str]] = field(default_factory=list)
     dropped: int = 0  # turns left out because the history outgrew the context
+    asked: str = ""  # the last user message as it went into the prompt (cut when it alone did not fit)
+    cut: str | None = None  # why and how much of the last user message was cut, for stderr
+
+    def _render(self, user: str) -> tuple[str, int]:
+        text = self.tokenizer.apply_chat_template(
+            chat_messages(self.tokenizer, self.system_prompt, self.turns, user), tokenize=False,
+            add_generation_prompt=True)
+        return text, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt(self, user: str) -> str:
-        """The templated prompt for ``user`` after the history, oldest turns dropped until it fits."""
+        """The templated prompt for ``user`` after the history, oldest turns dropped until it fits; when the
+        message alone does not fit, its start is kept (the end replaced by ' ...') and ``cut`` says so."""
+        self.asked, self.cut = user, None
         while True:
-            text = self.tokenizer.apply_chat_template(
-                chat_messages(self.tokenizer, self.system_prompt, self.turns, user), tokenize=False,
-                add_generation_prompt=True)
-            if not self.turns or len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) <= self.limit:
+            text, size = self._render(user)
+            if size <= self.limit:
                 return text
+            if not self.turns:
+                break
             self.turns.pop(0)
             self.dropped += 1
+        ids = self.tokenizer(user, add_special_tokens=False)["input_ids"]
+        keep = len(ids) - (size - self.limit) - 8
+        while keep > 0:
+            asked = self.tokenizer.decode(ids[:keep]) + " ..."
+            text, size = self._render(asked)
+            if size <= self.limit:
+                self.asked = asked
+                self.cut = (f"(your message was cut from {len(ids):,} to {keep:,} tokens, its start kept and its end "
+                            f"left out: the prompt may use {self.limit:,} tokens of the model's context, the rest "
+                            "is kept for generation.max_new_tokens. Shorten the message to ask it whole.)")
+                return text
+            keep -= size - self.limit + 8
+        raise ConfigError(f"The system prompt and chat template alone take more than the {self.limit:,} tokens a "
+                          "prompt may use (the model's context less generation.max_new_tokens): no message fits. "
+                          "Lower generation.max_new_tokens, or shorten the system prompt.")
 
     def add(self, user: str, reply: str) -> None:
         self.turns.append((user, reply))
@@ -137,7 +164,11 @@ def reply_budget(cfg: KitConfig, model: Any) -> int:
 def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: TextIO, err: TextIO) -> Reply:
     """--prompt: one answer to stdout, the disclaimer to stderr."""
     conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model))
-    reply = stream_reply(cfg, model, tokenizer, conversation.prompt(question), out)
+    prompt = conversation.prompt(question)
+    if conversation.cut:
+        err.write(f"{conversation.cut}\n")
+        err.flush()
+    reply = stream_reply(cfg, model, tokenizer, prompt, out)
     out.write("\n")
     out.flush()
     if cfg.generation.disclaimer:
@@ -178,11 +209,13 @@ def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: Te
         if conversation.dropped > before:
             err.write(f"(the {conversation.dropped - before} oldest turns no longer fit the model's context and "
                       "were left out)\n")
+        if conversation.cut:
+            err.write(f"{conversation.cut}\n")
         out.write("model> ")
         reply = stream_reply(cfg, model, tokenizer, prompt, out)
         out.write("\n")
         err.write(f"{reply.stats()}\n")
-        conversation.add(user, reply.text)
+        conversation.add(conversation.asked, reply.text)
         replies += 1
     out.write("\n")
     out.flush()

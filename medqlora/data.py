@@ -14,9 +14,11 @@ Values from the data are shown through ``secrets.printable`` (control characters
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import statistics
@@ -121,8 +123,39 @@ def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
         _no_hub_options(spec, local)
         return _load_folder(local) if local.is_dir() else _load_local(local)
     if looks_local(spec.source):
-        raise DataError(f"Dataset file '{printable(spec.source)}' not found (looked in {Path.cwd()} and {KIT_ROOT}).")
+        raise DataError(_not_found(spec.source))
     return _load_hub(spec)
+
+
+def _not_found(source: str) -> str:
+    """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
+    (an absolute path in none; each folder named once)."""
+    name = f"Dataset file '{printable(source)}'"
+    try:
+        named = Path(source).expanduser()
+        places = [named] if named.is_absolute() else list(dict.fromkeys([Path.cwd() / named, KIT_ROOT / named]))
+        for path in places:
+            if path.is_symlink():
+                try:
+                    path.resolve(strict=True)
+                except RuntimeError:  # Python 3.11 reports a loop so
+                    loop = True
+                except OSError as err:
+                    loop = err.errno == errno.ELOOP
+                else:
+                    continue
+                where = "" if named.is_absolute() else f" ({printable(str(path), 200)})"
+                if loop:
+                    return (f"{name}{where} is a symbolic link that loops back to itself: point it, or a link it "
+                            "leads through, at a real file.")
+                return (f"{name}{where} is a symbolic link to {printable(os.readlink(path), 200)}, which does not "
+                        "exist: point it at a real file.")
+    except (OSError, ValueError):
+        return f"{name} not found."
+    if named.is_absolute():
+        return f"{name} not found."
+    folders = list(dict.fromkeys([str(Path.cwd()), str(KIT_ROOT)]))
+    return f"{name} not found (looked in {' and '.join(folders)})."
 
 
 def _no_hub_options(spec: DatasetSpec, local: Path) -> None:
@@ -229,16 +262,49 @@ def _long_int_field(value: Any, name: str = "") -> str | None:
     return None
 
 
+class _Twice(dict):
+    """A JSON object that named a key more than once (json keeps the last value): `twice` is that key."""
+    twice = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a dict as json builds it, marked when a key comes twice (refused once the row is known)."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    marked = _Twice(value)
+    marked.twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+    return marked
+
+
+def _twice_field(value: Any, name: str = "") -> str | None:
+    """The key (a.b[2].key) a JSON object of this parsed value names twice, if any."""
+    if isinstance(value, _Twice):
+        return f"{name}.{value.twice}" if name else value.twice
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _twice_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
+        if found:
+            return found
+    return None
+
+
 def _refuse_long_ints(value: Any, where: str) -> None:
     found = _long_int_field(value)
     if found:
         raise DataError(f"{where}: field '{printable(found, 120)}' holds an integer too long to read (over 4000 "
                         "digits). Write it as a quoted string, or remove it.")
+    twice = _twice_field(value)
+    if twice:
+        raise DataError(f"{where}: key '{printable(twice, 120)}' appears twice in one object (JSON would keep only "
+                        "the last value). Keep one of them.")
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int)
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int,
+                             object_pairs_hook=_pairs)
     except json.JSONDecodeError as err:
         hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
             err.msg == "Extra data" else ""
@@ -265,7 +331,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line, parse_int=_parse_int)
+                row = json.loads(line, parse_int=_parse_int, object_pairs_hook=_pairs)
             except ValueError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
                                 "JSON object.") from None
@@ -292,6 +358,13 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 return rows
             if any("\x00" in cell for cell in header):
                 raise DataError(f"{path}:{reader.line_num}: contains a NUL byte: is it a binary file rather than CSV?")
+            if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+                mark = ";" if header[0].count(";") >= header[0].count("\t") else "\t"
+                what = "semicolons" if mark == ";" else "tabs"
+                raise DataError(f"{path}:{reader.line_num}: the header is one column, '{printable(header[0], 120)}', "
+                                f"with {what} in it: the file looks delimited by {what}, not by commas. A .csv data "
+                                "file must be comma-separated: save it with commas (quoting cells that contain "
+                                "commas), or as .jsonl.")
             named = [name for name in header if name != ""]
             twice = sorted({name for name in named if named.count(name) > 1})
             if twice:
@@ -757,7 +830,12 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
     if spec.max_samples is not None:
         examples = examples[: spec.max_samples]
     if spec.weight != 1.0:
+        pool = len(examples)
         examples = _weighted(examples, spec.weight, rng)
+        if pool and not examples:
+            raise DataError(f"Dataset '{printable(spec.source, 200)}': weight {spec.weight:g} of its {pool} "
+                            f"example{'s' if pool > 1 else ''} rounds to 0 draws, so nothing of it would be trained "
+                            f"on. Give it a weight of at least {1 / pool:.4g} (one draw), or leave it out.")
     examples = first + examples
     info["used"] = len(examples)
     if not examples:
@@ -1047,8 +1125,16 @@ def tokenize_collected(
                         "unfinished. Raise model.max_seq_length, or set data.too_long: drop to leave those examples "
                         "out.")
         logging.getLogger("medqlora").warning(warnings[-1])
+    dropped = sum(stats[c.name]["fitting"].get("dropped", 0) for c in collected)
+    if dropped and data.too_long == "truncate":
+        warnings.append(f"{dropped} of {sum(len(c.examples) for c in collected)} examples were left out: the prompt "
+                        f"alone (with the chat template and system prompt) does not fit model.max_seq_length="
+                        f"{max_len}, so no answer could be kept even cut (data.too_long: truncate shortens only "
+                        "answers and pubmedqa contexts). Raise model.max_seq_length, or shorten those prompts.")
+        logging.getLogger("medqlora").warning(warnings[-1])
     stats["total"] = {
         "answers_truncated": cut,
+        "prompts_too_long": dropped if data.too_long == "truncate" else 0,
         "warnings": warnings,
         "train": len(train),
         "validation": len(validation),

@@ -34,6 +34,11 @@ def load_queries(path_text: str) -> list[dict[str, str]]:
         path = KIT_ROOT / path_text
     if not path.exists():
         raise ConfigError(f"generation.queries_file: {printable(path_text, PATH_SHOWN)} not found.")
+    yaml_form = ("the queries file is YAML, a list of {id, question} entries under 'queries:' (e.g. '- id: q1' then "
+                 "'  question: ...'); JSONL, one JSON object a line, is not read")
+    if path.suffix.lower() == ".jsonl":
+        raise ConfigError(f"generation.queries_file {printable(path, PATH_SHOWN)}: {yaml_form}. Write the queries "
+                          "as YAML (each JSON line can become one '- {...}' entry) in a .yaml file.")
     items, lines = read_yaml_file(path, "generation.queries_file", max_values=MAX_QUERIES * 5 + 3,  # 5 per entry
                                   too_many=TOO_MANY_QUERIES)
     shown = printable(path, PATH_SHOWN)
@@ -41,6 +46,9 @@ def load_queries(path_text: str) -> list[dict[str, str]]:
     prefix: tuple = ()
     if isinstance(items, dict):
         extra = [k for k in items if k != "queries"]
+        if extra and all(k in QUERY_KEYS for k in items):  # one {id, question} object: a JSON line, perhaps
+            raise ConfigError(f"{shown}:{lines.get((extra[0],), 1)}: one {{id, question}} object, not a list: "
+                              f"{yaml_form}. Put '- ' before each entry, under 'queries:'.")
         if extra:
             raise ConfigError(f"{shown}:{lines.get((extra[0],), 1)}: unknown key {printable(repr(extra[0]), 80)}; "
                               f"{expected}.")

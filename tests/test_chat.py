@@ -62,6 +62,32 @@ def test_the_oldest_turns_are_dropped_when_the_history_outgrows_the_context(smol
     assert f"question {5}" in prompt  # the newest turn survives
 
 
+def test_a_message_longer_than_the_context_is_cut_to_fit_its_start_kept_with_a_note(smol_tokenizer, monkeypatch):
+    conversation = chat.Conversation(smol_tokenizer, SYSTEM, limit=120)
+    conversation.add("earlier question", "earlier answer")
+    message = "START why is the sky blue " + "why is the sky blue " * 300 + "END"
+    prompt = conversation.prompt(message)
+    assert len(smol_tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= 120
+    assert "START why is the sky blue" in prompt and "END" not in prompt and conversation.asked.endswith(" ...")
+    assert conversation.dropped == 1 and conversation.cut.startswith("(your message was cut from ")
+    assert "its start kept and its end left out" in conversation.cut
+    assert conversation.prompt("short") and conversation.cut is None  # a message that fits is whole
+    with pytest.raises(chat.ConfigError, match="no message fits. Lower generation.max_new_tokens"):
+        chat.Conversation(smol_tokenizer, "word " * 200, limit=40).prompt("hi")
+
+    seen = []
+    monkeypatch.setattr(chat, "stream_reply", lambda cfg, model, tok, prompt, out: seen.append(prompt) or
+                        chat.Reply("ok", 1, 0.01, 0.02))
+    cfg = load_config(None, [])
+    context = cfg.generation.max_new_tokens + 120
+    model = type("M", (), {"config": type("C", (), {"max_position_embeddings": context})()})()
+    out, err = io.StringIO(), io.StringIO()
+    chat.one_shot(cfg, model, smol_tokenizer, message, out, err)
+    assert "START" in seen[0] and "END" not in seen[0]
+    assert len(smol_tokenizer(seen[0], add_special_tokens=False)["input_ids"]) <= 120
+    assert err.getvalue().startswith("(your message was cut from ")
+
+
 def test_the_loop_keeps_history_resets_and_exits(smol_tokenizer, monkeypatch):
     seen = []
 

@@ -176,6 +176,41 @@ def test_answers_cut_to_fit_are_counted_and_warned_about(tmp_path, smol_tokenize
     assert roomy.stats["total"]["answers_truncated"] == 0 and roomy.stats["total"]["warnings"] == []
 
 
+def test_examples_whose_prompt_alone_is_too_long_are_counted_and_warned_about(tmp_path, smol_tokenizer):
+    import logging
+
+    from medqlora.data import tokenize_collected
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    own = tmp_path / "longprompt.jsonl"
+    rows = [{"instruction": f"Short question {i}?", "output": "Yes."} for i in range(4)]
+    rows += [{"instruction": "word " * 300 + f"{i}?", "output": "No."} for i in range(2)]
+    own.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataSection(datasets=[spec(source=str(own))], too_long="truncate", val_ratio=0)
+    keep, log = Keep(), logging.getLogger("medqlora")
+    log.addHandler(keep)
+    try:
+        prepared = tokenize_collected(collect(data, seed=0), data, smol_tokenizer, 128, seed=0)
+    finally:
+        log.removeHandler(keep)
+    total = prepared.stats["total"]
+    assert total["train"] == 4 and total["prompts_too_long"] == 2
+    [warning] = total["warnings"]
+    assert warning.startswith("2 of 6 examples were left out: the prompt alone")
+    assert "model.max_seq_length=128" in warning and "Raise model.max_seq_length" in warning
+    assert keep.messages == [warning]
+    data_drop = DataSection(datasets=[spec(source=str(own))], too_long="drop", val_ratio=0)
+    chosen = tokenize_collected(collect(data_drop, seed=0), data_drop, smol_tokenizer, 128, seed=0)
+    assert chosen.stats["total"]["warnings"] == []  # data.too_long: drop asked for it
+
+
 def test_length_statistics_are_recorded(smol_tokenizer):
     cfg = load_config(None, ["data.datasets.0.max_samples=40"])
     prepared = prepare(cfg.data, smol_tokenizer, max_len=256, seed=0)

@@ -364,6 +364,91 @@ def test_an_integer_too_long_to_read_names_file_row_and_field(tmp_path, name, co
     assert "sys." not in message
 
 
+@pytest.mark.parametrize("name, content, row, key", [
+    ("my.jsonl", '{"instruction": "Q?", "output": "A."}\n{"instruction": "Q?", "output": "first answer", '
+     '"output": "second answer"}\n', "my.jsonl:2", "output"),
+    ("my.json", '[{"instruction": "Q?", "output": "A."}, {"instruction": "Q?", "output": "A.", '
+     '"meta": {"id": 1, "id": 2}}]', "my.json row 2", "meta.id"),
+])
+def test_a_key_given_twice_in_a_json_row_is_refused_with_file_row_and_key(tmp_path, name, content, row, key):
+    (tmp_path / name).write_text(content)
+    message = refused(DatasetSpec(source=str(tmp_path / name), format="instruction"))
+    assert message == (f"{tmp_path}/{row}: key '{key}' appears twice in one object (JSON would keep only the last "
+                       "value). Keep one of them.")
+
+
+def test_a_weight_that_rounds_to_no_draws_is_refused_with_the_smallest_weight_that_draws_one(tmp_path):
+    rows = [{"instruction": f"Question {i}?", "output": "A."} for i in range(16)]
+    path = write_jsonl(tmp_path / "my.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        build_examples(DatasetSpec(source=str(path), format="instruction", weight=0.001), rows, seed=0)
+    assert str(err.value) == (f"Dataset '{path}': weight 0.001 of its 16 examples rounds to 0 draws, so nothing of "
+                              "it would be trained on. Give it a weight of at least 0.0625 (one draw), or leave it "
+                              "out.")
+    assert "holding out" not in str(err.value)
+    examples, info = build_examples(DatasetSpec(source=str(path), format="instruction", weight=0.0625), rows, seed=0)
+    assert len(examples) == info["used"] == 1
+
+
+@pytest.mark.parametrize("mark, what", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_delimited_by_semicolons_or_tabs_is_refused_naming_the_delimiter(tmp_path, mark, what):
+    path = tmp_path / "semi.csv"
+    path.write_text(f"instruction{mark}output\nWhat is aspirin?{mark}A drug.\n")
+    message = refused(DatasetSpec(source=str(path), format="instruction"))
+    header = "'instruction" + ("\\t" if mark == "\t" else mark) + "output'"  # the tab written as \t
+    assert message == (f"{path}:1: the header is one column, {header}, with {what} in it: the file looks delimited "
+                       f"by {what}, not by commas. A .csv data file must be comma-separated: save it with commas "
+                       "(quoting cells that contain commas), or as .jsonl.")
+    assert "columns:" not in message
+    one = tmp_path / "one.csv"
+    one.write_text("instruction\nWhat is aspirin?; a drug\n")  # one real column: the usual missing-column advice
+    assert "Map yours with 'columns:'" in refused(DatasetSpec(source=str(one), format="instruction"))
+
+
+def test_a_missing_source_names_each_folder_once_and_a_link_loop_as_such(tmp_path, monkeypatch):
+    from medqlora import data as data_module
+
+    (tmp_path / "loop1.jsonl").symlink_to("loop2.jsonl")
+    (tmp_path / "loop2.jsonl").symlink_to("loop1.jsonl")
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    loop = tmp_path / "loop1.jsonl"
+    assert refused(DatasetSpec(source=str(loop), format="instruction")) == (
+        f"Dataset file '{loop}' is a symbolic link that loops back to itself: point it, or a link it leads through, "
+        "at a real file.")
+    dangling = tmp_path / "dangling.jsonl"
+    assert refused(DatasetSpec(source=str(dangling), format="instruction")) == (
+        f"Dataset file '{dangling}' is a symbolic link to {tmp_path / 'gone.jsonl'}, which does not exist: point it "
+        "at a real file.")
+    absent = tmp_path / "absent.jsonl"
+    assert refused(DatasetSpec(source=str(absent), format="instruction")) == f"Dataset file '{absent}' not found."
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data_module, "KIT_ROOT", tmp_path)
+    assert refused(DatasetSpec(source="absent.jsonl", format="instruction")) == (
+        f"Dataset file 'absent.jsonl' not found (looked in {tmp_path}).")  # the one folder, once
+    assert refused(DatasetSpec(source="loop2.jsonl", format="instruction")).startswith(
+        f"Dataset file 'loop2.jsonl' ({tmp_path / 'loop2.jsonl'}) is a symbolic link that loops back to itself")
+
+
+def test_a_jsonl_queries_file_is_refused_saying_the_queries_file_is_yaml(tmp_path):
+    from medqlora.errors import ConfigError
+    from medqlora.generate import load_queries
+
+    lines = [{"id": "q1", "question": "What is anaemia?"}, {"id": "q2", "question": "Why?"}]
+    jsonl = write_jsonl(tmp_path / "q.jsonl", lines)
+    with pytest.raises(ConfigError) as err:
+        load_queries(str(jsonl))
+    assert str(err.value).startswith(f"generation.queries_file {jsonl}: the queries file is YAML, a list of "
+                                     "{id, question} entries under 'queries:'")
+    assert "JSONL, one JSON object a line, is not read" in str(err.value) and "unknown key" not in str(err.value)
+    one = write_jsonl(tmp_path / "q.yaml", lines[:1])  # one JSON line under a YAML name
+    with pytest.raises(ConfigError) as err:
+        load_queries(str(one))
+    assert str(err.value).startswith(f"{one}:1: one {{id, question}} object, not a list: the queries file is YAML")
+    assert str(err.value).endswith("Put '- ' before each entry, under 'queries:'.")
+    (tmp_path / "ok.yaml").write_text("".join(f"- {json.dumps(line)}\n" for line in lines))
+    assert [q["id"] for q in load_queries(str(tmp_path / "ok.yaml"))] == ["q1", "q2"]
+
+
 def test_data_text_in_messages_is_printable(tmp_path):
     path = write_jsonl(tmp_path / "my.jsonl", [{"instruction": "Q?", "output": "A.", "\x1b[2Jevil\nkey": 1},
                                                 {"instruction": "Q?", "answer_idx": 1}])
@@ -557,7 +642,7 @@ def test_dry_run_checks_local_rows_beside_a_hub_source_and_refuses_a_missing_pat
     for missing in ("./nope.jsonl", "nope.parquet", "~/nope/train.csv"):
         assert main(["--dry-run", "--set", f"data.datasets=[{{source: '{missing}', format: instruction}}]"]) == 2
         err = capsys.readouterr().err
-        assert_one_message(err, "not found (looked in")
+        assert_one_message(err, "train.csv' not found." if missing.startswith("~") else "not found (looked in")
         assert "Offline?" not in err
     hub_only = "data.datasets=[{source: someone/some-hub-set, format: instruction}]"
     assert main(["--dry-run", "--set", hub_only]) == 0  # hub sources are not downloaded by a dry run

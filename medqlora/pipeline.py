@@ -771,12 +771,20 @@ def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: 
 
 
 def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
-    """The model section an adapter was trained with (from its run's config.yaml), keeping the rest of cfg. An
-    adapter outside the kit's run folders keeps cfg's model (model.name), whatever files lie beside it."""
-    trained = _trained_model(adapter, cfg)
+    """The model and data sections an adapter was trained with (from its run's config.yaml: base model, chat
+    template, system prompt and prompt templates), so that its prompts are rendered as it was trained; eval,
+    generation, export and output stay cfg's. An adapter outside the kit's run folders keeps cfg's model and data
+    (model.name), whatever files lie beside it."""
+    run_folder = adapters.kit_run_folder(adapter)
+    if run_folder is None:
+        return cfg
+    run_cfg = load_config(run_folder / "config.yaml")
+    trained = run_cfg.model
     if trained.name != cfg.model.name:
         say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
-    return cfg.model_copy(update={"model": trained})
+    if run_cfg.data.system_prompt != cfg.data.system_prompt:
+        say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
+    return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
 
 
 def _trained_model(adapter: Path, cfg: KitConfig) -> Any:

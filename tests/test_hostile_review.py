@@ -216,3 +216,23 @@ def test_resuming_a_run_whose_config_was_edited_names_the_key(tiny_model_dir, tm
     assert main(["--mode", "train", "--resume", str(run)]) == 2
     assert_one_message(capsys.readouterr().err, fragment)
     assert (run / "manifest.json").read_text() == before and not (run / "adapter").exists()  # nothing trained
+
+
+def test_adapter_modes_render_prompts_with_the_runs_own_system_prompt(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from medqlora import generate, pipeline
+
+    trained_with = 'Answer briefly and end with "consult a doctor".'
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "output.run_name": "r", "data.system_prompt": trained_with, "training.max_steps": "1"})) == 0
+    seen = []
+    real = generate.render_prompt
+    monkeypatch.setattr(generate, "render_prompt", lambda tok, system, user: seen.append(system) or real(tok, system,
+                                                                                                      user))
+    capsys.readouterr()
+    # the caller's config has the default system prompt: the run's own is used
+    assert main(["--mode", "test", "--adapter", str(tmp_path / "r"), "--set", "generation.max_new_tokens=2"]) == 0
+    assert seen and set(seen) == {trained_with}
+    assert "trained with" in capsys.readouterr().out
+    cfg = pipeline.adapter_run_config(tmp_path / "r" / "adapter", load_config(None, ["export.formats=[gguf]"]))
+    assert cfg.data.system_prompt == trained_with and cfg.export.formats == ["gguf"]
+    assert cfg.model.name == str(tiny_model_dir)

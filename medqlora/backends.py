@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import adapters
 from .config import KitConfig
 from .distributed import local_rank, sharding, world_size
 from .errors import ConfigError, ModelError
@@ -574,6 +575,7 @@ def _trainable_adapter(model: Any, cfg: KitConfig) -> Any:
     except Exception as err:
         raise ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
                          f"{type(err).__name__}: {printable(str(err), 300)}") from None
+    adapters.check_loaded(model, Path(folder))
     _refuse_non_finite_adapter(model, Path(folder))
     return model
 
@@ -605,6 +607,7 @@ def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runti
             f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
             "Was it trained on a different base model? Check model.name in the run's config.yaml."
         ) from None
+    adapters.check_loaded(model, Path(adapter_dir))
     _refuse_non_finite_adapter(model, adapter_dir)
     prepare_for_generation(model, runtime)
     return model

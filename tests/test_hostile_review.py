@@ -236,3 +236,30 @@ def test_adapter_modes_render_prompts_with_the_runs_own_system_prompt(tiny_model
     cfg = pipeline.adapter_run_config(tmp_path / "r" / "adapter", load_config(None, ["export.formats=[gguf]"]))
     assert cfg.data.system_prompt == trained_with and cfg.export.formats == ["gguf"]
     assert cfg.model.name == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("damage", ["layer_deleted", "dora_without_magnitudes"])
+def test_an_adapter_missing_tensors_its_config_implies_is_refused(tiny_model_dir, tmp_path, capsys, damage):
+    from safetensors.torch import load_file, save_file
+
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "output.run_name": "r", "training.max_steps": "1"})) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "r" / "adapter", copy)
+    weights = load_file(copy / "adapter_model.safetensors")
+    if damage == "layer_deleted":
+        kept = {k: v for k, v in weights.items() if "layers.1." not in k}
+        save_file(kept, str(copy / "adapter_model.safetensors"))
+        fragment = f"lacks {len(weights) - len(kept)} tensors"
+    else:
+        config = json.loads((copy / "adapter_config.json").read_text())
+        (copy / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+        fragment = "magnitude vectors of DoRA"
+    capsys.readouterr()
+    code = main(["--mode", "test", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}",
+                 "--set", f"output.dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert_one_message(err, fragment)
+    assert "is incomplete" in err and "e.g. base_model.model." in err
+    assert not list((tmp_path / "out").glob("*/sample_responses*"))

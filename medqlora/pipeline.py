@@ -257,6 +257,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
     cfg = load_config(saved)
     _check_resumable_config(run, cfg, checkpoint)
+    _check_resumable_data(run, cfg)
     return run, cfg, checkpoint
 
 
@@ -280,13 +281,37 @@ def trained_settings(cfg: KitConfig) -> dict[str, Any]:
     return flat
 
 
-def recorded_settings(run: RunDir) -> dict[str, Any] | None:
-    """The settings the run's manifest says its training started with (None: not recorded)."""
+def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, Any] | None:
+    """The settings the run's manifest says its training started with (None: not recorded); key "data": the
+    fingerprints of the data it trained on."""
     try:
-        recorded = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get("trained_settings")
+        recorded = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     return recorded if isinstance(recorded, dict) else None
+
+
+def _check_resumable_data(run: RunDir, cfg: KitConfig) -> None:
+    """Every local data file the run trained on must still hold what it held (the manifest records its sha256):
+    a checkpoint continues the data order of the rows it started with, not of another file."""
+    recorded = recorded_settings(run, "data")
+    for name, was in (recorded or {}).items():
+        index = name.split(":", 1)[0]
+        if not (isinstance(was, str) and was.startswith("sha256:") and index.isdigit()
+                and int(index) < len(cfg.data.datasets)):
+            continue
+        spec = cfg.data.datasets[int(index)]
+        try:
+            now = data.fingerprint(spec)
+        except OSError:
+            now = None
+        if now != was:
+            how = "is gone" if now is None or data.resolve_local(spec.source) is None else "was changed"
+            raise ModelError(
+                f"--resume: the training data of data.datasets.{index} ({printable(spec.source, 160)}) {how} since "
+                f"the run started training (its manifest records {was[:19]}...). A checkpoint continues the training "
+                "of the rows it started with: restore that file, or train a new run on the new data (without "
+                "--resume).")
 
 
 def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
@@ -344,8 +369,10 @@ def run_train(
         say(f"{how} {distributed.world_size()} processes share each batch")
     cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
-    if checkpoint and recorded_settings(run) is not None:  # kept, should the resumed run stop before training
-        facts["trained_settings"] = recorded_settings(run)
+    if checkpoint:  # kept, should the resumed run stop before training
+        for key in ("trained_settings", "data"):
+            if recorded_settings(run, key) is not None:
+                facts[key] = recorded_settings(run, key)
 
     def record(status: str, **extra: Any) -> None:
         facts.update(extra, status=status)

@@ -263,3 +263,31 @@ def test_an_adapter_missing_tensors_its_config_implies_is_refused(tiny_model_dir
     assert_one_message(err, fragment)
     assert "is incomplete" in err and "e.g. base_model.model." in err
     assert not list((tmp_path / "out").glob("*/sample_responses*"))
+
+
+def test_resuming_after_the_training_data_changed_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from medqlora import train
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
+                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"What treats condition {i}?", "output": f"Drug {i}."}) + "\n"
+                              for i in range(12)))
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "data.datasets": f"[{{source: {source}, format: instruction}}]", "training.max_steps": "4",
+        "training.save_steps": "2", "output.run_name": "r"})) == 0
+    run = tmp_path / "r"
+    real_rmtree(run / "adapter")
+    source.write_text("".join(json.dumps({"instruction": f"Which dose for case {i}?", "output": f"{i} mg."}) + "\n"
+                              for i in range(30)))
+    before = {name: (run / name).read_text() for name in ("manifest.json", "training_items.jsonl")}
+    capsys.readouterr()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    assert_one_message(capsys.readouterr().err, "the training data of data.datasets.0")
+    assert {name: (run / name).read_text() for name in before} == before and not (run / "adapter").exists()
+    source.unlink()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert_one_message(err, "is gone since the run started training")
+    assert "restore that file, or train a new run" in err

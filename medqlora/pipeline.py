@@ -831,8 +831,24 @@ def _find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | Non
     if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
         RunDir(adapter.run).check_links()
     model = _trained_model(adapter.folder, cfg)
-    adapters.check_base(adapter, model.name, backends.config_source(model.name), model.trust_remote_code)
+    source = backends.config_source(model.name)
+    adapters.check_base(adapter, model.name, source, model.trust_remote_code)
+    named = adapter.config.get("base_model_name_or_path") or ""
+    if adapter.run is None and named and not _same_model(named, model.name, source):
+        say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
+            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. If it was trained on "
+            f"{printable(named, 120)}, set --set model.name={printable(named, 120)}.")
     return adapter.folder
+
+
+def _same_model(named: str, name: str, source: str | None) -> bool:
+    """Whether an adapter's base_model_name_or_path names the model ``name`` (also by its local folder)."""
+    if named in (name, source):
+        return True
+    try:
+        return any(Path(named).expanduser().resolve() == Path(n).expanduser().resolve() for n in (name, source) if n)
+    except (OSError, ValueError):
+        return False
 
 def _run_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefix: str) -> RunDir:
     """The adapter's own run folder; a new one under output.dir for the base model, or for an adapter that is not

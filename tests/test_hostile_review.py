@@ -291,3 +291,19 @@ def test_resuming_after_the_training_data_changed_is_refused(tiny_model_dir, tmp
     err = capsys.readouterr().err
     assert_one_message(err, "is gone since the run started training")
     assert "restore that file, or train a new run" in err
+
+
+def test_a_foreign_adapter_naming_another_base_says_so(tiny_model_dir, tmp_path, capsys):
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "output.run_name": "r", "training.max_steps": "1"})) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "r" / "adapter", copy)
+    capsys.readouterr()
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}"]) == 0
+    assert "names" not in capsys.readouterr().out  # trained on this very model: nothing to say
+    config = json.loads((copy / "adapter_config.json").read_text())
+    (copy / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path":
+                                                          "meta-llama/Llama-2-70b-hf"}))
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "names meta-llama/Llama-2-70b-hf as its base model; it is loaded onto model.name" in out, out[-2000:]

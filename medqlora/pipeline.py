@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
+from . import (adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, signals,
+               tracking)
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
 from .runs import RunDir, check_output_dir, size_mb, latest_run_with_adapter, log, manifest
@@ -386,8 +387,12 @@ def run_train(
         return _train_in(cfg, runtime, run, record, started, collected, benchmarks, checkpoint)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
-        log.error("run %s: %s", status, err)
-        record(status, error=str(err)[:2000])
+        stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
+                 if status == "interrupted" else "failed during evaluation after training: the adapter is saved",
+                 "loading": f"{status} before training"}.get(facts.get("status"))
+        reason = str(err) or f"interrupted ({signals.name(signals.received())})"
+        log.error("run %s: %s", status, reason)
+        record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
         raise
 
 
@@ -521,7 +526,10 @@ def _train_in(
     if model is not None:
         backends.prepare_for_generation(model, runtime)
     if benchmarks:
-        tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+        try:
+            tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+        except KeyboardInterrupt:
+            raise interrupted_after_training(run, "the evaluation", "eval") from None
         m = result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
@@ -762,12 +770,24 @@ def run_export(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) 
     say(f"exporting {printable(adapter)} ({', '.join(cfg.export.formats)})")
     return export.run_export(cfg, adapter, say, run)
 
+def interrupted_after_training(run: RunDir, work: str, mode: str) -> TrainingInterrupted:
+    """A signal after the adapter was saved (during the evaluation or the sample answers of --mode full): the
+    message says the adapter is saved and how to finish the work."""
+    return TrainingInterrupted(
+        f"interrupted ({signals.name(signals.received())}) during {work} after training. This run's adapter is "
+        f"saved in {printable(run.adapter)}; finish {work} with: python medical_qlora_finetuning.py --mode {mode} "
+        f"--adapter {printable(run.path)}")
+
+
 @contextmanager
 def recorded_in_manifest(run: RunDir) -> Iterator[None]:
     """Work after training (answering the sample queries): if it stops, the manifest says how, with the
-    cause, instead of "trained" (the adapter stays saved)."""
+    cause, instead of "trained" (the adapter stays saved); a signal says how to answer them later."""
     try:
-        yield
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise interrupted_after_training(run, "answering the sample queries", "test") from None
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
         saved = run.path / "manifest.json"
@@ -776,7 +796,9 @@ def recorded_in_manifest(run: RunDir) -> Iterator[None]:
         except (OSError, ValueError):
             facts = {}
         facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
-                     failed_after="training: the adapter is saved")
+                     failed_after="training: the adapter is saved",
+                     stage=f"{'interrupted' if interrupted else 'failed'} while answering the sample queries after "
+                           "training: the adapter is saved")
         log.error("run %s after training: %s", facts["status"], err)
         run.write_json("manifest.json", facts)
         raise

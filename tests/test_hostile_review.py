@@ -307,3 +307,32 @@ def test_a_foreign_adapter_naming_another_base_says_so(tiny_model_dir, tmp_path,
     assert main(["--mode", "test", "--dry-run", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}"]) == 0
     out = capsys.readouterr().out
     assert "names meta-llama/Llama-2-70b-hf as its base model; it is loaded onto model.name" in out, out[-2000:]
+
+
+def test_a_signal_during_the_evaluation_after_training_says_the_adapter_is_saved(tiny_model_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import signal
+
+    from medqlora import pipeline, signals
+
+    real = pipeline._evaluate
+
+    def terminated(cfg, model, tokenizer, benchmarks, stage):
+        if stage == "fine-tuned":
+            signals._received = signal.SIGTERM
+            raise KeyboardInterrupt
+        return real(cfg, model, tokenizer, benchmarks, stage)
+
+    monkeypatch.setattr(pipeline, "_evaluate", terminated)
+    code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "full", **{
+        "output.run_name": "sig", "training.max_steps": "1", "eval.benchmarks.0.max_items": "2"}))
+    err = capsys.readouterr().err
+    run = tmp_path / "sig"
+    assert code == 143 and "Traceback" not in err, err[-2000:]
+    assert "Nothing of earlier runs was changed" not in err
+    assert "interrupted (SIGTERM) during the evaluation after training" in err
+    assert f"saved in {run / 'adapter'}" in err and f"--mode eval --adapter {run}" in err
+    facts = json.loads((run / "manifest.json").read_text())
+    assert facts["status"] == "interrupted" and facts["stage"].startswith("interrupted during evaluation after training")
+    assert "SIGTERM" in facts["error"]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()

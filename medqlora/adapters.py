@@ -72,6 +72,10 @@ def locate(arg: str) -> Path:
     path = Path(arg).expanduser()
     if path.is_dir() and (path / "adapter" / CONFIG_NAME).is_file():
         path = path / "adapter"
+    if path.is_file():
+        raise ModelError(f"--adapter {printable(arg)} is a file ({printable(path.name, 80)}); --adapter takes the folder "
+                         f"that holds {CONFIG_NAME} and the weights: --adapter {printable(path.parent)} (or the run "
+                         "folder above it).")
     if not (path / CONFIG_NAME).is_file():
         raise ModelError(f"--adapter {printable(arg)}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder).")
     return path

@@ -479,6 +479,8 @@ def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -
 
     if (target / "convert_hf_to_gguf.py").is_file():
         return target
+    if target.parent == backends.CACHE_DIR:
+        backends.check_cache_dir()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
                         "--no-binary", ":all:", "-d", tmp], check=True)

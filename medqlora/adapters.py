@@ -72,6 +72,10 @@ def locate(arg: str) -> Path:
     path = Path(arg).expanduser()
     if path.is_dir() and (path / "adapter" / CONFIG_NAME).is_file():
         path = path / "adapter"
+    if path.is_file():
+        raise ModelError(f"--adapter {printable(arg)} is a file ({printable(path.name, 80)}); --adapter takes the folder "
+                         f"that holds {CONFIG_NAME} and the weights: --adapter {printable(path.parent)} (or the run "
+                         "folder above it).")
     if not (path / CONFIG_NAME).is_file():
         raise ModelError(f"--adapter {printable(arg)}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder).")
     return path
@@ -289,3 +293,27 @@ def _lookup(module: str, features: dict[str, tuple[int, int]]) -> tuple[int, int
         return features[module]
     tails = [name for name in features if name.endswith(f".{module}") or module.endswith(f".{name}")]
     return features[tails[0]] if len(tails) == 1 else None
+
+
+# ---------------------------------------------------------------- after loading
+
+
+def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
+    """Refuse an adapter whose safetensors lack tensors its adapter_config.json implies (a partial copy, layers
+    deleted, use_dora without its magnitude vectors): PEFT would fill them in with fresh values, with a warning.
+    ``model`` is the PeftModel just loaded from ``folder``."""
+    from peft import get_peft_model_state_dict
+
+    try:
+        expected = set(get_peft_model_state_dict(model))
+    except Exception:  # a model PEFT cannot describe: nothing to compare with
+        return
+    present = set(header_shapes(folder / WEIGHTS_NAME))
+    missing = sorted(expected - present)
+    if missing:
+        what = ("magnitude vectors of DoRA (its config says use_dora: true)"
+                if all("lora_magnitude_vector" in k for k in missing) else "tensors")
+        raise ModelError(
+            f"The adapter in {printable(where or folder)} is incomplete: {WEIGHTS_NAME} lacks {len(missing)} "
+            f"{what} that its {CONFIG_NAME} implies (e.g. {printable(missing[0], 160)}). Loading it would put "
+            "freshly made values in their place. Copy the whole adapter again, or train it again.")

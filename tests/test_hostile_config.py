@@ -296,6 +296,7 @@ ARGUMENT_ROWS = [  # (id, argv built from tmp_path, fragment)
     ("H15-config-with-newline", lambda t: ["--config", "cfg\n.yaml"], "--config 'cfg\\n.yaml': contains control"),
     ("H15-output-dir-is-a-file", lambda t: ["--mode", "train", "--output-dir", _a_file(t)],
      "--output-dir {dir}/file.txt: is a file, expected the folder that holds run folders"),
+    ("H15-output-dir-empty", lambda t: ["--dry-run", "--output-dir", " "], "--output-dir is empty"),
 ]
 
 

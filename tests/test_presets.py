@@ -160,11 +160,14 @@ def test_the_gpu_script_plans_each_preset_at_its_card_and_data(tmp_path):
     import os
     import subprocess
 
-    from .conftest import ROOT
+    from .conftest import ROOT, SHARED_DATA
 
+    demo = SHARED_DATA / "medical_o1" / "demo_data.json"
+    if not demo.is_file():
+        pytest.skip("needs the medical-o1 demo rows in ../shared/data (beside the repository, as in CI)")
     presets = ["llama32-3b-instruct-medical-o1-tags", "llama32-3b-instruct-multidataset-rtx3090"]
     done = subprocess.run(["bash", "bench/presets_gpu.sh", str(tmp_path), *presets], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "DRY_RUN": "1"})
+                          text=True, timeout=600, env={**os.environ, "DRY_RUN": "1", "MEDICAL_O1": str(demo)})
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (tmp_path / "summary.txt").read_text()
     assert "llama32-3b-instruct-medical-o1-tags shape=llama-3.2-3b card=15GiB steps=20 rc=0" in summary

@@ -23,8 +23,7 @@ from .distributed import barrier, is_main, world_size
 from .errors import ConfigError, DataError, MedQLoRAError
 from .memory import snapshot
 from .runs import RunDir, log
-from .train import (TrainResult, _interrupted, _is_cuda_oom, _oom_error, _remove_incomplete_checkpoints,
-                    _stop_on_non_finite, optimizer_name, save_adapter)
+from .train import TrainResult, _stop_on_non_finite, optimizer_name, run_trainer, save_adapter
 from .tracking import add_tracking
 
 SAMPLES_FILE = "grpo_samples.jsonl"
@@ -143,15 +142,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     speed = add_tracking(trainer, cfg, run)
     trainer.add_callback(_stop_on_non_finite(cfg))
     started = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except KeyboardInterrupt:
-        raise _interrupted(model, tokenizer, run, trainer.state.global_step) from None
-    except Exception as err:
-        _remove_incomplete_checkpoints(run)
-        if _is_cuda_oom(err):
-            raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
-        raise
+    output = run_trainer(trainer, cfg, model, tokenizer, run, resume_from, speed)
     metrics = dict(output.metrics)
     metrics["method"] = cfg.training.method
     metrics["train_wall_s"] = round(time.perf_counter() - started, 2)

@@ -257,20 +257,7 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
     if data.validation and resume_from is None and not sharding():
         before = trainer.evaluate()["eval_loss"]  # held-out NLL of the base model
     started = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except KeyboardInterrupt:
-        raise _interrupted(model, tokenizer, run, trainer.state.global_step) from None
-    except Exception as err:
-        _remove_incomplete_checkpoints(run)
-        if _is_cuda_oom(err):
-            raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
-        if resume_from is not None and speed.steps_here == 0 and _is_damaged_file(err):
-            raise MedQLoRAError(
-                f"{resume_from} is damaged ({type(err).__name__}: {printable(str(err), 160)}): its state cannot be "
-                f"loaded. Move it out of {run.path / 'checkpoints'} to resume from the checkpoint before it, or "
-                "train again without --resume.") from None
-        raise
+    output = run_trainer(trainer, cfg, model, tokenizer, run, resume_from, speed)
     metrics = dict(output.metrics)
     metrics["train_wall_s"] = round(time.perf_counter() - started, 2)
     metrics["steps"] = trainer.state.global_step
@@ -519,3 +506,22 @@ def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: in
         f"--set model.max_seq_length={max(128, cfg.model.max_seq_length // 2)}; "
         "--set training.gradient_checkpointing=unsloth; --set model.load_in_4bit=true."
     )
+
+
+def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, resume_from: Path | None,
+                speed: Any) -> Any:
+    """trainer.train(), with Ctrl-C/SIGTERM, out-of-memory and a damaged resume checkpoint explained."""
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        raise _interrupted(model, tokenizer, run, trainer.state.global_step) from None
+    except Exception as err:
+        _remove_incomplete_checkpoints(run)
+        if _is_cuda_oom(err):
+            raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
+        if resume_from is not None and speed.steps_here == 0 and _is_damaged_file(err):
+            raise MedQLoRAError(
+                f"{resume_from} is damaged ({type(err).__name__}: {printable(str(err), 160)}): its state cannot be "
+                f"loaded. Move it out of {run.path / 'checkpoints'} to resume from the checkpoint before it, or "
+                "train again without --resume.") from None
+        raise

@@ -117,6 +117,30 @@ def test_grpo_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch)
     assert metrics["steps"] == 4 and metrics["resumed_from_step"] == 2
 
 
+
+def test_grpo_resume_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """GRPO (and DPO/ORPO) share SFT's trainer wrapper: a damaged checkpoint is named, not an internal error."""
+    import trl
+
+    original = trl.GRPOTrainer.training_step
+
+    def stop_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.GRPOTrainer, "training_step", stop_at_step_3)
+    assert main(grpo_argv(tiny_model_dir, tmp_path, mode="train", **{
+        "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "cut"})) != 0
+    monkeypatch.setattr(trl.GRPOTrainer, "training_step", original)
+    run = tmp_path / "cut"
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{nope")
+    capsys.readouterr()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-2 is damaged" in err and "internal error" not in err and "Traceback" not in err, err[-1500:]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+
 def test_grpo_starts_from_an_earlier_runs_adapter(tiny_model_dir, tmp_path, capsys):
     """SFT then GRPO: training.init_adapter=latest trains the SFT adapter further (its path kept in config.yaml)."""
     sft = ["--mode", "train"]

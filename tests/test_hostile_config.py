@@ -577,12 +577,13 @@ def test_a_credential_that_is_an_ordinary_word_does_not_mask_the_runs_own_config
     """H143: HF_TOKEN=pubmedqa would have turned the run's config.yaml into 'format: <HF_TOKEN>'."""
     from medqlora.secrets import contains_secret, redact
 
-    monkeypatch.setenv("HF_TOKEN", "pubmedqa")
     config = tmp_path / "cfg.yaml"
-    config.write_text(MINIMAL)
-    text = load_config(config).to_yaml()
-    assert redact(text) == text and contains_secret(text) is None
+    config.write_text(MINIMAL + "\n# medical_o1 llama3-8b 2026-11-30 data/pqa.json\n")
+    text = config.read_text() + load_config(config).to_yaml()
+    for name in ("pubmedqa", "medical_o1", "llama3-8b", "2026-11-30", "data/pqa.json"):
+        monkeypatch.setenv("HF_TOKEN", name)
+        assert redact(text) == text and contains_secret(text) is None, name
     for real in ("hf_" + "Ab1" * 12, "0123456789abcdef" * 2 + "01234567", "sk-proj-" + "x9" * 20,
-                 "correcthorsebatterystaple"):
+                 "correcthorsebatterystaple", "s3cret12", "Passw0rd!", "abc123def", "my_pa55word"):
         monkeypatch.setenv("HF_TOKEN", real)
         assert redact(f"token {real} here") in ("token <HF_TOKEN> here", "token <token> here")

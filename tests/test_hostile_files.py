@@ -378,11 +378,11 @@ def test_short_and_slugged_credentials_are_masked(monkeypatch):
     from medqlora.secrets import contains_secret, redact
 
     monkeypatch.setenv("WANDB_API_KEY", "k3y!k3y!")
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok/en_value")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k3n/v4lu3x")
     monkeypatch.setenv("HF_TOKEN", "review")  # too short to be anyone's credential: left alone in paths
-    text = redact("key k3y!k3y! token tok/en_value slug tok-en-value /tmp/review/tiny")
+    text = redact("key k3y!k3y! token t0k3n/v4lu3x slug t0k3n-v4lu3x /tmp/review/tiny")
     assert text == "key <WANDB_API_KEY> token <MLFLOW_TRACKING_TOKEN> slug <MLFLOW_TRACKING_TOKEN> /tmp/review/tiny"
-    assert contains_secret("run-tok-en-value-1") == "MLFLOW_TRACKING_TOKEN"
+    assert contains_secret("run-t0k3n-v4lu3x-1") == "MLFLOW_TRACKING_TOKEN"
     monkeypatch.setenv("HF_TOKEN", "true")  # a placeholder, not a secret: JSON's true stays true
     assert redact('{"done": true}') == '{"done": true}'
     assert redact("tracking at https://ann:s3cr3t@mlflow.example.org/x") == \

@@ -170,5 +170,6 @@ def test_the_quick_start_and_the_test_install_read_the_same_cpu_torch():
     cpu = _requirement_lines("requirements-cpu.txt")
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in cpu and "-r requirements.txt" in cpu
     assert [line for line in cpu if line.startswith("torch")] == ["torch==2.13.0"]
+    assert cpu.index("torch==2.13.0") < cpu.index("-r requirements.txt")  # else pip fetches the range's newest first
     dev = _requirement_lines("requirements-dev.txt")
     assert "-r requirements-cpu.txt" in dev and not [line for line in dev if line.startswith(("torch", "-r requirements.txt"))]

@@ -728,7 +728,7 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
             raise DataError(
                 f"{_row_name(spec, number, lines, names)} does not have the shape the {spec.format} format needs "
                 f"({type(err).__name__}: {printable(err, 120)}). Expected: "
-                f"{FORMAT_SHAPES.get(spec.format, 'see the README')}."
+                f"{FORMAT_SHAPES.get(spec.format, 'see docs/data.md')}."
             ) from None
         example.row = number
         examples.append(example)

@@ -417,7 +417,7 @@ def _say_if_gpus_idle(runtime: backends.Runtime) -> None:
     count = torch.cuda.device_count() if runtime.device == "cuda" else 0
     if count > 1 and distributed.world_size() == 1:
         say(f"{count} GPUs visible: this process trains on GPU 0 alone. To use them all, launch it with "
-            f"torchrun --nproc_per_node {count} (or accelerate launch; README: Several GPUs).")
+            f"torchrun --nproc_per_node {count} (or accelerate launch; docs/training.md: Several GPUs).")
 
 
 def _new_run(cfg: KitConfig, output_dir: str | None) -> RunDir:

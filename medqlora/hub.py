@@ -53,7 +53,7 @@ def push(repo_id: str, folder: Path, private: bool, say: Any) -> str:
         log.error("push to %s failed: %s: %s", repo_id, type(err).__name__, err)
         raise MedQLoRAError(f"Pushing the export to the Hub repository {repo_id} failed: {_reason(err, repo_id)}. "
                             f"The export is kept in {printable(folder, 500)}; upload it later with: hf upload "
-                            f"{repo_id} {printable(folder, 500)} . --repo-type model") from None
+                            f"{repo_id} {printable(folder, 500)} .{' --private' if private else ''}") from None
     say(f"export: pushed to {url}")
     return str(url)
 

@@ -161,3 +161,19 @@ def test_llama_cpp_answers_with_the_trained_models_greedy_tokens(lora_run, lora_
             assert greedy(trained, tokenizer, prompt, n=12) != expected  # the adapter matters
         assert _llama_cpp_greedy(llama_cpp, str(merged_file), ids, 12) == expected
         assert _llama_cpp_greedy(llama_cpp, str(base_gguf), ids, 12, lora=str(lora_file)) == expected
+
+
+def test_gguf_lora_without_the_lora_converter_says_how_to_get_it_and_exports_the_rest(lora_run, tiny_model_dir,
+                                                                                      tmp_path, monkeypatch, capsys):
+    out, run = lora_run
+    older = tmp_path / "llama.cpp"  # a checkout from before convert_lora_to_gguf.py
+    older.mkdir()
+    (older / "convert_hf_to_gguf.py").write_text("")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(older))
+    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{"export.formats": "[adapter,gguf_lora]"}) == 0
+    said = capsys.readouterr()
+    assert "no GGUF LoRA file (convert_lora_to_gguf.py not found). GGUF export uses llama.cpp's converter" in (
+        said.out + said.err)
+    export = max(run.glob("export*"), key=lambda p: p.stat().st_mtime)
+    report = json.loads((export / "export_report.json").read_text())
+    assert "skipped" in report["gguf_lora"] and (export / "adapter" / "adapter_model.safetensors").is_file()

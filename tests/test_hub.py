@@ -164,3 +164,16 @@ def test_a_token_in_a_config_file_is_not_a_key(tmp_path, capsys):
     assert main(["--config", str(config), "--dry-run", "--set", f"output.dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'export.hub_token'" in err and "hf_abcdefghijklmnopqrstuvwxyz" not in err
+
+
+def test_an_offline_machine_gets_one_message_from_the_real_client(trained, tiny_model_dir, monkeypatch, capsys):
+    """No recorder: huggingface_hub itself refuses to connect (HF_HUB_OFFLINE, as on the test machines)."""
+    import huggingface_hub.constants
+
+    out, run = trained
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert push(tiny_model_dir, out, run) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE is set in the environment; unset it to reach the Hub" in err
+    assert "The export is kept in" in err and "Traceback" not in err and TOKEN not in err

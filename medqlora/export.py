@@ -540,7 +540,7 @@ def _lora_converter_inputs(cfg: KitConfig, adapter: Path, staging: Path) -> tupl
         return base_config, adapter
     lora_input = staging / "adapter"
     lora_input.mkdir()
-    config["lora_alpha"] = config["lora_alpha"] * config["r"] ** 0.5
+    config["lora_alpha"] = _llama_cpp_alpha(adapter)
     (lora_input / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
     shutil.copyfile(adapter / "adapter_model.safetensors", lora_input / "adapter_model.safetensors")
     return base_config, lora_input
@@ -568,12 +568,20 @@ def check_gguf_lora(gguf_file: Path, adapter: Path) -> dict[str, Any]:
     problems += [f"adapter tensor {key} has no llama.cpp name" for key in shapes
                  if key.rpartition(".lora_")[0] not in names]
     alpha = _gguf_field(reader, "adapter.lora.alpha")
+    if alpha is None or abs(alpha - _llama_cpp_alpha(adapter)) > 1e-4 * abs(_llama_cpp_alpha(adapter)):
+        problems.append(f"alpha {alpha}, expected {_llama_cpp_alpha(adapter)}")
     kind = (_gguf_field(reader, "general.type"), _gguf_field(reader, "adapter.type"))
-    if problems or kind != ("adapter", "lora") or alpha is None:
+    if problems or kind != ("adapter", "lora"):
         raise ModelError(f"The GGUF LoRA file {printable(gguf_file)} does not hold the adapter as trained "
                          f"(type {kind}, alpha {alpha}; {printable('; '.join(problems[:5]), 600)}). Report this with "
                          "the adapter's adapter_config.json.")
     return {"tensors": len(written), "lora_alpha": round(float(alpha), 4), "names_and_shapes_match": True}
+
+
+def _llama_cpp_alpha(adapter: Path) -> float:
+    """The alpha that makes llama.cpp's scale (alpha / r) the adapter's: alpha / r, or alpha / sqrt(r) for rsLoRA."""
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    return config["lora_alpha"] * (config["r"] ** 0.5 if config.get("use_rslora") else 1)
 
 
 def _llama_cpp_names(architecture: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:

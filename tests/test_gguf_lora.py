@@ -91,9 +91,32 @@ def test_a_lora_gguf_of_another_adapter_fails_the_check(lora_run, lora_export, t
     # rank 8 instead of 16: every shape differs from what the file holds
     save_file({k: (v[:8] if "lora_A" in k else v[:, :8]).contiguous() for k, v in weights.items()},
               other / "adapter_model.safetensors")
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
     report = json.loads((lora_export / "export_report.json").read_text())
     with pytest.raises(ModelError, match="does not hold the adapter as trained"):
         export.check_gguf_lora(lora_export / report["gguf_lora"]["file"], other)
+
+
+def test_an_rslora_adapter_gets_the_alpha_that_gives_llama_cpp_its_scale(lora_run, tiny_model_dir, converter,
+                                                                          tmp_path, monkeypatch):
+    """rsLoRA scales by alpha / sqrt(r); llama.cpp always by alpha / r: the file carries alpha * sqrt(r)."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    _, run = lora_run
+    copy = tmp_path / "rslora"
+    shutil.copytree(run / "adapter", copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    (copy / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(converter))
+    assert cli(tiny_model_dir, tmp_path / "o", "export", "--adapter", str(copy),
+               **{"export.formats": "[gguf_lora]", "output.run_name": "r"}) == 0
+    (file,) = (tmp_path / "o").rglob("adapter-f16.gguf")
+    alpha = GGUFReader(str(file)).fields["adapter.lora.alpha"].contents()
+    assert alpha == pytest.approx(config["lora_alpha"] * config["r"] ** 0.5)
+    assert json.loads((copy / "adapter_config.json").read_text())["lora_alpha"] == config["lora_alpha"]
 
 
 def test_a_dora_adapter_is_refused_for_gguf_lora(lora_run, tiny_model_dir, tmp_path, capsys):

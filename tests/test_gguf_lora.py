@@ -184,6 +184,7 @@ def test_llama_cpp_answers_with_the_trained_models_greedy_tokens(lora_run, lora_
             assert greedy(trained, tokenizer, prompt, n=12) != expected  # the adapter matters
         assert _llama_cpp_greedy(llama_cpp, str(merged_file), ids, 12) == expected
         assert _llama_cpp_greedy(llama_cpp, str(base_gguf), ids, 12, lora=str(lora_file)) == expected
+        assert _llama_cpp_greedy(llama_cpp, str(base_gguf), ids, 12) != expected  # llama.cpp applied the LoRA
 
 
 def test_gguf_lora_without_the_lora_converter_says_how_to_get_it_and_exports_the_rest(lora_run, tiny_model_dir,

@@ -92,8 +92,8 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     sections = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n",
         f"# {printable(cfg.model.name)} fine-tuned on medical data (QLoRA)\n",
-        f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
-        f"medqlora. Base model: `{printable(base)}`.\n",
+        (f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
+         f"medqlora. Base model: `{printable(base)}`.\n"),
         DISCLAIMER + "\n",
         "## Files\n\n" + "\n".join(_file_lines(report)) + "\n",
         "## Training data\n\n" + "\n".join(_data_lines(cfg)) + "\n",

@@ -42,7 +42,7 @@ def _export_lora(tiny_model_dir, out, run, converter, monkeypatch, *formats: str
     assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{
         "export.formats": f"[{','.join(formats)}]", "export.gguf_lora_type": "f32", "export.gguf_type": "f32",
         "export.compare_prompts": "2"}) == 0
-    return sorted(run.glob("export*"), key=lambda p: p.stat().st_mtime)[-1]
+    return max(run.glob("export*"), key=lambda p: p.stat().st_mtime)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_an_rslora_adapter_gets_the_alpha_that_gives_llama_cpp_its_scale(lora_ru
 def test_a_dora_adapter_is_refused_for_gguf_lora(lora_run, tiny_model_dir, tmp_path, capsys):
     import shutil
 
-    out, run = lora_run
+    _, run = lora_run
     copy = tmp_path / "dora"
     shutil.copytree(run / "adapter", copy)
     config = json.loads((copy / "adapter_config.json").read_text())

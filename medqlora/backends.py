@@ -59,6 +59,7 @@ class Runtime:
     dtype: str  # "bf16" | "fp16" | "fp32"
     reason: str
     gpu_name: str | None = None
+    attention: str | None = None  # the attention kernel the loaded model runs (attention_kernel), once loaded
 
     def describe(self) -> str:
         where = self.gpu_name or "CPU"
@@ -583,7 +584,30 @@ def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
     else:
         model, tokenizer = hf_base(cfg, runtime, source)
         model = _hf_add_lora(model, cfg, runtime)
+    runtime.attention = attention_kernel(model, runtime)  # recorded in the run's manifest.json
     return model, prepare_tokenizer(tokenizer, cfg), source
+
+
+def attention_kernel(model: Any, runtime: Runtime) -> str:
+    """Which attention the loaded model runs: transformers' attn_implementation (sdpa, eager, flash_attention_2...)
+    on the hf backend; on Unsloth, its own dispatch: FlashAttention when flash-attn imports, else xformers, else
+    PyTorch SDPA."""
+    if runtime.backend == "unsloth":
+        return f"unsloth: {_unsloth_attention()}"
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "unknown")
+
+
+def _unsloth_attention() -> str:
+    for module in ("unsloth.utils.attention_dispatch", "unsloth.models._utils"):
+        try:
+            flags = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(flags, "HAS_FLASH_ATTENTION") or hasattr(flags, "HAS_XFORMERS"):
+            if getattr(flags, "HAS_FLASH_ATTENTION", False):
+                return "flash_attn"
+            return "xformers" if getattr(flags, "HAS_XFORMERS", False) else "sdpa"
+    return "unknown"
 
 
 def _trainable_adapter(model: Any, cfg: KitConfig) -> Any:

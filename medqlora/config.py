@@ -475,10 +475,11 @@ class EvalSection(Section):
 
 
 class ExportSection(Section):
-    formats: list[Literal["adapter", "merged", "gguf"]] = Field(
+    formats: list[Literal["adapter", "merged", "gguf", "gguf_lora"]] = Field(
         default_factory=lambda: ["adapter"],
         description="--mode export: adapter (with tokenizer and model card), merged (16-bit model merged into the "
-        "dequantized base the adapter was trained against), gguf (llama.cpp; implies merged)",
+        "dequantized base the adapter was trained against), gguf (llama.cpp; implies merged), gguf_lora (the adapter "
+        "alone as a llama.cpp LoRA GGUF, applied to a GGUF of the base model with --lora)",
         min_length=1,
     )
     merged_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -494,6 +495,30 @@ class ExportSection(Section):
     compare_original: bool = Field(
         True, description="also report the difference of merging into the original 16-bit weights instead"
     )
+    gguf_lora_type: Literal["f32", "f16", "bf16", "q8_0"] = Field("f16", description="tensor type of the gguf_lora file")
+    push_to_hub: str | None = Field(
+        None, description="owner/name: upload the export folder (with a model card) to this Hugging Face Hub model "
+        "repository; the token comes from HF_TOKEN (or HUGGING_FACE_HUB_TOKEN) in the environment"
+    )
+    hub_private: bool = Field(True, description="create the hub repository private (an existing one keeps its setting)")
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _hub_repo_id(cls, value: str | None) -> str | None:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        if value is None:
+            return value
+        owner, _, name = value.partition("/")
+        try:
+            validate_repo_id(value)
+        except HFValidationError:
+            owner = ""
+        if not owner or not name or "/" in name:
+            raise ValueError("must be a hub repository id owner/name (letters, digits, '-', '_', '.'; at most 96 "
+                             "characters), e.g. my-lab/smollm2-pubmedqa-lora")
+        return value
 
 
 class RewardWeights(Section):

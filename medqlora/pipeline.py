@@ -15,15 +15,9 @@ from . import (adapters, backends, data, distributed, evaluate, fit, generate, l
                tracking)
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
+from .messages import say
 from .runs import RunDir, check_output_dir, size_mb, latest_run_with_adapter, log, manifest
 from .secrets import printable, redact, slug
-
-
-def say(message: str) -> None:
-    if not distributed.is_main():  # data parallel: the main process speaks for all
-        return
-    print(f"[medqlora] {message}", flush=True)
-    log.info(message)
 
 
 def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:

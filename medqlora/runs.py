@@ -28,11 +28,11 @@ from typing import Any
 from .config import KIT_ROOT, KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
+from .messages import log
 from .secrets import RedactingFilter, contains_secret, printable, redact, slug
 
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "unsloth", "unsloth_zoo"]
-log = logging.getLogger("medqlora")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)

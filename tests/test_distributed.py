@@ -230,7 +230,7 @@ def _fsdp_gather_worker(rank, world, store_path, out):
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    from medqlora.train import gather_fsdp_trainable, write_gathered_adapter
+    from medqlora.sharded import gather_fsdp_trainable, write_gathered_adapter
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
@@ -278,7 +278,7 @@ def _fsdp_restore_worker(rank, world, store_path, out):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     from medqlora.errors import MedQLoRAError
-    from medqlora.train import FSDP_LORA_FILE, gather_fsdp_trainable, load_fsdp_lora, scatter_fsdp_trainable
+    from medqlora.sharded import FSDP_LORA_FILE, gather_fsdp_trainable, load_fsdp_lora, scatter_fsdp_trainable
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)

@@ -589,7 +589,7 @@ def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
 
 def _trainable_adapter(model: Any, cfg: KitConfig) -> Any:
     """training.init_adapter: the earlier run's adapter loaded trainable (its own LoRA settings, not lora:), in
-    place of a fresh one. The folder was checked at the adapter boundary (pipeline.with_init_adapter)."""
+    place of a fresh one. The folder was checked at the adapter boundary (adapter_runs.with_init_adapter)."""
     from peft import PeftModel
 
     folder = str(cfg.training.init_adapter)

@@ -1,7 +1,7 @@
 """The methods after SFT: GRPO (TRL's GRPOTrainer, Unsloth's patched one on NVIDIA GPUs) with the verifiable
 rewards of rewards.py, and DPO / ORPO (TRL) on preference rows.
 
-The pipeline runs them as it runs SFT (run folder, manifest, leakage guard, evaluation before and after,
+The recipe runs them as it runs SFT (run folder, manifest, leakage guard, evaluation before and after,
 samples, export, resume): ``prepare`` replaces the SFT tokenization and ``train_method`` the SFTTrainer.
 """
 
@@ -18,7 +18,7 @@ from . import data as kit_data
 from . import rewards
 from .backends import Runtime
 from .config import KitConfig, load_config
-from .data import Collected, Example, PreparedData, leakage, length_stats, render_prompt, tokenize_example
+from .data import Collected, Example, PreparedData, leakage, length_stats, tokenize_example
 from .distributed import barrier, is_main, world_size
 from .errors import ConfigError, DataError, MedQLoRAError
 from .memory import snapshot
@@ -60,7 +60,7 @@ def prompt_text(tokenizer: Any, ids: list[int]) -> str:
     return text
 
 
-def prepare(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> PreparedData:
+def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> PreparedData:
     """The RL or preference rows of a run: rendered with the model's chat template and the system prompt as in
     SFT and evaluation, fitted to max_seq_length (a GRPO prompt keeps room for grpo.max_completion_length)."""
     method = cfg.training.method

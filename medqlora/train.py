@@ -204,12 +204,6 @@ def _trainer_class() -> type:
     return KitTrainer
 
 
-def latest_checkpoint(run: RunDir) -> Path | None:
-    """The newest complete checkpoint of a run (HF Trainer writes trainer_state.json last)."""
-    found = [p for p in (run.path / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[1])) if found else None
-
-
 def train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: PreparedData, run: RunDir,
           resume_from: Path | None = None) -> TrainResult:
     """Train (or continue from ``resume_from``, a checkpoint of this run) and save the adapter."""

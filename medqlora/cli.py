@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import distributed, signals
+from . import distributed, messages, signals
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
+    messages.begin_command()  # an earlier command's run.log (in this process) gets nothing of this one
     earlier_logs = set(_run_logs())
     try:
         with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does

@@ -2,7 +2,7 @@
 device, processes) and the model, and each mode is a short sequence of its stages.
 
     python medical_qlora_finetuning.py --mode full      # the CLI: parse arguments, then Recipe.full()
-    python -c "import medqlora; from medqlora.config import load_config; print(medqlora.run_full(load_config(None)).path)"
+    python -c "import medqlora, medqlora.config as c; print(medqlora.run_full(c.load_config(None)).path)"
 
 Stages: resolve (one final config, its run folder, the runtime), prepare data, load the model, evaluate
 before, train (SFT, or GRPO / DPO / ORPO in rl.py), write the training reports, evaluate after, answer
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, distributed, evaluate, fit, generate, plan, report, resume, signals, tracking
+from . import backends, data, distributed, evaluate, fit, generate, messages, plan, report, resume, signals, tracking
 from .adapter_runs import (
     adapter_run_config,
     check_benchmarks_untrained,
@@ -91,7 +91,7 @@ class Recipe(TrainingStages):
 
     def full(self) -> Run:
         """--mode full: evaluate the base model, train, evaluate again, answer the sample queries."""
-        with_eval = self.cfg.eval.in_full_mode  # as the command line's config says (--resume: the run's own decides the rest)
+        with_eval = self.cfg.eval.in_full_mode  # as the given config says, also when --resume continues a run
         self.resolve_training()
         with self.recording_failures():
             self.prepare_data(with_benchmarks=with_eval)
@@ -268,8 +268,17 @@ class Recipe(TrainingStages):
 
     def save_config(self) -> None:
         """config.yaml, written once with the final config (a resumed run keeps its own): what --resume reads."""
-        if not self.options.resume:
-            self.run.write_text(Files.CONFIG, self.saved_cfg.to_yaml())
+        if self.options.resume:
+            return
+        error = None
+        if distributed.is_main():
+            try:
+                self.run.write_text(Files.CONFIG, self.saved_cfg.to_yaml())
+            except MedQLoRAError as err:
+                error = str(err)
+        error = distributed.share(error)  # every process waits for it (they read it next), and stops if it failed
+        if error:
+            raise MedQLoRAError(error)
 
     # ------------------------------------------------------------------ the manifest
 
@@ -383,6 +392,7 @@ MODES = {"train": "train_mode", "test": "test", "eval": "eval", "full": "full", 
 
 def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
     """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``."""
+    messages.begin_command()
     recipe = Recipe(cfg, Options(**options))
     # Variable-length batches fragment PyTorch's default CUDA allocator (reserved memory up to 1.4x the
     # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.

@@ -28,7 +28,7 @@ from typing import Any
 from .config import KIT_ROOT, KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
-from .messages import log
+from .messages import log_to
 from .secrets import RedactingFilter, contains_secret, printable, redact, slug
 
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
@@ -285,15 +285,10 @@ class RunDir:
         self.check_links()
         if not is_main():
             return
-        for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-            log.removeHandler(old)
-            old.close()
-        log.propagate = False  # Unsloth installs a root handler; keep each message once on screen
         handler = _RunLogHandler(self.path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(RedactingFilter())
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        log_to(handler)
 
     @property
     def adapter(self) -> Path:

@@ -16,7 +16,8 @@ from .data import PreparedData
 from .distributed import barrier, is_main, sharding, world_size
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .memory import snapshot
-from .runs import RunDir, log
+from .messages import log
+from .runs import RunDir
 from .secrets import printable
 from .sharded import gathered_weights, load_fsdp_lora, save_fsdp_lora, scatter_fsdp_trainable, write_gathered_adapter
 from .tracking import add_tracking, tracking_env

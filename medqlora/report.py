@@ -70,6 +70,31 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def plot_reward_curves(history: list[dict[str, Any]], path: Path) -> bool:
+    """Per-reward means, KL and completion length against the step."""
+    series = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})
+    extra = [k for k in ("reward", "kl", "completions/mean_length", "loss") if any(k in e for e in history)]
+    if not series and not extra:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = series + extra
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.8 * len(names)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], names, strict=True):
+        points = [(e["step"], e[key]) for e in history if key in e and "step" in e and "train_runtime" not in e]
+        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=2)
+        ax.set_ylabel(key.removeprefix("rewards/").removesuffix("/mean"), fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.suptitle("GRPO: rewards, KL and completion length")
+    fig.tight_layout()
+    save_png(fig, path)
+    return True
+
+
 def save_png(fig: Any, path: Path) -> None:
     """The figure as PNG bytes, written through the run folder's writer (no link at ``path`` is followed)."""
     import io
@@ -129,7 +154,8 @@ def format_not_learned(cfg: KitConfig, tuned: dict[str, dict], steps: int | None
     shown = ", ".join(f"{name} {value}%" for name, value in low.items())
     return (f"the chain-of-thought format was not learned ({shown} of replies follow it after {steps} steps at "
             f"learning rate {t.learning_rate:g}): train longer and with a higher learning rate, e.g. --set "
-            f"training.max_steps={max(150, 2 * (steps or 0))} --set training.learning_rate={max(t.learning_rate * 5, 1e-3):g} "
+            f"training.max_steps={max(150, 2 * (steps or 0))} --set "
+            f"training.learning_rate={max(t.learning_rate * 5, 1e-3):g} "
             "for a small model (SmolLM2-135M on the 198 demo rows: 60 steps at 2e-4 gave 0%, 150 steps at 1e-3 gave "
             "75%), or more epochs for a 3-8B model.")
 
@@ -169,7 +195,8 @@ def memory_table_markdown(table: dict[str, Any]) -> str:
         f"| QLoRA (4-bit base + LoRA), measured | {measured if measured is not None else 'not measured (no GPU)'} | "
         f"{table['trainable_parameters']:,} ({table['trainable_percent']}%) |",
         f"| QLoRA, the kit's estimate | {table['qlora_estimated_gib']} | |",
-        f"| full fine-tuning, ESTIMATED | {table['full_finetuning_estimated_gib']} (weights {full['weights_gib']}, gradients "
+        f"| full fine-tuning, ESTIMATED | {table['full_finetuning_estimated_gib']} (weights {full['weights_gib']}, "
+        f"gradients "
         f"{full['gradients_gib']}, optimizer + fp32 master {full['optimizer_and_master_gib']}, activations "
         f"{full['activations_gib']}) | {table['total_parameters']:,} (100%) |", "",
         f"Full fine-tuning: {table['full_finetuning_note']}.", ""])
@@ -178,7 +205,8 @@ def memory_table_markdown(table: dict[str, Any]) -> str:
 def memory_table_line(table: dict[str, Any]) -> str:
     measured = table["qlora_peak_reserved_gib_measured"]
     qlora = f"{measured} GiB measured" if measured is not None else f"{table['qlora_estimated_gib']} GiB estimated"
-    return (f"QLoRA {qlora} vs full fine-tuning {table['full_finetuning_estimated_gib']} GiB (an estimate, not measured); "
+    return (f"QLoRA {qlora} vs full fine-tuning {table['full_finetuning_estimated_gib']} GiB (an estimate, not "
+            "measured); "
             f"trainable parameters {table['trainable_parameters']:,} ({table['trainable_percent']}%) (memory_table.md)")
 
 

@@ -178,9 +178,10 @@ def _main(args: argparse.Namespace) -> int:
         options = recipe.Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
                                  baseline=not args.no_baseline, prompt=args.prompt, started=started)
         if args.dry_run:
-            recipe.Recipe(cfg, options).check_inputs(args.mode)
+            planning = recipe.Recipe(cfg, options)
+            planning.check_inputs(args.mode)
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries the plan alone (JSON), notes go to stderr
-                planned = recipe.Recipe(cfg, options).dry_run(args.mode)
+                planned = planning.dry_run(args.mode)
             if distributed.is_main():  # under a launcher, one plan for all the processes
                 print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
             return 0

@@ -25,7 +25,8 @@ from .progress import bar
 from .data import query_prompt, render_prompt
 from .errors import ConfigError, MedQLoRAError, ModelError
 from .generate import load_queries
-from .runs import RunDir, log
+from .messages import log
+from .runs import RunDir
 from .secrets import printable
 
 LLAMA_CPP_HINT = (

@@ -45,6 +45,8 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     assert manifest["packages"]["torch"] and manifest["packages"]["trl"] == metadata.version("trl")
     assert list(manifest["data"].values())[0].startswith("sha256:")
     assert manifest["adapter_mb"] > 0
+    log = (run / "run.log").read_text()  # every line said, those before the run folder existed first
+    assert log.index("backend=hf on CPU") < log.index("run folder:") < log.index("CPU: LoRA on full-precision")
     modes = {stat.S_IMODE(f.stat().st_mode) for f in [*(run / "adapter").iterdir(), run / "config.yaml"]}
     assert len(modes) == 1  # the adapter's weights are as readable as every other file of the run
 
@@ -216,12 +218,12 @@ def test_eval_mode_on_a_chain_of_thought_set(tiny_model_dir, tmp_path):
 
 def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp_path, capsys, monkeypatch):
     """--resume continues with the run's config.yaml: its generation.queries_file is the one checked, at once."""
-    from medqlora import pipeline
+    from medqlora.recipe import Recipe
 
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("training resumed before the queries file was checked")
 
-    monkeypatch.setattr(pipeline, "run_train", must_not_run)
+    monkeypatch.setattr(Recipe, "resolve_training", must_not_run)
     run = tmp_path / "outputs" / "cut"
     (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")

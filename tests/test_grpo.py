@@ -80,7 +80,7 @@ def test_grpo_prompts_are_the_evaluation_prompts(tiny_model_dir, smol_tokenizer)
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, Path("/tmp/unused"), **MEDMCQA))
     collected = data.collect(cfg.data, cfg.training.seed)
-    prepared = rl.prepare(cfg, collected, smol_tokenizer)
+    prepared = rl.prepare_method_rows(cfg, collected, smol_tokenizer)
     row = prepared.train[0]
     item = evaluate.EvalItem(row["uid"], row["example"], row["answer"], row["choices"])
     room = cfg.model.max_seq_length - cfg.grpo.max_completion_length

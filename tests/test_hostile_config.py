@@ -144,14 +144,16 @@ QUERY_ROWS = [  # (queries file text, bytes or None for no file, fragment)
 def _accepting_is_a_failure(request, monkeypatch):
     """A hostile input that gets past the boundary fails the test at once (instead of training a model), and
     one that hangs fails it after 20 s (instead of never)."""
-    from medqlora import pipeline
+    from medqlora import plan
+    from medqlora.recipe import Recipe
 
     def accepted(*_args, **_kwargs):
-        raise AssertionError("the input was accepted: the pipeline started")
+        raise AssertionError("the input was accepted: the run started")
 
     if "inside_a_run" not in request.node.name:
-        for name in ("run_train", "run_test", "run_eval", "run_export", "plan"):
-            monkeypatch.setattr(pipeline, name, accepted)
+        for name in ("train_mode", "full", "test", "eval", "export"):
+            monkeypatch.setattr(Recipe, name, accepted)
+        monkeypatch.setattr(plan, "training_plan", accepted)
 
     def too_slow(*_args):
         raise TimeoutError("not refused within 20 s")
@@ -242,13 +244,13 @@ def test_a_queries_file_that_is_a_directory(tmp_path, capsys):
 
 def test_train_and_eval_do_not_read_the_queries_file(tmp_path, capsys, monkeypatch):
     """Modes that never answer the queries are not stopped by them."""
-    from medqlora import pipeline
+    from medqlora.recipe import Recipe
 
     def reached(*_args, **_kwargs):
         raise ConfigError("reached the pipeline")
 
-    monkeypatch.setattr(pipeline, "run_train", reached)
-    monkeypatch.setattr(pipeline, "run_eval", reached)
+    monkeypatch.setattr(Recipe, "train_mode", reached)
+    monkeypatch.setattr(Recipe, "eval", reached)
     missing = f"generation.queries_file={tmp_path / 'none.yaml'}"
     for argv in (["--mode", "train"], ["--mode", "eval", "--adapter", "none"]):
         code, _, err = _run(capsys, argv + ["--set", missing])

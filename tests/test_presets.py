@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from medqlora import pipeline
+from medqlora import plan
 from medqlora.config import PRESETS_DIR, load_config
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -101,7 +101,7 @@ def test_the_dry_run_shows_the_setups_values(preset, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = load_config(preset)
-    planned = json.loads(json.dumps(pipeline.plan(cfg, "full", str(tmp_path))))
+    planned = json.loads(json.dumps(plan.training_plan(cfg, "full", str(tmp_path))))
     stated = SETUPS[preset]
     lora = planned["lora"]
     for key in ("r", "alpha", "dropout"):

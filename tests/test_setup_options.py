@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from medqlora import backends, data, evaluate, pipeline, report, tracking
+from medqlora import backends, data, evaluate, plan, report, tracking
 from medqlora.cli import main
 from medqlora.config import BITSANDBYTES_OPTIMIZERS, TRAINER_OPTIMIZERS, load_config
 from medqlora.errors import ConfigError, DataError
@@ -194,7 +194,7 @@ def test_the_first_rows_of_a_dataset_are_the_validation_set(tmp_path, smol_token
     assert sorted(r["example"].question for r in prepared.validation) == sorted(
         f"Question number {i}?" for i in range(10))
     assert len(prepared.train) == 5  # max_samples caps the training rows only
-    planned = pipeline.plan(cfg, "train", str(tmp_path / "out"))
+    planned = plan.training_plan(cfg, "train", str(tmp_path / "out"))
     assert planned["training_examples"] == 5
     assert planned["validation"] == {"items": [f"the first 10 rows of 0:{tmp_path / 'o1.json'} (file order)"],
                                      "loss": "every 2 steps during training, and before and after"}
@@ -266,8 +266,8 @@ def test_wandb_without_a_key_falls_back_to_offline_mode_where_the_config_allows_
 
 def test_a_run_whose_format_compliance_stays_near_zero_says_what_to_change():
     cfg = load_config(None, ["training.max_steps=60"])
-    advice = pipeline.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 0.0},
+    advice = report.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 0.0},
                                                "pubmedqa": {"accuracy": 50.0}}, 60)
     assert "chain-of-thought format was not learned (medical-o1 validation:huatuo 0.0%" in advice
     assert "--set training.max_steps=150 --set training.learning_rate=0.001" in advice
-    assert pipeline.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 75.0}}, 150) is None
+    assert report.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 75.0}}, 150) is None

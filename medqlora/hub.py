@@ -16,7 +16,8 @@ import yaml
 from . import backends
 from .config import KitConfig
 from .errors import ConfigError, MedQLoRAError
-from .runs import RunDir, log
+from .messages import log
+from .runs import RunDir
 from .secrets import printable
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

@@ -13,7 +13,7 @@ from medqlora.cli import main
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
 
-from .conftest import tiny_overrides
+from .conftest import kit_argv, tiny_overrides
 
 MEDMCQA = {"data.datasets": "[{source: data/medmcqa/train.jsonl, format: multiple_choice, max_samples: 8}]",
            "data.eval_sets": "[{source: data/medmcqa/heldout.jsonl, format: multiple_choice}]",
@@ -26,10 +26,7 @@ MEDMCQA = {"data.datasets": "[{source: data/medmcqa/train.jsonl, format: multipl
 
 
 def grpo_argv(model_dir, out, mode="full", **extra):
-    argv = ["--mode", mode]
-    for item in tiny_overrides(model_dir, out, **{**MEDMCQA, **extra}):
-        argv += ["--set", item]
-    return argv
+    return kit_argv(model_dir, out, "--mode", mode, **{**MEDMCQA, **extra})
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from medqlora.data import (FORMATS, MAX_FIELD_CHARS, Example, build_examples, co
                            pubmedqa_test_ids)
 from medqlora.errors import DataError
 
-from .conftest import assert_one_message, kit_argv, run_kit
+from .conftest import assert_one_message, kit_argv, only_run, run_kit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -585,11 +585,6 @@ def test_a_pubmedqa_test_item_is_held_out_whatever_its_pubid_looks_like(pubid):
 
 
 # ---------------------------------------------------------------- end to end: the command line
-
-
-def only_run(out: Path) -> Path:
-    [run] = [p for p in out.iterdir() if p.is_dir()]
-    return run
 
 
 E2E = [

@@ -19,6 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from .errors import ConfigError
+from .formats import BENCHMARK_KINDS, DATASET_FORMATS
 from .secrets import printable
 
 
@@ -169,9 +170,14 @@ class LoraSection(Section):
     use_rslora: bool = False
 
 
+# The allowed values come from the registries of formats.py: a format or kind registered there is accepted here.
+DatasetFormatName = Literal[tuple(DATASET_FORMATS)]  # type: ignore[valid-type]
+BenchmarkKindName = Literal[tuple(BENCHMARK_KINDS)]  # type: ignore[valid-type]
+
+
 class DatasetSpec(Section):
     source: PathText = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
-    format: Literal["pubmedqa", "medical_o1", "multiple_choice", "instruction", "chat", "prompt_answer", "preference"]
+    format: DatasetFormatName
     subset: PathText | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default train)")
     max_samples: int | None = Field(None, gt=0, le=1_000_000_000)
@@ -211,7 +217,9 @@ class DatasetSpec(Section):
             return template
         allowed = TEMPLATE_FIELDS[fmt]
         if not allowed:
-            raise ValueError(f"the {fmt} format takes its prompt from the conversation: it has no prompt_template")
+            if fmt == "chat":
+                raise ValueError("the chat format takes its prompt from the conversation: it has no prompt_template")
+            raise ValueError(f"the {fmt} format uses the row's own prompt: it has no prompt_template")
         used = template_fields(template)
         unknown = [name for name in used if name not in allowed]
         if unknown:
@@ -232,14 +240,8 @@ class DatasetSpec(Section):
         return self
 
 
-# The placeholders a prompt_template may use, per format (chat: none, its prompt is the conversation).
-TEMPLATE_FIELDS: dict[str, set[str]] = {
-    "pubmedqa": {"question", "context"},
-    "medical_o1": {"question"},
-    "multiple_choice": {"question", "options"},
-    "instruction": {"question", "context"},
-    "chat": set(),
-}
+# The placeholders a prompt_template may use, per format (none: the format takes no template).
+TEMPLATE_FIELDS: dict[str, set[str]] = {name: set(f.placeholders or ()) for name, f in DATASET_FORMATS.items()}
 
 
 def template_fields(template: str) -> list[str]:
@@ -423,7 +425,7 @@ class GenerationSection(Section):
 
 class BenchmarkSpec(Section):
     name: str = Field(..., description="label in the report; pubmedqa, medqa and medmcqa get published reference points")
-    kind: Literal["pubmedqa", "multiple_choice", "cot"] = Field(
+    kind: BenchmarkKindName = Field(
         ..., description="cot: medical-o1 rows, generated and checked for format, reasoning length and ROUGE-L"
     )
     cot_style: Literal["huatuo", "tags"] = "huatuo"

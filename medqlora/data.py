@@ -20,9 +20,7 @@ import json
 import logging
 import os
 import random
-import re
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,55 +28,16 @@ from typing import Any
 from .config import KIT_ROOT, DataSection, DatasetSpec, template_fields
 from . import leakage
 from .errors import DataError
+from .formats import (  # noqa: F401  (the formats and row checks are part of this module's API)
+    CHAT_ROLES, DATASET_FORMATS, FORMAT_SHAPES, FORMATS, PUBMEDQA_PROMPT, Formatter, dataset_format, format_chat,
+    format_instruction, format_medical_o1, format_multiple_choice, format_pubmedqa, mc_options)
+from .rows import (  # noqa: F401
+    MAX_FIELD_CHARS, Example, _column, _field, _json_preview, _kind, _response, _text, _uid, pmid_of)
 from .secrets import printable
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 IGNORE_INDEX = -100
-# One text field may hold at most this many characters (about 250k tokens: far beyond any
-# max_seq_length). Longer ones are refused rather than tokenized for minutes.
-MAX_FIELD_CHARS = 1_000_000
-
-
-@dataclass
-class Example:
-    prompt: str  # the user turn
-    response: str  # the assistant turn the model learns to produce
-    context: str | None = None  # a part of the prompt that may be shortened to fit max_seq_length
-    prompt_template: str = "{context}"  # how prompt and context combine when context is set
-    uid: str | None = None
-    question: str = ""  # the question recorded in training_items.jsonl (default: prompt)
-    role: str = "train"  # "validation" for items that a split (e.g. a PubMedQA CV fold) reserves
-    # (field, text) of everything that reaches the prompt, in order, for the leakage guard (default: the prompt)
-    texts: tuple[tuple[str, str], ...] = ()
-    row: int | None = None  # the row of its file (1-based), set by format_rows
-    # (field, text) of what the response is made of, for the leakage guard (default: the response)
-    answer_texts: tuple[tuple[str, str], ...] = ()
-    # (name, text) of further views of the prompt the guard compares (a chat's user turns joined)
-    joins: tuple[tuple[str, str], ...] = ()
-    # the values a prompt_template fills ({question}, {context}, {options}), set by the format
-    fields: dict[str, str] = field(default_factory=dict)
-    # a chat row's whole conversation, (role, content) per turn: trained on every assistant turn
-    turns: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.question:
-            self.question = self.prompt
-
-    def guard_texts(self) -> tuple[tuple[str, str], ...]:
-        """Every text the guard compares: each prompt field, all of them joined (a question split over two
-        fields or turns is whole there), and the response's fields."""
-        if self.texts:
-            prompt = self.texts
-        else:
-            user = self.prompt_template.format(context=self.context) if self.context is not None else self.prompt
-            prompt = (("prompt", user),)
-        joined: tuple[tuple[str, str], ...] = ()
-        if len(prompt) > 1:
-            names = [name for name, _ in prompt]
-            named = " + ".join(names) if len(names) <= 3 else f"{names[0]} + ... + {names[-1]}"
-            joined = ((f"{named} (joined)", "\n\n".join(text for _, text in prompt)),)
-        return prompt + joined + self.joins + (self.answer_texts or (("response", self.response),))
 
 
 @dataclass
@@ -430,262 +389,6 @@ def fingerprint(spec: DatasetSpec) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# ---------------------------------------------------------------- checking values
-
-Formatter = Callable[[dict[str, Any], DatasetSpec], Example]
-FORMATS: dict[str, Formatter] = {}
-
-
-def register(name: str) -> Callable[[Formatter], Formatter]:
-    def add(fn: Formatter) -> Formatter:
-        FORMATS[name] = fn
-        return fn
-
-    return add
-
-
-def _kind(value: Any) -> str:
-    """What a value is, in words, with a short printable preview: 'a number (42)', 'a list ([1, 2])'."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({'true' if value else 'false'})"
-    if isinstance(value, (int, float)):
-        return f"a number ({printable(repr(value), 40)})"
-    if isinstance(value, str):
-        return f"text ({printable(repr(value), 40)})"
-    if isinstance(value, (list, tuple)):
-        return f"a list ({printable(_json_preview(value), 40)})"
-    if isinstance(value, dict):
-        return f"an object ({printable(_json_preview(value), 40)})"
-    return f"a {type(value).__name__} value"
-
-
-def _json_preview(value: Any) -> str:
-    try:
-        return json.dumps(value, default=str, ensure_ascii=False)[:60]
-    except (ValueError, RecursionError):
-        return type(value).__name__
-
-
-def _text(value: Any, name: str) -> str:
-    """``value`` when it is text of an acceptable size; else the refusal naming the field."""
-    if not isinstance(value, str):
-        raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected text.")
-    if len(value) > MAX_FIELD_CHARS:
-        raise DataError(f"field '{printable(name, 60)}' is {len(value):,} characters long; one field may hold at most "
-                        f"{MAX_FIELD_CHARS:,} (far more than any max_seq_length). Shorten it or leave the row out.")
-    return value
-
-
-def _response(value: str, name: str) -> str:
-    """A response text (what the model learns to produce): blank is refused, not trained on."""
-    if not value.strip():
-        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})"
-        raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
-                        "leave the row out.")
-    return value
-
-
-def pmid_of(uid: str | None) -> str | None:
-    """The PMID in an id as written ('PMID:19100463', ' 19100463 ', '019100463' -> '19100463'): its longest
-    run of digits, without leading zeros; an id without digits as it is."""
-    runs = re.findall(r"\d+", uid or "")
-    if not runs:
-        return uid
-    return str(int(max(runs, key=len)))
-
-
-def _uid(value: Any, name: str) -> str | None:
-    """An id: text or a whole number (12345678.0 from a typed column is 12345678)."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected an id (text or a whole number).")
-    return str(value).strip()
-
-
-def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value") -> tuple[str, Any]:
-    """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping)."""
-    null = None
-    for name in names:
-        mapped = spec.columns.get(name, name)
-        if mapped in row:
-            if row[mapped] is not None:
-                return mapped, row[mapped]
-            null = null or mapped
-    if null is not None:
-        raise DataError(f"field '{printable(null, 60)}' is null, expected {expected}.")
-    wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
-    columns = printable(sorted(str(k) for k in row), 300)
-    raise DataError(
-        f"has no column {wanted}; its columns are {columns}. Map yours with 'columns:' in the dataset entry, e.g. "
-        f"columns: {{{names[0]}: your_column}}."
-    )
-
-
-def _field(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, str]:
-    """(column, text) of a text field."""
-    name, value = _column(row, spec, *names, expected="text")
-    return name, _text(value, name)
-
-
-# ---------------------------------------------------------------- formats
-
-
-PUBMEDQA_PROMPT = (
-    "Answer the biomedical research question using the abstract below. Start with yes, no or "
-    "maybe.\n\nAbstract:\n{context}\n\nQuestion: {question}"
-)
-
-
-@register("pubmedqa")
-def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    q_name, question = _field(row, spec, "question", "QUESTION")
-    c_name, context = _column(row, spec, "context", "CONTEXTS")
-    if isinstance(context, dict):
-        if "contexts" not in context:
-            raise DataError(f"field '{printable(c_name, 60)}' is an object without 'contexts' (the abstract's "
-                            "paragraphs).")
-        c_name, context = f"{c_name}.contexts", context["contexts"]
-    if isinstance(context, str):
-        context = [context]
-    if not isinstance(context, list):
-        raise DataError(f"field '{printable(c_name, 60)}' is {_kind(context)}, expected the abstract's paragraphs "
-                        "(a list of texts).")
-    paragraphs = [_text(p, f"{c_name}[{i}]") for i, p in enumerate(context)]
-    l_name, label = _field(row, spec, "final_decision")
-    label = label.strip().lower()
-    if label not in {"yes", "no", "maybe"}:
-        raise DataError(f"field '{printable(l_name, 60)}': {printable(repr(label), 60)} is not yes/no/maybe.")
-    response = label
-    answer_texts = ((l_name, label),)
-    if spec.long_answer:
-        la_name, long_answer = _field(row, spec, "long_answer", "LONG_ANSWER")
-        response = f"{label}. {_response(long_answer, la_name)}"
-        answer_texts += ((la_name, long_answer),)
-    return Example(
-        prompt="",
-        response=response,
-        context="\n".join(paragraphs),
-        prompt_template=PUBMEDQA_PROMPT.replace("{question}", question.replace("{", "{{").replace("}", "}}")),
-        uid=_uid(row.get("pubid"), "pubid"),
-        question=question,
-        texts=((q_name, question),) + tuple((f"{c_name}[{i}]", p) for i, p in enumerate(paragraphs)),
-        answer_texts=answer_texts,
-        fields={"question": question, "context": "\n".join(paragraphs)},
-    )
-
-
-@register("medical_o1")
-def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    q_name, question = _field(row, spec, "Question")
-    t_name, thinking = _field(row, spec, "Complex_CoT")
-    a_name, answer = _field(row, spec, "Response")
-    _response(answer, a_name)
-    if spec.cot_style == "tags":
-        response = f"<think>\n{thinking}\n</think>\n<response>\n{answer}\n</response>"
-    else:
-        response = f"## Thinking\n\n{thinking}\n\n## Final Response\n\n{answer}"
-    return Example(prompt=question, response=response, texts=((q_name, question),),
-                   answer_texts=((t_name, thinking), (a_name, answer)), fields={"question": question})
-
-
-def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
-    """The options of a multiple-choice record as {letter: text} (a plain list is lettered A, B, ...)."""
-    name, options = _column(row, spec, "options")
-    if isinstance(options, list):
-        if len(options) > 26:
-            raise DataError(f"field '{printable(name, 60)}' has {len(options)} options; at most 26 (A-Z) are "
-                            "supported.")
-        options = {chr(ord("A") + i): value for i, value in enumerate(options)}
-    elif not isinstance(options, dict):
-        raise DataError(f"field '{printable(name, 60)}' is {_kind(options)}, expected the options as "
-                        "{\"A\": text, ...} or a list of texts.")
-    if not options:
-        raise DataError(f"field '{printable(name, 60)}' is empty: a multiple-choice question needs options.")
-    if len(options) < 2:
-        raise DataError(f"field '{printable(name, 60)}' has one option: a multiple-choice question needs at least "
-                        "two (with one, every answer is right).")
-    return {str(letter).strip(): _text(value, f"{name}.{letter}") for letter, value in options.items()}
-
-
-@register("multiple_choice")
-def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    q_name, question = _field(row, spec, "question")
-    options = mc_options(row, spec)
-    a_name, answer = _column(row, spec, "answer_idx")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int)):
-        raise DataError(f"field '{printable(a_name, 60)}' is {_kind(answer)}, expected an option's letter.")
-    answer = str(answer).strip()
-    if answer not in options:
-        raise DataError(f"{printable(a_name, 60)} {printable(repr(answer), 40)} is not one of the options "
-                        f"{printable(sorted(options), 200)}.")
-    lines = "\n".join(f"{letter}. {text}" for letter, text in options.items())
-    prompt = f"{question}\n\n{lines}\n\nAnswer with the letter of the correct option."
-    uid = row.get("realidx", row.get("id"))
-    return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=question,
-                   uid=_uid(uid, "realidx" if "realidx" in row else "id"),
-                   texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items())
-                   + tuple((f"options key {k!r}", k) for k in options),  # a key is printed in the prompt too
-                   fields={"question": question, "options": lines})
-
-
-@register("instruction")
-def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    i_name, instruction = _field(row, spec, "instruction", "question")
-    x_name = spec.columns.get("input", "input")
-    extra = row.get(x_name)
-    texts = ((i_name, instruction),)
-    if extra is not None:
-        extra = _text(extra, x_name)
-        texts += ((x_name, extra),)
-    prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    o_name, output = _field(row, spec, "output", "answer", "response")
-    return Example(prompt=prompt, response=_response(output, o_name), question=instruction, texts=texts,
-                   answer_texts=((o_name, output),), fields={"question": instruction, "context": extra or ""})
-
-
-CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
-              "human": "user", "gpt": "assistant"}  # ShareGPT's {"from": "human", "value": ...} too
-
-
-@register("chat")
-def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
-    name, messages = _column(row, spec, "messages", "conversations")
-    if not isinstance(messages, list):
-        raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
-                        "{\"role\": ..., \"content\": ...} turns.")
-    turns: list[tuple[str, str]] = []
-    for i, message in enumerate(messages):
-        where = f"field '{printable(name, 60)}' turn {i + 1}"
-        if not isinstance(message, dict):
-            raise DataError(f"{where} is {_kind(message)}, expected {{\"role\": ..., \"content\": ...}}.")
-        role_key = "role" if "role" in message else "from" if "from" in message else None
-        content_key = "content" if "content" in message else "value" if "value" in message else None
-        if role_key is None or content_key is None:
-            missing = "role" if role_key is None else "content"
-            raise DataError(f"{where} has no '{missing}'; its keys are {printable(sorted(map(str, message)), 120)}.")
-        role = message[role_key]
-        if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
-            raise DataError(f"{where} has role {printable(repr(role), 40)}; expected system, user or assistant.")
-        turns.append((CHAT_ROLES[role.strip().lower()], _text(message[content_key], f"{name}[{i + 1}].content")))
-    if not turns or turns[-1][0] != "assistant":
-        raise DataError("each 'messages' list must end with an assistant turn (the response to learn).")
-    if not any(role == "user" for role, _ in turns[:-1]):
-        raise DataError(f"field '{printable(name, 60)}' has no user turn before its last assistant turn.")
-    history = "\n\n".join(content for role, content in turns[:-1] if role != "system")
-    last_user = next(content for role, content in reversed(turns) if role == "user")
-    texts = tuple((f"{name}[{i + 1}] ({role})", content) for i, (role, content) in enumerate(turns))
-    _response(turns[-1][1], f"{name}[{len(turns)}].content")
-    users = [(field, content) for (field, content), (role, _) in zip(texts[:-1], turns) if role == "user"]
-    joins = (("user turns (joined)", "\n\n".join(content for _, content in users)),) \
-        if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between
-    return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts[:-1],
-                   answer_texts=texts[-1:], joins=joins, turns=tuple(turns))
-
 
 # ---------------------------------------------------------------- selection, held-out items, mixing
 
@@ -700,14 +403,6 @@ def pubmedqa_test_ids() -> set[str]:
 def pubmedqa_folds() -> list[list[str]]:
     return json.loads((PUBMEDQA_DIR / "pqal_split_pmids.json").read_text())["folds"]
 
-
-FORMAT_SHAPES = {
-    "pubmedqa": '{"pubid", "question", "context": {"contexts": [...]} or [...], "final_decision", "long_answer"}',
-    "medical_o1": '{"Question", "Complex_CoT", "Response"} (strings)',
-    "multiple_choice": '{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}',
-    "instruction": '{"instruction" or "question", optional "input", "output" or "answer"}',
-    "chat": '{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}',
-}
 
 
 def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
@@ -1185,6 +880,3 @@ def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | No
         name = f"{index}:{spec.source}"
         sizes[name] = checked.get(name, {"rows": "unknown until downloaded", "used": spec.max_samples})
     return sizes
-
-
-from . import rl_formats  # noqa: E402,F401  (registers the prompt_answer and preference formats)

@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KIT_ROOT, DataSection, DatasetSpec, template_fields
-from . import leakage
-from .errors import DataError
-from .formats import (  # noqa: F401  (the formats and row checks are part of this module's API)
+from ..config import KIT_ROOT, DataSection, DatasetSpec, template_fields
+from .. import leakage
+from ..errors import DataError
+from ..formats import (  # noqa: F401  (the formats and row checks are part of this module's API)
     CHAT_ROLES, DATASET_FORMATS, FORMAT_SHAPES, FORMATS, PUBMEDQA_PROMPT, Formatter, dataset_format, format_chat,
     format_instruction, format_medical_o1, format_multiple_choice, format_pubmedqa, mc_options)
-from .rows import (  # noqa: F401
+from ..rows import (  # noqa: F401
     MAX_FIELD_CHARS, Example, _column, _field, _json_preview, _kind, _response, _text, _uid, pmid_of)
-from .secrets import printable
+from ..secrets import printable
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

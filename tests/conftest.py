@@ -17,6 +17,17 @@ from medqlora.config import KitConfig, load_config
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+# A test that builds, trains or loads a model through the tiny random Llama takes seconds to minutes on a CPU:
+# it belongs to the slow tier, with the tests marked `slow` by hand (several processes, the real weights).
+MODEL_FIXTURES = {"tiny_model_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
     """The offline default model, converted from its GGUF into the kit's cache (once per machine)."""

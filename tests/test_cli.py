@@ -4,6 +4,7 @@ import json
 import stat
 from importlib import metadata
 
+import pytest
 import yaml
 
 from medqlora.cli import main
@@ -201,6 +202,7 @@ def test_eval_mode_on_a_chain_of_thought_set(tiny_model_dir, tmp_path):
     assert "## Chain-of-thought format" in (only_run(out) / "eval_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp_path, capsys, monkeypatch):
     """--resume continues with the run's config.yaml: its generation.queries_file is the one checked, at once."""
     from medqlora import pipeline

@@ -237,6 +237,7 @@ def test_config_error_is_raised_for_a_misspelled_grpo_key():
         load_config(None, ["grpo.num_generation=4"])
 
 
+@pytest.mark.slow
 def test_smollm2_grpo_preset_plans_without_loading(tmp_path, capsys):
     """The offline GRPO preset validates, reads its rows and passes the leakage guard against its held-out part."""
     assert main(["--mode", "full", "--dry-run", "--config", "smollm2_grpo_medmcqa", "--set",

@@ -469,6 +469,7 @@ def test_stray_launcher_variables_get_one_message_in_every_process(tmp_path, env
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_queries_file_of_thousands_of_queries_is_read(tmp_path):
     queries = tmp_path / "queries.yaml"
     queries.write_text(_queries("".join(f"  - id: q{i}\n    question: What is the dose of drug {i}?\n"

@@ -18,16 +18,16 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from .errors import ConfigError
-from .formats import BENCHMARK_KINDS, DATASET_FORMATS
-from .secrets import printable
+from ..errors import ConfigError
+from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
+from ..secrets import printable
 
 
 
 def _kit_root() -> Path:
     """Where the default config, presets and shipped data live: beside the package in a source checkout (or an
     editable install), inside it (``medqlora/_kit``) in an installed wheel."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     checkout = package.parent
     return checkout if (checkout / "config" / "training_config.yaml").is_file() else package / "_kit"
 
@@ -586,7 +586,7 @@ class KitConfig(Section):
 
     @model_validator(mode="after")
     def _method_fits_the_data(self) -> KitConfig:
-        from .methods import check_method  # the rules of each training.method, beside the method code
+        from ..methods import check_method  # the rules of each training.method, beside the method code
 
         check_method(self)
         return self

@@ -406,7 +406,7 @@ def test_a_csv_delimited_by_semicolons_or_tabs_is_refused_naming_the_delimiter(t
 
 
 def test_a_missing_source_names_each_folder_once_and_a_link_loop_as_such(tmp_path, monkeypatch):
-    from medqlora import data as data_module
+    from medqlora.data import sources as data_module  # where local sources are looked up
 
     (tmp_path / "loop1.jsonl").symlink_to("loop2.jsonl")
     (tmp_path / "loop2.jsonl").symlink_to("loop1.jsonl")

@@ -151,6 +151,7 @@ def test_quantized_checkpoints_are_known_by_name_or_by_their_config(tmp_path):
     assert gpu_only_checkpoint(str(folder)) is None
 
 
+@pytest.mark.slow
 def test_a_gpu_preset_on_a_cpu_plans_with_a_warning_and_a_run_stops_before_its_folder(tmp_path):
     import json
 

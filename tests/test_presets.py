@@ -96,6 +96,7 @@ def test_each_preset_sets_its_setups_stated_values(preset):
     assert not different, f"{preset}: (preset, setup) {different}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(SETUPS))
 def test_the_dry_run_shows_the_setups_values(preset, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -155,6 +156,7 @@ def test_the_multi_dataset_preset_records_what_the_dataset_cards_say():
         assert fact in text, fact
 
 
+@pytest.mark.slow
 def test_the_gpu_script_plans_each_preset_at_its_card_and_data(tmp_path):
     """bench/presets_gpu.sh with DRY_RUN=1: the very commands of the GPU runs, with --dry-run, on this machine."""
     import os

@@ -6,11 +6,11 @@ import types
 
 from medqlora import backends
 
-from .test_export import cli
+from .conftest import run_tiny
 
 
 def test_the_manifest_records_the_attention_kernel_of_training(tiny_model_dir, tmp_path):
-    assert cli(tiny_model_dir, tmp_path, "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
+    assert run_tiny(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     # transformers' default for a Llama on the CPU: PyTorch scaled_dot_product_attention
     assert manifest["runtime"]["attention"] == "sdpa"

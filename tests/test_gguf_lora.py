@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from medqlora import export
 from medqlora.errors import ModelError
 
-from .test_export import cli, greedy
+from .conftest import run_tiny
+from .test_export import greedy
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def converter():
 def lora_run(tiny_model_dir, tmp_path_factory):
     """A tiny run whose adapter is made large (so it visibly changes the answers), exported as adapter + gguf_lora."""
     out = tmp_path_factory.mktemp("gguf_lora")
-    assert cli(tiny_model_dir, out, "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
     run = out / "run"
     weights = load_file(run / "adapter" / "adapter_model.safetensors")
     generator = torch.Generator().manual_seed(1)
@@ -39,7 +40,7 @@ def lora_run(tiny_model_dir, tmp_path_factory):
 
 def _export_lora(tiny_model_dir, out, run, converter, monkeypatch, *formats: str):
     monkeypatch.setenv("LLAMA_CPP_DIR", str(converter))
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{
         "export.formats": f"[{','.join(formats)}]", "export.gguf_lora_type": "f32", "export.gguf_type": "f32",
         "export.compare_prompts": "2"}) == 0
     return max(run.glob("export*"), key=lambda p: p.stat().st_mtime)
@@ -111,7 +112,7 @@ def test_an_rslora_adapter_gets_the_alpha_that_gives_llama_cpp_its_scale(lora_ru
     config = json.loads((copy / "adapter_config.json").read_text())
     (copy / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
     monkeypatch.setenv("LLAMA_CPP_DIR", str(converter))
-    assert cli(tiny_model_dir, tmp_path / "o", "export", "--adapter", str(copy),
+    assert run_tiny(tiny_model_dir, tmp_path / "o", "--mode", "export", "--adapter", str(copy),
                **{"export.formats": "[gguf_lora]", "output.run_name": "r"}) == 0
     (file,) = (tmp_path / "o").rglob("adapter-f16.gguf")
     alpha = GGUFReader(str(file)).fields["adapter.lora.alpha"].contents()
@@ -127,7 +128,7 @@ def test_a_dora_adapter_is_refused_for_gguf_lora(lora_run, tiny_model_dir, tmp_p
     shutil.copytree(run / "adapter", copy)
     config = json.loads((copy / "adapter_config.json").read_text())
     (copy / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    assert cli(tiny_model_dir, tmp_path / "o", "export", "--adapter", str(copy),
+    assert run_tiny(tiny_model_dir, tmp_path / "o", "--mode", "export", "--adapter", str(copy),
                **{"export.formats": "[gguf_lora]"}) == 2
     err = capsys.readouterr().err
     assert "uses use_dora, which a llama.cpp LoRA file cannot express" in err and "Traceback" not in err
@@ -194,7 +195,7 @@ def test_gguf_lora_without_the_lora_converter_says_how_to_get_it_and_exports_the
     older.mkdir()
     (older / "convert_hf_to_gguf.py").write_text("")
     monkeypatch.setenv("LLAMA_CPP_DIR", str(older))
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{"export.formats": "[adapter,gguf_lora]"}) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{"export.formats": "[adapter,gguf_lora]"}) == 0
     said = capsys.readouterr()
     assert "no GGUF LoRA file (convert_lora_to_gguf.py not found). GGUF export uses llama.cpp's converter" in (
         said.out + said.err)

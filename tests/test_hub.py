@@ -16,7 +16,7 @@ from medqlora import hub
 from medqlora.cli import main
 from medqlora.config import load_config
 
-from .test_export import cli
+from .conftest import run_tiny
 
 TOKEN = "hf_" + "Qx7" * 12
 
@@ -24,7 +24,7 @@ TOKEN = "hf_" + "Qx7" * 12
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("hub")
-    assert cli(tiny_model_dir, out, "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
     return out, out / "run"
 
 
@@ -54,7 +54,7 @@ class Recorder:
 
 
 def push(model_dir, out, run, *extra, **values):
-    return cli(model_dir, out, "export", "--adapter", str(run), *extra,
+    return run_tiny(model_dir, out, "--mode", "export", "--adapter", str(run), *extra,
                **{"export.push_to_hub": "my-lab/tiny-medical-lora", **values})
 
 

@@ -68,7 +68,8 @@ def breakdown(trace: dict[str, Any]) -> dict[str, Any]:
     """Time per category (ms) inside the profiled steps, from a chrome trace; GPU kernels where present,
     else top-level CPU operators."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
-    steps = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
+    steps = [e for e in events  # the host-side annotation only (kineto mirrors it on the GPU timeline)
+             if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("ProfilerStep#")]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     device = bool(kernels)
     if not device:  # CPU: operators that are not inside another operator of the same thread

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import (adapters, backends, data, distributed, evaluate, fit, generate, leakage, memory, report, signals,
+from . import (adapters, backends, data, distributed, evaluate, fit, generate, harness, leakage, memory, report, signals,
                tracking)
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
@@ -383,8 +383,10 @@ def run_train(
     try:
         # bad data stops here, before the model loads
         benchmarks = evaluate.load_benchmarks(cfg) if with_eval else None
-        collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(benchmarks))
-        return _train_in(cfg, runtime, run, record, started, collected, benchmarks, checkpoint)
+        lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
+        collected = data.collect(cfg.data, cfg.training.seed,
+                                 benchmark_guard_items({**(benchmarks or {}), **harness.guard_items(lm_eval_tasks)}))
+        return _train_in(cfg, runtime, run, record, started, collected, benchmarks, checkpoint, lm_eval_tasks)
     except BaseException as err:  # record why the run stopped, then let the CLI report it
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
         stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
@@ -443,7 +445,7 @@ def _new_run(cfg: KitConfig, output_dir: str | None) -> RunDir:
 
 def _train_in(
     cfg: KitConfig, runtime: backends.Runtime, run: RunDir, record: Any, started: float, collected: list,
-    benchmarks: dict[str, list] | None, checkpoint: Path | None,
+    benchmarks: dict[str, list] | None, checkpoint: Path | None, lm_eval_tasks: list | None = None,
 ) -> tuple:
     from .train import planned_steps, train
 
@@ -483,6 +485,7 @@ def _train_in(
         baseline = _evaluate(cfg, model, tokenizer, benchmarks, "baseline")  # items shared among processes
         run.write_json("eval_baseline.json", baseline)
         backends.prepare_for_training(model, runtime)
+    lm_eval_base = _harness_baseline(cfg, run, model, tokenizer, runtime, lm_eval_tasks)
     say(f"training {len(prepared.train)} examples for {planned_steps(cfg, len(prepared.train))} optimizer steps")
     _say_if_the_epoch_tail_repeats(cfg, prepared)
     result = train(cfg, runtime, model, tokenizer, prepared, run, checkpoint)
@@ -525,15 +528,17 @@ def _train_in(
            start_to_trained_s=round(time.perf_counter() - started, 2))
     if model is not None:
         backends.prepare_for_generation(model, runtime)
-    if benchmarks:
+    if benchmarks or lm_eval_tasks:
         try:
             tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+            lm_eval_tuned = _harness(cfg, run.path / HARNESS_FOLDER, model, tokenizer, lm_eval_tasks, "fine-tuned")
         except KeyboardInterrupt:
             raise interrupted_after_training(run, "the evaluation", "eval") from None
         m = result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         summary["eval"] = write_eval_report(cfg, run, evaluate.merge(baseline, tuned),
-                                            f"{cfg.model.name} + {run.path.name}", perplexity)
+                                            f"{cfg.model.name} + {run.path.name}", perplexity,
+                                            harness.merge(lm_eval_base, lm_eval_tuned) if lm_eval_tasks else None)
         advice = format_not_learned(cfg, tuned, result.metrics.get("steps"))
         if advice:
             summary["format_not_learned"] = advice
@@ -700,6 +705,38 @@ def _evaluate(cfg: KitConfig, model: Any, tokenizer: Any, benchmarks: dict[str, 
     return results
 
 
+HARNESS_FOLDER = "lm_eval_tasks"
+
+
+def _harness_baseline(cfg: KitConfig, run: RunDir, model: Any, tokenizer: Any, runtime: backends.Runtime,
+                      tasks: list | None) -> dict | None:
+    """lm-eval on the base model before training (a resumed run's saved scores, when it has them); writes the task
+    folder."""
+    if not tasks:
+        return None
+    saved = run.path / "lm_eval_baseline.json"
+    harness.write_task_folder(run.fresh_dir(HARNESS_FOLDER), tasks)
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    backends.prepare_for_generation(model, runtime)
+    results = _harness(cfg, run.path / HARNESS_FOLDER, model, tokenizer, tasks, "baseline")
+    run.write_json("lm_eval_baseline.json", results)
+    backends.prepare_for_training(model, runtime)
+    return results
+
+
+def _harness(cfg: KitConfig, folder: Path, model: Any, tokenizer: Any, tasks: list | None, stage: str) -> dict | None:
+    """lm-evaluation-harness on the loaded model (eval.harness: lm-eval), the task files in ``folder``."""
+    if not tasks:
+        return None
+    say(f"lm-eval {stage}: " + ", ".join(f"{t.name} ({len(t.items)} items)" for t in tasks))
+    results = harness.run_tasks(cfg, model, tokenizer, folder, tasks)
+    for name, m in results.items():
+        say(f"lm-eval {stage} {name}: acc {m['lm_eval_acc']}% acc_norm {m['lm_eval_acc_norm']}% macro-F1 "
+            f"{m['macro_f1']}% on {m['items']} items ({m['items_per_second']} items/s); predicted {m['predicted']}")
+    return results
+
+
 def _summary_row(name: str, row: dict[str, dict]) -> str:
     """One benchmark in the end-of-run summary: accuracy with macro-F1 and the majority-class rate beside it, and a
     warning when a model gives one answer to nearly every item."""
@@ -717,17 +754,22 @@ def _summary_row(name: str, row: dict[str, dict]) -> str:
 
 
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
-                      perplexity: dict | None = None) -> str:
-    """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist)."""
+                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None) -> str:
+    """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist); ``lm_eval``: the
+    lm-evaluation-harness results, a section of their own."""
     rows = [_summary_row(name, row) for name, row in results.items()]
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
+    if lm_eval:
+        rows.append(harness.summary_text(lm_eval))
     line = "; ".join(rows) + " (baseline -> fine-tuned)"
     if not distributed.is_main():
         return line
     md, js, png = run.unique("eval_report.md"), run.unique("eval.json"), run.unique("eval_chart.png")
-    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity))
-    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity})
+    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity)
+                   + ("\n" + harness.report_markdown(lm_eval) if lm_eval else ""))
+    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
+                        **({"lm_eval": lm_eval} if lm_eval else {})})
     evaluate.plot(results, run.path / png)
     say(f"evaluation report: {run.path / md}")
     return line
@@ -739,19 +781,27 @@ def run_eval(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None, ba
     if adapter is not None:
         cfg = adapter_run_config(adapter, cfg)
     benchmarks = evaluate.load_benchmarks(cfg)
+    lm_eval_tasks = harness.load_tasks(cfg)
     if adapter is not None:
-        _check_not_trained_on(benchmarks, adapter)
+        _check_not_trained_on({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
     run = _run_for(cfg, adapter, output_dir, "base-eval")
+    folder = run.fresh_dir(HARNESS_FOLDER) if lm_eval_tasks else run.path
+    if lm_eval_tasks:
+        harness.write_task_folder(folder, lm_eval_tasks)
     runtime = backends.activate(backends.detect(cfg), cfg)
     say(runtime.describe())
     model, tokenizer = backends.load_for_inference(cfg, runtime, None)
-    base = _evaluate(cfg, model, tokenizer, benchmarks, "baseline") if baseline or adapter is None else None
-    tuned = None
+    with_base = baseline or adapter is None
+    base = _evaluate(cfg, model, tokenizer, benchmarks, "baseline") if with_base else None
+    lm_eval_base = _harness(cfg, folder, model, tokenizer, lm_eval_tasks, "baseline") if with_base else None
+    tuned = lm_eval_tuned = None
     if adapter is not None:
         model = backends.attach_adapter(model, adapter, cfg, runtime)
         tuned = _evaluate(cfg, model, tokenizer, benchmarks, "fine-tuned")
+        lm_eval_tuned = _harness(cfg, folder, model, tokenizer, lm_eval_tasks, "fine-tuned")
     title = cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
-    line = write_eval_report(cfg, run, evaluate.merge(base, tuned), title)
+    line = write_eval_report(cfg, run, evaluate.merge(base, tuned), title, None,
+                             harness.merge(lm_eval_base, lm_eval_tuned) if lm_eval_tasks else None)
     return {"run_dir": str(run.path), "backend": runtime.describe(), "model": cfg.model.name, "eval": line}
 
 

@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
 from .secrets import printable
 
-INSTALL = 'pip install "medqlora[eval]" (or pip install "lm_eval>=0.4.9,<0.5")'
+INSTALL = 'pip install "medqlora[eval]" (from a source checkout: pip install "lm_eval>=0.4.13,<0.5")'
 SHIPPED_MEDMCQA = "data/medmcqa/heldout.jsonl"
 MMLU_LAYOUT = ("<dir>/<subject>_test.csv (MMLU's own data/test folder: question, A, B, C, D, answer letter; no "
                "header) or <dir>/<subject>/test-*.parquet (the hub's cais/mmlu layout: question, choices, answer)")

@@ -182,6 +182,13 @@ def _mmlu_item(subject: str, number: int, row: dict[str, Any]) -> EvalItem:
                     format="multiple_choice")
 
 
+def plan(cfg: KitConfig, tasks: list[HarnessTask] | None = None) -> list[str]:
+    """The dry-run's lines for the harness (its checks made: package, task data, unless ``tasks`` were loaded)."""
+    tasks = tasks if tasks is not None else load_tasks(cfg)
+    return [f"lm-eval {t.name} ({len(t.items)} items, lm-evaluation-harness, zero-shot log-likelihood)"
+            for t in tasks or []]
+
+
 def guard_items(tasks: list[HarnessTask] | None) -> dict[str, list[EvalItem]]:
     """The tasks' items by name, for the leakage and trained-on guards."""
     return {f"lm-eval {t.name}": t.items for t in tasks or []}

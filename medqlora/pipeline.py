@@ -77,7 +77,7 @@ def plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
         "processes": distributed.plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})" for b in cfg.eval.benchmarks]
-        + _cot_plan(cfg) if mode in ("full", "eval") else [],
+        + _cot_plan(cfg) + harness.plan(cfg) if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + "/ {adapter/, config.yaml, manifest.json, metrics.json, loss.png, memory.json, data_stats.json, "
         "training_items.jsonl, tensorboard/, eval_report.md, eval.json, eval_chart.png, sample_responses.md/.jsonl, "
@@ -155,10 +155,12 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     if adapter is not None:
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
+    lm_eval_tasks = None
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
         benchmarks = _local_benchmarks(cfg)
+        lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
-            _check_not_trained_on(benchmarks, adapter)
+            _check_not_trained_on({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
     if mode == "export" and "gguf" in cfg.export.formats:
         from .export import llama_cpp_dir
 
@@ -167,7 +169,8 @@ def plan_with_adapter(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
             "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                                          for b in cfg.eval.benchmarks),
+                                          for b in cfg.eval.benchmarks)
+                    + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder",
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
     return {

@@ -224,6 +224,18 @@ def test_unknown_task_lists_the_tasks(tiny_model_dir, tmp_path, capsys):
 
 
 @needs_lm_eval
+def test_dry_run_plans_the_tasks_and_makes_their_checks(tiny_model_dir, tmp_path, capsys):
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "eval", "--adapter", "none", "--dry-run",
+                    **{"eval.harness": "lm-eval", "eval.lm_eval.tasks": "[pubmedqa,medmcqa]"})
+    assert main(argv) == 0
+    does = json.loads(capsys.readouterr().out)["does"]
+    assert "lm-eval pubmedqa (12 items, lm-evaluation-harness, zero-shot log-likelihood)" in does
+    assert "lm-eval medmcqa (507 items" in does
+    assert main([*argv, "--set", "eval.lm_eval.tasks=[medqa]"]) == 2
+    assert_one_message(capsys.readouterr().err, "lm-eval task medqa needs its data")
+
+
+@needs_lm_eval
 def test_several_processes_are_refused(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ConfigError, match="runs in one process"):

@@ -63,20 +63,21 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     harness.write_task_folder(folder, tasks)
 
-    kit = evaluate.evaluate(cfg, model, tokenizer, benchmarks)
-    plain = harness.run_tasks(cfg, model, tokenizer, folder, tasks)
     chat_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
         "lm_eval": cfg.eval.lm_eval.model_copy(update={"apply_chat_template": True})})})
-    chat = harness.run_tasks(chat_cfg, model, tokenizer, folder, tasks) if not args.no_chat else {}
-
-    result = {
-        "model": cfg.model.name, "adapter": args.adapter, "backend": runtime.describe(), "load_s": round(load_s, 1),
-        "machine": machine(), "items": args.items, "kit_method": cfg.eval.method,
-        "benchmarks": {name: compare(kit[name], plain[name], chat.get(name)) for name in benchmarks},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lm_eval_compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "lm_eval_compare.md").write_text(markdown(result))
+    kit = evaluate.evaluate(cfg, model, tokenizer, benchmarks)
+    plain: dict[str, Any] = {}
+    chat: dict[str, Any] = {}
+    runs = [(plain, cfg)] + ([] if args.no_chat else [(chat, chat_cfg)])
+    for scores, run_cfg in runs:  # the files are written after each scorer: a long run keeps what it measured
+        scores.update(harness.run_tasks(run_cfg, model, tokenizer, folder, tasks))
+        result = {
+            "model": cfg.model.name, "adapter": args.adapter, "backend": runtime.describe(),
+            "load_s": round(load_s, 1), "machine": machine(), "items": args.items, "kit_method": cfg.eval.method,
+            "benchmarks": {name: compare(kit[name], plain[name], chat.get(name)) for name in benchmarks},
+        }
+        (out / "lm_eval_compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "lm_eval_compare.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -243,3 +244,19 @@ def test_several_processes_are_refused(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 1)
     with pytest.raises(DataError, match="medqa needs its data"):
         harness.load_tasks(harness_cfg(tiny_model_dir, tmp_path / "out", "eval.lm_eval.tasks=[medqa]"))
+
+
+@needs_lm_eval
+def test_comparison_script_scores_the_same_items_both_ways(tiny_model_dir, tmp_path):
+    """bench/lm_eval_compare.py on the tiny model (a smoke run: it must not rot; no timing is asserted)."""
+    import subprocess
+
+    out = tmp_path / "compare"
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "lm_eval_compare.py"),
+                             "--items", "3", "--set", f"model.name={tiny_model_dir}", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900, env={**os.environ, **OFFLINE})
+    assert result.returncode == 0, result.stderr[-3000:]
+    scorers = json.loads((out / "lm_eval_compare.json").read_text())["benchmarks"]["pubmedqa"]["scorers"]
+    assert sorted(scorers) == ["kit", "lm-eval", "lm-eval+chat"]
+    assert {r["items"] for r in scorers.values()} == {3}
+    assert "| pubmedqa | kit (likelihood) | 3 |" in (out / "lm_eval_compare.md").read_text()

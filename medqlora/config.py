@@ -448,8 +448,8 @@ class LmEvalSection(Section):
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="a seeded sample per task (null: the "
                                   "max_items of the kit's benchmark of the same name, else every item)")
     medqa: PathText | None = Field(None, description="MedQA 4-option JSONL (question, options, answer_idx)")
-    medmcqa: PathText | None = Field(None, description="MedMCQA JSONL (default: the shipped data/medmcqa/heldout.jsonl)")
-    mmlu_dir: PathText | None = Field(None, description="MMLU test files: <subject>_test.csv or <subject>/test-*.parquet")
+    medmcqa: PathText | None = Field(None, description="MedMCQA JSONL (default: data/medmcqa/heldout.jsonl)")
+    mmlu_dir: PathText | None = Field(None, description="MMLU test files: <subject>_test.csv, <subject>/test-*.parquet")
     apply_chat_template: bool = Field(False, description="wrap each prompt in the chat template and system prompt")
 
     @field_validator("tasks")
@@ -480,7 +480,7 @@ class EvalSection(Section):
         50, ge=0, le=1_000_000, description="--mode full: held-out medical-o1 items to generate for when training on that format"
     )
     harness: Literal["lm-eval"] | None = Field(
-        None, description="lm-eval: also run lm-evaluation-harness tasks (eval.lm_eval) on the base model and the adapter"
+        None, description="lm-eval: also run lm-evaluation-harness tasks (eval.lm_eval) on the base model and adapter"
     )
     lm_eval: LmEvalSection = Field(default_factory=LmEvalSection)
 

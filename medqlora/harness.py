@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import KIT_ROOT, MMLU_MEDICAL, BenchmarkSpec, KitConfig
+from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items

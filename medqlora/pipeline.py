@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import (adapters, backends, data, distributed, evaluate, fit, generate, harness, leakage, memory, report, signals,
-               tracking)
+from . import (adapters, backends, data, distributed, evaluate, fit, generate, harness, leakage, memory, report,
+               signals, tracking)
 from .config import KitConfig, load_config
 from .errors import MedQLoRAError, ModelError, TrainingInterrupted
 from .runs import RunDir, check_output_dir, size_mb, latest_run_with_adapter, log, manifest

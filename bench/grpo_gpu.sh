@@ -17,6 +17,8 @@
 #   bash bench/grpo_gpu.sh smollm2-sft RESULTS       # SFT on medical-o1 rows (MEDICAL_O1=local file or hub id)
 #   bash bench/grpo_gpu.sh smollm2-grpo RESULTS      # GRPO from the SFT adapter: repeat until it says "finished"
 #   bash bench/grpo_gpu.sh smollm2-eval RESULTS      # held-out accuracy of SFT and SFT + GRPO
+#   bash bench/grpo_gpu.sh smollm2-dpo RESULTS       # DPO, then ORPO (smollm2-orpo), from the base model on
+#                                                    # MedMCQA training rows: chosen = the right option, rejected = a wrong one
 #   bash bench/grpo_gpu.sh make8b RESULTS
 #   for b in unsloth hf; do for g in 4 8; do for l in 512 2048; do
 #     bash bench/grpo_gpu.sh 8b-$b-$g-$l RESULTS; done; done; done
@@ -77,6 +79,29 @@ case $STAGE in
   smollm2-eval)
     run smollm2_sft_eval --mode eval --no-baseline --adapter "$RUNS/smollm2-sft" "${SMOL[@]}" "${EVAL[@]}"
     run smollm2_sft_grpo_eval --mode eval --no-baseline --adapter "$RUNS/smollm2-sft-grpo" "${SMOL[@]}" "${EVAL[@]}"
+    ;;
+  smollm2-dpo|smollm2-orpo)  # preference training on Unsloth: held-out accuracy (likelihood) before and after
+    method=${STAGE#smollm2-}
+    $PY - data/medmcqa/train.jsonl "$RESULTS/medmcqa_preferences.jsonl" <<'PYEOF'
+import json, random, sys
+from medqlora.config import DatasetSpec
+from medqlora.data import format_multiple_choice
+spec, rng = DatasetSpec(source=sys.argv[1], format="multiple_choice"), random.Random(0)
+with open(sys.argv[1]) as rows, open(sys.argv[2], "w") as out:
+    for line in rows:
+        row = json.loads(line)
+        example = format_multiple_choice(row, spec)
+        wrong = rng.choice([k for k in row["options"] if f"{k}." != example.response.split()[0]])
+        out.write(json.dumps({"prompt": example.prompt, "chosen": example.response,
+                              "rejected": f"{wrong}. {row['options'][wrong]}"}) + "\n")
+PYEOF
+    run "smollm2_$method" --mode full "${SMOL[@]}" --set training.method="$method" \
+        --set "data.datasets=[{source: $RESULTS/medmcqa_preferences.jsonl, format: preference, max_samples: 1024}]" \
+        --set "data.eval_sets=[{source: data/medmcqa/heldout.jsonl, format: multiple_choice}]" \
+        --set "eval.benchmarks=$HELDOUT" --set eval.method=likelihood --set eval.batch_size=64 \
+        --set data.val_ratio=0 --set model.max_seq_length=512 --set training.max_steps=64 \
+        --set training.micro_batch_size=16 --set training.gradient_accumulation_steps=1 --set training.learning_rate=5e-5 \
+        --set output.run_name="smollm2-$method" --output-dir "$RUNS"
     ;;
   make8b)
     [ -f "$M8/config.json" ] || $PY -m medqlora.random_model --shape llama-3.1-8b --out "$M8" --device cuda \

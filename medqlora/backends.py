@@ -20,6 +20,7 @@ from . import adapters
 from .config import KitConfig
 from .distributed import local_rank, sharding, world_size
 from .errors import ConfigError, ModelError
+from .messages import say
 from .secrets import printable
 
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
@@ -59,6 +60,7 @@ class Runtime:
     dtype: str  # "bf16" | "fp16" | "fp32"
     reason: str
     gpu_name: str | None = None
+    attention: str | None = None  # the attention kernel the loaded model runs (attention_kernel), once loaded
 
     def describe(self) -> str:
         where = self.gpu_name or "CPU"
@@ -112,7 +114,7 @@ def _detect(cfg: KitConfig) -> Runtime:
 def _dtype(requested: str, cuda: bool, bf16_ok: bool, gpu: str | None) -> str:
     if not cuda:
         if requested in ("bf16", "fp16"):
-            print(f"[medqlora] dtype {requested} requested but there is no GPU: training in fp32 on the CPU.")
+            say(f"dtype {requested} requested but there is no GPU: training in fp32 on the CPU.")
         return "fp32"
     if requested == "bf16" and not bf16_ok:
         raise ConfigError(
@@ -447,7 +449,7 @@ def convert_gguf(gguf: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[medqlora] converting {gguf.name} into a trainable checkpoint (once) -> {target}")
+    say(f"converting {gguf.name} into a trainable checkpoint (once) -> {target}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
@@ -503,7 +505,7 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     elif choice != "auto":
         tokenizer.chat_template = CHAT_TEMPLATES[choice]
     elif tokenizer.chat_template is None:
-        print("[medqlora] the tokenizer has no chat template: using ChatML (set model.chat_template to choose).")
+        say("the tokenizer has no chat template: using ChatML (set model.chat_template to choose).")
         tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -583,12 +585,35 @@ def load_for_training(cfg: KitConfig, runtime: Runtime) -> tuple[Any, Any, str]:
     else:
         model, tokenizer = hf_base(cfg, runtime, source)
         model = _hf_add_lora(model, cfg, runtime)
+    runtime.attention = attention_kernel(model, runtime)  # recorded in the run's manifest.json
     return model, prepare_tokenizer(tokenizer, cfg), source
+
+
+def attention_kernel(model: Any, runtime: Runtime) -> str:
+    """Which attention the loaded model runs: transformers' attn_implementation (sdpa, eager, flash_attention_2...)
+    on the hf backend; on Unsloth, its own dispatch: FlashAttention when flash-attn imports, else xformers, else
+    PyTorch SDPA."""
+    if runtime.backend == "unsloth":
+        return f"unsloth: {_unsloth_attention()}"
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "unknown")
+
+
+def _unsloth_attention() -> str:
+    for module in ("unsloth.utils.attention_dispatch", "unsloth.models._utils"):
+        try:
+            flags = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(flags, "HAS_FLASH_ATTENTION") or hasattr(flags, "HAS_XFORMERS"):
+            if getattr(flags, "HAS_FLASH_ATTENTION", False):
+                return "flash_attn"
+            return "xformers" if getattr(flags, "HAS_XFORMERS", False) else "sdpa"
+    return "unknown"
 
 
 def _trainable_adapter(model: Any, cfg: KitConfig) -> Any:
     """training.init_adapter: the earlier run's adapter loaded trainable (its own LoRA settings, not lora:), in
-    place of a fresh one. The folder was checked at the adapter boundary (pipeline.with_init_adapter)."""
+    place of a fresh one. The folder was checked at the adapter boundary (adapter_runs.with_init_adapter)."""
     from peft import PeftModel
 
     folder = str(cfg.training.init_adapter)
@@ -710,7 +735,7 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
         if cfg.model.load_in_4bit:
             kwargs["quantization_config"] = nf4_config(runtime)
     elif cfg.model.load_in_4bit:
-        print("[medqlora] CPU: LoRA on full-precision weights (4-bit quantization is for CUDA GPUs).")
+        say("CPU: LoRA on full-precision weights (4-bit quantization is for CUDA GPUs).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

@@ -1,4 +1,8 @@
-"""Command line: python medical_qlora_finetuning.py --mode full [--config FILE|PRESET] [--set k=v ...]."""
+"""The command line: arguments parsed and checked, then the mode run by medqlora/recipe.py; every failure a
+user can cause ends in one message (exit 2), a bug of the kit in one line naming its traceback's file (exit 1).
+
+    python medical_qlora_finetuning.py --mode full [--config FILE|PRESET] [--set k=v ...] [--dry-run]
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
-from . import distributed, signals
-from .config import DEFAULT_CONFIG, PATH_SHOWN, KitConfig, has_control_characters, load_config
+from . import distributed, messages, signals
+from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
 
@@ -50,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
+    messages.begin_command()  # an earlier command's run.log (in this process) gets nothing of this one
     earlier_logs = set(_run_logs())
     try:
         with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
@@ -157,73 +162,30 @@ def _check_run_folder(resume: str) -> None:
         raise ConfigError(f"--resume {shown}: no such folder. {fix}")
     if not path.is_dir():
         raise ConfigError(f"--resume {shown}: is a file, not a run folder. {fix}")
-    if not (path / "config.yaml").is_file():
-        missing = "config.yaml" if (path / "manifest.json").is_file() else "config.yaml / manifest.json"
-        raise ConfigError(f"--resume {shown}: is not a run folder of this kit (no {missing}). {fix}")
-
-
-def check_inputs(cfg: KitConfig, args: argparse.Namespace) -> None:
-    """Everything the mode will read later that can be checked now, before a model loads or a run trains:
-    the output folder, and the sample-queries file of the modes that answer it (--mode full answered it only
-    after training before)."""
-    from . import generate
-
-    output = Path(args.output_dir or cfg.output.dir).expanduser()
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"output.dir {printable(output, PATH_SHOWN)}: is a file, expected the folder that holds "
-                          "run folders.")
-    if args.mode in ("full", "test") or (args.mode == "export" and {"merged", "gguf"} & set(cfg.export.formats)):
-        if args.mode == "full" and args.resume:  # a resumed run answers with its own config.yaml
-            from . import pipeline
-
-            cfg = pipeline.resumable_run(args.resume, args.output_dir, cfg)[1]
-        generate.check_queries(cfg)
+    if not (path / "config.yaml").is_file() and not (path / "manifest.json").is_file():
+        # (a run that stopped before its config was final has a manifest alone: --resume says it has no checkpoint)
+        raise ConfigError(f"--resume {shown}: is not a run folder of this kit (no config.yaml / manifest.json). {fix}")
 
 
 def _main(args: argparse.Namespace) -> int:
-    # Variable-length batches fragment PyTorch's default CUDA allocator (reserved memory up to 1.4x the
-    # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     started = time.perf_counter()
     try:
         distributed.check_launch()  # every process, rank 0 or not, says why a stray launch is refused
         check_arguments(args)
         cfg = load_config(args.config, args.overrides)
-        check_inputs(cfg, args)
-        from . import pipeline
+        from . import recipe
 
+        options = recipe.Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
+                                 baseline=not args.no_baseline, prompt=args.prompt, started=started)
         if args.dry_run:
+            planning = recipe.Recipe(cfg, options)
+            planning.check_inputs(args.mode)
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries the plan alone (JSON), notes go to stderr
-                planned = (pipeline.plan_with_adapter(cfg, args.mode, args.adapter, args.output_dir)
-                           if args.mode in ADAPTER_MODES else pipeline.plan(cfg, args.mode, args.output_dir))
+                planned = planning.dry_run(args.mode)
             if distributed.is_main():  # under a launcher, one plan for all the processes
                 print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
             return 0
-        if args.mode == "chat":
-            pipeline.run_chat(cfg, args.adapter, args.output_dir, args.prompt)
-            return 0
-        if args.mode == "test":
-            summary = pipeline.run_test(cfg, args.adapter, args.output_dir)
-        elif args.mode == "export":
-            summary = pipeline.run_export(cfg, args.adapter, args.output_dir)
-        elif args.mode == "eval":
-            summary = pipeline.run_eval(cfg, args.adapter, args.output_dir, baseline=not args.no_baseline)
-        else:
-            with_eval = args.mode == "full" and cfg.eval.in_full_mode
-            run, summary, (model, tokenizer, cfg, runtime) = pipeline.run_train(cfg, args.output_dir, started,
-                                                                                with_eval, args.resume)
-            if args.mode == "full":  # every process answers its share of the queries
-                with pipeline.recorded_in_manifest(run):
-                    if model is None:  # sharded training, nothing evaluated: no whole model loaded yet
-                        model = pipeline.inference_replica(cfg, runtime, run)
-                    summary["samples"] = pipeline.run_samples(
-                        cfg, run, model, tokenizer, f"Sample responses: {cfg.model.name} + adapter {run.path.name}"
-                    )
-        summary["total_wall_s"] = round(time.perf_counter() - started, 1)
-        from .report import summary_lines
-
-        for line in summary_lines(summary):
-            pipeline.say(line)
+        recipe.run_mode(args.mode, cfg, **vars(options))
         return 0
     except TrainingInterrupted as err:
         if distributed.is_main():  # Ctrl-C reaches every process: one message is enough

@@ -210,7 +210,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int | None]) -> dict[str, Any]:
+def process_plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int | None]) -> dict[str, Any]:
     """What each process will do, for --dry-run (run it under the same launcher and config as the real run)."""
     n, per_machine = world_size(), local_world_size()
     split = split_batch(cfg).training

@@ -16,6 +16,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,7 @@ class EvalItem:
 
 
 def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
-    if bench.kind == "pubmedqa":
-        items = _pubmedqa_items(bench)
-    elif bench.kind == "cot":
-        items = _cot_items(bench)
-    else:
-        items = _multiple_choice_items(bench)
+    items = ITEM_LOADERS[bench.kind](bench)
     if bench.max_items is not None and bench.max_items < len(items):
         items = random.Random(seed).sample(items, bench.max_items)
     return items
@@ -556,6 +552,11 @@ def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
     spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=_split(bench),
                        cot_style=bench.cot_style, columns=bench.columns)
     return cot_items_from(format_rows(spec, load_rows(spec)), 10**9)
+
+
+# How each benchmark kind of formats.BENCHMARK_KINDS reads its items (tests/test_formats.py checks both agree).
+ITEM_LOADERS: dict[str, Callable[[BenchmarkSpec], list[EvalItem]]] = {
+    "pubmedqa": _pubmedqa_items, "multiple_choice": _multiple_choice_items, "cot": _cot_items}
 
 
 def score_cot(cfg: KitConfig, model: Any, tokenizer: Any, items: list[EvalItem], style: str) -> dict[str, Any]:

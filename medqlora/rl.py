@@ -1,7 +1,7 @@
 """The methods after SFT: GRPO (TRL's GRPOTrainer, Unsloth's patched one on NVIDIA GPUs) with the verifiable
 rewards of rewards.py, and DPO / ORPO (TRL) on preference rows.
 
-The pipeline runs them as it runs SFT (run folder, manifest, leakage guard, evaluation before and after,
+The recipe runs them as it runs SFT (run folder, manifest, leakage guard, evaluation before and after,
 samples, export, resume): ``prepare`` replaces the SFT tokenization and ``train_method`` the SFTTrainer.
 """
 
@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from . import data as kit_data
-from . import rewards
+from . import report, rewards
 from .backends import Runtime
 from .config import KitConfig, load_config
-from .data import Collected, Example, PreparedData, leakage, length_stats, render_prompt, tokenize_example
+from .data import Collected, Example, PreparedData, leakage, length_stats, tokenize_example
 from .distributed import barrier, is_main, world_size
 from .errors import ConfigError, DataError, MedQLoRAError
 from .memory import snapshot
-from .runs import RunDir, log
+from .messages import log
+from .runs import RunDir
 from .train import TrainResult, _stop_on_non_finite, optimizer_name, run_trainer, save_adapter
 from .tracking import add_tracking
 
@@ -60,7 +61,7 @@ def prompt_text(tokenizer: Any, ids: list[int]) -> str:
     return text
 
 
-def prepare(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> PreparedData:
+def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> PreparedData:
     """The RL or preference rows of a run: rendered with the model's chat template and the system prompt as in
     SFT and evaluation, fitted to max_seq_length (a GRPO prompt keeps room for grpo.max_completion_length)."""
     method = cfg.training.method
@@ -157,7 +158,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
         metrics["rewards"] = reward_summary(history)
         metrics["generation"] = getattr(trainer, "generation_totals", {})
     if is_main():
-        plot_curves(history, run.path / CURVES_FILE)
+        report.plot_reward_curves(history, run.path / CURVES_FILE)
     memory = snapshot()
     if is_main():
         save_adapter(model, tokenizer, run)
@@ -269,7 +270,6 @@ def _grpo_class() -> type:
     # fast_inference). The overridden methods below (_generate, _calculate_rewards, log) keep TRL's names and
     # signatures, which Unsloth's patched source keeps too. GPU RUN PENDING: not yet run on NVIDIA + Unsloth
     # (bench/grpo_gpu.sh, stages smollm2-grpo and 8b-unsloth-*).
-    import torch
     from trl import GRPOTrainer
 
     class KitGRPOTrainer(GRPOTrainer):
@@ -297,14 +297,8 @@ def _grpo_class() -> type:
         def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
             per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             mode = "train" if self.model.training else "eval"
-            groups = per_func.view(-1, self.num_generations, per_func.shape[1])
-            for i, name in enumerate(self.reward_func_names):
-                values = groups[:, :, i]
-                scored = ~torch.isnan(values).all(dim=1)
-                if scored.any():
-                    spread = torch.nan_to_num(values[scored], nan=0.0)
-                    flat = (spread.max(dim=1).values - spread.min(dim=1).values) == 0
-                    self._metrics[mode][f"rewards/{name}/zero_std_frac"].append(flat.float().mean().item())
+            for name, fraction in _zero_std_fractions(per_func, self.num_generations, self.reward_func_names):
+                self._metrics[mode][f"rewards/{name}/zero_std_frac"].append(fraction)
             if mode == "train" and is_main():
                 self._write_samples(inputs, completions, per_func)
             return per_func
@@ -314,15 +308,7 @@ def _grpo_class() -> type:
             if step % self.samples_every or self._written_at == step:
                 return
             self._written_at = step
-            lines = []
-            for i in range(min(self.samples_count, len(completions))):
-                reply = completions[i] if isinstance(completions[i], str) else json.dumps(completions[i])
-                lines.append(json.dumps({
-                    "step": step, "uid": inputs[i].get("uid"), "kind": inputs[i].get("kind"),
-                    "answer": inputs[i].get("answer"), "completion": reply,
-                    "rewards": {name: (None if math.isnan(v) else round(v, 4)) for name, v in
-                                zip(self.reward_func_names, per_func[i].tolist(), strict=True)},
-                    "prompt_tail": inputs[i]["prompt"][-300:]}, ensure_ascii=False) + "\n")
+            lines = _sample_lines(step, inputs, completions, per_func, self.reward_func_names, self.samples_count)
             with open(self.kit_run.inside(SAMPLES_FILE), "a", encoding="utf-8") as handle:
                 handle.writelines(lines)
 
@@ -343,6 +329,36 @@ def _grpo_class() -> type:
     return KitGRPOTrainer
 
 
+def _zero_std_fractions(per_func: Any, group_size: int, names: list[str]) -> list[tuple[str, float]]:
+    """Per reward function, the share of groups whose completions all scored the same (no learning signal)."""
+    import torch
+
+    groups = per_func.view(-1, group_size, per_func.shape[1])
+    fractions = []
+    for i, name in enumerate(names):
+        values = groups[:, :, i]
+        scored = ~torch.isnan(values).all(dim=1)
+        if scored.any():
+            spread = torch.nan_to_num(values[scored], nan=0.0)
+            flat = (spread.max(dim=1).values - spread.min(dim=1).values) == 0
+            fractions.append((name, flat.float().mean().item()))
+    return fractions
+
+
+def _sample_lines(step: int, inputs: Any, completions: Any, per_func: Any, names: list[str], count: int) -> list[str]:
+    """grpo_samples.jsonl lines: the first ``count`` completions of a step, with their rewards."""
+    lines = []
+    for i in range(min(count, len(completions))):
+        reply = completions[i] if isinstance(completions[i], str) else json.dumps(completions[i])
+        lines.append(json.dumps({
+            "step": step, "uid": inputs[i].get("uid"), "kind": inputs[i].get("kind"),
+            "answer": inputs[i].get("answer"), "completion": reply,
+            "rewards": {name: (None if math.isnan(v) else round(v, 4)) for name, v in
+                        zip(names, per_func[i].tolist(), strict=True)},
+            "prompt_tail": inputs[i]["prompt"][-300:]}, ensure_ascii=False) + "\n")
+    return lines
+
+
 def reward_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Each logged reward and KL: the mean of the first and the last fifth of the logged steps."""
     keys = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")}
@@ -358,33 +374,6 @@ def reward_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
         summary[key] = {"first": round(sum(values[:k]) / k, 4), "last": round(sum(values[-k:]) / k, 4),
                         "logged": len(values)}
     return summary
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
-    """Per-reward means, KL and completion length against the step."""
-    series = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})
-    extra = [k for k in ("reward", "kl", "completions/mean_length", "loss") if any(k in e for e in history)]
-    if not series and not extra:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import save_png
-
-    names = series + extra
-    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.8 * len(names)), sharex=True, squeeze=False)
-    for ax, key in zip(axes[:, 0], names, strict=True):
-        points = [(e["step"], e[key]) for e in history if key in e and "step" in e and "train_runtime" not in e]
-        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=2)
-        ax.set_ylabel(key.removeprefix("rewards/").removesuffix("/mean"), fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("optimizer step")
-    fig.suptitle("GRPO: rewards, KL and completion length")
-    fig.tight_layout()
-    save_png(fig, path)
-    return True
 
 
 # ---------------------------------------------------------------- DPO / ORPO

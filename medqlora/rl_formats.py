@@ -1,16 +1,19 @@
 """Row formats of the methods after SFT: prompt_answer (a prompt with a checkable answer, for GRPO) and
-preference (prompt / chosen / rejected, for DPO and ORPO). Registered beside the SFT formats of data.py,
+preference (prompt / chosen / rejected, for DPO and ORPO). Registered beside the SFT formats of formats.py,
 checked row by row the same way, and seen by the leakage guard like every other format."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import DatasetSpec
-from .data import FORMAT_SHAPES, Example, _column, _field, _kind, _response, _text, _uid, register
 from .errors import DataError
+from .formats import dataset_format
+from .rows import Example, _column, _field, _kind, _response, _text, _uid
 from .secrets import printable
+
+if TYPE_CHECKING:
+    from .config import DatasetSpec
 
 
 @dataclass
@@ -18,7 +21,11 @@ class PreferenceExample(Example):
     rejected: str = ""  # the reply the model should prefer less (response holds the chosen one)
 
 
-@register("prompt_answer")
+@dataset_format(
+    "prompt_answer", placeholders=None,
+    columns="prompt (or question), answer (or solution)",
+    target="nothing by SFT: GRPO samples replies to the prompt and its rewards check them against the answer",
+    shape='{"prompt" or "question", "answer"} (the answer a GRPO reward checks)')
 def format_prompt_answer(row: dict[str, Any], spec: DatasetSpec) -> Example:
     p_name, prompt = _field(row, spec, "prompt", "question")
     a_name, answer = _column(row, spec, "answer", "solution")
@@ -51,7 +58,12 @@ def _reply(value: Any, name: str) -> tuple[str, str]:
     return "\n\n".join(users), _response(turns[-1]["content"], name)
 
 
-@register("preference")
+@dataset_format(
+    "preference", placeholders=None,
+    columns="prompt, chosen, rejected (texts, or chosen/rejected as message lists ending with the assistant reply)",
+    target="DPO / ORPO: the chosen reply over the rejected one",
+    shape='{"prompt", "chosen", "rejected"}: texts, or chosen/rejected as message lists '
+          '[{"role", "content"}, ...] ending with the assistant reply')
 def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
     c_name, chosen = _column(row, spec, "chosen")
     r_name, rejected = _column(row, spec, "rejected")
@@ -73,7 +85,3 @@ def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
                              uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
                              answer_texts=((c_name, chosen_text), (r_name, rejected_text)))
 
-
-FORMAT_SHAPES["prompt_answer"] = '{"prompt" or "question", "answer"} (the answer a GRPO reward checks)'
-FORMAT_SHAPES["preference"] = ('{"prompt", "chosen", "rejected"}: texts, or chosen/rejected as message lists '
-                               '[{"role", "content"}, ...] ending with the assistant reply')

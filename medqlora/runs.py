@@ -28,14 +28,40 @@ from typing import Any
 from .config import KIT_ROOT, KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
+from .messages import log_to
 from .secrets import RedactingFilter, contains_secret, printable, redact, slug
 
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
             "unsloth", "unsloth_zoo"]
-log = logging.getLogger("medqlora")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class Files:
+    """The name of every file and folder the kit writes in a run folder."""
+
+    ADAPTER = "adapter"
+    CHECKPOINTS = "checkpoints"
+    CONFIG = "config.yaml"
+    MANIFEST = "manifest.json"
+    RUN_LOG = "run.log"
+    METRICS = "metrics.json"
+    LOSS_CHART = "loss.png"
+    MEMORY = "memory.json"
+    MEMORY_TABLE = "memory_table.md"
+    DATA_STATS = "data_stats.json"
+    TRAINING_ITEMS = "training_items.jsonl"
+    TENSORBOARD = "tensorboard"
+    EVAL_BASELINE = "eval_baseline.json"
+    EVAL_REPORT = "eval_report.md"
+    EVAL_JSON = "eval.json"
+    EVAL_CHART = "eval_chart.png"
+    LM_EVAL_TASKS = "lm_eval_tasks"  # eval.harness: lm-eval: the task files lm-eval reads
+    LM_EVAL_BASELINE = "lm_eval_baseline.json"
+    SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
+    LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
+              f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")
 
 
 class UnsafePathError(MedQLoRAError):
@@ -137,10 +163,6 @@ def write_file_bytes(path: Path, data: bytes) -> None:
     _write_inside(Path(path).parent, Path(path).name, data)
 
 
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
 def default_run_name(cfg: KitConfig) -> str:
     """<model>-<data>-<timestamp>. Credentials are masked before the names are mapped to folder-name
     characters, so neither a token nor its mapped form can reach a folder name."""
@@ -152,12 +174,12 @@ def default_run_name(cfg: KitConfig) -> str:
 
 def _open_log(run: Path) -> Any:
     """run.log for appending, opened with O_NOFOLLOW | O_APPEND: a link there is refused, never followed."""
-    fd, _, target = _open_parent(run, "run.log")
+    fd, _, target = _open_parent(run, Files.RUN_LOG)
     try:
-        out = os.open("run.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=fd)
+        out = os.open(Files.RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise _link_error(run, "run.log", target) from None
+            raise _link_error(run, Files.RUN_LOG, target) from None
         raise MedQLoRAError(f"Cannot write {printable(target)}: {err.strerror}.") from None
     finally:
         os.close(fd)
@@ -172,7 +194,7 @@ class _RunLogHandler(logging.FileHandler):
 
     def __init__(self, run: Path) -> None:
         self._run = run
-        super().__init__(run / "run.log", mode="a", encoding="utf-8")
+        super().__init__(run / Files.RUN_LOG, mode="a", encoding="utf-8")
 
     def _open(self) -> Any:
         return _open_log(self._run)
@@ -265,19 +287,14 @@ class RunDir:
         self.check_links()
         if not is_main():
             return
-        for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-            log.removeHandler(old)
-            old.close()
-        log.propagate = False  # Unsloth installs a root handler; keep each message once on screen
         handler = _RunLogHandler(self.path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(RedactingFilter())
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        log_to(handler)
 
     @property
     def adapter(self) -> Path:
-        return self.path / "adapter"
+        return self.path / Files.ADAPTER
 
     def inside(self, name: str | Path) -> Path:
         """``self.path / name``, checked: a plain relative name, no link at it or on the way to it. For writers

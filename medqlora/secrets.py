@@ -4,12 +4,14 @@ Masking rules (``redact``):
 
 - the values of the credential variables in ``SECRET_ENV`` are replaced by ``<NAME>`` wherever they
   appear, and so is the form the run-folder slug maps them to (``hf_ab/cd`` -> ``hf-ab-cd``);
-- values of 8 characters or more are masked, except words: letters only, under 16 characters
-  (``pubmedqa``, ``Instruction``). Shorter values, words and placeholders such as ``true`` or
-  ``none`` are not credentials anyone can use (real tokens are 30-40 characters of letters and
-  digits), and masking them rewrote ordinary words and paths: ``HF_TOKEN=review`` turned a run's
-  config.yaml into ``model.name: /tmp/<HF_TOKEN>/tiny``, and ``HF_TOKEN=pubmedqa`` into
-  ``format: <HF_TOKEN>``, which no longer loads;
+- values of 8 characters or more are masked, except plain names under 16 characters: parts joined by
+  ``_ - . / :`` that are each a word (letters only), a short number (under 8 digits) or a short mix
+  of letters and digits (under 7 characters, at most two letter/digit changes: ``o1``, ``gpt4o``):
+  ``pubmedqa``, ``medical_o1``, ``llama3-8b``, ``2026-11-30``. Shorter values, plain names and placeholders such as ``true`` or ``none`` are not
+  credentials anyone can use (real tokens are 30-40 characters of letters and digits; a password
+  such as ``s3cret12`` is one long mix, and stays masked), and masking them rewrote ordinary words
+  and paths: ``HF_TOKEN=review`` turned a run's config.yaml into ``model.name: /tmp/<HF_TOKEN>/tiny``,
+  and ``HF_TOKEN=medical_o1`` into ``format: <HF_TOKEN>``, which no longer loads;
 - anything shaped like a Hugging Face token (``hf_`` + 20 or more letters/digits) is masked as
   ``<token>`` even when it is not in the environment, and so is the password of a URL
   (``https://user:<password>@host``, as in an MLFLOW_TRACKING_URI).
@@ -33,9 +35,10 @@ SECRET_ENV = (
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",  # mlflow's basic-auth password and bearer token
 )
 MIN_SECRET_LEN = 8
-MIN_WORD_SECRET_LEN = 16  # a value of letters only is a word below this (pubmedqa), not a credential
+MIN_WORD_SECRET_LEN = 16  # a plain name below this (pubmedqa, medical_o1) is not a credential
 _PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
 _TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
+_NAME_PARTS = re.compile(r"[_\-./:]+")
 _SLUG = re.compile(r"[^A-Za-z0-9.]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s@:]+):([^/\s@]+)@")
 
@@ -45,12 +48,26 @@ def slug(text: str) -> str:
     return _SLUG.sub("-", text).strip("-")
 
 
+def _plain_part(part: str) -> bool:
+    if not part.isascii():
+        return False
+    switches = sum(a.isdigit() != b.isdigit() for a, b in zip(part, part[1:]))
+    return part.isalpha() or (part.isdigit() and len(part) < 8) or (part.isalnum() and len(part) < 7 and switches <= 2)
+
+
+def plain_name(value: str) -> bool:
+    """A value under 16 characters made of words, short numbers and short letter-digit mixes joined by
+    _ - . / : (pubmedqa, medical_o1, llama3-8b): a name that config files hold, not a credential."""
+    parts = [part for part in _NAME_PARTS.split(value) if part]
+    return len(value) < MIN_WORD_SECRET_LEN and bool(parts) and all(_plain_part(part) for part in parts)
+
+
 def maskable(value: str) -> bool:
     """Whether a credential value is masked: 8 characters or more, not a placeholder (true, none...), and not
-    a word (letters only, under 16 characters), which would mask the same word in the run's own config."""
+    a plain name (pubmedqa, medical_o1), which would mask the same name in the run's own config."""
     if len(value) < MIN_SECRET_LEN or value.lower() in _PLACEHOLDERS:
         return False
-    return not (value.isalpha() and len(value) < MIN_WORD_SECRET_LEN)
+    return not plain_name(value)
 
 
 def secret_values() -> list[tuple[str, str]]:

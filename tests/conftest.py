@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 # No test reaches a model hub; without these, a missing model waits on network timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +15,17 @@ import pytest
 from medqlora.config import KitConfig, load_config
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# A test that builds, trains or loads a model through the tiny random Llama takes seconds to minutes on a CPU:
+# it belongs to the slow tier, with the tests marked `slow` by hand (several processes, the real weights).
+MODEL_FIXTURES = {"tiny_model_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +85,37 @@ def kit_argv(model_dir: Path, out: Path, *args: str, **overrides: str) -> list[s
     for item in tiny_overrides(model_dir, out, **overrides):
         argv += ["--set", item]
     return argv
+
+
+class CliResult(NamedTuple):
+    """What one command line ended with: its exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(capsys, argv: list[str]) -> CliResult:
+    """The kit's command line in this process (fast; monkeypatches reach it), with its exit code and output."""
+    from medqlora.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
+def run_tiny(model_dir: Path, out: Path, *args: str, **overrides: str) -> int:
+    """The kit's command line in this process on the tiny-run overrides; returns the exit code."""
+    from medqlora.cli import main
+
+    return main(kit_argv(model_dir, out, *args, **overrides))
+
+
+def only_run(out: Path) -> Path:
+    """The one run folder a command wrote under ``out``."""
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
 
 
 def run_kit(argv: list[str], env: dict[str, str] | None = None, timeout: int = 600, cwd: Path | None = None):

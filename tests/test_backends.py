@@ -151,6 +151,7 @@ def test_quantized_checkpoints_are_known_by_name_or_by_their_config(tmp_path):
     assert gpu_only_checkpoint(str(folder)) is None
 
 
+@pytest.mark.slow
 def test_a_gpu_preset_on_a_cpu_plans_with_a_warning_and_a_run_stops_before_its_folder(tmp_path):
     import json
 
@@ -174,12 +175,12 @@ def test_a_gpu_preset_on_a_cpu_plans_with_a_warning_and_a_run_stops_before_its_f
 
 
 def test_the_memory_plan_of_an_uncached_hub_model_says_why_without_waiting_on_the_network(monkeypatch):
-    from medqlora import fit, pipeline
+    from medqlora import fit, plan
     from medqlora.config import load_config
 
     monkeypatch.setattr(fit, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(fit, "model_shape", lambda *a, **k: pytest.fail("the hub must not be asked"))
     cfg = load_config(None, ["model.name=some-org/never-cached-model", "training.gpu_memory_gib=15"])
-    planned = pipeline.memory_plan(cfg, backends.detect(cfg))
+    planned = plan.memory_plan(cfg, backends.detect(cfg))
     assert planned == ("unknown: some-org/never-cached-model's config.json is not in the local cache and the model "
                        "hub cannot be reached from this machine (the run downloads it)")

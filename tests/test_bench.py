@@ -32,3 +32,49 @@ def test_bench_script_trains_each_configuration_and_writes_its_table(smol_dir, t
     assert result["params"] > 6_000_000
     table = (out / "bench.md").read_text().splitlines()
     assert len(table) == 2 + 4 and table[2].startswith("| hf | pubmedqa | seed | 2x4 |")
+
+
+def _profile_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import profile_steps
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return profile_steps
+
+
+def test_profile_breakdown_sorts_kernels_and_counts_gpu_idle_time():
+    """Two 1000-us steps; kernels: a GEMM, a dequantize overlapping it, a flash kernel, an Adam step, a copy."""
+    breakdown = _profile_module().breakdown
+
+    def kernel(name, ts, dur, cat="kernel"):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": 7}
+
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#4", "ts": 0, "dur": 1000, "tid": 1},
+        {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#5", "ts": 1000, "dur": 1000, "tid": 1},
+        kernel("sm90_xmma_gemm_bf16bf16_bf16f32", 0, 400), kernel("kDequantizeBlockwise<nf4>", 300, 200),
+        kernel("flash_fwd_kernel", 1000, 300), kernel("multi_tensor_apply_kernel<AdamFunctor>", 1400, 100),
+        kernel("Memcpy HtoD", 1600, 50, cat="gpu_memcpy"),
+    ]}
+    result = breakdown(trace)
+    assert result["device"] == "gpu" and result["steps"] == 2 and result["wall_ms"] == 2.0
+    assert result["categories_ms"] == {"matmul": 0.4, "attention": 0.3, "dequantize": 0.2, "optimizer": 0.1,
+                                       "copy": 0.05}
+    assert result["busy_ms"] == 0.95 and result["gpu_idle_ms"] == 1.05  # the overlap counted once
+
+
+@pytest.mark.slow
+def test_profile_script_records_steps_through_the_kits_trainer(tiny_model_dir, tmp_path):
+    out = tmp_path / "profile"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_steps.py"), "--out", str(out), "--steps", "2", "--warmup", "1",
+         "--set", f"model.name={tiny_model_dir}", "--set", "model.max_seq_length=128",
+         "--set", "data.datasets.0.max_samples=8", "--set", "training.micro_batch_size=4",
+         "--set", "generation.max_new_tokens=4", "--set", "eval.benchmarks.0.max_items=4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "breakdown.json").read_text())
+    assert result["steps"] == 2 and result["device"] == "cpu"
+    assert result["categories_ms"]["matmul"] > 0 and result["categories_ms"]["loss"] > 0
+    assert "| matmul |" in (out / "breakdown.md").read_text()

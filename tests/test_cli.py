@@ -4,32 +4,20 @@ import json
 import stat
 from importlib import metadata
 
+import pytest
 import yaml
 
 from medqlora.cli import main
 from medqlora.config import load_config
 
-from .conftest import tiny_overrides
+from .conftest import only_run, run_tiny
 
 DISCLAIMER = "consult a healthcare professional."
 
 
-def cli(model_dir, out, *args, **overrides):
-    argv = list(args)
-    for item in tiny_overrides(model_dir, out, **overrides):
-        argv += ["--set", item]
-    return main(argv)
-
-
-def only_run(out):
-    runs = [p for p in out.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
 def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "full") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "full") == 0
     run = only_run(out)
     files = {p.name for p in run.iterdir()}
     assert {"adapter", "config.yaml", "manifest.json", "metrics.json", "loss.png", "memory.json",
@@ -45,6 +33,8 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     assert manifest["packages"]["torch"] and manifest["packages"]["trl"] == metadata.version("trl")
     assert list(manifest["data"].values())[0].startswith("sha256:")
     assert manifest["adapter_mb"] > 0
+    log = (run / "run.log").read_text()  # every line said, those before the run folder existed first
+    assert log.index("backend=hf on CPU") < log.index("run folder:") < log.index("CPU: LoRA on full-precision")
     modes = {stat.S_IMODE(f.stat().st_mode) for f in [*(run / "adapter").iterdir(), run / "config.yaml"]}
     assert len(modes) == 1  # the adapter's weights are as readable as every other file of the run
 
@@ -76,20 +66,20 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
 
 def test_train_then_test_uses_the_latest_adapter_and_never_overwrites(tiny_model_dir, tmp_path):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "train") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train") == 0
     run = only_run(out)
     assert not (run / "sample_responses.md").exists()
-    assert cli(tiny_model_dir, out, "--mode", "test") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "test") == 0
     first = (run / "sample_responses.md").read_text()
     assert "+ adapter" in first
-    assert cli(tiny_model_dir, out, "--mode", "test", "--adapter", str(run)) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "test", "--adapter", str(run)) == 0
     assert (run / "sample_responses.md").read_text() == first
     assert len(list(run.glob("sample_responses*.md"))) == 2
 
 
 def test_test_mode_with_the_base_model_only(tiny_model_dir, tmp_path):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "test", "--adapter", "none") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "test", "--adapter", "none") == 0
     run = only_run(out)
     assert run.name.startswith("base-")
     assert "(base)" in (run / "sample_responses.md").read_text()
@@ -97,16 +87,16 @@ def test_test_mode_with_the_base_model_only(tiny_model_dir, tmp_path):
 
 def test_existing_run_folder_is_refused_and_left_untouched(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "mine"}) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "mine"}) == 0
     before = (out / "mine" / "manifest.json").read_bytes()
-    assert cli(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "mine"}) == 2
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "mine"}) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "mine" / "manifest.json").read_bytes() == before
 
 
 def test_dry_run_prints_the_plan_and_loads_nothing(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--dry-run") == 0
+    assert run_tiny(tiny_model_dir, out, "--dry-run") == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["backend"].startswith("backend=hf")
     dataset = plan["datasets"]["0:data/pubmedqa/ori_pqal.json"]
@@ -141,7 +131,7 @@ def test_ctrl_c_during_training_saves_the_adapter(tiny_model_dir, tmp_path, monk
 
     monkeypatch.setattr(SFTTrainer, "training_step", interrupt_on_third_step)
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "full") == 130
+    assert run_tiny(tiny_model_dir, out, "--mode", "full") == 130
     run = only_run(out)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert "Interrupted (Ctrl-C) at step 2" in capsys.readouterr().err
@@ -166,7 +156,7 @@ def test_bad_data_stops_before_the_model_loads(tmp_path, monkeypatch, capsys):
 
 def test_training_items_are_recorded_for_later_overlap_checks(tiny_model_dir, tmp_path):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "train") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train") == 0
     items = [json.loads(line) for line in (only_run(out) / "training_items.jsonl").read_text().splitlines()]
     assert len(items) == 16 and all(len(i["question_sha1_16"]) == 16 and i["uid"] for i in items)
     from medqlora.data import pubmedqa_test_ids
@@ -178,12 +168,12 @@ def test_training_items_are_recorded_for_later_overlap_checks(tiny_model_dir, tm
 
 def test_eval_mode_scores_base_and_adapter_without_overwriting(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "train") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train") == 0
     run = only_run(out)
-    assert cli(tiny_model_dir, out, "--mode", "eval") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "eval") == 0
     report = json.loads((run / "eval.json").read_text())["benchmarks"]["pubmedqa"]
     assert report["baseline"]["items"] == 12 and report["fine_tuned"]["items"] == 12
-    assert cli(tiny_model_dir, out, "--mode", "eval", "--no-baseline") == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "eval", "--no-baseline") == 0
     second = [p for p in run.glob("eval-*.json")]
     assert len(second) == 1 and json.loads(second[0].read_text())["benchmarks"]["pubmedqa"]["baseline"] is None
     assert "pubmedqa" in capsys.readouterr().out
@@ -191,7 +181,7 @@ def test_eval_mode_scores_base_and_adapter_without_overwriting(tiny_model_dir, t
 
 def test_eval_mode_on_the_base_model_alone(tiny_model_dir, tmp_path):
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "eval", "--adapter", "none",
+    assert run_tiny(tiny_model_dir, out, "--mode", "eval", "--adapter", "none",
                **{"eval.benchmarks": "[{name: medmcqa, kind: multiple_choice, source: data/medmcqa/dev_subset.jsonl, "
                                      "max_items: 6}]"}) == 0
     run = only_run(out)
@@ -206,7 +196,7 @@ def test_eval_mode_on_a_chain_of_thought_set(tiny_model_dir, tmp_path):
     rows.write_text("".join(json.dumps({"Question": f"Case {i}: cause of anaemia?", "Complex_CoT": "Think.",
                                         "Response": "Iron deficiency."}) + "\n" for i in range(3)))
     out = tmp_path / "outputs"
-    assert cli(tiny_model_dir, out, "--mode", "eval", "--adapter", "none", **{
+    assert run_tiny(tiny_model_dir, out, "--mode", "eval", "--adapter", "none", **{
         "eval.benchmarks": f"[{{name: o1-heldout, kind: cot, source: {rows}, cot_style: tags}}]",
         "eval.max_new_tokens": "6"}) == 0
     result = json.loads((only_run(out) / "eval.json").read_text())["benchmarks"]["o1-heldout"]["baseline"]
@@ -214,14 +204,15 @@ def test_eval_mode_on_a_chain_of_thought_set(tiny_model_dir, tmp_path):
     assert "## Chain-of-thought format" in (only_run(out) / "eval_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp_path, capsys, monkeypatch):
     """--resume continues with the run's config.yaml: its generation.queries_file is the one checked, at once."""
-    from medqlora import pipeline
+    from medqlora.recipe import Recipe
 
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("training resumed before the queries file was checked")
 
-    monkeypatch.setattr(pipeline, "run_train", must_not_run)
+    monkeypatch.setattr(Recipe, "resolve_training", must_not_run)
     run = tmp_path / "outputs" / "cut"
     (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")

@@ -40,6 +40,7 @@ def test_shipped_pubmedqa_test_split_equals_the_shared_copy():
     assert shipped == json.loads((SHARED_DATA / "pubmedqa" / "test_ground_truth.json").read_text())
 
 
+@pytest.mark.slow
 def test_pubmedqa_official_test_questions_are_never_trained_on(smol_tokenizer):
     data = DataSection(datasets=[spec(source="data/pubmedqa/ori_pqal.json", format="pubmedqa")], val_ratio=0.1)
     prepared = prepare(data, smol_tokenizer, max_len=512, seed=1)
@@ -280,6 +281,7 @@ def test_weights_set_the_mixing_proportions(tmp_path):
     assert [e.prompt for e in collect(data, seed=5)[1].examples] == [e.prompt for e in second.examples]
 
 
+@pytest.mark.slow
 def test_cv_fold_validates_on_the_official_fold(smol_tokenizer):
     folds = json.loads(open("data/pubmedqa/pqal_split_pmids.json").read())["folds"]
     data = DataSection(datasets=[spec(source="data/pubmedqa/ori_pqal.json", format="pubmedqa", cv_fold=3,

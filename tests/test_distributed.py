@@ -188,16 +188,16 @@ def test_the_plan_names_each_process_machine_and_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     monkeypatch.setattr(distributed, "_cuda", lambda: False)
-    assert distributed.plan(cfg, 1000, {})["ranks"][9]["gpu"] == "none (CPU)"
+    assert distributed.process_plan(cfg, 1000, {})["ranks"][9]["gpu"] == "none (CPU)"
     monkeypatch.setattr(distributed, "_cuda", lambda: True)  # the layout planned for two 8-GPU machines
-    planned = distributed.plan(cfg, 1000, {"pubmedqa": 500})
+    planned = distributed.process_plan(cfg, 1000, {"pubmedqa": 500})
     assert planned["machines"] == 2 and len(planned["ranks"]) == 16
     nine = planned["ranks"][9]
     assert (nine["machine"], nine["gpu"], nine["micro_batch x accumulation"]) == (1, 1, "2 x 1")
     assert sum(r["evaluation_items"]["pubmedqa"] for r in planned["ranks"]) == 500
     assert nine["micro_batches_per_epoch"] == 32  # 1000 examples = 500 micro-batches of 2, over 16 processes
     assert "24 examples from its start are trained twice" in planned["epoch_tail"]  # 16 x 32 x 2 = 1024 slots
-    assert distributed.plan(cfg, 1024, {})["epoch_tail"] == "none"
+    assert distributed.process_plan(cfg, 1024, {})["epoch_tail"] == "none"
 
 
 @pytest.mark.parametrize("rows,micro_batch,processes", [(22, 4, 2), (24, 4, 2), (5, 4, 2), (9, 4, 2), (1000, 2, 16),
@@ -230,7 +230,7 @@ def _fsdp_gather_worker(rank, world, store_path, out):
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    from medqlora.train import gather_fsdp_trainable, write_gathered_adapter
+    from medqlora.sharded import gather_fsdp_trainable, write_gathered_adapter
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
@@ -278,7 +278,7 @@ def _fsdp_restore_worker(rank, world, store_path, out):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     from medqlora.errors import MedQLoRAError
-    from medqlora.train import FSDP_LORA_FILE, gather_fsdp_trainable, load_fsdp_lora, scatter_fsdp_trainable
+    from medqlora.sharded import FSDP_LORA_FILE, gather_fsdp_trainable, load_fsdp_lora, scatter_fsdp_trainable
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)

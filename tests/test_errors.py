@@ -15,24 +15,17 @@ from medqlora.config import DatasetSpec, load_config
 from medqlora.data import FORMATS, load_rows, prepare
 from medqlora.errors import ConfigError, DataError, ModelError
 
-from .conftest import tiny_overrides
+from .conftest import kit_argv, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fails(capsys, argv: list[str], fragment: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert fragment in err, err
-    assert "Traceback" not in err
-    return err
-
-
-def tiny(model_dir, out, **extra) -> list[str]:
-    argv = []
-    for item in tiny_overrides(model_dir, out, **extra):
-        argv += ["--set", item]
-    return argv
+    result = run_cli(capsys, argv)
+    assert result.code == 2, result.err
+    assert fragment in result.err, result.err
+    assert "Traceback" not in result.err
+    return result.err
 
 
 # ---------------------------------------------------------------- configuration
@@ -77,12 +70,12 @@ def test_packing_on_cpu_is_refused(capsys):
 
 
 def test_target_module_missing_from_the_model(tiny_model_dir, tmp_path, capsys):
-    fails(capsys, ["--mode", "train"] + tiny(tiny_model_dir, tmp_path, **{"lora.target_modules": "[query, value]"}),
+    fails(capsys, ["--mode", "train"] + kit_argv(tiny_model_dir, tmp_path, **{"lora.target_modules": "[query, value]"}),
           "lora.target_modules: ['query', 'value'] do not exist")
 
 
 def test_sequence_length_beyond_the_model(tiny_model_dir, tmp_path, capsys):
-    fails(capsys, ["--mode", "train"] + tiny(tiny_model_dir, tmp_path, **{"model.max_seq_length": "8192"}),
+    fails(capsys, ["--mode", "train"] + kit_argv(tiny_model_dir, tmp_path, **{"model.max_seq_length": "8192"}),
           "exceeds what")
 
 
@@ -106,7 +99,7 @@ def test_adapter_path_without_adapter(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("errors")
-    assert main(["--mode", "train"] + tiny(tiny_model_dir, out, **{"output.run_name": "r"})) == 0
+    assert main(["--mode", "train"] + kit_argv(tiny_model_dir, out, **{"output.run_name": "r"})) == 0
     return out / "r"
 
 
@@ -204,7 +197,7 @@ def test_out_of_memory_saves_the_adapter_and_says_what_to_change(tiny_model_dir,
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SFTTrainer, "training_step", oom_on_third)
-    err = fails(capsys, ["--mode", "train"] + tiny(tiny_model_dir, tmp_path / "o", **{"output.run_name": "oom"}),
+    err = fails(capsys, ["--mode", "train"] + kit_argv(tiny_model_dir, tmp_path / "o", **{"output.run_name": "oom"}),
                 "CUDA out of memory at step 2")
     assert "training.micro_batch_size=2" in err and "gradient_accumulation_steps=2" in err
     assert (tmp_path / "o" / "oom" / "adapter" / "adapter_model.safetensors").is_file()
@@ -218,7 +211,7 @@ def test_disk_full_while_saving_the_adapter(tiny_model_dir, tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(PeftModel, "save_pretrained", full)
-    fails(capsys, ["--mode", "train"] + tiny(tiny_model_dir, tmp_path), "No space left on device")
+    fails(capsys, ["--mode", "train"] + kit_argv(tiny_model_dir, tmp_path), "No space left on device")
 
 
 def test_disk_full_while_writing_a_report(tmp_path, monkeypatch):
@@ -240,7 +233,7 @@ def test_tokens_never_reach_messages_logs_or_manifests(tiny_model_dir, tmp_path,
     token = "hf_" + "x" * 30
     monkeypatch.setenv("HF_TOKEN", token)
     out = tmp_path / "o"
-    argv = ["--mode", "train"] + tiny(tiny_model_dir, out, **{"output.run_name": "t", "model.name": token})
+    argv = ["--mode", "train"] + kit_argv(tiny_model_dir, out, **{"output.run_name": "t", "model.name": token})
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert token not in captured.err + captured.out and "<HF_TOKEN>" in captured.err

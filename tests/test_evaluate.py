@@ -186,7 +186,7 @@ def test_full_mode_on_medical_o1_reports_cot_and_perplexity(tiny_model_dir, tmp_
 
 
 def test_summary_flags_a_model_that_gives_one_answer_to_nearly_every_item():
-    from medqlora.pipeline import _summary_row
+    from medqlora.report import summary_row
 
     labels = ["yes", "no", "maybe"]
     gold = ["yes"] * 55 + ["no"] * 34 + ["maybe"] * 11
@@ -194,7 +194,7 @@ def test_summary_flags_a_model_that_gives_one_answer_to_nearly_every_item():
     tuned = evaluation.classification_metrics(gold, ["yes"] * 54 + ["no"] * 1 + ["yes"] * 41 + ["no"] * 4, labels)
     assert tuned["majority_label"] == "yes" and tuned["majority_rate"] == 55.0
     assert tuned["predicted"]["yes"] == 95 and tuned["accuracy"] == 54.0
-    line = _summary_row("pubmedqa", {"baseline": base, "fine_tuned": tuned})
+    line = summary_row("pubmedqa", {"baseline": base, "fine_tuned": tuned})
     assert line.startswith(f"pubmedqa accuracy {base['accuracy']} -> 54.0, macro-F1 {base['macro_f1']} -> "
                            f"{tuned['macro_f1']} (always 'yes': 55.0)")
     assert "WARNING: the fine-tuned model answers 'yes' to 95% of pubmedqa's items" in line
@@ -208,13 +208,13 @@ def test_summary_flags_a_model_that_gives_one_answer_to_nearly_every_item():
 
 
 def test_summary_has_no_warning_for_spread_answers():
-    from medqlora.pipeline import _summary_row
+    from medqlora.report import summary_row
 
     labels = ["A", "B", "C", "D"]
     gold = ["A", "B", "C", "D"] * 25
     tuned = evaluation.classification_metrics(gold, ["A"] * 90 + ["B"] * 10, labels)
     assert evaluation.one_answer_warning("m", "fine_tuned", tuned) is None  # exactly 90% is not flagged
-    line = _summary_row("m", {"baseline": None, "fine_tuned": tuned})
+    line = summary_row("m", {"baseline": None, "fine_tuned": tuned})
     assert "WARNING" not in line and line.startswith("m accuracy - -> 25.0, macro-F1 - -> ")
 
 

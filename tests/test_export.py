@@ -1,23 +1,14 @@
 """--mode export: the merged model and the GGUF answer like the trained base + adapter, with its template."""
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from medqlora import export
-from medqlora.cli import main
 
-from .conftest import tiny_overrides
-
-
-def cli(model_dir, out, mode, *extra, **values):
-    argv = ["--mode", mode]
-    for item in tiny_overrides(model_dir, out, **values):
-        argv += ["--set", item]
-    return main(argv + list(extra))
+from .conftest import run_tiny
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +20,7 @@ def converter():
 def trained_run(tiny_model_dir, tmp_path_factory):
     """A tiny run whose adapter is made large, so that merging it visibly changes the model."""
     out = tmp_path_factory.mktemp("export")
-    assert cli(tiny_model_dir, out, "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
     run = out / "run"
     weights = load_file(run / "adapter" / "adapter_model.safetensors")
     generator = torch.Generator().manual_seed(0)
@@ -52,7 +43,7 @@ def test_merged_and_gguf_exports_answer_like_the_trained_adapter(trained_run, ti
 
     out, run = trained_run
     monkeypatch.setenv("LLAMA_CPP_DIR", str(converter))
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{
         "export.formats": "[adapter,merged,gguf]", "export.gguf_type": "f32", "export.compare_prompts": "3"}) == 0
     folder = run / "export"
     report = json.loads((folder / "export_report.json").read_text())
@@ -117,8 +108,8 @@ def test_an_exported_adapter_names_the_hub_id_of_a_model_shipped_on_pypi():
 
 def test_a_second_export_never_overwrites_the_first(trained_run, tiny_model_dir):
     out, run = trained_run
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run)) == 0
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run)) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run)) == 0
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run)) == 0
     exports = sorted(p.name for p in run.iterdir() if p.name.startswith("export"))
     assert len(exports) >= 2 and len(set(exports)) == len(exports)
     for name in exports:
@@ -129,7 +120,7 @@ def test_gguf_without_llama_cpp_says_what_to_install_and_still_exports_merged(tr
                                                                               monkeypatch, capsys):
     out, run = trained_run
     monkeypatch.setattr(export, "llama_cpp_dir", lambda: None)
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run), **{"export.formats": "[gguf]",
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{"export.formats": "[gguf]",
                                                                         "export.compare_prompts": "1"}) == 0
     printed = capsys.readouterr().out
     assert "git clone https://github.com/ggml-org/llama.cpp" in printed and "LLAMA_CPP_DIR" in printed
@@ -139,12 +130,12 @@ def test_gguf_without_llama_cpp_says_what_to_install_and_still_exports_merged(tr
 
 
 def test_export_of_the_base_model_is_refused(tiny_model_dir, tmp_path, capsys):
-    assert cli(tiny_model_dir, tmp_path, "export", "--adapter", "none") == 2
+    assert run_tiny(tiny_model_dir, tmp_path, "--mode", "export", "--adapter", "none") == 2
     assert "needs an adapter" in capsys.readouterr().err
 
 
 def test_export_with_no_trained_run_says_so(tiny_model_dir, tmp_path, capsys):
-    assert cli(tiny_model_dir, tmp_path / "empty", "export") == 2
+    assert run_tiny(tiny_model_dir, tmp_path / "empty", "--mode", "export") == 2
     assert "adapter" in capsys.readouterr().err.lower()
 
 
@@ -159,7 +150,7 @@ def test_a_crashed_export_leaves_no_export_folder(trained_run, tiny_model_dir, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "merge_into_dequantized_base", fail)
-    assert cli(tiny_model_dir, out, "export", "--adapter", str(run),
+    assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run),
                **{"export.formats": "[adapter, merged]"}) == 2
     assert building == [["adapter"]]  # the export was being built aside, the adapter already copied there...
     after = {p.name for p in run.iterdir()}

@@ -128,6 +128,7 @@ def model_8b_config_only(tmp_path, smol_dir):
     return folder
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_estimate_and_the_auto_fit_for_a_t4(model_8b_config_only, capsys):
     argv = ["--dry-run", "--set", f"model.name={model_8b_config_only}", "--set", "model.max_seq_length=2048",
             "--set", "training.gpu_memory_gib=15"]
@@ -137,6 +138,7 @@ def test_dry_run_prints_the_estimate_and_the_auto_fit_for_a_t4(model_8b_config_o
     assert "checkpointing unsloth" in planned["auto_fit"]
 
 
+@pytest.mark.slow
 def test_dry_run_refuses_a_setting_that_cannot_fit(model_8b_config_only, capsys):
     argv = ["--dry-run", "--set", f"model.name={model_8b_config_only}", "--set", "model.max_seq_length=4096",
             "--set", "training.gpu_memory_gib=15", "--set", "training.auto_fit=false", "--set",

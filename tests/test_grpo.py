@@ -13,7 +13,7 @@ from medqlora.cli import main
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
 
-from .conftest import tiny_overrides
+from .conftest import kit_argv, tiny_overrides
 
 MEDMCQA = {"data.datasets": "[{source: data/medmcqa/train.jsonl, format: multiple_choice, max_samples: 8}]",
            "data.eval_sets": "[{source: data/medmcqa/heldout.jsonl, format: multiple_choice}]",
@@ -26,10 +26,7 @@ MEDMCQA = {"data.datasets": "[{source: data/medmcqa/train.jsonl, format: multipl
 
 
 def grpo_argv(model_dir, out, mode="full", **extra):
-    argv = ["--mode", mode]
-    for item in tiny_overrides(model_dir, out, **{**MEDMCQA, **extra}):
-        argv += ["--set", item]
-    return argv
+    return kit_argv(model_dir, out, "--mode", mode, **{**MEDMCQA, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +77,7 @@ def test_grpo_prompts_are_the_evaluation_prompts(tiny_model_dir, smol_tokenizer)
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, Path("/tmp/unused"), **MEDMCQA))
     collected = data.collect(cfg.data, cfg.training.seed)
-    prepared = rl.prepare(cfg, collected, smol_tokenizer)
+    prepared = rl.prepare_method_rows(cfg, collected, smol_tokenizer)
     row = prepared.train[0]
     item = evaluate.EvalItem(row["uid"], row["example"], row["answer"], row["choices"])
     room = cfg.model.max_seq_length - cfg.grpo.max_completion_length
@@ -240,6 +237,7 @@ def test_config_error_is_raised_for_a_misspelled_grpo_key():
         load_config(None, ["grpo.num_generation=4"])
 
 
+@pytest.mark.slow
 def test_smollm2_grpo_preset_plans_without_loading(tmp_path, capsys):
     """The offline GRPO preset validates, reads its rows and passes the leakage guard against its held-out part."""
     assert main(["--mode", "full", "--dry-run", "--config", "smollm2_grpo_medmcqa", "--set",

@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from medqlora.config import KitConfig, load_config
 from medqlora.errors import ConfigError
 from medqlora.generate import load_queries
 
-from .conftest import assert_one_message, run_kit
+from .conftest import assert_one_message, run_cli, run_kit
 
 MINIMAL = "data:\n  datasets:\n    - source: data/pubmedqa/ori_pqal.json\n      format: pubmedqa\n"
 
@@ -143,40 +142,34 @@ QUERY_ROWS = [  # (queries file text, bytes or None for no file, fragment)
 @pytest.fixture(autouse=True)
 def _accepting_is_a_failure(request, monkeypatch):
     """A hostile input that gets past the boundary fails the test at once (instead of training a model), and
-    one that hangs fails it after 20 s (instead of never)."""
-    from medqlora import pipeline
+    one that hangs fails it (instead of never): a hang guard far above the time a refusal takes, not a timing
+    check (a property test runs its 80 examples under one guard)."""
+    from medqlora import plan
+    from medqlora.recipe import Recipe
 
     def accepted(*_args, **_kwargs):
-        raise AssertionError("the input was accepted: the pipeline started")
+        raise AssertionError("the input was accepted: the run started")
 
     if "inside_a_run" not in request.node.name:
-        for name in ("run_train", "run_test", "run_eval", "run_export", "plan"):
-            monkeypatch.setattr(pipeline, name, accepted)
+        for name in ("train_mode", "full", "test", "eval", "export"):
+            monkeypatch.setattr(Recipe, name, accepted)
+        monkeypatch.setattr(plan, "training_plan", accepted)
+
+    seconds = 300 if "any_" in request.node.name or "fan_out" in request.node.name else 60
 
     def too_slow(*_args):
-        raise TimeoutError("not refused within 20 s")
+        raise TimeoutError(f"not refused within {seconds} s: the input makes the kit hang")
 
-    if "any_" in request.node.name or "fan_out" in request.node.name:  # properties: timed per example
-        yield
-        return
     previous = signal.signal(signal.SIGALRM, too_slow)
-    signal.alarm(20)
+    signal.alarm(seconds)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
 
 
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _refused(capsys, argv: list[str], fragment: str, out: Path) -> str:
     """Exit code 2, one message holding ``fragment``, no traceback, and nothing in the output folder."""
-    began = time.perf_counter()
-    code, _, err = _run(capsys, argv + ["--output-dir", str(out)])
-    assert time.perf_counter() - began < 5, "a hostile input must be refused quickly"
+    code, _, err = run_cli(capsys, argv + ["--output-dir", str(out)])
     assert code == 2, err
     assert_one_message(err, fragment)
     assert "\x1b" not in err and "\x00" not in err, "control characters reach the terminal"
@@ -242,16 +235,16 @@ def test_a_queries_file_that_is_a_directory(tmp_path, capsys):
 
 def test_train_and_eval_do_not_read_the_queries_file(tmp_path, capsys, monkeypatch):
     """Modes that never answer the queries are not stopped by them."""
-    from medqlora import pipeline
+    from medqlora.recipe import Recipe
 
     def reached(*_args, **_kwargs):
         raise ConfigError("reached the pipeline")
 
-    monkeypatch.setattr(pipeline, "run_train", reached)
-    monkeypatch.setattr(pipeline, "run_eval", reached)
+    monkeypatch.setattr(Recipe, "train_mode", reached)
+    monkeypatch.setattr(Recipe, "eval", reached)
     missing = f"generation.queries_file={tmp_path / 'none.yaml'}"
     for argv in (["--mode", "train"], ["--mode", "eval", "--adapter", "none"]):
-        code, _, err = _run(capsys, argv + ["--set", missing])
+        code, _, err = run_cli(capsys, argv + ["--set", missing])
         assert code == 2 and "reached the pipeline" in err, err
 
 
@@ -306,7 +299,7 @@ def test_arguments_a_mode_cannot_use_are_refused(tmp_path, capsys, row, build, f
     out = tmp_path / "outputs"
     if "--output-dir" not in argv:
         argv += ["--output-dir", str(out)]
-    code, _, err = _run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 2, err
     assert_one_message(err, fragment.replace("{dir}", str(tmp_path)))
     assert not out.exists()
@@ -342,7 +335,7 @@ def test_an_unexpected_exception_is_one_line_and_its_traceback_goes_to_a_file(tm
 
     monkeypatch.setattr(cli, "load_config", broken)
     out = tmp_path / "outputs"
-    code, _, err = _run(capsys, ["--mode", "train", "--output-dir", str(out)])
+    code, _, err = run_cli(capsys, ["--mode", "train", "--output-dir", str(out)])
     assert code == 1
     trace = _one_internal_error(err, "RuntimeError")
     assert "boom\\nwith a second line" in err and "\x1b" not in err
@@ -366,7 +359,7 @@ def test_an_unexpected_exception_inside_a_run_is_logged_in_its_run_log_and_marks
 
     monkeypatch.setattr(data, "collect", broken)
     out = tmp_path / "outputs"
-    code, _, err = _run(capsys, ["--mode", "train", "--output-dir", str(out), "--set", "output.run_name=crash",
+    code, _, err = run_cli(capsys, ["--mode", "train", "--output-dir", str(out), "--set", "output.run_name=crash",
                                  "--set", "data.datasets.0.max_samples=4"])
     assert code == 1, err
     trace = _one_internal_error(err, "KeyError")
@@ -407,14 +400,12 @@ YAMLISH = st.text(alphabet="&*ab[]{}:,- \n!?<>'\"|#%.0123456789eE+", max_size=30
 
 
 def _only_config_errors(call) -> None:
-    began = time.perf_counter()
     try:
         result = call()
     except ConfigError as err:
         assert str(err).strip()
     else:
         assert result is None or isinstance(result, (KitConfig, list))
-    assert time.perf_counter() - began < 2.0
 
 
 @FUZZ
@@ -435,11 +426,10 @@ def test_any_set_value_is_a_config_or_a_config_error(value, key):
 @FUZZ
 @given(st.integers(1, 12), st.integers(2, 12))
 def test_alias_fan_out_is_bounded(levels, width):
-    """Any depth and width of anchors repeating anchors: read or refused, in well under a second."""
+    """Any depth and width of anchors repeating anchors: read when small, refused by its size when not."""
     names = [f"n{i}" for i in range(levels + 1)]
     text = f"x: &{names[0]} [v]\n" + "".join(
         f"y{i}: &{n} [{', '.join([f'*{p}'] * width)}]\n" for i, (p, n) in enumerate(zip(names, names[1:])))
-    began = time.perf_counter()
     from medqlora.config import load_yaml
 
     try:
@@ -448,7 +438,6 @@ def test_alias_fan_out_is_bounded(levels, width):
         assert "expands to more than" in str(err)
     else:
         assert width ** levels <= 20_000
-    assert time.perf_counter() - began < 1.0
 
 
 def test_every_message_reaches_the_terminal_with_control_characters_escaped(tmp_path, capsys, monkeypatch):
@@ -460,7 +449,7 @@ def test_every_message_reaches_the_terminal_with_control_characters_escaped(tmp_
         raise DataError("Dataset file 'x\x1b]0;owned\x07.jsonl' not found:\n  - look in data/\u202e")
 
     monkeypatch.setattr(cli, "load_config", quoting)
-    code, _, err = _run(capsys, ["--mode", "train", "--output-dir", str(tmp_path / "outputs")])
+    code, _, err = run_cli(capsys, ["--mode", "train", "--output-dir", str(tmp_path / "outputs")])
     assert code == 2
     assert_one_message(err, "Dataset file 'x\\x1b]0;owned\\x07.jsonl' not found:\n  - look in data/\\u202e")
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
@@ -482,6 +471,7 @@ def test_stray_launcher_variables_get_one_message_in_every_process(tmp_path, env
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_queries_file_of_thousands_of_queries_is_read(tmp_path):
     queries = tmp_path / "queries.yaml"
     queries.write_text(_queries("".join(f"  - id: q{i}\n    question: What is the dose of drug {i}?\n"
@@ -503,7 +493,7 @@ def test_a_query_longer_than_the_model_context_is_cut_with_a_word_inside_a_run(t
     queries.write_text(_queries("  - id: long\n    question: '" + "word " * 40_000 + "'\n  - id: short\n"
                                 "    question: What is aspirin?\n"))
     out = tmp_path / "outputs"
-    code, printed, err = _run(capsys, ["--mode", "test", "--adapter", "none"] + kit_argv(
+    code, printed, err = run_cli(capsys, ["--mode", "test", "--adapter", "none"] + kit_argv(
         tiny_model_dir, out, **{"generation.queries_file": str(queries), "output.run_name": "q"}))
     assert code == 0, err[-2000:]
     note = "question cut from 40,001 to"
@@ -577,12 +567,13 @@ def test_a_credential_that_is_an_ordinary_word_does_not_mask_the_runs_own_config
     """H143: HF_TOKEN=pubmedqa would have turned the run's config.yaml into 'format: <HF_TOKEN>'."""
     from medqlora.secrets import contains_secret, redact
 
-    monkeypatch.setenv("HF_TOKEN", "pubmedqa")
     config = tmp_path / "cfg.yaml"
-    config.write_text(MINIMAL)
-    text = load_config(config).to_yaml()
-    assert redact(text) == text and contains_secret(text) is None
+    config.write_text(MINIMAL + "\n# medical_o1 llama3-8b 2026-11-30 data/pqa.json\n")
+    text = config.read_text() + load_config(config).to_yaml()
+    for name in ("pubmedqa", "medical_o1", "llama3-8b", "2026-11-30", "data/pqa.json"):
+        monkeypatch.setenv("HF_TOKEN", name)
+        assert redact(text) == text and contains_secret(text) is None, name
     for real in ("hf_" + "Ab1" * 12, "0123456789abcdef" * 2 + "01234567", "sk-proj-" + "x9" * 20,
-                 "correcthorsebatterystaple"):
+                 "correcthorsebatterystaple", "s3cret12", "Passw0rd!", "abc123def", "my_pa55word"):
         monkeypatch.setenv("HF_TOKEN", real)
         assert redact(f"token {real} here") in ("token <HF_TOKEN> here", "token <token> here")

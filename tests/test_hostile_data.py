@@ -17,7 +17,7 @@ from medqlora.data import (FORMATS, MAX_FIELD_CHARS, Example, build_examples, co
                            pubmedqa_test_ids)
 from medqlora.errors import DataError
 
-from .conftest import assert_one_message, kit_argv, run_kit
+from .conftest import assert_one_message, kit_argv, only_run, run_kit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -406,7 +406,7 @@ def test_a_csv_delimited_by_semicolons_or_tabs_is_refused_naming_the_delimiter(t
 
 
 def test_a_missing_source_names_each_folder_once_and_a_link_loop_as_such(tmp_path, monkeypatch):
-    from medqlora import data as data_module
+    from medqlora.data import sources as data_module  # where local sources are looked up
 
     (tmp_path / "loop1.jsonl").symlink_to("loop2.jsonl")
     (tmp_path / "loop2.jsonl").symlink_to("loop1.jsonl")
@@ -539,6 +539,7 @@ HIDDEN = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, row, field, kind, pmid, part",
                          [pytest.param(*(h[1:] + (None, None))[:6], id=h[0]) for h in HIDDEN])
 def test_an_evaluation_question_hidden_in_training_data_is_refused(tmp_path, fmt, row, field, kind, pmid, part):
@@ -561,6 +562,7 @@ def test_an_evaluation_question_hidden_in_training_data_is_refused(tmp_path, fmt
     assert guard["overlaps"][0]["evaluation_part"] == (part or "question")
 
 
+@pytest.mark.slow
 def test_a_system_prompt_holding_an_evaluation_question_is_refused_once(tmp_path):
     path = write_jsonl(tmp_path / "mine.jsonl", [GOOD["instruction"]] * 3)
     data = DataSection(datasets=[DatasetSpec(source=str(path), format="instruction")],
@@ -587,11 +589,6 @@ def test_a_pubmedqa_test_item_is_held_out_whatever_its_pubid_looks_like(pubid):
 # ---------------------------------------------------------------- end to end: the command line
 
 
-def only_run(out: Path) -> Path:
-    [run] = [p for p in out.iterdir() if p.is_dir()]
-    return run
-
-
 E2E = [
     ("number-in-output", "my.jsonl", [{"instruction": "Q?", "output": "A."}, {"instruction": "Q?", "output": 42}],
      "my.jsonl row 2: field 'output' is a number (42), expected text."),
@@ -616,6 +613,7 @@ def write_case(tmp_path: Path, name: str, content) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, content, fragment", [pytest.param(*e[1:], id=e[0]) for e in E2E])
 def test_bad_data_from_the_command_line_is_one_message_and_a_failed_manifest(tmp_path, capsys, name, content,
                                                                               fragment):
@@ -634,6 +632,7 @@ def test_bad_data_from_the_command_line_is_one_message_and_a_failed_manifest(tmp
     assert manifest["status"] == "failed" and fragment in manifest["error"]
 
 
+@pytest.mark.slow
 def test_dry_run_checks_local_rows_beside_a_hub_source_and_refuses_a_missing_path(tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "Q?", "output": ["A."]}])
     mixed = f"data.datasets=[{{source: someone/some-hub-set, format: instruction}}, {{source: '{bad}', format: instruction}}]"
@@ -649,6 +648,7 @@ def test_dry_run_checks_local_rows_beside_a_hub_source_and_refuses_a_missing_pat
     assert "unknown until downloaded" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_dry_run_guards_the_benchmarks_a_full_run_evaluates_on(tmp_path, capsys):
     medmcqa = [json.loads(line) for line in Path("data/medmcqa/dev_subset.jsonl").read_text().splitlines()[:3]]
     train = write_jsonl(tmp_path / "train.jsonl", [{"instruction": "Explain.", "input": medmcqa[1]["question"],
@@ -710,6 +710,7 @@ def test_any_json_value_as_a_row_is_an_example_or_a_data_error(row, fmt):
     assert all(isinstance(f, str) and isinstance(t, str) for f, t in example.guard_texts())
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(st.lists(rows, min_size=1, max_size=4), st.sampled_from(sorted(FORMATS)),
        st.sampled_from(["jsonl", "json", "parquet"]))
@@ -736,6 +737,7 @@ def test_any_json_rows_in_any_file_format_load_or_are_refused_with_a_data_error(
     assert all(isinstance(e.prompt, str) and isinstance(e.response, str) for e in examples)
 
 
+@pytest.mark.slow
 def test_a_benchmark_of_one_option_items_is_refused_not_scored(tmp_path, capsys):
     bench = write_jsonl(tmp_path / "b.jsonl", [{"question": f"Q{i}?", "options": {"A": "x"}, "answer_idx": "A"}
                                                for i in range(3)])

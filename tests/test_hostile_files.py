@@ -20,16 +20,9 @@ from safetensors.torch import load_file, save_file
 from medqlora.cli import main
 from medqlora.secrets import slug
 
-from .conftest import assert_one_message, tiny_overrides
+from .conftest import assert_one_message, kit_argv
 
 OUTSIDE = b"a file outside the run folder\n"
-
-
-def argv(model_dir: Path, out: Path, mode: str, *extra: str, **values: str) -> list[str]:
-    args = ["--mode", mode]
-    for item in tiny_overrides(model_dir, out, **values):
-        args += ["--set", item]
-    return args + list(extra)
 
 
 def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
@@ -52,7 +45,7 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hostile")
-    assert main(argv(tiny_model_dir, out, "train", **{"output.run_name": "run", "training.save_steps": "0"})) == 0
+    assert main(kit_argv(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"})) == 0
     return out / "run"
 
 
@@ -139,7 +132,7 @@ def test_a_planted_file_or_adapter_stops_with_one_message(row, world, tiny_model
     plant, mode, fragment = ROWS[row]
     plant(tmp, run)
     before = snapshot(tmp)
-    code = main(argv(tiny_model_dir, out, mode, "--adapter", str(run)))
+    code = main(kit_argv(tiny_model_dir, out, "--mode", mode, "--adapter", str(run)))
     captured = capsys.readouterr()
     assert code == 2, captured.err[-2000:]
     assert_one_message(captured.err, fragment)
@@ -155,7 +148,7 @@ def test_a_link_at_a_new_run_folder_name_is_not_followed(tiny_model_dir, tmp_pat
     out.mkdir()
     (tmp_path / "elsewhere").mkdir()
     (out / "taken").symlink_to(tmp_path / "elsewhere")
-    code = main(argv(tiny_model_dir, out, "train", **{"output.run_name": "taken"}))
+    code = main(kit_argv(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "taken"}))
     assert code == 2
     assert_one_message(capsys.readouterr().err, "already exists (as a symbolic link)")
     assert not list((tmp_path / "elsewhere").iterdir())
@@ -174,7 +167,7 @@ def test_a_foreign_adapter_gets_a_new_run_folder_and_nothing_beside_it(mode, tra
     (downloads / "config.yaml").write_text("model:\n  name: /nonexistent/model\n")
     before = snapshot(downloads)
     out = tmp_path / "outputs"
-    code = main(argv(tiny_model_dir, out, mode, "--adapter", str(downloads / "someones-adapter")))
+    code = main(kit_argv(tiny_model_dir, out, "--mode", mode, "--adapter", str(downloads / "someones-adapter")))
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     assert snapshot(downloads) == before
@@ -197,7 +190,7 @@ def test_an_adapter_without_its_tokenizer_is_exported_with_the_base_models_and_s
     for name in removed:
         (downloads / name).unlink(missing_ok=True)
     out = tmp_path / "outputs"
-    assert main(argv(tiny_model_dir, out, "export", "--adapter", str(downloads),
+    assert main(kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(downloads),
                      **{"export.formats": "[adapter]"})) == 0
     printed = capsys.readouterr().out
     assert "adapter with its tokenizer" not in printed
@@ -218,7 +211,7 @@ def test_a_llama_cpp_dir_without_the_converter_is_refused_before_the_export(make
     monkeypatch.setenv("LLAMA_CPP_DIR", str(named))
     before = snapshot(trained)
     for dry in (["--dry-run"], []):
-        assert main(argv(tiny_model_dir, tmp_path / "o", "export", "--adapter", str(trained), *dry,
+        assert main(kit_argv(tiny_model_dir, tmp_path / "o", "--mode", "export", "--adapter", str(trained), *dry,
                          **{"export.formats": "[gguf]"})) == 2
         assert_one_message(capsys.readouterr().err, f"LLAMA_CPP_DIR={named} {what}: it must name a llama.cpp checkout")
     assert {k: v for k, v in snapshot(trained).items() if not k.endswith("run.log")} == \
@@ -231,7 +224,7 @@ def test_evaluating_a_run_whose_training_items_were_deleted_is_refused(trained, 
     (run / "training_items.jsonl").unlink()
     before = snapshot(run)
     for dry in (["--dry-run"], []):
-        assert main(argv(tiny_model_dir, tmp_path / "outputs", "eval", "--adapter", str(run), *dry)) == 2
+        assert main(kit_argv(tiny_model_dir, tmp_path / "outputs", "--mode", "eval", "--adapter", str(run), *dry)) == 2
         assert_one_message(capsys.readouterr().err, f"{run / 'training_items.jsonl'} is missing: the run writes it "
                                                     "before training, and without it what this adapter was trained on "
                                                     "cannot be checked")
@@ -257,7 +250,7 @@ def test_a_credential_in_a_name_reaches_no_message_file_or_folder_name(where, ti
         "run-name": {"output.run_name": f"exp-{TOKEN}"},
         "run-name-slug": {"output.run_name": f"exp-{slug(TOKEN)}"},
     }[where]
-    code = main(argv(tiny_model_dir, out, "train", **values))
+    code = main(kit_argv(tiny_model_dir, out, "--mode", "train", **values))
     captured = capsys.readouterr()
     assert code == 2, captured.err[-2000:]
     assert_one_message(captured.err)
@@ -378,11 +371,11 @@ def test_short_and_slugged_credentials_are_masked(monkeypatch):
     from medqlora.secrets import contains_secret, redact
 
     monkeypatch.setenv("WANDB_API_KEY", "k3y!k3y!")
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok/en_value")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k3n/v4lu3x")
     monkeypatch.setenv("HF_TOKEN", "review")  # too short to be anyone's credential: left alone in paths
-    text = redact("key k3y!k3y! token tok/en_value slug tok-en-value /tmp/review/tiny")
+    text = redact("key k3y!k3y! token t0k3n/v4lu3x slug t0k3n-v4lu3x /tmp/review/tiny")
     assert text == "key <WANDB_API_KEY> token <MLFLOW_TRACKING_TOKEN> slug <MLFLOW_TRACKING_TOKEN> /tmp/review/tiny"
-    assert contains_secret("run-tok-en-value-1") == "MLFLOW_TRACKING_TOKEN"
+    assert contains_secret("run-t0k3n-v4lu3x-1") == "MLFLOW_TRACKING_TOKEN"
     monkeypatch.setenv("HF_TOKEN", "true")  # a placeholder, not a secret: JSON's true stays true
     assert redact('{"done": true}') == '{"done": true}'
     assert redact("tracking at https://ann:s3cr3t@mlflow.example.org/x") == \

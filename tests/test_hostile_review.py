@@ -219,7 +219,7 @@ def test_resuming_a_run_whose_config_was_edited_names_the_key(tiny_model_dir, tm
 
 
 def test_adapter_modes_render_prompts_with_the_runs_own_system_prompt(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from medqlora import generate, pipeline
+    from medqlora import adapter_runs, generate
 
     trained_with = 'Answer briefly and end with "consult a doctor".'
     assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
@@ -233,7 +233,7 @@ def test_adapter_modes_render_prompts_with_the_runs_own_system_prompt(tiny_model
     assert main(["--mode", "test", "--adapter", str(tmp_path / "r"), "--set", "generation.max_new_tokens=2"]) == 0
     assert seen and set(seen) == {trained_with}
     assert "trained with" in capsys.readouterr().out
-    cfg = pipeline.adapter_run_config(tmp_path / "r" / "adapter", load_config(None, ["export.formats=[gguf]"]))
+    cfg = adapter_runs.adapter_run_config(tmp_path / "r" / "adapter", load_config(None, ["export.formats=[gguf]"]))
     assert cfg.data.system_prompt == trained_with and cfg.export.formats == ["gguf"]
     assert cfg.model.name == str(tiny_model_dir)
 
@@ -314,17 +314,18 @@ def test_a_signal_during_the_evaluation_after_training_says_the_adapter_is_saved
                                                                                  monkeypatch):
     import signal
 
-    from medqlora import pipeline, signals
+    from medqlora import signals
+    from medqlora.recipe import Recipe
 
-    real = pipeline._evaluate
+    real = Recipe.evaluate
 
-    def terminated(cfg, model, tokenizer, benchmarks, stage):
+    def terminated(self, benchmarks, stage):
         if stage == "fine-tuned":
             signals._received = signal.SIGTERM
             raise KeyboardInterrupt
-        return real(cfg, model, tokenizer, benchmarks, stage)
+        return real(self, benchmarks, stage)
 
-    monkeypatch.setattr(pipeline, "_evaluate", terminated)
+    monkeypatch.setattr(Recipe, "evaluate", terminated)
     code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "full", **{
         "output.run_name": "sig", "training.max_steps": "1", "eval.benchmarks.0.max_items": "2"}))
     err = capsys.readouterr().err

@@ -174,6 +174,7 @@ def test_pubmedqa_training_questions_are_not_flagged_against_its_test_questions(
     assert len(find_overlap(pubmedqa_training_items(TEST_IDS), PUBMEDQA_TEST)) == 500
 
 
+@pytest.mark.slow
 def test_pubmedqa_training_rows_are_not_flagged_against_its_test_abstracts_and_long_answers():
     guarded = guarded_evaluation_items()
     assert {item.part for item in guarded} >= {None, "abstract", "abstract paragraph 1", "long answer"}
@@ -185,6 +186,7 @@ def test_pubmedqa_training_rows_are_not_flagged_against_its_test_abstracts_and_l
     assert len(overlaps) == 500 and all(o.kind == "exact" and o.evaluation.part for o in overlaps)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared medical data checkout")
 def test_medical_o1_rows_are_not_flagged_against_pubmedqa_or_medmcqa():
     rows = json.loads((SHARED_DATA / "medical_o1" / "demo_data.json").read_text())
@@ -199,6 +201,7 @@ def test_medical_o1_rows_are_not_flagged_against_pubmedqa_or_medmcqa():
     assert find_overlap(pubmedqa_training_items(sorted(PQAL)), medmcqa_items) == []
 
 
+@pytest.mark.slow
 def test_a_thousand_questions_against_a_hundred_thousand_rows_take_seconds():
     vocabulary = " ".join(PQAL[p]["LONG_ANSWER"] for p in sorted(PQAL)).split()
     rng = random.Random(0)
@@ -215,6 +218,7 @@ def test_a_thousand_questions_against_a_hundred_thousand_rows_take_seconds():
     assert any(o.train.row == 54_321 and o.evaluation.uid == planted.uid and o.kind == "exact" for o in overlaps)
 
 
+@pytest.mark.slow
 def test_the_guarded_abstracts_and_long_answers_keep_it_fast():
     """The kit's evaluation texts (500 questions, their abstracts and long answers: about 3,200 texts) plus 500
     questions against 100,000 instruction rows, each with its joined prompt and its output (160 words a row)."""
@@ -283,6 +287,7 @@ def test_a_damaged_training_items_file_is_reported(tmp_path, pubmedqa_eval_items
         check_not_trained_on({"pubmedqa": pubmedqa_eval_items}, trained)
 
 
+@pytest.mark.slow
 def test_the_guard_settings_reach_the_guard(tmp_path):
     from medqlora.config import DataSection
     from medqlora.data import collect

@@ -58,6 +58,7 @@ def clean_env(tmp_path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_wheel_installs_a_medqlora_command_that_works_outside_the_checkout(tmp_path, clean_env):
     _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT), cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("medqlora-*.whl"))
@@ -83,6 +84,7 @@ def test_wheel_installs_a_medqlora_command_that_works_outside_the_checkout(tmp_p
     assert plan["evaluation"][0].startswith("pubmedqa (pubmedqa")
 
 
+@pytest.mark.slow
 def test_editable_install_runs_the_checkout_itself(tmp_path, clean_env):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

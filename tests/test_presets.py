@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from medqlora import pipeline
+from medqlora import plan
 from medqlora.config import PRESETS_DIR, load_config
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -96,12 +96,13 @@ def test_each_preset_sets_its_setups_stated_values(preset):
     assert not different, f"{preset}: (preset, setup) {different}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(SETUPS))
 def test_the_dry_run_shows_the_setups_values(preset, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = load_config(preset)
-    planned = json.loads(json.dumps(pipeline.plan(cfg, "full", str(tmp_path))))
+    planned = json.loads(json.dumps(plan.training_plan(cfg, "full", str(tmp_path))))
     stated = SETUPS[preset]
     lora = planned["lora"]
     for key in ("r", "alpha", "dropout"):
@@ -155,6 +156,7 @@ def test_the_multi_dataset_preset_records_what_the_dataset_cards_say():
         assert fact in text, fact
 
 
+@pytest.mark.slow
 def test_the_gpu_script_plans_each_preset_at_its_card_and_data(tmp_path):
     """bench/presets_gpu.sh with DRY_RUN=1: the very commands of the GPU runs, with --dry-run, on this machine."""
     import os

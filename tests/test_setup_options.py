@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from medqlora import backends, data, evaluate, pipeline, report, tracking
+from medqlora import backends, data, evaluate, plan, report, tracking
 from medqlora.cli import main
 from medqlora.config import BITSANDBYTES_OPTIMIZERS, TRAINER_OPTIMIZERS, load_config
 from medqlora.errors import ConfigError, DataError
@@ -55,6 +55,7 @@ def test_an_unknown_optimizer_is_refused_with_the_closest_names(tmp_path):
     assert "paged_adamw_32bit" in message and "cfg.yaml:6" in message
 
 
+@pytest.mark.slow
 def test_a_bitsandbytes_optimizer_without_bitsandbytes_is_refused_on_a_gpu_and_named_on_a_cpu(monkeypatch, tmp_path,
                                                                                               capsys):
     monkeypatch.setattr("medqlora.train.bitsandbytes_importable", lambda: False)
@@ -148,6 +149,7 @@ def test_without_a_chat_template_the_prompt_is_plain_text(tiny_model_dir, tmp_pa
     assert data.query_prompt(cfg.data, "Is aspirin useful?") == (None, "MEDICAL QUESTION: Is aspirin useful?\nANSWER: ")
 
 
+@pytest.mark.slow
 def test_a_datasets_own_system_prompt_replaces_the_shared_one(smol_tokenizer, tmp_path):
     cfg = config(tmp_path, MINIMAL + "      max_samples: 4\n      system_prompt: Answer as a pathologist.\n"
                  "    - source: data/pubmedqa/ori_pqal.json\n      format: pubmedqa\n      max_samples: 4\n"
@@ -184,6 +186,7 @@ def test_evaluation_items_use_the_prompt_of_the_training_dataset_of_their_format
 # ---------------------------------------------------------------- validation by position, loss during training
 
 
+@pytest.mark.slow
 def test_the_first_rows_of_a_dataset_are_the_validation_set(tmp_path, smol_tokenizer):
     rows = [{"Question": f"Question number {i}?", "Complex_CoT": "Think.", "Response": f"Answer {i}."}
             for i in range(30)]
@@ -194,7 +197,7 @@ def test_the_first_rows_of_a_dataset_are_the_validation_set(tmp_path, smol_token
     assert sorted(r["example"].question for r in prepared.validation) == sorted(
         f"Question number {i}?" for i in range(10))
     assert len(prepared.train) == 5  # max_samples caps the training rows only
-    planned = pipeline.plan(cfg, "train", str(tmp_path / "out"))
+    planned = plan.training_plan(cfg, "train", str(tmp_path / "out"))
     assert planned["training_examples"] == 5
     assert planned["validation"] == {"items": [f"the first 10 rows of 0:{tmp_path / 'o1.json'} (file order)"],
                                      "loss": "every 2 steps during training, and before and after"}
@@ -237,6 +240,7 @@ def test_validation_loss_is_logged_during_training_beside_the_training_loss(tiny
 # ---------------------------------------------------------------- W&B without a key
 
 
+@pytest.mark.slow
 def test_wandb_without_a_key_falls_back_to_offline_mode_where_the_config_allows_it(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -266,8 +270,8 @@ def test_wandb_without_a_key_falls_back_to_offline_mode_where_the_config_allows_
 
 def test_a_run_whose_format_compliance_stays_near_zero_says_what_to_change():
     cfg = load_config(None, ["training.max_steps=60"])
-    advice = pipeline.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 0.0},
+    advice = report.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 0.0},
                                                "pubmedqa": {"accuracy": 50.0}}, 60)
     assert "chain-of-thought format was not learned (medical-o1 validation:huatuo 0.0%" in advice
     assert "--set training.max_steps=150 --set training.learning_rate=0.001" in advice
-    assert pipeline.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 75.0}}, 150) is None
+    assert report.format_not_learned(cfg, {"medical-o1 validation:huatuo": {"format_compliance": 75.0}}, 150) is None

@@ -1,0 +1,118 @@
+"""The adapter a mode works with, and the run folder its results go to.
+
+--adapter (test, eval, export, chat) and training.init_adapter name an adapter: a run folder of the kit,
+an adapter folder, 'latest' (the newest run with one) or 'none'. Each is checked at the adapter boundary
+(safetensors, LoRA config, shapes that fit the base model) before any weight loads, and an adapter of a
+run folder brings that run's model and data sections, so that its prompts are rendered as it was trained.
+
+    python medical_qlora_finetuning.py --mode eval --adapter latest
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import adapters, backends, evaluate
+from .config import KitConfig, load_config
+from .errors import ModelError
+from .messages import say
+from .runs import Files, RunDir, latest_run_with_adapter
+from .secrets import printable, redact, slug
+
+
+def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
+    """The model and data sections an adapter was trained with (from its run's config.yaml: base model, chat
+    template, system prompt and prompt templates), so that its prompts are rendered as it was trained; eval,
+    generation, export and output stay cfg's. An adapter outside the kit's run folders keeps cfg's model and data
+    (model.name), whatever files lie beside it."""
+    run_folder = adapters.kit_run_folder(adapter)
+    if run_folder is None:
+        return cfg
+    run_cfg = load_config(run_folder / Files.CONFIG)
+    trained = run_cfg.model
+    if trained.name != cfg.model.name:
+        say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
+    if run_cfg.data.system_prompt != cfg.data.system_prompt:
+        say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
+    return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
+
+
+def trained_model(adapter: Path, cfg: KitConfig) -> Any:
+    run_folder = adapters.kit_run_folder(adapter)
+    return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
+
+
+def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> Path | None:
+    """The adapter folder of --adapter (None: the base model alone), checked at the adapter boundary: safetensors,
+    a LoRA config, and shapes that fit the base model it will be loaded onto, before any weight loads."""
+    if adapter_arg == "none":
+        return None
+    if adapter_arg in (None, "latest"):
+        folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir))
+    else:
+        folder = adapters.locate(adapter_arg)
+    adapter = adapters.find(folder)
+    if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
+        RunDir(adapter.run).check_links()
+    model = trained_model(adapter.folder, cfg)
+    source = backends.config_source(model.name)
+    adapters.check_base(adapter, model.name, source, model.trust_remote_code)
+    named = adapter.config.get("base_model_name_or_path") or ""
+    if adapter.run is None and named and not same_model(named, model.name, source):
+        say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
+            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. If it was trained on "
+            f"{printable(named, 120)}, set --set model.name={printable(named, 120)}.")
+    return adapter.folder
+
+
+def same_model(named: str, name: str, source: str | None) -> bool:
+    """Whether an adapter's base_model_name_or_path names the model ``name`` (also by its local folder)."""
+    if named in (name, source):
+        return True
+    try:
+        return any(Path(named).expanduser().resolve() == Path(n).expanduser().resolve() for n in (name, source) if n)
+    except (OSError, ValueError):
+        return False
+
+
+def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefix: str) -> RunDir:
+    """The adapter's own run folder; a new one under output.dir for the base model, or for an adapter that is not
+    in a run folder of the kit (nothing is ever written beside a foreign adapter)."""
+    if adapter is not None:
+        run_folder = adapters.kit_run_folder(adapter)
+        if run_folder is not None:
+            run = RunDir(run_folder)
+            run.start_log()
+            return run
+        named = slug(redact(adapter.parent.name if adapter.name == "adapter" else adapter.name))[:60] or "adapter"
+        prefix = f"foreign-{named}"
+    name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,
+                        generated_name=not cfg.output.run_name)  # a run of the same second: a -2 suffix
+    if adapter is not None:
+        say(f"{printable(adapter)} is not in a run folder of this kit: its results go to {printable(run.path)}")
+    return run
+
+
+def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
+    """training.init_adapter resolved (latest: the newest run with an adapter) and checked at the adapter boundary
+    (safetensors, LoRA config, shapes that fit this base model), its path written into the config the run saves,
+    so that --resume starts from the same adapter."""
+    adapter = find_adapter(cfg, cfg.training.init_adapter, output_dir)
+    if adapter is None:
+        return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": None})})
+    trained = trained_model(adapter, cfg)
+    if trained.name != cfg.model.name:
+        raise ModelError(f"training.init_adapter {printable(adapter)} was trained on {printable(trained.name)}, not on "
+                         f"model.name {printable(cfg.model.name)}: set model.name to the model it was trained on.")
+    say(f"starting from the adapter of {printable(adapter)} (training.init_adapter)")
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": str(adapter.resolve())})})
+
+
+def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> None:
+    """The trained-on guard: an adapter in a run folder of the kit must have its run's training_items.jsonl."""
+    run_folder = adapters.kit_run_folder(adapter)
+    folder = run_folder if run_folder is not None else adapter.parent
+    evaluate.check_not_trained_on(benchmarks, folder / Files.TRAINING_ITEMS, required=run_folder is not None)

@@ -1,0 +1,120 @@
+"""What every part of the schema stands on: where the kit's own files are (``KIT_ROOT``: the checkout or
+the wheel's ``_kit``), the caps on sizes and counts, the aliases of old key names, text without control
+characters (``PathText``), hub ids, and ``Section``, the strict base of every config section (unknown keys,
+nan/inf and booleans for numbers are refused)."""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+
+from ..secrets import printable
+
+
+def _kit_root() -> Path:
+    """Where the default config, presets and shipped data live: beside the package in a source checkout (or an
+    editable install), inside it (``medqlora/_kit``) in an installed wheel."""
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent
+    return checkout if (checkout / "config" / "training_config.yaml").is_file() else package / "_kit"
+
+
+KIT_ROOT = _kit_root()
+DEFAULT_CONFIG = KIT_ROOT / "config" / "training_config.yaml"
+PRESETS_DIR = KIT_ROOT / "config" / "presets"
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# Names users type from other kits' configs, mapped to ours (used for did-you-mean).
+KEY_ALIASES = {
+    "lr": "learning_rate",
+    "epochs": "num_epochs",
+    "num_train_epochs": "num_epochs",
+    "batch_size": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "seq_len": "max_seq_length",
+    "max_length": "max_seq_length",
+    "model_name": "name",
+    "optim": "optimizer",
+    "warmup": "warmup_ratio",
+}
+
+
+# Limits of the YAML boundary (config files, --set values, the sample-queries file).
+YAML_MAX_BYTES = 1 << 20  # 1 MiB: a config is a few KiB
+YAML_MAX_VALUES = 20_000  # values of a document, aliases expanded (a config has hundreds; an alias bomb billions)
+CONFIG_TOO_MANY = "more than {limit:,} values; a config file holds a few hundred (is it the right file)"
+YAML_MAX_DEPTH = 64  # nesting levels, aliases expanded
+
+# Caps of the numeric settings: generous for any real run, far below what would overflow or hang.
+MAX_STEPS = 10_000_000
+MAX_BATCH = 65_536
+MAX_NEW_TOKENS = 131_072
+MAX_CONTEXT = 1_048_576  # tokens; the longest context windows of current models
+
+
+PATH_SHOWN = 500  # characters of a path shown in a message
+
+
+def has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+def _no_control_characters(text: str | None) -> str | None:
+    """File names, folder names and paths: no NUL, newline or other control character."""
+    if text is not None and has_control_characters(text):
+        raise ValueError("must not contain control characters (NUL, newline, tab, escape...)")
+    return text
+
+
+PathText = Annotated[str, AfterValidator(_no_control_characters)]
+
+
+class Section(BaseModel):
+    # allow_inf_nan=False: nan, inf, .nan and .inf are refused wherever a float is accepted
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/yes/on are booleans, which pydantic would take as 1 for a number (max_steps: true)."""
+        if isinstance(value, bool) and info.field_name and _numeric_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, got a boolean (true/false, yes/no, on/off)")
+        return value
+
+
+def _numeric_only(annotation: Any) -> bool:
+    """int, float or an optional one, without bool among the choices."""
+    choices = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else {annotation}
+    choices.discard(type(None))
+    return bool(choices) and choices <= {int, float}
+
+
+# The characters of a hub repo id ([owner/]name: letters, digits, '-', '_', '.') and of a relative folder path.
+_HUB_ID_CHARACTERS = re.compile(r"^[\w\-./]+$")
+
+
+def hub_id_problem(name: str) -> str | None:
+    """Why ``name`` can be neither a local file or folder nor a hub id (a character neither may hold: '@', ':',
+    a space...), else None. Names that look like paths (./, /, ~, a backslash), .gguf files, pypi: models and
+    existing local paths are checked when the model loads (and at --dry-run)."""
+    if name.startswith(("pypi:", ".", "/", "~")) or "\\" in name or name.endswith(".gguf") \
+            or _HUB_ID_CHARACTERS.match(name) or Path(name).expanduser().exists():
+        return None
+    if "@" in name:
+        return (f"{printable(name, 200)!r} is not a hub id: a revision (@main, @<commit>) cannot be pinned in "
+                "model.name; give the repo id alone (owner/name), or download that revision to a folder and name "
+                "the folder")
+    return (f"{printable(name, 200)!r} is neither an existing local file or folder nor a hub id (owner/name of "
+            "letters, digits, '-', '_' and '.')")

@@ -1,0 +1,216 @@
+"""A config from a file, a preset name and ``--set`` overrides, validated into one ``KitConfig``; every problem
+(at most twenty) reported with its key, file and line, the allowed values or range, and the closest valid key
+for a misspelled one.
+
+    python -c "from medqlora.config import load_config; print(load_config('smollm2_pubmedqa_cpu').model)"
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError
+from ..secrets import printable
+from .base import DEFAULT_CONFIG, KEY_ALIASES, PATH_SHOWN, PRESETS_DIR, YAML_MAX_BYTES, has_control_characters
+from .kit import _LIST_ITEMS, KitConfig
+from .yaml_reader import load_yaml, read_yaml_file
+
+# ---------------------------------------------------------------- loading
+
+
+def resolve_config_path(name: str | Path | None) -> Path:
+    """A path, or the name of a preset in config/presets/ (with or without .yaml)."""
+    if name is None:
+        return DEFAULT_CONFIG
+    shown = printable(name, PATH_SHOWN)
+    if not str(name).strip():
+        raise ConfigError("--config is empty: expected a YAML file or preset name.")
+    if has_control_characters(str(name)):
+        raise ConfigError(f"--config {shown}: a file name with control characters; expected a YAML file or preset "
+                          "name.")
+    path = Path(name)
+    if path.is_dir():
+        raise ConfigError(f"--config {shown}: is a directory, expected a YAML file or preset name.")
+    if path.is_file():
+        return path
+    for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    if path.exists():  # a device, a pipe, a link to one
+        raise ConfigError(f"--config {shown}: is not a regular file, expected a YAML file or preset name.")
+    presets = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(path.stem, presets, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(
+        f"Config file or preset '{shown}' not found.{hint} Available presets: {', '.join(presets)}."
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KitConfig:
+    """Read a YAML config (or preset), apply ``section.key=value`` overrides and validate it."""
+    path = resolve_config_path(path)
+    raw, lines = read_yaml_file(path, "Config file")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
+                          "...).")
+    for item in overrides or []:
+        key = _apply_override(raw, item)
+        lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
+        lines[key] = f"--set {printable('.'.join(str(k) for k in key))}"
+    return validate(raw, source=printable(path, PATH_SHOWN), lines=lines)
+
+
+MAX_PROBLEMS = 20  # a hostile file can hold thousands: the first ones say what to fix
+
+
+def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None) -> KitConfig:
+    """Validate a raw config; ``lines`` maps key paths to a line number (or to the --set that gave them)."""
+    try:
+        return KitConfig.model_validate(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        problems = [_describe(e, source, lines or {}) for e in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
+        raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> tuple:
+    """Set one section.key=value in the raw config; returns the key path."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set '{printable(item)}': expected section.key=value, e.g. --set training.max_steps=60.")
+    if len(value) > YAML_MAX_BYTES:
+        raise ConfigError(f"--set {printable(key)}: the value is over {YAML_MAX_BYTES // 2**20} MiB.")
+    parsed = load_yaml(value, f"--set {printable(key)}", lines=False, lenient=True)[0] if value.strip() else None
+    shown = printable(key)
+    parts = key.strip().split(".")
+    node: Any = raw
+    model: type[BaseModel] | None = KitConfig
+    for depth, part in enumerate(parts):
+        if not isinstance(node, (dict, list)):
+            where = ".".join(parts[:depth])
+            raise ConfigError(f"--set {shown}: '{printable(where)}' holds the value {printable(repr(node), 100)}, "
+                              "not a section or list.")
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {shown}: '{printable(part)}' is not an index of that list "
+                                  f"(0..{len(node) - 1}).")
+            part_key: Any = int(part)
+        else:
+            part_key = part
+            if model is not None and part not in model.model_fields:
+                hint = _did_you_mean(part, list(model.model_fields))
+                raise ConfigError(f"--set {shown}: unknown key '{printable(part)}'.{hint}")
+        if depth == len(parts) - 1:
+            node[part_key] = parsed
+            return tuple(int(p) if p.isdigit() else p for p in parts)
+        if not isinstance(node, list):
+            if part_key not in node:
+                node[part_key] = _default_value(model, part)
+            node = node[part_key]
+            model = _submodel(model, part) if model is not None else None
+        else:
+            node = node[part_key]
+            model = _LIST_ITEMS.get(parts[depth - 1])
+
+
+def _default_value(model: type[BaseModel] | None, field: str) -> Any:
+    """The schema default of a field as plain data, so an override can reach into it (e.g. a list item)."""
+    if model is None or field not in model.model_fields:
+        return {}
+    default = model.model_fields[field].get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        return {}  # an empty section validates to the same defaults
+    if isinstance(default, list):
+        return [d.model_dump() if isinstance(d, BaseModel) else d for d in default]
+    return {} if default is None else default
+
+
+def _submodel(model: type[BaseModel], field: str) -> type[BaseModel] | None:
+    annotation = model.model_fields[field].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _describe(error: dict, source: str, lines: dict) -> str:
+    loc = tuple(error["loc"])
+    dotted = printable(".".join(str(p) for p in loc), 120) or "(top level)"
+    line = _closest_line(loc, lines)
+    where = line if isinstance(line, str) else f"{source}:{line}" if line else source
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        hint = _did_you_mean(str(loc[-1]), list(parent.model_fields)) if parent else ""
+        return f"{where}: unknown key '{dotted}'.{hint}"
+    if error["type"] == "missing":
+        return f"{where}: '{dotted}' is required."
+    if not loc and error["type"] == "value_error":  # a rule across sections (training.method and its data)
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}."
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
+    allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""
+    return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
+
+
+_NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+                  "int_parsing_size", "int_from_float", "int_parsing", "float_parsing", "int_type", "float_type"}
+
+
+def _allowed_range(loc: tuple) -> str:
+    """'; allowed: 0 < value <= 1000' for a numeric field with bounds, from the schema itself."""
+    model = _model_at(loc[:-1]) if loc else None
+    field = model.model_fields.get(loc[-1]) if model is not None and isinstance(loc[-1], str) else None
+    if field is None:
+        return ""
+    low = high = ""
+    for rule in field.metadata:
+        for attr, text in (("gt", "{} <"), ("ge", "{} <=")):
+            if getattr(rule, attr, None) is not None:
+                low = text.format(getattr(rule, attr))
+        for attr, text in (("lt", "< {}"), ("le", "<= {}")):
+            if getattr(rule, attr, None) is not None:
+                high = text.format(getattr(rule, attr))
+    if not (low or high):
+        return ""
+    if loc[-1] == "max_steps":
+        low = "-1 (train for num_epochs), or 1 <="
+    return f"; allowed: {' '.join(part for part in (low, 'value', high) if part)}"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = KitConfig
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        if part in _LIST_ITEMS:
+            model = _LIST_ITEMS[part]
+            continue
+        if part not in model.model_fields:
+            return None
+        model = _submodel(model, part)
+    return model
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    if word in KEY_ALIASES and KEY_ALIASES[word] in choices:
+        return f" Did you mean '{KEY_ALIASES[word]}'?"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f" Did you mean '{close[0]}'?"
+    return f" Valid keys: {', '.join(choices)}." if choices else ""
+
+
+def _closest_line(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None

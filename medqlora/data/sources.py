@@ -1,0 +1,362 @@
+"""Where rows come from: a hub dataset, or a local .json, .jsonl, .csv or .parquet file or folder of them
+(``load_rows``), read with every file-level check (links, sizes, encodings, duplicate keys, integers beyond
+what JSON carries, a corrupt file) and fingerprinted for the manifest (``fingerprint``)."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import KIT_ROOT, DatasetSpec
+from ..errors import DataError
+from ..rows import MAX_FIELD_CHARS, _kind
+from ..secrets import printable
+
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class Rows(list):
+    """Records of a local file, with the line each starts on where the file has lines (JSONL, CSV)."""
+
+    lines: list[int] | None = None
+    names: list[str] | None = None  # per row, "file row N (line L)": rows of a folder of files
+    files: list[str] | None = None  # the files of a folder that were read
+
+
+
+def looks_local(source: str) -> bool:
+    """A source written as a path (./x, /x, ~/x) or a data file name (x.jsonl): never a hub id."""
+    return source.startswith((".", "/", "~")) or source.lower().endswith(tuple(LOCAL_SUFFIXES))
+
+
+def resolve_local(source: str) -> Path | None:
+    """A local file or folder named by ``source`` (relative to the working dir or the kit), if any."""
+    try:
+        named = Path(source).expanduser()
+        for path in ([named] if named.is_absolute() else [Path.cwd() / named, KIT_ROOT / named]):
+            if path.exists():
+                return path
+    except (OSError, ValueError):  # a name the file system cannot hold (too long, a NUL byte)
+        return None
+    return None
+
+
+def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
+    local = resolve_local(spec.source)
+    if local is not None:
+        _no_hub_options(spec, local)
+        return _load_folder(local) if local.is_dir() else _load_local(local)
+    if looks_local(spec.source):
+        raise DataError(_not_found(spec.source))
+    return _load_hub(spec)
+
+
+def _not_found(source: str) -> str:
+    """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
+    (an absolute path in none; each folder named once)."""
+    name = f"Dataset file '{printable(source)}'"
+    try:
+        named = Path(source).expanduser()
+        places = [named] if named.is_absolute() else list(dict.fromkeys([Path.cwd() / named, KIT_ROOT / named]))
+        for path in places:
+            if path.is_symlink():
+                try:
+                    path.resolve(strict=True)
+                except RuntimeError:  # Python 3.11 reports a loop so
+                    loop = True
+                except OSError as err:
+                    loop = err.errno == errno.ELOOP
+                else:
+                    continue
+                where = "" if named.is_absolute() else f" ({printable(str(path), 200)})"
+                if loop:
+                    return (f"{name}{where} is a symbolic link that loops back to itself: point it, or a link it "
+                            "leads through, at a real file.")
+                return (f"{name}{where} is a symbolic link to {printable(os.readlink(path), 200)}, which does not "
+                        "exist: point it at a real file.")
+    except (OSError, ValueError):
+        return f"{name} not found."
+    if named.is_absolute():
+        return f"{name} not found."
+    folders = list(dict.fromkeys([str(Path.cwd()), str(KIT_ROOT)]))
+    return f"{name} not found (looked in {' and '.join(folders)})."
+
+
+def _no_hub_options(spec: DatasetSpec, local: Path) -> None:
+    """subset and split choose a part of a hub dataset; a local file or folder is read whole, so they would be
+    ignored: refuse them rather than read something else than asked (split: train, all a training file holds,
+    is no contradiction)."""
+    given = [f"{key}: {printable(value, 80)}" for key, value in (("subset", spec.subset), ("split", spec.split))
+             if value is not None and (key == "subset" or value != "train")]
+    if given:
+        raise DataError(f"Dataset '{printable(spec.source, 200)}' is a local {'folder' if local.is_dir() else 'file'}, "
+                        f"read whole: {' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to hub datasets "
+                        "only. Remove "
+                        f"{'them' if len(given) > 1 else 'it'}, or point 'source' at the file that holds the part "
+                        "you want.")
+
+
+def _load_local(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type '{printable(path.suffix)}'; use .json, .jsonl, .csv or "
+                        ".parquet.")
+    if not path.is_file():  # a device (/dev/zero, /dev/urandom), a pipe or a socket, perhaps behind a link
+        raise DataError(f"Dataset file {path} is not a regular file"
+                        + (f" (it links to {path.resolve()})" if path.is_symlink() else "") + ".")
+    if path.stat().st_size == 0:
+        raise DataError(f"Dataset file {path} is empty.")
+    try:
+        if suffix == ".jsonl":
+            rows = _read_jsonl(path)
+        elif suffix == ".json":
+            rows = _read_json(path)
+        elif suffix == ".csv":
+            rows = _read_csv(path)
+        else:
+            rows = _read_parquet(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}). Is it really a {suffix} file? Save it as "
+                        "UTF-8.") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to read (thousands of levels of lists or objects).") from None
+    except MemoryError:
+        raise DataError(f"{path}: too large to read into memory.") from None
+    if not rows:
+        raise DataError(f"Dataset file {path} has no records.")
+    return rows
+
+
+def _load_folder(folder: Path) -> list[dict[str, Any]]:
+    """Every data file of a folder (sub-folders included, hidden ones skipped), each read as a file is: nothing
+    is chosen or dropped by its name. Each row is named by its file."""
+    files = _data_files(folder)
+    if not files:
+        raise DataError(f"The data folder {folder} holds no .json, .jsonl, .csv or .parquet file.")
+    rows, names = Rows(), []
+    for path in files:
+        part = _load_local(path)
+        lines = getattr(part, "lines", None)
+        rows.extend(part)
+        names += [f"{printable(path, 200)} row {n}" + (f" (line {lines[n - 1]})" if lines and lines[n - 1] != n else "")
+                  for n in range(1, len(part) + 1)]
+    rows.names = names
+    rows.files = [str(p.relative_to(folder)) for p in files]
+    return rows
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """The data files of a folder; a folder of several types is refused rather than some of them skipped."""
+    kinds: dict[str, list[Path]] = {}
+    try:
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in LOCAL_SUFFIXES \
+                    or path.is_dir():
+                continue
+            kinds.setdefault(LOCAL_SUFFIXES[path.suffix.lower()], []).append(path)
+    except OSError as err:
+        raise DataError(f"Cannot read the data folder {folder}: {printable(err, 200)}.") from None
+    if len(kinds) > 1:
+        listed = "; ".join(f"{kind}: {printable(', '.join(str(p.relative_to(folder)) for p in paths[:3]), 200)}"
+                           + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+                           for kind, paths in sorted(kinds.items()))
+        raise DataError(f"The data folder {folder} holds files of different types ({listed}); only one type "
+                        "would be read. Keep one type in the folder, or list each file as its own dataset.")
+    return [path for paths in kinds.values() for path in paths]
+
+
+class _LongInt(str):
+    """An integer of more digits than Python reads (4300): kept as its text to be named, then refused."""
+
+
+def _parse_int(text: str) -> int | str:
+    return _LongInt(text) if len(text) > 4000 else int(text)
+
+
+def _long_int_field(value: Any, name: str = "") -> str | None:
+    """The field (a.b[2]) of the first over-long integer in a parsed JSON value, if any."""
+    if isinstance(value, _LongInt):
+        return name or "the value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _long_int_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
+        if found:
+            return found
+    return None
+
+
+class _Twice(dict):
+    """A JSON object that named a key more than once (json keeps the last value): `twice` is that key."""
+    twice = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a dict as json builds it, marked when a key comes twice (refused once the row is known)."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    marked = _Twice(value)
+    marked.twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+    return marked
+
+
+def _twice_field(value: Any, name: str = "") -> str | None:
+    """The key (a.b[2].key) a JSON object of this parsed value names twice, if any."""
+    if isinstance(value, _Twice):
+        return f"{name}.{value.twice}" if name else value.twice
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _twice_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
+        if found:
+            return found
+    return None
+
+
+def _refuse_long_ints(value: Any, where: str) -> None:
+    found = _long_int_field(value)
+    if found:
+        raise DataError(f"{where}: field '{printable(found, 120)}' holds an integer too long to read (over 4000 "
+                        "digits). Write it as a quoted string, or remove it.")
+    twice = _twice_field(value)
+    if twice:
+        raise DataError(f"{where}: key '{printable(twice, 120)}' appears twice in one object (JSON would keep only "
+                        "the last value). Keep one of them.")
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int,
+                             object_pairs_hook=_pairs)
+    except json.JSONDecodeError as err:
+        hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
+            err.msg == "Extra data" else ""
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}).{hint}") from None
+    if isinstance(payload, list):
+        for number, row in enumerate(payload, start=1):
+            _refuse_long_ints(row, f"{path} row {number}")
+    else:
+        _refuse_long_ints(payload, str(path))
+    if isinstance(payload, dict) and payload and all(isinstance(v, dict) for v in payload.values()):
+        # PubMedQA's original layout: {PMID: {QUESTION, CONTEXTS, ...}}
+        return Rows({"pubid": key, **value} for key, value in payload.items())
+    if isinstance(payload, list):
+        return Rows(payload)
+    if isinstance(payload, dict) and not payload:
+        return Rows()
+    raise DataError(f"{path}: expected a JSON list of records or a dict keyed by id, got {_kind(payload)}.")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows, lines = Rows(), []
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, parse_int=_parse_int, object_pairs_hook=_pairs)
+            except ValueError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
+                                "JSON object.") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object per line, got {_kind(row)}.")
+            _refuse_long_ints(row, f"{path}:{number}")
+            rows.append(row)
+            lines.append(number)
+    rows.lines = lines
+    return rows
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Every cell as text (CSV has no types: '42' stays '42'), with the line each record starts on."""
+    rows, lines = Rows(), []
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader, None)
+            while header is not None and not any(cell.strip() for cell in header):
+                header = next(reader, None)
+            if header is None:
+                return rows
+            if any("\x00" in cell for cell in header):
+                raise DataError(f"{path}:{reader.line_num}: contains a NUL byte: is it a binary file rather than CSV?")
+            if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+                mark = ";" if header[0].count(";") >= header[0].count("\t") else "\t"
+                what = "semicolons" if mark == ";" else "tabs"
+                raise DataError(f"{path}:{reader.line_num}: the header is one column, '{printable(header[0], 120)}', "
+                                f"with {what} in it: the file looks delimited by {what}, not by commas. A .csv data "
+                                "file must be comma-separated: save it with commas (quoting cells that contain "
+                                "commas), or as .jsonl.")
+            named = [name for name in header if name != ""]
+            twice = sorted({name for name in named if named.count(name) > 1})
+            if twice:
+                raise DataError(f"{path}:{reader.line_num}: the header names column {printable(twice[0])!r} twice.")
+            start = reader.line_num + 1
+            for cells in reader:
+                if any("\x00" in cell for cell in cells):
+                    raise DataError(f"{path}:{start}: contains a NUL byte: is it a binary file rather than CSV?")
+                if cells and any(cell != "" for cell in cells):
+                    if len(cells) != len(header):
+                        raise DataError(f"{path}:{start}: {len(cells)} cell{'s' if len(cells) > 1 else ''}, but the "
+                                        f"header names {len(header)} column{'s' if len(header) > 1 else ''}. Quote cells that contain commas or line "
+                                        "breaks.")
+                    rows.append({name: cell for name, cell in zip(header, cells) if name != ""})
+                    lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as err:
+            too_long = "larger than field limit" in str(err)
+            what = (f"a cell longer than {MAX_FIELD_CHARS:,} characters (the most one text field may hold)"
+                    if too_long else f"not valid CSV ({printable(err, 120)})")
+            raise DataError(f"{path}:{reader.line_num}: {what}.") from None
+    rows.lines = lines
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(str(path))
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...: all mean "not a Parquet file we can read"
+        raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__}: {printable(err, 160)}). "
+                        "Is it truncated, or another format with a .parquet name?") from None
+    return Rows(table.to_pylist())
+
+
+def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
+    return _datasets_load(spec.source, spec.subset, spec.split or "train",
+                          where=f"hub dataset '{printable(spec.source)}'")
+
+
+def _datasets_load(name: str, subset: str | None, split: str, where: str, **kwargs: Any) -> list:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, subset, split=split, **kwargs)
+    except Exception as err:  # datasets raises many types; all mean "cannot load this source"
+        raise DataError(
+            f"Cannot load {where} (subset={subset!r}, split={split!r}): {type(err).__name__}: {printable(err, 300)}. "
+            "Offline? Download it once, or point 'source' at a local .json/.jsonl/.csv/.parquet file."
+        ) from None
+    return Rows(loaded.to_list())
+
+
+def fingerprint(spec: DatasetSpec) -> str:
+    local = resolve_local(spec.source)
+    if local is None or local.is_dir():
+        return f"hub:{spec.source}:{spec.subset}:{spec.split or 'train'}"
+    digest = hashlib.sha256()
+    with local.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+

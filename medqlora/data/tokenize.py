@@ -1,0 +1,274 @@
+"""Examples -> token ids: each one rendered with the model's own chat template and every prompt token's label
+set to -100, so only the response is learned (``tokenize_example``; a chat row learns each assistant turn);
+length statistics and the refusals when nothing fits max_seq_length; ``prepare``, the whole way from config
+to ``PreparedData``, and ``count_rows`` for a dry run.
+
+    python -c "from medqlora.data import render_prompt"   # rendering is importable without a model
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import DataSection
+from .. import leakage
+from ..errors import DataError
+from ..rows import Example
+from .examples import Collected, collect, padding_report, system_prompt_of
+from .sources import fingerprint
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+
+# ---------------------------------------------------------------- chat rendering + tokenization
+
+_PROBE = "MEDQLORA-PROBE-RESPONSE"
+
+
+def render_prompt(tokenizer: Any, system_prompt: str | None, user: str) -> str:
+    """The chat-templated prompt up to and including the assistant header."""
+    return tokenizer.apply_chat_template(
+        _messages(tokenizer, system_prompt, user), tokenize=False, add_generation_prompt=True
+    )
+
+
+def _messages(tokenizer: Any, system_prompt: str | None, user: str) -> list[dict[str, str]]:
+    if not system_prompt:
+        return [{"role": "user", "content": user}]
+    with_system = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+    try:
+        tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
+        return with_system
+    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
+        return [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
+
+
+def turn_end(tokenizer: Any) -> str:
+    """What the chat template writes after an assistant message (e.g. '<|im_end|>\\n', '<|eot_id|>')."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    if _PROBE not in text:
+        return tokenizer.eos_token or ""
+    suffix = text.split(_PROBE, 1)[1]
+    return suffix if suffix.strip() else (tokenizer.eos_token or "")
+
+
+def chat_turn_messages(tokenizer: Any, system_prompt: str | None,
+                       turns: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    """A chat row as messages: its own system turn, else ``system_prompt``; folded into the first user turn for
+    templates without a system role (as single-turn prompts are)."""
+    messages = [{"role": role, "content": content} for role, content in turns]
+    if messages[0]["role"] != "system" and system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    if messages[0]["role"] != "system":
+        return messages
+    try:
+        tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+        return messages
+    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
+        system, first, rest = messages[0], messages[1], messages[2:]
+        return [{"role": first["role"], "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+
+
+def _chat_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:
+    """The conversation's text in pieces, (text, learned): each assistant reply with its turn end is learned,
+    everything between is not. None when the template does not render a conversation as the concatenation of
+    its prefixes (one that rewrites earlier replies, say): then only the last reply is learned."""
+    pieces: list[tuple[str, bool]] = []
+    rendered = ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+        reply = whole[len(prefix):]  # the reply as the template writes it, with its turn end
+        if not prefix.startswith(rendered) or not whole.startswith(prefix) or message["content"] not in reply:
+            return None
+        pieces += [(prefix[len(rendered):], False), (reply, True)]
+        rendered = prefix + reply
+    return pieces
+
+
+def _tokenize_chat(example: Example, tokenizer: Any, system_prompt: str | None, max_len: int, too_long: str,
+                   end: str) -> tuple[dict[str, list[int]] | None, str]:
+    """Every assistant turn learned, every other token masked; cut at max_len (or dropped) when longer."""
+    messages = chat_turn_messages(tokenizer, system_prompt, example.turns)
+    pieces = _chat_pieces(tokenizer, messages)
+    outcome = "fits"
+    if pieces is None:
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        pieces, outcome = [(prompt, False), (messages[-1]["content"] + end, True)], "last_turn_only"
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, learned in pieces:
+        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += part
+        labels += part if learned else [IGNORE_INDEX] * len(part)
+    if len(ids) > max_len:
+        if too_long == "drop" or all(label == IGNORE_INDEX for label in labels[:max_len]):
+            return None, "dropped"
+        ids, labels, outcome = ids[:max_len], labels[:max_len], "response_truncated"
+    return {"input_ids": ids, "labels": labels}, outcome
+
+
+def tokenize_example(
+    example: Example, tokenizer: Any, system_prompt: str | None, max_len: int, too_long: str, end: str
+) -> tuple[dict[str, list[int]] | None, str]:
+    """Token ids and labels (prompt masked) for one example, and what was done to fit max_len."""
+    if example.turns:
+        return _tokenize_chat(example, tokenizer, system_prompt, max_len, too_long, end)
+    response_ids = tokenizer(example.response + end, add_special_tokens=False)["input_ids"]
+    context = example.context
+    outcome = "fits"
+    for _ in range(4):
+        user = example.prompt_template.format(context=context) if context is not None else example.prompt
+        prompt_ids = tokenizer(render_prompt(tokenizer, system_prompt, user), add_special_tokens=False)["input_ids"]
+        overflow = len(prompt_ids) + len(response_ids) - max_len
+        if overflow <= 0:
+            break
+        if too_long == "drop":
+            return None, "dropped"
+        if not context:
+            break
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        keep = max(0, len(context_ids) - overflow - 8)
+        context = tokenizer.decode(context_ids[:keep]) + " ..." if keep else ""
+        outcome = "context_truncated"
+    else:
+        overflow = len(prompt_ids) + len(response_ids) - max_len
+    if overflow > 0:
+        if len(prompt_ids) >= max_len - 8:
+            return None, "dropped"
+        response_ids = response_ids[: max_len - len(prompt_ids)]
+        outcome = "response_truncated"
+    return {
+        "input_ids": prompt_ids + response_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+    }, outcome
+
+
+def length_stats(lengths: list[int], max_len: int) -> dict[str, Any]:
+    if not lengths:
+        return {"count": 0}
+    ordered = sorted(lengths)
+    return {
+        "count": len(ordered),
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+        "over_max_seq_length": sum(length > max_len for length in ordered),
+    }
+
+
+def tokenize_collected(
+    collected: list[Collected], data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1
+) -> PreparedData:
+    """Render, tokenize and fit every example; split off validation items."""
+    end = turn_end(tokenizer)
+    records: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {}
+    for c in collected:
+        raw_lengths: list[int] = []
+        outcomes: dict[str, int] = {}
+        system_prompt = system_prompt_of(data, c.spec)
+        for example in c.examples:
+            full, _ = tokenize_example(example, tokenizer, system_prompt, 10**9, "truncate", end)
+            raw_lengths.append(len(full["input_ids"]))
+            tokenized, outcome = tokenize_example(example, tokenizer, system_prompt, max_len, data.too_long, end)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if tokenized is not None:
+                records.append({**tokenized, "source": c.name, "uid": example.uid, "role": example.role,
+                                "question_hash": leakage.question_hash(example.question), "example": example,
+                                "format": c.spec.format, "cot_style": c.spec.cot_style})
+        stats[c.name] = {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
+    if not records:
+        _refuse_nothing_fits(data, max_len, stats)
+    random.Random(seed).shuffle(records)
+    reserved = [r for r in records if r["role"] == "validation"]
+    pool = [r for r in records if r["role"] != "validation"]
+    n_val = int(round(len(pool) * data.val_ratio))
+    validation, train = reserved + pool[:n_val], pool[n_val:]
+    if not train:
+        refuse_no_training_examples(data, max_len, collected)
+    cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
+    warnings = []
+    if cut:
+        warnings.append(f"{cut} of {sum(len(c.examples) for c in collected)} answers were cut to fit "
+                        f"model.max_seq_length={max_len} (data.too_long: truncate): the model learns them "
+                        "unfinished. Raise model.max_seq_length, or set data.too_long: drop to leave those examples "
+                        "out.")
+        logging.getLogger("medqlora").warning(warnings[-1])
+    dropped = sum(stats[c.name]["fitting"].get("dropped", 0) for c in collected)
+    if dropped and data.too_long == "truncate":
+        warnings.append(f"{dropped} of {sum(len(c.examples) for c in collected)} examples were left out: the prompt "
+                        f"alone (with the chat template and system prompt) does not fit model.max_seq_length="
+                        f"{max_len}, so no answer could be kept even cut (data.too_long: truncate shortens only "
+                        "answers and pubmedqa contexts). Raise model.max_seq_length, or shorten those prompts.")
+        logging.getLogger("medqlora").warning(warnings[-1])
+    stats["total"] = {
+        "answers_truncated": cut,
+        "prompts_too_long": dropped if data.too_long == "truncate" else 0,
+        "warnings": warnings,
+        "train": len(train),
+        "validation": len(validation),
+        "train_tokens": sum(len(r["input_ids"]) for r in train),
+        "padding_fraction": padding_report([len(r["input_ids"]) for r in train], micro_batch, max_len, seed),
+    }
+    fingerprints = {c.name: fingerprint(c.spec) for c in collected}
+    return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
+
+
+def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any]) -> None:
+    """No example fits max_len: with drop, truncating would keep some; with truncate, every prompt alone is
+    too long (the answer cannot be cut to make room), so only a longer max_seq_length helps."""
+    shortest = min((s["tokens_before_fitting"].get("min", 0) for s in stats.values()
+                    if s["tokens_before_fitting"].get("count")), default=0)
+    if data.too_long == "drop":
+        raise DataError(f"No training examples fit model.max_seq_length={max_len} (the shortest is {shortest} "
+                        "tokens). Raise it, or set data.too_long: truncate.")
+    raise DataError(f"No training example fits model.max_seq_length={max_len}, even cut (data.too_long: truncate): "
+                    f"each prompt alone, with the chat template and system prompt, leaves no room for an answer (the "
+                    f"shortest example is {shortest} tokens). Raise model.max_seq_length.")
+
+
+def refuse_no_training_examples(data: DataSection, max_len: int, collected: list[Collected]) -> None:
+    """Nothing left to train on once validation items are set apart (val_ratio < 0.5 always leaves some, so the
+    datasets for validation are the cause)."""
+    if all(c.spec.use_for == "validation" for c in collected):
+        raise DataError("No training examples: every dataset has use_for: validation. Give at least one dataset "
+                        "use_for: train (the default).")
+    raise DataError(f"No training examples: the datasets with use_for: train have none that fit model.max_seq_length="
+                    f"{max_len} and are not held out for validation (cv_fold). Check those datasets, or raise "
+                    "model.max_seq_length.")
+
+
+def prepare(data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1) -> PreparedData:
+    return tokenize_collected(collect(data, seed), data, tokenizer, max_len, seed, micro_batch)
+
+
+def count_rows(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None = None,
+               collected: list[Collected] | None = None) -> dict[str, Any]:
+    """Dataset sizes for --dry-run: local sources are read and every row checked as a run would (the leakage
+    guard included); a path that does not exist is refused; hub sources are not downloaded."""
+    if collected is None:
+        collected = collect(data, seed, extra_eval, local_only=True)
+    checked = {c.name: c.info for c in collected}
+    sizes: dict[str, Any] = {}
+    for index, spec in enumerate(data.datasets):
+        name = f"{index}:{spec.source}"
+        sizes[name] = checked.get(name, {"rows": "unknown until downloaded", "used": spec.max_samples})
+    return sizes

@@ -1,0 +1,275 @@
+"""The dataset formats and benchmark kinds the kit reads, one registry entry each: the source of truth for
+the config's allowed values (``data.datasets[].format``, ``eval.benchmarks[].kind``), the placeholders a
+``prompt_template`` may use, the row shape a refusal shows, and the tables of docs/formats.md
+(``python -m medqlora.formats`` prints them; tests/test_formats.py checks the page matches).
+
+Adding a dataset format is one decorated function here (or in a module imported at the end of this one):
+
+    @dataset_format("my_format", placeholders=("question",), columns="...", target="...", shape="...")
+    def format_my_format(row, spec) -> Example: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import DataError
+from .rows import Example, _column, _field, _kind, _response, _text, _uid
+from .secrets import printable
+
+if TYPE_CHECKING:
+    from .config import DatasetSpec
+
+Formatter = Callable[[dict[str, Any], "DatasetSpec"], Example]
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str
+    handler: Formatter  # one row -> its Example, or a DataError naming the field
+    columns: str  # the columns a row has (docs)
+    target: str  # what the model learns from a row (docs)
+    shape: str  # a row's JSON shape, shown when a row does not have it
+    placeholders: tuple[str, ...] | None  # what a prompt_template may use; None: the format takes no template
+
+
+DATASET_FORMATS: dict[str, DatasetFormat] = {}
+FORMATS: dict[str, Formatter] = {}  # name -> handler, the view format_rows dispatches on
+FORMAT_SHAPES: dict[str, str] = {}
+
+
+def dataset_format(name: str, *, columns: str, target: str, shape: str,
+                   placeholders: tuple[str, ...] | None) -> Callable[[Formatter], Formatter]:
+    """Registers a row format under ``name``: the config accepts it, format_rows uses it, the docs list it."""
+    def add(handler: Formatter) -> Formatter:
+        if name in DATASET_FORMATS:
+            raise ValueError(f"dataset format {name!r} is registered twice")
+        DATASET_FORMATS[name] = DatasetFormat(name, handler, columns, target, shape, placeholders)
+        FORMATS[name] = handler
+        FORMAT_SHAPES[name] = shape
+        return handler
+
+    return add
+
+
+@dataclass(frozen=True)
+class BenchmarkKind:
+    name: str
+    reads: str  # the dataset format its items are read in
+    scores: str  # how an answer is scored (docs)
+    source: str  # where its items come from (docs)
+
+
+BENCHMARK_KINDS: dict[str, BenchmarkKind] = {kind.name: kind for kind in (
+    BenchmarkKind("pubmedqa", "pubmedqa", "the yes/no/maybe label (likelihood of each, or parsed from a reply)",
+                  "default: the official 500-question test split shipped in data/pubmedqa"),
+    BenchmarkKind("multiple_choice", "multiple_choice", "the option letter (likelihood of each, or parsed from a "
+                  "reply)", "a `source` (hub id or local file) in the multiple_choice row shape"),
+    BenchmarkKind("cot", "medical_o1", "generated: the reasoning format, its length and ROUGE-L against the "
+                  "reference answer", "a `source` of medical-o1 rows (`cot_style` as trained)"),
+)}
+
+
+# ---------------------------------------------------------------- the SFT formats
+
+
+PUBMEDQA_PROMPT = (
+    "Answer the biomedical research question using the abstract below. Start with yes, no or "
+    "maybe.\n\nAbstract:\n{context}\n\nQuestion: {question}"
+)
+
+
+@dataset_format(
+    "pubmedqa", placeholders=("question", "context"),
+    columns="question, context (or PubMedQA's original QUESTION/CONTEXTS layout), final_decision, long_answer",
+    target="`yes`/`no`/`maybe`, then the long answer (`long_answer: false` for the label alone)",
+    shape='{"pubid", "question", "context": {"contexts": [...]} or [...], "final_decision", "long_answer"}')
+def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
+    q_name, question = _field(row, spec, "question", "QUESTION")
+    c_name, context = _column(row, spec, "context", "CONTEXTS")
+    if isinstance(context, dict):
+        if "contexts" not in context:
+            raise DataError(f"field '{printable(c_name, 60)}' is an object without 'contexts' (the abstract's "
+                            "paragraphs).")
+        c_name, context = f"{c_name}.contexts", context["contexts"]
+    if isinstance(context, str):
+        context = [context]
+    if not isinstance(context, list):
+        raise DataError(f"field '{printable(c_name, 60)}' is {_kind(context)}, expected the abstract's paragraphs "
+                        "(a list of texts).")
+    paragraphs = [_text(p, f"{c_name}[{i}]") for i, p in enumerate(context)]
+    l_name, label = _field(row, spec, "final_decision")
+    label = label.strip().lower()
+    if label not in {"yes", "no", "maybe"}:
+        raise DataError(f"field '{printable(l_name, 60)}': {printable(repr(label), 60)} is not yes/no/maybe.")
+    response = label
+    answer_texts = ((l_name, label),)
+    if spec.long_answer:
+        la_name, long_answer = _field(row, spec, "long_answer", "LONG_ANSWER")
+        response = f"{label}. {_response(long_answer, la_name)}"
+        answer_texts += ((la_name, long_answer),)
+    return Example(
+        prompt="",
+        response=response,
+        context="\n".join(paragraphs),
+        prompt_template=PUBMEDQA_PROMPT.replace("{question}", question.replace("{", "{{").replace("}", "}}")),
+        uid=_uid(row.get("pubid"), "pubid"),
+        question=question,
+        texts=((q_name, question),) + tuple((f"{c_name}[{i}]", p) for i, p in enumerate(paragraphs)),
+        answer_texts=answer_texts,
+        fields={"question": question, "context": "\n".join(paragraphs)},
+    )
+
+
+@dataset_format(
+    "medical_o1", placeholders=("question",),
+    columns="Question, Complex_CoT, Response",
+    target="`## Thinking\\n\\n{CoT}\\n\\n## Final Response\\n\\n{Response}` (`cot_style: huatuo`) or "
+           "`<think>...</think>` + `<response>...</response>` (`cot_style: tags`)",
+    shape='{"Question", "Complex_CoT", "Response"} (strings)')
+def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
+    q_name, question = _field(row, spec, "Question")
+    t_name, thinking = _field(row, spec, "Complex_CoT")
+    a_name, answer = _field(row, spec, "Response")
+    _response(answer, a_name)
+    if spec.cot_style == "tags":
+        response = f"<think>\n{thinking}\n</think>\n<response>\n{answer}\n</response>"
+    else:
+        response = f"## Thinking\n\n{thinking}\n\n## Final Response\n\n{answer}"
+    return Example(prompt=question, response=response, texts=((q_name, question),),
+                   answer_texts=((t_name, thinking), (a_name, answer)), fields={"question": question})
+
+
+def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
+    """The options of a multiple-choice record as {letter: text} (a plain list is lettered A, B, ...)."""
+    name, options = _column(row, spec, "options")
+    if isinstance(options, list):
+        if len(options) > 26:
+            raise DataError(f"field '{printable(name, 60)}' has {len(options)} options; at most 26 (A-Z) are "
+                            "supported.")
+        options = {chr(ord("A") + i): value for i, value in enumerate(options)}
+    elif not isinstance(options, dict):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(options)}, expected the options as "
+                        "{\"A\": text, ...} or a list of texts.")
+    if not options:
+        raise DataError(f"field '{printable(name, 60)}' is empty: a multiple-choice question needs options.")
+    if len(options) < 2:
+        raise DataError(f"field '{printable(name, 60)}' has one option: a multiple-choice question needs at least "
+                        "two (with one, every answer is right).")
+    return {str(letter).strip(): _text(value, f"{name}.{letter}") for letter, value in options.items()}
+
+
+@dataset_format(
+    "multiple_choice", placeholders=("question", "options"),
+    columns="question, options {A..E} (or a list), answer_idx",
+    target="`B. <option text>`; the prompt lists the options as `A. ...` lines",
+    shape='{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}')
+def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
+    q_name, question = _field(row, spec, "question")
+    options = mc_options(row, spec)
+    a_name, answer = _column(row, spec, "answer_idx")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int)):
+        raise DataError(f"field '{printable(a_name, 60)}' is {_kind(answer)}, expected an option's letter.")
+    answer = str(answer).strip()
+    if answer not in options:
+        raise DataError(f"{printable(a_name, 60)} {printable(repr(answer), 40)} is not one of the options "
+                        f"{printable(sorted(options), 200)}.")
+    lines = "\n".join(f"{letter}. {text}" for letter, text in options.items())
+    prompt = f"{question}\n\n{lines}\n\nAnswer with the letter of the correct option."
+    uid = row.get("realidx", row.get("id"))
+    return Example(prompt=prompt, response=f"{answer}. {options[answer]}", question=question,
+                   uid=_uid(uid, "realidx" if "realidx" in row else "id"),
+                   texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items())
+                   + tuple((f"options key {k!r}", k) for k in options),  # a key is printed in the prompt too
+                   fields={"question": question, "options": lines})
+
+
+@dataset_format(
+    "instruction", placeholders=("question", "context"),
+    columns="instruction (or question), optional input, output (or answer)",
+    target="the output",
+    shape='{"instruction" or "question", optional "input", "output" or "answer"}')
+def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
+    i_name, instruction = _field(row, spec, "instruction", "question")
+    x_name = spec.columns.get("input", "input")
+    extra = row.get(x_name)
+    texts = ((i_name, instruction),)
+    if extra is not None:
+        extra = _text(extra, x_name)
+        texts += ((x_name, extra),)
+    prompt = f"{instruction}\n\n{extra}" if extra else instruction
+    o_name, output = _field(row, spec, "output", "answer", "response")
+    return Example(prompt=prompt, response=_response(output, o_name), question=instruction, texts=texts,
+                   answer_texts=((o_name, output),), fields={"question": instruction, "context": extra or ""})
+
+
+CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
+              "human": "user", "gpt": "assistant"}  # ShareGPT's {"from": "human", "value": ...} too
+
+
+@dataset_format(
+    "chat", placeholders=None,
+    columns="messages (role/content; a system turn of its own is kept, else the dataset's system prompt), ending "
+            "with an assistant turn",
+    target="every assistant turn, each in its place in the conversation (all other tokens masked; a template that "
+           "rewrites earlier replies, as reasoning models' do, learns the last one and counts it in data_stats)",
+    shape='{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}')
+def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
+    name, messages = _column(row, spec, "messages", "conversations")
+    if not isinstance(messages, list):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
+                        "{\"role\": ..., \"content\": ...} turns.")
+    turns: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        where = f"field '{printable(name, 60)}' turn {i + 1}"
+        if not isinstance(message, dict):
+            raise DataError(f"{where} is {_kind(message)}, expected {{\"role\": ..., \"content\": ...}}.")
+        role_key = "role" if "role" in message else "from" if "from" in message else None
+        content_key = "content" if "content" in message else "value" if "value" in message else None
+        if role_key is None or content_key is None:
+            missing = "role" if role_key is None else "content"
+            raise DataError(f"{where} has no '{missing}'; its keys are {printable(sorted(map(str, message)), 120)}.")
+        role = message[role_key]
+        if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
+            raise DataError(f"{where} has role {printable(repr(role), 40)}; expected system, user or assistant.")
+        turns.append((CHAT_ROLES[role.strip().lower()], _text(message[content_key], f"{name}[{i + 1}].content")))
+    if not turns or turns[-1][0] != "assistant":
+        raise DataError("each 'messages' list must end with an assistant turn (the response to learn).")
+    if not any(role == "user" for role, _ in turns[:-1]):
+        raise DataError(f"field '{printable(name, 60)}' has no user turn before its last assistant turn.")
+    history = "\n\n".join(content for role, content in turns[:-1] if role != "system")
+    last_user = next(content for role, content in reversed(turns) if role == "user")
+    texts = tuple((f"{name}[{i + 1}] ({role})", content) for i, (role, content) in enumerate(turns))
+    _response(turns[-1][1], f"{name}[{len(turns)}].content")
+    users = [(field, content) for (field, content), (role, _) in zip(texts[:-1], turns) if role == "user"]
+    joins = (("user turns (joined)", "\n\n".join(content for _, content in users)),) \
+        if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between
+    return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts[:-1],
+                   answer_texts=texts[-1:], joins=joins, turns=tuple(turns))
+
+
+# ---------------------------------------------------------------- docs
+
+
+def markdown_tables() -> str:
+    """The tables of docs/formats.md, from the registries."""
+    lines = ["## Dataset formats (`data.datasets[].format`)", "",
+             "| format | columns | target the model learns | `prompt_template` placeholders |", "|---|---|---|---|"]
+    for f in DATASET_FORMATS.values():
+        names = "none: the prompt is the row's own" if not f.placeholders else ", ".join(
+            f"`{{{n}}}`" for n in f.placeholders)
+        lines.append(f"| `{f.name}` | {f.columns} | {f.target} | {names} |")
+    lines += ["", "## Benchmark kinds (`eval.benchmarks[].kind`)", "",
+              "| kind | rows read as | items | scored by |", "|---|---|---|---|"]
+    lines += [f"| `{k.name}` | `{k.reads}` | {k.source} | {k.scores} |" for k in BENCHMARK_KINDS.values()]
+    return "\n".join(lines) + "\n"
+
+
+from . import rl_formats  # noqa: E402,F401  (registers the prompt_answer and preference formats)
+
+if __name__ == "__main__":  # run as a script, this file is a second copy: the registered one holds every format
+    from medqlora.formats import markdown_tables as registered_tables
+
+    print(registered_tables(), end="")

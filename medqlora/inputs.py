@@ -1,0 +1,66 @@
+"""The run's inputs made ready: the training rows collected and tokenized for the training method, the
+benchmark items evaluated before and after training, and the leakage guard over both.
+
+A run and its --dry-run plan read the same rows through these functions, so what a run would refuse the
+plan refuses, with the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import data, evaluate, leakage
+from .config import KitConfig
+
+
+def local_benchmarks(cfg: KitConfig) -> dict[str, list]:
+    """The benchmarks that can be read without a download (PubMedQA's shipped test split, local files)."""
+    return {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks
+            if b.source is None or data.resolve_local(b.source) is not None or data.looks_local(b.source)}
+
+
+def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.Item]:
+    """The questions of the benchmarks a run evaluates on, for the leakage guard."""
+    return [leakage.Item(name, i.uid, i.example.question) for name, items in (benchmarks or {}).items() for i in items]
+
+
+def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]) -> tuple[dict[str, Any], int | None]:
+    """The dataset sizes and the number of training examples a run would train on (None: hub data not downloaded).
+    With the model's tokenizer at hand the examples are tokenized and fitted to max_seq_length and the validation
+    split taken off exactly as in a run, so what a run refuses is refused here, with the same message."""
+    collected = data.collect(cfg.data, cfg.training.seed, guarded, local_only=True)
+    sizes = data.count_rows(cfg.data, cfg.training.seed, collected=collected)
+    if len(collected) < len(cfg.data.datasets):
+        return sizes, None
+    if tokenizer is not None:
+        return sizes, len(tokenize(cfg, collected, tokenizer).train)
+    pool = sum(ex.role != "validation" for c in collected for ex in c.examples)
+    n_train = pool - int(round(pool * cfg.data.val_ratio))
+    if n_train == 0:
+        data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
+    return sizes, n_train
+
+
+def tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
+    if cfg.training.method != "sft":  # prompts (GRPO) or prompt / chosen / rejected rows (DPO, ORPO)
+        from . import rl
+
+        return rl.prepare_method_rows(cfg, collected, tokenizer)
+    return data.tokenize_collected(collected, cfg.data, tokenizer, cfg.model.max_seq_length, cfg.training.seed,
+                                   cfg.training.micro_batch_size)
+
+
+def same_tokens(first: Any, second: Any, cfg: KitConfig) -> bool:
+    probe = data.render_prompt(first, cfg.data.system_prompt, "Is aspirin useful after a myocardial infarction?")
+    other = data.render_prompt(second, cfg.data.system_prompt, "Is aspirin useful after a myocardial infarction?")
+    return probe == other and first(probe)["input_ids"] == second(other)["input_ids"]
+
+
+def cot_validation(cfg: KitConfig, prepared: data.PreparedData) -> dict[str, list]:
+    """The run's held-out medical-o1 examples, generated for before and after training."""
+    held_out = [r for r in prepared.validation if r["format"] == "medical_o1"]
+    if not held_out or cfg.eval.cot_items == 0:
+        return {}
+    style = held_out[0]["cot_style"]
+    items = evaluate.cot_items_from([r["example"] for r in held_out], cfg.eval.cot_items)
+    return {f"{evaluate.COT_VALIDATION}:{style}": items}

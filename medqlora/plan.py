@@ -1,0 +1,201 @@
+"""--dry-run: what a mode would do, checked as the run would check it, without loading a model or training.
+
+    python medical_qlora_finetuning.py --mode full --dry-run
+
+The plan is a JSON object on stdout (notes while planning go to stderr): backend, model, data sizes and
+training examples, batch and steps, validation, prompts, trackers, GPU memory (and what auto-fit would
+choose), the processes of a launch, the evaluation and the run folder's files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
+from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
+from .config import KitConfig
+from .errors import ModelError
+from .inputs import benchmark_guard_items, local_benchmarks, planned_examples
+from .runs import Files, check_output_dir
+
+
+def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
+    """What a run would do, without loading any model (for --dry-run)."""
+    from .train import check_optimizer, planned_steps
+
+    runtime = backends.detect(cfg)
+    tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
+    optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
+    backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
+    source = backends.config_source(cfg.model.name)
+    # a local tokenizer and chat template load in a second: checked, and the data tokenized with them as a run does
+    tokenizer = backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
+    check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
+    # the rows and the leakage guard a run would check, benchmarks (local ones) included
+    with_eval = mode == "full" and cfg.eval.in_full_mode
+    benchmarks = local_benchmarks(cfg) if with_eval else {}
+    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
+    t = cfg.training
+    gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
+    if gpu_only:
+        print(f"medqlora: warning: a run on this machine would stop: {gpu_only}", file=sys.stderr)
+    return {
+        "mode": mode,
+        **({"runs_here": f"no: {gpu_only}"} if gpu_only else {}),
+        "backend": runtime.describe(),
+        "model": cfg.model.name,
+        "quantization": "4-bit NF4" if cfg.model.load_in_4bit and runtime.device == "cuda" else "none",
+        "lora": f"r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} on "
+        f"{','.join(cfg.lora.target_modules)}",
+        "datasets": sizes,
+        "training_examples": n_train if n_train is not None else "unknown until hub data is downloaded",
+        "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "
+        f"{t.micro_batch_size * t.gradient_accumulation_steps}",
+        "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
+        "max_seq_length": cfg.model.max_seq_length,
+        "training": _training_section(cfg, runtime, optimizer),
+        "validation": validation_plan(cfg),
+        "prompts": prompt_plan(cfg),
+        "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
+        "gpu_memory": memory_plan(cfg, runtime),
+        "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
+                                      if mode in ("full", "eval") else {}),
+        "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
+                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg)
+        if mode in ("full", "eval") else [],
+        "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
+        + f"/ {{{Files.LISTED}}}",
+    }
+
+
+def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str) -> dict[str, Any]:
+    t = cfg.training
+    return {
+        "length": f"max_steps {t.max_steps}" if t.max_steps > 0 else f"{t.num_epochs:g} epochs",
+        "learning_rate": t.learning_rate,
+        "lr_scheduler": t.lr_scheduler,
+        "warmup": t.warmup_text(),
+        "optimizer": optimizer,
+        "weight_decay": t.weight_decay,
+        "precision": runtime.dtype if cfg.model.dtype in ("auto", runtime.dtype) or runtime.device == "cuda"
+        else f"{runtime.dtype} here; model.dtype {cfg.model.dtype} on a GPU",
+        "gradient_checkpointing": t.gradient_checkpointing,
+    }
+
+
+def _cot_plan(cfg: KitConfig) -> list[str]:
+    """--mode full on medical-o1 rows with a validation set: their generation before and after training."""
+    from .config import has_validation
+
+    if not (cfg.eval.in_full_mode and cfg.eval.cot_items and has_validation(cfg.data)
+            and any(d.format == "medical_o1" for d in cfg.data.datasets)):
+        return []
+    return [f"{evaluate.COT_VALIDATION} (up to {cfg.eval.cot_items} held-out medical-o1 rows, generated before and "
+            "after training: format compliance, reasoning length, ROUGE-L of the final response)"]
+
+
+def validation_plan(cfg: KitConfig) -> dict[str, Any]:
+    """Where the validation items come from, and when their loss is computed."""
+    sources = [f"data.val_ratio {cfg.data.val_ratio} of the training rows, drawn at random (seeded)"] \
+        if cfg.data.val_ratio else []
+    for i, spec in enumerate(cfg.data.datasets):
+        name = f"{i}:{spec.source}"
+        if spec.val_first_n:
+            sources.append(f"the first {spec.val_first_n} rows of {name} (file order)")
+        if spec.cv_fold is not None:
+            sources.append(f"PubMedQA CV fold {spec.cv_fold} of {name}")
+        if spec.use_for == "validation":
+            sources.append(f"all of {name}")
+    every = cfg.training.eval_steps
+    return {"items": sources or ["none"],
+            "loss": (f"every {every} steps during training, and before and after" if every else "before and after "
+                     "training") if sources else "none"}
+
+
+def prompt_plan(cfg: KitConfig) -> list[dict[str, Any]]:
+    """How each dataset's prompt is written: chat template, system prompt, prompt template."""
+    chat = {False: "none (plain text, model.chat_template: false)", "auto": "the tokenizer's own (ChatML if none)"}
+    shown = []
+    for i, spec in enumerate(cfg.data.datasets):
+        system = data.system_prompt_of(cfg.data, spec)
+        shown.append({"dataset": f"{i}:{spec.source}",
+                      "chat_template": chat.get(cfg.model.chat_template, cfg.model.chat_template),
+                      "system_prompt": system if system else "none",
+                      "prompt_template": spec.prompt_template if spec.prompt_template is not None
+                      else f"the {spec.format} format's own"})
+    return shown
+
+
+def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output_dir: str | None) -> dict[str, Any]:
+    """--dry-run of test, eval and export: the adapter checked as the mode would check it, the base model its run
+    was trained on, and what the mode would write (nothing is trained)."""
+    adapter = find_adapter(cfg, adapter_arg, output_dir)
+    if adapter is None and mode == "export":
+        raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
+    if adapter is not None:
+        cfg = adapter_run_config(adapter, cfg)
+    backends.check_model_source(cfg.model.name)
+    lm_eval_tasks = None
+    if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
+        benchmarks = local_benchmarks(cfg)
+        lm_eval_tasks = harness.load_tasks(cfg)
+        if adapter is not None:
+            check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
+    if mode == "export" and "gguf" in cfg.export.formats:
+        from .export import llama_cpp_dir
+
+        llama_cpp_dir()  # a LLAMA_CPP_DIR that names no converter is refused, as in the export
+    run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
+    does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
+                    f"{cfg.generation.queries_file}",
+            "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
+                                          for b in cfg.eval.benchmarks)
+                    + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
+            "export": f"writes {', '.join(cfg.export.formats)} into an export folder",
+            "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
+    return {
+        "mode": mode,
+        "backend": backends.detect(cfg).describe(),
+        "model": cfg.model.name,
+        "adapter": str(adapter) if adapter is not None else "none: the base model alone",
+        "does": does + "; trains nothing",
+        "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
+        if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
+    }
+
+
+def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:
+    """The preflight for --dry-run: estimated peak GPU memory (every micro-batch max_seq_length long), and
+    what auto-fit would choose. Refuses, with the options to change, when training cannot fit."""
+    card = fit.card_gib(cfg)
+    if runtime.device != "cuda" and card is None:
+        return ("not used: this machine has no CUDA GPU, so the run trains on the CPU (hf backend). "
+                "--set training.gpu_memory_gib=15 plans the GPU memory of a 15 GiB card (a Colab T4) instead")
+    source = backends.config_source(cfg.model.name)
+    shape, unknown = fit.model_shape_offline_first(source, cfg.model.trust_remote_code) if source else (
+        None, "the model is converted from its GGUF file when the run starts")
+    if shape is None:
+        return f"unknown: {unknown}"
+    backend = runtime.backend if runtime.device == "cuda" or distributed.sharding() else (
+        "hf" if cfg.backend == "hf" else "unsloth")
+    t = cfg.training
+    configured = fit.estimate(shape, cfg, backend, t.micro_batch_size, t.gradient_checkpointing)
+    planned: dict[str, Any] = {"backend": backend if runtime.device == "cuda" else f"{backend} (on the planned GPU)",
+                               "configured": configured.describe()}
+    if distributed.sharding():
+        n = distributed.world_size()
+        spread = (configured.weights_gib + configured.lora_gib) * (1 - 1 / n)
+        planned["sharded"] = (f"loading holds the whole model on each GPU ({configured.weights_gib:.1f} GiB of "
+                              f"weights); training then keeps 1/{n} of the weights, LoRA and optimizer state: about "
+                              f"{configured.total_gib - spread:.1f} GiB a GPU (the figures above are for one GPU)")
+    planned["card_gib"] = round(card, 1)
+    if t.auto_fit:
+        choice = fit.auto_fit(shape, cfg, backend, card)
+        planned["auto_fit"] = (f"micro-batch {choice.micro_batch_size} x {choice.gradient_accumulation_steps} "
+                               f"accumulation, checkpointing {fit.checkpointing_name(choice.gradient_checkpointing)}: "
+                               f"{choice.estimate.describe()}")
+    else:
+        fit.refuse_if_it_cannot_fit(configured, card, cfg, backend)
+    return planned

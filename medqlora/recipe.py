@@ -1,0 +1,444 @@
+"""One recipe owns every mode: a ``Recipe`` holds the resolved config, the run folder, the runtime (backend,
+device, processes) and the model, and each mode is a short sequence of its stages.
+
+    python medical_qlora_finetuning.py --mode full      # the CLI: parse arguments, then Recipe.full()
+    python -c "import medqlora, medqlora.config as c; print(medqlora.run_full(c.load_config(None)).path)"
+
+Stages: resolve (one final config, its run folder, the runtime), prepare data, load the model, evaluate
+before, train (SFT, or GRPO / DPO / ORPO in rl.py), write the training reports, evaluate after, answer
+the sample queries, export, summarize. Reports are rendered by report.py, dry-run plans by plan.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import (
+    backends,
+    data,
+    distributed,
+    evaluate,
+    fit,
+    generate,
+    harness,
+    messages,
+    plan,
+    report,
+    resume,
+    signals,
+    tracking,
+)
+from .adapter_runs import (
+    adapter_run_config,
+    check_benchmarks_untrained,
+    find_adapter,
+    run_folder_for,
+    with_init_adapter,
+)
+from .config import PATH_SHOWN, KitConfig
+from .errors import ConfigError, MedQLoRAError, ModelError, TrainingInterrupted
+from .messages import log, say
+from .runs import Files, RunDir, default_run_name, manifest
+from .secrets import printable
+from .stages import TrainingStages
+
+ADAPTER_MODES = ("test", "eval", "export", "chat")
+
+
+@dataclass
+class Options:
+    """What the command line adds to the config: where runs go, which adapter, which run to continue."""
+
+    output_dir: str | None = None
+    adapter: str | None = None  # test, eval, export, chat: a run folder, an adapter folder, latest or none
+    resume: str | None = None  # train, full: a run folder or latest
+    baseline: bool = True  # eval: score the base model too
+    prompt: str | None = None  # chat: one question, answered to stdout
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Run:
+    """What a mode leaves: its run folder (None for chat) and the end-of-run summary (also its metrics)."""
+
+    path: Path | None
+    summary: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.summary
+
+
+class Recipe(TrainingStages):
+    """A run of one mode. ``cfg`` is the config this process works with, once resolved."""
+
+    def __init__(self, cfg: KitConfig, options: Options | None = None) -> None:
+        self.cfg, self.options = cfg, options or Options()
+        self.saved_cfg = cfg  # the config in the terms of all processes together, as config.yaml holds it
+        self.runtime: backends.Runtime | None = None
+        self.run: RunDir | None = None
+        self.checkpoint: Path | None = None
+        self.facts: dict[str, Any] = {}
+        self.summary: dict[str, Any] = {}
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.benchmarks: dict[str, list] | None = None
+        self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
+        self._resumed: tuple[RunDir, KitConfig, Path] | None = None
+        # what the training stages hand on to the next
+        self.collected: list = []
+        self.prepared: data.PreparedData | None = None
+        self.shape: fit.ModelShape | None = None
+        self.after_load: dict[str, Any] = {}
+        self.baseline: dict | None = None
+        self.lm_eval_baseline: dict | None = None
+        self.result: Any = None
+
+    # ------------------------------------------------------------------ modes
+
+    def full(self) -> Run:
+        """--mode full: evaluate the base model, train, evaluate again, answer the sample queries."""
+        with_eval = self.cfg.eval.in_full_mode  # as the given config says, also when --resume continues a run
+        self.resolve_training()
+        with self.recording_failures():
+            self.prepare_data(with_benchmarks=with_eval)
+            self.load_model()
+            self.evaluate_before()
+            self.train()
+            self.write_training_reports()
+            self.evaluate_after()
+        with self.recorded_after_training():  # every process answers its share of the queries
+            if self.model is None:  # sharded training, nothing evaluated: no whole model loaded yet
+                self.load_inference_replica()
+            self.summary["samples"] = self.answer_queries(
+                f"Sample responses: {self.cfg.model.name} + adapter {self.run.path.name}")
+        return self.finish()
+
+    def train_mode(self) -> Run:
+        """--mode train: train an adapter into a new run folder (or continue one: --resume)."""
+        self.resolve_training()
+        with self.recording_failures():
+            self.prepare_data(with_benchmarks=False)
+            self.load_model()
+            self.train()
+            self.write_training_reports()
+        return self.finish()
+
+    def test(self) -> Run:
+        """--mode test: the sample queries answered by the base model with an adapter."""
+        adapter = self.use_adapter()
+        self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base")
+        self.start_runtime()
+        self.load_for_inference(adapter, say_loading=True)
+        title = f"Sample responses: {self.cfg.model.name}" + (
+            f" + adapter {adapter.parent.name}" if adapter else " (base)")
+        self.summary = self.header() | {"samples": self.answer_queries(title)}
+        return self.finish()
+
+    def eval(self) -> Run:
+        """--mode eval: the base model and/or an adapter on the configured benchmarks."""
+        adapter = self.use_adapter()
+        benchmarks = evaluate.load_benchmarks(self.cfg)
+        self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
+        if adapter is not None:
+            check_benchmarks_untrained({**benchmarks, **harness.guard_items(tasks)}, adapter)
+        self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
+        folder = self.run.fresh_dir(Files.LM_EVAL_TASKS) if tasks else self.run.path
+        if tasks:
+            harness.write_task_folder(folder, tasks)
+        self.start_runtime()
+        self.load_for_inference(None)
+        with_base = self.options.baseline or adapter is None
+        base = self.evaluate(benchmarks, "baseline") if with_base else None
+        lm_eval_base = self.harness_scores(folder, "baseline") if with_base else None
+        tuned = lm_eval_tuned = None
+        if adapter is not None:
+            self.model = backends.attach_adapter(self.model, adapter, self.cfg, self.runtime)
+            tuned = self.evaluate(benchmarks, "fine-tuned")
+            lm_eval_tuned = self.harness_scores(folder, "fine-tuned")
+        title = self.cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
+        line = report.write_eval_report(self.cfg, self.run, evaluate.merge(base, tuned), title, None,
+                                        harness.merge(lm_eval_base, lm_eval_tuned) if tasks else None)
+        self.summary = self.header() | {"eval": line}
+        return self.finish()
+
+    def export(self) -> Run:
+        """--mode export: the adapter, a merged 16-bit model and/or GGUF, into the adapter's run folder (a new run
+        folder under output.dir for an adapter that is not in one of the kit's run folders)."""
+        from . import export
+
+        adapter = self.use_adapter(required=True)
+        if "adapter" in self.cfg.export.formats:
+            export.adapter_files(adapter)  # a link in the adapter folder stops the export before anything is written
+        self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "export")
+        say(f"exporting {printable(adapter)} ({', '.join(self.cfg.export.formats)})")
+        self.summary = export.run_export(self.cfg, adapter, say, self.run)
+        return self.finish()
+
+    def chat(self) -> Run:
+        """--mode chat: the base model with an adapter, its training chat template and system prompt. While the
+        model loads, the kit's messages go to stderr: stdout carries the conversation (with --prompt, the answer
+        alone). Writes no file; the summary says how many replies were given."""
+        from . import chat
+
+        with contextlib.redirect_stdout(sys.stderr):
+            adapter = self.use_adapter()
+            self.start_runtime()
+            self.load_for_inference(adapter, say_loading=True)
+        if self.options.prompt is not None:
+            reply = chat.one_shot(self.cfg, self.model, self.tokenizer, self.options.prompt, sys.stdout, sys.stderr)
+            print(reply.stats(), file=sys.stderr)
+            return Run(None, {"replies": 1})
+        title = f"{self.cfg.model.name}" + (f" + adapter {adapter.parent.name}" if adapter else " (base model)")
+        replies = chat.interactive(self.cfg, self.model, self.tokenizer, sys.stdin, sys.stdout, sys.stderr, title)
+        return Run(None, {"replies": replies})
+
+    def dry_run(self, mode: str) -> dict[str, Any]:
+        """--dry-run: the plan of ``mode``, checked as the run would check it; nothing is loaded or written."""
+        o = self.options
+        if mode in ADAPTER_MODES:
+            return plan.adapter_mode_plan(self.cfg, mode, o.adapter, o.output_dir)
+        return plan.training_plan(self.cfg, mode, o.output_dir)
+
+    # ------------------------------------------------------------------ resolve once
+
+    def check_inputs(self, mode: str) -> None:
+        """Everything the mode reads later that can be checked now, before a model loads: the output folder, and
+        the sample-queries file of the modes that answer it (a resumed run answers with its own config.yaml)."""
+        output = Path(self.options.output_dir or self.cfg.output.dir).expanduser()
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"output.dir {printable(output, PATH_SHOWN)}: is a file, expected the folder that holds "
+                              "run folders.")
+        if mode in ("full", "test") or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
+            generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
+
+    def resumed(self) -> tuple[RunDir, KitConfig, Path]:
+        """--resume resolved once: the run folder, its own config and its newest checkpoint."""
+        if self._resumed is None:
+            self._resumed = resume.resumable_run(self.options.resume, self.options.output_dir, self.cfg)
+        return self._resumed
+
+    def resolve_training(self) -> None:
+        """One final config: the resumed run's own (--resume), training.init_adapter resolved, the batch divided
+        among the processes; then the run folder (new, or the resumed one) and the runtime."""
+        o = self.options
+        if o.resume:
+            self.run, self.cfg, self.checkpoint = self.resumed()
+            self.run.start_log()
+            say(f"resuming {self.run.path} from {self.checkpoint.name}, with the run's own config.yaml")
+        tracker_notes = tracking.check_trackers(self.cfg)
+        self.start_runtime()
+        distributed.start()
+        from .train import check_optimizer
+
+        say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
+        for note in tracker_notes:
+            say(note)
+        self._say_if_gpus_idle()
+        distributed.split_batch(self.cfg)  # before the run folder: a batch that does not divide stops here
+        if self.cfg.training.init_adapter and not o.resume:  # checked before anything is created
+            self.cfg = with_init_adapter(self.cfg, o.output_dir)
+        if not o.resume:
+            self.run = self._new_run()
+        self._say_processes()
+        self.saved_cfg, self.cfg = self.cfg, distributed.split_batch(self.cfg)
+        self.facts = {"resumed_from": self.checkpoint.name} if self.checkpoint else {}
+        for key in ("trained_settings", "data") if self.checkpoint else ():  # kept, should it stop before training
+            if resume.recorded_settings(self.run, key) is not None:
+                self.facts[key] = resume.recorded_settings(self.run, key)
+        self.record("loading")
+
+    def start_runtime(self) -> None:
+        self.runtime = backends.activate(backends.detect(self.cfg), self.cfg)
+        say(self.runtime.describe())
+
+    def use_adapter(self, required: bool = False) -> Path | None:
+        """--adapter found and checked (None: the base model); an adapter of a run folder brings that run's model
+        and data sections, so that its prompts are rendered as it was trained."""
+        adapter = find_adapter(self.cfg, self.options.adapter, self.options.output_dir)
+        if adapter is None and required:
+            raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
+        if adapter is not None:
+            self.cfg = adapter_run_config(adapter, self.cfg)
+        return adapter
+
+    def _new_run(self) -> RunDir:
+        """A new run folder, created by the main process only; every process learns its name. Its config.yaml
+        is written once the config is final (save_config)."""
+        cfg, output_dir = self.cfg, self.options.output_dir
+        name = distributed.share(cfg.output.run_name or default_run_name(cfg))
+        named = cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})})
+        error = None
+        if distributed.is_main():
+            try:  # a generated name taken by a run of the same second gets a suffix
+                run = RunDir.create(named, output_dir, generated_name=not cfg.output.run_name)
+                name = run.path.name
+                say(f"run folder: {run.path}")
+            except MedQLoRAError as err:
+                error = str(err)
+        error, name = distributed.share((error, name))
+        if error:
+            raise MedQLoRAError(error)
+        return RunDir(Path(output_dir or cfg.output.dir).expanduser() / name)
+
+    def save_config(self) -> None:
+        """config.yaml, written once with the final config (a resumed run keeps its own): what --resume reads."""
+        if self.options.resume:
+            return
+        error = None
+        if distributed.is_main():
+            try:
+                self.run.write_text(Files.CONFIG, self.saved_cfg.to_yaml())
+            except MedQLoRAError as err:
+                error = str(err)
+        error = distributed.share(error)  # every process waits for it (they read it next), and stops if it failed
+        if error:
+            raise MedQLoRAError(error)
+
+    # ------------------------------------------------------------------ the manifest
+
+    def record(self, status: str, **extra: Any) -> None:
+        self.facts.update(extra, status=status)
+        self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
+
+    @contextmanager
+    def recording_failures(self) -> Iterator[None]:
+        """Why the run stopped, in its manifest (with the stage it stopped in); the CLI then reports it."""
+        try:
+            yield
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
+            stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
+                     if status == "interrupted" else "failed during evaluation after training: the adapter is saved",
+                     "loading": f"{status} before training"}.get(self.facts.get("status"))
+            reason = str(err) or f"interrupted ({signals.name(signals.received())})"
+            log.error("run %s: %s", status, reason)
+            self.record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
+            raise
+
+    @contextmanager
+    def recorded_after_training(self) -> Iterator[None]:
+        """Work after training (answering the sample queries): if it stops, the manifest says how, with the
+        cause, instead of "trained" (the adapter stays saved); a signal says how to answer them later."""
+        try:
+            try:
+                yield
+            except KeyboardInterrupt:
+                raise self.interrupted_after_training("answering the sample queries", "test") from None
+        except BaseException as err:
+            interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
+            try:
+                facts = json.loads((self.run.path / Files.MANIFEST).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                facts = {}
+            facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
+                         failed_after="training: the adapter is saved",
+                         stage=f"{'interrupted' if interrupted else 'failed'} while answering the sample queries "
+                               "after training: the adapter is saved")
+            log.error("run %s after training: %s", facts["status"], err)
+            self.run.write_json(Files.MANIFEST, facts)
+            raise
+
+    def interrupted_after_training(self, work: str, mode: str) -> TrainingInterrupted:
+        """A signal after the adapter was saved: the message says the adapter is saved and how to finish."""
+        return TrainingInterrupted(
+            f"interrupted ({signals.name(signals.received())}) during {work} after training. This run's adapter is "
+            f"saved in {printable(self.run.adapter)}; finish {work} with: python medical_qlora_finetuning.py --mode "
+            f"{mode} --adapter {printable(self.run.path)}")
+
+    def load_for_inference(self, adapter: Path | None, say_loading: bool = False) -> None:
+        if say_loading:
+            say(f"loading {self.cfg.model.name}" + (f" with adapter {adapter}" if adapter else " without adapter"))
+        self.model, self.tokenizer = backends.load_for_inference(self.cfg, self.runtime, adapter)
+
+    # ------------------------------------------------------------------ evaluate, train, answer
+
+    def evaluate(self, benchmarks: dict[str, list], stage: str) -> dict:
+        """The benchmarks scored (items shared among the processes), each result said in one line."""
+        results = evaluate.evaluate(self.cfg, self.model, self.tokenizer, benchmarks)
+        for line in report.eval_lines(stage, results):
+            say(line)
+        return results
+
+    def harness_scores(self, folder: Path, stage: str) -> dict | None:
+        """lm-evaluation-harness on the loaded model (eval.harness: lm-eval), the task files in ``folder``."""
+        tasks = self.lm_eval_tasks
+        if not tasks:
+            return None
+        say(f"lm-eval {stage}: " + ", ".join(f"{t.name} ({len(t.items)} items)" for t in tasks))
+        results = harness.run_tasks(self.cfg, self.model, self.tokenizer, folder, tasks)
+        for name, m in results.items():
+            say(f"lm-eval {stage} {name}: acc {m['lm_eval_acc']}% acc_norm {m['lm_eval_acc_norm']}% macro-F1 "
+                f"{m['macro_f1']}% on {m['items']} items ({m['items_per_second']} items/s); predicted "
+                f"{m['predicted']}")
+        return results
+
+    def answer_queries(self, title: str) -> str:
+        """generation.queries_file answered (shared among the processes): sample_responses.md and .jsonl."""
+        cfg, run = self.cfg, self.run
+        questions = generate.load_queries(cfg.generation.queries_file)
+        say(f"answering {len(questions)} sample queries from {cfg.generation.queries_file}")
+        began = time.perf_counter()
+        results = generate.answer(cfg, self.model, self.tokenizer, questions)
+        for result in results:
+            if result.get("cut"):
+                say(f"warning: query {printable(result['id'], 80)}: {result['cut']}")
+        md_name = run.unique(Files.SAMPLES)
+        run.write_text(md_name, generate.to_markdown(results, title))
+        run.write_text(md_name.replace(".md", ".jsonl"), generate.to_jsonl(results))
+        say(f"sample responses written in {time.perf_counter() - began:.1f}s: {run.path / md_name}")
+        return str(run.path / md_name)
+
+    # ------------------------------------------------------------------ summary
+
+    def header(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run.path), "backend": self.runtime.describe(), "model": self.cfg.model.name}
+
+    def finish(self) -> Run:
+        """The end-of-run summary, said line by line (and kept in run.log)."""
+        self.summary["total_wall_s"] = round(time.perf_counter() - self.options.started, 1)
+        for line in report.summary_lines(self.summary):
+            say(line)
+        return Run(self.run.path if self.run else None, self.summary)
+
+    def _say_if_gpus_idle(self) -> None:
+        import torch
+
+        count = torch.cuda.device_count() if self.runtime.device == "cuda" else 0
+        if count > 1 and distributed.world_size() == 1:
+            say(f"{count} GPUs visible: this process trains on GPU 0 alone. To use them all, launch it with "
+                f"torchrun --nproc_per_node {count} (or accelerate launch; docs/training.md: Several GPUs).")
+
+    def _say_processes(self) -> None:
+        if distributed.world_size() > 1:
+            kind = distributed.sharding()
+            how = f"sharded ({kind}): weights, LoRA and optimizer state split," if kind else "data parallel:"
+            say(f"{how} {distributed.world_size()} processes share each batch")
+
+MODES = {"train": "train_mode", "test": "test", "eval": "eval", "full": "full", "export": "export", "chat": "chat"}
+
+
+def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
+    """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``."""
+    messages.begin_command()
+    recipe = Recipe(cfg, Options(**options))
+    # Variable-length batches fragment PyTorch's default CUDA allocator (reserved memory up to 1.4x the
+    # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    recipe.check_inputs(mode)
+    with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
+        return getattr(recipe, MODES[mode])()
+
+
+def run_full(cfg: KitConfig, **options: Any) -> Run:
+    """--mode full from Python (the notebook): ``run = medqlora.run_full(cfg); run.path, run.metrics``."""
+    return run_mode("full", cfg, **options)

@@ -1,0 +1,125 @@
+"""--resume: which run folder and checkpoint a crashed or interrupted run continues from, and the checks that
+it would continue the same training (its config.yaml and local data files unchanged since it started).
+
+    python medical_qlora_finetuning.py --mode train --resume latest
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import adapters, data
+from .config import KitConfig, load_config
+from .errors import ModelError
+from .runs import Files, RunDir
+from .secrets import printable
+
+
+def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[RunDir, KitConfig, Path]:
+    """The run folder to continue (a path, or 'latest'), its own config, and its newest checkpoint."""
+    if resume == "latest":
+        root = Path(output_dir or cfg.output.dir)
+        candidates = [RunDir(p.parent) for p in root.glob(f"*/{Files.CHECKPOINTS}")] if root.is_dir() else []
+        candidates = [r for r in candidates if latest_checkpoint(r) is not None]
+        if not candidates:
+            raise ModelError(f"--resume latest: no run under {root} has a checkpoint to continue from.")
+        run = max(candidates, key=lambda r: latest_checkpoint(r).stat().st_mtime)
+    else:
+        run = RunDir(Path(resume))
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:
+        done = (run.adapter / adapters.CONFIG_NAME).is_file()
+        raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from"
+                         + (" (it finished training: its adapter is saved)." if done else
+                            "; it crashed before its first checkpoint (training.save_steps): train it again."))
+    saved = run.path / Files.CONFIG
+    if not saved.is_file():
+        raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
+    cfg = load_config(saved)
+    _check_resumable_config(run, cfg, checkpoint)
+    _check_resumable_data(run, cfg)
+    return run, cfg, checkpoint
+
+
+# The config sections that shape the training a checkpoint continues (not output, generation, eval, export).
+TRAINING_SECTIONS = ("backend", "model", "lora", "data", "training")
+
+
+def trained_settings(cfg: KitConfig) -> dict[str, Any]:
+    """The settings a run trains with, flattened (training.max_steps: 4), as the manifest records them."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        else:
+            flat[key] = value
+
+    dumped = cfg.model_dump(mode="json")
+    walk({k: dumped[k] for k in TRAINING_SECTIONS if k in dumped}, "")
+    return flat
+
+
+def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, Any] | None:
+    """The settings the run's manifest says its training started with (None: not recorded); key "data": the
+    fingerprints of the data it trained on."""
+    try:
+        recorded = json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _check_resumable_data(run: RunDir, cfg: KitConfig) -> None:
+    """Every local data file the run trained on must still hold what it held (the manifest records its sha256):
+    a checkpoint continues the data order of the rows it started with, not of another file."""
+    recorded = recorded_settings(run, "data")
+    for name, was in (recorded or {}).items():
+        index = name.split(":", 1)[0]
+        if not (isinstance(was, str) and was.startswith("sha256:") and index.isdigit()
+                and int(index) < len(cfg.data.datasets)):
+            continue
+        spec = cfg.data.datasets[int(index)]
+        try:
+            now = data.fingerprint(spec)
+        except OSError:
+            now = None
+        if now != was:
+            how = "is gone" if now is None or data.resolve_local(spec.source) is None else "was changed"
+            raise ModelError(
+                f"--resume: the training data of data.datasets.{index} ({printable(spec.source, 160)}) {how} since "
+                f"the run started training (its manifest records {was[:19]}...). A checkpoint continues the training "
+                "of the rows it started with: restore that file, or train a new run on the new data (without "
+                "--resume).")
+
+
+def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
+    """The run's config.yaml must still say what its training started with (the manifest records it), and its
+    max_steps must lie beyond the checkpoint: an edited config.yaml would continue another training."""
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    shown = printable(run.path / Files.CONFIG)
+    if 0 < cfg.training.max_steps < step:
+        raise ModelError(f"--resume: {shown} says training.max_steps: {cfg.training.max_steps}, but its checkpoint "
+                         f"{checkpoint.name} is already at step {step}. Restore the max_steps the run started with, or "
+                         "train a new run (without --resume).")
+    recorded = recorded_settings(run)
+    if recorded is None:
+        return  # a run of an earlier version: nothing recorded to compare with
+    now = trained_settings(cfg)
+    changed = [k for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)]
+    if changed:
+        listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run started with "
+                           f"{printable(json.dumps(recorded.get(k)), 60)})" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ModelError(f"--resume: {shown} was changed since the run started training: {listed}{more}. A checkpoint "
+                         "continues the training it was saved from: restore those values, or train a new run with "
+                         "the new ones (without --resume).")
+
+
+def latest_checkpoint(run: RunDir) -> Path | None:
+    """The newest complete checkpoint of a run (HF Trainer writes trainer_state.json last)."""
+    found = [p for p in (run.path / Files.CHECKPOINTS).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[1])) if found else None

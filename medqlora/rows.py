@@ -1,0 +1,153 @@
+"""One row of a dataset: the ``Example`` a format makes of it, and the checks every value of a row passes
+(text where text is expected, of a bounded size, a response that is not blank, ids, columns mapped by the
+dataset's ``columns:``). A value that fails is refused with the field's name; ``data.format_rows`` adds the
+file and the row. Values from the data are shown through ``secrets.printable`` (control characters escaped)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import DataError
+from .secrets import printable
+
+if TYPE_CHECKING:
+    from .config import DatasetSpec
+
+# One text field may hold at most this many characters (about 250k tokens: far beyond any
+# max_seq_length). Longer ones are refused rather than tokenized for minutes.
+MAX_FIELD_CHARS = 1_000_000
+
+
+@dataclass
+class Example:
+    prompt: str  # the user turn
+    response: str  # the assistant turn the model learns to produce
+    context: str | None = None  # a part of the prompt that may be shortened to fit max_seq_length
+    prompt_template: str = "{context}"  # how prompt and context combine when context is set
+    uid: str | None = None
+    question: str = ""  # the question recorded in training_items.jsonl (default: prompt)
+    role: str = "train"  # "validation" for items that a split (e.g. a PubMedQA CV fold) reserves
+    # (field, text) of everything that reaches the prompt, in order, for the leakage guard (default: the prompt)
+    texts: tuple[tuple[str, str], ...] = ()
+    row: int | None = None  # the row of its file (1-based), set by format_rows
+    # (field, text) of what the response is made of, for the leakage guard (default: the response)
+    answer_texts: tuple[tuple[str, str], ...] = ()
+    # (name, text) of further views of the prompt the guard compares (a chat's user turns joined)
+    joins: tuple[tuple[str, str], ...] = ()
+    # the values a prompt_template fills ({question}, {context}, {options}), set by the format
+    fields: dict[str, str] = field(default_factory=dict)
+    # a chat row's whole conversation, (role, content) per turn: trained on every assistant turn
+    turns: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.question:
+            self.question = self.prompt
+
+    def guard_texts(self) -> tuple[tuple[str, str], ...]:
+        """Every text the guard compares: each prompt field, all of them joined (a question split over two
+        fields or turns is whole there), and the response's fields."""
+        if self.texts:
+            prompt = self.texts
+        else:
+            user = self.prompt_template.format(context=self.context) if self.context is not None else self.prompt
+            prompt = (("prompt", user),)
+        joined: tuple[tuple[str, str], ...] = ()
+        if len(prompt) > 1:
+            names = [name for name, _ in prompt]
+            named = " + ".join(names) if len(names) <= 3 else f"{names[0]} + ... + {names[-1]}"
+            joined = ((f"{named} (joined)", "\n\n".join(text for _, text in prompt)),)
+        return prompt + joined + self.joins + (self.answer_texts or (("response", self.response),))
+
+
+# ---------------------------------------------------------------- checking values
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in words, with a short printable preview: 'a number (42)', 'a list ([1, 2])'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, float)):
+        return f"a number ({printable(repr(value), 40)})"
+    if isinstance(value, str):
+        return f"text ({printable(repr(value), 40)})"
+    if isinstance(value, (list, tuple)):
+        return f"a list ({printable(_json_preview(value), 40)})"
+    if isinstance(value, dict):
+        return f"an object ({printable(_json_preview(value), 40)})"
+    return f"a {type(value).__name__} value"
+
+
+def _json_preview(value: Any) -> str:
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)[:60]
+    except (ValueError, RecursionError):
+        return type(value).__name__
+
+
+def _text(value: Any, name: str) -> str:
+    """``value`` when it is text of an acceptable size; else the refusal naming the field."""
+    if not isinstance(value, str):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected text.")
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(f"field '{printable(name, 60)}' is {len(value):,} characters long; one field may hold at most "
+                        f"{MAX_FIELD_CHARS:,} (far more than any max_seq_length). Shorten it or leave the row out.")
+    return value
+
+
+def _response(value: str, name: str) -> str:
+    """A response text (what the model learns to produce): blank is refused, not trained on."""
+    if not value.strip():
+        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})"
+        raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
+                        "leave the row out.")
+    return value
+
+
+def pmid_of(uid: str | None) -> str | None:
+    """The PMID in an id as written ('PMID:19100463', ' 19100463 ', '019100463' -> '19100463'): its longest
+    run of digits, without leading zeros; an id without digits as it is."""
+    runs = re.findall(r"\d+", uid or "")
+    if not runs:
+        return uid
+    return str(int(max(runs, key=len)))
+
+
+def _uid(value: Any, name: str) -> str | None:
+    """An id: text or a whole number (12345678.0 from a typed column is 12345678)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected an id (text or a whole number).")
+    return str(value).strip()
+
+
+def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value") -> tuple[str, Any]:
+    """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping)."""
+    null = None
+    for name in names:
+        mapped = spec.columns.get(name, name)
+        if mapped in row:
+            if row[mapped] is not None:
+                return mapped, row[mapped]
+            null = null or mapped
+    if null is not None:
+        raise DataError(f"field '{printable(null, 60)}' is null, expected {expected}.")
+    wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
+    columns = printable(sorted(str(k) for k in row), 300)
+    raise DataError(
+        f"has no column {wanted}; its columns are {columns}. Map yours with 'columns:' in the dataset entry, e.g. "
+        f"columns: {{{names[0]}: your_column}}."
+    )
+
+
+def _field(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, str]:
+    """(column, text) of a text field."""
+    name, value = _column(row, spec, *names, expected="text")
+    return name, _text(value, name)

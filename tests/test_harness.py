@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from medqlora import distributed, harness
-from medqlora.cli import main
 from medqlora.config import load_config
 from medqlora.errors import ConfigError, DataError
 from medqlora.evaluate import BenchmarkSpec, load_items
 
-from .conftest import assert_one_message, kit_argv, run_kit, tiny_overrides
+from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_kit, run_tiny, tiny_overrides
 
 # requirements-dev.txt installs it; without it only the not-installed refusal can be tested
 needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
@@ -149,7 +148,7 @@ def test_full_run_reports_lm_eval_for_base_and_adapter_offline(tiny_model_dir, t
         "training.max_steps": "2", "eval.benchmarks.0.max_items": "4", "eval.harness": "lm-eval",
         "eval.lm_eval.tasks": "[pubmedqa,medmcqa]", "eval.lm_eval.max_items": "3"}), env=OFFLINE)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = out.iterdir()
+    run = only_run(out)
     report = json.loads((run / "eval.json").read_text())
     for task in ("pubmedqa", "medmcqa"):
         row = report["lm_eval"][task]
@@ -165,13 +164,14 @@ def test_full_run_reports_lm_eval_for_base_and_adapter_offline(tiny_model_dir, t
 @needs_lm_eval
 def test_mode_eval_scores_the_adapter_and_the_base(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(kit_argv(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "2",
-                                                                    "training.learning_rate": "0.01"})) == 0
-    (run,) = out.iterdir()
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "2",
+                                                              "training.learning_rate": "0.01"}) == 0
+    run = only_run(out)
     capsys.readouterr()
-    assert main(kit_argv(tiny_model_dir, out, "--mode", "eval", "--adapter", str(run), **{
-        "eval.benchmarks.0.max_items": "3", "eval.harness": "lm-eval", "eval.lm_eval.max_items": "2"})) == 0
-    stdout = capsys.readouterr().out
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "eval", "--adapter", str(run), **{
+        "eval.benchmarks.0.max_items": "3", "eval.harness": "lm-eval", "eval.lm_eval.max_items": "2"}))
+    assert result.code == 0, result.err[-3000:]
+    stdout = result.out
     assert "lm-eval baseline pubmedqa: acc" in stdout and "lm-eval fine-tuned pubmedqa: acc" in stdout
     row = json.loads((run / "eval.json").read_text())["lm_eval"]["pubmedqa"]
     assert row["baseline"]["items"] == row["fine_tuned"]["items"] == 2
@@ -187,8 +187,9 @@ def refused(capsys, tiny_model_dir, tmp_path, fragment: str, *settings: str) -> 
                     **{"eval.harness": "lm-eval"})
     for item in settings:
         argv += ["--set", item]
-    assert main(argv) == 2
-    assert_one_message(capsys.readouterr().err, fragment)
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, fragment)
 
 
 def test_lm_eval_not_installed_says_how_to_install(tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -230,12 +231,14 @@ def test_unknown_task_lists_the_tasks(tiny_model_dir, tmp_path, capsys):
 def test_dry_run_plans_the_tasks_and_makes_their_checks(tiny_model_dir, tmp_path, capsys):
     argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "eval", "--adapter", "none", "--dry-run",
                     **{"eval.harness": "lm-eval", "eval.lm_eval.tasks": "[pubmedqa,medmcqa]"})
-    assert main(argv) == 0
-    does = json.loads(capsys.readouterr().out)["does"]
+    result = run_cli(capsys, argv)
+    assert result.code == 0, result.err[-3000:]
+    does = json.loads(result.out)["does"]
     assert "lm-eval pubmedqa (12 items, lm-evaluation-harness, zero-shot log-likelihood)" in does
     assert "lm-eval medmcqa (507 items" in does
-    assert main([*argv, "--set", "eval.lm_eval.tasks=[medqa]"]) == 2
-    assert_one_message(capsys.readouterr().err, "lm-eval task medqa needs its data")
+    refusal = run_cli(capsys, [*argv, "--set", "eval.lm_eval.tasks=[medqa]"])
+    assert refusal.code == 2
+    assert_one_message(refusal.err, "lm-eval task medqa needs its data")
 
 
 @needs_lm_eval

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, generate, tracking
+from . import adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
 from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
 from .config import KitConfig
 from .errors import ModelError
@@ -63,7 +63,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) if mode in ("full", "eval") else [],
+                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg)
+        if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.LISTED}}}",
     }
@@ -136,10 +137,12 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     if adapter is not None:
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
+    lm_eval_tasks = None
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
         benchmarks = local_benchmarks(cfg)
+        lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
-            check_benchmarks_untrained(benchmarks, adapter)
+            check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
     if mode == "export" and "gguf" in cfg.export.formats:
         from .export import llama_cpp_dir
 
@@ -148,7 +151,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
             "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                                          for b in cfg.eval.benchmarks),
+                                          for b in cfg.eval.benchmarks)
+                    + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder",
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
     return {

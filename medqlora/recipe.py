@@ -22,7 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, distributed, evaluate, fit, generate, messages, plan, report, resume, signals, tracking
+from . import (
+    backends,
+    data,
+    distributed,
+    evaluate,
+    fit,
+    generate,
+    harness,
+    messages,
+    plan,
+    report,
+    resume,
+    signals,
+    tracking,
+)
 from .adapter_runs import (
     adapter_run_config,
     check_benchmarks_untrained,
@@ -78,6 +92,7 @@ class Recipe(TrainingStages):
         self.model: Any = None
         self.tokenizer: Any = None
         self.benchmarks: dict[str, list] | None = None
+        self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
         self._resumed: tuple[RunDir, KitConfig, Path] | None = None
         # what the training stages hand on to the next
         self.collected: list = []
@@ -85,6 +100,7 @@ class Recipe(TrainingStages):
         self.shape: fit.ModelShape | None = None
         self.after_load: dict[str, Any] = {}
         self.baseline: dict | None = None
+        self.lm_eval_baseline: dict | None = None
         self.result: Any = None
 
     # ------------------------------------------------------------------ modes
@@ -132,18 +148,26 @@ class Recipe(TrainingStages):
         """--mode eval: the base model and/or an adapter on the configured benchmarks."""
         adapter = self.use_adapter()
         benchmarks = evaluate.load_benchmarks(self.cfg)
+        self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:
-            check_benchmarks_untrained(benchmarks, adapter)
+            check_benchmarks_untrained({**benchmarks, **harness.guard_items(tasks)}, adapter)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
+        folder = self.run.fresh_dir(Files.LM_EVAL_TASKS) if tasks else self.run.path
+        if tasks:
+            harness.write_task_folder(folder, tasks)
         self.start_runtime()
         self.load_for_inference(None)
-        base = self.evaluate(benchmarks, "baseline") if self.options.baseline or adapter is None else None
-        tuned = None
+        with_base = self.options.baseline or adapter is None
+        base = self.evaluate(benchmarks, "baseline") if with_base else None
+        lm_eval_base = self.harness_scores(folder, "baseline") if with_base else None
+        tuned = lm_eval_tuned = None
         if adapter is not None:
             self.model = backends.attach_adapter(self.model, adapter, self.cfg, self.runtime)
             tuned = self.evaluate(benchmarks, "fine-tuned")
+            lm_eval_tuned = self.harness_scores(folder, "fine-tuned")
         title = self.cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
-        line = report.write_eval_report(self.cfg, self.run, evaluate.merge(base, tuned), title)
+        line = report.write_eval_report(self.cfg, self.run, evaluate.merge(base, tuned), title, None,
+                                        harness.merge(lm_eval_base, lm_eval_tuned) if tasks else None)
         self.summary = self.header() | {"eval": line}
         return self.finish()
 
@@ -343,6 +367,19 @@ class Recipe(TrainingStages):
         results = evaluate.evaluate(self.cfg, self.model, self.tokenizer, benchmarks)
         for line in report.eval_lines(stage, results):
             say(line)
+        return results
+
+    def harness_scores(self, folder: Path, stage: str) -> dict | None:
+        """lm-evaluation-harness on the loaded model (eval.harness: lm-eval), the task files in ``folder``."""
+        tasks = self.lm_eval_tasks
+        if not tasks:
+            return None
+        say(f"lm-eval {stage}: " + ", ".join(f"{t.name} ({len(t.items)} items)" for t in tasks))
+        results = harness.run_tasks(self.cfg, self.model, self.tokenizer, folder, tasks)
+        for name, m in results.items():
+            say(f"lm-eval {stage} {name}: acc {m['lm_eval_acc']}% acc_norm {m['lm_eval_acc_norm']}% macro-F1 "
+                f"{m['macro_f1']}% on {m['items']} items ({m['items_per_second']} items/s); predicted "
+                f"{m['predicted']}")
         return results
 
     def answer_queries(self, title: str) -> str:

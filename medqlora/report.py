@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import evaluate, fit
+from . import evaluate, fit, harness
 from .config import KitConfig
 from .distributed import is_main
 from .messages import say
@@ -227,17 +227,22 @@ def summary_row(name: str, row: dict[str, dict]) -> str:
 
 
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
-                      perplexity: dict | None = None) -> str:
-    """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist)."""
+                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None) -> str:
+    """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist); ``lm_eval``: the
+    lm-evaluation-harness results, a section of their own."""
     rows = [summary_row(name, row) for name, row in results.items()]
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
+    if lm_eval:
+        rows.append(harness.summary_text(lm_eval))
     line = "; ".join(rows) + " (baseline -> fine-tuned)"
     if not is_main():
         return line
     md, js, png = run.unique(Files.EVAL_REPORT), run.unique(Files.EVAL_JSON), run.unique(Files.EVAL_CHART)
-    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity))
-    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity})
+    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity)
+                   + ("\n" + harness.report_markdown(lm_eval) if lm_eval else ""))
+    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
+                        **({"lm_eval": lm_eval} if lm_eval else {})})
     evaluate.plot(results, run.path / png)
     say(f"evaluation report: {run.path / md}")
     return line

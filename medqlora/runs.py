@@ -57,6 +57,8 @@ class Files:
     EVAL_REPORT = "eval_report.md"
     EVAL_JSON = "eval.json"
     EVAL_CHART = "eval_chart.png"
+    LM_EVAL_TASKS = "lm_eval_tasks"  # eval.harness: lm-eval: the task files lm-eval reads
+    LM_EVAL_BASELINE = "lm_eval_baseline.json"
     SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
     LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
               f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")

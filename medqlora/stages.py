@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from . import backends, data, distributed, evaluate, fit, memory, report, resume
+from . import backends, data, distributed, evaluate, fit, harness, memory, report, resume
 from .config import KitConfig, load_config
 from .inputs import benchmark_guard_items, cot_validation, same_tokens, tokenize
 from .messages import say
@@ -26,7 +26,9 @@ class TrainingStages:
         rows tokenized with the checkpoint's tokenizer, the memory fitted; then config.yaml is written."""
         cfg = self.cfg
         self.benchmarks = evaluate.load_benchmarks(cfg) if with_benchmarks else None
-        self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(self.benchmarks))
+        self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
+        guarded = {**(self.benchmarks or {}), **harness.guard_items(self.lm_eval_tasks)}
+        self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(guarded))
         source = backends.resolve_model_source(cfg.model.name)
         self.shape = fit.model_shape(source, cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(cfg, source)
@@ -124,6 +126,22 @@ class TrainingStages:
             self.baseline = self.evaluate(self.benchmarks, "baseline")
             self.run.write_json(Files.EVAL_BASELINE, self.baseline)
             backends.prepare_for_training(self.model, self.runtime)
+        self.lm_eval_baseline = self._harness_before()
+
+    def _harness_before(self) -> dict | None:
+        """lm-eval on the base model before training (a resumed run's saved scores, when it has them); writes the
+        task folder."""
+        if not self.lm_eval_tasks:
+            return None
+        harness.write_task_folder(self.run.fresh_dir(Files.LM_EVAL_TASKS), self.lm_eval_tasks)
+        saved = self.run.path / Files.LM_EVAL_BASELINE
+        if saved.is_file():
+            return json.loads(saved.read_text())
+        backends.prepare_for_generation(self.model, self.runtime)
+        results = self.harness_scores(self.run.path / Files.LM_EVAL_TASKS, "baseline")
+        self.run.write_json(Files.LM_EVAL_BASELINE, results)
+        backends.prepare_for_training(self.model, self.runtime)
+        return results
 
     def train(self) -> None:
         """SFT, or the method of training.method (rl.py); the adapter is saved in the run folder."""
@@ -166,16 +184,19 @@ class TrainingStages:
 
     def evaluate_after(self) -> None:
         """The fine-tuned model on the same items; the evaluation report; advice when a format was not learned."""
-        if not self.benchmarks:
+        if not (self.benchmarks or self.lm_eval_tasks):
             return
         try:
             tuned = self.evaluate(self.benchmarks, "fine-tuned")
+            lm_eval_tuned = self.harness_scores(self.run.path / Files.LM_EVAL_TASKS, "fine-tuned")
         except KeyboardInterrupt:
             raise self.interrupted_after_training("the evaluation", "eval") from None
         m = self.result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
         self.summary["eval"] = report.write_eval_report(self.cfg, self.run, evaluate.merge(self.baseline, tuned),
-                                                        f"{self.cfg.model.name} + {self.run.path.name}", perplexity)
+                                                        f"{self.cfg.model.name} + {self.run.path.name}", perplexity,
+                                                        harness.merge(self.lm_eval_baseline, lm_eval_tuned)
+                                                        if self.lm_eval_tasks else None)
         advice = report.format_not_learned(self.cfg, tuned, m.get("steps"))
         if advice:
             self.summary["format_not_learned"] = advice

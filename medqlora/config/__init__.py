@@ -19,8 +19,8 @@ from .sections import (  # noqa: F401
     DataSection, TrainingSection, DEFAULT_WARMUP_RATIO, TRAINER_OPTIMIZERS, BITSANDBYTES_OPTIMIZERS,
     trainer_optimizers)
 from .kit import (  # noqa: F401
-    GenerationSection, BenchmarkSpec, EvalSection, ExportSection, RewardWeights, GRPOSection, PreferenceSection,
-    NAME_MAX_BYTES, OutputSection, KitConfig, has_validation)
+    GenerationSection, BenchmarkSpec, MMLU_MEDICAL, LM_EVAL_TASKS, LmEvalSection, EvalSection, ExportSection,
+    RewardWeights, GRPOSection, PreferenceSection, NAME_MAX_BYTES, OutputSection, KitConfig, has_validation)
 from .yaml_reader import (  # noqa: F401
     YAMLRefused, KitLoader, load_yaml, read_yaml_file)
 from .loading import (  # noqa: F401

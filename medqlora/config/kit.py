@@ -40,6 +40,34 @@ class BenchmarkSpec(Section):
     columns: dict[str, str] = Field(default_factory=dict)
 
 
+MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                "professional_medicine")
+LM_EVAL_TASKS = ("pubmedqa", "medqa", "medmcqa", "mmlu_medical", *(f"mmlu_{s}" for s in MMLU_MEDICAL))
+
+
+class LmEvalSection(Section):
+    """eval.harness: lm-eval: lm-evaluation-harness tasks built from local files (docs/lm-eval.md)."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["pubmedqa"], min_length=1,
+                             description="pubmedqa | medqa | medmcqa | mmlu_medical (the six MMLU medical subjects) "
+                             "| mmlu_<subject>")
+    max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="a seeded sample per task (null: the "
+                                  "max_items of the kit's benchmark of the same name, else every item)")
+    medqa: PathText | None = Field(None, description="MedQA 4-option JSONL (question, options, answer_idx)")
+    medmcqa: PathText | None = Field(None, description="MedMCQA JSONL (default: data/medmcqa/heldout.jsonl)")
+    mmlu_dir: PathText | None = Field(None, description="MMLU test files: <subject>_test.csv, <subject>/test-*.parquet")
+    apply_chat_template: bool = Field(False, description="wrap each prompt in the chat template and system prompt")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in LM_EVAL_TASKS]
+        if unknown:
+            raise ValueError(f"unknown task {printable(unknown[0], 80)!r}; the tasks the kit builds from local files "
+                             f"are {', '.join(LM_EVAL_TASKS)}")
+        return list(dict.fromkeys(tasks))
+
+
 class EvalSection(Section):
     benchmarks: list[BenchmarkSpec] = Field(
         default_factory=lambda: [BenchmarkSpec(name="pubmedqa", kind="pubmedqa")]
@@ -57,6 +85,10 @@ class EvalSection(Section):
     cot_items: int = Field(
         50, ge=0, le=1_000_000, description="--mode full: held-out medical-o1 items to generate for when training on that format"
     )
+    harness: Literal["lm-eval"] | None = Field(
+        None, description="lm-eval: also run lm-evaluation-harness tasks (eval.lm_eval) on the base model and adapter"
+    )
+    lm_eval: LmEvalSection = Field(default_factory=LmEvalSection)
 
     @field_validator("benchmarks")
     @classmethod

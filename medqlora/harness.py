@@ -1,0 +1,348 @@
+"""lm-evaluation-harness (``eval.harness: lm-eval``) on the kit's own loaded model, offline.
+
+The kit writes one lm-eval task per benchmark into the run folder (``lm_eval_tasks/``): a YAML file whose
+``dataset_path: json`` reads a JSONL file written beside it from local data (the shipped PubMedQA test split and
+MedMCQA held-out set, the user's MedQA and MMLU files), with the prompt of lm-eval's own task of that name. So
+nothing reaches a hub, the items are the kit's scorer's items (same split, same seeded sample), and the task
+folder can be run again with lm-eval's own command line (``lm_eval --include_path <run>/lm_eval_tasks``).
+
+lm-eval scores a multiple-choice item by the log-likelihood of each whole answer after the prompt (acc) and by
+that log-likelihood divided by the answer's length in bytes (acc_norm).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
+from .data import resolve_local, system_prompt_of
+from .errors import ConfigError, DataError, MedQLoRAError
+from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
+from .secrets import printable
+
+INSTALL = 'pip install "medqlora[eval]" (from a source checkout: pip install "lm_eval>=0.4.13,<0.5")'
+SHIPPED_MEDMCQA = "data/medmcqa/heldout.jsonl"
+MMLU_LAYOUT = ("<dir>/<subject>_test.csv (MMLU's own data/test folder: question, A, B, C, D, answer letter; no "
+               "header) or <dir>/<subject>/test-*.parquet (the hub's cais/mmlu layout: question, choices, answer)")
+
+# The prompts of lm-eval's own tasks (lm_eval/tasks/pubmedqa, medqa, medmcqa, mmlu/default), as Jinja templates
+# over the fields the kit writes for each item.
+_OPTIONS = "{% for o in options %}{{letters[loop.index0]}}. {{o}}\n{% endfor %}"
+PROMPTS = {
+    "pubmedqa": "Abstract: {{context}}\nQuestion: {{question}}\nAnswer:",
+    "medqa": "Question: {{question}}\n" + _OPTIONS + "Answer:",
+    "medmcqa": "Question: {{question}}\nChoices:\n" + _OPTIONS + "Answer:",
+    "mmlu": "{{question.strip()}}\n" + _OPTIONS + "Answer:",
+}
+
+
+@dataclass
+class HarnessTask:
+    name: str  # the kit's name (pubmedqa, medqa, medmcqa, mmlu_anatomy...); lm-eval's is medqlora_<name>
+    prompt: str  # a key of PROMPTS
+    items: list[EvalItem]
+    description: str = ""  # lm-eval's text before the first item (MMLU names its subject)
+
+    @property
+    def lm_eval_name(self) -> str:
+        return f"medqlora_{self.name}"
+
+
+# ---------------------------------------------------------------- tasks from local files
+
+
+def check_installed() -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"eval.harness: lm-eval needs lm-evaluation-harness, which is not installed: {INSTALL}, "
+                          "or leave eval.harness unset to score with the kit's own scorer only.") from None
+
+
+def load_tasks(cfg: KitConfig) -> list[HarnessTask] | None:
+    """The configured tasks with their items, read and checked before any model loads; None without a harness."""
+    if cfg.eval.harness != "lm-eval":
+        return None
+    check_installed()
+    from .distributed import world_size
+
+    if world_size() > 1:
+        raise ConfigError("eval.harness: lm-eval runs in one process, and this run has "
+                          f"{world_size()}: train without it, then run --mode eval on the saved adapter in one process "
+                          "(python medical_qlora_finetuning.py --mode eval, no torchrun or accelerate launch).")
+    tasks = []
+    for name in cfg.eval.lm_eval.tasks:
+        if name == "pubmedqa":
+            tasks.append(HarnessTask(name, "pubmedqa", _sampled(cfg, name, BenchmarkSpec(name=name, kind="pubmedqa"))))
+        elif name in ("medqa", "medmcqa"):
+            tasks.append(HarnessTask(name, name, _sampled(cfg, name, _multiple_choice(cfg, name))))
+        else:
+            tasks += [_mmlu_task(cfg, subject) for subject in _subjects(name)]
+    return tasks
+
+
+def _sampled(cfg: KitConfig, name: str, bench: BenchmarkSpec) -> list[EvalItem]:
+    """The kit's items for ``bench``: the same seeded sample as the kit's benchmark of that name when max_items is
+    not set for lm-eval."""
+    size = cfg.eval.lm_eval.max_items
+    if size is None:
+        size = next((b.max_items for b in cfg.eval.benchmarks if b.name == name), None)
+    return load_items(bench.model_copy(update={"max_items": size}), cfg.training.seed)
+
+
+def _multiple_choice(cfg: KitConfig, name: str) -> BenchmarkSpec:
+    source = getattr(cfg.eval.lm_eval, name) or (SHIPPED_MEDMCQA if name == "medmcqa" else None)
+    if source is None:
+        raise DataError("lm-eval task medqa needs its data, which the kit does not ship: set eval.lm_eval.medqa to a "
+                        "MedQA 4-option JSONL file (one question a line: question, options {A..D}, answer_idx), or "
+                        "leave medqa out of eval.lm_eval.tasks.")
+    local = resolve_local(source)
+    if local is None or not local.is_file():
+        raise DataError(f"lm-eval task {name}: eval.lm_eval.{name} {printable(source)!r} is not a file here (the "
+                        "harness reads local files only). Give the path of a JSONL file, relative to the working "
+                        "folder or absolute.")
+    return BenchmarkSpec(name=name, kind="multiple_choice", source=str(local))
+
+
+def _subjects(name: str) -> tuple[str, ...]:
+    return MMLU_MEDICAL if name == "mmlu_medical" else (name.removeprefix("mmlu_"),)
+
+
+def _mmlu_task(cfg: KitConfig, subject: str) -> HarnessTask:
+    folder = cfg.eval.lm_eval.mmlu_dir
+    if folder is None:
+        raise DataError(f"lm-eval task mmlu_{subject} needs MMLU's test files, which the kit does not ship: set "
+                        f"eval.lm_eval.mmlu_dir to a folder laid out as {MMLU_LAYOUT}, or leave the MMLU tasks out of "
+                        "eval.lm_eval.tasks.")
+    local = resolve_local(folder)
+    if local is None or not local.is_dir():
+        raise DataError(f"eval.lm_eval.mmlu_dir {printable(folder)!r} is not a folder here. Give a folder laid out "
+                        f"as {MMLU_LAYOUT}.")
+    rows = _mmlu_rows(local, subject)
+    items = [_mmlu_item(subject, number, row) for number, row in enumerate(rows, start=1)]
+    size = cfg.eval.lm_eval.max_items
+    if size is not None and size < len(items):
+        import random
+
+        items = random.Random(cfg.training.seed).sample(items, size)
+    pretty = subject.replace("_", " ")
+    return HarnessTask(f"mmlu_{subject}", "mmlu", items,
+                       f"The following are multiple choice questions (with answers) about {pretty}.\n\n")
+
+
+def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
+    """MMLU rows of one subject as {question, choices, answer (0-3)}, from either layout."""
+    csv_file = folder / f"{subject}_test.csv"
+    parquet = sorted((folder / subject).glob("test-*.parquet")) if (folder / subject).is_dir() else []
+    if csv_file.is_file():
+        with csv_file.open(encoding="utf-8", newline="") as handle:
+            rows = [_mmlu_csv_row(csv_file, number, record) for number, record in enumerate(csv.reader(handle), 1)]
+    elif parquet:
+        import datasets
+
+        table = datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
+        rows = [_mmlu_parquet_row(parquet[0], number, record) for number, record in enumerate(table, 1)]
+    else:
+        raise DataError(f"lm-eval task mmlu_{subject}: neither {printable(csv_file)} nor "
+                        f"{printable(folder / subject / 'test-*.parquet')} is there. Lay eval.lm_eval.mmlu_dir out "
+                        f"as {MMLU_LAYOUT}.")
+    if not rows:
+        raise DataError(f"lm-eval task mmlu_{subject}: its file in {printable(folder)} holds no questions.")
+    return rows
+
+
+def _mmlu_csv_row(file: Path, number: int, record: list[str]) -> dict[str, Any]:
+    if len(record) != 6 or record[5].strip() not in "ABCD" or not record[5].strip():
+        raise DataError(f"{printable(file)}:{number}: expected six columns (question, A, B, C, D, answer letter), "
+                        f"got {printable(record, 200)}.")
+    return {"question": record[0], "choices": record[1:5], "answer": "ABCD".index(record[5].strip())}
+
+
+def _mmlu_parquet_row(file: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:
+    choices, answer = record.get("choices"), record.get("answer")
+    if (not isinstance(record.get("question"), str) or not isinstance(choices, list) or len(choices) != 4
+            or not isinstance(answer, int) or not 0 <= answer < 4):
+        raise DataError(f"{printable(file)}: row {number} is not an MMLU row (question, four choices, answer 0-3).")
+    return {"question": record["question"], "choices": [str(c) for c in choices], "answer": answer}
+
+
+def _mmlu_item(subject: str, number: int, row: dict[str, Any]) -> EvalItem:
+    from .data import Example
+
+    letters = "ABCD"
+    return EvalItem(f"{subject}-{number}", Example(prompt=row["question"], response=letters[row["answer"]]),
+                    letters[row["answer"]], list(letters), dict(zip(letters, row["choices"], strict=True)),
+                    format="multiple_choice")
+
+
+def plan(cfg: KitConfig, tasks: list[HarnessTask] | None = None) -> list[str]:
+    """The dry-run's lines for the harness (its checks made: package, task data, unless ``tasks`` were loaded)."""
+    tasks = tasks if tasks is not None else load_tasks(cfg)
+    return [f"lm-eval {t.name} ({len(t.items)} items, lm-evaluation-harness, zero-shot log-likelihood)"
+            for t in tasks or []]
+
+
+def guard_items(tasks: list[HarnessTask] | None) -> dict[str, list[EvalItem]]:
+    """The tasks' items by name, for the leakage and trained-on guards."""
+    return {f"lm-eval {t.name}": t.items for t in tasks or []}
+
+
+# ---------------------------------------------------------------- the task folder
+
+
+def doc_of(task: HarnessTask, item: EvalItem) -> dict[str, Any]:
+    """The record lm-eval reads for one item: the prompt's fields, the answer choices and the gold index."""
+    if task.prompt == "pubmedqa":
+        fields = item.example.fields
+        return {"id": item.uid, "question": fields["question"], "context": fields["context"],
+                "letters": PUBMEDQA_LABELS, "label": PUBMEDQA_LABELS.index(item.gold)}
+    letters = item.choices
+    return {"id": item.uid, "question": item.example.question or item.example.prompt,
+            "options": [item.option_texts[letter] for letter in letters], "letters": letters,
+            "label": letters.index(item.gold)}
+
+
+def task_yaml(task: HarnessTask, data_file: Path) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "task": task.lm_eval_name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": PROMPTS[task.prompt],
+        "doc_to_choice": "letters",
+        "doc_to_target": "label",
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
+        "metadata": {"version": 1.0},
+    }
+    if task.description:
+        config["description"] = task.description
+    return config
+
+
+def write_task_folder(folder: Path, tasks: list[HarnessTask]) -> None:
+    """One <task>.jsonl and <task>.yaml per task in ``folder`` (a fresh folder of the run)."""
+    import yaml
+
+    for task in tasks:
+        data_file = folder / f"{task.lm_eval_name}.jsonl"
+        data_file.write_text("".join(json.dumps(doc_of(task, i), ensure_ascii=False) + "\n" for i in task.items),
+                             encoding="utf-8")
+        (folder / f"{task.lm_eval_name}.yaml").write_text(
+            yaml.safe_dump(task_yaml(task, data_file.resolve()), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- running lm-eval
+
+
+def run_tasks(cfg: KitConfig, model: Any, tokenizer: Any, folder: Path, tasks: list[HarnessTask]) -> dict[str, Any]:
+    """lm-eval's scores of the loaded model (base, or with its adapter) on the tasks in ``folder``:
+    {task: metrics}, the metrics as the kit's scorer reports them plus lm-eval's acc and acc_norm."""
+    check_installed()
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    quiet = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # its warning about a model passed as an object, and an INFO line per step
+        logger.setLevel(logging.ERROR)
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size,
+                  max_length=evaluation_length(cfg, model))
+        manager = TaskManager(include_path=str(folder), include_defaults=False)
+        return {task.name: _run_one(cfg, lm, manager, task) for task in tasks}
+    except MedQLoRAError:
+        raise
+    except Exception as err:  # lm-eval's own failures (an unreadable task folder, a model it cannot drive)
+        raise MedQLoRAError(f"lm-evaluation-harness failed on {printable(folder)}: {type(err).__name__}: "
+                            f"{printable(str(err), 400)}. Check the task files there, or leave eval.harness unset."
+                            ) from None
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _run_one(cfg: KitConfig, lm: Any, manager: Any, task: HarnessTask) -> dict[str, Any]:
+    from lm_eval import simple_evaluate
+
+    chat = cfg.eval.lm_eval.apply_chat_template
+    began = time.perf_counter()
+    output = simple_evaluate(
+        model=lm, tasks=[task.lm_eval_name], num_fewshot=0, task_manager=manager,
+        apply_chat_template=chat, system_instruction=system_prompt_of(cfg.data, None) if chat else None,
+        log_samples=True, verbosity="ERROR", random_seed=cfg.training.seed,
+    )
+    return _metrics(task, output, time.perf_counter() - began)
+
+
+def _metrics(task: HarnessTask, output: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The kit's metrics (accuracy, macro-F1, predicted labels) from lm-eval's per-item log-likelihoods, with lm-eval's
+    own acc and acc_norm beside them."""
+    summary = output["results"][task.lm_eval_name]
+    samples = sorted(output["samples"][task.lm_eval_name], key=lambda s: s["doc_id"])
+    per_item, gold, pred = [], [], []
+    for sample in samples:
+        letters, scores = sample["doc"]["letters"], [float(r[0]) for r in sample["filtered_resps"]]
+        answer = letters[scores.index(max(scores))]
+        gold.append(letters[sample["doc"]["label"]])
+        pred.append(answer)
+        per_item.append({"uid": sample["doc"]["id"], "gold": gold[-1], "pred": answer,
+                         "loglikelihoods": [round(s, 4) for s in scores]})
+    metrics = classification_metrics(gold, pred, task.items[0].choices if task.prompt != "pubmedqa"
+                                     else PUBMEDQA_LABELS)
+    metrics.update(method="lm-eval loglikelihood", lm_eval_acc=_pct(summary.get("acc,none")),
+                   lm_eval_acc_norm=_pct(summary.get("acc_norm,none")), seconds=round(seconds, 2),
+                   items_per_second=round(len(samples) / max(seconds, 1e-9), 2), per_item=per_item)
+    return metrics
+
+
+def _pct(value: Any) -> float:
+    return round(100 * float(value), 2) if isinstance(value, (int, float)) else math.nan
+
+
+# ---------------------------------------------------------------- report
+
+
+def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
+    names = list((fine_tuned or baseline or {}).keys())
+    return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
+
+
+def report_markdown(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["## lm-evaluation-harness", "",
+             "| task | items | baseline acc | fine-tuned acc | delta | acc_norm (base / tuned) | "
+             "macro-F1 (base / tuned) | items/s (base / tuned) |", "|---|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        base, tuned = row.get("baseline"), row.get("fine_tuned")
+        either = tuned or base
+        lines.append("| " + " | ".join([
+            name, str(either["items"]), _cell(base, "lm_eval_acc"), _cell(tuned, "lm_eval_acc"),
+            f"{tuned['lm_eval_acc'] - base['lm_eval_acc']:+.1f}" if base and tuned else "",
+            f"{_cell(base, 'lm_eval_acc_norm')} / {_cell(tuned, 'lm_eval_acc_norm')}",
+            f"{_cell(base, 'macro_f1')} / {_cell(tuned, 'macro_f1')}",
+            f"{_cell(base, 'items_per_second')} / {_cell(tuned, 'items_per_second')}",
+        ]) + " |")
+    lines += ["", "lm-eval's zero-shot prompts and answer scoring (the log-likelihood of each whole answer; acc_norm "
+              "divides it by the answer's length in bytes), on the same items as the kit's scorer where the benchmark "
+              "names match; the task files are in lm_eval_tasks/. Accuracy in %.", ""]
+    for name, row in results.items():
+        for stage in ("baseline", "fine_tuned"):
+            if row.get(stage):
+                lines.append(f"- {name} {stage}: predicted {row[stage]['predicted']} vs gold {row[stage]['gold']}")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(metrics: dict | None, key: str) -> str:
+    return f"{metrics[key]:.1f}" if metrics and isinstance(metrics.get(key), (int, float)) else "-"
+
+
+def summary_text(results: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"lm-eval {name} acc {(row.get('baseline') or {}).get('lm_eval_acc', '-')} -> "
+                     f"{(row.get('fine_tuned') or {}).get('lm_eval_acc', '-')}" for name, row in results.items())

@@ -1,0 +1,36 @@
+"""Hostile inputs around models, adapters, chat and credentials: each ends in one clear message (exit 2) or is
+said, instead of a traceback, a hang, a wrong message or a credential printed in clear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medqlora.config import load_config
+from medqlora.errors import MedQLoRAError
+from medqlora.messages import say
+from medqlora.runs import RunDir, check_output_dir
+
+TOKEN = "hf_abcdefghijklmnopqrstuvwxyz123456"
+SECRET = "s3cretPassw0rdValue"
+
+
+@pytest.mark.parametrize("value", [TOKEN, SECRET])
+def test_an_output_folder_holding_a_credential_is_refused_by_name(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("HF_TOKEN", value)
+    root = tmp_path / value / "runs"
+    with pytest.raises(MedQLoRAError) as refused:
+        check_output_dir(root)  # what --dry-run checks
+    assert "HF_TOKEN" in str(refused.value) and value not in str(refused.value)
+    cfg = load_config(None, [f"output.dir={root}", "output.run_name=r1"])
+    with pytest.raises(MedQLoRAError, match="contains the value of HF_TOKEN"):
+        RunDir.create(cfg)
+    assert not (tmp_path / value).exists()
+
+
+def test_said_lines_mask_credentials(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    say(f"run folder: /tmp/{SECRET}/x")
+    out = capsys.readouterr().out
+    assert SECRET not in out and "<WANDB_API_KEY>" in out

@@ -34,3 +34,20 @@ def test_said_lines_mask_credentials(monkeypatch, capsys):
     say(f"run folder: /tmp/{SECRET}/x")
     out = capsys.readouterr().out
     assert SECRET not in out and "<WANDB_API_KEY>" in out
+
+
+LOOPING_TEMPLATE = ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+                    "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
+def test_a_chat_template_that_loops_for_ever_is_refused_in_bounded_time(smol_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from medqlora import backends
+    from medqlora.errors import ModelError
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smol_dir))
+    tokenizer.chat_template = LOOPING_TEMPLATE
+    monkeypatch.setattr(backends, "CHAT_TEMPLATE_SECONDS", 0.5)
+    with pytest.raises(ModelError, match="did not finish rendering a two-turn conversation in 0.5 seconds"):
+        backends.prepare_tokenizer(tokenizer, load_config(None, ["model.name=/models/looping"]))

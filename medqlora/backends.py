@@ -729,8 +729,26 @@ def prepare_for_generation(model: Any, runtime: Runtime) -> None:
     model.config.use_cache = True
 
 
+def _broken_json(source: str) -> Path | None:
+    """The first .json file of a local model folder that is not valid JSON (a cut-off download or copy)."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
+            return path
+    return None
+
+
 def _load_errors(source: str, err: Exception) -> ModelError:
     text = f"{type(err).__name__}: {err}"
+    broken = _broken_json(source)
+    if broken is not None:
+        return ModelError(f"Cannot load model '{printable(source)}': its {printable(broken.name)} is not valid JSON "
+                          f"({printable(text, 200)}); the file is damaged or cut off. Copy or download "
+                          f"{printable(broken.name)} again.")
     if "gated" in text.lower() or "401" in text or "403" in text:
         hint = "This model is gated: accept its licence on huggingface.co and set HF_TOKEN in the environment."
     elif "offline" in text.lower() or "connect" in text.lower() or "does not appear to have" in text.lower():

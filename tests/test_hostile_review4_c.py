@@ -51,3 +51,19 @@ def test_a_chat_template_that_loops_for_ever_is_refused_in_bounded_time(smol_dir
     monkeypatch.setattr(backends, "CHAT_TEMPLATE_SECONDS", 0.5)
     with pytest.raises(ModelError, match="did not finish rendering a two-turn conversation in 0.5 seconds"):
         backends.prepare_tokenizer(tokenizer, load_config(None, ["model.name=/models/looping"]))
+
+
+def test_a_cut_off_tokenizer_json_is_named(smol_dir, tmp_path):
+    import shutil
+
+    from medqlora import backends
+    from medqlora.errors import ModelError
+
+    model = tmp_path / "badtok"
+    model.mkdir()
+    for path in Path(smol_dir).glob("*.json"):
+        shutil.copy(path, model / path.name)
+    (model / "tokenizer.json").write_text((Path(smol_dir) / "tokenizer.json").read_text()[:25] + "\n")
+    cfg = load_config(None, [f"model.name={model}"])
+    with pytest.raises(ModelError, match="its tokenizer.json is not valid JSON.*Copy or download tokenizer.json"):
+        backends.load_tokenizer(cfg, str(model))

@@ -67,3 +67,63 @@ def test_a_cut_off_tokenizer_json_is_named(smol_dir, tmp_path):
     cfg = load_config(None, [f"model.name={model}"])
     with pytest.raises(ModelError, match="its tokenizer.json is not valid JSON.*Copy or download tokenizer.json"):
         backends.load_tokenizer(cfg, str(model))
+
+
+def _fake_replies(monkeypatch, seen):
+    from medqlora import chat
+
+    def fake_reply(cfg, model, tokenizer, prompt, out):
+        seen.append(prompt)
+        out.write(f"reply {len(seen)}")
+        return chat.Reply(f"reply {len(seen)}", 2, 0.01, 0.02)
+
+    monkeypatch.setattr(chat, "stream_reply", fake_reply)
+    return type("M", (), {"config": type("C", (), {"max_position_embeddings": 8192})()})()
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+def test_binary_input_to_chat_is_skipped_not_a_crash(smol_tokenizer, monkeypatch, errors):
+    import io
+
+    from medqlora import chat
+
+    seen = []
+    model = _fake_replies(monkeypatch, seen)
+    raw = b"\x7fELF\x02\x01\xff\xfe\x00\x00\n" + b"What is aspirin?\n/exit\n"
+    inp = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", errors=errors)
+    out, err = io.StringIO(), io.StringIO()
+    given = chat.interactive(load_config(None, []), model, smol_tokenizer, inp, out, err, "title")
+    assert given == 1 and "What is aspirin?" in seen[0]
+    assert "not UTF-8 text" in err.getvalue()
+
+
+def test_a_prompt_that_is_not_text_is_refused(smol_tokenizer):
+    import io
+
+    from medqlora import chat
+    from medqlora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--prompt is not UTF-8 text"):
+        chat.one_shot(load_config(None, []), None, smol_tokenizer, "bad \udcff bytes", io.StringIO(), io.StringIO())
+
+
+def test_chat_with_a_model_trained_without_turn_markers_answers_each_question_alone(smol_tokenizer, monkeypatch):
+    import io
+
+    from medqlora import chat
+
+    seen = []
+    model = _fake_replies(monkeypatch, seen)
+    cfg = load_config(None, ["model.chat_template=false"])
+    err = io.StringIO()
+    given = chat.interactive(cfg, model, smol_tokenizer, io.StringIO("What is aspirin?\nAnd the dose?\n"),
+                             io.StringIO(), err, "title")
+    assert given == 2 and "What is aspirin?" not in seen[1] and "reply 1" not in seen[1]
+    assert "each question is answered on its own" in err.getvalue()
+
+
+def test_a_prompt_argument_that_is_not_text_is_refused_before_loading(capsys, tmp_path):
+    from .conftest import run_cli
+
+    result = run_cli(capsys, ["--mode", "chat", "--prompt", "bad \udcff bytes", "--output-dir", str(tmp_path)])
+    assert result.code == 2 and "--prompt is not UTF-8 text" in result.err

@@ -127,3 +127,52 @@ def test_a_prompt_argument_that_is_not_text_is_refused_before_loading(capsys, tm
 
     result = run_cli(capsys, ["--mode", "chat", "--prompt", "bad \udcff bytes", "--output-dir", str(tmp_path)])
     assert result.code == 2 and "--prompt is not UTF-8 text" in result.err
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ({"lora_alpha": -32}, "lora_alpha is -32, not a positive number"),
+    ({"lora_alpha": 0}, "lora_alpha is 0, not a positive number"),
+    ({"r": 0}, "r is 0, not a positive integer"),
+    ({"alpha_pattern": {"q_proj": -4}}, "alpha_pattern gives q_proj a value that is not a positive number"),
+])
+def test_an_adapter_whose_scale_is_not_positive_is_refused(tmp_path, setting, fragment):
+    from medqlora import adapters
+    from medqlora.errors import ModelError
+
+    from .test_adapters import make_adapter
+
+    folder = make_adapter(tmp_path / "a", "m", **setting)
+    with pytest.raises(ModelError, match=fragment):
+        adapters.find(folder)
+
+
+def test_modules_to_save_without_their_weights_are_named(tmp_path):
+    from medqlora import adapters
+    from medqlora.errors import ModelError
+
+    from .test_adapters import make_adapter
+
+    folder = make_adapter(tmp_path / "a", "m", modules_to_save=["lm_head"])
+    with pytest.raises(ModelError) as refused:
+        adapters.find(folder)
+    message = str(refused.value)
+    assert "modules_to_save ['lm_head']" in message and "holds no weights" in message
+    assert "different base model" not in message
+    adapters.find(make_adapter(tmp_path / "b", "m", modules_to_save=None))
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / adapters.WEIGHTS_NAME  # as PEFT saves a module of modules_to_save
+    save_file({**load_file(weights), "base_model.model.lm_head.weight": torch.zeros(8, 64)}, str(weights))
+    adapters.find(folder)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("", "--adapter is empty (an unset shell variable?)"),
+    ("/nonexistent/adapter", "--adapter /nonexistent/adapter: no such file or folder"),
+])
+def test_an_adapter_path_that_is_empty_or_missing_says_so(capsys, tmp_path, value, fragment):
+    from .conftest import run_cli
+
+    result = run_cli(capsys, ["--mode", "test", "--dry-run", "--adapter", value, "--output-dir", str(tmp_path)])
+    assert result.code == 2 and fragment in result.err

@@ -27,6 +27,10 @@ def test_an_output_folder_holding_a_credential_is_refused_by_name(tmp_path, monk
     with pytest.raises(MedQLoRAError, match="contains the value of HF_TOKEN"):
         RunDir.create(cfg)
     assert not (tmp_path / value).exists()
+    from medqlora.resume import resumable_run
+
+    with pytest.raises(MedQLoRAError, match="The run folder to resume contains the value of HF_TOKEN"):
+        resumable_run(str(tmp_path / value / "run1"), None, cfg)
 
 
 def test_said_lines_mask_credentials(monkeypatch, capsys):

@@ -17,6 +17,7 @@ modules, and the in/out features of every LoRA matrix (lora_A is [r, in], lora_B
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,13 @@ def kit_run_folder(adapter: Path) -> Path | None:
 
 def locate(arg: str) -> Path:
     """The adapter folder of --adapter ARG: ARG itself, or ARG/adapter for a run folder."""
+    if not arg.strip():
+        raise ModelError("--adapter is empty (an unset shell variable?): give an adapter or run folder, latest, or "
+                         "none for the base model alone.")
     path = Path(arg).expanduser()
+    if not path.exists():
+        raise ModelError(f"--adapter {printable(arg)}: no such file or folder. Give an adapter or run folder, latest, "
+                         "or none for the base model alone.")
     if path.is_dir() and (path / "adapter" / CONFIG_NAME).is_file():
         path = path / "adapter"
     if path.is_file():
@@ -101,6 +108,7 @@ def find(folder: Path) -> ValidAdapter:
     config = read_config(folder)
     shapes = header_shapes(weights)
     check_ranks(folder, config, shapes)
+    check_modules_to_save(folder, config, shapes)
     return ValidAdapter(folder, config, kit_run_folder(folder), shapes)
 
 
@@ -128,6 +136,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     r = config.get("r")
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         problems.append(f"r is {printable(repr(r), 40)}, not a positive integer")
+    problems += _scale_problems(config)
     targets = config.get("target_modules")
     if not (isinstance(targets, str) and targets) and not (
             isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
@@ -137,6 +146,48 @@ def read_config(folder: Path) -> dict[str, Any]:
     if problems:
         raise ModelError(f"{where} is not a usable LoRA config: {'; '.join(problems)}.")
     return config
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _scale_problems(config: dict[str, Any]) -> list[str]:
+    """lora_alpha scales the adapter's effect (alpha / r): zero or a negative value switches it off or inverts
+    it, and so does one in alpha_pattern or rank_pattern."""
+    problems = []
+    alpha = config.get("lora_alpha", 8)  # PEFT's default when the key is absent
+    if not _positive(alpha):
+        problems.append(f"lora_alpha is {printable(repr(alpha), 40)}, not a positive number")
+    for key in ("alpha_pattern", "rank_pattern"):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict):
+            problems.append(f"{key} is not a mapping of module names to numbers")
+            continue
+        bad = [name for name, value in pattern.items() if not _positive(value)]
+        if bad:
+            problems.append(f"{key} gives {printable(', '.join(map(str, bad[:3])), 120)} a value that is not a "
+                            "positive number")
+    return problems
+
+
+def check_modules_to_save(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Each module the config lists in modules_to_save must have its full weights in the file (PEFT saves them
+    beside the LoRA matrices); without them the loader fails on a missing tensor."""
+    modules = config.get("modules_to_save") or []
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ModelError(f"{printable(folder / CONFIG_NAME)}: modules_to_save is not a list of module names.")
+    saved = [f".{key}" for key in shapes if not _LORA_KEY.match(key)]
+    missing = [m for m in modules if not any(f".{m}." in key for key in saved)]
+    if missing:
+        raise ModelError(
+            f"The adapter in {printable(folder)} is incomplete: its {CONFIG_NAME} lists modules_to_save "
+            f"{printable(missing, 120)}, but {WEIGHTS_NAME} holds no weights for "
+            f"{'it' if len(missing) == 1 else 'them'} (e.g. base_model.model.{printable(missing[0], 60)}.weight). "
+            "Copy the adapter again from where it was trained, or remove those names from modules_to_save."
+        )
 
 
 def header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:

@@ -6,12 +6,15 @@ them: nothing in this kit imports those libraries at module level, and ``activat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -514,15 +517,52 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     return tokenizer
 
 
+CHAT_TEMPLATE_SECONDS = 10.0  # rendering a two-turn probe takes milliseconds; a template looping for ever is refused
+
+
+class _TemplateTooSlow(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Any:
+    """Raise _TemplateTooSlow in the code run under it after ``seconds`` (a model's chat template is code from
+    outside: jinja2's sandbox stops what it may touch, not how long it loops). Main thread of a POSIX process
+    only (a signal's handler runs there); elsewhere the code runs unbounded."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise _TemplateTooSlow
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _check_chat_template(tokenizer: Any, cfg: KitConfig) -> None:
     """The chat template must render a conversation (with or without a system turn) that holds what it was
-    given: a template that does not compile or drops the messages would train on the wrong text."""
+    given: a template that does not compile or drops the messages would train on the wrong text, and one that
+    does not finish rendering a two-turn conversation in CHAT_TEMPLATE_SECONDS would hang every command."""
     probe = [{"role": "user", "content": "Is aspirin useful?"}, {"role": "assistant", "content": "Often."}]
     try:
-        try:
-            text = tokenizer.apply_chat_template([{"role": "system", "content": "Be careful."}] + probe, tokenize=False)
-        except Exception:  # templates without a system role (Mistral's) raise: the kit then merges it
-            text = tokenizer.apply_chat_template(probe, tokenize=False)
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            try:
+                text = tokenizer.apply_chat_template([{"role": "system", "content": "Be careful."}] + probe,
+                                                     tokenize=False)
+            except _TemplateTooSlow:
+                raise
+            except Exception:  # templates without a system role (Mistral's) raise: the kit then merges it
+                text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except _TemplateTooSlow:
+        raise ModelError(f"The chat template of {printable(cfg.model.name)} did not finish rendering a two-turn "
+                         f"conversation in {CHAT_TEMPLATE_SECONDS:g} seconds (it loops for too long). Set "
+                         "model.chat_template to chatml, llama-3 or mistral.") from None
     except Exception as err:  # jinja2's TemplateSyntaxError, TemplateError, TypeError...
         raise ModelError(f"The chat template of {printable(cfg.model.name)} cannot render a conversation "
                          f"({type(err).__name__}: {printable(str(err), 200)}). Set model.chat_template to chatml, "
@@ -689,8 +729,26 @@ def prepare_for_generation(model: Any, runtime: Runtime) -> None:
     model.config.use_cache = True
 
 
+def _broken_json(source: str) -> Path | None:
+    """The first .json file of a local model folder that is not valid JSON (a cut-off download or copy)."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
+            return path
+    return None
+
+
 def _load_errors(source: str, err: Exception) -> ModelError:
     text = f"{type(err).__name__}: {err}"
+    broken = _broken_json(source)
+    if broken is not None:
+        return ModelError(f"Cannot load model '{printable(source)}': its {printable(broken.name)} is not valid JSON "
+                          f"({printable(text, 200)}); the file is damaged or cut off. Copy or download "
+                          f"{printable(broken.name)} again.")
     if "gated" in text.lower() or "401" in text or "403" in text:
         hint = "This model is gated: accept its licence on huggingface.co and set HF_TOKEN in the environment."
     elif "offline" in text.lower() or "connect" in text.lower() or "does not appear to have" in text.lower():

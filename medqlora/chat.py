@@ -12,6 +12,8 @@ answer alone goes to stdout (scriptable); the disclaimer and the kit's messages 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +43,19 @@ def chat_messages(tokenizer: Any, system_prompt: str | None, turns: list[tuple[s
 
 
 HELP = "Type a question and press Enter. /reset starts a new conversation, /exit leaves."
+NO_HISTORY = ("(model.chat_template is false: the model knows no turn markers, so earlier turns would be glued to "
+              "the question; each question is answered on its own, without the conversation's history)")
+NOT_TEXT = "(that line is not UTF-8 text (binary input?): it was skipped. Type or pipe text.)"
+
+
+def is_text(line: str) -> bool:
+    """Whether ``line`` is text the tokenizer can take: undecodable bytes read from stdin or argv arrive as lone
+    surrogates (Python's surrogateescape), which the tokenizer refuses."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -54,6 +69,7 @@ class Conversation:
     dropped: int = 0  # turns left out because the history outgrew the context
     asked: str = ""  # the last user message as it went into the prompt (cut when it alone did not fit)
     cut: str | None = None  # why and how much of the last user message was cut, for stderr
+    keep_history: bool = True  # False: each question alone (a model trained without turn markers)
 
     def _render(self, user: str) -> tuple[str, int]:
         text = self.tokenizer.apply_chat_template(
@@ -90,7 +106,8 @@ class Conversation:
                           "Lower generation.max_new_tokens, or shorten the system prompt.")
 
     def add(self, user: str, reply: str) -> None:
-        self.turns.append((user, reply))
+        if self.keep_history:
+            self.turns.append((user, reply))
 
     def reset(self) -> None:
         self.turns.clear()
@@ -163,6 +180,8 @@ def reply_budget(cfg: KitConfig, model: Any) -> int:
 
 def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: TextIO, err: TextIO) -> Reply:
     """--prompt: one answer to stdout, the disclaimer to stderr."""
+    if not is_text(question):
+        raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
     conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model))
     prompt = conversation.prompt(question)
     if conversation.cut:
@@ -179,9 +198,14 @@ def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: Tex
 def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: TextIO, err: TextIO,
                 title: str) -> int:
     """The conversation loop; returns how many replies were given."""
-    conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model))
+    conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model),
+                                keep_history=cfg.model.chat_template is not False)
     tty = inp.isatty()
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        inp.reconfigure(errors="surrogateescape")  # an undecodable line is then skipped, not the end of the chat
     out.write(f"{title}\n{HELP}\n")
+    if not conversation.keep_history:
+        err.write(f"{NO_HISTORY}\n")
     if cfg.generation.disclaimer:
         out.write(f"{cfg.generation.disclaimer}\n")
     replies = 0
@@ -189,10 +213,17 @@ def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: Te
         if tty:
             out.write("\nyou> ")
         out.flush()
-        line = inp.readline()
+        try:
+            line = inp.readline()
+        except UnicodeDecodeError:  # a stream that could not be told to keep undecodable bytes
+            err.write("(the input is not UTF-8 text (binary input?): the conversation ends.)\n")
+            break
         if not line:  # end of input
             break
         user = line.strip()
+        if not is_text(user):
+            err.write(f"{NOT_TEXT}\n")
+            continue
         if not user:
             continue
         if user in ("/exit", "/quit"):

@@ -138,6 +138,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                           "--mode chat --prompt \"...\", or generation.queries_file for --mode test.")
     if args.prompt is not None and not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the question to answer.")
+    if args.prompt is not None and not _is_text(args.prompt):
+        raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
     if args.resume is not None and args.overrides:
         raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
     if args.config is not None and args.config.strip() and Path(args.config).is_dir():
@@ -152,6 +154,15 @@ def check_arguments(args: argparse.Namespace) -> None:
                           "that holds run folders.")
     if args.resume not in (None, "latest"):
         _check_run_folder(args.resume)
+
+
+def _is_text(value: str) -> bool:
+    """Undecodable bytes in an argument arrive as lone surrogates, which no tokenizer takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_run_folder(resume: str) -> None:

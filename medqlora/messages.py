@@ -13,6 +13,7 @@ import collections
 import logging
 
 from .distributed import is_main
+from .secrets import redact
 
 log = logging.getLogger("medqlora")
 _said_before_run_log: collections.deque[logging.LogRecord] = collections.deque(maxlen=500)
@@ -22,6 +23,7 @@ def say(message: str) -> None:
     """One line on screen and in run.log, from the main process."""
     if not is_main():  # data parallel: the main process speaks for all
         return
+    message = redact(message)  # a credential inside a path or a value read from a file is masked on screen too
     print(f"[medqlora] {message}", flush=True)
     if _run_logs():
         log.info(message)

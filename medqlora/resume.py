@@ -13,7 +13,7 @@ from typing import Any
 from . import adapters, data
 from .config import KitConfig, load_config
 from .errors import ModelError
-from .runs import Files, RunDir
+from .runs import Files, RunDir, refuse_secret_in_path
 from .secrets import printable
 
 
@@ -28,6 +28,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
         run = max(candidates, key=lambda r: latest_checkpoint(r).stat().st_mtime)
     else:
         run = RunDir(Path(resume))
+    refuse_secret_in_path(run.path, "The run folder to resume")
     checkpoint = latest_checkpoint(run)
     if checkpoint is None:
         done = (run.adapter / adapters.CONFIG_NAME).is_file()

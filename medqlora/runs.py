@@ -200,12 +200,22 @@ class _RunLogHandler(logging.FileHandler):
         return _open_log(self._run)
 
 
+def refuse_secret_in_path(path: Path | str, what: str) -> None:
+    """A folder path that holds a credential's value: refused, naming the variable, never the value. The path of a
+    run folder is printed, logged and written into tracking files (tensorboard's events) that are shared."""
+    secret = contains_secret(str(path))
+    if secret:
+        raise MedQLoRAError(f"{what} contains the value of {secret}: a run folder's path is printed, logged and "
+                            "written into its tracking files. Choose a folder whose path holds no credential.")
+
+
 def check_output_dir(root: Path) -> None:
     """The folder that holds run folders: it, or its nearest existing parent, must be a folder in which a folder
     can be made (tried, and removed at once: /proc/self, a read-only mount or a folder without write permission
     are found here, at --dry-run, not when the run starts)."""
     if not str(root).strip():
         raise MedQLoRAError("The output folder is empty: --output-dir (or output.dir) must name a folder.")
+    refuse_secret_in_path(root, "The output folder (--output-dir or output.dir)")
     for folder in (root, *root.parents):
         if folder.exists():
             if not folder.is_dir():

@@ -53,6 +53,7 @@ def test_profile_breakdown_sorts_kernels_and_counts_gpu_idle_time():
     trace = {"traceEvents": [
         {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#4", "ts": 0, "dur": 1000, "tid": 1},
         {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#5", "ts": 1000, "dur": 1000, "tid": 1},
+        {"ph": "X", "cat": "gpu_user_annotation", "name": "ProfilerStep#5", "ts": 1000, "dur": 1000, "tid": 9},
         kernel("sm90_xmma_gemm_bf16bf16_bf16f32", 0, 400), kernel("kDequantizeBlockwise<nf4>", 300, 200),
         kernel("flash_fwd_kernel", 1000, 300), kernel("multi_tensor_apply_kernel<AdamFunctor>", 1400, 100),
         kernel("Memcpy HtoD", 1600, 50, cat="gpu_memcpy"),

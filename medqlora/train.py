@@ -51,10 +51,45 @@ def bitsandbytes_importable() -> bool:
     return True
 
 
+# The optimizers transformers' Trainer builds from a package of their own (transformers' trainer_optimizer.py):
+# name prefix or name -> (the module imported, what to install).
+OPTIONAL_OPTIMIZER_PACKAGES: dict[str, tuple[str, str]] = {
+    "galore_": ("galore_torch", "pip install galore-torch"),
+    "apollo_": ("apollo_torch", "pip install apollo-torch"),
+    "lomo": ("lomo_optim", "pip install lomo-optim"),
+    "adalomo": ("lomo_optim", "pip install lomo-optim"),
+    "grokadamw": ("grokadamw", "pip install grokadamw"),
+    "adamw_torch_4bit": ("torchao", "pip install torchao"),
+    "adamw_torch_8bit": ("torchao", "pip install torchao"),
+    "schedule_free_": ("schedulefree", "pip install schedulefree"),
+    "stable_adamw": ("optimi", "pip install torch-optimi"),
+    "adamw_anyprecision": ("torchdistx", "install torchdistx from https://github.com/pytorch/torchdistx"),
+    "adamw_torch_xla": ("torch_xla", "it runs on TPUs: pip install torch_xla"),
+    "adamw_torch_npu_fused": ("torch_npu", "it runs on Ascend NPUs: pip install torch_npu"),
+}
+
+
+def missing_optimizer_package(name: str) -> tuple[str, str] | None:
+    """(module, how to install it) when ``name`` is built from a package that is not installed, else None."""
+    import importlib.util
+
+    for key, (module, install) in OPTIONAL_OPTIMIZER_PACKAGES.items():
+        if name == key or (key.endswith("_") and name.startswith(key)):
+            return None if importlib.util.find_spec(module) is not None else (module, install)
+    return None
+
+
 def check_optimizer(cfg: KitConfig, runtime: Runtime) -> str:
-    """What the run will train with, in words; a bitsandbytes optimizer on a GPU without an importable
-    bitsandbytes is refused before anything loads (the Trainer would fail after the model loaded)."""
+    """What the run will train with, in words; an optimizer whose package is not installed (bitsandbytes on a
+    GPU, galore_torch, schedulefree, ...) is refused before anything loads (the Trainer would fail after the
+    model loaded)."""
     name = cfg.training.optimizer
+    missing = missing_optimizer_package(name)
+    if missing:
+        module, install = missing
+        raise ConfigError(f"training.optimizer: {name} is built from the {module} package, which is not installed "
+                          f"here: {install}, or choose an optimizer of torch's own, e.g. --set "
+                          "training.optimizer=adamw_torch.")
     if name not in BITSANDBYTES_OPTIMIZERS:
         return name
     if runtime.device == "cpu":

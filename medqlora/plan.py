@@ -74,7 +74,7 @@ def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str)
     return {
         "length": f"max_steps {t.max_steps}" if t.max_steps > 0 else f"{t.num_epochs:g} epochs",
         "learning_rate": t.learning_rate,
-        "lr_scheduler": t.lr_scheduler,
+        "lr_scheduler": t.scheduler() if t.scheduler_note() is None else f"{t.scheduler()} ({t.scheduler_note()})",
         "warmup": t.warmup_text(),
         "optimizer": optimizer,
         "weight_decay": t.weight_decay,

@@ -217,6 +217,8 @@ class Recipe(TrainingStages):
         from .train import check_optimizer
 
         say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
+        if self.cfg.training.scheduler_note():
+            say(self.cfg.training.scheduler_note())
         for note in tracker_notes:
             say(note)
         self._say_if_gpus_idle()

@@ -115,9 +115,9 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, with_validation: b
         num_train_epochs=t.num_epochs,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
+        lr_scheduler_type=t.scheduler(),
         # transformers 5 takes both forms in warmup_steps: a float below 1 is a ratio of the total steps
-        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        warmup_steps=t.warmup(),
         optim=optimizer_name(cfg, runtime),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medqlora import backends
+from medqlora import backends, plan
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
 
@@ -33,3 +33,26 @@ def test_the_dry_run_refuses_an_optimizer_without_its_package(capsys, monkeypatc
     result = run_cli(capsys, ["--dry-run", "--set", "training.optimizer=galore_adamw"])
     assert result.code == 2
     assert_one_message(result.err, "pip install galore-torch")
+
+
+def test_a_constant_schedule_with_a_warmup_trains_with_constant_with_warmup_and_says_so():
+    cfg = load_config(None, ["training.lr_scheduler=constant", "training.warmup_steps=2", "training.warmup_ratio=null",
+                             "training.max_steps=4"])
+    assert cfg.training.scheduler() == "constant_with_warmup" and cfg.training.warmup() == 2
+    assert "has no warm-up" in cfg.training.scheduler_note()
+    planned = plan._training_section(cfg, backends.detect(cfg), "adamw_torch")  # the dry-run's training section
+    assert planned["lr_scheduler"].startswith("constant_with_warmup (lr_scheduler constant with a warm-up (2 steps)")
+
+
+def test_a_constant_schedule_without_a_warmup_stays_constant():
+    cfg = load_config(None, ["training.lr_scheduler=constant", "training.warmup_ratio=0"])
+    assert cfg.training.scheduler() == "constant" and cfg.training.scheduler_note() is None
+
+
+def test_the_trainer_gets_the_schedule_it_is_told(tmp_path):
+    from medqlora import train
+
+    cfg = load_config(None, ["training.lr_scheduler=constant", "training.warmup_steps=2", "training.warmup_ratio=null"])
+    run = type("Run", (), {"path": tmp_path})()  # sft_config reads the run folder's path only
+    args = train.sft_config(cfg, backends.detect(cfg), run)
+    assert args.lr_scheduler_type == "constant_with_warmup" and args.warmup_steps == 2

@@ -265,6 +265,25 @@ class TrainingSection(Section):
     def warmup_text(self) -> str:
         return f"{self.warmup_steps} steps" if self.warmup_steps is not None else f"ratio {self.warmup_ratio}"
 
+    def warmup(self) -> int | float:
+        """The Trainer's warmup_steps: a number of steps, or a float below 1 (a share of the steps)."""
+        return self.warmup_steps if self.warmup_steps is not None else self.warmup_ratio or 0.0
+
+    def scheduler(self) -> str:
+        """The Trainer's lr_scheduler_type: transformers' constant schedule has no warm-up, so constant with a
+        warm-up trains with constant_with_warmup (the warm-up, then the constant learning rate)."""
+        if self.lr_scheduler == "constant" and self.warmup():
+            return "constant_with_warmup"
+        return self.lr_scheduler
+
+    def scheduler_note(self) -> str | None:
+        """Said in the plan and the run when the schedule differs from lr_scheduler as written."""
+        if self.scheduler() == self.lr_scheduler:
+            return None
+        return (f"lr_scheduler constant with a warm-up ({self.warmup_text()}): transformers' constant schedule has "
+                "no warm-up, so this run uses constant_with_warmup (the warm-up, then the constant learning rate); "
+                "set training.warmup_ratio: 0 for none")
+
 
 DEFAULT_WARMUP_RATIO = 0.03
 

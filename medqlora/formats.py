@@ -33,6 +33,7 @@ class DatasetFormat:
     target: str  # what the model learns from a row (docs)
     shape: str  # a row's JSON shape, shown when a row does not have it
     placeholders: tuple[str, ...] | None  # what a prompt_template may use; None: the format takes no template
+    required: dict[str, str]  # placeholder -> what it brings, which a prompt_template of this format must hold
 
 
 DATASET_FORMATS: dict[str, DatasetFormat] = {}
@@ -40,13 +41,16 @@ FORMATS: dict[str, Formatter] = {}  # name -> handler, the view format_rows disp
 FORMAT_SHAPES: dict[str, str] = {}
 
 
-def dataset_format(name: str, *, columns: str, target: str, shape: str,
-                   placeholders: tuple[str, ...] | None) -> Callable[[Formatter], Formatter]:
-    """Registers a row format under ``name``: the config accepts it, format_rows uses it, the docs list it."""
+def dataset_format(name: str, *, columns: str, target: str, shape: str, placeholders: tuple[str, ...] | None,
+                   required: dict[str, str] | None = None) -> Callable[[Formatter], Formatter]:
+    """Registers a row format under ``name``: the config accepts it, format_rows uses it, the docs list it.
+    ``required``: the placeholders a prompt_template must hold, each with what it brings (default: {question})."""
+    needed = required if required is not None else {"question": "the question"} if placeholders else {}
+
     def add(handler: Formatter) -> Formatter:
         if name in DATASET_FORMATS:
             raise ValueError(f"dataset format {name!r} is registered twice")
-        DATASET_FORMATS[name] = DatasetFormat(name, handler, columns, target, shape, placeholders)
+        DATASET_FORMATS[name] = DatasetFormat(name, handler, columns, target, shape, placeholders, needed)
         FORMATS[name] = handler
         FORMAT_SHAPES[name] = shape
         return handler
@@ -163,6 +167,7 @@ def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
 
 @dataset_format(
     "multiple_choice", placeholders=("question", "options"),
+    required={"question": "the question", "options": "the lettered options"},
     columns="question, options {A..E} (or a list), answer_idx",
     target="`B. <option text>`; the prompt lists the options as `A. ...` lines",
     shape='{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}')

@@ -56,3 +56,17 @@ def test_the_trainer_gets_the_schedule_it_is_told(tmp_path):
     run = type("Run", (), {"path": tmp_path})()  # sft_config reads the run folder's path only
     args = train.sft_config(cfg, backends.detect(cfg), run)
     assert args.lr_scheduler_type == "constant_with_warmup" and args.warmup_steps == 2
+
+
+def test_a_multiple_choice_template_without_its_options_is_refused():
+    with pytest.raises(ConfigError, match=r"prompt_template': Value error, has no \{options\} placeholder, which the "
+                                          r"multiple_choice format needs: the lettered options would never reach"):
+        load_config(None, ["data.datasets=[{source: x.jsonl, format: multiple_choice, prompt_template: 'Q: {question}'}]"])
+    cfg = load_config(None, ["data.datasets=[{source: x.jsonl, format: multiple_choice, "
+                             "prompt_template: 'Q: {question} {options}'}]"])
+    assert cfg.data.datasets[0].prompt_template == "Q: {question} {options}"
+
+
+def test_a_pubmedqa_template_may_leave_out_the_abstract():  # the question-only setups of published runs
+    cfg = load_config("llama3-8b-pubmedqa")
+    assert "{context}" not in cfg.data.datasets[0].prompt_template

@@ -111,8 +111,10 @@ class DatasetSpec(Section):
             raise ValueError(f"unknown placeholder {{{unknown[0]}}}: the {fmt} format fills "
                              f"{', '.join('{' + n + '}' for n in sorted(allowed))} (write {{{{ and }}}} for a literal "
                              "brace)")
-        if "question" not in used:
-            raise ValueError("has no {question} placeholder: the question would never reach the model")
+        for name, brings in DATASET_FORMATS[fmt].required.items():
+            if name not in used:
+                raise ValueError(f"has no {{{name}}} placeholder, which the {fmt} format needs: {brings} would "
+                                 f"never reach the model. Add {{{name}}} to the template")
         return template
 
     @model_validator(mode="after")

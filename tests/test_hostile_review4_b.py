@@ -70,3 +70,29 @@ def test_a_multiple_choice_template_without_its_options_is_refused():
 def test_a_pubmedqa_template_may_leave_out_the_abstract():  # the question-only setups of published runs
     cfg = load_config("llama3-8b-pubmedqa")
     assert "{context}" not in cfg.data.datasets[0].prompt_template
+
+
+def _instruction_file(tmp_path, rows, name="ins.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("answer", ["\u200b\u200b", "\ufeff \u2060", "\u00ad", "\u3164"])
+def test_an_answer_of_invisible_characters_is_refused_with_its_row(tmp_path, answer):
+    from medqlora import data
+    from medqlora.errors import DataError
+
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(3)]
+    rows.append({"instruction": "question 3", "output": answer})
+    spec = data.DatasetSpec(source=str(_instruction_file(tmp_path, rows)), format="instruction")
+    with pytest.raises(DataError, match=r"row 4.*field 'output' is only invisible characters"):
+        data.format_rows(spec, data.load_rows(spec))
+
+
+def test_an_answer_with_a_zero_width_space_among_its_words_is_kept(tmp_path):
+    from medqlora import data
+
+    spec = data.DatasetSpec(source=str(_instruction_file(tmp_path, [{"instruction": "q", "output": "a\u200bb"}])),
+                            format="instruction")
+    assert data.format_rows(spec, data.load_rows(spec))[0].response == "a\u200bb"

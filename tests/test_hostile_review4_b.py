@@ -96,3 +96,23 @@ def test_an_answer_with_a_zero_width_space_among_its_words_is_kept(tmp_path):
     spec = data.DatasetSpec(source=str(_instruction_file(tmp_path, [{"instruction": "q", "output": "a\u200bb"}])),
                             format="instruction")
     assert data.format_rows(spec, data.load_rows(spec))[0].response == "a\u200bb"
+
+
+def test_a_misspelled_columns_key_is_named_with_the_keys_its_format_reads():
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["data.datasets=[{source: qa.csv, format: instruction, columns: {instrution: q, output: a}}]"])
+    message = str(refused.value)
+    assert "'data.datasets.0.columns'" in message and "unknown key 'instrution'" in message
+    assert "reads instruction, question, input, output, answer, response. Did you mean 'instruction'?" in message
+
+
+def test_the_prompt_and_the_answer_from_one_column_are_refused():
+    for columns in ("{instruction: q, output: q}", "{output: instruction}"):
+        with pytest.raises(ConfigError, match="'instruction' and 'output' would both be read from the column"):
+            load_config(None, [f"data.datasets=[{{source: qa.csv, format: instruction, columns: {columns}}}]"])
+    with pytest.raises(ConfigError, match=r"benchmarks.0.columns': Value error, 'question' and 'options'"):
+        load_config(None, ["eval.benchmarks=[{name: mc, kind: multiple_choice, source: mc.jsonl, "
+                           "columns: {question: q, options: q}}]"])
+    ok = load_config(None, ["data.datasets=[{source: qa.csv, format: instruction, columns: {instruction: q, "
+                            "output: a}}]"])
+    assert ok.data.datasets[0].columns == {"instruction": "q", "output": "a"}

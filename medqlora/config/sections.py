@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
+from ..formats import BENCHMARK_KINDS, DATASET_FORMATS, columns_problem
 from .base import ALL_LINEAR, MAX_BATCH, MAX_STEPS, PathText, Section, hub_id_problem
 
 
@@ -116,6 +116,15 @@ class DatasetSpec(Section):
                 raise ValueError(f"has no {{{name}}} placeholder, which the {fmt} format needs: {brings} would "
                                  f"never reach the model. Add {{{name}}} to the template")
         return template
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_of_the_format(cls, columns: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        fmt = info.data.get("format")
+        problem = columns_problem(fmt, columns) if fmt is not None else None  # a refused format is named already
+        if problem:
+            raise ValueError(problem)
+        return columns
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DatasetSpec:

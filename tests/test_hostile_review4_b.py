@@ -116,3 +116,23 @@ def test_the_prompt_and_the_answer_from_one_column_are_refused():
     ok = load_config(None, ["data.datasets=[{source: qa.csv, format: instruction, columns: {instruction: q, "
                             "output: a}}]"])
     assert ok.data.datasets[0].columns == {"instruction": "q", "output": "a"}
+
+
+@pytest.mark.parametrize("setting, kind", [("output.run_name=10:30", "a number"),
+                                           ("data.datasets.0.prompt_template=Q: {question}", "a mapping")])
+def test_text_that_yaml_reads_as_something_else_is_refused_with_how_to_quote_it(setting, kind):
+    key, _, value = setting.partition("=")
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [setting])
+    assert f"YAML reads {value} as {kind}; to give it as text, quote it: --set '{key}=\"{value}\"'." in str(refused.value)
+    assert getattr(load_config(None, [f'{key}="{value}"']).output if key.startswith("output")
+                   else load_config(None, [f'{key}="{value}"']).data.datasets[0], key.rsplit(".", 1)[1]) == value
+
+
+def test_text_that_yaml_reads_as_a_number_in_a_file_says_to_quote_it(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  datasets:\n    - {source: x.jsonl, format: pubmedqa}\noutput:\n  run_name: 10:30\n",
+                      encoding="utf-8")
+    with pytest.raises(ConfigError, match="c.yaml:5: 'output.run_name'.* YAML read the value as a number; if it is "
+                                          "meant as text, put it in quotes"):
+        load_config(str(config))

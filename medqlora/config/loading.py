@@ -59,23 +59,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(raw, dict):
         raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
                           "...).")
+    typed: dict[tuple, str] = {}
     for item in overrides or []:
         key = _apply_override(raw, item)
         lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
         lines[key] = f"--set {printable('.'.join(str(k) for k in key))}"
-    return validate(raw, source=printable(path, PATH_SHOWN), lines=lines)
+        typed[key] = item.partition("=")[2]
+    return validate(raw, source=printable(path, PATH_SHOWN), lines=lines, typed=typed)
 
 
 MAX_PROBLEMS = 20  # a hostile file can hold thousands: the first ones say what to fix
 
 
-def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None) -> KitConfig:
-    """Validate a raw config; ``lines`` maps key paths to a line number (or to the --set that gave them)."""
+def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None,
+             typed: dict[tuple, str] | None = None) -> KitConfig:
+    """Validate a raw config; ``lines`` maps key paths to a line number (or to the --set that gave them),
+    ``typed`` the key paths of --set overrides to the value as typed."""
     try:
         return KitConfig.model_validate(raw)
     except ValidationError as err:
         errors = err.errors()
-        problems = [_describe(e, source, lines or {}) for e in errors[:MAX_PROBLEMS]]
+        problems = [_describe(e, source, lines or {}) + _quote_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
@@ -157,6 +161,23 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
     allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""
     return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
+
+
+def _quote_hint(error: dict, typed: dict[tuple, str]) -> str:
+    """For text that YAML read as something else (``Q: {question}`` as a mapping, ``10:30`` as the number 630):
+    say so, and how to quote it."""
+    value = error.get("input")
+    if error["type"] != "string_type" or not isinstance(value, (dict, list, int, float, bool)):
+        return ""
+    kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else \
+        "true/false" if isinstance(value, bool) else "a number"
+    loc = tuple(error["loc"])
+    if loc in typed:
+        dotted = printable(".".join(str(p) for p in loc), 120)
+        shown = printable(typed[loc], 100)
+        return (f" YAML reads {shown} as {kind}; to give it as text, quote it: --set '{dotted}=\"{shown}\"'."
+                if '"' not in typed[loc] else f" YAML reads {shown} as {kind}; to give it as text, quote it.")
+    return f" YAML read the value as {kind}; if it is meant as text, put it in quotes."
 
 
 _NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",

@@ -136,3 +136,18 @@ def test_text_that_yaml_reads_as_a_number_in_a_file_says_to_quote_it(tmp_path):
     with pytest.raises(ConfigError, match="c.yaml:5: 'output.run_name'.* YAML read the value as a number; if it is "
                                           "meant as text, put it in quotes"):
         load_config(str(config))
+
+
+@pytest.mark.parametrize("name", ["ins.jsonl", "qa.csv"])
+def test_a_data_file_given_as_the_config_is_named_a_data_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q2", "output": "a2"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"is a data file \(\.(jsonl|csv)\), not a config.*goes in data.datasets"):
+        load_config(str(path))
+
+
+def test_a_json_list_of_rows_given_as_the_config_is_named_a_data_file(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('[{"instruction": "q", "output": "a"}]', encoding="utf-8")
+    with pytest.raises(ConfigError, match="a list of rows is a data file: it goes in data.datasets"):
+        load_config(str(path))

@@ -36,6 +36,11 @@ def resolve_config_path(name: str | Path | None) -> Path:
     if path.is_dir():
         raise ConfigError(f"--config {shown}: is a directory, expected a YAML file or preset name.")
     if path.is_file():
+        if path.suffix.lower() in DATA_FILE_SUFFIXES:
+            raise ConfigError(f"--config {shown}: is a data file ({path.suffix.lower()}), not a config. --config takes "
+                              "a YAML file of sections (model:, data:, training:, ...) or a preset name; a data file "
+                              "goes in data.datasets, e.g. --set \"data.datasets=[{source: "
+                              f"{printable(path, 200)}, format: instruction}}]\" (with its format).")
         return path
     for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
@@ -50,6 +55,9 @@ def resolve_config_path(name: str | Path | None) -> Path:
     )
 
 
+DATA_FILE_SUFFIXES = {".jsonl", ".csv", ".tsv", ".parquet", ".arrow"}  # never a config; .json may hold one
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KitConfig:
     """Read a YAML config (or preset), apply ``section.key=value`` overrides and validate it."""
     path = resolve_config_path(path)
@@ -57,8 +65,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
+        data_file = " (a list of rows is a data file: it goes in data.datasets)" if isinstance(raw, list) else ""
         raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
-                          "...).")
+                          f"...){data_file}.")
     typed: dict[tuple, str] = {}
     for item in overrides or []:
         key = _apply_override(raw, item)

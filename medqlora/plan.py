@@ -23,7 +23,7 @@ from .runs import Files, check_output_dir
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import check_optimizer, planned_steps
+    from .train import check_optimizer, check_warmup, planned_steps
 
     runtime = backends.detect(cfg)
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
@@ -37,6 +37,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = local_benchmarks(cfg) if with_eval else {}
     sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
+    if n_train is not None:
+        check_warmup(cfg, n_train)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:

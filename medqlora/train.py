@@ -37,6 +37,22 @@ def planned_steps(cfg: KitConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * cfg.training.num_epochs))
 
 
+def check_warmup(cfg: KitConfig, n_train: int) -> None:
+    """A warm-up of training.warmup_steps that is not below the run's optimizer steps (known once the data is:
+    an epochs-only run) is refused, as it is against max_steps in the config. GRPO counts its batches in
+    completions, so its steps are not planned here."""
+    t = cfg.training
+    if t.warmup_steps is None or t.max_steps > 0 or t.method == "grpo":
+        return
+    steps = planned_steps(cfg, n_train)
+    if t.warmup_steps >= steps:
+        raise ConfigError(f"training.warmup_steps ({t.warmup_steps}) is not below the {steps} optimizer steps of "
+                          f"this run ({n_train} examples, {t.num_epochs:g} epochs, batch {t.micro_batch_size} x "
+                          f"{t.gradient_accumulation_steps}): the learning rate would still be warming up when training "
+                          "ends and never reach learning_rate. Lower training.warmup_steps (or use "
+                          "training.warmup_ratio, a share of the steps).")
+
+
 def optimizer_name(cfg: KitConfig, runtime: Runtime) -> str:
     if runtime.device == "cpu" and cfg.training.optimizer in BITSANDBYTES_OPTIMIZERS:
         return "adamw_torch"  # bitsandbytes' 8-bit and paged optimizers need CUDA

@@ -9,7 +9,7 @@ from medqlora import backends, plan
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
 
-from .conftest import assert_one_message, run_cli
+from .conftest import assert_one_message, kit_argv, run_cli
 
 
 @pytest.mark.parametrize("optimizer, package", [("galore_adamw", "galore_torch"),
@@ -151,3 +151,26 @@ def test_a_json_list_of_rows_given_as_the_config_is_named_a_data_file(tmp_path):
     path.write_text('[{"instruction": "q", "output": "a"}]', encoding="utf-8")
     with pytest.raises(ConfigError, match="a list of rows is a data file: it goes in data.datasets"):
         load_config(str(path))
+
+
+def test_a_warmup_longer_than_an_epochs_only_run_is_refused_once_its_steps_are_known():
+    from medqlora import train
+
+    cfg = load_config(None, ["training.max_steps=-1", "training.num_epochs=1", "training.warmup_steps=10",
+                             "training.warmup_ratio=null", "training.micro_batch_size=2",
+                             "training.gradient_accumulation_steps=4"])
+    with pytest.raises(ConfigError, match=r"warmup_steps \(10\) is not below the 2 optimizer steps of this run \(16 "
+                                          r"examples, 1 epochs, batch 2 x 4\)"):
+        train.check_warmup(cfg, 16)
+    train.check_warmup(cfg, 200)  # 25 steps: the warm-up fits
+
+
+@pytest.mark.parametrize("mode", ["--dry-run", "--mode=train"])
+def test_the_dry_run_and_the_run_check_the_warmup_against_the_planned_steps(tiny_model_dir, tmp_path, capsys, mode, monkeypatch):
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", mode, **{"training.max_steps": "-1", "training.num_epochs": "1",
+                                                                "training.warmup_steps": "50",
+                                                                "training.warmup_ratio": "null"})
+    monkeypatch.setattr(backends, "load_for_training", lambda *a, **k: pytest.fail("the model loaded"))
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "training.warmup_steps (50) is not below the 4 optimizer steps of this run (16 examples")

@@ -39,6 +39,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
     if n_train is not None:
         check_warmup(cfg, n_train)
+    evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:
@@ -142,6 +143,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         benchmarks = local_benchmarks(cfg)
         if adapter is not None:
             check_benchmarks_untrained(benchmarks, adapter)
+        evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
     if mode == "export" and "gguf" in cfg.export.formats:
         from .export import llama_cpp_dir
 
@@ -162,6 +164,12 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def local_tokenizer(cfg: KitConfig) -> Any:
+    """The tokenizer of a model in a local folder (it loads in a second), else None."""
+    source = backends.config_source(cfg.model.name)
+    return backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
 
 
 def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:

@@ -134,6 +134,7 @@ class Recipe(TrainingStages):
         benchmarks = evaluate.load_benchmarks(self.cfg)
         if adapter is not None:
             check_benchmarks_untrained(benchmarks, adapter)
+        evaluate.check_prompts_fit(self.cfg, plan.local_tokenizer(self.cfg), benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
         self.start_runtime()
         self.load_for_inference(None)

@@ -34,6 +34,7 @@ class TrainingStages:
         from .train import check_warmup
 
         check_warmup(cfg, len(self.prepared.train))
+        evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
         self.fit_memory()
         self.save_config()
 

@@ -174,3 +174,21 @@ def test_the_dry_run_and_the_run_check_the_warmup_against_the_planned_steps(tiny
     result = run_cli(capsys, argv)
     assert result.code == 2
     assert_one_message(result.err, "training.warmup_steps (50) is not below the 4 optimizer steps of this run (16 examples")
+
+
+@pytest.mark.parametrize("args", [("--dry-run", "--mode", "full"), ("--mode", "full"),
+                                  ("--dry-run", "--mode", "eval", "--adapter", "none"),
+                                  ("--mode", "eval", "--adapter", "none")])
+def test_an_eval_max_length_no_prompt_fits_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, capsys,
+                                                                              monkeypatch, args):
+    monkeypatch.setattr(backends, "load_for_training", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(backends, "load_for_inference", lambda *a, **k: pytest.fail("the model loaded"))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *args, **{"eval.max_length": "9"}))
+    assert result.code == 2
+    assert_one_message(result.err, "more than the 8 evaluation allows (eval.max_length 9")
+
+
+def test_an_eval_max_length_that_fits_is_planned(tiny_model_dir, tmp_path, capsys):
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full",
+                                      **{"eval.max_length": "4000"}))
+    assert result.code == 0, result.err

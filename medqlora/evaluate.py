@@ -207,6 +207,18 @@ def _prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem, limit: int,
     return fitted["input_ids"], outcome == "context_truncated"
 
 
+def check_prompts_fit(cfg: KitConfig, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> None:
+    """Before a model loads (and at --dry-run): every evaluation prompt fits eval.max_length, its context
+    shortened where it has one, or the run is refused with the item, as scoring would refuse it later."""
+    if cfg.eval.max_length is None or tokenizer is None:
+        return  # the model's context length is known once it loads
+    for name, items in items_by_bench.items():
+        generated = cot_style_of(cfg, name) is not None or cfg.eval.method == "generate"
+        reserved = cfg.eval.max_new_tokens if generated else 1
+        for item in items:
+            _prompt_ids(cfg, tokenizer, item, cfg.eval.max_length - reserved, reserved=reserved)
+
+
 # ---------------------------------------------------------------- generation scoring
 
 _FINAL = [re.compile(r"##\s*Final Response\s*(.*)", re.S | re.I), re.compile(r"<response>(.*?)(</response>|$)", re.S)]

@@ -33,6 +33,8 @@ class DatasetFormat:
     target: str  # what the model learns from a row (docs)
     shape: str  # a row's JSON shape, shown when a row does not have it
     placeholders: tuple[str, ...] | None  # what a prompt_template may use; None: the format takes no template
+    required: dict[str, str]  # placeholder -> what it brings, which a prompt_template of this format must hold
+    fields: tuple[tuple[str, ...], ...] = ()  # the fields ``columns:`` may map, each with its other names
 
 
 DATASET_FORMATS: dict[str, DatasetFormat] = {}
@@ -40,13 +42,19 @@ FORMATS: dict[str, Formatter] = {}  # name -> handler, the view format_rows disp
 FORMAT_SHAPES: dict[str, str] = {}
 
 
-def dataset_format(name: str, *, columns: str, target: str, shape: str,
-                   placeholders: tuple[str, ...] | None) -> Callable[[Formatter], Formatter]:
-    """Registers a row format under ``name``: the config accepts it, format_rows uses it, the docs list it."""
+def dataset_format(name: str, *, columns: str, target: str, shape: str, placeholders: tuple[str, ...] | None,
+                   required: dict[str, str] | None = None,
+                   fields: tuple[tuple[str, ...], ...] = ()) -> Callable[[Formatter], Formatter]:
+    """Registers a row format under ``name``: the config accepts it, format_rows uses it, the docs list it.
+    ``required``: the placeholders a prompt_template must hold, each with what it brings (default: {question}).
+    ``fields``: the names a row's fields are read under, one tuple per field (its names in the order tried): the
+    keys ``columns:`` may map."""
+    needed = required if required is not None else {"question": "the question"} if placeholders else {}
+
     def add(handler: Formatter) -> Formatter:
         if name in DATASET_FORMATS:
             raise ValueError(f"dataset format {name!r} is registered twice")
-        DATASET_FORMATS[name] = DatasetFormat(name, handler, columns, target, shape, placeholders)
+        DATASET_FORMATS[name] = DatasetFormat(name, handler, columns, target, shape, placeholders, needed, fields)
         FORMATS[name] = handler
         FORMAT_SHAPES[name] = shape
         return handler
@@ -83,6 +91,7 @@ PUBMEDQA_PROMPT = (
 
 @dataset_format(
     "pubmedqa", placeholders=("question", "context"),
+    fields=(("question", "QUESTION"), ("context", "CONTEXTS"), ("final_decision",), ("long_answer", "LONG_ANSWER")),
     columns="question, context (or PubMedQA's original QUESTION/CONTEXTS layout), final_decision, long_answer",
     target="`yes`/`no`/`maybe`, then the long answer (`long_answer: false` for the label alone)",
     shape='{"pubid", "question", "context": {"contexts": [...]} or [...], "final_decision", "long_answer"}')
@@ -124,7 +133,7 @@ def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
 
 
 @dataset_format(
-    "medical_o1", placeholders=("question",),
+    "medical_o1", placeholders=("question",), fields=(("Question",), ("Complex_CoT",), ("Response",)),
     columns="Question, Complex_CoT, Response",
     target="`## Thinking\\n\\n{CoT}\\n\\n## Final Response\\n\\n{Response}` (`cot_style: huatuo`) or "
            "`<think>...</think>` + `<response>...</response>` (`cot_style: tags`)",
@@ -163,6 +172,8 @@ def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
 
 @dataset_format(
     "multiple_choice", placeholders=("question", "options"),
+    required={"question": "the question", "options": "the lettered options"},
+    fields=(("question",), ("options",), ("answer_idx",)),
     columns="question, options {A..E} (or a list), answer_idx",
     target="`B. <option text>`; the prompt lists the options as `A. ...` lines",
     shape='{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}')
@@ -188,6 +199,7 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
 
 @dataset_format(
     "instruction", placeholders=("question", "context"),
+    fields=(("instruction", "question"), ("input",), ("output", "answer", "response")),
     columns="instruction (or question), optional input, output (or answer)",
     target="the output",
     shape='{"instruction" or "question", optional "input", "output" or "answer"}')
@@ -210,7 +222,7 @@ CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
 
 
 @dataset_format(
-    "chat", placeholders=None,
+    "chat", placeholders=None, fields=(("messages", "conversations"),),
     columns="messages (role/content; a system turn of its own is kept, else the dataset's system prompt), ending "
             "with an assistant turn",
     target="every assistant turn, each in its place in the conversation (all other tokens masked; a template that "
@@ -248,6 +260,32 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
         if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between
     return Example(prompt=history, response=turns[-1][1], question=last_user, texts=texts[:-1],
                    answer_texts=texts[-1:], joins=joins, turns=tuple(turns))
+
+
+def columns_problem(fmt: str, columns: dict[str, str]) -> str | None:
+    """Why a dataset's ``columns:`` mapping cannot be right for format ``fmt`` (a key the format does not read,
+    two fields read from one column), else None."""
+    import difflib
+
+    fields = DATASET_FORMATS[fmt].fields
+    known = [name for names in fields for name in names]
+    if not known:
+        return None
+    for key in columns:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f"Did you mean {close[0]!r}? " if close else ""
+            return (f"unknown key {printable(repr(key), 60)}: the {fmt} format reads {', '.join(known)}. {hint}"
+                    "Map those names to your file's columns, e.g. columns: {" + known[0] + ": your_column}")
+    read_from = [(names[0], {columns.get(n, n) for n in names}) for names in fields]
+    for i, (first, sources) in enumerate(read_from):
+        for second, others in read_from[i + 1:]:
+            shared = sources & others
+            if shared:
+                return (f"'{first}' and '{second}' would both be read from the column "
+                        f"{printable(repr(sorted(shared)[0]), 60)}, so both would hold the same text (trained on, "
+                        "the model learns to echo it). Map each to its own column")
+    return None
 
 
 # ---------------------------------------------------------------- docs

@@ -23,7 +23,7 @@ from .runs import Files, check_output_dir
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import check_optimizer, planned_steps
+    from .train import check_optimizer, check_warmup, planned_steps
 
     runtime = backends.detect(cfg)
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
@@ -37,6 +37,9 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = local_benchmarks(cfg) if with_eval else {}
     sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
+    if n_train is not None:
+        check_warmup(cfg, n_train)
+    evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:
@@ -75,7 +78,7 @@ def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str)
     return {
         "length": f"max_steps {t.max_steps}" if t.max_steps > 0 else f"{t.num_epochs:g} epochs",
         "learning_rate": t.learning_rate,
-        "lr_scheduler": t.lr_scheduler,
+        "lr_scheduler": t.scheduler() if t.scheduler_note() is None else f"{t.scheduler()} ({t.scheduler_note()})",
         "warmup": t.warmup_text(),
         "optimizer": optimizer,
         "weight_decay": t.weight_decay,
@@ -143,6 +146,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
+        evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
     if mode == "export" and "gguf" in cfg.export.formats:
         from .export import llama_cpp_dir
 
@@ -164,6 +168,12 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def local_tokenizer(cfg: KitConfig) -> Any:
+    """The tokenizer of a model in a local folder (it loads in a second), else None."""
+    source = backends.config_source(cfg.model.name)
+    return backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
 
 
 def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:

@@ -151,6 +151,7 @@ class Recipe(TrainingStages):
         self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(tasks)}, adapter)
+        evaluate.check_prompts_fit(self.cfg, plan.local_tokenizer(self.cfg), benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
         folder = self.run.fresh_dir(Files.LM_EVAL_TASKS) if tasks else self.run.path
         if tasks:
@@ -241,6 +242,8 @@ class Recipe(TrainingStages):
         from .train import check_optimizer
 
         say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
+        if self.cfg.training.scheduler_note():
+            say(self.cfg.training.scheduler_note())
         for note in tracker_notes:
             say(note)
         self._say_if_gpus_idle()

@@ -22,7 +22,7 @@ class PreferenceExample(Example):
 
 
 @dataset_format(
-    "prompt_answer", placeholders=None,
+    "prompt_answer", placeholders=None, fields=(("prompt", "question"), ("answer", "solution")),
     columns="prompt (or question), answer (or solution)",
     target="nothing by SFT: GRPO samples replies to the prompt and its rewards check them against the answer",
     shape='{"prompt" or "question", "answer"} (the answer a GRPO reward checks)')
@@ -59,7 +59,7 @@ def _reply(value: Any, name: str) -> tuple[str, str]:
 
 
 @dataset_format(
-    "preference", placeholders=None,
+    "preference", placeholders=None, fields=(("prompt",), ("chosen",), ("rejected",)),
     columns="prompt, chosen, rejected (texts, or chosen/rejected as message lists ending with the assistant reply)",
     target="DPO / ORPO: the chosen reply over the rejected one",
     shape='{"prompt", "chosen", "rejected"}: texts, or chosen/rejected as message lists '

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,10 +100,22 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
+# Characters that render as nothing though Unicode does not class them as spaces (fillers, a blank braille cell).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def invisible(text: str) -> bool:
+    """True when nothing of ``text`` would show: only whitespace, format characters (zero-width spaces and
+    joiners, the byte-order mark, soft hyphens), control characters and blank fillers."""
+    return all(c.isspace() or c in _BLANK_LETTERS or unicodedata.category(c) in {"Cf", "Cc", "Cs", "Co", "Cn"}
+               for c in text)
+
+
 def _response(value: str, name: str) -> str:
-    """A response text (what the model learns to produce): blank is refused, not trained on."""
-    if not value.strip():
-        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})"
+    """A response text (what the model learns to produce): blank or invisible is refused, not trained on."""
+    if invisible(value):
+        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})" if not value.strip() \
+            else f"only invisible characters ({value.encode('unicode_escape').decode()[:60]})"
         raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
                         "leave the row out.")
     return value

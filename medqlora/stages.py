@@ -33,6 +33,10 @@ class TrainingStages:
         self.shape = fit.model_shape(source, cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(cfg, source)
         self.prepared = tokenize(cfg, self.collected, self.tokenizer)
+        from .train import check_warmup
+
+        check_warmup(cfg, len(self.prepared.train))
+        evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
         self.fit_memory()
         self.save_config()
 

@@ -37,6 +37,22 @@ def planned_steps(cfg: KitConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * cfg.training.num_epochs))
 
 
+def check_warmup(cfg: KitConfig, n_train: int) -> None:
+    """A warm-up of training.warmup_steps that is not below the run's optimizer steps (known once the data is:
+    an epochs-only run) is refused, as it is against max_steps in the config. GRPO counts its batches in
+    completions, so its steps are not planned here."""
+    t = cfg.training
+    if t.warmup_steps is None or t.max_steps > 0 or t.method == "grpo":
+        return
+    steps = planned_steps(cfg, n_train)
+    if t.warmup_steps >= steps:
+        raise ConfigError(f"training.warmup_steps ({t.warmup_steps}) is not below the {steps} optimizer steps of "
+                          f"this run ({n_train} examples, {t.num_epochs:g} epochs, batch {t.micro_batch_size} x "
+                          f"{t.gradient_accumulation_steps}): the learning rate would still be warming up when training "
+                          "ends and never reach learning_rate. Lower training.warmup_steps (or use "
+                          "training.warmup_ratio, a share of the steps).")
+
+
 def optimizer_name(cfg: KitConfig, runtime: Runtime) -> str:
     if runtime.device == "cpu" and cfg.training.optimizer in BITSANDBYTES_OPTIMIZERS:
         return "adamw_torch"  # bitsandbytes' 8-bit and paged optimizers need CUDA
@@ -51,10 +67,45 @@ def bitsandbytes_importable() -> bool:
     return True
 
 
+# The optimizers transformers' Trainer builds from a package of their own (transformers' trainer_optimizer.py):
+# name prefix or name -> (the module imported, what to install).
+OPTIONAL_OPTIMIZER_PACKAGES: dict[str, tuple[str, str]] = {
+    "galore_": ("galore_torch", "pip install galore-torch"),
+    "apollo_": ("apollo_torch", "pip install apollo-torch"),
+    "lomo": ("lomo_optim", "pip install lomo-optim"),
+    "adalomo": ("lomo_optim", "pip install lomo-optim"),
+    "grokadamw": ("grokadamw", "pip install grokadamw"),
+    "adamw_torch_4bit": ("torchao", "pip install torchao"),
+    "adamw_torch_8bit": ("torchao", "pip install torchao"),
+    "schedule_free_": ("schedulefree", "pip install schedulefree"),
+    "stable_adamw": ("optimi", "pip install torch-optimi"),
+    "adamw_anyprecision": ("torchdistx", "install torchdistx from https://github.com/pytorch/torchdistx"),
+    "adamw_torch_xla": ("torch_xla", "it runs on TPUs: pip install torch_xla"),
+    "adamw_torch_npu_fused": ("torch_npu", "it runs on Ascend NPUs: pip install torch_npu"),
+}
+
+
+def missing_optimizer_package(name: str) -> tuple[str, str] | None:
+    """(module, how to install it) when ``name`` is built from a package that is not installed, else None."""
+    import importlib.util
+
+    for key, (module, install) in OPTIONAL_OPTIMIZER_PACKAGES.items():
+        if name == key or (key.endswith("_") and name.startswith(key)):
+            return None if importlib.util.find_spec(module) is not None else (module, install)
+    return None
+
+
 def check_optimizer(cfg: KitConfig, runtime: Runtime) -> str:
-    """What the run will train with, in words; a bitsandbytes optimizer on a GPU without an importable
-    bitsandbytes is refused before anything loads (the Trainer would fail after the model loaded)."""
+    """What the run will train with, in words; an optimizer whose package is not installed (bitsandbytes on a
+    GPU, galore_torch, schedulefree, ...) is refused before anything loads (the Trainer would fail after the
+    model loaded)."""
     name = cfg.training.optimizer
+    missing = missing_optimizer_package(name)
+    if missing:
+        module, install = missing
+        raise ConfigError(f"training.optimizer: {name} is built from the {module} package, which is not installed "
+                          f"here: {install}, or choose an optimizer of torch's own, e.g. --set "
+                          "training.optimizer=adamw_torch.")
     if name not in BITSANDBYTES_OPTIMIZERS:
         return name
     if runtime.device == "cpu":
@@ -80,9 +131,9 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, with_validation: b
         num_train_epochs=t.num_epochs,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
+        lr_scheduler_type=t.scheduler(),
         # transformers 5 takes both forms in warmup_steps: a float below 1 is a ratio of the total steps
-        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        warmup_steps=t.warmup(),
         optim=optimizer_name(cfg, runtime),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,

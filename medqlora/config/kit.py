@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from ..formats import BENCHMARK_KINDS, columns_problem
 from ..secrets import printable
 from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, PathText, Section
 from .sections import BenchmarkKindName, DataSection, DatasetSpec, LoraSection, ModelSection, TrainingSection
@@ -38,6 +39,15 @@ class BenchmarkSpec(Section):
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default test)")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
     columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_of_the_kind(cls, columns: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        kind = info.data.get("kind")
+        problem = columns_problem(BENCHMARK_KINDS[kind].reads, columns) if kind is not None else None
+        if problem:
+            raise ValueError(problem)
+        return columns
 
 
 MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",

@@ -36,6 +36,11 @@ def resolve_config_path(name: str | Path | None) -> Path:
     if path.is_dir():
         raise ConfigError(f"--config {shown}: is a directory, expected a YAML file or preset name.")
     if path.is_file():
+        if path.suffix.lower() in DATA_FILE_SUFFIXES:
+            raise ConfigError(f"--config {shown}: is a data file ({path.suffix.lower()}), not a config. --config takes "
+                              "a YAML file of sections (model:, data:, training:, ...) or a preset name; a data file "
+                              "goes in data.datasets, e.g. --set \"data.datasets=[{source: "
+                              f"{printable(path, 200)}, format: instruction}}]\" (with its format).")
         return path
     for candidate in (PRESETS_DIR / path.name, PRESETS_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
@@ -50,6 +55,9 @@ def resolve_config_path(name: str | Path | None) -> Path:
     )
 
 
+DATA_FILE_SUFFIXES = {".jsonl", ".csv", ".tsv", ".parquet", ".arrow"}  # never a config; .json may hold one
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KitConfig:
     """Read a YAML config (or preset), apply ``section.key=value`` overrides and validate it."""
     path = resolve_config_path(path)
@@ -57,25 +65,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
+        data_file = " (a list of rows is a data file: it goes in data.datasets)" if isinstance(raw, list) else ""
         raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
-                          "...).")
+                          f"...){data_file}.")
+    typed: dict[tuple, str] = {}
     for item in overrides or []:
         key = _apply_override(raw, item)
         lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
         lines[key] = f"--set {printable('.'.join(str(k) for k in key))}"
-    return validate(raw, source=printable(path, PATH_SHOWN), lines=lines)
+        typed[key] = item.partition("=")[2]
+    return validate(raw, source=printable(path, PATH_SHOWN), lines=lines, typed=typed)
 
 
 MAX_PROBLEMS = 20  # a hostile file can hold thousands: the first ones say what to fix
 
 
-def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None) -> KitConfig:
-    """Validate a raw config; ``lines`` maps key paths to a line number (or to the --set that gave them)."""
+def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None,
+             typed: dict[tuple, str] | None = None) -> KitConfig:
+    """Validate a raw config; ``lines`` maps key paths to a line number (or to the --set that gave them),
+    ``typed`` the key paths of --set overrides to the value as typed."""
     try:
         return KitConfig.model_validate(raw)
     except ValidationError as err:
         errors = err.errors()
-        problems = [_describe(e, source, lines or {}) for e in errors[:MAX_PROBLEMS]]
+        problems = [_describe(e, source, lines or {}) + _quote_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
@@ -157,6 +170,23 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
     allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""
     return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
+
+
+def _quote_hint(error: dict, typed: dict[tuple, str]) -> str:
+    """For text that YAML read as something else (``Q: {question}`` as a mapping, ``10:30`` as the number 630):
+    say so, and how to quote it."""
+    value = error.get("input")
+    if error["type"] != "string_type" or not isinstance(value, (dict, list, int, float, bool)):
+        return ""
+    kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else \
+        "true/false" if isinstance(value, bool) else "a number"
+    loc = tuple(error["loc"])
+    if loc in typed:
+        dotted = printable(".".join(str(p) for p in loc), 120)
+        shown = printable(typed[loc], 100)
+        return (f" YAML reads {shown} as {kind}; to give it as text, quote it: --set '{dotted}=\"{shown}\"'."
+                if '"' not in typed[loc] else f" YAML reads {shown} as {kind}; to give it as text, quote it.")
+    return f" YAML read the value as {kind}; if it is meant as text, put it in quotes."
 
 
 _NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",

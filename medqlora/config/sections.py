@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
+from ..formats import BENCHMARK_KINDS, DATASET_FORMATS, columns_problem
 from .base import ALL_LINEAR, MAX_BATCH, MAX_STEPS, PathText, Section, hub_id_problem
 
 
@@ -111,9 +111,20 @@ class DatasetSpec(Section):
             raise ValueError(f"unknown placeholder {{{unknown[0]}}}: the {fmt} format fills "
                              f"{', '.join('{' + n + '}' for n in sorted(allowed))} (write {{{{ and }}}} for a literal "
                              "brace)")
-        if "question" not in used:
-            raise ValueError("has no {question} placeholder: the question would never reach the model")
+        for name, brings in DATASET_FORMATS[fmt].required.items():
+            if name not in used:
+                raise ValueError(f"has no {{{name}}} placeholder, which the {fmt} format needs: {brings} would "
+                                 f"never reach the model. Add {{{name}}} to the template")
         return template
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_of_the_format(cls, columns: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        fmt = info.data.get("format")
+        problem = columns_problem(fmt, columns) if fmt is not None else None  # a refused format is named already
+        if problem:
+            raise ValueError(problem)
+        return columns
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DatasetSpec:
@@ -264,6 +275,25 @@ class TrainingSection(Section):
 
     def warmup_text(self) -> str:
         return f"{self.warmup_steps} steps" if self.warmup_steps is not None else f"ratio {self.warmup_ratio}"
+
+    def warmup(self) -> int | float:
+        """The Trainer's warmup_steps: a number of steps, or a float below 1 (a share of the steps)."""
+        return self.warmup_steps if self.warmup_steps is not None else self.warmup_ratio or 0.0
+
+    def scheduler(self) -> str:
+        """The Trainer's lr_scheduler_type: transformers' constant schedule has no warm-up, so constant with a
+        warm-up trains with constant_with_warmup (the warm-up, then the constant learning rate)."""
+        if self.lr_scheduler == "constant" and self.warmup():
+            return "constant_with_warmup"
+        return self.lr_scheduler
+
+    def scheduler_note(self) -> str | None:
+        """Said in the plan and the run when the schedule differs from lr_scheduler as written."""
+        if self.scheduler() == self.lr_scheduler:
+            return None
+        return (f"lr_scheduler constant with a warm-up ({self.warmup_text()}): transformers' constant schedule has "
+                "no warm-up, so this run uses constant_with_warmup (the warm-up, then the constant learning rate); "
+                "set training.warmup_ratio: 0 for none")
 
 
 DEFAULT_WARMUP_RATIO = 0.03

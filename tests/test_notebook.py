@@ -36,3 +36,38 @@ def test_notebook_runs_top_to_bottom_on_the_offline_default(tmp_path):
     assert "adapter saved in" in shown
     assert "| merged (dequantized base + adapter) |" in shown and "| 2/2 |" in shown  # CPU fp32: identical
     assert (run / "export" / "merged" / "config.json").is_file()
+
+
+PREFERENCE_ROWS = [{"prompt": f"Case {i}: first-line drug for anaphylaxis?", "chosen": "Intramuscular adrenaline.",
+                    "rejected": "An oral antihistamine."} for i in range(8)]
+
+
+@pytest.mark.parametrize("method", ["grpo", "dpo"])
+def test_notebook_trains_with_the_methods_after_sft(tiny_model_dir, tmp_path, method):
+    """GRPO (its offline preset) and DPO run from the notebook as from the command line (on the tiny model)."""
+    import json
+
+    notebook = nbformat.read(ROOT / "Medical_QLoRA_Project.ipynb", as_version=4)
+    [parameters] = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    settings = {"model.name": str(tiny_model_dir), "model.max_seq_length": 256, "training.max_steps": 2,
+                "eval.benchmarks.0.max_items": 4, "generation.max_new_tokens": 8, "output.dir": str(tmp_path / "out")}
+    if method == "grpo":
+        preset = "'smollm2_grpo_medmcqa'"
+        settings.update({"data.datasets.0.max_samples": 8, "grpo.max_completion_length": 8})
+    else:
+        preset = "None"
+        rows = tmp_path / "prefs.jsonl"
+        rows.write_text("".join(json.dumps(r) + "\n" for r in PREFERENCE_ROWS))
+        settings.update({"training.method": "dpo", "data.datasets": f"[{{source: {rows}, format: preference}}]",
+                         "training.micro_batch_size": 4})
+    parameters.source = (f"PRESET = {preset}\nSETTINGS = {settings!r}\n"
+                         "KIT_REPO = ''\nPUSH_TO_HUB = ''\nEXPORT_FORMATS = ['adapter']\n")
+    NotebookClient(notebook, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    [run] = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert metrics["method"] == method and metrics["steps"] == 2
+    if method == "grpo":
+        assert {"rewards/multiple_choice/mean", "rewards/overlong/mean"} <= set(metrics["rewards"])
+    assert json.loads((run / "manifest.json").read_text())["status"] == "trained"

@@ -48,7 +48,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "model": cfg.model.name,
         "quantization": "4-bit NF4" if cfg.model.load_in_4bit and runtime.device == "cuda" else "none",
         "lora": f"r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} on "
-        f"{','.join(cfg.lora.target_modules)}",
+        f"{','.join(cfg.lora.target_modules)}"
+        + (f" (the settings of training.init_adapter {cfg.training.init_adapter})" if cfg.training.init_adapter not in (None, "latest") else ""),
         "datasets": sizes,
         "training_examples": n_train if n_train is not None else "unknown until hub data is downloaded",
         "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "

@@ -114,3 +114,118 @@ def test_the_plan_names_the_preference_method_and_its_settings(tmp_path):
     assert method_text(cfg) == "dpo (beta 0.1, loss_type ipo; prompts kept to 128 tokens)"
     orpo = _preference_config(tmp_path, **{"training.method": "orpo", "preference.max_prompt_length": "128"})
     assert method_text(orpo) == "orpo (beta 0.1; prompts kept to 128 tokens)"
+
+
+# ---------------------------------------------------------------- training.init_adapter
+
+
+def test_an_empty_init_adapter_is_refused():
+    with pytest.raises(ConfigError, match="training.init_adapter.*is empty: name a run folder"):
+        load_config(None, ["training.init_adapter=''"])
+
+
+def test_init_adapter_messages_name_the_setting_not_adapter_flag(tmp_path):
+    from medqlora import adapters
+    from medqlora.errors import MedQLoRAError, ModelError
+    from medqlora.runs import latest_run_with_adapter
+
+    with pytest.raises(MedQLoRAError, match="or set training.init_adapter to a run folder") as err:
+        latest_run_with_adapter(tmp_path, "training.init_adapter")
+    assert "--adapter" not in str(err.value)
+    weights = make_adapter(tmp_path / "a", "base") / "adapter_model.safetensors"
+    with pytest.raises(ModelError, match=r"training.init_adapter \S+ is a file .* training.init_adapter=") as err:
+        adapters.locate(str(weights), "training.init_adapter")
+    assert "--adapter" not in str(err.value)
+
+
+def test_an_adapter_with_a_nan_weight_is_refused_without_a_model(tmp_path):
+    from medqlora import adapters
+    from medqlora.errors import ModelError
+
+    folder = make_adapter(tmp_path / "a", "base")
+    adapters.check_finite(folder)
+    make_adapter(folder, "base", nan=True)
+    with pytest.raises(ModelError, match="holds NaN or infinite weights"):
+        adapters.check_finite(folder)
+
+
+def test_the_adapters_own_lora_settings_replace_the_lora_section():
+    from medqlora.adapter_runs import adapter_lora
+    from medqlora.config import LoraSection
+
+    lora = LoraSection(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj"])
+    own = adapter_lora({"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["v_proj", "q_proj"]},
+                       lora)
+    assert (own.r, own.alpha, own.dropout, own.target_modules) == (16, 32, 0.05, ["q_proj", "v_proj"])
+    regex = adapter_lora({"r": 4, "lora_alpha": 8, "target_modules": ".*proj"}, lora)
+    assert regex.r == 4 and regex.target_modules == lora.target_modules
+
+
+def test_dry_run_finds_and_checks_the_init_adapter_as_the_run_does(tiny_model_dir, tmp_path, capsys):
+    from .conftest import kit_argv, run_cli
+
+    modules = ("q_proj", "k_proj", "v_proj", "o_proj")
+    folder = make_adapter(tmp_path / "a", str(tiny_model_dir), r=4, modules=modules)
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                    **{"training.init_adapter": str(folder), "lora.r": "8"})
+    done = run_cli(capsys, argv)
+    assert done.code == 0, done.err[-2000:]
+    assert "with its own LoRA settings, not lora: (lora.r 8 -> 4" in done.err
+    assert json.loads(done.out)["lora"].startswith("r=4 alpha=8 ")
+    make_adapter(folder, str(tiny_model_dir), r=4, modules=modules, nan=True)
+    done = run_cli(capsys, argv)
+    assert done.code == 2 and "holds NaN or infinite weights" in done.err
+    empty = kit_argv(tiny_model_dir, tmp_path / "none", "--mode", "train", "--dry-run",
+                     **{"training.init_adapter": "latest"})
+    done = run_cli(capsys, empty)
+    assert done.code == 2 and "set training.init_adapter to a run folder" in done.err
+
+
+def test_a_run_from_an_init_adapter_records_the_adapters_lora_settings(tiny_model_dir, tmp_path, capsys):
+    from .conftest import kit_argv, only_run, run_cli
+
+    folder = make_adapter(tmp_path / "a", str(tiny_model_dir), r=4, modules=("q_proj", "v_proj"))
+    done = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", **{
+        "training.init_adapter": str(folder), "lora.r": "8", "training.max_steps": "1"}))
+    assert done.code == 0, done.err[-2000:]
+    run = only_run(tmp_path / "out")
+    saved = load_config(run / "config.yaml")
+    assert (saved.lora.r, saved.lora.alpha, saved.lora.target_modules) == (4, 8, ["q_proj", "v_proj"])
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def make_adapter(folder, base: str, r: int = 4, modules=("q_proj", "v_proj"), nan: bool = False):
+    """A LoRA adapter for the tiny model of conftest (hidden 64, 2 key/value heads of 16, 2 layers)."""
+    import torch
+    from safetensors.torch import save_file
+
+    shapes = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64)}
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for layer in range(2):
+        for module in modules:
+            n_in, n_out = shapes[module]
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.zeros(r, n_in)
+            tensors[f"{prefix}.lora_B.weight"] = torch.zeros(n_out, r)
+    if nan:
+        tensors[next(iter(tensors))][0, 0] = float("nan")
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": list(modules),
+         "base_model_name_or_path": base}))
+    return folder
+
+
+def test_the_rows_own_system_turn_prompts_the_preference_pair(tmp_path, smol_tokenizer):
+    from medqlora import rl
+
+    system = {"role": "system", "content": "Always answer in French."}
+    path = tmp_path / "system.jsonl"
+    path.write_text(json.dumps({"chosen": [system, _user("Dose?"), _assistant("Dix mg.")],
+                                "rejected": [system, _user("Dose?"), _assistant("Cent mg.")]}) + "\n")
+    cfg = load_config(None, ["training.method=dpo", "preference.max_prompt_length=128",
+                             f"data.datasets=[{{source: {path}, format: preference}}]"])
+    [row] = rl.prepare_method_rows(cfg, data.collect(cfg.data, cfg.training.seed), smol_tokenizer).train
+    assert row["prompt"].startswith("<|im_start|>system\nAlways answer in French.<|im_end|>"), row["prompt"]
+    assert cfg.data.system_prompt not in row["prompt"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapters, backends, evaluate
-from .config import KitConfig, load_config
+from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
 from .runs import Files, RunDir, latest_run_with_adapter
@@ -44,15 +44,16 @@ def trained_model(adapter: Path, cfg: KitConfig) -> Any:
     return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
 
 
-def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None) -> Path | None:
+def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None,
+                 flag: str = "--adapter") -> Path | None:
     """The adapter folder of --adapter (None: the base model alone), checked at the adapter boundary: safetensors,
     a LoRA config, and shapes that fit the base model it will be loaded onto, before any weight loads."""
     if adapter_arg == "none":
         return None
     if adapter_arg in (None, "latest"):
-        folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir))
+        folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir), flag)
     else:
-        folder = adapters.locate(adapter_arg)
+        folder = adapters.locate(adapter_arg, flag)
     adapter = adapters.find(folder)
     if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
         RunDir(adapter.run).check_links()
@@ -98,17 +99,43 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
 
 def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
     """training.init_adapter resolved (latest: the newest run with an adapter) and checked at the adapter boundary
-    (safetensors, LoRA config, shapes that fit this base model), its path written into the config the run saves,
-    so that --resume starts from the same adapter."""
-    adapter = find_adapter(cfg, cfg.training.init_adapter, output_dir)
+    (safetensors, LoRA config, shapes that fit this base model, finite weights), its path and its own LoRA settings
+    written into the config the run saves, so that --resume starts from the same adapter. Used by the run and by
+    --dry-run alike."""
+    adapter = find_adapter(cfg, cfg.training.init_adapter, output_dir, flag="training.init_adapter")
     if adapter is None:
         return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": None})})
     trained = trained_model(adapter, cfg)
     if trained.name != cfg.model.name:
         raise ModelError(f"training.init_adapter {printable(adapter)} was trained on {printable(trained.name)}, not on "
                          f"model.name {printable(cfg.model.name)}: set model.name to the model it was trained on.")
+    adapters.check_finite(adapter)
     say(f"starting from the adapter of {printable(adapter)} (training.init_adapter)")
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": str(adapter.resolve())})})
+    lora = adapter_lora(adapters.read_config(adapter), cfg.lora)
+    if lora != cfg.lora:
+        changed = ", ".join(f"lora.{k} {getattr(cfg.lora, k)} -> {getattr(lora, k)}" for k in type(lora).model_fields
+                            if getattr(lora, k) != getattr(cfg.lora, k))
+        say(f"warning: training.init_adapter trains the adapter with its own LoRA settings, not lora: ({changed}); "
+            "the run's config.yaml records the adapter's")
+    return cfg.model_copy(update={"lora": lora, "training": cfg.training.model_copy(
+        update={"init_adapter": str(adapter.resolve())})})
+
+
+def adapter_lora(config: dict[str, Any], lora: LoraSection) -> LoraSection:
+    """The LoRA settings an adapter was trained with (its adapter_config.json), in the shape of the lora: section;
+    a value that section cannot hold (a regular expression of target modules) keeps lora:'s."""
+    targets = config.get("target_modules")
+    values = {"r": config.get("r"), "alpha": config.get("lora_alpha"), "dropout": config.get("lora_dropout"),
+              "use_rslora": config.get("use_rslora"),
+              "target_modules": ([m for m in lora.target_modules if m in targets] + sorted(set(targets) -
+                                 set(lora.target_modules))) if isinstance(targets, list) else None}
+    update = {}
+    for key, value in values.items():
+        try:
+            update[key] = getattr(LoraSection.model_validate({**lora.model_dump(), key: value}), key)
+        except ValueError:  # not a value of the lora: section: lora:'s stays
+            continue
+    return lora.model_copy(update=update)
 
 
 def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> None:

@@ -68,24 +68,48 @@ def kit_run_folder(adapter: Path) -> Path | None:
     return parent if isinstance(payload, dict) and "kit_version" in payload else None
 
 
-def locate(arg: str) -> Path:
-    """The adapter folder of --adapter ARG: ARG itself, or ARG/adapter for a run folder."""
+def locate(arg: str, flag: str = "--adapter") -> Path:
+    """The adapter folder of --adapter ARG (or of the setting ``flag``): ARG itself, or ARG/adapter for a run
+    folder."""
     if not arg.strip():
-        raise ModelError("--adapter is empty (an unset shell variable?): give an adapter or run folder, latest, or "
+        raise ModelError(f"{flag} is empty (an unset shell variable?): give an adapter or run folder, latest, or "
                          "none for the base model alone.")
     path = Path(arg).expanduser()
     if not path.exists():
-        raise ModelError(f"--adapter {printable(arg)}: no such file or folder. Give an adapter or run folder, latest, "
+        raise ModelError(f"{flag} {printable(arg)}: no such file or folder. Give an adapter or run folder, latest, "
                          "or none for the base model alone.")
     if path.is_dir() and (path / "adapter" / CONFIG_NAME).is_file():
         path = path / "adapter"
+    named = f"{flag} " if flag.startswith("--") else f"{flag}="
     if path.is_file():
-        raise ModelError(f"--adapter {printable(arg)} is a file ({printable(path.name, 80)}); --adapter takes the folder "
-                         f"that holds {CONFIG_NAME} and the weights: --adapter {printable(path.parent)} (or the run "
+        raise ModelError(f"{flag} {printable(arg)} is a file ({printable(path.name, 80)}); {flag} takes the folder "
+                         f"that holds {CONFIG_NAME} and the weights: {named}{printable(path.parent)} (or the run "
                          "folder above it).")
     if not (path / CONFIG_NAME).is_file():
-        raise ModelError(f"--adapter {printable(arg)}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder).")
+        raise ModelError(f"{flag} {printable(arg)}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder).")
     return path
+
+
+def check_finite(folder: Path) -> None:
+    """Refuse an adapter whose LoRA weights hold NaN or infinity, read from its safetensors file (no model needed:
+    an adapter is small), as loading it would refuse it."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as weights:
+        for name in weights.keys():  # noqa: SIM118 (a safetensors file, not a dict)
+            tensor = weights.get_tensor(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad.append(name)
+    if bad:
+        raise non_finite(folder, bad)
+
+
+def non_finite(folder: Path, bad: list[str]) -> ModelError:
+    return ModelError(f"The adapter in {printable(str(folder))} holds NaN or infinite weights ({len(bad)} tensors, "
+                      f"e.g. {printable(bad[0], 120)}): its answers and scores would be meaningless. Train it again "
+                      "(a lower training.learning_rate), or use an earlier adapter.")
 
 
 def find(folder: Path) -> ValidAdapter:

@@ -707,9 +707,7 @@ def _refuse_non_finite_adapter(model: Any, adapter_dir: Path) -> None:
 
     bad = [name for name, p in model.named_parameters() if "lora_" in name and not bool(torch.isfinite(p).all())]
     if bad:
-        raise ModelError(f"The adapter in {printable(str(adapter_dir))} holds NaN or infinite weights ({len(bad)} "
-                         f"tensors, e.g. {printable(bad[0], 120)}): its answers and scores would be meaningless. "
-                         "Train it again (a lower training.learning_rate), or use an earlier adapter.")
+        raise adapters.non_finite(adapter_dir, bad)
 
 
 def prepare_for_training(model: Any, runtime: Runtime) -> None:

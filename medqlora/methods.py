@@ -8,12 +8,15 @@ RL_FORMATS = ("multiple_choice", "pubmedqa", "prompt_answer")  # rows with an an
 PREFERENCE_FORMATS = ("preference",)
 REWARD_OF_FORMAT = {"multiple_choice": "multiple_choice", "pubmedqa": "pubmedqa_label", "prompt_answer": "answer"}
 PROMPT_ROOM = 32  # tokens a GRPO prompt keeps at least, beside the completion, within max_seq_length
+REPLY_ROOM = 32  # tokens a chosen / rejected reply keeps at least, beside the longest prompt, within max_seq_length
 
 
 def check_method(cfg: Any) -> None:
     """Raise ValueError (reported with the config's other problems) when the data or the batch does not fit
     training.method."""
     method = cfg.training.method
+    if method != "sft":
+        _check_no_validation(cfg)
     formats = [(i, spec.format) for i, spec in enumerate(cfg.data.datasets) if spec.use_for == "train"]
     if method == "grpo":
         wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in RL_FORMATS]
@@ -47,8 +50,39 @@ def check_method(cfg: Any) -> None:
                              " is not in the preference format")
         if cfg.training.packing:
             raise ValueError(f"training.packing is for sft, not training.method: {method}")
+        _check_preference(cfg)
     else:
         wrong = [f"data.datasets.{i}" for i, fmt in formats if fmt in PREFERENCE_FORMATS]
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: preference rows (prompt / chosen / rejected) train with "
                              "training.method: dpo or orpo, not sft")
+
+
+def _check_preference(cfg: Any) -> None:
+    """DPO / ORPO: the replies keep room beside the prompt, and no setting of the other method is silently unused."""
+    p, length = cfg.preference, cfg.model.max_seq_length
+    if p.max_prompt_length > length - REPLY_ROOM:
+        room = max(0, length - p.max_prompt_length)
+        raise ValueError(
+            f"preference.max_prompt_length ({p.max_prompt_length}) leaves {room} of model.max_seq_length ({length}) "
+            f"tokens for the chosen and rejected replies (at least {REPLY_ROOM} needed; longer prompts would be cut "
+            f"or their rows dropped): lower preference.max_prompt_length to at most {max(1, length - REPLY_ROOM)} "
+            f"(e.g. {max(1, length // 2)}), or raise model.max_seq_length to at least {p.max_prompt_length + 256}")
+    if cfg.training.method == "orpo" and p.loss_type != "sigmoid":
+        raise ValueError(f"preference.loss_type: {p.loss_type} is a DPO loss; ORPO has one loss of its own. Remove "
+                         "preference.loss_type, or use training.method: dpo")
+
+
+def _check_no_validation(cfg: Any) -> None:
+    """GRPO, DPO and ORPO train on every row and compute no validation loss: a validation set would be unused."""
+    method, data = cfg.training.method, cfg.data
+    asked = ([f"data.val_ratio {data.val_ratio}"] if data.val_ratio else []) + [
+        f"data.datasets.{i}.{key}" for i, d in enumerate(data.datasets)
+        for key, on in (("val_first_n", d.val_first_n), ("cv_fold", d.cv_fold is not None),
+                        ("use_for: validation", d.use_for == "validation")) if on]
+    if cfg.training.eval_steps:
+        asked.append(f"training.eval_steps {cfg.training.eval_steps}")
+    if asked:
+        raise ValueError(f"training.method: {method} computes no validation loss: {', '.join(asked)} would be unused. "
+                         "Remove them (benchmarks in eval: still score the run before and after), or use "
+                         "training.method: sft")

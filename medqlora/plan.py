@@ -51,7 +51,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "model": cfg.model.name,
         "quantization": "4-bit NF4" if cfg.model.load_in_4bit and runtime.device == "cuda" else "none",
         "lora": f"r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} on "
-        f"{','.join(cfg.lora.target_modules)}",
+        f"{','.join(cfg.lora.target_modules)}"
+        + (f" (the settings of training.init_adapter {cfg.training.init_adapter})" if cfg.training.init_adapter not in (None, "latest") else ""),
         "datasets": sizes,
         "training_examples": n_train if n_train is not None else "unknown until hub data is downloaded",
         "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "
@@ -76,6 +77,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
 def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str) -> dict[str, Any]:
     t = cfg.training
     return {
+        "method": method_text(cfg),
         "length": f"max_steps {t.max_steps}" if t.max_steps > 0 else f"{t.num_epochs:g} epochs",
         "learning_rate": t.learning_rate,
         "lr_scheduler": t.scheduler() if t.scheduler_note() is None else f"{t.scheduler()} ({t.scheduler_note()})",
@@ -86,6 +88,15 @@ def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str)
         else f"{runtime.dtype} here; model.dtype {cfg.model.dtype} on a GPU",
         "gradient_checkpointing": t.gradient_checkpointing,
     }
+
+
+def method_text(cfg: KitConfig) -> str:
+    """training.method with the settings it trains by (dpo / orpo: beta, the DPO loss, the prompt tokens kept)."""
+    method, p = cfg.training.method, cfg.preference
+    if method not in ("dpo", "orpo"):
+        return method
+    loss = f", loss_type {p.loss_type}" if method == "dpo" else ""
+    return f"{method} (beta {p.beta:g}{loss}; prompts kept to {p.max_prompt_length} tokens)"
 
 
 def _cot_plan(cfg: KitConfig) -> list[str]:

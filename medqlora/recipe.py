@@ -208,7 +208,10 @@ class Recipe(TrainingStages):
         o = self.options
         if mode in ADAPTER_MODES:
             return plan.adapter_mode_plan(self.cfg, mode, o.adapter, o.output_dir)
-        return plan.training_plan(self.cfg, mode, o.output_dir)
+        cfg = self.cfg
+        if cfg.training.init_adapter and not o.resume:  # found and checked as the run does, its LoRA settings taken
+            cfg = with_init_adapter(cfg, o.output_dir)
+        return plan.training_plan(cfg, mode, o.output_dir)
 
     # ------------------------------------------------------------------ resolve once
 

@@ -75,7 +75,8 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
             if ex.role == "validation":
                 continue
             prompt_only = Example(prompt=ex.prompt, response="", context=ex.context, prompt_template=ex.prompt_template)
-            fitted, outcome = tokenize_example(prompt_only, tokenizer, kit_data.system_prompt_of(cfg.data, c.spec),
+            system = getattr(ex, "system", "") or kit_data.system_prompt_of(cfg.data, c.spec)  # a row's own first
+            fitted, outcome = tokenize_example(prompt_only, tokenizer, system,
                                                room if method == "grpo" else cfg.preference.max_prompt_length,
                                                cfg.data.too_long, "")
             outcomes[outcome] = outcomes.get(outcome, 0) + 1

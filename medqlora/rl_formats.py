@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
-from .formats import dataset_format
+from .formats import CHAT_ROLES, dataset_format
 from .rows import Example, _column, _field, _kind, _response, _text, _uid
 from .secrets import printable
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 @dataclass
 class PreferenceExample(Example):
     rejected: str = ""  # the reply the model should prefer less (response holds the chosen one)
+    system: str = ""  # the rows' own system turn (in place of the dataset's system prompt), if they hold one
 
 
 @dataset_format(
@@ -37,25 +38,53 @@ def format_prompt_answer(row: dict[str, Any], spec: DatasetSpec) -> Example:
 
 
 def _turns(value: Any, name: str) -> list[dict[str, str]]:
+    """A message list, its roles read as the chat format reads them (ShareGPT's human / gpt too)."""
     if not isinstance(value, list) or not value:
         raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected text or a list of messages.")
     turns = []
     for i, message in enumerate(value):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise DataError(f"field '{printable(name, 60)}[{i}]' is not a message {{'role', 'content'}}.")
-        turns.append({"role": str(message["role"]), "content": _text(message["content"], f"{name}[{i}].content")})
+        role = message["role"]
+        if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
+            raise DataError(f"field '{printable(name, 60)}[{i}]' has role {printable(repr(role), 40)}; expected "
+                            "system, user or assistant.")
+        turns.append({"role": CHAT_ROLES[role.strip().lower()],
+                      "content": _text(message["content"], f"{name}[{i}].content")})
     return turns
 
 
-def _reply(value: Any, name: str) -> tuple[str, str]:
-    """(the prompt the conversation holds before its last reply, that last assistant reply)."""
+@dataclass
+class Reply:
+    """One side of a preference row: the system turn and user turns before its last reply, and that reply."""
+    system: str
+    prompt: str
+    text: str
+
+
+def _reply(value: Any, name: str) -> Reply:
     if isinstance(value, str):
-        return "", _response(value, name)
+        return Reply("", "", _response(value, name))
     turns = _turns(value, name)
     if turns[-1]["role"] != "assistant":
         raise DataError(f"field '{printable(name, 60)}': the last message is not the assistant's reply.")
+    systems = [t["content"] for t in turns[:-1] if t["role"] == "system"]
     users = [t["content"] for t in turns[:-1] if t["role"] == "user"]
-    return "\n\n".join(users), _response(turns[-1]["content"], name)
+    return Reply("\n\n".join(systems), "\n\n".join(users), _response(turns[-1]["content"], name))
+
+
+def _same(a: str, b: str) -> bool:
+    """The same text once spacing is ignored (a trailing space or a doubled blank line changes nothing)."""
+    return a.split() == b.split()
+
+
+def _shared(chosen: str, rejected: str, what: str, c_name: str, r_name: str) -> str:
+    """What chosen and rejected both state (a prompt or a system turn): the same in both, or said in one only."""
+    if chosen and rejected and not _same(chosen, rejected):
+        raise DataError(f"'{printable(c_name, 60)}' and '{printable(r_name, 60)}' hold different {what}s "
+                        f"({printable(chosen, 60)!r} vs {printable(rejected, 60)!r}): a preference compares two "
+                        f"replies to the same {what}.")
+    return chosen or rejected
 
 
 @dataset_format(
@@ -67,21 +96,33 @@ def _reply(value: Any, name: str) -> tuple[str, str]:
 def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
     c_name, chosen = _column(row, spec, "chosen")
     r_name, rejected = _column(row, spec, "rejected")
-    prompt_from_chosen, chosen_text = _reply(chosen, c_name)
-    _, rejected_text = _reply(rejected, r_name)
+    c, r = _reply(chosen, c_name), _reply(rejected, r_name)
+    in_turns = _shared(c.prompt, r.prompt, "user question", c_name, r_name)
+    system = _shared(c.system, r.system, "system turn", c_name, r_name)
     p_name = spec.columns.get("prompt", "prompt")
     if p_name in row and row[p_name] is not None:
-        value = row[p_name]
-        prompt = (_text(value, p_name) if isinstance(value, str)
-                  else "\n\n".join(t["content"] for t in _turns(value, p_name) if t["role"] == "user"))
+        prompt, system = _prompt_field(row[p_name], p_name, system)
+        if in_turns and not _same(in_turns, prompt):
+            raise DataError(f"field '{printable(p_name, 60)}' ({printable(prompt, 60)!r}) and the user turn of "
+                            f"'{printable(c_name, 60)}' ({printable(in_turns, 60)!r}) differ: keep the question in "
+                            "one of them, or make them the same text.")
     else:
-        prompt = prompt_from_chosen
+        prompt = in_turns
     if not prompt.strip():
         raise DataError(f"no prompt: field '{printable(p_name, 60)}' is missing and '{printable(c_name, 60)}' holds "
                         "no user message.")
-    if chosen_text == rejected_text:
-        raise DataError("the chosen and rejected replies are the same text: nothing to prefer.")
-    return PreferenceExample(prompt=prompt, response=chosen_text, rejected=rejected_text,
+    if _same(c.text, r.text):
+        raise DataError("the chosen and rejected replies are the same text (spacing aside): nothing to prefer.")
+    return PreferenceExample(prompt=prompt, response=c.text, rejected=r.text, system=system,
                              uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
-                             answer_texts=((c_name, chosen_text), (r_name, rejected_text)))
+                             answer_texts=((c_name, c.text), (r_name, r.text)))
 
+
+def _prompt_field(value: Any, name: str, system: str) -> tuple[str, str]:
+    """The prompt field's text (its user turns, for a message list) and the system turn it or the replies hold."""
+    if isinstance(value, str):
+        return _text(value, name), system
+    turns = _turns(value, name)
+    own = "\n\n".join(t["content"] for t in turns if t["role"] == "system")
+    return "\n\n".join(t["content"] for t in turns if t["role"] == "user"), _shared(own, system, "system turn", name,
+                                                                                  "chosen")

@@ -380,7 +380,7 @@ class RunDir:
         return candidate
 
 
-def latest_run_with_adapter(root: Path) -> Path:
+def latest_run_with_adapter(root: Path, flag: str = "--adapter") -> Path:
     """The newest run folder under root with an adapter. A run folder that is a link, or that resolves outside
     root, is passed over: results are written into the run folder, and never through a link out of root."""
     inside = root.resolve()
@@ -388,7 +388,8 @@ def latest_run_with_adapter(root: Path) -> Path:
             if not p.parent.parent.is_symlink() and p.resolve().is_relative_to(inside)] if root.is_dir() else []
     if not runs:
         raise MedQLoRAError(
-            f"No trained adapter found under {printable(root)}. Train one first (--mode train or full), or pass --adapter PATH."
+            f"No trained adapter found under {printable(root)}. Train one first (--mode train or full), or "
+            + ("pass --adapter PATH." if flag == "--adapter" else f"set {flag} to a run folder or adapter folder.")
         )
     return max(runs, key=lambda p: p.stat().st_mtime).parent
 

@@ -55,7 +55,8 @@ def test_bad_preference_rows_are_refused_with_the_row(tmp_path, row, fragment):
 
 def test_preference_rows_are_rendered_with_the_chat_template(tiny_model_dir, preference_file, smol_tokenizer, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path, **{
-        "training.method": "dpo", "data.datasets": f"[{{source: {preference_file}, format: preference}}]"}))
+        "training.method": "dpo", "preference.max_prompt_length": "128",
+        "data.datasets": f"[{{source: {preference_file}, format: preference}}]"}))
     prepared = rl.prepare_method_rows(cfg, data.collect(cfg.data, cfg.training.seed), smol_tokenizer)
     row = next(r for r in prepared.train if r["prompt"].count("Patient 0"))
     assert row["prompt"].startswith("<|im_start|>system") and row["prompt"].endswith("<|im_start|>assistant\n")
@@ -68,6 +69,7 @@ def test_preference_method_trains_a_complete_run(tiny_model_dir, preference_file
     argv = ["--mode", "train"]
     for item in tiny_overrides(tiny_model_dir, tmp_path, **{
             "training.method": method, "training.max_steps": "3", "training.learning_rate": "0.001",
+            "preference.max_prompt_length": "128",
             "data.datasets": f"[{{source: {preference_file}, format: preference}}]", "output.run_name": method}):
         argv += ["--set", item]
     assert main(argv) == 0

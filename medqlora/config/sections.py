@@ -227,6 +227,13 @@ class TrainingSection(Section):
         None, description="start from an earlier run's adapter (a run folder, an adapter folder, or latest) instead "
         "of a fresh one: SFT then GRPO",
     )
+
+    @field_validator("init_adapter")
+    @classmethod
+    def _named_adapter(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty: name a run folder, an adapter folder or latest (or none: a fresh adapter)")
+        return value
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="experiment trackers: tensorboard (run folder), wandb, mlflow; credentials from the environment",

@@ -42,9 +42,9 @@ PREFERENCE_ROWS = [{"prompt": f"Case {i}: first-line drug for anaphylaxis?", "ch
                     "rejected": "An oral antihistamine."} for i in range(8)]
 
 
-@pytest.mark.parametrize("method", ["grpo", "dpo"])
+@pytest.mark.parametrize("method", ["grpo", "dpo", "orpo"])
 def test_notebook_trains_with_the_methods_after_sft(tiny_model_dir, tmp_path, method):
-    """GRPO (its offline preset) and DPO run from the notebook as from the command line (on the tiny model)."""
+    """GRPO (its offline preset), DPO and ORPO run from the notebook as from the command line (on the tiny model)."""
     import json
 
     notebook = nbformat.read(ROOT / "Medical_QLoRA_Project.ipynb", as_version=4)
@@ -58,7 +58,8 @@ def test_notebook_trains_with_the_methods_after_sft(tiny_model_dir, tmp_path, me
         preset = "None"
         rows = tmp_path / "prefs.jsonl"
         rows.write_text("".join(json.dumps(r) + "\n" for r in PREFERENCE_ROWS))
-        settings.update({"training.method": "dpo", "data.datasets": f"[{{source: {rows}, format: preference}}]",
+        settings.update({"training.method": method, "data.datasets": f"[{{source: {rows}, format: preference}}]",
+                         "preference.max_prompt_length": 128,
                          "training.micro_batch_size": 4})
     parameters.source = (f"PRESET = {preset}\nSETTINGS = {settings!r}\n"
                          "KIT_REPO = ''\nPUSH_TO_HUB = ''\nEXPORT_FORMATS = ['adapter']\n")

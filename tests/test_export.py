@@ -16,17 +16,20 @@ def converter():
     return export.fetch_llama_cpp_converter()
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_model_dir, tmp_path_factory):
-    """A tiny run whose adapter is made large, so that merging it visibly changes the model."""
-    out = tmp_path_factory.mktemp("export")
-    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
+def boosted_run(model_dir, out, seed: int):
+    """A tiny run in ``out`` whose adapter is made large (random lora_B), so that it visibly changes the model."""
+    assert run_tiny(model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
     run = out / "run"
     weights = load_file(run / "adapter" / "adapter_model.safetensors")
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     boosted = {k: (torch.randn(v.shape, generator=generator) * 0.3 if "lora_B" in k else v) for k, v in weights.items()}
     save_file(boosted, run / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
     return out, run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    return boosted_run(tiny_model_dir, tmp_path_factory.mktemp("export"), seed=0)
 
 
 def greedy(model, tokenizer, prompt, n=12):

@@ -17,7 +17,7 @@ from medqlora import export
 from medqlora.errors import ModelError
 
 from .conftest import run_tiny
-from .test_export import greedy
+from .test_export import boosted_run, greedy
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +28,7 @@ def converter():
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, tmp_path_factory):
     """A tiny run whose adapter is made large (so it visibly changes the answers), exported as adapter + gguf_lora."""
-    out = tmp_path_factory.mktemp("gguf_lora")
-    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "run", "training.save_steps": "0"}) == 0
-    run = out / "run"
-    weights = load_file(run / "adapter" / "adapter_model.safetensors")
-    generator = torch.Generator().manual_seed(1)
-    boosted = {k: (torch.randn(v.shape, generator=generator) * 0.3 if "lora_B" in k else v) for k, v in weights.items()}
-    save_file(boosted, run / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
-    return out, run
+    return boosted_run(tiny_model_dir, tmp_path_factory.mktemp("gguf_lora"), seed=1)
 
 
 def _export_lora(tiny_model_dir, out, run, converter, monkeypatch, *formats: str):

@@ -92,31 +92,8 @@ def test_grpo_data_passes_the_leakage_guard(tiny_model_dir, tmp_path, capsys):
     assert "evaluation" in capsys.readouterr().err
 
 
-def test_grpo_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
-    import trl
-
-    original = trl.GRPOTrainer.training_step
-
-    def stop_at_step_3(self, *args, **kwargs):
-        if self.state.global_step == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trl.GRPOTrainer, "training_step", stop_at_step_3)
-    argv = grpo_argv(tiny_model_dir, tmp_path, mode="train", **{
-        "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "cut"})
-    assert main(argv) != 0
-    run = tmp_path / "cut"
-    assert (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
-    monkeypatch.setattr(trl.GRPOTrainer, "training_step", original)
-    assert main(["--mode", "train", "--resume", str(run)]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
-    assert metrics["steps"] == 4 and metrics["resumed_from_step"] == 2
-
-
-
-def test_grpo_resume_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    """GRPO (and DPO/ORPO) share SFT's trainer wrapper: a damaged checkpoint is named, not an internal error."""
+def _grpo_run_stopped_at_step_3(tiny_model_dir, tmp_path, monkeypatch):
+    """A GRPO run of 4 steps (checkpoints every 2) interrupted at step 3; the trainer is mended afterwards."""
     import trl
 
     original = trl.GRPOTrainer.training_step
@@ -130,13 +107,27 @@ def test_grpo_resume_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tm
     assert main(grpo_argv(tiny_model_dir, tmp_path, mode="train", **{
         "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "cut"})) != 0
     monkeypatch.setattr(trl.GRPOTrainer, "training_step", original)
-    run = tmp_path / "cut"
+    return tmp_path / "cut"
+
+
+def test_grpo_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    run = _grpo_run_stopped_at_step_3(tiny_model_dir, tmp_path, monkeypatch)
+    assert (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert main(["--mode", "train", "--resume", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert metrics["steps"] == 4 and metrics["resumed_from_step"] == 2
+
+
+def test_grpo_resume_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """GRPO (and DPO/ORPO) share SFT's trainer wrapper: a damaged checkpoint is named, not an internal error."""
+    run = _grpo_run_stopped_at_step_3(tiny_model_dir, tmp_path, monkeypatch)
     (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{nope")
     capsys.readouterr()
     assert main(["--mode", "train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "checkpoint-2 is damaged" in err and "internal error" not in err and "Traceback" not in err, err[-1500:]
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+
 
 def test_grpo_starts_from_an_earlier_runs_adapter(tiny_model_dir, tmp_path, capsys):
     """SFT then GRPO: training.init_adapter=latest trains the SFT adapter further (its path kept in config.yaml)."""

@@ -59,11 +59,22 @@ class HarnessTask:
 
 
 def check_installed() -> None:
+    """lm-evaluation-harness 0.4 importable with the parts the kit calls (another package named lm_eval, or an
+    older release, is refused here, before any evaluation runs)."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
         raise ConfigError(f"eval.harness: lm-eval needs lm-evaluation-harness, which is not installed: {INSTALL}, "
                           "or leave eval.harness unset to score with the kit's own scorer only.") from None
+    try:
+        from lm_eval import simple_evaluate  # noqa: F401
+        from lm_eval.models.huggingface import HFLM  # noqa: F401
+        from lm_eval.tasks import TaskManager  # noqa: F401
+    except ImportError as err:
+        where = printable(str(getattr(lm_eval, "__file__", None) or getattr(lm_eval, "__path__", "?")), 160)
+        raise ConfigError(f"eval.harness: lm-eval needs lm-evaluation-harness 0.4, but the lm_eval package at {where} "
+                          f"is not it or is too old ({type(err).__name__}: {printable(str(err), 120)}): {INSTALL}."
+                          ) from None
 
 
 def load_tasks(cfg: KitConfig) -> list[HarnessTask] | None:

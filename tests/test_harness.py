@@ -197,6 +197,18 @@ def test_lm_eval_not_installed_says_how_to_install(tiny_model_dir, tmp_path, cap
     refused(capsys, tiny_model_dir, tmp_path, 'pip install "medqlora[eval]"')
 
 
+
+def test_a_package_named_lm_eval_that_is_not_the_harness_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """An lm_eval without lm_eval.models (another package, or an old release) is refused before any evaluation."""
+    import types
+
+    stub = types.ModuleType("lm_eval")
+    stub.__file__ = str(tmp_path / "lm_eval" / "__init__.py")
+    for name in ("lm_eval.models", "lm_eval.models.huggingface", "lm_eval.tasks"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "lm_eval", stub)
+    refused(capsys, tiny_model_dir, tmp_path, "is not it or is too old")
+
 @needs_lm_eval
 def test_medqa_without_its_file_is_named(tiny_model_dir, tmp_path, capsys):
     refused(capsys, tiny_model_dir, tmp_path, "lm-eval task medqa needs its data", "eval.lm_eval.tasks=[medqa]")

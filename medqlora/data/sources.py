@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..config import KIT_ROOT, DatasetSpec
@@ -179,16 +180,22 @@ def _parse_int(text: str) -> int | str:
     return _LongInt(text) if len(text) > 4000 else int(text)
 
 
-def _long_int_field(value: Any, name: str = "") -> str | None:
-    """The field (a.b[2]) of the first over-long integer in a parsed JSON value, if any."""
-    if isinstance(value, _LongInt):
-        return name or "the value"
+def _first_field(value: Any, here: Callable[[Any, str], str | None], name: str = "") -> str | None:
+    """The field (a.b[2]) of a parsed JSON value where ``here(value, name)`` first names something, if any."""
+    found = here(value, name)
+    if found:
+        return found
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        found = _long_int_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
+        found = _first_field(item, here, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
         if found:
             return found
     return None
+
+
+def _long_int_field(value: Any, name: str = "") -> str | None:
+    """The field (a.b[2]) of the first over-long integer in a parsed JSON value, if any."""
+    return _first_field(value, lambda v, n: (n or "the value") if isinstance(v, _LongInt) else None, name)
 
 
 class _Twice(dict):
@@ -209,14 +216,8 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _twice_field(value: Any, name: str = "") -> str | None:
     """The key (a.b[2].key) a JSON object of this parsed value names twice, if any."""
-    if isinstance(value, _Twice):
-        return f"{name}.{value.twice}" if name else value.twice
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = _twice_field(item, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
-        if found:
-            return found
-    return None
+    return _first_field(value, lambda v, n: (f"{n}.{v.twice}" if n else v.twice) if isinstance(v, _Twice) else None,
+                        name)
 
 
 def _refuse_long_ints(value: Any, where: str) -> None:

@@ -9,8 +9,8 @@ import errno
 import hashlib
 import json
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..config import KIT_ROOT, DatasetSpec

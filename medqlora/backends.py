@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -462,11 +463,19 @@ def convert_gguf(gguf: Path) -> Path:
     # transformers marks GGUF-loaded models as quantized, but the weights are already dequantized
     mark_unquantized(model)
     set_end_of_turn_as_eos(model, tokenizer)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    # a folder of this process's own: two runs converting at once (several processes of one launch, two users)
+    # never write into each other's copy; the first to finish wins, the other discards its copy
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +56,55 @@ def test_gguf_conversion_fixes_eos_and_drops_the_quantizer_marker(smol_dir, smol
     assert smol_tokenizer.eos_token == "<|im_end|>" and smol_tokenizer.pad_token == "<|im_end|>"
     assert config["eos_token_id"] == smol_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert backends.stop_token_ids(smol_tokenizer) == [smol_tokenizer.eos_token_id]
+
+
+def test_two_conversions_of_one_gguf_at_once_both_get_the_same_complete_checkpoint(tmp_path, monkeypatch):
+    """Several processes of one launch (or two users) converting on a fresh cache never write into each other's copy:
+    both conversions are held inside their save at the same moment, then each must end with the complete folder."""
+    import threading
+    from types import SimpleNamespace
+
+    import transformers
+
+    both_saving = threading.Barrier(2, timeout=30)
+
+    class SavedModel(SimpleNamespace):
+        def save_pretrained(self, folder, **_):
+            both_saving.wait()
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "config.json").write_text("{}")
+            (Path(folder) / "model.safetensors").write_text(threading.current_thread().name)
+
+    class SavedTokenizer(SimpleNamespace):
+        chat_template = None
+
+        def save_pretrained(self, folder, **_):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(backends, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(backends, "check_gguf_file", lambda _: None)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *_, **__: SavedModel(config=SimpleNamespace(), generation_config=None))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *_, **__: SavedTokenizer())
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    results, errors = [], []
+
+    def convert():
+        try:
+            results.append(backends.convert_gguf(gguf))
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=convert, name=f"conversion-{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len(results) == 2 and results[0] == results[1]
+    target = results[0]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no half-written copy left beside it
 
 
 def test_missing_model_names_the_ways_out():

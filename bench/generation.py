@@ -4,12 +4,13 @@ One process loads the model once through the kit (as `--mode test` and the gener
 same prompts greedily along both paths and writes generated tokens/s, the speed-up and whether the texts are
 identical to --out (generation.json, generation.md).
 
-    python bench/generation.py --model /tmp/llama31-8b-random --prompts 64 --max-new-tokens 128 --batch-size 8 \\
+    python bench/generation.py --model /tmp/llama31-8b-random --prompts 128 --max-new-tokens 128 --batch-size 8 \\
         --out bench/results/h200-generation
 
 paths:     before   batches in the caller's order, a cache that grows with each token (the kit before ordering)
            after    the kit's path now: batches of neighbouring prompt lengths, the static cache where
-                    generation.static_cache resolves on (auto: hf backend, NVIDIA GPU, a compilable model)
+                    generation.static_cache resolves on (auto: hf backend, NVIDIA GPU, a compilable model, and
+                    at least 2048 decoding steps: batches x max new tokens, e.g. 16 batches x 128 tokens)
 prompts:   PubMedQA test questions from the shipped data/pubmedqa/ori_pqal.json: even ones as the generate
            evaluation asks them (with the abstract, hundreds of tokens), odd ones as a sample query (the question
            alone, tens of tokens), or medical-o1 questions instead with --medical-o1 FILE (a local JSON/JSONL copy)
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     texts = prompts(cfg, model, tokenizer, args)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     before, before_texts = measure(cfg, model, tokenizer, texts, ARRIVAL_ORDER, args)
-    after, after_texts = measure(cfg, model, tokenizer, texts, decoding_for(cfg, model), args)
+    decoding = decoding_for(cfg, model, len(texts), args.max_new_tokens, args.batch_size)
+    after, after_texts = measure(cfg, model, tokenizer, texts, decoding, args)
     result: dict[str, Any] = {
         "model": args.model, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "dtype": str(next(model.parameters()).dtype), "prompts": len(texts), "prompt_tokens_min": min(lengths),
@@ -166,7 +168,7 @@ def main() -> int:
     p.add_argument("--load-in-4bit", action="store_true", help="NF4 weights (bitsandbytes: no compiled decoding)")
     p.add_argument("--static-cache", default="auto", choices=["auto", "true", "false"],
                    help="generation.static_cache for the after path")
-    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--prompts", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--alone", type=int, default=8, help="answer the first K prompts one at a time (0: skip)")

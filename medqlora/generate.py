@@ -120,9 +120,18 @@ class Decoding:
 
 ARRIVAL_ORDER = Decoding(by_length=False, static_cache=False)  # batches in the caller's order, growing caches
 
+# Compiling the decoding step took about a minute for a Llama-3.1-8B shape on an H200 and then saved about 35 ms
+# per decoding step of a batch of 8 (bf16, about 2.8x the tokens/s): auto compiles only work long enough to gain.
+AUTO_STATIC_MIN_STEPS = 2048
 
-def decoding_for(cfg: KitConfig, model: Any) -> Decoding:
-    return Decoding(by_length=True, static_cache=static_cache_on(cfg.generation.static_cache, model))
+
+def decoding_for(cfg: KitConfig, model: Any, prompts: int, max_new_tokens: int, batch_size: int) -> Decoding:
+    """How this generation decodes: length-ordered batches, and the static cache where generation.static_cache
+    resolves on; auto also asks for at least AUTO_STATIC_MIN_STEPS decoding steps (batches x max_new_tokens)."""
+    steps = -(-prompts // batch_size) * max_new_tokens
+    setting = cfg.generation.static_cache
+    wanted = static_cache_on(setting, model) and (setting is True or steps >= AUTO_STATIC_MIN_STEPS)
+    return Decoding(by_length=True, static_cache=wanted)
 
 
 def static_cache_on(setting: bool | str, model: Any) -> bool:
@@ -151,7 +160,7 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
     once every row has produced a stop token (transformers' generate ends there)."""
     import torch
 
-    decoding = decoding or decoding_for(cfg, model)
+    decoding = decoding or decoding_for(cfg, model, len(prompts), max_new_tokens, batch_size)
     g = cfg.generation
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device

@@ -10,7 +10,15 @@ import pytest
 from medqlora import backends
 from medqlora.config import load_config
 from medqlora.data import render_prompt
-from medqlora.generate import ARRIVAL_ORDER, Decoding, _batches, _generate, decoding_for, static_cache_on
+from medqlora.generate import (
+    ARRIVAL_ORDER,
+    AUTO_STATIC_MIN_STEPS,
+    Decoding,
+    _batches,
+    _generate,
+    decoding_for,
+    static_cache_on,
+)
 
 from .conftest import tiny_overrides
 
@@ -40,7 +48,7 @@ def test_length_ordered_batches_answer_greedily_as_each_prompt_alone_in_the_call
     alone = [_generate(cfg, model, tokenizer, [p], NEW_TOKENS, 1, ARRIVAL_ORDER)[0] for p in prompts]
     assert len({text for text, _ in alone}) > 1  # different answers, so a mixed-up order would show
 
-    assert decoding_for(cfg, model) == Decoding(by_length=True, static_cache=False)  # auto on a CPU
+    assert decoding_for(cfg, model, 5, NEW_TOKENS, 2) == Decoding(by_length=True, static_cache=False)  # auto, CPU
     assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2) == alone
     assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2, ARRIVAL_ORDER) == alone
     static = Decoding(by_length=True, static_cache=True)
@@ -80,6 +88,16 @@ def test_static_cache_auto_is_on_only_where_transformers_compiles_the_decoding_s
     assert static_cache_on(False, _model("cuda")) is False
     assert static_cache_on("auto", _model("cuda", backend="unsloth")) is False
     assert static_cache_on(True, _model("cuda", backend="unsloth")) is False
+
+
+def test_auto_compiles_only_work_long_enough_to_repay_the_compilation():
+    cfg, cuda = load_config(None, []), _model("cuda")
+    long_enough = AUTO_STATIC_MIN_STEPS // 256
+    assert decoding_for(cfg, cuda, 8 * long_enough, 256, 8).static_cache is True
+    assert decoding_for(cfg, cuda, 8 * long_enough - 8, 256, 8).static_cache is False
+    assert decoding_for(cfg, cuda, 6, 160, 8).static_cache is False  # the sample queries: one batch
+    forced = load_config(None, ["generation.static_cache=true"])
+    assert decoding_for(forced, cuda, 6, 160, 8).static_cache is True
 
 
 def test_static_cache_setting_takes_auto_or_a_boolean():

@@ -727,6 +727,9 @@ def prepare_for_training(model: Any, runtime: Runtime) -> None:
     model.train()
 
 
+BACKEND_MARK = "_medqlora_backend"  # which backend prepared a model for generation
+
+
 def prepare_for_generation(model: Any, runtime: Runtime) -> None:
     if runtime.backend == "unsloth":
         from unsloth import FastLanguageModel
@@ -734,6 +737,12 @@ def prepare_for_generation(model: Any, runtime: Runtime) -> None:
         FastLanguageModel.for_inference(model)
     model.eval()
     model.config.use_cache = True
+    setattr(model, BACKEND_MARK, runtime.backend)
+
+
+def generation_backend(model: Any) -> str:
+    """The backend that prepared this model for generation ("unsloth" or "hf"; "hf" for a model loaded elsewhere)."""
+    return getattr(model, BACKEND_MARK, "hf")
 
 
 def _broken_json(source: str) -> Path | None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import backends
 from .backends import stop_token_ids
 from .config import KIT_ROOT, PATH_SHOWN, KitConfig, has_control_characters, read_yaml_file
 from .data import query_prompt, render_prompt
 from .distributed import shared_map
 from .errors import ConfigError
+from .messages import say
 from .progress import bar
 from .secrets import printable
 
@@ -103,39 +108,111 @@ def with_disclaimer(text: str, disclaimer: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How prompts are batched and decoded. by_length: each batch holds prompts of neighbouring token lengths
+    (longest first), so a batch pads little; the answers still come back in the caller's order. static_cache: a
+    KV cache of fixed shape, which lets transformers compile the decoding step on a GPU."""
+
+    by_length: bool = True
+    static_cache: bool = False
+
+
+ARRIVAL_ORDER = Decoding(by_length=False, static_cache=False)  # batches in the caller's order, growing caches
+
+# Compiling the decoding step took about a minute for a Llama-3.1-8B shape on an H200 and then saved about 35 ms
+# per decoding step of a batch of 8 (bf16, about 2.8x the tokens/s): auto compiles only work long enough to gain.
+AUTO_STATIC_MIN_STEPS = 2048
+
+
+def decoding_for(cfg: KitConfig, model: Any, prompts: int, max_new_tokens: int, batch_size: int) -> Decoding:
+    """How this generation decodes: length-ordered batches, and the static cache where generation.static_cache
+    resolves on; auto also asks for at least AUTO_STATIC_MIN_STEPS decoding steps (batches x max_new_tokens)."""
+    steps = -(-prompts // batch_size) * max_new_tokens
+    setting = cfg.generation.static_cache
+    wanted = static_cache_on(setting, model) and (setting is True or steps >= AUTO_STATIC_MIN_STEPS)
+    return Decoding(by_length=True, static_cache=wanted)
+
+
+def static_cache_on(setting: bool | str, model: Any) -> bool:
+    """generation.static_cache resolved for this model: auto is on where transformers compiles the decoding step
+    (hf backend, NVIDIA GPU, a model that is not quantized by a method it cannot compile, such as bitsandbytes)."""
+    if backends.generation_backend(model) == "unsloth":
+        if setting is True:  # to be checked on NVIDIA + Unsloth: its for_inference path decodes with its own cache
+            say("generation.static_cache: Unsloth generates with its own fast decoding; the static cache is for "
+                "backend: hf.")
+        return False
+    if setting != "auto":
+        return bool(setting)
+    quantizer = getattr(model, "hf_quantizer", None)
+    return model.device.type == "cuda" and (quantizer is None or bool(quantizer.is_compileable))
+
+
 def generate_texts(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
                    batch_size: int) -> list[str]:
-    """Replies to already chat-templated prompts, in order (left-padded batches)."""
+    """Replies to already chat-templated prompts, in order."""
     return [text for text, _ in _generate(cfg, model, tokenizer, prompts, max_new_tokens, batch_size)]
 
 
 def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-              batch_size: int) -> list[tuple[str, int]]:
+              batch_size: int, decoding: Decoding | None = None) -> list[tuple[str, int]]:
+    """(reply, generated tokens) for each prompt, in the prompts' order, from left-padded batches. Each batch stops
+    once every row has produced a stop token (transformers' generate ends there)."""
     import torch
 
+    decoding = decoding or decoding_for(cfg, model, len(prompts), max_new_tokens, batch_size)
     g = cfg.generation
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
         "do_sample": False}
+    cache = {"cache_implementation": "static"} if decoding.static_cache else {}
+    batches = _batches(tokenizer, prompts, batch_size, decoding.by_length)
+    out: list[Any] = [None] * len(prompts)
     tokenizer.padding_side = "left"
-    out: list[tuple[str, int]] = []
     try:
-        with bar(len(prompts), "generating") as progress:
-            for start in range(0, len(prompts), batch_size):
-                encoded = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                                    add_special_tokens=False).to(device)
+        with bar(len(prompts), "generating") as progress, _seeded(g.temperature > 0, cfg.training.seed, device):
+            for rows in batches:
+                texts = [prompts[i] for i in rows]
+                if decoding.static_cache and len(batches) > 1:
+                    # a batch of another size would compile the decoding step once more, which costs far more
+                    # than the repeated rows
+                    texts += texts[-1:] * (batch_size - len(texts))
+                encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 with torch.inference_mode():
                     output = model.generate(**encoded, max_new_tokens=max_new_tokens,
                                             repetition_penalty=g.repetition_penalty, eos_token_id=stops,
-                                            pad_token_id=tokenizer.pad_token_id, **sampling)
-                for tokens in output[:, encoded["input_ids"].shape[1] :]:
+                                            pad_token_id=tokenizer.pad_token_id, **sampling, **cache)
+                for index, tokens in zip(rows, output[: len(rows), encoded["input_ids"].shape[1] :], strict=True):
                     n = int(sum(1 for t in tokens.tolist() if t not in stops and t != tokenizer.pad_token_id))
-                    out.append((tokenizer.decode(tokens, skip_special_tokens=True), n))
-                progress.update(encoded["input_ids"].shape[0])
+                    out[index] = (tokenizer.decode(tokens, skip_special_tokens=True), n)
+                progress.update(len(rows))
     finally:
         tokenizer.padding_side = "right"
     return out
+
+
+def _batches(tokenizer: Any, prompts: list[str], batch_size: int, by_length: bool) -> list[list[int]]:
+    """The prompts' indices in batches: in the given order, or longest first (ties in the given order)."""
+    order = list(range(len(prompts)))
+    if by_length:
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+        order.sort(key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@contextmanager
+def _seeded(sampling: bool, seed: int, device: Any) -> Iterator[None]:
+    """Sampling draws from a generator seeded with training.seed (the same answers on every run), leaving the
+    process's own random state as it was."""
+    if not sampling:
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str, str]]) -> list[dict[str, Any]]:

@@ -79,3 +79,21 @@ def test_profile_script_records_steps_through_the_kits_trainer(tiny_model_dir, t
     assert result["steps"] == 2 and result["device"] == "cpu"
     assert result["categories_ms"]["matmul"] > 0 and result["categories_ms"]["loss"] > 0
     assert "| matmul |" in (out / "breakdown.md").read_text()
+
+
+def test_generation_bench_answers_along_both_paths_and_compares_their_texts(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "generation.py"), "--model", str(tiny_model_dir), "--prompts", "2",
+         "--max-new-tokens", "4", "--batch-size", "2", "--alone", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "generation.json").read_text())
+    assert (result["before"]["by_length"], result["after"]["by_length"]) == (False, True)
+    assert result["after"]["static_cache"] is False  # auto, on a CPU
+    for path in ("before", "after"):
+        assert 0 < result[path]["generated_tokens"] <= 2 * 4 and result[path]["tokens_per_s"] > 0
+    assert result["prompt_tokens_max"] > 3 * result["prompt_tokens_min"]  # an abstract beside a question alone
+    assert result["after_vs_before"]["identical"] and result["after_vs_alone"]["identical_prompts"] == "2/2"
+    assert (out / "generation.md").read_text().startswith("| path | ordered by length |")

@@ -1,0 +1,107 @@
+"""Batched generation: length-ordered batches and the static cache give the same greedy answers, in the caller's
+order, as answering each prompt alone; sampling is seeded."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from medqlora import backends
+from medqlora.config import load_config
+from medqlora.data import render_prompt
+from medqlora.generate import (
+    ARRIVAL_ORDER,
+    AUTO_STATIC_MIN_STEPS,
+    Decoding,
+    _batches,
+    _generate,
+    decoding_for,
+    static_cache_on,
+)
+
+from .conftest import tiny_overrides
+
+QUESTIONS = [
+    "What is anaemia?",
+    "A 54-year-old man with type 2 diabetes, hypertension and stage 3 chronic kidney disease presents with "
+    "ankle swelling, fatigue and a potassium of 5.9 mmol/L after starting a new medicine. " * 6
+    + "Which drug is the most likely cause, and what should be done first?",
+    "Define sepsis.",
+    "Which vitamin deficiency causes scurvy, and which foods prevent it in a long sea voyage?",
+    "Is aspirin an anticoagulant or an antiplatelet drug? Explain the mechanism briefly.",
+]
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir, tmp_path_factory):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path_factory.mktemp("gen")))
+    model, tokenizer = backends.load_for_inference(cfg, backends.detect(cfg), None)
+    prompts = [render_prompt(tokenizer, cfg.data.system_prompt, q) for q in QUESTIONS]
+    return cfg, model, tokenizer, prompts
+
+
+def test_length_ordered_batches_answer_greedily_as_each_prompt_alone_in_the_callers_order(loaded):
+    cfg, model, tokenizer, prompts = loaded
+    assert _batches(tokenizer, prompts, 2, True) == [[1, 3], [4, 0], [2]]  # longest first: other neighbours
+    alone = [_generate(cfg, model, tokenizer, [p], NEW_TOKENS, 1, ARRIVAL_ORDER)[0] for p in prompts]
+    assert len({text for text, _ in alone}) > 1  # different answers, so a mixed-up order would show
+
+    assert decoding_for(cfg, model, 5, NEW_TOKENS, 2) == Decoding(by_length=True, static_cache=False)  # auto, CPU
+    assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2) == alone
+    assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2, ARRIVAL_ORDER) == alone
+    static = Decoding(by_length=True, static_cache=True)
+    assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2, static) == alone  # the last batch is filled
+    assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 8, static) == alone
+
+
+def test_sampling_is_seeded_and_leaves_the_process_random_state_alone(loaded):
+    import torch
+
+    cfg, model, tokenizer, prompts = loaded
+    hot = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"temperature": 1.5, "top_p": 1.0})})
+    before = torch.random.get_rng_state()
+    first = _generate(hot, model, tokenizer, prompts, NEW_TOKENS, 2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.rand(3)  # whatever ran in between, the same answers
+    assert _generate(hot, model, tokenizer, prompts, NEW_TOKENS, 2) == first
+    reseeded = hot.model_copy(update={"training": hot.training.model_copy(update={"seed": 7})})
+    assert _generate(reseeded, model, tokenizer, prompts, NEW_TOKENS, 2) != first
+
+
+def _model(device: str, quantizer=None, backend: str = "hf"):
+    import torch
+
+    model = SimpleNamespace(device=torch.device(device), hf_quantizer=quantizer)
+    setattr(model, backends.BACKEND_MARK, backend)
+    return model
+
+
+def test_static_cache_auto_is_on_only_where_transformers_compiles_the_decoding_step():
+    compilable, bitsandbytes = SimpleNamespace(is_compileable=True), SimpleNamespace(is_compileable=False)
+    assert static_cache_on("auto", _model("cuda")) is True
+    assert static_cache_on("auto", _model("cuda", compilable)) is True
+    assert static_cache_on("auto", _model("cuda", bitsandbytes)) is False
+    assert static_cache_on("auto", _model("cpu")) is False
+    assert static_cache_on(True, _model("cpu")) is True
+    assert static_cache_on(False, _model("cuda")) is False
+    assert static_cache_on("auto", _model("cuda", backend="unsloth")) is False
+    assert static_cache_on(True, _model("cuda", backend="unsloth")) is False
+
+
+def test_auto_compiles_only_work_long_enough_to_repay_the_compilation():
+    cfg, cuda = load_config(None, []), _model("cuda")
+    long_enough = AUTO_STATIC_MIN_STEPS // 256
+    assert decoding_for(cfg, cuda, 8 * long_enough, 256, 8).static_cache is True
+    assert decoding_for(cfg, cuda, 8 * long_enough - 8, 256, 8).static_cache is False
+    assert decoding_for(cfg, cuda, 6, 160, 8).static_cache is False  # the sample queries: one batch
+    forced = load_config(None, ["generation.static_cache=true"])
+    assert decoding_for(forced, cuda, 6, 160, 8).static_cache is True
+
+
+def test_static_cache_setting_takes_auto_or_a_boolean():
+    assert load_config(None, []).generation.static_cache == "auto"
+    assert load_config(None, ["generation.static_cache=false"]).generation.static_cache is False
+    with pytest.raises(Exception, match="generation.static_cache"):
+        load_config(None, ["generation.static_cache=sometimes"])

@@ -166,8 +166,7 @@ def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
     parquet = sorted((folder / subject).glob("test-*.parquet")) if (folder / subject).is_dir() else []
     if csv_file.is_symlink() or csv_file.exists():
         _refuse_irregular(csv_file, subject)
-        with csv_file.open(encoding="utf-8", newline="") as handle:
-            rows = [_mmlu_csv_row(csv_file, number, record) for number, record in enumerate(csv.reader(handle), 1)]
+        rows = _mmlu_csv_rows(csv_file)
     elif parquet:
         import datasets
 
@@ -179,6 +178,22 @@ def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
                         f"as {MMLU_LAYOUT}.")
     if not rows:
         raise DataError(f"lm-eval task mmlu_{subject}: its file in {printable(folder)} holds no questions.")
+    return rows
+
+
+def _mmlu_csv_rows(file: Path) -> list[dict[str, Any]]:
+    """The rows of a subject's CSV file, each named by the line it starts on; unreadable text is named too."""
+    rows, line = [], 1
+    try:
+        with file.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            for record in reader:
+                rows.append(_mmlu_csv_row(file, line, record))
+                line = reader.line_num + 1
+    except UnicodeDecodeError as err:
+        raise DataError(f"{printable(file)}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
+    except csv.Error as err:
+        raise DataError(f"{printable(file)}:{line}: not readable as CSV ({printable(err, 120)}).") from None
     return rows
 
 

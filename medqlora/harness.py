@@ -25,7 +25,7 @@ from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
-from .rows import MissingColumnError
+from .rows import MAX_FIELD_CHARS, MissingColumnError
 from .secrets import printable
 
 INSTALL = 'pip install "medqlora[eval]" (from a source checkout: pip install "lm_eval>=0.4.13,<0.5")'
@@ -184,6 +184,7 @@ def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
 def _mmlu_csv_rows(file: Path) -> list[dict[str, Any]]:
     """The rows of a subject's CSV file, each named by the line it starts on; unreadable text is named too."""
     rows, line = [], 1
+    csv.field_size_limit(MAX_FIELD_CHARS)  # as for data files: one cell of at most this many characters
     try:
         with file.open(encoding="utf-8", newline="") as handle:
             reader = csv.reader(handle)

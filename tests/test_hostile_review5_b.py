@@ -77,7 +77,7 @@ def test_an_mmlu_file_that_is_not_utf8_or_not_csv_is_named_not_a_crash(tmp_path)
     folder = tmp_path / "mmlu"
     folder.mkdir()
     for data, said in ((b"Qu\xe9?,a,b,c,d,A\n", r"anatomy_test\.csv: not UTF-8 text \(byte 2\)\. Save it as UTF-8"),
-                       (b"Q,a,b,c,d,A\n\"" + b"x" * 200_000 + b"\",a,b,c,d,A\n",
+                       (b"Q,a,b,c,d,A\n\"" + b"x" * 1_000_001 + b"\",a,b,c,d,A\n",
                         r"anatomy_test\.csv:2: not readable as CSV \(field larger than field limit")):
         (folder / "anatomy_test.csv").write_bytes(data)
         with pytest.raises(DataError, match=said):

@@ -25,6 +25,7 @@ from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
+from .rows import MAX_FIELD_CHARS, MissingColumnError
 from .secrets import printable
 
 INSTALL = 'pip install "medqlora[eval]" (from a source checkout: pip install "lm_eval>=0.4.13,<0.5")'
@@ -93,7 +94,7 @@ def load_tasks(cfg: KitConfig) -> list[HarnessTask] | None:
         if name == "pubmedqa":
             tasks.append(HarnessTask(name, "pubmedqa", _sampled(cfg, name, BenchmarkSpec(name=name, kind="pubmedqa"))))
         elif name in ("medqa", "medmcqa"):
-            tasks.append(HarnessTask(name, name, _sampled(cfg, name, _multiple_choice(cfg, name))))
+            tasks.append(HarnessTask(name, name, _multiple_choice_items(cfg, name)))
         else:
             tasks += [_mmlu_task(cfg, subject) for subject in _subjects(name)]
     return tasks
@@ -106,6 +107,17 @@ def _sampled(cfg: KitConfig, name: str, bench: BenchmarkSpec) -> list[EvalItem]:
     if size is None:
         size = next((b.max_items for b in cfg.eval.benchmarks if b.name == name), None)
     return load_items(bench.model_copy(update={"max_items": size}), cfg.training.seed)
+
+
+def _multiple_choice_items(cfg: KitConfig, name: str) -> list[EvalItem]:
+    """The items of the medqa or medmcqa task; a file of another layout is named with the layout it needs (the
+    lm-eval settings map no columns)."""
+    try:
+        return _sampled(cfg, name, _multiple_choice(cfg, name))
+    except MissingColumnError as err:
+        raise DataError(f"{err.missing} eval.lm_eval.{name} reads a JSONL file with one question a line: question, "
+                        f"options {{A..D}}, answer_idx (the letter), as in {SHIPPED_MEDMCQA} (docs/lm-eval.md); write "
+                        "the file in that layout.") from None
 
 
 def _multiple_choice(cfg: KitConfig, name: str) -> BenchmarkSpec:
@@ -152,9 +164,9 @@ def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
     """MMLU rows of one subject as {question, choices, answer (0-3)}, from either layout."""
     csv_file = folder / f"{subject}_test.csv"
     parquet = sorted((folder / subject).glob("test-*.parquet")) if (folder / subject).is_dir() else []
-    if csv_file.is_file():
-        with csv_file.open(encoding="utf-8", newline="") as handle:
-            rows = [_mmlu_csv_row(csv_file, number, record) for number, record in enumerate(csv.reader(handle), 1)]
+    if csv_file.is_symlink() or csv_file.exists():
+        _refuse_irregular(csv_file, subject)
+        rows = _mmlu_csv_rows(csv_file)
     elif parquet:
         import datasets
 
@@ -169,11 +181,45 @@ def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _mmlu_csv_rows(file: Path) -> list[dict[str, Any]]:
+    """The rows of a subject's CSV file, each named by the line it starts on; unreadable text is named too."""
+    rows, line = [], 1
+    csv.field_size_limit(MAX_FIELD_CHARS)  # as for data files: one cell of at most this many characters
+    try:
+        with file.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            for record in reader:
+                rows.append(_mmlu_csv_row(file, line, record))
+                line = reader.line_num + 1
+    except UnicodeDecodeError as err:
+        raise DataError(f"{printable(file)}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
+    except csv.Error as err:
+        raise DataError(f"{printable(file)}:{line}: not readable as CSV ({printable(err, 120)}).") from None
+    return rows
+
+
+def _refuse_irregular(file: Path, subject: str) -> None:
+    """The subject's CSV path names something that is not a file to read (a device, a pipe, a folder, a broken link)."""
+    if not file.is_file():
+        linked = f" (it links to {printable(file.resolve())})" if file.is_symlink() else ""
+        raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not a regular file{linked}. Put MMLU's "
+                        f"{subject}_test.csv file there, or remove it to use the {subject}/test-*.parquet layout.")
+
+
 def _mmlu_csv_row(file: Path, number: int, record: list[str]) -> dict[str, Any]:
-    if len(record) != 6 or record[5].strip() not in "ABCD" or not record[5].strip():
-        raise DataError(f"{printable(file)}:{number}: expected six columns (question, A, B, C, D, answer letter), "
-                        f"got {printable(record, 200)}.")
-    return {"question": record[0], "choices": record[1:5], "answer": "ABCD".index(record[5].strip())}
+    where = f"{printable(file)}:{number}"
+    if len(record) != 6:
+        raise DataError(f"{where}: expected six columns (question, A, B, C, D, answer letter), got {len(record)}: "
+                        f"{printable(record, 200)}.")
+    answer = record[5].strip()
+    if answer in ("A", "B", "C", "D"):
+        return {"question": record[0], "choices": record[1:5], "answer": "ABCD".index(answer)}
+    if number == 1:
+        raise DataError(f"{where}: the answer column (the sixth) holds {printable(answer, 40)!r}, not a letter A-D: "
+                        "is this line a header? MMLU's CSV files have no header row; remove it "
+                        f"(got {printable(record, 200)}).")
+    raise DataError(f"{where}: the answer column (the sixth) holds {printable(answer, 40)!r}; expected one letter "
+                    "A, B, C or D.")
 
 
 def _mmlu_parquet_row(file: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,10 @@ def format_prompt_answer(row: dict[str, Any], spec: DatasetSpec) -> Example:
 
 def _turns(value: Any, name: str) -> list[dict[str, str]]:
     """A message list, its roles read as the chat format reads them (ShareGPT's human / gpt too)."""
-    if not isinstance(value, list) or not value:
+    if isinstance(value, list) and not value:
+        raise DataError(f"field '{printable(name, 60)}' is an empty list of messages: give the reply as text or as "
+                        "messages ending in the assistant's reply.")
+    if not isinstance(value, list):
         raise DataError(f"field '{printable(name, 60)}' is {_kind(value)}, expected text or a list of messages.")
     turns = []
     for i, message in enumerate(value):

@@ -154,10 +154,18 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str =
         raise DataError(f"field '{printable(null, 60)}' is null, expected {expected}.")
     wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
     columns = printable(sorted(str(k) for k in row), 300)
-    raise DataError(
-        f"has no column {wanted}; its columns are {columns}. Map yours with 'columns:' in the dataset entry, e.g. "
-        f"columns: {{{names[0]}: your_column}}."
-    )
+    raise MissingColumnError(f"has no column {wanted}; its columns are {columns}.",
+                             f"Map yours with 'columns:' in the dataset entry, e.g. columns: {{{names[0]}: your_column}}.")
+
+
+class MissingColumnError(DataError):
+    """A row lacks a column its format reads. The message ends in how to map one with ``columns:``; ``missing`` is
+    the message without that advice, for callers whose setting has no ``columns:``."""
+
+    def __init__(self, missing: str, advice: str) -> None:
+        super().__init__(f"{missing} {advice}")
+        self.missing = missing
+        self.advice = advice
 
 
 def _field(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, str]:

@@ -157,20 +157,42 @@ class ExportSection(Section):
     @field_validator("push_to_hub")
     @classmethod
     def _hub_repo_id(cls, value: str | None) -> str | None:
-        from huggingface_hub.errors import HFValidationError
-        from huggingface_hub.utils import validate_repo_id
-
-        if value is None:
-            return value
-        owner, _, name = value.partition("/")
-        try:
-            validate_repo_id(value)
-        except HFValidationError:
-            owner = ""
-        if not owner or not name or "/" in name:
-            raise ValueError("must be a hub repository id owner/name (letters, digits, '-', '_', '.'; at most 96 "
-                             "characters), e.g. my-lab/smollm2-pubmedqa-lora")
+        problem = None if value is None else hub_repo_id_problem(value)
+        if problem:
+            raise ValueError(f"must be a hub repository id owner/name: {problem}; e.g. my-lab/smollm2-pubmedqa-lora")
         return value
+
+
+_HUB_ID_CHARACTERS = "ASCII letters, digits, '-', '_' and '.'"
+
+
+def hub_repo_id_problem(value: str) -> str | None:
+    """The rule of the Hub's repository ids (huggingface_hub's validate_repo_id) that ``value`` breaks, in words."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    parts = value.split("/")
+    if len(parts) != 2 or not all(parts):
+        return "two non-empty parts joined by one '/'"
+    odd = next((c for c in "".join(parts) if not (c.isascii() and (c.isalnum() or c in "-_."))), None)
+    if odd is not None and not odd.isascii():
+        return (f"it holds '{odd.encode('unicode_escape').decode()}' (U+{ord(odd):04X}), a character outside ASCII "
+                f"that may look like a Latin one; ids use {_HUB_ID_CHARACTERS} only")
+    if odd is not None:
+        return f"it holds {printable(repr(odd), 20)}; ids use {_HUB_ID_CHARACTERS} only"
+    doubled = next((pair for pair in ("--", "..") if pair in value), None)
+    for said, broken in (("the owner and the name are at most 96 characters each", any(len(p) > 96 for p in parts)),
+                         (f"it holds '{doubled}', which the hub forbids in ids ('--' and '..')", doubled),
+                         ("it ends in '.git', which the hub forbids in ids: drop it", value.endswith(".git")),
+                         ("the owner and the name may not start or end with '-' or '.'",
+                          any(p[0] in "-." or p[-1] in "-." for p in parts))):
+        if broken:
+            return said
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        return printable(err, 200)
+    return None
 
 
 class RewardWeights(Section):

@@ -71,6 +71,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     typed: dict[tuple, str] = {}
     for item in overrides or []:
         key = _apply_override(raw, item)
+        if key is None:
+            continue
         lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
         lines[key] = f"--set {printable('.'.join(str(k) for k in key))}"
         typed[key] = item.partition("=")[2]
@@ -94,8 +96,9 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> tuple:
-    """Set one section.key=value in the raw config; returns the key path."""
+def _apply_override(raw: dict[str, Any], item: str) -> tuple | None:
+    """Set one section.key=value in the raw config; returns the key path, or None where the path goes into a
+    required value the config lacks (validation then says it is required)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set '{printable(item)}': expected section.key=value, e.g. --set training.max_steps=60.")
@@ -126,7 +129,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple:
             return tuple(int(p) if p.isdigit() else p for p in parts)
         if not isinstance(node, list):
             if part_key not in node:
-                node[part_key] = _default_value(model, part)
+                default = _default_value(model, part)
+                if default is _REQUIRED:
+                    return None  # nothing to reach into: validation names the missing key
+                node[part_key] = default
             node = node[part_key]
             model = _submodel(model, part) if model is not None else None
         else:
@@ -134,10 +140,16 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple:
             model = _LIST_ITEMS.get(parts[depth - 1])
 
 
+_REQUIRED = object()  # a required field with no default: an override cannot reach into it
+
+
 def _default_value(model: type[BaseModel] | None, field: str) -> Any:
-    """The schema default of a field as plain data, so an override can reach into it (e.g. a list item)."""
+    """The schema default of a field as plain data, so an override can reach into it (e.g. a list item); a
+    required section is an empty one (its own required keys are then named), other required fields _REQUIRED."""
     if model is None or field not in model.model_fields:
         return {}
+    if model.model_fields[field].is_required():
+        return {} if _submodel(model, field) is not None else _REQUIRED
     default = model.model_fields[field].get_default(call_default_factory=True)
     if isinstance(default, BaseModel):
         return {}  # an empty section validates to the same defaults

@@ -104,6 +104,10 @@ def load_yaml(text: str, source: str, lines: bool = True, lenient: bool = False,
         if lenient:
             return text, {}
         mark = getattr(err, "problem_mark", None)
+        if isinstance(err, yaml.composer.ComposerError) and "single document" in str(err.context):
+            raise ConfigError(f"{where(mark)}: a second YAML document starts here, at a '---' line; the kit "
+                              "reads one document per file. Keep one: put all the settings in the first document "
+                              "and remove the '---' line between them.") from None
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{where(mark)}: invalid YAML: {printable(problem)}. Check indentation and quoting "
                           "there.") from None

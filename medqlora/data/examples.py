@@ -14,7 +14,7 @@ from ..config import KIT_ROOT, DataSection, DatasetSpec, template_fields
 from .. import leakage
 from ..errors import DataError
 from ..formats import FORMAT_SHAPES, FORMATS
-from ..rows import Example, _kind, pmid_of
+from ..rows import Example, MissingColumnError, _kind, pmid_of
 from ..secrets import printable
 from .sources import load_rows, looks_local, resolve_local
 
@@ -45,6 +45,8 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
             example = formatter(row, spec)
             if spec.prompt_template is not None:
                 example = apply_template(example, spec.prompt_template)
+        except MissingColumnError as err:
+            raise MissingColumnError(f"{_row_name(spec, number, lines, names)}: {err.missing}", err.advice) from None
         except DataError as err:
             raise DataError(f"{_row_name(spec, number, lines, names)}: {err}") from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:

@@ -251,7 +251,23 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
         return Rows(payload)
     if isinstance(payload, dict) and not payload:
         return Rows()
+    _refuse_wrapped_records(path, payload)
     raise DataError(f"{path}: expected a JSON list of records or a dict keyed by id, got {_kind(payload)}.")
+
+
+def _refuse_wrapped_records(path: Path, payload: Any) -> None:
+    """An object that holds the records as a list under one key (the hub's {"data": [...]}): say which key."""
+    if not isinstance(payload, dict):
+        return
+    key = next((k for k, v in payload.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)),
+               None)
+    if key is None:
+        return
+    name = printable(key, 60)
+    raise DataError(f"{path}: the records are a list under the key '{name}' ({len(payload[key])} records), but the "
+                    "kit reads a JSON file whose top level is the list of records itself (or a dict keyed by id). "
+                    f"Save that list on its own, e.g. jq '.[\"{name}\"]' {path.name} > rows.json, or write the "
+                    "records one per line as .jsonl.")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

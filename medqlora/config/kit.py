@@ -225,13 +225,27 @@ class GRPOSection(Section):
         "train: 'C. ...'); auto: the cot_style of the medical_o1 data the run (or its init_adapter) trained on, "
         "else answer")
     overlong_buffer: int = Field(64, ge=0, le=MAX_NEW_TOKENS, description="the penalty grows over the last N tokens "
-                                 "before max_completion_length (DAPO's soft overlong punishment); 0: only at the limit")
+                                 "before max_completion_length (DAPO's soft overlong punishment); 0: only at the limit. "
+                                 "Default 64 (a quarter of max_completion_length when that is 64 or less)")
     rewards: RewardWeights = Field(default_factory=RewardWeights)
     samples_every: int = Field(10, gt=0, le=MAX_STEPS, description="write completions with their rewards to "
                                "grpo_samples.jsonl every N steps")
     samples_count: int = Field(4, gt=0, le=1024, description="completions written each time")
     use_vllm: bool = Field(False, description="NVIDIA + Unsloth: generate with vLLM (Unsloth's fast_inference); "
                            "needs vllm installed")
+
+    @model_validator(mode="after")
+    def _penalty_starts_inside_the_completion(self) -> GRPOSection:
+        if self.overlong_buffer < self.max_completion_length:
+            return self
+        if "overlong_buffer" not in self.model_fields_set:  # the default follows a short completion length
+            self.overlong_buffer = self.max_completion_length // 4
+            return self
+        raise ValueError(f"overlong_buffer ({self.overlong_buffer}) is not below max_completion_length "
+                         f"({self.max_completion_length}): the overlong penalty would start at the first token and "
+                         "punish every completion for its length, however short. Set grpo.overlong_buffer to a part "
+                         f"of the completion (e.g. {max(1, self.max_completion_length // 4)}), or 0 for a penalty "
+                         "only at the limit")
 
 
 class PreferenceSection(Section):

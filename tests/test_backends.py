@@ -110,7 +110,7 @@ def _gpu_with_unsloth(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.get_device_name", lambda *_: "H100")
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *_, **__: True)
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object() if name == "unsloth" else None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "unsloth" else None)
 
 
 def test_a_sharded_launch_trains_on_hf_and_refuses_unsloth(monkeypatch):

@@ -90,6 +90,7 @@ class Recipe(TrainingStages):
         self.facts: dict[str, Any] = {}
         self.summary: dict[str, Any] = {}
         self.model: Any = None
+        self.source: str | None = None  # the model source, resolved once (backends.resolve_model_source)
         self.tokenizer: Any = None
         self.benchmarks: dict[str, list] | None = None
         self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
@@ -151,7 +152,8 @@ class Recipe(TrainingStages):
         self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(tasks)}, adapter)
-        evaluate.check_prompts_fit(self.cfg, plan.local_tokenizer(self.cfg), benchmarks)
+        self.tokenizer = plan.local_tokenizer(self.cfg)  # None where reading it would convert or download
+        evaluate.check_prompts_fit(self.cfg, self.tokenizer, benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
         folder = self.run.fresh_dir(Files.LM_EVAL_TASKS) if tasks else self.run.path
         if tasks:
@@ -362,9 +364,11 @@ class Recipe(TrainingStages):
             f"{mode} --adapter {printable(self.run.path)}")
 
     def load_for_inference(self, adapter: Path | None, say_loading: bool = False) -> None:
+        """The model to answer or evaluate with; the checkpoint's tokenizer reused when one was loaded before."""
         if say_loading:
             say(f"loading {self.cfg.model.name}" + (f" with adapter {adapter}" if adapter else " without adapter"))
-        self.model, self.tokenizer = backends.load_for_inference(self.cfg, self.runtime, adapter)
+        self.model, self.tokenizer = backends.load_for_inference(self.cfg, self.runtime, adapter,
+                                                                 tokenizer=self.tokenizer)
 
     # ------------------------------------------------------------------ evaluate, train, answer
 

@@ -47,7 +47,8 @@ def load_errors(source: str, err: Exception) -> ModelError:
     return ModelError(f"Cannot load model '{source}': {text[:500]}\n{hint}")
 
 
-def hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
+def hf_base(cfg: KitConfig, runtime: Runtime, source: str, tokenizer: Any = None) -> tuple[Any, Any]:
+    """The base model of ``source`` and its tokenizer (``tokenizer`` when one was loaded from it before)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "dtype": torch_dtype(runtime.dtype)}
@@ -59,7 +60,8 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, Any]:
     elif cfg.model.load_in_4bit:
         say("CPU: LoRA on full-precision weights (4-bit quantization is for CUDA GPUs).")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as err:
         raise load_errors(source, err) from None

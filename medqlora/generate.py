@@ -175,13 +175,5 @@ def fit_query(cfg: KitConfig, tokenizer: Any, query: dict[str, str], context: in
     return {**query, "question": tokenizer.decode(ids[:keep]) + " ...", "cut": note}
 
 
-def to_markdown(results: list[dict[str, Any]], title: str) -> str:
-    parts = [f"# {title}\n"]
-    for r in results:
-        cut = f"*Note: {r['cut']}*\n\n" if r.get("cut") else ""
-        parts.append(f"## {r['id']}\n\n**Question:** {r['question']}\n\n{cut}**Answer:**\n\n{r['response']}\n")
-    return "\n".join(parts)
-
-
 def to_jsonl(results: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)

@@ -403,7 +403,7 @@ class Recipe(TrainingStages):
             if result.get("cut"):
                 say(f"warning: query {printable(result['id'], 80)}: {result['cut']}")
         md_name = run.unique(Files.SAMPLES)
-        run.write_text(md_name, generate.to_markdown(results, title))
+        run.write_text(md_name, report.samples_markdown(results, title))
         run.write_text(md_name.replace(".md", ".jsonl"), generate.to_jsonl(results))
         say(f"sample responses written in {time.perf_counter() - began:.1f}s: {run.path / md_name}")
         return str(run.path / md_name)

@@ -244,7 +244,7 @@ class Recipe(TrainingStages):
         tracker_notes = tracking.check_trackers(self.cfg)
         self.start_runtime()
         distributed.start()
-        from .train import check_optimizer
+        from .optimizers import check_optimizer
 
         say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
         if self.cfg.training.scheduler_note():

@@ -23,9 +23,11 @@ from .distributed import barrier, is_main, world_size
 from .errors import ConfigError, DataError, MedQLoRAError
 from .memory import snapshot
 from .messages import log
+from .optimizers import optimizer_name
 from .runs import RunDir
-from .train import TrainResult, _stop_on_non_finite, optimizer_name, run_trainer, save_adapter
 from .tracking import add_tracking
+from .train import TrainResult
+from .trainer_run import run_trainer, save_adapter, stop_on_non_finite
 
 SAMPLES_FILE = "grpo_samples.jsonl"
 CURVES_FILE = "reward_curves.png"
@@ -142,7 +144,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     else:
         trainer = preference_trainer(cfg, runtime, model, tokenizer, prepared, run)
     speed = add_tracking(trainer, cfg, run)
-    trainer.add_callback(_stop_on_non_finite(cfg))
+    trainer.add_callback(stop_on_non_finite(cfg))
     started = time.perf_counter()
     output = run_trainer(trainer, cfg, model, tokenizer, run, resume_from, speed)
     metrics = dict(output.metrics)

@@ -47,7 +47,8 @@ from .adapter_runs import (
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError, ModelError, TrainingInterrupted
 from .messages import log, say
-from .runs import Files, RunDir, default_run_name, manifest
+from .run_manifest import manifest
+from .runs import Files, RunDir, default_run_name
 from .secrets import printable
 from .stages import TrainingStages
 

@@ -17,8 +17,8 @@ from .data import PreparedData
 from .distributed import is_main
 from .errors import ConfigError, MedQLoRAError
 from .messages import log
-from .method_args import common_args, one_gpu
 from .runs import RunDir
+from .trainer_args import common_args, one_gpu
 
 SAMPLES_FILE = "grpo_samples.jsonl"
 

@@ -20,11 +20,11 @@ from .data import PreparedData
 from .distributed import barrier, is_main
 from .grpo import SAMPLES_FILE, format_style, grpo_trainer, reward_summary
 from .memory import snapshot
-from .method_args import common_args, one_gpu
 from .method_rows import prepare_method_rows
 from .runs import RunDir
 from .tracking import add_tracking
 from .train import TrainResult
+from .trainer_args import common_args, one_gpu
 from .trainer_run import run_trainer, save_adapter, stop_on_non_finite
 
 __all__ = ["CURVES_FILE", "SAMPLES_FILE", "format_style", "prepare_method_rows", "preference_trainer", "train_method"]

@@ -16,10 +16,11 @@ from .data import PreparedData
 from .distributed import barrier, is_main, sharding, world_size
 from .errors import ConfigError
 from .memory import snapshot
-from .optimizers import check_optimizer, optimizer_name  # noqa: F401 (plan.py imports check_optimizer from here)
+from .optimizers import check_optimizer  # noqa: F401 (plan.py imports it from here)
 from .runs import RunDir
 from .sharded import gathered_weights, load_fsdp_lora, save_fsdp_lora, scatter_fsdp_trainable
 from .tracking import add_tracking, tracking_env
+from .trainer_args import common_args, one_gpu
 from .trainer_run import run_trainer, save_adapter, stop_on_non_finite
 
 
@@ -57,31 +58,10 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, with_validation: b
     from trl import SFTConfig
 
     t = cfg.training
-    config = SFTConfig(
-        output_dir=str(run.path / "checkpoints"),
-        per_device_train_batch_size=t.micro_batch_size,
+    return one_gpu(SFTConfig(**common_args(cfg, runtime, run) | dict(
         per_device_eval_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        num_train_epochs=t.num_epochs,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.scheduler(),
-        # transformers 5 takes both forms in warmup_steps: a float below 1 is a ratio of the total steps
-        warmup_steps=t.warmup(),
-        optim=optimizer_name(cfg, runtime),
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.keep_checkpoints,
         eval_strategy="steps" if t.eval_steps and with_validation else "no",
         eval_steps=t.eval_steps or None,
-        bf16=runtime.dtype == "bf16",
-        fp16=runtime.dtype == "fp16",
-        use_cpu=runtime.device == "cpu",
         max_length=cfg.model.max_seq_length,
         packing=t.packing,
         packing_strategy="bfd",  # whole examples per row, never split across rows
@@ -90,24 +70,8 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, with_validation: b
         # tokenized: one worker (Unsloth's 1, TRL's None) is enough, and the rows follow the data alone.
         dataset_num_proc=1 if runtime.backend == "unsloth" else None,
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
-        gradient_checkpointing=False,  # already set up on the model by the backend
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
-        report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
-        run_name=run.path.name,
         include_num_input_tokens_seen="non_padding",  # real tokens per second, padding excluded
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-    _one_gpu_per_process(config, runtime)
-    return config
-
-
-def _one_gpu_per_process(config: Any, runtime: Runtime) -> None:
-    if runtime.device == "cuda" and world_size() == 1:
-        _ = config.device  # sets n_gpu to every visible GPU...
-        # ...and the Trainer would then multiply the micro-batch by it (4-bit models get no DataParallel):
-        # one process trains on one GPU with the configured batch; several GPUs: torchrun / accelerate launch.
-        config._n_gpu = 1
+    )), runtime)
 
 
 def _dataset(records: list[dict[str, Any]]) -> Any:

@@ -1,4 +1,5 @@
-"""The Trainer settings every method after SFT shares with SFT (train.sft_config), and one GPU per process."""
+"""The Trainer settings every training method shares (SFT adds its own in train.sft_config; GRPO, DPO and ORPO
+theirs in grpo.py and rl.py), and one GPU per process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .runs import RunDir
 
 
 def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]:
-    """The Trainer settings every method shares with SFT (train.sft_config)."""
+    """The Trainer settings every training method shares."""
     t = cfg.training
     return dict(
         output_dir=str(run.path / "checkpoints"),
@@ -22,6 +23,7 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler(),
+        # transformers 5 takes both forms in warmup_steps: a float below 1 is a ratio of the total steps
         warmup_steps=t.warmup(),
         optim=optimizer_name(cfg, runtime),
         weight_decay=t.weight_decay,
@@ -38,7 +40,7 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
         use_cpu=runtime.device == "cpu",
         gradient_checkpointing=False,  # already set up on the model by the backend
         ddp_find_unused_parameters=False if world_size() > 1 else None,
-        report_to=[r for r in t.report_to if r != "tensorboard"] or "none",
+        report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
         run_name=run.path.name,
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -47,6 +49,8 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
 
 def one_gpu(config: Any, runtime: Runtime) -> Any:
     if runtime.device == "cuda" and world_size() == 1:
-        _ = config.device  # as in train.sft_config: one process trains on one GPU with the configured batch
+        _ = config.device  # sets n_gpu to every visible GPU...
+        # ...and the Trainer would then multiply the micro-batch by it (4-bit models get no DataParallel):
+        # one process trains on one GPU with the configured batch; several GPUs: torchrun / accelerate launch.
         config._n_gpu = 1
     return config

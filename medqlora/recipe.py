@@ -6,7 +6,7 @@ device, processes) and the model, and each mode is a short sequence of its stage
 
 Stages: resolve (one final config, its run folder, the runtime), prepare data, load the model, evaluate
 before, train (SFT, or GRPO / DPO / ORPO in rl.py), write the training reports, evaluate after, answer
-the sample queries, export, summarize. Reports are rendered by report.py, dry-run plans by plan.py.
+the sample queries, export, summarize. Reports are rendered by report/, dry-run plans by plan.py.
 """
 
 from __future__ import annotations

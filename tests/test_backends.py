@@ -184,3 +184,18 @@ def test_the_memory_plan_of_an_uncached_hub_model_says_why_without_waiting_on_th
     planned = plan.memory_plan(cfg, backends.detect(cfg))
     assert planned == ("unknown: some-org/never-cached-model's config.json is not in the local cache and the model "
                        "hub cannot be reached from this machine (the run downloads it)")
+
+
+def test_the_tokenizer_loaded_for_the_data_is_the_one_the_model_loads_with(tiny_model_dir, tmp_path):
+    from .conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path))
+    runtime = backends.activate(backends.detect(cfg), cfg)
+    source = backends.resolve_model_source(cfg.model.name)
+    tokenizer = backends.load_tokenizer(cfg, source)
+    _, for_training, loaded_from = backends.load_for_training(cfg, runtime, source, tokenizer)
+    assert for_training is tokenizer and loaded_from == source
+    _, for_inference = backends.load_for_inference(cfg, runtime, None, source, tokenizer)
+    assert for_inference is tokenizer
+    _, loaded_again = backends.load_for_inference(cfg, runtime, None)
+    assert loaded_again is not tokenizer and loaded_again.chat_template == tokenizer.chat_template

@@ -198,9 +198,30 @@ def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: Tex
 def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: TextIO, err: TextIO,
                 title: str) -> int:
     """The conversation loop; returns how many replies were given."""
+    tty = inp.isatty()
+    conversation = _start_conversation(cfg, model, tokenizer, inp, out, err, title)
+    replies = 0
+    while True:
+        line = _read_line(inp, out, err, tty)
+        if line is None:
+            break
+        user = line.strip()
+        action = _command(user, conversation, out, err)
+        if action == "stop":
+            break
+        if action == "ask":
+            _answer(cfg, model, tokenizer, conversation, user, out, err)
+            replies += 1
+    out.write("\n")
+    out.flush()
+    return replies
+
+
+def _start_conversation(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: TextIO, err: TextIO,
+                        title: str) -> Conversation:
+    """A new conversation, the input told to keep undecodable bytes, and the title, help and disclaimer shown."""
     conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model),
                                 keep_history=cfg.model.chat_template is not False)
-    tty = inp.isatty()
     with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
         inp.reconfigure(errors="surrogateescape")  # an undecodable line is then skipped, not the end of the chat
     out.write(f"{title}\n{HELP}\n")
@@ -208,46 +229,53 @@ def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: Te
         err.write(f"{NO_HISTORY}\n")
     if cfg.generation.disclaimer:
         out.write(f"{cfg.generation.disclaimer}\n")
-    replies = 0
-    while True:
-        if tty:
-            out.write("\nyou> ")
-        out.flush()
-        try:
-            line = inp.readline()
-        except UnicodeDecodeError:  # a stream that could not be told to keep undecodable bytes
-            err.write("(the input is not UTF-8 text (binary input?): the conversation ends.)\n")
-            break
-        if not line:  # end of input
-            break
-        user = line.strip()
-        if not is_text(user):
-            err.write(f"{NOT_TEXT}\n")
-            continue
-        if not user:
-            continue
-        if user in ("/exit", "/quit"):
-            break
-        if user == "/reset":
-            conversation.reset()
-            out.write("(new conversation)\n")
-            continue
-        if user.startswith("/"):
-            out.write(f"Unknown command {user.split()[0]!r}. {HELP}\n")
-            continue
-        before = conversation.dropped
-        prompt = conversation.prompt(user)
-        if conversation.dropped > before:
-            err.write(f"(the {conversation.dropped - before} oldest turns no longer fit the model's context and "
-                      "were left out)\n")
-        if conversation.cut:
-            err.write(f"{conversation.cut}\n")
-        out.write("model> ")
-        reply = stream_reply(cfg, model, tokenizer, prompt, out)
-        out.write("\n")
-        err.write(f"{reply.stats()}\n")
-        conversation.add(conversation.asked, reply.text)
-        replies += 1
-    out.write("\n")
+    return conversation
+
+
+def _read_line(inp: TextIO, out: TextIO, err: TextIO, tty: bool) -> str | None:
+    """The next line typed (after a prompt on a terminal); None at the end of the input."""
+    if tty:
+        out.write("\nyou> ")
     out.flush()
-    return replies
+    try:
+        line = inp.readline()
+    except UnicodeDecodeError:  # a stream that could not be told to keep undecodable bytes
+        err.write("(the input is not UTF-8 text (binary input?): the conversation ends.)\n")
+        return None
+    return line or None  # an empty string: end of input
+
+
+def _command(user: str, conversation: Conversation, out: TextIO, err: TextIO) -> str:
+    """What a line asks for: "stop" (/exit, /quit), "next" (a command done, or nothing to answer), or "ask"."""
+    if not is_text(user):
+        err.write(f"{NOT_TEXT}\n")
+        return "next"
+    if not user:
+        return "next"
+    if user in ("/exit", "/quit"):
+        return "stop"
+    if user == "/reset":
+        conversation.reset()
+        out.write("(new conversation)\n")
+        return "next"
+    if user.startswith("/"):
+        out.write(f"Unknown command {user.split()[0]!r}. {HELP}\n")
+        return "next"
+    return "ask"
+
+
+def _answer(cfg: KitConfig, model: Any, tokenizer: Any, conversation: Conversation, user: str, out: TextIO,
+            err: TextIO) -> None:
+    """The reply to ``user``, streamed, with what no longer fit the context and the reply's figures on stderr."""
+    before = conversation.dropped
+    prompt = conversation.prompt(user)
+    if conversation.dropped > before:
+        err.write(f"(the {conversation.dropped - before} oldest turns no longer fit the model's context and "
+                  "were left out)\n")
+    if conversation.cut:
+        err.write(f"{conversation.cut}\n")
+    out.write("model> ")
+    reply = stream_reply(cfg, model, tokenizer, prompt, out)
+    out.write("\n")
+    err.write(f"{reply.stats()}\n")
+    conversation.add(conversation.asked, reply.text)

@@ -27,10 +27,36 @@ TOO_MANY_QUERIES = (f"more than {MAX_QUERIES:,} queries, the most one queries fi
                     f"{MAX_QUERIES:,} in it and answer the others from another file (generation.queries_file)")
 
 
+YAML_FORM = ("the queries file is YAML, a list of {id, question} entries under 'queries:' (e.g. '- id: q1' then "
+             "'  question: ...'); JSONL, one JSON object a line, is not read")
+EXPECTED = "expected a list of {id, question} entries under 'queries:'"
+
+
 def load_queries(path_text: str) -> list[dict[str, str]]:
     """The sample queries: a YAML list of ``{id, question}`` entries (under ``queries:``, or at the top
     level), read through the kit's one YAML loader and checked whole: each problem names the file, the
     line and the entry."""
+    path = _queries_path(path_text)
+    items, lines = read_yaml_file(path, "generation.queries_file", max_values=MAX_QUERIES * 5 + 3,  # 5 per entry
+                                  too_many=TOO_MANY_QUERIES)
+    shown = printable(path, PATH_SHOWN)
+    items, prefix = _query_entries(items, lines, shown)
+    queries: list[dict[str, str]] = []
+    first_line: dict[str, int] = {}
+    for index, item in enumerate(items):
+        line = lines.get(prefix + (index,), "?")
+        query = _checked_query(item, index, f"{shown}:{line}: entry {index + 1}")
+        ident = query["id"]
+        if ident in first_line:
+            raise ConfigError(f"{shown}:{first_line[ident]} and {shown}:{line}: the id {printable(repr(ident), 80)} "
+                              "is used twice; give each query its own id.")
+        first_line[ident] = line
+        queries.append(query)
+    return queries
+
+
+def _queries_path(path_text: str) -> Path:
+    """generation.queries_file found (as given, else under the kit's folder); not JSONL."""
     if has_control_characters(path_text):
         raise ConfigError(f"generation.queries_file: {printable(repr(path_text), PATH_SHOWN)} contains control "
                           "characters; give the file's name.")
@@ -39,60 +65,54 @@ def load_queries(path_text: str) -> list[dict[str, str]]:
         path = KIT_ROOT / path_text
     if not path.exists():
         raise ConfigError(f"generation.queries_file: {printable(path_text, PATH_SHOWN)} not found.")
-    yaml_form = ("the queries file is YAML, a list of {id, question} entries under 'queries:' (e.g. '- id: q1' then "
-                 "'  question: ...'); JSONL, one JSON object a line, is not read")
     if path.suffix.lower() == ".jsonl":
-        raise ConfigError(f"generation.queries_file {printable(path, PATH_SHOWN)}: {yaml_form}. Write the queries "
+        raise ConfigError(f"generation.queries_file {printable(path, PATH_SHOWN)}: {YAML_FORM}. Write the queries "
                           "as YAML (each JSON line can become one '- {...}' entry) in a .yaml file.")
-    items, lines = read_yaml_file(path, "generation.queries_file", max_values=MAX_QUERIES * 5 + 3,  # 5 per entry
-                                  too_many=TOO_MANY_QUERIES)
-    shown = printable(path, PATH_SHOWN)
-    expected = "expected a list of {id, question} entries under 'queries:'"
+    return path
+
+
+def _query_entries(items: Any, lines: dict, shown: str) -> tuple[list, tuple]:
+    """The list of entries (under 'queries:' or at the top level) and the key path to it, for line numbers."""
     prefix: tuple = ()
     if isinstance(items, dict):
         extra = [k for k in items if k != "queries"]
         if extra and all(k in QUERY_KEYS for k in items):  # one {id, question} object: a JSON line, perhaps
             raise ConfigError(f"{shown}:{lines.get((extra[0],), 1)}: one {{id, question}} object, not a list: "
-                              f"{yaml_form}. Put '- ' before each entry, under 'queries:'.")
+                              f"{YAML_FORM}. Put '- ' before each entry, under 'queries:'.")
         if extra:
             raise ConfigError(f"{shown}:{lines.get((extra[0],), 1)}: unknown key {printable(repr(extra[0]), 80)}; "
-                              f"{expected}.")
+                              f"{EXPECTED}.")
         items, prefix = items.get("queries"), ("queries",)
     if not isinstance(items, list):
-        raise ConfigError(f"{shown}: {expected}.")
+        raise ConfigError(f"{shown}: {EXPECTED}.")
     if not items:
-        raise ConfigError(f"{shown}: no queries; {expected}.")
+        raise ConfigError(f"{shown}: no queries; {EXPECTED}.")
     if len(items) > MAX_QUERIES:
         raise ConfigError(f"generation.queries_file {shown}: {TOO_MANY_QUERIES}.")
-    queries: list[dict[str, str]] = []
-    first_line: dict[str, int] = {}
-    for index, item in enumerate(items):
-        line = lines.get(prefix + (index,), "?")
-        where = f"{shown}:{line}: entry {index + 1}"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{where} is {printable(repr(item), 60)}; {expected} (e.g. '- id: q1' then "
-                              "'  question: ...').")
-        unknown = [k for k in item if k not in QUERY_KEYS]
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {printable(repr(unknown[0]), 80)}; an entry has "
-                              f"{' and '.join(QUERY_KEYS)}.")
-        question = item.get("question")
-        if not isinstance(question, str) or not question.strip():
-            got = "no 'question'" if "question" not in item else f"'question' is {printable(repr(question), 60)}"
-            raise ConfigError(f"{where}: {got}; it must be non-empty text.")
-        ident = item.get("id", index)
-        if isinstance(ident, bool) or not isinstance(ident, (str, int)) or not str(ident).strip():
-            raise ConfigError(f"{where}: 'id' is {printable(repr(ident), 60)}; it must be a name or a number.")
-        ident = str(ident)
-        if has_control_characters(ident) or len(ident) > 200:
-            raise ConfigError(f"{where}: 'id' {printable(repr(ident), 60)} must be one line of at most 200 "
-                              "characters, without control characters.")
-        if ident in first_line:
-            raise ConfigError(f"{shown}:{first_line[ident]} and {shown}:{line}: the id {printable(repr(ident), 80)} "
-                              "is used twice; give each query its own id.")
-        first_line[ident] = line
-        queries.append({"id": ident, "question": question})
-    return queries
+    return items, prefix
+
+
+def _checked_query(item: Any, index: int, where: str) -> dict[str, str]:
+    """One entry as {id, question}, both checked; ``where``: the file, line and entry, for the message."""
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} is {printable(repr(item), 60)}; {EXPECTED} (e.g. '- id: q1' then "
+                          "'  question: ...').")
+    unknown = [k for k in item if k not in QUERY_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {printable(repr(unknown[0]), 80)}; an entry has "
+                          f"{' and '.join(QUERY_KEYS)}.")
+    question = item.get("question")
+    if not isinstance(question, str) or not question.strip():
+        got = "no 'question'" if "question" not in item else f"'question' is {printable(repr(question), 60)}"
+        raise ConfigError(f"{where}: {got}; it must be non-empty text.")
+    ident = item.get("id", index)
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)) or not str(ident).strip():
+        raise ConfigError(f"{where}: 'id' is {printable(repr(ident), 60)}; it must be a name or a number.")
+    ident = str(ident)
+    if has_control_characters(ident) or len(ident) > 200:
+        raise ConfigError(f"{where}: 'id' {printable(repr(ident), 60)} must be one line of at most 200 "
+                          "characters, without control characters.")
+    return {"id": ident, "question": question}
 
 
 def check_queries(cfg: KitConfig) -> int:
@@ -250,14 +270,6 @@ def fit_query(cfg: KitConfig, tokenizer: Any, query: dict[str, str], context: in
             f"generation.max_new_tokens={cfg.generation.max_new_tokens} of them for the answer. Shorten the question "
             "in the queries file to ask it whole.")
     return {**query, "question": tokenizer.decode(ids[:keep]) + " ...", "cut": note}
-
-
-def to_markdown(results: list[dict[str, Any]], title: str) -> str:
-    parts = [f"# {title}\n"]
-    for r in results:
-        cut = f"*Note: {r['cut']}*\n\n" if r.get("cut") else ""
-        parts.append(f"## {r['id']}\n\n**Question:** {r['question']}\n\n{cut}**Answer:**\n\n{r['response']}\n")
-    return "\n".join(parts)
 
 
 def to_jsonl(results: list[dict[str, Any]]) -> str:

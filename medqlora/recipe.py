@@ -6,18 +6,15 @@ device, processes) and the model, and each mode is a short sequence of its stage
 
 Stages: resolve (one final config, its run folder, the runtime), prepare data, load the model, evaluate
 before, train (SFT, or GRPO / DPO / ORPO in rl.py), write the training reports, evaluate after, answer
-the sample queries, export, summarize. Reports are rendered by report.py, dry-run plans by plan.py.
+the sample queries, export, summarize. Reports are rendered by report/, dry-run plans by plan.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +42,11 @@ from .adapter_runs import (
     with_init_adapter,
 )
 from .config import PATH_SHOWN, KitConfig
-from .errors import ConfigError, MedQLoRAError, ModelError, TrainingInterrupted
-from .messages import log, say
-from .runs import Files, RunDir, default_run_name, manifest
+from .errors import ConfigError, MedQLoRAError, ModelError
+from .messages import say
+from .model_stages import ModelStages
+from .run_records import RunRecords
+from .runs import Files, RunDir, default_run_name
 from .secrets import printable
 from .stages import TrainingStages
 
@@ -78,7 +77,7 @@ class Run:
         return self.summary
 
 
-class Recipe(TrainingStages):
+class Recipe(TrainingStages, ModelStages, RunRecords):
     """A run of one mode. ``cfg`` is the config this process works with, once resolved."""
 
     def __init__(self, cfg: KitConfig, options: Options | None = None) -> None:
@@ -90,6 +89,7 @@ class Recipe(TrainingStages):
         self.facts: dict[str, Any] = {}
         self.summary: dict[str, Any] = {}
         self.model: Any = None
+        self.source: str | None = None  # the model source, resolved once (backends.resolve_model_source)
         self.tokenizer: Any = None
         self.benchmarks: dict[str, list] | None = None
         self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
@@ -151,7 +151,8 @@ class Recipe(TrainingStages):
         self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(tasks)}, adapter)
-        evaluate.check_prompts_fit(self.cfg, plan.local_tokenizer(self.cfg), benchmarks)
+        self.tokenizer = plan.local_tokenizer(self.cfg)  # None where reading it would convert or download
+        evaluate.check_prompts_fit(self.cfg, self.tokenizer, benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
         folder = self.run.fresh_dir(Files.LM_EVAL_TASKS) if tasks else self.run.path
         if tasks:
@@ -242,7 +243,7 @@ class Recipe(TrainingStages):
         tracker_notes = tracking.check_trackers(self.cfg)
         self.start_runtime()
         distributed.start()
-        from .train import check_optimizer
+        from .optimizers import check_optimizer
 
         say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
         if self.cfg.training.scheduler_note():
@@ -309,100 +310,6 @@ class Recipe(TrainingStages):
         error = distributed.share(error)  # every process waits for it (they read it next), and stops if it failed
         if error:
             raise MedQLoRAError(error)
-
-    # ------------------------------------------------------------------ the manifest
-
-    def record(self, status: str, **extra: Any) -> None:
-        self.facts.update(extra, status=status)
-        self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
-
-    @contextmanager
-    def recording_failures(self) -> Iterator[None]:
-        """Why the run stopped, in its manifest (with the stage it stopped in); the CLI then reports it."""
-        try:
-            yield
-        except BaseException as err:
-            status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
-            stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
-                     if status == "interrupted" else "failed during evaluation after training: the adapter is saved",
-                     "loading": f"{status} before training"}.get(self.facts.get("status"))
-            reason = str(err) or f"interrupted ({signals.name(signals.received())})"
-            log.error("run %s: %s", status, reason)
-            self.record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
-            raise
-
-    @contextmanager
-    def recorded_after_training(self) -> Iterator[None]:
-        """Work after training (answering the sample queries): if it stops, the manifest says how, with the
-        cause, instead of "trained" (the adapter stays saved); a signal says how to answer them later."""
-        try:
-            try:
-                yield
-            except KeyboardInterrupt:
-                raise self.interrupted_after_training("answering the sample queries", "test") from None
-        except BaseException as err:
-            interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
-            try:
-                facts = json.loads((self.run.path / Files.MANIFEST).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                facts = {}
-            facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
-                         failed_after="training: the adapter is saved",
-                         stage=f"{'interrupted' if interrupted else 'failed'} while answering the sample queries "
-                               "after training: the adapter is saved")
-            log.error("run %s after training: %s", facts["status"], err)
-            self.run.write_json(Files.MANIFEST, facts)
-            raise
-
-    def interrupted_after_training(self, work: str, mode: str) -> TrainingInterrupted:
-        """A signal after the adapter was saved: the message says the adapter is saved and how to finish."""
-        return TrainingInterrupted(
-            f"interrupted ({signals.name(signals.received())}) during {work} after training. This run's adapter is "
-            f"saved in {printable(self.run.adapter)}; finish {work} with: python medical_qlora_finetuning.py --mode "
-            f"{mode} --adapter {printable(self.run.path)}")
-
-    def load_for_inference(self, adapter: Path | None, say_loading: bool = False) -> None:
-        if say_loading:
-            say(f"loading {self.cfg.model.name}" + (f" with adapter {adapter}" if adapter else " without adapter"))
-        self.model, self.tokenizer = backends.load_for_inference(self.cfg, self.runtime, adapter)
-
-    # ------------------------------------------------------------------ evaluate, train, answer
-
-    def evaluate(self, benchmarks: dict[str, list], stage: str) -> dict:
-        """The benchmarks scored (items shared among the processes), each result said in one line."""
-        results = evaluate.evaluate(self.cfg, self.model, self.tokenizer, benchmarks)
-        for line in report.eval_lines(stage, results):
-            say(line)
-        return results
-
-    def harness_scores(self, folder: Path, stage: str) -> dict | None:
-        """lm-evaluation-harness on the loaded model (eval.harness: lm-eval), the task files in ``folder``."""
-        tasks = self.lm_eval_tasks
-        if not tasks:
-            return None
-        say(f"lm-eval {stage}: " + ", ".join(f"{t.name} ({len(t.items)} items)" for t in tasks))
-        results = harness.run_tasks(self.cfg, self.model, self.tokenizer, folder, tasks)
-        for name, m in results.items():
-            say(f"lm-eval {stage} {name}: acc {m['lm_eval_acc']}% acc_norm {m['lm_eval_acc_norm']}% macro-F1 "
-                f"{m['macro_f1']}% on {m['items']} items ({m['items_per_second']} items/s); predicted "
-                f"{m['predicted']}")
-        return results
-
-    def answer_queries(self, title: str) -> str:
-        """generation.queries_file answered (shared among the processes): sample_responses.md and .jsonl."""
-        cfg, run = self.cfg, self.run
-        questions = generate.load_queries(cfg.generation.queries_file)
-        say(f"answering {len(questions)} sample queries from {cfg.generation.queries_file}")
-        began = time.perf_counter()
-        results = generate.answer(cfg, self.model, self.tokenizer, questions)
-        for result in results:
-            if result.get("cut"):
-                say(f"warning: query {printable(result['id'], 80)}: {result['cut']}")
-        md_name = run.unique(Files.SAMPLES)
-        run.write_text(md_name, generate.to_markdown(results, title))
-        run.write_text(md_name.replace(".md", ".jsonl"), generate.to_jsonl(results))
-        say(f"sample responses written in {time.perf_counter() - began:.1f}s: {run.path / md_name}")
-        return str(run.path / md_name)
 
     # ------------------------------------------------------------------ summary
 

@@ -13,7 +13,8 @@ from typing import Any
 from . import adapters, data
 from .config import KitConfig, load_config
 from .errors import ModelError
-from .runs import Files, RunDir, refuse_secret_in_path
+from .run_names import refuse_secret_in_path
+from .runs import Files, RunDir
 from .secrets import printable
 
 

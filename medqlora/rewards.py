@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .evaluate import PUBMEDQA_LABELS, _FINAL, extract_answer, split_cot
+from .evaluate import FINAL_RESPONSE, PUBMEDQA_LABELS, extract_answer, split_cot
 from .leakage import normalize
 
 Reward = Callable[..., list[float | None]]
@@ -47,7 +47,7 @@ def pubmedqa_label(completions: list[str], kind: list[str], answer: list[str], *
 
 def final_section(text: str) -> str:
     """The final response of a reply ('## Final Response' or <response>), else the whole reply."""
-    for pattern in _FINAL:
+    for pattern in FINAL_RESPONSE:
         match = pattern.search(text)
         if match:
             return match.group(1)

@@ -13,26 +13,20 @@ import errno
 import json
 import logging
 import os
-import platform
 import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import KIT_ROOT, KitConfig
+from .config import KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
 from .messages import log_to
-from .secrets import RedactingFilter, contains_secret, printable, redact, slug
+from .run_names import check_output_dir, default_run_name, make_run_folder
+from .secrets import RedactingFilter, contains_secret, printable, redact
 
-PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
-            "unsloth", "unsloth_zoo"]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -163,15 +157,6 @@ def write_file_bytes(path: Path, data: bytes) -> None:
     _write_inside(Path(path).parent, Path(path).name, data)
 
 
-def default_run_name(cfg: KitConfig) -> str:
-    """<model>-<data>-<timestamp>. Credentials are masked before the names are mapped to folder-name
-    characters, so neither a token nor its mapped form can reach a folder name."""
-    model = slug(redact(cfg.model.name).rsplit("/", 1)[-1].removesuffix(".gguf"))
-    data = slug(Path(redact(cfg.data.datasets[0].source)).stem.rsplit("/", 1)[-1])
-    name = f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return name if contains_secret(name) is None else f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _open_log(run: Path) -> Any:
     """run.log for appending, opened with O_NOFOLLOW | O_APPEND: a link there is refused, never followed."""
     fd, _, target = _open_parent(run, Files.RUN_LOG)
@@ -200,50 +185,6 @@ class _RunLogHandler(logging.FileHandler):
         return _open_log(self._run)
 
 
-def refuse_secret_in_path(path: Path | str, what: str) -> None:
-    """A folder path that holds a credential's value: refused, naming the variable, never the value. The path of a
-    run folder is printed, logged and written into tracking files (tensorboard's events) that are shared."""
-    secret = contains_secret(str(path))
-    if secret:
-        raise MedQLoRAError(f"{what} contains the value of {secret}: a run folder's path is printed, logged and "
-                            "written into its tracking files. Choose a folder whose path holds no credential.")
-
-
-def check_output_dir(root: Path) -> None:
-    """The folder that holds run folders: it, or its nearest existing parent, must be a folder in which a folder
-    can be made (tried, and removed at once: /proc/self, a read-only mount or a folder without write permission
-    are found here, at --dry-run, not when the run starts)."""
-    if not str(root).strip():
-        raise MedQLoRAError("The output folder is empty: --output-dir (or output.dir) must name a folder.")
-    refuse_secret_in_path(root, "The output folder (--output-dir or output.dir)")
-    for folder in (root, *root.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: {printable(folder)} is a "
-                                    "file. Choose another --output-dir (or output.dir).")
-            try:
-                os.rmdir(tempfile.mkdtemp(prefix=".medqlora-check-", dir=folder))
-            except OSError as err:
-                raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: no folder can be created in "
-                                    f"{printable(folder)} ({err.strerror}). Choose another --output-dir (or "
-                                    "output.dir).") from None
-            return
-
-
-def _make_run_folder(root: Path, name: str, generated: bool) -> Path:
-    """Create root/name (never following a link there). A generated name taken by a run started in the same
-    second (a sweep launched in parallel) gets a -2, -3... suffix; a name the user chose is never changed."""
-    for n in range(1, 100 if generated else 2):
-        path = root / (name if n == 1 else f"{name}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            if not generated or path.is_symlink():
-                raise
-    raise FileExistsError(name)
-
-
 @dataclass
 class RunDir:
     path: Path
@@ -266,7 +207,7 @@ class RunDir:
         generated = not cfg.output.run_name if generated_name is None else generated_name
         try:
             root.mkdir(parents=True, exist_ok=True)  # a linked output folder is the user's choice
-            path = _make_run_folder(root, name, generated)
+            path = make_run_folder(root, name, generated)
         except FileExistsError:
             raise MedQLoRAError(
                 f"The run folder {printable(path)} already exists"
@@ -392,45 +333,6 @@ def latest_run_with_adapter(root: Path, flag: str = "--adapter") -> Path:
             + ("pass --adapter PATH." if flag == "--adapter" else f"set {flag} to a run folder or adapter folder.")
         )
     return max(runs, key=lambda p: p.stat().st_mtime).parent
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(KIT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(KIT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def manifest(cfg: KitConfig, runtime: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
-
-    return {
-        "kit_version": __version__,
-        "git_commit": git_commit(),
-        "command": sys.argv,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "seed": cfg.training.seed,
-        "runtime": runtime,
-        **extra,
-    }
 
 
 def size_mb(path: Path) -> float:

@@ -29,9 +29,9 @@ class TrainingStages:
         self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
         guarded = {**(self.benchmarks or {}), **harness.guard_items(self.lm_eval_tasks)}
         self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(guarded))
-        source = backends.resolve_model_source(cfg.model.name)
-        self.shape = fit.model_shape(source, cfg.model.trust_remote_code)
-        self.tokenizer = backends.load_tokenizer(cfg, source)
+        self.source = backends.resolve_model_source(cfg.model.name)
+        self.shape = fit.model_shape(self.source, cfg.model.trust_remote_code)
+        self.tokenizer = backends.load_tokenizer(cfg, self.source)
         self.prepared = tokenize(cfg, self.collected, self.tokenizer)
         from .train import check_warmup
 
@@ -80,7 +80,7 @@ class TrainingStages:
         """The base model with a trainable LoRA adapter; the data tokenized again if the backend's tokenizer
         differs from the checkpoint's; the training rows recorded in the run folder."""
         cfg, run = self.cfg, self.run
-        self.model, model_tokenizer, source = backends.load_for_training(cfg, self.runtime)
+        self.model, model_tokenizer, source = backends.load_for_training(cfg, self.runtime, self.source, self.tokenizer)
         self.after_load = memory.snapshot()
         say(f"loaded {cfg.model.name} ({source}); trainable parameters: {report.trainable_text(self.model)}")
         if not same_tokens(self.tokenizer, model_tokenizer, cfg):
@@ -112,7 +112,8 @@ class TrainingStages:
             torch.cuda.empty_cache()
         say("sharded training done: loading the base model with the saved adapter in every process to evaluate and "
             "answer")
-        self.model, _ = backends.load_for_inference(self.cfg, self.runtime, self.run.adapter)
+        self.model, _ = backends.load_for_inference(self.cfg, self.runtime, self.run.adapter, self.source,
+                                                    self.tokenizer)
 
     def evaluate_before(self) -> None:
         """The base model's scores (the LoRA weights start at zero); a resumed run keeps those of its start."""

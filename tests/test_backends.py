@@ -81,8 +81,10 @@ def test_two_conversions_of_one_gguf_at_once_both_get_the_same_complete_checkpoi
         def save_pretrained(self, folder, **_):
             (Path(folder) / "tokenizer.json").write_text("{}")
 
-    monkeypatch.setattr(backends, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(backends, "check_gguf_file", lambda _: None)
+    from medqlora.backends import gguf as conversion
+
+    monkeypatch.setattr(conversion, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(conversion, "check_gguf_file", lambda _: None)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         lambda *_, **__: SavedModel(config=SimpleNamespace(), generation_config=None))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *_, **__: SavedTokenizer())
@@ -92,7 +94,7 @@ def test_two_conversions_of_one_gguf_at_once_both_get_the_same_complete_checkpoi
 
     def convert():
         try:
-            results.append(backends.convert_gguf(gguf))
+            results.append(conversion.convert_gguf(gguf))
         except Exception as err:  # noqa: BLE001 - reported by the assertion below
             errors.append(err)
 
@@ -160,7 +162,7 @@ def _gpu_with_unsloth(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.get_device_name", lambda *_: "H100")
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *_, **__: True)
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object() if name == "unsloth" else None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "unsloth" else None)
 
 
 def test_a_sharded_launch_trains_on_hf_and_refuses_unsloth(monkeypatch):
@@ -234,3 +236,18 @@ def test_the_memory_plan_of_an_uncached_hub_model_says_why_without_waiting_on_th
     planned = plan.memory_plan(cfg, backends.detect(cfg))
     assert planned == ("unknown: some-org/never-cached-model's config.json is not in the local cache and the model "
                        "hub cannot be reached from this machine (the run downloads it)")
+
+
+def test_the_tokenizer_loaded_for_the_data_is_the_one_the_model_loads_with(tiny_model_dir, tmp_path):
+    from .conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path))
+    runtime = backends.activate(backends.detect(cfg), cfg)
+    source = backends.resolve_model_source(cfg.model.name)
+    tokenizer = backends.load_tokenizer(cfg, source)
+    _, for_training, loaded_from = backends.load_for_training(cfg, runtime, source, tokenizer)
+    assert for_training is tokenizer and loaded_from == source
+    _, for_inference = backends.load_for_inference(cfg, runtime, None, source, tokenizer)
+    assert for_inference is tokenizer
+    _, loaded_again = backends.load_for_inference(cfg, runtime, None)
+    assert loaded_again is not tokenizer and loaded_again.chat_template == tokenizer.chat_template

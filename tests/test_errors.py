@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from medqlora import backends
+from medqlora.backends.hf import load_errors
 from medqlora.cli import main
 from medqlora.config import DatasetSpec, load_config
 from medqlora.data import FORMATS, load_rows, prepare
@@ -83,7 +84,7 @@ def test_sequence_length_beyond_the_model(tiny_model_dir, tmp_path, capsys):
 
 
 def test_gated_model_message():
-    err = backends._load_errors("meta-llama/Llama-3.1-8B", OSError("401 Client Error: gated repo"))
+    err = load_errors("meta-llama/Llama-3.1-8B", OSError("401 Client Error: gated repo"))
     assert "accept its licence" in str(err) and "HF_TOKEN" in str(err)
 
 

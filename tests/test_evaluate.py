@@ -10,7 +10,7 @@ from medqlora import backends
 from medqlora import evaluate as evaluation
 from medqlora.config import BenchmarkSpec, load_config
 from medqlora.evaluate import (
-    _prompt_ids,
+    prompt_ids,
     evaluation_length,
     answer_token_ids,
     check_not_trained_on,
@@ -51,7 +51,7 @@ def fake_for(cfg, tokenizer, items, wanted: list[dict[str, float]]):
         logits = torch.full((vocab,), -20.0)
         for form, value in scores.items():
             logits[tokenizer(form, add_special_tokens=False)["input_ids"][0]] = value
-        table[tuple(_prompt_ids(cfg, tokenizer, item, cfg.model.max_seq_length - 1)[0])] = logits
+        table[tuple(prompt_ids(cfg, tokenizer, item, cfg.model.max_seq_length - 1)[0])] = logits
     return FakeModel(vocab, table)
 
 
@@ -96,7 +96,7 @@ def test_batched_scores_match_an_independent_unbatched_scorer(tiny_model_dir, tm
     ours = evaluate(cfg, model, tokenizer, {"p": items})["p"]["per_item"]
     groups = answer_token_ids(tokenizer, items[0].choices)
     for item, scored in zip(items, ours, strict=True):
-        ids = torch.tensor([_prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1)[0]])
+        ids = torch.tensor([prompt_ids(cfg, tokenizer, item, evaluation_length(cfg, model) - 1)[0]])
         with torch.no_grad():
             logprobs = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
         independent = [torch.logsumexp(logprobs[g], dim=0).item() for g in groups]
@@ -186,7 +186,7 @@ def test_full_mode_on_medical_o1_reports_cot_and_perplexity(tiny_model_dir, tmp_
 
 
 def test_summary_flags_a_model_that_gives_one_answer_to_nearly_every_item():
-    from medqlora.report import summary_row
+    from medqlora.report import eval_report_markdown, summary_row
 
     labels = ["yes", "no", "maybe"]
     gold = ["yes"] * 55 + ["no"] * 34 + ["maybe"] * 11
@@ -202,7 +202,7 @@ def test_summary_flags_a_model_that_gives_one_answer_to_nearly_every_item():
     assert "baseline model" not in line  # the baseline spreads its answers
     for m in (base, tuned):
         m.update(method="likelihood", items_per_second=10.0)
-    report = evaluation.report_markdown(evaluation.merge({"pubmedqa": base}, {"pubmedqa": tuned}), "t")
+    report = eval_report_markdown(evaluation.merge({"pubmedqa": base}, {"pubmedqa": tuned}), "t")
     assert "**warning**: the fine-tuned model answers 'yes' to 95%" in report
     assert "always answering the most common gold label ('yes'): 55.0% on these items" in report
 
@@ -232,14 +232,14 @@ def test_evaluation_is_not_limited_by_the_training_length(tiny_model_dir, tmp_pa
     assert evaluation_length(cfg, model) == 4096  # the tiny model's context, not max_seq_length 64
     result = evaluate(cfg, model, tokenizer, {"p": items})["p"]
     assert result["items"] == 3 and result["shortened"] == 0
-    whole = [_prompt_ids(cfg, tokenizer, item, 10**6)[0] for item in items]
+    whole = [prompt_ids(cfg, tokenizer, item, 10**6)[0] for item in items]
     assert min(len(ids) for ids in whole) > 64
 
     shortened = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["eval.max_length=200"])
     result = evaluate(shortened, model, tokenizer, {"p": items})["p"]
     assert result["shortened"] == 3 and all(r["shortened"] for r in result["per_item"])
     for item, full in zip(items, whole, strict=True):
-        ids, was_shortened = _prompt_ids(shortened, tokenizer, item, 199)
+        ids, was_shortened = prompt_ids(shortened, tokenizer, item, 199)
         assert was_shortened and len(ids) <= 199
         assert ids[-20:] == full[-20:]  # only the context shrinks: the question and the answer cue stay
 
@@ -251,7 +251,7 @@ def test_an_item_too_long_even_without_its_context_is_refused_with_the_setting_t
     item.example.prompt = "Is " + "very " * 200 + "long question?"
     with pytest.raises(DataError, match=r"its prompt is \d+ tokens even with its context shortened, more than the 39 "
                        r"evaluation allows \(eval.max_length"):
-        _prompt_ids(cfg, smol_tokenizer, item, 39)
+        prompt_ids(cfg, smol_tokenizer, item, 39)
 
 
 def test_a_model_loaded_for_a_sequence_length_caps_the_evaluation_length(tmp_path):

@@ -81,7 +81,7 @@ def test_grpo_prompts_are_the_evaluation_prompts(tiny_model_dir, smol_tokenizer)
     row = prepared.train[0]
     item = evaluate.EvalItem(row["uid"], row["example"], row["answer"], row["choices"])
     room = cfg.model.max_seq_length - cfg.grpo.max_completion_length
-    assert row["prompt"] == smol_tokenizer.decode(evaluate._prompt_ids(cfg, smol_tokenizer, item, room)[0])
+    assert row["prompt"] == smol_tokenizer.decode(evaluate.prompt_ids(cfg, smol_tokenizer, item, room)[0])
     assert row["answer"] == row["example"].response.split(".")[0] and row["choices"] == ["A", "B", "C", "D"]
 
 

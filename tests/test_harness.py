@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from medqlora import distributed, harness
-from medqlora.config import load_config
+from medqlora.config import BenchmarkSpec, load_config
 from medqlora.errors import ConfigError, DataError
-from medqlora.evaluate import BenchmarkSpec, load_items
+from medqlora.evaluate import load_items
 
 from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_kit, run_tiny, tiny_overrides
 

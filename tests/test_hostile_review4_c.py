@@ -48,11 +48,12 @@ def test_a_chat_template_that_loops_for_ever_is_refused_in_bounded_time(smol_dir
     from transformers import AutoTokenizer
 
     from medqlora import backends
+    from medqlora.backends import tokenizer as tokenizer_module
     from medqlora.errors import ModelError
 
     tokenizer = AutoTokenizer.from_pretrained(str(smol_dir))
     tokenizer.chat_template = LOOPING_TEMPLATE
-    monkeypatch.setattr(backends, "CHAT_TEMPLATE_SECONDS", 0.5)
+    monkeypatch.setattr(tokenizer_module, "CHAT_TEMPLATE_SECONDS", 0.5)
     with pytest.raises(ModelError, match="did not finish rendering a two-turn conversation in 0.5 seconds"):
         backends.prepare_tokenizer(tokenizer, load_config(None, ["model.name=/models/looping"]))
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from medqlora import signals, train
+from medqlora import signals, train, trainer_run
 from medqlora.cli import main
 
 from .conftest import ROOT, SCRIPT, kit_argv
@@ -109,7 +109,7 @@ def test_an_adapter_with_nan_weights_is_never_saved(tiny_model_dir, tmp_path):
     run = RunDir.create(cfg)
     with torch.no_grad():
         next(p for p in model.parameters() if p.requires_grad)[0, 0] = math.inf
-    with pytest.raises(train.NonFiniteTraining, match="NaN or infinite"):
+    with pytest.raises(trainer_run.NonFiniteTraining, match="NaN or infinite"):
         train.save_adapter(model, tokenizer, run)
     assert not run.adapter.exists() and not (run.path / ".adapter.partial").exists()
 

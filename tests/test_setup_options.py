@@ -11,7 +11,8 @@ from medqlora import backends, data, evaluate, plan, report, tracking
 from medqlora.cli import main
 from medqlora.config import BITSANDBYTES_OPTIMIZERS, TRAINER_OPTIMIZERS, load_config
 from medqlora.errors import ConfigError, DataError
-from medqlora.train import check_optimizer, sft_config
+from medqlora.optimizers import check_optimizer
+from medqlora.train import sft_config
 
 from .conftest import kit_argv, tiny_overrides
 
@@ -58,7 +59,7 @@ def test_an_unknown_optimizer_is_refused_with_the_closest_names(tmp_path):
 @pytest.mark.slow
 def test_a_bitsandbytes_optimizer_without_bitsandbytes_is_refused_on_a_gpu_and_named_on_a_cpu(monkeypatch, tmp_path,
                                                                                               capsys):
-    monkeypatch.setattr("medqlora.train.bitsandbytes_importable", lambda: False)
+    monkeypatch.setattr("medqlora.optimizers.bitsandbytes_importable", lambda: False)
     cfg = config(tmp_path, MINIMAL + "training:\n  optimizer: paged_adamw_32bit\n")
     with pytest.raises(ConfigError, match="bitsandbytes cannot be imported here: pip install bitsandbytes"):
         check_optimizer(cfg, GPU)

@@ -1,21 +1,17 @@
-"""Every report a run renders: the loss chart, the evaluation report (markdown, JSON, chart), the memory
-table (QLoRA against full fine-tuning), the format advice, and the end-of-run summary. Figures are saved
-through ``save_png``, the one atomic writer of PNG files (through the run folder's writer: no link followed).
-"""
+"""The training reports: the loss and GRPO reward charts, the memory table (QLoRA against full fine-tuning), the
+trainable parameters, and the training part of the end-of-run summary."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import evaluate, fit, harness
-from .config import KitConfig
-from .distributed import is_main
-from .messages import say
-from .runs import Files, RunDir
+from .. import fit
+from ..config import KitConfig
+from .figures import save_png
 
 if TYPE_CHECKING:
-    from .backends import Runtime
+    from ..backends import Runtime
 
 
 def loss_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
@@ -95,71 +91,6 @@ def plot_reward_curves(history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def save_png(fig: Any, path: Path) -> None:
-    """The figure as PNG bytes, written through the run folder's writer (no link at ``path`` is followed)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from .runs import write_file_bytes
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_file_bytes(path, buffer.getvalue())
-
-
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    from .secrets import printable
-
-    lines = ["", "=" * 72, f"medqlora run: {printable(summary['run_dir'], 500)}"]
-    for key, label in [
-        ("backend", "backend"),
-        ("model", "base model"),
-        ("train_examples", "training examples"),
-        ("steps", "optimizer steps"),
-        ("loss", "training loss"),
-        ("validation_loss", "validation loss"),
-        ("rewards", "GRPO rewards (first -> last)"),
-        ("tokens_per_second", "tokens/s (no padding)"),
-        ("train_wall_s", "training time (s)"),
-        ("total_wall_s", "total time (s)"),
-        ("memory", "memory"),
-        ("memory_table", "QLoRA vs full fine-tuning"),
-        ("adapter_mb", "adapter size (MB)"),
-        ("eval", "evaluation"),
-        ("format_not_learned", "WARNING: format not learned"),
-        ("samples", "sample responses"),
-        ("export_dir", "export folder"),
-        ("export", "export"),
-    ]:
-        if summary.get(key) is not None:
-            lines.append(f"  {label:<28} {printable(summary[key], 1000)}")
-    lines.append("=" * 72)
-    return lines
-
-
-COMPLIANCE_LEARNED = 20.0  # % of replies in the reasoning format below which the run did not learn it
-
-
-def format_not_learned(cfg: KitConfig, tuned: dict[str, dict], steps: int | None) -> str | None:
-    """What to change when the fine-tuned model's chain-of-thought format compliance stayed near zero.
-    Measured with SmolLM2-135M on the 198 medical-o1 demo rows: 60 steps at lr 2e-4 left it at 0%; 150 steps at
-    lr 1e-3 reached 75%."""
-    low = {name: m["format_compliance"] for name, m in tuned.items()
-           if isinstance(m.get("format_compliance"), (int, float)) and m["format_compliance"] < COMPLIANCE_LEARNED}
-    if not low:
-        return None
-    t = cfg.training
-    shown = ", ".join(f"{name} {value}%" for name, value in low.items())
-    return (f"the chain-of-thought format was not learned ({shown} of replies follow it after {steps} steps at "
-            f"learning rate {t.learning_rate:g}): train longer and with a higher learning rate, e.g. --set "
-            f"training.max_steps={max(150, 2 * (steps or 0))} --set "
-            f"training.learning_rate={max(t.learning_rate * 5, 1e-3):g} "
-            "for a small model (SmolLM2-135M on the 198 demo rows: 60 steps at 2e-4 gave 0%, 150 steps at 1e-3 gave "
-            "75%), or more epochs for a 3-8B model.")
-
-
 def memory_table(cfg: KitConfig, runtime: Runtime, shape: fit.ModelShape | None, model: Any,
                  memory_report: dict[str, Any]) -> dict[str, Any] | None:
     """The table the setups report: trainable parameters, and QLoRA's peak memory (measured on a GPU, estimated
@@ -210,44 +141,6 @@ def memory_table_line(table: dict[str, Any]) -> str:
             f"trainable parameters {table['trainable_parameters']:,} ({table['trainable_percent']}%) (memory_table.md)")
 
 
-def summary_row(name: str, row: dict[str, dict]) -> str:
-    """One benchmark in the end-of-run summary: accuracy with macro-F1 and the majority-class rate beside it, and a
-    warning when a model gives one answer to nearly every item."""
-    base, tuned = (row.get(k) or {} for k in ("baseline", "fine_tuned"))
-    if "accuracy" not in (tuned or base):
-        return f"{name} format_compliance {base.get('format_compliance', '-')} -> {tuned.get('format_compliance', '-')}"
-    either = tuned or base
-    text = (f"{name} accuracy {base.get('accuracy', '-')} -> {tuned.get('accuracy', '-')}, macro-F1 "
-            f"{base.get('macro_f1', '-')} -> {tuned.get('macro_f1', '-')}")
-    if "majority_rate" in either:
-        text += f" (always '{either['majority_label']}': {either['majority_rate']})"
-    warnings = [w for stage, m in (("baseline", base), ("fine_tuned", tuned)) if m
-                for w in [evaluate.one_answer_warning(name, stage, m)] if w]
-    return text + "".join(f"; WARNING: {w}" for w in warnings)
-
-
-def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
-                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None) -> str:
-    """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist); ``lm_eval``: the
-    lm-evaluation-harness results, a section of their own."""
-    rows = [summary_row(name, row) for name, row in results.items()]
-    if perplexity:
-        rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
-    if lm_eval:
-        rows.append(harness.summary_text(lm_eval))
-    line = "; ".join(rows) + " (baseline -> fine-tuned)"
-    if not is_main():
-        return line
-    md, js, png = run.unique(Files.EVAL_REPORT), run.unique(Files.EVAL_JSON), run.unique(Files.EVAL_CHART)
-    run.write_text(md, evaluate.report_markdown(results, f"Evaluation: {title}", perplexity)
-                   + ("\n" + harness.report_markdown(lm_eval) if lm_eval else ""))
-    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
-                        **({"lm_eval": lm_eval} if lm_eval else {})})
-    evaluate.plot(results, run.path / png)
-    say(f"evaluation report: {run.path / md}")
-    return line
-
-
 def parameter_counts(model: Any) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit weights by value, not by storage
         return model.get_nb_trainable_parameters()
@@ -260,25 +153,10 @@ def trainable_text(model: Any) -> str:
     return f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 
 
-def eval_lines(stage: str, results: dict[str, dict]) -> list[str]:
-    """One line a benchmark, said as each evaluation ends."""
-    lines = []
-    for name, m in results.items():
-        if "format_compliance" in m:
-            lines.append(f"eval {stage} {name}: format compliance {m['format_compliance']}%, reasoning "
-                         f"{m['mean_reasoning_words']} words, ROUGE-L {m['rouge_l']} on {m['items']} items")
-            continue
-        lines.append(f"eval {stage} {name}: accuracy {m['accuracy']}% macro-F1 {m['macro_f1']}% on {m['items']} items "
-                     f"({m['method']}, {m['items_per_second']} items/s); predicted {m['predicted']}"
-                     + (f"; {m['shortened']} prompts had their context shortened to fit eval.max_length"
-                        if m.get("shortened") else ""))
-    return lines
-
-
 def training_summary(train_examples: int, metrics: dict[str, Any], log_history: list[dict[str, Any]],
                      memory_report: dict[str, Any], table: dict[str, Any] | None, adapter_mb: float) -> dict[str, Any]:
     """The training part of the end-of-run summary."""
-    from . import memory
+    from .. import memory
 
     summary = {
         "train_examples": train_examples,

@@ -1,0 +1,154 @@
+"""Checks of the files a model loads from, before anything loads: a local checkpoint folder (config.json,
+whole safetensors weights, a tokenizer) and a GGUF file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..secrets import printable
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """A local checkpoint folder: a config.json that names a model type, and weights that are whole (each
+    safetensors file as long as its header says), checked before anything loads."""
+    shown = printable(str(folder))
+    if not folder.is_dir():
+        raise ModelError(f"model.name: {shown} is a file, not a checkpoint folder (nor a .gguf file).")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model.name: {shown} exists but holds no config.json: not a transformers checkpoint.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"model.name: {shown}/config.json is not readable JSON ({printable(str(err))}).") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ModelError(f"model.name: {shown}/config.json names no model_type: not a transformers checkpoint.")
+    _check_config_fields(folder, config)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
+        raise ModelError(f"model.name: {shown} holds a config.json but no weights (model.safetensors or "
+                         "model-0000X-of-0000Y.safetensors): copy the whole checkpoint folder.")
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if not any((folder / f).is_file() for f in tokenizer_files):
+        raise ModelError(f"model.name: {shown} holds no tokenizer (tokenizer.json or tokenizer.model): copy the whole "
+                         "checkpoint folder, tokenizer files included.")
+    for index in folder.glob("*.index.json"):
+        missing = sorted(set(_index_files(index)) - {p.name for p in folder.iterdir()})
+        if missing:
+            raise ModelError(f"model.name: {shown} lacks {printable(', '.join(missing[:3]))}, which "
+                             f"{printable(index.name)} lists: copy the whole checkpoint folder.")
+    for file in weights:
+        problem = safetensors_problem(file)
+        if problem:
+            raise ModelError(f"model.name: {printable(str(file))} {problem}. Download or copy it again.")
+    if weights and "auto_map" not in config:  # remote code builds its own modules: not checked here
+        _check_config_matches_weights(folder, weights)
+
+
+# config.json fields that must be positive whole numbers where present (a model of 0 or -1 layers is no model)
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "intermediate_size", "max_position_embeddings", "head_dim")
+
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "auto")
+
+
+def _check_config_fields(folder: Path, config: dict[str, Any]) -> None:
+    """The fields of config.json the kit and transformers build the model from: sizes and the weights' dtype."""
+    where = f"model.name: {printable(str(folder / 'config.json'))}"
+    for section in [config] + [v for k, v in config.items() if k.endswith("_config") and isinstance(v, dict)]:
+        for name in SIZE_FIELDS:
+            value = section.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ModelError(f"{where}: field '{name}' is {printable(json.dumps(value), 60)}; it must be a whole "
+                                 "number above 0. Restore the checkpoint's own config.json.")
+        for name in ("torch_dtype", "dtype"):
+            value = section.get(name)
+            if value is not None and str(value).removeprefix("torch.") not in DTYPE_NAMES:
+                raise ModelError(f"{where}: field '{name}' is {printable(json.dumps(value), 60)}; expected one of "
+                                 f"{', '.join(DTYPE_NAMES)}. Restore the checkpoint's own config.json.")
+
+
+def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
+    """config.json describes the model the weights were saved from: the model it builds (on the meta device: no
+    memory) has its parameters among the tensors of the safetensors files, or config.json is wrong."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    where = f"model.name: {printable(str(folder / 'config.json'))}"
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # transformers raises ValueError, KeyError, TypeError... for a config it cannot build
+        raise ModelError(f"{where} does not describe a model transformers can build ({type(err).__name__}: "
+                         f"{printable(str(err), 160)}). Restore the checkpoint's own config.json.") from None
+    prefix = f"{model.base_model_prefix}."
+    expected = {k.removeprefix(prefix) for k in model.state_dict()}
+    if getattr(config, "tie_word_embeddings", False):
+        expected = {k for k in expected if not k.endswith("lm_head.weight")}
+    saved = {k.removeprefix(prefix) for file in weights for k in _tensor_names(file)}
+    missing = sorted(expected - saved)
+    if missing:
+        model_type = printable(str(getattr(config, "model_type", "?")))
+        raise ModelError(f"{where} (model_type '{model_type}', {getattr(config, 'num_hidden_layers', '?')} layers) "
+                         f"does not match the weights: {len(missing)} of the {len(expected)} tensors it describes are "
+                         f"not in the safetensors files (such as {printable(missing[0], 80)}). Restore the "
+                         "checkpoint's own config.json.")
+
+
+def _tensor_names(file: Path) -> list[str]:
+    with file.open("rb") as handle:  # the header alone, checked whole by safetensors_problem
+        length = int.from_bytes(handle.read(8), "little")
+        return [k for k in json.loads(handle.read(length)) if k != "__metadata__"]
+
+
+def _index_files(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        return [str(v) for v in weight_map.values()] if isinstance(weight_map, dict) else []
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        raise ModelError(f"model.name: {printable(str(index))} is not readable JSON.") from None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (None: its header is valid and its tensors fit in the file),
+    read from the header alone: a truncated download is caught before loading."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length <= 0 or length > min(size - 8, 100 << 20):
+                return "is not a safetensors file (or is truncated)"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "has an unreadable safetensors header (truncated or not a safetensors file)"
+    if not isinstance(header, dict):
+        return "has an unreadable safetensors header"
+    ends = [t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if any(not isinstance(e, int) for e in ends):
+        return "has an unreadable safetensors header"
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        return f"is truncated: {size:,} bytes of the {needed:,} its header describes"
+    return None
+
+
+def check_gguf_file(gguf: Path) -> None:
+    """A GGUF file that llama.cpp's reader can read, header and tensors, before it is converted."""
+    shown = printable(str(gguf))
+    with gguf.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"model.name: {shown} is not a GGUF file (it does not start with 'GGUF'). Point model.name "
+                         "at a .gguf model file, a checkpoint folder or a hub id.")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(gguf))
+    except Exception as err:  # the reader raises ValueError, IndexError, struct errors... on damaged files
+        raise ModelError(f"model.name: {shown} is truncated or damaged ({type(err).__name__}: "
+                         f"{printable(str(err), 160)}). Download it again.") from None

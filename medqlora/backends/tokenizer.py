@@ -1,0 +1,136 @@
+"""The tokenizer: loaded, given the chat template model.chat_template asks for (checked to render a conversation in
+time), a pad token and right padding; and the token ids that end an answer."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any
+
+from ..config import KitConfig
+from ..errors import ModelError
+from ..messages import say
+from ..secrets import printable
+from .hf import load_errors
+
+CHAT_TEMPLATES = {
+    # model.chat_template: false (base models): plain text. The system prompt and a blank line, the user text as
+    # written (a prompt_template such as "MEDICAL QUESTION: {question}\nANSWER: " ends where the answer starts),
+    # the answer, then the end-of-text token; nothing marks the turns.
+    "none": (
+        "{{ bos_token if bos_token else '' }}{% for message in messages %}{% if message['role'] == 'system' %}"
+        "{{ message['content'] + '\n\n' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+        "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+    ),
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+        "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+        "{% endif %}"
+    ),
+    "llama-3": (
+        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+        "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "mistral": (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+        "{{ ' ' + message['content'] + eos_token }}{% else %}"
+        "{{ raise_exception('This template has no system role') }}{% endif %}{% endfor %}"
+    ),
+}
+
+
+def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
+    choice = cfg.model.chat_template
+    if choice is False:
+        tokenizer.chat_template = CHAT_TEMPLATES["none"]
+    elif choice != "auto":
+        tokenizer.chat_template = CHAT_TEMPLATES[choice]
+    elif tokenizer.chat_template is None:
+        say("the tokenizer has no chat template: using ChatML (set model.chat_template to choose).")
+        tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    _check_chat_template(tokenizer, cfg)
+    return tokenizer
+
+
+CHAT_TEMPLATE_SECONDS = 10.0  # rendering a two-turn probe takes milliseconds; a template looping for ever is refused
+
+
+class _TemplateTooSlow(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Any:
+    """Raise _TemplateTooSlow in the code run under it after ``seconds`` (a model's chat template is code from
+    outside: jinja2's sandbox stops what it may touch, not how long it loops). Main thread of a POSIX process
+    only (a signal's handler runs there); elsewhere the code runs unbounded."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise _TemplateTooSlow
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check_chat_template(tokenizer: Any, cfg: KitConfig) -> None:
+    """The chat template must render a conversation (with or without a system turn) that holds what it was
+    given: a template that does not compile or drops the messages would train on the wrong text, and one that
+    does not finish rendering a two-turn conversation in CHAT_TEMPLATE_SECONDS would hang every command."""
+    probe = [{"role": "user", "content": "Is aspirin useful?"}, {"role": "assistant", "content": "Often."}]
+    try:
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            try:
+                text = tokenizer.apply_chat_template([{"role": "system", "content": "Be careful."}] + probe,
+                                                     tokenize=False)
+            except _TemplateTooSlow:
+                raise
+            except Exception:  # templates without a system role (Mistral's) raise: the kit then merges it
+                text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except _TemplateTooSlow:
+        raise ModelError(f"The chat template of {printable(cfg.model.name)} did not finish rendering a two-turn "
+                         f"conversation in {CHAT_TEMPLATE_SECONDS:g} seconds (it loops for too long). Set "
+                         "model.chat_template to chatml, llama-3 or mistral.") from None
+    except Exception as err:  # jinja2's TemplateSyntaxError, TemplateError, TypeError...
+        raise ModelError(f"The chat template of {printable(cfg.model.name)} cannot render a conversation "
+                         f"({type(err).__name__}: {printable(str(err), 200)}). Set model.chat_template to chatml, "
+                         "llama-3 or mistral.") from None
+    if not isinstance(text, str) or "Is aspirin useful?" not in text or "Often." not in text:
+        raise ModelError(f"The chat template of {printable(cfg.model.name)} leaves out the messages it is given. "
+                         "Set model.chat_template to chatml, llama-3 or mistral.")
+
+
+def load_tokenizer(cfg: KitConfig, source: str) -> Any:
+    """The tokenizer alone (the data is tokenized before the model loads, so auto-fit knows the lengths)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as err:
+        raise load_errors(source, err) from None
+    return prepare_tokenizer(tokenizer, cfg)
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """eos plus the token that ends an assistant turn, when the template uses a different one."""
+    from ..data import turn_end
+
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end = turn_end(tokenizer).strip()
+    end_ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    if len(end_ids) == 1 and end_ids[0] not in ids:
+        ids.append(end_ids[0])
+    return ids

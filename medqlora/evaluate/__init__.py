@@ -1,0 +1,62 @@
+"""Benchmarks: PubMedQA (official test split) and multiple choice, scored by answer likelihood or by
+parsing a generated reply, with the same prompts the kit trains on.
+
+    items.py       the benchmarks' items, and the check that an adapter did not train on them
+    prompts.py     an item's prompt, fitted to the evaluation length
+    likelihood.py  eval.method: likelihood (the log-probability of each answer's first token)
+    generation.py  eval.method: generate (the answer extracted from a greedy reply)
+    metrics.py     accuracy, macro-F1, the one-answer warning, reference figures
+    cot.py         chain-of-thought benchmarks: format compliance, reasoning length, ROUGE-L
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..config import KitConfig
+from ..distributed import shared_map
+from .cot import cot_metrics, rouge_l, score_cot, split_cot
+from .generation import FINAL_RESPONSE, extract_answer, generated_replies, score_generate
+from .items import (
+    COT_VALIDATION,
+    ITEM_LOADERS,
+    PUBMEDQA_LABELS,
+    EvalItem,
+    check_not_trained_on,
+    cot_items_from,
+    cot_style_of,
+    load_benchmarks,
+    load_items,
+)
+from .likelihood import answer_token_ids, score_likelihood
+from .metrics import REFERENCES, classification_metrics, merge, one_answer_warning, speed_of
+from .prompts import check_prompts_fit, evaluation_length, item_prompt, prompt_ids
+
+__all__ = [
+    "COT_VALIDATION", "FINAL_RESPONSE", "ITEM_LOADERS", "PUBMEDQA_LABELS", "REFERENCES", "EvalItem",
+    "answer_token_ids", "check_not_trained_on", "check_prompts_fit", "classification_metrics", "cot_items_from",
+    "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
+    "item_prompt", "load_benchmarks", "load_items", "merge", "one_answer_warning", "prompt_ids", "rouge_l",
+    "score_cot", "score_generate", "score_likelihood", "split_cot",
+]
+
+
+def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> dict:
+    """Score every benchmark with the configured method; returns {benchmark: metrics}."""
+    results = {}
+    score = score_likelihood if cfg.eval.method == "likelihood" else score_generate
+    for name, items in items_by_bench.items():
+        style = cot_style_of(cfg, name)
+        if style is not None:
+            results[name] = score_cot(cfg, model, tokenizer, items, style)
+            continue
+        began = time.perf_counter()
+        scored = shared_map(lambda part: score(cfg, model, tokenizer, part), items)
+        seconds = time.perf_counter() - began
+        metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], items[0].choices)
+        metrics.update(method=cfg.eval.method, **speed_of(len(items), seconds),
+                       shortened=sum(bool(s.get("shortened")) for s in scored),
+                       per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])
+        results[name] = metrics
+    return results

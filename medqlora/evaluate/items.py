@@ -1,0 +1,148 @@
+"""The items of each benchmark (eval.benchmarks): PubMedQA's official test split, multiple-choice sets and
+medical-o1 chain-of-thought rows, read through the data boundary; and the check that an adapter was not trained on
+the items it is evaluated on."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import BenchmarkSpec, DatasetSpec, KitConfig
+from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
+from ..errors import DataError
+
+PUBMEDQA_LABELS = ["yes", "no", "maybe"]
+
+
+@dataclass
+class EvalItem:
+    uid: str
+    example: Example  # the prompt, exactly as in training
+    gold: str
+    choices: list[str]
+    option_texts: dict[str, str] = field(default_factory=dict)
+    format: str = ""  # the data format of its prompt: a training dataset of that format lends its prompt settings
+
+
+def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
+    items = ITEM_LOADERS[bench.kind](bench)
+    if bench.max_items is not None and bench.max_items < len(items):
+        items = random.Random(seed).sample(items, bench.max_items)
+    return items
+
+
+def _split(bench: BenchmarkSpec) -> str | None:
+    """The split a hub benchmark is read from (test unless given); a local one is read whole."""
+    if bench.split or bench.source is None or resolve_local(bench.source) is not None:
+        return bench.split
+    return "test"
+
+
+def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
+    source = bench.source or "data/pubmedqa/ori_pqal.json"
+    spec = DatasetSpec(source=source, format="pubmedqa", subset=bench.subset,
+                       split=_split(bench), long_answer=False, columns=bench.columns)
+    test_ids = pubmedqa_test_ids()
+    items = []
+    for example in format_rows(spec, load_rows(spec)):  # every row checked, bad ones named by file and row
+        if example.uid in test_ids:
+            items.append(EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS, format="pubmedqa"))
+    if not items:
+        raise DataError(f"Benchmark '{bench.name}': no PubMedQA official test questions found in {source}.")
+    return sorted(items, key=lambda item: item.uid)
+
+
+def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
+    if bench.source is None:
+        raise DataError(f"Benchmark '{bench.name}': multiple_choice needs a source (hub id or .jsonl file).")
+    spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
+                       columns=bench.columns)
+    rows = load_rows(spec)
+    items = []
+    for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
+        options = mc_options(row, spec)  # checked by format_rows already
+        letter = example.response.split(".", 1)[0]
+        items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options),
+                              format="multiple_choice"))
+    return items
+
+
+def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:
+    return [EvalItem(ex.uid or str(i), ex, ex.response, [], format="medical_o1") for i, ex in enumerate(examples[:limit])]
+
+
+def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
+    if bench.source is None:
+        raise DataError(f"Benchmark '{bench.name}': cot needs a source of medical-o1 rows (Question, Complex_CoT, Response).")
+    spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=_split(bench),
+                       cot_style=bench.cot_style, columns=bench.columns)
+    return cot_items_from(format_rows(spec, load_rows(spec)), 10**9)
+
+
+# How each benchmark kind of formats.BENCHMARK_KINDS reads its items (tests/test_formats.py checks both agree).
+ITEM_LOADERS: dict[str, Callable[[BenchmarkSpec], list[EvalItem]]] = {
+    "pubmedqa": _pubmedqa_items, "multiple_choice": _multiple_choice_items, "cot": _cot_items}
+
+
+COT_VALIDATION = "medical-o1 validation"
+
+
+def cot_style_of(cfg: KitConfig, name: str) -> str | None:
+    """The CoT style when benchmark ``name`` is a chain-of-thought one (configured, or the run's own)."""
+    for bench in cfg.eval.benchmarks:
+        if bench.name == name:
+            return bench.cot_style if bench.kind == "cot" else None
+    if name.startswith(COT_VALIDATION):
+        return name.rsplit(":", 1)[1]
+    return None
+
+
+def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
+    return {bench.name: load_items(bench, cfg.training.seed) for bench in cfg.eval.benchmarks}
+
+
+def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path, required: bool = False
+                         ) -> None:
+    """Refuse to evaluate an adapter on items its run trained on: the questions in its training_items.jsonl
+    (normalised as the leakage guard does: case, punctuation, accents and invisible characters ignored),
+    and the evaluation questions its data_stats.json says the run was allowed to train on
+    (data.allow_eval_overlap: exact copies and near duplicates inside longer texts). ``required``: the adapter is in
+    a run folder of the kit, which writes the file before training; without it the check cannot be made."""
+    from ..leakage import flagged_hashes, legacy_question_hash, question_hash
+    from ..secrets import printable
+
+    if not training_items.is_file():
+        if required:
+            raise DataError(f"{printable(training_items)} is missing: the run writes it before training, and without "
+                            "it what this adapter was trained on cannot be checked, so its scores could be inflated by "
+                            "items it learned. Restore the file from the run folder's backup, or evaluate another run.")
+        return
+    trained: set[str] = set()
+    for number, line in enumerate(training_items.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            trained.add(str(record["question_sha1_16"]))
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{training_items}:{number}: not a record of training_items.jsonl (the file is damaged), "
+                            "so what this adapter was trained on cannot be checked. Evaluate a run whose "
+                            "training_items.jsonl is intact.") from None
+    stats_file = training_items.parent / "data_stats.json"
+    if stats_file.is_file():
+        try:
+            trained |= flagged_hashes(json.loads(stats_file.read_text(encoding="utf-8")))
+        except ValueError:
+            pass  # a damaged data_stats.json only loses the allowed-overlap list; training_items.jsonl still counts
+    for name, items in items_by_bench.items():
+        seen = [i.uid for i in items
+                if question_hash(i.example.question) in trained or legacy_question_hash(i.example.question) in trained]
+        if seen:
+            raise DataError(
+                f"Benchmark '{printable(name, 80)}': {len(seen)} items were trained on by this adapter (e.g. "
+                f"{printable(seen[:3], 120)}); "
+                "its scores would be inflated. Evaluate on other items or another adapter."
+            )

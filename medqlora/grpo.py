@@ -1,0 +1,220 @@
+"""GRPO: TRL's GRPOTrainer (Unsloth's patched one on NVIDIA GPUs) with the verifiable rewards of rewards.py, the
+format it rewards, its arguments, and what it logs: each reward's zero-variance share, the time spent generating,
+a sample of completions with their rewards (grpo_samples.jsonl) and the rewards' first and last means."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from . import rewards
+from .backends import Runtime
+from .config import KitConfig, load_config
+from .data import PreparedData
+from .distributed import is_main
+from .errors import ConfigError, MedQLoRAError
+from .messages import log
+from .runs import RunDir
+from .trainer_args import common_args, one_gpu
+
+SAMPLES_FILE = "grpo_samples.jsonl"
+
+
+def format_style(cfg: KitConfig) -> str | None:
+    """The reasoning format GRPO rewards: grpo.format_style, or (auto) the cot_style of the medical_o1 data this
+    run, or the run of its init_adapter, trained on; else the plain answer format ('C. ...'); none: None."""
+    chosen = cfg.grpo.format_style
+    if chosen != "auto":
+        return None if chosen == "none" else chosen
+    for spec in cfg.data.datasets:
+        if spec.format == "medical_o1":
+            return spec.cot_style
+    if cfg.training.init_adapter:
+        saved = Path(cfg.training.init_adapter).parent / "config.yaml"
+        if saved.is_file():
+            try:
+                earlier = load_config(saved)
+            except MedQLoRAError:
+                return None
+            for spec in earlier.data.datasets:
+                if spec.format == "medical_o1":
+                    return spec.cot_style
+    return "answer"
+
+
+def grpo_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
+    from trl import GRPOConfig
+
+    g = cfg.grpo
+    extra: dict[str, Any] = {}
+    if g.use_vllm:
+        import importlib.util
+
+        if runtime.backend != "unsloth" or importlib.util.find_spec("vllm") is None:
+            raise ConfigError("grpo.use_vllm: generating with vLLM needs an NVIDIA GPU with Unsloth and vllm installed "
+                              f"(here: {runtime.describe()}, vllm {'installed' if importlib.util.find_spec('vllm') else 'not installed'}). "
+                              "Set grpo.use_vllm: false to generate with the model itself.")
+        extra.update(use_vllm=True, vllm_mode="colocate")
+    return one_gpu(GRPOConfig(
+        **common_args(cfg, runtime, run),
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        beta=g.beta,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        loss_type=g.loss_type,
+        epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high,
+        scale_rewards=g.scale_rewards,
+        num_iterations=g.num_iterations,
+        mask_truncated_completions=g.mask_truncated_completions,
+        shuffle_dataset=True,
+        log_completions=False,  # the kit writes its own sample (grpo.samples_every) into the run folder
+        **extra,
+    ), runtime)
+
+
+def _grpo_dataset(records: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    keys = ("prompt", "kind", "answer", "choices", "option_texts", "uid")
+    return Dataset.from_dict({k: [r[k] if k != "uid" else (r[k] or "") for r in records] for k in keys})
+
+
+def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, prepared: PreparedData,
+                 run: RunDir) -> Any:
+    """TRL's GRPOTrainer (Unsloth's patched class when Unsloth was imported first, as backends.activate does on
+    NVIDIA GPUs) with the run's rewards, their zero-variance share and a sample of completions logged."""
+    kinds = {r["kind"] for r in prepared.train}
+    style = format_style(cfg)
+    funcs, weights = rewards.build(cfg.grpo, kinds, style)
+    args = grpo_config(cfg, runtime, run)
+    args.reward_weights = weights
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    log.info("GRPO rewards: %s (format style: %s)", dict(zip([f.__name__ for f in funcs], weights)), style)
+    return _grpo_class()(model=model, reward_funcs=funcs, args=args, train_dataset=_grpo_dataset(prepared.train),
+                         processing_class=tokenizer, run=run, samples_every=cfg.grpo.samples_every,
+                         samples_count=cfg.grpo.samples_count)
+
+
+class _GenerationStats:
+    """The time and tokens GRPO spends generating, logged beside the loss (generation/share_of_time,
+    generation/tokens_per_second) and kept in generation_totals. Mixed into the GRPO trainer class, whose
+    __init__ sets the counters."""
+
+    def _generate(self, prompts: list) -> Any:
+        began = time.perf_counter()
+        result = super()._generate(prompts)
+        self._generation_s += time.perf_counter() - began
+        completion_ids = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+        if isinstance(completion_ids, list):
+            self._generated_tokens += sum(len(ids) for ids in completion_ids)
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        now = time.perf_counter()
+        wall = now - self._since["t"]
+        gen = self._generation_s - self._since["gen"]
+        tokens = self._generated_tokens - self._since["tokens"]
+        if "loss" in logs and wall > 0:
+            logs["generation/share_of_time"] = round(gen / wall, 4)
+            logs["generation/tokens_per_second"] = round(tokens / max(gen, 1e-9), 1)
+            self._since = {"t": now, "gen": self._generation_s, "tokens": self._generated_tokens}
+        self.generation_totals = {"seconds": round(self._generation_s, 2), "tokens": self._generated_tokens,
+                                  "tokens_per_second": round(self._generated_tokens / max(self._generation_s, 1e-9),
+                                                             1)}
+        super().log(logs, start_time)
+
+
+def _grpo_class() -> type:
+    # On the unsloth backend, backends.activate imported Unsloth before TRL, so this import returns Unsloth's
+    # patched GRPOTrainer (its generation, chunked log-probabilities and, with grpo.use_vllm, vLLM through
+    # fast_inference). The overridden methods (_calculate_rewards below; _generate and log in _GenerationStats)
+    # keep TRL's names and signatures, which Unsloth's patched source keeps too. GPU RUN PENDING: not yet run on
+    # NVIDIA + Unsloth
+    # (bench/grpo_gpu.sh, stages smollm2-grpo and 8b-unsloth-*).
+    from trl import GRPOTrainer
+
+    class KitGRPOTrainer(_GenerationStats, GRPOTrainer):
+        """Adds, per reward function, the share of groups whose completions all scored the same (no signal);
+        the time and tokens spent generating; and completions with their rewards every samples_every steps."""
+
+        def __init__(self, *args: Any, run: RunDir, samples_every: int, samples_count: int, **kwargs: Any) -> None:
+            self.kit_run, self.samples_every, self.samples_count = run, samples_every, samples_count
+            self._written_at: int | None = None
+            self._generation_s = 0.0
+            self._generated_tokens = 0
+            self._since = {"t": time.perf_counter(), "gen": 0.0, "tokens": 0}
+            self.generation_totals: dict[str, Any] = {}
+            super().__init__(*args, **kwargs)
+
+        def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+            per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            mode = "train" if self.model.training else "eval"
+            for name, fraction in _zero_std_fractions(per_func, self.num_generations, self.reward_func_names):
+                self._metrics[mode][f"rewards/{name}/zero_std_frac"].append(fraction)
+            if mode == "train" and is_main():
+                self._write_samples(inputs, completions, per_func)
+            return per_func
+
+        def _write_samples(self, inputs: Any, completions: Any, per_func: Any) -> None:
+            step = self.state.global_step
+            if step % self.samples_every or self._written_at == step:
+                return
+            self._written_at = step
+            lines = _sample_lines(step, inputs, completions, per_func, self.reward_func_names, self.samples_count)
+            with open(self.kit_run.inside(SAMPLES_FILE), "a", encoding="utf-8") as handle:
+                handle.writelines(lines)
+
+    return KitGRPOTrainer
+
+
+def _zero_std_fractions(per_func: Any, group_size: int, names: list[str]) -> list[tuple[str, float]]:
+    """Per reward function, the share of groups whose completions all scored the same (no learning signal)."""
+    import torch
+
+    groups = per_func.view(-1, group_size, per_func.shape[1])
+    fractions = []
+    for i, name in enumerate(names):
+        values = groups[:, :, i]
+        scored = ~torch.isnan(values).all(dim=1)
+        if scored.any():
+            spread = torch.nan_to_num(values[scored], nan=0.0)
+            flat = (spread.max(dim=1).values - spread.min(dim=1).values) == 0
+            fractions.append((name, flat.float().mean().item()))
+    return fractions
+
+
+def _sample_lines(step: int, inputs: Any, completions: Any, per_func: Any, names: list[str], count: int) -> list[str]:
+    """grpo_samples.jsonl lines: the first ``count`` completions of a step, with their rewards."""
+    lines = []
+    for i in range(min(count, len(completions))):
+        reply = completions[i] if isinstance(completions[i], str) else json.dumps(completions[i])
+        lines.append(json.dumps({
+            "step": step, "uid": inputs[i].get("uid"), "kind": inputs[i].get("kind"),
+            "answer": inputs[i].get("answer"), "completion": reply,
+            "rewards": {name: (None if math.isnan(v) else round(v, 4)) for name, v in
+                        zip(names, per_func[i].tolist(), strict=True)},
+            "prompt_tail": inputs[i]["prompt"][-300:]}, ensure_ascii=False) + "\n")
+    return lines
+
+
+def reward_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each logged reward and KL: the mean of the first and the last fifth of the logged steps."""
+    keys = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")}
+                  | {k for e in history for k in ("reward", "kl", "completions/mean_length",
+                                                    "frac_reward_zero_std") if k in e})
+    summary = {}
+    for key in keys:
+        values = [e[key] for e in history if key in e and "train_runtime" not in e and e[key] is not None
+                  and not (isinstance(e[key], float) and math.isnan(e[key]))]
+        if not values:
+            continue
+        k = max(1, len(values) // 5)
+        summary[key] = {"first": round(sum(values[:k]) / k, 4), "last": round(sum(values[-k:]) / k, 4),
+                        "logged": len(values)}
+    return summary

@@ -1,0 +1,42 @@
+"""Every report a run renders: the loss chart, the evaluation report (markdown, JSON, chart), the memory
+table (QLoRA against full fine-tuning), the format advice, the sample responses and the end-of-run summary.
+Files are written through the run folder's one atomic writer (runs.py); figures through ``save_png``.
+
+    training.py    loss and reward charts, memory table, trainable parameters, the training summary
+    evaluation.py  eval_report.md / eval.json / eval_chart.png, per-benchmark lines, format advice
+    outputs.py     the end-of-run summary and the sample responses
+    figures.py     save_png
+"""
+
+from .evaluation import (
+    COMPLIANCE_LEARNED,
+    eval_lines,
+    eval_report_markdown,
+    format_not_learned,
+    plot_eval_chart,
+    summary_row,
+    write_eval_report,
+)
+from .figures import save_png
+from .outputs import samples_markdown, summary_lines
+from .training import (
+    eval_loss_curve,
+    eval_loss_text,
+    loss_curve,
+    loss_trend,
+    memory_table,
+    memory_table_line,
+    memory_table_markdown,
+    parameter_counts,
+    plot_loss,
+    plot_reward_curves,
+    trainable_text,
+    training_summary,
+)
+
+__all__ = [
+    "COMPLIANCE_LEARNED", "eval_lines", "eval_loss_curve", "eval_loss_text", "eval_report_markdown",
+    "format_not_learned", "loss_curve", "loss_trend", "memory_table", "memory_table_line", "memory_table_markdown",
+    "parameter_counts", "plot_eval_chart", "plot_loss", "plot_reward_curves", "samples_markdown", "save_png",
+    "summary_lines", "summary_row", "trainable_text", "training_summary", "write_eval_report",
+]

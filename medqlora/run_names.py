@@ -1,0 +1,67 @@
+"""Where run folders go and what they are called: the output folder checked before a run (it can hold a new
+folder; no credential in its path), the default <model>-<data>-<timestamp> name, and the folder made without
+taking another run's."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .config import KitConfig
+from .errors import MedQLoRAError
+from .secrets import contains_secret, printable, redact, slug
+
+
+def default_run_name(cfg: KitConfig) -> str:
+    """<model>-<data>-<timestamp>. Credentials are masked before the names are mapped to folder-name
+    characters, so neither a token nor its mapped form can reach a folder name."""
+    model = slug(redact(cfg.model.name).rsplit("/", 1)[-1].removesuffix(".gguf"))
+    data = slug(Path(redact(cfg.data.datasets[0].source)).stem.rsplit("/", 1)[-1])
+    name = f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return name if contains_secret(name) is None else f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def refuse_secret_in_path(path: Path | str, what: str) -> None:
+    """A folder path that holds a credential's value: refused, naming the variable, never the value. The path of a
+    run folder is printed, logged and written into tracking files (tensorboard's events) that are shared."""
+    secret = contains_secret(str(path))
+    if secret:
+        raise MedQLoRAError(f"{what} contains the value of {secret}: a run folder's path is printed, logged and "
+                            "written into its tracking files. Choose a folder whose path holds no credential.")
+
+
+def check_output_dir(root: Path) -> None:
+    """The folder that holds run folders: it, or its nearest existing parent, must be a folder in which a folder
+    can be made (tried, and removed at once: /proc/self, a read-only mount or a folder without write permission
+    are found here, at --dry-run, not when the run starts)."""
+    if not str(root).strip():
+        raise MedQLoRAError("The output folder is empty: --output-dir (or output.dir) must name a folder.")
+    refuse_secret_in_path(root, "The output folder (--output-dir or output.dir)")
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: {printable(folder)} is a "
+                                    "file. Choose another --output-dir (or output.dir).")
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".medqlora-check-", dir=folder))
+            except OSError as err:
+                raise MedQLoRAError(f"The output folder {printable(root)} cannot be made: no folder can be created in "
+                                    f"{printable(folder)} ({err.strerror}). Choose another --output-dir (or "
+                                    "output.dir).") from None
+            return
+
+
+def make_run_folder(root: Path, name: str, generated: bool) -> Path:
+    """Create root/name (never following a link there). A generated name taken by a run started in the same
+    second (a sweep launched in parallel) gets a -2, -3... suffix; a name the user chose is never changed."""
+    for n in range(1, 100 if generated else 2):
+        path = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if not generated or path.is_symlink():
+                raise
+    raise FileExistsError(name)

@@ -1,0 +1,69 @@
+"""What a run's manifest.json says as it goes: its status at each stage, and why and where it stopped when it
+fails or is interrupted (the adapter saved or not, how to finish the work left). Mixed into Recipe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import signals
+from .errors import TrainingInterrupted
+from .messages import log
+from .run_manifest import manifest
+from .runs import Files
+from .secrets import printable
+
+
+class RunRecords:
+    """The manifest of the Recipe's run folder (``run``), written with its config and runtime."""
+
+    def record(self, status: str, **extra: Any) -> None:
+        self.facts.update(extra, status=status)
+        self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
+
+    @contextmanager
+    def recording_failures(self) -> Iterator[None]:
+        """Why the run stopped, in its manifest (with the stage it stopped in); the CLI then reports it."""
+        try:
+            yield
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
+            stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
+                     if status == "interrupted" else "failed during evaluation after training: the adapter is saved",
+                     "loading": f"{status} before training"}.get(self.facts.get("status"))
+            reason = str(err) or f"interrupted ({signals.name(signals.received())})"
+            log.error("run %s: %s", status, reason)
+            self.record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
+            raise
+
+    @contextmanager
+    def recorded_after_training(self) -> Iterator[None]:
+        """Work after training (answering the sample queries): if it stops, the manifest says how, with the
+        cause, instead of "trained" (the adapter stays saved); a signal says how to answer them later."""
+        try:
+            try:
+                yield
+            except KeyboardInterrupt:
+                raise self.interrupted_after_training("answering the sample queries", "test") from None
+        except BaseException as err:
+            interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
+            try:
+                facts = json.loads((self.run.path / Files.MANIFEST).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                facts = {}
+            facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
+                         failed_after="training: the adapter is saved",
+                         stage=f"{'interrupted' if interrupted else 'failed'} while answering the sample queries "
+                               "after training: the adapter is saved")
+            log.error("run %s after training: %s", facts["status"], err)
+            self.run.write_json(Files.MANIFEST, facts)
+            raise
+
+    def interrupted_after_training(self, work: str, mode: str) -> TrainingInterrupted:
+        """A signal after the adapter was saved: the message says the adapter is saved and how to finish."""
+        return TrainingInterrupted(
+            f"interrupted ({signals.name(signals.received())}) during {work} after training. This run's adapter is "
+            f"saved in {printable(self.run.adapter)}; finish {work} with: python medical_qlora_finetuning.py --mode "
+            f"{mode} --adapter {printable(self.run.path)}")

@@ -36,7 +36,9 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = local_benchmarks(cfg) if with_eval else {}
-    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
+    lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
+    guarded = {**benchmarks, **harness.guard_items(lm_eval_tasks)}
+    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(guarded))
     if n_train is not None:
         check_warmup(cfg, n_train)
     evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
@@ -67,7 +69,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg)
+                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
         if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.LISTED}}}",

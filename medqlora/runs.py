@@ -230,6 +230,17 @@ def check_output_dir(root: Path) -> None:
             return
 
 
+def check_run_name(name: str) -> None:
+    """output.run_name (or the name the kit made): a plain folder name that holds no credential's value (--dry-run
+    checks the same)."""
+    if "/" in name or "\\" in name or name in {".", ".."}:
+        raise MedQLoRAError(f"output.run_name '{printable(name)}' must be a plain folder name, not a path.")
+    secret = contains_secret(name)
+    if secret:
+        raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
+                            "Choose another output.run_name (or leave it empty for a timestamped name).")
+
+
 def _make_run_folder(root: Path, name: str, generated: bool) -> Path:
     """Create root/name (never following a link there). A generated name taken by a run started in the same
     second (a sweep launched in parallel) gets a -2, -3... suffix; a name the user chose is never changed."""
@@ -255,12 +266,7 @@ class RunDir:
                                 "out for output.dir.")
         root = Path(output_dir or cfg.output.dir).expanduser()
         name = cfg.output.run_name or default_run_name(cfg)
-        if "/" in name or "\\" in name or name in {".", ".."}:
-            raise MedQLoRAError(f"output.run_name '{printable(name)}' must be a plain folder name, not a path.")
-        secret = contains_secret(name)
-        if secret:
-            raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
-                                "Choose another output.run_name (or leave it empty for a timestamped name).")
+        check_run_name(name)
         check_output_dir(root)
         path = root / name
         generated = not cfg.output.run_name if generated_name is None else generated_name

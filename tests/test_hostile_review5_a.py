@@ -6,7 +6,8 @@ import json
 import pytest
 
 from medqlora import harness
-from tests.conftest import run_cli
+from .conftest import assert_one_message, kit_argv, run_cli
+from .test_adapters import make_adapter
 
 
 @pytest.fixture
@@ -35,3 +36,56 @@ def test_the_dry_run_guards_training_rows_against_the_lm_eval_items(tmp_path, ca
     assert result.code == 2
     assert "8 training examples contain evaluation questions" in result.err
     assert "'lm-eval medqa' item" in result.err
+
+
+@pytest.mark.parametrize("dry", [["--dry-run"], []])
+@pytest.mark.parametrize("scripts, said", [((), "holds no convert_lora_to_gguf.py: it must name"),
+                                           (("convert_hf_to_gguf.py",), "holds no convert_lora_to_gguf.py (an older "
+                                            "llama.cpp checkout: update it with git pull): it must name")])
+def test_gguf_lora_refuses_a_llama_cpp_dir_without_the_lora_converter(dry, scripts, said, tiny_model_dir, tmp_path,
+                                                                      capsys, monkeypatch):
+    checkout = tmp_path / "llama.cpp"
+    checkout.mkdir()
+    for script in scripts:
+        (checkout / script).write_text("")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(checkout))
+    adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter),
+                                      *dry, **{"export.formats": "[gguf_lora]"}))
+    assert result.code == 2
+    assert_one_message(result.err, f"LLAMA_CPP_DIR={checkout} {said} a llama.cpp checkout (the folder with "
+                                   "convert_lora_to_gguf.py)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dry", [["--dry-run"], []])
+def test_push_to_hub_without_a_token_is_refused_by_the_dry_run_too(dry, tiny_model_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir))
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter), *dry,
+                    **{"export.formats": "[adapter]", "export.push_to_hub": "me/model"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "export.push_to_hub needs a Hugging Face token with write access")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_export_plan_names_the_hub_push(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
+    adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir))
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter), "--dry-run",
+                    **{"export.formats": "[adapter]", "export.push_to_hub": "me/model"})
+    result = run_cli(capsys, argv)
+    assert result.code == 0, result.err
+    assert "then uploads it to the Hub repository me/model (private" in json.loads(result.out)["does"]
+
+
+def test_the_dry_run_refuses_a_credential_in_the_run_name(tmp_path, capsys, monkeypatch):
+    token = "hf_NEWLINEsecretTOKEN123456"
+    monkeypatch.setenv("HF_TOKEN", token + "\n")
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path), "--set", f"output.run_name={token}"])
+    assert result.code == 2
+    assert_one_message(result.err, "output.run_name contains the value of HF_TOKEN")
+    assert token not in result.err + result.out

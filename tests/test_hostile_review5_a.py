@@ -6,6 +6,7 @@ import json
 import pytest
 
 from medqlora import harness
+
 from .conftest import assert_one_message, kit_argv, run_cli
 from .test_adapters import make_adapter
 
@@ -40,8 +41,8 @@ def test_the_dry_run_guards_training_rows_against_the_lm_eval_items(tmp_path, ca
 
 @pytest.mark.parametrize("dry", [["--dry-run"], []])
 @pytest.mark.parametrize("scripts, said", [((), "holds no convert_lora_to_gguf.py: it must name"),
-                                           (("convert_hf_to_gguf.py",), "holds no convert_lora_to_gguf.py (an older "
-                                            "llama.cpp checkout: update it with git pull): it must name")])
+                                           (("convert_hf_to_gguf.py",), ("holds no convert_lora_to_gguf.py (an older "
+                                            "llama.cpp checkout: update it with git pull): it must name"))])
 def test_gguf_lora_refuses_a_llama_cpp_dir_without_the_lora_converter(dry, scripts, said, tiny_model_dir, tmp_path,
                                                                       capsys, monkeypatch):
     checkout = tmp_path / "llama.cpp"

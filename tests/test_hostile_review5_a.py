@@ -90,3 +90,12 @@ def test_the_dry_run_refuses_a_credential_in_the_run_name(tmp_path, capsys, monk
     assert result.code == 2
     assert_one_message(result.err, "output.run_name contains the value of HF_TOKEN")
     assert token not in result.err + result.out
+
+
+def test_several_configs_are_refused_not_the_last_taken(capsys):
+    result = run_cli(capsys, ["--dry-run", "--config", "config/training_config.yaml", "--config",
+                              "smollm2_grpo_medmcqa"])
+    assert result.code == 2
+    assert_one_message(result.err, "--config is given 2 times (config/training_config.yaml, smollm2_grpo_medmcqa): "
+                                   "the kit reads one config and does not merge them")
+    assert "--set section.key=value" in result.err

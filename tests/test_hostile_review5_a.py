@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from medqlora import harness
+from medqlora import adapters, harness
+from medqlora.errors import ModelError
 
 from .conftest import assert_one_message, kit_argv, run_cli
-from .test_adapters import make_adapter
+from .test_adapters import SHAPES, make_adapter
 
 
 @pytest.fixture
@@ -99,3 +100,34 @@ def test_several_configs_are_refused_not_the_last_taken(capsys):
     assert_one_message(result.err, "--config is given 2 times (config/training_config.yaml, smollm2_grpo_medmcqa): "
                                    "the kit reads one config and does not merge them")
     assert "--set section.key=value" in result.err
+
+
+def test_target_modules_that_leave_out_trained_modules_are_refused(tmp_path):
+    folder = make_adapter(tmp_path / "a", "base", modules=tuple(SHAPES), target_modules=r".*\.(q|v)_proj")
+    with pytest.raises(ModelError) as caught:
+        adapters.find(folder)
+    message = str(caught.value)
+    assert r"target_modules '.*\.(q|v)_proj' leaves out down_proj, gate_proj, k_proj, o_proj, up_proj (10 modules" in message
+    assert 'Set target_modules in adapter_config.json to the modules the weights hold: ["down_proj", "gate_proj", ' \
+           '"k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]' in message
+    with pytest.raises(ModelError, match=r"target_modules '\(q_proj' is not a valid regular expression"):
+        adapters.find(make_adapter(tmp_path / "b", "base", target_modules="(q_proj"))
+    assert adapters.find(make_adapter(tmp_path / "c", "base", modules=tuple(SHAPES), target_modules="all-linear"))
+
+
+@pytest.mark.parametrize("config", [
+    {"target_modules": r".*\.(q|v)_proj"}, {"target_modules": ".*_proj"}, {"target_modules": ["q_proj", "mlp.up_proj"]},
+    {"target_modules": ["self_attn.q_proj", "k_proj"], "exclude_modules": ["layers.1.self_attn.k_proj"]},
+    {"target_modules": ".*", "exclude_modules": ".*mlp.*"},
+])
+def test_the_targeted_modules_are_those_peft_puts_lora_on(config):
+    from types import SimpleNamespace
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    peft_config = SimpleNamespace(**{"exclude_modules": None, "modules_to_save": None, "target_parameters": None,
+                                     "layers_to_transform": None, "layers_pattern": None, **config})
+    for layer in range(2):
+        for module, part in [(m, "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn") for m in SHAPES]:
+            key = f"model.layers.{layer}.{part}.{module}"
+            assert adapters._targeted(config, key) == bool(check_target_module_exists(peft_config, key)), key

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from medqlora import adapters, harness
-from medqlora.errors import ModelError
+from medqlora import adapters, data, harness
+from medqlora.config import DatasetSpec
+from medqlora.errors import DataError, ModelError
 
 from .conftest import assert_one_message, kit_argv, run_cli
 from .test_adapters import SHAPES, make_adapter
@@ -131,3 +132,15 @@ def test_the_targeted_modules_are_those_peft_puts_lora_on(config):
         for module, part in [(m, "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn") for m in SHAPES]:
             key = f"model.layers.{layer}.{part}.{module}"
             assert adapters._targeted(config, key) == bool(check_target_module_exists(peft_config, key)), key
+
+
+@pytest.mark.parametrize("options", [{"A": "lisinopril", "B": "", "C": "insulin", "D": "aspirin"},
+                                     ["lisinopril", "  ", "insulin", "aspirin"],
+                                     {"A": "lisinopril", "B": "\u200b", "C": "insulin", "D": "aspirin"}])
+def test_an_empty_option_of_a_multiple_choice_question_is_refused(tmp_path, options):
+    path = _jsonl(tmp_path / "mc.jsonl", [{"question": "Which drug treats hypertension?", "options": options,
+                                           "answer_idx": "A"}])
+    spec = DatasetSpec(source=str(path), format="multiple_choice")
+    with pytest.raises(DataError, match=r"row 1: field 'options.B' is empty: every option of a multiple-choice "
+                                        r"question needs its text .* Fill it in, or leave the row out"):
+        data.format_rows(spec, data.load_rows(spec))

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from medqlora import adapters, data, harness
-from medqlora.config import DatasetSpec
+from medqlora.config import DatasetSpec, load_config
 from medqlora.errors import DataError, ModelError
 
 from .conftest import assert_one_message, kit_argv, run_cli
@@ -144,3 +144,16 @@ def test_an_empty_option_of_a_multiple_choice_question_is_refused(tmp_path, opti
     with pytest.raises(DataError, match=r"row 1: field 'options.B' is empty: every option of a multiple-choice "
                                         r"question needs its text .* Fill it in, or leave the row out"):
         data.format_rows(spec, data.load_rows(spec))
+
+
+@pytest.mark.parametrize("task", ["medqa", "medmcqa"])
+def test_a_five_option_file_under_a_four_option_lm_eval_task_is_refused(task, tmp_path, lm_eval_here):
+    five = _jsonl(tmp_path / "five.jsonl", [{"question": f"Chest pain number {i}: the diagnosis?",
+                                             "options": dict(zip("ABCDE", ["MI", "GERD", "PE", "costochondritis",
+                                                                           "anxiety"])), "answer_idx": "E"}
+                                            for i in range(4)])
+    cfg = load_config(None, ["eval.harness=lm-eval", f"eval.lm_eval.tasks=[{task}]", f"eval.lm_eval.{task}={five}"])
+    published = {"medqa": "medqa_4options", "medmcqa": "medmcqa"}[task]
+    with pytest.raises(DataError, match=rf"lm-eval task {task}: .*five.jsonl holds items with 5 options \(A, B, C, D, "
+                                        rf"E; item 1\), and lm-eval's {published} asks four, A-D"):
+        harness.load_tasks(cfg)

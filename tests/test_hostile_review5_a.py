@@ -28,11 +28,12 @@ def _drug_questions(n: int = 8) -> list[str]:
     return [f"What is the usual adult dose of drug number {i}?" for i in range(n)]
 
 
-def test_the_dry_run_guards_training_rows_against_the_lm_eval_items(tmp_path, capsys, lm_eval_here):
+def test_the_dry_run_guards_training_rows_against_the_lm_eval_items(smol_dir, tmp_path, capsys, lm_eval_here):
     train = _jsonl(tmp_path / "train.jsonl", [{"instruction": q, "output": "A dose."} for q in _drug_questions()])
     medqa = _jsonl(tmp_path / "medqa.jsonl", [{"question": q, "options": dict(zip("ABCD", "1234")), "answer_idx": "A"}
                                              for q in _drug_questions()])
     result = run_cli(capsys, ["--dry-run", "--mode", "full", "--output-dir", str(tmp_path / "out"),
+                              "--set", f"model.name={smol_dir}",
                               "--set", f"data.datasets=[{{source: {train}, format: instruction}}]",
                               "--set", "eval.harness=lm-eval", "--set", "eval.lm_eval.tasks=[medqa]",
                               "--set", f"eval.lm_eval.medqa={medqa}"])

@@ -133,6 +133,7 @@ def find(folder: Path) -> ValidAdapter:
     shapes = header_shapes(weights)
     check_ranks(folder, config, shapes)
     check_modules_to_save(folder, config, shapes)
+    check_targets(folder, config, shapes)
     return ValidAdapter(folder, config, kit_run_folder(folder), shapes)
 
 
@@ -212,6 +213,46 @@ def check_modules_to_save(folder: Path, config: dict[str, Any], shapes: dict[str
             f"{'it' if len(missing) == 1 else 'them'} (e.g. base_model.model.{printable(missing[0], 60)}.weight). "
             "Copy the adapter again from where it was trained, or remove those names from modules_to_save."
         )
+
+
+def check_targets(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every module with LoRA weights in the file must be one that target_modules names: PEFT puts LoRA layers on
+    the named modules only and drops the other weights without a word (a hand-edited pattern that covers fewer
+    modules than were trained)."""
+    targets = config["target_modules"]
+    shown = f"'{printable(targets, 120)}'" if isinstance(targets, str) else printable(json.dumps(targets), 120)
+    try:
+        dropped = sorted(m for m in lora_modules(shapes) if not _targeted(config, m))
+    except re.error as err:
+        raise ModelError(f"{printable(folder / CONFIG_NAME)}: target_modules {shown} is not a valid regular "
+                         f"expression ({err}).") from None
+    if dropped:
+        names = sorted({m.rsplit(".", 1)[-1] for m in dropped})
+        trained = sorted({m.rsplit(".", 1)[-1] for m in lora_modules(shapes)})
+        raise ModelError(
+            f"The adapter in {printable(folder)} does not match its {CONFIG_NAME}: target_modules {shown} "
+            f"leaves out {', '.join(names)} ({len(dropped)} modules, e.g. "
+            f"{printable(dropped[0], 120)}), whose LoRA weights are in {WEIGHTS_NAME}; loading it would drop them "
+            f"without a word. Set target_modules in {CONFIG_NAME} to the modules the weights hold: "
+            f"{json.dumps(trained)}.")
+
+
+def _targeted(config: dict[str, Any], module: str) -> bool:
+    """Whether PEFT puts a LoRA layer on ``module`` (a path such as model.layers.0.self_attn.q_proj), by PEFT's
+    rule (peft.tuners.tuners_utils.check_target_module_exists, mirrored: importing PEFT takes seconds): a string is
+    a regular expression the whole path must match, a list names modules by their path or its last parts;
+    exclude_modules is read the same way; "all-linear" is every linear layer but the output one. layers_to_transform
+    is not applied, so no module is taken as dropped that PEFT would keep."""
+    def named(spec: Any, key: str) -> bool:
+        if spec == "all-linear":
+            return True
+        if isinstance(spec, str):
+            return re.fullmatch(spec, key) is not None
+        names = [name for name in spec if isinstance(name, str)] if isinstance(spec, list) else []
+        return key in names or any(key.endswith(f".{name}") for name in names)
+
+    excluded = config.get("exclude_modules")
+    return not (excluded and named(excluded, module)) and named(config["target_modules"], module)
 
 
 def header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:

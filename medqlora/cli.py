@@ -17,6 +17,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from . import distributed, messages, signals
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
@@ -28,6 +29,16 @@ TRAINING_MODES = ("train", "full")  # --resume
 ADAPTER_MODES = ("test", "eval", "export", "chat")  # --adapter
 
 
+class _Counted(argparse.Action):
+    """Stores the flag's value as argparse does, and keeps every value given in ``<dest>_given`` so that a repeated
+    flag is refused with the kit's message (check_arguments) instead of the last one winning without a word."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, f"{self.dest}_given", [*getattr(namespace, f"{self.dest}_given", []), values])
+        setattr(namespace, self.dest, values)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medqlora" if Path(sys.argv[0]).name == "medqlora" else "medical_qlora_finetuning.py",
@@ -37,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="train: train an adapter; test: answer the sample queries with an adapter; eval: score the "
                    "base model and an adapter on the eval benchmarks; full: evaluate, train, evaluate, answer; export: write an "
                    "adapter's export.formats (adapter, merged 16-bit, gguf); chat: talk with the model and an adapter")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config file or preset name (config/presets/)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), action=_Counted,
+                   help="YAML config file or preset name (config/presets/); one: change its values with --set")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set training.max_steps=60 (repeatable)")
     p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
@@ -121,6 +133,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         if value is not None and has_control_characters(value):
             raise ConfigError(f"--{flag.replace('_', '-')} {printable(repr(value), PATH_SHOWN)}: contains control "
                               "characters (newline, NUL, escape...); give a plain path.")
+    configs = getattr(args, "config_given", [])
+    if len(configs) > 1:
+        shown = ", ".join(printable(c, PATH_SHOWN) for c in configs)
+        raise ConfigError(f"--config is given {len(configs)} times ({shown}): the kit reads one config and does not "
+                          "merge them (the last would replace the others). Keep one --config and change its values "
+                          "with --set section.key=value, or write the values you want into one YAML file.")
     mode = args.mode
     if args.resume is not None and mode not in TRAINING_MODES:
         raise ConfigError(f"--resume continues an interrupted training run: it is for --mode train and --mode full, "

@@ -50,20 +50,28 @@ def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = Non
     """Write <run>/export/ (a new export-N folder if one exists) from an adapter. run: where to write (the
     adapter's own run folder, or a new one for a foreign adapter); by default the adapter's parent."""
     run = run or RunDir(adapter.parent)
+    sources = check_before_export(cfg, adapter)
+    partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
+    try:
+        return _export_into(cfg, adapter, say, run, set(cfg.export.formats), sources, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a half-written export is worth nothing
+        raise
+
+
+def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
+    """What an export refuses before it writes or loads anything (its --dry-run runs these same checks): a link in
+    the adapter folder, a LLAMA_CPP_DIR without the converter a GGUF format runs, an adapter llama.cpp cannot apply,
+    export.push_to_hub without a token. Returns the adapter's files an adapter export copies."""
     formats = set(cfg.export.formats)
-    sources = adapter_files(adapter) if "adapter" in formats else []  # refused before anything is written
+    sources = adapter_files(adapter) if "adapter" in formats else []
     if formats & {"gguf", "gguf_lora"}:
-        llama_cpp_dir()  # a LLAMA_CPP_DIR that names no converter stops here, before the merge
+        llama_cpp_dir(*converters_for(formats))  # a LLAMA_CPP_DIR that names no converter stops here, before the merge
     if "gguf_lora" in formats:
         lora_gguf_refusal(adapter)
     if cfg.export.push_to_hub:
         hub.token()  # no token: stopped before the work, not after it
-    partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
-    try:
-        return _export_into(cfg, adapter, say, run, formats, sources, partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # a half-written export is worth nothing
-        raise
+    return sources
 
 
 def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, formats: set[str], sources: list[Path],
@@ -373,23 +381,37 @@ def _free() -> None:
 # ---------------------------------------------------------------- GGUF
 
 
-def llama_cpp_dir() -> Path | None:
-    """A llama.cpp checkout (or its converter alone): LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy. A
-    LLAMA_CPP_DIR that is set is the one used: one that is no folder with the converter is refused, not passed over."""
+GGUF_CONVERTER = "convert_hf_to_gguf.py"
+LORA_CONVERTER = "convert_lora_to_gguf.py"
+
+
+def converters_for(formats: set[str]) -> tuple[str, ...]:
+    """llama.cpp's scripts the GGUF formats among ``formats`` run (gguf: the model's, gguf_lora: the adapter's)."""
+    return tuple(script for fmt, script in (("gguf", GGUF_CONVERTER), ("gguf_lora", LORA_CONVERTER)) if fmt in formats)
+
+
+def llama_cpp_dir(*converters: str) -> Path | None:
+    """A llama.cpp checkout (or its converters alone) holding ``converters`` (by default convert_hf_to_gguf.py):
+    LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy. A LLAMA_CPP_DIR that is set is the one used: one that
+    is no folder with the converters is refused, not passed over."""
+    converters = converters or (GGUF_CONVERTER,)
     named = os.environ.get("LLAMA_CPP_DIR")
     if named:
         folder = Path(named).expanduser()
-        if not (folder / "convert_hf_to_gguf.py").is_file():
+        missing = [script for script in converters if not (folder / script).is_file()]
+        if missing:
+            older = (folder / GGUF_CONVERTER).is_file()  # a checkout from before the LoRA converter
             what = ("is a file, not a folder" if folder.is_file() else "does not exist" if not folder.exists()
-                    else "holds no convert_hf_to_gguf.py")
+                    else f"holds no {' and no '.join(missing)}" + (" (an older llama.cpp checkout: update it with "
+                                                                   "git pull)" if older else ""))
             raise ConfigError(f"LLAMA_CPP_DIR={printable(named, 200)} {what}: it must name a llama.cpp checkout "
-                              "(the folder with convert_hf_to_gguf.py). Fix it, or unset LLAMA_CPP_DIR to use the "
-                              "converter the kit finds itself.")
+                              f"(the folder with {' and '.join(converters)}). Fix it, or unset LLAMA_CPP_DIR to use "
+                              "the converter the kit finds itself.")
         return folder
     candidates = ["llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp", str(backends.CACHE_DIR / "llama.cpp")]
     for candidate in filter(None, candidates):
         folder = Path(candidate).expanduser()
-        if (folder / "convert_hf_to_gguf.py").is_file():
+        if all((folder / script).is_file() for script in converters):
             return folder
     return None
 
@@ -486,9 +508,6 @@ def _gguf_field(reader: Any, key: str) -> Any:
 
 # ---------------------------------------------------------------- GGUF LoRA (the adapter alone, for llama.cpp --lora)
 
-LORA_CONVERTER = "convert_lora_to_gguf.py"
-
-
 def lora_gguf_refusal(adapter: Path) -> None:
     """Adapters llama.cpp cannot apply as they are: DoRA (magnitude vectors) and per-layer ranks or alphas (llama.cpp
     scales every layer by one alpha / rank)."""
@@ -503,8 +522,8 @@ def lora_gguf_refusal(adapter: Path) -> None:
 def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any) -> dict[str, Any]:
     """gguf_lora/adapter-<type>.gguf with llama.cpp's convert_lora_to_gguf.py, read back and checked against the
     adapter: every LoRA pair present under llama.cpp's tensor name, with the adapter's shapes, and the same scale."""
-    folder = llama_cpp_dir()
-    if folder is None or not (folder / LORA_CONVERTER).is_file():
+    folder = llama_cpp_dir(LORA_CONVERTER)
+    if folder is None:
         hint = LLAMA_CPP_HINT.replace(" The merged model is exported meanwhile.", "")
         say(f"export: no GGUF LoRA file ({LORA_CONVERTER} not found). {hint}")
         return {"skipped": f"{LORA_CONVERTER} not found. {hint}"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
-from .rows import Example, _column, _field, _kind, _response, _text, _uid
+from .rows import Example, _column, _field, _kind, _response, _text, _uid, invisible
 from .secrets import printable
 
 if TYPE_CHECKING:
@@ -167,7 +167,13 @@ def mc_options(row: dict[str, Any], spec: DatasetSpec) -> dict[str, str]:
     if len(options) < 2:
         raise DataError(f"field '{printable(name, 60)}' has one option: a multiple-choice question needs at least "
                         "two (with one, every answer is right).")
-    return {str(letter).strip(): _text(value, f"{name}.{letter}") for letter, value in options.items()}
+    texts = {str(letter).strip(): _text(value, f"{name}.{letter}") for letter, value in options.items()}
+    blank = [letter for letter, text in texts.items() if invisible(text)]
+    if blank:
+        raise DataError(f"field '{printable(name, 60)}.{printable(blank[0], 10)}' is empty: every option of a "
+                        "multiple-choice question needs its text (an empty answer would teach a bare letter, and an "
+                        "empty wrong option is no choice). Fill it in, or leave the row out.")
+    return texts
 
 
 @dataset_format(

@@ -112,8 +112,9 @@ def _sampled(cfg: KitConfig, name: str, bench: BenchmarkSpec) -> list[EvalItem]:
 def _multiple_choice_items(cfg: KitConfig, name: str) -> list[EvalItem]:
     """The items of the medqa or medmcqa task; a file of another layout is named with the layout it needs (the
     lm-eval settings map no columns)."""
+    bench = _multiple_choice(cfg, name)
     try:
-        return _sampled(cfg, name, _multiple_choice(cfg, name))
+        return _four_options(name, bench, _sampled(cfg, name, bench))
     except MissingColumnError as err:
         raise DataError(f"{err.missing} eval.lm_eval.{name} reads a JSONL file with one question a line: question, "
                         f"options {{A..D}}, answer_idx (the letter), as in {SHIPPED_MEDMCQA} (docs/lm-eval.md); write "
@@ -132,6 +133,20 @@ def _multiple_choice(cfg: KitConfig, name: str) -> BenchmarkSpec:
                         "harness reads local files only). Give the path of a JSONL file, relative to the working "
                         "folder or absolute.")
     return BenchmarkSpec(name=name, kind="multiple_choice", source=str(local))
+
+
+def _four_options(name: str, bench: BenchmarkSpec, items: list[EvalItem]) -> list[EvalItem]:
+    """lm-eval's medqa (medqa_4options) and medmcqa ask four options, A-D: items with other options would be scored
+    under that name and not compare with its published figures."""
+    other = next((item for item in items if item.choices != list("ABCD")), None)
+    if other is None:
+        return items
+    lm_eval_name = "medqa_4options" if name == "medqa" else name
+    raise DataError(f"lm-eval task {name}: {printable(bench.source)} holds items with {len(other.choices)} options "
+                    f"({printable(', '.join(other.choices), 80)}; item {printable(other.uid, 40)}), and lm-eval's "
+                    f"{lm_eval_name} asks four, A-D: its score would not compare. Give eval.lm_eval.{name} a 4-option "
+                    f"file, or score this one with the kit's own scorer: eval.benchmarks: [{{name: {name}_"
+                    f"{len(other.choices)}options, kind: multiple_choice, source: <the file>}}].")
 
 
 def _subjects(name: str) -> tuple[str, ...]:

@@ -18,13 +18,15 @@ from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_a
 from .config import KitConfig
 from .errors import ModelError
 from .inputs import benchmark_guard_items, local_benchmarks, planned_examples
-from .runs import Files, check_output_dir
+from .runs import Files, check_output_dir, check_run_name
 
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
     from .train import check_optimizer, check_warmup, planned_steps
 
+    if cfg.output.run_name:
+        check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
     runtime = backends.detect(cfg)
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
@@ -36,7 +38,9 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = local_benchmarks(cfg) if with_eval else {}
-    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(benchmarks))
+    lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
+    guarded = {**benchmarks, **harness.guard_items(lm_eval_tasks)}
+    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(guarded))
     if n_train is not None:
         check_warmup(cfg, n_train)
     evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
@@ -67,7 +71,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg)
+                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
         if mode in ("full", "eval") else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.LISTED}}}",
@@ -158,17 +162,17 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
-    if mode == "export" and "gguf" in cfg.export.formats:
-        from .export import llama_cpp_dir
+    if mode == "export":
+        from .export import check_before_export
 
-        llama_cpp_dir()  # a LLAMA_CPP_DIR that names no converter is refused, as in the export
+        check_before_export(cfg, adapter)  # what the export refuses before it writes anything is refused here
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
             "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
                                           for b in cfg.eval.benchmarks)
                     + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
-            "export": f"writes {', '.join(cfg.export.formats)} into an export folder",
+            "export": f"writes {', '.join(cfg.export.formats)} into an export folder" + _push_plan(cfg),
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
     return {
         "mode": mode,
@@ -179,6 +183,12 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _push_plan(cfg: KitConfig) -> str:
+    repo = cfg.export.push_to_hub
+    return (f", then uploads it to the Hub repository {repo} ({'private' if cfg.export.hub_private else 'public'}, "
+            "with the token in the environment)") if repo else ""
 
 
 def local_tokenizer(cfg: KitConfig) -> Any:

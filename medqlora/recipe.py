@@ -179,8 +179,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         from . import export
 
         adapter = self.use_adapter(required=True)
-        if "adapter" in self.cfg.export.formats:
-            export.adapter_files(adapter)  # a link in the adapter folder stops the export before anything is written
+        export.check_before_export(self.cfg, adapter)  # refusals come before a run folder is made
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "export")
         say(f"exporting {printable(adapter)} ({', '.join(self.cfg.export.formats)})")
         self.summary = export.run_export(self.cfg, adapter, say, self.run)

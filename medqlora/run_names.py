@@ -23,6 +23,17 @@ def default_run_name(cfg: KitConfig) -> str:
     return name if contains_secret(name) is None else f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_run_name(name: str) -> None:
+    """output.run_name (or the name the kit made): a plain folder name that holds no credential's value (--dry-run
+    checks the same)."""
+    if "/" in name or "\\" in name or name in {".", ".."}:
+        raise MedQLoRAError(f"output.run_name '{printable(name)}' must be a plain folder name, not a path.")
+    secret = contains_secret(name)
+    if secret:
+        raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
+                            "Choose another output.run_name (or leave it empty for a timestamped name).")
+
+
 def refuse_secret_in_path(path: Path | str, what: str) -> None:
     """A folder path that holds a credential's value: refused, naming the variable, never the value. The path of a
     run folder is printed, logged and written into tracking files (tensorboard's events) that are shared."""

@@ -24,7 +24,7 @@ from .config import KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
 from .messages import log_to
-from .run_names import check_output_dir, default_run_name, make_run_folder
+from .run_names import check_output_dir, check_run_name, default_run_name, make_run_folder
 from .secrets import RedactingFilter, contains_secret, printable, redact
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -196,12 +196,7 @@ class RunDir:
                                 "out for output.dir.")
         root = Path(output_dir or cfg.output.dir).expanduser()
         name = cfg.output.run_name or default_run_name(cfg)
-        if "/" in name or "\\" in name or name in {".", ".."}:
-            raise MedQLoRAError(f"output.run_name '{printable(name)}' must be a plain folder name, not a path.")
-        secret = contains_secret(name)
-        if secret:
-            raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
-                                "Choose another output.run_name (or leave it empty for a timestamped name).")
+        check_run_name(name)
         check_output_dir(root)
         path = root / name
         generated = not cfg.output.run_name if generated_name is None else generated_name

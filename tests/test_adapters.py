@@ -70,7 +70,7 @@ def test_more_layers_than_the_base_model_has(tiny_model_dir, tmp_path):
 
 
 def test_target_modules_the_base_model_lacks(tiny_model_dir, tmp_path):
-    folder = make_adapter(tmp_path / "a", str(tiny_model_dir), target_modules=["q_proj", "c_attn"])
+    folder = make_adapter(tmp_path / "a", str(tiny_model_dir), target_modules=["q_proj", "v_proj", "c_attn"])
     with pytest.raises(ModelError, match=r"targets modules the base model lacks \(c_attn"):
         check(folder, tiny_model_dir)
 

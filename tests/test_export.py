@@ -122,7 +122,7 @@ def test_a_second_export_never_overwrites_the_first(trained_run, tiny_model_dir)
 def test_gguf_without_llama_cpp_says_what_to_install_and_still_exports_merged(trained_run, tiny_model_dir,
                                                                               monkeypatch, capsys):
     out, run = trained_run
-    monkeypatch.setattr(export, "llama_cpp_dir", lambda: None)
+    monkeypatch.setattr(export, "llama_cpp_dir", lambda *converters: None)
     assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{"export.formats": "[gguf]",
                                                                         "export.compare_prompts": "1"}) == 0
     printed = capsys.readouterr().out

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from medqlora import export
+from medqlora import backends, export
 from medqlora.errors import ModelError
 
 from .conftest import run_tiny
@@ -184,10 +184,13 @@ def test_llama_cpp_answers_with_the_trained_models_greedy_tokens(lora_run, lora_
 def test_gguf_lora_without_the_lora_converter_says_how_to_get_it_and_exports_the_rest(lora_run, tiny_model_dir,
                                                                                       tmp_path, monkeypatch, capsys):
     out, run = lora_run
-    older = tmp_path / "llama.cpp"  # a checkout from before convert_lora_to_gguf.py
+    older = tmp_path / "llama.cpp"  # a checkout from before convert_lora_to_gguf.py, found in the working folder
     older.mkdir()
     (older / "convert_hf_to_gguf.py").write_text("")
-    monkeypatch.setenv("LLAMA_CPP_DIR", str(older))
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(backends, "CACHE_DIR", tmp_path / "cache")  # not the converter the other tests fetch
     assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{"export.formats": "[adapter,gguf_lora]"}) == 0
     said = capsys.readouterr()
     assert "no GGUF LoRA file (convert_lora_to_gguf.py not found). GGUF export uses llama.cpp's converter" in (

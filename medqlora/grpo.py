@@ -21,11 +21,13 @@ from .runs import RunDir
 from .trainer_args import common_args, one_gpu
 
 SAMPLES_FILE = "grpo_samples.jsonl"
+ANSWER_FORMAT_ROWS = ("multiple_choice", "pubmedqa")
 
 
 def format_style(cfg: KitConfig) -> str | None:
     """The reasoning format GRPO rewards: grpo.format_style, or (auto) the cot_style of the medical_o1 data this
-    run, or the run of its init_adapter, trained on; else the plain answer format ('C. ...'); none: None."""
+    run, or the run of its init_adapter, trained on; else the plain answer format ('C. ...') where the rows have
+    options; none, or auto on prompt_answer rows alone: None."""
     chosen = cfg.grpo.format_style
     if chosen != "auto":
         return None if chosen == "none" else chosen
@@ -42,7 +44,13 @@ def format_style(cfg: KitConfig) -> str | None:
             for spec in earlier.data.datasets:
                 if spec.format == "medical_o1":
                     return spec.cot_style
-    return "answer"
+    # the answer format is a reply opening with one of the item's options: prompt_answer rows have none
+    return "answer" if answer_format_applies(cfg) else None
+
+
+def answer_format_applies(cfg: KitConfig) -> bool:
+    """Whether the run trains on rows with options (multiple choice, PubMedQA) the answer format can be read on."""
+    return any(spec.format in ANSWER_FORMAT_ROWS for spec in cfg.data.datasets if spec.use_for == "train")
 
 
 def grpo_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
@@ -96,6 +104,9 @@ def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log.info("GRPO rewards: %s (format style: %s)", dict(zip([f.__name__ for f in funcs], weights)), style)
+    if style is None and cfg.grpo.format_style == "auto":
+        log.info("GRPO: no format reward: prompt_answer rows have no options for a reply to open with "
+                 "(grpo.format_style: huatuo or tags rewards a reasoning format)")
     return _grpo_class()(model=model, reward_funcs=funcs, args=args, train_dataset=_grpo_dataset(prepared.train),
                          processing_class=tokenizer, run=run, samples_every=cfg.grpo.samples_every,
                          samples_count=cfg.grpo.samples_count)

@@ -37,7 +37,13 @@ def check_method(cfg: Any) -> None:
                 f"grpo.max_completion_length ({g.max_completion_length}) leaves no room for the prompt within "
                 f"model.max_seq_length ({cfg.model.max_seq_length}): raise model.max_seq_length to at least "
                 f"{g.max_completion_length + 256}, or lower grpo.max_completion_length")
-        rising = {REWARD_OF_FORMAT[fmt] for _, fmt in formats} | ({"format"} if g.format_style != "none" else set())
+        with_options = any(fmt in ("multiple_choice", "pubmedqa") for _, fmt in formats)
+        if g.format_style == "answer" and not with_options:
+            raise ValueError("grpo.format_style: answer rewards a reply that opens with one of the item's options, and "
+                             "prompt_answer rows have none: the reward would score nothing. Set grpo.format_style: "
+                             "auto or none (or huatuo / tags to reward a reasoning format)")
+        format_scores = g.format_style in ("huatuo", "tags") or (g.format_style != "none" and with_options)
+        rising = {REWARD_OF_FORMAT[fmt] for _, fmt in formats} | ({"format"} if format_scores else set())
         if not any(getattr(g.rewards, name) > 0 for name in rising):
             raise ValueError(f"grpo.rewards: every reward that can rise on this data is weighted 0 "
                              f"({', '.join(sorted(rising))}): GRPO would have nothing to learn from")

@@ -90,35 +90,37 @@ def load_yaml(text: str, source: str, lines: bool = True, lenient: bool = False,
         if lenient and isinstance(err, _Unreadable):
             return text, {}
         raise ConfigError(f"{err.where or where(err.mark)}: {err.problem}.") from None
-    except yaml.constructor.ConstructorError as err:  # valid YAML, but not plain data
-        if lenient:
+    except (yaml.YAMLError, RecursionError) as err:
+        if lenient and not isinstance(err, RecursionError):
             return text, {}
-        problem = str(getattr(err, "problem", None) or err)
-        if "could not determine a constructor" in problem:
-            problem = (f"{printable(problem.rsplit(' ', 1)[-1], 80)} is not allowed: the kit reads plain YAML "
-                       "(no !!python/... or custom tags)")
-        elif "unhashable" in problem:
-            problem = "a key must be a plain value (a name, a number), not a list or mapping"
-        raise ConfigError(f"{where(getattr(err, 'problem_mark', None))}: {printable(problem)}.") from None
-    except yaml.YAMLError as err:
-        if lenient:
-            return text, {}
-        mark = getattr(err, "problem_mark", None)
-        if isinstance(err, yaml.composer.ComposerError) and "single document" in str(err.context):
-            raise ConfigError(f"{where(mark)}: a second YAML document starts here, at a '---' line; the kit "
-                              "reads one document per file. Keep one: put all the settings in the first document "
-                              "and remove the '---' line between them.") from None
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where(mark)}: invalid YAML: {printable(problem)}. Check indentation and quoting "
-                          "there.") from None
-    except RecursionError:  # a last guard: the depth limit above should make this unreachable
-        raise ConfigError(f"{source}: nested too deeply to read.") from None
+        raise _unreadable_yaml(err, source, where) from None
     finally:
         if loader is not None:
             loader.dispose()
     found: dict[tuple, int] = {}
     _line_numbers(node, (), found)
     return data, found
+
+
+def _unreadable_yaml(err: BaseException, source: str, where: Any) -> ConfigError:
+    """The one message for YAML the reader could not turn into plain data, at the line where it failed."""
+    if isinstance(err, RecursionError):  # a last guard: the depth limit should make this unreachable
+        return ConfigError(f"{source}: nested too deeply to read.")
+    if isinstance(err, yaml.constructor.ConstructorError):  # valid YAML, but not plain data
+        problem = str(getattr(err, "problem", None) or err)
+        if "could not determine a constructor" in problem:
+            problem = (f"{printable(problem.rsplit(' ', 1)[-1], 80)} is not allowed: the kit reads plain YAML "
+                       "(no !!python/... or custom tags)")
+        elif "unhashable" in problem:
+            problem = "a key must be a plain value (a name, a number), not a list or mapping"
+        return ConfigError(f"{where(getattr(err, 'problem_mark', None))}: {printable(problem)}.")
+    mark = getattr(err, "problem_mark", None)
+    if isinstance(err, yaml.composer.ComposerError) and "single document" in str(err.context):
+        return ConfigError(f"{where(mark)}: a second YAML document starts here, at a '---' line; the kit reads one "
+                           "document per file. Keep one: put all the settings in the first document and remove the "
+                           "'---' line between them.")
+    problem = getattr(err, "problem", None) or str(err)
+    return ConfigError(f"{where(mark)}: invalid YAML: {printable(problem)}. Check indentation and quoting there.")
 
 
 def _check_tree(root: yaml.Node, source: str, lines: bool, max_values: int = YAML_MAX_VALUES) -> None:

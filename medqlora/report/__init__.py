@@ -13,6 +13,7 @@ from .evaluation import (
     eval_lines,
     eval_report_markdown,
     format_not_learned,
+    lm_eval_report_markdown,
     plot_eval_chart,
     summary_row,
     write_eval_report,
@@ -36,8 +37,8 @@ from .training import (
 
 __all__ = [
     "COMPLIANCE_LEARNED", "eval_lines", "eval_loss_curve", "eval_loss_text", "eval_report_markdown",
-    "export_report_markdown", "format_not_learned", "loss_curve", "loss_trend", "memory_table",
-    "memory_table_line", "memory_table_markdown", "parameter_counts", "plot_eval_chart", "plot_loss",
-    "plot_reward_curves", "samples_markdown", "save_png", "summary_lines", "summary_row", "trainable_text",
-    "training_summary", "write_eval_report",
+    "export_report_markdown", "format_not_learned", "lm_eval_report_markdown", "loss_curve", "loss_trend",
+    "memory_table", "memory_table_line", "memory_table_markdown", "parameter_counts", "plot_eval_chart",
+    "plot_loss", "plot_reward_curves", "samples_markdown", "save_png", "summary_lines", "summary_row",
+    "trainable_text", "training_summary", "write_eval_report",
 ]

@@ -182,19 +182,7 @@ def tokenize_collected(
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     for c in collected:
-        raw_lengths: list[int] = []
-        outcomes: dict[str, int] = {}
-        system_prompt = system_prompt_of(data, c.spec)
-        for example in c.examples:
-            full, _ = tokenize_example(example, tokenizer, system_prompt, 10**9, "truncate", end)
-            raw_lengths.append(len(full["input_ids"]))
-            tokenized, outcome = tokenize_example(example, tokenizer, system_prompt, max_len, data.too_long, end)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            if tokenized is not None:
-                records.append({**tokenized, "source": c.name, "uid": example.uid, "role": example.role,
-                                "question_hash": leakage.question_hash(example.question), "example": example,
-                                "format": c.spec.format, "cot_style": c.spec.cot_style})
-        stats[c.name] = {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
+        stats[c.name] = _tokenize_dataset(c, data, tokenizer, max_len, end, records)
     if not records:
         _refuse_nothing_fits(data, max_len, stats)
     random.Random(seed).shuffle(records)
@@ -204,6 +192,41 @@ def tokenize_collected(
     validation, train = reserved + pool[:n_val], pool[n_val:]
     if not train:
         refuse_no_training_examples(data, max_len, collected)
+    cut, dropped, warnings = _fitting_warnings(collected, data, max_len, stats)
+    stats["total"] = {
+        "answers_truncated": cut,
+        "prompts_too_long": dropped if data.too_long == "truncate" else 0,
+        "warnings": warnings,
+        "train": len(train),
+        "validation": len(validation),
+        "train_tokens": sum(len(r["input_ids"]) for r in train),
+        "padding_fraction": padding_report([len(r["input_ids"]) for r in train], micro_batch, max_len, seed),
+    }
+    fingerprints = {c.name: fingerprint(c.spec) for c in collected}
+    return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
+
+
+def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: int, end: str,
+                      records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dataset's examples rendered, tokenized and fitted into ``records``; its statistics."""
+    raw_lengths: list[int] = []
+    outcomes: dict[str, int] = {}
+    system_prompt = system_prompt_of(data, c.spec)
+    for example in c.examples:
+        full, _ = tokenize_example(example, tokenizer, system_prompt, 10**9, "truncate", end)
+        raw_lengths.append(len(full["input_ids"]))
+        tokenized, outcome = tokenize_example(example, tokenizer, system_prompt, max_len, data.too_long, end)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if tokenized is not None:
+            records.append({**tokenized, "source": c.name, "uid": example.uid, "role": example.role,
+                            "question_hash": leakage.question_hash(example.question), "example": example,
+                            "format": c.spec.format, "cot_style": c.spec.cot_style})
+    return {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
+
+
+def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: int,
+                      stats: dict[str, Any]) -> tuple[int, int, list[str]]:
+    """Answers cut and prompts left out to fit model.max_seq_length, and the warnings that say so (logged too)."""
     cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
     warnings = []
     if cut:
@@ -219,17 +242,7 @@ def tokenize_collected(
                         f"{max_len}, so no answer could be kept even cut (data.too_long: truncate shortens only "
                         "answers and pubmedqa contexts). Raise model.max_seq_length, or shorten those prompts.")
         logging.getLogger("medqlora").warning(warnings[-1])
-    stats["total"] = {
-        "answers_truncated": cut,
-        "prompts_too_long": dropped if data.too_long == "truncate" else 0,
-        "warnings": warnings,
-        "train": len(train),
-        "validation": len(validation),
-        "train_tokens": sum(len(r["input_ids"]) for r in train),
-        "padding_fraction": padding_report([len(r["input_ids"]) for r in train], micro_batch, max_len, seed),
-    }
-    fingerprints = {c.name: fingerprint(c.spec) for c in collected}
-    return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
+    return cut, dropped, warnings
 
 
 def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any]) -> None:

@@ -387,34 +387,6 @@ def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str,
     return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
 
 
-def report_markdown(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["## lm-evaluation-harness", "",
-             "| task | items | baseline acc | fine-tuned acc | delta | acc_norm (base / tuned) | "
-             "macro-F1 (base / tuned) | items/s (base / tuned) |", "|---|---|---|---|---|---|---|---|"]
-    for name, row in results.items():
-        base, tuned = row.get("baseline"), row.get("fine_tuned")
-        either = tuned or base
-        lines.append("| " + " | ".join([
-            name, str(either["items"]), _cell(base, "lm_eval_acc"), _cell(tuned, "lm_eval_acc"),
-            f"{tuned['lm_eval_acc'] - base['lm_eval_acc']:+.1f}" if base and tuned else "",
-            f"{_cell(base, 'lm_eval_acc_norm')} / {_cell(tuned, 'lm_eval_acc_norm')}",
-            f"{_cell(base, 'macro_f1')} / {_cell(tuned, 'macro_f1')}",
-            f"{_cell(base, 'items_per_second')} / {_cell(tuned, 'items_per_second')}",
-        ]) + " |")
-    lines += ["", "lm-eval's zero-shot prompts and answer scoring (the log-likelihood of each whole answer; acc_norm "
-              "divides it by the answer's length in bytes), on the same items as the kit's scorer where the benchmark "
-              "names match; the task files are in lm_eval_tasks/. Accuracy in %.", ""]
-    for name, row in results.items():
-        for stage in ("baseline", "fine_tuned"):
-            if row.get(stage):
-                lines.append(f"- {name} {stage}: predicted {row[stage]['predicted']} vs gold {row[stage]['gold']}")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(metrics: dict | None, key: str) -> str:
-    return f"{metrics[key]:.1f}" if metrics and isinstance(metrics.get(key), (int, float)) else "-"
-
-
 def summary_text(results: dict[str, dict[str, Any]]) -> str:
     return "; ".join(f"lm-eval {name} acc {(row.get('baseline') or {}).get('lm_eval_acc', '-')} -> "
                      f"{(row.get('fine_tuned') or {}).get('lm_eval_acc', '-')}" for name, row in results.items())

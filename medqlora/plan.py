@@ -54,9 +54,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "backend": runtime.describe(),
         "model": cfg.model.name,
         "quantization": "4-bit NF4" if cfg.model.load_in_4bit and runtime.device == "cuda" else "none",
-        "lora": f"r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} on "
-        f"{','.join(cfg.lora.target_modules)}"
-        + (f" (the settings of training.init_adapter {cfg.training.init_adapter})" if cfg.training.init_adapter not in (None, "latest") else ""),
+        "lora": _lora_text(cfg),
         "datasets": sizes,
         "training_examples": n_train if n_train is not None else "unknown until hub data is downloaded",
         "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "
@@ -70,12 +68,23 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "gpu_memory": memory_plan(cfg, runtime),
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if mode in ("full", "eval") else {}),
-        "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                       for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
-        if mode in ("full", "eval") else [],
+        "evaluation": _evaluation_plan(cfg, mode, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.LISTED}}}",
     }
+
+
+def _lora_text(cfg: KitConfig) -> str:
+    return (f"r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} on "
+            f"{','.join(cfg.lora.target_modules)}"
+            + (f" (the settings of training.init_adapter {cfg.training.init_adapter})"
+               if cfg.training.init_adapter not in (None, "latest") else ""))
+
+
+def _evaluation_plan(cfg: KitConfig, mode: str, lm_eval_tasks: list | None) -> list[str]:
+    return ([f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
+             for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
+            if mode in ("full", "eval") else [])
 
 
 def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def test_gguf_without_llama_cpp_says_what_to_install_and_still_exports_merged(tr
                                                                               monkeypatch, capsys):
     out, run = trained_run
     monkeypatch.setattr(export, "llama_cpp_dir", lambda *converters: None)
+    monkeypatch.setattr(export.gguf_model, "llama_cpp_dir", lambda *converters: None)
     assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run), **{"export.formats": "[gguf]",
                                                                         "export.compare_prompts": "1"}) == 0
     printed = capsys.readouterr().out
@@ -152,7 +153,7 @@ def test_a_crashed_export_leaves_no_export_folder(trained_run, tiny_model_dir, m
         building.append(sorted(p.name for p in (run / ".export.partial").iterdir()))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "merge_into_dequantized_base", fail)
+    monkeypatch.setattr(export.merged, "merge_into_dequantized_base", fail)
     assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(run),
                **{"export.formats": "[adapter, merged]"}) == 2
     assert building == [["adapter"]]  # the export was being built aside, the adapter already copied there...

@@ -178,10 +178,11 @@ def tokenize_collected(
     collected: list[Collected], data: DataSection, tokenizer: Any, max_len: int, seed: int, micro_batch: int = 1
 ) -> PreparedData:
     """Render, tokenize and fit every example; split off validation items."""
+    end = turn_end(tokenizer)
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     for c in collected:
-        stats[c.name] = _tokenize_dataset(c, data, tokenizer, max_len, records)
+        stats[c.name] = _tokenize_dataset(c, data, tokenizer, max_len, end, records)
     if not records:
         _refuse_nothing_fits(data, max_len, stats)
     random.Random(seed).shuffle(records)
@@ -191,13 +192,11 @@ def tokenize_collected(
     validation, train = reserved + pool[:n_val], pool[n_val:]
     if not train:
         refuse_no_training_examples(data, max_len, collected)
-    examples = sum(len(c.examples) for c in collected)
-    cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
-    dropped = sum(stats[c.name]["fitting"].get("dropped", 0) for c in collected)
+    cut, dropped, warnings = _fitting_warnings(collected, data, max_len, stats)
     stats["total"] = {
         "answers_truncated": cut,
         "prompts_too_long": dropped if data.too_long == "truncate" else 0,
-        "warnings": _fitting_warnings(cut, dropped, examples, data, max_len),
+        "warnings": warnings,
         "train": len(train),
         "validation": len(validation),
         "train_tokens": sum(len(r["input_ids"]) for r in train),
@@ -207,10 +206,9 @@ def tokenize_collected(
     return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
 
 
-def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: int,
+def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: int, end: str,
                       records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One dataset's examples tokenized and fitted into ``records``; returns its statistics."""
-    end = turn_end(tokenizer)
+    """One dataset's examples rendered, tokenized and fitted into ``records``; its statistics."""
     raw_lengths: list[int] = []
     outcomes: dict[str, int] = {}
     system_prompt = system_prompt_of(data, c.spec)
@@ -226,21 +224,25 @@ def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: 
     return {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
 
 
-def _fitting_warnings(cut: int, dropped: int, examples: int, data: DataSection, max_len: int) -> list[str]:
-    """What fitting to model.max_seq_length did that the user must know, each also logged as a warning."""
+def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: int,
+                      stats: dict[str, Any]) -> tuple[int, int, list[str]]:
+    """Answers cut and prompts left out to fit model.max_seq_length, and the warnings that say so (logged too)."""
+    cut = sum(stats[c.name]["fitting"].get("response_truncated", 0) for c in collected)
     warnings = []
     if cut:
-        warnings.append(f"{cut} of {examples} answers were cut to fit model.max_seq_length={max_len} (data.too_long: "
-                        "truncate): the model learns them unfinished. Raise model.max_seq_length, or set "
-                        "data.too_long: drop to leave those examples out.")
+        warnings.append(f"{cut} of {sum(len(c.examples) for c in collected)} answers were cut to fit "
+                        f"model.max_seq_length={max_len} (data.too_long: truncate): the model learns them "
+                        "unfinished. Raise model.max_seq_length, or set data.too_long: drop to leave those examples "
+                        "out.")
+        logging.getLogger("medqlora").warning(warnings[-1])
+    dropped = sum(stats[c.name]["fitting"].get("dropped", 0) for c in collected)
     if dropped and data.too_long == "truncate":
-        warnings.append(f"{dropped} of {examples} examples were left out: the prompt alone (with the chat template and "
-                        f"system prompt) does not fit model.max_seq_length={max_len}, so no answer could be kept even "
-                        "cut (data.too_long: truncate shortens only answers and pubmedqa contexts). Raise "
-                        "model.max_seq_length, or shorten those prompts.")
-    for warning in warnings:
-        logging.getLogger("medqlora").warning(warning)
-    return warnings
+        warnings.append(f"{dropped} of {sum(len(c.examples) for c in collected)} examples were left out: the prompt "
+                        f"alone (with the chat template and system prompt) does not fit model.max_seq_length="
+                        f"{max_len}, so no answer could be kept even cut (data.too_long: truncate shortens only "
+                        "answers and pubmedqa contexts). Raise model.max_seq_length, or shorten those prompts.")
+        logging.getLogger("medqlora").warning(warnings[-1])
+    return cut, dropped, warnings
 
 
 def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any]) -> None:

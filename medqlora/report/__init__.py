@@ -4,7 +4,7 @@ Files are written through the run folder's one atomic writer (runs.py); figures 
 
     training.py    loss and reward charts, memory table, trainable parameters, the training summary
     evaluation.py  eval_report.md / eval.json / eval_chart.png, per-benchmark lines, format advice
-    outputs.py     the end-of-run summary and the sample responses
+    outputs.py     the end-of-run summary, the sample responses and the export report
     figures.py     save_png
 """
 
@@ -13,12 +13,13 @@ from .evaluation import (
     eval_lines,
     eval_report_markdown,
     format_not_learned,
+    lm_eval_report_markdown,
     plot_eval_chart,
     summary_row,
     write_eval_report,
 )
 from .figures import save_png
-from .outputs import samples_markdown, summary_lines
+from .outputs import export_report_markdown, samples_markdown, summary_lines
 from .training import (
     eval_loss_curve,
     eval_loss_text,
@@ -36,7 +37,8 @@ from .training import (
 
 __all__ = [
     "COMPLIANCE_LEARNED", "eval_lines", "eval_loss_curve", "eval_loss_text", "eval_report_markdown",
-    "format_not_learned", "loss_curve", "loss_trend", "memory_table", "memory_table_line", "memory_table_markdown",
-    "parameter_counts", "plot_eval_chart", "plot_loss", "plot_reward_curves", "samples_markdown", "save_png",
-    "summary_lines", "summary_row", "trainable_text", "training_summary", "write_eval_report",
+    "export_report_markdown", "format_not_learned", "lm_eval_report_markdown", "loss_curve", "loss_trend",
+    "memory_table", "memory_table_line", "memory_table_markdown", "parameter_counts", "plot_eval_chart",
+    "plot_loss", "plot_reward_curves", "samples_markdown", "save_png", "summary_lines", "summary_row",
+    "trainable_text", "training_summary", "write_eval_report",
 ]

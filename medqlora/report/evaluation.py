@@ -1,4 +1,4 @@
-"""The evaluation reports: eval_report.md (benchmarks, chain-of-thought format, perplexity), eval.json and
+"""The evaluation reports: eval_report.md (benchmarks, chain-of-thought format, perplexity, lm-eval), eval.json and
 eval_chart.png; one line a benchmark as each evaluation ends and in the end-of-run summary; and the advice when
 a reasoning format was not learned."""
 
@@ -66,7 +66,7 @@ def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], tit
         return line
     md, js, png = run.unique(Files.EVAL_REPORT), run.unique(Files.EVAL_JSON), run.unique(Files.EVAL_CHART)
     run.write_text(md, eval_report_markdown(results, f"Evaluation: {title}", perplexity)
-                   + ("\n" + harness.report_markdown(lm_eval) if lm_eval else ""))
+                   + ("\n" + lm_eval_report_markdown(lm_eval) if lm_eval else ""))
     run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
                         **({"lm_eval": lm_eval} if lm_eval else {})})
     plot_eval_chart(results, run.path / png)
@@ -170,3 +170,31 @@ def plot_eval_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def lm_eval_report_markdown(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["## lm-evaluation-harness", "",
+             "| task | items | baseline acc | fine-tuned acc | delta | acc_norm (base / tuned) | "
+             "macro-F1 (base / tuned) | items/s (base / tuned) |", "|---|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        base, tuned = row.get("baseline"), row.get("fine_tuned")
+        either = tuned or base
+        lines.append("| " + " | ".join([
+            name, str(either["items"]), _cell(base, "lm_eval_acc"), _cell(tuned, "lm_eval_acc"),
+            f"{tuned['lm_eval_acc'] - base['lm_eval_acc']:+.1f}" if base and tuned else "",
+            f"{_cell(base, 'lm_eval_acc_norm')} / {_cell(tuned, 'lm_eval_acc_norm')}",
+            f"{_cell(base, 'macro_f1')} / {_cell(tuned, 'macro_f1')}",
+            f"{_cell(base, 'items_per_second')} / {_cell(tuned, 'items_per_second')}",
+        ]) + " |")
+    lines += ["", "lm-eval's zero-shot prompts and answer scoring (the log-likelihood of each whole answer; acc_norm "
+              "divides it by the answer's length in bytes), on the same items as the kit's scorer where the benchmark "
+              "names match; the task files are in lm_eval_tasks/. Accuracy in %.", ""]
+    for name, row in results.items():
+        for stage in ("baseline", "fine_tuned"):
+            if row.get(stage):
+                lines.append(f"- {name} {stage}: predicted {row[stage]['predicted']} vs gold {row[stage]['gold']}")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(metrics: dict | None, key: str) -> str:
+    return f"{metrics[key]:.1f}" if metrics and isinstance(metrics.get(key), (int, float)) else "-"

@@ -1,0 +1,113 @@
+"""--mode export: the adapter alone, a merged 16-bit model, and GGUF, each checked against training.
+
+The merged model is built from the *dequantized 4-bit base* the adapter was trained on, not from a
+separate 16-bit download: QLoRA learned a correction to the quantized weights, so merging it into
+the original weights gives a slightly different model. Both differences are measured and reported.
+
+    adapter.py     export.formats adapter: the adapter's files, tokenizer and model card
+    merged.py      export.formats merged: merged into the dequantized base, saved, checked
+    gguf_model.py  export.formats gguf: the merged model through llama.cpp, an Ollama Modelfile
+    gguf_lora.py   export.formats gguf_lora: the adapter alone as a llama.cpp LoRA file
+    llama_cpp.py   llama.cpp's converters found, fetched and run
+    checks.py      the trained model's logits and greedy replies, and an export compared with them
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import hub
+from ..config import KitConfig
+from ..report import export_report_markdown
+from ..runs import RunDir
+from ..secrets import printable
+from .adapter import adapter_files, export_adapter, has_tokenizer
+from .checks import Reference, compare, trained_reference
+from .gguf_lora import check_gguf_lora, export_gguf_lora, lora_gguf_refusal
+from .gguf_model import check_gguf_metadata, export_gguf, write_modelfile
+from .llama_cpp import LLAMA_CPP_HINT, converters_for, fetch_llama_cpp_converter, llama_cpp_dir
+from .merged import dequantize_to_cpu, export_merged, merge_into_dequantized_base
+
+__all__ = [
+    "LLAMA_CPP_HINT", "Reference", "adapter_files", "check_before_export", "check_gguf_lora", "check_gguf_metadata",
+    "compare", "converters_for", "dequantize_to_cpu", "export_gguf_lora", "fetch_llama_cpp_converter", "has_tokenizer", "llama_cpp_dir",
+    "lora_gguf_refusal", "main", "merge_into_dequantized_base", "run_export", "trained_reference",
+]
+
+
+def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = None) -> dict[str, Any]:
+    """Write <run>/export/ (a new export-N folder if one exists) from an adapter. run: where to write (the
+    adapter's own run folder, or a new one for a foreign adapter); by default the adapter's parent."""
+    run = run or RunDir(adapter.parent)
+    sources = check_before_export(cfg, adapter)
+    partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
+    try:
+        return _export_into(cfg, adapter, say, run, set(cfg.export.formats), sources, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a half-written export is worth nothing
+        raise
+
+
+def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
+    """What an export refuses before it writes or loads anything (its --dry-run runs these same checks): a link in
+    the adapter folder, a LLAMA_CPP_DIR without the converter a GGUF format runs, an adapter llama.cpp cannot apply,
+    export.push_to_hub without a token. Returns the adapter's files an adapter export copies."""
+    formats = set(cfg.export.formats)
+    sources = adapter_files(adapter) if "adapter" in formats else []
+    if formats & {"gguf", "gguf_lora"}:
+        llama_cpp_dir(*converters_for(formats))  # a LLAMA_CPP_DIR that names no converter stops here, before the merge
+    if "gguf_lora" in formats:
+        lora_gguf_refusal(adapter)
+    if cfg.export.push_to_hub:
+        hub.token()  # no token: stopped before the work, not after it
+    return sources
+
+
+def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, formats: set[str], sources: list[Path],
+                 partial: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
+    if "adapter" in formats:
+        said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter")
+        say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
+    if formats & {"merged", "gguf"}:
+        report.update(export_merged(cfg, adapter, run.inside(".export.partial/merged"), say))
+    if "gguf" in formats:
+        report["gguf"] = export_gguf(cfg, partial, say)
+        if "file" in report["gguf"]:
+            report["gguf"]["modelfile"] = write_modelfile(cfg, run, partial, report["gguf"]["file"], say)
+    if "gguf_lora" in formats:
+        report["gguf_lora"] = export_gguf_lora(cfg, adapter, partial, say)
+    if cfg.export.push_to_hub:
+        run.write_text(".export.partial/README.md", hub.model_card(cfg, run, report))
+    run.write_json(".export.partial/export_report.json", report)
+    run.write_text(".export.partial/export_report.md", export_report_markdown(report))
+    final = run.inside(run.unique("export"))
+    partial.rename(final)
+    say(f"export written: {printable(final)}")
+    summary = {"run_dir": str(run.path), "export_dir": str(final), "export": _summary_line(report)}
+    if cfg.export.push_to_hub:
+        summary["hub"] = hub.push(cfg.export.push_to_hub, final, cfg.export.hub_private, say)
+    return summary
+
+
+def _summary_line(report: dict[str, Any]) -> str:
+    parts = [", ".join(report["formats"])]
+    if "merged_vs_trained" in report:
+        c = report["merged_vs_trained"]
+        parts.append(f"merged vs trained: max |logit diff| {c['max_abs_logit_diff']}, greedy replies identical "
+                     f"{c['identical_greedy_replies']}")
+    if "gguf" in report:
+        parts.append(f"gguf: {report['gguf'].get('file', 'skipped (llama.cpp not found)')}")
+    if "gguf_lora" in report:
+        parts.append(f"gguf_lora: {report['gguf_lora'].get('file', 'skipped (llama.cpp not found)')}")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--fetch-llama-cpp"]:
+        print(fetch_llama_cpp_converter())
+    else:
+        print("usage: python -m medqlora.export --fetch-llama-cpp")

@@ -1,0 +1,81 @@
+"""export.formats adapter: the adapter's own files (no link, nothing from elsewhere), its adapter_config.json naming
+the base as another machine finds it, the tokenizer with its chat template, and a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import backends
+from ..config import KitConfig
+from ..errors import MedQLoRAError
+from ..runs import RunDir
+from ..secrets import printable
+
+
+def adapter_files(adapter: Path) -> list[Path]:
+    """The files an adapter export copies: regular files directly in the adapter folder. A link, or anything whose
+    real path is elsewhere, stops the export (it could copy a file from outside into a shared folder)."""
+    folder = adapter.resolve()
+    files, refused = [], []
+    for entry in sorted(adapter.iterdir()):
+        if entry.is_symlink() or not entry.resolve().is_relative_to(folder):
+            refused.append(entry.name)
+        elif entry.is_file():
+            files.append(entry)
+    if refused:
+        raise MedQLoRAError(
+            f"The adapter folder {printable(adapter)} holds {printable(', '.join(refused), 120)}, a symbolic link "
+            "(or a file that lives elsewhere); an export copies only the adapter's own files. Remove the link, or "
+            "copy the adapter with its files into a new folder (cp -rL), and export that."
+        )
+    return files
+
+
+def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunDir, dest: str) -> str:
+    """The adapter's files and a model card; where the adapter folder lacks a tokenizer with its chat template, the
+    base model's (the one training used) is saved with it, and the returned description says so."""
+    for source in sources:
+        if source.name == "adapter_config.json":  # names the base as another machine finds it
+            config = json.loads(source.read_text())
+            config["base_model_name_or_path"] = backends.portable_base_name(cfg.model.name)
+            run.write_json(f"{dest}/{source.name}", config)
+        else:
+            run.copy_in(source, f"{dest}/{source.name}")
+    said = "its tokenizer and chat template"
+    if not has_tokenizer(adapter):
+        adapter_tokenizer(cfg, adapter).save_pretrained(str(run.inside(dest)))
+        said = (f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder "
+                "has none)")
+    run.write_text(
+        f"{dest}/README.md",
+        f"# LoRA adapter for {printable(cfg.model.name)}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, "
+        f"alpha={cfg.lora.alpha}, on {printable(', '.join(cfg.lora.target_modules))}). Load it on the base model it "
+        "was trained on:\n\n"
+        "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
+        "model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n"
+        "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n```\n\n"
+        "Research use only; not medical advice.\n",
+    )
+    return said
+
+
+def has_tokenizer(adapter: Path) -> bool:
+    """Whether the adapter folder holds a tokenizer with its chat template (as training saves it)."""
+    config = adapter / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    if (adapter / "chat_template.jinja").is_file() or (adapter / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def adapter_tokenizer(cfg: KitConfig, adapter: Path) -> Any:
+    """The tokenizer saved with the adapter (the chat template and eos used in training); the base model's, which
+    training used, when the adapter folder has none or lacks its chat template."""
+    source = adapter if has_tokenizer(adapter) else backends.resolve_model_source(cfg.model.name)
+    return backends.load_tokenizer(cfg, str(source))

@@ -1,0 +1,87 @@
+"""export.formats gguf: the merged model converted (and quantized) with llama.cpp, checked to carry the training
+chat template and end-of-turn token, with an Ollama Modelfile beside it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import backends
+from ..config import KitConfig
+from ..data import query_prompt
+from ..errors import ModelError
+from ..runs import RunDir
+from ..secrets import printable
+from .llama_cpp import LLAMA_CPP_HINT, gguf_field, llama_cpp_dir, llama_quantize, run_tool
+
+
+def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
+    folder = llama_cpp_dir()
+    if folder is None:
+        say(f"export: no GGUF file. {LLAMA_CPP_HINT}")
+        return {"skipped": LLAMA_CPP_HINT}
+    say(f"export: GGUF with llama.cpp's converter in {printable(folder)}")
+    kind = cfg.export.gguf_type
+    direct = kind in ("q8_0", "f16", "bf16", "f32")
+    out = partial / "gguf" / f"model-{kind}.gguf"
+    out.parent.mkdir()
+    began = time.perf_counter()
+    first = out if direct else out.with_name("model-f16.gguf")
+    run_tool([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(partial / "merged"), "--outfile", str(first),
+          "--outtype", kind if direct else "f16"], "convert_hf_to_gguf.py")
+    if not direct:
+        quantize = llama_quantize(folder)
+        if quantize is None:
+            say(f"export: {kind} needs llama.cpp's llama-quantize (build llama.cpp); kept the f16 GGUF.")
+            out = first
+        else:
+            run_tool([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
+            first.unlink()
+    figures = {"file": str(out.relative_to(partial)), "type": kind if out.name.endswith(f"{kind}.gguf") else "f16",
+               "converter": str(folder), "convert_s": round(time.perf_counter() - began, 2),
+               "gb": round(out.stat().st_size / 1e9, 3)}
+    figures.update(check_gguf_metadata(out, partial / "merged"))
+    say(f"export: GGUF {figures}")
+    return figures
+
+
+def write_modelfile(cfg: KitConfig, run: RunDir, partial: Path, gguf_file: str, say: Any) -> str:
+    """An Ollama Modelfile beside the GGUF file, whose TEMPLATE renders the training chat template."""
+    from transformers import AutoTokenizer
+
+    from .. import ollama
+
+    tokenizer = AutoTokenizer.from_pretrained(str(partial / "merged"))
+    gguf = Path(gguf_file)
+    try:
+        text = ollama.modelfile(gguf.name, tokenizer, query_prompt(cfg.data, "")[0])
+    except ollama.TemplateNotPortable as err:
+        reason = (f"not written: {err}; Ollama reads the chat template stored in the GGUF file instead "
+                  "(check it with a test conversation)")
+        say(f"export: no Ollama Modelfile, {reason}")
+        return reason
+    if ollama.trims_messages(tokenizer):
+        say("export: note: the chat template strips spaces around each message and the Modelfile's TEMPLATE "
+            "cannot; a message that starts or ends with spaces keeps them under Ollama")
+    run.write_text(f".export.partial/{gguf.parent}/Modelfile", text)
+    say(f"export: Ollama Modelfile -> {gguf.parent}/Modelfile (ollama create NAME -f {gguf.parent}/Modelfile)")
+    return str(gguf.parent / "Modelfile")
+
+
+def check_gguf_metadata(gguf_file: Path, merged: Path) -> dict[str, Any]:
+    """The GGUF must carry the training chat template and end-of-turn token, or llama.cpp output is garbled."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    reader = GGUFReader(str(gguf_file))
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    template = gguf_field(reader, "tokenizer.chat_template")
+    eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    checks = {"chat_template_matches": template == tokenizer.chat_template,
+              "eos_matches": eos in backends.stop_token_ids(tokenizer)}
+    if not all(checks.values()):
+        raise ModelError(f"The GGUF file {gguf_file} does not carry the training chat template or eos token "
+                         f"({checks}); llama.cpp would produce garbled replies. Report this with the run's files.")
+    return checks

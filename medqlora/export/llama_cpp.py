@@ -1,0 +1,107 @@
+"""llama.cpp's converters, which GGUF exports run: found (LLAMA_CPP_DIR, a checkout, Unsloth's copy, the kit's
+cache), fetched from the llama-cpp-python source package (python -m medqlora.export --fetch-llama-cpp), run, and
+the fields of a GGUF file read back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import backends
+from ..errors import ConfigError, ModelError
+from ..messages import log
+from ..secrets import printable
+
+LLAMA_CPP_HINT = (
+    "GGUF export uses llama.cpp's converter. Get it with: git clone https://github.com/ggml-org/llama.cpp "
+    "and set LLAMA_CPP_DIR to that folder (or run: python -m medqlora.export --fetch-llama-cpp, which takes "
+    "the converter from the llama-cpp-python source package on PyPI). The merged model is exported meanwhile."
+)
+
+
+GGUF_CONVERTER = "convert_hf_to_gguf.py"
+LORA_CONVERTER = "convert_lora_to_gguf.py"
+
+
+def converters_for(formats: set[str]) -> tuple[str, ...]:
+    """llama.cpp's scripts the GGUF formats among ``formats`` run (gguf: the model's, gguf_lora: the adapter's)."""
+    return tuple(script for fmt, script in (("gguf", GGUF_CONVERTER), ("gguf_lora", LORA_CONVERTER)) if fmt in formats)
+
+
+def llama_cpp_dir(*converters: str) -> Path | None:
+    """A llama.cpp checkout (or its converters alone) holding ``converters`` (by default convert_hf_to_gguf.py):
+    LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy. A LLAMA_CPP_DIR that is set is the one used: one that
+    is no folder with the converters is refused, not passed over."""
+    converters = converters or (GGUF_CONVERTER,)
+    named = os.environ.get("LLAMA_CPP_DIR")
+    if named:
+        folder = Path(named).expanduser()
+        missing = [script for script in converters if not (folder / script).is_file()]
+        if missing:
+            older = (folder / GGUF_CONVERTER).is_file()  # a checkout from before the LoRA converter
+            what = ("is a file, not a folder" if folder.is_file() else "does not exist" if not folder.exists()
+                    else f"holds no {' and no '.join(missing)}" + (" (an older llama.cpp checkout: update it with "
+                                                                   "git pull)" if older else ""))
+            raise ConfigError(f"LLAMA_CPP_DIR={printable(named, 200)} {what}: it must name a llama.cpp checkout "
+                              f"(the folder with {' and '.join(converters)}). Fix it, or unset LLAMA_CPP_DIR to use "
+                              "the converter the kit finds itself.")
+        return folder
+    candidates = ["llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp", str(backends.CACHE_DIR / "llama.cpp")]
+    for candidate in filter(None, candidates):
+        folder = Path(candidate).expanduser()
+        if all((folder / script).is_file() for script in converters):
+            return folder
+    return None
+
+
+def llama_quantize(folder: Path) -> Path | None:
+    for candidate in (folder / "build" / "bin" / "llama-quantize", folder / "llama-quantize"):
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("llama-quantize")
+    return Path(found) if found else None
+
+
+def run_tool(command: list[str], name: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        log.error("%s failed: %s", name, done.stderr[-4000:])
+        raise ModelError(f"{name} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}\n{LLAMA_CPP_HINT}")
+
+
+def gguf_field(reader: Any, key: str) -> Any:
+    item = reader.fields.get(key)
+    return None if item is None else item.contents()
+
+
+def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -> Path:
+    """llama.cpp's converter (and the gguf-py it was written for) from the llama-cpp-python source package."""
+    import tarfile
+    import tempfile
+
+    if (target / "convert_hf_to_gguf.py").is_file() and (target / LORA_CONVERTER).is_file():
+        return target
+    if target.parent == backends.CACHE_DIR:
+        backends.check_cache_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
+                        "--no-binary", ":all:", "-d", tmp], check=True)
+        archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+            wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
+                m.name.endswith(("convert_hf_to_gguf.py", LORA_CONVERTER)) or "/conversion/" in m.name
+                or "/gguf-py/" in m.name or m.name.endswith("LICENSE"))]
+            for member in wanted:
+                member.name = member.name.removeprefix(prefix)
+            tar.extractall(partial, members=wanted, filter="data")
+        if target.is_dir() and target.parent == backends.CACHE_DIR:  # an earlier fetch without the LoRA converter
+            shutil.rmtree(target)
+        partial.rename(target)
+    return target

@@ -1,0 +1,86 @@
+"""Text as the leakage guard compares it: the same normalisation on both sides (``normalize``): HTML entities
+decoded, Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
+Latin, case folded, runs of punctuation and whitespace made one space; and the question hashes runs record."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from typing import Any
+
+# zero-width and invisible characters outside the Cf category (Hangul fillers, Khmer vowels, CGJ, ...)
+_INVISIBLE = set("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
+
+
+class _Table(dict):
+    """str.translate table, filled as characters are met: word characters stay, format (Cf) and
+    zero-width characters and combining marks (Mn, Me) go, anything else becomes a space."""
+
+    def __missing__(self, code: int) -> str | None:
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category in ("Cf", "Mn", "Me") or char in _INVISIBLE:
+            value = None
+        elif char.isalnum() or category == "Mc":
+            value = char
+        else:
+            value = " "
+        self[code] = value
+        return value
+
+
+_TABLE = _Table()
+
+
+# Cyrillic, Greek and other letters that look like Latin ones (Unicode's confusables, the common part),
+# both cases: a question typed with Cyrillic а е о і с р is the same question.
+_CONFUSABLE = str.maketrans({
+    # Cyrillic
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "Ӏ": "I", "Ү": "Y", "Ԁ": "D", "Ԛ": "Q", "Ԝ": "W", "Ь": "b",
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "х": "x", "у": "y", "і": "i", "ј": "j", "ѕ": "s", "ӏ": "l", "ү": "y", "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h",
+    "ь": "b", "п": "n", "г": "r", "ѵ": "v", "ɡ": "g", "ɑ": "a", "ı": "i", "ȷ": "j",
+    # Greek
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J",
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+    "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j", "ς": "c",
+    # Armenian
+    "օ": "o", "ս": "u", "ո": "n", "հ": "h", "ց": "g", "զ": "q",
+})
+
+
+_ASCII = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
+
+
+def words(text: Any) -> list[str]:
+    """The words of ``text`` as the guard compares them (see ``normalize``)."""
+    text = str(text)
+    for _ in range(3):  # HTML entities (&nbsp; &amp; &#39;), escaped twice at most (&amp;nbsp;)
+        if "&" not in text:
+            break
+        text = html.unescape(text)
+    if text.isascii():  # the common case, and the same result as the full path below
+        return text.encode("ascii").translate(_ASCII).decode("ascii").split()
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text)).translate(_CONFUSABLE).casefold()
+    text = unicodedata.normalize("NFKC", text.translate(_TABLE)).casefold()
+    return text.translate(_CONFUSABLE).split()
+
+
+def normalize(text: Any) -> str:
+    """``text`` as the guard compares it: HTML entities decoded, NFKC, no format/zero-width characters or
+    accents, Cyrillic and Greek look-alikes of Latin letters made Latin, case folded, punctuation and
+    whitespace collapsed to single spaces."""
+    return " ".join(words(text))
+
+
+def question_hash(text: str) -> str:
+    return hashlib.sha1(normalize(text).encode()).hexdigest()[:16]
+
+
+def legacy_question_hash(text: str) -> str:
+    """The hash that runs of earlier versions recorded (ASCII letters and digits only)."""
+    return hashlib.sha1(re.sub(r"[^0-9a-z]+", " ", str(text).lower()).strip().encode()).hexdigest()[:16]

@@ -1,0 +1,363 @@
+"""The search of the leakage guard (leakage.py): which training items contain an evaluation question.
+
+Two kinds of overlap are refused (unless ``data.allow_eval_overlap: true``):
+
+- exact: the normalised evaluation question appears, whole, in one normalised training text (a
+  question pasted into a longer ``input`` or an earlier chat turn is caught);
+- near duplicate: the 13-gram decontamination of GPT-3 and the evaluation harnesses, per question.
+  A question of L words has the word n-grams n = min(data.near_duplicate_ngram, L); when at least
+  ``data.near_duplicate_threshold`` of them occur among one training example's texts, the example is a
+  near duplicate. (A question of at most n words has one n-gram, the whole question: it can only be
+  matched exactly. ``near_duplicate_ngram: 0`` checks exact matches only.)
+
+Questions of fewer than ``MIN_WORDS`` words ("Is it safe?") are common phrases inside longer
+texts: they are matched only when a whole training text (one field, one turn) equals them.
+
+A question of TYPO_MIN_WORDS to TYPO_MAX_WORDS words has one n-gram, itself, which one typo breaks: it is
+also looked for with one word misspelt. Each half is indexed like an n-gram (a typo leaves one half whole);
+a training text holding a half is a candidate, confirmed when a window of it equals the question but for
+one word at most 2 edits from the question's (letters only, 5 or more of them).
+
+Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
+ids (words no evaluation question has break every n-gram), whose n-gram hashes are computed with
+numpy and looked up in the index. 1,000 questions x 100,000 training rows take seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from .leakage_text import normalize, question_hash, words
+
+MIN_WORDS = 5  # shorter evaluation questions are matched only by a whole training text equal to them
+# Evaluation questions of this many words are also looked for with one word misspelt (a longer question keeps
+# most of its 13-word sequences through a typo; a shorter one is one sequence, the whole question).
+TYPO_MIN_WORDS, TYPO_MAX_WORDS = 8, 12
+BITMAP = 1 << 22
+CHUNK_WORDS = 2_000_000  # training words hashed at a time (memory: about 50 bytes a word)
+
+CONFIG = "config"  # the dataset name of a guard item that is a config setting (data.system_prompt)
+PART_MIN_WORDS = 8  # parts of an evaluation item (abstract paragraphs, long answers) shorter than this are
+# not looked for on their own (they are common phrases; the whole abstract is looked for)
+
+
+@dataclass(frozen=True)
+class Item:
+    dataset: str  # which dataset (training or evaluation) it comes from
+    uid: str | None
+    question: str  # evaluation items: what is looked for
+    texts: tuple[tuple[str, str], ...] = ()  # training items: (field, text) of everything in its prompt
+    row: int | None = None  # training items: the row of its file
+    # evaluation items: which part of the item ``question`` is ("abstract", "long answer"; None: the question
+    # itself), and then the item's question (what evaluation refuses when this part was trained on)
+    part: str | None = None
+    of: str | None = None
+
+    def fields(self) -> tuple[tuple[str, str], ...]:
+        return self.texts or (("question", self.question),)
+
+    def where(self) -> str:
+        if self.dataset == CONFIG:
+            return "the config's"
+        parts = [f"training '{_shown(self.dataset, 200)}'"]
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        if self.uid is not None:
+            parts.append(f"(id {_shown(self.uid, 40)})")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    train: Item
+    evaluation: Item
+    kind: str  # "exact" or "near duplicate"
+    share: float  # share of the evaluation question's n-grams found in the training example
+    matched: int
+    ngrams: int
+    n: int
+    field: str  # the training field where most of it was found
+    misspelt: tuple[str, str] | None = None  # (training word, evaluation word) of a question found with a typo
+
+    def describe(self) -> str:
+        if self.kind == "exact":
+            how = f"field '{_shown(self.field, 80)}' contains"
+        elif self.misspelt:
+            found, expected = (_shown(word, 40) for word in self.misspelt)
+            how = f"field '{_shown(self.field, 80)}' contains, with one word misspelt ('{found}' for '{expected}'),"
+        else:
+            how = (f"field '{_shown(self.field, 80)}' shares {self.matched} of the {self.ngrams} {self.n}-word sequences "
+                   f"({round(100 * self.share)}%) of")
+        evaluation = self.evaluation
+        part = f" ({_shown(evaluation.part, 40)})" if evaluation.part else ""
+        return (f"{self.train.where()} {how} evaluation '{_shown(evaluation.dataset, 200)}' item "
+                f"{_shown(evaluation.uid or '?', 40)}{part}: '{_shown(evaluation.question, 90)}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"training": self.train.dataset, "row": self.train.row, "uid": self.train.uid, "field": self.field,
+                "evaluation": self.evaluation.dataset, "evaluation_uid": self.evaluation.uid, "kind": self.kind,
+                "share": round(self.share, 3), "evaluation_part": self.evaluation.part or "question",
+                "evaluation_question_sha1_16": question_hash(self.evaluation.of or self.evaluation.question)}
+
+
+def _shown(text: Any, limit: int) -> str:
+    from .secrets import printable
+
+    return printable(text, limit)
+
+
+@dataclass
+class _Question:
+    item: Item
+    words: list[str]
+    n: int
+    grams: set[int]
+    whole: int | None = None  # a half of a short question (index of the whole one), looked for to catch a typo
+
+
+def _halves(index: int, q: _Question) -> list[_Question]:
+    """The two halves of a short question (TYPO_MIN_WORDS to TYPO_MAX_WORDS words), each at least 3 words: a
+    question with one misspelt word still holds one of them whole, which makes the training text a candidate."""
+    if not TYPO_MIN_WORDS <= len(q.words) <= TYPO_MAX_WORDS:
+        return []
+    middle = len(q.words) // 2
+    return [_Question(q.item, part, len(part), set(), whole=index) for part in (q.words[:middle], q.words[middle:])]
+
+
+def _distinct_halves(questions: list[_Question]) -> list[_Question]:
+    """The halves looked for: a half that several evaluation questions share ("what is the most common
+    treatment") would make every training text that asks alike a candidate for all of them, so only halves of
+    one question are indexed (a typo in the other half of such a question is still caught)."""
+    halves = [half for index, q in enumerate(questions) for half in _halves(index, q)]
+    count: dict[tuple[str, ...], int] = {}
+    for half in halves:
+        count[tuple(half.words)] = count.get(tuple(half.words), 0) + 1
+    return [half for half in halves if count[tuple(half.words)] == 1]
+
+
+def _typo_level(a: str, b: str) -> bool:
+    """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more): a
+    misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
+    if min(len(a), len(b)) < 5 or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1] <= 2
+
+
+def _misspelt_in(fields: list[tuple[str, list[str], set[str]]], q: _Question) -> tuple[str, tuple[str, str]] | None:
+    """The field (name, words, word set) holding question ``q`` with exactly one word misspelt, and (found,
+    expected)."""
+    size = len(q.words)
+    wanted = set(q.words)
+    for field, split, present in fields:
+        if len(wanted & present) < len(wanted) - 1:  # cheap: all its words but one must be there
+            continue
+        first, second = q.words[0], q.words[1]
+        for start in range(len(split) - size + 1):
+            if split[start] != first and split[start + 1] != second:  # one of the two would be the typo
+                continue
+            differ = [(w, e) for w, e in zip(split[start:start + size], q.words) if w != e]
+            if len(differ) == 1 and _typo_level(*differ[0]):
+                return field, differ[0]
+    return None
+
+
+def _ngram_length(words: int, ngram: int) -> int:
+    return words if ngram <= 0 else min(ngram, words)
+
+
+def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
+                 threshold: float = 0.5) -> list[Overlap]:
+    """Every training item that contains an evaluation question (exactly or as a near duplicate), with
+    the evaluation item it matches best (one entry per training item)."""
+    questions, short, vocab = _evaluation_questions(evaluation, ngram)
+    if not questions and not short:
+        return []
+    values, by_n = _gram_index(questions, vocab)
+    found, exact_short, text_field = _scan_training(train, questions, short, vocab, values, by_n)
+    best, typos = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
+    _add_typo_matches(train, questions, typos, best)
+    return [best[i] for i in sorted(best)]
+
+
+def _evaluation_questions(evaluation: list[Item], ngram: int) -> tuple[list[_Question], dict[str, Item],
+                                                                       dict[str, int]]:
+    """The evaluation questions to look for (each once; with their halves, for typos), the short ones matched
+    whole, and the word ids of their vocabulary."""
+    questions: list[_Question] = []
+    short: dict[str, Item] = {}
+    seen: set[str] = set()
+    vocab: dict[str, int] = {}
+    for item in evaluation:
+        split = words(item.question)
+        text = " ".join(split)
+        if not text or text in seen:  # the same question in two evaluation sets: the first one names it
+            continue
+        seen.add(text)
+        if item.part is not None and len(split) < PART_MIN_WORDS:
+            continue
+        if len(split) < MIN_WORDS:
+            short[text] = item
+            continue
+        for word in split:
+            vocab.setdefault(word, len(vocab) + 1)
+        questions.append(_Question(item, split, _ngram_length(len(split), ngram), set()))
+    if ngram > 0:
+        questions += _distinct_halves(questions)
+    return questions, short, vocab
+
+
+def _gram_index(questions: list[_Question], vocab: dict[str, int]) -> tuple[Any, dict[int, dict[int, list[int]]]]:
+    """Each question's n-gram hashes (set on it), and the index n -> gram hash -> question indices."""
+    import numpy as np
+
+    # random 64-bit values per word id; the n-gram hash is a polynomial over them (mod 2^64)
+    rng = np.random.default_rng(20240614)
+    values = rng.integers(1, 2**63 - 1, size=len(vocab) + 1, dtype=np.uint64)
+    values[0] = 0
+    by_n: dict[int, dict[int, list[int]]] = {}  # n -> gram hash -> question indices
+    base = np.uint64(1_000_003)
+    with np.errstate(over="ignore"):
+        for index, q in enumerate(questions):
+            vals = values[np.fromiter(map(vocab.__getitem__, q.words), dtype=np.int64, count=len(q.words))]
+            hashes = vals.copy()
+            for k in range(1, q.n):  # the same polynomial hash as _match_chunk
+                hashes = hashes[:-1] * base + vals[k:]
+            q.grams = set(hashes.tolist())
+            index_n = by_n.setdefault(q.n, {})
+            for h in q.grams:
+                index_n.setdefault(h, []).append(index)
+    return values, by_n
+
+
+def _scan_training(train: list[Item], questions: list[_Question], short: dict[str, Item], vocab: dict[str, int],
+                   values: Any, by_n: dict[int, dict[int, list[int]]]) -> tuple[dict, dict, list[str]]:
+    """The training texts looked up in the index: (train index, question index) -> gram -> text index; the
+    training items equal to a short question; and each text's field."""
+    # the training texts as arrays of word ids, 0 between texts and for words no question has, in chunks
+    found: dict[tuple[int, int], dict[int, int]] = {}  # (train index, question index) -> gram -> text index
+    exact_short: dict[int, tuple[Item, str]] = {}
+    text_owner: list[int] = []
+    text_field: list[str] = []
+    chunk: list[int] = []
+    chunk_starts: list[int] = []
+    lookup = vocab.get
+    zeros = itertools.repeat(0)
+    for t_index, item in enumerate(train):
+        for field, text in item.fields():
+            split = words(text)
+            if short and len(split) < MIN_WORDS and t_index not in exact_short:
+                norm = " ".join(split)
+                if norm in short:
+                    exact_short[t_index] = (short[norm], field)
+            if not questions:
+                continue
+            chunk_starts.append(len(chunk))
+            text_owner.append(t_index)
+            text_field.append(field)
+            chunk.extend(map(lookup, split, zeros))
+            chunk.append(0)
+        if len(chunk) >= CHUNK_WORDS:
+            _match_chunk(chunk, chunk_starts, len(text_owner) - len(chunk_starts), values, by_n, text_owner, found)
+            chunk, chunk_starts = [], []
+    if chunk:
+        _match_chunk(chunk, chunk_starts, len(text_owner) - len(chunk_starts), values, by_n, text_owner, found)
+    return found, exact_short, text_field
+
+
+def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, exact_short: dict,
+                   text_field: list[str], ngram: int, threshold: float) -> tuple[dict[int, Overlap], set]:
+    """The best overlap of each training item, and the candidates for a short question with a typo."""
+    best: dict[int, Overlap] = {}
+    for t_index, (item, field) in exact_short.items():
+        best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(normalize(item.question).split()),
+                                field)
+    typos: set[tuple[int, int]] = set()
+    for (t_index, q_index), grams in found.items():
+        q = questions[q_index]
+        if q.whole is not None:  # half of a short question: a candidate for it with a typo
+            typos.add((t_index, q.whole))
+            continue
+        share = len(grams) / len(q.grams)
+        if share < threshold:
+            continue
+        counts: dict[int, int] = {}
+        for text_index in grams.values():
+            counts[text_index] = counts.get(text_index, 0) + 1
+        field = text_field[max(sorted(counts), key=counts.get)]  # the first of the texts holding the most
+        phrase = " " + " ".join(q.words) + " "
+        holding = [name for name, text in train[t_index].fields() if phrase in " " + normalize(text) + " "]
+        exact = bool(holding)
+        if exact:
+            field = holding[0]
+        if ngram <= 0 and not exact:
+            continue
+        overlap = Overlap(train[t_index], q.item, "exact" if exact else "near duplicate", share, len(grams),
+                          len(q.grams), q.n, field)
+        current = best.get(t_index)
+        if current is None or (overlap.kind == "exact", overlap.share, overlap.matched) > \
+                (current.kind == "exact", current.share, current.matched):  # the whole abstract over a paragraph
+            best[t_index] = overlap
+    return best, typos
+
+
+def _add_typo_matches(train: list[Item], questions: list[_Question], typos: set, best: dict[int, Overlap]) -> None:
+    """The typo candidates confirmed (a window equal to the question but for one misspelt word) added to ``best``."""
+    fields: tuple[int, list] = (-1, [])
+    for t_index, q_index in sorted(typos):
+        if t_index in best:
+            continue
+        if fields[0] != t_index:  # each candidate's texts split into words once
+            fields = (t_index, [(name, split, set(split)) for name, split in
+                                ((name, words(text)) for name, text in train[t_index].fields())])
+        q = questions[q_index]
+        found_with_typo = _misspelt_in(fields[1], q)
+        if found_with_typo:
+            field, misspelt = found_with_typo
+            best[t_index] = Overlap(train[t_index], q.item, "near duplicate", 1 - 1 / len(q.words),
+                                    len(q.words) - 1, len(q.words), 1, field, misspelt)
+
+
+def _match_chunk(ids_list: list[int], starts_list: list[int], first_text: int, values: Any,
+                 by_n: dict[int, dict[int, list[int]]], text_owner: list[int],
+                 found: dict[tuple[int, int], dict[int, int]]) -> None:
+    """Look every n-gram of one chunk of training words up in the evaluation index."""
+    import numpy as np
+
+    mask = np.uint64(BITMAP - 1)
+    ids = np.asarray(ids_list, dtype=np.int64)
+    vals = values[ids]
+    zeros = np.concatenate(([0], np.cumsum(ids == 0)))
+    starts = np.asarray(starts_list, dtype=np.int64)
+    base = np.uint64(1_000_003)
+    hashes = vals.copy()
+    with np.errstate(over="ignore"):
+        for n in range(1, max(by_n) + 1):
+            if n > 1:
+                hashes = hashes[:-1] * base + vals[n - 1 :]
+            if len(hashes) == 0:
+                return
+            if n not in by_n:
+                continue
+            index = by_n[n]
+            wanted = np.fromiter(index, dtype=np.uint64, count=len(index))
+            wanted.sort()
+            seen = np.zeros(BITMAP, dtype=bool)  # a first, cheap filter on the low bits of the hash
+            seen[(wanted & mask).astype(np.int64)] = True
+            maybe = np.nonzero(seen[(hashes & mask).astype(np.int64)])[0]
+            maybe = maybe[(zeros[maybe + n] - zeros[maybe]) == 0]
+            spot = np.searchsorted(wanted, hashes[maybe]).clip(max=len(wanted) - 1)
+            hits = maybe[wanted[spot] == hashes[maybe]]
+            texts = np.searchsorted(starts, hits, side="right") - 1
+            for position, text_index in zip(hits.tolist(), texts.tolist()):
+                gram = int(hashes[position])
+                owner = text_owner[first_text + text_index]
+                for q_index in index[gram]:
+                    found.setdefault((owner, q_index), {}).setdefault(gram, first_text + text_index)

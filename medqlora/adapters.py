@@ -31,7 +31,10 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_PATTERNS = ("adapter_model.bin", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 MAX_CONFIG_BYTES = 1 << 20
 DIFFERENT_BASE = "Was it trained on a different base model?"
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+# lora_A/B of a linear layer (module.lora_A.weight, module.lora_A.<adapter name>.weight) and of an embedding layer
+# (module.lora_embedding_A, a parameter of its own): A is [r, in] and B is [out, r] for both.
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:(?P<which>[AB])(?:\.[^.]+)?\.weight"
+                       r"|embedding_(?P<embedding>[AB])(?:\.[^.]+)?)$")
 
 
 @dataclass
@@ -274,7 +277,7 @@ def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[str, dict[str, tupl
     for key, shape in shapes.items():
         match = _LORA_KEY.match(key)
         if match:
-            modules.setdefault(match["module"], {})[match["which"]] = shape
+            modules.setdefault(match["module"], {})[match["which"] or match["embedding"]] = shape
     return modules
 
 
@@ -329,8 +332,9 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> dict[str, tuple[int, int]] | None:
-    """module path -> (in_features, out_features) of every linear layer of the base model, from an empty (meta)
-    model built from config.json; None when it cannot be built."""
+    """module path -> (in_features, out_features) of every linear layer of the base model, and (vocabulary, width)
+    of every embedding layer (LoRA can target embed_tokens too), from an empty (meta) model built from config.json;
+    None when it cannot be built."""
     if trust_remote_code:  # building it would run the model's own code: not for a check
         return None
     try:
@@ -343,8 +347,11 @@ def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> 
             model = AutoModelForCausalLM.from_config(built)
     except Exception:  # an architecture transformers does not know: fall back to config.json's figures
         return None
-    return {name: (m.in_features, m.out_features) for name, m in model.named_modules()
-            if isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)}
+    from torch import nn
+
+    return {name: (m.num_embeddings, m.embedding_dim) if isinstance(m, nn.Embedding) else (m.in_features, m.out_features)
+            for name, m in model.named_modules() if isinstance(m, nn.Embedding) or (
+                isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int))}
 
 
 def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -360,6 +367,8 @@ def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
              "v_proj": (hidden, kv * head_dim), "o_proj": (heads * head_dim, hidden)}
     if isinstance(inter, int):
         found |= {"gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    if isinstance(c.get("vocab_size"), int):
+        found["embed_tokens"] = (c["vocab_size"], hidden)
     return found
 
 

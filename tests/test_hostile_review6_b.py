@@ -1,0 +1,58 @@
+"""Inputs whose --dry-run passed what the run then refused (or whose plan promised what the run skips), and an adapter
+the kit trained that its own later modes refused: each now handled the same way by the dry-run and the run."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from medqlora import adapters
+from medqlora.errors import ModelError
+
+from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny
+from .test_adapters import make_adapter
+
+
+def _embedding_adapter(folder, base, vocab: int, width: int = 64, r: int = 4):
+    """A LoRA adapter on q_proj and embed_tokens, laid out as PEFT saves one (lora_embedding_A [r, vocab],
+    lora_embedding_B [width, r], and its copy of the embedding)."""
+    make_adapter(folder, str(base), r=r, modules=("q_proj",), target_modules=["q_proj", "embed_tokens"])
+    tensors = {}
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
+        tensors = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118
+    prefix = "base_model.model.model.embed_tokens"
+    tensors |= {f"{prefix}.lora_embedding_A": torch.zeros(r, vocab), f"{prefix}.lora_embedding_B": torch.zeros(width, r),
+                f"{prefix}.base_layer.weight": torch.zeros(vocab, width)}
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_an_adapter_on_the_embedding_layer_fits_its_base_and_a_wrong_vocabulary_is_still_refused(tiny_model_dir,
+                                                                                                 tmp_path):
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    fits = _embedding_adapter(tmp_path / "fits", tiny_model_dir, vocab)
+    adapters.check_base(adapters.find(fits), str(tiny_model_dir), str(tiny_model_dir))
+    other = _embedding_adapter(tmp_path / "other", tiny_model_dir, vocab + 10)
+    with pytest.raises(ModelError, match=rf"embed_tokens is {vocab + 10} -> 64 features in the adapter and {vocab} -> 64"):
+        adapters.check_base(adapters.find(other), str(tiny_model_dir), str(tiny_model_dir))
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_on_embed_tokens_loads_in_chat_and_exports_as_a_gguf_lora(tiny_model_dir, tmp_path,
+                                                                                       capsys, monkeypatch):
+    from medqlora import export
+
+    out = tmp_path / "out"
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"lora.target_modules": "[q_proj,embed_tokens]"}) == 0
+    run = only_run(out)
+    chat = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "chat", "--adapter", str(run), "--prompt", "hi"))
+    assert chat.code == 0, chat.err
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(export.fetch_llama_cpp_converter()))
+    exported = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(run),
+                                        **{"export.formats": "[gguf_lora]"}))
+    assert exported.code == 0, exported.err
+    report = json.loads(next(run.glob("export*/export_report.json")).read_text())
+    assert report["gguf_lora"]["names_and_shapes_match"] is True

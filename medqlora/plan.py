@@ -162,6 +162,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
+    if mode in ("test", "chat"):
+        _check_prompt_room(cfg, mode)
     if mode == "export":
         from .export import check_before_export
 
@@ -183,6 +185,17 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _check_prompt_room(cfg: KitConfig, mode: str) -> None:
+    """generation.max_new_tokens against the context in the model's config.json, as test and chat check it against
+    the loaded model (nothing to check when config.json cannot be read locally)."""
+    from .chat import chat_context
+
+    base = adapters.base_config(backends.config_source(cfg.model.name), cfg.model.trust_remote_code)
+    context = None if base is None else chat_context(cfg, base) if mode == "chat" else generate.model_context(base)
+    if context is not None:
+        generate.prompt_room(cfg, context)
 
 
 def _push_plan(cfg: KitConfig) -> str:

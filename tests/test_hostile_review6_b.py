@@ -56,3 +56,16 @@ def test_an_adapter_trained_on_embed_tokens_loads_in_chat_and_exports_as_a_gguf_
     assert exported.code == 0, exported.err
     report = json.loads(next(run.glob("export*/export_report.json")).read_text())
     assert report["gguf_lora"]["names_and_shapes_match"] is True
+
+
+@pytest.mark.parametrize(("mode", "dry"), [("chat", ["--dry-run"]), ("test", ["--dry-run"]), ("chat", [])])
+def test_max_new_tokens_that_fill_the_context_are_refused_naming_both_numbers(mode, dry, tiny_model_dir, tmp_path,
+                                                                              capsys):
+    adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir))
+    prompt = ["--prompt", "hi there"] if mode == "chat" else []
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", mode, "--adapter", str(adapter),
+                                      *prompt, *dry, **{"generation.max_new_tokens": "100000"}))
+    assert result.code == 2
+    assert_one_message(result.err, "generation.max_new_tokens=100,000 leaves no room for a prompt in the model's "
+                                   "context of 4,096 tokens")
+    assert "Lower generation.max_new_tokens to at most 3,840" in result.err

@@ -69,3 +69,23 @@ def test_max_new_tokens_that_fill_the_context_are_refused_naming_both_numbers(mo
     assert_one_message(result.err, "generation.max_new_tokens=100,000 leaves no room for a prompt in the model's "
                                    "context of 4,096 tokens")
     assert "Lower generation.max_new_tokens to at most 3,840" in result.err
+
+
+@pytest.mark.parametrize(("values", "said"), [
+    ({"max_new_tokens": 0}, "'max_new_tokens' is 0; it must be a whole number above 0"),
+    ({"do_sample": True, "top_k": -5}, "'top_k' is -5; it must be a whole number of 0 or more"),
+    ({"temperature": -1.0}, "'temperature' is -1.0; it must be a number above 0"),
+])
+@pytest.mark.parametrize("mode", ["train", "chat"])
+def test_a_generation_config_with_invalid_values_is_refused_at_the_dry_run_naming_the_file_and_key(
+        values, said, mode, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, **values}))
+    adapter = ["--adapter", str(make_adapter(tmp_path / "adapter", str(model))), "--prompt", "hi"] \
+        if mode == "chat" else []
+    result = run_cli(capsys, kit_argv(model, tmp_path / "out", "--dry-run", "--mode", mode, *adapter))
+    assert result.code == 2
+    assert_one_message(result.err, f"model.name: {model}/generation_config.json: {said}. Fix or remove that key")

@@ -171,9 +171,19 @@ def read_config(folder: Path) -> dict[str, Any]:
         problems.append("target_modules is not a list of module names (or a pattern)")
     if not isinstance(config.get("base_model_name_or_path"), str):
         problems.append("base_model_name_or_path is not a string")
+    if _layer_numbers(config) is None:
+        problems.append("layers_to_transform is not a layer number or a list of layer numbers")
     if problems:
         raise ModelError(f"{where} is not a usable LoRA config: {'; '.join(problems)}.")
     return config
+
+
+def _layer_numbers(config: dict[str, Any]) -> list[int] | None:
+    """The layers layers_to_transform names ([] when unset); None when it is not a number or a list of numbers."""
+    layers = config.get("layers_to_transform")
+    layers = [] if layers is None else [layers] if isinstance(layers, int) else layers
+    whole = isinstance(layers, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in layers)
+    return layers if whole else None
 
 
 def _positive(value: Any) -> bool:
@@ -391,6 +401,7 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
     if trained_on and all(types) and types[0] != types[1]:
         raise refuse(f"it was trained on a {printable(types[0], 40)} model and the base is a {printable(types[1], 40)}")
 
+    check_layers(adapter, base)
     features = linear_features(base, trust_remote_code)
     leaves = {name.rsplit(".", 1)[-1] for name in features} if features else set(estimated_features(base))
     targets = adapter.config["target_modules"]
@@ -411,6 +422,20 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
         if got != expected:
             raise refuse(f"{printable(module, 120)} is {got[0]} -> {got[1]} features in the adapter and "
                          f"{expected[0]} -> {expected[1]} in the base model")
+
+
+def check_layers(adapter: ValidAdapter, base: dict[str, Any]) -> None:
+    """layers_to_transform may name only layers the base model has: PEFT finds no module to put LoRA on in the
+    others and fails (or, where some layers exist, leaves those out)."""
+    count = _text_config(base).get("num_hidden_layers")
+    if not isinstance(count, int) or count <= 0:
+        return
+    missing = [n for n in _layer_numbers(adapter.config) or [] if n >= count]
+    if missing:
+        raise ModelError(f"The adapter in {printable(adapter.folder)}: its {CONFIG_NAME} sets layers_to_transform to "
+                         f"layer{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:8]))}, which the base model lacks (it has {count} "
+                         f"layers, 0-{count - 1}). Set layers_to_transform to the layers the adapter was trained on, "
+                         "or remove it (every layer).")
 
 
 def _lookup(module: str, features: dict[str, tuple[int, int]]) -> tuple[int, int] | None:

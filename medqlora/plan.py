@@ -69,12 +69,12 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
         "gpu_memory": memory_plan(cfg, runtime),
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
-                                      if mode in ("full", "eval") else {}),
+                                      if with_eval else {}),
         "evaluation": [f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
                        for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
-        if mode in ("full", "eval") else [],
+        if with_eval else [],
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
-        + f"/ {{{Files.LISTED}}}",
+        + f"/ {{{Files.listed(with_eval)}}}",
     }
 
 

@@ -103,3 +103,22 @@ def test_layers_to_transform_the_base_model_lacks_are_refused_at_the_dry_run(lay
                                       str(adapter)))
     assert result.code == 2
     assert_one_message(result.err, said)
+
+
+def test_a_full_run_without_evaluation_plans_none_and_needs_no_evaluation_data(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    from medqlora import harness
+
+    monkeypatch.setattr(harness, "check_installed", lambda: None)
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full",
+                    **{"eval.harness": "lm-eval", "eval.lm_eval.tasks": "[pubmedqa]"})
+    evaluated = run_cli(capsys, argv)
+    assert evaluated.code == 0, evaluated.err
+    assert "eval_report.md" in json.loads(evaluated.out)["outputs"]
+    assert any(line.startswith("lm-eval pubmedqa") for line in json.loads(evaluated.out)["evaluation"])
+
+    skipped = run_cli(capsys, [*argv, "--set", "eval.in_full_mode=false", "--set", "eval.lm_eval.tasks=[medqa]"])
+    assert skipped.code == 0, skipped.err  # no medqa file: that evaluation does not run, so it needs none
+    plan = json.loads(skipped.out)
+    assert plan["evaluation"] == []
+    assert "eval_report.md" not in plan["outputs"] and "eval.json" not in plan["outputs"]

@@ -387,7 +387,7 @@ def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str,
     return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
 
 
-def report_markdown(results: dict[str, dict[str, Any]]) -> str:
+def report_markdown(results: dict[str, dict[str, Any]], folder: str = "lm_eval_tasks") -> str:
     lines = ["## lm-evaluation-harness", "",
              "| task | items | baseline acc | fine-tuned acc | delta | acc_norm (base / tuned) | "
              "macro-F1 (base / tuned) | items/s (base / tuned) |", "|---|---|---|---|---|---|---|---|"]
@@ -403,7 +403,7 @@ def report_markdown(results: dict[str, dict[str, Any]]) -> str:
         ]) + " |")
     lines += ["", "lm-eval's zero-shot prompts and answer scoring (the log-likelihood of each whole answer; acc_norm "
               "divides it by the answer's length in bytes), on the same items as the kit's scorer where the benchmark "
-              "names match; the task files are in lm_eval_tasks/. Accuracy in %.", ""]
+              f"names match; the task files are in {folder}/. Accuracy in %.", ""]
     for name, row in results.items():
         for stage in ("baseline", "fine_tuned"):
             if row.get(stage):

@@ -122,3 +122,23 @@ def test_a_full_run_without_evaluation_plans_none_and_needs_no_evaluation_data(t
     plan = json.loads(skipped.out)
     assert plan["evaluation"] == []
     assert "eval_report.md" not in plan["outputs"] and "eval.json" not in plan["outputs"]
+
+
+@pytest.mark.slow
+def test_a_second_lm_eval_evaluation_keeps_the_first_ones_task_files(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "out"
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "1"}) == 0
+    run = only_run(out)
+    for items in ("2", "3"):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "eval", "--adapter", str(run), **{
+            "eval.benchmarks.0.max_items": items, "eval.harness": "lm-eval", "eval.lm_eval.max_items": items}))
+        assert result.code == 0, result.err[-2000:]
+    first, second = sorted(run.glob("lm_eval_tasks*"), key=lambda p: len(p.name))
+    assert first.name == "lm_eval_tasks" and second.name.startswith("lm_eval_tasks-")
+    assert len((first / "medqlora_pubmedqa.jsonl").read_text().splitlines()) == 2
+    assert len((second / "medqlora_pubmedqa.jsonl").read_text().splitlines()) == 3
+    later = max(run.glob("eval-*.json"))
+    assert json.loads(later.read_text())["lm_eval_tasks"] == second.name
+    assert f"the task files are in {second.name}/" in later.with_name(
+        later.name.replace("eval-", "eval_report-").replace(".json", ".md")).read_text()

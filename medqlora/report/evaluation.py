@@ -53,9 +53,10 @@ def summary_row(name: str, row: dict[str, dict]) -> str:
 
 
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
-                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None) -> str:
+                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None,
+                      lm_eval_folder: str = Files.LM_EVAL_TASKS) -> str:
     """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist); ``lm_eval``: the
-    lm-evaluation-harness results, a section of their own."""
+    lm-evaluation-harness results, a section of their own, scored on the task files in ``lm_eval_folder``."""
     rows = [summary_row(name, row) for name, row in results.items()]
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
@@ -66,9 +67,9 @@ def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], tit
         return line
     md, js, png = run.unique(Files.EVAL_REPORT), run.unique(Files.EVAL_JSON), run.unique(Files.EVAL_CHART)
     run.write_text(md, eval_report_markdown(results, f"Evaluation: {title}", perplexity)
-                   + ("\n" + harness.report_markdown(lm_eval) if lm_eval else ""))
+                   + ("\n" + harness.report_markdown(lm_eval, lm_eval_folder) if lm_eval else ""))
     run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
-                        **({"lm_eval": lm_eval} if lm_eval else {})})
+                        **({"lm_eval": lm_eval, "lm_eval_tasks": lm_eval_folder} if lm_eval else {})})
     plot_eval_chart(results, run.path / png)
     say(f"evaluation report: {run.path / md}")
     return line

@@ -142,3 +142,36 @@ def test_a_second_lm_eval_evaluation_keeps_the_first_ones_task_files(tiny_model_
     assert json.loads(later.read_text())["lm_eval_tasks"] == second.name
     assert f"the task files are in {second.name}/" in later.with_name(
         later.name.replace("eval-", "eval_report-").replace(".json", ".md")).read_text()
+
+
+def test_a_kit_benchmark_named_pubmedqa_of_another_kind_is_refused_beside_lm_evals_pubmedqa(tiny_model_dir, tmp_path,
+                                                                                            capsys, monkeypatch):
+    from medqlora import harness
+
+    monkeypatch.setattr(harness, "check_installed", lambda: None)
+    rows = tmp_path / "mc.jsonl"
+    rows.write_text("".join(json.dumps({"question": f"Which organ does disease {i} affect?", "options": dict(
+        zip("ABCD", ("liver", "heart", "lung", "kidney"))), "answer_idx": "A"}) + "\n" for i in range(6)))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full", **{
+        "eval.harness": "lm-eval", "eval.lm_eval.tasks": "[pubmedqa]",
+        "eval.benchmarks": f"[{{name: pubmedqa, kind: multiple_choice, source: {rows}, max_items: 5}}]"}))
+    assert result.code == 2
+    assert_one_message(result.err, "the benchmark named pubmedqa is of kind multiple_choice")
+    assert "Rename that benchmark (e.g. name: my_mcq), or leave pubmedqa out of eval.lm_eval.tasks" in result.err
+
+
+def test_lm_evals_pubmedqa_scores_the_items_of_the_kit_benchmark_of_that_name(tmp_path, monkeypatch):
+    from medqlora import evaluate, harness
+    from medqlora.config import load_config
+
+    monkeypatch.setattr(harness, "check_installed", lambda: None)
+    from medqlora.data.examples import PUBMEDQA_DIR, pubmedqa_test_ids
+
+    shipped = json.loads((PUBMEDQA_DIR / "ori_pqal.json").read_text())
+    rows = tmp_path / "pq.json"  # six of the official test questions: the kit's benchmark scores these alone
+    rows.write_text(json.dumps({pmid: shipped[pmid] for pmid in sorted(pubmedqa_test_ids())[:6]}))
+    cfg = load_config(None, ["eval.harness=lm-eval", "eval.lm_eval.tasks=[pubmedqa]",
+                             f"eval.benchmarks=[{{name: pubmedqa, kind: pubmedqa, source: {rows}, max_items: 4}}]"])
+    (task,) = harness.load_tasks(cfg)
+    kit_items = evaluate.load_items(cfg.eval.benchmarks[0], cfg.training.seed)
+    assert [i.uid for i in task.items] == [i.uid for i in kit_items] and len(kit_items) == 4

@@ -66,7 +66,12 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
     formats = set(cfg.export.formats)
     sources = adapter_files(adapter) if "adapter" in formats else []
     if formats & {"gguf", "gguf_lora"}:
-        llama_cpp_dir(*converters_for(formats))  # a LLAMA_CPP_DIR that names no converter stops here, before the merge
+        found = llama_cpp_dir(*converters_for(formats))  # a LLAMA_CPP_DIR without the converter stops here
+        if formats == {"gguf_lora"} and found is None:
+            hint = LLAMA_CPP_HINT.replace(" The merged model is exported meanwhile.", "")
+            raise ConfigError(f"export.formats [gguf_lora]: nothing would be exported, as {LORA_CONVERTER} is not "
+                              f"found (LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, the kit's cache). {hint} Or export "
+                              "another format beside it: --set export.formats=[adapter,gguf_lora].")
     if "gguf_lora" in formats:
         lora_gguf_refusal(adapter)
     if cfg.export.push_to_hub:

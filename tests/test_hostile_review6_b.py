@@ -175,3 +175,35 @@ def test_lm_evals_pubmedqa_scores_the_items_of_the_kit_benchmark_of_that_name(tm
     (task,) = harness.load_tasks(cfg)
     kit_items = evaluate.load_items(cfg.eval.benchmarks[0], cfg.training.seed)
     assert [i.uid for i in task.items] == [i.uid for i in kit_items] and len(kit_items) == 4
+
+
+def test_the_dry_run_refuses_gguf_lora_for_an_adapter_with_per_layer_alphas(tiny_model_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    checkout = tmp_path / "llama.cpp"
+    checkout.mkdir()
+    (checkout / "convert_lora_to_gguf.py").write_text("")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(checkout))
+    adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir), alpha_pattern={"q_proj": 64})
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter),
+                                      "--dry-run", **{"export.formats": "[adapter,gguf_lora]"}))
+    assert result.code == 2
+    assert_one_message(result.err, "uses alpha_pattern, which a llama.cpp LoRA file cannot express")
+
+
+@pytest.mark.parametrize("dry", [["--dry-run"], []])
+def test_gguf_lora_alone_without_its_converter_is_refused_as_nothing_would_be_exported(dry, tiny_model_dir, tmp_path,
+                                                                                       capsys, monkeypatch):
+    from medqlora import backends
+
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./llama.cpp, ~/llama.cpp or converter in the kit's cache
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(backends, "CACHE_DIR", tmp_path / "cache")
+    adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter),
+                                      *dry, **{"export.formats": "[gguf_lora]"}))
+    assert result.code == 2
+    assert_one_message(result.err, "export.formats [gguf_lora]: nothing would be exported, as convert_lora_to_gguf.py "
+                                   "is not found")
+    assert "python -m medqlora.export --fetch-llama-cpp" in result.err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("export*"))

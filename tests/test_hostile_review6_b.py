@@ -92,8 +92,8 @@ def test_a_generation_config_with_invalid_values_is_refused_at_the_dry_run_namin
 
 
 @pytest.mark.parametrize(("layers", "said"), [
-    ([1, 5], "its adapter_config.json sets layers_to_transform to layer 5, which the base model lacks (it has 2 "
-             "layers, 0-1). Set layers_to_transform to the layers the adapter was trained on, or remove it"),
+    ([1, 5], ("its adapter_config.json sets layers_to_transform to layer 5, which the base model lacks (it has 2 "
+              "layers, 0-1). Set layers_to_transform to the layers the adapter was trained on, or remove it")),
     ("all", "is not a usable LoRA config: layers_to_transform is not a layer number or a list of layer numbers"),
 ])
 def test_layers_to_transform_the_base_model_lacks_are_refused_at_the_dry_run(layers, said, tiny_model_dir, tmp_path,

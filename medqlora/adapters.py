@@ -31,7 +31,10 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_PATTERNS = ("adapter_model.bin", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 MAX_CONFIG_BYTES = 1 << 20
 DIFFERENT_BASE = "Was it trained on a different base model?"
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+# lora_A/B of a linear layer (module.lora_A.weight, module.lora_A.<adapter name>.weight) and of an embedding layer
+# (module.lora_embedding_A, a parameter of its own): A is [r, in] and B is [out, r] for both.
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:(?P<which>[AB])(?:\.[^.]+)?\.weight"
+                       r"|embedding_(?P<embedding>[AB])(?:\.[^.]+)?)$")
 
 
 @dataclass
@@ -168,9 +171,19 @@ def read_config(folder: Path) -> dict[str, Any]:
         problems.append("target_modules is not a list of module names (or a pattern)")
     if not isinstance(config.get("base_model_name_or_path"), str):
         problems.append("base_model_name_or_path is not a string")
+    if _layer_numbers(config) is None:
+        problems.append("layers_to_transform is not a layer number or a list of layer numbers")
     if problems:
         raise ModelError(f"{where} is not a usable LoRA config: {'; '.join(problems)}.")
     return config
+
+
+def _layer_numbers(config: dict[str, Any]) -> list[int] | None:
+    """The layers layers_to_transform names ([] when unset); None when it is not a number or a list of numbers."""
+    layers = config.get("layers_to_transform")
+    layers = [] if layers is None else [layers] if isinstance(layers, int) else layers
+    whole = isinstance(layers, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in layers)
+    return layers if whole else None
 
 
 def _positive(value: Any) -> bool:
@@ -274,7 +287,7 @@ def lora_modules(shapes: dict[str, tuple[int, ...]]) -> dict[str, dict[str, tupl
     for key, shape in shapes.items():
         match = _LORA_KEY.match(key)
         if match:
-            modules.setdefault(match["module"], {})[match["which"]] = shape
+            modules.setdefault(match["module"], {})[match["which"] or match["embedding"]] = shape
     return modules
 
 
@@ -329,8 +342,9 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> dict[str, tuple[int, int]] | None:
-    """module path -> (in_features, out_features) of every linear layer of the base model, from an empty (meta)
-    model built from config.json; None when it cannot be built."""
+    """module path -> (in_features, out_features) of every linear layer of the base model, and (vocabulary, width)
+    of every embedding layer (LoRA can target embed_tokens too), from an empty (meta) model built from config.json;
+    None when it cannot be built."""
     if trust_remote_code:  # building it would run the model's own code: not for a check
         return None
     try:
@@ -343,8 +357,11 @@ def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> 
             model = AutoModelForCausalLM.from_config(built)
     except Exception:  # an architecture transformers does not know: fall back to config.json's figures
         return None
-    return {name: (m.in_features, m.out_features) for name, m in model.named_modules()
-            if isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)}
+    from torch import nn
+
+    return {name: (m.num_embeddings, m.embedding_dim) if isinstance(m, nn.Embedding) else (m.in_features, m.out_features)
+            for name, m in model.named_modules() if isinstance(m, nn.Embedding) or (
+                isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int))}
 
 
 def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -360,6 +377,8 @@ def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
              "v_proj": (hidden, kv * head_dim), "o_proj": (heads * head_dim, hidden)}
     if isinstance(inter, int):
         found |= {"gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    if isinstance(c.get("vocab_size"), int):
+        found["embed_tokens"] = (c["vocab_size"], hidden)
     return found
 
 
@@ -382,6 +401,7 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
     if trained_on and all(types) and types[0] != types[1]:
         raise refuse(f"it was trained on a {printable(types[0], 40)} model and the base is a {printable(types[1], 40)}")
 
+    check_layers(adapter, base)
     features = linear_features(base, trust_remote_code)
     leaves = {name.rsplit(".", 1)[-1] for name in features} if features else set(estimated_features(base))
     targets = adapter.config["target_modules"]
@@ -402,6 +422,20 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
         if got != expected:
             raise refuse(f"{printable(module, 120)} is {got[0]} -> {got[1]} features in the adapter and "
                          f"{expected[0]} -> {expected[1]} in the base model")
+
+
+def check_layers(adapter: ValidAdapter, base: dict[str, Any]) -> None:
+    """layers_to_transform may name only layers the base model has: PEFT finds no module to put LoRA on in the
+    others and fails (or, where some layers exist, leaves those out)."""
+    count = _text_config(base).get("num_hidden_layers")
+    if not isinstance(count, int) or count <= 0:
+        return
+    missing = [n for n in _layer_numbers(adapter.config) or [] if n >= count]
+    if missing:
+        raise ModelError(f"The adapter in {printable(adapter.folder)}: its {CONFIG_NAME} sets layers_to_transform to "
+                         f"layer{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:8]))}, which the base model lacks (it has {count} "
+                         f"layers, 0-{count - 1}). Set layers_to_transform to the layers the adapter was trained on, "
+                         "or remove it (every layer).")
 
 
 def _lookup(module: str, features: dict[str, tuple[int, int]]) -> tuple[int, int] | None:

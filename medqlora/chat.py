@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from . import generate
 from .backends import stop_token_ids
 from .config import KitConfig
 from .data import query_prompt
@@ -173,9 +174,13 @@ def stream_reply(cfg: KitConfig, model: Any, tokenizer: Any, prompt: str, out: T
 
 def reply_budget(cfg: KitConfig, model: Any) -> int:
     """Prompt tokens a turn may use: the model's context less generation.max_new_tokens."""
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    context = context if isinstance(context, int) and context > 0 else cfg.model.max_seq_length
-    return max(16, context - cfg.generation.max_new_tokens)
+    return generate.prompt_room(cfg, chat_context(cfg, getattr(model, "config", None)))
+
+
+def chat_context(cfg: KitConfig, config: Any) -> int:
+    """The context a conversation fits in: the model's (``config``: its config, or config.json's dict), else
+    model.max_seq_length."""
+    return generate.model_context(config) or cfg.model.max_seq_length
 
 
 def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: TextIO, err: TextIO) -> Reply:

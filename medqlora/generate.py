@@ -235,11 +235,38 @@ def _seeded(sampling: bool, seed: int, device: Any) -> Iterator[None]:
         yield
 
 
+MIN_PROMPT_TOKENS = 64  # the least a prompt needs: a chat template and a short question
+
+
+def model_context(config: Any) -> int | None:
+    """The model's context length (max_position_embeddings) from its config: the loaded model's, or config.json's
+    dict (read for --dry-run); None when it does not say."""
+    if isinstance(config, dict):
+        text = config.get("text_config")
+        context = (text if isinstance(text, dict) else config).get("max_position_embeddings")
+    else:
+        context = getattr(config, "max_position_embeddings", None)
+    return context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None
+
+
+def prompt_room(cfg: KitConfig, context: int) -> int:
+    """Tokens a prompt may use: the model's context less generation.max_new_tokens. A generation.max_new_tokens
+    that leaves less than MIN_PROMPT_TOKENS is refused: test, chat and their --dry-run call this same check."""
+    room = context - cfg.generation.max_new_tokens
+    if room < MIN_PROMPT_TOKENS:
+        raise ConfigError(f"generation.max_new_tokens={cfg.generation.max_new_tokens:,} leaves no room for a prompt "
+                          f"in the model's context of {context:,} tokens (the answer and its prompt share it). Lower "
+                          f"generation.max_new_tokens to at most {max(context - 4 * MIN_PROMPT_TOKENS, 1):,}.")
+    return room
+
+
 def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Each query answered; a question too long for the model's context (with room for max_new_tokens) is cut to
     fit, and its result says so (``cut``)."""
     g = cfg.generation
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = model_context(model.config)
+    if context is not None:
+        prompt_room(cfg, context)
     questions = [fit_query(cfg, tokenizer, q, context) for q in questions]
     prompts = [render_prompt(tokenizer, *query_prompt(cfg.data, q["question"])) for q in questions]
     began = time.perf_counter()

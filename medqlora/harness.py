@@ -92,12 +92,26 @@ def load_tasks(cfg: KitConfig) -> list[HarnessTask] | None:
     tasks = []
     for name in cfg.eval.lm_eval.tasks:
         if name == "pubmedqa":
-            tasks.append(HarnessTask(name, "pubmedqa", _sampled(cfg, name, BenchmarkSpec(name=name, kind="pubmedqa"))))
+            tasks.append(HarnessTask(name, "pubmedqa", _sampled(cfg, name, _pubmedqa_spec(cfg))))
         elif name in ("medqa", "medmcqa"):
             tasks.append(HarnessTask(name, name, _multiple_choice_items(cfg, name)))
         else:
             tasks += [_mmlu_task(cfg, subject) for subject in _subjects(name)]
     return tasks
+
+
+def _pubmedqa_spec(cfg: KitConfig) -> BenchmarkSpec:
+    """The pubmedqa task reads the items of the kit's benchmark named pubmedqa (its source too), so that the report
+    puts the same questions side by side; a benchmark of that name of another kind is a name clash, refused."""
+    kit = next((b for b in cfg.eval.benchmarks if b.name == "pubmedqa"), None)
+    if kit is None:
+        return BenchmarkSpec(name="pubmedqa", kind="pubmedqa")
+    if kit.kind != "pubmedqa":
+        raise ConfigError(f"eval.benchmarks: the benchmark named pubmedqa is of kind {kit.kind} "
+                          f"({printable(kit.source or 'no source', 120)}), and lm-eval's pubmedqa task scores PubMedQA "
+                          "questions: the report would put different items side by side under one name. Rename that "
+                          "benchmark (e.g. name: my_mcq), or leave pubmedqa out of eval.lm_eval.tasks.")
+    return kit
 
 
 def _sampled(cfg: KitConfig, name: str, bench: BenchmarkSpec) -> list[EvalItem]:

@@ -67,10 +67,10 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
         "gpu_memory": memory_plan(cfg, runtime),
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
-                                      if mode in ("full", "eval") else {}),
-        "evaluation": _evaluation_plan(cfg, mode, lm_eval_tasks),
+                                      if with_eval else {}),
+        "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
-        + f"/ {{{Files.LISTED}}}",
+        + f"/ {{{Files.listed(with_eval)}}}",
     }
 
 
@@ -81,10 +81,10 @@ def _lora_text(cfg: KitConfig) -> str:
                if cfg.training.init_adapter not in (None, "latest") else ""))
 
 
-def _evaluation_plan(cfg: KitConfig, mode: str, lm_eval_tasks: list | None) -> list[str]:
+def _evaluation_plan(cfg: KitConfig, with_eval: bool, lm_eval_tasks: list | None) -> list[str]:
     return ([f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
              for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
-            if mode in ("full", "eval") else [])
+            if with_eval else [])
 
 
 def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str) -> dict[str, Any]:
@@ -171,6 +171,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
+    if mode in ("test", "chat"):
+        _check_prompt_room(cfg, mode)
     if mode == "export":
         from .export import check_before_export
 
@@ -192,6 +194,17 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _check_prompt_room(cfg: KitConfig, mode: str) -> None:
+    """generation.max_new_tokens against the context in the model's config.json, as test and chat check it against
+    the loaded model (nothing to check when config.json cannot be read locally)."""
+    from .chat import chat_context
+
+    base = adapters.base_config(backends.config_source(cfg.model.name), cfg.model.trust_remote_code)
+    context = None if base is None else chat_context(cfg, base) if mode == "chat" else generate.model_context(base)
+    if context is not None:
+        generate.prompt_room(cfg, context)
 
 
 def _push_plan(cfg: KitConfig) -> str:

@@ -154,7 +154,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         self.tokenizer = plan.local_tokenizer(self.cfg)  # None where reading it would convert or download
         evaluate.check_prompts_fit(self.cfg, self.tokenizer, benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
-        folder = self.run.fresh_dir(Files.LM_EVAL_TASKS) if tasks else self.run.path
+        # a folder per evaluation, as its report: an earlier report's task files are kept
+        folder = self.run.fresh_dir(self.run.unique(Files.LM_EVAL_TASKS)) if tasks else self.run.path
         if tasks:
             harness.write_task_folder(folder, tasks)
         self.start_runtime()
@@ -169,7 +170,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             lm_eval_tuned = self.harness_scores(folder, "fine-tuned")
         title = self.cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
         line = report.write_eval_report(self.cfg, self.run, evaluate.merge(base, tuned), title, None,
-                                        harness.merge(lm_eval_base, lm_eval_tuned) if tasks else None)
+                                        harness.merge(lm_eval_base, lm_eval_tuned) if tasks else None, folder.name)
         self.summary = self.header() | {"eval": line}
         return self.finish()
 

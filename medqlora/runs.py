@@ -56,6 +56,13 @@ class Files:
     SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
     LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
               f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")
+    EVALUATION_FILES = (EVAL_REPORT, EVAL_JSON, EVAL_CHART)
+
+    @classmethod
+    def listed(cls, evaluated: bool) -> str:
+        """The files a training run writes, named for a plan: the evaluation's only where it evaluates."""
+        return cls.LISTED if evaluated else ", ".join(
+            name for name in cls.LISTED.split(", ") if name not in cls.EVALUATION_FILES)
 
 
 class UnsafePathError(MedQLoRAError):

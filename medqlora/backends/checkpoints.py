@@ -26,6 +26,7 @@ def check_checkpoint_folder(folder: Path) -> None:
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ModelError(f"model.name: {shown}/config.json names no model_type: not a transformers checkpoint.")
     _check_config_fields(folder, config)
+    check_generation_config(folder)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
         raise ModelError(f"model.name: {shown} holds a config.json but no weights (model.safetensors or "
@@ -69,6 +70,57 @@ def _check_config_fields(folder: Path, config: dict[str, Any]) -> None:
             if value is not None and str(value).removeprefix("torch.") not in DTYPE_NAMES:
                 raise ModelError(f"{where}: field '{name}' is {printable(json.dumps(value), 60)}; expected one of "
                                  f"{', '.join(DTYPE_NAMES)}. Restore the checkpoint's own config.json.")
+
+
+# generation_config.json fields generate() takes from the model where the kit sets none (top_k, min_p...) or the
+# loader refuses (max_new_tokens 0): each with the rule a valid value meets
+GENERATION_RULES: dict[str, tuple[str, Any]] = {
+    "max_new_tokens": ("a whole number above 0", lambda v: _whole(v) and v > 0),
+    "max_length": ("a whole number above 0", lambda v: _whole(v) and v > 0),
+    "min_new_tokens": ("a whole number of 0 or more", lambda v: _whole(v) and v >= 0),
+    "num_beams": ("a whole number above 0", lambda v: _whole(v) and v > 0),
+    "top_k": ("a whole number of 0 or more", lambda v: _whole(v) and v >= 0),
+    "temperature": ("a number above 0", lambda v: _number(v) and v > 0),
+    "top_p": ("a number above 0 and at most 1", lambda v: _number(v) and 0 < v <= 1),
+    "min_p": ("a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
+    "typical_p": ("a number above 0 and at most 1", lambda v: _number(v) and 0 < v <= 1),
+    "repetition_penalty": ("a number above 0", lambda v: _number(v) and v > 0),
+}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_generation_config(folder: Path) -> None:
+    """A checkpoint's generation_config.json (its generation defaults, read when the model loads): readable JSON
+    whose values generate() accepts, then transformers' own validation of it."""
+    file = folder / "generation_config.json"
+    if not file.is_file():
+        return
+    where = f"model.name: {printable(str(file))}"
+    fix = "Fix or remove that key, or restore the checkpoint's own file."
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"{where} is not readable JSON ({printable(str(err), 120)}). Restore the checkpoint's own "
+                         "file, or remove it.") from None
+    if not isinstance(values, dict):
+        raise ModelError(f"{where} is not a JSON object of generation settings. Restore the checkpoint's own file, "
+                         "or remove it.")
+    for key, (rule, valid) in GENERATION_RULES.items():
+        if values.get(key) is not None and not valid(values[key]):
+            raise ModelError(f"{where}: '{key}' is {printable(json.dumps(values[key]), 60)}; it must be {rule}. {fix}")
+    from transformers import GenerationConfig
+
+    try:
+        GenerationConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as err:  # transformers' validation of the values together
+        raise ModelError(f"{where}: transformers refuses it ({printable(str(err).splitlines()[0], 200)}). {fix}") from None
 
 
 def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import hub
 from ..config import KitConfig
+from ..errors import ConfigError
 from ..report import export_report_markdown
 from ..runs import RunDir
 from ..secrets import printable
@@ -28,7 +29,7 @@ from .adapter import adapter_files, export_adapter, has_tokenizer
 from .checks import Reference, compare, trained_reference
 from .gguf_lora import check_gguf_lora, export_gguf_lora, lora_gguf_refusal
 from .gguf_model import check_gguf_metadata, export_gguf, write_modelfile
-from .llama_cpp import LLAMA_CPP_HINT, converters_for, fetch_llama_cpp_converter, llama_cpp_dir
+from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, converters_for, fetch_llama_cpp_converter, llama_cpp_dir
 from .merged import dequantize_to_cpu, export_merged, merge_into_dequantized_base
 
 __all__ = [
@@ -58,7 +59,12 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
     formats = set(cfg.export.formats)
     sources = adapter_files(adapter) if "adapter" in formats else []
     if formats & {"gguf", "gguf_lora"}:
-        llama_cpp_dir(*converters_for(formats))  # a LLAMA_CPP_DIR that names no converter stops here, before the merge
+        found = llama_cpp_dir(*converters_for(formats))  # a LLAMA_CPP_DIR without the converter stops here
+        if formats == {"gguf_lora"} and found is None:
+            hint = LLAMA_CPP_HINT.replace(" The merged model is exported meanwhile.", "")
+            raise ConfigError(f"export.formats [gguf_lora]: nothing would be exported, as {LORA_CONVERTER} is not "
+                              f"found (LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, the kit's cache). {hint} Or export "
+                              "another format beside it: --set export.formats=[adapter,gguf_lora].")
     if "gguf_lora" in formats:
         lora_gguf_refusal(adapter)
     if cfg.export.push_to_hub:

@@ -91,11 +91,13 @@ def check_gguf_lora(gguf_file: Path, adapter: Path) -> dict[str, Any]:
         stem, _, part = key.rpartition(".lora_")
         if stem in names and part in ("A.weight", "B.weight"):
             expected[f"{names[stem]}.lora_{part[0].lower()}"] = shape
+        elif stem in names and part in ("embedding_A", "embedding_B"):  # llama.cpp stores token_embd's lora_a [in, r]
+            expected[f"{names[stem]}.lora_{part[-1].lower()}"] = shape[::-1] if part == "embedding_A" else shape
     problems = [f"{name}: {written.get(name, 'missing')} (adapter: {shape})" for name, shape in expected.items()
                 if written.get(name) != shape]
     problems += [f"unexpected tensor {name}" for name in written.keys() - expected.keys()]
-    problems += [f"adapter tensor {key} has no llama.cpp name" for key in shapes
-                 if key.rpartition(".lora_")[0] not in names]
+    problems += [f"adapter tensor {key} has no llama.cpp name" for key in shapes  # base_layer: PEFT's copy of the
+                 if key.rpartition(".lora_")[0] not in names and not key.endswith(".base_layer.weight")]  # embedding
     alpha = gguf_field(reader, "adapter.lora.alpha")
     if alpha is None or abs(alpha - _llama_cpp_alpha(adapter)) > 1e-4 * abs(_llama_cpp_alpha(adapter)):
         problems.append(f"alpha {alpha}, expected {_llama_cpp_alpha(adapter)}")

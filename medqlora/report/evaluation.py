@@ -53,9 +53,10 @@ def summary_row(name: str, row: dict[str, dict]) -> str:
 
 
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
-                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None) -> str:
+                      perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None,
+                      lm_eval_folder: str = Files.LM_EVAL_TASKS) -> str:
     """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist); ``lm_eval``: the
-    lm-evaluation-harness results, a section of their own."""
+    lm-evaluation-harness results, a section of their own, scored on the task files in ``lm_eval_folder``."""
     rows = [summary_row(name, row) for name, row in results.items()]
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
@@ -66,9 +67,9 @@ def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], tit
         return line
     md, js, png = run.unique(Files.EVAL_REPORT), run.unique(Files.EVAL_JSON), run.unique(Files.EVAL_CHART)
     run.write_text(md, eval_report_markdown(results, f"Evaluation: {title}", perplexity)
-                   + ("\n" + lm_eval_report_markdown(lm_eval) if lm_eval else ""))
+                   + ("\n" + lm_eval_report_markdown(lm_eval, lm_eval_folder) if lm_eval else ""))
     run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
-                        **({"lm_eval": lm_eval} if lm_eval else {})})
+                        **({"lm_eval": lm_eval, "lm_eval_tasks": lm_eval_folder} if lm_eval else {})})
     plot_eval_chart(results, run.path / png)
     say(f"evaluation report: {run.path / md}")
     return line
@@ -172,7 +173,7 @@ def plot_eval_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     save_png(fig, path)
 
 
-def lm_eval_report_markdown(results: dict[str, dict[str, Any]]) -> str:
+def lm_eval_report_markdown(results: dict[str, dict[str, Any]], folder: str = "lm_eval_tasks") -> str:
     lines = ["## lm-evaluation-harness", "",
              "| task | items | baseline acc | fine-tuned acc | delta | acc_norm (base / tuned) | "
              "macro-F1 (base / tuned) | items/s (base / tuned) |", "|---|---|---|---|---|---|---|---|"]
@@ -188,7 +189,7 @@ def lm_eval_report_markdown(results: dict[str, dict[str, Any]]) -> str:
         ]) + " |")
     lines += ["", "lm-eval's zero-shot prompts and answer scoring (the log-likelihood of each whole answer; acc_norm "
               "divides it by the answer's length in bytes), on the same items as the kit's scorer where the benchmark "
-              "names match; the task files are in lm_eval_tasks/. Accuracy in %.", ""]
+              f"names match; the task files are in {folder}/. Accuracy in %.", ""]
     for name, row in results.items():
         for stage in ("baseline", "fine_tuned"):
             if row.get(stage):

@@ -12,11 +12,15 @@ that log-likelihood divided by the answer's length in bytes (acc_norm).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,12 +364,24 @@ def _run_one(cfg: KitConfig, lm: Any, manager: Any, task: HarnessTask) -> dict[s
 
     chat = cfg.eval.lm_eval.apply_chat_template
     began = time.perf_counter()
-    output = simple_evaluate(
-        model=lm, tasks=[task.lm_eval_name], num_fewshot=0, task_manager=manager,
-        apply_chat_template=chat, system_instruction=system_prompt_of(cfg.data, None) if chat else None,
-        log_samples=True, verbosity="ERROR", random_seed=cfg.training.seed,
-    )
+    with _progress_bars_only_on_a_terminal():
+        output = simple_evaluate(
+            model=lm, tasks=[task.lm_eval_name], num_fewshot=0, task_manager=manager,
+            apply_chat_template=chat, system_instruction=system_prompt_of(cfg.data, None) if chat else None,
+            log_samples=True, verbosity="ERROR", random_seed=cfg.training.seed,
+        )
     return _metrics(task, output, time.perf_counter() - began)
+
+
+@contextlib.contextmanager
+def _progress_bars_only_on_a_terminal() -> Iterator[None]:
+    """lm-eval draws its own tqdm bars on stderr: where stderr is a log file or a pipe (a batch job, CI), they would
+    fill it with carriage-return lines, so they are drawn only on a terminal, as the kit's own bars are."""
+    if sys.stderr.isatty():
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _metrics(task: HarnessTask, output: dict[str, Any], seconds: float) -> dict[str, Any]:

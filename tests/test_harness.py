@@ -177,6 +177,8 @@ def test_mode_eval_scores_the_adapter_and_the_base(tiny_model_dir, tmp_path, cap
     assert row["baseline"]["items"] == row["fine_tuned"]["items"] == 2
     # lm-eval scored the model with the adapter attached: its log-likelihoods are not the base model's
     assert row["baseline"]["per_item"] != row["fine_tuned"]["per_item"]
+    # stderr is not a terminal here: lm-eval's own progress bars stay off it, as the kit's do
+    assert "%|" not in result.err and "it/s]" not in result.err, result.err[-2000:]
 
 
 # ---------------------------------------------------------------- refusals: one message, before the model loads

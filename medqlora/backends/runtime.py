@@ -12,12 +12,13 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import KitConfig
-from ..distributed import sharding
+from ..distributed import is_main, sharding
 from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
@@ -129,6 +130,7 @@ def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
         if reason:
             raise ModelError(reason)
     if runtime.backend != "unsloth":
+        library_bars_follow_the_terminal()
         return runtime
     os.environ.setdefault("UNSLOTH_DISABLE_CPU_FALLBACK", "1")  # never train silently on the CPU
     try:
@@ -139,7 +141,19 @@ def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
         runtime.backend = "hf"
         runtime.reason = f"auto: Unsloth failed to import ({type(err).__name__}: {err})"
         _check_packing(runtime, cfg)
+    library_bars_follow_the_terminal()
     return runtime
+
+
+def library_bars_follow_the_terminal() -> None:
+    """transformers (loading weights) and huggingface_hub (downloads) draw bars of their own: shown on a terminal, as
+    the kit's are, and left out of a log file or a pipe (imported here, after Unsloth)."""
+    from transformers.utils import logging as transformers_logging
+
+    if is_main() and sys.stderr.isatty():
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.disable_progress_bar()
 
 
 def _check_packing(runtime: Runtime, cfg: KitConfig) -> None:

@@ -153,7 +153,7 @@ class TrainingStages:
         from .train import planned_steps, train
 
         n = len(self.prepared.train)
-        say(f"training {n} examples for {planned_steps(self.cfg, n)} optimizer steps")
+        say(f"training {n} examples for {planned_steps(self.saved_cfg, n)} optimizer steps")
         self._say_if_the_epoch_tail_repeats()
         self.result = train(self.cfg, self.runtime, self.model, self.tokenizer, self.prepared, self.run,
                             self.checkpoint)

@@ -1,0 +1,81 @@
+"""Inputs an independent hostile review found handled badly: training rows that cannot teach what they seem to
+(pairs with no preference left, answers a completion cannot hold, control tokens written as text) and plan lines
+that said something other than what the run does."""
+
+import json
+
+import pytest
+
+from medqlora import distributed
+from medqlora.config import load_config
+from medqlora.train import planned_steps
+
+from .conftest import assert_one_message, run_cli
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _dry_run(capsys, smol_dir, tmp_path, rows, fmt, *sets):
+    argv = ["--dry-run", "--output-dir", str(tmp_path / "out"), "--set", f"model.name={smol_dir}",
+            "--set", "model.max_seq_length=256", "--set", f"data.datasets=[{{source: {rows}, format: {fmt}}}]",
+            "--set", "data.val_ratio=0"]
+    for item in sets:
+        argv += ["--set", item]
+    return run_cli(capsys, argv)
+
+
+def _plan(result):
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+# ---------------------------------------------------------------- GRPO steps count completions
+
+def _prompt_answers(tmp_path, n):
+    return _jsonl(tmp_path / "pa.jsonl", [{"prompt": f"Dose of drug {i}?", "answer": f"{i} mg"} for i in range(n)])
+
+
+@pytest.mark.parametrize("prompts, micro, accumulation, generations, iterations",
+                         [(16, 4, 1, 2, 1), (17, 4, 2, 4, 1), (10, 6, 1, 3, 2), (5, 8, 1, 8, 1)])
+def test_grpo_steps_per_epoch_are_those_of_trls_sampler(prompts, micro, accumulation, generations, iterations):
+    from trl.trainer.utils import RepeatSampler
+
+    cfg = load_config(None, ["training.method=grpo", "data.datasets=[{source: x.jsonl, format: prompt_answer}]",
+                             "data.eval_sets=[]", f"training.micro_batch_size={micro}",
+                             f"training.gradient_accumulation_steps={accumulation}",
+                             f"grpo.num_generations={generations}", f"grpo.num_iterations={iterations}"])
+    generation_batch = micro * accumulation  # TRL's default: one generation batch per optimizer step
+    sampler = RepeatSampler(range(prompts), mini_repeat_count=generations, batch_size=generation_batch // generations,
+                            repeat_count=iterations * accumulation)
+    micro_batches = len(sampler) // (micro * accumulation)  # each batch of the loader is one micro-step
+    assert distributed.micro_batches_per_epoch(cfg, prompts, 1) == micro_batches
+    assert distributed.grpo_steps_per_epoch(cfg, prompts) == micro_batches // accumulation
+
+
+def test_the_grpo_plan_counts_the_steps_of_completions_as_the_run_does(smol_dir, tmp_path, capsys):
+    """16 prompts, 2 completions each, micro-batches of 4 completions: 8 steps an epoch, not 4."""
+    result = _dry_run(capsys, smol_dir, tmp_path, _prompt_answers(tmp_path, 16), "prompt_answer",
+                      "training.method=grpo", "grpo.num_generations=2", "grpo.max_completion_length=32",
+                      "training.micro_batch_size=4", "training.max_steps=-1", "training.num_epochs=1",
+                      "data.eval_sets=[]")
+    plan = _plan(result)
+    assert plan["optimizer_steps"] == 8
+    assert plan["processes"]["ranks"][0]["micro_batches_per_epoch"] == 8
+    cfg = load_config(None, ["training.method=grpo", "grpo.num_generations=2", "training.micro_batch_size=4",
+                             "training.gradient_accumulation_steps=1", "training.max_steps=-1",
+                             "training.num_epochs=1", "data.eval_sets=[]",
+                             "data.datasets=[{source: x.jsonl, format: prompt_answer}]"])
+    assert planned_steps(cfg, 16) == 8  # the number the run says when training starts
+
+
+def test_a_grpo_warmup_as_long_as_the_run_is_refused(smol_dir, tmp_path, capsys):
+    result = _dry_run(capsys, smol_dir, tmp_path, _prompt_answers(tmp_path, 16), "prompt_answer",
+                      "training.method=grpo", "grpo.num_generations=2", "grpo.max_completion_length=32",
+                      "training.micro_batch_size=4", "training.max_steps=-1", "training.num_epochs=1",
+                      "training.warmup_steps=8", "training.warmup_ratio=null", "data.eval_sets=[]")
+    assert result.code == 2
+    assert_one_message(result.err, "training.warmup_steps (8) is not below the 8 optimizer steps of this run "
+                                   "(16 prompts, 2 completions each")

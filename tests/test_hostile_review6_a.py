@@ -79,3 +79,44 @@ def test_a_grpo_warmup_as_long_as_the_run_is_refused(smol_dir, tmp_path, capsys)
     assert result.code == 2
     assert_one_message(result.err, "training.warmup_steps (8) is not below the 8 optimizer steps of this run "
                                    "(16 prompts, 2 completions each")
+
+
+# ---------------------------------------------------------------- preference pairs and prompts, as cut to fit
+
+SHARED_OPENING = "The dose depends on the weight and the kidney function of the patient. " * 30
+
+
+def test_preference_pairs_that_differ_only_in_what_is_cut_are_refused(smol_dir, tmp_path, capsys):
+    rows = _jsonl(tmp_path / "pref.jsonl", [{"prompt": f"Is drug {i} safe?", "chosen": SHARED_OPENING + "Yes.",
+                                             "rejected": SHARED_OPENING + "No."} for i in range(6)])
+    for method in ("dpo", "orpo"):
+        result = _dry_run(capsys, smol_dir, tmp_path, rows, "preference", f"training.method={method}",
+                          "preference.max_prompt_length=128", "data.eval_sets=[]")
+        assert result.code == 2
+        assert_one_message(result.err, "6 preference row(s) (row 1 first) have chosen and rejected replies that "
+                                       "differ only after the point where they are cut")
+        assert "Raise model.max_seq_length" in result.err
+    plan = _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "preference", "training.method=dpo",
+                          "preference.max_prompt_length=128", "model.max_seq_length=1024", "data.eval_sets=[]"))
+    assert plan["training_examples"] == 6  # with room for the whole replies, they differ
+
+
+def _long_prompt_rows(tmp_path, long: int, short: int):
+    long_prompt = "Describe the interactions of warfarin with common antibiotics. " * 20
+    return _jsonl(tmp_path / "pref.jsonl", [
+        {"prompt": (long_prompt if i < long else "") + f"Is drug {i} safe?", "chosen": "Yes.", "rejected": "No."}
+        for i in range(long + short)])
+
+
+def test_prompts_over_max_prompt_length_are_said_with_that_setting(smol_dir, tmp_path, capsys, caplog):
+    result = _dry_run(capsys, smol_dir, tmp_path, _long_prompt_rows(tmp_path, 4, 0), "preference",
+                      "training.method=dpo", "preference.max_prompt_length=128", "data.eval_sets=[]")
+    assert result.code == 2
+    assert_one_message(result.err, "No dpo rows fit: every prompt is longer than preference.max_prompt_length=128")
+    assert "Raise preference.max_prompt_length" in result.err
+    assert "data.too_long: truncate" not in result.err  # already the setting: it cuts no prompt
+    result = _dry_run(capsys, smol_dir, tmp_path, _long_prompt_rows(tmp_path, 3, 5), "preference",
+                      "training.method=dpo", "preference.max_prompt_length=128", "data.eval_sets=[]")
+    assert _plan(result)["training_examples"] == 5
+    assert "3 of 8 dpo rows were left out: their prompts are longer than preference.max_prompt_length=128" \
+        in caplog.text

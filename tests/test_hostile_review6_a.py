@@ -120,3 +120,28 @@ def test_prompts_over_max_prompt_length_are_said_with_that_setting(smol_dir, tmp
     assert _plan(result)["training_examples"] == 5
     assert "3 of 8 dpo rows were left out: their prompts are longer than preference.max_prompt_length=128" \
         in caplog.text
+
+
+def _conversation(question, follow_up, reply):
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": "Which trimester?"},
+            {"role": "user", "content": follow_up}, {"role": "assistant", "content": reply}]
+
+
+@pytest.mark.parametrize("template", ["false", "auto"])
+def test_multi_turn_preference_conversations_need_a_chat_template(template, smol_dir, tmp_path, capsys):
+    multi = _jsonl(tmp_path / "multi.jsonl", [
+        {"chosen": _conversation(f"Is drug {i} safe in pregnancy?", "First.", "Ask a doctor."),
+         "rejected": _conversation(f"Is drug {i} safe in pregnancy?", "First.", "Always fine.")} for i in range(4)])
+    single = _jsonl(tmp_path / "single.jsonl", [
+        {"prompt": [{"role": "user", "content": f"Is drug {i} safe?"}], "chosen": "Ask a doctor.",
+         "rejected": "Always fine."} for i in range(4)])
+    sets = ["training.method=dpo", "preference.max_prompt_length=128", "data.eval_sets=[]",
+            f"model.chat_template={template}"]
+    result = _dry_run(capsys, smol_dir, tmp_path, multi, "preference", *sets)
+    if template == "false":
+        assert result.code == 2
+        assert_one_message(result.err, "4 preference row(s) (row 1 first) hold multi-turn conversations, and "
+                                       "model.chat_template: false renders a conversation as its turns glued together")
+    else:
+        assert _plan(result)["training_examples"] == 4
+    assert _plan(_dry_run(capsys, smol_dir, tmp_path, single, "preference", *sets))["training_examples"] == 4

@@ -50,6 +50,9 @@ def check_rows_for_the_model(cfg: KitConfig, collected: list) -> None:
 
 
 def tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
+    from .data.control_tokens import refuse_control_tokens
+
+    refuse_control_tokens(collected, tokenizer)  # the tokenizer would read them as turn markers
     if cfg.training.method != "sft":  # prompts (GRPO) or prompt / chosen / rejected rows (DPO, ORPO)
         from . import rl
 

@@ -53,6 +53,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     shortest: list[int] = []
+    unreachable = 0  # prompt_answer rows whose answer is longer than a completion may be
     for c in collected:
         lengths, outcomes, same_pairs = [], {}, []
         for ex in c.examples:
@@ -73,6 +74,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
             if method == "grpo":
                 record.update(target(ex, c.spec.format))
                 lengths.append(len(ids))
+                unreachable += _answer_cannot_fit(cfg, tokenizer, record)
             else:
                 pair = _preference_pair(ex, tokenizer, end, cfg.model.max_seq_length - len(ids))
                 if pair is None:
@@ -90,6 +92,8 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
         raise DataError(f"No {method} rows fit: {_prompt_limit(cfg)} (the shortest prompt is {min(shortest, default=0)} "
                         f"tokens with the chat template and system prompt). {_prompt_advice(cfg)}")
     warnings = _prompts_left_out(cfg, len(shortest), len(records) + len(shortest))
+    if unreachable:
+        warnings.append(_refuse_or_warn_long_answers(cfg, unreachable, len(records)))
     import random
 
     random.Random(cfg.training.seed).shuffle(records)
@@ -146,6 +150,26 @@ def _prompts_left_out(cfg: KitConfig, dropped: int, total: int) -> list[str]:
                + _prompt_limit(cfg).replace("every prompt is", "their prompts are") + ". " + _prompt_advice(cfg))
     logging.getLogger("medqlora").warning(warning)
     return [warning]
+
+
+def _answer_cannot_fit(cfg: KitConfig, tokenizer: Any, record: dict[str, Any]) -> bool:
+    """A prompt_answer row whose answer alone takes more tokens than grpo.max_completion_length: a completion is
+    cut before it could state the answer, so answer_match never scores it 1."""
+    if record["kind"] != rewards.ANSWER:
+        return False
+    return len(tokenizer(record["answer"], add_special_tokens=False)["input_ids"]) > cfg.grpo.max_completion_length
+
+
+def _refuse_or_warn_long_answers(cfg: KitConfig, count: int, total: int) -> str:
+    said = (f"{count} of {total} prompt_answer rows have an answer longer than grpo.max_completion_length="
+            f"{cfg.grpo.max_completion_length} tokens: a completion is cut before it could state it, so the answer "
+            "reward (answer_match: a reply that opens with the answer) can never score those rows 1")
+    advice = ("Raise grpo.max_completion_length (and model.max_seq_length with it), or give short answers a reward "
+              "can check (a drug name, a dose), not whole explanations.")
+    if count == total:
+        raise DataError(f"{said}: on this data it would teach nothing. {advice}")
+    logging.getLogger("medqlora").warning(f"{said}. {advice}")
+    return f"{said}. {advice}"
 
 
 def _preference_pair(example: Example, tokenizer: Any, end: str, reply_room: int) -> tuple[str, str, list[int]] | None:

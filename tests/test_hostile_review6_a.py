@@ -170,3 +170,19 @@ def test_a_control_token_written_as_text_in_a_row_is_refused_with_its_field(fmt,
     assert "a control token of the model's tokenizer" in result.err
     _jsonl(rows, [clean, clean, {**clean, **({"output": "Use <b>bold</b> < 5 mg"} if fmt == "instruction" else {})}])
     assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, fmt, *sets))["training_examples"] == 3
+
+
+def test_grpo_answers_longer_than_a_completion_are_refused_or_said(smol_dir, tmp_path, capsys, caplog):
+    long_answer = "Start with a low dose, raise it weekly while watching the kidney function and potassium. " * 3
+    sets = ["training.method=grpo", "grpo.num_generations=2", "grpo.max_completion_length=16",
+            "grpo.overlong_buffer=0", "data.eval_sets=[]"]
+    rows = _jsonl(tmp_path / "pa.jsonl", [{"prompt": f"How is drug {i} started?", "answer": long_answer}
+                                          for i in range(4)])
+    result = _dry_run(capsys, smol_dir, tmp_path, rows, "prompt_answer", *sets)
+    assert result.code == 2
+    assert_one_message(result.err, "4 of 4 prompt_answer rows have an answer longer than grpo.max_completion_length=16 "
+                                   "tokens")
+    _jsonl(rows, [{"prompt": f"How is drug {i} started?", "answer": long_answer if i < 2 else "5 mg"}
+                  for i in range(4)])
+    assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "prompt_answer", *sets))["training_examples"] == 4
+    assert "2 of 4 prompt_answer rows have an answer longer than" in caplog.text

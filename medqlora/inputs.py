@@ -11,6 +11,7 @@ from typing import Any
 
 from . import data, evaluate, leakage
 from .config import KitConfig
+from .row_checks import check_training_rows
 
 
 def local_benchmarks(cfg: KitConfig) -> dict[str, list]:
@@ -29,7 +30,7 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
     With the model's tokenizer at hand the examples are tokenized and fitted to max_seq_length and the validation
     split taken off exactly as in a run, so what a run refuses is refused here, with the same message."""
     collected = data.collect(cfg.data, cfg.training.seed, guarded, local_only=True)
-    check_rows_for_the_model(cfg, collected)
+    check_training_rows(cfg, collected)
     sizes = data.count_rows(cfg.data, cfg.training.seed, collected=collected)
     if len(collected) < len(cfg.data.datasets):
         return sizes, None
@@ -40,13 +41,6 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
     if n_train == 0:
         data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
     return sizes, n_train
-
-
-def check_rows_for_the_model(cfg: KitConfig, collected: list) -> None:
-    """What the rows cannot be, given the model's settings (checked before the model or its tokenizer loads)."""
-    from .method_rows import check_conversations_have_a_template
-
-    check_conversations_have_a_template(cfg, collected)
 
 
 def tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:

@@ -103,21 +103,6 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
                         fingerprints={c.name: kit_data.fingerprint(c.spec) for c in collected})
 
 
-def check_conversations_have_a_template(cfg: KitConfig, collected: list[Collected]) -> None:
-    """Multi-turn preference conversations with model.chat_template: false are refused, as chat rows are: their
-    earlier turns would be glued into the prompt with nothing to tell one speaker from the next."""
-    if cfg.model.chat_template is not False:
-        return
-    for c in collected:
-        rows = sorted(ex.row or 0 for ex in c.examples if getattr(ex, "multi_turn", False))
-        if rows:
-            raise DataError(f"{printable(c.spec.source, 200)}: {len(rows)} preference row(s) (row {rows[0]} first) "
-                            "hold multi-turn conversations, and model.chat_template: false renders a conversation as "
-                            "its turns glued together, with nothing to tell one speaker from the next. Conversations "
-                            "need a chat template: set model.chat_template to auto, chatml, llama-3 or mistral (or "
-                            "keep one question and its replies per row).")
-
-
 def prompt_room(cfg: KitConfig) -> int:
     """The tokens a prompt may take: GRPO's leave room for grpo.max_completion_length, DPO's and ORPO's are kept to
     preference.max_prompt_length."""

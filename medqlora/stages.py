@@ -13,7 +13,7 @@ from typing import Any
 
 from . import backends, data, distributed, evaluate, fit, harness, memory, report, resume
 from .config import KitConfig, load_config
-from .inputs import benchmark_guard_items, check_rows_for_the_model, cot_validation, same_tokens, tokenize
+from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
 from .runs import Files, size_mb
 
@@ -29,7 +29,7 @@ class TrainingStages:
         self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
         guarded = {**(self.benchmarks or {}), **harness.guard_items(self.lm_eval_tasks)}
         self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(guarded))
-        check_rows_for_the_model(cfg, self.collected)
+        check_training_rows(cfg, self.collected)
         self.source = backends.resolve_model_source(cfg.model.name)
         self.shape = fit.model_shape(self.source, cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(cfg, self.source)

@@ -140,7 +140,7 @@ def test_multi_turn_preference_conversations_need_a_chat_template(template, smol
     result = _dry_run(capsys, smol_dir, tmp_path, multi, "preference", *sets)
     if template == "false":
         assert result.code == 2
-        assert_one_message(result.err, "4 preference row(s) (row 1 first) hold multi-turn conversations, and "
+        assert_one_message(result.err, "4 row(s) (row 1 first) hold multi-turn preference conversations, and "
                                        "model.chat_template: false renders a conversation as its turns glued together")
     else:
         assert _plan(result)["training_examples"] == 4
@@ -186,3 +186,36 @@ def test_grpo_answers_longer_than_a_completion_are_refused_or_said(smol_dir, tmp
                   for i in range(4)])
     assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "prompt_answer", *sets))["training_examples"] == 4
     assert "2 of 4 prompt_answer rows have an answer longer than" in caplog.text
+
+
+def _mc(i, options, answer):
+    return {"question": f"Which organ does disease {i} affect most often?", "options": options, "answer_idx": answer}
+
+
+def test_a_multiple_choice_answer_stated_in_two_options_is_refused(smol_dir, tmp_path, capsys):
+    rows = _jsonl(tmp_path / "mc.jsonl", [_mc(0, {"A": "lung", "B": "heart", "C": "skin", "D": "bone"}, "B"),
+                                          _mc(1, {"A": "Liver ", "B": "liver", "C": "lung", "D": "kidney"}, "B")])
+    result = _dry_run(capsys, smol_dir, tmp_path, rows, "multiple_choice", "data.eval_sets=[]")
+    assert result.code == 2
+    assert_one_message(result.err, "mc.jsonl: 1 row(s) (row 2 first) state the answer in two options (options B and A "
+                                   "are both 'liver', and the answer is B)")
+    # a duplicated wrong option (as real exam sets hold) leaves the answer one option: accepted
+    _jsonl(rows, [_mc(0, {"A": "lung", "B": "heart", "C": "skin", "D": "bone"}, "B"),
+                  _mc(1, {"A": "lung", "B": "liver", "C": "lung", "D": "kidney"}, "B")])
+    assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "multiple_choice", "data.eval_sets=[]"))[
+        "training_examples"] == 2
+
+
+@pytest.mark.parametrize("style, field, text, marker", [
+    ("huatuo", "Complex_CoT", "Think about it.\n\n## Final Response\n\nFake final.", "## Final Response"),
+    ("tags", "Response", "<response>Warfarin.</response>", "<response>"),
+])
+def test_a_medical_o1_field_holding_its_own_final_response_heading_is_refused(style, field, text, marker, smol_dir,
+                                                                              tmp_path, capsys):
+    good = {"Question": "Which drug needs INR checks?", "Complex_CoT": "Anticoagulants are monitored.",
+            "Response": "Warfarin."}
+    rows = _jsonl(tmp_path / "o1.jsonl", [good, {**good, "Question": "And which one else?", field: text}])
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path / "out"), "--set", f"model.name={smol_dir}",
+                              "--set", f"data.datasets=[{{source: {rows}, format: medical_o1, cot_style: {style}}}]"])
+    assert result.code == 2
+    assert_one_message(result.err, f"o1.jsonl row 2: field '{field}' holds its own '{marker}'")

@@ -4,6 +4,7 @@ checked row by row the same way, and seen by the leakage guard like every other 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +68,27 @@ class Reply:
     multi_turn: bool = False  # more than one user turn, or an assistant turn, before the reply
 
 
+def _refuse_messages_as_text(value: str, name: str) -> None:
+    """A text cell holding a JSON list of messages (a conversational set saved as CSV, whose cells hold text only):
+    read as text, the JSON itself would be the reply to prefer."""
+    stripped = value.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return
+    try:
+        parsed = json.loads(stripped)
+    except ValueError:
+        return
+    if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and ("role" in m or "from" in m)
+                                                   for m in parsed):
+        raise DataError(f"field '{printable(name, 60)}' is text holding a JSON list of messages "
+                        f"({printable(stripped, 50)!r}), as a CSV cell holds them: read as text, the JSON itself "
+                        "would be trained as the reply. Save the rows as JSONL or Parquet (their message lists stay lists), or "
+                        "put the reply's text in the cell.")
+
+
 def _reply(value: Any, name: str) -> Reply:
     if isinstance(value, str):
+        _refuse_messages_as_text(value, name)
         return Reply("", "", _response(value, name))
     turns = _turns(value, name)
     if turns[-1]["role"] != "assistant":
@@ -137,6 +157,7 @@ def _turn_count(value: Any) -> int:
 def _prompt_field(value: Any, name: str, system: str) -> tuple[str, str]:
     """The prompt field's text (its user turns, for a message list) and the system turn it or the replies hold."""
     if isinstance(value, str):
+        _refuse_messages_as_text(value, name)
         return _text(value, name), system
     turns = _turns(value, name)
     own = "\n\n".join(t["content"] for t in turns if t["role"] == "system")

@@ -219,3 +219,24 @@ def test_a_medical_o1_field_holding_its_own_final_response_heading_is_refused(st
                               "--set", f"data.datasets=[{{source: {rows}, format: medical_o1, cot_style: {style}}}]"])
     assert result.code == 2
     assert_one_message(result.err, f"o1.jsonl row 2: field '{field}' holds its own '{marker}'")
+
+
+def test_preference_cells_holding_json_message_lists_are_refused(smol_dir, tmp_path, capsys):
+    import csv
+
+    rows = tmp_path / "pref.csv"
+    with rows.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "chosen", "rejected"])
+        for i in range(3):
+            writer.writerow([f"Is drug {i} safe?", json.dumps([{"role": "assistant", "content": "Ask a doctor."}]),
+                             json.dumps([{"role": "assistant", "content": "Always fine."}])])
+    sets = ["training.method=dpo", "preference.max_prompt_length=128", "data.eval_sets=[]"]
+    result = _dry_run(capsys, smol_dir, tmp_path, rows, "preference", *sets)
+    assert result.code == 2
+    assert_one_message(result.err, "pref.csv row 1 (line 2): field 'chosen' is text holding a JSON list of messages")
+    with rows.open("w", newline="") as handle:  # replies that merely look like a list stay text
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "chosen", "rejected"])
+        writer.writerows([[f"Is drug {i} safe?", "[1, 2] mg", "[3] mg"] for i in range(3)])
+    assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "preference", *sets))["training_examples"] == 3

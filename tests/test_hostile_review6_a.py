@@ -240,3 +240,23 @@ def test_preference_cells_holding_json_message_lists_are_refused(smol_dir, tmp_p
         writer.writerow(["prompt", "chosen", "rejected"])
         writer.writerows([[f"Is drug {i} safe?", "[1, 2] mg", "[3] mg"] for i in range(3)])
     assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "preference", *sets))["training_examples"] == 3
+
+
+# ---------------------------------------------------------------- the plan says what the run does
+
+def test_the_plan_shows_the_gradient_checkpointing_the_run_does(smol_dir, tmp_path, capsys):
+    from medqlora.backends import Runtime, checkpointing_plan
+    from medqlora.backends.lora import hf_checkpointing
+
+    rows = _jsonl(tmp_path / "ins.jsonl", [{"instruction": f"Dose of drug {i}?", "output": "5 mg."} for i in range(4)])
+    plan = _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "instruction", "data.eval_sets=[]"))
+    assert plan["training"]["gradient_checkpointing"].startswith("off: on the CPU")  # the default 'unsloth'
+    plan = _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "instruction", "data.eval_sets=[]",
+                          "training.gradient_checkpointing=true"))
+    assert plan["training"]["gradient_checkpointing"] is True
+    cfg = load_config(None, [])
+    gpu_hf, gpu_unsloth, cpu = (Runtime("hf", "cuda", "bf16", "test"), Runtime("unsloth", "cuda", "bf16", "test"),
+                                Runtime("hf", "cpu", "fp32", "test"))
+    assert checkpointing_plan(cfg, gpu_hf).startswith("true (plain") and hf_checkpointing(cfg, gpu_hf)
+    assert checkpointing_plan(cfg, gpu_unsloth) == "unsloth"
+    assert not hf_checkpointing(cfg, cpu)

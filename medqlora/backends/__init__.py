@@ -35,8 +35,8 @@ from .sources import check_model_source, config_source, portable_base_name, reso
 from .tokenizer import CHAT_TEMPLATES, load_tokenizer, prepare_tokenizer, stop_token_ids
 
 __all__ = [
-    "BACKEND_MARK", "CACHE_DIR", "CHAT_TEMPLATES", "Runtime", "activate", "attach_adapter", "attention_kernel", "check_cache_dir", "checkpointing_plan",
-    "check_checkpoint_folder", "check_gguf_file", "check_model_source", "config_source", "convert_gguf",
+    "BACKEND_MARK", "CACHE_DIR", "CHAT_TEMPLATES", "Runtime", "activate", "attach_adapter", "attention_kernel", "check_cache_dir",
+    "check_checkpoint_folder", "check_gguf_file", "check_model_source", "checkpointing_plan", "config_source", "convert_gguf",
     "detect", "generation_backend", "gpu_only_checkpoint", "hf_base", "load_for_inference", "load_for_training", "load_tokenizer",
     "mark_unquantized", "nf4_config", "portable_base_name", "prepare_for_generation", "prepare_for_training",
     "prepare_tokenizer", "resolve_model_source", "safetensors_problem", "set_end_of_turn_as_eos", "stop_token_ids",

@@ -3,6 +3,7 @@
 that said something other than what the run does."""
 
 import json
+import logging
 
 import pytest
 
@@ -11,6 +12,16 @@ from medqlora.config import load_config
 from medqlora.train import planned_steps
 
 from .conftest import assert_one_message, run_cli
+
+
+@pytest.fixture
+def kit_log(caplog):
+    """The kit's warnings, also when an earlier command in this process stopped its logger propagating."""
+    log = logging.getLogger("medqlora")
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="medqlora")
+    yield caplog
+    log.removeHandler(caplog.handler)
 
 
 def _jsonl(path, rows):
@@ -108,7 +119,7 @@ def _long_prompt_rows(tmp_path, long: int, short: int):
         for i in range(long + short)])
 
 
-def test_prompts_over_max_prompt_length_are_said_with_that_setting(smol_dir, tmp_path, capsys, caplog):
+def test_prompts_over_max_prompt_length_are_said_with_that_setting(smol_dir, tmp_path, capsys, kit_log):
     result = _dry_run(capsys, smol_dir, tmp_path, _long_prompt_rows(tmp_path, 4, 0), "preference",
                       "training.method=dpo", "preference.max_prompt_length=128", "data.eval_sets=[]")
     assert result.code == 2
@@ -119,7 +130,7 @@ def test_prompts_over_max_prompt_length_are_said_with_that_setting(smol_dir, tmp
                       "training.method=dpo", "preference.max_prompt_length=128", "data.eval_sets=[]")
     assert _plan(result)["training_examples"] == 5
     assert "3 of 8 dpo rows were left out: their prompts are longer than preference.max_prompt_length=128" \
-        in caplog.text
+        in kit_log.text
 
 
 def _conversation(question, follow_up, reply):
@@ -172,7 +183,7 @@ def test_a_control_token_written_as_text_in_a_row_is_refused_with_its_field(fmt,
     assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, fmt, *sets))["training_examples"] == 3
 
 
-def test_grpo_answers_longer_than_a_completion_are_refused_or_said(smol_dir, tmp_path, capsys, caplog):
+def test_grpo_answers_longer_than_a_completion_are_refused_or_said(smol_dir, tmp_path, capsys, kit_log):
     long_answer = "Start with a low dose, raise it weekly while watching the kidney function and potassium. " * 3
     sets = ["training.method=grpo", "grpo.num_generations=2", "grpo.max_completion_length=16",
             "grpo.overlong_buffer=0", "data.eval_sets=[]"]
@@ -185,7 +196,7 @@ def test_grpo_answers_longer_than_a_completion_are_refused_or_said(smol_dir, tmp
     _jsonl(rows, [{"prompt": f"How is drug {i} started?", "answer": long_answer if i < 2 else "5 mg"}
                   for i in range(4)])
     assert _plan(_dry_run(capsys, smol_dir, tmp_path, rows, "prompt_answer", *sets))["training_examples"] == 4
-    assert "2 of 4 prompt_answer rows have an answer longer than" in caplog.text
+    assert "2 of 4 prompt_answer rows have an answer longer than" in kit_log.text
 
 
 def _mc(i, options, answer):

@@ -53,7 +53,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     shortest: list[int] = []
-    unreachable = 0  # prompt_answer rows whose answer is longer than a completion may be
+    unreachable, answer_rows = 0, 0  # prompt_answer rows (whose answer is longer than a completion may be)
     for c in collected:
         lengths, outcomes, same_pairs = [], {}, []
         for ex in c.examples:
@@ -74,6 +74,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
             if method == "grpo":
                 record.update(target(ex, c.spec.format))
                 lengths.append(len(ids))
+                answer_rows += record["kind"] == rewards.ANSWER
                 unreachable += _answer_cannot_fit(cfg, tokenizer, record)
             else:
                 pair = _preference_pair(ex, tokenizer, end, cfg.model.max_seq_length - len(ids))
@@ -93,7 +94,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
                         f"tokens with the chat template and system prompt). {_prompt_advice(cfg)}")
     warnings = _prompts_left_out(cfg, len(shortest), len(records) + len(shortest))
     if unreachable:
-        warnings.append(_refuse_or_warn_long_answers(cfg, unreachable, len(records)))
+        warnings.append(_refuse_or_warn_long_answers(cfg, unreachable, answer_rows))
     import random
 
     random.Random(cfg.training.seed).shuffle(records)
@@ -152,7 +153,7 @@ def _refuse_or_warn_long_answers(cfg: KitConfig, count: int, total: int) -> str:
     advice = ("Raise grpo.max_completion_length (and model.max_seq_length with it), or give short answers a reward "
               "can check (a drug name, a dose), not whole explanations.")
     if count == total:
-        raise DataError(f"{said}: on this data it would teach nothing. {advice}")
+        raise DataError(f"{said}: none of them could teach anything. {advice}")
     logging.getLogger("medqlora").warning(f"{said}. {advice}")
     return f"{said}. {advice}"
 

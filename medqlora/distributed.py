@@ -178,6 +178,23 @@ def split_batch(cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"training": t.model_copy(update={"gradient_accumulation_steps": accumulation})})
 
 
+def grpo_steps_per_epoch(cfg: KitConfig, prompts: int) -> int:
+    """GRPO's optimizer steps in one epoch over ``prompts``, as TRL's sampler deals them (``cfg`` in the config's
+    terms: all processes together). Its micro-batches count completions, num_generations per prompt, so a step of
+    micro_batch x accumulation completions takes that / num_generations prompts; the prompts that do not fill a
+    last step are left out, and each step's completions are trained num_iterations times."""
+    t, g = cfg.training, cfg.grpo
+    prompts_per_step = max(1, t.micro_batch_size * t.gradient_accumulation_steps // g.num_generations)
+    return prompts // prompts_per_step * g.num_iterations
+
+
+def micro_batches_per_epoch(cfg: KitConfig, rows: int, processes: int) -> int:
+    """Micro-batches each process trains per epoch (GRPO: of completions, see grpo_steps_per_epoch)."""
+    if cfg.training.method == "grpo":
+        return grpo_steps_per_epoch(cfg, rows) * split_batch(cfg).training.gradient_accumulation_steps
+    return micro_batches_per_process(rows, cfg.training.micro_batch_size, processes)
+
+
 def micro_batches_per_process(rows: int, micro_batch: int, processes: int) -> int:
     """Micro-batches each process trains per epoch: the epoch's micro-batches dealt out in turn, rounded up."""
     return math.ceil(math.ceil(rows / micro_batch) / processes)
@@ -224,7 +241,7 @@ def process_plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[st
             "machine": r // per_machine,
             "gpu": r % per_machine if _cuda() else "none (CPU)",
             "micro_batch x accumulation": f"{split.micro_batch_size} x {split.gradient_accumulation_steps}",
-            "micro_batches_per_epoch": micro_batches_per_process(train_examples, split.micro_batch_size, n)
+            "micro_batches_per_epoch": micro_batches_per_epoch(cfg, train_examples, n)
             if train_examples else "unknown until the data is known",
             "evaluation_items": {name: len(range(r, count, n)) if count else f"1/{n} of all"
                                  for name, count in eval_items.items()},

@@ -11,6 +11,7 @@ Adding a dataset format is one decorated function here (or in a module imported 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,21 @@ def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
     )
 
 
+# The headings and tags a reasoning reply is split by (evaluation, GRPO rewards): the format writes them itself.
+_SECTION_MARKER = re.compile(r"##[ \t]*(?:Final Response|Thinking)\b|</?(?:think|response)>", re.IGNORECASE)
+
+
+def _refuse_section_markers(name: str, text: str) -> None:
+    """A medical-o1 field holding its own '## Final Response' (or <response> tag): the target would hold two, and
+    the evaluation and the GRPO rewards read the first as the answer."""
+    marker = _SECTION_MARKER.search(text)
+    if marker:
+        raise DataError(f"field '{printable(name, 60)}' holds its own {printable(marker.group(), 30)!r}: the format "
+                        "writes the reasoning and final-response sections itself, so the target would hold two, and "
+                        "the evaluation and the GRPO rewards would read the wrong one as the answer. Remove that "
+                        "heading or tag from the field, or leave the row out.")
+
+
 @dataset_format(
     "medical_o1", placeholders=("question",), fields=(("Question",), ("Complex_CoT",), ("Response",)),
     columns="Question, Complex_CoT, Response",
@@ -143,6 +159,8 @@ def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     t_name, thinking = _field(row, spec, "Complex_CoT")
     a_name, answer = _field(row, spec, "Response")
     _response(answer, a_name)
+    for name, text in ((t_name, thinking), (a_name, answer)):
+        _refuse_section_markers(name, text)
     if spec.cot_style == "tags":
         response = f"<think>\n{thinking}\n</think>\n<response>\n{answer}\n</response>"
     else:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import data, evaluate, leakage
 from .config import KitConfig
+from .row_checks import check_training_rows
 
 
 def local_benchmarks(cfg: KitConfig) -> dict[str, list]:
@@ -29,6 +30,7 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
     With the model's tokenizer at hand the examples are tokenized and fitted to max_seq_length and the validation
     split taken off exactly as in a run, so what a run refuses is refused here, with the same message."""
     collected = data.collect(cfg.data, cfg.training.seed, guarded, local_only=True)
+    check_training_rows(cfg, collected)
     sizes = data.count_rows(cfg.data, cfg.training.seed, collected=collected)
     if len(collected) < len(cfg.data.datasets):
         return sizes, None
@@ -42,6 +44,9 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
 
 
 def tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
+    from .data.control_tokens import refuse_control_tokens
+
+    refuse_control_tokens(collected, tokenizer)  # the tokenizer would read them as turn markers
     if cfg.training.method != "sft":  # prompts (GRPO) or prompt / chosen / rejected rows (DPO, ORPO)
         from . import rl
 

@@ -5,6 +5,7 @@ gold answer, choices) or the preference pair (chosen, rejected)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from . import data as kit_data
@@ -12,6 +13,7 @@ from . import rewards
 from .config import KitConfig
 from .data import Collected, Example, PreparedData, leakage, length_stats, tokenize_example
 from .errors import DataError
+from .secrets import printable
 
 KIND_OF_FORMAT = {"multiple_choice": rewards.MULTIPLE_CHOICE, "pubmedqa": rewards.PUBMEDQA,
                   "prompt_answer": rewards.ANSWER}
@@ -46,22 +48,24 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
     """The RL or preference rows of a run: rendered with the model's chat template and the system prompt as in
     SFT and evaluation, fitted to max_seq_length (a GRPO prompt keeps room for grpo.max_completion_length)."""
     method = cfg.training.method
-    room = cfg.model.max_seq_length - (cfg.grpo.max_completion_length if method == "grpo" else 0)
+    room = prompt_room(cfg)
     end = kit_data.turn_end(tokenizer)
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
+    shortest: list[int] = []
+    unreachable, answer_rows = 0, 0  # prompt_answer rows (whose answer is longer than a completion may be)
     for c in collected:
-        lengths, outcomes = [], {}
+        lengths, outcomes, same_pairs = [], {}, []
         for ex in c.examples:
             if ex.role == "validation":
                 continue
             prompt_only = Example(prompt=ex.prompt, response="", context=ex.context, prompt_template=ex.prompt_template)
             system = getattr(ex, "system", "") or kit_data.system_prompt_of(cfg.data, c.spec)  # a row's own first
-            fitted, outcome = tokenize_example(prompt_only, tokenizer, system,
-                                               room if method == "grpo" else cfg.preference.max_prompt_length,
-                                               cfg.data.too_long, "")
+            fitted, outcome = tokenize_example(prompt_only, tokenizer, system, room, cfg.data.too_long, "")
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if fitted is None:
+                whole, _ = tokenize_example(prompt_only, tokenizer, system, 10**9, "truncate", "")
+                shortest.append(len(whole["input_ids"]))
                 continue
             ids = fitted["input_ids"]
             record = {"input_ids": ids, "prompt": prompt_text(tokenizer, ids), "source": c.name, "uid": ex.uid,
@@ -70,22 +74,106 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
             if method == "grpo":
                 record.update(target(ex, c.spec.format))
                 lengths.append(len(ids))
+                answer_rows += record["kind"] == rewards.ANSWER
+                unreachable += _answer_cannot_fit(cfg, tokenizer, record)
             else:
-                record.update(chosen=ex.response + end, rejected=getattr(ex, "rejected", "") + end)
-                chosen_ids = tokenizer(record["chosen"], add_special_tokens=False)["input_ids"]
-                record["input_ids"] = ids + chosen_ids  # the longest row the memory preflight plans for
+                pair = _preference_pair(ex, tokenizer, end, cfg.model.max_seq_length - len(ids))
+                if pair is None:
+                    same_pairs.append(ex.row)
+                    continue
+                record.update(chosen=pair[0], rejected=pair[1])
+                record["input_ids"] = ids + pair[2]  # the longest row the memory preflight plans for
                 lengths.append(len(record["input_ids"]))
             records.append(record)
+        if same_pairs:
+            _refuse_pairs_cut_alike(cfg, c, same_pairs)
         stats[c.name] = {**c.info, "prompt_tokens" if method == "grpo" else "tokens": length_stats(lengths, room),
                          "fitting": outcomes}
     if not records:
-        raise DataError(f"No {method} rows fit model.max_seq_length={cfg.model.max_seq_length}"
-                        + (f" beside grpo.max_completion_length={cfg.grpo.max_completion_length}" if method == "grpo"
-                           else "") + ". Raise model.max_seq_length, or set data.too_long: truncate.")
+        raise DataError(f"No {method} rows fit: {_prompt_limit(cfg)} (the shortest prompt is {min(shortest, default=0)} "
+                        f"tokens with the chat template and system prompt). {_prompt_advice(cfg)}")
+    warnings = _prompts_left_out(cfg, len(shortest), len(records) + len(shortest))
+    if unreachable:
+        warnings.append(_refuse_or_warn_long_answers(cfg, unreachable, answer_rows))
     import random
 
     random.Random(cfg.training.seed).shuffle(records)
-    stats["total"] = {"train": len(records), "validation": 0, "warnings": [],
+    stats["total"] = {"train": len(records), "validation": 0, "warnings": warnings,
                       "train_tokens": sum(len(r["input_ids"]) for r in records), "method": method}
     return PreparedData(train=records, validation=[], stats=stats,
                         fingerprints={c.name: kit_data.fingerprint(c.spec) for c in collected})
+
+
+def prompt_room(cfg: KitConfig) -> int:
+    """The tokens a prompt may take: GRPO's leave room for grpo.max_completion_length, DPO's and ORPO's are kept to
+    preference.max_prompt_length."""
+    if cfg.training.method == "grpo":
+        return cfg.model.max_seq_length - cfg.grpo.max_completion_length
+    return cfg.preference.max_prompt_length
+
+
+def _prompt_limit(cfg: KitConfig) -> str:
+    if cfg.training.method == "grpo":
+        return (f"every prompt is longer than the {prompt_room(cfg)} tokens model.max_seq_length="
+                f"{cfg.model.max_seq_length} leaves beside grpo.max_completion_length={cfg.grpo.max_completion_length}")
+    return f"every prompt is longer than preference.max_prompt_length={cfg.preference.max_prompt_length}"
+
+
+def _prompt_advice(cfg: KitConfig) -> str:
+    cut = " (data.too_long: drop leaves out the pubmedqa contexts truncate would shorten)" \
+        if cfg.data.too_long == "drop" else ""
+    if cfg.training.method == "grpo":
+        return (f"Raise model.max_seq_length, lower grpo.max_completion_length, or shorten the prompts{cut}.")
+    return ("Raise preference.max_prompt_length (model.max_seq_length holds the prompt and the replies together: "
+            f"raise it too if it has no room left), or shorten the prompts{cut}.")
+
+
+def _prompts_left_out(cfg: KitConfig, dropped: int, total: int) -> list[str]:
+    """The warning when some rows are left out for a prompt over its limit (a prompt is never cut)."""
+    if not dropped:
+        return []
+    warning = (f"{dropped} of {total} {cfg.training.method} rows were left out: "
+               + _prompt_limit(cfg).replace("every prompt is", "their prompts are") + ". " + _prompt_advice(cfg))
+    logging.getLogger("medqlora").warning(warning)
+    return [warning]
+
+
+def _answer_cannot_fit(cfg: KitConfig, tokenizer: Any, record: dict[str, Any]) -> bool:
+    """A prompt_answer row whose answer alone takes more tokens than grpo.max_completion_length: a completion is
+    cut before it could state the answer, so answer_match never scores it 1."""
+    if record["kind"] != rewards.ANSWER:
+        return False
+    return len(tokenizer(record["answer"], add_special_tokens=False)["input_ids"]) > cfg.grpo.max_completion_length
+
+
+def _refuse_or_warn_long_answers(cfg: KitConfig, count: int, total: int) -> str:
+    said = (f"{count} of {total} prompt_answer rows have an answer longer than grpo.max_completion_length="
+            f"{cfg.grpo.max_completion_length} tokens: a completion is cut before it could state it, so the answer "
+            "reward (answer_match: a reply that opens with the answer) can never score those rows 1")
+    advice = ("Raise grpo.max_completion_length (and model.max_seq_length with it), or give short answers a reward "
+              "can check (a drug name, a dose), not whole explanations.")
+    if count == total:
+        raise DataError(f"{said}: none of them could teach anything. {advice}")
+    logging.getLogger("medqlora").warning(f"{said}. {advice}")
+    return f"{said}. {advice}"
+
+
+def _preference_pair(example: Example, tokenizer: Any, end: str, reply_room: int) -> tuple[str, str, list[int]] | None:
+    """(chosen, rejected, the chosen reply's ids), each reply ending with the end-of-turn text; None when the two
+    are the same in the reply_room tokens kept after the prompt (DPO and ORPO cut the replies there)."""
+    chosen, rejected = example.response + end, getattr(example, "rejected", "") + end
+    chosen_ids = tokenizer(chosen, add_special_tokens=False)["input_ids"]
+    rejected_ids = tokenizer(rejected, add_special_tokens=False)["input_ids"]
+    if chosen_ids[:reply_room] == rejected_ids[:reply_room]:
+        return None
+    return chosen, rejected, chosen_ids
+
+
+def _refuse_pairs_cut_alike(cfg: KitConfig, c: Collected, rows: list[int | None]) -> None:
+    numbered = sorted(r for r in rows if r is not None)
+    first = f"row {numbered[0]}" if numbered else "a row"
+    raise DataError(f"{printable(c.spec.source, 200)}: {len(rows)} preference row(s) ({first} first) have chosen and "
+                    "rejected replies that differ only after the point where they are cut: model.max_seq_length="
+                    f"{cfg.model.max_seq_length} holds the prompt and then as much of each reply as fits, and what is "
+                    "kept is the same text in both, so the pair teaches no preference. Raise model.max_seq_length, or "
+                    "shorten what the two replies share before they differ.")

@@ -99,7 +99,7 @@ def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str)
         "weight_decay": t.weight_decay,
         "precision": runtime.dtype if cfg.model.dtype in ("auto", runtime.dtype) or runtime.device == "cuda"
         else f"{runtime.dtype} here; model.dtype {cfg.model.dtype} on a GPU",
-        "gradient_checkpointing": t.gradient_checkpointing,
+        "gradient_checkpointing": backends.checkpointing_plan(cfg, runtime),
     }
 
 

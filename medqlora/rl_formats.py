@@ -4,6 +4,7 @@ checked row by row the same way, and seen by the leakage guard like every other 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 class PreferenceExample(Example):
     rejected: str = ""  # the reply the model should prefer less (response holds the chosen one)
     system: str = ""  # the rows' own system turn (in place of the dataset's system prompt), if they hold one
+    multi_turn: bool = False  # the conversation has turns before the last question (earlier questions, replies)
 
 
 @dataset_format(
@@ -63,17 +65,39 @@ class Reply:
     system: str
     prompt: str
     text: str
+    multi_turn: bool = False  # more than one user turn, or an assistant turn, before the reply
+
+
+def _refuse_messages_as_text(value: str, name: str) -> None:
+    """A text cell holding a JSON list of messages (a conversational set saved as CSV, whose cells hold text only):
+    read as text, the JSON itself would be the reply to prefer."""
+    stripped = value.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return
+    try:
+        parsed = json.loads(stripped)
+    except ValueError:
+        return
+    if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and ("role" in m or "from" in m)
+                                                   for m in parsed):
+        raise DataError(f"field '{printable(name, 60)}' is text holding a JSON list of messages "
+                        f"({printable(stripped, 50)!r}), as a CSV cell holds them: read as text, the JSON itself "
+                        "would be trained as the reply. Save the rows as JSONL or Parquet (their message lists stay lists), or "
+                        "put the reply's text in the cell.")
 
 
 def _reply(value: Any, name: str) -> Reply:
     if isinstance(value, str):
+        _refuse_messages_as_text(value, name)
         return Reply("", "", _response(value, name))
     turns = _turns(value, name)
     if turns[-1]["role"] != "assistant":
         raise DataError(f"field '{printable(name, 60)}': the last message is not the assistant's reply.")
     systems = [t["content"] for t in turns[:-1] if t["role"] == "system"]
     users = [t["content"] for t in turns[:-1] if t["role"] == "user"]
-    return Reply("\n\n".join(systems), "\n\n".join(users), _response(turns[-1]["content"], name))
+    earlier_replies = any(t["role"] == "assistant" for t in turns[:-1])
+    return Reply("\n\n".join(systems), "\n\n".join(users), _response(turns[-1]["content"], name),
+                 multi_turn=len(users) > 1 or earlier_replies)
 
 
 def _same(a: str, b: str) -> bool:
@@ -103,8 +127,10 @@ def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
     in_turns = _shared(c.prompt, r.prompt, "user question", c_name, r_name)
     system = _shared(c.system, r.system, "system turn", c_name, r_name)
     p_name = spec.columns.get("prompt", "prompt")
+    multi_turn = c.multi_turn or r.multi_turn
     if p_name in row and row[p_name] is not None:
         prompt, system = _prompt_field(row[p_name], p_name, system)
+        multi_turn = multi_turn or _turn_count(row[p_name]) > 1
         if in_turns and not _same(in_turns, prompt):
             raise DataError(f"field '{printable(p_name, 60)}' ({printable(prompt, 60)!r}) and the user turn of "
                             f"'{printable(c_name, 60)}' ({printable(in_turns, 60)!r}) differ: keep the question in "
@@ -116,14 +142,22 @@ def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
                         "no user message.")
     if _same(c.text, r.text):
         raise DataError("the chosen and rejected replies are the same text (spacing aside): nothing to prefer.")
-    return PreferenceExample(prompt=prompt, response=c.text, rejected=r.text, system=system,
+    return PreferenceExample(prompt=prompt, response=c.text, rejected=r.text, system=system, multi_turn=multi_turn,
                              uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
                              answer_texts=((c_name, c.text), (r_name, r.text)))
+
+
+def _turn_count(value: Any) -> int:
+    """The user and assistant turns of a prompt given as a message list (text: one)."""
+    if isinstance(value, str):
+        return 1
+    return sum(t["role"] != "system" for t in _turns(value, "prompt"))
 
 
 def _prompt_field(value: Any, name: str, system: str) -> tuple[str, str]:
     """The prompt field's text (its user turns, for a message list) and the system turn it or the replies hold."""
     if isinstance(value, str):
+        _refuse_messages_as_text(value, name)
         return _text(value, name), system
     turns = _turns(value, name)
     own = "\n\n".join(t["content"] for t in turns if t["role"] == "system")

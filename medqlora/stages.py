@@ -13,7 +13,7 @@ from typing import Any
 
 from . import backends, data, distributed, evaluate, fit, harness, memory, report, resume
 from .config import KitConfig, load_config
-from .inputs import benchmark_guard_items, cot_validation, same_tokens, tokenize
+from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
 from .runs import Files, size_mb
 
@@ -29,6 +29,7 @@ class TrainingStages:
         self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
         guarded = {**(self.benchmarks or {}), **harness.guard_items(self.lm_eval_tasks)}
         self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(guarded))
+        check_training_rows(cfg, self.collected)
         self.source = backends.resolve_model_source(cfg.model.name)
         self.shape = fit.model_shape(self.source, cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(cfg, self.source)
@@ -153,7 +154,7 @@ class TrainingStages:
         from .train import planned_steps, train
 
         n = len(self.prepared.train)
-        say(f"training {n} examples for {planned_steps(self.cfg, n)} optimizer steps")
+        say(f"training {n} examples for {planned_steps(self.saved_cfg, n)} optimizer steps")
         self._say_if_the_epoch_tail_repeats()
         self.result = train(self.cfg, self.runtime, self.model, self.tokenizer, self.prepared, self.run,
                             self.checkpoint)

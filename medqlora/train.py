@@ -13,7 +13,7 @@ from typing import Any
 from .backends import Runtime
 from .config import KitConfig
 from .data import PreparedData
-from .distributed import barrier, is_main, sharding, world_size
+from .distributed import barrier, grpo_steps_per_epoch, is_main, sharding, world_size
 from .errors import ConfigError
 from .memory import snapshot
 from .optimizers import check_optimizer  # noqa: F401 (plan.py imports it from here)
@@ -34,21 +34,25 @@ class TrainResult:
 def planned_steps(cfg: KitConfig, n_train: int) -> int:
     if cfg.training.max_steps > 0:
         return cfg.training.max_steps
-    per_epoch = math.ceil(n_train / (cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps))
+    if cfg.training.method == "grpo":
+        per_epoch = grpo_steps_per_epoch(cfg, n_train)  # a GRPO micro-batch counts completions, not prompts
+    else:
+        per_epoch = math.ceil(n_train / (cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps))
     return max(1, math.ceil(per_epoch * cfg.training.num_epochs))
 
 
 def check_warmup(cfg: KitConfig, n_train: int) -> None:
     """A warm-up of training.warmup_steps that is not below the run's optimizer steps (known once the data is:
-    an epochs-only run) is refused, as it is against max_steps in the config. GRPO counts its batches in
-    completions, so its steps are not planned here."""
+    an epochs-only run) is refused, as it is against max_steps in the config."""
     t = cfg.training
-    if t.warmup_steps is None or t.max_steps > 0 or t.method == "grpo":
+    if t.warmup_steps is None or t.max_steps > 0:
         return
     steps = planned_steps(cfg, n_train)
+    rows = f"{n_train} prompts, {cfg.grpo.num_generations} completions each" if t.method == "grpo" \
+        else f"{n_train} examples"
     if t.warmup_steps >= steps:
         raise ConfigError(f"training.warmup_steps ({t.warmup_steps}) is not below the {steps} optimizer steps of "
-                          f"this run ({n_train} examples, {t.num_epochs:g} epochs, batch {t.micro_batch_size} x "
+                          f"this run ({rows}, {t.num_epochs:g} epochs, batch {t.micro_batch_size} x "
                           f"{t.gradient_accumulation_steps}): the learning rate would still be warming up when training "
                           "ends and never reach learning_rate. Lower training.warmup_steps (or use "
                           "training.warmup_ratio, a share of the steps).")

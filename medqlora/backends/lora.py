@@ -57,14 +57,29 @@ def refuse_non_finite_adapter(model: Any, adapter_dir: Path) -> None:
         raise adapters.non_finite(adapter_dir, bad)
 
 
+def hf_checkpointing(cfg: KitConfig, runtime: Runtime) -> bool:
+    """Whether the hf backend checkpoints: Unsloth's offloaded checkpointing does not exist there, and plain
+    checkpointing is its stand-in on a GPU. On the CPU memory is plentiful and recomputation only costs time, so
+    'unsloth' leaves it off (true turns it on)."""
+    return bool(cfg.training.gradient_checkpointing) and (
+        runtime.device == "cuda" or cfg.training.gradient_checkpointing is True
+    )
+
+
+def checkpointing_plan(cfg: KitConfig, runtime: Runtime) -> str | bool:
+    """The gradient checkpointing a run does on this runtime, for the plan (the config's value where it applies)."""
+    value = cfg.training.gradient_checkpointing
+    if runtime.backend == "unsloth" or value is False or value is True:
+        return value
+    if hf_checkpointing(cfg, runtime):
+        return "true (plain: gradient_checkpointing unsloth is Unsloth's offloaded kind, and this backend is hf)"
+    return "off: on the CPU gradient_checkpointing unsloth leaves it off (memory is plentiful; true turns it on)"
+
+
 def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    # Unsloth's offloaded checkpointing does not exist here; plain checkpointing is its stand-in on
-    # a GPU. On the CPU memory is plentiful and recomputation only costs time, so it stays off.
-    checkpointing = bool(cfg.training.gradient_checkpointing) and (
-        runtime.device == "cuda" or cfg.training.gradient_checkpointing is True
-    )
+    checkpointing = hf_checkpointing(cfg, runtime)
     # Sharded: prepare_model_for_kbit_training would upcast norms to fp32 beside the 4-bit weights stored in
     # bf16, and FSDP cannot flatten one layer of two dtypes (TRL skips it for sharded QLoRA too).
     if getattr(model, "is_loaded_in_4bit", False) and not sharding():

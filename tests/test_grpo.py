@@ -243,8 +243,8 @@ def test_smollm2_grpo_preset_runs_a_few_steps(smol_dir, tmp_path):
     """CI: a few GRPO steps of the offline preset with the real SmolLM2 weights, the rewards logged."""
     argv = ["--mode", "train", "--config", "smollm2_grpo_medmcqa"]
     for item in (f"output.dir={tmp_path}", "output.run_name=preset", "training.max_steps=2",
-                 "data.datasets.0.max_samples=8", "grpo.max_completion_length=8", "grpo.samples_every=1",
-                 "generation.max_new_tokens=8"):
+                 "data.datasets.0.max_samples=8", "grpo.max_completion_length=8", "grpo.overlong_buffer=2",
+                 "grpo.samples_every=1", "generation.max_new_tokens=8"):
         argv += ["--set", item]
     assert main(argv) == 0
     history = json.loads((tmp_path / "preset" / "metrics.json").read_text())["log_history"]

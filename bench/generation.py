@@ -60,7 +60,8 @@ def prompts(cfg: Any, model: Any, tokenizer: Any, args: argparse.Namespace) -> l
     """args.prompts chat-templated prompts of very different lengths, in a fixed order."""
     from medqlora.config import BenchmarkSpec
     from medqlora.data import query_prompt, render_prompt
-    from medqlora.evaluate import _prompt_ids, evaluation_length, load_items
+    from medqlora.evaluate import evaluation_length, load_items
+    from medqlora.evaluate.prompts import prompt_ids
 
     items = load_items(BenchmarkSpec(name="pubmedqa", kind="pubmedqa", max_items=args.prompts), cfg.training.seed)
     questions = medical_o1_questions(args) if args.medical_o1 else [
@@ -69,7 +70,7 @@ def prompts(cfg: Any, model: Any, tokenizer: Any, args: argparse.Namespace) -> l
     out = []
     for n in range(args.prompts):
         if n % 2 == 0:
-            ids, _ = _prompt_ids(cfg, tokenizer, items[n % len(items)], limit, reserved=args.max_new_tokens)
+            ids, _ = prompt_ids(cfg, tokenizer, items[n % len(items)], limit, reserved=args.max_new_tokens)
             out.append(tokenizer.decode(ids))
         else:
             out.append(render_prompt(tokenizer, *query_prompt(cfg.data, questions[n % len(questions)])))

@@ -84,7 +84,7 @@ PYEOF
 esac
 for f in "$RUNS"/*/eval*.json; do [ -f "$f" ] && { echo "$f"; $PY -c "
 import json, sys
-for name, row in json.load(open(sys.argv[1]))['benchmarks'].items():
+for name, row in (json.load(open(sys.argv[1])).get('benchmarks') or {}).items():  # eval*.json files of other kinds: none
     for stage, m in row.items():
         if m: print(name, stage, {k: v for k, v in m.items() if k != 'per_item'})
 " "$f"; } >> "$RESULTS/summary.txt"; done

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items):
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("multiprocess"):
-            # launches on fixed local ports: under pytest-xdist (-n), one worker runs them one after another
+            # each launches several processes: under pytest-xdist (-n), one worker runs them one after another
             item.add_marker(pytest.mark.xdist_group("launchers"))
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,13 @@ def launch(model_dir, out, name, processes, mode="train", extra=(), config=None)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def free_port() -> int:
+    """A local port no one listens on now (fixed ports collide with another test session on the same machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch_command(model_dir, out, name, processes, mode="train", extra=(), config=None):
     argv = ["--mode", mode] + [a for a in extra if a.startswith("--")]
     settings = dict(a.split("=", 1) for a in extra if not a.startswith("--"))
@@ -38,10 +46,10 @@ def launch_command(model_dir, out, name, processes, mode="train", extra=(), conf
         argv += ["--set", item]
     if config is not None:
         runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                  "--num_processes", str(processes), "--main_process_port", str(29600 + processes)]
+                  "--num_processes", str(processes), "--main_process_port", str(free_port())]
     elif processes > 1:
         runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                  "--master_port", str(29500 + processes)]
+                  "--master_port", str(free_port())]
     else:
         runner = [sys.executable]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

@@ -120,7 +120,8 @@ ROWS = {
     "adapter-config-not-lora": (edit_config(peft_type="PREFIX_TUNING"), "test", "not LORA"),
     "adapter-config-rank-zero": (edit_config(r=0), "test", "not a positive integer"),
     "adapter-wrong-rank": (edit_config(r=8), "test", "has rank 16"),
-    "adapter-wrong-target-modules": (edit_config(target_modules=["q_proj", "qkv_fused"]), "test",
+    "adapter-wrong-target-modules": (edit_config(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                 "up_proj", "down_proj", "qkv_fused"]), "test",
                                      "targets modules the base model lacks (qkv_fused"),
     "adapter-wrong-shapes": (wrong_shapes, "test", "is 32 -> 64 features in the adapter and 64 -> 64 in the base"),
 }

@@ -69,7 +69,8 @@ def random_rows(args: argparse.Namespace, scratch: Path) -> Path:
         return path
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(args.tokenizer_from))
     rng = random.Random(0)
-    vocab = [i for i in range(len(tokenizer)) if i not in tokenizer.all_special_ids]
+    added = set(tokenizer.added_tokens_decoder)  # control tokens as text are refused in training rows
+    vocab = [i for i in range(len(tokenizer)) if i not in tokenizer.all_special_ids and i not in added]
     with path.open("w") as handle:
         for n in range(args.random_rows):
             text = tokenizer.decode([rng.choice(vocab) for _ in range(int(args.max_seq * 1.3))])

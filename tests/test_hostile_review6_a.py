@@ -49,19 +49,23 @@ def _prompt_answers(tmp_path, n):
     return _jsonl(tmp_path / "pa.jsonl", [{"prompt": f"Dose of drug {i}?", "answer": f"{i} mg"} for i in range(n)])
 
 
-@pytest.mark.parametrize("prompts, micro, accumulation, generations, iterations",
-                         [(16, 4, 1, 2, 1), (17, 4, 2, 4, 1), (10, 6, 1, 3, 2), (5, 8, 1, 8, 1)])
-def test_grpo_steps_per_epoch_are_those_of_trls_sampler(prompts, micro, accumulation, generations, iterations):
+@pytest.mark.parametrize("prompts, micro, accumulation, generations, iterations, per_generation",
+                         [(16, 4, 1, 2, 1, 1), (17, 4, 2, 4, 1, 1), (10, 6, 1, 3, 2, 1), (5, 8, 1, 8, 1, 1),
+                          (40, 4, 1, 2, 1, 4), (41, 4, 2, 4, 2, 3), (7, 8, 1, 8, 1, 2)])
+def test_grpo_steps_per_epoch_are_those_of_trls_sampler(prompts, micro, accumulation, generations, iterations,
+                                                        per_generation):
     from trl.trainer.utils import RepeatSampler
 
     cfg = load_config(None, ["training.method=grpo", "data.datasets=[{source: x.jsonl, format: prompt_answer}]",
                              "data.eval_sets=[]", f"training.micro_batch_size={micro}",
                              f"training.gradient_accumulation_steps={accumulation}",
-                             f"grpo.num_generations={generations}", f"grpo.num_iterations={iterations}"])
-    generation_batch = micro * accumulation  # TRL's default: one generation batch per optimizer step
+                             f"grpo.num_generations={generations}", f"grpo.num_iterations={iterations}",
+                             f"grpo.steps_per_generation={per_generation}"])
+    micro_steps_per_generation = accumulation * per_generation  # TRL's steps_per_generation counts micro-steps
+    generation_batch = micro * micro_steps_per_generation
     sampler = RepeatSampler(range(prompts), mini_repeat_count=generations, batch_size=generation_batch // generations,
-                            repeat_count=iterations * accumulation)
-    micro_batches = len(sampler) // (micro * accumulation)  # each batch of the loader is one micro-step
+                            repeat_count=iterations * micro_steps_per_generation)
+    micro_batches = len(sampler) // generation_batch  # each batch of the loader is one micro-step
     assert distributed.micro_batches_per_epoch(cfg, prompts, 1) == micro_batches
     assert distributed.grpo_steps_per_epoch(cfg, prompts) == micro_batches // accumulation
 

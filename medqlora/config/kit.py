@@ -219,6 +219,11 @@ class GRPOSection(Section):
     epsilon_high: float | None = Field(None, gt=0, lt=10, description="upper clipping (DAPO uses 0.28); default: epsilon")
     scale_rewards: Literal["group", "batch", "none"] = "group"
     num_iterations: int = Field(1, ge=1, le=64, description="optimisation passes over each generated batch")
+    steps_per_generation: int = Field(
+        1, ge=1, le=64, description="optimizer steps trained on each generated batch: GRPO generates the completions "
+        "of this many steps at once (decoding is bound by the time per token, so a larger batch costs little more) "
+        "and trains them step by step; the later steps are slightly off-policy (the epsilon clipping bounds them). "
+        "1: generate for every step")
     mask_truncated_completions: bool = False
     format_style: Literal["auto", "huatuo", "tags", "answer", "none"] = Field(
         "auto", description="the format rewarded: huatuo ('## Thinking' / '## Final Response'), tags "

@@ -47,11 +47,13 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     metrics["method"] = cfg.training.method
     metrics["train_wall_s"] = round(time.perf_counter() - started, 2)
     metrics["steps"] = trainer.state.global_step
-    metrics["seconds_per_step"] = round(metrics["train_wall_s"] / max(1, metrics["steps"]), 2)
     metrics["tokens_seen"] = trainer.state.num_input_tokens_seen
     metrics["first_step_unix"] = speed.first_step_unix
     metrics["train_examples"] = len(prepared.train)
     metrics["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
+    # the wall time is this invocation's: a resumed run trained only the steps after its checkpoint
+    steps_trained_here = metrics["steps"] - (metrics["resumed_from_step"] or 0)
+    metrics["seconds_per_step"] = round(metrics["train_wall_s"] / max(1, steps_trained_here), 2)
     history = trainer.state.log_history
     if cfg.training.method == "grpo":
         metrics["rewards"] = reward_summary(history)

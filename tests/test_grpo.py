@@ -134,6 +134,7 @@ def test_grpo_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch)
     assert main(["--mode", "train", "--resume", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert metrics["steps"] == 4 and metrics["resumed_from_step"] == 2
+    assert metrics["seconds_per_step"] == round(metrics["train_wall_s"] / 2, 2)  # the 2 steps trained after resuming
 
 
 def test_grpo_resume_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch):

@@ -128,7 +128,13 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
     generation = generation_bytes(shape, cfg, micro_batch, seq) / GIB
     total = weights / GIB + lora / GIB + activations / GIB + overhead + generation
     return Estimate(round(weights / GIB, 3), round(lora / GIB, 3), round(activations / GIB, 3), round(overhead, 3),
-                    round(total, 3), tokens, checkpointing_name(checkpointing), round(generation, 3))
+                    round(total, 3), tokens, checkpointing_name(applied_checkpointing(backend, checkpointing)),
+                    round(generation, 3))
+
+
+def applied_checkpointing(backend: str, checkpointing: bool | str) -> bool | str:
+    """The checkpointing a GPU backend applies: the hf backend runs Unsloth's offloaded kind as plain."""
+    return True if backend == "hf" and checkpointing == "unsloth" else checkpointing
 
 
 def generation_bytes(shape: ModelShape, cfg: KitConfig, micro_batch: int, seq: int) -> float:

@@ -149,9 +149,7 @@ def test_dry_run_refuses_a_setting_that_cannot_fit(model_8b_config_only, capsys)
 
 
 def test_the_preflight_names_the_checkpointing_the_backend_applies():
-    from medqlora.random_model import SHAPES
-
-    shape = fit.ModelShape.from_config(type("C", (), SHAPES["llama-3.1-8b"])())
+    shape = ModelShape.from_config(type("C", (), SHAPES["llama-3.1-8b"])())
     cfg = load_config(None, ["training.gradient_checkpointing=unsloth"])
-    assert "with checkpointing plain" in fit.estimate(shape, cfg, "hf", 2, "unsloth").describe()
-    assert "with checkpointing unsloth" in fit.estimate(shape, cfg, "unsloth", 2, "unsloth").describe()
+    assert "with checkpointing plain" in estimate(shape, cfg, "hf", 2, "unsloth").describe()
+    assert "with checkpointing unsloth" in estimate(shape, cfg, "unsloth", 2, "unsloth").describe()

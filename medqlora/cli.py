@@ -22,7 +22,7 @@ from typing import Any
 from . import distributed, messages, signals
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
-from .secrets import RedactingFilter, printable, redact
+from .secrets import RedactingFilter, printable, redact, unpaired_surrogate
 
 MODES = ["train", "test", "eval", "full", "export", "chat"]
 TRAINING_MODES = ("train", "full")  # --resume
@@ -176,11 +176,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def _is_text(value: str) -> bool:
     """Undecodable bytes in an argument arrive as lone surrogates, which no tokenizer takes."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return not unpaired_surrogate(value)
 
 
 def _check_run_folder(resume: str) -> None:

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from . import signals
 from .config import KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .secrets import printable
@@ -102,7 +107,32 @@ def start() -> None:
         )
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    PartialState()
+    with signals.stop_at_once(), _rendezvous_deadline():
+        PartialState()
+
+
+RENDEZVOUS_LIMIT_S = 600
+
+
+@contextmanager
+def _rendezvous_deadline() -> Iterator[None]:
+    """Joining the group waits for every process WORLD_SIZE names; a process started alone by a job script that
+    set WORLD_SIZE would wait for ever. After RENDEZVOUS_LIMIT_S the process says why and exits (2)."""
+    limit_s = RENDEZVOUS_LIMIT_S
+    def give_up() -> None:
+        print(f"medqlora: error: WORLD_SIZE={world_size()} processes were to meet at {os.environ.get('MASTER_ADDR')}:"
+              f"{os.environ.get('MASTER_PORT')}, and not all of them came within {limit_s:.0f} s. Start them all "
+              "with torchrun --nproc_per_node N (or accelerate launch), or unset WORLD_SIZE, RANK, LOCAL_RANK and "
+              "MASTER_ADDR to run one process.", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(limit_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def stop() -> None:

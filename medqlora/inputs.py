@@ -46,7 +46,7 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
 def tokenize(cfg: KitConfig, collected: list, tokenizer: Any) -> data.PreparedData:
     from .data.control_tokens import refuse_control_tokens
 
-    refuse_control_tokens(collected, tokenizer)  # the tokenizer would read them as turn markers
+    refuse_control_tokens(collected, tokenizer, cfg.data)  # read as turn markers
     if cfg.training.method != "sft":  # prompts (GRPO) or prompt / chosen / rejected rows (DPO, ORPO)
         from . import rl
 

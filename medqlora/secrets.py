@@ -144,3 +144,8 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def unpaired_surrogate(text: str) -> bool:
+    """Text holding half of a UTF-16 pair (JSON's "\\ud800" escape alone): no file or tokenizer takes it."""
+    return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)

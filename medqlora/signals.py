@@ -55,3 +55,18 @@ def stop_like_ctrl_c() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def stop_at_once() -> Iterator[None]:
+    """For a wait inside C code (the process group's rendezvous), where Python's handlers never get to run: the
+    three signals end the process at once, as they would without the kit (nothing is trained yet to save)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in HANDLED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

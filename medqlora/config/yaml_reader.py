@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..secrets import printable
+from ..secrets import printable, unpaired_surrogate
 from .base import CONFIG_TOO_MANY, PATH_SHOWN, YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_VALUES
 
 # ---------------------------------------------------------------- the YAML boundary
@@ -144,6 +144,10 @@ def _check_tree(root: yaml.Node, source: str, lines: bool, max_values: int = YAM
             raise YAMLRefused(f"the document expands to more than {max_values:,} values (aliases * repeat "
                               "what their anchor & holds); write the values out instead", node.start_mark)
         if isinstance(node, yaml.ScalarNode):
+            if unpaired_surrogate(node.value):
+                raise YAMLRefused("a value holds half of a UTF-16 surrogate pair (a \\ud800-\\udfff escape "
+                                  "alone), text that no tokenizer can read; write the character itself, or remove "
+                                  "the escape", node.start_mark)
             continue
         if len(on_path) >= YAML_MAX_DEPTH:
             raise YAMLRefused(f"nested more than {YAML_MAX_DEPTH} levels deep once aliases are expanded",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..config import DataSection
 from ..errors import DataError
 from ..secrets import printable
 from .examples import Collected
@@ -21,12 +22,22 @@ def control_tokens(tokenizer: Any) -> list[str]:
     return sorted((t for t in tokens if isinstance(t, str) and t.strip()), key=len, reverse=True)
 
 
-def refuse_control_tokens(collected: list[Collected], tokenizer: Any) -> None:
-    """Refuses the first dataset whose rows hold a control token as text, naming its row, field and token."""
+def refuse_control_tokens(collected: list[Collected], tokenizer: Any, data: DataSection | None = None) -> None:
+    """Refuses a system prompt (data.system_prompt, or a dataset's own) or the first dataset whose rows hold a
+    control token as text, naming the setting, or the row and field, and the token."""
     tokens = control_tokens(tokenizer)
     if not tokens:
         return
     pattern = re.compile("|".join(re.escape(t) for t in tokens))
+    settings = [] if data is None else [("data.system_prompt", data.system_prompt)] + [
+        (f"data.datasets.{i}.system_prompt", spec.system_prompt) for i, spec in enumerate(data.datasets)]
+    for name, text in settings:
+        if text and (match := pattern.search(text)):
+            raise DataError(
+                f"{name} holds {printable(match.group(), 40)!r} as text, a control token of the model's tokenizer: "
+                "it is read as the token itself, so every prompt would end the system turn (or open another) "
+                "inside the system prompt. Remove that marker from the setting; the chat template adds the turn "
+                "markers itself.")
     for c in collected:
         found = [(ex, name, match.group()) for ex in c.examples for name, text in _fields(ex)
                  if (match := pattern.search(text))]

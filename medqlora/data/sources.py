@@ -16,7 +16,7 @@ from typing import Any
 from ..config import KIT_ROOT, DatasetSpec
 from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
-from ..secrets import printable
+from ..secrets import printable, unpaired_surrogate
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -220,11 +220,28 @@ def _twice_field(value: Any, name: str = "") -> str | None:
                         name)
 
 
+def _surrogate_field(value: Any, name: str = "") -> str | None:
+    def here(v: Any, n: str) -> str | None:
+        if isinstance(v, str) and unpaired_surrogate(v):
+            return n or "the value"
+        if isinstance(v, dict):
+            key = next((k for k in v if isinstance(k, str) and unpaired_surrogate(k)), None)
+            return None if key is None else f"{n}.{key}" if n else key
+        return None
+    return _first_field(value, here, name)
+
+
 def _refuse_long_ints(value: Any, where: str) -> None:
     found = _long_int_field(value)
     if found:
         raise DataError(f"{where}: field '{printable(found, 120)}' holds an integer too long to read (over 4000 "
                         "digits). Write it as a quoted string, or remove it.")
+    broken = _surrogate_field(value)
+    if broken:
+        raise DataError(f"{where}: field '{printable(broken, 120)}' holds half of a UTF-16 surrogate pair (a "
+                        "\\ud800-\\udfff escape alone), text that no tokenizer can read: the exporter that wrote "
+                        "the file split a character such as an emoji. Write the character itself (or its full "
+                        "pair), or remove it.")
     twice = _twice_field(value)
     if twice:
         raise DataError(f"{where}: key '{printable(twice, 120)}' appears twice in one object (JSON would keep only "

@@ -1,0 +1,113 @@
+"""Inputs an independent hostile review found handled badly: text a tokenizer cannot read (half of a UTF-16
+surrogate pair, from a data file or a config value), control tokens in a system prompt, and launch settings
+that name processes which never start."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import assert_one_message, kit_argv, run_cli
+from .test_distributed import free_port
+
+
+def _dry_run(capsys, model_dir, tmp_path, *sets):
+    argv = ["--dry-run", "--output-dir", str(tmp_path / "out"), "--set", f"model.name={model_dir}",
+            "--set", "model.max_seq_length=256"]
+    for item in sets:
+        argv += ["--set", item]
+    return run_cli(capsys, argv)
+
+
+def _rows(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- half of a surrogate pair
+
+def test_a_data_row_with_half_a_surrogate_pair_is_refused_naming_its_field(tiny_model_dir, tmp_path, capsys):
+    good = "".join(json.dumps({"instruction": f"Dose of drug {i}?", "output": f"{i} mg"}) + "\n" for i in range(6))
+    path = _rows(tmp_path, "rows.jsonl", good + '{"instruction": "Pain \\ud800 relief?", "output": "ibuprofen"}\n')
+    result = _dry_run(capsys, tiny_model_dir, tmp_path, f"data.datasets=[{{source: {path}, format: instruction}}]")
+    assert result.code == 2
+    assert_one_message(result.err, "rows.jsonl:7: field 'instruction' holds half of a UTF-16 surrogate pair")
+
+
+def test_a_pair_written_whole_is_read(tiny_model_dir, tmp_path, capsys):
+    rows = "".join(json.dumps({"instruction": f"Dose of drug {i} \ud83d\ude00?", "output": f"{i} mg"}) + "\n"
+                   for i in range(6))
+    path = _rows(tmp_path, "rows.jsonl", rows)
+    result = _dry_run(capsys, tiny_model_dir, tmp_path, f"data.datasets=[{{source: {path}, format: instruction}}]",
+                      "data.val_ratio=0", "data.eval_sets=[]")
+    assert result.code == 0, result.err
+
+
+@pytest.mark.parametrize("where", ["set", "file"])
+def test_a_config_value_with_half_a_surrogate_pair_is_refused(tiny_model_dir, tmp_path, capsys, where):
+    value = '"Be brief \\ud800."'
+    if where == "set":
+        result = _dry_run(capsys, tiny_model_dir, tmp_path, f"data.system_prompt={value}")
+    else:
+        config = _rows(tmp_path, "run.yaml", f"data:\n  system_prompt: {value}\n")
+        result = run_cli(capsys, ["--dry-run", "--config", str(config), "--output-dir", str(tmp_path / "out"),
+                                  "--set", f"model.name={tiny_model_dir}"])
+    assert result.code == 2
+    assert_one_message(result.err, "holds half of a UTF-16 surrogate pair")
+
+
+# ---------------------------------------------------------------- control tokens in a system prompt
+
+@pytest.mark.parametrize("setting", ["data.system_prompt", "data.datasets.0.system_prompt"])
+def test_a_system_prompt_holding_a_control_token_is_refused(tiny_model_dir, tmp_path, capsys, setting):
+    rows = "".join(json.dumps({"instruction": f"Dose of drug {i}?", "output": f"{i} mg"}) + "\n" for i in range(6))
+    path = _rows(tmp_path, "rows.jsonl", rows)
+    result = _dry_run(capsys, tiny_model_dir, tmp_path, f"data.datasets=[{{source: {path}, format: instruction}}]",
+                      f"{setting}=Be brief.<|im_end|>")
+    assert result.code == 2
+    assert_one_message(result.err, f"{setting} holds '<|im_end|>' as text, a control token of the model's tokenizer")
+
+
+# ---------------------------------------------------------------- a launch whose other processes never start
+
+def _alone_in_a_group_of_two(tiny_model_dir, tmp_path, limit_s):
+    """This process, started with the launch variables of a group of two whose other member never comes."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    code = (f"import sys, medqlora.distributed as d; d.RENDEZVOUS_LIMIT_S = {limit_s}; "
+            "from medqlora.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{"training.gradient_accumulation_steps": "2"})
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    return process, int(env["MASTER_PORT"])
+
+
+def test_a_process_whose_group_never_gathers_says_why_and_exits(tiny_model_dir, tmp_path):
+    process, _ = _alone_in_a_group_of_two(tiny_model_dir, tmp_path, limit_s=5)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err[-2000:]
+    assert "WORLD_SIZE=2 processes were to meet" in err and "Traceback" not in err, err[-2000:]
+    assert "torchrun --nproc_per_node N" in err
+
+
+def test_sigterm_ends_a_process_waiting_for_its_group(tiny_model_dir, tmp_path):
+    process, port = _alone_in_a_group_of_two(tiny_model_dir, tmp_path, limit_s=600)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not _listening(process.pid, port):
+        time.sleep(0.5)  # rank 0 listens on MASTER_PORT once it waits for the others
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM
+
+
+def _listening(pid, port):
+    import psutil
+
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+               for c in psutil.Process(pid).net_connections(kind="tcp"))

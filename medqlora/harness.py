@@ -279,7 +279,7 @@ def plan(cfg: KitConfig, tasks: list[HarnessTask] | None = None) -> list[str]:
             for t in tasks or []]
 
 
-def guard_items(tasks: list[HarnessTask] | None) -> dict[str, list[EvalItem]]:
+def items_by_task(tasks: list[HarnessTask] | None) -> dict[str, list[EvalItem]]:
     """The tasks' items by name, for the leakage and trained-on guards."""
     return {f"lm-eval {t.name}": t.items for t in tasks or []}
 
@@ -410,11 +410,6 @@ def _pct(value: Any) -> float:
 
 
 # ---------------------------------------------------------------- report
-
-
-def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
-    names = list((fine_tuned or baseline or {}).keys())
-    return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
 
 
 def summary_text(results: dict[str, dict[str, Any]]) -> str:

@@ -48,7 +48,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
     """The RL or preference rows of a run: rendered with the model's chat template and the system prompt as in
     SFT and evaluation, fitted to max_seq_length (a GRPO prompt keeps room for grpo.max_completion_length)."""
     method = cfg.training.method
-    room = prompt_room(cfg)
+    room = prompt_tokens_allowed(cfg)
     end = kit_data.turn_end(tokenizer)
     records: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
@@ -104,7 +104,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
                         fingerprints={c.name: kit_data.fingerprint(c.spec) for c in collected})
 
 
-def prompt_room(cfg: KitConfig) -> int:
+def prompt_tokens_allowed(cfg: KitConfig) -> int:
     """The tokens a prompt may take: GRPO's leave room for grpo.max_completion_length, DPO's and ORPO's are kept to
     preference.max_prompt_length."""
     if cfg.training.method == "grpo":
@@ -114,7 +114,7 @@ def prompt_room(cfg: KitConfig) -> int:
 
 def _prompt_limit(cfg: KitConfig) -> str:
     if cfg.training.method == "grpo":
-        return (f"every prompt is longer than the {prompt_room(cfg)} tokens model.max_seq_length="
+        return (f"every prompt is longer than the {prompt_tokens_allowed(cfg)} tokens model.max_seq_length="
                 f"{cfg.model.max_seq_length} leaves beside grpo.max_completion_length={cfg.grpo.max_completion_length}")
     return f"every prompt is longer than preference.max_prompt_length={cfg.preference.max_prompt_length}"
 

@@ -39,7 +39,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     with_eval = mode == "full" and cfg.eval.in_full_mode
     benchmarks = local_benchmarks(cfg) if with_eval else {}
     lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
-    guarded = {**benchmarks, **harness.guard_items(lm_eval_tasks)}
+    guarded = {**benchmarks, **harness.items_by_task(lm_eval_tasks)}
     sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(guarded))
     if n_train is not None:
         check_warmup(cfg, n_train)
@@ -169,7 +169,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         benchmarks = local_benchmarks(cfg)
         lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
-            check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
+            check_benchmarks_untrained({**benchmarks, **harness.items_by_task(lm_eval_tasks)}, adapter)
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
     if mode in ("test", "chat"):
         _check_prompt_room(cfg, mode)

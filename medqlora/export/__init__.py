@@ -15,7 +15,6 @@ the original weights gives a slightly different model. Both differences are meas
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from .merged import dequantize_to_cpu, export_merged, merge_into_dequantized_bas
 __all__ = [
     "LLAMA_CPP_HINT", "Reference", "adapter_files", "check_before_export", "check_gguf_lora", "check_gguf_metadata",
     "compare", "converters_for", "dequantize_to_cpu", "export_gguf_lora", "fetch_llama_cpp_converter", "has_tokenizer", "llama_cpp_dir",
-    "lora_gguf_refusal", "main", "merge_into_dequantized_base", "run_export", "trained_reference",
+    "lora_gguf_refusal", "merge_into_dequantized_base", "run_export", "trained_reference",
 ]
 
 
@@ -110,10 +109,3 @@ def _summary_line(report: dict[str, Any]) -> str:
     if "gguf_lora" in report:
         parts.append(f"gguf_lora: {report['gguf_lora'].get('file', 'skipped (llama.cpp not found)')}")
     return "; ".join(parts)
-
-
-def main() -> None:
-    if sys.argv[1:] == ["--fetch-llama-cpp"]:
-        print(fetch_llama_cpp_converter())
-    else:
-        print("usage: python -m medqlora.export --fetch-llama-cpp")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
+from . import adapter_base, adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
 from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
 from .config import KitConfig
 from .errors import ModelError
@@ -201,7 +201,7 @@ def _check_prompt_room(cfg: KitConfig, mode: str) -> None:
     the loaded model (nothing to check when config.json cannot be read locally)."""
     from .chat import chat_context
 
-    base = adapters.base_config(backends.config_source(cfg.model.name), cfg.model.trust_remote_code)
+    base = adapter_base.base_config(backends.config_source(cfg.model.name), cfg.model.trust_remote_code)
     context = None if base is None else chat_context(cfg, base) if mode == "chat" else generate.model_context(base)
     if context is not None:
         generate.prompt_room(cfg, context)

@@ -151,7 +151,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.items_by_task(tasks)}, adapter)
-        self.tokenizer = plan.local_tokenizer(self.cfg)  # None where reading it would convert or download
+        # None where reading it would convert or download
+        self.tokenizer = plan.local_tokenizer(self.cfg, backends.config_source(self.cfg.model.name))
         evaluate.check_prompts_fit(self.cfg, self.tokenizer, benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
         # a folder per evaluation, as its report: an earlier report's task files are kept

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, evaluate
+from . import adapter_base, adapters, backends, evaluate
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
@@ -59,7 +59,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         RunDir(adapter.run).check_links()
     model = trained_model(adapter.folder, cfg)
     source = backends.config_source(model.name)
-    adapters.check_base(adapter, model.name, source, model.trust_remote_code)
+    adapter_base.check_base(adapter, model.name, source, model.trust_remote_code)
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "

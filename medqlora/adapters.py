@@ -9,9 +9,8 @@ belongs to, or None for a foreign adapter) or stops with one short message:
   target_modules, base_model_name_or_path);
 - the safetensors header (read without loading a tensor) must hold LoRA weights of rank r.
 
-``check_base`` then compares the adapter with the base model's config.json, before PEFT loads
-anything: the model type where the adapter names a base that can be read locally, the target
-modules, and the in/out features of every LoRA matrix (lora_A is [r, in], lora_B is [out, r]).
+adapter_base.py then compares the adapter with the base model; ``check_loaded`` compares the loaded adapter with
+its config.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_PATTERNS = ("adapter_model.bin", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 MAX_CONFIG_BYTES = 1 << 20
-DIFFERENT_BASE = "Was it trained on a different base model?"
 # lora_A/B of a linear layer (module.lora_A.weight, module.lora_A.<adapter name>.weight) and of an embedding layer
 # (module.lora_embedding_A, a parameter of its own): A is [r, in] and B is [out, r] for both.
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:(?P<which>[AB])(?:\.[^.]+)?\.weight"
@@ -171,14 +169,14 @@ def read_config(folder: Path) -> dict[str, Any]:
         problems.append("target_modules is not a list of module names (or a pattern)")
     if not isinstance(config.get("base_model_name_or_path"), str):
         problems.append("base_model_name_or_path is not a string")
-    if _layer_numbers(config) is None:
+    if layer_numbers(config) is None:
         problems.append("layers_to_transform is not a layer number or a list of layer numbers")
     if problems:
         raise ModelError(f"{where} is not a usable LoRA config: {'; '.join(problems)}.")
     return config
 
 
-def _layer_numbers(config: dict[str, Any]) -> list[int] | None:
+def layer_numbers(config: dict[str, Any]) -> list[int] | None:
     """The layers layers_to_transform names ([] when unset); None when it is not a number or a list of numbers."""
     layers = config.get("layers_to_transform")
     layers = [] if layers is None else [layers] if isinstance(layers, int) else layers
@@ -308,141 +306,6 @@ def check_ranks(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[in
                 f"{printable(module, 120)} has rank {a[0]} (lora_A {list(a)}, lora_B {list(b)}). The config and "
                 "the weights come from different adapters."
             )
-
-
-# ---------------------------------------------------------------- against the base model
-
-
-def base_config(source: str | None, trust_remote_code: bool = False) -> dict[str, Any] | None:
-    """The base model's config.json as a dict, read locally only (None when it cannot be read)."""
-    if not source:
-        return None
-    path = Path(source).expanduser()
-    if path.is_dir():
-        file = path / "config.json"
-    else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(source, "config.json")
-        except Exception:  # not a repo id, or no cache
-            return None
-        if not isinstance(cached, str):
-            return None
-        file = Path(cached)
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-
-
-def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> dict[str, tuple[int, int]] | None:
-    """module path -> (in_features, out_features) of every linear layer of the base model, and (vocabulary, width)
-    of every embedding layer (LoRA can target embed_tokens too), from an empty (meta) model built from config.json;
-    None when it cannot be built."""
-    if trust_remote_code:  # building it would run the model's own code: not for a check
-        return None
-    try:
-        from accelerate import init_empty_weights
-        from transformers import CONFIG_MAPPING, AutoModelForCausalLM
-
-        kwargs = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config", "auto_map")}
-        built = CONFIG_MAPPING[config["model_type"]].from_dict(kwargs)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(built)
-    except Exception:  # an architecture transformers does not know: fall back to config.json's figures
-        return None
-    from torch import nn
-
-    return {name: (m.num_embeddings, m.embedding_dim) if isinstance(m, nn.Embedding) else (m.in_features, m.out_features)
-            for name, m in model.named_modules() if isinstance(m, nn.Embedding) or (
-                isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int))}
-
-
-def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(in, out) features of the usual projection names, from hidden_size / intermediate_size / heads x head_dim."""
-    c = _text_config(config)
-    hidden, inter = c.get("hidden_size"), c.get("intermediate_size")
-    heads = c.get("num_attention_heads")
-    kv = c.get("num_key_value_heads") or heads
-    if not isinstance(hidden, int) or not isinstance(heads, int) or not heads:
-        return {}
-    head_dim = c.get("head_dim") or hidden // heads
-    found = {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim),
-             "v_proj": (hidden, kv * head_dim), "o_proj": (heads * head_dim, hidden)}
-    if isinstance(inter, int):
-        found |= {"gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
-    if isinstance(c.get("vocab_size"), int):
-        found["embed_tokens"] = (c["vocab_size"], hidden)
-    return found
-
-
-def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust_remote_code: bool = False) -> None:
-    """Refuse, in one paragraph, an adapter that cannot fit the base model ``model_name`` (config.json at
-    ``source``). Does nothing when the base model's config cannot be read locally."""
-    base = base_config(source, trust_remote_code)
-    if base is None:
-        return
-    named = adapter.config.get("base_model_name_or_path") or ""
-    hint = (f" Its {CONFIG_NAME} names {printable(named, 120)} as its base: --set model.name={printable(named, 120)}"
-            if named and named != model_name else "")
-
-    def refuse(detail: str) -> ModelError:
-        return ModelError(f"Cannot load the adapter in {printable(adapter.folder)} onto {printable(model_name, 120)}: "
-                          f"{detail}. {DIFFERENT_BASE}{hint} (or pass the run folder it was trained in).")
-
-    trained_on = base_config(named, trust_remote_code) if named and named != source else None
-    types = [_text_config(c).get("model_type") for c in (trained_on, base) if c]
-    if trained_on and all(types) and types[0] != types[1]:
-        raise refuse(f"it was trained on a {printable(types[0], 40)} model and the base is a {printable(types[1], 40)}")
-
-    check_layers(adapter, base)
-    features = linear_features(base, trust_remote_code)
-    leaves = {name.rsplit(".", 1)[-1] for name in features} if features else set(estimated_features(base))
-    targets = adapter.config["target_modules"]
-    if isinstance(targets, list) and leaves:
-        missing = [t for t in targets if t not in leaves and not any(n == t or n.endswith(f".{t}")
-                                                                    for n in (features or {}))]
-        if missing:
-            raise refuse(f"it targets modules the base model lacks ({printable(', '.join(missing), 120)}; the base "
-                         f"has {printable(', '.join(sorted(leaves)[:12]), 200)})")
-    estimate = estimated_features(base)
-    for module, pair in sorted(lora_modules(adapter.shapes).items()):
-        expected = _lookup(module, features) if features else estimate.get(module.rsplit(".", 1)[-1])
-        if expected is None:
-            if features:
-                raise refuse(f"the base model has no module {printable(module, 120)}")
-            continue
-        got = (pair["A"][1], pair["B"][0])
-        if got != expected:
-            raise refuse(f"{printable(module, 120)} is {got[0]} -> {got[1]} features in the adapter and "
-                         f"{expected[0]} -> {expected[1]} in the base model")
-
-
-def check_layers(adapter: ValidAdapter, base: dict[str, Any]) -> None:
-    """layers_to_transform may name only layers the base model has: PEFT finds no module to put LoRA on in the
-    others and fails (or, where some layers exist, leaves those out)."""
-    count = _text_config(base).get("num_hidden_layers")
-    if not isinstance(count, int) or count <= 0:
-        return
-    missing = [n for n in _layer_numbers(adapter.config) or [] if n >= count]
-    if missing:
-        raise ModelError(f"The adapter in {printable(adapter.folder)}: its {CONFIG_NAME} sets layers_to_transform to "
-                         f"layer{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:8]))}, which the base model lacks (it has {count} "
-                         f"layers, 0-{count - 1}). Set layers_to_transform to the layers the adapter was trained on, "
-                         "or remove it (every layer).")
-
-
-def _lookup(module: str, features: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
-    if module in features:
-        return features[module]
-    tails = [name for name in features if name.endswith(f".{module}") or module.endswith(f".{name}")]
-    return features[tails[0]] if len(tails) == 1 else None
 
 
 # ---------------------------------------------------------------- after loading

@@ -13,7 +13,6 @@ that log-likelihood divided by the answer's length in bytes (acc_norm).
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import logging
@@ -28,14 +27,13 @@ from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
+from .harness_mmlu import subject_items
 from .progress import bars_shown
-from .rows import MAX_FIELD_CHARS, MissingColumnError
+from .rows import MissingColumnError
 from .secrets import printable
 
 INSTALL = 'pip install "medqlora[eval]" (from a source checkout: pip install "lm_eval>=0.4.13,<0.5")'
 SHIPPED_MEDMCQA = "data/medmcqa/heldout.jsonl"
-MMLU_LAYOUT = ("<dir>/<subject>_test.csv (MMLU's own data/test folder: question, A, B, C, D, answer letter; no "
-               "header) or <dir>/<subject>/test-*.parquet (the hub's cais/mmlu layout: question, choices, answer)")
 
 # The prompts of lm-eval's own tasks (lm_eval/tasks/pubmedqa, medqa, medmcqa, mmlu/default), as Jinja templates
 # over the fields the kit writes for each item.
@@ -172,104 +170,9 @@ def _subjects(name: str) -> tuple[str, ...]:
 
 
 def _mmlu_task(cfg: KitConfig, subject: str) -> HarnessTask:
-    folder = cfg.eval.lm_eval.mmlu_dir
-    if folder is None:
-        raise DataError(f"lm-eval task mmlu_{subject} needs MMLU's test files, which the kit does not ship: set "
-                        f"eval.lm_eval.mmlu_dir to a folder laid out as {MMLU_LAYOUT}, or leave the MMLU tasks out of "
-                        "eval.lm_eval.tasks.")
-    local = resolve_local(folder)
-    if local is None or not local.is_dir():
-        raise DataError(f"eval.lm_eval.mmlu_dir {printable(folder)!r} is not a folder here. Give a folder laid out "
-                        f"as {MMLU_LAYOUT}.")
-    rows = _mmlu_rows(local, subject)
-    items = [_mmlu_item(subject, number, row) for number, row in enumerate(rows, start=1)]
-    size = cfg.eval.lm_eval.max_items
-    if size is not None and size < len(items):
-        import random
-
-        items = random.Random(cfg.training.seed).sample(items, size)
     pretty = subject.replace("_", " ")
-    return HarnessTask(f"mmlu_{subject}", "mmlu", items,
+    return HarnessTask(f"mmlu_{subject}", "mmlu", subject_items(cfg, subject),
                        f"The following are multiple choice questions (with answers) about {pretty}.\n\n")
-
-
-def _mmlu_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
-    """MMLU rows of one subject as {question, choices, answer (0-3)}, from either layout."""
-    csv_file = folder / f"{subject}_test.csv"
-    parquet = sorted((folder / subject).glob("test-*.parquet")) if (folder / subject).is_dir() else []
-    if csv_file.is_symlink() or csv_file.exists():
-        _refuse_irregular(csv_file, subject)
-        rows = _mmlu_csv_rows(csv_file)
-    elif parquet:
-        import datasets
-
-        table = datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
-        rows = [_mmlu_parquet_row(parquet[0], number, record) for number, record in enumerate(table, 1)]
-    else:
-        raise DataError(f"lm-eval task mmlu_{subject}: neither {printable(csv_file)} nor "
-                        f"{printable(folder / subject / 'test-*.parquet')} is there. Lay eval.lm_eval.mmlu_dir out "
-                        f"as {MMLU_LAYOUT}.")
-    if not rows:
-        raise DataError(f"lm-eval task mmlu_{subject}: its file in {printable(folder)} holds no questions.")
-    return rows
-
-
-def _mmlu_csv_rows(file: Path) -> list[dict[str, Any]]:
-    """The rows of a subject's CSV file, each named by the line it starts on; unreadable text is named too."""
-    rows, line = [], 1
-    csv.field_size_limit(MAX_FIELD_CHARS)  # as for data files: one cell of at most this many characters
-    try:
-        with file.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle)
-            for record in reader:
-                rows.append(_mmlu_csv_row(file, line, record))
-                line = reader.line_num + 1
-    except UnicodeDecodeError as err:
-        raise DataError(f"{printable(file)}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
-    except csv.Error as err:
-        raise DataError(f"{printable(file)}:{line}: not readable as CSV ({printable(err, 120)}).") from None
-    return rows
-
-
-def _refuse_irregular(file: Path, subject: str) -> None:
-    """The subject's CSV path names something that is not a file to read (a device, a pipe, a folder, a broken link)."""
-    if not file.is_file():
-        linked = f" (it links to {printable(file.resolve())})" if file.is_symlink() else ""
-        raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not a regular file{linked}. Put MMLU's "
-                        f"{subject}_test.csv file there, or remove it to use the {subject}/test-*.parquet layout.")
-
-
-def _mmlu_csv_row(file: Path, number: int, record: list[str]) -> dict[str, Any]:
-    where = f"{printable(file)}:{number}"
-    if len(record) != 6:
-        raise DataError(f"{where}: expected six columns (question, A, B, C, D, answer letter), got {len(record)}: "
-                        f"{printable(record, 200)}.")
-    answer = record[5].strip()
-    if answer in ("A", "B", "C", "D"):
-        return {"question": record[0], "choices": record[1:5], "answer": "ABCD".index(answer)}
-    if number == 1:
-        raise DataError(f"{where}: the answer column (the sixth) holds {printable(answer, 40)!r}, not a letter A-D: "
-                        "is this line a header? MMLU's CSV files have no header row; remove it "
-                        f"(got {printable(record, 200)}).")
-    raise DataError(f"{where}: the answer column (the sixth) holds {printable(answer, 40)!r}; expected one letter "
-                    "A, B, C or D.")
-
-
-def _mmlu_parquet_row(file: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:
-    choices, answer = record.get("choices"), record.get("answer")
-    if (not isinstance(record.get("question"), str) or not isinstance(choices, list) or len(choices) != 4
-            or not isinstance(answer, int) or not 0 <= answer < 4):
-        raise DataError(f"{printable(file)}: row {number} is not an MMLU row (question, four choices, answer 0-3).")
-    return {"question": record["question"], "choices": [str(c) for c in choices], "answer": answer}
-
-
-def _mmlu_item(subject: str, number: int, row: dict[str, Any]) -> EvalItem:
-    from .data import Example
-
-    letters = "ABCD"
-    return EvalItem(f"{subject}-{number}", Example(prompt=row["question"], response=letters[row["answer"]]),
-                    letters[row["answer"]], list(letters), dict(zip(letters, row["choices"], strict=True)),
-                    format="multiple_choice")
 
 
 def plan(cfg: KitConfig, tasks: list[HarnessTask] | None = None) -> list[str]:
@@ -279,7 +182,7 @@ def plan(cfg: KitConfig, tasks: list[HarnessTask] | None = None) -> list[str]:
             for t in tasks or []]
 
 
-def guard_items(tasks: list[HarnessTask] | None) -> dict[str, list[EvalItem]]:
+def items_by_task(tasks: list[HarnessTask] | None) -> dict[str, list[EvalItem]]:
     """The tasks' items by name, for the leakage and trained-on guards."""
     return {f"lm-eval {t.name}": t.items for t in tasks or []}
 
@@ -410,11 +313,6 @@ def _pct(value: Any) -> float:
 
 
 # ---------------------------------------------------------------- report
-
-
-def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
-    names = list((fine_tuned or baseline or {}).keys())
-    return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
 
 
 def summary_text(results: dict[str, dict[str, Any]]) -> str:

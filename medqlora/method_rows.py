@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import data as kit_data
@@ -44,57 +45,30 @@ def prompt_text(tokenizer: Any, ids: list[int]) -> str:
     return text
 
 
+@dataclass
+class _Tally:
+    """What the datasets' rows add up to: the rows kept, the full length of each prompt that did not fit, and
+    GRPO's prompt_answer rows (with those whose answer cannot fit a completion)."""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    shortest: list[int] = field(default_factory=list)
+    unreachable: int = 0
+    answer_rows: int = 0
+
+
 def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: Any) -> PreparedData:
     """The RL or preference rows of a run: rendered with the model's chat template and the system prompt as in
     SFT and evaluation, fitted to max_seq_length (a GRPO prompt keeps room for grpo.max_completion_length)."""
     method = cfg.training.method
-    room = prompt_room(cfg)
+    tally = _Tally()
     end = kit_data.turn_end(tokenizer)
-    records: list[dict[str, Any]] = []
-    stats: dict[str, Any] = {}
-    shortest: list[int] = []
-    unreachable, answer_rows = 0, 0  # prompt_answer rows (whose answer is longer than a completion may be)
-    for c in collected:
-        lengths, outcomes, same_pairs = [], {}, []
-        for ex in c.examples:
-            if ex.role == "validation":
-                continue
-            prompt_only = Example(prompt=ex.prompt, response="", context=ex.context, prompt_template=ex.prompt_template)
-            system = getattr(ex, "system", "") or kit_data.system_prompt_of(cfg.data, c.spec)  # a row's own first
-            fitted, outcome = tokenize_example(prompt_only, tokenizer, system, room, cfg.data.too_long, "")
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            if fitted is None:
-                whole, _ = tokenize_example(prompt_only, tokenizer, system, 10**9, "truncate", "")
-                shortest.append(len(whole["input_ids"]))
-                continue
-            ids = fitted["input_ids"]
-            record = {"input_ids": ids, "prompt": prompt_text(tokenizer, ids), "source": c.name, "uid": ex.uid,
-                      "role": ex.role, "question_hash": leakage.question_hash(ex.question), "example": ex,
-                      "format": c.spec.format, "cot_style": c.spec.cot_style}
-            if method == "grpo":
-                record.update(target(ex, c.spec.format))
-                lengths.append(len(ids))
-                answer_rows += record["kind"] == rewards.ANSWER
-                unreachable += _answer_cannot_fit(cfg, tokenizer, record)
-            else:
-                pair = _preference_pair(ex, tokenizer, end, cfg.model.max_seq_length - len(ids))
-                if pair is None:
-                    same_pairs.append(ex.row)
-                    continue
-                record.update(chosen=pair[0], rejected=pair[1])
-                record["input_ids"] = ids + pair[2]  # the longest row the memory preflight plans for
-                lengths.append(len(record["input_ids"]))
-            records.append(record)
-        if same_pairs:
-            _refuse_pairs_cut_alike(cfg, c, same_pairs)
-        stats[c.name] = {**c.info, "prompt_tokens" if method == "grpo" else "tokens": length_stats(lengths, room),
-                         "fitting": outcomes}
+    stats: dict[str, Any] = {c.name: _dataset_rows(cfg, c, tokenizer, end, tally) for c in collected}
+    records, shortest = tally.records, tally.shortest
     if not records:
         raise DataError(f"No {method} rows fit: {_prompt_limit(cfg)} (the shortest prompt is {min(shortest, default=0)} "
                         f"tokens with the chat template and system prompt). {_prompt_advice(cfg)}")
     warnings = _prompts_left_out(cfg, len(shortest), len(records) + len(shortest))
-    if unreachable:
-        warnings.append(_refuse_or_warn_long_answers(cfg, unreachable, answer_rows))
+    if tally.unreachable:
+        warnings.append(_refuse_or_warn_long_answers(cfg, tally.unreachable, tally.answer_rows))
     import random
 
     random.Random(cfg.training.seed).shuffle(records)
@@ -104,7 +78,47 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
                         fingerprints={c.name: kit_data.fingerprint(c.spec) for c in collected})
 
 
-def prompt_room(cfg: KitConfig) -> int:
+def _dataset_rows(cfg: KitConfig, c: Collected, tokenizer: Any, end: str, tally: _Tally) -> dict[str, Any]:
+    """One dataset's training rows fitted and added to ``tally``; returns the dataset's statistics."""
+    method = cfg.training.method
+    room = prompt_tokens_allowed(cfg)
+    lengths, outcomes, same_pairs = [], {}, []
+    for ex in c.examples:
+        if ex.role == "validation":
+            continue
+        prompt_only = Example(prompt=ex.prompt, response="", context=ex.context, prompt_template=ex.prompt_template)
+        system = getattr(ex, "system", "") or kit_data.system_prompt_of(cfg.data, c.spec)  # a row's own first
+        fitted, outcome = tokenize_example(prompt_only, tokenizer, system, room, cfg.data.too_long, "")
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if fitted is None:
+            whole, _ = tokenize_example(prompt_only, tokenizer, system, 10**9, "truncate", "")
+            tally.shortest.append(len(whole["input_ids"]))
+            continue
+        ids = fitted["input_ids"]
+        record = {"input_ids": ids, "prompt": prompt_text(tokenizer, ids), "source": c.name, "uid": ex.uid,
+                  "role": ex.role, "question_hash": leakage.question_hash(ex.question), "example": ex,
+                  "format": c.spec.format, "cot_style": c.spec.cot_style}
+        if method == "grpo":
+            record.update(target(ex, c.spec.format))
+            lengths.append(len(ids))
+            tally.answer_rows += record["kind"] == rewards.ANSWER
+            tally.unreachable += _answer_cannot_fit(cfg, tokenizer, record)
+        else:
+            pair = _preference_pair(ex, tokenizer, end, cfg.model.max_seq_length - len(ids))
+            if pair is None:
+                same_pairs.append(ex.row)
+                continue
+            record.update(chosen=pair[0], rejected=pair[1])
+            record["input_ids"] = ids + pair[2]  # the longest row the memory preflight plans for
+            lengths.append(len(record["input_ids"]))
+        tally.records.append(record)
+    if same_pairs:
+        _refuse_pairs_cut_alike(cfg, c, same_pairs)
+    return {**c.info, "prompt_tokens" if method == "grpo" else "tokens": length_stats(lengths, room),
+            "fitting": outcomes}
+
+
+def prompt_tokens_allowed(cfg: KitConfig) -> int:
     """The tokens a prompt may take: GRPO's leave room for grpo.max_completion_length, DPO's and ORPO's are kept to
     preference.max_prompt_length."""
     if cfg.training.method == "grpo":
@@ -114,7 +128,7 @@ def prompt_room(cfg: KitConfig) -> int:
 
 def _prompt_limit(cfg: KitConfig) -> str:
     if cfg.training.method == "grpo":
-        return (f"every prompt is longer than the {prompt_room(cfg)} tokens model.max_seq_length="
+        return (f"every prompt is longer than the {prompt_tokens_allowed(cfg)} tokens model.max_seq_length="
                 f"{cfg.model.max_seq_length} leaves beside grpo.max_completion_length={cfg.grpo.max_completion_length}")
     return f"every prompt is longer than preference.max_prompt_length={cfg.preference.max_prompt_length}"
 

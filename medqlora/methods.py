@@ -19,49 +19,59 @@ def check_method(cfg: Any) -> None:
         _check_no_validation(cfg)
     formats = [(i, spec.format) for i, spec in enumerate(cfg.data.datasets) if spec.use_for == "train"]
     if method == "grpo":
-        wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in RL_FORMATS]
-        if wrong:
-            raise ValueError(f"training.method: grpo learns from prompts with an answer a reward can check: "
-                             f"{', '.join(wrong)} has none. Use the formats {', '.join(RL_FORMATS)} (or "
-                             "training.method: sft for these rows)")
-        g, t = cfg.grpo, cfg.training
-        completions = t.micro_batch_size * t.gradient_accumulation_steps
-        if completions % g.num_generations:
-            raise ValueError(
-                f"training.method: grpo: training.micro_batch_size x gradient_accumulation_steps ({t.micro_batch_size}"
-                f" x {t.gradient_accumulation_steps} = {completions} completions a step) must be a multiple of "
-                f"grpo.num_generations ({g.num_generations}), so that each prompt's group is whole. E.g. --set "
-                f"training.micro_batch_size={g.num_generations}")
-        if g.max_completion_length > cfg.model.max_seq_length - PROMPT_ROOM:
-            raise ValueError(
-                f"grpo.max_completion_length ({g.max_completion_length}) leaves no room for the prompt within "
-                f"model.max_seq_length ({cfg.model.max_seq_length}): raise model.max_seq_length to at least "
-                f"{g.max_completion_length + 256}, or lower grpo.max_completion_length")
-        with_options = any(fmt in ("multiple_choice", "pubmedqa") for _, fmt in formats)
-        if g.format_style == "answer" and not with_options:
-            raise ValueError("grpo.format_style: answer rewards a reply that opens with one of the item's options, and "
-                             "prompt_answer rows have none: the reward would score nothing. Set grpo.format_style: "
-                             "auto or none (or huatuo / tags to reward a reasoning format)")
-        format_scores = g.format_style in ("huatuo", "tags") or (g.format_style != "none" and with_options)
-        rising = {REWARD_OF_FORMAT[fmt] for _, fmt in formats} | ({"format"} if format_scores else set())
-        if not any(getattr(g.rewards, name) > 0 for name in rising):
-            raise ValueError(f"grpo.rewards: every reward that can rise on this data is weighted 0 "
-                             f"({', '.join(sorted(rising))}): GRPO would have nothing to learn from")
-        if t.packing:
-            raise ValueError("training.packing is for sft: GRPO generates its completions, there is nothing to pack")
+        _check_grpo(cfg, formats)
     elif method in ("dpo", "orpo"):
-        wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in PREFERENCE_FORMATS]
-        if wrong:
-            raise ValueError(f"training.method: {method} learns from prompt / chosen / rejected rows: {', '.join(wrong)}"
-                             " is not in the preference format")
-        if cfg.training.packing:
-            raise ValueError(f"training.packing is for sft, not training.method: {method}")
-        _check_preference(cfg)
+        _check_preference_method(cfg, method, formats)
     else:
         wrong = [f"data.datasets.{i}" for i, fmt in formats if fmt in PREFERENCE_FORMATS]
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: preference rows (prompt / chosen / rejected) train with "
                              "training.method: dpo or orpo, not sft")
+
+
+def _check_grpo(cfg: Any, formats: list[tuple[int, str]]) -> None:
+    """GRPO's rows must have an answer a reward can check, its batch whole groups, and some reward able to rise."""
+    wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in RL_FORMATS]
+    if wrong:
+        raise ValueError(f"training.method: grpo learns from prompts with an answer a reward can check: "
+                         f"{', '.join(wrong)} has none. Use the formats {', '.join(RL_FORMATS)} (or "
+                         "training.method: sft for these rows)")
+    g, t = cfg.grpo, cfg.training
+    completions = t.micro_batch_size * t.gradient_accumulation_steps
+    if completions % g.num_generations:
+        raise ValueError(
+            f"training.method: grpo: training.micro_batch_size x gradient_accumulation_steps ({t.micro_batch_size}"
+            f" x {t.gradient_accumulation_steps} = {completions} completions a step) must be a multiple of "
+            f"grpo.num_generations ({g.num_generations}), so that each prompt's group is whole. E.g. --set "
+            f"training.micro_batch_size={g.num_generations}")
+    if g.max_completion_length > cfg.model.max_seq_length - PROMPT_ROOM:
+        raise ValueError(
+            f"grpo.max_completion_length ({g.max_completion_length}) leaves no room for the prompt within "
+            f"model.max_seq_length ({cfg.model.max_seq_length}): raise model.max_seq_length to at least "
+            f"{g.max_completion_length + 256}, or lower grpo.max_completion_length")
+    with_options = any(fmt in ("multiple_choice", "pubmedqa") for _, fmt in formats)
+    if g.format_style == "answer" and not with_options:
+        raise ValueError("grpo.format_style: answer rewards a reply that opens with one of the item's options, and "
+                         "prompt_answer rows have none: the reward would score nothing. Set grpo.format_style: "
+                         "auto or none (or huatuo / tags to reward a reasoning format)")
+    format_scores = g.format_style in ("huatuo", "tags") or (g.format_style != "none" and with_options)
+    rising = {REWARD_OF_FORMAT[fmt] for _, fmt in formats} | ({"format"} if format_scores else set())
+    if not any(getattr(g.rewards, name) > 0 for name in rising):
+        raise ValueError(f"grpo.rewards: every reward that can rise on this data is weighted 0 "
+                         f"({', '.join(sorted(rising))}): GRPO would have nothing to learn from")
+    if t.packing:
+        raise ValueError("training.packing is for sft: GRPO generates its completions, there is nothing to pack")
+
+
+def _check_preference_method(cfg: Any, method: str, formats: list[tuple[int, str]]) -> None:
+    """DPO and ORPO train on preference rows only, unpacked."""
+    wrong = [f"data.datasets.{i} ({fmt})" for i, fmt in formats if fmt not in PREFERENCE_FORMATS]
+    if wrong:
+        raise ValueError(f"training.method: {method} learns from prompt / chosen / rejected rows: {', '.join(wrong)}"
+                         " is not in the preference format")
+    if cfg.training.packing:
+        raise ValueError(f"training.packing is for sft, not training.method: {method}")
+    _check_preference(cfg)
 
 
 def _check_preference(cfg: Any) -> None:

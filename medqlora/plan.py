@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
+from . import adapter_base, adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
 from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
 from .config import KitConfig
 from .errors import ModelError
@@ -23,7 +23,7 @@ from .runs import Files, check_output_dir, check_run_name
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import check_optimizer, check_warmup, planned_steps
+    from .train import check_optimizer, planned_steps
 
     if cfg.output.run_name:
         check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
@@ -32,18 +32,10 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     source = backends.config_source(cfg.model.name)
-    # a local tokenizer and chat template load in a second: checked, and the data tokenized with them as a run does
-    tokenizer = backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
+    tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
-    # the rows and the leakage guard a run would check, benchmarks (local ones) included
     with_eval = mode == "full" and cfg.eval.in_full_mode
-    benchmarks = local_benchmarks(cfg) if with_eval else {}
-    lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
-    guarded = {**benchmarks, **harness.guard_items(lm_eval_tasks)}
-    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(guarded))
-    if n_train is not None:
-        check_warmup(cfg, n_train)
-    evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
+    lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:
@@ -65,13 +57,28 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "validation": validation_plan(cfg),
         "prompts": prompt_plan(cfg),
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
-        "gpu_memory": memory_plan(cfg, runtime),
+        "gpu_memory": memory_plan(cfg, runtime, source),
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                       if with_eval else {}),
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
     }
+
+
+def _planned_data(cfg: KitConfig, tokenizer: Any, with_eval: bool) -> tuple[list | None, dict[str, Any], int | None]:
+    """The rows and the leakage guard a run would check, benchmarks (local ones) included, tokenized with the
+    local tokenizer where there is one: the lm-eval tasks, the datasets' sizes and the training examples."""
+    from .train import check_warmup
+
+    benchmarks = local_benchmarks(cfg) if with_eval else {}
+    lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
+    guarded = {**benchmarks, **harness.items_by_task(lm_eval_tasks)}
+    sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(guarded))
+    if n_train is not None:
+        check_warmup(cfg, n_train)
+    evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
+    return lm_eval_tasks, sizes, n_train
 
 
 def _lora_text(cfg: KitConfig) -> str:
@@ -164,15 +171,16 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     if adapter is not None:
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
+    source = backends.config_source(cfg.model.name)
     lm_eval_tasks = None
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
         benchmarks = local_benchmarks(cfg)
         lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
-            check_benchmarks_untrained({**benchmarks, **harness.guard_items(lm_eval_tasks)}, adapter)
-        evaluate.check_prompts_fit(cfg, local_tokenizer(cfg), benchmarks)
+            check_benchmarks_untrained({**benchmarks, **harness.items_by_task(lm_eval_tasks)}, adapter)
+        evaluate.check_prompts_fit(cfg, local_tokenizer(cfg, source), benchmarks)
     if mode in ("test", "chat"):
-        _check_prompt_room(cfg, mode)
+        _check_prompt_room(cfg, mode, source)
     if mode == "export":
         from .export import check_before_export
 
@@ -196,12 +204,12 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     }
 
 
-def _check_prompt_room(cfg: KitConfig, mode: str) -> None:
+def _check_prompt_room(cfg: KitConfig, mode: str, source: str | None) -> None:
     """generation.max_new_tokens against the context in the model's config.json, as test and chat check it against
     the loaded model (nothing to check when config.json cannot be read locally)."""
     from .chat import chat_context
 
-    base = adapters.base_config(backends.config_source(cfg.model.name), cfg.model.trust_remote_code)
+    base = adapter_base.base_config(source, cfg.model.trust_remote_code)
     context = None if base is None else chat_context(cfg, base) if mode == "chat" else generate.model_context(base)
     if context is not None:
         generate.prompt_room(cfg, context)
@@ -213,20 +221,19 @@ def _push_plan(cfg: KitConfig) -> str:
             "with the token in the environment)") if repo else ""
 
 
-def local_tokenizer(cfg: KitConfig) -> Any:
-    """The tokenizer of a model in a local folder (it loads in a second), else None."""
-    source = backends.config_source(cfg.model.name)
+def local_tokenizer(cfg: KitConfig, source: str | None) -> Any:
+    """The tokenizer of a model in a local folder (it loads in a second), else None. ``source``: where
+    backends.config_source reads the model, without converting or downloading anything."""
     return backends.load_tokenizer(cfg, source) if source and Path(source).is_dir() else None
 
 
-def memory_plan(cfg: KitConfig, runtime: backends.Runtime) -> dict[str, Any] | str:
+def memory_plan(cfg: KitConfig, runtime: backends.Runtime, source: str | None) -> dict[str, Any] | str:
     """The preflight for --dry-run: estimated peak GPU memory (every micro-batch max_seq_length long), and
     what auto-fit would choose. Refuses, with the options to change, when training cannot fit."""
     card = fit.card_gib(cfg)
     if runtime.device != "cuda" and card is None:
         return ("not used: this machine has no CUDA GPU, so the run trains on the CPU (hf backend). "
                 "--set training.gpu_memory_gib=15 plans the GPU memory of a 15 GiB card (a Colab T4) instead")
-    source = backends.config_source(cfg.model.name)
     shape, unknown = fit.model_shape_offline_first(source, cfg.model.trust_remote_code) if source else (
         None, "the model is converted from its GGUF file when the run starts")
     if shape is None:

@@ -150,8 +150,9 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         benchmarks = evaluate.load_benchmarks(self.cfg)
         self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:
-            check_benchmarks_untrained({**benchmarks, **harness.guard_items(tasks)}, adapter)
-        self.tokenizer = plan.local_tokenizer(self.cfg)  # None where reading it would convert or download
+            check_benchmarks_untrained({**benchmarks, **harness.items_by_task(tasks)}, adapter)
+        # None where reading it would convert or download
+        self.tokenizer = plan.local_tokenizer(self.cfg, backends.config_source(self.cfg.model.name))
         evaluate.check_prompts_fit(self.cfg, self.tokenizer, benchmarks)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
         # a folder per evaluation, as its report: an earlier report's task files are kept
@@ -169,8 +170,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             tuned = self.evaluate(benchmarks, "fine-tuned")
             lm_eval_tuned = self.harness_scores(folder, "fine-tuned")
         title = self.cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
-        line = report.write_eval_report(self.cfg, self.run, evaluate.merge(base, tuned), title, None,
-                                        harness.merge(lm_eval_base, lm_eval_tuned) if tasks else None, folder.name)
+        line = report.write_eval_report(self.cfg, self.run, evaluate.side_by_side(base, tuned), title, None,
+                                        evaluate.side_by_side(lm_eval_base, lm_eval_tuned) if tasks else None, folder.name)
         self.summary = self.header() | {"eval": line}
         return self.finish()
 

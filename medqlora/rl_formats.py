@@ -60,7 +60,7 @@ def _turns(value: Any, name: str) -> list[dict[str, str]]:
 
 
 @dataclass
-class Reply:
+class PreferenceSide:
     """One side of a preference row: the system turn and user turns before its last reply, and that reply."""
     system: str
     prompt: str
@@ -86,17 +86,17 @@ def _refuse_messages_as_text(value: str, name: str) -> None:
                         "put the reply's text in the cell.")
 
 
-def _reply(value: Any, name: str) -> Reply:
+def _reply(value: Any, name: str) -> PreferenceSide:
     if isinstance(value, str):
         _refuse_messages_as_text(value, name)
-        return Reply("", "", _response(value, name))
+        return PreferenceSide("", "", _response(value, name))
     turns = _turns(value, name)
     if turns[-1]["role"] != "assistant":
         raise DataError(f"field '{printable(name, 60)}': the last message is not the assistant's reply.")
     systems = [t["content"] for t in turns[:-1] if t["role"] == "system"]
     users = [t["content"] for t in turns[:-1] if t["role"] == "user"]
     earlier_replies = any(t["role"] == "assistant" for t in turns[:-1])
-    return Reply("\n\n".join(systems), "\n\n".join(users), _response(turns[-1]["content"], name),
+    return PreferenceSide("\n\n".join(systems), "\n\n".join(users), _response(turns[-1]["content"], name),
                  multi_turn=len(users) > 1 or earlier_replies)
 
 

@@ -27,7 +27,7 @@ class TrainingStages:
         cfg = self.cfg
         self.benchmarks = evaluate.load_benchmarks(cfg) if with_benchmarks else None
         self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
-        guarded = {**(self.benchmarks or {}), **harness.guard_items(self.lm_eval_tasks)}
+        guarded = {**(self.benchmarks or {}), **harness.items_by_task(self.lm_eval_tasks)}
         self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(guarded))
         check_training_rows(cfg, self.collected)
         self.source = backends.resolve_model_source(cfg.model.name)
@@ -199,9 +199,9 @@ class TrainingStages:
             raise self.interrupted_after_training("the evaluation", "eval") from None
         m = self.result.metrics
         perplexity = {"before": m["perplexity_before"], "after": m["perplexity_after"]} if "eval_loss" in m else None
-        self.summary["eval"] = report.write_eval_report(self.cfg, self.run, evaluate.merge(self.baseline, tuned),
+        self.summary["eval"] = report.write_eval_report(self.cfg, self.run, evaluate.side_by_side(self.baseline, tuned),
                                                         f"{self.cfg.model.name} + {self.run.path.name}", perplexity,
-                                                        harness.merge(self.lm_eval_baseline, lm_eval_tuned)
+                                                        evaluate.side_by_side(self.lm_eval_baseline, lm_eval_tuned)
                                                         if self.lm_eval_tasks else None)
         advice = report.format_not_learned(self.cfg, tuned, m.get("steps"))
         if advice:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medqlora import adapters
+from medqlora import adapter_base, adapters
 from medqlora.errors import ModelError
 
 # the tiny model of conftest: hidden 64, 4 heads of 16 (2 key/value heads), intermediate 128, 2 layers
@@ -37,7 +37,7 @@ def make_adapter(folder: Path, base: str, r: int = 4, modules=("q_proj", "v_proj
 
 
 def check(folder: Path, base: Path) -> None:
-    adapters.check_base(adapters.find(folder), str(base), str(base))
+    adapter_base.check_base(adapters.find(folder), str(base), str(base))
 
 
 def test_a_matching_adapter_passes_without_loading_weights(tiny_model_dir, tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_a_matching_adapter_passes_without_loading_weights(tiny_model_dir, tmp_p
     monkeypatch.setattr(safetensors.torch, "load_file", no_loading)
     found = adapters.find(folder)
     assert found.run is None and found.config["r"] == 4 and len(found.shapes) == 2 * 2 * len(SHAPES)
-    adapters.check_base(found, str(tiny_model_dir), str(tiny_model_dir))
+    adapter_base.check_base(found, str(tiny_model_dir), str(tiny_model_dir))
 
 
 def test_shapes_that_do_not_fit_name_the_module_and_the_features(tiny_model_dir, tmp_path):
@@ -85,7 +85,7 @@ def test_a_different_model_type_is_named(tiny_model_dir, tmp_path):
 
 
 def test_figures_from_config_json_when_no_empty_model_can_be_built(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(adapters, "linear_features", lambda *_a, **_k: None)
+    monkeypatch.setattr(adapter_base, "linear_features", lambda *_a, **_k: None)
     good = make_adapter(tmp_path / "good", str(tiny_model_dir), modules=tuple(SHAPES))
     check(good, tiny_model_dir)
     bad = make_adapter(tmp_path / "bad", str(tiny_model_dir), shapes={**SHAPES, "v_proj": (64, 64)})

@@ -233,7 +233,7 @@ def test_the_memory_plan_of_an_uncached_hub_model_says_why_without_waiting_on_th
     monkeypatch.setattr(fit, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(fit, "model_shape", lambda *a, **k: pytest.fail("the hub must not be asked"))
     cfg = load_config(None, ["model.name=some-org/never-cached-model", "training.gpu_memory_gib=15"])
-    planned = plan.memory_plan(cfg, backends.detect(cfg))
+    planned = plan.memory_plan(cfg, backends.detect(cfg), cfg.model.name)
     assert planned == ("unknown: some-org/never-cached-model's config.json is not in the local cache and the model "
                        "hub cannot be reached from this machine (the run downloads it)")
 

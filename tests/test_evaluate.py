@@ -202,7 +202,7 @@ def test_summary_flags_a_model_that_gives_one_answer_to_nearly_every_item():
     assert "baseline model" not in line  # the baseline spreads its answers
     for m in (base, tuned):
         m.update(method="likelihood", items_per_second=10.0)
-    report = eval_report_markdown(evaluation.merge({"pubmedqa": base}, {"pubmedqa": tuned}), "t")
+    report = eval_report_markdown(evaluation.side_by_side({"pubmedqa": base}, {"pubmedqa": tuned}), "t")
     assert "**warning**: the fine-tuned model answers 'yes' to 95%" in report
     assert "always answering the most common gold label ('yes'): 55.0% on these items" in report
 

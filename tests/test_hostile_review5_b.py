@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medqlora import harness
+from medqlora import harness, harness_mmlu
 from medqlora.config import DatasetSpec, load_config
 from medqlora.data import format_rows, load_rows
 from medqlora.errors import ConfigError, DataError
@@ -49,7 +49,7 @@ def test_an_mmlu_header_row_is_named_a_header_mmlu_files_do_not_have(tmp_path):
     folder = mmlu_rows(tmp_path / "mmlu", ["question", "A", "B", "C", "D", "answer"], [*QUESTION, "A"])
     with pytest.raises(DataError, match=r"anatomy_test\.csv:1: the answer column \(the sixth\) holds 'answer', not a "
                                         r"letter A-D: is this line a header\? MMLU's CSV files have no header row"):
-        harness._mmlu_rows(folder, "anatomy")
+        harness_mmlu.subject_rows(folder, "anatomy")
 
 
 def test_an_mmlu_answer_that_is_not_one_letter_a_to_d_is_named(tmp_path):
@@ -57,8 +57,8 @@ def test_an_mmlu_answer_that_is_not_one_letter_a_to_d_is_named(tmp_path):
         folder = mmlu_rows(tmp_path / "mmlu", [*QUESTION, "A"], [*QUESTION, answer])
         with pytest.raises(DataError, match=f"anatomy_test.csv:2: the answer column \\(the sixth\\) holds '{answer}'; "
                                             "expected one letter A, B, C or D"):
-            harness._mmlu_rows(folder, "anatomy")
-    assert harness._mmlu_rows(mmlu_rows(tmp_path / "mmlu", [*QUESTION, " C "]), "anatomy")[0]["answer"] == 2
+            harness_mmlu.subject_rows(folder, "anatomy")
+    assert harness_mmlu.subject_rows(mmlu_rows(tmp_path / "mmlu", [*QUESTION, " C "]), "anatomy")[0]["answer"] == 2
 
 
 def test_an_mmlu_file_that_is_not_a_regular_file_is_said_to_be_one(tmp_path):
@@ -66,11 +66,11 @@ def test_an_mmlu_file_that_is_not_a_regular_file_is_said_to_be_one(tmp_path):
     folder.mkdir()
     (folder / "anatomy_test.csv").symlink_to("/dev/zero")
     with pytest.raises(DataError, match=r"anatomy_test\.csv is not a regular file \(it links to /dev/zero\)"):
-        harness._mmlu_rows(folder, "anatomy")
+        harness_mmlu.subject_rows(folder, "anatomy")
     (folder / "anatomy_test.csv").unlink()
     (folder / "anatomy_test.csv").mkdir()
     with pytest.raises(DataError, match=r"anatomy_test\.csv is not a regular file\. Put MMLU's anatomy_test\.csv"):
-        harness._mmlu_rows(folder, "anatomy")
+        harness_mmlu.subject_rows(folder, "anatomy")
 
 
 def test_an_mmlu_file_that_is_not_utf8_or_not_csv_is_named_not_a_crash(tmp_path):
@@ -81,7 +81,7 @@ def test_an_mmlu_file_that_is_not_utf8_or_not_csv_is_named_not_a_crash(tmp_path)
                         r"anatomy_test\.csv:2: not readable as CSV \(field larger than field limit")):
         (folder / "anatomy_test.csv").write_bytes(data)
         with pytest.raises(DataError, match=said):
-            harness._mmlu_rows(folder, "anatomy")
+            harness_mmlu.subject_rows(folder, "anatomy")
 
 
 @needs_lm_eval

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medqlora import adapters
+from medqlora import adapter_base, adapters
 from medqlora.errors import ModelError
 
 from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny
@@ -34,10 +34,10 @@ def test_an_adapter_on_the_embedding_layer_fits_its_base_and_a_wrong_vocabulary_
                                                                                                  tmp_path):
     vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
     fits = _embedding_adapter(tmp_path / "fits", tiny_model_dir, vocab)
-    adapters.check_base(adapters.find(fits), str(tiny_model_dir), str(tiny_model_dir))
+    adapter_base.check_base(adapters.find(fits), str(tiny_model_dir), str(tiny_model_dir))
     other = _embedding_adapter(tmp_path / "other", tiny_model_dir, vocab + 10)
     with pytest.raises(ModelError, match=rf"embed_tokens is {vocab + 10} -> 64 features in the adapter and {vocab} -> 64"):
-        adapters.check_base(adapters.find(other), str(tiny_model_dir), str(tiny_model_dir))
+        adapter_base.check_base(adapters.find(other), str(tiny_model_dir), str(tiny_model_dir))
 
 
 @pytest.mark.slow

@@ -129,9 +129,15 @@ def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
         reason = gpu_only_checkpoint(cfg.model.name)
         if reason:
             raise ModelError(reason)
-    if runtime.backend != "unsloth":
-        library_bars_follow_the_terminal()
-        return runtime
+    if runtime.backend == "unsloth":
+        _import_unsloth(runtime, cfg)
+    library_bars_follow_the_terminal()  # after Unsloth: this imports transformers
+    return runtime
+
+
+def _import_unsloth(runtime: Runtime, cfg: KitConfig) -> None:
+    """Unsloth imported (it patches transformers, TRL and PEFT); with backend auto, a failed import falls back to
+    hf, its packing checked again."""
     os.environ.setdefault("UNSLOTH_DISABLE_CPU_FALLBACK", "1")  # never train silently on the CPU
     try:
         import unsloth  # noqa: F401
@@ -141,9 +147,6 @@ def activate(runtime: Runtime, cfg: KitConfig) -> Runtime:
         runtime.backend = "hf"
         runtime.reason = f"auto: Unsloth failed to import ({type(err).__name__}: {err})"
         _check_packing(runtime, cfg)
-    library_bars_follow_the_terminal()
-    return runtime
-
 
 
 def _check_packing(runtime: Runtime, cfg: KitConfig) -> None:

@@ -30,15 +30,15 @@ from .items import (
     load_items,
 )
 from .likelihood import answer_token_ids, score_likelihood
-from .metrics import REFERENCES, classification_metrics, merge, one_answer_warning, speed_of
+from .metrics import REFERENCES, classification_metrics, one_answer_warning, side_by_side, speed_of
 from .prompts import check_prompts_fit, evaluation_length, item_prompt, prompt_ids
 
 __all__ = [
     "COT_VALIDATION", "FINAL_RESPONSE", "ITEM_LOADERS", "PUBMEDQA_LABELS", "REFERENCES", "EvalItem",
     "answer_token_ids", "check_not_trained_on", "check_prompts_fit", "classification_metrics", "cot_items_from",
     "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
-    "item_prompt", "load_benchmarks", "load_items", "merge", "one_answer_warning", "prompt_ids", "rouge_l",
-    "score_cot", "score_generate", "score_likelihood", "split_cot",
+    "item_prompt", "load_benchmarks", "load_items", "one_answer_warning", "prompt_ids", "rouge_l",
+    "score_cot", "score_generate", "score_likelihood", "side_by_side", "split_cot",
 ]
 
 

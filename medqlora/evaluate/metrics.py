@@ -65,7 +65,9 @@ def one_answer_warning(name: str, stage: str, metrics: dict[str, Any]) -> str | 
             f"({metrics['majority_rate']:.1f}%): read macro-F1 ({metrics['macro_f1']:.1f}) beside accuracy")
 
 
-def merge(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
+def side_by_side(baseline: dict | None, fine_tuned: dict | None) -> dict[str, dict[str, Any]]:
+    """Each benchmark's baseline and fine-tuned results together: {name: {baseline, fine_tuned}} (either may be
+    None)."""
     names = list((fine_tuned or baseline or {}).keys())
     return {n: {"baseline": (baseline or {}).get(n), "fine_tuned": (fine_tuned or {}).get(n)} for n in names}
 

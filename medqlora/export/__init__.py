@@ -10,12 +10,12 @@ the original weights gives a slightly different model. Both differences are meas
     gguf_lora.py   export.formats gguf_lora: the adapter alone as a llama.cpp LoRA file
     llama_cpp.py   llama.cpp's converters found, fetched and run
     checks.py      the trained model's logits and greedy replies, and an export compared with them
+    base_model.py  the base model resolved, and the training tokenizer loaded, once per export
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from ..errors import ConfigError
 from ..report import export_report_markdown
 from ..runs import RunDir
 from ..secrets import printable
-from .adapter import adapter_files, export_adapter, has_tokenizer
+from .adapter import adapter_files, export_adapter
+from .base_model import ExportBase, has_tokenizer
 from .checks import Reference, compare, trained_reference
 from .gguf_lora import check_gguf_lora, export_gguf_lora, lora_gguf_refusal
 from .gguf_model import check_gguf_metadata, export_gguf, write_modelfile
@@ -33,9 +34,9 @@ from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, converters_for, fetch_lla
 from .merged import dequantize_to_cpu, export_merged, merge_into_dequantized_base
 
 __all__ = [
-    "LLAMA_CPP_HINT", "Reference", "adapter_files", "check_before_export", "check_gguf_lora", "check_gguf_metadata",
+    "LLAMA_CPP_HINT", "ExportBase", "Reference", "adapter_files", "check_before_export", "check_gguf_lora", "check_gguf_metadata",
     "compare", "converters_for", "dequantize_to_cpu", "export_gguf_lora", "fetch_llama_cpp_converter", "has_tokenizer", "llama_cpp_dir",
-    "lora_gguf_refusal", "main", "merge_into_dequantized_base", "run_export", "trained_reference",
+    "lora_gguf_refusal", "merge_into_dequantized_base", "run_export", "trained_reference",
 ]
 
 
@@ -46,7 +47,7 @@ def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = Non
     sources = check_before_export(cfg, adapter)
     partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
     try:
-        return _export_into(cfg, adapter, say, run, set(cfg.export.formats), sources, partial)
+        return _export_into(cfg, adapter, say, run, sources, partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a half-written export is worth nothing
         raise
@@ -72,20 +73,21 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
     return sources
 
 
-def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, formats: set[str], sources: list[Path],
-                 partial: Path) -> dict[str, Any]:
+def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: list[Path], partial: Path
+                 ) -> dict[str, Any]:
+    formats, base = set(cfg.export.formats), ExportBase(cfg, adapter)
     report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
     if "adapter" in formats:
-        said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter")
+        said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter", base)
         say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
     if formats & {"merged", "gguf"}:
-        report.update(export_merged(cfg, adapter, run.inside(".export.partial/merged"), say))
+        report.update(export_merged(cfg, adapter, run.inside(".export.partial/merged"), say, base))
     if "gguf" in formats:
         report["gguf"] = export_gguf(cfg, partial, say)
         if "file" in report["gguf"]:
-            report["gguf"]["modelfile"] = write_modelfile(cfg, run, partial, report["gguf"]["file"], say)
+            report["gguf"]["modelfile"] = write_modelfile(cfg, run, base.tokenizer, report["gguf"]["file"], say)
     if "gguf_lora" in formats:
-        report["gguf_lora"] = export_gguf_lora(cfg, adapter, partial, say)
+        report["gguf_lora"] = export_gguf_lora(cfg, adapter, partial, say, base)
     if cfg.export.push_to_hub:
         run.write_text(".export.partial/README.md", hub.model_card(cfg, run, report))
     run.write_json(".export.partial/export_report.json", report)
@@ -110,10 +112,3 @@ def _summary_line(report: dict[str, Any]) -> str:
     if "gguf_lora" in report:
         parts.append(f"gguf_lora: {report['gguf_lora'].get('file', 'skipped (llama.cpp not found)')}")
     return "; ".join(parts)
-
-
-def main() -> None:
-    if sys.argv[1:] == ["--fetch-llama-cpp"]:
-        print(fetch_llama_cpp_converter())
-    else:
-        print("usage: python -m medqlora.export --fetch-llama-cpp")

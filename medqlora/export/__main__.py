@@ -1,5 +1,10 @@
 """python -m medqlora.export --fetch-llama-cpp: llama.cpp's converter into the kit's cache."""
 
-from . import main
+import sys
 
-main()
+from .llama_cpp import fetch_llama_cpp_converter
+
+if sys.argv[1:] == ["--fetch-llama-cpp"]:
+    print(fetch_llama_cpp_converter())
+else:
+    print("usage: python -m medqlora.export --fetch-llama-cpp")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from .. import backends
 from ..config import KitConfig
 from ..errors import MedQLoRAError
 from ..runs import RunDir
 from ..secrets import printable
+from .base_model import ExportBase, has_tokenizer
 
 
 def adapter_files(adapter: Path) -> list[Path]:
@@ -33,7 +33,7 @@ def adapter_files(adapter: Path) -> list[Path]:
     return files
 
 
-def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunDir, dest: str) -> str:
+def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunDir, dest: str, base: ExportBase) -> str:
     """The adapter's files and a model card; where the adapter folder lacks a tokenizer with its chat template, the
     base model's (the one training used) is saved with it, and the returned description says so."""
     for source in sources:
@@ -45,7 +45,7 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
             run.copy_in(source, f"{dest}/{source.name}")
     said = "its tokenizer and chat template"
     if not has_tokenizer(adapter):
-        adapter_tokenizer(cfg, adapter).save_pretrained(str(run.inside(dest)))
+        base.tokenizer.save_pretrained(str(run.inside(dest)))
         said = (f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder "
                 "has none)")
     run.write_text(
@@ -59,23 +59,3 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
         "Research use only; not medical advice.\n",
     )
     return said
-
-
-def has_tokenizer(adapter: Path) -> bool:
-    """Whether the adapter folder holds a tokenizer with its chat template (as training saves it)."""
-    config = adapter / "tokenizer_config.json"
-    if not config.is_file():
-        return False
-    if (adapter / "chat_template.jinja").is_file() or (adapter / "chat_template.json").is_file():
-        return True
-    try:
-        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def adapter_tokenizer(cfg: KitConfig, adapter: Path) -> Any:
-    """The tokenizer saved with the adapter (the chat template and eos used in training); the base model's, which
-    training used, when the adapter folder has none or lacks its chat template."""
-    source = adapter if has_tokenizer(adapter) else backends.resolve_model_source(cfg.model.name)
-    return backends.load_tokenizer(cfg, str(source))

@@ -26,10 +26,11 @@ class Reference:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def trained_reference(cfg: KitConfig, runtime: backends.Runtime, adapter: Path) -> Reference:
-    """Logits and greedy tokens of the model exactly as trained (4-bit base + adapter on a GPU)."""
+def trained_reference(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, source: str | None = None) -> Reference:
+    """Logits and greedy tokens of the model exactly as trained (4-bit base + adapter on a GPU). ``source``: the
+    model source resolved before."""
     began = time.perf_counter()
-    model, tokenizer = backends.load_for_inference(cfg, runtime, adapter)
+    model, tokenizer = backends.load_for_inference(cfg, runtime, adapter, source)
     questions = load_queries(cfg.generation.queries_file)[: cfg.export.compare_prompts]
     prompts = [render_prompt(tokenizer, *query_prompt(cfg.data, q["question"])) for q in questions]
     logits, greedy = _score(model, tokenizer, prompts, cfg.export.compare_tokens)

@@ -14,6 +14,7 @@ from .. import backends
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
+from .base_model import ExportBase
 from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, gguf_field, llama_cpp_dir, run_tool
 
 
@@ -28,7 +29,7 @@ def lora_gguf_refusal(adapter: Path) -> None:
                           "instead: --set export.formats=[adapter,gguf].")
 
 
-def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any) -> dict[str, Any]:
+def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any, base: ExportBase) -> dict[str, Any]:
     """gguf_lora/adapter-<type>.gguf with llama.cpp's convert_lora_to_gguf.py, read back and checked against the
     adapter: every LoRA pair present under llama.cpp's tensor name, with the adapter's shapes, and the same scale."""
     folder = llama_cpp_dir(LORA_CONVERTER)
@@ -42,7 +43,7 @@ def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any) -> 
     staging = partial / ".gguf_lora-input"
     began = time.perf_counter()
     try:
-        base_config, lora_input = _lora_converter_inputs(cfg, adapter, staging)
+        base_config, lora_input = _lora_converter_inputs(cfg, adapter, staging, base.source)
         run_tool([sys.executable, str(folder / LORA_CONVERTER), "--outfile", str(out), "--outtype", kind,
               "--base", str(base_config), str(lora_input)], LORA_CONVERTER)
     finally:
@@ -55,14 +56,13 @@ def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any) -> 
     return figures
 
 
-def _lora_converter_inputs(cfg: KitConfig, adapter: Path, staging: Path) -> tuple[Path, Path]:
+def _lora_converter_inputs(cfg: KitConfig, adapter: Path, staging: Path, source: str) -> tuple[Path, Path]:
     """The base model's config.json alone (all the converter reads of the base) and the adapter folder; for an
     rsLoRA adapter a copy whose lora_alpha gives llama.cpp's alpha / r the scale rsLoRA trained with (alpha / sqrt r)."""
     from transformers import AutoConfig
 
     staging.mkdir()
     base_config = staging / "base"
-    source = backends.resolve_model_source(cfg.model.name)
     AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code).save_pretrained(base_config)
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     if not config.get("use_rslora"):

@@ -47,13 +47,11 @@ def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
     return figures
 
 
-def write_modelfile(cfg: KitConfig, run: RunDir, partial: Path, gguf_file: str, say: Any) -> str:
-    """An Ollama Modelfile beside the GGUF file, whose TEMPLATE renders the training chat template."""
-    from transformers import AutoTokenizer
-
+def write_modelfile(cfg: KitConfig, run: RunDir, tokenizer: Any, gguf_file: str, say: Any) -> str:
+    """An Ollama Modelfile beside the GGUF file, whose TEMPLATE renders the training chat template (``tokenizer``:
+    the one saved with the merged model)."""
     from .. import ollama
 
-    tokenizer = AutoTokenizer.from_pretrained(str(partial / "merged"))
     gguf = Path(gguf_file)
     try:
         text = ollama.modelfile(gguf.name, tokenizer, query_prompt(cfg.data, "")[0])

@@ -13,19 +13,19 @@ from typing import Any
 from .. import adapters, backends
 from ..config import KitConfig
 from ..errors import MedQLoRAError
-from .adapter import adapter_tokenizer
+from .base_model import ExportBase
 from .checks import compare, folder_gb, free_memory, trained_reference
 
 
-def export_merged(cfg: KitConfig, adapter: Path, dest: Path, say: Any) -> dict[str, Any]:
+def export_merged(cfg: KitConfig, adapter: Path, dest: Path, say: Any, base: ExportBase) -> dict[str, Any]:
     runtime = backends.activate(backends.detect(cfg), cfg)
     dtype = _merged_dtype(cfg, runtime)
     say(f"export: scoring {cfg.export.compare_prompts} sample prompts with the base model + adapter "
         f"({'4-bit' if _quantized(cfg, runtime) else dtype} base, as in training)")
-    reference = trained_reference(cfg, runtime, adapter)
+    reference = trained_reference(cfg, runtime, adapter, base.source)
     began = time.perf_counter()
-    tokenizer = adapter_tokenizer(cfg, adapter)
-    merged = merge_into_dequantized_base(cfg, runtime, adapter, dtype)
+    tokenizer = base.tokenizer
+    merged = merge_into_dequantized_base(cfg, runtime, adapter, dtype, base.source)
     _set_stop_tokens(merged, tokenizer)
     _check_disk(dest.parent, merged)
     merged.save_pretrained(dest, safe_serialization=True, max_shard_size="5GB")
@@ -38,8 +38,8 @@ def export_merged(cfg: KitConfig, adapter: Path, dest: Path, say: Any) -> dict[s
                "reference": reference.figures}
     figures["merged_vs_trained"] = compare(reference, _load_plain(dest, runtime, dtype), tokenizer)
     say(f"export: merged vs base+adapter: {figures['merged_vs_trained']}")
-    if cfg.export.compare_original and _quantized(cfg, runtime) and not _prequantized(cfg):
-        original = _original_plus_adapter(cfg, runtime, adapter, dtype)
+    if cfg.export.compare_original and _quantized(cfg, runtime) and not _prequantized(cfg, base.source):
+        original = _original_plus_adapter(cfg, runtime, adapter, dtype, base.source)
         figures["original_16bit_plus_adapter_vs_trained"] = compare(reference, original, tokenizer)
         say(f"export: original 16-bit weights + adapter vs base+adapter (why the kit merges into the dequantized "
             f"base): {figures['original_16bit_plus_adapter_vs_trained']}")
@@ -54,13 +54,14 @@ def _quantized(cfg: KitConfig, runtime: backends.Runtime) -> bool:
     return runtime.device == "cuda" and cfg.model.load_in_4bit
 
 
-def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str) -> Any:
+def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str,
+                                source: str) -> Any:
     """Base weights as training saw them (4-bit, dequantized to ``dtype`` on the CPU) with the adapter merged in."""
     from peft import PeftModel
 
     # the 4-bit storage is bitsandbytes NF4 with either backend; Unsloth adds nothing to merging
     plain = dataclasses.replace(runtime, backend="hf")
-    base, _ = backends.hf_base(cfg, plain, backends.resolve_model_source(cfg.model.name))
+    base, _ = backends.hf_base(cfg, plain, source)
     if getattr(base, "is_loaded_in_4bit", False):
         dequantize_to_cpu(base, backends.torch_dtype(dtype))
     else:
@@ -115,20 +116,19 @@ def _load_plain(folder: Path, runtime: backends.Runtime, dtype: str) -> Any:
     return model.eval()
 
 
-def _original_plus_adapter(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str) -> Any:
+def _original_plus_adapter(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str, source: str) -> Any:
     from peft import PeftModel
 
-    loaded = PeftModel.from_pretrained(_load_plain(Path(backends.resolve_model_source(cfg.model.name)), runtime, dtype),
-                                       str(adapter))
+    loaded = PeftModel.from_pretrained(_load_plain(Path(source), runtime, dtype), str(adapter))
     adapters.check_loaded(loaded, adapter)
     return loaded.eval()
 
 
-def _prequantized(cfg: KitConfig) -> bool:
+def _prequantized(cfg: KitConfig, source: str) -> bool:
     """Checkpoints such as unsloth/...-bnb-4bit hold no 16-bit weights to compare with."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(backends.resolve_model_source(cfg.model.name))
+    config = AutoConfig.from_pretrained(source)
     return getattr(config, "quantization_config", None) is not None
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from . import distributed, messages, signals
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
+from .run_lock import release_run_folders
 from .secrets import RedactingFilter, printable, redact, unpaired_surrogate
 
 MODES = ["train", "test", "eval", "full", "export", "chat"]
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the last line of defence: a bug of the kit, not a problem the user can fix
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:
+        release_run_folders()
         distributed.stop()
 
 

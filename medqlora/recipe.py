@@ -45,6 +45,7 @@ from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError, ModelError
 from .messages import say
 from .model_stages import ModelStages
+from .run_lock import release_run_folders
 from .run_records import RunRecords
 from .runs import Files, RunDir, default_run_name
 from .secrets import printable
@@ -349,8 +350,11 @@ def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
     # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     recipe.check_inputs(mode)
-    with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
-        return getattr(recipe, MODES[mode])()
+    try:
+        with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
+            return getattr(recipe, MODES[mode])()
+    finally:
+        release_run_folders()  # another command (a notebook cell's !python ... --resume) may use the run next
 
 
 def run_full(cfg: KitConfig, **options: Any) -> Run:

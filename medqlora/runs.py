@@ -24,6 +24,7 @@ from .config import KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
 from .messages import log_to
+from .run_lock import lock_run_folder
 from .run_names import check_output_dir, check_run_name, default_run_name, make_run_folder
 from .secrets import RedactingFilter, contains_secret, printable, redact
 
@@ -240,6 +241,7 @@ class RunDir:
         self.check_links()
         if not is_main():
             return
+        lock_run_folder(self.path)
         handler = _RunLogHandler(self.path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(RedactingFilter())

@@ -111,3 +111,38 @@ def _listening(pid, port):
 
     return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
                for c in psutil.Process(pid).net_connections(kind="tcp"))
+
+
+# ---------------------------------------------------------------- two commands in one run folder
+
+def test_a_second_command_in_a_run_folder_in_use_is_refused_before_it_touches_it(tiny_model_dir, tmp_path, capsys):
+    """A double-started --resume: the second command says another one holds the folder, and writes nothing there."""
+    from medqlora.cli import main
+
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": "r",
+                                                                         "training.max_steps": "1"})) == 0
+    run = tmp_path / "r"
+    log_before = (run / "run.log").read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, b'4242\\n', 0); "
+                               "print('held', flush=True); time.sleep(120)", str(run / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli(capsys, ["--mode", "export", "--adapter", str(run), "--set", "export.formats=[adapter]"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 2
+    assert_one_message(result.err, f"Another medqlora command (process 4242) is using the run folder {run} right now")
+    assert (run / "run.log").read_bytes() == log_before
+    again = run_cli(capsys, ["--mode", "export", "--adapter", str(run), "--set", "export.formats=[adapter]"])
+    assert again.code == 0, again.err  # free again once the other command ended
+
+
+def test_a_queries_file_with_half_a_surrogate_pair_is_refused_at_dry_run(tiny_model_dir, tmp_path, capsys):
+    queries = _rows(tmp_path, "q.yaml", 'queries:\n  - id: a\n    question: "Hi \\ud800 there"\n')
+    result = run_cli(capsys, ["--dry-run", "--mode", "test", "--adapter", "none", "--output-dir", str(tmp_path / "o"),
+                              "--set", f"model.name={tiny_model_dir}", "--set", f"generation.queries_file={queries}"])
+    assert result.code == 2
+    assert_one_message(result.err, "holds half of a UTF-16 surrogate pair")

@@ -1,0 +1,54 @@
+"""One command at a time in a run folder: the command that trains, resumes, evaluates or exports in a run
+folder holds an exclusive lock on its `.lock` file until it ends (the system releases it when the process
+dies, kill -9 included). A second command on the same folder (a double-started job, a retried scheduler) is
+refused before it reads or writes anything there, instead of mixing its checkpoints and log lines with the
+first one's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import MedQLoRAError
+from .secrets import printable
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the kit runs unlocked there
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}
+
+
+def lock_run_folder(run: Path) -> None:
+    """Take the run folder's lock for this process (again: nothing to do), or refuse naming its holder."""
+    key = run.resolve()
+    if fcntl is None or key in _held:
+        return
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(run / LOCK_FILE, flags, 0o644)
+    except OSError as err:
+        raise MedQLoRAError(f"Cannot open {printable(run / LOCK_FILE)} ({err.strerror}): the run folder's lock file "
+                            "must be a regular file the kit can write. Remove whatever is there.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise MedQLoRAError(
+            f"Another medqlora command{f' (process {printable(holder, 20)})' if holder else ''} is using the run "
+            f"folder {printable(run)} right now: training, resuming, evaluating or exporting it. Two commands in one "
+            "run folder would mix their checkpoints and log lines. Wait for that one to end (or stop it), then run "
+            "this command again.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+
+
+def release_run_folders() -> None:
+    """Release every run folder this process holds (at the end of a command)."""
+    for fd in _held.values():
+        os.close(fd)
+    _held.clear()

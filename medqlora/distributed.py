@@ -119,9 +119,10 @@ def _rendezvous_deadline() -> Iterator[None]:
     """Joining the group waits for every process WORLD_SIZE names; a process started alone by a job script that
     set WORLD_SIZE would wait for ever. After RENDEZVOUS_LIMIT_S the process says why and exits (2)."""
     limit_s = RENDEZVOUS_LIMIT_S
+    where = printable(f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", 80)
+
     def give_up() -> None:
-        print(f"medqlora: error: WORLD_SIZE={world_size()} processes were to meet at {os.environ.get('MASTER_ADDR')}:"
-              f"{os.environ.get('MASTER_PORT')}, and not all of them came within {limit_s:.0f} s. Start them all "
+        print(f"medqlora: error: WORLD_SIZE={world_size()} processes were to meet at {where}, and not all of them came within {limit_s:.0f} s. Start them all "
               "with torchrun --nproc_per_node N (or accelerate launch), or unset WORLD_SIZE, RANK, LOCAL_RANK and "
               "MASTER_ADDR to run one process.", file=sys.stderr, flush=True)
         os._exit(2)

@@ -17,6 +17,7 @@ from . import adapter_base, adapters, backends, data, distributed, evaluate, fit
 from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
 from .config import KitConfig
 from .errors import ModelError
+from .export import left_for_export_mode
 from .inputs import benchmark_guard_items, local_benchmarks, planned_examples
 from .runs import Files, check_output_dir, check_run_name
 
@@ -33,6 +34,9 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
     source = backends.config_source(cfg.model.name)
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
+    base = adapter_base.base_config(source, cfg.model.trust_remote_code)
+    if base is not None:
+        backends.check_context_length(base, cfg)  # as the run checks the loaded model
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     with_eval = mode == "full" and cfg.eval.in_full_mode
     lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
@@ -63,6 +67,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
+        **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
     }
 
 

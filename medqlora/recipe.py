@@ -350,6 +350,10 @@ def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
     # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     recipe.check_inputs(mode)
+    from .export import left_for_export_mode
+
+    if later := left_for_export_mode(cfg, mode):  # the dry-run plan says it under "export"
+        say(f"warning: {later}")
     try:
         with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
             return getattr(recipe, MODES[mode])()

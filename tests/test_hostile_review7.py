@@ -146,3 +146,32 @@ def test_a_queries_file_with_half_a_surrogate_pair_is_refused_at_dry_run(tiny_mo
                               "--set", f"model.name={tiny_model_dir}", "--set", f"generation.queries_file={queries}"])
     assert result.code == 2
     assert_one_message(result.err, "holds half of a UTF-16 surrogate pair")
+
+
+# ---------------------------------------------------------------- dry-run gaps
+
+def test_the_dry_run_refuses_a_max_seq_length_beyond_the_models_context(tiny_model_dir, tmp_path, capsys):
+    limit = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    result = _dry_run(capsys, tiny_model_dir, tmp_path, f"model.max_seq_length={limit * 4}")
+    assert result.code == 2
+    assert_one_message(result.err, f"model.max_seq_length={limit * 4} exceeds what {tiny_model_dir} supports ({limit})")
+
+
+@pytest.mark.parametrize("setting", ["export.push_to_hub=someone/medical-model", "export.formats=[merged]"])
+def test_export_settings_in_a_training_mode_are_said_to_wait_for_export_mode(tiny_model_dir, tmp_path, capsys,
+                                                                              setting):
+    result = _dry_run(capsys, tiny_model_dir, tmp_path, setting)
+    assert result.code == 0, result.err
+    note = json.loads(result.out)["export"]
+    assert note.startswith(f"not in this mode: export.{setting.split('=')[0].split('.')[1]} is for --mode export")
+    assert "--mode export --adapter latest" in note
+    assert "export" not in json.loads(_dry_run(capsys, tiny_model_dir, tmp_path).out)
+
+
+def test_a_training_run_with_a_hub_repository_says_it_uploads_nothing(tiny_model_dir, tmp_path, capsys):
+    from medqlora.cli import main
+
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "training.max_steps": "1", "export.push_to_hub": "someone/medical-model"})) == 0
+    assert "warning: export.push_to_hub is for --mode export: --mode train trains and saves the adapter, and " \
+           "exports or uploads nothing" in capsys.readouterr().out

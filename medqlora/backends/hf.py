@@ -65,7 +65,7 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str, tokenizer: Any = None
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as err:
         raise load_errors(source, err) from None
-    check_context_length(model, cfg)
+    check_context_length(model.config, cfg)
     return model, tokenizer
 
 
@@ -83,8 +83,11 @@ def nf4_config(runtime: Runtime) -> Any:
     )
 
 
-def check_context_length(model: Any, cfg: KitConfig) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
+def check_context_length(model_config: Any, cfg: KitConfig) -> None:
+    """model.max_seq_length against the context of the model's config (loaded, or config.json as --dry-run
+    reads it)."""
+    limit = model_config.get("max_position_embeddings") if isinstance(model_config, dict) else getattr(
+        model_config, "max_position_embeddings", None)
     if limit and cfg.model.max_seq_length > limit:
         raise ConfigError(
             f"model.max_seq_length={cfg.model.max_seq_length} exceeds what {cfg.model.name} supports ({limit}). "

@@ -29,5 +29,5 @@ def unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, An
         )
     except Exception as err:
         raise load_errors(source, err) from None
-    check_context_length(model, cfg)
+    check_context_length(model.config, cfg)
     return model, tokenizer

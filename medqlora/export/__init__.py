@@ -112,3 +112,14 @@ def _summary_line(report: dict[str, Any]) -> str:
     if "gguf_lora" in report:
         parts.append(f"gguf_lora: {report['gguf_lora'].get('file', 'skipped (llama.cpp not found)')}")
     return "; ".join(parts)
+
+
+def left_for_export_mode(cfg: KitConfig, mode: str) -> str | None:
+    """Export settings given to a mode that exports nothing (train, full): what happens to them, or None."""
+    chosen = sorted({"formats", "push_to_hub"} & cfg.export.model_fields_set)
+    if mode not in ("train", "full") or not chosen or (chosen == ["push_to_hub"] and not cfg.export.push_to_hub):
+        return None
+    named = " and ".join(f"export.{name}" for name in chosen)
+    return (f"{named} {'is' if len(chosen) == 1 else 'are'} for --mode export: --mode {mode} trains and saves the "
+            "adapter, and exports or uploads nothing. Afterwards run: python medical_qlora_finetuning.py --mode "
+            "export --adapter latest")

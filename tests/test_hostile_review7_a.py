@@ -1,0 +1,72 @@
+"""Inputs an independent hostile review found handled badly: model and adapter folders holding a named pipe,
+output folders inside a data folder, a dataset listed twice, and dry-runs that passed what the run refuses
+(an existing run name, vLLM generation without vLLM) or left unsaid (a hub benchmark not checked)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from .conftest import assert_one_message, kit_argv, run_cli
+from .test_adapters import make_adapter
+
+
+@contextlib.contextmanager
+def unblocked(fifo: Path, after_s: float = 60.0):
+    """While the block runs, a reader left waiting on ``fifo`` for ``after_s`` gets end-of-file: a regression
+    fails its test instead of hanging the suite."""
+    done = threading.Event()
+
+    def release() -> None:
+        if done.wait(after_s):
+            return
+        while not done.is_set():
+            with contextlib.suppress(OSError):  # ENXIO: no reader yet
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            done.wait(0.2)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _with_fifo(source: Path, folder: Path, name: str) -> Path:
+    """A copy of ``source`` whose file ``name`` is a named pipe."""
+    shutil.copytree(source, folder)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    return folder / name
+
+
+# ---------------------------------------------------------------- named pipes in model and adapter folders
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json"])
+def test_a_model_folder_file_that_is_a_named_pipe_is_refused(tiny_model_dir, tmp_path, capsys, name):
+    fifo = _with_fifo(tiny_model_dir, tmp_path / "model", name)
+    with unblocked(fifo):
+        result = run_cli(capsys, kit_argv(tmp_path / "model", tmp_path / "out", "--dry-run"))
+    assert result.code == 2
+    assert_one_message(result.err, f"model.name: {fifo} is not a regular file")
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"])
+def test_an_adapter_file_that_is_a_named_pipe_is_refused(tiny_model_dir, tmp_path, capsys, name):
+    adapter = make_adapter(tmp_path / "run" / "adapter", str(tiny_model_dir))
+    (adapter / "tokenizer.json").write_text("{}")
+    (adapter / name).unlink()
+    os.mkfifo(adapter / name)
+    with unblocked(adapter / name):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test",
+                                          "--adapter", str(tmp_path / "run")))
+    assert result.code == 2
+    assert_one_message(result.err, f"The adapter in {adapter}: {name} is not a regular file")

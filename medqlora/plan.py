@@ -17,17 +17,21 @@ from . import adapter_base, adapters, backends, data, distributed, evaluate, fit
 from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
 from .config import KitConfig
 from .errors import ModelError
+from .grpo import check_vllm
 from .inputs import benchmark_guard_items, local_benchmarks, planned_examples
-from .runs import Files, check_output_dir, check_run_name
+from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
-def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
+def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
     from .train import check_optimizer, planned_steps
 
     if cfg.output.run_name:
         check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
+        if not resuming:  # the name of an existing run, refused as the run refuses it
+            check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
     runtime = backends.detect(cfg)
+    check_vllm(cfg, runtime)  # vLLM generation where it cannot run, refused as the run refuses it
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run

@@ -26,6 +26,7 @@ from . import (
     evaluate,
     fit,
     generate,
+    grpo,
     harness,
     messages,
     plan,
@@ -214,7 +215,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         cfg = self.cfg
         if cfg.training.init_adapter and not o.resume:  # found and checked as the run does, its LoRA settings taken
             cfg = with_init_adapter(cfg, o.output_dir)
-        return plan.training_plan(cfg, mode, o.output_dir)
+        return plan.training_plan(cfg, mode, o.output_dir, resuming=bool(o.resume))
 
     # ------------------------------------------------------------------ resolve once
 
@@ -244,6 +245,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             say(f"resuming {self.run.path} from {self.checkpoint.name}, with the run's own config.yaml")
         tracker_notes = tracking.check_trackers(self.cfg)
         self.start_runtime()
+        grpo.check_vllm(self.cfg, self.runtime)  # before the run folder and the model
         distributed.start()
         from .optimizers import check_optimizer
 

@@ -70,3 +70,34 @@ def test_an_adapter_file_that_is_a_named_pipe_is_refused(tiny_model_dir, tmp_pat
                                           "--adapter", str(tmp_path / "run")))
     assert result.code == 2
     assert_one_message(result.err, f"The adapter in {adapter}: {name} is not a regular file")
+
+
+# ---------------------------------------------------------------- dry-runs that passed what the run refuses
+
+def test_the_dry_run_refuses_the_name_of_an_existing_run(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "out" / "base").mkdir(parents=True)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{"output.run_name": "base"}))
+    assert result.code == 2
+    assert_one_message(result.err, f"The run folder {tmp_path / 'out' / 'base'} already exists; the kit never "
+                                    "overwrites a run")
+
+
+def _mc_rows(tmp_path: Path) -> Path:
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps({"question": f"Which dose of drug {i}?", "options": {"A": "1 mg", "B": "2 mg"},
+                                        "answer_idx": "A"}) + "\n" for i in range(8)))
+    return path
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_vllm_generation_where_it_cannot_run_is_refused_before_a_run_folder(tiny_model_dir, tmp_path, capsys,
+                                                                            dry_run):
+    rows = _mc_rows(tmp_path)
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", *(["--dry-run"] if dry_run else []),
+                    **{"training.method": "grpo", "data.datasets.0.source": str(rows),
+                       "data.datasets.0.format": "multiple_choice", "grpo.max_completion_length": "64",
+                       "grpo.use_vllm": "true"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "grpo.use_vllm: generating with vLLM needs an NVIDIA GPU with Unsloth and vllm")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

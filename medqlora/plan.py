@@ -38,6 +38,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     source = backends.config_source(cfg.model.name)
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
+    data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
     with_eval = mode == "full" and cfg.eval.in_full_mode
     lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
     t = cfg.training

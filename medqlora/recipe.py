@@ -258,6 +258,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         distributed.split_batch(self.cfg)  # before the run folder: a batch that does not divide stops here
         if self.cfg.training.init_adapter and not o.resume:  # checked before anything is created
             self.cfg = with_init_adapter(self.cfg, o.output_dir)
+        output = self.run.path.parent if o.resume else Path(o.output_dir or self.cfg.output.dir)
+        data.refuse_output_inside_data(self.cfg.data, output)  # the runs would be read as data
         if not o.resume:
             self.run = self._new_run()
         self._say_processes()

@@ -101,3 +101,54 @@ def test_vllm_generation_where_it_cannot_run_is_refused_before_a_run_folder(tiny
     assert result.code == 2
     assert_one_message(result.err, "grpo.use_vllm: generating with vLLM needs an NVIDIA GPU with Unsloth and vllm")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- the datasets taken together
+
+def _instruction_rows(path: Path, n: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"instruction": f"Dose of drug {i}?", "output": f"{i} mg"}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def test_an_output_folder_inside_the_data_folder_is_refused(tiny_model_dir, tmp_path, capsys):
+    folder = _instruction_rows(tmp_path / "data" / "rows.jsonl").parent
+    out = folder / "runs"
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--dry-run", **{"data.datasets.0.source": str(folder),
+                                                                           "data.datasets.0.format": "instruction"}))
+    assert result.code == 2
+    assert_one_message(result.err, f"The output folder {out} (--output-dir or output.dir) lies inside the data folder "
+                                    f"{folder} that data.datasets.0 reads")
+
+
+def test_the_run_refuses_an_output_folder_inside_the_data_folder_before_making_a_run(tiny_model_dir, tmp_path,
+                                                                                     capsys):
+    folder = _instruction_rows(tmp_path / "data" / "rows.jsonl").parent
+    result = run_cli(capsys, kit_argv(tiny_model_dir, folder, "--mode", "train",
+                                      **{"data.datasets.0.source": str(folder),
+                                         "data.datasets.0.format": "instruction"}))
+    assert result.code == 2
+    assert_one_message(result.err, "lies inside the data folder")
+    assert sorted(p.name for p in folder.iterdir()) == ["rows.jsonl"]
+
+
+def test_the_same_dataset_listed_twice_is_refused_pointing_at_weight(tiny_model_dir, tmp_path, capsys):
+    rows = _instruction_rows(tmp_path / "rows.jsonl")
+    other_spelling = tmp_path / "sub" / ".." / "rows.jsonl"
+    (tmp_path / "sub").mkdir()
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{
+        "data.datasets": f"[{{source: {rows}, format: instruction}}, {{source: {other_spelling}, format: instruction, "
+                         "max_samples: 4}]"}))
+    assert result.code == 2
+    assert_one_message(result.err, "data.datasets.0 and data.datasets.1 both read")
+    assert "every row would be trained twice" in result.err and "data.datasets[].weight" in result.err
+
+
+def test_the_same_file_under_another_prompt_is_two_datasets(tiny_model_dir, tmp_path, capsys):
+    rows = _instruction_rows(tmp_path / "rows.jsonl")
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{
+        "data.datasets": f"[{{source: {rows}, format: instruction}}, {{source: {rows}, format: instruction, "
+                         "prompt_template: 'Answer briefly: {question}'}]", "data.val_ratio": "0"}))
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["training_examples"] == 16

@@ -18,7 +18,7 @@ from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_a
 from .config import KitConfig
 from .errors import ModelError
 from .grpo import check_vllm
-from .inputs import benchmark_guard_items, local_benchmarks, planned_examples
+from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, planned_examples
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
@@ -94,8 +94,7 @@ def _lora_text(cfg: KitConfig) -> str:
 
 
 def _evaluation_plan(cfg: KitConfig, with_eval: bool, lm_eval_tasks: list | None) -> list[str]:
-    return ([f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-             for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
+    return ([benchmark_plan(cfg, b) for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
             if with_eval else [])
 
 
@@ -193,8 +192,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
-            "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                                          for b in cfg.eval.benchmarks)
+            "eval": "scores " + ", ".join(benchmark_plan(cfg, b) for b in cfg.eval.benchmarks)
                     + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder" + _push_plan(cfg),
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]

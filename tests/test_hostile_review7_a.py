@@ -152,3 +152,22 @@ def test_the_same_file_under_another_prompt_is_two_datasets(tiny_model_dir, tmp_
                          "prompt_template: 'Answer briefly: {question}'}]", "data.val_ratio": "0"}))
     assert result.code == 0, result.err
     assert json.loads(result.out)["training_examples"] == 16
+
+
+# ---------------------------------------------------------------- what a dry-run cannot check, said
+
+HUB_BENCHMARK = ("[{name: mine, kind: multiple_choice, source: someone/medqa-hub, max_items: 5}, "
+                 "{name: shipped, kind: pubmedqa, max_items: 5}]")
+
+
+@pytest.mark.parametrize("mode", ["eval", "full"])
+def test_the_plan_says_a_hub_benchmark_is_not_checked_until_the_run(tiny_model_dir, tmp_path, capsys, mode):
+    adapter = ["--adapter", str(make_adapter(tmp_path / "adapter", str(tiny_model_dir)))] if mode == "eval" else []
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", mode, *adapter,
+                                      **{"eval.benchmarks": HUB_BENCHMARK}))
+    assert result.code == 0, result.err
+    planned = json.loads(result.out)
+    shown = planned["does"] if mode == "eval" else " ".join(planned["evaluation"])
+    assert "mine (multiple_choice, 5 items, likelihood) [hub dataset someone/medqa-hub: not checked by --dry-run; " \
+           "the run reads it" in shown
+    assert "shipped (pubmedqa, 5 items, likelihood)" in shown and shown.count("not checked by --dry-run") == 1

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .regular_files import first_special_file, link_note
 from .secrets import printable
 
 CONFIG_NAME = "adapter_config.json"
@@ -79,16 +80,31 @@ def locate(arg: str, flag: str = "--adapter") -> Path:
     if not path.exists():
         raise ModelError(f"{flag} {printable(arg)}: no such file or folder. Give an adapter or run folder, latest, "
                          "or none for the base model alone.")
-    if path.is_dir() and (path / "adapter" / CONFIG_NAME).is_file():
+    if path.is_dir() and _present(path / "adapter" / CONFIG_NAME):
         path = path / "adapter"
     named = f"{flag} " if flag.startswith("--") else f"{flag}="
     if path.is_file():
         raise ModelError(f"{flag} {printable(arg)} is a file ({printable(path.name, 80)}); {flag} takes the folder "
                          f"that holds {CONFIG_NAME} and the weights: {named}{printable(path.parent)} (or the run "
                          "folder above it).")
-    if not (path / CONFIG_NAME).is_file():
+    if not _present(path / CONFIG_NAME):
         raise ModelError(f"{flag} {printable(arg)}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder).")
+    refuse_special_files(path)
     return path
+
+
+def _present(path: Path) -> bool:
+    """Something is at ``path``, even a dangling link or a pipe (refused as such, not as missing)."""
+    return path.exists() or path.is_symlink()
+
+
+def refuse_special_files(folder: Path) -> None:
+    """An adapter folder's files are read when it loads (config, weights, tokenizer): all regular files."""
+    special = first_special_file(folder)
+    if special is not None:
+        raise ModelError(f"The adapter in {printable(folder)}: {printable(special.name, 80)} is not a regular "
+                         f"file{link_note(special)}; an adapter folder holds the files the adapter loads from. "
+                         "Replace it with the adapter's own file (copy the whole adapter folder again).")
 
 
 def check_finite(folder: Path) -> None:
@@ -117,6 +133,7 @@ def find(folder: Path) -> ValidAdapter:
     """Check an adapter folder (config, safetensors weights, their shapes) without loading a weight."""
     where = printable(folder)
     weights = folder / WEIGHTS_NAME
+    refuse_special_files(folder)
     if not weights.is_file():
         pickles = sorted({p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
         if pickles:

@@ -53,18 +53,27 @@ def answer_format_applies(cfg: KitConfig) -> bool:
     return any(spec.format in ANSWER_FORMAT_ROWS for spec in cfg.data.datasets if spec.use_for == "train")
 
 
+def check_vllm(cfg: KitConfig, runtime: Runtime) -> None:
+    """grpo.use_vllm on a GRPO run needs the unsloth backend and vllm (checked before a model loads, and by
+    --dry-run)."""
+    if cfg.training.method != "grpo" or not cfg.grpo.use_vllm:
+        return
+    import importlib.util
+
+    vllm = importlib.util.find_spec("vllm") is not None
+    if runtime.backend != "unsloth" or not vllm:
+        raise ConfigError("grpo.use_vllm: generating with vLLM needs an NVIDIA GPU with Unsloth and vllm installed "
+                          f"(here: {runtime.describe()}, vllm {'installed' if vllm else 'not installed'}). "
+                          "Set grpo.use_vllm: false to generate with the model itself.")
+
+
 def grpo_config(cfg: KitConfig, runtime: Runtime, run: RunDir) -> Any:
     from trl import GRPOConfig
 
     g = cfg.grpo
     extra: dict[str, Any] = {}
     if g.use_vllm:
-        import importlib.util
-
-        if runtime.backend != "unsloth" or importlib.util.find_spec("vllm") is None:
-            raise ConfigError("grpo.use_vllm: generating with vLLM needs an NVIDIA GPU with Unsloth and vllm installed "
-                              f"(here: {runtime.describe()}, vllm {'installed' if importlib.util.find_spec('vllm') else 'not installed'}). "
-                              "Set grpo.use_vllm: false to generate with the model itself.")
+        check_vllm(cfg, runtime)
         extra.update(use_vllm=True, vllm_mode="colocate")
     common = common_args(cfg, runtime, run)
     return one_gpu(GRPOConfig(

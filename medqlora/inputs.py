@@ -16,8 +16,24 @@ from .row_checks import check_training_rows
 
 def local_benchmarks(cfg: KitConfig) -> dict[str, list]:
     """The benchmarks that can be read without a download (PubMedQA's shipped test split, local files)."""
-    return {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks
-            if b.source is None or data.resolve_local(b.source) is not None or data.looks_local(b.source)}
+    return {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if is_local_benchmark(b)}
+
+
+def is_local_benchmark(benchmark: Any) -> bool:
+    """Whether a benchmark is read from this machine (PubMedQA's shipped test split, a local file) rather than
+    from the hub."""
+    source = benchmark.source
+    return source is None or data.resolve_local(source) is not None or data.looks_local(source)
+
+
+def benchmark_plan(cfg: KitConfig, benchmark: Any) -> str:
+    """A benchmark as a plan shows it; one from the hub says that it is read (downloaded) only when the run starts,
+    so --dry-run could not check it."""
+    line = f"{benchmark.name} ({benchmark.kind}, {benchmark.max_items or 'all'} items, {cfg.eval.method})"
+    if is_local_benchmark(benchmark):
+        return line
+    return (f"{line} [hub dataset {benchmark.source}: not checked by --dry-run; the run reads it, downloading it "
+            "unless it is cached, and stops if the hub cannot be reached]")
 
 
 def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.Item]:

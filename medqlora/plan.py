@@ -18,17 +18,21 @@ from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_a
 from .config import KitConfig
 from .errors import ModelError
 from .export import left_for_export_mode
-from .inputs import benchmark_guard_items, local_benchmarks, planned_examples
-from .runs import Files, check_output_dir, check_run_name
+from .grpo import check_vllm
+from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, planned_examples
+from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
-def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str, Any]:
+def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
     from .train import check_optimizer, planned_steps
 
     if cfg.output.run_name:
         check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
+        if not resuming:  # the name of an existing run, refused as the run refuses it
+            check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
     runtime = backends.detect(cfg)
+    check_vllm(cfg, runtime)  # vLLM generation where it cannot run, refused as the run refuses it
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
@@ -38,6 +42,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
     if base is not None:
         backends.check_context_length(base, cfg)  # as the run checks the loaded model
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
+    data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
     with_eval = mode == "full" and cfg.eval.in_full_mode
     lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
     t = cfg.training
@@ -94,8 +99,7 @@ def _lora_text(cfg: KitConfig) -> str:
 
 
 def _evaluation_plan(cfg: KitConfig, with_eval: bool, lm_eval_tasks: list | None) -> list[str]:
-    return ([f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-             for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
+    return ([benchmark_plan(cfg, b) for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
             if with_eval else [])
 
 
@@ -193,8 +197,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
-            "eval": "scores " + ", ".join(f"{b.name} ({b.kind}, {b.max_items or 'all'} items, {cfg.eval.method})"
-                                          for b in cfg.eval.benchmarks)
+            "eval": "scores " + ", ".join(benchmark_plan(cfg, b) for b in cfg.eval.benchmarks)
                     + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder" + _push_plan(cfg),
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]

@@ -26,6 +26,7 @@ from . import (
     evaluate,
     fit,
     generate,
+    grpo,
     harness,
     messages,
     plan,
@@ -214,7 +215,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         cfg = self.cfg
         if cfg.training.init_adapter and not o.resume:  # found and checked as the run does, its LoRA settings taken
             cfg = with_init_adapter(cfg, o.output_dir)
-        return plan.training_plan(cfg, mode, o.output_dir)
+        return plan.training_plan(cfg, mode, o.output_dir, resuming=bool(o.resume))
 
     # ------------------------------------------------------------------ resolve once
 
@@ -244,6 +245,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             say(f"resuming {self.run.path} from {self.checkpoint.name}, with the run's own config.yaml")
         tracker_notes = tracking.check_trackers(self.cfg)
         self.start_runtime()
+        grpo.check_vllm(self.cfg, self.runtime)  # before the run folder and the model
         distributed.start()
         from .optimizers import check_optimizer
 
@@ -256,6 +258,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         distributed.split_batch(self.cfg)  # before the run folder: a batch that does not divide stops here
         if self.cfg.training.init_adapter and not o.resume:  # checked before anything is created
             self.cfg = with_init_adapter(self.cfg, o.output_dir)
+        output = self.run.path.parent if o.resume else Path(o.output_dir or self.cfg.output.dir)
+        data.refuse_output_inside_data(self.cfg.data, output)  # the runs would be read as data
         if not o.resume:
             self.run = self._new_run()
         self._say_processes()

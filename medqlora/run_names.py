@@ -34,6 +34,20 @@ def check_run_name(name: str) -> None:
                             "Choose another output.run_name (or leave it empty for a timestamped name).")
 
 
+def check_run_folder_free(root: Path, name: str) -> None:
+    """A run name the user chose names no existing folder (nor link) under the output folder: the kit never
+    overwrites a run (--dry-run checks the same)."""
+    path = root / name
+    if path.exists() or path.is_symlink():
+        raise run_folder_taken(path)
+
+
+def run_folder_taken(path: Path) -> MedQLoRAError:
+    return MedQLoRAError(f"The run folder {printable(path)} already exists"
+                         + (" (as a symbolic link)" if path.is_symlink() else "") + "; the kit never overwrites a "
+                         "run. Choose another output.run_name (or leave it empty for a timestamped name).")
+
+
 def refuse_secret_in_path(path: Path | str, what: str) -> None:
     """A folder path that holds a credential's value: refused, naming the variable, never the value. The path of a
     run folder is printed, logged and written into tracking files (tensorboard's events) that are shared."""

@@ -25,7 +25,14 @@ from .distributed import is_main
 from .errors import MedQLoRAError
 from .messages import log_to
 from .run_lock import lock_run_folder
-from .run_names import check_output_dir, check_run_name, default_run_name, make_run_folder
+from .run_names import (
+    check_output_dir,
+    check_run_folder_free,
+    check_run_name,
+    default_run_name,
+    make_run_folder,
+    run_folder_taken,
+)
 from .secrets import RedactingFilter, contains_secret, printable, redact
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -208,15 +215,13 @@ class RunDir:
         check_output_dir(root)
         path = root / name
         generated = not cfg.output.run_name if generated_name is None else generated_name
+        if not generated:
+            check_run_folder_free(root, name)
         try:
             root.mkdir(parents=True, exist_ok=True)  # a linked output folder is the user's choice
             path = make_run_folder(root, name, generated)
-        except FileExistsError:
-            raise MedQLoRAError(
-                f"The run folder {printable(path)} already exists"
-                + (" (as a symbolic link)" if path.is_symlink() else "") + "; the kit never overwrites a run. "
-                "Choose another output.run_name (or leave it empty for a timestamped name)."
-            ) from None
+        except FileExistsError:  # made by another process since the check
+            raise run_folder_taken(path) from None
         except OSError as err:
             raise MedQLoRAError(f"Cannot create the run folder {printable(path)}: {err.strerror}.") from None
         run = cls(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..regular_files import first_special_file, link_note
 from ..secrets import printable
 
 
@@ -17,6 +18,7 @@ def check_checkpoint_folder(folder: Path) -> None:
     shown = printable(str(folder))
     if not folder.is_dir():
         raise ModelError(f"model.name: {shown} is a file, not a checkpoint folder (nor a .gguf file).")
+    _refuse_special_files(folder)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -46,6 +48,14 @@ def check_checkpoint_folder(folder: Path) -> None:
             raise ModelError(f"model.name: {printable(str(file))} {problem}. Download or copy it again.")
     if weights and "auto_map" not in config:  # remote code builds its own modules: not checked here
         _check_config_matches_weights(folder, weights)
+
+
+def _refuse_special_files(folder: Path) -> None:
+    special = first_special_file(folder)
+    if special is not None:
+        raise ModelError(f"model.name: {printable(str(special))} is not a regular file{link_note(special)}: the model "
+                         "and its tokenizer are read from the files of a checkpoint folder. Replace it with the "
+                         "checkpoint's own file (copy the whole checkpoint folder again).")
 
 
 # config.json fields that must be positive whole numbers where present (a model of 0 or -1 layers is no model)

@@ -10,7 +10,7 @@ field longer than ``MAX_FIELD_CHARS``, an empty or corrupt file: each is refused
 row and the field (``data/my.jsonl row 17: field 'output' is a number (42), expected text.``).
 Values from the data are shown through ``secrets.printable`` (control characters escaped).
 
-Modules: ``sources`` (rows from the hub or local files), ``examples`` (rows -> checked, templated, held-out,
+Modules: ``sources`` (rows from the hub or local files), ``source_sets`` (the datasets taken together), ``examples`` (rows -> checked, templated, held-out,
 guarded examples), ``tokenize`` (examples -> masked token ids, ``prepare``). The row formats themselves live in
 ``medqlora.formats`` (their registry) and ``medqlora.rows`` (one row's checks); every name is importable from
 here as before.
@@ -31,6 +31,7 @@ from .examples import (  # noqa: F401
     PUBMEDQA_TEST_FILE, PUBMEDQA_DIR, pubmedqa_test_ids, pubmedqa_folds, format_rows, apply_template,
     system_prompt_of, dataset_of_format, query_prompt, build_examples, Collected, collect, guard_items,
     evaluation_items, padding_report)
+from .source_sets import refuse_output_inside_data, refuse_repeated_datasets  # noqa: F401
 from .tokenize import (  # noqa: F401
     IGNORE_INDEX, PreparedData, render_prompt, turn_end, chat_turn_messages, tokenize_example, length_stats,
     tokenize_collected, refuse_no_training_examples, prepare, count_rows)

@@ -16,6 +16,7 @@ from ..errors import DataError
 from ..formats import FORMAT_SHAPES, FORMATS
 from ..rows import Example, MissingColumnError, _kind, pmid_of
 from ..secrets import printable
+from .source_sets import refuse_repeated_datasets
 from .sources import load_rows, looks_local, resolve_local
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
@@ -191,6 +192,7 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
     ``extra_eval``: items of the benchmarks this run evaluates on, guarded like data.eval_sets.
     ``local_only`` (--dry-run): hub sources are not downloaded; local ones are checked row by row.
     """
+    refuse_repeated_datasets(data)
     collected = []
     for index, spec in enumerate(data.datasets):
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):

@@ -1,0 +1,55 @@
+"""The datasets of a config taken together: no rows listed twice by mistake, and no data folder that holds the
+output folder (whose runs the next run would read as data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import DataSection, DatasetSpec
+from ..errors import DataError
+from ..secrets import printable
+from .sources import resolve_local
+
+# what only changes how many of a dataset's rows are drawn: two entries alike in everything else read the same rows
+_AMOUNT_FIELDS = {"source", "max_samples", "weight"}
+
+
+def _identity(spec: DatasetSpec) -> str:
+    """The file or folder a source names (however it is written), or the hub id."""
+    local = resolve_local(spec.source)
+    return str(local.resolve()) if local is not None else spec.source
+
+
+def refuse_repeated_datasets(data: DataSection) -> None:
+    """Two training entries of data.datasets that read the same rows the same way (the same source, format and
+    options): every row would be trained twice without a word. Oversampling is data.datasets[].weight's work."""
+    seen: dict[tuple[str, str], int] = {}
+    for index, spec in enumerate(data.datasets):
+        if spec.use_for != "train":
+            continue
+        options = json.dumps(spec.model_dump(mode="json", exclude=_AMOUNT_FIELDS), sort_keys=True)
+        key = (_identity(spec), options)
+        if key in seen:
+            raise DataError(f"data.datasets.{seen[key]} and data.datasets.{index} both read "
+                            f"{printable(spec.source, 200)} the same way: every row would be trained twice. "
+                            "Remove one of them; to draw a dataset's rows more often on purpose, set its weight "
+                            "(data.datasets[].weight: 2.0 draws each row twice on average).")
+        seen[key] = index
+
+
+def refuse_output_inside_data(data: DataSection, output: Path) -> None:
+    """The output folder inside a data folder (or the data folder itself): the run folders written there (adapter
+    config, reports, samples) would be read as rows by the next run."""
+    out = output.expanduser().resolve()
+    for key, specs in (("data.datasets", data.datasets), ("data.eval_sets", data.eval_sets)):
+        for index, spec in enumerate(specs):
+            local = resolve_local(spec.source)
+            if local is None or not local.is_dir():
+                continue
+            folder = local.resolve()
+            if out == folder or folder in out.parents:
+                raise DataError(f"The output folder {printable(out, 200)} (--output-dir or output.dir) lies inside "
+                                f"the data folder {printable(folder, 200)} that {key}.{index} reads: the run folders "
+                                "written there would be read as data by the next run. Choose an output folder "
+                                "outside the data folder.")

@@ -106,3 +106,20 @@ def test_the_docs_name_the_folder_a_second_export_writes(tmp_path):
     for doc in ("training.md", "errors.md"):
         text = (Path(__file__).parents[1] / "docs" / doc).read_text(encoding="utf-8")
         assert "export-<time>/" in text and "export-2/" not in text, doc
+
+
+def test_a_kit_cache_that_is_a_file_is_named_when_the_llama_cpp_converter_is_looked_for(tiny_model_dir, tmp_path,
+                                                                                         capsys, monkeypatch):
+    from medqlora import backends
+
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./llama.cpp or ~/llama.cpp: the kit's cache is where the converter would be
+    monkeypatch.setenv("HOME", str(tmp_path))
+    a_file = tmp_path / "cache-file"
+    a_file.write_text("")
+    monkeypatch.setattr(backends, "CACHE_DIR", a_file)
+    adapter = make_adapter(tmp_path / "run" / "adapter", str(tiny_model_dir))
+    result = run_cli(capsys, _export_argv(tiny_model_dir, tmp_path, adapter, "--dry-run",
+                                          **{"export.formats": "[gguf_lora]"}))
+    assert result.code == 2
+    assert_one_message(result.err, f"MEDQLORA_CACHE: {a_file} cannot be the kit's cache folder: it is not a folder")

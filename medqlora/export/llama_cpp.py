@@ -34,8 +34,9 @@ def converters_for(formats: set[str]) -> tuple[str, ...]:
 
 def llama_cpp_dir(*converters: str) -> Path | None:
     """A llama.cpp checkout (or its converters alone) holding ``converters`` (by default convert_hf_to_gguf.py):
-    LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy. A LLAMA_CPP_DIR that is set is the one used: one that
-    is no folder with the converters is refused, not passed over."""
+    LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy, the kit's cache. A LLAMA_CPP_DIR that is set is the one
+    used: one that is no folder with the converters is refused, not passed over; so is a MEDQLORA_CACHE that is no
+    folder."""
     converters = converters or (GGUF_CONVERTER,)
     named = os.environ.get("LLAMA_CPP_DIR")
     if named:
@@ -50,12 +51,12 @@ def llama_cpp_dir(*converters: str) -> Path | None:
                               f"(the folder with {' and '.join(converters)}). Fix it, or unset LLAMA_CPP_DIR to use "
                               "the converter the kit finds itself.")
         return folder
-    candidates = ["llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp", str(backends.CACHE_DIR / "llama.cpp")]
-    for candidate in filter(None, candidates):
+    for candidate in ("llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp"):
         folder = Path(candidate).expanduser()
         if all((folder / script).is_file() for script in converters):
             return folder
-    return None
+    folder = backends.check_cache_dir(backends.CACHE_DIR) / "llama.cpp"  # a MEDQLORA_CACHE file: named, not passed
+    return folder if all((folder / script).is_file() for script in converters) else None
 
 
 # the types convert_hf_to_gguf.py writes itself; the others are quantized from an f16 GGUF by llama-quantize

@@ -63,6 +63,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None) -> dict[str
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
+        **({"export": cfg.export.training_mode_note()} if cfg.export.training_mode_note() else {}),
     }
 
 

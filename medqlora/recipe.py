@@ -250,6 +250,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
         if self.cfg.training.scheduler_note():
             say(self.cfg.training.scheduler_note())
+        if self.cfg.export.training_mode_note():
+            say(f"note: {self.cfg.export.training_mode_note()}")
         for note in tracker_notes:
             say(note)
         self._say_if_gpus_idle()

@@ -123,3 +123,19 @@ def test_a_kit_cache_that_is_a_file_is_named_when_the_llama_cpp_converter_is_loo
                                           **{"export.formats": "[gguf_lora]"}))
     assert result.code == 2
     assert_one_message(result.err, f"MEDQLORA_CACHE: {a_file} cannot be the kit's cache folder: it is not a folder")
+
+
+def test_export_settings_in_a_training_mode_are_said_to_apply_to_the_export_mode_only(tiny_model_dir, tmp_path,
+                                                                                       capsys):
+    def plan(*settings: str):
+        argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full")
+        for item in settings:
+            argv += ["--set", item]
+        result = run_cli(capsys, argv)
+        assert result.code == 0, result.err
+        return json.loads(result.out[result.out.index("{"):])
+
+    said = plan("export.push_to_hub=me/model", "export.formats=[merged]")["export"]
+    assert said.startswith("export.push_to_hub me/model and export.formats [merged] apply to --mode export only")
+    assert "run --mode export --adapter RUN_FOLDER (or latest)" in said
+    assert "export" not in plan()  # the default export settings are nothing to say

@@ -155,6 +155,16 @@ class ExportSection(Section):
     )
     hub_private: bool = Field(True, description="create the hub repository private (an existing one keeps its setting)")
 
+    def training_mode_note(self) -> str | None:
+        """Said in the plan and the run of --mode train / full: export settings that only --mode export acts on."""
+        unused = ([f"export.push_to_hub {self.push_to_hub}"] if self.push_to_hub else []) + (
+            [f"export.formats [{', '.join(self.formats)}]"] if self.formats != ["adapter"] else [])
+        if not unused:
+            return None
+        return (f"{' and '.join(unused)} apply to --mode export only: this mode exports and uploads nothing (the "
+                "adapter stays in the run folder). After training, run --mode export --adapter RUN_FOLDER (or latest) "
+                "with these settings.")
+
     @field_validator("push_to_hub")
     @classmethod
     def _hub_repo_id(cls, value: str | None) -> str | None:

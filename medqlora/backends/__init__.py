@@ -39,6 +39,6 @@ __all__ = [
     "check_checkpoint_folder", "check_gguf_file", "check_model_source", "checkpointing_plan", "config_source", "convert_gguf",
     "detect", "generation_backend", "gpu_only_checkpoint", "hf_base", "load_for_inference", "load_for_training", "load_tokenizer",
     "mark_unquantized", "nf4_config", "portable_base_name", "prepare_for_generation", "prepare_for_training",
-    "prepare_tokenizer", "public_model_name", "resolve_model_source", "safetensors_problem", "set_end_of_turn_as_eos", "stop_token_ids",
-    "torch_dtype",
+    "prepare_tokenizer", "public_model_name", "resolve_model_source", "safetensors_problem", "set_end_of_turn_as_eos",
+    "stop_token_ids", "torch_dtype",
 ]

@@ -43,7 +43,12 @@ def subject_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
     """MMLU rows of one subject as {question, choices, answer (0-3)}, from either layout."""
     csv_file = folder / f"{subject}_test.csv"
     parquet = sorted((folder / subject).glob("test-*.parquet")) if (folder / subject).is_dir() else []
-    if csv_file.is_symlink() or csv_file.exists():
+    has_csv = csv_file.is_symlink() or csv_file.exists()
+    if has_csv and parquet:
+        raise DataError(f"lm-eval task mmlu_{subject}: eval.lm_eval.mmlu_dir holds the subject in both layouts, "
+                        f"{printable(csv_file)} and {printable(parquet[0])}; the kit reads one file per subject. "
+                        f"Keep one: move {subject}_test.csv or the {subject}/ folder out of {printable(folder)}.")
+    if has_csv:
         _refuse_irregular(csv_file, subject)
         rows = _mmlu_csv_rows(csv_file)
     elif parquet:

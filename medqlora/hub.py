@@ -84,7 +84,7 @@ def _reason(err: Exception, repo_id: str) -> str:
 def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     """README.md of the hub repository: what the files are, the data the run trained on, its results, the checks
     of the export, and the medical disclaimer."""
-    base = backends.portable_base_name(cfg.model.name)
+    base, public = backends.portable_base_name(cfg.model.name), backends.public_model_name(cfg.model.name)
     meta: dict[str, Any] = {"tags": ["medical", "lora", "qlora", "medqlora"]}
     if _hub_id(base):
         meta["base_model"] = base
@@ -92,13 +92,13 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
         meta["library_name"] = "peft"
     sections = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n",
-        f"# {printable(cfg.model.name)} fine-tuned on medical data (QLoRA)\n",
+        f"# {printable(public)} fine-tuned on medical data (QLoRA)\n",
         (f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
-         f"medqlora. Base model: `{printable(base)}`.\n"),
+         f"medqlora. Base model: `{printable(public)}`.\n"),
         DISCLAIMER + "\n",
         "## Files\n\n" + "\n".join(_file_lines(report)) + "\n",
         "## Training data\n\n" + "\n".join(_data_lines(cfg)) + "\n",
-        "## Results\n\n" + _results(run) + "\n",
+        "## Results\n\n" + _results(run).replace(cfg.model.name, public) + "\n",  # its title names the model
     ]
     if "merged_vs_trained" in report:
         checks = report["merged_vs_trained"]

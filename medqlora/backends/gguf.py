@@ -20,9 +20,10 @@ from .checkpoints import check_gguf_file
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
 
 
-def check_cache_dir() -> Path:
-    """CACHE_DIR (MEDQLORA_CACHE), refused in one message when it, or a folder above it, is a file."""
-    where = CACHE_DIR
+def check_cache_dir(where: Path | None = None) -> Path:
+    """CACHE_DIR (MEDQLORA_CACHE; ``where`` if given), refused in one message when it, or a folder above it, is a
+    file."""
+    where = CACHE_DIR if where is None else where
     for folder in (where, *where.parents):
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():

@@ -79,6 +79,16 @@ def portable_base_name(name: str) -> str:
     return name
 
 
+def public_model_name(name: str) -> str:
+    """The base model as the files an export publishes (its report, model cards) name it: portable_base_name, but a
+    model on this machine's disk by its file or folder name alone, as its full path holds the user's folder names."""
+    portable = portable_base_name(name)
+    path = Path(portable).expanduser()
+    if path.is_absolute() or portable.startswith(("~", ".")) or path.exists():
+        return f"{path.resolve().name} (a local {'file' if path.is_file() else 'folder'})"
+    return portable
+
+
 def config_source(name: str) -> str | None:
     """Where the model's config.json can be read without converting or downloading anything (None: nowhere)."""
     if name.startswith("pypi:") or name.endswith(".gguf"):

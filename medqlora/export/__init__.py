@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import hub
+from .. import backends, hub
 from ..config import KitConfig
 from ..errors import ConfigError
 from ..report import export_report_markdown
@@ -30,7 +30,14 @@ from .base_model import ExportBase, has_tokenizer
 from .checks import Reference, compare, trained_reference
 from .gguf_lora import check_gguf_lora, export_gguf_lora, lora_gguf_refusal
 from .gguf_model import check_gguf_metadata, export_gguf, write_modelfile
-from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, converters_for, fetch_llama_cpp_converter, llama_cpp_dir
+from .llama_cpp import (
+    LLAMA_CPP_HINT,
+    LORA_CONVERTER,
+    converters_for,
+    fetch_llama_cpp_converter,
+    llama_cpp_dir,
+    quantizer_for,
+)
 from .merged import dequantize_to_cpu, export_merged, merge_into_dequantized_base
 
 __all__ = [
@@ -41,7 +48,7 @@ __all__ = [
 
 
 def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = None) -> dict[str, Any]:
-    """Write <run>/export/ (a new export-N folder if one exists) from an adapter. run: where to write (the
+    """Write <run>/export/ (a new export-<time> folder if one exists) from an adapter. run: where to write (the
     adapter's own run folder, or a new one for a foreign adapter); by default the adapter's parent."""
     run = run or RunDir(adapter.parent)
     sources = check_before_export(cfg, adapter)
@@ -55,8 +62,9 @@ def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = Non
 
 def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
     """What an export refuses before it writes or loads anything (its --dry-run runs these same checks): a link in
-    the adapter folder, a LLAMA_CPP_DIR without the converter a GGUF format runs, an adapter llama.cpp cannot apply,
-    export.push_to_hub without a token. Returns the adapter's files an adapter export copies."""
+    the adapter folder, a LLAMA_CPP_DIR without the converter a GGUF format runs, an export.gguf_type that needs a
+    llama-quantize that is not found, an adapter llama.cpp cannot apply, export.push_to_hub without a token. Returns
+    the adapter's files an adapter export copies."""
     formats = set(cfg.export.formats)
     sources = adapter_files(adapter) if "adapter" in formats else []
     if formats & {"gguf", "gguf_lora"}:
@@ -66,6 +74,8 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
             raise ConfigError(f"export.formats [gguf_lora]: nothing would be exported, as {LORA_CONVERTER} is not "
                               f"found (LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, the kit's cache). {hint} Or export "
                               "another format beside it: --set export.formats=[adapter,gguf_lora].")
+        if "gguf" in formats and found is not None:
+            quantizer_for(cfg.export.gguf_type, found)  # a type that needs llama-quantize, and none is found
     if "gguf_lora" in formats:
         lora_gguf_refusal(adapter)
     if cfg.export.push_to_hub:
@@ -76,7 +86,8 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
 def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: list[Path], partial: Path
                  ) -> dict[str, Any]:
     formats, base = set(cfg.export.formats), ExportBase(cfg, adapter)
-    report: dict[str, Any] = {"adapter": str(adapter), "base_model": cfg.model.name, "formats": sorted(formats)}
+    report: dict[str, Any] = {"adapter": published_adapter_name(adapter),
+                              "base_model": backends.public_model_name(cfg.model.name), "formats": sorted(formats)}
     if "adapter" in formats:
         said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter", base)
         say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
@@ -90,6 +101,9 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
         report["gguf_lora"] = export_gguf_lora(cfg, adapter, partial, say, base)
     if cfg.export.push_to_hub:
         run.write_text(".export.partial/README.md", hub.model_card(cfg, run, report))
+        if "adapter" in formats and report["base_model"] != backends.portable_base_name(cfg.model.name):
+            say(f"export: note: adapter/adapter_config.json names the local base model by its path here "
+                f"({printable(cfg.model.name)}), as PEFT loads the base from there; the Hub repository shows it")
     run.write_json(".export.partial/export_report.json", report)
     run.write_text(".export.partial/export_report.md", export_report_markdown(report))
     final = run.inside(run.unique("export"))
@@ -99,6 +113,12 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
     if cfg.export.push_to_hub:
         summary["hub"] = hub.push(cfg.export.push_to_hub, final, cfg.export.hub_private, say)
     return summary
+
+
+def published_adapter_name(adapter: Path) -> str:
+    """The adapter as the export folder (which export.push_to_hub may publish) names it: its run folder's name and
+    its own, e.g. run-20260101-120000/adapter, never the machine's path to it."""
+    return Path(*adapter.resolve().parts[-2:]).as_posix()
 
 
 def _summary_line(report: dict[str, Any]) -> str:

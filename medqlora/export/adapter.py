@@ -50,9 +50,9 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
                 "has none)")
     run.write_text(
         f"{dest}/README.md",
-        f"# LoRA adapter for {printable(cfg.model.name)}\n\nTrained with medqlora (QLoRA r={cfg.lora.r}, "
-        f"alpha={cfg.lora.alpha}, on {printable(', '.join(cfg.lora.target_modules))}). Load it on the base model it "
-        "was trained on:\n\n"
+        f"# LoRA adapter for {printable(backends.public_model_name(cfg.model.name))}\n\nTrained with medqlora "
+        f"(QLoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, on {printable(', '.join(cfg.lora.target_modules))}). Load it "
+        "on the base model it was trained on:\n\n"
         "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
         "model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n"
         "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n```\n\n"

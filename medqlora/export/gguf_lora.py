@@ -48,9 +48,9 @@ def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any, bas
               "--base", str(base_config), str(lora_input)], LORA_CONVERTER)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    figures = {"file": str(out.relative_to(partial)), "type": kind, "converter": str(folder),
+    figures = {"file": str(out.relative_to(partial)), "type": kind, "converter": folder.name,
                "convert_s": round(time.perf_counter() - began, 2), "mb": round(out.stat().st_size / 1e6, 3),
-               "base_model": backends.portable_base_name(cfg.model.name)}
+               "base_model": backends.public_model_name(cfg.model.name)}
     figures.update(check_gguf_lora(out, adapter))
     say(f"export: GGUF LoRA {figures} (llama.cpp: llama-cli -m BASE.gguf --lora {out.parent.name}/{out.name})")
     return figures

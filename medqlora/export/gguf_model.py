@@ -14,7 +14,7 @@ from ..data import query_prompt
 from ..errors import ModelError
 from ..runs import RunDir
 from ..secrets import printable
-from .llama_cpp import LLAMA_CPP_HINT, gguf_field, llama_cpp_dir, llama_quantize, run_tool
+from .llama_cpp import LLAMA_CPP_HINT, gguf_field, llama_cpp_dir, quantizer_for, run_tool
 
 
 def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
@@ -24,23 +24,19 @@ def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
         return {"skipped": LLAMA_CPP_HINT}
     say(f"export: GGUF with llama.cpp's converter in {printable(folder)}")
     kind = cfg.export.gguf_type
-    direct = kind in ("q8_0", "f16", "bf16", "f32")
+    quantize = quantizer_for(kind, folder)
+    direct = quantize is None
     out = partial / "gguf" / f"model-{kind}.gguf"
     out.parent.mkdir()
     began = time.perf_counter()
     first = out if direct else out.with_name("model-f16.gguf")
     run_tool([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(partial / "merged"), "--outfile", str(first),
           "--outtype", kind if direct else "f16"], "convert_hf_to_gguf.py")
-    if not direct:
-        quantize = llama_quantize(folder)
-        if quantize is None:
-            say(f"export: {kind} needs llama.cpp's llama-quantize (build llama.cpp); kept the f16 GGUF.")
-            out = first
-        else:
-            run_tool([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
-            first.unlink()
-    figures = {"file": str(out.relative_to(partial)), "type": kind if out.name.endswith(f"{kind}.gguf") else "f16",
-               "converter": str(folder), "convert_s": round(time.perf_counter() - began, 2),
+    if quantize is not None:
+        run_tool([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
+        first.unlink()
+    figures = {"file": str(out.relative_to(partial)), "type": kind,
+               "converter": folder.name, "convert_s": round(time.perf_counter() - began, 2),
                "gb": round(out.stat().st_size / 1e9, 3)}
     figures.update(check_gguf_metadata(out, partial / "merged"))
     say(f"export: GGUF {figures}")

@@ -34,8 +34,9 @@ def converters_for(formats: set[str]) -> tuple[str, ...]:
 
 def llama_cpp_dir(*converters: str) -> Path | None:
     """A llama.cpp checkout (or its converters alone) holding ``converters`` (by default convert_hf_to_gguf.py):
-    LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy. A LLAMA_CPP_DIR that is set is the one used: one that
-    is no folder with the converters is refused, not passed over."""
+    LLAMA_CPP_DIR, ./llama.cpp, ~/llama.cpp, Unsloth's copy, the kit's cache. A LLAMA_CPP_DIR that is set is the one
+    used: one that is no folder with the converters is refused, not passed over; so is a MEDQLORA_CACHE that is no
+    folder."""
     converters = converters or (GGUF_CONVERTER,)
     named = os.environ.get("LLAMA_CPP_DIR")
     if named:
@@ -50,20 +51,43 @@ def llama_cpp_dir(*converters: str) -> Path | None:
                               f"(the folder with {' and '.join(converters)}). Fix it, or unset LLAMA_CPP_DIR to use "
                               "the converter the kit finds itself.")
         return folder
-    candidates = ["llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp", str(backends.CACHE_DIR / "llama.cpp")]
-    for candidate in filter(None, candidates):
+    for candidate in ("llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp"):
         folder = Path(candidate).expanduser()
         if all((folder / script).is_file() for script in converters):
             return folder
-    return None
+    folder = backends.check_cache_dir(backends.CACHE_DIR) / "llama.cpp"  # a MEDQLORA_CACHE file: named, not passed
+    return folder if all((folder / script).is_file() for script in converters) else None
 
 
-def llama_quantize(folder: Path) -> Path | None:
-    for candidate in (folder / "build" / "bin" / "llama-quantize", folder / "llama-quantize"):
+# the types convert_hf_to_gguf.py writes itself; the others are quantized from an f16 GGUF by llama-quantize
+CONVERTER_TYPES = ("q8_0", "f16", "bf16", "f32")
+
+
+def llama_quantize(folder: Path | None) -> Path | None:
+    """llama.cpp's llama-quantize: built in the llama.cpp folder ``folder``, beside its converter, or on PATH."""
+    candidates = (folder / "build" / "bin" / "llama-quantize", folder / "llama-quantize") if folder else ()
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     found = shutil.which("llama-quantize")
     return Path(found) if found else None
+
+
+def quantizer_for(gguf_type: str, folder: Path | None) -> Path | None:
+    """The llama-quantize an export.gguf_type needs (None for a type the converter writes itself); refused when it
+    is needed and not found, before any export work."""
+    if gguf_type in CONVERTER_TYPES:
+        return None
+    found = llama_quantize(folder)
+    if found is None:
+        where = (f"{printable(folder)}/build/bin, {printable(folder)} or PATH" if folder else "PATH")
+        raise ConfigError(
+            f"export.gguf_type {gguf_type} needs llama.cpp's llama-quantize program, which is not found (looked in "
+            f"{where}). Build it in a llama.cpp checkout (git clone https://github.com/ggml-org/llama.cpp; cmake -B "
+            "build; cmake --build build --target llama-quantize) and set LLAMA_CPP_DIR to that checkout, or put "
+            f"llama-quantize on PATH; or set export.gguf_type to one the converter writes itself: "
+            f"{', '.join(CONVERTER_TYPES)}.")
+    return found
 
 
 def run_tool(command: list[str], name: str) -> None:

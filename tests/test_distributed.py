@@ -83,9 +83,11 @@ class Launched(NamedTuple):
     two_stdout: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_and_two(tiny_model_dir, tmp_path_factory) -> Launched:
-    """One full run (train, evaluate, answer) on one process and the same on two: several tests read them."""
+    """One full run (train, evaluate, answer) on one process and the same on two: several tests read them.
+    Session-wide, not per module: a pytest-xdist worker runs other files' tests between this file's, and
+    each switch of module would launch the runs again."""
     out = tmp_path_factory.mktemp("data_parallel")
     extra = ["eval.benchmarks.0.max_items=12", "generation.max_new_tokens=6"]
     runs = {name: launch(tiny_model_dir, out, name, processes, mode="full", extra=extra)

@@ -22,6 +22,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_FIXTURES = {"tiny_model_dir"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups and `-m` reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):

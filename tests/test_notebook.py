@@ -16,8 +16,10 @@ def test_notebook_runs_top_to_bottom_on_the_offline_default(tmp_path):
     [parameters] = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     parameters.source = (
         "PRESET = None\n"
-        f"SETTINGS = {{'training.max_steps': 2, 'data.datasets.0.max_samples': 8, 'eval.benchmarks.0.max_items': 6,"
-        f" 'generation.max_new_tokens': 12, 'export.compare_prompts': 2, 'export.compare_tokens': 8,"
+        f"SETTINGS = {{'training.max_steps': 2, 'data.datasets.0.max_samples': 2, 'eval.benchmarks.0.max_items': 3,"
+        f" 'training.micro_batch_size': 1, 'model.max_seq_length': 256, 'eval.max_length': 256,"
+        f" 'generation.max_new_tokens': 8,"
+        f" 'export.compare_prompts': 2, 'export.compare_tokens': 8,"
         f" 'output.dir': '{tmp_path}'}}\n"
         "KIT_REPO = ''\nPUSH_TO_HUB = ''\nEXPORT_FORMATS = ['adapter', 'merged']\n"
     )
@@ -31,7 +33,7 @@ def test_notebook_runs_top_to_bottom_on_the_offline_default(tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert f"run folder: {run}" in shown
     assert "| host_peak_rss_gib |" in shown or "| peak_reserved_gib |" in shown
-    assert "| pubmedqa | 6 | likelihood |" in shown
+    assert "| pubmedqa | 3 | likelihood |" in shown
     assert "consult a healthcare professional" in shown
     assert "adapter saved in" in shown
     assert "| merged (dequantized base + adapter) |" in shown and "| 2/2 |" in shown  # CPU fp32: identical

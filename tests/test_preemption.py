@@ -28,7 +28,7 @@ def manifest(run) -> dict:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_termination_signal_saves_the_adapter_and_the_run_resumes(tiny_model_dir, tmp_path, sig):
     argv = kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
-        "training.max_steps": "20", "training.save_steps": "3", "output.run_name": "cut",
+        "training.max_steps": "8", "training.save_steps": "3", "output.run_name": "cut",
         "data.datasets.0.max_samples": "32"})
     process = subprocess.Popen([sys.executable, str(SCRIPT), *argv], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -50,7 +50,7 @@ def test_a_termination_signal_saves_the_adapter_and_the_run_resumes(tiny_model_d
     assert main(["--mode", "train", "--resume", str(run)]) == 0
     assert manifest(run)["status"] == "trained"
     assert manifest(run)["resumed_from"].startswith("checkpoint-")
-    assert json.loads((run / "metrics.json").read_text())["metrics"]["steps"] == 20
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["steps"] == 8
     assert any(p.name.startswith("adapter-interrupted") for p in run.iterdir())  # the earlier save is kept aside
 
 

@@ -35,12 +35,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     check_vllm(cfg, runtime)  # vLLM generation where it cannot run, refused as the run refuses it
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
-    backends.check_model_source(cfg.model.name)  # a damaged model file is refused here, as in a run
-    source = backends.config_source(cfg.model.name)
+    source = _checked_model_source(cfg)
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
-    base = adapter_base.base_config(source, cfg.model.trust_remote_code)
-    if base is not None:
-        backends.check_context_length(base, cfg)  # as the run checks the loaded model
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
     with_eval = mode == "full" and cfg.eval.in_full_mode
@@ -210,6 +206,17 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
     }
+
+
+def _checked_model_source(cfg: KitConfig) -> str | None:
+    """Where the model is read from locally (None: not without downloading), refused as a run refuses it: a
+    damaged model file, or a max_seq_length beyond the context of its config.json."""
+    backends.check_model_source(cfg.model.name)
+    source = backends.config_source(cfg.model.name)
+    base = adapter_base.base_config(source, cfg.model.trust_remote_code)
+    if base is not None:
+        backends.check_context_length(base, cfg)
+    return source
 
 
 def _check_prompt_room(cfg: KitConfig, mode: str, source: str | None) -> None:

@@ -9,6 +9,7 @@ from .backends import Runtime
 from .config import KitConfig
 from .distributed import world_size
 from .optimizers import optimizer_name
+from .progress import bars_shown
 from .runs import RunDir
 
 
@@ -43,7 +44,7 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
         report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
         run_name=run.path.name,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=not bars_shown(),  # the training bar on a terminal only; the logged lines are printed either way
     )
 
 

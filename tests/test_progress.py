@@ -26,3 +26,15 @@ def test_a_pipe_gets_nothing():
     with bar(10, "scoring", stream) as progress:
         progress.update(10)
     assert stream.getvalue() == ""
+
+
+def test_training_off_a_terminal_prints_its_logged_lines_without_bar_lines(tiny_model_dir, tmp_path, capsys):
+    from medqlora.cli import main
+
+    from .conftest import kit_argv
+
+    assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{"training.max_steps": "2",
+                                                                         "training.logging_steps": "1"})) == 0
+    captured = capsys.readouterr()
+    assert "'loss':" in captured.out  # each logged step, as the Trainer prints it
+    assert "it/s]" not in captured.err + captured.out and "s/it]" not in captured.err + captured.out

@@ -16,6 +16,7 @@ from medqlora.config import DataSection, DatasetSpec
 from medqlora.data import (FORMATS, MAX_FIELD_CHARS, Example, build_examples, collect, format_rows, load_rows,
                            pubmedqa_test_ids)
 from medqlora.errors import DataError
+from medqlora.run_lock import LOCK_FILE
 
 from .conftest import assert_one_message, kit_argv, only_run, run_kit
 
@@ -627,7 +628,7 @@ def test_bad_data_from_the_command_line_is_one_message_and_a_failed_manifest(tmp
     assert main(["--mode", "train", "--output-dir", str(out)] + datasets) == 2
     assert_one_message(capsys.readouterr().err, fragment)
     run = only_run(out)
-    assert {p.name for p in run.iterdir()} <= {"manifest.json", "config.yaml", "run.log"}
+    assert {p.name for p in run.iterdir()} <= {"manifest.json", "config.yaml", "run.log", LOCK_FILE}
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "failed" and fragment in manifest["error"]
 

@@ -45,28 +45,30 @@ def _stop(signum: int, frame: Any) -> None:
 def stop_like_ctrl_c() -> Iterator[None]:
     """While the kit runs, the three signals interrupt it like Ctrl-C (the handlers before are put back)."""
     global _received
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is threading.main_thread():
+        _received = None  # this command's signal, not one an earlier command in this process got
+    with _handled_by(_stop):
         yield
-        return
-    _received = None
-    previous = {sig: signal.signal(sig, _stop) for sig in HANDLED}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextmanager
 def stop_at_once() -> Iterator[None]:
     """For a wait inside C code (the process group's rendezvous), where Python's handlers never get to run: the
     three signals end the process at once, as they would without the kit (nothing is trained yet to save)."""
+    with _handled_by(signal.SIG_DFL):
+        yield
+
+
+@contextmanager
+def _handled_by(handler: Any) -> Iterator[None]:
+    """The three signals go to ``handler`` for the block, then to the handlers before (only the main thread may
+    set handlers: elsewhere the block runs as it is)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in HANDLED}
+    previous = {sig: signal.signal(sig, handler) for sig in HANDLED}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, before in previous.items():
+            signal.signal(sig, before)

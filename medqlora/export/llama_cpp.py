@@ -52,11 +52,14 @@ def llama_cpp_dir(*converters: str) -> Path | None:
                               "the converter the kit finds itself.")
         return folder
     for candidate in ("llama.cpp", "~/llama.cpp", "~/.unsloth/llama.cpp"):
-        folder = Path(candidate).expanduser()
-        if all((folder / script).is_file() for script in converters):
-            return folder
+        if _holds(Path(candidate).expanduser(), converters):
+            return Path(candidate).expanduser()
     folder = backends.check_cache_dir(backends.CACHE_DIR) / "llama.cpp"  # a MEDQLORA_CACHE file: named, not passed
-    return folder if all((folder / script).is_file() for script in converters) else None
+    return folder if _holds(folder, converters) else None
+
+
+def _holds(folder: Path, converters: tuple[str, ...]) -> bool:
+    return all((folder / script).is_file() for script in converters)
 
 
 # the types convert_hf_to_gguf.py writes itself; the others are quantized from an f16 GGUF by llama-quantize

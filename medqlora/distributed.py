@@ -57,6 +57,11 @@ def check_launch() -> None:
         raise MedQLoRAError(f"The environment says {shown}, but no launcher started this process (MASTER_ADDR and "
                             f"MASTER_PORT are not set). Unset {', '.join(values)} to run one process, or launch with "
                             "torchrun --nproc_per_node N (or accelerate launch).")
+    port = os.environ.get("MASTER_PORT", "").strip()
+    if world > 1 and not (port.isdigit() and 0 < int(port) < 65536):
+        raise MedQLoRAError(f"The environment variable MASTER_PORT={printable(port, 40)} is not a port (1 to 65535): "
+                            "the processes meet there. Unset it and let torchrun or accelerate launch choose one, or "
+                            "give a free port (torchrun --master_port 29500).")
 
 
 def _env_int(name: str, default: int) -> int:

@@ -75,14 +75,14 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
 def _planned_data(cfg: KitConfig, tokenizer: Any, with_eval: bool) -> tuple[list | None, dict[str, Any], int | None]:
     """The rows and the leakage guard a run would check, benchmarks (local ones) included, tokenized with the
     local tokenizer where there is one: the lm-eval tasks, the datasets' sizes and the training examples."""
-    from .train import check_warmup
+    from .train import check_steps_against_data
 
     benchmarks = local_benchmarks(cfg) if with_eval else {}
     lm_eval_tasks = harness.load_tasks(cfg) if with_eval else None
     guarded = {**benchmarks, **harness.items_by_task(lm_eval_tasks)}
     sizes, n_train = planned_examples(cfg, tokenizer, benchmark_guard_items(guarded))
     if n_train is not None:
-        check_warmup(cfg, n_train)
+        check_steps_against_data(cfg, n_train)
     evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
     return lm_eval_tasks, sizes, n_train
 

@@ -7,6 +7,7 @@ first one's."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from .errors import MedQLoRAError
@@ -28,7 +29,10 @@ def lock_run_folder(run: Path) -> None:
         return
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(run / LOCK_FILE, flags, 0o644)
+        fd = os.open(run / LOCK_FILE, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a named pipe or a device: no lock, and no truncating it
+            os.close(fd)
+            raise OSError(0, "not a regular file")
     except OSError as err:
         raise MedQLoRAError(f"Cannot open {printable(run / LOCK_FILE)} ({err.strerror}): the run folder's lock file "
                             "must be a regular file the kit can write. Remove whatever is there.") from None

@@ -34,9 +34,9 @@ class TrainingStages:
         self.shape = fit.model_shape(self.source, cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(cfg, self.source)
         self.prepared = tokenize(cfg, self.collected, self.tokenizer)
-        from .train import check_warmup
+        from .train import check_steps_against_data
 
-        check_warmup(cfg, len(self.prepared.train))
+        check_steps_against_data(cfg, len(self.prepared.train))
         evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
         self.fit_memory()
         self.save_config()

@@ -41,6 +41,31 @@ def planned_steps(cfg: KitConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * cfg.training.num_epochs))
 
 
+def check_steps_against_data(cfg: KitConfig, n_train: int) -> None:
+    """What only the number of training examples shows: a GRPO generation that needs more prompts than there
+    are, and a warm-up longer than the run."""
+    check_generation_fits_data(cfg, n_train)
+    check_warmup(cfg, n_train)
+
+
+def check_generation_fits_data(cfg: KitConfig, n_train: int) -> None:
+    """TRL's sampler deals GRPO prompts out a whole generation at a time and drops a generation it cannot fill:
+    with fewer prompts than one generation takes, nothing would train (an error, or an untrained adapter)."""
+    t, g = cfg.training, cfg.grpo
+    if t.method != "grpo":
+        return
+    completions = t.micro_batch_size * t.gradient_accumulation_steps
+    needed = completions * g.steps_per_generation // g.num_generations
+    if needed <= n_train:
+        return
+    fitting = n_train * g.num_generations // completions
+    lower = (f"lower grpo.steps_per_generation to at most {fitting}" if fitting >= 1
+             else f"lower the batch (training.micro_batch_size x gradient_accumulation_steps, now {completions})")
+    raise ConfigError(f"One GRPO generation takes {needed} prompts ({completions} completions a step x "
+                      f"grpo.steps_per_generation {g.steps_per_generation} / grpo.num_generations {g.num_generations}), "
+                      f"and the training data has {n_train}: nothing would train. Add rows, or {lower}.")
+
+
 def check_warmup(cfg: KitConfig, n_train: int) -> None:
     """A warm-up of training.warmup_steps that is not below the run's optimizer steps (known once the data is:
     an epochs-only run) is refused, as it is against max_steps in the config."""

@@ -17,7 +17,8 @@ from ..messages import say
 from ..secrets import printable
 from .checkpoints import check_gguf_file
 
-CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE", Path.home() / ".cache" / "medqlora"))
+# empty counts as unset, as for XDG_CACHE_HOME (an empty path would make the current folder the cache)
+CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE") or Path.home() / ".cache" / "medqlora")
 
 
 def check_cache_dir(where: Path | None = None) -> Path:

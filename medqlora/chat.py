@@ -237,15 +237,22 @@ def _start_conversation(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO,
     return conversation
 
 
+MAX_LINE_CHARS = 1_000_000  # far beyond any model's context (the reply cuts the conversation to fit it)
+
+
 def _read_line(inp: TextIO, out: TextIO, err: TextIO, tty: bool) -> str | None:
     """The next line typed (after a prompt on a terminal); None at the end of the input."""
     if tty:
         out.write("\nyou> ")
     out.flush()
     try:
-        line = inp.readline()
+        line = inp.readline(MAX_LINE_CHARS + 1)  # bounded: an endless input without a newline must not fill memory
     except UnicodeDecodeError:  # a stream that could not be told to keep undecodable bytes
         err.write("(the input is not UTF-8 text (binary input?): the conversation ends.)\n")
+        return None
+    if len(line) > MAX_LINE_CHARS:
+        err.write(f"(a line longer than {MAX_LINE_CHARS:,} characters (binary input?): the conversation ends. "
+                  "Ask shorter questions, one a line.)\n")
         return None
     return line or None  # an empty string: end of input
 

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import distributed, messages, signals
+from . import distributed, environment, messages, signals
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .run_lock import release_run_folders
@@ -198,6 +198,7 @@ def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         distributed.check_launch()  # every process, rank 0 or not, says why a stray launch is refused
+        environment.check_cache_folders()
         check_arguments(args)
         cfg = load_config(args.config, args.overrides)
         from . import recipe

@@ -127,9 +127,10 @@ def _rendezvous_deadline() -> Iterator[None]:
     where = printable(f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", 80)
 
     def give_up() -> None:
-        print(f"medqlora: error: WORLD_SIZE={world_size()} processes were to meet at {where}, and not all of them came within {limit_s:.0f} s. Start them all "
-              "with torchrun --nproc_per_node N (or accelerate launch), or unset WORLD_SIZE, RANK, LOCAL_RANK and "
-              "MASTER_ADDR to run one process.", file=sys.stderr, flush=True)
+        print(f"medqlora: error: WORLD_SIZE={world_size()} processes were to meet at {where}, and not all of them "
+              f"came within {limit_s:.0f} s.{_unresolvable_master()} Start them all with torchrun --nproc_per_node N "
+              "(or accelerate launch), or unset WORLD_SIZE, RANK, LOCAL_RANK and MASTER_ADDR to run one process.",
+              file=sys.stderr, flush=True)
         os._exit(2)
 
     timer = threading.Timer(limit_s, give_up)
@@ -139,6 +140,20 @@ def _rendezvous_deadline() -> Iterator[None]:
         yield
     finally:
         timer.cancel()
+
+
+def _unresolvable_master() -> str:
+    """' MASTER_ADDR=... names no address (...).' when the name does not resolve, else ''. Checked when the wait
+    ends, not before: a cluster's DNS may name the main node only once its container is up."""
+    import socket
+
+    address = os.environ.get("MASTER_ADDR", "")
+    try:
+        socket.getaddrinfo(address, None)
+    except (OSError, UnicodeError) as err:
+        return (f" MASTER_ADDR={printable(address, 80)} names no address this machine can find "
+                f"({printable(getattr(err, 'strerror', None) or err, 80)}): check the name.")
+    return ""
 
 
 def stop() -> None:

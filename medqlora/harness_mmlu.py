@@ -52,10 +52,7 @@ def subject_rows(folder: Path, subject: str) -> list[dict[str, Any]]:
         _refuse_irregular(csv_file, subject)
         rows = _mmlu_csv_rows(csv_file)
     elif parquet:
-        import datasets
-
-        table = datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
-        rows = [_mmlu_parquet_row(parquet[0], number, record) for number, record in enumerate(table, 1)]
+        rows = _mmlu_parquet_rows(parquet, subject)
     else:
         raise DataError(f"lm-eval task mmlu_{subject}: neither {printable(csv_file)} nor "
                         f"{printable(folder / subject / 'test-*.parquet')} is there. Lay eval.lm_eval.mmlu_dir out "
@@ -79,6 +76,25 @@ def _mmlu_csv_rows(file: Path) -> list[dict[str, Any]]:
         raise DataError(f"{printable(file)}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
     except csv.Error as err:
         raise DataError(f"{printable(file)}:{line}: not readable as CSV ({printable(err, 120)}).") from None
+    return rows
+
+
+def _mmlu_parquet_rows(files: list[Path], subject: str) -> list[dict[str, Any]]:
+    """The rows of a subject's parquet files (the hub layout), each file a regular one that parquet can read."""
+    import pyarrow.parquet
+
+    rows = []
+    for file in files:
+        if not file.is_file():
+            linked = f" (it links to {printable(file.resolve())})" if file.is_symlink() else ""
+            raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not a regular file{linked}. Put the "
+                            f"hub's parquet file there, or remove it.")
+        try:
+            table = pyarrow.parquet.read_table(file).to_pylist()
+        except Exception as err:  # pyarrow raises several types for a file that is not parquet
+            raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not readable as parquet "
+                            f"({type(err).__name__}: {printable(err, 160)}). Download it again from cais/mmlu.") from None
+        rows += [_mmlu_parquet_row(file, number, record) for number, record in enumerate(table, 1)]
     return rows
 
 

@@ -7,10 +7,10 @@ first one's."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from .errors import MedQLoRAError
+from .regular_files import not_a_private_file
 from .secrets import printable
 
 try:
@@ -30,9 +30,10 @@ def lock_run_folder(run: Path) -> None:
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(run / LOCK_FILE, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a named pipe or a device: no lock, and no truncating it
+        problem = not_a_private_file(os.fstat(fd))  # a pipe, a device or a hard link: not truncated, not written
+        if problem:
             os.close(fd)
-            raise OSError(0, "not a regular file")
+            raise OSError(0, problem)
     except OSError as err:
         raise MedQLoRAError(f"Cannot open {printable(run / LOCK_FILE)} ({err.strerror}): the run folder's lock file "
                             "must be a regular file the kit can write. Remove whatever is there.") from None

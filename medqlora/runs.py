@@ -24,6 +24,7 @@ from .config import KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
 from .messages import log_to
+from .regular_files import not_a_private_file
 from .run_lock import lock_run_folder
 from .run_names import (
     check_output_dir,
@@ -33,7 +34,7 @@ from .run_names import (
     make_run_folder,
     run_folder_taken,
 )
-from .secrets import RedactingFilter, contains_secret, printable, redact
+from .secrets import RedactingFilter, printable, redact
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -183,10 +184,13 @@ def _open_log(run: Path) -> Any:
         raise MedQLoRAError(f"Cannot write {printable(target)}: {err.strerror}.") from None
     finally:
         os.close(fd)
-    if not stat.S_ISREG(os.fstat(out).st_mode):
+    problem = not_a_private_file(os.fstat(out))
+    if problem:
         os.close(out)
-        raise UnsafePathError(f"{printable(target)} is not a regular file; the kit appends its log to a file only.")
+        raise UnsafePathError(f"{printable(target)} {problem}; the kit appends its log to a file of the run folder "
+                              "only. Remove it (the kit starts a new one).")
     return os.fdopen(out, "a", encoding="utf-8")
+
 
 
 class _RunLogHandler(logging.FileHandler):

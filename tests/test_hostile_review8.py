@@ -77,3 +77,112 @@ def test_an_empty_medqlora_cache_means_the_default_not_the_current_folder(monkey
     finally:
         monkeypatch.undo()
         importlib.reload(gguf)
+
+
+def test_a_lock_file_hard_linked_to_a_file_outside_is_refused_and_the_file_kept(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes\n")
+    run = tmp_path / "out" / "run"
+    run.mkdir(parents=True)
+    os.link(notes, run / LOCK_FILE)
+    with pytest.raises(MedQLoRAError, match="hard link"):
+        lock_run_folder(run)
+    release_run_folders()
+    assert notes.read_text() == "my precious notes\n"
+
+
+def test_a_run_log_hard_linked_to_a_file_outside_is_refused_and_the_file_kept(tiny_model_dir, tmp_path, capsys):
+    from medqlora.runs import Files
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes\n")
+    out = tmp_path / "out"
+    assert run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "1",
+                                                                              "output.run_name": "base"})).code == 0
+    (out / "base" / Files.RUN_LOG).unlink()
+    os.link(notes, out / "base" / Files.RUN_LOG)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "test", "--adapter", str(out / "base")))
+    assert result.code == 2
+    assert_one_message(result.err, "hard link")
+    assert notes.read_text() == "my precious notes\n"
+
+
+@pytest.mark.parametrize("kind,message", [("fifo", "is not a regular file"), ("folder", "is not a regular file"),
+                                          ("garbage", "is not readable as parquet")])
+def test_an_mmlu_parquet_file_that_cannot_be_read_is_named(tiny_model_dir, tmp_path, capsys, kind, message):
+    folder = tmp_path / "mmlu"
+    target = folder / "anatomy" / "test-00000-of-00001.parquet"
+    target.parent.mkdir(parents=True)
+    {"fifo": os.mkfifo, "folder": Path.mkdir, "garbage": lambda p: p.write_bytes(b"not parquet at all")}[kind](target)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter",
+                                      "none", **{"eval.harness": "lm-eval", "eval.lm_eval.tasks": "[mmlu_anatomy]",
+                                                 "eval.lm_eval.mmlu_dir": str(folder)}))
+    assert result.code == 2
+    assert_one_message(result.err, message)
+    assert "test-00000-of-00001.parquet" in result.err
+
+
+def test_an_endless_chat_line_ends_the_conversation_without_filling_memory():
+    import io
+
+    from medqlora import chat
+
+    class Endless(io.TextIOBase):
+        """/dev/zero as text: characters for ever, never a newline."""
+
+        def readable(self):
+            return True
+
+        def readline(self, size=-1):
+            assert 0 < size <= chat.MAX_LINE_CHARS + 1, "an unbounded read of a line"
+            return "\0" * size
+
+    out, err = io.StringIO(), io.StringIO()
+    assert chat._read_line(Endless(), out, err, tty=False) is None
+    assert "the conversation ends" in err.getvalue()
+    assert chat._read_line(io.StringIO("What is sepsis?\n"), out, err, tty=False) == "What is sepsis?\n"
+
+
+def test_a_master_addr_that_names_no_address_is_said_when_the_wait_ends(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "no-such-host.invalid")
+    assert "MASTER_ADDR=no-such-host.invalid names no address" in distributed._unresolvable_master()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert distributed._unresolvable_master() == ""
+
+
+@pytest.mark.parametrize("variable", ["HF_HOME", "HF_DATASETS_CACHE"])
+def test_a_hugging_face_cache_variable_naming_a_file_is_refused_at_the_start(tiny_model_dir, tmp_path, capsys,
+                                                                            monkeypatch, variable):
+    # datasets (lm-eval's tasks) failed on it after the model had loaded and the kit's benchmark was scored
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder\n")
+    monkeypatch.setenv(variable, str(notes))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train"))
+    assert result.code == 2
+    assert_one_message(result.err, f"{variable}: {notes} cannot be a cache folder: it is not a folder")
+    monkeypatch.setenv(variable, str(tmp_path / "cache" / "below"))  # a folder to be made: fine
+    assert run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train")).code == 0
+
+
+def _fetch_command(tmp_path, *args):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDQLORA_CACHE": str(tmp_path / "cache"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": ""}
+    env.pop("LLAMA_CPP_DIR", None)
+    return subprocess.run([sys.executable, "-m", "medqlora.export", *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_fetching_llama_cpp_without_a_package_index_is_one_message(tmp_path):
+    done = _fetch_command(tmp_path, "--fetch-llama-cpp")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "pip could not download llama.cpp's source" in done.stderr and "LLAMA_CPP_DIR" in done.stderr
+    assert not (tmp_path / "cache" / "llama.cpp").exists()
+
+
+def test_a_mistyped_fetch_option_is_a_usage_error(tmp_path):
+    done = _fetch_command(tmp_path, "--fetch")
+    assert done.returncode == 2 and "usage: python -m medqlora.export --fetch-llama-cpp" in done.stderr

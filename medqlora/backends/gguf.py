@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ModelError
+from ..environment import check_folder_path
+from ..errors import ModelError
 from ..messages import say
 from ..secrets import printable
 from .checkpoints import check_gguf_file
@@ -25,15 +26,7 @@ def check_cache_dir(where: Path | None = None) -> Path:
     """CACHE_DIR (MEDQLORA_CACHE; ``where`` if given), refused in one message when it, or a folder above it, is a
     file."""
     where = CACHE_DIR if where is None else where
-    for folder in (where, *where.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                shown = "it" if folder == where else f"{printable(str(folder))} above it"
-                raise ConfigError(f"MEDQLORA_CACHE: {printable(str(where))} cannot be the kit's cache folder: {shown} "
-                                  "is not a folder. Point MEDQLORA_CACHE at a folder (or leave it unset for "
-                                  "~/.cache/medqlora).")
-            break
-    return where
+    return check_folder_path("MEDQLORA_CACHE", where, "the kit's cache folder", "leave it unset for ~/.cache/medqlora")
 
 
 _PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

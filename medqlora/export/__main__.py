@@ -1,10 +1,30 @@
 """python -m medqlora.export --fetch-llama-cpp: llama.cpp's converter into the kit's cache."""
 
+import subprocess
 import sys
 
+from ..errors import MedQLoRAError
 from .llama_cpp import fetch_llama_cpp_converter
 
-if sys.argv[1:] == ["--fetch-llama-cpp"]:
-    print(fetch_llama_cpp_converter())
-else:
-    print("usage: python -m medqlora.export --fetch-llama-cpp")
+USAGE = "usage: python -m medqlora.export --fetch-llama-cpp"
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["--fetch-llama-cpp"]:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        print(fetch_llama_cpp_converter())
+    except subprocess.CalledProcessError as err:
+        print(f"medqlora: error: pip could not download llama.cpp's source (llama-cpp-python, exit {err.returncode}; "
+              "its messages are above). On a machine without a package index, copy a llama.cpp checkout here and "
+              "set LLAMA_CPP_DIR to it.", file=sys.stderr)
+        return 2
+    except MedQLoRAError as err:
+        print(f"medqlora: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -198,7 +198,7 @@ def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         distributed.check_launch()  # every process, rank 0 or not, says why a stray launch is refused
-        environment.check_cache_folders()
+        environment.check_environment()
         check_arguments(args)
         cfg = load_config(args.config, args.overrides)
         from . import recipe

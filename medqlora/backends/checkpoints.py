@@ -28,6 +28,7 @@ def check_checkpoint_folder(folder: Path) -> None:
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ModelError(f"model.name: {shown}/config.json names no model_type: not a transformers checkpoint.")
     _check_config_fields(folder, config)
+    _check_remote_code_files(folder, config)
     check_generation_config(folder)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
@@ -48,6 +49,21 @@ def check_checkpoint_folder(folder: Path) -> None:
             raise ModelError(f"model.name: {printable(str(file))} {problem}. Download or copy it again.")
     if weights and "auto_map" not in config:  # remote code builds its own modules: not checked here
         _check_config_matches_weights(folder, weights)
+
+
+def _check_remote_code_files(folder: Path, config: dict[str, Any]) -> None:
+    """config.json's auto_map names the folder's own Python files (module.Class; repo--module.Class lives in another
+    repository): a checkpoint copied without them cannot be built, and loading it asked the Hub for them."""
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict):
+        return
+    references = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    modules = sorted({r.rsplit(".", 1)[0] + ".py" for r in references if "--" not in r and "." in r})
+    missing = [m for m in modules if not (folder / Path(*m[:-3].split(".")).with_suffix(".py")).is_file()]
+    if missing:
+        raise ModelError(f"model.name: {printable(str(folder))}/config.json's auto_map names "
+                         f"{printable(', '.join(missing[:3]))}, which the folder lacks: the model's own code. Copy the "
+                         "checkpoint's .py files into the folder with it (they run with model.trust_remote_code: true).")
 
 
 def _refuse_special_files(folder: Path) -> None:

@@ -10,13 +10,21 @@ from pathlib import Path
 from .secrets import printable
 
 
+# what transformers, tokenizers, PEFT and the kit read from a checkpoint or adapter folder (configs, weights,
+# tokenizer files, chat templates, remote code); other files there (a README, a download tool's leftovers) are not
+LOADED_SUFFIXES = (".json", ".jinja", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".py", ".tiktoken",
+                   ".gguf")
+
+
 def first_special_file(folder: Path) -> Path | None:
-    """The first entry of ``folder`` that is neither a folder nor a regular file (links followed), or None."""
+    """The first file a loader reads in ``folder`` that is neither a folder nor a regular file (links followed),
+    or None."""
     try:
         entries = sorted(folder.iterdir())
     except OSError:  # an unreadable folder: the reads that follow say so
         return None
-    return next((entry for entry in entries if not (entry.is_dir() or entry.is_file())), None)
+    return next((entry for entry in entries
+                 if entry.name.lower().endswith(LOADED_SUFFIXES) and not (entry.is_dir() or entry.is_file())), None)
 
 
 def link_note(path: Path) -> str:

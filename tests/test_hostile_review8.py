@@ -239,3 +239,18 @@ def test_an_hf_endpoint_that_is_no_url_is_refused_without_showing_it(tiny_model_
     assert "SuperSecretPw123" not in result.err + result.out
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example")
     assert run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train")).code == 0
+
+
+def test_a_named_pipe_no_loader_reads_does_not_refuse_the_model(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "m_extra"
+    shutil.copytree(tiny_model_dir, model)
+    os.mkfifo(model / "progress.pipe")  # a download tool's leftover: never opened
+    argv = kit_argv(model, tmp_path / "out", "--dry-run", "--mode", "train")
+    assert run_cli(capsys, argv).code == 0
+    (model / "tokenizer.json").rename(model / "tokenizer.json.bak")
+    os.mkfifo(model / "tokenizer.json")  # one a loader reads: still refused (VA01)
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "tokenizer.json is not a regular file")

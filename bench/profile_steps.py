@@ -19,7 +19,10 @@ the next ones. The trace is sorted into what a step spends its time on:
         --set model.name=/tmp/llama31-8b-random --set training.packing=true --set training.auto_fit=true
 
 Writes OUT/trace.json (open in chrome://tracing or Perfetto), OUT/breakdown.json and OUT/breakdown.md.
-On a CPU the same categories are read from CPU operators (no idle time); that is what the tests use.
+On a GPU only CUDA activity is recorded (CPU operator tracing slows the host several times over and inflates the
+GPU's idle time; --cpu-trace adds it, to see what the host does), and the profiled steps' wall time is measured
+between two synchronizations. On a CPU the same categories are read from CPU operators (no idle time); that is
+what the tests use.
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def breakdown(trace: dict[str, Any]) -> dict[str, Any]:
+def breakdown(trace: dict[str, Any], window: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time per category (ms) inside the profiled steps, from a chrome trace; GPU kernels where present,
-    else top-level CPU operators."""
+    else top-level CPU operators. ``window`` (wall_ms, steps: measured by the host between synchronizations)
+    gives the steps' wall time when the trace holds no host-side step annotations (CUDA-only tracing)."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
     steps = [e for e in events  # the host-side annotation only (kineto mirrors it on the GPU timeline)
              if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("ProfilerStep#")]
@@ -79,13 +83,19 @@ def breakdown(trace: dict[str, Any]) -> dict[str, Any]:
             if op["ts"] >= open_until.get(op["tid"], float("-inf")):
                 kernels.append(op)
                 open_until[op["tid"]] = op["ts"] + op["dur"]
-    wall = sum(s["dur"] for s in steps) or (max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels))
+    if steps:
+        wall = sum(s["dur"] for s in steps)
+    elif window:
+        wall = window["wall_ms"] * 1000
+    else:
+        wall = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    steps_counted = len(steps) or (window or {}).get("steps", 0)
     per: dict[str, float] = {}
     for kernel in kernels:
         label = "copy" if kernel.get("cat") in ("gpu_memcpy", "gpu_memset") else category(str(kernel["name"]))
         per[label] = per.get(label, 0.0) + kernel["dur"]
     busy = _union_length([(k["ts"], k["ts"] + k["dur"]) for k in kernels])
-    result = {"device": "gpu" if device else "cpu", "steps": len(steps), "wall_ms": round(wall / 1000, 2),
+    result = {"device": "gpu" if device else "cpu", "steps": steps_counted, "wall_ms": round(wall / 1000, 2),
               "busy_ms": round(busy / 1000, 2),
               "categories_ms": {k: round(v / 1000, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])}}
     if device:
@@ -106,10 +116,15 @@ def markdown(result: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_profiler(out: Path, warmup: int, steps: int) -> None:
-    """Every Trainer made from now on records steps warmup+1 .. warmup+steps into out/trace.json."""
+def install_profiler(out: Path, warmup: int, steps: int, cpu_trace: bool = False) -> None:
+    """Every Trainer made from now on records steps warmup+1 .. warmup+steps into out/trace.json (and their wall
+    time, between two synchronizations, into out/window.json)."""
+    import time
+
     import torch
     import transformers
+
+    cuda = torch.cuda.is_available()
 
     class ProfileSteps(transformers.TrainerCallback):
         def __init__(self) -> None:
@@ -117,11 +132,14 @@ def install_profiler(out: Path, warmup: int, steps: int) -> None:
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup and self.profiler is None:
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if torch.cuda.is_available():
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                activities = [torch.profiler.ProfilerActivity.CUDA] if cuda else []
+                if cpu_trace or not cuda:
+                    activities.append(torch.profiler.ProfilerActivity.CPU)
                 self.profiler = torch.profiler.profile(activities=activities)
                 self.profiler.__enter__()
+                if cuda:
+                    torch.cuda.synchronize()
+                self.started = time.perf_counter()
             if self.profiler is not None:
                 self.step = torch.profiler.record_function(f"ProfilerStep#{state.global_step + 1}")
                 self.step.__enter__()
@@ -131,8 +149,10 @@ def install_profiler(out: Path, warmup: int, steps: int) -> None:
                 return
             self.step.__exit__(None, None, None)
             if state.global_step >= warmup + steps:
-                if torch.cuda.is_available():
+                if cuda:
                     torch.cuda.synchronize()
+                window = {"wall_ms": round(1000 * (time.perf_counter() - self.started), 2), "steps": steps}
+                (out / "window.json").write_text(json.dumps(window))
                 self.profiler.__exit__(None, None, None)
                 self.profiler.export_chrome_trace(str(out / "trace.json"))
                 self.profiler = None
@@ -155,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="steps run before profiling (compilation, allocator)")
     p.add_argument("--config", default=None)
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--cpu-trace", action="store_true", help="on a GPU, trace CPU operators too (slows the host)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "unsloth":
         import unsloth  # noqa: F401  (before transformers, as the kit does)
-    install_profiler(out, args.warmup, args.steps)
+    install_profiler(out, args.warmup, args.steps, args.cpu_trace)
     from medqlora.cli import main as kit
 
     kit_args = ["--mode", "train", "--output-dir", str(out / "runs"), "--set", f"backend={args.backend}",
@@ -173,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (out / "trace.json").is_file():
         print(f"no trace written (the kit exited {code})", file=sys.stderr)
         return 1
-    result = breakdown(json.loads((out / "trace.json").read_text()))
+    window = json.loads((out / "window.json").read_text()) if (out / "window.json").is_file() else None
+    result = breakdown(json.loads((out / "trace.json").read_text()), window)
     (out / "breakdown.json").write_text(json.dumps(result, indent=2))
     (out / "breakdown.md").write_text(markdown(result, f"{args.backend}: {' '.join(args.overrides)}"))
     print((out / "breakdown.md").read_text())

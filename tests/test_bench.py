@@ -65,6 +65,20 @@ def test_profile_breakdown_sorts_kernels_and_counts_gpu_idle_time():
     assert result["busy_ms"] == 0.95 and result["gpu_idle_ms"] == 1.05  # the overlap counted once
 
 
+def test_profile_breakdown_of_a_cuda_only_trace_takes_the_steps_wall_time_from_the_host():
+    """CUDA-only tracing records no host-side step annotations: the window measured between two synchronizations
+    gives the steps' wall time, and the idle time is what the kernels leave of it."""
+    breakdown = _profile_module().breakdown
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "kernel", "name": "sm90_xmma_gemm_bf16bf16_bf16f32", "ts": 0, "dur": 2500, "tid": 7},
+        {"ph": "X", "cat": "kernel", "name": "flash_fwd_kernel", "ts": 2500, "dur": 500, "tid": 7},
+    ]}
+    result = breakdown(trace, {"wall_ms": 4.0, "steps": 2})
+    assert result["steps"] == 2 and result["wall_ms"] == 4.0
+    assert result["busy_ms"] == 3.0 and result["gpu_idle_ms"] == 1.0
+    assert breakdown(trace)["wall_ms"] == 3.0  # without the window: the kernels' span, no idle time seen
+
+
 @pytest.mark.slow
 def test_profile_script_records_steps_through_the_kits_trainer(tiny_model_dir, tmp_path):
     out = tmp_path / "profile"

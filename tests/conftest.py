@@ -10,6 +10,23 @@ from typing import NamedTuple
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
+def cpu_threads_per_worker() -> int | None:
+    """Under pytest-xdist, each worker's share of the CPU cores (None: one process, torch's own default).
+
+    torch starts one compute thread per core in every process: two workers on two cores would run four busy
+    threads, and OpenMP threads that wait on each other while the scheduler runs the other worker's made
+    the model tests several times slower than one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers) if workers > 1 else None
+
+
+# Set before torch is imported, here and in every process a test starts (the kit's command line, notebook
+# kernels, launchers), unless the person running the tests chose a thread count.
+if cpu_threads_per_worker() is not None and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(cpu_threads_per_worker())
+
 import pytest
 
 from medqlora.config import KitConfig, load_config

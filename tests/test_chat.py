@@ -17,7 +17,7 @@ from medqlora import backends, chat
 from medqlora.config import load_config
 from medqlora.generate import generate_texts
 
-from .conftest import ROOT, SCRIPT, assert_one_message, kit_argv, run_kit, tiny_overrides
+from .conftest import ROOT, SCRIPT, assert_one_message, kit_argv, run_kit, run_tiny, tiny_overrides
 
 SYSTEM = "You are a careful medical assistant."
 
@@ -132,9 +132,9 @@ def test_streamed_reply_is_the_kits_greedy_reply(tiny_model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory):
+    """A trained adapter for the chat processes below (trained in this process: only chat needs its own)."""
     out = tmp_path_factory.mktemp("chat") / "outputs"
-    done = run_kit(kit_argv(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "2"}))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "2"}) == 0
     return out
 
 

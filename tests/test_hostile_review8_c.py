@@ -1,0 +1,83 @@
+"""Hostile and unlucky inputs around adapters, run folders and exports: a run folder killed before its adapter was
+saved, a GGUF LoRA file or the merged export given where an adapter belongs, a resume whose start adapter was moved,
+a GGUF converter that runs and fails, the base model's local path in an exported adapter, and a second-stage run's
+record of what it was trained on."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medqlora import adapters
+from medqlora.errors import ModelError
+
+
+def _kit_run(folder: Path, status: str = "training") -> Path:
+    """A run folder of the kit as a killed run leaves it: manifest and config, no adapter/ yet."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"kit_version": "0.1.0", "status": status}))
+    (folder / "config.yaml").write_text("model:\n  name: m\n")
+    return folder
+
+
+def _gguf_lora(path: Path) -> Path:
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--adapter", "training.init_adapter"])
+def test_a_run_killed_before_its_adapter_was_saved_says_so_and_how_to_finish_it(tmp_path, flag):
+    run = _kit_run(tmp_path / "ck1")
+    with pytest.raises(ModelError, match="before its first checkpoint") as caught:
+        adapters.locate(str(run), flag)
+    assert "no adapter_config.json there" not in str(caught.value)
+    checkpoint = run / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / adapters.CONFIG_NAME).write_text("{}")
+    (run / "checkpoints" / "checkpoint-2").mkdir()
+    (run / "checkpoints" / "checkpoint-2" / adapters.CONFIG_NAME).write_text("{}")
+    with pytest.raises(ModelError) as caught:
+        adapters.locate(str(run), flag)
+    message = str(caught.value)
+    assert "stopped before its adapter was saved" in message
+    assert f"--mode train --resume {run}" in message and str(checkpoint) in message
+    # a folder that is not the kit's keeps the plain answer
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ModelError, match="no adapter_config.json there"):
+        adapters.locate(str(tmp_path / "other"), flag)
+
+
+@pytest.mark.parametrize("flag", ["--adapter", "training.init_adapter"])
+def test_a_gguf_lora_file_points_at_the_run_adapter_folder_not_its_own(tmp_path, flag):
+    run = _kit_run(tmp_path / "base", status="trained")
+    (run / "adapter").mkdir()
+    gguf_file = _gguf_lora(run / "export-20260101-000000" / "gguf_lora" / "adapter-f16.gguf")
+    with pytest.raises(ModelError) as caught:
+        adapters.locate(str(gguf_file), flag)
+    message = str(caught.value)
+    named = f"{flag} " if flag.startswith("--") else f"{flag}="
+    assert "can neither load a GGUF LoRA as an adapter nor train from one" in message
+    advice = message.split("Give ", 1)[1]
+    assert f"{named}{run / 'adapter'}" in advice and "export-2026" not in advice  # not the folder of the .gguf
+    assert "--set model.name=" not in message  # its header says it is a LoRA, not a model
+
+
+@pytest.mark.parametrize("flag,advice", [("--adapter", "--adapter none"),
+                                         ("training.init_adapter", "without training.init_adapter")])
+def test_the_merged_export_given_as_an_adapter_is_named_a_full_model(tmp_path, flag, advice):
+    merged = tmp_path / "export" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    (merged / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError) as caught:
+        adapters.locate(str(merged), flag)
+    assert f"--set model.name={merged}" in str(caught.value) and advice in str(caught.value)

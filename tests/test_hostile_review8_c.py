@@ -81,3 +81,58 @@ def test_the_merged_export_given_as_an_adapter_is_named_a_full_model(tmp_path, f
     with pytest.raises(ModelError) as caught:
         adapters.locate(str(merged), flag)
     assert f"--set model.name={merged}" in str(caught.value) and advice in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def lora_folder(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter of the tiny model (not trained: fresh weights are enough to convert and export)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    folder = tmp_path_factory.mktemp("lora") / "adapter"
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
+def _fake_llama_cpp(folder: Path, body: str) -> Path:
+    folder.mkdir()
+    for script in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"):
+        (folder / script).write_text(body)
+    return folder
+
+
+FAILING = "import sys\nprint('boom: gguf module too old', file=sys.stderr)\nsys.exit(1)\n"
+SILENT = "import sys\nsys.exit(0)\n"
+
+
+@pytest.mark.parametrize("body,said", [(FAILING, "failed (exit 1): boom: gguf module too old"),
+                                       (SILENT, "ended without error but wrote no adapter-f16.gguf")],
+                         ids=["fails", "writes-nothing"])
+def test_a_gguf_lora_converter_that_runs_and_fails_keeps_what_was_exported(lora_folder, tiny_model_dir, tmp_path,
+                                                                          monkeypatch, capsys, body, said):
+    from .conftest import assert_one_message, kit_argv, run_cli
+
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(_fake_llama_cpp(tmp_path / "llama.cpp", body)))
+    out = tmp_path / "out"
+    alone = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(lora_folder),
+                                     **{"export.formats": "[gguf_lora]"}))
+    assert alone.code == 2
+    assert_one_message(alone.err, said)
+    assert "git clone" not in alone.err and "exported meanwhile" not in alone.err  # it was found, and nothing kept
+    assert not list(out.glob("*/export*")) and not list(out.glob("*/.export.partial"))
+
+    both = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(lora_folder),
+                                    **{"export.formats": "[adapter,gguf_lora]"}))
+    assert both.code == 2
+    assert_one_message(both.err, said)
+    assert "The rest of the export is written: adapter in" in both.err
+    exports = list(out.glob("*/export*"))
+    assert len(exports) == 1
+    assert (exports[0] / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (exports[0] / "gguf_lora").exists()
+    report = json.loads((exports[0] / "export_report.json").read_text())
+    assert "failed" in report["gguf_lora"] and str(tmp_path) not in json.dumps(report["gguf_lora"])

@@ -45,7 +45,7 @@ def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any, bas
     try:
         base_config, lora_input = _lora_converter_inputs(cfg, adapter, staging, base.source)
         run_tool([sys.executable, str(folder / LORA_CONVERTER), "--outfile", str(out), "--outtype", kind,
-              "--base", str(base_config), str(lora_input)], LORA_CONVERTER)
+              "--base", str(base_config), str(lora_input)], LORA_CONVERTER, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     figures = {"file": str(out.relative_to(partial)), "type": kind, "converter": folder.name,

@@ -15,11 +15,13 @@ its config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import ModelError
@@ -390,7 +392,8 @@ def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
     from peft import get_peft_model_state_dict
 
     try:
-        expected = set(get_peft_model_state_dict(model))
+        with _named_base(model):
+            expected = set(get_peft_model_state_dict(model))
     except Exception:  # a model PEFT cannot describe: nothing to compare with
         return
     present = set(header_shapes(folder / WEIGHTS_NAME))
@@ -402,3 +405,21 @@ def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
             f"The adapter in {printable(where or folder)} is incomplete: {WEIGHTS_NAME} lacks {len(missing)} "
             f"{what} that its {CONFIG_NAME} implies (e.g. {printable(missing[0], 160)}). Loading it would put "
             "freshly made values in their place. Copy the whole adapter again, or train it again.")
+
+
+@contextlib.contextmanager
+def _named_base(model: Any) -> Iterator[None]:
+    """The adapter's config naming the base model it is loaded onto while PEFT reads it: PEFT compares the vocabulary
+    with the base its base_model_name_or_path names, and an exported adapter names a local base by its folder name
+    alone, which PEFT would look up on the Hub."""
+    config = getattr(model, "peft_config", {}).get("default")
+    base = getattr(getattr(model, "get_base_model", lambda: None)(), "name_or_path", None)
+    if config is None or not base:
+        yield
+        return
+    named = config.base_model_name_or_path
+    config.base_model_name_or_path = base
+    try:
+        yield
+    finally:
+        config.base_model_name_or_path = named

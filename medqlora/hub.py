@@ -86,7 +86,7 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     of the export, and the medical disclaimer."""
     base, public = backends.portable_base_name(cfg.model.name), backends.public_model_name(cfg.model.name)
     meta: dict[str, Any] = {"tags": ["medical", "lora", "qlora", "medqlora"]}
-    if _hub_id(base):
+    if is_hub_id(base):
         meta["base_model"] = base
     if "adapter" in report["formats"]:
         meta["library_name"] = "peft"
@@ -96,7 +96,7 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
         (f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
          f"medqlora. Base model: `{printable(public)}`.\n"),
         DISCLAIMER + "\n",
-        "## Files\n\n" + "\n".join(_file_lines(report)) + "\n",
+        "## Files\n\n" + "\n".join(_file_lines(report, is_hub_id(base))) + "\n",
         "## Training data\n\n" + "\n".join(_data_lines(cfg)) + "\n",
         "## Results\n\n" + _results(run).replace(cfg.model.name, public) + "\n",  # its title names the model
     ]
@@ -108,7 +108,7 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
-def _hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -121,11 +121,15 @@ def _hub_id(name: str) -> bool:
     return True
 
 
-def _file_lines(report: dict[str, Any]) -> list[str]:
+def _file_lines(report: dict[str, Any], base_on_hub: bool = True) -> list[str]:
+    """``base_on_hub``: the adapter's config names its base by a hub id; else by a local folder's name alone, so the
+    adapter is loaded onto the reader's own copy of that model."""
     lines = []
     if "adapter" in report["formats"]:
-        lines.append('- `adapter/`: the LoRA adapter with the tokenizer and chat template of training: '
-                     '`AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder="adapter")`')
+        load = ('`AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder="adapter")`' if base_on_hub else
+                '`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(YOUR_COPY_OF_THE_BASE), REPO, '
+                'subfolder="adapter")` (the base was a local folder, which adapter_config.json names by its name only)')
+        lines.append(f"- `adapter/`: the LoRA adapter with the tokenizer and chat template of training: {load}")
     if "merged_dtype" in report:
         lines.append(f'- `merged/`: the adapter merged into the base model ({report["merged_dtype"]}): '
                      '`AutoModelForCausalLM.from_pretrained(REPO, subfolder="merged")`')

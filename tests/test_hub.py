@@ -81,7 +81,8 @@ def test_the_export_folder_and_its_model_card_are_uploaded_privately(trained, ti
     assert card.startswith("---\ntags:") and "library_name: peft" in card
     assert "Not medical advice" in card
     assert "pubmedqa" in card.lower()  # the data the run trained on
-    assert "AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder=\"adapter\")" in card
+    assert "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(YOUR_COPY_OF_THE_BASE), REPO" in card
+    assert str(tiny_model_dir) not in hub_calls.files["adapter/adapter_config.json"].decode()  # a local base: its name
     assert str(tiny_model_dir) not in card.split("---")[1]  # a local path is no hub base_model
     assert "pushed to https://huggingface.co/my-lab/tiny-medical-lora" in captured.out + captured.err
 

@@ -91,6 +91,11 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
     if "adapter" in formats:
         said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter", base)
         say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
+        published = backends.published_base_name(cfg.model.name)
+        if published != backends.portable_base_name(cfg.model.name):
+            say(f"export: note: adapter/adapter_config.json names the local base model by its folder name alone "
+                f"({printable(published)}), not by its path on this machine; load the adapter onto your copy of it "
+                "(its README.md shows how; the kit: --set model.name=THAT_FOLDER --adapter THIS_EXPORT)")
     if formats & {"merged", "gguf"}:
         report.update(export_merged(cfg, adapter, run.inside(".export.partial/merged"), say, base))
     failed: dict[str, ModelError] = {}
@@ -106,9 +111,6 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
         raise next(iter(failed.values()))  # nothing else was asked for: nothing is exported
     if cfg.export.push_to_hub and not failed:
         run.write_text(".export.partial/README.md", hub.model_card(cfg, run, report))
-        if "adapter" in formats and report["base_model"] != backends.portable_base_name(cfg.model.name):
-            say(f"export: note: adapter/adapter_config.json names the local base model by its path here "
-                f"({printable(cfg.model.name)}), as PEFT loads the base from there; the Hub repository shows it")
     run.write_json(".export.partial/export_report.json", report)
     run.write_text(".export.partial/export_report.md", export_report_markdown(report))
     final = run.inside(run.unique("export"))

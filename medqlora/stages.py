@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from . import backends, data, distributed, evaluate, fit, harness, memory, report, resume
+from .adapter_runs import inherited_training_items
 from .config import KitConfig, load_config
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
@@ -89,9 +91,9 @@ class TrainingStages:
             self.prepared = tokenize(cfg, self.collected, model_tokenizer)
         self.tokenizer, prepared = model_tokenizer, self.prepared
         run.write_json(Files.DATA_STATS, prepared.stats)
-        run.write_text(Files.TRAINING_ITEMS, "".join(
-            json.dumps({"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]}) + "\n"
-            for r in prepared.train))
+        own = [{"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]} for r in prepared.train]
+        inherited = inherited_training_items(Path(cfg.training.init_adapter))[0] if cfg.training.init_adapter else []
+        run.write_text(Files.TRAINING_ITEMS, "".join(json.dumps(record) + "\n" for record in own + inherited))
         for name, stats in prepared.stats.items():
             say(f"data {name}: {stats}")
         for warning in prepared.stats.get("total", {}).get("warnings", []):

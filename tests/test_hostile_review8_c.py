@@ -136,3 +136,57 @@ def test_a_gguf_lora_converter_that_runs_and_fails_keeps_what_was_exported(lora_
     assert not (exports[0] / "gguf_lora").exists()
     report = json.loads((exports[0] / "export_report.json").read_text())
     assert "failed" in report["gguf_lora"] and str(tmp_path) not in json.dumps(report["gguf_lora"])
+
+
+def test_an_exported_adapter_and_its_gguf_lora_never_hold_the_local_base_path(lora_folder, tiny_model_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    from medqlora import export
+
+    from .conftest import kit_argv, run_cli
+
+    local = str(tiny_model_dir)
+    assert local in (lora_folder / "README.md").read_text()  # PEFT's model card names the base by its path
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(export.fetch_llama_cpp_converter()))
+    out = tmp_path / "out"
+    done = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(lora_folder),
+                                    **{"export.formats": "[adapter,gguf_lora]", "export.gguf_lora_type": "f32"}))
+    assert done.code == 0, done.err
+    folder = next(out.glob("*/export"))
+    config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model_dir.name
+    for file in folder.rglob("*"):
+        if file.is_file():
+            assert local.encode() not in file.read_bytes(), file
+    # the export still loads onto the base model it names by its folder, without a warning that it is another one
+    chat = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "chat", "--mode", "chat", "--adapter", str(folder),
+                                    "--prompt", "hi"))
+    assert chat.code == 0, chat.err
+    assert "names" not in chat.err + chat.out and "warning" not in (chat.err + chat.out).lower()
+
+
+def test_a_second_stage_run_records_what_its_start_adapter_was_trained_on(tiny_model_dir, tmp_path, capsys):
+    from .conftest import kit_argv, only_run, run_cli
+
+    out1, out2 = tmp_path / "stage1", tmp_path / "stage2"
+    assert run_cli(capsys, kit_argv(tiny_model_dir, out1, "--mode", "train", **{"training.max_steps": "1"})).code == 0
+    stage1 = only_run(out1)
+    first = [json.loads(line) for line in (stage1 / "training_items.jsonl").read_text().splitlines()]
+    stats = json.loads((stage1 / "data_stats.json").read_text())
+    stats["total"]["leakage_guard"] = {"overlaps": [{"evaluation_question_sha1_16": "00000000000000ab"}]}
+    (stage1 / "data_stats.json").write_text(json.dumps(stats))  # an evaluation question it was allowed to train on
+    done = run_cli(capsys, kit_argv(tiny_model_dir, out2, "--mode", "train", **{
+        "training.max_steps": "1", "training.init_adapter": str(stage1), "data.datasets.0.max_samples": "4"}))
+    assert done.code == 0, done.err
+    second = [json.loads(line) for line in (only_run(out2) / "training_items.jsonl").read_text().splitlines()]
+    inherited = [r for r in second if r.get("inherited_from") == f"training.init_adapter {stage1.name}"]
+    assert {r["question_sha1_16"] for r in first} | {"00000000000000ab"} == {r["question_sha1_16"] for r in inherited}
+    assert len(second) - len(inherited) == 4  # its own rows
+
+    # a third stage carries both; an adapter that is no kit run's says its record is unknown
+    from medqlora.adapter_runs import inherited_training_items
+
+    records, gap = inherited_training_items(only_run(out2) / "adapter")
+    assert gap is None and {r["question_sha1_16"] for r in second} == {r["question_sha1_16"] for r in records}
+    assert "is unknown" in (inherited_training_items(tmp_path)[1] or "")
+    (stage1 / "training_items.jsonl").write_text("not json\n")
+    assert "missing or damaged" in (inherited_training_items(stage1 / "adapter")[1] or "")

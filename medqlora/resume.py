@@ -40,9 +40,24 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
     cfg = load_config(saved)
+    _check_start_adapter(run, cfg, checkpoint)
     _check_resumable_config(run, cfg, checkpoint)
     _check_resumable_data(run, cfg)
     return run, cfg, checkpoint
+
+
+def _check_start_adapter(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
+    """A run that started from training.init_adapter needs that adapter's folder again to resume: the model is built
+    as the run began, with the start adapter's LoRA layers, before the checkpoint's weights are put over them."""
+    start = cfg.training.init_adapter
+    if not start or (Path(start) / adapters.CONFIG_NAME).is_file():
+        return
+    raise ModelError(
+        f"--resume {printable(run.path)}: this run started from training.init_adapter {printable(start)} (its "
+        "config.yaml), which holds no adapter any more (moved or deleted). Resuming builds the model as the run began, "
+        "from that start adapter, and then puts the checkpoint's weights over it, so it reads that folder again. Put "
+        f"the start adapter back at {printable(start)} (copy its run folder back) and resume; or train a new run "
+        f"(without --resume) from the checkpoint: --set training.init_adapter={printable(checkpoint)}.")
 
 
 # The config sections that shape the training a checkpoint continues (not output, generation, eval, export).

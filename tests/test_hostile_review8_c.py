@@ -190,3 +190,25 @@ def test_a_second_stage_run_records_what_its_start_adapter_was_trained_on(tiny_m
     assert "is unknown" in (inherited_training_items(tmp_path)[1] or "")
     (stage1 / "training_items.jsonl").write_text("not json\n")
     assert "missing or damaged" in (inherited_training_items(stage1 / "adapter")[1] or "")
+
+
+def test_resuming_a_run_whose_start_adapter_was_moved_says_why_it_is_read_and_what_to_restore(tiny_config, tmp_path):
+    from medqlora import resume
+
+    run = tmp_path / "ck2"
+    checkpoint = run / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    moved = tmp_path / "Acopy" / "adapter"
+    cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(
+        update={"init_adapter": str(moved), "max_steps": 12})})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    with pytest.raises(ModelError) as caught:
+        resume.resumable_run(str(run), None, tiny_config)
+    message = str(caught.value)
+    assert f"training.init_adapter {moved}" in message and "reads that folder again" in message
+    assert f"Put the start adapter back at {moved}" in message
+    assert f"--set training.init_adapter={checkpoint}" in message
+    moved.mkdir(parents=True)  # restored: the resume goes on
+    (moved / adapters.CONFIG_NAME).write_text("{}")
+    assert resume.resumable_run(str(run), None, tiny_config)[2] == checkpoint

@@ -40,6 +40,12 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
 
 
+def start_adapter(adapter: Path | None) -> str | None:
+    """The training.init_adapter the run of a kit adapter started from (its config.yaml), or None."""
+    run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
+    return load_config(run_folder / Files.CONFIG).training.init_adapter if run_folder is not None else None
+
+
 def trained_model(adapter: Path, cfg: KitConfig) -> Any:
     run_folder = adapters.kit_run_folder(adapter)
     return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model

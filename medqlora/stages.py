@@ -119,7 +119,8 @@ class TrainingStages:
                                                     self.tokenizer)
 
     def evaluate_before(self) -> None:
-        """The base model's scores (the LoRA weights start at zero); a resumed run keeps those of its start."""
+        """The base model's scores (the LoRA weights start at zero), or the start adapter's for a run from
+        training.init_adapter; a resumed run keeps those of its start."""
         self.baseline = None
         if self.benchmarks is None:
             return
@@ -128,7 +129,9 @@ class TrainingStages:
         if self.benchmarks and saved.is_file():  # a resumed run scored its base model before the crash
             self.baseline = json.loads(saved.read_text())
         elif self.benchmarks:
-            say("evaluating the base model before training: " + ", ".join(
+            start = self.cfg.training.init_adapter
+            say(("evaluating the base model" if not start else f"evaluating the start adapter {start} "
+                 "(training.init_adapter)") + " before training: " + ", ".join(
                 f"{name} ({len(items)} items)" for name, items in self.benchmarks.items()))
             backends.prepare_for_generation(self.model, self.runtime)
             self.baseline = self.evaluate(self.benchmarks, "baseline")
@@ -204,7 +207,8 @@ class TrainingStages:
         self.summary["eval"] = report.write_eval_report(self.cfg, self.run, evaluate.side_by_side(self.baseline, tuned),
                                                         f"{self.cfg.model.name} + {self.run.path.name}", perplexity,
                                                         evaluate.side_by_side(self.lm_eval_baseline, lm_eval_tuned)
-                                                        if self.lm_eval_tasks else None)
+                                                        if self.lm_eval_tasks else None, baseline=report.baseline_of(
+                                                            self.cfg.training.init_adapter, self.cfg.model.name, True))
         advice = report.format_not_learned(self.cfg, tuned, m.get("steps"))
         if advice:
             self.summary["format_not_learned"] = advice

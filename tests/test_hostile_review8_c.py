@@ -212,3 +212,27 @@ def test_resuming_a_run_whose_start_adapter_was_moved_says_why_it_is_read_and_wh
     moved.mkdir(parents=True)  # restored: the resume goes on
     (moved / adapters.CONFIG_NAME).write_text("{}")
     assert resume.resumable_run(str(run), None, tiny_config)[2] == checkpoint
+
+
+def test_the_report_of_a_second_stage_names_its_start_adapter_and_what_the_baseline_scored(tiny_model_dir, tmp_path,
+                                                                                          capsys):
+    from .conftest import kit_argv, only_run, run_cli
+
+    out1, out2 = tmp_path / "stage1", tmp_path / "stage2"
+    assert run_cli(capsys, kit_argv(tiny_model_dir, out1, "--mode", "train", **{"training.max_steps": "1"})).code == 0
+    stage1 = only_run(out1)
+    full = run_cli(capsys, kit_argv(tiny_model_dir, out2, "--mode", "full", **{
+        "training.max_steps": "1", "training.init_adapter": str(stage1), "eval.benchmarks.0.max_items": "4"}))
+    assert full.code == 0, full.err
+    stage2 = only_run(out2)
+    assert f"evaluating the start adapter {stage1 / 'adapter'} (training.init_adapter) before training" in full.out + full.err
+    scored = json.loads((stage2 / "eval.json").read_text())
+    assert scored["init_adapter"] == f"{stage1.name}/adapter" and scored["baseline"] == "the start adapter"
+    assert f"started from the adapter {stage1.name}/adapter" in (stage2 / "eval_report.md").read_text()
+    later = run_cli(capsys, kit_argv(tiny_model_dir, out2, "--mode", "eval", "--adapter", str(stage2), **{
+        "eval.benchmarks.0.max_items": "4"}))
+    assert later.code == 0, later.err
+    newest = max(stage2.glob("eval*.json"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["baseline"] == "the bare base model"
+    report = max(stage2.glob("eval_report*.md"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "the baseline column scores the bare base model" in report and "start adapter's training too" in report

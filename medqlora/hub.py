@@ -18,7 +18,7 @@ from .config import KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .messages import log
 from .runs import RunDir
-from .secrets import printable
+from .secrets import printable, redact
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 DISCLAIMER = ("**Not medical advice.** This model was fine-tuned for research and education. Its answers can be wrong, "
@@ -36,6 +36,29 @@ def token() -> str:
                       "export HF_TOKEN=... (create one at https://huggingface.co/settings/tokens). The kit reads it "
                       "from the environment only, never from a config file. Or leave out export.push_to_hub to "
                       "export locally.")
+
+
+def check_endpoint() -> None:
+    """HF_ENDPOINT, where set, is the address the upload goes to (a mirror or a private Hub): it must be an http(s)
+    URL with a host, or the upload fails after the whole export is built."""
+    from urllib.parse import urlsplit
+
+    value = os.environ.get("HF_ENDPOINT", "")
+    if not value:
+        return
+    try:
+        parts = urlsplit(value.strip())
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ConfigError(f"export.push_to_hub: the environment variable HF_ENDPOINT={_shown_endpoint()} is not an "
+                          "http:// or https:// address with a host, and the upload goes there. Fix it, or unset "
+                          "HF_ENDPOINT to upload to https://huggingface.co.")
+
+
+def _shown_endpoint() -> str:
+    return printable(redact(os.environ.get("HF_ENDPOINT", "")), 200)
 
 
 def push(repo_id: str, folder: Path, private: bool, say: Any) -> str:
@@ -75,7 +98,9 @@ def _reason(err: Exception, repo_id: str) -> str:
         return f"'{owner}' was not found (404): the owner must be your user name or an organisation you belong to"
     if isinstance(err, HfHubHTTPError) and status is not None:
         return f"the Hub answered {status}: {printable(str(err), 300)}"
-    return f"the Hub cannot be reached ({type(err).__name__}: {printable(str(err), 200)}); check the connection"
+    where = f" at HF_ENDPOINT={_shown_endpoint()}" if os.environ.get("HF_ENDPOINT") else ""
+    return (f"the Hub cannot be reached{where} ({type(err).__name__}: {printable(redact(str(err)), 200)}); check "
+            + ("that address and " if where else "") + "the connection")
 
 
 # ---------------------------------------------------------------- model card

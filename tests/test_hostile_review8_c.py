@@ -236,3 +236,25 @@ def test_the_report_of_a_second_stage_names_its_start_adapter_and_what_the_basel
     assert json.loads(newest.read_text())["baseline"] == "the bare base model"
     report = max(stage2.glob("eval_report*.md"), key=lambda p: p.stat().st_mtime).read_text()
     assert "the baseline column scores the bare base model" in report and "start adapter's training too" in report
+
+
+def test_an_hf_endpoint_that_is_no_address_stops_an_upload_before_the_export_and_is_named(tmp_path, monkeypatch):
+    import httpx
+
+    from medqlora import export, hub
+    from medqlora.config import load_config
+    from medqlora.errors import ConfigError
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / adapters.CONFIG_NAME).write_text("{}")
+    cfg = load_config(None, ["export.push_to_hub=me/model", "export.formats=[adapter]"])
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "Zq4" * 12)
+    monkeypatch.setenv("HF_ENDPOINT", "notaurl")
+    with pytest.raises(ConfigError, match="HF_ENDPOINT=notaurl is not an http:// or https:// address"):
+        export.check_before_export(cfg, adapter)  # what --dry-run and the run both call before any work
+    monkeypatch.setenv("HF_ENDPOINT", "http://bob:SuperSecretPw123@127.0.0.1:9")
+    export.check_before_export(cfg, adapter)
+    reason = hub._reason(httpx.ConnectError("[Errno 111] Connection refused"), "me/model")
+    assert "HF_ENDPOINT=http://bob:<password>@127.0.0.1:9" in reason and "SuperSecretPw123" not in reason
+    assert "check that address and the connection" in reason

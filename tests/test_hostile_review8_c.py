@@ -258,3 +258,34 @@ def test_an_hf_endpoint_that_is_no_address_stops_an_upload_before_the_export_and
     reason = hub._reason(httpx.ConnectError("[Errno 111] Connection refused"), "me/model")
     assert "HF_ENDPOINT=http://bob:<password>@127.0.0.1:9" in reason and "SuperSecretPw123" not in reason
     assert "check that address and the connection" in reason
+
+
+def test_grpo_auto_format_follows_the_start_adapter_through_exports_and_earlier_stages(tmp_path, capsys):
+    from medqlora.config import load_config
+    from medqlora.grpo import format_style
+
+    def kit_run(name: str, *overrides: str) -> Path:
+        run = _kit_run(tmp_path / name, status="trained")
+        (run / "config.yaml").write_text(load_config(None, list(overrides)).to_yaml())
+        (run / "adapter").mkdir()
+        return run
+
+    mc = ["data.datasets.0.source=mc.jsonl", "data.datasets.0.format=multiple_choice"]
+    o1t = kit_run("o1t", "data.datasets.0.source=o1.jsonl", "data.datasets.0.format=medical_o1",
+                  "data.datasets.0.cot_style=tags")
+    (o1t / "export" / "adapter").mkdir(parents=True)
+    g1 = kit_run("g1", *mc, "training.method=grpo", f"training.init_adapter={o1t / 'adapter'}")
+
+    def grpo_from(start: Path) -> str | None:
+        return format_style(load_config(None, [*mc, "training.method=grpo", f"training.init_adapter={start}"]))
+
+    assert grpo_from(o1t / "adapter") == "tags"
+    assert grpo_from(o1t / "export" / "adapter") == "tags"  # the adapter the kit exported from that run
+    assert grpo_from(g1 / "adapter") == "tags"  # a GRPO stage between: what it rewarded, from its own start
+    sft_mc = kit_run("sft_mc", *mc)
+    assert grpo_from(sft_mc / "adapter") == "answer"  # learnt no reasoning format: this run's rows decide
+    capsys.readouterr()
+    foreign = tmp_path / "downloaded" / "adapter"
+    foreign.mkdir(parents=True)
+    assert grpo_from(foreign) == "answer"
+    assert "reasoning format it learnt is unknown" in capsys.readouterr().out

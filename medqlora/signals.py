@@ -1,9 +1,10 @@
-"""Preemption: SIGTERM and SIGHUP end a run the way Ctrl-C does.
+"""Preemption: SIGTERM, SIGHUP and SIGUSR1 end a run the way Ctrl-C does.
 
 Colab, SLURM and Kubernetes send SIGTERM (a closed terminal sends SIGHUP) some seconds before they take
-the machine away. The first signal raises KeyboardInterrupt in the main thread, so training saves the
-adapter trained so far and the manifest says "interrupted"; a second signal, of any of the three, ends
-the process at once (exit code 128 + the signal's number).
+the machine away; SLURM's --signal=USR1@<seconds> sends SIGUSR1 before a time limit (whose default action
+would kill the process without a word). The first signal raises KeyboardInterrupt in the main thread, so
+training saves the adapter trained so far and the manifest says "interrupted"; a second signal, of any of
+them, ends the process at once (exit code 128 + the signal's number).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 _received: int | None = None
 
 
@@ -43,7 +44,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 @contextmanager
 def stop_like_ctrl_c() -> Iterator[None]:
-    """While the kit runs, the three signals interrupt it like Ctrl-C (the handlers before are put back)."""
+    """While the kit runs, these signals interrupt it like Ctrl-C (the handlers before are put back)."""
     global _received
     if threading.current_thread() is threading.main_thread():
         _received = None  # this command's signal, not one an earlier command in this process got
@@ -54,14 +55,14 @@ def stop_like_ctrl_c() -> Iterator[None]:
 @contextmanager
 def stop_at_once() -> Iterator[None]:
     """For a wait inside C code (the process group's rendezvous), where Python's handlers never get to run: the
-    three signals end the process at once, as they would without the kit (nothing is trained yet to save)."""
+    signals end the process at once, as they would without the kit (nothing is trained yet to save)."""
     with _handled_by(signal.SIG_DFL):
         yield
 
 
 @contextmanager
 def _handled_by(handler: Any) -> Iterator[None]:
-    """The three signals go to ``handler`` for the block, then to the handlers before (only the main thread may
+    """The signals go to ``handler`` for the block, then to the handlers before (only the main thread may
     set handlers: elsewhere the block runs as it is)."""
     if threading.current_thread() is not threading.main_thread():
         yield

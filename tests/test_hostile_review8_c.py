@@ -289,3 +289,16 @@ def test_grpo_auto_format_follows_the_start_adapter_through_exports_and_earlier_
     foreign.mkdir(parents=True)
     assert grpo_from(foreign) == "answer"
     assert "reasoning format it learnt is unknown" in capsys.readouterr().out
+
+
+def test_sigusr1_before_a_time_limit_stops_a_run_like_ctrl_c_not_at_once():
+    import os
+    import signal
+
+    from medqlora import signals
+
+    with signals.stop_like_ctrl_c():
+        with pytest.raises(KeyboardInterrupt):  # training saves the adapter and marks the run interrupted
+            os.kill(os.getpid(), signal.SIGUSR1)
+    assert signals.received() == signal.SIGUSR1 and signals.exit_code() == 128 + signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) is not signals._stop  # the handler before is back

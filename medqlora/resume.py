@@ -33,9 +33,10 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     checkpoint = latest_checkpoint(run)
     if checkpoint is None:
         done = (run.adapter / adapters.CONFIG_NAME).is_file()
+        ended = "was interrupted" if _status(run) == "interrupted" else "crashed"
         raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from"
                          + (" (it finished training: its adapter is saved)." if done else
-                            "; it crashed before its first checkpoint (training.save_steps): train it again."))
+                            f"; it {ended} before its first checkpoint (training.save_steps): train it again."))
     saved = run.path / Files.CONFIG
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
@@ -88,6 +89,15 @@ def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, A
     except (OSError, ValueError, AttributeError):
         return None
     return recorded if isinstance(recorded, dict) else None
+
+
+def _status(run: RunDir) -> str | None:
+    """The status the run's manifest records (training, interrupted, failed, trained), or None."""
+    try:
+        status = json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def _check_resumable_data(run: RunDir, cfg: KitConfig) -> None:

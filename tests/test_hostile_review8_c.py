@@ -302,3 +302,12 @@ def test_sigusr1_before_a_time_limit_stops_a_run_like_ctrl_c_not_at_once():
             os.kill(os.getpid(), signal.SIGUSR1)
     assert signals.received() == signal.SIGUSR1 and signals.exit_code() == 128 + signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is not signals._stop  # the handler before is back
+
+
+def test_resuming_a_run_interrupted_before_its_first_checkpoint_does_not_call_it_a_crash(tmp_path, tiny_config):
+    from medqlora import resume
+
+    run = _kit_run(tmp_path / "earlyterm", status="interrupted")
+    with pytest.raises(ModelError, match="it was interrupted before its first checkpoint") as caught:
+        resume.resumable_run(str(run), None, tiny_config)
+    assert "crashed" not in str(caught.value)

@@ -134,7 +134,7 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
                              key=lambda c: int(c.name.rsplit("-", 1)[1]) if c.name.rsplit("-", 1)[1].isdigit() else -1)
         if checkpoints:
             return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved "
-                    f"(killed or failed; it has no adapter/ yet). Finish the training with: python "
+                    f"(killed or failed: no adapter_config.json in its adapter/). Finish the training with: python "
                     f"medical_qlora_finetuning.py --mode train --resume {printable(path)}, then use the run; or use "
                     f"its last checkpoint as it is: {_named(flag)}{printable(checkpoints[-1])}.")
         return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved, and "

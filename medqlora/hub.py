@@ -38,6 +38,17 @@ def token() -> str:
                       "export locally.")
 
 
+def check_online() -> None:
+    """HF_HUB_OFFLINE set: huggingface_hub would refuse the upload, after the whole export is built."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError("export.push_to_hub: HF_HUB_OFFLINE is set in the environment, so the upload would be "
+                          "refused after the export is built. Unset it for this command (env -u HF_HUB_OFFLINE "
+                          "python medical_qlora_finetuning.py ...), or leave out export.push_to_hub to export "
+                          "locally.")
+
+
 def check_endpoint() -> None:
     """HF_ENDPOINT, where set, is the address the upload goes to (a mirror or a private Hub): it must be an http(s)
     URL with a host, or the upload fails after the whole export is built."""

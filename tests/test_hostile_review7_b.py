@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import huggingface_hub.constants
 from huggingface_hub import HfApi
 
 from .conftest import assert_one_message, kit_argv, run_cli
@@ -82,6 +83,7 @@ def test_an_export_for_the_hub_publishes_no_path_of_this_machine(tiny_model_dir,
 
     monkeypatch.setattr(HfApi, "create_repo", lambda _api, repo_id, **_kw: f"https://huggingface.co/{repo_id}")
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in Hub is reachable
     monkeypatch.setenv("HF_TOKEN", "hf_" + "Zq4" * 12)
     adapter = make_adapter(tmp_path / "my-run" / "adapter", str(tiny_model_dir))
     result = run_cli(capsys, _export_argv(tiny_model_dir, tmp_path, adapter, **{

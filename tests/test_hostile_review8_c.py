@@ -240,6 +240,7 @@ def test_the_report_of_a_second_stage_names_its_start_adapter_and_what_the_basel
 
 def test_an_hf_endpoint_that_is_no_address_stops_an_upload_before_the_export_and_is_named(tmp_path, monkeypatch):
     import httpx
+    import huggingface_hub.constants
 
     from medqlora import export, hub
     from medqlora.config import load_config
@@ -249,6 +250,7 @@ def test_an_hf_endpoint_that_is_no_address_stops_an_upload_before_the_export_and
     adapter.mkdir()
     (adapter / adapters.CONFIG_NAME).write_text("{}")
     cfg = load_config(None, ["export.push_to_hub=me/model", "export.formats=[adapter]"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a machine that can reach the Hub
     monkeypatch.setenv("HF_TOKEN", "hf_" + "Zq4" * 12)
     monkeypatch.setenv("HF_ENDPOINT", "notaurl")
     with pytest.raises(ConfigError, match="HF_ENDPOINT=notaurl is not an http:// or https:// address"):
@@ -297,9 +299,8 @@ def test_sigusr1_before_a_time_limit_stops_a_run_like_ctrl_c_not_at_once():
 
     from medqlora import signals
 
-    with signals.stop_like_ctrl_c():
-        with pytest.raises(KeyboardInterrupt):  # training saves the adapter and marks the run interrupted
-            os.kill(os.getpid(), signal.SIGUSR1)
+    with signals.stop_like_ctrl_c(), pytest.raises(KeyboardInterrupt):  # training saves the adapter, as on SIGTERM
+        os.kill(os.getpid(), signal.SIGUSR1)
     assert signals.received() == signal.SIGUSR1 and signals.exit_code() == 128 + signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is not signals._stop  # the handler before is back
 
@@ -311,3 +312,21 @@ def test_resuming_a_run_interrupted_before_its_first_checkpoint_does_not_call_it
     with pytest.raises(ModelError, match="it was interrupted before its first checkpoint") as caught:
         resume.resumable_run(str(run), None, tiny_config)
     assert "crashed" not in str(caught.value)
+
+
+def test_hf_hub_offline_stops_an_upload_before_the_export_is_built(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from medqlora import export
+    from medqlora.config import load_config
+    from medqlora.errors import ConfigError
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / adapters.CONFIG_NAME).write_text("{}")
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "Zq4" * 12)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    pushed = load_config(None, ["export.push_to_hub=me/model", "export.formats=[adapter]"])
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set in the environment, so the upload would be refused"):
+        export.check_before_export(pushed, adapter)  # what --dry-run and the run both call before any work
+    export.check_before_export(load_config(None, ["export.formats=[adapter]"]), adapter)  # a local export is fine

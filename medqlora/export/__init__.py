@@ -79,7 +79,8 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
     if "gguf_lora" in formats:
         lora_gguf_refusal(adapter)
     if cfg.export.push_to_hub:
-        hub.token()  # no token, or an HF_ENDPOINT that is no address: stopped before the work, not after it
+        hub.token()  # no token, the Hub switched off, or an HF_ENDPOINT that is no address: stopped before the
+        hub.check_online()  # work, not after it
         hub.check_endpoint()
     return sources
 

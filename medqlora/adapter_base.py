@@ -92,7 +92,11 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
     base = base_config(source, trust_remote_code)
     if base is None:
         return
+    from .backends.sources import published_base_name
+
     named = adapter.config.get("base_model_name_or_path") or ""
+    if named == published_base_name(model_name):  # an exported adapter names a local base by its folder name
+        named = model_name
     hint = (f" Its {CONFIG_NAME} names {printable(named, 120)} as its base: --set model.name={printable(named, 120)}"
             if named and named != model_name else "")
 

@@ -10,6 +10,7 @@ run folder brings that run's model and data sections, so that its prompts are re
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     if run_cfg.data.system_prompt != cfg.data.system_prompt:
         say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
+
+
+def start_adapter(adapter: Path | None) -> str | None:
+    """The training.init_adapter the run of a kit adapter started from (its config.yaml), or None."""
+    run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
+    return load_config(run_folder / Files.CONFIG).training.init_adapter if run_folder is not None else None
 
 
 def trained_model(adapter: Path, cfg: KitConfig) -> Any:
@@ -69,8 +76,9 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
 
 
 def same_model(named: str, name: str, source: str | None) -> bool:
-    """Whether an adapter's base_model_name_or_path names the model ``name`` (also by its local folder)."""
-    if named in (name, source):
+    """Whether an adapter's base_model_name_or_path names the model ``name`` (also by its local folder, or by the
+    folder name alone that an exported adapter names a local base model by)."""
+    if named in (name, source, backends.published_base_name(name)):
         return True
     try:
         return any(Path(named).expanduser().resolve() == Path(n).expanduser().resolve() for n in (name, source) if n)
@@ -111,6 +119,9 @@ def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
                          f"model.name {printable(cfg.model.name)}: set model.name to the model it was trained on.")
     adapters.check_finite(adapter)
     say(f"starting from the adapter of {printable(adapter)} (training.init_adapter)")
+    gap = inherited_training_items(adapter)[1]
+    if gap:
+        say(f"warning: {gap}")
     lora = adapter_lora(adapters.read_config(adapter), cfg.lora)
     if lora != cfg.lora:
         changed = ", ".join(f"lora.{k} {getattr(cfg.lora, k)} -> {getattr(lora, k)}" for k in type(lora).model_fields
@@ -143,3 +154,35 @@ def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> No
     run_folder = adapters.kit_run_folder(adapter)
     folder = run_folder if run_folder is not None else adapter.parent
     evaluate.check_not_trained_on(benchmarks, folder / Files.TRAINING_ITEMS, required=run_folder is not None)
+
+
+def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """What the start adapter (training.init_adapter) was trained on, which a run continuing it has learned too: its
+    run's training_items.jsonl records (its own start adapter's included) and the evaluation questions its
+    data_stats.json allowed it to train on, each marked with the run it comes from. The second value says why
+    nothing can be carried over (a foreign adapter, a missing or damaged record), None when all is."""
+    from .leakage import flagged_hashes
+
+    run_folder = adapters.kit_run_folder(adapter)
+    if run_folder is None:
+        return [], (f"training.init_adapter {printable(adapter)} is not in a run folder of this kit, so what it was "
+                    "trained on is unknown: the trained-on check of --mode eval will cover this run's own rows only")
+    source = f"training.init_adapter {run_folder.name}"
+    records: list[dict[str, Any]] = []
+    try:
+        for line in (run_folder / Files.TRAINING_ITEMS).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                record["question_sha1_16"] = str(record["question_sha1_16"])
+                records.append({**record, "inherited_from": record.get("inherited_from") or source})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [], (f"{printable(run_folder / Files.TRAINING_ITEMS)} is missing or damaged, so what training.init_"
+                    "adapter was trained on cannot be carried into this run's record: the trained-on check of --mode "
+                    "eval will not see it. Restore that file, or start from another adapter")
+    try:
+        allowed = flagged_hashes(json.loads((run_folder / Files.DATA_STATS).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        allowed = set()
+    records += [{"source": f"{source} (an evaluation question it was allowed to train on)", "uid": None,
+                 "question_sha1_16": h, "inherited_from": source} for h in sorted(allowed)]
+    return records, None

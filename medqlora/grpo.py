@@ -16,36 +16,53 @@ from .config import KitConfig, load_config
 from .data import PreparedData
 from .distributed import is_main
 from .errors import ConfigError, MedQLoRAError
-from .messages import log
+from .messages import log, say
 from .runs import RunDir
+from .secrets import printable
 from .trainer_args import common_args, one_gpu
 
 SAMPLES_FILE = "grpo_samples.jsonl"
 ANSWER_FORMAT_ROWS = ("multiple_choice", "pubmedqa")
 
 
-def format_style(cfg: KitConfig) -> str | None:
+def format_style(cfg: KitConfig, depth: int = 0) -> str | None:
     """The reasoning format GRPO rewards: grpo.format_style, or (auto) the cot_style of the medical_o1 data this
-    run, or the run of its init_adapter, trained on; else the plain answer format ('C. ...') where the rows have
-    options; none, or auto on prompt_answer rows alone: None."""
+    run trained on, else the reasoning format its init_adapter learnt (learnt_style); else the plain answer format
+    ('C. ...') where the rows have options; none, or auto on prompt_answer rows alone: None."""
     chosen = cfg.grpo.format_style
     if chosen != "auto":
         return None if chosen == "none" else chosen
     for spec in cfg.data.datasets:
         if spec.format == "medical_o1":
             return spec.cot_style
-    if cfg.training.init_adapter:
-        saved = Path(cfg.training.init_adapter).parent / "config.yaml"
-        if saved.is_file():
-            try:
-                earlier = load_config(saved)
-            except MedQLoRAError:
-                return None
-            for spec in earlier.data.datasets:
-                if spec.format == "medical_o1":
-                    return spec.cot_style
+    learnt = learnt_style(Path(cfg.training.init_adapter), depth) if cfg.training.init_adapter else None
+    if learnt is not None:
+        return learnt
     # the answer format is a reply opening with one of the item's options: prompt_answer rows have none
     return "answer" if answer_format_applies(cfg) else None
+
+
+def learnt_style(adapter: Path, depth: int = 0) -> str | None:
+    """The reasoning format (huatuo, tags) an adapter learnt, read from the config.yaml of its run (beside the
+    adapter folder, or above export*/adapter for an adapter the kit exported): its medical_o1 data's cot_style, the
+    format a GRPO run rewarded, or, in turn, what its own init_adapter learnt. None when it learnt none, or when
+    the adapter is not the kit's (that is said: auto cannot know its format)."""
+    folders = [adapter.parent] + ([adapter.parent.parent] if adapter.parent.name.startswith("export") else [])
+    run = next((f for f in folders if (f / "config.yaml").is_file() and not (f / "config.yaml").is_symlink()), None)
+    if run is None:
+        if depth == 0:
+            say(f"warning: grpo.format_style auto: training.init_adapter {printable(adapter)} is not in a run folder "
+                "of this kit, so the reasoning format it learnt is unknown and is not rewarded; if it learnt one, set "
+                "grpo.format_style to it (huatuo or tags)")
+        return None
+    try:
+        earlier = load_config(run / "config.yaml")
+    except MedQLoRAError:
+        return None
+    if earlier.training.method != "grpo":  # only a GRPO run rewarded its grpo.format_style
+        earlier = earlier.model_copy(update={"grpo": earlier.grpo.model_copy(update={"format_style": "auto"})})
+    style = format_style(earlier, depth + 1) if depth < 8 else None
+    return style if style not in (None, "answer") else None
 
 
 def answer_format_applies(cfg: KitConfig) -> bool:

@@ -18,7 +18,7 @@ from .config import KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .messages import log
 from .runs import RunDir
-from .secrets import printable
+from .secrets import printable, redact
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 DISCLAIMER = ("**Not medical advice.** This model was fine-tuned for research and education. Its answers can be wrong, "
@@ -36,6 +36,40 @@ def token() -> str:
                       "export HF_TOKEN=... (create one at https://huggingface.co/settings/tokens). The kit reads it "
                       "from the environment only, never from a config file. Or leave out export.push_to_hub to "
                       "export locally.")
+
+
+def check_online() -> None:
+    """HF_HUB_OFFLINE set: huggingface_hub would refuse the upload, after the whole export is built."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError("export.push_to_hub: HF_HUB_OFFLINE is set in the environment, so the upload would be "
+                          "refused after the export is built. Unset it for this command (env -u HF_HUB_OFFLINE "
+                          "python medical_qlora_finetuning.py ...), or leave out export.push_to_hub to export "
+                          "locally.")
+
+
+def check_endpoint() -> None:
+    """HF_ENDPOINT, where set, is the address the upload goes to (a mirror or a private Hub): it must be an http(s)
+    URL with a host, or the upload fails after the whole export is built."""
+    from urllib.parse import urlsplit
+
+    value = os.environ.get("HF_ENDPOINT", "")
+    if not value:
+        return
+    try:
+        parts = urlsplit(value.strip())
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ConfigError(f"export.push_to_hub: the environment variable HF_ENDPOINT={_shown_endpoint()} is not an "
+                          "http:// or https:// address with a host, and the upload goes there. Fix it, or unset "
+                          "HF_ENDPOINT to upload to https://huggingface.co.")
+
+
+def _shown_endpoint() -> str:
+    return printable(redact(os.environ.get("HF_ENDPOINT", "")), 200)
 
 
 def push(repo_id: str, folder: Path, private: bool, say: Any) -> str:
@@ -75,7 +109,9 @@ def _reason(err: Exception, repo_id: str) -> str:
         return f"'{owner}' was not found (404): the owner must be your user name or an organisation you belong to"
     if isinstance(err, HfHubHTTPError) and status is not None:
         return f"the Hub answered {status}: {printable(str(err), 300)}"
-    return f"the Hub cannot be reached ({type(err).__name__}: {printable(str(err), 200)}); check the connection"
+    where = f" at HF_ENDPOINT={_shown_endpoint()}" if os.environ.get("HF_ENDPOINT") else ""
+    return (f"the Hub cannot be reached{where} ({type(err).__name__}: {printable(redact(str(err)), 200)}); check "
+            + ("that address and " if where else "") + "the connection")
 
 
 # ---------------------------------------------------------------- model card
@@ -86,7 +122,7 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     of the export, and the medical disclaimer."""
     base, public = backends.portable_base_name(cfg.model.name), backends.public_model_name(cfg.model.name)
     meta: dict[str, Any] = {"tags": ["medical", "lora", "qlora", "medqlora"]}
-    if _hub_id(base):
+    if is_hub_id(base):
         meta["base_model"] = base
     if "adapter" in report["formats"]:
         meta["library_name"] = "peft"
@@ -96,7 +132,7 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
         (f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
          f"medqlora. Base model: `{printable(public)}`.\n"),
         DISCLAIMER + "\n",
-        "## Files\n\n" + "\n".join(_file_lines(report)) + "\n",
+        "## Files\n\n" + "\n".join(_file_lines(report, is_hub_id(base))) + "\n",
         "## Training data\n\n" + "\n".join(_data_lines(cfg)) + "\n",
         "## Results\n\n" + _results(run).replace(cfg.model.name, public) + "\n",  # its title names the model
     ]
@@ -108,7 +144,7 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
-def _hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -121,11 +157,15 @@ def _hub_id(name: str) -> bool:
     return True
 
 
-def _file_lines(report: dict[str, Any]) -> list[str]:
+def _file_lines(report: dict[str, Any], base_on_hub: bool = True) -> list[str]:
+    """``base_on_hub``: the adapter's config names its base by a hub id; else by a local folder's name alone, so the
+    adapter is loaded onto the reader's own copy of that model."""
     lines = []
     if "adapter" in report["formats"]:
-        lines.append('- `adapter/`: the LoRA adapter with the tokenizer and chat template of training: '
-                     '`AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder="adapter")`')
+        load = ('`AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder="adapter")`' if base_on_hub else
+                '`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(YOUR_COPY_OF_THE_BASE), REPO, '
+                'subfolder="adapter")` (the base was a local folder, which adapter_config.json names by its name only)')
+        lines.append(f"- `adapter/`: the LoRA adapter with the tokenizer and chat template of training: {load}")
     if "merged_dtype" in report:
         lines.append(f'- `merged/`: the adapter merged into the base model ({report["merged_dtype"]}): '
                      '`AutoModelForCausalLM.from_pretrained(REPO, subfolder="merged")`')

@@ -40,6 +40,7 @@ from .adapter_runs import (
     check_benchmarks_untrained,
     find_adapter,
     run_folder_for,
+    start_adapter,
     with_init_adapter,
 )
 from .config import PATH_SHOWN, KitConfig
@@ -173,7 +174,9 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             lm_eval_tuned = self.harness_scores(folder, "fine-tuned")
         title = self.cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
         line = report.write_eval_report(self.cfg, self.run, evaluate.side_by_side(base, tuned), title, None,
-                                        evaluate.side_by_side(lm_eval_base, lm_eval_tuned) if tasks else None, folder.name)
+                                        evaluate.side_by_side(lm_eval_base, lm_eval_tuned) if tasks else None, folder.name,
+                                        baseline=report.baseline_of(start_adapter(adapter), self.cfg.model.name, False)
+                                        if base is not None else None)
         self.summary = self.header() | {"eval": line}
         return self.finish()
 

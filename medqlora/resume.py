@@ -33,16 +33,32 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     checkpoint = latest_checkpoint(run)
     if checkpoint is None:
         done = (run.adapter / adapters.CONFIG_NAME).is_file()
+        ended = "was interrupted" if _status(run) == "interrupted" else "crashed"
         raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from"
                          + (" (it finished training: its adapter is saved)." if done else
-                            "; it crashed before its first checkpoint (training.save_steps): train it again."))
+                            f"; it {ended} before its first checkpoint (training.save_steps): train it again."))
     saved = run.path / Files.CONFIG
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
     cfg = load_config(saved)
+    _check_start_adapter(run, cfg, checkpoint)
     _check_resumable_config(run, cfg, checkpoint)
     _check_resumable_data(run, cfg)
     return run, cfg, checkpoint
+
+
+def _check_start_adapter(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
+    """A run that started from training.init_adapter needs that adapter's folder again to resume: the model is built
+    as the run began, with the start adapter's LoRA layers, before the checkpoint's weights are put over them."""
+    start = cfg.training.init_adapter
+    if not start or (Path(start) / adapters.CONFIG_NAME).is_file():
+        return
+    raise ModelError(
+        f"--resume {printable(run.path)}: this run started from training.init_adapter {printable(start)} (its "
+        "config.yaml), which holds no adapter any more (moved or deleted). Resuming builds the model as the run began, "
+        "from that start adapter, and then puts the checkpoint's weights over it, so it reads that folder again. Put "
+        f"the start adapter back at {printable(start)} (copy its run folder back) and resume; or train a new run "
+        f"(without --resume) from the checkpoint: --set training.init_adapter={printable(checkpoint)}.")
 
 
 # The config sections that shape the training a checkpoint continues (not output, generation, eval, export).
@@ -73,6 +89,15 @@ def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, A
     except (OSError, ValueError, AttributeError):
         return None
     return recorded if isinstance(recorded, dict) else None
+
+
+def _status(run: RunDir) -> str | None:
+    """The status the run's manifest records (training, interrupted, failed, trained), or None."""
+    try:
+        status = json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def _check_resumable_data(run: RunDir, cfg: KitConfig) -> None:

@@ -1,9 +1,10 @@
 """Preemption: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 end a run the way Ctrl-C does.
 
 Colab, SLURM and Kubernetes send SIGTERM (a closed terminal sends SIGHUP) some seconds before they take
-the machine away; SLURM's `--signal=USR1@<seconds>` sends SIGUSR1 (or the one named) before a time limit. The first signal raises KeyboardInterrupt in the main thread, so training saves the
-adapter trained so far and the manifest says "interrupted"; a second signal, of any of these, ends
-the process at once (exit code 128 + the signal's number).
+the machine away; SLURM's --signal=USR1@<seconds> sends SIGUSR1 (or the one named) before a time limit,
+whose default action would kill the process without a word. The first signal raises KeyboardInterrupt in
+the main thread, so training saves the adapter trained so far and the manifest says "interrupted"; a second
+signal, of any of these, ends the process at once (exit code 128 + the signal's number).
 """
 
 from __future__ import annotations

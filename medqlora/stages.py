@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from . import backends, data, distributed, evaluate, fit, harness, memory, report, resume
+from .adapter_runs import inherited_training_items
 from .config import KitConfig, load_config
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
@@ -89,9 +91,9 @@ class TrainingStages:
             self.prepared = tokenize(cfg, self.collected, model_tokenizer)
         self.tokenizer, prepared = model_tokenizer, self.prepared
         run.write_json(Files.DATA_STATS, prepared.stats)
-        run.write_text(Files.TRAINING_ITEMS, "".join(
-            json.dumps({"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]}) + "\n"
-            for r in prepared.train))
+        own = [{"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]} for r in prepared.train]
+        inherited = inherited_training_items(Path(cfg.training.init_adapter))[0] if cfg.training.init_adapter else []
+        run.write_text(Files.TRAINING_ITEMS, "".join(json.dumps(record) + "\n" for record in own + inherited))
         for name, stats in prepared.stats.items():
             say(f"data {name}: {stats}")
         for warning in prepared.stats.get("total", {}).get("warnings", []):
@@ -117,7 +119,8 @@ class TrainingStages:
                                                     self.tokenizer)
 
     def evaluate_before(self) -> None:
-        """The base model's scores (the LoRA weights start at zero); a resumed run keeps those of its start."""
+        """The base model's scores (the LoRA weights start at zero), or the start adapter's for a run from
+        training.init_adapter; a resumed run keeps those of its start."""
         self.baseline = None
         if self.benchmarks is None:
             return
@@ -126,7 +129,9 @@ class TrainingStages:
         if self.benchmarks and saved.is_file():  # a resumed run scored its base model before the crash
             self.baseline = json.loads(saved.read_text())
         elif self.benchmarks:
-            say("evaluating the base model before training: " + ", ".join(
+            start = self.cfg.training.init_adapter
+            say(("evaluating the base model" if not start else f"evaluating the start adapter {start} "
+                 "(training.init_adapter)") + " before training: " + ", ".join(
                 f"{name} ({len(items)} items)" for name, items in self.benchmarks.items()))
             backends.prepare_for_generation(self.model, self.runtime)
             self.baseline = self.evaluate(self.benchmarks, "baseline")
@@ -202,7 +207,8 @@ class TrainingStages:
         self.summary["eval"] = report.write_eval_report(self.cfg, self.run, evaluate.side_by_side(self.baseline, tuned),
                                                         f"{self.cfg.model.name} + {self.run.path.name}", perplexity,
                                                         evaluate.side_by_side(self.lm_eval_baseline, lm_eval_tuned)
-                                                        if self.lm_eval_tasks else None)
+                                                        if self.lm_eval_tasks else None, baseline=report.baseline_of(
+                                                            self.cfg.training.init_adapter, self.cfg.model.name, True))
         advice = report.format_not_learned(self.cfg, tuned, m.get("steps"))
         if advice:
             self.summary["format_not_learned"] = advice

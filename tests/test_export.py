@@ -93,9 +93,9 @@ def test_merged_and_gguf_exports_answer_like_the_trained_adapter(trained_run, ti
     adapter_copy = folder / "adapter"
     assert (adapter_copy / "adapter_model.safetensors").read_bytes() == (
         run / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert "AutoPeftModelForCausalLM" in (adapter_copy / "README.md").read_text()
+    assert "PeftModel.from_pretrained(base" in (adapter_copy / "README.md").read_text()
     exported_config = json.loads((adapter_copy / "adapter_config.json").read_text())
-    assert exported_config["base_model_name_or_path"] == str(tiny_model_dir)  # as the user named it
+    assert exported_config["base_model_name_or_path"] == tiny_model_dir.name  # a local base: its name, not its path
     trained_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert {k: v for k, v in exported_config.items() if k != "base_model_name_or_path"} == \
         {k: v for k, v in trained_config.items() if k != "base_model_name_or_path"}

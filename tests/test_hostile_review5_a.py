@@ -77,6 +77,9 @@ def test_push_to_hub_without_a_token_is_refused_by_the_dry_run_too(dry, tiny_mod
 
 
 def test_the_export_plan_names_the_hub_push(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a machine that can reach the Hub
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
     adapter = make_adapter(tmp_path / "adapter", str(tiny_model_dir))
     argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter), "--dry-run",

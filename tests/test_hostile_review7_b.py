@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import huggingface_hub.constants
 from huggingface_hub import HfApi
 
 from .conftest import assert_one_message, kit_argv, run_cli
@@ -82,6 +83,7 @@ def test_an_export_for_the_hub_publishes_no_path_of_this_machine(tiny_model_dir,
 
     monkeypatch.setattr(HfApi, "create_repo", lambda _api, repo_id, **_kw: f"https://huggingface.co/{repo_id}")
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in Hub is reachable
     monkeypatch.setenv("HF_TOKEN", "hf_" + "Zq4" * 12)
     adapter = make_adapter(tmp_path / "my-run" / "adapter", str(tiny_model_dir))
     result = run_cli(capsys, _export_argv(tiny_model_dir, tmp_path, adapter, **{
@@ -90,12 +92,13 @@ def test_an_export_for_the_hub_publishes_no_path_of_this_machine(tiny_model_dir,
     report = json.loads(uploaded["export_report.json"])
     assert report["adapter"] == "my-run/adapter"  # named by its run folder, not by the path to it
     assert report["base_model"] == f"{tiny_model_dir.name} (a local folder)"
-    published = {name: text for name, text in uploaded.items() if name != "adapter/adapter_config.json"}
-    assert {"export_report.json", "export_report.md", "README.md", "adapter/README.md"} <= set(published)
+    published = uploaded
+    assert {"export_report.json", "export_report.md", "README.md", "adapter/README.md",
+            "adapter/adapter_config.json"} <= set(published)
     for name, text in published.items():
         assert str(tmp_path) not in text and str(tiny_model_dir) not in text, name
     assert "# Export of my-run/adapter" in uploaded["export_report.md"]
-    assert "adapter/adapter_config.json names the local base model by its path here" in result.out  # said
+    assert "adapter/adapter_config.json names the local base model by its folder name alone" in result.out  # said
 
 
 def test_the_docs_name_the_folder_a_second_export_writes(tmp_path):

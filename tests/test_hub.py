@@ -33,6 +33,9 @@ class Recorder:
     held at upload time."""
 
     def __init__(self, monkeypatch, fail: Exception | None = None):
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # it stands in for a reachable Hub
         self.calls: list[tuple[str, dict]] = []
         self.files: dict[str, bytes] = {}
         self.fail = fail
@@ -81,7 +84,8 @@ def test_the_export_folder_and_its_model_card_are_uploaded_privately(trained, ti
     assert card.startswith("---\ntags:") and "library_name: peft" in card
     assert "Not medical advice" in card
     assert "pubmedqa" in card.lower()  # the data the run trained on
-    assert "AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder=\"adapter\")" in card
+    assert "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(YOUR_COPY_OF_THE_BASE), REPO" in card
+    assert str(tiny_model_dir) not in hub_calls.files["adapter/adapter_config.json"].decode()  # a local base: its name
     assert str(tiny_model_dir) not in card.split("---")[1]  # a local path is no hub base_model
     assert "pushed to https://huggingface.co/my-lab/tiny-medical-lora" in captured.out + captured.err
 
@@ -166,14 +170,18 @@ def test_a_token_in_a_config_file_is_not_a_key(tmp_path, capsys):
     assert "unknown key 'export.hub_token'" in err and "hf_abcdefghijklmnopqrstuvwxyz" not in err
 
 
-def test_an_offline_machine_gets_one_message_from_the_real_client(trained, tiny_model_dir, monkeypatch, capsys):
-    """No recorder: huggingface_hub itself refuses to connect (HF_HUB_OFFLINE, as on the test machines)."""
+def test_an_offline_machine_gets_one_message_before_the_export(trained, tiny_model_dir, monkeypatch, capsys):
+    """No recorder: HF_HUB_OFFLINE (as on the test machines) would make huggingface_hub refuse the upload, so the
+    export is refused before it is built (its --dry-run too)."""
     import huggingface_hub.constants
 
     out, run = trained
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    exports = sorted(p.name for p in run.iterdir() if p.name.startswith("export"))
+    assert push(tiny_model_dir, out, run, "--dry-run") == 2
     assert push(tiny_model_dir, out, run) == 2
     err = capsys.readouterr().err
-    assert "HF_HUB_OFFLINE is set in the environment; unset it to reach the Hub" in err
-    assert "The export is kept in" in err and "Traceback" not in err and TOKEN not in err
+    assert err.count("export.push_to_hub: HF_HUB_OFFLINE is set in the environment") == 2
+    assert "Traceback" not in err and TOKEN not in err
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("export")) == exports  # nothing built

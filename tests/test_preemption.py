@@ -25,7 +25,7 @@ def manifest(run) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1])
 def test_a_termination_signal_saves_the_adapter_and_the_run_resumes(tiny_model_dir, tmp_path, sig):
     argv = kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
         "training.max_steps": "8", "training.save_steps": "3", "output.run_name": "cut",

@@ -31,7 +31,14 @@ from .runtime import (
     prepare_for_training,
     torch_dtype,
 )
-from .sources import check_model_source, config_source, portable_base_name, public_model_name, resolve_model_source
+from .sources import (
+    check_model_source,
+    config_source,
+    portable_base_name,
+    public_model_name,
+    published_base_name,
+    resolve_model_source,
+)
 from .tokenizer import CHAT_TEMPLATES, load_tokenizer, prepare_tokenizer, stop_token_ids
 
 __all__ = [
@@ -39,6 +46,6 @@ __all__ = [
     "check_checkpoint_folder", "check_context_length", "check_gguf_file", "check_model_source", "checkpointing_plan", "config_source", "convert_gguf",
     "detect", "generation_backend", "gpu_only_checkpoint", "hf_base", "load_for_inference", "load_for_training", "load_tokenizer",
     "mark_unquantized", "nf4_config", "portable_base_name", "prepare_for_generation", "prepare_for_training",
-    "prepare_tokenizer", "public_model_name", "resolve_model_source", "safetensors_problem", "set_end_of_turn_as_eos",
+    "prepare_tokenizer", "public_model_name", "published_base_name", "resolve_model_source", "safetensors_problem", "set_end_of_turn_as_eos",
     "stop_token_ids", "torch_dtype",
 ]

@@ -82,11 +82,26 @@ def portable_base_name(name: str) -> str:
 def public_model_name(name: str) -> str:
     """The base model as the files an export publishes (its report, model cards) name it: portable_base_name, but a
     model on this machine's disk by its file or folder name alone, as its full path holds the user's folder names."""
-    portable = portable_base_name(name)
+    local = _local_model(portable_base_name(name))
+    if local is not None:
+        return f"{local.name} (a local {'file' if local.is_file() else 'folder'})"
+    return portable_base_name(name)
+
+
+def published_base_name(name: str) -> str:
+    """The base model as an exported adapter's adapter_config.json (and the GGUF LoRA made from it) names it: the hub
+    id (portable_base_name), or a model on this machine's disk by its file or folder name alone, never its path."""
+    local = _local_model(portable_base_name(name))
+    return local.name if local is not None else portable_base_name(name)
+
+
+def _local_model(portable: str) -> Path | None:
+    """The model on this machine's disk that ``portable`` names (a path, or a name that exists here); None for a hub
+    id."""
     path = Path(portable).expanduser()
     if path.is_absolute() or portable.startswith(("~", ".")) or path.exists():
-        return f"{path.resolve().name} (a local {'file' if path.is_file() else 'folder'})"
-    return portable
+        return path.resolve()
+    return None
 
 
 def config_source(name: str) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import backends, hub
 from ..config import KitConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..report import export_report_markdown
 from ..runs import RunDir
 from ..secrets import printable
@@ -79,7 +79,9 @@ def check_before_export(cfg: KitConfig, adapter: Path) -> list[Path]:
     if "gguf_lora" in formats:
         lora_gguf_refusal(adapter)
     if cfg.export.push_to_hub:
-        hub.token()  # no token: stopped before the work, not after it
+        hub.token()  # no token, the Hub switched off, or an HF_ENDPOINT that is no address: stopped before the
+        hub.check_online()  # work, not after it
+        hub.check_endpoint()
     return sources
 
 
@@ -91,28 +93,51 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
     if "adapter" in formats:
         said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter", base)
         say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
+        published = backends.published_base_name(cfg.model.name)
+        if published != backends.portable_base_name(cfg.model.name):
+            say(f"export: note: adapter/adapter_config.json names the local base model by its folder name alone "
+                f"({printable(published)}), not by its path on this machine; load the adapter onto your copy of it "
+                "(its README.md shows how; the kit: --set model.name=THAT_FOLDER --adapter THIS_EXPORT)")
     if formats & {"merged", "gguf"}:
         report.update(export_merged(cfg, adapter, run.inside(".export.partial/merged"), say, base))
+    failed: dict[str, ModelError] = {}
     if "gguf" in formats:
-        report["gguf"] = export_gguf(cfg, partial, say)
+        report["gguf"] = _converted("gguf", lambda: export_gguf(cfg, partial, say), partial, failed)
         if "file" in report["gguf"]:
             report["gguf"]["modelfile"] = write_modelfile(cfg, run, base.tokenizer, report["gguf"]["file"], say)
     if "gguf_lora" in formats:
-        report["gguf_lora"] = export_gguf_lora(cfg, adapter, partial, say, base)
-    if cfg.export.push_to_hub:
+        report["gguf_lora"] = _converted("gguf_lora", lambda: export_gguf_lora(cfg, adapter, partial, say, base),
+                                         partial, failed)
+    written = [name for name in ("adapter", "merged") if (partial / name).is_dir()]
+    if failed and not written:
+        raise next(iter(failed.values()))  # nothing else was asked for: nothing is exported
+    if cfg.export.push_to_hub and not failed:
         run.write_text(".export.partial/README.md", hub.model_card(cfg, run, report))
-        if "adapter" in formats and report["base_model"] != backends.portable_base_name(cfg.model.name):
-            say(f"export: note: adapter/adapter_config.json names the local base model by its path here "
-                f"({printable(cfg.model.name)}), as PEFT loads the base from there; the Hub repository shows it")
     run.write_json(".export.partial/export_report.json", report)
     run.write_text(".export.partial/export_report.md", export_report_markdown(report))
     final = run.inside(run.unique("export"))
     partial.rename(final)
     say(f"export written: {printable(final)}")
+    if failed:
+        raise ModelError(f"export.formats {', '.join(failed)}: {'; '.join(str(e) for e in failed.values())}\nThe rest "
+                         f"of the export is written: {', '.join(written)} in {printable(final)} (its "
+                         "export_report.json records the failure)"
+                         + ("; nothing was uploaded to the Hub." if cfg.export.push_to_hub else "."))
     summary = {"run_dir": str(run.path), "export_dir": str(final), "export": _summary_line(report)}
     if cfg.export.push_to_hub:
         summary["hub"] = hub.push(cfg.export.push_to_hub, final, cfg.export.hub_private, say)
     return summary
+
+
+def _converted(name: str, convert: Any, partial: Path, failed: dict[str, ModelError]) -> dict[str, Any]:
+    """One GGUF format converted; where llama.cpp's tool fails, its half-written folder is removed and the failure
+    kept in ``failed``, so that the formats already written (the adapter, the merged model) are not lost with it."""
+    try:
+        return convert()
+    except ModelError as err:
+        shutil.rmtree(partial / name, ignore_errors=True)
+        failed[name] = err
+        return {"failed": getattr(err, "summary", "the converted file failed its check")}
 
 
 def published_adapter_name(adapter: Path) -> str:

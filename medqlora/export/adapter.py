@@ -37,10 +37,8 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
     """The adapter's files and a model card; where the adapter folder lacks a tokenizer with its chat template, the
     base model's (the one training used) is saved with it, and the returned description says so."""
     for source in sources:
-        if source.name == "adapter_config.json":  # names the base as another machine finds it
-            config = json.loads(source.read_text())
-            config["base_model_name_or_path"] = backends.portable_base_name(cfg.model.name)
-            run.write_json(f"{dest}/{source.name}", config)
+        if source.name == "adapter_config.json":  # names the base as another machine finds it, never by its path
+            run.write_json(f"{dest}/{source.name}", published_config(source, cfg.model.name))
         else:
             run.copy_in(source, f"{dest}/{source.name}")
     said = "its tokenizer and chat template"
@@ -52,10 +50,29 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
         f"{dest}/README.md",
         f"# LoRA adapter for {printable(backends.public_model_name(cfg.model.name))}\n\nTrained with medqlora "
         f"(QLoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, on {printable(', '.join(cfg.lora.target_modules))}). Load it "
-        "on the base model it was trained on:\n\n"
-        "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
-        "model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n"
-        "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n```\n\n"
+        f"on the base model it was trained on:\n\n```python\n{loading_code(cfg.model.name)}```\n\n"
         "Research use only; not medical advice.\n",
     )
     return said
+
+
+def published_config(source: Path, model_name: str) -> dict:
+    """The adapter's adapter_config.json as the export publishes it: the base model by its hub id, or, for a model on
+    this machine's disk, by its folder name alone (the full path holds the user's folder names)."""
+    config = json.loads(source.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = backends.published_base_name(model_name)
+    return config
+
+
+def loading_code(model_name: str) -> str:
+    """How the model card loads the adapter: by the hub id its config names, or onto the reader's own copy of a base
+    model that was a local folder (its config names the folder, not a path that exists elsewhere)."""
+    tokenizer = ("tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n")
+    if backends.published_base_name(model_name) == backends.portable_base_name(model_name):
+        return ("from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
+                f"model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n{tokenizer}")
+    local = printable(backends.published_base_name(model_name))
+    return ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"base = AutoModelForCausalLM.from_pretrained(\"<your copy of {local}>\")  # a local model: "
+            "adapter_config.json names its folder only\n"
+            f"model = PeftModel.from_pretrained(base, \"<this folder>\")\n{tokenizer}")

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import backends
+from .. import backends, hub
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
+from .adapter import published_config
 from .base_model import ExportBase
 from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, gguf_field, llama_cpp_dir, run_tool
 
@@ -45,7 +46,7 @@ def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any, bas
     try:
         base_config, lora_input = _lora_converter_inputs(cfg, adapter, staging, base.source)
         run_tool([sys.executable, str(folder / LORA_CONVERTER), "--outfile", str(out), "--outtype", kind,
-              "--base", str(base_config), str(lora_input)], LORA_CONVERTER)
+              "--base", str(base_config), str(lora_input)], LORA_CONVERTER, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     figures = {"file": str(out.relative_to(partial)), "type": kind, "converter": folder.name,
@@ -57,21 +58,26 @@ def export_gguf_lora(cfg: KitConfig, adapter: Path, partial: Path, say: Any, bas
 
 
 def _lora_converter_inputs(cfg: KitConfig, adapter: Path, staging: Path, source: str) -> tuple[Path, Path]:
-    """The base model's config.json alone (all the converter reads of the base) and the adapter folder; for an
-    rsLoRA adapter a copy whose lora_alpha gives llama.cpp's alpha / r the scale rsLoRA trained with (alpha / sqrt r)."""
+    """The base model's config.json alone (all the converter reads of the base) and a copy of the adapter as the
+    export publishes it: its adapter_config.json naming the base by its hub id or folder name (the converter writes
+    that name, and the base_model of a README.md beside it, into the GGUF file's metadata: never this machine's
+    path), a model card naming only a hub id, and for an rsLoRA adapter the lora_alpha that gives llama.cpp's
+    alpha / r the scale rsLoRA trained with (alpha / sqrt r)."""
     from transformers import AutoConfig
 
     staging.mkdir()
     base_config = staging / "base"
     AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code).save_pretrained(base_config)
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    if not config.get("use_rslora"):
-        return base_config, adapter
+    config = published_config(adapter / "adapter_config.json", cfg.model.name)
+    if config.get("use_rslora"):
+        config["lora_alpha"] = _llama_cpp_alpha(adapter)
     lora_input = staging / "adapter"
     lora_input.mkdir()
-    config["lora_alpha"] = _llama_cpp_alpha(adapter)
     (lora_input / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
     shutil.copyfile(adapter / "adapter_model.safetensors", lora_input / "adapter_model.safetensors")
+    base = backends.published_base_name(cfg.model.name)
+    if hub.is_hub_id(base):
+        (lora_input / "README.md").write_text(f"---\nbase_model: {base}\n---\n", encoding="utf-8")
     return base_config, lora_input
 
 

@@ -31,9 +31,9 @@ def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
     began = time.perf_counter()
     first = out if direct else out.with_name("model-f16.gguf")
     run_tool([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(partial / "merged"), "--outfile", str(first),
-          "--outtype", kind if direct else "f16"], "convert_hf_to_gguf.py")
+          "--outtype", kind if direct else "f16"], "convert_hf_to_gguf.py", first)
     if quantize is not None:
-        run_tool([str(quantize), str(first), str(out), kind.upper()], "llama-quantize")
+        run_tool([str(quantize), str(first), str(out), kind.upper()], "llama-quantize", out)
         first.unlink()
     figures = {"file": str(out.relative_to(partial)), "type": kind,
                "converter": folder.name, "convert_s": round(time.perf_counter() - began, 2),

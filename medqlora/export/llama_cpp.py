@@ -93,11 +93,35 @@ def quantizer_for(gguf_type: str, folder: Path | None) -> Path | None:
     return found
 
 
-def run_tool(command: list[str], name: str) -> None:
+def run_tool(command: list[str], name: str, writes: Path) -> None:
+    """Run one of llama.cpp's tools (found, so installed), which must write the file ``writes``. A tool that fails,
+    or ends without writing it, stops with what it said: a converter of another llama.cpp version than the gguf
+    package it imports (or than the options the kit passes) fails like this."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        log.error("%s failed: %s", name, done.stderr[-4000:])
-        raise ModelError(f"{name} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}\n{LLAMA_CPP_HINT}")
+    if done.returncode == 0 and writes.is_file():
+        return
+    tool = Path(command[1] if command[0] == sys.executable else command[0])
+    what = (f"failed (exit {done.returncode}): {printable(done.stderr.strip()[-800:])}" if done.returncode != 0 else
+            f"ended without error but wrote no {writes.name} (a version that takes other options than "
+            "--outfile / --outtype?)")
+    log.error("%s %s", name, what if done.returncode == 0 else f"failed: {done.stderr[-4000:]}")
+    elsewhere = (", or unset LLAMA_CPP_DIR to use the converter python -m medqlora.export --fetch-llama-cpp puts in "
+                 "the kit's cache" if os.environ.get("LLAMA_CPP_DIR") else "")
+    raise ToolFailed(
+        f"{name} {'failed (exit ' + str(done.returncode) + ')' if done.returncode else 'wrote no file'}",
+        f"{name} in {printable(tool.parent)} {what}\nllama.cpp was found and its {name} ran, but did not work: a "
+        "checkout whose converters do not match its gguf-py package (or the options this kit passes) fails like this. "
+        f"Update it (git pull in that checkout, then pip install ./gguf-py there){elsewhere}; or leave that format out "
+        "of export.formats.")
+
+
+class ToolFailed(ModelError):
+    """A llama.cpp tool that was found and run, and failed: what it said and what to change; ``summary``: the failure
+    in a few words, without this machine's paths (for the export report, which may be published)."""
+
+    def __init__(self, summary: str, message: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def gguf_field(reader: Any, key: str) -> Any:

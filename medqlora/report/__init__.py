@@ -12,6 +12,7 @@ from .evaluation import (
     COMPLIANCE_LEARNED,
     eval_lines,
     eval_report_markdown,
+    baseline_of,
     format_not_learned,
     lm_eval_report_markdown,
     plot_eval_chart,
@@ -36,7 +37,7 @@ from .training import (
 )
 
 __all__ = [
-    "COMPLIANCE_LEARNED", "eval_lines", "eval_loss_curve", "eval_loss_text", "eval_report_markdown",
+    "COMPLIANCE_LEARNED", "baseline_of", "eval_lines", "eval_loss_curve", "eval_loss_text", "eval_report_markdown",
     "export_report_markdown", "format_not_learned", "lm_eval_report_markdown", "loss_curve", "loss_trend",
     "memory_table", "memory_table_line", "memory_table_markdown", "parameter_counts", "plot_eval_chart",
     "plot_loss", "plot_reward_curves", "samples_markdown", "save_png", "summary_lines", "summary_row",

@@ -54,9 +54,10 @@ def summary_row(name: str, row: dict[str, dict]) -> str:
 
 def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], title: str,
                       perplexity: dict | None = None, lm_eval: dict[str, dict] | None = None,
-                      lm_eval_folder: str = Files.LM_EVAL_TASKS) -> str:
+                      lm_eval_folder: str = Files.LM_EVAL_TASKS, baseline: dict[str, str] | None = None) -> str:
     """eval_report.md, eval.json and eval_chart.png in the run folder (new names if they exist); ``lm_eval``: the
-    lm-evaluation-harness results, a section of their own, scored on the task files in ``lm_eval_folder``."""
+    lm-evaluation-harness results, a section of their own, scored on the task files in ``lm_eval_folder``;
+    ``baseline``: what the baseline column scored, for an adapter trained from another one (baseline_of)."""
     rows = [summary_row(name, row) for name, row in results.items()]
     if perplexity:
         rows.append(f"perplexity {perplexity['before']} -> {perplexity['after']}")
@@ -66,13 +67,35 @@ def write_eval_report(cfg: KitConfig, run: RunDir, results: dict[str, dict], tit
     if not is_main():
         return line
     md, js, png = run.unique(Files.EVAL_REPORT), run.unique(Files.EVAL_JSON), run.unique(Files.EVAL_CHART)
-    run.write_text(md, eval_report_markdown(results, f"Evaluation: {title}", perplexity)
-                   + ("\n" + lm_eval_report_markdown(lm_eval, lm_eval_folder) if lm_eval else ""))
-    run.write_json(js, {"method": cfg.eval.method, "benchmarks": results, "perplexity": perplexity,
+    text = eval_report_markdown(results, f"Evaluation: {title}", perplexity)
+    if baseline:
+        head, _, rest = text.partition("\n\n")
+        text = f"{head}\n\n{baseline['note']}\n\n{rest}"
+    run.write_text(md, text + ("\n" + lm_eval_report_markdown(lm_eval, lm_eval_folder) if lm_eval else ""))
+    run.write_json(js, {"method": cfg.eval.method, **(baseline or {}), "benchmarks": results, "perplexity": perplexity,
                         **({"lm_eval": lm_eval, "lm_eval_tasks": lm_eval_folder} if lm_eval else {})})
     plot_eval_chart(results, run.path / png)
     say(f"evaluation report: {run.path / md}")
     return line
+
+
+def baseline_of(start: str | None, model: str, scored_with_start: bool) -> dict[str, str] | None:
+    """What the baseline column of an adapter trained from another one (its training.init_adapter, ``start``)
+    scored: that start adapter (a run that continued it, scored before training: the delta is its own training), or
+    the bare base model (an evaluation of the adapter afterwards: the delta holds both trainings). None without one."""
+    if not start:
+        return None
+    name = Path(*Path(start).parts[-2:]).as_posix()  # its run folder and adapter folder, not this machine's path
+    if scored_with_start:
+        note = (f"This run started from the adapter {name} (training.init_adapter): the baseline column scores that "
+                f"start adapter on {model}, before this run trained it further, so the delta is this run's training "
+                "alone.")
+    else:
+        note = (f"This adapter's run started from the adapter {name} (training.init_adapter): the baseline column "
+                f"scores the bare base model {model}, so the delta holds that start adapter's training too. Evaluate "
+                f"the start adapter as well (--mode eval --adapter of its run) to see this run's share.")
+    return {"init_adapter": name, "baseline": "the start adapter" if scored_with_start else "the bare base model",
+            "note": note}
 
 
 def eval_lines(stage: str, results: dict[str, dict]) -> list[str]:

@@ -164,10 +164,24 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
                             f"on. Give it a weight of at least {1 / pool:.4g} (one draw), or leave it out.")
     examples = first + examples
     info["used"] = len(examples)
+    if spec.cv_fold is not None and not any(ex.role == "validation" for ex in examples):
+        raise DataError(_empty_fold(spec, info))
     if not examples:
         raise DataError(f"Dataset '{printable(spec.source, 200)}' has no examples left after holding out evaluation "
                         "items.")
     return examples, info
+
+
+def _empty_fold(spec: DatasetSpec, info: dict[str, Any]) -> str:
+    """Why a dataset's cv_fold holds out nothing: no row is in the fold, or max_samples drew none of those that are."""
+    where = f"Dataset '{printable(spec.source, 200)}': cv_fold {spec.cv_fold}"
+    if info.get("cv_fold_validation"):
+        return (f"{where} holds out {info['cv_fold_validation']} rows, and max_samples {spec.max_samples} (drawn at "
+                "random) kept none of them: there would be no validation set. Raise max_samples, or use val_first_n "
+                "(the first N rows, kept whole).")
+    return (f"{where} holds out the rows whose pubid is in PubMedQA PQA-L's official cross-validation fold "
+            f"{spec.cv_fold}, and none of its {info['rows']} rows is (no pubid, or not a PQA-L one): there would be "
+            "no validation set. Use val_first_n (its first N rows) or data.val_ratio for this data, or remove cv_fold.")
 
 
 def _weighted(examples: list[Example], weight: float, rng: random.Random) -> list[Example]:

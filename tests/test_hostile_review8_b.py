@@ -1,0 +1,56 @@
+"""Hostile and unlucky inputs on the data and config side: dataset options another format reads, a PubMedQA CV
+fold that holds out nothing, reasoning rows with an empty chain of thought, rows with two columns for one field,
+a data folder listed beside a file inside it, method settings the chosen method does not use, and LoRA target
+modules the local model lacks (at --dry-run)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import assert_one_message, kit_argv, run_cli
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _instruction_rows(n: int = 12) -> list[dict]:
+    return [{"instruction": f"What is the usual adult dose of drug number {i}?", "output": f"{i} mg daily."}
+            for i in range(n)]
+
+
+def _dry_run(capsys, model: Path, tmp_path: Path, **settings: str):
+    return run_cli(capsys, kit_argv(model, tmp_path / "out", "--dry-run", "--mode", "train", **settings))
+
+
+@pytest.mark.parametrize("option,value,fragment", [
+    ("cot_style", "tags", "cot_style: tags is an option of the medical_o1 format"),
+    ("long_answer", "false", "long_answer: false is an option of the pubmedqa format"),
+    ("cv_fold", "5", "cv_fold 5 holds out PubMedQA's official cross-validation fold by pubid"),
+])
+def test_an_option_of_another_format_is_refused_not_ignored(tiny_model_dir, tmp_path, capsys, option, value,
+                                                            fragment):
+    data = _jsonl(tmp_path / "ins.jsonl", _instruction_rows())
+    base = {"data.datasets.0.source": str(data), "data.datasets.0.format": "instruction"}
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **base, **{f"data.datasets.0.{option}": value})
+    assert refused.code == 2
+    assert_one_message(refused.err, fragment)
+    assert "this dataset is instruction" in refused.err
+    # the defaults the kit's own config writes on its pubmedqa entry are kept when the format is switched
+    ok = _dry_run(capsys, tiny_model_dir, tmp_path, **base, **{"data.datasets.0.long_answer": "true",
+                                                                 "data.datasets.0.cot_style": "huatuo"})
+    assert ok.code == 0, ok.err
+
+
+def test_a_cv_fold_that_holds_out_no_row_is_refused_at_dry_run(tiny_model_dir, tmp_path, capsys):
+    rows = [{"question": f"Does drug {i} lower the blood pressure of adults?", "context": "An abstract.",
+             "final_decision": "yes", "long_answer": "It does."} for i in range(12)]  # no pubid: no fold holds them
+    data = _jsonl(tmp_path / "pq.jsonl", rows)
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets.0.source": str(data),
+                                                             "data.datasets.0.format": "pubmedqa",
+                                                             "data.datasets.0.cv_fold": "5"})
+    assert refused.code == 2
+    assert_one_message(refused.err, "none of its 12 rows is")
+    assert "no validation set" in refused.err

@@ -54,3 +54,21 @@ def test_a_cv_fold_that_holds_out_no_row_is_refused_at_dry_run(tiny_model_dir, t
     assert refused.code == 2
     assert_one_message(refused.err, "none of its 12 rows is")
     assert "no validation set" in refused.err
+
+
+@pytest.mark.parametrize("cot", ["", "  \n", "\u200b"])
+def test_a_reasoning_row_with_an_empty_chain_of_thought_is_refused(tiny_model_dir, tmp_path, capsys, cot):
+    rows = [{"Question": f"Which drug treats condition {i}?", "Complex_CoT": "Think it through." if i else cot,
+             "Response": f"Drug {i}."} for i in range(12)]
+    data = _jsonl(tmp_path / "o1.jsonl", rows)
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets.0.source": str(data),
+                                                             "data.datasets.0.format": "medical_o1"})
+    assert refused.code == 2
+    assert_one_message(refused.err, "o1.jsonl row 1: field 'Complex_CoT' is")
+    assert "expected the reasoning" in refused.err and "format: instruction" in refused.err
+    # the advised way to train on the responses alone is accepted
+    ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets.0.source": str(data),
+                                                        "data.datasets.0.format": "instruction",
+                                                        "data.datasets.0.columns": "{instruction: Question, "
+                                                                                   "output: Response}"})
+    assert ok.code == 0, ok.err

@@ -72,3 +72,42 @@ def test_a_reasoning_row_with_an_empty_chain_of_thought_is_refused(tiny_model_di
                                                         "data.datasets.0.columns": "{instruction: Question, "
                                                                                    "output: Response}"})
     assert ok.code == 0, ok.err
+
+
+@pytest.mark.parametrize("fmt,extra,field_name,other", [
+    ("instruction", {"question": "What is the dose?"}, "instruction", "question"),
+    ("instruction", {"answer": "Another answer."}, "output", "answer"),
+])
+def test_two_different_columns_for_one_field_are_refused_until_one_is_chosen(tiny_model_dir, tmp_path, capsys, fmt,
+                                                                               extra, field_name, other):
+    rows = [{**row, **extra} for row in _instruction_rows()]
+    data = _jsonl(tmp_path / "both.jsonl", rows)
+    base = {"data.datasets.0.source": str(data), "data.datasets.0.format": fmt}
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **base)
+    assert refused.code == 2
+    assert_one_message(refused.err, f"both.jsonl row 1: columns '{field_name}' and '{other}' can each be")
+    assert f"columns: {{{field_name}: {other}}}" in refused.err
+    for choice in (other, field_name):  # either choice, written as the message says, is read
+        ok = _dry_run(capsys, tiny_model_dir, tmp_path, **base,
+                      **{"data.datasets.0.columns": f"{{{field_name}: {choice}}}"})
+        assert ok.code == 0, ok.err
+
+
+def test_two_columns_for_one_field_holding_the_same_text_are_read(tiny_model_dir, tmp_path, capsys):
+    rows = [{**row, "answer": f" {row['output']} "} for row in _instruction_rows()]
+    ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets.0.source": str(_jsonl(tmp_path / "s.jsonl", rows)),
+                                                        "data.datasets.0.format": "instruction"})
+    assert ok.code == 0, ok.err
+
+
+def test_an_answer_and_a_different_solution_are_refused_for_grpo():
+    from medqlora.config import DatasetSpec
+    from medqlora.errors import DataError
+    from medqlora.formats import FORMATS
+
+    spec = DatasetSpec(source="x.jsonl", format="prompt_answer")
+    with pytest.raises(DataError, match="columns 'answer' and 'solution' can each be"):
+        FORMATS["prompt_answer"]({"prompt": "What is 2+2?", "answer": "4", "solution": "5"}, spec)
+    assert FORMATS["prompt_answer"]({"prompt": "What is 2+2?", "answer": 4, "solution": "4"}, spec).response == "4"
+    chosen = DatasetSpec(source="x.jsonl", format="prompt_answer", columns={"answer": "solution"})
+    assert FORMATS["prompt_answer"]({"prompt": "What is 2+2?", "answer": "4", "solution": "5"}, chosen).response == "5"

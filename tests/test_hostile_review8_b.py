@@ -111,3 +111,20 @@ def test_an_answer_and_a_different_solution_are_refused_for_grpo():
     assert FORMATS["prompt_answer"]({"prompt": "What is 2+2?", "answer": 4, "solution": "4"}, spec).response == "4"
     chosen = DatasetSpec(source="x.jsonl", format="prompt_answer", columns={"answer": "solution"})
     assert FORMATS["prompt_answer"]({"prompt": "What is 2+2?", "answer": "4", "solution": "5"}, chosen).response == "5"
+
+
+@pytest.mark.parametrize("folder_first", [True, False])
+def test_a_data_folder_and_a_file_inside_it_both_listed_are_refused(tiny_model_dir, tmp_path, capsys, folder_first):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    inside = _jsonl(folder / "ins.jsonl", _instruction_rows())
+    entries = [f"{{source: {folder}, format: instruction}}", f"{{source: {inside}, format: instruction}}"]
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{
+        "data.datasets": "[" + ", ".join(entries if folder_first else entries[::-1]) + "]"})
+    assert refused.code == 2
+    assert_one_message(refused.err, f"data.datasets.0 and data.datasets.1 both read {inside} the same way (a data "
+                                    "folder and a file inside it)")
+    # the file under another prompt is another dataset, as for the same file listed twice
+    other = f"{{source: {inside}, format: instruction, prompt_template: 'Question: {{question}}'}}"
+    ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets": f"[{entries[0]}, {other}]"})
+    assert ok.code == 0, ok.err

@@ -136,7 +136,7 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
 def _load_folder(folder: Path) -> list[dict[str, Any]]:
     """Every data file of a folder (sub-folders included, hidden ones skipped), each read as a file is: nothing
     is chosen or dropped by its name. Each row is named by its file."""
-    files = _data_files(folder)
+    files = data_files(folder)
     if not files:
         raise DataError(f"The data folder {folder} holds no .json, .jsonl, .csv or .parquet file.")
     rows, names = Rows(), []
@@ -151,7 +151,7 @@ def _load_folder(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _data_files(folder: Path) -> list[Path]:
+def data_files(folder: Path) -> list[Path]:
     """The data files of a folder; a folder of several types is refused rather than some of them skipped."""
     kinds: dict[str, list[Path]] = {}
     try:

@@ -19,6 +19,7 @@ from .config import KitConfig
 from .errors import ModelError
 from .export import left_for_export_mode
 from .grpo import check_vllm
+from .methods import unused_method_settings
 from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, planned_examples
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
@@ -69,6 +70,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
+        **({"unused": unused} if (unused := unused_method_settings(cfg)) else {}),
     }
 
 

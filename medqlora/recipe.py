@@ -355,9 +355,13 @@ def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     recipe.check_inputs(mode)
     from .export import left_for_export_mode
+    from .methods import unused_method_settings
 
     if later := left_for_export_mode(cfg, mode):  # the dry-run plan says it under "export"
         say(f"warning: {later}")
+    if mode in ("train", "full"):
+        for unused in unused_method_settings(cfg):  # the dry-run plan says it under "unused"
+            say(f"warning: {unused}")
     try:
         with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
             return getattr(recipe, MODES[mode])()

@@ -128,3 +128,27 @@ def test_a_data_folder_and_a_file_inside_it_both_listed_are_refused(tiny_model_d
     other = f"{{source: {inside}, format: instruction, prompt_template: 'Question: {{question}}'}}"
     ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets": f"[{entries[0]}, {other}]"})
     assert ok.code == 0, ok.err
+
+
+def test_method_settings_the_chosen_method_does_not_use_are_said(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from medqlora.recipe import Recipe
+
+    data = _jsonl(tmp_path / "ins.jsonl", _instruction_rows())
+    settings = {"data.datasets.0.source": str(data), "data.datasets.0.format": "instruction",
+                "grpo.num_generations": "8", "grpo.use_vllm": "true", "preference.beta": "0.5"}
+    planned = _dry_run(capsys, tiny_model_dir, tmp_path, **settings)
+    assert planned.code == 0, planned.err
+    unused = json.loads(planned.out)["unused"]
+    assert unused[0].startswith("grpo.num_generations and grpo.use_vllm are settings of training.method: grpo, and "
+                                "this run trains with sft: they are unused")
+    assert unused[1].startswith("preference.beta is a setting of training.method: dpo or orpo")
+    # the run says it too, before it trains
+    monkeypatch.setattr(Recipe, "train_mode", lambda self: None)
+    ran = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", **settings))
+    assert ran.code == 0, ran.err
+    assert "warning: grpo.num_generations and grpo.use_vllm are settings of training.method: grpo" in ran.out
+    # settings left at their defaults, or used by the method, are not named
+    quiet = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets.0.source": str(data),
+                                                           "data.datasets.0.format": "instruction",
+                                                           "grpo.num_generations": "4"})
+    assert quiet.code == 0 and "unused" not in json.loads(quiet.out)

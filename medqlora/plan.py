@@ -37,6 +37,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     source = _checked_model_source(cfg)
+    backends.check_planned_target_modules(cfg, source)  # the modules LoRA targets, checked as the run checks them
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it

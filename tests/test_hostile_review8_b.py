@@ -152,3 +152,23 @@ def test_method_settings_the_chosen_method_does_not_use_are_said(tiny_model_dir,
                                                            "data.datasets.0.format": "instruction",
                                                            "grpo.num_generations": "4"})
     assert quiet.code == 0 and "unused" not in json.loads(quiet.out)
+
+
+def test_lora_target_modules_the_local_model_lacks_are_refused_at_dry_run(tiny_model_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    from medqlora.backends import lora
+
+    run_check, models = lora.check_target_modules, []
+
+    def recorded(cfg, model):
+        models.append(model)
+        run_check(cfg, model)
+
+    monkeypatch.setattr(lora, "check_target_modules", recorded)
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{"lora.target_modules": "[q_proj, query]"})
+    assert refused.code == 2
+    assert_one_message(refused.err, f"lora.target_modules: ['query'] do not exist in {tiny_model_dir}. Its linear "
+                                    "layers include: ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj'")
+    assert models and next(models[0].parameters()).device.type == "meta"  # the run's check, on the meta model
+    ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{"lora.target_modules": "[q_proj, v_proj]"})
+    assert ok.code == 0, ok.err

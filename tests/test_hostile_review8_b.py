@@ -172,3 +172,18 @@ def test_lora_target_modules_the_local_model_lacks_are_refused_at_dry_run(tiny_m
     assert models and next(models[0].parameters()).device.type == "meta"  # the run's check, on the meta model
     ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{"lora.target_modules": "[q_proj, v_proj]"})
     assert ok.code == 0, ok.err
+
+
+def test_the_training_file_given_as_the_validation_set_too_is_refused(tiny_model_dir, tmp_path, capsys):
+    data = _jsonl(tmp_path / "ins.jsonl", _instruction_rows())
+    trained = f"{{source: {data}, format: instruction}}"
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{
+        "data.datasets": f"[{trained}, {{source: {tmp_path}/./ins.jsonl, format: instruction, use_for: validation}}]"})
+    assert refused.code == 2
+    assert_one_message(refused.err, f"data.datasets.1 (use_for: validation) reads {data}, which data.datasets.0 "
+                                    "trains on")
+    assert "val_first_n" in refused.err
+    held = _jsonl(tmp_path / "held.jsonl", _instruction_rows(14)[12:])
+    ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{
+        "data.datasets": f"[{trained}, {{source: {held}, format: instruction, use_for: validation}}]"})
+    assert ok.code == 0, ok.err

@@ -37,6 +37,7 @@ def refuse_repeated_datasets(data: DataSection) -> None:
                             "(data.datasets[].weight: 2.0 draws each row twice on average).")
         seen[key] = index
     _refuse_files_read_twice(data)
+    _refuse_validation_on_training_files(data)
 
 
 def _files_read(spec: DatasetSpec) -> set[Path]:
@@ -63,6 +64,25 @@ def _refuse_files_read_twice(data: DataSection) -> None:
                                 "Remove the file's entry, or list the folder's files one by one; to draw a file's "
                                 "rows more often on purpose, set its weight (data.datasets[].weight: 2.0 draws each "
                                 "row twice on average).")
+
+
+def _refuse_validation_on_training_files(data: DataSection) -> None:
+    """A file given both to train on and as the validation set (use_for: validation): its validation loss would be
+    measured on rows being trained on, and say nothing of rows the model has not seen."""
+    trained: dict[Path, int] = {}
+    for index, spec in enumerate(data.datasets):
+        if spec.use_for == "train":
+            for path in _files_read(spec):
+                trained.setdefault(path, index)
+    for index, spec in enumerate(data.datasets):
+        if spec.use_for != "validation":
+            continue
+        for path in sorted(_files_read(spec)):
+            if path in trained:
+                raise DataError(f"data.datasets.{index} (use_for: validation) reads {printable(path, 200)}, which "
+                                f"data.datasets.{trained[path]} trains on: the validation loss would be measured on "
+                                "rows being trained on. Hold out part of that dataset with its val_first_n (or "
+                                "data.val_ratio) instead, or give a file of other rows as the validation set.")
 
 
 def refuse_output_inside_data(data: DataSection, output: Path) -> None:

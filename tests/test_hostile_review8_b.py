@@ -187,3 +187,23 @@ def test_the_training_file_given_as_the_validation_set_too_is_refused(tiny_model
     ok = _dry_run(capsys, tiny_model_dir, tmp_path, **{
         "data.datasets": f"[{trained}, {{source: {held}, format: instruction, use_for: validation}}]"})
     assert ok.code == 0, ok.err
+
+
+@pytest.mark.parametrize("source,fragment", [
+    ("someone/medds/extra", "nor a hub dataset id (name or owner/name)"),
+    ("someone/medds@main", "a revision such as @main cannot be pinned"),
+    ("hf://datasets/someone/medds", "nor a hub dataset id"),
+])
+def test_a_dataset_source_that_is_neither_a_path_nor_a_hub_id_is_refused_at_dry_run(tiny_model_dir, tmp_path,
+                                                                                    capsys, source, fragment):
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets.0.source": source,
+                                                             "data.datasets.0.format": "instruction"})
+    assert refused.code == 2
+    assert_one_message(refused.err, f"Dataset '{source}' is neither a local file or folder")
+    assert fragment in refused.err
+    from medqlora.config import DatasetSpec
+    from medqlora.data.sources import load_rows
+    from medqlora.errors import DataError
+
+    with pytest.raises(DataError, match="nor a hub dataset id"):  # the run refuses it before any download
+        load_rows(DatasetSpec(source=source, format="instruction"))

@@ -17,7 +17,7 @@ from ..formats import FORMAT_SHAPES, FORMATS
 from ..rows import Example, MissingColumnError, _kind, pmid_of
 from ..secrets import printable
 from .source_sets import refuse_repeated_datasets
-from .sources import load_rows, looks_local, resolve_local
+from .sources import check_hub_dataset_id, load_rows, looks_local, resolve_local
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
 
@@ -210,6 +210,7 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
     collected = []
     for index, spec in enumerate(data.datasets):
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
+            check_hub_dataset_id(spec.source)  # downloaded by the run only, but a name that is no id stops here
             continue
         examples, info = build_examples(spec, load_rows(spec), seed + index)
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
@@ -254,6 +255,7 @@ def evaluation_items(data: DataSection, local_only: bool = False) -> list[leakag
         items.append(leakage.Item("pubmedqa-test", pmid, rows[pmid]["LONG_ANSWER"], part="long answer", of=question))
     for spec in data.eval_sets:
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
+            check_hub_dataset_id(spec.source)
             continue
         items += [leakage.Item(spec.source, ex.uid, ex.question) for ex in format_rows(spec, load_rows(spec))]
     return items

@@ -26,7 +26,7 @@ from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import check_optimizer, planned_steps
+    from .train import check_optimizer, logging_note, planned_steps
 
     if cfg.output.run_name:
         check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
@@ -59,6 +59,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "
         f"{t.micro_batch_size * t.gradient_accumulation_steps}",
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
+        **({"logging": note} if (n_train is not None or t.max_steps > 0) and (note := logging_note(cfg, n_train))
+           else {}),
         "max_seq_length": cfg.model.max_seq_length,
         "training": _training_section(cfg, runtime, optimizer),
         "validation": validation_plan(cfg),

@@ -207,3 +207,26 @@ def test_a_dataset_source_that_is_neither_a_path_nor_a_hub_id_is_refused_at_dry_
 
     with pytest.raises(DataError, match="nor a hub dataset id"):  # the run refuses it before any download
         load_rows(DatasetSpec(source=source, format="instruction"))
+
+
+def test_logging_steps_beyond_the_run_are_said_by_the_plan_and_the_run(tiny_model_dir, tmp_path, capsys,
+                                                                       monkeypatch):
+    from medqlora.errors import ConfigError
+    from medqlora.stages import TrainingStages
+
+    data = _jsonl(tmp_path / "ins.jsonl", _instruction_rows())
+    settings = {"data.datasets.0.source": str(data), "data.datasets.0.format": "instruction",
+                "training.logging_steps": "1000"}
+    planned = _dry_run(capsys, tiny_model_dir, tmp_path, **settings)
+    assert planned.code == 0, planned.err
+    assert json.loads(planned.out)["logging"].startswith("training.logging_steps (1000) is beyond this run's 4 "
+                                                         "optimizer steps: no training loss will be logged")
+
+    def stop(self):  # right after the data is prepared: the model is not needed to show the warning
+        raise ConfigError("stopped before the model loads")
+
+    monkeypatch.setattr(TrainingStages, "fit_memory", stop)
+    ran = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", **settings))
+    assert "warning: training.logging_steps (1000) is beyond this run's 4 optimizer steps" in ran.out
+    quiet = _dry_run(capsys, tiny_model_dir, tmp_path, **{**settings, "training.logging_steps": "4"})
+    assert quiet.code == 0 and "logging" not in json.loads(quiet.out)

@@ -184,6 +184,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     source = backends.config_source(cfg.model.name)
     lm_eval_tasks = None
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
+        evaluate.check_something_to_score(cfg)
         benchmarks = local_benchmarks(cfg)
         lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
@@ -198,8 +199,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
-            "eval": "scores " + ", ".join(benchmark_plan(cfg, b) for b in cfg.eval.benchmarks)
-                    + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
+            "eval": "scores " + ", ".join([benchmark_plan(cfg, b) for b in cfg.eval.benchmarks]
+                                          + harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder" + _push_plan(cfg),
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
     return {

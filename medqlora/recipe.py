@@ -226,6 +226,8 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         if output.exists() and not output.is_dir():
             raise ConfigError(f"output.dir {printable(output, PATH_SHOWN)}: is a file, expected the folder that holds "
                               "run folders.")
+        if mode == "eval":
+            evaluate.check_something_to_score(self.cfg)
         if mode in ("full", "test") or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
             generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
 

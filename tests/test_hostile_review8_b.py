@@ -230,3 +230,13 @@ def test_logging_steps_beyond_the_run_are_said_by_the_plan_and_the_run(tiny_mode
     assert "warning: training.logging_steps (1000) is beyond this run's 4 optimizer steps" in ran.out
     quiet = _dry_run(capsys, tiny_model_dir, tmp_path, **{**settings, "training.logging_steps": "4"})
     assert quiet.code == 0 and "logging" not in json.loads(quiet.out)
+
+
+def test_an_evaluation_with_nothing_to_score_is_refused(tiny_model_dir, tmp_path, capsys):
+    for dry in (["--dry-run"], []):  # the plan and the run, before the model loads
+        refused = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *dry, "--mode", "eval", "--adapter",
+                                           "none", **{"eval.benchmarks": "[]"}))
+        assert refused.code == 2
+        assert_one_message(refused.err, "--mode eval has nothing to score: eval.benchmarks is empty and "
+                                        "eval.harness is not set")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -25,27 +25,51 @@ ANSWER_FORMAT_ROWS = ("multiple_choice", "pubmedqa")
 
 
 def format_style(cfg: KitConfig) -> str | None:
-    """The reasoning format GRPO rewards: grpo.format_style, or (auto) the cot_style of the medical_o1 data this
-    run, or the run of its init_adapter, trained on; else the plain answer format ('C. ...') where the rows have
-    options; none, or auto on prompt_answer rows alone: None."""
+    """The reasoning format GRPO rewards: grpo.format_style, or (auto) the cot_style its adapter learnt (from this
+    run's medical_o1 data, or the stages before it: trained_cot_style); else the plain answer format ('C. ...')
+    where the rows have options; none, or auto on prompt_answer rows alone: None."""
     chosen = cfg.grpo.format_style
     if chosen != "auto":
         return None if chosen == "none" else chosen
+    style = trained_cot_style(cfg)
+    if style is not None:
+        return style
+    # the answer format is a reply opening with one of the item's options: prompt_answer rows have none
+    return "answer" if answer_format_applies(cfg) else None
+
+
+MAX_STAGES = 16  # init_adapter links followed back at most (a loop of copied run folders ends there)
+
+
+def trained_cot_style(cfg: KitConfig, stage: int = 0) -> str | None:
+    """The reasoning format (huatuo / tags) a run teaches or keeps: its medical_o1 data's cot_style, the format a GRPO
+    stage rewarded, or else that of the run its init_adapter came from, followed back stage by stage (an SFT run,
+    then GRPO, then GRPO again); None when no stage trained one."""
     for spec in cfg.data.datasets:
         if spec.format == "medical_o1":
             return spec.cot_style
-    if cfg.training.init_adapter:
-        saved = Path(cfg.training.init_adapter).parent / "config.yaml"
+    if stage and cfg.training.method == "grpo" and cfg.grpo.format_style in ("huatuo", "tags"):
+        return cfg.grpo.format_style
+    earlier = _config_of_adapter(cfg.training.init_adapter) if stage < MAX_STAGES else None
+    return trained_cot_style(earlier, stage + 1) if earlier is not None else None
+
+
+def _config_of_adapter(adapter: str | None) -> KitConfig | None:
+    """The config.yaml of the run that trained an adapter folder: <run>/adapter, or a copy of it the run holds (an
+    export, <run>/export*/adapter, or a checkpoint, <run>/checkpoints/checkpoint-N); None where there is none."""
+    if not adapter or adapter == "latest":
+        return None
+    folder = Path(adapter).expanduser()
+    runs = [folder.parent] + ([folder.parent.parent] if folder.parent.name.startswith("export")
+                              or folder.parent.name == "checkpoints" else [])
+    for run in runs:
+        saved = run / "config.yaml"
         if saved.is_file():
             try:
-                earlier = load_config(saved)
+                return load_config(saved)
             except MedQLoRAError:
                 return None
-            for spec in earlier.data.datasets:
-                if spec.format == "medical_o1":
-                    return spec.cot_style
-    # the answer format is a reply opening with one of the item's options: prompt_answer rows have none
-    return "answer" if answer_format_applies(cfg) else None
+    return None
 
 
 def answer_format_applies(cfg: KitConfig) -> bool:

@@ -240,3 +240,29 @@ def test_an_evaluation_with_nothing_to_score_is_refused(tiny_model_dir, tmp_path
         assert_one_message(refused.err, "--mode eval has nothing to score: eval.benchmarks is empty and "
                                         "eval.harness is not set")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_auto_grpo_format_follows_an_exported_adapter_and_earlier_grpo_stages(tmp_path):
+    from medqlora import grpo
+    from medqlora.config import load_config
+
+    def run_folder(name: str, cfg) -> Path:
+        (tmp_path / name / "adapter").mkdir(parents=True)
+        (tmp_path / name / "config.yaml").write_text(cfg.to_yaml())
+        return tmp_path / name
+
+    def grpo_from(adapter: Path):
+        return load_config(None, ["training.method=grpo", "data.datasets.0.format=multiple_choice",
+                                  "data.datasets.0.source=data/medmcqa/train.jsonl", "grpo.num_generations=2",
+                                  "training.micro_batch_size=2", f"training.init_adapter={adapter}"])
+
+    sft = run_folder("o1t", load_config(None, ["data.datasets=[{source: x.jsonl, format: medical_o1, "
+                                                "cot_style: tags}]"]))
+    (sft / "export" / "adapter").mkdir(parents=True)
+    assert grpo.format_style(grpo_from(sft / "adapter")) == "tags"
+    assert grpo.format_style(grpo_from(sft / "export" / "adapter")) == "tags"  # the exported copy: the same run
+    second = run_folder("g1", grpo_from(sft / "adapter"))  # a GRPO stage on multiple-choice rows, format auto
+    assert grpo.format_style(grpo_from(second / "adapter")) == "tags"  # a third stage keeps what the first taught
+    plain = run_folder("plain", load_config(None, ["data.datasets.0.format=instruction",
+                                                   "data.datasets.0.source=x.jsonl"]))
+    assert grpo.format_style(grpo_from(plain / "adapter")) == "answer"  # no stage taught a reasoning format

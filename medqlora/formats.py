@@ -159,6 +159,11 @@ def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     t_name, thinking = _field(row, spec, "Complex_CoT")
     a_name, answer = _field(row, spec, "Response")
     _response(answer, a_name)
+    if invisible(thinking):
+        raise DataError(f"field '{printable(t_name, 60)}' is {'empty' if not thinking else 'blank'}, expected the reasoning "
+                        "that comes before the final response (a medical_o1 target holds both: an empty one would "
+                        "teach an empty reasoning section). Fill it in or leave the row out (to train on the responses alone, use "
+                        "format: instruction with columns: {instruction: Question, output: Response}).")
     for name, text in ((t_name, thinking), (a_name, answer)):
         _refuse_section_markers(name, text)
     if spec.cot_style == "tags":

@@ -102,3 +102,29 @@ def _check_no_validation(cfg: Any) -> None:
         raise ValueError(f"training.method: {method} computes no validation loss: {', '.join(asked)} would be unused. "
                          "Remove them (benchmarks in eval: still score the run before and after), or use "
                          "training.method: sft")
+
+
+# The config sections only some methods read: section -> the training.method values that use it.
+METHOD_SECTIONS = {"grpo": ("grpo",), "preference": ("dpo", "orpo")}
+
+
+def unused_method_settings(cfg: Any) -> list[str]:
+    """Settings given in the grpo: / preference: section of a method this run does not train with (a config whose
+    training.method line was forgotten): one sentence per section, for the plan and the run to say."""
+    method, notes = cfg.training.method, []
+    for section, methods in METHOD_SECTIONS.items():
+        if method in methods:
+            continue
+        values = getattr(cfg, section)
+        defaults = type(values)()
+        given = [f"{section}.{name}" for name in sorted(values.model_fields_set)
+                 if getattr(values, name) != getattr(defaults, name)]
+        if given:
+            wanted = " or ".join(methods)
+            named = ", ".join(given[:-1]) + f" and {given[-1]}" if len(given) > 1 else given[0]
+            notes.append(f"{named} {'is a setting' if len(given) == 1 else 'are settings'} of "
+                         f"training.method: {wanted}, and this run trains with {method}: "
+                         f"{'it is' if len(given) == 1 else 'they are'} unused. Set training.method: {methods[0]} "
+                         f"to train with {'it' if len(given) == 1 else 'them'}, or remove "
+                         f"{'it' if len(given) == 1 else 'them'}")
+    return notes

@@ -19,13 +19,14 @@ from .config import KitConfig
 from .errors import ModelError
 from .export import left_for_export_mode
 from .grpo import check_vllm
+from .methods import unused_method_settings
 from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, planned_examples
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import check_optimizer, planned_steps
+    from .train import check_optimizer, logging_note, planned_steps
 
     if cfg.output.run_name:
         check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
@@ -36,6 +37,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     source = _checked_model_source(cfg)
+    backends.check_planned_target_modules(cfg, source)  # the modules LoRA targets, checked as the run checks them
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
@@ -57,6 +59,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "
         f"{t.micro_batch_size * t.gradient_accumulation_steps}",
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
+        **({"logging": note} if (n_train is not None or t.max_steps > 0) and (note := logging_note(cfg, n_train))
+           else {}),
         "max_seq_length": cfg.model.max_seq_length,
         "training": _training_section(cfg, runtime, optimizer),
         "validation": validation_plan(cfg),
@@ -69,6 +73,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
+        **({"unused": unused} if (unused := unused_method_settings(cfg)) else {}),
     }
 
 
@@ -179,6 +184,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     source = backends.config_source(cfg.model.name)
     lm_eval_tasks = None
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
+        evaluate.check_something_to_score(cfg)
         benchmarks = local_benchmarks(cfg)
         lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
@@ -193,8 +199,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
-            "eval": "scores " + ", ".join(benchmark_plan(cfg, b) for b in cfg.eval.benchmarks)
-                    + "".join(f", {line}" for line in harness.plan(cfg, lm_eval_tasks or [])),
+            "eval": "scores " + ", ".join([benchmark_plan(cfg, b) for b in cfg.eval.benchmarks]
+                                          + harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder" + _push_plan(cfg),
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]
     return {

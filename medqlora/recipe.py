@@ -229,12 +229,10 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         if output.exists() and not output.is_dir():
             raise ConfigError(f"output.dir {printable(output, PATH_SHOWN)}: is a file, expected the folder that holds "
                               "run folders.")
+        if mode == "eval":
+            evaluate.check_something_to_score(self.cfg)
         if mode in ("full", "test") or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
             generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
-        if mode == "eval" and not self.cfg.eval.benchmarks and not self.cfg.eval.harness:
-            raise ConfigError("--mode eval has nothing to score: eval.benchmarks is empty and eval.harness is not set. "
-                              "List a benchmark (e.g. --set 'eval.benchmarks=[{name: pubmedqa, kind: pubmedqa}]'), "
-                              "or set eval.harness: lm-eval with its tasks.")
 
     def resumed(self) -> tuple[RunDir, KitConfig, Path]:
         """--resume resolved once: the run folder, its own config and its newest checkpoint."""
@@ -362,9 +360,13 @@ def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     recipe.check_inputs(mode)
     from .export import left_for_export_mode
+    from .methods import unused_method_settings
 
     if later := left_for_export_mode(cfg, mode):  # the dry-run plan says it under "export"
         say(f"warning: {later}")
+    if mode in ("train", "full"):
+        for unused in unused_method_settings(cfg):  # the dry-run plan says it under "unused"
+            say(f"warning: {unused}")
     try:
         with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
             return getattr(recipe, MODES[mode])()

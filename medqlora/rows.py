@@ -142,20 +142,40 @@ def _uid(value: Any, name: str) -> str | None:
 
 
 def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value") -> tuple[str, Any]:
-    """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping)."""
-    null = None
-    for name in names:
-        mapped = spec.columns.get(name, name)
-        if mapped in row:
-            if row[mapped] is not None:
-                return mapped, row[mapped]
-            null = null or mapped
-    if null is not None:
-        raise DataError(f"field '{printable(null, 60)}' is null, expected {expected}.")
+    """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping; a name
+    mapped in ``columns:`` is tried first). Two of those columns holding different texts, neither chosen by
+    ``columns:``, are refused: which one the field was meant to read is not the kit's to guess."""
+    chosen = [name for name in names if name in spec.columns]
+    order = dict.fromkeys(spec.columns.get(name, name) for name in chosen + [n for n in names if n not in chosen])
+    present = [(column, row[column]) for column in order if column in row]
+    filled = [(column, value) for column, value in present if value is not None]
+    if filled:
+        if not chosen:
+            _refuse_two_columns(spec, names[0], filled)
+        return filled[0]
+    if present:
+        raise DataError(f"field '{printable(present[0][0], 60)}' is null, expected {expected}.")
     wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
     columns = printable(sorted(str(k) for k in row), 300)
     raise MissingColumnError(f"has no column {wanted}; its columns are {columns}.",
                              f"Map yours with 'columns:' in the dataset entry, e.g. columns: {{{names[0]}: your_column}}.")
+
+
+def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[str, Any]]) -> None:
+    """Two columns that can each fill ``field_name`` (instruction and question, output and answer), both holding a
+    text and the texts different: reading the first would drop the other without a word."""
+    def text(value: Any) -> str | None:
+        return str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+    (first, value), others = filled[0], filled[1:]
+    for other, second in others:
+        if text(value) is not None and text(second) is not None and text(value) != text(second):
+            raise DataError(
+                f"columns '{printable(first, 60)}' and '{printable(other, 60)}' can each be the {spec.format} "
+                f"format's '{field_name}', and they differ ({printable(repr(value), 60)} / "
+                f"{printable(repr(second), 60)}): one would be dropped without a word. Choose the one to read with "
+                f"columns: {{{field_name}: {printable(other, 60)}}} (or {{{field_name}: {printable(first, 60)}}}) "
+                "in the dataset entry, or remove the other column.")
 
 
 class MissingColumnError(DataError):

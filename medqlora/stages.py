@@ -36,9 +36,11 @@ class TrainingStages:
         self.shape = fit.model_shape(self.source, cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(cfg, self.source)
         self.prepared = tokenize(cfg, self.collected, self.tokenizer)
-        from .train import check_steps_against_data
+        from .train import check_steps_against_data, logging_note
 
         check_steps_against_data(cfg, len(self.prepared.train))
+        if note := logging_note(cfg, len(self.prepared.train)):  # the dry-run plan says it under "logging"
+            say(f"warning: {note}")
         evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
         self.fit_memory()
         self.save_config()

@@ -48,6 +48,17 @@ def check_steps_against_data(cfg: KitConfig, n_train: int) -> None:
     check_warmup(cfg, n_train)
 
 
+def logging_note(cfg: KitConfig, n_train: int | None) -> str | None:
+    """training.logging_steps beyond the run's optimizer steps (a preset's logging_steps on a short rehearsal):
+    the run trains, but logs no training loss. Said by the plan and the run."""
+    steps = planned_steps(cfg, n_train)
+    if cfg.training.logging_steps <= steps:
+        return None
+    return (f"training.logging_steps ({cfg.training.logging_steps}) is beyond this run's {steps} optimizer steps: no "
+            "training loss will be logged (no loss curve, no loss in the summary or metrics.json). Set "
+            f"training.logging_steps to at most {steps} (1: every step) to see it")
+
+
 def check_generation_fits_data(cfg: KitConfig, n_train: int) -> None:
     """TRL's sampler deals GRPO prompts out a whole generation at a time and drops a generation it cannot fill:
     with fewer prompts than one generation takes, nothing would train (an error, or an untrained adapter)."""

@@ -18,7 +18,7 @@ from .checkpoints import check_checkpoint_folder, check_gguf_file, safetensors_p
 from .gguf import CACHE_DIR, check_cache_dir, convert_gguf, mark_unquantized, set_end_of_turn_as_eos
 from .hf import check_context_length, hf_base, nf4_config
 from .loading import load_for_inference, load_for_training
-from .lora import attach_adapter, checkpointing_plan
+from .lora import attach_adapter, check_planned_target_modules, checkpointing_plan
 from .runtime import (
     BACKEND_MARK,
     Runtime,
@@ -43,7 +43,7 @@ from .tokenizer import CHAT_TEMPLATES, load_tokenizer, prepare_tokenizer, stop_t
 
 __all__ = [
     "BACKEND_MARK", "CACHE_DIR", "CHAT_TEMPLATES", "Runtime", "activate", "attach_adapter", "attention_kernel", "check_cache_dir",
-    "check_checkpoint_folder", "check_context_length", "check_gguf_file", "check_model_source", "checkpointing_plan", "config_source", "convert_gguf",
+    "check_checkpoint_folder", "check_context_length", "check_gguf_file", "check_model_source", "check_planned_target_modules", "checkpointing_plan", "config_source", "convert_gguf",
     "detect", "generation_backend", "gpu_only_checkpoint", "hf_base", "load_for_inference", "load_for_training", "load_tokenizer",
     "mark_unquantized", "nf4_config", "portable_base_name", "prepare_for_generation", "prepare_for_training",
     "prepare_tokenizer", "public_model_name", "published_base_name", "resolve_model_source", "safetensors_problem", "set_end_of_turn_as_eos",

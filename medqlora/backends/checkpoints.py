@@ -149,20 +149,27 @@ def check_generation_config(folder: Path) -> None:
         raise ModelError(f"{where}: transformers refuses it ({printable(str(err).splitlines()[0], 200)}). {fix}") from None
 
 
-def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
-    """config.json describes the model the weights were saved from: the model it builds (on the meta device: no
-    memory) has its parameters among the tensors of the safetensors files, or config.json is wrong."""
+def meta_model(folder: Path) -> tuple[Any, Any]:
+    """(config, model) of a checkpoint folder's config.json, the model built on the meta device (no memory, no
+    weights read); a ModelError when transformers cannot build it."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    where = f"model.name: {printable(str(folder / 'config.json'))}"
     try:
         config = AutoConfig.from_pretrained(str(folder))
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            return config, AutoModelForCausalLM.from_config(config)
     except Exception as err:  # transformers raises ValueError, KeyError, TypeError... for a config it cannot build
-        raise ModelError(f"{where} does not describe a model transformers can build ({type(err).__name__}: "
-                         f"{printable(str(err), 160)}). Restore the checkpoint's own config.json.") from None
+        raise ModelError(f"model.name: {printable(str(folder / 'config.json'))} does not describe a model "
+                         f"transformers can build ({type(err).__name__}: {printable(str(err), 160)}). Restore the "
+                         "checkpoint's own config.json.") from None
+
+
+def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
+    """config.json describes the model the weights were saved from: the model it builds (on the meta device: no
+    memory) has its parameters among the tensors of the safetensors files, or config.json is wrong."""
+    where = f"model.name: {printable(str(folder / 'config.json'))}"
+    config, model = meta_model(folder)
     prefix = f"{model.base_model_prefix}."
     expected = {k.removeprefix(prefix) for k in model.state_dict()}
     if getattr(config, "tie_word_embeddings", False):

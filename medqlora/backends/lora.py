@@ -76,6 +76,29 @@ def checkpointing_plan(cfg: KitConfig, runtime: Runtime) -> str | bool:
     return "off: on the CPU gradient_checkpointing unsloth leaves it off (memory is plentiful; true turns it on)"
 
 
+def check_target_modules(cfg: KitConfig, model: Any) -> None:
+    """Every name of lora.target_modules is a module of ``model`` (the loaded one, or at --dry-run the one its
+    config.json builds on the meta device)."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in present]
+    if missing:
+        raise ConfigError(
+            f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
+            f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
+        )
+
+
+def check_planned_target_modules(cfg: KitConfig, source: str | None) -> None:
+    """--dry-run: lora.target_modules checked as a run checks them, against the model a local checkpoint's
+    config.json builds on the meta device (a hub model, a GGUF file or remote code: checked when the run loads it)."""
+    folder = Path(source).expanduser() if source else None
+    if folder is None or cfg.model.trust_remote_code or not (folder / "config.json").is_file():
+        return
+    from .checkpoints import meta_model
+
+    check_target_modules(cfg, meta_model(folder)[1])
+
+
 def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -91,13 +114,7 @@ def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in cfg.lora.target_modules if m not in present]
-    if missing:
-        raise ConfigError(
-            f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
-            f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
-        )
+    check_target_modules(cfg, model)
     if cfg.training.init_adapter:
         return trainable_adapter(model, cfg)
     from transformers import set_seed

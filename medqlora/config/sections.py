@@ -127,6 +127,23 @@ class DatasetSpec(Section):
         return columns
 
     @model_validator(mode="after")
+    def _options_of_its_format(self) -> DatasetSpec:
+        """An option another format reads, set on this one, would change nothing: said rather than ignored."""
+        for option, (fmt, default) in FORMAT_OPTIONS.items():
+            value = getattr(self, option)
+            if self.format == fmt or value == default:
+                continue
+            if option == "cv_fold":
+                raise ValueError(f"cv_fold {value} holds out PubMedQA's official cross-validation fold by pubid: it "
+                                 f"applies to the pubmedqa format only, and this dataset is {self.format}, so no row "
+                                 "would be held out. Use val_first_n (its first N rows) or data.val_ratio for a "
+                                 "validation set, or remove cv_fold")
+            shown = str(value).lower()
+            raise ValueError(f"{option}: {shown} is an option of the {fmt} format, and this dataset is {self.format}, "
+                             f"which it does not change. Remove it (or set it back to {str(default).lower()})")
+        return self
+
+    @model_validator(mode="after")
     def _one_validation_source(self) -> DatasetSpec:
         if self.val_first_n is not None and self.use_for == "validation":
             raise ValueError("val_first_n and use_for: validation both set: the whole dataset is already the "
@@ -135,6 +152,10 @@ class DatasetSpec(Section):
             raise ValueError("val_first_n and cv_fold both choose the validation items; keep one of them")
         return self
 
+
+# The options only one format reads: option -> (that format, its default, which any other format may keep).
+FORMAT_OPTIONS: dict[str, tuple[str, Any]] = {"cv_fold": ("pubmedqa", None), "long_answer": ("pubmedqa", True),
+                                              "cot_style": ("medical_o1", "huatuo")}
 
 # The placeholders a prompt_template may use, per format (none: the format takes no template).
 TEMPLATE_FIELDS: dict[str, set[str]] = {name: set(f.placeholders or ()) for name, f in DATASET_FORMATS.items()}

@@ -17,7 +17,7 @@ from ..formats import FORMAT_SHAPES, FORMATS
 from ..rows import Example, MissingColumnError, _kind, pmid_of
 from ..secrets import printable
 from .source_sets import refuse_repeated_datasets
-from .sources import load_rows, looks_local, resolve_local
+from .sources import check_hub_dataset_id, load_rows, looks_local, resolve_local
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
 
@@ -164,10 +164,24 @@ def build_examples(spec: DatasetSpec, rows: list[dict[str, Any]], seed: int) -> 
                             f"on. Give it a weight of at least {1 / pool:.4g} (one draw), or leave it out.")
     examples = first + examples
     info["used"] = len(examples)
+    if spec.cv_fold is not None and not any(ex.role == "validation" for ex in examples):
+        raise DataError(_empty_fold(spec, info))
     if not examples:
         raise DataError(f"Dataset '{printable(spec.source, 200)}' has no examples left after holding out evaluation "
                         "items.")
     return examples, info
+
+
+def _empty_fold(spec: DatasetSpec, info: dict[str, Any]) -> str:
+    """Why a dataset's cv_fold holds out nothing: no row is in the fold, or max_samples drew none of those that are."""
+    where = f"Dataset '{printable(spec.source, 200)}': cv_fold {spec.cv_fold}"
+    if info.get("cv_fold_validation"):
+        return (f"{where} holds out {info['cv_fold_validation']} rows, and max_samples {spec.max_samples} (drawn at "
+                "random) kept none of them: there would be no validation set. Raise max_samples, or use val_first_n "
+                "(the first N rows, kept whole).")
+    return (f"{where} holds out the rows whose pubid is in PubMedQA PQA-L's official cross-validation fold "
+            f"{spec.cv_fold}, and none of its {info['rows']} rows is (no pubid, or not a PQA-L one): there would be "
+            "no validation set. Use val_first_n (its first N rows) or data.val_ratio for this data, or remove cv_fold.")
 
 
 def _weighted(examples: list[Example], weight: float, rng: random.Random) -> list[Example]:
@@ -196,6 +210,7 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
     collected = []
     for index, spec in enumerate(data.datasets):
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
+            check_hub_dataset_id(spec.source)  # downloaded by the run only, but a name that is no id stops here
             continue
         examples, info = build_examples(spec, load_rows(spec), seed + index)
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
@@ -240,6 +255,7 @@ def evaluation_items(data: DataSection, local_only: bool = False) -> list[leakag
         items.append(leakage.Item("pubmedqa-test", pmid, rows[pmid]["LONG_ANSWER"], part="long answer", of=question))
     for spec in data.eval_sets:
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
+            check_hub_dataset_id(spec.source)
             continue
         items += [leakage.Item(spec.source, ex.uid, ex.question) for ex in format_rows(spec, load_rows(spec))]
     return items

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import DataSection, DatasetSpec
 from ..errors import DataError
 from ..secrets import printable
-from .sources import resolve_local
+from .sources import data_files, resolve_local
 
 # what only changes how many of a dataset's rows are drawn: two entries alike in everything else read the same rows
 _AMOUNT_FIELDS = {"source", "max_samples", "weight"}
@@ -36,6 +36,53 @@ def refuse_repeated_datasets(data: DataSection) -> None:
                             "Remove one of them; to draw a dataset's rows more often on purpose, set its weight "
                             "(data.datasets[].weight: 2.0 draws each row twice on average).")
         seen[key] = index
+    _refuse_files_read_twice(data)
+    _refuse_validation_on_training_files(data)
+
+
+def _files_read(spec: DatasetSpec) -> set[Path]:
+    """The data files a local source reads (a folder: each of its data files), resolved; a hub id: none."""
+    local = resolve_local(spec.source)
+    if local is None:
+        return set()
+    return {path.resolve() for path in data_files(local)} if local.is_dir() else {local.resolve()}
+
+
+def _refuse_files_read_twice(data: DataSection) -> None:
+    """A data folder and a file inside it (or a folder inside it) both listed the same way: the file's rows would be
+    trained twice without a word, as with the same file listed twice."""
+    readers: dict[tuple[str, Path], int] = {}
+    for index, spec in enumerate(data.datasets):
+        if spec.use_for != "train":
+            continue
+        options = json.dumps(spec.model_dump(mode="json", exclude=_AMOUNT_FIELDS), sort_keys=True)
+        for path in sorted(_files_read(spec)):
+            earlier = readers.setdefault((options, path), index)
+            if earlier != index:
+                raise DataError(f"data.datasets.{earlier} and data.datasets.{index} both read {printable(path, 200)} "
+                                "the same way (a data folder and a file inside it): its rows would be trained twice. "
+                                "Remove the file's entry, or list the folder's files one by one; to draw a file's "
+                                "rows more often on purpose, set its weight (data.datasets[].weight: 2.0 draws each "
+                                "row twice on average).")
+
+
+def _refuse_validation_on_training_files(data: DataSection) -> None:
+    """A file given both to train on and as the validation set (use_for: validation): its validation loss would be
+    measured on rows being trained on, and say nothing of rows the model has not seen."""
+    trained: dict[Path, int] = {}
+    for index, spec in enumerate(data.datasets):
+        if spec.use_for == "train":
+            for path in _files_read(spec):
+                trained.setdefault(path, index)
+    for index, spec in enumerate(data.datasets):
+        if spec.use_for != "validation":
+            continue
+        for path in sorted(_files_read(spec)):
+            if path in trained:
+                raise DataError(f"data.datasets.{index} (use_for: validation) reads {printable(path, 200)}, which "
+                                f"data.datasets.{trained[path]} trains on: the validation loss would be measured on "
+                                "rows being trained on. Hold out part of that dataset with its val_first_n (or "
+                                "data.val_ratio) instead, or give a file of other rows as the validation set.")
 
 
 def refuse_output_inside_data(data: DataSection, output: Path) -> None:

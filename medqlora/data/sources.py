@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,24 @@ def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
         return _load_folder(local) if local.is_dir() else _load_local(local)
     if looks_local(spec.source):
         raise DataError(_not_found(spec.source))
+    check_hub_dataset_id(spec.source)
     return _load_hub(spec)
+
+
+# A hub dataset id: a name, or owner/name, of letters, digits, '-', '_' and '.'.
+HUB_DATASET_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def check_hub_dataset_id(source: str) -> None:
+    """A source that names no local file or folder is read as a hub dataset id: one that cannot be one (a third
+    part, a revision, a URL) is a mistyped path or id, refused before anything is downloaded (and at --dry-run)."""
+    if HUB_DATASET_ID.match(source):
+        return
+    folders = " and ".join(dict.fromkeys([str(Path.cwd()), str(KIT_ROOT)]))
+    revision = " (a revision such as @main cannot be pinned: give the id alone)" if "@" in source else ""
+    raise DataError(f"Dataset '{printable(source, 200)}' is neither a local file or folder (looked in {folders}) "
+                    f"nor a hub dataset id (name or owner/name){revision}. A local path: check it, or write it "
+                    "from ./ or / ; a hub dataset: its id, with subset: and split: choosing a part of it.")
 
 
 def _not_found(source: str) -> str:
@@ -136,7 +154,7 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
 def _load_folder(folder: Path) -> list[dict[str, Any]]:
     """Every data file of a folder (sub-folders included, hidden ones skipped), each read as a file is: nothing
     is chosen or dropped by its name. Each row is named by its file."""
-    files = _data_files(folder)
+    files = data_files(folder)
     if not files:
         raise DataError(f"The data folder {folder} holds no .json, .jsonl, .csv or .parquet file.")
     rows, names = Rows(), []
@@ -151,7 +169,7 @@ def _load_folder(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _data_files(folder: Path) -> list[Path]:
+def data_files(folder: Path) -> list[Path]:
     """The data files of a folder; a folder of several types is refused rather than some of them skipped."""
     kinds: dict[str, list[Path]] = {}
     try:

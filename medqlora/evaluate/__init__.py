@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ..config import KitConfig
+from ..errors import ConfigError
 from ..distributed import shared_map
 from .cot import cot_metrics, rouge_l, score_cot, split_cot
 from .generation import FINAL_RESPONSE, extract_answer, generated_replies, score_generate
@@ -35,11 +36,20 @@ from .prompts import check_prompts_fit, evaluation_length, item_prompt, prompt_i
 
 __all__ = [
     "COT_VALIDATION", "FINAL_RESPONSE", "ITEM_LOADERS", "PUBMEDQA_LABELS", "REFERENCES", "EvalItem",
-    "answer_token_ids", "check_not_trained_on", "check_prompts_fit", "classification_metrics", "cot_items_from",
+    "answer_token_ids", "check_not_trained_on", "check_something_to_score", "check_prompts_fit",
+    "classification_metrics", "cot_items_from",
     "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
     "item_prompt", "load_benchmarks", "load_items", "one_answer_warning", "prompt_ids", "rouge_l",
     "score_cot", "score_generate", "score_likelihood", "side_by_side", "split_cot",
 ]
+
+
+def check_something_to_score(cfg: KitConfig) -> None:
+    """--mode eval with no benchmark and no lm-eval harness would load the model and report no score at all."""
+    if not cfg.eval.benchmarks and cfg.eval.harness is None:
+        raise ConfigError("--mode eval has nothing to score: eval.benchmarks is empty and eval.harness is not set. "
+                          "List a benchmark in eval.benchmarks (e.g. {name: pubmedqa, kind: pubmedqa}, the official "
+                          "test split), or set eval.harness: lm-eval with its eval.lm_eval.tasks.")
 
 
 def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> dict:

@@ -24,14 +24,20 @@ from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, pla
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
+def _check_planned_run_name(cfg: KitConfig, output_dir: str | None, resuming: bool) -> None:
+    """output.run_name refused as the run refuses it: a path or a credential's value, or (a new run) the name of
+    an existing run."""
+    if cfg.output.run_name:
+        check_run_name(cfg.output.run_name)
+        if not resuming:
+            check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
+
+
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
     from .train import check_optimizer, logging_note, planned_steps
 
-    if cfg.output.run_name:
-        check_run_name(cfg.output.run_name)  # a path or a credential's value, refused as the run refuses it
-        if not resuming:  # the name of an existing run, refused as the run refuses it
-            check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
+    _check_planned_run_name(cfg, output_dir, resuming)
     runtime = backends.detect(cfg)
     check_vllm(cfg, runtime)  # vLLM generation where it cannot run, refused as the run refuses it
     tracker_notes = tracking.check_trackers(cfg)  # a tracker without its key or package stops here, as in a run

@@ -10,14 +10,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import KIT_ROOT, DatasetSpec
 from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
-from ..secrets import printable, unpaired_surrogate
+from ..secrets import printable
+from .json_values import pairs_once, parse_int, refuse_unreadable_values
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -190,95 +190,19 @@ def data_files(folder: Path) -> list[Path]:
     return [path for paths in kinds.values() for path in paths]
 
 
-class _LongInt(str):
-    """An integer of more digits than Python reads (4300): kept as its text to be named, then refused."""
-
-
-def _parse_int(text: str) -> int | str:
-    return _LongInt(text) if len(text) > 4000 else int(text)
-
-
-def _first_field(value: Any, here: Callable[[Any, str], str | None], name: str = "") -> str | None:
-    """The field (a.b[2]) of a parsed JSON value where ``here(value, name)`` first names something, if any."""
-    found = here(value, name)
-    if found:
-        return found
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = _first_field(item, here, f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}" if name else key)
-        if found:
-            return found
-    return None
-
-
-def _long_int_field(value: Any, name: str = "") -> str | None:
-    """The field (a.b[2]) of the first over-long integer in a parsed JSON value, if any."""
-    return _first_field(value, lambda v, n: (n or "the value") if isinstance(v, _LongInt) else None, name)
-
-
-class _Twice(dict):
-    """A JSON object that named a key more than once (json keeps the last value): `twice` is that key."""
-    twice = ""
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """object_pairs_hook: a dict as json builds it, marked when a key comes twice (refused once the row is known)."""
-    value = dict(pairs)
-    if len(value) == len(pairs):
-        return value
-    seen: set[str] = set()
-    marked = _Twice(value)
-    marked.twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-    return marked
-
-
-def _twice_field(value: Any, name: str = "") -> str | None:
-    """The key (a.b[2].key) a JSON object of this parsed value names twice, if any."""
-    return _first_field(value, lambda v, n: (f"{n}.{v.twice}" if n else v.twice) if isinstance(v, _Twice) else None,
-                        name)
-
-
-def _surrogate_field(value: Any, name: str = "") -> str | None:
-    def here(v: Any, n: str) -> str | None:
-        if isinstance(v, str) and unpaired_surrogate(v):
-            return n or "the value"
-        if isinstance(v, dict):
-            key = next((k for k in v if isinstance(k, str) and unpaired_surrogate(k)), None)
-            return None if key is None else f"{n}.{key}" if n else key
-        return None
-    return _first_field(value, here, name)
-
-
-def _refuse_long_ints(value: Any, where: str) -> None:
-    found = _long_int_field(value)
-    if found:
-        raise DataError(f"{where}: field '{printable(found, 120)}' holds an integer too long to read (over 4000 "
-                        "digits). Write it as a quoted string, or remove it.")
-    broken = _surrogate_field(value)
-    if broken:
-        raise DataError(f"{where}: field '{printable(broken, 120)}' holds half of a UTF-16 surrogate pair (a "
-                        "\\ud800-\\udfff escape alone), text that no tokenizer can read: the exporter that wrote "
-                        "the file split a character such as an emoji. Write the character itself (or its full "
-                        "pair), or remove it.")
-    twice = _twice_field(value)
-    if twice:
-        raise DataError(f"{where}: key '{printable(twice, 120)}' appears twice in one object (JSON would keep only "
-                        "the last value). Keep one of them.")
-
-
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=_parse_int,
-                             object_pairs_hook=_pairs)
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=parse_int,
+                             object_pairs_hook=pairs_once)
     except json.JSONDecodeError as err:
         hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
             err.msg == "Extra data" else ""
         raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}).{hint}") from None
     if isinstance(payload, list):
         for number, row in enumerate(payload, start=1):
-            _refuse_long_ints(row, f"{path} row {number}")
+            refuse_unreadable_values(row, f"{path} row {number}")
     else:
-        _refuse_long_ints(payload, str(path))
+        refuse_unreadable_values(payload, str(path))
     if isinstance(payload, dict) and payload and all(isinstance(v, dict) for v in payload.values()):
         # PubMedQA's original layout: {PMID: {QUESTION, CONTEXTS, ...}}
         return Rows({"pubid": key, **value} for key, value in payload.items())
@@ -312,13 +236,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line, parse_int=_parse_int, object_pairs_hook=_pairs)
+                row = json.loads(line, parse_int=parse_int, object_pairs_hook=pairs_once)
             except ValueError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
                                 "JSON object.") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {_kind(row)}.")
-            _refuse_long_ints(row, f"{path}:{number}")
+            refuse_unreadable_values(row, f"{path}:{number}")
             rows.append(row)
             lines.append(number)
     rows.lines = lines

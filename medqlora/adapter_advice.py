@@ -1,0 +1,63 @@
+"""What a path given where an adapter folder belongs is, when it is not one, and what to give instead: a GGUF
+file (llama.cpp's format), a kit run folder whose training stopped before its adapter was saved, a full model (the
+merged export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapters import CONFIG_NAME, kit_run_folder
+from .secrets import printable
+
+
+def named_flag(flag: str) -> str:
+    return f"{flag} " if flag.startswith("--") else f"{flag}="
+
+
+def gguf_given(arg: str, path: Path, flag: str) -> str:
+    """A .gguf file where an adapter folder belongs: llama.cpp's format (export.formats gguf_lora or gguf), which
+    the kit neither loads as an adapter nor trains from. Points at the adapter folder of the run it came from."""
+    run = next((folder for folder in path.parents if kit_run_folder(folder / "adapter") is not None), None)
+    source = (f"the adapter/ folder of the run it was exported from: {named_flag(flag)}{printable(run / 'adapter')}"
+              if run is not None else "the adapter/ folder of the run it was exported from (or that run's folder)")
+    lora = _gguf_type(path) == "adapter"
+    what = "a GGUF LoRA as export.formats gguf_lora writes it" if lora else "a GGUF LoRA or a GGUF model"
+    model = "" if lora else f" (A GGUF model loads as the base model: --set model.name={printable(path)} --adapter none.)"
+    return (f"{flag} {printable(arg)} is a GGUF file, llama.cpp's format ({what}): the kit can neither load a GGUF "
+            f"LoRA as an adapter nor train from one. Give {source}.{model}")
+
+
+def _gguf_type(path: Path) -> str | None:
+    """general.type of a GGUF file ('adapter' for a LoRA, 'model'), read from its header; None when unreadable."""
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(str(path)).fields.get("general.type")
+        return None if field is None else str(field.contents())
+    except Exception:  # not a readable GGUF file (or no gguf package): the message names both kinds
+        return None
+
+
+def no_adapter_there(arg: str, path: Path, flag: str) -> str:
+    """What a folder without adapter_config.json is, when the kit can tell: one of its run folders whose training
+    stopped before the adapter was saved, or a full model (the merged export); else what the flag takes."""
+    shown = printable(arg)
+    if path.is_dir() and kit_run_folder(path / "adapter") is not None:
+        checkpoints = sorted((c for c in (path / "checkpoints").glob("checkpoint-*") if (c / CONFIG_NAME).is_file()),
+                             key=lambda c: int(c.name.rsplit("-", 1)[1]) if c.name.rsplit("-", 1)[1].isdigit() else -1)
+        if checkpoints:
+            return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved "
+                    f"(killed or failed: no adapter_config.json in its adapter/). Finish the training with: python "
+                    f"medical_qlora_finetuning.py --mode train --resume {printable(path)}, then use the run; or use "
+                    f"its last checkpoint as it is: {named_flag(flag)}{printable(checkpoints[-1])}.")
+        return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved, and "
+                "before its first checkpoint (training.save_steps): there is no adapter to use. Train it again "
+                "(--mode train).")
+    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        if flag.startswith("--"):
+            advice = f"load it as the base model alone: --set model.name={printable(path)} --adapter none"
+        else:
+            advice = f"train on it as the base model: --set model.name={printable(path)}, without {flag}"
+        return (f"{flag} {shown} holds a full model (config.json and its weights, as export.formats merged writes "
+                f"it), not a LoRA adapter: {advice}.")
+    return f"{flag} {shown}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder)."

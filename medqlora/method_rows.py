@@ -5,7 +5,6 @@ gold answer, choices) or the preference pair (chosen, rejected)."""
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from . import rewards
 from .config import KitConfig
 from .data import Collected, Example, PreparedData, leakage, length_stats, tokenize_example
 from .errors import DataError
+from .messages import log
 from .secrets import printable
 
 KIND_OF_FORMAT = {"multiple_choice": rewards.MULTIPLE_CHOICE, "pubmedqa": rewards.PUBMEDQA,
@@ -148,7 +148,7 @@ def _prompts_left_out(cfg: KitConfig, dropped: int, total: int) -> list[str]:
         return []
     warning = (f"{dropped} of {total} {cfg.training.method} rows were left out: "
                + _prompt_limit(cfg).replace("every prompt is", "their prompts are") + ". " + _prompt_advice(cfg))
-    logging.getLogger("medqlora").warning(warning)
+    log.warning(warning)
     return [warning]
 
 
@@ -168,7 +168,7 @@ def _refuse_or_warn_long_answers(cfg: KitConfig, count: int, total: int) -> str:
               "can check (a drug name, a dose), not whole explanations.")
     if count == total:
         raise DataError(f"{said}: none of them could teach anything. {advice}")
-    logging.getLogger("medqlora").warning(f"{said}. {advice}")
+    log.warning(f"{said}. {advice}")
     return f"{said}. {advice}"
 
 

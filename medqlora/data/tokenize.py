@@ -8,7 +8,6 @@ to ``PreparedData``, and ``count_rows`` for a dry run.
 
 from __future__ import annotations
 
-import logging
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 from ..config import DataSection
 from .. import leakage
 from ..errors import DataError
+from ..messages import log
 from ..rows import Example
 from .examples import Collected, collect, padding_report, system_prompt_of
 from .sources import fingerprint
@@ -234,14 +234,14 @@ def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: in
                         f"model.max_seq_length={max_len} (data.too_long: truncate): the model learns them "
                         "unfinished. Raise model.max_seq_length, or set data.too_long: drop to leave those examples "
                         "out.")
-        logging.getLogger("medqlora").warning(warnings[-1])
+        log.warning(warnings[-1])
     dropped = sum(stats[c.name]["fitting"].get("dropped", 0) for c in collected)
     if dropped and data.too_long == "truncate":
         warnings.append(f"{dropped} of {sum(len(c.examples) for c in collected)} examples were left out: the prompt "
                         f"alone (with the chat template and system prompt) does not fit model.max_seq_length="
                         f"{max_len}, so no answer could be kept even cut (data.too_long: truncate shortens only "
                         "answers and pubmedqa contexts). Raise model.max_seq_length, or shorten those prompts.")
-        logging.getLogger("medqlora").warning(warnings[-1])
+        log.warning(warnings[-1])
     return cut, dropped, warnings
 
 

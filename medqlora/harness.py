@@ -224,12 +224,14 @@ def write_task_folder(folder: Path, tasks: list[HarnessTask]) -> None:
     """One <task>.jsonl and <task>.yaml per task in ``folder`` (a fresh folder of the run)."""
     import yaml
 
+    from .runs import write_file_bytes  # the run folder's one writer: no link followed, nothing half-written
+
     for task in tasks:
         data_file = folder / f"{task.lm_eval_name}.jsonl"
-        data_file.write_text("".join(json.dumps(doc_of(task, i), ensure_ascii=False) + "\n" for i in task.items),
-                             encoding="utf-8")
-        (folder / f"{task.lm_eval_name}.yaml").write_text(
-            yaml.safe_dump(task_yaml(task, data_file.resolve()), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        rows = "".join(json.dumps(doc_of(task, i), ensure_ascii=False) + "\n" for i in task.items)
+        write_file_bytes(data_file, rows.encode("utf-8"))
+        config = yaml.safe_dump(task_yaml(task, data_file.resolve()), sort_keys=False, allow_unicode=True)
+        write_file_bytes(folder / f"{task.lm_eval_name}.yaml", config.encode("utf-8"))
 
 
 # ---------------------------------------------------------------- running lm-eval

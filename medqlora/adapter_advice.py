@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .adapters import CONFIG_NAME, kit_run_folder
+from .run_files import Files
 from .secrets import printable
 
 
@@ -17,7 +18,7 @@ def named_flag(flag: str) -> str:
 def gguf_given(arg: str, path: Path, flag: str) -> str:
     """A .gguf file where an adapter folder belongs: llama.cpp's format (export.formats gguf_lora or gguf), which
     the kit neither loads as an adapter nor trains from. Points at the adapter folder of the run it came from."""
-    run = next((folder for folder in path.parents if kit_run_folder(folder / "adapter") is not None), None)
+    run = next((folder for folder in path.parents if kit_run_folder(folder / Files.ADAPTER) is not None), None)
     source = (f"the adapter/ folder of the run it was exported from: {named_flag(flag)}{printable(run / 'adapter')}"
               if run is not None else "the adapter/ folder of the run it was exported from (or that run's folder)")
     lora = _gguf_type(path) == "adapter"
@@ -42,8 +43,8 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
     """What a folder without adapter_config.json is, when the kit can tell: one of its run folders whose training
     stopped before the adapter was saved, or a full model (the merged export); else what the flag takes."""
     shown = printable(arg)
-    if path.is_dir() and kit_run_folder(path / "adapter") is not None:
-        checkpoints = sorted((c for c in (path / "checkpoints").glob("checkpoint-*") if (c / CONFIG_NAME).is_file()),
+    if path.is_dir() and kit_run_folder(path / Files.ADAPTER) is not None:
+        checkpoints = sorted((c for c in (path / Files.CHECKPOINTS).glob("checkpoint-*") if (c / CONFIG_NAME).is_file()),
                              key=lambda c: int(c.name.rsplit("-", 1)[1]) if c.name.rsplit("-", 1)[1].isdigit() else -1)
         if checkpoints:
             return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved "

@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import ModelError
 from .regular_files import first_special_file, link_note
+from .run_files import Files
 from .secrets import printable
 
 CONFIG_NAME = "adapter_config.json"
@@ -57,7 +58,7 @@ def kit_run_folder(adapter: Path) -> Path | None:
     """The run folder of the kit that holds ``adapter`` (as <run>/adapter), or None: the parent must hold the
     kit's manifest.json (with kit_version) and config.yaml, as regular files."""
     parent = adapter.parent
-    manifest, config = parent / "manifest.json", parent / "config.yaml"
+    manifest, config = parent / Files.MANIFEST, parent / Files.CONFIG
     if manifest.is_symlink() or config.is_symlink():  # a run folder with planted links: refused, not read
         from .runs import RunDir
 

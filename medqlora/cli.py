@@ -23,6 +23,7 @@ from . import distributed, environment, messages, signals
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .run_lock import release_run_folders
+from .run_files import Files
 from .secrets import RedactingFilter, printable, redact, unpaired_surrogate
 
 MODES = ["train", "test", "eval", "full", "export", "chat"]
@@ -189,7 +190,7 @@ def _check_run_folder(resume: str) -> None:
         raise ConfigError(f"--resume {shown}: no such folder. {fix}")
     if not path.is_dir():
         raise ConfigError(f"--resume {shown}: is a file, not a run folder. {fix}")
-    if not (path / "config.yaml").is_file() and not (path / "manifest.json").is_file():
+    if not (path / Files.CONFIG).is_file() and not (path / Files.MANIFEST).is_file():
         # (a run that stopped before its config was final has a manifest alone: --resume says it has no checkpoint)
         raise ConfigError(f"--resume {shown}: is not a run folder of this kit (no config.yaml / manifest.json). {fix}")
 

@@ -17,6 +17,7 @@ from .data import PreparedData
 from .distributed import is_main
 from .errors import ConfigError, MedQLoRAError
 from .messages import log, say
+from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
 from .trainer_args import common_args, one_gpu
@@ -48,7 +49,7 @@ def learnt_style(adapter: Path, depth: int = 0) -> str | None:
     format a GRPO run rewarded, or, in turn, what its own init_adapter learnt. None when it learnt none, or when
     the adapter is not the kit's (that is said: auto cannot know its format)."""
     folders = [adapter.parent] + ([adapter.parent.parent] if adapter.parent.name.startswith("export") else [])
-    run = next((f for f in folders if (f / "config.yaml").is_file() and not (f / "config.yaml").is_symlink()), None)
+    run = next((f for f in folders if (f / Files.CONFIG).is_file() and not (f / Files.CONFIG).is_symlink()), None)
     if run is None:
         if depth == 0:
             say(f"warning: grpo.format_style auto: training.init_adapter {printable(adapter)} is not in a run folder "
@@ -56,7 +57,7 @@ def learnt_style(adapter: Path, depth: int = 0) -> str | None:
                 "grpo.format_style to it (huatuo or tags)")
         return None
     try:
-        earlier = load_config(run / "config.yaml")
+        earlier = load_config(run / Files.CONFIG)
     except MedQLoRAError:
         return None
     if earlier.training.method != "grpo":  # only a GRPO run rewarded its grpo.format_style

@@ -17,6 +17,7 @@ from . import backends
 from .config import KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .messages import log
+from .run_files import Files
 from .runs import RunDir
 from .secrets import printable, redact
 
@@ -198,7 +199,7 @@ def _results(run: RunDir) -> str:
                      key=lambda f: f.stat().st_mtime)
     if reports:
         parts.append(reports[-1].read_text(encoding="utf-8", errors="replace").replace("# ", "### ", 1))
-    metrics = run.path / "metrics.json"
+    metrics = run.path / Files.METRICS
     if metrics.is_file() and not metrics.is_symlink():
         try:
             figures = json.loads(metrics.read_text(encoding="utf-8")).get("metrics", {})

@@ -25,6 +25,7 @@ from .distributed import is_main
 from .errors import MedQLoRAError
 from .messages import log_to
 from .regular_files import not_a_private_file
+from .run_files import Files
 from .run_lock import lock_run_folder
 from .run_names import (
     check_output_dir,
@@ -39,39 +40,6 @@ from .secrets import RedactingFilter, printable, redact
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-class Files:
-    """The name of every file and folder the kit writes in a run folder."""
-
-    ADAPTER = "adapter"
-    CHECKPOINTS = "checkpoints"
-    CONFIG = "config.yaml"
-    MANIFEST = "manifest.json"
-    RUN_LOG = "run.log"
-    METRICS = "metrics.json"
-    LOSS_CHART = "loss.png"
-    MEMORY = "memory.json"
-    MEMORY_TABLE = "memory_table.md"
-    DATA_STATS = "data_stats.json"
-    TRAINING_ITEMS = "training_items.jsonl"
-    TENSORBOARD = "tensorboard"
-    EVAL_BASELINE = "eval_baseline.json"
-    EVAL_REPORT = "eval_report.md"
-    EVAL_JSON = "eval.json"
-    EVAL_CHART = "eval_chart.png"
-    LM_EVAL_TASKS = "lm_eval_tasks"  # eval.harness: lm-eval: the task files lm-eval reads
-    LM_EVAL_BASELINE = "lm_eval_baseline.json"
-    SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
-    LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
-              f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")
-    EVALUATION_FILES = (EVAL_REPORT, EVAL_JSON, EVAL_CHART)
-
-    @classmethod
-    def listed(cls, evaluated: bool) -> str:
-        """The files a training run writes, named for a plan: the evaluation's only where it evaluates."""
-        return cls.LISTED if evaluated else ", ".join(
-            name for name in cls.LISTED.split(", ") if name not in cls.EVALUATION_FILES)
 
 
 class UnsafePathError(MedQLoRAError):

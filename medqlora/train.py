@@ -17,6 +17,7 @@ from .distributed import barrier, grpo_steps_per_epoch, is_main, sharding, world
 from .errors import ConfigError
 from .memory import snapshot
 from .optimizers import check_optimizer  # noqa: F401 (plan.py imports it from here)
+from .run_files import Files
 from .runs import RunDir
 from .sharded import gathered_weights, load_fsdp_lora, save_fsdp_lora, scatter_fsdp_trainable
 from .tracking import add_tracking, tracking_env
@@ -249,6 +250,6 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
     weights = gathered_weights(trainer)  # sharded: every process takes part
     if is_main():
         save_adapter(model, tokenizer, run, weights)
-        shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # the run is complete: the adapter is what counts
+        shutil.rmtree(run.path / Files.CHECKPOINTS, ignore_errors=True)  # the run is complete: the adapter is what counts
     barrier()
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)

@@ -15,6 +15,7 @@ from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
 from .messages import log
+from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
 from .sharded import write_gathered_adapter
@@ -99,7 +100,7 @@ def _remove_incomplete_checkpoints(run: RunDir) -> None:
     it writes last: remove it, so that neither --resume nor a user takes it for a checkpoint."""
     if not is_main():
         return
-    for folder in (run.path / "checkpoints").glob("checkpoint-*"):
+    for folder in (run.path / Files.CHECKPOINTS).glob("checkpoint-*"):
         if folder.is_dir() and not folder.is_symlink() and not (folder / "trainer_state.json").is_file():
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -1,0 +1,37 @@
+"""The names of the files and folders the kit writes in a run folder, in one place (a module of its own, so
+that modules below runs.py in the import order name them too)."""
+
+from __future__ import annotations
+
+
+class Files:
+    """The name of every file and folder the kit writes in a run folder."""
+
+    ADAPTER = "adapter"
+    CHECKPOINTS = "checkpoints"
+    CONFIG = "config.yaml"
+    MANIFEST = "manifest.json"
+    RUN_LOG = "run.log"
+    METRICS = "metrics.json"
+    LOSS_CHART = "loss.png"
+    MEMORY = "memory.json"
+    MEMORY_TABLE = "memory_table.md"
+    DATA_STATS = "data_stats.json"
+    TRAINING_ITEMS = "training_items.jsonl"
+    TENSORBOARD = "tensorboard"
+    EVAL_BASELINE = "eval_baseline.json"
+    EVAL_REPORT = "eval_report.md"
+    EVAL_JSON = "eval.json"
+    EVAL_CHART = "eval_chart.png"
+    LM_EVAL_TASKS = "lm_eval_tasks"  # eval.harness: lm-eval: the task files lm-eval reads
+    LM_EVAL_BASELINE = "lm_eval_baseline.json"
+    SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
+    LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
+              f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")
+    EVALUATION_FILES = (EVAL_REPORT, EVAL_JSON, EVAL_CHART)
+
+    @classmethod
+    def listed(cls, evaluated: bool) -> str:
+        """The files a training run writes, named for a plan: the evaluation's only where it evaluates."""
+        return cls.LISTED if evaluated else ", ".join(
+            name for name in cls.LISTED.split(", ") if name not in cls.EVALUATION_FILES)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backends, data, distributed, evaluate, fit, harness, memory, report, resume
+from . import adapters, backends, data, distributed, evaluate, fit, harness, memory, report, resume
 from .adapter_runs import inherited_training_items
 from .config import KitConfig, load_config
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
@@ -187,7 +187,7 @@ class TrainingStages:
         run.write_json(Files.METRICS, {"metrics": result.metrics, "log_history": result.log_history})
         if distributed.is_main():
             report.plot_loss(result.log_history, run.path / Files.LOSS_CHART)
-        adapter_mb = size_mb(run.adapter / "adapter_model.safetensors")
+        adapter_mb = size_mb(run.adapter / adapters.WEIGHTS_NAME)
         self.summary = self.header() | report.training_summary(
             len(self.prepared.train), result.metrics, result.log_history, memory_report, table, adapter_mb)
         self.record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import BenchmarkSpec, DatasetSpec, KitConfig
 from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
 from ..errors import DataError
+from ..run_files import Files
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
 
@@ -131,7 +132,7 @@ def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_ite
             raise DataError(f"{training_items}:{number}: not a record of training_items.jsonl (the file is damaged), "
                             "so what this adapter was trained on cannot be checked. Evaluate a run whose "
                             "training_items.jsonl is intact.") from None
-    stats_file = training_items.parent / "data_stats.json"
+    stats_file = training_items.parent / Files.DATA_STATS
     if stats_file.is_file():
         try:
             trained |= flagged_hashes(json.loads(stats_file.read_text(encoding="utf-8")))

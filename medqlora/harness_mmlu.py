@@ -12,6 +12,7 @@ from .data import resolve_local
 from .errors import DataError
 from .evaluate import EvalItem
 from .rows import MAX_FIELD_CHARS
+from .regular_files import link_note
 from .secrets import printable
 
 MMLU_LAYOUT = ("<dir>/<subject>_test.csv (MMLU's own data/test folder: question, A, B, C, D, answer letter; no "
@@ -85,10 +86,7 @@ def _mmlu_parquet_rows(files: list[Path], subject: str) -> list[dict[str, Any]]:
 
     rows = []
     for file in files:
-        if not file.is_file():
-            linked = f" (it links to {printable(file.resolve())})" if file.is_symlink() else ""
-            raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not a regular file{linked}. Put the "
-                            f"hub's parquet file there, or remove it.")
+        _refuse_irregular(file, subject, "Put the hub's parquet file there, or remove it.")
         try:
             table = pyarrow.parquet.read_table(file).to_pylist()
         except Exception as err:  # pyarrow raises several types for a file that is not parquet
@@ -98,12 +96,13 @@ def _mmlu_parquet_rows(files: list[Path], subject: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _refuse_irregular(file: Path, subject: str) -> None:
-    """The subject's CSV path names something that is not a file to read (a device, a pipe, a folder, a broken link)."""
+def _refuse_irregular(file: Path, subject: str, advice: str = "") -> None:
+    """A subject's file path names something that is not a file to read (a device, a pipe, a folder, a broken
+    link); ``advice`` says what to put there (default: the CSV layout's file)."""
     if not file.is_file():
-        linked = f" (it links to {printable(file.resolve())})" if file.is_symlink() else ""
-        raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not a regular file{linked}. Put MMLU's "
-                        f"{subject}_test.csv file there, or remove it to use the {subject}/test-*.parquet layout.")
+        advice = advice or (f"Put MMLU's {subject}_test.csv file there, or remove it to use the "
+                            f"{subject}/test-*.parquet layout.")
+        raise DataError(f"lm-eval task mmlu_{subject}: {printable(file)} is not a regular file{link_note(file)}. {advice}")
 
 
 def _mmlu_csv_row(file: Path, number: int, record: list[str]) -> dict[str, Any]:

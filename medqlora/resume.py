@@ -84,19 +84,21 @@ def trained_settings(cfg: KitConfig) -> dict[str, Any]:
 def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, Any] | None:
     """The settings the run's manifest says its training started with (None: not recorded); key "data": the
     fingerprints of the data it trained on."""
+    recorded = _manifest_value(run, key)
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _manifest_value(run: RunDir, key: str) -> Any:
+    """One field of the run's manifest.json (None: no manifest, not JSON, or no such field)."""
     try:
-        recorded = json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
+        return json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
-    return recorded if isinstance(recorded, dict) else None
 
 
 def _status(run: RunDir) -> str | None:
     """The status the run's manifest records (training, interrupted, failed, trained), or None."""
-    try:
-        status = json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    status = _manifest_value(run, "status")
     return status if isinstance(status, str) else None
 
 

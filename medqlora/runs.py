@@ -160,7 +160,6 @@ def _open_log(run: Path) -> Any:
     return os.fdopen(out, "a", encoding="utf-8")
 
 
-
 class _RunLogHandler(logging.FileHandler):
     """A FileHandler on run.log whose every (re)opening goes through ``_open_log``."""
 

@@ -235,10 +235,15 @@ def grpo_steps_per_epoch(cfg: KitConfig, prompts: int) -> int:
     micro_batch x accumulation completions takes that / num_generations prompts; one generation takes the prompts
     of steps_per_generation steps, those that do not fill a last generation are left out, and each generation's
     completions are trained num_iterations times."""
+    g = cfg.grpo
+    return prompts // max(1, grpo_prompts_per_generation(cfg)) * g.steps_per_generation * g.num_iterations
+
+
+def grpo_prompts_per_generation(cfg: KitConfig) -> int:
+    """The prompts one GRPO generation takes (``cfg`` in the config's terms): the completions of
+    steps_per_generation optimizer steps, num_generations per prompt."""
     t, g = cfg.training, cfg.grpo
-    completions = t.micro_batch_size * t.gradient_accumulation_steps * g.steps_per_generation
-    prompts_per_generation = max(1, completions // g.num_generations)
-    return prompts // prompts_per_generation * g.steps_per_generation * g.num_iterations
+    return t.micro_batch_size * t.gradient_accumulation_steps * g.steps_per_generation // g.num_generations
 
 
 def micro_batches_per_epoch(cfg: KitConfig, rows: int, processes: int) -> int:

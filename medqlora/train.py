@@ -13,7 +13,7 @@ from typing import Any
 from .backends import Runtime
 from .config import KitConfig
 from .data import PreparedData
-from .distributed import barrier, grpo_steps_per_epoch, is_main, sharding, world_size
+from .distributed import barrier, grpo_prompts_per_generation, grpo_steps_per_epoch, is_main, sharding, world_size
 from .errors import ConfigError
 from .memory import snapshot
 from .optimizers import check_optimizer  # noqa: F401 (plan.py imports it from here)
@@ -67,7 +67,7 @@ def check_generation_fits_data(cfg: KitConfig, n_train: int) -> None:
     if t.method != "grpo":
         return
     completions = t.micro_batch_size * t.gradient_accumulation_steps
-    needed = completions * g.steps_per_generation // g.num_generations
+    needed = grpo_prompts_per_generation(cfg)
     if needed <= n_train:
         return
     fitting = n_train * g.num_generations // completions

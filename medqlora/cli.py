@@ -19,16 +19,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import distributed, environment, messages, signals
+from . import distributed, environment, signals
+from .commands import ADAPTER_MODES, MODES, TRAINING_MODES, command
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
-from .run_lock import release_run_folders
 from .run_files import Files
 from .secrets import RedactingFilter, printable, redact, unpaired_surrogate
-
-MODES = ["train", "test", "eval", "full", "export", "chat"]
-TRAINING_MODES = ("train", "full")  # --resume
-ADAPTER_MODES = ("test", "eval", "export", "chat")  # --adapter
 
 
 class _Counted(argparse.Action):
@@ -68,10 +64,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
-    messages.begin_command()  # an earlier command's run.log (in this process) gets nothing of this one
     earlier_logs = set(_run_logs())
     try:
-        with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
+        with command():
             return _main(args)
     except BrokenPipeError:  # the reader of stdout went away (`--dry-run | head -1`): nothing left to tell it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush is quiet
@@ -79,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the last line of defence: a bug of the kit, not a problem the user can fix
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:
-        release_run_folders()
         distributed.stop()
 
 
@@ -214,7 +208,7 @@ def _main(args: argparse.Namespace) -> int:
             if distributed.is_main():  # under a launcher, one plan for all the processes
                 print(redact(json.dumps(planned, indent=2)))  # a credential in a name never reaches the screen
             return 0
-        recipe.run_mode(args.mode, cfg, **vars(options))
+        recipe.Recipe(cfg, options).execute(args.mode)
         return 0
     except TrainingInterrupted as err:
         if distributed.is_main():  # Ctrl-C reaches every process: one message is enough

@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,9 @@ from . import (
     generate,
     grpo,
     harness,
-    messages,
     plan,
     report,
     resume,
-    signals,
     tracking,
 )
 from .adapter_runs import (
@@ -43,17 +42,15 @@ from .adapter_runs import (
     start_adapter,
     with_init_adapter,
 )
+from .commands import ADAPTER_MODES, TRAINING_MODES, command
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError, ModelError
 from .messages import say
 from .model_stages import ModelStages
-from .run_lock import release_run_folders
 from .run_records import RunRecords
 from .runs import Files, RunDir, default_run_name
 from .secrets import printable
 from .stages import TrainingStages
-
-ADAPTER_MODES = ("test", "eval", "export", "chat")
 
 
 @dataclass
@@ -93,6 +90,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         self.summary: dict[str, Any] = {}
         self.model: Any = None
         self.source: str | None = None  # the model source, resolved once (backends.resolve_model_source)
+        self.model_source: str | None = None  # where the backend loaded it from, as the manifest records it
         self.tokenizer: Any = None
         self.benchmarks: dict[str, list] | None = None
         self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
@@ -108,13 +106,37 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
 
     # ------------------------------------------------------------------ modes
 
+    def execute(self, mode: str) -> Run:
+        """``mode`` (one of commands.MODES), its inputs checked first; inside a ``commands.command()`` scope."""
+        # Variable-length batches fragment PyTorch's default CUDA allocator (reserved memory up to 1.4x the
+        # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        self.check_inputs(mode)
+        from .export import left_for_export_mode
+        from .methods import unused_method_settings
+
+        if later := left_for_export_mode(self.cfg, mode):  # the dry-run plan says it under "export"
+            say(f"warning: {later}")
+        if mode in TRAINING_MODES:
+            for unused in unused_method_settings(self.cfg):  # the dry-run plan says it under "unused"
+                say(f"warning: {unused}")
+        return self.stages_of(mode)()
+
+    def stages_of(self, mode: str) -> Callable[[], Run]:
+        """The sequence of stages that is ``mode``."""
+        return {"train": self.train_mode, "test": self.test, "eval": self.eval, "full": self.full,
+                "export": self.export, "chat": self.chat}[mode]
+
     def full(self) -> Run:
         """--mode full: evaluate the base model, train, evaluate again, answer the sample queries."""
         with_eval = self.cfg.eval.in_full_mode  # as the given config says, also when --resume continues a run
         self.resolve_training()
         with self.recording_failures():
             self.prepare_data(with_benchmarks=with_eval)
+            self.fit_memory()
+            self.save_config()
             self.load_model()
+            self.record_training_data()
             self.evaluate_before()
             self.train()
             self.write_training_reports()
@@ -131,7 +153,10 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         self.resolve_training()
         with self.recording_failures():
             self.prepare_data(with_benchmarks=False)
+            self.fit_memory()
+            self.save_config()
             self.load_model()
+            self.record_training_data()
             self.train()
             self.write_training_reports()
         return self.finish()
@@ -268,12 +293,17 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         if not o.resume:
             self.run = self._new_run()
         self._say_processes()
-        self.saved_cfg, self.cfg = self.cfg, distributed.split_batch(self.cfg)
+        self.configure(self.cfg)
         self.facts = {"resumed_from": self.checkpoint.name} if self.checkpoint else {}
         for key in ("trained_settings", "data") if self.checkpoint else ():  # kept, should it stop before training
             if resume.recorded_settings(self.run, key) is not None:
                 self.facts[key] = resume.recorded_settings(self.run, key)
         self.record("loading")
+
+    def configure(self, saved_cfg: KitConfig) -> None:
+        """The config from here on: ``saved_cfg`` in the terms of all processes together (as config.yaml holds it),
+        ``cfg`` this process's share of each batch (distributed.split_batch)."""
+        self.saved_cfg, self.cfg = saved_cfg, distributed.split_batch(saved_cfg)
 
     def start_runtime(self) -> None:
         self.runtime = backends.activate(backends.detect(self.cfg), self.cfg)
@@ -348,30 +378,11 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             how = f"sharded ({kind}): weights, LoRA and optimizer state split," if kind else "data parallel:"
             say(f"{how} {distributed.world_size()} processes share each batch")
 
-MODES = {"train": "train_mode", "test": "test", "eval": "eval", "full": "full", "export": "export", "chat": "chat"}
-
 
 def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
     """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``."""
-    messages.begin_command()
-    recipe = Recipe(cfg, Options(**options))
-    # Variable-length batches fragment PyTorch's default CUDA allocator (reserved memory up to 1.4x the
-    # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    recipe.check_inputs(mode)
-    from .export import left_for_export_mode
-    from .methods import unused_method_settings
-
-    if later := left_for_export_mode(cfg, mode):  # the dry-run plan says it under "export"
-        say(f"warning: {later}")
-    if mode in ("train", "full"):
-        for unused in unused_method_settings(cfg):  # the dry-run plan says it under "unused"
-            say(f"warning: {unused}")
-    try:
-        with signals.stop_like_ctrl_c():  # SIGTERM / SIGHUP (preemption) end a run the way Ctrl-C does
-            return getattr(recipe, MODES[mode])()
-    finally:
-        release_run_folders()  # another command (a notebook cell's !python ... --resume) may use the run next
+    with command():
+        return Recipe(cfg, Options(**options)).execute(mode)
 
 
 def run_full(cfg: KitConfig, **options: Any) -> Run:

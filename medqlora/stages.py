@@ -14,7 +14,7 @@ from typing import Any
 
 from . import adapters, backends, data, distributed, evaluate, fit, harness, memory, report, resume
 from .adapter_runs import inherited_training_items
-from .config import KitConfig, load_config
+from .config import KitConfig
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
 from .runs import Files, size_mb
@@ -25,7 +25,7 @@ class TrainingStages:
 
     def prepare_data(self, with_benchmarks: bool) -> None:
         """The benchmarks and training rows read and checked (bad data stops here, before the model loads), the
-        rows tokenized with the checkpoint's tokenizer, the memory fitted; then config.yaml is written."""
+        rows tokenized with the checkpoint's tokenizer, the steps and prompt lengths checked against them."""
         cfg = self.cfg
         self.benchmarks = evaluate.load_benchmarks(cfg) if with_benchmarks else None
         self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
@@ -42,11 +42,10 @@ class TrainingStages:
         if note := logging_note(cfg, len(self.prepared.train)):  # the dry-run plan says it under "logging"
             say(f"warning: {note}")
         evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
-        self.fit_memory()
-        self.save_config()
 
     def fit_memory(self) -> None:
-        """GPU only: the memory preflight, and auto-fit of micro-batch and checkpointing (into config.yaml)."""
+        """GPU only: the memory preflight, and auto-fit of micro-batch and checkpointing (the config changes: a
+        config.yaml written after this stage holds the fitted values)."""
         cfg, shape, card = self.cfg, self.shape, fit.card_gib(self.cfg)
         if self.runtime.device != "cuda" or shape is None or card is None:
             return
@@ -61,10 +60,8 @@ class TrainingStages:
             choice = fit.auto_fit(shape, cfg, backend, card, seq)
             fitted = {"micro_batch_size": choice.micro_batch_size, "gradient_checkpointing":
                       choice.gradient_checkpointing, "auto_fit": False}
-            self.cfg = self._with_training(cfg, fitted | {"gradient_accumulation_steps":
-                                                          choice.gradient_accumulation_steps})
-            self.saved_cfg = self._with_training(self.saved_cfg, fitted | {  # in the config's terms: all processes
-                "gradient_accumulation_steps": choice.gradient_accumulation_steps * distributed.world_size()})
+            self.configure(self._with_training(self.saved_cfg, fitted | {  # in the config's terms: all processes
+                "gradient_accumulation_steps": choice.gradient_accumulation_steps * distributed.world_size()}))
             self.prepared.stats["total"]["padding_fraction"] = data.padding_report(
                 lengths, choice.micro_batch_size, cfg.model.max_seq_length, t.seed)
             facts.update(auto_fit=choice.to_dict(), estimate_gib=choice.estimate.total_gib)
@@ -83,15 +80,22 @@ class TrainingStages:
 
     def load_model(self) -> None:
         """The base model with a trainable LoRA adapter; the data tokenized again if the backend's tokenizer
-        differs from the checkpoint's; the training rows recorded in the run folder."""
-        cfg, run = self.cfg, self.run
-        self.model, model_tokenizer, source = backends.load_for_training(cfg, self.runtime, self.source, self.tokenizer)
+        differs from the checkpoint's."""
+        cfg = self.cfg
+        self.model, model_tokenizer, self.model_source = backends.load_for_training(cfg, self.runtime, self.source,
+                                                                                    self.tokenizer)
         self.after_load = memory.snapshot()
-        say(f"loaded {cfg.model.name} ({source}); trainable parameters: {report.trainable_text(self.model)}")
+        say(f"loaded {cfg.model.name} ({self.model_source}); trainable parameters: "
+            f"{report.trainable_text(self.model)}")
         if not same_tokens(self.tokenizer, model_tokenizer, cfg):
             say("the backend's tokenizer differs from the checkpoint's: tokenizing the data again with it")
             self.prepared = tokenize(cfg, self.collected, model_tokenizer)
-        self.tokenizer, prepared = model_tokenizer, self.prepared
+        self.tokenizer = model_tokenizer
+
+    def record_training_data(self) -> None:
+        """data_stats.json and training_items.jsonl (what later evaluations check for overlap, with the items of
+        the stage it started from); the manifest says "training", with the settings and data it trains on."""
+        cfg, run, prepared = self.cfg, self.run, self.prepared
         run.write_json(Files.DATA_STATS, prepared.stats)
         own = [{"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]} for r in prepared.train]
         inherited = inherited_training_items(Path(cfg.training.init_adapter))[0] if cfg.training.init_adapter else []
@@ -100,8 +104,8 @@ class TrainingStages:
             say(f"data {name}: {stats}")
         for warning in prepared.stats.get("total", {}).get("warnings", []):
             say(f"warning: {warning}")
-        self.record("training", model_source=source, data=prepared.fingerprints,
-                    trained_settings=resume.trained_settings(load_config(run.path / Files.CONFIG)))
+        self.record("training", model_source=self.model_source, data=prepared.fingerprints,
+                    trained_settings=resume.trained_settings(self.saved_cfg))
 
     def load_inference_replica(self) -> None:
         """After sharded training every forward pass needs all processes in step, which generation cannot

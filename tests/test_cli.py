@@ -224,3 +224,17 @@ def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp
     assert f"generation.queries_file: {tmp_path / 'gone.yaml'} not found" in err and "Traceback" not in err
     assert sorted(p.name for p in run.rglob("*")) == before
     assert main(["--mode", "train", "--resume", str(run), "--dry-run"]) == 0  # train never answers them
+
+
+def test_every_mode_of_the_command_line_is_a_sequence_of_the_recipe():
+    """The mode names live in commands.py: argparse offers exactly those, and the recipe runs each of them."""
+    from medqlora.cli import parser
+    from medqlora.commands import ADAPTER_MODES, MODES, TRAINING_MODES
+    from medqlora.recipe import Recipe
+
+    mode_action = next(a for a in parser()._actions if a.dest == "mode")
+    assert tuple(mode_action.choices) == MODES
+    assert set(TRAINING_MODES) | set(ADAPTER_MODES) == set(MODES) and not set(TRAINING_MODES) & set(ADAPTER_MODES)
+    recipe = Recipe(load_config(None))
+    assert {mode: recipe.stages_of(mode).__name__ for mode in MODES} == {
+        "train": "train_mode", "test": "test", "eval": "eval", "full": "full", "export": "export", "chat": "chat"}

@@ -22,7 +22,6 @@ from .runs import RunDir
 from .secrets import printable
 from .trainer_args import common_args, one_gpu
 
-SAMPLES_FILE = "grpo_samples.jsonl"
 ANSWER_FORMAT_ROWS = ("multiple_choice", "pubmedqa")
 
 
@@ -48,7 +47,7 @@ def learnt_style(adapter: Path, depth: int = 0) -> str | None:
     adapter folder, or above export*/adapter for an adapter the kit exported): its medical_o1 data's cot_style, the
     format a GRPO run rewarded, or, in turn, what its own init_adapter learnt. None when it learnt none, or when
     the adapter is not the kit's (that is said: auto cannot know its format)."""
-    folders = [adapter.parent] + ([adapter.parent.parent] if adapter.parent.name.startswith("export") else [])
+    folders = [adapter.parent] + ([adapter.parent.parent] if adapter.parent.name.startswith(Files.EXPORT) else [])
     run = next((f for f in folders if (f / Files.CONFIG).is_file() and not (f / Files.CONFIG).is_symlink()), None)
     if run is None:
         if depth == 0:
@@ -208,7 +207,7 @@ def _grpo_class() -> type:
                 return
             self._written_at = step
             lines = _sample_lines(step, inputs, completions, per_func, self.reward_func_names, self.samples_count)
-            with open(self.kit_run.inside(SAMPLES_FILE), "a", encoding="utf-8") as handle:
+            with open(self.kit_run.inside(Files.GRPO_SAMPLES), "a", encoding="utf-8") as handle:
                 handle.writelines(lines)
 
     return KitGRPOTrainer

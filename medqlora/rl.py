@@ -18,19 +18,18 @@ from .backends import Runtime
 from .config import KitConfig
 from .data import PreparedData
 from .distributed import barrier, is_main
-from .grpo import SAMPLES_FILE, format_style, grpo_trainer, reward_summary
+from .grpo import format_style, grpo_trainer, reward_summary
 from .memory import snapshot
 from .method_rows import prepare_method_rows
-from .runs import RunDir
+from .runs import Files, RunDir
 from .tracking import add_tracking
 from .train import TrainResult
 from .trainer_args import common_args, one_gpu
 from .trainer_run import run_trainer, save_adapter, stop_on_non_finite
 
-__all__ = ["CURVES_FILE", "SAMPLES_FILE", "format_style", "prepare_method_rows", "preference_trainer", "train_method"]
+__all__ = ["format_style", "prepare_method_rows", "preference_trainer", "train_method"]
 
 
-CURVES_FILE = "reward_curves.png"
 
 
 def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, prepared: PreparedData, run: RunDir,
@@ -59,7 +58,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
         metrics["rewards"] = reward_summary(history)
         metrics["generation"] = getattr(trainer, "generation_totals", {})
     if is_main():
-        report.plot_reward_curves(history, run.path / CURVES_FILE)
+        report.plot_reward_curves(history, run.path / Files.REWARD_CURVES)
     memory = snapshot()
     if is_main():
         save_adapter(model, tokenizer, run)

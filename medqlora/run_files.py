@@ -26,6 +26,13 @@ class Files:
     LM_EVAL_TASKS = "lm_eval_tasks"  # eval.harness: lm-eval: the task files lm-eval reads
     LM_EVAL_BASELINE = "lm_eval_baseline.json"
     SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
+    GRPO_SAMPLES = "grpo_samples.jsonl"  # GRPO: completions and their rewards, a few per logging step
+    REWARD_CURVES = "reward_curves.png"  # GRPO, DPO, ORPO: rewards (or margins) per step
+    EXPORT = "export"  # --mode export: export/, then export-<time>/ beside it
+    EXPORT_PARTIAL = ".export.partial"  # an export being written; renamed to EXPORT once whole
+    EXPORT_REPORT = "export_report.json"  # inside an export folder
+    EXPORT_REPORT_MD = "export_report.md"  # the same, for reading
+    MODEL_CARD = "README.md"  # inside an export folder pushed to the Hub
     LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
               f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")
     EVALUATION_FILES = (EVAL_REPORT, EVAL_JSON, EVAL_CHART)

@@ -12,6 +12,7 @@ from medqlora import fit, rl
 from medqlora.cli import main
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
+from medqlora.run_files import Files
 
 from .conftest import kit_argv, tiny_overrides
 
@@ -48,7 +49,7 @@ def test_grpo_run_logs_each_reward_with_kl_and_completion_length(grpo_run):
     metrics = json.loads((grpo_run / "metrics.json").read_text())["metrics"]
     assert metrics["method"] == "grpo" and metrics["steps"] == 2
     assert "rewards/multiple_choice/mean" in metrics["rewards"] and metrics["generation"]["tokens"] > 0
-    assert (grpo_run / rl.CURVES_FILE).stat().st_size > 0
+    assert (grpo_run / Files.REWARD_CURVES).stat().st_size > 0
 
 
 def test_steps_per_generation_trains_several_steps_on_one_generated_batch(tiny_model_dir, tmp_path, monkeypatch):
@@ -70,7 +71,7 @@ def test_steps_per_generation_trains_several_steps_on_one_generated_batch(tiny_m
 
 
 def test_grpo_run_writes_sampled_completions_with_their_rewards(grpo_run):
-    lines = [json.loads(line) for line in (grpo_run / rl.SAMPLES_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in (grpo_run / Files.GRPO_SAMPLES).read_text().splitlines()]
     assert {line["step"] for line in lines} == {0, 1}
     assert set(lines[0]["rewards"]) == {"multiple_choice", "format_answer", "overlong"}
     assert lines[0]["kind"] == "multiple_choice" and lines[0]["answer"] in "ABCD"
@@ -319,7 +320,7 @@ def test_smollm2_grpo_preset_runs_a_few_steps(smol_dir, tmp_path):
     history = json.loads((tmp_path / "preset" / "metrics.json").read_text())["log_history"]
     steps = [e for e in history if "rewards/format_answer/mean" in e]
     assert len(steps) == 2 and all("kl" in e and "rewards/multiple_choice/mean" in e for e in steps)
-    assert (tmp_path / "preset" / rl.SAMPLES_FILE).is_file()
+    assert (tmp_path / "preset" / Files.GRPO_SAMPLES).is_file()
 
 
 def test_memory_preflight_of_grpo_counts_the_completion_after_the_longest_prompt():

@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from medqlora import hub
+from medqlora import report
 from medqlora.cli import main
 from medqlora.config import load_config
 
@@ -107,7 +107,7 @@ def test_the_model_card_names_the_base_models_hub_id_and_the_runs_results(tmp_pa
     (tmp_path / "eval_report.md").write_text("# Evaluation: x\n\n| benchmark | baseline | fine-tuned |\n|---|---|---|\n"
                                              "| pubmedqa | 37.0 | 54.0 |\n")
     (tmp_path / "metrics.json").write_text(json.dumps({"metrics": {"train_loss": 1.23456, "epoch": 3}}))
-    card = hub.model_card(cfg, run, {"formats": ["adapter", "gguf_lora"],
+    card = report.model_card(cfg, run, {"formats": ["adapter", "gguf_lora"],
                                      "gguf_lora": {"file": "gguf_lora/adapter-f16.gguf"}})
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert "| pubmedqa | 37.0 | 54.0 |" in card and "train_loss 1.235" in card

@@ -22,8 +22,8 @@ from typing import Any
 from .. import backends, hub
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
-from ..report import export_report_markdown
-from ..runs import RunDir
+from ..report import export_report_markdown, model_card
+from ..runs import Files, RunDir
 from ..secrets import printable
 from .adapter import adapter_files, export_adapter
 from .base_model import ExportBase, has_tokenizer
@@ -52,7 +52,7 @@ def run_export(cfg: KitConfig, adapter: Path, say: Any, run: RunDir | None = Non
     adapter's own run folder, or a new one for a foreign adapter); by default the adapter's parent."""
     run = run or RunDir(adapter.parent)
     sources = check_before_export(cfg, adapter)
-    partial = run.fresh_dir(".export.partial")  # a leftover of an export that was killed is removed first
+    partial = run.fresh_dir(Files.EXPORT_PARTIAL)  # a leftover of an export that was killed is removed first
     try:
         return _export_into(cfg, adapter, say, run, sources, partial)
     except BaseException:
@@ -91,7 +91,7 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
     report: dict[str, Any] = {"adapter": published_adapter_name(adapter),
                               "base_model": backends.public_model_name(cfg.model.name), "formats": sorted(formats)}
     if "adapter" in formats:
-        said = export_adapter(cfg, adapter, sources, run, ".export.partial/adapter", base)
+        said = export_adapter(cfg, adapter, sources, run, f"{Files.EXPORT_PARTIAL}/adapter", base)
         say(f"export: adapter with {said} and model card -> {partial.name}/adapter")
         published = backends.published_base_name(cfg.model.name)
         if published != backends.portable_base_name(cfg.model.name):
@@ -99,7 +99,7 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
                 f"({printable(published)}), not by its path on this machine; load the adapter onto your copy of it "
                 "(its README.md shows how; the kit: --set model.name=THAT_FOLDER --adapter THIS_EXPORT)")
     if formats & {"merged", "gguf"}:
-        report.update(export_merged(cfg, adapter, run.inside(".export.partial/merged"), say, base))
+        report.update(export_merged(cfg, adapter, run.inside(f"{Files.EXPORT_PARTIAL}/merged"), say, base))
     failed: dict[str, ModelError] = {}
     if "gguf" in formats:
         report["gguf"] = _converted("gguf", lambda: export_gguf(cfg, partial, say), partial, failed)
@@ -112,16 +112,16 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
     if failed and not written:
         raise next(iter(failed.values()))  # nothing else was asked for: nothing is exported
     if cfg.export.push_to_hub and not failed:
-        run.write_text(".export.partial/README.md", hub.model_card(cfg, run, report))
-    run.write_json(".export.partial/export_report.json", report)
-    run.write_text(".export.partial/export_report.md", export_report_markdown(report))
-    final = run.inside(run.unique("export"))
+        run.write_text(f"{Files.EXPORT_PARTIAL}/{Files.MODEL_CARD}", model_card(cfg, run, report))
+    run.write_json(f"{Files.EXPORT_PARTIAL}/{Files.EXPORT_REPORT}", report)
+    run.write_text(f"{Files.EXPORT_PARTIAL}/{Files.EXPORT_REPORT_MD}", export_report_markdown(report))
+    final = run.inside(run.unique(Files.EXPORT))
     partial.rename(final)
     say(f"export written: {printable(final)}")
     if failed:
         raise ModelError(f"export.formats {', '.join(failed)}: {'; '.join(str(e) for e in failed.values())}\nThe rest "
                          f"of the export is written: {', '.join(written)} in {printable(final)} (its "
-                         "export_report.json records the failure)"
+                         f"{Files.EXPORT_REPORT} records the failure)"
                          + ("; nothing was uploaded to the Hub." if cfg.export.push_to_hub else "."))
     summary = {"run_dir": str(run.path), "export_dir": str(final), "export": _summary_line(report)}
     if cfg.export.push_to_hub:

@@ -12,7 +12,7 @@ from .. import backends
 from ..config import KitConfig
 from ..data import query_prompt
 from ..errors import ModelError
-from ..runs import RunDir
+from ..runs import Files, RunDir
 from ..secrets import printable
 from .llama_cpp import LLAMA_CPP_HINT, gguf_field, llama_cpp_dir, quantizer_for, run_tool
 
@@ -59,7 +59,7 @@ def write_modelfile(cfg: KitConfig, run: RunDir, tokenizer: Any, gguf_file: str,
     if ollama.trims_messages(tokenizer):
         say("export: note: the chat template strips spaces around each message and the Modelfile's TEMPLATE "
             "cannot; a message that starts or ends with spaces keeps them under Ollama")
-    run.write_text(f".export.partial/{gguf.parent}/Modelfile", text)
+    run.write_text(f"{Files.EXPORT_PARTIAL}/{gguf.parent}/Modelfile", text)
     say(f"export: Ollama Modelfile -> {gguf.parent}/Modelfile (ollama create NAME -f {gguf.parent}/Modelfile)")
     return str(gguf.parent / "Modelfile")
 

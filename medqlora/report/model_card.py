@@ -1,0 +1,101 @@
+"""README.md of an export pushed to the Hub (its model card): what the files are, the data the run trained on, its
+results, the checks of the export, and the medical disclaimer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import backends
+from ..config import KitConfig
+from ..hub import is_hub_id
+from ..run_files import Files
+from ..runs import RunDir
+from ..secrets import printable
+
+DISCLAIMER = ("**Not medical advice.** This model was fine-tuned for research and education. Its answers can be wrong, "
+              "incomplete or outdated, and it must not be used to diagnose, treat or make decisions about patients. "
+              "Consult a healthcare professional.")
+
+
+def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
+    """README.md of the hub repository: what the files are, the data the run trained on, its results, the checks
+    of the export, and the medical disclaimer."""
+    base, public = backends.portable_base_name(cfg.model.name), backends.public_model_name(cfg.model.name)
+    meta: dict[str, Any] = {"tags": ["medical", "lora", "qlora", "medqlora"]}
+    if is_hub_id(base):
+        meta["base_model"] = base
+    if "adapter" in report["formats"]:
+        meta["library_name"] = "peft"
+    sections = [
+        "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n",
+        f"# {printable(public)} fine-tuned on medical data (QLoRA)\n",
+        (f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
+         f"medqlora. Base model: `{printable(public)}`.\n"),
+        DISCLAIMER + "\n",
+        "## Files\n\n" + "\n".join(_file_lines(report, is_hub_id(base))) + "\n",
+        "## Training data\n\n" + "\n".join(_data_lines(cfg)) + "\n",
+        "## Results\n\n" + _results(run).replace(cfg.model.name, public) + "\n",  # its title names the model
+    ]
+    if "merged_vs_trained" in report:
+        checks = report["merged_vs_trained"]
+        sections.append(f"## Export check\n\nThe merged model against the trained base + adapter: greedy replies "
+                        f"identical {checks['identical_greedy_replies']}, max |logit difference| "
+                        f"{checks['max_abs_logit_diff']}.\n")
+    return "\n".join(sections)
+
+
+def _file_lines(report: dict[str, Any], base_on_hub: bool = True) -> list[str]:
+    """``base_on_hub``: the adapter's config names its base by a hub id; else by a local folder's name alone, so the
+    adapter is loaded onto the reader's own copy of that model."""
+    lines = []
+    if "adapter" in report["formats"]:
+        load = ('`AutoPeftModelForCausalLM.from_pretrained(REPO, subfolder="adapter")`' if base_on_hub else
+                '`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(YOUR_COPY_OF_THE_BASE), REPO, '
+                'subfolder="adapter")` (the base was a local folder, which adapter_config.json names by its name only)')
+        lines.append(f"- `adapter/`: the LoRA adapter with the tokenizer and chat template of training: {load}")
+    if "merged_dtype" in report:
+        lines.append(f'- `merged/`: the adapter merged into the base model ({report["merged_dtype"]}): '
+                     '`AutoModelForCausalLM.from_pretrained(REPO, subfolder="merged")`')
+    if "file" in report.get("gguf", {}):
+        lines.append(f"- `{report['gguf']['file']}`: the merged model for llama.cpp / Ollama"
+                     + (" (with an Ollama `Modelfile`)" if str(report["gguf"].get("modelfile", "")).endswith(
+                         "Modelfile") else ""))
+    if "file" in report.get("gguf_lora", {}):
+        lines.append(f"- `{report['gguf_lora']['file']}`: the adapter alone for llama.cpp, applied to a GGUF of "
+                     "the base model: `llama-cli -m BASE.gguf --lora " + report["gguf_lora"]["file"] + "`")
+    lines.append(f"- `{Files.EXPORT_REPORT_MD}` / `.json`: how each export compares with the trained model")
+    return lines
+
+
+def _data_lines(cfg: KitConfig) -> list[str]:
+    lines = []
+    for spec in cfg.data.datasets:
+        local = Path(spec.source).expanduser()
+        source = f"local file {local.name}" if local.exists() else spec.source  # no local paths on the Hub
+        extra = "".join(f", {key} {value}" for key, value in (("subset", spec.subset), ("split", spec.split),
+                                                            ("at most", spec.max_samples)) if value)
+        lines.append(f"- {printable(source)} (format {spec.format}{printable(extra)}, {spec.use_for})")
+    return lines
+
+
+def _results(run: RunDir) -> str:
+    """The newest evaluation report of the run folder and the training metrics, as the kit wrote them."""
+    parts = []
+    reports = sorted((f for f in run.path.glob(Files.EVAL_REPORT.replace(".md", "*.md")) if f.is_file() and not f.is_symlink()),
+                     key=lambda f: f.stat().st_mtime)
+    if reports:
+        parts.append(reports[-1].read_text(encoding="utf-8", errors="replace").replace("# ", "### ", 1))
+    metrics = run.path / Files.METRICS
+    if metrics.is_file() and not metrics.is_symlink():
+        try:
+            figures = json.loads(metrics.read_text(encoding="utf-8")).get("metrics", {})
+        except (ValueError, AttributeError):
+            figures = {}
+        shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if shown:
+            parts.append("Training: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    return "\n\n".join(parts) if parts else "No evaluation was recorded in the run folder."

@@ -126,7 +126,7 @@ def _rendezvous_deadline() -> Iterator[None]:
     limit_s = RENDEZVOUS_LIMIT_S
     where = printable(f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", 80)
 
-    def give_up() -> None:
+    def give_up() -> None:  # the command line's error line, printed here: this timer thread exits past its handlers
         print(f"medqlora: error: WORLD_SIZE={world_size()} processes were to meet at {where}, and not all of them "
               f"came within {limit_s:.0f} s.{_unresolvable_master()} Start them all with torchrun --nproc_per_node N "
               "(or accelerate launch), or unset WORLD_SIZE, RANK, LOCAL_RANK and MASTER_ADDR to run one process.",

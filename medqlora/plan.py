@@ -9,7 +9,6 @@ choose), the processes of a launch, the evaluation and the run folder's files.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from .export import left_for_export_mode
 from .grpo import check_vllm
 from .methods import unused_method_settings
 from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, planned_examples
+from .messages import say
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
@@ -52,7 +52,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:
-        print(f"medqlora: warning: a run on this machine would stop: {gpu_only}", file=sys.stderr)
+        say(f"warning: a run on this machine would stop: {gpu_only}")  # on stderr: stdout carries the plan
     return {
         "mode": mode,
         **({"runs_here": f"no: {gpu_only}"} if gpu_only else {}),

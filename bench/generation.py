@@ -89,8 +89,11 @@ def measure(cfg: Any, model: Any, tokenizer: Any, texts: list[str], decoding: An
             ) -> tuple[dict[str, Any], list[str]]:
     from medqlora.generate import _generate
 
+    # the warm-up batch holds the longest prompts: with the static cache it compiles the shape the timed run uses
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    longest = sorted(range(len(texts)), key=lambda i: -lengths[i])[: args.batch_size]
     began = time.perf_counter()
-    _generate(cfg, model, tokenizer, texts[: args.batch_size], args.max_new_tokens, args.batch_size, decoding)
+    _generate(cfg, model, tokenizer, [texts[i] for i in longest], args.max_new_tokens, args.batch_size, decoding)
     warmup = time.perf_counter() - began
     began = time.perf_counter()
     replies = _generate(cfg, model, tokenizer, texts, args.max_new_tokens, args.batch_size, decoding)

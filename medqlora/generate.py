@@ -187,7 +187,12 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
     sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
         "do_sample": False}
     cache = {"cache_implementation": "static"} if decoding.static_cache else {}
-    batches = _batches(tokenizer, prompts, batch_size, decoding.by_length)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    batches = _batches(lengths, batch_size, decoding.by_length)
+    # A static cache is sized prompt + max_new_tokens: a batch of another prompt length would compile the decoding
+    # step again (and past torch's recompile limit run it uncompiled), so every batch is padded to one length.
+    padding = {"padding": "max_length", "max_length": _padded_length(max(lengths, default=1))} \
+        if decoding.static_cache else {"padding": True}
     out: list[Any] = [None] * len(prompts)
     tokenizer.padding_side = "left"
     try:
@@ -198,7 +203,7 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
                     # a batch of another size would compile the decoding step once more, which costs far more
                     # than the repeated rows
                     texts += texts[-1:] * (batch_size - len(texts))
-                encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                encoded = tokenizer(texts, return_tensors="pt", add_special_tokens=False, **padding).to(device)
                 with torch.inference_mode():
                     output = model.generate(**encoded, max_new_tokens=max_new_tokens,
                                             repetition_penalty=g.repetition_penalty, eos_token_id=stops,
@@ -212,13 +217,20 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
     return out
 
 
-def _batches(tokenizer: Any, prompts: list[str], batch_size: int, by_length: bool) -> list[list[int]]:
-    """The prompts' indices in batches: in the given order, or longest first (ties in the given order)."""
-    order = list(range(len(prompts)))
+def _batches(lengths: list[int], batch_size: int, by_length: bool) -> list[list[int]]:
+    """The prompts' indices (by their token ``lengths``) in batches: in the given order, or longest first (ties in
+    the given order)."""
+    order = list(range(len(lengths)))
     if by_length:
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
         order.sort(key=lambda i: -lengths[i])
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+STATIC_PROMPT_MULTIPLE = 64  # prompts padded to a multiple of this: calls with close longest prompts share a compile
+
+
+def _padded_length(longest: int) -> int:
+    return -(-longest // STATIC_PROMPT_MULTIPLE) * STATIC_PROMPT_MULTIPLE
 
 
 @contextmanager

@@ -44,7 +44,8 @@ def loaded(tiny_model_dir, tmp_path_factory):
 
 def test_length_ordered_batches_answer_greedily_as_each_prompt_alone_in_the_callers_order(loaded):
     cfg, model, tokenizer, prompts = loaded
-    assert _batches(tokenizer, prompts, 2, True) == [[1, 3], [4, 0], [2]]  # longest first: other neighbours
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    assert _batches(lengths, 2, True) == [[1, 3], [4, 0], [2]]  # longest first: other neighbours
     alone = [_generate(cfg, model, tokenizer, [p], NEW_TOKENS, 1, ARRIVAL_ORDER)[0] for p in prompts]
     assert len({text for text, _ in alone}) > 1  # different answers, so a mixed-up order would show
 
@@ -54,6 +55,26 @@ def test_length_ordered_batches_answer_greedily_as_each_prompt_alone_in_the_call
     static = Decoding(by_length=True, static_cache=True)
     assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2, static) == alone  # the last batch is filled
     assert _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 8, static) == alone
+
+
+def test_with_the_static_cache_every_batch_has_one_prompt_length_and_one_size(loaded, monkeypatch):
+    """A batch of another shape would compile the decoding step again: the batches of one call share both."""
+    cfg, model, tokenizer, prompts = loaded
+    shapes = []
+    generate = model.generate
+
+    def recording(**kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2, Decoding(by_length=True, static_cache=True))
+    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    assert len(shapes) == 3 and len(set(shapes)) == 1
+    assert shapes[0][0] == 2 and longest <= shapes[0][1] < longest + 64 and shapes[0][1] % 64 == 0
+    shapes.clear()
+    _generate(cfg, model, tokenizer, prompts, NEW_TOKENS, 2, Decoding(by_length=True, static_cache=False))
+    assert len({length for _, length in shapes}) == 3  # a growing cache: each batch as long as its longest prompt
 
 
 def test_sampling_is_seeded_and_leaves_the_process_random_state_alone(loaded):

@@ -105,7 +105,7 @@ def test_generation_bench_answers_along_both_paths_and_compares_their_texts(tiny
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "generation.json").read_text())
     assert (result["before"]["by_length"], result["after"]["by_length"]) == (False, True)
-    assert result["after"]["static_cache"] is False  # off by default (and auto is off on a CPU)
+    assert result["after"]["static_cache"] is False  # auto, the default, is off on a CPU
     for path in ("before", "after"):
         assert 0 < result[path]["generated_tokens"] <= 2 * 4 and result[path]["tokens_per_s"] > 0
     assert result["prompt_tokens_max"] > 3 * result["prompt_tokens_min"]  # an abstract beside a question alone

@@ -2,7 +2,7 @@
 
     import medqlora
     from medqlora.config import load_config
-    run = medqlora.run_full(load_config(None))  # run.path, run.metrics
+    run = medqlora.run_full(load_config(None))  # run.path, run.adapter, run.metrics
 """
 
 from typing import Any

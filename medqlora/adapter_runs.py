@@ -95,7 +95,7 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
             run = RunDir(run_folder)
             run.start_log()
             return run
-        named = slug(redact(adapter.parent.name if adapter.name == "adapter" else adapter.name))[:60] or "adapter"
+        named = slug(redact(adapter.parent.name if adapter.name == Files.ADAPTER else adapter.name))[:60] or "adapter"
         prefix = f"foreign-{named}"
     name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,

@@ -51,7 +51,7 @@ class ValidAdapter:
         """A readable name: the run folder's for a kit run, else the adapter folder's (or its parent's)."""
         if self.run is not None:
             return self.run.name
-        return self.folder.parent.name if self.folder.name == "adapter" else self.folder.name
+        return self.folder.parent.name if self.folder.name == Files.ADAPTER else self.folder.name
 
 
 def kit_run_folder(adapter: Path) -> Path | None:
@@ -83,8 +83,8 @@ def locate(arg: str, flag: str = "--adapter") -> Path:
     if not path.exists():
         raise ModelError(f"{flag} {printable(arg)}: no such file or folder. Give an adapter or run folder, latest, "
                          "or none for the base model alone.")
-    if path.is_dir() and _present(path / "adapter" / CONFIG_NAME):
-        path = path / "adapter"
+    if path.is_dir() and _present(path / Files.ADAPTER / CONFIG_NAME):
+        path = path / Files.ADAPTER
     from .adapter_advice import gguf_given, named_flag, no_adapter_there
 
     named = named_flag(flag)

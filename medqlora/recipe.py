@@ -4,19 +4,18 @@ device, processes) and the model, and each mode is a short sequence of its stage
     python medical_qlora_finetuning.py --mode full      # the CLI: parse arguments, then Recipe.full()
     python -c "import medqlora, medqlora.config as c; print(medqlora.run_full(c.load_config(None)).path)"
 
-Stages: resolve (one final config, its run folder, the runtime), prepare data, load the model, evaluate
-before, train (SFT, or GRPO / DPO / ORPO in rl.py), write the training reports, evaluate after, answer
-the sample queries, export, summarize. Reports are rendered by report/, dry-run plans by plan.py.
+Training modes (here): resolve the config, start the runtime, open the run folder, prepare the data, fit the
+memory, save the config, load the model, record the training data, evaluate before, train (SFT, or GRPO / DPO /
+ORPO in rl.py), write the training reports, get ready for inference, evaluate after, answer the sample queries,
+finish. Stages live in stages.py and model_stages.py; the adapter modes (test, eval, export, chat) in
+adapter_modes.py; reports are rendered by report/, dry-run plans by plan.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +33,13 @@ from . import (
     resume,
     tracking,
 )
+from .adapter_modes import AdapterModes
 from .adapter_runs import (
-    adapter_run_config,
-    check_benchmarks_untrained,
-    find_adapter,
-    run_folder_for,
-    start_adapter,
     with_init_adapter,
 )
-from .commands import ADAPTER_MODES, TRAINING_MODES, command
+from .commands import ADAPTER_MODES, MODES, TRAINING_MODES, Options, Run, command
 from .config import PATH_SHOWN, KitConfig
-from .errors import ConfigError, MedQLoRAError, ModelError
+from .errors import ConfigError, MedQLoRAError
 from .messages import say
 from .model_stages import ModelStages
 from .run_records import RunRecords
@@ -53,31 +48,7 @@ from .secrets import printable
 from .stages import TrainingStages
 
 
-@dataclass
-class Options:
-    """What the command line adds to the config: where runs go, which adapter, which run to continue."""
-
-    output_dir: str | None = None
-    adapter: str | None = None  # test, eval, export, chat: a run folder, an adapter folder, latest or none
-    resume: str | None = None  # train, full: a run folder or latest
-    baseline: bool = True  # eval: score the base model too
-    prompt: str | None = None  # chat: one question, answered to stdout
-    started: float = field(default_factory=time.perf_counter)
-
-
-@dataclass
-class Run:
-    """What a mode leaves: its run folder (None for chat) and the end-of-run summary (also its metrics)."""
-
-    path: Path | None
-    summary: dict[str, Any]
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.summary
-
-
-class Recipe(TrainingStages, ModelStages, RunRecords):
+class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):
     """A run of one mode. ``cfg`` is the config this process works with, once resolved."""
 
     def __init__(self, cfg: KitConfig, options: Options | None = None) -> None:
@@ -90,7 +61,6 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         self.summary: dict[str, Any] = {}
         self.model: Any = None
         self.source: str | None = None  # the model source, resolved once (backends.resolve_model_source)
-        self.model_source: str | None = None  # where the backend loaded it from, as the manifest records it
         self.tokenizer: Any = None
         self.benchmarks: dict[str, list] | None = None
         self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
@@ -130,7 +100,9 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
     def full(self) -> Run:
         """--mode full: evaluate the base model, train, evaluate again, answer the sample queries."""
         with_eval = self.cfg.eval.in_full_mode  # as the given config says, also when --resume continues a run
-        self.resolve_training()
+        self.resolve_config()
+        self.start_training_runtime()
+        self.open_run_folder()
         with self.recording_failures():
             self.prepare_data(with_benchmarks=with_eval)
             self.fit_memory()
@@ -140,17 +112,18 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             self.evaluate_before()
             self.train()
             self.write_training_reports()
+            self.ready_for_inference()
             self.evaluate_after()
         with self.recorded_after_training():  # every process answers its share of the queries
-            if self.model is None:  # sharded training, nothing evaluated: no whole model loaded yet
-                self.load_inference_replica()
             self.summary["samples"] = self.answer_queries(
                 f"Sample responses: {self.cfg.model.name} + adapter {self.run.path.name}")
         return self.finish()
 
     def train_mode(self) -> Run:
         """--mode train: train an adapter into a new run folder (or continue one: --resume)."""
-        self.resolve_training()
+        self.resolve_config()
+        self.start_training_runtime()
+        self.open_run_folder()
         with self.recording_failures():
             self.prepare_data(with_benchmarks=False)
             self.fit_memory()
@@ -160,80 +133,6 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             self.train()
             self.write_training_reports()
         return self.finish()
-
-    def test(self) -> Run:
-        """--mode test: the sample queries answered by the base model with an adapter."""
-        adapter = self.use_adapter()
-        self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base")
-        self.start_runtime()
-        self.load_for_inference(adapter, say_loading=True)
-        title = f"Sample responses: {self.cfg.model.name}" + (
-            f" + adapter {adapter.parent.name}" if adapter else " (base)")
-        self.summary = self.header() | {"samples": self.answer_queries(title)}
-        return self.finish()
-
-    def eval(self) -> Run:
-        """--mode eval: the base model and/or an adapter on the configured benchmarks."""
-        adapter = self.use_adapter()
-        benchmarks = evaluate.load_benchmarks(self.cfg)
-        self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
-        if adapter is not None:
-            check_benchmarks_untrained({**benchmarks, **harness.items_by_task(tasks)}, adapter)
-        # None where reading it would convert or download
-        self.tokenizer = plan.local_tokenizer(self.cfg, backends.config_source(self.cfg.model.name))
-        evaluate.check_prompts_fit(self.cfg, self.tokenizer, benchmarks)
-        self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base-eval")
-        # a folder per evaluation, as its report: an earlier report's task files are kept
-        folder = self.run.fresh_dir(self.run.unique(Files.LM_EVAL_TASKS)) if tasks else self.run.path
-        if tasks:
-            harness.write_task_folder(folder, tasks)
-        self.start_runtime()
-        self.load_for_inference(None)
-        with_base = self.options.baseline or adapter is None
-        base = self.evaluate(benchmarks, "baseline") if with_base else None
-        lm_eval_base = self.harness_scores(folder, "baseline") if with_base else None
-        tuned = lm_eval_tuned = None
-        if adapter is not None:
-            self.model = backends.attach_adapter(self.model, adapter, self.cfg, self.runtime)
-            tuned = self.evaluate(benchmarks, "fine-tuned")
-            lm_eval_tuned = self.harness_scores(folder, "fine-tuned")
-        title = self.cfg.model.name + (f" + {adapter.parent.name}" if adapter else " (base)")
-        line = report.write_eval_report(self.cfg, self.run, evaluate.side_by_side(base, tuned), title, None,
-                                        evaluate.side_by_side(lm_eval_base, lm_eval_tuned) if tasks else None, folder.name,
-                                        baseline=report.baseline_of(start_adapter(adapter), self.cfg.model.name, False)
-                                        if base is not None else None)
-        self.summary = self.header() | {"eval": line}
-        return self.finish()
-
-    def export(self) -> Run:
-        """--mode export: the adapter, a merged 16-bit model and/or GGUF, into the adapter's run folder (a new run
-        folder under output.dir for an adapter that is not in one of the kit's run folders)."""
-        from . import export
-
-        adapter = self.use_adapter(required=True)
-        export.check_before_export(self.cfg, adapter)  # refusals come before a run folder is made
-        self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "export")
-        say(f"exporting {printable(adapter)} ({', '.join(self.cfg.export.formats)})")
-        self.summary = export.run_export(self.cfg, adapter, say, self.run)
-        return self.finish()
-
-    def chat(self) -> Run:
-        """--mode chat: the base model with an adapter, its training chat template and system prompt. While the
-        model loads, the kit's messages go to stderr: stdout carries the conversation (with --prompt, the answer
-        alone). Writes no file; the summary says how many replies were given."""
-        from . import chat
-
-        with contextlib.redirect_stdout(sys.stderr):
-            adapter = self.use_adapter()
-            self.start_runtime()
-            self.load_for_inference(adapter, say_loading=True)
-        if self.options.prompt is not None:
-            reply = chat.one_shot(self.cfg, self.model, self.tokenizer, self.options.prompt, sys.stdout, sys.stderr)
-            print(reply.stats(), file=sys.stderr)
-            return Run(None, {"replies": 1})
-        title = f"{self.cfg.model.name}" + (f" + adapter {adapter.parent.name}" if adapter else " (base model)")
-        replies = chat.interactive(self.cfg, self.model, self.tokenizer, sys.stdin, sys.stdout, sys.stderr, title)
-        return Run(None, {"replies": replies})
 
     def dry_run(self, mode: str) -> dict[str, Any]:
         """--dry-run: the plan of ``mode``, checked as the run would check it; nothing is loaded or written."""
@@ -265,15 +164,22 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             self._resumed = resume.resumable_run(self.options.resume, self.options.output_dir, self.cfg)
         return self._resumed
 
-    def resolve_training(self) -> None:
-        """One final config: the resumed run's own (--resume), training.init_adapter resolved, the batch divided
-        among the processes; then the run folder (new, or the resumed one) and the runtime."""
+    def resolve_config(self) -> None:
+        """The config the run trains with: --resume's own config.yaml (and its run.log reopened), trackers checked,
+        training.init_adapter found and checked (its LoRA settings taken), before anything is created."""
         o = self.options
         if o.resume:
             self.run, self.cfg, self.checkpoint = self.resumed()
             self.run.start_log()
             say(f"resuming {self.run.path} from {self.checkpoint.name}, with the run's own config.yaml")
-        tracker_notes = tracking.check_trackers(self.cfg)
+        for note in tracking.check_trackers(self.cfg):
+            say(note)
+        if self.cfg.training.init_adapter and not o.resume:
+            self.cfg = with_init_adapter(self.cfg, o.output_dir)
+
+    def start_training_runtime(self) -> None:
+        """The backend and device, the process group (several processes), the optimizer checked against them; a
+        batch that the processes cannot share stops here."""
         self.start_runtime()
         grpo.check_vllm(self.cfg, self.runtime)  # before the run folder and the model
         distributed.start()
@@ -282,12 +188,13 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         say(f"optimizer: {check_optimizer(self.cfg, self.runtime)}")
         if self.cfg.training.scheduler_note():
             say(self.cfg.training.scheduler_note())
-        for note in tracker_notes:
-            say(note)
         self._say_if_gpus_idle()
-        distributed.split_batch(self.cfg)  # before the run folder: a batch that does not divide stops here
-        if self.cfg.training.init_adapter and not o.resume:  # checked before anything is created
-            self.cfg = with_init_adapter(self.cfg, o.output_dir)
+        distributed.split_batch(self.cfg)
+
+    def open_run_folder(self) -> None:
+        """The run folder (new, or the resumed one), its run.log and manifest "loading"; the config divided among
+        the processes (``configure``)."""
+        o = self.options
         output = self.run.path.parent if o.resume else Path(o.output_dir or self.cfg.output.dir)
         data.refuse_output_inside_data(self.cfg.data, output)  # the runs would be read as data
         if not o.resume:
@@ -308,16 +215,6 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
     def start_runtime(self) -> None:
         self.runtime = backends.activate(backends.detect(self.cfg), self.cfg)
         say(self.runtime.describe())
-
-    def use_adapter(self, required: bool = False) -> Path | None:
-        """--adapter found and checked (None: the base model); an adapter of a run folder brings that run's model
-        and data sections, so that its prompts are rendered as it was trained."""
-        adapter = find_adapter(self.cfg, self.options.adapter, self.options.output_dir)
-        if adapter is None and required:
-            raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
-        if adapter is not None:
-            self.cfg = adapter_run_config(adapter, self.cfg)
-        return adapter
 
     def _new_run(self) -> RunDir:
         """A new run folder, created by the main process only; every process learns its name. Its config.yaml
@@ -379,12 +276,17 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
             say(f"{how} {distributed.world_size()} processes share each batch")
 
 
-def run_mode(mode: str, cfg: KitConfig, **options: Any) -> Run:
-    """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``."""
+def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | None = None, adapter: str | None = None,
+             resume: str | None = None, baseline: bool = True, prompt: str | None = None) -> Run:
+    """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``. The
+    keywords are the command line's --output-dir, --adapter, --resume, --no-baseline (baseline=False), --prompt."""
+    if mode not in MODES:
+        raise ConfigError(f"mode {printable(repr(mode), 40)}: not a mode of the kit; choose one of {', '.join(MODES)}.")
+    options = Options(output_dir=output_dir, adapter=adapter, resume=resume, baseline=baseline, prompt=prompt)
     with command():
-        return Recipe(cfg, Options(**options)).execute(mode)
+        return Recipe(cfg, options).execute(mode)
 
 
-def run_full(cfg: KitConfig, **options: Any) -> Run:
-    """--mode full from Python (the notebook): ``run = medqlora.run_full(cfg); run.path, run.metrics``."""
-    return run_mode("full", cfg, **options)
+def run_full(cfg: KitConfig, *, output_dir: str | None = None, resume: str | None = None) -> Run:
+    """--mode full from Python (the notebook): ``run = medqlora.run_full(cfg); run.path, run.adapter, run.metrics``."""
+    return run_mode("full", cfg, output_dir=output_dir, resume=resume)

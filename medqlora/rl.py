@@ -62,7 +62,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     memory = snapshot()
     if is_main():
         save_adapter(model, tokenizer, run)
-        shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run.path / Files.CHECKPOINTS, ignore_errors=True)
     barrier()
     return TrainResult(metrics=metrics, log_history=history, memory_after_train=memory)
 

@@ -1,5 +1,6 @@
 """The names of the files and folders the kit writes in a run folder, in one place (a module of its own, so
-that modules below runs.py in the import order name them too)."""
+that modules below runs.py in the import order name them too). The files inside adapter/ are PEFT's, named in
+adapters.py (CONFIG_NAME, WEIGHTS_NAME), the adapter boundary."""
 
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ class Files:
     EXPORT_REPORT = "export_report.json"  # inside an export folder
     EXPORT_REPORT_MD = "export_report.md"  # the same, for reading
     MODEL_CARD = "README.md"  # inside an export folder pushed to the Hub
-    LISTED = (f"{ADAPTER}/, {CONFIG}, {MANIFEST}, {METRICS}, {LOSS_CHART}, {MEMORY}, {DATA_STATS}, {TRAINING_ITEMS}, "
-              f"{TENSORBOARD}/, {EVAL_REPORT}, {EVAL_JSON}, {EVAL_CHART}, sample_responses.md/.jsonl, {RUN_LOG}")
-    EVALUATION_FILES = (EVAL_REPORT, EVAL_JSON, EVAL_CHART)
+    TRAINING_RUN = (f"{ADAPTER}/", CONFIG, MANIFEST, METRICS, LOSS_CHART, MEMORY, MEMORY_TABLE, DATA_STATS,
+                    TRAINING_ITEMS, f"{TENSORBOARD}/", EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART,
+                    "sample_responses.md/.jsonl", RUN_LOG)
+    EVALUATION_FILES = (EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART)
 
     @classmethod
     def listed(cls, evaluated: bool) -> str:
         """The files a training run writes, named for a plan: the evaluation's only where it evaluates."""
-        return cls.LISTED if evaluated else ", ".join(
-            name for name in cls.LISTED.split(", ") if name not in cls.EVALUATION_FILES)
+        return ", ".join(name for name in cls.TRAINING_RUN if evaluated or name not in cls.EVALUATION_FILES)

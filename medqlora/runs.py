@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import adapters
 from .config import KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
@@ -305,7 +306,7 @@ def latest_run_with_adapter(root: Path, flag: str = "--adapter") -> Path:
     """The newest run folder under root with an adapter. A run folder that is a link, or that resolves outside
     root, is passed over: results are written into the run folder, and never through a link out of root."""
     inside = root.resolve()
-    runs = [p for p in root.glob("*/adapter/adapter_config.json")
+    runs = [p for p in root.glob(f"*/{Files.ADAPTER}/{adapters.CONFIG_NAME}")
             if not p.parent.parent.is_symlink() and p.resolve().is_relative_to(inside)] if root.is_dir() else []
     if not runs:
         raise MedQLoRAError(

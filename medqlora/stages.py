@@ -82,11 +82,9 @@ class TrainingStages:
         """The base model with a trainable LoRA adapter; the data tokenized again if the backend's tokenizer
         differs from the checkpoint's."""
         cfg = self.cfg
-        self.model, model_tokenizer, self.model_source = backends.load_for_training(cfg, self.runtime, self.source,
-                                                                                    self.tokenizer)
+        self.model, model_tokenizer, _ = backends.load_for_training(cfg, self.runtime, self.source, self.tokenizer)
         self.after_load = memory.snapshot()
-        say(f"loaded {cfg.model.name} ({self.model_source}); trainable parameters: "
-            f"{report.trainable_text(self.model)}")
+        say(f"loaded {cfg.model.name} ({self.source}); trainable parameters: {report.trainable_text(self.model)}")
         if not same_tokens(self.tokenizer, model_tokenizer, cfg):
             say("the backend's tokenizer differs from the checkpoint's: tokenizing the data again with it")
             self.prepared = tokenize(cfg, self.collected, model_tokenizer)
@@ -104,7 +102,7 @@ class TrainingStages:
             say(f"data {name}: {stats}")
         for warning in prepared.stats.get("total", {}).get("warnings", []):
             say(f"warning: {warning}")
-        self.record("training", model_source=self.model_source, data=prepared.fingerprints,
+        self.record("training", model_source=self.source, data=prepared.fingerprints,
                     trained_settings=resume.trained_settings(self.saved_cfg))
 
     def load_inference_replica(self) -> None:
@@ -169,10 +167,8 @@ class TrainingStages:
         self._say_if_the_epoch_tail_repeats()
         self.result = train(self.cfg, self.runtime, self.model, self.tokenizer, self.prepared, self.run,
                             self.checkpoint)
-        if distributed.sharding():  # the sharded model goes before a whole one comes, if anything is evaluated
+        if distributed.sharding():  # freed: after sharded training a whole model is loaded to answer with
             self.model = None
-            if self.benchmarks:
-                self.load_inference_replica()
 
     def write_training_reports(self) -> None:
         """memory.json (and the QLoRA vs full fine-tuning table), metrics.json, loss.png; the manifest says
@@ -196,7 +192,13 @@ class TrainingStages:
             len(self.prepared.train), result.metrics, result.log_history, memory_report, table, adapter_mb)
         self.record("trained", adapter_mb=adapter_mb, train_wall_s=result.metrics.get("train_wall_s"),
                     start_to_trained_s=round(time.perf_counter() - self.options.started, 2))
-        if self.model is not None:
+
+    def ready_for_inference(self) -> None:
+        """After training, the model to evaluate and answer with: the trained one switched to generation, or after
+        sharded training the saved adapter on a whole base in every process (load_inference_replica)."""
+        if self.model is None:
+            self.load_inference_replica()
+        else:
             backends.prepare_for_generation(self.model, self.runtime)
 
     def evaluate_after(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from .config import KitConfig
 from .distributed import is_main
 from .errors import ConfigError
-from .runs import RunDir
+from .runs import Files, RunDir
 
 def wandb_falls_back_offline(cfg: KitConfig) -> bool:
     """wandb without a key and without a chosen WANDB_MODE, where the config allows W&B's offline mode."""
@@ -86,7 +86,7 @@ def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> Any:
     if "tensorboard" in cfg.training.report_to and is_main():  # the writer creates its file at once
         from torch.utils.tensorboard import SummaryWriter
 
-        handler.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))
+        handler.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / Files.TENSORBOARD))))
     # first, so that every tracker (and the progress bar) sees the figures it adds
     speed = speed_and_memory_callback()
     handler.callbacks.insert(0, speed)

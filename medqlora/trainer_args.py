@@ -10,14 +10,14 @@ from .config import KitConfig
 from .distributed import world_size
 from .optimizers import optimizer_name
 from .progress import bars_shown
-from .runs import RunDir
+from .runs import Files, RunDir
 
 
 def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]:
     """The Trainer settings every training method shares."""
     t = cfg.training
     return dict(
-        output_dir=str(run.path / "checkpoints"),
+        output_dir=str(run.path / Files.CHECKPOINTS),
         per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_train_epochs=t.num_epochs,

@@ -3,6 +3,7 @@
 import json
 import stat
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +11,7 @@ import yaml
 from medqlora.cli import main
 from medqlora.config import load_config
 
-from .conftest import only_run, run_tiny
+from .conftest import only_run, run_tiny, tiny_overrides
 
 DISCLAIMER = "consult a healthcare professional."
 
@@ -212,7 +213,7 @@ def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("training resumed before the queries file was checked")
 
-    monkeypatch.setattr(Recipe, "resolve_training", must_not_run)
+    monkeypatch.setattr(Recipe, "resolve_config", must_not_run)
     run = tmp_path / "outputs" / "cut"
     (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
@@ -238,3 +239,20 @@ def test_every_mode_of_the_command_line_is_a_sequence_of_the_recipe():
     recipe = Recipe(load_config(None))
     assert {mode: recipe.stages_of(mode).__name__ for mode in MODES} == {
         "train": "train_mode", "test": "test", "eval": "eval", "full": "full", "export": "export", "chat": "chat"}
+
+
+def test_the_python_api_runs_a_mode_and_returns_its_adapter_and_metrics(tiny_model_dir, tmp_path):
+    """run_mode is the command line's recipe from Python: a mistyped mode is the kit's one message, and the Run
+    points at the adapter and the training figures it wrote."""
+    import medqlora
+    from medqlora.errors import ConfigError
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "out"))
+    with pytest.raises(ConfigError, match="not a mode of the kit; choose one of train, test, eval, full"):
+        medqlora.run_mode("fulll", cfg)
+    run = medqlora.run_mode("train", cfg)
+    assert run.adapter == run.path / "adapter" and (run.adapter / "adapter_model.safetensors").is_file()
+    assert run.metrics["steps"] == 4 and run.metrics["train_loss"] > 0
+    tested = medqlora.run_mode("test", cfg, adapter=str(run.path))
+    assert tested.path == run.path and tested.adapter == run.adapter  # answered into the adapter's run folder
+    assert Path(tested.summary["samples"]).is_file()

@@ -196,7 +196,7 @@ def plot_eval_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     save_png(fig, path)
 
 
-def lm_eval_report_markdown(results: dict[str, dict[str, Any]], folder: str = "lm_eval_tasks") -> str:
+def lm_eval_report_markdown(results: dict[str, dict[str, Any]], folder: str = Files.LM_EVAL_TASKS) -> str:
     lines = ["## lm-evaluation-harness", "",
              "| task | items | baseline acc | fine-tuned acc | delta | acc_norm (base / tuned) | "
              "macro-F1 (base / tuned) | items/s (base / tuned) |", "|---|---|---|---|---|---|---|---|"]

@@ -251,6 +251,7 @@ class Recipe(TrainingStages, ModelStages, RunRecords):
         tracker_notes = tracking.check_trackers(self.cfg)
         self.start_runtime()
         grpo.check_vllm(self.cfg, self.runtime)  # before the run folder and the model
+        backends.check_kernels(self.cfg, self.runtime)  # so is training.kernels: liger where it cannot run
         distributed.start()
         from .optimizers import check_optimizer
 

@@ -100,6 +100,12 @@ def test_a_dry_run_names_the_kernels_and_refuses_liger_on_the_cpu(capsys):
     assert "training.kernels: liger, but Liger Kernel's Triton kernels need an NVIDIA GPU" in err
 
 
+def test_a_run_with_liger_on_the_cpu_stops_before_its_run_folder(tiny_model_dir, tmp_path, capsys):
+    assert run_tiny(tiny_model_dir, tmp_path, "--mode", "train", **{"training.kernels": "liger"}) == 2
+    assert "training.kernels: liger, but Liger Kernel's Triton kernels need an NVIDIA GPU" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- applied, with a stand-in for the library
 
 class FakeLiger:

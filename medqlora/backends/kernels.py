@@ -91,6 +91,11 @@ def gpu_visible(runtime: Runtime) -> bool:
     return runtime.device == "cuda"
 
 
+def check_kernels(cfg: KitConfig, runtime: Runtime) -> None:
+    """training.kernels: liger refused before a run folder is made, where it cannot run whatever the model."""
+    choose_kernels(cfg, runtime, None)
+
+
 def planned_kernels(cfg: KitConfig, runtime: Runtime, model_type: str | None) -> str:
     """The kernels line of the --dry-run plan (a training.kernels: liger that cannot run is refused here)."""
     choice = choose_kernels(cfg, runtime, model_type)
@@ -107,6 +112,8 @@ def apply_kernels(model: Any, cfg: KitConfig, runtime: Runtime) -> list[str]:
     choice = choose_kernels(cfg, runtime, model_type if isinstance(model_type, str) else None)
     if choice.liger:
         choice = _apply_liger(model, cfg, model_type)
+    if runtime.backend == "hf" and gpu_visible(runtime):  # on the CPU there is nothing to choose
+        say(f"kernels: {choice.note}")
     return choice.record()
 
 

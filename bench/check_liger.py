@@ -17,10 +17,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medqlora import backends  # noqa: E402
-from medqlora.config import load_config  # noqa: E402
-from medqlora.data import Example, tokenize_example, turn_end  # noqa: E402
-from medqlora.errors import MedQLoRAError  # noqa: E402
+from medqlora import backends
+from medqlora.config import load_config
+from medqlora.data import Example, tokenize_example, turn_end
+from medqlora.errors import MedQLoRAError
 
 PAIRS = [("What does HbA1c measure?", "Average blood glucose over about three months."),
          ("Name a first-line drug for type 2 diabetes.", "Metformin, unless contraindicated."),

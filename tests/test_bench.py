@@ -134,6 +134,7 @@ def test_the_hf_backend_is_measured_with_and_without_liger_side_by_side():
                 "peak_reserved_gib": reserved, "micro_x_accum": "4x2", "losses": losses}
 
     lines = speed.comparisons([row("hf", 1000.0, 80.0, [2.0, 1.0]), row("hf+liger", 1500.0, 60.0, [2.0, 1.01])])
-    assert lines == ["", "- hf+liger vs hf, random / auto: useful tokens/s x1.50, peak reserved 80.0 -> 60.0 GiB, "
-                         "micro x accum 4x2 -> 4x2, loss curves at most 1.00% apart over 2 steps"]
+    expected = ("- hf+liger vs hf, random / auto: useful tokens/s x1.50, peak reserved 80.0 -> 60.0 GiB, "
+                "micro x accum 4x2 -> 4x2, loss curves at most 1.00% apart over 2 steps")
+    assert lines == ["", expected]
     assert speed.comparisons([row("hf", 1000.0, 80.0, [2.0])]) == []

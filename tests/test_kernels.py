@@ -151,8 +151,8 @@ def test_liger_is_applied_to_the_causal_lm_inside_the_peft_model_with_every_kern
                                                                                    tmp_path):
     from transformers import LlamaForCausalLM
 
-    from medqlora.train import sft_config
     from medqlora.runs import RunDir
+    from medqlora.train import sft_config
 
     fake = FakeLiger()
     fake.install(monkeypatch)
@@ -189,8 +189,8 @@ def test_auto_on_the_cpu_trains_exactly_as_none(tiny_model_dir, tmp_path):
                                                                          "training.kernels": setting}) == 0
     assert losses(tmp_path / "auto") == losses(tmp_path / "none")
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
-    assert manifest["runtime"]["kernels"] == ["none: Liger Kernel's Triton kernels need an NVIDIA GPU and this run "
-                                              "trains on the CPU"]
+    on_the_cpu = "none: Liger Kernel's Triton kernels need an NVIDIA GPU and this run trains on the CPU"
+    assert manifest["runtime"]["kernels"] == [on_the_cpu]
 
 
 def test_a_library_that_fails_to_import_is_skipped_by_auto_and_refused_by_liger(monkeypatch, tiny_model_dir):

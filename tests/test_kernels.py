@@ -53,7 +53,7 @@ def test_auto_uses_liger_on_the_hf_backend_where_it_can_run(monkeypatch, runtime
 
 def test_auto_without_the_package_trains_without_it_and_says_why(monkeypatch):
     installed(monkeypatch, "triton")
-    assert kernels.choose_kernels(cfg_with(), GPU, "llama").record() == ["none: liger_kernel is not installed"]
+    assert kernels.choose_kernels(cfg_with(), GPU, "llama").record() == ["none: liger-kernel is not installed"]
     installed(monkeypatch, "liger_kernel")
     assert kernels.choose_kernels(cfg_with(), GPU, "llama").record() == ["none: triton is not installed"]
 

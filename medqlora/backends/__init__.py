@@ -44,7 +44,8 @@ from .sources import (
 from .tokenizer import CHAT_TEMPLATES, load_tokenizer, prepare_tokenizer, stop_token_ids
 
 __all__ = [
-    "BACKEND_MARK", "CACHE_DIR", "CHAT_TEMPLATES", "Runtime", "activate", "apply_kernels", "attach_adapter", "check_kernels", "attention_kernel", "check_cache_dir",
+    "BACKEND_MARK", "CACHE_DIR", "CHAT_TEMPLATES", "Runtime", "activate", "apply_kernels", "attach_adapter", "attention_kernel",
+    "check_cache_dir", "check_kernels",
     "check_checkpoint_folder", "check_context_length", "check_gguf_file", "check_model_source", "check_planned_target_modules", "checkpointing_plan", "config_source", "convert_gguf",
     "detect", "generation_backend", "gpu_only_checkpoint", "hf_base", "liger_applied", "load_for_inference", "load_for_training", "load_tokenizer",
     "mark_unquantized", "nf4_config", "planned_kernels", "portable_base_name", "prepare_for_generation", "prepare_for_training",

@@ -29,6 +29,13 @@ LIGER_USED = "liger: " + ", ".join(name for name, on in LIGER_FLAGS.items() if o
 LIGER_ARCHITECTURES = {"llama": "apply_liger_kernel_to_llama", "mistral": "apply_liger_kernel_to_mistral",
                        "qwen2": "apply_liger_kernel_to_qwen2", "qwen3": "apply_liger_kernel_to_qwen3"}
 KEEP_OR_TURN_OFF = "Set training.kernels: auto (Liger where it can run) or none"
+# module -> (why it stops Liger, what to do)
+LIGER_MODULES = {
+    "liger_kernel": ("liger-kernel is not installed", f"pip install {LIGER_PACKAGE} (requirements-gpu.txt and the "
+                     "gpu extra bring it), or set training.kernels: auto or none"),
+    "triton": ("triton is not installed", "install a CUDA build of torch, which brings triton, or set "
+               "training.kernels: auto or none"),
+}
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,9 @@ def liger_blocker(cfg: KitConfig, runtime: Runtime, model_type: str | None) -> B
     if not gpu_visible(runtime):
         return Blocker("Liger Kernel's Triton kernels need an NVIDIA GPU and this run trains on the CPU",
                        f"{KEEP_OR_TURN_OFF}, or train on a machine with a CUDA GPU")
-    for module, package in (("liger_kernel", LIGER_PACKAGE), ("triton", "triton (CUDA builds of torch bring it)")):
+    for module, (why, fix) in LIGER_MODULES.items():
         if importlib.util.find_spec(module) is None:
-            return Blocker(f"{module} is not installed", f"pip install {package} (pip install -r "
-                           f"requirements-gpu.txt brings it), or set training.kernels: auto or none")
+            return Blocker(why, fix)
     if model_type is not None and model_type not in LIGER_ARCHITECTURES:
         return Blocker(f"the model's architecture ({model_type}) is not one the kit applies Liger Kernel to "
                        f"({', '.join(LIGER_ARCHITECTURES)})", KEEP_OR_TURN_OFF)

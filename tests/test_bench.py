@@ -111,3 +111,30 @@ def test_generation_bench_answers_along_both_paths_and_compares_their_texts(tiny
     assert result["prompt_tokens_max"] > 3 * result["prompt_tokens_min"]  # an abstract beside a question alone
     assert result["after_vs_before"]["identical"] and result["after_vs_alone"]["identical_prompts"] == "2/2"
     assert (out / "generation.md").read_text().startswith("| path | ordered by length |")
+
+
+def _speed_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return speed
+
+
+def test_the_hf_backend_is_measured_with_and_without_liger_side_by_side():
+    speed = _speed_module()
+    assert speed.BACKENDS["hf"] == {"backend": "hf", "training.kernels": "none"}
+    assert speed.BACKENDS["hf+liger"] == {"backend": "hf", "training.kernels": "liger"}
+    with pytest.raises(SystemExit, match="unknown backend 'liger'"):
+        speed.check_backends(["hf", "liger"])
+
+    def row(backend, tokens, reserved, losses):
+        return {"backend": backend, "data": "random", "setting": "auto", "rc": 0, "tokens_per_s": tokens,
+                "peak_reserved_gib": reserved, "micro_x_accum": "4x2", "losses": losses}
+
+    lines = speed.comparisons([row("hf", 1000.0, 80.0, [2.0, 1.0]), row("hf+liger", 1500.0, 60.0, [2.0, 1.01])])
+    expected = ("- hf+liger vs hf, random / auto: useful tokens/s x1.50, peak reserved 80.0 -> 60.0 GiB, "
+                "micro x accum 4x2 -> 4x2, loss curves at most 1.00% apart over 2 steps")
+    assert lines == ["", expected]
+    assert speed.comparisons([row("hf", 1000.0, 80.0, [2.0])]) == []

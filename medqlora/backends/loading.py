@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import KitConfig
 from .hf import hf_base
+from .kernels import apply_kernels
 from .lora import attach_adapter, hf_add_lora, trainable_adapter
 from .runtime import Runtime, attention_kernel, prepare_for_generation
 from .sources import resolve_model_source
@@ -46,6 +47,7 @@ def load_for_training(cfg: KitConfig, runtime: Runtime, source: str | None = Non
         model, tokenizer = hf_base(cfg, runtime, source, tokenizer)
         model = hf_add_lora(model, cfg, runtime)
     runtime.attention = attention_kernel(model, runtime)  # recorded in the run's manifest.json
+    runtime.kernels = apply_kernels(model, cfg, runtime)  # so are these
     return model, prepare_tokenizer(tokenizer, cfg), source
 
 

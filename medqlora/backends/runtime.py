@@ -32,6 +32,7 @@ class Runtime:
     reason: str
     gpu_name: str | None = None
     attention: str | None = None  # the attention kernel the loaded model runs (attention_kernel), once loaded
+    kernels: list[str] | None = None  # the fused kernels it trains with, or why none (kernels.apply_kernels)
 
     def describe(self) -> str:
         where = self.gpu_name or "CPU"

@@ -240,6 +240,11 @@ class TrainingSection(Section):
         None, gt=0, le=4096, description="use at most this much GPU memory (plan and cap), e.g. 15 to rehearse a T4"
     )
     tiled_mlp: bool = Field(False, description="Unsloth's tiled MLP: much longer sequences in the same memory")
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto", description="fused kernels of the hf backend (SFT): auto: Liger Kernel (RMSNorm, SwiGLU, RoPE, fused "
+        "linear cross-entropy) on an NVIDIA GPU when liger-kernel is installed and covers the model, none otherwise; "
+        "liger: required (refused where it cannot run); none: off. Unsloth brings its own",
+    )
     method: Literal["sft", "grpo", "dpo", "orpo"] = Field(
         "sft", description="sft: learn the responses; grpo: reinforcement learning with verifiable rewards (grpo: "
         "section); dpo / orpo: preference training on prompt/chosen/rejected rows (preference: section)",

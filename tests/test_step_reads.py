@@ -1,0 +1,104 @@
+"""A training step reads nothing back from the model's device outside logging steps, and the figures logged are
+the ones the Trainer and TRL log when they read every micro-batch."""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+import pytest
+import torch
+import transformers
+from transformers import Trainer
+from trl import SFTTrainer
+
+from medqlora import train
+from medqlora.cli import main
+
+from .conftest import kit_argv
+
+READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu")
+# where the kit's training step runs (the model's own code and the optimizer's are the same in any loop)
+STEP_CODE = ("transformers/trainer.py", "trl/trainer/sft_trainer.py", "/medqlora/")
+
+
+def _with_callback(monkeypatch, callback) -> None:
+    kit_trainer = train._trainer_class
+
+    def with_it():
+        cls = kit_trainer()
+
+        class Watched(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.add_callback(callback)
+
+        return Watched
+
+    monkeypatch.setattr(train, "_trainer_class", with_it)
+
+
+def test_training_steps_between_logging_steps_read_nothing_from_the_device(tiny_model_dir, tmp_path, monkeypatch):
+    reads: collections.Counter[str] = collections.Counter()
+    watching = {"on": False}
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if watching["on"] and any(part in caller for part in STEP_CODE):
+                reads[f"{name} {caller}:{sys._getframe(1).f_lineno}"] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+
+    class Window(transformers.TrainerCallback):  # steps 3 to 5: no logging, no checkpoint, no epoch start
+        def on_step_end(self, args, state, control, **kwargs):
+            watching["on"] = 2 <= state.global_step < 5
+
+    _with_callback(monkeypatch, Window())
+    code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+        "training.max_steps": "6", "training.logging_steps": "6", "training.save_steps": "0",
+        "training.micro_batch_size": "2", "training.gradient_accumulation_steps": "2", "output.run_name": "r"}))
+    assert code == 0
+    assert not reads, reads
+
+
+class _ReadingEveryStep:
+    """The Trainer's and TRL's own per-micro-batch reads, in place of the kit's deferred ones."""
+
+    compute_loss = SFTTrainer.compute_loss
+    log = SFTTrainer.log
+    _track_num_input_tokens = Trainer._track_num_input_tokens
+    floating_point_ops = Trainer.floating_point_ops
+    _save_checkpoint = SFTTrainer._save_checkpoint
+
+    def tokens_seen(self):
+        return self.state.num_input_tokens_seen
+
+
+def test_deferred_reads_log_the_figures_read_at_every_step(tiny_model_dir, tmp_path, monkeypatch):
+    def history(name: str, trainer_class) -> list[dict]:
+        monkeypatch.setattr(train, "_trainer_class", trainer_class)
+        code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
+            "training.max_steps": "4", "training.logging_steps": "2", "training.save_steps": "0",
+            "training.micro_batch_size": "2",
+            "training.gradient_accumulation_steps": "2", "output.run_name": name}))
+        assert code == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())["log_history"]
+
+    kit_trainer = train._trainer_class
+    deferred = history("deferred", kit_trainer)
+    every_step = history("every-step", lambda: type("EveryStep", (_ReadingEveryStep, kit_trainer()), {}))
+    assert [sorted(e) for e in deferred] == [sorted(e) for e in every_step]
+    figures = ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens", "num_input_tokens_seen",
+               "total_flos", "train_loss")
+    for ours, theirs in zip(deferred, every_step, strict=True):
+        assert {k: ours[k] for k in figures if k in ours} == pytest.approx({k: theirs[k] for k in figures if k in theirs},
+                                                                           rel=1e-5)
+    assert sum("entropy" in e and "num_input_tokens_seen" in e for e in deferred) == 2  # steps 2 and 4

@@ -47,6 +47,9 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
         report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
         run_name=run.path.name,
         dataloader_num_workers=0,
+        # batches go to the GPU from pinned memory without the host waiting for the copy (a blocking copy waits
+        # for every kernel queued before it, at each micro-batch)
+        accelerator_config={"non_blocking": runtime.device == "cuda"},
         disable_tqdm=not bars_shown(),  # the training bar on a terminal only; the logged lines are printed either way
     )
 

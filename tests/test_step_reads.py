@@ -102,3 +102,16 @@ def test_deferred_reads_log_the_figures_read_at_every_step(tiny_model_dir, tmp_p
         assert {k: ours[k] for k in figures if k in ours} == pytest.approx({k: theirs[k] for k in figures if k in theirs},
                                                                            rel=1e-5)
     assert sum("entropy" in e and "num_input_tokens_seen" in e for e in deferred) == 2  # steps 2 and 4
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_batches_reach_a_gpu_without_the_host_waiting_and_losses_are_not_read_each_step(tmp_path, device):
+    from medqlora.backends import Runtime
+    from medqlora.config import load_config
+    from medqlora.runs import RunDir
+    from medqlora.trainer_args import common_args
+
+    runtime = Runtime("hf", device, "bf16" if device == "cuda" else "fp32", "test")
+    args = common_args(load_config(None, []), runtime, RunDir(tmp_path))
+    assert args["accelerator_config"] == {"non_blocking": device == "cuda"}  # from pinned memory, on a GPU
+    assert args["logging_nan_inf_filter"] is False  # a NaN loss is logged as NaN, and stops the run

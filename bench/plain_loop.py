@@ -147,6 +147,8 @@ def plain_loop(trainer: Any, warm: list[list[dict]], measured: list[list[dict]])
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    if torch.cuda.is_available():  # as the trainer's loader pins them, so that copies need not wait
+        warm, measured = _pinned(warm), _pinned(measured)
     for batches in warm:
         step(batches)
     _sync()
@@ -155,6 +157,12 @@ def plain_loop(trainer: Any, warm: list[list[dict]], measured: list[list[dict]])
         step(batches)
     _sync()
     return time.perf_counter() - started
+
+
+def _pinned(steps: list[list[dict]]) -> list[list[dict]]:
+    import torch
+
+    return [[{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()} for b in step] for step in steps]
 
 
 def compare(rec: Recording, warmup: int, backend: str) -> dict[str, Any]:

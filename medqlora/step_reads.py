@@ -79,13 +79,14 @@ class DeferredStepReads:
         inputs["use_cache"] = False  # as TRL's compute_loss sets it
         loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
-        gather = self.accelerator.gather_for_metrics
-        valid = gather(outputs.num_valid_tokens).sum()
-        per_valid = valid.clamp(min=1)  # no valid token: both figures 0, as TRL logs them
+        def gather(value: Any) -> Any:  # detached: a kept figure must not keep the step's autograd graph alive
+            return self.accelerator.gather_for_metrics(value.detach()).sum()
+
+        per_valid = gather(outputs.num_valid_tokens).clamp(min=1)  # no valid token: both figures 0, as TRL logs them
         metrics = self._metrics["train"]
-        metrics["entropy"].append(gather(outputs.entropy_sum).sum() / per_valid)
-        metrics["mean_token_accuracy"].append(gather(outputs.num_correct_tokens).sum() / per_valid)
-        tokens = gather(_on_device(self, self._trl_token_count(inputs))).sum() // self._tp_size
+        metrics["entropy"].append(gather(outputs.entropy_sum) / per_valid)
+        metrics["mean_token_accuracy"].append(gather(outputs.num_correct_tokens) / per_valid)
+        tokens = gather(_on_device(self, self._trl_token_count(inputs))) // self._tp_size
         self._trl_tokens_pending = tokens if self._trl_tokens_pending is None else self._trl_tokens_pending + tokens
         return (loss, outputs) if return_outputs else loss
 

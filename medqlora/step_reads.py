@@ -114,12 +114,19 @@ class DeferredStepReads:
         if metrics is None:
             return
         for key in ("entropy", "mean_token_accuracy"):
-            if metrics.get(key) and isinstance(metrics[key][0], torch.Tensor):
-                metrics[key] = [float(v) for v in torch.stack(metrics[key]).float().tolist()]
+            values = metrics.get(key) or []
+            held = [v for v in values if isinstance(v, torch.Tensor)]  # numbers already read (an evaluation) stay
+            if held:
+                read = iter(torch.stack(held).float().tolist())  # one read for them all
+                metrics[key] = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
         if self._trl_tokens_pending is not None:
             self._total_train_tokens += int(self._trl_tokens_pending.item())
             self._trl_tokens_pending = None
             metrics["num_tokens"] = [self._total_train_tokens]
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        self._read_trl_metrics()  # TRL logs the tokens trained so far with the evaluation's figures
+        return super().evaluate(*args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         self.tokens_seen()  # trainer_state.json records it

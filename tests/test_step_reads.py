@@ -99,7 +99,7 @@ def test_deferred_reads_log_the_figures_read_at_every_step(tiny_model_dir, tmp_p
         monkeypatch.setattr(train, "_trainer_class", trainer_class)
         code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
             "training.max_steps": "4", "training.logging_steps": "2", "training.save_steps": "0",
-            "training.micro_batch_size": "2",
+            "data.val_ratio": "0.25", "training.eval_steps": "3", "training.micro_batch_size": "2",
             "training.gradient_accumulation_steps": "2", "output.run_name": name}))
         assert code == 0
         return json.loads((tmp_path / name / "metrics.json").read_text())["log_history"]
@@ -109,11 +109,12 @@ def test_deferred_reads_log_the_figures_read_at_every_step(tiny_model_dir, tmp_p
     every_step = history("every-step", lambda: type("EveryStep", (_ReadingEveryStep, kit_trainer()), {}))
     assert [sorted(e) for e in deferred] == [sorted(e) for e in every_step]
     figures = ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens", "num_input_tokens_seen",
-               "total_flos", "train_loss")
+               "total_flos", "train_loss", "eval_loss", "eval_num_tokens", "eval_entropy", "eval_mean_token_accuracy")
     for ours, theirs in zip(deferred, every_step, strict=True):
         assert {k: ours[k] for k in figures if k in ours} == pytest.approx({k: theirs[k] for k in figures if k in theirs},
                                                                            rel=1e-5)
     assert sum("entropy" in e and "num_input_tokens_seen" in e for e in deferred) == 2  # steps 2 and 4
+    assert [e["step"] for e in deferred if "eval_num_tokens" in e][:1] == [3]  # between logging steps
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])

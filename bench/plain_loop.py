@@ -10,10 +10,12 @@ zero_grad; the same warm-up steps first, then the measured steps between two syn
 the same tokens (checked: the trainer's count of tokens seen against the recorded batches').
 
     # CPU, the tiny random model of the tests (a few minutes on 2 cores):
+    python -m medqlora.random_model --shape tiny --out /tmp/tiny-llama
     python bench/plain_loop.py --out /tmp/plain-loop --backend hf --steps 4 --warmup 2 \\
         --set model.name=/tmp/tiny-llama --set model.max_seq_length=256 --set data.datasets.0.max_samples=64 \\
         --set training.micro_batch_size=2 --set training.gradient_accumulation_steps=2
     # GPU, Unsloth, the 8B shape with packed 4,096-token rows (the profile in docs/benchmarks.md):
+    python -m medqlora.random_model --shape llama-3.1-8b --out /tmp/llama31-8b-random --device cuda
     python bench/plain_loop.py --out bench/results/plain-loop-unsloth --backend unsloth --steps 10 --warmup 3 \\
         --set model.name=/tmp/llama31-8b-random --set training.packing=true --set training.auto_fit=true \\
         --set model.max_seq_length=4096

@@ -182,7 +182,7 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):
         batch that the processes cannot share stops here."""
         self.start_runtime()
         grpo.check_vllm(self.cfg, self.runtime)  # before the run folder and the model
-        backends.check_kernels(self.cfg, self.runtime)  # so is training.kernels: liger where it cannot run
+        backends.check_kernels(self.cfg, self.runtime)  # training.kernels: liger where it cannot run stops here
         distributed.start()
         from .optimizers import check_optimizer
 

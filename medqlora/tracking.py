@@ -10,7 +10,7 @@ import contextlib
 import importlib.util
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .config import KitConfig
@@ -88,7 +88,7 @@ def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> Any:
 
         handler.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / Files.TENSORBOARD))))
     # first, so that every tracker (and the progress bar) sees the figures it adds
-    speed = speed_and_memory_callback()
+    speed = speed_and_memory_callback(getattr(trainer, "tokens_seen", None))
     handler.callbacks.insert(0, speed)
     return speed
 
@@ -96,9 +96,11 @@ def add_tracking(trainer: Any, cfg: KitConfig, run: RunDir) -> Any:
 WARMUP_STEPS = 2  # compilation and allocator warm-up happen in the first steps
 
 
-def speed_and_memory_callback() -> Any:
+def speed_and_memory_callback(tokens_seen: Callable[[], int] | None = None) -> Any:
     """A callback adding tokens/s (padding excluded) and GPU memory to every training log, and keeping the
-    time of the first step and the steady tokens/s after the warm-up steps (for metrics.json and the bench)."""
+    time of the first step and the steady tokens/s after the warm-up steps (for metrics.json and the bench).
+    tokens_seen: the trainer's count brought up to date, where it keeps it on the device between logging steps
+    (read here once, at the end of the warm-up)."""
     import torch
     from transformers import TrainerCallback  # only once training starts: after Unsloth is imported
 
@@ -117,7 +119,8 @@ def speed_and_memory_callback() -> Any:
             if self.first_step_unix is None:
                 self.first_step_unix = time.time()
             if self.steps_here == WARMUP_STEPS:
-                self.warm = (time.perf_counter(), state.num_input_tokens_seen)
+                tokens = tokens_seen() if tokens_seen else state.num_input_tokens_seen
+                self.warm = (time.perf_counter(), tokens)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.warm is not None and self.steps_here > WARMUP_STEPS:

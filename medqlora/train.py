@@ -21,6 +21,7 @@ from .optimizers import check_optimizer  # noqa: F401 (plan.py imports it from h
 from .run_files import Files
 from .runs import RunDir
 from .sharded import gathered_weights, load_fsdp_lora, save_fsdp_lora, scatter_fsdp_trainable
+from .step_reads import DeferredStepReads
 from .tracking import add_tracking, tracking_env
 from .trainer_args import common_args, one_gpu
 from .trainer_run import run_trainer, save_adapter, stop_on_non_finite
@@ -176,11 +177,12 @@ def _trainer_class() -> type:
     """TRL's SFTTrainer (Unsloth's, once Unsloth is imported) with these changes: the length-grouped sampler
     groups each *effective* batch, the same for any number of processes (the Trainer groups each process's
     share, so 1 and 2 processes drew different batches from the same data and seed), and draws each epoch's
-    order from the seed and the epoch (see _length_grouped_sampler); FSDP checkpoints restore the adapter."""
+    order from the seed and the epoch (see _length_grouped_sampler); FSDP checkpoints restore the adapter; and a
+    step reads nothing back from the GPU outside logging steps (step_reads.py)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
-    class KitTrainer(_FsdpLoraCheckpoints, SFTTrainer):
+    class KitTrainer(DeferredStepReads, _FsdpLoraCheckpoints, SFTTrainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):

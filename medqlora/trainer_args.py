@@ -32,6 +32,9 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
+        # the filter reads every micro-batch's loss on the host (a wait for the GPU); without it a NaN or infinite
+        # loss is logged as it is, and stop_on_non_finite stops at that logging step
+        logging_nan_inf_filter=False,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.keep_checkpoints,
@@ -44,6 +47,9 @@ def common_args(cfg: KitConfig, runtime: Runtime, run: RunDir) -> dict[str, Any]
         report_to=[r for r in t.report_to if r != "tensorboard"] or "none",  # TensorBoard: tracking_callbacks
         run_name=run.path.name,
         dataloader_num_workers=0,
+        # batches go to the GPU from pinned memory without the host waiting for the copy (a blocking copy waits
+        # for every kernel queued before it, at each micro-batch)
+        accelerator_config={"non_blocking": runtime.device == "cuda"},
         disable_tqdm=not bars_shown(),  # the training bar on a terminal only; the logged lines are printed either way
     )
 

@@ -138,3 +138,34 @@ def test_the_hf_backend_is_measured_with_and_without_liger_side_by_side():
                 "micro x accum 4x2 -> 4x2, loss curves at most 1.00% apart over 2 steps")
     assert lines == ["", expected]
     assert speed.comparisons([row("hf", 1000.0, 80.0, [2.0])]) == []
+
+
+def _plain_loop_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import plain_loop
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return plain_loop
+
+
+def test_plain_loop_groups_the_recorded_micro_batches_by_the_optimizer_step_that_trained_them():
+    plain_loop = _plain_loop_module()
+    # an epoch's last step may take fewer micro-batches; a batch collated ahead (the loader prefetches) is left out
+    rec = plain_loop.Recording(batches=list(range(8)), step_ends=[2, 4, 6, 7])
+    assert plain_loop.steps_of(rec, warmup=1) == ([[0, 1]], [[2, 3], [4, 5], [6]])
+
+
+def test_plain_loop_times_the_kits_steps_and_a_plain_loop_on_the_same_tokens(tiny_model_dir, tmp_path):
+    out = tmp_path / "plain"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "plain_loop.py"), "--out", str(out), "--backend", "hf", "--steps", "2",
+         "--warmup", "1", "--set", f"model.name={tiny_model_dir}", "--set", "model.max_seq_length=128",
+         "--set", "data.datasets.0.max_samples=16", "--set", "training.micro_batch_size=2",
+         "--set", "training.gradient_accumulation_steps=2"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "plain_loop.json").read_text())
+    assert result["steps"] == 2 and result["micro_batches"] == 4 and result["tokens"] > 0
+    assert result["kit_over_plain"] == pytest.approx(result["kit_ms_per_step"] / result["plain_ms_per_step"], rel=1e-2)
+    assert "kit / plain" in (out / "plain_loop.md").read_text()

@@ -16,6 +16,7 @@ from typing import Any
 from .config import KitConfig
 from .distributed import is_main
 from .errors import ConfigError
+from .messages import log
 from .runs import Files, RunDir
 
 def wandb_falls_back_offline(cfg: KitConfig) -> bool:
@@ -128,12 +129,19 @@ def speed_and_memory_callback(tokens_seen: Callable[[], int] | None = None) -> A
                 self.steady_tokens_per_second = round((state.num_input_tokens_seen - self.warm[1]) / elapsed, 1)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if not logs or "loss" not in logs:
+            if not logs:
                 return
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
-            logs["tokens_per_second"] = round((state.num_input_tokens_seen - self.tokens_at_start) / elapsed, 1)
-            if torch.cuda.is_available():
-                logs["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / 1024**3, 3)
-                logs["gpu_peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 3)
+            if "loss" in logs:
+                elapsed = max(time.perf_counter() - self.started, 1e-9)
+                logs["tokens_per_second"] = round((state.num_input_tokens_seen - self.tokens_at_start) / elapsed, 1)
+                if torch.cuda.is_available():
+                    logs["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / 1024**3, 3)
+                    logs["gpu_peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 3)
+            if is_main():  # the Trainer prints its logs on screen only: run.log keeps them too
+                log.info("step %d: %s", state.global_step, ", ".join(f"{k} {_shown(v)}" for k, v in logs.items()))
 
     return SpeedAndMemory()
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -36,6 +36,7 @@ def test_full_mode_writes_the_whole_run_folder(tiny_model_dir, tmp_path, capsys)
     assert manifest["adapter_mb"] > 0
     log = (run / "run.log").read_text()  # every line said, those before the run folder existed first
     assert log.index("backend=hf on CPU") < log.index("run folder:") < log.index("CPU: LoRA on full-precision")
+    assert log.index("step 1: loss ") < log.index("adapter saved")  # the Trainer's own log lines, kept in run.log
     modes = {stat.S_IMODE(f.stat().st_mode) for f in [*(run / "adapter").iterdir(), run / "config.yaml"]}
     assert len(modes) == 1  # the adapter's weights are as readable as every other file of the run
 

@@ -16,11 +16,12 @@ from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_a
 from .commands import Run
 from .errors import ModelError
 from .messages import say
+from .recipe_state import RecipeState
 from .runs import Files
 from .secrets import printable
 
 
-class AdapterModes:
+class AdapterModes(RecipeState):
     """--mode test, eval, export and chat, each a short sequence of the recipe's stages."""
 
     def test(self) -> Run:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from . import backends, evaluate, generate, harness, report
 from .messages import say
+from .recipe_state import RecipeState
 from .runs import Files
 from .secrets import printable
 
 
-class ModelStages:
+class ModelStages(RecipeState):
     """Reads and sets the Recipe's cfg, runtime, run, model, tokenizer and lm_eval_tasks."""
 
     def load_for_inference(self, adapter: Path | None, say_loading: bool = False) -> None:

@@ -24,10 +24,8 @@ from . import (
     data,
     distributed,
     evaluate,
-    fit,
     generate,
     grpo,
-    harness,
     plan,
     report,
     resume,
@@ -48,31 +46,17 @@ from .secrets import printable
 from .stages import TrainingStages
 
 
-class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):
+class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their state: recipe_state.py
     """A run of one mode. ``cfg`` is the config this process works with, once resolved."""
 
-    def __init__(self, cfg: KitConfig, options: Options | None = None) -> None:
-        self.cfg, self.options = cfg, options or Options()
-        self.saved_cfg = cfg  # the config in the terms of all processes together, as config.yaml holds it
-        self.runtime: backends.Runtime | None = None
-        self.run: RunDir | None = None
-        self.checkpoint: Path | None = None
-        self.facts: dict[str, Any] = {}
-        self.summary: dict[str, Any] = {}
-        self.model: Any = None
-        self.source: str | None = None  # the model source, resolved once (backends.resolve_model_source)
-        self.tokenizer: Any = None
-        self.benchmarks: dict[str, list] | None = None
-        self.lm_eval_tasks: list[harness.HarnessTask] | None = None  # eval.harness: lm-eval
+    def __init__(self, cfg: KitConfig, options: Options | None = None) -> None:  # attributes: recipe_state.py
+        self.cfg, self.saved_cfg, self.options = cfg, cfg, options or Options()
+        self.runtime = self.run = self.checkpoint = self.source = self.prepared = self.shape = None
+        self.model = self.tokenizer = self.result = self.benchmarks = self.lm_eval_tasks = None
+        self.baseline = self.lm_eval_baseline = None
+        self.facts, self.summary, self.after_load = {}, {}, {}
+        self.collected = []
         self._resumed: tuple[RunDir, KitConfig, Path] | None = None
-        # what the training stages hand on to the next
-        self.collected: list = []
-        self.prepared: data.PreparedData | None = None
-        self.shape: fit.ModelShape | None = None
-        self.after_load: dict[str, Any] = {}
-        self.baseline: dict | None = None
-        self.lm_eval_baseline: dict | None = None
-        self.result: Any = None
 
     # ------------------------------------------------------------------ modes
 

@@ -11,12 +11,13 @@ from typing import Any
 from . import signals
 from .errors import TrainingInterrupted
 from .messages import log
+from .recipe_state import RecipeState
 from .run_manifest import manifest
 from .runs import Files
 from .secrets import printable
 
 
-class RunRecords:
+class RunRecords(RecipeState):
     """The manifest of the Recipe's run folder (``run``), written with its config and runtime."""
 
     def record(self, status: str, **extra: Any) -> None:

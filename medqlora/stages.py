@@ -17,10 +17,11 @@ from .adapter_runs import inherited_training_items
 from .config import KitConfig
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
+from .recipe_state import RecipeState
 from .runs import Files, size_mb
 
 
-class TrainingStages:
+class TrainingStages(RecipeState):
     """Mixed into Recipe, which holds the state they share (cfg, run, runtime, options, facts...)."""
 
     def prepare_data(self, with_benchmarks: bool) -> None:

@@ -15,7 +15,8 @@ settings:  seed          the seed projects' recipe: micro-batch 2 x 4 accumulati
            auto+packing  auto-fit with packed rows
 data:      pubmedqa      the shipped PubMedQA questions with abstracts (real medical lengths)
            medical_o1    medical-o1-reasoning-SFT rows (--medical-o1 FILE: a local JSON/JSONL copy)
-           random        rows of max_seq_length random tokens: no padding, the upper bound
+           random        rows of max_seq_length random tokens: no padding, the upper bound (--random-tokens N:
+                         rows of N tokens instead, e.g. short rows to pack)
 
 Per row: useful (non-padding) tokens/s after 2 warm-up steps, padding share of the batches, peak GPU
 memory (allocated / reserved) against the kit's preflight estimate, MFU (4 x parameters FLOPs per
@@ -73,7 +74,8 @@ def random_rows(args: argparse.Namespace, scratch: Path) -> Path:
 
     from medqlora.backends import resolve_model_source
 
-    path = scratch / f"random-{args.max_seq}.jsonl"
+    length = args.random_tokens or int(args.max_seq * 1.3)  # default: longer than a row, so every row is full
+    path = scratch / f"random-{args.max_seq}-{length}.jsonl"
     if path.is_file():
         return path
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(args.tokenizer_from))
@@ -82,7 +84,7 @@ def random_rows(args: argparse.Namespace, scratch: Path) -> Path:
     vocab = [i for i in range(len(tokenizer)) if i not in tokenizer.all_special_ids and i not in added]
     with path.open("w") as handle:
         for n in range(args.random_rows):
-            text = tokenizer.decode([rng.choice(vocab) for _ in range(int(args.max_seq * 1.3))])
+            text = tokenizer.decode([rng.choice(vocab) for _ in range(length)])
             handle.write(json.dumps({"instruction": f"Continue the sequence {n}.", "output": text}) + "\n")
     return path
 
@@ -246,6 +248,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--max-seq", type=int, default=2048)
     p.add_argument("--random-rows", type=int, default=256)
+    p.add_argument("--random-tokens", type=int, default=None,
+                   help="random data: tokens of each row's answer (default: longer than --max-seq, every row full); "
+                   "shorter rows with packing measure what packing costs against full dense rows")
     p.add_argument("--medical-o1", default=None)
     p.add_argument("--gpu-memory-gib", type=float, default=None, help="cap and plan for this much (e.g. 15: a T4)")
     p.add_argument("--extra", default=None, help='more --set values as JSON, e.g. \'{"training.tiled_mlp": true}\'')

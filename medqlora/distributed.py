@@ -52,7 +52,8 @@ def check_launch() -> None:
         shown = " ".join(f"{k}={v}" for k, v in values.items())
         raise MedQLoRAError(f"The environment says {shown}: a rank must be below the number of processes. Unset "
                             f"{', '.join(values)}, or launch with torchrun or accelerate launch, which set them.")
-    if world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+    # even one process: with RANK or LOCAL_RANK set, transformers starts a process group, which needs the rendezvous
+    if values and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
         shown = " ".join(f"{k}={v}" for k, v in values.items())
         raise MedQLoRAError(f"The environment says {shown}, but no launcher started this process (MASTER_ADDR and "
                             f"MASTER_PORT are not set). Unset {', '.join(values)} to run one process, or launch with "

@@ -1,0 +1,22 @@
+"""Inputs of a hostile review that the kit handled badly, each with the behaviour it has now (docs/errors.md XD rows)."""
+
+import pytest
+
+from .conftest import assert_one_message, run_cli
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, {"LOCAL_RANK": "0"}])
+def test_launch_variables_of_one_process_without_a_rendezvous_are_refused_before_anything_loads(
+        tmp_path, capsys, monkeypatch, env):
+    """transformers starts a process group wherever RANK or LOCAL_RANK is set, even for one process: without
+    MASTER_ADDR/MASTER_PORT that failed after the model loaded, as an internal error."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "outputs"
+    for argv in (["--dry-run"], ["--mode", "train"]):
+        code, _, err = run_cli(capsys, [*argv, "--output-dir", str(out)])
+        assert code == 2
+        assert_one_message(err, "but no launcher started this process (MASTER_ADDR and MASTER_PORT are not set). Unset")
+    assert not out.exists()

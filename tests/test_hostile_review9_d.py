@@ -20,3 +20,27 @@ def test_launch_variables_of_one_process_without_a_rendezvous_are_refused_before
         assert code == 2
         assert_one_message(err, "but no launcher started this process (MASTER_ADDR and MASTER_PORT are not set). Unset")
     assert not out.exists()
+
+
+def test_the_merged_exports_reference_is_described_in_the_dtype_it_trained_in(monkeypatch, tmp_path):
+    """export.merged_dtype fp16 for a run trained in fp32 (the CPU): the check's reference is the fp32 base + adapter,
+    and the line that announces it said 'fp16 base, as in training'."""
+    from types import SimpleNamespace
+
+    from medqlora.config import load_config
+    from medqlora.export import merged
+
+    said = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_args, **_kwargs):
+        raise Stop
+
+    monkeypatch.setattr(merged, "trained_reference", stop)
+    cfg = load_config(None, ["export.merged_dtype=fp16", "backend=hf"])
+    with pytest.raises(Stop):
+        merged.export_merged(cfg, tmp_path / "adapter", tmp_path / "merged", said.append, SimpleNamespace(source="x"))
+    assert said == [f"export: scoring {cfg.export.compare_prompts} sample prompts with the base model + adapter "
+                    "(fp32 base, as in training)"]

@@ -21,7 +21,7 @@ def export_merged(cfg: KitConfig, adapter: Path, dest: Path, say: Any, base: Exp
     runtime = backends.activate(backends.detect(cfg), cfg)
     dtype = _merged_dtype(cfg, runtime)
     say(f"export: scoring {cfg.export.compare_prompts} sample prompts with the base model + adapter "
-        f"({'4-bit' if _quantized(cfg, runtime) else dtype} base, as in training)")
+        f"({'4-bit' if _quantized(cfg, runtime) else runtime.dtype} base, as in training)")
     reference = trained_reference(cfg, runtime, adapter, base.source)
     began = time.perf_counter()
     tokenizer = base.tokenizer

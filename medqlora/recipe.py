@@ -184,6 +184,9 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         data.refuse_output_inside_data(self.cfg.data, output)  # the runs would be read as data
         if not o.resume:
             self.run = self._new_run()
+            if o.output_dir:  # config.yaml says where the run is: rerunning it (--config <run>/config.yaml) goes there
+                self.cfg = self.cfg.model_copy(update={"output": self.cfg.output.model_copy(
+                    update={"dir": o.output_dir})})
         self._say_processes()
         self.configure(self.cfg)
         self.facts = {"resumed_from": self.checkpoint.name} if self.checkpoint else {}

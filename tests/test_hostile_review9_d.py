@@ -44,3 +44,16 @@ def test_the_merged_exports_reference_is_described_in_the_dtype_it_trained_in(mo
         merged.export_merged(cfg, tmp_path / "adapter", tmp_path / "merged", said.append, SimpleNamespace(source="x"))
     assert said == [f"export: scoring {cfg.export.compare_prompts} sample prompts with the base model + adapter "
                     "(fp32 base, as in training)"]
+
+
+def test_a_runs_config_records_the_output_folder_given_by_output_dir(tiny_model_dir, tmp_path):
+    """config.yaml is what --resume and a rerun (--config <run>/config.yaml) read: it said output.dir: outputs for a
+    run that --output-dir had put elsewhere."""
+    import yaml
+
+    from .conftest import only_run, run_tiny
+
+    out = tmp_path / "o #2: x"
+    assert run_tiny(tiny_model_dir, tmp_path / "ignored", "--mode", "train", "--output-dir", str(out)) == 0
+    saved = yaml.safe_load((only_run(out) / "config.yaml").read_text())
+    assert saved["output"]["dir"] == str(out)

@@ -139,12 +139,26 @@ def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
         prompt = in_turns
     if not prompt.strip():
         raise DataError(f"no prompt: field '{printable(p_name, 60)}' is missing and '{printable(c_name, 60)}' holds "
-                        "no user message.")
+                        f"no user message.{_prompt_column_hint(row, p_name, c_name, r_name)}")
     if _same(c.text, r.text):
         raise DataError("the chosen and rejected replies are the same text (spacing aside): nothing to prefer.")
     return PreferenceExample(prompt=prompt, response=c.text, rejected=r.text, system=system, multi_turn=multi_turn,
                              uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
                              answer_texts=((c_name, c.text), (r_name, r.text)))
+
+
+PROMPT_LIKE = ("question", "instruction", "input", "query", "prompt_text", "user")
+
+
+def _prompt_column_hint(row: dict[str, Any], p_name: str, *taken: str) -> str:
+    """Where the row holds its question under another name (Intel/orca_dpo_pairs: 'question'), how to map it."""
+    others = [name for name in row if name not in (p_name, "system", *taken) and isinstance(row[name], str) and row[name].strip()]
+    named = next((name for name in others if name.lower() in PROMPT_LIKE), None)
+    if named is None and not others:
+        return ""
+    column = named or others[0]
+    return (f" The row holds '{printable(column, 60)}': if that is the question, map it in the dataset entry with "
+            f"columns: {{prompt: {printable(column, 60)}}}.")
 
 
 def _turn_count(value: Any) -> int:

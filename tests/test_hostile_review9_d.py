@@ -57,3 +57,20 @@ def test_a_runs_config_records_the_output_folder_given_by_output_dir(tiny_model_
     assert run_tiny(tiny_model_dir, tmp_path / "ignored", "--mode", "train", "--output-dir", str(out)) == 0
     saved = yaml.safe_load((only_run(out) / "config.yaml").read_text())
     assert saved["output"]["dir"] == str(out)
+
+
+def test_preference_rows_with_their_question_under_another_name_say_how_to_map_it():
+    """Intel/orca_dpo_pairs' layout (system, question, chosen, rejected): the message named neither the column nor
+    the way out."""
+    from medqlora.config import DatasetSpec
+    from medqlora.errors import DataError
+    from medqlora.rl_formats import format_preference
+
+    spec = DatasetSpec(source="x.jsonl", format="preference")
+    row = {"system": "You are helpful.", "question": "First-line drug for anaphylaxis?",
+           "chosen": "Intramuscular adrenaline.", "rejected": "An oral antihistamine."}
+    with pytest.raises(DataError, match=r"The row holds 'question': if that is the question, map it in the dataset "
+                                        r"entry with columns: \{prompt: question\}"):
+        format_preference(row, spec)
+    mapped = DatasetSpec(source="x.jsonl", format="preference", columns={"prompt": "question"})
+    assert format_preference(row, mapped).prompt == "First-line drug for anaphylaxis?"

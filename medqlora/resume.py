@@ -32,11 +32,18 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     refuse_secret_in_path(run.path, "The run folder to resume")
     checkpoint = latest_checkpoint(run)
     if checkpoint is None:
-        done = (run.adapter / adapters.CONFIG_NAME).is_file()
-        ended = "was interrupted" if _status(run) == "interrupted" else "crashed"
-        raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from"
-                         + (" (it finished training: its adapter is saved)." if done else
-                            f"; it {ended} before its first checkpoint (training.save_steps): train it again."))
+        status = _status(run)
+        saved_adapter = (run.adapter / adapters.CONFIG_NAME).is_file()
+        ended = "was interrupted" if status == "interrupted" else "crashed"
+        if saved_adapter and status == "interrupted":  # a signal saves the adapter trained so far
+            why = (f"; it was interrupted before its first checkpoint (training.save_steps), with the adapter trained "
+                   f"so far saved in {run.adapter}: train it again, or use that adapter as it is (--adapter "
+                   f"{run.path}, or training.init_adapter={run.path} to train on from it).")
+        elif saved_adapter:
+            why = " (it finished training: its adapter is saved)."
+        else:
+            why = f"; it {ended} before its first checkpoint (training.save_steps): train it again."
+        raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from{why}")
     saved = run.path / Files.CONFIG
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")

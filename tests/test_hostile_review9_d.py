@@ -74,3 +74,22 @@ def test_preference_rows_with_their_question_under_another_name_say_how_to_map_i
         format_preference(row, spec)
     mapped = DatasetSpec(source="x.jsonl", format="preference", columns={"prompt": "question"})
     assert format_preference(row, mapped).prompt == "First-line drug for anaphylaxis?"
+
+
+def test_resuming_a_run_interrupted_before_its_first_checkpoint_does_not_say_it_finished(tmp_path, capsys):
+    """SIGTERM/SIGUSR1 before the first checkpoint saves the adapter trained so far (status interrupted): --resume
+    said 'it finished training'."""
+    import json
+
+    from medqlora.config import load_config
+
+    run = tmp_path / "outputs" / "cut"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "config.yaml").write_text(load_config(None).to_yaml())
+    (run / "manifest.json").write_text(json.dumps({"status": "interrupted", "kit_version": "0.1.0"}))
+    code, _, err = run_cli(capsys, ["--mode", "train", "--resume", str(run)])
+    assert code == 2
+    assert_one_message(err, "it was interrupted before its first checkpoint (training.save_steps), with the adapter "
+                            "trained so far saved in")
+    assert "finished training" not in err

@@ -3,12 +3,17 @@ write no usable file, and fetching llama.cpp into a cache that cannot hold it: a
 pipe or a hard link, a manifest that is a named pipe, a closed standard input or error, an empty or linked GGUF."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from medqlora.errors import MedQLoRAError
 from medqlora.run_files import Files
 from medqlora.runs import RunDir
+
+from .conftest import assert_one_message, kit_argv, run_cli
 
 
 def _run_folder(tmp_path):
@@ -44,3 +49,26 @@ def test_grpo_samples_are_appended_to_the_run_folders_own_file(tmp_path):
     run.append_text(Files.GRPO_SAMPLES, "two\n")
     run.check_links()
     assert (run.path / Files.GRPO_SAMPLES).read_text() == "one\ntwo\n"
+
+
+def test_chat_with_standard_input_closed_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python sets when the kit starts with standard input closed
+    for dry_run in ((), ("--dry-run",)):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *dry_run, "--mode", "chat",
+                                          "--adapter", "none"))
+        assert result.code == 2
+        assert_one_message(result.err, "--prompt")
+        assert "standard input, which is closed" in result.err
+
+
+def test_a_user_error_with_standard_error_closed_still_exits_2(tmp_path):
+    """A launcher that closes stderr: the descriptor is often taken by a file opened read-only at start."""
+    taken = tmp_path / "launcher.sh"
+    taken.write_text("#!/bin/sh\n")
+    script = Path(__file__).resolve().parents[1] / "medical_qlora_finetuning.py"
+    with taken.open("rb") as read_only:
+        result = subprocess.run([sys.executable, str(script), "--dry-run", "--set", "training.max_steps=0"],
+                                stdout=subprocess.DEVNULL, stderr=read_only, timeout=300)
+    assert result.returncode == 2
+    assert taken.read_text() == "#!/bin/sh\n"

@@ -72,3 +72,55 @@ def test_a_user_error_with_standard_error_closed_still_exits_2(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=read_only, timeout=300)
     assert result.returncode == 2
     assert taken.read_text() == "#!/bin/sh\n"
+
+
+@pytest.fixture(scope="module")
+def lora_folder(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter of the tiny model (not trained: fresh weights are enough to convert and export)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    folder = tmp_path_factory.mktemp("lora") / "adapter"
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
+CONVERTER = "import os, sys\nout = sys.argv[sys.argv.index('--outfile') + 1]\n"
+WRITES_EMPTY = CONVERTER + "open(out, 'wb').close()\n"
+LEAVES_A_LINK = CONVERTER + "os.symlink({target!r}, out)\n"
+
+
+@pytest.mark.parametrize("body,fmt,said", [
+    (WRITES_EMPTY, "gguf_lora", "ended without error but wrote an empty adapter-f16.gguf"),
+    (WRITES_EMPTY, "gguf", "ended without error but wrote an empty model-f16.gguf"),
+    (LEAVES_A_LINK, "gguf_lora", "ended without error but left a symbolic link at adapter-f16.gguf")],
+    ids=["lora-empty", "merged-empty", "lora-link"])
+def test_a_converter_that_writes_an_empty_file_or_a_link_fails_the_export_in_one_message(
+        lora_folder, tiny_model_dir, tmp_path, monkeypatch, capsys, body, fmt, said):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not a GGUF file\n")
+    llama_cpp = tmp_path / "llama.cpp"
+    llama_cpp.mkdir()
+    for script in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"):
+        (llama_cpp / script).write_text(body.format(target=str(outside)))
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(llama_cpp))
+    out = tmp_path / "out"
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(lora_folder),
+                                      **{"export.formats": f"[{fmt}]", "export.gguf_type": "f16"}))
+    assert result.code == 2
+    assert_one_message(result.err, said)
+    assert not list(out.glob("*/.export.partial"))
+    assert outside.read_text() == "not a GGUF file\n"
+
+
+def test_a_damaged_gguf_file_is_one_message_not_a_crash(tmp_path):
+    from medqlora.export.llama_cpp import read_gguf
+
+    damaged = tmp_path / "adapter-f16.gguf"
+    damaged.write_bytes(b"GGUF" + b"\x00" * 3)
+    with pytest.raises(MedQLoRAError, match="is not a readable GGUF file"):
+        read_gguf(damaged)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -98,21 +99,51 @@ def run_tool(command: list[str], name: str, writes: Path) -> None:
     or ends without writing it, stops with what it said: a converter of another llama.cpp version than the gguf
     package it imports (or than the options the kit passes) fails like this."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode == 0 and writes.is_file():
+    unusable = _unusable_output(writes)
+    if done.returncode == 0 and not unusable:
         return
     tool = Path(command[1] if command[0] == sys.executable else command[0])
     what = (f"failed (exit {done.returncode}): {printable(done.stderr.strip()[-800:])}" if done.returncode != 0 else
-            f"ended without error but wrote no {writes.name} (a version that takes other options than "
-            "--outfile / --outtype?)")
+            f"ended without error but {unusable}")
     log.error("%s %s", name, what if done.returncode == 0 else f"failed: {done.stderr[-4000:]}")
     elsewhere = (", or unset LLAMA_CPP_DIR to use the converter python -m medqlora.export --fetch-llama-cpp puts in "
                  "the kit's cache" if os.environ.get("LLAMA_CPP_DIR") else "")
     raise ToolFailed(
-        f"{name} {'failed (exit ' + str(done.returncode) + ')' if done.returncode else 'wrote no file'}",
+        f"{name} {'failed (exit ' + str(done.returncode) + ')' if done.returncode else 'wrote no usable file'}",
         f"{name} in {printable(tool.parent)} {what}\nllama.cpp was found and its {name} ran, but did not work: a "
         "checkout whose converters do not match its gguf-py package (or the options this kit passes) fails like this. "
         f"Update it (git pull in that checkout, then pip install ./gguf-py there){elsewhere}; or leave that format out "
         "of export.formats.")
+
+
+def _unusable_output(writes: Path) -> str:
+    """Why the file a tool was to write cannot be read back ('' when it can): missing, empty (a tool stopped while
+    writing, a full disk), or not a regular file of its own (a link is never followed out of the export folder)."""
+    try:
+        status = writes.lstat()
+    except FileNotFoundError:
+        return f"wrote no {writes.name} (a version that takes other options than --outfile / --outtype?)"
+    if stat.S_ISLNK(status.st_mode):
+        return f"left a symbolic link at {writes.name} instead of the file (the kit never reads through it)"
+    if not stat.S_ISREG(status.st_mode):
+        return f"left something that is not a regular file at {writes.name}"
+    if status.st_size == 0:
+        return f"wrote an empty {writes.name} (stopped while writing it, or the disk is full?)"
+    return ""
+
+
+def read_gguf(path: Path) -> Any:
+    """gguf's reader on a file a converter wrote, whose damage (a cut-off file, another format) is a failed export,
+    not a crash."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except (ValueError, OSError, KeyError, IndexError) as err:
+        raise ModelError(f"{printable(path)} is not a readable GGUF file ({printable(err, 200)}): the converter that "
+                         "wrote it stopped early or wrote another format. Run the export again; if it recurs, update "
+                         "llama.cpp (git pull, then pip install ./gguf-py there) or leave that format out of "
+                         "export.formats.") from None
 
 
 class ToolFailed(ModelError):

@@ -124,3 +124,98 @@ def test_a_damaged_gguf_file_is_one_message_not_a_crash(tmp_path):
     damaged.write_bytes(b"GGUF" + b"\x00" * 3)
     with pytest.raises(MedQLoRAError, match="is not a readable GGUF file"):
         read_gguf(damaged)
+
+
+def _fetch(monkeypatch, capsys, cache: Path, download) -> tuple[int, str]:
+    """python -m medqlora.export --fetch-llama-cpp into ``cache`` (MEDQLORA_CACHE), pip's download replaced."""
+    from medqlora import backends
+    from medqlora.export import __main__ as fetch_command
+    from medqlora.export import llama_cpp
+
+    monkeypatch.setattr(backends, "CACHE_DIR", cache)
+    monkeypatch.setattr(llama_cpp.subprocess, "run", download)
+    code = fetch_command.main(["--fetch-llama-cpp"])
+    return code, capsys.readouterr().err
+
+
+def _no_download(*args, **kwargs):
+    raise AssertionError("the cache folder is checked before anything is downloaded")
+
+
+def _place_file(where: Path) -> None:
+    where.write_text("my notes\n")
+
+
+def _place_link(where: Path) -> None:
+    checkout = where.parent.parent / "my-llama.cpp"
+    checkout.mkdir()
+    (checkout / "convert_hf_to_gguf.py").write_text("# an older checkout\n")
+    where.symlink_to(checkout)
+
+
+@pytest.mark.parametrize("place,said", [(_place_file, "is a file, where the kit keeps llama.cpp's converter"),
+                                        (_place_link, "is a symbolic link (to ")], ids=["file", "link"])
+def test_fetching_llama_cpp_over_a_file_or_link_is_refused_before_the_download(tmp_path, monkeypatch, capsys,
+                                                                              place, said):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    place(cache / "llama.cpp")
+    code, err = _fetch(monkeypatch, capsys, cache, _no_download)
+    assert code == 2
+    assert_one_message(err, said)
+    assert not (cache / "llama.cpp.partial").exists()
+    if (cache / "llama.cpp").is_symlink():
+        assert sorted(p.name for p in (cache / "llama.cpp").iterdir()) == ["convert_hf_to_gguf.py"]
+    else:
+        assert (cache / "llama.cpp").read_text() == "my notes\n"
+
+
+def test_fetching_llama_cpp_into_a_cache_that_cannot_be_created_is_refused_before_the_download(tmp_path,
+                                                                                              monkeypatch, capsys):
+    cache = Path("/proc/medqlora-cache")  # /proc takes no new folders, even from root
+    code, err = _fetch(monkeypatch, capsys, cache, _no_download)
+    assert code == 2
+    assert_one_message(err, "MEDQLORA_CACHE: cannot create /proc/medqlora-cache")
+
+
+def test_ctrl_c_while_fetching_llama_cpp_is_one_message_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cache = tmp_path / "cache"
+    code, err = _fetch(monkeypatch, capsys, cache, interrupted)
+    assert code == 130
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err
+    assert list(cache.iterdir()) == []
+
+
+def test_a_fetch_that_fails_while_unpacking_leaves_nothing_and_a_whole_one_is_kept(tmp_path, monkeypatch, capsys):
+    import io
+    import tarfile
+
+    def download(command, **kwargs):  # pip download -d FOLDER: a source archive shaped as llama-cpp-python's
+        folder = Path(command[command.index("-d") + 1])
+        with tarfile.open(folder / "llama_cpp_python-0.3.36.tar.gz", "w:gz") as tar:
+            for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/gguf/__init__.py"):
+                data = b"# llama.cpp\n"
+                member = tarfile.TarInfo(f"llama_cpp_python-0.3.36/vendor/llama.cpp/{name}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+
+    from medqlora.export import llama_cpp
+
+    cache = tmp_path / "cache"
+    real_rename = Path.rename
+
+    def full_disk(self, target):
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr(Path, "rename", full_disk)
+    code, err = _fetch(monkeypatch, capsys, cache, download)
+    assert code == 2
+    assert_one_message(err, "No space left on device")
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(Path, "rename", real_rename)
+    code, err = _fetch(monkeypatch, capsys, cache, download)
+    assert code == 0, err
+    assert llama_cpp._holds(cache / "llama.cpp", ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"))

@@ -160,30 +160,64 @@ def gguf_field(reader: Any, key: str) -> Any:
     return None if item is None else item.contents()
 
 
-def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -> Path:
-    """llama.cpp's converter (and the gguf-py it was written for) from the llama-cpp-python source package."""
+def fetch_llama_cpp_converter(target: Path | None = None) -> Path:
+    """llama.cpp's converter (and the gguf-py it was written for) from the llama-cpp-python source package, into
+    ``target`` (the kit's cache by default). Where it goes is checked before anything is downloaded; an interrupted
+    or failed fetch leaves nothing behind."""
     import tarfile
     import tempfile
 
-    if (target / "convert_hf_to_gguf.py").is_file() and (target / LORA_CONVERTER).is_file():
+    target = backends.CACHE_DIR / "llama.cpp" if target is None else target
+    if (target / GGUF_CONVERTER).is_file() and (target / LORA_CONVERTER).is_file():
         return target
-    if target.parent == backends.CACHE_DIR:
-        backends.check_cache_dir()
+    _check_fetch_target(target)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
                         "--no-binary", ":all:", "-d", tmp], check=True)
         archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-            wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
-                m.name.endswith(("convert_hf_to_gguf.py", LORA_CONVERTER)) or "/conversion/" in m.name
-                or "/gguf-py/" in m.name or m.name.endswith("LICENSE"))]
-            for member in wanted:
-                member.name = member.name.removeprefix(prefix)
-            tar.extractall(partial, members=wanted, filter="data")
-        if target.is_dir() and target.parent == backends.CACHE_DIR:  # an earlier fetch without the LoRA converter
-            shutil.rmtree(target)
-        partial.rename(target)
+        try:
+            with tarfile.open(archive) as tar:
+                prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+                wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
+                    m.name.endswith((GGUF_CONVERTER, LORA_CONVERTER)) or "/conversion/" in m.name
+                    or "/gguf-py/" in m.name or m.name.endswith("LICENSE"))]
+                for member in wanted:
+                    member.name = member.name.removeprefix(prefix)
+                tar.extractall(partial, members=wanted, filter="data")
+            if target.is_dir() and target.parent == backends.CACHE_DIR:  # an earlier fetch without the LoRA converter
+                shutil.rmtree(target)
+            partial.rename(target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return target
+
+
+def _check_fetch_target(target: Path) -> None:
+    """The folder the converters are fetched into: its parent a folder the kit can write (created if missing), and
+    nothing at ``target`` but an earlier fetch (a file, or a link to a checkout of the user's, is never replaced)."""
+    cache = target.parent
+    if cache == backends.CACHE_DIR:
+        backends.check_cache_dir()
+    variable = "MEDQLORA_CACHE" if cache == backends.CACHE_DIR else "the target folder"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache, os.W_OK | os.X_OK)
+    except OSError as err:
+        raise ConfigError(f"{variable}: cannot create {printable(cache)} ({err.strerror}) to fetch llama.cpp's "
+                          "converter into. Point MEDQLORA_CACHE at a folder you can write (or leave it unset for "
+                          "~/.cache/medqlora).") from None
+    if not writable:
+        raise ConfigError(f"{variable}: {printable(cache)} is not writable, so llama.cpp's converter cannot be fetched "
+                          "into it. Point MEDQLORA_CACHE at a folder you can write (or leave it unset for "
+                          "~/.cache/medqlora).")
+    if target.is_symlink():
+        raise ConfigError(f"{printable(target)} is a symbolic link (to {printable(str(target.resolve()))}) without "
+                          f"{LORA_CONVERTER} and {GGUF_CONVERTER}: the kit does not replace what a link leads to. "
+                          "Update that llama.cpp checkout (git pull) and set LLAMA_CPP_DIR to it, or remove the link "
+                          "to fetch the converter there.")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{printable(target)} is a file, where the kit keeps llama.cpp's converter: move it away "
+                          "and fetch again.")

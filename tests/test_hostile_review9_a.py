@@ -219,3 +219,25 @@ def test_a_fetch_that_fails_while_unpacking_leaves_nothing_and_a_whole_one_is_ke
     code, err = _fetch(monkeypatch, capsys, cache, download)
     assert code == 0, err
     assert llama_cpp._holds(cache / "llama.cpp", ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"))
+
+
+def _kit_run(tmp_path) -> Path:
+    """A run folder as the kit leaves it, as far as telling it from a foreign adapter goes."""
+    run = tmp_path / "run"
+    (run / Files.ADAPTER).mkdir(parents=True)
+    (run / Files.MANIFEST).write_text('{"kit_version": "1"}\n')
+    (run / Files.CONFIG).write_text("model: {}\n")
+    (run / Files.TRAINING_ITEMS).write_text("")
+    return run
+
+
+@pytest.mark.parametrize("record", [Files.MANIFEST, Files.CONFIG, Files.TRAINING_ITEMS, Files.DATA_STATS])
+def test_a_run_record_that_is_a_named_pipe_is_named_not_taken_for_a_foreign_adapter(tmp_path, record):
+    from medqlora import adapters
+
+    run = _kit_run(tmp_path)
+    assert adapters.kit_run_folder(run / Files.ADAPTER) == run
+    (run / record).unlink(missing_ok=True)
+    os.mkfifo(run / record)
+    with pytest.raises(MedQLoRAError, match=f"{record} is not a regular file \\(a named pipe\\)"):
+        adapters.kit_run_folder(run / Files.ADAPTER)

@@ -69,7 +69,7 @@ def test_a_user_error_with_standard_error_closed_still_exits_2(tmp_path):
     script = Path(__file__).resolve().parents[1] / "medical_qlora_finetuning.py"
     with taken.open("rb") as read_only:
         result = subprocess.run([sys.executable, str(script), "--dry-run", "--set", "training.max_steps=0"],
-                                stdout=subprocess.DEVNULL, stderr=read_only, timeout=300)
+                                stdout=subprocess.DEVNULL, stderr=read_only, timeout=300, check=False)
     assert result.returncode == 2
     assert taken.read_text() == "#!/bin/sh\n"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .regular_files import first_special_file, link_note
+from .regular_files import file_kind, first_special_file, link_note
 from .run_files import Files
 from .secrets import printable
 
@@ -63,6 +63,7 @@ def kit_run_folder(adapter: Path) -> Path | None:
         from .runs import RunDir
 
         RunDir(parent).check_links()
+    _refuse_special_records(parent)
     if not (manifest.is_file() and config.is_file()):
         return None
     try:
@@ -71,6 +72,21 @@ def kit_run_folder(adapter: Path) -> Path | None:
     except (OSError, ValueError):
         return None
     return parent if isinstance(payload, dict) and "kit_version" in payload else None
+
+
+# the records of a run folder the kit reads when it meets one of its adapters (what the run was, what it trained on)
+RUN_RECORDS = (Files.MANIFEST, Files.CONFIG, Files.TRAINING_ITEMS, Files.DATA_STATS)
+
+
+def _refuse_special_records(folder: Path) -> None:
+    """A run's records are regular files: a named pipe there would block its reader (or, read as absent, turn the
+    kit's own run into a foreign adapter and its trained-on record into a missing one)."""
+    for name in RUN_RECORDS:
+        record = folder / name
+        if record.exists() and not record.is_file():
+            raise ModelError(f"{printable(record)} is not a regular file ({file_kind(record)}): it is one of the "
+                             "records the kit reads in a run folder (what the run trained, and on what). Replace it "
+                             "with the run's own file (from a backup of the run folder), then run again.")
 
 
 def locate(arg: str, flag: str = "--adapter") -> Path:

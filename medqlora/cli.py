@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_unwritable_output()
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
     earlier_logs = set(_run_logs())
     try:
@@ -75,6 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:
         distributed.stop()
+
+
+def _quiet_unwritable_output() -> None:
+    """Standard output and error closed by a launcher (``2>&-``) are often taken by a file opened read-only as the
+    process started (a launcher script): writing a message there fails, which would turn a user's error (exit 2)
+    into a crash (exit 1). Such a stream is pointed at the null device, as Python does with a closed one."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")  # nothing written; fails (EBADF) on a closed or read-only descriptor
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _run_logs() -> list[logging.FileHandler]:
@@ -151,6 +166,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.prompt is not None and mode != "chat":
         raise ConfigError(f"--prompt is the one-shot question of --mode chat; --mode {mode} would ignore it. Use "
                           "--mode chat --prompt \"...\", or generation.queries_file for --mode test.")
+    if mode == "chat" and args.prompt is None and sys.stdin is None:
+        raise ConfigError("--mode chat reads its questions from standard input, which is closed here (a job runner or "
+                          "service started the kit without one): give the question with --prompt \"...\", or the "
+                          "questions on standard input (< questions.txt), one a line.")
     if args.prompt is not None and not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the question to answer.")
     if args.prompt is not None and not _is_text(args.prompt):

@@ -207,8 +207,7 @@ def _grpo_class() -> type:
                 return
             self._written_at = step
             lines = _sample_lines(step, inputs, completions, per_func, self.reward_func_names, self.samples_count)
-            with open(self.kit_run.inside(Files.GRPO_SAMPLES), "a", encoding="utf-8") as handle:
-                handle.writelines(lines)
+            self.kit_run.append_text(Files.GRPO_SAMPLES, "".join(lines))
 
     return KitGRPOTrainer
 

@@ -40,3 +40,11 @@ def not_a_private_file(status: os.stat_result) -> str:
     if status.st_nlink > 1:
         return f"has {status.st_nlink - 1} other name(s) elsewhere (a hard link)"
     return ""
+
+
+def file_kind(path: Path) -> str:
+    """What ``path`` (links followed) is, in words: a folder, a named pipe, a device, a socket or a file."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((word for test, word in kinds if test(mode)), "a file")

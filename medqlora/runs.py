@@ -142,23 +142,43 @@ def write_file_bytes(path: Path, data: bytes) -> None:
     _write_inside(Path(path).parent, Path(path).name, data)
 
 
-def _open_log(run: Path) -> Any:
-    """run.log for appending, opened with O_NOFOLLOW | O_APPEND: a link there is refused, never followed."""
-    fd, _, target = _open_parent(run, Files.RUN_LOG)
+# the files the kit appends to in place (every other file is written anew and renamed over the old one), and what
+# each holds, for the message that refuses one that is not the run folder's own regular file
+APPENDED = {Files.RUN_LOG: "its log", Files.GRPO_SAMPLES: "GRPO's sample completions"}
+
+
+def _not_appendable(target: Path, problem: str) -> UnsafePathError:
+    return UnsafePathError(f"{printable(target)} {problem}; the kit appends {APPENDED[target.name]} to a file of the "
+                           "run folder only. Remove it (the kit starts a new one).")
+
+
+def _open_append(run: Path, name: str) -> int:
+    """A file descriptor appending to ``name`` in the run folder, opened with O_NOFOLLOW | O_APPEND (a link there is
+    refused, never followed) and O_NONBLOCK (a named pipe with no reader is refused, not waited on); a pipe, a
+    device or a hard link to a file elsewhere is refused before anything is written."""
+    fd, last, target = _open_parent(run, name)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
     try:
-        out = os.open(Files.RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=fd)
+        out = os.open(last, flags, 0o644, dir_fd=fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise _link_error(run, Files.RUN_LOG, target) from None
+            raise _link_error(run, name, target) from None
+        if err.errno == errno.ENXIO:  # the O_NONBLOCK answer of a named pipe that nothing reads
+            raise _not_appendable(target, "is not a regular file (a named pipe)") from None
         raise MedQLoRAError(f"Cannot write {printable(target)}: {err.strerror}.") from None
     finally:
         os.close(fd)
     problem = not_a_private_file(os.fstat(out))
     if problem:
         os.close(out)
-        raise UnsafePathError(f"{printable(target)} {problem}; the kit appends its log to a file of the run folder "
-                              "only. Remove it (the kit starts a new one).")
-    return os.fdopen(out, "a", encoding="utf-8")
+        raise _not_appendable(target, problem)
+    os.set_blocking(out, True)
+    return out
+
+
+def _open_log(run: Path) -> Any:
+    """run.log for appending, through ``_open_append``."""
+    return os.fdopen(_open_append(run, Files.RUN_LOG), "a", encoding="utf-8")
 
 
 class _RunLogHandler(logging.FileHandler):
@@ -212,6 +232,11 @@ class RunDir:
         for entry in entries:
             if entry.is_symlink() and not (entry.name.startswith("adapter") and entry.is_dir()):
                 raise _link_error(self.path, entry.name, Path(entry.path))
+        for entry in entries:  # checked before any work, not only when the first line is appended
+            if entry.name in APPENDED:
+                problem = not_a_private_file(entry.stat(follow_symlinks=False))
+                if problem:
+                    raise _not_appendable(Path(entry.path), problem)
 
     def start_log(self) -> None:
         """Log to this run's run.log (and only this run's: a previous run's handler is closed)."""
@@ -263,6 +288,12 @@ class RunDir:
     def write_text(self, name: str, text: str) -> None:
         if is_main():
             _write_inside(self.path, name, redact(text).encode("utf-8"))
+
+    def append_text(self, name: str, text: str) -> None:
+        """Append ``text`` (credentials masked) to ``name``, one of the files the kit appends to (``APPENDED``)."""
+        if is_main():
+            with os.fdopen(_open_append(self.path, name), "a", encoding="utf-8") as handle:
+                handle.write(redact(text))
 
     def write_bytes(self, name: str, data: bytes) -> None:
         if is_main():

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from ..errors import MedQLoRAError
+from ..secrets import printable
 from .llama_cpp import fetch_llama_cpp_converter
 
 USAGE = "usage: python -m medqlora.export --fetch-llama-cpp"
@@ -23,6 +24,14 @@ def main(argv: list[str]) -> int:
     except MedQLoRAError as err:
         print(f"medqlora: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # extracting into the cache: a full disk, a folder made read-only meanwhile
+        print(f"medqlora: error: cannot write llama.cpp's converter to {printable(err.filename or 'the cache')}: "
+              f"{err.strerror}. Free some space, or point MEDQLORA_CACHE at a folder you can write.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmedqlora: interrupted (Ctrl-C). Nothing was fetched; run the command again to fetch llama.cpp's "
+              "converter.", file=sys.stderr)
+        return 130
     return 0
 
 

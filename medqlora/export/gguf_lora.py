@@ -16,7 +16,7 @@ from ..errors import ConfigError, ModelError
 from ..secrets import printable
 from .adapter import published_config
 from .base_model import ExportBase
-from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, gguf_field, llama_cpp_dir, run_tool
+from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, gguf_field, llama_cpp_dir, read_gguf, run_tool
 
 
 def lora_gguf_refusal(adapter: Path) -> None:
@@ -84,10 +84,9 @@ def _lora_converter_inputs(cfg: KitConfig, adapter: Path, staging: Path, source:
 def check_gguf_lora(gguf_file: Path, adapter: Path) -> dict[str, Any]:
     """The written file read back with gguf's reader: a LoRA adapter file whose tensors are the adapter's pairs under
     llama.cpp's names (blk.N.attn_q.weight.lora_a ...), each shaped as the adapter's lora_A / lora_B."""
-    import gguf
     from safetensors import safe_open
 
-    reader = gguf.GGUFReader(str(gguf_file))
+    reader = read_gguf(gguf_file)
     written = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}  # GGUF lists dims reversed
     with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as weights:
         shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}

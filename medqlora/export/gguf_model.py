@@ -14,7 +14,7 @@ from ..data import query_prompt
 from ..errors import ModelError
 from ..runs import Files, RunDir
 from ..secrets import printable
-from .llama_cpp import LLAMA_CPP_HINT, gguf_field, llama_cpp_dir, quantizer_for, run_tool
+from .llama_cpp import LLAMA_CPP_HINT, gguf_field, llama_cpp_dir, quantizer_for, read_gguf, run_tool
 
 
 def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
@@ -66,10 +66,9 @@ def write_modelfile(cfg: KitConfig, run: RunDir, tokenizer: Any, gguf_file: str,
 
 def check_gguf_metadata(gguf_file: Path, merged: Path) -> dict[str, Any]:
     """The GGUF must carry the training chat template and end-of-turn token, or llama.cpp output is garbled."""
-    from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    reader = GGUFReader(str(gguf_file))
+    reader = read_gguf(gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     template = gguf_field(reader, "tokenizer.chat_template")
     eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")

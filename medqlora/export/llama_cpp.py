@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -98,21 +99,51 @@ def run_tool(command: list[str], name: str, writes: Path) -> None:
     or ends without writing it, stops with what it said: a converter of another llama.cpp version than the gguf
     package it imports (or than the options the kit passes) fails like this."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode == 0 and writes.is_file():
+    unusable = _unusable_output(writes)
+    if done.returncode == 0 and not unusable:
         return
     tool = Path(command[1] if command[0] == sys.executable else command[0])
     what = (f"failed (exit {done.returncode}): {printable(done.stderr.strip()[-800:])}" if done.returncode != 0 else
-            f"ended without error but wrote no {writes.name} (a version that takes other options than "
-            "--outfile / --outtype?)")
+            f"ended without error but {unusable}")
     log.error("%s %s", name, what if done.returncode == 0 else f"failed: {done.stderr[-4000:]}")
     elsewhere = (", or unset LLAMA_CPP_DIR to use the converter python -m medqlora.export --fetch-llama-cpp puts in "
                  "the kit's cache" if os.environ.get("LLAMA_CPP_DIR") else "")
     raise ToolFailed(
-        f"{name} {'failed (exit ' + str(done.returncode) + ')' if done.returncode else 'wrote no file'}",
+        f"{name} {'failed (exit ' + str(done.returncode) + ')' if done.returncode else 'wrote no usable file'}",
         f"{name} in {printable(tool.parent)} {what}\nllama.cpp was found and its {name} ran, but did not work: a "
         "checkout whose converters do not match its gguf-py package (or the options this kit passes) fails like this. "
         f"Update it (git pull in that checkout, then pip install ./gguf-py there){elsewhere}; or leave that format out "
         "of export.formats.")
+
+
+def _unusable_output(writes: Path) -> str:
+    """Why the file a tool was to write cannot be read back ('' when it can): missing, empty (a tool stopped while
+    writing, a full disk), or not a regular file of its own (a link is never followed out of the export folder)."""
+    try:
+        status = writes.lstat()
+    except FileNotFoundError:
+        return f"wrote no {writes.name} (a version that takes other options than --outfile / --outtype?)"
+    if stat.S_ISLNK(status.st_mode):
+        return f"left a symbolic link at {writes.name} instead of the file (the kit never reads through it)"
+    if not stat.S_ISREG(status.st_mode):
+        return f"left something that is not a regular file at {writes.name}"
+    if status.st_size == 0:
+        return f"wrote an empty {writes.name} (stopped while writing it, or the disk is full?)"
+    return ""
+
+
+def read_gguf(path: Path) -> Any:
+    """gguf's reader on a file a converter wrote, whose damage (a cut-off file, another format) is a failed export,
+    not a crash."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except (ValueError, OSError, KeyError, IndexError) as err:
+        raise ModelError(f"{printable(path)} is not a readable GGUF file ({printable(err, 200)}): the converter that "
+                         "wrote it stopped early or wrote another format. Run the export again; if it recurs, update "
+                         "llama.cpp (git pull, then pip install ./gguf-py there) or leave that format out of "
+                         "export.formats.") from None
 
 
 class ToolFailed(ModelError):
@@ -129,30 +160,64 @@ def gguf_field(reader: Any, key: str) -> Any:
     return None if item is None else item.contents()
 
 
-def fetch_llama_cpp_converter(target: Path = backends.CACHE_DIR / "llama.cpp") -> Path:
-    """llama.cpp's converter (and the gguf-py it was written for) from the llama-cpp-python source package."""
+def fetch_llama_cpp_converter(target: Path | None = None) -> Path:
+    """llama.cpp's converter (and the gguf-py it was written for) from the llama-cpp-python source package, into
+    ``target`` (the kit's cache by default). Where it goes is checked before anything is downloaded; an interrupted
+    or failed fetch leaves nothing behind."""
     import tarfile
     import tempfile
 
-    if (target / "convert_hf_to_gguf.py").is_file() and (target / LORA_CONVERTER).is_file():
+    target = backends.CACHE_DIR / "llama.cpp" if target is None else target
+    if (target / GGUF_CONVERTER).is_file() and (target / LORA_CONVERTER).is_file():
         return target
-    if target.parent == backends.CACHE_DIR:
-        backends.check_cache_dir()
+    _check_fetch_target(target)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
                         "--no-binary", ":all:", "-d", tmp], check=True)
         archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-            wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
-                m.name.endswith(("convert_hf_to_gguf.py", LORA_CONVERTER)) or "/conversion/" in m.name
-                or "/gguf-py/" in m.name or m.name.endswith("LICENSE"))]
-            for member in wanted:
-                member.name = member.name.removeprefix(prefix)
-            tar.extractall(partial, members=wanted, filter="data")
-        if target.is_dir() and target.parent == backends.CACHE_DIR:  # an earlier fetch without the LoRA converter
-            shutil.rmtree(target)
-        partial.rename(target)
+        try:
+            with tarfile.open(archive) as tar:
+                prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+                wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
+                    m.name.endswith((GGUF_CONVERTER, LORA_CONVERTER)) or "/conversion/" in m.name
+                    or "/gguf-py/" in m.name or m.name.endswith("LICENSE"))]
+                for member in wanted:
+                    member.name = member.name.removeprefix(prefix)
+                tar.extractall(partial, members=wanted, filter="data")
+            if target.is_dir() and target.parent == backends.CACHE_DIR:  # an earlier fetch without the LoRA converter
+                shutil.rmtree(target)
+            partial.rename(target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return target
+
+
+def _check_fetch_target(target: Path) -> None:
+    """The folder the converters are fetched into: its parent a folder the kit can write (created if missing), and
+    nothing at ``target`` but an earlier fetch (a file, or a link to a checkout of the user's, is never replaced)."""
+    cache = target.parent
+    if cache == backends.CACHE_DIR:
+        backends.check_cache_dir()
+    variable = "MEDQLORA_CACHE" if cache == backends.CACHE_DIR else "the target folder"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache, os.W_OK | os.X_OK)
+    except OSError as err:
+        raise ConfigError(f"{variable}: cannot create {printable(cache)} ({err.strerror}) to fetch llama.cpp's "
+                          "converter into. Point MEDQLORA_CACHE at a folder you can write (or leave it unset for "
+                          "~/.cache/medqlora).") from None
+    if not writable:
+        raise ConfigError(f"{variable}: {printable(cache)} is not writable, so llama.cpp's converter cannot be fetched "
+                          "into it. Point MEDQLORA_CACHE at a folder you can write (or leave it unset for "
+                          "~/.cache/medqlora).")
+    if target.is_symlink():
+        raise ConfigError(f"{printable(target)} is a symbolic link (to {printable(str(target.resolve()))}) without "
+                          f"{LORA_CONVERTER} and {GGUF_CONVERTER}: the kit does not replace what a link leads to. "
+                          "Update that llama.cpp checkout (git pull) and set LLAMA_CPP_DIR to it, or remove the link "
+                          "to fetch the converter there.")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{printable(target)} is a file, where the kit keeps llama.cpp's converter: move it away "
+                          "and fetch again.")

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, environment, signals
-from .commands import ADAPTER_MODES, MODES, TRAINING_MODES, command
+from .commands import MODES, Options, check_options, command
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
-from .run_files import Files
-from .secrets import RedactingFilter, printable, redact, unpaired_surrogate
+from .secrets import RedactingFilter, printable, redact
 
 
 class _Counted(argparse.Action):
@@ -137,75 +136,25 @@ def _shown(err: Exception) -> str:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """The command line's own checks, before the config is read: arguments that the chosen mode would ignore
-    are refused (saying which modes they are for), and so are paths with control characters, a --config that
-    is a directory, and a --resume that is not a run folder."""
-    for flag in ("config", "output_dir", "adapter", "resume"):
-        value = getattr(args, flag)
-        if value is not None and has_control_characters(value):
-            raise ConfigError(f"--{flag.replace('_', '-')} {printable(repr(value), PATH_SHOWN)}: contains control "
-                              "characters (newline, NUL, escape...); give a plain path.")
+    """The command line's own checks, before the config is read: --config (one, a file or a preset, no control
+    characters, no --set beside --resume), then the options every command shares (commands.check_options:
+    arguments the mode would ignore, paths with control characters, a --resume that is not a run folder)."""
+    if args.config is not None and has_control_characters(args.config):
+        raise ConfigError(f"--config {printable(repr(args.config), PATH_SHOWN)}: contains control characters (newline, "
+                          "NUL, escape...); give a plain path.")
     configs = getattr(args, "config_given", [])
     if len(configs) > 1:
         shown = ", ".join(printable(c, PATH_SHOWN) for c in configs)
         raise ConfigError(f"--config is given {len(configs)} times ({shown}): the kit reads one config and does not "
                           "merge them (the last would replace the others). Keep one --config and change its values "
                           "with --set section.key=value, or write the values you want into one YAML file.")
-    mode = args.mode
-    if args.resume is not None and mode not in TRAINING_MODES:
-        raise ConfigError(f"--resume continues an interrupted training run: it is for --mode train and --mode full, "
-                          f"and --mode {mode} would ignore it. Leave out --resume.")
-    if args.adapter is not None and mode not in ADAPTER_MODES:
-        raise ConfigError(f"--adapter chooses the adapter of --mode test, eval, export and chat; --mode {mode} trains a new "
-                          "one and would ignore it. Leave out --adapter (to continue an interrupted run: --resume "
-                          "RUN).")
-    if args.no_baseline and mode != "eval":
-        tip = " (--set eval.in_full_mode=false skips both evaluations of --mode full)" if mode == "full" else ""
-        raise ConfigError(f"--no-baseline is for --mode eval; --mode {mode} would ignore it. Leave out "
-                          f"--no-baseline{tip}.")
-    if args.prompt is not None and mode != "chat":
-        raise ConfigError(f"--prompt is the one-shot question of --mode chat; --mode {mode} would ignore it. Use "
-                          "--mode chat --prompt \"...\", or generation.queries_file for --mode test.")
-    if mode == "chat" and args.prompt is None and sys.stdin is None:
-        raise ConfigError("--mode chat reads its questions from standard input, which is closed here (a job runner or "
-                          "service started the kit without one): give the question with --prompt \"...\", or the "
-                          "questions on standard input (< questions.txt), one a line.")
-    if args.prompt is not None and not args.prompt.strip():
-        raise ConfigError("--prompt is empty: give the question to answer.")
-    if args.prompt is not None and not _is_text(args.prompt):
-        raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
+    check_options(args.mode, Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
+                                     baseline=not args.no_baseline, prompt=args.prompt))
     if args.resume is not None and args.overrides:
         raise ConfigError("--resume continues a run with its own config.yaml: leave out --set.")
     if args.config is not None and args.config.strip() and Path(args.config).is_dir():
         raise ConfigError(f"--config {printable(args.config, PATH_SHOWN)}: is a directory, expected a YAML file or "
                           "preset name.")
-    if args.output_dir is not None and not args.output_dir.strip():
-        raise ConfigError("--output-dir is empty: give the folder that holds run folders, or leave the flag out for "
-                          "output.dir.")
-    if args.output_dir is not None and Path(args.output_dir).expanduser().exists() \
-            and not Path(args.output_dir).expanduser().is_dir():
-        raise ConfigError(f"--output-dir {printable(args.output_dir, PATH_SHOWN)}: is a file, expected the folder "
-                          "that holds run folders.")
-    if args.resume not in (None, "latest"):
-        _check_run_folder(args.resume)
-
-
-def _is_text(value: str) -> bool:
-    """Undecodable bytes in an argument arrive as lone surrogates, which no tokenizer takes."""
-    return not unpaired_surrogate(value)
-
-
-def _check_run_folder(resume: str) -> None:
-    shown = printable(resume, PATH_SHOWN)
-    path = Path(resume).expanduser()
-    fix = "Give the run's folder (outputs/<run>), or latest for the newest run with a checkpoint."
-    if not resume.strip() or not path.exists():
-        raise ConfigError(f"--resume {shown}: no such folder. {fix}")
-    if not path.is_dir():
-        raise ConfigError(f"--resume {shown}: is a file, not a run folder. {fix}")
-    if not (path / Files.CONFIG).is_file() and not (path / Files.MANIFEST).is_file():
-        # (a run that stopped before its config was final has a manifest alone: --resume says it has no checkpoint)
-        raise ConfigError(f"--resume {shown}: is not a run folder of this kit (no config.yaml / manifest.json). {fix}")
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -217,8 +166,8 @@ def _main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         from . import recipe
 
-        options = recipe.Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
-                                 baseline=not args.no_baseline, prompt=args.prompt, started=started)
+        options = Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
+                          baseline=not args.no_baseline, prompt=args.prompt, started=started)
         if args.dry_run:
             planning = recipe.Recipe(cfg, options)
             planning.check_inputs(args.mode)

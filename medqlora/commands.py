@@ -7,6 +7,7 @@ purpose: ``--help`` and argument checks import it before any model code.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from . import messages, signals
+from .config import PATH_SHOWN, has_control_characters
+from .errors import ConfigError
 from .run_files import Files
 from .run_lock import release_run_folders
+from .secrets import printable, unpaired_surrogate
 
 MODES = ("train", "test", "eval", "full", "export", "chat")
 TRAINING_MODES = ("train", "full")  # train an adapter; --resume continues one of theirs
@@ -49,12 +53,83 @@ class Run:
         return folder if folder is not None and folder.is_dir() else None
 
     @property
+    def samples(self) -> Path | None:
+        """sample_responses.md, where the mode answered the sample queries (full, test)."""
+        return Path(self.summary["samples"]) if self.summary.get("samples") else None
+
+    @property
+    def export_dir(self) -> Path | None:
+        """The export folder --mode export wrote."""
+        return Path(self.summary["export_dir"]) if self.summary.get("export_dir") else None
+
+    @property
     def metrics(self) -> dict[str, Any]:
         """The training figures of metrics.json (loss, steps, tokens/s, perplexity...); {} where none were trained."""
         file = self.path / Files.METRICS if self.path else None
         if file is None or not file.is_file():
             return {}
         return json.loads(file.read_text(encoding="utf-8")).get("metrics", {})
+
+
+def check_options(mode: str, options: Options) -> None:
+    """The options of a command, from the command line's flags or run_mode's keywords of the same names: those the
+    mode would ignore are refused (saying which modes they are for), and so are paths with control characters, an
+    empty or file --output-dir, an empty or undecodable --prompt, and a --resume that is not a run folder."""
+    if mode not in MODES:
+        raise ConfigError(f"mode {printable(repr(mode), 40)}: not a mode of the kit; choose one of {', '.join(MODES)}.")
+    for flag in ("output_dir", "adapter", "resume"):
+        value = getattr(options, flag)
+        if value is not None and has_control_characters(value):
+            raise ConfigError(f"--{flag.replace('_', '-')} {printable(repr(value), PATH_SHOWN)}: contains control "
+                              "characters (newline, NUL, escape...); give a plain path.")
+    _check_flags_of_mode(mode, options)
+    prompt, output_dir = options.prompt, options.output_dir
+    if prompt is not None and not prompt.strip():
+        raise ConfigError("--prompt is empty: give the question to answer.")
+    if prompt is not None and unpaired_surrogate(prompt):  # undecodable bytes arrive as lone surrogates
+        raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
+    if output_dir is not None and not output_dir.strip():
+        raise ConfigError("--output-dir is empty: give the folder that holds run folders, or leave the flag out for "
+                          "output.dir.")
+    if output_dir is not None and Path(output_dir).expanduser().exists() and not Path(output_dir).expanduser().is_dir():
+        raise ConfigError(f"--output-dir {printable(output_dir, PATH_SHOWN)}: is a file, expected the folder "
+                          "that holds run folders.")
+    if options.resume not in (None, "latest"):
+        _check_run_folder(options.resume)
+
+
+def _check_flags_of_mode(mode: str, options: Options) -> None:
+    if options.resume is not None and mode not in TRAINING_MODES:
+        raise ConfigError(f"--resume continues an interrupted training run: it is for --mode train and --mode full, "
+                          f"and --mode {mode} would ignore it. Leave out --resume.")
+    if options.adapter is not None and mode not in ADAPTER_MODES:
+        raise ConfigError(f"--adapter chooses the adapter of --mode test, eval, export and chat; --mode {mode} trains "
+                          "a new one and would ignore it. Leave out --adapter (to continue an interrupted run: "
+                          "--resume RUN).")
+    if not options.baseline and mode != "eval":
+        tip = " (--set eval.in_full_mode=false skips both evaluations of --mode full)" if mode == "full" else ""
+        raise ConfigError(f"--no-baseline is for --mode eval; --mode {mode} would ignore it. Leave out "
+                          f"--no-baseline{tip}.")
+    if options.prompt is not None and mode != "chat":
+        raise ConfigError(f"--prompt is the one-shot question of --mode chat; --mode {mode} would ignore it. Use "
+                          "--mode chat --prompt \"...\", or generation.queries_file for --mode test.")
+    if mode == "chat" and options.prompt is None and sys.stdin is None:
+        raise ConfigError("--mode chat reads its questions from standard input, which is closed here (a job runner or "
+                          "service started the kit without one): give the question with --prompt \"...\", or the "
+                          "questions on standard input (< questions.txt), one a line.")
+
+
+def _check_run_folder(resume: str) -> None:
+    shown = printable(resume, PATH_SHOWN)
+    path = Path(resume).expanduser()
+    fix = "Give the run's folder (outputs/<run>), or latest for the newest run with a checkpoint."
+    if not resume.strip() or not path.exists():
+        raise ConfigError(f"--resume {shown}: no such folder. {fix}")
+    if not path.is_dir():
+        raise ConfigError(f"--resume {shown}: is a file, not a run folder. {fix}")
+    if not (path / Files.CONFIG).is_file() and not (path / Files.MANIFEST).is_file():
+        # (a run that stopped before its config was final has a manifest alone: --resume says it has no checkpoint)
+        raise ConfigError(f"--resume {shown}: is not a run folder of this kit (no config.yaml / manifest.json). {fix}")
 
 
 @contextmanager

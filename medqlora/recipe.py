@@ -35,7 +35,7 @@ from .adapter_modes import AdapterModes
 from .adapter_runs import (
     with_init_adapter,
 )
-from .commands import ADAPTER_MODES, MODES, TRAINING_MODES, Options, Run, command
+from .commands import ADAPTER_MODES, TRAINING_MODES, Options, Run, check_options, command
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .messages import say
@@ -88,7 +88,9 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         self.start_training_runtime()
         self.open_run_folder()
         with self.recording_failures():
-            self.prepare_data(with_benchmarks=with_eval)
+            self.read_data(with_benchmarks=with_eval)
+            self.load_tokenizer()
+            self.tokenize_data()
             self.fit_memory()
             self.save_config()
             self.load_model()
@@ -109,7 +111,9 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         self.start_training_runtime()
         self.open_run_folder()
         with self.recording_failures():
-            self.prepare_data(with_benchmarks=False)
+            self.read_data(with_benchmarks=False)
+            self.load_tokenizer()
+            self.tokenize_data()
             self.fit_memory()
             self.save_config()
             self.load_model()
@@ -268,9 +272,8 @@ def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | None = None, adapte
              resume: str | None = None, baseline: bool = True, prompt: str | None = None) -> Run:
     """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``. The
     keywords are the command line's --output-dir, --adapter, --resume, --no-baseline (baseline=False), --prompt."""
-    if mode not in MODES:
-        raise ConfigError(f"mode {printable(repr(mode), 40)}: not a mode of the kit; choose one of {', '.join(MODES)}.")
     options = Options(output_dir=output_dir, adapter=adapter, resume=resume, baseline=baseline, prompt=prompt)
+    check_options(mode, options)  # as the command line checks its flags
     with command():
         return Recipe(cfg, options).execute(mode)
 

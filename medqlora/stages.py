@@ -24,18 +24,25 @@ from .runs import Files, size_mb
 class TrainingStages(RecipeState):
     """Mixed into Recipe, which holds the state they share (cfg, run, runtime, options, facts...)."""
 
-    def prepare_data(self, with_benchmarks: bool) -> None:
-        """The benchmarks and training rows read and checked (bad data stops here, before the model loads), the
-        rows tokenized with the checkpoint's tokenizer, the steps and prompt lengths checked against them."""
+    def read_data(self, with_benchmarks: bool) -> None:
+        """The benchmarks and the training rows read and checked: bad data stops here, before a model is touched."""
         cfg = self.cfg
         self.benchmarks = evaluate.load_benchmarks(cfg) if with_benchmarks else None
         self.lm_eval_tasks = harness.load_tasks(cfg) if with_benchmarks else None
         guarded = {**(self.benchmarks or {}), **harness.items_by_task(self.lm_eval_tasks)}
         self.collected = data.collect(cfg.data, cfg.training.seed, benchmark_guard_items(guarded))
         check_training_rows(cfg, self.collected)
-        self.source = backends.resolve_model_source(cfg.model.name)
-        self.shape = fit.model_shape(self.source, cfg.model.trust_remote_code)
-        self.tokenizer = backends.load_tokenizer(cfg, self.source)
+
+    def load_tokenizer(self) -> None:
+        """The model source resolved once (a GGUF file converted into the kit's cache), the model's shape read from
+        its config.json (for the memory preflight) and the checkpoint's tokenizer loaded."""
+        self.source = backends.resolve_model_source(self.cfg.model.name)
+        self.shape = fit.model_shape(self.source, self.cfg.model.trust_remote_code)
+        self.tokenizer = backends.load_tokenizer(self.cfg, self.source)
+
+    def tokenize_data(self) -> None:
+        """The rows tokenized with the checkpoint's tokenizer; the steps and the prompt lengths checked against them."""
+        cfg = self.cfg
         self.prepared = tokenize(cfg, self.collected, self.tokenizer)
         from .train import check_steps_against_data, logging_note
 
@@ -125,7 +132,8 @@ class TrainingStages(RecipeState):
 
     def evaluate_before(self) -> None:
         """The base model's scores (the LoRA weights start at zero), or the start adapter's for a run from
-        training.init_adapter; a resumed run keeps those of its start."""
+        training.init_adapter; a resumed run keeps those of its start. The held-out medical-o1 rows join the
+        benchmarks here (cot_validation), so evaluate_after scores them too."""
         self.baseline = None
         if self.benchmarks is None:
             return
@@ -160,7 +168,8 @@ class TrainingStages(RecipeState):
         return results
 
     def train(self) -> None:
-        """SFT, or the method of training.method (rl.py); the adapter is saved in the run folder."""
+        """SFT, or the method of training.method (rl.py); the adapter is saved in the run folder and its checkpoints
+        removed. After sharded training the sharded model is freed (ready_for_inference loads a whole one)."""
         from .train import planned_steps, train
 
         n = len(self.prepared.train)
@@ -197,7 +206,7 @@ class TrainingStages(RecipeState):
     def ready_for_inference(self) -> None:
         """After training, the model to evaluate and answer with: the trained one switched to generation, or after
         sharded training the saved adapter on a whole base in every process (load_inference_replica)."""
-        if self.model is None:
+        if distributed.sharding():  # train freed the sharded model
             self.load_inference_replica()
         else:
             backends.prepare_for_generation(self.model, self.runtime)

@@ -251,9 +251,13 @@ def test_the_python_api_runs_a_mode_and_returns_its_adapter_and_metrics(tiny_mod
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "out"))
     with pytest.raises(ConfigError, match="not a mode of the kit; choose one of train, test, eval, full"):
         medqlora.run_mode("fulll", cfg)
+    with pytest.raises(ConfigError, match="--mode train trains a new one and would ignore it"):
+        medqlora.run_mode("train", cfg, adapter="/nonexistent")  # the command line's checks, by the same function
+    with pytest.raises(ConfigError, match="--prompt is the one-shot question of --mode chat"):
+        medqlora.run_mode("train", cfg, prompt="x")
     run = medqlora.run_mode("train", cfg)
     assert run.adapter == run.path / "adapter" and (run.adapter / "adapter_model.safetensors").is_file()
     assert run.metrics["steps"] == 4 and run.metrics["train_loss"] > 0
     tested = medqlora.run_mode("test", cfg, adapter=str(run.path))
     assert tested.path == run.path and tested.adapter == run.adapter  # answered into the adapter's run folder
-    assert Path(tested.summary["samples"]).is_file()
+    assert tested.samples.is_file() and tested.samples.parent == run.path

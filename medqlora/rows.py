@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
@@ -120,6 +120,11 @@ def _response(value: str, name: str) -> str:
         raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
                         "leave the row out.")
     return value
+
+
+def as_written(value: str | float) -> str:
+    """A text or number as the data wrote it (a JSON number keeps its text: 1.50, not 1.5)."""
+    return getattr(value, "written", None) or str(value)
 
 
 def pmid_of(uid: str | None) -> str | None:

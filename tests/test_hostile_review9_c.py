@@ -56,3 +56,54 @@ def test_pubmedqa_context_beside_a_different_contexts_list_is_refused():
     with pytest.raises(DataError, match="columns 'context' and 'CONTEXTS' can each be"):
         FORMATS["pubmedqa"]({**row, "CONTEXTS": ["other context"]}, spec)
     assert "ctx a" in FORMATS["pubmedqa"]({**row, "CONTEXTS": [" ctx a "]}, spec).context
+
+
+def test_a_grpo_answer_written_as_a_json_number_is_compared_as_written(tmp_path):
+    from medqlora.config import DatasetSpec
+    from medqlora.data.sources import _read_jsonl
+    from medqlora.formats import FORMATS
+    from medqlora.rewards import ANSWER, answer_match
+
+    source = tmp_path / "numbers.jsonl"
+    source.write_text("".join(f'{{"prompt": "Dose {i} in mg?", "answer": {written}}}\n'
+                              for i, written in enumerate(["1.50", "2.0", "1e3", "0.10", "7"])))
+    spec = DatasetSpec(source=str(source), format="prompt_answer")
+    answers = [FORMATS["prompt_answer"](row, spec).response for row in _read_jsonl(source)]
+    assert answers == ["1.50", "2.0", "1e3", "0.10", "7"]
+    assert answer_match(["1.50 mg", "The answer is 2.0"], [ANSWER] * 2, answers[:2]) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("answer", ["+", "-", " ? "])
+def test_a_grpo_answer_without_a_letter_or_digit_is_refused(answer):
+    from medqlora.config import DatasetSpec
+    from medqlora.errors import DataError
+    from medqlora.formats import FORMATS
+
+    spec = DatasetSpec(source="x.jsonl", format="prompt_answer")
+    with pytest.raises(DataError, match="holds no letter or digit: the answer reward"):
+        FORMATS["prompt_answer"]({"prompt": "Test result (write + or -)?", "answer": answer}, spec)
+    assert FORMATS["prompt_answer"]({"prompt": "Test result?", "answer": "positive"}, spec).response == "positive"
+
+
+@pytest.mark.parametrize("variable,value,fragment", [
+    ("XDG_CACHE_HOME", "{notes}", "XDG_CACHE_HOME: {notes} cannot be a cache folder: it is not a folder"),
+    ("HF_HOME", "  ", "HF_HOME is set but blanks only ('  '): the Hugging Face libraries would then keep their cache"),
+    ("HF_DATASETS_CACHE", "", "HF_DATASETS_CACHE is set but empty"),
+    ("HF_DATASETS_CACHE", "/proc/medqlora-cache", "HF_DATASETS_CACHE: /proc/medqlora-cache cannot be a cache folder: "
+                                                  "it cannot be created"),
+])
+def test_cache_variables_that_cannot_be_the_cache_are_refused_at_the_start(tiny_model_dir, tmp_path, capsys,
+                                                                           monkeypatch, variable, value, fragment):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder\n")
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv(variable, value.format(notes=notes))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train"))
+    assert result.code == 2
+    assert_one_message(result.err, fragment.format(notes=notes))
+
+
+def test_a_cache_folder_to_be_made_is_accepted_and_not_left_behind(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache" / "datasets"))
+    assert run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train")).code == 0
+    assert not (tmp_path / "cache").exists()

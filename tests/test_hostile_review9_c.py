@@ -107,3 +107,24 @@ def test_a_cache_folder_to_be_made_is_accepted_and_not_left_behind(tiny_model_di
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache" / "datasets"))
     assert run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train")).code == 0
     assert not (tmp_path / "cache").exists()
+
+
+def _o1_rows(n: int = 8) -> list[dict]:
+    return [{"Question": f"A patient with symptom number {i} needs which test?", "Complex_CoT": f"Think about {i}.",
+             "Response": f"Test {i}."} for i in range(n)]
+
+
+def test_two_reasoning_formats_in_one_run_are_refused(tiny_model_dir, tmp_path, capsys):
+    first, second = _jsonl(tmp_path / "a.jsonl", _o1_rows()), _jsonl(tmp_path / "b.jsonl", _o1_rows()[::-1])
+    def entries(style: str) -> str:
+        return (f"[{{source: {first}, format: medical_o1, cot_style: huatuo}}, "
+                f"{{source: {second}, format: medical_o1, cot_style: {style}}}]")
+
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full",
+                       **{"data.datasets": entries("tags"), "data.val_ratio": "0.25"})
+    assert refused.code == 2
+    assert_one_message(refused.err, "data.datasets.0 (cot_style: huatuo) and data.datasets.1 (cot_style: tags) teach "
+                                    "two reasoning formats in one run")
+    same = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full",
+                    **{"data.datasets": entries("huatuo"), "data.val_ratio": "0.25"})
+    assert same.code == 0, same.err

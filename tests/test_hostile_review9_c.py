@@ -128,3 +128,21 @@ def test_two_reasoning_formats_in_one_run_are_refused(tiny_model_dir, tmp_path, 
     same = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full",
                     **{"data.datasets": entries("huatuo"), "data.val_ratio": "0.25"})
     assert same.code == 0, same.err
+
+
+def test_a_copy_of_the_training_file_as_the_validation_set_is_refused(tiny_model_dir, tmp_path, capsys):
+    rows = [{"instruction": f"What is the usual adult dose of drug number {i}?", "output": f"{i} mg daily."}
+            for i in range(12)]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    copy = _jsonl(tmp_path / "copy.jsonl", rows)
+    other = _jsonl(tmp_path / "other.jsonl", [{**row, "output": row["output"].upper()} for row in rows])
+
+    def entries(validation: Path) -> str:
+        return (f"[{{source: {train}, format: instruction}}, "
+                f"{{source: {validation}, format: instruction, use_for: validation}}]")
+
+    refused = _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets": entries(copy)})
+    assert refused.code == 2
+    assert_one_message(refused.err, f"data.datasets.1 (use_for: validation) reads {copy}, a copy of {train} (the same "
+                                    "bytes), which data.datasets.0 trains on")
+    assert _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets": entries(other)}).code == 0

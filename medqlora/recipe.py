@@ -40,6 +40,7 @@ from .adapter_runs import (
 from .commands import ADAPTER_MODES, MODES, TRAINING_MODES, Options, Run, command
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError
+from .inputs import evaluates_in_full_mode
 from .messages import say
 from .model_stages import ModelStages
 from .run_records import RunRecords
@@ -99,7 +100,8 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):
 
     def full(self) -> Run:
         """--mode full: evaluate the base model, train, evaluate again, answer the sample queries."""
-        with_eval = self.cfg.eval.in_full_mode  # as the given config says, also when --resume continues a run
+        # as the given config says, also when --resume continues a run
+        with_eval = evaluates_in_full_mode(self.cfg)
         self.resolve_config()
         self.start_training_runtime()
         self.open_run_folder()

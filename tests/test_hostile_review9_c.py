@@ -146,3 +146,15 @@ def test_a_copy_of_the_training_file_as_the_validation_set_is_refused(tiny_model
     assert_one_message(refused.err, f"data.datasets.1 (use_for: validation) reads {copy}, a copy of {train} (the same "
                                     "bytes), which data.datasets.0 trains on")
     assert _dry_run(capsys, tiny_model_dir, tmp_path, **{"data.datasets": entries(other)}).code == 0
+
+
+def test_a_full_run_with_nothing_to_evaluate_says_so_and_plans_no_evaluation_files(tiny_model_dir, tmp_path, capsys):
+    nothing = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full", **{"eval.benchmarks": "[]"})
+    assert nothing.code == 0, nothing.err
+    assert "warning: --mode full evaluates nothing here: eval.benchmarks is empty" in nothing.err
+    plan = json.loads(nothing.out)
+    assert plan["evaluation"] == []
+    assert "eval_report.md" not in plan["outputs"] and "eval.json" not in plan["outputs"]
+    scored = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full")
+    assert scored.code == 0, scored.err
+    assert "evaluates nothing" not in scored.err and "eval_report.md" in json.loads(scored.out)["outputs"]

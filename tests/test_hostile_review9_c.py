@@ -158,3 +158,11 @@ def test_a_full_run_with_nothing_to_evaluate_says_so_and_plans_no_evaluation_fil
     scored = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full")
     assert scored.code == 0, scored.err
     assert "evaluates nothing" not in scored.err and "eval_report.md" in json.loads(scored.out)["outputs"]
+
+
+@pytest.mark.parametrize("name", ['""', '"  "', '"\u200b"'])
+def test_an_empty_benchmark_name_is_refused(tiny_model_dir, tmp_path, capsys, name):
+    result = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full", **{"eval.benchmarks.0.name": name})
+    assert result.code == 2
+    assert_one_message(result.err, "eval.benchmarks.0.name")
+    assert "the benchmark's name is " in result.err and "Give it a name (e.g. name: pubmedqa)" in result.err

@@ -87,7 +87,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
-        **({"unused": unused} if (unused := unused_method_settings(cfg)) else {}),
+        **({"unused": unused} if (unused := unused_method_settings(cfg) + harness.unused_harness_settings(cfg, mode))
+           else {}),
     }
 
 
@@ -222,6 +223,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "does": does + "; trains nothing",
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
+        **({"unused": unused} if (unused := harness.unused_harness_settings(cfg, mode)) else {}),
     }
 
 

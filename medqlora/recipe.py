@@ -91,6 +91,8 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):
         if mode in TRAINING_MODES:
             for unused in unused_method_settings(self.cfg):  # the dry-run plan says it under "unused"
                 say(f"warning: {unused}")
+        for unused in harness.unused_harness_settings(self.cfg, mode):  # the plan says it under "unused" too
+            say(f"warning: {unused}")
         return self.stages_of(mode)()
 
     def stages_of(self, mode: str) -> Callable[[], Run]:

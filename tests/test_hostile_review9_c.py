@@ -166,3 +166,20 @@ def test_an_empty_benchmark_name_is_refused(tiny_model_dir, tmp_path, capsys, na
     assert result.code == 2
     assert_one_message(result.err, "eval.benchmarks.0.name")
     assert "the benchmark's name is " in result.err and "Give it a name (e.g. name: pubmedqa)" in result.err
+
+
+def test_lm_eval_settings_without_eval_harness_are_said_unused(tiny_model_dir, tmp_path, capsys):
+    settings = {"eval.lm_eval.tasks": "[medqa]", "eval.lm_eval.max_items": "3", "eval.benchmarks.0.max_items": "2"}
+    said = ("eval.lm_eval.max_items and eval.lm_eval.tasks are settings of eval.harness: lm-eval, which is not set: "
+            "they are unused")
+    for mode in (["--mode", "eval", "--adapter", "none"], ["--mode", "full"]):
+        plan = _dry_run(capsys, tiny_model_dir, tmp_path, *mode, **settings)
+        assert plan.code == 0, plan.err
+        assert any(said in note for note in json.loads(plan.out)["unused"])
+    run = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "eval", "--adapter", "none", **settings))
+    assert run.code == 0, run.err
+    assert f"warning: {said}" in run.out + run.err
+    used = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "eval", "--adapter", "none",
+                    **{**settings, "eval.harness": "lm-eval", "eval.lm_eval.tasks": "[pubmedqa]"})
+    assert used.code == 0, used.err
+    assert "unused" not in json.loads(used.out)

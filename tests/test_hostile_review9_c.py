@@ -155,6 +155,7 @@ def test_a_full_run_with_nothing_to_evaluate_says_so_and_plans_no_evaluation_fil
     plan = json.loads(nothing.out)
     assert plan["evaluation"] == []
     assert "eval_report.md" not in plan["outputs"] and "eval.json" not in plan["outputs"]
+    assert "evaluation report" not in plan["processes"]["ranks"][0]["writes"]
     scored = _dry_run(capsys, tiny_model_dir, tmp_path, "--mode", "full")
     assert scored.code == 0, scored.err
     assert "evaluates nothing" not in scored.err and "eval_report.md" in json.loads(scored.out)["outputs"]

@@ -1,10 +1,11 @@
 """The environment's cache folders and Hub address, checked once at the start of every command (the launch
-variables are distributed.check_launch's): a cache variable that names a file, or a path below a file, and an
-HF_ENDPOINT that is no URL are refused naming the variable, instead of surfacing deep inside datasets or
+variables are distributed.check_launch's): a cache variable that names a file, a path below a file, a folder that
+cannot be made, or nothing at all (empty or blank), and an HF_ENDPOINT that is no URL are refused naming the variable, instead of surfacing deep inside datasets or
 huggingface_hub after the model has loaded (or as "check the connection" when an export is pushed)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -30,11 +31,44 @@ def check_hub_endpoint() -> None:
 
 
 def check_cache_folders() -> None:
-    """Each cache folder variable that is set (and not empty) names a folder, or a path that can become one."""
-    for name in CACHE_FOLDER_VARIABLES:
+    """Each cache folder variable that is set names a folder, or a path that can become one; XDG_CACHE_HOME too
+    while HF_HOME is unset (the Hugging Face cache is then $XDG_CACHE_HOME/huggingface)."""
+    names = CACHE_FOLDER_VARIABLES if "HF_HOME" in os.environ else (*CACHE_FOLDER_VARIABLES, "XDG_CACHE_HOME")
+    for name in names:
         value = os.environ.get(name)
-        if value:
-            check_folder_path(name, Path(value).expanduser())
+        if value is not None:
+            _refuse_blank(name, value)
+            _refuse_uncreatable(name, check_folder_path(name, Path(value).expanduser()))
+
+
+def _refuse_blank(name: str, value: str) -> None:
+    """An empty or blank value is no folder: the Hugging Face libraries would keep their cache in the current folder
+    (HF_DATASETS_CACHE='' is the current folder itself), or in a folder named by the blanks."""
+    if not value.strip():
+        shown = "empty" if not value else f"blanks only ({printable(repr(value))})"
+        raise ConfigError(f"{name} is set but {shown}: the Hugging Face libraries would then keep their cache in the "
+                          f"current folder. Unset it (unset {name}), or point it at a folder.")
+
+
+def _refuse_uncreatable(name: str, where: Path) -> None:
+    """A folder that does not exist yet is made once, as the libraries would make it, and removed again: a path
+    no one can create (below /proc, on a read-only disk) is named now, not after the model has loaded."""
+    missing = []
+    folder = where
+    while not (folder.exists() or folder.is_symlink()):
+        missing.append(folder)
+        folder = folder.parent
+    if not missing:
+        return
+    try:
+        where.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"{name}: {printable(str(where))} cannot be a cache folder: it cannot be created "
+                          f"({printable(err.strerror or type(err).__name__)}). Point {name} at a folder that exists "
+                          "or can be made (or unset it).") from None
+    for created in missing:  # deepest first
+        with contextlib.suppress(OSError):
+            created.rmdir()
 
 
 def check_folder_path(name: str, where: Path, role: str = "a cache folder", unset: str = "unset it") -> Path:

@@ -98,7 +98,8 @@ PUBMEDQA_PROMPT = (
     shape='{"pubid", "question", "context": {"contexts": [...]} or [...], "final_decision", "long_answer"}')
 def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
     q_name, question = _field(row, spec, "question", "QUESTION")
-    c_name, context = _column(row, spec, "context", "CONTEXTS")
+    c_name, context = _column(row, spec, "context", "CONTEXTS",
+                              content=lambda value: value.get("contexts") if isinstance(value, dict) else value)
     if isinstance(context, dict):
         if "contexts" not in context:
             raise DataError(f"field '{printable(c_name, 60)}' is an object without 'contexts' (the abstract's "

@@ -320,3 +320,23 @@ def _pct(value: Any) -> float:
 def summary_text(results: dict[str, dict[str, Any]]) -> str:
     return "; ".join(f"lm-eval {name} acc {(row.get('baseline') or {}).get('lm_eval_acc', '-')} -> "
                      f"{(row.get('fine_tuned') or {}).get('lm_eval_acc', '-')}" for name, row in results.items())
+
+
+EVALUATING_MODES = ("eval", "full")
+
+
+def unused_harness_settings(cfg: KitConfig, mode: str) -> list[str]:
+    """eval.lm_eval settings given while eval.harness is unset, in a mode that evaluates: lm-eval does not run, so
+    they are unused (said by the plan under "unused" and by the run as a warning)."""
+    if mode not in EVALUATING_MODES or cfg.eval.harness is not None:
+        return []
+    given, defaults = cfg.eval.lm_eval, type(cfg.eval.lm_eval)()
+    names = [f"eval.lm_eval.{name}" for name in sorted(given.model_fields_set)
+             if getattr(given, name) != getattr(defaults, name)]
+    if not names:
+        return []
+    named = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    one = len(names) == 1
+    return [(f"{named} {'is a setting' if one else 'are settings'} of eval.harness: lm-eval, which is not set: "
+             f"{'it is' if one else 'they are'} unused and lm-evaluation-harness does not run. Set eval.harness: "
+             f"lm-eval to use {'it' if one else 'them'}, or remove {'it' if one else 'them'}")]

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import data, evaluate, leakage
 from .config import KitConfig
+from .messages import say
 from .row_checks import check_training_rows
 
 
@@ -75,6 +76,29 @@ def same_tokens(first: Any, second: Any, cfg: KitConfig) -> bool:
     probe = data.render_prompt(first, cfg.data.system_prompt, "Is aspirin useful after a myocardial infarction?")
     other = data.render_prompt(second, cfg.data.system_prompt, "Is aspirin useful after a myocardial infarction?")
     return probe == other and first(probe)["input_ids"] == second(other)["input_ids"]
+
+
+def cot_validation_planned(cfg: KitConfig) -> bool:
+    """Whether --mode full generates for held-out medical-o1 rows before and after training."""
+    from .config import has_validation
+
+    return bool(cfg.eval.cot_items and has_validation(cfg.data)
+                and any(d.format == "medical_o1" for d in cfg.data.datasets))
+
+
+def evaluates_in_full_mode(cfg: KitConfig) -> bool:
+    """Whether --mode full evaluates before and after training (the run and its plan ask this one function).
+    eval.in_full_mode with nothing to score (no benchmark, no eval.harness, no medical-o1 validation) is said:
+    the run trains only, and writes no evaluation report."""
+    if not cfg.eval.in_full_mode:
+        return False
+    if cfg.eval.benchmarks or cfg.eval.harness or cot_validation_planned(cfg):
+        return True
+    say("warning: --mode full evaluates nothing here: eval.benchmarks is empty, eval.harness is not set and no "
+        "medical-o1 rows are held out, so the run trains only and writes no evaluation report. List a benchmark in "
+        "eval.benchmarks (e.g. {name: pubmedqa, kind: pubmedqa}) to score the model before and after training, or "
+        "set eval.in_full_mode: false to train without evaluating.")
+    return False
 
 
 def cot_validation(cfg: KitConfig, prepared: data.PreparedData) -> dict[str, list]:

@@ -19,7 +19,14 @@ from .errors import ModelError
 from .export import left_for_export_mode
 from .grpo import check_vllm
 from .methods import unused_method_settings
-from .inputs import benchmark_guard_items, benchmark_plan, local_benchmarks, planned_examples
+from .inputs import (
+    benchmark_guard_items,
+    benchmark_plan,
+    cot_validation_planned,
+    evaluates_in_full_mode,
+    local_benchmarks,
+    planned_examples,
+)
 from .messages import say
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
@@ -48,7 +55,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
-    with_eval = mode == "full" and cfg.eval.in_full_mode
+    with_eval = mode == "full" and evaluates_in_full_mode(cfg)
     lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
@@ -75,12 +82,13 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
         "gpu_memory": memory_plan(cfg, runtime, source),
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
-                                      if with_eval else {}),
+                                              if with_eval else {}, evaluated=with_eval),
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
         + f"/ {{{Files.listed(with_eval)}}}",
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
-        **({"unused": unused} if (unused := unused_method_settings(cfg)) else {}),
+        **({"unused": unused} if (unused := unused_method_settings(cfg) + harness.unused_harness_settings(cfg, mode))
+           else {}),
     }
 
 
@@ -138,10 +146,7 @@ def method_text(cfg: KitConfig) -> str:
 
 def _cot_plan(cfg: KitConfig) -> list[str]:
     """--mode full on medical-o1 rows with a validation set: their generation before and after training."""
-    from .config import has_validation
-
-    if not (cfg.eval.in_full_mode and cfg.eval.cot_items and has_validation(cfg.data)
-            and any(d.format == "medical_o1" for d in cfg.data.datasets)):
+    if not (cfg.eval.in_full_mode and cot_validation_planned(cfg)):
         return []
     return [f"{evaluate.COT_VALIDATION} (up to {cfg.eval.cot_items} held-out medical-o1 rows, generated before and "
             "after training: format compliance, reasoning length, ROUGE-L of the final response)"]
@@ -218,6 +223,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         "does": does + "; trains nothing",
         "outputs": "none: a conversation writes no file" if mode == "chat" else str(run_folder)
         if run_folder is not None else str(Path(output_dir or cfg.output.dir) / "<new run folder>"),
+        **({"unused": unused} if (unused := harness.unused_harness_settings(cfg, mode)) else {}),
     }
 
 

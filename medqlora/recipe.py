@@ -38,6 +38,7 @@ from .adapter_runs import (
 from .commands import ADAPTER_MODES, TRAINING_MODES, Options, Run, check_options, command
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError
+from .inputs import evaluates_in_full_mode
 from .messages import say
 from .model_stages import ModelStages
 from .run_records import RunRecords
@@ -74,6 +75,8 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         if mode in TRAINING_MODES:
             for unused in unused_method_settings(self.cfg):  # the dry-run plan says it under "unused"
                 say(f"warning: {unused}")
+        for unused in harness.unused_harness_settings(self.cfg, mode):  # the plan says it under "unused" too
+            say(f"warning: {unused}")
         return self.stages_of(mode)()
 
     def stages_of(self, mode: str) -> Callable[[], Run]:
@@ -83,7 +86,8 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
 
     def full(self) -> Run:
         """--mode full: evaluate the base model, train, evaluate again, answer the sample queries."""
-        with_eval = self.cfg.eval.in_full_mode  # as the given config says, also when --resume continues a run
+        # as the given config says, also when --resume continues a run
+        with_eval = evaluates_in_full_mode(self.cfg)
         self.resolve_config()
         self.start_training_runtime()
         self.open_run_folder()

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
 from .formats import CHAT_ROLES, dataset_format
-from .rows import Example, _column, _field, _kind, _response, _text, _uid
+from .leakage import normalize
+from .rows import Example, _column, _field, _kind, _response, _text, _uid, as_written
 from .secrets import printable
 
 if TYPE_CHECKING:
@@ -34,7 +35,11 @@ def format_prompt_answer(row: dict[str, Any], spec: DatasetSpec) -> Example:
     a_name, answer = _column(row, spec, "answer", "solution")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise DataError(f"field '{printable(a_name, 60)}' is {_kind(answer)}, expected the answer as text.")
-    answer = _response(str(answer).strip(), a_name)
+    answer = _response(as_written(answer).strip(), a_name)
+    if not normalize(answer):
+        raise DataError(f"field '{printable(a_name, 60)}' is {printable(repr(answer), 40)}, which holds no letter or "
+                        "digit: the answer reward (answer_match) compares a reply's words and numbers with it, so it "
+                        "could never score a reply 1. Write the answer in words (e.g. positive / negative for + / -).")
     return Example(prompt=prompt, response=answer, uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
                    answer_texts=((a_name, answer),))
 

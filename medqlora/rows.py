@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,11 @@ def _response(value: str, name: str) -> str:
     return value
 
 
+def as_written(value: str | float) -> str:
+    """A text or number as the data wrote it (a JSON number keeps its text: 1.50, not 1.5)."""
+    return getattr(value, "written", None) or str(value)
+
+
 def pmid_of(uid: str | None) -> str | None:
     """The PMID in an id as written ('PMID:19100463', ' 19100463 ', '019100463' -> '19100463'): its longest
     run of digits, without leading zeros; an id without digits as it is."""
@@ -141,17 +147,19 @@ def _uid(value: Any, name: str) -> str | None:
     return str(value).strip()
 
 
-def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value") -> tuple[str, Any]:
+def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value",
+            content: Callable[[Any], Any] = lambda value: value) -> tuple[str, Any]:
     """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping; a name
     mapped in ``columns:`` is tried first). Two of those columns holding different texts, neither chosen by
-    ``columns:``, are refused: which one the field was meant to read is not the kit's to guess."""
+    ``columns:``, are refused: which one the field was meant to read is not the kit's to guess. ``content`` gives
+    what of a value the format reads (PubMedQA's ``{contexts: [...]}`` object: its list), for that comparison."""
     chosen = [name for name in names if name in spec.columns]
     order = dict.fromkeys(spec.columns.get(name, name) for name in chosen + [n for n in names if n not in chosen])
     present = [(column, row[column]) for column in order if column in row]
     filled = [(column, value) for column, value in present if value is not None]
     if filled:
         if not chosen:
-            _refuse_two_columns(spec, names[0], filled)
+            _refuse_two_columns(spec, names[0], filled, content)
         return filled[0]
     if present:
         raise DataError(f"field '{printable(present[0][0], 60)}' is null, expected {expected}.")
@@ -161,21 +169,42 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str =
                              f"Map yours with 'columns:' in the dataset entry, e.g. columns: {{{names[0]}: your_column}}.")
 
 
-def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[str, Any]]) -> None:
-    """Two columns that can each fill ``field_name`` (instruction and question, output and answer), both holding a
-    text and the texts different: reading the first would drop the other without a word."""
-    def text(value: Any) -> str | None:
-        return str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-
+def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[str, Any]],
+                        content: Callable[[Any], Any]) -> None:
+    """Two columns that can each fill ``field_name`` (instruction and question, output and answer, a chat's
+    messages and conversations), both set and their texts different: reading the first would drop the other
+    without a word."""
     (first, value), others = filled[0], filled[1:]
     for other, second in others:
-        if text(value) is not None and text(second) is not None and text(value) != text(second):
+        mine, theirs = _texts_of(content(value)), _texts_of(content(second))
+        if mine is not None and theirs is not None and mine != theirs:
             raise DataError(
                 f"columns '{printable(first, 60)}' and '{printable(other, 60)}' can each be the {spec.format} "
-                f"format's '{field_name}', and they differ ({printable(repr(value), 60)} / "
-                f"{printable(repr(second), 60)}): one would be dropped without a word. Choose the one to read with "
-                f"columns: {{{field_name}: {printable(other, 60)}}} (or {{{field_name}: {printable(first, 60)}}}) "
-                "in the dataset entry, or remove the other column.")
+                f"format's '{field_name}', and they differ ({printable(_json_preview(value), 60)} / "
+                f"{printable(_json_preview(second), 60)}): one would be dropped without a word. Choose the one to "
+                f"read with columns: {{{field_name}: {printable(other, 60)}}} (or {{{field_name}: "
+                f"{printable(first, 60)}}}) in the dataset entry, or remove the other column.")
+
+
+# Keys naming who speaks in a chat turn ('user' / 'human'): layouts name the same speaker differently.
+_SPEAKER_KEYS = frozenset({"role", "from"})
+
+
+def _texts_of(value: Any) -> tuple[str, ...] | None:
+    """The texts a value holds, in order, stripped (a list or object: every text inside it, speaker names left
+    out, so one conversation in the messages and the ShareGPT layout compares equal); None for a value without
+    text to compare (a boolean)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (str, int, float)):
+        return (str(value).strip(),)
+    texts: list[str] = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        if key in _SPEAKER_KEYS or item is None:
+            continue
+        texts.extend(_texts_of(item) or ())
+    return tuple(texts)
 
 
 class MissingColumnError(DataError):

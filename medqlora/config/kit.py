@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from ..formats import BENCHMARK_KINDS, columns_problem
+from ..rows import invisible
 from ..secrets import printable
 from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, PathText, Section
 from .sections import BenchmarkKindName, DataSection, DatasetSpec, LoraSection, ModelSection, TrainingSection
@@ -44,6 +45,14 @@ class BenchmarkSpec(Section):
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default test)")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
     columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _a_visible_name(cls, name: str) -> str:
+        if invisible(name):
+            raise ValueError(f"the benchmark's name is {'empty' if not name else 'blank'}: it labels the benchmark in every line of the report and the summary. Give it a name "
+                             "(e.g. name: pubmedqa)")
+        return name
 
     @field_validator("columns")
     @classmethod

@@ -204,6 +204,23 @@ class DataSection(Section):
         "makes it a near duplicate",
     )
 
+    @model_validator(mode="after")
+    def _one_reasoning_format(self) -> DataSection:
+        """medical_o1 entries of two cot_styles: the model would learn to reason in either, while the run's
+        medical-o1 validation and a later GRPO stage's format reward (grpo.format_style auto) check one."""
+        first: dict[str, int] = {}
+        for index, spec in enumerate(self.datasets):
+            if spec.format == "medical_o1":
+                first.setdefault(spec.cot_style, index)
+        if len(first) > 1:
+            (a, i), (b, j) = list(first.items())[:2]
+            raise ValueError(f"data.datasets.{i} (cot_style: {a}) and data.datasets.{j} (cot_style: {b}) teach two "
+                             "reasoning formats in one run: the model would learn to answer in either, while the "
+                             "run's medical-o1 validation and a later GRPO stage's format reward (grpo.format_style "
+                             f"auto) check one of them. Give both the same cot_style (e.g. cot_style: {a}), or train "
+                             "them in two runs")
+        return self
+
 
 class TrainingSection(Section):
     num_epochs: float = Field(3.0, gt=0, le=1000)

@@ -1,6 +1,6 @@
 """Values of JSON and JSONL data rows that parse but no tokenizer or row check can take: integers too long to
 read, keys that appear twice in one object (JSON keeps only the last), and half of a UTF-16 surrogate pair.
-The readers parse with ``parse_int`` and ``pairs_once`` and then call ``refuse_unreadable_values`` on each row."""
+The readers parse with ``parse_int``, ``parse_float`` and ``pairs_once`` and then call ``refuse_unreadable_values`` on each row."""
 
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ class _LongInt(str):
 
 def parse_int(text: str) -> int | str:
     return _LongInt(text) if len(text) > 4000 else int(text)
+
+
+class WrittenFloat(float):
+    """A JSON number with a fraction or an exponent (1.50, 2.0, 1e3), keeping the text it was written as: an answer
+    read as a number is compared as written ('1.50'), not as Python prints the float ('1.5')."""
+
+    written: str
+
+
+def parse_float(text: str) -> WrittenFloat:
+    value = WrittenFloat(text)
+    value.written = text
+    return value
 
 
 def _first_field(value: Any, here: Callable[[Any, str], str | None], name: str = "") -> str | None:

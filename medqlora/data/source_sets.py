@@ -3,6 +3,7 @@ output folder (whose runs the next run would read as data)."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 from pathlib import Path
 
@@ -81,8 +82,25 @@ def _refuse_validation_on_training_files(data: DataSection) -> None:
             if path in trained:
                 raise DataError(f"data.datasets.{index} (use_for: validation) reads {printable(path, 200)}, which "
                                 f"data.datasets.{trained[path]} trains on: the validation loss would be measured on "
-                                "rows being trained on. Hold out part of that dataset with its val_first_n (or "
-                                "data.val_ratio) instead, or give a file of other rows as the validation set.")
+                                f"rows being trained on. {_HOLD_OUT}")
+            copied = _same_bytes(path, trained)
+            if copied is not None:
+                raise DataError(f"data.datasets.{index} (use_for: validation) reads {printable(path, 200)}, a copy of "
+                                f"{printable(copied, 200)} (the same bytes), which data.datasets.{trained[copied]} "
+                                f"trains on: the validation loss would be measured on rows being trained on. {_HOLD_OUT}")
+
+
+_HOLD_OUT = ("Hold out part of that dataset with its val_first_n (or data.val_ratio) instead, or give a file of other "
+             "rows as the validation set.")
+
+
+def _same_bytes(path: Path, trained: dict[Path, int]) -> Path | None:
+    """The training file ``path`` is a byte-for-byte copy of, if any (sizes first: only files of one size are read)."""
+    if not path.is_file():  # a pipe or device is refused where it is read, never read here
+        return None
+    size = path.stat().st_size
+    return next((other for other in sorted(trained) if other.is_file() and other.stat().st_size == size
+                 and filecmp.cmp(path, other, shallow=False)), None)
 
 
 def refuse_output_inside_data(data: DataSection, output: Path) -> None:

@@ -17,7 +17,7 @@ from ..config import KIT_ROOT, DatasetSpec
 from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
 from ..secrets import printable
-from .json_values import pairs_once, parse_int, refuse_unreadable_values
+from .json_values import pairs_once, parse_float, parse_int, refuse_unreadable_values
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -192,7 +192,7 @@ def data_files(folder: Path) -> list[Path]:
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=parse_int,
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=parse_int, parse_float=parse_float,
                              object_pairs_hook=pairs_once)
     except json.JSONDecodeError as err:
         hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
@@ -236,7 +236,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line, parse_int=parse_int, object_pairs_hook=pairs_once)
+                row = json.loads(line, parse_int=parse_int, parse_float=parse_float, object_pairs_hook=pairs_once)
             except ValueError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
                                 "JSON object.") from None

@@ -101,8 +101,18 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
     run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,
                         generated_name=not cfg.output.run_name)  # a run of the same second: a -2 suffix
     if adapter is not None:
-        say(f"{printable(adapter)} is not in a run folder of this kit: its results go to {printable(run.path)}")
+        say(f"{printable(adapter)} {_outside_run(adapter)}: its results go to {printable(run.path)}")
     return run
+
+
+def _outside_run(adapter: Path) -> str:
+    """Why an adapter's results go to a new run folder: it is a checkpoint or an export of a kit run (whose folder
+    holds the results of the run's own adapter), or not from a kit run at all."""
+    origin = adapters.origin_run(adapter)
+    if origin is None:
+        return "is not in a run folder of this kit"
+    return (f"is a {'checkpoint' if adapter.parent.name == Files.CHECKPOINTS else 'export'} of the run "
+            f"{printable(origin)} (what it was trained on is read there)")
 
 
 def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
@@ -150,8 +160,9 @@ def adapter_lora(config: dict[str, Any], lora: LoraSection) -> LoraSection:
 
 
 def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> None:
-    """The trained-on guard: an adapter in a run folder of the kit must have its run's training_items.jsonl."""
-    run_folder = adapters.kit_run_folder(adapter)
+    """The trained-on guard: an adapter of a kit run (its adapter, a checkpoint or an export of it) must have its
+    run's training_items.jsonl."""
+    run_folder = adapters.origin_run(adapter)
     folder = run_folder if run_folder is not None else adapter.parent
     evaluate.check_not_trained_on(benchmarks, folder / Files.TRAINING_ITEMS, required=run_folder is not None)
 
@@ -163,7 +174,7 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
     nothing can be carried over (a foreign adapter, a missing or damaged record), None when all is."""
     from .leakage import flagged_hashes
 
-    run_folder = adapters.kit_run_folder(adapter)
+    run_folder = adapters.origin_run(adapter)
     if run_folder is None:
         return [], (f"training.init_adapter {printable(adapter)} is not in a run folder of this kit, so what it was "
                     "trained on is unknown: the trained-on check of --mode eval will cover this run's own rows only")

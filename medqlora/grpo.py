@@ -43,11 +43,13 @@ def format_style(cfg: KitConfig, depth: int = 0) -> str | None:
 
 
 def learnt_style(adapter: Path, depth: int = 0) -> str | None:
-    """The reasoning format (huatuo, tags) an adapter learnt, read from the config.yaml of its run (beside the
-    adapter folder, or above export*/adapter for an adapter the kit exported): its medical_o1 data's cot_style, the
+    """The reasoning format (huatuo, tags) an adapter learnt, read from the config.yaml of its run (the run folder
+    holding the adapter, or one of its checkpoints or exports): its medical_o1 data's cot_style, the
     format a GRPO run rewarded, or, in turn, what its own init_adapter learnt. None when it learnt none, or when
     the adapter is not the kit's (that is said: auto cannot know its format)."""
-    folders = [adapter.parent] + ([adapter.parent.parent] if adapter.parent.name.startswith(Files.EXPORT) else [])
+    from .adapters import in_run_subfolder
+
+    folders = [adapter.parent] + ([adapter.parent.parent] if in_run_subfolder(adapter) else [])
     run = next((f for f in folders if (f / Files.CONFIG).is_file() and not (f / Files.CONFIG).is_symlink()), None)
     if run is None:
         if depth == 0:

@@ -1,0 +1,80 @@
+"""Hostile and unlucky inputs around the adapters of a kit run: a checkpoint or an exported adapter of a run keeps
+that run's record of what it was trained on and the reasoning format it learnt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import assert_one_message, kit_argv, run_cli, tiny_overrides
+from .test_adapters import make_adapter
+
+
+def _kit_run(folder: Path, model: Path, *overrides: str, status: str = "interrupted") -> Path:
+    """A run folder of the kit as a run killed after a checkpoint leaves it, with what it trained on recorded."""
+    from medqlora.config import load_config
+
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"kit_version": "0.1.0", "status": status}))
+    cfg = load_config(None, [*tiny_overrides(model, folder.parent), *overrides])
+    (folder / "config.yaml").write_text(cfg.to_yaml())
+    (folder / "training_items.jsonl").write_text("")
+    return folder
+
+
+def _trained_on_first_eval_item(run: Path) -> None:
+    from medqlora import evaluate
+    from medqlora.config import load_config
+    from medqlora.leakage import question_hash
+
+    items = next(iter(evaluate.load_benchmarks(load_config(run / "config.yaml")).values()))
+    record = {"source": "0:pqtest.jsonl", "uid": "r1", "question_sha1_16": question_hash(items[0].example.question)}
+    (run / "training_items.jsonl").write_text(json.dumps(record) + "\n")
+
+
+@pytest.mark.parametrize("copy", ["checkpoints/checkpoint-2", "export/adapter", "export-20261201-091708/adapter"])
+def test_a_checkpoint_or_export_of_a_run_is_refused_on_items_the_run_trained_on(tiny_model_dir, tmp_path, capsys,
+                                                                                copy):
+    run = _kit_run(tmp_path / "out" / "leak", tiny_model_dir)
+    _trained_on_first_eval_item(run)
+    adapter = make_adapter(run / copy, str(tiny_model_dir))
+    refused = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval",
+                                       "--no-baseline", "--adapter", str(adapter)))
+    assert refused.code == 2
+    assert_one_message(refused.err, "1 items were trained on by this adapter")
+
+
+def test_a_checkpoint_of_a_run_without_its_training_record_is_refused(tiny_model_dir, tmp_path, capsys):
+    run = _kit_run(tmp_path / "out" / "leak", tiny_model_dir)
+    (run / "training_items.jsonl").unlink()
+    adapter = make_adapter(run / "checkpoints" / "checkpoint-2", str(tiny_model_dir))
+    refused = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval",
+                                       "--no-baseline", "--adapter", str(adapter)))
+    assert refused.code == 2
+    assert_one_message(refused.err, "training_items.jsonl is missing")
+
+
+@pytest.mark.parametrize("copy", ["checkpoints/checkpoint-4", "export/adapter"])
+def test_starting_from_a_checkpoint_or_export_carries_its_runs_items_and_format(tiny_model_dir, tmp_path, capsys,
+                                                                               copy):
+    from medqlora import grpo
+    from medqlora.adapter_runs import inherited_training_items
+    from medqlora.config import load_config
+
+    run = _kit_run(tmp_path / "out" / "o1k", tiny_model_dir, "data.datasets.0.source=o1.jsonl",
+                   "data.datasets.0.format=medical_o1", "data.datasets.0.cot_style=tags")
+    _trained_on_first_eval_item(run)
+    adapter = make_adapter(run / copy, str(tiny_model_dir))
+    records, gap = inherited_training_items(adapter)
+    assert gap is None
+    assert [r["inherited_from"] for r in records] == ["training.init_adapter o1k"]
+    start = load_config(None, ["training.method=grpo", "data.datasets.0.format=multiple_choice",
+                               "data.datasets.0.source=mc.jsonl", f"training.init_adapter={adapter}"])
+    assert grpo.format_style(start) == "tags"
+    planned = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train",
+                                       **{"training.init_adapter": str(adapter)}))
+    assert planned.code == 0, planned.err
+    assert "starting from the adapter of" in planned.out + planned.err
+    assert "not in a run folder" not in planned.out + planned.err

@@ -78,3 +78,34 @@ def test_starting_from_a_checkpoint_or_export_carries_its_runs_items_and_format(
     assert planned.code == 0, planned.err
     assert "starting from the adapter of" in planned.out + planned.err
     assert "not in a run folder" not in planned.out + planned.err
+
+
+def _instruction_data(path: Path) -> Path:
+    rows = [{"instruction": f"What is the usual adult dose of drug number {i}?", "output": f"{i} mg daily."}
+            for i in range(12)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_resume_dry_run_plans_the_run_it_continues_from_its_own_config(tiny_model_dir, tmp_path, capsys):
+    data = _instruction_data(tmp_path / "ins.jsonl")
+    run = _kit_run(tmp_path / "out" / "o1k", tiny_model_dir, f"data.datasets.0.source={data}",
+                   "data.datasets.0.format=instruction", "training.max_steps=200", "output.run_name=o1k")
+    (run / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    planned = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--dry-run"])
+    assert planned.code == 0, planned.err
+    shown = json.loads(planned.out)
+    assert shown["resumes"] == f"{run} from checkpoint-4, with the run's own config.yaml"
+    assert shown["model"] == str(tiny_model_dir)
+    assert list(shown["datasets"]) == [f"0:{data}"]
+    assert shown["optimizer_steps"] == 200
+    assert shown["outputs"].startswith(f"{run}/ ")
+
+
+def test_a_resume_dry_run_of_a_finished_run_is_refused_as_the_run_refuses_it(tiny_model_dir, tmp_path, capsys):
+    run = _kit_run(tmp_path / "out" / "dpok", tiny_model_dir, status="trained")
+    make_adapter(run / "adapter", str(tiny_model_dir))
+    refused = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--dry-run"])
+    assert refused.code == 2
+    assert_one_message(refused.err, "has no checkpoint to continue from (it finished training: its adapter is saved)")

@@ -59,6 +59,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         return None
     if adapter_arg in (None, "latest"):
         folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir), flag)
+        check_latest_finished(folder, flag)
     else:
         folder = adapters.locate(adapter_arg, flag)
     adapter = adapters.find(folder)
@@ -73,6 +74,38 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
             f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. If it was trained on "
             f"{printable(named, 120)}, set --set model.name={printable(named, 120)}.")
     return adapter.folder
+
+
+def check_latest_finished(adapter: Path, flag: str) -> None:
+    """'latest' names the newest run with an adapter; one whose training stopped early (a signal, a failure) saved
+    a half-trained adapter. training.init_adapter would build the next stage on it: refused; --adapter says it."""
+    stopped = stopped_during_training(adapter.parent)
+    if stopped is None:
+        return
+    run = printable(adapter.parent)
+    if flag == "--adapter":
+        say(f"warning: --adapter latest is {run}, whose training stopped before its end ({stopped}): its adapter "
+            "is the one trained so far")
+        return
+    raise ModelError(f"{flag} latest: the newest run with an adapter, {run}, stopped before its training ended "
+                     f"({stopped}), so its adapter is half-trained. Finish it first (--resume {run}), "
+                     f"or set {flag} to {run} to start from that adapter as it is.")
+
+
+def stopped_during_training(run_folder: Path) -> str | None:
+    """Why a run's training stopped before its end (its manifest's status and error), or None: it finished
+    training (a stop after training leaves the adapter whole), or it is not a run of the kit."""
+    if adapters.kit_run_folder(run_folder / Files.ADAPTER) is None:
+        return None
+    try:
+        manifest = json.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    status = manifest.get("status")
+    if status not in ("interrupted", "failed") or "after training" in str(manifest.get("stage") or ""):
+        return None
+    reason = str(manifest.get("error") or status).split(":", 1)[0]
+    return printable(f"status {status}: {reason}", 160)
 
 
 def same_model(named: str, name: str, source: str | None) -> bool:

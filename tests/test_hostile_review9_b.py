@@ -109,3 +109,34 @@ def test_a_resume_dry_run_of_a_finished_run_is_refused_as_the_run_refuses_it(tin
     refused = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--dry-run"])
     assert refused.code == 2
     assert_one_message(refused.err, "has no checkpoint to continue from (it finished training: its adapter is saved)")
+
+
+def _interrupted_run(folder: Path, model: Path) -> Path:
+    run = _kit_run(folder, model)
+    manifest = {"kit_version": "0.1.0", "status": "interrupted",
+                "error": f"Interrupted (SIGTERM) at step 25: the adapter trained so far is saved in {run}/adapter."}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    make_adapter(run / "adapter", str(model))
+    return run
+
+
+def test_init_adapter_latest_refuses_a_run_whose_training_was_interrupted(tiny_model_dir, tmp_path, capsys):
+    run = _interrupted_run(tmp_path / "out" / "gkhard", tiny_model_dir)
+    data = {"data.datasets.0.source": str(_instruction_data(tmp_path / "ins.jsonl")),
+            "data.datasets.0.format": "instruction"}
+    refused = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train",
+                                       **data, **{"training.init_adapter": "latest"}))
+    assert refused.code == 2
+    assert_one_message(refused.err, f"training.init_adapter latest: the newest run with an adapter, {run}, stopped "
+                                    "before its training ended (status interrupted: Interrupted (SIGTERM) at step 25)")
+    named = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train",
+                                     **data, **{"training.init_adapter": str(run)}))
+    assert named.code == 0, named.err  # named on purpose: started from as it is
+
+
+def test_adapter_latest_says_the_run_it_picks_was_interrupted(tiny_model_dir, tmp_path, capsys):
+    run = _interrupted_run(tmp_path / "out" / "gkhard", tiny_model_dir)
+    planned = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test",
+                                       "--adapter", "latest"))
+    assert planned.code == 0, planned.err
+    assert f"warning: --adapter latest is {run}, whose training stopped before its end" in planned.out + planned.err

@@ -26,9 +26,9 @@ from .secrets import printable, redact, slug
 def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     """The model and data sections an adapter was trained with (from its run's config.yaml: base model, chat
     template, system prompt and prompt templates), so that its prompts are rendered as it was trained; eval,
-    generation, export and output stay cfg's. An adapter outside the kit's run folders keeps cfg's model and data
-    (model.name), whatever files lie beside it."""
-    run_folder = adapters.kit_run_folder(adapter)
+    generation, export and output stay cfg's. A checkpoint or an export of a kit run brings that run's; an adapter
+    outside the kit's run folders keeps cfg's model and data (model.name), whatever files lie beside it."""
+    run_folder = adapters.origin_run(adapter)
     if run_folder is None:
         return cfg
     run_cfg = load_config(run_folder / Files.CONFIG)
@@ -42,12 +42,12 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
 
 def start_adapter(adapter: Path | None) -> str | None:
     """The training.init_adapter the run of a kit adapter started from (its config.yaml), or None."""
-    run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
+    run_folder = adapters.origin_run(adapter) if adapter is not None else None
     return load_config(run_folder / Files.CONFIG).training.init_adapter if run_folder is not None else None
 
 
 def trained_model(adapter: Path, cfg: KitConfig) -> Any:
-    run_folder = adapters.kit_run_folder(adapter)
+    run_folder = adapters.origin_run(adapter)
     return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
 
 
@@ -71,9 +71,24 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
-            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. If it was trained on "
-            f"{printable(named, 120)}, set --set model.name={printable(named, 120)}.")
+            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. {_base_advice(named, model.name)}")
     return adapter.folder
+
+
+def _base_advice(named: str, model_name: str) -> str:
+    """What to set when an adapter names another base model than model.name: that model, said so that it can be
+    given (an exported adapter names a local base model by its folder name alone, no path); and a warning when
+    model.name is a model the kit merged an adapter into, onto which this one may be applied a second time."""
+    merged = Path(model_name).expanduser()
+    twice = ("model.name is a model the kit exported with an adapter merged into it: if that was this adapter, its "
+             "change would be applied twice; load it onto the base model it was trained on. "
+             if merged.name == "merged" and merged.parent.name.startswith(Files.EXPORT)
+             and (merged.parent / Files.EXPORT_REPORT).is_file() else "")
+    shown = printable(named, 120)
+    if "/" not in named and not Path(named).expanduser().exists():
+        return (f"{twice}If it was trained on a local model folder named {shown} (an exported adapter names a local "
+                "base model by its folder name alone), set model.name to that folder's path.")
+    return f"{twice}If it was trained on {shown}, set --set model.name={shown}."
 
 
 def check_latest_finished(adapter: Path, flag: str) -> None:

@@ -140,3 +140,28 @@ def test_adapter_latest_says_the_run_it_picks_was_interrupted(tiny_model_dir, tm
                                        "--adapter", "latest"))
     assert planned.code == 0, planned.err
     assert f"warning: --adapter latest is {run}, whose training stopped before its end" in planned.out + planned.err
+
+
+def test_an_export_of_a_run_is_loaded_onto_its_runs_base_model(tiny_model_dir, tmp_path, capsys):
+    """model.name naming the run's own merged export: the exported adapter goes onto the run's base, as the run's
+    adapter does, not onto the model it is already merged into."""
+    import shutil
+
+    run = _kit_run(tmp_path / "out" / "base", tiny_model_dir, status="trained")
+    adapter = make_adapter(run / "export-20261201-095100" / "adapter", tiny_model_dir.name)
+    merged = run / "export" / "merged"
+    shutil.copytree(tiny_model_dir, merged)
+    (run / "export" / "export_report.json").write_text("{}")
+    planned = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test",
+                                       "--adapter", str(adapter), **{"model.name": str(merged)}))
+    assert planned.code == 0, planned.err
+    assert json.loads(planned.out)["model"] == str(tiny_model_dir)
+    foreign = tmp_path / "copied" / "adapter"
+    shutil.copytree(adapter, foreign)
+    planned = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test",
+                                       "--adapter", str(foreign), **{"model.name": str(merged)}))
+    said = planned.out + planned.err
+    assert planned.code == 0, planned.err
+    assert "if that was this adapter, its change would be applied twice" in said
+    assert f"If it was trained on a local model folder named {tiny_model_dir.name}" in said
+    assert f"set --set model.name={tiny_model_dir.name}." not in said

@@ -165,3 +165,19 @@ def test_an_export_of_a_run_is_loaded_onto_its_runs_base_model(tiny_model_dir, t
     assert "if that was this adapter, its change would be applied twice" in said
     assert f"If it was trained on a local model folder named {tiny_model_dir.name}" in said
     assert f"set --set model.name={tiny_model_dir.name}." not in said
+
+
+def test_a_base_model_in_a_hugging_face_cache_is_published_by_its_hub_id(tmp_path):
+    from medqlora import backends
+    from medqlora.export.adapter import loading_code, published_config
+
+    snapshot = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M" / "snapshots" / "93efa2f097d58c2a74874c7e6"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(snapshot)}))
+    config = published_config(tmp_path / "adapter_config.json", str(snapshot))
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M"
+    assert backends.public_model_name(str(snapshot)) == "HuggingFaceTB/SmolLM2-135M"
+    assert "AutoPeftModelForCausalLM" in loading_code(str(snapshot))  # loads by the hub id, no local copy needed
+    other = tmp_path / "models" / "snapshots" / "mine"  # a folder of the user's that only looks like one
+    other.mkdir(parents=True)
+    assert backends.published_base_name(str(other)) == "mine"

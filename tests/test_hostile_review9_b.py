@@ -181,3 +181,22 @@ def test_a_base_model_in_a_hugging_face_cache_is_published_by_its_hub_id(tmp_pat
     other = tmp_path / "models" / "snapshots" / "mine"  # a folder of the user's that only looks like one
     other.mkdir(parents=True)
     assert backends.published_base_name(str(other)) == "mine"
+
+
+def test_a_grpo_plan_says_what_the_run_optimises(tiny_model_dir, tmp_path, capsys):
+    """The rewards, their weights and the format of the start adapter's run, as the run chooses them."""
+    rows = [{"question": f"Which vitamin is low in case {i}?", "options": {"A": "B12", "B": "C", "C": "D", "D": "K"},
+             "answer_idx": "A"} for i in range(12)]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = _kit_run(tmp_path / "out" / "o1t", tiny_model_dir, "data.datasets.0.source=o1.jsonl",
+                   "data.datasets.0.format=medical_o1", "data.datasets.0.cot_style=tags", status="trained")
+    make_adapter(run / "adapter", str(tiny_model_dir))
+    planned = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train", **{
+        "training.method": "grpo", "grpo.num_generations": "2", "grpo.max_completion_length": "32",
+        "data.datasets.0.source": str(data), "data.datasets.0.format": "multiple_choice",
+        "training.init_adapter": str(run)}))
+    assert planned.code == 0, planned.err
+    assert json.loads(planned.out)["training"]["grpo"] == {
+        "rewards": {"multiple_choice": 1.0, "format_tags": 0.5, "overlong": 1.0},
+        "format_style": "tags (grpo.format_style auto)", "num_generations": 2, "max_completion_length": 32}

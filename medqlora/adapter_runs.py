@@ -143,8 +143,9 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
             run = RunDir(run_folder)
             run.start_log()
             return run
+        origin = adapters.origin_run(adapter)
         named = slug(redact(adapter.parent.name if adapter.name == Files.ADAPTER else adapter.name))[:60] or "adapter"
-        prefix = f"foreign-{named}"
+        prefix = f"{slug(redact(origin.name))[:60]}-{named}" if origin is not None else f"foreign-{named}"
     name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,
                         generated_name=not cfg.output.run_name)  # a run of the same second: a -2 suffix

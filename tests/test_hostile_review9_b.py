@@ -200,3 +200,16 @@ def test_a_grpo_plan_says_what_the_run_optimises(tiny_model_dir, tmp_path, capsy
     assert json.loads(planned.out)["training"]["grpo"] == {
         "rewards": {"multiple_choice": 1.0, "format_tags": 0.5, "overlong": 1.0},
         "format_style": "tags (grpo.format_style auto)", "num_generations": 2, "max_completion_length": 32}
+
+
+def test_the_results_of_a_checkpoint_go_to_a_new_folder_named_after_its_run(tiny_model_dir, tmp_path, capsys):
+    from medqlora.adapter_runs import run_folder_for
+    from medqlora.config import load_config
+
+    run = _kit_run(tmp_path / "out" / "o1k", tiny_model_dir)
+    adapter = make_adapter(run / "checkpoints" / "checkpoint-4", str(tiny_model_dir))
+    results = run_folder_for(load_config(run / "config.yaml"), adapter, str(tmp_path / "out"), "base")
+    assert results.path.parent == tmp_path / "out" and results.path.name.startswith("o1k-checkpoint-4-")
+    said = capsys.readouterr()
+    assert f"is a checkpoint of the run {run} (what it was trained on is read there)" in said.out + said.err
+    assert not (run / "checkpoints" / "checkpoint-4" / "run.log").exists()

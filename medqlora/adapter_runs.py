@@ -71,7 +71,8 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
-            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. {_base_advice(named, model.name)}")
+            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. "
+            f"{_base_advice(named, model.name)}")
     return adapter.folder
 
 

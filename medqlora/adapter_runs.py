@@ -63,8 +63,9 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     else:
         folder = adapters.locate(adapter_arg, flag)
     adapter = adapters.find(folder)
-    if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
-        RunDir(adapter.run).check_links()
+    origin = adapters.origin_run(adapter.folder)  # the run folder, also of a checkpoint or export, whose files are read
+    if origin is not None:  # a link planted in its run folder stops here, before anything is read or loaded
+        RunDir(origin).check_links()
     model = trained_model(adapter.folder, cfg)
     source = backends.config_source(model.name)
     adapter_base.check_base(adapter, model.name, source, model.trust_remote_code)

@@ -213,3 +213,16 @@ def test_the_results_of_a_checkpoint_go_to_a_new_folder_named_after_its_run(tiny
     said = capsys.readouterr()
     assert f"is a checkpoint of the run {run} (what it was trained on is read there)" in said.out + said.err
     assert not (run / "checkpoints" / "checkpoint-4" / "run.log").exists()
+
+
+def test_a_link_planted_in_the_run_of_a_checkpoint_is_refused_before_it_is_read(tiny_model_dir, tmp_path, capsys):
+    run = _kit_run(tmp_path / "out" / "leak", tiny_model_dir)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text("")
+    (run / "training_items.jsonl").unlink()
+    (run / "training_items.jsonl").symlink_to(outside)
+    adapter = make_adapter(run / "checkpoints" / "checkpoint-2", str(tiny_model_dir))
+    refused = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval",
+                                       "--no-baseline", "--adapter", str(adapter)))
+    assert refused.code == 2
+    assert_one_message(refused.err, f"{run / 'training_items.jsonl'} is a symbolic link")

@@ -26,9 +26,9 @@ from .secrets import printable, redact, slug
 def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     """The model and data sections an adapter was trained with (from its run's config.yaml: base model, chat
     template, system prompt and prompt templates), so that its prompts are rendered as it was trained; eval,
-    generation, export and output stay cfg's. An adapter outside the kit's run folders keeps cfg's model and data
-    (model.name), whatever files lie beside it."""
-    run_folder = adapters.kit_run_folder(adapter)
+    generation, export and output stay cfg's. A checkpoint or an export of a kit run brings that run's; an adapter
+    outside the kit's run folders keeps cfg's model and data (model.name), whatever files lie beside it."""
+    run_folder = adapters.origin_run(adapter)
     if run_folder is None:
         return cfg
     run_cfg = load_config(run_folder / Files.CONFIG)
@@ -42,12 +42,12 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
 
 def start_adapter(adapter: Path | None) -> str | None:
     """The training.init_adapter the run of a kit adapter started from (its config.yaml), or None."""
-    run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
+    run_folder = adapters.origin_run(adapter) if adapter is not None else None
     return load_config(run_folder / Files.CONFIG).training.init_adapter if run_folder is not None else None
 
 
 def trained_model(adapter: Path, cfg: KitConfig) -> Any:
-    run_folder = adapters.kit_run_folder(adapter)
+    run_folder = adapters.origin_run(adapter)
     return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
 
 
@@ -59,20 +59,70 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         return None
     if adapter_arg in (None, "latest"):
         folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir), flag)
+        check_latest_finished(folder, flag)
     else:
         folder = adapters.locate(adapter_arg, flag)
     adapter = adapters.find(folder)
-    if adapter.run is not None:  # a link planted in its run folder stops here, before anything is read or loaded
-        RunDir(adapter.run).check_links()
+    origin = adapters.origin_run(adapter.folder)  # the run folder, also of a checkpoint or export, whose files are read
+    if origin is not None:  # a link planted in its run folder stops here, before anything is read or loaded
+        RunDir(origin).check_links()
     model = trained_model(adapter.folder, cfg)
     source = backends.config_source(model.name)
     adapter_base.check_base(adapter, model.name, source, model.trust_remote_code)
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
-            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. If it was trained on "
-            f"{printable(named, 120)}, set --set model.name={printable(named, 120)}.")
+            f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. "
+            f"{_base_advice(named, model.name)}")
     return adapter.folder
+
+
+def _base_advice(named: str, model_name: str) -> str:
+    """What to set when an adapter names another base model than model.name: that model, said so that it can be
+    given (an exported adapter names a local base model by its folder name alone, no path); and a warning when
+    model.name is a model the kit merged an adapter into, onto which this one may be applied a second time."""
+    merged = Path(model_name).expanduser()
+    twice = ("model.name is a model the kit exported with an adapter merged into it: if that was this adapter, its "
+             "change would be applied twice; load it onto the base model it was trained on. "
+             if merged.name == "merged" and merged.parent.name.startswith(Files.EXPORT)
+             and (merged.parent / Files.EXPORT_REPORT).is_file() else "")
+    shown = printable(named, 120)
+    if "/" not in named and not Path(named).expanduser().exists():
+        return (f"{twice}If it was trained on a local model folder named {shown} (an exported adapter names a local "
+                "base model by its folder name alone), set model.name to that folder's path.")
+    return f"{twice}If it was trained on {shown}, set --set model.name={shown}."
+
+
+def check_latest_finished(adapter: Path, flag: str) -> None:
+    """'latest' names the newest run with an adapter; one whose training stopped early (a signal, a failure) saved
+    a half-trained adapter. training.init_adapter would build the next stage on it: refused; --adapter says it."""
+    stopped = stopped_during_training(adapter.parent)
+    if stopped is None:
+        return
+    run = printable(adapter.parent)
+    if flag == "--adapter":
+        say(f"warning: --adapter latest is {run}, whose training stopped before its end ({stopped}): its adapter "
+            "is the one trained so far")
+        return
+    raise ModelError(f"{flag} latest: the newest run with an adapter, {run}, stopped before its training ended "
+                     f"({stopped}), so its adapter is half-trained. Finish it first (--resume {run}), "
+                     f"or set {flag} to {run} to start from that adapter as it is.")
+
+
+def stopped_during_training(run_folder: Path) -> str | None:
+    """Why a run's training stopped before its end (its manifest's status and error), or None: it finished
+    training (a stop after training leaves the adapter whole), or it is not a run of the kit."""
+    if adapters.kit_run_folder(run_folder / Files.ADAPTER) is None:
+        return None
+    try:
+        manifest = json.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    status = manifest.get("status")
+    if status not in ("interrupted", "failed") or "after training" in str(manifest.get("stage") or ""):
+        return None
+    reason = str(manifest.get("error") or status).split(":", 1)[0]
+    return printable(f"status {status}: {reason}", 160)
 
 
 def same_model(named: str, name: str, source: str | None) -> bool:
@@ -95,14 +145,25 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
             run = RunDir(run_folder)
             run.start_log()
             return run
+        origin = adapters.origin_run(adapter)
         named = slug(redact(adapter.parent.name if adapter.name == Files.ADAPTER else adapter.name))[:60] or "adapter"
-        prefix = f"foreign-{named}"
+        prefix = f"{slug(redact(origin.name))[:60]}-{named}" if origin is not None else f"foreign-{named}"
     name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,
                         generated_name=not cfg.output.run_name)  # a run of the same second: a -2 suffix
     if adapter is not None:
-        say(f"{printable(adapter)} is not in a run folder of this kit: its results go to {printable(run.path)}")
+        say(f"{printable(adapter)} {_outside_run(adapter)}: its results go to {printable(run.path)}")
     return run
+
+
+def _outside_run(adapter: Path) -> str:
+    """Why an adapter's results go to a new run folder: it is a checkpoint or an export of a kit run (whose folder
+    holds the results of the run's own adapter), or not from a kit run at all."""
+    origin = adapters.origin_run(adapter)
+    if origin is None:
+        return "is not in a run folder of this kit"
+    return (f"is a {'checkpoint' if adapter.parent.name == Files.CHECKPOINTS else 'export'} of the run "
+            f"{printable(origin)} (what it was trained on is read there)")
 
 
 def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
@@ -150,8 +211,9 @@ def adapter_lora(config: dict[str, Any], lora: LoraSection) -> LoraSection:
 
 
 def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> None:
-    """The trained-on guard: an adapter in a run folder of the kit must have its run's training_items.jsonl."""
-    run_folder = adapters.kit_run_folder(adapter)
+    """The trained-on guard: an adapter of a kit run (its adapter, a checkpoint or an export of it) must have its
+    run's training_items.jsonl."""
+    run_folder = adapters.origin_run(adapter)
     folder = run_folder if run_folder is not None else adapter.parent
     evaluate.check_not_trained_on(benchmarks, folder / Files.TRAINING_ITEMS, required=run_folder is not None)
 
@@ -163,7 +225,7 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
     nothing can be carried over (a foreign adapter, a missing or damaged record), None when all is."""
     from .leakage import flagged_hashes
 
-    run_folder = adapters.kit_run_folder(adapter)
+    run_folder = adapters.origin_run(adapter)
     if run_folder is None:
         return [], (f"training.init_adapter {printable(adapter)} is not in a run folder of this kit, so what it was "
                     "trained on is unknown: the trained-on check of --mode eval will cover this run's own rows only")

@@ -89,6 +89,23 @@ def _refuse_special_records(folder: Path) -> None:
                              "with the run's own file (from a backup of the run folder), then run again.")
 
 
+def origin_run(adapter: Path) -> Path | None:
+    """The run folder of the kit an adapter was trained in: <run>/adapter itself, a checkpoint of the run
+    (<run>/checkpoints/checkpoint-N) or an adapter the kit exported from it (<run>/export*/adapter); None for an
+    adapter outside the kit's run folders. Its training_items.jsonl and config.yaml say what the adapter learnt."""
+    run = kit_run_folder(adapter)
+    if run is not None:
+        return run
+    return kit_run_folder(adapter.parent) if in_run_subfolder(adapter) else None
+
+
+def in_run_subfolder(adapter: Path) -> bool:
+    """Whether ``adapter`` lies where a run of the kit keeps a checkpoint or an exported adapter."""
+    parent = adapter.parent
+    return ((parent.name == Files.CHECKPOINTS and adapter.name.startswith("checkpoint-"))
+            or (parent.name.startswith(Files.EXPORT) and adapter.name == Files.ADAPTER))
+
+
 def locate(arg: str, flag: str = "--adapter") -> Path:
     """The adapter folder of --adapter ARG (or of the setting ``flag``): ARG itself, or ARG/adapter for a run
     folder."""

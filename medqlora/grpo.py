@@ -43,11 +43,13 @@ def format_style(cfg: KitConfig, depth: int = 0) -> str | None:
 
 
 def learnt_style(adapter: Path, depth: int = 0) -> str | None:
-    """The reasoning format (huatuo, tags) an adapter learnt, read from the config.yaml of its run (beside the
-    adapter folder, or above export*/adapter for an adapter the kit exported): its medical_o1 data's cot_style, the
+    """The reasoning format (huatuo, tags) an adapter learnt, read from the config.yaml of its run (the run folder
+    holding the adapter, or one of its checkpoints or exports): its medical_o1 data's cot_style, the
     format a GRPO run rewarded, or, in turn, what its own init_adapter learnt. None when it learnt none, or when
     the adapter is not the kit's (that is said: auto cannot know its format)."""
-    folders = [adapter.parent] + ([adapter.parent.parent] if adapter.parent.name.startswith(Files.EXPORT) else [])
+    from .adapters import in_run_subfolder
+
+    folders = [adapter.parent] + ([adapter.parent.parent] if in_run_subfolder(adapter) else [])
     run = next((f for f in folders if (f / Files.CONFIG).is_file() and not (f / Files.CONFIG).is_symlink()), None)
     if run is None:
         if depth == 0:
@@ -121,13 +123,31 @@ def _grpo_dataset(records: list[dict[str, Any]]) -> Any:
     return Dataset.from_dict({k: [r[k] if k != "uid" else (r[k] or "") for r in records] for k in keys})
 
 
+def chosen_rewards(cfg: KitConfig, kinds: set[str]) -> tuple[list[rewards.Reward], list[float], str | None]:
+    """The reward functions, their weights and the format style of a GRPO run on rows of ``kinds``."""
+    style = format_style(cfg)
+    funcs, weights = rewards.build(cfg.grpo, kinds, style)
+    return funcs, weights, style
+
+
+def reward_plan(cfg: KitConfig) -> dict[str, Any]:
+    """What a GRPO run optimises, for --dry-run: its rewards and their weights (chosen_rewards, on the kinds of
+    rows its training datasets hold), the format it rewards and how it samples."""
+    from .method_rows import KIND_OF_FORMAT
+
+    kinds = {KIND_OF_FORMAT[s.format] for s in cfg.data.datasets if s.use_for == "train" and s.format in KIND_OF_FORMAT}
+    funcs, weights, style = chosen_rewards(cfg, kinds)
+    g = cfg.grpo
+    return {"rewards": {f.__name__: weight for f, weight in zip(funcs, weights, strict=True)},
+            "format_style": (style or "none") + (" (grpo.format_style auto)" if g.format_style == "auto" else ""),
+            "num_generations": g.num_generations, "max_completion_length": g.max_completion_length}
+
+
 def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, prepared: PreparedData,
                  run: RunDir) -> Any:
     """TRL's GRPOTrainer (Unsloth's patched class when Unsloth was imported first, as backends.activate does on
     NVIDIA GPUs) with the run's rewards, their zero-variance share and a sample of completions logged."""
-    kinds = {r["kind"] for r in prepared.train}
-    style = format_style(cfg)
-    funcs, weights = rewards.build(cfg.grpo, kinds, style)
+    funcs, weights, style = chosen_rewards(cfg, {r["kind"] for r in prepared.train})
     args = grpo_config(cfg, runtime, run)
     args.reward_weights = weights
     if tokenizer.pad_token is None:

@@ -17,7 +17,7 @@ from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_a
 from .config import KitConfig
 from .errors import ModelError
 from .export import left_for_export_mode
-from .grpo import check_vllm
+from .grpo import check_vllm, reward_plan
 from .methods import unused_method_settings
 from .inputs import (
     benchmark_guard_items,
@@ -132,6 +132,7 @@ def _training_section(cfg: KitConfig, runtime: backends.Runtime, optimizer: str)
         "precision": runtime.dtype if cfg.model.dtype in ("auto", runtime.dtype) or runtime.device == "cuda"
         else f"{runtime.dtype} here; model.dtype {cfg.model.dtype} on a GPU",
         "gradient_checkpointing": backends.checkpointing_plan(cfg, runtime),
+        **({"grpo": reward_plan(cfg)} if t.method == "grpo" else {}),
     }
 
 

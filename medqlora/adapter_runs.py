@@ -62,6 +62,9 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         check_latest_finished(folder, flag)
     else:
         folder = adapters.locate(adapter_arg, flag)
+        if folder.name == Files.ADAPTER and (stopped := stopped_during_training(folder.parent)):
+            say(f"warning: {flag} {printable(folder.parent)}: its training stopped before its end ({stopped}), so "
+                "its adapter is the one trained so far, not a finished run's (to finish it: --resume RUN)")
     adapter = adapters.find(folder)
     origin = adapters.origin_run(adapter.folder)  # the run folder, also of a checkpoint or export, whose files are read
     if origin is not None:  # a link planted in its run folder stops here, before anything is read or loaded

@@ -117,3 +117,37 @@ def test_a_run_started_before_a_setting_existed_resumes_while_a_changed_setting_
     edited = cfg.model_copy(update={"training": cfg.training.model_copy(update={"learning_rate": 1e-3})})
     with pytest.raises(ModelError, match="training.learning_rate"):
         _check_resumable_config(RunDir(run), edited, run / "checkpoints" / "checkpoint-2")
+
+
+def test_using_the_adapter_of_a_run_stopped_during_training_says_it_is_half_trained(tmp_path, monkeypatch):
+    """--adapter RUN (eval, export, test) of a run a signal stopped at step 1 of 30 was used as a finished one, without
+    a word; a push to the Hub would have published it as the run's result."""
+    import json
+
+    from medqlora import adapter_runs
+
+    said = []
+    monkeypatch.setattr(adapter_runs, "say", said.append)
+
+    class Found(Exception):
+        pass
+
+    def stop(folder):
+        raise Found
+
+    monkeypatch.setattr(adapter_runs.adapters, "find", stop)
+    run = tmp_path / "gusr"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "config.yaml").write_text("{}")
+    manifest = {"kit_version": "0.1.0", "status": "interrupted", "error": "interrupted (SIGUSR1) at step 1 of 30"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Found):
+        adapter_runs.find_adapter(None, str(run), None)
+    assert len(said) == 1 and "its training stopped before its end (status interrupted" in said[0]
+    manifest.update(status="trained")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    said.clear()
+    with pytest.raises(Found):
+        adapter_runs.find_adapter(None, str(run), None)
+    assert said == []

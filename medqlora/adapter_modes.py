@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 from . import backends, evaluate, harness, plan, report
-from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter, run_folder_for, start_adapter
+from .adapter_runs import (
+    adapter_run_config,
+    check_benchmarks_untrained,
+    cot_style_mismatches,
+    find_adapter,
+    run_folder_for,
+    start_adapter,
+)
 from .commands import Run
 from .errors import ModelError
 from .messages import say
@@ -38,6 +45,8 @@ class AdapterModes(RecipeState):
     def eval(self) -> Run:
         """--mode eval: the base model and/or an adapter on the configured benchmarks."""
         adapter = self.use_adapter()
+        for mismatch in cot_style_mismatches(self.cfg, adapter):  # the dry-run plan says it too
+            say(f"warning: {mismatch}")
         benchmarks = evaluate.load_benchmarks(self.cfg)
         self.lm_eval_tasks = tasks = harness.load_tasks(self.cfg)
         if adapter is not None:

@@ -251,3 +251,18 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
     records += [{"source": f"{source} (an evaluation question it was allowed to train on)", "uid": None,
                  "question_sha1_16": h, "inherited_from": source} for h in sorted(allowed)]
     return records, None
+
+
+def cot_style_mismatches(cfg: KitConfig, adapter: Path | None) -> list[str]:
+    """Chain-of-thought benchmarks that score a reasoning format other than the one the adapter learnt (its run's
+    medical_o1 cot_style, or the format a GRPO stage rewarded): its format compliance would measure the mismatch."""
+    cot = [b for b in cfg.eval.benchmarks if b.kind == "cot"]
+    if adapter is None or not cot:
+        return []
+    from .grpo import learnt_style
+
+    learnt = learnt_style(adapter, depth=1)  # (depth 1: no word when it is not a kit run's: nothing is known then)
+    return [f"eval.benchmarks {b.name} scores the {b.cot_style} reasoning format, but the adapter learnt {learnt}: "
+            f"its format compliance and answers measure that mismatch; set cot_style: {learnt} on the benchmark to "
+            "score the format it was trained to write" for b in cot if learnt and b.cot_style != learnt]
+

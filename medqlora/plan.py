@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapter_base, adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
-from .adapter_runs import adapter_run_config, check_benchmarks_untrained, find_adapter
+from .adapter_runs import adapter_run_config, check_benchmarks_untrained, cot_style_mismatches, find_adapter
 from .config import KitConfig
 from .errors import ModelError
 from .export import left_for_export_mode
@@ -202,6 +202,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         lm_eval_tasks = harness.load_tasks(cfg)
         if adapter is not None:
             check_benchmarks_untrained({**benchmarks, **harness.items_by_task(lm_eval_tasks)}, adapter)
+        for mismatch in cot_style_mismatches(cfg, adapter):
+            say(f"warning: {mismatch}")
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg, source), benchmarks)
     if mode in ("test", "chat"):
         _check_prompt_room(cfg, mode, source)

@@ -151,3 +151,21 @@ def test_using_the_adapter_of_a_run_stopped_during_training_says_it_is_half_trai
     with pytest.raises(Found):
         adapter_runs.find_adapter(None, str(run), None)
     assert said == []
+
+
+def test_a_chain_of_thought_benchmark_in_another_format_than_the_adapter_learnt_is_said(tmp_path):
+    """An adapter trained on medical-o1 in the tags format, scored on a huatuo-format benchmark: its compliance
+    measured the mismatch, without a word."""
+    from medqlora.adapter_runs import cot_style_mismatches
+    from medqlora.config import load_config
+
+    run = tmp_path / "o1t"
+    (run / "adapter").mkdir(parents=True)
+    trained = load_config(None, ["data.datasets=[{source: rows.jsonl, format: medical_o1, cot_style: tags}]"])
+    (run / "config.yaml").write_text(trained.to_yaml())
+    bench = "[{name: o1b, kind: cot, cot_style: %s, source: heldout.jsonl}]"
+    huatuo = load_config(None, ["eval.benchmarks=" + bench % "huatuo"])
+    [said] = cot_style_mismatches(huatuo, run / "adapter")
+    assert "eval.benchmarks o1b scores the huatuo reasoning format, but the adapter learnt tags" in said
+    assert cot_style_mismatches(load_config(None, ["eval.benchmarks=" + bench % "tags"]), run / "adapter") == []
+    assert cot_style_mismatches(huatuo, None) == []

@@ -26,6 +26,7 @@ from . import (
     evaluate,
     generate,
     grpo,
+    harness,
     plan,
     report,
     resume,

@@ -3,7 +3,6 @@
 import json
 import stat
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import yaml

@@ -15,7 +15,7 @@ from medqlora.config import load_config
 from medqlora.errors import ConfigError, ModelError
 from medqlora.runs import RunDir
 
-from .conftest import assert_one_message, kit_argv, tiny_overrides
+from .conftest import assert_one_message, kit_argv
 
 
 @pytest.mark.parametrize("setting", ["training.max_steps=true", "training.learning_rate=yes",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medqlora import harness, harness_mmlu
+from medqlora import harness_mmlu
 from medqlora.config import DatasetSpec, load_config
 from medqlora.data import format_rows, load_rows
 from medqlora.errors import ConfigError, DataError

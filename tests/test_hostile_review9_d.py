@@ -169,3 +169,26 @@ def test_a_chain_of_thought_benchmark_in_another_format_than_the_adapter_learnt_
     assert "eval.benchmarks o1b scores the huatuo reasoning format, but the adapter learnt tags" in said
     assert cot_style_mismatches(load_config(None, ["eval.benchmarks=" + bench % "tags"]), run / "adapter") == []
     assert cot_style_mismatches(huatuo, None) == []
+
+
+def test_the_model_card_of_a_second_stage_names_the_stage_it_started_from_and_its_data(tmp_path):
+    """A DPO stage started from an SFT run that trained on PubMedQA test questions (allow_eval_overlap): the card
+    listed the DPO rows only."""
+    import json
+
+    from medqlora.config import load_config
+    from medqlora.report.model_card import _data_lines
+
+    stage1 = tmp_path / "leak1"
+    (stage1 / "adapter").mkdir(parents=True)
+    first = load_config(None, ["data.datasets=[{source: pqtest.jsonl, format: instruction}]",
+                               "data.allow_eval_overlap=true"])
+    (stage1 / "config.yaml").write_text(first.to_yaml())
+    (stage1 / "manifest.json").write_text(json.dumps({"kit_version": "0.1.0", "status": "trained"}))
+    second = load_config(None, ["data.datasets=[{source: pref.jsonl, format: preference}]", "training.method=dpo",
+                                f"training.init_adapter={stage1}"])
+    lines = _data_lines(second)
+    assert lines[0].startswith("- pref.jsonl (format preference")
+    assert lines[1] == "- started from the adapter of the run leak1 (training.init_adapter), trained on:"
+    assert lines[2].startswith("  - pqtest.jsonl (format instruction")
+    assert lines[3].startswith("  - trained with data.allow_eval_overlap: these rows may hold evaluation questions")

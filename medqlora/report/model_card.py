@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from .. import backends
-from ..config import KitConfig
+from .. import adapters, backends
+from ..config import KitConfig, load_config
+from ..errors import MedQLoRAError
 from ..hub import is_hub_id
 from ..run_files import Files
 from ..runs import RunDir
@@ -71,22 +72,46 @@ def _file_lines(report: dict[str, Any], base_on_hub: bool = True) -> list[str]:
     return lines
 
 
-def _data_lines(cfg: KitConfig) -> list[str]:
+def _data_lines(cfg: KitConfig, depth: int = 0) -> list[str]:
+    """The datasets of the run, then those of the stages it started from (training.init_adapter), each said with
+    data.allow_eval_overlap where that stage trained on evaluation questions on purpose."""
+    indent = "  " * depth
     lines = []
     for spec in cfg.data.datasets:
         local = Path(spec.source).expanduser()
         source = f"local file {local.name}" if local.exists() else spec.source  # no local paths on the Hub
         extra = "".join(f", {key} {value}" for key, value in (("subset", spec.subset), ("split", spec.split),
                                                             ("at most", spec.max_samples)) if value)
-        lines.append(f"- {printable(source)} (format {spec.format}{printable(extra)}, {spec.use_for})")
+        lines.append(f"{indent}- {printable(source)} (format {spec.format}{printable(extra)}, {spec.use_for})")
+    if cfg.data.allow_eval_overlap:
+        lines.append(f"{indent}- trained with data.allow_eval_overlap: these rows may hold evaluation questions, so "
+                     "scores on those benchmarks are not held-out scores")
+    if cfg.training.init_adapter:
+        lines += _start_stage_lines(Path(cfg.training.init_adapter), depth)
     return lines
+
+
+def _start_stage_lines(start: Path, depth: int) -> list[str]:
+    indent = "  " * depth
+    run = adapters.origin_run(start if start.name == Files.ADAPTER or not (start / Files.ADAPTER).is_dir()
+                              else start / Files.ADAPTER)
+    name = printable((run or start).name)
+    if run is None or depth >= 8:
+        return [f"{indent}- started from the adapter {name} (training.init_adapter), whose training data is unknown"]
+    try:
+        earlier = load_config(run / Files.CONFIG)
+    except MedQLoRAError:
+        return [f"{indent}- started from the adapter of the run {name} (training.init_adapter), whose config is "
+                "unreadable"]
+    return [f"{indent}- started from the adapter of the run {name} (training.init_adapter), trained on:",
+            *_data_lines(earlier, depth + 1)]
 
 
 def _results(run: RunDir) -> str:
     """The newest evaluation report of the run folder and the training metrics, as the kit wrote them."""
     parts = []
-    reports = sorted((f for f in run.path.glob(Files.EVAL_REPORT.replace(".md", "*.md")) if f.is_file() and not f.is_symlink()),
-                     key=lambda f: f.stat().st_mtime)
+    found = run.path.glob(Files.EVAL_REPORT.replace(".md", "*.md"))
+    reports = sorted((f for f in found if f.is_file() and not f.is_symlink()), key=lambda f: f.stat().st_mtime)
     if reports:
         parts.append(reports[-1].read_text(encoding="utf-8", errors="replace").replace("# ", "### ", 1))
     metrics = run.path / Files.METRICS

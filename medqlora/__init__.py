@@ -8,7 +8,7 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run_full", "run_mode"]
+__all__ = ["Options", "Run", "run_full", "run_mode"]
 
 
 def __getattr__(name: str) -> Any:  # the recipe loads on first use: `import medqlora` stays light

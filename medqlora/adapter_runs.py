@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapter_base, adapters, backends, evaluate
+from .adapter_origin import origin_run
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
@@ -28,7 +29,7 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     template, system prompt and prompt templates), so that its prompts are rendered as it was trained; eval,
     generation, export and output stay cfg's. A checkpoint or an export of a kit run brings that run's; an adapter
     outside the kit's run folders keeps cfg's model and data (model.name), whatever files lie beside it."""
-    run_folder = adapters.origin_run(adapter)
+    run_folder = origin_run(adapter)
     if run_folder is None:
         return cfg
     run_cfg = load_config(run_folder / Files.CONFIG)
@@ -42,12 +43,12 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
 
 def start_adapter(adapter: Path | None) -> str | None:
     """The training.init_adapter the run of a kit adapter started from (its config.yaml), or None."""
-    run_folder = adapters.origin_run(adapter) if adapter is not None else None
+    run_folder = origin_run(adapter) if adapter is not None else None
     return load_config(run_folder / Files.CONFIG).training.init_adapter if run_folder is not None else None
 
 
 def trained_model(adapter: Path, cfg: KitConfig) -> Any:
-    run_folder = adapters.origin_run(adapter)
+    run_folder = origin_run(adapter)
     return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
 
 
@@ -66,7 +67,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
             say(f"warning: {flag} {printable(folder.parent)}: its training stopped before its end ({stopped}), so "
                 "its adapter is the one trained so far, not a finished run's (to finish it: --resume RUN)")
     adapter = adapters.find(folder)
-    origin = adapters.origin_run(adapter.folder)  # the run folder, also of a checkpoint or export, whose files are read
+    origin = origin_run(adapter.folder)  # the run folder, also of a checkpoint or export, whose files are read
     if origin is not None:  # a link planted in its run folder stops here, before anything is read or loaded
         RunDir(origin).check_links()
     model = trained_model(adapter.folder, cfg)
@@ -148,7 +149,7 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
             run = RunDir(run_folder)
             run.start_log()
             return run
-        origin = adapters.origin_run(adapter)
+        origin = origin_run(adapter)
         named = slug(redact(adapter.parent.name if adapter.name == Files.ADAPTER else adapter.name))[:60] or "adapter"
         prefix = f"{slug(redact(origin.name))[:60]}-{named}" if origin is not None else f"foreign-{named}"
     name = cfg.output.run_name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -162,7 +163,7 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
 def _outside_run(adapter: Path) -> str:
     """Why an adapter's results go to a new run folder: it is a checkpoint or an export of a kit run (whose folder
     holds the results of the run's own adapter), or not from a kit run at all."""
-    origin = adapters.origin_run(adapter)
+    origin = origin_run(adapter)
     if origin is None:
         return "is not in a run folder of this kit"
     return (f"is a {'checkpoint' if adapter.parent.name == Files.CHECKPOINTS else 'export'} of the run "
@@ -216,7 +217,7 @@ def adapter_lora(config: dict[str, Any], lora: LoraSection) -> LoraSection:
 def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> None:
     """The trained-on guard: an adapter of a kit run (its adapter, a checkpoint or an export of it) must have its
     run's training_items.jsonl."""
-    run_folder = adapters.origin_run(adapter)
+    run_folder = origin_run(adapter)
     folder = run_folder if run_folder is not None else adapter.parent
     evaluate.check_not_trained_on(benchmarks, folder / Files.TRAINING_ITEMS, required=run_folder is not None)
 
@@ -228,7 +229,7 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
     nothing can be carried over (a foreign adapter, a missing or damaged record), None when all is."""
     from .leakage import flagged_hashes
 
-    run_folder = adapters.origin_run(adapter)
+    run_folder = origin_run(adapter)
     if run_folder is None:
         return [], (f"training.init_adapter {printable(adapter)} is not in a run folder of this kit, so what it was "
                     "trained on is unknown: the trained-on check of --mode eval will cover this run's own rows only")

@@ -19,8 +19,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import distributed, environment, signals
-from .commands import MODES, Options, check_options, command
+from . import distributed, signals
+from .commands import MODES, Options, check_options, check_start, command
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
@@ -160,8 +160,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        distributed.check_launch()  # every process, rank 0 or not, says why a stray launch is refused
-        environment.check_environment()
+        check_start()
         check_arguments(args)
         cfg = load_config(args.config, args.overrides)
         from . import recipe

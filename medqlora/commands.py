@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import messages, signals
+from . import distributed, environment, messages, signals
 from .config import PATH_SHOWN, has_control_characters
 from .errors import ConfigError
 from .run_files import Files
@@ -69,6 +69,13 @@ class Run:
         if file is None or not file.is_file():
             return {}
         return json.loads(file.read_text(encoding="utf-8")).get("metrics", {})
+
+
+def check_start() -> None:
+    """The environment a command starts in, checked first by the command line and by run_mode alike: launch
+    variables (every process says why a stray launch is refused), the cache folders and the Hub endpoint."""
+    distributed.check_launch()
+    environment.check_environment()
 
 
 def check_options(mode: str, options: Options) -> None:

@@ -47,7 +47,7 @@ def learnt_style(adapter: Path, depth: int = 0) -> str | None:
     holding the adapter, or one of its checkpoints or exports): its medical_o1 data's cot_style, the
     format a GRPO run rewarded, or, in turn, what its own init_adapter learnt. None when it learnt none, or when
     the adapter is not the kit's (that is said: auto cannot know its format)."""
-    from .adapters import in_run_subfolder
+    from .adapter_origin import in_run_subfolder
 
     folders = [adapter.parent] + ([adapter.parent.parent] if in_run_subfolder(adapter) else [])
     run = next((f for f in folders if (f / Files.CONFIG).is_file() and not (f / Files.CONFIG).is_symlink()), None)

@@ -55,6 +55,6 @@ class ModelStages(RecipeState):
                 say(f"warning: query {printable(result['id'], 80)}: {result['cut']}")
         md_name = run.unique(Files.SAMPLES)
         run.write_text(md_name, report.samples_markdown(results, title))
-        run.write_text(md_name.replace(".md", ".jsonl"), generate.to_jsonl(results))
+        run.write_text(str(Path(md_name).with_suffix(".jsonl")), generate.to_jsonl(results))  # beside its .md
         say(f"sample responses written in {time.perf_counter() - began:.1f}s: {run.path / md_name}")
         return str(run.path / md_name)

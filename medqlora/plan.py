@@ -85,7 +85,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
                                               if with_eval else {}, evaluated=with_eval),
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
-        + f"/ {{{Files.listed(with_eval)}}}",
+        + f"/ {{{Files.listed(with_eval, bool(lm_eval_tasks), cfg.training.method)}}}",
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
         **({"unused": unused} if (unused := unused_method_settings(cfg) + harness.unused_harness_settings(cfg, mode))
            else {}),

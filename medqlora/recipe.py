@@ -36,7 +36,7 @@ from .adapter_modes import AdapterModes
 from .adapter_runs import (
     with_init_adapter,
 )
-from .commands import ADAPTER_MODES, TRAINING_MODES, Options, Run, check_options, command
+from .commands import ADAPTER_MODES, TRAINING_MODES, Options, Run, check_options, check_start, command
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .inputs import evaluates_in_full_mode
@@ -290,7 +290,8 @@ def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | None = None, adapte
     """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``. The
     keywords are the command line's --output-dir, --adapter, --resume, --no-baseline (baseline=False), --prompt."""
     options = Options(output_dir=output_dir, adapter=adapter, resume=resume, baseline=baseline, prompt=prompt)
-    check_options(mode, options)  # as the command line checks its flags
+    check_start()  # as the command line starts: the environment, then the options
+    check_options(mode, options)
     with command():
         return Recipe(cfg, options).execute(mode)
 

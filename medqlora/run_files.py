@@ -26,7 +26,10 @@ class Files:
     EVAL_CHART = "eval_chart.png"
     LM_EVAL_TASKS = "lm_eval_tasks"  # eval.harness: lm-eval: the task files lm-eval reads
     LM_EVAL_BASELINE = "lm_eval_baseline.json"
-    SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it
+    SAMPLES = "sample_responses.md"  # and sample_responses.jsonl beside it (the same name, .jsonl)
+    ADAPTER_PARTIAL = ".adapter.partial"  # the adapter being saved; renamed to ADAPTER once whole
+    ADAPTER_INTERRUPTED = "adapter-interrupted"  # an earlier adapter, kept aside when a resumed run saves its own
+    MLFLOW = "mlruns"  # training.report_to: mlflow, its local tracking store
     GRPO_SAMPLES = "grpo_samples.jsonl"  # GRPO: completions and their rewards, a few per logging step
     REWARD_CURVES = "reward_curves.png"  # GRPO, DPO, ORPO: rewards (or margins) per step
     EXPORT = "export"  # --mode export: export/, then export-<time>/ beside it
@@ -36,10 +39,16 @@ class Files:
     MODEL_CARD = "README.md"  # inside an export folder pushed to the Hub
     TRAINING_RUN = (f"{ADAPTER}/", CONFIG, MANIFEST, METRICS, LOSS_CHART, MEMORY, MEMORY_TABLE, DATA_STATS,
                     TRAINING_ITEMS, f"{TENSORBOARD}/", EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART,
-                    "sample_responses.md/.jsonl", RUN_LOG)
-    EVALUATION_FILES = (EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART)
+                    f"{SAMPLES}/.jsonl", RUN_LOG)  # a training run's files, as a plan names them
+    EVALUATION_FILES = (EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART)  # where the run evaluates
+    LM_EVAL_FILES = (f"{LM_EVAL_TASKS}/", LM_EVAL_BASELINE)  # where it evaluates with eval.harness: lm-eval
+    GRPO_FILES = (GRPO_SAMPLES, REWARD_CURVES)  # training.method: grpo (dpo, orpo: REWARD_CURVES)
 
     @classmethod
-    def listed(cls, evaluated: bool) -> str:
-        """The files a training run writes, named for a plan: the evaluation's only where it evaluates."""
-        return ", ".join(name for name in cls.TRAINING_RUN if evaluated or name not in cls.EVALUATION_FILES)
+    def listed(cls, evaluated: bool, lm_eval: bool = False, method: str = "sft") -> str:
+        """The files a training run writes, named for a plan: the evaluation's only where it evaluates, lm-eval's
+        where eval.harness runs it, the reward curves (and GRPO's samples) for the methods after SFT."""
+        names = [name for name in cls.TRAINING_RUN if evaluated or name not in cls.EVALUATION_FILES]
+        names += list(cls.LM_EVAL_FILES) if evaluated and lm_eval else []
+        names += {"grpo": list(cls.GRPO_FILES), "dpo": [cls.REWARD_CURVES], "orpo": [cls.REWARD_CURVES]}.get(method, [])
+        return ", ".join(names)

@@ -60,7 +60,7 @@ def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
         if wandb_falls_back_offline(cfg):
             defaults["WANDB_MODE"] = "offline"
     if "mlflow" in cfg.training.report_to:
-        defaults |= {"MLFLOW_TRACKING_URI": (run.path / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "medqlora"}
+        defaults |= {"MLFLOW_TRACKING_URI": (run.path / Files.MLFLOW).as_uri(), "MLFLOW_EXPERIMENT_NAME": "medqlora"}
     added = {k: v for k, v in defaults.items() if k not in os.environ}
     os.environ.update(added)
     try:

@@ -111,11 +111,11 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
     if not adapter_is_finite(model, weights):
         raise NonFiniteTraining("The trained adapter holds NaN or infinite weights, so it was not saved. Train again "
                                 "with a lower training.learning_rate (and training.max_grad_norm at 1.0 or less).")
-    partial = run.path / ".adapter.partial"
+    partial = run.path / Files.ADAPTER_PARTIAL
     try:
-        partial = run.fresh_dir(".adapter.partial")  # a leftover of a crash (or a link there) is removed first
+        partial = run.fresh_dir(Files.ADAPTER_PARTIAL)  # a leftover of a crash (or a link there) is removed first
         if run.adapter.exists() or run.adapter.is_symlink():  # saved at Ctrl-C, before this resumed run: keep it aside
-            run.adapter.rename(run.inside(run.unique("adapter-interrupted")))
+            run.adapter.rename(run.inside(run.unique(Files.ADAPTER_INTERRUPTED)))
         if weights is None:
             model.save_pretrained(str(partial), safe_serialization=True)
         else:

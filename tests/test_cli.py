@@ -241,11 +241,11 @@ def test_every_mode_of_the_command_line_is_a_sequence_of_the_recipe():
         "train": "train_mode", "test": "test", "eval": "eval", "full": "full", "export": "export", "chat": "chat"}
 
 
-def test_the_python_api_runs_a_mode_and_returns_its_adapter_and_metrics(tiny_model_dir, tmp_path):
+def test_the_python_api_runs_a_mode_and_returns_its_adapter_and_metrics(tiny_model_dir, tmp_path, monkeypatch):
     """run_mode is the command line's recipe from Python: a mistyped mode is the kit's one message, and the Run
     points at the adapter and the training figures it wrote."""
     import medqlora
-    from medqlora.errors import ConfigError
+    from medqlora.errors import ConfigError, MedQLoRAError
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "out"))
     with pytest.raises(ConfigError, match="not a mode of the kit; choose one of train, test, eval, full"):
@@ -254,6 +254,12 @@ def test_the_python_api_runs_a_mode_and_returns_its_adapter_and_metrics(tiny_mod
         medqlora.run_mode("train", cfg, adapter="/nonexistent")  # the command line's checks, by the same function
     with pytest.raises(ConfigError, match="--prompt is the one-shot question of --mode chat"):
         medqlora.run_mode("train", cfg, prompt="x")
+    with monkeypatch.context() as env:  # the environment is checked first, as the command line checks it
+        for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.delenv(name, raising=False)
+        env.setenv("LOCAL_RANK", "0")
+        with pytest.raises(MedQLoRAError, match="no launcher started this process"):
+            medqlora.run_mode("train", cfg)
     run = medqlora.run_mode("train", cfg)
     assert run.adapter == run.path / "adapter" and (run.adapter / "adapter_model.safetensors").is_file()
     assert run.metrics["steps"] == 4 and run.metrics["train_loss"] > 0

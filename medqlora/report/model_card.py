@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from .. import adapters, backends
+from .. import backends
+from ..adapter_origin import origin_run
 from ..config import KitConfig, load_config
 from ..errors import MedQLoRAError
 from ..hub import is_hub_id
@@ -93,7 +94,7 @@ def _data_lines(cfg: KitConfig, depth: int = 0) -> list[str]:
 
 def _start_stage_lines(start: Path, depth: int) -> list[str]:
     indent = "  " * depth
-    run = adapters.origin_run(start if start.name == Files.ADAPTER or not (start / Files.ADAPTER).is_dir()
+    run = origin_run(start if start.name == Files.ADAPTER or not (start / Files.ADAPTER).is_dir()
                               else start / Files.ADAPTER)
     name = printable((run or start).name)
     if run is None or depth >= 8:

@@ -1,7 +1,6 @@
 """The run folder's file names (run_files.Files), as plans name them."""
 
 
-
 def test_a_plan_names_the_files_its_run_writes_for_its_evaluation_and_method():
     """Files.listed is derived from the names of run_files.Files: the evaluation's files where the run evaluates,
     lm-eval's where eval.harness runs it, the reward curves and GRPO's samples for the methods after SFT."""

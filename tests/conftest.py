@@ -73,6 +73,21 @@ def tiny_model_dir(smol_dir, tmp_path_factory) -> Path:
                              dtype="fp32")
 
 
+@pytest.fixture(scope="module")
+def lora_folder(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter of the tiny model (not trained: fresh weights are enough to convert and export)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    folder = tmp_path_factory.mktemp("lora") / "adapter"
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
 def tiny_overrides(model_dir: Path, out: Path, **extra: str) -> list[str]:
     """--set overrides that make the default config a few-second run on the tiny model."""
     values = {

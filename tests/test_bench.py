@@ -113,17 +113,19 @@ def test_generation_bench_answers_along_both_paths_and_compares_their_texts(tiny
     assert (out / "generation.md").read_text().startswith("| path | ordered by length |")
 
 
-def _speed_module():
+def _bench_module(name: str):
+    """A script of bench/ imported as a module (bench/ is no package)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import speed
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    return speed
 
 
 def test_the_hf_backend_is_measured_with_and_without_liger_side_by_side():
-    speed = _speed_module()
+    speed = _bench_module("speed")
     assert speed.BACKENDS["hf"] == {"backend": "hf", "training.kernels": "none"}
     assert speed.BACKENDS["hf+liger"] == {"backend": "hf", "training.kernels": "liger"}
     with pytest.raises(SystemExit, match="unknown backend 'liger'"):
@@ -140,17 +142,8 @@ def test_the_hf_backend_is_measured_with_and_without_liger_side_by_side():
     assert speed.comparisons([row("hf", 1000.0, 80.0, [2.0])]) == []
 
 
-def _plain_loop_module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import plain_loop
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return plain_loop
-
-
 def test_plain_loop_groups_the_recorded_micro_batches_by_the_optimizer_step_that_trained_them():
-    plain_loop = _plain_loop_module()
+    plain_loop = _bench_module("plain_loop")
     # an epoch's last step may take fewer micro-batches; a batch collated ahead (the loader prefetches) is left out
     rec = plain_loop.Recording(batches=list(range(8)), step_ends=[2, 4, 6, 7])
     assert plain_loop.steps_of(rec, warmup=1) == ([[0, 1]], [[2, 3], [4, 5], [6]])

@@ -83,21 +83,6 @@ def test_the_merged_export_given_as_an_adapter_is_named_a_full_model(tmp_path, f
     assert f"--set model.name={merged}" in str(caught.value) and advice in str(caught.value)
 
 
-@pytest.fixture(scope="module")
-def lora_folder(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter of the tiny model (not trained: fresh weights are enough to convert and export)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    folder = tmp_path_factory.mktemp("lora") / "adapter"
-    peft_model.save_pretrained(str(folder))
-    return folder
-
-
 def _fake_llama_cpp(folder: Path, body: str) -> Path:
     folder.mkdir()
     for script in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"):

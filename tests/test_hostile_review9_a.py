@@ -74,21 +74,6 @@ def test_a_user_error_with_standard_error_closed_still_exits_2(tmp_path):
     assert taken.read_text() == "#!/bin/sh\n"
 
 
-@pytest.fixture(scope="module")
-def lora_folder(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter of the tiny model (not trained: fresh weights are enough to convert and export)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    folder = tmp_path_factory.mktemp("lora") / "adapter"
-    peft_model.save_pretrained(str(folder))
-    return folder
-
-
 CONVERTER = "import os, sys\nout = sys.argv[sys.argv.index('--outfile') + 1]\n"
 WRITES_EMPTY = CONVERTER + "open(out, 'wb').close()\n"
 LEAVES_A_LINK = CONVERTER + "os.symlink({target!r}, out)\n"

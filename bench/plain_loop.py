@@ -22,6 +22,13 @@ the same tokens (checked: the trainer's count of tokens seen against the recorde
 
 Writes OUT/plain_loop.json and OUT/plain_loop.md: ms per optimizer step of both loops, their ratio (kit / plain),
 tokens per second (padding excluded) and the settings that shape a step (micro-batch, accumulation, logging steps).
+
+With packed rows (training.packing: true, one flattened sequence per micro-batch), `--shapes` times the plain loop
+again on the same tokens laid out otherwise, to separate what a packed step costs:
+    fixed   each micro-batch padded at its end to one length for the whole run (a pad segment of its own, its
+            labels ignored): is it the changing sequence length from batch to batch?
+    dense   the micro-batch's tokens cut into rows of model.max_seq_length without position ids: one sequence a
+            row, no per-example attention: what do the examples' boundaries cost?
 """
 
 from __future__ import annotations
@@ -167,7 +174,63 @@ def _pinned(steps: list[list[dict]]) -> list[list[dict]]:
     return [[{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()} for b in step] for step in steps]
 
 
-def compare(rec: Recording, warmup: int, backend: str) -> dict[str, Any]:
+def packed_lengths(steps: list[list[dict]]) -> list[int]:
+    return [int(b["input_ids"].shape[1]) for batches in steps for b in batches]
+
+
+def fixed_length(steps: list[list[dict]], length: int) -> list[list[dict]]:
+    """Every flattened micro-batch padded at its end to ``length`` tokens: the padding is one more packed segment
+    (positions from 0, labels ignored), so the examples before it see the same attention as before."""
+    import torch
+
+    def pad(b: dict) -> dict:
+        extra = length - b["input_ids"].shape[1]
+        if extra <= 0:
+            return b
+        fill = {"input_ids": torch.zeros(1, extra, dtype=b["input_ids"].dtype),
+                "labels": torch.full((1, extra), -100, dtype=b["labels"].dtype),
+                "position_ids": torch.arange(extra, dtype=b["position_ids"].dtype)[None]}
+        return {k: torch.cat([v, fill[k]], dim=1) if k in fill else v for k, v in b.items()}
+
+    return [[pad(b) for b in batches] for batches in steps]
+
+
+def dense_rows(steps: list[list[dict]], row: int, rows_per_batch: int) -> list[list[dict]]:
+    """Each step's tokens cut into full rows of ``row`` tokens, ``rows_per_batch`` rows a micro-batch, with no
+    position ids (one attention span a row, as dense unpacked rows have); the tail that fills no micro-batch is
+    left out (tokens_in counts what remains)."""
+    import torch
+
+    def cut(batches: list[dict]) -> list[dict]:
+        ids = torch.cat([b["input_ids"][0] for b in batches])
+        labels = torch.cat([b["labels"][0] for b in batches])
+        size = row * rows_per_batch
+        return [{"input_ids": ids[i:i + size].view(rows_per_batch, row),
+                 "labels": labels[i:i + size].view(rows_per_batch, row)} for i in range(0, len(ids) - size + 1, size)]
+
+    return [cut(batches) for batches in steps]
+
+
+def shape_variants(trainer: Any, warm: list[list[dict]], measured: list[list[dict]], names: list[str],
+                   tokens: int) -> dict[str, Any]:
+    """The plain loop on the measured tokens laid out as ``names`` say (see the module's docstring)."""
+    lengths = packed_lengths(warm + measured)
+    if not all("position_ids" in b and b["input_ids"].shape[0] == 1 for s in warm + measured for b in s):
+        raise SystemExit("--shapes needs packed rows (training.packing: true): one flattened sequence a micro-batch")
+    row, per_batch = trainer.args.max_length, trainer.args.per_device_train_batch_size
+    layouts = {"fixed": lambda s: fixed_length(s, max(lengths)), "dense": lambda s: dense_rows(s, row, per_batch)}
+    out: dict[str, Any] = {"packed_lengths": {"min": min(lengths), "max": max(lengths),
+                                              "distinct": len(set(lengths))}}
+    for name in names:
+        laid_out = layouts[name](measured)
+        seconds = plain_loop(trainer, layouts[name](warm), laid_out)
+        held = tokens if name == "fixed" else sum(b["input_ids"].numel() for batches in laid_out for b in batches)
+        out[name] = {"ms_per_step": round(1000 * seconds / len(measured), 2),
+                     "tokens_per_second": round(held / seconds, 1), "tokens": held}
+    return out
+
+
+def compare(rec: Recording, warmup: int, backend: str, shapes: list[str]) -> dict[str, Any]:
     trainer = rec.trainer
     warm, measured = steps_of(rec, warmup)
     pad = getattr(trainer.processing_class, "pad_token_id", None)
@@ -177,7 +240,8 @@ def compare(rec: Recording, warmup: int, backend: str) -> dict[str, Any]:
     plain_s = plain_loop(trainer, warm, measured)
     steps, args = len(measured), trainer.args
     kit_ms, plain_ms = 1000 * rec.wall_s / steps, 1000 * plain_s / steps
-    return {
+    variants = {"shapes": shape_variants(trainer, warm, measured, shapes, tokens)} if shapes else {}
+    return variants | {
         "backend": backend, "device": str(args.device), "steps": steps, "warmup_steps": warmup,
         "micro_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps, "logging_steps": args.logging_steps,
@@ -198,6 +262,8 @@ def markdown(result: dict[str, Any], title: str) -> str:
         "| loop | ms per step | tokens/s |", "|---|---|---|",
         f"| kit (trainer, callbacks, sampler, collator) | {r['kit_ms_per_step']} | {r['kit_tokens_per_second']} |",
         f"| plain (same batches, model and optimizer) | {r['plain_ms_per_step']} | {r['plain_tokens_per_second']} |",
+        *[f"| plain, {name} (same tokens, see --shapes) | {r['shapes'][name]['ms_per_step']} | "
+          f"{r['shapes'][name]['tokens_per_second']} |" for name in r.get("shapes", {}) if name != "packed_lengths"],
         "", f"kit / plain: **{r['kit_over_plain']}**", ""])
 
 
@@ -209,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="optimizer steps before measuring (compilation, allocator)")
     p.add_argument("--config", default=None)
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--shapes", default="", help="comma-separated: fixed, dense (packed rows only; see above)")
     args = p.parse_args(argv)
+    shapes = [s for s in args.shapes.split(",") if s]
+    if set(shapes) - {"fixed", "dense"}:
+        p.error(f"--shapes takes fixed and dense, not {args.shapes}")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "unsloth":
@@ -228,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0 or rec.wall_s is None:
         print(f"the kit's measured steps did not all run (it exited {code})", file=sys.stderr)
         return 1
-    result = compare(rec, args.warmup, args.backend)
+    result = compare(rec, args.warmup, args.backend, shapes)
     (out / "plain_loop.json").write_text(json.dumps(result, indent=2))
     (out / "plain_loop.md").write_text(markdown(result, f"{args.backend}: {' '.join(args.overrides)}"))
     print((out / "plain_loop.md").read_text())

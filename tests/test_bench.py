@@ -162,3 +162,26 @@ def test_plain_loop_times_the_kits_steps_and_a_plain_loop_on_the_same_tokens(tin
     assert result["steps"] == 2 and result["micro_batches"] == 4 and result["tokens"] > 0
     assert result["kit_over_plain"] == pytest.approx(result["kit_ms_per_step"] / result["plain_ms_per_step"], rel=1e-2)
     assert "kit / plain" in (out / "plain_loop.md").read_text()
+
+
+def test_plain_loop_lays_the_same_packed_tokens_out_at_one_length_and_as_dense_rows():
+    import torch
+
+    plain_loop = _bench_module("plain_loop")
+
+    def packed(n: int) -> dict:
+        return {"input_ids": torch.arange(1, n + 1)[None], "labels": torch.arange(1, n + 1)[None],
+                "position_ids": torch.arange(n)[None]}
+
+    steps = [[packed(7), packed(5)], [packed(9), packed(3)]]
+    fixed = plain_loop.fixed_length(steps, 9)
+    assert [b["input_ids"].shape[1] for s in fixed for b in s] == [9, 9, 9, 9]
+    # the padding is a segment of its own: positions restart, its labels are ignored, the tokens before unchanged
+    assert fixed[0][1]["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3]
+    assert fixed[0][1]["labels"][0].tolist() == [1, 2, 3, 4, 5, -100, -100, -100, -100]
+    assert fixed[1][0] is steps[1][0]
+    dense = plain_loop.dense_rows(steps, row=3, rows_per_batch=2)
+    assert [[tuple(b["input_ids"].shape) for b in s] for s in dense] == [[(2, 3), (2, 3)], [(2, 3), (2, 3)]]
+    assert all("position_ids" not in b for s in dense for b in s)
+    assert dense[0][0]["input_ids"].flatten().tolist() == [1, 2, 3, 4, 5, 6]  # the step's tokens in order
+    assert dense[0][1]["input_ids"].flatten().tolist() == [7, 1, 2, 3, 4, 5]

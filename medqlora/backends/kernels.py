@@ -120,18 +120,25 @@ def apply_kernels(model: Any, cfg: KitConfig, runtime: Runtime) -> list[str]:
         choice = _apply_liger(model, cfg, model_type)
     if runtime.backend == "hf" and gpu_visible(runtime):  # on the CPU there is nothing to choose
         say(f"kernels: {choice.note}")
-    return choice.record() + _packed_attention(cfg, runtime)
+    return choice.record() + _packed_attention(model, cfg, runtime)
 
 
-def _packed_attention(cfg: KitConfig, runtime: Runtime) -> list[str]:
-    """Unsloth's variable-length attention for packed rows, where only its torch-version gate keeps it off
-    (backends.packed_attention); training.kernels: none leaves Unsloth as it is."""
-    if not (runtime.backend == "unsloth" and cfg.training.packing and gpu_visible(runtime)
-            and cfg.training.kernels != "none"):
+def _packed_attention(model: Any, cfg: KitConfig, runtime: Runtime) -> list[str]:
+    """One variable-length flash attention call a layer for packed rows, with torch's own flash kernel: Unsloth's
+    lean varlen path where only its torch-version gate keeps it off (backends.packed_attention), transformers'
+    attention interface on the hf backend (backends.varlen_attention). training.kernels: none changes neither."""
+    if not (cfg.training.packing and gpu_visible(runtime) and cfg.training.kernels != "none"):
         return []
-    from .packed_attention import use_varlen_for_packed_rows
+    if runtime.backend == "unsloth":
+        from .packed_attention import use_varlen_for_packed_rows
 
-    used = use_varlen_for_packed_rows()
+        used = use_varlen_for_packed_rows()
+    elif sharding():
+        return []
+    else:
+        from .varlen_attention import use_for_packed_rows
+
+        used = use_for_packed_rows(model)
     if used:
         say(f"kernels: {used}")
     return [used] if used else []

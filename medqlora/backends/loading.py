@@ -46,8 +46,8 @@ def load_for_training(cfg: KitConfig, runtime: Runtime, source: str | None = Non
     else:
         model, tokenizer = hf_base(cfg, runtime, source, tokenizer)
         model = hf_add_lora(model, cfg, runtime)
-    runtime.attention = attention_kernel(model, runtime)  # recorded in the run's manifest.json
-    runtime.kernels = apply_kernels(model, cfg, runtime)  # so are these
+    runtime.kernels = apply_kernels(model, cfg, runtime)  # recorded in the run's manifest.json
+    runtime.attention = attention_kernel(model, runtime)  # so is this (the kernels may set it)
     return model, prepare_tokenizer(tokenizer, cfg), source
 
 

@@ -82,3 +82,11 @@ def test_without_torchs_flash_kernel_nothing_is_changed_or_recorded(monkeypatch)
     monkeypatch.setattr(packed_attention, "flash_kernel_present", lambda: False)
     assert packed_attention.use_varlen_for_packed_rows() is None
     assert dispatch._TORCH_VARLEN_ATTN is None
+
+
+def test_the_plan_of_a_packed_gpu_run_says_the_varlen_attention_and_a_none_run_does_not():
+    plan = kernels.planned_kernels(load_config(overrides=["training.packing=true"]), UNSLOTH_GPU, "llama")
+    assert plan.startswith("unsloth: its own fused kernels; packed rows: one variable-length attention call a layer")
+    plan = kernels.planned_kernels(load_config(overrides=["training.packing=true", "training.kernels=none"]),
+                                   UNSLOTH_GPU, "llama")
+    assert "packed rows" not in plan

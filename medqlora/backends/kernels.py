@@ -105,10 +105,14 @@ def check_kernels(cfg: KitConfig, runtime: Runtime) -> None:
 def planned_kernels(cfg: KitConfig, runtime: Runtime, model_type: str | None) -> str:
     """The kernels line of the --dry-run plan (a training.kernels: liger that cannot run is refused here)."""
     choice = choose_kernels(cfg, runtime, model_type)
+    note = choice.note
     if choice.liger and model_type is None:
-        return (f"{choice.note} (when the model is {', '.join(LIGER_ARCHITECTURES)}: its config.json is read when "
-                "the run loads it)")
-    return choice.note
+        note += (f" (when the model is {', '.join(LIGER_ARCHITECTURES)}: its config.json is read when the run "
+                 "loads it)")
+    if _packed_attention_applies(cfg, runtime):
+        note += ("; packed rows: one variable-length attention call a layer, with torch's flash kernel, where the run "
+                 "finds it (the manifest's runtime.kernels says)")
+    return note
 
 
 def apply_kernels(model: Any, cfg: KitConfig, runtime: Runtime) -> list[str]:
@@ -127,14 +131,12 @@ def _packed_attention(model: Any, cfg: KitConfig, runtime: Runtime) -> list[str]
     """One variable-length flash attention call a layer for packed rows, with torch's own flash kernel: Unsloth's
     lean varlen path where only its torch-version gate keeps it off (backends.packed_attention), transformers'
     attention interface on the hf backend (backends.varlen_attention). training.kernels: none changes neither."""
-    if not (cfg.training.packing and gpu_visible(runtime) and cfg.training.kernels != "none"):
+    if not _packed_attention_applies(cfg, runtime):
         return []
     if runtime.backend == "unsloth":
         from .packed_attention import use_varlen_for_packed_rows
 
         used = use_varlen_for_packed_rows()
-    elif sharding():
-        return []
     else:
         from .varlen_attention import use_for_packed_rows
 
@@ -142,6 +144,11 @@ def _packed_attention(model: Any, cfg: KitConfig, runtime: Runtime) -> list[str]
     if used:
         say(f"kernels: {used}")
     return [used] if used else []
+
+
+def _packed_attention_applies(cfg: KitConfig, runtime: Runtime) -> bool:
+    return (cfg.training.packing and gpu_visible(runtime) and cfg.training.kernels != "none"
+            and (runtime.backend == "unsloth" or not sharding()))
 
 
 def _apply_liger(model: Any, cfg: KitConfig, model_type: str) -> KernelChoice:

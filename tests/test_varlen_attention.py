@@ -131,3 +131,12 @@ def test_a_packed_row_the_flash_kernel_does_not_take_keeps_its_examples_apart_on
         assert torch.allclose(model(**packed).logits, apart, atol=1e-5)
         alone = model(input_ids=first).logits  # a row of one example: SDPA's causal kernel, as before
     assert torch.allclose(alone, apart[:, :21], atol=1e-5)
+
+
+@pytest.mark.parametrize(("capability", "present"), [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_the_flash_kernel_counts_as_present_on_ampere_and_newer_gpus_only(monkeypatch, capability, present):
+    """torch's flash kernel raises on a T4 or V100: packed rows there keep SDPA with its mask."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert varlen_attention.flash_kernel_present() is present

@@ -18,6 +18,8 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from .varlen_attention import flash_kernel_present
+
 DISPATCH_MODULE = "unsloth.utils.attention_dispatch"
 # what this relies on in Unsloth's attention dispatch (checked present before anything is changed)
 # (its cuDNN test, _varlen_can_use_cudnn, is defined only where the lean path is on: set here in any case)
@@ -48,13 +50,6 @@ def open_lean_varlen(dispatch: ModuleType) -> bool:
     dispatch._LEAN_VARLEN = True
     dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False  # the lean path for every eager call
     return True
-
-
-def flash_kernel_present() -> bool:
-    import torch
-
-    return (torch.cuda.is_available() and torch.backends.cuda.is_flash_attention_available()
-            and hasattr(torch.ops.aten, "_flash_attention_forward"))
 
 
 def use_varlen_for_packed_rows() -> str | None:

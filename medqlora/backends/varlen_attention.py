@@ -24,10 +24,11 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def flash_kernel_present() -> bool:
+    """torch's flash kernel, built in and runnable on this GPU: it refuses cards older than Ampere (T4, V100)."""
     import torch
 
     return (torch.cuda.is_available() and torch.backends.cuda.is_flash_attention_available()
-            and hasattr(torch.ops.aten, "_flash_attention_forward"))
+            and hasattr(torch.ops.aten, "_flash_attention_forward") and torch.cuda.get_device_capability()[0] >= 8)
 
 
 def _flash_varlen_function() -> Any:

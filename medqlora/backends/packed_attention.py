@@ -39,8 +39,11 @@ def lean_varlen(query: Any, key: Any, value: Any, cu_seqlens_q: Any, cu_seqlens_
 
 def open_lean_varlen(dispatch: ModuleType) -> bool:
     """Route Unsloth's varlen calls through its lean flash path where only the ``varlen_attn`` signature keeps it
-    off. False (nothing changed) where Unsloth already has a varlen path or lacks a name this relies on."""
+    off. False (nothing changed) where Unsloth already has a varlen path, lacks a name this relies on, or sends
+    packed rows to another kernel (FlashAttention's or xformers' own varlen call): the path would never run."""
     if not all(hasattr(dispatch, name) for name in DISPATCH_NAMES) or dispatch._TORCH_VARLEN_ATTN is not None:
+        return False
+    if getattr(dispatch, "HAS_FLASH_ATTENTION", False) or getattr(dispatch, "HAS_XFORMERS", False):
         return False
 
     def varlen(*args: Any, **kwargs: Any) -> Any:

@@ -59,6 +59,18 @@ def test_an_unsloth_that_has_a_varlen_path_or_lacks_a_name_is_left_as_it_is():
     assert renamed._TORCH_VARLEN_ATTN is None and renamed._LEAN_VARLEN is False
 
 
+@pytest.mark.parametrize("kernel", ["HAS_XFORMERS", "HAS_FLASH_ATTENTION"])
+def test_an_unsloth_that_packs_rows_with_xformers_or_flashattention_is_left_as_it_is(monkeypatch, kernel):
+    """Unsloth sends packed rows to xformers or FlashAttention before SDPA (where its varlen path sits): opening
+    that path would change nothing, and runtime.kernels would name a kernel that never runs."""
+    dispatch = dispatch_module()
+    setattr(dispatch, kernel, True)
+    monkeypatch.setitem(sys.modules, packed_attention.DISPATCH_MODULE, dispatch)
+    monkeypatch.setattr(packed_attention, "flash_kernel_present", lambda: True)
+    assert packed_attention.use_varlen_for_packed_rows() is None
+    assert dispatch._TORCH_VARLEN_ATTN is None and dispatch._LEAN_VARLEN is False
+
+
 @pytest.mark.parametrize(("overrides", "runtime", "opened"), [
     (("training.packing=true",), UNSLOTH_GPU, True),
     ((), UNSLOTH_GPU, False),  # no packed rows: nothing to change

@@ -115,3 +115,28 @@ def test_architectures_with_sliding_window_layers_keep_sdpa(tiny_model_dir, monk
     model.config.sliding_window = 4096
     assert varlen_attention.use_for_packed_rows(model) is None
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_packed_row_the_flash_kernel_does_not_take_keeps_its_examples_apart_on_sdpa(tiny_model_dir):
+    """fp32 on a GPU (model.dtype: fp32), attention dropout or a head size the kernel lacks: SDPA, with the
+    examples' mask (here the CPU's fp32, which the kernel does not take either)."""
+    varlen_attention.register()
+    first, second = torch.arange(10, 31)[None], torch.arange(40, 53)[None]
+    packed = {"input_ids": torch.cat([first, second], 1), "use_cache": False,
+              "position_ids": torch.cat([torch.arange(21), torch.arange(13)])[None]}
+    model = _model(tiny_model_dir, "sdpa")
+    with torch.no_grad():
+        apart = torch.cat([model(input_ids=x).logits for x in (first, second)], 1)
+        model.set_attn_implementation(varlen_attention.NAME)
+        assert torch.allclose(model(**packed).logits, apart, atol=1e-5)
+        alone = model(input_ids=first).logits  # a row of one example: SDPA's causal kernel, as before
+    assert torch.allclose(alone, apart[:, :21], atol=1e-5)
+
+
+@pytest.mark.parametrize(("capability", "present"), [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_the_flash_kernel_counts_as_present_on_ampere_and_newer_gpus_only(monkeypatch, capability, present):
+    """torch's flash kernel raises on a T4 or V100: packed rows there keep SDPA with its mask."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert varlen_attention.flash_kernel_present() is present

@@ -18,6 +18,8 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from .varlen_attention import flash_kernel_present
+
 DISPATCH_MODULE = "unsloth.utils.attention_dispatch"
 # what this relies on in Unsloth's attention dispatch (checked present before anything is changed)
 # (its cuDNN test, _varlen_can_use_cudnn, is defined only where the lean path is on: set here in any case)
@@ -37,8 +39,11 @@ def lean_varlen(query: Any, key: Any, value: Any, cu_seqlens_q: Any, cu_seqlens_
 
 def open_lean_varlen(dispatch: ModuleType) -> bool:
     """Route Unsloth's varlen calls through its lean flash path where only the ``varlen_attn`` signature keeps it
-    off. False (nothing changed) where Unsloth already has a varlen path or lacks a name this relies on."""
+    off. False (nothing changed) where Unsloth already has a varlen path, lacks a name this relies on, or sends
+    packed rows to another kernel (FlashAttention's or xformers' own varlen call): the path would never run."""
     if not all(hasattr(dispatch, name) for name in DISPATCH_NAMES) or dispatch._TORCH_VARLEN_ATTN is not None:
+        return False
+    if getattr(dispatch, "HAS_FLASH_ATTENTION", False) or getattr(dispatch, "HAS_XFORMERS", False):
         return False
 
     def varlen(*args: Any, **kwargs: Any) -> Any:
@@ -48,13 +53,6 @@ def open_lean_varlen(dispatch: ModuleType) -> bool:
     dispatch._LEAN_VARLEN = True
     dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False  # the lean path for every eager call
     return True
-
-
-def flash_kernel_present() -> bool:
-    import torch
-
-    return (torch.cuda.is_available() and torch.backends.cuda.is_flash_attention_available()
-            and hasattr(torch.ops.aten, "_flash_attention_forward"))
 
 
 def use_varlen_for_packed_rows() -> str | None:

@@ -24,10 +24,11 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def flash_kernel_present() -> bool:
+    """torch's flash kernel, built in and runnable on this GPU: it refuses cards older than Ampere (T4, V100)."""
     import torch
 
     return (torch.cuda.is_available() and torch.backends.cuda.is_flash_attention_available()
-            and hasattr(torch.ops.aten, "_flash_attention_forward"))
+            and hasattr(torch.ops.aten, "_flash_attention_forward") and torch.cuda.get_device_capability()[0] >= 8)
 
 
 def _flash_varlen_function() -> Any:
@@ -90,10 +91,38 @@ def kernel_takes(query: Any) -> bool:
             and query.shape[-1] <= 256)
 
 
+def _causal(module: Any, kwargs: dict) -> bool:
+    return kwargs.get("is_causal", getattr(module, "is_causal", True)) is not False
+
+
 def _takes(module: Any, query: Any, key: Any, attention_mask: Any, dropout: float, kwargs: dict) -> bool:
     return (attention_mask is None and kwargs.get("position_ids") is not None and key.shape[2] == query.shape[2]
-            and not dropout and kwargs.get("is_causal", getattr(module, "is_causal", True)) is not False
-            and kwargs.get("sliding_window") is None and kernel_takes(query))
+            and not dropout and _causal(module, kwargs) and kwargs.get("sliding_window") is None
+            and kernel_takes(query))
+
+
+def _packed_rows_mask(module: Any, query: Any, key: Any, kwargs: dict) -> Any:
+    """For a call without a mask that the flash kernel does not take (fp32, attention dropout, a head size it lacks):
+    the mask transformers' SDPA path builds for packed rows, since the mask function built none. None where every
+    row holds one example (SDPA's causal kernel then keeps it as it is)."""
+    from transformers.masking_utils import (
+        and_masks,
+        causal_mask_function,
+        find_packed_sequence_indices,
+        packed_sequence_mask_function,
+        sdpa_mask,
+    )
+
+    batch, _, length, _ = query.shape
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or key.shape[2] != length or not _causal(module, kwargs):
+        return None
+    examples = find_packed_sequence_indices(position_ids.expand(batch, length))
+    if examples is None:
+        return None
+    return sdpa_mask(batch, length, length, mask_function=and_masks(causal_mask_function,
+                                                                    packed_sequence_mask_function(examples)),
+                     allow_is_causal_skip=False, device=query.device)
 
 
 def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
@@ -103,6 +132,8 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not _takes(module, query, key, attention_mask, dropout, kwargs):
+        if attention_mask is None:
+            attention_mask = _packed_rows_mask(module, query, key, kwargs)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     batch, heads, length, size = query.shape

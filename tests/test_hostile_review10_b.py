@@ -24,3 +24,91 @@ def test_the_model_card_names_a_local_dataset_by_its_name_alone_even_once_the_fi
     assert lines[2].startswith("- local file ward9 (format instruction")
     assert lines[3].startswith("- qiaojin/PubMedQA (format pubmedqa")
     assert not any(str(tmp_path) in line or "~" in line for line in lines)
+
+
+def _fetch(monkeypatch, capsys, cache):
+    """python -m medqlora.export --fetch-llama-cpp into ``cache`` (MEDQLORA_CACHE); pip must not be run."""
+    from medqlora import backends
+    from medqlora.export import __main__ as fetch_command
+    from medqlora.export import llama_cpp
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the unpacking folder is checked before anything is downloaded")
+
+    monkeypatch.setattr(backends, "CACHE_DIR", cache)
+    monkeypatch.setattr(llama_cpp, "_run_pip", no_download)
+    code = fetch_command.main(["--fetch-llama-cpp"])
+    return code, capsys.readouterr().err
+
+
+def test_a_link_at_the_fetchs_unpacking_folder_is_refused_never_written_through(tmp_path, monkeypatch, capsys):
+    """A link left at MEDQLORA_CACHE/llama.cpp.partial: the converter was unpacked through it into the folder it
+    led to, and the link renamed into place as the cache's llama.cpp."""
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    cache.mkdir()
+    outside.mkdir()
+    (cache / "llama.cpp.partial").symlink_to(outside)
+    code, err = _fetch(monkeypatch, capsys, cache)
+    assert code == 2
+    assert_one_message(err, "llama.cpp.partial is a symbolic link (to ")
+    assert "the kit never writes through a link. Remove the link and fetch again." in err
+    assert list(outside.iterdir()) == [] and not (cache / "llama.cpp").exists()
+
+
+def test_a_file_at_the_fetchs_unpacking_folder_is_refused_before_the_download(tmp_path, monkeypatch, capsys):
+    """A file at llama.cpp.partial: the fetch downloaded, then said to free some space; the file stayed and every
+    fetch failed the same way."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "llama.cpp.partial").write_text("my notes\n")
+    code, err = _fetch(monkeypatch, capsys, cache)
+    assert code == 2
+    assert_one_message(err, "llama.cpp.partial is a file, where the kit unpacks llama.cpp's converter")
+    assert "move it away and fetch again" in err and "Free some space" not in err
+    assert (cache / "llama.cpp.partial").read_text() == "my notes\n"
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_during_the_fetch_stops_it_like_ctrl_c_with_pip_and_its_files(tmp_path, sig):
+    """SIGTERM 4 s into the fetch: the command died without a word, its pip download kept running as an orphan and
+    left a 76 MB archive in the temporary folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    mark = tmp_path / "pip"
+    fake_python = tmp_path / "fake-python"  # the fetch runs "python -m pip download ...": a pip that starts a child
+    fake_python.write_text('#!/bin/sh\nsleep 300 &\necho $! > "$MARK.child"\necho part > "$TMPDIR/download.tmp"\n'
+                           'echo "$TMPDIR" > "$MARK.tmp"\necho $$ > "$MARK.pid"\nwait\n')
+    fake_python.chmod(0o755)
+    env = {**os.environ, "MARK": str(mark), "MEDQLORA_CACHE": str(tmp_path / "cache")}
+    env.pop("LLAMA_CPP_DIR", None)
+    code = (f"import sys; sys.executable = {str(fake_python)!r}; from medqlora.export.__main__ import main; "
+            "sys.exit(main(['--fetch-llama-cpp']))")
+    fetch = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    for _ in range(1200):
+        if (tmp_path / "pip.pid").exists() or fetch.poll() is not None:
+            break
+        time.sleep(0.05)
+    fetch.send_signal(getattr(signal, sig))
+    _, err = fetch.communicate(timeout=60)
+    assert fetch.returncode == 128 + getattr(signal, sig), err
+    assert f"medqlora: interrupted ({sig}). Nothing was fetched" in err and "Traceback" not in err
+    assert not _alive(int((tmp_path / "pip.pid").read_text()))
+    assert not _alive(int((tmp_path / "pip.child").read_text()))  # what pip started is stopped too
+    assert not os.path.exists((tmp_path / "pip.tmp").read_text().strip())
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -112,3 +112,61 @@ def test_a_signal_during_the_fetch_stops_it_like_ctrl_c_with_pip_and_its_files(t
     assert not _alive(int((tmp_path / "pip.child").read_text()))  # what pip started is stopped too
     assert not os.path.exists((tmp_path / "pip.tmp").read_text().strip())
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("variable,value,shown", [
+    ("HF_DATASETS_CACHE", "/proc", "cache folder /proc (from HF_DATASETS_CACHE=/proc) cannot be written"),
+    ("HF_HOME", "/proc", "cache folder /proc/datasets (to be made in /proc) (from HF_HOME=/proc) cannot be written")])
+def test_a_datasets_cache_that_cannot_be_written_is_refused_before_lm_eval_or_a_hub_dataset_waits_on_its_lock(
+        tmp_path, monkeypatch, capsys, variable, value, shown):
+    """An existing cache folder the user cannot write (a shared read-only cache): the plan passed, and the run
+    scored the kit's benchmarks, then waited forever for a lock file of the datasets library."""
+    from medqlora import harness
+    from medqlora.config import load_config
+    from medqlora.errors import MedQLoRAError
+
+    for name in ("HF_DATASETS_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    cfg = load_config(None, ["eval.harness=lm-eval", "eval.lm_eval.tasks=[pubmedqa]"])
+    with pytest.raises(MedQLoRAError, match="the library would wait forever for a lock file") as refused:
+        harness.load_tasks(cfg)  # what --dry-run and the run call before any model loads
+    assert shown in str(refused.value) and str(refused.value).startswith("eval.harness: lm-eval reads through")
+    code, _, err = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path / "out"),
+                                    "--set", "data.datasets=[{source: qiaojin/PubMedQA, format: pubmedqa, "
+                                    "subset: pqa_labeled}]"])
+    assert code == 2
+    assert_one_message(err, "The hub dataset 'qiaojin/PubMedQA' reads through the datasets library")
+    assert shown in err
+
+
+def test_a_datasets_cache_that_can_be_made_is_not_refused_nor_made_by_the_check(tmp_path, monkeypatch):
+    from medqlora.environment import check_datasets_cache
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "new" / "datasets"))
+    check_datasets_cache("eval.harness: lm-eval")
+    assert not (tmp_path / "new").exists() or list((tmp_path / "new").iterdir()) == []
+
+
+@pytest.mark.parametrize("status,stage,mode", [
+    ("interrupted", "interrupted during evaluation after training: the adapter is saved", "eval"),
+    ("failed", "failed during evaluation after training: the adapter is saved", "eval"),
+    ("interrupted", "interrupted while answering the sample queries after training: the adapter is saved", "test")])
+def test_resuming_a_run_stopped_after_its_training_says_training_is_complete_and_how_to_finish(
+        tmp_path, capsys, status, stage, mode):
+    """SIGTERM during the evaluation after training (4 of 4 steps trained): --resume said the run was interrupted
+    before its first checkpoint, and advised training it again."""
+    import json
+
+    from medqlora.config import load_config
+
+    run = tmp_path / "outputs" / "evaluating"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "config.yaml").write_text(load_config(None).to_yaml())
+    (run / "manifest.json").write_text(json.dumps({"status": status, "kit_version": "0.1.0", "stage": stage}))
+    code, _, err = run_cli(capsys, ["--mode", "train", "--resume", str(run)])
+    assert code == 2
+    assert_one_message(err, "has no checkpoint to continue from, and needs none: its training is complete")
+    assert f"with: python medical_qlora_finetuning.py --mode {mode} --adapter {run}" in err
+    assert "before its first checkpoint" not in err and "train it again" not in err

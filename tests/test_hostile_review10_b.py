@@ -1,5 +1,7 @@
 """Inputs of a hostile review that the kit handled badly, each with the behaviour it has now (docs/errors.md YB rows)."""
 
+from pathlib import Path
+
 import pytest
 
 from .conftest import assert_one_message, run_cli
@@ -170,3 +172,74 @@ def test_resuming_a_run_stopped_after_its_training_says_training_is_complete_and
     assert_one_message(err, "has no checkpoint to continue from, and needs none: its training is complete")
     assert f"with: python medical_qlora_finetuning.py --mode {mode} --adapter {run}" in err
     assert "before its first checkpoint" not in err and "train it again" not in err
+
+
+def _linked_run(tmp_path, monkeypatch):
+    """A run folder of the kit that trained on two PubMedQA benchmark questions and on medical-o1 rows in the tags
+    format, a "best adapter" link to its adapter folder, and the adapter checks that need a model stubbed."""
+    import json
+    from types import SimpleNamespace
+
+    from medqlora import adapter_runs
+    from medqlora.config import load_config
+    from medqlora.evaluate import load_items
+    from medqlora.leakage_text import question_hash
+
+    said = []
+    monkeypatch.setattr(adapter_runs, "say", said.append)
+    monkeypatch.setattr(adapter_runs.adapters, "find", lambda folder: SimpleNamespace(folder=folder, config={},
+                                                                                     run=None))
+    monkeypatch.setattr(adapter_runs.adapter_base, "check_base", lambda *args: None)
+    monkeypatch.setattr(adapter_runs.adapters, "check_finite", lambda folder: None)
+    cfg = load_config(None, ["eval.benchmarks.0.max_items=2"])
+    items = load_items(cfg.eval.benchmarks[0], 0)
+    run = tmp_path / "outputs" / "leak"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": "base"}))
+    trained = load_config(None, ["data.datasets=[{source: rows.jsonl, format: medical_o1, cot_style: tags}]"])
+    (run / "config.yaml").write_text(trained.to_yaml())
+    (run / "manifest.json").write_text(json.dumps({"kit_version": "0.1.0", "status": "trained"}))
+    (run / "training_items.jsonl").write_text("".join(
+        json.dumps({"source": "0:rows.jsonl", "uid": None, "question_sha1_16": question_hash(i.example.question)})
+        + "\n" for i in items))
+    link = tmp_path / "best_adapter"
+    link.symlink_to(run / "adapter")
+    return cfg, items, run, link, said
+
+
+def test_an_adapter_given_by_a_link_is_traced_to_its_run_for_the_trained_on_check_and_its_results(
+        tmp_path, monkeypatch):
+    """--adapter best_adapter, a link to <run>/adapter: the run was taken for a foreign adapter, so the 40
+    benchmark items it trained on were scored as held out (a link to the run folder was refused)."""
+    from medqlora import adapter_runs
+    from medqlora.errors import MedQLoRAError
+
+    cfg, items, run, link, said = _linked_run(tmp_path, monkeypatch)
+    adapter = adapter_runs.find_adapter(cfg, str(link), None)
+    assert adapter == (run / "adapter").resolve()
+    assert f"--adapter {link} leads to {adapter} (through a symbolic link): the adapter of the run" in said[0]
+    with pytest.raises(MedQLoRAError, match="2 items were trained on by this adapter"):
+        adapter_runs.check_benchmarks_untrained({"pubmedqa": items}, adapter)
+    assert adapter_runs.run_folder_for(cfg, adapter, None, "eval").path == run.resolve()  # not a foreign-... folder
+    huatuo = [{"name": "o1b", "kind": "cot", "cot_style": "huatuo", "source": "heldout.jsonl"}]
+    [mismatch] = adapter_runs.cot_style_mismatches(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "benchmarks": type(cfg.eval).model_validate({"benchmarks": huatuo}).benchmarks})}), adapter)
+    assert "but the adapter learnt tags" in mismatch
+
+
+def test_a_start_adapter_given_by_a_link_carries_over_what_its_run_trained_on(tmp_path, monkeypatch):
+    """training.init_adapter=best_adapter (a link to <run>/adapter): 'not in a run folder of this kit, so what it
+    was trained on is unknown', and the run's trained-on record lost its start stage's rows."""
+    from medqlora import adapter_runs
+    from medqlora.config import load_config
+
+    _, items, run, link, said = _linked_run(tmp_path, monkeypatch)
+    cfg = load_config(None, [f"training.init_adapter={link}"])
+    monkeypatch.setattr(adapter_runs, "trained_model", lambda adapter, cfg: cfg.model)
+    started = adapter_runs.with_init_adapter(cfg, None)
+    assert started.training.init_adapter == str((run / "adapter").resolve())
+    assert not any("is not in a run folder of this kit" in line for line in said)
+    records, gap = adapter_runs.inherited_training_items(Path(started.training.init_adapter))
+    assert gap is None and len(records) == len(items)

@@ -84,8 +84,8 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
 def traced_link(folder: Path, flag: str) -> Path:
     """An adapter named by a link (a "best adapter" link to <run>/adapter, or a path through linked folders), whose
     path is in no run folder of the kit while the folder it leads to is: that folder, so that what its run trained
-    on, the format it learnt and where its results go are read from the run it comes from. A link inside a run
-    folder is left to that run's own check (which refuses it)."""
+    on, the format it learnt and where its results go are read from the run it comes from. A path that is in a run
+    folder as given is used as it is (that run's own checks apply)."""
     if origin_run(folder) is not None:
         return folder
     try:

@@ -62,7 +62,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir), flag)
         check_latest_finished(folder, flag)
     else:
-        folder = adapters.locate(adapter_arg, flag)
+        folder = traced_link(adapters.locate(adapter_arg, flag), flag)
         if folder.name == Files.ADAPTER and (stopped := stopped_during_training(folder.parent)):
             say(f"warning: {flag} {printable(folder.parent)}: its training stopped before its end ({stopped}), so "
                 "its adapter is the one trained so far, not a finished run's (to finish it: --resume RUN)")
@@ -79,6 +79,24 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
             f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. "
             f"{_base_advice(named, model.name)}")
     return adapter.folder
+
+
+def traced_link(folder: Path, flag: str) -> Path:
+    """An adapter named by a link (a "best adapter" link to <run>/adapter, or a path through linked folders), whose
+    path is in no run folder of the kit while the folder it leads to is: that folder, so that what its run trained
+    on, the format it learnt and where its results go are read from the run it comes from. A path that is in a run
+    folder as given is used as it is (that run's own checks apply)."""
+    if origin_run(folder) is not None:
+        return folder
+    try:
+        resolved = folder.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return folder
+    if resolved == folder.absolute() or origin_run(resolved) is None:
+        return folder
+    say(f"{flag} {printable(folder)} leads to {printable(resolved)} (through a symbolic link): the adapter of the run "
+        f"{printable(origin_run(resolved))}, whose records say what it was trained on")
+    return resolved
 
 
 def _base_advice(named: str, model_name: str) -> str:

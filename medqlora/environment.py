@@ -71,6 +71,42 @@ def _refuse_uncreatable(name: str, where: Path) -> None:
             created.rmdir()
 
 
+def datasets_cache() -> tuple[Path, str]:
+    """The folder the datasets library keeps its cache (and its lock files) in, as it chooses it, with the variable
+    that named it (or the default's path)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]).expanduser(), "HF_DATASETS_CACHE"
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "datasets", "HF_HOME"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "huggingface" / "datasets", "XDG_CACHE_HOME"
+    return Path("~/.cache/huggingface/datasets").expanduser(), ""
+
+
+def check_datasets_cache(user: str) -> None:
+    """The datasets cache can take a file (the folder, or the nearest one above it that it would be made in): in a
+    folder that exists but cannot be written (a shared read-only cache, /proc), the datasets library waits for a
+    lock file it can never create, forever. ``user``: what reads through datasets (a hub dataset, lm-eval)."""
+    import tempfile
+
+    cache, variable = datasets_cache()
+    folder = cache
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".medqlora-write-check-"):
+            return
+    except OSError as err:
+        why = printable(err.strerror or type(err).__name__)
+    named = f"{variable}={printable(os.environ[variable], 200)}" if variable else "the default"
+    where = "" if folder == cache else f" (to be made in {printable(str(folder))})"
+    fix = (f"Point {variable} at a folder you can write" if variable == "HF_DATASETS_CACHE" else
+           f"Set HF_DATASETS_CACHE to a folder you can write{f' (or change {variable})' if variable else ''}")
+    raise ConfigError(f"{user} reads through the datasets library, whose cache folder {printable(str(cache))}{where} "
+                      f"(from {named}) cannot be written ({why}): the library would wait forever for a lock file it "
+                      f"cannot create there. {fix}.")
+
+
 def check_folder_path(name: str, where: Path, role: str = "a cache folder", unset: str = "unset it") -> Path:
     """``where`` (the value of the variable ``name``) refused in one message when it, or a folder above it, is a
     file; returned otherwise."""

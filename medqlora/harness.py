@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
+from .environment import check_datasets_cache
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
 from .harness_mmlu import subject_items
@@ -85,6 +86,7 @@ def load_tasks(cfg: KitConfig) -> list[HarnessTask] | None:
     if cfg.eval.harness != "lm-eval":
         return None
     check_installed()
+    check_datasets_cache("eval.harness: lm-eval")
     from .distributed import world_size
 
     if world_size() > 1:

@@ -35,7 +35,13 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
         status = _status(run)
         saved_adapter = (run.adapter / adapters.CONFIG_NAME).is_file()
         ended = "was interrupted" if status == "interrupted" else "crashed"
-        if saved_adapter and status == "interrupted":  # a signal saves the adapter trained so far
+        stage = str(_manifest_value(run, "stage") or "")
+        if saved_adapter and status in ("interrupted", "failed") and "after training" in stage:
+            mode, work = (("test", "the sample queries") if "sample queries" in stage else ("eval", "the evaluation"))
+            why = (f", and needs none: its training is complete (its adapter is saved in {run.adapter}); the run "
+                   f"stopped after it ({printable(stage.split(':', 1)[0], 120)}). Finish {work} with: python "
+                   f"medical_qlora_finetuning.py --mode {mode} --adapter {run.path}")
+        elif saved_adapter and status == "interrupted":  # a signal saves the adapter trained so far
             why = (f"; it was interrupted before its first checkpoint (training.save_steps), with the adapter trained "
                    f"so far saved in {run.adapter}: train it again, or use that adapter as it is (--adapter "
                    f"{run.path}, or training.init_adapter={run.path} to train on from it).")

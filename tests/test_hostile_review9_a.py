@@ -118,7 +118,7 @@ def _fetch(monkeypatch, capsys, cache: Path, download) -> tuple[int, str]:
     from medqlora.export import llama_cpp
 
     monkeypatch.setattr(backends, "CACHE_DIR", cache)
-    monkeypatch.setattr(llama_cpp.subprocess, "run", download)
+    monkeypatch.setattr(llama_cpp, "_run_pip", download)
     code = fetch_command.main(["--fetch-llama-cpp"])
     return code, capsys.readouterr().err
 

@@ -188,7 +188,7 @@ def test_the_model_card_of_a_second_stage_names_the_stage_it_started_from_and_it
     second = load_config(None, ["data.datasets=[{source: pref.jsonl, format: preference}]", "training.method=dpo",
                                 f"training.init_adapter={stage1}"])
     lines = _data_lines(second)
-    assert lines[0].startswith("- pref.jsonl (format preference")
+    assert lines[0].startswith("- local file pref.jsonl (format preference")
     assert lines[1] == "- started from the adapter of the run leak1 (training.init_adapter), trained on:"
-    assert lines[2].startswith("  - pqtest.jsonl (format instruction")
+    assert lines[2].startswith("  - local file pqtest.jsonl (format instruction")
     assert lines[3].startswith("  - trained with data.allow_eval_overlap: these rows may hold evaluation questions")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import KIT_ROOT, DatasetSpec
+from ..environment import check_datasets_cache
 from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
 from ..secrets import printable
@@ -65,8 +66,10 @@ HUB_DATASET_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 def check_hub_dataset_id(source: str) -> None:
     """A source that names no local file or folder is read as a hub dataset id: one that cannot be one (a third
-    part, a revision, a URL) is a mistyped path or id, refused before anything is downloaded (and at --dry-run)."""
+    part, a revision, a URL) is a mistyped path or id, refused before anything is downloaded (and at --dry-run);
+    so is a datasets cache it cannot be kept in."""
     if HUB_DATASET_ID.match(source):
+        check_datasets_cache(f"The hub dataset '{printable(source, 200)}'")
         return
     folders = " and ".join(dict.fromkeys([str(Path.cwd()), str(KIT_ROOT)]))
     revision = " (a revision such as @main cannot be pinned: give the id alone)" if "@" in source else ""

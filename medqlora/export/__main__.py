@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+from .. import signals
 from ..errors import MedQLoRAError
 from ..secrets import printable
 from .llama_cpp import fetch_llama_cpp_converter
@@ -15,7 +16,8 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        print(fetch_llama_cpp_converter())
+        with signals.stop_like_ctrl_c():  # SIGTERM, SIGHUP...: stopped like Ctrl-C, pip with it
+            print(fetch_llama_cpp_converter())
     except subprocess.CalledProcessError as err:
         print(f"medqlora: error: pip could not download llama.cpp's source (llama-cpp-python, exit {err.returncode}; "
               "its messages are above). On a machine without a package index, copy a llama.cpp checkout here and "
@@ -29,9 +31,9 @@ def main(argv: list[str]) -> int:
               f"{err.strerror}. Free some space, or point MEDQLORA_CACHE at a folder you can write.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nmedqlora: interrupted (Ctrl-C). Nothing was fetched; run the command again to fetch llama.cpp's "
-              "converter.", file=sys.stderr)
-        return 130
+        print(f"\nmedqlora: interrupted ({signals.name(signals.received())}). Nothing was fetched; run the command "
+              "again to fetch llama.cpp's converter.", file=sys.stderr)
+        return signals.exit_code()
     return 0
 
 

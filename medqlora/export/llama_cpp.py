@@ -172,11 +172,14 @@ def fetch_llama_cpp_converter(target: Path | None = None) -> Path:
         return target
     _check_fetch_target(target)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
-                        "--no-binary", ":all:", "-d", tmp], check=True)
+        scratch = Path(tmp) / "pip-tmp"  # pip's own temporary files too, so that an interrupted fetch leaves none
+        scratch.mkdir()
+        _run_pip([sys.executable, "-m", "pip", "download", "llama-cpp-python==0.3.36", "--no-deps",
+                  "--no-binary", ":all:", "-d", tmp], env={**os.environ, "TMPDIR": str(scratch)})
         archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        partial = _partial_folder(target)
+        _check_fetch_target(target)  # again: the download took a while
+        shutil.rmtree(partial, ignore_errors=True)  # an earlier fetch's leftover folder (a link or a file is refused)
         try:
             with tarfile.open(archive) as tar:
                 prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
@@ -195,9 +198,43 @@ def fetch_llama_cpp_converter(target: Path | None = None) -> Path:
     return target
 
 
+def _run_pip(command: list[str], **options: Any) -> None:
+    """pip in a process group of its own: when the fetch is interrupted (Ctrl-C, SIGTERM, SIGHUP), pip and what it
+    started (the pip that installs the build dependencies) are stopped with it, not left running."""
+    with subprocess.Popen(command, start_new_session=True, **options) as pip:
+        try:
+            code = pip.wait()
+        finally:
+            _stop_group(pip)
+    if code:
+        raise subprocess.CalledProcessError(code, command)
+
+
+def _stop_group(leader: subprocess.Popen) -> None:
+    """End what is left of the process group ``leader`` started: SIGTERM, then SIGKILL after a few seconds."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(leader.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            leader.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _partial_folder(target: Path) -> Path:
+    """Where a fetch unpacks before it renames the folder into place."""
+    return target.with_name(target.name + ".partial")
+
+
 def _check_fetch_target(target: Path) -> None:
     """The folder the converters are fetched into: its parent a folder the kit can write (created if missing), and
-    nothing at ``target`` but an earlier fetch (a file, or a link to a checkout of the user's, is never replaced)."""
+    nothing at ``target`` but an earlier fetch (a file, or a link to a checkout of the user's, is never replaced);
+    nothing at its unpacking folder but a folder an earlier fetch left (a file is not removed, a link never
+    written through)."""
     cache = target.parent
     if cache == backends.CACHE_DIR:
         backends.check_cache_dir()
@@ -221,3 +258,11 @@ def _check_fetch_target(target: Path) -> None:
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{printable(target)} is a file, where the kit keeps llama.cpp's converter: move it away "
                           "and fetch again.")
+    partial = _partial_folder(target)
+    if partial.is_symlink():
+        raise ConfigError(f"{printable(partial)} is a symbolic link (to {printable(str(partial.resolve()))}), where the "
+                          "kit unpacks llama.cpp's converter before moving it into place: the kit never writes "
+                          "through a link. Remove the link and fetch again.")
+    if partial.exists() and not partial.is_dir():
+        raise ConfigError(f"{printable(partial)} is a file, where the kit unpacks llama.cpp's converter before moving "
+                          "it into place: move it away and fetch again.")

@@ -12,6 +12,7 @@ import yaml
 from .. import backends
 from ..adapter_origin import origin_run
 from ..config import KitConfig, load_config
+from ..data.sources import HUB_DATASET_ID, looks_local, resolve_local
 from ..errors import MedQLoRAError
 from ..hub import is_hub_id
 from ..run_files import Files
@@ -79,8 +80,7 @@ def _data_lines(cfg: KitConfig, depth: int = 0) -> list[str]:
     indent = "  " * depth
     lines = []
     for spec in cfg.data.datasets:
-        local = Path(spec.source).expanduser()
-        source = f"local file {local.name}" if local.exists() else spec.source  # no local paths on the Hub
+        source = public_source(spec.source)
         extra = "".join(f", {key} {value}" for key, value in (("subset", spec.subset), ("split", spec.split),
                                                             ("at most", spec.max_samples)) if value)
         lines.append(f"{indent}- {printable(source)} (format {spec.format}{printable(extra)}, {spec.use_for})")
@@ -90,6 +90,14 @@ def _data_lines(cfg: KitConfig, depth: int = 0) -> list[str]:
     if cfg.training.init_adapter:
         lines += _start_stage_lines(Path(cfg.training.init_adapter), depth)
     return lines
+
+
+def public_source(source: str) -> str:
+    """A dataset as the Hub may read it: a hub id as it is; a local file or folder by its name alone, whether or
+    not it is still there (patient data is often moved away after training), so no local path is published."""
+    if resolve_local(source) is None and not looks_local(source) and HUB_DATASET_ID.match(source):
+        return source
+    return f"local file {Path(source).expanduser().name or source}"
 
 
 def _start_stage_lines(start: Path, depth: int) -> list[str]:

@@ -96,6 +96,13 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
 
 
+def revalidate(cfg: KitConfig, source: str) -> KitConfig:
+    """``cfg`` validated again as a whole, as load_config would read it: a setting changed by assignment is checked
+    alone (its section's rules), never against the other sections (training.method against the data format).
+    The settings never given stay unset, so what the run says of given settings stays true."""
+    return validate(cfg.model_dump(mode="json", exclude_unset=True, warnings=False), source=source)
+
+
 def _apply_override(raw: dict[str, Any], item: str) -> tuple | None:
     """Set one section.key=value in the raw config; returns the key path, or None where the path goes into a
     required value the config lacks (validation then says it is required)."""

@@ -1,0 +1,71 @@
+"""Hostile and unlucky inputs of the Python API: path objects, a dict or bytes where the kit wants its config or
+text, ``baseline=None``, a config changed by assignment into one the command line refuses."""
+
+from pathlib import Path
+
+import pytest
+
+import medqlora
+from medqlora.config import load_config
+from medqlora.errors import ConfigError
+
+from .conftest import tiny_overrides
+
+
+@pytest.fixture
+def cfg(tiny_model_dir, tmp_path):
+    return load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "out"))
+
+
+def test_run_mode_takes_path_objects_where_it_takes_paths(cfg, tmp_path):
+    """A pathlib.Path (a Run's own .path / .adapter) is a path like its text: checked, never a TypeError."""
+    with pytest.raises(ConfigError, match="--resume .*: no such folder"):
+        medqlora.run_mode("train", cfg, resume=tmp_path / "no-such-run")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="--output-dir .*notes.txt: is a file"):
+        medqlora.run_mode("chat", cfg, adapter=tmp_path / "run", output_dir=a_file, prompt="hi")
+    from medqlora.commands import python_options
+
+    options = python_options(output_dir=tmp_path, adapter=tmp_path / "run", resume=Path("r"))
+    assert (options.output_dir, options.adapter, options.resume) == (str(tmp_path), str(tmp_path / "run"), "r")
+    with pytest.raises(ConfigError, match=r"run_mode: adapter=3 \(int\): give a path, as a str or a pathlib.Path"):
+        medqlora.run_mode("chat", cfg, adapter=3, prompt="hi")
+
+
+def test_run_mode_refuses_a_dict_config_and_a_bytes_prompt_with_one_message(cfg):
+    with pytest.raises(ConfigError, match="run_mode: cfg is dict, not the kit's config: build it with "
+                                          r"medqlora.config.load_config"):
+        medqlora.run_mode("chat", {"model": {}}, adapter="none", prompt="hi")
+    with pytest.raises(ConfigError, match=r"run_mode: prompt is bytes, not text.*prompt.decode\(\)"):
+        medqlora.run_mode("chat", cfg, adapter="none", prompt=b"hi")
+
+
+def test_run_mode_reads_baseline_none_as_not_given(cfg):
+    """baseline=None is the keyword left at its meaning, not --no-baseline: the next problem is the one said."""
+    with pytest.raises(ConfigError, match="--prompt is empty"):
+        medqlora.run_mode("chat", cfg, adapter="none", prompt=" ", baseline=None)
+    with pytest.raises(ConfigError, match=r"run_mode: baseline='no' \(str\): give True .* or False"):
+        medqlora.run_mode("eval", cfg, adapter="none", baseline="no")
+
+
+@pytest.mark.parametrize(("section", "name", "value", "said"), [
+    ("training", "eval_steps", 2, "training.eval_steps needs a validation set"),
+    ("training", "method", "dpo", "training.method: dpo learns from prompt / chosen / rejected rows"),
+])
+def test_run_mode_checks_a_config_changed_by_assignment_as_load_config_does(cfg, tmp_path, section, name, value,
+                                                                            said):
+    """An assignment is checked within its section only; run_mode checks the whole config again before any work,
+    so it never trains what the command line refuses, nor leaves a run folder whose config.yaml the kit refuses."""
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(ConfigError, match=f"the config given to run_mode: {said}"):
+        medqlora.run_mode("train", cfg)
+    assert not (tmp_path / "out").exists()  # no run folder
+
+
+def test_run_mode_keeps_an_unchanged_config_as_load_config_made_it(cfg):
+    from medqlora.commands import python_config
+
+    checked = python_config(cfg)
+    assert checked == cfg
+    assert checked.export.model_fields_set == cfg.export.model_fields_set  # what the run says of given settings

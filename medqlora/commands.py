@@ -19,6 +19,7 @@ from typing import Any
 from . import distributed, environment, messages, signals
 from .config import PATH_SHOWN, KitConfig, has_control_characters, revalidate
 from .errors import ConfigError
+from .rows import invisible
 from .run_files import Files
 from .run_lock import release_run_folders
 from .secrets import printable, unpaired_surrogate
@@ -128,10 +129,10 @@ def check_options(mode: str, options: Options) -> None:
                               "characters (newline, NUL, escape...); give a plain path.")
     _check_flags_of_mode(mode, options)
     prompt, output_dir = options.prompt, options.output_dir
-    if prompt is not None and not prompt.strip():
-        raise ConfigError("--prompt is empty: give the question to answer.")
     if prompt is not None and unpaired_surrogate(prompt):  # undecodable bytes arrive as lone surrogates
         raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
+    if prompt is not None and invisible(prompt):  # blank, or only zero-width / format characters
+        raise ConfigError("--prompt is empty: give the question to answer.")
     if output_dir is not None and not output_dir.strip():
         raise ConfigError("--output-dir is empty: give the folder that holds run folders, or leave the flag out for "
                           "output.dir.")

@@ -1,6 +1,8 @@
-"""Hostile and unlucky inputs of the Python API: path objects, a dict or bytes where the kit wants its config or
-text, ``baseline=None``, a config changed by assignment into one the command line refuses."""
+"""Hostile and unlucky inputs of the Python API and of a few settings: path objects, a dict or bytes where the kit
+wants its config or text, ``baseline=None``, a config changed by assignment into one the command line refuses, an
+invisible --prompt and a mistyped union setting."""
 
+import io
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import medqlora
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
 
-from .conftest import tiny_overrides
+from .conftest import assert_one_message, kit_argv, run_cli, tiny_overrides
 
 
 @pytest.fixture
@@ -69,3 +71,29 @@ def test_run_mode_keeps_an_unchanged_config_as_load_config_made_it(cfg):
     checked = python_config(cfg)
     assert checked == cfg
     assert checked.export.model_fields_set == cfg.export.model_fields_set  # what the run says of given settings
+
+
+def test_a_prompt_of_zero_width_characters_is_as_empty_as_a_blank_one(tiny_model_dir, tmp_path, capsys):
+    for dry_run in ((), ("--dry-run",)):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *dry_run, "--mode", "chat",
+                                          "--adapter", "none", "--prompt", "\u200b\u200b\ufeff"))
+        assert result.code == 2
+        assert_one_message(result.err, "--prompt is empty: give the question to answer.")
+
+
+def test_a_chat_line_of_zero_width_characters_asks_nothing():
+    from medqlora.chat import _command
+
+    out, err = io.StringIO(), io.StringIO()
+    assert _command("\u200b\u2060", None, out, err) == "next"
+    assert out.getvalue() == err.getvalue() == ""
+
+
+@pytest.mark.parametrize(("setting", "choices"), [("generation.static_cache", "true, false or auto"),
+                                                  ("training.gradient_checkpointing", "true, false or unsloth")])
+def test_a_wrong_value_of_a_union_setting_is_one_readable_line(setting, choices):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [f"{setting}=Auto"])
+    message = str(raised.value)
+    assert f"'{setting}': expected {choices} (got 'Auto')." in message
+    assert message.count("\n  - ") == 1 and ".bool" not in message and "literal[" not in message

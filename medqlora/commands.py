@@ -27,6 +27,7 @@ from .secrets import printable, unpaired_surrogate
 MODES = ("train", "test", "eval", "full", "export", "chat")
 TRAINING_MODES = ("train", "full")  # train an adapter; --resume continues one of theirs
 ADAPTER_MODES = ("test", "eval", "export", "chat")  # use an adapter: --adapter
+ANSWERING_MODES = ("full", "test")  # answer generation.queries_file into sample_responses.md / .jsonl
 
 
 @dataclass

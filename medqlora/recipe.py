@@ -38,6 +38,7 @@ from .adapter_runs import (
 )
 from .commands import (
     ADAPTER_MODES,
+    ANSWERING_MODES,
     TRAINING_MODES,
     Options,
     Run,
@@ -170,7 +171,7 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
                               "run folders.")
         if mode == "eval":
             evaluate.check_something_to_score(self.cfg)
-        if mode in ("full", "test") or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
+        if mode in ANSWERING_MODES or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
             generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
 
     def resumed(self) -> tuple[RunDir, KitConfig, Path]:

@@ -1,8 +1,9 @@
 """Hostile and unlucky inputs of the Python API and of a few settings: path objects, a dict or bytes where the kit
 wants its config or text, ``baseline=None``, a config changed by assignment into one the command line refuses, an
-invisible --prompt and a mistyped union setting."""
+invisible --prompt, a mistyped union setting, the plan of --mode train and the loss of one logged step."""
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import medqlora
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
+from medqlora.run_files import Files
 
 from .conftest import assert_one_message, kit_argv, run_cli, tiny_overrides
 
@@ -97,3 +99,24 @@ def test_a_wrong_value_of_a_union_setting_is_one_readable_line(setting, choices)
     message = str(raised.value)
     assert f"'{setting}': expected {choices} (got 'Auto')." in message
     assert message.count("\n  - ") == 1 and ".bool" not in message and "literal[" not in message
+
+
+def test_the_plan_of_train_lists_no_sample_answers_and_full_does(tiny_model_dir, tmp_path, capsys):
+    plans = {}
+    for mode in ("train", "full"):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", mode))
+        assert result.code == 0, result.err
+        plans[mode] = json.loads(result.out)
+    assert Files.SAMPLES not in plans["train"]["outputs"]
+    assert "sample answers" not in plans["train"]["processes"]["ranks"][0]["writes"]
+    assert Files.SAMPLES in plans["full"]["outputs"]
+    assert plans["full"]["processes"]["ranks"][0]["writes"].endswith("sample answers")
+
+
+def test_one_logged_step_says_it_shows_no_trend():
+    from medqlora.report import loss_trend
+
+    line = loss_trend([{"step": 3, "loss": 10.8906, "learning_rate": 1e-4}, {"train_loss": 10.88, "step": 4}])
+    assert line.startswith("10.8906 at step 3, the only logged step: no trend")
+    assert "->" not in line
+    assert loss_trend([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]).startswith("2.0000 -> 1.0000")

@@ -24,6 +24,7 @@ from .backends import stop_token_ids
 from .config import KitConfig
 from .data import query_prompt
 from .errors import ConfigError
+from .rows import invisible
 
 
 def chat_messages(tokenizer: Any, system_prompt: str | None, turns: list[tuple[str, str]],
@@ -262,7 +263,7 @@ def _command(user: str, conversation: Conversation, out: TextIO, err: TextIO) ->
     if not is_text(user):
         err.write(f"{NOT_TEXT}\n")
         return "next"
-    if not user:
+    if invisible(user):  # blank, or only zero-width / format characters: nothing asked
         return "next"
     if user in ("/exit", "/quit"):
         return "stop"

@@ -7,6 +7,7 @@ purpose: ``--help`` and argument checks import it before any model code.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, environment, messages, signals
-from .config import PATH_SHOWN, has_control_characters
+from .config import PATH_SHOWN, KitConfig, has_control_characters, revalidate
 from .errors import ConfigError
+from .rows import invisible
 from .run_files import Files
 from .run_lock import release_run_folders
 from .secrets import printable, unpaired_surrogate
@@ -25,6 +27,7 @@ from .secrets import printable, unpaired_surrogate
 MODES = ("train", "test", "eval", "full", "export", "chat")
 TRAINING_MODES = ("train", "full")  # train an adapter; --resume continues one of theirs
 ADAPTER_MODES = ("test", "eval", "export", "chat")  # use an adapter: --adapter
+ANSWERING_MODES = ("full", "test")  # answer generation.queries_file into sample_responses.md / .jsonl
 
 
 @dataclass
@@ -71,6 +74,42 @@ class Run:
         return json.loads(file.read_text(encoding="utf-8")).get("metrics", {})
 
 
+def python_options(output_dir: Any = None, adapter: Any = None, resume: Any = None, baseline: Any = True,
+                   prompt: Any = None) -> Options:
+    """run_mode's keywords as the command line's options: a path as text or a path object (pathlib.Path, a Run's
+    ``path`` / ``adapter``), ``baseline=None`` as not given, the prompt as text; anything else is refused, naming
+    the keyword."""
+    paths = {name: _path_keyword(name, value) for name, value in
+             (("output_dir", output_dir), ("adapter", adapter), ("resume", resume))}
+    if baseline is not None and not isinstance(baseline, bool):
+        raise ConfigError(f"run_mode: baseline={printable(repr(baseline), 60)} ({type(baseline).__name__}): give "
+                          "True (score the base model too) or False (the command line's --no-baseline).")
+    if prompt is not None and not isinstance(prompt, str):
+        tip = " (decode it first: prompt.decode())" if isinstance(prompt, (bytes, bytearray)) else ""
+        raise ConfigError(f"run_mode: prompt is {type(prompt).__name__}, not text: give the question as a "
+                          f"str{tip}.")
+    return Options(**paths, baseline=baseline is not False, prompt=prompt)
+
+
+def _path_keyword(name: str, value: Any) -> str | None:
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if path is None or isinstance(path, str):
+        return path
+    raise ConfigError(f"run_mode: {name}={printable(repr(value), PATH_SHOWN)} ({type(value).__name__}): give a "
+                      "path, as a str or a pathlib.Path.")
+
+
+def python_config(cfg: Any) -> KitConfig:
+    """run_mode's config, validated again as a whole: a setting changed by assignment (cfg.training.method =
+    "dpo") is checked alone when assigned, so the rules across sections that load_config applies are applied
+    here, before any work; the run's config.yaml is then one the kit reads back."""
+    if not isinstance(cfg, KitConfig):
+        raise ConfigError(f"run_mode: cfg is {type(cfg).__name__}, not the kit's config: build it with "
+                          "medqlora.config.load_config(path or preset, overrides), then change settings by "
+                          "assignment (cfg.training.max_steps = 60).")
+    return revalidate(cfg, "the config given to run_mode")
+
+
 def check_start() -> None:
     """The environment a command starts in, checked first by the command line and by run_mode alike: launch
     variables (every process says why a stray launch is refused), the cache folders and the Hub endpoint."""
@@ -91,10 +130,10 @@ def check_options(mode: str, options: Options) -> None:
                               "characters (newline, NUL, escape...); give a plain path.")
     _check_flags_of_mode(mode, options)
     prompt, output_dir = options.prompt, options.output_dir
-    if prompt is not None and not prompt.strip():
-        raise ConfigError("--prompt is empty: give the question to answer.")
     if prompt is not None and unpaired_surrogate(prompt):  # undecodable bytes arrive as lone surrogates
         raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
+    if prompt is not None and invisible(prompt):  # blank, or only zero-width / format characters
+        raise ConfigError("--prompt is empty: give the question to answer.")
     if output_dir is not None and not output_dir.strip():
         raise ConfigError("--output-dir is empty: give the folder that holds run folders, or leave the flag out for "
                           "output.dir.")

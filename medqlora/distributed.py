@@ -287,9 +287,10 @@ def _cuda() -> bool:
 
 
 def process_plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[str, int | None],
-                 evaluated: bool = True) -> dict[str, Any]:
+                 evaluated: bool = True, answered: bool = True) -> dict[str, Any]:
     """What each process will do, for --dry-run (run it under the same launcher and config as the real run);
-    ``evaluated``: whether the run writes an evaluation report."""
+    ``evaluated``: whether the run writes an evaluation report, ``answered``: whether it answers the sample
+    queries."""
     n, per_machine = world_size(), local_world_size()
     split = split_batch(cfg).training
     kind = {"fsdp": "sharded (FSDP): each process holds 1/{n} of the weights",
@@ -306,8 +307,8 @@ def process_plan(cfg: KitConfig, train_examples: int | None, eval_items: dict[st
             if train_examples else "unknown until the data is known",
             "evaluation_items": {name: len(range(r, count, n)) if count else f"1/{n} of all"
                                  for name, count in eval_items.items()},
-            "writes": f"run folder, run.log, metrics, {'evaluation report, ' if evaluated else ''}sample answers"
-            if r == 0 else "nothing",
+            "writes": ", ".join(["run folder, run.log, metrics"] + ["evaluation report"] * evaluated
+                                + ["sample answers"] * answered) if r == 0 else "nothing",
         })
     planned = {"processes": n, "machines": -(-n // per_machine), "layout": kind.format(n=n), "ranks": ranks}
     if n > 1 and train_examples and not cfg.training.packing:  # packed rows are counted when training starts

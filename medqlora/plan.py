@@ -14,6 +14,7 @@ from typing import Any
 
 from . import adapter_base, adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
 from .adapter_runs import adapter_run_config, check_benchmarks_untrained, cot_style_mismatches, find_adapter
+from .commands import ANSWERING_MODES
 from .config import KitConfig
 from .errors import ModelError
 from .export import left_for_export_mode
@@ -56,6 +57,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
     data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
     with_eval = mode == "full" and evaluates_in_full_mode(cfg)
+    answered = mode in ANSWERING_MODES  # --mode train writes no sample answers
     lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
@@ -82,10 +84,10 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
         "gpu_memory": memory_plan(cfg, runtime, source),
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
-                                              if with_eval else {}, evaluated=with_eval),
+                                              if with_eval else {}, evaluated=with_eval, answered=answered),
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
         "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
-        + f"/ {{{Files.listed(with_eval, bool(lm_eval_tasks), cfg.training.method)}}}",
+        + f"/ {{{Files.listed(with_eval, bool(lm_eval_tasks), cfg.training.method, answered)}}}",
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
         **({"unused": unused} if (unused := unused_method_settings(cfg) + harness.unused_harness_settings(cfg, mode))
            else {}),

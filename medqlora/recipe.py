@@ -36,7 +36,18 @@ from .adapter_modes import AdapterModes
 from .adapter_runs import (
     with_init_adapter,
 )
-from .commands import ADAPTER_MODES, TRAINING_MODES, Options, Run, check_options, check_start, command
+from .commands import (
+    ADAPTER_MODES,
+    ANSWERING_MODES,
+    TRAINING_MODES,
+    Options,
+    Run,
+    check_options,
+    check_start,
+    command,
+    python_config,
+    python_options,
+)
 from .config import PATH_SHOWN, KitConfig
 from .errors import ConfigError, MedQLoRAError
 from .inputs import evaluates_in_full_mode
@@ -160,7 +171,7 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
                               "run folders.")
         if mode == "eval":
             evaluate.check_something_to_score(self.cfg)
-        if mode in ("full", "test") or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
+        if mode in ANSWERING_MODES or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
             generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
 
     def resumed(self) -> tuple[RunDir, KitConfig, Path]:
@@ -285,17 +296,21 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
             say(f"{how} {distributed.world_size()} processes share each batch")
 
 
-def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | None = None, adapter: str | None = None,
-             resume: str | None = None, baseline: bool = True, prompt: str | None = None) -> Run:
+def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | os.PathLike | None = None,
+             adapter: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+             baseline: bool | None = True, prompt: str | None = None) -> Run:
     """One mode from Python, as the command line runs it: ``run_mode("eval", cfg, adapter="latest")``. The
-    keywords are the command line's --output-dir, --adapter, --resume, --no-baseline (baseline=False), --prompt."""
-    options = Options(output_dir=output_dir, adapter=adapter, resume=resume, baseline=baseline, prompt=prompt)
-    check_start()  # as the command line starts: the environment, then the options
+    keywords are the command line's --output-dir, --adapter, --resume (a str or a pathlib.Path), --no-baseline
+    (baseline=False), --prompt. ``cfg`` is checked again as a whole, as load_config checks it."""
+    options = python_options(output_dir, adapter, resume, baseline, prompt)
+    check_start()  # as the command line starts: the environment, then the options and the config
     check_options(mode, options)
+    cfg = python_config(cfg)
     with command():
         return Recipe(cfg, options).execute(mode)
 
 
-def run_full(cfg: KitConfig, *, output_dir: str | None = None, resume: str | None = None) -> Run:
+def run_full(cfg: KitConfig, *, output_dir: str | os.PathLike | None = None,
+             resume: str | os.PathLike | None = None) -> Run:
     """--mode full from Python (the notebook): ``run = medqlora.run_full(cfg); run.path, run.adapter, run.metrics``."""
     return run_mode("full", cfg, output_dir=output_dir, resume=resume)

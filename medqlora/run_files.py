@@ -45,10 +45,12 @@ class Files:
     GRPO_FILES = (GRPO_SAMPLES, REWARD_CURVES)  # training.method: grpo (dpo, orpo: REWARD_CURVES)
 
     @classmethod
-    def listed(cls, evaluated: bool, lm_eval: bool = False, method: str = "sft") -> str:
+    def listed(cls, evaluated: bool, lm_eval: bool = False, method: str = "sft", answered: bool = True) -> str:
         """The files a training run writes, named for a plan: the evaluation's only where it evaluates, lm-eval's
-        where eval.harness runs it, the reward curves (and GRPO's samples) for the methods after SFT."""
-        names = [name for name in cls.TRAINING_RUN if evaluated or name not in cls.EVALUATION_FILES]
+        where eval.harness runs it, the sample answers where the mode answers the sample queries, the reward
+        curves (and GRPO's samples) for the methods after SFT."""
+        names = [name for name in cls.TRAINING_RUN if (evaluated or name not in cls.EVALUATION_FILES)
+                 and (answered or name != f"{cls.SAMPLES}/.jsonl")]
         names += list(cls.LM_EVAL_FILES) if evaluated and lm_eval else []
         names += {"grpo": list(cls.GRPO_FILES), "dpo": [cls.REWARD_CURVES], "orpo": [cls.REWARD_CURVES]}.get(method, [])
         return ", ".join(names)

@@ -24,4 +24,4 @@ from .kit import (  # noqa: F401
 from .yaml_reader import (  # noqa: F401
     YAMLRefused, KitLoader, load_yaml, read_yaml_file)
 from .loading import (  # noqa: F401
-    resolve_config_path, load_config, MAX_PROBLEMS, validate)
+    resolve_config_path, load_config, MAX_PROBLEMS, validate, revalidate)

@@ -8,6 +8,8 @@ for a misspelled one.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +91,55 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
     try:
         return KitConfig.model_validate(raw)
     except ValidationError as err:
-        errors = err.errors()
+        errors = _one_error_per_union(err.errors())
         problems = [_describe(e, source, lines or {}) + _quote_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
+
+
+def revalidate(cfg: KitConfig, source: str) -> KitConfig:
+    """``cfg`` validated again as a whole, as load_config would read it: a setting changed by assignment is checked
+    alone (its section's rules), never against the other sections (training.method against the data format).
+    The settings never given stay unset, so what the run says of given settings stays true."""
+    return validate(cfg.model_dump(mode="json", exclude_unset=True, warnings=False), source=source)
+
+
+def _one_error_per_union(errors: list[dict]) -> list[dict]:
+    """A value that fits no member of a union setting (static_cache: bool | "auto") is reported by pydantic once per
+    member, under the member's name (``static_cache.bool``, ``static_cache.literal['auto']``): one error for the
+    setting instead, naming the values it takes."""
+    merged: list[dict] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        choices = _union_choices(loc[:-1]) if len(loc) > 1 and isinstance(loc[-1], str) else None
+        if choices is None:
+            merged.append(error)
+        elif not any(tuple(m["loc"]) == loc[:-1] for m in merged):
+            merged.append({"type": "union_choice", "loc": loc[:-1], "input": error.get("input"),
+                           "msg": f"expected {choices}"})
+    return merged
+
+
+def _union_choices(loc: tuple) -> str | None:
+    """'true, false or auto' for the setting at ``loc`` when its type is a union of several members, else None."""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model is not None and isinstance(loc[-1], str) else None
+    if field is None or typing.get_origin(field.annotation) not in (typing.Union, types.UnionType):
+        return None
+    names: list[str] = []
+    for member in typing.get_args(field.annotation):
+        if typing.get_origin(member) is typing.Literal:
+            names += [str(v).lower() if isinstance(v, bool) else str(v) for v in typing.get_args(member)]
+        elif member in _MEMBER_NAMES:
+            names += _MEMBER_NAMES[member]
+        else:  # a section or a list: the last part of an error's loc is one of its own keys, not a member's name
+            return None
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+_MEMBER_NAMES: dict[Any, list[str]] = {bool: ["true", "false"], type(None): ["null"], int: ["a whole number"],
+                                       float: ["a number"], str: ["text"]}
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> tuple | None:

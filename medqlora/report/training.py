@@ -34,10 +34,15 @@ def eval_loss_text(log_history: list[dict[str, Any]]) -> str:
 
 
 def loss_trend(log_history: list[dict[str, Any]]) -> str | None:
-    """Mean loss over the first and the last tenth of the logged steps (single steps are noisy)."""
-    losses = [loss for _, loss in loss_curve(log_history)]
+    """Mean loss over the first and the last tenth of the logged steps (single steps are noisy); one logged step
+    has no trend, and says so."""
+    points = loss_curve(log_history)
+    losses = [loss for _, loss in points]
     if not losses:
         return None
+    if len(points) == 1:
+        return (f"{losses[0]:.4f} at step {points[0][0]}, the only logged step: no trend to show (a smaller "
+                "training.logging_steps logs more steps)")
     k = max(1, len(losses) // 10)
     return f"{sum(losses[:k]) / k:.4f} -> {sum(losses[-k:]) / k:.4f} (mean of first/last {k} logged steps)"
 

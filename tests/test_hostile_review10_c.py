@@ -38,3 +38,61 @@ def test_mmlu_answers_in_lower_case_are_read_as_their_letters(tmp_path):
     folder.mkdir()
     _csv(folder / "anatomy_test.csv", [["What is 1?", "w", "x", "y", "z", "a"], ["What is 2?", "w", "x", "y", "z", "c"]])
     assert [row["answer"] for row in subject_rows(folder, "anatomy")] == [0, 2]
+
+
+def _organ_rows(header: list[str], answer) -> list[list]:
+    return [header] + [[f"Which organ does disease {i} affect most?", "liver", "heart", "lung", "kidney", answer(i)]
+                       for i in range(16)]
+
+
+def _mc_dry_run(capsys, model: Path, tmp_path: Path, source: Path):
+    return run_cli(capsys, kit_argv(model, tmp_path / "out", "--dry-run", **{
+        "data.datasets.0.source": str(source), "data.datasets.0.format": "multiple_choice"}))
+
+
+def test_options_in_columns_of_their_own_are_read_from_a_csv_file_medmcqa_hub_layout_too(tiny_model_dir, tmp_path,
+                                                                                           capsys):
+    medmcqa = _csv(tmp_path / "medmcqa.csv", _organ_rows(["question", "opa", "opb", "opc", "opd", "cop"],
+                                                         lambda i: i % 4))
+    letters = _csv(tmp_path / "letters.csv", _organ_rows(["question", "A", "B", "C", "D", "answer_idx"],
+                                                         lambda i: "ABCD"[i % 4]))
+    for source in (medmcqa, letters):
+        result = _mc_dry_run(capsys, tiny_model_dir, tmp_path, source)
+        assert result.code == 0, result.err
+    from medqlora.config import DatasetSpec
+    from medqlora.data import format_rows, load_rows
+
+    for source in (medmcqa, letters):
+        spec = DatasetSpec(source=str(source), format="multiple_choice")
+        examples = format_rows(spec, load_rows(spec))
+        assert [ex.response for ex in examples[:4]] == ["A. liver", "B. heart", "C. lung", "D. kidney"]
+        assert "A. liver\nB. heart\nC. lung\nD. kidney" in examples[0].prompt
+
+
+def test_a_medmcqa_cop_numbered_from_one_is_refused_naming_the_hub_numbering(tiny_model_dir, tmp_path, capsys):
+    first_release = _csv(tmp_path / "medmcqa.csv", _organ_rows(["question", "opa", "opb", "opc", "opd", "cop"],
+                                                               lambda i: i % 4 + 1))
+    result = _mc_dry_run(capsys, tiny_model_dir, tmp_path, first_release)
+    assert result.code == 2
+    assert_one_message(result.err, "field 'cop' is '4', expected the right option's number 0-3")
+    assert "needs 1 taken off every cop" in result.err
+
+
+def test_options_as_json_text_in_a_csv_cell_name_the_layouts_a_csv_file_can_hold(tiny_model_dir, tmp_path, capsys):
+    options = json.dumps({"A": "liver", "B": "heart", "C": "lung", "D": "kidney"})
+    source = _csv(tmp_path / "mc.csv", [["question", "options", "answer_idx"]]
+                  + [[f"Which organ {i}?", options, "A"] for i in range(16)])
+    result = _mc_dry_run(capsys, tiny_model_dir, tmp_path, source)
+    assert result.code == 2
+    assert_one_message(result.err, "which a CSV cell cannot hold. In a CSV file give one column per option: opa, opb")
+    assert "or save the file as JSONL or Parquet" in result.err
+
+
+def test_a_row_without_an_options_column_is_told_layouts_that_work(tiny_model_dir, tmp_path, capsys):
+    source = _csv(tmp_path / "mc.csv", _organ_rows(["question", "first", "second", "third", "fourth", "answer_idx"],
+                                                   lambda i: "A"))
+    result = _mc_dry_run(capsys, tiny_model_dir, tmp_path, source)
+    assert result.code == 2
+    assert_one_message(result.err, "has no column 'options'")
+    assert "or as one column per option: opa, opb, opc, opd with cop" in result.err
+    assert "e.g. columns: {options: your_column}" not in result.err  # four columns cannot map onto one field

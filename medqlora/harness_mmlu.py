@@ -10,7 +10,7 @@ from typing import Any
 from .config import KitConfig
 from .data import resolve_local
 from .errors import DataError
-from .evaluate import EvalItem
+from .evaluate import EvalItem, check_answer_stated_once
 from .rows import MAX_FIELD_CHARS
 from .regular_files import link_note
 from .secrets import printable
@@ -37,6 +37,7 @@ def subject_items(cfg: KitConfig, subject: str) -> list[EvalItem]:
         import random
 
         items = random.Random(cfg.training.seed).sample(items, size)
+    check_answer_stated_once(f"lm-eval task mmlu_{subject}", items)
     return items
 
 

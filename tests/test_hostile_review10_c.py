@@ -96,3 +96,40 @@ def test_a_row_without_an_options_column_is_told_layouts_that_work(tiny_model_di
     assert_one_message(result.err, "has no column 'options'")
     assert "or as one column per option: opa, opb, opc, opd with cop" in result.err
     assert "e.g. columns: {options: your_column}" not in result.err  # four columns cannot map onto one field
+
+
+def _same_options_rows(n: int, differing: int = 0) -> list[dict]:
+    same = {"A": "same", "B": "same", "C": "same", "D": "same"}
+    other = {"A": "liver", "B": "heart", "C": "lung", "D": "kidney"}
+    return [{"question": f"Which organ does disease {i} affect most?", "options": other if i < differing else same,
+             "answer_idx": "ABCD"[i % 4]} for i in range(n)]
+
+
+def test_a_benchmark_whose_every_item_states_its_answer_in_two_options_is_refused(tiny_model_dir, tmp_path, capsys):
+    source = _jsonl(tmp_path / "same.jsonl", _same_options_rows(12))
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter", "none",
+                    **{"eval.benchmarks": f"[{{name: s, kind: multiple_choice, source: {source}}}]"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "Benchmark 's': every one of its 12 items states the answer in two options (item")
+    assert "coin toss" in result.err
+
+
+def test_benchmark_items_stating_their_answer_in_two_options_are_said_mmlu_and_the_shipped_medmcqa_too(
+        tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    _csv(folder / "anatomy_test.csv", [["What is 1?", "same", "same", "same", "same", "A"],
+                                       ["What is 2?", "w", "x", "y", "z", "B"]])
+    result = _mmlu_eval(capsys, tiny_model_dir, tmp_path, folder)
+    assert result.code == 0, result.err
+    said = result.out + result.err
+    assert ("warning: lm-eval task mmlu_anatomy: 1 of its 2 items state the answer in two options (item anatomy-1: "
+            "options A and B are both 'same'") in said
+    from medqlora.config import BenchmarkSpec
+    from medqlora.evaluate import load_items
+
+    # MedMCQA's dev set holds one such item; the shipped held-out part is scored, with the item said
+    items = load_items(BenchmarkSpec(name="medmcqa", kind="multiple_choice", source="data/medmcqa/heldout.jsonl"), 0)
+    assert len(items) == 507
+    assert "warning: Benchmark 'medmcqa': 1 of its 507 items state the answer in two options" in capsys.readouterr().out

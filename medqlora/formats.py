@@ -247,6 +247,9 @@ def _medmcqa_letter(value: Any, options: dict[str, str]) -> str:
     """The letter of MedMCQA's cop (the right option, numbered from 0 as the hub's openlifescienceai/medmcqa does)."""
     text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
     letters = list(options)
+    if text == "-1":
+        raise DataError("field 'cop' is -1: the row's answer is not given (MedMCQA's test split hides its answers "
+                        "this way). Read a split that has them (split: validation, or train), or leave the row out.")
     if not text.isdigit() or int(text) >= len(letters):
         raise DataError(f"field 'cop' is {printable(repr(value), 40)}, expected the right option's number 0-"
                         f"{len(letters) - 1}, as MedMCQA's hub layout (openlifescienceai/medmcqa) numbers them: 0 for "

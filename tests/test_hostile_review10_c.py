@@ -133,3 +133,13 @@ def test_benchmark_items_stating_their_answer_in_two_options_are_said_mmlu_and_t
     items = load_items(BenchmarkSpec(name="medmcqa", kind="multiple_choice", source="data/medmcqa/heldout.jsonl"), 0)
     assert len(items) == 507
     assert "warning: Benchmark 'medmcqa': 1 of its 507 items state the answer in two options" in capsys.readouterr().out
+
+
+def test_medmcqa_rows_whose_answer_is_hidden_name_a_split_that_has_answers():
+    from medqlora.config import DatasetSpec
+    from medqlora.errors import DataError
+    from medqlora.formats import FORMATS
+
+    row = {"question": "Q?", "opa": "liver", "opb": "heart", "opc": "lung", "opd": "kidney", "cop": -1}
+    with pytest.raises(DataError, match="field 'cop' is -1: the row's answer is not given .*split: validation"):
+        FORMATS["multiple_choice"](row, DatasetSpec(source="openlifescienceai/medmcqa", format="multiple_choice"))

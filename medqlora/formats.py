@@ -330,8 +330,9 @@ CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
 def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     name, messages = _column(row, spec, "messages", "conversations")
     if not isinstance(messages, list):
+        text = " A CSV cell holds text only: save conversations as JSONL or Parquet." if isinstance(messages, str) else ""
         raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
-                        "{\"role\": ..., \"content\": ...} turns.")
+                        "{\"role\": ..., \"content\": ...} turns." + text)
     turns: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
         where = f"field '{printable(name, 60)}' turn {i + 1}"

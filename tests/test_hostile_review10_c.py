@@ -143,3 +143,12 @@ def test_medmcqa_rows_whose_answer_is_hidden_name_a_split_that_has_answers():
     row = {"question": "Q?", "opa": "liver", "opb": "heart", "opc": "lung", "opd": "kidney", "cop": -1}
     with pytest.raises(DataError, match="field 'cop' is -1: the row's answer is not given .*split: validation"):
         FORMATS["multiple_choice"](row, DatasetSpec(source="openlifescienceai/medmcqa", format="multiple_choice"))
+
+
+def test_a_conversation_as_text_in_a_csv_cell_is_told_to_use_jsonl_or_parquet(tiny_model_dir, tmp_path, capsys):
+    turns = json.dumps([{"role": "user", "content": "What is aspirin?"}, {"role": "assistant", "content": "A drug."}])
+    source = _csv(tmp_path / "chat.csv", [["messages"]] + [[turns]] * 16)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{
+        "data.datasets.0.source": str(source), "data.datasets.0.format": "chat"}))
+    assert result.code == 2
+    assert_one_message(result.err, "A CSV cell holds text only: save conversations as JSONL or Parquet.")

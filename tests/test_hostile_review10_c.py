@@ -152,3 +152,21 @@ def test_a_conversation_as_text_in_a_csv_cell_is_told_to_use_jsonl_or_parquet(ti
         "data.datasets.0.source": str(source), "data.datasets.0.format": "chat"}))
     assert result.code == 2
     assert_one_message(result.err, "A CSV cell holds text only: save conversations as JSONL or Parquet.")
+
+
+def test_lm_eval_medmcqa_reads_a_file_in_medmcqa_hub_layout(tiny_model_dir, tmp_path, capsys):
+    rows = [{"id": f"m{i}", "question": f"Which organ does disease {i} affect most?", "opa": "liver", "opb": "heart",
+             "opc": "lung", "opd": "kidney", "cop": i % 4} for i in range(8)]
+    source = _jsonl(tmp_path / "medmcqa_validation.jsonl", rows)
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter", "none",
+                    **{"eval.harness": "lm-eval", "eval.lm_eval.tasks": "[medmcqa]", "eval.lm_eval.medmcqa": str(source)})
+    result = run_cli(capsys, argv)
+    assert result.code == 0, result.err
+    assert "lm-eval medmcqa (8 items" in result.out
+    from medqlora.config import load_config
+    from medqlora.harness import load_tasks
+
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "eval.harness=lm-eval", "eval.lm_eval.tasks=[medmcqa]",
+                             f"eval.lm_eval.medmcqa={source}"])
+    items = sorted(load_tasks(cfg)[0].items, key=lambda item: item.uid)
+    assert [item.gold for item in items[:4]] == ["A", "B", "C", "D"]

@@ -135,8 +135,9 @@ def _multiple_choice_items(cfg: KitConfig, name: str) -> list[EvalItem]:
         return _four_options(name, bench, _sampled(cfg, name, bench))
     except MissingColumnError as err:
         raise DataError(f"{err.missing} eval.lm_eval.{name} reads a JSONL file with one question a line: question, "
-                        f"options {{A..D}}, answer_idx (the letter), as in {SHIPPED_MEDMCQA} (docs/lm-eval.md); write "
-                        "the file in that layout.") from None
+                        f"options {{A..D}}, answer_idx (the letter), as in {SHIPPED_MEDMCQA} (docs/lm-eval.md), or "
+                        "MedMCQA's hub layout (question, opa, opb, opc, opd, cop 0-3); write the file in one of "
+                        "those layouts.") from None
 
 
 def _multiple_choice(cfg: KitConfig, name: str) -> BenchmarkSpec:

@@ -10,7 +10,7 @@ from typing import Any
 from .config import KitConfig
 from .data import resolve_local
 from .errors import DataError
-from .evaluate import EvalItem
+from .evaluate import EvalItem, check_answer_stated_once
 from .rows import MAX_FIELD_CHARS
 from .regular_files import link_note
 from .secrets import printable
@@ -37,6 +37,7 @@ def subject_items(cfg: KitConfig, subject: str) -> list[EvalItem]:
         import random
 
         items = random.Random(cfg.training.seed).sample(items, size)
+    check_answer_stated_once(f"lm-eval task mmlu_{subject}", items)
     return items
 
 
@@ -111,14 +112,14 @@ def _mmlu_csv_row(file: Path, number: int, record: list[str]) -> dict[str, Any]:
         raise DataError(f"{where}: expected six columns (question, A, B, C, D, answer letter), got {len(record)}: "
                         f"{printable(record, 200)}.")
     answer = record[5].strip()
-    if answer in ("A", "B", "C", "D"):
-        return {"question": record[0], "choices": record[1:5], "answer": "ABCD".index(answer)}
+    if answer.upper() in ("A", "B", "C", "D"):  # a lower-case letter names the same option
+        return {"question": record[0], "choices": record[1:5], "answer": "ABCD".index(answer.upper())}
     if number == 1:
         raise DataError(f"{where}: the answer column (the sixth) holds {printable(answer, 40)!r}, not a letter A-D: "
                         "is this line a header? MMLU's CSV files have no header row; remove it "
                         f"(got {printable(record, 200)}).")
     raise DataError(f"{where}: the answer column (the sixth) holds {printable(answer, 40)!r}; expected one letter "
-                    "A, B, C or D.")
+                    "A, B, C or D (either case).")
 
 
 def _mmlu_parquet_row(file: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,18 @@ def _same_text(a: str, b: str) -> bool:
     return a.casefold().split() == b.casefold().split()
 
 
+def answer_twin(options: dict[str, str], gold: str) -> str | None:
+    """Another option whose text is the answer's (case and spacing aside), or None: with it, a multiple-choice
+    question's answer is a coin toss. Training rows and benchmark items are both checked with it."""
+    if gold not in options:
+        return None
+    return next((k for k, text in options.items() if k != gold and _same_text(text, options[gold])), None)
+
+
+def twin_said(options: dict[str, str], gold: str, twin: str) -> str:
+    return f"options {gold} and {twin} are both {printable(options[gold], 60)!r}, and the answer is {gold}"
+
+
 def _answer_stated_once(c: Collected) -> None:
     """A multiple-choice row whose answer's text is also another option's: the row teaches one letter where another
     says the same (a duplicated wrong option, as real exam sets hold, changes nothing and passes)."""
@@ -47,10 +59,9 @@ def _answer_stated_once(c: Collected) -> None:
     for ex in c.examples:
         options = {name.removeprefix("options."): text for name, text in ex.texts if name.startswith("options.")}
         gold = ex.response.split(".", 1)[0]
-        twins = [k for k, text in options.items() if k != gold and gold in options and _same_text(text, options[gold])]
-        if twins:
-            said = f"options {gold} and {twins[0]} are both {printable(options[gold], 60)!r}, and the answer is {gold}"
-            found.append((ex.row, said))
+        twin = answer_twin(options, gold)
+        if twin:
+            found.append((ex.row, twin_said(options, gold, twin)))
     if found:
         _, shown = min(found, key=lambda hit: hit[0] or 0)
         raise DataError(f"{printable(c.spec.source, 200)}: {_first_rows([row for row, _ in found])} state the answer "

@@ -24,6 +24,7 @@ from .items import (
     ITEM_LOADERS,
     PUBMEDQA_LABELS,
     EvalItem,
+    check_answer_stated_once,
     check_not_trained_on,
     cot_items_from,
     cot_style_of,
@@ -36,7 +37,7 @@ from .prompts import check_prompts_fit, evaluation_length, item_prompt, prompt_i
 
 __all__ = [
     "COT_VALIDATION", "FINAL_RESPONSE", "ITEM_LOADERS", "PUBMEDQA_LABELS", "REFERENCES", "EvalItem",
-    "answer_token_ids", "check_not_trained_on", "check_something_to_score", "check_prompts_fit",
+    "answer_token_ids", "check_answer_stated_once", "check_not_trained_on", "check_something_to_score", "check_prompts_fit",
     "classification_metrics", "cot_items_from",
     "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
     "item_prompt", "load_benchmarks", "load_items", "one_answer_warning", "prompt_ids", "rouge_l",

@@ -14,6 +14,7 @@ from ..config import BenchmarkSpec, DatasetSpec, KitConfig
 from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
 from ..errors import DataError
 from ..run_files import Files
+from ..secrets import printable
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
 
@@ -32,7 +33,30 @@ def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
     items = ITEM_LOADERS[bench.kind](bench)
     if bench.max_items is not None and bench.max_items < len(items):
         items = random.Random(seed).sample(items, bench.max_items)
+    check_answer_stated_once(f"Benchmark '{printable(bench.name, 80)}'", items)
     return items
+
+
+def check_answer_stated_once(name: str, items: list[EvalItem]) -> None:
+    """Multiple-choice items whose answer's text is also another option's (the check training rows get): the model
+    cannot tell the right letter from the other by its text, so the item scores a coin toss. Said when some items
+    are such (a published set may hold one, as MedMCQA's dev set does), refused when all are: the score would
+    measure nothing."""
+    from ..messages import say
+    from ..row_checks import answer_twin, twin_said
+
+    found = [(item, twin) for item in items if (twin := answer_twin(item.option_texts, item.gold))]
+    if not found:
+        return
+    item, twin = found[0]
+    said = f"item {printable(item.uid, 60)}: {twin_said(item.option_texts, item.gold, twin)}"
+    if len(found) == len(items):
+        raise DataError(f"{name}: every one of its {len(items)} items states the answer in two options ({said}), so "
+                        "every answer is a coin toss and the score would measure nothing. Make the options differ "
+                        "(or correct the answers), or evaluate on another set.")
+    say(f"warning: {name}: {len(found)} of its {len(items)} items state the answer in two options ({said}): the "
+        "model cannot tell the right letter from the other by its text, so each of them scores a coin toss. Make "
+        "their options differ (or correct the answers), or leave them out, for a score that measures the model alone.")
 
 
 def _split(bench: BenchmarkSpec) -> str | None:
@@ -113,7 +137,6 @@ def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_ite
     (data.allow_eval_overlap: exact copies and near duplicates inside longer texts). ``required``: the adapter is in
     a run folder of the kit, which writes the file before training; without it the check cannot be made."""
     from ..leakage import flagged_hashes, legacy_question_hash, question_hash
-    from ..secrets import printable
 
     if not training_items.is_file():
         if required:

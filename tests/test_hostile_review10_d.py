@@ -1,0 +1,42 @@
+"""Inputs of a hostile review that the kit handled badly, each with the behaviour it has now (docs/errors.md YD rows).
+
+Findings handled here: 075, 081."""
+
+import fcntl
+import json
+import os
+
+import pytest
+
+from .conftest import assert_one_message, run_cli
+
+
+def _run_in_training(tmp_path):
+    """A run folder of the kit whose training runs now: no adapter saved yet, its lock held (here by this test)."""
+    from medqlora.config import load_config
+
+    run = tmp_path / "outputs" / "busy"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(load_config(None).to_yaml())
+    (run / "manifest.json").write_text(json.dumps({"status": "training", "kit_version": "0.1.0"}))
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"4242\n")
+    return run, fd
+
+
+@pytest.mark.parametrize("argv", [["--mode", "eval", "--adapter", "{run}"],
+                                  ["--mode", "train", "--set", "training.init_adapter={run}"]])
+def test_an_adapter_of_a_run_still_training_says_so_and_never_advises_training_it_again(tmp_path, capsys, argv):
+    """A run still training (its lock held by a live process) was described as stopped, with 'Train it again'."""
+    run, fd = _run_in_training(tmp_path)
+    try:
+        code, _, err = run_cli(capsys, ["--dry-run", *(a.format(run=run) for a in argv)])
+    finally:
+        os.close(fd)
+    assert code == 2
+    assert_one_message(err, "is a run folder of this kit that is still training (process 4242 holds its lock): its "
+                            "adapter is saved when that training ends. Wait for it to end")
+    assert "Train it again" not in err
+    code, _, err = run_cli(capsys, ["--dry-run", *(a.format(run=run) for a in argv)])
+    assert code == 2 and "stopped before its adapter was saved" in err  # the lock let go: the training has stopped

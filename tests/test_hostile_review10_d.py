@@ -40,3 +40,26 @@ def test_an_adapter_of_a_run_still_training_says_so_and_never_advises_training_i
     assert "Train it again" not in err
     code, _, err = run_cli(capsys, ["--dry-run", *(a.format(run=run) for a in argv)])
     assert code == 2 and "stopped before its adapter was saved" in err  # the lock let go: the training has stopped
+
+
+@pytest.mark.parametrize("body,said", [("echo quantizing; exit 0", "ended without error but wrote no model-q4_k_m.gguf "
+                                        "(the kit runs it as llama-quantize INPUT.gguf OUTPUT.gguf TYPE"),
+                                       ("echo 'unknown type' >&2; exit 1", "failed (exit 1): unknown type")],
+                         ids=["writes-nothing", "fails"])
+def test_a_llama_quantize_that_does_not_work_is_advised_as_a_program_not_as_a_converter(tmp_path, body, said):
+    """A llama-quantize on PATH that exits 0 and writes nothing got the converter's advice (--outfile / --outtype,
+    pip install ./gguf-py), which does not fit a compiled program taking positional arguments."""
+    from medqlora.export.llama_cpp import ToolFailed, run_tool
+
+    program = tmp_path / "bin" / "llama-quantize"
+    program.parent.mkdir()
+    program.write_text(f"#!/bin/sh\n{body}\n")
+    program.chmod(0o755)
+    source, out = tmp_path / "model-f16.gguf", tmp_path / "model-q4_k_m.gguf"
+    with pytest.raises(ToolFailed) as failed:
+        run_tool([str(program), str(source), str(out), "Q4_K_M"], "llama-quantize", out)
+    message = str(failed.value)
+    assert f"llama-quantize in {program.parent} {said}" in message
+    assert "Build llama-quantize from a current llama.cpp checkout" in message
+    assert "set export.gguf_type to one the converter writes itself instead of q4_k_m: q8_0, f16, bf16, f32" in message
+    assert "gguf-py" not in message and "--outfile" not in message

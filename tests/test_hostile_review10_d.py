@@ -1,6 +1,6 @@
 """Inputs of a hostile review that the kit handled badly, each with the behaviour it has now (docs/errors.md YD rows).
 
-Findings handled here: 075, 081."""
+Findings handled here: 075, 081, 093, 094."""
 
 import fcntl
 import json

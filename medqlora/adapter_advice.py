@@ -71,8 +71,8 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
 def still_training(shown: str, flag: str, holder: str, checkpoint: Path | None) -> str:
     """A run folder whose adapter is not saved yet because its training runs now (another process holds its lock)."""
     who = f"process {printable(holder, 20)}" if holder else "another medqlora command"
-    meanwhile = (f" Meanwhile its last checkpoint so far can be used as it is: {named_flag(flag)}{printable(checkpoint)}."
-                 if checkpoint is not None else "")
+    meanwhile = ("" if checkpoint is None else " Meanwhile its last checkpoint so far can be used as it is: "
+                 f"{named_flag(flag)}{printable(checkpoint)}.")
     return (f"{flag} {shown} is a run folder of this kit that is still training ({who} holds its lock): its adapter "
             "is saved when that training ends. Wait for it to end, then run this command again (training it again "
             f"would start a second training of the same run).{meanwhile}")

@@ -1,6 +1,6 @@
 """Inputs of a hostile review that the kit handled badly, each with the behaviour it has now (docs/errors.md YD rows).
 
-Findings handled here: 075, 081, 093, 094."""
+Findings handled here: 075, 081, 093, 094, 100."""
 
 import fcntl
 import json
@@ -42,8 +42,10 @@ def test_an_adapter_of_a_run_still_training_says_so_and_never_advises_training_i
     assert code == 2 and "stopped before its adapter was saved" in err  # the lock let go: the training has stopped
 
 
-@pytest.mark.parametrize("body,said", [("echo quantizing; exit 0", "ended without error but wrote no model-q4_k_m.gguf "
-                                        "(the kit runs it as llama-quantize INPUT.gguf OUTPUT.gguf TYPE"),
+WROTE_NOTHING = "ended without error but wrote no model-q4_k_m.gguf (the kit runs it as llama-quantize INPUT.gguf"
+
+
+@pytest.mark.parametrize("body,said", [("echo quantizing; exit 0", WROTE_NOTHING),
                                        ("echo 'unknown type' >&2; exit 1", "failed (exit 1): unknown type")],
                          ids=["writes-nothing", "fails"])
 def test_a_llama_quantize_that_does_not_work_is_advised_as_a_program_not_as_a_converter(tmp_path, body, said):
@@ -63,3 +65,49 @@ def test_a_llama_quantize_that_does_not_work_is_advised_as_a_program_not_as_a_co
     assert "Build llama-quantize from a current llama.cpp checkout" in message
     assert "set export.gguf_type to one the converter writes itself instead of q4_k_m: q8_0, f16, bf16, f32" in message
     assert "gguf-py" not in message and "--outfile" not in message
+
+
+def _kit_run(folder, *overrides, r=16):
+    """A run folder of the kit with an adapter of rank ``r`` (no weights: the card reads configs only)."""
+    from medqlora.config import load_config
+
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": "tiny", "r": r, "lora_alpha": 2 * r,
+         "target_modules": ["v_proj", "q_proj"]}))
+    (folder / "config.yaml").write_text(load_config(None, list(overrides)).to_yaml())
+    (folder / "manifest.json").write_text(json.dumps({"kit_version": "0.1.0", "status": "trained"}))
+    return folder
+
+
+def test_the_model_card_describes_the_exported_adapters_own_run_not_the_export_commands_config(tmp_path):
+    """The card took training.init_adapter and lora: from the export command's config: a plain --mode export
+    --adapter STAGE2 lost the stage it started from, and an init_adapter left in the export's config gave a
+    fresh run a false lineage (with another run's evaluation-overlap warning)."""
+    from medqlora.config import load_config
+    from medqlora.report import model_card
+    from medqlora.runs import RunDir
+
+    leak = _kit_run(tmp_path / "leak", "data.datasets=[{source: pqtest.jsonl, format: instruction}]",
+                    "data.allow_eval_overlap=true")
+    stage2 = _kit_run(tmp_path / "s2", "data.datasets=[{source: ins.jsonl, format: instruction}]",
+                      f"training.init_adapter={leak / 'adapter'}", r=8)
+    fresh = _kit_run(tmp_path / "base", "data.datasets=[{source: ins.jsonl, format: instruction}]")
+    report = {"formats": ["adapter"]}
+
+    card = model_card(load_config(None), RunDir(stage2), report, stage2 / "adapter")
+    assert "- started from the adapter of the run leak (training.init_adapter), trained on:" in card
+    assert "  - pqtest.jsonl (format instruction" in card and "LoRA r=8, alpha=16 on q_proj, v_proj" in card
+
+    export_cfg = load_config(None, [f"training.init_adapter={leak}", "lora.r=4"])
+    card = model_card(export_cfg, RunDir(fresh), report, fresh / "adapter")
+    assert "leak" not in card and "pqtest" not in card and "allow_eval_overlap" not in card
+    assert "- ins.jsonl (format instruction" in card and "LoRA r=16, alpha=32" in card
+
+    foreign = tmp_path / "downloaded" / "lora"
+    foreign.mkdir(parents=True)
+    (foreign / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": "tiny", "r": 4, "lora_alpha": 4, "target_modules": "q_proj"}))
+    card = model_card(export_cfg, RunDir(tmp_path / "downloaded"), report, foreign)
+    assert "- unknown: this adapter was trained outside medqlora's run folders" in card and "leak" not in card
+

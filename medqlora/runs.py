@@ -198,8 +198,10 @@ def _after_a_cut_line(fd: int, target: Path) -> str:
 
 
 def _open_log(run: Path) -> Any:
-    """run.log for appending, through ``_open_append``."""
-    return os.fdopen(_open_append(run, Files.RUN_LOG), "a", encoding="utf-8")
+    """run.log for appending, through ``_open_append``; a line a killed command left cut is ended first."""
+    fd = _open_append(run, Files.RUN_LOG)
+    os.write(fd, _after_a_cut_line(fd, run / Files.RUN_LOG).encode())
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 class _RunLogHandler(logging.FileHandler):

@@ -115,6 +115,10 @@ def test_the_model_card_describes_the_exported_adapters_own_run_not_the_export_c
 def test_records_appended_after_a_cut_line_start_on_a_line_of_their_own(tmp_path, capsys):
     """A kill -9 while grpo_samples.jsonl was written leaves its last record cut; the resumed run glued its first
     sample onto it ('...What is 15+1{"step": 2, ...}'), so the file stayed invalid JSONL and that sample was lost."""
+    import logging
+
+    from medqlora.messages import begin_command
+    from medqlora.run_lock import release_run_folders
     from medqlora.runs import RunDir
 
     (tmp_path / "grpo_samples.jsonl").write_text('{"step": 0, "reward": 1}\n{"step": 1, "prompt": "What is 15+1')
@@ -122,9 +126,15 @@ def test_records_appended_after_a_cut_line_start_on_a_line_of_their_own(tmp_path
     run = RunDir(tmp_path)
     run.append_text("grpo_samples.jsonl", '{"step": 2, "reward": 0}\n')
     run.append_text("grpo_samples.jsonl", '{"step": 3, "reward": 1}\n')
-    run.append_text("run.log", "resuming\n")
+    run.start_log()
+    try:
+        logging.getLogger("medqlora").info("resuming")
+    finally:
+        release_run_folders()
+        begin_command()  # run.log closed
     records = [json.loads(line) for line in (tmp_path / "grpo_samples.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records] == [0, 2, 3]
     assert "grpo_samples.jsonl ended in a cut record (35 bytes, a command stopped while writing it)" in (
         capsys.readouterr().out)
-    assert (tmp_path / "run.log").read_text() == "step 1 done\nstep 2 sta\nresuming\n"
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert lines[:2] == ["step 1 done", "step 2 sta"] and lines[-1].endswith("INFO resuming")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .adapters import CONFIG_NAME, kit_run_folder
 from .run_files import Files
+from .run_lock import lock_holder
 from .secrets import printable
 
 
@@ -46,6 +47,9 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
     if path.is_dir() and kit_run_folder(path / Files.ADAPTER) is not None:
         checkpoints = sorted((c for c in (path / Files.CHECKPOINTS).glob("checkpoint-*") if (c / CONFIG_NAME).is_file()),
                              key=lambda c: int(c.name.rsplit("-", 1)[1]) if c.name.rsplit("-", 1)[1].isdigit() else -1)
+        holder = lock_holder(path)
+        if holder is not None:
+            return still_training(shown, flag, holder, checkpoints[-1] if checkpoints else None)
         if checkpoints:
             return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved "
                     f"(killed or failed: no adapter_config.json in its adapter/). Finish the training with: python "
@@ -62,3 +66,13 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
         return (f"{flag} {shown} holds a full model (config.json and its weights, as export.formats merged writes "
                 f"it), not a LoRA adapter: {advice}.")
     return f"{flag} {shown}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder)."
+
+
+def still_training(shown: str, flag: str, holder: str, checkpoint: Path | None) -> str:
+    """A run folder whose adapter is not saved yet because its training runs now (another process holds its lock)."""
+    who = f"process {printable(holder, 20)}" if holder else "another medqlora command"
+    meanwhile = ("" if checkpoint is None else " Meanwhile its last checkpoint so far can be used as it is: "
+                 f"{named_flag(flag)}{printable(checkpoint)}.")
+    return (f"{flag} {shown} is a run folder of this kit that is still training ({who} holds its lock): its adapter "
+            "is saved when that training ends. Wait for it to end, then run this command again (training it again "
+            f"would start a second training of the same run).{meanwhile}")

@@ -7,6 +7,7 @@ first one's."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from .errors import MedQLoRAError
@@ -50,6 +51,29 @@ def lock_run_folder(run: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+
+
+def lock_holder(run: Path) -> str | None:
+    """Whether another process holds the run folder's lock now (a training still running): the process id it wrote
+    there ('' when unreadable), or None when nobody holds it. Takes nothing: a shared lock tried and let go."""
+    if fcntl is None or run.resolve() in _held:
+        return None
+    try:
+        fd = os.open(run / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # no lock file (never locked, or an older kit's run) or not a file: nobody to name
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def release_run_folders() -> None:

@@ -24,7 +24,7 @@ from . import adapters
 from .config import KitConfig
 from .distributed import is_main
 from .errors import MedQLoRAError
-from .messages import log_to
+from .messages import log_to, say
 from .regular_files import not_a_private_file
 from .run_files import Files
 from .run_lock import lock_run_folder
@@ -157,7 +157,7 @@ def _open_append(run: Path, name: str) -> int:
     refused, never followed) and O_NONBLOCK (a named pipe with no reader is refused, not waited on); a pipe, a
     device or a hard link to a file elsewhere is refused before anything is written."""
     fd, last, target = _open_parent(run, name)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
     try:
         out = os.open(last, flags, 0o644, dir_fd=fd)
     except OSError as err:
@@ -176,9 +176,32 @@ def _open_append(run: Path, name: str) -> int:
     return out
 
 
+TAIL_SEARCHED = 1 << 20
+
+
+def _after_a_cut_line(fd: int, target: Path) -> str:
+    """What goes before the next text appended to a file whose last line was cut (a kill -9 during a write, then
+    --resume): a JSONL file loses its cut record, which no reader can parse (said), so that the file stays one record
+    a line; a text file (run.log) has its line ended. '' when the file ends a line (or is empty)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return ""
+    start = max(0, size - TAIL_SEARCHED)
+    tail = os.pread(fd, size - start, start)
+    end = tail.rfind(b"\n")
+    if target.suffix != ".jsonl" or (end < 0 and start > 0):
+        return "\n"
+    os.ftruncate(fd, start + end + 1)
+    say(f"warning: {printable(target)} ended in a cut record ({size - start - end - 1} bytes, a command stopped while "
+        "writing it): that record is dropped, the new ones follow the last whole one")
+    return ""
+
+
 def _open_log(run: Path) -> Any:
-    """run.log for appending, through ``_open_append``."""
-    return os.fdopen(_open_append(run, Files.RUN_LOG), "a", encoding="utf-8")
+    """run.log for appending, through ``_open_append``; a line a killed command left cut is ended first."""
+    fd = _open_append(run, Files.RUN_LOG)
+    os.write(fd, _after_a_cut_line(fd, run / Files.RUN_LOG).encode())
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 class _RunLogHandler(logging.FileHandler):
@@ -293,7 +316,7 @@ class RunDir:
         """Append ``text`` (credentials masked) to ``name``, one of the files the kit appends to (``APPENDED``)."""
         if is_main():
             with os.fdopen(_open_append(self.path, name), "a", encoding="utf-8") as handle:
-                handle.write(redact(text))
+                handle.write(_after_a_cut_line(handle.fileno(), self.path / name) + redact(text))
 
     def write_bytes(self, name: str, data: bytes) -> None:
         if is_main():

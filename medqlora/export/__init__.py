@@ -112,7 +112,7 @@ def _export_into(cfg: KitConfig, adapter: Path, say: Any, run: RunDir, sources: 
     if failed and not written:
         raise next(iter(failed.values()))  # nothing else was asked for: nothing is exported
     if cfg.export.push_to_hub and not failed:
-        run.write_text(f"{Files.EXPORT_PARTIAL}/{Files.MODEL_CARD}", model_card(cfg, run, report))
+        run.write_text(f"{Files.EXPORT_PARTIAL}/{Files.MODEL_CARD}", model_card(cfg, run, report, adapter))
     run.write_json(f"{Files.EXPORT_PARTIAL}/{Files.EXPORT_REPORT}", report)
     run.write_text(f"{Files.EXPORT_PARTIAL}/{Files.EXPORT_REPORT_MD}", export_report_markdown(report))
     final = run.inside(run.unique(Files.EXPORT))

@@ -96,33 +96,55 @@ def quantizer_for(gguf_type: str, folder: Path | None) -> Path | None:
 
 def run_tool(command: list[str], name: str, writes: Path) -> None:
     """Run one of llama.cpp's tools (found, so installed), which must write the file ``writes``. A tool that fails,
-    or ends without writing it, stops with what it said: a converter of another llama.cpp version than the gguf
-    package it imports (or than the options the kit passes) fails like this."""
+    or ends without writing it, stops with what it said and what to change: a converter of another llama.cpp
+    version than the gguf package it imports (or than the options the kit passes), or a llama-quantize program of
+    another version (or another program of that name), fails like this."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    unusable = _unusable_output(writes)
+    converter = command[0] == sys.executable
+    unusable = _unusable_output(writes, CONVERTER_USAGE if converter else QUANTIZE_USAGE)
     if done.returncode == 0 and not unusable:
         return
-    tool = Path(command[1] if command[0] == sys.executable else command[0])
+    tool = Path(command[1] if converter else command[0])
+    said = (done.stderr.strip() or done.stdout.strip())[-800:]
     what = (f"failed (exit {done.returncode}): {printable(done.stderr.strip()[-800:])}" if done.returncode != 0 else
-            f"ended without error but {unusable}")
+            f"ended without error but {unusable}" + (f"; it printed: {printable(said)}" if said else ""))
     log.error("%s %s", name, what if done.returncode == 0 else f"failed: {done.stderr[-4000:]}")
-    elsewhere = (", or unset LLAMA_CPP_DIR to use the converter python -m medqlora.export --fetch-llama-cpp puts in "
-                 "the kit's cache" if os.environ.get("LLAMA_CPP_DIR") else "")
     raise ToolFailed(
         f"{name} {'failed (exit ' + str(done.returncode) + ')' if done.returncode else 'wrote no usable file'}",
-        f"{name} in {printable(tool.parent)} {what}\nllama.cpp was found and its {name} ran, but did not work: a "
-        "checkout whose converters do not match its gguf-py package (or the options this kit passes) fails like this. "
-        f"Update it (git pull in that checkout, then pip install ./gguf-py there){elsewhere}; or leave that format out "
-        "of export.formats.")
+        f"{name} in {printable(tool.parent)} {what}\n" + (_converter_advice(name) if converter else
+                                                            _quantizer_advice(tool, writes)))
 
 
-def _unusable_output(writes: Path) -> str:
-    """Why the file a tool was to write cannot be read back ('' when it can): missing, empty (a tool stopped while
-    writing, a full disk), or not a regular file of its own (a link is never followed out of the export folder)."""
+CONVERTER_USAGE = "a version that takes other options than --outfile / --outtype?"
+QUANTIZE_USAGE = ("the kit runs it as llama-quantize INPUT.gguf OUTPUT.gguf TYPE: a build of another version, or "
+                  "another program of that name?")
+
+
+def _converter_advice(name: str) -> str:
+    elsewhere = (", or unset LLAMA_CPP_DIR to use the converter python -m medqlora.export --fetch-llama-cpp puts in "
+                 "the kit's cache" if os.environ.get("LLAMA_CPP_DIR") else "")
+    return (f"llama.cpp was found and its {name} ran, but did not work: a checkout whose converters do not match its "
+            "gguf-py package (or the options this kit passes) fails like this. Update it (git pull in that checkout, "
+            f"then pip install ./gguf-py there){elsewhere}; or leave that format out of export.formats.")
+
+
+def _quantizer_advice(tool: Path, writes: Path) -> str:
+    kind = writes.stem.removeprefix("model-")
+    return (f"The llama-quantize program found ({printable(tool)}) ran, but did not work. Build llama-quantize from a "
+            "current llama.cpp checkout (cmake -B build; cmake --build build --target llama-quantize) and set "
+            "LLAMA_CPP_DIR to that checkout (its build/bin is looked in before PATH), or put a working "
+            f"llama-quantize first on PATH; or set export.gguf_type to one the converter writes itself instead of "
+            f"{printable(kind)}: {', '.join(CONVERTER_TYPES)}; or leave gguf out of export.formats.")
+
+
+def _unusable_output(writes: Path, usage: str) -> str:
+    """Why the file a tool was to write cannot be read back ('' when it can): missing (``usage``: the likely why),
+    empty (a tool stopped while writing, a full disk), or not a regular file of its own (a link is never followed
+    out of the export folder)."""
     try:
         status = writes.lstat()
     except FileNotFoundError:
-        return f"wrote no {writes.name} (a version that takes other options than --outfile / --outtype?)"
+        return f"wrote no {writes.name} ({usage})"
     if stat.S_ISLNK(status.st_mode):
         return f"left a symbolic link at {writes.name} instead of the file (the kit never reads through it)"
     if not stat.S_ISREG(status.st_mode):

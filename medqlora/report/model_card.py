@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .. import backends
+from .. import adapters, backends
 from ..adapter_origin import origin_run
 from ..config import KitConfig, load_config
 from ..data.sources import HUB_DATASET_ID, looks_local, resolve_local
@@ -24,9 +24,10 @@ DISCLAIMER = ("**Not medical advice.** This model was fine-tuned for research an
               "Consult a healthcare professional.")
 
 
-def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
+def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any], adapter: Path | None = None) -> str:
     """README.md of the hub repository: what the files are, the data the run trained on, its results, the checks
-    of the export, and the medical disclaimer."""
+    of the export, and the medical disclaimer. ``adapter``: the adapter exported, whose own LoRA settings and run
+    (config.yaml, with the stages it started from) the card describes, not the export command's config."""
     base, public = backends.portable_base_name(cfg.model.name), backends.public_model_name(cfg.model.name)
     meta: dict[str, Any] = {"tags": ["medical", "lora", "qlora", "medqlora"]}
     if is_hub_id(base):
@@ -36,11 +37,10 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
     sections = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n",
         f"# {printable(public)} fine-tuned on medical data (QLoRA)\n",
-        (f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, trained with "
-         f"medqlora. Base model: `{printable(public)}`.\n"),
+        f"{_lora_line(cfg, adapter)}, trained with medqlora. Base model: `{printable(public)}`.\n",
         DISCLAIMER + "\n",
         "## Files\n\n" + "\n".join(_file_lines(report, is_hub_id(base))) + "\n",
-        "## Training data\n\n" + "\n".join(_data_lines(cfg)) + "\n",
+        "## Training data\n\n" + "\n".join(_trained_on(cfg, adapter)) + "\n",
         "## Results\n\n" + _results(run).replace(cfg.model.name, public) + "\n",  # its title names the model
     ]
     if "merged_vs_trained" in report:
@@ -49,6 +49,32 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any]) -> str:
                         f"identical {checks['identical_greedy_replies']}, max |logit difference| "
                         f"{checks['max_abs_logit_diff']}.\n")
     return "\n".join(sections)
+
+
+def _lora_line(cfg: KitConfig, adapter: Path | None) -> str:
+    """The adapter's LoRA settings, from its adapter_config.json (a stage started from training.init_adapter keeps
+    the first stage's, whatever lora: says); cfg's lora section where no adapter is given."""
+    r, alpha, targets = cfg.lora.r, cfg.lora.alpha, list(cfg.lora.target_modules)
+    if adapter is not None:
+        config = adapters.read_config(adapter)
+        r, alpha, found = config["r"], config.get("lora_alpha", alpha), config["target_modules"]
+        targets = [found] if isinstance(found, str) else sorted(found)
+    return f"LoRA r={r}, alpha={alpha} on {printable(', '.join(targets))}"
+
+
+def _trained_on(cfg: KitConfig, adapter: Path | None) -> list[str]:
+    """The data the adapter learnt from: the datasets of the run it was trained in and of the stages that run
+    started from, read from its config.yaml (the export command's training settings say nothing of the adapter's
+    past); unknown for an adapter trained outside the kit's run folders. cfg's where no adapter is given."""
+    if adapter is None:
+        return _data_lines(cfg)
+    run = origin_run(adapter)
+    if run is None:
+        return ["- unknown: this adapter was trained outside medqlora's run folders"]
+    try:
+        return _data_lines(load_config(run / Files.CONFIG))
+    except MedQLoRAError:
+        return ["- unknown: the config.yaml of the run this adapter was trained in is unreadable"]
 
 
 def _file_lines(report: dict[str, Any], base_on_hub: bool = True) -> list[str]:

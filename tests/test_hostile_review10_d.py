@@ -97,12 +97,12 @@ def test_the_model_card_describes_the_exported_adapters_own_run_not_the_export_c
 
     card = model_card(load_config(None), RunDir(stage2), report, stage2 / "adapter")
     assert "- started from the adapter of the run leak (training.init_adapter), trained on:" in card
-    assert "  - pqtest.jsonl (format instruction" in card and "LoRA r=8, alpha=16 on q_proj, v_proj" in card
+    assert "  - local file pqtest.jsonl (format instruction" in card and "LoRA r=8, alpha=16 on q_proj, v_proj" in card
 
     export_cfg = load_config(None, [f"training.init_adapter={leak}", "lora.r=4"])
     card = model_card(export_cfg, RunDir(fresh), report, fresh / "adapter")
     assert "leak" not in card and "pqtest" not in card and "allow_eval_overlap" not in card
-    assert "- ins.jsonl (format instruction" in card and "LoRA r=16, alpha=32" in card
+    assert "- local file ins.jsonl (format instruction" in card and "LoRA r=16, alpha=32" in card
 
     foreign = tmp_path / "downloaded" / "lora"
     foreign.mkdir(parents=True)

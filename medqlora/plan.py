@@ -41,6 +41,12 @@ def _check_planned_run_name(cfg: KitConfig, output_dir: str | None, resuming: bo
             check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
 
 
+def _check_planned_output(cfg: KitConfig, output_dir: str | None) -> None:
+    """The output folder, checked as the run checks it: writable, and not inside a data folder."""
+    check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
+    data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))
+
+
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
     from .train import check_optimizer, logging_note, planned_steps
@@ -54,8 +60,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     backends.check_planned_target_modules(cfg, source)  # the modules LoRA targets, checked as the run checks them
     kernels = backends.planned_kernels(cfg, runtime, _model_type(cfg, source))  # liger where it cannot run: refused
     tokenizer = local_tokenizer(cfg, source)  # checked, and the data tokenized with it as a run does
-    check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
-    data.refuse_output_inside_data(cfg.data, Path(output_dir or cfg.output.dir))  # as the run refuses it
+    _check_planned_output(cfg, output_dir)
     with_eval = mode == "full" and evaluates_in_full_mode(cfg)
     answered = mode in ANSWERING_MODES  # --mode train writes no sample answers
     lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)

@@ -136,12 +136,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "before": before, "after": after, "speedup": round(after["tokens_per_s"] / before["tokens_per_s"], 2),
         "after_vs_before": agreement(before_texts, after_texts),
     }
+    if args.also_batch_sizes:
+        result["other_batch_sizes"] = other_batch_sizes(cfg, model, tokenizer, texts, after_texts, args)
     if args.alone:
         alone = [_generate(cfg, model, tokenizer, [t], args.max_new_tokens, 1, ARRIVAL_ORDER)[0][0]
                  for t in texts[: args.alone]]
         result["before_vs_alone"] = agreement(alone, before_texts[: args.alone])
         result["after_vs_alone"] = agreement(alone, after_texts[: args.alone])
     return result
+
+
+def other_batch_sizes(cfg: Any, model: Any, tokenizer: Any, texts: list[str], reference: list[str],
+                   args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The after path again at each batch size of --also-batch-sizes: tokens/s, the peak memory of the generation
+    itself (the weights are counted before it) and how many texts match the after path at --batch-size."""
+    import torch
+
+    from medqlora.generate import decoding_for
+
+    rows = []
+    for size in args.also_batch_sizes:
+        sized = argparse.Namespace(**{**vars(args), "batch_size": size})
+        decoding = decoding_for(cfg, model, len(texts), args.max_new_tokens, size)
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            weights = torch.cuda.memory_allocated()
+        measured, replies = measure(cfg, model, tokenizer, texts, decoding, sized)
+        measured["batch_size"] = size
+        if cuda:
+            measured["peak_allocated_over_weights_gib"] = round((torch.cuda.max_memory_allocated() - weights) / 2**30, 2)
+        measured["vs_after"] = agreement(reference, replies)
+        rows.append(measured)
+    return rows
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -156,6 +184,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"tokens, {result['max_new_tokens']} new tokens, batch {result['batch_size']}, {result['device']}, "
              f"{result['dtype']}: speed-up x{result['speedup']}; greedy texts identical: {same['identical']} "
              f"({same['identical_prompts']})."]
+    if result.get("other_batch_sizes"):
+        rows += ["", "| after path, batch | tokens/s | x batch " + str(result["batch_size"]) + " | peak GiB over "
+                 "the weights | identical to batch " + str(result["batch_size"]) + " |", "| --- | --- | --- | --- | --- |"]
+        for r in result["other_batch_sizes"]:
+            rows.append(f"| {r['batch_size']} | {r['tokens_per_s']} | "
+                        f"x{round(r['tokens_per_s'] / result['after']['tokens_per_s'], 2)} | "
+                        f"{r.get('peak_allocated_over_weights_gib', '-')} | {r['vs_after']['identical_prompts']} |")
     for key in ("before_vs_alone", "after_vs_alone"):
         if key in result:
             rows.append(f"{key}: identical {result[key]['identical_prompts']}, mean common prefix "
@@ -175,6 +210,8 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--also-batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                   help="also time the after path at these batch sizes (e.g. 16,32,64)")
     p.add_argument("--alone", type=int, default=8, help="answer the first K prompts one at a time (0: skip)")
     p.add_argument("--medical-o1", default=None, help="medical-o1 rows (JSON/JSONL) for the short prompts")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-generation")

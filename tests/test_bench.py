@@ -99,7 +99,7 @@ def test_generation_bench_answers_along_both_paths_and_compares_their_texts(tiny
     out = tmp_path / "bench"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "generation.py"), "--model", str(tiny_model_dir), "--prompts", "2",
-         "--max-new-tokens", "4", "--batch-size", "2", "--alone", "2", "--out", str(out)],
+         "--max-new-tokens", "4", "--batch-size", "2", "--alone", "2", "--also-batch-sizes", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -111,6 +111,8 @@ def test_generation_bench_answers_along_both_paths_and_compares_their_texts(tiny
     assert result["prompt_tokens_max"] > 3 * result["prompt_tokens_min"]  # an abstract beside a question alone
     assert result["after_vs_before"]["identical"] and result["after_vs_alone"]["identical_prompts"] == "2/2"
     assert (out / "generation.md").read_text().startswith("| path | ordered by length |")
+    [one] = result["other_batch_sizes"]  # the after path again, a prompt a batch: the same texts in fp32
+    assert (one["batch_size"], one["vs_after"]["identical_prompts"]) == (1, "2/2") and one["tokens_per_s"] > 0
 
 
 def _bench_module(name: str):

@@ -37,8 +37,8 @@ from .prompts import check_item_texts, check_prompts_fit, evaluation_length, ite
 
 __all__ = [
     "COT_VALIDATION", "FINAL_RESPONSE", "ITEM_LOADERS", "PUBMEDQA_LABELS", "REFERENCES", "EvalItem",
-    "answer_token_ids", "check_answer_stated_once", "check_not_trained_on", "check_something_to_score", "check_item_texts",
-    "check_prompts_fit",
+    "answer_token_ids", "check_answer_stated_once", "check_not_trained_on", "check_something_to_score",
+    "check_item_texts", "check_prompts_fit",
     "classification_metrics", "cot_items_from",
     "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
     "item_prompt", "load_benchmarks", "load_items", "one_answer_warning", "prompt_ids", "rouge_l",

@@ -19,7 +19,8 @@ def letter_patterns(letters: tuple[str, ...]) -> tuple[re.Pattern[str], re.Patte
     """(a letter mentioned as an answer anywhere, a reply opening with one) for the option letters an item has:
     A-D, or A-J where a set has ten options (choices.py keys every layout by capital letters)."""
     cls = "[" + "".join(sorted(set(letters))) + "]"
-    mentioned = re.compile(rf"(?:\(({cls})\)|\*\*({cls})\*\*|(?:option|choice)\s+({cls})\b|(?:^|\s)({cls})[.):](?=\s|$))")
+    mentioned = re.compile(rf"(?:\(({cls})\)|\*\*({cls})\*\*|(?:option|choice)\s+({cls})\b"
+                           rf"|(?:^|\s)({cls})[.):](?=\s|$))")
     return mentioned, re.compile(rf"[\s*(]*({cls})(?:[.):*]|\s*$)")
 
 

@@ -23,6 +23,7 @@ from . import generate
 from .backends import stop_token_ids
 from .config import KitConfig
 from .data import query_prompt
+from .data.control_tokens import control_token_in, control_token_said, prompt_settings, refuse_control_text
 from .errors import ConfigError
 from .rows import invisible
 
@@ -188,6 +189,7 @@ def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: Tex
     """--prompt: one answer to stdout, the disclaimer to stderr."""
     if not is_text(question):
         raise ConfigError("--prompt is not UTF-8 text (it holds undecodable bytes): give the question as text.")
+    refuse_control_text(tokenizer, [*prompt_settings(cfg.data), ("--prompt", question)], ConfigError)
     conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model))
     prompt = conversation.prompt(question)
     if conversation.cut:
@@ -226,6 +228,7 @@ def interactive(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: Te
 def _start_conversation(cfg: KitConfig, model: Any, tokenizer: Any, inp: TextIO, out: TextIO, err: TextIO,
                         title: str) -> Conversation:
     """A new conversation, the input told to keep undecodable bytes, and the title, help and disclaimer shown."""
+    refuse_control_text(tokenizer, prompt_settings(cfg.data), ConfigError)
     conversation = Conversation(tokenizer, query_prompt(cfg.data, "")[0], reply_budget(cfg, model),
                                 keep_history=cfg.model.chat_template is not False)
     with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
@@ -264,6 +267,9 @@ def _command(user: str, conversation: Conversation, out: TextIO, err: TextIO) ->
         err.write(f"{NOT_TEXT}\n")
         return "next"
     if invisible(user):  # blank, or only zero-width / format characters: nothing asked
+        return "next"
+    if hit := control_token_in(conversation.tokenizer, [("that line", user)]):
+        err.write(f"({control_token_said(*hit)} The line was skipped.)\n")
         return "next"
     if user in ("/exit", "/quit"):
         return "stop"

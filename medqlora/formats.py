@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .choices import mc_answer, mc_options
+from .choices import mc_answer, read_choices
 from .errors import DataError
 from .rows import Example, _column, _field, _kind, _response, _text, _uid, invisible
 from .secrets import printable
@@ -180,14 +180,16 @@ def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     "multiple_choice", placeholders=("question", "options"),
     required={"question": "the question", "options": "the lettered options"},
     fields=(("question",), ("options",), ("answer_idx",)),
-    columns="question, options {A..E} (or a list), answer_idx; or one column per option (CSV too): A, B, C, D with "
-            "answer_idx, or MedMCQA's hub layout opa, opb, opc, opd with cop (0-3)",
+    columns="question, options {A..E} (or a list; keys a..e or 1..5 are read as A..E), answer_idx; or one column "
+            "per option (CSV too; names in any case): A, B, C, D with answer_idx, or MedMCQA's hub layout opa, opb, "
+            "opc, opd with cop (0-3)",
     target="`B. <option text>`; the prompt lists the options as `A. ...` lines",
     shape='{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}')
 def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
     q_name, question = _field(row, spec, "question")
-    options = mc_options(row, spec)
-    a_name, answer = mc_answer(row, spec, options)
+    choices = read_choices(row, spec)
+    options = choices.texts
+    a_name, answer = mc_answer(row, spec, choices)
     if answer not in options:
         raise DataError(f"{printable(a_name, 60)} {printable(repr(answer), 40)} is not one of the options "
                         f"{printable(sorted(options), 200)}.")
@@ -225,10 +227,63 @@ CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
               "human": "user", "gpt": "assistant"}  # ShareGPT's {"from": "human", "value": ...} too
 
 
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")  # DeepSeek-R1 / Qwen3, gpt-oss, others' exports
+
+
+def _reasoning(message: dict[str, Any], role: str, where: str, field: str) -> str | None:
+    """The reasoning an assistant message carries beside its content (DeepSeek-R1 / Qwen3's ``reasoning_content``,
+    or ``thinking`` / ``reasoning``), or None when it carries none (absent, null or empty). Refused on another
+    speaker's turn, or given under two keys."""
+    keys = [key for key in REASONING_KEYS if message.get(key) not in (None, "")]
+    if not keys:
+        return None
+    if len(keys) > 1:
+        raise DataError(f"{where} has both '{keys[0]}' and '{keys[1]}': which one holds its reasoning is not the kit's "
+                        "to guess. Keep one of them.")
+    if role != "assistant":
+        raise DataError(f"{where} is a {role} turn with '{keys[0]}': only an assistant's reply carries reasoning, "
+                        "which the kit trains as its <think> section. Move it into the content, or drop the field.")
+    return _text(message[keys[0]], f"{field}.{keys[0]}")
+
+
+def _with_reasoning(content: str, reasoning: str | None, where: str) -> str:
+    """An assistant reply with its reasoning as the think section before it, as DeepSeek-R1 and Qwen3 write it
+    (their chat templates read it back into reasoning_content)."""
+    if reasoning is None:
+        return content
+    if _THINK_TAG.search(content):
+        raise DataError(f"{where} has reasoning beside a content that holds its own <think> section: the target would "
+                        "hold two. Keep the reasoning in one place (the content's <think> section, or the field).")
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{content}"
+
+
+_THINK_TAG = re.compile(r"</?think>", re.IGNORECASE)
+
+
+def _chat_turn(message: Any, i: int, name: str) -> tuple[str, str, str]:
+    """(role, text as trained, content alone) of turn ``i`` of a chat row: role/content or ShareGPT's from/value,
+    an assistant's reasoning (_reasoning) put before its content."""
+    where = f"field '{printable(name, 60)}' turn {i + 1}"
+    if not isinstance(message, dict):
+        raise DataError(f"{where} is {_kind(message)}, expected {{\"role\": ..., \"content\": ...}}.")
+    role_key = "role" if "role" in message else "from" if "from" in message else None
+    content_key = "content" if "content" in message else "value" if "value" in message else None
+    if role_key is None or content_key is None:
+        missing = "role" if role_key is None else "content"
+        raise DataError(f"{where} has no '{missing}'; its keys are {printable(sorted(map(str, message)), 120)}.")
+    role = message[role_key]
+    if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
+        raise DataError(f"{where} has role {printable(repr(role), 40)}; expected system, user or assistant.")
+    role = CHAT_ROLES[role.strip().lower()]
+    content = _text(message[content_key], f"{name}[{i + 1}].content")
+    return role, _with_reasoning(content, _reasoning(message, role, where, f"{name}[{i + 1}]"), where), content
+
+
 @dataset_format(
     "chat", placeholders=None, fields=(("messages", "conversations"),),
     columns="messages (role/content; a system turn of its own is kept, else the dataset's system prompt), ending "
-            "with an assistant turn",
+            "with an assistant turn; an assistant turn's `reasoning_content` (or `thinking`) is trained as its "
+            "`<think>` section",
     target="every assistant turn, each in its place in the conversation (all other tokens masked; a template that "
            "rewrites earlier replies, as reasoning models' do, learns the last one and counts it in data_stats)",
     shape='{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}')
@@ -238,20 +293,8 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
         text = " A CSV cell holds text only: save conversations as JSONL or Parquet." if isinstance(messages, str) else ""
         raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
                         "{\"role\": ..., \"content\": ...} turns." + text)
-    turns: list[tuple[str, str]] = []
-    for i, message in enumerate(messages):
-        where = f"field '{printable(name, 60)}' turn {i + 1}"
-        if not isinstance(message, dict):
-            raise DataError(f"{where} is {_kind(message)}, expected {{\"role\": ..., \"content\": ...}}.")
-        role_key = "role" if "role" in message else "from" if "from" in message else None
-        content_key = "content" if "content" in message else "value" if "value" in message else None
-        if role_key is None or content_key is None:
-            missing = "role" if role_key is None else "content"
-            raise DataError(f"{where} has no '{missing}'; its keys are {printable(sorted(map(str, message)), 120)}.")
-        role = message[role_key]
-        if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
-            raise DataError(f"{where} has role {printable(repr(role), 40)}; expected system, user or assistant.")
-        turns.append((CHAT_ROLES[role.strip().lower()], _text(message[content_key], f"{name}[{i + 1}].content")))
+    read = [_chat_turn(message, i, name) for i, message in enumerate(messages)]
+    turns = [(role, text) for role, text, _ in read]
     if not turns or turns[-1][0] != "assistant":
         raise DataError("each 'messages' list must end with an assistant turn (the response to learn).")
     if not any(role == "user" for role, _ in turns[:-1]):
@@ -259,7 +302,7 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     history = "\n\n".join(content for role, content in turns[:-1] if role != "system")
     last_user = next(content for role, content in reversed(turns) if role == "user")
     texts = tuple((f"{name}[{i + 1}] ({role})", content) for i, (role, content) in enumerate(turns))
-    _response(turns[-1][1], f"{name}[{len(turns)}].content")
+    _response(read[-1][2], f"{name}[{len(turns)}].content")
     users = [(field, content) for (field, content), (role, _) in zip(texts[:-1], turns) if role == "user"]
     joins = (("user turns (joined)", "\n\n".join(content for _, content in users)),) \
         if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between

@@ -279,6 +279,7 @@ def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str,
     context = model_context(model.config)
     if context is not None:
         prompt_room(cfg, context)
+    check_query_texts(cfg, tokenizer, questions)
     questions = [fit_query(cfg, tokenizer, q, context) for q in questions]
     prompts = [render_prompt(tokenizer, *query_prompt(cfg.data, q["question"])) for q in questions]
     began = time.perf_counter()
@@ -286,6 +287,17 @@ def answer(cfg: KitConfig, model: Any, tokenizer: Any, questions: list[dict[str,
     seconds = round(time.perf_counter() - began, 2)
     return [{**q, "response": with_disclaimer(text, g.disclaimer), "new_tokens": n, "seconds_all_queries": seconds}
             for q, (text, n) in zip(questions, replies, strict=True)]
+
+
+def check_query_texts(cfg: KitConfig, tokenizer: Any, questions: list[dict[str, str]]) -> None:
+    """The config's prompt texts and each query's question hold no control token of the tokenizer as text (each
+    would end its turn inside the prompt): refused, naming the setting or the query."""
+    from .data.control_tokens import prompt_settings, refuse_control_text
+
+    shown = printable(cfg.generation.queries_file, PATH_SHOWN)
+    refuse_control_text(tokenizer, [*prompt_settings(cfg.data), *(
+        (f"generation.queries_file {shown}: query {printable(repr(q['id']), 80)}", q["question"]) for q in questions)],
+        ConfigError)
 
 
 def fit_query(cfg: KitConfig, tokenizer: Any, query: dict[str, str], context: int | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
 from .data import resolve_local, system_prompt_of
 from .environment import check_datasets_cache
 from .errors import ConfigError, DataError, MedQLoRAError
-from .evaluate import PUBMEDQA_LABELS, EvalItem, classification_metrics, evaluation_length, load_items
+from .evaluate import PUBMEDQA_LABELS, EvalItem, check_item_texts, classification_metrics, evaluation_length, load_items
 from .harness_mmlu import subject_items
 from .progress import bars_shown
 from .rows import MissingColumnError
@@ -244,6 +244,7 @@ def run_tasks(cfg: KitConfig, model: Any, tokenizer: Any, folder: Path, tasks: l
     """lm-eval's scores of the loaded model (base, or with its adapter) on the tasks in ``folder``:
     {task: metrics}, the metrics as the kit's scorer reports them plus lm-eval's acc and acc_norm."""
     check_installed()
+    check_item_texts(cfg, tokenizer, {task.name: task.items for task in tasks})  # read as turn markers
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 

@@ -214,6 +214,9 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg, source), benchmarks)
     if mode in ("test", "chat"):
         _check_prompt_room(cfg, mode, source)
+        tokenizer = local_tokenizer(cfg, source)  # None where reading it would convert or download
+        questions = generate.load_queries(cfg.generation.queries_file) if mode == "test" else []
+        generate.check_query_texts(cfg, tokenizer, questions)
     if mode == "export":
         from .export import check_before_export
 

@@ -23,7 +23,8 @@ from ..config import KIT_ROOT, DataSection, DatasetSpec  # noqa: F401
 from ..errors import DataError  # noqa: F401
 from ..formats import (  # noqa: F401
     CHAT_ROLES, DATASET_FORMATS, FORMAT_SHAPES, FORMATS, PUBMEDQA_PROMPT, Formatter, dataset_format, format_chat,
-    format_instruction, format_medical_o1, format_multiple_choice, format_pubmedqa, mc_options)
+    format_instruction, format_medical_o1, format_multiple_choice, format_pubmedqa)
+from ..choices import mc_options, read_choices  # noqa: F401
 from ..rows import MAX_FIELD_CHARS, Example, pmid_of  # noqa: F401
 from .sources import (  # noqa: F401
     LOCAL_SUFFIXES, Rows, looks_local, resolve_local, load_rows, fingerprint)

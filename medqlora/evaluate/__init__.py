@@ -33,11 +33,12 @@ from .items import (
 )
 from .likelihood import answer_token_ids, score_likelihood
 from .metrics import REFERENCES, classification_metrics, one_answer_warning, side_by_side, speed_of
-from .prompts import check_prompts_fit, evaluation_length, item_prompt, prompt_ids
+from .prompts import check_item_texts, check_prompts_fit, evaluation_length, item_prompt, prompt_ids
 
 __all__ = [
     "COT_VALIDATION", "FINAL_RESPONSE", "ITEM_LOADERS", "PUBMEDQA_LABELS", "REFERENCES", "EvalItem",
-    "answer_token_ids", "check_answer_stated_once", "check_not_trained_on", "check_something_to_score", "check_prompts_fit",
+    "answer_token_ids", "check_answer_stated_once", "check_not_trained_on", "check_something_to_score",
+    "check_item_texts", "check_prompts_fit",
     "classification_metrics", "cot_items_from",
     "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
     "item_prompt", "load_benchmarks", "load_items", "one_answer_warning", "prompt_ids", "rouge_l",
@@ -55,6 +56,7 @@ def check_something_to_score(cfg: KitConfig) -> None:
 
 def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> dict:
     """Score every benchmark with the configured method; returns {benchmark: metrics}."""
+    check_item_texts(cfg, tokenizer, items_by_bench)  # a tokenizer read only now (a hub model) checks them here
     results = {}
     score = score_likelihood if cfg.eval.method == "likelihood" else score_generate
     for name, items in items_by_bench.items():
@@ -65,7 +67,8 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
         began = time.perf_counter()
         scored = shared_map(lambda part: score(cfg, model, tokenizer, part), items)
         seconds = time.perf_counter() - began
-        metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], items[0].choices)
+        labels = list(dict.fromkeys(choice for item in items for choice in item.choices))  # sets mixing 4 and 5 options
+        metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], labels)
         metrics.update(method=cfg.eval.method, **speed_of(len(items), seconds),
                        shortened=sum(bool(s.get("shortened")) for s in scored),
                        per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])

@@ -3,6 +3,7 @@ replies with no answer, or with several different ones, are counted as unparsed 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -13,7 +14,14 @@ from .prompts import evaluation_length, prompt_ids
 FINAL_RESPONSE = [re.compile(r"##\s*Final Response\s*(.*)", re.S | re.I), re.compile(r"<response>(.*?)(</response>|$)", re.S)]
 
 
-_LETTER = re.compile(r"(?:\(([A-E])\)|\*\*([A-E])\*\*|(?:option|choice)\s+([A-E])\b|(?:^|\s)([A-E])[.):](?=\s|$))")
+@functools.lru_cache(maxsize=64)
+def letter_patterns(letters: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(a letter mentioned as an answer anywhere, a reply opening with one) for the option letters an item has:
+    A-D, or A-J where a set has ten options (choices.py keys every layout by capital letters)."""
+    cls = "[" + "".join(sorted(set(letters))) + "]"
+    mentioned = re.compile(rf"(?:\(({cls})\)|\*\*({cls})\*\*|(?:option|choice)\s+({cls})\b"
+                           rf"|(?:^|\s)({cls})[.):](?=\s|$))")
+    return mentioned, re.compile(rf"[\s*(]*({cls})(?:[.):*]|\s*$)")
 
 
 _STATED = re.compile(r"(?:the\s+)?(?:correct\s+|final\s+)?answer\s+is\s*:?\s*\(?\**([A-Za-z]+)\b", re.I)
@@ -39,13 +47,13 @@ def extract_answer(text: str, choices: list[str], option_texts: dict[str, str] |
     if stated:
         return None
     words = len(choices[0]) > 1
-    opening = (re.match(r"\W*([A-Za-z]+)\b", section) if words
-               else re.match(r"[\s*(]*([A-E])(?:[.):*]|\s*$)", section))
+    mentioned, opens = letter_patterns(tuple(choices)) if not words else (None, None)
+    opening = re.match(r"\W*([A-Za-z]+)\b", section) if opens is None else opens.match(section)
     if opening and opening.group(1).lower() in lookup:
         return lookup[opening.group(1).lower()]
-    if words:
+    if mentioned is None:
         return None  # yes/no/maybe also occur in prose ("there is no evidence"): no guessing
-    letters = {g for groups in _LETTER.findall(section) for g in groups if g} & set(choices)
+    letters = {g for groups in mentioned.findall(section) for g in groups if g} & set(choices)
     if len(letters) == 1:
         return letters.pop()
     if option_texts and not letters:

@@ -54,9 +54,20 @@ def prompt_ids(cfg: KitConfig, tokenizer: Any, item: EvalItem, limit: int,
     return fitted["input_ids"], outcome == "context_truncated"
 
 
+def check_item_texts(cfg: KitConfig, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> None:
+    """The config's prompt texts and every benchmark item's prompt fields hold no control token of the tokenizer as
+    text (each would end its turn inside the prompt): refused, naming the benchmark, the item and the field."""
+    from ..data.control_tokens import prompt_fields, prompt_settings, refuse_control_text
+
+    refuse_control_text(tokenizer, [*prompt_settings(cfg.data), *(
+        (f"Benchmark '{printable(name, 80)}' item {printable(item.uid, 60)}: field '{printable(field, 60)}'", text)
+        for name, items in items_by_bench.items() for item in items for field, text in prompt_fields(item.example))])
+
+
 def check_prompts_fit(cfg: KitConfig, tokenizer: Any, items_by_bench: dict[str, list[EvalItem]]) -> None:
     """Before a model loads (and at --dry-run): every evaluation prompt fits eval.max_length, its context
     shortened where it has one, or the run is refused with the item, as scoring would refuse it later."""
+    check_item_texts(cfg, tokenizer, items_by_bench)
     if cfg.eval.max_length is None or tokenizer is None:
         return  # the model's context length is known once it loads
     for name, items in items_by_bench.items():

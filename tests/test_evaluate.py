@@ -114,6 +114,9 @@ def test_batched_scores_match_an_independent_unbatched_scorer(tiny_model_dir, tm
     ("There is no evidence either way.", ["yes", "no", "maybe"], None),
     ("The answer is maybe; the answer is no.", ["yes", "no", "maybe"], None),
     ("", ["yes", "no", "maybe"], None),
+    ("The answer is a benign tumour.", list("ABCD"), None),  # the article "a", not option A
+    ("the answer is a.", list("ABCD"), "A"),
+    ("The answer is b", list("ABCD"), "B"),
 ])
 def test_answer_extraction(reply, choices, expected):
     options = {"A": "Carrier", "B": "Folate deficiency", "C": "Iron deficiency", "D": "Parvovirus B19"}

@@ -27,6 +27,13 @@ def letter_patterns(letters: tuple[str, ...]) -> tuple[re.Pattern[str], re.Patte
 _STATED = re.compile(r"(?:the\s+)?(?:correct\s+|final\s+)?answer\s+is\s*:?\s*\(?\**([A-Za-z]+)\b", re.I)
 
 
+def _stated_answers(section: str) -> list[str]:
+    """The X of each 'the answer is X'; a lower-case single letter followed by a word is the article of a phrase
+    ('the answer is a benign tumour'), not option A."""
+    return [m.group(1) for m in _STATED.finditer(section)
+            if not (len(m.group(1)) == 1 and m.group(1).islower() and re.match(r"\s+[A-Za-z]", section[m.end():]))]
+
+
 def extract_answer(text: str, choices: list[str], option_texts: dict[str, str] | None = None) -> str | None:
     """The answer a reply gives, or None when it gives none or several different ones.
 
@@ -41,7 +48,7 @@ def extract_answer(text: str, choices: list[str], option_texts: dict[str, str] |
             section = match.group(1)
             break
     lookup = {c.lower(): c for c in choices}
-    stated = {lookup[m.lower()] for m in _STATED.findall(section) if m.lower() in lookup}
+    stated = {lookup[m.lower()] for m in _stated_answers(section) if m.lower() in lookup}
     if len(stated) == 1:
         return stated.pop()
     if stated:

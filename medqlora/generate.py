@@ -16,10 +16,10 @@ from .config import KIT_ROOT, PATH_SHOWN, KitConfig, has_control_characters, rea
 from .data import query_prompt, render_prompt
 from .distributed import shared_map
 from .errors import ConfigError
+from .generation_batch import batch_size_for
 from .messages import say
 from .progress import bar
 from .secrets import printable
-
 
 QUERY_KEYS = ("id", "question")
 MAX_QUERIES = 10_000  # each is generated for: more belongs in an evaluation set, or in several files
@@ -169,17 +169,20 @@ def static_cache_on(setting: bool | str, model: Any) -> bool:
 
 
 def generate_texts(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-                   batch_size: int) -> list[str]:
+                   batch_size: int | str) -> list[str]:
     """Replies to already chat-templated prompts, in order."""
     return [text for text, _ in _generate(cfg, model, tokenizer, prompts, max_new_tokens, batch_size)]
 
 
 def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-              batch_size: int, decoding: Decoding | None = None) -> list[tuple[str, int]]:
+              batch_size: int | str, decoding: Decoding | None = None) -> list[tuple[str, int]]:
     """(reply, generated tokens) for each prompt, in the prompts' order, from left-padded batches. Each batch stops
     once every row has produced a stop token (transformers' generate ends there)."""
     import torch
 
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    batch_size = batch_size_for(batch_size, model, max(lengths, default=1), max_new_tokens, len(prompts),
+                                cfg.training.gpu_memory_gib)
     decoding = decoding or decoding_for(cfg, model, len(prompts), max_new_tokens, batch_size)
     g = cfg.generation
     stops = stop_token_ids(tokenizer)
@@ -187,7 +190,6 @@ def _generate(cfg: KitConfig, model: Any, tokenizer: Any, prompts: list[str], ma
     sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
         "do_sample": False}
     cache = {"cache_implementation": "static"} if decoding.static_cache else {}
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
     batches = _batches(lengths, batch_size, decoding.by_length)
     # A static cache is sized prompt + max_new_tokens: a batch of another prompt length would compile the decoding
     # step again (and past torch's recompile limit run it uncompiled), so every batch is padded to one length.

@@ -28,6 +28,7 @@ from .data import resolve_local, system_prompt_of
 from .environment import check_datasets_cache
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, check_item_texts, classification_metrics, evaluation_length, load_items
+from .generation_batch import batch_size_for
 from .harness_mmlu import subject_items
 from .progress import bars_shown
 from .rows import MissingColumnError
@@ -253,8 +254,10 @@ def run_tasks(cfg: KitConfig, model: Any, tokenizer: Any, folder: Path, tasks: l
     for logger in quiet:  # its warning about a model passed as an object, and an INFO line per step
         logger.setLevel(logging.ERROR)
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size,
-                  max_length=evaluation_length(cfg, model))
+        length = evaluation_length(cfg, model)
+        size = batch_size_for(cfg.eval.batch_size, model, length, 1, sum(len(task.items) for task in tasks),
+                              cfg.training.gpu_memory_gib, what="lm-eval")
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=length)
         manager = TaskManager(include_path=str(folder), include_defaults=False)
         return {task.name: _run_one(cfg, lm, manager, task) for task in tasks}
     except MedQLoRAError:

@@ -126,3 +126,44 @@ def test_static_cache_setting_takes_auto_or_a_boolean():
     assert load_config(None, ["generation.static_cache=false"]).generation.static_cache is False
     with pytest.raises(Exception, match="generation.static_cache"):
         load_config(None, ["generation.static_cache=sometimes"])
+
+
+def _llama_8b_like():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
+                         vocab_size=128256)
+    return SimpleNamespace(config=config, dtype="torch.bfloat16")
+
+
+def test_a_batch_row_costs_its_kv_cache_and_its_prompts_logits():
+    from medqlora.generation_batch import row_bytes
+
+    # Llama-3.1-8B: 2 x 32 layers x 8 KV heads x 128 dims x 2 bytes = 128 KiB of cache per token
+    assert row_bytes(_llama_8b_like(), 384, 128) == 128 * 2**10 * 512 + 384 * 128256 * 4
+
+
+@pytest.mark.parametrize(("free_gib", "prompts", "expected"), [
+    (100.0, 500, 64),   # an H200 after loading: the largest batch measured
+    (100.0, 20, 32),    # never more rows than the prompts need
+    (100.0, 1, 1),
+    (9.0, 500, 16),     # a T4 after a 4-bit 8B model: 16 rows of ~0.25 GiB within 80% of 9 GiB (32 do not fit)
+    (0.1, 500, 1),
+])
+def test_auto_batch_size_takes_the_largest_power_of_two_that_fits(monkeypatch, free_gib, prompts, expected):
+    from medqlora import generation_batch
+
+    monkeypatch.setattr(generation_batch, "available_gpu_bytes", lambda model, cap: int(free_gib * 2**30))
+    assert generation_batch.batch_size_for("auto", _llama_8b_like(), 384, 128, prompts) == expected
+    assert generation_batch.batch_size_for(12, _llama_8b_like(), 384, 128, prompts) == 12  # a number is kept
+
+
+def test_auto_batch_size_is_eight_on_the_cpu(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from medqlora.generation_batch import batch_size_for
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert batch_size_for("auto", model, 100, 10, 500) == 8

@@ -94,9 +94,11 @@ class Section(BaseModel):
 
 
 def _numeric_only(annotation: Any) -> bool:
-    """int, float or an optional one, without bool among the choices."""
-    choices = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
-        else {annotation}
+    """int, float or an optional one, or one of them or a word ("auto"), without bool among the choices."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    choices = {typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m for m in members
+               if not (typing.get_origin(m) is typing.Literal and all(isinstance(v, str) for v in typing.get_args(m)))}
     choices.discard(type(None))
     return bool(choices) and choices <= {int, float}
 

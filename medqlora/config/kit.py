@@ -4,7 +4,7 @@ training.method and its data, a chat dataset and its template)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
@@ -15,6 +15,8 @@ from ..secrets import printable
 from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, PathText, Section
 from .sections import BenchmarkKindName, DataSection, DatasetSpec, LoraSection, ModelSection, TrainingSection
 
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)] | Literal["auto"]
+
 
 class GenerationSection(Section):
     queries_file: PathText = "examples/test_queries.yaml"
@@ -22,7 +24,10 @@ class GenerationSection(Section):
     temperature: float = Field(0.0, ge=0, le=100, description="0: greedy decoding")
     top_p: float = Field(0.9, gt=0, le=1)
     repetition_penalty: float = Field(1.1, gt=0, le=100)
-    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
+    batch_size: BatchSize = Field(
+        "auto", description="prompts answered at once; auto: as many as fit the GPU memory left after loading "
+        "(up to 64), 8 on the CPU"
+    )
     static_cache: bool | Literal["auto"] = Field(
         "auto", description="a static KV cache, so transformers compiles the decoding step (docs/evaluation.md); "
         "auto: on for the hf backend on an NVIDIA GPU with a model it can compile and long generations, off on the "
@@ -99,7 +104,10 @@ class EvalSection(Section):
     method: Literal["likelihood", "generate"] = Field(
         "likelihood", description="likelihood: compare the log-probability of each answer; generate: parse a reply"
     )
-    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
+    batch_size: BatchSize = Field(
+        "auto", description="prompts scored or answered at once; auto: as many as fit the GPU memory left after "
+        "loading (up to 64), 8 on the CPU"
+    )
     max_new_tokens: int = Field(256, gt=0, le=MAX_NEW_TOKENS, description="generate method only")
     max_length: int | None = Field(
         None, gt=8, le=MAX_CONTEXT, description="tokens an evaluation prompt may use (null: the model's context "

@@ -131,11 +131,23 @@ def _union_choices(loc: tuple) -> str | None:
     for member in typing.get_args(field.annotation):
         if typing.get_origin(member) is typing.Literal:
             names += [str(v).lower() if isinstance(v, bool) else str(v) for v in typing.get_args(member)]
+        elif typing.get_origin(member) is typing.Annotated and typing.get_args(member)[0] in _MEMBER_NAMES:
+            names += [f"{name} (allowed: {_bounds(typing.get_args(member)[1:])})"
+                      for name in _MEMBER_NAMES[typing.get_args(member)[0]]]
         elif member in _MEMBER_NAMES:
             names += _MEMBER_NAMES[member]
         else:  # a section or a list: the last part of an error's loc is one of its own keys, not a member's name
             return None
     return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def _bounds(metadata: tuple) -> str:
+    """'0 < value <= 65536' from the constraints of an Annotated union member (a FieldInfo's metadata)."""
+    found = {name: getattr(c, name) for info in metadata for c in getattr(info, "metadata", [info])
+             for name in ("gt", "ge", "lt", "le") if getattr(c, name, None) is not None}
+    low = f"{found['gt']} < " if "gt" in found else f"{found['ge']} <= " if "ge" in found else ""
+    high = f" < {found['lt']}" if "lt" in found else f" <= {found['le']}" if "le" in found else ""
+    return f"{low}value{high}"
 
 
 _MEMBER_NAMES: dict[Any, list[str]] = {bool: ["true", "false"], type(None): ["null"], int: ["a whole number"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import KitConfig
 from ..errors import DataError
+from ..generation_batch import batch_size_for
 from ..progress import bar
 from .items import EvalItem
 from .prompts import evaluation_length, prompt_ids
@@ -31,9 +32,11 @@ def score_likelihood(cfg: KitConfig, model: Any, tokenizer: Any, items: list[Eva
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # batch by length: little padding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     logprobs_of: dict[int, Any] = {}
+    size = batch_size_for(cfg.eval.batch_size, model, max(map(len, prompts), default=1), 1, len(prompts),
+                          cfg.training.gpu_memory_gib, what="scoring")
     with bar(len(order), "scoring") as progress:
-        for start in range(0, len(order), cfg.eval.batch_size):
-            batch = order[start : start + cfg.eval.batch_size]
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
             logprobs_of.update(zip(batch, _last_logprobs(model, [prompts[i] for i in batch], pad), strict=True))
             progress.update(len(batch))
     groups_cache: dict[tuple, list[list[int]]] = {}

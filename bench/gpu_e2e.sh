@@ -37,7 +37,7 @@ case $STAGE in
     echo "random 8B checkpoint written in $(( $(date +%s) - t0 )) s" >> "$RESULTS/summary.txt"
     M8=/tmp/llama31-8b-random
     run random8b_eval_pubmedqa500 --mode eval --adapter none --set model.name=$M8 --set backend=unsloth \
-        --set eval.benchmarks.0.max_items=null --set eval.batch_size=${EVAL_BATCH:-32} \
+        --set eval.benchmarks.0.max_items=null --set eval.batch_size=${EVAL_BATCH:-auto} \
         --set output.run_name=random8b-eval --output-dir "$RUNS"
     run random8b_unsloth_full --mode full --set model.name=$M8 --set backend=unsloth \
         --set training.max_steps=20 --set training.micro_batch_size=8 --set data.datasets.0.max_samples=400 \

@@ -1,0 +1,79 @@
+"""Hostile and unlucky inputs of the Python API, resume, run folders and adapters: a config edited in place before
+run_mode, a resumed run given a different config, grpo.overlong_buffer's automatic value, an adapter copied into
+another run's folder, an export of an export, an init_adapter that vanishes, and the plan of a tracked run."""
+
+import json
+
+import pytest
+import yaml
+
+import medqlora
+from medqlora.config import load_config, revalidate
+from medqlora.errors import ConfigError
+from medqlora.run_files import Files
+
+from .conftest import assert_one_message, kit_argv, run_cli, tiny_overrides
+
+GRPO = ["training.method=grpo", "data.datasets=[{source: data/medmcqa/train.jsonl, format: multiple_choice}]",
+        "data.eval_sets=[]"]
+
+
+@pytest.fixture
+def cfg(tiny_model_dir, tmp_path):
+    return load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "out"))
+
+
+def test_settings_edited_in_place_reach_the_run_as_assignment_does(cfg):
+    """A list or mapping edited in place, and a setting assigned in a section the config never gave, are
+    validated with the rest and used, never dropped for the value before the edit."""
+    cfg.lora.target_modules.remove("o_proj")
+    cfg.training.report_to.append("wandb")
+    cfg.data.datasets[0].columns["question"] = "q"
+    cfg.grpo.beta = 0.5  # the grpo: section is not in the file
+    checked = revalidate(cfg, "run_mode")
+    assert "o_proj" not in checked.lora.target_modules and "q_proj" in checked.lora.target_modules
+    assert checked.training.report_to == ["tensorboard", "wandb"]
+    assert checked.data.datasets[0].columns == {"question": "q"}
+    assert checked.grpo.beta == 0.5
+    cfg.eval.lm_eval.tasks.append("no_such_task")  # an edit in place is checked like an assignment
+    with pytest.raises(ConfigError, match="unknown task 'no_such_task'"):
+        revalidate(cfg, "run_mode")
+
+
+def test_a_list_setting_emptied_in_place_is_what_the_run_uses(cfg):
+    """training.report_to is not in the config file: emptied in place, the run writes no TensorBoard events and
+    its config.yaml says so (before, the run used ['tensorboard'])."""
+    cfg.training.report_to.clear()
+    cfg.lora.target_modules[:] = ["q_proj", "v_proj"]
+    cfg.training.max_steps = 1
+    run = medqlora.run_mode("train", cfg)
+    assert not (run.path / Files.TENSORBOARD).exists()
+    recorded = yaml.safe_load((run.path / Files.CONFIG).read_text())
+    assert recorded["training"]["report_to"] == []
+    adapter = json.loads((run.adapter / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+
+
+def test_the_automatic_overlong_buffer_stays_automatic_and_says_where_it_comes_from():
+    short = load_config(None, [*GRPO, "grpo.max_completion_length=32"])
+    assert short.grpo.overlong_tokens() == 8
+    assert "overlong_buffer" not in short.grpo.model_fields_set
+    from medqlora.grpo import reward_plan
+
+    assert reward_plan(short)["overlong_buffer"] == ("8 (grpo.overlong_buffer auto: a quarter of "
+                                                     "grpo.max_completion_length 32)")
+    # the run's config.yaml keeps auto: rerun with a shorter completion, the buffer follows it
+    recorded = yaml.safe_load(short.to_yaml())
+    assert recorded["grpo"]["overlong_buffer"] == "auto"
+    recorded["grpo"]["max_completion_length"] = 16
+    from medqlora.config import validate
+
+    assert validate(recorded).grpo.overlong_tokens() == 4
+    # a method other than grpo names the setting the user gave, never the derived buffer
+    from medqlora.methods import unused_method_settings
+
+    sft = load_config(None, ["grpo.max_completion_length=32"])
+    notes = unused_method_settings(sft)
+    assert notes and "grpo.max_completion_length is a setting" in notes[0] and "overlong_buffer" not in notes[0]
+    with pytest.raises(ConfigError, match=r"overlong_buffer \(40\) is not below max_completion_length \(32\)"):
+        load_config(None, [*GRPO, "grpo.max_completion_length=32", "grpo.overlong_buffer=40"])

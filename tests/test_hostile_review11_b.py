@@ -77,3 +77,28 @@ def test_the_automatic_overlong_buffer_stays_automatic_and_says_where_it_comes_f
     assert notes and "grpo.max_completion_length is a setting" in notes[0] and "overlong_buffer" not in notes[0]
     with pytest.raises(ConfigError, match=r"overlong_buffer \(40\) is not below max_completion_length \(32\)"):
         load_config(None, [*GRPO, "grpo.max_completion_length=32", "grpo.overlong_buffer=40"])
+
+
+def test_run_mode_resume_refuses_a_config_other_than_the_runs_own(cfg):
+    """--resume takes no --set on the command line; run_mode(resume=RUN) with other values is refused the same way,
+    naming what differs, instead of training on with the run's config.yaml and ignoring them."""
+    from medqlora import resume
+
+    cfg.training.max_steps = 2
+    run = medqlora.run_mode("train", cfg)
+    state = run.path / Files.CHECKPOINTS / "checkpoint-1" / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{}")  # a checkpoint left by an interrupted run
+    changed = cfg.model_copy(deep=True)
+    changed.training.learning_rate = 0.05
+    changed.lora.target_modules.append("lm_head")
+    with pytest.raises(ConfigError) as refused:
+        medqlora.run_mode("train", changed, resume=run.path)
+    message = str(refused.value)
+    assert "differs from the run's own config.yaml" in message
+    assert "training.learning_rate: 0.05 (the run's: 0.0002)" in message and "lora.target_modules" in message
+    assert "load_config(" in message and "config.yaml" in message
+    # the config the run was started with is the run's own: nothing to refuse
+    saved = load_config(run.path / Files.CONFIG)
+    resume.refuse_other_config(revalidate(cfg, "run_mode"), run=resume.RunDir(run.path), saved=saved)
+    assert json.loads((run.path / Files.MANIFEST).read_text())["status"] == "trained"  # the run was left alone

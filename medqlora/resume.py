@@ -165,8 +165,8 @@ def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig) -> None
                and not k.startswith(GIVEN_ON_RESUME) and not k.startswith(resolved)]
     if not changed:
         return
-    listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run's: {printable(json.dumps(was.get(k)), 60)})"
-                       for k in changed[:3])
+    listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run's: "
+                       f"{printable(json.dumps(was.get(k)), 60)})" for k in changed[:3])
     more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
     config = printable(run.path / Files.CONFIG)
     raise ConfigError(f"run_mode(resume={printable(run.path)}): the cfg given differs from the run's own config.yaml, "

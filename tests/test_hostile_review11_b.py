@@ -102,3 +102,21 @@ def test_run_mode_resume_refuses_a_config_other_than_the_runs_own(cfg):
     saved = load_config(run.path / Files.CONFIG)
     resume.refuse_other_config(revalidate(cfg, "run_mode"), run=resume.RunDir(run.path), saved=saved)
     assert json.loads((run.path / Files.MANIFEST).read_text())["status"] == "trained"  # the run was left alone
+
+
+def test_the_plan_lists_the_folders_the_trackers_write(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """--dry-run's outputs name what the run writes: wandb/ where W&B logs into the run folder, no tensorboard/
+    where TensorBoard is not among training.report_to."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train",
+                    **{"training.report_to": "[wandb]", "training.wandb_offline_without_key": "true"})
+    result = run_cli(capsys, argv)
+    assert result.code == 0, result.err[-2000:]
+    outputs = json.loads(result.out)["outputs"]
+    assert "wandb/" in outputs and "tensorboard/" not in outputs
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # W&B's files go where the user sends them
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train"))
+    assert "tensorboard/" in json.loads(result.out)["outputs"]
+    result = run_cli(capsys, argv)
+    assert "wandb/" not in json.loads(result.out)["outputs"]

@@ -120,3 +120,65 @@ def test_the_plan_lists_the_folders_the_trackers_write(tiny_model_dir, tmp_path,
     assert "tensorboard/" in json.loads(result.out)["outputs"]
     result = run_cli(capsys, argv)
     assert "wandb/" not in json.loads(result.out)["outputs"]
+
+
+@pytest.fixture
+def run_with_checkpoint(cfg):
+    """A finished run with a checkpoint folder beside its adapter (as a training in progress leaves them)."""
+    import shutil
+
+    cfg.training.max_steps = 1
+    run = medqlora.run_mode("train", cfg)
+    checkpoint = run.path / Files.CHECKPOINTS / "checkpoint-1"
+    shutil.copytree(run.adapter, checkpoint)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    return run.path, checkpoint
+
+
+def test_init_adapter_refuses_a_checkpoint_of_a_run_still_training(tiny_model_dir, tmp_path, capsys,
+                                                                   run_with_checkpoint):
+    """That training rotates its checkpoints away (training.keep_checkpoints): refused while its lock is held,
+    with the copy to make; taken once the training has ended."""
+    import subprocess
+    import sys
+
+    run, checkpoint = run_with_checkpoint
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242'); print('locked', flush=True); time.sleep(120)"),
+        str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = kit_argv(tiny_model_dir, tmp_path / "out2", "--mode", "train", **{
+            "training.init_adapter": str(checkpoint), "training.max_steps": "1"})
+        result = run_cli(capsys, argv)
+        assert result.code == 2
+        assert_one_message(result.err, f"is a checkpoint of the run {run}, which is training now (process 4242")
+        assert f"cp -r {checkpoint} <folder>" in result.err
+        assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())  # no run folder begun
+    finally:
+        holder.kill()
+        holder.wait()
+    result = run_cli(capsys, argv)  # the training ended: its checkpoint stays, and is started from
+    assert result.code == 0, result.err[-2000:]
+
+
+def test_an_init_adapter_that_vanishes_while_checked_ends_in_one_message(tiny_model_dir, tmp_path, capsys,
+                                                                         monkeypatch, run_with_checkpoint):
+    import shutil
+
+    from medqlora import adapters
+
+    _, checkpoint = run_with_checkpoint
+    check_finite = adapters.check_finite
+
+    def rotated_away(folder):
+        shutil.rmtree(folder)  # the training's save_total_limit, between the check and the read
+        check_finite(folder)
+
+    monkeypatch.setattr(adapters, "check_finite", rotated_away)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out2", "--mode", "train", **{
+        "training.init_adapter": str(checkpoint), "training.max_steps": "1"}))
+    assert result.code == 2
+    assert_one_message(result.err, f"training.init_adapter {checkpoint}: ")
+    assert "vanished while the adapter was being checked" in result.err

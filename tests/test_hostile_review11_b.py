@@ -182,3 +182,23 @@ def test_an_init_adapter_that_vanishes_while_checked_ends_in_one_message(tiny_mo
     assert result.code == 2
     assert_one_message(result.err, f"training.init_adapter {checkpoint}: ")
     assert "vanished while the adapter was being checked" in result.err
+
+
+def test_an_adapter_copied_into_another_runs_folder_writes_its_results_into_a_new_run(tiny_model_dir, tmp_path,
+                                                                                      capsys, run_with_checkpoint):
+    """Run B's adapter copied into run A's folder (A/adapter-from-b) is not A's: A's records do not describe it, so
+    its export goes to a new run folder under output.dir, and run A's folder gets nothing."""
+    import shutil
+
+    run_a, _ = run_with_checkpoint
+    copied = run_a / "adapter-from-b"
+    shutil.copytree(run_a / Files.ADAPTER, copied)
+    before = sorted(p.name for p in run_a.iterdir())
+    out = tmp_path / "exports"
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "export", "--adapter", str(copied)))
+    assert result.code == 0, result.err[-2000:]
+    assert sorted(p.name for p in run_a.iterdir()) == before  # nothing written into run A
+    (new_run,) = [p for p in out.iterdir() if p.is_dir()]
+    assert new_run.name.startswith("foreign-adapter-from-b")
+    assert (new_run / Files.EXPORT / "adapter" / "adapter_model.safetensors").is_file()
+    assert "is not in a run folder of this kit" in result.err + result.out

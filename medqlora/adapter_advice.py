@@ -71,8 +71,14 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
 def still_training(shown: str, flag: str, holder: str, checkpoint: Path | None) -> str:
     """A run folder whose adapter is not saved yet because its training runs now (another process holds its lock)."""
     who = f"process {printable(holder, 20)}" if holder else "another medqlora command"
-    meanwhile = ("" if checkpoint is None else " Meanwhile its last checkpoint so far can be used as it is: "
-                 f"{named_flag(flag)}{printable(checkpoint)}.")
+    if checkpoint is None:
+        meanwhile = ""
+    elif flag.startswith("--"):
+        meanwhile = (" Meanwhile its last checkpoint so far can be used as it is: "
+                     f"{named_flag(flag)}{printable(checkpoint)}.")
+    else:  # a run started from it reads it again when resumed, and the training deletes older checkpoints
+        meanwhile = (f" Meanwhile a copy of its last checkpoint so far can be started from (cp -r "
+                     f"{printable(checkpoint)} <folder>, then {named_flag(flag)}<folder>).")
     return (f"{flag} {shown} is a run folder of this kit that is still training ({who} holds its lock): its adapter "
             "is saved when that training ends. Wait for it to end, then run this command again (training it again "
             f"would start a second training of the same run).{meanwhile}")

@@ -14,11 +14,16 @@ from .run_files import Files
 from .secrets import printable
 
 MAX_MANIFEST_BYTES = 4 << 20
+OWN_ADAPTERS = (Files.ADAPTER, Files.ADAPTER_INTERRUPTED)  # the adapter folders a run of the kit saves in itself
 
 
 def kit_run_folder(adapter: Path) -> Path | None:
-    """The run folder of the kit that holds ``adapter`` (as <run>/adapter), or None: the parent must hold the
-    kit's manifest.json (with kit_version) and config.yaml, as regular files."""
+    """The run folder of the kit that holds ``adapter`` as its own (<run>/adapter, or the adapter an interrupted
+    training left, <run>/adapter-interrupted), or None: the parent must hold the kit's manifest.json (with
+    kit_version) and config.yaml, as regular files. An adapter folder of another name inside a run folder (another
+    run's adapter copied there) is none of that run's: its records do not describe it."""
+    if adapter.name not in OWN_ADAPTERS:
+        return None
     parent = adapter.parent
     manifest, config = parent / Files.MANIFEST, parent / Files.CONFIG
     if manifest.is_symlink() or config.is_symlink():  # a run folder with planted links: refused, not read
@@ -58,7 +63,7 @@ def origin_run(adapter: Path) -> Path | None:
     run = kit_run_folder(adapter)
     if run is not None:
         return run
-    return kit_run_folder(adapter.parent) if in_run_subfolder(adapter) else None
+    return kit_run_folder(adapter.parent.parent / Files.ADAPTER) if in_run_subfolder(adapter) else None
 
 
 def in_run_subfolder(adapter: Path) -> bool:

@@ -20,6 +20,7 @@ from .adapter_origin import origin_run
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
+from .run_lock import lock_holder
 from .runs import Files, RunDir, latest_run_with_adapter
 from .secrets import printable, redact, slug
 
@@ -193,9 +194,35 @@ def with_init_adapter(cfg: KitConfig, output_dir: str | None) -> KitConfig:
     (safetensors, LoRA config, shapes that fit this base model, finite weights), its path and its own LoRA settings
     written into the config the run saves, so that --resume starts from the same adapter. Used by the run and by
     --dry-run alike."""
-    adapter = find_adapter(cfg, cfg.training.init_adapter, output_dir, flag="training.init_adapter")
-    if adapter is None:
-        return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": None})})
+    try:
+        adapter = find_adapter(cfg, cfg.training.init_adapter, output_dir, flag="training.init_adapter")
+        if adapter is None:
+            return cfg.model_copy(update={"training": cfg.training.model_copy(update={"init_adapter": None})})
+        refuse_checkpoint_of_running_training(adapter)
+        return _started_from(adapter, cfg)
+    except FileNotFoundError as err:  # removed while it was checked (a training's checkpoint rotation, a cleanup)
+        raise ModelError(f"training.init_adapter {printable(cfg.training.init_adapter)}: "
+                         f"{printable(err.filename or 'a file of the adapter')} vanished while the adapter was being "
+                         "checked (deleted or moved meanwhile). Name an adapter folder that stays in place: a "
+                         "finished run, or a copy of the checkpoint.") from None
+
+
+def refuse_checkpoint_of_running_training(adapter: Path) -> None:
+    """A checkpoint of a run that trains now (another process holds its lock): its training rotates checkpoints away
+    (training.keep_checkpoints) and may delete this one before the new run loads it or resumes from it."""
+    run = origin_run(adapter)
+    if adapter.parent.name != Files.CHECKPOINTS or run is None or (holder := lock_holder(run)) is None:
+        return
+    who = f"process {printable(holder, 20)}" if holder else "another medqlora command"
+    raise ModelError(f"training.init_adapter {printable(adapter)} is a checkpoint of the run {printable(run)}, which "
+                     f"is training now ({who} holds its lock): that training deletes its older checkpoints "
+                     "(training.keep_checkpoints) and may delete this one while this run reads it. Copy the "
+                     f"checkpoint first (cp -r {printable(adapter)} <folder>) and name the copy, or wait for that "
+                     "training to end and name its run folder.")
+
+
+def _started_from(adapter: Path, cfg: KitConfig) -> KitConfig:
+    """The config of a run that starts from ``adapter`` (checked): its path and its own LoRA settings."""
     trained = trained_model(adapter, cfg)
     if trained.name != cfg.model.name:
         raise ModelError(f"training.init_adapter {printable(adapter)} was trained on {printable(trained.name)}, not on "

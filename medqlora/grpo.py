@@ -140,7 +140,8 @@ def reward_plan(cfg: KitConfig) -> dict[str, Any]:
     g = cfg.grpo
     return {"rewards": {f.__name__: weight for f, weight in zip(funcs, weights, strict=True)},
             "format_style": (style or "none") + (" (grpo.format_style auto)" if g.format_style == "auto" else ""),
-            "num_generations": g.num_generations, "max_completion_length": g.max_completion_length}
+            "num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
+            "overlong_buffer": g.overlong_shown()}
 
 
 def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, prepared: PreparedData,
@@ -152,7 +153,8 @@ def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     args.reward_weights = weights
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("GRPO rewards: %s (format style: %s)", dict(zip([f.__name__ for f in funcs], weights)), style)
+    log.info("GRPO rewards: %s (format style: %s; overlong buffer: %s tokens)",
+             dict(zip([f.__name__ for f in funcs], weights)), style, cfg.grpo.overlong_shown())
     if style is None and cfg.grpo.format_style == "auto":
         log.info("GRPO: no format reward: prompt_answer rows have no options for a reply to open with "
                  "(grpo.format_style: huatuo or tags rewards a reasoning format)")

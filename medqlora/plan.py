@@ -41,6 +41,13 @@ def _check_planned_run_name(cfg: KitConfig, output_dir: str | None, resuming: bo
             check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
 
 
+def _run_files(cfg: KitConfig, output_dir: str | None, evaluated: bool, lm_eval: bool, answered: bool) -> str:
+    """The run folder a training run creates and the files and folders it writes there, its trackers' included."""
+    folder = Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>")
+    listed = Files.listed(evaluated, lm_eval, cfg.training.method, answered, tracking.tracker_folders(cfg))
+    return f"{folder}/ {{{listed}}}"
+
+
 def _check_planned_output(cfg: KitConfig, output_dir: str | None) -> None:
     """The output folder, checked as the run checks it: writable, and not inside a data folder."""
     check_output_dir(Path(output_dir or cfg.output.dir).expanduser())
@@ -91,8 +98,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
                                               if with_eval else {}, evaluated=with_eval, answered=answered),
         "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
-        "outputs": str(Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>"))
-        + f"/ {{{Files.listed(with_eval, bool(lm_eval_tasks), cfg.training.method, answered)}}}",
+        "outputs": _run_files(cfg, output_dir, with_eval, bool(lm_eval_tasks), answered),
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
         **({"unused": unused} if (unused := unused_method_settings(cfg) + harness.unused_harness_settings(cfg, mode))
            else {}),

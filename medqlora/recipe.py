@@ -54,6 +54,7 @@ from .inputs import evaluates_in_full_mode
 from .messages import say
 from .model_stages import ModelStages
 from .run_records import RunRecords
+from .resume import refuse_other_config
 from .runs import Files, RunDir, default_run_name
 from .secrets import printable
 from .stages import TrainingStages
@@ -307,7 +308,10 @@ def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | os.PathLike | None 
     check_options(mode, options)
     cfg = python_config(cfg)
     with command():
-        return Recipe(cfg, options).execute(mode)
+        recipe = Recipe(cfg, options)
+        if options.resume:  # the command line refuses --set beside --resume: a cfg of other values is refused too
+            refuse_other_config(cfg, *recipe.resumed()[:2])
+        return recipe.execute(mode)
 
 
 def run_full(cfg: KitConfig, *, output_dir: str | os.PathLike | None = None,

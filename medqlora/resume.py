@@ -12,7 +12,7 @@ from typing import Any
 
 from . import adapters, data
 from .config import KitConfig, load_config
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .run_names import refuse_secret_in_path
 from .runs import Files, RunDir
 from .secrets import printable
@@ -80,18 +80,7 @@ TRAINING_SECTIONS = ("backend", "model", "lora", "data", "training")
 
 def trained_settings(cfg: KitConfig) -> dict[str, Any]:
     """The settings a run trains with, flattened (training.max_steps: 4), as the manifest records them."""
-    flat: dict[str, Any] = {}
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict) and value:
-            for name, item in value.items():
-                walk(item, f"{key}.{name}" if key else str(name))
-        else:
-            flat[key] = value
-
-    dumped = cfg.model_dump(mode="json")
-    walk({k: dumped[k] for k in TRAINING_SECTIONS if k in dumped}, "")
-    return flat
+    return flat_settings(cfg, TRAINING_SECTIONS)
 
 
 def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, Any] | None:
@@ -160,6 +149,58 @@ def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> No
         raise ModelError(f"--resume: {shown} was changed since the run started training: {listed}{more}. A checkpoint "
                          "continues the training it was saved from: restore those values, or train a new run with "
                          "the new ones (without --resume).")
+
+
+# Settings a resumed run takes from the config given to it, not from its config.yaml: where runs go, and whether
+# --mode full evaluates (recipe.full reads it before the run's own config).
+GIVEN_ON_RESUME = ("output.", "eval.in_full_mode")
+
+
+def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig) -> None:
+    """run_mode(resume=RUN) with a cfg other than the run's own config.yaml: refused, naming the settings that
+    differ, as the command line refuses --set beside --resume (a resumed run trains with its config.yaml alone)."""
+    now, was = flat_settings(given), flat_settings(saved)
+    resolved = _resolved_at_start(given, saved)
+    changed = [k for k in sorted(set(now) | set(was)) if now.get(k) != was.get(k)
+               and not k.startswith(GIVEN_ON_RESUME) and not k.startswith(resolved)]
+    if not changed:
+        return
+    listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run's: "
+                       f"{printable(json.dumps(was.get(k)), 60)})" for k in changed[:3])
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    config = printable(run.path / Files.CONFIG)
+    raise ConfigError(f"run_mode(resume={printable(run.path)}): the cfg given differs from the run's own config.yaml, "
+                      f"which a resumed run trains with: {listed}{more}. Pass the run's config, "
+                      f"load_config({config!r}), to continue it (the command line refuses --set beside --resume), or "
+                      "train a new run with the new values (without resume).")
+
+
+def _resolved_at_start(given: KitConfig, saved: KitConfig) -> tuple[str, ...]:
+    """The settings the run resolved when it started and its config.yaml holds resolved: auto-fit's micro-batch,
+    accumulation and checkpointing (auto_fit: false after it), init_adapter's path and the adapter's LoRA settings."""
+    resolved: tuple[str, ...] = ()
+    if given.training.auto_fit and not saved.training.auto_fit:
+        resolved += ("training.auto_fit", "training.micro_batch_size", "training.gradient_accumulation_steps",
+                     "training.gradient_checkpointing")
+    if given.training.init_adapter:
+        resolved += ("training.init_adapter", "lora.")
+    return resolved
+
+
+def flat_settings(cfg: KitConfig, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The settings of ``cfg`` (of ``sections`` only, if given), flattened: training.max_steps: 4."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        else:
+            flat[key] = value
+
+    dumped = cfg.model_dump(mode="json")
+    walk({k: v for k, v in dumped.items() if sections is None or k in sections}, "")
+    return flat
 
 
 def _is_schema_default(cfg: KitConfig, key: str, value: Any) -> bool:

@@ -156,6 +156,6 @@ def build(grpo: Any, kinds: set[str], style: str | None) -> tuple[list[Reward], 
         chosen.append((answer_match, w.answer))
     if style:
         chosen.append((format_reward(style), w.format))
-    chosen.append((overlong_penalty(grpo.max_completion_length, grpo.overlong_buffer), w.overlong))
+    chosen.append((overlong_penalty(grpo.max_completion_length, grpo.overlong_tokens()), w.overlong))
     chosen = [(f, weight) for f, weight in chosen if weight > 0]
     return [f for f, _ in chosen], [weight for _, weight in chosen]

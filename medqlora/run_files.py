@@ -19,7 +19,8 @@ class Files:
     MEMORY_TABLE = "memory_table.md"
     DATA_STATS = "data_stats.json"
     TRAINING_ITEMS = "training_items.jsonl"
-    TENSORBOARD = "tensorboard"
+    TENSORBOARD = "tensorboard"  # training.report_to: tensorboard, its event files
+    WANDB = "wandb"  # training.report_to: wandb, W&B's local files (WANDB_DIR is the run folder unless set)
     EVAL_BASELINE = "eval_baseline.json"
     EVAL_REPORT = "eval_report.md"
     EVAL_JSON = "eval.json"
@@ -38,19 +39,23 @@ class Files:
     EXPORT_REPORT_MD = "export_report.md"  # the same, for reading
     MODEL_CARD = "README.md"  # inside an export folder pushed to the Hub
     TRAINING_RUN = (f"{ADAPTER}/", CONFIG, MANIFEST, METRICS, LOSS_CHART, MEMORY, MEMORY_TABLE, DATA_STATS,
-                    TRAINING_ITEMS, f"{TENSORBOARD}/", EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART,
+                    TRAINING_ITEMS, EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART,
                     f"{SAMPLES}/.jsonl", RUN_LOG)  # a training run's files, as a plan names them
     EVALUATION_FILES = (EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART)  # where the run evaluates
     LM_EVAL_FILES = (f"{LM_EVAL_TASKS}/", LM_EVAL_BASELINE)  # where it evaluates with eval.harness: lm-eval
     GRPO_FILES = (GRPO_SAMPLES, REWARD_CURVES)  # training.method: grpo (dpo, orpo: REWARD_CURVES)
 
     @classmethod
-    def listed(cls, evaluated: bool, lm_eval: bool = False, method: str = "sft", answered: bool = True) -> str:
+    def listed(cls, evaluated: bool, lm_eval: bool = False, method: str = "sft", answered: bool = True,
+               trackers: tuple[str, ...] = ()) -> str:
         """The files a training run writes, named for a plan: the evaluation's only where it evaluates, lm-eval's
         where eval.harness runs it, the sample answers where the mode answers the sample queries, the reward
-        curves (and GRPO's samples) for the methods after SFT."""
+        curves (and GRPO's samples) for the methods after SFT, and the folders of its trackers
+        (tracking.tracker_folders: tensorboard/, wandb/, mlruns/)."""
         names = [name for name in cls.TRAINING_RUN if (evaluated or name not in cls.EVALUATION_FILES)
                  and (answered or name != f"{cls.SAMPLES}/.jsonl")]
+        at = names.index(cls.TRAINING_ITEMS) + 1
+        names[at:at] = list(trackers)
         names += list(cls.LM_EVAL_FILES) if evaluated and lm_eval else []
         names += {"grpo": list(cls.GRPO_FILES), "dpo": [cls.REWARD_CURVES], "orpo": [cls.REWARD_CURVES]}.get(method, [])
         return ", ".join(names)

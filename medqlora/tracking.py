@@ -50,6 +50,18 @@ def check_trackers(cfg: KitConfig) -> list[str]:
     return []
 
 
+def tracker_folders(cfg: KitConfig) -> tuple[str, ...]:
+    """The folders training.report_to's trackers write into the run folder, as tracking_env places them: W&B's
+    and MLflow's only where the environment does not send them elsewhere (WANDB_DIR, MLFLOW_TRACKING_URI)."""
+    report_to = cfg.training.report_to
+    folders = [f"{Files.TENSORBOARD}/"] if "tensorboard" in report_to else []
+    if "wandb" in report_to and "WANDB_DIR" not in os.environ:
+        folders.append(f"{Files.WANDB}/")
+    if "mlflow" in report_to and "MLFLOW_TRACKING_URI" not in os.environ:
+        folders.append(f"{Files.MLFLOW}/")
+    return tuple(folders)
+
+
 @contextlib.contextmanager
 def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
     """While training: W&B and MLflow keep their local files in the run folder (unless the user chose a place),

@@ -199,7 +199,8 @@ def test_a_grpo_plan_says_what_the_run_optimises(tiny_model_dir, tmp_path, capsy
     assert planned.code == 0, planned.err
     assert json.loads(planned.out)["training"]["grpo"] == {
         "rewards": {"multiple_choice": 1.0, "format_tags": 0.5, "overlong": 1.0},
-        "format_style": "tags (grpo.format_style auto)", "num_generations": 2, "max_completion_length": 32}
+        "format_style": "tags (grpo.format_style auto)", "num_generations": 2, "max_completion_length": 32,
+        "overlong_buffer": "8 (grpo.overlong_buffer auto: a quarter of grpo.max_completion_length 32)"}
 
 
 def test_the_results_of_a_checkpoint_go_to_a_new_folder_named_after_its_run(tiny_model_dir, tmp_path, capsys):

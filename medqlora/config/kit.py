@@ -247,9 +247,10 @@ class GRPOSection(Section):
         "(<think>/<response>), answer (the reply opens with its answer, as the multiple-choice and PubMedQA rows "
         "train: 'C. ...'); auto: the cot_style of the medical_o1 data the run (or its init_adapter) trained on, "
         "else answer")
-    overlong_buffer: int = Field(64, ge=0, le=MAX_NEW_TOKENS, description="the penalty grows over the last N tokens "
-                                 "before max_completion_length (DAPO's soft overlong punishment); 0: only at the limit. "
-                                 "Default 64 (a quarter of max_completion_length when that is 64 or less)")
+    overlong_buffer: int | Literal["auto"] = Field(
+        "auto", description="the penalty grows over the last N tokens before max_completion_length (DAPO's soft "
+        "overlong punishment); 0: only at the limit. auto: 64, or a quarter of max_completion_length when that is 64 "
+        "or less (derived when the run starts, so it follows a later change of max_completion_length)")
     rewards: RewardWeights = Field(default_factory=RewardWeights)
     samples_every: int = Field(10, gt=0, le=MAX_STEPS, description="write completions with their rewards to "
                                "grpo_samples.jsonl every N steps")
@@ -257,18 +258,41 @@ class GRPOSection(Section):
     use_vllm: bool = Field(False, description="NVIDIA + Unsloth: generate with vLLM (Unsloth's fast_inference); "
                            "needs vllm installed")
 
+    @field_validator("overlong_buffer")
+    @classmethod
+    def _a_buffer_length(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= MAX_NEW_TOKENS:
+            raise ValueError(f"{value} is out of range: give a number of tokens from 0 to {MAX_NEW_TOKENS}, or auto")
+        return value
+
     @model_validator(mode="after")
     def _penalty_starts_inside_the_completion(self) -> GRPOSection:
-        if self.overlong_buffer < self.max_completion_length:
-            return self
-        if "overlong_buffer" not in self.model_fields_set:  # the default follows a short completion length
-            self.overlong_buffer = self.max_completion_length // 4
+        if self.overlong_buffer == "auto" or self.overlong_buffer < self.max_completion_length:
             return self
         raise ValueError(f"overlong_buffer ({self.overlong_buffer}) is not below max_completion_length "
                          f"({self.max_completion_length}): the overlong penalty would start at the first token and "
                          "punish every completion for its length, however short. Set grpo.overlong_buffer to a part "
-                         f"of the completion (e.g. {max(1, self.max_completion_length // 4)}), or 0 for a penalty "
-                         "only at the limit")
+                         f"of the completion (e.g. {max(1, self.max_completion_length // 4)}), 0 for a penalty "
+                         "only at the limit, or auto")
+
+    def overlong_tokens(self) -> int:
+        """The buffer the run uses: the one given, or auto's (64, a quarter of a completion length of 64 or less)."""
+        if self.overlong_buffer != "auto":
+            return self.overlong_buffer
+        return AUTO_OVERLONG_BUFFER if AUTO_OVERLONG_BUFFER < self.max_completion_length \
+            else self.max_completion_length // 4
+
+    def overlong_shown(self) -> str:
+        """The buffer for the plan and the log: the number, and where auto's comes from."""
+        if self.overlong_buffer != "auto":
+            return str(self.overlong_buffer)
+        if AUTO_OVERLONG_BUFFER < self.max_completion_length:
+            return f"{AUTO_OVERLONG_BUFFER} (grpo.overlong_buffer auto)"
+        return (f"{self.overlong_tokens()} (grpo.overlong_buffer auto: a quarter of grpo.max_completion_length "
+                f"{self.max_completion_length})")
+
+
+AUTO_OVERLONG_BUFFER = 64  # grpo.overlong_buffer auto, below a completion length over 64
 
 
 class PreferenceSection(Section):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from ..errors import ConfigError
 from ..secrets import printable
@@ -101,8 +102,38 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
 def revalidate(cfg: KitConfig, source: str) -> KitConfig:
     """``cfg`` validated again as a whole, as load_config would read it: a setting changed by assignment is checked
     alone (its section's rules), never against the other sections (training.method against the data format).
-    The settings never given stay unset, so what the run says of given settings stays true."""
-    return validate(cfg.model_dump(mode="json", exclude_unset=True, warnings=False), source=source)
+    The settings never given stay unset, so what the run says of given settings stays true; a list or mapping
+    edited in place (cfg.lora.target_modules.append(...)) and a setting assigned inside a section never given
+    (cfg.grpo.beta = 0.1) count as given, as assignment of the whole value does."""
+    return validate(given_settings(cfg), source=source)
+
+
+def given_settings(section: BaseModel) -> dict[str, Any]:
+    """The settings of ``section`` that were given, as plain values: those assigned or read from the file
+    (pydantic's fields set), the sections holding any, and the lists and mappings whose content no longer is
+    their default (an edit in place is no assignment, and pydantic does not see it)."""
+    given: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            inner = given_settings(value)
+            if inner or name in section.model_fields_set:
+                given[name] = inner
+        elif name in section.model_fields_set or (isinstance(value, (list, dict))
+                                                  and value != field.get_default(call_default_factory=True)):
+            given[name] = _plain(value)
+    return given
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as YAML would give it: sections in a list by their given settings."""
+    if isinstance(value, BaseModel):
+        return given_settings(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return to_jsonable_python(value)
 
 
 def _one_error_per_union(errors: list[dict]) -> list[dict]:

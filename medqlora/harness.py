@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MMLU_MEDICAL, BenchmarkSpec, KitConfig
-from .data import resolve_local, system_prompt_of
+from .data import dataset_of_format, resolve_local, system_prompt_of
 from .environment import check_datasets_cache
 from .errors import ConfigError, DataError, MedQLoRAError
 from .evaluate import PUBMEDQA_LABELS, EvalItem, check_item_texts, classification_metrics, evaluation_length, load_items
@@ -253,6 +253,10 @@ def run_tasks(cfg: KitConfig, model: Any, tokenizer: Any, folder: Path, tasks: l
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # its warning about a model passed as an object, and an INFO line per step
         logger.setLevel(logging.ERROR)
+    if cfg.eval.lm_eval.apply_chat_template:  # the template model.chat_template chooses, as the kit's scorer uses
+        from .backends.tokenizer import use_chat_template
+
+        tokenizer = use_chat_template(tokenizer, cfg)
     try:
         length = evaluation_length(cfg, model)
         size = batch_size_for(cfg.eval.batch_size, model, length, 1, sum(len(task.items) for task in tasks),
@@ -279,10 +283,17 @@ def _run_one(cfg: KitConfig, lm: Any, manager: Any, task: HarnessTask) -> dict[s
     with _progress_bars_only_on_a_terminal():
         output = simple_evaluate(
             model=lm, tasks=[task.lm_eval_name], num_fewshot=0, task_manager=manager,
-            apply_chat_template=chat, system_instruction=system_prompt_of(cfg.data, None) if chat else None,
+            apply_chat_template=chat, system_instruction=_system_prompt(cfg, task) if chat else None,
             log_samples=True, verbosity="ERROR", random_seed=cfg.training.seed,
         )
     return _metrics(task, output, time.perf_counter() - began)
+
+
+def _system_prompt(cfg: KitConfig, task: HarnessTask) -> str | None:
+    """The system prompt the kit's scorer gives the task's items: the first training dataset of their format's own,
+    else data.system_prompt."""
+    fmt = task.items[0].format if task.items else None
+    return system_prompt_of(cfg.data, dataset_of_format(cfg.data, fmt) if fmt else None)
 
 
 @contextlib.contextmanager

@@ -17,12 +17,26 @@ from .runs import Files
 from .secrets import printable
 
 
+# the statuses a run's saved adapter gets its README.md at: trained, or stopped with it saved (PEFT's empty card
+# template is replaced)
+CARDED = ("trained", "interrupted")
+
+
 class RunRecords(RecipeState):
     """The manifest of the Recipe's run folder (``run``), written with its config and runtime."""
 
     def record(self, status: str, **extra: Any) -> None:
+        """The manifest written with ``status``; a saved adapter's README.md says what the manifest now says of its
+        training (trained to the end, or interrupted with the adapter saved so far)."""
         self.facts.update(extra, status=status)
-        self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
+        facts = manifest(self.cfg, self.runtime.to_dict(), self.facts)
+        self.run.write_json(Files.MANIFEST, facts)
+        if self.run.adapter.is_dir() and not self.run.adapter.is_symlink() and status in CARDED:
+            from .report.adapter_card import record_of
+            from .report.model_card import adapter_readme
+
+            self.run.write_text(f"{Files.ADAPTER}/{Files.MODEL_CARD}",
+                                adapter_readme(self.cfg, self.run.adapter, record_of(facts)))
 
     @contextmanager
     def recording_failures(self) -> Iterator[None]:

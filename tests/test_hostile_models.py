@@ -135,7 +135,8 @@ TRAIN_ROWS = [
     (_config_edit(vocab_size=0), "config.json: field 'vocab_size' is 0; it must be a whole number above 0"),
     (_config_edit(num_hidden_layers=-1), "config.json: field 'num_hidden_layers' is -1"),
     (_config_edit(model_type="bert"), "config.json (model_type 'bert', 2 layers) does not match the weights"),
-    (_config_edit(num_hidden_layers=3), "(model_type 'llama', 3 layers) does not match the weights: 9 of the"),
+    (_config_edit(num_hidden_layers=3), "config.json describes 3 layers (layers.0 to layers.2; num_hidden_layers 3), "
+                                        "but the safetensors files hold 2 layers"),
     (fifo_gguf, "x.gguf is not a regular file"),
 ]
 

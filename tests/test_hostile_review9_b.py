@@ -169,7 +169,8 @@ def test_an_export_of_a_run_is_loaded_onto_its_runs_base_model(tiny_model_dir, t
 
 def test_a_base_model_in_a_hugging_face_cache_is_published_by_its_hub_id(tmp_path):
     from medqlora import backends
-    from medqlora.export.adapter import loading_code, published_config
+    from medqlora.export.adapter import published_config
+    from medqlora.report.adapter_card import loading_code
 
     snapshot = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M" / "snapshots" / "93efa2f097d58c2a74874c7e6"
     snapshot.mkdir(parents=True)

@@ -4,6 +4,7 @@ whole safetensors weights, a tokenizer) and a GGUF file."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +168,18 @@ def meta_model(folder: Path) -> tuple[Any, Any]:
 
 def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
     """config.json describes the model the weights were saved from: the model it builds (on the meta device: no
-    memory) has its parameters among the tensors of the safetensors files, or config.json is wrong."""
+    memory) has as many layers as the weights hold, and its parameters are among the safetensors files' tensors,
+    or config.json is wrong (extra layers would start from random weights; weights of layers it lacks be ignored)."""
     where = f"model.name: {printable(str(folder / 'config.json'))}"
     config, model = meta_model(folder)
     prefix = f"{model.base_model_prefix}."
     expected = {k.removeprefix(prefix) for k in model.state_dict()}
     if getattr(config, "tie_word_embeddings", False):
         expected = {k for k in expected if not k.endswith("lm_head.weight")}
-    saved = {k.removeprefix(prefix) for file in weights for k in _tensor_names(file)}
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    saved = {k.removeprefix(prefix) for file in weights for k in _tensor_names(file)
+             if not any(p.search(k) for p in ignored)}
+    _check_layer_counts(where, config, expected, saved)
     missing = sorted(expected - saved)
     if missing:
         model_type = printable(str(getattr(config, "model_type", "?")))
@@ -182,6 +187,39 @@ def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
                          f"does not match the weights: {len(missing)} of the {len(expected)} tensors it describes are "
                          f"not in the safetensors files (such as {printable(missing[0], 80)}). Restore the "
                          "checkpoint's own config.json.")
+
+
+NUMBERED = re.compile(r"^(.*?)\.(\d+)\.")  # a tensor of a numbered block: layers.3.mlp... -> (layers, 3)
+
+
+def _blocks(names: set[str]) -> dict[str, set[int]]:
+    """The numbered blocks (the decoder layers) the tensor names hold: {'layers': {0, 1, ...}}."""
+    found: dict[str, set[int]] = {}
+    for name in names:
+        match = NUMBERED.match(name)
+        if match:
+            found.setdefault(match.group(1), set()).add(int(match.group(2)))
+    return found
+
+
+def _layers(count: int) -> str:
+    return f"{count} layer{'s' if count != 1 else ''}"
+
+
+def _check_layer_counts(where: str, config: Any, expected: set[str], saved: set[str]) -> None:
+    """The layers config.json describes (num_hidden_layers) are the layers the weights hold, for each list of
+    numbered blocks its model has: more would start from random weights, fewer leave saved layers unread."""
+    held = _blocks(saved)
+    for container, indices in sorted(_blocks(expected).items()):
+        described, stored = len(indices), len(held.get(container, set()))
+        if stored and described != stored:
+            extra = abs(described - stored)
+            outcome = (f"the other {_layers(extra)} would start from random weights" if described > stored else
+                       f"the weights of the other {_layers(extra)} would be left out without a word")
+            raise ModelError(f"{where} describes {_layers(described)} ({container}.0 to {container}.{described - 1}; "
+                             f"num_hidden_layers {getattr(config, 'num_hidden_layers', '?')}), but the safetensors "
+                             f"files hold {_layers(stored)} ({container}.0 to {container}.{max(held[container])}): {outcome}. "
+                             f"Restore the checkpoint's own config.json (num_hidden_layers {stored}).")
 
 
 def _tensor_names(file: Path) -> list[str]:

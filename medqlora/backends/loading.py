@@ -9,7 +9,7 @@ from typing import Any
 from ..config import KitConfig
 from .hf import hf_base
 from .kernels import apply_kernels
-from .lora import attach_adapter, hf_add_lora, trainable_adapter
+from .lora import attach_adapter, check_target_modules, hf_add_lora, trainable_adapter
 from .runtime import Runtime, attention_kernel, prepare_for_generation
 from .sources import resolve_model_source
 from .tokenizer import prepare_tokenizer
@@ -30,6 +30,7 @@ def load_for_training(cfg: KitConfig, runtime: Runtime, source: str | None = Non
         FastLanguageModel.for_training(model)
     elif runtime.backend == "unsloth":
         model, tokenizer = unsloth_base(cfg, runtime, source)
+        check_target_modules(cfg, model)  # as on the hf backend: a name PEFT cannot wrap is refused before it fails
         from unsloth import FastLanguageModel
 
         model = FastLanguageModel.get_peft_model(

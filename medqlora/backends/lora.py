@@ -76,16 +76,49 @@ def checkpointing_plan(cfg: KitConfig, runtime: Runtime) -> str | bool:
     return "off: on the CPU gradient_checkpointing unsloth leaves it off (memory is plentiful; true turns it on)"
 
 
+def _takes_lora(module: Any) -> bool:
+    """A layer PEFT's LoRA wraps: a linear layer (a 4-bit Linear4bit is one), GPT-2's Conv1D, or an embedding."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (torch.nn.Linear, torch.nn.Embedding, Conv1D))
+
+
+def _matches(target: str, name: str) -> bool:
+    """PEFT's rule for a target_modules name: the module's full name, or its last dotted parts."""
+    return name == target or name.endswith(f".{target}")
+
+
+def _linear_layer_names(modules: dict[str, Any], output: Any) -> list[str]:
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, m in modules.items()
+                   if _takes_lora(m) and m is not output and not isinstance(m, torch.nn.Embedding)})
+
+
 def check_target_modules(cfg: KitConfig, model: Any) -> None:
-    """Every name of lora.target_modules is a module of ``model`` (the loaded one, or at --dry-run the one its
-    config.json builds on the meta device)."""
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in cfg.lora.target_modules if m not in present]
+    """Every name of lora.target_modules matches modules of ``model`` (the loaded one, or at --dry-run the one its
+    config.json builds on the meta device) that LoRA can wrap: linear layers (or an embedding), never a container
+    of them (self_attn, mlp) nor the output layer lm_head, whose LoRA the training loss cannot train."""
+    modules = dict(model.named_modules())
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linear = _linear_layer_names(modules, output)
+    missing = [t for t in cfg.lora.target_modules if not any(_matches(t, n) for n in modules)]
     if missing:
-        raise ConfigError(
-            f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
-            f"Its linear layers include: {sorted(n for n in present if n.endswith('proj'))}."
-        )
+        raise ConfigError(f"lora.target_modules: {missing} do not exist in {cfg.model.name}. "
+                          f"Its linear layers include: {linear}.")
+    for target in cfg.lora.target_modules:
+        found = [m for n, m in modules.items() if _matches(target, n)]
+        where = f"lora.target_modules: {printable(repr(target))} in {printable(cfg.model.name)}"
+        if output is not None and any(m is output for m in found):
+            raise ConfigError(f"{where} is the output layer (lm_head), which the kit does not put LoRA on: TRL's "
+                              "training loss reads its weight directly and refuses an adapter there. Remove it "
+                              f"(embed_tokens, the input embedding, takes LoRA); its linear layers: {linear}.")
+        other = sorted({type(m).__name__ for m in found if not _takes_lora(m)})
+        if other:
+            raise ConfigError(f"{where} names {', '.join(other)} modules, not linear layers: LoRA wraps linear "
+                              "layers only, and a block such as self_attn or mlp holds them. Name the linear layers "
+                              f"themselves: {linear}.")
 
 
 def check_planned_target_modules(cfg: KitConfig, source: str | None) -> None:

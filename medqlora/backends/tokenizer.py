@@ -42,7 +42,10 @@ CHAT_TEMPLATES = {
 }
 
 
-def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
+def use_chat_template(tokenizer: Any, cfg: KitConfig) -> Any:
+    """The tokenizer with the chat template model.chat_template chooses: the plain one for false (no turn markers),
+    a named one, or the tokenizer's own (ChatML where it has none). Everything that renders a prompt (training,
+    the kit's scorer, lm-eval's apply_chat_template) goes through it, so all render alike."""
     choice = cfg.model.chat_template
     if choice is False:
         tokenizer.chat_template = CHAT_TEMPLATES["none"]
@@ -51,6 +54,11 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     elif tokenizer.chat_template is None:
         say("the tokenizer has no chat template: using ChatML (set model.chat_template to choose).")
         tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
+    return tokenizer
+
+
+def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
+    use_chat_template(tokenizer, cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

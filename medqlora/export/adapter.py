@@ -9,6 +9,9 @@ from pathlib import Path
 from .. import backends
 from ..config import KitConfig
 from ..errors import MedQLoRAError
+from ..adapter_origin import origin_run
+from ..report.adapter_card import run_record
+from ..report.model_card import adapter_readme
 from ..runs import RunDir
 from ..secrets import printable
 from .base_model import ExportBase, has_tokenizer
@@ -46,13 +49,7 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
         base.tokenizer.save_pretrained(str(run.inside(dest)))
         said = (f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder "
                 "has none)")
-    run.write_text(
-        f"{dest}/README.md",
-        f"# LoRA adapter for {printable(backends.public_model_name(cfg.model.name))}\n\nTrained with medqlora "
-        f"(QLoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, on {printable(', '.join(cfg.lora.target_modules))}). Load it "
-        f"on the base model it was trained on:\n\n```python\n{loading_code(cfg.model.name)}```\n\n"
-        "Research use only; not medical advice.\n",
-    )
+    run.write_text(f"{dest}/README.md", adapter_readme(cfg, adapter, run_record(origin_run(adapter))))
     return said
 
 
@@ -62,17 +59,3 @@ def published_config(source: Path, model_name: str) -> dict:
     config = json.loads(source.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = backends.published_base_name(model_name)
     return config
-
-
-def loading_code(model_name: str) -> str:
-    """How the model card loads the adapter: by the hub id its config names, or onto the reader's own copy of a base
-    model that was a local folder (its config names the folder, not a path that exists elsewhere)."""
-    tokenizer = ("tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")  # chat template used in training\n")
-    if backends.published_base_name(model_name) == backends.portable_base_name(model_name):
-        return ("from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n"
-                f"model = AutoPeftModelForCausalLM.from_pretrained(\"<this folder>\")\n{tokenizer}")
-    local = printable(backends.published_base_name(model_name))
-    return ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"base = AutoModelForCausalLM.from_pretrained(\"<your copy of {local}>\")  # a local model: "
-            "adapter_config.json names its folder only\n"
-            f"model = PeftModel.from_pretrained(base, \"<this folder>\")\n{tokenizer}")

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import adapters, backends
 from ..adapter_origin import origin_run
 from ..config import KitConfig, load_config
@@ -18,6 +16,7 @@ from ..hub import is_hub_id
 from ..run_files import Files
 from ..runs import RunDir
 from ..secrets import printable
+from .adapter_card import TrainingRecord, adapter_card, card_meta, loading_code, run_record
 
 DISCLAIMER = ("**Not medical advice.** This model was fine-tuned for research and education. Its answers can be wrong, "
               "incomplete or outdated, and it must not be used to diagnose, treat or make decisions about patients. "
@@ -29,15 +28,12 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any], adapter: Pat
     of the export, and the medical disclaimer. ``adapter``: the adapter exported, whose own LoRA settings and run
     (config.yaml, with the stages it started from) the card describes, not the export command's config."""
     base, public = backends.portable_base_name(cfg.model.name), backends.public_model_name(cfg.model.name)
-    meta: dict[str, Any] = {"tags": ["medical", "lora", "qlora", "medqlora"]}
-    if is_hub_id(base):
-        meta["base_model"] = base
-    if "adapter" in report["formats"]:
-        meta["library_name"] = "peft"
+    record = run_record(origin_run(adapter) if adapter is not None else run.path)
     sections = [
-        "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n",
-        f"# {printable(public)} fine-tuned on medical data (QLoRA)\n",
+        card_meta(record, base if is_hub_id(base) else None, peft="adapter" in report["formats"]),
+        f"# {printable(public)} fine-tuned on medical data ({record.kind})\n",
         f"{_lora_line(cfg, adapter)}, trained with medqlora. Base model: `{printable(public)}`.\n",
+        "\n".join(record.lines()) + "\n",
         DISCLAIMER + "\n",
         "## Files\n\n" + "\n".join(_file_lines(report, is_hub_id(base))) + "\n",
         "## Training data\n\n" + "\n".join(_trained_on(cfg, adapter)) + "\n",
@@ -49,6 +45,14 @@ def model_card(cfg: KitConfig, run: RunDir, report: dict[str, Any], adapter: Pat
                         f"identical {checks['identical_greedy_replies']}, max |logit difference| "
                         f"{checks['max_abs_logit_diff']}.\n")
     return "\n".join(sections)
+
+
+def adapter_readme(cfg: KitConfig, adapter: Path, record: TrainingRecord) -> str:
+    """README.md of an adapter folder (the run's own, or an export's): its LoRA settings, how it was trained (method,
+    quantization, interrupted or not) and how to load it."""
+    base = backends.portable_base_name(cfg.model.name)
+    return adapter_card(record, backends.public_model_name(cfg.model.name), _lora_line(cfg, adapter),
+                        loading_code(cfg.model.name), card_meta(record, base if is_hub_id(base) else None))
 
 
 def _lora_line(cfg: KitConfig, adapter: Path | None) -> str:

@@ -80,6 +80,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _ends(pid: int, within_s: float = 10.0) -> bool:
+    """Whether the process ends within a few seconds: a signalled grandchild exits a moment after the command does,
+    later on a loaded machine."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_a_signal_during_the_fetch_stops_it_like_ctrl_c_with_pip_and_its_files(tmp_path, sig):
     """SIGTERM 4 s into the fetch: the command died without a word, its pip download kept running as an orphan and
@@ -110,8 +121,8 @@ def test_a_signal_during_the_fetch_stops_it_like_ctrl_c_with_pip_and_its_files(t
     _, err = fetch.communicate(timeout=60)
     assert fetch.returncode == 128 + getattr(signal, sig), err
     assert f"medqlora: interrupted ({sig}). Nothing was fetched" in err and "Traceback" not in err
-    assert not _alive(int((tmp_path / "pip.pid").read_text()))
-    assert not _alive(int((tmp_path / "pip.child").read_text()))  # what pip started is stopped too
+    assert _ends(int((tmp_path / "pip.pid").read_text()))
+    assert _ends(int((tmp_path / "pip.child").read_text()))  # what pip started is stopped too
     assert not os.path.exists((tmp_path / "pip.tmp").read_text().strip())
     assert list((tmp_path / "cache").iterdir()) == []
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import signals
+from . import adapter_weights, signals
 from .errors import TrainingInterrupted
 from .messages import log
 from .recipe_state import RecipeState
@@ -22,6 +22,9 @@ class RunRecords(RecipeState):
 
     def record(self, status: str, **extra: Any) -> None:
         self.facts.update(extra, status=status)
+        saved = adapter_weights.on_disk(self.run.path)  # the weights the run saved (trainer_run.save_adapter)
+        if saved is not None:
+            self.facts[adapter_weights.RECORD_KEY] = saved
         self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
 
     @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .adapter_weights import weights_sha256, written_by_run
 from .errors import ModelError
 from .regular_files import file_kind
 from .run_files import Files
@@ -20,8 +21,22 @@ OWN_ADAPTERS = (Files.ADAPTER, Files.ADAPTER_INTERRUPTED)  # the adapter folders
 def kit_run_folder(adapter: Path) -> Path | None:
     """The run folder of the kit that holds ``adapter`` as its own (<run>/adapter, or the adapter an interrupted
     training left, <run>/adapter-interrupted), or None: the parent must hold the kit's manifest.json (with
-    kit_version) and config.yaml, as regular files. An adapter folder of another name inside a run folder (another
-    run's adapter copied there) is none of that run's: its records do not describe it."""
+    kit_version) and config.yaml, as regular files, and the adapter the weights the run saved (its manifest's
+    adapter_sha256). An adapter folder of another name inside a run folder (another run's adapter copied there), or
+    other weights copied into the run's own, is none of that run's: its records do not describe it."""
+    found = _run_and_manifest(adapter)
+    return found[0] if found is not None and written_by_run(adapter, found[1]) else None
+
+
+def unrecorded_weights(adapter: Path) -> Path | None:
+    """The run folder whose own adapter folder ``adapter`` is, when it holds weights the run did not save (another
+    adapter copied over it); None otherwise."""
+    found = _run_and_manifest(adapter)
+    return found[0] if found is not None and not written_by_run(adapter, found[1]) else None
+
+
+def _run_and_manifest(adapter: Path) -> tuple[Path, dict] | None:
+    """The run folder of the kit ``adapter`` is the own adapter folder of, and its manifest, or None."""
     if adapter.name not in OWN_ADAPTERS:
         return None
     parent = adapter.parent
@@ -33,12 +48,21 @@ def kit_run_folder(adapter: Path) -> Path | None:
     _refuse_special_records(parent)
     if not (manifest.is_file() and config.is_file()):
         return None
+    payload = _json_record(manifest)
+    return (parent, payload) if payload is not None and "kit_version" in payload else None
+
+
+def _json_record(path: Path) -> dict | None:
+    """A JSON object the kit wrote in a run folder (manifest.json, origin.json), read as a regular file; None where
+    it is absent, not a regular file, too long or not a JSON object."""
+    if path.is_symlink() or not path.is_file():
+        return None
     try:
-        with manifest.open("rb") as handle:
+        with path.open("rb") as handle:
             payload = json.loads(handle.read(MAX_MANIFEST_BYTES))
     except (OSError, ValueError):
         return None
-    return parent if isinstance(payload, dict) and "kit_version" in payload else None
+    return payload if isinstance(payload, dict) else None
 
 
 # the records of a run folder the kit reads when it meets one of its adapters (what the run was, what it trained on)
@@ -58,12 +82,54 @@ def _refuse_special_records(folder: Path) -> None:
 
 def origin_run(adapter: Path) -> Path | None:
     """The run folder of the kit an adapter was trained in: <run>/adapter itself, a checkpoint of the run
-    (<run>/checkpoints/checkpoint-N) or an adapter the kit exported from it (<run>/export*/adapter); None for an
-    adapter outside the kit's run folders. Its training_items.jsonl and config.yaml say what the adapter learnt."""
+    (<run>/checkpoints/checkpoint-N) or an adapter the kit exported from it (<run>/export*/adapter), also through
+    the run folders made for exports of those (their origin.json names the training run); None for an adapter
+    outside the kit's run folders. Its training_items.jsonl and config.yaml say what the adapter learnt."""
     run = kit_run_folder(adapter)
-    if run is not None:
+    if run is not None or not in_run_subfolder(adapter):
         return run
-    return kit_run_folder(adapter.parent.parent / Files.ADAPTER) if in_run_subfolder(adapter) else None
+    holder = adapter.parent.parent
+    return kit_run_folder(holder / Files.ADAPTER) or recorded_origin(holder, adapter)[0]
+
+
+def recorded_origin(holder: Path, adapter: Path) -> tuple[Path | None, str]:
+    """The training run a run folder made for a checkpoint or an export names in its origin.json, followed through
+    the folders made for exports of exports, and the adapter of that run the weights come from (as a path in it:
+    adapter, checkpoints/checkpoint-N, export/adapter). (None, "") where there is none, or where ``adapter`` holds
+    other weights than the ones recorded there."""
+    seen: set[Path] = set()
+    record = _json_record(holder / Files.ORIGIN)
+    digest = record.get("weights_sha256") if record else None
+    if digest and weights_sha256(adapter) not in (None, digest):
+        return None, ""
+    while record is not None and isinstance(record.get("origin_run"), str) and holder not in seen:
+        seen.add(holder)
+        holder, inside = Path(record["origin_run"]), str(record.get("adapter") or Files.ADAPTER)
+        if kit_run_folder(holder / Files.ADAPTER) is not None:
+            return holder, inside
+        record = _json_record(holder / Files.ORIGIN)
+    return None, ""
+
+
+def origin_record(adapter: Path, run: Path) -> dict[str, str | None]:
+    """What a run folder made for ``adapter`` (a checkpoint or an export of the run ``run``) records in its
+    origin.json: the training run, the adapter of it the weights come from, and their sha256."""
+    holder = adapter.parent.parent
+    inside = (recorded_origin(holder, adapter)[1] if kit_run_folder(holder / Files.ADAPTER) is None
+              else adapter.relative_to(holder).as_posix())
+    return {"origin_run": str(run.resolve()), "adapter": inside or Files.ADAPTER,
+            "weights_sha256": weights_sha256(adapter)}
+
+
+def origin_name(adapter: Path) -> str | None:
+    """The adapter as its training run names it: that run folder's name and the adapter's path in it (e.g.
+    run-20260101-120000/export/adapter), also for an export of an export; None outside the kit's runs."""
+    run = origin_run(adapter)
+    if run is None:
+        return None
+    if kit_run_folder(adapter) is not None:
+        return f"{run.name}/{adapter.name}"
+    return f"{run.name}/{origin_record(adapter, run)['adapter']}"
 
 
 def in_run_subfolder(adapter: Path) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapter_base, adapters, backends, evaluate
-from .adapter_origin import origin_run
+from .adapter_origin import origin_record, origin_run, unrecorded_weights
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
@@ -68,6 +68,10 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
             say(f"warning: {flag} {printable(folder.parent)}: its training stopped before its end ({stopped}), so "
                 "its adapter is the one trained so far, not a finished run's (to finish it: --resume RUN)")
     adapter = adapters.find(folder)
+    if (run := unrecorded_weights(adapter.folder)) is not None:
+        say(f"note: {printable(adapter.folder)} holds other weights than the ones the run {printable(run)} saved "
+            f"(their sha256 is not among those its {Files.MANIFEST} records: an adapter copied over it?), so that "
+            "run's records do not describe it: it is used as an adapter from outside the kit's runs")
     origin = origin_run(adapter.folder)  # the run folder, also of a checkpoint or export, whose files are read
     if origin is not None:  # a link planted in its run folder stops here, before anything is read or loaded
         RunDir(origin).check_links()
@@ -162,6 +166,7 @@ def same_model(named: str, name: str, source: str | None) -> bool:
 def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None, prefix: str) -> RunDir:
     """The adapter's own run folder; a new one under output.dir for the base model, or for an adapter that is not
     in a run folder of the kit (nothing is ever written beside a foreign adapter)."""
+    origin = None
     if adapter is not None:
         run_folder = adapters.kit_run_folder(adapter)
         if run_folder is not None:
@@ -175,6 +180,8 @@ def run_folder_for(cfg: KitConfig, adapter: Path | None, output_dir: str | None,
     run = RunDir.create(cfg.model_copy(update={"output": cfg.output.model_copy(update={"run_name": name})}), output_dir,
                         generated_name=not cfg.output.run_name)  # a run of the same second: a -2 suffix
     if adapter is not None:
+        if origin is not None:  # its records name the training run, which an export of its export follows
+            run.write_json(Files.ORIGIN, origin_record(adapter, origin))
         say(f"{printable(adapter)} {_outside_run(adapter)}: its results go to {printable(run.path)}")
     return run
 
@@ -184,7 +191,8 @@ def _outside_run(adapter: Path) -> str:
     holds the results of the run's own adapter), or not from a kit run at all."""
     origin = origin_run(adapter)
     if origin is None:
-        return "is not in a run folder of this kit"
+        return ("holds weights its run did not save" if unrecorded_weights(adapter) is not None
+                else "is not in a run folder of this kit")
     return (f"is a {'checkpoint' if adapter.parent.name == Files.CHECKPOINTS else 'export'} of the run "
             f"{printable(origin)} (what it was trained on is read there)")
 

@@ -157,6 +157,17 @@ def check_arguments(args: argparse.Namespace) -> None:
                           "preset name.")
 
 
+def _check_resume_config(args: argparse.Namespace, cfg: Any, options: Options) -> None:
+    """--resume with a --config: the run continues with its own config.yaml, so a --config of other values (which
+    would be ignored) is refused as --set is; the run's own file, or a copy of it, is taken."""
+    if args.resume is None or not getattr(args, "config_given", []):
+        return
+    from . import recipe
+    from .resume import refuse_other_config
+
+    refuse_other_config(cfg, *recipe.Recipe(cfg, options).resumed()[:2], config_flag=args.config)
+
+
 def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
@@ -167,6 +178,7 @@ def _main(args: argparse.Namespace) -> int:
 
         options = Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
                           baseline=not args.no_baseline, prompt=args.prompt, started=started)
+        _check_resume_config(args, cfg, options)
         if args.dry_run:
             planning = recipe.Recipe(cfg, options)
             planning.check_inputs(args.mode)

@@ -156,9 +156,11 @@ def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> No
 GIVEN_ON_RESUME = ("output.", "eval.in_full_mode")
 
 
-def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig) -> None:
-    """run_mode(resume=RUN) with a cfg other than the run's own config.yaml: refused, naming the settings that
-    differ, as the command line refuses --set beside --resume (a resumed run trains with its config.yaml alone)."""
+def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig, config_flag: str | None = None) -> None:
+    """run_mode(resume=RUN), or --resume RUN --config FILE (``config_flag``: FILE), with a config other than the
+    run's own config.yaml: refused, naming the settings that differ, as the command line refuses --set beside
+    --resume (a resumed run trains with its config.yaml alone). The same values (the run's own file, a copy of
+    it) are taken."""
     now, was = flat_settings(given), flat_settings(saved)
     resolved = _resolved_at_start(given, saved)
     changed = [k for k in sorted(set(now) | set(was)) if now.get(k) != was.get(k)
@@ -169,6 +171,10 @@ def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig) -> None
                        f"{printable(json.dumps(was.get(k)), 60)})" for k in changed[:3])
     more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
     config = printable(run.path / Files.CONFIG)
+    if config_flag is not None:
+        raise ConfigError(f"--resume {printable(run.path)} continues the run with its own config.yaml, and --config "
+                          f"{printable(config_flag)} differs from it: {listed}{more}. Leave out --config (as --set is "
+                          "left out beside --resume), or train a new run with the new values (without --resume).")
     raise ConfigError(f"run_mode(resume={printable(run.path)}): the cfg given differs from the run's own config.yaml, "
                       f"which a resumed run trains with: {listed}{more}. Pass the run's config, "
                       f"load_config({config!r}), to continue it (the command line refuses --set beside --resume), or "

@@ -38,6 +38,7 @@ class Files:
     EXPORT_REPORT = "export_report.json"  # inside an export folder
     EXPORT_REPORT_MD = "export_report.md"  # the same, for reading
     MODEL_CARD = "README.md"  # inside an export folder pushed to the Hub
+    ORIGIN = "origin.json"  # a run folder made for a checkpoint or an export of a run: the training run it comes from
     TRAINING_RUN = (f"{ADAPTER}/", CONFIG, MANIFEST, METRICS, LOSS_CHART, MEMORY, MEMORY_TABLE, DATA_STATS,
                     TRAINING_ITEMS, EVAL_BASELINE, EVAL_REPORT, EVAL_JSON, EVAL_CHART,
                     f"{SAMPLES}/.jsonl", RUN_LOG)  # a training run's files, as a plan names them

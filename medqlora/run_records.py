@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import signals
+from . import adapter_weights, signals
 from .errors import TrainingInterrupted
 from .messages import log
 from .recipe_state import RecipeState
@@ -29,6 +29,9 @@ class RunRecords(RecipeState):
         """The manifest written with ``status``; a saved adapter's README.md says what the manifest now says of its
         training (trained to the end, or interrupted with the adapter saved so far)."""
         self.facts.update(extra, status=status)
+        saved = adapter_weights.on_disk(self.run.path)  # the weights the run saved (trainer_run.save_adapter)
+        if saved is not None:
+            self.facts[adapter_weights.RECORD_KEY] = saved
         facts = manifest(self.cfg, self.runtime.to_dict(), self.facts)
         self.run.write_json(Files.MANIFEST, facts)
         if self.run.adapter.is_dir() and not self.run.adapter.is_symlink() and status in CARDED:

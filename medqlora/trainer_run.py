@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .adapter_weights import record_saved
 from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
@@ -122,6 +123,7 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
             write_gathered_adapter(model, weights, partial)
         tokenizer.save_pretrained(str(partial))
         _usual_permissions(partial)
+        record_saved(run, partial)  # manifest.json: the weights this run wrote, to tell them from a copy over them
         partial.rename(run.adapter)
     except OSError as err:
         if partial.is_dir() and not partial.is_symlink():

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import backends, hub
+from ..adapter_origin import origin_name
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..report import export_report_markdown, model_card
@@ -142,8 +143,9 @@ def _converted(name: str, convert: Any, partial: Path, failed: dict[str, ModelEr
 
 def published_adapter_name(adapter: Path) -> str:
     """The adapter as the export folder (which export.push_to_hub may publish) names it: its run folder's name and
-    its own, e.g. run-20260101-120000/adapter, never the machine's path to it."""
-    return Path(*adapter.resolve().parts[-2:]).as_posix()
+    its own, e.g. run-20260101-120000/adapter, never the machine's path to it. An export of a kit run's adapter (a
+    checkpoint, an export, an export of an export) is named by the training run it comes from."""
+    return origin_name(adapter.resolve()) or Path(*adapter.resolve().parts[-2:]).as_posix()
 
 
 def _summary_line(report: dict[str, Any]) -> str:

@@ -169,3 +169,16 @@ def assert_one_message(stderr: str, fragment: str = "") -> None:
     assert "Traceback" not in stderr, stderr[-3000:]
     assert stderr.count("medqlora: error") == 1, stderr[-3000:]
     assert fragment in stderr, stderr[-3000:]
+
+
+def record_adapter_as_saved(run: Path) -> None:
+    """The run's manifest records the weights now in its adapter/ as the ones it saved: a test that rewrites a run's
+    weights (a NaN, a boosted lora_B) stands for a run that saved them, not for another adapter copied over them
+    (which the kit treats as foreign, ZD02)."""
+    import json
+
+    from medqlora.adapter_weights import RECORD_KEY, weights_sha256
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest[RECORD_KEY] = [weights_sha256(run / "adapter")]
+    (run / "manifest.json").write_text(json.dumps(manifest))

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from medqlora import export
 
-from .conftest import run_tiny
+from .conftest import record_adapter_as_saved, run_tiny
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +24,9 @@ def boosted_run(model_dir, out, seed: int):
     generator = torch.Generator().manual_seed(seed)
     boosted = {k: (torch.randn(v.shape, generator=generator) * 0.3 if "lora_B" in k else v) for k, v in weights.items()}
     save_file(boosted, run / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
-    record_as_saved(run)
+    record_adapter_as_saved(run)
     return out, run
 
-
-def record_as_saved(run):
-    """The run's manifest records the weights now in its adapter/ as the ones it saved (weights rewritten after the
-    run are another adapter's to the kit, ZD02)."""
-    from medqlora.adapter_weights import RECORD_KEY, weights_sha256
-
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest[RECORD_KEY] = [weights_sha256(run / "adapter")]
-    (run / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")

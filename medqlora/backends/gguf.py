@@ -3,6 +3,8 @@ into a trainable checkpoint folder in the kit's cache (MEDQLORA_CACHE)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib.util
 import os
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..environment import check_folder_path
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
 from .checkpoints import check_gguf_file
@@ -27,6 +29,41 @@ def check_cache_dir(where: Path | None = None) -> Path:
     file."""
     where = CACHE_DIR if where is None else where
     return check_folder_path("MEDQLORA_CACHE", where, "the kit's cache folder", "leave it unset for ~/.cache/medqlora")
+
+
+def check_conversion_cache() -> Path:
+    """The folder a GGUF is converted into (CACHE_DIR/gguf), checked before the model is read, --dry-run too: a
+    cache that cannot be made or written (its default under a HOME that does not exist, a read-only disk) is named
+    with the variable to set, instead of a FileNotFoundError after the GGUF was dequantized."""
+    folder = check_cache_dir() / "gguf"
+    missing = [f for f in (folder, *folder.parents) if not (f.exists() or f.is_symlink())]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".medqlora-write-check-"):
+            pass
+    except OSError as err:
+        what = "cannot be created" if missing else "cannot be written"
+        raise cache_write_error(folder, what, err) from None
+    finally:
+        for created in missing:  # deepest first: made only to try, so that a dry run leaves nothing behind
+            with contextlib.suppress(OSError):
+                created.rmdir()
+    return folder
+
+
+def cache_write_error(folder: Path, what: str, err: BaseException) -> ConfigError:
+    """One message for a conversion the kit's cache cannot hold: why, where the folder came from, what to set."""
+    why = getattr(err, "strerror", None) or printable(str(err), 200) or type(err).__name__
+    full = getattr(err, "errno", None) == errno.ENOSPC or "os error 28" in str(err)
+    if os.environ.get("MEDQLORA_CACHE"):
+        origin = "MEDQLORA_CACHE names it"
+    else:
+        home = printable(os.environ.get("HOME") or "unset", 200)
+        origin = f"MEDQLORA_CACHE is unset, so it is the default ~/.cache/medqlora (HOME={home})"
+    fix = "Free some space there, or point" if full else "Point"
+    return ConfigError(f"The kit's cache folder {printable(str(folder))} {what} ({printable(why, 200)}): {origin}; "
+                       "the offline GGUF model (pypi: or a .gguf file) is converted into it. "
+                       f"{fix} MEDQLORA_CACHE at a folder you can write.")
 
 
 _PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -61,6 +98,7 @@ def convert_gguf(gguf: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     check_gguf_file(gguf)  # read in full only when it is converted, not on every resolve of a cached model
+    check_conversion_cache()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,20 +112,30 @@ def convert_gguf(gguf: Path) -> Path:
     # transformers marks GGUF-loaded models as quantized, but the weights are already dequantized
     mark_unquantized(model)
     set_end_of_turn_as_eos(model, tokenizer)
-    # a folder of this process's own: two runs converting at once (several processes of one launch, two users)
-    # never write into each other's copy; the first to finish wins, the other discards its copy
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    _save_conversion(model, tokenizer, target)
+    return target
+
+
+def _save_conversion(model: Any, tokenizer: Any, target: Path) -> None:
+    """The converted checkpoint written into a folder of this process's own, then renamed into place: two runs
+    converting at once (several processes of one launch, two users) never write into each other's copy; the first
+    to finish wins, the other discards its copy. A write that fails (a full disk) leaves no partial copy and is one
+    message, unless another process's copy is in place."""
+    from safetensors import SafetensorError
+
+    partial = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
         partial.rename(target)
-    except OSError:
+    except (OSError, SafetensorError) as err:
         if not (target / "config.json").is_file():
-            raise
+            raise cache_write_error(target.parent, "could not hold the converted model", err) from None
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def mark_unquantized(model: Any) -> None:

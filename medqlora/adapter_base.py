@@ -41,7 +41,7 @@ def base_config(source: str | None, trust_remote_code: bool = False) -> dict[str
     return config if isinstance(config, dict) else None
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
 
 
@@ -70,7 +70,7 @@ def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> 
 
 def estimated_features(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """(in, out) features of the usual projection names, from hidden_size / intermediate_size / heads x head_dim."""
-    c = _text_config(config)
+    c = text_config(config)
     hidden, inter = c.get("hidden_size"), c.get("intermediate_size")
     heads = c.get("num_attention_heads")
     kv = c.get("num_key_value_heads") or heads
@@ -105,7 +105,7 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
                           f"{detail}. {DIFFERENT_BASE}{hint} (or pass the run folder it was trained in).")
 
     trained_on = base_config(named, trust_remote_code) if named and named != source else None
-    types = [_text_config(c).get("model_type") for c in (trained_on, base) if c]
+    types = [text_config(c).get("model_type") for c in (trained_on, base) if c]
     if trained_on and all(types) and types[0] != types[1]:
         raise refuse(f"it was trained on a {printable(types[0], 40)} model and the base is a {printable(types[1], 40)}")
 
@@ -135,7 +135,7 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
 def check_layers(adapter: ValidAdapter, base: dict[str, Any]) -> None:
     """layers_to_transform may name only layers the base model has: PEFT finds no module to put LoRA on in the
     others and fails (or, where some layers exist, leaves those out)."""
-    count = _text_config(base).get("num_hidden_layers")
+    count = text_config(base).get("num_hidden_layers")
     if not isinstance(count, int) or count <= 0:
         return
     missing = [n for n in layer_numbers(adapter.config) or [] if n >= count]

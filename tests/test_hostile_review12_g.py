@@ -96,3 +96,54 @@ def test_a_full_cache_disk_during_the_conversion_is_one_message_and_leaves_no_pa
     conversion, gguf = _fake_conversion(monkeypatch, tmp_path, fits)
     target = conversion.convert_gguf(gguf)
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "tokenizer.json"]
+
+
+@pytest.fixture(scope="module")
+def small_vocabulary_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with an embedding of 1000 rows, saved with SmolLM2's tokenizer (49152 ids)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    config.vocab_size = 1000
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 2
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("smallvocab") / "model"
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_tokenizer_with_more_ids_than_the_embedding_has_rows_is_refused_before_training(
+        small_vocabulary_model, tmp_path, capsys):
+    """--dry-run passed it, the run stopped with an IndexError at the first token id beyond row 999; test mode too."""
+    from .conftest import kit_argv, run_cli
+
+    said = (f"model.name: {small_vocabulary_model}: its config.json gives the embedding 1000 rows (vocab_size 1000), "
+            "but its tokenizer has 49152 token ids (0 to 49151)")
+    for args in (("--dry-run",), ("--mode", "train"), ("--mode", "test", "--adapter", "none")):
+        result = run_cli(capsys, kit_argv(small_vocabulary_model, tmp_path / "out", *args))
+        assert result.code == 2, result.err[-2000:]
+        assert_one_message(result.err, said.replace("its config.json gives", "the loaded model gives")
+                           if "test" in args else said)
+
+
+def test_an_embedding_padded_beyond_the_tokenizer_is_taken(tiny_model_dir, tmp_path):
+    """Most checkpoints round vocab_size up (Qwen: 151936 rows for 151665 ids): more rows than ids pass."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from medqlora.backends.tokenizer import check_vocabulary_fits, config_rows
+
+    folder = tmp_path / "padded"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    for rows in (len(tokenizer), len(tokenizer) + 64):
+        (folder / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+        check_vocabulary_fits(tokenizer, config_rows(str(folder)), str(folder))
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 1}))
+    with pytest.raises(Exception, match=f"gives the embedding {len(tokenizer) - 1} rows"):
+        check_vocabulary_fits(tokenizer, config_rows(str(folder)), str(folder))

@@ -12,7 +12,7 @@ from .kernels import apply_kernels
 from .lora import attach_adapter, check_target_modules, hf_add_lora, trainable_adapter
 from .runtime import Runtime, attention_kernel, prepare_for_generation
 from .sources import resolve_model_source
-from .tokenizer import prepare_tokenizer
+from .tokenizer import check_vocabulary_fits, embedding_rows, prepare_tokenizer
 from .unsloth_loading import unsloth_base
 
 
@@ -47,6 +47,7 @@ def load_for_training(cfg: KitConfig, runtime: Runtime, source: str | None = Non
     else:
         model, tokenizer = hf_base(cfg, runtime, source, tokenizer)
         model = hf_add_lora(model, cfg, runtime)
+    check_vocabulary_fits(tokenizer, embedding_rows(model), source, "the loaded model gives")
     runtime.kernels = apply_kernels(model, cfg, runtime)  # recorded in the run's manifest.json
     runtime.attention = attention_kernel(model, runtime)  # so is this (the kernels may set it)
     return model, prepare_tokenizer(tokenizer, cfg), source
@@ -67,5 +68,6 @@ def load_for_inference(cfg: KitConfig, runtime: Runtime, adapter_dir: Path | Non
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    check_vocabulary_fits(tokenizer, embedding_rows(model), source, "the loaded model gives")
     prepare_for_generation(model, runtime)
     return model, prepare_tokenizer(tokenizer, cfg)

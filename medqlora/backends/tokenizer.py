@@ -129,7 +129,39 @@ def load_tokenizer(cfg: KitConfig, source: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
     except Exception as err:
         raise load_errors(source, err) from None
+    check_vocabulary_fits(tokenizer, config_rows(source, cfg.model.trust_remote_code), source, "its config.json gives")
     return prepare_tokenizer(tokenizer, cfg)
+
+
+def config_rows(source: str, trust_remote_code: bool = False) -> int | None:
+    """The rows of the model's embedding as its config.json (read locally) gives them (vocab_size); None: unknown."""
+    from ..adapter_base import base_config, text_config
+
+    config = base_config(source, trust_remote_code)
+    rows = text_config(config).get("vocab_size") if config is not None else None
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
+
+
+def embedding_rows(model: Any) -> int | None:
+    """The rows of a loaded model's input embedding (None where the model does not say)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    return rows if isinstance(rows, int) else None
+
+
+def check_vocabulary_fits(tokenizer: Any, rows: int | None, source: str, told: str = "its config.json gives") -> None:
+    """Every id the tokenizer can produce is a row of the model's embedding: a tokenizer copied from another model,
+    with more ids than the embedding has rows, stopped training (or generation) at the first token beyond them with
+    an IndexError. Checked from config.json when the tokenizer loads (--dry-run too) and on the loaded model (a hub
+    model, an adapter saved with its own tokenizer). Embeddings padded beyond the tokenizer (usual) pass."""
+    if rows is None:
+        return
+    ids = max(tokenizer.get_vocab().values(), default=-1) + 1
+    if ids > rows:
+        raise ModelError(f"model.name: {printable(source)}: {told} the embedding {rows} rows (vocab_size {rows}), but "
+                         f"its tokenizer has {ids} token ids (0 to {ids - 1}): a tokenizer of another model? Training "
+                         "or generation would stop at the first token id beyond the embedding. Put the tokenizer "
+                         "files the model was trained with beside its weights.")
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import adapter_base, adapters, backends, evaluate
+from . import adapter_base, adapters, backends, evaluate, model_files
 from .adapter_origin import origin_record, origin_run, unrecorded_weights
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
@@ -37,6 +37,11 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     trained = run_cfg.model
     if trained.name != cfg.model.name:
         say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
+    changed, source = model_files.changed_since_training(run_folder)
+    if changed:
+        say(f"warning: the base model's files changed since the run {printable(run_folder.name)} trained: "
+            f"{printable(model_files.describe_change(changed, source), 300)} (its manifest.json records their size and "
+            "sha256): the adapter is applied to weights it was not trained on, and its results may not be its own.")
     if run_cfg.data.system_prompt != cfg.data.system_prompt:
         say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})

@@ -223,9 +223,9 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         self._say_processes()
         self.configure(self.cfg)
         self.facts = {"resumed_from": self.checkpoint.name} if self.checkpoint else {}
-        for key in ("trained_settings", "data") if self.checkpoint else ():  # kept, should it stop before training
-            if resume.recorded_settings(self.run, key) is not None:
-                self.facts[key] = resume.recorded_settings(self.run, key)
+        for key in resume.KEPT_ON_RESUME if self.checkpoint else ():  # kept, should it stop before training
+            if (value := resume.manifest_value(self.run, key)) is not None:
+                self.facts[key] = value
         self.record("loading")
 
     def configure(self, saved_cfg: KitConfig) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import adapters, data
+from . import adapters, data, model_files
 from .config import KitConfig, load_config
 from .errors import ConfigError, ModelError
 from .run_names import refuse_secret_in_path
@@ -35,7 +35,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
         status = _status(run)
         saved_adapter = (run.adapter / adapters.CONFIG_NAME).is_file()
         ended = "was interrupted" if status == "interrupted" else "crashed"
-        stage = str(_manifest_value(run, "stage") or "")
+        stage = str(manifest_value(run, "stage") or "")
         if saved_adapter and status in ("interrupted", "failed") and "after training" in stage:
             mode, work = (("test", "the sample queries") if "sample queries" in stage else ("eval", "the evaluation"))
             why = (f", and needs none: its training is complete (its adapter is saved in {run.adapter}); the run "
@@ -57,6 +57,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     _check_start_adapter(run, cfg, checkpoint)
     _check_resumable_config(run, cfg, checkpoint)
     _check_resumable_data(run, cfg)
+    _check_resumable_model(run)
     return run, cfg, checkpoint
 
 
@@ -78,6 +79,10 @@ def _check_start_adapter(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
 TRAINING_SECTIONS = ("backend", "model", "lora", "data", "training")
 
 
+# What the manifest recorded when the run started training, kept by a resumed run until it records them again.
+KEPT_ON_RESUME = ("trained_settings", "data", "model_source", model_files.MANIFEST_KEY)
+
+
 def trained_settings(cfg: KitConfig) -> dict[str, Any]:
     """The settings a run trains with, flattened (training.max_steps: 4), as the manifest records them."""
     return flat_settings(cfg, TRAINING_SECTIONS)
@@ -86,11 +91,11 @@ def trained_settings(cfg: KitConfig) -> dict[str, Any]:
 def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, Any] | None:
     """The settings the run's manifest says its training started with (None: not recorded); key "data": the
     fingerprints of the data it trained on."""
-    recorded = _manifest_value(run, key)
+    recorded = manifest_value(run, key)
     return recorded if isinstance(recorded, dict) else None
 
 
-def _manifest_value(run: RunDir, key: str) -> Any:
+def manifest_value(run: RunDir, key: str) -> Any:
     """One field of the run's manifest.json (None: no manifest, not JSON, or no such field)."""
     try:
         return json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
@@ -100,7 +105,7 @@ def _manifest_value(run: RunDir, key: str) -> Any:
 
 def _status(run: RunDir) -> str | None:
     """The status the run's manifest records (training, interrupted, failed, trained), or None."""
-    status = _manifest_value(run, "status")
+    status = manifest_value(run, "status")
     return status if isinstance(status, str) else None
 
 
@@ -125,6 +130,19 @@ def _check_resumable_data(run: RunDir, cfg: KitConfig) -> None:
                 f"the run started training (its manifest records {was[:19]}...). A checkpoint continues the training "
                 "of the rows it started with: restore that file, or train a new run on the new data (without "
                 "--resume).")
+
+
+def _check_resumable_model(run: RunDir) -> None:
+    """The base model's weight files hold what they held when the run started training (its manifest records a
+    fingerprint of each): a checkpoint's adapter continues on the weights it was trained on, not on another
+    revision downloaded over them."""
+    changed, source = model_files.changed_since_training(run.path)
+    if changed:
+        raise ModelError(
+            f"--resume: the base model's weights changed since the run started training: "
+            f"{printable(model_files.describe_change(changed, source), 300)} (changed, gone or added; its manifest "
+            "records their size and sha256). A checkpoint continues the training of the weights it started on: "
+            "restore those files, or train a new run on the new model (without --resume).")
 
 
 def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, harness, memory, report, resume
+from . import adapters, backends, data, distributed, evaluate, fit, harness, memory, model_files, report, resume
 from .adapter_runs import inherited_training_items
 from .config import KitConfig
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
@@ -110,7 +110,8 @@ class TrainingStages(RecipeState):
             say(f"data {name}: {stats}")
         for warning in prepared.stats.get("total", {}).get("warnings", []):
             say(f"warning: {warning}")
-        self.record("training", model_source=self.source, data=prepared.fingerprints,
+        self.record("training", model_source=self.source, model_files=model_files.fingerprint(self.source),
+                    data=prepared.fingerprints,
                     trained_settings=resume.trained_settings(self.saved_cfg))
 
     def load_inference_replica(self) -> None:

@@ -147,3 +147,79 @@ def test_an_embedding_padded_beyond_the_tokenizer_is_taken(tiny_model_dir, tmp_p
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 1}))
     with pytest.raises(Exception, match=f"gives the embedding {len(tokenizer) - 1} rows"):
         check_vocabulary_fits(tokenizer, config_rows(str(folder)), str(folder))
+
+
+def _other_weights(model: Path) -> None:
+    """Other weights of the same shapes written over the model's own (another revision downloaded over it)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(1)
+    weights = load_file(model / "model.safetensors")
+    save_file({k: torch.randn_like(v) * 0.02 if v.dim() > 1 else v for k, v in weights.items()},
+              str(model / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_adapter_modes_warn_when_the_base_models_weights_changed_since_training(model_copy, tmp_path, capsys):
+    """The manifest records a fingerprint of the base model's weight files; test (and eval, export, chat, their
+    --dry-run) say in a warning line that the adapter is applied to weights it was not trained on."""
+    import json
+
+    from medqlora.cli import main
+
+    from .conftest import kit_argv
+
+    out = tmp_path / "out"
+    assert main(kit_argv(model_copy, out, "--mode", "train", **{"output.run_name": "r",
+                                                                 "training.max_steps": "1"})) == 0
+    recorded = json.loads((out / "r" / "manifest.json").read_text())["model_files"]
+    assert list(recorded) == ["model.safetensors"] and recorded["model.safetensors"].startswith("size ")
+    capsys.readouterr()
+    adapter_mode = ["--mode", "test", "--adapter", str(out / "r"), "--set", "generation.max_new_tokens=2"]
+    assert main(adapter_mode) == 0
+    assert "base model's files changed" not in capsys.readouterr().out  # the same weights: no word
+    _other_weights(model_copy)
+    for args in (adapter_mode, ["--mode", "export", "--adapter", str(out / "r"), "--dry-run"]):
+        assert main(args) == 0
+        said = "".join(capsys.readouterr())  # the plan of --dry-run on stdout, its notes on stderr
+        assert (f"warning: the base model's files changed since the run r trained: model.safetensors in {model_copy} "
+                "(its manifest.json records their size and sha256): the adapter is applied to weights it was not "
+                "trained on") in said, said[-2000:]
+
+
+def test_resuming_after_the_base_models_weights_changed_is_refused(model_copy, tmp_path, capsys, monkeypatch):
+    """As a changed data file (H124): a checkpoint continues on the weights it started on."""
+    import shutil
+
+    from medqlora import train
+    from medqlora.cli import main
+
+    from .conftest import kit_argv
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
+                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    out = tmp_path / "out"
+    assert main(kit_argv(model_copy, out, "--mode", "train", **{
+        "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "r"})) == 0
+    run = out / "r"
+    real_rmtree(run / "adapter")
+    _other_weights(model_copy)
+    before = (run / "manifest.json").read_text()
+    capsys.readouterr()
+    for dry in ([], ["--dry-run"]):
+        assert main(["--mode", "train", "--resume", str(run), *dry]) == 2
+        assert_one_message(capsys.readouterr().err, "--resume: the base model's weights changed since the run "
+                                                    f"started training: model.safetensors in {model_copy}")
+    assert (run / "manifest.json").read_text() == before and not (run / "adapter").exists()
+    (model_copy / "model.safetensors").unlink()
+    assert main(["--mode", "train", "--resume", str(run)]) == 2
+    assert_one_message(capsys.readouterr().err, "model.safetensors in")

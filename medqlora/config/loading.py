@@ -61,8 +61,28 @@ def resolve_config_path(name: str | Path | None) -> Path:
 DATA_FILE_SUFFIXES = {".jsonl", ".csv", ".tsv", ".parquet", ".arrow"}  # never a config; .json may hold one
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KitConfig:
-    """Read a YAML config (or preset), apply ``section.key=value`` overrides and validate it."""
+def override_items(overrides: object) -> list[str]:
+    """``load_config``'s overrides as a list of ``section.key=value`` strings: one string is one override (it was
+    iterated as its characters); a mapping, or anything that is not a list of strings, is refused with the form
+    to write (a dict was iterated as its keys and reported as a --set without a value)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        return [overrides]
+    example = "['training.max_steps=60']"
+    if isinstance(overrides, dict):
+        example = printable(repr([f"{key}={value}" for key, value in overrides.items()]), 200)
+    elif isinstance(overrides, (list, tuple)) and all(isinstance(item, str) for item in overrides):
+        return list(overrides)
+    raise ConfigError(f"load_config(overrides=...): got {printable(type(overrides).__name__)} "
+                      f"{printable(repr(overrides), 100)}; overrides must be a list of \"section.key=value\" strings "
+                      f"(as --set takes them), e.g. {example}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | str | None = None) -> KitConfig:
+    """Read a YAML config (or preset), apply ``section.key=value`` overrides (a list of them, or one string) and
+    validate it."""
+    overrides = override_items(overrides)
     path = resolve_config_path(path)
     raw, lines = read_yaml_file(path, "Config file")
     if raw is None:
@@ -72,7 +92,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
                           f"...){data_file}.")
     typed: dict[tuple, str] = {}
-    for item in overrides or []:
+    for item in overrides:
         key = _apply_override(raw, item)
         if key is None:
             continue

@@ -22,3 +22,24 @@ def test_load_config_takes_one_override_string_and_refuses_a_dict_with_the_list_
     assert "['training.max_steps=2']" in message
     with pytest.raises(ConfigError, match=r"got list \['training.max_steps=2', 3\]; overrides must be a list"):
         load_config(None, overrides=["training.max_steps=2", 3])
+
+
+def test_a_setting_yaml_reads_as_null_says_that_tilde_is_no_value_and_what_to_write(tmp_path, capsys):
+    """`output.dir: ~` (meant as the home folder) read as null: 'Input should be a valid string (got None)' said
+    nothing of YAML's null."""
+    from .conftest import assert_one_message, run_cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  max_steps: 1\noutput:\n  dir: ~\n")
+    result = run_cli(capsys, ["--mode", "train", "--config", str(config), "--dry-run"])
+    assert result.code == 2
+    assert_one_message(result.err, "c.yaml:4: 'output.dir': Input should be a valid string (got None). YAML reads ~, "
+                       "null and a key with nothing after its colon as no value")
+    assert "~ alone is not your home folder: for a folder under it, write ~/ and the rest, ~/outputs" in result.err
+    assert "or leave the key out for its default." in result.err
+    result = run_cli(capsys, ["--mode", "train", "--config", str(config), "--set", "output.dir=/tmp/x",
+                              "--set", "training.max_steps=", "--dry-run"])
+    assert result.code == 2
+    assert_one_message(result.err, "'training.max_steps': Input should be a valid integer (got None)")
+    assert "YAML reads ~, null and nothing after = as no value: give the value, or leave out this --set for its " \
+           "default." in result.err and "home folder" not in result.err

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..secrets import printable
 from .base import DEFAULT_CONFIG, KEY_ALIASES, PATH_SHOWN, PRESETS_DIR, YAML_MAX_BYTES, has_control_characters
 from .kit import _LIST_ITEMS, KitConfig
+from .value_hints import null_hint, quote_hint
 from .yaml_reader import load_yaml, read_yaml_file
 
 # ---------------------------------------------------------------- loading
@@ -113,7 +114,7 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
         return KitConfig.model_validate(raw)
     except ValidationError as err:
         errors = _one_error_per_union(err.errors())
-        problems = [_describe(e, source, lines or {}) + _quote_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
+        problems = [_describe(e, source, lines or {}) + _value_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
@@ -293,23 +294,6 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
 
 
-def _quote_hint(error: dict, typed: dict[tuple, str]) -> str:
-    """For text that YAML read as something else (``Q: {question}`` as a mapping, ``10:30`` as the number 630):
-    say so, and how to quote it."""
-    value = error.get("input")
-    if error["type"] != "string_type" or not isinstance(value, (dict, list, int, float, bool)):
-        return ""
-    kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else \
-        "true/false" if isinstance(value, bool) else "a number"
-    loc = tuple(error["loc"])
-    if loc in typed:
-        dotted = printable(".".join(str(p) for p in loc), 120)
-        shown = printable(typed[loc], 100)
-        return (f" YAML reads {shown} as {kind}; to give it as text, quote it: --set '{dotted}=\"{shown}\"'."
-                if '"' not in typed[loc] else f" YAML reads {shown} as {kind}; to give it as text, quote it.")
-    return f" YAML read the value as {kind}; if it is meant as text, put it in quotes."
-
-
 _NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
                   "int_parsing_size", "int_from_float", "int_parsing", "float_parsing", "int_type", "float_type"}
 
@@ -333,6 +317,14 @@ def _allowed_range(loc: tuple) -> str:
     if loc[-1] == "max_steps":
         low = "-1 (train for num_epochs), or 1 <="
     return f"; allowed: {' '.join(part for part in (low, 'value', high) if part)}"
+
+
+def _value_hint(error: dict, typed: dict[tuple, str]) -> str:
+    """What YAML made of a value the setting does not take (text read as a number, ``~`` read as null)."""
+    loc = tuple(error["loc"])
+    model = _model_at(loc[:-1]) if loc else None
+    field = model.model_fields.get(loc[-1]) if model is not None and isinstance(loc[-1], str) else None
+    return quote_hint(error, typed) + null_hint(error, typed, has_default=field is not None and not field.is_required())
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -43,3 +43,33 @@ def test_a_setting_yaml_reads_as_null_says_that_tilde_is_no_value_and_what_to_wr
     assert_one_message(result.err, "'training.max_steps': Input should be a valid integer (got None)")
     assert "YAML reads ~, null and nothing after = as no value: give the value, or leave out this --set for its " \
            "default." in result.err and "home folder" not in result.err
+
+
+@pytest.mark.parametrize("written, advice", [
+    ("none", "is a list of trackers (tensorboard, wandb, mlflow); [] switches tracking off (got 'none')"),
+    ("[none]", "[] switches tracking off (got ['none'])"),
+    ("false", "[] switches tracking off (got False)"),
+    ("all", "name those to use, e.g. [tensorboard, wandb, mlflow] ([] switches tracking off) (got 'all')"),
+    ("wandb", "is a list of trackers: write [wandb] ([] switches tracking off) (got 'wandb')"),
+])
+def test_report_to_written_as_other_kits_write_it_says_that_an_empty_list_switches_tracking_off(written, advice):
+    """transformers' `report_to=none` was refused as 'a valid list', `[none]` as not a tracker: neither said []."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"training.report_to={written}"])
+    assert "'training.report_to': Value error, is a list of trackers" in str(refused.value)
+    assert advice in str(refused.value)
+    assert load_config(None, ["training.report_to=[]"]).training.report_to == []
+
+
+def test_the_plan_of_a_run_without_trackers_lists_no_tracker_folder(tiny_model_dir, tmp_path, capsys):
+    """report_to [] (the way to switch tracking off): the plan's outputs listed tensorboard/, never written."""
+    import json
+
+    from .conftest import kit_argv, run_cli
+
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"training.report_to": "[]"}))
+    assert result.code == 0, result.err[-2000:]
+    outputs = json.loads(result.out)["outputs"]
+    assert "run.log" in outputs
+    assert not {"tensorboard/", "wandb/", "mlruns/"} & set(outputs.split("{")[1].rstrip("}").split(", "))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, signals
-from .commands import MODES, Options, check_options, check_start, command
+from .commands import MODES, Options, check_options, check_resume, check_start, command
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
@@ -138,7 +138,7 @@ def _shown(err: Exception) -> str:
 def check_arguments(args: argparse.Namespace) -> None:
     """The command line's own checks, before the config is read: --config (one, a file or a preset, no control
     characters, no --set beside --resume), then the options every command shares (commands.check_options:
-    arguments the mode would ignore, paths with control characters, a --resume that is not a run folder)."""
+    arguments the mode would ignore, paths with control characters; --resume RUN is checked with the config)."""
     if args.config is not None and has_control_characters(args.config):
         raise ConfigError(f"--config {printable(repr(args.config), PATH_SHOWN)}: contains control characters (newline, "
                           "NUL, escape...); give a plain path.")
@@ -178,6 +178,7 @@ def _main(args: argparse.Namespace) -> int:
 
         options = Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
                           baseline=not args.no_baseline, prompt=args.prompt, started=started)
+        check_resume(options, cfg)
         _check_resume_config(args, cfg, options)
         if args.dry_run:
             planning = recipe.Recipe(cfg, options)

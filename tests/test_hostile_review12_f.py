@@ -73,3 +73,84 @@ def test_the_plan_of_a_run_without_trackers_lists_no_tracker_folder(tiny_model_d
     outputs = json.loads(result.out)["outputs"]
     assert "run.log" in outputs
     assert not {"tensorboard/", "wandb/", "mlruns/"} & set(outputs.split("{")[1].rstrip("}").split(", "))
+
+
+def _run_folder(parent):
+    """A folder that --resume takes for a run of the kit (its records); the checkpoint checks come later."""
+    run = parent / "killed2"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text('{"status": "interrupted"}')
+    (run / "config.yaml").write_text("training:\n  max_steps: 1\n")
+    return run
+
+
+def test_resume_by_the_runs_bare_name_advises_the_folder_under_output_dir(tmp_path, capsys, monkeypatch):
+    """`--resume killed2` advised `outputs/<run>` though output.dir was elsewhere: that advice failed again."""
+    from .conftest import assert_one_message, run_cli
+
+    out = tmp_path / "runs"
+    run = _run_folder(out)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(capsys, ["--mode", "train", "--resume", "killed2", "--output-dir", str(out), "--dry-run"])
+    assert result.code == 2
+    assert_one_message(result.err, f"--resume 'killed2': no such folder. A run of that name is in '{out}': "
+                       f"--resume '{run}'.")
+    config = tmp_path / "c.yaml"
+    import yaml
+
+    from medqlora.config import DEFAULT_CONFIG
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config.write_text(yaml.safe_dump({**raw, "output": {"dir": str(out)}}))
+    result = run_cli(capsys, ["--mode", "train", "--config", str(config), "--resume", "nothere", "--dry-run"])
+    assert result.code == 2
+    assert_one_message(result.err, f"--resume 'nothere': no such folder. Give the run's folder ('{out}/<run>', the "
+                       f"path printed when it started), or latest for the newest run under '{out}' with a checkpoint.")
+    assert "outputs/<run>" not in result.err
+
+
+def test_output_dir_beside_resume_is_refused_unless_it_is_the_runs_own_parent(tmp_path, capsys):
+    """--output-dir with --resume RUN was dropped without a word (the run stays in its folder), while --set and
+    another --config beside --resume are refused."""
+    import medqlora
+
+    from .conftest import assert_one_message, run_cli
+
+    run = _run_folder(tmp_path / "runs")
+    result = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--output-dir", str(tmp_path / "other"),
+                              "--dry-run"])
+    assert result.code == 2
+    assert_one_message(result.err, f"--resume '{run}' continues the run in its own folder, under '{run.parent}', so "
+                       f"--output-dir '{tmp_path / 'other'}' would be ignored. Leave out --output-dir")
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ConfigError, match="would be ignored. Leave out --output-dir"):
+        medqlora.run_mode("train", load_config(None), resume=run, output_dir=tmp_path / "other")
+    # the run's own parent folder, written another way, is no other folder: the resume goes on to its checks
+    result = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--output-dir", f"{run.parent}/", "--dry-run"])
+    assert "--output-dir" not in result.err and "has no checkpoint to continue from" in result.err
+
+
+def test_a_path_that_is_not_there_is_quoted_so_a_blank_at_its_end_shows(tmp_path, capsys):
+    """`model.name: the folder /tmp/x/tiny  does not exist`: printed unquoted, the trailing blank of a copy-paste was
+    invisible, and the folder named looked like one that exists."""
+    from .conftest import assert_one_message, run_cli
+
+    model = tmp_path / "tiny"
+    model.mkdir()
+    result = run_cli(capsys, ["--mode", "train", "--dry-run", "--set", f'model.name="{model} "',
+                              "--output-dir", str(tmp_path / "out")])
+    assert result.code == 2
+    assert_one_message(result.err, f"model.name: the folder '{model} ' (ends with a blank; '{model}' exists) does "
+                       "not exist.")
+    queries = tmp_path / "q.yaml"
+    queries.write_text("- What is hypertension?\n")
+    with pytest.raises(ConfigError, match=r"generation.queries_file: '.*q.yaml ' \(ends with a blank; '.*q.yaml' "
+                                          r"exists\) not found"):
+        from medqlora.generate import load_queries
+
+        load_queries(f"{queries} ")
+    result = run_cli(capsys, ["--mode", "eval", "--adapter", f" {tmp_path}/nothing", "--dry-run",
+                              "--output-dir", str(tmp_path / "out")])
+    assert_one_message(result.err, f"--adapter ' {tmp_path}/nothing' (starts with a blank): no such file or folder.")
+    result = run_cli(capsys, ["--mode", "train", "--resume", f"{tmp_path} ", "--dry-run"])
+    assert_one_message(result.err, f"--resume '{tmp_path} ' (ends with a blank; '{tmp_path}' exists): no such folder.")

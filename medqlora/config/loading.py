@@ -18,6 +18,7 @@ from pydantic_core import to_jsonable_python
 
 from ..errors import ConfigError
 from ..secrets import printable
+from ..shown_paths import quoted_path
 from .base import DEFAULT_CONFIG, KEY_ALIASES, PATH_SHOWN, PRESETS_DIR, YAML_MAX_BYTES, has_control_characters
 from .kit import _LIST_ITEMS, KitConfig
 from .value_hints import null_hint, quote_hint
@@ -55,7 +56,7 @@ def resolve_config_path(name: str | Path | None) -> Path:
     close = difflib.get_close_matches(path.stem, presets, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
-        f"Config file or preset '{shown}' not found.{hint} Available presets: {', '.join(presets)}."
+        f"Config file or preset {quoted_path(name)} not found.{hint} Available presets: {', '.join(presets)}."
     )
 
 

@@ -154,3 +154,64 @@ def test_a_path_that_is_not_there_is_quoted_so_a_blank_at_its_end_shows(tmp_path
     assert_one_message(result.err, f"--adapter ' {tmp_path}/nothing' (starts with a blank): no such file or folder.")
     result = run_cli(capsys, ["--mode", "train", "--resume", f"{tmp_path} ", "--dry-run"])
     assert_one_message(result.err, f"--resume '{tmp_path} ' (ends with a blank; '{tmp_path}' exists): no such folder.")
+
+
+class _FullStream:
+    """Standard output on a full disk: every write fails as /dev/full's does."""
+
+    encoding = "utf-8"
+
+    def __init__(self, error: int = 28) -> None:
+        self.error = error
+
+    def write(self, text: str) -> int:
+        import os
+
+        raise (BrokenPipeError if self.error == 32 else OSError)(self.error, os.strerror(self.error))
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_plan_written_onto_a_full_disk_ends_in_exit_2_with_a_message(tiny_model_dir, tmp_path):
+    """`--dry-run > /dev/full` exited 0 with nothing written and no message: a script saving the plan got success
+    and an empty file."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, SCRIPT, assert_one_message, kit_argv
+
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=600)
+    assert result.returncode == 2
+    assert_one_message(result.stderr, "medqlora: error: standard output could not be written (No space left on "
+                       "device): what the command printed there is lost (a --dry-run plan, a --prompt answer")
+    assert "Exception ignored" not in result.stderr
+    reader_gone = subprocess.run(f"{sys.executable} {SCRIPT} {' '.join(argv)} | head -c 1 >/dev/null; "
+                                 "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", cwd=ROOT,
+                                 capture_output=True, text=True, timeout=600)
+    assert reader_gone.returncode in (0, 1) and "medqlora: error" not in reader_gone.stderr  # a broken pipe: quiet
+    assert "Traceback" not in reader_gone.stderr
+
+
+def test_a_one_shot_answer_that_cannot_be_written_ends_in_exit_2(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """`--mode chat --prompt ... > answer.txt` on a full disk: the answer was lost and the kit exited 0."""
+    import sys
+
+    from .conftest import assert_one_message, kit_argv, run_cli
+
+    monkeypatch.setattr(sys, "stdout", _FullStream())
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "chat", "--adapter", "none",
+                                      "--prompt", "What is hypertension?"))
+    assert result.code == 2
+    assert_one_message(result.err, "standard output could not be written (No space left on device)")
+    assert sys.stdout.__class__ is _FullStream  # given back after the command
+    monkeypatch.setattr(sys, "stdout", _FullStream(error=32))  # the reader went away: quiet, exit 1
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "chat", "--adapter", "none",
+                                      "--prompt", "What is hypertension?"))
+    assert result.code == 1 and "medqlora: error" not in result.err

@@ -215,3 +215,28 @@ def test_a_one_shot_answer_that_cannot_be_written_ends_in_exit_2(tiny_model_dir,
     result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "chat", "--adapter", "none",
                                       "--prompt", "What is hypertension?"))
     assert result.code == 1 and "medqlora: error" not in result.err
+
+
+@pytest.mark.parametrize("manifest, why", [
+    ('{"status": "trai', "is not a complete JSON object (16 bytes, starting b'{\"status\": \"trai': cut off while "
+                         "it was written?)"),
+    ("", "is empty"),
+])
+def test_a_run_folder_whose_manifest_was_cut_off_is_called_damaged_not_foreign(
+        lora_folder, tmp_path, capsys, manifest, why):
+    """A manifest.json cut off mid-write made the kit call its own run folder foreign without a word (its results went
+    to foreign-<run>-<time>, the run's records set aside)."""
+    import shutil
+
+    from .conftest import assert_one_message, run_cli
+
+    run = tmp_path / "out" / "corruptman"
+    shutil.copytree(lora_folder, run / "adapter")
+    (run / "config.yaml").write_text("training:\n  max_steps: 1\n")
+    (run / "manifest.json").write_text(manifest)
+    result = run_cli(capsys, ["--mode", "test", "--adapter", str(run), "--output-dir", str(tmp_path / "out")])
+    assert result.code == 2
+    assert_one_message(result.err, f"'{run / 'manifest.json'}' {why}: it is the record of the run that saved "
+                       f"'{run / 'adapter'}' (what it trained, and on what), so the kit cannot tell whether that "
+                       "adapter is the run's own. Restore manifest.json from a backup of the run folder")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["corruptman"]  # no foreign-<run> folder

@@ -13,6 +13,7 @@ from .errors import ModelError
 from .regular_files import file_kind
 from .run_files import Files
 from .secrets import printable
+from .shown_paths import quoted_path
 
 MAX_MANIFEST_BYTES = 4 << 20
 OWN_ADAPTERS = (Files.ADAPTER, Files.ADAPTER_INTERRUPTED)  # the adapter folders a run of the kit saves in itself
@@ -49,7 +50,29 @@ def _run_and_manifest(adapter: Path) -> tuple[Path, dict] | None:
     if not (manifest.is_file() and config.is_file()):
         return None
     payload = _json_record(manifest)
+    if payload is None:  # the kit's records around it, and a manifest it cannot read: damaged, not foreign
+        _refuse_damaged_manifest(manifest, adapter)
     return (parent, payload) if payload is not None and "kit_version" in payload else None
+
+
+def _refuse_damaged_manifest(manifest: Path, adapter: Path) -> None:
+    """A run folder (config.yaml beside it) whose manifest.json is no JSON object: cut off mid-write (a full disk, a
+    kill), or emptied. Read as absent, it made the kit call its own run folder foreign without a word, and set
+    the run's records (system prompt, templates, what it trained on) aside."""
+    try:
+        size = manifest.stat().st_size
+        with manifest.open("rb") as handle:
+            head = handle.read(60)
+    except OSError as err:
+        why = f"cannot be read ({err.strerror})"
+    else:
+        why = (f"is over {MAX_MANIFEST_BYTES >> 20} MiB" if size > MAX_MANIFEST_BYTES else "is empty" if not size
+               else f"is not a complete JSON object ({size} bytes, starting {printable(repr(head), 80)}: cut off "
+               "while it was written?)")
+    raise ModelError(f"{quoted_path(manifest)} {why}: it is the record of the run that saved {quoted_path(adapter)} "
+                     "(what it trained, and on what), so the kit cannot tell whether that adapter is the run's own. "
+                     "Restore manifest.json from a backup of the run folder; or, to use the adapter as one trained "
+                     "outside the kit's runs, copy its folder elsewhere (cp -r) and give the copy.")
 
 
 def _json_record(path: Path) -> dict | None:

@@ -29,6 +29,7 @@ from .errors import ModelError
 from .regular_files import first_special_file, link_note
 from .run_files import Files
 from .secrets import printable
+from .shown_paths import quoted_path
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -63,7 +64,7 @@ def locate(arg: str, flag: str = "--adapter") -> Path:
                          "none for the base model alone.")
     path = Path(arg).expanduser()
     if not path.exists():
-        raise ModelError(f"{flag} {printable(arg)}: no such file or folder. Give an adapter or run folder, latest, "
+        raise ModelError(f"{flag} {quoted_path(arg)}: no such file or folder. Give an adapter or run folder, latest, "
                          "or none for the base model alone.")
     if path.is_dir() and _present(path / Files.ADAPTER / CONFIG_NAME):
         path = path / Files.ADAPTER

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, signals
-from .commands import MODES, Options, check_options, check_start, command
+from .commands import MODES, Options, check_options, check_resume, check_start, command
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
+from .stdout_guard import guarded_stdout, lost_output
 
 
 class _Counted(argparse.Action):
@@ -64,12 +65,25 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_unwritable_output()
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
+    with guarded_stdout() as stdout:
+        code = _guarded_main(args, argv)
+    if not lost_output(stdout):
+        return code
+    if code == 0:
+        print(f"\nmedqlora: error: {stdout.message()}", file=sys.stderr)
+        return 2
+    print(f"medqlora: (and {stdout.message()})", file=sys.stderr)
+    return code
+
+
+def _guarded_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     earlier_logs = set(_run_logs())
     try:
         with command():
             return _main(args)
     except BrokenPipeError:  # the reader of stdout went away (`--dry-run | head -1`): nothing left to tell it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush is quiet
+        with contextlib.suppress(OSError, ValueError):  # (the guard has sent stdout to the null device already)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # so that the exit flush is quiet
         return 1
     except Exception as err:  # the last line of defence: a bug of the kit, not a problem the user can fix
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
@@ -80,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_unwritable_output() -> None:
     """Standard output and error closed by a launcher (``2>&-``) are often taken by a file opened read-only as the
     process started (a launcher script): writing a message there fails, which would turn a user's error (exit 2)
-    into a crash (exit 1). Such a stream is pointed at the null device, as Python does with a closed one."""
+    into a crash (exit 1). Such a stream is pointed at the null device, as Python does with a closed one; standard
+    output that cannot take what is written (a full disk) is left to stdout_guard, which says so."""
     for fd in (1, 2):
         try:
             os.write(fd, b"")  # nothing written; fails (EBADF) on a closed or read-only descriptor
-        except OSError:
+        except OSError as err:
+            if fd == 1 and err.errno != errno.EBADF:  # a full disk, /dev/full: the guard of stdout reports it
+                continue
             null = os.open(os.devnull, os.O_WRONLY)
             if null != fd:
                 os.dup2(null, fd)
@@ -138,7 +155,7 @@ def _shown(err: Exception) -> str:
 def check_arguments(args: argparse.Namespace) -> None:
     """The command line's own checks, before the config is read: --config (one, a file or a preset, no control
     characters, no --set beside --resume), then the options every command shares (commands.check_options:
-    arguments the mode would ignore, paths with control characters, a --resume that is not a run folder)."""
+    arguments the mode would ignore, paths with control characters; --resume RUN is checked with the config)."""
     if args.config is not None and has_control_characters(args.config):
         raise ConfigError(f"--config {printable(repr(args.config), PATH_SHOWN)}: contains control characters (newline, "
                           "NUL, escape...); give a plain path.")
@@ -178,6 +195,7 @@ def _main(args: argparse.Namespace) -> int:
 
         options = Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
                           baseline=not args.no_baseline, prompt=args.prompt, started=started)
+        check_resume(options, cfg)
         _check_resume_config(args, cfg, options)
         if args.dry_run:
             planning = recipe.Recipe(cfg, options)

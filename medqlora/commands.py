@@ -23,6 +23,7 @@ from .rows import invisible
 from .run_files import Files
 from .run_lock import release_run_folders
 from .secrets import printable, unpaired_surrogate
+from .shown_paths import quoted_path
 
 MODES = ("train", "test", "eval", "full", "export", "chat")
 TRAINING_MODES = ("train", "full")  # train an adapter; --resume continues one of theirs
@@ -120,7 +121,7 @@ def check_start() -> None:
 def check_options(mode: str, options: Options) -> None:
     """The options of a command, from the command line's flags or run_mode's keywords of the same names: those the
     mode would ignore are refused (saying which modes they are for), and so are paths with control characters, an
-    empty or file --output-dir, an empty or undecodable --prompt, and a --resume that is not a run folder."""
+    empty or file --output-dir, an empty or undecodable --prompt (--resume RUN: check_resume, with the config)."""
     if mode not in MODES:
         raise ConfigError(f"mode {printable(repr(mode), 40)}: not a mode of the kit; choose one of {', '.join(MODES)}.")
     for flag in ("output_dir", "adapter", "resume"):
@@ -140,8 +141,6 @@ def check_options(mode: str, options: Options) -> None:
     if output_dir is not None and Path(output_dir).expanduser().exists() and not Path(output_dir).expanduser().is_dir():
         raise ConfigError(f"--output-dir {printable(output_dir, PATH_SHOWN)}: is a file, expected the folder "
                           "that holds run folders.")
-    if options.resume not in (None, "latest"):
-        _check_run_folder(options.resume)
 
 
 def _check_flags_of_mode(mode: str, options: Options) -> None:
@@ -165,11 +164,31 @@ def _check_flags_of_mode(mode: str, options: Options) -> None:
                           "questions on standard input (< questions.txt), one a line.")
 
 
-def _check_run_folder(resume: str) -> None:
-    shown = printable(resume, PATH_SHOWN)
+def check_resume(options: Options, cfg: KitConfig) -> None:
+    """--resume RUN, once the config says where runs go: a run folder of this kit (the advice names that folder,
+    output.dir or --output-dir), and --output-dir beside it only where it is the run's own parent folder (a resumed
+    run stays in its folder: another --output-dir would be ignored, as --set and another --config would)."""
+    if options.resume in (None, "latest"):
+        return
+    root = Path(options.output_dir or cfg.output.dir).expanduser()
+    _check_run_folder(options.resume, root)
+    run = Path(options.resume).expanduser()
+    if options.output_dir is not None and run.absolute().parent.resolve() != root.resolve():
+        raise ConfigError(f"--resume {quoted_path(options.resume)} continues the run in its own folder, under "
+                          f"{quoted_path(run.absolute().parent)}, so --output-dir {quoted_path(options.output_dir)} "
+                          "would be ignored. Leave out --output-dir (it chooses where new runs go, and where --resume "
+                          "latest looks).")
+
+
+def _check_run_folder(resume: str, root: Path) -> None:
+    shown = quoted_path(resume)
     path = Path(resume).expanduser()
-    fix = "Give the run's folder (outputs/<run>), or latest for the newest run with a checkpoint."
+    fix = (f"Give the run's folder ({quoted_path(root / '<run>')}, the path printed when it started), or latest "
+           f"for the newest run under {quoted_path(root)} with a checkpoint.")
     if not resume.strip() or not path.exists():
+        named = root / resume.strip() if resume.strip() else None
+        if named is not None and named.is_dir() and not path.is_absolute():
+            fix = f"A run of that name is in {quoted_path(root)}: --resume {quoted_path(named)}."
         raise ConfigError(f"--resume {shown}: no such folder. {fix}")
     if not path.is_dir():
         raise ConfigError(f"--resume {shown}: is a file, not a run folder. {fix}")

@@ -20,6 +20,7 @@ from .generation_batch import batch_size_for
 from .messages import say
 from .progress import bar
 from .secrets import printable
+from .shown_paths import quoted_path
 
 QUERY_KEYS = ("id", "question")
 MAX_QUERIES = 10_000  # each is generated for: more belongs in an evaluation set, or in several files
@@ -64,7 +65,7 @@ def _queries_path(path_text: str) -> Path:
     if not path.exists():
         path = KIT_ROOT / path_text
     if not path.exists():
-        raise ConfigError(f"generation.queries_file: {printable(path_text, PATH_SHOWN)} not found.")
+        raise ConfigError(f"generation.queries_file: {quoted_path(path_text)} not found.")
     if path.suffix.lower() == ".jsonl":
         raise ConfigError(f"generation.queries_file {printable(path, PATH_SHOWN)}: {YAML_FORM}. Write the queries "
                           "as YAML (each JSON line can become one '- {...}' entry) in a .yaml file.")

@@ -43,6 +43,7 @@ from .commands import (
     Options,
     Run,
     check_options,
+    check_resume,
     check_start,
     command,
     python_config,
@@ -307,6 +308,7 @@ def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | os.PathLike | None 
     check_start()  # as the command line starts: the environment, then the options and the config
     check_options(mode, options)
     cfg = python_config(cfg)
+    check_resume(options, cfg)
     with command():
         recipe = Recipe(cfg, options)
         if options.resume:  # the command line refuses --set beside --resume: a cfg of other values is refused too

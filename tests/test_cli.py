@@ -222,7 +222,7 @@ def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp
     before = sorted(p.name for p in run.rglob("*"))
     assert main(["--mode", "full", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"generation.queries_file: {tmp_path / 'gone.yaml'} not found" in err and "Traceback" not in err
+    assert f"generation.queries_file: '{tmp_path / 'gone.yaml'}' not found" in err and "Traceback" not in err
     assert sorted(p.name for p in run.rglob("*")) == before
     assert main(["--mode", "train", "--resume", str(run), "--dry-run"]) == 0  # train never answers them
 

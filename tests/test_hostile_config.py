@@ -115,7 +115,7 @@ TEXT_ROWS = [  # (override, fragment): control characters in names and paths, an
 ]
 
 QUERY_ROWS = [  # (queries file text, bytes or None for no file, fragment)
-    (None, "generation.queries_file: {dir}/queries.yaml not found"),
+    (None, "generation.queries_file: '{dir}/queries.yaml' not found"),
     (_queries("  - just text\n"), "queries.yaml:2: entry 1 is 'just text'; expected a list of {id, question}"),
     ("queries: []\n", "queries.yaml: no queries"),
     ("queries: hello\n", "expected a list of {id, question} entries"),
@@ -266,10 +266,11 @@ def _a_file(tmp_path: Path) -> str:
 
 ARGUMENT_ROWS = [  # (id, argv built from tmp_path, fragment)
     ("H13-resume-nonexistent", lambda t: ["--mode", "train", "--resume", str(t / "nope")],
-     "--resume {dir}/nope: no such folder. Give the run's folder (outputs/<run>), or latest"),
+     "--resume '{dir}/nope': no such folder. Give the run's folder ('{dir}/outputs/<run>', the path printed when it "
+     "started), or latest"),
     ("H13-resume-a-file", lambda t: ["--mode", "full", "--resume", _a_file(t)], "is a file, not a run folder"),
     ("H13-resume-not-a-run-folder", lambda t: ["--mode", "train", "--resume", _run_folder_without_config(t)],
-     "{dir}/not-a-run: is not a run folder of this kit (no config.yaml / manifest.json)"),
+     "{dir}/not-a-run': is not a run folder of this kit (no config.yaml / manifest.json)"),
     ("H13-resume-with-test", lambda t: ["--mode", "test", "--resume", "latest"],
      "--resume continues an interrupted training run: it is for --mode train and --mode full, and --mode test"),
     ("H13-resume-with-eval", lambda t: ["--mode", "eval", "--resume", "latest"], "--mode eval would ignore it"),

@@ -214,7 +214,7 @@ def test_a_llama_cpp_dir_without_the_converter_is_refused_before_the_export(make
     for dry in (["--dry-run"], []):
         assert main(kit_argv(tiny_model_dir, tmp_path / "o", "--mode", "export", "--adapter", str(trained), *dry,
                          **{"export.formats": "[gguf]"})) == 2
-        assert_one_message(capsys.readouterr().err, f"LLAMA_CPP_DIR={named} {what}: it must name a llama.cpp checkout")
+        assert_one_message(capsys.readouterr().err, f"LLAMA_CPP_DIR='{named}' {what}: it must name a llama.cpp checkout")
     assert {k: v for k, v in snapshot(trained).items() if not k.endswith("run.log")} == \
         {k: v for k, v in before.items() if not k.endswith("run.log")}  # nothing exported, nothing merged
 

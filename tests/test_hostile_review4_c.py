@@ -174,7 +174,7 @@ def test_modules_to_save_without_their_weights_are_named(tmp_path):
 
 @pytest.mark.parametrize("value, fragment", [
     ("", "--adapter is empty (an unset shell variable?)"),
-    ("/nonexistent/adapter", "--adapter /nonexistent/adapter: no such file or folder"),
+    ("/nonexistent/adapter", "--adapter '/nonexistent/adapter': no such file or folder"),
 ])
 def test_an_adapter_path_that_is_empty_or_missing_says_so(capsys, tmp_path, value, fragment):
     from .conftest import run_cli

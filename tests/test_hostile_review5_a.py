@@ -57,7 +57,7 @@ def test_gguf_lora_refuses_a_llama_cpp_dir_without_the_lora_converter(dry, scrip
     result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "export", "--adapter", str(adapter),
                                       *dry, **{"export.formats": "[gguf_lora]"}))
     assert result.code == 2
-    assert_one_message(result.err, f"LLAMA_CPP_DIR={checkout} {said} a llama.cpp checkout (the folder with "
+    assert_one_message(result.err, f"LLAMA_CPP_DIR='{checkout}' {said} a llama.cpp checkout (the folder with "
                                    "convert_lora_to_gguf.py)")
     assert not (tmp_path / "out").exists()
 

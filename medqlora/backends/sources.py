@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..secrets import printable
+from ..shown_paths import quoted_path
 from .checkpoints import check_checkpoint_folder, check_gguf_file
 from .gguf import check_conversion_cache, convert_gguf, converted_path, gguf_in_package
 
@@ -37,7 +38,7 @@ def _check_gguf_path(path: Path) -> None:
         raise ModelError(f"model.name: {printable(str(path))} is a folder, not a GGUF file. For a checkpoint folder, "
                          "name it without .gguf.")
     if not path.exists() and not path.is_symlink():
-        raise ModelError(f"model.name: GGUF file {printable(str(path))} not found.")
+        raise ModelError(f"model.name: GGUF file {quoted_path(path)} not found.")
     if not path.is_file():  # a pipe, a device, a socket or a dangling link: never opened (a pipe would wait)
         linked = f" (it links to {printable(str(path.resolve()))})" if path.is_symlink() else ""
         raise ModelError(f"model.name: {printable(str(path))} is not a regular file{linked}: a GGUF model is a file. "
@@ -47,7 +48,7 @@ def _check_gguf_path(path: Path) -> None:
 def _refuse_missing_local_path(name: str) -> None:
     """A name written as a path (./, ../, /, ~) that does not exist is a missing folder, not a hub id."""
     if name.startswith((".", "/", "~")) or "\\" in name:
-        raise ModelError(f"model.name: the folder {printable(name)} does not exist. Check the path (a run's "
+        raise ModelError(f"model.name: the folder {quoted_path(name)} does not exist. Check the path (a run's "
                          "config.yaml names the model folder it was trained from), or use a hub id.")
 
 

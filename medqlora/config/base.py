@@ -120,3 +120,23 @@ def hub_id_problem(name: str) -> str | None:
                 "the folder")
     return (f"{printable(name, 200)!r} is neither an existing local file or folder nor a hub id (owner/name of "
             "letters, digits, '-', '_' and '.')")
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+_TRACKING_OFF = {"none", "off", "false", "no", "null", ""}  # how transformers and other kits say it
+
+
+def tracker_list_problem(value: Any) -> str | None:
+    """What is wrong with training.report_to written as other kits write it: ``none`` (transformers' way to switch
+    tracking off), ``all``, one tracker as text, or such a word inside the list; None for anything else (the schema
+    checks that)."""
+    items = value if isinstance(value, list) else [value]
+    words = {str(item).strip().lower() for item in items if item is None or isinstance(item, (str, bool))}
+    if words & _TRACKING_OFF or any(item is None or isinstance(item, bool) for item in items):
+        return f"is a list of trackers ({', '.join(TRACKERS)}); [] switches tracking off"
+    if "all" in words:
+        return f"is a list of trackers: name those to use, e.g. [{', '.join(TRACKERS)}] ([] switches tracking off)"
+    if isinstance(value, str) and value.strip() in TRACKERS:
+        return f"is a list of trackers: write [{value.strip()}] ([] switches tracking off)"
+    return None
+

@@ -18,8 +18,10 @@ from pydantic_core import to_jsonable_python
 
 from ..errors import ConfigError
 from ..secrets import printable
+from ..shown_paths import quoted_path
 from .base import DEFAULT_CONFIG, KEY_ALIASES, PATH_SHOWN, PRESETS_DIR, YAML_MAX_BYTES, has_control_characters
 from .kit import _LIST_ITEMS, KitConfig
+from .value_hints import null_hint, quote_hint
 from .yaml_reader import load_yaml, read_yaml_file
 
 # ---------------------------------------------------------------- loading
@@ -54,15 +56,35 @@ def resolve_config_path(name: str | Path | None) -> Path:
     close = difflib.get_close_matches(path.stem, presets, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
-        f"Config file or preset '{shown}' not found.{hint} Available presets: {', '.join(presets)}."
+        f"Config file or preset {quoted_path(name)} not found.{hint} Available presets: {', '.join(presets)}."
     )
 
 
 DATA_FILE_SUFFIXES = {".jsonl", ".csv", ".tsv", ".parquet", ".arrow"}  # never a config; .json may hold one
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KitConfig:
-    """Read a YAML config (or preset), apply ``section.key=value`` overrides and validate it."""
+def override_items(overrides: object) -> list[str]:
+    """``load_config``'s overrides as a list of ``section.key=value`` strings: one string is one override (it was
+    iterated as its characters); a mapping, or anything that is not a list of strings, is refused with the form
+    to write (a dict was iterated as its keys and reported as a --set without a value)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        return [overrides]
+    example = "['training.max_steps=60']"
+    if isinstance(overrides, dict):
+        example = printable(repr([f"{key}={value}" for key, value in overrides.items()]), 200)
+    elif isinstance(overrides, (list, tuple)) and all(isinstance(item, str) for item in overrides):
+        return list(overrides)
+    raise ConfigError(f"load_config(overrides=...): got {printable(type(overrides).__name__)} "
+                      f"{printable(repr(overrides), 100)}; overrides must be a list of \"section.key=value\" strings "
+                      f"(as --set takes them), e.g. {example}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | str | None = None) -> KitConfig:
+    """Read a YAML config (or preset), apply ``section.key=value`` overrides (a list of them, or one string) and
+    validate it."""
+    overrides = override_items(overrides)
     path = resolve_config_path(path)
     raw, lines = read_yaml_file(path, "Config file")
     if raw is None:
@@ -72,7 +94,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{printable(path, PATH_SHOWN)}: the top level must be a mapping of sections (model:, lora:, data:, "
                           f"...){data_file}.")
     typed: dict[tuple, str] = {}
-    for item in overrides or []:
+    for item in overrides:
         key = _apply_override(raw, item)
         if key is None:
             continue
@@ -93,7 +115,7 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
         return KitConfig.model_validate(raw)
     except ValidationError as err:
         errors = _one_error_per_union(err.errors())
-        problems = [_describe(e, source, lines or {}) + _quote_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
+        problems = [_describe(e, source, lines or {}) + _value_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
@@ -273,23 +295,6 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
 
 
-def _quote_hint(error: dict, typed: dict[tuple, str]) -> str:
-    """For text that YAML read as something else (``Q: {question}`` as a mapping, ``10:30`` as the number 630):
-    say so, and how to quote it."""
-    value = error.get("input")
-    if error["type"] != "string_type" or not isinstance(value, (dict, list, int, float, bool)):
-        return ""
-    kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else \
-        "true/false" if isinstance(value, bool) else "a number"
-    loc = tuple(error["loc"])
-    if loc in typed:
-        dotted = printable(".".join(str(p) for p in loc), 120)
-        shown = printable(typed[loc], 100)
-        return (f" YAML reads {shown} as {kind}; to give it as text, quote it: --set '{dotted}=\"{shown}\"'."
-                if '"' not in typed[loc] else f" YAML reads {shown} as {kind}; to give it as text, quote it.")
-    return f" YAML read the value as {kind}; if it is meant as text, put it in quotes."
-
-
 _NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
                   "int_parsing_size", "int_from_float", "int_parsing", "float_parsing", "int_type", "float_type"}
 
@@ -313,6 +318,14 @@ def _allowed_range(loc: tuple) -> str:
     if loc[-1] == "max_steps":
         low = "-1 (train for num_epochs), or 1 <="
     return f"; allowed: {' '.join(part for part in (low, 'value', high) if part)}"
+
+
+def _value_hint(error: dict, typed: dict[tuple, str]) -> str:
+    """What YAML made of a value the setting does not take (text read as a number, ``~`` read as null)."""
+    loc = tuple(error["loc"])
+    model = _model_at(loc[:-1]) if loc else None
+    field = model.model_fields.get(loc[-1]) if model is not None and isinstance(loc[-1], str) else None
+    return quote_hint(error, typed) + null_hint(error, typed, has_default=field is not None and not field.is_required())
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

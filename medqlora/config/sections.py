@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..formats import BENCHMARK_KINDS, DATASET_FORMATS, columns_problem
-from .base import ALL_LINEAR, MAX_BATCH, MAX_STEPS, PathText, Section, hub_id_problem
+from .base import ALL_LINEAR, MAX_BATCH, MAX_STEPS, PathText, Section, hub_id_problem, tracker_list_problem
 
 
 class ModelSection(Section):
@@ -279,8 +279,17 @@ class TrainingSection(Section):
         return value
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
-        description="experiment trackers: tensorboard (run folder), wandb, mlflow; credentials from the environment",
+        description="experiment trackers: tensorboard (run folder), wandb, mlflow; [] for none; credentials from the "
+        "environment",
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        problem = tracker_list_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
     wandb_offline_without_key: bool = Field(
         False, description="wandb without WANDB_API_KEY in the environment: log in W&B's offline mode (wandb sync "
         "later) instead of refusing, and say so",

@@ -18,6 +18,7 @@ from ..environment import check_datasets_cache
 from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
 from ..secrets import printable
+from ..shown_paths import quoted_path
 from .json_values import pairs_once, parse_float, parse_int, refuse_unreadable_values
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -73,7 +74,7 @@ def check_hub_dataset_id(source: str) -> None:
         return
     folders = " and ".join(dict.fromkeys([str(Path.cwd()), str(KIT_ROOT)]))
     revision = " (a revision such as @main cannot be pinned: give the id alone)" if "@" in source else ""
-    raise DataError(f"Dataset '{printable(source, 200)}' is neither a local file or folder (looked in {folders}) "
+    raise DataError(f"Dataset {quoted_path(source, 200)} is neither a local file or folder (looked in {folders}) "
                     f"nor a hub dataset id (name or owner/name){revision}. A local path: check it, or write it "
                     "from ./ or / ; a hub dataset: its id, with subset: and split: choosing a part of it.")
 
@@ -81,7 +82,7 @@ def check_hub_dataset_id(source: str) -> None:
 def _not_found(source: str) -> str:
     """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
     (an absolute path in none; each folder named once)."""
-    name = f"Dataset file '{printable(source)}'"
+    name = f"Dataset file {quoted_path(source, 200)}"
     try:
         named = Path(source).expanduser()
         places = [named] if named.is_absolute() else list(dict.fromkeys([Path.cwd() / named, KIT_ROOT / named]))

@@ -16,6 +16,7 @@ from .. import backends
 from ..errors import ConfigError, ModelError
 from ..messages import log
 from ..secrets import printable
+from ..shown_paths import quoted_path
 
 LLAMA_CPP_HINT = (
     "GGUF export uses llama.cpp's converter. Get it with: git clone https://github.com/ggml-org/llama.cpp "
@@ -48,7 +49,7 @@ def llama_cpp_dir(*converters: str) -> Path | None:
             what = ("is a file, not a folder" if folder.is_file() else "does not exist" if not folder.exists()
                     else f"holds no {' and no '.join(missing)}" + (" (an older llama.cpp checkout: update it with "
                                                                    "git pull)" if older else ""))
-            raise ConfigError(f"LLAMA_CPP_DIR={printable(named, 200)} {what}: it must name a llama.cpp checkout "
+            raise ConfigError(f"LLAMA_CPP_DIR={quoted_path(named, 200)} {what}: it must name a llama.cpp checkout "
                               f"(the folder with {' and '.join(converters)}). Fix it, or unset LLAMA_CPP_DIR to use "
                               "the converter the kit finds itself.")
         return folder

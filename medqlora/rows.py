@@ -115,10 +115,27 @@ def invisible(text: str) -> bool:
 def _response(value: str, name: str) -> str:
     """A response text (what the model learns to produce): blank or invisible is refused, not trained on."""
     if invisible(value):
-        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})" if not value.strip() \
-            else f"only invisible characters ({value.encode('unicode_escape').decode()[:60]})"
-        raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
-                        "leave the row out.")
+        raise DataError(f"field '{printable(name, 60)}' is {_blank_said(value)}, expected the response to learn. Fill "
+                        "it in or leave the row out.")
+    return value
+
+
+def _blank_said(value: str) -> str:
+    """How a blank text is blank, in words: 'empty', 'only whitespace (...)', 'only invisible characters (...)'."""
+    if not value:
+        return "empty"
+    if not value.strip():
+        return f"only whitespace ({printable(repr(value), 40)})"
+    return f"only invisible characters ({value.encode('unicode_escape').decode()[:60]})"
+
+
+def _question(value: str, name: str) -> str:
+    """A question text (what a response answers: an instruction, a user turn, a benchmark's question): blank or
+    invisible is refused as a blank response is, since the row would teach an answer to nothing."""
+    if invisible(value):
+        raise DataError(f"field '{printable(name, 60)}' is {_blank_said(value)}, expected the question the "
+                        "response answers (the row would teach that answer to no question). Fill it in or leave the "
+                        "row out.")
     return value
 
 

@@ -1,0 +1,88 @@
+"""Hostile and unlucky inputs of data and evaluation: rows whose question is empty or blank (every format that
+reads one), a validation ratio that holds out no row, the plan's count of a benchmark's items, the advice of a
+benchmark whose source lacks a column, a queries file written as CSV, --no-baseline without an adapter, and a
+named chat template whose special tokens the tokenizer lacks."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medqlora.config import DatasetSpec
+from medqlora.data import format_rows, load_rows
+from medqlora.errors import DataError
+
+from .conftest import assert_one_message, kit_argv, run_cli
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _train_dry_run(capsys, model: Path, tmp_path: Path, source: Path, fmt: str, *args: str, **sets: str):
+    argv = kit_argv(model, tmp_path / "out", "--dry-run", *args, **{
+        "data.datasets": f"[{{source: {source}, format: {fmt}}}]", "data.eval_sets": "[]", **sets})
+    return run_cli(capsys, argv)
+
+
+# ---------------------------------------------------------------- a blank question (31, 32, 33, 34)
+
+def _row(fmt: str, i: int, question: str) -> dict:
+    answer = f"Answer number {i} to the question."
+    if fmt == "medical_o1":
+        return {"Question": question, "Complex_CoT": "Think it through.", "Response": answer}
+    if fmt == "instruction":
+        return {"instruction": question, "output": answer}
+    if fmt == "chat":
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+    if fmt == "multiple_choice":
+        return {"question": question, "options": {"A": "liver", "B": "kidney", "C": "heart"}, "answer_idx": "B"}
+    if fmt == "prompt_answer":
+        return {"prompt": question, "answer": "42"}
+    return {"question": question, "context": {"contexts": ["An abstract."]}, "final_decision": "yes",
+            "long_answer": answer}
+
+
+BLANK_FORMATS = [("medical_o1", "Question"), ("instruction", "instruction"), ("chat", "messages[1].content"),
+                 ("multiple_choice", "question"), ("pubmedqa", "question"), ("prompt_answer", "prompt")]
+
+
+@pytest.mark.parametrize(("fmt", "field"), BLANK_FORMATS)
+@pytest.mark.parametrize(("blank", "said"), [("", "is empty"), ("  \t ", "is only whitespace"),
+                                             ("\u200b\u200b", "is only invisible characters")])
+def test_a_row_with_a_blank_question_is_refused_naming_row_and_field(tmp_path, fmt, field, blank, said):
+    rows = [_row(fmt, i, f"What is finding number {i} of the series?") for i in range(4)]
+    rows[2] = _row(fmt, 2, blank)
+    source = _jsonl(tmp_path / "rows.jsonl", rows)
+    spec = DatasetSpec(source=str(source), format=fmt)
+    with pytest.raises(DataError) as caught:
+        format_rows(spec, load_rows(spec))
+    assert f"row 3: field '{field}' {said}" in str(caught.value)
+    assert "expected the question the response answers" in str(caught.value)
+
+
+def test_a_blank_question_stops_the_dry_run_with_one_message(tiny_model_dir, tmp_path, capsys):
+    rows = [_row("instruction", i, f"What is finding number {i}?") for i in range(6)]
+    rows[3]["instruction"] = "   "
+    source = _jsonl(tmp_path / "inst.jsonl", rows)
+    result = _train_dry_run(capsys, tiny_model_dir, tmp_path, source, "instruction")
+    assert result.code == 2
+    assert_one_message(result.err, "inst.jsonl row 4: field 'instruction' is only whitespace")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_blank_user_turn_before_a_later_question_is_refused(tmp_path):
+    turns = [{"role": "user", "content": " "}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "What is a fever?"}, {"role": "assistant", "content": "A raised temperature."}]
+    source = _jsonl(tmp_path / "chat.jsonl", [{"messages": turns}])
+    spec = DatasetSpec(source=str(source), format="chat")
+    with pytest.raises(DataError, match=r"row 1: field 'messages\[1\].content' is only whitespace"):
+        format_rows(spec, load_rows(spec))
+
+
+def test_a_question_of_text_with_an_empty_input_still_trains(tmp_path):
+    source = _jsonl(tmp_path / "inst.jsonl", [{"instruction": "What is a fever?", "input": "", "output": "Heat."}])
+    spec = DatasetSpec(source=str(source), format="instruction")
+    (example,) = format_rows(spec, load_rows(spec))
+    assert example.prompt == "What is a fever?"

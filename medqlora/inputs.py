@@ -54,7 +54,7 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
     if tokenizer is not None:
         return sizes, len(tokenize(cfg, collected, tokenizer).train)
     pool = sum(ex.role != "validation" for c in collected for ex in c.examples)
-    n_train = pool - int(round(pool * cfg.data.val_ratio))
+    n_train = pool - data.val_ratio_rows(pool, cfg.data.val_ratio)
     if n_train == 0:
         data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
     return sizes, n_train

@@ -86,3 +86,33 @@ def test_a_question_of_text_with_an_empty_input_still_trains(tmp_path):
     spec = DatasetSpec(source=str(source), format="instruction")
     (example,) = format_rows(spec, load_rows(spec))
     assert example.prompt == "What is a fever?"
+
+
+# ---------------------------------------------------------------- a val_ratio that holds out no row (132)
+
+@pytest.mark.parametrize(("rows", "ratio", "advice"), [
+    (8, "0.02", "Raise it to at least 0.07 (it holds out 1 of them)"),
+    (1, "0.4", "1 row(s) are too few to hold any out at a ratio under 0.5"),
+])
+def test_a_val_ratio_that_rounds_to_no_row_is_refused_before_the_plan(tiny_model_dir, tmp_path, capsys, rows, ratio,
+                                                                     advice):
+    source = _jsonl(tmp_path / "inst.jsonl", [_row("instruction", i, f"What is finding {i}?") for i in range(rows)])
+    result = _train_dry_run(capsys, tiny_model_dir, tmp_path, source, "instruction", **{"data.val_ratio": ratio})
+    assert result.code == 2
+    assert_one_message(result.err, f"data.val_ratio {ratio} of {rows} training row(s) rounds to 0 rows")
+    assert advice in result.err
+
+
+def test_the_smallest_val_ratio_advised_holds_out_a_row(tiny_model_dir, tmp_path, capsys):
+    from medqlora.data import val_ratio_rows
+
+    for pool in (2, 3, 7, 8, 40, 50, 99, 100, 199):
+        try:
+            val_ratio_rows(pool, 0.001)
+        except DataError as refused:
+            least = float(str(refused).split("at least ")[1].split(" ")[0])
+            assert val_ratio_rows(pool, least) >= 1
+    source = _jsonl(tmp_path / "inst.jsonl", [_row("instruction", i, f"What is finding {i}?") for i in range(8)])
+    result = _train_dry_run(capsys, tiny_model_dir, tmp_path, source, "instruction", **{"data.val_ratio": "0.07"})
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["validation"]["loss"] == "before and after training"

@@ -116,3 +116,32 @@ def test_the_smallest_val_ratio_advised_holds_out_a_row(tiny_model_dir, tmp_path
     result = _train_dry_run(capsys, tiny_model_dir, tmp_path, source, "instruction", **{"data.val_ratio": "0.07"})
     assert result.code == 0, result.err
     assert json.loads(result.out)["validation"]["loss"] == "before and after training"
+
+
+# ---------------------------------------------------------------- the plan counts the items scored (74, 133)
+
+def _mc_file(path: Path, count: int) -> Path:
+    return _jsonl(path, [{"question": f"Which organ is affected in disease {i}?",
+                          "options": {"A": "liver", "B": "kidney", "C": "heart"}, "answer_idx": "B"}
+                         for i in range(count)])
+
+
+@pytest.mark.parametrize(("benchmarks", "said"), [
+    ("[{name: two, kind: multiple_choice, source: MC, max_items: 100}]",
+     "two (multiple_choice, 2 items, all its source holds, fewer than max_items 100, likelihood)"),
+    ("[{name: pubmedqa, kind: pubmedqa, max_items: 1000}]",
+     "pubmedqa (pubmedqa, 500 items, all its source holds, fewer than max_items 1000, likelihood)"),
+    ("[{name: two, kind: multiple_choice, source: MC, max_items: 1}]", "two (multiple_choice, 1 items, likelihood)"),
+    ("[{name: two, kind: multiple_choice, source: MC}]", "two (multiple_choice, 2 items, likelihood)"),
+])
+@pytest.mark.parametrize("mode", ["eval", "full"])
+def test_the_plan_counts_the_items_a_local_benchmark_holds(tiny_model_dir, lora_folder, tmp_path, capsys, benchmarks,
+                                                          said, mode):
+    source = _mc_file(tmp_path / "mc2.jsonl", 2)
+    adapter = ["--adapter", str(lora_folder)] if mode == "eval" else []
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", mode, *adapter,
+                                      **{"eval.benchmarks": benchmarks.replace("MC", str(source))}))
+    assert result.code == 0, result.err
+    planned = json.loads(result.out)
+    shown = planned["does"] if mode == "eval" else " ".join(planned["evaluation"])
+    assert said in shown

@@ -17,7 +17,8 @@ from .row_checks import check_training_rows
 
 def local_benchmarks(cfg: KitConfig) -> dict[str, list]:
     """The benchmarks that can be read without a download (PubMedQA's shipped test split, local files)."""
-    return {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if is_local_benchmark(b)}
+    return {b.name: evaluate.load_items(b, cfg.training.seed, f"eval.benchmarks.{i}")
+            for i, b in enumerate(cfg.eval.benchmarks) if is_local_benchmark(b)}
 
 
 def is_local_benchmark(benchmark: Any) -> bool:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # max_seq_length). Longer ones are refused rather than tokenized for minutes.
 MAX_FIELD_CHARS = 1_000_000
 
+# Where a message's advice says to map columns; a benchmark's items say their eval.benchmarks entry instead.
+DATASET_ENTRY = "in the dataset entry"
+
 
 @dataclass
 class Example:
@@ -183,7 +186,7 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str =
     wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
     columns = printable(sorted(str(k) for k in row), 300)
     raise MissingColumnError(f"has no column {wanted}; its columns are {columns}.",
-                             f"Map yours with 'columns:' in the dataset entry, e.g. columns: {{{names[0]}: your_column}}.")
+                             f"Map yours with 'columns:' {DATASET_ENTRY}, e.g. columns: {{{names[0]}: your_column}}.")
 
 
 def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[str, Any]],
@@ -200,7 +203,7 @@ def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[s
                 f"format's '{field_name}', and they differ ({printable(_json_preview(value), 60)} / "
                 f"{printable(_json_preview(second), 60)}): one would be dropped without a word. Choose the one to "
                 f"read with columns: {{{field_name}: {printable(other, 60)}}} (or {{{field_name}: "
-                f"{printable(first, 60)}}}) in the dataset entry, or remove the other column.")
+                f"{printable(first, 60)}}}) {DATASET_ENTRY}, or remove the other column.")
 
 
 # Keys naming who speaks in a chat turn ('user' / 'human'): layouts name the same speaker differently.

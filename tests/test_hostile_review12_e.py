@@ -145,3 +145,35 @@ def test_the_plan_counts_the_items_a_local_benchmark_holds(tiny_model_dir, lora_
     planned = json.loads(result.out)
     shown = planned["does"] if mode == "eval" else " ".join(planned["evaluation"])
     assert said in shown
+
+
+# ---------------------------------------------------------------- a benchmark's columns advice (113, 142)
+
+@pytest.mark.parametrize(("kind", "rows", "missing"), [
+    ("cot", [{"question": "Which organ?", "options": {"A": "liver", "B": "lung"}, "answer_idx": "A"}], "'Question'"),
+    ("pubmedqa", [{"instruction": "What is a fever?", "output": "Heat."}], "'question' or 'QUESTION'"),
+    ("multiple_choice", [{"instruction": "What is a fever?", "output": "Heat."}], "'question'"),
+])
+def test_a_benchmark_source_without_a_column_names_its_benchmark_entry(tmp_path, kind, rows, missing):
+    from medqlora.config import load_config
+    from medqlora.evaluate import load_benchmarks
+
+    source = _jsonl(tmp_path / "bench.jsonl", rows)
+    cfg = load_config(None, [f"eval.benchmarks=[{{name: first, kind: pubmedqa, max_items: 1}}, "
+                             f"{{name: mine, kind: {kind}, source: {source}}}]"])
+    with pytest.raises(DataError) as refused:
+        load_benchmarks(cfg)
+    said = str(refused.value)
+    assert f"bench.jsonl row 1: has no column {missing}" in said
+    assert "Map yours with 'columns:' in eval.benchmarks.1 (the benchmark 'mine')" in said
+    assert "dataset entry" not in said
+    assert f"A {kind} benchmark reads " in said
+
+
+def test_a_benchmark_column_advice_reaches_the_dry_run(tiny_model_dir, lora_folder, tmp_path, capsys):
+    source = _jsonl(tmp_path / "inst.jsonl", [{"instruction": "What is a fever?", "output": "Heat."}])
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter",
+                                      str(lora_folder), **{"eval.benchmarks": f"[{{name: p, kind: pubmedqa, "
+                                                                              f"source: {source}}}]"}))
+    assert result.code == 2
+    assert_one_message(result.err, "in eval.benchmarks.0 (the benchmark 'p'), e.g. columns: {question: your_column}")

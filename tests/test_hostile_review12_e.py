@@ -177,3 +177,46 @@ def test_a_benchmark_column_advice_reaches_the_dry_run(tiny_model_dir, lora_fold
                                                                               f"source: {source}}}]"}))
     assert result.code == 2
     assert_one_message(result.err, "in eval.benchmarks.0 (the benchmark 'p'), e.g. columns: {question: your_column}")
+
+
+# ---------------------------------------------------------------- a queries file that is not YAML (119)
+
+@pytest.mark.parametrize(("name", "table"), [("q.csv", "CSV"), ("q.TSV", "TSV"), ("q.parquet", "Parquet")])
+def test_a_table_file_as_queries_file_is_refused_saying_it_must_be_yaml(tmp_path, name, table):
+    from medqlora.errors import ConfigError
+    from medqlora.generate import load_queries
+
+    path = tmp_path / name
+    path.write_text("id,question\nq1,What is hypertension?\n")
+    with pytest.raises(ConfigError) as refused:
+        load_queries(str(path))
+    said = str(refused.value)
+    assert said.startswith(f"generation.queries_file {path}: the queries file is YAML, a list of {{id, question}} "
+                           "entries under 'queries:' (e.g. 'queries:' then '  - id: q1' and '    question: ...')")
+    assert f"a {table} file is not read" in said
+
+
+@pytest.mark.parametrize(("text", "holds"), [("id,question\nq1,What is hypertension?\n", "it holds one text"),
+                                             ("queries: hello\n", "its 'queries:' holds one text ('hello')"),
+                                             ("# nothing\n", "it holds nothing")])
+def test_a_queries_file_that_is_not_a_list_shows_the_shape_to_write(tmp_path, text, holds):
+    from medqlora.errors import ConfigError
+    from medqlora.generate import load_queries
+
+    path = tmp_path / "queries.txt"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_queries(str(path))
+    said = str(refused.value)
+    assert f"read as YAML, {holds}" in said
+    assert "the queries file is YAML, expected a list of {id, question} entries under 'queries:' (e.g. 'queries:' " \
+           "then '  - id: q1' and '    question: ...')" in said
+
+
+def test_a_csv_queries_file_stops_the_test_dry_run_with_one_message(tiny_model_dir, lora_folder, tmp_path, capsys):
+    path = tmp_path / "q.csv"
+    path.write_text("id,question\nq1,What is hypertension?\n")
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test", "--adapter",
+                                      str(lora_folder), **{"generation.queries_file": str(path)}))
+    assert result.code == 2
+    assert_one_message(result.err, "a CSV file is not read. Write the queries as YAML")

@@ -220,3 +220,15 @@ def test_a_csv_queries_file_stops_the_test_dry_run_with_one_message(tiny_model_d
                                       str(lora_folder), **{"generation.queries_file": str(path)}))
     assert result.code == 2
     assert_one_message(result.err, "a CSV file is not read. Write the queries as YAML")
+
+
+# ---------------------------------------------------------------- --no-baseline without an adapter (125)
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_no_baseline_with_no_adapter_is_refused_before_anything_is_scored(tiny_model_dir, tmp_path, capsys, dry_run):
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *dry_run, "--mode", "eval", "--adapter",
+                                      "none", "--no-baseline"))
+    assert result.code == 2
+    assert_one_message(result.err, "--no-baseline scores the adapter alone, and --adapter none gives no adapter")
+    assert "Leave out --no-baseline to score the base model alone" in result.err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -232,3 +232,47 @@ def test_no_baseline_with_no_adapter_is_refused_before_anything_is_scored(tiny_m
     assert_one_message(result.err, "--no-baseline scores the adapter alone, and --adapter none gives no adapter")
     assert "Leave out --no-baseline to score the base model alone" in result.err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- a named template without its tokens (68)
+
+def _cfg(*sets: str):
+    from medqlora.config import load_config
+
+    return load_config(None, list(sets))
+
+
+def test_llama3_template_on_a_tokenizer_without_its_tokens_is_refused_naming_the_one_that_fits(smol_tokenizer):
+    import copy
+
+    from medqlora import backends
+    from medqlora.errors import ModelError
+
+    with pytest.raises(ModelError) as refused:
+        backends.prepare_tokenizer(copy.deepcopy(smol_tokenizer), _cfg("model.chat_template=llama-3"))
+    said = str(refused.value)
+    assert "model.chat_template: llama-3 writes turn markers that the tokenizer of" in said
+    assert "<|eot_id|> (" in said and "pieces)" in said
+    assert "Use model.chat_template: auto (the model's own template), or model.chat_template: chatml" in said
+
+
+def test_a_named_template_whose_tokens_the_tokenizer_holds_is_kept(smol_tokenizer):
+    import copy
+
+    from medqlora import backends
+
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>",
+                                                                "<|eot_id|>"]})
+    backends.prepare_tokenizer(tokenizer, _cfg("model.chat_template=llama-3"))  # its tokens are there: kept
+    assert tokenizer.chat_template == backends.CHAT_TEMPLATES["llama-3"]
+    backends.prepare_tokenizer(tokenizer, _cfg("model.chat_template=mistral"))  # [INST] is text by design
+    assert tokenizer.chat_template == backends.CHAT_TEMPLATES["mistral"]
+
+
+def test_the_dry_run_refuses_a_template_whose_tokens_the_tokenizer_lacks(tiny_model_dir, tmp_path, capsys):
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run",
+                                      **{"model.chat_template": "llama-3"}))
+    assert result.code == 2
+    assert_one_message(result.err, "model.chat_template: llama-3 writes turn markers that the tokenizer of")
+    assert "Use model.chat_template: auto (the model's own template), or model.chat_template: chatml" in result.err

@@ -155,6 +155,10 @@ def _check_flags_of_mode(mode: str, options: Options) -> None:
         tip = " (--set eval.in_full_mode=false skips both evaluations of --mode full)" if mode == "full" else ""
         raise ConfigError(f"--no-baseline is for --mode eval; --mode {mode} would ignore it. Leave out "
                           f"--no-baseline{tip}.")
+    if not options.baseline and options.adapter == "none":
+        raise ConfigError("--no-baseline scores the adapter alone, and --adapter none gives no adapter: the base model "
+                          "would be all there is to score. Leave out --no-baseline to score the base model alone, or "
+                          "give --adapter RUN_FOLDER (or latest) to score an adapter without the base model beside it.")
     if options.prompt is not None and mode != "chat":
         raise ConfigError(f"--prompt is the one-shot question of --mode chat; --mode {mode} would ignore it. Use "
                           "--mode chat --prompt \"...\", or generation.queries_file for --mode test.")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .choices import mc_answer, read_choices
 from .errors import DataError
-from .rows import Example, _column, _field, _kind, _response, _text, _uid, invisible
+from .rows import Example, _column, _field, _kind, _question, _response, _text, _uid, invisible
 from .secrets import printable
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ PUBMEDQA_PROMPT = (
     shape='{"pubid", "question", "context": {"contexts": [...]} or [...], "final_decision", "long_answer"}')
 def format_pubmedqa(row: dict[str, Any], spec: DatasetSpec) -> Example:
     q_name, question = _field(row, spec, "question", "QUESTION")
+    _question(question, q_name)
     c_name, context = _column(row, spec, "context", "CONTEXTS",
                               content=lambda value: value.get("contexts") if isinstance(value, dict) else value)
     if isinstance(context, dict):
@@ -158,6 +159,7 @@ def _refuse_section_markers(name: str, text: str) -> None:
     shape='{"Question", "Complex_CoT", "Response"} (strings)')
 def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     q_name, question = _field(row, spec, "Question")
+    _question(question, q_name)
     t_name, thinking = _field(row, spec, "Complex_CoT")
     a_name, answer = _field(row, spec, "Response")
     _response(answer, a_name)
@@ -187,6 +189,7 @@ def format_medical_o1(row: dict[str, Any], spec: DatasetSpec) -> Example:
     shape='{"question", "options": {"A": ..., "B": ...} or [...], "answer_idx": "A"}')
 def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
     q_name, question = _field(row, spec, "question")
+    _question(question, q_name)
     choices = read_choices(row, spec)
     options = choices.texts
     a_name, answer = mc_answer(row, spec, choices)
@@ -211,6 +214,7 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
     shape='{"instruction" or "question", optional "input", "output" or "answer"}')
 def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
     i_name, instruction = _field(row, spec, "instruction", "question")
+    _question(instruction, i_name)
     x_name = spec.columns.get("input", "input")
     extra = row.get(x_name)
     texts = ((i_name, instruction),)
@@ -294,6 +298,9 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
         raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
                         "{\"role\": ..., \"content\": ...} turns." + text)
     read = [_chat_turn(message, i, name) for i, message in enumerate(messages)]
+    for i, (role, _, content) in enumerate(read):
+        if role == "user":
+            _question(content, f"{name}[{i + 1}].content")
     turns = [(role, text) for role, text, _ in read]
     if not turns or turns[-1][0] != "assistant":
         raise DataError("each 'messages' list must end with an assistant turn (the response to learn).")

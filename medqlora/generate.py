@@ -28,9 +28,13 @@ TOO_MANY_QUERIES = (f"more than {MAX_QUERIES:,} queries, the most one queries fi
                     f"{MAX_QUERIES:,} in it and answer the others from another file (generation.queries_file)")
 
 
-YAML_FORM = ("the queries file is YAML, a list of {id, question} entries under 'queries:' (e.g. '- id: q1' then "
-             "'  question: ...'); JSONL, one JSON object a line, is not read")
+EXAMPLE = "(e.g. 'queries:' then '  - id: q1' and '    question: ...')"
+YAML_SHAPE = f"the queries file is YAML, a list of {{id, question}} entries under 'queries:' {EXAMPLE}"
+YAML_FORM = f"{YAML_SHAPE}; JSONL, one JSON object a line, is not read"
 EXPECTED = "expected a list of {id, question} entries under 'queries:'"
+# Table files the queries file is not: each is refused by its suffix, with the YAML shape to write instead.
+NOT_YAML = {".jsonl": "JSONL", ".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".arrow": "Arrow",
+            ".xlsx": "Excel"}
 
 
 def load_queries(path_text: str) -> list[dict[str, str]]:
@@ -66,9 +70,14 @@ def _queries_path(path_text: str) -> Path:
         path = KIT_ROOT / path_text
     if not path.exists():
         raise ConfigError(f"generation.queries_file: {quoted_path(path_text)} not found.")
-    if path.suffix.lower() == ".jsonl":
+    table = NOT_YAML.get(path.suffix.lower())
+    if table == "JSONL":
         raise ConfigError(f"generation.queries_file {printable(path, PATH_SHOWN)}: {YAML_FORM}. Write the queries "
                           "as YAML (each JSON line can become one '- {...}' entry) in a .yaml file.")
+    if table:
+        raise ConfigError(f"generation.queries_file {printable(path, PATH_SHOWN)}: {YAML_SHAPE}; a {table} file is "
+                          "not read. Write the queries as YAML (each row one '- id: ...' entry with its "
+                          "'question: ...') in a .yaml file.")
     return path
 
 
@@ -85,12 +94,22 @@ def _query_entries(items: Any, lines: dict, shown: str) -> tuple[list, tuple]:
                               f"{EXPECTED}.")
         items, prefix = items.get("queries"), ("queries",)
     if not isinstance(items, list):
-        raise ConfigError(f"{shown}: {EXPECTED}.")
+        holder = "its 'queries:'" if prefix else "it"
+        raise ConfigError(f"{shown}: read as YAML, {holder} holds {_kind_of(items)}; the queries file is YAML, "
+                          f"{EXPECTED} {EXAMPLE}.")
     if not items:
         raise ConfigError(f"{shown}: no queries; {EXPECTED}.")
     if len(items) > MAX_QUERIES:
         raise ConfigError(f"generation.queries_file {shown}: {TOO_MANY_QUERIES}.")
     return items, prefix
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return f"one text ({printable(repr(value), 60)})"
+    return f"{type(value).__name__} {printable(repr(value), 60)}"
 
 
 def _checked_query(item: Any, index: int, where: str) -> dict[str, str]:

@@ -17,7 +17,8 @@ from .row_checks import check_training_rows
 
 def local_benchmarks(cfg: KitConfig) -> dict[str, list]:
     """The benchmarks that can be read without a download (PubMedQA's shipped test split, local files)."""
-    return {b.name: evaluate.load_items(b, cfg.training.seed) for b in cfg.eval.benchmarks if is_local_benchmark(b)}
+    return {b.name: evaluate.load_items(b, cfg.training.seed, f"eval.benchmarks.{i}")
+            for i, b in enumerate(cfg.eval.benchmarks) if is_local_benchmark(b)}
 
 
 def is_local_benchmark(benchmark: Any) -> bool:
@@ -27,14 +28,29 @@ def is_local_benchmark(benchmark: Any) -> bool:
     return source is None or data.resolve_local(source) is not None or data.looks_local(source)
 
 
-def benchmark_plan(cfg: KitConfig, benchmark: Any) -> str:
-    """A benchmark as a plan shows it; one from the hub says that it is read (downloaded) only when the run starts,
-    so --dry-run could not check it."""
-    line = f"{benchmark.name} ({benchmark.kind}, {benchmark.max_items or 'all'} items, {cfg.eval.method})"
+def benchmark_plan(cfg: KitConfig, benchmark: Any, loaded: dict[str, list] | None = None) -> str:
+    """A benchmark as a plan shows it: the items the run scores, counted where they were read (``loaded``: a local
+    benchmark's items, as load_items gives them); one from the hub says that it is read (downloaded) only when the
+    run starts, so --dry-run could not check it, and scores at most max_items of it."""
+    items = (loaded or {}).get(benchmark.name)
+    line = f"{benchmark.name} ({benchmark.kind}, {_items_said(benchmark.max_items, items)}, {cfg.eval.method})"
     if is_local_benchmark(benchmark):
         return line
     return (f"{line} [hub dataset {benchmark.source}: not checked by --dry-run; the run reads it, downloading it "
             "unless it is cached, and stops if the hub cannot be reached]")
+
+
+def _items_said(max_items: int | None, items: list | None) -> str:
+    if items is None:
+        return f"up to {max_items} items" if max_items else "all items"
+    if max_items and max_items > len(items):
+        return f"{len(items)} items, all its source holds, fewer than max_items {max_items}"
+    return f"{len(items)} items"
+
+
+def benchmark_counts(cfg: KitConfig, loaded: dict[str, list]) -> dict[str, int | None]:
+    """The items each benchmark scores: counted where read, else its max_items (None: all of a hub split)."""
+    return {b.name: len(loaded[b.name]) if b.name in loaded else b.max_items for b in cfg.eval.benchmarks}
 
 
 def benchmark_guard_items(benchmarks: dict[str, list] | None) -> list[leakage.Item]:
@@ -54,7 +70,7 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
     if tokenizer is not None:
         return sizes, len(tokenize(cfg, collected, tokenizer).train)
     pool = sum(ex.role != "validation" for c in collected for ex in c.examples)
-    n_train = pool - int(round(pool * cfg.data.val_ratio))
+    n_train = pool - data.val_ratio_rows(pool, cfg.data.val_ratio)
     if n_train == 0:
         data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
     return sizes, n_train

@@ -22,6 +22,7 @@ from .grpo import check_vllm, reward_plan
 from .methods import unused_method_settings
 from .inputs import (
     benchmark_guard_items,
+    benchmark_counts,
     benchmark_plan,
     cot_validation_planned,
     evaluates_in_full_mode,
@@ -70,7 +71,7 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     _check_planned_output(cfg, output_dir)
     with_eval = mode == "full" and evaluates_in_full_mode(cfg)
     answered = mode in ANSWERING_MODES  # --mode train writes no sample answers
-    lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
+    benchmarks, lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:
@@ -95,9 +96,9 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "prompts": prompt_plan(cfg),
         "trackers": {"report_to": t.report_to, **({"notes": tracker_notes} if tracker_notes else {})},
         "gpu_memory": memory_plan(cfg, runtime, source),
-        "processes": distributed.process_plan(cfg, n_train, {b.name: b.max_items for b in cfg.eval.benchmarks}
-                                              if with_eval else {}, evaluated=with_eval, answered=answered),
-        "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks),
+        "processes": distributed.process_plan(cfg, n_train, benchmark_counts(cfg, benchmarks) if with_eval else {},
+                                              evaluated=with_eval, answered=answered),
+        "evaluation": _evaluation_plan(cfg, with_eval, lm_eval_tasks, benchmarks),
         "outputs": _run_files(cfg, output_dir, with_eval, bool(lm_eval_tasks), answered),
         **({"export": f"not in this mode: {later}"} if (later := left_for_export_mode(cfg, mode)) else {}),
         **({"unused": unused} if (unused := unused_method_settings(cfg) + harness.unused_harness_settings(cfg, mode))
@@ -105,9 +106,11 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     }
 
 
-def _planned_data(cfg: KitConfig, tokenizer: Any, with_eval: bool) -> tuple[list | None, dict[str, Any], int | None]:
+def _planned_data(cfg: KitConfig, tokenizer: Any,
+                  with_eval: bool) -> tuple[dict[str, list], list | None, dict[str, Any], int | None]:
     """The rows and the leakage guard a run would check, benchmarks (local ones) included, tokenized with the
-    local tokenizer where there is one: the lm-eval tasks, the datasets' sizes and the training examples."""
+    local tokenizer where there is one: the local benchmarks' items, the lm-eval tasks, the datasets' sizes and
+    the training examples."""
     from .train import check_steps_against_data
 
     benchmarks = local_benchmarks(cfg) if with_eval else {}
@@ -117,7 +120,7 @@ def _planned_data(cfg: KitConfig, tokenizer: Any, with_eval: bool) -> tuple[list
     if n_train is not None:
         check_steps_against_data(cfg, n_train)
     evaluate.check_prompts_fit(cfg, tokenizer, benchmarks)
-    return lm_eval_tasks, sizes, n_train
+    return benchmarks, lm_eval_tasks, sizes, n_train
 
 
 def _lora_text(cfg: KitConfig) -> str:
@@ -127,8 +130,9 @@ def _lora_text(cfg: KitConfig) -> str:
                if cfg.training.init_adapter not in (None, "latest") else ""))
 
 
-def _evaluation_plan(cfg: KitConfig, with_eval: bool, lm_eval_tasks: list | None) -> list[str]:
-    return ([benchmark_plan(cfg, b) for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
+def _evaluation_plan(cfg: KitConfig, with_eval: bool, lm_eval_tasks: list | None,
+                     benchmarks: dict[str, list]) -> list[str]:
+    return ([benchmark_plan(cfg, b, benchmarks) for b in cfg.eval.benchmarks] + _cot_plan(cfg) + harness.plan(cfg, lm_eval_tasks)
             if with_eval else [])
 
 
@@ -208,7 +212,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
         cfg = adapter_run_config(adapter, cfg)
     backends.check_model_source(cfg.model.name)
     source = backends.config_source(cfg.model.name)
-    lm_eval_tasks = None
+    lm_eval_tasks, benchmarks = None, {}
     if mode == "eval":  # local benchmark rows are read and checked, as the run reads them
         evaluate.check_something_to_score(cfg)
         benchmarks = local_benchmarks(cfg)
@@ -230,7 +234,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     run_folder = adapters.kit_run_folder(adapter) if adapter is not None else None
     does = {"test": f"answers the {len(generate.load_queries(cfg.generation.queries_file))} queries of "
                     f"{cfg.generation.queries_file}",
-            "eval": "scores " + ", ".join([benchmark_plan(cfg, b) for b in cfg.eval.benchmarks]
+            "eval": "scores " + ", ".join([benchmark_plan(cfg, b, benchmarks) for b in cfg.eval.benchmarks]
                                           + harness.plan(cfg, lm_eval_tasks or [])),
             "export": f"writes {', '.join(cfg.export.formats)} into an export folder" + _push_plan(cfg),
             "chat": "talks with the model (history, streamed replies; --prompt: one answer to stdout)"}[mode]

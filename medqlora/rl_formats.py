@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import DataError
 from .formats import CHAT_ROLES, dataset_format
 from .leakage import normalize
-from .rows import Example, _column, _field, _kind, _response, _text, _uid, as_written
+from .rows import Example, _column, _field, _kind, _question, _response, _text, _uid, as_written
 from .secrets import printable
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class PreferenceExample(Example):
     shape='{"prompt" or "question", "answer"} (the answer a GRPO reward checks)')
 def format_prompt_answer(row: dict[str, Any], spec: DatasetSpec) -> Example:
     p_name, prompt = _field(row, spec, "prompt", "question")
+    _question(prompt, p_name)
     a_name, answer = _column(row, spec, "answer", "solution")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise DataError(f"field '{printable(a_name, 60)}' is {_kind(answer)}, expected the answer as text.")

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # max_seq_length). Longer ones are refused rather than tokenized for minutes.
 MAX_FIELD_CHARS = 1_000_000
 
+# Where a message's advice says to map columns; a benchmark's items say their eval.benchmarks entry instead.
+DATASET_ENTRY = "in the dataset entry"
+
 
 @dataclass
 class Example:
@@ -115,10 +118,27 @@ def invisible(text: str) -> bool:
 def _response(value: str, name: str) -> str:
     """A response text (what the model learns to produce): blank or invisible is refused, not trained on."""
     if invisible(value):
-        what = "empty" if not value else f"only whitespace ({printable(repr(value), 40)})" if not value.strip() \
-            else f"only invisible characters ({value.encode('unicode_escape').decode()[:60]})"
-        raise DataError(f"field '{printable(name, 60)}' is {what}, expected the response to learn. Fill it in or "
-                        "leave the row out.")
+        raise DataError(f"field '{printable(name, 60)}' is {_blank_said(value)}, expected the response to learn. Fill "
+                        "it in or leave the row out.")
+    return value
+
+
+def _blank_said(value: str) -> str:
+    """How a blank text is blank, in words: 'empty', 'only whitespace (...)', 'only invisible characters (...)'."""
+    if not value:
+        return "empty"
+    if not value.strip():
+        return f"only whitespace ({printable(repr(value), 40)})"
+    return f"only invisible characters ({value.encode('unicode_escape').decode()[:60]})"
+
+
+def _question(value: str, name: str) -> str:
+    """A question text (what a response answers: an instruction, a user turn, a benchmark's question): blank or
+    invisible is refused as a blank response is, since the row would teach an answer to nothing."""
+    if invisible(value):
+        raise DataError(f"field '{printable(name, 60)}' is {_blank_said(value)}, expected the question the "
+                        "response answers (the row would teach that answer to no question). Fill it in or leave the "
+                        "row out.")
     return value
 
 
@@ -166,7 +186,7 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str =
     wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
     columns = printable(sorted(str(k) for k in row), 300)
     raise MissingColumnError(f"has no column {wanted}; its columns are {columns}.",
-                             f"Map yours with 'columns:' in the dataset entry, e.g. columns: {{{names[0]}: your_column}}.")
+                             f"Map yours with 'columns:' {DATASET_ENTRY}, e.g. columns: {{{names[0]}: your_column}}.")
 
 
 def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[str, Any]],
@@ -183,7 +203,7 @@ def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[s
                 f"format's '{field_name}', and they differ ({printable(_json_preview(value), 60)} / "
                 f"{printable(_json_preview(second), 60)}): one would be dropped without a word. Choose the one to "
                 f"read with columns: {{{field_name}: {printable(other, 60)}}} (or {{{field_name}: "
-                f"{printable(first, 60)}}}) in the dataset entry, or remove the other column.")
+                f"{printable(first, 60)}}}) {DATASET_ENTRY}, or remove the other column.")
 
 
 # Keys naming who speaks in a chat turn ('user' / 'human'): layouts name the same speaker differently.

@@ -133,6 +133,8 @@ def test_chat_template_is_set_when_the_tokenizer_has_none(smol_dir):
     tokenizer.chat_template = None
     backends.prepare_tokenizer(tokenizer, cfg_with())
     assert tokenizer.chat_template == backends.CHAT_TEMPLATES["chatml"]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>",
+                                                                "<|eot_id|>"]})  # Llama-3's turn markers
     backends.prepare_tokenizer(tokenizer, cfg_with("model.chat_template=llama-3"))
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                          add_generation_prompt=True)

@@ -168,6 +168,6 @@ def test_the_plan_says_a_hub_benchmark_is_not_checked_until_the_run(tiny_model_d
     assert result.code == 0, result.err
     planned = json.loads(result.out)
     shown = planned["does"] if mode == "eval" else " ".join(planned["evaluation"])
-    assert "mine (multiple_choice, 5 items, likelihood) [hub dataset someone/medqa-hub: not checked by --dry-run; " \
+    assert "mine (multiple_choice, up to 5 items, likelihood) [hub dataset someone/medqa-hub: not checked by --dry-run; " \
            "the run reads it" in shown
     assert "shipped (pubmedqa, 5 items, likelihood)" in shown and shown.count("not checked by --dry-run") == 1

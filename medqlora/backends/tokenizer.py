@@ -57,8 +57,41 @@ def use_chat_template(tokenizer: Any, cfg: KitConfig) -> Any:
     return tokenizer
 
 
+# The special tokens a named template writes as turn markers (Mistral's [INST] is text in its own tokenizer too).
+TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"),
+                   "llama-3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
+
+
+def _pieces(tokenizer: Any, marker: str) -> int:
+    return len(tokenizer.encode(marker, add_special_tokens=False))
+
+
+def check_template_tokens(tokenizer: Any, cfg: KitConfig, own_template: str | None = None) -> None:
+    """A named template whose turn markers the tokenizer lacks as single tokens is refused: they would be trained as
+    text pieces (longer rows, answers cut), and the model would learn to end a reply with the marker's text while
+    generation stops at the tokenizer's end-of-turn token, so its replies would not stop."""
+    choice = cfg.model.chat_template
+    markers = TEMPLATE_TOKENS.get(choice) if isinstance(choice, str) else None
+    split = {m: n for m in markers or () if (n := _pieces(tokenizer, m)) != 1}
+    if not split:
+        return
+    fits = [name for name, tokens in TEMPLATE_TOKENS.items()
+            if name != choice and all(_pieces(tokenizer, m) == 1 for m in tokens)]
+    advice = (f"model.chat_template: {fits[0]} (its markers are this tokenizer's tokens)" if fits else
+              "model.chat_template: false (plain text, for a base model)")
+    if own_template:
+        advice = f"model.chat_template: auto (the model's own template), or {advice}"
+    shown = ", ".join(f"{m} ({n} pieces)" for m, n in split.items())
+    raise ModelError(f"model.chat_template: {choice} writes turn markers that the tokenizer of "
+                     f"{printable(cfg.model.name)} lacks as tokens: {shown}. They would be trained as text pieces, and "
+                     f"the model would learn to end its replies with that text, not with the end-of-turn token "
+                     f"generation stops at. Use {advice}.")
+
+
 def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
+    own_template = getattr(tokenizer, "chat_template", None)
     use_chat_template(tokenizer, cfg)
+    check_template_tokens(tokenizer, cfg, own_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

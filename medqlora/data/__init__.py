@@ -35,4 +35,4 @@ from .examples import (  # noqa: F401
 from .source_sets import refuse_output_inside_data, refuse_repeated_datasets  # noqa: F401
 from .tokenize import (  # noqa: F401
     IGNORE_INDEX, PreparedData, render_prompt, turn_end, chat_turn_messages, tokenize_example, length_stats,
-    tokenize_collected, refuse_no_training_examples, prepare, count_rows)
+    tokenize_collected, refuse_no_training_examples, prepare, count_rows, val_ratio_rows)

@@ -8,6 +8,7 @@ to ``PreparedData``, and ``count_rows`` for a dry run.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def tokenize_collected(
     random.Random(seed).shuffle(records)
     reserved = [r for r in records if r["role"] == "validation"]
     pool = [r for r in records if r["role"] != "validation"]
-    n_val = int(round(len(pool) * data.val_ratio))
+    n_val = val_ratio_rows(len(pool), data.val_ratio)
     validation, train = reserved + pool[:n_val], pool[n_val:]
     if not train:
         refuse_no_training_examples(data, max_len, collected)
@@ -256,6 +257,21 @@ def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any])
     raise DataError(f"No training example fits model.max_seq_length={max_len}, even cut (data.too_long: truncate): "
                     f"each prompt alone, with the chat template and system prompt, leaves no room for an answer (the "
                     f"shortest example is {shortest} tokens). Raise model.max_seq_length.")
+
+
+def val_ratio_rows(pool: int, ratio: float) -> int:
+    """The rows data.val_ratio holds out of ``pool`` training rows; a ratio that rounds to none is refused, as the
+    plan would promise a validation loss the run never computes."""
+    held = int(round(pool * ratio))
+    if ratio and not held:
+        least = (math.floor(50 / pool) + 1) / 100 if pool else 1.0  # pool * least > 0.5: rounds to a row
+        fix = (f"Raise it to at least {least} (it holds out {int(round(pool * least))} of them)" if least < 0.5 else
+               f"{pool} row(s) are too few to hold any out at a ratio under 0.5: give the validation rows as a "
+               "dataset of their own with use_for: validation")
+        raise DataError(f"data.val_ratio {ratio} of {pool} training row(s) rounds to 0 rows: there would be no "
+                        f"validation set and no validation loss. {fix}, or set data.val_ratio: 0 to train without "
+                        "one.")
+    return held
 
 
 def refuse_no_training_examples(data: DataSection, max_len: int, collected: list[Collected]) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from ..config import BenchmarkSpec, DatasetSpec, KitConfig
 from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
 from ..errors import DataError
+from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
+from ..rows import DATASET_ENTRY, MissingColumnError
 from ..run_files import Files
 from ..secrets import printable
 
@@ -29,12 +31,29 @@ class EvalItem:
     format: str = ""  # the data format of its prompt: a training dataset of that format lends its prompt settings
 
 
-def load_items(bench: BenchmarkSpec, seed: int) -> list[EvalItem]:
-    items = ITEM_LOADERS[bench.kind](bench)
+def load_items(bench: BenchmarkSpec, seed: int, entry: str | None = None) -> list[EvalItem]:
+    """A benchmark's items (a seeded sample of max_items); ``entry`` is where its config is (eval.benchmarks.N),
+    which advice to map columns names in place of a dataset entry."""
+    try:
+        items = ITEM_LOADERS[bench.kind](bench)
+    except MissingColumnError as err:
+        raise MissingColumnError(err.missing, _for_benchmark(err.advice, bench, entry)) from None
+    except DataError as err:
+        raise DataError(_for_benchmark(str(err), bench, entry)) from None
     if bench.max_items is not None and bench.max_items < len(items):
         items = random.Random(seed).sample(items, bench.max_items)
     check_answer_stated_once(f"Benchmark '{printable(bench.name, 80)}'", items)
     return items
+
+
+def _for_benchmark(advice: str, bench: BenchmarkSpec, entry: str | None) -> str:
+    """Advice that names a dataset entry, said of the benchmark's own entry, with the columns its kind reads."""
+    if DATASET_ENTRY not in advice:
+        return advice
+    where = f"{entry or 'eval.benchmarks'} (the benchmark {printable(bench.name, 80)!r})"
+    reads = DATASET_FORMATS[BENCHMARK_KINDS[bench.kind].reads].columns
+    return (advice.replace(DATASET_ENTRY, f"in {where}").rstrip(".")
+            + f". A {bench.kind} benchmark reads {reads}: check that its source is one.")
 
 
 def check_answer_stated_once(name: str, items: list[EvalItem]) -> None:
@@ -126,7 +145,8 @@ def cot_style_of(cfg: KitConfig, name: str) -> str | None:
 
 
 def load_benchmarks(cfg: KitConfig) -> dict[str, list[EvalItem]]:
-    return {bench.name: load_items(bench, cfg.training.seed) for bench in cfg.eval.benchmarks}
+    return {bench.name: load_items(bench, cfg.training.seed, f"eval.benchmarks.{i}")
+            for i, bench in enumerate(cfg.eval.benchmarks)}
 
 
 def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_items: Path, required: bool = False

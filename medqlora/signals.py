@@ -61,6 +61,17 @@ def stop_at_once() -> Iterator[None]:
 
 
 @contextmanager
+def deferred() -> Iterator[None]:
+    """Signals that arrive in the block act at its end, as the handlers outside it take them: for starting a child
+    process, whose handle must exist before an interruption can stop it."""
+    caught: list[int] = []
+    with _handled_by(lambda signum, frame: caught.append(signum)):
+        yield
+    if caught:
+        signal.raise_signal(caught[0])
+
+
+@contextmanager
 def _handled_by(handler: Any) -> Iterator[None]:
     """The signals go to ``handler`` for the block, then to the handlers before (only the main thread may
     set handlers: elsewhere the block runs as it is)."""

@@ -66,6 +66,19 @@ def test_a_second_signal_ends_the_process_at_once(monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is not signals._stop  # the handlers before are back
 
 
+def test_a_signal_while_a_child_process_starts_acts_once_its_handle_exists():
+    """The fetch's pip was orphaned (and held the terminal's stderr) when SIGTERM came between its start and the
+    line that could stop it: inside signals.deferred() the signal waits for the end of the block."""
+    reached = []
+    with signals.stop_like_ctrl_c():
+        with pytest.raises(KeyboardInterrupt):
+            with signals.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler would run here, outside deferred()
+                reached.append("handle assigned")
+    assert reached == ["handle assigned"] and signals.received() == signal.SIGTERM
+
+
 def _nan_from_step(step: int):
     """The kit's trainer, whose loss becomes NaN from the given optimizer step on."""
     kit_trainer = train._trainer_class()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import backends
+from .. import backends, signals
 from ..errors import ConfigError, ModelError
 from ..messages import log
 from ..secrets import printable
@@ -224,10 +224,13 @@ def fetch_llama_cpp_converter(target: Path | None = None) -> Path:
 def _run_pip(command: list[str], **options: Any) -> None:
     """pip in a process group of its own: when the fetch is interrupted (Ctrl-C, SIGTERM, SIGHUP), pip and what it
     started (the pip that installs the build dependencies) are stopped with it, not left running."""
-    with subprocess.Popen(command, start_new_session=True, **options) as pip:
-        try:
-            code = pip.wait()
-        finally:
+    pip = None
+    try:
+        with signals.deferred():  # a signal while pip starts stops it once its handle exists
+            pip = subprocess.Popen(command, start_new_session=True, **options)
+        code = pip.wait()
+    finally:
+        if pip is not None:
             _stop_group(pip)
     if code:
         raise subprocess.CalledProcessError(code, command)

@@ -20,6 +20,7 @@ from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
 from .sharded import write_gathered_adapter
+from .write_errors import safetensors_os_errors
 
 
 def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, resume_from: Path | None,
@@ -117,10 +118,11 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
         partial = run.fresh_dir(Files.ADAPTER_PARTIAL)  # a leftover of a crash (or a link there) is removed first
         if run.adapter.exists() or run.adapter.is_symlink():  # saved at Ctrl-C, before this resumed run: keep it aside
             run.adapter.rename(run.inside(run.unique(Files.ADAPTER_INTERRUPTED)))
-        if weights is None:
-            model.save_pretrained(str(partial), safe_serialization=True)
-        else:
-            write_gathered_adapter(model, weights, partial)
+        with safetensors_os_errors():
+            if weights is None:
+                model.save_pretrained(str(partial), safe_serialization=True)
+            else:
+                write_gathered_adapter(model, weights, partial)
         tokenizer.save_pretrained(str(partial))
         _usual_permissions(partial)
         record_saved(run, partial)  # manifest.json: the weights this run wrote, to tell them from a copy over them

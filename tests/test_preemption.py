@@ -131,15 +131,29 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def _safetensors_disk_full(*args, **kwargs):
+    """How a full disk reaches the kit from safetensors' writer: its own exception type, the OS error in its text."""
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("failure", [_disk_full, _safetensors_disk_full])
+def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys,
+                                                                      failure):
+    from transformers import Trainer
+
+    def half_then_full(self, model, trial):
+        folder = tmp_path / "full" / "checkpoints" / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
+        failure()
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", half_then_full)  # below the kit's trainer, as safetensors is
     kit_trainer = train._trainer_class()
 
     class FullDisk(kit_trainer):
-        def _save_checkpoint(self, model, trial):
-            folder = tmp_path / "full" / "checkpoints" / f"checkpoint-{self.state.global_step}"
-            folder.mkdir(parents=True)
-            (folder / "adapter_model.safetensors").write_bytes(b"half")
-            _disk_full()
+        pass
 
     monkeypatch.setattr(train, "_trainer_class", lambda: FullDisk)
     code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
@@ -151,14 +165,16 @@ def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint(tiny_model
     assert not list((tmp_path / "full" / "checkpoints").glob("checkpoint-*"))
 
 
-def test_a_full_disk_while_saving_the_adapter_leaves_no_partial_files(tiny_model_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("failure", [_disk_full, _safetensors_disk_full])
+def test_a_full_disk_while_saving_the_adapter_leaves_no_partial_files(tiny_model_dir, tmp_path, monkeypatch, capsys,
+                                                                      failure):
     from peft import PeftModel
 
     def half_then_full(self, folder, **kwargs):
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "adapter_model.safetensors"), "wb") as handle:
             handle.write(b"half")
-        _disk_full()
+        failure()
 
     monkeypatch.setattr(PeftModel, "save_pretrained", half_then_full)
     code = main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": "full", "training.save_steps": "0"}))

@@ -10,14 +10,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import KIT_ROOT, DataSection, DatasetSpec, template_fields
 from .. import leakage
+from ..config import KIT_ROOT, DataSection, DatasetSpec, template_fields
 from ..errors import DataError
 from ..formats import FORMAT_SHAPES, FORMATS
 from ..rows import Example, MissingColumnError, _kind, pmid_of
 from ..secrets import printable
 from .source_sets import refuse_repeated_datasets
-from .sources import check_hub_dataset_id, load_rows, looks_local, resolve_local
+from .sources import check_hub_dataset_id, load_rows, looks_local, refuse_held_out_files, resolve_local
 
 PUBMEDQA_TEST_FILE = KIT_ROOT / "data" / "pubmedqa" / "test_ground_truth.json"
 
@@ -212,6 +212,9 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
         if local_only and resolve_local(spec.source) is None and not looks_local(spec.source):
             check_hub_dataset_id(spec.source)  # downloaded by the run only, but a name that is no id stops here
             continue
+        local = resolve_local(spec.source)
+        if local is not None and local.is_dir() and spec.use_for == "train":
+            refuse_held_out_files(local, f"data.datasets.{index}")
         examples, info = build_examples(spec, load_rows(spec), seed + index)
         collected.append(Collected(f"{index}:{spec.source}", spec, examples, info))
     system = [leakage.Item(leakage.CONFIG, None, data.system_prompt, (("data.system_prompt", data.system_prompt),))

@@ -173,6 +173,24 @@ def _load_folder(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# The names the Hub's layouts give held-out splits (test.jsonl, validation-00000-of-00001.parquet, dev/, ...)
+_HELD_OUT_SPLIT = re.compile(r"^(test|testing|valid|validation|val|dev|eval|evaluation|heldout|held-out|held_out)"
+                             r"(?:[-_.]|$)", re.I)
+
+
+def refuse_held_out_files(folder: Path, dataset: str) -> None:
+    """A training folder is read whole, so files named as a held-out split beside the training files (a folder in
+    the Hub's layout: train.jsonl and test.jsonl) would be trained on: refused, naming them."""
+    held_out = [path.relative_to(folder) for path in data_files(folder)
+                if any(_HELD_OUT_SPLIT.match(part) for part in path.relative_to(folder).with_suffix("").parts)]
+    if held_out:
+        shown = ", ".join(printable(str(path), 120) for path in held_out[:3]) + (" ..." if len(held_out) > 3 else "")
+        raise DataError(f"{dataset}: the data folder {printable(folder, 200)} holds files named as a held-out "
+                        f"split ({shown}), and a folder is read whole, so they would be trained on. Point the source "
+                        "at the training file itself (e.g. its train.jsonl), or move the held-out files out of the "
+                        "folder.")
+
+
 def data_files(folder: Path) -> list[Path]:
     """The data files of a folder; a folder of several types is refused rather than some of them skipped."""
     kinds: dict[str, list[Path]] = {}

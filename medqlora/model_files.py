@@ -54,8 +54,8 @@ def changed_files(recorded: object, source: str | None) -> list[str]:
         return []
     try:
         now = fingerprint(source) or {}
-    except OSError:
-        now = {}
+    except OSError:  # a folder that cannot be read now: nothing to compare, as the docstring says
+        return []
     return sorted(name for name in {*recorded, *now} if recorded.get(name) != now.get(name))
 
 

@@ -2,14 +2,15 @@
 
 The estimate is a sum of parts computed from the model's config:
   weights   4-bit linear layers (NF4 + double-quantized scales, 0.52 bytes a parameter) or 16-bit;
-            embeddings and lm_head in 16-bit (fp32 on the hf backend: PEFT's k-bit preparation upcasts them);
+            embeddings and lm_head in 16-bit (both backends keep frozen weights in the compute dtype);
   LoRA      fp32 weights and gradients, plus the optimizer's state (8-bit Adam: 2 bytes, AdamW: 8);
   activations  bytes per token of the micro-batch (rows x longest row), as multiples of one layer's
             working set w = 6 x hidden + 4 x intermediate (2-byte values):
               checkpointing, unsloth: 3.56 w (offloaded: one layer at a time on the GPU)
-              checkpointing, hf:      7.9 w
+              checkpointing, hf:      18.7 w (TRL's loss over a 128k vocabulary dominates at short rows)
               plain checkpointing also keeps every layer's input: + 2 x hidden x layers
-              no checkpointing:       1.6 w x layers (unsloth), 3.7 w x layers (hf)
+              no checkpointing:       1.6 w x layers (unsloth), 2.62 w x layers (hf), 1.7 w x layers (hf with
+                                      Liger Kernel)
             with Unsloth's tiled MLP the intermediate term is split into tiles;
   overhead  0.15 GiB (CUDA workspaces) plus one decoder layer's weights in 16-bit (dequantized per product).
 Fitted to Unsloth 2026.10.9 / TRL 1.14 / transformers 5.17 runs of the Llama-3.1-8B and 3.2-1B shapes on
@@ -31,8 +32,9 @@ SAFETY = 1.10  # auto-fit keeps 10% of the card free beyond the estimate
 # Without checkpointing, the peak through SFTTrainer varied from -25% to +15% of the estimate on an H100
 # (allocator fragmentation grows with the activations kept): a wider margin there.
 SAFETY_OFF = 1.25
-PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 7.9}
-PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 3.7}
+# "hf+liger": the hf backend with Liger Kernel (training.kernels auto or liger, where Liger can run)
+PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 18.7, "hf+liger": 18.7}
+PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 2.62, "hf+liger": 1.7}
 TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many pieces
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}
 
@@ -116,14 +118,14 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
              seq_len: int | None = None) -> Estimate:
     """Peak GPU memory of training ``micro_batch`` rows of ``seq_len`` tokens (default: max_seq_length)."""
     seq = seq_len or cfg.model.max_seq_length
+    profile = memory_profile(cfg, backend)
     if seq_len and cfg.training.method == "grpo":  # the longest prompt, and the completion generated after it
         seq = min(seq_len + cfg.grpo.max_completion_length, cfg.model.max_seq_length)
     tokens = micro_batch * seq
     linear_bytes = 0.52 if cfg.model.load_in_4bit else 2.0
-    upcast = backend == "hf" and cfg.model.load_in_4bit  # prepare_model_for_kbit_training: fp32 embeddings
-    weights = shape.linear_params() * linear_bytes + shape.embedding_params() * (4 if upcast else 2)
+    weights = shape.linear_params() * linear_bytes + shape.embedding_params() * 2
     lora = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * (8 + optimizer_state_bytes(cfg.training.optimizer))
-    activations = tokens * per_token_bytes(shape, backend, checkpointing, cfg.training.tiled_mlp)
+    activations = tokens * per_token_bytes(shape, profile, checkpointing, cfg.training.tiled_mlp)
     overhead = OVERHEAD_GIB + shape.linear_params() / shape.layers * 2 / GIB
     generation = generation_bytes(shape, cfg, micro_batch, seq) / GIB
     total = weights / GIB + lora / GIB + activations / GIB + overhead + generation
@@ -132,9 +134,21 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
                     round(generation, 3))
 
 
+def memory_profile(cfg: KitConfig, backend: str) -> str:
+    """Which measured activation figures apply: the hf backend keeps fewer activations where Liger Kernel will run
+    (its fused norms, SwiGLU and loss)."""
+    if backend != "hf" or cfg.training.kernels == "none":
+        return backend
+    from .backends.kernels import liger_blocker
+    from .backends.runtime import Runtime
+
+    planned_gpu = Runtime("hf", "cuda", cfg.model.dtype, "the memory plan", None)
+    return "hf+liger" if liger_blocker(cfg, planned_gpu, None) is None else "hf"
+
+
 def applied_checkpointing(backend: str, checkpointing: bool | str) -> bool | str:
     """The checkpointing a GPU backend applies: the hf backend runs Unsloth's offloaded kind as plain."""
-    return True if backend == "hf" and checkpointing == "unsloth" else checkpointing
+    return True if backend.startswith("hf") and checkpointing == "unsloth" else checkpointing
 
 
 def generation_bytes(shape: ModelShape, cfg: KitConfig, micro_batch: int, seq: int) -> float:
@@ -177,7 +191,7 @@ def per_token_bytes(shape: ModelShape, backend: str, checkpointing: bool | str, 
     working_set = 6 * shape.hidden + 4 * intermediate
     if not checkpointing:
         return PER_TOKEN_PER_LAYER_OFF[backend] * working_set * shape.layers
-    kept_inputs = 2 * shape.hidden * shape.layers if checkpointing is True or backend == "hf" else 0
+    kept_inputs = 2 * shape.hidden * shape.layers if checkpointing is True or backend.startswith("hf") else 0
     return PER_TOKEN_CHECKPOINTED[backend] * working_set + kept_inputs
 
 

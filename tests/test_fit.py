@@ -25,8 +25,11 @@ MEASURED = [
     ("llama-3.1-8b", "unsloth", 8, 2048, False, 67.28),
     ("llama-3.1-8b", "unsloth", 2, 2048, "unsloth", 7.344),  # kit, random rows
     ("llama-3.1-8b", "unsloth", 4, 2048, False, 36.85),  # kit, random rows, auto-fit
-    ("llama-3.1-8b", "hf", 2, 2048, True, 11.89),  # kit (TRL's chunked loss: no full fp32 logits)
-    ("llama-3.1-8b", "hf", 2, 2048, False, 45.51),  # kit, random rows, auto-fit
+    # hf: frozen weights in bf16 (2026-12-01, H200, bench/speed.py, PubMedQA)
+    ("llama-3.1-8b", "hf", 2, 982, True, 9.287),  # seed recipe, TRL's chunked loss
+    ("llama-3.1-8b", "hf+liger", 2, 982, True, 9.287),  # seed recipe, Liger's fused loss
+    ("llama-3.1-8b", "hf", 2, 4096, False, 58.67),  # packed, SDPA over the packed rows' mask
+    ("llama-3.1-8b", "hf+liger", 2, 4096, False, 40.27),  # packed, Liger + varlen attention
     ("llama-3.1-8b", "unsloth", 1, 40960, "unsloth", 10.96),  # kit, 15 GiB cap, tiled MLP (below)
 ]
 

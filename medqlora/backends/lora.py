@@ -11,7 +11,7 @@ from ..config import KitConfig
 from ..distributed import sharding
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
-from .runtime import Runtime, prepare_for_generation
+from .runtime import Runtime, prepare_for_generation, torch_dtype
 
 
 def trainable_adapter(model: Any, cfg: KitConfig) -> Any:
@@ -132,6 +132,18 @@ def check_planned_target_modules(cfg: KitConfig, source: str | None) -> None:
     check_target_modules(cfg, meta_model(folder)[1])
 
 
+def frozen_weights_to(model: Any, dtype: Any) -> None:
+    """Frozen weights that are not 4-bit back in the compute dtype. prepare_model_for_kbit_training upcasts the
+    embeddings, norms and output layer to fp32; an fp32 embedding makes the whole residual stream fp32 (every
+    4-bit layer returns its input's dtype), so activations took twice the memory and the elementwise work ran in
+    fp32. They are frozen: fp32 copies gain nothing (Unsloth keeps them in the compute dtype too); the LoRA
+    weights PEFT adds afterwards stay fp32."""
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype \
+                and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(dtype)
+
+
 def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -144,6 +156,7 @@ def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
             use_gradient_checkpointing=checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        frozen_weights_to(model, torch_dtype(runtime.dtype))
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

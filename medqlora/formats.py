@@ -298,9 +298,11 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
         raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
                         "{\"role\": ..., \"content\": ...} turns." + text)
     read = [_chat_turn(message, i, name) for i, message in enumerate(messages)]
-    for i, (role, _, content) in enumerate(read):
+    for i, (role, _, content) in enumerate(read):  # blank: a reply to no question, or an empty reply
         if role == "user":
             _question(content, f"{name}[{i + 1}].content")
+        elif role == "assistant":
+            _response(content, f"{name}[{i + 1}].content")
     turns = [(role, text) for role, text, _ in read]
     if not turns or turns[-1][0] != "assistant":
         raise DataError("each 'messages' list must end with an assistant turn (the response to learn).")
@@ -309,7 +311,6 @@ def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     history = "\n\n".join(content for role, content in turns[:-1] if role != "system")
     last_user = next(content for role, content in reversed(turns) if role == "user")
     texts = tuple((f"{name}[{i + 1}] ({role})", content) for i, (role, content) in enumerate(turns))
-    _response(read[-1][2], f"{name}[{len(turns)}].content")
     users = [(field, content) for (field, content), (role, _) in zip(texts[:-1], turns) if role == "user"]
     joins = (("user turns (joined)", "\n\n".join(content for _, content in users)),) \
         if 1 < len(users) < len(turns) - 1 else ()  # a question split over user turns with answers between

@@ -30,21 +30,23 @@ from .inputs import (
     planned_examples,
 )
 from .messages import say
+from .run_names import check_name_fits, run_name_stem
 from .runs import Files, check_output_dir, check_run_folder_free, check_run_name
 
 
 def _check_planned_run_name(cfg: KitConfig, output_dir: str | None, resuming: bool) -> None:
-    """output.run_name refused as the run refuses it: a path or a credential's value, or (a new run) the name of
-    an existing run."""
+    """output.run_name refused as the run refuses it: a path, a credential's value, a name longer than the output
+    folder's file system takes, or (a new run) the name of an existing run."""
     if cfg.output.run_name:
         check_run_name(cfg.output.run_name)
+        check_name_fits(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
         if not resuming:
             check_run_folder_free(Path(output_dir or cfg.output.dir).expanduser(), cfg.output.run_name)
 
 
 def _run_files(cfg: KitConfig, output_dir: str | None, evaluated: bool, lm_eval: bool, answered: bool) -> str:
     """The run folder a training run creates and the files and folders it writes there, its trackers' included."""
-    folder = Path(output_dir or cfg.output.dir) / (cfg.output.run_name or "<model>-<data>-<timestamp>")
+    folder = Path(output_dir or cfg.output.dir) / (cfg.output.run_name or f"{run_name_stem(cfg)}-<timestamp>")
     listed = Files.listed(evaluated, lm_eval, cfg.training.method, answered, tracking.tracker_folders(cfg))
     return f"{folder}/ {{{listed}}}"
 

@@ -4,6 +4,7 @@ taking another run's."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -13,13 +14,33 @@ from .config import KitConfig
 from .errors import MedQLoRAError
 from .secrets import contains_secret, printable, redact, slug
 
+NAME_PART_CHARS = 40  # each of <model> and <data> in a made name, at most: the name stays far below NAME_MAX
 
-def default_run_name(cfg: KitConfig) -> str:
-    """<model>-<data>-<timestamp>. Credentials are masked before the names are mapped to folder-name
-    characters, so neither a token nor its mapped form can reach a folder name."""
+
+def _bounded(part: str) -> str:
+    """A name part cut to NAME_PART_CHARS: its start, then a short hash of the whole, so two long names that share
+    their start still make two names (a data file named by a 240-character title made a folder name the file
+    system refused)."""
+    if len(part) <= NAME_PART_CHARS:
+        return part
+    digest = hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{part[:NAME_PART_CHARS - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def run_name_stem(cfg: KitConfig) -> str:
+    """The <model>-<data> start of the name the kit makes for a run, each part bounded (_bounded); 'run' when it
+    would hold a credential. Credentials are masked before the names are mapped to folder-name characters, so
+    neither a token nor its mapped form can reach a folder name."""
     model = slug(redact(cfg.model.name).rsplit("/", 1)[-1].removesuffix(".gguf"))
     data = slug(Path(redact(cfg.data.datasets[0].source)).stem.rsplit("/", 1)[-1])
-    name = f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if contains_secret(f"{model}-{data}") is not None:
+        return "run"
+    return f"{_bounded(model)}-{_bounded(data)}"
+
+
+def default_run_name(cfg: KitConfig) -> str:
+    """<model>-<data>-<timestamp> (run_name_stem): at most about 100 characters, whatever the names it is made of."""
+    name = f"{run_name_stem(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
     return name if contains_secret(name) is None else f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -32,6 +53,22 @@ def check_run_name(name: str) -> None:
     if secret:
         raise MedQLoRAError(f"output.run_name contains the value of {secret}: a folder name is shown and shared. "
                             "Choose another output.run_name (or leave it empty for a timestamped name).")
+
+
+def check_name_fits(root: Path, name: str) -> None:
+    """A run name within the longest folder name the output folder's file system takes (its NAME_MAX: 255 bytes
+    on most, 143 on eCryptfs), checked on the nearest existing folder: refused at --dry-run with the limit, not
+    when the run starts."""
+    folder = next((f for f in (root, *root.parents) if f.is_dir()), None)
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX") if folder is not None and hasattr(os, "pathconf") else None
+    except (OSError, ValueError):
+        limit = None
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if limit and size > limit:
+        raise MedQLoRAError(f"output.run_name is {size} bytes in UTF-8, and the file system of {printable(folder)} "
+                            f"takes folder names of at most {limit} bytes. Choose a shorter output.run_name (or "
+                            "leave it empty for a timestamped name).")
 
 
 def check_run_folder_free(root: Path, name: str) -> None:

@@ -29,6 +29,7 @@ from .regular_files import not_a_private_file
 from .run_files import Files
 from .run_lock import lock_run_folder
 from .run_names import (
+    check_name_fits,
     check_output_dir,
     check_run_folder_free,
     check_run_name,
@@ -228,6 +229,7 @@ class RunDir:
         name = cfg.output.run_name or default_run_name(cfg)
         check_run_name(name)
         check_output_dir(root)
+        check_name_fits(root, name)
         path = root / name
         generated = not cfg.output.run_name if generated_name is None else generated_name
         if not generated:
@@ -238,7 +240,8 @@ class RunDir:
         except FileExistsError:  # made by another process since the check
             raise run_folder_taken(path) from None
         except OSError as err:
-            raise MedQLoRAError(f"Cannot create the run folder {printable(path)}: {err.strerror}.") from None
+            advice = " Choose a shorter output.run_name or --output-dir." if err.errno == errno.ENAMETOOLONG else ""
+            raise MedQLoRAError(f"Cannot create the run folder {printable(path)}: {err.strerror}.{advice}") from None
         run = cls(path)
         run.start_log()
         return run

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..secrets import printable
 from ..shown_paths import quoted_path
 from .base import DEFAULT_CONFIG, KEY_ALIASES, PATH_SHOWN, PRESETS_DIR, YAML_MAX_BYTES, has_control_characters
+from .error_places import where_given
 from .kit import _LIST_ITEMS, KitConfig
 from .value_hints import null_hint, quote_hint
 from .yaml_reader import load_yaml, read_yaml_file
@@ -279,8 +280,7 @@ def _submodel(model: type[BaseModel], field: str) -> type[BaseModel] | None:
 def _describe(error: dict, source: str, lines: dict) -> str:
     loc = tuple(error["loc"])
     dotted = printable(".".join(str(p) for p in loc), 120) or "(top level)"
-    line = _closest_line(loc, lines)
-    where = line if isinstance(line, str) else f"{source}:{line}" if line else source
+    where = where_given(loc, error["msg"], source, lines)
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         hint = _did_you_mean(str(loc[-1]), list(parent.model_fields)) if parent else ""
@@ -351,10 +351,3 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     if close:
         return f" Did you mean '{close[0]}'?"
     return f" Valid keys: {', '.join(choices)}." if choices else ""
-
-
-def _closest_line(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None:
-    for end in range(len(loc), 0, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None

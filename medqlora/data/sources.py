@@ -19,6 +19,7 @@ from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
 from ..secrets import printable
 from ..shown_paths import quoted_path
+from .json_layouts import refuse_pandas_layouts
 from .json_values import pairs_once, parse_float, parse_int, refuse_unreadable_values
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -225,6 +226,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
             refuse_unreadable_values(row, f"{path} row {number}")
     else:
         refuse_unreadable_values(payload, str(path))
+    refuse_pandas_layouts(path, payload)
     if isinstance(payload, dict) and payload and all(isinstance(v, dict) for v in payload.values()):
         # PubMedQA's original layout: {PMID: {QUESTION, CONTEXTS, ...}}
         return Rows({"pubid": key, **value} for key, value in payload.items())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .adapters import CONFIG_NAME, kit_run_folder
+from .run_commands import command_on_run
 from .run_files import Files
 from .run_lock import lock_holder
 from .secrets import printable
@@ -52,8 +53,8 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
             return still_training(shown, flag, holder, checkpoints[-1] if checkpoints else None)
         if checkpoints:
             return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved "
-                    f"(killed or failed: no adapter_config.json in its adapter/). Finish the training with: python "
-                    f"medical_qlora_finetuning.py --mode train --resume {printable(path)}, then use the run; or use "
+                    f"(killed or failed: no adapter_config.json in its adapter/). Finish the training with: "
+                    f"{command_on_run('train', '--resume', path)}, then use the run; or use "
                     f"its last checkpoint as it is: {named_flag(flag)}{printable(checkpoints[-1])}.")
         return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved, and "
                 "before its first checkpoint (training.save_steps): there is no adapter to use. Train it again "

@@ -142,6 +142,7 @@ def stream_reply(cfg: KitConfig, model: Any, tokenizer: Any, prompt: str, out: T
     sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {
         "do_sample": False}
     produced: dict[str, Any] = {}
+    stop = threading.Event()
 
     def work() -> None:
         try:
@@ -149,7 +150,7 @@ def stream_reply(cfg: KitConfig, model: Any, tokenizer: Any, prompt: str, out: T
                 produced["ids"] = model.generate(
                     **encoded, streamer=streamer, max_new_tokens=g.max_new_tokens,
                     repetition_penalty=g.repetition_penalty, eos_token_id=stop_token_ids(tokenizer),
-                    pad_token_id=tokenizer.pad_token_id, **sampling)
+                    pad_token_id=tokenizer.pad_token_id, stopping_criteria=_stopped_by(stop), **sampling)
         except BaseException as err:  # re-raised in the caller's thread, where the kit reports it
             produced["error"] = err
             streamer.end()
@@ -159,12 +160,19 @@ def stream_reply(cfg: KitConfig, model: Any, tokenizer: Any, prompt: str, out: T
     pieces = []
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    for piece in streamer:
-        if first is None and piece:
-            first = time.perf_counter() - began
-        pieces.append(piece)
-        out.write(piece)
-        out.flush()
+    try:
+        for piece in streamer:
+            if first is None and piece:
+                first = time.perf_counter() - began
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+    except BaseException:
+        # a write that failed (the reader of stdout went away), Ctrl-C: the generation stops at its next token and
+        # its thread ends here, never left inside the model when Python exits (which aborted the process)
+        stop.set()
+        worker.join()
+        raise
     worker.join()
     if "error" in produced:
         raise produced["error"]
@@ -172,6 +180,18 @@ def stream_reply(cfg: KitConfig, model: Any, tokenizer: Any, prompt: str, out: T
     stops = set(stop_token_ids(tokenizer))
     tokens = sum(1 for t in new.tolist() if t not in stops and t != tokenizer.pad_token_id)
     return Reply("".join(pieces).strip(), tokens, first, time.perf_counter() - began)
+
+
+def _stopped_by(stop: threading.Event) -> Any:
+    """A stopping criterion of generate: the whole batch stops once ``stop`` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
 
 
 def reply_budget(cfg: KitConfig, model: Any) -> int:

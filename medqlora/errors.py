@@ -19,3 +19,12 @@ class ModelError(MedQLoRAError):
 
 class TrainingInterrupted(MedQLoRAError):
     """Ctrl-C during training: the adapter trained so far was saved first."""
+
+
+class OutputLost(MedQLoRAError):
+    """Standard output could not be written (run_mode from Python; the command line exits 2). ``result``: what the
+    command returned where it went on to its end (the Run of its run folder), else None."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

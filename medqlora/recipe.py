@@ -59,6 +59,7 @@ from .resume import refuse_other_config
 from .runs import Files, RunDir, default_run_name
 from .secrets import printable
 from .stages import TrainingStages
+from .stdout_guard import guarded_call
 
 
 class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their state: recipe_state.py
@@ -309,6 +310,10 @@ def run_mode(mode: str, cfg: KitConfig, *, output_dir: str | os.PathLike | None 
     check_options(mode, options)
     cfg = python_config(cfg)
     check_resume(options, cfg)
+    return guarded_call(lambda: _run_command(mode, cfg, options))  # stdout guarded as the command line guards it
+
+
+def _run_command(mode: str, cfg: KitConfig, options: Options) -> Run:
     with command():
         recipe = Recipe(cfg, options)
         if options.resume:  # the command line refuses --set beside --resume: a cfg of other values is refused too

@@ -13,6 +13,7 @@ from typing import Any
 from . import adapters, data, model_files
 from .config import KitConfig, load_config
 from .errors import ConfigError, ModelError
+from .run_commands import command_on_run, on_run
 from .run_names import refuse_secret_in_path
 from .runs import Files, RunDir
 from .secrets import printable
@@ -39,12 +40,12 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
         if saved_adapter and status in ("interrupted", "failed") and "after training" in stage:
             mode, work = (("test", "the sample queries") if "sample queries" in stage else ("eval", "the evaluation"))
             why = (f", and needs none: its training is complete (its adapter is saved in {run.adapter}); the run "
-                   f"stopped after it ({printable(stage.split(':', 1)[0], 120)}). Finish {work} with: python "
-                   f"medical_qlora_finetuning.py --mode {mode} --adapter {run.path}")
+                   f"stopped after it ({printable(stage.split(':', 1)[0], 120)}). Finish {work} with: "
+                   f"{command_on_run(mode, '--adapter', run.path)}")
         elif saved_adapter and status == "interrupted":  # a signal saves the adapter trained so far
             why = (f"; it was interrupted before its first checkpoint (training.save_steps), with the adapter trained "
-                   f"so far saved in {run.adapter}: train it again, or use that adapter as it is (--adapter "
-                   f"{run.path}, or training.init_adapter={run.path} to train on from it).")
+                   f"so far saved in {run.adapter}: train it again, or use that adapter as it is "
+                   f"({on_run('--adapter', run.path)}, or training.init_adapter={run.path} to train on from it).")
         elif saved_adapter:
             why = " (it finished training: its adapter is saved)."
         else:

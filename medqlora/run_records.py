@@ -12,10 +12,10 @@ from . import adapter_weights, signals
 from .errors import TrainingInterrupted
 from .messages import log
 from .recipe_state import RecipeState
+from .run_commands import command_on_run
 from .run_manifest import manifest
 from .runs import Files
 from .secrets import printable
-
 
 # the statuses a run's saved adapter gets its README.md at: trained, or stopped with it saved (PEFT's empty card
 # template is replaced)
@@ -83,5 +83,5 @@ class RunRecords(RecipeState):
         """A signal after the adapter was saved: the message says the adapter is saved and how to finish."""
         return TrainingInterrupted(
             f"interrupted ({signals.name(signals.received())}) during {work} after training. This run's adapter is "
-            f"saved in {printable(self.run.adapter)}; finish {work} with: python medical_qlora_finetuning.py --mode "
-            f"{mode} --adapter {printable(self.run.path)}")
+            f"saved in {printable(self.run.adapter)}; finish {work} with: "
+            f"{command_on_run(mode, '--adapter', self.run.path)}")

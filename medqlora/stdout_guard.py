@@ -1,5 +1,5 @@
 """Standard output that cannot be written (``> plan.json`` on a full disk, ``> /dev/full``, an I/O error) ends the
-command in exit 2 with a message on stderr: a script that saved ``--dry-run`` or a ``--prompt`` answer must not
+command in exit 2 with a message on stderr (run_mode from Python: raises OutputLost, guarded_call): a script that saved ``--dry-run`` or a ``--prompt`` answer must not
 get success and an empty file. The command itself goes on (a training run is not stopped by its progress lines),
 what it prints after the failure goes to the null device, and the message comes when it ends. A reader that went
 away (``| head -1``: a broken pipe) stays quiet: the command ends there with exit 1, as before.
@@ -11,10 +11,13 @@ import contextlib
 import errno
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO, TypeVar
 
+from .errors import OutputLost
 from .secrets import printable
+
+T = TypeVar("T")
 
 
 class GuardedStdout:
@@ -91,3 +94,24 @@ def guarded_stdout() -> Iterator[GuardedStdout]:
 def lost_output(guard: GuardedStdout) -> bool:
     """Whether what the command printed was lost to a write that failed (a broken pipe is the reader's choice)."""
     return guard.failure is not None and guard.failure.errno != errno.EPIPE
+
+
+def guarded_call(work: Callable[[], T]) -> T:
+    """``work`` (one command of run_mode) with stdout guarded as the command line guards it: a write that fails does not
+    stop it, and when it ends OutputLost is raised with the message the command line gives (and its result kept on
+    it). A reader that went away (a broken pipe) stops it, as on the command line: OutputLost too, never a raw
+    BrokenPipeError or OSError."""
+    with guarded_stdout() as guard:
+        try:
+            result = work()
+        except BrokenPipeError:
+            raise OutputLost("standard output was closed by its reader (a broken pipe: the program reading it, `| head` "
+                             "or a closed notebook or terminal, went away), so the command stopped at what it printed "
+                             "next. Send its output where it can be written whole (a file), and run it again.") from None
+        except BaseException as err:
+            if lost_output(guard):
+                err.add_note(f"medqlora: (and {guard.message()})")
+            raise
+    if lost_output(guard):
+        raise OutputLost(guard.message(), result)
+    return result

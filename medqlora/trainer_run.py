@@ -16,6 +16,7 @@ from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
 from .messages import log
+from .run_commands import on_run
 from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
@@ -50,7 +51,7 @@ def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> Training
     if sharding():  # gathering the shards needs every process, and they are all being interrupted
         return TrainingInterrupted(
             f"{how}. A sharded run cannot gather its adapter when interrupted: continue it from its last "
-            f"checkpoint (training.save_steps) with --resume {run.path}.")
+            f"checkpoint (training.save_steps) with {on_run('--resume', run.path)}.")
     if step == 0:
         return TrainingInterrupted(f"{how}: nothing was trained yet, so no adapter was saved.")
     if not adapter_is_finite(model):
@@ -59,7 +60,8 @@ def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> Training
     if is_main():
         save_adapter(model, tokenizer, run)
     return TrainingInterrupted(f"{how}: the adapter trained so far is saved in {run.adapter}. Continue from the last "
-                               f"checkpoint with --resume {run.path}, if one was saved (training.save_steps).")
+                               f"checkpoint with {on_run('--resume', run.path)}, if one was saved "
+                               "(training.save_steps).")
 
 
 class NonFiniteTraining(MedQLoRAError):
@@ -71,22 +73,33 @@ def stop_on_non_finite(cfg: KitConfig) -> Any:
     both every training.logging_steps; no extra host sync), with the step and what to change."""
     from transformers import TrainerCallback
 
-    t = cfg.training
-
     class StopOnNonFinite(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             for key in ("loss", "grad_norm"):
                 value = (logs or {}).get(key)
                 if isinstance(value, (int, float)) and not math.isfinite(value):
-                    raise NonFiniteTraining(
-                        f"Training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value}. The "
-                        f"weights are no longer finite, so no adapter was saved. Train again with a lower learning "
-                        f"rate (--set training.learning_rate={t.learning_rate / 10:g}; now {t.learning_rate:g}), "
-                        f"gradient clipping at 1.0 or less (training.max_grad_norm, now {t.max_grad_norm:g}), and on "
-                        "a GPU with bfloat16, model.dtype: bf16 (fp16 overflows more easily). If it happens at the "
-                        "first steps, look for empty or garbled training rows.")
+                    raise NonFiniteTraining(non_finite_message(cfg, state.global_step, key.replace("_", " "), value))
 
     return StopOnNonFinite()
+
+
+def non_finite_message(cfg: KitConfig, step: int, what: str, value: float) -> str:
+    """Why training stopped at ``step`` and what to change. The loss and gradient norm logged at step 1 were
+    computed with the weights as loaded, before the optimizer's first update: the learning rate cannot be the
+    cause there, the base model (its weights, its dtype) or the rows can."""
+    t = cfg.training
+    said = f"Training stopped at step {step}: the {what} is {value}."
+    if step <= 1:
+        return (f"{said} It was computed with the weights as loaded, before the learning rate could act, so the "
+                f"base model is the likely cause: {printable(cfg.model.name)} may hold NaN or infinite weights "
+                "(4-bit weights are checked only in part when they load: a damaged download or conversion), or "
+                "overflow in float16 (on a GPU with bfloat16, model.dtype: bf16); else look for empty or garbled "
+                "training rows. No adapter was saved.")
+    return (f"{said} The weights are no longer finite, so no adapter was saved. Train again with a lower learning "
+            f"rate (--set training.learning_rate={t.learning_rate / 10:g}; now {t.learning_rate:g}), gradient "
+            f"clipping at 1.0 or less (training.max_grad_norm, now {t.max_grad_norm:g}), and on a GPU with "
+            "bfloat16, model.dtype: bf16 (fp16 overflows more easily). If it happens at the first steps, look for "
+            "empty or garbled training rows.")
 
 
 def adapter_is_finite(model: Any, weights: dict[str, Any] | None = None) -> bool:

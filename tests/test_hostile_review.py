@@ -336,7 +336,7 @@ def test_a_signal_during_the_evaluation_after_training_says_the_adapter_is_saved
     assert code == 143 and "Traceback" not in err, err[-2000:]
     assert "Nothing of earlier runs was changed" not in err
     assert "interrupted (SIGTERM) during the evaluation after training" in err
-    assert f"saved in {run / 'adapter'}" in err and f"--mode eval --adapter {run}" in err
+    assert f"saved in {run / 'adapter'}" in err and f"--mode eval --config {run / 'config.yaml'} --adapter {run}" in err
     facts = json.loads((run / "manifest.json").read_text())
     assert facts["status"] == "interrupted" and facts["stage"].startswith("interrupted during evaluation after training")
     assert "SIGTERM" in facts["error"]

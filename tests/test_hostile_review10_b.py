@@ -181,7 +181,7 @@ def test_resuming_a_run_stopped_after_its_training_says_training_is_complete_and
     code, _, err = run_cli(capsys, ["--mode", "train", "--resume", str(run)])
     assert code == 2
     assert_one_message(err, "has no checkpoint to continue from, and needs none: its training is complete")
-    assert f"with: python medical_qlora_finetuning.py --mode {mode} --adapter {run}" in err
+    assert f"with: python medical_qlora_finetuning.py --mode {mode} --config {run / 'config.yaml'} --adapter {run}" in err
     assert "before its first checkpoint" not in err and "train it again" not in err
 
 

@@ -49,7 +49,7 @@ def test_a_run_killed_before_its_adapter_was_saved_says_so_and_how_to_finish_it(
         adapters.locate(str(run), flag)
     message = str(caught.value)
     assert "stopped before its adapter was saved" in message
-    assert f"--mode train --resume {run}" in message and str(checkpoint) in message
+    assert f"--mode train --config {run / 'config.yaml'} --resume {run}" in message and str(checkpoint) in message
     # a folder that is not the kit's keeps the plain answer
     (tmp_path / "other").mkdir()
     with pytest.raises(ModelError, match="no adapter_config.json there"):

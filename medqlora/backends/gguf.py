@@ -19,6 +19,7 @@ from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
 from .checkpoints import check_gguf_file
+from .gguf_cache import conversion_damage, discard_damaged, flush_folder
 
 # empty counts as unset, as for XDG_CACHE_HOME (an empty path would make the current folder the cache)
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE") or Path.home() / ".cache" / "medqlora")
@@ -96,7 +97,12 @@ def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF once into a normal, trainable checkpoint folder in the kit's cache."""
     target = converted_path(gguf)
     if (target / "config.json").is_file():
-        return target
+        damage = conversion_damage(target)
+        if damage is None:
+            return target
+        say(f"warning: the kit's converted copy of {printable(gguf.name)} at {printable(str(target))} is damaged "
+            f"({damage}): converting it again")
+        discard_damaged(target, damage, gguf.name)
     check_gguf_file(gguf)  # read in full only when it is converted, not on every resolve of a cached model
     check_conversion_cache()
     import torch
@@ -129,6 +135,7 @@ def _save_conversion(model: Any, tokenizer: Any, target: Path) -> None:
         partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
+        flush_folder(partial)
         partial.rename(target)
     except (OSError, SafetensorError) as err:
         if not (target / "config.json").is_file():

@@ -12,6 +12,9 @@ from ..distributed import local_rank, sharding
 from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
+from . import gguf
+from .finite import check_finite_weights
+from .gguf_cache import damaged_cache_error, in_conversion_cache
 from .runtime import Runtime, torch_dtype
 
 
@@ -30,6 +33,8 @@ def _broken_json(source: str) -> Path | None:
 
 def load_errors(source: str, err: Exception) -> ModelError:
     text = f"{type(err).__name__}: {err}"
+    if in_conversion_cache(source, gguf.CACHE_DIR):  # model.name is right: the kit's copy of it is not
+        return damaged_cache_error(source, text)
     broken = _broken_json(source)
     if broken is not None:
         return ModelError(f"Cannot load model '{printable(source)}': its {printable(broken.name)} is not valid JSON "
@@ -66,6 +71,7 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str, tokenizer: Any = None
     except Exception as err:
         raise load_errors(source, err) from None
     check_context_length(model.config, cfg)
+    check_finite_weights(model, cfg.model.name, source)
     return model, tokenizer
 
 

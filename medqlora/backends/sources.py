@@ -10,6 +10,7 @@ from ..secrets import printable
 from ..shown_paths import quoted_path
 from .checkpoints import check_checkpoint_folder, check_gguf_file
 from .gguf import check_conversion_cache, convert_gguf, converted_path, gguf_in_package
+from .gguf_cache import conversion_damage
 
 
 def resolve_model_source(name: str) -> str:
@@ -68,7 +69,7 @@ def check_model_source(name: str) -> None:
 def _check_conversion(gguf: Path) -> None:
     """A GGUF read, and converted into the kit's cache unless it was: that cache can be written."""
     check_gguf_file(gguf)
-    if not (converted_path(gguf) / "config.json").is_file():
+    if not _intact(converted_path(gguf)):  # missing, or damaged: the run converts it (again)
         check_conversion_cache()
 
 
@@ -132,4 +133,9 @@ def config_source(name: str) -> str | None:
 
 def _converted(name: str) -> bool:
     gguf = gguf_in_package(name.removeprefix("pypi:")) if name.startswith("pypi:") else Path(name).expanduser()
-    return gguf.is_file() and (converted_path(gguf) / "config.json").is_file()
+    return gguf.is_file() and _intact(converted_path(gguf))
+
+
+def _intact(target: Path) -> bool:
+    """A converted copy in the kit's cache that can be used as it is (a damaged one is converted again)."""
+    return (target / "config.json").is_file() and conversion_damage(target) is None

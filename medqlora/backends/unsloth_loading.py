@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import KitConfig
 from ..distributed import local_rank, world_size
+from .finite import check_finite_weights
 from .hf import check_context_length, load_errors
 from .runtime import Runtime, torch_dtype
 
@@ -30,4 +31,5 @@ def unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, An
     except Exception as err:
         raise load_errors(source, err) from None
     check_context_length(model.config, cfg)
+    check_finite_weights(model, cfg.model.name, source)
     return model, tokenizer

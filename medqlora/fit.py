@@ -7,7 +7,7 @@ The estimate is a sum of parts computed from the model's config:
   activations  bytes per token of the micro-batch (rows x longest row), as multiples of one layer's
             working set w = 6 x hidden + 4 x intermediate (2-byte values):
               checkpointing, unsloth: 3.56 w (offloaded: one layer at a time on the GPU)
-              checkpointing, hf:      18.7 w (TRL's loss over a 128k vocabulary dominates at short rows)
+              checkpointing, hf:      7.9 w (measured with fp32 frozen weights: an upper bound since)
               plain checkpointing also keeps every layer's input: + 2 x hidden x layers
               no checkpointing:       1.6 w x layers (unsloth), 2.62 w x layers (hf), 1.7 w x layers (hf with
                                       Liger Kernel)
@@ -33,7 +33,7 @@ SAFETY = 1.10  # auto-fit keeps 10% of the card free beyond the estimate
 # (allocator fragmentation grows with the activations kept): a wider margin there.
 SAFETY_OFF = 1.25
 # "hf+liger": the hf backend with Liger Kernel (training.kernels auto or liger, where Liger can run)
-PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 18.7, "hf+liger": 18.7}
+PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 7.9, "hf+liger": 7.9}
 PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 2.62, "hf+liger": 1.7}
 TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many pieces
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}
@@ -64,6 +64,7 @@ class ModelShape:
     head_dim: int
     vocab: int
     tied: bool
+    model_type: str | None = None  # config.json's model_type: which fused kernels can run on it
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -71,7 +72,7 @@ class ModelShape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, heads,
                    getattr(config, "num_key_value_heads", None) or heads, head_dim, config.vocab_size,
-                   bool(getattr(config, "tie_word_embeddings", False)))
+                   bool(getattr(config, "tie_word_embeddings", False)), _text(getattr(config, "model_type", None)))
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each projection of one decoder layer."""
@@ -118,7 +119,7 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
              seq_len: int | None = None) -> Estimate:
     """Peak GPU memory of training ``micro_batch`` rows of ``seq_len`` tokens (default: max_seq_length)."""
     seq = seq_len or cfg.model.max_seq_length
-    profile = memory_profile(cfg, backend)
+    profile = memory_profile(cfg, backend, shape.model_type)
     if seq_len and cfg.training.method == "grpo":  # the longest prompt, and the completion generated after it
         seq = min(seq_len + cfg.grpo.max_completion_length, cfg.model.max_seq_length)
     tokens = micro_batch * seq
@@ -134,16 +135,20 @@ def estimate(shape: ModelShape, cfg: KitConfig, backend: str, micro_batch: int, 
                     round(generation, 3))
 
 
-def memory_profile(cfg: KitConfig, backend: str) -> str:
+def memory_profile(cfg: KitConfig, backend: str, model_type: str | None = None) -> str:
     """Which measured activation figures apply: the hf backend keeps fewer activations where Liger Kernel will run
-    (its fused norms, SwiGLU and loss)."""
+    (its fused norms, SwiGLU and loss) on this architecture."""
     if backend != "hf" or cfg.training.kernels == "none":
         return backend
     from .backends.kernels import liger_blocker
     from .backends.runtime import Runtime
 
     planned_gpu = Runtime("hf", "cuda", cfg.model.dtype, "the memory plan", None)
-    return "hf+liger" if liger_blocker(cfg, planned_gpu, None) is None else "hf"
+    return "hf+liger" if liger_blocker(cfg, planned_gpu, model_type) is None else "hf"
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def applied_checkpointing(backend: str, checkpointing: bool | str) -> bool | str:

@@ -5,32 +5,27 @@ import pytest
 import torch
 
 from medqlora import fit
-from medqlora.backends.lora import frozen_weights_to
 from medqlora.config import load_config
 
 
-class Params4bit(torch.nn.Parameter):
-    """Stands in for bitsandbytes' packed 4-bit weight (the class name is what the kit checks)."""
+def test_the_hf_backend_keeps_a_4bit_models_frozen_weights_in_the_compute_dtype(tiny_model_dir):
+    """PEFT's k-bit preparation would upcast them to fp32 (and the residual stream with them); the LoRA weights
+    are fp32 and the only trainable ones."""
+    from transformers import AutoModelForCausalLM
 
+    from medqlora.backends.lora import hf_add_lora
+    from medqlora.backends.runtime import Runtime
 
-def upcast_model() -> torch.nn.Module:
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 4))
-    for param in model.parameters():  # what prepare_model_for_kbit_training leaves: frozen, fp32
-        param.requires_grad_(False)
-    model[2].weight = Params4bit(torch.zeros(4, 4, dtype=torch.float32), requires_grad=False)
-    model.lora = torch.nn.Linear(4, 2)  # trainable, fp32
-    return model
-
-
-def test_frozen_weights_return_to_the_compute_dtype_and_trainable_ones_stay_fp32():
-    model = upcast_model()
-    frozen_weights_to(model, torch.bfloat16)
-    assert model[0].weight.dtype == torch.bfloat16
-    assert model[1].weight.dtype == torch.bfloat16 and model[1].bias.dtype == torch.bfloat16
-    assert model[2].weight.dtype == torch.float32  # the packed 4-bit weight is left as bitsandbytes made it
-    assert model.lora.weight.dtype == torch.float32 and model.lora.weight.requires_grad
-    hidden = model[1](model[0](torch.tensor([[1, 2]])))
-    assert hidden.dtype == torch.bfloat16  # the residual stream starts in the compute dtype
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
+    model.is_loaded_in_4bit = True  # what bitsandbytes' loading sets; the kit prepares such a model for training
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", "lora.r=4"])
+    peft_model = hf_add_lora(model, cfg, Runtime("hf", "cpu", "bf16", "test"))
+    frozen = {n: p.dtype for n, p in peft_model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.dtype for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert set(frozen.values()) == {torch.bfloat16}, {n: d for n, d in frozen.items() if d != torch.bfloat16}
+    assert trainable and all("lora_" in n for n in trainable) and set(trainable.values()) == {torch.float32}
+    ids = torch.tensor([[1, 2, 3]])
+    assert peft_model.get_input_embeddings()(ids).dtype == torch.bfloat16  # the residual stream starts in bf16
 
 
 @pytest.mark.parametrize("kernels,liger_runs,profile", [
@@ -40,8 +35,18 @@ def test_the_memory_plan_uses_the_figures_of_the_kernels_that_will_run(monkeypat
 
     monkeypatch.setattr(kernel_choice, "liger_blocker", lambda *a: None if liger_runs else "not installed")
     cfg = load_config(None, [f"training.kernels={kernels}"])
-    assert fit.memory_profile(cfg, "hf") == profile
-    assert fit.memory_profile(cfg, "unsloth") == "unsloth"
+    assert fit.memory_profile(cfg, "hf", "llama") == profile
+    assert fit.memory_profile(cfg, "unsloth", "llama") == "unsloth"
+
+
+def test_the_memory_plan_assumes_liger_only_on_architectures_it_patches(monkeypatch):
+    from medqlora.backends import kernels as kernel_choice
+
+    monkeypatch.setattr(kernel_choice.importlib.util, "find_spec", lambda name: object())  # liger, triton installed
+    cfg = load_config(None, [])
+    assert fit.memory_profile(cfg, "hf", "llama") == "hf+liger"
+    assert fit.memory_profile(cfg, "hf", "gemma3") == "hf"
+    assert fit.memory_profile(cfg, "hf", None) == "hf+liger"  # architecture unknown (a plan before conversion)
 
 
 def test_liger_plans_fewer_activations_than_plain_hf_without_checkpointing(monkeypatch):

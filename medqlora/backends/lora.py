@@ -8,10 +8,9 @@ from typing import Any
 
 from .. import adapters
 from ..config import KitConfig
-from ..distributed import sharding
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
-from .runtime import Runtime, prepare_for_generation, torch_dtype
+from .runtime import Runtime, prepare_for_generation
 
 
 def trainable_adapter(model: Any, cfg: KitConfig) -> Any:
@@ -132,34 +131,25 @@ def check_planned_target_modules(cfg: KitConfig, source: str | None) -> None:
     check_target_modules(cfg, meta_model(folder)[1])
 
 
-def frozen_weights_to(model: Any, dtype: Any) -> None:
-    """Frozen weights that are not 4-bit back in the compute dtype. prepare_model_for_kbit_training upcasts the
-    embeddings, norms and output layer to fp32; an fp32 embedding makes the whole residual stream fp32 (every
-    4-bit layer returns its input's dtype), so activations took twice the memory and the elementwise work ran in
-    fp32. They are frozen: fp32 copies gain nothing (Unsloth keeps them in the compute dtype too); the LoRA
-    weights PEFT adds afterwards stay fp32."""
+def freeze_base(model: Any, checkpointing: bool) -> None:
+    """PEFT's k-bit preparation (prepare_model_for_kbit_training) without its fp32 upcast: every base weight
+    frozen, and gradient checkpointing on where asked. The upcast would turn the embeddings, norms and output layer
+    into fp32 copies, and an fp32 embedding carries the whole residual stream in fp32 (every 4-bit layer returns its
+    input's dtype): activations of twice the size, the elementwise work in fp32, and an fp32 copy of the
+    embeddings at load. They are frozen, so nothing is gained; Unsloth keeps them in the compute dtype too. The LoRA
+    weights PEFT adds afterwards are fp32. Sharded runs need it as well: FSDP cannot flatten one layer of two
+    dtypes."""
     for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype \
-                and type(param).__name__ != "Params4bit":
-            param.data = param.data.to(dtype)
+        param.requires_grad_(False)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
 
 
 def hf_add_lora(model: Any, cfg: KitConfig, runtime: Runtime) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    checkpointing = hf_checkpointing(cfg, runtime)
-    # Sharded: prepare_model_for_kbit_training would upcast norms to fp32 beside the 4-bit weights stored in
-    # bf16, and FSDP cannot flatten one layer of two dtypes (TRL skips it for sharded QLoRA too).
-    if getattr(model, "is_loaded_in_4bit", False) and not sharding():
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-        frozen_weights_to(model, torch_dtype(runtime.dtype))
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    freeze_base(model, hf_checkpointing(cfg, runtime))
     check_target_modules(cfg, model)
     if cfg.training.init_adapter:
         return trainable_adapter(model, cfg)

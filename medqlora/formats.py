@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .choices import mc_answer, read_choices
 from .errors import DataError
-from .rows import Example, _column, _field, _kind, _question, _response, _text, _uid, invisible
+from .rows import (KNOWN_COLUMNS, Example, _column, _field, _kind, _optional_column, _question, _response, _text, _uid,
+                   invisible)
 from .secrets import printable
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def dataset_format(name: str, *, columns: str, target: str, shape: str, placehol
         if name in DATASET_FORMATS:
             raise ValueError(f"dataset format {name!r} is registered twice")
         DATASET_FORMATS[name] = DatasetFormat(name, handler, columns, target, shape, placeholders, needed, fields)
+        KNOWN_COLUMNS.update(column for names in fields for column in names)
         FORMATS[name] = handler
         FORMAT_SHAPES[name] = shape
         return handler
@@ -215,8 +217,7 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
 def format_instruction(row: dict[str, Any], spec: DatasetSpec) -> Example:
     i_name, instruction = _field(row, spec, "instruction", "question")
     _question(instruction, i_name)
-    x_name = spec.columns.get("input", "input")
-    extra = row.get(x_name)
+    x_name, extra = _optional_column(row, spec, "input")
     texts = ((i_name, instruction),)
     if extra is not None:
         extra = _text(extra, x_name)

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .generation_batch import batch_size_for
 from .messages import say
 from .progress import bar
+from .rows import blank_said, invisible
 from .secrets import printable
 from .shown_paths import quoted_path
 
@@ -121,10 +122,6 @@ def _checked_query(item: Any, index: int, where: str) -> dict[str, str]:
     if unknown:
         raise ConfigError(f"{where}: unknown key {printable(repr(unknown[0]), 80)}; an entry has "
                           f"{' and '.join(QUERY_KEYS)}.")
-    question = item.get("question")
-    if not isinstance(question, str) or not question.strip():
-        got = "no 'question'" if "question" not in item else f"'question' is {printable(repr(question), 60)}"
-        raise ConfigError(f"{where}: {got}; it must be non-empty text.")
     ident = item.get("id", index)
     if isinstance(ident, bool) or not isinstance(ident, (str, int)) or not str(ident).strip():
         raise ConfigError(f"{where}: 'id' is {printable(repr(ident), 60)}; it must be a name or a number.")
@@ -132,6 +129,12 @@ def _checked_query(item: Any, index: int, where: str) -> dict[str, str]:
     if has_control_characters(ident) or len(ident) > 200:
         raise ConfigError(f"{where}: 'id' {printable(repr(ident), 60)} must be one line of at most 200 "
                           "characters, without control characters.")
+    question = item.get("question")
+    if not isinstance(question, str) or invisible(question):  # blank, or only zero-width / format characters
+        got = ("no 'question'" if "question" not in item else f"'question' is {blank_said(question)}"
+               if isinstance(question, str) else f"'question' is {printable(repr(question), 60)}")
+        named = f" (query {printable(repr(ident), 80)})" if "id" in item else ""
+        raise ConfigError(f"{where}{named}: {got}; it must be the question to answer, as visible text.")
     return {"id": ident, "question": question}
 
 

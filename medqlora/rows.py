@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 # max_seq_length). Longer ones are refused rather than tokenized for minutes.
 MAX_FIELD_CHARS = 1_000_000
 
+# Every column name some format reads, as written (formats.dataset_format adds its fields): a column of another case
+# that is one of them is that format's column, not a second copy of a field (medical_o1's 'Question' beside MedQA's
+# 'question' in one real dataset).
+KNOWN_COLUMNS: set[str] = set()
+
 # Where a message's advice says to map columns; a benchmark's items say their eval.benchmarks entry instead.
 DATASET_ENTRY = "in the dataset entry"
 
@@ -118,12 +123,12 @@ def invisible(text: str) -> bool:
 def _response(value: str, name: str) -> str:
     """A response text (what the model learns to produce): blank or invisible is refused, not trained on."""
     if invisible(value):
-        raise DataError(f"field '{printable(name, 60)}' is {_blank_said(value)}, expected the response to learn. Fill "
+        raise DataError(f"field '{printable(name, 60)}' is {blank_said(value)}, expected the response to learn. Fill "
                         "it in or leave the row out.")
     return value
 
 
-def _blank_said(value: str) -> str:
+def blank_said(value: str) -> str:
     """How a blank text is blank, in words: 'empty', 'only whitespace (...)', 'only invisible characters (...)'."""
     if not value:
         return "empty"
@@ -136,7 +141,7 @@ def _question(value: str, name: str) -> str:
     """A question text (what a response answers: an instruction, a user turn, a benchmark's question): blank or
     invisible is refused as a blank response is, since the row would teach an answer to nothing."""
     if invisible(value):
-        raise DataError(f"field '{printable(name, 60)}' is {_blank_said(value)}, expected the question the "
+        raise DataError(f"field '{printable(name, 60)}' is {blank_said(value)}, expected the question the "
                         "response answers (the row would teach that answer to no question). Fill it in or leave the "
                         "row out.")
     return value
@@ -170,23 +175,75 @@ def _uid(value: Any, name: str) -> str | None:
 def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str = "a value",
             content: Callable[[Any], Any] = lambda value: value) -> tuple[str, Any]:
     """(column, value) of the first of ``names`` present in ``row`` with a value (after the spec's mapping; a name
-    mapped in ``columns:`` is tried first). Two of those columns holding different texts, neither chosen by
+    mapped in ``columns:`` is tried first). A column is found as written or with blanks around its name (a
+    spreadsheet's 'instruction '). Two columns that can fill the field (another name of it, the same name with
+    blanks, or in another case: 'Instruction' beside 'instruction'), holding different texts, neither chosen by
     ``columns:``, are refused: which one the field was meant to read is not the kit's to guess. ``content`` gives
     what of a value the format reads (PubMedQA's ``{contexts: [...]}`` object: its list), for that comparison."""
     chosen = [name for name in names if name in spec.columns]
-    order = dict.fromkeys(spec.columns.get(name, name) for name in chosen + [n for n in names if n not in chosen])
-    present = [(column, row[column]) for column in order if column in row]
+    present, cased = _candidates(row, spec, names)
     filled = [(column, value) for column, value in present if value is not None]
     if filled:
         if not chosen:
-            _refuse_two_columns(spec, names[0], filled, content)
+            _refuse_two_columns(spec, names[0], filled + [(c, row[c]) for c in cased if row[c] is not None], content)
         return filled[0]
     if present:
         raise DataError(f"field '{printable(present[0][0], 60)}' is null, expected {expected}.")
     wanted = " or ".join(f"'{printable(spec.columns.get(n, n), 60)}'" for n in names)
     columns = printable(sorted(str(k) for k in row), 300)
-    raise MissingColumnError(f"has no column {wanted}; its columns are {columns}.",
-                             f"Map yours with 'columns:' {DATASET_ENTRY}, e.g. columns: {{{names[0]}: your_column}}.")
+    in_case = f" (names are matched in their case: '{printable(cased[0], 60)}' is not {wanted})" if cased else ""
+    raise MissingColumnError(f"has no column {wanted}; its columns are {columns}{in_case}.",
+                             f"Map yours with 'columns:' {DATASET_ENTRY}, e.g. columns: "
+                             f"{{{names[0]}: {printable(cased[0], 60) if cased else 'your_column'}}}.")
+
+
+def _optional_column(row: dict[str, Any], spec: DatasetSpec, name: str) -> tuple[str, Any]:
+    """(column, value) of an optional field (None when the row has no such column), found as ``_column`` finds
+    one. A column that differs from it in case only ('Input' for 'input') is refused rather than dropped without
+    a word, unless ``columns:`` names the field's column."""
+    present, cased = _candidates(row, spec, (name,))
+    mapped = spec.columns.get(name, name)
+    if name in spec.columns:
+        return present[0] if present else (mapped, None)
+    others = [(column, row[column]) for column in cased if row[column] is not None]
+    filled = [(column, value) for column, value in present if value is not None]
+    if filled:
+        _refuse_two_columns(spec, name, filled + others, lambda value: value)
+        return filled[0]
+    if others:
+        column = printable(others[0][0], 60)
+        raise DataError(f"column '{column}' differs from the {spec.format} format's '{printable(mapped, 60)}' in "
+                        "case only: names are matched in their case, so it would be dropped without a word. Read it "
+                        f"with columns: {{{name}: {column}}} {DATASET_ENTRY}, or rename or remove it.")
+    return present[0] if present else (mapped, None)
+
+
+def _candidates(row: dict[str, Any], spec: DatasetSpec, names: tuple[str, ...]) -> tuple[list, list[str]]:
+    """The (column, value) pairs that can fill a field of ``names`` (mapped names first; each name as written,
+    else with blanks around it), and the row's columns that differ from one of them in case only (never read for
+    it). With a name mapped in ``columns:``, each name reads one column: the user chose it."""
+    chosen = [name for name in names if name in spec.columns]
+    order = dict.fromkeys(spec.columns.get(name, name) for name in chosen + [n for n in names if n not in chosen])
+    present: dict[str, Any] = {}
+    cased: dict[str, None] = {}
+    for column in order:
+        readable, other_case = _spellings(row, column)
+        for found in readable[:1] if chosen else readable:
+            present.setdefault(found, row[found])
+        cased.update(dict.fromkeys(other_case))
+    return list(present.items()), [column for column in cased if column not in present]
+
+
+def _spellings(row: dict[str, Any], column: str) -> tuple[list[str], list[str]]:
+    """The row's columns that are ``column`` as written or with blanks around the name (spreadsheets leave a blank
+    after a header: read as the column), the one as written first; and those that differ from it in case only, but for
+    a name another format reads as written."""
+    bare = column.strip()
+    keys = [key for key in row if isinstance(key, str)]
+    readable = sorted((key for key in keys if key.strip() == bare), key=lambda key: key != column)
+    cased = [key for key in keys if key.strip() != bare and key.strip().casefold() == bare.casefold()
+             and key.strip() not in KNOWN_COLUMNS]
+    return readable, cased
 
 
 def _refuse_two_columns(spec: DatasetSpec, field_name: str, filled: list[tuple[str, Any]],

@@ -119,9 +119,11 @@ QUERY_ROWS = [  # (queries file text, bytes or None for no file, fragment)
     (_queries("  - just text\n"), "queries.yaml:2: entry 1 is 'just text'; expected a list of {id, question}"),
     ("queries: []\n", "queries.yaml: no queries"),
     ("queries: hello\n", "expected a list of {id, question} entries"),
-    (_queries("  - id: a\n    question: ok\n  - id: b\n"), "queries.yaml:4: entry 2: no 'question'; it must be non-empty"),
-    (_queries("  - id: a\n    question: '   '\n"), "entry 1: 'question' is '   '; it must be non-empty text"),
-    (_queries("  - id: a\n    question: 42\n"), "entry 1: 'question' is 42"),
+    (_queries("  - id: a\n    question: ok\n  - id: b\n"),
+     "queries.yaml:4: entry 2 (query 'b'): no 'question'; it must be the question"),
+    (_queries("  - id: a\n    question: '   '\n"), "entry 1 (query 'a'): 'question' is only whitespace ('   '); "
+     "it must be the question to answer, as visible text"),
+    (_queries("  - id: a\n    question: 42\n"), "entry 1 (query 'a'): 'question' is 42"),
     (_queries("  - id: a\n    qestion: typo\n"), "entry 1: unknown key 'qestion'; an entry has id and question"),
     (_queries("  - id: a\n    question: x\n  - id: a\n    question: y\n"), "queries.yaml:2 and {dir}/queries.yaml:4: "
      "the id 'a' is used twice"),

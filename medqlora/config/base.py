@@ -1,7 +1,7 @@
 """What every part of the schema stands on: where the kit's own files are (``KIT_ROOT``: the checkout or
 the wheel's ``_kit``), the caps on sizes and counts, the aliases of old key names, text without control
-characters (``PathText``), hub ids, and ``Section``, the strict base of every config section (unknown keys,
-nan/inf and booleans for numbers are refused)."""
+characters (``PathText``; ``LocalPath`` for a file or folder), hub ids, and ``Section``, the strict base of every
+config section (unknown keys, nan/inf and booleans for numbers are refused)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,26 @@ def _no_control_characters(text: str | None) -> str | None:
 
 
 PathText = Annotated[str, AfterValidator(_no_control_characters)]
+
+
+class _NamesAPath:
+    """Schema mark of a setting whose value is a file or folder (where ~/ means the home folder), as against a
+    name (a split, a run name) or a module."""
+
+
+NAMES_A_PATH = _NamesAPath()
+LocalPath = Annotated[str, AfterValidator(_no_control_characters), NAMES_A_PATH]
+
+
+def names_a_path(field: Any) -> bool:
+    """True for a pydantic field declared as ``LocalPath`` (or an optional one)."""
+    if field is None:
+        return False
+    if NAMES_A_PATH in field.metadata:
+        return True
+    members = typing.get_args(field.annotation) if typing.get_origin(field.annotation) in (typing.Union,
+                                                                                           types.UnionType) else ()
+    return any(typing.get_origin(m) is typing.Annotated and NAMES_A_PATH in m.__metadata__ for m in members)
 
 
 class Section(BaseModel):

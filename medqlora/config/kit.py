@@ -12,14 +12,14 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from ..formats import BENCHMARK_KINDS, columns_problem
 from ..rows import invisible
 from ..secrets import printable
-from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, PathText, Section
+from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, LocalPath, PathText, Section
 from .sections import BenchmarkKindName, DataSection, DatasetSpec, LoraSection, ModelSection, TrainingSection
 
 BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)] | Literal["auto"]
 
 
 class GenerationSection(Section):
-    queries_file: PathText = "examples/test_queries.yaml"
+    queries_file: LocalPath = "examples/test_queries.yaml"
     max_new_tokens: int = Field(256, gt=0, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0, le=100, description="0: greedy decoding")
     top_p: float = Field(0.9, gt=0, le=1)
@@ -45,7 +45,7 @@ class BenchmarkSpec(Section):
         ..., description="cot: medical-o1 rows, generated and checked for format, reasoning length and ROUGE-L"
     )
     cot_style: Literal["huatuo", "tags"] = "huatuo"
-    source: PathText | None = Field(None, description="default for pubmedqa: the official 500-question test split")
+    source: LocalPath | None = Field(None, description="default for pubmedqa: the official 500-question test split")
     subset: PathText | None = None
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default test)")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
@@ -82,9 +82,10 @@ class LmEvalSection(Section):
                              "| mmlu_<subject>")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="a seeded sample per task (null: the "
                                   "max_items of the kit's benchmark of the same name, else every item)")
-    medqa: PathText | None = Field(None, description="MedQA 4-option JSONL (question, options, answer_idx)")
-    medmcqa: PathText | None = Field(None, description="MedMCQA JSONL (default: data/medmcqa/heldout.jsonl)")
-    mmlu_dir: PathText | None = Field(None, description="MMLU test files: <subject>_test.csv, <subject>/test-*.parquet")
+    medqa: LocalPath | None = Field(None, description="MedQA 4-option JSONL (question, options, answer_idx)")
+    medmcqa: LocalPath | None = Field(None, description="MedMCQA JSONL (default: data/medmcqa/heldout.jsonl)")
+    mmlu_dir: LocalPath | None = Field(
+        None, description="MMLU test files: <subject>_test.csv, <subject>/test-*.parquet")
     apply_chat_template: bool = Field(False, description="wrap each prompt in the chat template and system prompt")
 
     @field_validator("tasks")
@@ -307,7 +308,7 @@ NAME_MAX_BYTES = 255  # the longest file or folder name of common file systems, 
 
 
 class OutputSection(Section):
-    dir: PathText = "outputs"
+    dir: LocalPath = "outputs"
     run_name: PathText | None = Field(None, max_length=200, description="Default: <model>-<dataset>-<timestamp>")
 
     @field_validator("run_name")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
 from ..errors import ConfigError
@@ -322,10 +323,19 @@ def _allowed_range(loc: tuple) -> str:
 
 def _value_hint(error: dict, typed: dict[tuple, str]) -> str:
     """What YAML made of a value the setting does not take (text read as a number, ``~`` read as null)."""
-    loc = tuple(error["loc"])
-    model = _model_at(loc[:-1]) if loc else None
-    field = model.model_fields.get(loc[-1]) if model is not None and isinstance(loc[-1], str) else None
-    return quote_hint(error, typed) + null_hint(error, typed, has_default=field is not None and not field.is_required())
+    depth, field = _setting_of(tuple(error["loc"]))
+    return quote_hint(error, typed) + null_hint(error, typed, field, depth)
+
+
+def _setting_of(loc: tuple) -> tuple[int, FieldInfo | None]:
+    """How many parts of ``loc`` name the setting (the rest: an element of its list or mapping,
+    ``lora.target_modules`` of ``lora.target_modules.1``), and the setting's field (None where none is found)."""
+    for depth in range(len(loc), 0, -1):
+        model = _model_at(loc[:depth - 1])
+        name = loc[depth - 1]
+        if model is not None and isinstance(name, str) and name in model.model_fields:
+            return depth, model.model_fields[name]
+    return len(loc), None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

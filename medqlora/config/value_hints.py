@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..secrets import printable
+from .base import names_a_path
 
 
 def quote_hint(error: dict, typed: dict[tuple, str]) -> str:
@@ -23,14 +26,35 @@ def quote_hint(error: dict, typed: dict[tuple, str]) -> str:
     return f" YAML read the value as {kind}; if it is meant as text, put it in quotes."
 
 
-def null_hint(error: dict, typed: dict[tuple, str], has_default: bool) -> str:
+def null_hint(error: dict, typed: dict[tuple, str], field: Any, depth: int) -> str:
     """For a setting YAML read as null (``output.dir: ~`` meant as the home folder, ``null``, or a key with
-    nothing after its colon, or --set key=): say so, and what to write instead."""
+    nothing after its colon, or --set key=): say so, and what to write instead. ``field`` is the setting's and
+    ``depth`` how many parts of the error's place name it; a null below them is an element of its list or mapping
+    (``lora.target_modules=[q_proj, ~]``), named as such. The home-folder advice is for settings that name a file or
+    folder only."""
     if error.get("input", "") is not None or error["type"] == "missing":
         return ""
-    given_by_set = tuple(error["loc"]) in typed
+    loc = tuple(error["loc"])
+    given_by_set = any(loc[:end] in typed for end in range(1, len(loc) + 1))
+    if depth < len(loc):
+        return _null_element(loc, depth, given_by_set)
     empty = "nothing after =" if given_by_set else "a key with nothing after its colon"
     home = (" (~ alone is not your home folder: for a folder under it, write ~/ and the rest, ~/outputs)"
-            if error["type"] == "string_type" else "")
+            if error["type"] == "string_type" and names_a_path(field) else "")
+    has_default = field is not None and not field.is_required()
     leave_out = (", or leave out this --set" if given_by_set else ", or leave the key out") + " for its default"
     return f" YAML reads ~, null and {empty} as no value: give the value{home}{leave_out if has_default else ''}."
+
+
+def _null_element(loc: tuple, depth: int, given_by_set: bool) -> str:
+    """The null is an element of a setting's list or mapping: which one, and to give it or remove it."""
+    setting = printable(".".join(str(p) for p in loc[:depth]), 120)
+    inner = printable(".".join(str(p) for p in loc[depth:-1]), 120)
+    holder = f"{setting}.{inner}" if inner else setting
+    last = loc[-1]
+    if isinstance(last, int):
+        which, remove = f"element {last} (counted from 0) of the list {holder}", "remove it from the list"
+    else:
+        which, remove = f"the value of '{printable(str(last), 80)}' in {holder}", "remove that key"
+    nulls = "~ and null" if given_by_set or isinstance(last, int) else "~, null and a key with nothing after its colon"
+    return f" YAML reads {nulls} as no value, and {which} is one: give it, or {remove}."

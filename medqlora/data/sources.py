@@ -259,6 +259,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if not rows and line.lstrip().startswith("["):
+                _refuse_json_array(path)
             try:
                 row = json.loads(line, parse_int=parse_int, parse_float=parse_float, object_pairs_hook=pairs_once)
             except ValueError as err:
@@ -271,6 +273,20 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             lines.append(number)
     rows.lines = lines
     return rows
+
+
+def _refuse_json_array(path: Path) -> None:
+    """A .jsonl file whose content is one JSON array of records (on one line or pretty-printed): JSON, not JSON
+    Lines (an array of other values keeps the line's own message). Refused as a .json file holding JSON lines is
+    (name it .jsonl), the other way round."""
+    try:
+        payload = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except ValueError:
+        return  # not one JSON document: the line-by-line reading says where it goes wrong
+    if isinstance(payload, list) and payload and all(isinstance(item, dict) for item in payload):
+        raise DataError(f"{path}: the file is one JSON array of {len(payload):,} records, not JSON Lines (one "
+                        "object a line, which a .jsonl file holds). Name it .json (the kit reads a .json file "
+                        "holding a list of records), or write one object per line.")
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

@@ -59,9 +59,9 @@ TOKENIZER_FILES = ("tokenizer.json", "*.model", "vocab.json", "merges.txt", "voc
 
 
 def tokenizer_load_errors(source: str, err: Exception) -> ModelError:
-    """A tokenizer that did not load: where model.name is a local folder without a tokenizer file (a model saved
-    with model.save_pretrained alone), that said (transformers then asks for sentencepiece or tiktoken, which would
-    not help); else as any failed load (load_errors)."""
+    """A tokenizer that did not load (or a model loaded with its tokenizer, as Unsloth does): where model.name is a
+    local folder without a tokenizer file (a model saved with model.save_pretrained alone), that said (transformers
+    then asks for sentencepiece or tiktoken, which would not help); else as any failed load (load_errors)."""
     folder = Path(source).expanduser()
     if in_conversion_cache(source, gguf.CACHE_DIR) or not folder.is_dir() \
             or any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):

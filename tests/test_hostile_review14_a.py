@@ -4,8 +4,6 @@ changed in its middle (which breaks every 13-word sequence holding it), and a tr
 spelt `holdout` or `hold_out`."""
 
 import json
-import random
-import time
 from pathlib import Path
 
 import pytest
@@ -139,21 +137,6 @@ def test_a_question_with_a_word_misspelt_or_changed_in_its_middle_is_refused(eva
 ])
 def test_two_different_questions_on_the_same_topic_are_not_refused(evaluation, training):
     assert find_overlap(_train(training), _evaluation(evaluation)) == []
-
-
-def test_changed_words_are_looked_for_fast_in_10k_training_texts_against_1k_questions():
-    rng = random.Random(0)
-    findings = ["fever", "cough", "weakness", "headache", "rash", "diarrhea", "dyspnea", "jaundice", "syncope"]
-
-    def vignette() -> str:
-        return (f"A {rng.randrange(18, 90)}-year-old {rng.choice(['man', 'woman', 'boy', 'girl'])} presents with "
-                f"{rng.randrange(2, 9)} days of {rng.choice(findings)} and {rng.choice(findings)} after a history "
-                f"of {rng.choice(findings)}. Which of the following is the most likely diagnosis?")
-    evaluation = _evaluation(*(vignette() for _ in range(1000)))
-    train = _train(*(f"{vignette()} {vignette()}" for _ in range(10_000)))
-    started = time.perf_counter()
-    find_overlap(train, evaluation)
-    assert time.perf_counter() - started < 30  # about 1.5 s here; the n-gram search alone about the same
 
 
 def test_the_shipped_medmcqa_split_passes_the_guard_that_made_it():

@@ -100,17 +100,23 @@ def refuse_special_files(folder: Path) -> None:
 def check_finite(folder: Path) -> None:
     """Refuse an adapter whose LoRA weights hold NaN or infinity, read from its safetensors file (no model needed:
     an adapter is small), as loading it would refuse it."""
+    bad = non_finite_weights(folder / WEIGHTS_NAME)
+    if bad:
+        raise non_finite(folder, bad)
+
+
+def non_finite_weights(file: Path) -> list[str]:
+    """The names of the floating-point tensors of a safetensors file that hold a NaN or an infinity."""
     import torch
     from safetensors import safe_open
 
     bad = []
-    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as weights:
+    with safe_open(str(file), framework="pt") as weights:
         for name in weights.keys():  # noqa: SIM118 (a safetensors file, not a dict)
             tensor = weights.get_tensor(name)
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 bad.append(name)
-    if bad:
-        raise non_finite(folder, bad)
+    return bad
 
 
 def non_finite(folder: Path, bad: list[str]) -> ModelError:

@@ -100,17 +100,23 @@ def refuse_special_files(folder: Path) -> None:
 def check_finite(folder: Path) -> None:
     """Refuse an adapter whose LoRA weights hold NaN or infinity, read from its safetensors file (no model needed:
     an adapter is small), as loading it would refuse it."""
+    bad = non_finite_weights(folder / WEIGHTS_NAME)
+    if bad:
+        raise non_finite(folder, bad)
+
+
+def non_finite_weights(file: Path) -> list[str]:
+    """The names of the floating-point tensors of a safetensors file that hold a NaN or an infinity."""
     import torch
     from safetensors import safe_open
 
     bad = []
-    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as weights:
+    with safe_open(str(file), framework="pt") as weights:
         for name in weights.keys():  # noqa: SIM118 (a safetensors file, not a dict)
             tensor = weights.get_tensor(name)
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 bad.append(name)
-    if bad:
-        raise non_finite(folder, bad)
+    return bad
 
 
 def non_finite(folder: Path, bad: list[str]) -> ModelError:
@@ -320,8 +326,9 @@ def check_ranks(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[in
 
 def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
     """Refuse an adapter whose safetensors lack tensors its adapter_config.json implies (a partial copy, layers
-    deleted, use_dora without its magnitude vectors): PEFT would fill them in with fresh values, with a warning.
-    ``model`` is the PeftModel just loaded from ``folder``."""
+    deleted, use_dora without its magnitude vectors): PEFT would fill them in with fresh values, with a warning;
+    or hold tensors it does not imply (_no_foreign_tensors). ``model`` is the PeftModel just loaded from
+    ``folder``."""
     from peft import get_peft_model_state_dict
 
     try:
@@ -329,8 +336,9 @@ def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
             expected = set(get_peft_model_state_dict(model))
     except Exception:  # a model PEFT cannot describe: nothing to compare with
         return
-    present = set(header_shapes(folder / WEIGHTS_NAME))
-    missing = sorted(expected - present)
+    shapes = header_shapes(folder / WEIGHTS_NAME)
+    _no_foreign_tensors(shapes, expected, where or folder)
+    missing = sorted(expected - set(shapes))
     if missing:
         what = ("magnitude vectors of DoRA (its config says use_dora: true)"
                 if all("lora_magnitude_vector" in k for k in missing) else "tensors")
@@ -338,6 +346,26 @@ def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
             f"The adapter in {printable(where or folder)} is incomplete: {WEIGHTS_NAME} lacks {len(missing)} "
             f"{what} that its {CONFIG_NAME} implies (e.g. {printable(missing[0], 160)}). Loading it would put "
             "freshly made values in their place. Copy the whole adapter again, or train it again.")
+
+
+def _no_foreign_tensors(shapes: dict[str, tuple[int, ...]], expected: set[str], where: str | Path) -> None:
+    """Every tensor of the file must be one the adapter's config implies (its LoRA matrices, modules_to_save, DoRA's
+    magnitudes: what PEFT itself saves for that config): PEFT loads any other tensor over the base model's weight of
+    that name without a word (an embedding of zeros in an adapter from elsewhere made every reply empty)."""
+    foreign = sorted(set(shapes) - expected)
+    if not foreign:
+        return
+    shown = ", ".join(f"{printable(key, 120)} {list(shapes[key])}" for key in foreign[:3])
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    names = sorted({key.removeprefix("base_model.model.").rsplit(".", 2)[-2] for key in foreign})
+    one = len(foreign) == 1
+    raise ModelError(
+        f"The adapter in {printable(where)} holds {'a tensor' if one else f'{len(foreign)} tensors'} that its "
+        f"{CONFIG_NAME} does not imply (no LoRA weight of its target_modules, no module of its modules_to_save): "
+        f"{shown}{more}. Loading the adapter would put {'it' if one else 'them'} over the base model's own "
+        f"weight{'' if one else 's'} of that name. Remove {'it' if one else 'them'} from {WEIGHTS_NAME}; or, where "
+        f"the adapter was trained to replace {'that module' if one else 'those modules'} in full, list "
+        f"{printable(', '.join(names[:3]), 120)} in modules_to_save of {CONFIG_NAME}.")
 
 
 @contextlib.contextmanager

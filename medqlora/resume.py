@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapters, data, model_files
+from .checkpoint_files import check_checkpoint
 from .config import KitConfig, load_config
 from .errors import ConfigError, ModelError
 from .run_commands import command_on_run, on_run
@@ -55,6 +56,7 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
     cfg = load_config(saved)
+    check_checkpoint(checkpoint)
     _check_start_adapter(run, cfg, checkpoint)
     _check_resumable_config(run, cfg, checkpoint)
     _check_resumable_data(run, cfg)

@@ -6,12 +6,14 @@ first one's."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 from .errors import MedQLoRAError
 from .regular_files import not_a_private_file
+from .run_commands import shell_word
 from .secrets import printable
 
 try:
@@ -36,8 +38,7 @@ def lock_run_folder(run: Path) -> None:
             os.close(fd)
             raise OSError(0, problem)
     except OSError as err:
-        raise MedQLoRAError(f"Cannot open {printable(run / LOCK_FILE)} ({err.strerror}): the run folder's lock file "
-                            "must be a regular file the kit can write. Remove whatever is there.") from None
+        raise _cannot_lock(run, err) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -51,6 +52,23 @@ def lock_run_folder(run: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+
+
+def _cannot_lock(run: Path, err: OSError) -> MedQLoRAError:
+    """The lock file cannot be opened for writing: the folder's file system (read-only, full), or something other
+    than a regular file the kit may write at .lock (only that is for the user to remove)."""
+    lock = printable(run / LOCK_FILE)
+    if err.errno == errno.EROFS:
+        return MedQLoRAError(
+            f"Cannot write in the run folder {printable(run)}: it is on a read-only file system (a read-only mount, "
+            f"a write-protected card), and this command writes its lock ({LOCK_FILE}) and its results there. Copy the "
+            f"run folder to a writable place (cp -r {shell_word(run)} <folder>) and give that copy to --adapter (or "
+            "--resume).")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MedQLoRAError(f"Cannot create {lock}, the run folder's lock file: {err.strerror}. Free some space "
+                             "there and run the command again.")
+    return MedQLoRAError(f"Cannot open {lock} ({err.strerror}): the run folder's lock file must be a regular file "
+                         "the kit can write. Remove whatever is there.")
 
 
 def lock_holder(run: Path) -> str | None:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,14 @@ class _RunLogHandler(logging.FileHandler):
 
     def _open(self) -> Any:
         return _open_log(self._run)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line that cannot be written (a full disk, a file-size limit): lost, quietly. Python's default prints
+        '--- Logging error ---' and a traceback on stderr for every line; the kit's own writes (the manifest, a
+        checkpoint) meet the same disk and say what to change, in one message."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handleError(record)
 
 
 @dataclass

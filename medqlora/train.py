@@ -25,7 +25,7 @@ from .step_reads import DeferredStepReads
 from .tracking import add_tracking, tracking_env
 from .trainer_args import common_args, one_gpu
 from .trainer_run import run_trainer, save_adapter, stop_on_non_finite
-from .write_errors import safetensors_os_errors
+from .write_errors import library_os_errors
 
 
 @dataclass
@@ -164,7 +164,8 @@ class _FsdpLoraCheckpoints:
     gathered LoRA weights, and a resumed run puts them back into its shards. Mixed into the trainer class."""
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        with safetensors_os_errors():  # a full disk while checkpointing: the run's OSError handling, not a traceback
+        # a full disk while checkpointing: the run's OSError handling, not a traceback
+        with library_os_errors(Path(self._get_output_dir(trial))):
             if sharding() == "fsdp":
                 save_fsdp_lora(self.model, Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}")
             super()._save_checkpoint(model, trial)

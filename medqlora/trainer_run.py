@@ -16,12 +16,12 @@ from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
 from .messages import log
-from .run_commands import on_run
+from .run_commands import command_on_run, on_run
 from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
 from .sharded import write_gathered_adapter
-from .write_errors import safetensors_os_errors
+from .write_errors import is_write_error, library_os_errors, write_advice
 
 
 def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, resume_from: Path | None,
@@ -35,12 +35,23 @@ def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: R
         _remove_incomplete_checkpoints(run)
         if _is_cuda_oom(err):
             raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
+        if is_write_error(err):
+            raise _write_failed(err, run, trainer.state.global_step) from None
         if resume_from is not None and speed.steps_here == 0 and _is_damaged_file(err):
             raise MedQLoRAError(
                 f"{resume_from} is damaged ({type(err).__name__}: {printable(str(err), 160)}): its state cannot be "
                 f"loaded. Move it out of {run.path / 'checkpoints'} to resume from the checkpoint before it, or "
                 "train again without --resume.") from None
         raise
+
+
+def _write_failed(err: OSError, run: RunDir, step: int) -> MedQLoRAError:
+    """A write into the run folder failed during training (a checkpoint, its tokenizer files, the TensorBoard log)."""
+    kept = [p for p in (run.path / Files.CHECKPOINTS).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    again = (f"then continue from its last checkpoint: {command_on_run('train', '--resume', run.path)}" if kept
+             else "then train again (the run had no checkpoint yet)")
+    return MedQLoRAError(f"Training stopped at step {step}: cannot write in the run folder {printable(run.path)} "
+                         f"({err.strerror}); a checkpoint being written was removed. {write_advice(err)}, {again}.")
 
 
 def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> TrainingInterrupted:
@@ -131,22 +142,20 @@ def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any
         partial = run.fresh_dir(Files.ADAPTER_PARTIAL)  # a leftover of a crash (or a link there) is removed first
         if run.adapter.exists() or run.adapter.is_symlink():  # saved at Ctrl-C, before this resumed run: keep it aside
             run.adapter.rename(run.inside(run.unique(Files.ADAPTER_INTERRUPTED)))
-        with safetensors_os_errors():
+        with library_os_errors():  # safetensors and the tokenizers library report a failed write their own way
             if weights is None:
                 model.save_pretrained(str(partial), safe_serialization=True)
             else:
                 write_gathered_adapter(model, weights, partial)
-        tokenizer.save_pretrained(str(partial))
+            tokenizer.save_pretrained(str(partial))
         _usual_permissions(partial)
         record_saved(run, partial)  # manifest.json: the weights this run wrote, to tell them from a copy over them
         partial.rename(run.adapter)
     except OSError as err:
         if partial.is_dir() and not partial.is_symlink():
             shutil.rmtree(partial, ignore_errors=True)  # an incomplete adapter is worth nothing
-        raise MedQLoRAError(
-            f"Cannot save the adapter in {run.path}: {err.strerror}. Free some space (or choose another "
-            f"--output-dir) and train again; the incomplete files were removed."
-        ) from None
+        raise MedQLoRAError(f"Cannot save the adapter in {run.path}: {err.strerror}. {write_advice(err)} and train "
+                            "again; the incomplete files were removed.") from None
     log.info("adapter saved to %s", run.adapter)
 
 

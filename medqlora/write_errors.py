@@ -1,32 +1,80 @@
-"""Failed writes that do not arrive as OSError: safetensors reports a full disk (or a read-only or vanished folder)
-as its own SafetensorError, whose text ends in the OS error's number. The kit's handlers of a full disk (the
-incomplete checkpoint or adapter removed, one message, exit 2) take OSError: this turns the one into the other."""
+"""Failed writes: the ones that do not arrive as OSError, and what one message advises for each kind.
+
+Libraries written in Rust report an I/O error as their own exception type with the OS error in its text:
+safetensors' SafetensorError (`Error while serializing: I/O error: No space left on device (os error 28)`) and the
+tokenizers library's bare Exception (`No space left on device (os error 28)`, tokenizer.json on a full disk). The
+kit's handlers of a failed write (the incomplete checkpoint or adapter removed, one message, exit 2) take OSError:
+``library_os_errors`` turns the one into the other, whatever the library's exception type."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
+# The errors of a write the user can fix by where the run goes: a full disk or quota, a file-size limit, a
+# read-only file system, no permission.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
 
 def as_os_error(err: BaseException) -> OSError | None:
-    """The OSError a safetensors error carries in its text ('... No space left on device (os error 28)'), or None."""
-    if type(err).__name__ != "SafetensorError":
+    """The OSError a library's error carries in its text ('... No space left on device (os error 28)', Rust's
+    form of an I/O error), or None (an OSError itself, or an error without one)."""
+    if isinstance(err, OSError):
         return None
     found = _OS_ERROR.search(str(err))
     return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
 
 
 @contextmanager
-def safetensors_os_errors() -> Iterator[None]:
-    """Inside the block, a safetensors error that carries an OS error is raised as that OSError."""
+def library_os_errors(folder: Path | None = None) -> Iterator[None]:
+    """Inside the block, a library's error that carries an OS error is raised as that OSError. ``folder``: where the
+    block writes; a library error that names no OS error (torch's checkpoint writer on a full disk says only
+    'unexpected pos 64 vs 0' or 'iostream error') is raised as the OSError a small write there meets now, if any."""
     try:
         yield
     except Exception as err:
         converted = as_os_error(err)
+        if converted is None and folder is not None and not isinstance(err, OSError):
+            converted = _write_fails_in(folder)
         if converted is None:
             raise
         raise converted from err
+
+
+PROBE_BYTES = 1 << 16
+
+
+def _write_fails_in(folder: Path) -> OSError | None:
+    """The OSError writing (and flushing) a small file in ``folder`` raises now, or None when it succeeds."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".medqlora-write-check-") as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        return err
+    return None
+
+
+def is_write_error(err: BaseException) -> bool:
+    """A failed write that the place written to explains (full, size-limited, read-only, not permitted)."""
+    return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
+
+
+def write_advice(err: OSError, where: str = "--output-dir") -> str:
+    """What to change after the failed write ``err``: a sentence, capitalised, without its final stop naming ``where`` the files go."""
+    if err.errno == errno.EFBIG:
+        return ("The file system there limits the size of one file (FAT32 drives: 4 GiB), or the shell limits it "
+                f"(ulimit -f): choose a {where} on another file system (ext4, NTFS, APFS), or raise the limit")
+    if err.errno == errno.EROFS:
+        return f"That folder is on a read-only file system: choose a {where} on a writable one"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"You may not write in that folder: choose another {where}, or one you own"
+    return f"Free some space (or choose another {where})"

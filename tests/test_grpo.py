@@ -254,12 +254,19 @@ def test_generation_memory_follows_the_whole_generation_batch_whatever_the_micro
     choice = fit.auto_fit(shape, cfg, "unsloth", 15.0, seq_len=193)
     assert choice.micro_batch_size * choice.gradient_accumulation_steps == 8
     assert choice.estimate.generation_gib * fit.GIB >= kv_cache
-    with pytest.raises(ConfigError, match="generation 4.1"):  # measured 13.9 GiB: within the estimate, not the margin
-        fit.auto_fit(shape, cfg, "hf", 15.0, seq_len=193)
+    on_a_t4 = fit.auto_fit(shape, cfg, "hf", 15.0, seq_len=193)  # measured 13.9 GiB with fp32 frozen weights
+    assert on_a_t4.estimate.total_gib >= 13.92 - fp32_copy_gib(shape)
+
+
+def fp32_copy_gib(shape) -> float:
+    """What the hf backend's peaks below held more than today: they were measured when PEFT's k-bit preparation
+    kept fp32 copies of the embeddings and output layer (2 bytes a value more than bf16); the kit now freezes the
+    base without that upcast (backends.lora.freeze_base). An inference from the dtypes, not a new measurement."""
+    return shape.embedding_params() * 2 / fit.GIB
 
 
 # GRPO at the Llama-3.1-8B shape on an H200 (docs/benchmarks.md): backend, group, completion length, the micro-batch
-# x accumulation auto-fit chose, and the peak reserved GiB measured
+# x accumulation auto-fit chose, and the peak reserved GiB measured (hf: with fp32 frozen weights, see above)
 MEASURED_GRPO_PEAKS = [("unsloth", 4, 512, 4, 1, 7.35), ("unsloth", 8, 512, 8, 1, 8.21), ("unsloth", 4, 2048, 2, 2, 10.01),
                        ("unsloth", 8, 2048, 2, 4, 13.16), ("hf", 4, 512, 4, 1, 12.49), ("hf", 8, 512, 4, 2, 12.98),
                        ("hf", 4, 2048, 1, 4, 12.61), ("hf", 8, 2048, 1, 8, 13.92)]
@@ -277,7 +284,8 @@ def test_grpo_memory_estimate_is_never_below_the_measured_peak(backend, group, l
                              f"training.gradient_accumulation_steps={accumulation}"])
     checkpointing = "unsloth" if backend == "unsloth" else True
     estimate = fit.estimate(shape, cfg, backend, micro, checkpointing, seq_len=193)  # the longest prompt: 193 tokens
-    assert measured_gib <= estimate.total_gib <= measured_gib * 1.6
+    expected = measured_gib - (fp32_copy_gib(shape) if backend == "hf" else 0)
+    assert expected <= estimate.total_gib <= expected * 1.6
 
 
 def test_format_style_follows_the_data_or_the_init_adapter(tmp_path):

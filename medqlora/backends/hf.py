@@ -12,6 +12,7 @@ from ..distributed import local_rank, sharding
 from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
+from ..shown_paths import quoted_path
 from . import gguf
 from .finite import check_finite_weights
 from .gguf_cache import damaged_cache_error, in_conversion_cache
@@ -52,6 +53,26 @@ def load_errors(source: str, err: Exception) -> ModelError:
     return ModelError(f"Cannot load model '{source}': {text[:500]}\n{hint}")
 
 
+# The files a tokenizer is read from (a fast tokenizer's tokenizer.json; SentencePiece, BPE, WordPiece and tiktoken
+# vocabularies): a folder with none of them has no tokenizer, whatever its tokenizer_config.json says.
+TOKENIZER_FILES = ("tokenizer.json", "*.model", "vocab.json", "merges.txt", "vocab.txt", "*.tiktoken", "*.spm")
+
+
+def tokenizer_load_errors(source: str, err: Exception) -> ModelError:
+    """A tokenizer that did not load (or a model loaded with its tokenizer, as Unsloth does): where model.name is a
+    local folder without a tokenizer file (a model saved with model.save_pretrained alone), that said (transformers
+    then asks for sentencepiece or tiktoken, which would not help); else as any failed load (load_errors)."""
+    folder = Path(source).expanduser()
+    if in_conversion_cache(source, gguf.CACHE_DIR) or not folder.is_dir() \
+            or any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):
+        return load_errors(source, err)
+    return ModelError(f"model.name: the folder {quoted_path(source)} holds no tokenizer files (tokenizer.json, or a "
+                      "vocabulary such as tokenizer.model or vocab.json), so its tokenizer cannot load: a model saved "
+                      "without its tokenizer (model.save_pretrained alone)? Copy the tokenizer files of the model it "
+                      "was trained from (tokenizer.json, tokenizer_config.json, special_tokens_map.json) beside its "
+                      "weights, or save them there with tokenizer.save_pretrained(folder).")
+
+
 def hf_base(cfg: KitConfig, runtime: Runtime, source: str, tokenizer: Any = None) -> tuple[Any, Any]:
     """The base model of ``source`` and its tokenizer (``tokenizer`` when one was loaded from it before)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,6 +88,9 @@ def hf_base(cfg: KitConfig, runtime: Runtime, source: str, tokenizer: Any = None
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as err:
+        raise tokenizer_load_errors(source, err) from None
+    try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as err:
         raise load_errors(source, err) from None

@@ -12,7 +12,7 @@ from ..config import KitConfig
 from ..errors import ModelError
 from ..messages import say
 from ..secrets import printable
-from .hf import load_errors
+from .hf import tokenizer_load_errors
 
 CHAT_TEMPLATES = {
     # model.chat_template: false (base models): plain text. The system prompt and a blank line, the user text as
@@ -161,7 +161,7 @@ def load_tokenizer(cfg: KitConfig, source: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
     except Exception as err:
-        raise load_errors(source, err) from None
+        raise tokenizer_load_errors(source, err) from None
     check_vocabulary_fits(tokenizer, config_rows(source, cfg.model.trust_remote_code), source, "its config.json gives")
     return prepare_tokenizer(tokenizer, cfg)
 

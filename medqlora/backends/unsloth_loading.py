@@ -8,7 +8,7 @@ from typing import Any
 from ..config import KitConfig
 from ..distributed import local_rank, world_size
 from .finite import check_finite_weights
-from .hf import check_context_length, load_errors
+from .hf import check_context_length, tokenizer_load_errors
 from .runtime import Runtime, torch_dtype
 
 
@@ -29,7 +29,7 @@ def unsloth_base(cfg: KitConfig, runtime: Runtime, source: str) -> tuple[Any, An
             **({"device_map": {"": local_rank()}} if world_size() > 1 else {}),
         )
     except Exception as err:
-        raise load_errors(source, err) from None
+        raise tokenizer_load_errors(source, err) from None  # Unsloth loads the tokenizer with the model
     check_context_length(model.config, cfg)
     check_finite_weights(model, cfg.model.name, source)
     return model, tokenizer

@@ -13,7 +13,7 @@ from __future__ import annotations
 from .base import (  # noqa: F401
     KIT_ROOT, DEFAULT_CONFIG, PRESETS_DIR, ALL_LINEAR, KEY_ALIASES, YAML_MAX_BYTES, YAML_MAX_VALUES, CONFIG_TOO_MANY,
     YAML_MAX_DEPTH, MAX_STEPS, MAX_BATCH, MAX_NEW_TOKENS, MAX_CONTEXT, PATH_SHOWN, has_control_characters, PathText,
-    Section, hub_id_problem)
+    PathValue, Section, hub_id_problem)
 from .sections import (  # noqa: F401
     ModelSection, LoraSection, DatasetFormatName, BenchmarkKindName, DatasetSpec, TEMPLATE_FIELDS, template_fields,
     DataSection, TrainingSection, DEFAULT_WARMUP_RATIO, TRAINER_OPTIMIZERS, BITSANDBYTES_OPTIMIZERS,

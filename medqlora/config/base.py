@@ -1,7 +1,8 @@
 """What every part of the schema stands on: where the kit's own files are (``KIT_ROOT``: the checkout or
 the wheel's ``_kit``), the caps on sizes and counts, the aliases of old key names, text without control
-characters (``PathText``; ``LocalPath`` for a file or folder), hub ids, and ``Section``, the strict base of every
-config section (unknown keys, nan/inf and booleans for numbers are refused)."""
+characters (``PathText``; ``PathValue`` for paths: no quote marks around one, no environment variable in one),
+hub ids, and ``Section``, the strict base of every config section (unknown keys, nan/inf and booleans for numbers
+are refused)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from ..secrets import printable
+from ..shown_paths import spelling_problem
 
 
 def _kit_root() -> Path:
@@ -80,17 +82,28 @@ def _no_control_characters(text: str | None) -> str | None:
 PathText = Annotated[str, AfterValidator(_no_control_characters)]
 
 
+def _taken_as_written(text: str | None) -> str | None:
+    """A path setting wrapped in quote marks or naming an environment variable ($HOME/runs), and not there as
+    written, is refused: the kit would look for, or make, a path of those very characters."""
+    problem = spelling_problem(text) if text is not None else None
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
 class _NamesAPath:
-    """Schema mark of a setting whose value is a file or folder (where ~/ means the home folder), as against a
-    name (a split, a run name) or a module."""
+    """Schema mark of a setting whose value is a path (where ~/ means the home folder), as against a name (a
+    split, a run name) or a module: what the advice on a YAML null may say of ~."""
 
 
 NAMES_A_PATH = _NamesAPath()
-LocalPath = Annotated[str, AfterValidator(_no_control_characters), NAMES_A_PATH]
+
+# A path setting (a file, folder or model to read, a folder to write): PathText, spelled as the path itself.
+PathValue = Annotated[str, AfterValidator(_no_control_characters), AfterValidator(_taken_as_written), NAMES_A_PATH]
 
 
 def names_a_path(field: Any) -> bool:
-    """True for a pydantic field declared as ``LocalPath`` (or an optional one)."""
+    """True for a pydantic field declared as ``PathValue`` (or an optional one)."""
     if field is None:
         return False
     if NAMES_A_PATH in field.metadata:

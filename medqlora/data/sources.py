@@ -174,16 +174,23 @@ def _load_folder(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-# The names the Hub's layouts give held-out splits (test.jsonl, validation-00000-of-00001.parquet, dev/, ...)
-_HELD_OUT_SPLIT = re.compile(r"^(test|testing|valid|validation|val|dev|eval|evaluation|heldout|held-out|held_out)"
-                             r"(?:[-_.]|$)", re.I)
+# A held-out split's name, as a word of a file or folder name (test.jsonl, medqa_test.jsonl, validation-00000-of-00001,
+# dev/, holdout, hold_out, held-out, valSet, eval2): the family of words, each bounded by anything but a letter
+_HELD_OUT_WORD = re.compile(r"(?<![a-z])(?:test(?:ing)?|val(?:id|idation)?|dev|eval(?:uation)?|h[eo]ld[^a-z0-9]*out)"
+                            r"(?:s|sets?|splits?)?(?![a-z])")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def held_out_name(name: str) -> bool:
+    """Whether a file or folder name (without its suffix) names a held-out split by one of its words."""
+    return bool(_HELD_OUT_WORD.search(_CAMEL.sub(" ", name).lower()))
 
 
 def refuse_held_out_files(folder: Path, dataset: str) -> None:
     """A training folder is read whole, so files named as a held-out split beside the training files (a folder in
     the Hub's layout: train.jsonl and test.jsonl) would be trained on: refused, naming them."""
     held_out = [path.relative_to(folder) for path in data_files(folder)
-                if any(_HELD_OUT_SPLIT.match(part) for part in path.relative_to(folder).with_suffix("").parts)]
+                if any(map(held_out_name, path.relative_to(folder).with_suffix("").parts))]
     if held_out:
         shown = ", ".join(printable(str(path), 120) for path in held_out[:3]) + (" ..." if len(held_out) > 3 else "")
         raise DataError(f"{dataset}: the data folder {printable(folder, 200)} holds files named as a held-out "

@@ -19,6 +19,7 @@ from .. import leakage
 from ..errors import DataError
 from ..messages import log
 from ..rows import Example
+from ..system_turn import with_system
 from .examples import Collected, collect, padding_report, system_prompt_of
 from .sources import fingerprint
 
@@ -47,14 +48,7 @@ def render_prompt(tokenizer: Any, system_prompt: str | None, user: str) -> str:
 
 
 def _messages(tokenizer: Any, system_prompt: str | None, user: str) -> list[dict[str, str]]:
-    if not system_prompt:
-        return [{"role": "user", "content": user}]
-    with_system = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
-    try:
-        tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
-        return with_system
-    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
-        return [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
+    return with_system(tokenizer, system_prompt, [{"role": "user", "content": user}])
 
 
 def turn_end(tokenizer: Any) -> str:
@@ -70,18 +64,13 @@ def turn_end(tokenizer: Any) -> str:
 def chat_turn_messages(tokenizer: Any, system_prompt: str | None,
                        turns: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
     """A chat row as messages: its own system turn, else ``system_prompt``; folded into the first user turn for
-    templates without a system role (as single-turn prompts are)."""
+    templates without a system role (as single-turn prompts are: system_turn.with_system)."""
     messages = [{"role": role, "content": content} for role, content in turns]
-    if messages[0]["role"] != "system" and system_prompt:
-        messages.insert(0, {"role": "system", "content": system_prompt})
     if messages[0]["role"] != "system":
+        return with_system(tokenizer, system_prompt, messages)
+    if not messages[0]["content"].strip():  # an empty system turn of its own, rendered as the row gives it
         return messages
-    try:
-        tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
-        return messages
-    except Exception:  # templates without a system role (e.g. Mistral's) raise a TemplateError
-        system, first, rest = messages[0], messages[1], messages[2:]
-        return [{"role": first["role"], "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+    return with_system(tokenizer, messages[0]["content"], messages[1:])
 
 
 def _chat_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:

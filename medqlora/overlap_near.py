@@ -1,0 +1,145 @@
+"""Near copies of an evaluation question that the n-gram share misses (overlap.py): one or two words of the question
+changed. A changed word in the middle of a question of fewer than about 40 words breaks most of its 13-word sequences
+(all of them under 26 words), so the share stays under the threshold although the training text holds the question.
+
+What counts as a near copy: the question's words aligned in order with a stretch of one training text (difflib), the
+words changed, left out or added counted, when at most
+
+- 1 word of a question of NEAR_MIN_WORDS (8) to 12 words is changed, and it is misspelt;
+- 2 words of a question of 13 words or more are changed, and they are misspelt, except that one word in 20 (a
+  question of 20 words or more) may be any other word, left out or added.
+
+Misspelt: one typo apart (at most 2 edits, letters only, 5 or more of them): ``hypertenison`` for ``hypertension``,
+not ``type 1`` for ``type 2`` or ``men`` for ``women``; two questions on the same topic differ by more.
+
+Candidates: a question is cut into pieces, one more than the words it may have changed, so a copy holds one piece
+whole; pieces are indexed like n-grams, and a training text holding one is a candidate (a question of 3n words or more
+needs no pieces: its disjoint n-grams serve, and the n-gram search finds them).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+NEAR_MIN_WORDS = 8  # shorter questions (5 to 7 words) are matched exactly or by their n-grams only
+LONG_WORDS = 13  # questions of this many words or more may have two words changed
+OTHER_WORD_EVERY = 20  # of which one word in this many may be any word (not a misspelling), left out or added
+MAX_STARTS = 50  # places in one training text a question is aligned with (a piece repeated in a long text)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The words of a near copy that differ from the question's, as shown: "'weaknes' for 'weakness'"."""
+    shown: tuple[str, ...]
+    count: int  # words changed, left out or added
+    typos: int  # of which misspelt
+
+    @property
+    def misspelt(self) -> bool:
+        return self.typos == self.count
+
+
+def changes_allowed(size: int) -> int:
+    return 0 if size < NEAR_MIN_WORDS else 1 if size < LONG_WORDS else 2
+
+
+def pieces(words: list[str], ngram: int) -> list[tuple[int, list[str]]]:
+    """The pieces (start, words) of a question indexed to find its near copies; none for a question too short to
+    have a word changed, or long enough that its disjoint n-grams serve."""
+    size, allowed = len(words), changes_allowed(len(words))
+    if not allowed or ngram <= 0 or size >= 3 * ngram:
+        return []
+    return _cut(words, allowed + 1)
+
+
+def _cut(words: list[str], count: int) -> list[tuple[int, list[str]]]:
+    bounds = [round(i * len(words) / count) for i in range(count + 1)]
+    return [(bounds[i], words[bounds[i]:bounds[i + 1]]) for i in range(count)]
+
+
+def landmarks(words: list[str], ngram: int) -> list[tuple[int, list[str]]]:
+    """Stretches of the question (start, words) one of which a near copy holds whole."""
+    found = pieces(words, ngram)
+    if found or ngram <= 0:
+        return found
+    return [(start, words[start:start + ngram]) for start in range(0, len(words) - ngram + 1, ngram)]
+
+
+def misspelling(a: str, b: str) -> bool:
+    """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more): a
+    misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
+    if min(len(a), len(b)) < 5 or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1] <= 2
+
+
+def _starts(split: list[str], marks: list[tuple[int, list[str]]], size: int) -> list[int]:
+    """Where in a training text the question would start, by the landmarks it holds whole."""
+    starts: set[int] = set()
+    for offset, mark in marks:
+        first, length = mark[0], len(mark)
+        for position, word in enumerate(split):
+            if word == first and split[position:position + length] == mark:
+                starts.add(position - offset)
+                if len(starts) >= MAX_STARTS:
+                    return sorted(starts)
+    return sorted(starts)
+
+
+def _changes(question: list[str], window: list[str], allowed: int) -> Changes | None:
+    """The changes that turn the question into the stretch of ``window`` aligned with it (words of the window
+    before and after that stretch are not changes); None when there are more than ``allowed``."""
+    present = set(window)
+    if sum(word not in present for word in question) > allowed:  # cheap: each missing word is a change
+        return None
+    codes = [code for code in difflib.SequenceMatcher(None, question, window, autojunk=False).get_opcodes()
+             if code[0] != "equal"]
+    if codes and codes[0][0] == "insert" and codes[0][1] == 0:
+        codes = codes[1:]
+    if codes and codes[-1][0] == "insert" and codes[-1][1] == len(question):
+        codes = codes[:-1]
+    count = sum(max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in codes)
+    if count > allowed:
+        return None
+    shown: list[str] = []
+    typos = 0
+    for tag, i1, i2, j1, j2 in codes:
+        expected, found = question[i1:i2], window[j1:j2]
+        if tag == "replace" and len(expected) == len(found):
+            pairs = list(zip(found, expected))
+            typos += sum(misspelling(*pair) for pair in pairs)
+            shown += [f"'{f}' for '{e}'" for f, e in pairs]
+            continue
+        shown.append(f"'{' '.join(found)}' for '{' '.join(expected)}'" if tag == "replace" else
+                     f"'{' '.join(expected)}' left out" if tag == "delete" else f"'{' '.join(found)}' added")
+    return Changes(tuple(shown), count, typos)
+
+
+def _fits(changes: Changes | None, size: int) -> bool:
+    return changes is not None and changes.count > 0 and changes.count - changes.typos <= size // OTHER_WORD_EVERY
+
+
+def near_copy(question: list[str], marks: list[tuple[int, list[str]]],
+              fields: list[tuple[str, list[str], set[str]]]) -> tuple[str, Changes] | None:
+    """The first field (name, words, word set) holding ``question`` with a few words changed (see the module),
+    and the changes; ``marks``: the question's ``landmarks``."""
+    size, allowed = len(question), changes_allowed(len(question))
+    if not allowed or not marks:
+        return None
+    wanted = set(question)
+    for name, split, present in fields:
+        if len(wanted - present) > allowed:  # cheap: a changed word is the only way one can be missing
+            continue
+        for start in _starts(split, marks, size):
+            window = split[max(0, start - allowed):start + size + allowed]
+            changes = _changes(question, window, allowed)
+            if _fits(changes, size):
+                return name, changes
+    return None

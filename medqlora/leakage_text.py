@@ -1,5 +1,6 @@
 """Text as the leakage guard compares it: the same normalisation on both sides (``normalize``): markup undone
-(HTML entities and percent-encoding decoded, HTML tags and comments removed), Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
+(HTML entities and percent-encoding decoded, HTML tags and comments removed, LaTeX's text markup removed, words
+hyphenated across a line break joined), Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
 Latin, case folded, runs of punctuation and whitespace made one space; and the question hashes runs record."""
 
 from __future__ import annotations
@@ -74,6 +75,29 @@ _TAG = re.compile(r"<!--.*?-->|<(/?)(" + _TAG_NAMES + r")"
 _PERCENT = re.compile(r"(?:%[0-9A-Fa-f]{2})+")  # URL-encoding: %20 for a blank, %C3%A9 for é
 
 
+# A word hyphenated across a line break (text pasted from a PDF: "aroma-\ntase"), the hyphen ASCII, Unicode's or a
+# soft one, blanks around the break: the word is joined ("aromatase").
+_BROKEN_WORD = re.compile(r"(?<=[^\W\d_])[-\u2010\u00ad][ \t]*\r?\n[ \t]*(?=[^\W\d_])")
+# LaTeX's markup of text (\textbf{aromatase}, \emph{breast cancer}, \textit[..]{..}, {\bf x}, \mathrm{x}): the
+# command goes, its argument stays; innermost first, so nested markup is undone by repeating.
+_TEX_COMMANDS = ("textbf|textit|textsl|textsc|texttt|textrm|textsf|textup|textmd|textnormal|emph|underline|uline|"
+                 "mathrm|mathbf|mathit|mathsf|mathtt|mathcal|mathnormal|text|mbox|hbox|fbox|textsuperscript|"
+                 "textsubscript|section|subsection|subsubsection|paragraph|footnote|caption|title|href|url")
+_TEX_MARKUP = re.compile(r"\\(?:" + _TEX_COMMANDS + r")\*?\s*(?:\[[^\]{}]*\]\s*)?\{([^{}]*)\}")
+_TEX_SWITCH = re.compile(r"\{\\(?:bf|it|em|sl|sc|tt|rm|sf|bfseries|itshape|ttfamily|scshape|small|large|Large|"
+                         r"footnotesize|normalsize)\s+([^{}]*)\}")
+
+
+def _unlatexed(text: str) -> str:
+    """``text`` with LaTeX's text markup removed, the words it marks kept."""
+    for _ in range(4):
+        undone = _TEX_SWITCH.sub(r"\1", _TEX_MARKUP.sub(r"\1", text))
+        if undone == text:
+            break
+        text = undone
+    return text
+
+
 def _tag(match: re.Match) -> str:
     return "" if (match.group(2) or "").lower() in _INLINE_TAGS else " "
 
@@ -90,7 +114,12 @@ def _percent(match: re.Match) -> str:
 
 def unmarked(text: str) -> str:
     """``text`` with its markup undone: HTML entities (&nbsp; &amp; &#39;, escaped twice at most: &amp;nbsp;) and
-    percent-encoding (%20) decoded, HTML tags and comments removed (text scraped from web pages)."""
+    percent-encoding (%20) decoded, HTML tags and comments removed (text scraped from web pages), LaTeX's text markup
+    removed, and words hyphenated across a line break joined (text pasted from a PDF)."""
+    if "\n" in text:
+        text = _BROKEN_WORD.sub("", text)
+    if "\\" in text:
+        text = _unlatexed(text)
     for _ in range(3):
         if "&" not in text and "%" not in text:
             break

@@ -14,7 +14,8 @@ Questions of fewer than ``MIN_WORDS`` words ("Is it safe?") are common phrases i
 texts: they are matched only when a whole training text (one field, one turn) equals them.
 
 A question of 8 words or more is also looked for with one or two words changed (a misspelling, in a long question
-any word), which breaks the n-grams that hold the word: overlap_near.py.
+any word), which breaks the n-grams that hold the word: overlap_near.py. A long question is also looked for with
+its words glued together (blanks removed, or zero-width spaces for blanks): overlap_glued.py.
 
 Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
 ids (words no evaluation question has break every n-gram), whose n-gram hashes are computed with
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .leakage_text import normalize, question_hash, words
+from .overlap_glued import GluedQuestions
 from .overlap_near import Changes, landmarks, near_copy, pieces
 
 MIN_WORDS = 5  # shorter evaluation questions are matched only by a whole training text equal to them
@@ -76,9 +78,12 @@ class Overlap:
     n: int
     field: str  # the training field where most of it was found
     changes: Changes | None = None  # the words changed in a near copy found by alignment (overlap_near.py)
+    glued: bool = False  # found with the blanks between its words removed (overlap_glued.py)
 
     def describe(self) -> str:
-        if self.kind == "exact":
+        if self.glued:
+            how = f"field '{_shown(self.field, 80)}' contains, with the blanks between its words removed,"
+        elif self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
         elif self.changes:
             how = f"field '{_shown(self.field, 80)}' contains, with {_changed(self.changes)},"
@@ -147,8 +152,13 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
     if not questions and not short:
         return []
     values, by_n = _gram_index(questions, vocab)
-    found, exact_short, text_field = _scan_training(train, questions, short, vocab, values, by_n)
+    glued = GluedQuestions([(q.words, q.item) for q in questions if q.whole is None], vocab)
+    found, exact_short, text_field = _scan_training(train, questions, short, vocab, values, by_n, glued)
     best, candidates = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
+    for t_index, (item, field) in glued.found.items():
+        if t_index not in best:
+            size = len(words(item.question))
+            best[t_index] = Overlap(train[t_index], item, "exact", 1.0, size, size, 1, field, glued=True)
     _add_near_copies(train, questions, candidates, best, ngram)
     return [best[i] for i in sorted(best)]
 
@@ -204,9 +214,11 @@ def _gram_index(questions: list[_Question], vocab: dict[str, int]) -> tuple[Any,
 
 
 def _scan_training(train: list[Item], questions: list[_Question], short: dict[str, Item], vocab: dict[str, int],
-                   values: Any, by_n: dict[int, dict[int, list[int]]]) -> tuple[dict, dict, list[str]]:
+                   values: Any, by_n: dict[int, dict[int, list[int]]],
+                   glued: GluedQuestions) -> tuple[dict, dict, list[str]]:
     """The training texts looked up in the index: (train index, question index) -> gram -> text index; the
-    training items equal to a short question; and each text's field."""
+    training items equal to a short question; and each text's field. Texts of words glued together go to
+    ``glued``."""
     # the training texts as arrays of word ids, 0 between texts and for words no question has, in chunks
     found: dict[tuple[int, int], dict[int, int]] = {}  # (train index, question index) -> gram -> text index
     exact_short: dict[int, tuple[Item, str]] = {}
@@ -225,6 +237,7 @@ def _scan_training(train: list[Item], questions: list[_Question], short: dict[st
                     exact_short[t_index] = (short[norm], field)
             if not questions:
                 continue
+            glued.look(t_index, field, split)
             chunk_starts.append(len(chunk))
             text_owner.append(t_index)
             text_field.append(field)

@@ -177,8 +177,9 @@ def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
     if getattr(config, "tie_word_embeddings", False):
         expected = {k for k in expected if not k.endswith("lm_head.weight")}
     ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
-    saved = {k.removeprefix(prefix) for file in weights for k in _tensor_names(file)
-             if not any(p.search(k) for p in ignored)}
+    shapes = {k.removeprefix(prefix): shape for file in weights for k, shape in _tensor_shapes(file).items()
+              if not any(p.search(k) for p in ignored)}
+    saved = set(shapes)
     _check_layer_counts(where, config, expected, saved)
     missing = sorted(expected - saved)
     if missing:
@@ -187,6 +188,27 @@ def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
                          f"does not match the weights: {len(missing)} of the {len(expected)} tensors it describes are "
                          f"not in the safetensors files (such as {printable(missing[0], 80)}). Restore the "
                          "checkpoint's own config.json.")
+    described = {k.removeprefix(prefix): list(v.shape) for k, v in model.state_dict().items()}
+    _check_shapes(where, config, described, shapes)
+
+
+def _check_shapes(where: str, config: Any, described: dict[str, list[int]], saved: dict[str, list]) -> None:
+    """Each tensor config.json describes has the shape the weights hold, or loading stops at transformers' size
+    mismatch (whose advice, ignore_mismatched_sizes, would start those tensors from random weights): the size
+    field of config.json behind the first mismatch is named."""
+    for name in sorted(described):
+        held = [int(n) for n in saved.get(name) or []]
+        shape = described[name]
+        if not held or held == shape or len(held) != len(shape):
+            continue
+        axis = next(i for i, (a, b) in enumerate(zip(shape, held)) if a != b)
+        fields = [key for key, value in sorted(config.to_dict().items())
+                  if key in SIZE_FIELDS and isinstance(value, int) and value == shape[axis]]
+        field = (f"config.json's {fields[0]} ({shape[axis]}) does not match the weights ({held[axis]})" if fields else
+                 "config.json does not describe the weights")
+        raise ModelError(f"{where}: {field}: it describes {printable(name, 80)} as {shape}, but the safetensors files "
+                         f"hold it as {held}. Restore the checkpoint's own config.json"
+                         f"{f' ({fields[0]} {held[axis]})' if fields else ''}.")
 
 
 NUMBERED = re.compile(r"^(.*?)\.(\d+)\.")  # a tensor of a numbered block: layers.3.mlp... -> (layers, 3)
@@ -222,10 +244,18 @@ def _check_layer_counts(where: str, config: Any, expected: set[str], saved: set[
                              f"Restore the checkpoint's own config.json (num_hidden_layers {stored}).")
 
 
-def _tensor_names(file: Path) -> list[str]:
+def _tensor_shapes(file: Path) -> dict[str, list]:
+    """The tensors of a safetensors file and their shapes, from its header ([] for a quantised tensor, whose stored
+    shape is its packing's)."""
     with file.open("rb") as handle:  # the header alone, checked whole by safetensors_problem
         length = int.from_bytes(handle.read(8), "little")
-        return [k for k in json.loads(handle.read(length)) if k != "__metadata__"]
+        header = json.loads(handle.read(length))
+        return {k: list(v.get("shape") or []) if isinstance(v, dict) and v.get("dtype") in FLOAT_DTYPES else []
+                for k, v in header.items() if k != "__metadata__"}
+
+
+# tensors stored in these have the shapes of the model's parameters (packed quantised ones, U8/I8, have not)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 def _index_files(index: Path) -> list[str]:

@@ -54,6 +54,38 @@ def refuse_non_finite_adapter(model: Any, adapter_dir: Path) -> None:
     bad = [name for name, p in model.named_parameters() if "lora_" in name and not bool(torch.isfinite(p).all())]
     if bad:
         raise adapters.non_finite(adapter_dir, bad)
+    change, where = largest_weight_change(model)
+    if change > LARGEST_CHANGE:
+        raise ModelError(
+            f"The adapter in {printable(str(adapter_dir))} changes the base model's weights by up to {change:.3g} "
+            f"(in {printable(where, 120)}: LoRA's B times A times its scaling), beyond {LARGEST_CHANGE:g}, the "
+            "largest 16-bit number (model weights are of the order of 1): the model's outputs would overflow to "
+            "infinity and its answers and scores would be empty or meaningless. Train it again (a lower "
+            "training.learning_rate), or use an earlier adapter.")
+
+
+LARGEST_CHANGE = 65504.0  # float16's largest number: a larger change of a weight overflows in 16-bit compute
+
+
+def largest_weight_change(model: Any) -> tuple[float, str]:
+    """An upper bound of the largest change the loaded LoRA adapters make to one base weight, |scaling * B @ A|
+    (the sum over the rank of the largest |B| and |A| of each rank's column and row), and the module that makes it;
+    computed in float64 from the small LoRA matrices, not their product."""
+    largest, where = 0.0, ""
+    for name, module in model.named_modules():
+        pairs = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not all(hasattr(pair, "keys") for pair in pairs):
+            continue
+        for key in pairs[0].keys():
+            if key not in pairs[1] or not hasattr(pairs[0][key], "weight"):
+                continue
+            a, b = pairs[0][key].weight.detach().double().abs(), pairs[1][key].weight.detach().double().abs()
+            if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+                continue
+            change = float((b.amax(0) * a.amax(1)).sum()) * abs(float(module.scaling.get(key, 1.0)))
+            if change > largest or change != change:
+                largest, where = change, name
+    return largest, where
 
 
 def hf_checkpointing(cfg: KitConfig, runtime: Runtime) -> bool:

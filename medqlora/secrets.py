@@ -12,9 +12,10 @@ Masking rules (``redact``):
   such as ``s3cret12`` is one long mix, and stays masked), and masking them rewrote ordinary words
   and paths: ``HF_TOKEN=review`` turned a run's config.yaml into ``model.name: /tmp/<HF_TOKEN>/tiny``,
   and ``HF_TOKEN=medical_o1`` into ``format: <HF_TOKEN>``, which no longer loads;
-- anything shaped like a Hugging Face token (``hf_`` + 20 or more letters/digits) is masked as
-  ``<token>`` even when it is not in the environment, and so is the password of a URL
-  (``https://user:<password>@host``, as in an MLFLOW_TRACKING_URI).
+- anything shaped like a Hugging Face or GitHub token (``hf_`` + 20 or more letters/digits, ``ghp_``...) is masked
+  as ``<token>`` even when it is not in the environment, and so is the password of a URL
+  (``https://user:<password>@host``, as in an MLFLOW_TRACKING_URI) and a URL's user name given alone, GitHub's
+  form for a token (``https://<credentials>@host``).
 
 Untrusted text (values read from a run's config.yaml, file and folder names) is printed through
 ``printable``: control characters, newlines and Unicode bidi/format characters are escaped, and it
@@ -37,10 +38,13 @@ SECRET_ENV = (
 MIN_SECRET_LEN = 8
 MIN_WORD_SECRET_LEN = 16  # a plain name below this (pubmedqa, medical_o1) is not a credential
 _PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
-_TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
+_HF_TOKEN_SHAPE = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
+# Hugging Face tokens, and GitHub's (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_), which data URLs carry
+_TOKEN_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})\b")
 _NAME_PARTS = re.compile(r"[_\-./:]+")
 _SLUG = re.compile(r"[^A-Za-z0-9.]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s@:]+):([^/\s@]+)@")
+_URL_USER = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s@:]+)@")  # a token given as the URL's user name
 
 
 def slug(text: str) -> str:
@@ -89,7 +93,8 @@ def redact(text: str) -> str:
         mapped = slug(value)
         if maskable(mapped) and mapped != value:
             text = text.replace(mapped, f"<{name}>")
-    return _URL_PASSWORD.sub(r"\1:<password>@", _TOKEN_SHAPES.sub("<token>", text))
+    text = _URL_PASSWORD.sub(r"\1:<password>@", _TOKEN_SHAPES.sub("<token>", text))
+    return _URL_USER.sub(r"\1<credentials>@", text)
 
 
 def contains_secret(text: str) -> str | None:
@@ -98,8 +103,10 @@ def contains_secret(text: str) -> str | None:
         mapped = slug(value)
         if value in text or (maskable(mapped) and mapped in text):
             return name
-    if _TOKEN_SHAPES.search(text):
+    if _HF_TOKEN_SHAPE.search(text):
         return "a Hugging Face token"
+    if _TOKEN_SHAPES.search(text):
+        return "an access token"
     return None
 
 

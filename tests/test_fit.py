@@ -112,13 +112,31 @@ def test_tiled_mlp_lowers_the_long_context_estimate():
     assert tiled.activations_gib < 0.6 * plain.activations_gib
 
 
+def write_sparse_safetensors(path, shapes: dict[str, list[int]]) -> None:
+    """A safetensors file holding tensors of these shapes (bf16) whose data is a hole: the header says what the
+    weights are, and the file is as long as the header says without 16 GB of an 8B model on the disk (a sparse file;
+    nothing in a --dry-run reads the values)."""
+    import math
+
+    header, offset = {}, 0
+    for name, dims in shapes.items():
+        size = math.prod(dims) * 2
+        header[name] = {"dtype": "BF16", "shape": dims, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as out:
+        out.write(len(raw).to_bytes(8, "little"))
+        out.write(raw)
+        out.truncate(8 + len(raw) + offset)
+
+
 @pytest.fixture
 def model_8b_config_only(tmp_path, smol_dir):
-    """An 8B-shaped config.json with a tokenizer and a weights file of one-value tensors under the names the config
-    implies: the preflight reads nothing else (the dry-run's model checks see a whole folder)."""
+    """An 8B-shaped config.json with a tokenizer and a weights file whose header holds every tensor the config
+    implies at its shape (the data a sparse hole): the preflight reads nothing else, and the dry-run's model checks
+    compare the config with the weights' names and shapes."""
     import shutil
-
-    from safetensors.torch import save_file
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -126,9 +144,9 @@ def model_8b_config_only(tmp_path, smol_dir):
     folder = tmp_path / "llama8b"
     config = LlamaConfig(**SHAPES["llama-3.1-8b"])
     config.save_pretrained(folder)
-    with torch.device("meta"):  # every tensor name the config implies, each a single value (the model boundary
-        names = list(AutoModelForCausalLM.from_config(config).state_dict())  # checks names, not sizes)
-    save_file({name: torch.zeros(1) for name in names}, str(folder / "model.safetensors"))
+    with torch.device("meta"):
+        shapes = {n: list(t.shape) for n, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    write_sparse_safetensors(folder / "model.safetensors", shapes)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (smol_dir / name).is_file():
             shutil.copy(smol_dir / name, folder / name)

@@ -18,10 +18,12 @@ from .errors import ModelError
 from .secrets import printable
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+STATE_NAME = "trainer_state.json"
 
 
 def check_checkpoint(checkpoint: Path) -> None:
-    """Refuse a checkpoint one of whose files is cut or damaged, or whose weights hold NaN or infinity."""
+    """Refuse a checkpoint one of whose files is cut or damaged, whose weights hold NaN or infinity, or whose
+    trainer_state.json is at another step than its folder's name says."""
     for file in sorted(checkpoint.iterdir()):
         if file.is_symlink() or not file.is_file():
             continue
@@ -39,6 +41,26 @@ def check_checkpoint(checkpoint: Path) -> None:
                 f"--resume: the checkpoint {printable(checkpoint)} holds NaN or infinite weights in its "
                 f"{printable(file.name, 80)} ({printable(bad[0], 120)}{more}): training on from it would train on NaN "
                 f"and stop at a NaN loss. {_advice(checkpoint)}")
+    _check_step(checkpoint)
+
+
+def _check_step(checkpoint: Path) -> None:
+    """The trainer resumes at trainer_state.json's global_step, not at the folder's name: a trainer_state.json
+    copied in from another (longer) run would end the training at once, reported as trained with steps never
+    taken."""
+    named = checkpoint.name.rsplit("-", 1)[-1]
+    try:
+        state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no such file: not a checkpoint latest_checkpoint picks; a damaged one was refused above
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if type(step) is int and str(step) == named:
+        return
+    raise ModelError(
+        f"--resume: the checkpoint {printable(checkpoint)} does not match its own state: its {STATE_NAME} says "
+        f"global_step {printable(json.dumps(step), 40)}, its folder name step {printable(named, 40)} (a checkpoint "
+        f"or its {STATE_NAME} copied in from another run?). Resuming from it would continue at the wrong step. "
+        f"{_advice(checkpoint)}")
 
 
 def _inspect(file: Path) -> tuple[str | None, list[str]]:

@@ -39,6 +39,7 @@ from .run_names import (
     run_folder_taken,
 )
 from .secrets import RedactingFilter, printable, redact
+from .write_errors import is_write_error, write_advice
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -127,7 +128,7 @@ def _write_inside(root: Path, name: str | Path, data: bytes) -> Path:
     except UnsafePathError:
         raise
     except OSError as err:
-        raise MedQLoRAError(f"Cannot write {printable(target)}: {err.strerror}. Is the disk full or read-only?") from None
+        raise _write_failed("write", target, err) from None
     finally:
         os.close(fd)
     return target
@@ -310,8 +311,7 @@ class RunDir:
                 pass
             os.mkdir(last, 0o755, dir_fd=fd)
         except OSError as err:
-            raise MedQLoRAError(f"Cannot create {printable(target)}: {err.strerror}. Is the disk full or read-only?") \
-                from None
+            raise _write_failed("create", target, err) from None
         finally:
             os.close(fd)
         return target
@@ -386,3 +386,10 @@ def size_mb(path: Path) -> float:
     """Size of a file, or of everything in a folder, in MB."""
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
     return round(sum(f.stat().st_size for f in files) / 1e6, 2)
+
+
+def _write_failed(verb: str, target: Path, err: OSError) -> MedQLoRAError:
+    """One message for a write in the run folder the OS refused: what the failure says to change (a full disk, a
+    file-size limit, a read-only file system, no permission), else its own words."""
+    advice = write_advice(err) if is_write_error(err) else "Check that folder and --output-dir"
+    return MedQLoRAError(f"Cannot {verb} {printable(target)}: {err.strerror or err}. {advice}.")

@@ -225,7 +225,7 @@ def test_disk_full_while_writing_a_report(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", full)
     target = tmp_path / "metrics.json"
     target.write_text("earlier")
-    with pytest.raises(MedQLoRAError, match="Is the disk full"):
+    with pytest.raises(MedQLoRAError, match="No space left on device. Free some space"):
         atomic_write(target, "new")
     assert target.read_text() == "earlier" and not list(tmp_path.glob(".*.tmp"))
 

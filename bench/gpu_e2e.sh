@@ -4,11 +4,13 @@
 #              the 500 PubMedQA test questions scored, then --mode full
 #   hf8b     : the same random 8B shape through the hf backend (bitsandbytes 4-bit, Liger where installed):
 #              --mode full with packed rows and auto-fit (run after random8b, which makes the checkpoint)
+#   hf8b_checkpointed: the hf backend with gradient checkpointing (8 packed rows of 4,096 tokens a step): its
+#              memory against the plan's checkpointed factor (run after random8b)
 #   smollm2  : the offline default (SmolLM2-135M-Instruct), then --mode test, then the hf backend
 #   medical_o1: medical-o1-reasoning-SFT rows (MEDICAL_O1=path to a local copy), packing off and on, with the
 #              settings that teach SmolLM2 the reasoning format (150 steps of 8 at lr 1e-3: 0% -> 75% compliance;
 #              60 steps at lr 2e-4 left it at 0%)
-# Usage: bash bench/gpu_e2e.sh random8b|hf8b|smollm2|medical_o1 [RESULTS_DIR]
+# Usage: bash bench/gpu_e2e.sh random8b|hf8b|hf8b_checkpointed|smollm2|medical_o1 [RESULTS_DIR]
 # Logs and run summaries go to RESULTS_DIR (default: outputs/gpu_e2e).
 set -uo pipefail
 STAGE=$1
@@ -50,6 +52,13 @@ case $STAGE in
         --set training.packing=true --set model.max_seq_length=4096 --set training.max_steps=20 \
         --set data.datasets.0.max_samples=400 --set generation.max_new_tokens=32 \
         --set output.run_name=random8b-hf --output-dir "$RUNS"
+    ;;
+  hf8b_checkpointed)
+    run random8b_hf_checkpointed --mode train --set model.name=/tmp/llama31-8b-random --set backend=hf \
+        --set training.auto_fit=false --set training.gradient_checkpointing=true --set training.micro_batch_size=8 \
+        --set training.gradient_accumulation_steps=1 --set training.packing=true --set model.max_seq_length=4096 \
+        --set training.max_steps=10 --set data.datasets.0.max_samples=400 \
+        --set output.run_name=random8b-hf-checkpointed --output-dir "$RUNS"
     ;;
   smollm2)
     run smollm2_unsloth_full --mode full --set backend=unsloth --set output.run_name=smollm2-unsloth \

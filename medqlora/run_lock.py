@@ -67,6 +67,12 @@ def _cannot_lock(run: Path, err: OSError) -> MedQLoRAError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return MedQLoRAError(f"Cannot create {lock}, the run folder's lock file: {err.strerror}. Free some space "
                              "there and run the command again.")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return MedQLoRAError(
+            f"Cannot open {lock} ({err.strerror}): you may not write the run folder's lock file (the folder or its "
+            f"{LOCK_FILE} belongs to another user, or is not writable), and this command writes its lock and results "
+            f"there. Run it as the folder's owner, make the folder writable, or copy the run folder to a place you own "
+            f"(cp -r {shell_word(run)} <folder>) and give that copy to --adapter (or --resume).")
     return MedQLoRAError(f"Cannot open {lock} ({err.strerror}): the run folder's lock file must be a regular file "
                          "the kit can write. Remove whatever is there.")
 

@@ -88,3 +88,21 @@ def test_a_run_folder_entry_the_system_refuses_to_create_says_what_to_change(tmp
     monkeypatch.setattr(os, "mkdir", read_only)
     with pytest.raises(MedQLoRAError, match="read-only file system: choose a --output-dir on a writable one"):
         run.fresh_dir("adapter")
+
+
+# ---------------------------------------------------------------- ZR03: a lock file the user may not write
+
+
+def test_a_lock_file_without_write_permission_is_not_said_to_be_removed(tmp_path, monkeypatch):
+    """A run folder (or its .lock) of another user: the advice was to remove the lock, which the user may not."""
+    from medqlora import run_lock
+
+    def denied(*_args, **_kwargs):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(run_lock.os, "open", denied)
+    with pytest.raises(MedQLoRAError) as caught:
+        run_lock.lock_run_folder(tmp_path)
+    said = str(caught.value)
+    assert f"Cannot open {tmp_path / '.lock'} (Permission denied): you may not write the run folder's lock" in said
+    assert f"cp -r {tmp_path} <folder>" in said and "Remove whatever is there" not in said

@@ -1,5 +1,6 @@
 """Text as the leakage guard compares it: the same normalisation on both sides (``normalize``): markup undone
-(HTML entities and percent-encoding decoded, HTML tags and comments removed, LaTeX's text markup removed, words
+(HTML entities and percent-encoding decoded, HTML tags and comments removed, LaTeX's text markup and Markdown's link
+addresses removed, words
 hyphenated across a line break joined), Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
 Latin, case folded, runs of punctuation and whitespace made one space; and the question hashes runs record."""
 
@@ -88,6 +89,20 @@ _TEX_SWITCH = re.compile(r"\{\\(?:bf|it|em|sl|sc|tt|rm|sf|bfseries|itshape|ttfam
                          r"footnotesize|normalsize)\s+([^{}]*)\}")
 
 
+# Markdown's links: [text](url "title"), ![alt](url), [text][ref] and [text][] (the text stays, the address goes: its
+# words are not the sentence's), and the definitions of references ([ref]: url "title", a line of its own).
+_MD_INLINE_LINK = re.compile(r"!?\[([^\[\]]*)\]\((?:[^()\s]|\([^()\s]*\))*(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
+_MD_REFERENCE_LINK = re.compile(r"!?\[([^\[\]]+)\]\[[^\[\]]*\]")
+_MD_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\[\]]+\]:[ \t]*\S+.*$", re.MULTILINE)
+
+
+def _unlinked(text: str) -> str:
+    """``text`` with Markdown's links replaced by their text, and reference definitions removed."""
+    text = _MD_INLINE_LINK.sub(r"\1", text) if "](" in text else text
+    text = _MD_REFERENCE_LINK.sub(r"\1", text) if "][" in text else text
+    return _MD_DEFINITION.sub("", text) if "]:" in text else text
+
+
 def _unlatexed(text: str) -> str:
     """``text`` with LaTeX's text markup removed, the words it marks kept."""
     for _ in range(4):
@@ -115,7 +130,10 @@ def _percent(match: re.Match) -> str:
 def unmarked(text: str) -> str:
     """``text`` with its markup undone: HTML entities (&nbsp; &amp; &#39;, escaped twice at most: &amp;nbsp;) and
     percent-encoding (%20) decoded, HTML tags and comments removed (text scraped from web pages), LaTeX's text markup
-    removed, and words hyphenated across a line break joined (text pasted from a PDF)."""
+    removed, Markdown's links replaced by their text, and words hyphenated across a line break joined (text pasted from
+    a PDF)."""
+    if "]" in text:
+        text = _unlinked(text)
     if "\n" in text:
         text = _BROKEN_WORD.sub("", text)
     if "\\" in text:

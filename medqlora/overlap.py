@@ -15,7 +15,8 @@ texts: they are matched only when a whole training text (one field, one turn) eq
 
 A question of 8 words or more is also looked for with one or two words changed (a misspelling, in a long question
 any word), which breaks the n-grams that hold the word: overlap_near.py. A long question is also looked for with
-its words glued together (blanks removed, or zero-width spaces for blanks): overlap_glued.py.
+its blanks moved (removed, zero-width spaces for blanks, words broken across lines, letters spaced out), letter for
+letter: overlap_glued.py.
 
 Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
 ids (words no evaluation question has break every n-gram), whose n-gram hashes are computed with
@@ -78,11 +79,11 @@ class Overlap:
     n: int
     field: str  # the training field where most of it was found
     changes: Changes | None = None  # the words changed in a near copy found by alignment (overlap_near.py)
-    glued: bool = False  # found with the blanks between its words removed (overlap_glued.py)
+    glued: bool = False  # found letter for letter, blanks and punctuation aside (overlap_glued.py)
 
     def describe(self) -> str:
         if self.glued:
-            how = f"field '{_shown(self.field, 80)}' contains, with the blanks between its words removed,"
+            how = f"field '{_shown(self.field, 80)}' contains, letter for letter (its blanks and punctuation aside),"
         elif self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
         elif self.changes:

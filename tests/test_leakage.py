@@ -3,7 +3,6 @@ normalisation) or as near duplicates (word n-gram overlap), fast, and without fl
 
 import json
 import random
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -211,10 +210,7 @@ def test_a_thousand_questions_against_a_hundred_thousand_rows_take_seconds():
             for i in range(100_000)]
     planted = PUBMEDQA_TEST[7]
     rows[54_321] = train("Answer this.", f"Some words first. {planted.question}", row=54_321)
-    began = time.perf_counter()
-    overlaps = find_overlap(rows, evaluation)
-    elapsed = time.perf_counter() - began
-    assert elapsed < 30, elapsed  # about 3 s on 2 CPU cores
+    overlaps = find_overlap(rows, evaluation)  # its time: bench/leakage_speed.py
     assert any(o.train.row == 54_321 and o.evaluation.uid == planted.uid and o.kind == "exact" for o in overlaps)
 
 
@@ -234,10 +230,7 @@ def test_the_guarded_abstracts_and_long_answers_keep_it_fast():
                ("input", " ".join(rng.choices(vocabulary, k=30))))).guard_texts(), i) for i in range(100_000)]
     abstract = next(e for e in evaluation if e.part == "abstract" and e.uid == TEST_IDS[9])
     rows[4_321] = Item("0:mine.jsonl", None, "", (("input", "Notes. " + abstract.question),), 4_321)
-    began = time.perf_counter()
-    overlaps = find_overlap(rows, evaluation)
-    elapsed = time.perf_counter() - began
-    assert elapsed < 40, elapsed  # about 7 s on 2 shared CPU cores
+    overlaps = find_overlap(rows, evaluation)  # its time: bench/leakage_speed.py
     assert [(o.train.row, o.evaluation.uid, o.evaluation.part) for o in overlaps] == [(4_321, TEST_IDS[9], "abstract")]
 
 

@@ -1,0 +1,129 @@
+"""An adapter folder one of whose files was cut short by an interrupted copy (every mode that takes an adapter), and
+three smaller messages: an adapter run's generation settings, PEFT's warning before the kit's own message, and a
+run_name too long (docs/errors.md ZQ rows)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medqlora import adapters, whole_files
+
+from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory) -> Path:
+    """One finished training run of the tiny model (each test works on a copy of it)."""
+    out = tmp_path_factory.mktemp("trained")
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "1"}) == 0
+    return only_run(out)
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "copied" / run.name))
+
+
+def _cut(file: Path, keep: int) -> None:
+    file.write_bytes(file.read_bytes()[:keep])
+
+
+# ---------------------------------------------------------------- ZQ01: an adapter folder's file cut short
+
+MODES = {
+    "chat": ("--mode", "chat", "--prompt", "What is fever?", "--adapter"),
+    "test": ("--mode", "test", "--adapter"),
+    "eval": ("--mode", "eval", "--adapter"),
+    "export": ("--mode", "export", "--adapter"),
+    "init_adapter": ("--mode", "train", "--set", "training.init_adapter="),
+}
+
+
+def _argv(tiny_model_dir: Path, out: Path, mode: str, adapter: Path) -> list[str]:
+    args = MODES[mode]
+    if mode == "init_adapter":
+        args = (*args[:-1], f"{args[-1]}{adapter}")
+    else:
+        args = (*args, str(adapter))
+    return kit_argv(tiny_model_dir, out, *args)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_run_whose_tokenizer_json_is_cut_short_is_refused_naming_the_file(trained, tiny_model_dir, tmp_path,
+                                                                           capsys, mode):
+    """The run folder copied onto a full disk: its adapter/tokenizer.json stops at byte 5000. Chat and test ended in
+    `internal error: JSONDecodeError: Expecting property name ... (char 4998)`, exit 1."""
+    run = _copy(trained, tmp_path)
+    _cut(run / "adapter" / "tokenizer.json", 5000)
+    out = tmp_path / "out"
+    result = run_cli(capsys, _argv(tiny_model_dir, out, mode, run))
+    assert result.code == 2
+    assert_one_message(result.err, f"The adapter in {run / 'adapter'} is damaged: its tokenizer.json is cut short "
+                                   "or damaged (not JSON: Expecting")
+    assert f"Copy the run folder {run} again (the whole folder, onto a disk with room)" in result.err
+    assert not out.exists() and sorted(p.name for p in run.parent.iterdir()) == [run.name]  # nothing was started
+    if mode in ("chat", "init_adapter"):  # the plan refuses it too
+        assert run_cli(capsys, [*_argv(tiny_model_dir, out, mode, run), "--dry-run"]).code == 2
+
+
+def test_a_checkpoint_whose_training_state_is_cut_points_at_another_checkpoint(trained, tiny_model_dir, tmp_path,
+                                                                             capsys):
+    """A checkpoint used as an adapter whose optimizer.pt was cut in half: named, with the run's other adapters."""
+    import torch
+
+    run = _copy(trained, tmp_path)
+    checkpoint = Path(shutil.copytree(run / "adapter", run / "checkpoints" / "checkpoint-1"))
+    torch.save({"state": {0: torch.zeros(64, 64)}}, checkpoint / "optimizer.pt")
+    _cut(checkpoint / "optimizer.pt", (checkpoint / "optimizer.pt").stat().st_size // 2)
+    result = run_cli(capsys, _argv(tiny_model_dir, tmp_path / "out", "chat", checkpoint))
+    assert result.code == 2
+    assert_one_message(result.err, f"The adapter in {checkpoint} is damaged: its optimizer.pt is cut short")
+    assert (f"Use another checkpoint of the run (in {run / 'checkpoints'}) or its adapter ({run / 'adapter'})"
+            in result.err)
+
+
+def test_a_foreign_adapter_whose_tokenizer_config_is_cut_is_told_to_be_copied_again(lora_folder, tiny_model_dir,
+                                                                                   tmp_path, capsys):
+    folder = Path(shutil.copytree(lora_folder, tmp_path / "mine"))
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 2048, "chat_templ')
+    result = run_cli(capsys, _argv(tiny_model_dir, tmp_path / "out", "test", folder))
+    assert result.code == 2
+    assert_one_message(result.err, f"The adapter in {folder} is damaged: its tokenizer_config.json is cut short")
+    assert "Copy the adapter folder again (all its files) from where it came." in result.err
+
+
+def test_the_adapter_boundary_reads_no_weight_it_does_not_need(trained, tiny_model_dir, tmp_path, capsys,
+                                                              monkeypatch):
+    """Every file of the folder is checked whole without reading a tensor: --adapter reads no weight before the
+    model loads, training.init_adapter reads each once (its finiteness)."""
+    read = []
+    real = whole_files.non_finite_weights
+
+    def counted(file):
+        read.append(file)
+        return real(file)
+
+    monkeypatch.setattr(whole_files, "non_finite_weights", counted)
+    monkeypatch.setattr(adapters, "non_finite_weights", counted)
+    run = _copy(trained, tmp_path)
+    assert run_cli(capsys, [*_argv(tiny_model_dir, tmp_path / "out", "chat", run), "--dry-run"]).code == 0
+    assert read == []
+    assert run_cli(capsys, [*_argv(tiny_model_dir, tmp_path / "out", "init_adapter", run), "--dry-run"]).code == 0
+    assert read == [run / "adapter" / "adapter_model.safetensors"]
+
+
+def test_whole_files_tells_a_cut_file_of_each_kind_from_a_whole_one(trained, tmp_path):
+    """The one inspection behind --resume and the adapter boundary: without values, no weight is read and a cut
+    file of each kind is still found."""
+    import torch
+
+    folder = Path(shutil.copytree(trained / "adapter", tmp_path / "a"))
+    torch.save({"x": torch.ones(8)}, folder / "scheduler.pt")
+    assert whole_files.first_damage(folder, values=False) is None
+    assert whole_files.first_damage(folder, values=True) is None
+    for name in ("adapter_model.safetensors", "scheduler.pt", "tokenizer.json"):
+        damaged = Path(shutil.copytree(folder, tmp_path / f"cut-{name}"))
+        _cut(damaged / name, (damaged / name).stat().st_size - 40)
+        for values in (False, True):
+            damage = whole_files.first_damage(damaged, values=values)
+            assert damage is not None and damage.file.name == name and "cut short" in damage.problem

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from medqlora import adapters, whole_files
+from medqlora.config import load_config
+from medqlora.errors import ConfigError
 
 from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny
 
@@ -127,3 +129,22 @@ def test_whole_files_tells_a_cut_file_of_each_kind_from_a_whole_one(trained, tmp
         for values in (False, True):
             damage = whole_files.first_damage(damaged, values=values)
             assert damage is not None and damage.file.name == name and "cut short" in damage.problem
+
+
+# ---------------------------------------------------------------- ZQ02: a text setting too long, in characters
+
+
+def test_a_run_name_over_200_characters_is_told_in_characters(tiny_model_dir, tmp_path, capsys):
+    """pydantic's limit checked after the setting's own validator said 'at most 200 items', a list's word."""
+    result = run_cli(capsys, [*kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run"),
+                              "--set", f"output.run_name={'x' * 300}"])
+    assert result.code == 2
+    assert_one_message(result.err, "'output.run_name': Text should have at most 200 characters, not 300")
+    assert "items" not in result.err
+    config = tmp_path / "long.yaml"
+    config.write_text("data:\n  datasets:\n    - {source: x.jsonl, format: pubmedqa}\n"
+                      f"output:\n  run_name: {'y' * 201}\n")
+    with pytest.raises(ConfigError, match=r"long.yaml:5: 'output.run_name': Text should have at most 200 characters, "
+                                          "not 201"):
+        load_config(config)
+    assert load_config(config, [f"output.run_name={'y' * 200}"]).output.run_name == "y" * 200

@@ -148,3 +148,48 @@ def test_a_run_name_over_200_characters_is_told_in_characters(tiny_model_dir, tm
                                           "not 201"):
         load_config(config)
     assert load_config(config, [f"output.run_name={'y' * 200}"]).output.run_name == "y" * 200
+
+
+# ---------------------------------------------------------------- ZQ03: PEFT's warning before the kit's message
+
+
+def _without_layer_0(run: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from .conftest import record_adapter_as_saved
+
+    file = run / "adapter" / "adapter_model.safetensors"
+    weights = {k: v for k, v in load_file(file).items() if ".layers.0." not in k}
+    save_file(weights, file, metadata={"format": "pt"})
+    record_adapter_as_saved(run)
+
+
+def test_an_adapter_lacking_tensors_is_told_once_by_the_kit_not_first_by_peft(trained, tiny_model_dir, tmp_path,
+                                                                            capsys, recwarn):
+    """PEFT's `Found missing adapter keys while loading the checkpoint: [14 names]` came before the kit's message."""
+    run = _copy(trained, tmp_path)
+    _without_layer_0(run)
+    for mode in ("chat", "init_adapter"):
+        argv = _argv(tiny_model_dir, tmp_path / "out", mode, run)
+        result = run_cli(capsys, argv if mode == "chat" else [*argv, "--set", "training.max_steps=1"])
+        assert result.code == 2
+        assert_one_message(result.err, f"The adapter in {run / 'adapter'} is incomplete: adapter_model.safetensors "
+                                       "lacks 14 tensors")
+        assert "missing adapter keys" not in result.err
+        assert not [w for w in recwarn if "missing adapter keys" in str(w.message)]
+
+
+def test_peft_warnings_are_shown_where_the_kit_lets_the_adapter_load(trained, tiny_model_dir, tmp_path, monkeypatch,
+                                                                    recwarn):
+    """Held back only where the kit's own message says it: an adapter the kit's check lets through keeps PEFT's
+    warning."""
+    from transformers import AutoModelForCausalLM
+
+    from medqlora import adapter_loading
+
+    run = _copy(trained, tmp_path)
+    _without_layer_0(run)
+    monkeypatch.setattr(adapter_loading, "check_loaded", lambda model, folder: None)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    adapter_loading.load_checked(base, run / "adapter")
+    assert [w for w in recwarn if "Found missing adapter keys" in str(w.message)]

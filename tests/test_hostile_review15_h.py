@@ -2,6 +2,7 @@
 three smaller messages: an adapter run's generation settings, PEFT's warning before the kit's own message, and a
 run_name too long (docs/errors.md ZQ rows)."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -193,3 +194,28 @@ def test_peft_warnings_are_shown_where_the_kit_lets_the_adapter_load(trained, ti
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     adapter_loading.load_checked(base, run / "adapter")
     assert [w for w in recwarn if "Found missing adapter keys" in str(w.message)]
+
+
+# ---------------------------------------------------------------- ZQ04: an adapter run's own generation settings
+
+
+def test_answering_with_other_generation_settings_than_the_run_says_so_and_how_to_use_the_runs(
+        trained, tiny_model_dir, tmp_path, capsys):
+    """`--mode chat --adapter RUN` without --config answered with the default config's max_new_tokens, not the run's
+    own (8), without a word: an adapter brings its run's model and data sections, its generation settings stay the
+    command's. Now said, with the command that answers with the run's settings; which then says nothing more."""
+    run = _copy(trained, tmp_path)
+    note = (f"note: answering with generation max_new_tokens 16 (this command's config), not the run {run.name}'s own "
+            f"(max_new_tokens 8, its config.yaml)")
+    advice = f"To answer with the run's: --config {run / 'config.yaml'} --adapter {run}"
+    for dry_run in (["--dry-run"], []):
+        argv = [*_argv(tiny_model_dir, tmp_path / "out", "chat", run), "--set", "generation.max_new_tokens=16", *dry_run]
+        result = run_cli(capsys, argv)
+        assert result.code == 0, result.err
+        assert note in result.err and advice in result.err
+    result = run_cli(capsys, ["--mode", "chat", "--prompt", "What is fever?", "--config", str(run / "config.yaml"),
+                              "--adapter", str(run)])
+    assert result.code == 0, result.err
+    assert "note: answering with generation" not in result.err
+    tokens = int(re.findall(r"^\((\d+) tokens?,", result.err, re.MULTILINE)[-1])
+    assert 0 < tokens <= 8  # the run's own max_new_tokens

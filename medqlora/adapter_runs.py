@@ -66,9 +66,9 @@ def generation_note(adapter: Path | None, cfg: KitConfig) -> str | None:
         return None
     now = ", ".join(f"{k} {getattr(cfg.generation, k)}" for k in differ)
     then = ", ".join(f"{k} {getattr(own, k)}" for k in differ)
-    return (f"note: answering with generation {now} (this command's config), not the run {printable(run_folder.name)}'s "
-            f"own ({then}, its config.yaml): an adapter brings its run's model and data sections, not its generation "
-            f"settings. To answer with the run's: {on_run('--adapter', run_folder)}")
+    return (f"note: answering with generation {now} (this command's config), not the run "
+            f"{printable(run_folder.name)}'s own ({then}, its config.yaml): an adapter brings its run's model and data "
+            f"sections, not its generation settings. To answer with the run's: {on_run('--adapter', run_folder)}")
 
 
 def start_adapter(adapter: Path | None) -> str | None:

@@ -34,5 +34,5 @@ def check_checkpoint(checkpoint: Path) -> None:
 
 
 def _advice(checkpoint: Path) -> str:
-    return (f"Move {printable(checkpoint.name, 80)} out of {printable(checkpoint.parent)} to resume from the checkpoint "
-            "before it, or train again without --resume.")
+    return (f"Move {printable(checkpoint.name, 80)} out of {printable(checkpoint.parent)} to resume from the "
+            "checkpoint before it, or train again without --resume.")

@@ -209,8 +209,8 @@ def test_answering_with_other_generation_settings_than_the_run_says_so_and_how_t
             f"(max_new_tokens 8, its config.yaml)")
     advice = f"To answer with the run's: --config {run / 'config.yaml'} --adapter {run}"
     for dry_run in (["--dry-run"], []):
-        argv = [*_argv(tiny_model_dir, tmp_path / "out", "chat", run), "--set", "generation.max_new_tokens=16", *dry_run]
-        result = run_cli(capsys, argv)
+        argv = _argv(tiny_model_dir, tmp_path / "out", "chat", run)
+        result = run_cli(capsys, [*argv, "--set", "generation.max_new_tokens=16", *dry_run])
         assert result.code == 0, result.err
         assert note in result.err and advice in result.err
     result = run_cli(capsys, ["--mode", "chat", "--prompt", "What is fever?", "--config", str(run / "config.yaml"),

@@ -1,6 +1,6 @@
 """What a path given where an adapter folder belongs is, when it is not one, and what to give instead: a GGUF
 file (llama.cpp's format), a kit run folder whose training stopped before its adapter was saved, a full model (the
-merged export)."""
+merged export); an adapter folder one of whose files is damaged."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .run_commands import command_on_run
 from .run_files import Files
 from .run_lock import lock_holder
 from .secrets import printable
+from .whole_files import Damage
 
 
 def named_flag(flag: str) -> str:
@@ -83,3 +84,24 @@ def still_training(shown: str, flag: str, holder: str, checkpoint: Path | None) 
     return (f"{flag} {shown} is a run folder of this kit that is still training ({who} holds its lock): its adapter "
             "is saved when that training ends. Wait for it to end, then run this command again (training it again "
             f"would start a second training of the same run).{meanwhile}")
+
+
+def damaged_adapter(folder: Path, damage: Damage) -> str:
+    """An adapter folder one of whose files is cut short or damaged (whole_files.py), and where a whole copy is: the
+    run folder copied again, another checkpoint of the run, the export made again, or the folder copied again."""
+    from .adapter_origin import in_run_subfolder, origin_run
+
+    run = origin_run(folder)
+    if run is not None and folder.parent.name == Files.CHECKPOINTS:
+        advice = (f"Use another checkpoint of the run (in {printable(folder.parent)}) or its adapter "
+                  f"({printable(run / Files.ADAPTER)}), or copy the run folder again from where it was trained.")
+    elif run is not None and in_run_subfolder(folder):
+        advice = (f"Export it again from the run {printable(run)} (--mode export), or copy the run folder again from "
+                  "where it was trained.")
+    elif run is not None:
+        advice = (f"Copy the run folder {printable(run)} again (the whole folder, onto a disk with room) from where it "
+                  "was trained, or train it again.")
+    else:
+        advice = "Copy the adapter folder again (all its files) from where it came."
+    return (f"The adapter in {printable(folder)} is damaged: its {printable(damage.file.name, 80)} {damage.problem} "
+            f"(a copy of the folder interrupted, or made onto a full disk?). {advice}")

@@ -17,6 +17,7 @@ from .adapter_runs import (
     check_benchmarks_untrained,
     cot_style_mismatches,
     find_adapter,
+    generation_note,
     run_folder_for,
     start_adapter,
 )
@@ -33,7 +34,7 @@ class AdapterModes(RecipeState):
 
     def test(self) -> Run:
         """--mode test: the sample queries answered by the base model with an adapter."""
-        adapter = self.use_adapter()
+        adapter = self.use_adapter(answers=True)
         self.run = run_folder_for(self.cfg, adapter, self.options.output_dir, "base")
         self.start_runtime()
         self.load_for_inference(adapter, say_loading=True)
@@ -96,7 +97,7 @@ class AdapterModes(RecipeState):
         from . import chat
 
         with contextlib.redirect_stdout(sys.stderr):
-            adapter = self.use_adapter()
+            adapter = self.use_adapter(answers=True)
             self.start_runtime()
             self.load_for_inference(adapter, say_loading=True)
         if self.options.prompt is not None:
@@ -107,12 +108,15 @@ class AdapterModes(RecipeState):
         replies = chat.interactive(self.cfg, self.model, self.tokenizer, sys.stdin, sys.stdout, sys.stderr, title)
         return Run(None, {"replies": replies})
 
-    def use_adapter(self, required: bool = False) -> Path | None:
+    def use_adapter(self, required: bool = False, answers: bool = False) -> Path | None:
         """--adapter found and checked (None: the base model); an adapter of a run folder brings that run's model
-        and data sections, so that its prompts are rendered as it was trained."""
+        and data sections, so that its prompts are rendered as it was trained. ``answers``: the mode generates
+        answers (test, chat), and says where the run's own generation settings differ from the ones it uses."""
         adapter = find_adapter(self.cfg, self.options.adapter, self.options.output_dir)
         if adapter is None and required:
             raise ModelError("--mode export needs an adapter: --adapter RUN_FOLDER (or latest), not none.")
         if adapter is not None:
             self.cfg = adapter_run_config(adapter, self.cfg)
+        if answers and (note := generation_note(adapter, self.cfg)):
+            say(note)
         return adapter

@@ -48,6 +48,29 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
 
 
+ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")  # generation: how it answers
+
+
+def generation_note(adapter: Path | None, cfg: KitConfig) -> str | None:
+    """Where the adapter's run saved other answer settings (generation.max_new_tokens, temperature, top_p,
+    repetition_penalty) in its config.yaml than the command uses, a note naming both and the command that uses the
+    run's. A run's model and data sections come with its adapter (how its prompts are written, as it trained); how
+    long and how freely it answers is the command's own setting (its --config, or the kit's default config), as
+    for eval and export: the run's config.yaml applies where it is given, --config RUN/config.yaml."""
+    run_folder = origin_run(adapter) if adapter is not None else None
+    if run_folder is None:
+        return None
+    own = load_config(run_folder / Files.CONFIG).generation
+    differ = [k for k in ANSWER_SETTINGS if getattr(own, k) != getattr(cfg.generation, k)]
+    if not differ:
+        return None
+    now = ", ".join(f"{k} {getattr(cfg.generation, k)}" for k in differ)
+    then = ", ".join(f"{k} {getattr(own, k)}" for k in differ)
+    return (f"note: answering with generation {now} (this command's config), not the run "
+            f"{printable(run_folder.name)}'s own ({then}, its config.yaml): an adapter brings its run's model and data "
+            f"sections, not its generation settings. To answer with the run's: {on_run('--adapter', run_folder)}")
+
+
 def start_adapter(adapter: Path | None) -> str | None:
     """The training.init_adapter the run of a kit adapter started from (its config.yaml), or None."""
     run_folder = origin_run(adapter) if adapter is not None else None

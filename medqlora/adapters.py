@@ -7,7 +7,8 @@ belongs to, or None for a foreign adapter) or stops with one short message:
   ``.pth``) is refused with the three lines that convert it, because unpickling runs code;
 - adapter_config.json must be a JSON LoRA config (peft_type LORA, a positive integer r,
   target_modules, base_model_name_or_path);
-- the safetensors header (read without loading a tensor) must hold LoRA weights of rank r.
+- the safetensors header (read without loading a tensor) must hold LoRA weights of rank r;
+- every other file must be whole (whole_files.py: a tokenizer.json cut short by an interrupted copy).
 
 adapter_base.py then compares the adapter with the base model; ``check_loaded`` compares the loaded adapter with
 its config.
@@ -30,6 +31,7 @@ from .regular_files import first_special_file, link_note
 from .run_files import Files
 from .secrets import printable
 from .shown_paths import quoted_path
+from .whole_files import first_damage, non_finite_weights
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -105,20 +107,6 @@ def check_finite(folder: Path) -> None:
         raise non_finite(folder, bad)
 
 
-def non_finite_weights(file: Path) -> list[str]:
-    """The names of the floating-point tensors of a safetensors file that hold a NaN or an infinity."""
-    import torch
-    from safetensors import safe_open
-
-    bad = []
-    with safe_open(str(file), framework="pt") as weights:
-        for name in weights.keys():  # noqa: SIM118 (a safetensors file, not a dict)
-            tensor = weights.get_tensor(name)
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                bad.append(name)
-    return bad
-
-
 def non_finite(folder: Path, bad: list[str]) -> ModelError:
     return ModelError(f"The adapter in {printable(str(folder))} holds NaN or infinite weights ({len(bad)} tensors, "
                       f"e.g. {printable(bad[0], 120)}): its answers and scores would be meaningless. Train it again "
@@ -148,7 +136,19 @@ def find(folder: Path) -> ValidAdapter:
     check_ranks(folder, config, shapes)
     check_modules_to_save(folder, config, shapes)
     check_targets(folder, config, shapes)
+    refuse_damaged_files(folder)
     return ValidAdapter(folder, config, kit_run_folder(folder), shapes)
+
+
+def refuse_damaged_files(folder: Path) -> None:
+    """Every file the adapter folder holds whole (its tokenizer, a checkpoint's training state: a copy cut short by a
+    full disk), read as --resume reads a checkpoint's, without reading a weight: the loaders would stop on a cut
+    file with a bare JSONDecodeError. Its config and weights' header were checked, with their own messages, above."""
+    damage = first_damage(folder, values=False)
+    if damage is not None:
+        from .adapter_advice import damaged_adapter
+
+        raise ModelError(damaged_adapter(folder, damage))
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -3,45 +3,39 @@ run folder cut short leaves an optimizer.pt of half its size, which torch reads 
 its adapter's weights finite (resumed from a NaN, a run trains on and stops at a NaN loss, blamed on the learning
 rate). A damaged checkpoint is refused naming it and the file: the one before it may be whole.
 
-What is checked, by the file's kind: JSON parses; a torch file (optimizer.pt, scheduler.pt, rng_state*.pth,
-training_args.bin: zip archives) opens as a zip whose every member's checksum matches, without unpickling it; a
-safetensors file reads whole, and its tensors are finite."""
+The inspection is whole_files.py's (the same one the adapter boundary runs on every adapter folder), here with the
+values read: every torch file's checksums, every tensor's finiteness."""
 
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
-from .adapters import non_finite_weights
 from .errors import ModelError
 from .secrets import printable
+from .whole_files import first_damage
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 STATE_NAME = "trainer_state.json"
 
 
 def check_checkpoint(checkpoint: Path) -> None:
     """Refuse a checkpoint one of whose files is cut or damaged, whose weights hold NaN or infinity, or whose
     trainer_state.json is at another step than its folder's name says."""
-    for file in sorted(checkpoint.iterdir()):
-        if file.is_symlink() or not file.is_file():
-            continue
-        try:
-            problem, bad = _inspect(file)
-        except OSError as err:
-            problem, bad = f"cannot be read ({printable(err.strerror or str(err), 120)})", []
-        if problem:
-            raise ModelError(
-                f"--resume: the checkpoint {printable(checkpoint)} is damaged: its {printable(file.name, 80)} "
-                f"{problem} (a copy or sync of the run folder cut short?). {_advice(checkpoint)}")
-        if bad:
-            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
-            raise ModelError(
-                f"--resume: the checkpoint {printable(checkpoint)} holds NaN or infinite weights in its "
-                f"{printable(file.name, 80)} ({printable(bad[0], 120)}{more}): training on from it would train on NaN "
-                f"and stop at a NaN loss. {_advice(checkpoint)}")
-    _check_step(checkpoint)
+    damage = first_damage(checkpoint, values=True)
+    if damage is None:
+        _check_step(checkpoint)
+        return
+    name = printable(damage.file.name, 80)
+    if damage.problem:
+        raise ModelError(
+            f"--resume: the checkpoint {printable(checkpoint)} is damaged: its {name} {damage.problem} (a copy or sync "
+            f"of the run folder cut short?). {_advice(checkpoint)}")
+    bad = damage.non_finite
+    more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+    raise ModelError(
+        f"--resume: the checkpoint {printable(checkpoint)} holds NaN or infinite weights in its {name} "
+        f"({printable(bad[0], 120)}{more}): training on from it would train on NaN and stop at a NaN loss. "
+        f"{_advice(checkpoint)}")
 
 
 def _check_step(checkpoint: Path) -> None:
@@ -63,37 +57,6 @@ def _check_step(checkpoint: Path) -> None:
         f"{_advice(checkpoint)}")
 
 
-def _inspect(file: Path) -> tuple[str | None, list[str]]:
-    """What is wrong with the bytes of one file of a checkpoint (or None), and its tensors holding NaN or infinity."""
-    if file.suffix == ".json":
-        try:
-            json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as err:  # bad JSON, or not UTF-8 text
-            return f"is cut short or damaged (not JSON: {printable(str(err), 120)})", []
-    elif file.suffix in TORCH_SUFFIXES:
-        return _torch_file_damage(file), []
-    elif file.suffix == ".safetensors":
-        from safetensors import SafetensorError
-
-        try:
-            return None, non_finite_weights(file)
-        except SafetensorError as err:  # a cut header or data
-            return f"is cut short or damaged ({type(err).__name__}: {printable(str(err), 120)})", []
-    return None, []
-
-
-def _torch_file_damage(file: Path) -> str | None:
-    """A torch file (a zip archive) that is cut or whose members do not match their checksums."""
-    if not zipfile.is_zipfile(file):
-        return f"is cut short or not a torch file ({file.stat().st_size} bytes, no whole zip archive)"
-    try:
-        with zipfile.ZipFile(file) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, EOFError) as err:
-        return f"is cut short or damaged ({printable(str(err), 120)})"
-    return f"is damaged (its member {printable(bad, 80)} does not match its checksum)" if bad else None
-
-
 def _advice(checkpoint: Path) -> str:
-    return (f"Move {printable(checkpoint.name, 80)} out of {printable(checkpoint.parent)} to resume from the checkpoint "
-            "before it, or train again without --resume.")
+    return (f"Move {printable(checkpoint.name, 80)} out of {printable(checkpoint.parent)} to resume from the "
+            "checkpoint before it, or train again without --resume.")

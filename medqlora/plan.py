@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from . import adapter_base, adapters, backends, data, distributed, evaluate, fit, generate, harness, tracking
-from .adapter_runs import adapter_run_config, check_benchmarks_untrained, cot_style_mismatches, find_adapter
+from .adapter_runs import (
+    adapter_run_config,
+    check_benchmarks_untrained,
+    cot_style_mismatches,
+    find_adapter,
+    generation_note,
+)
 from .commands import ANSWERING_MODES
 from .config import KitConfig
 from .errors import ModelError
@@ -225,6 +231,8 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
             say(f"warning: {mismatch}")
         evaluate.check_prompts_fit(cfg, local_tokenizer(cfg, source), benchmarks)
     if mode in ("test", "chat"):
+        if note := generation_note(adapter, cfg):
+            say(note)
         _check_prompt_room(cfg, mode, source)
         tokenizer = local_tokenizer(cfg, source)  # None where reading it would convert or download
         questions = generate.load_queries(cfg.generation.queries_file) if mode == "test" else []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import adapters
+from ..adapter_loading import load_checked
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
@@ -16,31 +17,25 @@ from .runtime import Runtime, prepare_for_generation
 def trainable_adapter(model: Any, cfg: KitConfig) -> Any:
     """training.init_adapter: the earlier run's adapter loaded trainable (its own LoRA settings, not lora:), in
     place of a fresh one. The folder was checked at the adapter boundary (adapter_runs.with_init_adapter)."""
-    from peft import PeftModel
-
     folder = str(cfg.training.init_adapter)
-    try:
-        model = PeftModel.from_pretrained(model, folder, is_trainable=True)
-    except Exception as err:
-        raise ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
-                         f"{type(err).__name__}: {printable(str(err), 300)}") from None
-    adapters.check_loaded(model, Path(folder))
+
+    def failed(err: Exception) -> ModelError:
+        return ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
+                          f"{type(err).__name__}: {printable(str(err), 300)}")
+
+    model = load_checked(model, Path(folder), failed, is_trainable=True)
     refuse_non_finite_adapter(model, Path(folder))
     return model
 
 
 def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runtime) -> Any:
     """A saved LoRA adapter on top of a loaded base model, ready to generate."""
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    except Exception as err:
-        raise ModelError(
+    def failed(err: Exception) -> ModelError:
+        return ModelError(
             f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
-            "Was it trained on a different base model? Check model.name in the run's config.yaml."
-        ) from None
-    adapters.check_loaded(model, Path(adapter_dir))
+            "Was it trained on a different base model? Check model.name in the run's config.yaml.")
+
+    model = load_checked(model, Path(adapter_dir), failed)
     refuse_non_finite_adapter(model, adapter_dir)
     prepare_for_generation(model, runtime)
     return model

@@ -293,7 +293,16 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
     allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""
-    return f"{where}: '{dotted}': {error['msg']}{shown}{allowed}."
+    return f"{where}: '{dotted}': {_said(error)}{shown}{allowed}."
+
+
+def _said(error: dict) -> str:
+    """pydantic's message, in the words of the value given: a length limit checked after a text setting's own
+    validator (output.run_name) is pydantic's generic one, 'at most 200 items', said here of the text's characters."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "too_long" and isinstance(error.get("input"), str) and "max_length" in ctx:
+        return f"Text should have at most {ctx['max_length']} characters, not {len(error['input'])}"
+    return error["msg"]
 
 
 _NUMBER_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import adapters, backends
+from .. import backends
+from ..adapter_loading import load_checked
 from ..config import KitConfig
 from ..errors import MedQLoRAError
 from .base_model import ExportBase
@@ -57,8 +58,6 @@ def _quantized(cfg: KitConfig, runtime: backends.Runtime) -> bool:
 def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str,
                                 source: str) -> Any:
     """Base weights as training saw them (4-bit, dequantized to ``dtype`` on the CPU) with the adapter merged in."""
-    from peft import PeftModel
-
     # the 4-bit storage is bitsandbytes NF4 with either backend; Unsloth adds nothing to merging
     plain = dataclasses.replace(runtime, backend="hf")
     base, _ = backends.hf_base(cfg, plain, source)
@@ -66,9 +65,7 @@ def merge_into_dequantized_base(cfg: KitConfig, runtime: backends.Runtime, adapt
         dequantize_to_cpu(base, backends.torch_dtype(dtype))
     else:
         base.to(device="cpu", dtype=backends.torch_dtype(dtype))
-    loaded = PeftModel.from_pretrained(base, str(adapter))
-    adapters.check_loaded(loaded, adapter)
-    merged = loaded.merge_and_unload()
+    merged = load_checked(base, adapter).merge_and_unload()
     merged.eval()
     return merged
 
@@ -117,11 +114,7 @@ def _load_plain(folder: Path, runtime: backends.Runtime, dtype: str) -> Any:
 
 
 def _original_plus_adapter(cfg: KitConfig, runtime: backends.Runtime, adapter: Path, dtype: str, source: str) -> Any:
-    from peft import PeftModel
-
-    loaded = PeftModel.from_pretrained(_load_plain(Path(source), runtime, dtype), str(adapter))
-    adapters.check_loaded(loaded, adapter)
-    return loaded.eval()
+    return load_checked(_load_plain(Path(source), runtime, dtype), adapter).eval()
 
 
 def _prequantized(cfg: KitConfig, source: str) -> bool:

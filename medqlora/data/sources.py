@@ -135,6 +135,8 @@ def _load_local(path: Path) -> list[dict[str, Any]]:
                         + (f" (it links to {path.resolve()})" if path.is_symlink() else "") + ".")
     if path.stat().st_size == 0:
         raise DataError(f"Dataset file {path} is empty.")
+    if suffix != ".parquet" and path.stat().st_size > SNIFF_BYTES:  # a small file's own reading names the line
+        _refuse_binary(path, suffix)
     try:
         if suffix == ".jsonl":
             rows = _read_jsonl(path)
@@ -260,10 +262,40 @@ def _refuse_wrapped_records(path: Path, payload: Any) -> None:
                     "records one per line as .jsonl.")
 
 
+SNIFF_BYTES = 1 << 16  # the start of a text data file, read before the whole of it
+LINE_LIMIT = 1 << 28  # characters of one JSON Lines record (256 Mi; a field holds 1 Mi at most)
+
+
+def _refuse_binary(path: Path, suffix: str) -> None:
+    """A large text data file (.json, .jsonl, .csv) whose start holds a NUL byte is no text: a binary file, or zeros
+    (a sparse or preallocated file, a copy cut short), which would be read whole, as one line, before a message."""
+    with path.open("rb") as handle:
+        start = handle.read(SNIFF_BYTES)
+    at = start.find(b"\x00")
+    if at < 0:
+        return
+    utf16 = start[:2] in (b"\xff\xfe", b"\xfe\xff")
+    raise DataError(f"{path}: not text: it holds a NUL byte at byte {at} ("
+                    + ("UTF-16 text" if utf16 else "a binary file, or zeros left by a copy cut short or a file "
+                       "made to size") + f"). Is it really a {suffix} file? Save it as UTF-8 text.")
+
+
+def _lines(handle: Any, path: Path) -> Any:
+    """The lines of a JSON Lines file, each at most LINE_LIMIT characters (read no further than that)."""
+    number = 0
+    while line := handle.readline(LINE_LIMIT + 1):
+        number += 1
+        if len(line) > LINE_LIMIT:
+            raise DataError(f"{path}:{number}: a line of more than {LINE_LIMIT:,} characters without a line break: "
+                            "no JSON Lines record is that long. Is it really a .jsonl file (one JSON object a "
+                            "line)?")
+        yield number, line
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows, lines = Rows(), []
     with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in _lines(handle, path):
             if not line.strip():
                 continue
             if not rows and line.lstrip().startswith("["):

@@ -44,7 +44,8 @@ MIN_CONTENT = 5  # questions with fewer content words are not looked for in anot
 SLACK = 2  # a stretch may be this many words longer than the question (a function word added)
 RARE = 6  # content words of a question counted to find its candidate texts
 FIRM = 64  # the weight of a word that must be there, counting the rare words a text holds (more than RARE)
-_SENTENCE_END = re.compile(r"(?<=[.?!])\s+|\n")  # where a sentence (or a line) ends
+# where a sentence ends: . ? ! and a blank, or a blank line (a line break alone may wrap a sentence)
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+|\n[ \t]*\n\s*")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class ReorderedQuestions:
         for q in self.questions:
             for word in q.content:
                 self.wanted[vocab[word]] = True
-                self.misspellable[vocab[word]] = len(word) >= MISSPELT_MIN and word.isalpha()
+                self.misspellable[vocab[word]] = _could_be_misspelt(word)
         self.pairs: list[Any] = []  # per chunk: word id * 2^32 + text index, of content words, each pair once
 
     def take(self, ids_list: list[int], starts_list: list[int], first_text: int) -> None:
@@ -164,7 +165,9 @@ def reordered_copy(q: _Question, text: _Text) -> Changes | None:
     what the near-copy check allows and as many sentences as the question has (see the module); None when there is
     none."""
     for start, end, present in text.groups(q.sentences):
-        if sum(count for word, count in q.content.items() if word not in present) <= q.allowed:
+        missing = [(word, count) for word, count in q.content.items() if word not in present]
+        if sum(count for _, count in missing) <= q.allowed and \
+                sum(count for word, count in missing if not _could_be_misspelt(word)) <= q.others:
             changes = _in_stretch(q, text.words, start, end)
             if changes is not None:
                 return changes
@@ -207,7 +210,7 @@ def _changes(q: _Question, present: Counter, stretch: list[str]) -> Changes | No
     added.subtract(q.content)
     extra = [word for word, count in added.items() for _ in range(count)]
     count = max(len(missing), len(extra))
-    could_be_misspelt = sum(len(word) >= MISSPELT_MIN and word.isalpha() for word in missing)
+    could_be_misspelt = sum(map(_could_be_misspelt, missing))
     if count > q.allowed or count - min(could_be_misspelt, len(extra)) > q.others:
         return None
     shown, typos = [], 0
@@ -250,6 +253,11 @@ def sentences(text: str) -> _Text:
             starts.append(len(split))
             split += piece_words
     return _Text(split, starts)
+
+
+def _could_be_misspelt(word: str) -> bool:
+    """Whether a misspelling may stand for ``word`` (``misspelling``): a word of letters, long enough."""
+    return len(word) >= MISSPELT_MIN and word.isalpha()
 
 
 @functools.lru_cache(maxsize=1 << 16)

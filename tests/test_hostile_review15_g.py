@@ -23,6 +23,8 @@ REORDERED = {
                      "inhibitors increase it?",
     "words-shuffled": "cancer breast early with women postmenopausal in risk cardiovascular the increase inhibitors "
                       "aromatase adjuvant do",
+    "wrapped-over-two-lines": "In postmenopausal women with early breast\ncancer, do adjuvant aromatase inhibitors "
+                              "increase\nthe cardiovascular risk?",
     "inside-a-longer-text": "Read this first. In postmenopausal women with early breast cancer do adjuvant aromatase "
                             "inhibitors increase the cardiovascular risk? Answer yes, no or maybe.",
 }

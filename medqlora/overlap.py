@@ -14,8 +14,9 @@ Questions of fewer than ``MIN_WORDS`` words ("Is it safe?") are common phrases i
 texts: they are matched only when a whole training text (one field, one turn) equals them.
 
 A question of 8 words or more is also looked for with one or two words changed (a misspelling, in a long question
-any word), which breaks the n-grams that hold the word: overlap_near.py. A long question is also looked for with
-its blanks moved (removed, zero-width spaces for blanks, words broken across lines, letters spaced out), letter for
+any word), which breaks the n-grams that hold the word: overlap_near.py; and with its words in another order (clauses
+swapped, words shuffled), with the same changes: overlap_reordered.py. A long question is also looked for with its
+blanks moved (removed, zero-width spaces for blanks, words broken across lines, letters spaced out), letter for
 letter: overlap_glued.py.
 
 Speed: evaluation n-grams are hashed into an index; the training texts become one array of word
@@ -32,6 +33,7 @@ from typing import Any
 from .leakage_text import normalize, question_hash, words
 from .overlap_glued import GluedQuestions
 from .overlap_near import Changes, landmarks, near_copy, pieces
+from .overlap_reordered import ReorderedQuestions
 
 MIN_WORDS = 5  # shorter evaluation questions are matched only by a whole training text equal to them
 BITMAP = 1 << 22
@@ -80,12 +82,16 @@ class Overlap:
     field: str  # the training field where most of it was found
     changes: Changes | None = None  # the words changed in a near copy found by alignment (overlap_near.py)
     glued: bool = False  # found letter for letter, blanks and punctuation aside (overlap_glued.py)
+    reordered: bool = False  # found with its words in another order (overlap_reordered.py)
 
     def describe(self) -> str:
         if self.glued:
             how = f"field '{_shown(self.field, 80)}' contains, letter for letter (its blanks and punctuation aside),"
         elif self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
+        elif self.reordered:
+            changed = f" and {_changed(self.changes)}" if self.changes and self.changes.count else ""
+            how = f"field '{_shown(self.field, 80)}' contains, with its words in another order{changed},"
         elif self.changes:
             how = f"field '{_shown(self.field, 80)}' contains, with {_changed(self.changes)},"
         else:
@@ -153,14 +159,22 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
     if not questions and not short:
         return []
     values, by_n = _gram_index(questions, vocab)
-    glued = GluedQuestions([(q.words, q.item) for q in questions if q.whole is None], vocab)
-    found, exact_short, text_field = _scan_training(train, questions, short, vocab, values, by_n, glued)
+    whole = [(q.words, q.item) for q in questions if q.whole is None]
+    glued = GluedQuestions(whole, vocab)
+    reordered = ReorderedQuestions([(split, item) for split, item in whole if item.part is None] if ngram > 0 else [],
+                                   vocab)
+    found, exact_short, text_owner, text_field = _scan_training(train, questions, short, vocab, values, by_n,
+                                                                (glued, reordered))
     best, candidates = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
     for t_index, (item, field) in glued.found.items():
         if t_index not in best:
             size = len(words(item.question))
             best[t_index] = Overlap(train[t_index], item, "exact", 1.0, size, size, 1, field, glued=True)
     _add_near_copies(train, questions, candidates, best, ngram)
+    for t_index, (item, field, changes) in reordered.find(train, text_owner, set(best)).items():
+        size = len(words(item.question))
+        best[t_index] = Overlap(train[t_index], item, "near duplicate", 1 - changes.count / size,
+                                size - changes.count, size, 1, field, changes, reordered=True)
     return [best[i] for i in sorted(best)]
 
 
@@ -216,10 +230,11 @@ def _gram_index(questions: list[_Question], vocab: dict[str, int]) -> tuple[Any,
 
 def _scan_training(train: list[Item], questions: list[_Question], short: dict[str, Item], vocab: dict[str, int],
                    values: Any, by_n: dict[int, dict[int, list[int]]],
-                   glued: GluedQuestions) -> tuple[dict, dict, list[str]]:
+                   other: tuple[GluedQuestions, ReorderedQuestions]) -> tuple[dict, dict, list[int], list[str]]:
     """The training texts looked up in the index: (train index, question index) -> gram -> text index; the
-    training items equal to a short question; and each text's field. Texts of words glued together go to
-    ``glued``."""
+    training items equal to a short question; and each text's training item and field. Texts of words glued
+    together go to ``glued``, the word ids of every text to ``reordered``'s index."""
+    glued, reordered = other
     # the training texts as arrays of word ids, 0 between texts and for words no question has, in chunks
     found: dict[tuple[int, int], dict[int, int]] = {}  # (train index, question index) -> gram -> text index
     exact_short: dict[int, tuple[Item, str]] = {}
@@ -246,10 +261,12 @@ def _scan_training(train: list[Item], questions: list[_Question], short: dict[st
             chunk.append(0)
         if len(chunk) >= CHUNK_WORDS:
             _match_chunk(chunk, chunk_starts, len(text_owner) - len(chunk_starts), values, by_n, text_owner, found)
+            reordered.take(chunk, chunk_starts, len(text_owner) - len(chunk_starts))
             chunk, chunk_starts = [], []
     if chunk:
         _match_chunk(chunk, chunk_starts, len(text_owner) - len(chunk_starts), values, by_n, text_owner, found)
-    return found, exact_short, text_field
+        reordered.take(chunk, chunk_starts, len(text_owner) - len(chunk_starts))
+    return found, exact_short, text_owner, text_field
 
 
 def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, exact_short: dict,

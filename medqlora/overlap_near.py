@@ -25,6 +25,7 @@ from dataclasses import dataclass
 NEAR_MIN_WORDS = 8  # shorter questions (5 to 7 words) are matched exactly or by their n-grams only
 LONG_WORDS = 13  # questions of this many words or more may have two words changed
 OTHER_WORD_EVERY = 20  # of which one word in this many may be any word (not a misspelling), left out or added
+MISSPELT_MIN = 5  # letters of the shortest word a misspelling is taken for
 MAX_STARTS = 50  # places in one training text a question is aligned with (a piece repeated in a long text)
 
 
@@ -69,7 +70,7 @@ def landmarks(words: list[str], ngram: int) -> list[tuple[int, list[str]]]:
 def misspelling(a: str, b: str) -> bool:
     """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more): a
     misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
-    if min(len(a), len(b)) < 5 or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
+    if min(len(a), len(b)) < MISSPELT_MIN or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
         return False
     previous = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -65,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_unwritable_output()
+    threading.excepthook = _background_thread_failed
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
     with guarded_stdout() as stdout:
         code = _guarded_main(args, argv)
@@ -90,6 +92,23 @@ def _guarded_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:
         distributed.stop()
+
+
+def _background_thread_failed(hook: threading.ExceptHookArgs) -> None:
+    """A library's background thread that fails (TensorBoard's event writer on a full disk or past a file-size
+    limit) printed a whole traceback beside the kit's own message: one warning line instead, the traceback in
+    run.log. The run goes on, or stops with its own message where the same cause reaches it."""
+    if hook.exc_type is SystemExit:
+        return
+    thread = hook.thread.name if hook.thread is not None else "a background thread"
+    err = hook.exc_value
+    logging.getLogger("medqlora").debug("background thread %s failed", thread,
+                                        exc_info=(hook.exc_type, err, hook.exc_traceback))
+    shown = printable(f"{hook.exc_type.__name__}: {err}", 200)
+    advice = f" {write_advice(err)}." if is_write_error(err) else ""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"medqlora: warning: a background thread ({printable(thread, 60)}) stopped: {shown}; what it wrote "
+              f"(such as the TensorBoard log) is incomplete.{advice}", file=sys.stderr)
 
 
 def _quiet_unwritable_output() -> None:

@@ -45,7 +45,8 @@ class RunRecords(RecipeState):
     def recording_failures(self) -> Iterator[None]:
         """Why the run stopped, in its manifest (with the stage it stopped in); the CLI then reports it."""
         try:
-            yield
+            with signals.on_second_signal(self._stopped_at_once):
+                yield
         except BaseException as err:
             status = "interrupted" if isinstance(err, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
             stage = {"trained": "interrupted during evaluation after training: the adapter is saved"
@@ -55,6 +56,24 @@ class RunRecords(RecipeState):
             log.error("run %s: %s", status, reason)
             self.record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
             raise
+
+    def _stopped_at_once(self, signum: int) -> str:
+        """A second signal while the first was being handled (saving the adapter): the manifest marked interrupted
+        before the process ends, and where the work stands."""
+        how = f"stopped at once by a second {signals.name(signum)}"
+        saved = adapter_weights.on_disk(self.run.path)  # the adapter's weights, recorded once saved whole
+        status = self.facts.get("status")
+        if status not in ("trained", "interrupted", "failed"):
+            status = "interrupted"
+            self.facts.update(status=status, error=f"interrupted ({how})")
+            if saved is not None:
+                self.facts[adapter_weights.RECORD_KEY] = saved
+            self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
+        adapter = (f"its adapter is saved in {printable(self.run.adapter)}" if saved else
+                   "no adapter was saved (its save may have been cut short)")
+        resume = command_on_run("train", "--resume", self.run.path)
+        return (f"{how}: the run {printable(self.run.path)} is marked {status}; {adapter}. Continue from its last "
+                f"checkpoint, if one was saved (training.save_steps): {resume}")
 
     @contextmanager
     def recorded_after_training(self) -> Iterator[None]:

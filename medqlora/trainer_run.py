@@ -33,8 +33,9 @@ def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: R
         raise _interrupted(model, tokenizer, run, trainer.state.global_step) from None
     except Exception as err:
         _remove_incomplete_checkpoints(run)
-        if _is_cuda_oom(err):
-            raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step) from None
+        memory = _out_of_memory(err)
+        if memory:
+            raise _oom_error(cfg, model, tokenizer, run, trainer.state.global_step, memory) from None
         if is_write_error(err):
             raise _write_failed(err, run, trainer.state.global_step) from None
         if resume_from is not None and speed.steps_here == 0 and _is_damaged_file(err):
@@ -179,17 +180,24 @@ def _is_damaged_file(err: BaseException) -> bool:
                                       "invalid load key", "HeaderTooLarge", "MetadataIncompleteBuffer"))
 
 
-def _is_cuda_oom(err: BaseException) -> bool:
+def _out_of_memory(err: BaseException) -> str | None:
+    """Which memory a training step ran out of: "CUDA" (the GPU's), "CPU" (the machine's RAM: torch's CPU allocator
+    or Python's MemoryError, under a memory limit or on a small machine), or None."""
     import torch
 
-    return isinstance(err, torch.OutOfMemoryError) or "CUDA out of memory" in str(err)
+    if isinstance(err, torch.OutOfMemoryError) or "CUDA out of memory" in str(err):
+        return "CUDA"
+    if isinstance(err, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(err):
+        return "CPU"
+    return None
 
 
-def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: int) -> MedQLoRAError:
+def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: int,
+               memory: str = "CUDA") -> MedQLoRAError:
     import torch
 
     figures = ""
-    if torch.cuda.is_available():
+    if memory == "CUDA" and torch.cuda.is_available():
         peak = torch.cuda.max_memory_reserved() / 1024**3
         total = torch.cuda.get_device_properties(0).total_memory / 1024**3
         figures = f": peak {peak:.1f} of {total:.1f} GiB"
@@ -202,10 +210,13 @@ def _oom_error(cfg: KitConfig, model: Any, tokenizer: Any, run: RunDir, step: in
         except Exception:  # saving is best effort after an OOM
             saved = ""
     t = cfg.training
+    what = ("CUDA out of memory" if memory == "CUDA" else
+            "The machine ran out of memory (RAM, or the process's memory limit)")
+    last = ("--set training.gradient_checkpointing=unsloth; --set model.load_in_4bit=true." if memory == "CUDA" else
+            "--set training.gradient_checkpointing=true; or close other programs, or use a machine with more memory.")
     return MedQLoRAError(
-        f"CUDA out of memory at step {step}{figures}.{saved}\nTry one of: "
+        f"{what} at step {step}{figures}.{saved}\nTry one of: "
         f"--set training.micro_batch_size={max(1, t.micro_batch_size // 2)} "
         f"--set training.gradient_accumulation_steps={t.gradient_accumulation_steps * 2} (same effective batch); "
-        f"--set model.max_seq_length={max(128, cfg.model.max_seq_length // 2)}; "
-        "--set training.gradient_checkpointing=unsloth; --set model.load_in_4bit=true."
+        f"--set model.max_seq_length={max(128, cfg.model.max_seq_length // 2)}; {last}"
     )

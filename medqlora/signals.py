@@ -4,8 +4,8 @@ Colab, SLURM and Kubernetes send SIGTERM (a closed terminal sends SIGHUP) some s
 the machine away; SLURM's --signal=USR1@<seconds> sends SIGUSR1 (or the one named) before a time limit,
 whose default action would kill the process without a word. The first signal raises KeyboardInterrupt in
 the main thread, so training saves the adapter trained so far and the manifest says "interrupted"; a second
-signal, of any of these, ends the process at once (exit code 128 + the signal's number), after a quick record of the stop
-in the run's manifest (on_second_signal).
+signal, of any of these, ends the process at once (exit code 128 + the signal's number), after a quick record of
+the stop in the run's manifest (on_second_signal).
 """
 
 from __future__ import annotations

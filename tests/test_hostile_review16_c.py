@@ -53,7 +53,8 @@ def test_a_tokenizer_without_an_end_token_is_refused_in_every_mode_naming_the_fi
         result = run_cli(capsys, kit_argv(no_eos_model, out, *args))
         assert result.code == 2, (args, result.err)
         assert_one_message(result.err, f"model.name: the tokenizer of {no_eos_model} has no end-of-sequence token")
-        assert 'Set eos_token in the model\'s tokenizer_config.json ("eos_token": "<|endoftext|>"' in result.err
+        assert "Set eos_token in the model's tokenizer_config.json to the token it was trained to end a text " \
+               'with (e.g. "eos_token": "<|endoftext|>", a token of its vocabulary)' in result.err
         assert "internal error" not in result.err
     assert not out.exists() or not any(out.iterdir())  # refused before a run folder was made
 

@@ -117,7 +117,8 @@ def check_end_token(tokenizer: Any, cfg: KitConfig) -> None:
     raise ModelError(f"model.name: the tokenizer of {printable(cfg.model.name)} has no end-of-sequence token "
                      "(eos_token is not set): training ends every answer with it so that the model learns to stop, "
                      "generation stops at it, and padding uses it where no pad_token is set. Set eos_token in the "
-                     f"model's tokenizer_config.json ({example}"
+                     "model's tokenizer_config.json to the token it was trained to end a text with "
+                     f"(e.g. {example}"
                      + (", a token of its vocabulary" if known else "") + ").")
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .errors import ModelError
 from .secrets import printable
-from .whole_files import first_damage
+from .torch_pickles import code_in_pickle, holds_code_error
+from .whole_files import TORCH_SUFFIXES, first_damage
 
 STATE_NAME = "trainer_state.json"
 
@@ -23,6 +24,7 @@ def check_checkpoint(checkpoint: Path) -> None:
     trainer_state.json is at another step than its folder's name says."""
     damage = first_damage(checkpoint, values=True)
     if damage is None:
+        _refuse_code(checkpoint)
         _check_step(checkpoint)
         return
     name = printable(damage.file.name, 80)
@@ -36,6 +38,21 @@ def check_checkpoint(checkpoint: Path) -> None:
         f"--resume: the checkpoint {printable(checkpoint)} holds NaN or infinite weights in its {name} "
         f"({printable(bad[0], 120)}{more}): training on from it would train on NaN and stop at a NaN loss. "
         f"{_advice(checkpoint)}")
+
+
+# Written by the trainer with each checkpoint and never read back (a pickle of TrainingArguments, which the
+# weights-only loader would refuse as any object of a class it does not know)
+NOT_READ = "training_args.bin"
+
+
+def _refuse_code(checkpoint: Path) -> None:
+    """A torch file the trainer reads on resuming (optimizer.pt, scheduler.pt, scaler.pt, rng_state*.pth) that would
+    call a function while read is refused in the kit's words, not in torch's (torch_pickles.py)."""
+    for file in sorted(checkpoint.iterdir()):
+        if file.suffix in TORCH_SUFFIXES and file.name != NOT_READ and file.is_file() and not file.is_symlink():
+            names = code_in_pickle(file, numpy_allowed=True)
+            if names:
+                raise holds_code_error("--resume", file, names, _advice(checkpoint))
 
 
 def _check_step(checkpoint: Path) -> None:

@@ -217,6 +217,8 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         o = self.options
         output = self.run.path.parent if o.resume else Path(o.output_dir or self.cfg.output.dir)
         data.refuse_output_inside_data(self.cfg.data, output)  # the runs would be read as data
+        if Path(self.cfg.model.name).expanduser().is_dir():  # a local model folder: its files and tokenizer checked
+            self.load_tokenizer()  # before a run folder is made (or a resumed one is touched); loaded once
         if not o.resume:
             self.run = self._new_run()
             if o.output_dir:  # config.yaml says where the run is: rerunning it (--config <run>/config.yaml) goes there

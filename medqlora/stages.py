@@ -35,7 +35,10 @@ class TrainingStages(RecipeState):
 
     def load_tokenizer(self) -> None:
         """The model source resolved once (a GGUF file converted into the kit's cache), the model's shape read from
-        its config.json (for the memory preflight) and the checkpoint's tokenizer loaded."""
+        its config.json (for the memory preflight) and the checkpoint's tokenizer loaded; once (a local folder's
+        before the run folder is made: Recipe.open_run_folder)."""
+        if self.tokenizer is not None:
+            return
         self.source = backends.resolve_model_source(self.cfg.model.name)
         self.shape = fit.model_shape(self.source, self.cfg.model.trust_remote_code)
         self.tokenizer = backends.load_tokenizer(self.cfg, self.source)

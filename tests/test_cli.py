@@ -216,7 +216,7 @@ def test_a_resumed_full_run_checks_its_own_queries_file_before_anything_runs(tmp
     monkeypatch.setattr(Recipe, "resolve_config", must_not_run)
     run = tmp_path / "outputs" / "cut"
     (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     saved = load_config(None, [f"generation.queries_file={tmp_path / 'gone.yaml'}"])
     (run / "config.yaml").write_text(saved.to_yaml())
     before = sorted(p.name for p in run.rglob("*"))

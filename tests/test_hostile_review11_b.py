@@ -88,7 +88,7 @@ def test_run_mode_resume_refuses_a_config_other_than_the_runs_own(cfg):
     run = medqlora.run_mode("train", cfg)
     state = run.path / Files.CHECKPOINTS / "checkpoint-1" / "trainer_state.json"
     state.parent.mkdir(parents=True)
-    state.write_text("{}")  # a checkpoint left by an interrupted run
+    state.write_text('{"global_step": 1}')  # a checkpoint left by an interrupted run
     changed = cfg.model_copy(deep=True)
     changed.training.learning_rate = 0.05
     changed.lora.target_modules.append("lm_head")
@@ -131,7 +131,7 @@ def run_with_checkpoint(cfg):
     run = medqlora.run_mode("train", cfg)
     checkpoint = run.path / Files.CHECKPOINTS / "checkpoint-1"
     shutil.copytree(run.adapter, checkpoint)
-    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 1}')
     return run.path, checkpoint
 
 

@@ -183,7 +183,7 @@ def test_resuming_a_run_whose_start_adapter_was_moved_says_why_it_is_read_and_wh
     run = tmp_path / "ck2"
     checkpoint = run / "checkpoints" / "checkpoint-4"
     checkpoint.mkdir(parents=True)
-    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
     moved = tmp_path / "Acopy" / "adapter"
     cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(
         update={"init_adapter": str(moved), "max_steps": 12})})

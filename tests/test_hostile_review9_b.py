@@ -92,7 +92,7 @@ def test_a_resume_dry_run_plans_the_run_it_continues_from_its_own_config(tiny_mo
     run = _kit_run(tmp_path / "out" / "o1k", tiny_model_dir, f"data.datasets.0.source={data}",
                    "data.datasets.0.format=instruction", "training.max_steps=200", "output.run_name=o1k")
     (run / "checkpoints" / "checkpoint-4").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
     planned = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--dry-run"])
     assert planned.code == 0, planned.err
     shown = json.loads(planned.out)

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import ModelError
 from ..regular_files import first_special_file, link_note
 from ..secrets import printable
+from ..torch_pickles import MODEL_ADVICE, code_in_pickle, holds_code_error
 
 
 def check_checkpoint_folder(folder: Path) -> None:
@@ -48,8 +49,24 @@ def check_checkpoint_folder(folder: Path) -> None:
         problem = safetensors_problem(file)
         if problem:
             raise ModelError(f"model.name: {printable(str(file))} {problem}. Download or copy it again.")
+    if not weights:
+        _refuse_code_in_weights(folder)
     if weights and "auto_map" not in config:  # remote code builds its own modules: not checked here
         _check_config_matches_weights(folder, weights)
+
+
+# The pickled weights transformers reads from a folder without safetensors files (one file, or the shards an index
+# names), and the bare torch files of a checkpoint saved with torch.save
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth")
+
+
+def _refuse_code_in_weights(folder: Path) -> None:
+    """Pickled weights that would call a function while read (a shell command) are refused in the kit's words,
+    before transformers' loader refuses them with advice to switch itself off (torch_pickles.py)."""
+    for file in sorted({f for pattern in PICKLED_WEIGHTS for f in folder.glob(pattern) if f.is_file()}):
+        names = code_in_pickle(file)
+        if names:
+            raise holds_code_error("model.name", file, names, MODEL_ADVICE)
 
 
 def _check_remote_code_files(folder: Path, config: dict[str, Any]) -> None:

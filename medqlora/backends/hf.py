@@ -13,6 +13,7 @@ from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
 from ..shown_paths import quoted_path
+from ..torch_pickles import MODEL_ADVICE, code_refused, holds_code_error
 from . import gguf
 from .finite import check_finite_weights
 from .gguf_cache import damaged_cache_error, in_conversion_cache
@@ -33,6 +34,9 @@ def _broken_json(source: str) -> Path | None:
 
 
 def load_errors(source: str, err: Exception) -> ModelError:
+    refused = code_refused(err)
+    if refused is not None:  # torch's weights-only loader, whose advice is to switch itself off: not relayed
+        return holds_code_error("model.name", Path(source), refused, MODEL_ADVICE)
     text = f"{type(err).__name__}: {err}"
     if in_conversion_cache(source, gguf.CACHE_DIR):  # model.name is right: the kit's copy of it is not
         return damaged_cache_error(source, text)

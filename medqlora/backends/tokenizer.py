@@ -92,11 +92,34 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     own_template = getattr(tokenizer, "chat_template", None)
     use_chat_template(tokenizer, cfg)
     check_template_tokens(tokenizer, cfg, own_template)
+    check_end_token(tokenizer, cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     _check_chat_template(tokenizer, cfg)
     return tokenizer
+
+
+# Tokens that end a text in common vocabularies, offered where a tokenizer names none
+END_TOKENS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "<|eot_id|>")
+
+
+def check_end_token(tokenizer: Any, cfg: KitConfig) -> None:
+    """A tokenizer without an end-of-sequence token is refused (every mode that loads one, --dry-run too): training
+    ends each answer with it, so that the model learns to stop; generation stops at it; and a tokenizer without a
+    padding token pads with it. Without one, training failed inside the trainer ("The specified pad_token ('None')
+    is not found in the vocabulary") and answers would never stop."""
+    if tokenizer.eos_token is not None and tokenizer.eos_token_id is not None:
+        return
+    vocabulary = tokenizer.get_vocab()
+    known = [t for t in END_TOKENS if t in vocabulary]
+    example = f'"eos_token": "{known[0]}"' if known else '"eos_token": "<the token that ends a text>"'
+    raise ModelError(f"model.name: the tokenizer of {printable(cfg.model.name)} has no end-of-sequence token "
+                     "(eos_token is not set): training ends every answer with it so that the model learns to stop, "
+                     "generation stops at it, and padding uses it where no pad_token is set. Set eos_token in the "
+                     "model's tokenizer_config.json to the token it was trained to end a text with "
+                     f"(e.g. {example}"
+                     + (", a token of its vocabulary" if known else "") + ").")
 
 
 CHAT_TEMPLATE_SECONDS = 10.0  # rendering a two-turn probe takes milliseconds; a template looping for ever is refused

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import KitConfig
 from .errors import MedQLoRAError
+from .run_files import Files
 from .secrets import contains_secret, printable, redact, slug
 
 NAME_PART_CHARS = 40  # each of <model> and <data> in a made name, at most: the name stays far below NAME_MAX
@@ -101,6 +102,7 @@ def check_output_dir(root: Path) -> None:
     if not str(root).strip():
         raise MedQLoRAError("The output folder is empty: --output-dir (or output.dir) must name a folder.")
     refuse_secret_in_path(root, "The output folder (--output-dir or output.dir)")
+    _refuse_inside_run_folder(root)
     for folder in (root, *root.parents):
         if folder.exists():
             if not folder.is_dir():
@@ -113,6 +115,19 @@ def check_output_dir(root: Path) -> None:
                                     f"{printable(folder)} ({err.strerror}). Choose another --output-dir (or "
                                     "output.dir).") from None
             return
+
+
+def _refuse_inside_run_folder(root: Path) -> None:
+    """An output folder inside a run folder of the kit (or that folder itself, or its adapter/): the new run folders
+    made there would change a finished run after the fact, inside the adapter folder users copy or upload."""
+    resolved = root.expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / Files.MANIFEST).is_file() and (folder / Files.CONFIG).is_file():
+            raise MedQLoRAError(
+                f"The output folder {printable(root)} (--output-dir or output.dir) lies inside the run folder "
+                f"{printable(folder)} (its manifest.json and config.yaml): the run folders made there would change "
+                "that run after the fact, and its adapter folder, which is copied or uploaded as the adapter. Choose "
+                f"an output folder outside it, e.g. {printable(folder.parent)}.")
 
 
 def make_run_folder(root: Path, name: str, generated: bool) -> Path:

@@ -42,3 +42,18 @@ def test_a_jsonl_line_longer_than_any_record_is_refused_at_the_limit(tmp_path, m
     assert str(caught.value).startswith(f"{path}:4: a line of more than 1,000 characters without a line break")
     path.write_text('{"instruction": "' + "a" * 900 + '", "output": "b"}\n')
     assert [row["output"] for row in sources._load_local(path)] == ["b"]  # a record under the limit is read
+
+
+@pytest.mark.parametrize("pattern", ["clean*.jsonl", "part-?.jsonl", "rows[12].jsonl"])
+def test_a_wildcard_source_is_said_not_to_be_expanded(tmp_path, tiny_model_dir, capsys, pattern):
+    """`source: '/data/clean*.jsonl'` with matching files there: "not found", no word of wildcards."""
+    from .conftest import assert_one_message, kit_argv, run_cli
+
+    for name in ("clean1.jsonl", "part-1.jsonl", "rows1.jsonl"):
+        (tmp_path / name).write_text('{"instruction": "a", "output": "b"}\n')
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run", **{
+        "data.datasets": f"[{{source: '{tmp_path / pattern}', format: instruction}}]"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, f"Dataset file '{tmp_path / pattern}' not found: wildcards are not expanded.")
+    assert "or the folder that holds them" in result.err

@@ -84,6 +84,9 @@ def _not_found(source: str) -> str:
     """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
     (an absolute path in none; each folder named once)."""
     name = f"Dataset file {quoted_path(source, 200)}"
+    if any(char in Path(source).name for char in "*?["):
+        return (f"{name} not found: wildcards are not expanded. Name each file as a dataset of its own, or the folder "
+                "that holds them (a folder's data files are read whole).")
     try:
         named = Path(source).expanduser()
         places = [named] if named.is_absolute() else list(dict.fromkeys([Path.cwd() / named, KIT_ROOT / named]))

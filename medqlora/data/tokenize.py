@@ -19,7 +19,7 @@ from .. import leakage
 from ..errors import DataError
 from ..messages import log
 from ..rows import Example
-from ..system_turn import with_system
+from ..system_turn import system_kept, with_system
 from .examples import Collected, collect, padding_report, system_prompt_of
 from .sources import fingerprint
 
@@ -66,11 +66,31 @@ def chat_turn_messages(tokenizer: Any, system_prompt: str | None,
     """A chat row as messages: its own system turn, else ``system_prompt``; folded into the first user turn for
     templates without a system role (as single-turn prompts are: system_turn.with_system)."""
     messages = [{"role": role, "content": content} for role, content in turns]
+    messages = messages[:1] + _later_system_turns_folded(tokenizer, messages[1:])
     if messages[0]["role"] != "system":
         return with_system(tokenizer, system_prompt, messages)
     if not messages[0]["content"].strip():  # an empty system turn of its own, rendered as the row gives it
         return messages
     return with_system(tokenizer, messages[0]["content"], messages[1:])
+
+
+def _later_system_turns_folded(tokenizer: Any, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """System turns in the middle of a conversation, for a template without a system role (Mistral's raises on
+    one): each folded into the start of the message after it, as a leading one is folded into the first. One after
+    the last message is left out: nothing after it is learned."""
+    if not any(m["role"] == "system" for m in messages) or system_kept(tokenizer, _PROBE):
+        return messages
+    folded: list[dict[str, str]] = []
+    pending: list[str] = []
+    for message in messages:
+        if message["role"] == "system":
+            pending += [message["content"]] if message["content"].strip() else []
+            continue
+        if pending:
+            message = {"role": message["role"], "content": "\n\n".join([*pending, message["content"]])}
+            pending = []
+        folded.append(message)
+    return folded
 
 
 def _chat_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:

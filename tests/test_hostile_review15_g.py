@@ -13,9 +13,7 @@ from medqlora.data import format_rows, pubmedqa_test_ids
 from medqlora.leakage import Item, find_overlap
 
 from .conftest import SHARED_DATA, assert_one_message, kit_argv
-
-QUESTION = ("Do adjuvant aromatase inhibitors increase the cardiovascular risk in postmenopausal women with early "
-            "breast cancer?")  # PubMedQA test item 18041059
+from .test_hostile_review15_e import QUESTION, _evaluation, _jsonl, _train  # QUESTION: PubMedQA test item 18041059
 REORDERED = {
     "clauses-swapped": "In postmenopausal women with early breast cancer, do adjuvant aromatase inhibitors increase "
                        "the cardiovascular risk?",
@@ -30,19 +28,6 @@ REORDERED = {
 }
 VIGNETTE = ("A 45-year-old man presents with three days of fever, productive cough and pleuritic chest pain. Which "
             "organism is the most likely cause?")
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def _train(*texts: str) -> list[Item]:
-    return [Item("0:mine.jsonl", None, text, (("instruction", text),), row) for row, text in enumerate(texts, 1)]
-
-
-def _evaluation(*questions: str) -> list[Item]:
-    return [Item("evalset", f"q{i}", question) for i, question in enumerate(questions)]
 
 
 # ---------------------------------------------------------------- reordered copies are refused (161)

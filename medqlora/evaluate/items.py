@@ -12,8 +12,10 @@ from pathlib import Path
 
 from ..config import BenchmarkSpec, DatasetSpec, KitConfig
 from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
+from ..data.examples import row_name
 from ..errors import DataError
 from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
+from ..leakage_text import normalize
 from ..rows import DATASET_ENTRY, MissingColumnError
 from ..run_files import Files
 from ..secrets import printable
@@ -29,6 +31,12 @@ class EvalItem:
     choices: list[str]
     option_texts: dict[str, str] = field(default_factory=dict)
     format: str = ""  # the data format of its prompt: a training dataset of that format lends its prompt settings
+    copies: int = 1  # the rows of its source that hold this item (a duplicate row is scored once, with the first)
+
+
+def duplicates_of(items: list[EvalItem]) -> int:
+    """The rows of a benchmark's source that repeat one of ``items`` (each item scored once, with its first row)."""
+    return sum(item.copies - 1 for item in items)
 
 
 def load_items(bench: BenchmarkSpec, seed: int, entry: str | None = None) -> list[EvalItem]:
@@ -105,13 +113,31 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
                        columns=bench.columns)
     rows = load_rows(spec)
-    items = []
+    items: dict[tuple, EvalItem] = {}  # by the question and its options, as the leakage guard normalises text
     for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
         options = mc_options(row, spec)  # checked by format_rows already
         letter = example.response.split(".", 1)[0]
-        items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options),
-                              format="multiple_choice"))
-    return items
+        item = EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options),
+                        format="multiple_choice")
+        key = (normalize(example.question), *((o, normalize(text)) for o, text in sorted(options.items())))
+        if key in items:
+            _same_answer(bench.name, items[key], item, spec, rows)
+            items[key].copies += 1
+        else:
+            items[key] = item
+    return list(items.values())
+
+
+def _same_answer(name: str, first: EvalItem, again: EvalItem, spec: DatasetSpec, rows: list) -> None:
+    """A question asked twice with the same options must have one answer: else the benchmark contradicts itself."""
+    if first.gold == again.gold:
+        return
+    where = [row_name(spec, item.example.row or 0, getattr(rows, "lines", None), getattr(rows, "names", None))
+             + (f" (id {printable(item.example.uid, 40)})" if item.example.uid else "") for item in (first, again)]
+    raise DataError(f"Benchmark '{printable(name, 80)}': {where[0]} and {where[1]} hold the same question with the "
+                    f"same options but different answers ({first.gold} vs {again.gold}): the benchmark contradicts "
+                    "itself, so one of them is scored wrong whatever the model answers. Correct the wrong answer, or "
+                    "leave one of the rows out.")
 
 
 def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:

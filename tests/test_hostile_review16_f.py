@@ -1,14 +1,15 @@
 """Hostile round 16, a blank preference prompt and duplicate benchmark items: a DPO row whose prompt is only blanks
 was called missing; a multiple-choice benchmark holding each question twice scored and weighted each copy, and one
-holding a question twice with two answers was scored as it stood."""
+holding a question twice with two answers scored one of them wrong whatever the model answered."""
 
 import json
 
 import pytest
 
 from medqlora import data
-from medqlora.config import DatasetSpec
+from medqlora.config import BenchmarkSpec, DatasetSpec
 from medqlora.errors import DataError
+from medqlora.evaluate import duplicates_of, load_items
 
 from .conftest import assert_one_message, kit_argv, only_run, run_cli
 
@@ -139,13 +140,33 @@ def test_the_same_options_in_another_order_are_another_item(tiny_model_dir, tmp_
     assert "mine (multiple_choice, 6 items, likelihood)" in plan.out and "duplicate" not in plan.out
 
 
-def test_a_question_twice_with_two_answers_is_refused_naming_both_rows(tiny_model_dir, tmp_path, capsys):
+def test_a_question_twice_with_two_answers_is_left_out_naming_both_rows(tiny_model_dir, tmp_path, capsys):
     rows = [_item(q, a) for q, a in QUESTIONS] + [_item("which vitamin deficiency causes SCURVY", "A", id="x7")]
     bench = _jsonl(tmp_path / "mc_contra.jsonl", rows)
     for mode in (["--mode", "eval", "--adapter", "none", "--dry-run"], ["--mode", "full", "--dry-run"]):
         result = run_cli(capsys, _bench_argv(tiny_model_dir, tmp_path, bench, *mode))
-        assert result.code == 2
-        assert_one_message(result.err, f"Benchmark 'mine': {bench} row 1 and {bench} row 6 (id x7) hold the same "
-                                        "question with the same options but different answers (C vs A): the "
-                                        "benchmark contradicts itself")
+        assert result.code == 0, result.err
+        said = result.out + result.err  # the warning: on stderr beside the plan's JSON, on stdout in a run
+        assert (f"warning: Benchmark 'mine': {bench} row 1 and {bench} row 6 (id x7) hold the same question with the "
+                "same options but different answers (C vs A): the benchmark contradicts itself, so one of them would "
+                "be scored wrong whatever the model answers; 2 rows left out, 4 items scored.") in said
+        assert "mine (multiple_choice, 4 items, likelihood)" in result.out
+
+
+def test_a_benchmark_of_nothing_but_contradictions_is_refused(tiny_model_dir, tmp_path, capsys):
+    bench = _jsonl(tmp_path / "mc_contra.jsonl", [_item(QUESTIONS[0][0], "C"), _item(QUESTIONS[0][0], "A"),
+                                                  _item(QUESTIONS[0][0], "B")])
+    result = run_cli(capsys, _bench_argv(tiny_model_dir, tmp_path, bench, "--mode", "eval", "--adapter", "none",
+                                         "--dry-run"))
+    assert result.code == 2
+    assert_one_message(result.err, f"Benchmark 'mine': {bench} row 1 and {bench} row 2 and {bench} row 3 hold the "
+                                    "same question with the same options but different answers (C vs A vs B): the "
+                                    "benchmark contradicts itself, and no item is left to score.")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_shipped_medmcqa_sets_score_each_question_once():
+    dev = load_items(BenchmarkSpec(name="medmcqa", kind="multiple_choice", source="data/medmcqa/dev_subset.jsonl"), 0)
+    assert (len(dev), duplicates_of(dev)) == (2806, 8)  # 2816 rows: 8 repeats, and one question given two answers
+    assert {"ee904a2e-7494-46ef-b976-22be596ed44f", "f4ea9cd2-e0a7-41e2-ab75-fe54a8bee24e"}.isdisjoint(
+        item.uid for item in dev)

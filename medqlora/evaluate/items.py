@@ -113,31 +113,49 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
                        columns=bench.columns)
     rows = load_rows(spec)
-    items: dict[tuple, EvalItem] = {}  # by the question and its options, as the leakage guard normalises text
+    groups: dict[tuple, list[EvalItem]] = {}  # rows holding one item: a duplicate is scored once, with the first
     for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
         options = mc_options(row, spec)  # checked by format_rows already
-        letter = example.response.split(".", 1)[0]
-        item = EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options),
-                        format="multiple_choice")
-        key = (normalize(example.question), *((o, normalize(text)) for o, text in sorted(options.items())))
-        if key in items:
-            _same_answer(bench.name, items[key], item, spec, rows)
-            items[key].copies += 1
-        else:
-            items[key] = item
-    return list(items.values())
+        item = EvalItem(example.uid or str(number), example, example.response.split(".", 1)[0], sorted(options),
+                        dict(options), format="multiple_choice")
+        groups.setdefault(_key_of(item), []).append(item)
+    contradicting = [group for group in groups.values() if len({item.gold for item in group}) > 1]
+    items = []
+    for group in groups.values():
+        if len({item.gold for item in group}) == 1:
+            group[0].copies = len(group)
+            items.append(group[0])
+    if contradicting:
+        _leave_out_contradictions(bench.name, contradicting, len(items), spec, rows)
+    return items
 
 
-def _same_answer(name: str, first: EvalItem, again: EvalItem, spec: DatasetSpec, rows: list) -> None:
-    """A question asked twice with the same options must have one answer: else the benchmark contradicts itself."""
-    if first.gold == again.gold:
-        return
-    where = [row_name(spec, item.example.row or 0, getattr(rows, "lines", None), getattr(rows, "names", None))
-             + (f" (id {printable(item.example.uid, 40)})" if item.example.uid else "") for item in (first, again)]
-    raise DataError(f"Benchmark '{printable(name, 80)}': {where[0]} and {where[1]} hold the same question with the "
-                    f"same options but different answers ({first.gold} vs {again.gold}): the benchmark contradicts "
-                    "itself, so one of them is scored wrong whatever the model answers. Correct the wrong answer, or "
-                    "leave one of the rows out.")
+def _key_of(item: EvalItem) -> tuple:
+    """The question and its lettered options, as the leakage guard normalises text: the same key, the same item."""
+    return (normalize(item.example.question), *((o, normalize(text)) for o, text in sorted(item.option_texts.items())))
+
+
+def _leave_out_contradictions(name: str, groups: list[list[EvalItem]], kept: int, spec: DatasetSpec,
+                              rows: list) -> None:
+    """Rows that ask one question with the same options and give different answers (a published set may hold a pair,
+    as MedMCQA's dev set does): one of them is scored wrong whatever the model answers, so none is scored; said,
+    naming the rows, and refused when no item is left."""
+    from ..messages import say
+
+    def where(item: EvalItem) -> str:
+        named = row_name(spec, item.example.row or 0, getattr(rows, "lines", None), getattr(rows, "names", None))
+        return named + (f" (id {printable(item.example.uid, 40)})" if item.example.uid else "")
+
+    first = groups[0]
+    said = (f"{' and '.join(where(item) for item in first[:3])} hold the same question with the same options but "
+            f"different answers ({' vs '.join(item.gold for item in first[:3])})")
+    if not kept:
+        raise DataError(f"Benchmark '{printable(name, 80)}': {said}: the benchmark contradicts itself, and no item "
+                        "is left to score. Correct the wrong answers, or leave one row of each question out.")
+    say(f"warning: Benchmark '{printable(name, 80)}': {said}" + (f", and so do the rows of {len(groups) - 1} more questions" if
+        len(groups) > 1 else "") + ": the benchmark contradicts itself, so one of them would be scored wrong whatever "
+        f"the model answers; {sum(len(g) for g in groups)} rows left out, {kept} items scored. Correct the wrong "
+        "answer, or leave one of the rows out.")
 
 
 def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:

@@ -43,9 +43,11 @@ def benchmark_plan(cfg: KitConfig, benchmark: Any, loaded: dict[str, list] | Non
 def _items_said(max_items: int | None, items: list | None) -> str:
     if items is None:
         return f"up to {max_items} items" if max_items else "all items"
+    duplicates = evaluate.duplicates_of(items)
+    once = f" ({duplicates} duplicate items scored once)" if duplicates else ""
     if max_items and max_items > len(items):
-        return f"{len(items)} items, all its source holds, fewer than max_items {max_items}"
-    return f"{len(items)} items"
+        return f"{len(items)} items{once}, all its source holds, fewer than max_items {max_items}"
+    return f"{len(items)} items{once}"
 
 
 def benchmark_counts(cfg: KitConfig, loaded: dict[str, list]) -> dict[str, int | None]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import DataError
 from .formats import CHAT_ROLES, dataset_format
 from .leakage import normalize
-from .rows import Example, _column, _field, _kind, _question, _response, _text, _uid, as_written
+from .rows import Example, _column, _field, _kind, _question, _response, _text, _uid, as_written, blank_said, invisible
 from .secrets import printable
 
 if TYPE_CHECKING:
@@ -45,8 +45,9 @@ def format_prompt_answer(row: dict[str, Any], spec: DatasetSpec) -> Example:
                    answer_texts=((a_name, answer),))
 
 
-def _turns(value: Any, name: str) -> list[dict[str, str]]:
-    """A message list, its roles read as the chat format reads them (ShareGPT's human / gpt too)."""
+def _turns(value: Any, name: str, reply: str = "the response to learn") -> list[dict[str, str]]:
+    """A message list, its roles read as the chat format reads them (ShareGPT's human / gpt too); a blank user
+    turn or assistant turn (``reply`` says what that turn is) refused as the chat format refuses it."""
     if isinstance(value, list) and not value:
         raise DataError(f"field '{printable(name, 60)}' is an empty list of messages: give the reply as text or as "
                         "messages ending in the assistant's reply.")
@@ -60,8 +61,12 @@ def _turns(value: Any, name: str) -> list[dict[str, str]]:
         if not isinstance(role, str) or role.strip().lower() not in CHAT_ROLES:
             raise DataError(f"field '{printable(name, 60)}[{i}]' has role {printable(repr(role), 40)}; expected "
                             "system, user or assistant.")
-        turns.append({"role": CHAT_ROLES[role.strip().lower()],
-                      "content": _text(message["content"], f"{name}[{i}].content")})
+        turn = {"role": CHAT_ROLES[role.strip().lower()], "content": _text(message["content"], f"{name}[{i}].content")}
+        if turn["role"] == "user":
+            _question(turn["content"], f"{name}[{i}].content")
+        elif turn["role"] == "assistant":
+            _response(turn["content"], f"{name}[{i}].content", reply)
+        turns.append(turn)
     return turns
 
 
@@ -92,17 +97,17 @@ def _refuse_messages_as_text(value: str, name: str) -> None:
                         "put the reply's text in the cell.")
 
 
-def _reply(value: Any, name: str) -> PreferenceSide:
+def _reply(value: Any, name: str, reply: str = "the response to learn") -> PreferenceSide:
     if isinstance(value, str):
         _refuse_messages_as_text(value, name)
-        return PreferenceSide("", "", _response(value, name))
-    turns = _turns(value, name)
+        return PreferenceSide("", "", _response(value, name, reply))
+    turns = _turns(value, name, reply)
     if turns[-1]["role"] != "assistant":
         raise DataError(f"field '{printable(name, 60)}': the last message is not the assistant's reply.")
     systems = [t["content"] for t in turns[:-1] if t["role"] == "system"]
     users = [t["content"] for t in turns[:-1] if t["role"] == "user"]
     earlier_replies = any(t["role"] == "assistant" for t in turns[:-1])
-    return PreferenceSide("\n\n".join(systems), "\n\n".join(users), _response(turns[-1]["content"], name),
+    return PreferenceSide("\n\n".join(systems), "\n\n".join(users), turns[-1]["content"],
                  multi_turn=len(users) > 1 or earlier_replies)
 
 
@@ -129,28 +134,39 @@ def _shared(chosen: str, rejected: str, what: str, c_name: str, r_name: str) -> 
 def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
     c_name, chosen = _column(row, spec, "chosen")
     r_name, rejected = _column(row, spec, "rejected")
-    c, r = _reply(chosen, c_name), _reply(rejected, r_name)
+    c, r = _reply(chosen, c_name), _reply(rejected, r_name, "the reply to prefer less")
     in_turns = _shared(c.prompt, r.prompt, "user question", c_name, r_name)
     system = _shared(c.system, r.system, "system turn", c_name, r_name)
     p_name = spec.columns.get("prompt", "prompt")
     multi_turn = c.multi_turn or r.multi_turn
-    if p_name in row and row[p_name] is not None:
-        prompt, system = _prompt_field(row[p_name], p_name, system)
-        multi_turn = multi_turn or _turn_count(row[p_name]) > 1
+    given = row.get(p_name)
+    if given is not None and not (in_turns and isinstance(given, str) and invisible(given)):
+        prompt, system = _prompt_field(given, p_name, system)
+        multi_turn = multi_turn or _turn_count(given) > 1
         if in_turns and not _same(in_turns, prompt):
             raise DataError(f"field '{printable(p_name, 60)}' ({printable(prompt, 60)!r}) and the user turn of "
                             f"'{printable(c_name, 60)}' ({printable(in_turns, 60)!r}) differ: keep the question in "
                             "one of them, or make them the same text.")
     else:
         prompt = in_turns
-    if not prompt.strip():
-        raise DataError(f"no prompt: field '{printable(p_name, 60)}' is missing and '{printable(c_name, 60)}' holds "
-                        f"no user message.{_prompt_column_hint(row, p_name, c_name, r_name)}")
+    if invisible(prompt):
+        raise DataError(f"no prompt: field '{printable(p_name, 60)}' {_prompt_said(given)} and "
+                        f"'{printable(c_name, 60)}' holds no user message: the replies would answer no question. Fill "
+                        f"it in or leave the row out.{_prompt_column_hint(row, p_name, c_name, r_name)}")
     if _same(c.text, r.text):
         raise DataError("the chosen and rejected replies are the same text (spacing aside): nothing to prefer.")
     return PreferenceExample(prompt=prompt, response=c.text, rejected=r.text, system=system, multi_turn=multi_turn,
                              uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
                              answer_texts=((c_name, c.text), (r_name, r.text)))
+
+
+def _prompt_said(given: Any) -> str:
+    """How the prompt field holds no question: missing, blank text (how blank), or messages without a user turn."""
+    if given is None:
+        return "is missing"
+    if isinstance(given, str):
+        return f"is {blank_said(given)}"
+    return "holds no user message"
 
 
 PROMPT_LIKE = ("question", "instruction", "input", "query", "prompt_text", "user")

@@ -120,11 +120,12 @@ def invisible(text: str) -> bool:
                for c in text)
 
 
-def _response(value: str, name: str) -> str:
-    """A response text (what the model learns to produce): blank or invisible is refused, not trained on."""
+def _response(value: str, name: str, expected: str = "the response to learn") -> str:
+    """A response text (what the model learns to produce, or a reply it learns to prefer less): blank or invisible
+    is refused, not trained on."""
     if invisible(value):
-        raise DataError(f"field '{printable(name, 60)}' is {blank_said(value)}, expected the response to learn. Fill "
-                        "it in or leave the row out.")
+        raise DataError(f"field '{printable(name, 60)}' is {blank_said(value)}, expected {expected}. Fill it in or "
+                        "leave the row out.")
     return value
 
 

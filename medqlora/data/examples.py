@@ -47,12 +47,12 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
             if spec.prompt_template is not None:
                 example = apply_template(example, spec.prompt_template)
         except MissingColumnError as err:
-            raise MissingColumnError(f"{_row_name(spec, number, lines, names)}: {err.missing}", err.advice) from None
+            raise MissingColumnError(f"{row_name(spec, number, lines, names)}: {err.missing}", err.advice) from None
         except DataError as err:
-            raise DataError(f"{_row_name(spec, number, lines, names)}: {err}") from None
+            raise DataError(f"{row_name(spec, number, lines, names)}: {err}") from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
             raise DataError(
-                f"{_row_name(spec, number, lines, names)} does not have the shape the {spec.format} format needs "
+                f"{row_name(spec, number, lines, names)} does not have the shape the {spec.format} format needs "
                 f"({type(err).__name__}: {printable(err, 120)}). Expected: "
                 f"{FORMAT_SHAPES.get(spec.format, 'see docs/formats.md')}."
             ) from None
@@ -115,7 +115,8 @@ def query_prompt(data: DataSection, question: str) -> tuple[str | None, str]:
     return system_prompt_of(data, spec), user
 
 
-def _row_name(spec: DatasetSpec, number: int, lines: list[int] | None, names: list[str] | None = None) -> str:
+def row_name(spec: DatasetSpec, number: int, lines: list[int] | None, names: list[str] | None = None) -> str:
+    """A row as messages name it: its file and row number (and line, where they differ), or its own name."""
     if names and number <= len(names):
         return names[number - 1]
     line = lines[number - 1] if lines and number <= len(lines) else None

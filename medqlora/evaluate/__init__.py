@@ -28,6 +28,7 @@ from .items import (
     check_not_trained_on,
     cot_items_from,
     cot_style_of,
+    duplicates_of,
     load_benchmarks,
     load_items,
 )
@@ -40,7 +41,8 @@ __all__ = [
     "answer_token_ids", "check_answer_stated_once", "check_not_trained_on", "check_something_to_score",
     "check_item_texts", "check_prompts_fit",
     "classification_metrics", "cot_items_from",
-    "cot_metrics", "cot_style_of", "evaluate", "evaluation_length", "extract_answer", "generated_replies",
+    "cot_metrics", "cot_style_of", "duplicates_of", "evaluate", "evaluation_length", "extract_answer",
+    "generated_replies",
     "item_prompt", "load_benchmarks", "load_items", "one_answer_warning", "prompt_ids", "rouge_l",
     "score_cot", "score_generate", "score_likelihood", "side_by_side", "split_cot",
 ]
@@ -69,7 +71,7 @@ def evaluate(cfg: KitConfig, model: Any, tokenizer: Any, items_by_bench: dict[st
         seconds = time.perf_counter() - began
         labels = list(dict.fromkeys(choice for item in items for choice in item.choices))  # sets mixing 4 and 5 options
         metrics = classification_metrics([i.gold for i in items], [s["pred"] for s in scored], labels)
-        metrics.update(method=cfg.eval.method, **speed_of(len(items), seconds),
+        metrics.update(method=cfg.eval.method, **speed_of(len(items), seconds), duplicates=duplicates_of(items),
                        shortened=sum(bool(s.get("shortened")) for s in scored),
                        per_item=[{"uid": i.uid, "gold": i.gold, **s} for i, s in zip(items, scored, strict=True)])
         results[name] = metrics

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from ..config import BenchmarkSpec, DatasetSpec, KitConfig
 from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
+from ..data.examples import row_name
 from ..errors import DataError
 from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
+from ..leakage_text import normalize
 from ..rows import DATASET_ENTRY, MissingColumnError
 from ..run_files import Files
 from ..secrets import printable
@@ -29,6 +31,12 @@ class EvalItem:
     choices: list[str]
     option_texts: dict[str, str] = field(default_factory=dict)
     format: str = ""  # the data format of its prompt: a training dataset of that format lends its prompt settings
+    copies: int = 1  # the rows of its source that hold this item (a duplicate row is scored once, with the first)
+
+
+def duplicates_of(items: list[EvalItem]) -> int:
+    """The rows of a benchmark's source that repeat one of ``items`` (each item scored once, with its first row)."""
+    return sum(item.copies - 1 for item in items)
 
 
 def load_items(bench: BenchmarkSpec, seed: int, entry: str | None = None) -> list[EvalItem]:
@@ -105,13 +113,49 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
                        columns=bench.columns)
     rows = load_rows(spec)
-    items = []
+    groups: dict[tuple, list[EvalItem]] = {}  # rows holding one item: a duplicate is scored once, with the first
     for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
         options = mc_options(row, spec)  # checked by format_rows already
-        letter = example.response.split(".", 1)[0]
-        items.append(EvalItem(example.uid or str(number), example, letter, sorted(options), dict(options),
-                              format="multiple_choice"))
+        item = EvalItem(example.uid or str(number), example, example.response.split(".", 1)[0], sorted(options),
+                        dict(options), format="multiple_choice")
+        groups.setdefault(_key_of(item), []).append(item)
+    contradicting = [group for group in groups.values() if len({item.gold for item in group}) > 1]
+    items = []
+    for group in groups.values():
+        if len({item.gold for item in group}) == 1:
+            group[0].copies = len(group)
+            items.append(group[0])
+    if contradicting:
+        _leave_out_contradictions(bench.name, contradicting, len(items), spec, rows)
     return items
+
+
+def _key_of(item: EvalItem) -> tuple:
+    """The question and its lettered options, as the leakage guard normalises text: the same key, the same item."""
+    return (normalize(item.example.question), *((o, normalize(text)) for o, text in sorted(item.option_texts.items())))
+
+
+def _leave_out_contradictions(name: str, groups: list[list[EvalItem]], kept: int, spec: DatasetSpec,
+                              rows: list) -> None:
+    """Rows that ask one question with the same options and give different answers (a published set may hold a pair,
+    as MedMCQA's dev set does): one of them is scored wrong whatever the model answers, so none is scored; said,
+    naming the rows, and refused when no item is left."""
+    from ..messages import say
+
+    def where(item: EvalItem) -> str:
+        named = row_name(spec, item.example.row or 0, getattr(rows, "lines", None), getattr(rows, "names", None))
+        return named + (f" (id {printable(item.example.uid, 40)})" if item.example.uid else "")
+
+    first = groups[0]
+    said = (f"{' and '.join(where(item) for item in first[:3])} hold the same question with the same options but "
+            f"different answers ({' vs '.join(item.gold for item in first[:3])})")
+    if not kept:
+        raise DataError(f"Benchmark '{printable(name, 80)}': {said}: the benchmark contradicts itself, and no item "
+                        "is left to score. Correct the wrong answers, or leave one row of each question out.")
+    say(f"warning: Benchmark '{printable(name, 80)}': {said}" + (f", and so do the rows of {len(groups) - 1} more questions" if
+        len(groups) > 1 else "") + ": the benchmark contradicts itself, so one of them would be scored wrong whatever "
+        f"the model answers; {sum(len(g) for g in groups)} rows left out, {kept} items scored. Correct the wrong "
+        "answer, or leave one of the rows out.")
 
 
 def cot_items_from(examples: list[Example], limit: int) -> list[EvalItem]:

@@ -106,11 +106,18 @@ def eval_lines(stage: str, results: dict[str, dict]) -> list[str]:
             lines.append(f"eval {stage} {name}: format compliance {m['format_compliance']}%, reasoning "
                          f"{m['mean_reasoning_words']} words, ROUGE-L {m['rouge_l']} on {m['items']} items")
             continue
-        lines.append(f"eval {stage} {name}: accuracy {m['accuracy']}% macro-F1 {m['macro_f1']}% on {m['items']} items "
-                     f"({m['method']}, {m['items_per_second']} items/s); predicted {m['predicted']}"
+        lines.append(f"eval {stage} {name}: accuracy {m['accuracy']}% macro-F1 {m['macro_f1']}% on {m['items']} items"
+                     f"{_duplicates_said(m)} ({m['method']}, {m['items_per_second']} items/s); "
+                     f"predicted {m['predicted']}"
                      + (f"; {m['shortened']} prompts had their context shortened to fit eval.max_length"
                         if m.get("shortened") else ""))
     return lines
+
+
+def _duplicates_said(metrics: dict[str, Any]) -> str:
+    """The rows of a benchmark's source that repeat an item scored (each distinct question scored once)."""
+    duplicates = metrics.get("duplicates")
+    return f" ({duplicates} duplicate items scored once)" if duplicates else ""
 
 
 def eval_report_markdown(results: dict[str, dict[str, Any]], title: str, perplexity: dict | None = None) -> str:
@@ -140,6 +147,9 @@ def eval_report_markdown(results: dict[str, dict[str, Any]], title: str, perplex
                 if warning:
                     lines.append(f"- **warning**: {warning}")
         any_run = row.get("fine_tuned") or row.get("baseline")
+        if any_run.get("duplicates"):
+            lines.append(f"- {any_run['duplicates']} duplicate items scored once: rows of the source that repeat "
+                         "another's question and options count once in the accuracy, with their first row")
         if "majority_rate" in any_run:
             lines.append(f"- always answering the most common gold label ('{any_run['majority_label']}'): "
                          f"{any_run['majority_rate']}% on these items")

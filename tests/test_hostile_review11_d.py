@@ -101,7 +101,7 @@ def test_resume_refuses_a_config_other_than_the_runs_own(tiny_model_dir, tmp_pat
     run = _copy(trained, tmp_path)
     state = run / Files.CHECKPOINTS / "checkpoint-1" / "trainer_state.json"
     state.parent.mkdir(parents=True)
-    state.write_text("{}")  # a checkpoint left by an interrupted run
+    state.write_text('{"global_step": 1}')  # a checkpoint left by an interrupted run
     saved = load_config(run / Files.CONFIG)
     other = tmp_path / "other.yaml"
     other.write_text(saved.model_copy(update={"training": saved.training.model_copy(

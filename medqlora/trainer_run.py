@@ -5,6 +5,7 @@ after it (rl.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -30,6 +31,7 @@ def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: R
     try:
         return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
+        _remove_incomplete_checkpoints(run)  # a signal in the middle of writing one
         raise _interrupted(model, tokenizer, run, trainer.state.global_step) from None
     except Exception as err:
         _remove_incomplete_checkpoints(run)
@@ -123,13 +125,22 @@ def adapter_is_finite(model: Any, weights: dict[str, Any] | None = None) -> bool
 
 
 def _remove_incomplete_checkpoints(run: RunDir) -> None:
-    """A checkpoint the Trainer was writing when it failed (disk full...) holds no trainer_state.json, which
-    it writes last: remove it, so that neither --resume nor a user takes it for a checkpoint."""
+    """A checkpoint the Trainer was writing when it failed (disk full...) or was interrupted (a signal) holds no
+    whole trainer_state.json, which it writes last: remove it, so that neither --resume nor a user takes it for a
+    checkpoint."""
     if not is_main():
         return
     for folder in (run.path / Files.CHECKPOINTS).glob("checkpoint-*"):
-        if folder.is_dir() and not folder.is_symlink() and not (folder / "trainer_state.json").is_file():
+        if folder.is_dir() and not folder.is_symlink() and not _state_written(folder / "trainer_state.json"):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _state_written(state: Path) -> bool:
+    """Whether a checkpoint's trainer_state.json is whole: a JSON object (one cut while written is not)."""
+    try:
+        return isinstance(json.loads(state.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any] | None = None) -> None:

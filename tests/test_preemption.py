@@ -34,7 +34,7 @@ def test_a_termination_signal_saves_the_adapter_and_the_run_resumes(tiny_model_d
                                stderr=subprocess.PIPE, text=True)
     run = tmp_path / "cut"
     deadline = time.time() + 300
-    while not (run / "checkpoints" / "checkpoint-3" / "trainer_state.json").exists() and time.time() < deadline:
+    while not _whole_state(run / "checkpoints" / "checkpoint-3") and time.time() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
         time.sleep(0.05)
     process.send_signal(sig)
@@ -52,6 +52,27 @@ def test_a_termination_signal_saves_the_adapter_and_the_run_resumes(tiny_model_d
     assert manifest(run)["resumed_from"].startswith("checkpoint-")
     assert json.loads((run / "metrics.json").read_text())["metrics"]["steps"] == 8
     assert any(p.name.startswith("adapter-interrupted") for p in run.iterdir())  # the earlier save is kept aside
+
+
+def _whole_state(checkpoint) -> bool:
+    """The checkpoint's trainer_state.json written whole (it exists, empty, while the Trainer writes it)."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_checkpoint_cut_by_a_signal_while_written_is_removed(tmp_path):
+    """A signal while the Trainer wrote checkpoint-3's trainer_state.json left it empty, and --resume then refused
+    the run as damaged; the checkpoint being written is removed, the one before kept."""
+    from medqlora.runs import RunDir
+
+    for step, state in ((2, '{"global_step": 2}'), (3, ""), (4, '{"global_st')):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(state)
+    trainer_run._remove_incomplete_checkpoints(RunDir(tmp_path))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-2"]
 
 
 def test_a_second_signal_ends_the_process_at_once(monkeypatch):

@@ -60,11 +60,10 @@ def _check_step(checkpoint: Path) -> None:
     copied in from another (longer) run would end the training at once, reported as trained with steps never
     taken."""
     named = checkpoint.name.rsplit("-", 1)[-1]
-    try:
-        state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # no such file: not a checkpoint latest_checkpoint picks; a damaged one was refused above
-    step = state.get("global_step") if isinstance(state, dict) else None
+    state = trainer_state(checkpoint)
+    if state is None and not (checkpoint / STATE_NAME).is_file():
+        return  # not a checkpoint latest_checkpoint picks (bad JSON in it was refused above as damaged)
+    step = state.get("global_step") if state is not None else None  # a JSON value other than an object: no step
     if type(step) is int and str(step) == named:
         return
     raise ModelError(
@@ -72,6 +71,16 @@ def _check_step(checkpoint: Path) -> None:
         f"global_step {printable(json.dumps(step), 40)}, its folder name step {printable(named, 40)} (a checkpoint "
         f"or its {STATE_NAME} copied in from another run?). Resuming from it would continue at the wrong step. "
         f"{_advice(checkpoint)}")
+
+
+def trainer_state(checkpoint: Path) -> dict | None:
+    """A checkpoint's trainer_state.json, which the Trainer writes last (None: not there, or not whole: cut while it
+    was written, or damaged)."""
+    try:
+        state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _advice(checkpoint: Path) -> str:

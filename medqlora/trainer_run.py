@@ -5,7 +5,6 @@ after it (rl.py)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapter_weights import record_saved
+from .checkpoint_files import trainer_state
 from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
@@ -131,16 +131,8 @@ def _remove_incomplete_checkpoints(run: RunDir) -> None:
     if not is_main():
         return
     for folder in (run.path / Files.CHECKPOINTS).glob("checkpoint-*"):
-        if folder.is_dir() and not folder.is_symlink() and not _state_written(folder / "trainer_state.json"):
+        if folder.is_dir() and not folder.is_symlink() and trainer_state(folder) is None:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _state_written(state: Path) -> bool:
-    """Whether a checkpoint's trainer_state.json is whole: a JSON object (one cut while written is not)."""
-    try:
-        return isinstance(json.loads(state.read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
-        return False
 
 
 def save_adapter(model: Any, tokenizer: Any, run: RunDir, weights: dict[str, Any] | None = None) -> None:

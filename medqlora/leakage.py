@@ -11,6 +11,7 @@ What is refused, and how training items are searched: overlap.py; the normalisat
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .errors import DataError
@@ -23,11 +24,16 @@ __all__ = ["CONFIG", "MIN_WORDS", "PART_MIN_WORDS", "RECORDED", "SHOWN", "Item",
 SHOWN = 5  # overlaps listed in the refusal
 RECORDED = 10_000  # overlaps recorded in data_stats.json when they are allowed
 
+log = logging.getLogger(__name__)
+
 
 def check(train: list[Item], evaluation: list[Item], allow: bool, ngram: int = 13,
-          threshold: float = 0.5) -> dict[str, Any]:
-    """Refuse to train on evaluation questions, listing a few, unless the user allows it."""
-    overlap = find_overlap(train, evaluation, ngram, threshold)
+          threshold: float = 0.5, possible: str = "warn") -> dict[str, Any]:
+    """Refuse to train on evaluation questions, listing a few, unless the user allows it. Possible near copies
+    (overlap_near.py) are refused with them when ``possible`` is "refuse", else reported in a warning."""
+    found = find_overlap(train, evaluation, ngram, threshold)
+    overlap = [o for o in found if possible == "refuse" or not o.possible]
+    reported = [o for o in found if possible != "refuse" and o.possible]
     exact = sum(o.kind == "exact" for o in overlap)
     if overlap and not allow:
         shown = "\n".join(f"  - {o.describe()}" for o in overlap[:SHOWN])
@@ -36,14 +42,35 @@ def check(train: list[Item], evaluation: list[Item], allow: bool, ngram: int = 1
             f"{len(overlap)} training examples contain evaluation questions ({exact} exact, "
             f"{len(overlap) - exact} near duplicates); training on them would inflate the evaluation:\n"
             f"{shown}{more}\nRemove them from the training data, or set data.allow_eval_overlap: true if you "
-            "really mean to."
+            f"really mean to.{_possible_hint(overlap)}"
         )
     distinct = {normalize(e.question) for e in evaluation if e.part is None} - {""}  # a benchmark's items are often test items too
     result: dict[str, Any] = {"evaluation_items_checked": len(distinct), "overlapping_training_items": len(overlap)}
     if overlap:  # allowed: say what was let through, so that evaluation can refuse these items later
         result.update(exact=exact, near_duplicates=len(overlap) - exact,
                       overlaps=[o.to_dict() for o in overlap[:RECORDED]])
+    if reported:
+        result.update(possible_near_copies=len(reported), possible=[o.to_dict() for o in reported[:RECORDED]],
+                      warning=possible_warning(reported))
+        log.warning(result["warning"])
     return result
+
+
+def possible_warning(reported: list[Overlap]) -> str:
+    """The warning on possible near copies: a few listed, and what to do."""
+    shown = "\n".join(f"  - {o.describe()}" for o in reported[:SHOWN])
+    more = f"\n  ... and {len(reported) - SHOWN} more (data_stats.json lists them)" if len(reported) > SHOWN else ""
+    return (f"{len(reported)} training examples hold an evaluation question with one or two words replaced, added or "
+            f"left out: a reworded copy, or another question on the same topic (the guard cannot tell which):\n"
+            f"{shown}{more}\nIf they are the same question, remove those rows (or set data.possible_near_copies: "
+            "refuse to have every such row refused); if they are different questions, nothing needs changing.")
+
+
+def _possible_hint(overlap: list[Overlap]) -> str:
+    if not any(o.possible for o in overlap):
+        return ""
+    return (" Some are possible near copies (a word replaced, added or left out), refused because "
+            "data.possible_near_copies is refuse: set it to warn if they are different questions.")
 
 
 def flagged_hashes(stats: dict[str, Any]) -> set[str]:

@@ -72,7 +72,7 @@ def prepare_method_rows(cfg: KitConfig, collected: list[Collected], tokenizer: A
     import random
 
     random.Random(cfg.training.seed).shuffle(records)
-    stats["total"] = {"train": len(records), "validation": 0, "warnings": warnings,
+    stats["total"] = {"train": len(records), "validation": 0, "warnings": kit_data.guard_warnings(collected) + warnings,
                       "train_tokens": sum(len(r["input_ids"]) for r in records), "method": method}
     return PreparedData(train=records, validation=[], stats=stats,
                         fingerprints={c.name: kit_data.fingerprint(c.spec) for c in collected})

@@ -84,6 +84,11 @@ class Overlap:
     glued: bool = False  # found letter for letter, blanks and punctuation aside (overlap_glued.py)
     reordered: bool = False  # found with its words in another order (overlap_reordered.py)
 
+    @property
+    def possible(self) -> bool:
+        """A possible near copy (overlap_near.py): reported, refused only where data.possible_near_copies says so."""
+        return self.changes is not None and self.changes.possible
+
     def describe(self) -> str:
         if self.glued:
             how = f"field '{_shown(self.field, 80)}' contains, letter for letter (its blanks and punctuation aside),"

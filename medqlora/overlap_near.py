@@ -5,9 +5,16 @@ changed. A changed word in the middle of a question of fewer than about 40 words
 What counts as a near copy: the question's words aligned in order with a stretch of one training text (difflib), the
 words changed, left out or added counted, when at most
 
-- 1 word of a question of NEAR_MIN_WORDS (8) to 12 words is changed, and it is misspelt;
-- 2 words of a question of 13 words or more are changed, and they are misspelt, except that one word in 20 (a
-  question of 20 words or more) may be any other word, left out or added.
+- 1 word of a question of MISSPELT_MIN_WORDS (6) to 12 words is changed, and it is misspelt;
+- 2 words of a question of 13 words or more (one in TYPO_EVERY (5), at most MAX_CHANGES (3)) are changed, and they
+  are misspelt, except that one word in 20 (a question of 20 words or more) may be any other word, left out or added.
+
+A possible near copy: as many words changed, but more of them other words than that (``risk`` -> ``hazard``, ``if
+any`` added), at most one in a question under 13 words and two from 13 words on. Two questions on one topic differ
+so too (``type 1`` / ``type 2``, ``lysosomal`` / ``glycogen``): the guard cannot tell a reworded copy from another
+question, so these are reported, for the user to look at, and refused only where data.possible_near_copies says so.
+Only from NEAR_MIN_WORDS (8) words on: in a shorter question one other word makes another question too often ("Which
+of the following is microaerophilic" and four MedMCQA training questions with another word for its last one).
 
 Misspelt: one typo apart (at most 2 edits, letters only, 5 or more of them): ``hypertenison`` for ``hypertension``,
 not ``type 1`` for ``type 2`` or ``men`` for ``women``; two questions on the same topic differ by more.
@@ -22,8 +29,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-NEAR_MIN_WORDS = 8  # shorter questions (5 to 7 words) are matched exactly or by their n-grams only
+MISSPELT_MIN_WORDS = 6  # shorter questions (5 words) are matched exactly or by their n-grams only
+NEAR_MIN_WORDS = 8  # shorter questions have no possible near copies (and are not looked for in another order)
 LONG_WORDS = 13  # questions of this many words or more may have two words changed
+TYPO_EVERY = 5  # and from 15 words on, one word in this many
+MAX_CHANGES = 3  # but at most this many
+POSSIBLE_OTHERS = (1, 2)  # other words of a possible near copy: under LONG_WORDS words, from LONG_WORDS on
 OTHER_WORD_EVERY = 20  # of which one word in this many may be any word (not a misspelling), left out or added
 MISSPELT_MIN = 5  # letters of the shortest word a misspelling is taken for
 MAX_STARTS = 50  # places in one training text a question is aligned with (a piece repeated in a long text)
@@ -35,6 +46,7 @@ class Changes:
     shown: tuple[str, ...]
     count: int  # words changed, left out or added
     typos: int  # of which misspelt
+    possible: bool = False  # a possible near copy (see the module), not a near copy
 
     @property
     def misspelt(self) -> bool:
@@ -42,7 +54,7 @@ class Changes:
 
 
 def changes_allowed(size: int) -> int:
-    return 0 if size < NEAR_MIN_WORDS else 1 if size < LONG_WORDS else 2
+    return 0 if size < MISSPELT_MIN_WORDS else 1 if size < LONG_WORDS else min(MAX_CHANGES, max(2, size // TYPO_EVERY))
 
 
 def pieces(words: list[str], ngram: int) -> list[tuple[int, list[str]]]:
@@ -123,24 +135,35 @@ def _changes(question: list[str], window: list[str], allowed: int) -> Changes | 
     return Changes(tuple(shown), count, typos)
 
 
-def _fits(changes: Changes | None, size: int) -> bool:
-    return changes is not None and changes.count > 0 and changes.count - changes.typos <= size // OTHER_WORD_EVERY
+def judged(changes: Changes | None, size: int) -> Changes | None:
+    """``changes`` when they make a near copy, marked ``possible`` when they make a possible one (see the module);
+    None when neither."""
+    if changes is None or changes.count == 0:
+        return None
+    others = changes.count - changes.typos
+    if others <= size // OTHER_WORD_EVERY:
+        return changes
+    if size >= NEAR_MIN_WORDS and others <= POSSIBLE_OTHERS[size >= LONG_WORDS]:
+        return Changes(changes.shown, changes.count, changes.typos, possible=True)
+    return None
 
 
 def near_copy(question: list[str], marks: list[tuple[int, list[str]]],
               fields: list[tuple[str, list[str], set[str]]]) -> tuple[str, Changes] | None:
     """The first field (name, words, word set) holding ``question`` with a few words changed (see the module),
-    and the changes; ``marks``: the question's ``landmarks``."""
+    and the changes; else the first holding a possible near copy; ``marks``: the question's ``landmarks``."""
     size, allowed = len(question), changes_allowed(len(question))
     if not allowed or not marks:
         return None
     wanted = set(question)
+    possible = None
     for name, split, present in fields:
         if len(wanted - present) > allowed:  # cheap: a changed word is the only way one can be missing
             continue
         for start in _starts(split, marks, size):
             window = split[max(0, start - allowed):start + size + allowed]
-            changes = _changes(question, window, allowed)
-            if _fits(changes, size):
+            changes = judged(_changes(question, window, allowed), size)
+            if changes is not None and not changes.possible:
                 return name, changes
-    return None
+            possible = possible or (changes and (name, changes))
+    return possible

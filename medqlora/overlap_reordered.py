@@ -6,7 +6,8 @@ and so are the stretches the near-copy alignment (overlap_near.py) holds in orde
 What counts as a reordered copy: a stretch of one training text, no longer than the question (plus ``SLACK`` words)
 and within as many sentences as it has, that holds the question's content words (each as often as the question does;
 ``FUNCTION_WORDS`` aside: "do", "the", "in" come and go when clauses move) in any order, but for the changes the
-in-order alignment allows: for a question of NEAR_MIN_WORDS (8) to 12 words one word misspelt, from 13 words two, of
+in-order alignment allows: for a question of NEAR_MIN_WORDS (8) to 12 words one word misspelt, from 13 words two (from 15
+words one in five, at most three), of
 which one in 20 content words may be any other word (left out, added, or another in its place). Content words missing
 and content words added count as the alignment counts them (a misspelt word in the place of another counts once). A
 question with fewer than ``MIN_CONTENT`` distinct content words is not looked for so.

@@ -135,8 +135,15 @@ def test_a_question_with_a_word_misspelt_or_changed_in_its_middle_is_refused(eva
     ("Is there a connection between type 1 diabetes and sublingual varices in adults?",
      "Is there a connection between type 2 diabetes and sublingual varices in adults?"),
 ])
-def test_two_different_questions_on_the_same_topic_are_not_refused(evaluation, training):
-    assert find_overlap(_train(training), _evaluation(evaluation)) == []
+def test_two_different_questions_on_the_same_topic_are_not_refused_but_reported(evaluation, training):
+    """One or two other words: another question, or the same one reworded; the guard cannot tell, so it warns (and
+    refuses only with data.possible_near_copies: refuse)."""
+    result = check(_train(training), _evaluation(evaluation), allow=False)
+    assert result["possible_near_copies"] == 1
+    assert "1 training examples hold an evaluation question with one or two words replaced" in result["warning"]
+    assert "set data.possible_near_copies: refuse" in result["warning"]
+    with pytest.raises(DataError, match="possible near copies .* data.possible_near_copies is refuse"):
+        check(_train(training), _evaluation(evaluation), allow=False, possible="refuse")
 
 
 def test_the_shipped_medmcqa_split_passes_the_guard_that_made_it():
@@ -145,6 +152,8 @@ def test_the_shipped_medmcqa_split_passes_the_guard_that_made_it():
     train = [Item("train", str(i), ex.question, ex.guard_texts(), i) for i, ex in enumerate(format_rows(spec, rows))]
     held = [json.loads(line) for line in Path("data/medmcqa/heldout.jsonl").read_text().splitlines()]
     assert find_overlap(train, [Item("heldout", row["realidx"], row["question"]) for row in held]) == []
+    # a possible near copy of a held-out stem ('structure' added) is held out with it
+    assert sum("is not removed in radical neck dissection" in row["question"] for row in held) == 2
     # the near copy the alignment found (one word left out of a 30-word question) is in the held-out part
     copies = [row for row in held if "retroperitoneal mass. Peripheral smear findings were normal" in row["question"]]
     assert len(copies) == 2

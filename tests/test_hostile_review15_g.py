@@ -99,7 +99,9 @@ def test_a_stretch_across_two_questions_of_one_template_is_no_reordered_copy():
               "the following is the most likely diagnosis?")
     question = ("A 75-year-old woman presents with 2 days of fever and cough after a history of rash. Which of the "
                 "following is the most likely diagnosis?")
-    assert find_overlap(_train(f"{first} {second}"), _evaluation(question)) == []
+    [overlap] = find_overlap(_train(f"{first} {second}"), _evaluation(question))
+    # the first vignette with its two figures changed: a possible near copy (reported, not refused), not the other
+    assert overlap.possible and overlap.changes.shown == ("'66' for '75'", "'4' for '2'")
 
 
 def test_increase_for_decrease_is_a_misspelling_in_either_word_order():
@@ -142,7 +144,7 @@ def test_the_shipped_medmcqa_split_holds_its_reordered_copies_in_the_held_out_pa
     rows = [json.loads(line) for line in Path("data/medmcqa/train.jsonl").read_text().splitlines()]
     train = [Item("train", str(i), ex.question, ex.guard_texts(), i) for i, ex in enumerate(format_rows(spec, rows))]
     held = [json.loads(line) for line in Path("data/medmcqa/heldout.jsonl").read_text().splitlines()]
-    assert (len(train), len(held)) == (2305, 511)
+    assert (len(train), len(held)) == (2303, 513)
     assert find_overlap(train, [Item("heldout", row["realidx"], row["question"]) for row in held]) == []
     questions = [row["question"] for row in held]
     assert "In carrier base gutta percha the plastic carrier size of 40- 90 are made by?" in questions

@@ -48,7 +48,8 @@ def test_an_evaluation_question_inside_markdown_links_is_found_exactly(kind):
     "Doadjuvantaromataseinhibitors lower bone density in postmenopausalwomenwithearlybreastcancer?",
 ])
 def test_letters_other_than_the_questions_are_not_a_copy(training):
-    assert find_overlap(_train(training), _evaluation(QUESTION)) == []
+    # "men" for "women": one other word, a possible near copy (reported, not refused); never a letter-for-letter one
+    assert all(o.possible and not o.glued for o in find_overlap(_train(training), _evaluation(QUESTION)))
 
 
 def test_a_run_of_letters_many_questions_start_with_does_not_hide_a_copy():

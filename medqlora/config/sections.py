@@ -204,6 +204,11 @@ class DataSection(Section):
         description="leakage guard: share of an evaluation question's n-grams found in one training text that "
         "makes it a near duplicate",
     )
+    possible_near_copies: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="leakage guard: a training text holding an evaluation question with one or two words replaced, "
+        "added or left out (a reworded copy, or another question on the same topic): warn, or refuse like a copy",
+    )
 
     @model_validator(mode="after")
     def _one_reasoning_format(self) -> DataSection:

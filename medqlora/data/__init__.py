@@ -30,7 +30,7 @@ from .sources import (  # noqa: F401
     LOCAL_SUFFIXES, Rows, looks_local, resolve_local, load_rows, fingerprint)
 from .examples import (  # noqa: F401
     PUBMEDQA_TEST_FILE, PUBMEDQA_DIR, pubmedqa_test_ids, pubmedqa_folds, format_rows, apply_template,
-    system_prompt_of, dataset_of_format, query_prompt, build_examples, Collected, collect, guard_items,
+    system_prompt_of, dataset_of_format, query_prompt, build_examples, Collected, collect, guard_items, guard_warnings,
     evaluation_items, padding_report)
 from .source_sets import refuse_output_inside_data, refuse_repeated_datasets  # noqa: F401
 from .tokenize import (  # noqa: F401

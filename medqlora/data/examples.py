@@ -226,11 +226,17 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
     guard = leakage.check(
         system + guard_items(collected),
         evaluation_items(data, local_only) + (extra_eval or []),
-        data.allow_eval_overlap, data.near_duplicate_ngram, data.near_duplicate_threshold,
+        data.allow_eval_overlap, data.near_duplicate_ngram, data.near_duplicate_threshold, data.possible_near_copies,
     )
     for c in collected:
         c.info["leakage_guard"] = guard
     return collected
+
+
+def guard_warnings(collected: list[Collected]) -> list[str]:
+    """The leakage guard's warning (possible near copies), for the run's list of warnings."""
+    guard = collected[0].info.get("leakage_guard", {}) if collected else {}
+    return [guard["warning"]] if guard.get("warning") else []
 
 
 def guard_items(collected: list[Collected]) -> list[leakage.Item]:

@@ -20,7 +20,7 @@ from ..errors import DataError
 from ..messages import log
 from ..rows import Example
 from ..system_turn import system_kept, with_system
-from .examples import Collected, collect, padding_report, system_prompt_of
+from .examples import Collected, collect, guard_warnings, padding_report, system_prompt_of
 from .sources import fingerprint
 
 IGNORE_INDEX = -100
@@ -206,7 +206,7 @@ def tokenize_collected(
     stats["total"] = {
         "answers_truncated": cut,
         "prompts_too_long": dropped if data.too_long == "truncate" else 0,
-        "warnings": warnings,
+        "warnings": guard_warnings(collected) + warnings,
         "train": len(train),
         "validation": len(validation),
         "train_tokens": sum(len(r["input_ids"]) for r in train),

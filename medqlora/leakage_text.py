@@ -96,6 +96,14 @@ _MD_REFERENCE_LINK = re.compile(r"!?\[([^\[\]]+)\]\[[^\[\]]*\]")
 _MD_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\[\]]+\]:[ \t]*\S+.*$", re.MULTILINE)
 
 
+# Reference markers of papers: [3], [1,2], [4-6], [7–9] in brackets, and <sup>3</sup> (their number is no word of
+# the sentence; a superscript after a unit, kg/m<sup>2</sup>, stays); a number glued to a word as a footnote (women1, PDF text) is counted as a misspelling by the alignment.
+_CITATION = re.compile(r"\[\s*\d{1,3}(?:\s*[,;\u2013\u2014-]\s*\d{1,3})*\s*\]")
+_SUP_CITATION = re.compile(r"(?:(?<=[^\W\d_]{3})|(?<=[.,;:)\]]))<sup>\s*\[?\s*\d{1,3}(?:\s*[,;\u2013\u2014-]\s*\d{1,3})*\s*\]?\s*</sup>", re.IGNORECASE)
+# Escapes written out as text (a JSON export escaped twice: "Do\\nadjuvant"): a blank.
+_LITERAL_ESCAPE = re.compile(r"\\[nrt]")
+
+
 def _unlinked(text: str) -> str:
     """``text`` with Markdown's links replaced by their text, and reference definitions removed."""
     text = _MD_INLINE_LINK.sub(r"\1", text) if "](" in text else text
@@ -130,19 +138,23 @@ def _percent(match: re.Match) -> str:
 def unmarked(text: str) -> str:
     """``text`` with its markup undone: HTML entities (&nbsp; &amp; &#39;, escaped twice at most: &amp;nbsp;) and
     percent-encoding (%20) decoded, HTML tags and comments removed (text scraped from web pages), LaTeX's text markup
-    removed, Markdown's links replaced by their text, and words hyphenated across a line break joined (text pasted from
-    a PDF)."""
+    removed, Markdown's links replaced by their text, words hyphenated across a line break joined (text pasted from
+    a PDF), reference markers ([3], <sup>1,2</sup>) removed and escapes written out as text (``\\n``) made blanks."""
     if "]" in text:
         text = _unlinked(text)
     if "\n" in text:
         text = _BROKEN_WORD.sub("", text)
     if "\\" in text:
-        text = _unlatexed(text)
+        text = _LITERAL_ESCAPE.sub(" ", _unlatexed(text))
+    if "]" in text:
+        text = _CITATION.sub(" ", text)
     for _ in range(3):
         if "&" not in text and "%" not in text:
             break
         text = _PERCENT.sub(_percent, html.unescape(text)) if "%" in text else html.unescape(text)
-    return _TAG.sub(_tag, text) if "<" in text else text
+    if "<" not in text:
+        return text
+    return _TAG.sub(_tag, _SUP_CITATION.sub(" ", text) if "<sup" in text.lower() else text)
 
 
 def words(text: Any) -> list[str]:

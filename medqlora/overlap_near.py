@@ -80,8 +80,10 @@ def landmarks(words: list[str], ngram: int) -> list[tuple[int, list[str]]]:
 
 
 def misspelling(a: str, b: str) -> bool:
-    """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more): a
-    misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
+    """Two different words that are one typo apart (at most 2 edits, letters only, 5 characters or more), or one with
+    a footnote number glued to it: a misspelling, not another word (type 1 / type 2, dose / dosa are not)."""
+    if footnote(a, b) or footnote(b, a):
+        return True
     if min(len(a), len(b)) < MISSPELT_MIN or not (a.isalpha() and b.isalpha()) or abs(len(a) - len(b)) > 2:
         return False
     previous = list(range(len(b) + 1))
@@ -91,6 +93,13 @@ def misspelling(a: str, b: str) -> bool:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1] <= 2
+
+
+def footnote(marked: str, word: str) -> bool:
+    """``marked`` is ``word`` with a footnote number glued to it (``women1``, ``inhibitors23``: text taken from a paper's
+    PDF, or a superscript ³ made a digit): taken for a misspelling of it."""
+    return len(word) >= MISSPELT_MIN and word.isalpha() and marked.startswith(word) and \
+        marked[len(word):].isdigit() and len(marked) - len(word) <= 3
 
 
 def _starts(split: list[str], marks: list[tuple[int, list[str]]], size: int) -> list[int]:

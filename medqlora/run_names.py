@@ -33,10 +33,15 @@ def run_name_stem(cfg: KitConfig) -> str:
     would hold a credential. Credentials are masked before the names are mapped to folder-name characters, so
     neither a token nor its mapped form can reach a folder name."""
     model = slug(redact(cfg.model.name).rsplit("/", 1)[-1].removesuffix(".gguf"))
-    data = slug(Path(redact(cfg.data.datasets[0].source)).stem.rsplit("/", 1)[-1])
+    data = slug(Path(_without_query(redact(cfg.data.datasets[0].source))).stem.rsplit("/", 1)[-1])
     if contains_secret(f"{model}-{data}") is not None:
         return "run"
     return f"{_bounded(model)}-{_bounded(data)}"
+
+
+def _without_query(source: str) -> str:
+    """A URL's address without its query and fragment (where credentials ride), to name a run by its file."""
+    return source.split("?", 1)[0].split("#", 1)[0] if "://" in source else source
 
 
 def default_run_name(cfg: KitConfig) -> str:

@@ -39,18 +39,18 @@ MIN_SECRET_LEN = 8
 MIN_WORD_SECRET_LEN = 16  # a plain name below this (pubmedqa, medical_o1) is not a credential
 _PLACEHOLDERS = {"true", "false", "none", "null", "unset", "empty"}
 _HF_TOKEN_SHAPE = re.compile(r"\b(hf_[A-Za-z0-9]{20,})\b")
-# Hugging Face tokens, GitHub's (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_), which data URLs carry, and the API keys of
+# Hugging Face tokens, GitHub's (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_) and GitLab's (glpat-...), which data URLs carry, and the API keys of
 # the usual services a user may paste into a URL: OpenAI's and Anthropic's sk-..., AWS access key ids, Google API keys,
 # Slack tokens, JSON web tokens (each with a digit, so that no long word or file name takes the shape)
 _TOKEN_SHAPES = re.compile(
     r"\b(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}"
     r"|sk-(?=[A-Za-z_-]*[0-9])[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
-    r"|xox[abposr]-[A-Za-z0-9-]{10,}|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})(?![A-Za-z0-9_-])")
-# A URL's query parameter that carries a credential (an access token, an API key, a presigned URL's signature)
+    r"|gl(?:pat|dt|rt|ptt|soat|ft|cbt)-[A-Za-z0-9_-]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})(?![A-Za-z0-9_-])")
+# A URL's query parameter that carries a credential (an access token, an API key, a presigned URL's signature): any
+# parameter whose name holds one of these words (private_token, x-api-key, subscription-key, X-Amz-Signature, Azure's
+# code=...); masking a harmless parameter too only shortens what is shown
 _URL_CREDENTIAL_PARAM = re.compile(
-    r"(?i)([?&;](?:access_token|auth_token|id_token|refresh_token|token|api_key|apikey|api-key|key|secret|"
-    r"client_secret|password|passwd|pwd|auth|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
-    r"x-goog-signature|x-goog-credential|se?ssion_token)=)([^&#\s'\"]+)")
+    r"(?i)([?&;][\w.~-]*(?:token|key|secret|passw|pwd|auth|sig|credential|session|code|sas|jwt)[\w.~-]*=)([^&#\s'\"]+)")
 _NAME_PARTS = re.compile(r"[_\-./:]+")
 _SLUG = re.compile(r"[^A-Za-z0-9.]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s@:]+):([^/\s@]+)@")

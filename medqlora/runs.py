@@ -38,8 +38,9 @@ from .run_names import (
     make_run_folder,
     run_folder_taken,
 )
+from .run_commands import shell_word
 from .secrets import RedactingFilter, printable, redact
-from .write_errors import is_write_error, write_advice
+from .write_errors import in_place_advice, is_write_error, write_advice
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -128,7 +129,7 @@ def _write_inside(root: Path, name: str | Path, data: bytes) -> Path:
     except UnsafePathError:
         raise
     except OSError as err:
-        raise _write_failed("write", target, err) from None
+        raise _write_failed("write", target, err, root) from None
     finally:
         os.close(fd)
     return target
@@ -226,6 +227,9 @@ class _RunLogHandler(logging.FileHandler):
         super().handleError(record)
 
 
+_MADE_HERE: set[str] = set()  # the run folders this command created (absolute paths)
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -252,6 +256,7 @@ class RunDir:
         except OSError as err:
             advice = " Choose a shorter output.run_name or --output-dir." if err.errno == errno.ENAMETOOLONG else ""
             raise MedQLoRAError(f"Cannot create the run folder {printable(path)}: {err.strerror}.{advice}") from None
+        _MADE_HERE.add(os.path.abspath(path))
         run = cls(path)
         run.start_log()
         return run
@@ -311,7 +316,7 @@ class RunDir:
                 pass
             os.mkdir(last, 0o755, dir_fd=fd)
         except OSError as err:
-            raise _write_failed("create", target, err) from None
+            raise _write_failed("create", target, err, self.path) from None
         finally:
             os.close(fd)
         return target
@@ -388,8 +393,18 @@ def size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 1e6, 2)
 
 
-def _write_failed(verb: str, target: Path, err: OSError) -> MedQLoRAError:
-    """One message for a write in the run folder the OS refused: what the failure says to change (a full disk, a
-    file-size limit, a read-only file system, no permission), else its own words."""
-    advice = write_advice(err) if is_write_error(err) else "Check that folder and --output-dir"
+def _write_failed(verb: str, target: Path, err: OSError, run: Path) -> MedQLoRAError:
+    """One message for a write in the run folder ``run`` the OS refused: what the failure says to change (a full
+    disk, a file-size limit, a read-only file system, no permission), else its own words. A run folder this command
+    did not make (test, eval and export of a run write into it) is not moved by --output-dir: its copy is the way."""
+    if not _made_here(target):
+        advice = in_place_advice(err, f"cp -r {shell_word(run)} <folder>")
+    else:
+        advice = write_advice(err) if is_write_error(err) else "Check that folder and --output-dir"
     return MedQLoRAError(f"Cannot {verb} {printable(target)}: {err.strerror or err}. {advice}.")
+
+
+def _made_here(target: Path) -> bool:
+    """Whether ``target`` lies in a run folder this command created."""
+    where = os.path.abspath(target)
+    return any(where == made or where.startswith(made + os.sep) for made in _MADE_HERE)

@@ -68,6 +68,23 @@ def is_write_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
 
 
+def in_place_advice(err: OSError, copy_command: str) -> str:
+    """What to change after the failed write ``err`` in a run folder the command did not make (test, eval and
+    export write into the adapter's run folder, which --output-dir does not move): a sentence as write_advice's,
+    with a copy of the run folder (``copy_command``) given to --adapter as the other way."""
+    copy = f"{copy_command} and give the copy to --adapter (--output-dir does not move the adapter's run folder)"
+    if err.errno == errno.EFBIG:
+        return ("The file system there limits the size of one file (FAT32 drives: 4 GiB), or the shell limits it "
+                f"(ulimit -f): raise the limit, or copy the run folder to another file system ({copy})")
+    if err.errno == errno.EROFS:
+        return f"That folder is on a read-only file system: copy the run folder to a writable place ({copy})"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"You may not write in that folder: copy the run folder to a place you own ({copy})"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"Free some space on that disk, or copy the run folder to a disk with room ({copy})"
+    return f"Check that folder, or copy the run folder elsewhere ({copy})"
+
+
 def write_advice(err: OSError, where: str = "--output-dir") -> str:
     """What to change after the failed write ``err``: a sentence, capitalised, without its final stop naming ``where`` the files go."""
     if err.errno == errno.EFBIG:

@@ -64,6 +64,9 @@ def test_a_checkpoint_at_its_own_step_resumes(kept_run, tmp_path, capsys):  # no
 ])
 def test_a_report_write_the_system_refuses_says_what_to_change(tmp_path, monkeypatch, code, advice):
     """`ulimit -f` hit while writing eval_chart.png was reported as "Is the disk full or read-only?": neither."""
+    from medqlora import runs
+
+    monkeypatch.setattr(runs, "_MADE_HERE", {str(tmp_path)})  # a run folder this command made
     target = tmp_path / "eval_chart.png"
     target.write_bytes(b"earlier")
 
@@ -86,8 +89,8 @@ def test_a_run_folder_entry_the_system_refuses_to_create_says_what_to_change(tmp
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(os, "mkdir", read_only)
-    with pytest.raises(MedQLoRAError, match="read-only file system: choose a --output-dir on a writable one"):
-        run.fresh_dir("adapter")
+    with pytest.raises(MedQLoRAError, match="read-only file system: copy the run folder to a writable place"):
+        run.fresh_dir("adapter")  # a run folder this command did not make: --output-dir would not move it
 
 
 # ---------------------------------------------------------------- ZR03: a lock file the user may not write

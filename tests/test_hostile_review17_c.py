@@ -1,0 +1,52 @@
+"""Hostile round 17, writes into a run folder the command did not make: --mode test and export of a run write into
+the adapter's run folder, and a full disk there was answered "Free some space (or choose another --output-dir)",
+though --output-dir does not move those files."""
+
+import errno
+import os
+
+import pytest
+
+from .conftest import assert_one_message, run_cli
+from .test_hostile_review14_b import _copy, kept_run  # noqa: F401 (kept_run: a fixture)
+
+
+@pytest.mark.parametrize("mode", ["test", "export"])
+@pytest.mark.parametrize(("code", "advice"), [
+    (errno.ENOSPC, "Free some space on that disk, or copy the run folder to a disk with room (cp -r {run} <folder> "
+                   "and give the copy to --adapter (--output-dir does not move the adapter's run folder))"),
+    (errno.EFBIG, "limits the size of one file (FAT32 drives: 4 GiB), or the shell limits it (ulimit -f): raise the "
+                  "limit, or copy the run folder to another file system (cp -r {run} <folder> and give the copy to"),
+])
+def test_a_failed_write_in_the_adapters_run_folder_advises_a_copy_not_output_dir(kept_run, tmp_path, monkeypatch,  # noqa: F811
+                                                                                 capsys, mode, code, advice):
+    run = _copy(kept_run, tmp_path)
+    real_replace = os.replace
+
+    def full(source, target, *args, **kwargs):
+        if str(target).startswith(str(run)) and "manifest" not in str(target) and ".lock" not in str(target):
+            raise OSError(code, os.strerror(code))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    result = run_cli(capsys, ["--mode", mode, "--adapter", str(run), "--output-dir", str(tmp_path / "elsewhere")])
+    assert result.code == 2
+    assert_one_message(result.err, advice.format(run=run))
+    assert "choose another --output-dir" not in result.err
+
+
+def test_a_failed_write_in_a_new_run_folder_still_advises_output_dir(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from .conftest import kit_argv
+
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def full(source, target, *args, **kwargs):
+        if str(target).endswith("config.yaml"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "train"))
+    assert result.code == 2
+    assert_one_message(result.err, "No space left on device. Free some space (or choose another --output-dir)")

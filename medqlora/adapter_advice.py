@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .adapters import CONFIG_NAME, kit_run_folder
+from .checkpoint_files import checkpoint_folders
 from .run_commands import command_on_run
 from .run_files import Files
 from .run_lock import lock_holder
@@ -47,8 +48,7 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
     stopped before the adapter was saved, or a full model (the merged export); else what the flag takes."""
     shown = printable(arg)
     if path.is_dir() and kit_run_folder(path / Files.ADAPTER) is not None:
-        checkpoints = sorted((c for c in (path / Files.CHECKPOINTS).glob("checkpoint-*") if (c / CONFIG_NAME).is_file()),
-                             key=lambda c: int(c.name.rsplit("-", 1)[1]) if c.name.rsplit("-", 1)[1].isdigit() else -1)
+        checkpoints = [c for c in checkpoint_folders(path / Files.CHECKPOINTS) if (c / CONFIG_NAME).is_file()]
         holder = lock_holder(path)
         if holder is not None:
             return still_training(shown, flag, holder, checkpoints[-1] if checkpoints else None)

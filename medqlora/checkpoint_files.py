@@ -19,6 +19,36 @@ from .whole_files import TORCH_SUFFIXES, first_damage
 STATE_NAME = "trainer_state.json"
 
 
+def step_of(folder: Path) -> int | None:
+    """The step a Trainer checkpoint folder's name gives (checkpoint-40); None for any other name (a copy the user
+    kept as checkpoint-4.bak), which the Trainer does not take for a checkpoint either."""
+    prefix, _, step = folder.name.partition("-")
+    return int(step) if prefix == "checkpoint" and step.isascii() and step.isdigit() else None
+
+
+def checkpoint_folders(checkpoints: Path) -> list[Path]:
+    """The Trainer's checkpoint folders (checkpoint-<step>) in ``checkpoints``, oldest first; other entries are the
+    user's, never read or removed."""
+    return sorted((p for p in checkpoints.glob("checkpoint-*") if step_of(p) is not None and p.is_dir()),
+                  key=lambda p: step_of(p) or 0)
+
+
+def remove_checkpoints(checkpoints: Path) -> None:
+    """After a complete run (the adapter is what counts): the Trainer's checkpoint folders removed, and the folder
+    when nothing else is left in it (what the user put there stays)."""
+    import shutil
+
+    for folder in checkpoint_folders(checkpoints):
+        if folder.is_symlink():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        checkpoints.rmdir()
+    except OSError:  # not there, or holding the user's own entries
+        pass
+
+
 def check_checkpoint(checkpoint: Path) -> None:
     """Refuse a checkpoint one of whose files is cut or damaged, whose weights hold NaN or infinity, or whose
     trainer_state.json is at another step than its folder's name says."""

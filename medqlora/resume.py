@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapters, data, model_files
-from .checkpoint_files import check_checkpoint
+from .checkpoint_files import check_checkpoint, checkpoint_folders, step_of
 from .config import KitConfig, load_config
 from .errors import ConfigError, ModelError
 from .run_commands import command_on_run, on_run
@@ -151,7 +151,7 @@ def _check_resumable_model(run: RunDir) -> None:
 def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:
     """The run's config.yaml must still say what its training started with (the manifest records it), and its
     max_steps must lie beyond the checkpoint: an edited config.yaml would continue another training."""
-    step = int(checkpoint.name.rsplit("-", 1)[1])
+    step = step_of(checkpoint) or 0
     shown = printable(run.path / Files.CONFIG)
     if 0 < cfg.training.max_steps < step:
         raise ModelError(f"--resume: {shown} says training.max_steps: {cfg.training.max_steps}, but its checkpoint "
@@ -246,5 +246,5 @@ def _is_schema_default(cfg: KitConfig, key: str, value: Any) -> bool:
 
 def latest_checkpoint(run: RunDir) -> Path | None:
     """The newest complete checkpoint of a run (HF Trainer writes trainer_state.json last)."""
-    found = [p for p in (run.path / Files.CHECKPOINTS).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[1])) if found else None
+    found = [p for p in checkpoint_folders(run.path / Files.CHECKPOINTS) if (p / "trainer_state.json").is_file()]
+    return found[-1] if found else None

@@ -8,13 +8,13 @@ samples, export, resume): ``prepare_method_rows`` (method_rows.py) replaces the 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from . import report
 from .backends import Runtime
+from .checkpoint_files import remove_checkpoints, step_of
 from .config import KitConfig
 from .data import PreparedData
 from .distributed import barrier, is_main
@@ -49,7 +49,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     metrics["tokens_seen"] = trainer.state.num_input_tokens_seen
     metrics["first_step_unix"] = speed.first_step_unix
     metrics["train_examples"] = len(prepared.train)
-    metrics["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
+    metrics["resumed_from_step"] = step_of(resume_from) if resume_from else None
     # the wall time is this invocation's: a resumed run trained only the steps after its checkpoint
     steps_trained_here = metrics["steps"] - (metrics["resumed_from_step"] or 0)
     metrics["seconds_per_step"] = round(metrics["train_wall_s"] / max(1, steps_trained_here), 2)
@@ -62,7 +62,7 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     memory = snapshot()
     if is_main():
         save_adapter(model, tokenizer, run)
-        shutil.rmtree(run.path / Files.CHECKPOINTS, ignore_errors=True)
+        remove_checkpoints(run.path / Files.CHECKPOINTS)
     barrier()
     return TrainResult(metrics=metrics, log_history=history, memory_after_train=memory)
 

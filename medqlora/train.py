@@ -4,7 +4,6 @@ arguments, the trainer class, and the run that saves the adapter (guarded by tra
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from .backends import Runtime, liger_applied
 from .backends.kernels import LIGER_FLAGS
+from .checkpoint_files import remove_checkpoints, step_of
 from .config import KitConfig
 from .data import PreparedData
 from .distributed import barrier, grpo_prompts_per_generation, grpo_steps_per_epoch, is_main, sharding, world_size
@@ -261,11 +261,11 @@ def _train(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, data: P
         metrics["eval_loss_before"] = before
         metrics["perplexity_before"] = round(math.exp(before), 3) if before is not None else None
         metrics["perplexity_after"] = round(math.exp(metrics["eval_loss"]), 3)
-    metrics["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None
+    metrics["resumed_from_step"] = step_of(resume_from) if resume_from else None
     memory = snapshot()
     weights = gathered_weights(trainer)  # sharded: every process takes part
     if is_main():
         save_adapter(model, tokenizer, run, weights)
-        shutil.rmtree(run.path / Files.CHECKPOINTS, ignore_errors=True)  # the run is complete: the adapter is what counts
+        remove_checkpoints(run.path / Files.CHECKPOINTS)
     barrier()
     return TrainResult(metrics=metrics, log_history=trainer.state.log_history, memory_after_train=memory)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapter_weights import record_saved
-from .checkpoint_files import trainer_state
+from .checkpoint_files import checkpoint_folders, trainer_state
 from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
@@ -50,7 +50,7 @@ def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: R
 
 def _write_failed(err: OSError, run: RunDir, step: int) -> MedQLoRAError:
     """A write into the run folder failed during training (a checkpoint, its tokenizer files, the TensorBoard log)."""
-    kept = [p for p in (run.path / Files.CHECKPOINTS).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    kept = [p for p in checkpoint_folders(run.path / Files.CHECKPOINTS) if (p / "trainer_state.json").is_file()]
     again = (f"then continue from its last checkpoint: {command_on_run('train', '--resume', run.path)}" if kept
              else "then train again (the run had no checkpoint yet)")
     return MedQLoRAError(f"Training stopped at step {step}: cannot write in the run folder {printable(run.path)} "
@@ -130,8 +130,8 @@ def _remove_incomplete_checkpoints(run: RunDir) -> None:
     checkpoint."""
     if not is_main():
         return
-    for folder in (run.path / Files.CHECKPOINTS).glob("checkpoint-*"):
-        if folder.is_dir() and not folder.is_symlink() and trainer_state(folder) is None:
+    for folder in checkpoint_folders(run.path / Files.CHECKPOINTS):
+        if not folder.is_symlink() and trainer_state(folder) is None:
             shutil.rmtree(folder, ignore_errors=True)
 
 

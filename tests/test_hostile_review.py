@@ -87,13 +87,11 @@ def test_resuming_from_a_damaged_checkpoint_is_one_message(tiny_model_dir, tmp_p
 
     from medqlora import train
 
-    real_rmtree = shutil.rmtree
-    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
-                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    monkeypatch.setattr(train, "remove_checkpoints", lambda folder: None)  # keep the checkpoints a finished run removes
     assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
         "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "r"})) == 0
     run = tmp_path / "r"
-    real_rmtree(run / "adapter")
+    shutil.rmtree(run / "adapter")
     checkpoint = run / "checkpoints" / "checkpoint-4"
     if damage == "trainer_state":
         (checkpoint / "trainer_state.json").write_text("{nope")
@@ -205,13 +203,11 @@ def test_resuming_a_run_whose_config_was_edited_names_the_key(tiny_model_dir, tm
 
     from medqlora import train
 
-    real_rmtree = shutil.rmtree
-    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
-                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    monkeypatch.setattr(train, "remove_checkpoints", lambda folder: None)  # keep the checkpoints a finished run removes
     assert main(kit_argv(tiny_model_dir, tmp_path, "--mode", "train", **{
         "training.max_steps": "6", "training.save_steps": "4", "output.run_name": "r"})) == 0
     run = tmp_path / "r"
-    real_rmtree(run / "adapter")
+    shutil.rmtree(run / "adapter")
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["training"].update(edit)
     (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -272,9 +268,7 @@ def test_an_adapter_missing_tensors_its_config_implies_is_refused(tiny_model_dir
 def test_resuming_after_the_training_data_changed_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch):
     from medqlora import train
 
-    real_rmtree = shutil.rmtree
-    monkeypatch.setattr(train.shutil, "rmtree",  # keep the checkpoints a finished run removes
-                        lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+    monkeypatch.setattr(train, "remove_checkpoints", lambda folder: None)  # keep the checkpoints a finished run removes
     source = tmp_path / "rows.jsonl"
     source.write_text("".join(json.dumps({"instruction": f"What treats condition {i}?", "output": f"Drug {i}."}) + "\n"
                               for i in range(12)))
@@ -282,7 +276,7 @@ def test_resuming_after_the_training_data_changed_is_refused(tiny_model_dir, tmp
         "data.datasets": f"[{{source: {source}, format: instruction}}]", "training.max_steps": "4",
         "training.save_steps": "2", "output.run_name": "r"})) == 0
     run = tmp_path / "r"
-    real_rmtree(run / "adapter")
+    shutil.rmtree(run / "adapter")
     source.write_text("".join(json.dumps({"instruction": f"Which dose for case {i}?", "output": f"{i} mg."}) + "\n"
                               for i in range(30)))
     before = {name: (run / name).read_text() for name in ("manifest.json", "training_items.jsonl")}

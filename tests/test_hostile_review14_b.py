@@ -122,10 +122,8 @@ def test_a_run_log_line_the_disk_cannot_take_prints_no_logging_traceback(tmp_pat
 def kept_run(tiny_model_dir, tmp_path_factory) -> Path:
     """A finished run whose checkpoints (2 and 4) were kept, as those of a run killed after its last one."""
     out = tmp_path_factory.mktemp("kept")
-    real_rmtree = shutil.rmtree
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train.shutil, "rmtree",
-                      lambda path, **kw: None if Path(path).name == "checkpoints" else real_rmtree(path, **kw))
+        patch.setattr(train, "remove_checkpoints", lambda folder: None)  # keep the checkpoints a finished run removes
         assert main(kit_argv(tiny_model_dir, out, "--mode", "train", **{
             "training.max_steps": "4", "training.save_steps": "2", "output.run_name": "r"})) == 0
     return out / "r"

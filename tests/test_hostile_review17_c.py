@@ -50,3 +50,24 @@ def test_a_failed_write_in_a_new_run_folder_still_advises_output_dir(tiny_model_
     result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "train"))
     assert result.code == 2
     assert_one_message(result.err, "No space left on device. Free some space (or choose another --output-dir)")
+
+
+# ---------------------------------------------------------------- 89: a checkpoint copy the user kept beside them
+
+@pytest.mark.parametrize("kept_as", ["checkpoint-4.bak", "checkpoint-abc", "checkpoint-\u0664"])
+def test_a_checkpoint_folder_by_another_name_is_left_alone_on_resume(kept_run, tmp_path, capsys, kept_as):  # noqa: F811
+    """A copy named checkpoint-4.bak made --resume fail with ValueError: invalid literal for int()."""
+    import shutil
+
+    run = _copy(kept_run, tmp_path)
+    shutil.rmtree(run / "adapter")
+    checkpoints = run / "checkpoints"
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / kept_as)
+    shutil.rmtree(checkpoints / "checkpoint-4")
+    result = run_cli(capsys, ["--mode", "train", "--resume", str(run)])
+    assert result.code == 0, result.err[-2000:]
+    assert "Traceback" not in result.err and "internal error" not in result.err
+    import json
+
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["resumed_from_step"] == 2
+    assert (checkpoints / kept_as / "trainer_state.json").is_file()  # the user's copy untouched

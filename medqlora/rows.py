@@ -195,7 +195,8 @@ def _column(row: dict[str, Any], spec: DatasetSpec, *names: str, expected: str =
     in_case = f" (names are matched in their case: '{printable(cased[0], 60)}' is not {wanted})" if cased else ""
     raise MissingColumnError(f"has no column {wanted}; its columns are {columns}{in_case}.",
                              f"Map yours with 'columns:' {DATASET_ENTRY}, e.g. columns: "
-                             f"{{{names[0]}: {printable(cased[0], 60) if cased else 'your_column'}}}.")
+                             f"{{{names[0]}: {printable(cased[0], 60) if cased else 'your_column'}}}.",
+                             tuple(str(spec.columns.get(n, n)) for n in names))
 
 
 def _optional_column(row: dict[str, Any], spec: DatasetSpec, name: str) -> tuple[str, Any]:
@@ -289,10 +290,11 @@ class MissingColumnError(DataError):
     """A row lacks a column its format reads. The message ends in how to map one with ``columns:``; ``missing`` is
     the message without that advice, for callers whose setting has no ``columns:``."""
 
-    def __init__(self, missing: str, advice: str) -> None:
+    def __init__(self, missing: str, advice: str, columns: tuple[str, ...] = ()) -> None:
         super().__init__(f"{missing} {advice}")
         self.missing = missing
         self.advice = advice
+        self.columns = columns  # the columns looked for (any of them would do)
 
 
 def _field(row: dict[str, Any], spec: DatasetSpec, *names: str) -> tuple[str, str]:

@@ -47,7 +47,9 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
             if spec.prompt_template is not None:
                 example = apply_template(example, spec.prompt_template)
         except MissingColumnError as err:
-            raise MissingColumnError(f"{row_name(spec, number, lines, names)}: {err.missing}", err.advice) from None
+            advice = _lacking_row_advice(rows, number, err.columns) or err.advice
+            raise MissingColumnError(f"{row_name(spec, number, lines, names)}: {err.missing}", advice,
+                                     err.columns) from None
         except DataError as err:
             raise DataError(f"{row_name(spec, number, lines, names)}: {err}") from None
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
@@ -59,6 +61,16 @@ def format_rows(spec: DatasetSpec, rows: list[dict[str, Any]]) -> list[Example]:
         example.row = number
         examples.append(example)
     return examples
+
+
+def _lacking_row_advice(rows: Any, number: int, columns: tuple[str, ...]) -> str | None:
+    """When other rows have the column this row lacks, the file is right and the row is not: say so (mapping a column
+    with ``columns:`` would not help). None when no other row has it."""
+    holding = next((n for n, row in enumerate(rows, start=1)
+                    if n != number and isinstance(row, dict) and any(c in row for c in columns)), None)
+    if holding is None:
+        return None
+    return (f"Other rows have it (row {holding} does): fill it in in this row, or remove the row.")
 
 
 def _braces(text: str) -> str:

@@ -1,0 +1,37 @@
+"""Hostile round 17, data: one row lacking a field every other row has was told to map a column with 'columns:',
+which the file (whose column is right) does not need."""
+
+import json
+
+import pytest
+
+from medqlora.cli import main
+
+from .conftest import assert_one_message, kit_argv
+
+
+@pytest.mark.parametrize("fmt, rows, lacking", [
+    ("medical_o1", [{"Question": f"Q{i}?", "Complex_CoT": "t", "Response": "x"} for i in range(3)]
+     + [{"Question": "Q3?", "Response": "x"}], "'Complex_CoT'"),
+    ("instruction", [{"instruction": "Name a drug.", "output": "Aspirin."}, {"output": "Aspirin."}], "'instruction'"),
+])
+def test_one_row_lacking_a_field_the_others_have_is_told_to_fill_it_in(tiny_model_dir, tmp_path, capsys, fmt, rows,
+                                                                       lacking):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"data.datasets": f"[{{source: '{data}', format: {fmt}}}]"}))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_one_message(err, f"row {len(rows)}: has no column {lacking}")
+    assert "Other rows have it (row 1 does): fill it in in this row, or remove the row." in err
+    assert "columns:" not in err
+
+
+def test_a_file_without_the_column_at_all_is_still_told_to_map_one(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "output": "x"}) + "\n" for i in range(3)))
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"data.datasets": f"[{{source: '{data}', format: instruction}}]"}))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, "Map yours with 'columns:'")

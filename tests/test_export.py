@@ -79,6 +79,15 @@ def test_merged_and_gguf_exports_answer_like_the_trained_adapter(trained_run, ti
     from_gguf = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
                                                      dtype=torch.float32)
     assert greedy(from_gguf, tokenizer, prompt) == trained_tokens
+    # the GGUF's own tokenizer (what llama.cpp and Ollama use) is the byte-level BPE, splitting text as the model's
+    from medqlora.export.llama_cpp import gguf_field, read_gguf
+
+    assert gguf_field(read_gguf(gguf_file), "tokenizer.ggml.model") == "gpt2"
+    gguf_tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    text = "Do adjuvant aromatase inhibitors increase the cardiovascular risk?"
+    assert gguf_tokenizer(text, add_special_tokens=False)["input_ids"] == \
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert not json.loads((folder / "merged" / "tokenizer.json").read_text())["model"].get("byte_fallback")
 
     from medqlora.ollama import render_go
 

@@ -19,7 +19,7 @@ from ..errors import ConfigError, ModelError
 from ..messages import say
 from ..secrets import printable
 from .checkpoints import check_gguf_file
-from .gguf_cache import conversion_damage, discard_damaged, flush_folder
+from .gguf_cache import clear_byte_fallback, conversion_damage, discard_damaged, flush_folder
 
 # empty counts as unset, as for XDG_CACHE_HOME (an empty path would make the current folder the cache)
 CACHE_DIR = Path(os.environ.get("MEDQLORA_CACHE") or Path.home() / ".cache" / "medqlora")
@@ -99,6 +99,8 @@ def convert_gguf(gguf: Path) -> Path:
     if (target / "config.json").is_file():
         damage = conversion_damage(target)
         if damage is None:
+            with contextlib.suppress(OSError):  # a copy converted before the kit cleared it; read-only: as it is
+                clear_byte_fallback(target)
             return target
         say(f"warning: the kit's converted copy of {printable(gguf.name)} at {printable(str(target))} is damaged "
             f"({damage}): converting it again")
@@ -135,6 +137,7 @@ def _save_conversion(model: Any, tokenizer: Any, target: Path) -> None:
         partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
+        clear_byte_fallback(partial)
         flush_folder(partial)
         partial.rename(target)
     except (OSError, SafetensorError) as err:

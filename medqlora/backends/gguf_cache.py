@@ -88,3 +88,39 @@ def flush_folder(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def byte_level(tokenizer_json: dict) -> bool:
+    """Whether a tokenizer.json is a byte-level BPE (GPT-2's scheme: SmolLM2, Qwen, Llama 3): every byte is a
+    symbol of its alphabet, so it never needs a byte fallback."""
+    model = tokenizer_json.get("model") if isinstance(tokenizer_json, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        return False
+    pending = [tokenizer_json.get("pre_tokenizer")]
+    while pending:
+        part = pending.pop()
+        if isinstance(part, dict):
+            if part.get("type") == "ByteLevel":
+                return True
+            pending += part.get("pretokenizers") or []
+    return False
+
+
+def clear_byte_fallback(folder: Path) -> bool:
+    """transformers' conversion of a GGUF file's byte-level BPE tokenizer (a "gpt2" one: SmolLM2's) marks it
+    ``byte_fallback: true``, which a byte-level BPE never uses, and which makes llama.cpp's converter take it for a
+    SentencePiece ("llama") vocabulary: a GGUF export of the trained model then splits text at every blank in
+    llama.cpp and Ollama. Cleared in ``folder``'s tokenizer.json (the kit's own copy; tokenization is unchanged).
+    Whether it was changed."""
+    path = folder / "tokenizer.json"
+    try:
+        tokenizer_json = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not byte_level(tokenizer_json) or not tokenizer_json["model"].get("byte_fallback"):
+        return False
+    tokenizer_json["model"]["byte_fallback"] = False
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    os.replace(temporary, path)
+    return True

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import backends
+from ..backends.gguf_cache import byte_level, clear_byte_fallback
 from ..config import KitConfig
 from ..data import query_prompt
 from ..errors import ModelError
@@ -30,6 +31,7 @@ def export_gguf(cfg: KitConfig, partial: Path, say: Any) -> dict[str, Any]:
     out.parent.mkdir()
     began = time.perf_counter()
     first = out if direct else out.with_name("model-f16.gguf")
+    clear_byte_fallback(partial / "merged")  # else the converter writes a byte-level BPE as a SentencePiece vocabulary
     run_tool([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(partial / "merged"), "--outfile", str(first),
           "--outtype", kind if direct else "f16"], "convert_hf_to_gguf.py", first)
     if quantize is not None:
@@ -64,6 +66,22 @@ def write_modelfile(cfg: KitConfig, run: RunDir, tokenizer: Any, gguf_file: str,
     return str(gguf.parent / "Modelfile")
 
 
+def _check_vocabulary_kind(gguf_file: Path, kind: Any, merged: Path) -> None:
+    """A byte-level BPE tokenizer must be stored as one ("gpt2"): stored as a SentencePiece vocabulary ("llama"),
+    llama.cpp and Ollama split the text at every blank."""
+    import json
+
+    try:
+        tokenizer_json = json.loads((merged / "tokenizer.json").read_bytes())
+    except (OSError, ValueError):
+        return
+    if byte_level(tokenizer_json) and kind != "gpt2":
+        raise ModelError(f"The GGUF file {printable(gguf_file)} stores the model's byte-level BPE tokenizer as a "
+                         f"'{printable(kind, 40)}' vocabulary: llama.cpp and Ollama would tokenize text wrongly (a "
+                         "blank becomes an unknown token). The llama.cpp converter in use misreads this tokenizer: "
+                         "update llama.cpp (LLAMA_CPP_DIR), or export the merged model and convert it yourself.")
+
+
 def check_gguf_metadata(gguf_file: Path, merged: Path) -> dict[str, Any]:
     """The GGUF must carry the training chat template and end-of-turn token, or llama.cpp output is garbled."""
     from transformers import AutoTokenizer
@@ -74,6 +92,7 @@ def check_gguf_metadata(gguf_file: Path, merged: Path) -> dict[str, Any]:
     eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
     checks = {"chat_template_matches": template == tokenizer.chat_template,
               "eos_matches": eos in backends.stop_token_ids(tokenizer)}
+    _check_vocabulary_kind(gguf_file, gguf_field(reader, "tokenizer.ggml.model"), merged)
     if not all(checks.values()):
         raise ModelError(f"The GGUF file {gguf_file} does not carry the training chat template or eos token "
                          f"({checks}); llama.cpp would produce garbled replies. Report this with the run's files.")

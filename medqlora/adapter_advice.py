@@ -52,6 +52,10 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
         holder = lock_holder(path)
         if holder is not None:
             return still_training(shown, flag, holder, checkpoints[-1] if checkpoints else None)
+        if _saved_an_adapter(path):
+            return (f"{flag} {shown} is a run folder of this kit that saved its adapter (its manifest.json records it), "
+                    f"but its {Files.ADAPTER}/ holds no {CONFIG_NAME} now: moved or deleted since? Put the adapter "
+                    f"folder back as {printable(path / Files.ADAPTER)}, or give its new place: {named_flag(flag)}PATH.")
         if checkpoints:
             return (f"{flag} {shown} is a run folder of this kit whose training stopped before its adapter was saved "
                     f"(killed or failed: no adapter_config.json in its adapter/). Finish the training with: "
@@ -68,6 +72,19 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
         return (f"{flag} {shown} holds a full model (config.json and its weights, as export.formats merged writes "
                 f"it), not a LoRA adapter: {advice}.")
     return f"{flag} {shown}: no {CONFIG_NAME} there (a LoRA adapter folder or run folder)."
+
+
+def _saved_an_adapter(run: Path) -> bool:
+    """Whether the run's manifest.json records an adapter the run saved (adapter_weights.RECORD_KEY)."""
+    import json
+
+    from .adapter_weights import recorded
+
+    try:
+        manifest = json.loads((run / Files.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and bool(recorded(manifest))
 
 
 def still_training(shown: str, flag: str, holder: str, checkpoint: Path | None) -> str:

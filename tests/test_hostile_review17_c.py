@@ -71,3 +71,20 @@ def test_a_checkpoint_folder_by_another_name_is_left_alone_on_resume(kept_run, t
 
     assert json.loads((run / "metrics.json").read_text())["metrics"]["resumed_from_step"] == 2
     assert (checkpoints / kept_as / "trainer_state.json").is_file()  # the user's copy untouched
+
+
+# ---------------------------------------------------------------- 41: a finished run whose adapter was moved away
+
+def test_a_finished_run_whose_adapter_folder_is_gone_is_said_so(kept_run, tmp_path, capsys):  # noqa: F811
+    """It was called a run "whose training stopped before its adapter was saved", though its manifest records the
+    adapter it saved."""
+    import shutil
+
+    run = _copy(kept_run, tmp_path)
+    shutil.move(run / "adapter", tmp_path / "moved-adapter")
+    result = run_cli(capsys, ["--mode", "chat", "--prompt", "hi", "--adapter", str(run)])
+    assert result.code == 2
+    assert_one_message(result.err, f"is a run folder of this kit that saved its adapter (its manifest.json records "
+                                   f"it), but its adapter/ holds no adapter_config.json now: moved or deleted since? "
+                                   f"Put the adapter folder back as {run / 'adapter'}, or give its new place")
+    assert "stopped before its adapter was saved" not in result.err

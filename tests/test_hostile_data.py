@@ -214,7 +214,7 @@ ASCII_GARBAGE = bytes(range(128)) * 4  # control characters and NUL, but decodab
     ("latin1.csv", "instruction,output\ncafé,thé\n".encode("latin-1"), "not UTF-8 text"),
     ("utf16.jsonl", json.dumps(GOOD["instruction"]).encode("utf-16"), "not UTF-8 text"),
     ("nul.csv", b"instruction,output\nq\x00,a\n", "nul.csv:2: contains a NUL byte"),
-    ("unclosed-quote.csv", b'instruction,output\n"q,a\n', "not valid CSV (unexpected end of data)"),
+    ("unclosed-quote.csv", b'instruction,output\n"q,a\n', ":2: a quoted cell opened in the record on this line is never closed"),
     ("short-row.csv", b"instruction,output\nq\n", "1 cell, but the header names 2 columns"),
     ("long-row.csv", b"instruction,output\nq,a,b\n", "3 cells, but the header names 2 columns"),
     ("twice.csv", b"output,output\na,b\n", "the header names column 'output' twice"),

@@ -88,3 +88,19 @@ def test_a_finished_run_whose_adapter_folder_is_gone_is_said_so(kept_run, tmp_pa
                                    f"it), but its adapter/ holds no adapter_config.json now: moved or deleted since? "
                                    f"Put the adapter folder back as {run / 'adapter'}, or give its new place")
     assert "stopped before its adapter was saved" not in result.err
+
+
+# ---------------------------------------------------------------- 129: an adapter folder given as the base model
+
+@pytest.mark.parametrize("given, what", [("adapter", "a LoRA adapter folder"),
+                                         ("", "a run folder of this kit (its adapter in adapter/)")])
+def test_an_adapter_or_run_folder_given_as_the_base_model_is_named_with_its_base(kept_run, tiny_model_dir, tmp_path,  # noqa: F811
+                                                                                  capsys, given, what):
+    from .conftest import kit_argv
+
+    folder = kept_run / given if given else kept_run
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"model.name": str(folder)}))
+    assert result.code == 2
+    assert_one_message(result.err, f"It is {what}, not a base model: give it as --adapter {folder}")
+    assert f"--set model.name={tiny_model_dir}" in result.err

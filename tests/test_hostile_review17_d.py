@@ -35,3 +35,15 @@ def test_a_file_without_the_column_at_all_is_still_told_to_map_one(tiny_model_di
                          **{"data.datasets": f"[{{source: '{data}', format: instruction}}]"}))
     assert code == 2
     assert_one_message(capsys.readouterr().err, "Map yours with 'columns:'")
+
+
+def test_a_csv_quote_never_closed_names_the_line_it_opens_on(tiny_model_dir, tmp_path, capsys):
+    """It named the file's last line, where nothing is wrong, and did not say a quote was left open."""
+    data = tmp_path / "rows.csv"
+    data.write_text("instruction,output\n" + "".join(f"Q{i},A{i}\n" for i in range(1, 5)) + 'Q5,"see note,A5\n'
+                    + "".join(f"Q{i},A{i}\n" for i in range(6, 20)))
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"data.datasets": f"[{{source: '{data}', format: instruction}}]"}))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, f"{data}:6: a quoted cell opened in the record on this line is never "
+                                                "closed (the file ends inside it): close the quote, or remove it")

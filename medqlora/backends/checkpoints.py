@@ -14,6 +14,21 @@ from ..secrets import printable
 from ..torch_pickles import MODEL_ADVICE, code_in_pickle, holds_code_error
 
 
+def _adapter_given_as_model(folder: Path) -> str:
+    """Where model.name is a LoRA adapter folder (or a kit run folder holding one): what it is, and its base."""
+    adapter = folder if (folder / "adapter_config.json").is_file() else folder / "adapter"
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    what = "a LoRA adapter folder" if adapter == folder else "a run folder of this kit (its adapter in adapter/)"
+    named = f" Its adapter_config.json names its base model: --set model.name={printable(base, 200)}." \
+        if isinstance(base, str) and base.strip() else ""
+    return (f" It is {what}, not a base model: give it as --adapter {printable(str(folder))} (to test, evaluate or "
+            f"export it) or as training.init_adapter (to train on from it), with its base model as model.name.{named}")
+
+
 def check_checkpoint_folder(folder: Path) -> None:
     """A local checkpoint folder: a config.json that names a model type, and weights that are whole (each
     safetensors file as long as its header says), checked before anything loads."""
@@ -24,7 +39,8 @@ def check_checkpoint_folder(folder: Path) -> None:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"model.name: {shown} exists but holds no config.json: not a transformers checkpoint.") from None
+        raise ModelError(f"model.name: {shown} exists but holds no config.json: not a transformers checkpoint."
+                         f"{_adapter_given_as_model(folder)}") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"model.name: {shown}/config.json is not readable JSON ({printable(str(err))}).") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):

@@ -337,6 +337,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     csv.field_size_limit(MAX_FIELD_CHARS)
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, strict=True)
+        start = 1  # the line the record being read starts on
         try:
             header = next(reader, None)
             while header is not None and not any(cell.strip() for cell in header):
@@ -369,6 +370,10 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                     lines.append(start)
                 start = reader.line_num + 1
         except csv.Error as err:
+            if "unexpected end of data" in str(err):  # the reader met the file's end inside a quoted cell
+                raise DataError(f"{path}:{start}: a quoted cell opened in the record on this line is never closed (the "
+                                "file ends inside it): close the quote, or remove it (a cell may hold \" only "
+                                "doubled, \"\", inside quotes).") from None
             too_long = "larger than field limit" in str(err)
             what = (f"a cell longer than {MAX_FIELD_CHARS:,} characters (the most one text field may hold)"
                     if too_long else f"not valid CSV ({printable(err, 120)})")

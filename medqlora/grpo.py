@@ -130,6 +130,19 @@ def chosen_rewards(cfg: KitConfig, kinds: set[str]) -> tuple[list[rewards.Reward
     return funcs, weights, style
 
 
+def idle_rewards(cfg: KitConfig, kinds: set[str]) -> dict[str, str]:
+    """The answer rewards the config sets above 0 whose rows the training data does not hold (``kinds``: the row
+    kinds it does): left out of the run, said in the plan and run.log, so that a weight the user set is not dropped
+    without a word."""
+    from .method_rows import KIND_OF_FORMAT
+    from .methods import REWARD_OF_FORMAT
+
+    weights = cfg.grpo.rewards
+    return {name: f"{getattr(weights, name)}: left out, the training data holds no {fmt} rows"
+            for fmt, name in REWARD_OF_FORMAT.items()
+            if name in weights.model_fields_set and getattr(weights, name) > 0 and KIND_OF_FORMAT[fmt] not in kinds}
+
+
 def reward_plan(cfg: KitConfig) -> dict[str, Any]:
     """What a GRPO run optimises, for --dry-run: its rewards and their weights (chosen_rewards, on the kinds of
     rows its training datasets hold), the format it rewards and how it samples."""
@@ -138,7 +151,9 @@ def reward_plan(cfg: KitConfig) -> dict[str, Any]:
     kinds = {KIND_OF_FORMAT[s.format] for s in cfg.data.datasets if s.use_for == "train" and s.format in KIND_OF_FORMAT}
     funcs, weights, style = chosen_rewards(cfg, kinds)
     g = cfg.grpo
+    idle = idle_rewards(cfg, kinds)
     return {"rewards": {f.__name__: weight for f, weight in zip(funcs, weights, strict=True)},
+            **({"rewards_never_scoring": idle} if idle else {}),
             "format_style": (style or "none") + (" (grpo.format_style auto)" if g.format_style == "auto" else ""),
             "num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
             "overlong_buffer": g.overlong_shown()}
@@ -155,6 +170,8 @@ def grpo_trainer(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
         tokenizer.pad_token = tokenizer.eos_token
     log.info("GRPO rewards: %s (format style: %s; overlong buffer: %s tokens)",
              dict(zip([f.__name__ for f in funcs], weights)), style, cfg.grpo.overlong_shown())
+    for name, why in idle_rewards(cfg, {r["kind"] for r in prepared.train}).items():
+        log.info("GRPO reward %s (%s)", name, why)
     if style is None and cfg.grpo.format_style == "auto":
         log.info("GRPO: no format reward: prompt_answer rows have no options for a reply to open with "
                  "(grpo.format_style: huatuo or tags rewards a reasoning format)")

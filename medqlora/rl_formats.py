@@ -112,8 +112,16 @@ def _reply(value: Any, name: str, reply: str = "the response to learn") -> Prefe
 
 
 def _same(a: str, b: str) -> bool:
-    """The same text once spacing is ignored (a trailing space or a doubled blank line changes nothing)."""
-    return a.split() == b.split()
+    """The same text once spacing, invisible (format) characters and Unicode's forms of one character are ignored
+    (a trailing space, a zero-width space, é written as e and an accent read the same)."""
+    return _as_read(a) == _as_read(b)
+
+
+def _as_read(text: str) -> list[str]:
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").split()
 
 
 def _shared(chosen: str, rejected: str, what: str, c_name: str, r_name: str) -> str:
@@ -154,7 +162,8 @@ def format_preference(row: dict[str, Any], spec: DatasetSpec) -> Example:
                         f"'{printable(c_name, 60)}' holds no user message: the replies would answer no question. Fill "
                         f"it in or leave the row out.{_prompt_column_hint(row, p_name, c_name, r_name)}")
     if _same(c.text, r.text):
-        raise DataError("the chosen and rejected replies are the same text (spacing aside): nothing to prefer.")
+        raise DataError("the chosen and rejected replies are the same text (spacing, invisible characters and Unicode "
+                        "forms aside): nothing to prefer.")
     return PreferenceExample(prompt=prompt, response=c.text, rejected=r.text, system=system, multi_turn=multi_turn,
                              uid=_uid(row.get("id"), "id"), texts=((p_name, prompt),),
                              answer_texts=((c_name, c.text), (r_name, r.text)))

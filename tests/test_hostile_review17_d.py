@@ -47,3 +47,45 @@ def test_a_csv_quote_never_closed_names_the_line_it_opens_on(tiny_model_dir, tmp
     assert code == 2
     assert_one_message(capsys.readouterr().err, f"{data}:6: a quoted cell opened in the record on this line is never "
                                                 "closed (the file ends inside it): close the quote, or remove it")
+
+
+@pytest.mark.parametrize("rejected", [
+    "Yes, aspirin is an\u200b antiplatelet drug.",  # a zero-width space
+    "Yes, aspirin is an antiplatelet drug, cafe\u0301.",  # é as e and a combining accent
+    "Yes, aspirin is an antiplatelet drug, caf\uff45\u0301.",  # a full-width e
+])
+def test_preference_replies_that_read_the_same_are_refused(tmp_path, rejected):
+    """A pair differing only by an invisible character or the Unicode form of a letter taught a preference between
+    two encodings of one reply."""
+    from medqlora.config import DatasetSpec
+    from medqlora.data import format_rows
+    from medqlora.errors import DataError
+
+    chosen = "Yes, aspirin is an antiplatelet drug." if "caf" not in rejected else \
+        "Yes, aspirin is an antiplatelet drug, caf\u00e9."
+    with pytest.raises(DataError, match="row 1: the chosen and rejected replies are the same text .*nothing to prefer"):
+        format_rows(DatasetSpec(source="p.jsonl", format="preference"),
+                    [{"prompt": "Is aspirin an antiplatelet drug?", "chosen": chosen, "rejected": rejected}])
+    different = format_rows(DatasetSpec(source="p.jsonl", format="preference"),
+                            [{"prompt": "Is aspirin an antiplatelet drug?", "chosen": chosen, "rejected": "No."}])
+    assert len(different) == 1
+
+
+def test_a_grpo_reward_named_for_rows_the_data_lacks_is_said_to_be_left_out(tmp_path, capsys):
+    """grpo.rewards={pubmedqa_label: 1.0} on MedMCQA rows was dropped from the plan's rewards without a word."""
+    code = main(["--mode", "train", "--dry-run", "--config", "smollm2_grpo_medmcqa", "--output-dir", str(tmp_path),
+                 "--set", "grpo.rewards={pubmedqa_label: 1.0}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    plan = json.loads(out[out.index("{"):])
+    [grpo] = [value for value in _values(plan) if isinstance(value, dict) and "rewards_never_scoring" in value]
+    assert grpo["rewards_never_scoring"] == {"pubmedqa_label": "1.0: left out, the training data holds no pubmedqa rows"}
+    assert "pubmedqa_label" not in grpo["rewards"]
+    assert main(["--mode", "train", "--dry-run", "--config", "smollm2_grpo_medmcqa", "--output-dir", str(tmp_path)]) == 0
+    assert "rewards_never_scoring" not in capsys.readouterr().out  # the preset sets no reward for rows it lacks
+
+
+def _values(tree):
+    yield tree
+    for value in tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else ():
+        yield from _values(value)

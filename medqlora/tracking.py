@@ -18,6 +18,7 @@ from .distributed import is_main
 from .errors import ConfigError
 from .messages import log
 from .runs import Files, RunDir
+from .secrets import printable
 
 def wandb_falls_back_offline(cfg: KitConfig) -> bool:
     """wandb without a key and without a chosen WANDB_MODE, where the config allows W&B's offline mode."""
@@ -62,6 +63,16 @@ def tracker_folders(cfg: KitConfig) -> tuple[str, ...]:
     return tuple(folders)
 
 
+# what to change when a tracker fails as training begins (its server unreachable, the key refused)
+TRACKER_ADVICE = {
+    "wandb": "Without the network, log locally with WANDB_MODE=offline (upload later with: wandb sync <run "
+             "folder>/wandb/offline-run-*), check WANDB_API_KEY and WANDB_BASE_URL, or leave wandb out of "
+             "training.report_to.",
+    "mlflow": "Check MLFLOW_TRACKING_URI (unset, the kit logs into the run folder's mlruns/), or leave mlflow out of "
+              "training.report_to.",
+}
+
+
 @contextlib.contextmanager
 def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
     """While training: W&B and MLflow keep their local files in the run folder (unless the user chose a place),
@@ -77,6 +88,13 @@ def tracking_env(cfg: KitConfig, run: RunDir) -> Iterator[None]:
     os.environ.update(added)
     try:
         yield
+    except Exception as err:
+        tracker = type(err).__module__.split(".")[0]
+        if tracker not in TRACKER_ADVICE or tracker not in cfg.training.report_to:
+            raise
+        raise ConfigError(f"training.report_to: {tracker} failed as training began ({type(err).__name__}: "
+                          f"{printable(str(err).splitlines()[0] if str(err) else '', 240)}). "
+                          f"{TRACKER_ADVICE[tracker]}") from None
     finally:
         if "wandb" in cfg.training.report_to:
             import wandb

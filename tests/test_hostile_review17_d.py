@@ -89,3 +89,26 @@ def _values(tree):
     yield tree
     for value in tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else ():
         yield from _values(value)
+
+
+def test_wandb_unreachable_as_training_begins_is_one_message(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A WANDB_API_KEY on a machine that cannot reach W&B: wandb.init's CommError ended the run as an internal error
+    (exit 1), advising code the user does not write."""
+    wandb = pytest.importorskip("wandb")
+    key = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+
+    def unreachable(*_args, **_kwargs):
+        raise wandb.errors.CommError('Timed out while retrying: Post "https://api.wandb.ai/graphql": dial tcp: lookup '
+                                     "api.wandb.ai: no such host\nConsider increasing the init_timeout setting")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    out = tmp_path / "out"
+    code = main(kit_argv(tiny_model_dir, out, "--mode", "train", **{"training.report_to": "[wandb]",
+                                                                       "output.run_name": "wb"}))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_one_message(err, "training.report_to: wandb failed as training began (CommError: Timed out while retrying")
+    assert "WANDB_MODE=offline" in err and "internal error" not in err and "init_timeout" not in err
+    assert json.loads((out / "wb" / "manifest.json").read_text())["status"] == "failed"
+    assert key not in err

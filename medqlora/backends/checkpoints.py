@@ -3,8 +3,10 @@ whole safetensors weights, a tokenizer) and a GGUF file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,34 @@ def check_generation_config(folder: Path) -> None:
         raise ModelError(f"{where}: transformers refuses it ({printable(str(err).splitlines()[0], 200)}). {fix}") from None
 
 
+@contextlib.contextmanager
+def _rope_warnings() -> Iterator[list[str]]:
+    """transformers' check of a config's RoPE scaling only warns (a factor below 1, a required key missing) and
+    builds the model anyway: its warnings of an invalid value, collected."""
+    import logging
+
+    found: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "must be" in message or "Missing required keys" in message:
+                found.append(message)
+
+    rope_logger = logging.getLogger("transformers.modeling_rope_utils")
+    handler = Collect(logging.WARNING)
+    level, propagate = rope_logger.level, rope_logger.propagate
+    rope_logger.addHandler(handler)
+    rope_logger.setLevel(logging.WARNING)  # whatever transformers' verbosity; said by the kit, not printed twice
+    rope_logger.propagate = False
+    try:
+        yield found
+    finally:
+        rope_logger.removeHandler(handler)
+        rope_logger.setLevel(level)
+        rope_logger.propagate = propagate
+
+
 def meta_model(folder: Path) -> tuple[Any, Any]:
     """(config, model) of a checkpoint folder's config.json, the model built on the meta device (no memory, no
     weights read); a ModelError when transformers cannot build it."""
@@ -190,9 +220,16 @@ def meta_model(folder: Path) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(str(folder))
+        with _rope_warnings() as refused:
+            config = AutoConfig.from_pretrained(str(folder))
+        if refused:
+            raise ModelError(f"model.name: {printable(str(folder / 'config.json'))}: its RoPE scaling is invalid "
+                             f"(transformers: {printable(refused[0], 160)}), and the model would run with it. Restore "
+                             "the checkpoint's own config.json (rope_parameters / rope_scaling).")
         with torch.device("meta"):
             return config, AutoModelForCausalLM.from_config(config)
+    except ModelError:
+        raise
     except Exception as err:  # transformers raises ValueError, KeyError, TypeError... for a config it cannot build
         raise ModelError(f"model.name: {printable(str(folder / 'config.json'))} does not describe a model "
                          f"transformers can build ({type(err).__name__}: {printable(str(err), 160)}). Restore the "

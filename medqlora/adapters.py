@@ -161,11 +161,18 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ModelError(f"Cannot read {where}: {err.strerror}.") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ModelError(f"{where} is larger than 1 MB: not a LoRA adapter config.")
+    again = "Copy the adapter folder (or the run folder holding it) again, whole."
+    if not raw.strip():
+        raise ModelError(f"{where} is empty ({len(raw)} bytes): a copy that never wrote it, or one cut short. {again}")
     try:
-        config = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        config = json.loads(text)
     except UnicodeDecodeError:
         raise ModelError(f"{where} is not UTF-8 text: not a LoRA adapter config.") from None
     except json.JSONDecodeError as err:
+        if not text.rstrip().endswith("}"):  # the text ends before the JSON object does
+            raise ModelError(f"{where} ends in the middle of its JSON ({len(raw)} bytes): cut short by a copy or a "
+                             f"full disk? {again}") from None
         raise ModelError(f"{where}:{err.lineno}: not valid JSON ({err.msg}): not a LoRA adapter config.") from None
     if not isinstance(config, dict):
         raise ModelError(f"{where} must be a JSON object (a PEFT LoRA config), not {type(config).__name__}.")

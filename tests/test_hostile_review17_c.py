@@ -104,3 +104,33 @@ def test_an_adapter_or_run_folder_given_as_the_base_model_is_named_with_its_base
     assert result.code == 2
     assert_one_message(result.err, f"It is {what}, not a base model: give it as --adapter {folder}")
     assert f"--set model.name={tiny_model_dir}" in result.err
+
+
+# ---------------------------------------------------------------- 154: a cut chat template saved with an adapter
+
+def test_an_adapters_cut_chat_template_is_named_as_the_adapters_file(kept_run, tmp_path, capsys):  # noqa: F811
+    """The message named the base model's template (intact) and advised model.chat_template, which did not help."""
+    run = _copy(kept_run, tmp_path)
+    template = run / "adapter" / "chat_template.jinja"
+    if not template.is_file():
+        pytest.skip("the tokenizer saves its template in tokenizer_config.json")
+    template.write_bytes(template.read_bytes()[:120])
+    result = run_cli(capsys, ["--mode", "chat", "--prompt", "hi", "--adapter", str(run)])
+    assert result.code == 2
+    assert_one_message(result.err, f"The chat template of the adapter in {run / 'adapter'} (its chat_template.jinja, "
+                                   "saved with it) cannot render a conversation")
+    assert "restore chat_template.jinja from the run folder it came from" in result.err
+
+
+# ---------------------------------------------------------------- 156: an empty or cut adapter_config.json
+
+@pytest.mark.parametrize("keep, said", [(0, "is empty (0 bytes): a copy that never wrote it, or one cut short."),
+                                        (40, "ends in the middle of its JSON (40 bytes): cut short by a copy or a "
+                                             "full disk?")])
+def test_an_empty_or_cut_adapter_config_is_said_to_be_cut(kept_run, tmp_path, capsys, keep, said):  # noqa: F811
+    run = _copy(kept_run, tmp_path)
+    config = run / "adapter" / "adapter_config.json"
+    config.write_bytes(config.read_bytes()[:keep])
+    result = run_cli(capsys, ["--mode", "chat", "--prompt", "hi", "--adapter", str(run)])
+    assert result.code == 2
+    assert_one_message(result.err, f"{config} {said} Copy the adapter folder (or the run folder holding it) again")

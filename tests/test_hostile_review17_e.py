@@ -83,3 +83,28 @@ def test_an_invalid_rope_scaling_in_config_json_is_refused_at_dry_run(tiny_model
     assert_one_message(capsys.readouterr().err, f"config.json: its RoPE scaling is invalid (transformers: "
                                                 f"`rope_parameters`'s factor field must be a float or int >= 1, got "
                                                 f"{rope['factor']})")
+
+
+def test_a_gguf_lora_given_as_the_base_model_is_refused_at_dry_run(tiny_model_dir, tmp_path, capsys):
+    """--dry-run passed it and the run failed in transformers' converter ("tokens and scores need to be passed")."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from medqlora.cli import main
+
+    from .conftest import assert_one_message, kit_argv
+
+    path = tmp_path / "adapter-f16.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"model.name": str(path)}))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, f"model.name: {path} is a LoRA adapter in llama.cpp's GGUF form "
+                                                "(general.type adapter")

@@ -371,7 +371,13 @@ def check_gguf_file(gguf: Path) -> None:
     try:
         from gguf import GGUFReader
 
-        GGUFReader(str(gguf))
+        field = GGUFReader(str(gguf)).fields.get("general.type")
+        kind = None if field is None else str(field.contents())
     except Exception as err:  # the reader raises ValueError, IndexError, struct errors... on damaged files
         raise ModelError(f"model.name: {shown} is truncated or damaged ({type(err).__name__}: "
                          f"{printable(str(err), 160)}). Download it again.") from None
+    if kind == "adapter":
+        raise ModelError(f"model.name: {shown} is a LoRA adapter in llama.cpp's GGUF form (general.type adapter, as "
+                         "export.formats gguf_lora writes it), not a model: llama.cpp applies it to its base with "
+                         "--lora. For the kit, set model.name to the base model, and give the adapter/ folder of the "
+                         "run it was exported from as --adapter (or training.init_adapter).")

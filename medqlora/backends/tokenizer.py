@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from ..config import KitConfig
@@ -165,16 +166,29 @@ def _check_chat_template(tokenizer: Any, cfg: KitConfig) -> None:
             except Exception:  # templates without a system role (Mistral's) raise: the kit then merges it
                 text = tokenizer.apply_chat_template(probe, tokenize=False)
     except _TemplateTooSlow:
-        raise ModelError(f"The chat template of {printable(cfg.model.name)} did not finish rendering a two-turn "
-                         f"conversation in {CHAT_TEMPLATE_SECONDS:g} seconds (it loops for too long). Set "
-                         "model.chat_template to chatml, llama-3 or mistral.") from None
+        origin, advice = _template_origin(tokenizer, cfg)
+        raise ModelError(f"The chat template of {origin} did not finish rendering a two-turn conversation in "
+                         f"{CHAT_TEMPLATE_SECONDS:g} seconds (it loops for too long). {advice}.") from None
     except Exception as err:  # jinja2's TemplateSyntaxError, TemplateError, TypeError...
-        raise ModelError(f"The chat template of {printable(cfg.model.name)} cannot render a conversation "
-                         f"({type(err).__name__}: {printable(str(err), 200)}). Set model.chat_template to chatml, "
-                         "llama-3 or mistral.") from None
+        origin, advice = _template_origin(tokenizer, cfg)
+        raise ModelError(f"The chat template of {origin} cannot render a conversation "
+                         f"({type(err).__name__}: {printable(str(err), 200)}). {advice}.") from None
     if not isinstance(text, str) or "Is aspirin useful?" not in text or "Often." not in text:
-        raise ModelError(f"The chat template of {printable(cfg.model.name)} leaves out the messages it is given. "
-                         "Set model.chat_template to chatml, llama-3 or mistral.")
+        origin, advice = _template_origin(tokenizer, cfg)
+        raise ModelError(f"The chat template of {origin} leaves out the messages it is given. {advice}.")
+
+
+def _template_origin(tokenizer: Any, cfg: KitConfig) -> tuple[str, str]:
+    """Whose chat template the tokenizer renders with, and what to change: an adapter's own (saved with it, the one
+    it was trained with: a cut or edited copy is restored, not replaced), else the model's."""
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if cfg.model.chat_template == "auto" and folder.is_dir() and (folder / "adapter_config.json").is_file():
+        file = next((f for f in ("chat_template.jinja", "tokenizer_config.json") if (folder / f).is_file()),
+                    "tokenizer_config.json")
+        return (f"the adapter in {printable(str(folder))} (its {file}, saved with it)",
+                f"The adapter answers with the template it was trained with: restore {file} from the run folder "
+                "it came from (a copy cut short or edited?), or copy that run folder again")
+    return printable(cfg.model.name), "Set model.chat_template to chatml, llama-3 or mistral"
 
 
 def load_tokenizer(cfg: KitConfig, source: str) -> Any:

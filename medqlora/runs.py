@@ -397,10 +397,12 @@ def _write_failed(verb: str, target: Path, err: OSError, run: Path) -> MedQLoRAE
     """One message for a write in the run folder ``run`` the OS refused: what the failure says to change (a full
     disk, a file-size limit, a read-only file system, no permission), else its own words. A run folder this command
     did not make (test, eval and export of a run write into it) is not moved by --output-dir: its copy is the way."""
-    if not _made_here(target):
+    if not is_write_error(err):
+        advice = "Check that folder" + ("" if not _made_here(target) else " and --output-dir")
+    elif not _made_here(target):
         advice = in_place_advice(err, f"cp -r {shell_word(run)} <folder>")
     else:
-        advice = write_advice(err) if is_write_error(err) else "Check that folder and --output-dir"
+        advice = write_advice(err)
     return MedQLoRAError(f"Cannot {verb} {printable(target)}: {err.strerror or err}. {advice}.")
 
 

@@ -68,30 +68,34 @@ def is_write_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in WRITE_ERRNOS
 
 
+_SIZE_LIMIT = ("The file system there limits the size of one file (FAT32 drives: 4 GiB), or the shell limits it "
+               "(ulimit -f)")
+
+
+def _cause(err: OSError) -> str:
+    """Which of the causes a user can fix the failed write ``err`` has: size, read-only, permission or space."""
+    if err.errno == errno.EFBIG:
+        return "size"
+    if err.errno == errno.EROFS:
+        return "read-only"
+    return "permission" if err.errno in (errno.EACCES, errno.EPERM) else "space"
+
+
 def in_place_advice(err: OSError, copy_command: str) -> str:
     """What to change after the failed write ``err`` in a run folder the command did not make (test, eval and
     export write into the adapter's run folder, which --output-dir does not move): a sentence as write_advice's,
     with a copy of the run folder (``copy_command``) given to --adapter as the other way."""
     copy = f"{copy_command} and give the copy to --adapter (--output-dir does not move the adapter's run folder)"
-    if err.errno == errno.EFBIG:
-        return ("The file system there limits the size of one file (FAT32 drives: 4 GiB), or the shell limits it "
-                f"(ulimit -f): raise the limit, or copy the run folder to another file system ({copy})")
-    if err.errno == errno.EROFS:
-        return f"That folder is on a read-only file system: copy the run folder to a writable place ({copy})"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return f"You may not write in that folder: copy the run folder to a place you own ({copy})"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"Free some space on that disk, or copy the run folder to a disk with room ({copy})"
-    return f"Check that folder, or copy the run folder elsewhere ({copy})"
+    return {"size": f"{_SIZE_LIMIT}: raise the limit, or copy the run folder to another file system ({copy})",
+            "read-only": f"That folder is on a read-only file system: copy the run folder to a writable place ({copy})",
+            "permission": f"You may not write in that folder: copy the run folder to a place you own ({copy})",
+            "space": f"Free some space on that disk, or copy the run folder to a disk with room ({copy})"}[_cause(err)]
 
 
 def write_advice(err: OSError, where: str = "--output-dir") -> str:
-    """What to change after the failed write ``err``: a sentence, capitalised, without its final stop naming ``where`` the files go."""
-    if err.errno == errno.EFBIG:
-        return ("The file system there limits the size of one file (FAT32 drives: 4 GiB), or the shell limits it "
-                f"(ulimit -f): choose a {where} on another file system (ext4, NTFS, APFS), or raise the limit")
-    if err.errno == errno.EROFS:
-        return f"That folder is on a read-only file system: choose a {where} on a writable one"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return f"You may not write in that folder: choose another {where}, or one you own"
-    return f"Free some space (or choose another {where})"
+    """What to change after the failed write ``err``: a sentence, capitalised, without its final stop naming ``where``
+    the files go."""
+    return {"size": f"{_SIZE_LIMIT}: choose a {where} on another file system (ext4, NTFS, APFS), or raise the limit",
+            "read-only": f"That folder is on a read-only file system: choose a {where} on a writable one",
+            "permission": f"You may not write in that folder: choose another {where}, or one you own",
+            "space": f"Free some space (or choose another {where})"}[_cause(err)]

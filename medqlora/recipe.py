@@ -221,6 +221,7 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
             self.load_tokenizer()  # before a run folder is made (or a resumed one is touched); loaded once
         if not o.resume:
             self.run = self._new_run()
+            self.cfg = data.with_anchored_sources(self.cfg)  # config.yaml names the data it trains on from any folder
             if o.output_dir:  # config.yaml says where the run is: rerunning it (--config <run>/config.yaml) goes there
                 self.cfg = self.cfg.model_copy(update={"output": self.cfg.output.model_copy(
                     update={"dir": o.output_dir})})

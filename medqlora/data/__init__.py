@@ -27,7 +27,7 @@ from ..formats import (  # noqa: F401
 from ..choices import mc_options, read_choices  # noqa: F401
 from ..rows import MAX_FIELD_CHARS, Example, pmid_of  # noqa: F401
 from .sources import (  # noqa: F401
-    LOCAL_SUFFIXES, Rows, looks_local, resolve_local, load_rows, fingerprint)
+    LOCAL_SUFFIXES, Rows, looks_local, resolve_local, load_rows, fingerprint, with_anchored_sources)
 from .examples import (  # noqa: F401
     PUBMEDQA_TEST_FILE, PUBMEDQA_DIR, pubmedqa_test_ids, pubmedqa_folds, format_rows, apply_template,
     system_prompt_of, dataset_of_format, query_prompt, build_examples, Collected, collect, guard_items, guard_warnings,

@@ -51,6 +51,27 @@ def resolve_local(source: str) -> Path | None:
     return None
 
 
+def anchored(source: str) -> str:
+    """A local source named relative to the working folder, as its absolute path: a run's config.yaml then names the
+    data the run trained on from any folder (relative, it would name another folder's file, or the kit's shipped one
+    of the same name). Hub ids, absolute paths and the kit's own files stay as written."""
+    try:
+        named = Path(source).expanduser()
+        if named.is_absolute() or not (Path.cwd() / named).exists():
+            return source
+    except (OSError, ValueError):
+        return source
+    return os.path.abspath(named)
+
+
+def with_anchored_sources(cfg: Any) -> Any:
+    """The config with its local data sources (data.datasets, data.eval_sets) ``anchored``."""
+    data = cfg.data
+    datasets = [spec.model_copy(update={"source": anchored(spec.source)}) for spec in data.datasets]
+    eval_sets = [spec.model_copy(update={"source": anchored(spec.source)}) for spec in data.eval_sets]
+    return cfg.model_copy(update={"data": data.model_copy(update={"datasets": datasets, "eval_sets": eval_sets})})
+
+
 def load_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
     local = resolve_local(spec.source)
     if local is not None:

@@ -281,6 +281,29 @@ def _sample_lines(step: int, inputs: Any, completions: Any, per_func: Any, names
     return lines
 
 
+def never_learned(cfg: KitConfig, history: list[dict[str, Any]]) -> str | None:
+    """Why the adapter never moved, when every logged step had a gradient norm of 0 (None otherwise): with
+    grpo.mask_truncated_completions, every completion running into grpo.max_completion_length is masked out."""
+    norms = [e["grad_norm"] for e in history if isinstance(e.get("grad_norm"), (int, float))]
+    if not norms or any(norm != 0 for norm in norms):
+        return None
+    clipped = [e["completions/clipped_ratio"] for e in history if isinstance(e.get("completions/clipped_ratio"),
+                                                                             (int, float))]
+    if cfg.training.method == "grpo" and cfg.grpo.mask_truncated_completions and clipped and min(clipped) >= 1:
+        return (f"the adapter never changed: every completion ran into grpo.max_completion_length "
+                f"({cfg.grpo.max_completion_length} tokens; completions/clipped_ratio 1 at every step) and "
+                "grpo.mask_truncated_completions: true leaves them all out of the loss. Raise "
+                "grpo.max_completion_length, or set grpo.mask_truncated_completions: false.")
+    equal = [e["frac_reward_zero_std"] for e in history if isinstance(e.get("frac_reward_zero_std"), (int, float))]
+    if cfg.training.method == "grpo" and equal and min(equal) >= 1:
+        return (f"the adapter never changed: at each of the {len(norms)} logged steps every group of completions got "
+                "equal rewards (frac_reward_zero_std 1), so there was nothing to prefer. Check that the rewards can "
+                "tell replies apart on this data (grpo_samples.jsonl shows them), or start from a model that answers "
+                "some items right (an SFT stage first).")
+    return (f"the adapter never changed: the gradient norm was 0 at each of the {len(norms)} logged steps "
+            "(nothing in the batches reached the loss). Check the data and the method's settings before using it.")
+
+
 def reward_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Each logged reward and KL: the mean of the first and the last fifth of the logged steps."""
     keys = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")}

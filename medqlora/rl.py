@@ -18,8 +18,9 @@ from .checkpoint_files import remove_checkpoints, step_of
 from .config import KitConfig
 from .data import PreparedData
 from .distributed import barrier, is_main
-from .grpo import format_style, grpo_trainer, reward_summary
+from .grpo import format_style, grpo_trainer, never_learned, reward_summary
 from .memory import snapshot
+from .messages import say
 from .method_rows import prepare_method_rows
 from .runs import Files, RunDir
 from .tracking import add_tracking
@@ -57,6 +58,9 @@ def train_method(cfg: KitConfig, runtime: Runtime, model: Any, tokenizer: Any, p
     if cfg.training.method == "grpo":
         metrics["rewards"] = reward_summary(history)
         metrics["generation"] = getattr(trainer, "generation_totals", {})
+    if (idle := never_learned(cfg, history)) is not None:
+        metrics["warning"] = idle
+        say(f"warning: {idle}")
     if is_main():
         report.plot_reward_curves(history, run.path / Files.REWARD_CURVES)
     memory = snapshot()

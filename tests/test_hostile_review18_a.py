@@ -46,3 +46,38 @@ def test_hub_ids_and_the_kits_own_files_stay_as_written(tmp_path, monkeypatch):
     assert anchored("/abs/rows.jsonl") == "/abs/rows.jsonl"
     (tmp_path / "rows.jsonl").write_text("{}\n")
     assert anchored("rows.jsonl") == str(tmp_path / "rows.jsonl")
+
+
+def test_a_grpo_run_whose_completions_are_all_masked_says_the_adapter_never_changed(tiny_model_dir, tmp_path, capsys):
+    """Every completion reached the length limit and mask_truncated_completions masked them all: loss 0, grad_norm 0
+    at every step, and the run reported trained without a word."""
+    out = tmp_path / "out"
+    code = main(["--mode", "train", "--config", "smollm2_grpo_medmcqa", "--output-dir", str(out),
+                 "--set", f"model.name={tiny_model_dir}", "--set", "data.datasets.0.max_samples=8",
+                 "--set", "training.max_steps=2", "--set", "grpo.max_completion_length=6",
+                 "--set", "grpo.overlong_buffer=0", "--set", "grpo.mask_truncated_completions=true",
+                 "--set", "output.run_name=masked"])
+    said = capsys.readouterr().out
+    assert code == 0
+    assert "warning: the adapter never changed: every completion ran into grpo.max_completion_length (6 tokens" in said
+    metrics = json.loads((out / "masked" / "metrics.json").read_text())["metrics"]
+    assert metrics["warning"].startswith("the adapter never changed")
+
+
+def test_a_run_with_any_gradient_is_not_said_to_be_idle():
+    from medqlora.config import load_config
+    from medqlora.grpo import never_learned
+
+    cfg = load_config(None, ["training.method=sft"])
+    assert never_learned(cfg, [{"loss": 1.0, "grad_norm": 0.0}, {"loss": 0.9, "grad_norm": 0.3}]) is None
+    assert never_learned(cfg, [{"train_runtime": 3.0}]) is None  # nothing logged
+    assert "0 at each of the 2 logged steps" in never_learned(cfg, [{"grad_norm": 0.0}, {"grad_norm": 0}])
+
+
+def test_a_grpo_run_whose_groups_all_got_equal_rewards_is_said_so():
+    from medqlora.config import load_config
+    from medqlora.grpo import never_learned
+
+    cfg = load_config("smollm2_grpo_medmcqa")
+    said = never_learned(cfg, [{"grad_norm": 0.0, "frac_reward_zero_std": 1.0}] * 3)
+    assert "every group of completions got equal rewards (frac_reward_zero_std 1)" in said

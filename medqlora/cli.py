@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_unwritable_output()
+    _escape_what_the_terminal_cannot_show()
     threading.excepthook = _background_thread_failed
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
     with guarded_stdout() as stdout:
@@ -126,6 +127,15 @@ def _quiet_unwritable_output() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+
+
+def _escape_what_the_terminal_cannot_show() -> None:
+    """A terminal or pipe whose encoding is not UTF-8 (PYTHONIOENCODING=ascii, a C locale) cannot take every
+    character of a reply, a path or a run name: such a character is written as its escape (\\u4fe1), never a
+    UnicodeEncodeError halfway through a reply or a run."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _run_logs() -> list[logging.FileHandler]:

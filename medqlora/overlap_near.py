@@ -167,12 +167,46 @@ def near_copy(question: list[str], marks: list[tuple[int, list[str]]],
     wanted = set(question)
     possible = None
     for name, split, present in fields:
+        variants = [(question, marks, None)]
         if len(wanted - present) > allowed:  # cheap: a changed word is the only way one can be missing
-            continue
-        for start in _starts(split, marks, size):
-            window = split[max(0, start - allowed):start + size + allowed]
-            changes = judged(_changes(question, window, allowed), size)
-            if changes is not None and not changes.possible:
-                return name, changes
-            possible = possible or (changes and (name, changes))
+            variants = _abbreviated(question, marks, present)
+        for asked, asked_marks, abbreviation in variants:
+            if len(set(asked) - present) > allowed:
+                continue
+            for start in _starts(split, asked_marks, len(asked)):
+                window = split[max(0, start - allowed):start + len(asked) + allowed]
+                changes = judged(_with_abbreviation(_changes(asked, window, allowed), abbreviation, allowed), size)
+                if changes is not None and not changes.possible:
+                    return name, changes
+                possible = possible or (changes and (name, changes))
     return possible
+
+
+ABBREVIATED = (3, 6)  # the fewest and most words an abbreviation of their initials stands for (NSCLC: 5)
+
+
+def _abbreviated(question: list[str], marks: list[tuple[int, list[str]]],
+                 present: set[str]) -> list[tuple[list[str], list[tuple[int, list[str]]], str]]:
+    """The question with a run of its words written as their initials, where a training text holds that
+    abbreviation ("advanced nsclc" for "advanced non small cell lung cancer"): each such question, its landmarks
+    (those outside the run, moved), and the change as shown."""
+    found = []
+    for length in range(ABBREVIATED[0], ABBREVIATED[1] + 1):
+        for first in range(len(question) - length + 1):
+            run = question[first:first + length]
+            initials = "".join(word[0] for word in run)
+            if initials not in present or not initials.isalpha():
+                continue
+            moved = [(offset - (length - 1) if offset >= first + length else offset, mark) for offset, mark in marks
+                     if offset + len(mark) <= first or offset >= first + length]
+            if moved:
+                found.append((question[:first] + [initials] + question[first + length:], moved,
+                              f"'{initials}' for '{' '.join(run)}'"))
+    return found
+
+
+def _with_abbreviation(changes: Changes | None, abbreviation: str | None, allowed: int) -> Changes | None:
+    """The changes of a question found with a run of its words abbreviated, that run counted as one misspelt word."""
+    if abbreviation is None or changes is None or changes.count + 1 > allowed:
+        return changes if abbreviation is None else None
+    return Changes((abbreviation, *changes.shown), changes.count + 1, changes.typos + 1)

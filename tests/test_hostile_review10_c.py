@@ -131,8 +131,8 @@ def test_benchmark_items_stating_their_answer_in_two_options_are_said_mmlu_and_t
 
     # MedMCQA's dev set holds one such item; the shipped held-out part is scored, with the item said
     items = load_items(BenchmarkSpec(name="medmcqa", kind="multiple_choice", source="data/medmcqa/heldout.jsonl"), 0)
-    assert len(items) == 511  # its 513 rows less a pair that gives one question two answers (left out, said)
-    assert "warning: Benchmark 'medmcqa': 1 of its 511 items state the answer in two options" in capsys.readouterr().out
+    assert len(items) == 512  # its 514 rows less a pair that gives one question two answers (left out, said)
+    assert "warning: Benchmark 'medmcqa': 1 of its 512 items state the answer in two options" in capsys.readouterr().out
 
 
 def test_medmcqa_rows_whose_answer_is_hidden_name_a_split_that_has_answers():

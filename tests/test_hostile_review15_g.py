@@ -144,7 +144,7 @@ def test_the_shipped_medmcqa_split_holds_its_reordered_copies_in_the_held_out_pa
     rows = [json.loads(line) for line in Path("data/medmcqa/train.jsonl").read_text().splitlines()]
     train = [Item("train", str(i), ex.question, ex.guard_texts(), i) for i, ex in enumerate(format_rows(spec, rows))]
     held = [json.loads(line) for line in Path("data/medmcqa/heldout.jsonl").read_text().splitlines()]
-    assert (len(train), len(held)) == (2303, 513)
+    assert (len(train), len(held)) == (2302, 514)
     assert find_overlap(train, [Item("heldout", row["realidx"], row["question"]) for row in held]) == []
     questions = [row["question"] for row in held]
     assert "In carrier base gutta percha the plastic carrier size of 40- 90 are made by?" in questions

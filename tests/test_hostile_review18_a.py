@@ -81,3 +81,38 @@ def test_a_grpo_run_whose_groups_all_got_equal_rewards_is_said_so():
     cfg = load_config("smollm2_grpo_medmcqa")
     said = never_learned(cfg, [{"grad_norm": 0.0, "frac_reward_zero_std": 1.0}] * 3)
     assert "every group of completions got equal rewards (frac_reward_zero_std 1)" in said
+
+
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_crash(tiny_model_dir, tmp_path):
+    """PYTHONIOENCODING=ascii: a run named café ended with an internal UnicodeEncodeError while printing its folder,
+    leaving a run folder with run.log only (a chat reply did the same halfway)."""
+    from .conftest import run_kit
+
+    out = tmp_path / "out"
+    result = run_kit(kit_argv(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "caf\u00e9",
+                                                                         "training.max_steps": "1"}),
+                     env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "caf\\xe9" in result.stdout and "UnicodeEncodeError" not in result.stdout + result.stderr
+    assert json.loads((out / "caf\u00e9" / "manifest.json").read_text())["status"] == "trained"
+
+
+def test_a_run_of_a_questions_words_written_as_their_initials_is_a_near_copy():
+    """PubMedQA test item 22237146 with 'non-small cell lung cancer' written NSCLC passed, not even reported."""
+    from medqlora.leakage import Item, find_overlap
+
+    question = ("Can serum be used for analyzing the EGFR mutation status in patients with advanced non-small cell lung "
+                "cancer?")
+    abbreviated = question.replace("non-small cell lung cancer", "NSCLC")
+    [overlap] = find_overlap([Item("0:mine.jsonl", None, abbreviated, (("instruction", abbreviated),), 1)],
+                             [Item("pubmedqa-test", "22237146", question)])
+    assert not overlap.possible and overlap.changes.shown == ("'nsclc' for 'non small cell lung cancer'",)
+    other = "What is the role of chemotherapy in advanced NSCLC patients whose EGFR mutation status is known?"
+    assert find_overlap([Item("0:mine.jsonl", None, other, (("instruction", other),), 1)],
+                        [Item("pubmedqa-test", "22237146", question)]) == []
+
+
+def test_the_shipped_medmcqa_split_holds_the_gpcr_question_out_with_its_expanded_copy():
+    rows = [json.loads(line) for line in open("data/medmcqa/heldout.jsonl")]
+    assert sum("GPCR that does not act" in r["question"] or "G-protein coupled receptor that does not act"
+               in r["question"] for r in rows) == 2

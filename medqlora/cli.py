@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_unwritable_output()
     _escape_what_the_terminal_cannot_show()
+    if (gone := _working_folder_gone()) is not None:
+        return gone
     threading.excepthook = _background_thread_failed
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
     with guarded_stdout() as stdout:
@@ -127,6 +129,23 @@ def _quiet_unwritable_output() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+    # a stream closed when Python started (`>&-`) is None in sys: written to, it would fail as a bug of the kit
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (open for the process's life)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+
+
+def _working_folder_gone() -> int | None:
+    """The folder the command was started in, deleted since (a shell left in a removed folder): every relative path
+    and the libraries' own loading (torch's math library) fail there in their own words; one message instead."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        print("medqlora: error: the current folder no longer exists (it was deleted or moved after the shell entered "
+              "it): cd to an existing folder and run the command again.", file=sys.stderr)
+        return 2
+    return None
 
 
 def _escape_what_the_terminal_cannot_show() -> None:
@@ -248,6 +267,12 @@ def _main(args: argparse.Namespace) -> int:
     except MedQLoRAError as err:
         where = f"[process {distributed.rank()}] " if distributed.world_size() > 1 else ""
         print(f"\nmedqlora: error: {where}{_shown(err)}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # Python 3.11's pathlib reports a loop of symbolic links so, wherever a path resolves
+        if not str(err).startswith("Symlink loop from"):
+            raise
+        print(f"\nmedqlora: error: a path given leads through symbolic links that loop back to themselves "
+              f"({_shown(err)}). Point the link at a real file or folder, or give another path.", file=sys.stderr)
         return 2
     except OSError as err:
         if not is_write_error(err):

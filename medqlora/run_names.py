@@ -107,6 +107,12 @@ def check_output_dir(root: Path) -> None:
     if not str(root).strip():
         raise MedQLoRAError("The output folder is empty: --output-dir (or output.dir) must name a folder.")
     refuse_secret_in_path(root, "The output folder (--output-dir or output.dir)")
+    try:
+        root.expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # Python 3.11 reports a loop of links as RuntimeError
+        raise MedQLoRAError(f"The output folder {printable(root)} (--output-dir or output.dir) cannot be reached: a "
+                            f"symbolic link on its path loops back to itself ({printable(str(err), 200)}). Point the "
+                            "link at a real folder, or choose another output folder.") from None
     _refuse_inside_run_folder(root)
     for folder in (root, *root.parents):
         if folder.exists():

@@ -12,6 +12,7 @@ schema's path settings and the path flags check it where they enter).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -36,6 +37,28 @@ def _exists(text: str) -> bool:
         return bool(text) and Path(text).expanduser().exists()
     except (OSError, ValueError, RuntimeError):  # a name the file system cannot hold; ~user of no user
         return False
+
+
+def broken_link(text: str) -> list[str]:
+    """Where ``text`` is a symbolic link that leads nowhere, why it is "not there" though ls shows it: it loops
+    back to itself, or points at what does not exist. Else nothing."""
+    try:
+        path = Path(text).expanduser()
+        if not path.is_symlink() or path.exists():
+            return []
+        os.stat(path)
+    except RuntimeError:  # Python 3.11's loop in resolve
+        return ["a symbolic link that loops back to itself: point it, or a link it leads through, at a real path"]
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return ["a symbolic link that loops back to itself: point it, or a link it leads through, at a real path"]
+        try:
+            return [f"a symbolic link to {_shown(os.readlink(path), SHOWN)}, which does not exist"]
+        except OSError:
+            return []
+    except ValueError:
+        return []
+    return []
 
 
 def env_variables(text: str) -> list[str]:
@@ -89,14 +112,15 @@ def _spelling(text: str) -> tuple[list[str], list[str], str | None]:
     return blanks, notes, meant
 
 
-def quoted_path(path: str | os.PathLike, limit: int = SHOWN) -> str:
+def quoted_path(path: str | os.PathLike, limit: int = SHOWN, links: bool = True) -> str:
     """``path`` in quotes, with a note where its spelling (blanks or quote marks at its ends, an environment
-    variable) would hide why it is not found (quote marks and variables only where it is not there as written)."""
+    variable) would hide why it is not found (quote marks and variables only where it is not there as written), or
+    a symbolic link there leads nowhere (``links``: False where the message says that itself)."""
     text = os.fspath(path)
     blanks, notes, meant = _spelling(text)
     if notes and _exists(text):
         notes = []
-    notes = blanks + notes
+    notes = blanks + notes + (broken_link(text) if links else [])
     if not notes:
         return _shown(text, limit)
     if meant is not None and meant != text and _exists(meant):

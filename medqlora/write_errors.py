@@ -19,8 +19,11 @@ from pathlib import Path
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 # The errors of a write the user can fix by where the run goes: a full disk or quota, a file-size limit, a
-# read-only file system, no permission.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+# read-only file system, no permission, the limit of open files.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EMFILE, errno.ENFILE})
+_OPEN_FILES = ("The process may open no more files (the limit of open files, ulimit -n, is reached): raise it "
+               "(ulimit -n 4096) and run the command again")
 
 
 def as_os_error(err: BaseException) -> OSError | None:
@@ -78,6 +81,8 @@ def _cause(err: OSError) -> str:
         return "size"
     if err.errno == errno.EROFS:
         return "read-only"
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        return "files"
     return "permission" if err.errno in (errno.EACCES, errno.EPERM) else "space"
 
 
@@ -89,7 +94,8 @@ def in_place_advice(err: OSError, copy_command: str) -> str:
     return {"size": f"{_SIZE_LIMIT}: raise the limit, or copy the run folder to another file system ({copy})",
             "read-only": f"That folder is on a read-only file system: copy the run folder to a writable place ({copy})",
             "permission": f"You may not write in that folder: copy the run folder to a place you own ({copy})",
-            "space": f"Free some space on that disk, or copy the run folder to a disk with room ({copy})"}[_cause(err)]
+            "space": f"Free some space on that disk, or copy the run folder to a disk with room ({copy})",
+            "files": _OPEN_FILES}[_cause(err)]
 
 
 def write_advice(err: OSError, where: str = "--output-dir") -> str:
@@ -98,4 +104,5 @@ def write_advice(err: OSError, where: str = "--output-dir") -> str:
     return {"size": f"{_SIZE_LIMIT}: choose a {where} on another file system (ext4, NTFS, APFS), or raise the limit",
             "read-only": f"That folder is on a read-only file system: choose a {where} on a writable one",
             "permission": f"You may not write in that folder: choose another {where}, or one you own",
-            "space": f"Free some space (or choose another {where})"}[_cause(err)]
+            "space": f"Free some space (or choose another {where})",
+            "files": _OPEN_FILES}[_cause(err)]

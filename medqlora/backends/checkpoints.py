@@ -31,11 +31,23 @@ def _adapter_given_as_model(folder: Path) -> str:
             f"export it) or as training.init_adapter (to train on from it), with its base model as model.name.{named}")
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def check_checkpoint_folder(folder: Path) -> None:
     """A local checkpoint folder: a config.json that names a model type, and weights that are whole (each
     safetensors file as long as its header says), checked before anything loads."""
     shown = printable(str(folder))
     if not folder.is_dir():
+        if _starts_with(folder, b"GGUF"):
+            raise ModelError(f"model.name: {shown} is a GGUF file, but its name does not end in .gguf (lower case), "
+                             "which is how the kit tells a GGUF model from a checkpoint folder: rename it (or link it) "
+                             "to a name ending in .gguf and give that.")
         raise ModelError(f"model.name: {shown} is a file, not a checkpoint folder (nor a .gguf file).")
     _refuse_special_files(folder)
     try:

@@ -104,7 +104,7 @@ def check_hub_dataset_id(source: str) -> None:
 def _not_found(source: str) -> str:
     """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
     (an absolute path in none; each folder named once)."""
-    name = f"Dataset file {quoted_path(source, 200)}"
+    name = f"Dataset file {quoted_path(source, 200, links=False)}"
     if any(char in Path(source).name for char in "*?["):
         return (f"{name} not found: wildcards are not expanded. Name each file as a dataset of its own, or the folder "
                 "that holds them (a folder's data files are read whole).")

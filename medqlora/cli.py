@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     _escape_what_the_terminal_cannot_show()
     if (gone := _working_folder_gone()) is not None:
         return gone
+    if (undecodable := _not_utf8(sys.argv[1:] if argv is None else argv)) is not None:
+        return undecodable
     threading.excepthook = _background_thread_failed
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
     with guarded_stdout() as stdout:
@@ -145,6 +147,20 @@ def _working_folder_gone() -> int | None:
         print("medqlora: error: the current folder no longer exists (it was deleted or moved after the shell entered "
               "it): cd to an existing folder and run the command again.", file=sys.stderr)
         return 2
+    return None
+
+
+def _not_utf8(argv: list[str]) -> int | None:
+    """An argument holding bytes that are not UTF-8 (a file or folder named in Latin-1 on an old disk: Python keeps
+    them as surrogates): a run records its paths as UTF-8 text (config.yaml, manifest.json, run.log), which such a
+    name cannot be, and libraries fail on it in their own words. Refused here, once."""
+    for arg in argv:
+        if any("\udc80" <= char <= "\udcff" for char in arg):
+            shown = printable(arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), 300)
+            print(f"medqlora: error: the argument {shown} holds bytes that are not UTF-8 text (a file or folder "
+                  "named in another encoding?): a run records its paths and settings as UTF-8. Rename the file or "
+                  "folder (or give a link to it whose name is UTF-8).", file=sys.stderr)
+            return 2
     return None
 
 

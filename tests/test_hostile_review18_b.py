@@ -97,3 +97,18 @@ def test_a_gguf_file_named_without_its_suffix_is_told_to_be_renamed(tiny_model_d
                          **{"model.name": str(tmp_path / name)}))
     assert code == 2
     assert_one_message(capsys.readouterr().err, "is a GGUF file, but its name does not end in .gguf (lower case)")
+
+
+@pytest.mark.parametrize("flag", ["--output-dir", "--adapter", "--set"])
+def test_an_argument_that_is_not_utf8_is_refused_at_once(tiny_model_dir, tmp_path, flag):
+    """A folder named in Latin-1: the run trained, then ended with an internal UnicodeEncodeError and no adapter
+    (output folder); misleading messages elsewhere ("not a valid list", "not a readable safetensors file")."""
+    odd = os.fsencode(tmp_path) + b"/tr\xffain"
+    value = b"data.datasets=[{source: '" + odd + b".jsonl', format: instruction}]" if flag == "--set" else odd
+    argv = [os.fsencode(a) for a in kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train")]
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv, flag.encode(), value], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert_one_message(result.stderr, "holds bytes that are not UTF-8 text (a file or folder named in another "
+                                      "encoding?)")
+    assert "tr\\xffain" in result.stderr and not (tmp_path / "out").exists()

@@ -158,8 +158,9 @@ def _not_utf8(argv: list[str]) -> int | None:
         if any("\udc80" <= char <= "\udcff" for char in arg):
             shown = printable(arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), 300)
             print(f"medqlora: error: the argument {shown} holds bytes that are not UTF-8 text (a file or folder "
-                  "named in another encoding?): a run records its paths and settings as UTF-8. Rename the file or "
-                  "folder (or give a link to it whose name is UTF-8).", file=sys.stderr)
+                  "named in another encoding, or a terminal set to one?): a run records its paths, settings and "
+                  "questions as UTF-8. Give it as UTF-8 text: rename a file or folder so named (or give a link to it "
+                  "whose name is UTF-8).", file=sys.stderr)
             return 2
     return None
 

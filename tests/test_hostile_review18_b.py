@@ -110,5 +110,5 @@ def test_an_argument_that_is_not_utf8_is_refused_at_once(tiny_model_dir, tmp_pat
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert_one_message(result.stderr, "holds bytes that are not UTF-8 text (a file or folder named in another "
-                                      "encoding?)")
+                                      "encoding, or a terminal set to one?)")
     assert "tr\\xffain" in result.stderr and not (tmp_path / "out").exists()

@@ -131,7 +131,7 @@ def test_a_prompt_argument_that_is_not_text_is_refused_before_loading(capsys, tm
     from .conftest import run_cli
 
     result = run_cli(capsys, ["--mode", "chat", "--prompt", "bad \udcff bytes", "--output-dir", str(tmp_path)])
-    assert result.code == 2 and "--prompt is not UTF-8 text" in result.err
+    assert result.code == 2 and "the argument bad \\xff bytes holds bytes that are not UTF-8 text" in result.err
 
 
 @pytest.mark.parametrize("setting, fragment", [

@@ -254,7 +254,20 @@ def modelfile(gguf_name: str, tokenizer: Any, system_prompt: str | None) -> str:
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     lines += [f'PARAMETER stop "{word}"' for word in stop_words(tokenizer) if '"' not in word]
     if system_prompt:
-        if '"""' in system_prompt:
-            raise TemplateNotPortable("the system prompt contains '\"\"\"'")
-        lines.append(f'SYSTEM """{system_prompt}"""')
+        lines.append(system_line(system_prompt))
     return "\n".join(lines) + "\n"
+
+
+SYSTEM_NOT_WRITTEN = "# SYSTEM not written:"
+
+
+def system_line(system_prompt: str) -> str:
+    """The Modelfile's SYSTEM: in triple quotes; one holding triple quotes, as one unquoted line where it is one
+    line; else a comment that says how to give it (Ollama would answer without the system prompt trained with)."""
+    if '"""' not in system_prompt:
+        return f'SYSTEM """{system_prompt}"""'
+    if "\n" not in system_prompt and not system_prompt.lstrip().startswith('"'):
+        return f"SYSTEM {system_prompt.strip()}"
+    return (f"{SYSTEM_NOT_WRITTEN} the system prompt the adapter was trained with holds triple quotes and line breaks, "
+            "which a Modelfile cannot hold; give it in each conversation (/set system in ollama run, or the API's "
+            "system field), or the model answers without it")

@@ -112,3 +112,41 @@ def test_an_argument_that_is_not_utf8_is_refused_at_once(tiny_model_dir, tmp_pat
     assert_one_message(result.stderr, "holds bytes that are not UTF-8 text (a file or folder named in another "
                                       "encoding, or a terminal set to one?)")
     assert "tr\\xffain" in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ['"   "', '"\\u200b"', '" \\t "'])
+def test_a_system_prompt_of_blanks_only_is_refused(tiny_model_dir, tmp_path, capsys, value):
+    """Blanks replaced the model's own default system turn in every training prompt, while '' means none."""
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"data.system_prompt": value}))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, "data.system_prompt': Value error, is only blanks or invisible "
+                                                "characters: leave it empty ('') for no system prompt")
+    assert main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"data.system_prompt": "''"})) == 0
+
+
+def test_a_csv_whose_header_comes_again_is_refused_naming_the_line(tiny_model_dir, tmp_path, capsys):
+    """Two CSV exports joined (cat a.csv b.csv): the second header was trained on as a row."""
+    data = tmp_path / "joined.csv"
+    part = "instruction,output\n" + "".join(f"Q{i},A{i}\n" for i in range(10))
+    data.write_text(part + part)
+    code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                         **{"data.datasets": f"[{{source: '{data}', format: instruction}}]"}))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, f"{data}:12: this line repeats the header (instruction,output): two "
+                                                "CSV files joined into one?")
+
+
+@pytest.mark.parametrize("system, line", [
+    ('Say """done""" at the end.', 'SYSTEM Say """done""" at the end.'),
+    ('Line one.\nSay """done""".', '# SYSTEM not written: the system prompt the adapter was trained with holds '
+                                   'triple quotes and line breaks'),
+])
+def test_a_system_prompt_with_triple_quotes_keeps_the_modelfile(system, line):
+    """The whole Modelfile was left out, and Ollama then answered with the GGUF template's default system turn,
+    without a word on the system prompt the adapter was trained with."""
+    from medqlora.ollama import system_line
+
+    assert system_line(system).startswith(line)
+    assert system_line("Be careful.") == 'SYSTEM """Be careful."""'

@@ -93,6 +93,11 @@ class DatasetSpec(Section):
         description="hold out this dataset's first N rows (file order) as the validation set; the rest are trained on",
     )
 
+    @field_validator("system_prompt")
+    @classmethod
+    def _system_prompt_written(cls, value: str | None) -> str | None:
+        return written_or_empty(value)
+
     @field_validator("prompt_template")
     @classmethod
     def _template_placeholders(cls, template: str | None, info: ValidationInfo) -> str | None:
@@ -183,12 +188,29 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
+def written_or_empty(value: str | None) -> str | None:
+    """A system prompt of blanks or invisible characters only (a variable holding a space) would replace the
+    model's own default system turn in every prompt with nothing readable, while '' means none: refused."""
+    import unicodedata
+
+    if value and not "".join(c for c in value if unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Zl", "Zp")).strip():
+        raise ValueError("is only blanks or invisible characters: leave it empty ('') for no system prompt, or write "
+                         "the prompt")
+    return value
+
+
 class DataSection(Section):
     datasets: list[DatasetSpec] = Field(..., min_length=1)
     system_prompt: str | None = (
         "You are a careful medical assistant. Answer accurately and concisely, and say when the "
         "evidence is uncertain."
     )
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _system_prompt_written(cls, value: str | None) -> str | None:
+        return written_or_empty(value)
+
     val_ratio: float = Field(0.0, ge=0.0, lt=0.5)
     too_long: Literal["truncate", "drop"] = "truncate"
     eval_sets: list[DatasetSpec] = Field(

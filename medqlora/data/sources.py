@@ -387,6 +387,10 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                         raise DataError(f"{path}:{start}: {len(cells)} cell{'s' if len(cells) > 1 else ''}, but the "
                                         f"header names {len(header)} column{'s' if len(header) > 1 else ''}. Quote cells that contain commas or line "
                                         "breaks.")
+                    if [cell.strip() for cell in cells] == [name.strip() for name in header]:
+                        raise DataError(f"{path}:{start}: this line repeats the header ({printable(','.join(cells), 120)}"
+                                        "): two CSV files joined into one? Remove the line (it would be trained on as "
+                                        "a row whose text is the column names).")
                     rows.append({name: cell for name, cell in zip(header, cells) if name != ""})
                     lines.append(start)
                 start = reader.line_num + 1

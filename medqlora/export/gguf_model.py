@@ -61,6 +61,8 @@ def write_modelfile(cfg: KitConfig, run: RunDir, tokenizer: Any, gguf_file: str,
     if ollama.trims_messages(tokenizer):
         say("export: note: the chat template strips spaces around each message and the Modelfile's TEMPLATE "
             "cannot; a message that starts or ends with spaces keeps them under Ollama")
+    if ollama.SYSTEM_NOT_WRITTEN in text:
+        say(f"export: note: {text.split(ollama.SYSTEM_NOT_WRITTEN, 1)[1].strip().splitlines()[0]}")
     run.write_text(f"{Files.EXPORT_PARTIAL}/{gguf.parent}/Modelfile", text)
     say(f"export: Ollama Modelfile -> {gguf.parent}/Modelfile (ollama create NAME -f {gguf.parent}/Modelfile)")
     return str(gguf.parent / "Modelfile")

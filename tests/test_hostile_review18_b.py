@@ -150,3 +150,21 @@ def test_a_system_prompt_with_triple_quotes_keeps_the_modelfile(system, line):
 
     assert system_line(system).startswith(line)
     assert system_line("Be careful.") == 'SYSTEM """Be careful."""'
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForSequenceClassification", "LlamaForTokenClassification",
+                                          "BertModel"])
+def test_a_checkpoint_with_another_head_is_named_as_such(tiny_model_dir, tmp_path, capsys, architecture):
+    """A classifier was told its own config.json did not match its weights, and to restore it."""
+    import json
+    import shutil
+
+    folder = tmp_path / "classifier"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = [architecture]
+    (folder / "config.json").write_text(json.dumps(config))
+    code = main(kit_argv(folder, tmp_path / "out", "--mode", "train", "--dry-run"))
+    assert code == 2
+    assert_one_message(capsys.readouterr().err, f"is a {architecture} checkpoint (its config.json's architectures): a "
+                                                "model with another head")

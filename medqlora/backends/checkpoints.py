@@ -248,11 +248,33 @@ def meta_model(folder: Path) -> tuple[Any, Any]:
                          "checkpoint's own config.json.") from None
 
 
+# the architectures of models that generate text (a causal language model's head); others are classifiers, encoders...
+_GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _refuse_other_heads(folder: Path) -> None:
+    """A checkpoint saved with another head (a classifier: LlamaForSequenceClassification, its score.weight in place
+    of lm_head.weight) holds no language-model head to generate with or fine-tune: said as such, before its weights
+    are found not to match."""
+    try:
+        names = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return
+    if not any(name.endswith(_GENERATIVE) for name in names):
+        raise ModelError(f"model.name: {printable(str(folder))} is a {printable(names[0], 80)} checkpoint (its "
+                         "config.json's architectures): a model with another head (a classifier, an encoder), not a "
+                         "language model that generates text. Choose a causal language model (architectures ending in "
+                         "ForCausalLM), such as the base model it was fine-tuned from.")
+
+
 def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
     """config.json describes the model the weights were saved from: the model it builds (on the meta device: no
     memory) has as many layers as the weights hold, and its parameters are among the safetensors files' tensors,
     or config.json is wrong (extra layers would start from random weights; weights of layers it lacks be ignored)."""
     where = f"model.name: {printable(str(folder / 'config.json'))}"
+    _refuse_other_heads(folder)
     config, model = meta_model(folder)
     prefix = f"{model.base_model_prefix}."
     expected = {k.removeprefix(prefix) for k in model.state_dict()}

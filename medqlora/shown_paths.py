@@ -39,21 +39,23 @@ def _exists(text: str) -> bool:
         return False
 
 
-def broken_link(text: str) -> list[str]:
+def broken_link(text: str, what: str = "path") -> list[str]:
     """Where ``text`` is a symbolic link that leads nowhere, why it is "not there" though ls shows it: it loops
-    back to itself, or points at what does not exist. Else nothing."""
+    back to itself, or points at what does not exist (``what``: a real path, file...). Else nothing."""
+    loop = f"a symbolic link that loops back to itself: point it, or a link it leads through, at a real {what}"
     try:
         path = Path(text).expanduser()
         if not path.is_symlink() or path.exists():
             return []
         os.stat(path)
     except RuntimeError:  # Python 3.11's loop in resolve
-        return ["a symbolic link that loops back to itself: point it, or a link it leads through, at a real path"]
+        return [loop]
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return ["a symbolic link that loops back to itself: point it, or a link it leads through, at a real path"]
+            return [loop]
         try:
-            return [f"a symbolic link to {_shown(os.readlink(path), SHOWN)}, which does not exist"]
+            return [f"a symbolic link to {printable(os.readlink(path), SHOWN)}, which does not exist: point it at a real "
+                    f"{what}"]
         except OSError:
             return []
     except ValueError:

@@ -5,7 +5,6 @@ what JSON carries, a corrupt file) and fingerprinted for the manifest (``fingerp
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from ..environment import check_datasets_cache
 from ..errors import DataError
 from ..rows import MAX_FIELD_CHARS, _kind
 from ..secrets import printable
-from ..shown_paths import quoted_path
+from ..shown_paths import broken_link, quoted_path
 from .json_layouts import refuse_pandas_layouts
 from .json_values import pairs_once, parse_float, parse_int, refuse_unreadable_values
 
@@ -112,21 +111,10 @@ def _not_found(source: str) -> str:
         named = Path(source).expanduser()
         places = [named] if named.is_absolute() else list(dict.fromkeys([Path.cwd() / named, KIT_ROOT / named]))
         for path in places:
-            if path.is_symlink():
-                try:
-                    path.resolve(strict=True)
-                except RuntimeError:  # Python 3.11 reports a loop so
-                    loop = True
-                except OSError as err:
-                    loop = err.errno == errno.ELOOP
-                else:
-                    continue
+            broken = broken_link(str(path), "file")
+            if broken:
                 where = "" if named.is_absolute() else f" ({printable(str(path), 200)})"
-                if loop:
-                    return (f"{name}{where} is a symbolic link that loops back to itself: point it, or a link it "
-                            "leads through, at a real file.")
-                return (f"{name}{where} is a symbolic link to {printable(os.readlink(path), 200)}, which does not "
-                        "exist: point it at a real file.")
+                return f"{name}{where} is {broken[0]}."
     except (OSError, ValueError):
         return f"{name} not found."
     if named.is_absolute():

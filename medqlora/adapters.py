@@ -151,6 +151,13 @@ def refuse_damaged_files(folder: Path) -> None:
         raise ModelError(damaged_adapter(folder, damage))
 
 
+def _ends_inside(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether a JSON text that does not parse was cut short: the parser ran out of text, or a string it opened is
+    never closed (not text that goes wrong in its middle)."""
+    body = text.rstrip()
+    return err.pos >= len(body) or (err.msg.startswith("Unterminated string") and '"' not in body[err.pos + 1:])
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     where = printable(path)
@@ -170,7 +177,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ModelError(f"{where} is not UTF-8 text: not a LoRA adapter config.") from None
     except json.JSONDecodeError as err:
-        if not text.rstrip().endswith("}"):  # the text ends before the JSON object does
+        if _ends_inside(text, err):
             raise ModelError(f"{where} ends in the middle of its JSON ({len(raw)} bytes): cut short by a copy or a "
                              f"full disk? {again}") from None
         raise ModelError(f"{where}:{err.lineno}: not valid JSON ({err.msg}): not a LoRA adapter config.") from None

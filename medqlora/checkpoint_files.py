@@ -8,6 +8,7 @@ values read: every torch file's checksums, every tensor's finiteness."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -34,19 +35,26 @@ def checkpoint_folders(checkpoints: Path) -> list[Path]:
 
 
 def remove_checkpoints(checkpoints: Path) -> None:
-    """After a complete run (the adapter is what counts): the Trainer's checkpoint folders removed, and the folder
-    when nothing else is left in it (what the user put there stays)."""
+    """After a complete run (the adapter is what counts): the Trainer's output folder removed (its checkpoint
+    folders, its model card README.md), but for a checkpoint copy the user kept there under another name
+    (checkpoint-4.bak), which stays, with the folder."""
     import shutil
 
-    for folder in checkpoint_folders(checkpoints):
-        if folder.is_symlink():
-            folder.unlink()
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
     try:
-        checkpoints.rmdir()
-    except OSError:  # not there, or holding the user's own entries
-        pass
+        entries = list(checkpoints.iterdir())
+    except OSError:  # not there
+        return
+    kept = [p for p in entries if p.name.startswith("checkpoint-") and step_of(p) is None]
+    for entry in entries:
+        if entry in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if not kept:
+        with contextlib.suppress(OSError):
+            checkpoints.rmdir()
 
 
 def check_checkpoint(checkpoint: Path) -> None:

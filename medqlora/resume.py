@@ -182,7 +182,7 @@ def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig, config_
     run's own config.yaml: refused, naming the settings that differ, as the command line refuses --set beside
     --resume (a resumed run trains with its config.yaml alone). The same values (the run's own file, a copy of
     it) are taken."""
-    now, was = flat_settings(given), flat_settings(saved)
+    now, was = flat_settings(data.with_anchored_sources(given)), flat_settings(saved)
     resolved = _resolved_at_start(given, saved)
     changed = [k for k in sorted(set(now) | set(was)) if now.get(k) != was.get(k)
                and not k.startswith(GIVEN_ON_RESUME) and not k.startswith(resolved)]

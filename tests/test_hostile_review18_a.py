@@ -116,3 +116,24 @@ def test_the_shipped_medmcqa_split_holds_the_gpcr_question_out_with_its_expanded
     rows = [json.loads(line) for line in open("data/medmcqa/heldout.jsonl")]
     assert sum("GPCR that does not act" in r["question"] or "G-protein coupled receptor that does not act"
                in r["question"] for r in rows) == 2
+
+
+def test_the_kits_own_files_stay_relative_when_run_from_the_kits_folder(monkeypatch):
+    from medqlora.config import KIT_ROOT
+    from medqlora.data.sources import anchored
+
+    monkeypatch.chdir(KIT_ROOT)
+    assert anchored("data/pubmedqa/ori_pqal.json") == "data/pubmedqa/ori_pqal.json"  # portable with the kit
+
+
+def test_run_mode_resume_takes_the_cfg_it_started_with_when_its_data_path_was_anchored(tmp_path, monkeypatch):
+    from medqlora import resume
+    from medqlora.config import load_config
+    from medqlora.data import with_anchored_sources
+
+    (tmp_path / "rows.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    monkeypatch.chdir(tmp_path)
+    given = load_config(None, ["data.datasets=[{source: rows.jsonl, format: instruction}]"])
+    saved = with_anchored_sources(given)  # what the run's config.yaml holds
+    assert saved.data.datasets[0].source == str(tmp_path / "rows.jsonl")
+    resume.refuse_other_config(given, run=resume.RunDir(tmp_path / "run"), saved=saved)  # the same run: taken

@@ -56,7 +56,11 @@ def anchored(source: str) -> str:
     of the same name). Hub ids, absolute paths and the kit's own files stay as written."""
     try:
         named = Path(source).expanduser()
-        if named.is_absolute() or not (Path.cwd() / named).exists():
+        here = Path.cwd() / named
+        if named.is_absolute() or not here.exists():
+            return source
+        kits = KIT_ROOT / named
+        if kits.exists() and os.path.samefile(here, kits):  # run from the kit's folder: its own file, portable
             return source
     except (OSError, ValueError):
         return source

@@ -28,8 +28,8 @@ def step_of(folder: Path) -> int | None:
 
 
 def checkpoint_folders(checkpoints: Path) -> list[Path]:
-    """The Trainer's checkpoint folders (checkpoint-<step>) in ``checkpoints``, oldest first; other entries are the
-    user's, never read or removed."""
+    """The Trainer's checkpoint folders (checkpoint-<step>) in ``checkpoints``, oldest first; a folder by another
+    name (a copy the user kept as checkpoint-4.bak) is never read as a checkpoint (remove_checkpoints keeps it)."""
     return sorted((p for p in checkpoints.glob("checkpoint-*") if step_of(p) is not None and p.is_dir()),
                   key=lambda p: step_of(p) or 0)
 

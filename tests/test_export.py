@@ -196,3 +196,26 @@ def test_dequantizing_a_4bit_model_gives_plain_layers_computing_the_same_functio
     assert not hasattr(reloaded.config, "quantization_config")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, actual, rtol=1e-6, atol=1e-6)
+
+
+def test_an_export_of_a_checkpoint_leaves_its_training_state_out(trained_run, tiny_model_dir, capsys):
+    out, run = trained_run
+    checkpoint = run / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    for file in (run / "adapter").iterdir():
+        (checkpoint / file.name).write_bytes(file.read_bytes())
+    torch.save({"state": {}, "param_groups": []}, checkpoint / "optimizer.pt")
+    torch.save({"python": 1}, checkpoint / "rng_state.pth")
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    try:
+        assert run_tiny(tiny_model_dir, out, "--mode", "export", "--adapter", str(checkpoint),
+                        **{"export.formats": "[adapter]"}) == 0
+    finally:
+        import shutil
+        shutil.rmtree(run / "checkpoints")
+    printed = capsys.readouterr().out
+    assert "not the checkpoint's training state, optimizer.pt, rng_state.pth, trainer_state.json" in printed
+    exported = max(out.glob("run-checkpoint-4-*/export/adapter"))
+    names = {p.name for p in exported.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= names
+    assert not names & {"optimizer.pt", "rng_state.pth", "trainer_state.json"}

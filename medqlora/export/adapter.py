@@ -17,15 +17,30 @@ from ..secrets import printable
 from .base_model import ExportBase, has_tokenizer
 
 
+# A checkpoint's training state: what --resume reads, never what loading the adapter reads. An export of a checkpoint
+# folder leaves it out (the optimizer state is twice the adapter's size, and these files are pickles).
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
+
+
+def is_training_state(name: str) -> bool:
+    return name in TRAINING_STATE or (name.startswith("rng_state") and name.endswith(".pth"))
+
+
+def training_state_files(adapter: Path) -> list[str]:
+    """The names of the training state files in an adapter folder (a checkpoint's), which an export leaves out."""
+    return sorted(entry.name for entry in adapter.iterdir() if is_training_state(entry.name))
+
+
 def adapter_files(adapter: Path) -> list[Path]:
-    """The files an adapter export copies: regular files directly in the adapter folder. A link, or anything whose
-    real path is elsewhere, stops the export (it could copy a file from outside into a shared folder)."""
+    """The files an adapter export copies: regular files directly in the adapter folder, but for a checkpoint's
+    training state. A link, or anything whose real path is elsewhere, stops the export (it could copy a file from
+    outside into a shared folder)."""
     folder = adapter.resolve()
     files, refused = [], []
     for entry in sorted(adapter.iterdir()):
         if entry.is_symlink() or not entry.resolve().is_relative_to(folder):
             refused.append(entry.name)
-        elif entry.is_file():
+        elif entry.is_file() and not is_training_state(entry.name):
             files.append(entry)
     if refused:
         raise MedQLoRAError(
@@ -50,6 +65,10 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
         said = (f"the tokenizer and chat template of the base model {printable(cfg.model.name)} (the adapter folder "
                 "has none)")
     run.write_text(f"{dest}/README.md", adapter_readme(cfg, adapter, run_record(origin_run(adapter))))
+    left_out = training_state_files(adapter)
+    if left_out:
+        said += (f" (not the checkpoint's training state, {printable(', '.join(left_out), 160)}: only --resume "
+                 "reads it)")
     return said
 
 

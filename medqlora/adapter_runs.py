@@ -82,10 +82,21 @@ def trained_model(adapter: Path, cfg: KitConfig) -> Any:
     return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
 
 
+def note_folder_of_the_word(word: str, output_dir: Path, flag: str) -> None:
+    """``none`` and ``latest`` are words, never folder names: a folder of that name is said, with how to give it."""
+    folders = [folder for folder in (Path(word), output_dir / word) if folder.is_dir()]
+    if folders:
+        meaning = {"none": "the base model alone", "latest": "the newest run"}[word]
+        say(f"note: {flag} {word} means {meaning}, not the folder {printable(folders[0])}; to use that folder, give "
+            f"its path: {flag} {printable(folders[0].absolute())}")
+
+
 def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None,
                  flag: str = "--adapter") -> Path | None:
     """The adapter folder of --adapter (None: the base model alone), checked at the adapter boundary: safetensors,
     a LoRA config, and shapes that fit the base model it will be loaded onto, before any weight loads."""
+    if adapter_arg in ("none", "latest"):
+        note_folder_of_the_word(adapter_arg, Path(output_dir or cfg.output.dir), flag)
     if adapter_arg == "none":
         return None
     if adapter_arg in (None, "latest"):

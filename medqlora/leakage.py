@@ -60,8 +60,8 @@ def possible_warning(reported: list[Overlap]) -> str:
     """The warning on possible near copies: a few listed, and what to do."""
     shown = "\n".join(f"  - {o.describe()}" for o in reported[:SHOWN])
     more = f"\n  ... and {len(reported) - SHOWN} more (data_stats.json lists them)" if len(reported) > SHOWN else ""
-    return (f"{len(reported)} training examples hold an evaluation question with one or two words replaced, added or "
-            f"left out: a reworded copy, or another question on the same topic (the guard cannot tell which):\n"
+    return (f"{len(reported)} training examples hold an evaluation question with one or two words replaced by other "
+            f"words, added or left out (besides any misspellings): a reworded copy, or another question on the same topic (the guard cannot tell which):\n"
             f"{shown}{more}\nIf they are the same question, remove those rows (or set data.possible_near_copies: "
             "refuse to have every such row refused); if they are different questions, nothing needs changing.")
 

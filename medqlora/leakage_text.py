@@ -2,7 +2,8 @@
 (HTML entities and percent-encoding decoded, HTML tags and comments removed, LaTeX's text markup and Markdown's link
 addresses removed, words
 hyphenated across a line break joined), Unicode NFKC, format (Cf) and zero-width characters and combining marks removed, look-alike letters made
-Latin, case folded, runs of punctuation and whitespace made one space; and the question hashes runs record."""
+Latin, case folded, runs of punctuation and whitespace made one space, numbers written as words made digits; and
+the question hashes runs record."""
 
 from __future__ import annotations
 
@@ -157,8 +158,55 @@ def unmarked(text: str) -> str:
     return _TAG.sub(_tag, _SUP_CITATION.sub(" ", text) if "<sup" in text.lower() else text)
 
 
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = {word: str(10 * n) for n, word in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split())
+         if word != "_"}
+_NUMBER_WORDS = {**{word: str(n) for n, word in enumerate(_UNITS)}, **_TENS}
+
+
+def _numbers_as_digits(split: list[str]) -> list[str]:
+    """Numbers written as words made digits ('eleven' 11, 'twenty one' and 'twenty-one' 21), and a range written
+    'X to Y' made 'X Y' as 'X-Y' is: a question with its numbers spelt out is the same question."""
+    if not _NUMBER_WORDS.keys().isdisjoint(split):
+        digits: list[str] = []
+        for word in split:
+            number = _NUMBER_WORDS.get(word, word)
+            if digits and digits[-1] in _TENS_DIGITS and number in _UNITS_DIGITS and word != number:
+                digits[-1] = str(int(digits[-1]) + int(number))
+            else:
+                digits.append(number)
+        split = digits
+    return _ranges(split) if "to" in split else split
+
+
+def _ranges(split: list[str]) -> list[str]:
+    """'X to Y' (both numbers) made 'X Y'."""
+    dropped, start = [], 0
+    while True:
+        try:
+            at = split.index("to", start)
+        except ValueError:
+            break
+        if 0 < at < len(split) - 1 and split[at - 1].isdigit() and split[at + 1].isdigit():
+            dropped.append(at)
+        start = at + 1
+    if not dropped:
+        return split
+    gone = set(dropped)
+    return [word for position, word in enumerate(split) if position not in gone]
+
+
+_UNITS_DIGITS = {str(n) for n in range(1, 10)}
+_TENS_DIGITS = set(_TENS.values())
+
+
 def words(text: Any) -> list[str]:
-    """The words of ``text`` as the guard compares them (see ``normalize``)."""
+    """The words of ``text`` as the guard compares them (see ``normalize``), numbers written as words made digits."""
+    return _numbers_as_digits(_plain_words(text))
+
+
+def _plain_words(text: Any) -> list[str]:
     text = unmarked(str(text))
     if text.isascii():  # the common case, and the same result as the full path below
         return text.encode("ascii").translate(_ASCII).decode("ascii").split()
@@ -175,7 +223,8 @@ def normalize(text: Any) -> str:
 
 
 def question_hash(text: str) -> str:
-    return hashlib.sha1(normalize(text).encode()).hexdigest()[:16]
+    """The hash of a question that runs record (numbers as written: the records of earlier versions stay valid)."""
+    return hashlib.sha1(" ".join(_plain_words(text)).encode()).hexdigest()[:16]
 
 
 def legacy_question_hash(text: str) -> str:

@@ -17,7 +17,8 @@ Only from NEAR_MIN_WORDS (8) words on: in a shorter question one other word make
 of the following is microaerophilic" and four MedMCQA training questions with another word for its last one).
 
 Misspelt: one typo apart (at most 2 edits, letters only, 5 or more of them): ``hypertenison`` for ``hypertension``,
-not ``type 1`` for ``type 2`` or ``men`` for ``women``; two questions on the same topic differ by more.
+not ``type 1`` for ``type 2`` or ``men`` for ``women``; two questions on the same topic differ by more. Words joined
+or split (``noninvasive`` for ``non-invasive``) count as one misspelt word.
 
 Candidates: a question is cut into pieces, one more than the words it may have changed, so a copy holds one piece
 whole; pieces are indexed like n-grams, and a training text holding one is a candidate (a question of 3n words or more
@@ -127,13 +128,17 @@ def _changes(question: list[str], window: list[str], allowed: int) -> Changes | 
         codes = codes[1:]
     if codes and codes[-1][0] == "insert" and codes[-1][1] == len(question):
         codes = codes[:-1]
-    count = sum(max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in codes)
+    count = sum(1 if _joined(question[i1:i2], window[j1:j2]) else max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in codes)
     if count > allowed:
         return None
     shown: list[str] = []
     typos = 0
     for tag, i1, i2, j1, j2 in codes:
         expected, found = question[i1:i2], window[j1:j2]
+        if _joined(expected, found):
+            typos += 1
+            shown.append(f"'{' '.join(found)}' for '{' '.join(expected)}'")
+            continue
         if tag == "replace" and len(expected) == len(found):
             pairs = list(zip(found, expected))
             typos += sum(misspelling(*pair) for pair in pairs)
@@ -142,6 +147,12 @@ def _changes(question: list[str], window: list[str], allowed: int) -> Changes | 
         shown.append(f"'{' '.join(found)}' for '{' '.join(expected)}'" if tag == "replace" else
                      f"'{' '.join(expected)}' left out" if tag == "delete" else f"'{' '.join(found)}' added")
     return Changes(tuple(shown), count, typos)
+
+
+def _joined(expected: list[str], found: list[str]) -> bool:
+    """Words joined or split, their letters the same ('noninvasive' for 'non-invasive', 'health care' for
+    'healthcare'): one misspelt word."""
+    return len(expected) != len(found) and bool(expected) and bool(found) and "".join(expected) == "".join(found)
 
 
 def judged(changes: Changes | None, size: int) -> Changes | None:

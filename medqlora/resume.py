@@ -24,6 +24,9 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     """The run folder to continue (a path, or 'latest'), its own config, and its newest checkpoint."""
     if resume == "latest":
         root = Path(output_dir or cfg.output.dir)
+        from .adapter_runs import note_folder_of_the_word
+
+        note_folder_of_the_word("latest", root, "--resume")
         candidates = [RunDir(p.parent) for p in root.glob(f"*/{Files.CHECKPOINTS}")] if root.is_dir() else []
         candidates = [r for r in candidates if latest_checkpoint(r) is not None]
         if not candidates:

@@ -84,14 +84,14 @@ def test_a_run_on_a_possible_near_copy_trains_and_says_so(tiny_model_dir, tmp_pa
         "data.datasets": f"[{{source: '{data}', format: instruction}}]", "training.max_steps": "1"}))
     out = capsys.readouterr().out
     assert code == 0
-    assert "warning: 1 training examples hold an evaluation question with one or two words replaced" in out
+    assert "warning: 1 training examples hold an evaluation question with one or two words replaced by other words" in out
     assert "row 21 field 'instruction' contains, with one word changed ('hazard' for 'risk'), evaluation " \
            "'pubmedqa-test' item 18041059" in out
     [run] = (tmp_path / "out").iterdir()
     stats = json.loads((run / "data_stats.json").read_text())
     assert stats["total"]["warnings"][0].startswith("1 training examples hold an evaluation question")
     assert next(iter(stats.values()))["leakage_guard"]["possible"][0]["evaluation_uid"] == "18041059"
-    assert "hold an evaluation question with one or two words replaced" in (run / "run.log").read_text()
+    assert "hold an evaluation question with one or two words replaced by other words" in (run / "run.log").read_text()
 
 
 def test_possible_near_copies_refuse_stops_the_dry_run(tiny_model_dir, tmp_path, capsys):

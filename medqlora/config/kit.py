@@ -316,6 +316,7 @@ class PreferenceSection(Section):
     max_prompt_length: int = Field(256, gt=0, le=131072, description="prompt tokens kept (the start is cut)")
 
 
+RESERVED_RUN_NAMES = {"latest", "none"}  # words of --adapter / --resume / training.init_adapter, not folders
 NAME_MAX_BYTES = 255  # the longest file or folder name of common file systems, in bytes
 
 
@@ -328,6 +329,10 @@ class OutputSection(Section):
     def _plain_run_name(cls, name: str | None) -> str | None:
         if name and ("/" in name or "\\" in name or name in {".", ".."}):
             raise ValueError("must be a plain folder name, not a path")
+        if name and name.strip().lower() in RESERVED_RUN_NAMES:
+            raise ValueError(f"'{name}' is a word of --adapter, --resume and training.init_adapter ('latest': the "
+                             "newest run, 'none': the base model alone), so a run of that name could not be given "
+                             f"by its name. Choose another output.run_name (for example {name.strip()}-run)")
         if name and len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
             raise ValueError(f"is {len(name.encode('utf-8', 'surrogatepass'))} bytes in UTF-8; a folder name may have "
                              f"at most {NAME_MAX_BYTES} bytes (accented letters take 2, many other scripts 3). "

@@ -1,0 +1,86 @@
+"""Hostile round 19: run names that are words of --adapter / --resume; evaluation questions with their numbers
+spelt out or their words joined."""
+
+import pytest
+
+from medqlora.errors import DataError
+from medqlora.leakage import check, find_overlap
+from medqlora.leakage_text import normalize, question_hash
+
+from .conftest import assert_one_message, kit_argv, run_cli
+from .test_hostile_review15_e import _evaluation, _train
+
+MACROSOMIA = "Is severe macrosomia manifested at 11-14 weeks of gestation?"  # PubMedQA test question 22348433
+VARICES = ("Is non-invasive diagnosis of esophageal varices in patients with compensated hepatic cirrhosis possible by "
+           "duplex Doppler ultrasonography?")  # PubMedQA test question 26923375
+
+
+@pytest.mark.parametrize("name", ["latest", "none", "Latest", "NONE"])
+def test_a_run_name_that_is_a_word_of_adapter_is_refused(tiny_model_dir, tmp_path, capsys, name):
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run", **{"output.run_name": name})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, "is a word of --adapter, --resume and training.init_adapter")
+    assert f"{name}-run" in result.err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("word, meaning", [("none", "the base model alone"), ("latest", "the newest run")])
+def test_a_folder_named_like_a_word_of_adapter_is_said(tiny_model_dir, tmp_path, capsys, monkeypatch, word, meaning):
+    out = tmp_path / "out"
+    (out / word).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "test", "--dry-run", "--adapter", word))
+    said = result.out + result.err
+    assert f"note: --adapter {word} means {meaning}, not the folder {out / word}" in said
+    assert f"--adapter {out / word}" in said
+
+
+def test_no_note_without_such_a_folder(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "test", "--dry-run",
+                                      "--adapter", "none"))
+    assert result.code == 0 and "note: --adapter none" not in result.out + result.err
+
+
+@pytest.mark.parametrize("spelt", ["Is severe macrosomia manifested at eleven to fourteen weeks of gestation?",
+                                   "Is severe macrosomia manifested at 11 to 14 weeks of gestation?",
+                                   "is severe macrosomia manifested at Eleven-Fourteen weeks of gestation"])
+def test_a_question_with_its_numbers_spelt_out_is_an_exact_copy(spelt):
+    [overlap] = find_overlap(_train("What is fever?", spelt), _evaluation(MACROSOMIA))
+    assert overlap.kind == "exact" and overlap.train.row == 2
+
+
+def test_numbers_in_words_read_as_digits_where_the_guard_compares():
+    assert normalize("twenty-one patients, forty two days, from five to ten") == "21 patients 42 days from 5 10"
+    assert normalize("one of the following") == "1 of the following"
+    assert normalize("I want to go to 5 places") == "i want to go to 5 places"  # 'to' between numbers only
+
+
+def test_recorded_question_hashes_keep_numbers_as_written():
+    """Runs record question hashes (training_items.jsonl): spelling numbers the guard's way must not change them."""
+    assert question_hash("at eleven weeks") != question_hash("at 11 weeks")
+    assert question_hash("at eleven weeks") == question_hash("AT eleven, weeks")
+
+
+def test_words_joined_are_one_misspelling_so_a_copy_is_refused():
+    copy = VARICES.replace("non-invasive", "noninvasive").replace("esophageal", "oesophageal")
+    with pytest.raises(DataError) as err:
+        check(_train("What is fever?", copy), _evaluation(VARICES), allow=False)
+    assert "with two words misspelt ('noninvasive' for 'non invasive', 'oesophageal' for 'esophageal')" in str(err.value)
+
+
+def test_a_word_split_in_two_is_one_misspelling():
+    split = VARICES.replace("ultrasonography", "ultra sonography").replace("esophageal", "oesophageal")
+    [overlap] = find_overlap(_train(split), _evaluation(VARICES))
+    assert not overlap.possible
+    assert "with two words misspelt ('oesophageal' for 'esophageal', 'ultra sonography' for 'ultrasonography')" in \
+        overlap.describe()
+
+
+def test_the_possible_copy_warning_counts_other_words_only():
+    reworded = VARICES.replace("possible", "feasible").replace("esophageal", "oesophageal")
+    result = check(_train(reworded), _evaluation(VARICES), allow=False)
+    assert result["possible_near_copies"] == 1
+    assert "with one or two words replaced by other words, added or left out (besides any misspellings)" in \
+        result["warning"]

@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -39,8 +40,27 @@ class _Counted(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; a flag's value that starts with '-' (which argparse takes for a flag) is said, with how to
+    give it."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
+
+    def error(self, message: str) -> Any:
+        flag = message.removeprefix("argument ").split(":", 1)[0].split("/")[-1]
+        given = getattr(self, "_given", [])
+        value = given[given.index(flag) + 1] if flag in given[:-1] else ""
+        if message.endswith("expected one argument") and value.startswith("-"):
+            joined = shlex.quote(f"{flag}={value}")
+            message += (f" (its value {printable(value, 60)} starts with '-', so it reads as a flag): join the value "
+                        f"to the flag with '=', as in {printable(joined, 80)}")
+        super().error(message)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="medqlora" if Path(sys.argv[0]).name == "medqlora" else "medical_qlora_finetuning.py",
         description="QLoRA fine-tuning of LLMs on medical data (Unsloth on NVIDIA GPUs, Hugging Face elsewhere).",
     )

@@ -84,3 +84,34 @@ def test_the_possible_copy_warning_counts_other_words_only():
     assert result["possible_near_copies"] == 1
     assert "with one or two words replaced by other words, added or left out (besides any misspellings)" in \
         result["warning"]
+
+
+@pytest.mark.parametrize("flag, value", [("--prompt", "-5mmHg"), ("--adapter", "-x")])
+def test_a_value_that_starts_with_a_dash_is_said_with_how_to_give_it(capsys, flag, value):
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(capsys, ["--mode", "chat", flag, value])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"argument {flag}: expected one argument (its value {value} starts with '-', so it reads as a flag)" in err
+    assert f"as in '{flag}={value}'" in err or f"as in {flag}={value}" in err
+
+
+def test_a_flag_without_a_value_keeps_argparse_message(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(capsys, ["--mode", "train", "--set"])
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("argument --set: expected one argument")
+
+
+@pytest.mark.parametrize("key", ["data.system_prompt", "data.datasets.0.system_prompt",
+                                 "data.datasets.0.prompt_template"])
+def test_a_credential_in_a_prompt_text_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch, key):
+    secret = "hf_Zq8kLmNoPqRsTuVwXyZaBcDeFgHiJkLmNo"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    text = f"Question {{question}} Context {{context}} key {secret}" if "template" in key else f"Key {secret} here."
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{key: text}))
+    assert result.code == 2
+    assert_one_message(result.err, "holds the value of HF_TOKEN: a prompt is trained into the adapter")
+    assert secret not in result.out + result.err
+    assert not (tmp_path / "out").exists()

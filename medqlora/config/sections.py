@@ -103,6 +103,7 @@ class DatasetSpec(Section):
     def _template_placeholders(cls, template: str | None, info: ValidationInfo) -> str | None:
         if template is None:
             return None
+        no_credential(template)
         fmt = info.data.get("format")
         if fmt is None:  # the format itself is refused
             return template
@@ -188,11 +189,25 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
+def no_credential(text: str) -> None:
+    """A prompt text holding a credential's value would be trained into the adapter and shown in every prompt,
+    while the run's records mask it (config.yaml says <HF_TOKEN>): the recorded prompt would not be the one used."""
+    from ..secrets import contains_secret
+
+    if secret := contains_secret(text):
+        raise ValueError(f"holds the value of {secret}: a prompt is trained into the adapter and shown in reports, "
+                         "while the run's records mask the value (so they would not hold the prompt trained on). "
+                         "Take the credential out of the text")
+
+
 def written_or_empty(value: str | None) -> str | None:
     """A system prompt of blanks or invisible characters only (a variable holding a space) would replace the
-    model's own default system turn in every prompt with nothing readable, while '' means none: refused."""
+    model's own default system turn in every prompt with nothing readable, while '' means none: refused. One
+    holding a credential's value is refused too (no_credential)."""
     import unicodedata
 
+    if value:
+        no_credential(value)
     if value and not "".join(c for c in value if unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Zl", "Zp")).strip():
         raise ValueError("is only blanks or invisible characters: leave it empty ('') for no system prompt, or write "
                          "the prompt")

@@ -25,6 +25,7 @@ from . import distributed, signals
 from .commands import MODES, Options, check_options, check_resume, check_start, command
 from .config import DEFAULT_CONFIG, PATH_SHOWN, has_control_characters, load_config
 from .errors import ConfigError, MedQLoRAError, TrainingInterrupted
+from .runs import remove_empty_run_folders
 from .secrets import RedactingFilter, printable, redact
 from .stdout_guard import guarded_stdout, lost_output
 from .write_errors import is_write_error, write_advice
@@ -304,6 +305,7 @@ def _main(args: argparse.Namespace) -> int:
     except MedQLoRAError as err:
         where = f"[process {distributed.rank()}] " if distributed.world_size() > 1 else ""
         print(f"\nmedqlora: error: {where}{_shown(err)}", file=sys.stderr)
+        remove_empty_run_folders()
         return 2
     except RuntimeError as err:  # Python 3.11's pathlib reports a loop of symbolic links so, wherever a path resolves
         if not str(err).startswith("Symlink loop from"):
@@ -316,6 +318,7 @@ def _main(args: argparse.Namespace) -> int:
             raise
         print(f"\nmedqlora: error: cannot write {printable(err.filename or 'the run folder', PATH_SHOWN)}: "
               f"{err.strerror}. {write_advice(err)}; earlier runs are untouched.", file=sys.stderr)
+        remove_empty_run_folders()
         return 2
     except KeyboardInterrupt:
         print(f"\nmedqlora: interrupted ({signals.name(signals.received())}). Nothing of earlier runs was changed.",

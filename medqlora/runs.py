@@ -406,6 +406,26 @@ def _write_failed(verb: str, target: Path, err: OSError, run: Path) -> MedQLoRAE
     return MedQLoRAError(f"Cannot {verb} {printable(target)}: {err.strerror or err}. {advice}.")
 
 
+def remove_empty_run_folders() -> None:
+    """The run folders this command created that hold nothing but their lock (and an empty run.log) are removed: a
+    command stopped at its start (a full disk) would otherwise leave a folder that takes the run's name, which the
+    same command run again refuses as existing and --resume as no run folder."""
+    from .run_lock import LOCK_FILE
+
+    for made in sorted(_MADE_HERE):
+        try:
+            entries = list(os.scandir(made))
+            if all(entry.is_file(follow_symlinks=False) and (entry.name == LOCK_FILE or (
+                    entry.name == Files.RUN_LOG and entry.stat(follow_symlinks=False).st_size == 0))
+                   for entry in entries):
+                for entry in entries:
+                    os.unlink(entry.path)
+                os.rmdir(made)
+                _MADE_HERE.discard(made)
+        except OSError:
+            continue
+
+
 def _made_here(target: Path) -> bool:
     """Whether ``target`` lies in a run folder this command created."""
     where = os.path.abspath(target)

@@ -115,3 +115,54 @@ def test_a_credential_in_a_prompt_text_is_refused(tiny_model_dir, tmp_path, caps
     assert_one_message(result.err, "holds the value of HF_TOKEN: a prompt is trained into the adapter")
     assert secret not in result.out + result.err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_stopped_at_its_start_by_a_full_disk_leaves_no_folder_that_takes_its_name(tiny_model_dir, tmp_path,
+                                                                                        capsys, monkeypatch):
+    import errno
+    import os
+
+    from medqlora import runs
+
+    def full(self, run):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "run.log"))
+
+    out = tmp_path / "out"
+    argv = kit_argv(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "full2"})
+    with monkeypatch.context() as patched:
+        patched.setattr(runs._RunLogHandler, "__init__", full)
+        result = run_cli(capsys, argv)
+    assert result.code == 2 and "No space left on device" in result.err
+    assert not (out / "full2").exists()
+    assert run_cli(capsys, [*argv, "--dry-run"]).code == 0  # the name is free again
+
+
+def test_a_run_folder_with_a_log_is_kept_after_a_failure(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def full(source, target, *args, **kwargs):
+        if str(target).endswith("config.yaml"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    out = tmp_path / "out"
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "train", **{"output.run_name": "kept"}))
+    assert result.code == 2
+    assert (out / "kept" / "run.log").stat().st_size > 0
+
+
+@pytest.mark.parametrize("value, said", [
+    ("all-linear", "'all-linear' (PEFT's shorthand) is not taken: the kit names the layers LoRA wraps. Leave "
+                   "lora.target_modules out for the default"),
+    ("[all-linear]", "'all-linear' (PEFT's shorthand) is not taken"),
+    ("q_proj", "is one name, not a list: write it as a list, lora.target_modules: [q_proj]"),
+])
+def test_peft_shorthands_for_target_modules_are_said_in_the_kits_words(tiny_model_dir, tmp_path, capsys, value, said):
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"lora.target_modules": value}))
+    assert result.code == 2
+    assert_one_message(result.err, said)

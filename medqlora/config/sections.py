@@ -55,6 +55,21 @@ class LoraSection(Section):
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
     use_rslora: bool = False
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _named_layers(cls, value: Any) -> Any:
+        """PEFT's shorthand 'all-linear' and a bare name (which PEFT would take as a regular expression) said in the
+        kit's words: the kit names the layers, so that its plan, checks and records know them."""
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if any(isinstance(name, str) and name.strip().lower() in ("all-linear", "all_linear") for name in names):
+            raise ValueError(f"'all-linear' (PEFT's shorthand) is not taken: the kit names the layers LoRA wraps. "
+                             f"Leave lora.target_modules out for the default, every linear layer of a Llama-family "
+                             f"model ([{', '.join(ALL_LINEAR)}]), or list the layers of your model (a wrong name is "
+                             "answered with the model's linear layers)")
+        if isinstance(value, str):
+            raise ValueError(f"is one name, not a list: write it as a list, lora.target_modules: [{value}]")
+        return value
+
 
 # The allowed values come from the registries of formats.py: a format or kind registered there is accepted here.
 DatasetFormatName = Literal[tuple(DATASET_FORMATS)]  # type: ignore[valid-type]

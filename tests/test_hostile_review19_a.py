@@ -166,3 +166,9 @@ def test_peft_shorthands_for_target_modules_are_said_in_the_kits_words(tiny_mode
                                       **{"lora.target_modules": value}))
     assert result.code == 2
     assert_one_message(result.err, said)
+
+
+def test_a_target_module_named_twice_is_one_layer():
+    from medqlora.config.sections import LoraSection
+
+    assert LoraSection(target_modules=["q_proj", "v_proj", "q_proj"]).target_modules == ["q_proj", "v_proj"]

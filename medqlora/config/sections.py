@@ -68,6 +68,8 @@ class LoraSection(Section):
                              "answered with the model's linear layers)")
         if isinstance(value, str):
             raise ValueError(f"is one name, not a list: write it as a list, lora.target_modules: [{value}]")
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return list(dict.fromkeys(value))  # a name given twice is one layer (PEFT reads a set)
         return value
 
 

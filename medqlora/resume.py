@@ -167,9 +167,10 @@ def _check_resumable_config(run: RunDir, cfg: KitConfig, checkpoint: Path) -> No
     changed = [k for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)
                and not (k not in recorded and _is_schema_default(cfg, k, now[k]))]  # a newer kit's setting, unset
     if changed:
-        listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run started with "
-                           f"{printable(json.dumps(recorded.get(k)), 60)})" for k in changed[:3])
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        leaves = [leaf for k in changed for leaf in differing_leaves(k, now.get(k), recorded.get(k))]
+        listed = "; ".join(f"{k}: {printable(json.dumps(a), 60)} (the run started with "
+                           f"{printable(json.dumps(b), 60)})" for k, a, b in leaves[:3])
+        more = f" and {len(leaves) - 3} more" if len(leaves) > 3 else ""
         raise ModelError(f"--resume: {shown} was changed since the run started training: {listed}{more}. A checkpoint "
                          "continues the training it was saved from: restore those values, or train a new run with "
                          "the new ones (without --resume).")
@@ -191,9 +192,10 @@ def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig, config_
                and not k.startswith(GIVEN_ON_RESUME) and not k.startswith(resolved)]
     if not changed:
         return
-    listed = "; ".join(f"{k}: {printable(json.dumps(now.get(k)), 60)} (the run's: "
-                       f"{printable(json.dumps(was.get(k)), 60)})" for k in changed[:3])
-    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    leaves = [leaf for k in changed for leaf in differing_leaves(k, now.get(k), was.get(k))]
+    listed = "; ".join(f"{k}: {printable(json.dumps(a), 60)} (the run's: {printable(json.dumps(b), 60)})"
+                       for k, a, b in leaves[:3])
+    more = f" and {len(leaves) - 3} more" if len(leaves) > 3 else ""
     config = printable(run.path / Files.CONFIG)
     if config_flag is not None:
         raise ConfigError(f"--resume {printable(run.path)} continues the run with its own config.yaml, and --config "
@@ -203,6 +205,18 @@ def refuse_other_config(given: KitConfig, run: RunDir, saved: KitConfig, config_
                       f"which a resumed run trains with: {listed}{more}. Pass the run's config, "
                       f"load_config({config!r}), to continue it (the command line refuses --set beside --resume), or "
                       "train a new run with the new values (without resume).")
+
+
+def differing_leaves(key: str, now: Any, was: Any) -> list[tuple[str, Any, Any]]:
+    """The settings under ``key`` whose values differ, named down to the value itself (data.datasets.0.max_samples,
+    not the whole list of datasets, whose start may read the same)."""
+    if isinstance(now, dict) and isinstance(was, dict):
+        return [leaf for k in sorted(set(now) | set(was), key=str) if now.get(k) != was.get(k)
+                for leaf in differing_leaves(f"{key}.{k}", now.get(k), was.get(k))]
+    if isinstance(now, list) and isinstance(was, list) and len(now) == len(was):
+        return [leaf for i, (a, b) in enumerate(zip(now, was)) if a != b
+                for leaf in differing_leaves(f"{key}.{i}", a, b)]
+    return [(key, now, was)]
 
 
 def _resolved_at_start(given: KitConfig, saved: KitConfig) -> tuple[str, ...]:

@@ -99,9 +99,11 @@ def tiny_overrides(model_dir: Path, out: Path, **extra: str) -> list[str]:
         "generation.max_new_tokens": "8",
         "eval.benchmarks.0.max_items": "12",
         "output.dir": str(out),
-        **extra,
     }
-    return [f"{k}={v}" for k, v in values.items()]
+    # an override of a whole list or section replaces the tiny-run values inside it (the kit refuses a --set into a
+    # value that a later --set replaces whole)
+    values = {k: v for k, v in values.items() if not any(k.startswith(f"{given}.") for given in extra)}
+    return [f"{k}={v}" for k, v in {**values, **extra}.items()]
 
 
 @pytest.fixture

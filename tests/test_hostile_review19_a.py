@@ -8,6 +8,7 @@ from medqlora.leakage import check, find_overlap
 from medqlora.leakage_text import normalize, question_hash
 
 from .conftest import assert_one_message, kit_argv, run_cli
+from .test_hostile_review11_d import trained  # noqa: F401 (a fixture)
 from .test_hostile_review15_e import _evaluation, _train
 
 MACROSOMIA = "Is severe macrosomia manifested at 11-14 weeks of gestation?"  # PubMedQA test question 22348433
@@ -172,3 +173,77 @@ def test_a_target_module_named_twice_is_one_layer():
     from medqlora.config.sections import LoraSection
 
     assert LoraSection(target_modules=["q_proj", "v_proj", "q_proj"]).target_modules == ["q_proj", "v_proj"]
+
+
+def test_resume_with_another_config_names_the_setting_inside_a_list(tiny_model_dir, tmp_path, capsys,
+                                                                    trained):  # noqa: F811
+    """Both values of data.datasets were cut to the same 50 characters, so the difference (max_samples) was not
+    shown."""
+    import shutil
+
+    from medqlora.config import load_config
+    from medqlora.run_files import Files
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / Files.CHECKPOINTS / "checkpoint-1").mkdir(parents=True)
+    (run / Files.CHECKPOINTS / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
+    saved = load_config(run / Files.CONFIG)
+    datasets = [saved.data.datasets[0].model_copy(update={"max_samples": 64})]
+    other = tmp_path / "other.yaml"
+    other.write_text(saved.model_copy(update={"data": saved.data.model_copy(update={"datasets": datasets})}).to_yaml())
+    result = run_cli(capsys, ["--mode", "train", "--resume", str(run), "--dry-run", "--config", str(other)])
+    assert result.code == 2
+    assert_one_message(result.err, "differs from it: data.datasets.0.max_samples: 64 (the run's: 16)")
+
+
+@pytest.mark.parametrize("written, warned", [("data/pubmedqa/ori_pqal.json", True),
+                                             ("./data/pubmedqa/ori_pqal.json", False)])
+def test_a_relative_source_naming_two_files_says_which_is_read(tiny_model_dir, tmp_path, capsys, monkeypatch,
+                                                               written, warned):
+    """A run's config.yaml names the kit's shipped files relative (portable); read from a folder that holds another
+    file of that name, the other file was read without a word."""
+    import json
+
+    from medqlora.data import sources
+
+    monkeypatch.setattr(sources, "_NOTED", set())
+    shipped = json.loads((sources.KIT_ROOT / "data" / "pubmedqa" / "ori_pqal.json").read_text())
+    mine = tmp_path / "data" / "pubmedqa" / "ori_pqal.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(json.dumps({pmid: shipped[pmid] for pmid in list(shipped)[:20]}))
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"data.datasets.0.source": written}))
+    assert result.code == 0, result.err[-2000:]
+    said = result.out + result.err
+    assert (f"names a file in the working folder ({mine}) and another one shipped with the kit" in said) == warned
+    assert said.count("shipped with the kit") == (1 if warned else 0)
+    assert json.loads(result.out)["training_examples"] <= 20
+
+
+def test_a_folder_of_gguf_files_as_model_name_names_the_file_to_give(tmp_path, capsys):
+    folder = tmp_path / "smollm2-gguf"
+    folder.mkdir()
+    (folder / "model.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(60))
+    (folder / "README.md").write_text("a GGUF repository")
+    result = run_cli(capsys, ["--mode", "train", "--dry-run", "--set", f"model.name={folder}"])
+    assert result.code == 2
+    assert_one_message(result.err, f"holds no config.json: not a transformers checkpoint. It holds GGUF files "
+                                   f"(model.Q4_K_M.gguf): the kit takes a GGUF model as the file itself, --set "
+                                   f"model.name={folder / 'model.Q4_K_M.gguf'}.")
+
+
+def test_a_set_of_a_whole_list_after_a_set_into_it_is_refused(tiny_model_dir, tmp_path, capsys):
+    whole = "data.datasets=[{source: data/pubmedqa/ori_pqal.json, format: pubmedqa}]"
+    argv = ["--mode", "train", "--dry-run", "--set", f"model.name={tiny_model_dir}"]
+    result = run_cli(capsys, [*argv, "--set", "data.datasets.0.max_samples=10", "--set", whole])
+    assert result.code == 2
+    assert_one_message(result.err, "--set data.datasets=... replaces the whole value, so the --set "
+                                   "data.datasets.0.max_samples=... before it would be dropped. Put --set "
+                                   "data.datasets=... first")
+    import json
+
+    result = run_cli(capsys, [*argv, "--set", whole, "--set", "data.datasets.0.max_samples=10"])
+    assert result.code == 0, result.err[-2000:]
+    assert json.loads(result.out)["training_examples"] == 10

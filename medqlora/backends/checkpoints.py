@@ -31,6 +31,19 @@ def _adapter_given_as_model(folder: Path) -> str:
             f"export it) or as training.init_adapter (to train on from it), with its base model as model.name.{named}")
 
 
+def _gguf_files_in(folder: Path) -> str:
+    """Where model.name is a folder of GGUF files (a GGUF repository downloaded from the Hub): which to give."""
+    try:
+        found = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    listed = printable(", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else ""), 300)
+    return (f" It holds GGUF files ({listed}): the kit takes a GGUF model as the file itself, "
+            f"--set model.name={printable(str(folder / found[0]))}.")
+
+
 def _starts_with(path: Path, magic: bytes) -> bool:
     try:
         with path.open("rb") as handle:
@@ -54,7 +67,7 @@ def check_checkpoint_folder(folder: Path) -> None:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"model.name: {shown} exists but holds no config.json: not a transformers checkpoint."
-                         f"{_adapter_given_as_model(folder)}") from None
+                         f"{_adapter_given_as_model(folder) or _gguf_files_in(folder)}") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"model.name: {shown}/config.json is not readable JSON ({printable(str(err))}).") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):

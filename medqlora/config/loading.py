@@ -100,10 +100,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | str | Non
         key = _apply_override(raw, item)
         if key is None:
             continue
+        _refuse_replaced_override(key, item, typed)
         lines = {loc: line for loc, line in lines.items() if loc[: len(key)] != key}
         lines[key] = f"--set {printable('.'.join(str(k) for k in key))}"
         typed[key] = item.partition("=")[2]
     return validate(raw, source=printable(path, PATH_SHOWN), lines=lines, typed=typed)
+
+
+def _refuse_replaced_override(key: tuple, item: str, earlier: dict[tuple, str]) -> None:
+    """A --set of a whole list or section after a --set into it would drop the earlier one without a word."""
+    for given in earlier:
+        if len(given) > len(key) and given[:len(key)] == key:
+            whole, inner = (printable(".".join(str(k) for k in k_), 120) for k_ in (key, given))
+            raise ConfigError(f"--set {whole}=... replaces the whole value, so the --set {inner}=... before it would be "
+                              f"dropped. Put --set {whole}=... first and --set {inner}=... after it (or write that "
+                              f"value inside the new {whole}).")
 
 
 MAX_PROBLEMS = 20  # a hostile file can hold thousands: the first ones say what to fix

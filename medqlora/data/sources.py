@@ -44,10 +44,29 @@ def resolve_local(source: str) -> Path | None:
         named = Path(source).expanduser()
         for path in ([named] if named.is_absolute() else [Path.cwd() / named, KIT_ROOT / named]):
             if path.exists():
+                if path != named:
+                    _note_two_files(source, path, KIT_ROOT / named)
                 return path
     except (OSError, ValueError):  # a name the file system cannot hold (too long, a NUL byte)
         return None
     return None
+
+
+_NOTED: set[str] = set()
+
+
+def _note_two_files(source: str, found: Path, kits: Path) -> None:
+    """A relative source found in the working folder that also names another file shipped with the kit (a run's
+    config.yaml names the kit's files relative, for any machine): which one is read is said, once."""
+    if source in _NOTED or found == kits or source.startswith("./") or not kits.exists() or os.path.samefile(found,
+                                                                                                             kits):
+        return
+    _NOTED.add(source)
+    from ..messages import say
+
+    say(f"warning: data source {quoted_path(source)} names a file in the working folder ({printable(found)}) and "
+        f"another one shipped with the kit ({printable(kits)}): the working folder's is read. To read the kit's, "
+        f"give its full path; to say the working folder's is meant, write ./{printable(source)}")
 
 
 def anchored(source: str) -> str:

@@ -33,6 +33,7 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     outside the kit's run folders keeps cfg's model and data (model.name), whatever files lie beside it."""
     run_folder = origin_run(adapter)
     if run_folder is None:
+        _note_run_without_config(adapter)
         return cfg
     run_cfg = load_config(run_folder / Files.CONFIG)
     trained = run_cfg.model
@@ -46,6 +47,28 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     if run_cfg.data.system_prompt != cfg.data.system_prompt:
         say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
+
+
+def _note_run_without_config(adapter: Path) -> None:
+    """An adapter whose run folder kept its manifest.json but lost its config.yaml (copied without it): the system
+    prompt and prompt templates it was trained with cannot be read, which is said rather than left unsaid."""
+    from .adapter_origin import OWN_ADAPTERS
+
+    if adapter.name not in OWN_ADAPTERS:
+        return
+    run = adapter.parent
+    manifest = run / Files.MANIFEST
+    if manifest.is_symlink() or not manifest.is_file() or (run / Files.CONFIG).exists():
+        return
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and "kit_version" in record:
+        say(f"warning: {printable(run)} holds the manifest.json of a kit run but no config.yaml (copied without it?): "
+            "the system prompt, prompt templates and base model it was trained with cannot be read, so this "
+            "command's are used, and its prompts may not be written as it was trained. Copy the run's config.yaml "
+            "back into that folder to use its own.")
 
 
 ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")  # generation: how it answers

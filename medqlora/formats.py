@@ -198,6 +198,7 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
     if answer not in options:
         raise DataError(f"{printable(a_name, 60)} {printable(repr(answer), 40)} is not one of the options "
                         f"{printable(sorted(options), 200)}.")
+    _refuse_contradicting_answer(row, a_name, answer, options)
     lines = "\n".join(f"{letter}. {text}" for letter, text in options.items())
     prompt = f"{question}\n\n{lines}\n\nAnswer with the letter of the correct option."
     uid = row.get("realidx", row.get("id"))
@@ -206,6 +207,24 @@ def format_multiple_choice(row: dict[str, Any], spec: DatasetSpec) -> Example:
                    texts=((q_name, question),) + tuple((f"options.{k}", v) for k, v in options.items())
                    + tuple((f"options key {k!r}", k) for k in options),  # a key is printed in the prompt too
                    fields={"question": question, "options": lines})
+
+
+def _refuse_contradicting_answer(row: dict[str, Any], a_name: str, answer: str, options: dict[str, str]) -> None:
+    """MedQA's layout carries the right option twice: answer_idx (its letter) and answer (its text). Where the
+    answer column names another option, the row contradicts itself: it would be trained on (or scored by) one of
+    them without a word."""
+    text = row.get("answer")
+    if a_name == "answer" or not isinstance(text, str) or not text.strip():
+        return
+    folded = " ".join(text.split()).casefold()
+    named = [letter for letter, option in options.items() if " ".join(str(option).split()).casefold() == folded]
+    if not named and folded.upper() in options:
+        named = [folded.upper()]  # the answer column holding a letter
+    if named and answer not in named:
+        other = named[0]
+        raise DataError(f"{printable(a_name, 60)} is {answer!r} ({printable(options[answer], 80)}) but the 'answer' "
+                        f"column names option {other} ({printable(options[other], 80)}): the row contradicts itself. "
+                        f"Correct one of them, or leave the row out.")
 
 
 @dataset_format(

@@ -247,3 +247,31 @@ def test_a_set_of_a_whole_list_after_a_set_into_it_is_refused(tiny_model_dir, tm
     result = run_cli(capsys, [*argv, "--set", whole, "--set", "data.datasets.0.max_samples=10"])
     assert result.code == 0, result.err[-2000:]
     assert json.loads(result.out)["training_examples"] == 10
+
+
+def test_a_multiple_choice_row_whose_answer_columns_disagree_is_refused():
+    from medqlora.config import DatasetSpec
+    from medqlora.formats import format_multiple_choice
+
+    spec = DatasetSpec(source="mine.jsonl", format="multiple_choice")
+    row = {"question": "First treatment of hyperkalemia with ECG changes?", "answer_idx": "C", "answer": "Insulin",
+           "options": {"A": "Insulin", "B": "Kayexalate", "C": "Calcium gluconate", "D": "Dialysis"}}
+    with pytest.raises(DataError) as err:
+        format_multiple_choice(row, spec)
+    assert "answer_idx is 'C' (Calcium gluconate) but the 'answer' column names option A (Insulin): the row " \
+           "contradicts itself" in str(err.value)
+    for agreeing in ("Calcium gluconate", " calcium  GLUCONATE", "C", "an answer that names no option"):
+        assert format_multiple_choice({**row, "answer": agreeing}, spec).response == "C. Calcium gluconate"
+
+
+def test_a_run_copied_without_its_config_says_its_prompts_cannot_be_read(tiny_model_dir, tmp_path, capsys,
+                                                                          trained):  # noqa: F811
+    import shutil
+
+    run = tmp_path / "copied"
+    shutil.copytree(trained, run)
+    (run / "config.yaml").unlink()
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "test", "--dry-run",
+                                      "--adapter", str(run)))
+    assert result.code == 0, result.err[-2000:]
+    assert f"warning: {run} holds the manifest.json of a kit run but no config.yaml" in result.out + result.err

@@ -37,16 +37,46 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
         return cfg
     run_cfg = load_config(run_folder / Files.CONFIG)
     trained = run_cfg.model
-    if trained.name != cfg.model.name:
+    gone = _base_folder_gone(trained.name)
+    if gone and _same_weights(run_folder, cfg.model.name):
+        say(f"using base model {printable(cfg.model.name)} (model.name): the folder this adapter was trained on, "
+            f"{printable(trained.name)}, is gone, and this one holds the same weight files (its run's manifest.json "
+            "records them)")
+        trained = trained.model_copy(update={"name": cfg.model.name})
+        gone = False
+    elif trained.name != cfg.model.name:
         say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
     changed, source = model_files.changed_since_training(run_folder)
-    if changed:
+    if gone:
+        say(f"warning: the base model folder {printable(trained.name)} this adapter was trained on is gone (moved or "
+            "deleted). Where this command needs the model, give its new place as --set model.name=NEW_FOLDER (taken "
+            "when its weight files are the ones the run recorded).")
+    elif changed:
         say(f"warning: the base model's files changed since the run {printable(run_folder.name)} trained: "
             f"{printable(model_files.describe_change(changed, source), 300)} (its manifest.json records their size and "
             "sha256): the adapter is applied to weights it was not trained on, and its results may not be its own.")
     if run_cfg.data.system_prompt != cfg.data.system_prompt:
         say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
+
+
+def _base_folder_gone(name: str) -> bool:
+    """A base model named by a local path (as a run's config.yaml records a model folder) that no longer exists."""
+    path = Path(name).expanduser()
+    return (path.is_absolute() or name.startswith(".")) and not path.exists()
+
+
+def _same_weights(run_folder: Path, name: str) -> bool:
+    """Whether the local model folder ``name`` holds the weight files the run recorded when it trained."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return False
+    try:
+        manifest = json.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    recorded = manifest.get(model_files.MANIFEST_KEY) if isinstance(manifest, dict) else None
+    return bool(recorded) and not model_files.changed_files(recorded, str(folder))
 
 
 def _note_run_without_config(adapter: Path) -> None:

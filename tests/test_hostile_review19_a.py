@@ -1,6 +1,8 @@
 """Hostile round 19: run names that are words of --adapter / --resume; evaluation questions with their numbers
 spelt out or their words joined."""
 
+from pathlib import Path
+
 import pytest
 
 from medqlora.errors import DataError
@@ -275,3 +277,26 @@ def test_a_run_copied_without_its_config_says_its_prompts_cannot_be_read(tiny_mo
                                       "--adapter", str(run)))
     assert result.code == 0, result.err[-2000:]
     assert f"warning: {run} holds the manifest.json of a kit run but no config.yaml" in result.out + result.err
+
+
+def test_a_base_model_moved_since_training_is_said_gone_and_taken_at_its_new_place(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from .conftest import only_run, run_tiny
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny2"))
+    out = tmp_path / "out"
+    assert run_tiny(model, out, "--mode", "train", **{"training.max_steps": "1"}) == 0
+    run = only_run(out)
+    moved = model.rename(tmp_path / "tiny2moved")
+    argv = ["--mode", "export", "--dry-run", "--adapter", str(run), "--set", "export.formats=[adapter]"]
+    said = "".join(run_cli(capsys, argv)[1:])
+    assert f"warning: the base model folder {model} this adapter was trained on is gone (moved or deleted)" in said
+    assert "files changed since" not in said
+    result = run_cli(capsys, [*argv, "--set", f"model.name={moved}"])
+    assert result.code == 0, result.err[-2000:]
+    assert f"using base model {moved} (model.name): the folder this adapter was trained on, {model}, is gone, and " \
+           "this one holds the same weight files" in result.out + result.err
+    (moved / "model.safetensors").write_bytes(b"other")  # other weights: not taken for the run's
+    said = "".join(run_cli(capsys, [*argv, "--set", f"model.name={moved}"])[1:])
+    assert "holds the same weight files" not in said and "is gone (moved or deleted)" in said

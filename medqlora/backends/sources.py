@@ -49,8 +49,9 @@ def _check_gguf_path(path: Path) -> None:
 def _refuse_missing_local_path(name: str) -> None:
     """A name written as a path (./, ../, /, ~) that does not exist is a missing folder, not a hub id."""
     if name.startswith((".", "/", "~")) or "\\" in name:
-        raise ModelError(f"model.name: the folder {quoted_path(name)} does not exist. Check the path (a run's "
-                         "config.yaml names the model folder it was trained from), or use a hub id.")
+        raise ModelError(f"model.name: the folder {quoted_path(name)} does not exist. Check the path, or use a hub "
+                         "id. (A run's config.yaml names the model folder it was trained from: for a model moved "
+                         "since, give its new place, --set model.name=NEW_FOLDER.)")
 
 
 def check_model_source(name: str) -> None:

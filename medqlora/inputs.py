@@ -71,8 +71,9 @@ def planned_examples(cfg: KitConfig, tokenizer: Any, guarded: list[leakage.Item]
         return sizes, None
     if tokenizer is not None:
         return sizes, len(tokenize(cfg, collected, tokenizer).train)
-    pool = sum(ex.role != "validation" for c in collected for ex in c.examples)
-    n_train = pool - data.val_ratio_rows(pool, cfg.data.val_ratio)
+    pool = [ex for c in collected for ex in c.examples if ex.role != "validation"]
+    distinct = len({id(ex) for ex in pool})  # a weighted dataset's copies of one example are held out together
+    n_train = len(pool) - round(data.val_ratio_rows(distinct, cfg.data.val_ratio) * len(pool) / max(distinct, 1))
     if n_train == 0:
         data.refuse_no_training_examples(cfg.data, cfg.model.max_seq_length, collected)
     return sizes, n_train

@@ -300,3 +300,21 @@ def test_a_base_model_moved_since_training_is_said_gone_and_taken_at_its_new_pla
     (moved / "model.safetensors").write_bytes(b"other")  # other weights: not taken for the run's
     said = "".join(run_cli(capsys, [*argv, "--set", f"model.name={moved}"])[1:])
     assert "holds the same weight files" not in said and "is gone (moved or deleted)" in said
+
+
+def test_a_weighted_datasets_copies_of_one_example_are_held_out_together(tiny_model_dir):
+    """weight 3 with val_ratio 0.25: every validation row was a copy of a question also trained on."""
+    from transformers import AutoTokenizer
+
+    from medqlora.config import load_config
+    from medqlora.data import collect, tokenize_collected
+
+    cfg = load_config(None, ["data.datasets.0.weight=3", "data.val_ratio=0.25", "data.datasets.0.max_samples=8"])
+    collected = collect(cfg.data, cfg.training.seed)
+    prepared = tokenize_collected(collected, cfg.data, AutoTokenizer.from_pretrained(tiny_model_dir), 256,
+                                  cfg.training.seed)
+    trained = {r["example"].uid for r in prepared.train}
+    validated = [r["example"].uid for r in prepared.validation]
+    assert len(validated) == 2 and len(set(validated)) == 2  # 0.25 of 8 questions, each once
+    assert not trained & set(validated)
+    assert len(prepared.train) == 18  # the other 6 questions, 3 copies each

@@ -196,10 +196,7 @@ def tokenize_collected(
     if not records:
         _refuse_nothing_fits(data, max_len, stats)
     random.Random(seed).shuffle(records)
-    reserved = [r for r in records if r["role"] == "validation"]
-    pool = [r for r in records if r["role"] != "validation"]
-    n_val = val_ratio_rows(len(pool), data.val_ratio)
-    validation, train = reserved + pool[:n_val], pool[n_val:]
+    validation, train = _split_validation(records, data.val_ratio)
     if not train:
         refuse_no_training_examples(data, max_len, collected)
     cut, dropped, warnings = _fitting_warnings(collected, data, max_len, stats)
@@ -214,6 +211,20 @@ def tokenize_collected(
     }
     fingerprints = {c.name: fingerprint(c.spec) for c in collected}
     return PreparedData(train=train, validation=validation, stats=stats, fingerprints=fingerprints)
+
+
+def _split_validation(records: list[dict[str, Any]], ratio: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The validation records (those held out by their dataset, and data.val_ratio of the distinct training
+    examples, ``records`` being shuffled) and the training records. The copies a weighted dataset makes of one
+    example stay together: a validation item is never also trained on, and is scored once."""
+    copies: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["role"] != "validation":
+            copies.setdefault(id(record["example"]), []).append(record)
+    held = list(copies.values())[:val_ratio_rows(len(copies), ratio)]
+    held_out = {id(group[0]["example"]) for group in held}
+    validation = [r for r in records if r["role"] == "validation"] + [group[0] for group in held]
+    return validation, [r for r in records if r["role"] != "validation" and id(r["example"]) not in held_out]
 
 
 def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: int, end: str,

@@ -313,8 +313,8 @@ def test_a_weighted_datasets_copies_of_one_example_are_held_out_together(tiny_mo
     collected = collect(cfg.data, cfg.training.seed)
     prepared = tokenize_collected(collected, cfg.data, AutoTokenizer.from_pretrained(tiny_model_dir), 256,
                                   cfg.training.seed)
-    trained = {r["example"].uid for r in prepared.train}
+    trained_on = {r["example"].uid for r in prepared.train}
     validated = [r["example"].uid for r in prepared.validation]
     assert len(validated) == 2 and len(set(validated)) == 2  # 0.25 of 8 questions, each once
-    assert not trained & set(validated)
+    assert not trained_on & set(validated)
     assert len(prepared.train) == 18  # the other 6 questions, 3 copies each

@@ -50,6 +50,8 @@ def test_a_failed_write_in_a_new_run_folder_still_advises_output_dir(tiny_model_
     result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "train"))
     assert result.code == 2
     assert_one_message(result.err, "No space left on device. Free some space (or choose another --output-dir)")
+    [run] = out.iterdir()  # holding its log, the run folder is kept (only one holding nothing but its lock goes)
+    assert (run / "run.log").stat().st_size > 0
 
 
 # ---------------------------------------------------------------- 89: a checkpoint copy the user kept beside them

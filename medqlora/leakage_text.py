@@ -160,24 +160,45 @@ def unmarked(text: str) -> str:
 
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
           "seventeen eighteen nineteen").split()
-_TENS = {word: str(10 * n) for n, word in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split())
-         if word != "_"}
-_NUMBER_WORDS = {**{word: str(n) for n, word in enumerate(_UNITS)}, **_TENS}
+_SMALL = {**{word: n for n, word in enumerate(_UNITS)},
+          **{word: 10 * n for n, word in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split())
+             if word != "_"}}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6}
+_NUMBER_WORDS = set(_SMALL) | set(_SCALES)
+_THOUSANDS = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")  # 1,000 and 12,500: one number, as 'one thousand' is
 
 
 def _numbers_as_digits(split: list[str]) -> list[str]:
-    """Numbers written as words made digits ('eleven' 11, 'twenty one' and 'twenty-one' 21), and a range written
-    'X to Y' made 'X Y' as 'X-Y' is: a question with its numbers spelt out is the same question."""
-    if not _NUMBER_WORDS.keys().isdisjoint(split):
-        digits: list[str] = []
-        for word in split:
-            number = _NUMBER_WORDS.get(word, word)
-            if digits and digits[-1] in _TENS_DIGITS and number in _UNITS_DIGITS and word != number:
-                digits[-1] = str(int(digits[-1]) + int(number))
-            else:
-                digits.append(number)
-        split = digits
+    """Numbers written as words made digits ('eleven' 11, 'twenty-one' 21, 'five hundred' 500, 'one hundred and
+    twenty' 120), and a range written 'X to Y' made 'X Y' as 'X-Y' is: a question with its numbers spelt out is the
+    same question."""
+    if not _NUMBER_WORDS.isdisjoint(split):
+        split = _spelt_numbers(split)
     return _ranges(split) if "to" in split else split
+
+
+def _spelt_numbers(split: list[str]) -> list[str]:
+    out: list[str] = []
+    at = 0
+    while at < len(split):
+        if split[at] not in _NUMBER_WORDS:
+            out.append(split[at])
+            at += 1
+            continue
+        total = current = 0
+        while at < len(split):
+            word = split[at]
+            if word in _SMALL:
+                current += _SMALL[word]
+            elif word == "hundred":
+                current = max(current, 1) * 100
+            elif word in _SCALES:
+                total, current = total + max(current, 1) * _SCALES[word], 0
+            elif not (word == "and" and split[at - 1] in _SCALES and at + 1 < len(split) and split[at + 1] in _SMALL):
+                break
+            at += 1
+        out.append(str(total + current))
+    return out
 
 
 def _ranges(split: list[str]) -> list[str]:
@@ -197,12 +218,13 @@ def _ranges(split: list[str]) -> list[str]:
     return [word for position, word in enumerate(split) if position not in gone]
 
 
-_UNITS_DIGITS = {str(n) for n in range(1, 10)}
-_TENS_DIGITS = set(_TENS.values())
 
 
 def words(text: Any) -> list[str]:
     """The words of ``text`` as the guard compares them (see ``normalize``), numbers written as words made digits."""
+    text = str(text)
+    if "," in text:
+        text = _THOUSANDS.sub(lambda number: number.group(0).replace(",", ""), text)
     return _numbers_as_digits(_plain_words(text))
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
-from .secrets import printable
+from .secrets import printable, redact
 
 if TYPE_CHECKING:
     from .config import DatasetSpec
@@ -94,7 +94,8 @@ def _kind(value: Any) -> str:
 
 def _json_preview(value: Any) -> str:
     try:
-        return json.dumps(value, default=str, ensure_ascii=False)[:60]
+        # masked before it is cut: a credential cut in two would no longer be found, and its start shown
+        return redact(json.dumps(value, default=str, ensure_ascii=False)[:4096])[:60]
     except (ValueError, RecursionError):
         return type(value).__name__
 

@@ -15,7 +15,7 @@ from .recipe_state import RecipeState
 from .run_commands import command_on_run
 from .run_manifest import manifest
 from .runs import Files
-from .secrets import printable
+from .secrets import printable, redact
 
 # the statuses a run's saved adapter gets its README.md at: trained, or stopped with it saved (PEFT's empty card
 # template is replaced)
@@ -54,7 +54,7 @@ class RunRecords(RecipeState):
                      "loading": f"{status} before training"}.get(self.facts.get("status"))
             reason = str(err) or f"interrupted ({signals.name(signals.received())})"
             log.error("run %s: %s", status, reason)
-            self.record(status, error=reason[:2000], **({"stage": stage} if stage else {}))
+            self.record(status, error=redact(reason)[:2000], **({"stage": stage} if stage else {}))
             raise
 
     def _stopped_at_once(self, signum: int) -> str:
@@ -90,7 +90,7 @@ class RunRecords(RecipeState):
                 facts = json.loads((self.run.path / Files.MANIFEST).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 facts = {}
-            facts.update(status="interrupted" if interrupted else "failed", error=str(err)[:2000],
+            facts.update(status="interrupted" if interrupted else "failed", error=redact(str(err))[:2000],
                          failed_after="training: the adapter is saved",
                          stage=f"{'interrupted' if interrupted else 'failed'} while answering the sample queries "
                                "after training: the adapter is saved")

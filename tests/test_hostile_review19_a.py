@@ -56,6 +56,8 @@ def test_a_question_with_its_numbers_spelt_out_is_an_exact_copy(spelt):
 
 def test_numbers_in_words_read_as_digits_where_the_guard_compares():
     assert normalize("twenty-one patients, forty two days, from five to ten") == "21 patients 42 days from 5 10"
+    assert normalize("five hundred implants, one hundred and twenty and two") == "500 implants 120 and 2"
+    assert normalize("1,000 or one thousand, 12,500 or twelve thousand five hundred") == "1000 or 1000 12500 or 12500"
     assert normalize("one of the following") == "1 of the following"
     assert normalize("I want to go to 5 places") == "i want to go to 5 places"  # 'to' between numbers only
 
@@ -300,3 +302,30 @@ def test_a_weighted_datasets_copies_of_one_example_are_held_out_together(tiny_mo
     assert len(validated) == 2 and len(set(validated)) == 2  # 0.25 of 8 questions, each once
     assert not trained_on & set(validated)
     assert len(prepared.train) == 18  # the other 6 questions, 3 copies each
+
+
+def test_a_question_with_hundreds_spelt_out_is_an_exact_copy():
+    question = ("A comparison of 500 prefilled textured saline breast implants versus 500 standard textured saline "
+                "breast implants: is there a difference in deflation rates?")
+    [overlap] = find_overlap(_train(question.replace("500", "five hundred")), _evaluation(question))
+    assert overlap.kind == "exact"
+
+
+def test_a_credential_in_a_cut_preview_of_a_value_is_masked(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A value is shown cut to its start ('a list ([{"type": "text", "text": "3f9a1c7e5b2d4...)'): the credential was
+    cut before it was masked, so its first characters reached the screen, run.log and manifest.json."""
+    import json
+
+    key = "3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f01"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": key}]},
+                                             {"role": "assistant", "content": "ok"}]}) + "\n")
+    out = tmp_path / "out"
+    result = run_cli(capsys, kit_argv(tiny_model_dir, out, "--mode", "train", **{
+        "data.datasets": f"[{{source: {rows}, format: chat}}]", "output.run_name": "sec"}))
+    assert result.code == 2
+    assert "is a list" in result.err and "<WANDB_API_KE" in result.err
+    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    for shown in (result.out + result.err, written):
+        assert key[:8] not in shown

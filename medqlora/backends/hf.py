@@ -11,7 +11,7 @@ from ..config import KitConfig
 from ..distributed import local_rank, sharding
 from ..errors import ConfigError, ModelError
 from ..messages import say
-from ..secrets import printable
+from ..secrets import printable, redact
 from ..shown_paths import quoted_path
 from ..torch_pickles import MODEL_ADVICE, code_refused, holds_code_error
 from . import gguf
@@ -54,7 +54,7 @@ def load_errors(source: str, err: Exception) -> ModelError:
         )
     else:
         hint = "Check model.name: a hub id, a local checkpoint folder, or a .gguf file."
-    return ModelError(f"Cannot load model '{source}': {text[:500]}\n{hint}")
+    return ModelError(f"Cannot load model '{source}': {redact(text)[:500]}\n{hint}")
 
 
 # The files a tokenizer is read from (a fast tokenizer's tokenizer.json; SentencePiece, BPE, WordPiece and tiktoken

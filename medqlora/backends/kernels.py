@@ -17,6 +17,7 @@ from ..config import KitConfig
 from ..distributed import sharding
 from ..errors import ConfigError
 from ..messages import say
+from ..secrets import redact
 from .runtime import Runtime
 
 LIGER_PACKAGE = "liger-kernel==0.8.5"  # the release read and checked with transformers 5.17, trl 1.14.2, peft 0.21.2
@@ -155,7 +156,7 @@ def _apply_liger(model: Any, cfg: KitConfig, model_type: str) -> KernelChoice:
     try:
         library = importlib.import_module("liger_kernel.transformers")
     except Exception as err:  # triton raises many types where its CUDA toolchain does not fit
-        return _liger_unusable(cfg, f"liger-kernel failed to import ({type(err).__name__}: {str(err)[:300]})")
+        return _liger_unusable(cfg, f"liger-kernel failed to import ({type(err).__name__}: {redact(str(err))[:300]})")
     apply = getattr(library, LIGER_ARCHITECTURES[model_type], None)
     if apply is None:
         return _liger_unusable(cfg, f"the installed liger-kernel has no {LIGER_ARCHITECTURES[model_type]}")

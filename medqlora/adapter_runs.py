@@ -20,7 +20,7 @@ from .adapter_origin import origin_record, origin_run, unrecorded_weights
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
-from .run_commands import on_run
+from .run_commands import on_run, recorded_resume_command
 from .run_lock import lock_holder
 from .runs import Files, RunDir, latest_run_with_adapter
 from .secrets import printable, redact, slug
@@ -160,7 +160,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         if folder.name == Files.ADAPTER and (stopped := stopped_during_training(folder.parent)):
             say(f"warning: {flag} {printable(folder.parent)}: its training stopped before its end ({stopped}), so "
                 "its adapter is the one trained so far, not a finished run's (to finish it: "
-                f"{on_run('--resume', folder.parent)})")
+                f"{recorded_resume_command(folder.parent)})")
     adapter = adapters.find(folder)
     if (run := unrecorded_weights(adapter.folder)) is not None:
         say(f"note: {printable(adapter.folder)} holds other weights than the ones the run {printable(run)} saved "
@@ -225,7 +225,7 @@ def check_latest_finished(adapter: Path, flag: str) -> None:
         say(f"warning: --adapter latest is {run}, whose training stopped before its end ({stopped}): its adapter "
             "is the one trained so far")
         return
-    finish = on_run("--resume", adapter.parent)
+    finish = recorded_resume_command(adapter.parent)
     raise ModelError(f"{flag} latest: the newest run with an adapter, {run}, stopped before its training ended "
                      f"({stopped}), so its adapter is half-trained. Finish it first ({finish}), "
                      f"or set {flag} to {run} to start from that adapter as it is.")

@@ -186,16 +186,21 @@ def _spelt_numbers(split: list[str]) -> list[str]:
             at += 1
             continue
         total = current = 0
+        last = ""  # what the number's previous word was: "" (none), "tens", "unit", "scale" or "and"
         while at < len(split):
             word = split[at]
-            if word in _SMALL:
-                current += _SMALL[word]
-            elif word == "hundred":
-                current = max(current, 1) * 100
-            elif word in _SCALES:
-                total, current = total + max(current, 1) * _SCALES[word], 0
-            elif not (word == "and" and split[at - 1] in _SCALES and at + 1 < len(split) and split[at + 1] in _SMALL):
-                break
+            value = _SMALL.get(word)
+            if value is not None and (last in ("", "scale", "and") or (last == "tens" and 0 < value < 10)):
+                current += value
+                last = "tens" if value >= 20 else "unit"
+            elif word == "hundred" and last != "scale":
+                current, last = max(current, 1) * 100, "scale"
+            elif word in ("thousand", "million") and (last != "scale" or current % 1000 != 0):
+                total, current, last = total + max(current, 1) * _SCALES[word], 0, "scale"
+            elif word == "and" and last == "scale" and at + 1 < len(split) and split[at + 1] in _SMALL:
+                last = "and"
+            else:
+                break  # the next word starts another number, or is no number
             at += 1
         out.append(str(total + current))
     return out

@@ -54,6 +54,7 @@ from .errors import ConfigError, MedQLoRAError
 from .inputs import evaluates_in_full_mode
 from .messages import say
 from .model_stages import ModelStages
+from .run_commands import note_training_mode
 from .run_records import RunRecords
 from .resume import refuse_other_config
 from .runs import Files, RunDir, default_run_name
@@ -82,6 +83,7 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
         # allocated peak in the bench); expandable segments keep the two close. Read at the first CUDA use.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.check_inputs(mode)
+        note_training_mode(mode)
         from .export import left_for_export_mode
         from .methods import unused_method_settings
 

@@ -48,12 +48,15 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
                    f"{command_on_run(mode, '--adapter', run.path)}")
         elif saved_adapter and status == "interrupted":  # a signal saves the adapter trained so far
             why = (f"; it was interrupted before its first checkpoint (training.save_steps), with the adapter trained "
-                   f"so far saved in {run.adapter}: train it again, or use that adapter as it is "
+                   f"so far saved in {run.adapter}: train it again as a new run (another output.run_name: the "
+                   f"kit never overwrites a run), or use that adapter as it is "
                    f"({on_run('--adapter', run.path)}, or training.init_adapter={run.path} to train on from it).")
         elif saved_adapter:
             why = " (it finished training: its adapter is saved)."
         else:
-            why = f"; it {ended} before its first checkpoint (training.save_steps): train it again."
+            why = (f"; it {ended} before its first checkpoint (training.save_steps), with nothing trained kept: "
+                   f"train it again, as a new run (another output.run_name), or under the same name once the folder "
+                   f"{printable(run.path)} is removed (the kit never overwrites a run).")
         raise ModelError(f"--resume {resume}: {run.path} has no checkpoint to continue from{why}")
     saved = run.path / Files.CONFIG
     if not saved.is_file():

@@ -30,6 +30,39 @@ def on_run(flag: str, run: str | os.PathLike) -> str:
     return f"--config {shell_word(Path(run) / Files.CONFIG)} {flag} {shell_word(run)}"
 
 
+_resuming_mode = ["train"]  # the mode of this command where it trains (train or full): the one a resume repeats
+
+
+def note_training_mode(mode: str) -> None:
+    """Remember this command's mode where it trains, for the advice on continuing the run (--mode full resumes as
+    full: evaluation after training included; --mode train as train)."""
+    if mode in ("train", "full"):
+        _resuming_mode[0] = mode
+
+
+def resume_command(run: str | os.PathLike) -> str:
+    """The whole command line that continues the run ``run`` in this command's mode."""
+    return command_on_run(_resuming_mode[0], "--resume", run)
+
+
+def recorded_resume_command(run: str | os.PathLike) -> str:
+    """The command line that continues the run ``run`` in the mode its manifest.json records it was run in (full or
+    train; train where none is recorded)."""
+    import json
+
+    try:
+        command = json.loads((Path(run) / Files.MANIFEST).read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    mode = "train"
+    if isinstance(command, list):
+        words = [str(word) for word in command]
+        given = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--mode"]
+        given += [word.split("=", 1)[1] for word in words if word.startswith("--mode=")]
+        mode = "full" if (given[-1] if given else "full") == "full" else "train"  # the command line's default: full
+    return command_on_run(mode, "--resume", run)
+
+
 def command_on_run(mode: str, flag: str, run: str | os.PathLike) -> str:
     """The whole command line: ``python medical_qlora_finetuning.py --mode MODE`` and :func:`on_run`."""
     return f"{KIT} --mode {mode} {on_run(flag, run)}"

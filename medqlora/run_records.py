@@ -12,7 +12,7 @@ from . import adapter_weights, signals
 from .errors import TrainingInterrupted
 from .messages import log
 from .recipe_state import RecipeState
-from .run_commands import command_on_run
+from .run_commands import command_on_run, resume_command
 from .run_manifest import manifest
 from .runs import Files
 from .secrets import printable, redact
@@ -71,7 +71,7 @@ class RunRecords(RecipeState):
             self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
         adapter = (f"its adapter is saved in {printable(self.run.adapter)}" if saved else
                    "no adapter was saved (its save may have been cut short)")
-        resume = command_on_run("train", "--resume", self.run.path)
+        resume = resume_command(self.run.path)
         return (f"{how}: the run {printable(self.run.path)} is marked {status}; {adapter}. Continue from its last "
                 f"checkpoint, if one was saved (training.save_steps): {resume}")
 

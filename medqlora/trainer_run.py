@@ -17,7 +17,7 @@ from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
 from .messages import log
-from .run_commands import command_on_run, on_run
+from .run_commands import resume_command
 from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
@@ -51,7 +51,7 @@ def run_trainer(trainer: Any, cfg: KitConfig, model: Any, tokenizer: Any, run: R
 def _write_failed(err: OSError, run: RunDir, step: int) -> MedQLoRAError:
     """A write into the run folder failed during training (a checkpoint, its tokenizer files, the TensorBoard log)."""
     kept = [p for p in checkpoint_folders(run.path / Files.CHECKPOINTS) if (p / "trainer_state.json").is_file()]
-    again = (f"then continue from its last checkpoint: {command_on_run('train', '--resume', run.path)}" if kept
+    again = (f"then continue from its last checkpoint: {resume_command(run.path)}" if kept
              else "then train again (the run had no checkpoint yet)")
     return MedQLoRAError(f"Training stopped at step {step}: cannot write in the run folder {printable(run.path)} "
                          f"({err.strerror}); a checkpoint being written was removed. {write_advice(err)}, {again}.")
@@ -65,7 +65,7 @@ def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> Training
     if sharding():  # gathering the shards needs every process, and they are all being interrupted
         return TrainingInterrupted(
             f"{how}. A sharded run cannot gather its adapter when interrupted: continue it from its last "
-            f"checkpoint (training.save_steps) with {on_run('--resume', run.path)}.")
+            f"checkpoint (training.save_steps) with {resume_command(run.path)}.")
     if step == 0:
         return TrainingInterrupted(f"{how}: nothing was trained yet, so no adapter was saved.")
     if not adapter_is_finite(model):
@@ -74,7 +74,7 @@ def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> Training
     if is_main():
         save_adapter(model, tokenizer, run)
     return TrainingInterrupted(f"{how}: the adapter trained so far is saved in {run.adapter}. Continue from the last "
-                               f"checkpoint with {on_run('--resume', run.path)}, if one was saved "
+                               f"checkpoint with {resume_command(run.path)}, if one was saved "
                                "(training.save_steps).")
 
 

@@ -101,9 +101,9 @@ def test_the_resume_advised_after_an_interrupted_training_continues_the_run_as_p
     run = tmp_path / "out" / "cut"
     assert result.code == 130 and "Interrupted (Ctrl-C) at step 3" in result.err, result.err[-2000:]
     advised = _advised(result.err, "Continue from the last checkpoint with ", ", if one was saved")
-    assert advised == ["--config", str(run / "config.yaml"), "--resume", str(run)]
+    assert advised == ["--mode", "train", "--config", str(run / "config.yaml"), "--resume", str(run)]
     monkeypatch.setattr(train, "_trainer_class", lambda: kit_trainer)
-    assert main(["--mode", "train", *advised]) == 0
+    assert main(advised) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "trained" and manifest["resumed_from"] == "checkpoint-2"
 

@@ -329,3 +329,35 @@ def test_a_credential_in_a_cut_preview_of_a_value_is_masked(tiny_model_dir, tmp_
     written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
     for shown in (result.out + result.err, written):
         assert key[:8] not in shown
+
+
+def test_the_advice_to_continue_a_run_names_the_mode_it_ran_in(tmp_path):
+    """The advice after SIGHUP dropped --mode, so the command as written ran --mode full (the default) on a
+    train-only run: a baseline evaluation, an evaluation after and sample answers it never asked for."""
+    import json
+
+    from medqlora.run_commands import recorded_resume_command
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for command, mode in ((["x.py", "--mode", "train"], "train"), (["x.py", "--mode=full"], "full"),
+                          (["x.py"], "full"), (["x.py", "--mode", "train", "--resume", str(run)], "train")):
+        (run / "manifest.json").write_text(json.dumps({"command": command}))
+        assert f"--mode {mode} --config {run / 'config.yaml'} --resume {run}" in recorded_resume_command(run)
+    (run / "manifest.json").write_text("{")
+    assert "--mode train" in recorded_resume_command(run)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_how_to_train_it_again(tmp_path, capsys):
+    import json
+
+    from medqlora.config import load_config
+
+    run = tmp_path / "sigeval"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_config(None).to_yaml())
+    (run / "manifest.json").write_text(json.dumps({"status": "interrupted", "kit_version": "0.1.0"}))
+    result = run_cli(capsys, ["--mode", "full", "--resume", str(run)])
+    assert result.code == 2
+    assert_one_message(result.err, f"train it again, as a new run (another output.run_name), or under the same name "
+                                   f"once the folder {run} is removed (the kit never overwrites a run).")

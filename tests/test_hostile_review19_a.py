@@ -361,3 +361,29 @@ def test_a_run_stopped_before_its_first_checkpoint_says_how_to_train_it_again(tm
     assert result.code == 2
     assert_one_message(result.err, f"train it again, as a new run (another output.run_name), or under the same name "
                                    f"once the folder {run} is removed (the kit never overwrites a run).")
+
+
+ALTERNATING = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_chat_template_that_refuses_a_row_is_named_with_the_row(tiny_model_dir, tmp_path, capsys, dry_run):
+    """Mistral's and Llama 2's templates raise on two user turns in a row: an internal error (exit 1) before."""
+    import json
+    import shutil
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "alternating"))
+    (model / "chat_template.jinja").write_text(ALTERNATING)
+    turns = [{"role": "user", "content": "Is aspirin an NSAID?"}, {"role": "assistant", "content": "Yes."}]
+    doubled = [{"role": "user", "content": "Hi there."}, *turns]
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text("\n".join(json.dumps({"messages": m}) for m in (turns, turns, doubled)) + "\n")
+    argv = kit_argv(model, tmp_path / "out", "--mode", "train", *(["--dry-run"] if dry_run else []),
+                    **{"data.datasets": f"[{{source: {rows}, format: chat}}]"})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, f"{rows} row 3: the model's chat template refuses this row (Conversation roles "
+                                   "must alternate user/assistant/user/assistant/...). Merge turns of one role")

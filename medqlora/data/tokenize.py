@@ -19,6 +19,7 @@ from .. import leakage
 from ..errors import DataError
 from ..messages import log
 from ..rows import Example
+from ..secrets import printable
 from ..system_turn import system_kept, with_system
 from .examples import Collected, collect, guard_warnings, padding_report, system_prompt_of
 from .sources import fingerprint
@@ -234,7 +235,12 @@ def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: 
     outcomes: dict[str, int] = {}
     system_prompt = system_prompt_of(data, c.spec)
     for example in c.examples:
-        full, _ = tokenize_example(example, tokenizer, system_prompt, 10**9, "truncate", end)
+        try:
+            full, _ = tokenize_example(example, tokenizer, system_prompt, 10**9, "truncate", end)
+        except Exception as err:  # jinja2's TemplateError, raised by the template itself
+            if (refused := _template_refused(err, c, example)) is None:
+                raise
+            raise refused from None
         raw_lengths.append(len(full["input_ids"]))
         tokenized, outcome = tokenize_example(example, tokenizer, system_prompt, max_len, data.too_long, end)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -243,6 +249,19 @@ def _tokenize_dataset(c: Collected, data: DataSection, tokenizer: Any, max_len: 
                             "question_hash": leakage.question_hash(example.question), "example": example,
                             "format": c.spec.format, "cot_style": c.spec.cot_style})
     return {**c.info, "tokens_before_fitting": length_stats(raw_lengths, max_len), "fitting": outcomes}
+
+
+def _template_refused(err: Exception, c: Collected, example: Example) -> DataError | None:
+    """A chat template that raises on a row (Mistral's and Llama 2's: 'Conversation roles must alternate
+    user/assistant/...'), in the kit's words with the row; any other error as it was."""
+    from jinja2.exceptions import TemplateError
+
+    if not isinstance(err, TemplateError):
+        return None
+    return DataError(
+        f"{printable(c.spec.source, 200)} row {example.row or '?'}: the model's chat template refuses this row "
+        f"({printable(str(err), 200)}). Merge turns of one role that follow each other into one (two user turns in a "
+        "row, say), or leave the row out; or set model.chat_template to one that takes it (chatml).")
 
 
 def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: int,

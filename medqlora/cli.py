@@ -53,6 +53,8 @@ class _Parser(argparse.ArgumentParser):
         flag = message.removeprefix("argument ").split(":", 1)[0].split("/")[-1]
         given = getattr(self, "_given", [])
         value = given[given.index(flag) + 1] if flag in given[:-1] else ""
+        if message.startswith("unrecognized arguments:"):
+            message += _config_flag_hint(message.split(":", 1)[1].split())
         if message.endswith("expected one argument") and value.startswith("-"):
             joined = shlex.quote(f"{flag}={value}")
             message += (f" (its value {printable(value, 60)} starts with '-', so it reads as a flag): join the value "
@@ -60,8 +62,29 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def _config_flag_hint(unknown: list[str]) -> str:
+    """Flags in the style of other trainers (--max-steps 4, --learning_rate=2e-4) that name a setting of the kit's
+    config: said as the kit's --set."""
+    from .config import KitConfig
+
+    keys = {field: f"{section}.{field}" for section, info in KitConfig.model_fields.items()
+            if isinstance(info.annotation, type) and hasattr(info.annotation, "model_fields")
+            for field in info.annotation.model_fields}
+    found = []
+    for at, arg in enumerate(unknown):
+        name = arg.split("=", 1)[0].lstrip("-").replace("-", "_").lower()
+        if arg.startswith("--") and name in keys:
+            after = unknown[at + 1] if at + 1 < len(unknown) and not unknown[at + 1].startswith("-") else "VALUE"
+            found.append(f"--set {keys[name]}={arg.split('=', 1)[1] if '=' in arg else after}")
+    if not found:
+        return ""
+    return (f". Settings of the config are given with --set: {printable(', '.join(found[:3]), 200)} (or in the YAML "
+            "file given as --config)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
+        allow_abbrev=False,  # '--r 8' is not '--resume 8', nor '--out' '--output-dir': flags are written whole
         prog="medqlora" if Path(sys.argv[0]).name == "medqlora" else "medical_qlora_finetuning.py",
         description="QLoRA fine-tuning of LLMs on medical data (Unsloth on NVIDIA GPUs, Hugging Face elsewhere).",
     )

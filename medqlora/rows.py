@@ -69,7 +69,22 @@ class Example:
             names = [name for name, _ in prompt]
             named = " + ".join(names) if len(names) <= 3 else f"{names[0]} + ... + {names[-1]}"
             joined = ((f"{named} (joined)", "\n\n".join(text for _, text in prompt)),)
-        return prompt + joined + self.joins + (self.answer_texts or (("response", self.response),))
+        answers = self.answer_texts or (("response", self.response),)
+        return prompt + joined + self.joins + answers + _seam(prompt, answers)
+
+
+SEAM_WORDS = 200  # words of the prompt's end and of the reply's start joined (longer than a benchmark question)
+
+
+def _seam(prompt: tuple[tuple[str, str], ...], answers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The end of the prompt and the start of the reply as one text: a question split between them ('Is severe
+    macrosomia manifested at 11-14 weeks' / 'of gestation? Yes.') teaches the model to complete it, and neither
+    side holds it whole."""
+    if not prompt or not answers or not answers[0][1].strip():
+        return ()
+    tail = " ".join(prompt[-1][1].split()[-SEAM_WORDS:])
+    head = " ".join(answers[0][1].split()[:SEAM_WORDS])
+    return ((f"{prompt[-1][0]} + {answers[0][0]} (joined)", f"{tail} {head}"),)
 
 
 # ---------------------------------------------------------------- checking values

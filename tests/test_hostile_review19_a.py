@@ -387,3 +387,34 @@ def test_a_chat_template_that_refuses_a_row_is_named_with_the_row(tiny_model_dir
     assert result.code == 2
     assert_one_message(result.err, f"{rows} row 3: the model's chat template refuses this row (Conversation roles "
                                    "must alternate user/assistant/user/assistant/...). Merge turns of one role")
+
+
+def test_a_question_split_between_prompt_and_reply_is_found():
+    from medqlora.config import DatasetSpec
+    from medqlora.formats import format_instruction
+    from medqlora.leakage import Item
+
+    example = format_instruction({"instruction": "Is severe macrosomia manifested at 11-14 weeks",
+                                  "output": "of gestation? Yes, it is."}, DatasetSpec(source="x.jsonl", format="instruction"))
+    [overlap] = find_overlap([Item("0:mine.jsonl", None, example.question, example.guard_texts(), 1)],
+                             _evaluation(MACROSOMIA))
+    assert overlap.kind == "exact" and overlap.field == "instruction + output (joined)"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--max-steps", "4"], "Settings of the config are given with --set: --set training.max_steps=4"),
+    (["--learning_rate=2e-4"], "--set training.learning_rate=2e-4"),
+    (["--r", "8"], "--set lora.r=8"),
+    (["--max-steps", "4", "--foo"], "--set training.max_steps=4"),
+])
+def test_a_flag_of_other_trainers_is_said_as_the_kits_set(capsys, argv, said):
+    with pytest.raises(SystemExit):
+        run_cli(capsys, ["--mode", "train", *argv])
+    assert said in capsys.readouterr().err
+
+
+def test_a_flag_is_written_whole(capsys):
+    """argparse took '--r 8' for '--resume 8' and '--out x' for '--output-dir x'."""
+    with pytest.raises(SystemExit):
+        run_cli(capsys, ["--mode", "train", "--out", "x"])
+    assert "unrecognized arguments: --out x" in capsys.readouterr().err

@@ -45,7 +45,10 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
         trained = trained.model_copy(update={"name": cfg.model.name})
         gone = False
     elif trained.name != cfg.model.name:
-        say(f"using base model {printable(trained.name)}, the one this adapter was trained on")
+        say(f"using base model {printable(trained.name)}, the one this adapter was trained on (its run's "
+            f"config.yaml), not model.name {printable(cfg.model.name)}: an adapter of a run is loaded onto its own "
+            "base. To load it onto another model, copy the adapter folder out of its run folder and give the copy "
+            "(an adapter from outside the kit's runs is loaded onto model.name)")
     changed, source = model_files.changed_since_training(run_folder)
     if gone:
         say(f"warning: the base model folder {printable(trained.name)} this adapter was trained on is gone (moved or "

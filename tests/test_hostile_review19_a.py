@@ -418,3 +418,15 @@ def test_a_flag_is_written_whole(capsys):
     with pytest.raises(SystemExit):
         run_cli(capsys, ["--mode", "train", "--out", "x"])
     assert "unrecognized arguments: --out x" in capsys.readouterr().err
+
+
+def test_a_model_name_set_aside_for_the_runs_own_base_is_said(tiny_model_dir, tmp_path, capsys,
+                                                              trained):  # noqa: F811
+    import shutil
+
+    other = Path(shutil.copytree(tiny_model_dir, tmp_path / "other-base"))
+    result = run_cli(capsys, ["--mode", "test", "--dry-run", "--adapter", str(trained), "--set",
+                              f"model.name={other}"])
+    assert result.code == 0, result.err[-2000:]
+    assert f"the one this adapter was trained on (its run's config.yaml), not model.name {other}: an adapter of a " \
+           "run is loaded onto its own base" in result.out + result.err

@@ -27,10 +27,12 @@ def system_kept(tokenizer: Any, system: str) -> bool:
 
 def with_system(tokenizer: Any, system: str | None, messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """``messages`` with ``system`` first: as a system turn where the template keeps it, else folded into the
-    start of the first message (None or '': the messages as they are)."""
+    start of the first user message (None or '': the messages as they are)."""
     if not system:
         return messages
     if system_kept(tokenizer, system):
         return [{"role": "system", "content": system}, *messages]
-    first, rest = messages[0], messages[1:]
-    return [{"role": first["role"], "content": f"{system}\n\n{first['content']}"}, *rest]
+    # into the first user turn: a conversation the assistant opens (a greeting) keeps its greeting as written
+    at = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
+    folded = {"role": messages[at]["role"], "content": f"{system}\n\n{messages[at]['content']}"}
+    return [*messages[:at], folded, *messages[at + 1:]]

@@ -386,7 +386,8 @@ def test_a_chat_template_that_refuses_a_row_is_named_with_the_row(tiny_model_dir
     result = run_cli(capsys, argv)
     assert result.code == 2
     assert_one_message(result.err, f"{rows} row 3: the model's chat template refuses this row (Conversation roles "
-                                   "must alternate user/assistant/user/assistant/...). Merge turns of one role")
+                                   "must alternate user/assistant/user/assistant/...). Make its turns follow the "
+                                   "template's rule")
 
 
 def test_a_question_split_between_prompt_and_reply_is_found():
@@ -430,3 +431,38 @@ def test_a_model_name_set_aside_for_the_runs_own_base_is_said(tiny_model_dir, tm
     assert result.code == 0, result.err[-2000:]
     assert f"the one this adapter was trained on (its run's config.yaml), not model.name {other}: an adapter of a " \
            "run is loaded onto its own base" in result.out + result.err
+
+
+def test_a_conversation_the_assistant_opens_trains_on_the_replies_to_user_turns(tiny_model_dir):
+    """An assistant greeting before the first user turn: 'Cannot apply chat template to an empty conversation'
+    (exit 1); and a system prompt folded into the greeting for templates without a system role."""
+    from transformers import AutoTokenizer
+
+    from medqlora.data.tokenize import IGNORE_INDEX, _tokenize_chat
+    from medqlora.rows import Example
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    turns = (("assistant", "Hello, how can I help?"), ("user", "What is fever?"), ("assistant", "A raised temperature."))
+    example = Example(prompt="What is fever?", response="A raised temperature.", turns=turns)
+    for system in (None, "Be careful."):
+        tokenized, _ = _tokenize_chat(example, tokenizer, system, 512, "truncate", "<|im_end|>\n")
+        learned = tokenizer.decode([t for t, label in zip(tokenized["input_ids"], tokenized["labels"])
+                                    if label != IGNORE_INDEX])
+        assert "A raised temperature." in learned and "Hello" not in learned
+        assert "Hello, how can I help?" in tokenizer.decode(tokenized["input_ids"])
+
+
+def test_a_system_prompt_is_folded_into_the_first_user_turn():
+    from medqlora.system_turn import with_system
+
+    class NoSystemRole:
+        chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+        def apply_chat_template(self, messages, **_):
+            if any(m["role"] == "system" for m in messages):
+                raise ValueError("no system role")
+            return "".join(m["content"] for m in messages)
+
+    messages = [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Fever?"}]
+    assert with_system(NoSystemRole(), "Be careful.", messages) == [
+        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Be careful.\n\nFever?"}]

@@ -95,14 +95,14 @@ def _later_system_turns_folded(tokenizer: Any, messages: list[dict[str, str]]) -
 
 
 def _chat_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]] | None:
-    """The conversation's text in pieces, (text, learned): each assistant reply with its turn end is learned,
-    everything between is not. None when the template does not render a conversation as the concatenation of
+    """The conversation's text in pieces, (text, learned): each assistant reply to a user turn with its turn end is
+    learned, everything between is not. None when the template does not render a conversation as the concatenation of
     its prefixes (one that rewrites earlier replies, say): then only the last reply is learned."""
     pieces: list[tuple[str, bool]] = []
     rendered = ""
     for k, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
+        if message["role"] != "assistant" or not any(m["role"] == "user" for m in messages[:k]):
+            continue  # an assistant turn that opens the conversation (a greeting) is context, not learned
         prefix = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
         whole = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
         reply = whole[len(prefix):]  # the reply as the template writes it, with its turn end
@@ -260,8 +260,9 @@ def _template_refused(err: Exception, c: Collected, example: Example) -> DataErr
         return None
     return DataError(
         f"{printable(c.spec.source, 200)} row {example.row or '?'}: the model's chat template refuses this row "
-        f"({printable(str(err), 200)}). Merge turns of one role that follow each other into one (two user turns in a "
-        "row, say), or leave the row out; or set model.chat_template to one that takes it (chatml).")
+        f"({printable(str(err), 200)}). Make its turns follow the template's rule (two user turns in a row merged "
+        "into one; the conversation opened by a user turn, after any system turn), or leave the row out; or set "
+        "model.chat_template to one that takes it (chatml).")
 
 
 def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: int,

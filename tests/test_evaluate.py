@@ -173,9 +173,9 @@ def test_full_mode_on_medical_o1_reports_cot_and_perplexity(tiny_model_dir, tmp_
     rows.write_text("".join(json.dumps({"Question": f"Patient {i} has anaemia. Cause?", "Complex_CoT": "Think.",
                                         "Response": "Iron deficiency."}) + "\n" for i in range(12)))
     argv = ["--mode", "full"]
-    for item in tiny_overrides(tiny_model_dir, tmp_path / "out") + [
-        f"data.datasets=[{{source: {rows}, format: medical_o1}}]", "data.val_ratio=0.25", "eval.benchmarks=[]",
-        "eval.max_new_tokens=12", "output.run_name=o1"]:
+    for item in tiny_overrides(tiny_model_dir, tmp_path / "out", **{
+            "data.datasets": f"[{{source: {rows}, format: medical_o1}}]", "data.val_ratio": "0.25",
+            "eval.benchmarks": "[]", "eval.max_new_tokens": "12", "output.run_name": "o1"}):
         argv += ["--set", item]
     assert main(argv) == 0
     run = tmp_path / "out" / "o1"

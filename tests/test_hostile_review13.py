@@ -22,9 +22,9 @@ def test_a_training_folder_holding_a_held_out_split_is_refused_naming_the_file(t
     (folder / held_out).parent.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text(_rows(5, "train"))
     (folder / held_out).write_text(_rows(3, "held-out"))
-    for split in ([], ["--set", "data.datasets.0.split=train"]):
-        code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run", *split, **{
-            "data.datasets": f"[{{source: {folder}, format: instruction}}]"}))
+    for split in ("", ", split: train"):
+        code = main(kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run", **{
+            "data.datasets": f"[{{source: {folder}, format: instruction{split}}}]"}))
         err = capsys.readouterr().err
         assert code == 2 and "holds files named as a held-out split" in err and held_out in err, err
         assert "data.datasets.0" in err and "Traceback" not in err

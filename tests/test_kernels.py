@@ -184,11 +184,11 @@ def test_a_liger_run_records_its_kernels_and_learns_as_without_them(monkeypatch,
 
 
 def test_auto_on_the_cpu_trains_exactly_as_none(tiny_model_dir, tmp_path):
-    for setting in ("auto", "none"):
-        assert run_tiny(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": setting,
+    for setting in ("auto", "none"):  # ('none' is no run name: --adapter none means the base model)
+        assert run_tiny(tiny_model_dir, tmp_path, "--mode", "train", **{"output.run_name": f"kernels-{setting}",
                                                                          "training.kernels": setting}) == 0
-    assert losses(tmp_path / "auto") == losses(tmp_path / "none")
-    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert losses(tmp_path / "kernels-auto") == losses(tmp_path / "kernels-none")
+    manifest = json.loads((tmp_path / "kernels-auto" / "manifest.json").read_text())
     on_the_cpu = "none: Liger Kernel's Triton kernels need an NVIDIA GPU and this run trains on the CPU"
     assert manifest["runtime"]["kernels"] == [on_the_cpu]
 

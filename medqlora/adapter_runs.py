@@ -21,6 +21,7 @@ from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
 from .run_commands import on_run, recorded_resume_command
+from .run_files import manifest_value
 from .run_lock import lock_holder
 from .runs import Files, RunDir, latest_run_with_adapter
 from .secrets import printable, redact, slug
@@ -72,13 +73,7 @@ def _base_folder_gone(name: str) -> bool:
 def _same_weights(run_folder: Path, name: str) -> bool:
     """Whether the local model folder ``name`` holds the weight files the run recorded when it trained."""
     folder = Path(name).expanduser()
-    if not folder.is_dir():
-        return False
-    try:
-        manifest = json.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    recorded = manifest.get(model_files.MANIFEST_KEY) if isinstance(manifest, dict) else None
+    recorded = manifest_value(run_folder, model_files.MANIFEST_KEY) if folder.is_dir() else None
     return bool(recorded) and not model_files.changed_files(recorded, str(folder))
 
 
@@ -93,11 +88,7 @@ def _note_run_without_config(adapter: Path) -> None:
     manifest = run / Files.MANIFEST
     if manifest.is_symlink() or not manifest.is_file() or (run / Files.CONFIG).exists():
         return
-    try:
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and "kit_version" in record:
+    if manifest_value(run, "kit_version") is not None:
         say(f"warning: {printable(run)} holds the manifest.json of a kit run but no config.yaml (copied without it?): "
             "the system prompt, prompt templates and base model it was trained with cannot be read, so this "
             "command's are used, and its prompts may not be written as it was trained. Copy the run's config.yaml "

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import adapters, data, model_files
+from . import adapters, data, model_files, run_files
 from .checkpoint_files import check_checkpoint, checkpoint_folders, step_of
 from .config import KitConfig, load_config
 from .errors import ConfigError, ModelError
@@ -106,10 +106,7 @@ def recorded_settings(run: RunDir, key: str = "trained_settings") -> dict[str, A
 
 def manifest_value(run: RunDir, key: str) -> Any:
     """One field of the run's manifest.json (None: no manifest, not JSON, or no such field)."""
-    try:
-        return json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+    return run_files.manifest_value(run.path, key)
 
 
 def _status(run: RunDir) -> str | None:

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from .config.base import PATH_SHOWN
-from .run_files import Files
+from .run_files import Files, manifest_value
 from .secrets import printable
 
 KIT = "python medical_qlora_finetuning.py"
@@ -48,12 +48,7 @@ def resume_command(run: str | os.PathLike) -> str:
 def recorded_resume_command(run: str | os.PathLike) -> str:
     """The command line that continues the run ``run`` in the mode its manifest.json records it was run in (full or
     train; train where none is recorded)."""
-    import json
-
-    try:
-        command = json.loads((Path(run) / Files.MANIFEST).read_text(encoding="utf-8")).get("command")
-    except (OSError, ValueError, AttributeError):
-        command = None
+    command = manifest_value(run, "command")
     mode = "train"
     if isinstance(command, list):
         words = [str(word) for word in command]

@@ -4,6 +4,10 @@ adapters.py (CONFIG_NAME, WEIGHTS_NAME), the adapter boundary."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class Files:
     """The name of every file and folder the kit writes in a run folder."""
@@ -60,3 +64,11 @@ class Files:
         names += list(cls.LM_EVAL_FILES) if evaluated and lm_eval else []
         names += {"grpo": list(cls.GRPO_FILES), "dpo": [cls.REWARD_CURVES], "orpo": [cls.REWARD_CURVES]}.get(method, [])
         return ", ".join(names)
+
+
+def manifest_value(run_folder: str | Path, key: str) -> Any:
+    """One field of a run folder's manifest.json (None: no manifest, not JSON, or no such field)."""
+    try:
+        return json.loads((Path(run_folder) / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None

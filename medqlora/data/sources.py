@@ -55,11 +55,15 @@ def resolve_local(source: str) -> Path | None:
 _NOTED: set[str] = set()
 
 
+def _is_kits_own(found: Path, kits: Path) -> bool:
+    """Whether the working folder's file is the kit's own file of that name (the kit run from its own folder)."""
+    return kits.exists() and os.path.samefile(found, kits)
+
+
 def _note_two_files(source: str, found: Path, kits: Path) -> None:
     """A relative source found in the working folder that also names another file shipped with the kit (a run's
     config.yaml names the kit's files relative, for any machine): which one is read is said, once."""
-    if source in _NOTED or found == kits or source.startswith("./") or not kits.exists() or os.path.samefile(found,
-                                                                                                             kits):
+    if source in _NOTED or found == kits or source.startswith("./") or not kits.exists() or _is_kits_own(found, kits):
         return
     _NOTED.add(source)
     from ..messages import say
@@ -78,8 +82,7 @@ def anchored(source: str) -> str:
         here = Path.cwd() / named
         if named.is_absolute() or not here.exists():
             return source
-        kits = KIT_ROOT / named
-        if kits.exists() and os.path.samefile(here, kits):  # run from the kit's folder: its own file, portable
+        if _is_kits_own(here, KIT_ROOT / named):  # run from the kit's folder: its own file, portable
             return source
     except (OSError, ValueError):
         return source

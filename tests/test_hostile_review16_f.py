@@ -170,3 +170,38 @@ def test_the_shipped_medmcqa_sets_score_each_question_once():
     assert (len(dev), duplicates_of(dev)) == (2806, 8)  # 2816 rows: 8 repeats, and one question given two answers
     assert {"ee904a2e-7494-46ef-b976-22be596ed44f", "f4ea9cd2-e0a7-41e2-ab75-fe54a8bee24e"}.isdisjoint(
         item.uid for item in dev)
+
+
+# ---------------------------------------------------------------- duplicate PubMedQA and chain-of-thought items
+
+def _pubmedqa_row(pubid: str, question: str, decision: str) -> dict:
+    return {"pubid": pubid, "question": question, "context": {"contexts": [f"An abstract about {question}"]},
+            "final_decision": decision, "long_answer": "Because."}
+
+
+def test_a_pubmedqa_test_question_given_twice_is_scored_once(tmp_path, capsys):
+    first, second = sorted(data.pubmedqa_test_ids())[:2]
+    rows = [_pubmedqa_row(first, "Does aspirin help?", "yes"), _pubmedqa_row(second, "Is rest enough?", "no"),
+            _pubmedqa_row(first, "does ASPIRIN help", "yes")]  # the first row again, case and punctuation aside
+    items = load_items(BenchmarkSpec(name="p", kind="pubmedqa", source=str(_jsonl(tmp_path / "p.jsonl", rows))), 0)
+    assert [(item.uid, item.copies) for item in items] == [(first, 2), (second, 1)]
+    assert duplicates_of(items) == 1
+
+
+def test_a_pubmedqa_test_question_given_two_answers_is_left_out_naming_both_rows(tmp_path, capsys):
+    first, second = sorted(data.pubmedqa_test_ids())[:2]
+    bench = _jsonl(tmp_path / "p.jsonl", [_pubmedqa_row(first, "Does aspirin help?", "yes"),
+                                          _pubmedqa_row(second, "Is rest enough?", "no"),
+                                          _pubmedqa_row(first, "Does aspirin help?", "maybe")])
+    items = load_items(BenchmarkSpec(name="p", kind="pubmedqa", source=str(bench)), 0)
+    assert [item.uid for item in items] == [second]
+    assert (f"{bench} row 1 (id {first}) and {bench} row 3 (id {first}) hold the same question but different answers "
+            "(yes vs maybe)") in capsys.readouterr().out
+
+
+def test_a_chain_of_thought_question_given_twice_is_scored_once_whatever_its_references_say(tmp_path):
+    rows = [{"Question": "Why does a fever rise?", "Complex_CoT": "Pyrogens.", "Response": "Prostaglandin E2."},
+            {"Question": "What lowers a fever?", "Complex_CoT": "Drugs.", "Response": "Paracetamol."},
+            {"Question": "Why does a FEVER rise", "Complex_CoT": "Set point.", "Response": "The hypothalamus."}]
+    items = load_items(BenchmarkSpec(name="c", kind="cot", source=str(_jsonl(tmp_path / "c.jsonl", rows))), 0)
+    assert [(item.gold.endswith("Prostaglandin E2."), item.copies) for item in items] == [(True, 2), (False, 1)]

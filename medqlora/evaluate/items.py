@@ -98,13 +98,13 @@ def _pubmedqa_items(bench: BenchmarkSpec) -> list[EvalItem]:
     spec = DatasetSpec(source=source, format="pubmedqa", subset=bench.subset,
                        split=_split(bench), long_answer=False, columns=bench.columns)
     test_ids = pubmedqa_test_ids()
-    items = []
-    for example in format_rows(spec, load_rows(spec)):  # every row checked, bad ones named by file and row
-        if example.uid in test_ids:
-            items.append(EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS, format="pubmedqa"))
-    if not items:
+    rows = load_rows(spec)
+    found = [EvalItem(example.uid, example, example.response, PUBMEDQA_LABELS, format="pubmedqa")
+             for example in format_rows(spec, rows)  # every row checked, bad ones named by file and row
+             if example.uid in test_ids]
+    if not found:
         raise DataError(f"Benchmark '{bench.name}': no PubMedQA official test questions found in {source}.")
-    return sorted(items, key=lambda item: item.uid)
+    return sorted(_scored_once(bench.name, found, spec, rows), key=lambda item: item.uid)
 
 
 def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
@@ -113,26 +113,38 @@ def _multiple_choice_items(bench: BenchmarkSpec) -> list[EvalItem]:
     spec = DatasetSpec(source=bench.source, format="multiple_choice", subset=bench.subset, split=_split(bench),
                        columns=bench.columns)
     rows = load_rows(spec)
-    groups: dict[tuple, list[EvalItem]] = {}  # rows holding one item: a duplicate is scored once, with the first
+    items = []
     for number, (row, example) in enumerate(zip(rows, format_rows(spec, rows), strict=True), start=1):
         options = mc_options(row, spec)  # checked by format_rows already
-        item = EvalItem(example.uid or str(number), example, example.response.split(".", 1)[0], sorted(options),
-                        dict(options), format="multiple_choice")
+        items.append(EvalItem(example.uid or str(number), example, example.response.split(".", 1)[0],
+                              sorted(options), dict(options), format="multiple_choice"))
+    return _scored_once(bench.name, items, spec, rows)
+
+
+def _scored_once(name: str, found: list[EvalItem], spec: DatasetSpec, rows: list, answers_agree: bool = True
+                 ) -> list[EvalItem]:
+    """Each item of a benchmark once, with its first row (the copies counted): rows that repeat an item would weigh
+    it twice in the score. With ``answers_agree``, rows of one item that give different answers are left out
+    (said, naming them): one of them would be scored wrong whatever the model answers."""
+    groups: dict[tuple, list[EvalItem]] = {}
+    for item in found:
         groups.setdefault(_key_of(item), []).append(item)
-    contradicting = [group for group in groups.values() if len({item.gold for item in group}) > 1]
+    contradicting = [group for group in groups.values() if answers_agree and len({item.gold for item in group}) > 1]
     items = []
     for group in groups.values():
-        if len({item.gold for item in group}) == 1:
+        if not answers_agree or len({item.gold for item in group}) == 1:
             group[0].copies = len(group)
             items.append(group[0])
     if contradicting:
-        _leave_out_contradictions(bench.name, contradicting, len(items), spec, rows)
+        _leave_out_contradictions(name, contradicting, len(items), spec, rows)
     return items
 
 
 def _key_of(item: EvalItem) -> tuple:
-    """The question and its lettered options, as the leakage guard normalises text: the same key, the same item."""
-    return (normalize(item.example.question), *((o, normalize(text)) for o, text in sorted(item.option_texts.items())))
+    """The question (with its context, where the prompt has one) and its lettered options, as the leakage guard
+    normalises text: the same key, the same item."""
+    return (normalize(item.example.question), normalize(item.example.context or ""),
+            *((o, normalize(text)) for o, text in sorted(item.option_texts.items())))
 
 
 def _leave_out_contradictions(name: str, groups: list[list[EvalItem]], kept: int, spec: DatasetSpec,
@@ -147,7 +159,8 @@ def _leave_out_contradictions(name: str, groups: list[list[EvalItem]], kept: int
         return named + (f" (id {printable(item.example.uid, 40)})" if item.example.uid else "")
 
     first = groups[0]
-    said = (f"{' and '.join(where(item) for item in first[:3])} hold the same question with the same options but "
+    options = " with the same options" if first[0].option_texts else ""
+    said = (f"{' and '.join(where(item) for item in first[:3])} hold the same question{options} but "
             f"different answers ({' vs '.join(item.gold for item in first[:3])})")
     if not kept:
         raise DataError(f"Benchmark '{printable(name, 80)}': {said}: the benchmark contradicts itself, and no item "
@@ -167,7 +180,9 @@ def _cot_items(bench: BenchmarkSpec) -> list[EvalItem]:
         raise DataError(f"Benchmark '{bench.name}': cot needs a source of medical-o1 rows (Question, Complex_CoT, Response).")
     spec = DatasetSpec(source=bench.source, format="medical_o1", subset=bench.subset, split=_split(bench),
                        cot_style=bench.cot_style, columns=bench.columns)
-    return cot_items_from(format_rows(spec, load_rows(spec)), 10**9)
+    rows = load_rows(spec)
+    # a question asked twice is scored once; its rows' reference answers may be worded apart, not a contradiction
+    return _scored_once(bench.name, cot_items_from(format_rows(spec, rows), 10**9), spec, rows, answers_agree=False)
 
 
 # How each benchmark kind of formats.BENCHMARK_KINDS reads its items (tests/test_formats.py checks both agree).

@@ -62,24 +62,66 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _config_flag_hint(unknown: list[str]) -> str:
-    """Flags in the style of other trainers (--max-steps 4, --learning_rate=2e-4) that name a setting of the kit's
-    config: said as the kit's --set."""
-    from .config import KitConfig
+# Flags of other trainers (Hugging Face's Trainer and TRL's scripts, axolotl, LLaMA-Factory, Unsloth's notebooks)
+# that name a setting of the kit under another name: the setting, or the kit's own flag.
+OTHER_TRAINERS_FLAGS = {
+    "lr": "training.learning_rate", "epochs": "training.num_epochs", "num_train_epochs": "training.num_epochs",
+    "batch_size": "training.micro_batch_size", "per_device_train_batch_size": "training.micro_batch_size",
+    "grad_accum": "training.gradient_accumulation_steps", "lora_r": "lora.r", "rank": "lora.r",
+    "lora_rank": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "max_seq_len": "model.max_seq_length", "seq_len": "model.max_seq_length", "max_length": "model.max_seq_length",
+    "sequence_len": "model.max_seq_length", "cutoff_len": "model.max_seq_length",
+    "model_name": "model.name", "model_name_or_path": "model.name", "base_model": "model.name", "model": "model.name",
+    "optim": "training.optimizer", "warmup": "training.warmup_ratio", "lr_scheduler_type": "training.lr_scheduler",
+    "per_device_eval_batch_size": "eval.batch_size", "run_name": "output.run_name",
+    "hub_model_id": "export.push_to_hub", "dataset": "data.datasets", "dataset_name": "data.datasets",
+    "train_file": "data.datasets", "data_path": "data.datasets", "bf16": "model.dtype", "fp16": "model.dtype",
+    "output_dir": "--output-dir", "resume_from_checkpoint": "--resume", "do_train": "--mode", "do_eval": "--mode",
+}
+# The value a flag without one means, where the setting takes another word.
+FLAG_VALUES = {"bf16": "bf16", "fp16": "fp16", "do_train": "train", "do_eval": "eval"}
+SECTIONS_FIRST = ("training", "model", "lora")  # a field name in several sections: the one a trainer's flag means
 
-    keys = {field: f"{section}.{field}" for section, info in KitConfig.model_fields.items()
-            if isinstance(info.annotation, type) and hasattr(info.annotation, "model_fields")
-            for field in info.annotation.model_fields}
+
+def _config_flag_hint(unknown: list[str]) -> str:
+    """Flags in the style of other trainers (--max-steps 4, --learning_rate=2e-4, --num_train_epochs 3) that name a
+    setting of the kit's config, said as the kit's --set; a kit flag spelt with '_' (--output_dir), said as the flag."""
     found = []
     for at, arg in enumerate(unknown):
+        if not arg.startswith("--"):
+            continue
         name = arg.split("=", 1)[0].lstrip("-").replace("-", "_").lower()
-        if arg.startswith("--") and name in keys:
-            after = unknown[at + 1] if at + 1 < len(unknown) and not unknown[at + 1].startswith("-") else "VALUE"
-            found.append(f"--set {keys[name]}={arg.split('=', 1)[1] if '=' in arg else after}")
+        value = (arg.split("=", 1)[1] if "=" in arg else unknown[at + 1]
+                 if at + 1 < len(unknown) and not unknown[at + 1].startswith("-") else FLAG_VALUES.get(name, "VALUE"))
+        target = OTHER_TRAINERS_FLAGS.get(name) or _config_keys().get(name)
+        if f"--{name.replace('_', '-')}" in _KIT_FLAGS or (target or "").startswith("--"):
+            flag = target if (target or "").startswith("--") else f"--{name.replace('_', '-')}"
+            found.append(f"{flag} {value}" if value != "VALUE" or flag in _VALUED_FLAGS else flag)
+        elif target == "data.datasets":
+            found.append(f"--set 'data.datasets=[{{source: {value}, format: FORMAT}}]'")
+        elif target:
+            found.append(f"--set {target}={value}")
     if not found:
         return ""
-    return (f". Settings of the config are given with --set: {printable(', '.join(found[:3]), 200)} (or in the YAML "
-            "file given as --config)")
+    return (f". The kit's way: {printable(', '.join(found[:3]), 240)} (settings of the config are given with --set, "
+            "or in the YAML file given as --config; python medical_qlora_finetuning.py --help lists the flags)")
+
+
+def _config_keys() -> dict[str, str]:
+    """Each field name of the config's sections, as its dotted key (a name in several sections: SECTIONS_FIRST's)."""
+    from .config import KitConfig
+
+    sections = sorted(KitConfig.model_fields.items(), key=lambda item: item[0] not in SECTIONS_FIRST)
+    keys: dict[str, str] = {}
+    for section, info in sections:
+        for field in getattr(info.annotation, "model_fields", {}):
+            keys.setdefault(field, f"{section}.{field}")
+    return keys
+
+
+_KIT_FLAGS = ("--mode", "--config", "--set", "--output-dir", "--adapter", "--resume", "--no-baseline", "--prompt",
+              "--dry-run")
+_VALUED_FLAGS = ("--mode", "--config", "--set", "--output-dir", "--adapter", "--resume", "--prompt")
 
 
 def parser() -> argparse.ArgumentParser:

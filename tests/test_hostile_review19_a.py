@@ -403,7 +403,22 @@ def test_a_question_split_between_prompt_and_reply_is_found():
 
 
 @pytest.mark.parametrize("argv, said", [
-    (["--max-steps", "4"], "Settings of the config are given with --set: --set training.max_steps=4"),
+    (["--max-steps", "4"], "unrecognized arguments: --max-steps 4. The kit's way: --set training.max_steps=4 "
+                           "(settings of the config are given with --set"),
+    # Hugging Face's Trainer, axolotl and LLaMA-Factory spell settings their own way
+    (["--num_train_epochs", "3"], "The kit's way: --set training.num_epochs=3 "),
+    (["--per_device_train_batch_size=2"], "The kit's way: --set training.micro_batch_size=2 "),
+    (["--batch_size", "2"], "The kit's way: --set training.micro_batch_size=2 "),
+    (["--model_name_or_path", "/m"], "The kit's way: --set model.name=/m "),
+    (["--lr", "1e-4"], "The kit's way: --set training.learning_rate=1e-4 "),
+    (["--cutoff_len", "512"], "The kit's way: --set model.max_seq_length=512 "),
+    (["--bf16"], "The kit's way: --set model.dtype=bf16 "),
+    (["--dataset_name", "mine.jsonl"], "The kit's way: --set 'data.datasets=[{source: mine.jsonl, format: FORMAT}]' "),
+    # the kit's own flags spelt with '_', and the Trainer's names for them
+    (["--output_dir", "/tmp/x"], "unrecognized arguments: --output_dir /tmp/x. The kit's way: --output-dir /tmp/x "),
+    (["--dry_run"], "The kit's way: --dry-run "),
+    (["--resume_from_checkpoint", "out/run"], "The kit's way: --resume out/run "),
+    (["--do_eval"], "The kit's way: --mode eval "),
     (["--learning_rate=2e-4"], "--set training.learning_rate=2e-4"),
     (["--r", "8"], "--set lora.r=8"),
     (["--max-steps", "4", "--foo"], "--set training.max_steps=4"),

@@ -152,9 +152,11 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     else:
         folder = traced_link(adapters.locate(adapter_arg, flag), flag)
         if folder.name == Files.ADAPTER and (stopped := stopped_during_training(folder.parent)):
+            finish = finishing_command(folder.parent)
             say(f"warning: {flag} {printable(folder.parent)}: its training stopped before its end ({stopped}), so "
-                "its adapter is the one trained so far, not a finished run's (to finish it: "
-                f"{recorded_resume_command(folder.parent)})")
+                "its adapter is the one trained so far, not a finished run's (" +
+                (f"to finish it: {finish})" if finish else f"{NO_CHECKPOINT}: train it again as a new run to finish "
+                 "its training)"))
     adapter = adapters.find(folder)
     if (run := unrecorded_weights(adapter.folder)) is not None:
         say(f"note: {printable(adapter.folder)} holds other weights than the ones the run {printable(run)} saved "
@@ -219,10 +221,23 @@ def check_latest_finished(adapter: Path, flag: str) -> None:
         say(f"warning: --adapter latest is {run}, whose training stopped before its end ({stopped}): its adapter "
             "is the one trained so far")
         return
-    finish = recorded_resume_command(adapter.parent)
+    finish = finishing_command(adapter.parent)
+    first = (f"Finish it first ({finish})" if finish else
+             f"It has {NO_CHECKPOINT}: train it again as a new run first")
     raise ModelError(f"{flag} latest: the newest run with an adapter, {run}, stopped before its training ended "
-                     f"({stopped}), so its adapter is half-trained. Finish it first ({finish}), "
+                     f"({stopped}), so its adapter is half-trained. {first}, "
                      f"or set {flag} to {run} to start from that adapter as it is.")
+
+
+NO_CHECKPOINT = "no checkpoint to continue from (it stopped before its first one, training.save_steps)"
+
+
+def finishing_command(run_folder: Path) -> str | None:
+    """The command that finishes a run whose training stopped (its --resume), or None where it has no checkpoint
+    to continue from (--resume would refuse it)."""
+    from .resume import latest_checkpoint
+
+    return recorded_resume_command(run_folder) if latest_checkpoint(RunDir(run_folder)) is not None else None
 
 
 def stopped_during_training(run_folder: Path) -> str | None:

@@ -163,8 +163,11 @@ def _summary_line(report: dict[str, Any]) -> str:
 
 def left_for_export_mode(cfg: KitConfig, mode: str) -> str | None:
     """Export settings given to a mode that exports nothing (train, full): what happens to them, or None."""
-    chosen = sorted({"formats", "push_to_hub"} & cfg.export.model_fields_set)
-    if mode not in ("train", "full") or not chosen or (chosen == ["push_to_hub"] and not cfg.export.push_to_hub):
+    defaults = type(cfg.export)()
+    # a value other than the default (a run folder's config.yaml writes every default, push_to_hub: null included)
+    chosen = [name for name in ("formats", "push_to_hub")
+              if name in cfg.export.model_fields_set and getattr(cfg.export, name) != getattr(defaults, name)]
+    if mode not in ("train", "full") or not chosen:
         return None
     named = " and ".join(f"export.{name}" for name in chosen)
     return (f"{named} {'is' if len(chosen) == 1 else 'are'} for --mode export: --mode {mode} trains and saves the "

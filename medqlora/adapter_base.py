@@ -130,6 +130,31 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
         if got != expected:
             raise refuse(f"{printable(module, 120)} is {got[0]} -> {got[1]} features in the adapter and "
                          f"{expected[0]} -> {expected[1]} in the base model")
+    if features:
+        check_complete(adapter, features)
+
+
+def check_complete(adapter: ValidAdapter, features: dict[str, tuple[int, int]]) -> None:
+    """Every module of the base model that the adapter's target_modules names holds its LoRA pair in the weights
+    file (a partial copy, layers deleted): PEFT would put freshly made values in the missing ones' place. Checked
+    where the targets are plain names over every layer (no layers_to_transform, exclude_modules or regex)."""
+    config = adapter.config
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or any(config.get(k) for k in ("layers_to_transform", "exclude_modules",
+                                                                    "target_parameters")):
+        return
+    held = set(lora_modules(adapter.shapes))
+    # the stacks of layers the adapter holds modules of (a multimodal model's vision tower may be left out by design)
+    stacks = {m.split(".layers.", 1)[0] for m in held if ".layers." in m}
+    missing = [name for name in features if name.rsplit(".", 1)[-1] in targets and ".layers." in name
+               and _same_name(name.split(".layers.", 1)[0], stacks)
+               and not _same_name(name, held)]
+    if missing:
+        raise ModelError(
+            f"The adapter in {printable(adapter.folder)} is incomplete: its weights file lacks the LoRA matrices of "
+            f"{len(missing)} of the {len(missing) + len(held)} modules its {CONFIG_NAME} targets in the base model "
+            f"(e.g. {printable(missing[0], 120)}). Loading it would put freshly made values in their place. Copy the "
+            "whole adapter again, or train it again.")
 
 
 def check_layers(adapter: ValidAdapter, base: dict[str, Any]) -> None:
@@ -144,6 +169,11 @@ def check_layers(adapter: ValidAdapter, base: dict[str, Any]) -> None:
                          f"layer{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:8]))}, which the base model lacks (it has {count} "
                          f"layers, 0-{count - 1}). Set layers_to_transform to the layers the adapter was trained on, "
                          "or remove it (every layer).")
+
+
+def _same_name(name: str, names: set[str]) -> bool:
+    """Whether ``name`` is one of ``names``, a name being the same with or without a leading wrapper's path."""
+    return any(n == name or n.endswith(f".{name}") or name.endswith(f".{n}") for n in names)
 
 
 def _lookup(module: str, features: dict[str, tuple[int, int]]) -> tuple[int, int] | None:

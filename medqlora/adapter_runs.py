@@ -168,6 +168,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     model = trained_model(adapter.folder, cfg)
     source = backends.config_source(model.name)
     adapter_base.check_base(adapter, model.name, source, model.trust_remote_code)
+    adapters.check_finite(adapter.folder)  # read from its safetensors: --dry-run refuses what the run would
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
@@ -339,7 +340,6 @@ def _started_from(adapter: Path, cfg: KitConfig) -> KitConfig:
     if trained.name != cfg.model.name:
         raise ModelError(f"training.init_adapter {printable(adapter)} was trained on {printable(trained.name)}, not on "
                          f"model.name {printable(cfg.model.name)}: set model.name to the model it was trained on.")
-    adapters.check_finite(adapter)
     say(f"starting from the adapter of {printable(adapter)} (training.init_adapter)")
     gap = inherited_training_items(adapter)[1]
     if gap:

@@ -98,3 +98,90 @@ def test_init_adapter_latest_of_a_run_stopped_before_its_first_checkpoint_is_not
         assert "--resume" not in message
         assert "It has no checkpoint to continue from (it stopped before its first one, training.save_steps): train " \
                "it again as a new run first" in message
+
+
+# ---------------------------------------------------------------- adapters a dry run refuses as the run does
+
+def _damaged_copy(lora_folder: Path, tmp_path: Path, damage: str) -> Path:
+    """A copy of a whole adapter with half its modules' matrices left out, or one weight NaN."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(lora_folder, tmp_path / damage))
+    weights = load_file(folder / "adapter_model.safetensors")
+    if damage == "partial":
+        weights = {key: value for key, value in weights.items() if ".layers.1." not in key}
+    else:
+        key = sorted(weights)[0]
+        weights[key] = weights[key].clone()
+        weights[key].view(-1)[0] = float("nan")
+    save_file(weights, folder / "adapter_model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    ("partial", "is incomplete: its weights file lacks the LoRA matrices of 2 of the 4 modules its "
+                "adapter_config.json targets in the base model (e.g. model.layers.1.self_attn.q_proj)"),
+    ("nan", "holds NaN or infinite weights (1 tensors")])
+@pytest.mark.parametrize("given", ["--adapter", "training.init_adapter"])
+def test_the_dry_run_refuses_an_incomplete_or_non_finite_adapter_as_the_run_does(tiny_model_dir, lora_folder,
+                                                                                tmp_path, capsys, damage, said,
+                                                                                given):
+    """--mode eval --adapter ADAPTER --dry-run (14 of an adapter's 28 tensors, or one NaN) planned the run cleanly;
+    the run then refused it. training.init_adapter of an incomplete adapter likewise."""
+    from .conftest import assert_one_message
+
+    folder = _damaged_copy(lora_folder, tmp_path, damage)
+    extra = ["--mode", "eval", "--adapter", str(folder)] if given == "--adapter" else ["--mode", "train"]
+    sets = {} if given == "--adapter" else {"training.init_adapter": str(folder)}
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", *extra, **sets))
+    assert result.code == 2
+    assert_one_message(result.err, said)
+
+
+def test_a_whole_adapter_and_one_of_some_layers_only_are_complete(lora_folder, tiny_model_dir, tmp_path):
+    from medqlora import adapter_base, adapters
+
+    adapter_base.check_base(adapters.find(lora_folder), str(tiny_model_dir), str(tiny_model_dir))
+    folder = _damaged_copy(lora_folder, tmp_path, "partial")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "layers_to_transform": [0]}))
+    adapter_base.check_base(adapters.find(folder), str(tiny_model_dir), str(tiny_model_dir))
+
+
+# ---------------------------------------------------------------- a credential in a path
+
+@pytest.mark.parametrize("setting", ["model.name", "data.datasets.0.source", "training.init_adapter",
+                                     "generation.queries_file"])
+def test_a_path_holding_a_credentials_value_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch, setting):
+    """A base model folder named after a token (cp -r tiny m_$HF_TOKEN): the run's records masked it, while PEFT
+    wrote it in clear into the adapter's adapter_config.json; and the masked record then read as a model gone."""
+    from .conftest import assert_one_message
+
+    token = "Xk9fQ2Lm7Pz4Rt8Wv3Ys"
+    monkeypatch.setenv("HF_TOKEN", token)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{setting: f"{tmp_path}/m_{token}"}))
+    assert result.code == 2
+    assert_one_message(result.err, f"'{setting}': Value error, holds the value of HF_TOKEN: a path is written into "
+                                   "the run's records")
+    assert token not in result.out + result.err
+
+
+# ---------------------------------------------------------------- a date as a run name
+
+def test_a_run_name_yaml_reads_as_a_date_says_to_quote_it(tmp_path, capsys):
+    from medqlora.config import load_config
+    from medqlora.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["output.run_name=2026-12-02"])
+    assert "YAML reads 2026-12-02 as a date; to give it as text, quote it: --set 'output.run_name=\"2026-12-02\"'" \
+        in str(refused.value)
+    assert load_config(None, ['output.run_name="2026-12-02"']).output.run_name == "2026-12-02"
+    written = tmp_path / "c.yaml"
+    written.write_text(load_config(None, []).to_yaml().replace("run_name: null", "run_name: 2026-12-02"))
+    with pytest.raises(ConfigError, match="YAML read the value as a date; if it is meant as text, put it in quotes"):
+        load_config(written)

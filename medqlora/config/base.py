@@ -91,6 +91,20 @@ def _taken_as_written(text: str | None) -> str | None:
     return text
 
 
+def _no_credential_in_path(text: str | None) -> str | None:
+    """A path holding a credential's value (a folder named after a token): the run's records mask the value, so
+    they would not name what was read, and a model's path is also written, unmasked, into the adapter's
+    adapter_config.json by PEFT (published with the adapter)."""
+    from ..secrets import contains_secret
+
+    if text is not None and (secret := contains_secret(text)):
+        raise ValueError(f"holds the value of {secret}: a path is written into the run's records, which mask the "
+                         "value (so they would not name what was used), and a model's into the adapter's "
+                         "adapter_config.json. Rename the file or folder (or name it through a link whose path holds "
+                         "no credential)")
+    return text
+
+
 class _NamesAPath:
     """Schema mark of a setting whose value is a path (where ~/ means the home folder), as against a name (a
     split, a run name) or a module: what the advice on a YAML null may say of ~."""
@@ -99,7 +113,8 @@ class _NamesAPath:
 NAMES_A_PATH = _NamesAPath()
 
 # A path setting (a file, folder or model to read, a folder to write): PathText, spelled as the path itself.
-PathValue = Annotated[str, AfterValidator(_no_control_characters), AfterValidator(_taken_as_written), NAMES_A_PATH]
+PathValue = Annotated[str, AfterValidator(_no_control_characters), AfterValidator(_taken_as_written),
+                      AfterValidator(_no_credential_in_path), NAMES_A_PATH]
 
 
 def names_a_path(field: Any) -> bool:

@@ -12,11 +12,13 @@ from .base import names_a_path
 def quote_hint(error: dict, typed: dict[tuple, str]) -> str:
     """For text that YAML read as something else (``Q: {question}`` as a mapping, ``10:30`` as the number 630):
     say so, and how to quote it."""
+    import datetime
+
     value = error.get("input")
-    if error["type"] != "string_type" or not isinstance(value, (dict, list, int, float, bool)):
+    if error["type"] != "string_type" or not isinstance(value, (dict, list, int, float, bool, datetime.date)):
         return ""
     kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else \
-        "true/false" if isinstance(value, bool) else "a number"
+        "true/false" if isinstance(value, bool) else "a date" if isinstance(value, datetime.date) else "a number"
     loc = tuple(error["loc"])
     if loc in typed:
         dotted = printable(".".join(str(p) for p in loc), 120)

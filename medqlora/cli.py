@@ -103,8 +103,10 @@ def _config_flag_hint(unknown: list[str]) -> str:
             found.append(f"--set {target}={value}")
     if not found:
         return ""
+    from .run_commands import kit_command
+
     return (f". The kit's way: {printable(', '.join(found[:3]), 240)} (settings of the config are given with --set, "
-            "or in the YAML file given as --config; python medical_qlora_finetuning.py --help lists the flags)")
+            f"or in the YAML file given as --config; {kit_command()} --help lists the flags)")
 
 
 def _config_keys() -> dict[str, str]:

@@ -233,7 +233,7 @@ def adapter_mode_plan(cfg: KitConfig, mode: str, adapter_arg: str | None, output
     if mode in ("test", "chat"):
         if note := generation_note(adapter, cfg):
             say(note)
-        _check_prompt_room(cfg, mode, source)
+        check_prompt_room(cfg, mode, source)
         tokenizer = local_tokenizer(cfg, source)  # None where reading it would convert or download
         questions = generate.load_queries(cfg.generation.queries_file) if mode == "test" else []
         generate.check_query_texts(cfg, tokenizer, questions)
@@ -278,9 +278,10 @@ def _model_type(cfg: KitConfig, source: str | None) -> str | None:
     return model_type if isinstance(model_type, str) else None
 
 
-def _check_prompt_room(cfg: KitConfig, mode: str, source: str | None) -> None:
+def check_prompt_room(cfg: KitConfig, mode: str, source: str | None) -> None:
     """generation.max_new_tokens against the context in the model's config.json, as test and chat check it against
-    the loaded model (nothing to check when config.json cannot be read locally)."""
+    the loaded model (nothing to check when config.json cannot be read locally). --mode full checks it before it
+    evaluates and trains (Recipe.check_inputs), not after."""
     from .chat import chat_context
 
     base = adapter_base.base_config(source, cfg.model.trust_remote_code)

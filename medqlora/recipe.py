@@ -176,8 +176,11 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
                               "run folders.")
         if mode == "eval":
             evaluate.check_something_to_score(self.cfg)
+        answering = self.resumed()[1] if mode == "full" and self.options.resume else self.cfg
         if mode in ANSWERING_MODES or (mode == "export" and {"merged", "gguf"} & set(self.cfg.export.formats)):
-            generate.check_queries(self.resumed()[1] if mode == "full" and self.options.resume else self.cfg)
+            generate.check_queries(answering)
+        if mode == "full":  # the sample answers come after training: their generation settings are checked first
+            plan.check_prompt_room(answering, "test", backends.config_source(answering.model.name))
 
     def resumed(self) -> tuple[RunDir, KitConfig, Path]:
         """--resume resolved once: the run folder, its own config and its newest checkpoint."""

@@ -10,13 +10,30 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from .config.base import PATH_SHOWN
 from .run_files import Files, manifest_value
 from .secrets import printable
 
-KIT = "python medical_qlora_finetuning.py"
+SCRIPT = "medical_qlora_finetuning.py"
+
+
+def kit_command() -> str:
+    """How to start the kit again from the folder this command runs in: ``medqlora`` where it was started by that
+    name, the script's own path where it was run from another folder (``python /opt/kit/medical_qlora_finetuning.py``),
+    else ``python medical_qlora_finetuning.py``."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path(SCRIPT)
+    if started.name == "medqlora":
+        return "medqlora"
+    if started.name == SCRIPT:
+        try:
+            if started.resolve().parent != Path.cwd().resolve():
+                return f"python {shell_word(started.resolve())}"
+        except OSError:  # the working folder removed meanwhile
+            return f"python {shell_word(started.absolute())}"
+    return f"python {SCRIPT}"
 
 
 def shell_word(path: str | os.PathLike) -> str:
@@ -60,4 +77,4 @@ def recorded_resume_command(run: str | os.PathLike) -> str:
 
 def command_on_run(mode: str, flag: str, run: str | os.PathLike) -> str:
     """The whole command line: ``python medical_qlora_finetuning.py --mode MODE`` and :func:`on_run`."""
-    return f"{KIT} --mode {mode} {on_run(flag, run)}"
+    return f"{kit_command()} --mode {mode} {on_run(flag, run)}"

@@ -185,3 +185,45 @@ def test_a_run_name_yaml_reads_as_a_date_says_to_quote_it(tmp_path, capsys):
     written.write_text(load_config(None, []).to_yaml().replace("run_name: null", "run_name: 2026-12-02"))
     with pytest.raises(ConfigError, match="YAML read the value as a date; if it is meant as text, put it in quotes"):
         load_config(written)
+
+
+# ---------------------------------------------------------------- generation settings of --mode full
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_full_mode_checks_max_new_tokens_against_the_context_before_it_trains(tiny_model_dir, tmp_path, capsys,
+                                                                               dry_run):
+    """--mode full with generation.max_new_tokens beyond the model's context planned cleanly, then evaluated,
+    trained and saved the adapter before it refused to answer the sample queries."""
+    from .conftest import assert_one_message
+
+    context = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "full", *(["--dry-run"] if dry_run else []),
+                    **{"generation.max_new_tokens": str(context * 2)})
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, f"generation.max_new_tokens={context * 2:,} leaves no room for a prompt in the "
+                                   f"model's context of {context:,} tokens")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- advice run from another folder
+
+def test_the_advice_names_the_script_as_it_can_be_run_where_it_is_printed(tmp_path, monkeypatch):
+    """The kit run by its path from another folder (python /opt/kit/medical_qlora_finetuning.py) advised
+    'python medical_qlora_finetuning.py --mode train ... --resume RUN', which there cannot open the script."""
+    from medqlora.run_commands import command_on_run, kit_command
+
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    elsewhere = tmp_path / "work folder"
+    elsewhere.mkdir()
+    monkeypatch.setattr("sys.argv", [str(kit / "medical_qlora_finetuning.py"), "--mode", "train"])
+    monkeypatch.chdir(elsewhere)
+    assert command_on_run("train", "--resume", "/o/run").startswith(
+        f"python {kit}/medical_qlora_finetuning.py --mode train --config /o/run/config.yaml --resume /o/run")
+    monkeypatch.chdir(kit)
+    assert kit_command() == "python medical_qlora_finetuning.py"
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/medqlora", "--mode", "train"])
+    assert kit_command() == "medqlora"
+    monkeypatch.setattr("sys.argv", [str(tmp_path / "my kit" / "medical_qlora_finetuning.py")])
+    assert kit_command() == f"python '{tmp_path}/my kit/medical_qlora_finetuning.py'"

@@ -23,7 +23,10 @@ def test_an_output_folder_holding_a_credential_is_refused_by_name(tmp_path, monk
     with pytest.raises(MedQLoRAError) as refused:
         check_output_dir(root)  # what --dry-run checks
     assert "HF_TOKEN" in str(refused.value) and value not in str(refused.value)
-    cfg = load_config(None, [f"output.dir={root}", "output.run_name=r1"])
+    with pytest.raises(MedQLoRAError, match="holds the value of HF_TOKEN"):
+        load_config(None, [f"output.dir={root}"])  # the config boundary; --output-dir is checked as the run starts
+    cfg = load_config(None, ["output.run_name=r1"])
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(root)})})
     with pytest.raises(MedQLoRAError, match="contains the value of HF_TOKEN"):
         RunDir.create(cfg)
     assert not (tmp_path / value).exists()

@@ -24,6 +24,7 @@ from ..adapter_origin import origin_name
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..report import export_report_markdown, model_card
+from ..run_commands import kit_command
 from ..runs import Files, RunDir
 from ..secrets import printable
 from .adapter import adapter_files, export_adapter
@@ -171,5 +172,4 @@ def left_for_export_mode(cfg: KitConfig, mode: str) -> str | None:
         return None
     named = " and ".join(f"export.{name}" for name in chosen)
     return (f"{named} {'is' if len(chosen) == 1 else 'are'} for --mode export: --mode {mode} trains and saves the "
-            "adapter, and exports or uploads nothing. Afterwards run: python medical_qlora_finetuning.py --mode "
-            "export --adapter latest")
+            f"adapter, and exports or uploads nothing. Afterwards run: {kit_command()} --mode export --adapter latest")

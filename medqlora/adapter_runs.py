@@ -376,7 +376,13 @@ def check_benchmarks_untrained(benchmarks: dict[str, list], adapter: Path) -> No
     run's training_items.jsonl."""
     run_folder = origin_run(adapter)
     folder = run_folder if run_folder is not None else adapter.parent
-    evaluate.check_not_trained_on(benchmarks, folder / Files.TRAINING_ITEMS, required=run_folder is not None)
+    record = folder / Files.TRAINING_ITEMS
+    if run_folder is None and not record.is_file() and benchmarks:
+        say(f"warning: the adapter {printable(adapter)} is not in a run folder of this kit and has no "
+            f"{Files.TRAINING_ITEMS} beside it, so what it was trained on is unknown: its scores cannot be checked "
+            "for items it trained on. For an adapter the kit trained (a copy of its export), evaluate its run "
+            "folder instead (--adapter RUN), whose records the check reads.")
+    evaluate.check_not_trained_on(benchmarks, record, required=run_folder is not None)
 
 
 def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str | None]:

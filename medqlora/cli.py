@@ -388,9 +388,21 @@ def _main(args: argparse.Namespace) -> int:
         remove_empty_run_folders()
         return 2
     except KeyboardInterrupt:
-        print(f"\nmedqlora: interrupted ({signals.name(signals.received())}). Nothing of earlier runs was changed.",
-              file=sys.stderr)
+        print(f"\nmedqlora: interrupted ({signals.name(signals.received())}). Nothing of earlier runs was changed."
+              f"{_left_before_training()}", file=sys.stderr)
         return signals.exit_code()
+
+
+def _left_before_training() -> str:
+    """The run folder this command made, where it stopped before training: what it holds and how to train again."""
+    from .run_files import stopped_before_training
+    from .runs import made_here
+
+    for made in made_here():
+        if stopped_before_training(made):
+            return (f" The run folder {printable(made)} keeps the records of this start, with nothing trained: remove "
+                    "it to train again under its name, or choose another output.run_name.")
+    return ""
 
 
 if __name__ == "__main__":

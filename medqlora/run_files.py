@@ -72,3 +72,15 @@ def manifest_value(run_folder: str | Path, key: str) -> Any:
         return json.loads((Path(run_folder) / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def stopped_before_training(run_folder: str | Path) -> str | None:
+    """How a run folder's run stopped, where it stopped before training with nothing trained kept (its manifest's
+    status and stage, no adapter, no checkpoint): an earlier start that takes the run's name. None otherwise."""
+    folder = Path(run_folder)
+    stage = str(manifest_value(folder, "stage") or "")
+    if not stage.endswith("before training") or (folder / Files.ADAPTER).exists() or any(
+            (folder / Files.CHECKPOINTS).glob("checkpoint-*")):
+        return None
+    return stage
+

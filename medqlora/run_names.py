@@ -86,6 +86,12 @@ def check_run_folder_free(root: Path, name: str) -> None:
 
 
 def run_folder_taken(path: Path) -> MedQLoRAError:
+    from .run_files import stopped_before_training
+
+    if not path.is_symlink() and (stage := stopped_before_training(path)):
+        return MedQLoRAError(f"The run folder {printable(path)} already exists: it holds the records of an earlier "
+                             f"start of this run, {printable(stage, 80)}, with nothing trained. Remove it (rm -r "
+                             f"{printable(path)}) to train under this name, or choose another output.run_name.")
     return MedQLoRAError(f"The run folder {printable(path)} already exists"
                          + (" (as a symbolic link)" if path.is_symlink() else "") + "; the kit never overwrites a "
                          "run. Choose another output.run_name (or leave it empty for a timestamped name).")

@@ -406,6 +406,11 @@ def _write_failed(verb: str, target: Path, err: OSError, run: Path) -> MedQLoRAE
     return MedQLoRAError(f"Cannot {verb} {printable(target)}: {err.strerror or err}. {advice}.")
 
 
+def made_here() -> list[str]:
+    """The run folders this command created (absolute paths)."""
+    return sorted(_MADE_HERE)
+
+
 def remove_empty_run_folders() -> None:
     """The run folders this command created that hold nothing but their lock (and an empty run.log) are removed: a
     command stopped at its start (a full disk) would otherwise leave a folder that takes the run's name, which the

@@ -120,9 +120,28 @@ SCRIPT = ROOT / "medical_qlora_finetuning.py"
 def kit_argv(model_dir: Path, out: Path, *args: str, **overrides: str) -> list[str]:
     """Command-line arguments: ``args`` as given, then the tiny-run overrides (plus ``overrides``) as --set."""
     argv = list(args)
+    given = {args[i + 1].split("=", 1)[0].strip() for i, arg in enumerate(args[:-1]) if arg == "--set"}
     for item in tiny_overrides(model_dir, out, **overrides):
-        argv += ["--set", item]
+        if item.split("=", 1)[0] not in given:  # a key given in args is set once, as given (the kit refuses two)
+            argv += ["--set", item]
     return argv
+
+
+def with_set(argv: list[str], *items: str) -> list[str]:
+    """``argv`` with ``--set`` of each of ``items`` in place of an earlier --set of its key (the kit refuses one key
+    given twice with two values), appended."""
+    keys = {item.split("=", 1)[0].strip() for item in items}
+    kept: list[str] = []
+    at = 0
+    while at < len(argv):
+        if argv[at] == "--set" and at + 1 < len(argv) and argv[at + 1].split("=", 1)[0].strip() in keys:
+            at += 2
+            continue
+        kept.append(argv[at])
+        at += 1
+    for item in items:
+        kept += ["--set", item]
+    return kept
 
 
 class CliResult(NamedTuple):

@@ -250,7 +250,8 @@ def test_dry_run_plans_the_tasks_and_makes_their_checks(tiny_model_dir, tmp_path
     does = json.loads(result.out)["does"]
     assert "lm-eval pubmedqa (12 items, lm-evaluation-harness, zero-shot log-likelihood)" in does
     assert "lm-eval medmcqa (512 items" in does
-    refusal = run_cli(capsys, [*argv, "--set", "eval.lm_eval.tasks=[medqa]"])
+    refusal = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "eval", "--adapter", "none",
+                                       "--dry-run", **{"eval.harness": "lm-eval", "eval.lm_eval.tasks": "[medqa]"}))
     assert refusal.code == 2
     assert_one_message(refusal.err, "lm-eval task medqa needs its data")
 

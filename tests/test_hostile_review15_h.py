@@ -12,7 +12,7 @@ from medqlora import adapters, whole_files
 from medqlora.config import load_config
 from medqlora.errors import ConfigError
 
-from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny
+from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny, with_set
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,8 @@ def test_a_foreign_adapter_whose_tokenizer_config_is_cut_is_told_to_be_copied_ag
 
 def test_the_adapter_boundary_reads_no_weight_it_does_not_need(trained, tiny_model_dir, tmp_path, capsys,
                                                               monkeypatch):
-    """Every file of the folder is checked whole without reading a tensor: --adapter reads no weight before the
-    model loads, training.init_adapter reads each once (its finiteness)."""
+    """Every file of the folder is checked whole without reading a tensor but once, for its finiteness: --adapter
+    and training.init_adapter read each weight once at the boundary (so --dry-run refuses a NaN as the run does)."""
     read = []
     real = whole_files.non_finite_weights
 
@@ -110,7 +110,8 @@ def test_the_adapter_boundary_reads_no_weight_it_does_not_need(trained, tiny_mod
     monkeypatch.setattr(adapters, "non_finite_weights", counted)
     run = _copy(trained, tmp_path)
     assert run_cli(capsys, [*_argv(tiny_model_dir, tmp_path / "out", "chat", run), "--dry-run"]).code == 0
-    assert read == []
+    assert read == [run / "adapter" / "adapter_model.safetensors"]
+    read.clear()
     assert run_cli(capsys, [*_argv(tiny_model_dir, tmp_path / "out", "init_adapter", run), "--dry-run"]).code == 0
     assert read == [run / "adapter" / "adapter_model.safetensors"]
 
@@ -172,10 +173,10 @@ def test_an_adapter_lacking_tensors_is_told_once_by_the_kit_not_first_by_peft(tr
     _without_layer_0(run)
     for mode in ("chat", "init_adapter"):
         argv = _argv(tiny_model_dir, tmp_path / "out", mode, run)
-        result = run_cli(capsys, argv if mode == "chat" else [*argv, "--set", "training.max_steps=1"])
+        result = run_cli(capsys, argv if mode == "chat" else with_set(argv, "training.max_steps=1"))
         assert result.code == 2
-        assert_one_message(result.err, f"The adapter in {run / 'adapter'} is incomplete: adapter_model.safetensors "
-                                       "lacks 14 tensors")
+        assert_one_message(result.err, f"The adapter in {run / 'adapter'} is incomplete: its weights file lacks the "
+                                       "LoRA matrices of 7 of the 14 modules its adapter_config.json targets")
         assert "missing adapter keys" not in result.err
         assert not [w for w in recwarn if "missing adapter keys" in str(w.message)]
 
@@ -210,7 +211,7 @@ def test_answering_with_other_generation_settings_than_the_run_says_so_and_how_t
     advice = f"To answer with the run's: --config {run / 'config.yaml'} --adapter {run}"
     for dry_run in (["--dry-run"], []):
         argv = _argv(tiny_model_dir, tmp_path / "out", "chat", run)
-        result = run_cli(capsys, [*argv, "--set", "generation.max_new_tokens=16", *dry_run])
+        result = run_cli(capsys, [*with_set(argv, "generation.max_new_tokens=16"), *dry_run])
         assert result.code == 0, result.err
         assert note in result.err and advice in result.err
     result = run_cli(capsys, ["--mode", "chat", "--prompt", "What is fever?", "--config", str(run / "config.yaml"),

@@ -106,7 +106,6 @@ def _damaged_copy(lora_folder: Path, tmp_path: Path, damage: str) -> Path:
     """A copy of a whole adapter with half its modules' matrices left out, or one weight NaN."""
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     folder = Path(shutil.copytree(lora_folder, tmp_path / damage))
@@ -227,3 +226,68 @@ def test_the_advice_names_the_script_as_it_can_be_run_where_it_is_printed(tmp_pa
     assert kit_command() == "medqlora"
     monkeypatch.setattr("sys.argv", [str(tmp_path / "my kit" / "medical_qlora_finetuning.py")])
     assert kit_command() == f"python '{tmp_path}/my kit/medical_qlora_finetuning.py'"
+
+
+# ---------------------------------------------------------------- one key set twice
+
+@pytest.mark.parametrize("second", ["training.max_steps=7", " training.max_steps=7", "training.max_steps = 7"])
+def test_a_key_set_twice_with_two_values_is_refused_naming_both(second):
+    """--set training.max_steps=4 --set training.max_steps=7 trained 7 steps: the first set aside without a word,
+    while a key twice in a YAML file is refused."""
+    from medqlora.config import load_config
+    from medqlora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--set training.max_steps is given twice, with two values \(4, then 7\)"):
+        load_config(None, ["training.max_steps=4", second])
+    with pytest.raises(ConfigError, match=r"--set data.datasets.0.max_samples is given twice"):
+        load_config(None, ["data.datasets.0.max_samples=4", "data.datasets.0.max_samples=5"])
+    assert load_config(None, ["training.max_steps=4", "training.max_steps=4"]).training.max_steps == 4
+
+
+# ---------------------------------------------------------------- a start stopped before training
+
+def test_a_run_folder_left_by_a_start_stopped_before_training_says_how_to_train_again(tiny_model_dir, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """SIGHUP during data preparation left the run folder (manifest interrupted, run.log) with no word; the same
+    command then said only that the folder exists."""
+    from medqlora.stages import TrainingStages
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", **{"output.run_name": "hup"})
+    with monkeypatch.context() as patched:
+        patched.setattr(TrainingStages, "load_model", stopped)
+        first = run_cli(capsys, argv)
+    run = tmp_path / "out" / "hup"
+    assert first.code != 0 and json.loads((run / "manifest.json").read_text())["stage"] == "interrupted before training"
+    assert f"The run folder {run} keeps the records of this start, with nothing trained: remove it to train again " \
+           "under its name, or choose another output.run_name." in first.err
+    again = run_cli(capsys, argv)
+    assert again.code == 2
+    assert f"The run folder {run} already exists: it holds the records of an earlier start of this run, interrupted " \
+           f"before training, with nothing trained. Remove it (rm -r {run}) to train under this name" in again.err
+    import shutil
+
+    shutil.rmtree(run)
+    assert run_cli(capsys, argv).code == 0
+
+
+# ---------------------------------------------------------------- an adapter whose training is unknown
+
+def test_evaluating_an_adapter_without_training_records_says_the_trained_on_check_cannot_run(tiny_model_dir,
+                                                                                          lora_folder, tmp_path,
+                                                                                          capsys):
+    """A copy of a run's export/adapter scored 500 items, 16 of which it trained on, with no word that what it was
+    trained on is unknown there."""
+    import shutil
+
+    copied = Path(shutil.copytree(lora_folder, tmp_path / "shared" / "adapter"))
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "eval", "--adapter", str(copied), "--dry-run")
+    result = run_cli(capsys, argv)
+    assert result.code == 0, result.err[-2000:]
+    assert f"warning: the adapter {copied} is not in a run folder of this kit and has no training_items.jsonl beside " \
+           "it, so what it was trained on is unknown: its scores cannot be checked" in result.out + result.err
+    (copied.parent / "training_items.jsonl").write_text("")  # records beside it: they are checked, no warning
+    checked = run_cli(capsys, argv)
+    assert checked.code == 0 and "what it was trained on is unknown" not in checked.out + checked.err

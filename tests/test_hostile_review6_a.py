@@ -30,11 +30,12 @@ def _jsonl(path, rows):
 
 
 def _dry_run(capsys, smol_dir, tmp_path, rows, fmt, *sets):
-    argv = ["--dry-run", "--output-dir", str(tmp_path / "out"), "--set", f"model.name={smol_dir}",
-            "--set", "model.max_seq_length=256", "--set", f"data.datasets=[{{source: {rows}, format: {fmt}}}]",
-            "--set", "data.val_ratio=0"]
-    for item in sets:
-        argv += ["--set", item]
+    base = {"model.name": str(smol_dir), "model.max_seq_length": "256",
+            "data.datasets": f"[{{source: {rows}, format: {fmt}}}]", "data.val_ratio": "0"}
+    given = dict(item.split("=", 1) for item in sets)  # a key set here replaces the base's (one --set per key)
+    argv = ["--dry-run", "--output-dir", str(tmp_path / "out")]
+    for key, value in {**base, **given}.items():
+        argv += ["--set", f"{key}={value}"]
     return run_cli(capsys, argv)
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from medqlora import adapter_base, adapters
 from medqlora.errors import ModelError
 
-from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny
+from .conftest import assert_one_message, kit_argv, only_run, run_cli, run_tiny, with_set
 from .test_adapters import make_adapter
 
 
@@ -117,7 +117,7 @@ def test_a_full_run_without_evaluation_plans_none_and_needs_no_evaluation_data(t
     assert "eval_report.md" in json.loads(evaluated.out)["outputs"]
     assert any(line.startswith("lm-eval pubmedqa") for line in json.loads(evaluated.out)["evaluation"])
 
-    skipped = run_cli(capsys, [*argv, "--set", "eval.in_full_mode=false", "--set", "eval.lm_eval.tasks=[medqa]"])
+    skipped = run_cli(capsys, with_set(argv, "eval.in_full_mode=false", "eval.lm_eval.tasks=[medqa]"))
     assert skipped.code == 0, skipped.err  # no medqa file: that evaluation does not run, so it needs none
     plan = json.loads(skipped.out)
     assert plan["evaluation"] == []

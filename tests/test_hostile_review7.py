@@ -16,10 +16,10 @@ from .test_distributed import free_port
 
 
 def _dry_run(capsys, model_dir, tmp_path, *sets):
-    argv = ["--dry-run", "--output-dir", str(tmp_path / "out"), "--set", f"model.name={model_dir}",
-            "--set", "model.max_seq_length=256"]
-    for item in sets:
-        argv += ["--set", item]
+    given = dict(item.split("=", 1) for item in sets)  # a key set here replaces the base's (one --set per key)
+    argv = ["--dry-run", "--output-dir", str(tmp_path / "out")]
+    for key, value in {"model.name": str(model_dir), "model.max_seq_length": "256", **given}.items():
+        argv += ["--set", f"{key}={value}"]
     return run_cli(capsys, argv)
 
 

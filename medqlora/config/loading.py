@@ -108,7 +108,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | str | Non
 
 
 def _refuse_replaced_override(key: tuple, item: str, earlier: dict[tuple, str]) -> None:
-    """A --set of a whole list or section after a --set into it would drop the earlier one without a word."""
+    """A --set of a whole list or section after a --set into it, or a --set of one key twice with two values, would
+    drop the earlier one without a word."""
+    value = item.partition("=")[2]
+    if key in earlier and earlier[key].strip() != value.strip():
+        dotted = printable(".".join(str(k) for k in key), 120)
+        raise ConfigError(f"--set {dotted} is given twice, with two values ({printable(earlier[key].strip(), 60)}, then "
+                          f"{printable(value.strip(), 60)}): one would be dropped. Keep the --set with the value meant.")
     for given in earlier:
         if len(given) > len(key) and given[:len(key)] == key:
             whole, inner = (printable(".".join(str(k) for k in k_), 120) for k_ in (key, given))

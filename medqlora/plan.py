@@ -65,7 +65,7 @@ def _check_planned_output(cfg: KitConfig, output_dir: str | None) -> None:
 
 def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: bool = False) -> dict[str, Any]:
     """What a run would do, without loading any model (for --dry-run)."""
-    from .train import check_optimizer, logging_note, planned_steps
+    from .train import batch_notes, check_optimizer, logging_note, planned_steps
 
     _check_planned_run_name(cfg, output_dir, resuming)
     runtime = backends.detect(cfg)
@@ -94,7 +94,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
         "datasets": sizes,
         "training_examples": n_train if n_train is not None else "unknown until hub data is downloaded",
         "effective_batch": f"{t.micro_batch_size} x {t.gradient_accumulation_steps} = "
-        f"{t.micro_batch_size * t.gradient_accumulation_steps}",
+        f"{t.micro_batch_size * t.gradient_accumulation_steps}" + "".join(
+            f"; {note}" for note in batch_notes(cfg, n_train) if note),
         "optimizer_steps": planned_steps(cfg, n_train) if n_train is not None or t.max_steps > 0 else "unknown",
         **({"logging": note} if (n_train is not None or t.max_steps > 0) and (note := logging_note(cfg, n_train))
            else {}),

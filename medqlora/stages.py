@@ -47,11 +47,16 @@ class TrainingStages(RecipeState):
         """The rows tokenized with the checkpoint's tokenizer; the steps and the prompt lengths checked against them."""
         cfg = self.cfg
         self.prepared = tokenize(cfg, self.collected, self.tokenizer)
-        from .train import check_steps_against_data, logging_note
+        from .train import batch_notes, check_steps_against_data, logging_note
 
         check_steps_against_data(cfg, len(self.prepared.train))
         if note := logging_note(cfg, len(self.prepared.train)):  # the dry-run plan says it under "logging"
             say(f"warning: {note}")
+        whole_epoch, short_last = batch_notes(cfg, len(self.prepared.train))  # the plan's effective_batch says them
+        if whole_epoch:
+            say(f"warning: {whole_epoch}")
+        if short_last:
+            say(f"note: {short_last}")
         evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
 
     def fit_memory(self) -> None:

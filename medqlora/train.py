@@ -63,6 +63,33 @@ def logging_note(cfg: KitConfig, n_train: int | None) -> str | None:
             f"training.logging_steps to at most {steps} (1: every step) to see it")
 
 
+def batch_notes(cfg: KitConfig, n_train: int | None) -> tuple[str | None, str | None]:
+    """What a step trains on where it is not micro_batch_size x gradient_accumulation_steps rows (the Trainer ends a
+    step at the end of each epoch): (a warning where one step would hold more than the data, a whole epoch; a note
+    where each epoch's last step is shorter). GRPO counts completions (its own checks); packed rows are known once
+    packed, so only the first is said of them."""
+    t = cfg.training
+    if n_train is None or n_train <= 0 or t.method == "grpo":
+        return None, None
+    effective = t.micro_batch_size * t.gradient_accumulation_steps
+    if effective > n_train:
+        micro = (f", in micro-batches of {n_train} (micro_batch_size {t.micro_batch_size} is more than the examples)"
+                 if t.micro_batch_size > n_train else "")
+        return (f"the effective batch of {t.micro_batch_size} x {t.gradient_accumulation_steps} = {effective} rows is "
+                f"more than the {n_train} training examples: each optimizer step trains on one whole epoch, "
+                f"{n_train} rows{micro}, not {effective}. Lower training.gradient_accumulation_steps (or "
+                f"micro_batch_size) so that a step holds at most {n_train} rows, or give more data"), None
+    micro_batches = math.ceil(n_train / t.micro_batch_size)
+    if t.packing or micro_batches % t.gradient_accumulation_steps == 0:
+        return None, None
+    steps = math.ceil(micro_batches / t.gradient_accumulation_steps)
+    last = micro_batches - (steps - 1) * t.gradient_accumulation_steps
+    rows = n_train - (steps - 1) * effective
+    return None, (f"each epoch's {micro_batches} micro-batches make {steps - 1} optimizer step"
+                  f"{'s' if steps > 2 else ''} of {effective} rows and a last one of {last} micro-batch"
+                  f"{'es' if last > 1 else ''} ({rows} rows): the Trainer ends a step at the end of an epoch")
+
+
 def check_generation_fits_data(cfg: KitConfig, n_train: int) -> None:
     """TRL's sampler deals GRPO prompts out a whole generation at a time and drops a generation it cannot fill:
     with fewer prompts than one generation takes, nothing would train (an error, or an untrained adapter)."""

@@ -291,3 +291,41 @@ def test_evaluating_an_adapter_without_training_records_says_the_trained_on_chec
     (copied.parent / "training_items.jsonl").write_text("")  # records beside it: they are checked, no warning
     checked = run_cli(capsys, argv)
     assert checked.code == 0 and "what it was trained on is unknown" not in checked.out + checked.err
+
+
+# ---------------------------------------------------------------- the batch a step trains on
+
+@pytest.mark.parametrize(("sets", "said"), [
+    ({"training.gradient_accumulation_steps": "1000"},
+     "4 x 1000 = 4000; the effective batch of 4 x 1000 = 4000 rows is more than the 16 training examples: each "
+     "optimizer step trains on one whole epoch, 16 rows, not 4000."),
+    ({"training.micro_batch_size": "64", "training.gradient_accumulation_steps": "1"},
+     "in micro-batches of 16 (micro_batch_size 64 is more than the examples)"),
+    ({"training.gradient_accumulation_steps": "3"},
+     "4 x 3 = 12; each epoch's 4 micro-batches make 1 optimizer step of 12 rows and a last one of 1 micro-batch "
+     "(4 rows): the Trainer ends a step at the end of an epoch"),
+])
+def test_the_plan_says_the_batch_a_step_trains_on_where_it_is_not_the_configured_one(tiny_model_dir, tmp_path,
+                                                                                    capsys, sets, said):
+    """gradient_accumulation_steps 1000 (or a micro-batch of 64) on 16 rows planned an effective batch of 4000 (256)
+    while each step trained one epoch, 16 rows; accumulation 3 on 4 micro-batches made steps of 3 and 1."""
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"data.datasets.0.max_samples": "16", "training.micro_batch_size": "4",
+                                         "training.packing": "false", **sets}))
+    assert result.code == 0, result.err[-2000:]
+    assert said in json.loads(result.out)["effective_batch"]
+
+
+def test_a_run_whose_step_would_hold_more_than_the_data_warns_and_an_even_one_says_nothing():
+    from medqlora.config import load_config
+    from medqlora.train import batch_notes
+
+    cfg = load_config(None, ["training.micro_batch_size=4", "training.gradient_accumulation_steps=4",
+                             "training.packing=false"])
+    assert batch_notes(cfg, 160) == (None, None)  # 40 micro-batches: 10 steps of 4
+    assert batch_notes(cfg, 8)[0].startswith("the effective batch of 4 x 4 = 16 rows is more than the 8 training")
+    assert batch_notes(cfg, 18) == (None, "each epoch's 5 micro-batches make 1 optimizer step of 16 rows and a last "
+                                          "one of 1 micro-batch (2 rows): the Trainer ends a step at the end of an "
+                                          "epoch")
+    grpo = load_config(None, ["training.method=grpo"])
+    assert batch_notes(grpo, 3) == (None, None)  # GRPO counts completions: its own checks

@@ -329,3 +329,21 @@ def test_a_run_whose_step_would_hold_more_than_the_data_warns_and_an_even_one_sa
                                           "epoch")
     grpo = load_config(None, ["training.method=grpo"])
     assert batch_notes(grpo, 3) == (None, None)  # GRPO counts completions: its own checks
+
+
+# ---------------------------------------------------------------- transformers' warning on every first answer
+
+def test_a_bpe_tokenizer_asking_for_cleanup_decodes_the_same_without_transformers_warning(tiny_model_dir, capsys):
+    """Every run on SmolLM2 printed transformers' 'Ignoring clean_up_tokenization_spaces=True for BPE tokenizer ...
+    destructive for BPE' at its first answer: the config asks for a cleanup that transformers ignores anyway."""
+    from transformers import AutoTokenizer
+
+    from medqlora.backends.tokenizer import load_tokenizer
+    from medqlora.config import load_config
+
+    text = "Is it safe , doctor ? Yes ."
+    raw = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert raw.clean_up_tokenization_spaces  # what the tokenizer's config asks
+    loaded = load_tokenizer(load_config(None, [f"model.name={tiny_model_dir}"]), str(tiny_model_dir))
+    assert loaded.clean_up_tokenization_spaces is False
+    assert loaded.decode(loaded(text)["input_ids"]) == raw.decode(raw(text)["input_ids"]) == text

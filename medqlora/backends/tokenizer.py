@@ -90,6 +90,7 @@ def check_template_tokens(tokenizer: Any, cfg: KitConfig, own_template: str | No
 
 
 def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
+    _no_ignored_cleanup(tokenizer)
     own_template = getattr(tokenizer, "chat_template", None)
     use_chat_template(tokenizer, cfg)
     check_template_tokens(tokenizer, cfg, own_template)
@@ -99,6 +100,17 @@ def prepare_tokenizer(tokenizer: Any, cfg: KitConfig) -> Any:
     tokenizer.padding_side = "right"
     _check_chat_template(tokenizer, cfg)
     return tokenizer
+
+
+def _no_ignored_cleanup(tokenizer: Any) -> None:
+    """A BPE tokenizer whose config asks for clean_up_tokenization_spaces: transformers ignores it when decoding
+    (it would strip real spaces) and warns of that on the first answer of every run; set off, the text decoded is
+    the same and the warning is not shown."""
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if (getattr(tokenizer, "clean_up_tokenization_spaces", False) and type(backend).__name__ == "BPE"
+            and not getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output",
+                            False)):
+        tokenizer.clean_up_tokenization_spaces = False
 
 
 # Tokens that end a text in common vocabularies, offered where a tokenizer names none

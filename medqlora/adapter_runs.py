@@ -150,6 +150,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
         folder = latest_run_with_adapter(Path(output_dir or cfg.output.dir), flag)
         check_latest_finished(folder, flag)
     else:
+        _refuse_run_name_for_a_path(adapter_arg, Path(output_dir or cfg.output.dir), flag)
         folder = traced_link(adapters.locate(adapter_arg, flag), flag)
         if folder.name == Files.ADAPTER and (stopped := stopped_during_training(folder.parent)):
             finish = finishing_command(folder.parent)
@@ -175,6 +176,21 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
             f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. "
             f"{_base_advice(named, model.name)}")
     return adapter.folder
+
+
+def _refuse_run_name_for_a_path(arg: str, root: Path, flag: str) -> None:
+    """--adapter RUN_NAME (a run's output.run_name) where no such path is here, while output.dir holds a run of that
+    name: the path to give, said."""
+    from .adapter_advice import named_flag
+
+    named = Path(arg).expanduser()
+    try:
+        if named.exists() or named.is_absolute() or not (root / arg / Files.MANIFEST).is_file():
+            return
+    except (OSError, ValueError):
+        return
+    raise ModelError(f"{flag} {printable(arg)}: no such file or folder here; a run of that name is under output.dir: "
+                     f"{printable(root / arg)}. Give its path: {named_flag(flag)}{printable(root / arg)}")
 
 
 def traced_link(folder: Path, flag: str) -> Path:

@@ -75,12 +75,13 @@ def manifest_value(run_folder: str | Path, key: str) -> Any:
 
 
 def stopped_before_training(run_folder: str | Path) -> str | None:
-    """How a run folder's run stopped, where it stopped before training with nothing trained kept (its manifest's
-    status and stage, no adapter, no checkpoint): an earlier start that takes the run's name. None otherwise."""
+    """How a run folder's run stopped, where it stopped with nothing trained kept (its manifest's status interrupted
+    or failed, no adapter, no checkpoint): an earlier start that takes the run's name. None otherwise."""
     folder = Path(run_folder)
+    status = manifest_value(folder, "status")
     stage = str(manifest_value(folder, "stage") or "")
-    if not stage.endswith("before training") or (folder / Files.ADAPTER).exists() or any(
-            (folder / Files.CHECKPOINTS).glob("checkpoint-*")):
+    if status not in ("interrupted", "failed") or "after training" in stage or (folder / Files.ADAPTER).exists() \
+            or any((folder / Files.CHECKPOINTS).glob("checkpoint-*")):
         return None
-    return stage
+    return stage or f"{status} before its first checkpoint"
 

@@ -179,6 +179,11 @@ class ExportSection(Section):
         problem = None if value is None else hub_repo_id_problem(value)
         if problem:
             raise ValueError(f"must be a hub repository id owner/name: {problem}; e.g. my-lab/smollm2-pubmedqa-lora")
+        from ..secrets import contains_secret
+
+        if value is not None and (secret := contains_secret(value)):
+            raise ValueError(f"holds the value of {secret}: a repository's name is public on the Hub (its address, "
+                             "its model card, the Hub's logs). Name the repository without the credential")
         return value
 
 

@@ -134,7 +134,8 @@ def validate(raw: dict[str, Any], source: str = "<config>", lines: dict | None =
         return KitConfig.model_validate(raw)
     except ValidationError as err:
         errors = _one_error_per_union(err.errors())
-        problems = [_describe(e, source, lines or {}) + _value_hint(e, typed or {}) for e in errors[:MAX_PROBLEMS]]
+        problems = [described if _NO_SPACE in described else described + _value_hint(e, typed or {})
+                    for e in errors[:MAX_PROBLEMS] for described in [_describe(e, source, lines or {})]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems)) from None
@@ -301,7 +302,13 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     where = where_given(loc, error["msg"], source, lines)
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
-        hint = _did_you_mean(str(loc[-1]), list(parent.model_fields)) if parent else ""
+        key = str(loc[-1])
+        meant, _, value = key.partition(":")
+        if parent and value and meant.strip() in parent.model_fields:  # {max_steps:5}: YAML needs ': '
+            return (f"{where}: unknown key '{dotted}': YAML reads {printable(key, 60)!r} as one key with no value, "
+                    f"{_NO_SPACE}. Write {printable(meant.strip(), 40)}: {printable(value.strip(), 40)} (in braces: "
+                    f"{{{printable(meant.strip(), 40)}: {printable(value.strip(), 40)}}}).")
+        hint = _did_you_mean(key, list(parent.model_fields)) if parent else ""
         return f"{where}: unknown key '{dotted}'.{hint}"
     if error["type"] == "missing":
         return f"{where}: '{dotted}' is required."
@@ -311,6 +318,9 @@ def _describe(error: dict, source: str, lines: dict) -> str:
     shown = "" if isinstance(value, dict) else f" (got {printable(repr(value), 100)})"
     allowed = _allowed_range(loc) if error["type"] in _NUMBER_ERRORS else ""
     return f"{where}: '{dotted}': {_said(error)}{shown}{allowed}."
+
+
+_NO_SPACE = "for want of a space after the colon"
 
 
 def _said(error: dict) -> str:

@@ -72,7 +72,7 @@ def test_an_adapter_of_a_run_stopped_before_its_first_checkpoint_is_not_advised_
     monkeypatch.setattr(adapter_runs.adapters, "find", found)
     run = _stopped_run(tmp_path, checkpoint)
     with pytest.raises(Found):
-        adapter_runs.find_adapter(None, str(run), None, "training.init_adapter")
+        adapter_runs.find_adapter(None, str(run), str(tmp_path), "training.init_adapter")
     [warning] = said
     assert "its training stopped before its end (status interrupted" in warning
     if checkpoint:

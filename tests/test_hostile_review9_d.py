@@ -143,13 +143,13 @@ def test_using_the_adapter_of_a_run_stopped_during_training_says_it_is_half_trai
     manifest = {"kit_version": "0.1.0", "status": "interrupted", "error": "interrupted (SIGUSR1) at step 1 of 30"}
     (run / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Found):
-        adapter_runs.find_adapter(None, str(run), None)
+        adapter_runs.find_adapter(None, str(run), str(tmp_path))
     assert len(said) == 1 and "its training stopped before its end (status interrupted" in said[0]
     manifest.update(status="trained")
     (run / "manifest.json").write_text(json.dumps(manifest))
     said.clear()
     with pytest.raises(Found):
-        adapter_runs.find_adapter(None, str(run), None)
+        adapter_runs.find_adapter(None, str(run), str(tmp_path))
     assert said == []
 
 

@@ -4,7 +4,8 @@ Every text that reaches a training prompt is compared (instruction, input, conte
 turn of a chat, system and assistant turns included), not only the example's "question", after the
 same normalisation on both sides (``normalize``): markup of scraped pages undone (HTML tags removed, entities
 and percent-encoding decoded), Unicode NFKC, format (Cf) and zero-width characters and combining marks removed,
-case folded, runs of punctuation and whitespace made one space.
+case folded, runs of punctuation and whitespace made one space; its words then compared in one form each
+(``compared``: plurals, possessives, forms of be/do/have, articles, digits for look-alike letters).
 
 What is refused, and how training items are searched: overlap.py; the normalisation: leakage_text.py.
 """

@@ -242,6 +242,79 @@ def _plain_words(text: Any) -> list[str]:
     return text.translate(_CONFUSABLE).split()
 
 
+# The forms the guard compares (``compared``): words whose change leaves the question the same one. The "s" of a
+# possessive (split off at its apostrophe) is dropped; articles made one, forms of be, do and have made one (kept as
+# words: a question's length sets how many changes it may have, overlap_near.py); plurals made singular; a digit
+# standing for a look-alike letter inside a word ("hyp0tension", "d1abetes") made that letter.
+_DROPPED = frozenset({"s"})
+_AUXILIARY = {"a": "the", "an": "the", "does": "do", "did": "do", "done": "do", "is": "be", "are": "be", "was": "be", "were": "be", "am": "be",
+              "been": "be", "being": "be", "has": "have", "had": "have", "having": "have"}
+_IRREGULAR = {"women": "woman", "men": "man", "children": "child", "teeth": "tooth", "feet": "foot", "mice": "mouse",
+              "people": "person", "lice": "louse", "geese": "goose", "oxen": "ox"}
+_LOOKALIKE_DIGIT = re.compile(r"(?<=[^\W\d_])[013457]+(?=[^\W\d_])")
+_LOOKALIKE = str.maketrans("013457", "oieast")
+_FOOTNOTED = re.compile(r"([^\W\d_]+)(\d{1,3})")  # a word and a footnote number glued to it (overlap_near.footnote)
+_FORMS_KEPT = 1 << 20  # words whose form is remembered (the vocabulary of a large data set)
+
+
+def _singular(word: str) -> str:
+    """A plural made singular, roughly but the same way on both sides ("studies" "study", "lesions" "lesion",
+    "classes" "class"); "virus", "analysis", "less" and short words are kept."""
+    if len(word) < 4 or word[-1] != "s" or word.endswith(("ss", "us", "is")):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "ches", "shes", "xes", "zes")):
+        return word[:-2]
+    return word[:-1]
+
+
+class _Forms(dict):
+    """word -> the form the guard compares ("" for a dropped word), filled as words are met."""
+
+    def __missing__(self, word: str) -> str:
+        if len(self) >= _FORMS_KEPT:
+            self.clear()
+        form = _form(word)
+        self[word] = form
+        return form
+
+
+def _form(word: str) -> str:
+    if not word.isalpha() and not word.isdigit():
+        word = _LOOKALIKE_DIGIT.sub(lambda digits: digits.group(0).translate(_LOOKALIKE), word)
+    if word in _DROPPED:
+        return ""
+    if word in _AUXILIARY:
+        return _AUXILIARY[word]
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.isalpha():
+        return _singular(word)
+    footnoted = _FOOTNOTED.fullmatch(word)
+    return (_form(footnoted[1]) or footnoted[1]) + footnoted[2] if footnoted else word
+
+
+_FORMS = _Forms()
+
+
+def compared_forms(split: list[str]) -> list[str]:
+    """The forms of ``words`` the leakage guard compares: a question asked with "Do ... patients" for "Does ... a
+    patient's" or "hyp0tension" for "hypotension" is the same question. Only the guard's comparison uses them (the
+    letters of ``words`` stay what the text says: glued questions, hashes and answers use those)."""
+    return [form for form in map(_FORMS.__getitem__, split) if form]
+
+
+def form(word: str) -> str:
+    """The form of one of ``words`` that the guard compares ("" for a dropped word)."""
+    return _FORMS[word]
+
+
+def compared(text: Any) -> list[str]:
+    """``compared_forms`` of the words of ``text``."""
+    return compared_forms(words(text))
+
+
 def normalize(text: Any) -> str:
     """``text`` as the guard compares it: markup undone (``unmarked``), NFKC, no format/zero-width characters or
     accents, Cyrillic and Greek look-alikes of Latin letters made Latin, case folded, punctuation and

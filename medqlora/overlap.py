@@ -26,11 +26,13 @@ numpy and looked up in the index. 1,000 questions x 100,000 training rows take s
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from .leakage_text import normalize, question_hash, words
+from .leakage_text import compared, compared_forms, form, question_hash, words
 from .overlap_glued import GluedQuestions
 from .overlap_near import Changes, landmarks, near_copy, pieces
 from .overlap_reordered import ReorderedQuestions
@@ -92,6 +94,9 @@ class Overlap:
     def describe(self) -> str:
         if self.glued:
             how = f"field '{_shown(self.field, 80)}' contains, letter for letter (its blanks and punctuation aside),"
+        elif self.kind == "exact" and not self._as_written():
+            how = (f"field '{_shown(self.field, 80)}' contains, in other forms of its words (a plural, 'are' for 'is', "
+                   "'a' for 'the', a possessive, digits for letters),")
         elif self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
         elif self.reordered:
@@ -106,6 +111,11 @@ class Overlap:
         part = f" ({_shown(evaluation.part, 40)})" if evaluation.part else ""
         return (f"{self.train.where()} {how} evaluation '{_shown(evaluation.dataset, 200)}' item "
                 f"{_shown(evaluation.uid or '?', 40)}{part}: '{_shown(evaluation.question, 90)}'")
+
+    def _as_written(self) -> bool:
+        """Whether the field holds the question in its words as written, not only in the forms the guard compares."""
+        asked = " " + " ".join(words(self.evaluation.question)) + " "
+        return any(asked in " " + " ".join(words(text)) + " " for name, text in self.train.fields() if name == self.field)
 
     def to_dict(self) -> dict[str, Any]:
         return {"training": self.train.dataset, "row": self.train.row, "uid": self.train.uid, "field": self.field,
@@ -165,7 +175,7 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
         return []
     values, by_n = _gram_index(questions, vocab)
     whole = [(q.words, q.item) for q in questions if q.whole is None]
-    glued = GluedQuestions(whole, vocab)
+    glued = GluedQuestions([(words(item.question), item) for _, item in whole], vocab)  # letters as written
     reordered = ReorderedQuestions([(split, item) for split, item in whole if item.part is None] if ngram > 0 else [],
                                    vocab)
     found, exact_short, text_owner, text_field = _scan_training(train, questions, short, vocab, values, by_n,
@@ -173,11 +183,12 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
     best, candidates = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
     for t_index, (item, field) in glued.found.items():
         if t_index not in best:
-            size = len(words(item.question))
+            size = len(compared(item.question))
             best[t_index] = Overlap(train[t_index], item, "exact", 1.0, size, size, 1, field, glued=True)
     _add_near_copies(train, questions, candidates, best, ngram)
     for t_index, (item, field, changes) in reordered.find(train, text_owner, set(best)).items():
-        size = len(words(item.question))
+        changes = _as_written(changes, item.question, train[t_index], field)
+        size = len(compared(item.question))
         best[t_index] = Overlap(train[t_index], item, "near duplicate", 1 - changes.count / size,
                                 size - changes.count, size, 1, field, changes, reordered=True)
     return [best[i] for i in sorted(best)]
@@ -192,7 +203,7 @@ def _evaluation_questions(evaluation: list[Item], ngram: int) -> tuple[list[_Que
     seen: set[str] = set()
     vocab: dict[str, int] = {}
     for item in evaluation:
-        split = words(item.question)
+        split = compared(item.question)
         text = " ".join(split)
         if not text or text in seen:  # the same question in two evaluation sets: the first one names it
             continue
@@ -251,14 +262,15 @@ def _scan_training(train: list[Item], questions: list[_Question], short: dict[st
     zeros = itertools.repeat(0)
     for t_index, item in enumerate(train):
         for field, text in item.fields():
-            split = words(text)
+            written = words(text)
+            split = compared_forms(written)
             if short and len(split) < MIN_WORDS and t_index not in exact_short:
                 norm = " ".join(split)
                 if norm in short:
                     exact_short[t_index] = (short[norm], field)
             if not questions:
                 continue
-            glued.look(t_index, field, split)
+            glued.look(t_index, field, written)
             chunk_starts.append(len(chunk))
             text_owner.append(t_index)
             text_field.append(field)
@@ -279,7 +291,7 @@ def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, e
     """The best overlap of each training item, and the candidates for a near copy of a question (overlap_near)."""
     best: dict[int, Overlap] = {}
     for t_index, (item, field) in exact_short.items():
-        best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(normalize(item.question).split()),
+        best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(compared(item.question)),
                                 field)
     candidates: set[tuple[int, int]] = set()
     for (t_index, q_index), grams in found.items():
@@ -297,7 +309,7 @@ def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, e
             counts[text_index] = counts.get(text_index, 0) + 1
         field = text_field[max(sorted(counts), key=counts.get)]  # the first of the texts holding the most
         phrase = " " + " ".join(q.words) + " "
-        holding = [name for name, text in train[t_index].fields() if phrase in " " + normalize(text) + " "]
+        holding = [name for name, text in train[t_index].fields() if phrase in " " + " ".join(compared(text)) + " "]
         exact = bool(holding)
         if exact:
             field = holding[0]
@@ -325,16 +337,52 @@ def _add_near_copies(train: list[Item], questions: list[_Question], candidates: 
             continue
         if fields[0] != t_index:  # each candidate's texts split into words once
             fields = (t_index, [(name, split, set(split)) for name, split in
-                                ((name, words(text)) for name, text in train[t_index].fields())])
+                                ((name, compared(text)) for name, text in train[t_index].fields())])
         q = questions[q_index]
         if q_index not in marks:
             marks[q_index] = landmarks(q.words, ngram)
         found = near_copy(q.words, marks[q_index], fields[1])
         if found:
             field, changes = found
+            changes = _as_written(changes, q.item.question, train[t_index], field)
             size = len(q.words)
             best[t_index] = Overlap(train[t_index], q.item, "near duplicate", 1 - changes.count / size,
                                     size - changes.count, size, 1, field, changes)
+
+
+def _as_written(changes: Changes, question: str, train: Item, field: str) -> Changes:
+    """``changes`` shown in the words as the texts write them: the guard compares their forms (leakage_text.form:
+    'leg' for 'legs', 'the' for 'a'), the training text's words for what it holds, the question's for what it asks."""
+    asked = _spelling(question)
+    held = _spelling(*(text for name, text in train.fields() if name == field))
+
+    def written(quoted: str, spelt: dict[str, str]) -> str:
+        return "'" + " ".join(spelt.get(word, word) for word in quoted.split()) + "'"
+
+    def shown(change: str) -> str:
+        if match := _FOR.fullmatch(change):
+            return f"{written(match[1], held)} for {written(match[2], asked)}"
+        if match := _ADDED.fullmatch(change):
+            return f"{written(match[1], held)} added"
+        if match := _LEFT_OUT.fullmatch(change):
+            return f"{written(match[1], asked)} left out"
+        return change
+
+    return dataclasses.replace(changes, shown=tuple(map(shown, changes.shown)))
+
+
+def _spelling(*texts: str) -> dict[str, str]:
+    """form -> the first word of ``texts`` of that form."""
+    spelt: dict[str, str] = {}
+    for text in texts:
+        for word in words(text):
+            spelt.setdefault(form(word), word)
+    return spelt
+
+
+_FOR = re.compile(r"'([^']*)' for '([^']*)'")
+_ADDED = re.compile(r"'([^']*)' added")
+_LEFT_OUT = re.compile(r"'([^']*)' left out")
 
 
 def _match_chunk(ids_list: list[int], starts_list: list[int], first_text: int, values: Any,

@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .leakage_text import unmarked, words
+from .leakage_text import compared, unmarked
 from .overlap_near import MISSPELT_MIN, NEAR_MIN_WORDS, OTHER_WORD_EVERY, Changes, changes_allowed, misspelling
 
 # words that come and go when a question's clauses are moved (articles, forms of be/do/have, common prepositions,
@@ -250,7 +250,7 @@ def sentences(text: str) -> _Text:
     split: list[str] = []
     starts: list[int] = []
     for piece in _SENTENCE_END.split(unmarked(text)):
-        if piece_words := words(piece):
+        if piece_words := compared(piece):
             starts.append(len(split))
             split += piece_words
     return _Text(split, starts)

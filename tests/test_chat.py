@@ -111,7 +111,7 @@ def test_the_loop_keeps_history_resets_and_exits(smol_tokenizer, monkeypatch):
 
 
 def test_streamed_reply_is_the_kits_greedy_reply(tiny_model_dir, tmp_path):
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["generation.max_new_tokens=10"])
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path, **{"generation.max_new_tokens": "10"}))
     model, tokenizer = backends.load_for_inference(cfg, backends.detect(cfg), None)
     prompt = chat.Conversation(tokenizer, cfg.data.system_prompt, 4000).prompt("What is anaemia?")
 

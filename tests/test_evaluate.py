@@ -228,7 +228,7 @@ def _long_abstract_items(count: int):
 
 
 def test_evaluation_is_not_limited_by_the_training_length(tiny_model_dir, tmp_path, smol_tokenizer):
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path) + ["model.max_seq_length=64"])
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, tmp_path, **{"model.max_seq_length": "64"}))
     runtime = backends.detect(cfg)
     model, tokenizer = backends.load_for_inference(cfg, runtime, None)
     items = _long_abstract_items(3)

@@ -18,7 +18,7 @@ def _kit_run(folder: Path, model: Path, *overrides: str, status: str = "interrup
 
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"kit_version": "0.1.0", "status": status}))
-    cfg = load_config(None, [*tiny_overrides(model, folder.parent), *overrides])
+    cfg = load_config(None, tiny_overrides(model, folder.parent, **dict(item.split("=", 1) for item in overrides)))
     (folder / "config.yaml").write_text(cfg.to_yaml())
     (folder / "training_items.jsonl").write_text("")
     return folder

@@ -1,0 +1,77 @@
+"""The leakage guard compares forms of words (leakage_text.compared): an evaluation question asked again with its
+plurals, possessives, forms of be/do/have and articles changed, or with digits for look-alike letters inside its words,
+is the same question; a question on another topic or with another number is not."""
+
+import pytest
+
+from medqlora.errors import DataError
+from medqlora.leakage import check, find_overlap
+from medqlora.leakage_text import compared, normalize
+
+from .test_hostile_review15_e import _evaluation, _train
+
+# PubMedQA-style questions (the guard holds the 500 PubMedQA test questions in every run)
+ASKED = "Does the patient's statin therapy reduce the risk of stroke in a woman with atrial fibrillation?"
+INFLECTED = {
+    "plurals-possessive-auxiliary": "Do the patients' statin therapies reduce the risks of stroke in the women "
+                                    "with atrial fibrillation?",
+    "is-are-and-articles": "Does a patient's statin therapy reduce the risk of stroke in the woman with atrial "
+                           "fibrillation?",
+    "digit-look-alikes": "D0es the pat1ent's stat1n therapy reduce the r1sk of str0ke in a w0man with atr1al "
+                         "f1brillati0n?",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INFLECTED))
+def test_a_question_asked_in_other_forms_of_its_words_is_refused(kind):
+    with pytest.raises(DataError) as err:
+        check(_train("What is fever?", INFLECTED[kind]), _evaluation(ASKED), allow=False)
+    message = str(err.value)
+    assert "1 training examples contain evaluation questions (1 exact, 0 near duplicates)" in message
+    assert "row 2 field 'instruction' contains, in other forms of its words (a plural, 'are' for 'is'" in message
+
+
+def test_a_question_in_other_forms_with_its_article_left_out_is_reported():
+    """Four inflections and one article left out: reported as a possible near copy (a warning), refused with
+    data.possible_near_copies: refuse."""
+    reworded = "Do the patients' statin therapies reduce the risks of stroke in women with atrial fibrillation?"
+    [overlap] = find_overlap(_train(reworded), _evaluation(ASKED))
+    assert overlap.possible and "with one word changed ('" in overlap.describe() and "' left out)" in overlap.describe()
+    result = check(_train(reworded), _evaluation(ASKED), allow=False)
+    assert result["possible_near_copies"] == 1
+    with pytest.raises(DataError, match="near duplicates"):
+        check(_train(reworded), _evaluation(ASKED), allow=False, possible="refuse")
+
+
+def test_changed_words_are_shown_as_the_texts_write_them():
+    question = ("A 45-year-old man presents with progressive weakness of both legs and a history of recent diarrhea; "
+                "which diagnosis fits best?")
+    [overlap] = find_overlap(_train(question.replace("legs", "arms").replace("a history", "the history")),
+                             _evaluation(question))
+    assert "one word changed ('arms' for 'legs')" in overlap.describe()
+
+
+@pytest.mark.parametrize("other", [
+    ASKED.replace("woman", "man"),
+    ASKED.replace("stroke", "bleeding"),
+    "Does the patient's statin therapy reduce the risk of stroke in a woman with type 2 diabetes?",
+])
+def test_another_question_on_the_topic_is_not_an_exact_copy(other):
+    found = find_overlap(_train(other), _evaluation(ASKED))
+    assert all(o.kind != "exact" for o in found)
+
+
+def test_codes_with_digits_keep_their_digits_apart():
+    """H1N1 and H5N1, CYP3A4 and CYP2D6, COVID-19 and B12 stay different words: a digit between letters becomes a
+    letter the same way on both sides, a number at a word's end (a footnote, a version) stays."""
+    assert compared("H1N1 H5N1 CYP3A4 CYP2D6 covid19 inhibitors23") == \
+        ["hin1", "hsn1", "cypea4", "cyp2d6", "covid19", "inhibitor23"]
+    found = find_overlap(_train("Is oseltamivir effective against H5N1 influenza in children under five years?"),
+                         _evaluation("Is oseltamivir effective against H1N1 influenza in children under five years?"))
+    assert all(o.kind != "exact" for o in found)
+
+
+def test_only_the_guard_compares_forms():
+    """normalize (scoring of answers, GRPO rewards) keeps every word as written: the answer 'A' stays."""
+    assert normalize("A") == "a" and normalize("Are the studies done?") == "are the studies done"
+    assert compared("Are the studies done?") == ["be", "the", "study", "do"]

@@ -303,6 +303,14 @@ def _chat_turn(message: Any, i: int, name: str) -> tuple[str, str, str]:
     return role, _with_reasoning(content, _reasoning(message, role, where, f"{name}[{i + 1}]"), where), content
 
 
+def _chat_as_text_advice(spec: DatasetSpec) -> str:
+    """What to do about a conversation stored as one text: a CSV cannot hold a list; JSON and Parquet can."""
+    if str(spec.source).lower().endswith((".csv", ".tsv")):
+        return " A CSV cell holds text only: save conversations as JSONL or Parquet."
+    return (" Store each conversation as a list of turns, not as one text: "
+            "\"messages\": [{\"role\": \"user\", \"content\": \"...\"}, {\"role\": \"assistant\", \"content\": \"...\"}].")
+
+
 @dataset_format(
     "chat", placeholders=None, fields=(("messages", "conversations"),),
     columns="messages (role/content; a system turn of its own is kept, else the dataset's system prompt), ending "
@@ -314,7 +322,7 @@ def _chat_turn(message: Any, i: int, name: str) -> tuple[str, str, str]:
 def format_chat(row: dict[str, Any], spec: DatasetSpec) -> Example:
     name, messages = _column(row, spec, "messages", "conversations")
     if not isinstance(messages, list):
-        text = " A CSV cell holds text only: save conversations as JSONL or Parquet." if isinstance(messages, str) else ""
+        text = _chat_as_text_advice(spec) if isinstance(messages, str) else ""
         raise DataError(f"field '{printable(name, 60)}' is {_kind(messages)}, expected a list of "
                         "{\"role\": ..., \"content\": ...} turns." + text)
     read = [_chat_turn(message, i, name) for i, message in enumerate(messages)]

@@ -56,6 +56,18 @@ _CONFUSABLE = str.maketrans({
 })
 
 
+
+
+# Latin letters drawn otherwise that NFKC leaves as they are ("fancy text" generators): small capitals (ᴀ ʙ ᴄ ꜰ ɪ),
+# regional indicators (🇦), negative squared and circled letters (🅰 🅐): each made its letter.
+_DRAWN_OTHERWISE = re.compile(r"(?:LATIN LETTER SMALL CAPITAL|REGIONAL INDICATOR SYMBOL LETTER|"
+                              r"NEGATIVE (?:SQUARED|CIRCLED) LATIN CAPITAL LETTER) ([A-Z])")
+_CONFUSABLE.update({code: match[1].lower() for start, end in ((0x0250, 0x02B0), (0x1D00, 0x1D80), (0xA720, 0xA800),
+                                                                  (0x1F100, 0x1F200))
+                    for code in range(start, end)
+                    if (match := _DRAWN_OTHERWISE.fullmatch(unicodedata.name(chr(code), "")))})
+
+
 _ASCII = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
 
 

@@ -80,6 +80,8 @@ def training_plan(cfg: KitConfig, mode: str, output_dir: str | None, resuming: b
     with_eval = mode == "full" and evaluates_in_full_mode(cfg)
     answered = mode in ANSWERING_MODES  # --mode train writes no sample answers
     benchmarks, lm_eval_tasks, sizes, n_train = _planned_data(cfg, tokenizer, with_eval)
+    if answered and tokenizer is not None:  # the sample queries' texts, as the run checks them before it trains
+        generate.check_query_texts(cfg, tokenizer, generate.load_queries(cfg.generation.queries_file))
     t = cfg.training
     gpu_only = backends.gpu_only_checkpoint(cfg.model.name) if runtime.device != "cuda" else None
     if gpu_only:

@@ -112,6 +112,7 @@ class Recipe(AdapterModes, TrainingStages, ModelStages, RunRecords):  # their st
             self.read_data(with_benchmarks=with_eval)
             self.load_tokenizer()
             self.tokenize_data()
+            self.check_query_texts()
             self.fit_memory()
             self.save_config()
             self.load_model()

@@ -62,6 +62,17 @@ def resume_command(run: str | os.PathLike) -> str:
     return command_on_run(_resuming_mode[0], "--resume", run)
 
 
+def continue_advice(run: str | os.PathLike) -> str:
+    """How to finish the run ``run`` whose training stopped: its --resume where it saved a checkpoint; else, as
+    --resume would refuse it, training it again."""
+    from .checkpoint_files import checkpoint_folders
+
+    if any((folder / "trainer_state.json").is_file() for folder in checkpoint_folders(Path(run) / Files.CHECKPOINTS)):
+        return f"Continue from its last checkpoint with {resume_command(run)}"
+    return ("It stopped before its first checkpoint (training.save_steps), so --resume cannot continue it: run the "
+            "same command again to train it from the start as a new run")
+
+
 def recorded_resume_command(run: str | os.PathLike) -> str:
     """The command line that continues the run ``run`` in the mode its manifest.json records it was run in (full or
     train; train where none is recorded)."""

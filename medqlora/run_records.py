@@ -12,7 +12,7 @@ from . import adapter_weights, signals
 from .errors import TrainingInterrupted
 from .messages import log
 from .recipe_state import RecipeState
-from .run_commands import command_on_run, resume_command
+from .run_commands import command_on_run, continue_advice
 from .run_manifest import manifest
 from .runs import Files
 from .secrets import printable, redact
@@ -71,9 +71,7 @@ class RunRecords(RecipeState):
             self.run.write_json(Files.MANIFEST, manifest(self.cfg, self.runtime.to_dict(), self.facts))
         adapter = (f"its adapter is saved in {printable(self.run.adapter)}" if saved else
                    "no adapter was saved (its save may have been cut short)")
-        resume = resume_command(self.run.path)
-        return (f"{how}: the run {printable(self.run.path)} is marked {status}; {adapter}. Continue from its last "
-                f"checkpoint, if one was saved (training.save_steps): {resume}")
+        return f"{how}: the run {printable(self.run.path)} is marked {status}; {adapter}. {continue_advice(self.run.path)}"
 
     @contextmanager
     def recorded_after_training(self) -> Iterator[None]:

@@ -59,6 +59,13 @@ class TrainingStages(RecipeState):
             say(f"note: {short_last}")
         evaluate.check_prompts_fit(cfg, self.tokenizer, self.benchmarks or {})
 
+    def check_query_texts(self) -> None:
+        """--mode full: the sample queries' texts against the tokenizer (a control token written as text), before
+        the base model is evaluated and the adapter trained, not after."""
+        from . import generate
+
+        generate.check_query_texts(self.cfg, self.tokenizer, generate.load_queries(self.cfg.generation.queries_file))
+
     def fit_memory(self) -> None:
         """GPU only: the memory preflight, and auto-fit of micro-batch and checkpointing (the config changes: a
         config.yaml written after this stage holds the fitted values)."""

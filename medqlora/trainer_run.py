@@ -17,7 +17,7 @@ from .config import KitConfig
 from .distributed import is_main, sharding
 from .errors import MedQLoRAError, TrainingInterrupted
 from .messages import log
-from .run_commands import resume_command
+from .run_commands import continue_advice, resume_command
 from .run_files import Files
 from .runs import RunDir
 from .secrets import printable
@@ -73,9 +73,8 @@ def _interrupted(model: Any, tokenizer: Any, run: RunDir, step: int) -> Training
                                    "not saved. Lower training.learning_rate and train again.")
     if is_main():
         save_adapter(model, tokenizer, run)
-    return TrainingInterrupted(f"{how}: the adapter trained so far is saved in {run.adapter}. Continue from the last "
-                               f"checkpoint with {resume_command(run.path)}, if one was saved "
-                               "(training.save_steps).")
+    return TrainingInterrupted(f"{how}: the adapter trained so far is saved in {run.adapter}. "
+                               f"{continue_advice(run.path)}.")
 
 
 class NonFiniteTraining(MedQLoRAError):

@@ -100,7 +100,8 @@ def test_the_resume_advised_after_an_interrupted_training_continues_the_run_as_p
     result = run_cli(capsys, ["--mode", "train", "--config", str(config)])
     run = tmp_path / "out" / "cut"
     assert result.code == 130 and "Interrupted (Ctrl-C) at step 3" in result.err, result.err[-2000:]
-    advised = _advised(result.err, "Continue from the last checkpoint with ", ", if one was saved")
+    advised = _advised(result.err, "Continue from its last checkpoint with ")
+    advised[-1] = advised[-1].removesuffix(".")
     assert advised == ["--mode", "train", "--config", str(run / "config.yaml"), "--resume", str(run)]
     monkeypatch.setattr(train, "_trainer_class", lambda: kit_trainer)
     assert main(advised) == 0

@@ -288,6 +288,7 @@ def _check_config_matches_weights(folder: Path, weights: list[Path]) -> None:
     or config.json is wrong (extra layers would start from random weights; weights of layers it lacks be ignored)."""
     where = f"model.name: {printable(str(folder / 'config.json'))}"
     _refuse_other_heads(folder)
+    _refuse_layers_beyond_weights(where, folder, weights)
     config, model = meta_model(folder)
     prefix = f"{model.base_model_prefix}."
     expected = {k.removeprefix(prefix) for k in model.state_dict()}
@@ -339,6 +340,27 @@ def _blocks(names: set[str]) -> dict[str, set[int]]:
         if match:
             found.setdefault(match.group(1), set()).add(int(match.group(2)))
     return found
+
+
+MAX_LAYERS = 1024  # decoder layers of any model (the largest have about 130): more is a damaged config.json
+
+
+def _refuse_layers_beyond_weights(where: str, folder: Path, weights: list[Path]) -> None:
+    """config.json's num_hidden_layers beyond the layers its weights hold, said before the model is built from it
+    (a damaged or hostile count, a billion layers, would take hours to build, even on the meta device)."""
+    try:
+        described = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(described, int) or isinstance(described, bool) or described <= MAX_LAYERS:
+        return  # a count a model can have: checked against the weights by _check_layer_counts
+    held = _blocks({name for file in weights for name in _tensor_shapes(file)})
+    stored = max(map(len, held.values()), default=0)
+    if described > stored:
+        weights_hold = f"the safetensors files hold {_layers(stored)}" if stored else "no model has as many"
+        raise ModelError(f"{where} describes {_layers(described)} (num_hidden_layers), but {weights_hold}: the "
+                         f"config is damaged. Restore the checkpoint's own config.json"
+                         f"{f' (num_hidden_layers {stored})' if stored else ''}.")
 
 
 def _layers(count: int) -> str:

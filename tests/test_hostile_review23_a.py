@@ -1,0 +1,113 @@
+"""Round 23 of the hostile review: a test question in Latin small capitals, a conversation stored as one text in
+JSONL, the advice after an interruption before the first checkpoint, a config.json with a billion layers, and a
+control token in the sample queries of --mode full."""
+
+import json
+import shutil
+
+import pytest
+
+from medqlora.errors import DataError
+from medqlora.leakage import check
+from medqlora.leakage_text import normalize
+
+from .conftest import assert_one_message, kit_argv, run_cli
+from .test_hostile_review15_e import QUESTION, _evaluation, _train
+
+SMALL_CAPITALS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘǫʀꜱᴛᴜᴠᴡxʏᴢ")
+
+
+def test_a_question_in_small_capitals_is_refused():
+    """'Fancy text' generators write Latin letters as small capitals, which NFKC leaves: the guard read the question
+    as other words and let it be trained on."""
+    fancy = QUESTION.lower().translate(SMALL_CAPITALS)
+    assert normalize(fancy) == normalize(QUESTION)
+    with pytest.raises(DataError, match="1 training examples contain evaluation questions \\(1 exact"):
+        check(_train("What is fever?", fancy), _evaluation(QUESTION), allow=False)
+
+
+def test_a_conversation_as_one_text_in_jsonl_is_told_to_be_a_list_of_turns(tiny_model_dir, tmp_path, capsys):
+    """The advice named CSV cells for a JSONL file, telling its user to do what they had done."""
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps({"messages": f"user: dose {i}?\nassistant: {i} mg"}) + "\n"
+                              for i in range(16)))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{
+        "data.datasets.0.source": str(source), "data.datasets.0.format": "chat"}))
+    assert result.code == 2
+    assert_one_message(result.err, "field 'messages' is text")
+    assert "Store each conversation as a list of turns" in result.err and "CSV" not in result.err
+
+
+def test_an_interruption_before_the_first_checkpoint_does_not_advise_a_resume(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The message proposed the --resume that is then refused ('has no checkpoint to continue from')."""
+    from medqlora import train
+
+    kit_trainer = train._trainer_class()
+
+    class InterruptedAtTwo(kit_trainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == 2:
+                raise KeyboardInterrupt
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_trainer_class", lambda: InterruptedAtTwo)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", **{
+        "training.max_steps": "6", "training.save_steps": "5", "output.run_name": "early"}))
+    assert result.code == 130 and "Interrupted (Ctrl-C) at step 2" in result.err, result.err[-2000:]
+    assert "It stopped before its first checkpoint (training.save_steps), so --resume cannot continue it: run the " \
+           "same command again" in result.err
+    assert "--resume" not in result.err.split("Interrupted (Ctrl-C) at step 2", 1)[1].split("cannot continue")[1]
+    run = tmp_path / "out" / "early"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()  # the adapter trained so far is kept
+
+
+def test_a_config_with_a_billion_layers_is_refused_at_once(tiny_model_dir, tmp_path, capsys):
+    """Building a model of 10^9 layers on the meta device (to compare it with the weights) never ended."""
+    model = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    stored = config["num_hidden_layers"]
+    config["num_hidden_layers"] = 10**9
+    (model / "config.json").write_text(json.dumps(config))
+    result = run_cli(capsys, kit_argv(model, tmp_path / "out", "--dry-run"))
+    assert result.code == 2
+    assert_one_message(result.err, f"describes 1000000000 layers (num_hidden_layers), but the safetensors files hold "
+                                   f"{stored} layers: the config is damaged. Restore the checkpoint's own config.json "
+                                   f"(num_hidden_layers {stored}).")
+
+
+@pytest.fixture
+def control_token_queries(tmp_path):
+    queries = tmp_path / "queries.yaml"
+    queries.write_text("- id: dose\n  question: 'What is the dose?<|im_end|>'\n")
+    return queries
+
+
+def test_a_control_token_in_the_queries_is_refused_by_the_full_modes_dry_run(tiny_model_dir, tmp_path, capsys,
+                                                                             control_token_queries):
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full", **{
+        "generation.queries_file": str(control_token_queries)}))
+    assert result.code == 2
+    assert_one_message(result.err, "query 'dose' holds '<|im_end|>' as text, a control token")
+
+
+def test_a_control_token_in_the_queries_stops_full_mode_before_it_evaluates_or_trains(tiny_model_dir, tmp_path,
+                                                                                      capsys, control_token_queries):
+    """The run evaluated the base model, trained and evaluated again, then failed on the queries."""
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "full", **{
+        "generation.queries_file": str(control_token_queries), "output.run_name": "q"}))
+    assert result.code == 2
+    assert_one_message(result.err, "query 'dose' holds '<|im_end|>' as text, a control token")
+    run = tmp_path / "out" / "q"
+    assert not (run / "adapter").exists() and not (run / "eval.json").exists()
+    assert "baseline" not in result.err
+
+
+def test_the_queries_check_keeps_a_clean_file(tiny_model_dir, tmp_path, capsys):
+    queries = tmp_path / "queries.yaml"
+    queries.write_text("- id: dose\n  question: 'What is the usual dose of aspirin <after> an infarction?'\n")
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full", **{
+        "generation.queries_file": str(queries)}))
+    assert result.code == 0, result.err

@@ -43,6 +43,16 @@ def load_checked(base: Any, folder: Path, failed: Callable[[Exception], ModelErr
     return model
 
 
+def short_error(err: Exception) -> str:
+    """An error of PEFT's loading in one line: its type and message, a message of many lines (one that prints a
+    whole module tree) cut to its first and last lines."""
+    from .secrets import printable
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = f"{lines[0]} ... {lines[-1]}" if len(lines) > 2 else " ".join(lines)
+    return f"{type(err).__name__}: {printable(text, 300)}"
+
+
 def _show(held: Iterable[warnings.WarningMessage]) -> None:
     for w in held:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)

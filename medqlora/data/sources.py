@@ -242,15 +242,21 @@ def refuse_held_out_files(folder: Path, dataset: str) -> None:
 def data_files(folder: Path) -> list[Path]:
     """The data files of a folder; a folder of several types is refused rather than some of them skipped."""
     kinds: dict[str, list[Path]] = {}
+    linked: list[Path] = []
     try:
         for path in sorted(folder.rglob("*")):
             relative = path.relative_to(folder)
-            if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in LOCAL_SUFFIXES \
-                    or path.is_dir():
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            if path.is_dir() and path.is_symlink():
+                linked.append(relative)
+            if path.suffix.lower() not in LOCAL_SUFFIXES or path.is_dir():
                 continue
             kinds.setdefault(LOCAL_SUFFIXES[path.suffix.lower()], []).append(path)
     except OSError as err:
         raise DataError(f"Cannot read the data folder {folder}: {printable(err, 200)}.") from None
+    if linked:
+        _refuse_linked_folders(folder, linked)
     if len(kinds) > 1:
         listed = "; ".join(f"{kind}: {printable(', '.join(str(p.relative_to(folder)) for p in paths[:3]), 200)}"
                            + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
@@ -258,6 +264,17 @@ def data_files(folder: Path) -> list[Path]:
         raise DataError(f"The data folder {folder} holds files of different types ({listed}); only one type "
                         "would be read. Keep one type in the folder, or list each file as its own dataset.")
     return [path for paths in kinds.values() for path in paths]
+
+
+def _refuse_linked_folders(folder: Path, linked: list[Path]) -> None:
+    """A folder read whole does not go into the folders linked inside it (a link may lead anywhere, or back to the
+    folder itself): rather than leave their files out without a word, each is named, with how to include it."""
+    shown = ", ".join(printable(str(path), 120) for path in linked[:3]) + (" ..." if len(linked) > 3 else "")
+    first = folder / linked[0]
+    raise DataError(f"The data folder {printable(folder, 200)} holds linked folders ({shown}): a folder is read "
+                    "whole, but not through the links in it, so their files would be left out. List each linked "
+                    f"folder as a dataset of its own (data.datasets: - source: {printable(first, 200)}), or copy "
+                    "its files into the folder.")
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:

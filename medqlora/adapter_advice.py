@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import json_text
 from .adapters import CONFIG_NAME, kit_run_folder
 from .checkpoint_files import checkpoint_folders
 from .run_commands import command_on_run
@@ -76,12 +77,11 @@ def no_adapter_there(arg: str, path: Path, flag: str) -> str:
 
 def _saved_an_adapter(run: Path) -> bool:
     """Whether the run's manifest.json records an adapter the run saved (adapter_weights.RECORD_KEY)."""
-    import json
 
     from .adapter_weights import recorded
 
     try:
-        manifest = json.loads((run / Files.MANIFEST).read_text(encoding="utf-8"))
+        manifest = json_text.loads((run / Files.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and bool(recorded(manifest))

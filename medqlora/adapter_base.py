@@ -6,10 +6,10 @@ locally, the layers and target modules, and the in/out features of every LoRA ma
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from . import json_text
 from .adapters import CONFIG_NAME, ValidAdapter, layer_numbers, lora_modules
 from .errors import ModelError
 from .secrets import printable
@@ -35,7 +35,7 @@ def base_config(source: str | None, trust_remote_code: bool = False) -> dict[str
             return None
         file = Path(cached)
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = json_text.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None

@@ -5,9 +5,9 @@ regular files, and a link planted among them stops the command."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from . import json_text
 from .adapter_weights import weights_sha256, written_by_run
 from .errors import ModelError
 from .regular_files import file_kind
@@ -82,7 +82,7 @@ def _json_record(path: Path) -> dict | None:
         return None
     try:
         with path.open("rb") as handle:
-            payload = json.loads(handle.read(MAX_MANIFEST_BYTES))
+            payload = json_text.loads(handle.read(MAX_MANIFEST_BYTES))
     except (OSError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None

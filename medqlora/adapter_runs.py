@@ -10,12 +10,11 @@ run folder brings that run's model and data sections, so that its prompts are re
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from . import adapter_base, adapters, backends, evaluate, model_files
+from . import adapter_base, adapters, backends, evaluate, json_text, model_files
 from .adapter_origin import origin_record, origin_run, unrecorded_weights
 from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
@@ -263,7 +262,7 @@ def stopped_during_training(run_folder: Path) -> str | None:
     if adapters.kit_run_folder(run_folder / Files.ADAPTER) is None:
         return None
     try:
-        manifest = json.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
+        manifest = json_text.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     status = manifest.get("status")
@@ -417,7 +416,7 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
     try:
         for line in (run_folder / Files.TRAINING_ITEMS).read_text(encoding="utf-8").splitlines():
             if line.strip():
-                record = json.loads(line)
+                record = json_text.loads(line)
                 record["question_sha1_16"] = str(record["question_sha1_16"])
                 records.append({**record, "inherited_from": record.get("inherited_from") or source})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -425,7 +424,7 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
                     "adapter was trained on cannot be carried into this run's record: the trained-on check of --mode "
                     "eval will not see it. Restore that file, or start from another adapter")
     try:
-        allowed = flagged_hashes(json.loads((run_folder / Files.DATA_STATS).read_text(encoding="utf-8")))
+        allowed = flagged_hashes(json_text.loads((run_folder / Files.DATA_STATS).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         allowed = set()
     records += [{"source": f"{source} (an evaluation question it was allowed to train on)", "uid": None,

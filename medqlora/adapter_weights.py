@@ -7,13 +7,13 @@ runs. A run written before the kit recorded them (no adapter_sha256) is taken as
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import json_text
 from .run_files import Files
 
 RECORD_KEY = "adapter_sha256"  # manifest.json: the sha256 of every weights file the run saved, oldest first
@@ -67,7 +67,7 @@ def written_by_run(adapter: Path, manifest: dict[str, Any]) -> bool:
 def on_disk(run_path: Path) -> list[str] | None:
     """The weights recorded in the run folder's manifest.json now (kept when the manifest is written anew)."""
     try:
-        payload = json.loads((run_path / Files.MANIFEST).read_text(encoding="utf-8"))
+        payload = json_text.loads((run_path / Files.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return recorded(payload) if isinstance(payload, dict) else None
@@ -80,7 +80,7 @@ def record_saved(run: Any, adapter: Path) -> None:
     if digest is None:
         return
     try:
-        payload = json.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8"))
+        payload = json_text.loads((run.path / Files.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         payload = {}
     payload = payload if isinstance(payload, dict) else {}

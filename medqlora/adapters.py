@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import json_text
 from .adapter_origin import kit_run_folder
 from .errors import ModelError
 from .regular_files import first_special_file, link_note
@@ -173,7 +174,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{where} is empty ({len(raw)} bytes): a copy that never wrote it, or one cut short. {again}")
     try:
         text = raw.decode("utf-8")
-        config = json.loads(text)
+        config = json_text.loads(text)
     except UnicodeDecodeError:
         raise ModelError(f"{where} is not UTF-8 text: not a LoRA adapter config.") from None
     except json.JSONDecodeError as err:

@@ -12,6 +12,7 @@ import contextlib
 import json
 from pathlib import Path
 
+from . import json_text
 from .errors import ModelError
 from .secrets import printable
 from .torch_pickles import code_in_pickle, holds_code_error
@@ -115,7 +116,7 @@ def trainer_state(checkpoint: Path) -> dict | None:
     """A checkpoint's trainer_state.json, which the Trainer writes last (None: not there, or not whole: cut while it
     was written, or damaged)."""
     try:
-        state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+        state = json_text.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None

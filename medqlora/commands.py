@@ -6,7 +6,6 @@ purpose: ``--help`` and argument checks import it before any model code.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import distributed, environment, messages, signals
+from . import distributed, environment, json_text, messages, signals
 from .config import PATH_SHOWN, KitConfig, has_control_characters, revalidate
 from .errors import ConfigError
 from .rows import invisible
@@ -72,7 +71,7 @@ class Run:
         file = self.path / Files.METRICS if self.path else None
         if file is None or not file.is_file():
             return {}
-        return json.loads(file.read_text(encoding="utf-8")).get("metrics", {})
+        return json_text.loads(file.read_text(encoding="utf-8")).get("metrics", {})
 
 
 def python_options(output_dir: Any = None, adapter: Any = None, resume: Any = None, baseline: Any = True,

@@ -10,6 +10,8 @@ import hashlib
 import struct
 from pathlib import Path
 
+from . import json_text
+
 MANIFEST_KEY = "model_files"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 EDGE = 1 << 20  # the first and the last MiB of each file
@@ -68,12 +70,11 @@ def describe_change(names: list[str], source: str) -> str:
 def changed_since_training(run_folder: Path) -> tuple[list[str], str]:
     """The base model's weight files changed since the run ``run_folder`` trained (its manifest.json's model_files
     compared with the folder its model_source names), and that folder; ([], "") where nothing can be compared."""
-    import json
 
     from .run_files import Files
 
     try:
-        manifest = json.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
+        manifest = json_text.loads((run_folder / Files.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return [], ""
     source = manifest.get("model_source") if isinstance(manifest, dict) else None

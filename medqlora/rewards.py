@@ -9,11 +9,11 @@ rises exactly when that evaluation would count the reply correct.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 
+from . import json_text
 from .evaluate import FINAL_RESPONSE, PUBMEDQA_LABELS, extract_answer, split_cot
 from .leakage import normalize
 
@@ -27,7 +27,7 @@ ANSWER = "answer"  # prompt_answer rows
 def _options(raw: Any) -> dict[str, str]:
     if isinstance(raw, dict):
         return raw
-    return json.loads(raw) if raw else {}
+    return json_text.loads(raw) if raw else {}
 
 
 def multiple_choice(completions: list[str], kind: list[str], answer: list[str], choices: list[list[str]],
@@ -93,7 +93,7 @@ def format_reward(style: str) -> Reward:
     return reward
 
 
-_MARKERS = {"huatuo": (re.compile(r"##\s*Thinking", re.I), re.compile(r"##\s*Final Response", re.I)),
+_MARKERS = {"huatuo": (re.compile(r"##\s*Thinking", re.IGNORECASE), re.compile(r"##\s*Final Response", re.IGNORECASE)),
             "tags": (re.compile(r"<think>"), re.compile(r"<response>"))}
 
 

@@ -4,10 +4,10 @@ checked row by row the same way, and seen by the leakage guard like every other 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import json_text
 from .errors import DataError
 from .formats import CHAT_ROLES, dataset_format
 from .leakage import normalize
@@ -86,7 +86,7 @@ def _refuse_messages_as_text(value: str, name: str) -> None:
     if not (stripped.startswith("[") and stripped.endswith("]")):
         return
     try:
-        parsed = json.loads(stripped)
+        parsed = json_text.loads(stripped)
     except ValueError:
         return
     if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and ("role" in m or "from" in m)

@@ -4,9 +4,10 @@ adapters.py (CONFIG_NAME, WEIGHTS_NAME), the adapter boundary."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from . import json_text
 
 
 class Files:
@@ -69,7 +70,7 @@ class Files:
 def manifest_value(run_folder: str | Path, key: str) -> Any:
     """One field of a run folder's manifest.json (None: no manifest, not JSON, or no such field)."""
     try:
-        return json.loads((Path(run_folder) / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
+        return json_text.loads((Path(run_folder) / Files.MANIFEST).read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
 

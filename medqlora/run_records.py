@@ -3,12 +3,11 @@ fails or is interrupted (the adapter saved or not, how to finish the work left).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import adapter_weights, signals
+from . import adapter_weights, json_text, signals
 from .errors import TrainingInterrupted
 from .messages import log
 from .recipe_state import RecipeState
@@ -85,7 +84,7 @@ class RunRecords(RecipeState):
         except BaseException as err:
             interrupted = isinstance(err, (KeyboardInterrupt, TrainingInterrupted))
             try:
-                facts = json.loads((self.run.path / Files.MANIFEST).read_text(encoding="utf-8"))
+                facts = json_text.loads((self.run.path / Files.MANIFEST).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 facts = {}
             facts.update(status="interrupted" if interrupted else "failed", error=redact(str(err))[:2000],

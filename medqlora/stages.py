@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import adapters, backends, data, distributed, evaluate, fit, harness, memory, model_files, report, resume
+from . import (adapters, backends, data, distributed, evaluate, fit, harness, json_text, memory, model_files,
+               report, resume)
 from .adapter_runs import inherited_training_items
 from .config import KitConfig
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
@@ -156,7 +157,7 @@ class TrainingStages(RecipeState):
         self.benchmarks.update(cot_validation(self.cfg, self.prepared))
         saved = self.run.path / Files.EVAL_BASELINE
         if self.benchmarks and saved.is_file():  # a resumed run scored its base model before the crash
-            self.baseline = json.loads(saved.read_text())
+            self.baseline = json_text.loads(saved.read_text())
         elif self.benchmarks:
             start = self.cfg.training.init_adapter
             say(("evaluating the base model" if not start else f"evaluating the start adapter {start} "
@@ -176,7 +177,7 @@ class TrainingStages(RecipeState):
         harness.write_task_folder(self.run.fresh_dir(Files.LM_EVAL_TASKS), self.lm_eval_tasks)
         saved = self.run.path / Files.LM_EVAL_BASELINE
         if saved.is_file():
-            return json.loads(saved.read_text())
+            return json_text.loads(saved.read_text())
         backends.prepare_for_generation(self.model, self.runtime)
         results = self.harness_scores(self.run.path / Files.LM_EVAL_TASKS, "baseline")
         self.run.write_json(Files.LM_EVAL_BASELINE, results)

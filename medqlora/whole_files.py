@@ -12,11 +12,11 @@ files take to parse (its weights' finiteness is read once, where the boundary ne
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import json_text
 from .secrets import printable
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -62,7 +62,7 @@ def inspect(file: Path, values: bool) -> Damage | None:
 
 def _json_damage(file: Path) -> str | None:
     try:
-        json.loads(file.read_text(encoding="utf-8"))
+        json_text.loads(file.read_text(encoding="utf-8"))
     except ValueError as err:  # bad JSON, or not UTF-8 text
         return f"is cut short or damaged (not JSON: {printable(str(err), 120)})"
     return None

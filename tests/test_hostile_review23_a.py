@@ -169,3 +169,69 @@ def test_an_adapter_whose_target_modules_match_the_whole_model_is_one_short_mess
     assert_one_message(result.err, "Cannot load the adapter in")
     message = result.err.strip().splitlines()[-1]
     assert "Target module" in message and "is not supported" in message and len(message) < 900, message
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # Python's JSON parser recurses once a level
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "tokenizer_config.json"])
+def test_a_model_file_nested_too_deeply_is_named(tiny_model_dir, tmp_path, capsys, name):
+    """RecursionError reached the last line of defence: an internal error, the file not named."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    values = json.loads((model / name).read_text()) if (model / name).is_file() else {}
+    (model / name).write_text(json.dumps(values)[:-1] + (", " if values else "") + f'"x": {DEEP}}}')
+    result = run_cli(capsys, kit_argv(model, tmp_path / "out", "--dry-run"))
+    assert result.code == 2, result.err[-1500:]
+    assert_one_message(result.err, name)
+    assert "internal error" not in result.err
+
+
+def test_an_adapter_config_nested_too_deeply_is_named(lora_folder, tiny_model_dir, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_folder, adapter)
+    (adapter / "adapter_config.json").write_text(f'{{"x": {DEEP}}}')
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "eval", "--no-baseline",
+                                      "--adapter", str(adapter)))
+    assert result.code == 2, result.err[-1500:]
+    assert_one_message(result.err, "adapter_config.json")
+    assert "internal error" not in result.err
+
+
+def test_a_question_split_between_the_system_prompt_and_a_row_is_refused(tiny_model_dir, tmp_path, capsys):
+    """data.system_prompt goes before every training prompt: its end and a row's start held a whole test question,
+    while each alone held half of it (a row's own system turn was already joined)."""
+    first, second = QUESTION.split(" the ", 1)
+    first += " the"
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"{second} Case {i}.", "output": f"{i} mg"}) + "\n"
+                              for i in range(16)))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", **{
+        "data.datasets.0.source": str(source), "data.datasets.0.format": "instruction",
+        "data.system_prompt": first, "data.allow_eval_overlap": "false"}))
+    assert result.code == 2, result.err[-1500:]
+    assert "16 training examples contain evaluation questions" in result.err
+    assert "field 'data.system_prompt + instruction (joined)' contains" in result.err
+
+
+def test_deep_json_is_a_json_error_that_readers_already_handle():
+    from medqlora import json_text
+
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        json_text.loads(DEEP)
+    with pytest.raises(ValueError):  # what the readers catch
+        json_text.loads(DEEP.encode())
+    assert json_text.loads('{"a": [[1]]}') == {"a": [[1]]}
+
+
+def test_the_kit_reads_json_through_its_one_reader():
+    """A json.loads added later would bring the RecursionError back for its file."""
+    from pathlib import Path
+
+    import medqlora
+
+    direct = [f"{path.name}:{number}" for path in Path(medqlora.__file__).parent.rglob("*.py")
+              if path.name != "json_text.py"
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if ("json.loads(" in line and "json.loads(json.dumps(" not in line) or "json.load(" in line]
+    assert direct == []

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import json_text
 from ..errors import ModelError
 from ..regular_files import first_special_file, link_note
 from ..secrets import printable
@@ -20,7 +21,7 @@ def _adapter_given_as_model(folder: Path) -> str:
     """Where model.name is a LoRA adapter folder (or a kit run folder holding one): what it is, and its base."""
     adapter = folder if (folder / "adapter_config.json").is_file() else folder / "adapter"
     try:
-        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        config = json_text.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
@@ -64,7 +65,7 @@ def check_checkpoint_folder(folder: Path) -> None:
         raise ModelError(f"model.name: {shown} is a file, not a checkpoint folder (nor a .gguf file).")
     _refuse_special_files(folder)
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json_text.loads((folder / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"model.name: {shown} exists but holds no config.json: not a transformers checkpoint."
                          f"{_adapter_given_as_model(folder) or _gguf_files_in(folder)}") from None
@@ -192,7 +193,7 @@ def check_generation_config(folder: Path) -> None:
     where = f"model.name: {printable(str(file))}"
     fix = "Fix or remove that key, or restore the checkpoint's own file."
     try:
-        values = json.loads(file.read_text(encoding="utf-8"))
+        values = json_text.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"{where} is not readable JSON ({printable(str(err), 120)}). Restore the checkpoint's own "
                          "file, or remove it.") from None
@@ -270,7 +271,7 @@ def _refuse_other_heads(folder: Path) -> None:
     of lm_head.weight) holds no language-model head to generate with or fine-tune: said as such, before its weights
     are found not to match."""
     try:
-        names = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures")
+        names = json_text.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures")
     except (OSError, ValueError, AttributeError):
         return
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -349,7 +350,7 @@ def _refuse_layers_beyond_weights(where: str, folder: Path, weights: list[Path])
     """config.json's num_hidden_layers beyond the layers its weights hold, said before the model is built from it
     (a damaged or hostile count, a billion layers, would take hours to build, even on the meta device)."""
     try:
-        described = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+        described = json_text.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
     except (OSError, ValueError, AttributeError):
         return
     if not isinstance(described, int) or isinstance(described, bool) or described <= MAX_LAYERS:
@@ -388,7 +389,7 @@ def _tensor_shapes(file: Path) -> dict[str, list]:
     shape is its packing's)."""
     with file.open("rb") as handle:  # the header alone, checked whole by safetensors_problem
         length = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(length))
+        header = json_text.loads(handle.read(length))
         return {k: list(v.get("shape") or []) if isinstance(v, dict) and v.get("dtype") in FLOAT_DTYPES else []
                 for k, v in header.items() if k != "__metadata__"}
 
@@ -399,7 +400,7 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 def _index_files(index: Path) -> list[str]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        weight_map = json_text.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
         return [str(v) for v in weight_map.values()] if isinstance(weight_map, dict) else []
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         raise ModelError(f"model.name: {printable(str(index))} is not readable JSON.") from None
@@ -415,7 +416,7 @@ def safetensors_problem(file: Path) -> str | None:
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if length <= 0 or length > min(size - 8, 100 << 20):
                 return "is not a safetensors file (or is truncated)"
-            header = json.loads(handle.read(length))
+            header = json_text.loads(handle.read(length))
     except (OSError, ValueError, UnicodeDecodeError):
         return "has an unreadable safetensors header (truncated or not a safetensors file)"
     if not isinstance(header, dict):

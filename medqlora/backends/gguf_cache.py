@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .. import json_text
 from ..errors import ModelError
 from ..secrets import printable
 from .checkpoints import safetensors_problem
@@ -25,7 +26,7 @@ def conversion_damage(target: Path) -> str | None:
     parse, a safetensors file shorter than its header says, no weights, or a shard its index lists missing."""
     for path in sorted(target.glob("*.json")):
         try:
-            json.loads(path.read_bytes())
+            json_text.loads(path.read_bytes())
         except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
             return f"its {path.name} is not valid JSON"
     weights = sorted(target.glob("*.safetensors"))
@@ -36,7 +37,7 @@ def conversion_damage(target: Path) -> str | None:
         if problem:
             return f"its {file.name} {problem}"
     for index in target.glob("*.index.json"):
-        read = json.loads(index.read_bytes())
+        read = json_text.loads(index.read_bytes())
         listed = read.get("weight_map") if isinstance(read, dict) else None
         missing = sorted(set(map(str, listed.values())) - {p.name for p in weights}) if isinstance(listed, dict) else []
         if missing:
@@ -114,7 +115,7 @@ def clear_byte_fallback(folder: Path) -> bool:
     Whether it was changed."""
     path = folder / "tokenizer.json"
     try:
-        tokenizer_json = json.loads(path.read_bytes())
+        tokenizer_json = json_text.loads(path.read_bytes())
     except (OSError, ValueError):
         return False
     if not byte_level(tokenizer_json) or not tokenizer_json["model"].get("byte_fallback"):

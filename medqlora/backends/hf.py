@@ -3,10 +3,10 @@ GPU, the context length checked; a failed load explained in one message."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from .. import json_text
 from ..config import KitConfig
 from ..distributed import local_rank, sharding
 from ..errors import ConfigError, ModelError
@@ -27,7 +27,7 @@ def _broken_json(source: str) -> Path | None:
         return None
     for path in sorted(folder.glob("*.json")):
         try:
-            json.loads(path.read_bytes())
+            json_text.loads(path.read_bytes())
         except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
             return path
     return None

@@ -9,13 +9,13 @@ them: nothing in this kit imports those libraries at module level, and ``activat
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import json_text
 from ..config import KitConfig
 from ..distributed import sharding
 from ..errors import ConfigError, ModelError
@@ -98,7 +98,7 @@ def _dtype(requested: str, cuda: bool, bf16_ok: bool, gpu: str | None) -> str:
     return requested
 
 
-_GPU_ONLY_NAME = re.compile(r"bnb-4bit|bnb-8bit|gptq|awq", re.I)
+_GPU_ONLY_NAME = re.compile(r"bnb-4bit|bnb-8bit|gptq|awq", re.IGNORECASE)
 
 
 def gpu_only_checkpoint(name: str) -> str | None:
@@ -110,7 +110,7 @@ def gpu_only_checkpoint(name: str) -> str | None:
     else:
         config = Path(name).expanduser() / "config.json"
         try:
-            quantization = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") \
+            quantization = json_text.loads(config.read_text(encoding="utf-8")).get("quantization_config") \
                 if config.is_file() else None
         except (OSError, ValueError, AttributeError):
             quantization = None

@@ -5,16 +5,15 @@ the evaluation items (``collect``, with ``leakage``). Also the prompt of a free 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from .. import leakage
+from .. import json_text, leakage
 from ..config import KIT_ROOT, DataSection, DatasetSpec, template_fields
 from ..errors import DataError
 from ..formats import FORMAT_SHAPES, FORMATS
-from ..rows import Example, MissingColumnError, _kind, pmid_of
+from ..rows import SEAM_WORDS, Example, MissingColumnError, _kind, pmid_of
 from ..secrets import printable
 from .source_sets import refuse_repeated_datasets
 from .sources import check_hub_dataset_id, load_rows, looks_local, refuse_held_out_files, resolve_local
@@ -26,11 +25,11 @@ PUBMEDQA_DIR = KIT_ROOT / "data" / "pubmedqa"
 
 def pubmedqa_test_ids() -> set[str]:
     """The 500 PMIDs of PubMedQA's official test split: never trained on."""
-    return set(json.loads(PUBMEDQA_TEST_FILE.read_text()))
+    return set(json_text.loads(PUBMEDQA_TEST_FILE.read_text()))
 
 
 def pubmedqa_folds() -> list[list[str]]:
-    return json.loads((PUBMEDQA_DIR / "pqal_split_pmids.json").read_text())["folds"]
+    return json_text.loads((PUBMEDQA_DIR / "pqal_split_pmids.json").read_text())["folds"]
 
 
 
@@ -236,7 +235,7 @@ def collect(data: DataSection, seed: int, extra_eval: list[leakage.Item] | None 
                             ((f"data.datasets.{i}.system_prompt", spec.system_prompt),))
                for i, spec in enumerate(data.datasets) if spec.system_prompt and spec.system_prompt.strip()]
     guard = leakage.check(
-        system + guard_items(collected),
+        system + guard_items(collected, data),
         evaluation_items(data, local_only) + (extra_eval or []),
         data.allow_eval_overlap, data.near_duplicate_ngram, data.near_duplicate_threshold, data.possible_near_copies,
     )
@@ -251,22 +250,48 @@ def guard_warnings(collected: list[Collected]) -> list[str]:
     return [guard["warning"]] if guard.get("warning") else []
 
 
-def guard_items(collected: list[Collected]) -> list[leakage.Item]:
-    """One guard item per training example (a weighted dataset repeats examples: each is checked once)."""
+def guard_items(collected: list[Collected], data: DataSection | None = None) -> list[leakage.Item]:
+    """One guard item per training example (a weighted dataset repeats examples: each is checked once); with
+    ``data``, the system prompt of the config that goes before each example's prompt joined to its start."""
     seen: set[int] = set()
     items = []
     for c in collected:
+        system = _system_prompt_of(c, data)
         for ex in c.examples:
             if id(ex) not in seen:
                 seen.add(id(ex))
-                items.append(leakage.Item(c.name, ex.uid, ex.question, ex.guard_texts(), ex.row))
+                texts = ex.guard_texts()
+                items.append(leakage.Item(c.name, ex.uid, ex.question, texts + _system_seam(system, texts), ex.row))
     return items
+
+
+def _system_prompt_of(c: Collected, data: DataSection | None) -> tuple[str, str] | None:
+    """(setting, text) of the config's system prompt that goes before the dataset's prompts, if any."""
+    if data is None:
+        return None
+    index = c.name.split(":", 1)[0]
+    if c.spec.system_prompt and c.spec.system_prompt.strip():
+        return f"data.datasets.{index}.system_prompt", c.spec.system_prompt
+    if data.system_prompt and data.system_prompt.strip():
+        return "data.system_prompt", data.system_prompt
+    return None
+
+
+def _system_seam(system: tuple[str, str] | None, texts: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The end of the config's system prompt and the start of the example's prompt as one text: a question split
+    between them is whole in the prompt the model reads, and neither holds it (the system prompt is checked alone
+    once, as a config item)."""
+    if system is None or not texts:
+        return ()
+    tail = " ".join(system[1].split()[-SEAM_WORDS:])
+    head = " ".join(texts[0][1].split()[:SEAM_WORDS])
+    return ((f"{system[0]} + {texts[0][0]} (joined)", f"{tail} {head}"),)
 
 
 def evaluation_items(data: DataSection, local_only: bool = False) -> list[leakage.Item]:
     """PubMedQA's official test questions, plus every set listed in data.eval_sets (local ones only with
     ``local_only``)."""
-    rows = json.loads((PUBMEDQA_DIR / "ori_pqal.json").read_text())
+    rows = json_text.loads((PUBMEDQA_DIR / "ori_pqal.json").read_text())
     items = []
     for pmid in sorted(pubmedqa_test_ids()):  # the question, and its abstract and long answer (their text)
         question, contexts = rows[pmid]["QUESTION"], rows[pmid]["CONTEXTS"]

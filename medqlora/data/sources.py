@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .. import json_text
 from ..config import KIT_ROOT, DatasetSpec
 from ..environment import check_datasets_cache
 from ..errors import DataError
@@ -279,7 +280,7 @@ def _refuse_linked_folders(folder: Path, linked: list[Path]) -> None:
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"), parse_int=parse_int, parse_float=parse_float,
+        payload = json_text.loads(path.read_bytes().decode("utf-8-sig"), parse_int=parse_int, parse_float=parse_float,
                              object_pairs_hook=pairs_once)
     except json.JSONDecodeError as err:
         hint = " It holds several JSON values: if it has one object per line, name it .jsonl." if \
@@ -356,7 +357,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not rows and line.lstrip().startswith("["):
                 _refuse_json_array(path)
             try:
-                row = json.loads(line, parse_int=parse_int, parse_float=parse_float, object_pairs_hook=pairs_once)
+                row = json_text.loads(line, parse_int=parse_int, parse_float=parse_float, object_pairs_hook=pairs_once)
             except ValueError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({printable(err, 120)}). Each line must be one "
                                 "JSON object.") from None
@@ -374,7 +375,7 @@ def _refuse_json_array(path: Path) -> None:
     Lines (an array of other values keeps the line's own message). Refused as a .json file holding JSON lines is
     (name it .jsonl), the other way round."""
     try:
-        payload = json.loads(path.read_bytes().decode("utf-8-sig"))
+        payload = json_text.loads(path.read_bytes().decode("utf-8-sig"))
     except ValueError:
         return  # not one JSON document: the line-by-line reading says where it goes wrong
     if isinstance(payload, list) and payload and all(isinstance(item, dict) for item in payload):

@@ -4,12 +4,12 @@ the items it is evaluated on."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import json_text
 from ..config import BenchmarkSpec, DatasetSpec, KitConfig
 from ..data import Example, format_rows, load_rows, mc_options, pubmedqa_test_ids, resolve_local
 from ..data.examples import row_name
@@ -228,7 +228,7 @@ def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_ite
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json_text.loads(line)
             trained.add(str(record["question_sha1_16"]))
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{training_items}:{number}: not a record of training_items.jsonl (the file is damaged), "
@@ -237,7 +237,7 @@ def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_ite
     stats_file = training_items.parent / Files.DATA_STATS
     if stats_file.is_file():
         try:
-            trained |= flagged_hashes(json.loads(stats_file.read_text(encoding="utf-8")))
+            trained |= flagged_hashes(json_text.loads(stats_file.read_text(encoding="utf-8")))
         except ValueError:
             pass  # a damaged data_stats.json only loses the allowed-overlap list; training_items.jsonl still counts
     for name, items in items_by_bench.items():

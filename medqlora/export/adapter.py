@@ -3,19 +3,17 @@ the base as another machine finds it, the tokenizer with its chat template, and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .. import backends
+from .. import backends, json_text
+from ..adapter_origin import origin_run
 from ..config import KitConfig
 from ..errors import MedQLoRAError
-from ..adapter_origin import origin_run
 from ..report.adapter_card import run_record
 from ..report.model_card import adapter_readme
 from ..runs import RunDir
 from ..secrets import printable
 from .base_model import ExportBase, has_tokenizer
-
 
 # A checkpoint's training state: what --resume reads, never what loading the adapter reads. An export of a checkpoint
 # folder leaves it out (the optimizer state is twice the adapter's size, and these files are pickles).
@@ -75,6 +73,6 @@ def export_adapter(cfg: KitConfig, adapter: Path, sources: list[Path], run: RunD
 def published_config(source: Path, model_name: str) -> dict:
     """The adapter's adapter_config.json as the export publishes it: the base model by its hub id, or, for a model on
     this machine's disk, by its folder name alone (the full path holds the user's folder names)."""
-    config = json.loads(source.read_text(encoding="utf-8"))
+    config = json_text.loads(source.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = backends.published_base_name(model_name)
     return config

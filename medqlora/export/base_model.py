@@ -3,12 +3,11 @@ loaded once, each when a format first needs it (an adapter-only export resolves 
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .. import backends
+from .. import backends, json_text
 from ..config import KitConfig
 
 
@@ -37,6 +36,6 @@ def has_tokenizer(adapter: Path) -> bool:
     if (adapter / "chat_template.jinja").is_file() or (adapter / "chat_template.json").is_file():
         return True
     try:
-        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+        return bool(json_text.loads(config.read_text(encoding="utf-8")).get("chat_template"))
     except (OSError, ValueError, AttributeError):
         return False

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import backends, hub
+from .. import backends, hub, json_text
 from ..config import KitConfig
 from ..errors import ConfigError, ModelError
 from ..secrets import printable
@@ -22,7 +22,7 @@ from .llama_cpp import LLAMA_CPP_HINT, LORA_CONVERTER, gguf_field, llama_cpp_dir
 def lora_gguf_refusal(adapter: Path) -> None:
     """Adapters llama.cpp cannot apply as they are: DoRA (magnitude vectors) and per-layer ranks or alphas (llama.cpp
     scales every layer by one alpha / rank)."""
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json_text.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     found = [key for key in ("use_dora", "rank_pattern", "alpha_pattern") if config.get(key)]
     if found:
         raise ConfigError(f"export.formats gguf_lora: the adapter in {printable(adapter)} uses {', '.join(found)}, "
@@ -116,7 +116,7 @@ def check_gguf_lora(gguf_file: Path, adapter: Path) -> dict[str, Any]:
 
 def _llama_cpp_alpha(adapter: Path) -> float:
     """The alpha that makes llama.cpp's scale (alpha / r) the adapter's: alpha / r, or alpha / sqrt(r) for rsLoRA."""
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json_text.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     return config["lora_alpha"] * (config["r"] ** 0.5 if config.get("use_rslora") else 1)
 
 

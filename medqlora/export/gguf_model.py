@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import backends
+from .. import backends, json_text
 from ..backends.gguf_cache import byte_level, clear_byte_fallback
 from ..config import KitConfig
 from ..data import query_prompt
@@ -71,10 +71,9 @@ def write_modelfile(cfg: KitConfig, run: RunDir, tokenizer: Any, gguf_file: str,
 def _check_vocabulary_kind(gguf_file: Path, kind: Any, merged: Path) -> None:
     """A byte-level BPE tokenizer must be stored as one ("gpt2"): stored as a SentencePiece vocabulary ("llama"),
     llama.cpp and Ollama split the text at every blank."""
-    import json
 
     try:
-        tokenizer_json = json.loads((merged / "tokenizer.json").read_bytes())
+        tokenizer_json = json_text.loads((merged / "tokenizer.json").read_bytes())
     except (OSError, ValueError):
         return
     if byte_level(tokenizer_json) and kind != "gpt2":

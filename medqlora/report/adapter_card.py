@@ -5,12 +5,11 @@ was actually loaded with (none on a CPU, whatever model.load_in_4bit says), and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import backends
+from .. import backends, json_text
 from ..run_files import Files
 from ..secrets import printable
 
@@ -74,7 +73,7 @@ def run_record(run: Path | None) -> TrainingRecord:
     if run is None:
         return TrainingRecord()
     try:
-        facts = json.loads((run / Files.MANIFEST).read_text(encoding="utf-8"))
+        facts = json_text.loads((run / Files.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return TrainingRecord()
     return record_of(facts) if isinstance(facts, dict) else TrainingRecord()

@@ -3,11 +3,10 @@ results, the checks of the export, and the medical disclaimer."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .. import adapters, backends
+from .. import adapters, backends, json_text
 from ..adapter_origin import origin_run
 from ..config import KitConfig, load_config
 from ..data.sources import HUB_DATASET_ID, looks_local, resolve_local
@@ -156,7 +155,7 @@ def _results(run: RunDir) -> str:
     metrics = run.path / Files.METRICS
     if metrics.is_file() and not metrics.is_symlink():
         try:
-            figures = json.loads(metrics.read_text(encoding="utf-8")).get("metrics", {})
+            figures = json_text.loads(metrics.read_text(encoding="utf-8")).get("metrics", {})
         except (ValueError, AttributeError):
             figures = {}
         shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

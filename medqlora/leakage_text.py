@@ -13,6 +13,8 @@ import re
 import unicodedata
 from typing import Any
 
+from .confusable_letters import LOOK_ALIKES
+
 # zero-width and invisible characters outside the Cf category (Hangul fillers, Khmer vowels, CGJ, ...)
 _INVISIBLE = set("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
 
@@ -62,6 +64,8 @@ _CONFUSABLE = str.maketrans({
 # regional indicators (🇦), negative squared and circled letters (🅰 🅐): each made its letter.
 _DRAWN_OTHERWISE = re.compile(r"(?:LATIN LETTER SMALL CAPITAL|REGIONAL INDICATOR SYMBOL LETTER|"
                               r"NEGATIVE (?:SQUARED|CIRCLED) LATIN CAPITAL LETTER) ([A-Z])")
+# the rest of Unicode's confusables of Latin letters (Cherokee, Lisu, Coptic...): under the table above
+_CONFUSABLE = {**{ord(char): letter for letter, chars in LOOK_ALIKES.items() for char in chars}, **_CONFUSABLE}
 _CONFUSABLE.update({code: match[1].lower() for start, end in ((0x0250, 0x02B0), (0x1D00, 0x1D80), (0xA720, 0xA800),
                                                                   (0x1F100, 0x1F200))
                     for code in range(start, end)

@@ -75,3 +75,20 @@ def test_only_the_guard_compares_forms():
     """normalize (scoring of answers, GRPO rewards) keeps every word as written: the answer 'A' stays."""
     assert normalize("A") == "a" and normalize("Are the studies done?") == "are the studies done"
     assert compared("Are the studies done?") == ["be", "the", "study", "do"]
+
+
+SCRIPTS = {"cherokee": (("\u13a0", "\u13ff"), ("\uab70", "\uabbf")), "lisu": (("\ua4d0", "\ua4ff"),)}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_a_question_in_look_alike_letters_of_other_scripts_is_refused(script):
+    """Cherokee (Ꭺ Ᏼ Ꮯ) and Lisu (ꓮ ꓐ ꓚ) letters look like Latin ones and NFKC leaves them: Unicode's confusables
+    make them Latin for the guard."""
+    from medqlora.confusable_letters import LOOK_ALIKES
+
+    drawn = {letter: char for letter, chars in LOOK_ALIKES.items() for char in chars
+             if any(low <= char <= high for low, high in SCRIPTS[script])}
+    fancy = "".join(drawn.get(c, c) for c in ASKED.lower())
+    assert sum(c != d for c, d in zip(fancy, ASKED.lower())) > 40 and normalize(fancy) == normalize(ASKED)
+    with pytest.raises(DataError, match="1 exact"):
+        check(_train("What is fever?", fancy), _evaluation(ASKED), allow=False)

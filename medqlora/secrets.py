@@ -3,7 +3,8 @@
 Masking rules (``redact``):
 
 - the values of the credential variables in ``SECRET_ENV`` are replaced by ``<NAME>`` wherever they
-  appear, and so is the form the run-folder slug maps them to (``hf_ab/cd`` -> ``hf-ab-cd``);
+  appear, in any case, and so are the form the run-folder slug maps them to (``hf_ab/cd`` -> ``hf-ab-cd``) and their
+  escaped forms (repr, JSON, %-encoding);
 - values of 8 characters or more are masked, except plain names under 16 characters: parts joined by
   ``_ - . / :`` that are each a word (letters only), a short number (under 8 digits) or a short mix
   of letters and digits (under 7 characters, at most two letter/digit changes: ``o1``, ``gpt4o``):
@@ -25,6 +26,8 @@ reader sees.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import re
@@ -95,14 +98,31 @@ def secret_values() -> list[tuple[str, str]]:
     return sorted(found, key=lambda item: -len(item[1]))
 
 
+def _forms(value: str) -> set[str]:
+    """The forms a credential's value can take in what the kit prints or writes: as it is, its run-folder slug, and
+    escaped as Python's repr, JSON and a URL write it (a backslash doubled, %-encoded); each is masked in any case
+    (a value lower-cased on its way into a message is still the credential)."""
+    from urllib.parse import quote
+
+    forms = {value, value.encode("unicode_escape").decode("ascii"), json.dumps(value)[1:-1], quote(value, safe="")}
+    mapped = slug(value)
+    if maskable(mapped):
+        forms.add(mapped)
+    return {form for form in forms if form}
+
+
+@functools.lru_cache(maxsize=8)
+def _masks(secrets: tuple[tuple[str, str], ...]) -> tuple[tuple[re.Pattern, str], ...]:
+    """One case-insensitive pattern of every form of each credential, the longest credentials first."""
+    return tuple((re.compile("|".join(re.escape(form) for form in sorted(_forms(value), key=len, reverse=True)),
+                             re.IGNORECASE), f"<{name}>") for name, value in secrets)
+
+
 def redact(text: str) -> str:
-    """``text`` with every credential from the environment (and its slug form), and anything shaped
-    like an HF token, masked."""
-    for name, value in secret_values():
-        text = text.replace(value, f"<{name}>")
-        mapped = slug(value)
-        if maskable(mapped) and mapped != value:
-            text = text.replace(mapped, f"<{name}>")
+    """``text`` with every credential from the environment (in any of its forms: ``_forms``, in any case), and
+    anything shaped like an HF token, masked."""
+    for pattern, mask in _masks(tuple(secret_values())):
+        text = pattern.sub(mask, text)
     text = _URL_PASSWORD.sub(r"\1:<password>@", _TOKEN_SHAPES.sub("<token>", text))
     text = _URL_CREDENTIAL_PARAM.sub(r"\1<credentials>", text) if "=" in text else text
     return _URL_USER.sub(r"\1<credentials>@", text)
@@ -110,10 +130,9 @@ def redact(text: str) -> str:
 
 def contains_secret(text: str) -> str | None:
     """The name of the credential variable whose value (or slug form) ``text`` contains, else None."""
-    for name, value in secret_values():
-        mapped = slug(value)
-        if value in text or (maskable(mapped) and mapped in text):
-            return name
+    for pattern, mask in _masks(tuple(secret_values())):
+        if pattern.search(text):
+            return mask[1:-1]
     if _HF_TOKEN_SHAPE.search(text):
         return "a Hugging Face token"
     if _TOKEN_SHAPES.search(text):

@@ -199,6 +199,9 @@ def read_config(folder: Path) -> dict[str, Any]:
         problems.append("base_model_name_or_path is not a string")
     if layer_numbers(config) is None:
         problems.append("layers_to_transform is not a layer number or a list of layer numbers")
+    dropout = config.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        problems.append(f"lora_dropout is {printable(repr(dropout), 40)}, not a probability from 0 to under 1")
     if problems:
         raise ModelError(f"{where} is not a usable LoRA config: {'; '.join(problems)}.")
     return config
@@ -322,18 +325,32 @@ def check_ranks(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[in
     where = printable(folder)
     if not modules:
         raise ModelError(f"The adapter in {where}: {WEIGHTS_NAME} holds no LoRA weights (lora_A / lora_B).")
-    ranks = {config["r"], *(v for v in (config.get("rank_pattern") or {}).values() if isinstance(v, int))}
     for module, pair in modules.items():
         a, b = pair.get("A"), pair.get("B")
         if a is None or b is None or len(a) != 2 or len(b) != 2:
             raise ModelError(f"The adapter in {where} is incomplete: {printable(module, 120)} lacks a 2-D lora_A or "
                              "lora_B matrix.")
-        if a[0] != b[1] or a[0] not in ranks:
+        rank, pattern = _configured_rank(config, module)
+        if a[0] != b[1] or a[0] != rank:
+            said = f"rank_pattern {printable(repr(pattern), 60)} gives it {rank}" if pattern else f"r is {rank}"
             raise ModelError(
-                f"The adapter in {where} does not match its {CONFIG_NAME}: r is {config['r']} but "
+                f"The adapter in {where} does not match its {CONFIG_NAME}: {said} but "
                 f"{printable(module, 120)} has rank {a[0]} (lora_A {list(a)}, lora_B {list(b)}). The config and "
                 "the weights come from different adapters."
             )
+
+
+def _configured_rank(config: dict[str, Any], module: str) -> tuple[int, str | None]:
+    """The rank adapter_config.json gives ``module``: the value of the first rank_pattern key that matches its name
+    as PEFT matches it (the key, a regular expression, ends the name), else r; and that key."""
+    name = module.removeprefix("base_model.model.")
+    for key, rank in (config.get("rank_pattern") or {}).items():
+        try:
+            if isinstance(key, str) and isinstance(rank, int) and re.match(rf"(.*\.)?({key})$", name):
+                return rank, key
+        except re.error:
+            continue
+    return config["r"], None
 
 
 # ---------------------------------------------------------------- after loading

@@ -132,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
         prog="medqlora" if Path(sys.argv[0]).name == "medqlora" else "medical_qlora_finetuning.py",
         description="QLoRA fine-tuning of LLMs on medical data (Unsloth on NVIDIA GPUs, Hugging Face elsewhere).",
     )
-    p.add_argument("--mode", choices=MODES, default="full",
+    p.add_argument("--mode", choices=MODES, action=_Counted, default="full",
                    help="train: train an adapter; test: answer the sample queries with an adapter; eval: score the "
                    "base model and an adapter on the eval benchmarks; full: evaluate, train, evaluate, answer; export: write an "
                    "adapter's export.formats (adapter, merged 16-bit, gguf); chat: talk with the model and an adapter")
@@ -140,14 +140,14 @@ def parser() -> argparse.ArgumentParser:
                    help="YAML config file or preset name (config/presets/); one: change its values with --set")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set training.max_steps=60 (repeatable)")
-    p.add_argument("--output-dir", default=None, help="parent folder of run folders (default: output.dir)")
-    p.add_argument("--adapter", default=None,
+    p.add_argument("--output-dir", action=_Counted, default=None, help="parent folder of run folders (default: output.dir)")
+    p.add_argument("--adapter", action=_Counted, default=None,
                    help="test/eval/export/chat modes: adapter or run folder, 'latest' (default) or 'none' for the base model")
-    p.add_argument("--resume", default=None, metavar="RUN|latest",
+    p.add_argument("--resume", action=_Counted, default=None, metavar="RUN|latest",
                    help="train/full: continue a crashed or interrupted run from its last checkpoint, with its own "
                    "config.yaml")
     p.add_argument("--no-baseline", action="store_true", help="eval mode: score the adapter only, not the base model")
-    p.add_argument("--prompt", default=None, help="chat mode: answer this one question to stdout and exit")
+    p.add_argument("--prompt", action=_Counted, default=None, help="chat mode: answer this one question to stdout and exit")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; load nothing")
     return p
 
@@ -306,6 +306,18 @@ def _shown(err: Exception) -> str:
     return "\n".join(printable(line, 100_000) for line in str(err).split("\n"))
 
 
+def _refuse_repeated_flags(args: argparse.Namespace) -> None:
+    """A flag of one value given twice with two values (a wrapper adding its own --output-dir, --mode eval then
+    --mode train): refused, naming both, instead of the last one winning without a word."""
+    for flag in ("mode", "output_dir", "adapter", "resume", "prompt"):
+        values = getattr(args, f"{flag}_given", [])
+        if len(set(values)) > 1:
+            shown = ", ".join(printable(value, PATH_SHOWN) for value in values)
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} is given {len(values)} times with different values ({shown}): only one would be "
+                              f"used, the last. Keep the one {name} meant.")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """The command line's own checks, before the config is read: --config (one, a file or a preset, no control
     characters, no --set beside --resume), then the options every command shares (commands.check_options:
@@ -319,6 +331,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--config is given {len(configs)} times ({shown}): the kit reads one config and does not "
                           "merge them (the last would replace the others). Keep one --config and change its values "
                           "with --set section.key=value, or write the values you want into one YAML file.")
+    _refuse_repeated_flags(args)
     check_options(args.mode, Options(output_dir=args.output_dir, adapter=args.adapter, resume=args.resume,
                                      baseline=not args.no_baseline, prompt=args.prompt))
     if args.resume is not None and args.overrides:

@@ -72,6 +72,8 @@ def _torch_file_damage(file: Path, values: bool) -> str | None:
     """A torch file (a zip archive) that is cut (no whole archive), or, with ``values``, whose members do not match
     their checksums."""
     if not zipfile.is_zipfile(file):
+        if _legacy_torch_file(file):  # torch's format before 1.6 has no archive to check: taken as it is
+            return None
         return f"is cut short or not a torch file ({file.stat().st_size} bytes, no whole zip archive)"
     try:
         with zipfile.ZipFile(file) as archive:
@@ -79,6 +81,15 @@ def _torch_file_damage(file: Path, values: bool) -> str | None:
     except (zipfile.BadZipFile, EOFError) as err:
         return f"is cut short or damaged ({printable(str(err), 120)})"
     return f"is damaged (its member {printable(bad, 80)} does not match its checksum)" if bad else None
+
+
+# torch.save's format before 1.6 (_use_new_zipfile_serialization=False): a pickle (protocol 2) of its magic number
+LEGACY_TORCH_START = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _legacy_torch_file(file: Path) -> bool:
+    with file.open("rb") as handle:
+        return handle.read(len(LEGACY_TORCH_START)) == LEGACY_TORCH_START
 
 
 def _safetensors_damage(file: Path, values: bool) -> tuple[str | None, list[str]]:

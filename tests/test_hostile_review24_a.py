@@ -42,3 +42,77 @@ def test_a_label_holding_the_password_is_not_printed_lower_cased(tiny_model_dir,
     assert result.code == 2
     assert_one_message(result.err, "'<MLFLOW_TRACKING_PASSWORD>' is not yes/no/maybe")
     assert PASSWORD.lower() not in (result.err + result.out).lower()
+
+
+def test_a_jsonl_file_ending_in_a_dos_end_of_file_byte_is_read(tmp_path):
+    """A file saved by a DOS-era tool ends in Ctrl-Z (0x1A): its last, empty-looking line was refused as
+    'not valid JSON (Expecting value ...)' with no word of the invisible byte."""
+    from medqlora.data.sources import _read_jsonl
+
+    path = tmp_path / "dos.jsonl"
+    path.write_bytes(b'{"instruction": "Dose?", "output": "5 mg"}\r\n{"instruction": "Route?", "output": "oral"}\r\n\x1a')
+    assert [row["output"] for row in _read_jsonl(path)] == ["5 mg", "oral"]
+    path.write_bytes(b'{"instruction": "Dose?", "output": "5 mg"}\r\n\x1a{"instruction": "x"}\r\n')
+    with pytest.raises(Exception, match="dos.jsonl:2: not valid JSON"):  # inside a line it is no end of file
+        _read_jsonl(path)
+
+
+def _adapter_copy(lora_folder, tmp_path, **config_changes):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_folder, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(config_changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return adapter, config
+
+
+def test_a_legacy_torch_file_beside_the_safetensors_is_not_called_damaged(lora_folder, tiny_model_dir, tmp_path,
+                                                                          capsys):
+    """Older PEFT repositories hold adapter_model.bin in torch's format before 1.6 (no zip archive) beside the
+    safetensors: the whole folder was refused as cut short."""
+    import torch
+
+    adapter, _ = _adapter_copy(lora_folder, tmp_path)
+    torch.save({"x": torch.zeros(2)}, adapter / "adapter_model.bin", _use_new_zipfile_serialization=False)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter",
+                                      str(adapter)))
+    assert result.code == 0, result.err[-1500:]
+    (adapter / "adapter_model.bin").write_bytes(b"\x80\x02 not a torch file")
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter",
+                                      str(adapter)))
+    assert result.code == 2 and "adapter_model.bin is cut short or not a torch file" in result.err
+
+
+def test_an_adapter_config_with_a_dropout_of_5_names_the_setting(lora_folder, tiny_model_dir, tmp_path, capsys):
+    """PEFT's 'dropout probability has to be between 0 and 1' came with advice on the base model."""
+    adapter, _ = _adapter_copy(lora_folder, tmp_path, lora_dropout=5)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter",
+                                      str(adapter)))
+    assert result.code == 2
+    assert_one_message(result.err, "is not a usable LoRA config: lora_dropout is 5, not a probability from 0 to "
+                                   "under 1.")
+
+
+def test_a_rank_pattern_that_does_not_fit_the_weights_is_named(lora_folder, tiny_model_dir, tmp_path, capsys):
+    """PyTorch's size mismatch came with advice on the base model."""
+    adapter, config = _adapter_copy(lora_folder, tmp_path)
+    config["rank_pattern"] = {"q_proj": config["r"] // 2}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter",
+                                      str(adapter)))
+    assert result.code == 2
+    assert_one_message(result.err, f"does not match its adapter_config.json: rank_pattern 'q_proj' gives it "
+                                   f"{config['r'] // 2} but ")
+    assert f"q_proj has rank {config['r']}" in result.err
+
+
+@pytest.mark.parametrize("flag,values", [("--mode", ("eval", "train")), ("--output-dir", ("/tmp/a", "/tmp/b"))])
+def test_a_flag_of_one_value_given_twice_is_refused(tiny_model_dir, tmp_path, capsys, flag, values):
+    """A wrapper adding its own --output-dir (or --mode eval then --mode train): the last won without a word."""
+    argv = [*kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run"), flag, values[0], flag, values[1]]
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, f"{flag} is given 2 times with different values ({values[0]}, {values[1]}): only "
+                                   f"one would be used, the last. Keep the one {flag} meant.")

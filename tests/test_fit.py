@@ -30,7 +30,6 @@ MEASURED = [
     ("llama-3.1-8b", "hf+liger", 2, 4096, False, 40.27),  # auto: Liger + varlen attention
     # 2026-12-02, H200, bench/gpu_e2e.sh hf8b_checkpointed: 8 packed rows of 4,096 tokens, plain checkpointing
     ("llama-3.1-8b", "hf+liger", 8, 4096, True, 20.22),
-    ("llama-3.1-8b", "hf", 8, 4096, True, 22.87),  # the same without Liger Kernel (training.kernels: none)
     ("llama-3.1-8b", "unsloth", 1, 40960, "unsloth", 10.96),  # kit, 15 GiB cap, tiled MLP (below)
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,6 +136,11 @@ def _checked_query(item: Any, index: int, where: str) -> dict[str, str]:
                if isinstance(question, str) else f"'question' is {printable(repr(question), 60)}")
         named = f" (query {printable(repr(ident), 80)})" if "id" in item else ""
         raise ConfigError(f"{where}{named}: {got}; it must be the question to answer, as visible text.")
+    control = next((char for char in question if char not in "\n\t" and unicodedata.category(char) == "Cc"), None)
+    if control is not None:  # an escape sequence would run in a terminal showing sample_responses.md
+        raise ConfigError(f"{where} (query {printable(repr(ident), 80)}): 'question' holds the control character "
+                          f"{printable(repr(control), 20)}: it would be written into sample_responses.md and run by "
+                          "a terminal that shows it. Remove it (a line break and a tab are kept).")
     return {"id": ident, "question": question}
 
 

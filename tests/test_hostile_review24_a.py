@@ -158,3 +158,17 @@ def test_memory_running_out_outside_training_is_one_message(monkeypatch, tmp_pat
     assert_one_message(result.err, "the machine ran out of memory (RAM, or the memory limit the command runs under: "
                                    "MemoryError). Give the command more memory")
     assert "internal error" not in result.err
+
+
+def test_a_query_holding_an_escape_sequence_is_refused(tmp_path, capsys):
+    """'\\e[2J' in a question reached sample_responses.md raw: showing the report cleared the terminal."""
+    queries = tmp_path / "queries.yaml"
+    queries.write_text('- id: esc\n  question: "\\e[2J\\e[31mWhat is the dose?"\n- id: ok\n  question: "Two\\nlines\\tand a tab"\n')
+    result = run_cli(capsys, ["--dry-run", "--mode", "test", "--adapter", "none", "--output-dir", str(tmp_path),
+                              "--set", f"generation.queries_file={queries}"])
+    assert result.code == 2
+    assert_one_message(result.err, "(query 'esc'): 'question' holds the control character '\\x1b': it would be "
+                                   "written into sample_responses.md")
+    queries.write_text('- id: ok\n  question: "Two\\nlines\\tand a tab?"\n')
+    assert run_cli(capsys, ["--dry-run", "--mode", "test", "--adapter", "none", "--output-dir", str(tmp_path),
+                            "--set", f"generation.queries_file={queries}"]).code == 0

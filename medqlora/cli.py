@@ -314,6 +314,28 @@ def _shown(err: Exception) -> str:
     return "\n".join(printable(line, 100_000) for line in str(err).split("\n"))
 
 
+# what the modes that use an adapter read of the training settings (the rest trains, which they do not)
+_READ_WITHOUT_TRAINING = ("training.seed", "training.gpu_memory_gib", "training.init_adapter")
+_TRAINING_SECTIONS = ("training.", "lora.", "grpo.", "preference.")
+
+
+def _note_unused_overrides(args: argparse.Namespace) -> None:
+    """--set of a training setting in a mode that trains nothing (test, eval, chat, export): said, not dropped
+    without a word (the adapter keeps the settings it was trained with)."""
+    from .commands import ADAPTER_MODES
+    from .messages import say
+
+    if args.mode not in ADAPTER_MODES:
+        return
+    keys = [item.split("=", 1)[0].strip() for item in args.overrides]
+    unused = [key for key in dict.fromkeys(keys) if key.startswith(_TRAINING_SECTIONS) and
+              not key.startswith(_READ_WITHOUT_TRAINING)]
+    if unused:
+        shown = ", ".join(printable(key, 80) for key in unused)
+        say(f"note: --set {shown}: --mode {args.mode} trains nothing, so {'these are' if len(unused) > 1 else 'it is'} "
+            "not used (an adapter keeps the settings it was trained with)")
+
+
 def _refuse_repeated_flags(args: argparse.Namespace) -> None:
     """A flag of one value given twice with two values (a wrapper adding its own --output-dir, --mode eval then
     --mode train): refused, naming both, instead of the last one winning without a word."""
@@ -372,6 +394,8 @@ def _main(args: argparse.Namespace) -> int:
                           baseline=not args.no_baseline, prompt=args.prompt, started=started)
         check_resume(options, cfg)
         _check_resume_config(args, cfg, options)
+        with contextlib.redirect_stdout(sys.stderr) if args.dry_run else contextlib.nullcontext():
+            _note_unused_overrides(args)  # the plan alone goes to a dry run's stdout
         if args.dry_run:
             planning = recipe.Recipe(cfg, options)
             planning.check_inputs(args.mode)

@@ -172,3 +172,24 @@ def test_a_query_holding_an_escape_sequence_is_refused(tmp_path, capsys):
     queries.write_text('- id: ok\n  question: "Two\\nlines\\tand a tab?"\n')
     assert run_cli(capsys, ["--dry-run", "--mode", "test", "--adapter", "none", "--output-dir", str(tmp_path),
                             "--set", f"generation.queries_file={queries}"]).code == 0
+
+
+@pytest.mark.parametrize("mode", ["test", "eval"])
+def test_training_settings_set_in_a_mode_that_trains_nothing_are_said_unused(tmp_path, capsys, mode):
+    """--set lora.r=64 or training.max_steps=5 with --mode test/eval: dropped without a word."""
+    result = run_cli(capsys, ["--dry-run", "--mode", mode, "--adapter", "none", "--output-dir", str(tmp_path),
+                              "--set", "lora.r=64", "--set", "training.max_steps=5", "--set", "training.seed=3"])
+    assert result.code == 0, result.err[-1500:]
+    assert (f"note: --set lora.r, training.max_steps: --mode {mode} trains nothing, so these are not used"
+            in result.err)
+    assert "training.seed" not in result.err  # the seed of sampling is read
+
+
+def test_a_file_url_as_data_source_says_to_give_the_path(tmp_path, capsys):
+    source = tmp_path / "my data.jsonl"
+    source.write_text(json.dumps({"instruction": "Dose?", "output": "5 mg"}) + "\n")
+    url = "file://" + str(source).replace(" ", "%20")
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path), "--set",
+                              f"data.datasets=[{{source: '{url}', format: instruction}}]"])
+    assert result.code == 2
+    assert_one_message(result.err, f"a file:// address is not read; give the file's path itself: source: {source}.")

@@ -10,6 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 from typing import Any
 
 from .. import json_text
@@ -131,6 +132,10 @@ def _not_found(source: str) -> str:
     """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
     (an absolute path in none; each folder named once)."""
     name = f"Dataset file {quoted_path(source, 200, links=False)}"
+    if source.lower().startswith("file://"):  # a browser's or a notebook's address of a local file
+        plain = unquote(source[len("file://"):])
+        return (f"{name}: a file:// address is not read; give the file's path itself: "
+                f"source: {printable(plain, 200)}.")
     if any(char in Path(source).name for char in "*?["):
         return (f"{name} not found: wildcards are not expanded. Name each file as a dataset of its own, or the folder "
                 "that holds them (a folder's data files are read whole).")

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if (undecodable := _not_utf8(sys.argv[1:] if argv is None else argv)) is not None:
         return undecodable
     threading.excepthook = _background_thread_failed
+    # bitsandbytes' CPU backend looks for the optional `kernels` package when it loads and warns on every command
+    # without it; the kit never multiplies 4-bit weights on the CPU, so the line tells its users nothing
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     args = parser().parse_args(argv)  # argparse's own errors exit 2 with its usage line
     with guarded_stdout() as stdout:
         code = _guarded_main(args, argv)

@@ -193,3 +193,18 @@ def test_a_file_url_as_data_source_says_to_give_the_path(tmp_path, capsys):
                               f"data.datasets=[{{source: '{url}', format: instruction}}]"])
     assert result.code == 2
     assert_one_message(result.err, f"a file:// address is not read; give the file's path itself: source: {source}.")
+
+
+def test_a_csv_header_of_many_columns_is_read_and_a_name_given_twice_found(tmp_path):
+    """A garbled export with 200,000 columns in its header kept the duplicate-name check busy for minutes (it
+    compared every name with every other); the check is one count of the names now."""
+    from medqlora.data.sources import _read_csv
+
+    columns = [f"c{i}" for i in range(50_000)]
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(["instruction", "output", *columns]) + "\n" + ",".join(["Dose?", "5 mg", *"x" * 50_000]) + "\n")
+    [row] = _read_csv(path)
+    assert row["output"] == "5 mg" and len(row) == 50_002
+    path.write_text(",".join(["instruction", "output", *columns, "c777"]) + "\n")
+    with pytest.raises(Exception, match="the header names column 'c777' twice"):
+        _read_csv(path)

@@ -267,7 +267,12 @@ _AUXILIARY = {"a": "the", "an": "the", "does": "do", "did": "do", "done": "do", 
               "been": "be", "being": "be", "has": "have", "had": "have", "having": "have"}
 _IRREGULAR = {"women": "woman", "men": "man", "children": "child", "teeth": "tooth", "feet": "foot", "mice": "mouse",
               "people": "person", "lice": "louse", "geese": "goose", "oxen": "ox"}
-_LOOKALIKE_DIGIT = re.compile(r"(?<=[^\W\d_])[013457]+(?=[^\W\d_])")
+_INNER_DIGIT = re.compile(r"(?<=[^\W\d_])[013457]+(?=[^\W\d_])")  # between letters: hyp0tension
+_LEADING_DIGIT = re.compile(r"^[013457]+(?=[^\W\d_])")  # before letters: 5tatin
+# after letters: th3, i5; only in a short word or one with digits for letters inside (str0k3): "condition5" and
+# "grade3" are labels, not "conditions" and "gradee"
+_TRAILING_DIGIT = re.compile(r"(?<=[^\W\d_])[013457]+$")
+SHORT_WORD = 3
 _LOOKALIKE = str.maketrans("013457", "oieast")
 _FOOTNOTED = re.compile(r"([^\W\d_]+)(\d{1,3})")  # a word and a footnote number glued to it (overlap_near.footnote)
 _FORMS_KEPT = 1 << 20  # words whose form is remembered (the vocabulary of a large data set)
@@ -285,6 +290,18 @@ def _singular(word: str) -> str:
     return word[:-1]
 
 
+def _digits_as_letters(word: str) -> str:
+    """``word`` with the digits that stand for look-alike letters made those letters (0 o, 1 i, 3 e, 4 a, 5 s, 7 t)."""
+    def letters(digits: re.Match) -> str:
+        return digits.group(0).translate(_LOOKALIKE)
+
+    inner = _INNER_DIGIT.sub(letters, word)
+    mapped = _LEADING_DIGIT.sub(letters, inner)
+    if inner != word or sum(char.isalpha() for char in word) <= SHORT_WORD:
+        mapped = _TRAILING_DIGIT.sub(letters, mapped)
+    return mapped
+
+
 class _Forms(dict):
     """word -> the form the guard compares ("" for a dropped word), filled as words are met."""
 
@@ -297,18 +314,22 @@ class _Forms(dict):
 
 
 def _form(word: str) -> str:
-    if not word.isalpha() and not word.isdigit():
-        word = _LOOKALIKE_DIGIT.sub(lambda digits: digits.group(0).translate(_LOOKALIKE), word)
-    if word in _DROPPED:
+    """The compared form of one word; l and i are one letter in it (1 stands for either in digits for letters)."""
+    return _inflection(word).replace("l", "i")
+
+
+def _inflection(word: str) -> str:
+    mapped = word if word.isalpha() or word.isdigit() else _digits_as_letters(word)
+    if mapped in _DROPPED:
         return ""
-    if word in _AUXILIARY:
-        return _AUXILIARY[word]
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.isalpha():
-        return _singular(word)
+    if mapped in _AUXILIARY:
+        return _AUXILIARY[mapped]
+    if mapped in _IRREGULAR:
+        return _IRREGULAR[mapped]
+    if mapped.isalpha():  # a plural's s written as a digit is no plural: "grade5" is not "grade"
+        return _singular(mapped) if word[-1].isalpha() else mapped
     footnoted = _FOOTNOTED.fullmatch(word)
-    return (_form(footnoted[1]) or footnoted[1]) + footnoted[2] if footnoted else word
+    return (_inflection(footnoted[1]) or footnoted[1]) + footnoted[2] if footnoted else mapped
 
 
 _FORMS = _Forms()

@@ -19,6 +19,9 @@ INFLECTED = {
                            "fibrillation?",
     "digit-look-alikes": "D0es the pat1ent's stat1n therapy reduce the r1sk of str0ke in a w0man with atr1al "
                          "f1brillati0n?",
+    # a digit after the letters of a word counts in a short word or one with digits inside (not "condition5")
+    "digits-at-word-ends": "Do3s th3 pati3nt's 5tatin th3rapy r3duc3 th3 risk 0f str0k3 in a woman with atr1a1 "
+                           "fibri11ation?",
 }
 
 
@@ -62,10 +65,12 @@ def test_another_question_on_the_topic_is_not_an_exact_copy(other):
 
 
 def test_codes_with_digits_keep_their_digits_apart():
-    """H1N1 and H5N1, CYP3A4 and CYP2D6, COVID-19 and B12 stay different words: a digit between letters becomes a
-    letter the same way on both sides, a number at a word's end (a footnote, a version) stays."""
-    assert compared("H1N1 H5N1 CYP3A4 CYP2D6 covid19 inhibitors23") == \
-        ["hin1", "hsn1", "cypea4", "cyp2d6", "covid19", "inhibitor23"]
+    """H1N1 and H5N1, CYP3A4 and CYP2D6, COVID-19 and B12 stay different words: a digit for a letter becomes that
+    letter the same way on both sides; a footnote number that no letter looks like stays."""
+    assert compared("H1N1 H5N1 CYP3A4 CYP2D6 covid19 inhibitors23 b12") == \
+        ["hini", "hsni", "cypeaa", "cyp2d6", "covid19", "inhibitor23", "b12"]
+    # a label's number after a long word stays a number: "condition5" is not "conditions", "grade3" not "gradee"
+    assert compared("condition5 grade3 str0k3 th3 I5 5tatin") == ["condition5", "grade3", "stroke", "the", "be", "statin"]
     found = find_overlap(_train("Is oseltamivir effective against H5N1 influenza in children under five years?"),
                          _evaluation("Is oseltamivir effective against H1N1 influenza in children under five years?"))
     assert all(o.kind != "exact" for o in found)

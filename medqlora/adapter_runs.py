@@ -169,6 +169,7 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     source = backends.config_source(model.name)
     adapter_base.check_base(adapter, model.name, source, model.trust_remote_code)
     adapters.check_finite(adapter.folder)  # read from its safetensors: --dry-run refuses what the run would
+    adapters.check_change(adapter.folder, adapter.config)
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "

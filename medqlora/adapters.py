@@ -108,6 +108,44 @@ def check_finite(folder: Path) -> None:
         raise non_finite(folder, bad)
 
 
+LARGEST_CHANGE = 65504.0  # float16's largest number: a larger change of a weight overflows in 16-bit compute
+
+
+def check_change(folder: Path, config: dict[str, Any]) -> None:
+    """The largest change the adapter makes to one base weight, bounded from its safetensors and adapter_config.json
+    (backends.lora.largest_weight_change's bound, without a model): --dry-run refuses what loading it refuses."""
+    from safetensors import safe_open
+
+    pairs: dict[str, dict[str, Any]] = {}
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as weights:
+        for key in weights.keys():  # noqa: SIM118 (a safetensors file, not a dict)
+            match = _LORA_KEY.match(key)
+            if match and match["which"]:
+                pairs.setdefault(match["module"], {})[match["which"]] = weights.get_tensor(key).double()
+    largest, where = 0.0, ""
+    for module, pair in pairs.items():
+        a, b = pair.get("A"), pair.get("B")
+        if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            continue
+        rank, _ = _configured_rank(config, module)
+        alpha = _configured_value(config, "alpha_pattern", module, config.get("lora_alpha", 8))
+        scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        bound = abs(scaling) * float((b.abs().amax(dim=0) * a.abs().amax(dim=1)).sum())
+        if bound > largest:
+            largest, where = bound, module
+    if largest > LARGEST_CHANGE:
+        raise too_large_change(folder, largest, where)
+
+
+def too_large_change(folder: Path, change: float, where: str) -> ModelError:
+    return ModelError(
+        f"The adapter in {printable(str(folder))} changes the base model's weights by up to {change:.3g} "
+        f"(in {printable(where, 120)}: LoRA's B times A times its scaling), beyond {LARGEST_CHANGE:g}, the "
+        "largest 16-bit number (model weights are of the order of 1): the model's outputs would overflow to "
+        "infinity and its answers and scores would be empty or meaningless. Train it again (a lower "
+        "training.learning_rate), or use an earlier adapter.")
+
+
 def non_finite(folder: Path, bad: list[str]) -> ModelError:
     return ModelError(f"The adapter in {printable(str(folder))} holds NaN or infinite weights ({len(bad)} tensors, "
                       f"e.g. {printable(bad[0], 120)}): its answers and scores would be meaningless. Train it again "
@@ -343,14 +381,27 @@ def check_ranks(folder: Path, config: dict[str, Any], shapes: dict[str, tuple[in
 def _configured_rank(config: dict[str, Any], module: str) -> tuple[int, str | None]:
     """The rank adapter_config.json gives ``module``: the value of the first rank_pattern key that matches its name
     as PEFT matches it (the key, a regular expression, ends the name), else r; and that key."""
+    key = _pattern_key(config.get("rank_pattern"), module, int)
+    return (config["rank_pattern"][key], key) if key is not None else (config["r"], None)
+
+
+def _configured_value(config: dict[str, Any], patterns: str, module: str, default: Any) -> Any:
+    key = _pattern_key(config.get(patterns), module, (int, float))
+    return config[patterns][key] if key is not None else default
+
+
+def _pattern_key(patterns: Any, module: str, kind: Any) -> str | None:
+    """The first key of ``patterns`` (rank_pattern, alpha_pattern) that matches the module's name as PEFT matches
+    it (the key, a regular expression, ends the name), its value of ``kind``."""
     name = module.removeprefix("base_model.model.")
-    for key, rank in (config.get("rank_pattern") or {}).items():
+    for key, value in (patterns or {}).items() if isinstance(patterns, dict) else []:
         try:
-            if isinstance(key, str) and isinstance(rank, int) and re.match(rf"(.*\.)?({key})$", name):
-                return rank, key
+            if isinstance(key, str) and isinstance(value, kind) and not isinstance(value, bool) and \
+                    re.match(rf"(.*\.)?({key})$", name):
+                return key
         except re.error:
             continue
-    return config["r"], None
+    return None
 
 
 # ---------------------------------------------------------------- after loading

@@ -449,8 +449,12 @@ def check_gguf_file(gguf: Path) -> None:
     if magic != b"GGUF":
         raise ModelError(f"model.name: {shown} is not a GGUF file (it does not start with 'GGUF'). Point model.name "
                          "at a .gguf model file, a checkpoint folder or a hub id.")
-    from .gguf_header import metadata_problem
+    from .gguf_header import metadata_problem, newer_version
 
+    if version := newer_version(gguf):
+        raise ModelError(f"model.name: {shown} is a GGUF file of version {version}, newer than the versions the "
+                         "installed gguf reader handles (1 to 3): the file may be whole. Install a newer gguf "
+                         "(pip install -U gguf), or give the model as a checkpoint folder or hub id.")
     if problem := metadata_problem(gguf):  # before the reader, which would loop over a damaged count for hours
         raise ModelError(f"model.name: {shown} is truncated or damaged ({problem}). Download it again.")
     try:

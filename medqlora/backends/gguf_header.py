@@ -16,6 +16,17 @@ class _Beyond(Exception):
     """A count or length that reaches past the end of the file."""
 
 
+READ_VERSIONS = (1, 2, 3)  # the GGUF versions gguf's reader reads
+
+
+def newer_version(path: Path) -> int | None:
+    """The file's GGUF version when it is newer than the reader's, else None."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    version = struct.unpack_from("<I", head, 4)[0] if len(head) == 8 else None
+    return version if version is not None and version > max(READ_VERSIONS) else None
+
+
 def metadata_problem(path: Path) -> str | None:
     """What in the file's metadata reaches past its end (a count, a length), or None when it all fits."""
     try:

@@ -51,15 +51,10 @@ def refuse_non_finite_adapter(model: Any, adapter_dir: Path) -> None:
         raise adapters.non_finite(adapter_dir, bad)
     change, where = largest_weight_change(model)
     if change > LARGEST_CHANGE:
-        raise ModelError(
-            f"The adapter in {printable(str(adapter_dir))} changes the base model's weights by up to {change:.3g} "
-            f"(in {printable(where, 120)}: LoRA's B times A times its scaling), beyond {LARGEST_CHANGE:g}, the "
-            "largest 16-bit number (model weights are of the order of 1): the model's outputs would overflow to "
-            "infinity and its answers and scores would be empty or meaningless. Train it again (a lower "
-            "training.learning_rate), or use an earlier adapter.")
+        raise adapters.too_large_change(Path(adapter_dir), change, where)
 
 
-LARGEST_CHANGE = 65504.0  # float16's largest number: a larger change of a weight overflows in 16-bit compute
+LARGEST_CHANGE = adapters.LARGEST_CHANGE
 
 
 def largest_weight_change(model: Any) -> tuple[float, str]:

@@ -202,6 +202,7 @@ def _linked_run(tmp_path, monkeypatch):
                                                                                      run=None))
     monkeypatch.setattr(adapter_runs.adapter_base, "check_base", lambda *args: None)
     monkeypatch.setattr(adapter_runs.adapters, "check_finite", lambda folder: None)
+    monkeypatch.setattr(adapter_runs.adapters, "check_change", lambda folder, config: None)
     cfg = load_config(None, ["eval.benchmarks.0.max_items=2"])
     items = load_items(cfg.eval.benchmarks[0], 0)
     run = tmp_path / "outputs" / "leak"

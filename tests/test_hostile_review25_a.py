@@ -39,3 +39,12 @@ def test_a_gguf_of_a_newer_version_is_not_called_damaged(tmp_path, capsys):
     assert_one_message(result.err, "is a GGUF file of version 99, newer than the versions the installed gguf reader "
                                    "handles (1 to 3): the file may be whole. Install a newer gguf")
     assert "damaged" not in result.err
+
+
+def test_a_system_prompt_longer_than_the_length_is_named_as_what_to_shorten(tiny_model_dir, tmp_path, capsys):
+    """'Raise model.max_seq_length' was the only advice, and the model's context could not hold 6,000 tokens."""
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "train", **{
+        "data.system_prompt": "Be careful. " * 2000, "eval.benchmarks": "[]"}))
+    assert result.code == 2
+    assert_one_message(result.err, "No training example fits model.max_seq_length=256: data.system_prompt alone is ")
+    assert "Shorten data.system_prompt" in result.err

@@ -195,7 +195,7 @@ def tokenize_collected(
     for c in collected:
         stats[c.name] = _tokenize_dataset(c, data, tokenizer, max_len, end, records)
     if not records:
-        _refuse_nothing_fits(data, max_len, stats)
+        _refuse_nothing_fits(data, max_len, stats, tokenizer)
     random.Random(seed).shuffle(records)
     validation, train = _split_validation(records, data.val_ratio)
     if not train:
@@ -286,11 +286,19 @@ def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: in
     return cut, dropped, warnings
 
 
-def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any]) -> None:
+def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any], tokenizer: Any = None) -> None:
     """No example fits max_len: with drop, truncating would keep some; with truncate, every prompt alone is
-    too long (the answer cannot be cut to make room), so only a longer max_seq_length helps."""
+    too long (the answer cannot be cut to make room), so only a longer max_seq_length helps, or a shorter system
+    prompt where that is what fills the length."""
     shortest = min((s["tokens_before_fitting"].get("min", 0) for s in stats.values()
                     if s["tokens_before_fitting"].get("count")), default=0)
+    system = len(tokenizer(data.system_prompt, add_special_tokens=False)["input_ids"]) \
+        if tokenizer is not None and data.system_prompt else 0
+    if system >= max_len // 2:  # in every prompt: raising the length cannot be the fix it seems
+        raise DataError(f"No training example fits model.max_seq_length={max_len}: data.system_prompt alone is "
+                        f"{system} tokens, and it goes into every prompt (the shortest example is {shortest} tokens). "
+                        "Shorten data.system_prompt (a system prompt is a few sentences), or raise "
+                        "model.max_seq_length if the model's context allows.")
     if data.too_long == "drop":
         raise DataError(f"No training examples fit model.max_seq_length={max_len} (the shortest is {shortest} "
                         "tokens). Raise it, or set data.too_long: truncate.")

@@ -397,8 +397,8 @@ def _main(args: argparse.Namespace) -> int:
                           baseline=not args.no_baseline, prompt=args.prompt, started=started)
         check_resume(options, cfg)
         _check_resume_config(args, cfg, options)
-        with contextlib.redirect_stdout(sys.stderr) if args.dry_run else contextlib.nullcontext():
-            _note_unused_overrides(args)  # the plan alone goes to a dry run's stdout
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries a plan or a one-shot answer alone
+            _note_unused_overrides(args)
         if args.dry_run:
             planning = recipe.Recipe(cfg, options)
             planning.check_inputs(args.mode)

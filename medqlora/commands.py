@@ -209,7 +209,10 @@ def command() -> Iterator[None]:
     """One command: an earlier command's run.log (in this process) gets nothing of it, a preemption signal ends it
     the way Ctrl-C does, and another command (a notebook cell's ``!python ... --resume``) may use its run folders
     once it is over."""
+    from .runs import forget_run_folders_made
+
     messages.begin_command()
+    forget_run_folders_made()  # an earlier command of this process (a notebook's) made its own
     try:
         with signals.stop_like_ctrl_c():
             yield

@@ -32,7 +32,7 @@ def check(train: list[Item], evaluation: list[Item], allow: bool, ngram: int = 1
           threshold: float = 0.5, possible: str = "warn") -> dict[str, Any]:
     """Refuse to train on evaluation questions, listing a few, unless the user allows it. Possible near copies
     (overlap_near.py) are refused with them when ``possible`` is "refuse", else reported in a warning."""
-    found = find_overlap(train, evaluation, ngram, threshold)
+    found = _without_seams_of_config_findings(find_overlap(train, evaluation, ngram, threshold))
     overlap = [o for o in found if possible == "refuse" or not o.possible]
     reported = [o for o in found if possible != "refuse" and o.possible]
     exact = sum(o.kind == "exact" for o in overlap)
@@ -55,6 +55,17 @@ def check(train: list[Item], evaluation: list[Item], allow: bool, ngram: int = 1
                       warning=possible_warning(reported))
         log.warning(result["warning"])
     return result
+
+
+def _without_seams_of_config_findings(found: list[Overlap]) -> list[Overlap]:
+    """A question the system prompt holds alone is reported once, for the config: not again for each row whose
+    joined start (the system prompt's end and the row's start, data/examples.py) holds it too."""
+    in_config = {(o.evaluation.dataset, o.evaluation.uid, o.evaluation.question) for o in found
+                 if o.train.dataset == CONFIG}
+    if not in_config:
+        return found
+    return [o for o in found if not ("system_prompt + " in o.field and o.field.endswith("(joined)") and
+                                     (o.evaluation.dataset, o.evaluation.uid, o.evaluation.question) in in_config)]
 
 
 def possible_warning(reported: list[Overlap]) -> str:

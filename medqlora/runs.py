@@ -406,6 +406,11 @@ def _write_failed(verb: str, target: Path, err: OSError, run: Path) -> MedQLoRAE
     return MedQLoRAError(f"Cannot {verb} {printable(target)}: {err.strerror or err}. {advice}.")
 
 
+def forget_run_folders_made() -> None:
+    """A new command: the run folders of earlier commands of this process are not its own."""
+    _MADE_HERE.clear()
+
+
 def made_here() -> list[str]:
     """The run folders this command created (absolute paths)."""
     return sorted(_MADE_HERE)

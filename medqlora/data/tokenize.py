@@ -286,6 +286,9 @@ def _fitting_warnings(collected: list[Collected], data: DataSection, max_len: in
     return cut, dropped, warnings
 
 
+LONG_SYSTEM_PROMPT = 1024  # tokens: a system prompt is a few sentences
+
+
 def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any], tokenizer: Any = None) -> None:
     """No example fits max_len: with drop, truncating would keep some; with truncate, every prompt alone is
     too long (the answer cannot be cut to make room), so only a longer max_seq_length helps, or a shorter system
@@ -294,7 +297,7 @@ def _refuse_nothing_fits(data: DataSection, max_len: int, stats: dict[str, Any],
                     if s["tokens_before_fitting"].get("count")), default=0)
     system = len(tokenizer(data.system_prompt, add_special_tokens=False)["input_ids"]) \
         if tokenizer is not None and data.system_prompt else 0
-    if system >= max_len // 2:  # in every prompt: raising the length cannot be the fix it seems
+    if system >= max(max_len // 2, LONG_SYSTEM_PROMPT):  # in every prompt: a longer length is not the fix
         raise DataError(f"No training example fits model.max_seq_length={max_len}: data.system_prompt alone is "
                         f"{system} tokens, and it goes into every prompt (the shortest example is {shortest} tokens). "
                         "Shorten data.system_prompt (a system prompt is a few sentences), or raise "

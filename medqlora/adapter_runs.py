@@ -58,9 +58,21 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
         say(f"warning: the base model's files changed since the run {printable(run_folder.name)} trained: "
             f"{printable(model_files.describe_change(changed, source), 300)} (its manifest.json records their size and "
             "sha256): the adapter is applied to weights it was not trained on, and its results may not be its own.")
-    if run_cfg.data.system_prompt != cfg.data.system_prompt:
-        say("using the system prompt and prompt templates this adapter was trained with (its run's config.yaml)")
+    _note_settings_of_run(run_cfg, cfg)
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
+
+
+def _note_settings_of_run(run_cfg: KitConfig, cfg: KitConfig) -> None:
+    """The data and model settings given (config file or --set) that an adapter of a run replaces with its run's,
+    named one by one: a --set data.system_prompt=... is said to be unused, not dropped without a word."""
+    replaced = [f"{section}.{key}" for section in ("data", "model")
+                for key, value in getattr(run_cfg, section).model_dump().items()
+                if (section, key) != ("model", "name") and getattr(cfg, section).model_dump()[key] != value]
+    if replaced:
+        shown = ", ".join(replaced)
+        say(f"note: {shown}: the values this adapter was trained with are used (its run's config.yaml), not the ones "
+            "given, so that its prompts are rendered as it was trained. To use other values, copy the adapter folder "
+            "out of its run folder and give the copy (an adapter from outside the kit's runs takes the config's)")
 
 
 def _base_folder_gone(name: str) -> bool:

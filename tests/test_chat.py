@@ -148,6 +148,20 @@ def test_one_shot_prompt_prints_the_answer_alone_on_stdout(tiny_model_dir, train
     assert "tokens/s" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_settings_a_run_adapter_replaces_are_named_and_the_answer_stays_alone(tiny_model_dir, trained_run):
+    """--set data.system_prompt / model.* beside a run's adapter: the run's own values are used (its prompts are
+    rendered as trained), and the note names each given setting that is not used, on stderr."""
+    done = run_kit(kit_argv(tiny_model_dir, trained_run, "--mode", "chat", "--prompt", "What is anaemia?",
+                            **{"generation.max_new_tokens": "4", "data.system_prompt": "Answer as a pirate.",
+                               "model.max_seq_length": "128"}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() and "[medqlora]" not in done.stdout
+    assert "note: data.system_prompt, model.max_seq_length: the values this adapter was trained with are used" \
+        in done.stderr, done.stderr[-2000:]
+    same = run_kit(kit_argv(tiny_model_dir, trained_run, "--mode", "chat", "--dry-run", "--prompt", "hi"))
+    assert same.returncode == 0 and "the values this adapter was trained with" not in same.stderr
+
+
 def test_chat_through_a_pipe(tiny_model_dir, trained_run):
     argv = kit_argv(tiny_model_dir, trained_run, "--mode", "chat", **{"generation.max_new_tokens": "4"})
     done = subprocess.run([sys.executable, str(SCRIPT), *argv], input="hello\nhow are you\n", cwd=ROOT,

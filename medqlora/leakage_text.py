@@ -11,6 +11,7 @@ import hashlib
 import html
 import re
 import unicodedata
+from collections.abc import Container
 from typing import Any
 
 from .confusable_letters import LOOK_ALIKES
@@ -274,6 +275,7 @@ _LEADING_DIGIT = re.compile(r"^[013457]+(?=[^\W\d_])")  # before letters: 5tatin
 _TRAILING_DIGIT = re.compile(r"(?<=[^\W\d_])[013457]+$")
 SHORT_WORD = 3
 _LOOKALIKE = str.maketrans("013457", "oieast")
+_LOOKALIKE_DIGITS = frozenset("013457")
 _FOOTNOTED = re.compile(r"([^\W\d_]+)(\d{1,3})")  # a word and a footnote number glued to it (overlap_near.footnote)
 _FORMS_KEPT = 1 << 20  # words whose form is remembered (the vocabulary of a large data set)
 
@@ -350,6 +352,22 @@ def form(word: str) -> str:
 def compared(text: Any) -> list[str]:
     """``compared_forms`` of the words of ``text``."""
     return compared_forms(words(text))
+
+
+def compared_as_known(split: list[str], known: Container[str]) -> list[str]:
+    """``compared_forms`` of the words of a training text, where a word that is no word of the evaluation questions
+    (``known``: their forms) but is one with the digits at its end read as letters is read so: "strok3" for
+    "stroke", "adult5" for "adults". Only then: a label's number ("condition5", "grade3") that the questions share
+    stays the number it is."""
+    forms = []
+    for word in split:
+        if not (found := _FORMS[word]):
+            continue
+        if found not in known and word[-1] in _LOOKALIKE_DIGITS and not word.isdigit():
+            letters = _TRAILING_DIGIT.sub(lambda digits: digits.group(0).translate(_LOOKALIKE), word)
+            found = read if (read := _FORMS[letters]) in known else found
+        forms.append(found)
+    return forms
 
 
 def normalize(text: Any) -> str:

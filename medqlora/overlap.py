@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .leakage_text import compared, compared_forms, form, question_hash, words
+from .leakage_text import compared, compared_as_known, form, question_hash, words
 from .overlap_glued import GluedQuestions
 from .overlap_near import Changes, landmarks, near_copy, pieces
 from .overlap_reordered import ReorderedQuestions
@@ -174,18 +174,19 @@ def find_overlap(train: list[Item], evaluation: list[Item], ngram: int = 13,
     if not questions and not short:
         return []
     values, by_n = _gram_index(questions, vocab)
+    known = frozenset(vocab).union(*(text.split() for text in short))  # the forms of the questions' words
     whole = [(q.words, q.item) for q in questions if q.whole is None]
     glued = GluedQuestions([(words(item.question), item) for _, item in whole], vocab)  # letters as written
     reordered = ReorderedQuestions([(split, item) for split, item in whole if item.part is None] if ngram > 0 else [],
                                    vocab)
-    found, exact_short, text_owner, text_field = _scan_training(train, questions, short, vocab, values, by_n,
+    found, exact_short, text_owner, text_field = _scan_training(train, questions, short, (vocab, known), values, by_n,
                                                                 (glued, reordered))
-    best, candidates = _best_overlaps(train, questions, found, exact_short, text_field, ngram, threshold)
+    best, candidates = _best_overlaps(train, questions, found, exact_short, (text_field, known), ngram, threshold)
     for t_index, (item, field) in glued.found.items():
         if t_index not in best:
             size = len(compared(item.question))
             best[t_index] = Overlap(train[t_index], item, "exact", 1.0, size, size, 1, field, glued=True)
-    _add_near_copies(train, questions, candidates, best, ngram)
+    _add_near_copies(train, questions, candidates, best, ngram, known)
     for t_index, (item, field, changes) in reordered.find(train, text_owner, set(best)).items():
         changes = _as_written(changes, item.question, train[t_index], field)
         size = len(compared(item.question))
@@ -244,13 +245,15 @@ def _gram_index(questions: list[_Question], vocab: dict[str, int]) -> tuple[Any,
     return values, by_n
 
 
-def _scan_training(train: list[Item], questions: list[_Question], short: dict[str, Item], vocab: dict[str, int],
-                   values: Any, by_n: dict[int, dict[int, list[int]]],
+def _scan_training(train: list[Item], questions: list[_Question], short: dict[str, Item],
+                   words_of_questions: tuple[dict[str, int], frozenset[str]], values: Any,
+                   by_n: dict[int, dict[int, list[int]]],
                    other: tuple[GluedQuestions, ReorderedQuestions]) -> tuple[dict, dict, list[int], list[str]]:
     """The training texts looked up in the index: (train index, question index) -> gram -> text index; the
     training items equal to a short question; and each text's training item and field. Texts of words glued
     together go to ``glued``, the word ids of every text to ``reordered``'s index."""
     glued, reordered = other
+    vocab, known = words_of_questions
     # the training texts as arrays of word ids, 0 between texts and for words no question has, in chunks
     found: dict[tuple[int, int], dict[int, int]] = {}  # (train index, question index) -> gram -> text index
     exact_short: dict[int, tuple[Item, str]] = {}
@@ -263,7 +266,7 @@ def _scan_training(train: list[Item], questions: list[_Question], short: dict[st
     for t_index, item in enumerate(train):
         for field, text in item.fields():
             written = words(text)
-            split = compared_forms(written)
+            split = compared_as_known(written, known)
             if short and len(split) < MIN_WORDS and t_index not in exact_short:
                 norm = " ".join(split)
                 if norm in short:
@@ -287,8 +290,11 @@ def _scan_training(train: list[Item], questions: list[_Question], short: dict[st
 
 
 def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, exact_short: dict,
-                   text_field: list[str], ngram: int, threshold: float) -> tuple[dict[int, Overlap], set]:
-    """The best overlap of each training item, and the candidates for a near copy of a question (overlap_near)."""
+                   fields_known: tuple[list[str], frozenset[str]], ngram: int,
+                   threshold: float) -> tuple[dict[int, Overlap], set]:
+    """The best overlap of each training item, and the candidates for a near copy of a question (overlap_near).
+    ``fields_known``: each text's field, and the forms of the questions' words (leakage_text.compared_as_known)."""
+    text_field, known = fields_known
     best: dict[int, Overlap] = {}
     for t_index, (item, field) in exact_short.items():
         best[t_index] = Overlap(train[t_index], item, "exact", 1.0, 1, 1, len(compared(item.question)),
@@ -309,7 +315,8 @@ def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, e
             counts[text_index] = counts.get(text_index, 0) + 1
         field = text_field[max(sorted(counts), key=counts.get)]  # the first of the texts holding the most
         phrase = " " + " ".join(q.words) + " "
-        holding = [name for name, text in train[t_index].fields() if phrase in " " + " ".join(compared(text)) + " "]
+        holding = [name for name, text in train[t_index].fields()
+                   if phrase in " " + " ".join(compared_as_known(words(text), known)) + " "]
         exact = bool(holding)
         if exact:
             field = holding[0]
@@ -325,7 +332,7 @@ def _best_overlaps(train: list[Item], questions: list[_Question], found: dict, e
 
 
 def _add_near_copies(train: list[Item], questions: list[_Question], candidates: set, best: dict[int, Overlap],
-                     ngram: int) -> None:
+                     ngram: int, known: frozenset[str]) -> None:
     """The candidates confirmed as near copies (a question with a few words changed, overlap_near) added to
     ``best``."""
     if ngram <= 0:
@@ -337,7 +344,8 @@ def _add_near_copies(train: list[Item], questions: list[_Question], candidates: 
             continue
         if fields[0] != t_index:  # each candidate's texts split into words once
             fields = (t_index, [(name, split, set(split)) for name, split in
-                                ((name, compared(text)) for name, text in train[t_index].fields())])
+                                ((name, compared_as_known(words(text), known))
+                                 for name, text in train[t_index].fields())])
         q = questions[q_index]
         if q_index not in marks:
             marks[q_index] = landmarks(q.words, ngram)

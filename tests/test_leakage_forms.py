@@ -22,6 +22,9 @@ INFLECTED = {
     # a digit after the letters of a word counts in a short word or one with digits inside (not "condition5")
     "digits-at-word-ends": "Do3s th3 pati3nt's 5tatin th3rapy r3duc3 th3 risk 0f str0k3 in a woman with atr1a1 "
                            "fibri11ation?",
+    # a long word ending in digits for letters: read as letters where that makes a word of the questions
+    "digits-ending-long-words": "Do3s th3 patient5' statin therapie5 reduc3 th3 risk5 of strok3 in a woman with "
+                                "atrial fibrillation?",
 }
 
 
@@ -74,6 +77,17 @@ def test_codes_with_digits_keep_their_digits_apart():
     found = find_overlap(_train("Is oseltamivir effective against H5N1 influenza in children under five years?"),
                          _evaluation("Is oseltamivir effective against H1N1 influenza in children under five years?"))
     assert all(o.kind != "exact" for o in found)
+
+
+def test_a_label_number_the_question_shares_stays_a_number():
+    """A training word read with its end digits as letters only where that makes a word of the questions: a short
+    question on "condition5" is matched by "condition5", not by "conditions" (another label); "grade3" by itself."""
+    short = "Is condition5 treatable?"
+    assert [o.kind for o in find_overlap(_train("Is condition5 treatable?"), _evaluation(short))] == ["exact"]
+    assert find_overlap(_train("Are conditions treatable?"), _evaluation(short)) == []
+    assert [o.kind for o in find_overlap(_train("Is strok3 treatable?"), _evaluation("Is stroke treatable?"))] == \
+        ["exact"]
+    assert find_overlap(_train("Is grade3 treatable?"), _evaluation("Is grade treatable?")) == []
 
 
 def test_only_the_guard_compares_forms():

@@ -142,6 +142,11 @@ def test_unsupported_file_type(tmp_path):
     notes.write_text("hello")
     with pytest.raises(DataError, match="unsupported file type '.txt'"):
         load_rows(spec(source=str(notes)))
+    packed = tmp_path / "rows.jsonl.gz"
+    packed.write_bytes(b"\x1f\x8b\x08\x00")
+    with pytest.raises(DataError, match=r"It is compressed: decompress it first \(gunzip rows.jsonl.gz\) and point "
+                                        r"'source' at rows.jsonl\."):
+        load_rows(spec(source=str(packed)))
 
 
 def test_multiple_choice_answer_not_among_options():

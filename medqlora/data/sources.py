@@ -170,11 +170,18 @@ def _no_hub_options(spec: DatasetSpec, local: Path) -> None:
                         "you want.")
 
 
+# compressed files and the command that unpacks each
+_UNPACK = {".gz": "gunzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd", ".zip": "unzip"}
+
+
 def _load_local(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in LOCAL_SUFFIXES:
+        held = "the file it holds" if suffix == ".zip" else printable(path.with_suffix("").name)
+        hint = (f" It is compressed: decompress it first ({_UNPACK[suffix]} {printable(path.name)}) and point 'source' "
+                f"at {held}." if suffix in _UNPACK else "")
         raise DataError(f"{path}: unsupported file type '{printable(path.suffix)}'; use .json, .jsonl, .csv or "
-                        ".parquet.")
+                        f".parquet.{hint}")
     if not path.is_file():  # a device (/dev/zero, /dev/urandom), a pipe or a socket, perhaps behind a link
         raise DataError(f"Dataset file {path} is not a regular file"
                         + (f" (it links to {path.resolve()})" if path.is_symlink() else "") + ".")

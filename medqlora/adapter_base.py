@@ -6,15 +6,17 @@ locally, the layers and target modules, and the in/out features of every LoRA ma
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from . import json_text
-from .adapters import CONFIG_NAME, ValidAdapter, layer_numbers, lora_modules
+from .adapters import CONFIG_NAME, ValidAdapter, check_tensors, layer_numbers, lora_modules
 from .errors import ModelError
 from .secrets import printable
 
 DIFFERENT_BASE = "Was it trained on a different base model?"
+_MODULE_QUOTED = re.compile(r"(Target module \w+)\(.*\)(?= is not supported)", re.DOTALL)
 
 
 def base_config(source: str | None, trust_remote_code: bool = False) -> dict[str, Any] | None:
@@ -45,10 +47,9 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
 
 
-def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> dict[str, tuple[int, int]] | None:
-    """module path -> (in_features, out_features) of every linear layer of the base model, and (vocabulary, width)
-    of every embedding layer (LoRA can target embed_tokens too), from an empty (meta) model built from config.json;
-    None when it cannot be built."""
+def empty_model(config: dict[str, Any], trust_remote_code: bool = False) -> Any | None:
+    """The base model built from config.json without weights (on the meta device: nothing allocated or read); None
+    when it cannot be built."""
     if trust_remote_code:  # building it would run the model's own code: not for a check
         return None
     try:
@@ -58,8 +59,18 @@ def linear_features(config: dict[str, Any], trust_remote_code: bool = False) -> 
         kwargs = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config", "auto_map")}
         built = CONFIG_MAPPING[config["model_type"]].from_dict(kwargs)
         with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(built)
+            return AutoModelForCausalLM.from_config(built)
     except Exception:  # an architecture transformers does not know: fall back to config.json's figures
+        return None
+
+
+def linear_features(config: dict[str, Any], trust_remote_code: bool = False,
+                    model: Any | None = None) -> dict[str, tuple[int, int]] | None:
+    """module path -> (in_features, out_features) of every linear layer of the base model, and (vocabulary, width)
+    of every embedding layer (LoRA can target embed_tokens too), from an empty (meta) model built from config.json
+    (``model``, where built already); None when it cannot be built."""
+    model = model if model is not None else empty_model(config, trust_remote_code)
+    if model is None:
         return None
     from torch import nn
 
@@ -110,7 +121,8 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
         raise refuse(f"it was trained on a {printable(types[0], 40)} model and the base is a {printable(types[1], 40)}")
 
     check_layers(adapter, base)
-    features = linear_features(base, trust_remote_code)
+    model = empty_model(base, trust_remote_code)
+    features = linear_features(base, trust_remote_code, model)
     leaves = {name.rsplit(".", 1)[-1] for name in features} if features else set(estimated_features(base))
     targets = adapter.config["target_modules"]
     if isinstance(targets, list) and leaves:
@@ -132,6 +144,35 @@ def check_base(adapter: ValidAdapter, model_name: str, source: str | None, trust
                          f"{expected[0]} -> {expected[1]} in the base model")
     if features:
         check_complete(adapter, features)
+    if model is not None and features:
+        check_layout(adapter, model)
+
+
+def check_layout(adapter: ValidAdapter, model: Any) -> None:
+    """PEFT itself puts the adapter's config on the empty base model (no weight read or allocated): what it cannot
+    place (a target_modules pattern that selects the whole model) and the tensors it would expect against those the
+    weights file holds (DoRA's magnitudes missing, a base weight smuggled in), so --dry-run refuses what loading
+    would."""
+    import warnings
+
+    from accelerate import init_empty_weights
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict
+
+    try:
+        config = PeftConfig.from_peft_type(**adapter.config)
+        with warnings.catch_warnings(), init_empty_weights():
+            warnings.simplefilter("ignore")  # PEFT's notes on the config (fan_in_fan_out...) are its loading's
+            expected = set(get_peft_model_state_dict(get_peft_model(model, config)))
+    except (ValueError, TypeError, KeyError) as err:
+        held = sorted({module.rsplit(".", 1)[-1] for module in lora_modules(adapter.shapes)})
+        # PEFT quotes the whole module it cannot adapt (hundreds of lines): its class name is enough
+        reason = printable(_MODULE_QUOTED.sub(r"\1 (...)", str(err)).split("\n", 1)[0].split(". ", 1)[0], 200)
+        raise ModelError(
+            f"Cannot load the adapter in {printable(adapter.folder)}: PEFT cannot put its {CONFIG_NAME} on the base "
+            f"model (target_modules {printable(adapter.config.get('target_modules'), 120)}): {reason}. Set "
+            f"target_modules in {CONFIG_NAME} to the modules its weights hold"
+            + (f" ({printable(', '.join(held), 160)})" if held else "") + ".") from None
+    check_tensors(adapter.shapes, expected, adapter.folder)
 
 
 def check_complete(adapter: ValidAdapter, features: dict[str, tuple[int, int]]) -> None:

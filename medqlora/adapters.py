@@ -419,14 +419,19 @@ def check_loaded(model: Any, folder: Path, where: str | None = None) -> None:
             expected = set(get_peft_model_state_dict(model))
     except Exception:  # a model PEFT cannot describe: nothing to compare with
         return
-    shapes = header_shapes(folder / WEIGHTS_NAME)
-    _no_foreign_tensors(shapes, expected, where or folder)
+    check_tensors(header_shapes(folder / WEIGHTS_NAME), expected, where or folder)
+
+
+def check_tensors(shapes: dict[str, tuple[int, ...]], expected: set[str], where: str | Path) -> None:
+    """The tensors of an adapter's weights file (``shapes``, from its header) against those PEFT implies for its
+    config on the base model (``expected``): none missing, none foreign."""
+    _no_foreign_tensors(shapes, expected, where)
     missing = sorted(expected - set(shapes))
     if missing:
         what = ("magnitude vectors of DoRA (its config says use_dora: true)"
                 if all("lora_magnitude_vector" in k for k in missing) else "tensors")
         raise ModelError(
-            f"The adapter in {printable(where or folder)} is incomplete: {WEIGHTS_NAME} lacks {len(missing)} "
+            f"The adapter in {printable(where)} is incomplete: {WEIGHTS_NAME} lacks {len(missing)} "
             f"{what} that its {CONFIG_NAME} implies (e.g. {printable(missing[0], 160)}). Loading it would put "
             "freshly made values in their place. Copy the whole adapter again, or train it again.")
 

@@ -273,11 +273,25 @@ class RunDir:
         for entry in entries:
             if entry.is_symlink() and not (entry.name.startswith("adapter") and entry.is_dir()):
                 raise _link_error(self.path, entry.name, Path(entry.path))
+            if entry.is_symlink():
+                self._refuse_adapter_link_out(Path(entry.path))
         for entry in entries:  # checked before any work, not only when the first line is appended
             if entry.name in APPENDED:
                 problem = not_a_private_file(entry.stat(follow_symlinks=False))
                 if problem:
                     raise _not_appendable(Path(entry.path), problem)
+
+    def _refuse_adapter_link_out(self, link: Path) -> None:
+        """An adapter folder of the run that is a link (to one of its checkpoints, say) stays inside the run folder:
+        one leading out of it would make the kit read, and an export copy, a folder a run folder from elsewhere
+        names (a home folder's keys)."""
+        target = link.resolve()
+        if target.is_relative_to(self.path.resolve()):
+            return
+        raise UnsafePathError(
+            f"{printable(link)} is a symbolic link to {printable(target)}, outside its run folder "
+            f"({printable(self.path)}): the kit does not read through links out of a run folder. To use that adapter, "
+            f"give its folder itself (--adapter {printable(target)}); or put a copy of it in place of the link.")
 
     def start_log(self) -> None:
         """Log to this run's run.log (and only this run's: a previous run's handler is closed)."""

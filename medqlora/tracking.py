@@ -31,6 +31,16 @@ WANDB_OFFLINE_NOTE = ("W&B: no WANDB_API_KEY in the environment, so the run logs
                       "upload it later with: wandb sync <run folder>/wandb/offline-run-*")
 
 
+def wandb_switched_off(cfg: KitConfig) -> bool:
+    """wandb asked for, while the environment switches W&B off (WANDB_MODE=disabled, left over in a notebook)."""
+    return "wandb" in cfg.training.report_to and os.environ.get("WANDB_MODE", "").strip().lower() == "disabled"
+
+
+WANDB_OFF_NOTE = ("warning: W&B: training.report_to lists wandb, but WANDB_MODE=disabled in the environment switches "
+                  "it off: this run records nothing in W&B. To track it, unset WANDB_MODE (or set it to online or "
+                  "offline) and run again; to say so in the config, leave wandb out of training.report_to.")
+
+
 def check_trackers(cfg: KitConfig) -> list[str]:
     """Before the model loads: each tracker is installed and has its credentials in the environment.
     Returns what the run will do differently, to be said (W&B's offline mode without a key)."""
@@ -40,6 +50,8 @@ def check_trackers(cfg: KitConfig) -> list[str]:
                               f"(or remove it from training.report_to).")
     if wandb_falls_back_offline(cfg):
         return [WANDB_OFFLINE_NOTE]
+    if wandb_switched_off(cfg):
+        return [WANDB_OFF_NOTE]
     if "wandb" in cfg.training.report_to:
         mode = os.environ.get("WANDB_MODE", "").lower()
         if not os.environ.get("WANDB_API_KEY") and mode not in ("offline", "disabled"):
@@ -56,7 +68,7 @@ def tracker_folders(cfg: KitConfig) -> tuple[str, ...]:
     and MLflow's only where the environment does not send them elsewhere (WANDB_DIR, MLFLOW_TRACKING_URI)."""
     report_to = cfg.training.report_to
     folders = [f"{Files.TENSORBOARD}/"] if "tensorboard" in report_to else []
-    if "wandb" in report_to and "WANDB_DIR" not in os.environ:
+    if "wandb" in report_to and "WANDB_DIR" not in os.environ and not wandb_switched_off(cfg):
         folders.append(f"{Files.WANDB}/")
     if "mlflow" in report_to and "MLFLOW_TRACKING_URI" not in os.environ:
         folders.append(f"{Files.MLFLOW}/")

@@ -1,0 +1,96 @@
+"""Round 26 of the hostile review: a run folder whose adapter/ links out of it (an export copied the folder it named,
+keys included); --dry-run passing adapters that loading refuses (DoRA without its magnitudes, a base weight in the
+weights file, a target_modules pattern that selects the whole model); W&B switched off by WANDB_MODE=disabled
+without a word."""
+
+import json
+import shutil
+
+import pytest
+
+from medqlora import tracking
+from medqlora.config import load_config
+
+from .conftest import assert_one_message, kit_argv, run_cli, run_tiny
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("r26") / "out"
+    assert run_tiny(tiny_model_dir, out, "--mode", "train", **{"training.max_steps": "1",
+                                                                "output.run_name": "base"}) == 0
+    return out / "base"
+
+
+def test_a_run_whose_adapter_links_out_of_it_is_refused_and_nothing_is_copied(trained_run, tiny_model_dir, tmp_path,
+                                                                              capsys):
+    outside = tmp_path / "outside"
+    shutil.copytree(trained_run / "adapter", outside)
+    (outside / "id_rsa").write_text("PRIVATE KEY")
+    run = tmp_path / "out" / "planted"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("adapter"))
+    (run / "adapter").symlink_to(outside, target_is_directory=True)
+    for dry in (["--dry-run"], []):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *dry, "--mode", "export", "--adapter",
+                                          str(run)))
+        assert result.code == 2, result.err[-1500:]
+        assert_one_message(result.err, f"{run / 'adapter'} is a symbolic link to {outside}, outside its run folder")
+        assert f"--adapter {outside}" in result.err
+    assert not any(path.name.startswith("export") for path in run.iterdir())
+    assert not [p for p in (tmp_path / "out").rglob("id_rsa")]
+    # a link that stays inside the run folder (adapter -> one of its own folders) is read as before
+    inside = tmp_path / "out" / "inside"
+    shutil.copytree(trained_run, inside, ignore=shutil.ignore_patterns("adapter"))
+    shutil.copytree(trained_run / "adapter", inside / "adapter-best")
+    (inside / "adapter").symlink_to("adapter-best", target_is_directory=True)
+    assert run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "export", "--adapter",
+                                    str(inside))).code == 0
+
+
+def _changed_adapter(lora_folder, tmp_path, config=None, tensors=None):
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_folder, adapter)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({**weights, **(tensors or {})}, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    written = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**written, **(config or {})}))
+    return adapter
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"config": {"use_dora": True}}, "is incomplete: adapter_model.safetensors lacks 4 magnitude vectors of DoRA"),
+    ({"tensors": "embed"}, "holds a tensor that its adapter_config.json does not imply (no LoRA weight of its "
+                           "target_modules, no module of its modules_to_save): base_model.model.model.embed_tokens"
+                           ".weight [49152, 64]"),
+    ({"config": {"target_modules": ".*"}}, "PEFT cannot put its adapter_config.json on the base model "
+                                           "(target_modules .*): Target module LlamaModel (...) is not supported. "
+                                           "Set target_modules in adapter_config.json to the modules its weights hold "
+                                           "(q_proj, v_proj)."),
+], ids=["dora-without-magnitudes", "a-base-weight-inside", "a-pattern-selecting-the-model"])
+def test_the_dry_run_refuses_the_adapters_loading_refuses(lora_folder, tiny_model_dir, tmp_path, capsys, change,
+                                                          message):
+    import torch
+
+    tensors = {"base_model.model.model.embed_tokens.weight": torch.zeros(49152, 64)} if change.get("tensors") else None
+    adapter = _changed_adapter(lora_folder, tmp_path, change.get("config"), tensors)
+    for dry in (["--dry-run"], []):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", *dry, "--mode", "test", "--adapter",
+                                          str(adapter)))
+        assert result.code == 2, result.err[-1500:]
+        assert_one_message(result.err, message)
+        assert "Check model.name" not in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_wandb_switched_off_by_the_environment_is_said_and_plans_no_wandb_folder(monkeypatch):
+    cfg = load_config(None, ["training.report_to=[wandb]"])
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "Disabled")
+    [note] = tracking.check_trackers(cfg)
+    assert "WANDB_MODE=disabled in the environment switches it off: this run records nothing in W&B" in note
+    assert tracking.tracker_folders(cfg) == ()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert tracking.check_trackers(cfg) == [] and tracking.tracker_folders(cfg) == ("wandb/",)

@@ -121,8 +121,15 @@ def test_a_dora_adapter_is_refused_for_gguf_lora(lora_run, tiny_model_dir, tmp_p
     shutil.copytree(run / "adapter", copy)
     config = json.loads((copy / "adapter_config.json").read_text())
     (copy / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(copy / "adapter_model.safetensors")  # a whole DoRA adapter: a magnitude per LoRA module
+    magnitudes = {key.replace(".lora_B.weight", ".lora_magnitude_vector"): torch.ones(value.shape[0])
+                  for key, value in weights.items() if key.endswith(".lora_B.weight")}
+    save_file({**weights, **magnitudes}, str(copy / "adapter_model.safetensors"), metadata={"format": "pt"})
     assert run_tiny(tiny_model_dir, tmp_path / "o", "--mode", "export", "--adapter", str(copy),
-               **{"export.formats": "[gguf_lora]"}) == 2
+                    **{"export.formats": "[gguf_lora]"}) == 2
     err = capsys.readouterr().err
     assert "uses use_dora, which a llama.cpp LoRA file cannot express" in err and "Traceback" not in err
     assert not list((tmp_path / "o").rglob("*.gguf"))

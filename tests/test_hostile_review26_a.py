@@ -94,3 +94,36 @@ def test_wandb_switched_off_by_the_environment_is_said_and_plans_no_wandb_folder
     assert tracking.tracker_folders(cfg) == ()
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert tracking.check_trackers(cfg) == [] and tracking.tracker_folders(cfg) == ("wandb/",)
+
+
+def _gguf(path, architecture, tensors=(), tokens=False):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(2)
+    if tokens:
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(["<unk>", "a", "b"])
+    for name in tensors:
+        writer.add_tensor(name, np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("architecture, tensors, tokens, missing", [
+    ("llama", (), False, "with no tensors (no weights) and no tokenizer (tokenizer.ggml.tokens)"),
+    ("mamba", ("token_embd.weight",), False, "with no tokenizer (tokenizer.ggml.tokens)"),
+    ("llama", (), True, "with no tensors (no weights)"),
+])
+def test_a_gguf_without_weights_or_tokenizer_is_refused_by_the_dry_run(tiny_model_dir, tmp_path, capsys, architecture,
+                                                                      tensors, tokens, missing):
+    path = _gguf(tmp_path / "model.gguf", architecture, tensors, tokens)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"model.name": str(path)}))
+    assert result.code == 2
+    assert_one_message(result.err, f"model.name: {path} is a GGUF file of architecture {architecture} {missing}: not "
+                                   "a model the kit can convert and train")

@@ -441,6 +441,20 @@ def safetensors_problem(file: Path) -> str | None:
     return None
 
 
+def _refuse_gguf_without_a_model(reader: Any, shown: str) -> None:
+    """A GGUF file the kit converts into a checkpoint holds weights and the tokenizer transformers rebuilds from
+    its metadata (tokenizer.ggml.tokens): a header alone fails the conversion, read here from the header."""
+    missing = [what for what, absent in (("no tensors (no weights)", not len(reader.tensors)),
+                                         ("no tokenizer (tokenizer.ggml.tokens)",
+                                          "tokenizer.ggml.tokens" not in reader.fields)) if absent]
+    if missing:
+        field = reader.fields.get("general.architecture")
+        architecture = f" of architecture {printable(str(field.contents()), 40)}" if field is not None else ""
+        raise ModelError(f"model.name: {shown} is a GGUF file{architecture} with {' and '.join(missing)}: not a model "
+                         "the kit can convert and train. Point model.name at a whole .gguf model file (as llama.cpp "
+                         "writes it, weights and tokenizer), a checkpoint folder or a hub id.")
+
+
 def check_gguf_file(gguf: Path) -> None:
     """A GGUF file that llama.cpp's reader can read, header and tensors, before it is converted."""
     shown = printable(str(gguf))
@@ -460,11 +474,14 @@ def check_gguf_file(gguf: Path) -> None:
     try:
         from gguf import GGUFReader
 
-        field = GGUFReader(str(gguf)).fields.get("general.type")
+        reader = GGUFReader(str(gguf))
+        field = reader.fields.get("general.type")
         kind = None if field is None else str(field.contents())
     except Exception as err:  # the reader raises ValueError, IndexError, struct errors... on damaged files
         raise ModelError(f"model.name: {shown} is truncated or damaged ({type(err).__name__}: "
                          f"{printable(str(err), 160)}). Download it again.") from None
+    if kind != "adapter":
+        _refuse_gguf_without_a_model(reader, shown)
     if kind == "adapter":
         raise ModelError(f"model.name: {shown} is a LoRA adapter in llama.cpp's GGUF form (general.type adapter, as "
                          "export.formats gguf_lora writes it), not a model: llama.cpp applies it to its base with "

@@ -36,7 +36,7 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
         _note_run_without_config(adapter)
         return cfg
     run_cfg = load_config(run_folder / Files.CONFIG)
-    trained = run_cfg.model
+    trained = trained_model(adapter, cfg, say_trust=True)
     gone = _base_folder_gone(trained.name)
     if gone and _same_weights(run_folder, cfg.model.name):
         say(f"using base model {printable(cfg.model.name)} (model.name): the folder this adapter was trained on, "
@@ -135,9 +135,19 @@ def start_adapter(adapter: Path | None) -> str | None:
     return load_config(run_folder / Files.CONFIG).training.init_adapter if run_folder is not None else None
 
 
-def trained_model(adapter: Path, cfg: KitConfig) -> Any:
+def trained_model(adapter: Path, cfg: KitConfig, say_trust: bool = False) -> Any:
+    """The model section an adapter was trained with (its run's config.yaml; cfg's for an adapter from outside the
+    kit's runs), whose model.trust_remote_code is always cfg's: a run folder given by path is not the user's word
+    to run a model folder's own Python code (its config.yaml may say true)."""
     run_folder = origin_run(adapter)
-    return load_config(run_folder / Files.CONFIG).model if run_folder is not None else cfg.model
+    if run_folder is None:
+        return cfg.model
+    trained = load_config(run_folder / Files.CONFIG).model
+    if say_trust and trained.trust_remote_code and not cfg.model.trust_remote_code:
+        say(f"note: the run {printable(run_folder.name)} was trained with model.trust_remote_code: true (its "
+            "config.yaml); the kit runs a model folder's own code only where the config given says so, and it is "
+            "off here. If the model needs it, and you trust that folder's code: --set model.trust_remote_code=true")
+    return trained.model_copy(update={"trust_remote_code": cfg.model.trust_remote_code})
 
 
 def note_folder_of_the_word(word: str, output_dir: Path, flag: str) -> None:

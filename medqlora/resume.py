@@ -61,13 +61,27 @@ def resumable_run(resume: str, output_dir: str | None, cfg: KitConfig) -> tuple[
     saved = run.path / Files.CONFIG
     if not saved.is_file():
         raise ModelError(f"--resume {resume}: {run.path} is not a run folder of this kit (no config.yaml).")
+    given = cfg
     cfg = load_config(saved)
+    _refuse_remote_code_not_given(run, cfg, given)
     check_checkpoint(checkpoint)
     _check_start_adapter(run, cfg, checkpoint)
     _check_resumable_config(run, cfg, checkpoint)
     _check_resumable_data(run, cfg)
     _check_resumable_model(run)
     return run, cfg, checkpoint
+
+
+def _refuse_remote_code_not_given(run: RunDir, saved: KitConfig, given: KitConfig) -> None:
+    """A run folder given by path whose config.yaml sets model.trust_remote_code: true would run its model folder's
+    own Python code: only on the user's word, the run's config given as --config beside --resume."""
+    if not saved.model.trust_remote_code or given.model.trust_remote_code:
+        return
+    config = printable(run.path / Files.CONFIG)
+    raise ConfigError(f"--resume {printable(run.path)}: its config.yaml sets model.trust_remote_code: true, which runs "
+                      f"the Python code of the model folder {printable(saved.model.name, 120)}. The kit does that only "
+                      f"on your word: if you trust that code, give the run's config too: --resume "
+                      f"{printable(run.path)} --config {config}")
 
 
 def _check_start_adapter(run: RunDir, cfg: KitConfig, checkpoint: Path) -> None:

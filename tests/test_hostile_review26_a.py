@@ -127,3 +127,58 @@ def test_a_gguf_without_weights_or_tokenizer_is_refused_by_the_dry_run(tiny_mode
     assert result.code == 2
     assert_one_message(result.err, f"model.name: {path} is a GGUF file of architecture {architecture} {missing}: not "
                                    "a model the kit can convert and train")
+
+
+def _model_with_own_code(tiny_model_dir, folder, marker):
+    """The tiny model with config.json pointing at Python code of its folder (auto_map) that leaves ``marker`` when it
+    runs."""
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_own.OwnConfig",
+                          "AutoModelForCausalLM": "modeling_own.OwnModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    (folder / "configuration_own.py").write_text(code + "from transformers import LlamaConfig as OwnConfig\n")
+    (folder / "modeling_own.py").write_text(code + "from transformers import LlamaForCausalLM as OwnModel\n")
+    return folder
+
+
+def test_a_run_folders_config_cannot_turn_on_a_models_own_code(trained_run, tiny_model_dir, tmp_path, capsys):
+    """A run folder given by path whose config.yaml sets model.trust_remote_code: true (and names a model folder with
+    code in it): the code ran in --dry-run. The setting is the config given's, never the run folder's."""
+    from medqlora.config import load_config as load
+
+    marker = tmp_path / "code-ran"
+    model = _model_with_own_code(tiny_model_dir, tmp_path / "own-code", marker)
+    run = tmp_path / "out" / "planted"
+    shutil.copytree(trained_run, run)
+    saved = load(run / "config.yaml")
+    (run / "config.yaml").write_text(saved.model_copy(update={"model": saved.model.model_copy(
+        update={"name": str(model), "trust_remote_code": True})}).to_yaml())
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test", "--adapter",
+                                      str(run)))
+    assert not marker.exists(), result.err[-1500:]
+    assert result.code == 0, result.err[-1500:]
+    assert "was trained with model.trust_remote_code: true (its config.yaml)" in result.out + result.err
+    assert "--set model.trust_remote_code=true" in result.out + result.err
+
+
+def test_resuming_a_run_whose_config_turns_on_a_models_own_code_needs_that_config_given(tiny_config, tmp_path):
+    from medqlora import resume
+    from medqlora.errors import ConfigError
+
+    run = tmp_path / "ck"
+    (run / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    trusting = tiny_config.model_copy(update={"model": tiny_config.model.model_copy(
+        update={"trust_remote_code": True})})
+    (run / "config.yaml").write_text(trusting.to_yaml())
+    with pytest.raises(ConfigError) as caught:
+        resume.resumable_run(str(run), None, tiny_config)
+    assert (f"its config.yaml sets model.trust_remote_code: true, which runs the Python code of the model folder "
+            f"{tiny_config.model.name}. The kit does that only on your word: if you trust that code, give the run's "
+            f"config too: --resume {run} --config {run / 'config.yaml'}") in str(caught.value)
+    try:  # given: the refusal is not this one (the checkpoint is a bare folder)
+        resume.resumable_run(str(run), None, trusting)
+    except Exception as err:  # noqa: BLE001
+        assert "trust_remote_code" not in str(err)

@@ -20,7 +20,7 @@ from .config import KitConfig, LoraSection, load_config
 from .errors import ModelError
 from .messages import say
 from .run_commands import on_run, recorded_resume_command
-from .run_files import manifest_value
+from .run_files import changed_training_items, manifest_value
 from .run_lock import lock_holder
 from .runs import Files, RunDir, latest_run_with_adapter
 from .secrets import printable, redact, slug
@@ -437,13 +437,17 @@ def inherited_training_items(adapter: Path) -> tuple[list[dict[str, Any]], str |
     source = f"training.init_adapter {run_folder.name}"
     records: list[dict[str, Any]] = []
     try:
-        for line in (run_folder / Files.TRAINING_ITEMS).read_text(encoding="utf-8").splitlines():
+        held = (run_folder / Files.TRAINING_ITEMS).read_bytes()
+        if change := changed_training_items(run_folder, held):
+            raise ValueError(change)
+        for line in held.decode("utf-8").splitlines():
             if line.strip():
                 record = json_text.loads(line)
                 record["question_sha1_16"] = str(record["question_sha1_16"])
                 records.append({**record, "inherited_from": record.get("inherited_from") or source})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return [], (f"{printable(run_folder / Files.TRAINING_ITEMS)} is missing or damaged, so what training.init_"
+        return [], (f"{printable(run_folder / Files.TRAINING_ITEMS)} is missing, damaged or changed since its run "
+                    "wrote it, so what training.init_"
                     "adapter was trained on cannot be carried into this run's record: the trained-on check of --mode "
                     "eval will not see it. Restore that file, or start from another adapter")
     try:

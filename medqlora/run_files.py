@@ -4,6 +4,7 @@ adapters.py (CONFIG_NAME, WEIGHTS_NAME), the adapter boundary."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -85,4 +86,28 @@ def stopped_before_training(run_folder: str | Path) -> str | None:
             or any((folder / Files.CHECKPOINTS).glob("checkpoint-*")):
         return None
     return stage or f"{status} before its first checkpoint"
+
+
+# the manifest's record of training_items.jsonl as the run wrote it: an emptied or cut file would pass the trained-on
+# check with fewer questions to look for, as a missing one does not
+TRAINING_ITEMS_RECORD = "training_items"
+
+
+def training_items_record(text: str) -> dict[str, Any]:
+    """What the manifest records of the training_items.jsonl the run writes: its records and their sha256."""
+    return {"records": sum(1 for line in text.splitlines() if line.strip()),
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def changed_training_items(run_folder: Path, held: bytes) -> str | None:
+    """How the training_items.jsonl of ``run_folder`` (its bytes: ``held``) differs from the one its run wrote, as
+    its manifest records it; None where it is the same, or the manifest records none (a run of an earlier version)."""
+    recorded = manifest_value(run_folder, TRAINING_ITEMS_RECORD)
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        return None
+    if hashlib.sha256(held).hexdigest() == recorded["sha256"]:
+        return None
+    records = sum(1 for line in held.splitlines() if line.strip())
+    return (f"its run wrote {recorded.get('records')} records (its {Files.MANIFEST} records their sha256), and it "
+            f"now holds {records}{' (emptied)' if not held else ''}, changed since")
 

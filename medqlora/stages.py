@@ -19,6 +19,7 @@ from .config import KitConfig
 from .inputs import benchmark_guard_items, check_training_rows, cot_validation, same_tokens, tokenize
 from .messages import say
 from .recipe_state import RecipeState
+from .run_files import training_items_record
 from .runs import Files, size_mb
 
 
@@ -121,13 +122,14 @@ class TrainingStages(RecipeState):
         run.write_json(Files.DATA_STATS, prepared.stats)
         own = [{"source": r["source"], "uid": r["uid"], "question_sha1_16": r["question_hash"]} for r in prepared.train]
         inherited = inherited_training_items(Path(cfg.training.init_adapter))[0] if cfg.training.init_adapter else []
-        run.write_text(Files.TRAINING_ITEMS, "".join(json.dumps(record) + "\n" for record in own + inherited))
+        items = "".join(json.dumps(record) + "\n" for record in own + inherited)
+        run.write_text(Files.TRAINING_ITEMS, items)
         for name, stats in prepared.stats.items():
             say(f"data {name}: {stats}")
         for warning in prepared.stats.get("total", {}).get("warnings", []):
             say(f"warning: {warning}")
         self.record("training", model_source=self.source, model_files=model_files.fingerprint(self.source),
-                    data=prepared.fingerprints,
+                    data=prepared.fingerprints, training_items=training_items_record(items),
                     trained_settings=resume.trained_settings(self.saved_cfg))
 
     def load_inference_replica(self) -> None:

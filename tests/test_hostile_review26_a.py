@@ -182,3 +182,38 @@ def test_resuming_a_run_whose_config_turns_on_a_models_own_code_needs_that_confi
         resume.resumable_run(str(run), None, trusting)
     except Exception as err:  # noqa: BLE001
         assert "trust_remote_code" not in str(err)
+
+
+def test_an_emptied_record_of_the_trained_items_is_refused_as_a_missing_one_is(trained_run, tiny_model_dir, tmp_path,
+                                                                              capsys):
+    """training_items.jsonl emptied (or cut): the trained-on check found nothing to look for and passed; the manifest
+    records what the run wrote (its records and sha256)."""
+    from medqlora.run_files import manifest_value
+
+    recorded = manifest_value(trained_run, "training_items")
+    assert recorded["records"] == len((trained_run / "training_items.jsonl").read_text().splitlines()) > 0
+    run = tmp_path / "out" / "copy"
+    shutil.copytree(trained_run, run)
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "eval", "--adapter", str(run))
+    assert run_cli(capsys, argv).code == 0
+    lines = (run / "training_items.jsonl").read_text().splitlines(keepends=True)
+    for changed in ("", "".join(lines[1:])):
+        (run / "training_items.jsonl").write_text(changed)
+        result = run_cli(capsys, argv)
+        assert result.code == 2
+        assert_one_message(result.err, f"{run / 'training_items.jsonl'} is not the record its run wrote: its run "
+                                       f"wrote {len(lines)} records (its manifest.json records their sha256), and it "
+                                       f"now holds {len(lines) - 1 if changed else 0}")
+
+
+@pytest.mark.parametrize("written", ["{}", "[]", '{"model": {}, "added_tokens": {}}'])
+def test_a_tokenizer_json_that_is_no_tokenizer_is_named(tiny_model_dir, tmp_path, capsys, written):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "tokenizer.json").write_text(written)
+    result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train", "--dry-run",
+                                      **{"model.name": str(model)}))
+    assert result.code == 2
+    assert_one_message(result.err, f"Cannot load model '{model}': its tokenizer.json is not a tokenizer (valid JSON "
+                                   "without its ")
+    assert "Copy or download tokenizer.json again." in result.err

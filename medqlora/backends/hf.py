@@ -20,16 +20,25 @@ from .gguf_cache import damaged_cache_error, in_conversion_cache
 from .runtime import Runtime, torch_dtype
 
 
-def _broken_json(source: str) -> Path | None:
-    """The first .json file of a local model folder that is not valid JSON (a cut-off download or copy)."""
+# what every tokenizer.json the tokenizers library writes holds (it reads them without a check: KeyError)
+_TOKENIZER_SECTIONS = {"model": dict, "added_tokens": list}
+
+
+def _broken_json(source: str) -> tuple[Path, str] | None:
+    """The first .json file of a local model folder that is not valid JSON (a cut-off download or copy), or a
+    tokenizer.json without the sections of one, with what is wrong with it."""
     folder = Path(source).expanduser()
     if not folder.is_dir():
         return None
     for path in sorted(folder.glob("*.json")):
         try:
-            json_text.loads(path.read_bytes())
+            read = json_text.loads(path.read_bytes())
         except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
-            return path
+            return path, "is not valid JSON"
+        lacking = [key for key, kind in _TOKENIZER_SECTIONS.items()
+                   if not isinstance(read, dict) or not isinstance(read.get(key), kind)]
+        if path.name == "tokenizer.json" and lacking:
+            return path, f"is not a tokenizer (valid JSON without its {' and '.join(repr(k) for k in lacking)})"
     return None
 
 
@@ -42,9 +51,10 @@ def load_errors(source: str, err: Exception) -> ModelError:
         return damaged_cache_error(source, text)
     broken = _broken_json(source)
     if broken is not None:
-        return ModelError(f"Cannot load model '{printable(source)}': its {printable(broken.name)} is not valid JSON "
+        path, why = broken
+        return ModelError(f"Cannot load model '{printable(source)}': its {printable(path.name)} {why} "
                           f"({printable(text, 200)}); the file is damaged or cut off. Copy or download "
-                          f"{printable(broken.name)} again.")
+                          f"{printable(path.name)} again.")
     if "gated" in text.lower() or "401" in text or "403" in text:
         hint = "This model is gated: accept its licence on huggingface.co and set HF_TOKEN in the environment."
     elif "offline" in text.lower() or "connect" in text.lower() or "does not appear to have" in text.lower():

@@ -17,7 +17,7 @@ from ..errors import DataError
 from ..formats import BENCHMARK_KINDS, DATASET_FORMATS
 from ..leakage_text import normalize
 from ..rows import DATASET_ENTRY, MissingColumnError
-from ..run_files import Files
+from ..run_files import Files, changed_training_items
 from ..secrets import printable
 
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
@@ -223,8 +223,13 @@ def check_not_trained_on(items_by_bench: dict[str, list[EvalItem]], training_ite
                             "it what this adapter was trained on cannot be checked, so its scores could be inflated by "
                             "items it learned. Restore the file from the run folder's backup, or evaluate another run.")
         return
+    held = training_items.read_bytes()
+    if required and (change := changed_training_items(training_items.parent, held)):
+        raise DataError(f"{printable(training_items)} is not the record its run wrote: {change}. Without it what "
+                        "this adapter was trained on cannot be checked, so its scores could be inflated by items it "
+                        "learned. Restore the file from the run folder's backup, or evaluate another run.")
     trained: set[str] = set()
-    for number, line in enumerate(training_items.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(held.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -62,12 +62,18 @@ def adapter_run_config(adapter: Path, cfg: KitConfig) -> KitConfig:
     return cfg.model_copy(update={"model": trained, "data": run_cfg.data})
 
 
+# the settings of an adapter's run that replace the given ones and are named where they differ: how its prompts are
+# rendered and its model loaded (model.name has its own note; data.datasets and the leakage guard's settings
+# describe its training, which a default config's would differ from after any preset)
+_RUN_SETTINGS_NAMED = {"data": ("system_prompt",),
+                       "model": ("max_seq_length", "load_in_4bit", "dtype", "chat_template")}
+
+
 def _note_settings_of_run(run_cfg: KitConfig, cfg: KitConfig) -> None:
     """The data and model settings given (config file or --set) that an adapter of a run replaces with its run's,
     named one by one: a --set data.system_prompt=... is said to be unused, not dropped without a word."""
-    replaced = [f"{section}.{key}" for section in ("data", "model")
-                for key, value in getattr(run_cfg, section).model_dump().items()
-                if (section, key) != ("model", "name") and getattr(cfg, section).model_dump()[key] != value]
+    replaced = [f"{section}.{key}" for section, keys in _RUN_SETTINGS_NAMED.items() for key in keys
+                if getattr(getattr(cfg, section), key) != getattr(getattr(run_cfg, section), key)]
     if replaced:
         shown = ", ".join(replaced)
         say(f"note: {shown}: the values this adapter was trained with are used (its run's config.yaml), not the ones "

@@ -322,21 +322,36 @@ _READ_WITHOUT_TRAINING = ("training.seed", "training.gpu_memory_gib", "training.
 _TRAINING_SECTIONS = ("training.", "lora.", "grpo.", "preference.")
 
 
+# the sections a mode does not read beyond training's, and why (export.* in train and full: export.left_for_export_mode)
+_UNREAD_SECTIONS = {
+    "test": (("eval.", "export."), "answers the sample queries: it scores and exports nothing"),
+    "chat": (("eval.", "export."), "answers what is typed: it scores and exports nothing"),
+    "eval": (("export.",), "scores the benchmarks: it exports nothing"),
+    "export": (("eval.",), "exports the adapter: it scores no benchmark"),
+    "train": (("generation.",), "trains and saves the adapter: it answers nothing (a later --mode test or chat takes "
+                                "its own command's generation settings)"),
+}
+
+
 def _note_unused_overrides(args: argparse.Namespace) -> None:
-    """--set of a training setting in a mode that trains nothing (test, eval, chat, export): said, not dropped
-    without a word (the adapter keeps the settings it was trained with)."""
+    """--set of a setting the mode does not read (a training setting in test, eval, chat or export; eval.* in test;
+    generation.* in train...): said, not dropped without a word."""
     from .commands import ADAPTER_MODES
     from .messages import say
 
-    if args.mode not in ADAPTER_MODES:
-        return
-    keys = [item.split("=", 1)[0].strip() for item in args.overrides]
-    unused = [key for key in dict.fromkeys(keys) if key.startswith(_TRAINING_SECTIONS) and
-              not key.startswith(_READ_WITHOUT_TRAINING)]
-    if unused:
-        shown = ", ".join(printable(key, 80) for key in unused)
-        say(f"note: --set {shown}: --mode {args.mode} trains nothing, so {'these are' if len(unused) > 1 else 'it is'} "
-            "not used (an adapter keeps the settings it was trained with)")
+    keys = list(dict.fromkeys(item.split("=", 1)[0].strip() for item in args.overrides))
+    if args.mode in ADAPTER_MODES:
+        unused = [key for key in keys if key.startswith(_TRAINING_SECTIONS) and
+                  not key.startswith(_READ_WITHOUT_TRAINING)]
+        if unused:
+            shown = ", ".join(printable(key, 80) for key in unused)
+            say(f"note: --set {shown}: --mode {args.mode} trains nothing, so "
+                f"{'these are' if len(unused) > 1 else 'it is'} not used (an adapter keeps the settings it was trained "
+                "with)")
+    sections, why = _UNREAD_SECTIONS.get(args.mode, ((), ""))
+    if unread := [key for key in keys if key.startswith(sections)]:
+        shown = ", ".join(printable(key, 80) for key in unread)
+        say(f"note: --set {shown}: not used by --mode {args.mode}, which {why}")
 
 
 def _refuse_repeated_flags(args: argparse.Namespace) -> None:

@@ -217,3 +217,34 @@ def test_a_tokenizer_json_that_is_no_tokenizer_is_named(tiny_model_dir, tmp_path
     assert_one_message(result.err, f"Cannot load model '{model}': its tokenizer.json is not a tokenizer (valid JSON "
                                    "without its ")
     assert "Copy or download tokenizer.json again." in result.err
+
+
+@pytest.mark.parametrize("mode, given, said", [
+    ("test", ("eval.benchmarks.0.max_items=3", "export.formats=[merged]"),
+     "note: --set eval.benchmarks.0.max_items, export.formats: not used by --mode test, which answers the sample "
+     "queries: it scores and exports nothing"),
+    ("chat", ("export.formats=[merged]",), "note: --set export.formats: not used by --mode chat"),
+    ("export", ("eval.method=generate",), "note: --set eval.method: not used by --mode export, which exports the "
+                                          "adapter: it scores no benchmark"),
+    ("train", ("generation.max_new_tokens=7", "generation.temperature=0.3"),
+     "note: --set generation.max_new_tokens, generation.temperature: not used by --mode train, which trains and saves "
+     "the adapter: it answers nothing"),
+])
+def test_settings_of_a_section_the_mode_does_not_read_are_said_unused(tiny_model_dir, tmp_path, capsys, mode, given,
+                                                                      said):
+    argv = ["--dry-run", "--mode", mode, "--output-dir", str(tmp_path / "out"), "--set",
+            f"model.name={tiny_model_dir}"]
+    argv += ["--adapter", "none"] if mode in ("test", "chat") else []
+    argv += ["--prompt", "hi"] if mode == "chat" else []
+    argv += ["--set", "eval.benchmarks=[]"] if mode == "train" else []
+    for item in given:
+        argv += ["--set", item]
+    if mode == "export":  # export needs an adapter: the refusal of none comes after the note
+        argv += ["--adapter", "none"]
+    result = run_cli(capsys, argv)
+    assert said in result.err, result.err[-1500:]
+    assert said not in result.out
+    if mode != "export":
+        assert result.code == 0, result.err[-1500:]
+    if mode in ("test", "train"):
+        assert isinstance(json.loads(result.out), dict)  # the plan alone on stdout

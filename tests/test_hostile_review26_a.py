@@ -248,3 +248,19 @@ def test_settings_of_a_section_the_mode_does_not_read_are_said_unused(tiny_model
         assert result.code == 0, result.err[-1500:]
     if mode in ("test", "train"):
         assert isinstance(json.loads(result.out), dict)  # the plan alone on stdout
+
+
+def test_a_key_with_a_look_alike_letter_names_the_letter(tmp_path, capsys):
+    """'trаining' with a Cyrillic а: 'unknown key trаining. Did you mean training?' showed two keys that look the
+    same."""
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path), "--set", "tr\u0430ining.max_steps=3"])
+    assert result.code == 2
+    assert_one_message(result.err, "Did you mean 'training'? The key holds a character that only looks like a Latin "
+                                   "letter (character 3 is U+0430 CYRILLIC SMALL LETTER A): type it again")
+    config = tmp_path / "pasted.yaml"
+    config.write_text("training:\n  m\u0430x_st\u0435ps: 3\n", encoding="utf-8")
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path), "--config", str(config)])
+    assert result.code == 2
+    assert "2 characters that only look like Latin letters (character 2 is U+0430 CYRILLIC SMALL LETTER A, " \
+           "character 7 is U+0435 CYRILLIC SMALL LETTER IE)" in result.err
+    assert "Did you mean 'max_steps'?" in result.err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -395,5 +396,18 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
         return f" Did you mean '{KEY_ALIASES[word]}'?"
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
-        return f" Did you mean '{close[0]}'?"
+        return f" Did you mean '{close[0]}'?{_not_latin(word)}"
     return f" Valid keys: {', '.join(choices)}." if choices else ""
+
+
+def _not_latin(word: str) -> str:
+    """The characters of a key outside ASCII, named: a key pasted from a PDF or a web page may hold a Cyrillic а that
+    reads as the Latin a, and the message would show two keys that look the same."""
+    foreign = [(at, char) for at, char in enumerate(word, 1) if not char.isascii()]
+    if not foreign:
+        return ""
+    named = ", ".join(f"character {at} is U+{ord(char):04X} {unicodedata.name(char, 'unnamed')}"
+                      for at, char in foreign[:3])
+    what = "a character that only looks like a Latin letter" if len(foreign) == 1 else \
+        f"{len(foreign)} characters that only look like Latin letters"
+    return f" The key holds {what} ({named}{', ...' if len(foreign) > 3 else ''}): type it again rather than paste it."

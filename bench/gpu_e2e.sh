@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of the kit on an NVIDIA GPU: --mode full through the unsloth backend on
 #   random8b : a random-initialised model of Llama-3.1-8B's shape (vocab 128256), made on the fly:
-#              the 500 PubMedQA test questions scored, then --mode full
+#              the 500 PubMedQA test questions scored, then --mode full, then --mode eval of its adapter
 #   hf8b     : the same random 8B shape through the hf backend (bitsandbytes 4-bit, Liger where installed):
 #              --mode full with packed rows and auto-fit (run after random8b, which makes the checkpoint)
 #   hf8b_checkpointed: the hf backend with gradient checkpointing (8 packed rows of 4,096 tokens a step): its
@@ -46,6 +46,10 @@ case $STAGE in
     run random8b_unsloth_full --mode full --set model.name=$M8 --set backend=unsloth \
         --set training.max_steps=20 --set training.micro_batch_size=8 --set data.datasets.0.max_samples=400 \
         --set generation.max_new_tokens=32 --set output.run_name=random8b-unsloth --output-dir "$RUNS"
+    # the run's adapter given back to --mode eval: the adapter boundary's checks, then Unsloth loads it; its score
+    # on the same 100 items is --mode full's fine-tuned one
+    run random8b_unsloth_eval_adapter --mode eval --no-baseline --adapter "$RUNS/random8b-unsloth" \
+        --set backend=unsloth --set eval.batch_size=${EVAL_BATCH:-auto} --output-dir "$RUNS"
     ;;
   hf8b)
     run random8b_hf_full --mode full --set model.name=/tmp/llama31-8b-random --set backend=hf \

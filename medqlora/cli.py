@@ -184,8 +184,8 @@ def _guarded_main(args: argparse.Namespace, argv: list[str] | None) -> int:
     try:
         with command():
             return _main(args)
-    except BrokenPipeError:  # the reader of stdout went away (`--dry-run | head -1`): nothing left to tell it
-        with contextlib.suppress(OSError, ValueError):  # (the guard has sent stdout to the null device already)
+    except BrokenPipeError:  # a pipe the guards do not cover (a stream kept from before): nothing left to tell it
+        with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # so that the exit flush is quiet
         return 1
     except MemoryError as err:  # the machine's memory (or the process's limit) ran out outside a training step

@@ -2,7 +2,8 @@
 command in exit 2 with a message on stderr (run_mode from Python: raises OutputLost, guarded_call): a script that saved ``--dry-run`` or a ``--prompt`` answer must not
 get success and an empty file. The command itself goes on (a training run is not stopped by its progress lines),
 what it prints after the failure goes to the null device, and the message comes when it ends. A reader that went
-away (``| head -1``: a broken pipe) stays quiet: the command ends there with exit 1, as before.
+away (``| head -2``: a broken pipe, on stdout or on stderr) stops nothing either: the command goes on to its end
+quietly (its run folder and run.log keep what it did and said) and exits with its own code.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ class GuardedStdout:
         except OSError as err:
             self.failure = err
             _to_null_device(self._stream)  # what is still buffered, and Python's flush at exit, fail no more
-            if isinstance(err, BrokenPipeError):
-                raise  # the reader went away: the command line ends quietly (exit 1)
 
     def message(self) -> str:
         """The one line that says what was lost, and what to do."""
@@ -79,39 +78,46 @@ def _to_null_device(stream: TextIO) -> None:
 @contextlib.contextmanager
 def guarded_stdout() -> Iterator[GuardedStdout]:
     """sys.stdout guarded for one command (then given back); its buffer flushed at the end, inside the guard, so
-    that a failure of the last write is seen too."""
-    real = sys.stdout
+    that a failure of the last write is seen too. sys.stderr is guarded too, quietly: a progress bar written to a
+    pipe whose reader went away (``2>&1 | head``) must not stop a training run."""
+    real, real_err = sys.stdout, sys.stderr
     guard = GuardedStdout(real)
-    sys.stdout = guard
+    sys.stdout, sys.stderr = guard, GuardedStdout(real_err)
     try:
         yield guard
     finally:
-        with contextlib.suppress(BrokenPipeError):
+        with contextlib.suppress(OSError):
             guard.flush()
-        sys.stdout = real
+        sys.stdout, sys.stderr = real, real_err
 
 
 def lost_output(guard: GuardedStdout) -> bool:
     """Whether what the command printed was lost to a write that failed (a broken pipe is the reader's choice)."""
-    return guard.failure is not None and guard.failure.errno != errno.EPIPE
+    return guard.failure is not None and not reader_went_away(guard)
+
+
+def reader_went_away(guard: GuardedStdout) -> bool:
+    """Whether stdout's reader went away while the command ran (a broken pipe: `| head`, a closed terminal)."""
+    return guard.failure is not None and guard.failure.errno == errno.EPIPE
+
+
+READER_GONE = ("standard output was closed by its reader (a broken pipe: the program reading it, `| head` or a closed "
+               "notebook or terminal, went away); the command went on to its end, and what it printed after is lost "
+               "(its run folder keeps its results and run.log what it said). Send its output where it can be written "
+               "whole (a file) to see it.")
 
 
 def guarded_call(work: Callable[[], T]) -> T:
     """``work`` (one command of run_mode) with stdout guarded as the command line guards it: a write that fails does not
     stop it, and when it ends OutputLost is raised with the message the command line gives (and its result kept on
-    it). A reader that went away (a broken pipe) stops it, as on the command line: OutputLost too, never a raw
-    BrokenPipeError or OSError."""
+    it), also where the reader went away (a broken pipe), never a raw BrokenPipeError or OSError."""
     with guarded_stdout() as guard:
         try:
             result = work()
-        except BrokenPipeError:
-            raise OutputLost("standard output was closed by its reader (a broken pipe: the program reading it, `| head` "
-                             "or a closed notebook or terminal, went away), so the command stopped at what it printed "
-                             "next. Send its output where it can be written whole (a file), and run it again.") from None
         except BaseException as err:
-            if lost_output(guard):
-                err.add_note(f"medqlora: (and {guard.message()})")
+            if guard.failure is not None:
+                err.add_note(f"medqlora: (and {READER_GONE if reader_went_away(guard) else guard.message()})")
             raise
-    if lost_output(guard):
-        raise OutputLost(guard.message(), result)
+    if guard.failure is not None:
+        raise OutputLost(READER_GONE if reader_went_away(guard) else guard.message(), result)
     return result

@@ -211,10 +211,10 @@ def test_a_one_shot_answer_that_cannot_be_written_ends_in_exit_2(tiny_model_dir,
     assert result.code == 2
     assert_one_message(result.err, "standard output could not be written (No space left on device)")
     assert sys.stdout.__class__ is _FullStream  # given back after the command
-    monkeypatch.setattr(sys, "stdout", _FullStream(error=32))  # the reader went away: quiet, exit 1
+    monkeypatch.setattr(sys, "stdout", _FullStream(error=32))  # the reader went away: quiet, the command's own code
     result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "chat", "--adapter", "none",
                                       "--prompt", "What is hypertension?"))
-    assert result.code == 1 and "medqlora: error" not in result.err
+    assert result.code == 0 and "medqlora: error" not in result.err
 
 
 @pytest.mark.parametrize("manifest, why", [

@@ -264,3 +264,23 @@ def test_a_key_with_a_look_alike_letter_names_the_letter(tmp_path, capsys):
     assert "2 characters that only look like Latin letters (character 2 is U+0430 CYRILLIC SMALL LETTER A, " \
            "character 7 is U+0435 CYRILLIC SMALL LETTER IE)" in result.err
     assert "Did you mean 'max_steps'?" in result.err
+
+
+def test_a_training_run_piped_to_head_goes_on_to_its_end(tiny_model_dir, tmp_path):
+    """`... --mode train 2>&1 | head -2`: the kit exited 1 after the second line, before training, and left a run
+    folder with a run.log alone (no manifest, no word why). The reader going away stops nothing now."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, SCRIPT
+
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "train",
+                    **{"training.max_steps": "2", "output.run_name": "piped"})
+    done = subprocess.run(f"{sys.executable} {SCRIPT} {' '.join(argv)} 2>&1 | head -2; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(done.stdout.splitlines()) == 2 and "Traceback" not in done.stderr
+    run = tmp_path / "out" / "piped"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "trained"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert "adapter size (MB)" in (run / "run.log").read_text()  # the summary, said after the pipe was gone

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from jinja2.exceptions import TemplateError
+
 from . import generate
 from .backends import stop_token_ids
 from .config import KitConfig
@@ -26,6 +28,7 @@ from .data import query_prompt
 from .data.control_tokens import control_token_in, control_token_said, prompt_settings, refuse_control_text
 from .errors import ConfigError
 from .rows import invisible
+from .secrets import printable
 from .system_turn import with_system
 
 
@@ -68,12 +71,25 @@ class Conversation:
     asked: str = ""  # the last user message as it went into the prompt (cut when it alone did not fit)
     cut: str | None = None  # why and how much of the last user message was cut, for stderr
     keep_history: bool = True  # False: each question alone (a model trained without turn markers)
+    note: str | None = None  # what changed in how the conversation is kept, for stderr once
 
     def _render(self, user: str) -> tuple[str, int]:
-        text = self.tokenizer.apply_chat_template(
+        try:
+            text = self._templated(user)
+        except TemplateError as err:  # raised by the template itself: one that takes one question at a time
+            if not self.turns:
+                raise
+            self.reset()
+            self.keep_history = False
+            self.note = (f"(the chat template refuses a conversation with earlier turns ({printable(str(err), 160)}): "
+                         "each question is answered on its own from here)")
+            text = self._templated(user)
+        return text, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _templated(self, user: str) -> str:
+        return self.tokenizer.apply_chat_template(
             chat_messages(self.tokenizer, self.system_prompt, self.turns, user), tokenize=False,
             add_generation_prompt=True)
-        return text, len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt(self, user: str) -> str:
         """The templated prompt for ``user`` after the history, oldest turns dropped until it fits; when the
@@ -209,6 +225,9 @@ def one_shot(cfg: KitConfig, model: Any, tokenizer: Any, question: str, out: Tex
     prompt = conversation.prompt(question)
     if conversation.cut:
         err.write(f"{conversation.cut}\n")
+    if conversation.note:
+        err.write(f"{conversation.note}\n")
+        conversation.note = None
         err.flush()
     reply = stream_reply(cfg, model, tokenizer, prompt, out)
     out.write("\n")
@@ -308,6 +327,9 @@ def _answer(cfg: KitConfig, model: Any, tokenizer: Any, conversation: Conversati
                   "were left out)\n")
     if conversation.cut:
         err.write(f"{conversation.cut}\n")
+    if conversation.note:
+        err.write(f"{conversation.note}\n")
+        conversation.note = None
     out.write("model> ")
     reply = stream_reply(cfg, model, tokenizer, prompt, out)
     out.write("\n")

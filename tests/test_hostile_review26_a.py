@@ -284,3 +284,49 @@ def test_a_training_run_piped_to_head_goes_on_to_its_end(tiny_model_dir, tmp_pat
     assert json.loads((run / "manifest.json").read_text())["status"] == "trained"
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert "adapter size (MB)" in (run / "run.log").read_text()  # the summary, said after the pipe was gone
+
+
+def _model_with_template(tiny_model_dir, folder, guard):
+    """The tiny model with its chat template (ChatML) opened by ``guard``, a Jinja statement that raises."""
+    shutil.copytree(tiny_model_dir, folder)
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        template.write_text(guard + template.read_text())
+    else:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["chat_template"] = guard + config["chat_template"]
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_template_that_refuses_generation_prompts_is_refused_before_any_work(tiny_model_dir, tmp_path, capsys):
+    """--mode test / chat with it: an internal error (TemplateError) at the first question; --mode full blamed a
+    data row."""
+    model = _model_with_template(tiny_model_dir, tmp_path / "model", "{% if add_generation_prompt %}{{ raise_exception("
+                                 "'generation prompts are not supported') }}{% endif %}")
+    for mode in (["--mode", "test", "--adapter", "none"], ["--mode", "full"]):
+        result = run_cli(capsys, kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", *mode,
+                                          **{"model.name": str(model)}))
+        assert result.code == 2
+        assert_one_message(result.err, f"The chat template of {model} refuses to render a question followed by the "
+                                       "start of the answer (add_generation_prompt: TemplateError: generation prompts "
+                                       "are not supported)")
+        assert "row" not in result.err.split("medqlora: error")[1]
+
+
+def test_a_chat_whose_template_takes_one_question_at_a_time_goes_on_without_history(tiny_model_dir, tmp_path):
+    model = _model_with_template(tiny_model_dir, tmp_path / "model", "{% if messages|length > 2 %}{{ raise_exception("
+                                 "'only single-turn conversations') }}{% endif %}")
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, SCRIPT
+
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--mode", "chat", "--adapter", "none",
+                    **{"model.name": str(model), "generation.max_new_tokens": "3"})
+    done = subprocess.run([sys.executable, str(SCRIPT), *argv], input="hello\nsecond question\nthird\n/exit\n",
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("model> ") == 3 and "Traceback" not in done.stderr
+    assert done.stderr.count("the chat template refuses a conversation with earlier turns (only single-turn "
+                             "conversations): each question is answered on its own from here") == 1

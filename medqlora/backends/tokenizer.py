@@ -188,6 +188,24 @@ def _check_chat_template(tokenizer: Any, cfg: KitConfig) -> None:
     if not isinstance(text, str) or "Is aspirin useful?" not in text or "Often." not in text:
         origin, advice = _template_origin(tokenizer, cfg)
         raise ModelError(f"The chat template of {origin} leaves out the messages it is given. {advice}.")
+    _check_generation_prompt(tokenizer, cfg, probe[:1])
+
+
+def _check_generation_prompt(tokenizer: Any, cfg: KitConfig, question: list[dict[str, str]]) -> None:
+    """The template must render a question followed by the start of the answer (add_generation_prompt): every
+    prompt the kit trains on (the part left out of the loss), scores and answers is rendered so."""
+    try:
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+    except _TemplateTooSlow:
+        origin, advice = _template_origin(tokenizer, cfg)
+        raise ModelError(f"The chat template of {origin} did not finish rendering a question in "
+                         f"{CHAT_TEMPLATE_SECONDS:g} seconds (it loops for too long). {advice}.") from None
+    except Exception as err:  # jinja2's TemplateError raised by the template itself
+        origin, advice = _template_origin(tokenizer, cfg)
+        raise ModelError(f"The chat template of {origin} refuses to render a question followed by the start of "
+                         f"the answer (add_generation_prompt: {type(err).__name__}: {printable(str(err), 200)}), "
+                         f"which every prompt the kit trains on, scores and answers is. {advice}.") from None
 
 
 def _template_origin(tokenizer: Any, cfg: KitConfig) -> tuple[str, str]:

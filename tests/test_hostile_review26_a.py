@@ -330,3 +330,13 @@ def test_a_chat_whose_template_takes_one_question_at_a_time_goes_on_without_hist
     assert done.stdout.count("model> ") == 3 and "Traceback" not in done.stderr
     assert done.stderr.count("the chat template refuses a conversation with earlier turns (only single-turn "
                              "conversations): each question is answered on its own from here") == 1
+
+
+@pytest.mark.parametrize("source", ["https://example.org/rows.jsonl", "S3://bucket/rows.jsonl"])
+def test_a_web_or_cloud_address_as_data_source_says_to_download_it(tmp_path, capsys, source):
+    result = run_cli(capsys, ["--dry-run", "--output-dir", str(tmp_path), "--set",
+                              f"data.datasets=[{{source: '{source}', format: instruction}}]"])
+    assert result.code == 2
+    scheme = source.split(":", 1)[0].lower()
+    assert_one_message(result.err, f"{scheme}:// addresses are not read; download the file first (for example with "
+                                   "curl, wget or your cloud's command line) and give its path as source")

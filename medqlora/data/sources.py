@@ -129,6 +129,9 @@ def check_hub_dataset_id(source: str) -> None:
                     "from ./ or / ; a hub dataset: its id, with subset: and split: choosing a part of it.")
 
 
+_REMOTE_ADDRESS = re.compile(r"^(https?|s3|gs|gcs|az|abfss?|hf|ftp|sftp)://", re.IGNORECASE)
+
+
 def _not_found(source: str) -> str:
     """Why a local source is not there: a link that loops or points nowhere, or the folders it was looked for in
     (an absolute path in none; each folder named once)."""
@@ -137,6 +140,10 @@ def _not_found(source: str) -> str:
         plain = unquote(source[len("file://"):])
         return (f"{name}: a file:// address is not read; give the file's path itself: "
                 f"source: {printable(plain, 200)}.")
+    if match := _REMOTE_ADDRESS.match(source):  # a web or cloud address: the kit reads local files and hub ids
+        return (f"{name}: {printable(match[1].lower(), 20)}:// addresses are not read; download the file first (for "
+                "example with curl, wget or your cloud's command line) and give its path as source, or give a hub "
+                "dataset id (owner/name).")
     if any(char in Path(source).name for char in "*?["):
         return (f"{name} not found: wildcards are not expanded. Name each file as a dataset of its own, or the folder "
                 "that holds them (a folder's data files are read whole).")

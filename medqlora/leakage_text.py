@@ -264,7 +264,8 @@ def _plain_words(text: Any) -> list[str]:
 # words: a question's length sets how many changes it may have, overlap_near.py); plurals made singular; a digit
 # standing for a look-alike letter inside a word ("hyp0tension", "d1abetes") made that letter.
 _DROPPED = frozenset({"s"})
-_AUXILIARY = {"a": "the", "an": "the", "does": "do", "did": "do", "done": "do", "is": "be", "are": "be", "was": "be", "were": "be", "am": "be",
+ARTICLE = "the"  # the form every article takes (overlap_near: one added or left out is no change)
+_AUXILIARY = {"a": ARTICLE, "an": ARTICLE, "does": "do", "did": "do", "done": "do", "is": "be", "are": "be", "was": "be", "were": "be", "am": "be",
               "been": "be", "being": "be", "has": "have", "had": "have", "having": "have"}
 _IRREGULAR = {"women": "woman", "men": "man", "children": "child", "teeth": "tooth", "feet": "foot", "mice": "mouse",
               "people": "person", "lice": "louse", "geese": "goose", "oxen": "ox"}

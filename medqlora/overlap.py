@@ -96,7 +96,7 @@ class Overlap:
             how = f"field '{_shown(self.field, 80)}' contains, letter for letter (its blanks and punctuation aside),"
         elif self.kind == "exact" and not self._as_written():
             how = (f"field '{_shown(self.field, 80)}' contains, in other forms of its words (a plural, 'are' for 'is', "
-                   "'a' for 'the', a possessive, digits for letters),")
+                   "an article changed or left out, a possessive, digits for letters),")
         elif self.kind == "exact":
             how = f"field '{_shown(self.field, 80)}' contains"
         elif self.reordered:
@@ -354,7 +354,8 @@ def _add_near_copies(train: list[Item], questions: list[_Question], candidates: 
             field, changes = found
             changes = _as_written(changes, q.item.question, train[t_index], field)
             size = len(q.words)
-            best[t_index] = Overlap(train[t_index], q.item, "near duplicate", 1 - changes.count / size,
+            kind = "exact" if changes.count == 0 else "near duplicate"  # the question, an article aside
+            best[t_index] = Overlap(train[t_index], q.item, kind, 1 - changes.count / size,
                                     size - changes.count, size, 1, field, changes)
 
 

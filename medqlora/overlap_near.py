@@ -30,6 +30,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from .leakage_text import ARTICLE
+
 MISSPELT_MIN_WORDS = 6  # shorter questions (5 words) are matched exactly or by their n-grams only
 NEAR_MIN_WORDS = 8  # shorter questions have no possible near copies (and are not looked for in another order)
 LONG_WORDS = 13  # questions of this many words or more may have two words changed
@@ -48,6 +50,7 @@ class Changes:
     count: int  # words changed, left out or added
     typos: int  # of which misspelt
     possible: bool = False  # a possible near copy (see the module), not a near copy
+    articles: int = 0  # articles added or left out besides (not changes: the question is the same)
 
     @property
     def misspelt(self) -> bool:
@@ -128,6 +131,8 @@ def _changes(question: list[str], window: list[str], allowed: int) -> Changes | 
         codes = codes[1:]
     if codes and codes[-1][0] == "insert" and codes[-1][1] == len(question):
         codes = codes[:-1]
+    articles = [code for code in codes if _articles_only(code, question, window)]
+    codes = [code for code in codes if code not in articles]  # an article added or left out is no change
     count = sum(1 if _joined(question[i1:i2], window[j1:j2]) else max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in codes)
     if count > allowed:
         return None
@@ -146,7 +151,15 @@ def _changes(question: list[str], window: list[str], allowed: int) -> Changes | 
             continue
         shown.append(f"'{' '.join(found)}' for '{' '.join(expected)}'" if tag == "replace" else
                      f"'{' '.join(expected)}' left out" if tag == "delete" else f"'{' '.join(found)}' added")
-    return Changes(tuple(shown), count, typos)
+    return Changes(tuple(shown), count, typos, articles=len(articles))
+
+
+def _articles_only(code: tuple[str, int, int, int, int], question: list[str], window: list[str]) -> bool:
+    """An article added or left out ('as alternatives' for 'as an alternative'): the guard's forms make every
+    article one word (leakage_text.compared), and its presence does not change the question."""
+    tag, i1, i2, j1, j2 = code
+    changed = question[i1:i2] if tag == "delete" else window[j1:j2] if tag == "insert" else []
+    return bool(changed) and all(word == ARTICLE for word in changed)
 
 
 def _joined(expected: list[str], found: list[str]) -> bool:
@@ -158,8 +171,10 @@ def _joined(expected: list[str], found: list[str]) -> bool:
 def judged(changes: Changes | None, size: int) -> Changes | None:
     """``changes`` when they make a near copy, marked ``possible`` when they make a possible one (see the module);
     None when neither."""
-    if changes is None or changes.count == 0:
+    if changes is None or (changes.count == 0 and not changes.articles):
         return None
+    if changes.count == 0:  # the question itself, its articles aside
+        return changes
     others = changes.count - changes.typos
     if others <= size // OTHER_WORD_EVERY:
         return changes

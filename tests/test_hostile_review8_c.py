@@ -174,7 +174,7 @@ def test_a_second_stage_run_records_what_its_start_adapter_was_trained_on(tiny_m
     assert gap is None and {r["question_sha1_16"] for r in second} == {r["question_sha1_16"] for r in records}
     assert "is unknown" in (inherited_training_items(tmp_path)[1] or "")
     (stage1 / "training_items.jsonl").write_text("not json\n")
-    assert "missing or damaged" in (inherited_training_items(stage1 / "adapter")[1] or "")
+    assert "missing, damaged or changed since its run wrote it" in (inherited_training_items(stage1 / "adapter")[1] or "")
 
 
 def test_resuming_a_run_whose_start_adapter_was_moved_says_why_it_is_read_and_what_to_restore(tiny_config, tmp_path):

@@ -86,8 +86,13 @@ SECTIONS_FIRST = ("training", "model", "lora")  # a field name in several sectio
 def _config_flag_hint(unknown: list[str]) -> str:
     """Flags in the style of other trainers (--max-steps 4, --learning_rate=2e-4, --num_train_epochs 3) that name a
     setting of the kit's config, said as the kit's --set; a kit flag spelt with '_' (--output_dir), said as the flag."""
+    from .commands import MODES
+
     found = []
     for at, arg in enumerate(unknown):
+        if arg in MODES and not (at and unknown[at - 1].startswith("--")):  # `medical_qlora_finetuning.py train`
+            found.append(f"--mode {arg}")
+            continue
         if not arg.startswith("--"):
             continue
         name = arg.split("=", 1)[0].lstrip("-").replace("-", "_").lower()

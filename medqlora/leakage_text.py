@@ -153,11 +153,18 @@ def _percent(match: re.Match) -> str:
     return match.group(0) if any(c.isascii() and c.isalnum() for c in decoded) else decoded
 
 
+# ECMA-48 escape sequences: CSI (ESC [ or its one-byte form, parameters, a final letter: colours, cursor moves),
+# OSC (ESC ], up to BEL or ESC \: a window title, a link) and the two-character ones
+_TERMINAL_ESCAPE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+
+
 def unmarked(text: str) -> str:
     """``text`` with its markup undone: HTML entities (&nbsp; &amp; &#39;, escaped twice at most: &amp;nbsp;) and
     percent-encoding (%20) decoded, HTML tags and comments removed (text scraped from web pages), LaTeX's text markup
-    removed, Markdown's links replaced by their text, words hyphenated across a line break joined (text pasted from
-    a PDF), reference markers ([3], <sup>1,2</sup>) removed and escapes written out as text (``\\n``) made blanks."""
+    removed, Markdown's links replaced by their text, a terminal's escape sequences (colours) removed, words
+    hyphenated across a line break joined (text pasted from a PDF), reference markers ([3], <sup>1,2</sup>) removed and escapes written out as text (``\\n``) made blanks."""
+    if "\x1b" in text or "\x9b" in text:  # a terminal's colours and cursor moves (text copied from a log)
+        text = _TERMINAL_ESCAPE.sub("", text)
     if "]" in text:
         text = _unlinked(text)
     if "\n" in text:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ def check_checkpoint_folder(folder: Path) -> None:
     _check_config_fields(folder, config)
     _check_remote_code_files(folder, config)
     check_generation_config(folder)
+    check_tokenizer_config(folder)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights and not any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth")):
         raise ModelError(f"model.name: {shown} holds a config.json but no weights (model.safetensors or "
@@ -209,6 +210,40 @@ def check_generation_config(folder: Path) -> None:
         GenerationConfig.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as err:  # transformers' validation of the values together
         raise ModelError(f"{where}: transformers refuses it ({printable(str(err).splitlines()[0], 200)}). {fix}") from None
+
+
+def _a_length(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+# the typed fields of tokenizer_config.json that transformers uses without a check (a hand-edited "abc" ends in a
+# TypeError deep in tokenization), and what each must be
+TOKENIZER_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model_max_length": ("a positive number of tokens", _a_length),
+    "padding_side": ("'left' or 'right'", lambda value: value in ("left", "right")),
+    "truncation_side": ("'left' or 'right'", lambda value: value in ("left", "right")),
+    "chat_template": ("a template (text), or a list of named ones",
+                      lambda value: isinstance(value, (str, list))),
+}
+
+
+def check_tokenizer_config(folder: Path) -> None:
+    """A checkpoint's tokenizer_config.json: readable JSON whose typed fields hold what transformers expects."""
+    file = folder / "tokenizer_config.json"
+    if not file.is_file():
+        return
+    where = f"model.name: {printable(str(file))}"
+    try:
+        values = json_text.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"{where} is not readable JSON ({printable(str(err), 120)}). Restore the checkpoint's own "
+                         "file.") from None
+    if not isinstance(values, dict):
+        raise ModelError(f"{where} is not a JSON object of tokenizer settings. Restore the checkpoint's own file.")
+    for key, (rule, valid) in TOKENIZER_RULES.items():
+        if values.get(key) is not None and not valid(values[key]):
+            raise ModelError(f"{where}: '{key}' is {printable(json.dumps(values[key]), 60)}; it must be {rule}. Fix "
+                             "or remove that key, or restore the checkpoint's own file.")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,12 @@ from ..secrets import printable
 from .base import names_a_path
 
 
+# text settings that other tools take as true/false, and what the kit takes instead
+NOT_A_SWITCH = {("export", "push_to_hub"): "export.push_to_hub is not a switch: it takes the hub repository to upload "
+                                           "to, owner/name (--set export.push_to_hub=owner/name); leave it out to "
+                                           "upload nothing."}
+
+
 def quote_hint(error: dict, typed: dict[tuple, str]) -> str:
     """For text that YAML read as something else (``Q: {question}`` as a mapping, ``10:30`` as the number 630):
     say so, and how to quote it."""
@@ -20,6 +26,8 @@ def quote_hint(error: dict, typed: dict[tuple, str]) -> str:
     kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else \
         "true/false" if isinstance(value, bool) else "a date" if isinstance(value, datetime.date) else "a number"
     loc = tuple(error["loc"])
+    if isinstance(value, bool) and loc in NOT_A_SWITCH:  # transformers' push_to_hub=true habit
+        return f" {NOT_A_SWITCH[loc]}"
     if loc in typed:
         dotted = printable(".".join(str(p) for p in loc), 120)
         shown = printable(typed[loc], 100)

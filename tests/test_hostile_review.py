@@ -351,7 +351,7 @@ def test_an_adapter_file_a_cache_that_is_a_file_and_a_pypi_path_are_one_message(
     assert f"--adapter {folder} (or the run folder above it)" in err and "no adapter_config.json there" not in err
 
     for mode in ("--dry-run", "--mode=train"):
-        assert main(["--set", "model.name=pypi:../../etc", mode]) == 2
+        assert main(["--set", "model.name=pypi:../../etc", mode, "--output-dir", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert_one_message(err, "pypi:../../etc does not name a Python package")
         assert "internal error" not in err

@@ -198,12 +198,33 @@ def find_adapter(cfg: KitConfig, adapter_arg: str | None, output_dir: str | None
     adapter_base.check_base(adapter, model.name, source, model.trust_remote_code)
     adapters.check_finite(adapter.folder)  # read from its safetensors: --dry-run refuses what the run would
     adapters.check_change(adapter.folder, adapter.config)
+    _check_own_tokenizer(adapter.folder, cfg.model_copy(update={"model": model}))
     named = adapter.config.get("base_model_name_or_path") or ""
     if adapter.run is None and named and not same_model(named, model.name, source):
         say(f"warning: the adapter's {adapters.CONFIG_NAME} names {printable(named, 120)} as its base model; it is "
             f"loaded onto model.name {printable(model.name, 120)}, whose shapes fit it. "
             f"{_base_advice(named, model.name)}")
     return adapter.folder
+
+
+def _check_own_tokenizer(folder: Path, cfg: KitConfig) -> None:
+    """An adapter saved with its own tokenizer (and chat template), which the modes load in place of the base
+    model's: checked as the base model's is (its tokenizer_config.json's fields, a template that renders in time),
+    so that --dry-run refuses what loading it would."""
+    if not (folder / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from .backends.checkpoints import check_tokenizer_config
+    from .backends.hf import tokenizer_load_errors
+    from .backends.tokenizer import prepare_tokenizer
+
+    check_tokenizer_config(folder, "the adapter's tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:  # a damaged tokenizer file of the adapter's: said as the model's would be
+        raise tokenizer_load_errors(str(folder), err) from None
+    prepare_tokenizer(tokenizer, cfg)
 
 
 def _refuse_run_name_for_a_path(arg: str, root: Path, flag: str) -> None:

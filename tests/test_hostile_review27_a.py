@@ -56,3 +56,37 @@ def test_a_damaged_tokenizer_config_field_is_named(tiny_model_dir, tmp_path, cap
 def test_the_question_in_colours_or_without_its_the_is_refused(reworded):
     [overlap] = find_overlap(_train(reworded), _evaluation(ASSAY))
     assert not overlap.possible, overlap.describe()
+
+
+def _adapter_with_tokenizer(lora_folder, tiny_model_dir, folder):
+    shutil.copytree(lora_folder, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("max-length", "the adapter's tokenizer: {adapter}/tokenizer_config.json: 'model_max_length' is \"abc\"; it must "
+                   "be a positive number of tokens"),
+    ("template", "The chat template of the adapter in {adapter} (its chat_template.jinja, saved with it) cannot "
+                 "render a conversation (TemplateSyntaxError"),
+], ids=["tokenizer-config", "chat-template"])
+def test_an_adapters_own_damaged_tokenizer_is_refused_by_the_dry_run(lora_folder, tiny_model_dir, tmp_path, capsys,
+                                                                     damage, said):
+    """An adapter saved with its own tokenizer, which test/chat load in place of the base model's: --dry-run passed
+    it, the run ended in an internal error (model_max_length "abc") or refused it after loading the model."""
+    adapter = _adapter_with_tokenizer(lora_folder, tiny_model_dir, tmp_path / "adapter")
+    argv = kit_argv(tiny_model_dir, tmp_path / "out", "--dry-run", "--mode", "test", "--adapter", str(adapter))
+    assert run_cli(capsys, argv).code == 0
+    if damage == "max-length":
+        config = json.loads((adapter / "tokenizer_config.json").read_text())
+        (adapter / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": "abc"}))
+    else:
+        (adapter / "chat_template.jinja").write_text("{{ bad")
+        config = json.loads((adapter / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (adapter / "tokenizer_config.json").write_text(json.dumps(config))
+    result = run_cli(capsys, argv)
+    assert result.code == 2
+    assert_one_message(result.err, said.format(adapter=adapter))

@@ -227,12 +227,13 @@ TOKENIZER_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
-def check_tokenizer_config(folder: Path) -> None:
-    """A checkpoint's tokenizer_config.json: readable JSON whose typed fields hold what transformers expects."""
+def check_tokenizer_config(folder: Path, given_as: str = "model.name") -> None:
+    """A checkpoint's (or an adapter's) tokenizer_config.json: readable JSON whose typed fields hold what
+    transformers expects. ``given_as``: how the folder was given, for the message."""
     file = folder / "tokenizer_config.json"
     if not file.is_file():
         return
-    where = f"model.name: {printable(str(file))}"
+    where = f"{given_as}: {printable(str(file))}"
     try:
         values = json_text.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:

@@ -107,14 +107,17 @@ def check_datasets_cache(user: str) -> None:
                       f"cannot create there. {fix}.")
 
 
-def check_folder_path(name: str, where: Path, role: str = "a cache folder", unset: str = "unset it") -> Path:
-    """``where`` (the value of the variable ``name``) refused in one message when it, or a folder above it, is a
-    file; returned otherwise."""
+def check_folder_path(name: str, where: Path, role: str = "a cache folder", unset: str = "unset it",
+                      point: bool = True) -> Path:
+    """``where`` (the value of the variable ``name``, or a path below it) refused in one message when it, or a
+    folder above it, is a file; returned otherwise. ``point``: the fix is to point ``name`` at a folder (else
+    ``unset`` is the fix, with setting ``name`` to your home folder)."""
     for folder in (where, *where.parents):
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
                 shown = "it" if folder == where else f"{printable(str(folder))} above it"
-                raise ConfigError(f"{name}: {printable(str(where))} cannot be {role}: {shown} is not a folder. "
-                                  f"Point {name} at a folder (or {unset}).")
+                fix = (f"Point {name} at a folder (or {unset})." if point else
+                       f"Set {name} to your home folder, or {unset}.")
+                raise ConfigError(f"{name}: {printable(str(where))} cannot be {role}: {shown} is not a folder. {fix}")
             break
     return where

@@ -90,3 +90,25 @@ def test_an_adapters_own_damaged_tokenizer_is_refused_by_the_dry_run(lora_folder
     result = run_cli(capsys, argv)
     assert result.code == 2
     assert_one_message(result.err, said.format(adapter=adapter))
+
+
+def test_home_that_is_a_file_is_named_for_the_cache_not_medqlora_cache(tmp_path):
+    """HOME set to a file and MEDQLORA_CACHE unset: the message named MEDQLORA_CACHE and said to leave it unset."""
+    import os
+
+
+    a_file = tmp_path / "a.jsonl"
+    a_file.write_text("{}\n")
+    env = {k: v for k, v in os.environ.items() if k != "MEDQLORA_CACHE"}
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, SCRIPT
+
+    done = subprocess.run([sys.executable, str(SCRIPT), "--mode", "train", "--dry-run", "--output-dir",
+                           str(tmp_path / "out")], env={**env, "HOME": str(a_file)}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert_one_message(done.stderr, f"HOME: {a_file}/.cache/medqlora cannot be the kit's cache folder (~/.cache/"
+                                    f"medqlora while MEDQLORA_CACHE is unset): {a_file} above it is not a folder. Set "
+                                    "HOME to your home folder, or set MEDQLORA_CACHE to a folder you can write.")

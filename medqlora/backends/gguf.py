@@ -29,7 +29,12 @@ def check_cache_dir(where: Path | None = None) -> Path:
     """CACHE_DIR (MEDQLORA_CACHE; ``where`` if given), refused in one message when it, or a folder above it, is a
     file."""
     where = CACHE_DIR if where is None else where
-    return check_folder_path("MEDQLORA_CACHE", where, "the kit's cache folder", "leave it unset for ~/.cache/medqlora")
+    if os.environ.get("MEDQLORA_CACHE"):
+        return check_folder_path("MEDQLORA_CACHE", where, "the kit's cache folder",
+                                 "leave it unset for ~/.cache/medqlora")
+    # unset: the cache is under HOME, which is then what is wrong
+    return check_folder_path("HOME", where, "the kit's cache folder (~/.cache/medqlora while MEDQLORA_CACHE is unset)",
+                             "set MEDQLORA_CACHE to a folder you can write", point=False)
 
 
 def check_conversion_cache() -> Path:

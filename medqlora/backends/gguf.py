@@ -29,7 +29,7 @@ def check_cache_dir(where: Path | None = None) -> Path:
     """CACHE_DIR (MEDQLORA_CACHE; ``where`` if given), refused in one message when it, or a folder above it, is a
     file."""
     where = CACHE_DIR if where is None else where
-    if os.environ.get("MEDQLORA_CACHE"):
+    if os.environ.get("MEDQLORA_CACHE") or where != Path.home() / ".cache" / "medqlora":
         return check_folder_path("MEDQLORA_CACHE", where, "the kit's cache folder",
                                  "leave it unset for ~/.cache/medqlora")
     # unset: the cache is under HOME, which is then what is wrong
@@ -61,7 +61,7 @@ def cache_write_error(folder: Path, what: str, err: BaseException) -> ConfigErro
     """One message for a conversion the kit's cache cannot hold: why, where the folder came from, what to set."""
     why = getattr(err, "strerror", None) or printable(str(err), 200) or type(err).__name__
     full = getattr(err, "errno", None) == errno.ENOSPC or "os error 28" in str(err)
-    if os.environ.get("MEDQLORA_CACHE"):
+    if os.environ.get("MEDQLORA_CACHE") or where != Path.home() / ".cache" / "medqlora":
         origin = "MEDQLORA_CACHE names it"
     else:
         home = printable(os.environ.get("HOME") or "unset", 200)

@@ -193,17 +193,7 @@ def check_generation_config(folder: Path) -> None:
         return
     where = f"model.name: {printable(str(file))}"
     fix = "Fix or remove that key, or restore the checkpoint's own file."
-    try:
-        values = json_text.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ModelError(f"{where} is not readable JSON ({printable(str(err), 120)}). Restore the checkpoint's own "
-                         "file, or remove it.") from None
-    if not isinstance(values, dict):
-        raise ModelError(f"{where} is not a JSON object of generation settings. Restore the checkpoint's own file, "
-                         "or remove it.")
-    for key, (rule, valid) in GENERATION_RULES.items():
-        if values.get(key) is not None and not valid(values[key]):
-            raise ModelError(f"{where}: '{key}' is {printable(json.dumps(values[key]), 60)}; it must be {rule}. {fix}")
+    _check_settings(_settings_of(file, where, "generation"), GENERATION_RULES, where)
     from transformers import GenerationConfig
 
     try:
@@ -234,14 +224,24 @@ def check_tokenizer_config(folder: Path, given_as: str = "model.name") -> None:
     if not file.is_file():
         return
     where = f"{given_as}: {printable(str(file))}"
+    _check_settings(_settings_of(file, where, "tokenizer"), TOKENIZER_RULES, where)
+
+
+def _settings_of(file: Path, where: str, kind: str) -> dict[str, Any]:
+    """A settings file of a checkpoint (generation_config.json, tokenizer_config.json) read as a JSON object."""
     try:
         values = json_text.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"{where} is not readable JSON ({printable(str(err), 120)}). Restore the checkpoint's own "
-                         "file.") from None
+                         "file, or remove it.") from None
     if not isinstance(values, dict):
-        raise ModelError(f"{where} is not a JSON object of tokenizer settings. Restore the checkpoint's own file.")
-    for key, (rule, valid) in TOKENIZER_RULES.items():
+        raise ModelError(f"{where} is not a JSON object of {kind} settings. Restore the checkpoint's own file, "
+                         "or remove it.")
+    return values
+
+
+def _check_settings(values: dict[str, Any], rules: dict[str, tuple[str, Callable[[Any], bool]]], where: str) -> None:
+    for key, (rule, valid) in rules.items():
         if values.get(key) is not None and not valid(values[key]):
             raise ModelError(f"{where}: '{key}' is {printable(json.dumps(values[key]), 60)}; it must be {rule}. Fix "
                              "or remove that key, or restore the checkpoint's own file.")

@@ -61,7 +61,7 @@ def cache_write_error(folder: Path, what: str, err: BaseException) -> ConfigErro
     """One message for a conversion the kit's cache cannot hold: why, where the folder came from, what to set."""
     why = getattr(err, "strerror", None) or printable(str(err), 200) or type(err).__name__
     full = getattr(err, "errno", None) == errno.ENOSPC or "os error 28" in str(err)
-    if os.environ.get("MEDQLORA_CACHE") or where != Path.home() / ".cache" / "medqlora":
+    if os.environ.get("MEDQLORA_CACHE"):
         origin = "MEDQLORA_CACHE names it"
     else:
         home = printable(os.environ.get("HOME") or "unset", 200)
